@@ -1,0 +1,89 @@
+"""`check`: everything an admin needs to be true before starting the service, checked and named."""
+
+from __future__ import annotations
+
+import getpass
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from gateway.caiasoft import CaiaSoftClient
+from gateway.config import Config, Source
+from gateway.sources.local import choose_mode, filesystem_type
+
+
+@dataclass(frozen=True)
+class Result:
+    mark: str  # ok | WARN | FAIL
+    what: str
+    detail: str = ""
+
+
+def run_checks(config: Config, offline: bool = False) -> Iterator[Result]:
+    yield Result("ok", f"configuration {config.file}")
+    for warning in config.warnings:
+        yield Result("WARN", "API key file permissions", warning)
+    for key in ("state_dir", "archive_dir", "error_dir", "log_dir"):
+        yield _writable_folder(f"paths.{key}", getattr(config.paths, key))
+    for index, source in enumerate(config.sources):
+        yield from _source(index, source, config.paths.state_dir)
+    if offline:
+        yield Result("ok", "CaiaSoft not contacted (--offline)")
+    else:
+        yield _caiasoft(config)
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
+
+
+def _writable_folder(key: str, path: Path) -> Result:
+    if path.exists():
+        if not path.is_dir():
+            return Result("FAIL", f"{key} {path}", "exists but is not a folder")
+        if not os.access(path, os.W_OK | os.X_OK):
+            return Result("FAIL", f"{key} {path}", f"not writable by {_user()}")
+        return Result("ok", f"{key} {path}")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if os.access(parent, os.W_OK | os.X_OK):
+        return Result("ok", f"{key} {path}", "does not exist yet; will be created")
+    return Result("FAIL", f"{key} {path}", f"does not exist, and {_user()} cannot create it in {parent}")
+
+
+def _source(index: int, source: Source, state_dir: Path) -> Iterator[Result]:
+    label = f"sources[{index}] {source.name}: {source.path}"
+    if not source.path.is_dir():
+        yield Result("FAIL", label, "folder does not exist (or is not a folder)")
+        return
+    if not os.access(source.path, os.R_OK | os.X_OK):
+        yield Result("FAIL", label, f"{_user()} cannot list this folder")
+        return
+    if not os.access(source.path, os.W_OK):
+        yield Result("FAIL", label, f"{_user()} cannot move files out of this folder (needs write permission "
+                                    "on the folder, e.g. through ALEPH's group)")
+        return
+    mode = choose_mode(source)
+    yield Result("ok", label, f"watched by {mode} (filesystem {filesystem_type(source.path) or 'unknown'})")
+    if state_dir.exists() and os.stat(state_dir).st_dev != os.stat(source.path).st_dev:
+        yield Result("WARN", label, f"on another filesystem than {state_dir}: files are copied and then "
+                                    "deleted instead of renamed in one atomic step")
+
+
+def _caiasoft(config: Config) -> Result:
+    client = CaiaSoftClient(config.caiasoft, config.api_key)
+    try:
+        outcome = client.check()
+    finally:
+        client.close()
+    where = f"CaiaSoft {config.caiasoft.base_url}"
+    if outcome.verdict == "accepted":
+        stops = outcome.answer.get("count") if isinstance(outcome.answer, dict) else None
+        return Result("ok", where, f"reached in {outcome.elapsed_ms} ms, API key accepted"
+                      + (f", {stops} active circulation stop(s)" if stops is not None else ""))
+    return Result("FAIL", where, outcome.reason)

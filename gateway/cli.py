@@ -1,0 +1,214 @@
+"""The caiasoft-gateway command. Exit codes: 0 ok, 2 usage or config error, 1 runtime failure."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from gateway import __version__, config as config_module, logs
+from gateway.errors import AlreadyRunning, ConfigError
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="caiasoft-gateway",
+        description="Sends ALEPH request files to CaiaSoft and keeps them in a dated archive.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-c", "--config", metavar="FILE",
+                        help=f"config file (default: ${config_module.CONFIG_ENV} or {config_module.DEFAULT_CONFIG})")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands.add_parser("run", help="run the service in the foreground (systemd Type=notify)")
+    check = commands.add_parser("check", help="check config, folders, permissions and CaiaSoft; list every problem")
+    check.add_argument("--offline", action="store_true", help="do not contact CaiaSoft")
+    status = commands.add_parser("status", help="what is queued, uploaded and refused")
+    status.add_argument("--json", action="store_true", help="print JSON instead of text")
+    send = commands.add_parser("send", help="upload files now, through the same validate/upload/archive path")
+    send.add_argument("files", nargs="+", metavar="FILE")
+    send.add_argument("--attempts", type=int, default=3, help="tries per file on transient failures (default 3)")
+    retry = commands.add_parser("retry", help="put files from error_dir back into the queue")
+    retry.add_argument("names", nargs="*", metavar="NAME", help="file names (or paths) in error_dir")
+    retry.add_argument("--all", action="store_true", help="every file in error_dir")
+    demo = commands.add_parser("demo", help="a self-contained run with the simulator and sample files")
+    demo.add_argument("--keep", action="store_true", help="keep the demo folder (it is kept by default)")
+    simulate = commands.add_parser("simulate", help="run a simulator on loopback for dry runs")
+    simulate.add_argument("system", choices=["caiasoft"])
+    simulate.add_argument("--port", type=int, default=8800)
+    simulate.add_argument("--key", default=None, help="API key the simulator accepts (default: printed)")
+    simulate.add_argument("--deny", action="append", default=[], metavar="BARCODE=STATUS",
+                          help="deny this barcode with this istatus")
+    simulate.add_argument("--fault", action="append", default=[], metavar="FAULT",
+                          help="script the next answers: 500, 503, 429:SECONDS, drop, slow:SECONDS, hang")
+    simulate.add_argument("--delay", type=float, default=0.0, help="seconds before every answer")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {"run": cmd_run, "check": cmd_check, "status": cmd_status, "send": cmd_send,
+               "retry": cmd_retry, "demo": cmd_demo, "simulate": cmd_simulate}[args.command]
+    try:
+        return handler(args)
+    except ConfigError as error:
+        print(f"caiasoft-gateway: the configuration has {len(error.problems)} problem(s):", file=sys.stderr)
+        for problem in error.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    except AlreadyRunning as error:
+        print(f"caiasoft-gateway: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+
+
+def _load(args) -> config_module.Config:
+    config = config_module.load(config_module.config_path(args.config))
+    logs.add_secret(config.api_key.value)
+    return config
+
+
+def cmd_run(args) -> int:
+    from gateway.service import Service
+
+    config = _load(args)
+    logs.setup(config.paths.log_dir, console=True)
+    return Service(config).run()
+
+
+def cmd_check(args) -> int:
+    from gateway.checks import run_checks
+
+    try:
+        config = _load(args)
+    except ConfigError as error:
+        print(f"FAIL  configuration {config_module.config_path(args.config)}")
+        for problem in error.problems:
+            print(f"        {problem}")
+        return EXIT_CONFIG
+    failures = 0
+    for result in run_checks(config, offline=args.offline):
+        print(f"{result.mark:<5} {result.what}" + (f"\n        {result.detail}" if result.detail else ""))
+        failures += result.mark == "FAIL"
+    print(f"\n{'all checks passed' if not failures else f'{failures} problem(s) found'}")
+    return EXIT_OK if not failures else EXIT_FAILURE
+
+
+def cmd_status(args) -> int:
+    from gateway import status
+    from gateway.ledger import Ledger
+
+    config = _load(args)
+    if not config.paths.database.exists():
+        message = f"no ledger at {config.paths.database}: the gateway has not run with this config yet"
+        print(json.dumps({"error": message}) if args.json else message)
+        return EXIT_FAILURE
+    ledger = Ledger(config.paths.database)
+    try:
+        report = status.collect(ledger)
+    finally:
+        ledger.close()
+    print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else status.render(report))
+    return EXIT_OK
+
+
+def _pipeline(config):
+    from gateway.caiasoft import CaiaSoftClient
+    from gateway.ledger import Ledger
+    from gateway.pipeline import Pipeline
+
+    ledger = Ledger(config.paths.database)
+    return Pipeline(config, ledger, CaiaSoftClient(config.caiasoft, config.api_key))
+
+
+def cmd_send(args) -> int:
+    config = _load(args)
+    logs.setup(config.paths.log_dir, console=False)
+    pipeline = _pipeline(config)
+    ledger = pipeline.ledger
+    failed = 0
+    try:
+        for name in args.files:
+            path = Path(name)
+            if not path.is_file():
+                print(f"{name}: not a file")
+                failed += 1
+                continue
+            row_id = pipeline.adopt_copy(path)
+            for attempt in range(max(args.attempts, 1)):
+                row = ledger.take(row_id)
+                if row is None:
+                    break
+                outcome = pipeline.upload(row)
+                if outcome.verdict != "transient":
+                    break
+                if attempt + 1 < args.attempts:
+                    time.sleep(pipeline.backoff.delay(attempt + 1, outcome.retry_after))
+            row = ledger.get(row_id)
+            if row.state == "archived":
+                print(f"{name}: accepted by CaiaSoft, archived as {row.final_path}")
+            elif row.state == "refused":
+                print(f"{name}: refused: {row.reason}\n    kept in {row.final_path}")
+                failed += 1
+            else:
+                print(f"{name}: not sent yet ({row.reason or row.state}); it stays queued and the running "
+                      "service will send it")
+                failed += 1
+    finally:
+        pipeline.client.close()
+        ledger.close()
+    return EXIT_OK if not failed else EXIT_FAILURE
+
+
+def cmd_retry(args) -> int:
+    from gateway.retry import find_in_error_dir, requeue
+
+    if not args.names and not args.all:
+        print("caiasoft-gateway retry: name files from error_dir, or use --all", file=sys.stderr)
+        return EXIT_CONFIG
+    config = _load(args)
+    logs.setup(config.paths.log_dir, console=False)
+    paths, missing = find_in_error_dir(config.paths.error_dir, args.names, args.all)
+    for name in missing:
+        print(f"{name}: not found in {config.paths.error_dir}")
+    pipeline = _pipeline(config)
+    try:
+        for path in paths:
+            row = requeue(pipeline, path)
+            if row.state == "refused":
+                print(f"{path.name}: refused again by the gateway: {row.reason}\n    kept in {row.final_path}")
+            else:
+                print(f"{path.name}: back in the queue (the running service sends it)")
+    finally:
+        pipeline.client.close()
+        pipeline.ledger.close()
+    if not paths and not missing:
+        print(f"nothing to retry in {config.paths.error_dir}")
+    return EXIT_OK if not missing else EXIT_FAILURE
+
+
+def cmd_demo(args) -> int:
+    from gateway.demo import run_demo
+
+    return run_demo()
+
+
+def cmd_simulate(args) -> int:
+    from gateway.simulators.caiasoft import CaiaSoftSimulator
+
+    key = args.key or os.environ.get("CAIASOFT_SIMULATOR_KEY") or "sim-" + os.urandom(8).hex()
+    deny = dict(item.split("=", 1) if "=" in item else (item, "Invalid Stop Code") for item in args.deny)
+    simulator = CaiaSoftSimulator(key=key, port=args.port, deny=deny, delay=args.delay)
+    simulator.queue_faults(*args.fault)
+    print(f"CaiaSoft simulator on {simulator.url}\n  API key: {key}\n"
+          f"  set caiasoft.base_url = \"{simulator.url}\" and put the key in your api_key_file.\n"
+          "  Ctrl-C stops it.", flush=True)
+    try:
+        simulator.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK

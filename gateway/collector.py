@@ -1,0 +1,103 @@
+"""The collector: one thread per source, finding settled files and handing them to the pipeline.
+
+It knows nothing about how a source lists or moves files (that is the Source
+protocol); it only decides when to look and when a file is ready.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable
+
+from gateway import logs
+from gateway.intake import Settler
+from gateway.pipeline import Pipeline
+from gateway.sources.base import Entry, Source
+
+log = logs.get("gateway.collector")
+
+MAX_WAIT_SECONDS = 5.0
+FAILED_CLAIM_RETRY_SECONDS = 60.0
+
+
+class Collector(threading.Thread):
+    def __init__(self, source: Source, settle_seconds: float, pipeline: Pipeline, stop: threading.Event,
+                 clock: Callable[[], float] = time.monotonic):
+        super().__init__(name=f"collector-{source.name}", daemon=True)
+        self.source = source
+        self.pipeline = pipeline
+        self.stop_event = stop
+        self.clock = clock
+        self.settler = Settler(settle_seconds, trust_mtime=source.trust_mtime, clock=clock)
+        self.heartbeat = clock()
+        self.problem: str | None = None
+        self._wake = threading.Event()
+        self._failed: dict[str, float] = {}  # name -> when a claim last failed (e.g. permission)
+
+    def run(self) -> None:
+        try:
+            self.source.start(self._wake.set)
+            log.info("source.started", source=self.source.name, mode=self.source.mode)
+            next_scan = 0.0
+            while not self.stop_event.is_set():
+                self._wake.clear()
+                self.heartbeat = now = self.clock()
+                if now >= next_scan:
+                    entries = self._scan()
+                    next_scan = now + self.source.scan_interval
+                else:
+                    entries = self.source.look(self.source.hints() | set(self.settler.pending()))
+                wait = min(next_scan - self.clock(), MAX_WAIT_SECONDS)
+                for entry in sorted(entries, key=lambda e: (e.mtime, e.name)):
+                    if self.stop_event.is_set():
+                        break
+                    hint = self._consider(entry)
+                    if hint is not None:
+                        wait = min(wait, hint)
+                self._wake.wait(max(wait, 0.01))
+        finally:
+            self.source.stop()
+            log.info("source.stopped", source=self.source.name)
+
+    def _scan(self) -> list[Entry]:
+        try:
+            entries = self.source.scan()
+        except OSError as error:
+            self._report(f"cannot list {getattr(self.source, 'folder', self.source.name)}: "
+                         f"{error.strerror or error}")
+            return []
+        self._report(None)
+        names = {entry.name for entry in entries}
+        self.settler.keep_only(names)
+        self._failed = {name: when for name, when in self._failed.items() if name in names}
+        return entries
+
+    def _consider(self, entry: Entry) -> float | None:
+        """Take the file if it is ready; otherwise return seconds until it might be."""
+        if not self.settler.observe(entry.name, entry.size, entry.mtime):
+            return self.settler.wait_hint(entry.name)
+        if self.source.still_writing(entry):
+            return self.settler.settle_seconds or 0.5
+        failed_at = self._failed.get(entry.name)
+        if failed_at is not None and self.clock() - failed_at < FAILED_CLAIM_RETRY_SECONDS:
+            return None
+        self.settler.forget(entry.name)
+        try:
+            self.pipeline.take(self.source, entry)
+            self._failed.pop(entry.name, None)
+        except OSError as error:
+            self._failed[entry.name] = self.clock()
+            log.error("file.claim_failed", source=self.source.name, file=entry.name,
+                      error=error.strerror or str(error),
+                      hint="the gateway needs write permission on the folder to move files out of it")
+        return None
+
+    def _report(self, problem: str | None) -> None:
+        if problem != self.problem:
+            if problem:
+                log.error("source.problem", source=self.source.name, problem=problem)
+            else:
+                if self.problem:
+                    log.info("source.recovered", source=self.source.name)
+            self.problem = problem

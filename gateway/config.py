@@ -1,0 +1,397 @@
+"""Read gateway.toml once, validate all of it, and return frozen dataclasses.
+
+Every key the gateway knows is declared in SCHEMA below, with its type, default
+and meaning. Nothing else in the program reads raw TOML: parts receive the
+dataclasses built here. All problems are collected and reported together, each
+with its key path and the file name, so an admin fixes them in one go.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from gateway.errors import ConfigError, Problem
+
+DEFAULT_CONFIG = Path("/etc/caiasoft-gateway/gateway.toml")
+CONFIG_ENV = "CAIASOFT_GATEWAY_CONFIG"
+CREDENTIAL_NAME = "caiasoft-api-key"  # systemd LoadCredential= name
+
+REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config key: its TOML type, default (or REQUIRED) and what it means."""
+
+    name: str
+    kind: str  # str | int | number | bool | path | strings | table
+    default: Any
+    doc: str
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+
+
+SCHEMA: dict[str, tuple[Key, ...]] = {
+    "paths": (
+        Key("state_dir", "path", Path("/var/lib/caiasoft-gateway"),
+            "Ledger (gateway.db), lock file and work/ folder of files in flight."),
+        Key("archive_dir", "path", Path("/var/lib/caiasoft-gateway/archive"),
+            "Files CaiaSoft accepted, as archive_dir/YYYY/MM/DD/NAME with NAME.json beside."),
+        Key("error_dir", "path", Path("/var/lib/caiasoft-gateway/error"),
+            "Files refused by CaiaSoft or by the gateway, with the reason in NAME.json."),
+        Key("log_dir", "path", Path("/var/log/caiasoft-gateway"),
+            "gateway.log, one JSON object a line."),
+    ),
+    "caiasoft": (
+        Key("base_url", "str", REQUIRED, "Your CaiaSoft site, e.g. https://SITE.caiasoft.com."),
+        Key("api_key_file", "path", None,
+            "File holding the API key (mode 0600 or 0640). One of api_key_file, api_key_env "
+            "or a systemd credential named caiasoft-api-key."),
+        Key("api_key_env", "str", None, "Name of an environment variable holding the API key."),
+        Key("requestfile_path", "str", "/api/requestfile/v1", "Path of the request-file endpoint."),
+        Key("upload_field", "str", "file", "Multipart form field that carries the file."),
+        Key("extra_fields", "table", {}, "Extra form fields sent with every upload (strings)."),
+        Key("timeout_seconds", "number", 30.0, "Timeout for connecting and for each answer.",
+            minimum=1),
+        Key("verify_tls", "bool", True, "Verify CaiaSoft's TLS certificate. Leave on."),
+        Key("ca_file", "path", None, "CA bundle to verify CaiaSoft with, if not the system's."),
+        Key("backoff_initial_seconds", "number", 2.0,
+            "First wait after a transient failure; doubles each time.", minimum=0.01),
+        Key("backoff_max_seconds", "number", 300.0, "Longest wait between retries.", minimum=0.01),
+        Key("auth_pause_seconds", "number", 300.0,
+            "After a 401/403, uploads pause this long before trying again.", minimum=0.01),
+    ),
+    "intake": (
+        Key("max_file_bytes", "int", 50 * 1024 * 1024, "Larger files are refused.", minimum=1),
+        Key("text_fallback_encoding", "str", "",
+            "Encoding tried when a text file is not UTF-8 (e.g. cp1252); empty = UTF-8 only."),
+    ),
+    "archive": (
+        Key("retention_days", "int", 0,
+            "Archive days older than this are deleted; 0 keeps everything.", minimum=0),
+    ),
+    "sources": (
+        Key("name", "str", REQUIRED, "Short unique name, shown in logs, sidecars and status."),
+        Key("path", "path", REQUIRED, "The folder ALEPH writes request files into."),
+        Key("include", "strings", ["*"], "Glob patterns of file names to take."),
+        Key("settle_seconds", "number", 2.0,
+            "A file is ready once its size and mtime have not changed for this long.", minimum=0),
+        Key("watch", "str", "auto",
+            "auto: inotify on local disks, polling on network mounts; or force one.",
+            choices=("auto", "inotify", "polling")),
+        Key("rescan_seconds", "number", 30.0,
+            "With inotify: a full rescan this often anyway (events can be lost).", minimum=0.1),
+        Key("poll_seconds", "number", 2.0,
+            "With polling (network mounts): how often the folder is listed.", minimum=0.1),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A value that never shows itself in repr, str or logs."""
+
+    value: str = field(repr=False)
+
+    def __str__(self) -> str:
+        return "[redacted]"
+
+    def __repr__(self) -> str:
+        return "Secret([redacted])"
+
+
+@dataclass(frozen=True)
+class Paths:
+    state_dir: Path
+    archive_dir: Path
+    error_dir: Path
+    log_dir: Path
+
+    @property
+    def database(self) -> Path:
+        return self.state_dir / "gateway.db"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.state_dir / "work"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.state_dir / "gateway.lock"
+
+
+@dataclass(frozen=True)
+class CaiaSoft:
+    base_url: str
+    requestfile_path: str
+    upload_field: str
+    extra_fields: dict[str, str]
+    timeout_seconds: float
+    verify_tls: bool
+    ca_file: Path | None
+    backoff_initial_seconds: float
+    backoff_max_seconds: float
+    auth_pause_seconds: float
+    api_key_file: Path | None
+    api_key_env: str | None
+
+    @property
+    def requestfile_url(self) -> str:
+        return self.base_url.rstrip("/") + self.requestfile_path
+
+
+@dataclass(frozen=True)
+class Intake:
+    max_file_bytes: int
+    text_fallback_encoding: str
+
+
+@dataclass(frozen=True)
+class Archive:
+    retention_days: int
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    path: Path
+    include: tuple[str, ...]
+    settle_seconds: float
+    watch: str
+    rescan_seconds: float
+    poll_seconds: float
+
+
+@dataclass(frozen=True)
+class Config:
+    file: Path
+    paths: Paths
+    caiasoft: CaiaSoft
+    intake: Intake
+    archive: Archive
+    sources: tuple[Source, ...]
+    api_key: Secret = field(repr=False)
+    warnings: tuple[str, ...] = ()
+
+
+def config_path(explicit: str | os.PathLike | None) -> Path:
+    """Given -c FILE (or None), return the file to read: -c, then $CAIASOFT_GATEWAY_CONFIG, then /etc."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV])
+    return DEFAULT_CONFIG
+
+
+def load(path: str | os.PathLike, environ: dict[str, str] | None = None) -> Config:
+    """Given a TOML file, return a validated Config. Raise ConfigError listing every problem."""
+    path = Path(path)
+    environ = dict(os.environ if environ is None else environ)
+    name = str(path)
+    try:
+        with open(path, "rb") as handle:
+            raw = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError([Problem(name, "", "file not found")]) from None
+    except PermissionError:
+        raise ConfigError([Problem(name, "", "cannot be read (permission denied)")]) from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError([Problem(name, "", f"not valid TOML: {error}")]) from None
+    return _build(raw, name, environ)
+
+
+def _build(raw: dict[str, Any], name: str, environ: dict[str, str]) -> Config:
+    problems: list[Problem] = []
+
+    def problem(key: str, message: str) -> None:
+        problems.append(Problem(name, key, message))
+
+    for table in raw:
+        if table not in SCHEMA:
+            problem(table, f"unknown section (known: {', '.join(SCHEMA)})")
+
+    values: dict[str, dict[str, Any]] = {}
+    for table in ("paths", "caiasoft", "intake", "archive"):
+        section = raw.get(table, {})
+        if not isinstance(section, dict):
+            problem(table, "must be a table, e.g. [" + table + "]")
+            section = {}
+        values[table] = _read_table(section, SCHEMA[table], table, problem)
+
+    raw_sources = raw.get("sources", [])
+    source_values: list[dict[str, Any]] = []
+    if not isinstance(raw_sources, list) or not all(isinstance(s, dict) for s in raw_sources):
+        problem("sources", "must be written as [[sources]] tables")
+    else:
+        if not raw_sources:
+            problem("sources", "no [[sources]] configured: the gateway would watch nothing")
+        for index, section in enumerate(raw_sources):
+            source_values.append(_read_table(section, SCHEMA["sources"], f"sources[{index}]", problem))
+
+    caiasoft = values["caiasoft"]
+    base_url = caiasoft.get("base_url")
+    if isinstance(base_url, str):
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            problem("caiasoft.base_url", f"must be an http(s) URL such as https://SITE.caiasoft.com, got {base_url!r}")
+        elif parts.scheme == "http" and parts.hostname not in ("localhost", "127.0.0.1", "::1"):
+            problem("caiasoft.base_url", "must use https (plain http is only allowed for loopback simulators)")
+    path_value = caiasoft.get("requestfile_path")
+    if isinstance(path_value, str) and not path_value.startswith("/"):
+        problem("caiasoft.requestfile_path", "must start with /")
+    for key, value in (caiasoft.get("extra_fields") or {}).items():
+        if not isinstance(value, str):
+            problem(f"caiasoft.extra_fields.{key}", "must be a string")
+    if caiasoft.get("backoff_max_seconds", 0) < caiasoft.get("backoff_initial_seconds", 0):
+        problem("caiasoft.backoff_max_seconds", "must not be smaller than backoff_initial_seconds")
+
+    encoding = values["intake"].get("text_fallback_encoding")
+    if encoding:
+        try:
+            "".encode(encoding)
+        except LookupError:
+            problem("intake.text_fallback_encoding", f"unknown encoding {encoding!r}")
+
+    _check_sources(source_values, values["paths"], problem)
+    api_key, warnings = _resolve_api_key(caiasoft, environ, problem)
+
+    if problems:
+        raise ConfigError(problems)
+    return Config(
+        file=Path(name),
+        paths=Paths(**values["paths"]),
+        caiasoft=CaiaSoft(**caiasoft),
+        intake=Intake(**values["intake"]),
+        archive=Archive(**values["archive"]),
+        sources=tuple(Source(**{**s, "include": tuple(s["include"])}) for s in source_values),
+        api_key=Secret(api_key),
+        warnings=tuple(warnings),
+    )
+
+
+def _read_table(section: dict[str, Any], keys: tuple[Key, ...], where: str, problem) -> dict[str, Any]:
+    """Given one raw table, return its typed values with defaults; report problems by key path."""
+    known = {key.name: key for key in keys}
+    for name in section:
+        if name not in known:
+            problem(f"{where}.{name}", f"unknown key (known: {', '.join(known)})")
+    result: dict[str, Any] = {}
+    for key in keys:
+        path = f"{where}.{key.name}"
+        if key.name not in section:
+            if key.default is REQUIRED:
+                problem(path, "required key is missing")
+            result[key.name] = None if key.default is REQUIRED else key.default
+            continue
+        value, message = _convert(key, section[key.name])
+        if message:
+            problem(path, message)
+        result[key.name] = value if message is None else key.default if key.default is not REQUIRED else None
+    return result
+
+
+def _convert(key: Key, value: Any) -> tuple[Any, str | None]:
+    """Given a raw TOML value, return (typed value, None) or (None, what is wrong)."""
+    kind = key.kind
+    if kind == "bool":
+        return (value, None) if isinstance(value, bool) else (None, f"must be true or false, got {value!r}")
+    if kind in ("int", "number"):
+        ok = isinstance(value, int) if kind == "int" else isinstance(value, (int, float))
+        if isinstance(value, bool) or not ok:
+            return None, f"must be {'a whole number' if kind == 'int' else 'a number'}, got {value!r}"
+        if key.minimum is not None and value < key.minimum:
+            return None, f"must be at least {key.minimum:g}, got {value!r}"
+        return (float(value) if kind == "number" else value), None
+    if kind == "str":
+        if not isinstance(value, str):
+            return None, f"must be a string, got {value!r}"
+        if key.choices and value not in key.choices:
+            return None, f"must be one of {', '.join(key.choices)}, got {value!r}"
+        return value, None
+    if kind == "path":
+        if not isinstance(value, str) or not value:
+            return None, f"must be a path string, got {value!r}"
+        if not os.path.isabs(value):
+            return None, f"must be an absolute path, got {value!r}"
+        return Path(value), None
+    if kind == "strings":
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+            return None, f"must be a non-empty list of strings, got {value!r}"
+        return list(value), None
+    if kind == "table":
+        if not isinstance(value, dict):
+            return None, f"must be a table of strings, got {value!r}"
+        return dict(value), None
+    raise AssertionError(f"unknown kind {kind}")
+
+
+def _check_sources(sources: list[dict[str, Any]], paths: dict[str, Any], problem) -> None:
+    names: dict[str, int] = {}
+    owned = [p for p in (paths.get("state_dir"), paths.get("archive_dir"), paths.get("error_dir")) if p]
+    for index, source in enumerate(sources):
+        name = source.get("name")
+        if isinstance(name, str):
+            if not name or not all(c.isalnum() or c in "-_." for c in name):
+                problem(f"sources[{index}].name", "use letters, digits, '-', '_' or '.' only")
+            elif name in names:
+                problem(f"sources[{index}].name", f"{name!r} is already the name of sources[{names[name]}]")
+            names.setdefault(name, index)
+        folder = source.get("path")
+        if isinstance(folder, Path):
+            for own in owned:
+                if _overlaps(folder, own):
+                    problem(f"sources[{index}].path", f"overlaps the gateway's own folder {own}")
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    return a == b or a in b.parents or b in a.parents
+
+
+def _resolve_api_key(caiasoft: dict[str, Any], environ: dict[str, str], problem) -> tuple[str, list[str]]:
+    """Return the API key from api_key_file, api_key_env or $CREDENTIALS_DIRECTORY, plus warnings."""
+    key_file, key_env = caiasoft.get("api_key_file"), caiasoft.get("api_key_env")
+    warnings: list[str] = []
+    if key_file and key_env:
+        problem("caiasoft.api_key_file", "set either api_key_file or api_key_env, not both")
+        return "", warnings
+    credential = Path(environ["CREDENTIALS_DIRECTORY"]) / CREDENTIAL_NAME if environ.get("CREDENTIALS_DIRECTORY") else None
+    if key_env:
+        value = environ.get(key_env, "").strip()
+        if not value:
+            problem("caiasoft.api_key_env", f"environment variable {key_env} is not set or empty")
+        return value, warnings
+    if key_file is None and credential is not None and credential.exists():
+        key_file = credential
+    if key_file is None:
+        problem("caiasoft.api_key_file",
+                "no API key: set api_key_file or api_key_env, or pass a systemd credential named "
+                f"{CREDENTIAL_NAME}")
+        return "", warnings
+    try:
+        info = os.stat(key_file)
+        with open(key_file, encoding="utf-8") as handle:
+            value = handle.read().strip()
+    except FileNotFoundError:
+        problem("caiasoft.api_key_file", f"{key_file} does not exist")
+        return "", warnings
+    except PermissionError:
+        problem("caiasoft.api_key_file", f"{key_file} cannot be read by this user (permission denied)")
+        return "", warnings
+    except (OSError, UnicodeDecodeError) as error:
+        problem("caiasoft.api_key_file", f"{key_file} cannot be read: {error.__class__.__name__}")
+        return "", warnings
+    if not value:
+        problem("caiasoft.api_key_file", f"{key_file} is empty")
+    elif any(ch.isspace() for ch in value):
+        problem("caiasoft.api_key_file", f"{key_file} must hold the key alone on one line")
+    if info.st_mode & stat.S_IROTH:
+        warnings.append(f"API key file {key_file} is readable by every user: chmod 0600 (or 0640) it")
+    elif info.st_mode & stat.S_IRGRP and key_file != credential:
+        warnings.append(f"API key file {key_file} is readable by its group: make sure only the gateway's group")
+    return value, warnings

@@ -1,0 +1,141 @@
+"""`demo`: the real pipeline on temp folders, with the CaiaSoft simulator and the sample files.
+
+Starts the simulator, writes a config, starts `caiasoft-gateway run` as a child
+process, writes the samples into the watched folder the way ALEPH does (in
+several writes), adds two files CaiaSoft or the gateway must refuse, waits
+until every file has ended somewhere, stops the gateway and shows what went where.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+
+from gateway.ledger import Ledger
+from gateway.simulators.caiasoft import CaiaSoftSimulator
+
+DENIED_BARCODE = "31234009999990"
+WAIT_SECONDS = 60.0
+
+
+def samples_folder() -> Path:
+    """samples/ of a source checkout, else the copy installed in the package as gateway.samples."""
+    checkout = Path(__file__).resolve().parent.parent / "samples"
+    return checkout if checkout.is_dir() else Path(str(resources.files("gateway.samples")))
+
+
+def sample_files() -> list[tuple[str, bytes]]:
+    """The sample request files shipped with the gateway, as (name, bytes)."""
+    return sorted((entry.name, entry.read_bytes()) for entry in samples_folder().iterdir()
+                  if entry.is_file() and not entry.name.endswith((".md", ".py"))
+                  and not entry.name.startswith(("_", ".")))
+
+
+def write_config(root: Path, base_url: str, key: str, settle_seconds: float = 0.5) -> Path:
+    key_file = root / "api-key"
+    key_file.write_text(key + "\n")
+    key_file.chmod(0o600)
+    (root / "aleph" / "print").mkdir(parents=True, exist_ok=True)
+    config = root / "gateway.toml"
+    config.write_text(f"""# Written by `caiasoft-gateway demo`.
+[paths]
+state_dir = "{root}/state"
+archive_dir = "{root}/archive"
+error_dir = "{root}/error"
+log_dir = "{root}/log"
+
+[caiasoft]
+base_url = "{base_url}"
+api_key_file = "{key_file}"
+backoff_initial_seconds = 0.2
+
+[[sources]]
+name = "print"
+path = "{root}/aleph/print"
+settle_seconds = {settle_seconds}
+""")
+    return config
+
+
+def _write_like_aleph(path: Path, data: bytes) -> None:
+    """Write in pieces with pauses, as ALEPH's daemons do, through a name the gateway does not take yet."""
+    with open(path, "wb") as handle:
+        middle = len(data) // 2
+        handle.write(data[:middle])
+        handle.flush()
+        time.sleep(0.3)
+        handle.write(data[middle:])
+
+
+def _wait_until_done(database: Path, expected: int, child: subprocess.Popen) -> dict[str, int]:
+    deadline = time.monotonic() + WAIT_SECONDS
+    counts: dict[str, int] = {}
+    while time.monotonic() < deadline and child.poll() is None:
+        if database.exists():
+            ledger = Ledger(database)
+            counts = ledger.counts()
+            ledger.close()
+            if counts.get("archived", 0) + counts.get("refused", 0) >= expected:
+                return counts
+        time.sleep(0.2)
+    return counts
+
+
+def run_demo() -> int:
+    root = Path(tempfile.mkdtemp(prefix="caiasoft-gateway-demo-"))
+    key = "demo-" + os.urandom(8).hex()
+    simulator = CaiaSoftSimulator(key=key, deny={DENIED_BARCODE: "Invalid Stop Code"}).start()
+    config = write_config(root, simulator.url, key)
+    print(f"demo folder:         {root}\nCaiaSoft simulator:  {simulator.url}\n")
+    child = subprocess.Popen([sys.executable, "-m", "gateway", "-c", str(config), "run"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        folder = root / "aleph" / "print"
+        files = sample_files()
+        files.append(("shelf-report.txt", "Shelf report for Annex room 2\nAll trays checked on 28 Nov.\n".encode()))
+        files.append(("garbled-slip.xml", b"## - XML_XSL\n<?xml version=\"1.0\"?>\n<printout><section-01>"))
+        for name, data in files:
+            print(f"ALEPH writes        {name}")
+            _write_like_aleph(folder / name, data)
+        counts = _wait_until_done(root / "state" / "gateway.db", len(files), child)
+    finally:
+        child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+        simulator.stop()
+    print(f"\nCaiaSoft received {len(simulator.received)} upload(s); "
+          f"{counts.get('archived', 0)} archived, {counts.get('refused', 0)} refused.\n")
+    _show(root)
+    return 0 if counts.get("archived", 0) + counts.get("refused", 0) == len(files) else 1
+
+
+def _show(root: Path) -> None:
+    for label, folder in (("accepted by CaiaSoft -> archive", root / "archive"),
+                          ("refused -> error", root / "error")):
+        print(f"{label}:")
+        for sidecar in sorted(folder.rglob("*.json")):
+            info = json.loads(sidecar.read_text())
+            line = f"  {sidecar.with_suffix('').relative_to(root)}"
+            if info["outcome"] == "accepted":
+                items = (info.get("caiasoft_answer") or {}).get("request_count", "?")
+                denied = ", ".join(f"{d['item']} ({d['istatus']})" for d in info["denied_items"])
+                line += f"  [{info['kind']}, {items} item(s){'; DENIED ' + denied if denied else ''}]"
+            else:
+                line += f"\n      reason: {info['reason']}"
+            print(line)
+    example = next(iter(sorted((root / "archive").rglob("*.json"))), None)
+    if example:
+        print(f"\nEach file has a sidecar beside it, e.g. {example.relative_to(root)}:")
+        print("  " + example.read_text().strip().replace("\n", "\n  ")[:1600])
+    print(f"\nWhere to look:\n  log (one JSON object a line): {root / 'log' / 'gateway.log'}\n"
+          f"  status: caiasoft-gateway -c {root / 'gateway.toml'} status\n"
+          f"  config used: {root / 'gateway.toml'}")

@@ -1,0 +1,45 @@
+"""The gateway's exceptions. Each one renders its own context for an admin."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class GatewayError(Exception):
+    """Base class: a failure the gateway reports in words and keeps running after."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the configuration: where (file and key) and what."""
+
+    file: str
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.key}: {self.message}" if self.key else f"{self.file}: {self.message}"
+
+
+class ConfigError(GatewayError):
+    """The configuration cannot be used. Carries every problem found, not just the first."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(problem) for problem in problems))
+
+
+class AlreadyRunning(GatewayError):
+    """Another gateway holds the lock on this state_dir."""
+
+
+class FileRefused(GatewayError):
+    """The gateway refuses a file before sending it (binary, too large, bad XML...)."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(reason)
+
+
+class SourceGone(GatewayError):
+    """A file disappeared from its source between being seen and being claimed."""

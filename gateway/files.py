@@ -1,0 +1,67 @@
+"""Durable file moves that never overwrite: used for work/, the archive and the error folder."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from pathlib import Path
+
+_NO_HARD_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK)
+
+
+def move_no_clobber(source: Path, target: Path) -> None:
+    """Move source to target; raise FileExistsError if target exists. Durable before returning."""
+    try:
+        linked = _link_or_rename(source, target)
+    except OSError as error:
+        if error.errno != errno.EXDEV:
+            raise
+        _copy_across(source, target)
+        linked = True
+    if linked:
+        os.unlink(source)
+
+
+def _link_or_rename(source: Path, target: Path) -> bool:
+    """Hard-link source at target (True), or rename it where links are unsupported (False)."""
+    try:
+        os.link(source, target)
+        return True
+    except FileExistsError:
+        raise
+    except OSError as error:
+        if error.errno not in _NO_HARD_LINKS:
+            raise
+    if target.exists():  # a filesystem without hard links (CIFS, some FUSE): check, then rename
+        raise FileExistsError(target)
+    os.rename(source, target)
+    return False
+
+
+def _copy_across(source: Path, target: Path) -> None:
+    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    try:
+        with open(source, "rb", opener=_no_follow) as reader, open(partial, "wb") as writer:
+            shutil.copyfileobj(reader, writer, 1024 * 1024)
+            writer.flush()
+            os.fsync(writer.fileno())
+        shutil.copystat(source, partial)
+        _link_or_rename(partial, target)
+    finally:
+        try:
+            os.unlink(partial)
+        except FileNotFoundError:
+            pass
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _no_follow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW)

@@ -1,0 +1,306 @@
+"""The ledger: SQLite (WAL) record of every file the gateway has taken.
+
+It is the one owner of state. A file's row moves through:
+
+    claiming -> claimed -> queued -> uploading -> archiving -> archived
+                   |          ^          |    \\-> refusing  -> refused
+                   |          \\----------/ (transient failure: back to queued)
+                   \\-> refusing -> refused  (the gateway itself refuses it)
+
+Each step is committed before the file moves on, so after a crash every row
+says what to redo (see pipeline.Pipeline.recover): a row in 'claiming' whose work file exists
+was claimed; 'uploading' goes back to 'queued' (the upload is sent again);
+'archiving'/'refusing' carry their final path and are finished again.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+SCHEMA_VERSION = 1
+MAX_WORK_NAME_BYTES = 240
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    source          TEXT NOT NULL,
+    name            TEXT NOT NULL,
+    origin          TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    size            INTEGER,
+    mtime           REAL,
+    sha256          TEXT,
+    kind            TEXT,
+    details         TEXT,
+    seen_at         REAL NOT NULL,
+    claimed_at      REAL,
+    uploaded_at     REAL,
+    finished_at     REAL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    http_status     INTEGER,
+    answer          TEXT,
+    reason          TEXT,
+    final_path      TEXT
+);
+CREATE INDEX IF NOT EXISTS files_queue ON files (state, next_attempt_at, id);
+CREATE INDEX IF NOT EXISTS files_finished ON files (finished_at);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+OPEN_STATES = ("claiming", "claimed", "queued", "uploading", "archiving", "refusing")
+FINAL_STATES = ("archived", "refused")
+
+
+@dataclass(frozen=True)
+class FileRow:
+    id: int
+    source: str
+    name: str
+    origin: str
+    state: str
+    size: int | None
+    mtime: float | None
+    sha256: str | None
+    kind: str | None
+    details: str | None
+    seen_at: float
+    claimed_at: float | None
+    uploaded_at: float | None
+    finished_at: float | None
+    attempts: int
+    next_attempt_at: float
+    http_status: int | None
+    answer: str | None
+    reason: str | None
+    final_path: str | None
+
+    @property
+    def work_name(self) -> str:
+        return work_name(self.id, self.name)
+
+    @property
+    def answer_json(self) -> Any:
+        return json.loads(self.answer) if self.answer else None
+
+
+def work_name(row_id: int, name: str) -> str:
+    """Return the name a file has in state_dir/work/: its row id, a dot, its (shortened) name."""
+    prefix = f"{row_id:08d}."
+    encoded = name.encode("utf-8", "surrogateescape")[:MAX_WORK_NAME_BYTES]
+    return prefix + encoded.decode("utf-8", "ignore")
+
+
+class Ledger:
+    """SQLite-backed state of every file. Thread-safe; safe to open from a second process."""
+
+    def __init__(self, path: Path, clock=time.time):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.clock = clock
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=30000")
+        self._db.executescript(_SCHEMA)
+        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- plumbing ---------------------------------------------------------
+
+    class _Tx:
+        def __init__(self, ledger: "Ledger"):
+            self.ledger = ledger
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.ledger._lock.acquire()
+            self.ledger._db.execute("BEGIN IMMEDIATE")
+            return self.ledger._db
+
+        def __exit__(self, kind, value, traceback) -> None:
+            try:
+                self.ledger._db.execute("COMMIT" if kind is None else "ROLLBACK")
+            finally:
+                self.ledger._lock.release()
+
+    def _transaction(self) -> "Ledger._Tx":
+        return Ledger._Tx(self)
+
+    def _one(self, sql: str, args: tuple = ()) -> FileRow | None:
+        with self._lock:
+            row = self._db.execute(sql, args).fetchone()
+        return FileRow(**dict(row)) if row else None
+
+    def _update(self, row_id: int, expected: tuple[str, ...] | None, **fields: Any) -> None:
+        sets = ", ".join(f"{name} = ?" for name in fields)
+        sql = f"UPDATE files SET {sets} WHERE id = ?"
+        args: tuple = (*fields.values(), row_id)
+        if expected:
+            sql += f" AND state IN ({', '.join('?' for _ in expected)})"
+            args += expected
+        with self._transaction() as db:
+            if db.execute(sql, args).rowcount != 1:
+                raise LookupError(f"ledger row {row_id} is not in state {expected}")
+
+    # -- the life of a file -------------------------------------------------
+
+    def begin_claim(self, source: str, name: str, origin: str, size: int, mtime: float,
+                    seen_at: float | None = None) -> int:
+        """Record that a file is about to be moved into work/; return its row id."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO files (source, name, origin, state, size, mtime, seen_at) "
+                "VALUES (?, ?, ?, 'claiming', ?, ?, ?)",
+                (source, name, origin, size, mtime, seen_at if seen_at is not None else self.clock()))
+            return int(cursor.lastrowid)
+
+    def claimed(self, row_id: int) -> None:
+        self._update(row_id, ("claiming",), state="claimed", claimed_at=self.clock())
+
+    def forget(self, row_id: int) -> None:
+        """Drop a row whose claim never happened (the file stayed in, or left, its source)."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM files WHERE id = ? AND state = 'claiming'", (row_id,))
+
+    def queued(self, row_id: int, kind: str, sha256: str, size: int, details: dict[str, Any]) -> None:
+        self._update(row_id, ("claimed",), state="queued", kind=kind, sha256=sha256, size=size,
+                     details=json.dumps(details, ensure_ascii=False))
+
+    def take_next(self, now: float | None = None) -> FileRow | None:
+        """Mark the oldest due queued file 'uploading' and return it, or None if nothing is due."""
+        now = self.clock() if now is None else now
+        with self._transaction() as db:
+            row = db.execute(
+                "UPDATE files SET state = 'uploading', attempts = attempts + 1 WHERE id = ("
+                " SELECT id FROM files WHERE state = 'queued' AND next_attempt_at <= ?"
+                " ORDER BY next_attempt_at, id LIMIT 1) RETURNING *", (now,)).fetchone()
+        return FileRow(**dict(row)) if row else None
+
+    def take(self, row_id: int) -> FileRow | None:
+        """Mark one queued file 'uploading' (for `send`); None if it is not queued."""
+        with self._transaction() as db:
+            row = db.execute("UPDATE files SET state = 'uploading', attempts = attempts + 1 "
+                             "WHERE id = ? AND state = 'queued' RETURNING *", (row_id,)).fetchone()
+        return FileRow(**dict(row)) if row else None
+
+    def requeue(self, row_id: int, reason: str, next_attempt_at: float, http_status: int | None = None,
+                undo_attempt: bool = False) -> None:
+        """A transient failure (or a pause): back to the queue, due again at next_attempt_at."""
+        fields: dict[str, Any] = dict(state="queued", reason=reason, next_attempt_at=next_attempt_at,
+                                      http_status=http_status)
+        if undo_attempt:
+            with self._transaction() as db:
+                db.execute("UPDATE files SET attempts = MAX(attempts - 1, 0) WHERE id = ?", (row_id,))
+        self._update(row_id, ("uploading",), **fields)
+
+    def finishing(self, row_id: int, state: str, final_path: Path, *, reason: str | None = None,
+                  http_status: int | None = None, answer: Any = None, uploaded: bool = False,
+                  sha256: str | None = None, size: int | None = None) -> None:
+        """Record the outcome and where the file goes, before it moves there."""
+        assert state in ("archiving", "refusing")
+        fields: dict[str, Any] = dict(state=state, final_path=str(final_path), reason=reason,
+                                      http_status=http_status,
+                                      answer=json.dumps(answer, ensure_ascii=False) if answer is not None else None)
+        if uploaded:
+            fields["uploaded_at"] = self.clock()
+        if sha256 is not None:
+            fields["sha256"] = sha256
+        if size is not None:
+            fields["size"] = size
+        self._update(row_id, ("claimed", "uploading", "archiving", "refusing"), **fields)
+
+    def finished(self, row_id: int, final_path: Path) -> None:
+        """The file is in its final place (which may differ from the one chosen, after a clash)."""
+        self._update(row_id, ("archiving", "refusing"), final_path=str(final_path), finished_at=self.clock(),
+                     state="archived" if self.get(row_id).state == "archiving" else "refused")
+
+    def reopen(self, row_id: int, name: str) -> None:
+        """`retry`: a refused file goes back to 'claimed' (validated again, then uploaded)."""
+        self._update(row_id, ("refused",), state="claimed", name=name, final_path=None, reason=None,
+                     http_status=None, answer=None, attempts=0, next_attempt_at=0, finished_at=None,
+                     claimed_at=self.clock())
+
+    def adopt(self, name: str, size: int, origin: str) -> int:
+        """Record a file found in work/ with no row (the database was lost); return its row id."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO files (source, name, origin, state, size, seen_at, claimed_at) "
+                "VALUES ('recovered', ?, ?, 'claimed', ?, ?, ?)",
+                (name, origin, size, self.clock(), self.clock()))
+            return int(cursor.lastrowid)
+
+    # -- questions ------------------------------------------------------------
+
+    def get(self, row_id: int) -> FileRow | None:
+        return self._one("SELECT * FROM files WHERE id = ?", (row_id,))
+
+    def in_state(self, *states: str) -> list[FileRow]:
+        marks = ", ".join("?" for _ in states)
+        with self._lock:
+            rows = self._db.execute(f"SELECT * FROM files WHERE state IN ({marks}) ORDER BY id", states).fetchall()
+        return [FileRow(**dict(row)) for row in rows]
+
+    def find_refused(self, final_path: Path) -> FileRow | None:
+        return self._one("SELECT * FROM files WHERE state = 'refused' AND final_path = ? "
+                         "ORDER BY id DESC LIMIT 1", (str(final_path),))
+
+    def next_due_at(self) -> float | None:
+        """When the earliest queued file becomes due, or None if the queue is empty."""
+        with self._lock:
+            row = self._db.execute("SELECT MIN(next_attempt_at) FROM files WHERE state = 'queued'").fetchone()
+        return row[0]
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM files GROUP BY state").fetchall()
+        return {state: count for state, count in rows}
+
+    def count_finished_since(self, state: str, since: float) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM files WHERE state = ? AND finished_at >= ?",
+                                    (state, since)).fetchone()[0]
+
+    def oldest_open(self) -> FileRow | None:
+        marks = ", ".join("?" for _ in OPEN_STATES)
+        return self._one(f"SELECT * FROM files WHERE state IN ({marks}) ORDER BY seen_at, id LIMIT 1",
+                         OPEN_STATES)
+
+    def recent(self, state: str, limit: int) -> list[FileRow]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM files WHERE state = ? ORDER BY finished_at DESC, id DESC "
+                                    "LIMIT ?", (state, limit)).fetchall()
+        return [FileRow(**dict(row)) for row in rows]
+
+    def all_rows(self) -> Iterator[FileRow]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM files ORDER BY id").fetchall()
+        return (FileRow(**dict(row)) for row in rows)
+
+    def known_work_names(self) -> set[str]:
+        marks = ", ".join("?" for _ in OPEN_STATES)
+        with self._lock:
+            rows = self._db.execute(f"SELECT id, name FROM files WHERE state IN ({marks})", OPEN_STATES).fetchall()
+        return {work_name(row_id, name) for row_id, name in rows}
+
+    # -- meta (small named values: last auth failure, etc.) -----------------
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                       (key, value))
+
+    def get_meta(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None

@@ -1,0 +1,231 @@
+"""The request-file pipeline: claim -> validate -> upload -> archive or error.
+
+Pipeline is the only code that moves a file between the source, work/, the
+archive and the error folder, and it records each step in the ledger before
+the next one starts. recover() finishes whatever a crash interrupted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from gateway import __version__, intake, logs
+from gateway.archive import Folder
+from gateway.caiasoft import Backoff, CaiaSoftClient, Outcome
+from gateway.config import Config
+from gateway.errors import FileRefused, SourceGone
+from gateway.ledger import Ledger, FileRow, work_name
+from gateway.sources.base import Entry, Source
+
+log = logs.get("gateway.pipeline")
+
+
+class Pipeline:
+    def __init__(self, config: Config, ledger: Ledger, client: CaiaSoftClient | None,
+                 clock: Callable[[], float] = time.time, on_queued: Callable[[], None] = lambda: None):
+        self.config = config
+        self.ledger = ledger
+        self.client = client
+        self.clock = clock
+        self.on_queued = on_queued
+        self.archive = Folder(config.paths.archive_dir)
+        self.errors = Folder(config.paths.error_dir)
+        self.work_dir = config.paths.work_dir
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.backoff = Backoff(config.caiasoft.backoff_initial_seconds, config.caiasoft.backoff_max_seconds)
+
+    def work_path(self, row: FileRow) -> Path:
+        return self.work_dir / row.work_name
+
+    # -- intake --------------------------------------------------------------
+
+    def take(self, source: Source, entry: Entry) -> int | None:
+        """Claim a ready file from its source into work/ and validate it. Return its row id.
+
+        Return None if the file vanished first. Raise OSError if it cannot be taken
+        (e.g. no permission to move it out of the folder); nothing is recorded then.
+        """
+        row_id = self.ledger.begin_claim(source.name, entry.name, entry.origin, entry.size, entry.mtime)
+        try:
+            source.fetch(entry, self.work_dir / work_name(row_id, entry.name))
+        except SourceGone as gone:
+            self.ledger.forget(row_id)
+            log.info("file.vanished", source=source.name, file=entry.name, detail=str(gone))
+            return None
+        except BaseException:
+            self.ledger.forget(row_id)
+            raise
+        self.ledger.claimed(row_id)
+        log.info("file.claimed", id=row_id, source=source.name, file=entry.name, size=entry.size)
+        self.admit(row_id)
+        return row_id
+
+    def adopt_copy(self, path: Path, source_name: str = "send") -> int:
+        """Copy a file given on the command line into work/ and validate it (for `send`)."""
+        info = os.stat(path)
+        row_id = self.ledger.begin_claim(source_name, path.name, str(path.resolve()), info.st_size, info.st_mtime)
+        destination = self.work_dir / work_name(row_id, path.name)
+        partial = destination.with_name(destination.name + ".partial")
+        with open(path, "rb") as reader, open(partial, "wb") as writer:
+            while chunk := reader.read(1024 * 1024):
+                writer.write(chunk)
+            writer.flush()
+            os.fsync(writer.fileno())
+        os.rename(partial, destination)
+        self.ledger.claimed(row_id)
+        self.admit(row_id)
+        return row_id
+
+    def admit(self, row_id: int) -> None:
+        """Validate a claimed file: queue it for upload, or refuse it into error_dir."""
+        row = self.ledger.get(row_id)
+        path = self.work_path(row)
+        intake_settings = self.config.intake
+        try:
+            found = intake.inspect(path, row.name, intake_settings.max_file_bytes,
+                                   intake_settings.text_fallback_encoding)
+        except FileRefused as refusal:
+            sha256, size = intake.file_digest(path)
+            log.warning("file.refused", id=row.id, source=row.source, file=row.name, sha256=sha256,
+                        by="gateway", reason=refusal.reason)
+            self._finish(row, "refusing", reason=f"refused by the gateway: {refusal.reason}",
+                         sha256=sha256, size=size)
+            return
+        self.ledger.queued(row_id, found.kind, found.sha256, found.size, found.details)
+        log.info("file.queued", id=row.id, source=row.source, file=row.name, kind=found.kind,
+                 sha256=found.sha256, size=found.size)
+        self.on_queued()
+
+    # -- upload --------------------------------------------------------------
+
+    def upload(self, row: FileRow) -> Outcome:
+        """Send one 'uploading' row to CaiaSoft and act on the answer."""
+        outcome = self.client.upload(self.work_path(row), row.name, row.kind or "text")
+        fields = dict(id=row.id, source=row.source, file=row.name, sha256=row.sha256, attempt=row.attempts,
+                      status=outcome.http_status, ms=outcome.elapsed_ms)
+        if outcome.verdict == "accepted":
+            log.info("upload.ok", **fields, denied=len(outcome.denials))
+            for item in outcome.denials:
+                log.warning("upload.item_denied", id=row.id, file=row.name, item=item.get("item"),
+                            istatus=item.get("istatus"))
+            self._finish(row, "archiving", reason=outcome.reason, http_status=outcome.http_status,
+                         answer=outcome.answer, uploaded=True)
+        elif outcome.verdict == "refused":
+            log.warning("upload.refused", **fields, reason=outcome.reason)
+            self._finish(row, "refusing", reason=outcome.reason, http_status=outcome.http_status,
+                         answer=outcome.answer, uploaded=True)
+        elif outcome.verdict == "transient":
+            delay = self.backoff.delay(row.attempts, outcome.retry_after)
+            log.warning("upload.retry", **fields, reason=outcome.reason, retry_in=round(delay, 2))
+            self.ledger.requeue(row.id, outcome.reason, self.clock() + delay, outcome.http_status)
+        else:  # paused: the key or URL is wrong; the file waits, unharmed
+            self.ledger.requeue(row.id, outcome.reason, self.clock(), outcome.http_status, undo_attempt=True)
+        return outcome
+
+    # -- finishing -------------------------------------------------------------
+
+    def _finish(self, row: FileRow, state: str, *, reason: str, http_status: int | None = None,
+                answer: Any = None, uploaded: bool = False, sha256: str | None = None,
+                size: int | None = None) -> None:
+        folder = self.archive if state == "archiving" else self.errors
+        target = folder.choose(row.name, dt.datetime.fromtimestamp(self.clock()))
+        self.ledger.finishing(row.id, state, target, reason=reason, http_status=http_status, answer=answer,
+                              uploaded=uploaded, sha256=sha256, size=size)
+        self._complete(self.ledger.get(row.id))
+
+    def _complete(self, row: FileRow) -> Path:
+        """Move the work file to the row's final path, write the sidecar, close the row."""
+        folder = self.archive if row.state == "archiving" else self.errors
+        work = self.work_path(row)
+        final = Path(row.final_path)
+        if work.exists():
+            final = folder.place(work, final)
+        elif not final.exists():
+            log.error("file.lost", id=row.id, file=row.name, expected=str(final),
+                      detail="neither the work copy nor the final copy exists")
+        folder.write_sidecar(final, sidecar(row, final, self.clock()))
+        self.ledger.finished(row.id, final)
+        log.info("file.archived" if row.state == "archiving" else "file.to_error", id=row.id,
+                 source=row.source, file=row.name, path=str(final))
+        return final
+
+    # -- after a crash -----------------------------------------------------------
+
+    def recover(self) -> dict[str, int]:
+        """Finish or resume everything a crash interrupted; return what was done, by kind."""
+        done = {"claims_completed": 0, "claims_dropped": 0, "requeued": 0, "finished": 0, "adopted": 0}
+        for leftover in self.work_dir.glob("*.partial"):
+            leftover.unlink()
+        for row in self.ledger.in_state("claiming"):
+            if self.work_path(row).exists():
+                _drop_origin_copy(row)
+                self.ledger.claimed(row.id)
+                done["claims_completed"] += 1
+            else:
+                self.ledger.forget(row.id)
+                done["claims_dropped"] += 1
+        for row in self.ledger.in_state("uploading"):
+            self.ledger.requeue(row.id, "interrupted by a restart", 0, undo_attempt=False)
+            done["requeued"] += 1
+        for row in self.ledger.in_state("archiving", "refusing"):
+            self._complete(row)
+            done["finished"] += 1
+        known = self.ledger.known_work_names()
+        for path in sorted(self.work_dir.iterdir()):
+            if path.name not in known and path.is_file() and not path.is_symlink():
+                name = path.name.split(".", 1)[1] if "." in path.name else path.name
+                row_id = self.ledger.adopt(name, path.stat().st_size, str(path))
+                path.rename(self.work_dir / work_name(row_id, name))
+                done["adopted"] += 1
+        for row in self.ledger.in_state("claimed"):
+            self.admit(row.id)
+        if any(done.values()):
+            log.info("recovery.done", **done)
+        return done
+
+
+def _drop_origin_copy(row: FileRow) -> None:
+    """A copy-claim (across filesystems) that crashed before unlinking the original: unlink it now."""
+    origin = Path(row.origin)
+    try:
+        info = os.lstat(origin)
+    except OSError:
+        return
+    if info.st_size == row.size and info.st_mtime == row.mtime:
+        origin.unlink()
+
+
+def _iso(moment: float | None) -> str | None:
+    return dt.datetime.fromtimestamp(moment).astimezone().isoformat(timespec="seconds") if moment else None
+
+
+def sidecar(row: FileRow, final: Path, now: float) -> dict[str, Any]:
+    """The NAME.json an admin reads beside a file in the archive or error folder."""
+    answer = row.answer_json
+    denied = [item for item in (answer.get("results") or []) if isinstance(item, dict)
+              and str(item.get("deny", "")).upper() in ("Y", "YES", "TRUE")] if isinstance(answer, dict) else []
+    return {
+        "file": final.name,
+        "original_name": row.name,
+        "outcome": "accepted" if row.state in ("archiving", "archived") else "refused",
+        "reason": row.reason,
+        "source": row.source,
+        "original_path": row.origin,
+        "size": row.size,
+        "sha256": row.sha256,
+        "kind": row.kind,
+        "details": json.loads(row.details) if row.details else None,
+        "http_status": row.http_status,
+        "caiasoft_answer": answer,
+        "denied_items": denied,
+        "attempts": row.attempts,
+        "times": {"seen": _iso(row.seen_at), "claimed": _iso(row.claimed_at),
+                  "uploaded": _iso(row.uploaded_at), "finished": _iso(row.finished_at or now)},
+        "ledger_id": row.id,
+        "gateway": f"aleph-caiasoft-gateway {__version__}",
+    }

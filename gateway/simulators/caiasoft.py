@@ -1,0 +1,239 @@
+"""A CaiaSoft API simulator: a real HTTP server on loopback, for demo, tests and site dry runs.
+
+It speaks the API as DOMAIN.md describes: X-API-Key checked on every call,
+JSON answers with counts as strings, POST /api/requestfile/v1 taking a
+multipart upload, GET /api/circstoplist/v1/ACTIVE. A file is "registered"
+when it is an ALEPH slip (<printout>) or a barcode list; anything else gets
+success: false, as CaiaSoft answers for an unregistered format.
+
+Faults are scripted per request: queue_faults("503", "429:2", "drop", "slow:5", "hang").
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from email.parser import BytesParser
+from email.policy import HTTP
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from xml.etree.ElementTree import ParseError
+
+import defusedxml.ElementTree as SafeET
+
+DEFAULT_KEY = "sim-key-0000"
+BARCODE = re.compile(r"^[A-Za-z0-9-]{4,32}$")
+STOPS = [{"stop_code": "MAIN", "description": "Main Library circulation desk"},
+         {"stop_code": "LAW", "description": "Law Library"}]
+
+
+@dataclass
+class Received:
+    """One upload as the simulator saw it (the API key is never kept)."""
+
+    name: str | None
+    field: str
+    data: bytes
+    form: dict[str, str]
+    answered: int | None
+    at: float = field(default_factory=time.time)
+
+
+class CaiaSoftSimulator:
+    def __init__(self, key: str = DEFAULT_KEY, host: str = "127.0.0.1", port: int = 0,
+                 upload_field: str = "file", deny: dict[str, str] | None = None, delay: float = 0.0):
+        self.key = key
+        self.upload_field = upload_field
+        self.deny = dict(deny or {})
+        self.delay = delay
+        self.received: list[Received] = []
+        self._faults: collections.deque[str] = collections.deque()
+        self._changed = threading.Condition()
+        self._stopping = threading.Event()
+        self._server = ThreadingHTTPServer((host, port), _handler_for(self))
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> "CaiaSoftSimulator":
+        self._thread = threading.Thread(target=self._server.serve_forever, name="caiasoft-simulator", daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self._server.serve_forever()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> "CaiaSoftSimulator":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def queue_faults(self, *faults: str) -> None:
+        """Script the next requests: '500'/'503' (status), '429:S' (Retry-After S), 'drop', 'slow:S', 'hang'."""
+        with self._changed:
+            self._faults.extend(faults)
+
+    def next_fault(self) -> str | None:
+        with self._changed:
+            return self._faults.popleft() if self._faults else None
+
+    def record(self, item: Received) -> None:
+        with self._changed:
+            self.received.append(item)
+            self._changed.notify_all()
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
+        """Block until at least count uploads were received; return them. Raise TimeoutError if not."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: len(self.received) >= count, timeout):
+                raise TimeoutError(f"simulator received {len(self.received)} uploads, expected {count}")
+            return list(self.received)
+
+    # -- what CaiaSoft would answer ------------------------------------------
+
+    def answer_file(self, name: str | None, data: bytes) -> dict[str, Any]:
+        barcodes = _barcodes(data)
+        if barcodes is None:
+            return {"success": False, "error": f"File format not registered for {name or 'upload'}: "
+                    "register it in the Admin Module (File Format)", "request_count": "0"}
+        results = []
+        for barcode in barcodes:
+            status = self.deny.get(barcode)
+            results.append({"item": barcode, "deny": "Y" if status else "N", "istatus": status or "Item Requested"})
+        return {"success": True, "error": "", "request_count": str(len(results)), "results": results}
+
+
+def _barcodes(data: bytes) -> list[str] | None:
+    """Barcodes in an ALEPH slip or a barcode list; None if the format is not one CaiaSoft knows."""
+    body = data[data.find(b"\n") + 1:] if data.startswith(b"##") else data
+    if body.lstrip().startswith(b"<"):
+        try:
+            root = SafeET.fromstring(body)
+        except (ParseError, ValueError):  # defusedxml's refusals are ValueErrors
+            return None
+        if root.tag != "printout":
+            return None
+        return [e.text.strip() for e in root.iter("z30-barcode") if e.text and e.text.strip()]
+    try:
+        lines = [line.strip() for line in data.decode("utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        return None
+    return lines if lines and all(BARCODE.match(line) for line in lines) else None
+
+
+def _parse_multipart(content_type: str, body: bytes) -> list[tuple[str, str | None, bytes]]:
+    message = BytesParser(policy=HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body)
+    parts = []
+    if not message.is_multipart():
+        return parts
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        parts.append((name, part.get_filename(), part.get_payload(decode=True) or b""))
+    return parts
+
+
+def _handler_for(sim: CaiaSoftSimulator):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "CaiaSoftSimulator/1"
+
+        def log_message(self, format, *args) -> None:  # quiet: tests and demo read .received
+            pass
+
+        def _json(self, status: int, payload: dict[str, Any], extra: dict[str, str] | None = None) -> None:
+            body = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            for key, value in (extra or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _authorised(self) -> bool:
+            if self.headers.get("X-API-Key") == sim.key:
+                return True
+            self._json(401, {"success": False, "error": "Invalid API key"})
+            return False
+
+        def _apply_fault(self) -> bool:
+            """Act out a scripted fault; return True if the request was answered (or dropped) by it."""
+            fault = sim.next_fault()
+            if sim.delay:
+                time.sleep(sim.delay)
+            if fault is None:
+                return False
+            kind, _, argument = fault.partition(":")
+            if kind == "drop":
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return True
+            if kind == "hang":
+                sim._stopping.wait()
+                self.close_connection = True
+                return True
+            if kind == "slow":
+                time.sleep(float(argument or 5))
+                return False
+            if kind == "429":
+                self._json(429, {"success": False, "error": "Too many requests"},
+                           {"Retry-After": argument or "1"})
+                return True
+            self._json(int(kind), {"success": False, "error": f"Simulated server error {kind}"})
+            return True
+
+        def do_GET(self) -> None:
+            if not self._authorised() or self._apply_fault():
+                return
+            if self.path.rstrip("/") == "/api/circstoplist/v1/ACTIVE":
+                self._json(200, {"success": True, "error": "", "count": str(len(STOPS)), "stops": STOPS})
+            elif self.path.startswith("/api/itemstatus/v1/"):
+                barcode = self.path.rsplit("/", 1)[-1]
+                seen = any(barcode in (_barcodes(r.data) or []) for r in sim.received)
+                self._json(200, {"success": True, "error": "", "barcode": barcode,
+                                 "status": "Requested" if seen else "In"})
+            else:
+                self._json(404, {"success": False, "error": f"Unknown endpoint {self.path}"})
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length)
+            if not self._authorised():
+                return
+            if self.path.rstrip("/") != "/api/requestfile/v1":
+                self._json(404, {"success": False, "error": f"Unknown endpoint {self.path}"})
+                return
+            parts = _parse_multipart(self.headers.get("Content-Type", ""), body)
+            files = [(name, filename, data) for name, filename, data in parts if name == sim.upload_field]
+            form = {name: data.decode("utf-8", "replace") for name, filename, data in parts
+                    if name != sim.upload_field and filename is None}
+            fault_answered = self._apply_fault()
+            if not files:
+                if not fault_answered:
+                    self._json(400, {"success": False, "error": f"No file in form field '{sim.upload_field}'"})
+                return
+            _, filename, data = files[0]
+            if fault_answered:
+                sim.record(Received(filename, sim.upload_field, data, form, answered=None))
+                return
+            answer = sim.answer_file(filename, data)
+            sim.record(Received(filename, sim.upload_field, data, form, answered=200))
+            self._json(200, answer)
+
+    return Handler

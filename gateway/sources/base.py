@@ -1,0 +1,48 @@
+"""The source protocol: what the collector needs from a folder of request files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file seen in a source: its name, where it is (path or URL), size and mtime."""
+
+    name: str
+    origin: str
+    size: int
+    mtime: float
+
+
+class Source(Protocol):
+    name: str
+    mode: str               # how changes are noticed: inotify, polling, sftp...
+    trust_mtime: bool       # mtime is from our own clock (local disk), so its age means something
+    scan_interval: float    # seconds between full scans
+
+    def start(self, wake: Callable[[], None]) -> None:
+        """Begin watching; call wake() whenever something may have changed."""
+
+    def stop(self) -> None:
+        """Stop watching. Idempotent."""
+
+    def scan(self) -> list[Entry]:
+        """Every wanted file now in the source (no symlinks, folders, hidden or temporary names)."""
+
+    def look(self, names: set[str]) -> list[Entry]:
+        """The wanted files among these names that still exist."""
+
+    def hints(self) -> set[str]:
+        """Names touched since the last call (from events); empty where there are no events."""
+
+    def still_writing(self, entry: Entry) -> bool:
+        """True if the file is known to be open for writing (False when it cannot be known)."""
+
+    def fetch(self, entry: Entry, destination: Path) -> None:
+        """Move or copy the file to destination, durably. Raise SourceGone if it vanished."""
+
+    def healthy(self) -> bool:
+        """False if the watching machinery has died (e.g. the observer thread)."""

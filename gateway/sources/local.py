@@ -1,0 +1,175 @@
+"""A local or mounted folder: inotify events (watchdog) plus full rescans, or polling alone.
+
+Events only hint that a name changed; readiness is always decided by looking at
+the file. Rescans catch whatever events missed (inotify queue overflow, files
+that were there before the start). On network filesystems there are no events
+for changes made by other hosts, so watch = "auto" polls there.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from pathlib import Path
+from typing import Callable
+
+from watchdog.events import FileClosedEvent, FileCreatedEvent, FileMovedEvent, FileSystemEventHandler
+from watchdog.observers.inotify import InotifyObserver
+
+from gateway import config, intake, logs
+from gateway.errors import SourceGone
+from gateway.files import move_no_clobber
+from gateway.sources.base import Entry
+
+NETWORK_FILESYSTEMS = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "sshfs", "9p", "afs", "ceph",
+    "glusterfs", "fuse.glusterfs", "davfs", "fuse.davfs2", "lustre", "gpfs", "ocfs2", "gfs2",
+})
+MOUNTINFO = Path("/proc/self/mountinfo")
+
+log = logs.get("gateway.sources.local")
+
+
+def filesystem_type(path: Path, mountinfo: Path = MOUNTINFO) -> str | None:
+    """Return the filesystem type the path lives on (from mountinfo), or None if unknown."""
+    try:
+        lines = mountinfo.read_text().splitlines()
+    except OSError:
+        return None
+    target = os.path.realpath(path)
+    best, best_type = "", None
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields, right_fields = left.split(), right.split()
+        if len(fields) < 5 or not right_fields:
+            continue
+        mount_point = fields[4].replace("\\040", " ")
+        if (target == mount_point or target.startswith(mount_point.rstrip("/") + "/")) and len(mount_point) >= len(best):
+            best, best_type = mount_point, right_fields[0]
+    return best_type
+
+
+def choose_mode(settings: config.Source) -> str:
+    """inotify or polling, as configured; for auto, polling on network filesystems."""
+    if settings.watch != "auto":
+        return settings.watch
+    return "polling" if filesystem_type(settings.path) in NETWORK_FILESYSTEMS else "inotify"
+
+
+class _Hints(FileSystemEventHandler):
+    def __init__(self, folder: Path, notice: Callable[[str], None]):
+        self.folder = str(folder)
+        self.notice = notice
+
+    def on_any_event(self, event) -> None:
+        path = event.dest_path if isinstance(event, FileMovedEvent) else event.src_path
+        path = os.fsdecode(path)
+        if os.path.dirname(path) == self.folder:
+            self.notice(os.path.basename(path))
+
+
+class LocalSource:
+    """A folder on this host (local disk or a mount)."""
+
+    def __init__(self, settings: config.Source):
+        self.settings = settings
+        self.name = settings.name
+        self.folder = settings.path
+        self.mode = choose_mode(settings)
+        self.trust_mtime = filesystem_type(settings.path) not in NETWORK_FILESYSTEMS
+        self._observer: InotifyObserver | None = None
+        self._hints: set[str] = set()
+        self._lock = threading.Lock()
+        self._wake: Callable[[], None] = lambda: None
+
+    @property
+    def scan_interval(self) -> float:
+        return self.settings.rescan_seconds if self.mode == "inotify" else self.settings.poll_seconds
+
+    def start(self, wake: Callable[[], None]) -> None:
+        self._wake = wake
+        if self.mode != "inotify":
+            return
+        observer = InotifyObserver()
+        observer.schedule(_Hints(self.folder, self._notice), str(self.folder), recursive=False,
+                          event_filter=[FileCreatedEvent, FileClosedEvent, FileMovedEvent])
+        try:
+            observer.start()
+        except OSError as error:
+            log.warning("source.inotify_unavailable", source=self.name, folder=str(self.folder),
+                        error=str(error), fallback="polling")
+            self.mode = "polling"
+            return
+        observer.name = f"inotify-{self.name}"
+        self._observer = observer
+
+    def stop(self) -> None:
+        observer, self._observer = self._observer, None
+        if observer is not None:
+            observer.stop()
+            observer.join(timeout=5)
+
+    def healthy(self) -> bool:
+        return self.mode != "inotify" or (self._observer is not None and self._observer.is_alive())
+
+    def _notice(self, name: str) -> None:
+        with self._lock:
+            self._hints.add(name)
+        self._wake()
+
+    def hints(self) -> set[str]:
+        with self._lock:
+            names, self._hints = self._hints, set()
+        return names
+
+    def _entry(self, name: str, info: os.stat_result) -> Entry | None:
+        if not stat.S_ISREG(info.st_mode) or not intake.wanted(name, self.settings.include):
+            return None
+        return Entry(name=name, origin=str(self.folder / name), size=info.st_size, mtime=info.st_mtime)
+
+    def scan(self) -> list[Entry]:
+        entries = []
+        with os.scandir(self.folder) as found:
+            for item in found:
+                if not intake.wanted(item.name, self.settings.include):
+                    continue
+                try:
+                    entry = self._entry(item.name, item.stat(follow_symlinks=False))
+                except FileNotFoundError:
+                    continue
+                if entry:
+                    entries.append(entry)
+        return entries
+
+    def look(self, names: set[str]) -> list[Entry]:
+        entries = []
+        for name in names:
+            try:
+                entry = self._entry(name, os.lstat(self.folder / name))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            if entry:
+                entries.append(entry)
+        return entries
+
+    def still_writing(self, entry: Entry) -> bool:
+        return intake.held_for_writing(Path(entry.origin)) is True
+
+    def fetch(self, entry: Entry, destination: Path) -> None:
+        """Rename the file into destination (copy + fsync + unlink across filesystems)."""
+        origin = Path(entry.origin)
+        try:
+            info = os.lstat(origin)
+        except FileNotFoundError:
+            raise SourceGone(f"{origin} disappeared before it could be taken") from None
+        if not stat.S_ISREG(info.st_mode):
+            raise SourceGone(f"{origin} is no longer a regular file")
+        try:
+            move_no_clobber(origin, destination)  # a rename; copy + fsync + unlink across filesystems
+        except FileNotFoundError:
+            raise SourceGone(f"{origin} disappeared before it could be taken") from None
+        moved = os.lstat(destination)
+        if not stat.S_ISREG(moved.st_mode):  # swapped for a symlink in between: never follow it
+            os.unlink(destination)
+            raise SourceGone(f"{origin} was replaced by a link while being taken; not followed")

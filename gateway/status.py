@@ -1,0 +1,85 @@
+"""`status`: what the gateway holds, read from the ledger (works while the service runs)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from typing import Any
+
+from gateway.ledger import OPEN_STATES, Ledger
+
+RECENT_ERRORS = 5
+SERVICE_STALE_SECONDS = 30.0
+
+
+def collect(ledger: Ledger, now: float | None = None) -> dict[str, Any]:
+    """Return the status as a plain dict (what `status --json` prints)."""
+    now = time.time() if now is None else now
+    counts = ledger.counts()
+    oldest = ledger.oldest_open()
+    last = ledger.recent("archived", 1)
+    midnight = dt.datetime.combine(dt.date.today(), dt.time()).timestamp()
+    service = json.loads(ledger.get_meta("service") or "null")
+    running = bool(service) and now - service.get("updated", 0) < SERVICE_STALE_SECONDS
+    return {
+        "service": {"running": running, **({"pid": service.get("pid"), "sources": service.get("sources")}
+                                            if running else {})},
+        "counts": {state: counts.get(state, 0) for state in (*OPEN_STATES, "archived", "refused")},
+        "pending": sum(counts.get(state, 0) for state in OPEN_STATES),
+        "oldest_pending": None if oldest is None else {
+            "file": oldest.name, "source": oldest.source, "state": oldest.state,
+            "age_seconds": round(now - oldest.seen_at, 1), "attempts": oldest.attempts,
+            "last_problem": oldest.reason},
+        "uploads_paused": (service or {}).get("paused") if running else None,
+        "archived_today": ledger.count_finished_since("archived", midnight),
+        "refused_today": ledger.count_finished_since("refused", midnight),
+        "last_upload": None if not last else {
+            "file": last[0].name, "at": _iso(last[0].uploaded_at), "path": last[0].final_path},
+        "recent_errors": [{"file": row.name, "at": _iso(row.finished_at), "reason": row.reason,
+                           "path": row.final_path} for row in ledger.recent("refused", RECENT_ERRORS)],
+    }
+
+
+def _iso(moment: float | None) -> str | None:
+    return dt.datetime.fromtimestamp(moment).astimezone().isoformat(timespec="seconds") if moment else None
+
+
+def _age(seconds: float) -> str:
+    days, rest = divmod(int(seconds), 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m {seconds}s" if minutes else f"{seconds}s"
+
+
+def render(status: dict[str, Any]) -> str:
+    """The status as lines for a terminal."""
+    service = status["service"]
+    lines = [f"service:        {'running (pid %s)' % service['pid'] if service['running'] else 'not running'}"]
+    for name, source in (service.get("sources") or {}).items():
+        state = source["problem"] or ("ok" if source["healthy"] else "watcher stopped")
+        lines.append(f"  source {name}: {source['mode']}, {state}")
+    if status["uploads_paused"]:
+        lines.append(f"UPLOADS PAUSED: {status['uploads_paused']}")
+    counts = status["counts"]
+    lines.append(f"pending:        {status['pending']} (queued {counts['queued']}, uploading {counts['uploading']}, "
+                 f"other steps {status['pending'] - counts['queued'] - counts['uploading']})")
+    oldest = status["oldest_pending"]
+    if oldest:
+        problem = f"; last problem: {oldest['last_problem']}" if oldest["last_problem"] else ""
+        lines.append(f"oldest pending: {oldest['file']} from {oldest['source']}, waiting {_age(oldest['age_seconds'])}, "
+                     f"{oldest['attempts']} attempt(s){problem}")
+    lines.append(f"today:          {status['archived_today']} archived, {status['refused_today']} refused")
+    lines.append(f"all time:       {counts['archived']} archived, {counts['refused']} refused")
+    last = status["last_upload"]
+    lines.append(f"last upload:    {last['file']} at {last['at']}" if last else "last upload:    none yet")
+    if status["recent_errors"]:
+        lines.append("recent errors:")
+        for error in status["recent_errors"]:
+            lines.append(f"  {error['at']}  {error['file']}: {error['reason']}")
+            lines.append(f"      {error['path']}")
+    return "\n".join(lines)
