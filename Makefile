@@ -1,0 +1,22 @@
+# make test: create .venv, install with test extras, run the whole suite.
+# make demo: create .venv, install, run `caiasoft-gateway demo`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: test demo clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest
+
+demo: $(VENV)/.installed
+	$(BIN)/caiasoft-gateway demo
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
