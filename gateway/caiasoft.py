@@ -43,50 +43,55 @@ class Outcome:
 def classify(status: int, headers: dict[str, str] | requests.structures.CaseInsensitiveDict,
              body: str, now: float | None = None) -> Outcome:
     """Given an HTTP answer from CaiaSoft, return the Outcome it means."""
-    answer = _parse_json(body)
-    words = _error_words(answer, body)
+    parsed = _parse_json(body)
+    answer = parsed if parsed is not None or not body.strip() else {"unparsed": body[:ANSWER_EXCERPT_CHARS]}
+    words = _error_words(parsed) if parsed is not None else body.strip()[:200]
+    said = f": {words}" if words else ""
     if status in (401, 403):
         return Outcome("paused", f"CaiaSoft refused the API key (HTTP {status}): check api_key_file "
-                       f"and the key in CaiaSoft's Admin Module{': ' + words if words else ''}",
-                       status, answer)
+                       f"and the key in CaiaSoft's Admin Module{said}", status, answer)
     if 300 <= status < 400:
         location = headers.get("Location", "?")
         return Outcome("paused", f"CaiaSoft answered with a redirect (HTTP {status} to {location}): "
                        "check caiasoft.base_url and requestfile_path", status, answer)
     if status in (408, 429) or status >= 500:
-        return Outcome("transient", f"CaiaSoft is unavailable (HTTP {status}{': ' + words if words else ''})",
+        return Outcome("transient", f"CaiaSoft is unavailable (HTTP {status}{said})",
                        status, answer, retry_after=parse_retry_after(headers.get("Retry-After"), now))
     if status >= 400:
-        return Outcome("refused", f"CaiaSoft refused the file (HTTP {status}){': ' + words if words else ''}",
-                       status, answer)
-    if not isinstance(answer, dict):
+        return Outcome("refused", f"CaiaSoft refused the file (HTTP {status}){said}", status, answer)
+    if not isinstance(parsed, dict):
         return Outcome("transient", f"CaiaSoft's answer (HTTP {status}) is not a JSON object; "
                        "will retry", status, answer)
-    success = answer.get("success")
-    error = answer.get("error")
-    if success is False or str(success).lower() == "false" or (error not in (None, "", [], {})):
+    success = parsed.get("success")
+    error = parsed.get("error")
+    if success is False or str(success).lower() == "false" or error not in (None, "", [], {}):
         return Outcome("refused", f"CaiaSoft refused the file: {words or 'success: false'}", status, answer)
     if success is not True and str(success).lower() != "true":
         return Outcome("refused", "CaiaSoft's answer has no success: true", status, answer)
-    denials = [item for item in answer.get("results") or [] if isinstance(item, dict)
-               and str(item.get("deny", "")).upper() in ("Y", "YES", "TRUE")]
+    denials = [item for item in parsed.get("results") or [] if is_denied(item)]
     reason = "accepted" + (f", {len(denials)} item(s) denied" if denials else "")
     return Outcome("accepted", reason, status, answer, denials=denials)
 
 
+def is_denied(item: Any) -> bool:
+    """True for a per-item result CaiaSoft denied (deny: "Y")."""
+    return isinstance(item, dict) and str(item.get("deny", "")).upper() in ("Y", "YES", "TRUE")
+
+
 def _parse_json(body: str) -> Any:
+    """The JSON in body, or None if there is none."""
     try:
-        return json.loads(body) if body.strip() else None
+        return json.loads(body)
     except ValueError:
-        return {"text": body[:ANSWER_EXCERPT_CHARS]}
+        return None
 
 
-def _error_words(answer: Any, body: str) -> str:
+def _error_words(answer: Any) -> str:
     if isinstance(answer, dict):
-        for key in ("error", "message", "istatus", "text"):
+        for key in ("error", "message", "istatus"):
             if answer.get(key):
                 return str(answer[key])[:ANSWER_EXCERPT_CHARS]
-    return body.strip()[:200]
+    return ""
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from gateway import __version__, intake, logs
 from gateway.archive import Folder
-from gateway.caiasoft import Backoff, CaiaSoftClient, Outcome
+from gateway.caiasoft import Backoff, CaiaSoftClient, Outcome, is_denied
 from gateway.config import Config
 from gateway.errors import FileRefused, SourceGone
 from gateway.ledger import Ledger, FileRow, work_name
@@ -207,8 +207,7 @@ def _iso(moment: float | None) -> str | None:
 def sidecar(row: FileRow, final: Path, now: float) -> dict[str, Any]:
     """The NAME.json an admin reads beside a file in the archive or error folder."""
     answer = row.answer_json
-    denied = [item for item in (answer.get("results") or []) if isinstance(item, dict)
-              and str(item.get("deny", "")).upper() in ("Y", "YES", "TRUE")] if isinstance(answer, dict) else []
+    denied = [item for item in answer.get("results") or [] if is_denied(item)] if isinstance(answer, dict) else []
     return {
         "file": final.name,
         "original_name": row.name,

@@ -65,7 +65,8 @@ class CaiaSoftSimulator:
         return f"http://{host}:{port}"
 
     def start(self) -> "CaiaSoftSimulator":
-        self._thread = threading.Thread(target=self._server.serve_forever, name="caiasoft-simulator", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
+                                        name="caiasoft-simulator", daemon=True)
         self._thread.start()
         return self
 

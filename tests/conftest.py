@@ -1,0 +1,156 @@
+"""Shared fixtures: the CaiaSoft simulator on loopback, config files on temp folders, the real daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from gateway import config as config_module
+from gateway.simulators.caiasoft import CaiaSoftSimulator
+
+KEY = "test-key-5d1c0e9a7b"
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES = REPO / "samples"
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 15.0, interval: float = 0.02,
+             message: str = "condition") -> object:
+    """Poll predicate until it returns something truthy; return that. Fail the test after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def simulator():
+    sim = CaiaSoftSimulator(key=KEY, deny={"31234009999990": "Invalid Stop Code"}).start()
+    yield sim
+    sim.stop()
+
+
+class Site:
+    """A gateway installation on temp folders: config file, key file, source folder."""
+
+    def __init__(self, root: Path, base_url: str, **options):
+        self.root = root
+        self.source = root / "aleph" / "print"
+        self.source.mkdir(parents=True)
+        self.key_file = root / "api-key"
+        self.key_file.write_text(KEY + "\n")
+        self.key_file.chmod(0o600)
+        self.state = root / "state"
+        self.archive = root / "archive"
+        self.error = root / "error"
+        self.log_dir = root / "log"
+        self.config_file = root / "gateway.toml"
+        self.write(base_url, **options)
+
+    def write(self, base_url: str, settle_seconds: float = 0.3, extra_caiasoft: str = "",
+              extra_source: str = "", extra: str = "") -> None:
+        self.config_file.write_text(f"""
+[paths]
+state_dir = "{self.state}"
+archive_dir = "{self.archive}"
+error_dir = "{self.error}"
+log_dir = "{self.log_dir}"
+
+[caiasoft]
+base_url = "{base_url}"
+api_key_file = "{self.key_file}"
+timeout_seconds = 5
+backoff_initial_seconds = 0.05
+backoff_max_seconds = 0.5
+auth_pause_seconds = 0.5
+{extra_caiasoft}
+
+[[sources]]
+name = "print"
+path = "{self.source}"
+settle_seconds = {settle_seconds}
+rescan_seconds = 1
+poll_seconds = 0.2
+{extra_source}
+{extra}
+""")
+
+    def load(self) -> config_module.Config:
+        return config_module.load(self.config_file, environ={})
+
+    def archived(self) -> list[Path]:
+        return _files(self.archive)
+
+    def refused(self) -> list[Path]:
+        return _files(self.error)
+
+    def sidecar(self, path: Path) -> dict:
+        return json.loads(path.with_name(path.name + ".json").read_text())
+
+    def written_files(self) -> list[Path]:
+        """Every file the gateway wrote (archive, error, logs, state)."""
+        return [p for folder in (self.archive, self.error, self.log_dir, self.state) if folder.exists()
+                for p in folder.rglob("*") if p.is_file()]
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.endswith(".json")
+                  and not p.name.startswith(".")) if folder.exists() else []
+
+
+@pytest.fixture
+def site(tmp_path, simulator) -> Site:
+    return Site(tmp_path, simulator.url)
+
+
+class Daemon:
+    """The real `caiasoft-gateway run` as a child process."""
+
+    def __init__(self, config_file: Path, env: dict[str, str] | None = None):
+        self.config_file = config_file
+        self.env = {**os.environ, **(env or {})}
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "Daemon":
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "-c", str(self.config_file), "run"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env)
+        return self
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(10)
+
+    def output(self) -> str:
+        return self.process.stdout.read().decode("utf-8", "replace") if self.process.stdout else ""
+
+
+@pytest.fixture
+def daemon_factory():
+    started: list[Daemon] = []
+
+    def factory(config_file: Path, **kwargs) -> Daemon:
+        daemon = Daemon(config_file, **kwargs).start()
+        started.append(daemon)
+        return daemon
+
+    yield factory
+    for daemon in started:
+        if daemon.process.poll() is None:
+            daemon.kill()

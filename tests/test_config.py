@@ -1,0 +1,166 @@
+"""Config: every problem at once, with key path and file; unknown keys refused; key sources."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from gateway import config as config_module
+from gateway.config import SCHEMA, load
+from gateway.errors import ConfigError
+
+from conftest import KEY, REPO
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gateway.toml"
+    path.write_text(text)
+    return path
+
+
+def minimal(tmp_path: Path, caiasoft_extra: str = "", source_extra: str = "") -> str:
+    key = tmp_path / "key"
+    key.write_text(KEY)
+    key.chmod(0o600)
+    (tmp_path / "in").mkdir(exist_ok=True)
+    return f"""
+[paths]
+state_dir = "{tmp_path}/state"
+archive_dir = "{tmp_path}/archive"
+error_dir = "{tmp_path}/error"
+log_dir = "{tmp_path}/log"
+[caiasoft]
+base_url = "https://site.caiasoft.com"
+api_key_file = "{key}"
+{caiasoft_extra}
+[[sources]]
+name = "print"
+path = "{tmp_path}/in"
+{source_extra}
+"""
+
+
+def problems_of(path: Path, environ=None) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load(path, environ=environ or {})
+    return [str(problem) for problem in caught.value.problems]
+
+
+def test_minimal_config_gets_defaults(tmp_path):
+    config = load(write(tmp_path, minimal(tmp_path)), environ={})
+    assert config.caiasoft.requestfile_url == "https://site.caiasoft.com/api/requestfile/v1"
+    assert config.caiasoft.upload_field == "file"
+    assert config.caiasoft.timeout_seconds == 30.0
+    assert config.intake.max_file_bytes == 50 * 1024 * 1024
+    assert config.sources[0].include == ("*",)
+    assert config.sources[0].watch == "auto"
+    assert config.api_key.value == KEY
+    assert config.warnings == ()
+
+
+def test_every_problem_is_reported_at_once_with_key_and_file(tmp_path):
+    path = write(tmp_path, minimal(tmp_path, 'timeout_seconds = "fast"\nverfy_tls = false',
+                                   'watch = "sometimes"\nsettle_seconds = -1'))
+    problems = problems_of(path)
+    assert len(problems) == 4, problems
+    assert all(p.startswith(f"{path}: ") for p in problems)
+    joined = "\n".join(problems)
+    assert "caiasoft.timeout_seconds: must be a number" in joined
+    assert "caiasoft.verfy_tls: unknown key" in joined
+    assert "sources[0].watch: must be one of auto, inotify, polling" in joined
+    assert "sources[0].settle_seconds: must be at least 0" in joined
+
+
+def test_missing_required_keys_and_unknown_section(tmp_path):
+    path = write(tmp_path, '[caiasoft]\napi_key_env = "K"\n[[sources]]\nname = "a"\n[ncipp]\nurl = "x"\n')
+    problems = "\n".join(problems_of(path, {"K": "secret-value"}))
+    assert "caiasoft.base_url: required key is missing" in problems
+    assert "sources[0].path: required key is missing" in problems
+    assert "ncipp: unknown section" in problems
+
+
+def test_not_toml_and_missing_file(tmp_path):
+    assert "not valid TOML" in problems_of(write(tmp_path, "[paths\n"))[0]
+    assert problems_of(tmp_path / "absent.toml") == [f"{tmp_path / 'absent.toml'}: file not found"]
+
+
+def test_duplicate_source_names_and_overlapping_folders(tmp_path):
+    text = minimal(tmp_path) + f'[[sources]]\nname = "print"\npath = "{tmp_path}/archive/x"\n'
+    problems = "\n".join(problems_of(write(tmp_path, text)))
+    assert "sources[1].name: 'print' is already the name of sources[0]" in problems
+    assert "sources[1].path: overlaps the gateway's own folder" in problems
+
+
+def test_relative_paths_and_plain_http_are_refused(tmp_path):
+    text = minimal(tmp_path).replace(f'"{tmp_path}/log"', '"log"').replace("https://site", "http://site")
+    problems = "\n".join(problems_of(write(tmp_path, text)))
+    assert "paths.log_dir: must be an absolute path" in problems
+    assert "caiasoft.base_url: must use https" in problems
+
+
+def test_no_sources_is_an_error(tmp_path):
+    text = minimal(tmp_path).split("[[sources]]")[0]
+    assert any("no [[sources]] configured" in p for p in problems_of(write(tmp_path, text)))
+
+
+def test_api_key_from_environment(tmp_path):
+    text = minimal(tmp_path).replace(f'api_key_file = "{tmp_path}/key"', 'api_key_env = "CAIA_KEY"')
+    path = write(tmp_path, text)
+    assert load(path, environ={"CAIA_KEY": "from-env-123"}).api_key.value == "from-env-123"
+    assert "environment variable CAIA_KEY is not set" in problems_of(path, {})[0]
+
+
+def test_api_key_from_systemd_credentials_directory(tmp_path):
+    credentials = tmp_path / "creds"
+    credentials.mkdir()
+    (credentials / "caiasoft-api-key").write_text("from-credential-456\n")
+    text = minimal(tmp_path).replace(f'api_key_file = "{tmp_path}/key"', "")
+    path = write(tmp_path, text)
+    config = load(path, environ={"CREDENTIALS_DIRECTORY": str(credentials)})
+    assert config.api_key.value == "from-credential-456"
+    assert "no API key" in problems_of(path, {})[0]
+
+
+def test_world_readable_key_file_warns_and_key_never_shows(tmp_path):
+    path = write(tmp_path, minimal(tmp_path))
+    os.chmod(tmp_path / "key", 0o644)
+    config = load(path, environ={})
+    assert any("readable by every user" in warning for warning in config.warnings)
+    assert KEY not in repr(config) and KEY not in str(config.api_key)
+
+
+def test_missing_or_empty_key_file(tmp_path):
+    path = write(tmp_path, minimal(tmp_path))
+    (tmp_path / "key").write_text("\n")
+    assert "is empty" in problems_of(path)[0]
+    (tmp_path / "key").unlink()
+    assert "does not exist" in problems_of(path)[0]
+
+
+def test_config_path_precedence(monkeypatch):
+    monkeypatch.delenv(config_module.CONFIG_ENV, raising=False)
+    assert config_module.config_path(None) == config_module.DEFAULT_CONFIG
+    monkeypatch.setenv(config_module.CONFIG_ENV, "/srv/g.toml")
+    assert config_module.config_path(None) == Path("/srv/g.toml")
+    assert config_module.config_path("/x.toml") == Path("/x.toml")
+
+
+def test_sample_config_loads_and_documents_every_key(tmp_path):
+    """conf/gateway.toml is valid, names every key of the schema, and so does the README."""
+    sample = (REPO / "conf" / "gateway.toml").read_text()
+    key = tmp_path / "api-key"
+    key.write_text(KEY)
+    key.chmod(0o600)
+    folder = tmp_path / "print"
+    text = sample.replace("/etc/caiasoft-gateway/api-key", str(key)) \
+                 .replace("/exlibris/aleph/u23_1/usm50/print/caiasoft", str(folder))
+    config = load(write(tmp_path, text), environ={})
+    assert config.sources[0].path == folder
+    readme = (REPO / "README.md").read_text()
+    for table, keys in SCHEMA.items():
+        for key_spec in keys:
+            assert re.search(rf"^#?\s*{key_spec.name}\s*=", sample, re.M), f"{table}.{key_spec.name} not in sample"
+            assert f"`{key_spec.name}`" in readme, f"{table}.{key_spec.name} not in README"
