@@ -75,6 +75,8 @@ class Folder:
         work file is gone but target exists (a crash after the move), return target.
         """
         with self._lock:
+            if not work.exists() and target.exists():
+                return target
             target.parent.mkdir(parents=True, exist_ok=True)
             while True:
                 try:

@@ -1,0 +1,123 @@
+"""Archive and error folders: dated layout, names that never clash or escape, retention."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+import pytest
+
+from gateway.archive import Folder, numbered, safe_name
+from gateway.files import move_no_clobber
+
+DAY = dt.datetime(2026, 11, 28, 9, 30)
+
+
+def test_dated_layout(tmp_path):
+    folder = Folder(tmp_path)
+    assert folder.choose("slip.xml", DAY) == tmp_path / "2026" / "11" / "28" / "slip.xml"
+
+
+@pytest.mark.parametrize("name,first,second", [
+    ("slip.xml", "slip.1.xml", "slip.2.xml"),
+    ("anx.cir.12.paging20261128_am_barcode", "anx.cir.12.paging20261128_am_barcode.1",
+     "anx.cir.12.paging20261128_am_barcode.2"),
+    ("README", "README.1", "README.2"),
+])
+def test_numbered_names(name, first, second):
+    assert (numbered(name, 1), numbered(name, 2)) == (first, second)
+
+
+def test_a_name_clash_gets_a_suffix_and_nothing_is_overwritten(tmp_path):
+    folder = Folder(tmp_path / "archive")
+    placed = []
+    for content in (b"first", b"second", b"third"):
+        work = tmp_path / f"work-{content.decode()}"
+        work.write_bytes(content)
+        target = folder.choose("slip.xml", DAY)
+        placed.append(folder.place(work, target))
+        folder.write_sidecar(placed[-1], {"content": content.decode()})
+    assert [p.name for p in placed] == ["slip.xml", "slip.1.xml", "slip.2.xml"]
+    assert [p.read_bytes() for p in placed] == [b"first", b"second", b"third"]
+    assert (placed[1].parent / "slip.1.xml.json").exists()
+
+
+def test_place_takes_the_next_name_if_the_chosen_one_was_taken_meanwhile(tmp_path):
+    folder = Folder(tmp_path)
+    target = folder.choose("slip.xml", DAY)
+    target.write_bytes(b"someone else's")
+    work = tmp_path / "w"
+    work.write_bytes(b"ours")
+    placed = folder.place(work, target)
+    assert placed.name == "slip.1.xml" and placed.read_bytes() == b"ours"
+    assert target.read_bytes() == b"someone else's"
+
+
+def test_place_after_a_crash_that_already_moved_the_file(tmp_path):
+    folder = Folder(tmp_path)
+    target = folder.choose("slip.xml", DAY)
+    target.write_bytes(b"ours")
+    assert folder.place(tmp_path / "gone", target) == target
+
+
+@pytest.mark.parametrize("hostile,expected", [
+    ("../../etc/passwd", "_.._etc_passwd"),
+    ("a/b", "a_b"),
+    ("slip\x1b[31m.xml", "slip_[31m.xml"),
+    ("..", "unnamed"),
+    ("", "unnamed"),
+])
+def test_names_cannot_escape_or_hide(hostile, expected):
+    assert safe_name(hostile) == expected
+
+
+def test_over_long_names_are_shortened_within_the_folder(tmp_path):
+    target = Folder(tmp_path).choose("é" * 300, DAY)
+    assert len(target.name.encode()) <= 200 and target.parent == tmp_path / "2026" / "11" / "28"
+
+
+def test_sidecar_write_never_contains_a_registered_secret(tmp_path):
+    from gateway import logs
+    logs.add_secret("sidecar-secret-42")
+    folder = Folder(tmp_path)
+    target = folder.choose("a", DAY)
+    target.write_bytes(b"x")
+    sidecar = folder.write_sidecar(target, {"answer": "echo of sidecar-secret-42"})
+    assert "sidecar-secret-42" not in sidecar.read_text()
+
+
+def test_retention_prunes_old_days_only(tmp_path):
+    folder = Folder(tmp_path)
+    for day in ("2026/11/01", "2026/11/20", "2026/11/28", "2025/12/31"):
+        (tmp_path / day).mkdir(parents=True)
+        (tmp_path / day / "slip.xml").write_text("x")
+    (tmp_path / "notes").mkdir()
+    removed = folder.prune(10, dt.date(2026, 11, 28))
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in removed) == ["2025/12/31", "2026/11/01"]
+    assert (tmp_path / "2026/11/20/slip.xml").exists() and (tmp_path / "notes").exists()
+    assert not (tmp_path / "2025").exists()
+    assert folder.prune(0, dt.date(2030, 1, 1)) == []
+
+
+def test_move_across_filesystems_copies_then_removes(fs):
+    """pyfakefs: a second mount point gives EXDEV, which a real test machine cannot easily produce."""
+    fs.create_file("/var/lib/gw/work/00000001.slip.xml", contents=b"<printout/>")
+    fs.add_mount_point("/srv/archive")
+    fs.create_dir("/srv/archive/2026/11/28")
+    move_no_clobber(Path("/var/lib/gw/work/00000001.slip.xml"),
+                    Path("/srv/archive/2026/11/28/slip.xml"))
+    assert open("/srv/archive/2026/11/28/slip.xml", "rb").read() == b"<printout/>"
+    assert not os.path.exists("/var/lib/gw/work/00000001.slip.xml")
+    assert os.listdir("/srv/archive/2026/11/28") == ["slip.xml"]  # no partial left behind
+
+
+def test_move_across_filesystems_never_overwrites(fs):
+
+    fs.create_file("/state/w", contents=b"new")
+    fs.add_mount_point("/archive")
+    fs.create_file("/archive/slip.xml", contents=b"old")
+    with pytest.raises(FileExistsError):
+        move_no_clobber(Path("/state/w"), Path("/archive/slip.xml"))
+    assert open("/archive/slip.xml", "rb").read() == b"old"
+    assert open("/state/w", "rb").read() == b"new"

@@ -1,0 +1,121 @@
+"""Crash recovery: every interrupted step is finished or undone from what the ledger recorded."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+import pytest
+
+from gateway.caiasoft import CaiaSoftClient
+from gateway.errors import AlreadyRunning
+from gateway.ledger import Ledger, work_name
+from gateway.pipeline import Pipeline
+from gateway.service import StateLock
+
+from conftest import SAMPLES
+
+
+@pytest.fixture
+def pipeline(site):
+    config = site.load()
+    ledger = Ledger(config.paths.database)
+    pipe = Pipeline(config, ledger, CaiaSoftClient(config.caiasoft, config.api_key))
+    yield pipe
+    ledger.close()
+
+
+def slip(site, name="slip.xml"):
+    path = site.source / name
+    path.write_bytes((SAMPLES / "hold-request-slip-0001.xml").read_bytes())
+    return path
+
+
+def begin(pipeline, path):
+    info = path.stat()
+    return pipeline.ledger.begin_claim("print", path.name, str(path), info.st_size, info.st_mtime)
+
+
+def test_crash_after_the_rename_but_before_claimed_is_recorded(pipeline, site):
+    path = slip(site)
+    row_id = begin(pipeline, path)
+    os.rename(path, pipeline.work_dir / work_name(row_id, path.name))
+    assert pipeline.recover()["claims_completed"] == 1
+    assert pipeline.ledger.get(row_id).state == "queued"
+
+
+def test_crash_before_the_rename_forgets_the_row_and_leaves_the_file(pipeline, site):
+    path = slip(site)
+    row_id = begin(pipeline, path)
+    assert pipeline.recover()["claims_dropped"] == 1
+    assert pipeline.ledger.get(row_id) is None
+    assert path.exists()
+
+
+def test_crash_in_a_copy_claim_before_the_original_was_removed(pipeline, site):
+    path = slip(site)
+    row_id = begin(pipeline, path)
+    (pipeline.work_dir / work_name(row_id, path.name)).write_bytes(path.read_bytes())
+    pipeline.recover()
+    assert not path.exists(), "the original must not be taken (and sent) a second time"
+    assert pipeline.ledger.get(row_id).state == "queued"
+
+
+def test_crash_during_upload_puts_the_file_back_in_the_queue(pipeline, site, simulator):
+    row_id = pipeline.adopt_copy(slip(site))
+    assert pipeline.ledger.take(row_id).state == "uploading"
+    assert pipeline.recover()["requeued"] == 1
+    row = pipeline.ledger.get(row_id)
+    assert row.state == "queued"
+    pipeline.upload(pipeline.ledger.take(row_id))
+    assert pipeline.ledger.get(row_id).state == "archived"
+
+
+def test_crash_while_archiving_finishes_at_the_recorded_place(pipeline, site):
+    row_id = pipeline.adopt_copy(slip(site))
+    pipeline.ledger.take(row_id)
+    target = pipeline.archive.choose("slip.xml", dt.datetime(2026, 11, 28))
+    pipeline.ledger.finishing(row_id, "archiving", target, reason="accepted", http_status=200,
+                              answer={"success": True, "error": ""}, uploaded=True)
+    assert pipeline.recover()["finished"] == 1
+    row = pipeline.ledger.get(row_id)
+    assert row.state == "archived" and row.final_path == str(target)
+    assert target.read_bytes() == (SAMPLES / "hold-request-slip-0001.xml").read_bytes()
+    assert site.sidecar(target)["outcome"] == "accepted"
+
+
+def test_crash_after_the_archive_move_but_before_the_sidecar(pipeline, site):
+    row_id = pipeline.adopt_copy(slip(site))
+    row = pipeline.ledger.take(row_id)
+    target = pipeline.archive.choose("slip.xml", dt.datetime(2026, 11, 28))
+    pipeline.ledger.finishing(row_id, "archiving", target, reason="accepted", http_status=200, uploaded=True)
+    os.rename(pipeline.work_path(row), target)
+    pipeline.recover()
+    assert pipeline.ledger.get(row_id).state == "archived"
+    assert site.sidecar(target)["sha256"] == row.sha256
+
+
+def test_a_file_in_work_without_a_row_is_adopted(pipeline, site):
+    (pipeline.work_dir / "00000042.slip.xml").write_bytes((SAMPLES / "hold-request-slip-0001.xml").read_bytes())
+    (pipeline.work_dir / "00000043.other.partial").write_bytes(b"half a copy")
+    assert pipeline.recover()["adopted"] == 1
+    [row] = pipeline.ledger.in_state("queued")
+    assert (row.name, row.source) == ("slip.xml", "recovered")
+    assert sorted(p.name for p in pipeline.work_dir.iterdir()) == [row.work_name]
+
+
+def test_a_claimed_file_not_yet_validated_is_validated(pipeline, site):
+    path = slip(site)
+    row_id = begin(pipeline, path)
+    os.rename(path, pipeline.work_dir / work_name(row_id, path.name))
+    pipeline.ledger.claimed(row_id)
+    pipeline.recover()
+    assert pipeline.ledger.get(row_id).kind == "xml"
+
+
+def test_two_gateways_cannot_share_a_state_dir(tmp_path):
+    first = StateLock(tmp_path / "gateway.lock").acquire()
+    with pytest.raises(AlreadyRunning, match=f"pid {os.getpid()}"):
+        StateLock(tmp_path / "gateway.lock").acquire()
+    first.release()
+    StateLock(tmp_path / "gateway.lock").acquire().release()
