@@ -27,6 +27,7 @@ NETWORK_FILESYSTEMS = frozenset({
     "glusterfs", "fuse.glusterfs", "davfs", "fuse.davfs2", "lustre", "gpfs", "ocfs2", "gfs2",
 })
 MOUNTINFO = Path("/proc/self/mountinfo")
+OBSERVER_POLL_SECONDS = 0.2  # how soon the observer thread notices stop()
 
 log = logs.get("gateway.sources.local")
 
@@ -91,7 +92,7 @@ class LocalSource:
         self._wake = wake
         if self.mode != "inotify":
             return
-        observer = InotifyObserver()
+        observer = InotifyObserver(timeout=OBSERVER_POLL_SECONDS)
         observer.schedule(_Hints(self.folder, self._notice), str(self.folder), recursive=False,
                           event_filter=[FileCreatedEvent, FileClosedEvent, FileMovedEvent])
         try:

@@ -1,0 +1,225 @@
+"""Sources: the contract every source keeps, and the local folder's own behaviour."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway import config as config_module
+from gateway.errors import SourceGone
+from gateway.sources.local import LocalSource, choose_mode, filesystem_type
+
+from conftest import SAMPLES, wait_for
+
+
+def local_settings(folder: Path, **overrides) -> config_module.Source:
+    values = dict(name="print", path=folder, include=("*",), settle_seconds=0.2, watch="auto",
+                  rescan_seconds=1.0, poll_seconds=0.2)
+    values.update(overrides)
+    return config_module.Source(**values)
+
+
+class LocalFolder:
+    """Puts files into a source folder, for the contract tests."""
+
+    def __init__(self, folder: Path, watch: str):
+        self.folder = folder
+        self.source = LocalSource(local_settings(folder, watch=watch))
+
+    def put(self, name: str, data: bytes) -> None:
+        (self.folder / name).write_bytes(data)
+
+    def remove(self, name: str) -> None:
+        (self.folder / name).unlink()
+
+
+@pytest.fixture(params=["inotify", "polling"])
+def source_folder(request, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    made = LocalFolder(folder, request.param)
+    yield made
+    made.source.stop()
+
+
+class TestSourceContract:
+    """What the collector relies on from any source (local here; SFTP runs the same)."""
+
+    def test_scan_lists_wanted_files_with_size(self, source_folder):
+        source_folder.put("slip.xml", b"<printout/>")
+        source_folder.put(".hidden", b"x")
+        source_folder.put("upload.part", b"x")
+        [entry] = source_folder.source.scan()
+        assert (entry.name, entry.size) == ("slip.xml", 11)
+
+    def test_look_finds_only_existing_names(self, source_folder):
+        source_folder.put("a", b"1")
+        assert [e.name for e in source_folder.source.look({"a", "missing"})] == ["a"]
+
+    def test_fetch_moves_the_exact_bytes(self, source_folder, tmp_path):
+        source_folder.put("a", b"31234001234567\n")
+        [entry] = source_folder.source.scan()
+        destination = tmp_path / "work-a"
+        source_folder.source.fetch(entry, destination)
+        assert destination.read_bytes() == b"31234001234567\n"
+        assert source_folder.source.scan() == []
+
+    def test_fetch_of_a_vanished_file_says_so(self, source_folder, tmp_path):
+        source_folder.put("a", b"1")
+        [entry] = source_folder.source.scan()
+        source_folder.remove("a")
+        with pytest.raises(SourceGone):
+            source_folder.source.fetch(entry, tmp_path / "work-a")
+
+    def test_start_and_stop_are_safe_to_repeat(self, source_folder):
+        woken = threading.Event()
+        source_folder.source.start(woken.set)
+        assert source_folder.source.healthy()
+        source_folder.source.stop()
+        source_folder.source.stop()
+
+
+def test_symlinks_and_folders_are_not_taken(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    secret = tmp_path / "secret"
+    secret.write_text("not for CaiaSoft")
+    (folder / "link.xml").symlink_to(secret)
+    (folder / "sub").mkdir()
+    source = LocalSource(local_settings(folder))
+    assert source.scan() == [] and source.look({"link.xml", "sub"}) == []
+
+
+def test_include_patterns_filter_names(tmp_path):
+    (tmp_path / "a_barcode").write_text("1\n")
+    (tmp_path / "notes.txt").write_text("1\n")
+    source = LocalSource(local_settings(tmp_path, include=("*_barcode",)))
+    assert [e.name for e in source.scan()] == ["a_barcode"]
+
+
+def test_inotify_events_hint_new_names(tmp_path):
+    source = LocalSource(local_settings(tmp_path, watch="inotify"))
+    woken = threading.Event()
+    source.start(woken.set)
+    try:
+        (tmp_path / "slip.xml").write_text("<printout/>")
+        assert woken.wait(5)
+        wait_for(lambda: "slip.xml" in source.hints() or None, message="an inotify hint for slip.xml")
+    finally:
+        source.stop()
+    assert not source.healthy()
+
+
+MOUNTINFO = """\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+40 22 0:45 / /exlibris/aleph/u23_1 rw,relatime shared:20 - nfs4 filer:/aleph rw,vers=4.2
+41 22 0:46 / /mnt/print\\040share rw,relatime shared:21 - cifs //srv/print rw
+"""
+
+
+def test_filesystem_type_from_mountinfo(tmp_path):
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(MOUNTINFO)
+    assert filesystem_type(Path("/exlibris/aleph/u23_1/usm50/print"), mountinfo) == "nfs4"
+    assert filesystem_type(Path("/mnt/print share/x"), mountinfo) == "cifs"
+    assert filesystem_type(Path("/var/lib/caiasoft-gateway"), mountinfo) == "ext4"
+
+
+def test_auto_watch_uses_inotify_on_this_local_disk_and_forced_modes_win(tmp_path):
+    assert filesystem_type(tmp_path) not in (None, "nfs", "nfs4", "cifs")
+    assert choose_mode(local_settings(tmp_path)) == "inotify"
+    assert choose_mode(local_settings(tmp_path, watch="polling")) == "polling"
+
+
+# -- the collector over a real folder, with the pipeline and the simulator --------------
+
+class Threads:
+    """The collector and uploader threads of a real service, without the process around them."""
+
+    def __init__(self, site, with_uploader: bool = True):
+        from gateway.caiasoft import CaiaSoftClient
+        from gateway.collector import Collector
+        from gateway.ledger import Ledger
+        from gateway.pipeline import Pipeline
+        from gateway.service import Uploader
+
+        config = site.load()
+        self.ledger = Ledger(config.paths.database)
+        self.pipeline = Pipeline(config, self.ledger, CaiaSoftClient(config.caiasoft, config.api_key))
+        self.stop_event = threading.Event()
+        self.uploader = Uploader(self.pipeline, self.stop_event) if with_uploader else None
+        if self.uploader:
+            self.pipeline.on_queued = self.uploader.wake.set
+        self.collector = Collector(LocalSource(config.sources[0]), config.sources[0].settle_seconds,
+                                   self.pipeline, self.stop_event)
+
+    def start(self) -> "Threads":
+        for thread in (self.uploader, self.collector):
+            if thread:
+                thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        for thread in (self.collector, self.uploader):
+            if thread:
+                thread.join(10)
+        self.ledger.close()
+
+
+@pytest.fixture
+def threads(site):
+    made = []
+
+    def start(**kwargs) -> Threads:
+        made.append(Threads(site, **kwargs).start())
+        return made[-1]
+
+    yield start
+    for each in made:
+        each.stop()
+
+
+def test_a_file_written_slowly_is_taken_once_whole(threads, site, simulator):
+    threads()
+    path = site.source / "slip.xml"
+    data = (SAMPLES / "hold-request-slip-0002.xml").read_bytes()
+    with open(path, "wb") as handle:
+        for index in range(0, len(data), len(data) // 3 + 1):
+            handle.write(data[index:index + len(data) // 3 + 1])
+            handle.flush()
+            # A writer that pauses longer than settle_seconds with the file still open:
+            # only the open-for-writing check keeps the gateway from taking it early.
+            time.sleep(0.5)
+            assert path.exists(), "taken while still open for writing"
+    [received] = simulator.wait_for(1)
+    assert received.data == data
+    wait_for(lambda: site.archived(), message="slip.xml archived")
+    assert site.archived()[0].read_bytes() == data
+    assert len(simulator.received) == 1
+
+
+def test_files_already_there_at_start_are_taken_in_order(threads, site):
+    for number in range(3):
+        path = site.source / f"list-{number}_barcode"
+        path.write_text(f"3123400000000{number}\n")
+        os.utime(path, (1_700_000_000 + number, 1_700_000_000 + number))
+    running = threads(with_uploader=False)
+    wait_for(lambda: running.ledger.counts().get("queued") == 3, message="three files queued")
+    assert os.listdir(site.source) == []
+    assert [row.name for row in running.ledger.in_state("queued")] == [f"list-{n}_barcode" for n in range(3)]
+
+
+def test_a_vanished_folder_is_reported_and_recovers(threads, site):
+    running = threads(with_uploader=False)
+    wait_for(lambda: running.collector.heartbeat and running.collector.problem is None, message="first scan")
+    away = site.source.with_name("unmounted")
+    site.source.rename(away)
+    problem = wait_for(lambda: running.collector.problem, message="the source problem")
+    assert "cannot list" in problem and str(site.source) in problem
+    away.rename(site.source)
+    wait_for(lambda: running.collector.problem is None, message="the source to recover")
