@@ -22,18 +22,23 @@ FAILED_CLAIM_RETRY_SECONDS = 60.0
 
 
 class Collector(threading.Thread):
-    def __init__(self, source: Source, settle_seconds: float, pipeline: Pipeline, stop: threading.Event,
+    def __init__(self, source: Source, settle_seconds: float, pipeline: Pipeline,
                  clock: Callable[[], float] = time.monotonic):
         super().__init__(name=f"collector-{source.name}", daemon=True)
         self.source = source
         self.pipeline = pipeline
-        self.stop_event = stop
+        self.stop_event = threading.Event()
         self.clock = clock
         self.settler = Settler(settle_seconds, trust_mtime=source.trust_mtime, clock=clock)
         self.heartbeat = clock()
         self.problem: str | None = None
         self._wake = threading.Event()
         self._failed: dict[str, float] = {}  # name -> when a claim last failed (e.g. permission)
+
+    def stop(self) -> None:
+        """Ask the loop to end after the file in hand (idempotent)."""
+        self.stop_event.set()
+        self._wake.set()
 
     def run(self) -> None:
         try:

@@ -68,10 +68,10 @@ class StateLock:
 class Uploader(threading.Thread):
     """Takes due files from the ledger, one at a time, oldest first, and sends them."""
 
-    def __init__(self, pipeline: Pipeline, stop: threading.Event, clock: Callable[[], float] = time.time):
+    def __init__(self, pipeline: Pipeline, clock: Callable[[], float] = time.time):
         super().__init__(name="uploader", daemon=True)
         self.pipeline = pipeline
-        self.stop_event = stop
+        self.stop_event = threading.Event()
         self.clock = clock
         self.wake = threading.Event()
         self.heartbeat = time.monotonic()
@@ -79,6 +79,11 @@ class Uploader(threading.Thread):
         self.backoff = Backoff(settings.backoff_initial_seconds, settings.backoff_max_seconds)
         self.auth_pause = settings.auth_pause_seconds
         self.paused_reason: str | None = None
+
+    def stop(self) -> None:
+        """Ask the loop to end after the upload in hand (idempotent)."""
+        self.stop_event.set()
+        self.wake.set()
 
     def run(self) -> None:
         failures = 0
@@ -140,11 +145,11 @@ class Service:
                 log.warning("config.warning", detail=warning)
             pipeline = Pipeline(self.config, ledger, client)
             pipeline.recover()
-            uploader = Uploader(pipeline, self.stop_event)
+            uploader = Uploader(pipeline)
             pipeline.on_queued = uploader.wake.set
             uploader.start()
             for settings in self.config.sources:
-                collector = Collector(LocalSource(settings), settings.settle_seconds, pipeline, self.stop_event)
+                collector = Collector(LocalSource(settings), settings.settle_seconds, pipeline)
                 collector.start()
                 collectors.append(collector)
             log.info("service.started", sources=[s.name for s in self.config.sources],
@@ -154,10 +159,12 @@ class Service:
         finally:
             self.stop_event.set()
             notify.send("STOPPING=1")
-            for collector in collectors:  # inputs first
+            for collector in collectors:  # inputs first: no new files are taken
+                collector.stop()
+            for collector in collectors:
                 collector.join(JOIN_SECONDS)
-            if uploader is not None:
-                uploader.wake.set()
+            if uploader is not None:  # then the output, after the upload in hand
+                uploader.stop()
                 uploader.join(JOIN_SECONDS)
             client.close()
             ledger.set_meta("service", "null")

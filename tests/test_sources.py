@@ -150,12 +150,11 @@ class Threads:
         config = site.load()
         self.ledger = Ledger(config.paths.database)
         self.pipeline = Pipeline(config, self.ledger, CaiaSoftClient(config.caiasoft, config.api_key))
-        self.stop_event = threading.Event()
-        self.uploader = Uploader(self.pipeline, self.stop_event) if with_uploader else None
+        self.uploader = Uploader(self.pipeline) if with_uploader else None
         if self.uploader:
             self.pipeline.on_queued = self.uploader.wake.set
         self.collector = Collector(LocalSource(config.sources[0]), config.sources[0].settle_seconds,
-                                   self.pipeline, self.stop_event)
+                                   self.pipeline)
 
     def start(self) -> "Threads":
         for thread in (self.uploader, self.collector):
@@ -164,9 +163,9 @@ class Threads:
         return self
 
     def stop(self) -> None:
-        self.stop_event.set()
         for thread in (self.collector, self.uploader):
             if thread:
+                thread.stop()
                 thread.join(10)
         self.ledger.close()
 
