@@ -180,7 +180,7 @@ def cmd_retry(args) -> int:
         for path in paths:
             row = requeue(pipeline, path)
             if row.state == "refused":
-                print(f"{path.name}: refused again by the gateway: {row.reason}\n    kept in {row.final_path}")
+                print(f"{path.name}: refused again: {row.reason}\n    kept in {row.final_path}")
             else:
                 print(f"{path.name}: back in the queue (the running service sends it)")
     finally:

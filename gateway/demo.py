@@ -132,7 +132,7 @@ def _show(root: Path) -> None:
             else:
                 line += f"\n      reason: {info['reason']}"
             print(line)
-    example = next(iter(sorted((root / "archive").rglob("*.json"))), None)
+    example = next(iter(sorted((root / "archive").rglob("*.xml.json"))), None)
     if example:
         print(f"\nEach file has a sidecar beside it, e.g. {example.relative_to(root)}:")
         print("  " + example.read_text().strip().replace("\n", "\n  ")[:1600])

@@ -107,12 +107,10 @@ class Uploader(threading.Thread):
                 failures = 0
                 if self.paused_reason:
                     log.info("upload.resumed", detail="CaiaSoft accepts the API key again")
-                    self.pipeline.ledger.set_meta("paused", "")
                     self.paused_reason = None
 
     def _pause(self, reason: str) -> None:
         self.paused_reason = reason
-        self.pipeline.ledger.set_meta("paused", json.dumps({"reason": reason, "since": self.clock()}))
         log.error("upload.paused", reason=reason, retry_in=self.auth_pause,
                   detail="no file is moved to error while paused; fix the key, then wait or restart")
         self.stop_event.wait(self.auth_pause)

@@ -121,11 +121,13 @@ class Daemon:
         self.config_file = config_file
         self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen | None = None
+        self.console = config_file.with_name(f"console-{time.monotonic_ns()}.txt")
 
     def start(self) -> "Daemon":
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "-c", str(self.config_file), "run"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env)
+        with open(self.console, "wb") as console:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "-c", str(self.config_file), "run"],
+                stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env)
         return self
 
     def stop(self, timeout: float = 30.0) -> int:
@@ -138,7 +140,8 @@ class Daemon:
         self.process.wait(10)
 
     def output(self) -> str:
-        return self.process.stdout.read().decode("utf-8", "replace") if self.process.stdout else ""
+        """What the daemon printed on its console (stderr and stdout)."""
+        return self.console.read_text(errors="replace")
 
 
 @pytest.fixture

@@ -1,0 +1,123 @@
+"""The command line, run as a real process: check, status, send, retry, config errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import KEY, SAMPLES
+
+
+def cli(site, *args, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gateway", "-c", str(site.config_file), *args],
+                          capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_config_errors_exit_2_and_list_every_problem(site):
+    site.config_file.write_text(site.config_file.read_text().replace("timeout_seconds = 5", "timeout_seconds = -1")
+                                + "\n[bogus]\n")
+    result = cli(site, "run")
+    assert result.returncode == 2
+    assert f"{site.config_file}: caiasoft.timeout_seconds: must be at least 1" in result.stderr
+    assert f"{site.config_file}: bogus: unknown section" in result.stderr
+    assert "2 problem(s)" in result.stderr
+
+
+def test_check_passes_and_reaches_caiasoft(site):
+    result = cli(site, "check")
+    assert result.returncode == 0, result.stdout
+    assert "API key accepted, 2 active circulation stop(s)" in result.stdout
+    assert "all checks passed" in result.stdout
+
+
+def test_check_names_a_wrong_key_and_a_missing_folder(site, simulator):
+    simulator.key = "another-key-entirely"
+    site.source.rmdir()
+    result = cli(site, "check")
+    assert result.returncode == 1
+    assert "FAIL  sources[0] print" in result.stdout and "folder does not exist" in result.stdout
+    assert "CaiaSoft refused the API key (HTTP 401)" in result.stdout
+    assert KEY not in result.stdout + result.stderr
+
+
+def test_check_offline_does_not_contact_caiasoft(site, simulator):
+    result = cli(site, "check", "--offline")
+    assert result.returncode == 0 and simulator.received == []
+    assert "not contacted" in result.stdout
+
+
+def test_check_of_a_broken_config_exits_2(site):
+    site.key_file.unlink()
+    result = cli(site, "check")
+    assert result.returncode == 2
+    assert f"caiasoft.api_key_file: {site.key_file} does not exist" in result.stdout
+
+
+def test_send_then_status(site, simulator, tmp_path):
+    slip = tmp_path / "hold-request-slip-0001.xml"
+    slip.write_bytes((SAMPLES / "hold-request-slip-0001.xml").read_bytes())
+    letter = tmp_path / "letter.txt"
+    letter.write_text("not a request file\n")
+    result = cli(site, "send", str(slip), str(letter))
+    assert result.returncode == 1  # one of the two was refused
+    assert "hold-request-slip-0001.xml: accepted by CaiaSoft, archived as" in result.stdout
+    assert "letter.txt: refused: CaiaSoft refused the file: File format not registered" in result.stdout
+    assert slip.exists(), "send copies; the admin's file stays where it was"
+    assert [r.name for r in simulator.received] == ["hold-request-slip-0001.xml", "letter.txt"]
+
+    report = json.loads(cli(site, "status", "--json").stdout)
+    assert report["counts"]["archived"] == 1 and report["counts"]["refused"] == 1
+    assert report["pending"] == 0 and report["service"]["running"] is False
+    assert report["recent_errors"][0]["file"] == "letter.txt"
+    text = cli(site, "status").stdout
+    assert "today:          1 archived, 1 refused" in text and "letter.txt" in text
+
+
+def test_send_when_caiasoft_is_down_leaves_the_file_queued(site, simulator, tmp_path):
+    simulator.queue_faults("503", "503")
+    barcodes = tmp_path / "paging_barcode"
+    barcodes.write_text("31234001234567\n")
+    result = cli(site, "send", "--attempts", "2", str(barcodes))
+    assert result.returncode == 1
+    assert "stays queued" in result.stdout
+    report = json.loads(cli(site, "status", "--json").stdout)
+    assert report["counts"]["queued"] == 1
+    assert "HTTP 503" in report["oldest_pending"]["last_problem"]
+
+
+def test_status_before_the_first_run(site):
+    result = cli(site, "status")
+    assert result.returncode == 1 and "has not run" in result.stdout
+
+
+def test_retry_puts_a_refused_file_back(site, simulator, tmp_path):
+    # CaiaSoft refuses a file it cannot read; the admin corrects it and puts it back
+    letter = tmp_path / "order_barcode"
+    letter.write_text("please fetch the blue book\n")
+    cli(site, "send", str(letter))
+    [refused] = site.refused()
+    refused.write_text("31234001234567\n")  # the admin corrects the file in place
+    result = cli(site, "retry", "order_barcode")
+    assert result.returncode == 0, result.stdout
+    assert "back in the queue" in result.stdout
+    assert site.refused() == [] and not refused.with_name(refused.name + ".json").exists()
+    report = json.loads(cli(site, "status", "--json").stdout)
+    assert report["counts"]["queued"] == 1
+
+
+def test_retry_of_a_file_the_gateway_refuses_again_says_why(site, tmp_path):
+    binary = tmp_path / "scan.bin"
+    binary.write_bytes(b"\x00\x01\x02")
+    cli(site, "send", str(binary))
+    result = cli(site, "retry", "--all")
+    assert "refused again: refused by the gateway: file is binary" in result.stdout
+    assert len(site.refused()) == 1
+
+
+def test_retry_of_an_unknown_name(site):
+    result = cli(site, "retry", "nothing-like-this.xml")
+    assert result.returncode == 1 and "not found" in result.stdout
+    assert cli(site, "retry").returncode == 2

@@ -1,0 +1,53 @@
+"""Logging: one JSON object a line, never the key, reopened after logrotate."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from gateway import logs
+
+
+@pytest.fixture
+def log_dir(tmp_path):
+    logs.setup(tmp_path, console=False)
+    yield tmp_path
+    logs.setup(None, console=False)
+
+
+def lines(folder):
+    return [json.loads(line) for line in (folder / "gateway.log").read_text().splitlines()]
+
+
+def test_events_are_json_lines_with_their_fields(log_dir):
+    logs.get("test").info("upload.ok", file="slip.xml", sha256="ab12", ms=7)
+    [event] = lines(log_dir)
+    assert event["event"] == "upload.ok" and event["file"] == "slip.xml" and event["ms"] == 7
+    assert event["level"] == "info" and event["timestamp"].endswith("Z")
+
+
+def test_the_key_cannot_be_logged_in_a_field_a_message_or_a_traceback(log_dir):
+    secret = "k3y-abcdef-123456"
+    logs.add_secret(secret)
+    log = logs.get("test")
+    log.info("oops", header={"X-API-Key": secret})
+    log.warning(f"message with {secret} inside")
+    try:
+        raise RuntimeError(f"failure mentioning {secret}")
+    except RuntimeError:
+        log.exception("with.traceback")
+    logging.getLogger("urllib3").warning("foreign logger says %s", secret)
+    text = (log_dir / "gateway.log").read_text()
+    assert secret not in text
+    assert text.count(logs.REDACTED) == 4
+
+
+def test_the_log_is_reopened_after_logrotate_moves_it(log_dir):
+    log = logs.get("test")
+    log.info("before")
+    (log_dir / "gateway.log").rename(log_dir / "gateway.log.1")
+    log.info("after")
+    assert [e["event"] for e in lines(log_dir)] == ["after"]
+    assert "before" in (log_dir / "gateway.log.1").read_text()
