@@ -141,7 +141,8 @@ def cmd_send(args) -> int:
             row_id = pipeline.adopt_copy(path)
             for attempt in range(max(args.attempts, 1)):
                 row = ledger.take(row_id)
-                if row is None:
+                if row is None:  # the running service took it first: wait for its answer
+                    _wait_until_settled(ledger, row_id, config.caiasoft.timeout_seconds * 2)
                     break
                 outcome = pipeline.upload(row)
                 if outcome.verdict != "transient":
@@ -162,6 +163,12 @@ def cmd_send(args) -> int:
         pipeline.client.close()
         ledger.close()
     return EXIT_OK if not failed else EXIT_FAILURE
+
+
+def _wait_until_settled(ledger, row_id: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while ledger.get(row_id).state == "uploading" and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def cmd_retry(args) -> int:

@@ -162,3 +162,22 @@ def test_a_second_gateway_on_the_same_state_dir_is_refused(site, daemon_factory)
     assert second.process.wait(20) == 1
     assert "another gateway" in second.output()
     assert first.stop() == 0
+
+
+def test_send_while_the_service_runs_reports_the_real_outcome(site, simulator, daemon_factory, tmp_path):
+    """Whichever process uploads the file (send or the service), send reports what CaiaSoft said."""
+    import subprocess
+    import sys
+
+    daemon = daemon_factory(site.config_file)
+    wait_for(lambda: "service.started" in daemon.output(), message="the daemon to start")
+    files = []
+    for number in range(5):
+        files.append(tmp_path / f"manual-{number}_barcode")
+        files[-1].write_bytes(barcode_list(number))
+    result = subprocess.run([sys.executable, "-m", "gateway", "-c", str(site.config_file), "send",
+                             *map(str, files)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("accepted by CaiaSoft") == 5
+    assert len(simulator.received) == 5
+    assert daemon.stop() == 0
