@@ -121,3 +121,29 @@ def test_retry_of_an_unknown_name(site):
     result = cli(site, "retry", "nothing-like-this.xml")
     assert result.returncode == 1 and "not found" in result.stdout
     assert cli(site, "retry").returncode == 2
+
+
+def test_demo_runs_and_explains_where_each_file_went():
+    result = subprocess.run([sys.executable, "-m", "gateway", "demo"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "3 archived, 2 refused" in out
+    assert "DENIED 31234009999990 (Invalid Stop Code)" in out
+    assert "reason: CaiaSoft refused the file: File format not registered" in out
+    assert "reason: refused by the gateway: XML is not well-formed" in out
+    assert "gateway.log" in out
+
+
+def test_simulate_serves_the_api_on_loopback():
+    import requests
+
+    process = subprocess.Popen([sys.executable, "-m", "gateway", "simulate", "caiasoft", "--port", "0",
+                                "--key", "dry-run-key"], stdout=subprocess.PIPE, text=True)
+    try:
+        url = process.stdout.readline().split(" on ")[1].strip()
+        answer = requests.get(url + "/api/circstoplist/v1/ACTIVE", headers={"X-API-Key": "dry-run-key"}, timeout=5)
+        assert answer.status_code == 200 and answer.json()["success"] is True
+        assert requests.get(url + "/api/circstoplist/v1/ACTIVE", timeout=5).status_code == 401
+    finally:
+        process.terminate()
+        process.wait(10)

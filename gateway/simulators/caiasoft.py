@@ -153,6 +153,7 @@ def _handler_for(sim: CaiaSoftSimulator):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "CaiaSoftSimulator/1"
+        disable_nagle_algorithm = True  # headers and body go out as separate writes
 
         def log_message(self, format, *args) -> None:  # quiet: tests and demo read .received
             pass
