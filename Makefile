@@ -13,6 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: $(VENV)/.installed
+	tools/install-test-deps
 	$(BIN)/python -m pytest
 
 demo: $(VENV)/.installed

@@ -24,6 +24,9 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"config file (default: ${config_module.CONFIG_ENV} or {config_module.DEFAULT_CONFIG})")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     commands.add_parser("run", help="run the service in the foreground (systemd Type=notify)")
+    detached = commands.add_parser("daemon", help="run the service detached, for hosts without systemd")
+    detached.add_argument("--pidfile", required=True, type=Path, metavar="P",
+                          help="pidfile to create and hold (a second start is refused)")
     check = commands.add_parser("check", help="check config, folders, permissions and CaiaSoft; list every problem")
     check.add_argument("--offline", action="store_true", help="do not contact CaiaSoft")
     status = commands.add_parser("status", help="what is queued, uploaded and refused")
@@ -50,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"run": cmd_run, "check": cmd_check, "status": cmd_status, "send": cmd_send,
+    handler = {"run": cmd_run, "daemon": cmd_daemon, "check": cmd_check, "status": cmd_status, "send": cmd_send,
                "retry": cmd_retry, "demo": cmd_demo, "simulate": cmd_simulate}[args.command]
     try:
         return handler(args)
@@ -78,6 +81,12 @@ def cmd_run(args) -> int:
     config = _load(args)
     logs.setup(config.paths.log_dir, console=True)
     return Service(config).run()
+
+
+def cmd_daemon(args) -> int:
+    from gateway.daemonize import run_detached
+
+    return run_detached(_load(args), args.pidfile)
 
 
 def cmd_check(args) -> int:

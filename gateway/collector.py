@@ -17,7 +17,7 @@ from gateway.sources.base import Entry, Source
 
 log = logs.get("gateway.collector")
 
-MAX_WAIT_SECONDS = 5.0
+MAX_WAIT_SECONDS = 1.0  # the loop checks in (heartbeat) at least this often
 FAILED_CLAIM_RETRY_SECONDS = 60.0
 
 
@@ -57,6 +57,7 @@ class Collector(threading.Thread):
                 for entry in sorted(entries, key=lambda e: (e.mtime, e.name)):
                     if self.stop_event.is_set():
                         break
+                    self.heartbeat = self.clock()
                     hint = self._consider(entry)
                     if hint is not None:
                         wait = min(wait, hint)

@@ -23,3 +23,15 @@ def send(message: str) -> bool:
         return True
     except OSError:
         return False
+
+
+def watchdog_seconds() -> float | None:
+    """The watchdog period systemd expects pings within (WatchdogSec=), or None if it is off."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    try:
+        return int(usec) / 1_000_000 or None
+    except ValueError:
+        return None

@@ -1,9 +1,14 @@
 """The service: starts the parts, runs until told to stop, stops them in order.
 
-Threads: one collector per source (inputs), one uploader (output), and the
-main thread, which waits on the stop event and does housekeeping. Signal
-handlers only set flags. Shutdown: inputs stop first, then the uploader
-finishes the file it is sending (or leaves it queued), then the ledger closes.
+Threads: one collector per source (inputs), one uploader (output), and the main
+thread, which handles signals, publishes status and pings systemd's watchdog.
+
+Signals only set flags; the C-level handler writes to a pipe (signal.set_wakeup_fd)
+so the main loop wakes at once:
+  SIGTERM/SIGINT  stop: inputs first, then the uploader after the file in hand.
+                  A second one exits at once (the ledger makes that safe too).
+  SIGHUP          reload: the new config is validated first; if it is invalid
+                  the service keeps running on the old one and logs why. Logs reopen.
 """
 
 from __future__ import annotations
@@ -12,17 +17,18 @@ import datetime as dt
 import fcntl
 import json
 import os
+import select
 import signal
 import threading
 import time
 from pathlib import Path
 from typing import Callable
 
-from gateway import logs, notify
+from gateway import config as config_module, logs, notify
 from gateway.caiasoft import Backoff, CaiaSoftClient
 from gateway.collector import Collector
 from gateway.config import Config
-from gateway.errors import AlreadyRunning
+from gateway.errors import AlreadyRunning, ConfigError
 from gateway.ledger import Ledger
 from gateway.pipeline import Pipeline
 from gateway.sources.local import LocalSource
@@ -32,6 +38,7 @@ log = logs.get("gateway.service")
 HOUSEKEEPING_SECONDS = 5.0
 PRUNE_SECONDS = 3600.0
 IDLE_POLL_SECONDS = 1.0
+CHECK_IN_SECONDS = 1.0
 JOIN_SECONDS = 60.0
 
 
@@ -66,13 +73,17 @@ class StateLock:
 
 
 class Uploader(threading.Thread):
-    """Takes due files from the ledger, one at a time, oldest first, and sends them."""
+    """Takes due files from the ledger, one at a time, oldest first, and sends them.
+
+    It checks in (heartbeat) at least every CHECK_IN_SECONDS except while an upload
+    is on the wire, so an upload stuck longer than the watchdog period shows as hung.
+    """
 
     def __init__(self, pipeline: Pipeline, clock: Callable[[], float] = time.time):
         super().__init__(name="uploader", daemon=True)
         self.pipeline = pipeline
-        self.stop_event = threading.Event()
         self.clock = clock
+        self.stop_event = threading.Event()
         self.wake = threading.Event()
         self.heartbeat = time.monotonic()
         settings = pipeline.config.caiasoft
@@ -85,6 +96,14 @@ class Uploader(threading.Thread):
         self.stop_event.set()
         self.wake.set()
 
+    def _rest(self, seconds: float, event: threading.Event) -> None:
+        """Wait up to seconds (until event is set), checking in as it goes."""
+        deadline = time.monotonic() + seconds
+        while not self.stop_event.is_set():
+            self.heartbeat = now = time.monotonic()
+            if now >= deadline or event.wait(min(deadline - now, CHECK_IN_SECONDS)):
+                return
+
     def run(self) -> None:
         failures = 0
         ledger = self.pipeline.ledger
@@ -94,96 +113,206 @@ class Uploader(threading.Thread):
             row = ledger.take_next(self.clock())
             if row is None:
                 due = ledger.next_due_at()
-                wait = IDLE_POLL_SECONDS if due is None else min(max(due - self.clock(), 0.01), IDLE_POLL_SECONDS)
-                self.wake.wait(wait)
+                self._rest(IDLE_POLL_SECONDS if due is None else max(due - self.clock(), 0.01), self.wake)
                 continue
             outcome = self.pipeline.upload(row)
             if outcome.verdict == "transient":
                 failures += 1
-                self.stop_event.wait(self.backoff.delay(failures, outcome.retry_after))
+                self._rest(self.backoff.delay(failures, outcome.retry_after), self.stop_event)
             elif outcome.verdict == "paused":
-                self._pause(outcome.reason)
+                self.paused_reason = outcome.reason
+                log.error("upload.paused", reason=outcome.reason, retry_in=self.auth_pause,
+                          detail="no file is moved to error while paused; fix the key, then wait or reload")
+                self._rest(self.auth_pause, self.stop_event)
             else:
                 failures = 0
                 if self.paused_reason:
                     log.info("upload.resumed", detail="CaiaSoft accepts the API key again")
                     self.paused_reason = None
 
-    def _pause(self, reason: str) -> None:
-        self.paused_reason = reason
-        log.error("upload.paused", reason=reason, retry_in=self.auth_pause,
-                  detail="no file is moved to error while paused; fix the key, then wait or restart")
-        self.stop_event.wait(self.auth_pause)
+
+class Parts:
+    """Everything that runs on one config: client, pipeline, uploader, one collector per source."""
+
+    def __init__(self, config: Config, ledger: Ledger):
+        self.config = config
+        self.client = CaiaSoftClient(config.caiasoft, config.api_key)
+        self.pipeline = Pipeline(config, ledger, self.client)
+        self.uploader = Uploader(self.pipeline)
+        self.pipeline.on_queued = self.uploader.wake.set
+        self.collectors = [Collector(LocalSource(settings), settings.settle_seconds, self.pipeline)
+                           for settings in config.sources]
+
+    def start(self) -> None:
+        self.uploader.start()
+        for collector in self.collectors:
+            collector.start()
+
+    def stop(self) -> None:
+        """Inputs first (no new files are taken), then the output after the upload in hand."""
+        for collector in self.collectors:
+            collector.stop()
+        for collector in self.collectors:
+            collector.join(JOIN_SECONDS)
+        self.uploader.stop()
+        self.uploader.join(JOIN_SECONDS)
+        self.client.close()
+
+    def workers(self) -> list[threading.Thread]:
+        return [self.uploader, *self.collectors]
+
+    def problems(self, within: float) -> list[str]:
+        """Why the service is not healthy (empty if every worker checked in within the last seconds)."""
+        now = time.monotonic()
+        found = []
+        for worker in self.workers():
+            if not worker.is_alive():
+                found.append(f"{worker.name} has stopped")
+            elif now - worker.heartbeat > within:
+                found.append(f"{worker.name} has not checked in for {now - worker.heartbeat:.0f}s")
+        for collector in self.collectors:
+            if collector.is_alive() and not collector.source.healthy():
+                found.append(f"the watcher of source {collector.source.name} has stopped")
+        return found
 
 
 class Service:
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, environ: dict[str, str] | None = None):
         self.config = config
-        self.stop_event = threading.Event()
-        self._signals = 0
+        self.environ = environ
+        self._stop_requested = 0
+        self._reload_requested = False
+        self._parts: Parts | None = None
 
-    def request_stop(self, signum: int | None = None, frame=None) -> None:
-        """Signal handler: the first call asks for a clean stop, the second exits at once."""
-        self._signals += 1
-        if self._signals > 1:
+    # -- signal handlers: flags only -------------------------------------------
+
+    def _on_stop(self, signum, frame) -> None:
+        self._stop_requested += 1
+        if self._stop_requested > 1:
             os._exit(1)
-        self.stop_event.set()
+
+    def _on_reload(self, signum, frame) -> None:
+        self._reload_requested = True
+
+    # -- the main loop --------------------------------------------------------------
 
     def run(self) -> int:
-        """Run until stopped. Return the exit code."""
+        """Run until stopped. Return the exit code: 0 after a requested stop, 1 if a worker died."""
         lock = StateLock(self.config.paths.lock_file).acquire()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self.request_stop)
+        wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        previous_fd = signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_reload)
         ledger = Ledger(self.config.paths.database)
-        client = CaiaSoftClient(self.config.caiasoft, self.config.api_key)
-        uploader: Uploader | None = None
-        collectors: list[Collector] = []
+        exit_code = 0
         try:
             for warning in self.config.warnings:
                 log.warning("config.warning", detail=warning)
-            pipeline = Pipeline(self.config, ledger, client)
-            pipeline.recover()
-            uploader = Uploader(pipeline)
-            pipeline.on_queued = uploader.wake.set
-            uploader.start()
-            for settings in self.config.sources:
-                collector = Collector(LocalSource(settings), settings.settle_seconds, pipeline)
-                collector.start()
-                collectors.append(collector)
+            self._parts = Parts(self.config, ledger)
+            self._parts.pipeline.recover()
+            self._parts.start()
             log.info("service.started", sources=[s.name for s in self.config.sources],
                      caiasoft=self.config.caiasoft.base_url, pid=os.getpid())
             notify.send("READY=1")
-            self._housekeeping(pipeline, collectors, uploader)
+            exit_code = self._loop(ledger, wake_read)
         finally:
-            self.stop_event.set()
             notify.send("STOPPING=1")
-            for collector in collectors:  # inputs first: no new files are taken
-                collector.stop()
-            for collector in collectors:
-                collector.join(JOIN_SECONDS)
-            if uploader is not None:  # then the output, after the upload in hand
-                uploader.stop()
-                uploader.join(JOIN_SECONDS)
-            client.close()
+            if self._parts is not None:
+                self._parts.stop()
             ledger.set_meta("service", "null")
             ledger.close()
             lock.release()
-            log.info("service.stopped")
-        return 0
+            signal.set_wakeup_fd(previous_fd)
+            os.close(wake_read)
+            os.close(wake_write)
+            log.info("service.stopped", exit_code=exit_code)
+        return exit_code
 
-    def _housekeeping(self, pipeline: Pipeline, collectors: list[Collector], uploader: Uploader) -> None:
-        """Until stopped: prune old archive days, publish the service's state for `status`."""
-        next_prune = 0.0
-        while True:
+    def _loop(self, ledger: Ledger, wake_read: int) -> int:
+        watchdog = notify.watchdog_seconds()
+        tick = min(HOUSEKEEPING_SECONDS, watchdog / 2) if watchdog else HOUSEKEEPING_SECONDS
+        next_prune, last_status, last_problems = 0.0, None, []
+        while not self._stop_requested:
+            if self._reload_requested:
+                self._reload_requested = False
+                self._parts = self._reload(ledger, self._parts)
+            parts = self._parts
+            problems = parts.problems(within=watchdog or JOIN_SECONDS)
+            dead = [worker.name for worker in parts.workers() if not worker.is_alive()]
+            if dead:
+                log.error("service.worker_died", workers=dead, detail="stopping so the service manager restarts us")
+                return 1
+            if watchdog and not problems:
+                notify.send("WATCHDOG=1")
+            if problems != last_problems:
+                if problems:
+                    log.error("service.unhealthy", problems=problems,
+                              detail="watchdog pings stop until every worker checks in again")
+                else:
+                    log.info("service.healthy")
+                last_problems = problems
             now = time.time()
             if now >= next_prune and self.config.archive.retention_days:
-                removed = pipeline.archive.prune(self.config.archive.retention_days, dt.date.today())
+                removed = parts.pipeline.archive.prune(self.config.archive.retention_days, dt.date.today())
                 if removed:
                     log.info("archive.pruned", days=len(removed), retention_days=self.config.archive.retention_days)
                 next_prune = now + PRUNE_SECONDS
-            sources = {c.source.name: {"mode": c.source.mode, "problem": c.problem, "healthy": c.source.healthy()}
-                       for c in collectors}
-            pipeline.ledger.set_meta("service", json.dumps(
-                {"pid": os.getpid(), "updated": now, "sources": sources, "paused": uploader.paused_reason}))
-            if self.stop_event.wait(HOUSEKEEPING_SECONDS):
-                return
+            status = self._publish(ledger, parts, now)
+            if status != last_status:
+                notify.send(f"STATUS={status}")
+                last_status = status
+            select.select([wake_read], [], [], tick)
+            try:
+                os.read(wake_read, 512)
+            except BlockingIOError:
+                pass
+        log.info("service.stopping", detail="no new files are taken; the upload in hand is finished first; "
+                 "a second SIGTERM exits at once")
+        return 0
+
+    def _publish(self, ledger: Ledger, parts: Parts, now: float) -> str:
+        """Write the service's state for `status`, and return the one-line summary for systemd."""
+        sources = {c.source.name: {"mode": c.source.mode, "problem": c.problem, "healthy": c.source.healthy()}
+                   for c in parts.collectors}
+        paused = parts.uploader.paused_reason
+        ledger.set_meta("service", json.dumps({"pid": os.getpid(), "updated": now, "sources": sources,
+                                               "paused": paused}))
+        counts = ledger.counts()
+        midnight = dt.datetime.combine(dt.date.today(), dt.time()).timestamp()
+        queued = sum(counts.get(state, 0) for state in ("claimed", "queued", "uploading"))
+        line = (f"queued {queued}, uploaded today {ledger.count_finished_since('archived', midnight)}, "
+                f"errors today {ledger.count_finished_since('refused', midnight)}")
+        if paused:
+            line += "; UPLOADS PAUSED (API key refused)"
+        problems = [name for name, source in sources.items() if source["problem"]]
+        if problems:
+            line += f"; source problem: {', '.join(problems)}"
+        return line
+
+    def _reload(self, ledger: Ledger, parts: Parts) -> Parts:
+        """Validate the config file again; on success restart the parts on it, else keep the old."""
+        try:
+            new = config_module.load(self.config.file, environ=self.environ)
+        except ConfigError as error:
+            log.error("config.reload_refused", file=str(self.config.file),
+                      problems=[str(problem) for problem in error.problems],
+                      detail="still running on the previous configuration")
+            return parts
+        if new.paths.state_dir != self.config.paths.state_dir:
+            log.error("config.reload_refused", file=str(self.config.file),
+                      problems=["paths.state_dir cannot change while running: restart the service"],
+                      detail="still running on the previous configuration")
+            return parts
+        notify.send("RELOADING=1")
+        logs.add_secret(new.api_key.value)
+        parts.stop()
+        logs.setup(new.paths.log_dir, console=True)
+        self.config = new
+        fresh = Parts(new, ledger)
+        fresh.start()
+        for warning in new.warnings:
+            log.warning("config.warning", detail=warning)
+        log.info("config.reloaded", file=str(new.file), sources=[s.name for s in new.sources])
+        notify.send("READY=1")
+        return fresh

@@ -58,7 +58,7 @@ class Site:
         self.config_file = root / "gateway.toml"
         self.write(base_url, **options)
 
-    def write(self, base_url: str, settle_seconds: float = 0.3, extra_caiasoft: str = "",
+    def write(self, base_url: str, settle_seconds: float = 0.3, timeout_seconds: float = 5, extra_caiasoft: str = "",
               extra_source: str = "", extra: str = "") -> None:
         self.config_file.write_text(f"""
 [paths]
@@ -70,7 +70,7 @@ log_dir = "{self.log_dir}"
 [caiasoft]
 base_url = "{base_url}"
 api_key_file = "{self.key_file}"
-timeout_seconds = 5
+timeout_seconds = {timeout_seconds}
 backoff_initial_seconds = 0.05
 backoff_max_seconds = 0.5
 auth_pause_seconds = 0.5

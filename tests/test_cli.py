@@ -17,7 +17,7 @@ def cli(site, *args, env=None) -> subprocess.CompletedProcess:
 
 
 def test_config_errors_exit_2_and_list_every_problem(site):
-    site.config_file.write_text(site.config_file.read_text().replace("timeout_seconds = 5", "timeout_seconds = -1")
+    site.config_file.write_text(site.config_file.read_text().replace("timeout_seconds = 5\n", "timeout_seconds = -1\n")
                                 + "\n[bogus]\n")
     result = cli(site, "run")
     assert result.returncode == 2

@@ -80,6 +80,7 @@ class LocalSource:
         self.mode = choose_mode(settings)
         self.trust_mtime = filesystem_type(settings.path) not in NETWORK_FILESYSTEMS
         self._observer: InotifyObserver | None = None
+        self._watching = False  # an observer was started (and so must be alive until stop)
         self._hints: set[str] = set()
         self._lock = threading.Lock()
         self._wake: Callable[[], None] = lambda: None
@@ -104,6 +105,7 @@ class LocalSource:
             return
         observer.name = f"inotify-{self.name}"
         self._observer = observer
+        self._watching = True
 
     def stop(self) -> None:
         observer, self._observer = self._observer, None
@@ -112,7 +114,8 @@ class LocalSource:
             observer.join(timeout=5)
 
     def healthy(self) -> bool:
-        return self.mode != "inotify" or (self._observer is not None and self._observer.is_alive())
+        """False once a started inotify observer has died (or was stopped)."""
+        return not self._watching or (self._observer is not None and self._observer.is_alive())
 
     def _notice(self, name: str) -> None:
         with self._lock:

@@ -1,0 +1,37 @@
+"""The shipped systemd unit passes `systemd-analyze verify` clean."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO
+
+UNIT = REPO / "systemd" / "caiasoft-gateway.service"
+INSTALLED_PATH = "/usr/local/bin/caiasoft-gateway"
+
+
+def test_unit_verifies_clean(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze is missing: run tools/install-test-deps (apt-get install systemd)"
+    # verify insists that ExecStart exists; point it at this checkout's installed command,
+    # and change nothing else.
+    script = Path(sys.executable).with_name("caiasoft-gateway")
+    assert script.exists()
+    text = UNIT.read_text()
+    assert text.count(INSTALLED_PATH) == 1
+    copy = tmp_path / UNIT.name
+    copy.write_text(text.replace(INSTALLED_PATH, str(script)))
+    result = subprocess.run([analyze, "verify", "--man=no", str(copy)], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout == "" and result.stderr == "", result.stdout + result.stderr
+
+
+def test_unit_keeps_its_promises():
+    text = UNIT.read_text()
+    for line in ("Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "Restart=on-failure",
+                 "RestartPreventExitStatus=2", "ProtectSystem=strict", "NoNewPrivileges=yes",
+                 "SystemCallFilter=@system-service", "CapabilityBoundingSet=\n", "StateDirectory=caiasoft-gateway",
+                 "LogsDirectory=caiasoft-gateway", "ConfigurationDirectory=caiasoft-gateway", "WatchdogSec="):
+        assert line in text, line
