@@ -78,7 +78,9 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
     ),
     "sources": (
         Key("name", "str", REQUIRED, "Short unique name, shown in logs, sidecars and status."),
-        Key("path", "path", REQUIRED, "The folder ALEPH writes request files into."),
+        Key("path", "path", None, "The folder ALEPH writes request files into (a local or mounted folder)."),
+        Key("url", "str", None,
+            "Instead of path: an SFTP folder, sftp://user@host:port/remote/folder."),
         Key("include", "strings", ["*"], "Glob patterns of file names to take."),
         Key("settle_seconds", "number", 2.0,
             "A file is ready once its size and mtime have not changed for this long.", minimum=0),
@@ -88,7 +90,20 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
         Key("rescan_seconds", "number", 30.0,
             "With inotify: a full rescan this often anyway (events can be lost).", minimum=0.1),
         Key("poll_seconds", "number", 2.0,
-            "With polling (network mounts): how often the folder is listed.", minimum=0.1),
+            "With polling (network mounts) and SFTP: how often the folder is listed.", minimum=0.1),
+        Key("known_hosts_file", "path", None,
+            "SFTP: known_hosts file holding the server's host key. Required: keys are never auto-accepted."),
+        Key("private_key_file", "path", None, "SFTP: the private key to log in with."),
+        Key("private_key_passphrase_file", "path", None, "SFTP: file holding the private key's passphrase."),
+        Key("private_key_passphrase_env", "str", None,
+            "SFTP: environment variable holding the private key's passphrase."),
+        Key("password_file", "path", None,
+            "SFTP: file holding a password; password login is used only if this is set."),
+        Key("remote_after", "str", "delete",
+            "SFTP: after CaiaSoft accepted or refused a file, delete it remotely, or move it: "
+            "\"move:/remote/done/folder\"."),
+        Key("timeout_seconds", "number", 30.0, "SFTP: timeout of connect, login and every SFTP call.",
+            minimum=1),
     ),
 }
 
@@ -160,12 +175,29 @@ class Archive:
 @dataclass(frozen=True)
 class Source:
     name: str
-    path: Path
+    path: Path | None
+    url: str | None
     include: tuple[str, ...]
     settle_seconds: float
     watch: str
     rescan_seconds: float
     poll_seconds: float
+    known_hosts_file: Path | None
+    private_key_file: Path | None
+    private_key_passphrase_file: Path | None
+    private_key_passphrase_env: str | None
+    password_file: Path | None
+    remote_after: str
+    timeout_seconds: float
+
+    @property
+    def is_sftp(self) -> bool:
+        return self.url is not None
+
+    @property
+    def location(self) -> str:
+        """Where the files are, for messages: the folder, or the URL."""
+        return self.url if self.url is not None else str(self.path)
 
 
 @dataclass(frozen=True)
@@ -342,11 +374,50 @@ def _check_sources(sources: list[dict[str, Any]], paths: dict[str, Any], problem
             elif name in names:
                 problem(f"sources[{index}].name", f"{name!r} is already the name of sources[{names[name]}]")
             names.setdefault(name, index)
-        folder = source.get("path")
+        folder, url = source.get("path"), source.get("url")
+        where = f"sources[{index}]"
+        if (folder is None) == (url is None):
+            problem(f"{where}.path", "set either path (a local or mounted folder) or url (sftp://...), not both")
         if isinstance(folder, Path):
             for own in owned:
                 if _overlaps(folder, own):
-                    problem(f"sources[{index}].path", f"overlaps the gateway's own folder {own}")
+                    problem(f"{where}.path", f"overlaps the gateway's own folder {own}")
+            for key in SFTP_ONLY:
+                if source.get(key) not in (None, _DEFAULTS[key]):
+                    problem(f"{where}.{key}", "only applies to SFTP sources (url = \"sftp://...\")")
+        if isinstance(url, str):
+            _check_sftp(source, where, problem)
+
+
+SFTP_ONLY = ("known_hosts_file", "private_key_file", "private_key_passphrase_file", "private_key_passphrase_env",
+             "password_file", "remote_after")
+_DEFAULTS = {key.name: key.default for key in SCHEMA["sources"]}
+
+
+def _check_sftp(source: dict[str, Any], where: str, problem) -> None:
+    url = source["url"]
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if parts.scheme != "sftp" or not parts.hostname or not parts.username or not parts.path.startswith("/") \
+            or port == -1 or parts.password or parts.query or parts.fragment:
+        problem(f"{where}.url", f"must look like sftp://user@host:22/remote/folder (no password), got {url!r}")
+    if source.get("known_hosts_file") is None:
+        problem(f"{where}.known_hosts_file", "required for SFTP: host keys are checked, never accepted blindly")
+    elif not source["known_hosts_file"].is_file():
+        problem(f"{where}.known_hosts_file", f"{source['known_hosts_file']} does not exist")
+    if source.get("private_key_file") is None and source.get("password_file") is None:
+        problem(f"{where}.private_key_file", "SFTP needs a private_key_file (or, explicitly, a password_file)")
+    for key in ("private_key_file", "private_key_passphrase_file", "password_file"):
+        if source.get(key) is not None and not source[key].is_file():
+            problem(f"{where}.{key}", f"{source[key]} does not exist")
+    if source.get("private_key_passphrase_file") and source.get("private_key_passphrase_env"):
+        problem(f"{where}.private_key_passphrase_file", "set a passphrase file or a passphrase variable, not both")
+    after = source.get("remote_after")
+    if isinstance(after, str) and after != "delete" and not (after.startswith("move:/") and len(after) > 6):
+        problem(f"{where}.remote_after", f'must be "delete" or "move:/remote/folder", got {after!r}')
 
 
 def _overlaps(a: Path, b: Path) -> bool:

@@ -78,7 +78,7 @@ def test_missing_required_keys_and_unknown_section(tmp_path):
     path = write(tmp_path, '[caiasoft]\napi_key_env = "K"\n[[sources]]\nname = "a"\n[ncipp]\nurl = "x"\n')
     problems = "\n".join(problems_of(path, {"K": "secret-value"}))
     assert "caiasoft.base_url: required key is missing" in problems
-    assert "sources[0].path: required key is missing" in problems
+    assert "sources[0].path: set either path (a local or mounted folder) or url (sftp://...), not both" in problems
     assert "ncipp: unknown section" in problems
 
 

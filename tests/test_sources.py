@@ -17,8 +17,10 @@ from conftest import SAMPLES, wait_for
 
 
 def local_settings(folder: Path, **overrides) -> config_module.Source:
-    values = dict(name="print", path=folder, include=("*",), settle_seconds=0.2, watch="auto",
-                  rescan_seconds=1.0, poll_seconds=0.2)
+    values = dict(name="print", path=folder, url=None, include=("*",), settle_seconds=0.2, watch="auto",
+                  rescan_seconds=1.0, poll_seconds=0.2, known_hosts_file=None, private_key_file=None,
+                  private_key_passphrase_file=None, private_key_passphrase_env=None, password_file=None,
+                  remote_after="delete", timeout_seconds=30.0)
     values.update(overrides)
     return config_module.Source(**values)
 
