@@ -10,6 +10,7 @@ from typing import Iterator
 
 from gateway.caiasoft import CaiaSoftClient
 from gateway.config import Config, Source
+from gateway.errors import SourceUnavailable
 from gateway.sources.local import choose_mode, filesystem_type
 
 
@@ -57,7 +58,10 @@ def _writable_folder(key: str, path: Path) -> Result:
 
 
 def _source(index: int, source: Source, state_dir: Path) -> Iterator[Result]:
-    label = f"sources[{index}] {source.name}: {source.path}"
+    label = f"sources[{index}] {source.name}: {source.location}"
+    if source.is_sftp:
+        yield _sftp(label, source)
+        return
     if not source.path.is_dir():
         yield Result("FAIL", label, "folder does not exist (or is not a folder)")
         return
@@ -73,6 +77,18 @@ def _source(index: int, source: Source, state_dir: Path) -> Iterator[Result]:
     if state_dir.exists() and os.stat(state_dir).st_dev != os.stat(source.path).st_dev:
         yield Result("WARN", label, f"on another filesystem than {state_dir}: files are copied and then "
                                     "deleted instead of renamed in one atomic step")
+
+
+def _sftp(label: str, settings: Source) -> Result:
+    from gateway.sources.sftp import SftpSource
+
+    remote = SftpSource(settings)
+    try:
+        return Result("ok", label, remote.describe_folder())
+    except SourceUnavailable as error:
+        return Result("FAIL", label, str(error))
+    finally:
+        remote.stop()
 
 
 def _caiasoft(config: Config) -> Result:

@@ -11,6 +11,7 @@ import time
 from typing import Callable
 
 from gateway import logs
+from gateway.errors import SourceUnavailable
 from gateway.intake import Settler
 from gateway.pipeline import Pipeline
 from gateway.sources.base import Entry, Source
@@ -69,15 +70,35 @@ class Collector(threading.Thread):
     def _scan(self) -> list[Entry]:
         try:
             entries = self.source.scan()
+            if self.source.keeps_originals:
+                self._release_finished()
         except OSError as error:
-            self._report(f"cannot list {getattr(self.source, 'folder', self.source.name)}: "
-                         f"{error.strerror or error}")
+            self._report(f"cannot list {self.source.location}: {error.strerror or error}")
             return []
         self._report(None)
+        if self.source.keeps_originals:  # a file taken earlier is listed until released: never take it twice
+            held = self.pipeline.ledger.held(self.source.name)
+            entries = [entry for entry in entries if (entry.origin, entry.size, entry.mtime) not in held]
         names = {entry.name for entry in entries}
         self.settler.keep_only(names)
         self._failed = {name: when for name, when in self._failed.items() if name in names}
         return entries
+
+    def _release_finished(self) -> None:
+        """Remove (or move) originals whose outcome is known. A failure is retried on the next scan."""
+        ledger = self.pipeline.ledger
+        for row in ledger.to_release(self.source.name):
+            try:
+                done = self.source.release(row.origin)
+            except OSError as error:
+                if isinstance(error, SourceUnavailable):
+                    raise
+                log.error("remote.cleanup_failed", source=self.source.name, file=row.name, origin=row.origin,
+                          error=error.strerror or str(error), detail="retried on the next scan; the file is "
+                          "not taken again meanwhile")
+                continue
+            ledger.released(row.id)
+            log.info("remote.cleaned_up", source=self.source.name, file=row.name, origin=row.origin, done=done)
 
     def _consider(self, entry: Entry) -> float | None:
         """Take the file if it is ready; otherwise return seconds until it might be."""

@@ -43,3 +43,7 @@ class FileRefused(GatewayError):
 
 class SourceGone(GatewayError):
     """A file disappeared from its source between being seen and being claimed."""
+
+
+class SourceUnavailable(OSError):
+    """A source cannot be reached now (SFTP server down, login refused...); it is retried alone."""

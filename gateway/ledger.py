@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from gateway.archive import safe_name
+
 SCHEMA_VERSION = 1
-MAX_WORK_NAME_BYTES = 240
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -47,9 +48,11 @@ CREATE TABLE IF NOT EXISTS files (
     http_status     INTEGER,
     answer          TEXT,
     reason          TEXT,
-    final_path      TEXT
+    final_path      TEXT,
+    released_at     REAL
 );
 CREATE INDEX IF NOT EXISTS files_queue ON files (state, next_attempt_at, id);
+CREATE INDEX IF NOT EXISTS files_origin ON files (source, origin);
 CREATE INDEX IF NOT EXISTS files_finished ON files (finished_at);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
@@ -80,6 +83,7 @@ class FileRow:
     answer: str | None
     reason: str | None
     final_path: str | None
+    released_at: float | None
 
     @property
     def work_name(self) -> str:
@@ -91,10 +95,8 @@ class FileRow:
 
 
 def work_name(row_id: int, name: str) -> str:
-    """Return the name a file has in state_dir/work/: its row id, a dot, its (shortened) name."""
-    prefix = f"{row_id:08d}."
-    encoded = name.encode("utf-8", "surrogateescape")[:MAX_WORK_NAME_BYTES]
-    return prefix + encoded.decode("utf-8", "ignore")
+    """Return the name a file has in state_dir/work/: its row id, a dot, its name made safe."""
+    return f"{row_id:08d}." + safe_name(name)
 
 
 class Ledger:
@@ -292,6 +294,25 @@ class Ledger:
         with self._lock:
             rows = self._db.execute(f"SELECT id, name FROM files WHERE state IN ({marks})", OPEN_STATES).fetchall()
         return {work_name(row_id, name) for row_id, name in rows}
+
+    # -- sources that keep their originals until the outcome is known (SFTP) --------
+
+    def held(self, source: str) -> set[tuple[str, int, float]]:
+        """(origin, size, mtime) of this source's files taken but not yet removed from the source."""
+        with self._lock:
+            rows = self._db.execute("SELECT origin, size, mtime FROM files WHERE source = ? AND released_at IS NULL",
+                                    (source,)).fetchall()
+        return {(origin, size, mtime) for origin, size, mtime in rows}
+
+    def to_release(self, source: str) -> list[FileRow]:
+        """This source's files whose outcome is known but whose original is still in the source."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM files WHERE source = ? AND released_at IS NULL AND state IN "
+                                    "('archived', 'refused') ORDER BY id", (source,)).fetchall()
+        return [FileRow(**dict(row)) for row in rows]
+
+    def released(self, row_id: int) -> None:
+        self._update(row_id, FINAL_STATES, released_at=self.clock())
 
     # -- meta (small named values: last auth failure, etc.) -----------------
 

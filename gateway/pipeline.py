@@ -161,9 +161,11 @@ class Pipeline:
         done = {"claims_completed": 0, "claims_dropped": 0, "requeued": 0, "finished": 0, "adopted": 0}
         for leftover in self.work_dir.glob("*.partial"):
             leftover.unlink()
+        local_sources = {source.name for source in self.config.sources if not source.is_sftp}
         for row in self.ledger.in_state("claiming"):
             if self.work_path(row).exists():
-                _drop_origin_copy(row)
+                if row.source in local_sources:
+                    _drop_origin_copy(row)
                 self.ledger.claimed(row.id)
                 done["claims_completed"] += 1
             else:

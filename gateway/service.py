@@ -24,14 +24,13 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from gateway import config as config_module, logs, notify
+from gateway import config as config_module, logs, notify, sources
 from gateway.caiasoft import Backoff, CaiaSoftClient
 from gateway.collector import Collector
 from gateway.config import Config
 from gateway.errors import AlreadyRunning, ConfigError
 from gateway.ledger import Ledger
 from gateway.pipeline import Pipeline
-from gateway.sources.local import LocalSource
 
 log = logs.get("gateway.service")
 
@@ -140,7 +139,7 @@ class Parts:
         self.pipeline = Pipeline(config, ledger, self.client)
         self.uploader = Uploader(self.pipeline)
         self.pipeline.on_queued = self.uploader.wake.set
-        self.collectors = [Collector(LocalSource(settings), settings.settle_seconds, self.pipeline)
+        self.collectors = [Collector(sources.build(settings), settings.settle_seconds, self.pipeline)
                            for settings in config.sources]
 
     def start(self) -> None:

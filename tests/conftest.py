@@ -59,8 +59,8 @@ class Site:
         self.write(base_url, **options)
 
     def write(self, base_url: str, settle_seconds: float = 0.3, timeout_seconds: float = 5, extra_caiasoft: str = "",
-              extra_source: str = "", extra: str = "") -> None:
-        self.config_file.write_text(f"""
+              extra_source: str = "", extra: str = "", local_source: bool = True) -> None:
+        text = f"""
 [paths]
 state_dir = "{self.state}"
 archive_dir = "{self.archive}"
@@ -83,8 +83,10 @@ settle_seconds = {settle_seconds}
 rescan_seconds = 1
 poll_seconds = 0.2
 {extra_source}
-{extra}
-""")
+"""
+        if not local_source:
+            text = text.split("[[sources]]")[0]
+        self.config_file.write_text(text + extra)
 
     def load(self) -> config_module.Config:
         return config_module.load(self.config_file, environ={})
@@ -157,3 +159,44 @@ def daemon_factory():
     for daemon in started:
         if daemon.process.poll() is None:
             daemon.kill()
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    """A real OpenSSH server on loopback (started once; tests that stop it start it again)."""
+    from sshd import Sshd
+
+    server = Sshd(tmp_path_factory.mktemp("sshd")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sftp_site(tmp_path, simulator, sshd):
+    """A site whose only source is an SFTP folder served by the real sshd."""
+    if sshd.process.poll() is not None:
+        sshd.start()
+    remote = tmp_path / "remote" / "print"
+    remote.mkdir(parents=True)
+    made = Site(tmp_path, simulator.url)
+    made.remote = remote
+    made.sshd = sshd
+    made.write_sftp = lambda **options: made.write(simulator.url, local_source=False, extra=_sftp_source(
+        sshd, remote, **options))
+    made.write_sftp()
+    return made
+
+
+def _sftp_source(sshd, remote: Path, remote_after: str = "delete", known_hosts: Path | None = None,
+                 settle_seconds: float = 0.3) -> str:
+    return f"""
+[[sources]]
+name = "remote"
+url = "{sshd.url(remote)}"
+known_hosts_file = "{known_hosts or sshd.known_hosts}"
+private_key_file = "{sshd.client_key}"
+remote_after = "{remote_after}"
+settle_seconds = {settle_seconds}
+poll_seconds = 0.2
+timeout_seconds = 5
+"""

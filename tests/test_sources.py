@@ -39,11 +39,28 @@ class LocalFolder:
         (self.folder / name).unlink()
 
 
-@pytest.fixture(params=["inotify", "polling"])
+class SftpFolder(LocalFolder):
+    """The same, on the far side of a real sshd."""
+
+    def __init__(self, folder: Path, sshd):
+        from gateway.sources.sftp import SftpSource
+
+        self.folder = folder
+        self.source = SftpSource(local_settings(None, url=sshd.url(folder), known_hosts_file=sshd.known_hosts,
+                                                private_key_file=sshd.client_key, timeout_seconds=5.0))
+
+
+@pytest.fixture(params=["inotify", "polling", "sftp"])
 def source_folder(request, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
-    made = LocalFolder(folder, request.param)
+    if request.param == "sftp":
+        sshd = request.getfixturevalue("sshd")
+        if sshd.process.poll() is not None:
+            sshd.start()
+        made = SftpFolder(folder, sshd)
+    else:
+        made = LocalFolder(folder, request.param)
     yield made
     made.source.stop()
 
@@ -68,6 +85,9 @@ class TestSourceContract:
         destination = tmp_path / "work-a"
         source_folder.source.fetch(entry, destination)
         assert destination.read_bytes() == b"31234001234567\n"
+        if source_folder.source.keeps_originals:  # SFTP: the original stays until the outcome is known
+            assert [e.name for e in source_folder.source.scan()] == ["a"]
+            source_folder.source.release(entry.origin)
         assert source_folder.source.scan() == []
 
     def test_fetch_of_a_vanished_file_says_so(self, source_folder, tmp_path):
@@ -76,6 +96,13 @@ class TestSourceContract:
         source_folder.remove("a")
         with pytest.raises(SourceGone):
             source_folder.source.fetch(entry, tmp_path / "work-a")
+
+    def test_symlinks_and_folders_are_not_listed(self, source_folder, tmp_path):
+        secret = tmp_path / "secret"
+        secret.write_text("not for CaiaSoft")
+        (source_folder.folder / "link.xml").symlink_to(secret)
+        (source_folder.folder / "sub").mkdir()
+        assert source_folder.source.scan() == []
 
     def test_start_and_stop_are_safe_to_repeat(self, source_folder):
         woken = threading.Event()

@@ -34,7 +34,7 @@ STOPS = [{"stop_code": "MAIN", "description": "Main Library circulation desk"},
 
 @dataclass
 class Received:
-    """One upload as the simulator saw it (the API key is never kept)."""
+    """One upload as the simulator saw it (the API key is never kept); answered is None after a fault."""
 
     name: str | None
     field: str
@@ -225,17 +225,17 @@ def _handler_for(sim: CaiaSoftSimulator):
             files = [(name, filename, data) for name, filename, data in parts if name == sim.upload_field]
             form = {name: data.decode("utf-8", "replace") for name, filename, data in parts
                     if name != sim.upload_field and filename is None}
-            fault_answered = self._apply_fault()
-            if not files:
-                if not fault_answered:
-                    self._json(400, {"success": False, "error": f"No file in form field '{sim.upload_field}'"})
+            receipt = None
+            if files:  # recorded on receipt: a dropped or hung answer still means CaiaSoft may have the file
+                _, filename, data = files[0]
+                receipt = Received(filename, sim.upload_field, data, form, answered=None)
+                sim.record(receipt)
+            if self._apply_fault():
                 return
-            _, filename, data = files[0]
-            if fault_answered:
-                sim.record(Received(filename, sim.upload_field, data, form, answered=None))
+            if receipt is None:
+                self._json(400, {"success": False, "error": f"No file in form field '{sim.upload_field}'"})
                 return
-            answer = sim.answer_file(filename, data)
-            sim.record(Received(filename, sim.upload_field, data, form, answered=200))
-            self._json(200, answer)
+            receipt.answered = 200
+            self._json(200, sim.answer_file(receipt.name, receipt.data))
 
     return Handler

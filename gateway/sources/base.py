@@ -19,9 +19,11 @@ class Entry:
 
 class Source(Protocol):
     name: str
+    location: str           # the folder or URL, for messages
     mode: str               # how changes are noticed: inotify, polling, sftp...
     trust_mtime: bool       # mtime is from our own clock (local disk), so its age means something
     scan_interval: float    # seconds between full scans
+    keeps_originals: bool   # fetch() copies; the original stays until release() (SFTP)
 
     def start(self, wake: Callable[[], None]) -> None:
         """Begin watching; call wake() whenever something may have changed."""
@@ -43,6 +45,9 @@ class Source(Protocol):
 
     def fetch(self, entry: Entry, destination: Path) -> None:
         """Move or copy the file to destination, durably. Raise SourceGone if it vanished."""
+
+    def release(self, origin: str) -> str:
+        """Remove the original once its outcome is known (only where keeps_originals); say what was done."""
 
     def healthy(self) -> bool:
         """False if the watching machinery has died (e.g. the observer thread)."""

@@ -73,10 +73,13 @@ class _Hints(FileSystemEventHandler):
 class LocalSource:
     """A folder on this host (local disk or a mount)."""
 
+    keeps_originals = False  # fetch() moves the file out of the folder
+
     def __init__(self, settings: config.Source):
         self.settings = settings
         self.name = settings.name
         self.folder = settings.path
+        self.location = str(settings.path)
         self.mode = choose_mode(settings)
         self.trust_mtime = filesystem_type(settings.path) not in NETWORK_FILESYSTEMS
         self._observer: InotifyObserver | None = None
@@ -156,6 +159,9 @@ class LocalSource:
             if entry:
                 entries.append(entry)
         return entries
+
+    def release(self, origin: str) -> str:
+        return "moved out when taken"
 
     def still_writing(self, entry: Entry) -> bool:
         return intake.held_for_writing(Path(entry.origin)) is True

@@ -1,0 +1,269 @@
+"""An SFTP folder on another host (paramiko), polled.
+
+The remote copy stays where it is until CaiaSoft has accepted or refused the
+file; then release() deletes it or moves it (remote_after). Until then the
+ledger remembers it (source, remote path, size, mtime), so a file that is
+listed again is never taken twice. Host keys are checked against
+known_hosts_file and never accepted blindly. Every network step has a timeout;
+a lost connection is re-made with capped backoff.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import posixpath
+import shutil
+import socket
+import stat
+import time
+from pathlib import Path
+from typing import Callable
+from urllib.parse import unquote, urlsplit
+
+import paramiko
+
+from gateway import intake, logs
+from gateway.caiasoft import Backoff
+from gateway.config import Source as SourceSettings
+from gateway.errors import SourceGone, SourceUnavailable
+from gateway.sources.base import Entry
+
+KEEPALIVE_SECONDS = 30
+RECONNECT_INITIAL_SECONDS = 1.0
+RECONNECT_MAX_SECONDS = 120.0
+COPY_CHUNK = 256 * 1024
+_FILE_ERRORS = (errno.ENOENT, errno.EACCES, errno.EPERM)
+
+log = logs.get("gateway.sources.sftp")
+
+
+def _read_secret(path: Path | None) -> str | None:
+    return path.read_text(encoding="utf-8").strip() if path else None
+
+
+class SftpSource:
+    keeps_originals = True
+    trust_mtime = False  # the server's clock, not ours
+    mode = "sftp"
+
+    def __init__(self, settings: SourceSettings, clock: Callable[[], float] = time.monotonic):
+        parts = urlsplit(settings.url)
+        self.settings = settings
+        self.name = settings.name
+        self.host = parts.hostname
+        self.port = parts.port or 22
+        self.user = unquote(parts.username)
+        self.folder = unquote(parts.path).rstrip("/") or "/"
+        self.location = f"sftp://{self.user}@{self.host}:{self.port}{self.folder}"
+        self.scan_interval = settings.poll_seconds
+        self.clock = clock
+        self._client: paramiko.SSHClient | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+        self._failures = 0
+        self._retry_at = 0.0
+        self._last_error = ""
+        self._backoff = Backoff(RECONNECT_INITIAL_SECONDS, RECONNECT_MAX_SECONDS)
+
+    # -- connection -------------------------------------------------------------
+
+    def start(self, wake: Callable[[], None]) -> None:
+        """Nothing to watch: the collector polls. The connection is made on first use."""
+
+    def stop(self) -> None:
+        self._disconnect()
+
+    def healthy(self) -> bool:
+        return True  # a lost server is a reported problem that heals itself, not a dead watcher
+
+    def hints(self) -> set[str]:
+        return set()
+
+    def still_writing(self, entry: Entry) -> bool:
+        return False  # cannot be known remotely; size and mtime must settle across polls
+
+    def _disconnect(self) -> None:
+        sftp, client, self._sftp, self._client = self._sftp, self._client, None, None
+        for closable in (sftp, client):
+            if closable is not None:
+                try:
+                    closable.close()
+                except Exception:  # closing a broken connection may fail in many ways; it is gone either way
+                    pass
+
+    def _connection(self) -> paramiko.SFTPClient:
+        if self._sftp is not None and self._client.get_transport() and self._client.get_transport().is_active():
+            return self._sftp
+        self._disconnect()
+        now = self.clock()
+        if now < self._retry_at:
+            raise SourceUnavailable(f"{self._last_error}; trying again in {self._retry_at - now:.0f}s")
+        try:
+            self._sftp = self._connect()
+        except SourceUnavailable as error:
+            self._failures += 1
+            self._last_error = str(error)
+            self._retry_at = self.clock() + self._backoff.delay(self._failures)
+            log.error("sftp.connect_failed", source=self.name, server=f"{self.host}:{self.port}", reason=str(error),
+                      attempt=self._failures, retry_in=round(self._retry_at - self.clock(), 1))
+            raise
+        if self._failures:
+            log.info("sftp.reconnected", source=self.name, server=f"{self.host}:{self.port}",
+                     after_attempts=self._failures)
+        else:
+            log.info("sftp.connected", source=self.name, server=f"{self.host}:{self.port}")
+        self._failures = 0
+        return self._sftp
+
+    def _connect(self) -> paramiko.SFTPClient:
+        """Connect, check the host key, log in, open SFTP. Raise SourceUnavailable saying what failed."""
+        settings = self.settings
+        timeout = settings.timeout_seconds
+        server = f"{self.host}:{self.port}"
+        client = paramiko.SSHClient()
+        try:
+            client.load_host_keys(str(settings.known_hosts_file))
+        except (OSError, paramiko.SSHException) as error:
+            raise SourceUnavailable(f"cannot read known_hosts_file {settings.known_hosts_file}: {error}") from None
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        passphrase = (_read_secret(settings.private_key_passphrase_file)
+                      or (os.environ.get(settings.private_key_passphrase_env)
+                          if settings.private_key_passphrase_env else None))
+        try:
+            client.connect(self.host, self.port, username=self.user,
+                           key_filename=str(settings.private_key_file) if settings.private_key_file else None,
+                           passphrase=passphrase, password=_read_secret(settings.password_file),
+                           timeout=timeout, banner_timeout=timeout, auth_timeout=timeout, channel_timeout=timeout,
+                           allow_agent=False, look_for_keys=False)
+            client.get_transport().set_keepalive(KEEPALIVE_SECONDS)
+            sftp = client.open_sftp()
+            sftp.get_channel().settimeout(timeout)
+        except paramiko.BadHostKeyException:
+            client.close()
+            raise SourceUnavailable(f"{server} presented a host key that does not match {settings.known_hosts_file}: "
+                                    "refused (the key changed, or someone is in between)") from None
+        except paramiko.AuthenticationException:
+            client.close()
+            raise SourceUnavailable(f"{server} refused the login as {self.user} (check the key or password, "
+                                    "and authorized_keys on the server)") from None
+        except paramiko.SSHException as error:
+            client.close()
+            if "known_hosts" in str(error):
+                raise SourceUnavailable(f"the host key of {server} is not in {settings.known_hosts_file}: refused. "
+                                        f"Add it after checking its fingerprint (ssh-keyscan -p {self.port} "
+                                        f"{self.host})") from None
+            raise SourceUnavailable(f"SSH with {server} failed: {error}") from None
+        except (OSError, EOFError) as error:
+            client.close()
+            raise SourceUnavailable(f"cannot connect to {server}: {getattr(error, 'strerror', None) or error}") from None
+        self._client = client
+        return sftp
+
+    def _call(self, action: Callable[[paramiko.SFTPClient], object], what: str):
+        """Run one SFTP step. File errors pass through; connection errors drop the connection."""
+        sftp = self._connection()
+        try:
+            return action(sftp)
+        except OSError as error:
+            if error.errno in _FILE_ERRORS:
+                raise
+            cause = error
+        except (paramiko.SSHException, EOFError, socket.timeout) as error:
+            cause = error
+        self._disconnect()
+        self._failures = 1
+        self._last_error = f"connection to {self.host}:{self.port} lost while {what}: {cause or type(cause).__name__}"
+        self._retry_at = self.clock() + self._backoff.delay(1)
+        raise SourceUnavailable(self._last_error)
+
+    # -- the source protocol ------------------------------------------------------
+
+    def _remote(self, name: str) -> str:
+        return posixpath.join(self.folder, name)
+
+    def scan(self) -> list[Entry]:
+        try:
+            listing = self._call(lambda sftp: sftp.listdir_attr(self.folder), "listing the folder")
+        except OSError as error:
+            if isinstance(error, SourceUnavailable):
+                raise
+            raise SourceUnavailable(f"cannot list {self.folder} on {self.host}: {error.strerror or error}") from None
+        entries = []
+        for attributes in listing:
+            name = attributes.filename
+            if "/" in name or "\0" in name or not stat.S_ISREG(attributes.st_mode or 0):
+                continue  # symlinks, folders and impossible names are never taken
+            if intake.wanted(name, self.settings.include):
+                entries.append(Entry(name=name, origin=self._remote(name), size=attributes.st_size,
+                                     mtime=float(attributes.st_mtime)))
+        return entries
+
+    def look(self, names: set[str]) -> list[Entry]:
+        return [entry for entry in self.scan() if entry.name in names]
+
+    def fetch(self, entry: Entry, destination: Path) -> None:
+        """Download to a .partial file, check the size and that the remote file did not change, commit."""
+        partial = destination.with_name(destination.name + ".partial")
+
+        def download(sftp: paramiko.SFTPClient):
+            with sftp.open(entry.origin, "rb") as remote, open(partial, "wb") as local:
+                remote.prefetch(entry.size)
+                shutil.copyfileobj(remote, local, COPY_CHUNK)
+                local.flush()
+                os.fsync(local.fileno())
+            return sftp.stat(entry.origin)
+
+        try:
+            after = self._call(download, f"downloading {entry.name}")
+        except FileNotFoundError:
+            partial.unlink(missing_ok=True)
+            raise SourceGone(f"{entry.origin} disappeared before it could be taken") from None
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        got = partial.stat().st_size
+        if got != entry.size or after.st_size != entry.size or float(after.st_mtime) != entry.mtime:
+            partial.unlink()
+            raise SourceGone(f"{entry.origin} changed while being downloaded ({got} of {entry.size} bytes); "
+                             "it is taken again once it settles")
+        os.rename(partial, destination)
+
+    def release(self, origin: str) -> str:
+        """Delete or move the remote original after its outcome is known; return what was done."""
+        after = self.settings.remote_after
+        if after == "delete":
+            action, done = (lambda sftp: sftp.remove(origin)), "deleted"
+        else:
+            target = posixpath.join(after.split(":", 1)[1], posixpath.basename(origin))
+            action, done = (lambda sftp: sftp.posix_rename(origin, target)), f"moved to {target}"
+        try:
+            self._call(action, f"cleaning up {origin}")
+        except FileNotFoundError:
+            if not self._exists(origin):
+                return "already gone"
+            raise OSError(errno.ENOENT, f"cannot move {origin}: the folder {posixpath.dirname(target)} "
+                                        f"does not exist on {self.host}") from None
+        return done
+
+    def _exists(self, path: str) -> bool:
+        try:
+            self._call(lambda sftp: sftp.stat(path), f"looking for {path}")
+        except FileNotFoundError:
+            return False
+        return True
+
+    def describe_folder(self) -> str:
+        """For `check`: connect (host key checked), list the folder, report its permissions."""
+        def look_around(sftp: paramiko.SFTPClient) -> str:
+            folder = sftp.stat(self.folder)
+            count = len(sftp.listdir(self.folder))
+            return (f"host key verified, logged in as {self.user}; {self.folder} is "
+                    f"{stat.filemode(folder.st_mode)} uid {folder.st_uid} gid {folder.st_gid}, {count} entries "
+                    "(the gateway needs write permission on it to "
+                    f"{'delete' if self.settings.remote_after == 'delete' else 'move'} files)")
+        try:
+            return self._call(look_around, "checking the folder")
+        except OSError as error:
+            if isinstance(error, SourceUnavailable):
+                raise
+            raise SourceUnavailable(f"cannot use {self.folder} on {self.host}: {error.strerror or error}") from None
