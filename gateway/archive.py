@@ -73,6 +73,7 @@ class Folder:
 
         If target is taken meanwhile, the next free numbered name is used. If the
         work file is gone but target exists (a crash after the move), return target.
+        A sidecar already written for target does not count as taking it.
         """
         with self._lock:
             if not work.exists() and target.exists():
@@ -100,6 +101,9 @@ class Folder:
         os.replace(partial, sidecar)
         fsync_dir(sidecar.parent)
         return sidecar
+
+    def remove_sidecar(self, target: Path) -> None:
+        target.with_name(target.name + SIDECAR_SUFFIX).unlink(missing_ok=True)
 
     def prune(self, retention_days: int, today: dt.date) -> list[Path]:
         """Delete day folders older than retention_days (0 keeps all); return what was removed."""

@@ -139,16 +139,26 @@ class Pipeline:
         self._complete(self.ledger.get(row.id))
 
     def _complete(self, row: FileRow) -> Path:
-        """Move the work file to the row's final path, write the sidecar, close the row."""
+        """Write the sidecar, move the work file beside it, close the row.
+
+        The sidecar goes first, so a file never appears in the archive without its
+        NAME.json (and the sidecar reserves the name against other writers).
+        """
         folder = self.archive if row.state == "archiving" else self.errors
         work = self.work_path(row)
         final = Path(row.final_path)
         if work.exists():
-            final = folder.place(work, final)
-        elif not final.exists():
+            folder.write_sidecar(final, sidecar(row, final, self.clock()))
+            placed = folder.place(work, final)
+            if placed != final:  # the name was taken meanwhile: the sidecar follows the file
+                folder.write_sidecar(placed, sidecar(row, placed, self.clock()))
+                folder.remove_sidecar(final)
+                final = placed
+        elif final.exists():
+            folder.write_sidecar(final, sidecar(row, final, self.clock()))
+        else:
             log.error("file.lost", id=row.id, file=row.name, expected=str(final),
                       detail="neither the work copy nor the final copy exists")
-        folder.write_sidecar(final, sidecar(row, final, self.clock()))
         self.ledger.finished(row.id, final)
         log.info("file.archived" if row.state == "archiving" else "file.to_error", id=row.id,
                  source=row.source, file=row.name, path=str(final))
