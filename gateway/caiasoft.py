@@ -17,11 +17,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import quote
 
 import requests
 
 from gateway import __version__
 from gateway.config import CaiaSoft, Secret
+from gateway.errors import GatewayError
 
 RETRY_AFTER_CAP_SECONDS = 3600.0
 ANSWER_EXCERPT_CHARS = 2000
@@ -175,6 +177,23 @@ class CaiaSoftClient:
                            elapsed_ms=_ms(started))
         outcome = classify(response.status_code, response.headers, response.text)
         return _with_elapsed(outcome, started)
+
+
+    def status_list(self, kind: str, day: str, collection: str) -> list[str]:
+        """Barcodes CaiaSoft retrieved or refiled (kind) on day (YYYYMMDD) in collection. Raise GatewayError."""
+        url = f"{self.settings.base_url.rstrip('/')}/api/{kind}list/v1/{day}/{day}/{quote(collection, safe='')}"
+        try:
+            response = self.session.get(url, headers=self._headers(), timeout=self.settings.timeout_seconds,
+                                        allow_redirects=False)
+        except requests.RequestException as error:
+            raise GatewayError(f"cannot read CaiaSoft's {kind} list: {_describe(error)}") from None
+        if response.status_code != 200:
+            raise GatewayError(f"CaiaSoft's {kind} list: {classify(response.status_code, response.headers, response.text).reason}")
+        answer = _parse_json(response.text)
+        barcodes = answer.get("barcodes") if isinstance(answer, dict) else None
+        if not isinstance(barcodes, list) or not all(isinstance(b, str) for b in barcodes):
+            raise GatewayError(f"CaiaSoft's {kind} list for {day} has no list of barcodes")
+        return [barcode.strip() for barcode in barcodes if barcode.strip()]
 
 
 def _describe(error: requests.RequestException) -> str:

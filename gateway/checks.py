@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import getpass
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlsplit
 
 from gateway.caiasoft import CaiaSoftClient
 from gateway.config import Config, Source
@@ -29,10 +31,14 @@ def run_checks(config: Config, offline: bool = False) -> Iterator[Result]:
         yield _writable_folder(f"paths.{key}", getattr(config.paths, key))
     for index, source in enumerate(config.sources):
         yield from _source(index, source, config.paths.state_dir)
+    if config.ncip:
+        yield _writable_folder("ncip.journal (its folder)", config.ncip.journal.parent)
     if offline:
-        yield Result("ok", "CaiaSoft not contacted (--offline)")
+        yield Result("ok", "CaiaSoft and NCIP not contacted (--offline)")
     else:
         yield _caiasoft(config)
+        if config.ncip:
+            yield _ncip(config.ncip.url, config.ncip.timeout_seconds)
 
 
 def _user() -> str:
@@ -89,6 +95,18 @@ def _sftp(label: str, settings: Source) -> Result:
         return Result("FAIL", label, str(error))
     finally:
         remote.stop()
+
+
+def _ncip(url: str, timeout: float) -> Result:
+    """A TCP connect to the NCIP server: proves address, port and firewall without sending a message."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as error:
+        return Result("FAIL", f"NCIP server {url}", f"cannot connect to {parts.hostname}:{port}: "
+                      f"{error.strerror or error} (a firewall between this host and ALEPH's NCIP port?)")
+    return Result("ok", f"NCIP server {url}", f"{parts.hostname}:{port} accepts connections")
 
 
 def _caiasoft(config: Config) -> Result:

@@ -37,24 +37,33 @@ def _parser() -> argparse.ArgumentParser:
     retry = commands.add_parser("retry", help="put files from error_dir back into the queue")
     retry.add_argument("names", nargs="*", metavar="NAME", help="file names (or paths) in error_dir")
     retry.add_argument("--all", action="store_true", help="every file in error_dir")
+    journal = commands.add_parser("journal", help="append one checkout/checkin entry to the NCIP journal (locked)")
+    journal.add_argument("action", choices=["checkout", "checkin"])
+    journal.add_argument("item", metavar="ITEM", help="the item's barcode")
+    journal.add_argument("--stop", help="circulation stop (chooses the user id for a checkout)")
+    journal.add_argument("--user", help="user id, instead of the stop's")
+    journal.add_argument("--request-id", dest="request_id")
+    journal.add_argument("--id", dest="entry_id", help="an id of your own, kept in logs and dead letters")
     demo = commands.add_parser("demo", help="a self-contained run with the simulator and sample files")
     demo.add_argument("--keep", action="store_true", help="keep the demo folder (it is kept by default)")
     simulate = commands.add_parser("simulate", help="run a simulator on loopback for dry runs")
-    simulate.add_argument("system", choices=["caiasoft"])
+    simulate.add_argument("system", choices=["caiasoft", "ncip"])
     simulate.add_argument("--port", type=int, default=8800)
     simulate.add_argument("--key", default=None, help="API key the simulator accepts (default: printed)")
     simulate.add_argument("--deny", action="append", default=[], metavar="BARCODE=STATUS",
                           help="deny this barcode with this istatus")
     simulate.add_argument("--fault", action="append", default=[], metavar="FAULT",
                           help="script the next answers: 500, 503, 429:SECONDS, drop, slow:SECONDS, hang")
-    simulate.add_argument("--delay", type=float, default=0.0, help="seconds before every answer")
+    simulate.add_argument("--delay", type=float, default=0.0, help="seconds before every answer (caiasoft)")
+    simulate.add_argument("--problem", action="append", default=[], metavar="BARCODE=TYPE",
+                          help="ncip: answer this barcode with a Problem of this type")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = {"run": cmd_run, "daemon": cmd_daemon, "check": cmd_check, "status": cmd_status, "send": cmd_send,
-               "retry": cmd_retry, "demo": cmd_demo, "simulate": cmd_simulate}[args.command]
+               "retry": cmd_retry, "journal": cmd_journal, "demo": cmd_demo, "simulate": cmd_simulate}[args.command]
     try:
         return handler(args)
     except ConfigError as error:
@@ -207,6 +216,26 @@ def cmd_retry(args) -> int:
     return EXIT_OK if not missing else EXIT_FAILURE
 
 
+def cmd_journal(args) -> int:
+    from gateway.ncip import journal
+    from gateway.ncip.journal import JournalEntry
+
+    config = config_module.load(config_module.config_path(args.config))
+    if config.ncip is None:
+        print(f"caiasoft-gateway journal: {config.file} has no [ncip] section, so there is no journal",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    entry = JournalEntry(args.action, args.item, stop=args.stop, user=args.user, request_id=args.request_id,
+                         id=args.entry_id)
+    try:
+        journal.append(config.ncip.journal, entry)
+    except ValueError as error:
+        print(f"caiasoft-gateway journal: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"{args.action} {args.item} appended to {config.ncip.journal}")
+    return EXIT_OK
+
+
 def cmd_demo(args) -> int:
     from gateway.demo import run_demo
 
@@ -214,6 +243,8 @@ def cmd_demo(args) -> int:
 
 
 def cmd_simulate(args) -> int:
+    if args.system == "ncip":
+        return _simulate_ncip(args)
     from gateway.simulators.caiasoft import CaiaSoftSimulator
 
     key = args.key or os.environ.get("CAIASOFT_SIMULATOR_KEY") or "sim-" + os.urandom(8).hex()
@@ -223,6 +254,20 @@ def cmd_simulate(args) -> int:
     print(f"CaiaSoft simulator on {simulator.url}\n  API key: {key}\n"
           f"  set caiasoft.base_url = \"{simulator.url}\" and put the key in your api_key_file.\n"
           "  Ctrl-C stops it.", flush=True)
+    try:
+        simulator.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
+def _simulate_ncip(args) -> int:
+    from gateway.simulators.ncip import NcipSimulator
+
+    problems = dict(item.split("=", 1) if "=" in item else (item, "Unknown Item") for item in args.problem)
+    simulator = NcipSimulator(port=args.port, problems=problems)
+    print(f"NCIP simulator on {simulator.url}\n  set ncip.url = \"{simulator.url}\"; every NCIP 2 message is "
+          "validated against ncip_v2_02.xsd.\n  Ctrl-C stops it.", flush=True)
     try:
         simulator.serve_forever()
     except KeyboardInterrupt:

@@ -105,6 +105,40 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
         Key("timeout_seconds", "number", 30.0, "SFTP: timeout of connect, login and every SFTP call.",
             minimum=1),
     ),
+    "ncip": (
+        Key("url", "str", REQUIRED, "ALEPH's NCIP server, e.g. http://aleph.example.edu:5991/."),
+        Key("version", "str", "2", "NCIP version the server speaks: 2 (NCIP 2.02) or 1 (older ALEPH set-ups).",
+            choices=("1", "2")),
+        Key("from_agency", "str", REQUIRED, "FROM Unique Agency ID (CAIAAGENCY): the CaiaSoft agency."),
+        Key("to_agency", "str", REQUIRED, "TO Unique Agency ID (CLIENTAGENCY): the ALEPH agency."),
+        Key("application_profile", "str", "",
+            "Application Profile Type (CAIAPROFILE), sent on check-in only; empty = not sent."),
+        Key("user_id", "str", REQUIRED, "User ID (CAIAUSER) for check-outs whose stop has no own user."),
+        Key("stop_users", "table", {}, "User ID per circulation stop, as [ncip.stop_users] STOP = \"USER\"."),
+        Key("journal", "path", Path("/var/lib/caiasoft-gateway/ncip.jsonl"),
+            "The journal of checkout/checkin entries to relay (JSON Lines)."),
+        Key("timeout_seconds", "number", 30.0, "Timeout for connecting to and hearing from the NCIP server.",
+            minimum=1),
+        Key("backoff_initial_seconds", "number", 2.0, "First wait after a failed attempt; doubles each time.",
+            minimum=0.01),
+        Key("backoff_max_seconds", "number", 300.0, "Longest wait between attempts.", minimum=0.01),
+        Key("done_problems_checkin", "strings", ["Item Not Checked Out"],
+            "Problem types that mean a check-in was already done (matched ignoring case, as parts)."),
+        Key("done_problems_checkout", "strings", ["Already Checked Out", "Duplicate"],
+            "Problem types that mean a check-out was already done (matched ignoring case, as parts)."),
+        Key("temporary_problems", "strings", ["Temporary Processing Failure"],
+            "Problem types that are retried instead of dead-lettered."),
+        Key("agency_scheme", "str", "http://www.niso.org/ncip/v1_0/schemes/agencyidtype/agencyidtype.scm",
+            "NCIP 1 only: the Scheme of UniqueAgencyId."),
+        Key("max_line_bytes", "int", 65536, "Longer journal lines go to the dead letters.", minimum=256),
+        Key("feed", "section", None, "Optional [ncip.feed]: journal CaiaSoft's retrieved/refiled lists."),
+    ),
+    "ncip.feed": (
+        Key("collection", "str", REQUIRED, "The CaiaSoft collection whose retrieved/refiled lists are read."),
+        Key("interval_seconds", "number", 300.0, "How often the lists are read.", minimum=10),
+        Key("lookback_days", "int", 1, "Days before today that each read covers too (late refiles).",
+            minimum=0),
+    ),
 }
 
 
@@ -201,6 +235,38 @@ class Source:
 
 
 @dataclass(frozen=True)
+class Feed:
+    collection: str
+    interval_seconds: float
+    lookback_days: int
+
+
+@dataclass(frozen=True)
+class Ncip:
+    url: str
+    version: str
+    from_agency: str
+    to_agency: str
+    application_profile: str
+    user_id: str
+    stop_users: dict[str, str]
+    journal: Path
+    timeout_seconds: float
+    backoff_initial_seconds: float
+    backoff_max_seconds: float
+    done_problems_checkin: tuple[str, ...]
+    done_problems_checkout: tuple[str, ...]
+    temporary_problems: tuple[str, ...]
+    agency_scheme: str
+    max_line_bytes: int
+    feed: Feed | None
+
+    def user_for(self, stop: str | None) -> str:
+        """The CaiaSoft user id to check an item out to: the stop's own, else user_id."""
+        return self.stop_users.get(stop or "", self.user_id)
+
+
+@dataclass(frozen=True)
 class Config:
     file: Path
     paths: Paths
@@ -210,6 +276,7 @@ class Config:
     sources: tuple[Source, ...]
     api_key: Secret = field(repr=False)
     warnings: tuple[str, ...] = ()
+    ncip: Ncip | None = None
 
 
 def config_path(explicit: str | os.PathLike | None) -> Path:
@@ -245,8 +312,8 @@ def _build(raw: dict[str, Any], name: str, environ: dict[str, str]) -> Config:
         problems.append(Problem(name, key, message))
 
     for table in raw:
-        if table not in SCHEMA:
-            problem(table, f"unknown section (known: {', '.join(SCHEMA)})")
+        if table not in SCHEMA or "." in table:
+            problem(table, f"unknown section (known: {', '.join(t for t in SCHEMA if '.' not in t)})")
 
     values: dict[str, dict[str, Any]] = {}
     for table in ("paths", "caiasoft", "intake", "archive"):
@@ -292,6 +359,7 @@ def _build(raw: dict[str, Any], name: str, environ: dict[str, str]) -> Config:
 
     _check_sources(source_values, values["paths"], problem)
     api_key, warnings = _resolve_api_key(caiasoft, environ, problem)
+    ncip = _read_ncip(raw["ncip"], problem) if "ncip" in raw else None
 
     if problems:
         raise ConfigError(problems)
@@ -304,7 +372,36 @@ def _build(raw: dict[str, Any], name: str, environ: dict[str, str]) -> Config:
         sources=tuple(Source(**{**s, "include": tuple(s["include"])}) for s in source_values),
         api_key=Secret(api_key),
         warnings=tuple(warnings),
+        ncip=ncip,
     )
+
+
+def _read_ncip(section: Any, problem) -> Ncip | None:
+    if not isinstance(section, dict):
+        problem("ncip", "must be a table, e.g. [ncip]")
+        return None
+    values = _read_table(section, SCHEMA["ncip"], "ncip", problem)
+    url = values.get("url")
+    if isinstance(url, str):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            problem("ncip.url", f"must be an http(s) URL such as http://aleph.example.edu:5991/, got {url!r}")
+    for stop, user in (values.get("stop_users") or {}).items():
+        if not isinstance(user, str) or not user:
+            problem(f"ncip.stop_users.{stop}", "must be a user id string")
+    for key in ("from_agency", "to_agency", "user_id"):
+        if values.get(key) == "":
+            problem(f"ncip.{key}", "must not be empty")
+    feed = None
+    if values.get("feed") is not None:
+        feed_values = _read_table(values["feed"], SCHEMA["ncip.feed"], "ncip.feed", problem)
+        feed = Feed(**feed_values) if feed_values.get("collection") else None
+    values["feed"] = feed
+    for key in ("done_problems_checkin", "done_problems_checkout", "temporary_problems"):
+        values[key] = tuple(values.get(key) or ())
+    if any(value is None for key, value in values.items() if key != "feed"):
+        return None
+    return Ncip(**values)
 
 
 def _read_table(section: dict[str, Any], keys: tuple[Key, ...], where: str, problem) -> dict[str, Any]:
@@ -356,9 +453,9 @@ def _convert(key: Key, value: Any) -> tuple[Any, str | None]:
         if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
             return None, f"must be a non-empty list of strings, got {value!r}"
         return list(value), None
-    if kind == "table":
+    if kind in ("table", "section"):
         if not isinstance(value, dict):
-            return None, f"must be a table of strings, got {value!r}"
+            return None, f"must be a table, got {value!r}"
         return dict(value), None
     raise AssertionError(f"unknown kind {kind}")
 

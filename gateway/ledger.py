@@ -55,6 +55,22 @@ CREATE INDEX IF NOT EXISTS files_queue ON files (state, next_attempt_at, id);
 CREATE INDEX IF NOT EXISTS files_origin ON files (source, origin);
 CREATE INDEX IF NOT EXISTS files_finished ON files (finished_at);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    name        TEXT PRIMARY KEY,
+    device      INTEGER NOT NULL,
+    inode       INTEGER NOT NULL,
+    fingerprint TEXT NOT NULL,
+    fingerprint_length INTEGER NOT NULL,
+    offset      INTEGER NOT NULL,
+    updated_at  REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS feed_seen (
+    kind    TEXT NOT NULL,
+    barcode TEXT NOT NULL,
+    day     TEXT NOT NULL,
+    at      REAL NOT NULL,
+    PRIMARY KEY (kind, barcode, day)
+);
 """
 
 OPEN_STATES = ("claiming", "claimed", "queued", "uploading", "archiving", "refusing")
@@ -313,6 +329,32 @@ class Ledger:
 
     def released(self, row_id: int) -> None:
         self._update(row_id, FINAL_STATES, released_at=self.clock())
+
+    # -- the NCIP journal's checkpoint and the status feed's memory -------------------
+
+    def checkpoint(self, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute("SELECT device, inode, fingerprint, fingerprint_length, offset FROM checkpoints "
+                                   "WHERE name = ?", (name,)).fetchone()
+        return dict(row) if row else None
+
+    def set_checkpoint(self, name: str, device: int, inode: int, fingerprint: str, fingerprint_length: int,
+                       offset: int) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                       "device = excluded.device, inode = excluded.inode, fingerprint = excluded.fingerprint, "
+                       "fingerprint_length = excluded.fingerprint_length, offset = excluded.offset, "
+                       "updated_at = excluded.updated_at",
+                       (name, device, inode, fingerprint, fingerprint_length, offset, self.clock()))
+
+    def feed_seen(self, kind: str, barcode: str, day: str) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM feed_seen WHERE kind = ? AND barcode = ? AND day = ?",
+                                    (kind, barcode, day)).fetchone() is not None
+
+    def remember_feed(self, kind: str, barcode: str, day: str) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT OR IGNORE INTO feed_seen VALUES (?, ?, ?, ?)", (kind, barcode, day, self.clock()))
 
     # -- meta (small named values: last auth failure, etc.) -----------------
 

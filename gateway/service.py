@@ -30,6 +30,8 @@ from gateway.collector import Collector
 from gateway.config import Config
 from gateway.errors import AlreadyRunning, ConfigError
 from gateway.ledger import Ledger
+from gateway.ncip.feed import Feed
+from gateway.ncip.relay import Relay
 from gateway.pipeline import Pipeline
 
 log = logs.get("gateway.service")
@@ -131,7 +133,7 @@ class Uploader(threading.Thread):
 
 
 class Parts:
-    """Everything that runs on one config: client, pipeline, uploader, one collector per source."""
+    """Everything that runs on one config: the request-file pipeline and, with [ncip], the relay."""
 
     def __init__(self, config: Config, ledger: Ledger):
         self.config = config
@@ -141,24 +143,35 @@ class Parts:
         self.pipeline.on_queued = self.uploader.wake.set
         self.collectors = [Collector(sources.build(settings), settings.settle_seconds, self.pipeline)
                            for settings in config.sources]
+        self.relay = Relay(config.ncip, ledger, config.paths.error_dir) if config.ncip else None
+        self.feed = None
+        if config.ncip and config.ncip.feed:
+            self.feed_client = CaiaSoftClient(config.caiasoft, config.api_key)
+            self.feed = Feed(config.ncip, self.feed_client, ledger)
+
+    def inputs(self) -> list:
+        return [*self.collectors, *([self.feed] if self.feed else [])]
+
+    def outputs(self) -> list:
+        return [self.uploader, *([self.relay] if self.relay else [])]
 
     def start(self) -> None:
-        self.uploader.start()
-        for collector in self.collectors:
-            collector.start()
+        for worker in (*self.outputs(), *self.inputs()):
+            worker.start()
 
     def stop(self) -> None:
-        """Inputs first (no new files are taken), then the output after the upload in hand."""
-        for collector in self.collectors:
-            collector.stop()
-        for collector in self.collectors:
-            collector.join(JOIN_SECONDS)
-        self.uploader.stop()
-        self.uploader.join(JOIN_SECONDS)
+        """Inputs first (no new files or entries are taken), then the outputs after the item in hand."""
+        for group in (self.inputs(), self.outputs()):
+            for worker in group:
+                worker.stop()
+            for worker in group:
+                worker.join(JOIN_SECONDS)
         self.client.close()
+        if self.feed:
+            self.feed_client.close()
 
     def workers(self) -> list[threading.Thread]:
-        return [self.uploader, *self.collectors]
+        return [*self.outputs(), *self.inputs()]
 
     def problems(self, within: float) -> list[str]:
         """Why the service is not healthy (empty if every worker checked in within the last seconds)."""
@@ -275,13 +288,21 @@ class Service:
         sources = {c.source.name: {"mode": c.source.mode, "problem": c.problem, "healthy": c.source.healthy()}
                    for c in parts.collectors}
         paused = parts.uploader.paused_reason
+        ncip = None
+        if parts.relay:
+            lag_bytes, lag_entries = parts.relay.lag()
+            ncip = {"lag_bytes": lag_bytes, "lag_entries": lag_entries, "last_success": parts.relay.last_success,
+                    "last_problem": parts.relay.last_problem, "dead_letters": parts.relay.dead_letters.count(),
+                    "feed_problem": parts.feed.problem if parts.feed else None}
         ledger.set_meta("service", json.dumps({"pid": os.getpid(), "updated": now, "sources": sources,
-                                               "paused": paused}))
+                                               "paused": paused, "ncip": ncip}))
         counts = ledger.counts()
         midnight = dt.datetime.combine(dt.date.today(), dt.time()).timestamp()
         queued = sum(counts.get(state, 0) for state in ("claimed", "queued", "uploading"))
         line = (f"queued {queued}, uploaded today {ledger.count_finished_since('archived', midnight)}, "
                 f"errors today {ledger.count_finished_since('refused', midnight)}")
+        if ncip:
+            line += f", NCIP lag {ncip['lag_entries']}"
         if paused:
             line += "; UPLOADS PAUSED (API key refused)"
         problems = [name for name, source in sources.items() if source["problem"]]

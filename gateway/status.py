@@ -25,6 +25,7 @@ def collect(ledger: Ledger, now: float | None = None) -> dict[str, Any]:
     return {
         "service": {"running": running, **({"pid": service.get("pid"), "sources": service.get("sources")}
                                             if running else {})},
+        "ncip": (service or {}).get("ncip") if running else None,
         "counts": {state: counts.get(state, 0) for state in (*OPEN_STATES, "archived", "refused")},
         "pending": sum(counts.get(state, 0) for state in OPEN_STATES),
         "oldest_pending": None if oldest is None else {
@@ -77,6 +78,14 @@ def render(status: dict[str, Any]) -> str:
     lines.append(f"all time:       {counts['archived']} archived, {counts['refused']} refused")
     last = status["last_upload"]
     lines.append(f"last upload:    {last['file']} at {last['at']}" if last else "last upload:    none yet")
+    ncip = status.get("ncip")
+    if ncip:
+        last = _iso(ncip["last_success"]) or "none yet"
+        lines.append(f"NCIP relay:     {ncip['lag_entries']} entries ({ncip['lag_bytes']} bytes) behind, "
+                     f"last success {last}, {ncip['dead_letters']} dead letter(s)")
+        for label, problem in (("last problem", ncip["last_problem"]), ("feed problem", ncip["feed_problem"])):
+            if problem:
+                lines.append(f"  {label}: {problem}")
     if status["recent_errors"]:
         lines.append("recent errors:")
         for error in status["recent_errors"]:

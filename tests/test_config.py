@@ -162,5 +162,6 @@ def test_sample_config_loads_and_documents_every_key(tmp_path):
     readme = (REPO / "README.md").read_text()
     for table, keys in SCHEMA.items():
         for key_spec in keys:
-            assert re.search(rf"^#?\s*{key_spec.name}\s*=", sample, re.M), f"{table}.{key_spec.name} not in sample"
+            written = rf"^#?\s*(?:{key_spec.name}\s*=|\[{re.escape(table)}\.{key_spec.name}\])"
+            assert re.search(written, sample, re.M), f"{table}.{key_spec.name} not in sample"
             assert f"`{key_spec.name}`" in readme, f"{table}.{key_spec.name} not in README"

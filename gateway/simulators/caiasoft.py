@@ -22,6 +22,7 @@ from email.parser import BytesParser
 from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import unquote
 from xml.etree.ElementTree import ParseError
 
 import defusedxml.ElementTree as SafeET
@@ -52,6 +53,7 @@ class CaiaSoftSimulator:
         self.deny = dict(deny or {})
         self.delay = delay
         self.received: list[Received] = []
+        self.status_lists: dict[tuple[str, str, str], list[str]] = {}  # (retrieved|refiled, YYYYMMDD, collection)
         self._faults: collections.deque[str] = collections.deque()
         self._changed = threading.Condition()
         self._stopping = threading.Event()
@@ -205,6 +207,15 @@ def _handler_for(sim: CaiaSoftSimulator):
                 return
             if self.path.rstrip("/") == "/api/circstoplist/v1/ACTIVE":
                 self._json(200, {"success": True, "error": "", "count": str(len(STOPS)), "stops": STOPS})
+            elif self.path.startswith(("/api/retrievedlist/v1/", "/api/refiledlist/v1/")):
+                parts = self.path.strip("/").split("/")
+                if len(parts) != 6:
+                    self._json(400, {"success": False, "error": "use /api/KINDlist/v1/FROM/TO/COLLECTION"})
+                    return
+                kind, start, end, collection = parts[1][:-len("list")], parts[3], parts[4], unquote(parts[5])
+                barcodes = [barcode for (listed, day, where), items in sorted(sim.status_lists.items())
+                            if listed == kind and where == collection and start <= day <= end for barcode in items]
+                self._json(200, {"count": str(len(barcodes)), "barcodes": barcodes})
             elif self.path.startswith("/api/itemstatus/v1/"):
                 barcode = self.path.rsplit("/", 1)[-1]
                 seen = any(barcode in (_barcodes(r.data) or []) for r in sim.received)

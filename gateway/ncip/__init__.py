@@ -1,0 +1,1 @@
+"""The NCIP relay: a journal of checkout/checkin entries, relayed in order to ALEPH's NCIP server."""

@@ -1,0 +1,258 @@
+"""The journal: JSON Lines of checkout/checkin entries, appended by anyone, read by the relay.
+
+Writers append one whole line under an exclusive flock (append()). The Tailer
+reads complete lines only (a line without its newline is not read yet) from a
+checkpoint: byte offset plus the file's identity (device, inode and a
+fingerprint of its first bytes). Stated policies:
+  rotation (renamed, new file created)  the old file is read to its end first,
+                                        then the new one from its start
+  truncation (same file, now shorter)   read again from the start (logged)
+  replacement (another file, old gone)  read the new one from its start (logged)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway import logs
+
+ACTIONS = ("checkout", "checkin")
+FIELDS = {"action", "item", "stop", "user", "request_id", "id"}
+FINGERPRINT_BYTES = 128
+READ_CHUNK = 64 * 1024
+LAG_COUNT_LIMIT = 16 * 1024 * 1024
+
+log = logs.get("gateway.ncip.journal")
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    action: str
+    item: str
+    stop: str | None = None
+    user: str | None = None
+    request_id: str | None = None
+    id: str | None = None
+
+    def as_dict(self) -> dict[str, str]:
+        return {key: value for key, value in self.__dict__.items() if value is not None}
+
+
+def parse_entry(raw: bytes) -> JournalEntry:
+    """Given one line (without its newline), return the entry. Raise ValueError saying what is wrong."""
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError("line is not UTF-8") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"line is not JSON: {error.msg} at column {error.colno}") from None
+    if not isinstance(data, dict):
+        raise ValueError("line is not a JSON object")
+    unknown = set(data) - FIELDS
+    if unknown:
+        raise ValueError(f"unknown field(s): {', '.join(sorted(unknown))}")
+    if data.get("action") not in ACTIONS:
+        raise ValueError(f"action must be checkout or checkin, got {data.get('action')!r}")
+    for key in FIELDS - {"action"}:
+        value = data.get(key)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ValueError(f"{key} must be a non-empty string, got {value!r}")
+    if not data.get("item"):
+        raise ValueError("item (the barcode) is missing")
+    return JournalEntry(**{key: data.get(key) for key in FIELDS})
+
+
+def append(path: Path, entry: JournalEntry) -> None:
+    """Append one whole line under an exclusive lock, synced to disk before returning."""
+    line = (json.dumps(entry.as_dict(), ensure_ascii=False) + "\n").encode("utf-8")
+    parse_entry(line[:-1])  # never write what the relay would refuse
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        written = 0
+        while written < len(line):
+            written += os.write(fd, line[written:])
+        os.fsync(fd)
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+@dataclass(frozen=True)
+class Line:
+    """One complete journal line: where it starts and ends, and the entry or what is wrong with it."""
+
+    raw: bytes
+    start: int
+    end: int
+    entry: JournalEntry | None
+    problem: str | None
+
+
+def _fingerprint(fd: int, length: int) -> str:
+    return hashlib.sha256(os.pread(fd, length, 0)).hexdigest()
+
+
+class Tailer:
+    """Reads a journal line by line from a checkpoint; commit() moves the checkpoint past a line."""
+
+    def __init__(self, path: Path, checkpoint: dict[str, Any] | None, max_line_bytes: int):
+        self.path = path
+        self.max_line_bytes = max_line_bytes
+        self._saved = checkpoint
+        self._fd: int | None = None
+        self._offset = 0
+        self._rotated = False  # reading an old (renamed) file; the new one at path comes next
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    # -- opening, following rotation ------------------------------------------------
+
+    def _open(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        saved, self._saved = self._saved, None
+        self._fd, self._offset, self._rotated = fd, 0, False
+        if not saved:
+            return True
+        info = os.fstat(fd)
+        if self._is(fd, info, saved):
+            if info.st_size < saved["offset"]:
+                log.warning("journal.truncated", journal=str(self.path), was=saved["offset"], now=info.st_size,
+                            policy="reading again from the start")
+            else:
+                self._offset = saved["offset"]
+            return True
+        old = self._find_rotated(saved)
+        if old is not None:
+            os.close(fd)
+            self._fd, self._offset, self._rotated = old, saved["offset"], True
+            log.info("journal.rotated", journal=str(self.path), policy="reading the old file to its end first")
+        else:
+            log.warning("journal.replaced", journal=str(self.path), policy="reading the new file from its start",
+                        detail="the file checkpointed before is gone; what it held after the checkpoint was "
+                               "never relayed")
+        return True
+
+    def _is(self, fd: int, info: os.stat_result, saved: dict[str, Any]) -> bool:
+        return (info.st_dev, info.st_ino) == (saved["device"], saved["inode"]) and \
+            _fingerprint(fd, saved["fingerprint_length"]) == saved["fingerprint"]
+
+    def _find_rotated(self, saved: dict[str, Any]) -> int | None:
+        """The renamed old journal (same device and inode, same first bytes) in the same folder."""
+        for candidate in self.path.parent.iterdir():
+            try:
+                info = candidate.lstat()
+            except OSError:
+                continue
+            if (info.st_dev, info.st_ino) == (saved["device"], saved["inode"]) and candidate.is_file():
+                fd = os.open(candidate, os.O_RDONLY | os.O_CLOEXEC)
+                if self._is(fd, os.fstat(fd), saved):
+                    return fd
+                os.close(fd)
+        return None
+
+    def _switched(self) -> bool:
+        """At the end of the file: if it was rotated or truncated, move on. True if the position changed."""
+        try:
+            info = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        current = os.fstat(self._fd)
+        if self._rotated or (info.st_dev, info.st_ino) != (current.st_dev, current.st_ino):
+            rest = current.st_size - self._offset
+            if rest:
+                log.warning("journal.partial_line_dropped", journal=str(self.path), bytes=rest,
+                            detail="the rotated file ended without a newline")
+            os.close(self._fd)
+            self._fd = None
+            if not self._rotated:
+                log.info("journal.rotated", journal=str(self.path), policy="old file read to its end")
+            return self._open()
+        if info.st_size < self._offset:
+            log.warning("journal.truncated", journal=str(self.path), was=self._offset, now=info.st_size,
+                        policy="reading again from the start")
+            self._offset = 0
+            return True
+        return False
+
+    # -- reading ----------------------------------------------------------------------
+
+    def next(self) -> Line | None:
+        """The next complete line after the checkpoint (the same one until committed), or None."""
+        if self._fd is None and not self._open():
+            return None
+        line = self._read_line()
+        if line is None and self._switched():
+            line = self._read_line()
+        return line
+
+    def _read_line(self) -> Line | None:
+        limit = self.max_line_bytes + 1
+        data = os.pread(self._fd, limit, self._offset)
+        newline = data.find(b"\n")
+        if newline >= 0:
+            raw = data[:newline]
+            try:
+                return Line(raw, self._offset, self._offset + newline + 1, parse_entry(raw), None)
+            except ValueError as error:
+                return Line(raw, self._offset, self._offset + newline + 1, None, str(error))
+        if len(data) < limit:
+            return None  # a line still being written
+        end = self._find_newline(self._offset + limit)
+        if end is None:
+            return None
+        return Line(data[:200], self._offset, end, None, f"line longer than max_line_bytes ({self.max_line_bytes})")
+
+    def _find_newline(self, position: int) -> int | None:
+        while True:
+            chunk = os.pread(self._fd, READ_CHUNK, position)
+            if not chunk:
+                return None
+            found = chunk.find(b"\n")
+            if found >= 0:
+                return position + found + 1
+            position += len(chunk)
+
+    def commit(self, line: Line) -> dict[str, Any]:
+        """Move past line; return the checkpoint to store (offset and the file's identity)."""
+        self._offset = line.end
+        info = os.fstat(self._fd)
+        length = min(FINGERPRINT_BYTES, info.st_size)
+        return {"device": info.st_dev, "inode": info.st_ino, "fingerprint": _fingerprint(self._fd, length),
+                "fingerprint_length": length, "offset": self._offset}
+
+    def lag(self) -> tuple[int, int]:
+        """(bytes, entries) not yet relayed, including the new file when an old one is being finished."""
+        if self._fd is None:
+            return 0, 0
+        pending = [(self._fd, self._offset)]
+        new_fd = None
+        if self._rotated:
+            try:
+                new_fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+                pending.append((new_fd, 0))
+            except OSError:
+                pass
+        try:
+            total_bytes = total_entries = 0
+            for fd, offset in pending:
+                behind = max(os.fstat(fd).st_size - offset, 0)
+                total_bytes += behind
+                if behind <= LAG_COUNT_LIMIT:
+                    total_entries += os.pread(fd, behind, offset).count(b"\n")
+            return total_bytes, total_entries
+        finally:
+            if new_fd is not None:
+                os.close(new_fd)

@@ -1,0 +1,196 @@
+"""An NCIP responder on loopback, for dry runs and tests.
+
+It validates every NCIP 2 message it receives against the official schema
+(ncip_v2_02.xsd) and answers CheckOutItem / CheckInItem like ALEPH: a
+response with the item, or a Problem. Problems per item: problems={"BARCODE":
+"Unknown Item"}. Scripted faults for the next requests: queue_faults("503",
+"temporary", "drop", "garbage").
+"""
+
+from __future__ import annotations
+
+import collections
+import socket
+import threading
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import defusedxml.ElementTree as SafeET
+
+from gateway.ncip.messages import NS, SCHEMA_URL
+
+SCHEMA_FILE = Path(__file__).resolve().parent.parent / "ncip" / "ncip_v2_02.xsd"
+_schema = None
+_schema_lock = threading.Lock()
+
+
+def schema():
+    """The NCIP 2.02 schema (loaded once; needs the xmlschema package)."""
+    global _schema
+    with _schema_lock:
+        if _schema is None:
+            import xmlschema
+            _schema = xmlschema.XMLSchema(str(SCHEMA_FILE))
+        return _schema
+
+
+def schema_errors(body: bytes) -> list[str]:
+    """Why an NCIP 2 message does not validate (empty if it does)."""
+    return [str(error.reason or error) for error in schema().iter_errors(body.decode("utf-8"))]
+
+
+@dataclass
+class Received:
+    action: str
+    item: str
+    user: str | None
+    request_id: str | None
+    profile: str | None
+    from_agency: str | None
+    to_agency: str | None
+    version: str
+    valid: bool
+    errors: list[str] = field(default_factory=list)
+    body: bytes = b""
+
+
+def _find(root: ET.Element, *path: str) -> str | None:
+    """Text at a path of local names below root (namespace or not; v1 Value children read too)."""
+    elements = [root]
+    for name in path:
+        elements = [child for element in elements for child in element.iter() if child.tag.rsplit("}", 1)[-1] == name]
+        if not elements:
+            return None
+    texts = [(child.tag.rsplit("}", 1)[-1], child.text.strip()) for child in elements[0].iter()
+             if child.text and child.text.strip()]
+    values = [text for name, text in texts if name == "Value"]  # v1: Scheme/Value pairs
+    return values[-1] if values else texts[0][1] if texts else None
+
+
+class NcipSimulator:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, problems: dict[str, str] | None = None,
+                 validate: bool = True):
+        self.problems = dict(problems or {})
+        self.validate = validate
+        self.received: list[Received] = []
+        self._faults: collections.deque[str] = collections.deque()
+        self._changed = threading.Condition()
+        self._server = ThreadingHTTPServer((host, port), _handler_for(self))
+        self._server.daemon_threads = True
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/"
+
+    def start(self) -> "NcipSimulator":
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), name="ncip-simulator", daemon=True).start()
+        return self
+
+    def serve_forever(self) -> None:
+        self._server.serve_forever()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def queue_faults(self, *faults: str) -> None:
+        with self._changed:
+            self._faults.extend(faults)
+
+    def next_fault(self) -> str | None:
+        with self._changed:
+            return self._faults.popleft() if self._faults else None
+
+    def record(self, item: Received) -> None:
+        with self._changed:
+            self.received.append(item)
+            self._changed.notify_all()
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
+        with self._changed:
+            if not self._changed.wait_for(lambda: len(self.received) >= count, timeout):
+                raise TimeoutError(f"NCIP simulator received {len(self.received)} messages, expected {count}")
+            return list(self.received)
+
+    def parse(self, body: bytes) -> Received:
+        root = SafeET.fromstring(body, forbid_dtd=False)
+        version = "2" if root.tag.startswith(f"{{{NS}}}") else "1"
+        action = "checkout" if any(e.tag.endswith("CheckOutItem") for e in root.iter()) else "checkin"
+        errors = schema_errors(body) if version == "2" and self.validate else []
+        return Received(
+            action=action, item=_find(root, "ItemIdentifierValue") or "", version=version,
+            user=_find(root, "UserIdentifierValue"), request_id=_find(root, "RequestIdentifierValue"),
+            profile=_find(root, "ApplicationProfileType"), from_agency=_find(root, "FromAgencyId"),
+            to_agency=_find(root, "ToAgencyId"), valid=not errors, errors=errors, body=body)
+
+    def answer(self, message: Received, problem: str | None) -> bytes:
+        """A v2 response: the item (and user, due date) or a Problem."""
+        def sub(parent, name, text=None):
+            child = ET.SubElement(parent, f"{{{NS}}}{name}")
+            if text is not None:
+                child.text = text
+            return child
+
+        root = ET.Element(f"{{{NS}}}NCIPMessage", {f"{{{NS}}}version": SCHEMA_URL})
+        response = sub(root, "CheckOutItemResponse" if message.action == "checkout" else "CheckInItemResponse")
+        if problem:
+            found = sub(response, "Problem")
+            sub(found, "ProblemType", problem)
+            sub(found, "ProblemDetail", f"simulated: {problem}")
+            sub(found, "ProblemElement", "ItemIdentifierValue")
+            sub(found, "ProblemValue", message.item)
+        else:
+            sub(sub(response, "ItemId"), "ItemIdentifierValue", message.item)
+            if message.action == "checkout":
+                sub(sub(response, "UserId"), "UserIdentifierValue", message.user or "")
+                sub(response, "DateDue", "2099-12-31T23:59:59")
+        return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+
+
+def _handler_for(sim: NcipSimulator):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
+
+        def log_message(self, format, *args) -> None:
+            pass
+
+        def _send(self, status: int, body: bytes, content_type: str = "application/xml") -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            try:
+                message = sim.parse(body)
+            except (ET.ParseError, ValueError) as error:
+                self._send(400, f"not XML: {error}".encode(), "text/plain")
+                return
+            fault = sim.next_fault()
+            if fault == "drop":
+                sim.record(message)
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            if fault and fault.isdigit():
+                self._send(int(fault), b"simulated failure", "text/plain")
+                return
+            if fault == "garbage":
+                self._send(200, b"<html>not NCIP</html>", "text/html")
+                return
+            sim.record(message)
+            if not message.valid:
+                problem = "Invalid Message"
+            elif fault == "temporary":
+                problem = "Temporary Processing Failure"
+            else:
+                problem = sim.problems.get(message.item)
+            self._send(200, sim.answer(message, problem))
+
+    return Handler
