@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import socket
 import threading
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -71,9 +72,10 @@ def _find(root: ET.Element, *path: str) -> str | None:
 
 class NcipSimulator:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, problems: dict[str, str] | None = None,
-                 validate: bool = True):
+                 validate: bool = True, delay: float = 0.0):
         self.problems = dict(problems or {})
         self.validate = validate
+        self.delay = delay
         self.received: list[Received] = []
         self._faults: collections.deque[str] = collections.deque()
         self._changed = threading.Condition()
@@ -173,6 +175,8 @@ def _handler_for(sim: NcipSimulator):
                 self._send(400, f"not XML: {error}".encode(), "text/plain")
                 return
             fault = sim.next_fault()
+            if sim.delay:
+                time.sleep(sim.delay)
             if fault == "drop":
                 sim.record(message)
                 self.close_connection = True

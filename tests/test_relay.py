@@ -1,0 +1,186 @@
+"""The NCIP relay in the real daemon, against the NCIP simulator (and the CaiaSoft one for the feed)."""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import json
+import subprocess
+import sys
+
+import pytest
+
+from gateway.ncip import journal
+from gateway.ncip.journal import JournalEntry
+from gateway.simulators.ncip import NcipSimulator
+
+from conftest import wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def ncip():
+    sim = NcipSimulator(problems={"UNKNOWN-1": "Unknown Item", "IN-ALREADY": "Item Not Checked Out"}).start()
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture
+def relay_site(site, simulator, ncip):
+    site.journal = site.root / "ncip.jsonl"
+
+    def write(feed: str = "", version: str = "2", url: str | None = None) -> None:
+        site.write(simulator.url, extra=f"""
+[ncip]
+url = "{url or ncip.url}"
+version = "{version}"
+from_agency = "CAIA"
+to_agency = "ALEPH"
+application_profile = "CAIAPROFILE"
+user_id = "CAIASOFT"
+journal = "{site.journal}"
+timeout_seconds = 2
+backoff_initial_seconds = 0.05
+backoff_max_seconds = 0.3
+
+[ncip.stop_users]
+LAW = "CAIA-LAW"
+{feed}
+""")
+    site.write_ncip = write
+    write()
+    return site
+
+
+def add(site, action: str, item: str, **fields) -> None:
+    journal.append(site.journal, JournalEntry(action, item, **fields))
+
+
+def dead_letters(site) -> list[dict]:
+    folder = site.error / "ncip"
+    return [json.loads(line) for path in sorted(folder.glob("*.jsonl")) for line in path.read_text().splitlines()] \
+        if folder.exists() else []
+
+
+def test_entries_are_relayed_in_order_with_users_profiles_and_refusals(relay_site, ncip, daemon_factory):
+    add(relay_site, "checkout", "A-1", stop="LAW", request_id="000004521")
+    add(relay_site, "checkout", "A-2", stop="MAIN")
+    add(relay_site, "checkout", "UNKNOWN-1")
+    add(relay_site, "checkin", "IN-ALREADY")
+    with open(relay_site.journal, "ab") as handle:
+        handle.write(b"this is not an entry\n")
+    add(relay_site, "checkin", "A-1")
+    daemon = daemon_factory(relay_site.config_file)
+    received = ncip.wait_for(5, timeout=30)
+    assert [(r.action, r.item) for r in received] == [("checkout", "A-1"), ("checkout", "A-2"),
+                                                      ("checkout", "UNKNOWN-1"), ("checkin", "IN-ALREADY"),
+                                                      ("checkin", "A-1")]
+    assert all(r.valid for r in received), [r.errors for r in received]
+    assert [r.user for r in received] == ["CAIA-LAW", "CAIASOFT", "CAIASOFT", None, None]
+    assert [r.profile for r in received] == [None, None, None, "CAIAPROFILE", "CAIAPROFILE"]
+    assert received[0].request_id == "000004521"
+    letters = wait_for(lambda: len(dead_letters(relay_site)) == 2 and dead_letters(relay_site),
+                       message="two dead letters")
+    assert letters[0]["entry"]["item"] == "UNKNOWN-1" and letters[0]["problems"][0]["type"] == "Unknown Item"
+    assert letters[1]["line"] == "this is not an entry" and "not JSON" in letters[1]["reason"]
+    log = (relay_site.log_dir / "gateway.log").read_text()
+    assert '"event": "ncip.already_done"' in log and "IN-ALREADY" in log
+    assert daemon.stop() == 0
+
+
+def test_temporary_failures_and_a_server_that_is_down_then_up_keep_the_order(relay_site, ncip, daemon_factory):
+    ncip.queue_faults("503", "temporary", "garbage", "drop")
+    for number in range(4):
+        add(relay_site, "checkin", f"T-{number}")
+    daemon = daemon_factory(relay_site.config_file)
+    wait_for(lambda: [r.item for r in ncip.received if r.item == "T-3"], timeout=30, message="the last entry")
+    accepted = [r.item for r in ncip.received]
+    assert sorted(set(accepted)) == ["T-0", "T-1", "T-2", "T-3"]
+    assert [item for index, item in enumerate(accepted) if index == 0 or accepted[index - 1] != item] == \
+        ["T-0", "T-1", "T-2", "T-3"], "retries repeat the same entry; order is kept"
+    assert dead_letters(relay_site) == []
+    assert daemon.stop() == 0
+
+
+def test_nothing_listening_then_the_server_appears(relay_site, daemon_factory):
+    add(relay_site, "checkin", "LATE-1")
+    later = NcipSimulator()
+    relay_site.write_ncip(url=later.url)  # the port is reserved but not served yet
+    daemon = daemon_factory(relay_site.config_file)
+    wait_for(lambda: "ncip.retry" in daemon.output(), message="retries while the server is away")
+    later.start()
+    try:
+        assert [r.item for r in later.wait_for(1, timeout=30)] == ["LATE-1"]
+    finally:
+        later.stop()
+    assert daemon.stop() == 0
+
+
+def test_kill_9_mid_journal_resends_at_most_the_entry_in_flight(relay_site, ncip, daemon_factory):
+    items = [f"K-{number:03d}" for number in range(60)]
+    for item in items:
+        add(relay_site, "checkin", item)
+    ncip.delay = 0.02  # answers take a moment, so the kill lands mid-journal
+    first = daemon_factory(relay_site.config_file)
+    ncip.wait_for(20, timeout=30)
+    first.kill()
+    assert len(ncip.received) < len(items), "killed in the middle of the journal"
+    ncip.delay = 0.0
+    daemon_factory(relay_site.config_file)
+    wait_for(lambda: any(r.item == "K-059" for r in ncip.received), timeout=60, message="the last entry")
+    sent = [r.item for r in ncip.received]
+    counts = collections.Counter(sent)
+    assert set(counts) == set(items), "nothing skipped"
+    assert sum(count - 1 for count in counts.values()) <= 1, f"at most one entry sent twice: {counts}"
+    assert sorted(sent) == sorted(items + [item for item, count in counts.items() if count > 1])
+
+
+def test_version_1_server(relay_site, ncip, daemon_factory):
+    relay_site.write_ncip(version="1")
+    add(relay_site, "checkout", "V1-ITEM", stop="LAW")
+    daemon = daemon_factory(relay_site.config_file)
+    [received] = ncip.wait_for(1, timeout=30)
+    assert (received.version, received.item, received.user) == ("1", "V1-ITEM", "CAIA-LAW")
+    assert daemon.stop() == 0
+
+
+def test_journal_command_status_and_check(relay_site, ncip, daemon_factory):
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "gateway", "-c", str(relay_site.config_file), *args],
+                              capture_output=True, text=True, timeout=60)
+
+    result = cli("journal", "checkout", "31234001234567", "--stop", "LAW", "--request-id", "R-1")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(relay_site.journal.read_text()) == {"action": "checkout", "item": "31234001234567",
+                                                          "stop": "LAW", "request_id": "R-1"}
+    check = cli("check")
+    assert check.returncode == 0, check.stdout
+    assert "NCIP server" in check.stdout and "accepts connections" in check.stdout
+    daemon = daemon_factory(relay_site.config_file)
+    ncip.wait_for(1, timeout=30)
+    report = wait_for(lambda: (r := json.loads(cli("status", "--json").stdout))["ncip"] and
+                      r["ncip"]["last_success"] and r, interval=0.5, message="status with the relay")
+    assert report["ncip"]["lag_entries"] == 0 and report["ncip"]["dead_letters"] == 0
+    assert "NCIP relay:     0 entries (0 bytes) behind" in cli("status").stdout
+    assert daemon.stop() == 0
+
+
+def test_the_status_feed_journals_retrieved_and_refiled_items_once(relay_site, simulator, ncip, daemon_factory):
+    today = dt.date.today().strftime("%Y%m%d")
+    simulator.status_lists[("retrieved", today, "ANNEX")] = ["F-1", "F-2"]
+    simulator.status_lists[("refiled", today, "ANNEX")] = ["F-0"]
+    simulator.status_lists[("retrieved", today, "OTHER")] = ["NOT-OURS"]
+    relay_site.write_ncip(feed='[ncip.feed]\ncollection = "ANNEX"\ninterval_seconds = 10\nlookback_days = 0\n')
+    daemon = daemon_factory(relay_site.config_file)
+    received = ncip.wait_for(3, timeout=30)
+    assert sorted((r.action, r.item) for r in received) == [("checkin", "F-0"), ("checkout", "F-1"),
+                                                            ("checkout", "F-2")]
+    assert daemon.stop() == 0
+    simulator.status_lists[("retrieved", today, "ANNEX")].append("F-3")
+    daemon = daemon_factory(relay_site.config_file)  # a restart reads the lists again: only F-3 is new
+    wait_for(lambda: any(r.item == "F-3" for r in ncip.received), timeout=30, message="F-3 after the restart")
+    assert daemon.stop() == 0
+    entries = [json.loads(line) for line in relay_site.journal.read_text().splitlines()]
+    assert sorted(e["item"] for e in entries) == ["F-0", "F-1", "F-2", "F-3"], "each journaled once"
+    assert all(e["id"].startswith("feed-") for e in entries)
