@@ -1,10 +1,11 @@
 # make test: create .venv, install with test extras, run the whole suite.
 # make demo: create .venv, install, run `caiasoft-gateway demo`.
+# make bench: the benchmark (bench/run.py): a table and one JSON line of figures.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: test demo clean
+.PHONY: test demo bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +19,9 @@ test: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(BIN)/caiasoft-gateway demo
+
+bench: $(VENV)/.installed
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

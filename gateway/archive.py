@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import threading
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -55,40 +54,51 @@ class Folder:
 
     def __init__(self, root: Path):
         self.root = root
-        self._lock = threading.Lock()
 
     def choose(self, name: str, when: dt.datetime) -> Path:
-        """Return a free path for name in the day's folder (created if needed)."""
+        """Reserve a free path for name in the day's folder and return it.
+
+        The reservation is the sidecar NAME.json, created exclusively (O_EXCL), so
+        two workers or processes can never pick the same name. write_sidecar()
+        later replaces it with the real content.
+        """
         folder = day_folder(self.root, when)
         folder.mkdir(parents=True, exist_ok=True)
         base = safe_name(name)
         candidate, number = base, 0
-        while (folder / candidate).exists() or (folder / (candidate + SIDECAR_SUFFIX)).exists():
+        while True:
+            if not (folder / candidate).exists():
+                try:
+                    os.close(os.open(folder / (candidate + SIDECAR_SUFFIX), os.O_CREAT | os.O_EXCL | os.O_WRONLY,
+                                     0o640))
+                    return folder / candidate
+                except FileExistsError:
+                    pass
             number += 1
             candidate = numbered(base, number)
-        return folder / candidate
 
     def place(self, work: Path, target: Path) -> Path:
-        """Move work to target without overwriting anything; return where it went.
+        """Move work to target (reserved by choose) without overwriting anything; return where it went.
 
-        If target is taken meanwhile, the next free numbered name is used. If the
+        If a file took the name anyway, the next free numbered name is used. If the
         work file is gone but target exists (a crash after the move), return target.
-        A sidecar already written for target does not count as taking it.
+        The folder is synced by the caller (sync()).
         """
-        with self._lock:
-            if not work.exists() and target.exists():
-                return target
-            target.parent.mkdir(parents=True, exist_ok=True)
-            while True:
-                try:
-                    move_no_clobber(work, target)
-                    break
-                except FileExistsError:
-                    if not work.exists():
-                        return target
-                    target = self.choose(target.name, _day_of(target, self.root))
-            fsync_dir(target.parent)
+        if not work.exists() and target.exists():
             return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                move_no_clobber(work, target)
+                return target
+            except FileExistsError:
+                if not work.exists():
+                    return target
+                target = self.choose(target.name, _day_of(target, self.root))
+
+    def sync(self, target: Path) -> None:
+        """Make the file and sidecar entries in target's folder durable."""
+        fsync_dir(target.parent)
 
     def write_sidecar(self, target: Path, content: dict[str, Any]) -> Path:
         sidecar = target.with_name(target.name + SIDECAR_SUFFIX)
@@ -99,7 +109,6 @@ class Folder:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(partial, sidecar)
-        fsync_dir(sidecar.parent)
         return sidecar
 
     def remove_sidecar(self, target: Path) -> None:

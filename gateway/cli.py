@@ -55,8 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--fault", action="append", default=[], metavar="FAULT",
                           help="script the next answers: 500, 503, 429:SECONDS, drop, slow:SECONDS, hang")
     simulate.add_argument("--delay", type=float, default=0.0, help="seconds before every answer (caiasoft)")
+    simulate.add_argument("--receipts", type=Path, metavar="FILE",
+                          help="caiasoft: append one JSON line per upload received (time, name, size)")
     simulate.add_argument("--problem", action="append", default=[], metavar="BARCODE=TYPE",
                           help="ncip: answer this barcode with a Problem of this type")
+    simulate.add_argument("--no-validate", dest="validate", action="store_false",
+                          help="ncip: do not check messages against the schema (faster, for benchmarks)")
     return parser
 
 
@@ -249,7 +253,7 @@ def cmd_simulate(args) -> int:
 
     key = args.key or os.environ.get("CAIASOFT_SIMULATOR_KEY") or "sim-" + os.urandom(8).hex()
     deny = dict(item.split("=", 1) if "=" in item else (item, "Invalid Stop Code") for item in args.deny)
-    simulator = CaiaSoftSimulator(key=key, port=args.port, deny=deny, delay=args.delay)
+    simulator = CaiaSoftSimulator(key=key, port=args.port, deny=deny, delay=args.delay, receipts=args.receipts)
     simulator.queue_faults(*args.fault)
     print(f"CaiaSoft simulator on {simulator.url}\n  API key: {key}\n"
           f"  set caiasoft.base_url = \"{simulator.url}\" and put the key in your api_key_file.\n"
@@ -265,9 +269,10 @@ def _simulate_ncip(args) -> int:
     from gateway.simulators.ncip import NcipSimulator
 
     problems = dict(item.split("=", 1) if "=" in item else (item, "Unknown Item") for item in args.problem)
-    simulator = NcipSimulator(port=args.port, problems=problems)
-    print(f"NCIP simulator on {simulator.url}\n  set ncip.url = \"{simulator.url}\"; every NCIP 2 message is "
-          "validated against ncip_v2_02.xsd.\n  Ctrl-C stops it.", flush=True)
+    simulator = NcipSimulator(port=args.port, problems=problems, validate=args.validate)
+    checking = "every NCIP 2 message is validated against ncip_v2_02.xsd" if args.validate else "no schema check"
+    print(f"NCIP simulator on {simulator.url}\n  set ncip.url = \"{simulator.url}\"; {checking}.\n"
+          "  Ctrl-C stops it.", flush=True)
     try:
         simulator.serve_forever()
     except KeyboardInterrupt:

@@ -66,6 +66,8 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
         Key("backoff_max_seconds", "number", 300.0, "Longest wait between retries.", minimum=0.01),
         Key("auth_pause_seconds", "number", 300.0,
             "After a 401/403, uploads pause this long before trying again.", minimum=0.01),
+        Key("upload_workers", "int", 4,
+            "Uploads on the wire at once; each starts in the order files arrived.", minimum=1),
     ),
     "intake": (
         Key("max_file_bytes", "int", 50 * 1024 * 1024, "Larger files are refused.", minimum=1),
@@ -187,6 +189,7 @@ class CaiaSoft:
     backoff_initial_seconds: float
     backoff_max_seconds: float
     auth_pause_seconds: float
+    upload_workers: int
     api_key_file: Path | None
     api_key_env: str | None
 

@@ -154,8 +154,10 @@ class Pipeline:
                 folder.write_sidecar(placed, sidecar(row, placed, self.clock()))
                 folder.remove_sidecar(final)
                 final = placed
+            folder.sync(final)
         elif final.exists():
             folder.write_sidecar(final, sidecar(row, final, self.clock()))
+            folder.sync(final)
         else:
             log.error("file.lost", id=row.id, file=row.name, expected=str(final),
                       detail="neither the work copy nor the final copy exists")

@@ -73,24 +73,65 @@ class StateLock:
             self._handle = None
 
 
-class Uploader(threading.Thread):
-    """Takes due files from the ledger, one at a time, oldest first, and sends them.
+class Gate:
+    """Shared by the upload workers: one backoff and one pause for the CaiaSoft endpoint.
 
-    It checks in (heartbeat) at least every CHECK_IN_SECONDS except while an upload
-    is on the wire, so an upload stuck longer than the watchdog period shows as hung.
+    A transient failure makes every worker wait (CaiaSoft is down for all of them);
+    a 401/403 pauses them all; any success reopens the gate.
     """
 
-    def __init__(self, pipeline: Pipeline, clock: Callable[[], float] = time.time):
-        super().__init__(name="uploader", daemon=True)
-        self.pipeline = pipeline
-        self.clock = clock
-        self.stop_event = threading.Event()
-        self.wake = threading.Event()
-        self.heartbeat = time.monotonic()
-        settings = pipeline.config.caiasoft
+    def __init__(self, settings, clock: Callable[[], float] = time.monotonic):
         self.backoff = Backoff(settings.backoff_initial_seconds, settings.backoff_max_seconds)
         self.auth_pause = settings.auth_pause_seconds
+        self.clock = clock
+        self.failures = 0
         self.paused_reason: str | None = None
+        self._not_before = 0.0
+        self._lock = threading.Lock()
+
+    def wait_seconds(self) -> float:
+        return max(self._not_before - self.clock(), 0.0)
+
+    def failed(self, retry_after: float | None) -> None:
+        with self._lock:
+            self.failures += 1
+            self._not_before = max(self._not_before, self.clock() + self.backoff.delay(self.failures, retry_after))
+
+    def pause(self, reason: str) -> None:
+        with self._lock:
+            first = self.paused_reason is None or self.wait_seconds() == 0
+            self.paused_reason = reason
+            self._not_before = self.clock() + self.auth_pause
+        if first:
+            log.error("upload.paused", reason=reason, retry_in=self.auth_pause,
+                      detail="no file is moved to error while paused; fix the key, then wait or reload")
+
+    def succeeded(self) -> None:
+        with self._lock:
+            self.failures = 0
+            resumed, self.paused_reason = self.paused_reason, None
+        if resumed:
+            log.info("upload.resumed", detail="CaiaSoft accepts the API key again")
+
+
+class Uploader(threading.Thread):
+    """One upload worker: takes the oldest due file from the ledger and sends it.
+
+    Several run side by side (caiasoft.upload_workers); they start uploads in the
+    order files arrived. A worker checks in (heartbeat) at least every
+    CHECK_IN_SECONDS except while an upload is on the wire, so an upload stuck
+    longer than the watchdog period shows as hung.
+    """
+
+    def __init__(self, pipeline: Pipeline, gate: Gate, wake: threading.Event, name: str = "uploader",
+                 clock: Callable[[], float] = time.time):
+        super().__init__(name=name, daemon=True)
+        self.pipeline = pipeline
+        self.gate = gate
+        self.wake = wake
+        self.clock = clock
+        self.stop_event = threading.Event()
+        self.heartbeat = time.monotonic()
 
     def stop(self) -> None:
         """Ask the loop to end after the upload in hand (idempotent)."""
@@ -106,10 +147,13 @@ class Uploader(threading.Thread):
                 return
 
     def run(self) -> None:
-        failures = 0
         ledger = self.pipeline.ledger
         while not self.stop_event.is_set():
             self.heartbeat = time.monotonic()
+            closed_for = self.gate.wait_seconds()
+            if closed_for:
+                self._rest(closed_for, self.stop_event)
+                continue
             self.wake.clear()
             row = ledger.take_next(self.clock())
             if row is None:
@@ -118,18 +162,11 @@ class Uploader(threading.Thread):
                 continue
             outcome = self.pipeline.upload(row)
             if outcome.verdict == "transient":
-                failures += 1
-                self._rest(self.backoff.delay(failures, outcome.retry_after), self.stop_event)
+                self.gate.failed(outcome.retry_after)
             elif outcome.verdict == "paused":
-                self.paused_reason = outcome.reason
-                log.error("upload.paused", reason=outcome.reason, retry_in=self.auth_pause,
-                          detail="no file is moved to error while paused; fix the key, then wait or reload")
-                self._rest(self.auth_pause, self.stop_event)
+                self.gate.pause(outcome.reason)
             else:
-                failures = 0
-                if self.paused_reason:
-                    log.info("upload.resumed", detail="CaiaSoft accepts the API key again")
-                    self.paused_reason = None
+                self.gate.succeeded()
 
 
 class Parts:
@@ -139,8 +176,11 @@ class Parts:
         self.config = config
         self.client = CaiaSoftClient(config.caiasoft, config.api_key)
         self.pipeline = Pipeline(config, ledger, self.client)
-        self.uploader = Uploader(self.pipeline)
-        self.pipeline.on_queued = self.uploader.wake.set
+        self.gate = Gate(config.caiasoft)
+        wake = threading.Event()
+        self.uploaders = [Uploader(self.pipeline, self.gate, wake, name=f"uploader-{number}")
+                          for number in range(1, config.caiasoft.upload_workers + 1)]
+        self.pipeline.on_queued = wake.set
         self.collectors = [Collector(sources.build(settings), settings.settle_seconds, self.pipeline)
                            for settings in config.sources]
         self.relay = Relay(config.ncip, ledger, config.paths.error_dir) if config.ncip else None
@@ -153,7 +193,7 @@ class Parts:
         return [*self.collectors, *([self.feed] if self.feed else [])]
 
     def outputs(self) -> list:
-        return [self.uploader, *([self.relay] if self.relay else [])]
+        return [*self.uploaders, *([self.relay] if self.relay else [])]
 
     def start(self) -> None:
         for worker in (*self.outputs(), *self.inputs()):
@@ -287,7 +327,7 @@ class Service:
         """Write the service's state for `status`, and return the one-line summary for systemd."""
         sources = {c.source.name: {"mode": c.source.mode, "problem": c.problem, "healthy": c.source.healthy()}
                    for c in parts.collectors}
-        paused = parts.uploader.paused_reason
+        paused = parts.gate.paused_reason
         ncip = None
         if parts.relay:
             lag_bytes, lag_entries = parts.relay.lag()

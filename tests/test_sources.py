@@ -174,14 +174,15 @@ class Threads:
         from gateway.collector import Collector
         from gateway.ledger import Ledger
         from gateway.pipeline import Pipeline
-        from gateway.service import Uploader
+        from gateway.service import Gate, Uploader
 
         config = site.load()
         self.ledger = Ledger(config.paths.database)
         self.pipeline = Pipeline(config, self.ledger, CaiaSoftClient(config.caiasoft, config.api_key))
-        self.uploader = Uploader(self.pipeline) if with_uploader else None
+        wake = threading.Event()
+        self.uploader = Uploader(self.pipeline, Gate(config.caiasoft), wake) if with_uploader else None
         if self.uploader:
-            self.pipeline.on_queued = self.uploader.wake.set
+            self.pipeline.on_queued = wake.set
         self.collector = Collector(LocalSource(config.sources[0]), config.sources[0].settle_seconds,
                                    self.pipeline)
 

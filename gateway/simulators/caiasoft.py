@@ -18,9 +18,8 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from email.parser import BytesParser
-from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 from xml.etree.ElementTree import ParseError
@@ -47,8 +46,10 @@ class Received:
 
 class CaiaSoftSimulator:
     def __init__(self, key: str = DEFAULT_KEY, host: str = "127.0.0.1", port: int = 0,
-                 upload_field: str = "file", deny: dict[str, str] | None = None, delay: float = 0.0):
+                 upload_field: str = "file", deny: dict[str, str] | None = None, delay: float = 0.0,
+                 receipts: Path | None = None):
         self.key = key
+        self.receipts = open(receipts, "a", encoding="utf-8", buffering=1) if receipts else None
         self.upload_field = upload_field
         self.deny = dict(deny or {})
         self.delay = delay
@@ -79,6 +80,8 @@ class CaiaSoftSimulator:
         self._stopping.set()
         self._server.shutdown()
         self._server.server_close()
+        if self.receipts:
+            self.receipts.close()
 
     def __enter__(self) -> "CaiaSoftSimulator":
         return self.start()
@@ -98,6 +101,8 @@ class CaiaSoftSimulator:
     def record(self, item: Received) -> None:
         with self._changed:
             self.received.append(item)
+            if self.receipts:  # one JSON line per upload, for dry runs and benchmarks
+                self.receipts.write(json.dumps({"at": item.at, "name": item.name, "bytes": len(item.data)}) + "\n")
             self._changed.notify_all()
 
     def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
@@ -139,15 +144,25 @@ def _barcodes(data: bytes) -> list[str] | None:
     return lines if lines and all(BARCODE.match(line) for line in lines) else None
 
 
+_DISPOSITION = re.compile(rb'(name|filename)="((?:[^"\\]|\\.)*)"')
+
+
 def _parse_multipart(content_type: str, body: bytes) -> list[tuple[str, str | None, bytes]]:
-    message = BytesParser(policy=HTTP).parsebytes(
-        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body)
+    """The parts of a multipart/form-data body as (field name, file name or None, bytes)."""
+    match = re.search(r'boundary="?([^";]+)"?', content_type)
+    if not content_type.startswith("multipart/form-data") or not match:
+        return []
+    delimiter = b"--" + match.group(1).encode("latin-1")
     parts = []
-    if not message.is_multipart():
-        return parts
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        parts.append((name, part.get_filename(), part.get_payload(decode=True) or b""))
+    for chunk in body.split(delimiter)[1:]:
+        if chunk.startswith(b"--"):
+            break  # the closing delimiter
+        head, separator, data = chunk.partition(b"\r\n\r\n")
+        if not separator:
+            continue
+        fields = {key.decode(): value.decode("utf-8", "replace") for key, value in _DISPOSITION.findall(head)}
+        if "name" in fields:
+            parts.append((fields["name"], fields.get("filename"), data[:-2] if data.endswith(b"\r\n") else data))
     return parts
 
 

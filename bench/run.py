@@ -1,0 +1,385 @@
+"""Benchmark: the gateway against the limit, in one run on one machine.
+
+Measures, with both simulators in their own processes (and their own ceiling shown):
+  the limit     a bare loop (one requests.Session posting each file, then renaming it into an
+                archive folder) and a shell loop of curl -F ...; mv
+  backlog       N files present when `caiasoft-gateway run` starts: time until all archived,
+                files/s, peak RSS of the gateway
+  big backlog   a large backlog: time to the first upload, peak RSS over a window
+  latency       files written one by one while the gateway runs: writer's close to the
+                simulator's receipt, minus settle_seconds (p50, p99)
+  NCIP          journal entries relayed to the NCIP simulator against a bare loop posting the
+                same messages
+Prints a table and one JSON line of figures. `--smoke` runs tiny sizes (used by the tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES = REPO / "samples"
+KEY = "bench-key-0123456789"
+PYTHON = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.02, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"benchmark gave up waiting for {what} after {timeout:.0f}s")
+
+
+class Process:
+    """A child process (simulator or gateway) with its peak memory."""
+
+    def __init__(self, args: list[str], log: Path):
+        self.log = log
+        with open(log, "wb") as out:
+            self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def peak_rss_mb(self) -> float:
+        try:
+            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return float("nan")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_simulator(kind: str, root: Path, receipts: Path | None = None) -> tuple[Process, str]:
+    port = free_port()
+    args = [PYTHON, "-m", "gateway", "simulate", kind, "--port", str(port)]
+    if kind == "caiasoft":
+        args += ["--key", KEY] + (["--receipts", str(receipts)] if receipts else [])
+    else:
+        args += ["--no-validate"]  # schema checks are the tests' job; here they would be the bottleneck
+    process = Process(args, root / f"simulator-{kind}-{port}.log")
+    wait_until(lambda: _listening(port), 15, what=f"the {kind} simulator")
+    return process, f"http://127.0.0.1:{port}"
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+def make_files(folder: Path, count: int) -> int:
+    """An ALEPH-like mix: two slips to every barcode list, from samples/. Returns total bytes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    slips = [(SAMPLES / name).read_bytes() for name in ("hold-request-slip-0001.xml", "hold-request-slip-0002.xml")]
+    barcodes = (SAMPLES / "anx.cir.12.paging20261128_am_barcode").read_bytes()
+    total = 0
+    for number in range(count):
+        if number % 3 == 2:
+            name, data = f"anx.cir.12.paging{number:06d}_am_barcode", barcodes
+        else:
+            name, data = f"hold-request-slip-{number:06d}.xml", slips[number % 2]
+        (folder / name).write_bytes(data)
+        total += len(data)
+    return total
+
+
+def write_config(root: Path, base_url: str, source: Path, settle: float, ncip_url: str | None = None,
+                 journal: Path | None = None) -> Path:
+    key_file = root / "api-key"
+    key_file.write_text(KEY + "\n")
+    key_file.chmod(0o600)
+    config = root / "gateway.toml"
+    text = f"""
+[paths]
+state_dir = "{root}/state"
+archive_dir = "{root}/archive"
+error_dir = "{root}/error"
+log_dir = "{root}/log"
+
+[caiasoft]
+base_url = "{base_url}"
+api_key_file = "{key_file}"
+backoff_initial_seconds = 0.1
+
+[[sources]]
+name = "print"
+path = "{source}"
+settle_seconds = {settle}
+watch = "inotify"
+"""
+    if ncip_url:
+        text += f"""
+[ncip]
+url = "{ncip_url}"
+from_agency = "CAIA"
+to_agency = "ALEPH"
+user_id = "CAIASOFT"
+journal = "{journal}"
+"""
+    config.write_text(text)
+    return config
+
+
+def ledger_value(root: Path, sql: str):
+    database = root / "state" / "gateway.db"
+    if not database.exists():
+        return None
+    try:
+        with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5) as db:
+            row = db.execute(sql).fetchone()
+        return row[0] if row else None
+    except sqlite3.Error:
+        return None
+
+
+def start_gateway(config: Path, root: Path) -> Process:
+    return Process([PYTHON, "-m", "gateway", "-c", str(config), "run"], root / "gateway-console.log")
+
+
+# -- the measurements -------------------------------------------------------------------
+
+def simulator_ceiling(url: str, seconds: float, threads: int = 4) -> float:
+    """Uploads/s the simulator answers with several clients and no file handling."""
+    body = (SAMPLES / "hold-request-slip-0001.xml").read_bytes()
+    counts = [0] * threads
+    deadline = time.monotonic() + seconds
+
+    def client(index: int) -> None:
+        with requests.Session() as session:
+            while time.monotonic() < deadline:
+                session.post(url + "/api/requestfile/v1", headers={"X-API-Key": KEY},
+                             files={"file": ("s.xml", body, "application/xml")}, timeout=30)
+                counts[index] += 1
+
+    workers = [threading.Thread(target=client, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return sum(counts) / seconds
+
+
+def bare_loop(url: str, folder: Path, archive: Path) -> float:
+    archive.mkdir(parents=True, exist_ok=True)
+    names = sorted(os.listdir(folder))
+    started = time.monotonic()
+    with requests.Session() as session:
+        for name in names:
+            with open(folder / name, "rb") as body:
+                session.post(url + "/api/requestfile/v1", headers={"X-API-Key": KEY},
+                             files={"file": (name, body)}, timeout=30).raise_for_status()
+            os.rename(folder / name, archive / name)
+    return len(names) / (time.monotonic() - started)
+
+
+def curl_loop(url: str, folder: Path, archive: Path) -> float:
+    archive.mkdir(parents=True, exist_ok=True)
+    count = len(os.listdir(folder))
+    script = ('for f in "$1"/*; do curl -s -o /dev/null -H "X-API-Key: $3" -F "file=@$f" "$2" && '
+              'mv "$f" "$4"/; done')
+    started = time.monotonic()
+    subprocess.run(["bash", "-c", script, "bench", str(folder), url + "/api/requestfile/v1", KEY, str(archive)],
+                   check=True)
+    return count / (time.monotonic() - started)
+
+
+def backlog(url: str, root: Path, count: int) -> dict:
+    source = root / "print"
+    make_files(source, count)
+    config = write_config(root, url, source, settle=1.0)
+    started = time.monotonic()
+    gateway = start_gateway(config, root)
+    try:
+        wait_until(lambda: ledger_value(root, "SELECT COUNT(*) FROM files WHERE state = 'archived'") == count,
+                   timeout=600, interval=0.1, what="the backlog to drain")
+        elapsed = time.monotonic() - started
+        rss = gateway.peak_rss_mb()
+    finally:
+        gateway.stop()
+    return {"files": count, "seconds": round(elapsed, 2), "files_per_s": round(count / elapsed, 1),
+            "peak_rss_mb": round(rss, 1)}
+
+
+def big_backlog(url: str, root: Path, count: int, window: float) -> dict:
+    source = root / "print"
+    make_files(source, count)
+    config = write_config(root, url, source, settle=1.0)
+    started = time.monotonic()
+    gateway = start_gateway(config, root)
+    try:
+        wait_until(lambda: ledger_value(root, "SELECT COUNT(*) FROM files WHERE uploaded_at IS NOT NULL"),
+                   timeout=120, interval=0.02, what="the first upload")
+        first = time.monotonic() - started
+        time.sleep(max(window - first, 0))  # let it work through the backlog for a while: peak RSS over the window
+        archived = ledger_value(root, "SELECT COUNT(*) FROM files WHERE state = 'archived'")
+        rss = gateway.peak_rss_mb()
+    finally:
+        gateway.stop()
+    return {"files": count, "first_upload_s": round(first, 2), "window_s": window, "archived_in_window": archived,
+            "peak_rss_mb": round(rss, 1), "rss_bytes_per_pending_file": round(rss * 1024 * 1024 / count)}
+
+
+def latency(url: str, receipts: Path, root: Path, count: int, settle: float) -> dict:
+    source = root / "print"
+    source.mkdir(parents=True)
+    config = write_config(root, url, source, settle=settle)
+    gateway = start_gateway(config, root)
+    closed: dict[str, float] = {}
+    try:
+        wait_until(lambda: "service.started" in (root / "gateway-console.log").read_text(), 30, what="start")
+        data = (SAMPLES / "hold-request-slip-0001.xml").read_bytes()
+        for number in range(count):
+            name = f"latency-{number:05d}.xml"
+            with open(source / name, "wb") as handle:
+                handle.write(data)
+            closed[name] = time.time()
+            time.sleep(0.02)  # the writer's pace: one file every 20 ms
+
+        def received() -> dict[str, float]:
+            lines = receipts.read_text().splitlines() if receipts.exists() else []
+            return {entry["name"]: entry["at"] for entry in map(json.loads, lines) if entry["name"] in closed}
+
+        seen = wait_until(lambda: (found := received()) and len(found) == count and found, 120, 0.1, "receipts")
+    finally:
+        gateway.stop()
+    beyond = sorted((seen[name] - closed[name] - settle) * 1000 for name in closed)
+    return {"files": count, "settle_seconds": settle, "p50_ms": round(statistics.median(beyond), 1),
+            "p99_ms": round(beyond[min(len(beyond) - 1, int(len(beyond) * 0.99))], 1)}
+
+
+def ncip_bench(caiasoft_url: str, ncip_url: str, root: Path, count: int) -> dict:
+    sys.path.insert(0, str(REPO))
+    from gateway.config import load
+    from gateway.ncip import messages
+    from gateway.ncip.journal import JournalEntry
+
+    root.mkdir(parents=True)
+    journal = root / "ncip.jsonl"
+    entries = [JournalEntry("checkout" if n % 2 else "checkin", f"3123400{n:07d}", stop="MAIN") for n in range(count)]
+    journal.write_text("".join(json.dumps(e.as_dict()) + "\n" for e in entries))
+    source = root / "print"
+    source.mkdir()
+    config = write_config(root, caiasoft_url, source, settle=1.0, ncip_url=ncip_url, journal=journal)
+    settings = load(config).ncip
+    size = journal.stat().st_size
+
+    started = time.monotonic()
+    with requests.Session() as session:
+        for entry in entries:
+            session.post(ncip_url, data=messages.build(settings, entry), timeout=30,
+                         headers={"Content-Type": "application/xml; charset=utf-8"}).raise_for_status()
+    bare = count / (time.monotonic() - started)
+
+    started = time.monotonic()
+    gateway = start_gateway(config, root)
+    try:
+        wait_until(lambda: ledger_value(root, "SELECT offset FROM checkpoints WHERE name = 'ncip-journal'") == size,
+                   timeout=600, interval=0.1, what="the journal to be relayed")
+        relayed = count / (time.monotonic() - started)
+    finally:
+        gateway.stop()
+    return {"entries": count, "bare_loop_per_s": round(bare, 1), "gateway_per_s": round(relayed, 1),
+            "ratio": round(relayed / bare, 2)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--files", type=int, default=2000, help="backlog size (default 2000)")
+    parser.add_argument("--big", type=int, default=50000, help="big backlog size (default 50000)")
+    parser.add_argument("--curl-files", type=int, default=300, help="files for the curl loop (default 300)")
+    parser.add_argument("--latency-files", type=int, default=200)
+    parser.add_argument("--ncip-entries", type=int, default=10000)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: proves the script works")
+    args = parser.parse_args()
+    if args.smoke:
+        args.files, args.big, args.curl_files, args.latency_files, args.ncip_entries = 30, 300, 10, 10, 50
+    if not shutil.which("curl"):
+        print("the curl loop needs curl (apt-get install curl)", file=sys.stderr)
+        return 2
+
+    work = Path(tempfile.mkdtemp(prefix="caiasoft-gateway-bench-"))
+    receipts = work / "receipts.jsonl"
+    caiasoft, caiasoft_url = start_simulator("caiasoft", work, receipts)
+    ncip, ncip_url = start_simulator("ncip", work)
+    figures: dict = {"machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]}}
+    try:
+        figures["simulator_ceiling_per_s"] = round(simulator_ceiling(caiasoft_url, 1.0 if args.smoke else 3.0), 1)
+        make_files(work / "bare" / "in", args.files)
+        figures["bare_loop_per_s"] = round(bare_loop(caiasoft_url, work / "bare" / "in", work / "bare" / "out"), 1)
+        make_files(work / "curl" / "in", args.curl_files)
+        figures["curl_loop_per_s"] = round(curl_loop(caiasoft_url, work / "curl" / "in", work / "curl" / "out"), 1)
+        figures["backlog"] = backlog(caiasoft_url, work / "backlog", args.files)
+        figures["big_backlog"] = big_backlog(caiasoft_url, work / "big", args.big, 3.0 if args.smoke else 20.0)
+        figures["latency"] = latency(caiasoft_url, receipts, work / "latency", args.latency_files, 0.5)
+        figures["ncip"] = ncip_bench(caiasoft_url, ncip_url, work / "ncip", args.ncip_entries)
+    finally:
+        caiasoft.stop()
+        ncip.stop()
+    backlog_rate = figures["backlog"]["files_per_s"]
+    figures["ratios"] = {"backlog_vs_bare": round(backlog_rate / figures["bare_loop_per_s"], 2),
+                         "backlog_vs_curl": round(backlog_rate / figures["curl_loop_per_s"], 2)}
+    print_table(figures)
+    print(json.dumps(figures, sort_keys=True))
+    if not args.smoke:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def print_table(f: dict) -> None:
+    rows = [
+        ("simulator ceiling (4 clients)", f"{f['simulator_ceiling_per_s']} uploads/s", ""),
+        ("bare loop (requests + rename)", f"{f['bare_loop_per_s']} files/s", "the limit"),
+        ("curl loop (curl -F; mv)", f"{f['curl_loop_per_s']} files/s", ""),
+        (f"gateway backlog of {f['backlog']['files']}", f"{f['backlog']['files_per_s']} files/s",
+         f"{f['ratios']['backlog_vs_bare']} x bare (target 0.8), {f['ratios']['backlog_vs_curl']} x curl (target 5)"),
+        ("  peak RSS", f"{f['backlog']['peak_rss_mb']} MB", ""),
+        (f"backlog of {f['big_backlog']['files']}: first upload", f"{f['big_backlog']['first_upload_s']} s",
+         "target 3 s"),
+        ("  peak RSS", f"{f['big_backlog']['peak_rss_mb']} MB",
+         f"target 150 MB; {f['big_backlog']['rss_bytes_per_pending_file']} bytes/file"),
+        ("latency beyond settle, p50", f"{f['latency']['p50_ms']} ms", "target 100 ms"),
+        ("latency beyond settle, p99", f"{f['latency']['p99_ms']} ms", "target 300 ms"),
+        ("NCIP bare loop", f"{f['ncip']['bare_loop_per_s']} entries/s", ""),
+        ("NCIP relay", f"{f['ncip']['gateway_per_s']} entries/s", f"{f['ncip']['ratio']} x bare (target 0.8)"),
+    ]
+    width = max(len(row[0]) for row in rows)
+    for label, value, note in rows:
+        print(f"{label:<{width}}  {value:>22}  {note}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,26 @@
+"""A short smoke run of the benchmark script, so it cannot rot (speed itself is not tested)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.e2e
+
+
+def test_bench_smoke_run_prints_the_table_and_the_figures():
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--smoke"], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    *table, last = result.stdout.strip().splitlines()
+    figures = json.loads(last)
+    assert figures["backlog"]["files"] == 30 and figures["big_backlog"]["first_upload_s"] > 0
+    assert figures["latency"]["files"] == 10 and figures["ncip"]["entries"] == 50
+    for key in ("bare_loop_per_s", "curl_loop_per_s", "simulator_ceiling_per_s"):
+        assert figures[key] > 0
+    assert any(line.startswith("gateway backlog of 30") for line in table)
