@@ -20,6 +20,7 @@ log = logs.get("gateway.collector")
 
 MAX_WAIT_SECONDS = 1.0  # the loop checks in (heartbeat) at least this often
 FAILED_CLAIM_RETRY_SECONDS = 60.0
+CLAIM_BATCH = 64  # files claimed with one pair of ledger commits
 
 
 class Collector(threading.Thread):
@@ -55,13 +56,18 @@ class Collector(threading.Thread):
                 else:
                     entries = self.source.look(self.source.hints() | set(self.settler.pending()))
                 wait = min(next_scan - self.clock(), MAX_WAIT_SECONDS)
+                ready = []
                 for entry in sorted(entries, key=lambda e: (e.mtime, e.name)):
+                    hint = self._consider(entry)
+                    if hint is None:
+                        ready.append(entry)
+                    elif hint > 0:
+                        wait = min(wait, hint)
+                for start in range(0, len(ready), CLAIM_BATCH):
                     if self.stop_event.is_set():
                         break
                     self.heartbeat = self.clock()
-                    hint = self._consider(entry)
-                    if hint is not None:
-                        wait = min(wait, hint)
+                    self._take(ready[start:start + CLAIM_BATCH])
                 self._wake.wait(max(wait, 0.01))
         finally:
             self.source.stop()
@@ -101,24 +107,27 @@ class Collector(threading.Thread):
             log.info("remote.cleaned_up", source=self.source.name, file=row.name, origin=row.origin, done=done)
 
     def _consider(self, entry: Entry) -> float | None:
-        """Take the file if it is ready; otherwise return seconds until it might be."""
+        """None if the file is ready to take; otherwise seconds until it might be (0: not soon)."""
         if not self.settler.observe(entry.name, entry.size, entry.mtime):
             return self.settler.wait_hint(entry.name)
         if self.source.still_writing(entry):
             return self.settler.settle_seconds or 0.5
         failed_at = self._failed.get(entry.name)
         if failed_at is not None and self.clock() - failed_at < FAILED_CLAIM_RETRY_SECONDS:
-            return None
-        self.settler.forget(entry.name)
-        try:
-            self.pipeline.take(self.source, entry)
+            return 0.0
+        return None
+
+    def _take(self, entries: list[Entry]) -> None:
+        for entry in entries:
+            self.settler.forget(entry.name)
+        taken, failures = self.pipeline.take(self.source, entries)
+        for entry in entries:
             self._failed.pop(entry.name, None)
-        except OSError as error:
+        for entry, error in failures:
             self._failed[entry.name] = self.clock()
             log.error("file.claim_failed", source=self.source.name, file=entry.name,
                       error=error.strerror or str(error),
                       hint="the gateway needs write permission on the folder to move files out of it")
-        return None
 
     def _report(self, problem: str | None) -> None:
         if problem != self.problem:

@@ -183,17 +183,37 @@ class Ledger:
                 (source, name, origin, size, mtime, seen_at if seen_at is not None else self.clock()))
             return int(cursor.lastrowid)
 
+    def begin_claims(self, source: str, entries: list) -> list[int]:
+        """begin_claim for several files in one transaction; return their row ids in order."""
+        now = self.clock()
+        with self._transaction() as db:
+            return [int(db.execute(
+                "INSERT INTO files (source, name, origin, state, size, mtime, seen_at) "
+                "VALUES (?, ?, ?, 'claiming', ?, ?, ?)",
+                (source, entry.name, entry.origin, entry.size, entry.mtime, now)).lastrowid) for entry in entries]
+
     def claimed(self, row_id: int) -> None:
         self._update(row_id, ("claiming",), state="claimed", claimed_at=self.clock())
 
-    def forget(self, row_id: int) -> None:
-        """Drop a row whose claim never happened (the file stayed in, or left, its source)."""
+    def forget(self, *row_ids: int) -> None:
+        """Drop rows whose claim never happened (the file stayed in, or left, its source)."""
         with self._transaction() as db:
-            db.execute("DELETE FROM files WHERE id = ? AND state = 'claiming'", (row_id,))
+            db.executemany("DELETE FROM files WHERE id = ? AND state = 'claiming'", [(i,) for i in row_ids])
 
     def queued(self, row_id: int, kind: str, sha256: str, size: int, details: dict[str, Any]) -> None:
-        self._update(row_id, ("claimed",), state="queued", kind=kind, sha256=sha256, size=size,
-                     details=json.dumps(details, ensure_ascii=False))
+        self.queued_many([(row_id, kind, sha256, size, details)])
+
+    def queued_many(self, rows: list[tuple[int, str, str, int, dict[str, Any]]]) -> None:
+        """Validated files, in one transaction: claiming or claimed -> queued."""
+        now = self.clock()
+        with self._transaction() as db:
+            for row_id, kind, sha256, size, details in rows:
+                changed = db.execute(
+                    "UPDATE files SET state = 'queued', kind = ?, sha256 = ?, size = ?, details = ?, "
+                    "claimed_at = COALESCE(claimed_at, ?) WHERE id = ? AND state IN ('claiming', 'claimed')",
+                    (kind, sha256, size, json.dumps(details, ensure_ascii=False), now, row_id)).rowcount
+                if changed != 1:
+                    raise LookupError(f"ledger row {row_id} is not being claimed")
 
     def take_next(self, now: float | None = None) -> FileRow | None:
         """Mark the oldest due queued file 'uploading' and return it, or None if nothing is due."""
@@ -236,7 +256,7 @@ class Ledger:
             fields["sha256"] = sha256
         if size is not None:
             fields["size"] = size
-        self._update(row_id, ("claimed", "uploading", "archiving", "refusing"), **fields)
+        self._update(row_id, ("claiming", "claimed", "uploading", "archiving", "refusing"), **fields)
 
     def finished(self, row_id: int, final_path: Path) -> None:
         """The file is in its final place (which may differ from the one chosen, after a clash)."""

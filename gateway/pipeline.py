@@ -44,26 +44,32 @@ class Pipeline:
 
     # -- intake --------------------------------------------------------------
 
-    def take(self, source: Source, entry: Entry) -> int | None:
-        """Claim a ready file from its source into work/ and validate it. Return its row id.
+    def take(self, source: Source, entries: list[Entry]) -> tuple[list[int], list[tuple[Entry, OSError]]]:
+        """Claim ready files from their source into work/, validate them, queue them.
 
-        Return None if the file vanished first. Raise OSError if it cannot be taken
-        (e.g. no permission to move it out of the folder); nothing is recorded then.
+        Two ledger commits for the whole batch: the claims are recorded, the files
+        moved, then the valid ones queued together (refused ones go to error_dir).
+        Return (row ids taken, [(entry, error)] for files that could not be moved,
+        e.g. no permission on the folder); a file that vanished is simply dropped.
         """
-        row_id = self.ledger.begin_claim(source.name, entry.name, entry.origin, entry.size, entry.mtime)
-        try:
-            source.fetch(entry, self.work_dir / work_name(row_id, entry.name))
-        except SourceGone as gone:
-            self.ledger.forget(row_id)
-            log.info("file.vanished", source=source.name, file=entry.name, detail=str(gone))
-            return None
-        except BaseException:
-            self.ledger.forget(row_id)
-            raise
-        self.ledger.claimed(row_id)
-        log.info("file.claimed", id=row_id, source=source.name, file=entry.name, size=entry.size)
-        self.admit(row_id)
-        return row_id
+        row_ids = self.ledger.begin_claims(source.name, entries)
+        taken, dropped, failures = [], [], []
+        for row_id, entry in zip(row_ids, entries):
+            try:
+                source.fetch(entry, self.work_dir / work_name(row_id, entry.name))
+            except SourceGone as gone:
+                dropped.append(row_id)
+                log.info("file.vanished", source=source.name, file=entry.name, detail=str(gone))
+            except OSError as error:
+                dropped.append(row_id)
+                failures.append((entry, error))
+            else:
+                taken.append(row_id)
+                log.info("file.claimed", id=row_id, source=source.name, file=entry.name, size=entry.size)
+        if dropped:
+            self.ledger.forget(*dropped)
+        self._admit(taken)
+        return taken, failures
 
     def adopt_copy(self, path: Path, source_name: str = "send") -> int:
         """Copy a file given on the command line into work/ and validate it (for `send`)."""
@@ -82,24 +88,30 @@ class Pipeline:
         return row_id
 
     def admit(self, row_id: int) -> None:
-        """Validate a claimed file: queue it for upload, or refuse it into error_dir."""
-        row = self.ledger.get(row_id)
-        path = self.work_path(row)
-        intake_settings = self.config.intake
-        try:
-            found = intake.inspect(path, row.name, intake_settings.max_file_bytes,
-                                   intake_settings.text_fallback_encoding)
-        except FileRefused as refusal:
-            sha256, size = intake.file_digest(path)
-            log.warning("file.refused", id=row.id, source=row.source, file=row.name, sha256=sha256,
-                        by="gateway", reason=refusal.reason)
-            self._finish(row, "refusing", reason=f"refused by the gateway: {refusal.reason}",
-                         sha256=sha256, size=size)
-            return
-        self.ledger.queued(row_id, found.kind, found.sha256, found.size, found.details)
-        log.info("file.queued", id=row.id, source=row.source, file=row.name, kind=found.kind,
-                 sha256=found.sha256, size=found.size)
-        self.on_queued()
+        """Validate one claimed file: queue it for upload, or refuse it into error_dir."""
+        self._admit([row_id])
+
+    def _admit(self, row_ids: list[int]) -> None:
+        valid = []
+        limits = self.config.intake
+        for row_id in row_ids:
+            row = self.ledger.get(row_id)
+            path = self.work_path(row)
+            try:
+                found = intake.inspect(path, row.name, limits.max_file_bytes, limits.text_fallback_encoding)
+            except FileRefused as refusal:
+                sha256, size = intake.file_digest(path)
+                log.warning("file.refused", id=row.id, source=row.source, file=row.name, sha256=sha256,
+                            by="gateway", reason=refusal.reason)
+                self._finish(row, "refusing", reason=f"refused by the gateway: {refusal.reason}",
+                             sha256=sha256, size=size)
+                continue
+            valid.append((row_id, found.kind, found.sha256, found.size, found.details))
+            log.info("file.queued", id=row.id, source=row.source, file=row.name, kind=found.kind,
+                     sha256=found.sha256, size=found.size)
+        if valid:
+            self.ledger.queued_many(valid)
+            self.on_queued()
 
     # -- upload --------------------------------------------------------------
 
