@@ -56,18 +56,20 @@ class Collector(threading.Thread):
                 else:
                     entries = self.source.look(self.source.hints() | set(self.settler.pending()))
                 wait = min(next_scan - self.clock(), MAX_WAIT_SECONDS)
-                ready = []
+                ready: list[Entry] = []
                 for entry in sorted(entries, key=lambda e: (e.mtime, e.name)):
+                    if self.stop_event.is_set():
+                        break
                     hint = self._consider(entry)
                     if hint is None:
                         ready.append(entry)
                     elif hint > 0:
                         wait = min(wait, hint)
-                for start in range(0, len(ready), CLAIM_BATCH):
-                    if self.stop_event.is_set():
-                        break
-                    self.heartbeat = self.clock()
-                    self._take(ready[start:start + CLAIM_BATCH])
+                    if len(ready) == CLAIM_BATCH:  # a full batch goes at once: a big backlog starts quickly
+                        self._take(ready)
+                        ready = []
+                if ready and not self.stop_event.is_set():
+                    self._take(ready)
                 self._wake.wait(max(wait, 0.01))
         finally:
             self.source.stop()
@@ -118,6 +120,7 @@ class Collector(threading.Thread):
         return None
 
     def _take(self, entries: list[Entry]) -> None:
+        self.heartbeat = self.clock()
         for entry in entries:
             self.settler.forget(entry.name)
         taken, failures = self.pipeline.take(self.source, entries)
