@@ -255,14 +255,8 @@ def cmd_simulate(args) -> int:
     deny = dict(item.split("=", 1) if "=" in item else (item, "Invalid Stop Code") for item in args.deny)
     simulator = CaiaSoftSimulator(key=key, port=args.port, deny=deny, delay=args.delay, receipts=args.receipts)
     simulator.queue_faults(*args.fault)
-    print(f"CaiaSoft simulator on {simulator.url}\n  API key: {key}\n"
-          f"  set caiasoft.base_url = \"{simulator.url}\" and put the key in your api_key_file.\n"
-          "  Ctrl-C stops it.", flush=True)
-    try:
-        simulator.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    return EXIT_OK
+    return _serve(simulator, f"CaiaSoft simulator on {simulator.url}\n  API key: {key}\n"
+                             f"  set caiasoft.base_url = \"{simulator.url}\" and put the key in your api_key_file.")
 
 
 def _simulate_ncip(args) -> int:
@@ -271,8 +265,11 @@ def _simulate_ncip(args) -> int:
     problems = dict(item.split("=", 1) if "=" in item else (item, "Unknown Item") for item in args.problem)
     simulator = NcipSimulator(port=args.port, problems=problems, validate=args.validate)
     checking = "every NCIP 2 message is validated against ncip_v2_02.xsd" if args.validate else "no schema check"
-    print(f"NCIP simulator on {simulator.url}\n  set ncip.url = \"{simulator.url}\"; {checking}.\n"
-          "  Ctrl-C stops it.", flush=True)
+    return _serve(simulator, f"NCIP simulator on {simulator.url}\n  set ncip.url = \"{simulator.url}\"; {checking}.")
+
+
+def _serve(simulator, banner: str) -> int:
+    print(f"{banner}\n  Ctrl-C stops it.", flush=True)
     try:
         simulator.serve_forever()
     except KeyboardInterrupt:

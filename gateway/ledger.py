@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from gateway.archive import safe_name
 
@@ -319,11 +319,6 @@ class Ledger:
             rows = self._db.execute("SELECT * FROM files WHERE state = ? ORDER BY finished_at DESC, id DESC "
                                     "LIMIT ?", (state, limit)).fetchall()
         return [FileRow(**dict(row)) for row in rows]
-
-    def all_rows(self) -> Iterator[FileRow]:
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM files ORDER BY id").fetchall()
-        return (FileRow(**dict(row)) for row in rows)
 
     def known_work_names(self) -> set[str]:
         marks = ", ".join("?" for _ in OPEN_STATES)

@@ -41,13 +41,16 @@ def build(settings: Ncip, entry: JournalEntry) -> bytes:
     return _v2(settings, entry) if settings.version == "2" else _v1(settings, entry)
 
 
-def _v2(settings: Ncip, entry: JournalEntry) -> bytes:
-    def sub(parent: ET.Element, name: str, text: str | None = None) -> ET.Element:
-        child = ET.SubElement(parent, f"{{{NS}}}{name}")
-        if text is not None:
-            child.text = text
-        return child
+def element(parent: ET.Element, name: str, text: str | None = None) -> ET.Element:
+    """Add an NCIP 2 element (in the NCIP namespace) under parent, with text if given."""
+    child = ET.SubElement(parent, f"{{{NS}}}{name}")
+    if text is not None:
+        child.text = text
+    return child
 
+
+def _v2(settings: Ncip, entry: JournalEntry) -> bytes:
+    sub = element
     root = ET.Element(f"{{{NS}}}NCIPMessage", {f"{{{NS}}}version": SCHEMA_URL})
     service = sub(root, "CheckOutItem" if entry.action == "checkout" else "CheckInItem")
     header = sub(service, "InitiationHeader")

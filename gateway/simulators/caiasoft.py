@@ -11,20 +11,20 @@ Faults are scripted per request: queue_faults("503", "429:2", "drop", "slow:5", 
 
 from __future__ import annotations
 
-import collections
 import json
 import re
 import socket
-import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 from xml.etree.ElementTree import ParseError
 
 import defusedxml.ElementTree as SafeET
+
+from gateway.simulators import LoopbackServer
 
 DEFAULT_KEY = "sim-key-0000"
 BARCODE = re.compile(r"^[A-Za-z0-9-]{4,32}$")
@@ -44,44 +44,25 @@ class Received:
     at: float = field(default_factory=time.time)
 
 
-class CaiaSoftSimulator:
+class CaiaSoftSimulator(LoopbackServer):
+    """Faults for queue_faults(): '500'/'503' (status), '429:S' (Retry-After S), 'drop', 'slow:S', 'hang'."""
+
+    kind = "caiasoft-simulator"
+
     def __init__(self, key: str = DEFAULT_KEY, host: str = "127.0.0.1", port: int = 0,
                  upload_field: str = "file", deny: dict[str, str] | None = None, delay: float = 0.0,
                  receipts: Path | None = None):
+        super().__init__(host, port, _handler_for(self))
         self.key = key
-        self.receipts = open(receipts, "a", encoding="utf-8", buffering=1) if receipts else None
         self.upload_field = upload_field
         self.deny = dict(deny or {})
         self.delay = delay
-        self.received: list[Received] = []
         self.status_lists: dict[tuple[str, str, str], list[str]] = {}  # (retrieved|refiled, YYYYMMDD, collection)
-        self._faults: collections.deque[str] = collections.deque()
-        self._changed = threading.Condition()
-        self._stopping = threading.Event()
-        self._server = ThreadingHTTPServer((host, port), _handler_for(self))
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
+        self.receipts = open(receipts, "a", encoding="utf-8", buffering=1) if receipts else None
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> "CaiaSoftSimulator":
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
-                                        name="caiasoft-simulator", daemon=True)
-        self._thread.start()
-        return self
-
-    def serve_forever(self) -> None:
-        self._server.serve_forever()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
-        if self.receipts:
-            self.receipts.close()
+        return self.address
 
     def __enter__(self) -> "CaiaSoftSimulator":
         return self.start()
@@ -89,28 +70,14 @@ class CaiaSoftSimulator:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def queue_faults(self, *faults: str) -> None:
-        """Script the next requests: '500'/'503' (status), '429:S' (Retry-After S), 'drop', 'slow:S', 'hang'."""
-        with self._changed:
-            self._faults.extend(faults)
+    def stop(self) -> None:
+        super().stop()
+        if self.receipts:
+            self.receipts.close()
 
-    def next_fault(self) -> str | None:
-        with self._changed:
-            return self._faults.popleft() if self._faults else None
-
-    def record(self, item: Received) -> None:
-        with self._changed:
-            self.received.append(item)
-            if self.receipts:  # one JSON line per upload, for dry runs and benchmarks
-                self.receipts.write(json.dumps({"at": item.at, "name": item.name, "bytes": len(item.data)}) + "\n")
-            self._changed.notify_all()
-
-    def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
-        """Block until at least count uploads were received; return them. Raise TimeoutError if not."""
-        with self._changed:
-            if not self._changed.wait_for(lambda: len(self.received) >= count, timeout):
-                raise TimeoutError(f"simulator received {len(self.received)} uploads, expected {count}")
-            return list(self.received)
+    def _recorded(self, item: Received) -> None:
+        if self.receipts:  # one JSON line per upload, for dry runs and benchmarks
+            self.receipts.write(json.dumps({"at": item.at, "name": item.name, "bytes": len(item.data)}) + "\n")
 
     # -- what CaiaSoft would answer ------------------------------------------
 

@@ -9,18 +9,18 @@ response with the item, or a Problem. Problems per item: problems={"BARCODE":
 
 from __future__ import annotations
 
-import collections
 import socket
 import threading
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import defusedxml.ElementTree as SafeET
 
-from gateway.ncip.messages import NS, SCHEMA_URL
+from gateway.ncip.messages import NS, SCHEMA_URL, element
+from gateway.simulators import LoopbackServer
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "ncip" / "ncip_v2_02.xsd"
 _schema = None
@@ -70,52 +70,22 @@ def _find(root: ET.Element, *path: str) -> str | None:
     return values[-1] if values else texts[0][1] if texts else None
 
 
-class NcipSimulator:
+class NcipSimulator(LoopbackServer):
+    """Faults for queue_faults(): '503' (any HTTP status), 'temporary' (a Temporary Processing Failure
+    Problem), 'garbage' (not NCIP), 'drop' (connection closed without an answer)."""
+
+    kind = "ncip-simulator"
+
     def __init__(self, host: str = "127.0.0.1", port: int = 0, problems: dict[str, str] | None = None,
                  validate: bool = True, delay: float = 0.0):
+        super().__init__(host, port, _handler_for(self))
         self.problems = dict(problems or {})
         self.validate = validate
         self.delay = delay
-        self.received: list[Received] = []
-        self._faults: collections.deque[str] = collections.deque()
-        self._changed = threading.Condition()
-        self._server = ThreadingHTTPServer((host, port), _handler_for(self))
-        self._server.daemon_threads = True
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/"
-
-    def start(self) -> "NcipSimulator":
-        threading.Thread(target=self._server.serve_forever, args=(0.05,), name="ncip-simulator", daemon=True).start()
-        return self
-
-    def serve_forever(self) -> None:
-        self._server.serve_forever()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def queue_faults(self, *faults: str) -> None:
-        with self._changed:
-            self._faults.extend(faults)
-
-    def next_fault(self) -> str | None:
-        with self._changed:
-            return self._faults.popleft() if self._faults else None
-
-    def record(self, item: Received) -> None:
-        with self._changed:
-            self.received.append(item)
-            self._changed.notify_all()
-
-    def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
-        with self._changed:
-            if not self._changed.wait_for(lambda: len(self.received) >= count, timeout):
-                raise TimeoutError(f"NCIP simulator received {len(self.received)} messages, expected {count}")
-            return list(self.received)
+        return self.address + "/"
 
     def parse(self, body: bytes) -> Received:
         root = SafeET.fromstring(body, forbid_dtd=False)
@@ -130,12 +100,7 @@ class NcipSimulator:
 
     def answer(self, message: Received, problem: str | None) -> bytes:
         """A v2 response: the item (and user, due date) or a Problem."""
-        def sub(parent, name, text=None):
-            child = ET.SubElement(parent, f"{{{NS}}}{name}")
-            if text is not None:
-                child.text = text
-            return child
-
+        sub = element
         root = ET.Element(f"{{{NS}}}NCIPMessage", {f"{{{NS}}}version": SCHEMA_URL})
         response = sub(root, "CheckOutItemResponse" if message.action == "checkout" else "CheckInItemResponse")
         if problem:
