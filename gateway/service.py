@@ -93,8 +93,10 @@ class Gate:
         return max(self._not_before - self.clock(), 0.0)
 
     def failed(self, retry_after: float | None) -> None:
+        """A transient failure. Workers that fail together while the gate is open count once."""
         with self._lock:
-            self.failures += 1
+            if self.wait_seconds() == 0 or not self.failures:
+                self.failures += 1
             self._not_before = max(self._not_before, self.clock() + self.backoff.delay(self.failures, retry_after))
 
     def pause(self, reason: str) -> None:

@@ -210,3 +210,37 @@ def test_refusal_goes_to_error_with_caiasofts_words(site, tmp_path):
     assert info["outcome"] == "refused" and info["http_status"] == 200
     assert "File format not registered" in info["reason"]
     assert info["caiasoft_answer"]["success"] is False
+
+
+# -- the gate the upload workers share ------------------------------------------------
+
+def test_the_gate_backs_off_once_per_outage_and_reopens_on_success(site):
+    from gateway.service import Gate
+
+    clock = FixedClock(100.0)
+    gate = Gate(site.load().caiasoft, clock=clock)
+    gate.backoff.random = lambda: 1.0  # no jitter: delays are 0.05, 0.1, 0.2 ... (capped at 0.5)
+    assert gate.wait_seconds() == 0
+    for _ in range(4):  # four workers fail at the same moment: one failure of the endpoint
+        gate.failed(None)
+    assert gate.failures == 1 and gate.wait_seconds() == pytest.approx(0.05)
+    clock.now += 0.05
+    gate.failed(None)  # the next attempt after the wait fails too
+    assert gate.failures == 2 and gate.wait_seconds() == pytest.approx(0.1)
+    gate.failed(30.0)  # Retry-After wins over the backoff
+    assert gate.wait_seconds() == pytest.approx(30.0)
+    clock.now += 30.0
+    gate.succeeded()
+    assert gate.failures == 0 and gate.wait_seconds() == 0
+
+
+def test_the_gate_pauses_everyone_on_a_refused_key(site):
+    from gateway.service import Gate
+
+    clock = FixedClock(100.0)
+    gate = Gate(site.load().caiasoft, clock=clock)
+    gate.pause("CaiaSoft refused the API key (HTTP 401)")
+    assert gate.paused_reason and gate.wait_seconds() == pytest.approx(0.5)  # auth_pause_seconds
+    clock.now += 0.5
+    gate.succeeded()
+    assert gate.paused_reason is None
