@@ -35,3 +35,22 @@ def test_unit_keeps_its_promises():
                  "SystemCallFilter=@system-service", "CapabilityBoundingSet=\n", "StateDirectory=caiasoft-gateway",
                  "LogsDirectory=caiasoft-gateway", "ConfigurationDirectory=caiasoft-gateway", "WatchdogSec="):
         assert line in text, line
+
+
+def test_sysusers_then_tmpfiles_make_the_user_and_folders_in_a_scratch_root(tmp_path):
+    """The README's install step 2, into a scratch root instead of the real system."""
+    (tmp_path / "etc").mkdir()
+    for name in ("passwd", "group"):
+        (tmp_path / "etc" / name).write_text(Path(f"/etc/{name}").read_text())
+    for command in (["systemd-sysusers", f"--root={tmp_path}", str(REPO / "systemd" / "caiasoft-gateway.sysusers")],
+                    ["systemd-tmpfiles", f"--root={tmp_path}", "--create",
+                     str(REPO / "systemd" / "caiasoft-gateway.tmpfiles")]):
+        result = subprocess.run(command, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+    [user] = [line for line in (tmp_path / "etc" / "passwd").read_text().splitlines()
+              if line.startswith("caiasoft-gateway:")]
+    assert user.endswith(":/var/lib/caiasoft-gateway:/usr/sbin/nologin")
+    uid = int(user.split(":")[2])
+    for folder in ("archive", "error"):
+        info = (tmp_path / "var/lib/caiasoft-gateway" / folder).stat()
+        assert (info.st_mode & 0o7777, info.st_uid) == (0o2750, uid)
