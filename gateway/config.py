@@ -1,7 +1,7 @@
 """Read gateway.toml once, validate all of it, and return frozen dataclasses.
 
-Every key the gateway knows is declared in SCHEMA below, with its type, default
-and meaning. Nothing else in the program reads raw TOML: parts receive the
+Every key the gateway knows is declared in gateway.schema, with its type,
+default and meaning. Nothing else in the program reads raw TOML: parts receive the
 dataclasses built here. All problems are collected and reported together, each
 with its key path and the file name, so an admin fixes them in one go.
 """
@@ -17,132 +17,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.errors import ConfigError, Problem
+from gateway.schema import REQUIRED, SCHEMA, Key
 
 DEFAULT_CONFIG = Path("/etc/caiasoft-gateway/gateway.toml")
 CONFIG_ENV = "CAIASOFT_GATEWAY_CONFIG"
 CREDENTIAL_NAME = "caiasoft-api-key"  # systemd LoadCredential= name
-
-REQUIRED = object()
-
-
-@dataclass(frozen=True)
-class Key:
-    """One config key: its TOML type, default (or REQUIRED) and what it means."""
-
-    name: str
-    kind: str  # str | int | number | bool | path | strings | table
-    default: Any
-    doc: str
-    choices: tuple[str, ...] = ()
-    minimum: float | None = None
-
-
-SCHEMA: dict[str, tuple[Key, ...]] = {
-    "paths": (
-        Key("state_dir", "path", Path("/var/lib/caiasoft-gateway"),
-            "Ledger (gateway.db), lock file and work/ folder of files in flight."),
-        Key("archive_dir", "path", Path("/var/lib/caiasoft-gateway/archive"),
-            "Files CaiaSoft accepted, as archive_dir/YYYY/MM/DD/NAME with NAME.json beside."),
-        Key("error_dir", "path", Path("/var/lib/caiasoft-gateway/error"),
-            "Files refused by CaiaSoft or by the gateway, with the reason in NAME.json."),
-        Key("log_dir", "path", Path("/var/log/caiasoft-gateway"),
-            "gateway.log, one JSON object a line."),
-    ),
-    "caiasoft": (
-        Key("base_url", "str", REQUIRED, "Your CaiaSoft site, e.g. https://SITE.caiasoft.com."),
-        Key("api_key_file", "path", None,
-            "File holding the API key (mode 0600 or 0640). One of api_key_file, api_key_env "
-            "or a systemd credential named caiasoft-api-key."),
-        Key("api_key_env", "str", None, "Name of an environment variable holding the API key."),
-        Key("requestfile_path", "str", "/api/requestfile/v1", "Path of the request-file endpoint."),
-        Key("upload_field", "str", "file", "Multipart form field that carries the file."),
-        Key("extra_fields", "table", {}, "Extra form fields sent with every upload (strings)."),
-        Key("timeout_seconds", "number", 30.0, "Timeout for connecting and for each answer.",
-            minimum=1),
-        Key("verify_tls", "bool", True, "Verify CaiaSoft's TLS certificate. Leave on."),
-        Key("ca_file", "path", None, "CA bundle to verify CaiaSoft with, if not the system's."),
-        Key("backoff_initial_seconds", "number", 2.0,
-            "First wait after a transient failure; doubles each time.", minimum=0.01),
-        Key("backoff_max_seconds", "number", 300.0, "Longest wait between retries.", minimum=0.01),
-        Key("auth_pause_seconds", "number", 300.0,
-            "After a 401/403, uploads pause this long before trying again.", minimum=0.01),
-        Key("upload_workers", "int", 4,
-            "Uploads on the wire at once; each starts in the order files arrived.", minimum=1),
-    ),
-    "intake": (
-        Key("max_file_bytes", "int", 50 * 1024 * 1024, "Larger files are refused.", minimum=1),
-        Key("text_fallback_encoding", "str", "",
-            "Encoding tried when a text file is not UTF-8 (e.g. cp1252); empty = UTF-8 only."),
-    ),
-    "archive": (
-        Key("retention_days", "int", 0,
-            "Archive days older than this are deleted; 0 keeps everything.", minimum=0),
-    ),
-    "sources": (
-        Key("name", "str", REQUIRED, "Short unique name, shown in logs, sidecars and status."),
-        Key("path", "path", None, "The folder ALEPH writes request files into (a local or mounted folder)."),
-        Key("url", "str", None,
-            "Instead of path: an SFTP folder, sftp://user@host:port/remote/folder."),
-        Key("include", "strings", ["*"], "Glob patterns of file names to take."),
-        Key("settle_seconds", "number", 2.0,
-            "A file is ready once its size and mtime have not changed for this long.", minimum=0),
-        Key("watch", "str", "auto",
-            "auto: inotify on local disks, polling on network mounts; or force one.",
-            choices=("auto", "inotify", "polling")),
-        Key("rescan_seconds", "number", 30.0,
-            "With inotify: a full rescan this often anyway (events can be lost).", minimum=0.1),
-        Key("poll_seconds", "number", 2.0,
-            "With polling (network mounts) and SFTP: how often the folder is listed.", minimum=0.1),
-        Key("known_hosts_file", "path", None,
-            "SFTP: known_hosts file holding the server's host key. Required: keys are never auto-accepted."),
-        Key("private_key_file", "path", None, "SFTP: the private key to log in with."),
-        Key("private_key_passphrase_file", "path", None, "SFTP: file holding the private key's passphrase."),
-        Key("private_key_passphrase_env", "str", None,
-            "SFTP: environment variable holding the private key's passphrase."),
-        Key("password_file", "path", None,
-            "SFTP: file holding a password; password login is used only if this is set."),
-        Key("remote_after", "str", "delete",
-            "SFTP: after CaiaSoft accepted or refused a file, delete it remotely, or move it: "
-            "\"move:/remote/done/folder\"."),
-        Key("timeout_seconds", "number", 30.0, "SFTP: timeout of connect, login and every SFTP call.",
-            minimum=1),
-    ),
-    "ncip": (
-        Key("url", "str", REQUIRED, "ALEPH's NCIP server, e.g. http://aleph.example.edu:5991/."),
-        Key("version", "str", "2", "NCIP version the server speaks: 2 (NCIP 2.02) or 1 (older ALEPH set-ups).",
-            choices=("1", "2")),
-        Key("from_agency", "str", REQUIRED, "FROM Unique Agency ID (CAIAAGENCY): the CaiaSoft agency."),
-        Key("to_agency", "str", REQUIRED, "TO Unique Agency ID (CLIENTAGENCY): the ALEPH agency."),
-        Key("application_profile", "str", "",
-            "Application Profile Type (CAIAPROFILE), sent on check-in only; empty = not sent."),
-        Key("user_id", "str", REQUIRED, "User ID (CAIAUSER) for check-outs whose stop has no own user."),
-        Key("stop_users", "table", {}, "User ID per circulation stop, as [ncip.stop_users] STOP = \"USER\"."),
-        Key("journal", "path", Path("/var/lib/caiasoft-gateway/ncip.jsonl"),
-            "The journal of checkout/checkin entries to relay (JSON Lines)."),
-        Key("timeout_seconds", "number", 30.0, "Timeout for connecting to and hearing from the NCIP server.",
-            minimum=1),
-        Key("backoff_initial_seconds", "number", 2.0, "First wait after a failed attempt; doubles each time.",
-            minimum=0.01),
-        Key("backoff_max_seconds", "number", 300.0, "Longest wait between attempts.", minimum=0.01),
-        Key("done_problems_checkin", "strings", ["Item Not Checked Out"],
-            "Problem types that mean a check-in was already done (matched ignoring case, as parts)."),
-        Key("done_problems_checkout", "strings", ["Already Checked Out", "Duplicate"],
-            "Problem types that mean a check-out was already done (matched ignoring case, as parts)."),
-        Key("temporary_problems", "strings", ["Temporary Processing Failure"],
-            "Problem types that are retried instead of dead-lettered."),
-        Key("agency_scheme", "str", "http://www.niso.org/ncip/v1_0/schemes/agencyidtype/agencyidtype.scm",
-            "NCIP 1 only: the Scheme of UniqueAgencyId."),
-        Key("max_line_bytes", "int", 65536, "Longer journal lines go to the dead letters.", minimum=256),
-        Key("feed", "section", None, "Optional [ncip.feed]: journal CaiaSoft's retrieved/refiled lists."),
-    ),
-    "ncip.feed": (
-        Key("collection", "str", REQUIRED, "The CaiaSoft collection whose retrieved/refiled lists are read."),
-        Key("interval_seconds", "number", 300.0, "How often the lists are read.", minimum=10),
-        Key("lookback_days", "int", 1, "Days before today that each read covers too (late refiles).",
-            minimum=0),
-    ),
-}
-
 
 @dataclass(frozen=True)
 class Secret:
