@@ -127,6 +127,9 @@ class Collector(threading.Thread):
         for entry in entries:
             self._failed.pop(entry.name, None)
         for entry, error in failures:
+            if isinstance(error, SourceUnavailable):  # the source went away: taken again once it is back
+                self._report(f"cannot take files from {self.source.location}: {error}")
+                continue
             self._failed[entry.name] = self.clock()
             log.error("file.claim_failed", source=self.source.name, file=entry.name,
                       error=error.strerror or str(error),
