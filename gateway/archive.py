@@ -18,7 +18,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
-from gateway.files import fsync_dir, move_no_clobber
+from gateway.files import fsync_dir, move_no_clobber, partial_path
 from gateway.logs import redact
 
 SIDECAR_SUFFIX = ".json"
@@ -102,7 +102,7 @@ class Folder:
 
     def write_sidecar(self, target: Path, content: dict[str, Any]) -> Path:
         sidecar = target.with_name(target.name + SIDECAR_SUFFIX)
-        partial = sidecar.with_name("." + sidecar.name + ".partial")
+        partial = partial_path(sidecar)
         text = redact(json.dumps(content, ensure_ascii=False, indent=2)) + "\n"
         with open(partial, "w", encoding="utf-8") as handle:
             handle.write(text)

@@ -8,6 +8,12 @@ import shutil
 from pathlib import Path
 
 _NO_HARD_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK)
+PARTIAL_GLOB = ".*.partial-*"  # what a crash can leave behind: hidden, and never taken for a finished file
+
+
+def partial_path(target: Path) -> Path:
+    """Where a file is written before it is committed at target (same folder, hidden)."""
+    return target.with_name(f".{target.name}.partial-{os.getpid()}")
 
 
 def move_no_clobber(source: Path, target: Path) -> None:
@@ -17,7 +23,7 @@ def move_no_clobber(source: Path, target: Path) -> None:
     except OSError as error:
         if error.errno != errno.EXDEV:
             raise
-        _copy_across(source, target)
+        copy_no_clobber(source, target)
         linked = True
     if linked:
         os.unlink(source)
@@ -39,8 +45,9 @@ def _link_or_rename(source: Path, target: Path) -> bool:
     return False
 
 
-def _copy_across(source: Path, target: Path) -> None:
-    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+def copy_no_clobber(source: Path, target: Path) -> None:
+    """Copy source to target through a synced partial file; raise FileExistsError if target exists."""
+    partial = partial_path(target)
     try:
         with open(source, "rb", opener=_no_follow) as reader, open(partial, "wb") as writer:
             shutil.copyfileobj(reader, writer, 1024 * 1024)

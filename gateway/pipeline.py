@@ -19,6 +19,7 @@ from gateway.archive import Folder
 from gateway.caiasoft import Backoff, CaiaSoftClient, Outcome, is_denied
 from gateway.config import Config
 from gateway.errors import FileRefused, SourceGone
+from gateway.files import PARTIAL_GLOB, copy_no_clobber
 from gateway.ledger import Ledger, FileRow, work_name
 from gateway.sources.base import Entry, Source
 
@@ -75,14 +76,7 @@ class Pipeline:
         """Copy a file given on the command line into work/ and validate it (for `send`)."""
         info = os.stat(path)
         row_id = self.ledger.begin_claim(source_name, path.name, str(path.resolve()), info.st_size, info.st_mtime)
-        destination = self.work_dir / work_name(row_id, path.name)
-        partial = destination.with_name(destination.name + ".partial")
-        with open(path, "rb") as reader, open(partial, "wb") as writer:
-            while chunk := reader.read(1024 * 1024):
-                writer.write(chunk)
-            writer.flush()
-            os.fsync(writer.fileno())
-        os.rename(partial, destination)
+        copy_no_clobber(path, self.work_dir / work_name(row_id, path.name))
         self.ledger.claimed(row_id)
         self.admit(row_id)
         return row_id
@@ -183,7 +177,7 @@ class Pipeline:
     def recover(self) -> dict[str, int]:
         """Finish or resume everything a crash interrupted; return what was done, by kind."""
         done = {"claims_completed": 0, "claims_dropped": 0, "requeued": 0, "finished": 0, "adopted": 0}
-        for leftover in self.work_dir.glob("*.partial"):
+        for leftover in self.work_dir.glob(PARTIAL_GLOB):  # half-written copies: the claim is redone
             leftover.unlink()
         local_sources = {source.name for source in self.config.sources if not source.is_sftp}
         for row in self.ledger.in_state("claiming"):
@@ -203,7 +197,8 @@ class Pipeline:
             done["finished"] += 1
         known = self.ledger.known_work_names()
         for path in sorted(self.work_dir.iterdir()):
-            if path.name not in known and path.is_file() and not path.is_symlink():
+            if path.name not in known and not path.name.startswith(".") and path.is_file() \
+                    and not path.is_symlink():
                 name = path.name.split(".", 1)[1] if "." in path.name else path.name
                 row_id = self.ledger.adopt(name, path.stat().st_size, str(path))
                 path.rename(self.work_dir / work_name(row_id, name))

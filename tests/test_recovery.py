@@ -97,7 +97,8 @@ def test_crash_after_the_archive_move_but_before_the_sidecar(pipeline, site):
 
 def test_a_file_in_work_without_a_row_is_adopted(pipeline, site):
     (pipeline.work_dir / "00000042.slip.xml").write_bytes((SAMPLES / "hold-request-slip-0001.xml").read_bytes())
-    (pipeline.work_dir / "00000043.other.partial").write_bytes(b"half a copy")
+    # what a crash in the middle of a copy-claim (or an SFTP download) leaves behind:
+    (pipeline.work_dir / ".00000043.other_barcode.partial-4242").write_bytes(b"3123400")
     assert pipeline.recover()["adopted"] == 1
     [row] = pipeline.ledger.in_state("queued")
     assert (row.name, row.source) == ("slip.xml", "recovered")

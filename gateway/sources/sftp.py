@@ -27,6 +27,7 @@ from gateway import intake, logs
 from gateway.caiasoft import Backoff
 from gateway.config import Source as SourceSettings
 from gateway.errors import SourceGone, SourceUnavailable
+from gateway.files import partial_path
 from gateway.sources.base import Entry
 
 KEEPALIVE_SECONDS = 30
@@ -203,7 +204,7 @@ class SftpSource:
 
     def fetch(self, entry: Entry, destination: Path) -> None:
         """Download to a .partial file, check the size and that the remote file did not change, commit."""
-        partial = destination.with_name(destination.name + ".partial")
+        partial = partial_path(destination)
 
         def download(sftp: paramiko.SFTPClient):
             with sftp.open(entry.origin, "rb") as remote, open(partial, "wb") as local:
