@@ -160,37 +160,34 @@ class Ledger:
             row = self._db.execute(sql, args).fetchone()
         return FileRow(**dict(row)) if row else None
 
-    def _update(self, row_id: int, expected: tuple[str, ...] | None, **fields: Any) -> None:
-        sets = ", ".join(f"{name} = ?" for name in fields)
-        sql = f"UPDATE files SET {sets} WHERE id = ?"
-        args: tuple = (*fields.values(), row_id)
-        if expected:
-            sql += f" AND state IN ({', '.join('?' for _ in expected)})"
-            args += expected
+    def _update(self, row_id: int, expected: tuple[str, ...], sql_fields: str = "", **fields: Any) -> FileRow:
+        """Set fields (and SQL expressions in sql_fields) on a row in one of the expected states; return it."""
+        sets = ", ".join([*(f"{name} = ?" for name in fields), *([sql_fields] if sql_fields else [])])
+        sql = (f"UPDATE files SET {sets} WHERE id = ? AND state IN ({', '.join('?' for _ in expected)}) "
+               "RETURNING *")
         with self._transaction() as db:
-            if db.execute(sql, args).rowcount != 1:
-                raise LookupError(f"ledger row {row_id} is not in state {expected}")
+            row = db.execute(sql, (*fields.values(), row_id, *expected)).fetchone()
+        if row is None:
+            raise LookupError(f"ledger row {row_id} is not in state {expected}")
+        return FileRow(**dict(row))
 
     # -- the life of a file -------------------------------------------------
 
-    def begin_claim(self, source: str, name: str, origin: str, size: int, mtime: float,
-                    seen_at: float | None = None) -> int:
+    def begin_claim(self, source: str, name: str, origin: str, size: int, mtime: float) -> int:
         """Record that a file is about to be moved into work/; return its row id."""
-        with self._transaction() as db:
-            cursor = db.execute(
-                "INSERT INTO files (source, name, origin, state, size, mtime, seen_at) "
-                "VALUES (?, ?, ?, 'claiming', ?, ?, ?)",
-                (source, name, origin, size, mtime, seen_at if seen_at is not None else self.clock()))
-            return int(cursor.lastrowid)
+        return self._insert_claims(source, [(name, origin, size, mtime)])[0]
 
     def begin_claims(self, source: str, entries: list) -> list[int]:
-        """begin_claim for several files in one transaction; return their row ids in order."""
+        """begin_claim for several files (with name, origin, size, mtime) in one transaction; ids in order."""
+        return self._insert_claims(source, [(e.name, e.origin, e.size, e.mtime) for e in entries])
+
+    def _insert_claims(self, source: str, files: list[tuple[str, str, int, float]]) -> list[int]:
         now = self.clock()
         with self._transaction() as db:
-            return [int(db.execute(
-                "INSERT INTO files (source, name, origin, state, size, mtime, seen_at) "
-                "VALUES (?, ?, ?, 'claiming', ?, ?, ?)",
-                (source, entry.name, entry.origin, entry.size, entry.mtime, now)).lastrowid) for entry in entries]
+            return [int(db.execute("INSERT INTO files (source, name, origin, state, size, mtime, seen_at) "
+                                   "VALUES (?, ?, ?, 'claiming', ?, ?, ?)",
+                                   (source, name, origin, size, mtime, now)).lastrowid)
+                    for name, origin, size, mtime in files]
 
     def claimed(self, row_id: int) -> None:
         self._update(row_id, ("claiming",), state="claimed", claimed_at=self.clock())
@@ -235,17 +232,13 @@ class Ledger:
     def requeue(self, row_id: int, reason: str, next_attempt_at: float, http_status: int | None = None,
                 undo_attempt: bool = False) -> None:
         """A transient failure (or a pause): back to the queue, due again at next_attempt_at."""
-        fields: dict[str, Any] = dict(state="queued", reason=reason, next_attempt_at=next_attempt_at,
-                                      http_status=http_status)
-        if undo_attempt:
-            with self._transaction() as db:
-                db.execute("UPDATE files SET attempts = MAX(attempts - 1, 0) WHERE id = ?", (row_id,))
-        self._update(row_id, ("uploading",), **fields)
+        self._update(row_id, ("uploading",), "attempts = MAX(attempts - 1, 0)" if undo_attempt else "",
+                     state="queued", reason=reason, next_attempt_at=next_attempt_at, http_status=http_status)
 
     def finishing(self, row_id: int, state: str, final_path: Path, *, reason: str | None = None,
                   http_status: int | None = None, answer: Any = None, uploaded: bool = False,
-                  sha256: str | None = None, size: int | None = None) -> None:
-        """Record the outcome and where the file goes, before it moves there."""
+                  sha256: str | None = None, size: int | None = None) -> FileRow:
+        """Record the outcome and where the file goes, before it moves there; return the row."""
         assert state in ("archiving", "refusing")
         fields: dict[str, Any] = dict(state=state, final_path=str(final_path), reason=reason,
                                       http_status=http_status,
@@ -256,12 +249,13 @@ class Ledger:
             fields["sha256"] = sha256
         if size is not None:
             fields["size"] = size
-        self._update(row_id, ("claiming", "claimed", "uploading", "archiving", "refusing"), **fields)
+        return self._update(row_id, ("claiming", "claimed", "uploading", "archiving", "refusing"), **fields)
 
     def finished(self, row_id: int, final_path: Path) -> None:
         """The file is in its final place (which may differ from the one chosen, after a clash)."""
-        self._update(row_id, ("archiving", "refusing"), final_path=str(final_path), finished_at=self.clock(),
-                     state="archived" if self.get(row_id).state == "archiving" else "refused")
+        self._update(row_id, ("archiving", "refusing"),
+                     "state = CASE state WHEN 'archiving' THEN 'archived' ELSE 'refused' END",
+                     final_path=str(final_path), finished_at=self.clock())
 
     def reopen(self, row_id: int, name: str) -> None:
         """`retry`: a refused file goes back to 'claimed' (validated again, then uploaded)."""

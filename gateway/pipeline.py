@@ -140,9 +140,8 @@ class Pipeline:
                 size: int | None = None) -> None:
         folder = self.archive if state == "archiving" else self.errors
         target = folder.choose(row.name, dt.datetime.fromtimestamp(self.clock()))
-        self.ledger.finishing(row.id, state, target, reason=reason, http_status=http_status, answer=answer,
-                              uploaded=uploaded, sha256=sha256, size=size)
-        self._complete(self.ledger.get(row.id))
+        self._complete(self.ledger.finishing(row.id, state, target, reason=reason, http_status=http_status,
+                                             answer=answer, uploaded=uploaded, sha256=sha256, size=size))
 
     def _complete(self, row: FileRow) -> Path:
         """Write the sidecar, move the work file beside it, close the row.

@@ -285,3 +285,16 @@ def test_lag_counts_bytes_and_entries(tmp_path):
     tailer.commit(tailer.next())
     size = path.stat().st_size
     assert tailer.lag() == (size - tailer.next().start, 2)
+
+
+def test_dead_letters_are_counted_once_then_kept_up_to_date(tmp_path):
+    from gateway.ncip.relay import DeadLetters
+
+    folder = tmp_path / "ncip"
+    folder.mkdir()
+    (folder / "2026-11-27.jsonl").write_text('{"reason": "a"}\n{"reason": "b"}\n')
+    letters = DeadLetters(folder)
+    assert letters.count() == 2
+    path = letters.add({"reason": "c"})
+    assert letters.count() == 3 and path.read_text().count("\n") == 1
+    assert DeadLetters(folder).count() == 3

@@ -91,6 +91,8 @@ class DeadLetters:
 
     def __init__(self, folder: Path):
         self.folder = folder
+        self._count = sum(path.read_bytes().count(b"\n") for path in folder.glob("*.jsonl")) \
+            if folder.is_dir() else 0  # counted once; status asks every few seconds
 
     def add(self, record: dict[str, Any]) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -102,12 +104,11 @@ class DeadLetters:
             os.fsync(fd)
         finally:
             os.close(fd)
+        self._count += 1
         return path
 
     def count(self) -> int:
-        if not self.folder.is_dir():
-            return 0
-        return sum(path.read_bytes().count(b"\n") for path in self.folder.glob("*.jsonl"))
+        return self._count
 
 
 class Relay(threading.Thread):
