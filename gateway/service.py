@@ -230,6 +230,13 @@ class Parts:
         return found
 
 
+def _log_worker_crash(args: threading.ExceptHookArgs) -> None:
+    """A worker thread died on an unexpected error: say what and where, in the gateway's log."""
+    log.error("service.worker_crashed", worker=args.thread.name if args.thread else "?",
+              error=f"{args.exc_type.__name__}: {args.exc_value}",
+              exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+
 class Service:
     def __init__(self, config: Config, environ: dict[str, str] | None = None):
         self.config = config
@@ -258,6 +265,7 @@ class Service:
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_reload)
+        threading.excepthook = _log_worker_crash
         ledger = Ledger(self.config.paths.database)
         exit_code = 0
         try:

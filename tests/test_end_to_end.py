@@ -180,3 +180,18 @@ def test_send_while_the_service_runs_reports_the_real_outcome(site, simulator, d
     assert result.stdout.count("accepted by CaiaSoft") == 5
     assert len(simulator.received) == 5
     assert daemon.stop() == 0
+
+
+def test_a_crashing_worker_is_logged_and_the_service_exits_1_for_a_restart(site, simulator, daemon_factory):
+    """The archive folder cannot be made (a file is in the way): the uploader dies, says why, nothing is lost."""
+    site.archive.write_text("not a folder")
+    (site.source / "a_barcode").write_bytes(barcode_list(1))
+    daemon = daemon_factory(site.config_file)
+    assert daemon.process.wait(30) == 1
+    log = (site.log_dir / "gateway.log").read_text()
+    assert '"event": "service.worker_crashed"' in log and "NotADirectoryError" in log
+    assert '"event": "service.worker_died"' in log
+    site.archive.unlink()  # the admin fixes it; the restart finishes the file
+    daemon = daemon_factory(site.config_file)
+    wait_for(lambda: len(site.archived()) == 1, message="the file archived after the restart")
+    assert daemon.stop() == 0
