@@ -32,6 +32,9 @@ from pathlib import Path
 
 import requests
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from gateway import demo  # noqa: E402  (the checkout's gateway, also when run as a script)
+
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples"
 KEY = "bench-key-0123456789"
@@ -119,39 +122,15 @@ def make_files(folder: Path, count: int) -> int:
 
 def write_config(root: Path, base_url: str, source: Path, settle: float, ncip_url: str | None = None,
                  journal: Path | None = None) -> Path:
-    key_file = root / "api-key"
-    key_file.write_text(KEY + "\n")
-    key_file.chmod(0o600)
-    config = root / "gateway.toml"
-    text = f"""
-[paths]
-state_dir = "{root}/state"
-archive_dir = "{root}/archive"
-error_dir = "{root}/error"
-log_dir = "{root}/log"
-
-[caiasoft]
-base_url = "{base_url}"
-api_key_file = "{key_file}"
-backoff_initial_seconds = 0.1
-
-[[sources]]
-name = "print"
-path = "{source}"
-settle_seconds = {settle}
-watch = "inotify"
-"""
-    if ncip_url:
-        text += f"""
+    ncip = f"""
 [ncip]
 url = "{ncip_url}"
 from_agency = "CAIA"
 to_agency = "ALEPH"
 user_id = "CAIASOFT"
 journal = "{journal}"
-"""
-    config.write_text(text)
-    return config
+""" if ncip_url else ""
+    return demo.write_config(root, base_url, KEY, settle_seconds=settle, source=source, extra=ncip)
 
 
 def ledger_value(root: Path, sql: str):
@@ -217,12 +196,17 @@ def curl_loop(url: str, folder: Path, archive: Path) -> float:
     return count / (time.monotonic() - started)
 
 
-def backlog(url: str, root: Path, count: int) -> dict:
+def start_with_backlog(url: str, root: Path, count: int) -> tuple[Process, float]:
+    """count files already waiting, then the gateway started; return it and when it started."""
     source = root / "print"
     make_files(source, count)
     config = write_config(root, url, source, settle=1.0)
     started = time.monotonic()
-    gateway = start_gateway(config, root)
+    return start_gateway(config, root), started
+
+
+def backlog(url: str, root: Path, count: int) -> dict:
+    gateway, started = start_with_backlog(url, root, count)
     try:
         wait_until(lambda: ledger_value(root, "SELECT COUNT(*) FROM files WHERE state = 'archived'") == count,
                    timeout=600, interval=0.1, what="the backlog to drain")
@@ -235,11 +219,7 @@ def backlog(url: str, root: Path, count: int) -> dict:
 
 
 def big_backlog(url: str, root: Path, count: int, window: float) -> dict:
-    source = root / "print"
-    make_files(source, count)
-    config = write_config(root, url, source, settle=1.0)
-    started = time.monotonic()
-    gateway = start_gateway(config, root)
+    gateway, started = start_with_backlog(url, root, count)
     try:
         wait_until(lambda: ledger_value(root, "SELECT COUNT(*) FROM files WHERE uploaded_at IS NOT NULL"),
                    timeout=120, interval=0.02, what="the first upload")
@@ -282,7 +262,6 @@ def latency(url: str, receipts: Path, root: Path, count: int, settle: float) -> 
 
 
 def ncip_bench(caiasoft_url: str, ncip_url: str, root: Path, count: int) -> dict:
-    sys.path.insert(0, str(REPO))
     from gateway.config import load
     from gateway.ncip import messages
     from gateway.ncip.journal import JournalEntry

@@ -38,13 +38,16 @@ def sample_files() -> list[tuple[str, bytes]]:
                   and not entry.name.startswith(("_", ".")))
 
 
-def write_config(root: Path, base_url: str, key: str, settle_seconds: float = 0.5) -> Path:
+def write_config(root: Path, base_url: str, key: str, settle_seconds: float = 0.5, source: Path | None = None,
+                 extra: str = "") -> Path:
+    """A config for a gateway on temp folders under root (demo and benchmark); extra is appended."""
     key_file = root / "api-key"
     key_file.write_text(key + "\n")
     key_file.chmod(0o600)
-    (root / "aleph" / "print").mkdir(parents=True, exist_ok=True)
+    source = source or root / "aleph" / "print"
+    source.mkdir(parents=True, exist_ok=True)
     config = root / "gateway.toml"
-    config.write_text(f"""# Written by `caiasoft-gateway demo`.
+    config.write_text(f"""# Written by `caiasoft-gateway demo` or the benchmark.
 [paths]
 state_dir = "{root}/state"
 archive_dir = "{root}/archive"
@@ -58,9 +61,9 @@ backoff_initial_seconds = 0.2
 
 [[sources]]
 name = "print"
-path = "{root}/aleph/print"
+path = "{source}"
 settle_seconds = {settle_seconds}
-""")
+""" + extra)
     return config
 
 
