@@ -11,8 +11,9 @@ from typing import Iterator
 from urllib.parse import urlsplit
 
 from gateway.caiasoft import CaiaSoftClient
-from gateway.config import Config, Source
+from gateway.config import Config
 from gateway.errors import SourceUnavailable
+from gateway.settings import SftpSourceSettings, SourceSettings
 from gateway.sources.local import choose_mode, filesystem_type
 
 
@@ -63,9 +64,9 @@ def _writable_folder(key: str, path: Path) -> Result:
     return Result("FAIL", f"{key} {path}", f"does not exist, and {_user()} cannot create it in {parent}")
 
 
-def _source(index: int, source: Source, state_dir: Path) -> Iterator[Result]:
+def _source(index: int, source: SourceSettings, state_dir: Path) -> Iterator[Result]:
     label = f"sources[{index}] {source.name}: {source.location}"
-    if source.is_sftp:
+    if isinstance(source, SftpSourceSettings):
         yield _sftp(label, source)
         return
     if not source.path.is_dir():
@@ -85,7 +86,7 @@ def _source(index: int, source: Source, state_dir: Path) -> Iterator[Result]:
                                     "deleted instead of renamed in one atomic step")
 
 
-def _sftp(label: str, settings: Source) -> Result:
+def _sftp(label: str, settings: SftpSourceSettings) -> Result:
     from gateway.sources.sftp import SftpSource
 
     remote = SftpSource(settings)

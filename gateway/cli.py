@@ -83,9 +83,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _load(args) -> config_module.Config:
+    """The config with the API key, for commands that talk to CaiaSoft."""
     config = config_module.load(config_module.config_path(args.config))
     logs.add_secret(config.api_key.value)
     return config
+
+
+def _load_settings(args) -> config_module.Settings:
+    """The config without secrets, for commands that do not use them."""
+    return config_module.load_settings(config_module.config_path(args.config))
 
 
 def cmd_run(args) -> int:
@@ -124,7 +130,7 @@ def cmd_status(args) -> int:
     from gateway import status
     from gateway.ledger import Ledger
 
-    config = _load(args)
+    config = _load_settings(args)
     if not config.paths.database.exists():
         message = f"no ledger at {config.paths.database}: the gateway has not run with this config yet"
         print(json.dumps({"error": message}) if args.json else message)
@@ -138,19 +144,19 @@ def cmd_status(args) -> int:
     return EXIT_OK
 
 
-def _pipeline(config):
-    from gateway.caiasoft import CaiaSoftClient
+def _pipeline(config, client=None):
     from gateway.ledger import Ledger
     from gateway.pipeline import Pipeline
 
-    ledger = Ledger(config.paths.database)
-    return Pipeline(config, ledger, CaiaSoftClient(config.caiasoft, config.api_key))
+    return Pipeline(config, Ledger(config.paths.database), client)
 
 
 def cmd_send(args) -> int:
+    from gateway.caiasoft import CaiaSoftClient
+
     config = _load(args)
     logs.setup(config.paths.log_dir, console=False)
-    pipeline = _pipeline(config)
+    pipeline = _pipeline(config, CaiaSoftClient(config.caiasoft, config.api_key))
     ledger = pipeline.ledger
     failed = 0
     try:
@@ -199,7 +205,7 @@ def cmd_retry(args) -> int:
     if not args.names and not args.all:
         print("caiasoft-gateway retry: name files from error_dir, or use --all", file=sys.stderr)
         return EXIT_CONFIG
-    config = _load(args)
+    config = _load_settings(args)
     logs.setup(config.paths.log_dir, console=False)
     paths, missing = find_in_error_dir(config.paths.error_dir, args.names, args.all)
     for name in missing:
@@ -213,7 +219,6 @@ def cmd_retry(args) -> int:
             else:
                 print(f"{path.name}: back in the queue (the running service sends it)")
     finally:
-        pipeline.client.close()
         pipeline.ledger.close()
     if not paths and not missing:
         print(f"nothing to retry in {config.paths.error_dir}")
@@ -224,7 +229,7 @@ def cmd_journal(args) -> int:
     from gateway.ncip import journal
     from gateway.ncip.journal import JournalEntry
 
-    config = config_module.load(config_module.config_path(args.config))
+    config = _load_settings(args)
     if config.ncip is None:
         print(f"caiasoft-gateway journal: {config.file} has no [ncip] section, so there is no journal",
               file=sys.stderr)

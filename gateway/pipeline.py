@@ -17,17 +17,17 @@ from typing import Any, Callable
 from gateway import __version__, intake, logs
 from gateway.archive import Folder
 from gateway.caiasoft import Backoff, CaiaSoftClient, Outcome, is_denied
-from gateway.config import Config
 from gateway.errors import FileRefused, SourceGone
 from gateway.files import PARTIAL_GLOB, copy_no_clobber
 from gateway.ledger import Ledger, FileRow, work_name
+from gateway.settings import Settings
 from gateway.sources.base import Entry, Source
 
 log = logs.get("gateway.pipeline")
 
 
 class Pipeline:
-    def __init__(self, config: Config, ledger: Ledger, client: CaiaSoftClient | None,
+    def __init__(self, config: Settings, ledger: Ledger, client: CaiaSoftClient | None,
                  clock: Callable[[], float] = time.time, on_queued: Callable[[], None] = lambda: None):
         self.config = config
         self.ledger = ledger

@@ -1,7 +1,15 @@
 """Every config key the gateway knows: its section, TOML type, default and meaning.
 
-config.py validates against this; conf/gateway.toml and the README's
-configuration reference (printed by tools/config-reference) must name every key.
+gateway.config reads and validates files against this; conf/gateway.toml and the
+README's configuration reference (printed by tools/config-reference) must name every key.
+
+To add a key:
+  1. declare it below, in its table, with kind, default (or REQUIRED), doc and bounds;
+  2. add a field of the same name to that table's dataclass in gateway/settings.py
+     (for [[sources]]: to LocalSourceSettings and/or SftpSourceSettings);
+  3. if a value needs more than its kind, choices and minimum, check it in gateway/config_rules.py;
+  4. name it in conf/gateway.toml and in the README (tools/config-reference prints the table row).
+tests/test_config.py fails until 2 and 4 are done.
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ from typing import Callable
 import pytest
 
 from gateway import config as config_module
+from gateway.schema import REQUIRED, SCHEMA
+from gateway.settings import SourceSettings
 from gateway.simulators.caiasoft import CaiaSoftSimulator
 
 KEY = "test-key-5d1c0e9a7b"
@@ -32,6 +34,12 @@ def wait_for(predicate: Callable[[], object], timeout: float = 15.0, interval: f
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         time.sleep(interval)
+
+
+def source_settings(**values: object) -> SourceSettings:
+    """Settings of one [[sources]] entry: the schema's defaults, overridden by values."""
+    defaults = {key.name: key.default for key in SCHEMA["sources"] if key.default is not REQUIRED}
+    return config_module.source_settings({**defaults, **values})
 
 
 @pytest.fixture

@@ -55,6 +55,29 @@ def test_check_of_a_broken_config_exits_2(site):
     assert f"caiasoft.api_key_file: {site.key_file} does not exist" in result.stdout
 
 
+def test_commands_that_use_no_secret_run_without_the_api_key(site, tmp_path):
+    """A cron job that appends to the NCIP journal need not be able to read the API key; check still names it."""
+    journal = tmp_path / "ncip.jsonl"
+    site.config_file.write_text(site.config_file.read_text() + f"""
+[ncip]
+url = "http://127.0.0.1:9/"
+from_agency = "CAIA"
+to_agency = "ALEPH"
+user_id = "CAIASOFT"
+journal = "{journal}"
+""")
+    site.key_file.unlink()
+    result = cli(site, "journal", "checkin", "31234001234567")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(journal.read_text()) == {"action": "checkin", "item": "31234001234567"}
+    status = cli(site, "status")
+    assert status.returncode == 1 and "no ledger at" in status.stdout
+    assert cli(site, "retry", "--all").stdout.startswith("nothing to retry")
+    check = cli(site, "check", "--offline")
+    assert check.returncode == 2
+    assert f"caiasoft.api_key_file: {site.key_file} does not exist" in check.stdout
+
+
 def test_send_then_status(site, simulator, tmp_path):
     slip = tmp_path / "hold-request-slip-0001.xml"
     slip.write_bytes((SAMPLES / "hold-request-slip-0001.xml").read_bytes())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from pathlib import Path
@@ -9,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from gateway import config as config_module
-from gateway.config import SCHEMA, load
+from gateway.config import SCHEMA, load, load_settings
 from gateway.errors import ConfigError
+from gateway.settings import (Archive, CaiaSoft, Feed, Intake, LocalSourceSettings, Ncip, Paths,
+                              SftpSourceSettings)
 
 from conftest import KEY, REPO
 
@@ -165,3 +168,46 @@ def test_sample_config_loads_and_documents_every_key(tmp_path):
             written = rf"^#?\s*(?:{key_spec.name}\s*=|\[{re.escape(table)}\.{key_spec.name}\])"
             assert re.search(written, sample, re.M), f"{table}.{key_spec.name} not in sample"
             assert f"`{key_spec.name}`" in readme, f"{table}.{key_spec.name} not in README"
+
+
+def test_settings_without_secrets_load_when_the_key_file_is_gone(tmp_path):
+    path = write(tmp_path, minimal(tmp_path))
+    (tmp_path / "key").unlink()
+    settings = load_settings(path)
+    assert settings.sources[0].path == tmp_path / "in"
+    assert not hasattr(settings, "api_key")
+    assert "does not exist" in problems_of(path)[0]
+
+
+def test_sftp_key_files_are_checked_by_load_not_by_load_settings(tmp_path):
+    source = f'url = "sftp://gw@files.example.edu:22/print"\nknown_hosts_file = "{tmp_path}/known_hosts"\n' \
+             f'private_key_file = "{tmp_path}/id_ed25519"'
+    text = minimal(tmp_path).replace(f'path = "{tmp_path}/in"', source)
+    path = write(tmp_path, text)
+    settings = load_settings(path).sources[0]
+    assert isinstance(settings, SftpSourceSettings) and settings.location == "sftp://gw@files.example.edu:22/print"
+    problems = "\n".join(problems_of(path))
+    assert f"sources[0].known_hosts_file: {tmp_path}/known_hosts does not exist" in problems
+    assert f"sources[0].private_key_file: {tmp_path}/id_ed25519 does not exist" in problems
+
+
+def test_local_and_sftp_sources_have_their_own_settings(tmp_path):
+    source = load(write(tmp_path, minimal(tmp_path)), environ={}).sources[0]
+    assert isinstance(source, LocalSourceSettings) and not source.is_sftp
+    assert not hasattr(source, "url") and not hasattr(source, "remote_after")
+    problems = problems_of(write(tmp_path, minimal(tmp_path, source_extra='remote_after = "move:/done"')))
+    assert problems == [f"{tmp_path}/gateway.toml: sources[0].remote_after: only applies to SFTP sources "
+                        '(url = "sftp://...")']
+
+
+def test_every_schema_key_is_a_settings_field():
+    """A key declared in schema.py and missing from its dataclass (or the other way round) fails here."""
+    def names(*kinds) -> set[str]:
+        return {f.name for kind in kinds for f in dataclasses.fields(kind) if f.init}
+
+    tables = {"paths": names(Paths), "caiasoft": names(CaiaSoft), "intake": names(Intake),
+              "archive": names(Archive), "sources": names(LocalSourceSettings, SftpSourceSettings),
+              "ncip": names(Ncip), "ncip.feed": names(Feed)}
+    assert set(tables) == set(SCHEMA)
+    for table, keys in SCHEMA.items():
+        assert {key.name for key in keys} == tables[table], table

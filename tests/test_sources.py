@@ -9,20 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from gateway import config as config_module
 from gateway.errors import SourceGone
+from gateway.settings import LocalSourceSettings, SftpSourceSettings
 from gateway.sources.local import LocalSource, choose_mode, filesystem_type
 
-from conftest import SAMPLES, wait_for
+from conftest import SAMPLES, source_settings, wait_for
 
 
-def local_settings(folder: Path, **overrides) -> config_module.Source:
-    values = dict(name="print", path=folder, url=None, include=("*",), settle_seconds=0.2, watch="auto",
-                  rescan_seconds=1.0, poll_seconds=0.2, known_hosts_file=None, private_key_file=None,
-                  private_key_passphrase_file=None, private_key_passphrase_env=None, password_file=None,
-                  remote_after="delete", timeout_seconds=30.0)
-    values.update(overrides)
-    return config_module.Source(**values)
+def local_settings(folder: Path, **overrides) -> LocalSourceSettings:
+    settings = source_settings(name="print", path=folder, settle_seconds=0.2, rescan_seconds=1.0, poll_seconds=0.2,
+                               **overrides)
+    assert isinstance(settings, LocalSourceSettings)
+    return settings
 
 
 class LocalFolder:
@@ -46,8 +44,11 @@ class SftpFolder(LocalFolder):
         from gateway.sources.sftp import SftpSource
 
         self.folder = folder
-        self.source = SftpSource(local_settings(None, url=sshd.url(folder), known_hosts_file=sshd.known_hosts,
-                                                private_key_file=sshd.client_key, timeout_seconds=5.0))
+        settings = source_settings(name="print", url=sshd.url(folder), known_hosts_file=sshd.known_hosts,
+                                   private_key_file=sshd.client_key, settle_seconds=0.2, poll_seconds=0.2,
+                                   timeout_seconds=5.0)
+        assert isinstance(settings, SftpSourceSettings)
+        self.source = SftpSource(settings)
 
 
 @pytest.fixture(params=["inotify", "polling", "sftp"])

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from gateway.config import Source as SourceSettings
+from gateway.settings import SftpSourceSettings, SourceSettings
 from gateway.sources.base import Source
 
 
 def build(settings: SourceSettings) -> Source:
     """The source a [[sources]] entry describes: an SFTP folder (url) or a local one (path)."""
-    if settings.is_sftp:
+    if isinstance(settings, SftpSourceSettings):
         from gateway.sources.sftp import SftpSource
         return SftpSource(settings)
     from gateway.sources.local import LocalSource

@@ -17,9 +17,10 @@ from typing import Callable
 from watchdog.events import FileClosedEvent, FileCreatedEvent, FileMovedEvent, FileSystemEventHandler
 from watchdog.observers.inotify import InotifyObserver
 
-from gateway import config, intake, logs
+from gateway import intake, logs
 from gateway.errors import SourceGone
 from gateway.files import move_no_clobber
+from gateway.settings import LocalSourceSettings
 from gateway.sources.base import Entry
 
 NETWORK_FILESYSTEMS = frozenset({
@@ -51,7 +52,7 @@ def filesystem_type(path: Path, mountinfo: Path = MOUNTINFO) -> str | None:
     return best_type
 
 
-def choose_mode(settings: config.Source) -> str:
+def choose_mode(settings: LocalSourceSettings) -> str:
     """inotify or polling, as configured; for auto, polling on network filesystems."""
     if settings.watch != "auto":
         return settings.watch
@@ -75,7 +76,7 @@ class LocalSource:
 
     keeps_originals = False  # fetch() moves the file out of the folder
 
-    def __init__(self, settings: config.Source):
+    def __init__(self, settings: LocalSourceSettings):
         self.settings = settings
         self.name = settings.name
         self.folder = settings.path

@@ -25,9 +25,9 @@ import paramiko
 
 from gateway import intake, logs
 from gateway.caiasoft import Backoff
-from gateway.config import Source as SourceSettings
 from gateway.errors import SourceGone, SourceUnavailable
 from gateway.files import partial_path
+from gateway.settings import SftpSourceSettings
 from gateway.sources.base import Entry
 
 KEEPALIVE_SECONDS = 30
@@ -48,7 +48,7 @@ class SftpSource:
     trust_mtime = False  # the server's clock, not ours
     mode = "sftp"
 
-    def __init__(self, settings: SourceSettings, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, settings: SftpSourceSettings, clock: Callable[[], float] = time.monotonic):
         parts = urlsplit(settings.url)
         self.settings = settings
         self.name = settings.name

@@ -1,0 +1,118 @@
+"""What the gateway requires of config values beyond their type: the domain checks.
+
+Each function gets the values gateway.toml_tables read for one table (a value that was
+missing or of the wrong type reads as None and has been reported already) and reports
+what is wrong by key path. Nothing here touches the filesystem beyond comparing paths:
+files that are read when used (API key, SFTP keys) are checked by gateway.credentials.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from gateway.schema import SCHEMA
+from gateway.toml_tables import Report
+
+LOOPBACK = ("localhost", "127.0.0.1", "::1")
+SFTP_ONLY = ("known_hosts_file", "private_key_file", "private_key_passphrase_file", "private_key_passphrase_env",
+             "password_file", "remote_after")
+_SOURCE_DEFAULTS = {key.name: key.default for key in SCHEMA["sources"]}
+
+
+def check_caiasoft(values: dict[str, Any], problem: Report) -> None:
+    base_url = values.get("base_url")
+    if isinstance(base_url, str):
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            problem("caiasoft.base_url", f"must be an http(s) URL such as https://SITE.caiasoft.com, got {base_url!r}")
+        elif parts.scheme == "http" and parts.hostname not in LOOPBACK:
+            problem("caiasoft.base_url", "must use https (plain http is only allowed for loopback simulators)")
+    path_value = values.get("requestfile_path")
+    if isinstance(path_value, str) and not path_value.startswith("/"):
+        problem("caiasoft.requestfile_path", "must start with /")
+    for key, value in (values.get("extra_fields") or {}).items():
+        if not isinstance(value, str):
+            problem(f"caiasoft.extra_fields.{key}", "must be a string")
+    if (values.get("backoff_max_seconds") or 0) < (values.get("backoff_initial_seconds") or 0):
+        problem("caiasoft.backoff_max_seconds", "must not be smaller than backoff_initial_seconds")
+    if values.get("api_key_file") and values.get("api_key_env"):
+        problem("caiasoft.api_key_file", "set either api_key_file or api_key_env, not both")
+
+
+def check_intake(values: dict[str, Any], problem: Report) -> None:
+    encoding = values.get("text_fallback_encoding")
+    if encoding:
+        try:
+            "".encode(encoding)
+        except LookupError:
+            problem("intake.text_fallback_encoding", f"unknown encoding {encoding!r}")
+
+
+def check_sources(sources: list[dict[str, Any]], paths: dict[str, Any], problem: Report) -> None:
+    names: dict[str, int] = {}
+    owned = [p for p in (paths.get("state_dir"), paths.get("archive_dir"), paths.get("error_dir")) if p]
+    for index, source in enumerate(sources):
+        where = f"sources[{index}]"
+        name = source.get("name")
+        if isinstance(name, str):
+            if not name or not all(c.isalnum() or c in "-_." for c in name):
+                problem(f"{where}.name", "use letters, digits, '-', '_' or '.' only")
+            elif name in names:
+                problem(f"{where}.name", f"{name!r} is already the name of sources[{names[name]}]")
+            names.setdefault(name, index)
+        folder, url = source.get("path"), source.get("url")
+        if (folder is None) == (url is None):
+            problem(f"{where}.path", "set either path (a local or mounted folder) or url (sftp://...), not both")
+        if isinstance(folder, Path):
+            _check_local(source, folder, owned, where, problem)
+        if isinstance(url, str):
+            _check_sftp(source, url, where, problem)
+
+
+def _check_local(source: dict[str, Any], folder: Path, owned: list[Path], where: str, problem: Report) -> None:
+    for own in owned:
+        if _overlaps(folder, own):
+            problem(f"{where}.path", f"overlaps the gateway's own folder {own}")
+    for key in SFTP_ONLY:
+        if source.get(key) not in (None, _SOURCE_DEFAULTS[key]):
+            problem(f"{where}.{key}", "only applies to SFTP sources (url = \"sftp://...\")")
+
+
+def _check_sftp(source: dict[str, Any], url: str, where: str, problem: Report) -> None:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if parts.scheme != "sftp" or not parts.hostname or not parts.username or not parts.path.startswith("/") \
+            or port == -1 or parts.password or parts.query or parts.fragment:
+        problem(f"{where}.url", f"must look like sftp://user@host:22/remote/folder (no password), got {url!r}")
+    if source.get("known_hosts_file") is None:
+        problem(f"{where}.known_hosts_file", "required for SFTP: host keys are checked, never accepted blindly")
+    if source.get("private_key_file") is None and source.get("password_file") is None:
+        problem(f"{where}.private_key_file", "SFTP needs a private_key_file (or, explicitly, a password_file)")
+    if source.get("private_key_passphrase_file") and source.get("private_key_passphrase_env"):
+        problem(f"{where}.private_key_passphrase_file", "set a passphrase file or a passphrase variable, not both")
+    after = source.get("remote_after")
+    if isinstance(after, str) and after != "delete" and not (after.startswith("move:/") and len(after) > 6):
+        problem(f"{where}.remote_after", f'must be "delete" or "move:/remote/folder", got {after!r}')
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    return a == b or a in b.parents or b in a.parents
+
+
+def check_ncip(values: dict[str, Any], problem: Report) -> None:
+    url = values.get("url")
+    if isinstance(url, str):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            problem("ncip.url", f"must be an http(s) URL such as http://aleph.example.edu:5991/, got {url!r}")
+    for stop, user in (values.get("stop_users") or {}).items():
+        if not isinstance(user, str) or not user:
+            problem(f"ncip.stop_users.{stop}", "must be a user id string")
+    for key in ("from_agency", "to_agency", "user_id"):
+        if values.get(key) == "":
+            problem(f"ncip.{key}", "must not be empty")

@@ -1,0 +1,79 @@
+"""Secrets and the files they live in, read for the commands that use them.
+
+The CaiaSoft API key comes from caiasoft.api_key_file, caiasoft.api_key_env or the
+systemd credential caiasoft-api-key. SFTP sources read their key, passphrase and password
+files when they connect; here only their existence is checked, so `check` and the service
+name a missing file before the first connection. Commands that use no secret (journal,
+status, retry) never come here, so a cron job need not be able to read the API key.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from gateway.settings import Secret
+from gateway.toml_tables import Report
+
+CREDENTIAL_NAME = "caiasoft-api-key"  # systemd LoadCredential= name
+SFTP_FILES = ("known_hosts_file", "private_key_file", "private_key_passphrase_file", "password_file")
+
+
+def api_key(key_file: Path | None, key_env: str | None, environ: Mapping[str, str],
+            problem: Report) -> tuple[Secret, list[str]]:
+    """Return the API key and warnings about its file; report why there is none."""
+    warnings: list[str] = []
+    if key_file and key_env:  # reported by config_rules.check_caiasoft
+        return Secret(""), warnings
+    if key_env:
+        value = environ.get(key_env, "").strip()
+        if not value:
+            problem("caiasoft.api_key_env", f"environment variable {key_env} is not set or empty")
+        return Secret(value), warnings
+    credential = Path(environ["CREDENTIALS_DIRECTORY"]) / CREDENTIAL_NAME \
+        if environ.get("CREDENTIALS_DIRECTORY") else None
+    if key_file is None and credential is not None and credential.exists():
+        key_file = credential
+    if key_file is None:
+        problem("caiasoft.api_key_file",
+                "no API key: set api_key_file or api_key_env, or pass a systemd credential named "
+                f"{CREDENTIAL_NAME}")
+        return Secret(""), warnings
+    value, mode = _read_key_file(key_file, problem)
+    if value is None or mode is None:
+        return Secret(""), warnings
+    if not value:
+        problem("caiasoft.api_key_file", f"{key_file} is empty")
+    elif any(ch.isspace() for ch in value):
+        problem("caiasoft.api_key_file", f"{key_file} must hold the key alone on one line")
+    if mode & stat.S_IROTH:
+        warnings.append(f"API key file {key_file} is readable by every user: chmod 0600 (or 0640) it")
+    elif mode & stat.S_IRGRP and key_file != credential:
+        warnings.append(f"API key file {key_file} is readable by its group: make sure only the gateway's group")
+    return Secret(value), warnings
+
+
+def _read_key_file(key_file: Path, problem: Report) -> tuple[str | None, int | None]:
+    """The file's stripped text and mode, or (None, None) after reporting why it cannot be read."""
+    try:
+        info = os.stat(key_file)
+        with open(key_file, encoding="utf-8") as handle:
+            return handle.read().strip(), info.st_mode
+    except FileNotFoundError:
+        problem("caiasoft.api_key_file", f"{key_file} does not exist")
+    except PermissionError:
+        problem("caiasoft.api_key_file", f"{key_file} cannot be read by this user (permission denied)")
+    except (OSError, UnicodeDecodeError) as error:
+        problem("caiasoft.api_key_file", f"{key_file} cannot be read: {error.__class__.__name__}")
+    return None, None
+
+
+def check_sftp_files(source: Mapping[str, Any], where: str, problem: Report) -> None:
+    """Report each file an SFTP source names that is not there (it reads them when it connects)."""
+    for key in SFTP_FILES:
+        path = source.get(key)
+        if isinstance(path, Path) and not path.is_file():
+            problem(f"{where}.{key}", f"{path} does not exist")
