@@ -20,6 +20,7 @@ from typing import Any
 
 from gateway.files import fsync_dir, move_no_clobber, partial_path
 from gateway.logs import redact
+import contextlib
 
 SIDECAR_SUFFIX = ".json"
 MAX_NAME_BYTES = 200
@@ -133,10 +134,8 @@ class Folder:
                 removed.append(day)
         for folder in sorted(self.root.glob("[0-9][0-9][0-9][0-9]/[0-9][0-9]"), reverse=True) + \
                 sorted(self.root.glob("[0-9][0-9][0-9][0-9]"), reverse=True):
-            try:
+            with contextlib.suppress(OSError):
                 folder.rmdir()
-            except OSError:
-                pass
         return removed
 
 

@@ -8,9 +8,17 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway import __version__, config as config_module, logs
 from gateway.errors import AlreadyRunning, ConfigError
+import contextlib
+
+if TYPE_CHECKING:
+    from gateway.caiasoft import CaiaSoftClient
+    from gateway.ledger import Ledger
+    from gateway.pipeline import Pipeline
+    from gateway.simulators import LoopbackServer
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
@@ -82,19 +90,19 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
 
 
-def _load(args) -> config_module.Config:
+def _load(args: argparse.Namespace) -> config_module.Config:
     """The config with the API key, for commands that talk to CaiaSoft."""
     config = config_module.load(config_module.config_path(args.config))
     logs.add_secret(config.api_key.value)
     return config
 
 
-def _load_settings(args) -> config_module.Settings:
+def _load_settings(args: argparse.Namespace) -> config_module.Settings:
     """The config without secrets, for commands that do not use them."""
     return config_module.load_settings(config_module.config_path(args.config))
 
 
-def cmd_run(args) -> int:
+def cmd_run(args: argparse.Namespace) -> int:
     from gateway.service import Service
 
     config = _load(args)
@@ -102,13 +110,13 @@ def cmd_run(args) -> int:
     return Service(config).run()
 
 
-def cmd_daemon(args) -> int:
+def cmd_daemon(args: argparse.Namespace) -> int:
     from gateway.daemonize import run_detached
 
     return run_detached(_load(args), args.pidfile)
 
 
-def cmd_check(args) -> int:
+def cmd_check(args: argparse.Namespace) -> int:
     from gateway.checks import run_checks
 
     try:
@@ -126,7 +134,7 @@ def cmd_check(args) -> int:
     return EXIT_OK if not failures else EXIT_FAILURE
 
 
-def cmd_status(args) -> int:
+def cmd_status(args: argparse.Namespace) -> int:
     from gateway import status
     from gateway.ledger import Ledger
 
@@ -144,19 +152,20 @@ def cmd_status(args) -> int:
     return EXIT_OK
 
 
-def _pipeline(config, client=None):
+def _pipeline(config: config_module.Settings, client: CaiaSoftClient | None = None) -> Pipeline:
     from gateway.ledger import Ledger
     from gateway.pipeline import Pipeline
 
     return Pipeline(config, Ledger(config.paths.database), client)
 
 
-def cmd_send(args) -> int:
+def cmd_send(args: argparse.Namespace) -> int:
     from gateway.caiasoft import CaiaSoftClient
 
     config = _load(args)
     logs.setup(config.paths.log_dir, console=False)
-    pipeline = _pipeline(config, CaiaSoftClient(config.caiasoft, config.api_key))
+    client = CaiaSoftClient(config.caiasoft, config.api_key)
+    pipeline = _pipeline(config, client)
     ledger = pipeline.ledger
     failed = 0
     try:
@@ -178,6 +187,8 @@ def cmd_send(args) -> int:
                 if attempt + 1 < args.attempts:
                     time.sleep(pipeline.backoff.delay(attempt + 1, outcome.retry_after))
             row = ledger.get(row_id)
+            if row is None:  # only a claim that never finished is removed, and this one finished
+                raise AssertionError(f"file row {row_id} vanished from the ledger")
             if row.state == "archived":
                 print(f"{name}: accepted by CaiaSoft, archived as {row.final_path}")
             elif row.state == "refused":
@@ -188,18 +199,18 @@ def cmd_send(args) -> int:
                       "service will send it")
                 failed += 1
     finally:
-        pipeline.client.close()
+        client.close()
         ledger.close()
     return EXIT_OK if not failed else EXIT_FAILURE
 
 
-def _wait_until_settled(ledger, row_id: int, timeout: float) -> None:
+def _wait_until_settled(ledger: Ledger, row_id: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while ledger.get(row_id).state == "uploading" and time.monotonic() < deadline:
+    while (row := ledger.get(row_id)) is not None and row.state == "uploading" and time.monotonic() < deadline:
         time.sleep(0.1)
 
 
-def cmd_retry(args) -> int:
+def cmd_retry(args: argparse.Namespace) -> int:
     from gateway.retry import find_in_error_dir, requeue
 
     if not args.names and not args.all:
@@ -225,7 +236,7 @@ def cmd_retry(args) -> int:
     return EXIT_OK if not missing else EXIT_FAILURE
 
 
-def cmd_journal(args) -> int:
+def cmd_journal(args: argparse.Namespace) -> int:
     from gateway.ncip import journal
     from gateway.ncip.journal import JournalEntry
 
@@ -245,13 +256,13 @@ def cmd_journal(args) -> int:
     return EXIT_OK
 
 
-def cmd_demo(args) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
     return run_demo()
 
 
-def cmd_simulate(args) -> int:
+def cmd_simulate(args: argparse.Namespace) -> int:
     if args.system == "ncip":
         return _simulate_ncip(args)
     from gateway.simulators.caiasoft import CaiaSoftSimulator
@@ -264,7 +275,7 @@ def cmd_simulate(args) -> int:
                              f"  set caiasoft.base_url = \"{simulator.url}\" and put the key in your api_key_file.")
 
 
-def _simulate_ncip(args) -> int:
+def _simulate_ncip(args: argparse.Namespace) -> int:
     from gateway.simulators.ncip import NcipSimulator
 
     problems = dict(item.split("=", 1) if "=" in item else (item, "Unknown Item") for item in args.problem)
@@ -273,10 +284,8 @@ def _simulate_ncip(args) -> int:
     return _serve(simulator, f"NCIP simulator on {simulator.url}\n  set ncip.url = \"{simulator.url}\"; {checking}.")
 
 
-def _serve(simulator, banner: str) -> int:
+def _serve(simulator: LoopbackServer, banner: str) -> int:
     print(f"{banner}\n  Ctrl-C stops it.", flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         simulator.serve_forever()
-    except KeyboardInterrupt:
-        pass
     return EXIT_OK

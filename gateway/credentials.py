@@ -25,14 +25,13 @@ SFTP_FILES = ("known_hosts_file", "private_key_file", "private_key_passphrase_fi
 def api_key(key_file: Path | None, key_env: str | None, environ: Mapping[str, str],
             problem: Report) -> tuple[Secret, list[str]]:
     """Return the API key and warnings about its file; report why there is none."""
-    warnings: list[str] = []
     if key_file and key_env:  # reported by config_rules.check_caiasoft
-        return Secret(""), warnings
+        return Secret(""), []
     if key_env:
-        value = environ.get(key_env, "").strip()
-        if not value:
+        from_env = environ.get(key_env, "").strip()
+        if not from_env:
             problem("caiasoft.api_key_env", f"environment variable {key_env} is not set or empty")
-        return Secret(value), warnings
+        return Secret(from_env), []
     credential = Path(environ["CREDENTIALS_DIRECTORY"]) / CREDENTIAL_NAME \
         if environ.get("CREDENTIALS_DIRECTORY") else None
     if key_file is None and credential is not None and credential.exists():
@@ -41,19 +40,23 @@ def api_key(key_file: Path | None, key_env: str | None, environ: Mapping[str, st
         problem("caiasoft.api_key_file",
                 "no API key: set api_key_file or api_key_env, or pass a systemd credential named "
                 f"{CREDENTIAL_NAME}")
-        return Secret(""), warnings
+        return Secret(""), []
     value, mode = _read_key_file(key_file, problem)
     if value is None or mode is None:
-        return Secret(""), warnings
+        return Secret(""), []
     if not value:
         problem("caiasoft.api_key_file", f"{key_file} is empty")
     elif any(ch.isspace() for ch in value):
         problem("caiasoft.api_key_file", f"{key_file} must hold the key alone on one line")
+    return Secret(value), _mode_warnings(key_file, mode, is_credential=key_file == credential)
+
+
+def _mode_warnings(key_file: Path, mode: int, is_credential: bool) -> list[str]:
     if mode & stat.S_IROTH:
-        warnings.append(f"API key file {key_file} is readable by every user: chmod 0600 (or 0640) it")
-    elif mode & stat.S_IRGRP and key_file != credential:
-        warnings.append(f"API key file {key_file} is readable by its group: make sure only the gateway's group")
-    return Secret(value), warnings
+        return [f"API key file {key_file} is readable by every user: chmod 0600 (or 0640) it"]
+    if mode & stat.S_IRGRP and not is_credential:
+        return [f"API key file {key_file} is readable by its group: make sure only the gateway's group"]
+    return []
 
 
 def _read_key_file(key_file: Path, problem: Report) -> tuple[str | None, int | None]:

@@ -11,6 +11,7 @@ import daemon
 from gateway import logs
 from gateway.config import Config
 from gateway.errors import AlreadyRunning
+import contextlib
 
 UMASK = 0o027
 
@@ -55,12 +56,10 @@ class PidFile:
         self._fd = fd
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._fd is not None:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
-            except FileNotFoundError:
-                pass
             os.close(self._fd)
             self._fd = None
 

@@ -77,7 +77,7 @@ def _write_like_aleph(path: Path, data: bytes) -> None:
         handle.write(data[middle:])
 
 
-def _wait_until_done(database: Path, expected: int, child: subprocess.Popen) -> dict[str, int]:
+def _wait_until_done(database: Path, expected: int, child: subprocess.Popen[bytes]) -> dict[str, int]:
     deadline = time.monotonic() + WAIT_SECONDS
     counts: dict[str, int] = {}
     while time.monotonic() < deadline and child.poll() is None:

@@ -6,6 +6,7 @@ import errno
 import os
 import shutil
 from pathlib import Path
+import contextlib
 
 _NO_HARD_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK)
 PARTIAL_GLOB = ".*.partial-*"  # what a crash can leave behind: hidden, and never taken for a finished file
@@ -56,10 +57,8 @@ def copy_no_clobber(source: Path, target: Path) -> None:
         shutil.copystat(source, partial)
         _link_or_rename(partial, target)
     finally:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(partial)
-        except FileNotFoundError:
-            pass
 
 
 def fsync_dir(folder: Path) -> None:

@@ -14,7 +14,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import defusedxml.ElementTree as SafeET
 from defusedxml import DTDForbidden, EntitiesForbidden, ExternalReferenceForbidden
@@ -51,8 +51,8 @@ class Settler:
 
     settle_seconds: float
     trust_mtime: bool = True
-    clock: Any = time.monotonic
-    wall_clock: Any = time.time
+    clock: Callable[[], float] = time.monotonic
+    wall_clock: Callable[[], float] = time.time
     _seen: dict[str, _Seen] = field(default_factory=dict)
 
     def observe(self, key: str, size: int, mtime: float) -> bool:

@@ -72,7 +72,8 @@ def render(status: dict[str, Any]) -> str:
     oldest = status["oldest_pending"]
     if oldest:
         problem = f"; last problem: {oldest['last_problem']}" if oldest["last_problem"] else ""
-        lines.append(f"oldest pending: {oldest['file']} from {oldest['source']}, waiting {_age(oldest['age_seconds'])}, "
+        lines.append(f"oldest pending: {oldest['file']} from {oldest['source']}, "
+                     f"waiting {_age(oldest['age_seconds'])}, "
                      f"{oldest['attempts']} attempt(s){problem}")
     lines.append(f"today:          {status['archived_today']} archived, {status['refused_today']} refused")
     lines.append(f"all time:       {counts['archived']} archived, {counts['refused']} refused")

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+import contextlib
 
 SSHD = Path("/usr/sbin/sshd")
 INSTALL_HINT = "tools/install-test-deps installs it (apt-get install openssh-server)"
@@ -89,10 +90,8 @@ LogLevel ERROR
             return
         sessions = _descendants(self.process.pid)  # before the listener dies and they are reparented
         for pid in [self.process.pid, *sessions]:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         self.process.wait(10)
 
 

@@ -107,7 +107,7 @@ def test_move_across_filesystems_copies_then_removes(fs):
     fs.create_dir("/srv/archive/2026/11/28")
     move_no_clobber(Path("/var/lib/gw/work/00000001.slip.xml"),
                     Path("/srv/archive/2026/11/28/slip.xml"))
-    assert open("/srv/archive/2026/11/28/slip.xml", "rb").read() == b"<printout/>"
+    assert Path("/srv/archive/2026/11/28/slip.xml").read_bytes() == b"<printout/>"
     assert not os.path.exists("/var/lib/gw/work/00000001.slip.xml")
     assert os.listdir("/srv/archive/2026/11/28") == ["slip.xml"]  # no partial left behind
 
@@ -119,5 +119,5 @@ def test_move_across_filesystems_never_overwrites(fs):
     fs.create_file("/archive/slip.xml", contents=b"old")
     with pytest.raises(FileExistsError):
         move_no_clobber(Path("/state/w"), Path("/archive/slip.xml"))
-    assert open("/archive/slip.xml", "rb").read() == b"old"
-    assert open("/state/w", "rb").read() == b"new"
+    assert Path("/archive/slip.xml").read_bytes() == b"old"
+    assert Path("/state/w").read_bytes() == b"new"

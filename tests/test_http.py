@@ -125,9 +125,9 @@ def test_requests_ca_bundle_in_the_environment_does_not_override_the_callers_ca(
 def test_requests_ca_bundle_in_the_environment_cannot_make_an_unknown_ca_pass(authorities, monkeypatch):
     right, _ = authorities
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(right.ca_file))
-    with hostile.HostilePeer(hostile.fixed(200, b"{}"), tls_context=right.server_context()) as peer:
-        with pytest.raises(requests.exceptions.SSLError):
-            http.send(http.new_session(), "GET", peer.url, deadline=5, verify=True)
+    with hostile.HostilePeer(hostile.fixed(200, b"{}"), tls_context=right.server_context()) as peer, \
+            pytest.raises(requests.exceptions.SSLError):
+        http.send(http.new_session(), "GET", peer.url, deadline=5, verify=True)
 
 
 def test_proxies_still_come_from_the_environment(monkeypatch):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import collections
 import threading
-from http.server import ThreadingHTTPServer
-from typing import Any
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Self
 
 POLL_SECONDS = 0.05  # how soon stop() is noticed
 
@@ -15,7 +15,7 @@ class LoopbackServer:
 
     kind = "simulator"
 
-    def __init__(self, host: str, port: int, handler: type):
+    def __init__(self, host: str, port: int, handler: type[BaseHTTPRequestHandler]):
         self.received: list[Any] = []
         self._faults: collections.deque[str] = collections.deque()
         self._changed = threading.Condition()
@@ -26,9 +26,9 @@ class LoopbackServer:
     @property
     def address(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host if isinstance(host, str) else host.decode()}:{port}"
 
-    def start(self):
+    def start(self) -> Self:
         threading.Thread(target=self._server.serve_forever, args=(POLL_SECONDS,), name=self.kind,
                          daemon=True).start()
         return self

@@ -15,10 +15,11 @@ import json
 import re
 import socket
 import time
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import unquote
 from xml.etree.ElementTree import ParseError
 
@@ -41,7 +42,7 @@ class Received:
     data: bytes
     form: dict[str, str]
     answered: int | None
-    at: float = field(default_factory=time.time)
+    at: float = dataclasses.field(default_factory=time.time)
 
 
 class CaiaSoftSimulator(LoopbackServer):
@@ -58,16 +59,17 @@ class CaiaSoftSimulator(LoopbackServer):
         self.deny = dict(deny or {})
         self.delay = delay
         self.status_lists: dict[tuple[str, str, str], list[str]] = {}  # (retrieved|refiled, YYYYMMDD, collection)
-        self.receipts = open(receipts, "a", encoding="utf-8", buffering=1) if receipts else None
+        # open for the simulator's life, closed by stop()
+        self.receipts = open(receipts, "a", encoding="utf-8", buffering=1) if receipts else None  # noqa: SIM115
 
     @property
     def url(self) -> str:
         return self.address
 
-    def __enter__(self) -> "CaiaSoftSimulator":
+    def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def stop(self) -> None:
@@ -133,13 +135,13 @@ def _parse_multipart(content_type: str, body: bytes) -> list[tuple[str, str | No
     return parts
 
 
-def _handler_for(sim: CaiaSoftSimulator):
+def _handler_for(sim: CaiaSoftSimulator) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "CaiaSoftSimulator/1"
         disable_nagle_algorithm = True  # headers and body go out as separate writes
 
-        def log_message(self, format, *args) -> None:  # quiet: tests and demo read .received
+        def log_message(self, format: str, *args: Any) -> None:  # quiet: tests and demo read .received
             pass
 
         def _json(self, status: int, payload: dict[str, Any], extra: dict[str, str] | None = None) -> None:

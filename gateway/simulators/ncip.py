@@ -16,18 +16,22 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import defusedxml.ElementTree as SafeET
 
 from gateway.ncip.messages import NS, SCHEMA_URL, element
 from gateway.simulators import LoopbackServer
 
+if TYPE_CHECKING:
+    import xmlschema
+
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "ncip" / "ncip_v2_02.xsd"
-_schema = None
+_schema: xmlschema.XMLSchema | None = None
 _schema_lock = threading.Lock()
 
 
-def schema():
+def schema() -> xmlschema.XMLSchema:
     """The NCIP 2.02 schema (loaded once; needs the xmlschema package)."""
     global _schema
     with _schema_lock:
@@ -114,15 +118,16 @@ class NcipSimulator(LoopbackServer):
             if message.action == "checkout":
                 sub(sub(response, "UserId"), "UserIdentifierValue", message.user or "")
                 sub(response, "DateDue", "2099-12-31T23:59:59")
-        return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+        answer: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+        return answer
 
 
-def _handler_for(sim: NcipSimulator):
+def _handler_for(sim: NcipSimulator) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         disable_nagle_algorithm = True
 
-        def log_message(self, format, *args) -> None:
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
         def _send(self, status: int, body: bytes, content_type: str = "application/xml") -> None:
@@ -154,6 +159,7 @@ def _handler_for(sim: NcipSimulator):
                 self._send(200, b"<html>not NCIP</html>", "text/html")
                 return
             sim.record(message)
+            problem: str | None
             if not message.valid:
                 problem = "Invalid Message"
             elif fault == "temporary":

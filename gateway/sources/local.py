@@ -14,7 +14,8 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from watchdog.events import FileClosedEvent, FileCreatedEvent, FileMovedEvent, FileSystemEventHandler
+from watchdog.events import (FileClosedEvent, FileCreatedEvent, FileMovedEvent, FileSystemEvent,
+                             FileSystemEventHandler)
 from watchdog.observers.inotify import InotifyObserver
 
 from gateway import intake, logs
@@ -64,7 +65,7 @@ class _Hints(FileSystemEventHandler):
         self.folder = str(folder)
         self.notice = notice
 
-    def on_any_event(self, event) -> None:
+    def on_any_event(self, event: FileSystemEvent) -> None:
         path = event.dest_path if isinstance(event, FileMovedEvent) else event.src_path
         path = os.fsdecode(path)
         if os.path.dirname(path) == self.folder:
