@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
                           help="caiasoft: append one JSON line per upload received (time, name, size)")
     simulate.add_argument("--problem", action="append", default=[], metavar="BARCODE=TYPE",
                           help="ncip: answer this barcode with a Problem of this type")
-    simulate.add_argument("--no-validate", dest="validate", action="store_false",
+    simulate.add_argument("--no-validate", dest="validate", action="store_false", default=None,
                           help="ncip: do not check messages against the schema (faster, for benchmarks)")
     return parser
 
@@ -280,7 +280,12 @@ def _simulate_ncip(args: argparse.Namespace) -> int:
 
     problems = dict(item.split("=", 1) if "=" in item else (item, "Unknown Item") for item in args.problem)
     simulator = NcipSimulator(port=args.port, problems=problems, validate=args.validate)
-    checking = "every NCIP 2 message is validated against ncip_v2_02.xsd" if args.validate else "no schema check"
+    if simulator.validate:
+        checking = "every NCIP 2 message is validated against ncip_v2_02.xsd"
+    elif args.validate is None:
+        checking = "no schema check (install the xmlschema package, extra [simulators], for one)"
+    else:
+        checking = "no schema check"
     return _serve(simulator, f"NCIP simulator on {simulator.url}\n  set ncip.url = \"{simulator.url}\"; {checking}.")
 
 

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def ncip():
-    sim = NcipSimulator(problems={"UNKNOWN-1": "Unknown Item", "IN-ALREADY": "Item Not Checked Out"}).start()
+    sim = NcipSimulator(problems={"UNKNOWN-1": "Unknown Item", "IN-ALREADY": "Item Not Checked Out"},
+                        validate=True).start()  # every message the relay sends is checked against the XSD
     yield sim
     sim.stop()
 

@@ -1,7 +1,8 @@
 """An NCIP responder on loopback, for dry runs and tests.
 
 It validates every NCIP 2 message it receives against the official schema
-(ncip_v2_02.xsd) and answers CheckOutItem / CheckInItem like ALEPH: a
+(ncip_v2_02.xsd), where the xmlschema package is installed (the `simulators`
+extra), and answers CheckOutItem / CheckInItem like ALEPH: a
 response with the item, or a Problem. Problems per item: problems={"BARCODE":
 "Unknown Item"}. Scripted faults for the next requests: queue_faults("503",
 "temporary", "drop", "garbage").
@@ -9,6 +10,7 @@ response with the item, or a Problem. Problems per item: problems={"BARCODE":
 
 from __future__ import annotations
 
+import importlib.util
 import socket
 import threading
 import time
@@ -29,6 +31,11 @@ if TYPE_CHECKING:
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "ncip" / "ncip_v2_02.xsd"
 _schema: xmlschema.XMLSchema | None = None
 _schema_lock = threading.Lock()
+
+
+def can_validate() -> bool:
+    """True where the xmlschema package is installed (the `simulators` extra; the test extra has it)."""
+    return importlib.util.find_spec("xmlschema") is not None
 
 
 def schema() -> xmlschema.XMLSchema:
@@ -81,10 +88,15 @@ class NcipSimulator(LoopbackServer):
     kind = "ncip-simulator"
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, problems: dict[str, str] | None = None,
-                 validate: bool = True, delay: float = 0.0):
+                 validate: bool | None = None, delay: float = 0.0):
+        """validate: True checks every NCIP 2 message against the schema (needs xmlschema), False never,
+        None where xmlschema is installed."""
+        if validate and not can_validate():
+            raise RuntimeError("checking NCIP messages against the schema needs the xmlschema package: "
+                               "pip install 'aleph-caiasoft-gateway[simulators]'")
         super().__init__(host, port, _handler_for(self))
         self.problems = dict(problems or {})
-        self.validate = validate
+        self.validate = can_validate() if validate is None else validate
         self.delay = delay
 
     @property
