@@ -13,26 +13,57 @@ UNIT = REPO / "systemd" / "caiasoft-gateway.service"
 INSTALLED_PATH = "/usr/local/bin/caiasoft-gateway"
 
 
-def test_unit_verifies_clean(tmp_path):
+# `systemd-analyze security` exposure of the unit, times ten: 1.9 before CAP_LEASE was granted,
+# 1.6 since (the capability costs 0.1; PrivateMounts, ProtectProc and RemoveIPC gained 0.5).
+EXPOSURE_LIMIT = 16
+
+
+def _analyze() -> str:
     analyze = shutil.which("systemd-analyze")
     assert analyze, "systemd-analyze is missing: run tools/install-test-deps (apt-get install systemd)"
-    # verify insists that ExecStart exists; point it at this checkout's installed command,
-    # and change nothing else.
+    return analyze
+
+
+def _unit_copy(tmp_path: Path) -> Path:
+    """The unit, with ExecStart pointing at this checkout's installed command (verify insists it
+    exists) and nothing else changed."""
     script = Path(sys.executable).with_name("caiasoft-gateway")
     assert script.exists()
     text = UNIT.read_text()
     assert text.count(INSTALLED_PATH) == 1
     copy = tmp_path / UNIT.name
     copy.write_text(text.replace(INSTALLED_PATH, str(script)))
-    result = subprocess.run([analyze, "verify", "--man=no", str(copy)], capture_output=True, text=True, cwd=tmp_path)
+    return copy
+
+
+def test_unit_verifies_clean(tmp_path):
+    copy = _unit_copy(tmp_path)
+    result = subprocess.run([_analyze(), "verify", "--man=no", str(copy)], capture_output=True, text=True,
+                            cwd=tmp_path)
     assert result.returncode == 0 and result.stdout == "" and result.stderr == "", result.stdout + result.stderr
+
+
+def test_unit_is_no_more_exposed_than_before_it_got_cap_lease(tmp_path):
+    copy = _unit_copy(tmp_path)
+    result = subprocess.run([_analyze(), "security", "--offline=true", f"--threshold={EXPOSURE_LIMIT}", str(copy)],
+                            capture_output=True, text=True, cwd=tmp_path)
+    overall = [line for line in result.stdout.splitlines() if "Overall exposure level" in line]
+    assert result.returncode == 0, f"exposure above {EXPOSURE_LIMIT / 10}: {overall or result.stdout + result.stderr}"
+    assert overall, result.stdout + result.stderr
+
+
+def test_unit_grants_cap_lease_and_nothing_else():
+    """The open-writer check (a read lease on ALEPH's files) needs CAP_LEASE; no other capability is given."""
+    settings = [line.strip() for line in UNIT.read_text().splitlines() if "Capabilit" in line
+                and not line.lstrip().startswith("#")]
+    assert settings == ["CapabilityBoundingSet=CAP_LEASE", "AmbientCapabilities=CAP_LEASE"]
 
 
 def test_unit_keeps_its_promises():
     text = UNIT.read_text()
     for line in ("Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "Restart=on-failure",
                  "RestartPreventExitStatus=2", "ProtectSystem=strict", "NoNewPrivileges=yes",
-                 "SystemCallFilter=@system-service", "CapabilityBoundingSet=\n", "StateDirectory=caiasoft-gateway",
+                 "SystemCallFilter=@system-service", "StateDirectory=caiasoft-gateway",
                  "LogsDirectory=caiasoft-gateway", "ConfigurationDirectory=caiasoft-gateway", "WatchdogSec="):
         assert line in text, line
 
