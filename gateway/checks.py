@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlsplit
 
+from gateway import readiness
 from gateway.caiasoft import CaiaSoftClient
 from gateway.config import Config
 from gateway.errors import SourceUnavailable
 from gateway.settings import SftpSourceSettings, SourceSettings
-from gateway.sources.local import choose_mode, filesystem_type
+from gateway.sources.local import NETWORK_FILESYSTEMS, choose_mode, filesystem_type
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,9 @@ def _source(index: int, source: SourceSettings, state_dir: Path) -> Iterator[Res
     label = f"sources[{index}] {source.name}: {source.location}"
     if isinstance(source, SftpSourceSettings):
         yield _sftp(label, source)
+        yield _writers(label, source, False, "SFTP: a writer on the server cannot be seen from here; "
+                       f"rely on settle_seconds (now {source.settle_seconds:g}; set it above the longest pause of "
+                       "ALEPH's writer, e.g. 30) or ready_marker")
         return
     if not source.path.is_dir():
         yield Result("FAIL", label, "folder does not exist (or is not a folder)")
@@ -80,10 +84,26 @@ def _source(index: int, source: SourceSettings, state_dir: Path) -> Iterator[Res
                                     "on the folder, e.g. through ALEPH's group)")
         return
     mode = choose_mode(source)
-    yield Result("ok", label, f"watched by {mode} (filesystem {filesystem_type(source.path) or 'unknown'})")
+    filesystem = filesystem_type(source.path)
+    yield Result("ok", label, f"watched by {mode} (filesystem {filesystem or 'unknown'})")
+    yield _writers(label, source, *readiness.writer_detection(source.path, filesystem in NETWORK_FILESYSTEMS,
+                                                              filesystem, source.settle_seconds))
     if state_dir.exists() and os.stat(state_dir).st_dev != os.stat(source.path).st_dev:
         yield Result("WARN", label, f"on another filesystem than {state_dir}: files are copied and then "
                                     "deleted instead of renamed in one atomic step")
+
+
+def _writers(label: str, source: SourceSettings, detectable: bool, why: str) -> Result:
+    """Whether a file still open for writing can be told from a finished one in this source."""
+    what = f"{label}: open writers"
+    if source.ready_marker:
+        return Result("ok", what, f"marker mode: a file is taken once {source.ready_marker} exists "
+                                  f"({'and nobody has it open' if detectable else why.split(';')[0]})")
+    if detectable:
+        return Result("ok", what, f"{why} (checked as {_user()}; a file that changes after it is taken is "
+                                  "taken again whole)")
+    return Result("WARN", what, f"cannot be detected: {why}. A file that changes after it is taken is "
+                                "taken again whole, but waiting long enough avoids sending partial versions")
 
 
 def _sftp(label: str, settings: SftpSourceSettings) -> Result:

@@ -13,6 +13,7 @@ from typing import Callable
 from gateway import logs
 from gateway.errors import SourceUnavailable
 from gateway.intake import Settler
+from gateway.readiness import ReadyCheck
 from gateway.pipeline import Pipeline
 from gateway.sources.base import Entry, Source
 
@@ -25,13 +26,16 @@ CLAIM_BATCH = 64  # files claimed with one pair of ledger commits
 
 class Collector(threading.Thread):
     def __init__(self, source: Source, settle_seconds: float, pipeline: Pipeline,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, grace_seconds: float = 300.0,
+                 marker_mode: bool = False):
         super().__init__(name=f"collector-{source.name}", daemon=True)
         self.source = source
         self.pipeline = pipeline
         self.stop_event = threading.Event()
         self.clock = clock
         self.settler = Settler(settle_seconds, trust_mtime=source.trust_mtime, clock=clock)
+        self.ready_check = ReadyCheck(source, self.settler, grace_seconds, pipeline.config.intake.max_file_bytes,
+                                      marker_mode)
         self.heartbeat = clock()
         self.problem: str | None = None
         self._wake = threading.Event()
@@ -89,6 +93,7 @@ class Collector(threading.Thread):
             entries = [entry for entry in entries if (entry.origin, entry.size, entry.mtime) not in held]
         names = {entry.name for entry in entries}
         self.settler.keep_only(names)
+        self.ready_check.keep_only(names)
         self._failed = {name: when for name, when in self._failed.items() if name in names}
         return entries
 
@@ -111,9 +116,11 @@ class Collector(threading.Thread):
     def _consider(self, entry: Entry) -> float | None:
         """None if the file is ready to take; otherwise seconds until it might be (0: not soon)."""
         if not self.settler.observe(entry.name, entry.size, entry.mtime):
+            self.ready_check.changed(entry.name)
             return self.settler.wait_hint(entry.name)
-        if self.source.still_writing(entry):
-            return self.settler.settle_seconds or 0.5
+        hold = self.ready_check.hold(entry)
+        if hold is not None:
+            return hold
         failed_at = self._failed.get(entry.name)
         if failed_at is not None and self.clock() - failed_at < FAILED_CLAIM_RETRY_SECONDS:
             return 0.0
@@ -123,6 +130,7 @@ class Collector(threading.Thread):
         self.heartbeat = self.clock()
         for entry in entries:
             self.settler.forget(entry.name)
+            self.ready_check.changed(entry.name)
         taken, failures = self.pipeline.take(self.source, entries)
         for entry in entries:
             self._failed.pop(entry.name, None)

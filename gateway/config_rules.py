@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from gateway import readiness
 from gateway.schema import SCHEMA
 from gateway.toml_tables import Report
 
@@ -69,6 +70,9 @@ def check_sources(sources: list[dict[str, Any]], paths: dict[str, Any], problem:
             _check_local(source, folder, owned, where, problem)
         if isinstance(url, str):
             _check_sftp(source, url, where, problem)
+        marker = source.get("ready_marker")
+        if isinstance(marker, str) and marker and (why := readiness.marker_problem(marker)):
+            problem(f"{where}.ready_marker", why)
 
 
 def _check_local(source: dict[str, Any], folder: Path, owned: list[Path], where: str, problem: Report) -> None:

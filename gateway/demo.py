@@ -95,7 +95,8 @@ def run_demo() -> int:
     root = Path(tempfile.mkdtemp(prefix="caiasoft-gateway-demo-"))
     key = "demo-" + os.urandom(8).hex()
     simulator = CaiaSoftSimulator(key=key, deny={DENIED_BARCODE: "Invalid Stop Code"}).start()
-    config = write_config(root, simulator.url, key)
+    # garbled-slip.xml stops mid-document, as if ALEPH had paused: it waits this long unchanged, then is refused.
+    config = write_config(root, simulator.url, key, extra="incomplete_grace_seconds = 2\n")
     print(f"demo folder:         {root}\nCaiaSoft simulator:  {simulator.url}\n")
     child = subprocess.Popen([sys.executable, "-m", "gateway", "-c", str(config), "run"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

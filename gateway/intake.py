@@ -6,8 +6,6 @@ is uploaded exactly as ALEPH wrote it.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import fnmatch
 import hashlib
 import os
@@ -74,6 +72,16 @@ class Settler:
             by_clock = min(by_clock, seen.mtime + self.settle_seconds - self.wall_clock())
         return max(by_clock, 0.0)
 
+    def unchanged_for(self, key: str) -> float:
+        """Seconds this file is known to have kept its size and mtime (by our clock, or its mtime's age)."""
+        seen = self._seen.get(key)
+        if seen is None:
+            return 0.0
+        unchanged = self.clock() - seen.since
+        if self.trust_mtime:
+            unchanged = max(unchanged, self.wall_clock() - seen.mtime)
+        return unchanged
+
     def forget(self, key: str) -> None:
         self._seen.pop(key, None)
 
@@ -84,27 +92,6 @@ class Settler:
 
     def pending(self) -> list[str]:
         return list(self._seen)
-
-
-def held_for_writing(path: Path) -> bool | None:
-    """Return True if some process has the file open for writing, False if not, None if unknowable.
-
-    Uses a Linux read lease, which the kernel grants only while nobody has the file
-    open for writing. Needs ownership of the file or CAP_LEASE, and a local disk.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
-    except OSError as error:
-        return True if error.errno in (errno.EAGAIN, errno.EBUSY) else None
-    else:
-        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
-        return False
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)

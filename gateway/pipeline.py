@@ -67,6 +67,7 @@ class Pipeline:
             else:
                 taken.append(row_id)
                 log.info("file.claimed", id=row_id, source=source.name, file=entry.name, size=entry.size)
+                _drop_marker(source, entry)
         if dropped:
             self.ledger.forget(*dropped)
         self._admit(taken)
@@ -207,6 +208,15 @@ class Pipeline:
         if any(done.values()):
             log.info("recovery.done", **done)
         return done
+
+
+def _drop_marker(source: Source, entry: Entry) -> None:
+    """Marker mode: the file is taken, so its marker has served (a marker left behind is only noise)."""
+    try:
+        source.drop_marker(entry)
+    except OSError as error:
+        log.warning("marker.not_removed", source=source.name, file=entry.name,
+                    error=getattr(error, "strerror", None) or str(error))
 
 
 def _drop_origin_copy(row: FileRow) -> None:

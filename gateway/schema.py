@@ -82,6 +82,14 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
         Key("include", "strings", ["*"], "Glob patterns of file names to take."),
         Key("settle_seconds", "number", 2.0,
             "A file is ready once its size and mtime have not changed for this long.", minimum=0),
+        Key("incomplete_grace_seconds", "number", 300.0,
+            "A file that looks unfinished at its end (XML not closed, last text line without a newline, "
+            "empty) waits this long unchanged before it is taken as it is (and refused if invalid).",
+            minimum=0),
+        Key("ready_marker", "str", "",
+            "Optional marker mode: a file is taken only once its marker exists, e.g. \"{name}.done\" "
+            "(created by ALEPH's job after the file is written). Markers are never uploaded; each is "
+            "removed once its file is taken. Empty = off."),
         Key("watch", "str", "auto",
             "auto: inotify on local disks, polling on network mounts; or force one.",
             choices=("auto", "inotify", "polling")),

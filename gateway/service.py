@@ -183,7 +183,9 @@ class Parts:
         self.uploaders = [Uploader(self.pipeline, self.gate, wake, name=f"uploader-{number}")
                           for number in range(1, config.caiasoft.upload_workers + 1)]
         self.pipeline.on_queued = wake.set
-        self.collectors = [Collector(sources.build(settings), settings.settle_seconds, self.pipeline)
+        self.collectors = [Collector(sources.build(settings), settings.settle_seconds, self.pipeline,
+                                     grace_seconds=settings.incomplete_grace_seconds,
+                                     marker_mode=bool(settings.ready_marker))
                            for settings in config.sources]
         self.relay = Relay(config.ncip, ledger, config.paths.error_dir) if config.ncip else None
         self.feed = None
@@ -335,7 +337,9 @@ class Service:
 
     def _publish(self, ledger: Ledger, parts: Parts, now: float) -> str:
         """Write the service's state for `status`, and return the one-line summary for systemd."""
-        sources = {c.source.name: {"mode": c.source.mode, "problem": c.problem, "healthy": c.source.healthy()}
+        sources = {c.source.name: {"mode": c.source.mode, "problem": c.problem, "healthy": c.source.healthy(),
+                                   "writers_unknown": c.ready_check.writers_unknown,
+                                   "waiting": sorted(c.ready_check.waiting.values(), key=lambda w: w["file"])}
                    for c in parts.collectors}
         paused = parts.gate.paused_reason
         ncip = None

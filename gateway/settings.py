@@ -86,6 +86,8 @@ class LocalSourceSettings:
     path: Path
     include: tuple[str, ...]
     settle_seconds: float
+    incomplete_grace_seconds: float
+    ready_marker: str
     watch: str
     rescan_seconds: float
     poll_seconds: float
@@ -108,6 +110,8 @@ class SftpSourceSettings:
     url: str
     include: tuple[str, ...]
     settle_seconds: float
+    incomplete_grace_seconds: float
+    ready_marker: str
     poll_seconds: float
     known_hosts_file: Path
     private_key_file: Path | None

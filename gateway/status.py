@@ -64,6 +64,15 @@ def render(status: dict[str, Any]) -> str:
     for name, source in (service.get("sources") or {}).items():
         state = source["problem"] or ("ok" if source["healthy"] else "watcher stopped")
         lines.append(f"  source {name}: {source['mode']}, {state}")
+        if source.get("writers_unknown"):
+            lines.append(f"    open writers: not detectable ({source['writers_unknown']}); a file that changes "
+                         "after it is taken is taken again whole")
+        for waiting in source.get("waiting") or []:
+            if waiting.get("grace_seconds") is not None:
+                lines.append(f"    incomplete, waiting: {waiting['file']}: {waiting['reason']} (unchanged "
+                             f"{_age(waiting['unchanged_seconds'])} of {_age(waiting['grace_seconds'])})")
+            else:
+                lines.append(f"    waiting: {waiting['file']}: {waiting['reason']}")
     if status["uploads_paused"]:
         lines.append(f"UPLOADS PAUSED: {status['uploads_paused']}")
     counts = status["counts"]

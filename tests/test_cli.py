@@ -46,6 +46,8 @@ def test_check_offline_does_not_contact_caiasoft(site, simulator):
     result = cli(site, "check", "--offline")
     assert result.returncode == 0 and simulator.received == []
     assert "not contacted" in result.stdout
+    assert "ok    sources[0] print: " in result.stdout and ": open writers\n        open writers are detected" \
+        in result.stdout
 
 
 def test_check_of_a_broken_config_exits_2(site):

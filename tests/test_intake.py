@@ -75,14 +75,6 @@ def test_include_patterns():
     assert not intake.wanted("notes.txt", ("*_barcode", "*.xml"))
 
 
-def test_a_file_open_for_writing_is_detected(tmp_path):
-    path = tmp_path / "slip.xml"
-    with open(path, "wb") as writer:
-        writer.write(b"<printout/>")
-        assert intake.held_for_writing(path) is True
-    assert intake.held_for_writing(path) is False
-
-
 # -- validation ---------------------------------------------------------------
 
 def check(tmp_path, data: bytes, name: str = "file", **options) -> intake.Inspection:

@@ -26,9 +26,9 @@ def local_settings(folder: Path, **overrides) -> LocalSourceSettings:
 class LocalFolder:
     """Puts files into a source folder, for the contract tests."""
 
-    def __init__(self, folder: Path, watch: str):
+    def __init__(self, folder: Path, watch: str, **overrides):
         self.folder = folder
-        self.source = LocalSource(local_settings(folder, watch=watch))
+        self.source = LocalSource(local_settings(folder, watch=watch, **overrides))
 
     def put(self, name: str, data: bytes) -> None:
         (self.folder / name).write_bytes(data)
@@ -40,28 +40,39 @@ class LocalFolder:
 class SftpFolder(LocalFolder):
     """The same, on the far side of a real sshd."""
 
-    def __init__(self, folder: Path, sshd):
+    def __init__(self, folder: Path, sshd, **overrides):
         from gateway.sources.sftp import SftpSource
 
         self.folder = folder
         settings = source_settings(name="print", url=sshd.url(folder), known_hosts_file=sshd.known_hosts,
                                    private_key_file=sshd.client_key, settle_seconds=0.2, poll_seconds=0.2,
-                                   timeout_seconds=5.0)
+                                   timeout_seconds=5.0, **overrides)
         assert isinstance(settings, SftpSourceSettings)
         self.source = SftpSource(settings)
 
 
-@pytest.fixture(params=["inotify", "polling", "sftp"])
-def source_folder(request, tmp_path):
+def _folder(request, tmp_path, **overrides):
     folder = tmp_path / "in"
     folder.mkdir()
     if request.param == "sftp":
         sshd = request.getfixturevalue("sshd")
         if sshd.process.poll() is not None:
             sshd.start()
-        made = SftpFolder(folder, sshd)
-    else:
-        made = LocalFolder(folder, request.param)
+        return SftpFolder(folder, sshd, **overrides)
+    return LocalFolder(folder, request.param, **overrides)
+
+
+@pytest.fixture(params=["inotify", "polling", "sftp"])
+def source_folder(request, tmp_path):
+    made = _folder(request, tmp_path)
+    yield made
+    made.source.stop()
+
+
+@pytest.fixture(params=["inotify", "sftp"])
+def marked_folder(request, tmp_path):
+    """A source in marker mode: ready_marker = "{name}.done"."""
+    made = _folder(request, tmp_path, ready_marker="{name}.done")
     yield made
     made.source.stop()
 
@@ -104,6 +115,37 @@ class TestSourceContract:
         (source_folder.folder / "link.xml").symlink_to(secret)
         (source_folder.folder / "sub").mkdir()
         assert source_folder.source.scan() == []
+
+    def test_peek_reads_the_file_without_taking_it(self, source_folder):
+        source_folder.put("a", b"31234001234567\n3123400")
+        [entry] = source_folder.source.scan()
+        assert source_folder.source.peek(entry, 1000) == b"31234001234567\n3123400"
+        assert source_folder.source.peek(entry, 4) == b"3123"
+        assert [e.name for e in source_folder.source.scan()] == ["a"]
+        source_folder.remove("a")
+        with pytest.raises(SourceGone):
+            source_folder.source.peek(entry, 1000)
+
+    def test_marker_files_are_found_never_listed_and_dropped(self, marked_folder):
+        marked_folder.put("a_barcode", b"31234001234567\n")
+        marked_folder.put("b_barcode", b"31234001234568\n")
+        marked_folder.put("a_barcode.done", b"")
+        entries = {e.name: e for e in marked_folder.source.scan()}
+        assert sorted(entries) == ["a_barcode", "b_barcode"], "a marker is never a request file"
+        assert marked_folder.source.has_marker(entries["a_barcode"])
+        assert not marked_folder.source.has_marker(entries["b_barcode"])
+        marked_folder.source.drop_marker(entries["a_barcode"])
+        marked_folder.source.drop_marker(entries["b_barcode"])  # no marker: nothing to do, no error
+        assert sorted(p.name for p in marked_folder.folder.iterdir()) == ["a_barcode", "b_barcode"]
+
+    def test_open_writers_are_unknown_where_they_cannot_be_seen(self, source_folder):
+        source_folder.put("a", b"1\n")
+        [entry] = source_folder.source.scan()
+        answer = source_folder.source.writers(entry)
+        if source_folder.source.keeps_originals:
+            assert answer.state == "unknown" and "SFTP" in answer.reason
+        else:  # the tests own their files: the lease answers
+            assert answer.state == "nobody"
 
     def test_start_and_stop_are_safe_to_repeat(self, source_folder):
         woken = threading.Event()

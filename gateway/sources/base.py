@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
+from gateway.readiness import Writers
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -40,8 +42,17 @@ class Source(Protocol):
     def hints(self) -> set[str]:
         """Names touched since the last call (from events); empty where there are no events."""
 
-    def still_writing(self, entry: Entry) -> bool:
-        """True if the file is known to be open for writing (False when it cannot be known)."""
+    def writers(self, entry: Entry) -> Writers:
+        """Whether a process has the file open for writing: NOBODY, WRITING or UNKNOWN (and why)."""
+
+    def peek(self, entry: Entry, limit: int) -> bytes:
+        """Up to limit bytes of the file as it is now, without taking it. Raise SourceGone if it vanished."""
+
+    def has_marker(self, entry: Entry) -> bool:
+        """Marker mode (ready_marker): True if the file's marker exists."""
+
+    def drop_marker(self, entry: Entry) -> None:
+        """Marker mode: remove the file's marker once the file is taken (gone already is fine)."""
 
     def fetch(self, entry: Entry, destination: Path) -> None:
         """Move or copy the file to destination, durably. Raise SourceGone if it vanished."""

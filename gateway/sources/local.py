@@ -18,7 +18,7 @@ from watchdog.events import (FileClosedEvent, FileCreatedEvent, FileMovedEvent, 
                              FileSystemEventHandler)
 from watchdog.observers.inotify import InotifyObserver
 
-from gateway import intake, logs
+from gateway import intake, logs, readiness
 from gateway.errors import SourceGone
 from gateway.files import move_no_clobber
 from gateway.settings import LocalSourceSettings
@@ -83,7 +83,9 @@ class LocalSource:
         self.folder = settings.path
         self.location = str(settings.path)
         self.mode = choose_mode(settings)
-        self.trust_mtime = filesystem_type(settings.path) not in NETWORK_FILESYSTEMS
+        self.filesystem = filesystem_type(settings.path)
+        self.trust_mtime = self.filesystem not in NETWORK_FILESYSTEMS
+        self.marker = readiness.Marker(settings.ready_marker) if settings.ready_marker else None
         self._observer: InotifyObserver | None = None
         self._watching = False  # an observer was started (and so must be alive until stop)
         self._hints: set[str] = set()
@@ -123,6 +125,8 @@ class LocalSource:
         return not self._watching or (self._observer is not None and self._observer.is_alive())
 
     def _notice(self, name: str) -> None:
+        marked = self.marker.marks(name) if self.marker else None
+        name = marked or name  # a marker appearing means its file may now be ready
         with self._lock:
             self._hints.add(name)
         self._wake()
@@ -135,6 +139,8 @@ class LocalSource:
     def _entry(self, name: str, info: os.stat_result) -> Entry | None:
         if not stat.S_ISREG(info.st_mode) or not intake.wanted(name, self.settings.include):
             return None
+        if self.marker and self.marker.is_marker(name):
+            return None  # markers are never taken themselves
         return Entry(name=name, origin=str(self.folder / name), size=info.st_size, mtime=info.st_mtime)
 
     def scan(self) -> list[Entry]:
@@ -165,8 +171,30 @@ class LocalSource:
     def release(self, origin: str) -> str:
         return "moved out when taken"
 
-    def still_writing(self, entry: Entry) -> bool:
-        return intake.held_for_writing(Path(entry.origin)) is True
+    def writers(self, entry: Entry) -> readiness.Writers:
+        if not self.trust_mtime:
+            return readiness.Writers(readiness.UNKNOWN, f"a writer on another host is invisible here ({self.filesystem})")
+        return readiness.open_writers(Path(entry.origin))
+
+    def peek(self, entry: Entry, limit: int) -> bytes:
+        try:
+            fd = os.open(entry.origin, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except (FileNotFoundError, NotADirectoryError):
+            raise SourceGone(f"{entry.origin} disappeared") from None
+        with os.fdopen(fd, "rb") as handle:
+            return handle.read(limit)
+
+    def has_marker(self, entry: Entry) -> bool:
+        if self.marker is None:
+            return False
+        try:
+            return stat.S_ISREG(os.lstat(self.folder / self.marker.of(entry.name)).st_mode)
+        except OSError:
+            return False
+
+    def drop_marker(self, entry: Entry) -> None:
+        if self.marker is not None:
+            (self.folder / self.marker.of(entry.name)).unlink(missing_ok=True)
 
     def fetch(self, entry: Entry, destination: Path) -> None:
         """Rename the file into destination (copy + fsync + unlink across filesystems)."""

@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlsplit
 
 import paramiko
 
-from gateway import intake, logs
+from gateway import intake, logs, readiness
 from gateway.caiasoft import Backoff
 from gateway.errors import SourceGone, SourceUnavailable
 from gateway.files import partial_path
@@ -58,6 +58,8 @@ class SftpSource:
         self.folder = unquote(parts.path).rstrip("/") or "/"
         self.location = f"sftp://{self.user}@{self.host}:{self.port}{self.folder}"
         self.scan_interval = settings.poll_seconds
+        self.marker = readiness.Marker(settings.ready_marker) if settings.ready_marker else None
+        self._listed: set[str] = set()  # every name of the last listing (markers included)
         self.clock = clock
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
@@ -80,8 +82,8 @@ class SftpSource:
     def hints(self) -> set[str]:
         return set()
 
-    def still_writing(self, entry: Entry) -> bool:
-        return False  # cannot be known remotely; size and mtime must settle across polls
+    def writers(self, entry: Entry) -> readiness.Writers:
+        return readiness.Writers(readiness.UNKNOWN, "a writer on the SFTP server is invisible from here")
 
     def _disconnect(self) -> None:
         sftp, client, self._sftp, self._client = self._sftp, self._client, None, None
@@ -190,10 +192,13 @@ class SftpSource:
                 raise
             raise SourceUnavailable(f"cannot list {self.folder} on {self.host}: {error.strerror or error}") from None
         entries = []
+        self._listed = {attributes.filename for attributes in listing}
         for attributes in listing:
             name = attributes.filename
             if "/" in name or "\0" in name or not stat.S_ISREG(attributes.st_mode or 0):
                 continue  # symlinks, folders and impossible names are never taken
+            if self.marker and self.marker.is_marker(name):
+                continue  # markers are never taken themselves
             if intake.wanted(name, self.settings.include):
                 entries.append(Entry(name=name, origin=self._remote(name), size=attributes.st_size,
                                      mtime=float(attributes.st_mtime)))
@@ -228,6 +233,28 @@ class SftpSource:
             raise SourceGone(f"{entry.origin} changed while being downloaded ({got} of {entry.size} bytes); "
                              "it is taken again once it settles")
         os.rename(partial, destination)
+
+    def peek(self, entry: Entry, limit: int) -> bytes:
+        def read(sftp: paramiko.SFTPClient) -> bytes:
+            with sftp.open(entry.origin, "rb") as remote:
+                remote.prefetch(min(entry.size, limit))
+                return remote.read(limit)
+        try:
+            return self._call(read, f"reading {entry.name}")
+        except FileNotFoundError:
+            raise SourceGone(f"{entry.origin} disappeared") from None
+
+    def has_marker(self, entry: Entry) -> bool:
+        return self.marker is not None and self.marker.of(entry.name) in self._listed
+
+    def drop_marker(self, entry: Entry) -> None:
+        if self.marker is None:
+            return
+        marker = self._remote(self.marker.of(entry.name))
+        try:
+            self._call(lambda sftp: sftp.remove(marker), f"removing the marker {marker}")
+        except FileNotFoundError:
+            pass
 
     def release(self, origin: str) -> str:
         """Delete or move the remote original after its outcome is known; return what was done."""
