@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     journal.add_argument("--request-id", dest="request_id")
     journal.add_argument("--id", dest="entry_id", help="an id of your own, kept in logs and dead letters")
     demo = commands.add_parser("demo", help="a self-contained run with the simulator and sample files")
-    demo.add_argument("--keep", action="store_true", help="keep the demo folder (it is kept by default)")
+    demo.add_argument("--keep", action="store_true", help="keep the demo folder to look around (else it is removed)")
     simulate = commands.add_parser("simulate", help="run a simulator on loopback for dry runs")
     simulate.add_argument("system", choices=["caiasoft", "ncip"])
     simulate.add_argument("--port", type=int, default=8800)
@@ -259,7 +259,7 @@ def cmd_journal(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
-    return run_demo()
+    return run_demo(keep=args.keep)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

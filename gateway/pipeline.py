@@ -1,8 +1,10 @@
 """The request-file pipeline: claim -> validate -> upload -> archive or error.
 
-Pipeline is the only code that moves a file between the source, work/, the
-archive and the error folder, and it records each step in the ledger before
-the next one starts. recover() finishes whatever a crash interrupted.
+Pipeline moves files between the source, work/, the archive and the error
+folder, and records each step in the ledger before the next one starts; the
+one other mover is the `retry` command (retry.py), which puts a file from the
+error folder back into work/ and hands it to the pipeline. recover() finishes
+whatever a crash interrupted.
 """
 
 from __future__ import annotations

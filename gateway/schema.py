@@ -26,7 +26,7 @@ class Key:
     """One config key: its TOML type, default (or REQUIRED) and what it means."""
 
     name: str
-    kind: str  # str | int | number | bool | path | strings | table
+    kind: str  # str | int | number | bool | path | strings | table (free keys) | section (a sub-table of keys)
     default: Any
     doc: str
     choices: tuple[str, ...] = ()
