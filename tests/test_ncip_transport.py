@@ -73,9 +73,9 @@ def test_the_content_type_is_configurable():
 class Silent:
     """A raw-socket peer that misbehaves: accepts, reads, then writes what it is told, slowly or forever."""
 
-    def __init__(self, write: bytes = b"", forever: bool = False, pause: float = 0.0):
+    def __init__(self, write: bytes = b"", forever: bool = False, pause: float = 0.0, first: bytes = b""):
         self.server = socket.create_server(("127.0.0.1", 0))
-        self.write, self.forever, self.pause = write, forever, pause
+        self.write, self.forever, self.pause, self.first = write, forever, pause, first
         self.stop = threading.Event()
         threading.Thread(target=self._serve, daemon=True).start()
 
@@ -88,6 +88,7 @@ class Silent:
         with connection:
             connection.recv(65536)
             try:
+                connection.sendall(self.first)
                 while not self.stop.is_set():
                     connection.sendall(self.write)
                     if not self.forever:
@@ -112,6 +113,29 @@ def test_a_raw_socket_that_never_completes_its_answer_hits_the_total_deadline():
     finally:
         peer.close()
     assert time.monotonic() - started < 3, "one total deadline, not one per read"
+
+
+def test_an_http_answer_that_dribbles_forever_hits_the_total_deadline():
+    peer = Silent(b"x", forever=True, pause=0.05,
+                  first=b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: 100000\r\n\r\n<NCIPMessage>")
+    transport = for_settings(settings(url=peer.url.replace("tcp:", "http:") + "/ncip", timeout_seconds=1))
+    started = time.monotonic()
+    try:
+        with pytest.raises(NcipUnavailable, match="within timeout_seconds"):
+            transport.exchange(b"<NCIPMessage/>")
+    finally:
+        peer.close()
+    assert time.monotonic() - started < 3
+
+
+def test_an_http_answer_above_the_cap_is_refused():
+    peer = Silent(b"x" * 20_000, first=b"HTTP/1.1 200 OK\r\nContent-Length: 20000\r\n\r\n")
+    transport = for_settings(settings(url=peer.url.replace("tcp:", "http:") + "/", max_answer_bytes=4096))
+    try:
+        with pytest.raises(NcipUnavailable, match="larger than max_answer_bytes"):
+            transport.exchange(b"<NCIPMessage/>")
+    finally:
+        peer.close()
 
 
 def test_a_raw_socket_answer_above_the_cap_is_refused():

@@ -15,13 +15,12 @@ whole answer) and a cap on the answer's size (max_answer_bytes).
 from __future__ import annotations
 
 import socket
-import time
 from typing import Protocol
 from urllib.parse import quote, urlsplit
 
 import requests
 
-from gateway import __version__
+from gateway import http
 from gateway.config import Ncip
 from gateway.ncip.answers import complete
 
@@ -50,55 +49,38 @@ def for_settings(settings: Ncip) -> Transport:
 
 
 class Http:
-    """One requests.Session to the NCIP server's HTTP address."""
+    """http(s)://...: one session (gateway.http) per relay thread."""
 
     def __init__(self, settings: Ncip):
         self.settings = settings
-        self.session = requests.Session()
-        self.session.headers["User-Agent"] = f"aleph-caiasoft-gateway/{__version__}"
+        self.session = http.new_session()
 
     def close(self) -> None:
         self.session.close()
 
     def exchange(self, message: bytes) -> bytes:
         settings = self.settings
-        deadline = time.monotonic() + settings.timeout_seconds
+        url, headers, data, method = settings.url, {"Content-Type": settings.content_type}, message, "POST"
         if settings.send_as == "query":
-            request = requests.Request("GET", settings.url.split("?", 1)[0] + "?" + quote(message, safe=""))
+            method, url, headers, data = "GET", url.split("?", 1)[0] + "?" + quote(message, safe=""), {}, b""
         elif settings.send_as == "form":
-            request = requests.Request("POST", settings.url, data=quote(message, safe="").encode("ascii"),
-                                       headers={"Content-Type": "application/x-www-form-urlencoded"})
-        else:
-            request = requests.Request("POST", settings.url, data=message,
-                                       headers={"Content-Type": settings.content_type})
+            headers, data = {"Content-Type": "application/x-www-form-urlencoded"}, \
+                quote(message, safe="").encode("ascii")
         try:
-            response = self.session.send(self.session.prepare_request(request), stream=True,
-                                         timeout=settings.timeout_seconds, allow_redirects=False)
-            try:
-                body = self._read(response, deadline)
-            finally:
-                response.close()
+            answer = http.send(self.session, method, url, deadline=settings.timeout_seconds,
+                               max_bytes=settings.max_answer_bytes, headers=headers, data=data or None)
         except requests.RequestException as error:
             raise NcipUnavailable(f"cannot reach the NCIP server: {_describe(error)}") from None
-        if not 200 <= response.status_code < 300:
-            raise NcipUnavailable(f"NCIP server answered HTTP {response.status_code}", response.status_code)
-        return body
-
-    def _read(self, response: requests.Response, deadline: float) -> bytes:
-        data = bytearray()
-        for chunk in response.iter_content(READ_CHUNK):
-            data += chunk
-            if len(data) > self.settings.max_answer_bytes:
-                raise NcipUnavailable(f"the NCIP answer is larger than max_answer_bytes "
-                                      f"({self.settings.max_answer_bytes})", response.status_code)
-            if time.monotonic() > deadline:
-                raise NcipUnavailable(f"no whole answer within timeout_seconds ({self.settings.timeout_seconds:g} s)",
-                                      response.status_code)
-        return bytes(data)
+        if not 200 <= answer.status < 300:
+            raise NcipUnavailable(f"NCIP server answered HTTP {answer.status}", answer.status)
+        if answer.truncated:
+            raise NcipUnavailable(f"the NCIP answer is larger than max_answer_bytes ({settings.max_answer_bytes})",
+                                  answer.status)
+        return answer.body
 
 
 class RawSocket:
-    """tcp://HOST:PORT: one connection per message, closed after the answer."""
+    """tcp://HOST:PORT: one connection per message, closed after the answer, under one total deadline."""
 
     def __init__(self, settings: Ncip):
         self.settings = settings
@@ -110,36 +92,39 @@ class RawSocket:
 
     def exchange(self, message: bytes) -> bytes:
         settings = self.settings
-        deadline = time.monotonic() + settings.timeout_seconds
         where = f"{self.address[0]}:{self.address[1]}"
-        try:
-            connection = socket.create_connection(self.address, timeout=settings.timeout_seconds)
-        except OSError as error:
-            raise NcipUnavailable(f"cannot connect to the NCIP port {where}: {error.strerror or error}") from None
-        with connection:
-            data = bytearray()
+        late = NcipUnavailable(f"no whole answer from {where} within timeout_seconds ({settings.timeout_seconds:g} s)")
+        data = bytearray()
+        with http.Deadline(settings.timeout_seconds) as deadline:
             try:
-                connection.settimeout(max(deadline - time.monotonic(), 0.001))
-                connection.sendall(message)
-                while not complete(data):
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise socket.timeout
-                    connection.settimeout(remaining)
-                    chunk = connection.recv(READ_CHUNK)
-                    if not chunk:
-                        break  # the server closed: what came is the answer
-                    data += chunk
-                    if len(data) > settings.max_answer_bytes:
-                        raise NcipUnavailable(f"the NCIP answer from {where} is larger than max_answer_bytes "
-                                              f"({settings.max_answer_bytes})")
-            except socket.timeout:
-                raise NcipUnavailable(f"no whole answer from {where} within timeout_seconds "
-                                      f"({settings.timeout_seconds:g} s; {len(data)} bytes came)") from None
+                connection = socket.create_connection(self.address, timeout=max(deadline.remaining(), 0.001))
             except OSError as error:
-                if not data:
-                    raise NcipUnavailable(f"the NCIP port {where} dropped the connection: "
-                                          f"{error.strerror or error}") from None
+                if deadline.expired or isinstance(error, socket.timeout):
+                    raise late from None
+                raise NcipUnavailable(f"cannot connect to the NCIP port {where}: {error.strerror or error}") \
+                    from None
+            with connection:
+                deadline.attach(connection)  # shut down at the deadline, whatever it is doing
+                try:
+                    connection.settimeout(max(deadline.remaining(), 0.001))
+                    connection.sendall(message)
+                    while not complete(data):
+                        connection.settimeout(max(deadline.remaining(), 0.001))
+                        chunk = connection.recv(READ_CHUNK)
+                        if not chunk:
+                            break  # the server closed: what came is the answer
+                        data += chunk
+                        if len(data) > settings.max_answer_bytes:
+                            raise NcipUnavailable(f"the NCIP answer from {where} is larger than max_answer_bytes "
+                                                  f"({settings.max_answer_bytes})")
+                except socket.timeout:
+                    raise late from None
+                except OSError as error:
+                    if not data:
+                        raise NcipUnavailable(f"the NCIP port {where} dropped the connection: "
+                                              f"{error.strerror or error}") from None
+            if deadline.expired:
+                raise late
         if not data:
             raise NcipUnavailable(f"the NCIP port {where} closed the connection without an answer")
         return bytes(data)
@@ -148,6 +133,8 @@ class RawSocket:
 def _describe(error: requests.RequestException) -> str:
     if isinstance(error, requests.exceptions.SSLError):
         return "TLS certificate could not be verified (" + str(error)[:200] + ")"
+    if isinstance(error, http.DeadlineExceeded):
+        return f"no whole answer within timeout_seconds ({error})"
     if isinstance(error, requests.Timeout):
         return "no answer in time (timeout)"
     if isinstance(error, requests.ConnectionError):
