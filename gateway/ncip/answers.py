@@ -76,7 +76,7 @@ class UnreadableAnswer(ValueError):
         self.excerpt = body[:EXCERPT_BYTES].decode("utf-8", "replace")
 
 
-def complete(data: bytes) -> bool:
+def complete(data: bytes | bytearray) -> bool:
     """True once data holds a whole NCIP message (its root element closed): the raw-socket reader stops there."""
     return _ROOT_END.search(data) is not None
 

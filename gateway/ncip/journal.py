@@ -71,7 +71,8 @@ def parse_entry(raw: bytes) -> JournalEntry:
             raise ValueError(f"{key} must be a non-empty string, got {value!r}")
     if not data.get("item"):
         raise ValueError("item (the barcode) is missing")
-    return JournalEntry(**{key: data.get(key) for key in FIELDS})
+    return JournalEntry(action=data["action"], item=data["item"], stop=data.get("stop"), user=data.get("user"),
+                        request_id=data.get("request_id"), id=data.get("id"))
 
 
 def append(path: Path, entry: JournalEntry) -> None:
@@ -117,7 +118,8 @@ def _same_content(fd: int, saved: dict[str, Any]) -> bool:
         return False
     if _fingerprint(fd, saved["fingerprint_length"], saved["offset"]) == saved["fingerprint"]:
         return True
-    return _fingerprint(fd, saved["fingerprint_length"]) == saved["fingerprint"]  # a checkpoint of 1.0: head only
+    legacy: bool = _fingerprint(fd, saved["fingerprint_length"]) == saved["fingerprint"]  # 1.0: head only
+    return legacy
 
 
 class Tailer:
@@ -132,9 +134,15 @@ class Tailer:
         self._rotated = False  # reading an old (renamed or copied) file; the one at path comes next
         self._mark: dict[str, Any] | None = None  # the last checkpoint: what the file held up to the offset
 
+    @property
+    def _file(self) -> int:
+        """The open descriptor (only called once the journal is open)."""
+        assert self._fd is not None, "the journal is not open"
+        return self._fd
+
     def close(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)
+            os.close(self._file)
             self._fd = None
 
     # -- opening, following rotation, noticing truncation --------------------------------
@@ -195,7 +203,7 @@ class Tailer:
         """The file at the checkpoint no longer holds what it held: find a copy of the old content, else restart."""
         copy = self._find_old(saved, by_inode=False) if saved["offset"] else None
         if copy is not None:
-            os.close(self._fd)
+            os.close(self._file)
             self._fd, self._offset, self._rotated, self._mark = copy, saved["offset"], True, saved
             log.warning("journal.truncated", journal=str(self.path), was=saved["offset"], now=size,
                         policy="reading the rest of the copy of the old content first, then the journal from "
@@ -211,8 +219,8 @@ class Tailer:
         """Before every read: has the file been truncated or rewritten below the checkpoint?"""
         if self._mark is None or self._rotated:
             return
-        if not _same_content(self._fd, self._mark):
-            self._truncated(self._mark, os.fstat(self._fd).st_size)
+        if not _same_content(self._file, self._mark):
+            self._truncated(self._mark, os.fstat(self._file).st_size)
 
     def _switched(self) -> bool:
         """At the end of the file: if it was rotated, move on to the new one. True if the position changed."""
@@ -220,13 +228,13 @@ class Tailer:
             info = os.stat(self.path)
         except FileNotFoundError:
             return False
-        current = os.fstat(self._fd)
+        current = os.fstat(self._file)
         if self._rotated or (info.st_dev, info.st_ino) != (current.st_dev, current.st_ino):
             rest = current.st_size - self._offset
             if rest:
                 log.warning("journal.partial_line_dropped", journal=str(self.path), bytes=rest,
                             detail="the rotated file ended without a newline")
-            os.close(self._fd)
+            os.close(self._file)
             self._fd = None
             if not self._rotated:
                 if current.st_nlink == 0:
@@ -254,14 +262,14 @@ class Tailer:
         line = self._read_raw_line()
         if line is None:
             return None
-        fingerprint = _fingerprint(self._fd, min(FINGERPRINT_BYTES, line.end), line.end)
-        if os.pread(self._fd, len(line.raw), line.start) != line.raw:
+        fingerprint = _fingerprint(self._file, min(FINGERPRINT_BYTES, line.end), line.end)
+        if os.pread(self._file, len(line.raw), line.start) != line.raw:
             return None  # the file changed while it was read: the next read's check says how
         return dataclasses.replace(line, fingerprint=fingerprint)
 
     def _read_raw_line(self) -> Line | None:
         limit = self.max_line_bytes + 1
-        data = os.pread(self._fd, limit, self._offset)
+        data = os.pread(self._file, limit, self._offset)
         newline = data.find(b"\n")
         if newline >= 0:
             raw = data[:newline]
@@ -278,7 +286,7 @@ class Tailer:
 
     def _find_newline(self, position: int) -> int | None:
         while True:
-            chunk = os.pread(self._fd, READ_CHUNK, position)
+            chunk = os.pread(self._file, READ_CHUNK, position)
             if not chunk:
                 return None
             found = chunk.find(b"\n")
@@ -292,7 +300,7 @@ class Tailer:
         The fingerprint is the one taken when the line was read: if the file was emptied and refilled
         while the line was out, the next read notices, instead of taking the new content for the old."""
         self._offset = line.end
-        info = os.fstat(self._fd)
+        info = os.fstat(self._file)
         self._mark = {"device": info.st_dev, "inode": info.st_ino, "offset": self._offset,
                       "fingerprint": line.fingerprint, "fingerprint_length": min(FINGERPRINT_BYTES, line.end)}
         return dict(self._mark)

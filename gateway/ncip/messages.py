@@ -34,7 +34,8 @@ def lookup(settings: Ncip, barcode: str) -> bytes:
         element(element(service, "ItemId"), "ItemIdentifierValue", barcode)
         for wanted in LOOKUP_ELEMENTS:
             element(service, "ItemElementType", wanted)
-        return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+        message: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+        return message
     root, service = _v1_start("LookupItem", settings, with_profile=False)
     _v1_unique(service, "UniqueItemId", settings, "ItemIdentifierValue", barcode)
     for wanted in LOOKUP_ELEMENTS:
@@ -69,7 +70,8 @@ def _v2(settings: Ncip, entry: JournalEntry) -> bytes:
     element(element(service, "ItemId"), "ItemIdentifierValue", entry.item)
     if checkout and entry.request_id:
         element(element(service, "RequestId"), "RequestIdentifierValue", entry.request_id)
-    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    message: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    return message
 
 
 def _sub(parent: ET.Element, name: str, text: str | None = None) -> ET.Element:

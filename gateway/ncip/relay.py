@@ -142,7 +142,7 @@ class Relay(threading.Thread):
                     self._rest(POLL_SECONDS)
                     continue
                 if line.entry is None:
-                    self._dead_letter(line, line.problem, None)
+                    self._dead_letter(line, line.problem or "invalid line", None)
                     self._commit(line)
                     continue
                 answer = self.client.send(line.entry)
@@ -187,6 +187,7 @@ class Relay(threading.Thread):
                         detail=f"the NCIP server answers in version {version}: set ncip.version = \"{version}\"")
 
     def _commit(self, line: Line) -> None:
+        assert self.tailer is not None, "run() opened the tailer"
         self.ledger.set_checkpoint(CHECKPOINT, **self.tailer.commit(line))
 
     def _dead_letter(self, line: Line, reason: str, answer: Answer | None) -> None:

@@ -91,43 +91,52 @@ class RawSocket:
         pass
 
     def exchange(self, message: bytes) -> bytes:
-        settings = self.settings
         where = f"{self.address[0]}:{self.address[1]}"
-        late = NcipUnavailable(f"no whole answer from {where} within timeout_seconds ({settings.timeout_seconds:g} s)")
-        data = bytearray()
-        with http.Deadline(settings.timeout_seconds) as deadline:
-            try:
-                connection = socket.create_connection(self.address, timeout=max(deadline.remaining(), 0.001))
-            except OSError as error:
-                if deadline.expired or isinstance(error, socket.timeout):
-                    raise late from None
-                raise NcipUnavailable(f"cannot connect to the NCIP port {where}: {error.strerror or error}") \
-                    from None
+        with http.Deadline(self.settings.timeout_seconds) as deadline:
+            connection = self._connect(deadline, where)
             with connection:
                 deadline.attach(connection)  # shut down at the deadline, whatever it is doing
-                try:
-                    connection.settimeout(max(deadline.remaining(), 0.001))
-                    connection.sendall(message)
-                    while not complete(data):
-                        connection.settimeout(max(deadline.remaining(), 0.001))
-                        chunk = connection.recv(READ_CHUNK)
-                        if not chunk:
-                            break  # the server closed: what came is the answer
-                        data += chunk
-                        if len(data) > settings.max_answer_bytes:
-                            raise NcipUnavailable(f"the NCIP answer from {where} is larger than max_answer_bytes "
-                                                  f"({settings.max_answer_bytes})")
-                except socket.timeout:
-                    raise late from None
-                except OSError as error:
-                    if not data:
-                        raise NcipUnavailable(f"the NCIP port {where} dropped the connection: "
-                                              f"{error.strerror or error}") from None
+                data = self._talk(connection, message, deadline, where)
             if deadline.expired:
-                raise late
+                raise self._late(where)
         if not data:
             raise NcipUnavailable(f"the NCIP port {where} closed the connection without an answer")
         return bytes(data)
+
+    def _late(self, where: str) -> NcipUnavailable:
+        return NcipUnavailable(f"no whole answer from {where} within timeout_seconds "
+                               f"({self.settings.timeout_seconds:g} s)")
+
+    def _connect(self, deadline: http.Deadline, where: str) -> socket.socket:
+        try:
+            return socket.create_connection(self.address, timeout=max(deadline.remaining(), 0.001))
+        except OSError as error:
+            if deadline.expired or isinstance(error, socket.timeout):
+                raise self._late(where) from None
+            raise NcipUnavailable(f"cannot connect to the NCIP port {where}: {error.strerror or error}") from None
+
+    def _talk(self, connection: socket.socket, message: bytes, deadline: http.Deadline, where: str) -> bytearray:
+        """Write the message; read until the answer is a whole NCIP message, or the server closes."""
+        data = bytearray()
+        try:
+            connection.settimeout(max(deadline.remaining(), 0.001))
+            connection.sendall(message)
+            while not complete(data):
+                connection.settimeout(max(deadline.remaining(), 0.001))
+                chunk = connection.recv(READ_CHUNK)
+                if not chunk:
+                    break  # the server closed: what came is the answer
+                data += chunk
+                if len(data) > self.settings.max_answer_bytes:
+                    raise NcipUnavailable(f"the NCIP answer from {where} is larger than max_answer_bytes "
+                                          f"({self.settings.max_answer_bytes})")
+        except socket.timeout:
+            raise self._late(where) from None
+        except OSError as error:
+            if not data:
+                raise NcipUnavailable(f"the NCIP port {where} dropped the connection: "
+                                      f"{error.strerror or error}") from None
+        return data
 
 
 def _describe(error: requests.RequestException) -> str:

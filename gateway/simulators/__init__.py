@@ -17,13 +17,12 @@ class LoopbackServer:
     kind = "simulator"
 
     def __init__(self, host: str, port: int, handler: type[socketserver.BaseRequestHandler],
-                 server_class: type[socketserver.ThreadingTCPServer] = ThreadingHTTPServer):
+                 server_class: type[socketserver.TCPServer] = ThreadingHTTPServer):
         self.received: list[Any] = []
         self._faults: collections.deque[str] = collections.deque()
         self._changed = threading.Condition()
         self._stopping = threading.Event()
-        self._server = server_class((host, port), handler)
-        self._server.daemon_threads = True
+        self._server = server_class((host, port), handler)  # both server classes use daemon threads
 
     @property
     def address(self) -> str:

@@ -139,7 +139,7 @@ class NcipSimulator(LoopbackServer):
     def url(self) -> str:
         if self.transport == "tcp":
             host, port = self._server.server_address[:2]
-            return f"tcp://{host}:{port}"
+            return f"tcp://{host if isinstance(host, str) else host.decode()}:{port}"
         return self.address + "/"
 
     def parse(self, body: bytes, transport: str = "", content_type: str = "") -> Received:

@@ -53,7 +53,8 @@ def _v2(service: str, item: str, outcome: Outcome) -> bytes:
             fields = element(response, "ItemOptionalFields")
             element(element(fields, "BibliographicDescription"), "Title", outcome.title)
             element(fields, "CirculationStatus", outcome.circulation_status)
-    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    message: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    return message
 
 
 def _sub(parent: ET.Element, name: str, text: str | None = None) -> ET.Element:
