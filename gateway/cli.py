@@ -186,9 +186,7 @@ def cmd_send(args: argparse.Namespace) -> int:
                     break
                 if attempt + 1 < args.attempts:
                     time.sleep(pipeline.backoff.delay(attempt + 1, outcome.retry_after))
-            row = ledger.get(row_id)
-            if row is None:  # only a claim that never finished is removed, and this one finished
-                raise AssertionError(f"file row {row_id} vanished from the ledger")
+            row = ledger.row(row_id)
             if row.state == "archived":
                 print(f"{name}: accepted by CaiaSoft, archived as {row.final_path}")
             elif row.state == "refused":
