@@ -1,10 +1,19 @@
 """The CaiaSoft client: upload a request file, read the answer, decide what it means.
 
-Every answer becomes an Outcome with one of four verdicts:
-  accepted   2xx and success true (per-item denials are kept, not a failure)
-  refused    success false, a non-empty error, or another 4xx: the file goes to error_dir
-  transient  network error, timeout, 408, 429, 5xx, or an unreadable 2xx: retry later
-  paused     401/403 (wrong key) or a redirect (wrong base_url): stop uploading, move nothing
+Every answer becomes an Outcome with one of five verdicts:
+  accepted    2xx and success true (per-item denials are kept, not a failure)
+  refused     success false, a non-empty error, or another 4xx: the file goes to error_dir
+  transient   network error, total deadline passed, 408, 429, 5xx: retry later
+  unreadable  a 2xx that is not CaiaSoft's JSON (an HTML maintenance page from a proxy, an
+              answer cut at max_answer_bytes): CaiaSoft may have the file, so it is sent again
+              only caiasoft.unreadable_answer_retries times, then it goes to error_dir
+  paused      401/403 (wrong key) or a redirect (wrong base_url): stop uploading, move nothing
+
+Every call goes through gateway.http: a total deadline (caiasoft.deadline_seconds),
+an answer cut at caiasoft.max_answer_bytes (the rest is never read; only an
+excerpt of an answer that is not JSON is kept), TLS verified as the config says
+whatever REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE say (proxies still come from
+HTTPS_PROXY / NO_PROXY).
 """
 
 from __future__ import annotations
@@ -13,22 +22,25 @@ import dataclasses
 import email.utils
 import json
 import random
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 from urllib.parse import quote
 
 import requests
 
-from gateway import __version__
+from gateway import http
 from gateway.config import CaiaSoft, Secret
 from gateway.errors import GatewayError
+from gateway.logs import REDACTED
 
 RETRY_AFTER_CAP_SECONDS = 3600.0
 ANSWER_EXCERPT_CHARS = 2000
 CONTENT_TYPES = {"xml": "application/xml", "text": "text/plain"}
 STOP_LIST_PATH = "/api/circstoplist/v1/ACTIVE"
+UNREADABLE_COUNT = "unreadable_answers"  # kept in the ledger's answer while the file waits
 
 
 @dataclass(frozen=True)
@@ -42,12 +54,21 @@ class Outcome:
     elapsed_ms: int = 0
 
 
-def classify(status: int, headers: dict[str, str] | requests.structures.CaseInsensitiveDict,
-             body: str, now: float | None = None) -> Outcome:
-    """Given an HTTP answer from CaiaSoft, return the Outcome it means."""
-    parsed = _parse_json(body)
-    answer = parsed if parsed is not None or not body.strip() else {"unparsed": body[:ANSWER_EXCERPT_CHARS]}
-    words = _error_words(parsed) if parsed is not None else body.strip()[:200]
+def classify(status: int, headers: Mapping[str, str], body: str, now: float | None = None,
+             truncated_at: int | None = None) -> Outcome:
+    """Given an HTTP answer from CaiaSoft, return the Outcome it means.
+
+    truncated_at: the answer was longer than this many bytes and body is only its start.
+    """
+    parsed = None if truncated_at else _parse_json(body)
+    cut = (f" (the answer was longer than caiasoft.max_answer_bytes = {truncated_at} bytes; "
+           "the rest was not read)") if truncated_at else ""
+    if parsed is not None or not body.strip():
+        answer: Any = parsed
+    else:
+        answer = {"unparsed": body[:ANSWER_EXCERPT_CHARS],
+                  **({"truncated_at_bytes": truncated_at} if truncated_at else {})}
+    words = _error_words(parsed) if parsed is not None else " ".join(body.split())[:200]
     said = f": {words}" if words else ""
     if status in (401, 403):
         return Outcome("paused", f"CaiaSoft refused the API key (HTTP {status}): check api_key_file "
@@ -57,13 +78,14 @@ def classify(status: int, headers: dict[str, str] | requests.structures.CaseInse
         return Outcome("paused", f"CaiaSoft answered with a redirect (HTTP {status} to {location}): "
                        "check caiasoft.base_url and requestfile_path", status, answer)
     if status in (408, 429) or status >= 500:
-        return Outcome("transient", f"CaiaSoft is unavailable (HTTP {status}{said})",
+        return Outcome("transient", f"CaiaSoft is unavailable (HTTP {status}{said}){cut}",
                        status, answer, retry_after=parse_retry_after(headers.get("Retry-After"), now))
     if status >= 400:
-        return Outcome("refused", f"CaiaSoft refused the file (HTTP {status}){said}", status, answer)
+        return Outcome("refused", f"CaiaSoft refused the file (HTTP {status}){said}{cut}", status, answer)
     if not isinstance(parsed, dict):
-        return Outcome("transient", f"CaiaSoft's answer (HTTP {status}) is not a JSON object; "
-                       "will retry", status, answer)
+        kind = headers.get("Content-Type") or "no Content-Type"
+        return Outcome("unreadable", f"CaiaSoft's answer (HTTP {status}, {kind}) is not its JSON answer"
+                       f"{cut}{said}", status, answer)
     success = parsed.get("success")
     error = parsed.get("error")
     if success is False or str(success).lower() == "false" or error not in (None, "", [], {}):
@@ -123,82 +145,134 @@ class Backoff:
     def delay(self, failures: int, retry_after: float | None = None) -> float:
         """Seconds to wait after the given number of consecutive failures (1 = first)."""
         base = min(self.maximum, self.initial * 2 ** max(failures - 1, 0))
-        delay = base / 2 + self.random() * base / 2
+        delay: float = base / 2 + self.random() * base / 2
         if retry_after is not None:
             delay = max(delay, retry_after)
         return delay
 
 
 class CaiaSoftClient:
-    """One requests.Session to CaiaSoft. Thread-safe for sequential use by one thread each call."""
+    """CaiaSoft over HTTP, through gateway.http (total deadline, answer size cap, TLS from the config).
 
-    def __init__(self, settings: CaiaSoft, api_key: Secret, session: requests.Session | None = None):
+    Each thread that uses the client (each upload worker, the feed) gets its own
+    requests.Session: requests does not promise a session is safe to share.
+    Every Outcome it returns has the API key scrubbed from its reason and answer,
+    so an error text that quotes the key is never stored or shown raw.
+    """
+
+    def __init__(self, settings: CaiaSoft, api_key: Secret,
+                 session_factory: Callable[[], requests.Session] = http.new_session):
         self.settings = settings
         self._key = api_key
-        self.session = session or requests.Session()
-        self.session.headers["User-Agent"] = f"aleph-caiasoft-gateway/{__version__}"
-        self.session.verify = str(settings.ca_file) if settings.ca_file else settings.verify_tls
+        self._session_factory = session_factory
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        self._sessions_lock = threading.Lock()
+        # verify is passed on every call: the config wins over REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE
+        self._verify: bool | str = str(settings.ca_file) if settings.ca_file else settings.verify_tls
+
+    @property
+    def session(self) -> requests.Session:
+        """This thread's session (made on first use)."""
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = self._session_factory()
+            with self._sessions_lock:
+                self._sessions.append(session)
+        return session
 
     def close(self) -> None:
-        self.session.close()
+        with self._sessions_lock:
+            sessions, self._sessions = self._sessions, []
+        for session in sessions:
+            session.close()
+        self._local = threading.local()
 
     def _headers(self) -> dict[str, str]:
         return {"X-API-Key": self._key.value, "Accept": "application/json"}
+
+    def _call(self, method: str, url: str, **kwargs: Any) -> http.Answer:
+        return http.send(self.session, method, url, deadline=self.settings.deadline_seconds,
+                         max_bytes=self.settings.max_answer_bytes, step_timeout=self.settings.timeout_seconds,
+                         verify=self._verify, headers=self._headers(), **kwargs)
+
+    def _outcome(self, answer: http.Answer) -> Outcome:
+        body = scrub(answer.text, self._key.value)
+        outcome = classify(answer.status, answer.headers, body,
+                           truncated_at=self.settings.max_answer_bytes if answer.truncated else None)
+        return dataclasses.replace(outcome, reason=scrub(outcome.reason, self._key.value),
+                                   answer=scrub(outcome.answer, self._key.value),
+                                   elapsed_ms=int(answer.elapsed * 1000))
+
+    def _failure(self, prefix: str, error: requests.RequestException, started: float) -> Outcome:
+        reason = scrub(f"{prefix}: {_describe(error, self.settings.deadline_seconds)}", self._key.value)
+        return Outcome("transient", reason, elapsed_ms=_ms(started))
 
     def upload(self, path: Path, name: str, kind: str) -> Outcome:
         """POST one file (opened afresh) to requestfile; return the Outcome. Never raises for HTTP."""
         started = time.monotonic()
         try:
+            content_type = CONTENT_TYPES.get(kind, "application/octet-stream")
             with open(path, "rb") as body:
-                response = self.session.post(
-                    self.settings.requestfile_url,
-                    headers=self._headers(),
-                    files={self.settings.upload_field: (name, body, CONTENT_TYPES.get(kind, "application/octet-stream"))},
-                    data=dict(self.settings.extra_fields),
-                    timeout=self.settings.timeout_seconds,
-                    allow_redirects=False,
-                )
-                text = response.text
+                answer = self._call("POST", self.settings.requestfile_url,
+                                    files={self.settings.upload_field: (name, body, content_type)},
+                                    data=dict(self.settings.extra_fields))
         except requests.RequestException as error:
-            return Outcome("transient", f"cannot reach CaiaSoft: {_describe(error)}",
-                           elapsed_ms=_ms(started))
-        outcome = classify(response.status_code, response.headers, text)
-        return _with_elapsed(outcome, started)
+            return self._failure("cannot reach CaiaSoft", error, started)
+        return self._outcome(answer)
 
     def check(self) -> Outcome:
         """A harmless GET (the active circulation stops) to prove URL, TLS and key work."""
         started = time.monotonic()
-        url = self.settings.base_url.rstrip("/") + STOP_LIST_PATH
         try:
-            response = self.session.get(url, headers=self._headers(), timeout=self.settings.timeout_seconds,
-                                        allow_redirects=False)
+            answer = self._call("GET", self.settings.base_url.rstrip("/") + STOP_LIST_PATH)
         except requests.RequestException as error:
-            return Outcome("transient", f"cannot reach CaiaSoft at {self.settings.base_url}: {_describe(error)}",
-                           elapsed_ms=_ms(started))
-        outcome = classify(response.status_code, response.headers, response.text)
-        return _with_elapsed(outcome, started)
-
+            return self._failure(f"cannot reach CaiaSoft at {self.settings.base_url}", error, started)
+        return self._outcome(answer)
 
     def status_list(self, kind: str, day: str, collection: str) -> list[str]:
         """Barcodes CaiaSoft retrieved or refiled (kind) on day (YYYYMMDD) in collection. Raise GatewayError."""
         url = f"{self.settings.base_url.rstrip('/')}/api/{kind}list/v1/{day}/{day}/{quote(collection, safe='')}"
+        started = time.monotonic()
         try:
-            response = self.session.get(url, headers=self._headers(), timeout=self.settings.timeout_seconds,
-                                        allow_redirects=False)
+            answer = self._call("GET", url)
         except requests.RequestException as error:
-            raise GatewayError(f"cannot read CaiaSoft's {kind} list: {_describe(error)}") from None
-        if response.status_code != 200:
-            raise GatewayError(f"CaiaSoft's {kind} list: {classify(response.status_code, response.headers, response.text).reason}")
-        answer = _parse_json(response.text)
-        barcodes = answer.get("barcodes") if isinstance(answer, dict) else None
+            raise GatewayError(self._failure(f"cannot read CaiaSoft's {kind} list", error, started).reason) from None
+        if answer.status != 200:
+            raise GatewayError(f"CaiaSoft's {kind} list: {self._outcome(answer).reason}")
+        parsed = _parse_json(answer.text)
+        barcodes = parsed.get("barcodes") if isinstance(parsed, dict) else None
         if not isinstance(barcodes, list) or not all(isinstance(b, str) for b in barcodes):
-            raise GatewayError(f"CaiaSoft's {kind} list for {day} has no list of barcodes")
+            cut = " (the answer was cut at caiasoft.max_answer_bytes)" if answer.truncated else ""
+            raise GatewayError(f"CaiaSoft's {kind} list for {day} has no list of barcodes{cut}")
         return [barcode.strip() for barcode in barcodes if barcode.strip()]
 
 
-def _describe(error: requests.RequestException) -> str:
+def scrub(value: Any, secret: str) -> Any:
+    """value (a str, or JSON-like lists and dicts of them) with secret replaced by [redacted], also in keys.
+
+    The JSON-escaped spelling of the secret is replaced too, in case the text is JSON.
+    """
+    if not secret:
+        return value
+    if isinstance(value, str):
+        if secret in value:
+            value = value.replace(secret, REDACTED)
+        escaped = json.dumps(secret)[1:-1]
+        return value.replace(escaped, REDACTED) if escaped != secret and escaped in value else value
+    if isinstance(value, dict):
+        return {scrub(key, secret): scrub(item, secret) for key, item in value.items()}
+    if isinstance(value, list):
+        return [scrub(item, secret) for item in value]
+    return value
+
+
+def _describe(error: requests.RequestException, deadline: float) -> str:
     if isinstance(error, requests.exceptions.SSLError):
         return "TLS certificate could not be verified (" + str(error)[:200] + ")"
+    if isinstance(error, http.DeadlineExceeded):
+        return (f"no complete answer within {deadline:g} s (caiasoft.deadline_seconds); the upload may have "
+                "reached CaiaSoft")
     if isinstance(error, requests.Timeout):
         return "no answer in time (timeout)"
     if isinstance(error, requests.ConnectionError):
@@ -210,5 +284,31 @@ def _ms(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
 
 
-def _with_elapsed(outcome: Outcome, started: float) -> Outcome:
-    return dataclasses.replace(outcome, elapsed_ms=_ms(started))
+
+
+def settle_unreadable(outcome: Outcome, previous_answer: Any, retries: int) -> Outcome:
+    """Turn an 'unreadable' Outcome into what the pipeline does with it; other Outcomes pass through.
+
+    previous_answer is what the ledger holds for the file (counts earlier unreadable
+    answers). Within retries the file is sent again later (transient, the count kept
+    in the answer); after that it is refused with the answer's excerpt, since each
+    sending may have reached CaiaSoft.
+    """
+    if outcome.verdict != "unreadable":
+        return outcome
+    before = previous_answer.get(UNREADABLE_COUNT, 0) if isinstance(previous_answer, dict) else 0
+    count = (before if isinstance(before, int) else 0) + 1
+    answer = {**(outcome.answer if isinstance(outcome.answer, dict) else {"unparsed": outcome.answer}),
+              UNREADABLE_COUNT: count}
+    if count > retries:
+        return dataclasses.replace(
+            outcome, verdict="refused", answer=answer,
+            reason=f"{outcome.reason}; sent {count} time(s), never answered in JSON (caiasoft.unreadable_"
+                   "answer_retries): CaiaSoft may have it, check there before `retry`")
+    return dataclasses.replace(outcome, verdict="transient", answer=answer,
+                               reason=f"{outcome.reason}; sent again later ({count} of at most {retries + 1})")
+
+
+def counts_unreadable(outcome: Outcome) -> bool:
+    """True if outcome carries a count of unreadable answers the ledger must keep with the file."""
+    return isinstance(outcome.answer, dict) and UNREADABLE_COUNT in outcome.answer

@@ -7,7 +7,9 @@ import json
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING
 
 from gateway import __version__, config as config_module, logs
@@ -53,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     journal.add_argument("--request-id", dest="request_id")
     journal.add_argument("--id", dest="entry_id", help="an id of your own, kept in logs and dead letters")
     demo = commands.add_parser("demo", help="a self-contained run with the simulator and sample files")
-    demo.add_argument("--keep", action="store_true", help="keep the demo folder to look around (else it is removed)")
+    demo.add_argument("--keep", action="store_true", help="keep the demo folder (it is kept by default)")
     simulate = commands.add_parser("simulate", help="run a simulator on loopback for dry runs")
     simulate.add_argument("system", choices=["caiasoft", "ncip"])
     simulate.add_argument("--port", type=int, default=8800)
@@ -72,7 +74,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_redacted_exception(kind: type[BaseException], value: BaseException, trace: TracebackType | None) -> None:
+    """sys.excepthook: an unexpected traceback on stderr never shows a registered secret."""
+    sys.stderr.write(logs.redact("".join(traceback.format_exception(kind, value, trace))))
+
+
 def main(argv: list[str] | None = None) -> int:
+    sys.excepthook = _print_redacted_exception
     args = _parser().parse_args(argv)
     handler = {"run": cmd_run, "daemon": cmd_daemon, "check": cmd_check, "status": cmd_status, "send": cmd_send,
                "retry": cmd_retry, "journal": cmd_journal, "demo": cmd_demo, "simulate": cmd_simulate}[args.command]
@@ -128,7 +136,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     failures = 0
     for result in run_checks(config, offline=args.offline):
-        print(f"{result.mark:<5} {result.what}" + (f"\n        {result.detail}" if result.detail else ""))
+        print(logs.redact(f"{result.mark:<5} {result.what}" + (f"\n        {result.detail}" if result.detail else "")))
         failures += result.mark == "FAIL"
     print(f"\n{'all checks passed' if not failures else f'{failures} problem(s) found'}")
     return EXIT_OK if not failures else EXIT_FAILURE
@@ -148,8 +156,20 @@ def cmd_status(args: argparse.Namespace) -> int:
         report = status.collect(ledger)
     finally:
         ledger.close()
-    print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else status.render(report))
+    # the ledger redacts what it stores; rows older versions stored raw are redacted here, when this
+    # user can read the key (status itself never needs it)
+    _register_key_quietly(config)
+    print(logs.redact(json.dumps(report, indent=2, ensure_ascii=False) if args.json else status.render(report)))
     return EXIT_OK
+
+
+def _register_key_quietly(settings: config_module.Settings) -> None:
+    """Register the API key for redaction if this user can read it; say nothing if not."""
+    from gateway import credentials
+
+    key, _ = credentials.api_key(settings.caiasoft.api_key_file, settings.caiasoft.api_key_env, os.environ,
+                                 lambda key, message: None)
+    logs.add_secret(key.value)
 
 
 def _pipeline(config: config_module.Settings, client: CaiaSoftClient | None = None) -> Pipeline:
@@ -186,15 +206,17 @@ def cmd_send(args: argparse.Namespace) -> int:
                     break
                 if attempt + 1 < args.attempts:
                     time.sleep(pipeline.backoff.delay(attempt + 1, outcome.retry_after))
-            row = ledger.row(row_id)
+            row = ledger.get(row_id)
+            if row is None:  # only a claim that never finished is removed, and this one finished
+                raise AssertionError(f"file row {row_id} vanished from the ledger")
             if row.state == "archived":
                 print(f"{name}: accepted by CaiaSoft, archived as {row.final_path}")
             elif row.state == "refused":
-                print(f"{name}: refused: {row.reason}\n    kept in {row.final_path}")
+                print(logs.redact(f"{name}: refused: {row.reason}\n    kept in {row.final_path}"))
                 failed += 1
             else:
-                print(f"{name}: not sent yet ({row.reason or row.state}); it stays queued and the running "
-                      "service will send it")
+                print(logs.redact(f"{name}: not sent yet ({row.reason or row.state}); it stays queued and the "
+                                  "running service will send it"))
                 failed += 1
     finally:
         client.close()
@@ -224,7 +246,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
         for path in paths:
             row = requeue(pipeline, path)
             if row.state == "refused":
-                print(f"{path.name}: refused again: {row.reason}\n    kept in {row.final_path}")
+                print(logs.redact(f"{path.name}: refused again: {row.reason}\n    kept in {row.final_path}"))
             else:
                 print(f"{path.name}: back in the queue (the running service sends it)")
     finally:
@@ -257,7 +279,7 @@ def cmd_journal(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
-    return run_demo(keep=args.keep)
+    return run_demo()
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

@@ -9,12 +9,12 @@ status, retry) never come here, so a cron job need not be able to read the API k
 
 from __future__ import annotations
 
-import os
 import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from gateway.apikey import KeyProblem, header_problem, read_key_file
 from gateway.settings import Secret
 from gateway.toml_tables import Report
 
@@ -29,8 +29,9 @@ def api_key(key_file: Path | None, key_env: str | None, environ: Mapping[str, st
         return Secret(""), []
     if key_env:
         from_env = environ.get(key_env, "").strip()
-        if not from_env:
-            problem("caiasoft.api_key_env", f"environment variable {key_env} is not set or empty")
+        unusable = header_problem(from_env) if from_env else "is not set or empty"
+        if unusable:
+            problem("caiasoft.api_key_env", f"environment variable {key_env} {unusable}")
         return Secret(from_env), []
     credential = Path(environ["CREDENTIALS_DIRECTORY"]) / CREDENTIAL_NAME \
         if environ.get("CREDENTIALS_DIRECTORY") else None
@@ -44,10 +45,6 @@ def api_key(key_file: Path | None, key_env: str | None, environ: Mapping[str, st
     value, mode = _read_key_file(key_file, problem)
     if value is None or mode is None:
         return Secret(""), []
-    if not value:
-        problem("caiasoft.api_key_file", f"{key_file} is empty")
-    elif any(ch.isspace() for ch in value):
-        problem("caiasoft.api_key_file", f"{key_file} must hold the key alone on one line")
     return Secret(value), _mode_warnings(key_file, mode, is_credential=key_file == credential)
 
 
@@ -60,17 +57,18 @@ def _mode_warnings(key_file: Path, mode: int, is_credential: bool) -> list[str]:
 
 
 def _read_key_file(key_file: Path, problem: Report) -> tuple[str | None, int | None]:
-    """The file's stripped text and mode, or (None, None) after reporting why it cannot be read."""
+    """The file's key and mode, or (None, None) after reporting why it cannot be used (see apikey)."""
     try:
-        info = os.stat(key_file)
-        with open(key_file, encoding="utf-8") as handle:
-            return handle.read().strip(), info.st_mode
+        read = read_key_file(key_file)
+        return read.value, read.mode
     except FileNotFoundError:
         problem("caiasoft.api_key_file", f"{key_file} does not exist")
     except PermissionError:
         problem("caiasoft.api_key_file", f"{key_file} cannot be read by this user (permission denied)")
-    except (OSError, UnicodeDecodeError) as error:
-        problem("caiasoft.api_key_file", f"{key_file} cannot be read: {error.__class__.__name__}")
+    except KeyProblem as error:
+        problem("caiasoft.api_key_file", str(error))
+    except OSError as error:
+        problem("caiasoft.api_key_file", f"{key_file} cannot be read: {error.strerror or error.__class__.__name__}")
     return None, None
 
 

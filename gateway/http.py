@@ -39,6 +39,7 @@ the same way: ``with Deadline(seconds) as deadline: deadline.attach(sock); ...``
 
 from __future__ import annotations
 
+import contextlib
 import email.message
 import heapq
 import itertools
@@ -143,12 +144,10 @@ def _shut(target: Any) -> None:
     sock = target if isinstance(target, socket.socket) else getattr(target, "sock", None)
     if not isinstance(sock, socket.socket):
         return
-    try:
-        # socket.socket's own shutdown, also for an SSLSocket: SSLSocket.shutdown would
-        # drop its TLS object under a reader in another thread.
+    # socket.socket's own shutdown, also for an SSLSocket: SSLSocket.shutdown would drop
+    # its TLS object under a reader in another thread. OSError: closed or not connected yet.
+    with contextlib.suppress(OSError):
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
-    except OSError:
-        pass  # already closed or not connected yet
 
 
 class _Reaper:
@@ -189,7 +188,7 @@ class _DeadlineConnection(urllib3.connection.HTTPConnection):
         _attach_current(self)
         super().connect()
 
-    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def request(self, *args: Any, **kwargs: Any) -> None:
         _attach_current(self)
         super().request(*args, **kwargs)
 
@@ -199,7 +198,7 @@ class _DeadlineHTTPSConnection(urllib3.connection.HTTPSConnection):
         _attach_current(self)
         super().connect()
 
-    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def request(self, *args: Any, **kwargs: Any) -> None:
         _attach_current(self)
         super().request(*args, **kwargs)
 
@@ -280,7 +279,7 @@ def send(session: requests.Session, method: str, url: str, *, deadline: float,
         if watch.expired:  # a shut-down socket can look like a short, complete answer
             raise requests.ConnectionError("cut at the deadline")
     except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as error:
-        if watch.expired:
+        if watch.expired or watch.remaining() == 0:
             raise DeadlineExceeded(f"no complete answer within {deadline:g} s (the call's total deadline)") \
                 from None
         if isinstance(error, requests.RequestException):

@@ -21,13 +21,10 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gateway.archive import safe_name
-
-if TYPE_CHECKING:
-    from gateway.sources.base import Entry
+from gateway.logs import redact
 
 SCHEMA_VERSION = 1
 
@@ -122,7 +119,7 @@ def work_name(row_id: int, name: str) -> str:
 class Ledger:
     """SQLite-backed state of every file. Thread-safe; safe to open from a second process."""
 
-    def __init__(self, path: Path, clock: Callable[[], float] = time.time):
+    def __init__(self, path: Path, clock=time.time):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.clock = clock
@@ -150,7 +147,7 @@ class Ledger:
             self.ledger._db.execute("BEGIN IMMEDIATE")
             return self.ledger._db
 
-        def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        def __exit__(self, kind, value, traceback) -> None:
             try:
                 self.ledger._db.execute("COMMIT" if kind is None else "ROLLBACK")
             finally:
@@ -159,13 +156,19 @@ class Ledger:
     def _transaction(self) -> "Ledger._Tx":
         return Ledger._Tx(self)
 
-    def _one(self, sql: str, args: tuple[object, ...] = ()) -> FileRow | None:
+    def _one(self, sql: str, args: tuple = ()) -> FileRow | None:
         with self._lock:
             row = self._db.execute(sql, args).fetchone()
         return FileRow(**dict(row)) if row else None
 
     def _update(self, row_id: int, expected: tuple[str, ...], sql_fields: str = "", **fields: Any) -> FileRow:
-        """Set fields (and SQL expressions in sql_fields) on a row in one of the expected states; return it."""
+        """Set fields (and SQL expressions in sql_fields) on a row in one of the expected states; return it.
+
+        Texts that come from outside (reason, answer) are stored with registered secrets redacted.
+        """
+        for name in ("reason", "answer"):
+            if isinstance(fields.get(name), str):
+                fields[name] = redact(fields[name])
         sets = ", ".join([*(f"{name} = ?" for name in fields), *([sql_fields] if sql_fields else [])])
         sql = (f"UPDATE files SET {sets} WHERE id = ? AND state IN ({', '.join('?' for _ in expected)}) "
                "RETURNING *")
@@ -181,16 +184,16 @@ class Ledger:
         """Record that a file is about to be moved into work/; return its row id."""
         return self._insert_claims(source, [(name, origin, size, mtime)])[0]
 
-    def begin_claims(self, source: str, entries: Sequence[Entry]) -> list[int]:
+    def begin_claims(self, source: str, entries: list) -> list[int]:
         """begin_claim for several files (with name, origin, size, mtime) in one transaction; ids in order."""
         return self._insert_claims(source, [(e.name, e.origin, e.size, e.mtime) for e in entries])
 
     def _insert_claims(self, source: str, files: list[tuple[str, str, int, float]]) -> list[int]:
         now = self.clock()
         with self._transaction() as db:
-            return [_row_id(db.execute("INSERT INTO files (source, name, origin, state, size, mtime, seen_at) "
-                                       "VALUES (?, ?, ?, 'claiming', ?, ?, ?)",
-                                       (source, name, origin, size, mtime, now)))
+            return [int(db.execute("INSERT INTO files (source, name, origin, state, size, mtime, seen_at) "
+                                   "VALUES (?, ?, ?, 'claiming', ?, ?, ?)",
+                                   (source, name, origin, size, mtime, now)).lastrowid)
                     for name, origin, size, mtime in files]
 
     def claimed(self, row_id: int) -> None:
@@ -234,10 +237,15 @@ class Ledger:
         return FileRow(**dict(row)) if row else None
 
     def requeue(self, row_id: int, reason: str, next_attempt_at: float, http_status: int | None = None,
-                undo_attempt: bool = False) -> None:
-        """A transient failure (or a pause): back to the queue, due again at next_attempt_at."""
+                undo_attempt: bool = False, answer: Any = None) -> None:
+        """A transient failure (or a pause): back to the queue, due again at next_attempt_at.
+
+        answer, if given, is kept with the row (an unreadable answer and how many there were).
+        """
+        fields: dict[str, Any] = {} if answer is None else {"answer": json.dumps(answer, ensure_ascii=False)}
         self._update(row_id, ("uploading",), "attempts = MAX(attempts - 1, 0)" if undo_attempt else "",
-                     state="queued", reason=reason, next_attempt_at=next_attempt_at, http_status=http_status)
+                     state="queued", reason=reason, next_attempt_at=next_attempt_at, http_status=http_status,
+                     **fields)
 
     def finishing(self, row_id: int, state: str, final_path: Path, *, reason: str | None = None,
                   http_status: int | None = None, answer: Any = None, uploaded: bool = False,
@@ -274,19 +282,12 @@ class Ledger:
                 "INSERT INTO files (source, name, origin, state, size, seen_at, claimed_at) "
                 "VALUES ('recovered', ?, ?, 'claimed', ?, ?, ?)",
                 (name, origin, size, self.clock(), self.clock()))
-            return _row_id(cursor)
+            return int(cursor.lastrowid)
 
     # -- questions ------------------------------------------------------------
 
     def get(self, row_id: int) -> FileRow | None:
         return self._one("SELECT * FROM files WHERE id = ?", (row_id,))
-
-    def row(self, row_id: int) -> FileRow:
-        """The row of a file this process knows exists (LookupError if it does not)."""
-        row = self.get(row_id)
-        if row is None:
-            raise LookupError(f"ledger row {row_id} does not exist")
-        return row
 
     def in_state(self, *states: str) -> list[FileRow]:
         marks = ", ".join("?" for _ in states)
@@ -302,8 +303,7 @@ class Ledger:
         """When the earliest queued file becomes due, or None if the queue is empty."""
         with self._lock:
             row = self._db.execute("SELECT MIN(next_attempt_at) FROM files WHERE state = 'queued'").fetchone()
-        due: float | None = row[0]
-        return due
+        return row[0]
 
     def counts(self) -> dict[str, int]:
         with self._lock:
@@ -312,9 +312,8 @@ class Ledger:
 
     def count_finished_since(self, state: str, since: float) -> int:
         with self._lock:
-            count: int = self._db.execute("SELECT COUNT(*) FROM files WHERE state = ? AND finished_at >= ?",
-                                          (state, since)).fetchone()[0]
-        return count
+            return self._db.execute("SELECT COUNT(*) FROM files WHERE state = ? AND finished_at >= ?",
+                                    (state, since)).fetchone()[0]
 
     def oldest_open(self) -> FileRow | None:
         marks = ", ".join("?" for _ in OPEN_STATES)
@@ -389,10 +388,3 @@ class Ledger:
         with self._lock:
             row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
-
-
-def _row_id(cursor: sqlite3.Cursor) -> int:
-    """The id of the row an INSERT just added."""
-    if cursor.lastrowid is None:
-        raise AssertionError("INSERT added no row")
-    return cursor.lastrowid

@@ -7,6 +7,7 @@ line, whatever field, message or traceback carried it.
 
 from __future__ import annotations
 
+import json
 import logging
 import logging.handlers
 import sys
@@ -18,15 +19,20 @@ import structlog
 LOG_FILE_NAME = "gateway.log"
 REDACTED = "[redacted]"
 
-_secrets: set[str] = set()
+_secrets: tuple[str, ...] = ()  # replaced whole, never changed in place: readers need no lock
 _secrets_lock = threading.Lock()
 
 
 def add_secret(value: str) -> None:
-    """Never let this value appear in a log line from now on."""
+    """Never let this value appear in a log line (or any text passed to redact()) from now on.
+
+    Its JSON-escaped spelling is registered too, for texts that are JSON.
+    """
+    global _secrets
     if value and len(value) >= 4:
         with _secrets_lock:
-            _secrets.add(value)
+            known = set(_secrets) | {value, json.dumps(value)[1:-1]}
+            _secrets = tuple(sorted(known, key=len, reverse=True))
 
 
 def redact(text: str) -> str:

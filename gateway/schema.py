@@ -26,7 +26,7 @@ class Key:
     """One config key: its TOML type, default (or REQUIRED) and what it means."""
 
     name: str
-    kind: str  # str | int | number | bool | path | strings | table (free keys) | section (a sub-table of keys)
+    kind: str  # str | int | number | bool | path | strings | table
     default: Any
     doc: str
     choices: tuple[str, ...] = ()
@@ -53,10 +53,23 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
         Key("requestfile_path", "str", "/api/requestfile/v1", "Path of the request-file endpoint."),
         Key("upload_field", "str", "file", "Multipart form field that carries the file."),
         Key("extra_fields", "table", {}, "Extra form fields sent with every upload (strings)."),
-        Key("timeout_seconds", "number", 30.0, "Timeout for connecting and for each answer.",
-            minimum=1),
-        Key("verify_tls", "bool", True, "Verify CaiaSoft's TLS certificate. Leave on."),
-        Key("ca_file", "path", None, "CA bundle to verify CaiaSoft with, if not the system's."),
+        Key("timeout_seconds", "number", 30.0,
+            "Timeout for connecting and for each wait for data from CaiaSoft.", minimum=1),
+        Key("deadline_seconds", "number", 90.0,
+            "Longest one call to CaiaSoft may take in all (connect, send the file, read the answer); "
+            "past it the connection is cut and the upload is retried later. Keep it below the unit's "
+            "WatchdogSec (120).", minimum=1),
+        Key("max_answer_bytes", "int", 1024 * 1024,
+            "CaiaSoft's answer is read up to this size; the rest is never read, and only an excerpt "
+            "of an answer that is not JSON is kept (ledger, sidecar).", minimum=1024),
+        Key("unreadable_answer_retries", "int", 2,
+            "A 2xx answer that is not CaiaSoft's JSON (a proxy's maintenance page) may mean CaiaSoft has "
+            "the file: it is sent again at most this many times, then goes to error_dir.", minimum=0),
+        Key("verify_tls", "bool", True,
+            "Verify CaiaSoft's TLS certificate. Leave on. REQUESTS_CA_BUNDLE and CURL_CA_BUNDLE in the "
+            "environment are ignored: the config decides."),
+        Key("ca_file", "path", None,
+            "CA bundle to verify CaiaSoft with, if not the default one (certifi's, shipped with requests)."),
         Key("backoff_initial_seconds", "number", 2.0,
             "First wait after a transient failure; doubles each time.", minimum=0.01),
         Key("backoff_max_seconds", "number", 300.0, "Longest wait between retries.", minimum=0.01),
@@ -112,19 +125,9 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
             minimum=1),
     ),
     "ncip": (
-        Key("url", "str", REQUIRED,
-            "ALEPH's NCIP server: http(s)://HOST:PORT/PATH (its NCIP port, or the web server's /ncip path), "
-            "or tcp://HOST:PORT for a raw socket to the NCIP port."),
-        Key("version", "str", "1", "NCIP version the server speaks: 1 (what ALEPH's NCIP server speaks) or 2 "
-            "(NCIP 2.02, for servers that need it).", choices=("1", "2")),
-        Key("send_as", "str", "body", "HTTP only: how the message travels: body (POSTed as the request body), "
-            "query (URL-encoded after '?', as ALEPH's web server takes it: http://HOST:8991/ncip?MESSAGE) or form "
-            "(URL-encoded in a POST body).", choices=("body", "query", "form")),
-        Key("content_type", "str", "text/xml; charset=UTF-8", "HTTP only, send_as = body: the Content-Type sent."),
-        Key("max_answer_bytes", "int", 1048576, "Largest NCIP answer read; a longer one counts as unreadable.",
-            minimum=1024),
-        Key("unreadable_attempts", "int", 5, "Unreadable answers (not NCIP) for one entry before it goes to the "
-            "dead letters with an excerpt of the answer; each attempt after a backoff.", minimum=1),
+        Key("url", "str", REQUIRED, "ALEPH's NCIP server, e.g. http://aleph.example.edu:5991/."),
+        Key("version", "str", "2", "NCIP version the server speaks: 2 (NCIP 2.02) or 1 (older ALEPH set-ups).",
+            choices=("1", "2")),
         Key("from_agency", "str", REQUIRED, "FROM Unique Agency ID (CAIAAGENCY): the CaiaSoft agency."),
         Key("to_agency", "str", REQUIRED, "TO Unique Agency ID (CLIENTAGENCY): the ALEPH agency."),
         Key("application_profile", "str", "",
@@ -138,15 +141,12 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
         Key("backoff_initial_seconds", "number", 2.0, "First wait after a failed attempt; doubles each time.",
             minimum=0.01),
         Key("backoff_max_seconds", "number", 300.0, "Longest wait between attempts.", minimum=0.01),
-        Key("done_problems_checkin", "strings", ["Item Not Checked Out", "Item not on loan"],
-            "Problems that mean a check-in was already done: matched, ignoring case, as parts of the Problem's "
-            "type, detail or value (ALEPH: \"Item Not Checked Out\", value \"Item not on loan.\")."),
-        Key("done_problems_checkout", "strings",
-            ["Already Checked Out", "Duplicate", "Loan cannot be renewed (no change in due date)"],
-            "Problems that mean a check-out was already done, matched the same way (ALEPH answers a repeated "
-            "check-out with \"Apply to circulation desk - Loan cannot be renewed (no change in due date)\")."),
+        Key("done_problems_checkin", "strings", ["Item Not Checked Out"],
+            "Problem types that mean a check-in was already done (matched ignoring case, as parts)."),
+        Key("done_problems_checkout", "strings", ["Already Checked Out", "Duplicate"],
+            "Problem types that mean a check-out was already done (matched ignoring case, as parts)."),
         Key("temporary_problems", "strings", ["Temporary Processing Failure"],
-            "Problems that are retried instead of dead-lettered, matched the same way."),
+            "Problem types that are retried instead of dead-lettered."),
         Key("agency_scheme", "str", "http://www.niso.org/ncip/v1_0/schemes/agencyidtype/agencyidtype.scm",
             "NCIP 1 only: the Scheme of UniqueAgencyId."),
         Key("max_line_bytes", "int", 65536, "Longer journal lines go to the dead letters.", minimum=256),

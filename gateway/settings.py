@@ -53,6 +53,9 @@ class CaiaSoft:
     upload_field: str
     extra_fields: dict[str, str]
     timeout_seconds: float
+    deadline_seconds: float
+    max_answer_bytes: int
+    unreadable_answer_retries: int
     verify_tls: bool
     ca_file: Path | None
     backoff_initial_seconds: float
@@ -145,10 +148,6 @@ class Feed:
 class Ncip:
     url: str
     version: str
-    send_as: str
-    content_type: str
-    max_answer_bytes: int
-    unreadable_attempts: int
     from_agency: str
     to_agency: str
     application_profile: str

@@ -49,8 +49,18 @@ def test_overload_and_server_errors_are_transient(status):
     assert classify(status, {}, "").verdict == "transient"
 
 
-def test_unreadable_success_answer_is_transient():
-    assert classify(200, {}, "<html>proxy error</html>").verdict == "transient"
+def test_a_success_status_that_is_not_json_is_unreadable_with_an_excerpt():
+    outcome = classify(200, {"Content-Type": "text/html"}, "<html>Down for maintenance</html>")
+    assert outcome.verdict == "unreadable"
+    assert "text/html" in outcome.reason and "Down for maintenance" in outcome.reason
+    assert outcome.answer == {"unparsed": "<html>Down for maintenance</html>"}
+
+
+def test_a_cut_answer_is_never_parsed_and_says_where_it_was_cut():
+    outcome = classify(200, {}, '{"success": true, "error": "', truncated_at=1024)
+    assert outcome.verdict == "unreadable"
+    assert "max_answer_bytes = 1024" in outcome.reason
+    assert outcome.answer["truncated_at_bytes"] == 1024
 
 
 @pytest.mark.parametrize("status", [401, 403])

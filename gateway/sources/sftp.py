@@ -10,7 +10,6 @@ a lost connection is re-made with capped backoff.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import posixpath
@@ -19,7 +18,7 @@ import socket
 import stat
 import time
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable
 from urllib.parse import unquote, urlsplit
 
 import paramiko
@@ -38,7 +37,6 @@ COPY_CHUNK = 256 * 1024
 _FILE_ERRORS = (errno.ENOENT, errno.EACCES, errno.EPERM)
 
 log = logs.get("gateway.sources.sftp")
-T = TypeVar("T")
 
 
 def _read_secret(path: Path | None) -> str | None:
@@ -54,9 +52,9 @@ class SftpSource:
         parts = urlsplit(settings.url)
         self.settings = settings
         self.name = settings.name
-        self.host = parts.hostname or ""  # config_rules made sure the URL has both
+        self.host = parts.hostname
         self.port = parts.port or 22
-        self.user = unquote(parts.username or "")
+        self.user = unquote(parts.username)
         self.folder = unquote(parts.path).rstrip("/") or "/"
         self.location = f"sftp://{self.user}@{self.host}:{self.port}{self.folder}"
         self.scan_interval = settings.poll_seconds
@@ -91,13 +89,13 @@ class SftpSource:
         sftp, client, self._sftp, self._client = self._sftp, self._client, None, None
         for closable in (sftp, client):
             if closable is not None:
-                # closing a broken connection may fail in many ways; it is gone either way
-                with contextlib.suppress(Exception):
+                try:
                     closable.close()
+                except Exception:  # closing a broken connection may fail in many ways; it is gone either way
+                    pass
 
     def _connection(self) -> paramiko.SFTPClient:
-        transport = self._client.get_transport() if self._client is not None else None
-        if self._sftp is not None and transport is not None and transport.is_active():
+        if self._sftp is not None and self._client.get_transport() and self._client.get_transport().is_active():
             return self._sftp
         self._disconnect()
         now = self.clock()
@@ -140,19 +138,13 @@ class SftpSource:
                            passphrase=passphrase, password=_read_secret(settings.password_file),
                            timeout=timeout, banner_timeout=timeout, auth_timeout=timeout, channel_timeout=timeout,
                            allow_agent=False, look_for_keys=False)
-            transport = client.get_transport()
-            if transport is None:
-                raise paramiko.SSHException("no transport after connecting")
-            transport.set_keepalive(KEEPALIVE_SECONDS)
+            client.get_transport().set_keepalive(KEEPALIVE_SECONDS)
             sftp = client.open_sftp()
-            channel = sftp.get_channel()
-            if channel is not None:
-                channel.settimeout(timeout)
+            sftp.get_channel().settimeout(timeout)
         except paramiko.BadHostKeyException:
             client.close()
-            raise SourceUnavailable(f"{server} presented a host key that does not match "
-                                    f"{settings.known_hosts_file}: refused (the key changed, or someone is in "
-                                    "between)") from None
+            raise SourceUnavailable(f"{server} presented a host key that does not match {settings.known_hosts_file}: "
+                                    "refused (the key changed, or someone is in between)") from None
         except paramiko.AuthenticationException:
             client.close()
             raise SourceUnavailable(f"{server} refused the login as {self.user} (check the key or password, "
@@ -166,15 +158,13 @@ class SftpSource:
             raise SourceUnavailable(f"SSH with {server} failed: {error}") from None
         except (OSError, EOFError) as error:
             client.close()
-            reason = getattr(error, "strerror", None) or error
-            raise SourceUnavailable(f"cannot connect to {server}: {reason}") from None
+            raise SourceUnavailable(f"cannot connect to {server}: {getattr(error, 'strerror', None) or error}") from None
         self._client = client
         return sftp
 
-    def _call(self, action: Callable[[paramiko.SFTPClient], T], what: str) -> T:
+    def _call(self, action: Callable[[paramiko.SFTPClient], object], what: str):
         """Run one SFTP step. File errors pass through; connection errors drop the connection."""
         sftp = self._connection()
-        cause: BaseException
         try:
             return action(sftp)
         except OSError as error:
@@ -210,8 +200,8 @@ class SftpSource:
             if self.marker and self.marker.is_marker(name):
                 continue  # markers are never taken themselves
             if intake.wanted(name, self.settings.include):
-                entries.append(Entry(name=name, origin=self._remote(name), size=attributes.st_size or 0,
-                                     mtime=float(attributes.st_mtime or 0)))
+                entries.append(Entry(name=name, origin=self._remote(name), size=attributes.st_size,
+                                     mtime=float(attributes.st_mtime)))
         return entries
 
     def look(self, names: set[str]) -> list[Entry]:
@@ -221,7 +211,7 @@ class SftpSource:
         """Download to a .partial file, check the size and that the remote file did not change, commit."""
         partial = partial_path(destination)
 
-        def download(sftp: paramiko.SFTPClient) -> paramiko.SFTPAttributes:
+        def download(sftp: paramiko.SFTPClient):
             with sftp.open(entry.origin, "rb") as remote, open(partial, "wb") as local:
                 remote.prefetch(entry.size)
                 shutil.copyfileobj(remote, local, COPY_CHUNK)
@@ -238,7 +228,7 @@ class SftpSource:
             partial.unlink(missing_ok=True)
             raise
         got = partial.stat().st_size
-        if got != entry.size or after.st_size != entry.size or float(after.st_mtime or 0) != entry.mtime:
+        if got != entry.size or after.st_size != entry.size or float(after.st_mtime) != entry.mtime:
             partial.unlink()
             raise SourceGone(f"{entry.origin} changed while being downloaded ({got} of {entry.size} bytes); "
                              "it is taken again once it settles")
@@ -261,8 +251,10 @@ class SftpSource:
         if self.marker is None:
             return
         marker = self._remote(self.marker.of(entry.name))
-        with contextlib.suppress(FileNotFoundError):
+        try:
             self._call(lambda sftp: sftp.remove(marker), f"removing the marker {marker}")
+        except FileNotFoundError:
+            pass
 
     def release(self, origin: str) -> str:
         """Delete or move the remote original after its outcome is known; return what was done."""
@@ -294,7 +286,7 @@ class SftpSource:
             folder = sftp.stat(self.folder)
             count = len(sftp.listdir(self.folder))
             return (f"host key verified, logged in as {self.user}; {self.folder} is "
-                    f"{stat.filemode(folder.st_mode or 0)} uid {folder.st_uid} gid {folder.st_gid}, {count} entries "
+                    f"{stat.filemode(folder.st_mode)} uid {folder.st_uid} gid {folder.st_gid}, {count} entries "
                     "(the gateway needs write permission on it to "
                     f"{'delete' if self.settings.remote_after == 'delete' else 'move'} files)")
         try:
