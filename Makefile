@@ -1,5 +1,5 @@
 # make test: create .venv, install with test extras, run the whole suite.
-# make demo: create .venv, install, run `caiasoft-gateway demo`.
+# make demo: create .venv, install, run `caiasoft-gateway demo --keep` (the demo folder stays to look at).
 # make bench: the benchmark (bench/run.py): a table and one JSON line of figures.
 PYTHON ?= python3
 VENV   := .venv
@@ -19,7 +19,7 @@ test: $(VENV)/.installed
 	$(BIN)/python -m pytest
 
 demo: $(VENV)/.installed
-	$(BIN)/caiasoft-gateway demo
+	$(BIN)/caiasoft-gateway demo --keep
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/run.py

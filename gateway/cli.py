@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     journal.add_argument("--request-id", dest="request_id")
     journal.add_argument("--id", dest="entry_id", help="an id of your own, kept in logs and dead letters")
     demo = commands.add_parser("demo", help="a self-contained run with the simulator and sample files")
-    demo.add_argument("--keep", action="store_true", help="keep the demo folder (it is kept by default)")
+    demo.add_argument("--keep", action="store_true", help="keep the demo folder to look around (else it is removed)")
     simulate = commands.add_parser("simulate", help="run a simulator on loopback for dry runs")
     simulate.add_argument("system", choices=["caiasoft", "ncip"])
     simulate.add_argument("--port", type=int, default=8800)
@@ -206,9 +206,7 @@ def cmd_send(args: argparse.Namespace) -> int:
                     break
                 if attempt + 1 < args.attempts:
                     time.sleep(pipeline.backoff.delay(attempt + 1, outcome.retry_after))
-            row = ledger.get(row_id)
-            if row is None:  # only a claim that never finished is removed, and this one finished
-                raise AssertionError(f"file row {row_id} vanished from the ledger")
+            row = ledger.row(row_id)
             if row.state == "archived":
                 print(f"{name}: accepted by CaiaSoft, archived as {row.final_path}")
             elif row.state == "refused":
@@ -279,7 +277,7 @@ def cmd_journal(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
-    return run_demo()
+    return run_demo(keep=args.keep)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

@@ -112,8 +112,15 @@ def check_ncip(values: dict[str, Any], problem: Report) -> None:
     url = values.get("url")
     if isinstance(url, str):
         parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            problem("ncip.url", f"must be an http(s) URL such as http://aleph.example.edu:5991/, got {url!r}")
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if parts.scheme not in ("http", "https", "tcp") or not parts.hostname or port == -1:
+            problem("ncip.url", "must be an http(s) URL such as http://aleph.example.edu:8991/ncip, or "
+                    f"tcp://HOST:PORT for a raw socket to ALEPH's NCIP port, got {url!r}")
+        elif parts.scheme == "tcp" and (port is None or parts.path.strip("/") or parts.query):
+            problem("ncip.url", f"a raw-socket URL is tcp://HOST:PORT and nothing else, got {url!r}")
     for stop, user in (values.get("stop_users") or {}).items():
         if not isinstance(user, str) or not user:
             problem(f"ncip.stop_users.{stop}", "must be a user id string")

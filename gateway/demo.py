@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -91,8 +92,17 @@ def _wait_until_done(database: Path, expected: int, child: subprocess.Popen[byte
     return counts
 
 
-def run_demo() -> int:
+def run_demo(keep: bool = False) -> int:
+    """Run the demo in a temp folder; remove the folder at the end unless keep."""
     root = Path(tempfile.mkdtemp(prefix="caiasoft-gateway-demo-"))
+    try:
+        return _demo(root, keep)
+    finally:
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _demo(root: Path, keep: bool) -> int:
     key = "demo-" + os.urandom(8).hex()
     simulator = CaiaSoftSimulator(key=key, deny={DENIED_BARCODE: "Invalid Stop Code"}).start()
     # garbled-slip.xml stops mid-document, as if ALEPH had paused: it waits this long unchanged, then is refused.
@@ -118,11 +128,11 @@ def run_demo() -> int:
         simulator.stop()
     print(f"\nCaiaSoft received {len(simulator.received)} upload(s); "
           f"{counts.get('archived', 0)} archived, {counts.get('refused', 0)} refused.\n")
-    _show(root)
+    _show(root, keep)
     return 0 if counts.get("archived", 0) + counts.get("refused", 0) == len(files) else 1
 
 
-def _show(root: Path) -> None:
+def _show(root: Path, keep: bool) -> None:
     for label, folder in (("accepted by CaiaSoft -> archive", root / "archive"),
                           ("refused -> error", root / "error")):
         print(f"{label}:")
@@ -140,6 +150,10 @@ def _show(root: Path) -> None:
     if example:
         print(f"\nEach file has a sidecar beside it, e.g. {example.relative_to(root)}:")
         print("  " + example.read_text().strip().replace("\n", "\n  ")[:1600])
-    print(f"\nWhere to look:\n  log (one JSON object a line): {root / 'log' / 'gateway.log'}\n"
+    if not keep:
+        print(f"\nThe demo folder {root} is removed now; `caiasoft-gateway demo --keep` keeps it to look around.")
+        return
+    print(f"\nWhere to look (the demo folder is kept; remove it when done):\n"
+          f"  log (one JSON object a line): {root / 'log' / 'gateway.log'}\n"
           f"  status: caiasoft-gateway -c {root / 'gateway.toml'} status\n"
           f"  config used: {root / 'gateway.toml'}")

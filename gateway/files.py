@@ -1,12 +1,20 @@
-"""Durable file moves that never overwrite: used for work/, the archive and the error folder."""
+"""File moves that never overwrite and never leave a file at no name: for work/, the archive and error.
+
+move_no_clobber makes the target's folder entry durable (fsync of the folder)
+before it removes the source, so a crash or power loss leaves the file at its
+new name, or at both names, never at neither. Removing the source is not synced:
+after a power loss the original may be back, and is taken again (the guarantee
+allows a file in flight to be sent twice, never lost). Other entries a caller
+writes into a folder (sidecars) are its to sync, with fsync_dir.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
 from pathlib import Path
-import contextlib
 
 _NO_HARD_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK)
 PARTIAL_GLOB = ".*.partial-*"  # what a crash can leave behind: hidden, and never taken for a finished file
@@ -18,7 +26,10 @@ def partial_path(target: Path) -> Path:
 
 
 def move_no_clobber(source: Path, target: Path) -> None:
-    """Move source to target; raise FileExistsError if target exists. Durable before returning."""
+    """Move source to target; raise FileExistsError if target exists.
+
+    Before returning, target's data and folder entry are on disk; only then is source removed.
+    """
     try:
         linked = _link_or_rename(source, target)
     except OSError as error:
@@ -26,6 +37,7 @@ def move_no_clobber(source: Path, target: Path) -> None:
             raise
         copy_no_clobber(source, target)
         linked = True
+    fsync_dir(target.parent)
     if linked:
         os.unlink(source)
 
@@ -47,7 +59,10 @@ def _link_or_rename(source: Path, target: Path) -> bool:
 
 
 def copy_no_clobber(source: Path, target: Path) -> None:
-    """Copy source to target through a synced partial file; raise FileExistsError if target exists."""
+    """Copy source to target through a synced partial file; raise FileExistsError if target exists.
+
+    The data is on disk before it appears at target; target's folder entry is the caller's to sync.
+    """
     partial = partial_path(target)
     try:
         with open(source, "rb", opener=_no_follow) as reader, open(partial, "wb") as writer:
@@ -62,6 +77,7 @@ def copy_no_clobber(source: Path, target: Path) -> None:
 
 
 def fsync_dir(folder: Path) -> None:
+    """Make the entries of folder (names added, removed or renamed) durable."""
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

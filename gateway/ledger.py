@@ -21,10 +21,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from gateway.archive import safe_name
 from gateway.logs import redact
+
+if TYPE_CHECKING:
+    from gateway.sources.base import Entry
 
 SCHEMA_VERSION = 1
 
@@ -119,7 +123,7 @@ def work_name(row_id: int, name: str) -> str:
 class Ledger:
     """SQLite-backed state of every file. Thread-safe; safe to open from a second process."""
 
-    def __init__(self, path: Path, clock=time.time):
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.clock = clock
@@ -147,7 +151,7 @@ class Ledger:
             self.ledger._db.execute("BEGIN IMMEDIATE")
             return self.ledger._db
 
-        def __exit__(self, kind, value, traceback) -> None:
+        def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
             try:
                 self.ledger._db.execute("COMMIT" if kind is None else "ROLLBACK")
             finally:
@@ -156,7 +160,7 @@ class Ledger:
     def _transaction(self) -> "Ledger._Tx":
         return Ledger._Tx(self)
 
-    def _one(self, sql: str, args: tuple = ()) -> FileRow | None:
+    def _one(self, sql: str, args: tuple[object, ...] = ()) -> FileRow | None:
         with self._lock:
             row = self._db.execute(sql, args).fetchone()
         return FileRow(**dict(row)) if row else None
@@ -184,16 +188,16 @@ class Ledger:
         """Record that a file is about to be moved into work/; return its row id."""
         return self._insert_claims(source, [(name, origin, size, mtime)])[0]
 
-    def begin_claims(self, source: str, entries: list) -> list[int]:
+    def begin_claims(self, source: str, entries: Sequence[Entry]) -> list[int]:
         """begin_claim for several files (with name, origin, size, mtime) in one transaction; ids in order."""
         return self._insert_claims(source, [(e.name, e.origin, e.size, e.mtime) for e in entries])
 
     def _insert_claims(self, source: str, files: list[tuple[str, str, int, float]]) -> list[int]:
         now = self.clock()
         with self._transaction() as db:
-            return [int(db.execute("INSERT INTO files (source, name, origin, state, size, mtime, seen_at) "
-                                   "VALUES (?, ?, ?, 'claiming', ?, ?, ?)",
-                                   (source, name, origin, size, mtime, now)).lastrowid)
+            return [_row_id(db.execute("INSERT INTO files (source, name, origin, state, size, mtime, seen_at) "
+                                       "VALUES (?, ?, ?, 'claiming', ?, ?, ?)",
+                                       (source, name, origin, size, mtime, now)))
                     for name, origin, size, mtime in files]
 
     def claimed(self, row_id: int) -> None:
@@ -282,12 +286,19 @@ class Ledger:
                 "INSERT INTO files (source, name, origin, state, size, seen_at, claimed_at) "
                 "VALUES ('recovered', ?, ?, 'claimed', ?, ?, ?)",
                 (name, origin, size, self.clock(), self.clock()))
-            return int(cursor.lastrowid)
+            return _row_id(cursor)
 
     # -- questions ------------------------------------------------------------
 
     def get(self, row_id: int) -> FileRow | None:
         return self._one("SELECT * FROM files WHERE id = ?", (row_id,))
+
+    def row(self, row_id: int) -> FileRow:
+        """The row of a file this process knows exists (LookupError if it does not)."""
+        row = self.get(row_id)
+        if row is None:
+            raise LookupError(f"ledger row {row_id} does not exist")
+        return row
 
     def in_state(self, *states: str) -> list[FileRow]:
         marks = ", ".join("?" for _ in states)
@@ -303,7 +314,8 @@ class Ledger:
         """When the earliest queued file becomes due, or None if the queue is empty."""
         with self._lock:
             row = self._db.execute("SELECT MIN(next_attempt_at) FROM files WHERE state = 'queued'").fetchone()
-        return row[0]
+        due: float | None = row[0]
+        return due
 
     def counts(self) -> dict[str, int]:
         with self._lock:
@@ -312,8 +324,9 @@ class Ledger:
 
     def count_finished_since(self, state: str, since: float) -> int:
         with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM files WHERE state = ? AND finished_at >= ?",
-                                    (state, since)).fetchone()[0]
+            count: int = self._db.execute("SELECT COUNT(*) FROM files WHERE state = ? AND finished_at >= ?",
+                                          (state, since)).fetchone()[0]
+        return count
 
     def oldest_open(self) -> FileRow | None:
         marks = ", ".join("?" for _ in OPEN_STATES)
@@ -388,3 +401,10 @@ class Ledger:
         with self._lock:
             row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
+
+
+def _row_id(cursor: sqlite3.Cursor) -> int:
+    """The id of the row an INSERT just added."""
+    if cursor.lastrowid is None:
+        raise AssertionError("INSERT added no row")
+    return cursor.lastrowid

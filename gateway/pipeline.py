@@ -1,8 +1,10 @@
 """The request-file pipeline: claim -> validate -> upload -> archive or error.
 
-Pipeline is the only code that moves a file between the source, work/, the
-archive and the error folder, and it records each step in the ledger before
-the next one starts. recover() finishes whatever a crash interrupted.
+Pipeline moves files between the source, work/, the archive and the error
+folder, and records each step in the ledger before the next one starts; the
+one other mover is the `retry` command (retry.py), which puts a file from the
+error folder back into work/ and hands it to the pipeline. recover() finishes
+whatever a crash interrupted.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ class Pipeline:
         """
         row_ids = self.ledger.begin_claims(source.name, entries)
         taken, dropped, failures = [], [], []
-        for row_id, entry in zip(row_ids, entries):
+        for row_id, entry in zip(row_ids, entries, strict=True):
             try:
                 source.fetch(entry, self.work_dir / work_name(row_id, entry.name))
             except SourceGone as gone:
@@ -90,7 +92,7 @@ class Pipeline:
         valid = []
         limits = self.config.intake
         for row_id in row_ids:
-            row = self.ledger.get(row_id)
+            row = self.ledger.row(row_id)
             path = self.work_path(row)
             try:
                 found = intake.inspect(path, row.name, limits.max_file_bytes, limits.text_fallback_encoding)
@@ -112,6 +114,8 @@ class Pipeline:
 
     def upload(self, row: FileRow) -> Outcome:
         """Send one 'uploading' row to CaiaSoft and act on the answer."""
+        if self.client is None:
+            raise RuntimeError("this pipeline was made without a CaiaSoft client; it cannot upload")
         outcome = settle_unreadable(self.client.upload(self.work_path(row), row.name, row.kind or "text"),
                                     row.answer_json, self.config.caiasoft.unreadable_answer_retries)
         fields = dict(id=row.id, source=row.source, file=row.name, sha256=row.sha256, attempt=row.attempts,
@@ -154,6 +158,8 @@ class Pipeline:
         """
         folder = self.archive if row.state == "archiving" else self.errors
         work = self.work_path(row)
+        if row.final_path is None:
+            raise AssertionError(f"row {row.id} is {row.state} without a final path")
         final = Path(row.final_path)
         if work.exists():
             folder.write_sidecar(final, sidecar(row, final, self.clock()))
@@ -181,6 +187,22 @@ class Pipeline:
         done = {"claims_completed": 0, "claims_dropped": 0, "requeued": 0, "finished": 0, "adopted": 0}
         for leftover in self.work_dir.glob(PARTIAL_GLOB):  # half-written copies: the claim is redone
             leftover.unlink()
+        self._recover_claims(done)
+        for row in self.ledger.in_state("uploading"):
+            self.ledger.requeue(row.id, "interrupted by a restart", 0, undo_attempt=False)
+            done["requeued"] += 1
+        for row in self.ledger.in_state("archiving", "refusing"):
+            self._complete(row)
+            done["finished"] += 1
+        self._adopt_strays(done)
+        for row in self.ledger.in_state("claimed"):
+            self.admit(row.id)
+        if any(done.values()):
+            log.info("recovery.done", **done)
+        return done
+
+    def _recover_claims(self, done: dict[str, int]) -> None:
+        """A claim cut short: complete it if the file reached work/, else forget it (it is still in the source)."""
         local_sources = {source.name for source in self.config.sources if not source.is_sftp}
         for row in self.ledger.in_state("claiming"):
             if self.work_path(row).exists():
@@ -191,12 +213,9 @@ class Pipeline:
             else:
                 self.ledger.forget(row.id)
                 done["claims_dropped"] += 1
-        for row in self.ledger.in_state("uploading"):
-            self.ledger.requeue(row.id, "interrupted by a restart", 0, undo_attempt=False)
-            done["requeued"] += 1
-        for row in self.ledger.in_state("archiving", "refusing"):
-            self._complete(row)
-            done["finished"] += 1
+
+    def _adopt_strays(self, done: dict[str, int]) -> None:
+        """Files in work/ without a row (the ledger was lost): give each a row and its work name."""
         known = self.ledger.known_work_names()
         for path in sorted(self.work_dir.iterdir()):
             if path.name not in known and not path.name.startswith(".") and path.is_file() \
@@ -205,11 +224,6 @@ class Pipeline:
                 row_id = self.ledger.adopt(name, path.stat().st_size, str(path))
                 path.rename(self.work_dir / work_name(row_id, name))
                 done["adopted"] += 1
-        for row in self.ledger.in_state("claimed"):
-            self.admit(row.id)
-        if any(done.values()):
-            log.info("recovery.done", **done)
-        return done
 
 
 def _drop_marker(source: Source, entry: Entry) -> None:

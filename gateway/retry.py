@@ -53,4 +53,4 @@ def requeue(pipeline: Pipeline, path: Path) -> FileRow:
     sidecar.unlink(missing_ok=True)
     log.info("retry.requeued", id=row_id, file=path.name, previous_reason=row.reason if row else None)
     pipeline.admit(row_id)
-    return ledger.get(row_id)
+    return ledger.row(row_id)

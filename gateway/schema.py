@@ -26,7 +26,7 @@ class Key:
     """One config key: its TOML type, default (or REQUIRED) and what it means."""
 
     name: str
-    kind: str  # str | int | number | bool | path | strings | table
+    kind: str  # str | int | number | bool | path | strings | table (free keys) | section (a sub-table of keys)
     default: Any
     doc: str
     choices: tuple[str, ...] = ()
@@ -125,9 +125,19 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
             minimum=1),
     ),
     "ncip": (
-        Key("url", "str", REQUIRED, "ALEPH's NCIP server, e.g. http://aleph.example.edu:5991/."),
-        Key("version", "str", "2", "NCIP version the server speaks: 2 (NCIP 2.02) or 1 (older ALEPH set-ups).",
-            choices=("1", "2")),
+        Key("url", "str", REQUIRED,
+            "ALEPH's NCIP server: http(s)://HOST:PORT/PATH (its NCIP port, or the web server's /ncip path), "
+            "or tcp://HOST:PORT for a raw socket to the NCIP port."),
+        Key("version", "str", "1", "NCIP version the server speaks: 1 (what ALEPH's NCIP server speaks) or 2 "
+            "(NCIP 2.02, for servers that need it).", choices=("1", "2")),
+        Key("send_as", "str", "body", "HTTP only: how the message travels: body (POSTed as the request body), "
+            "query (URL-encoded after '?', as ALEPH's web server takes it: http://HOST:8991/ncip?MESSAGE) or form "
+            "(URL-encoded in a POST body).", choices=("body", "query", "form")),
+        Key("content_type", "str", "text/xml; charset=UTF-8", "HTTP only, send_as = body: the Content-Type sent."),
+        Key("max_answer_bytes", "int", 1048576, "Largest NCIP answer read; a longer one counts as unreadable.",
+            minimum=1024),
+        Key("unreadable_attempts", "int", 5, "Unreadable answers (not NCIP) for one entry before it goes to the "
+            "dead letters with an excerpt of the answer; each attempt after a backoff.", minimum=1),
         Key("from_agency", "str", REQUIRED, "FROM Unique Agency ID (CAIAAGENCY): the CaiaSoft agency."),
         Key("to_agency", "str", REQUIRED, "TO Unique Agency ID (CLIENTAGENCY): the ALEPH agency."),
         Key("application_profile", "str", "",
@@ -141,12 +151,15 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
         Key("backoff_initial_seconds", "number", 2.0, "First wait after a failed attempt; doubles each time.",
             minimum=0.01),
         Key("backoff_max_seconds", "number", 300.0, "Longest wait between attempts.", minimum=0.01),
-        Key("done_problems_checkin", "strings", ["Item Not Checked Out"],
-            "Problem types that mean a check-in was already done (matched ignoring case, as parts)."),
-        Key("done_problems_checkout", "strings", ["Already Checked Out", "Duplicate"],
-            "Problem types that mean a check-out was already done (matched ignoring case, as parts)."),
+        Key("done_problems_checkin", "strings", ["Item Not Checked Out", "Item not on loan"],
+            "Problems that mean a check-in was already done: matched, ignoring case, as parts of the Problem's "
+            "type, detail or value (ALEPH: \"Item Not Checked Out\", value \"Item not on loan.\")."),
+        Key("done_problems_checkout", "strings",
+            ["Already Checked Out", "Duplicate", "Loan cannot be renewed (no change in due date)"],
+            "Problems that mean a check-out was already done, matched the same way (ALEPH answers a repeated "
+            "check-out with \"Apply to circulation desk - Loan cannot be renewed (no change in due date)\")."),
         Key("temporary_problems", "strings", ["Temporary Processing Failure"],
-            "Problem types that are retried instead of dead-lettered."),
+            "Problems that are retried instead of dead-lettered, matched the same way."),
         Key("agency_scheme", "str", "http://www.niso.org/ncip/v1_0/schemes/agencyidtype/agencyidtype.scm",
             "NCIP 1 only: the Scheme of UniqueAgencyId."),
         Key("max_line_bytes", "int", 65536, "Longer journal lines go to the dead letters.", minimum=256),

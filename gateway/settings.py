@@ -148,6 +148,10 @@ class Feed:
 class Ncip:
     url: str
     version: str
+    send_as: str
+    content_type: str
+    max_answer_bytes: int
+    unreadable_attempts: int
     from_agency: str
     to_agency: str
     application_profile: str

@@ -121,3 +121,27 @@ def test_move_across_filesystems_never_overwrites(fs):
         move_no_clobber(Path("/state/w"), Path("/archive/slip.xml"))
     assert Path("/archive/slip.xml").read_bytes() == b"old"
     assert Path("/state/w").read_bytes() == b"new"
+
+
+def test_a_move_is_on_disk_at_its_new_name_before_the_old_name_goes(tmp_path, monkeypatch):
+    """Power loss between the two steps leaves the file at both names, never at neither."""
+    source, target = tmp_path / "in" / "slip.xml", tmp_path / "work" / "00000001.slip.xml"
+    source.parent.mkdir()
+    target.parent.mkdir()
+    source.write_bytes(b"<printout/>")
+    steps: list[str] = []
+    real_fsync, real_unlink = os.fsync, os.unlink
+
+    def fsync(fd: int) -> None:
+        steps.append(f"fsync {os.readlink(f'/proc/self/fd/{fd}')}")
+        real_fsync(fd)
+
+    def unlink(path, *args, **kwargs) -> None:
+        steps.append(f"unlink {path}")
+        real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "unlink", unlink)
+    move_no_clobber(source, target)
+    assert steps == [f"fsync {target.parent}", f"unlink {source}"]
+    assert target.read_bytes() == b"<printout/>" and not source.exists()

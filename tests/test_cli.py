@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -147,15 +148,24 @@ def test_retry_of_an_unknown_name(site):
     assert cli(site, "retry").returncode == 2
 
 
-def test_demo_runs_and_explains_where_each_file_went():
-    result = subprocess.run([sys.executable, "-m", "gateway", "demo"], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-    out = result.stdout
+def test_demo_runs_and_explains_where_each_file_went(tmp_path):
+    def demo(*args: str) -> str:
+        result = subprocess.run([sys.executable, "-m", "gateway", "demo", *args], capture_output=True, text=True,
+                                timeout=120, env={**os.environ, "TMPDIR": str(tmp_path)})
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    out = demo()
     assert "3 archived, 2 refused" in out
     assert "DENIED 31234009999990 (Invalid Stop Code)" in out
     assert "reason: CaiaSoft refused the file: File format not registered" in out
     assert "reason: refused by the gateway: XML is not well-formed" in out
-    assert "gateway.log" in out
+    assert "is removed now" in out and list(tmp_path.iterdir()) == [], "demo cleans up after itself"
+
+    out = demo("--keep")
+    [kept] = tmp_path.iterdir()
+    assert f"log (one JSON object a line): {kept / 'log' / 'gateway.log'}" in out
+    assert len(list((kept / "archive").rglob("*.json"))) == 3
 
 
 def test_simulate_serves_the_api_on_loopback():

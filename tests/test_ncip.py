@@ -9,16 +9,17 @@ from pathlib import Path
 import pytest
 
 from gateway.config import Ncip
-from gateway.ncip import journal, messages
+from gateway.ncip import answers, journal, messages
 from gateway.ncip.journal import JournalEntry, Tailer, parse_entry
-from gateway.ncip.relay import judge
+from gateway.ncip.answers import judge
 from gateway.simulators.ncip import SCHEMA_FILE, schema_errors
 
 from conftest import REPO
 
 
 def settings(**overrides) -> Ncip:
-    values = dict(url="http://127.0.0.1:9/", version="2", from_agency="CAIA", to_agency="ALEPH",
+    values = dict(url="http://127.0.0.1:9/", version="2", send_as="body", content_type="text/xml; charset=UTF-8",
+                  max_answer_bytes=65536, unreadable_attempts=3, from_agency="CAIA", to_agency="ALEPH",
                   application_profile="CAIAPROFILE", user_id="CAIASOFT",
                   stop_users={"MAIN": "CAIA-MAIN", "LAW": "CAIA-LAW"}, journal=Path("/tmp/j"), timeout_seconds=5.0,
                   backoff_initial_seconds=0.05, backoff_max_seconds=0.2,
@@ -123,23 +124,23 @@ OK = b"""<NCIPMessage xmlns="http://www.niso.org/2008/ncip"><CheckInItemResponse
 
 
 def test_problems_are_read_in_every_namespace_form():
-    assert [str(p) for p in messages.read_answer(PREFIXED)] == ["Unknown Item: No such barcode ( 123)"]
-    assert [p.type for p in messages.read_answer(DEFAULT_NS)] == ["Item Not Checked Out"]
-    assert messages.read_answer(MESSAGE_LEVEL)[0].type.split() == ["Temporary", "Processing", "Failure"]
-    assert [p.type for p in messages.read_answer(V1)] == ["User Blocked"]
-    assert messages.read_answer(OK) == []
+    assert [str(p) for p in answers.read_answer(PREFIXED)] == ["Unknown Item: No such barcode (123)"]
+    assert [p.type for p in answers.read_answer(DEFAULT_NS)] == ["Item Not Checked Out"]
+    assert answers.read_answer(MESSAGE_LEVEL)[0].type.split() == ["Temporary", "Processing", "Failure"]
+    assert [p.type for p in answers.read_answer(V1)] == ["User Blocked"]
+    assert answers.read_answer(OK) == []
 
 
 @pytest.mark.parametrize("body", [b"<html>proxy error</html>", b"not xml at all",
                                   b'<!DOCTYPE x [<!ENTITY e "boom">]><NCIPMessage>&e;</NCIPMessage>'])
 def test_anything_else_is_not_an_answer(body):
     with pytest.raises(ValueError):
-        messages.read_answer(body)
+        answers.read_answer(body)
 
 
 def test_judging_problems():
     config = settings()
-    problem = messages.Problem
+    problem = answers.Problem
     assert judge(config, "checkin", []).verdict == "done"
     assert judge(config, "checkin", [problem("Item Not Checked Out")]).verdict == "already"
     assert judge(config, "checkout", [problem("Item Already Checked Out")]).verdict == "already"
@@ -298,3 +299,97 @@ def test_dead_letters_are_counted_once_then_kept_up_to_date(tmp_path):
     path = letters.add({"reason": "c"})
     assert letters.count() == 3 and path.read_text().count("\n") == 1
     assert DeadLetters(folder).count() == 3
+
+
+# -- truncation and replacement, noticed at every read ------------------------------------
+
+def test_truncated_and_refilled_between_two_reads_is_read_from_its_start(tmp_path):
+    """The reported loss: 3 relayed, the journal truncated and 12 appended: all 12 are read, none skipped."""
+    path = tmp_path / "ncip.jsonl"
+    write(path, "old-1", "old-2", "old-3")
+    tailer = Tailer(path, None, 1024)
+    assert tail_all(tailer)[0] == ["old-1", "old-2", "old-3"]
+    os.truncate(path, 0)
+    write(path, *[f"new-{number:02d}" for number in range(1, 13)])
+    assert tail_all(tailer)[0] == [f"new-{number:02d}" for number in range(1, 13)]
+
+
+def test_a_rewrite_of_the_same_size_is_noticed(tmp_path):
+    path = tmp_path / "ncip.jsonl"
+    write(path, "AAAA-1", "AAAA-2")
+    tailer = Tailer(path, None, 1024)
+    tail_all(tailer)
+    path.write_bytes(b"")
+    write(path, "BBBB-1", "BBBB-2", "BBBB-3")
+    assert tail_all(tailer)[0] == ["BBBB-1", "BBBB-2", "BBBB-3"]
+
+
+def test_the_entry_in_flight_when_the_journal_is_truncated_is_not_skipped_over(tmp_path):
+    path = tmp_path / "ncip.jsonl"
+    write(path, "1", "2", "3", "4")
+    tailer = Tailer(path, None, 1024)
+    for _ in range(3):
+        tailer.commit(tailer.next())
+    assert tailer.next().entry.item == "4"  # in flight, NCIP down: not committed
+    os.truncate(path, 0)
+    write(path, *[f"n{number}" for number in range(12)])
+    assert tail_all(tailer)[0] == [f"n{number}" for number in range(12)]
+
+
+def test_copytruncate_reads_the_rest_of_the_copy_first(tmp_path):
+    """logrotate copytruncate: the copy holds what was not relayed yet; it is read before the emptied journal."""
+    path = tmp_path / "ncip.jsonl"
+    write(path, "1", "2", "3", "4", "5")
+    tailer = Tailer(path, None, 1024)
+    for _ in range(3):
+        tailer.commit(tailer.next())
+    (tmp_path / "ncip.jsonl.1").write_bytes(path.read_bytes())
+    os.truncate(path, 0)
+    write(path, "6", "7")
+    assert tail_all(tailer)[0] == ["4", "5", "6", "7"]
+
+
+def test_copytruncate_while_stopped_is_followed_from_the_checkpoint(tmp_path):
+    path = tmp_path / "ncip.jsonl"
+    write(path, "1", "2", "3")
+    tailer = Tailer(path, None, 1024)
+    checkpoint = tailer.commit(tailer.next())
+    tailer.close()
+    (tmp_path / "ncip.jsonl.1").write_bytes(path.read_bytes())
+    os.truncate(path, 0)
+    write(path, "4")
+    assert tail_all(Tailer(path, checkpoint, 1024))[0] == ["2", "3", "4"]
+
+
+def test_truncated_and_refilled_while_stopped_is_read_from_its_start(tmp_path):
+    path = tmp_path / "ncip.jsonl"
+    write(path, "1", "2", "3")
+    _, checkpoint = tail_all(Tailer(path, None, 1024))
+    os.truncate(path, 0)
+    write(path, *[f"n{number}" for number in range(12)])
+    assert tail_all(Tailer(path, checkpoint, 1024))[0] == [f"n{number}" for number in range(12)]
+
+
+def test_a_journal_replaced_while_running_is_read_from_its_start(tmp_path):
+    path = tmp_path / "ncip.jsonl"
+    write(path, "1", "2")
+    tailer = Tailer(path, None, 1024)
+    assert tail_all(tailer)[0] == ["1", "2"]
+    fresh = tmp_path / "fresh.jsonl"
+    write(fresh, "f1", "f2", "f3")
+    fresh.replace(path)
+    assert tail_all(tailer)[0] == ["f1", "f2", "f3"]
+
+
+def test_a_checkpoint_from_the_previous_release_is_still_honoured(tmp_path):
+    """Checkpoints stored before the fingerprint covered the bytes before the offset: head only."""
+    import hashlib
+
+    path = tmp_path / "ncip.jsonl"
+    write(path, "1", "2", "3")
+    info = path.stat()
+    first = len(b'{"action": "checkin", "item": "1"}\n')
+    length = min(128, info.st_size)
+    legacy = {"device": info.st_dev, "inode": info.st_ino, "offset": first, "fingerprint_length": length,
+              "fingerprint": hashlib.sha256(path.read_bytes()[:length]).hexdigest()}
+    assert tail_all(Tailer(path, legacy, 1024))[0] == ["2", "3"]

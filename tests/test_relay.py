@@ -31,7 +31,8 @@ def ncip():
 def relay_site(site, simulator, ncip):
     site.journal = site.root / "ncip.jsonl"
 
-    def write(feed: str = "", version: str = "2", url: str | None = None) -> None:
+    def write(feed: str = "", version: str = "2", url: str | None = None, extra_ncip: str = "",
+              backoff: tuple[float, float] = (0.05, 0.3)) -> None:
         site.write(simulator.url, extra=f"""
 [ncip]
 url = "{url or ncip.url}"
@@ -42,8 +43,9 @@ application_profile = "CAIAPROFILE"
 user_id = "CAIASOFT"
 journal = "{site.journal}"
 timeout_seconds = 2
-backoff_initial_seconds = 0.05
-backoff_max_seconds = 0.3
+backoff_initial_seconds = {backoff[0]}
+backoff_max_seconds = {backoff[1]}
+{extra_ncip}
 
 [ncip.stop_users]
 LAW = "CAIA-LAW"
@@ -185,3 +187,99 @@ def test_the_status_feed_journals_retrieved_and_refiled_items_once(relay_site, s
     entries = [json.loads(line) for line in relay_site.journal.read_text().splitlines()]
     assert sorted(e["item"] for e in entries) == ["F-0", "F-1", "F-2", "F-3"], "each journaled once"
     assert all(e["id"].startswith("feed-") for e in entries)
+
+
+TRANSPORTS = [  # (simulator options, send_as)
+    (dict(transport="http"), "body"),
+    (dict(transport="http"), "query"),
+    (dict(transport="tcp", socket_mode="close"), "body"),
+    (dict(transport="tcp", socket_mode="open", preamble=True), "body"),
+    (dict(transport="tcp", socket_mode="dribble"), "body"),
+]
+
+
+@pytest.mark.parametrize("version", ["1", "2"])
+@pytest.mark.parametrize("options,send_as", TRANSPORTS,
+                         ids=["http-body", "http-query", "tcp-close", "tcp-open-httpish", "tcp-dribble"])
+def test_the_daemon_relays_over_each_transport_in_both_versions(relay_site, daemon_factory, options, send_as,
+                                                                 version):
+    server = NcipSimulator(problems={"GONE": "Unknown Item"}, track_loans=True, **options).start()
+    try:
+        relay_site.write_ncip(url=server.url, version=version, extra_ncip=f'send_as = "{send_as}"')
+        add(relay_site, "checkout", "T-1", stop="LAW", request_id="R-1")
+        add(relay_site, "checkout", "T-1", stop="LAW")  # ALEPH: "Loan cannot be renewed (no change in due date)"
+        add(relay_site, "checkin", "T-1")
+        add(relay_site, "checkin", "T-1")  # ALEPH: "Item Not Checked Out", "Item not on loan."
+        add(relay_site, "checkout", "GONE")
+        daemon = daemon_factory(relay_site.config_file)
+        received = server.wait_for(5, timeout=30)
+        letters = wait_for(lambda: dead_letters(relay_site), message="the dead letter for GONE")
+        assert daemon.stop() == 0
+    finally:
+        server.stop()
+    assert [(r.action, r.item, r.version, r.valid) for r in received] == \
+        [("checkout", "T-1", version, True)] * 2 + [("checkin", "T-1", version, True)] * 2 + \
+        [("checkout", "GONE", version, True)]
+    assert received[0].user == "CAIA-LAW" and received[0].request_id == "R-1"
+    assert [letter["entry"]["item"] for letter in letters] == ["GONE"]
+    assert letters[0]["problems"][0]["type"] == "Unknown Item"
+    log = (relay_site.log_dir / "gateway.log").read_text()
+    assert log.count('"event": "ncip.already_done"') == 2
+    assert "ncip.version_mismatch" not in log
+
+
+def test_a_version_mismatch_is_logged(relay_site, ncip, daemon_factory):
+    relay_site.write_ncip(version="1")
+    server = NcipSimulator().start()
+    try:
+        relay_site.write_ncip(url=server.url, version="1")
+        add(relay_site, "checkin", "M-1")
+        daemon = daemon_factory(relay_site.config_file)
+        server.wait_for(1, timeout=30)
+        assert daemon.stop() == 0
+    finally:
+        server.stop()
+    assert "ncip.version_mismatch" not in (relay_site.log_dir / "gateway.log").read_text(), \
+        "the simulator answers in the version asked"
+
+
+def test_unreadable_answers_are_retried_then_dead_lettered_with_an_excerpt(relay_site, ncip, daemon_factory):
+    relay_site.write_ncip(extra_ncip="unreadable_attempts = 3")
+    ncip.queue_faults("garbage", "garbage", "garbage")
+    add(relay_site, "checkin", "U-1")
+    add(relay_site, "checkin", "U-2")
+    daemon = daemon_factory(relay_site.config_file)
+    wait_for(lambda: any(r.item == "U-2" for r in ncip.received), timeout=30, message="the next entry")
+    letters = wait_for(lambda: dead_letters(relay_site), message="the dead letter")
+    assert daemon.stop() == 0
+    assert [r.item for r in ncip.received] == ["U-2"], "garbage answers are not recorded; U-1 not sent again"
+    assert letters[0]["entry"]["item"] == "U-1" and letters[0]["answer_excerpt"] == "<html>not NCIP</html>"
+    assert "3 attempts" in letters[0]["reason"]
+
+
+def test_journal_truncated_while_ncip_is_down_and_replaced_while_it_is_up(relay_site, ncip, daemon_factory):
+    """The reported loss: 3 relayed, NCIP answering 503, the journal truncated and 12 appended: none skipped."""
+    for number in range(3):
+        add(relay_site, "checkin", f"OLD-{number}")
+    daemon = daemon_factory(relay_site.config_file)
+    ncip.wait_for(3, timeout=30)
+    ncip.queue_faults(*["503"] * 10_000)  # down
+    new = [f"NEW-{number:02d}" for number in range(12)]
+    relay_site.journal.write_bytes(b"".join(b'{"action": "checkin", "item": "%s"}\n' % item.encode()
+                                            for item in new))  # truncated and refilled in one go
+    wait_for(lambda: "ncip.retry" in (relay_site.log_dir / "gateway.log").read_text(), timeout=30,
+             message="retries while NCIP is down")
+    ncip.clear_faults()  # up
+    wait_for(lambda: len(ncip.received) >= 15, timeout=30, message="the 12 new entries")
+    replacement = relay_site.journal.with_name("ncip.jsonl.new")
+    replaced = [f"REP-{number}" for number in range(4)]
+    replacement.write_bytes(b"".join(b'{"action": "checkin", "item": "%s"}\n' % item.encode()
+                                     for item in replaced))
+    replacement.replace(relay_site.journal)
+    wait_for(lambda: len(ncip.received) >= 19, timeout=30, message="the replacement's entries")
+    assert daemon.stop() == 0
+    sent = [r.item for r in ncip.received]
+    assert sent == [f"OLD-{number}" for number in range(3)] + new + replaced, "none skipped, none sent twice"
+    log = (relay_site.log_dir / "gateway.log").read_text()
+    assert '"event": "journal.truncated"' in log and '"event": "journal.replaced"' in log
+    assert dead_letters(relay_site) == []

@@ -2,16 +2,22 @@
 
 Writers append one whole line under an exclusive flock (append()). The Tailer
 reads complete lines only (a line without its newline is not read yet) from a
-checkpoint: byte offset plus the file's identity (device, inode and a
-fingerprint of its first bytes). Stated policies:
+checkpoint: byte offset plus the file's identity (device, inode) and a
+fingerprint of its head at the checkpoint (its first bytes and the bytes just
+before the offset). The fingerprint is checked before every read, not only on
+open, so a journal emptied and refilled between two reads is never read from
+the middle. Stated policies:
   rotation (renamed, new file created)  the old file is read to its end first,
                                         then the new one from its start
-  truncation (same file, now shorter)   read again from the start (logged)
-  replacement (another file, old gone)  read the new one from its start (logged)
+  truncation (same file, now shorter    if a copy of the old content sits in the same folder
+  or rewritten before the checkpoint)   (logrotate copytruncate), its rest is read first; then
+                                        the journal from its start (journal.truncated)
+  replacement (another file, old gone)  read the new one from its start (journal.replaced)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -65,7 +71,8 @@ def parse_entry(raw: bytes) -> JournalEntry:
             raise ValueError(f"{key} must be a non-empty string, got {value!r}")
     if not data.get("item"):
         raise ValueError("item (the barcode) is missing")
-    return JournalEntry(**{key: data.get(key) for key in FIELDS})
+    return JournalEntry(action=data["action"], item=data["item"], stop=data.get("stop"), user=data.get("user"),
+                        request_id=data.get("request_id"), id=data.get("id"))
 
 
 def append(path: Path, entry: JournalEntry) -> None:
@@ -93,10 +100,26 @@ class Line:
     end: int
     entry: JournalEntry | None
     problem: str | None
+    fingerprint: str = ""  # of the file as it was when the line was read (see Tailer.commit)
 
 
-def _fingerprint(fd: int, length: int) -> str:
-    return hashlib.sha256(os.pread(fd, length, 0)).hexdigest()
+def _fingerprint(fd: int, length: int, offset: int | None = None) -> str:
+    """A hash of the first length bytes and, given the offset, of the bytes just before it."""
+    digest = hashlib.sha256(os.pread(fd, length, 0))
+    if offset is not None:
+        tail = min(FINGERPRINT_BYTES, offset)
+        digest.update(os.pread(fd, tail, offset - tail))
+    return digest.hexdigest()
+
+
+def _same_content(fd: int, saved: dict[str, Any]) -> bool:
+    """True if the file holds, up to the checkpoint's offset, what it held when the checkpoint was taken."""
+    if os.fstat(fd).st_size < saved["offset"]:
+        return False
+    if _fingerprint(fd, saved["fingerprint_length"], saved["offset"]) == saved["fingerprint"]:
+        return True
+    legacy: bool = _fingerprint(fd, saved["fingerprint_length"]) == saved["fingerprint"]  # 1.0: head only
+    return legacy
 
 
 class Tailer:
@@ -108,14 +131,21 @@ class Tailer:
         self._saved = checkpoint
         self._fd: int | None = None
         self._offset = 0
-        self._rotated = False  # reading an old (renamed) file; the new one at path comes next
+        self._rotated = False  # reading an old (renamed or copied) file; the one at path comes next
+        self._mark: dict[str, Any] | None = None  # the last checkpoint: what the file held up to the offset
+
+    @property
+    def _file(self) -> int:
+        """The open descriptor (only called once the journal is open)."""
+        assert self._fd is not None, "the journal is not open"
+        return self._fd
 
     def close(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)
+            os.close(self._file)
             self._fd = None
 
-    # -- opening, following rotation ------------------------------------------------
+    # -- opening, following rotation, noticing truncation --------------------------------
 
     def _open(self) -> bool:
         try:
@@ -123,21 +153,20 @@ class Tailer:
         except FileNotFoundError:
             return False
         saved, self._saved = self._saved, None
-        self._fd, self._offset, self._rotated = fd, 0, False
+        self._fd, self._offset, self._rotated, self._mark = fd, 0, False, None
         if not saved:
             return True
         info = os.fstat(fd)
-        if self._is(fd, info, saved):
-            if info.st_size < saved["offset"]:
-                log.warning("journal.truncated", journal=str(self.path), was=saved["offset"], now=info.st_size,
-                            policy="reading again from the start")
+        if (info.st_dev, info.st_ino) == (saved["device"], saved["inode"]):
+            if _same_content(fd, saved):
+                self._offset, self._mark = saved["offset"], saved
             else:
-                self._offset = saved["offset"]
+                self._truncated(saved, info.st_size)
             return True
-        old = self._find_rotated(saved)
+        old = self._find_old(saved, by_inode=True)
         if old is not None:
             os.close(fd)
-            self._fd, self._offset, self._rotated = old, saved["offset"], True
+            self._fd, self._offset, self._rotated, self._mark = old, saved["offset"], True, saved
             log.info("journal.rotated", journal=str(self.path), policy="reading the old file to its end first")
         else:
             log.warning("journal.replaced", journal=str(self.path), policy="reading the new file from its start",
@@ -145,46 +174,75 @@ class Tailer:
                                "never relayed")
         return True
 
-    def _is(self, fd: int, info: os.stat_result, saved: dict[str, Any]) -> bool:
-        return (info.st_dev, info.st_ino) == (saved["device"], saved["inode"]) and \
-            _fingerprint(fd, saved["fingerprint_length"]) == saved["fingerprint"]
-
-    def _find_rotated(self, saved: dict[str, Any]) -> int | None:
-        """The renamed old journal (same device and inode, same first bytes) in the same folder."""
-        for candidate in self.path.parent.iterdir():
+    def _find_old(self, saved: dict[str, Any], by_inode: bool) -> int | None:
+        """In the journal's folder, the old journal: renamed (same inode, by_inode) or copied (same content
+        up to the checkpoint, as logrotate's copytruncate leaves it). An open descriptor, or None."""
+        current = os.stat(self.path) if not by_inode and self.path.exists() else None
+        for candidate in sorted(self.path.parent.iterdir()):
             try:
                 info = candidate.lstat()
             except OSError:
                 continue
-            if (info.st_dev, info.st_ino) == (saved["device"], saved["inode"]) and candidate.is_file():
+            if not candidate.is_file() or candidate.is_symlink():
+                continue
+            if by_inode and (info.st_dev, info.st_ino) != (saved["device"], saved["inode"]):
+                continue
+            if not by_inode and (current is None or (info.st_dev, info.st_ino) == (current.st_dev, current.st_ino)
+                                 or info.st_size < saved["offset"]):
+                continue
+            try:
                 fd = os.open(candidate, os.O_RDONLY | os.O_CLOEXEC)
-                if self._is(fd, os.fstat(fd), saved):
-                    return fd
-                os.close(fd)
+            except OSError:
+                continue
+            if _same_content(fd, saved):
+                return fd
+            os.close(fd)
         return None
 
+    def _truncated(self, saved: dict[str, Any], size: int) -> None:
+        """The file at the checkpoint no longer holds what it held: find a copy of the old content, else restart."""
+        copy = self._find_old(saved, by_inode=False) if saved["offset"] else None
+        if copy is not None:
+            os.close(self._file)
+            self._fd, self._offset, self._rotated, self._mark = copy, saved["offset"], True, saved
+            log.warning("journal.truncated", journal=str(self.path), was=saved["offset"], now=size,
+                        policy="reading the rest of the copy of the old content first, then the journal from "
+                               "its start")
+            return
+        self._offset, self._mark = 0, None
+        log.warning("journal.truncated", journal=str(self.path), was=saved["offset"], now=size,
+                    policy="reading the journal again from its start",
+                    detail="no copy of the old content found beside it: lines written after the checkpoint "
+                           "and before the truncation were never relayed")
+
+    def _check(self) -> None:
+        """Before every read: has the file been truncated or rewritten below the checkpoint?"""
+        if self._mark is None or self._rotated:
+            return
+        if not _same_content(self._file, self._mark):
+            self._truncated(self._mark, os.fstat(self._file).st_size)
+
     def _switched(self) -> bool:
-        """At the end of the file: if it was rotated or truncated, move on. True if the position changed."""
+        """At the end of the file: if it was rotated, move on to the new one. True if the position changed."""
         try:
             info = os.stat(self.path)
         except FileNotFoundError:
             return False
-        current = os.fstat(self._fd)
+        current = os.fstat(self._file)
         if self._rotated or (info.st_dev, info.st_ino) != (current.st_dev, current.st_ino):
             rest = current.st_size - self._offset
             if rest:
                 log.warning("journal.partial_line_dropped", journal=str(self.path), bytes=rest,
                             detail="the rotated file ended without a newline")
-            os.close(self._fd)
+            os.close(self._file)
             self._fd = None
             if not self._rotated:
-                log.info("journal.rotated", journal=str(self.path), policy="old file read to its end")
+                if current.st_nlink == 0:
+                    log.warning("journal.replaced", journal=str(self.path),
+                                policy="old file read to its end, then the new one from its start")
+                else:
+                    log.info("journal.rotated", journal=str(self.path), policy="old file read to its end")
             return self._open()
-        if info.st_size < self._offset:
-            log.warning("journal.truncated", journal=str(self.path), was=self._offset, now=info.st_size,
-                        policy="reading again from the start")
-            self._offset = 0
-            return True
         return False
 
     # -- reading ----------------------------------------------------------------------
@@ -193,14 +251,25 @@ class Tailer:
         """The next complete line after the checkpoint (the same one until committed), or None."""
         if self._fd is None and not self._open():
             return None
+        self._check()
         line = self._read_line()
         if line is None and self._switched():
             line = self._read_line()
         return line
 
     def _read_line(self) -> Line | None:
+        """The line at the offset, with the fingerprint of the file up to its end taken as it was read."""
+        line = self._read_raw_line()
+        if line is None:
+            return None
+        fingerprint = _fingerprint(self._file, min(FINGERPRINT_BYTES, line.end), line.end)
+        if os.pread(self._file, len(line.raw), line.start) != line.raw:
+            return None  # the file changed while it was read: the next read's check says how
+        return dataclasses.replace(line, fingerprint=fingerprint)
+
+    def _read_raw_line(self) -> Line | None:
         limit = self.max_line_bytes + 1
-        data = os.pread(self._fd, limit, self._offset)
+        data = os.pread(self._file, limit, self._offset)
         newline = data.find(b"\n")
         if newline >= 0:
             raw = data[:newline]
@@ -217,7 +286,7 @@ class Tailer:
 
     def _find_newline(self, position: int) -> int | None:
         while True:
-            chunk = os.pread(self._fd, READ_CHUNK, position)
+            chunk = os.pread(self._file, READ_CHUNK, position)
             if not chunk:
                 return None
             found = chunk.find(b"\n")
@@ -226,12 +295,15 @@ class Tailer:
             position += len(chunk)
 
     def commit(self, line: Line) -> dict[str, Any]:
-        """Move past line; return the checkpoint to store (offset and the file's identity)."""
+        """Move past line; return the checkpoint to store (offset, the file's identity and fingerprint).
+
+        The fingerprint is the one taken when the line was read: if the file was emptied and refilled
+        while the line was out, the next read notices, instead of taking the new content for the old."""
         self._offset = line.end
-        info = os.fstat(self._fd)
-        length = min(FINGERPRINT_BYTES, info.st_size)
-        return {"device": info.st_dev, "inode": info.st_ino, "fingerprint": _fingerprint(self._fd, length),
-                "fingerprint_length": length, "offset": self._offset}
+        info = os.fstat(self._file)
+        self._mark = {"device": info.st_dev, "inode": info.st_ino, "offset": self._offset,
+                      "fingerprint": line.fingerprint, "fingerprint_length": min(FINGERPRINT_BYTES, line.end)}
+        return dict(self._mark)
 
     def lag(self) -> tuple[int, int]:
         """(bytes, entries) not yet relayed, including the new file when an old one is being finished."""

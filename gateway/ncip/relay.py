@@ -1,10 +1,15 @@
 """The relay: journal entries, in order, to ALEPH's NCIP server.
 
-For each complete line: build the message, POST it, read the answer, act,
-and only then move the checkpoint past the line. Outcomes:
-  no Problem, or a Problem that means "already done"   done
-  a temporary Problem, HTTP error, timeout, unreadable  the same entry again, after a backoff
-  any other Problem, or an invalid line                 a dead letter in error_dir/ncip/, then the next
+For each complete line: build the message, send it (gateway.ncip.transport),
+read the answer (gateway.ncip.answers), act, and only then move the checkpoint
+past the line. Outcomes:
+  no Problem, or a Problem that means "already done"    done
+  a temporary Problem, no answer (unreachable, HTTP      the same entry again, after a backoff, for as
+  error, timeout, too large)                             long as it takes
+  an answer that is not NCIP                             the same entry again, after a backoff, at most
+                                                         unreadable_attempts times; then a dead letter
+                                                         with an excerpt of the answer
+  any other Problem, or an invalid line                  a dead letter in error_dir/ncip/, then the next
 """
 
 from __future__ import annotations
@@ -18,13 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import requests
-
-from gateway import __version__, logs
+from gateway import logs
 from gateway.caiasoft import Backoff
 from gateway.config import Ncip
 from gateway.ledger import Ledger
-from gateway.ncip import messages
+from gateway.ncip import answers, messages, transport
+from gateway.ncip.answers import Problem
 from gateway.ncip.journal import JournalEntry, Line, Tailer
 
 CHECKPOINT = "ncip-journal"
@@ -36,54 +40,35 @@ log = logs.get("gateway.ncip.relay")
 
 @dataclass(frozen=True)
 class Answer:
-    verdict: str  # done | already | temporary | refused
+    verdict: str  # done | already | temporary | unreadable | refused
     reason: str
-    problems: tuple[messages.Problem, ...] = ()
+    problems: tuple[Problem, ...] = ()
     http_status: int | None = None
-
-
-def _matches(problem: messages.Problem, patterns: tuple[str, ...]) -> bool:
-    return any(pattern.lower() in problem.type.lower() for pattern in patterns)
-
-
-def judge(settings: Ncip, action: str, problems: list[messages.Problem]) -> Answer:
-    """What the Problems in an answer mean for this entry."""
-    if not problems:
-        return Answer("done", "done")
-    words = "; ".join(str(problem) for problem in problems)
-    if any(_matches(problem, settings.temporary_problems) for problem in problems):
-        return Answer("temporary", words, tuple(problems))
-    done = settings.done_problems_checkin if action == "checkin" else settings.done_problems_checkout
-    if all(_matches(problem, done) for problem in problems):
-        return Answer("already", words, tuple(problems))
-    return Answer("refused", words, tuple(problems))
+    version: str | None = None  # the NCIP version the server answered in, when it could be told
+    excerpt: str | None = None  # the first bytes of an unreadable answer
 
 
 class NcipClient:
+    """Sends one entry and says what the answer means."""
+
     def __init__(self, settings: Ncip):
         self.settings = settings
-        self.session = requests.Session()
-        self.session.headers["User-Agent"] = f"aleph-caiasoft-gateway/{__version__}"
+        self.transport = transport.for_settings(settings)
 
     def close(self) -> None:
-        self.session.close()
+        self.transport.close()
 
     def send(self, entry: JournalEntry) -> Answer:
-        body = messages.build(self.settings, entry)
         try:
-            response = self.session.post(self.settings.url, data=body, timeout=self.settings.timeout_seconds,
-                                         headers={"Content-Type": "application/xml; charset=utf-8"})
-        except requests.RequestException as error:
-            return Answer("temporary", f"cannot reach the NCIP server: {error.__class__.__name__}: {str(error)[:300]}")
-        if not 200 <= response.status_code < 300:
-            return Answer("temporary", f"NCIP server answered HTTP {response.status_code}",
-                          http_status=response.status_code)
+            body = self.transport.exchange(messages.build(self.settings, entry))
+        except transport.NcipUnavailable as error:
+            return Answer("temporary", str(error), http_status=error.http_status)
         try:
-            problems = messages.read_answer(response.content)
-        except ValueError as error:
-            return Answer("temporary", str(error), http_status=response.status_code)
-        answer = judge(self.settings, entry.action, problems)
-        return Answer(answer.verdict, answer.reason, answer.problems, response.status_code)
+            reply = answers.read(body)
+        except answers.UnreadableAnswer as error:
+            return Answer("unreadable", str(error), excerpt=error.excerpt)
+        judgement = answers.judge(self.settings, entry.action, reply.problems)
+        return Answer(judgement.verdict, judgement.reason, tuple(reply.problems), version=reply.version)
 
 
 class DeadLetters:
@@ -124,6 +109,7 @@ class Relay(threading.Thread):
         self.last_success: float | None = None
         self.last_problem: str | None = None
         self.tailer: Tailer | None = None
+        self._mismatch: str | None = None
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -144,7 +130,8 @@ class Relay(threading.Thread):
 
     def run(self) -> None:
         self.tailer = Tailer(self.settings.journal, self.ledger.checkpoint(CHECKPOINT), self.settings.max_line_bytes)
-        failures = 0
+        failures = unreadable = 0
+        unreadable_entry: tuple[int, JournalEntry] | None = None
         log.info("ncip.started", journal=str(self.settings.journal), server=self.settings.url,
                  version=self.settings.version)
         try:
@@ -155,13 +142,23 @@ class Relay(threading.Thread):
                     self._rest(POLL_SECONDS)
                     continue
                 if line.entry is None:
-                    self._dead_letter(line, line.problem, None)
+                    self._dead_letter(line, line.problem or "invalid line", None)
                     self._commit(line)
                     continue
                 answer = self.client.send(line.entry)
                 fields = dict(item=line.entry.item, action=line.entry.action, entry_id=line.entry.id,
                               offset=line.start, status=answer.http_status)
-                if answer.verdict == "temporary":
+                self._note_version(answer.version)
+                if answer.verdict != "unreadable" or (line.start, line.entry) != unreadable_entry:
+                    unreadable = 0
+                if answer.verdict == "unreadable":
+                    unreadable, unreadable_entry = unreadable + 1, (line.start, line.entry)
+                if answer.verdict == "unreadable" and unreadable >= self.settings.unreadable_attempts:
+                    log.warning("ncip.unreadable", **fields, reason=answer.reason, attempts=unreadable,
+                                excerpt=answer.excerpt, policy="dead letter, next entry")
+                    answer = Answer("refused", f"{answer.reason} ({unreadable} attempts)", excerpt=answer.excerpt)
+                    unreadable = 0
+                if answer.verdict in ("temporary", "unreadable"):
                     failures += 1
                     delay = self.backoff.delay(failures)
                     self.last_problem = answer.reason
@@ -183,7 +180,14 @@ class Relay(threading.Thread):
             self.tailer.close()
             self.client.close()
 
+    def _note_version(self, version: str | None) -> None:
+        if version and version != self.settings.version and version != self._mismatch:
+            self._mismatch = version
+            log.warning("ncip.version_mismatch", configured=self.settings.version, answered=version,
+                        detail=f"the NCIP server answers in version {version}: set ncip.version = \"{version}\"")
+
     def _commit(self, line: Line) -> None:
+        assert self.tailer is not None, "run() opened the tailer"
         self.ledger.set_checkpoint(CHECKPOINT, **self.tailer.commit(line))
 
     def _dead_letter(self, line: Line, reason: str, answer: Answer | None) -> None:
@@ -198,6 +202,8 @@ class Relay(threading.Thread):
         if answer is not None:
             record["problems"] = [problem.__dict__ for problem in answer.problems]
             record["http_status"] = answer.http_status
+            if answer.excerpt is not None:
+                record["answer_excerpt"] = answer.excerpt
         path = self.dead_letters.add(record)
         if line.entry is None:
             log.warning("ncip.invalid_line", offset=line.start, reason=reason, dead_letters=str(path))

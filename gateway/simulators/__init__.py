@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import collections
+import socketserver
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any, Self
 
 POLL_SECONDS = 0.05  # how soon stop() is noticed
@@ -15,13 +16,13 @@ class LoopbackServer:
 
     kind = "simulator"
 
-    def __init__(self, host: str, port: int, handler: type[BaseHTTPRequestHandler]):
+    def __init__(self, host: str, port: int, handler: type[socketserver.BaseRequestHandler],
+                 server_class: type[socketserver.TCPServer] = ThreadingHTTPServer):
         self.received: list[Any] = []
         self._faults: collections.deque[str] = collections.deque()
         self._changed = threading.Condition()
         self._stopping = threading.Event()
-        self._server = ThreadingHTTPServer((host, port), handler)
-        self._server.daemon_threads = True
+        self._server = server_class((host, port), handler)  # both server classes use daemon threads
 
     @property
     def address(self) -> str:
@@ -45,6 +46,11 @@ class LoopbackServer:
         """Script how the next requests are answered (each simulator documents its faults)."""
         with self._changed:
             self._faults.extend(faults)
+
+    def clear_faults(self) -> None:
+        """Forget the faults not acted out yet (the server is "up" again)."""
+        with self._changed:
+            self._faults.clear()
 
     def next_fault(self) -> str | None:
         with self._changed:

@@ -1,6 +1,6 @@
 """A CaiaSoft API simulator: a real HTTP server on loopback, for demo, tests and site dry runs.
 
-It speaks the API as DOMAIN.md describes: X-API-Key checked on every call,
+It speaks the part of CaiaSoft's API the gateway uses: X-API-Key checked on every call,
 JSON answers with counts as strings, POST /api/requestfile/v1 taking a
 multipart upload, GET /api/circstoplist/v1/ACTIVE. A file is "registered"
 when it is an ALEPH slip (<printout>) or a barcode list; anything else gets

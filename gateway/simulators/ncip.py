@@ -1,17 +1,29 @@
-"""An NCIP responder on loopback, for dry runs and tests.
+"""An NCIP responder on loopback, for dry runs and tests: ALEPH's NCIP server as sites reach it.
 
-It validates every NCIP 2 message it receives against the official schema
-(ncip_v2_02.xsd), where the xmlschema package is installed (the `simulators`
-extra), and answers CheckOutItem / CheckInItem like ALEPH: a
-response with the item, or a Problem. Problems per item: problems={"BARCODE":
-"Unknown Item"}. Scripted faults for the next requests: queue_faults("503",
-"temporary", "drop", "garbage").
+Transports: "http" serves POST with the message as the body, POST with the
+message URL-encoded (form), and GET URL?MESSAGE (ALEPH's web server style);
+"tcp" is a raw socket like ALEPH's NCIP port, where socket_mode says what the
+server does after writing its answer: "close" (closes the connection), "open"
+(keeps it open), "dribble" (writes the answer a few bytes at a time, then keeps
+it open); preamble=True writes an HTTP-ish status line and header first.
+
+It answers in the version it was asked in (v1 the way ALEPH writes it: DOCTYPE,
+nested ProcessingError, ALEPH's wording), validates every version 2 message
+against the official schema (ncip_v2_02.xsd) where the xmlschema package is
+installed (the `simulators` extra), and answers CheckOutItem,
+CheckInItem and LookupItem: the item, or a Problem. Problems per item:
+problems={"BARCODE": "Unknown Item"}. track_loans=True answers like ALEPH for a
+repeated check-out ("Loan cannot be renewed (no change in due date)") and a
+check-in of an item not on loan ("Item Not Checked Out", "Item not on loan.").
+Scripted faults for the next requests: queue_faults("503", "temporary",
+"drop", "garbage").
 """
 
 from __future__ import annotations
 
 import importlib.util
 import socket
+import socketserver
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -19,16 +31,24 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_to_bytes, urlsplit
 
 import defusedxml.ElementTree as SafeET
 
-from gateway.ncip.messages import NS, SCHEMA_URL, element
+from gateway.ncip.answers import complete
+from gateway.ncip.messages import NS
 from gateway.simulators import LoopbackServer
+from gateway.simulators.ncip_answers import ALREADY_ON_LOAN, Outcome, write
 
 if TYPE_CHECKING:
     import xmlschema
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "ncip" / "ncip_v2_02.xsd"
+SERVICES = {"CheckOutItem": "checkout", "CheckInItem": "checkin", "LookupItem": "lookup"}
+HTTPISH_PREAMBLE = b"\r\nHTTP/1.0 200 OK\r\nContent-Type: text/xml\r\n\r\n"
+DRIBBLE_BYTES = 16
+DRIBBLE_PAUSE = 0.002
+MAX_REQUEST_BYTES = 1024 * 1024
 _schema: xmlschema.XMLSchema | None = None
 _schema_lock = threading.Lock()
 
@@ -55,7 +75,7 @@ def schema_errors(body: bytes) -> list[str]:
 
 @dataclass
 class Received:
-    action: str
+    action: str  # checkout | checkin | lookup
     item: str
     user: str | None
     request_id: str | None
@@ -66,75 +86,105 @@ class Received:
     valid: bool
     errors: list[str] = field(default_factory=list)
     body: bytes = b""
+    transport: str = ""  # body | form | query | tcp
+    content_type: str = ""
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
 
 
 def _find(root: ET.Element, *path: str) -> str | None:
     """Text at a path of local names below root (namespace or not; v1 Value children read too)."""
     elements = [root]
     for name in path:
-        elements = [child for element in elements for child in element.iter() if child.tag.rsplit("}", 1)[-1] == name]
+        elements = [child for element in elements for child in element.iter() if _local(child.tag) == name]
         if not elements:
             return None
-    texts = [(child.tag.rsplit("}", 1)[-1], child.text.strip()) for child in elements[0].iter()
+    texts = [(_local(child.tag), child.text.strip()) for child in elements[0].iter()
              if child.text and child.text.strip()]
     values = [text for name, text in texts if name == "Value"]  # v1: Scheme/Value pairs
     return values[-1] if values else texts[0][1] if texts else None
 
 
 class NcipSimulator(LoopbackServer):
-    """Faults for queue_faults(): '503' (any HTTP status), 'temporary' (a Temporary Processing Failure
-    Problem), 'garbage' (not NCIP), 'drop' (connection closed without an answer)."""
+    """Faults for queue_faults(): '503' (any HTTP status; on a raw socket: closed without an answer),
+    'temporary' (a Temporary Processing Failure Problem), 'garbage' (not NCIP), 'drop' (connection
+    closed without an answer)."""
 
     kind = "ncip-simulator"
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, problems: dict[str, str] | None = None,
-                 validate: bool | None = None, delay: float = 0.0):
+                 validate: bool | None = None, delay: float = 0.0, transport: str = "http",
+                 socket_mode: str = "close", preamble: bool = False, track_loans: bool = False):
         """validate: True checks every NCIP 2 message against the schema (needs xmlschema), False never,
         None where xmlschema is installed."""
         if validate and not can_validate():
             raise RuntimeError("checking NCIP messages against the schema needs the xmlschema package: "
                                "pip install 'aleph-caiasoft-gateway[simulators]'")
-        super().__init__(host, port, _handler_for(self))
+        if transport == "tcp":
+            super().__init__(host, port, _socket_handler_for(self), _TcpServer)
+        else:
+            super().__init__(host, port, _http_handler_for(self))
+        self.transport = transport
+        self.socket_mode = socket_mode
+        self.preamble = preamble
         self.problems = dict(problems or {})
         self.validate = can_validate() if validate is None else validate
         self.delay = delay
+        self.track_loans = track_loans
+        self.loans: dict[str, str] = {}  # item -> user, with track_loans
 
     @property
     def url(self) -> str:
+        if self.transport == "tcp":
+            host, port = self._server.server_address[:2]
+            return f"tcp://{host if isinstance(host, str) else host.decode()}:{port}"
         return self.address + "/"
 
-    def parse(self, body: bytes) -> Received:
+    def parse(self, body: bytes, transport: str = "", content_type: str = "") -> Received:
         root = SafeET.fromstring(body, forbid_dtd=False)
         version = "2" if root.tag.startswith(f"{{{NS}}}") else "1"
-        action = "checkout" if any(e.tag.endswith("CheckOutItem") for e in root.iter()) else "checkin"
+        service = next((_local(child.tag) for child in root if _local(child.tag) in SERVICES), "CheckInItem")
         errors = schema_errors(body) if version == "2" and self.validate else []
         return Received(
-            action=action, item=_find(root, "ItemIdentifierValue") or "", version=version,
+            action=SERVICES[service], item=_find(root, "ItemIdentifierValue") or "", version=version,
             user=_find(root, "UserIdentifierValue"), request_id=_find(root, "RequestIdentifierValue"),
             profile=_find(root, "ApplicationProfileType"), from_agency=_find(root, "FromAgencyId"),
-            to_agency=_find(root, "ToAgencyId"), valid=not errors, errors=errors, body=body)
+            to_agency=_find(root, "ToAgencyId"), valid=not errors, errors=errors, body=body,
+            transport=transport, content_type=content_type)
 
-    def answer(self, message: Received, problem: str | None) -> bytes:
-        """A v2 response: the item (and user, due date) or a Problem."""
-        sub = element
-        root = ET.Element(f"{{{NS}}}NCIPMessage", {f"{{{NS}}}version": SCHEMA_URL})
-        response = sub(root, "CheckOutItemResponse" if message.action == "checkout" else "CheckInItemResponse")
-        if problem:
-            found = sub(response, "Problem")
-            sub(found, "ProblemType", problem)
-            sub(found, "ProblemDetail", f"simulated: {problem}")
-            sub(found, "ProblemElement", "ItemIdentifierValue")
-            sub(found, "ProblemValue", message.item)
-        else:
-            sub(sub(response, "ItemId"), "ItemIdentifierValue", message.item)
+    def outcome(self, message: Received, fault: str | None) -> Outcome:
+        """What ALEPH would say to this message (called once per recorded message)."""
+        if not message.valid:
+            return Outcome("Invalid Message")
+        if fault == "temporary":
+            return Outcome("Temporary Processing Failure")
+        if message.item in self.problems:
+            return Outcome(self.problems[message.item])
+        with self._changed:
+            on_loan = self.loans.get(message.item)
+            if message.action == "lookup":
+                return Outcome(title=f"Simulated title of {message.item}",
+                               circulation_status="On Loan" if on_loan else "Available On Shelf")
+            if self.track_loans and message.action == "checkout" and on_loan:
+                return Outcome("User Ineligible To Check Out This Item", ALREADY_ON_LOAN)
+            if self.track_loans and message.action == "checkin" and not on_loan:
+                return Outcome("Item Not Checked Out")
             if message.action == "checkout":
-                sub(sub(response, "UserId"), "UserIdentifierValue", message.user or "")
-                sub(response, "DateDue", "2099-12-31T23:59:59")
-        answer: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
-        return answer
+                self.loans[message.item] = message.user or ""
+            else:
+                self.loans.pop(message.item, None)
+        return Outcome(user=message.user or "")
+
+    def answer(self, message: Received, fault: str | None = None) -> bytes:
+        """Record the message and return the answer, in the version it was asked in."""
+        self.record(message)
+        service = {value: key for key, value in SERVICES.items()}[message.action]
+        return write(message.version, service, message.item, self.outcome(message, fault))
 
 
-def _handler_for(sim: NcipSimulator) -> type[BaseHTTPRequestHandler]:
+def _http_handler_for(sim: NcipSimulator) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         disable_nagle_algorithm = True
@@ -142,17 +192,28 @@ def _handler_for(sim: NcipSimulator) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-        def _send(self, status: int, body: bytes, content_type: str = "application/xml") -> None:
+        def _send(self, status: int, body: bytes, content_type: str = "text/xml; charset=UTF-8") -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
 
+        def do_GET(self) -> None:
+            query = urlsplit(self.path).query
+            self._handle(unquote_to_bytes(query), "query", "")
+
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            content_type = self.headers.get("Content-Type", "")
+            if content_type.startswith("application/x-www-form-urlencoded"):
+                self._handle(unquote_to_bytes(body.decode("ascii", "replace")), "form", content_type)
+            else:
+                self._handle(body, "body", content_type)
+
+        def _handle(self, body: bytes, transport: str, content_type: str) -> None:
             try:
-                message = sim.parse(body)
+                message = sim.parse(body, transport, content_type)
             except (ET.ParseError, ValueError) as error:
                 self._send(400, f"not XML: {error}".encode(), "text/plain")
                 return
@@ -170,14 +231,58 @@ def _handler_for(sim: NcipSimulator) -> type[BaseHTTPRequestHandler]:
             if fault == "garbage":
                 self._send(200, b"<html>not NCIP</html>", "text/html")
                 return
-            sim.record(message)
-            problem: str | None
-            if not message.valid:
-                problem = "Invalid Message"
-            elif fault == "temporary":
-                problem = "Temporary Processing Failure"
-            else:
-                problem = sim.problems.get(message.item)
-            self._send(200, sim.answer(message, problem))
+            self._send(200, sim.answer(message, fault))
+
+    return Handler
+
+
+class _TcpServer(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+
+def _socket_handler_for(sim: NcipSimulator) -> type[socketserver.BaseRequestHandler]:
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            connection: socket.socket = self.request
+            connection.settimeout(10)
+            data = bytearray()
+            try:
+                while not complete(data) and len(data) < MAX_REQUEST_BYTES:
+                    chunk = connection.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                message = sim.parse(bytes(data), "tcp")
+            except (OSError, ET.ParseError, ValueError):
+                return
+            fault = sim.next_fault()
+            if sim.delay:
+                time.sleep(sim.delay)
+            if fault == "drop" or (fault and fault.isdigit()):
+                if fault == "drop":
+                    sim.record(message)
+                return  # closed without an answer
+            answer = b"<html>not NCIP</html>" if fault == "garbage" else sim.answer(message, fault)
+            if sim.preamble:
+                answer = HTTPISH_PREAMBLE + answer
+            try:
+                if sim.socket_mode == "dribble":
+                    for start in range(0, len(answer), DRIBBLE_BYTES):
+                        connection.sendall(answer[start:start + DRIBBLE_BYTES])
+                        time.sleep(DRIBBLE_PAUSE)
+                else:
+                    connection.sendall(answer)
+                if sim.socket_mode in ("open", "dribble"):
+                    connection.settimeout(None)
+                    while not sim._stopping.is_set():  # until the client closes
+                        connection.settimeout(0.2)
+                        try:
+                            if not connection.recv(1024):
+                                return
+                        except socket.timeout:
+                            continue
+            except OSError:
+                return
 
     return Handler

@@ -24,8 +24,11 @@ class Source(Protocol):
     location: str           # the folder or URL, for messages
     mode: str               # how changes are noticed: inotify, polling, sftp...
     trust_mtime: bool       # mtime is from our own clock (local disk), so its age means something
-    scan_interval: float    # seconds between full scans
     keeps_originals: bool   # fetch() copies; the original stays until release() (SFTP)
+
+    @property
+    def scan_interval(self) -> float:
+        """Seconds between full scans (read-only: a source may work it out from its mode)."""
 
     def start(self, wake: Callable[[], None]) -> None:
         """Begin watching; call wake() whenever something may have changed."""

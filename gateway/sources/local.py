@@ -48,7 +48,8 @@ def filesystem_type(path: Path, mountinfo: Path = MOUNTINFO) -> str | None:
         if len(fields) < 5 or not right_fields:
             continue
         mount_point = fields[4].replace("\\040", " ")
-        if (target == mount_point or target.startswith(mount_point.rstrip("/") + "/")) and len(mount_point) >= len(best):
+        inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+        if inside and len(mount_point) >= len(best):
             best, best_type = mount_point, right_fields[0]
     return best_type
 
@@ -173,7 +174,8 @@ class LocalSource:
 
     def writers(self, entry: Entry) -> readiness.Writers:
         if not self.trust_mtime:
-            return readiness.Writers(readiness.UNKNOWN, f"a writer on another host is invisible here ({self.filesystem})")
+            return readiness.Writers(readiness.UNKNOWN,
+                                     f"a writer on another host is invisible here ({self.filesystem})")
         return readiness.open_writers(Path(entry.origin))
 
     def peek(self, entry: Entry, limit: int) -> bytes:

@@ -10,6 +10,7 @@ a lost connection is re-made with capped backoff.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import posixpath
@@ -18,7 +19,7 @@ import socket
 import stat
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import paramiko
@@ -37,6 +38,7 @@ COPY_CHUNK = 256 * 1024
 _FILE_ERRORS = (errno.ENOENT, errno.EACCES, errno.EPERM)
 
 log = logs.get("gateway.sources.sftp")
+T = TypeVar("T")
 
 
 def _read_secret(path: Path | None) -> str | None:
@@ -52,9 +54,9 @@ class SftpSource:
         parts = urlsplit(settings.url)
         self.settings = settings
         self.name = settings.name
-        self.host = parts.hostname
+        self.host = parts.hostname or ""  # config_rules made sure the URL has both
         self.port = parts.port or 22
-        self.user = unquote(parts.username)
+        self.user = unquote(parts.username or "")
         self.folder = unquote(parts.path).rstrip("/") or "/"
         self.location = f"sftp://{self.user}@{self.host}:{self.port}{self.folder}"
         self.scan_interval = settings.poll_seconds
@@ -89,13 +91,13 @@ class SftpSource:
         sftp, client, self._sftp, self._client = self._sftp, self._client, None, None
         for closable in (sftp, client):
             if closable is not None:
-                try:
+                # closing a broken connection may fail in many ways; it is gone either way
+                with contextlib.suppress(Exception):
                     closable.close()
-                except Exception:  # closing a broken connection may fail in many ways; it is gone either way
-                    pass
 
     def _connection(self) -> paramiko.SFTPClient:
-        if self._sftp is not None and self._client.get_transport() and self._client.get_transport().is_active():
+        transport = self._client.get_transport() if self._client is not None else None
+        if self._sftp is not None and transport is not None and transport.is_active():
             return self._sftp
         self._disconnect()
         now = self.clock()
@@ -138,13 +140,19 @@ class SftpSource:
                            passphrase=passphrase, password=_read_secret(settings.password_file),
                            timeout=timeout, banner_timeout=timeout, auth_timeout=timeout, channel_timeout=timeout,
                            allow_agent=False, look_for_keys=False)
-            client.get_transport().set_keepalive(KEEPALIVE_SECONDS)
+            transport = client.get_transport()
+            if transport is None:
+                raise paramiko.SSHException("no transport after connecting")
+            transport.set_keepalive(KEEPALIVE_SECONDS)
             sftp = client.open_sftp()
-            sftp.get_channel().settimeout(timeout)
+            channel = sftp.get_channel()
+            if channel is not None:
+                channel.settimeout(timeout)
         except paramiko.BadHostKeyException:
             client.close()
-            raise SourceUnavailable(f"{server} presented a host key that does not match {settings.known_hosts_file}: "
-                                    "refused (the key changed, or someone is in between)") from None
+            raise SourceUnavailable(f"{server} presented a host key that does not match "
+                                    f"{settings.known_hosts_file}: refused (the key changed, or someone is in "
+                                    "between)") from None
         except paramiko.AuthenticationException:
             client.close()
             raise SourceUnavailable(f"{server} refused the login as {self.user} (check the key or password, "
@@ -158,13 +166,15 @@ class SftpSource:
             raise SourceUnavailable(f"SSH with {server} failed: {error}") from None
         except (OSError, EOFError) as error:
             client.close()
-            raise SourceUnavailable(f"cannot connect to {server}: {getattr(error, 'strerror', None) or error}") from None
+            reason = getattr(error, "strerror", None) or error
+            raise SourceUnavailable(f"cannot connect to {server}: {reason}") from None
         self._client = client
         return sftp
 
-    def _call(self, action: Callable[[paramiko.SFTPClient], object], what: str):
+    def _call(self, action: Callable[[paramiko.SFTPClient], T], what: str) -> T:
         """Run one SFTP step. File errors pass through; connection errors drop the connection."""
         sftp = self._connection()
+        cause: BaseException
         try:
             return action(sftp)
         except OSError as error:
@@ -200,8 +210,8 @@ class SftpSource:
             if self.marker and self.marker.is_marker(name):
                 continue  # markers are never taken themselves
             if intake.wanted(name, self.settings.include):
-                entries.append(Entry(name=name, origin=self._remote(name), size=attributes.st_size,
-                                     mtime=float(attributes.st_mtime)))
+                entries.append(Entry(name=name, origin=self._remote(name), size=attributes.st_size or 0,
+                                     mtime=float(attributes.st_mtime or 0)))
         return entries
 
     def look(self, names: set[str]) -> list[Entry]:
@@ -211,7 +221,7 @@ class SftpSource:
         """Download to a .partial file, check the size and that the remote file did not change, commit."""
         partial = partial_path(destination)
 
-        def download(sftp: paramiko.SFTPClient):
+        def download(sftp: paramiko.SFTPClient) -> paramiko.SFTPAttributes:
             with sftp.open(entry.origin, "rb") as remote, open(partial, "wb") as local:
                 remote.prefetch(entry.size)
                 shutil.copyfileobj(remote, local, COPY_CHUNK)
@@ -228,7 +238,7 @@ class SftpSource:
             partial.unlink(missing_ok=True)
             raise
         got = partial.stat().st_size
-        if got != entry.size or after.st_size != entry.size or float(after.st_mtime) != entry.mtime:
+        if got != entry.size or after.st_size != entry.size or float(after.st_mtime or 0) != entry.mtime:
             partial.unlink()
             raise SourceGone(f"{entry.origin} changed while being downloaded ({got} of {entry.size} bytes); "
                              "it is taken again once it settles")
@@ -251,10 +261,8 @@ class SftpSource:
         if self.marker is None:
             return
         marker = self._remote(self.marker.of(entry.name))
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self._call(lambda sftp: sftp.remove(marker), f"removing the marker {marker}")
-        except FileNotFoundError:
-            pass
 
     def release(self, origin: str) -> str:
         """Delete or move the remote original after its outcome is known; return what was done."""
@@ -286,7 +294,7 @@ class SftpSource:
             folder = sftp.stat(self.folder)
             count = len(sftp.listdir(self.folder))
             return (f"host key verified, logged in as {self.user}; {self.folder} is "
-                    f"{stat.filemode(folder.st_mode)} uid {folder.st_uid} gid {folder.st_gid}, {count} entries "
+                    f"{stat.filemode(folder.st_mode or 0)} uid {folder.st_uid} gid {folder.st_gid}, {count} entries "
                     "(the gateway needs write permission on it to "
                     f"{'delete' if self.settings.remote_after == 'delete' else 'move'} files)")
         try:

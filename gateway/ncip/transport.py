@@ -1,0 +1,151 @@
+"""How an NCIP message reaches ALEPH and its answer comes back, as ALEPH sites run it.
+
+  http(s)://HOST:PORT/PATH, send_as = body   POST, the message as the body (content_type, default
+                                             text/xml; charset=UTF-8)
+  http(s)://..., send_as = query             GET URL?MESSAGE, the message URL-encoded after '?'
+                                             (ALEPH's web server: http://HOST:8991/ncip?<?xml ...)
+  http(s)://..., send_as = form              POST, the message URL-encoded as the body
+  tcp://HOST:PORT                            the message written on a raw socket to ALEPH's NCIP
+                                             port; the answer read until it is a whole NCIP message
+                                             or the server closes
+Every exchange has one total deadline (timeout_seconds: connect, send and the
+whole answer) and a cap on the answer's size (max_answer_bytes).
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Protocol
+from urllib.parse import quote, urlsplit
+
+import requests
+
+from gateway import http
+from gateway.config import Ncip
+from gateway.ncip.answers import complete
+
+READ_CHUNK = 64 * 1024
+
+
+class NcipUnavailable(Exception):
+    """No answer to read: the server cannot be reached, timed out, answered HTTP non-2xx or too much."""
+
+    def __init__(self, reason: str, http_status: int | None = None):
+        super().__init__(reason)
+        self.http_status = http_status
+
+
+class Transport(Protocol):
+    def exchange(self, message: bytes) -> bytes:
+        """Send one message; return the answer's bytes. Raise NcipUnavailable."""
+
+    def close(self) -> None: ...
+
+
+def for_settings(settings: Ncip) -> Transport:
+    if urlsplit(settings.url).scheme == "tcp":
+        return RawSocket(settings)
+    return Http(settings)
+
+
+class Http:
+    """http(s)://...: one session (gateway.http) per relay thread."""
+
+    def __init__(self, settings: Ncip):
+        self.settings = settings
+        self.session = http.new_session()
+
+    def close(self) -> None:
+        self.session.close()
+
+    def exchange(self, message: bytes) -> bytes:
+        settings = self.settings
+        url, headers, data, method = settings.url, {"Content-Type": settings.content_type}, message, "POST"
+        if settings.send_as == "query":
+            method, url, headers, data = "GET", url.split("?", 1)[0] + "?" + quote(message, safe=""), {}, b""
+        elif settings.send_as == "form":
+            headers, data = {"Content-Type": "application/x-www-form-urlencoded"}, \
+                quote(message, safe="").encode("ascii")
+        try:
+            answer = http.send(self.session, method, url, deadline=settings.timeout_seconds,
+                               max_bytes=settings.max_answer_bytes, headers=headers, data=data or None)
+        except requests.RequestException as error:
+            raise NcipUnavailable(f"cannot reach the NCIP server: {_describe(error)}") from None
+        if not 200 <= answer.status < 300:
+            raise NcipUnavailable(f"NCIP server answered HTTP {answer.status}", answer.status)
+        if answer.truncated:
+            raise NcipUnavailable(f"the NCIP answer is larger than max_answer_bytes ({settings.max_answer_bytes})",
+                                  answer.status)
+        return answer.body
+
+
+class RawSocket:
+    """tcp://HOST:PORT: one connection per message, closed after the answer, under one total deadline."""
+
+    def __init__(self, settings: Ncip):
+        self.settings = settings
+        parts = urlsplit(settings.url)
+        self.address = (parts.hostname or "", parts.port or 0)
+
+    def close(self) -> None:
+        pass
+
+    def exchange(self, message: bytes) -> bytes:
+        where = f"{self.address[0]}:{self.address[1]}"
+        with http.Deadline(self.settings.timeout_seconds) as deadline:
+            connection = self._connect(deadline, where)
+            with connection:
+                deadline.attach(connection)  # shut down at the deadline, whatever it is doing
+                data = self._talk(connection, message, deadline, where)
+            if deadline.expired:
+                raise self._late(where)
+        if not data:
+            raise NcipUnavailable(f"the NCIP port {where} closed the connection without an answer")
+        return bytes(data)
+
+    def _late(self, where: str) -> NcipUnavailable:
+        return NcipUnavailable(f"no whole answer from {where} within timeout_seconds "
+                               f"({self.settings.timeout_seconds:g} s)")
+
+    def _connect(self, deadline: http.Deadline, where: str) -> socket.socket:
+        try:
+            return socket.create_connection(self.address, timeout=max(deadline.remaining(), 0.001))
+        except OSError as error:
+            if deadline.expired or isinstance(error, socket.timeout):
+                raise self._late(where) from None
+            raise NcipUnavailable(f"cannot connect to the NCIP port {where}: {error.strerror or error}") from None
+
+    def _talk(self, connection: socket.socket, message: bytes, deadline: http.Deadline, where: str) -> bytearray:
+        """Write the message; read until the answer is a whole NCIP message, or the server closes."""
+        data = bytearray()
+        try:
+            connection.settimeout(max(deadline.remaining(), 0.001))
+            connection.sendall(message)
+            while not complete(data):
+                connection.settimeout(max(deadline.remaining(), 0.001))
+                chunk = connection.recv(READ_CHUNK)
+                if not chunk:
+                    break  # the server closed: what came is the answer
+                data += chunk
+                if len(data) > self.settings.max_answer_bytes:
+                    raise NcipUnavailable(f"the NCIP answer from {where} is larger than max_answer_bytes "
+                                          f"({self.settings.max_answer_bytes})")
+        except socket.timeout:
+            raise self._late(where) from None
+        except OSError as error:
+            if not data:
+                raise NcipUnavailable(f"the NCIP port {where} dropped the connection: "
+                                      f"{error.strerror or error}") from None
+        return data
+
+
+def _describe(error: requests.RequestException) -> str:
+    if isinstance(error, requests.exceptions.SSLError):
+        return "TLS certificate could not be verified (" + str(error)[:200] + ")"
+    if isinstance(error, http.DeadlineExceeded):
+        return f"no whole answer within timeout_seconds ({error})"
+    if isinstance(error, requests.Timeout):
+        return "no answer in time (timeout)"
+    if isinstance(error, requests.ConnectionError):
+        return "connection failed (" + str(error)[:300] + ")"
+    return f"{error.__class__.__name__}: {str(error)[:300]}"
