@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     journal.add_argument("--user", help="user id, instead of the stop's")
     journal.add_argument("--request-id", dest="request_id")
     journal.add_argument("--id", dest="entry_id", help="an id of your own, kept in logs and dead letters")
+    find = commands.add_parser("find", help="which request files carried this item (newest first)")
+    find.add_argument("barcode", metavar="BARCODE", help="the item's barcode (z30-barcode)")
+    find.add_argument("--json", action="store_true", help="print JSON instead of text")
     demo = commands.add_parser("demo", help="a self-contained run with the simulator and sample files")
     demo.add_argument("--keep", action="store_true", help="keep the demo folder to look around (else it is removed)")
     simulate = commands.add_parser("simulate", help="run a simulator on loopback for dry runs")
@@ -83,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.excepthook = _print_redacted_exception
     args = _parser().parse_args(argv)
     handler = {"run": cmd_run, "daemon": cmd_daemon, "check": cmd_check, "status": cmd_status, "send": cmd_send,
-               "retry": cmd_retry, "journal": cmd_journal, "demo": cmd_demo, "simulate": cmd_simulate}[args.command]
+               "retry": cmd_retry, "journal": cmd_journal, "find": cmd_find, "demo": cmd_demo,
+               "simulate": cmd_simulate}[args.command]
     try:
         return handler(args)
     except ConfigError as error:
@@ -170,6 +174,26 @@ def _register_key_quietly(settings: config_module.Settings) -> None:
     key, _ = credentials.api_key(settings.caiasoft.api_key_file, settings.caiasoft.api_key_env, os.environ,
                                  lambda key, message: None)
     logs.add_secret(key.value)
+
+
+def cmd_find(args: argparse.Namespace) -> int:
+    from gateway import find
+    from gateway.ledger import Ledger
+
+    config = _load_settings(args)
+    if not config.paths.database.exists():
+        message = f"no ledger at {config.paths.database}: the gateway has not run with this config yet"
+        print(json.dumps({"error": message}) if args.json else message)
+        return EXIT_FAILURE
+    ledger = Ledger(config.paths.database)
+    try:
+        if ledger.backfill_due() is not None and not args.json:
+            print("reading the sidecars of files archived before the item index (once) ...", file=sys.stderr)
+        found = find.find(ledger, args.barcode.strip(), [config.paths.archive_dir, config.paths.error_dir])
+    finally:
+        ledger.close()
+    print(json.dumps(found, indent=2, ensure_ascii=False) if args.json else find.render(args.barcode, found))
+    return EXIT_OK if found else EXIT_FAILURE
 
 
 def _pipeline(config: config_module.Settings, client: CaiaSoftClient | None = None) -> Pipeline:

@@ -2,8 +2,11 @@
 
 Starts the simulator, writes a config, starts `caiasoft-gateway run` as a child
 process, writes the samples into the watched folder the way ALEPH does (in
-several writes), adds two files CaiaSoft or the gateway must refuse, waits
-until every file has ended somewhere, stops the gateway and shows what went where.
+several writes): single slips, a barcode list, a batch print file of three
+records (accepted) and one whose third record is broken (refused, the record
+named), plus two files CaiaSoft or the gateway must refuse. It waits until every
+file has ended somewhere, stops the gateway, shows what went where and asks
+`find` where one item went.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from gateway.ledger import Ledger
 from gateway.simulators.caiasoft import CaiaSoftSimulator
 
 DENIED_BARCODE = "31234009999990"
+FIND_BARCODE = DENIED_BARCODE  # in the paging list and in the hold-request batch: `find` shows both
 WAIT_SECONDS = 60.0
 
 
@@ -141,15 +145,22 @@ def _show(root: Path, keep: bool) -> None:
             line = f"  {sidecar.with_suffix('').relative_to(root)}"
             if info["outcome"] == "accepted":
                 items = (info.get("caiasoft_answer") or {}).get("request_count", "?")
+                records = f"{info['record_count']} record(s), " if "record_count" in info else ""
                 denied = ", ".join(f"{d['item']} ({d['istatus']})" for d in info["denied_items"])
-                line += f"  [{info['kind']}, {items} item(s){'; DENIED ' + denied if denied else ''}]"
+                line += f"  [{info['kind']}, {records}{items} item(s){'; DENIED ' + denied if denied else ''}]"
             else:
                 line += f"\n      reason: {info['reason']}"
             print(line)
-    example = next(iter(sorted((root / "archive").rglob("*.xml.json"))), None)
+    example = next(iter(sorted((root / "archive").rglob("*.hold_req.json"))), None)
     if example:
         print(f"\nEach file has a sidecar beside it, e.g. {example.relative_to(root)}:")
-        print("  " + example.read_text().strip().replace("\n", "\n  ")[:1600])
+        text = example.read_text().strip()
+        print("  " + text[:2400].replace("\n", "\n  ") + ("\n  ..." if len(text) > 2400 else ""))
+    config = root / "gateway.toml"
+    print(f"\n\"Where is my item?\"  caiasoft-gateway -c {config} find {FIND_BARCODE}\n")
+    answer = subprocess.run([sys.executable, "-m", "gateway", "-c", str(config), "find", FIND_BARCODE],
+                            capture_output=True, text=True, timeout=60)
+    print("  " + (answer.stdout.strip() or answer.stderr.strip()).replace("\n", "\n  "))
     if not keep:
         print(f"\nThe demo folder {root} is removed now; `caiasoft-gateway demo --keep` keeps it to look around.")
         return

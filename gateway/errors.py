@@ -34,10 +34,15 @@ class AlreadyRunning(GatewayError):
 
 
 class FileRefused(GatewayError):
-    """The gateway refuses a file before sending it (binary, too large, bad XML...)."""
+    """The gateway refuses a file before sending it (binary, too large, bad XML...).
 
-    def __init__(self, reason: str):
+    at_end is True when the only fault is that the data stops inside the file's last
+    record (its XML document never closes): the file may be cut short, or still be written.
+    """
+
+    def __init__(self, reason: str, at_end: bool = False):
         self.reason = reason
+        self.at_end = at_end
         super().__init__(reason)
 
 

@@ -6,22 +6,28 @@ is uploaded exactly as ALEPH wrote it.
 
 from __future__ import annotations
 
+import codecs
 import fnmatch
 import hashlib
 import os
+import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO
 
-import defusedxml.ElementTree as SafeET
-from defusedxml import DTDForbidden, EntitiesForbidden, ExternalReferenceForbidden
-from xml.etree.ElementTree import ParseError
-
+from gateway import printfile
 from gateway.errors import FileRefused
 
 IGNORED_PATTERNS = (".*", "*.tmp", "*.part", "*~")
 HASH_CHUNK = 1024 * 1024
+HEAD_BYTES = 64 * 1024       # read first, to tell a print file (XML) from a text file
+MAX_FORM_NAMES = 20          # distinct form names counted in a file's details
+MAX_BAD_RECORDS_NAMED = 5    # bad records named in a refusal (all are counted)
+MAX_TEXT_ITEMS = 100_000     # barcodes of one text file listed and indexed (all are counted)
+_CONTROLS = re.compile("[\x00-\x08\x0b\x0e-\x1f]")
+_BARCODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$")  # a line of a barcode list that is one barcode
 
 
 def wanted(name: str, include: tuple[str, ...]) -> bool:
@@ -96,7 +102,11 @@ class Settler:
 
 @dataclass(frozen=True)
 class Inspection:
-    """What a valid file is: its kind (xml or text), digest, size and a few details for the sidecar."""
+    """What a valid file is: its kind (xml or text), digest, size and a few details for the sidecar.
+
+    details stays small whatever the file holds (counts, the first header line, the
+    form names); the records themselves go to inspect()'s on_record.
+    """
 
     kind: str
     sha256: str
@@ -115,76 +125,189 @@ def file_digest(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def inspect(path: Path, name: str, max_bytes: int, fallback_encoding: str = "") -> Inspection:
-    """Given a claimed file, return its Inspection. Raise FileRefused saying why it cannot be sent."""
+class _Reader:
+    """Reads a file a line (or a piece of a long line) at a time, hashing and checking what it reads."""
+
+    def __init__(self, handle: BinaryIO, max_bytes: int):
+        self.handle = handle
+        self.max_bytes = max_bytes
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self.blank = True
+
+    def readline(self, limit: int = printfile.PIECE_BYTES) -> bytes:
+        piece = self.handle.readline(limit)
+        self.digest.update(piece)
+        self.size += len(piece)
+        if self.size > self.max_bytes:
+            raise FileRefused(f"file grew above max_file_bytes ({self.max_bytes}) while being read")
+        if b"\x00" in piece:
+            raise FileRefused("file is binary (it contains NUL bytes), not an ALEPH request file")
+        if self.blank and piece.strip():
+            self.blank = False
+        return piece
+
+    def finish(self) -> None:
+        """Read whatever is left (so the digest covers the whole file) and refuse a blank file."""
+        while self.readline(HASH_CHUNK):
+            pass
+        if self.blank:
+            raise FileRefused("file is empty" if not self.size else "file holds only blank space")
+
+
+def inspect(path: Path, name: str, max_bytes: int, fallback_encoding: str = "",
+            on_record: Callable[[printfile.Record], None] | None = None) -> Inspection:
+    """Given a claimed file, return its Inspection. Raise FileRefused saying why it cannot be sent.
+
+    The file is read once, in pieces (memory stays bounded whatever its size). Each
+    record of an ALEPH print file, and each barcode of a barcode list, is handed to
+    on_record as it is read, also when the file is refused in the end (a bad record
+    is handed over with its problem).
+    """
     with open(path, "rb") as handle:
         size = os.fstat(handle.fileno()).st_size
         if size > max_bytes:
             raise FileRefused(f"file is {size} bytes, above max_file_bytes ({max_bytes})")
-        data = handle.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise FileRefused(f"file grew above max_file_bytes ({max_bytes}) while being read")
-    sha256 = hashlib.sha256(data).hexdigest()
-    if not data.strip():
-        raise FileRefused("file is empty" if not data else "file holds only blank space")
-    if b"\x00" in data:
-        raise FileRefused("file is binary (it contains NUL bytes), not an ALEPH request file")
-    text, encoding = _decode(data, fallback_encoding)
-    controls = sum(1 for ch in text if ord(ch) < 32 and ch not in "\t\n\r\f")
-    if controls > max(2, len(text) // 100):
-        raise FileRefused(f"file looks binary ({controls} control characters), not an ALEPH request file")
-
-    body_offset = _routing_line_length(data)
-    body = data[body_offset:]
-    looks_xml = body.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<")
-    if looks_xml:
-        details = _check_xml(body)
-        details["routing_line"] = data[:body_offset].decode(encoding, "replace").strip() or None
-        kind = "xml"
-    else:
-        if name.lower().endswith(".xml"):
-            raise FileRefused("file is named .xml but its content is not XML")
-        lines = [line for line in text.splitlines() if line.strip()]
-        details = {"lines": len(lines)}
-        kind = "text"
-    details["encoding"] = encoding
-    return Inspection(kind=kind, sha256=sha256, size=len(data), details=details)
-
-
-def _decode(data: bytes, fallback_encoding: str) -> tuple[str, str]:
-    try:
-        return data.decode("utf-8-sig"), "utf-8"
-    except UnicodeDecodeError as error:
-        if fallback_encoding:
+        head = handle.read(HEAD_BYTES)
+        handle.seek(0)
+        reader = _Reader(handle, max_bytes)
+        if printfile.looks_like_print_file(head):
+            details = _check_print_file(reader, on_record or _ignore)
+            details["encoding"] = printfile.declared_encoding(head) or "utf-8"
+            kind = "xml"
+        else:
+            if name.lower().endswith(".xml") and head.strip():
+                raise FileRefused("file is named .xml but its content is not XML")
+            held = _Held()
             try:
-                return data.decode(fallback_encoding), fallback_encoding
-            except UnicodeDecodeError:
-                pass
-        tried = "UTF-8" + (f" or {fallback_encoding}" if fallback_encoding else "")
-        raise FileRefused(f"text is not {tried}: byte 0x{data[error.start]:02x} at offset {error.start} "
-                          "cannot be decoded") from None
+                details = _check_text(reader, "utf-8", held)
+            except _Undecodable as error:
+                if not fallback_encoding:
+                    raise FileRefused(error.reason("UTF-8")) from None
+                handle.seek(0)
+                reader, held = _Reader(handle, max_bytes), _Held()
+                try:
+                    details = _check_text(reader, fallback_encoding, held)
+                except _Undecodable as again:
+                    raise FileRefused(again.reason(f"UTF-8 or {fallback_encoding}")) from None
+            if held.dropped:
+                details["items_not_listed"] = held.dropped
+            for record in held.records:
+                (on_record or _ignore)(record)
+            kind = "text"
+        reader.finish()
+    return Inspection(kind=kind, sha256=reader.digest.hexdigest(), size=reader.size, details=details)
 
 
-def _routing_line_length(data: bytes) -> int:
-    """ALEPH print files may start with a routing line such as '## - XML_XSL'; return its length."""
-    start = 3 if data.startswith(b"\xef\xbb\xbf") else 0
-    if data[start:start + 2] != b"##":
-        return 0
-    newline = data.find(b"\n", start)
-    return len(data) if newline < 0 else newline + 1
+def _ignore(record: printfile.Record) -> None:
+    return None
 
 
-def _check_xml(body: bytes) -> dict[str, Any]:
+class _Held:
+    """The barcodes of a text file, kept until the whole file has decoded (up to MAX_TEXT_ITEMS).
+
+    A text file may be read twice (UTF-8, then the fallback encoding); its barcodes are
+    handed on once, after the read that succeeded.
+    """
+
+    def __init__(self) -> None:
+        self.records: list[printfile.Record] = []
+        self.dropped = 0
+
+    def __call__(self, record: printfile.Record) -> None:
+        if len(self.records) < MAX_TEXT_ITEMS:
+            self.records.append(record)
+        else:
+            self.dropped += 1
+
+
+def _check_print_file(reader: _Reader, on_record: Callable[[printfile.Record], None]) -> dict[str, Any]:
+    """Validate every record of an ALEPH print file; return the file's details or raise FileRefused."""
+    count = items = bad_count = 0
+    first: printfile.Record | None = None
+    bad: list[printfile.Record] = []
+    forms: dict[str, int] = {}
+    for record in printfile.scan(reader):
+        count += 1
+        items += len(record.barcodes)
+        first = first or record
+        if record.form_name and (record.form_name in forms or len(forms) < MAX_FORM_NAMES):
+            forms[record.form_name] = forms.get(record.form_name, 0) + 1
+        if record.problem is not None:
+            bad_count += 1
+            if len(bad) < MAX_BAD_RECORDS_NAMED:
+                bad.append(record)
+        on_record(record)
+    if bad:
+        last = bad[-1]
+        at_end = bad_count == 1 and last.number == count and last.problem is not None and last.problem.at_end
+        raise FileRefused(_bad_records_reason(bad, bad_count, count), at_end=at_end)
+    return {"records": count, "items": items, "root": first.root if first else None,
+            "form_name": first.form_name if first else None,
+            "form_names": forms, "routing_line": first.header if first else None}
+
+
+def _bad_records_reason(bad: list[printfile.Record], bad_count: int, count: int) -> str:
+    """'record 2 of 3 (line 28, "## - XML_XSL"): its XML is not well-formed (mismatched tag) at line 53 of the file'"""
+    first = bad[0]
+    assert first.problem is not None
+    where = f'line {first.line}, "{first.header}"' if first.header else f"line {first.line}, no header line"
+    reason = f"record {first.number} of {count} ({where}): {first.problem.message} at line {first.problem.line} " \
+             "of the file"
+    if bad_count > 1:
+        others = ", ".join(f"{record.number} (line {record.line})" for record in bad[1:])
+        more = bad_count - len(bad)
+        reason += f"; {bad_count - 1} more bad record(s): {others}" + (f" and {more} more" if more else "")
+    return reason
+
+
+def _check_text(reader: _Reader, encoding: str, on_record: Callable[[printfile.Record], None]) -> dict[str, Any]:
+    """Decode a text file piece by piece; hand each barcode line to on_record; return its details.
+
+    Raise _Undecodable (with the offset in the whole file) if it is not in encoding.
+    """
+    decoder = codecs.getincrementaldecoder(encoding)()
+    characters = controls = lines = barcodes = 0
+    offset = 0
+    line_number = 1
+    at_line_start = True
+    piece = reader.readline()
+    if piece.startswith(printfile.BOM) and encoding == "utf-8":
+        offset = len(printfile.BOM)
+        piece = piece[offset:]
+    while piece:
+        pending = len(decoder.getstate()[0])
+        try:
+            text = decoder.decode(piece, final=False)
+        except UnicodeDecodeError as error:
+            raise _Undecodable(error.object[error.start], offset - pending + error.start) from None
+        offset += len(piece)
+        characters += len(text)
+        controls += len(_CONTROLS.findall(text))
+        complete = piece.endswith(b"\n")
+        for part in text.splitlines() if at_line_start else ():
+            value = part.strip()
+            if value:
+                lines += 1
+                if _BARCODE.match(value):
+                    barcodes += 1
+                    on_record(printfile.Record(number=barcodes, line=line_number, barcodes=(value,)))
+        at_line_start = complete
+        line_number += complete
+        piece = reader.readline()
     try:
-        root = SafeET.fromstring(body, forbid_dtd=True, forbid_entities=True, forbid_external=True)
-    except DTDForbidden:
-        raise FileRefused("XML has a DOCTYPE declaration; DTDs are refused for safety") from None
-    except EntitiesForbidden:
-        raise FileRefused("XML declares entities; entities are refused for safety") from None
-    except ExternalReferenceForbidden:
-        raise FileRefused("XML refers to an external resource; refused for safety") from None
-    except ParseError as error:
-        raise FileRefused(f"XML is not well-formed: {error}") from None
-    barcodes = [element.text.strip() for element in root.iter("z30-barcode") if element.text]
-    form_name = root.findtext("form-name")
-    return {"root": root.tag, "form_name": form_name.strip() if form_name else None, "items": len(barcodes)}
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError as error:
+        raise _Undecodable(error.object[error.start], offset - len(error.object) + error.start) from None
+    if controls > max(2, characters // 100):
+        raise FileRefused(f"file looks binary ({controls} control characters), not an ALEPH request file")
+    return {"lines": lines, "items": barcodes, "encoding": encoding}
+
+
+class _Undecodable(Exception):
+    def __init__(self, byte: int, offset: int):
+        super().__init__(byte, offset)
+        self.byte, self.offset = byte, offset
+
+    def reason(self, tried: str) -> str:
+        return f"text is not {tried}: byte 0x{self.byte:02x} at offset {self.offset} cannot be decoded"

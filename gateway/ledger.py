@@ -24,13 +24,14 @@ from pathlib import Path
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from gateway import itemindex
 from gateway.archive import safe_name
 from gateway.logs import redact
 
 if TYPE_CHECKING:
     from gateway.sources.base import Entry
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: records and items (gateway/itemindex.py)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -120,7 +121,7 @@ def work_name(row_id: int, name: str) -> str:
     return f"{row_id:08d}." + safe_name(name)
 
 
-class Ledger:
+class Ledger(itemindex.ItemIndex):
     """SQLite-backed state of every file. Thread-safe; safe to open from a second process."""
 
     def __init__(self, path: Path, clock: Callable[[], float] = time.time):
@@ -133,12 +134,23 @@ class Ledger:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=30000")
-        self._db.executescript(_SCHEMA)
-        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        self._db.executescript(_SCHEMA + itemindex.SCHEMA)
+        self._migrate()
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def _migrate(self) -> None:
+        """Bring the ledger up to SCHEMA_VERSION; every step only adds (tables are created above)."""
+        with self._transaction() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = int(row[0]) if row else 0
+            if version < 2:
+                itemindex.migrate(db, self.clock())
+            if version < SCHEMA_VERSION:
+                db.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT(key) DO UPDATE SET "
+                           "value = excluded.value", (str(SCHEMA_VERSION),))
 
     # -- plumbing ---------------------------------------------------------
 

@@ -21,11 +21,13 @@ from gateway.archive import Folder
 from gateway.caiasoft import Backoff, CaiaSoftClient, Outcome, counts_unreadable, is_denied, settle_unreadable
 from gateway.errors import FileRefused, SourceGone
 from gateway.files import PARTIAL_GLOB, copy_no_clobber
+from gateway.itemindex import RecordSpool, sidecar_records
 from gateway.ledger import Ledger, FileRow, work_name
 from gateway.settings import Settings
 from gateway.sources.base import Entry, Source
 
 log = logs.get("gateway.pipeline")
+SIDECAR_RECORDS = 10_000  # records listed in one sidecar; all are counted, and all are in the ledger
 
 
 class Pipeline:
@@ -91,12 +93,16 @@ class Pipeline:
     def _admit(self, row_ids: list[int]) -> None:
         valid = []
         limits = self.config.intake
+        spool = RecordSpool(self.ledger)  # what each file holds, indexed by barcode for `find`
         for row_id in row_ids:
             row = self.ledger.row(row_id)
             path = self.work_path(row)
+            spool.start(row_id)
             try:
-                found = intake.inspect(path, row.name, limits.max_file_bytes, limits.text_fallback_encoding)
+                found = intake.inspect(path, row.name, limits.max_file_bytes, limits.text_fallback_encoding,
+                                       on_record=spool.add)
             except FileRefused as refusal:
+                spool.flush()  # the sidecar names the records, the bad ones too
                 sha256, size = intake.file_digest(path)
                 log.warning("file.refused", id=row.id, source=row.source, file=row.name, sha256=sha256,
                             by="gateway", reason=refusal.reason)
@@ -106,6 +112,7 @@ class Pipeline:
             valid.append((row_id, found.kind, found.sha256, found.size, found.details))
             log.info("file.queued", id=row.id, source=row.source, file=row.name, kind=found.kind,
                      sha256=found.sha256, size=found.size)
+        spool.flush()
         if valid:
             self.ledger.queued_many(valid)
             self.on_queued()
@@ -161,16 +168,17 @@ class Pipeline:
         if row.final_path is None:
             raise AssertionError(f"row {row.id} is {row.state} without a final path")
         final = Path(row.final_path)
+        contents = self.contents(row)
         if work.exists():
-            folder.write_sidecar(final, sidecar(row, final, self.clock()))
+            folder.write_sidecar(final, sidecar(row, final, self.clock(), contents))
             placed = folder.place(work, final)
             if placed != final:  # the name was taken meanwhile: the sidecar follows the file
-                folder.write_sidecar(placed, sidecar(row, placed, self.clock()))
+                folder.write_sidecar(placed, sidecar(row, placed, self.clock(), contents))
                 folder.remove_sidecar(final)
                 final = placed
             folder.sync(final)
         elif final.exists():
-            folder.write_sidecar(final, sidecar(row, final, self.clock()))
+            folder.write_sidecar(final, sidecar(row, final, self.clock(), contents))
             folder.sync(final)
         else:
             log.error("file.lost", id=row.id, file=row.name, expected=str(final),
@@ -179,6 +187,11 @@ class Pipeline:
         log.info("file.archived" if row.state == "archiving" else "file.to_error", id=row.id,
                  source=row.source, file=row.name, path=str(final))
         return final
+
+    def contents(self, row: FileRow) -> dict[str, Any]:
+        """What the file held (records or barcodes, CaiaSoft's answer joined to each), for its sidecar."""
+        return sidecar_records(row.kind, self.ledger.records_of(row.id, SIDECAR_RECORDS),
+                               self.ledger.record_count(row.id), row.answer_json)
 
     # -- after a crash -----------------------------------------------------------
 
@@ -250,8 +263,11 @@ def _iso(moment: float | None) -> str | None:
     return dt.datetime.fromtimestamp(moment).astimezone().isoformat(timespec="seconds") if moment else None
 
 
-def sidecar(row: FileRow, final: Path, now: float) -> dict[str, Any]:
-    """The NAME.json an admin reads beside a file in the archive or error folder."""
+def sidecar(row: FileRow, final: Path, now: float, contents: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The NAME.json an admin reads beside a file in the archive or error folder.
+
+    contents (Pipeline.contents) says what was in the file: its records, or a barcode list's barcodes.
+    """
     answer = row.answer_json
     denied = [item for item in answer.get("results") or [] if is_denied(item)] if isinstance(answer, dict) else []
     return {
@@ -268,6 +284,7 @@ def sidecar(row: FileRow, final: Path, now: float) -> dict[str, Any]:
         "http_status": row.http_status,
         "caiasoft_answer": answer,
         "denied_items": denied,
+        **(contents or {}),
         "attempts": row.attempts,
         "times": {"seen": _iso(row.seen_at), "claimed": _iso(row.claimed_at),
                   "uploaded": _iso(row.uploaded_at), "finished": _iso(row.finished_at or now)},

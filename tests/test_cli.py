@@ -156,16 +156,20 @@ def test_demo_runs_and_explains_where_each_file_went(tmp_path):
         return result.stdout
 
     out = demo()
-    assert "3 archived, 2 refused" in out
+    assert "4 archived, 3 refused" in out
     assert "DENIED 31234009999990 (Invalid Stop Code)" in out
     assert "reason: CaiaSoft refused the file: File format not registered" in out
-    assert "reason: refused by the gateway: XML is not well-formed" in out
+    assert "usm50.hold_req  [xml, 3 record(s), 3 item(s); DENIED 31234009999990" in out
+    assert ('reason: refused by the gateway: record 3 of 4 (line 53, "## - XML_XSL"): its XML is not well-formed '
+            "(mismatched tag) at line 77 of the file") in out
+    assert "31234009999990: in 2 request file(s), newest first" in out
+    assert "usm50.hold_req  (record 3, form hold-request-slip, request 000004603" in out
     assert "is removed now" in out and list(tmp_path.iterdir()) == [], "demo cleans up after itself"
 
     out = demo("--keep")
     [kept] = tmp_path.iterdir()
     assert f"log (one JSON object a line): {kept / 'log' / 'gateway.log'}" in out
-    assert len(list((kept / "archive").rglob("*.json"))) == 3
+    assert len(list((kept / "archive").rglob("*.json"))) == 4
 
 
 def test_simulate_serves_the_api_on_loopback():

@@ -3,8 +3,10 @@
 It speaks the part of CaiaSoft's API the gateway uses: X-API-Key checked on every call,
 JSON answers with counts as strings, POST /api/requestfile/v1 taking a
 multipart upload, GET /api/circstoplist/v1/ACTIVE. A file is "registered"
-when it is an ALEPH slip (<printout>) or a barcode list; anything else gets
-success: false, as CaiaSoft answers for an unregistered format.
+when it is an ALEPH print file (one or many <printout> records, each opened by
+"## - ..." lines) or a barcode list; anything else gets success: false, as
+CaiaSoft answers for an unregistered format. Every upload's bytes are kept in
+.received, so tests can check that a file arrived unaltered.
 
 Faults are scripted per request: queue_faults("503", "429:2", "drop", "slow:5", "hang").
 """
@@ -95,17 +97,31 @@ class CaiaSoftSimulator(LoopbackServer):
         return {"success": True, "error": "", "request_count": str(len(results)), "results": results}
 
 
+_HEADER_LINE = re.compile(rb"^## -[^\n]*(?:\n|$)", re.MULTILINE)
+
+
 def _barcodes(data: bytes) -> list[str] | None:
-    """Barcodes in an ALEPH slip or a barcode list; None if the format is not one CaiaSoft knows."""
-    body = data[data.find(b"\n") + 1:] if data.startswith(b"##") else data
-    if body.lstrip().startswith(b"<"):
-        try:
-            root = SafeET.fromstring(body)
-        except (ParseError, ValueError):  # defusedxml's refusals are ValueErrors
-            return None
-        if root.tag != "printout":
-            return None
-        return [e.text.strip() for e in root.iter("z30-barcode") if e.text and e.text.strip()]
+    """Barcodes in an ALEPH print file (one or many slips) or a barcode list; None if CaiaSoft would not know it.
+
+    A print file's records each open with a header block ("## - XML_XSL" lines; the
+    first line may be any "##" line) followed by one XML document.
+    """
+    body = data.removeprefix(b"\xef\xbb\xbf")
+    if body.startswith(b"##"):
+        body = body[body.find(b"\n") + 1:] if b"\n" in body else b""
+    if body.lstrip().startswith(b"<") or _HEADER_LINE.match(body):
+        barcodes: list[str] = []
+        for record in _HEADER_LINE.split(body):
+            if not record.strip():
+                continue
+            try:
+                root = SafeET.fromstring(record.strip())
+            except (ParseError, ValueError):  # defusedxml's refusals are ValueErrors
+                return None
+            if root.tag != "printout":
+                return None
+            barcodes += [e.text.strip() for e in root.iter("z30-barcode") if e.text and e.text.strip()]
+        return barcodes
     try:
         lines = [line.strip() for line in data.decode("utf-8").splitlines() if line.strip()]
     except UnicodeDecodeError:

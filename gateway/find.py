@@ -1,0 +1,204 @@
+"""`find BARCODE`: which request files carried an item ("where is my item?"), newest first.
+
+Answers from the ledger's item index (gateway/itemindex.py), filled as files are
+taken. Files archived before the index existed are found through their sidecars:
+the first `find` after the upgrade reads every older sidecar once (a barcode list
+from the sidecar's records, or CaiaSoft's per-item answer, or else the archived
+file itself) and the ledger remembers that it did.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from gateway import intake
+from gateway.archive import SIDECAR_SUFFIX
+from gateway.errors import FileRefused
+from gateway.itemindex import answers_by_item
+from gateway.ledger import Ledger
+
+BACKFILL_BATCH = 5000                   # items written to the ledger at once while backfilling
+BACKFILL_MAX_FILE_BYTES = 50 * 1024 * 1024
+_DAY = re.compile(r"^\d{4}/\d{2}/\d{2}$")
+_OUTCOMES = {"archived": "accepted", "archiving": "accepted", "refused": "refused", "refusing": "refused"}
+
+
+def find(ledger: Ledger, barcode: str, folders: list[Path]) -> list[dict[str, Any]]:
+    """Given a barcode, return every request file that carried it, newest first.
+
+    folders are archive_dir and error_dir: their sidecars from before the index are
+    read once (backfill) before the first answer.
+    """
+    backfill(ledger, folders)
+    found = []
+    for hit in ledger.items_for(barcode):
+        entry = _from_ledger(ledger, barcode, hit.file_id, hit.record) if hit.file_id else \
+            _from_sidecar(Path(hit.sidecar), barcode, hit.record)
+        if entry is not None:
+            found.append(entry)
+    found.sort(key=lambda entry: (entry["taken"] or "", entry.get("ledger_id") or 0), reverse=True)
+    return found
+
+
+def _from_ledger(ledger: Ledger, barcode: str, file_id: int, number: int) -> dict[str, Any] | None:
+    row = ledger.get(file_id)
+    if row is None:
+        return None
+    record = ledger.record_of(file_id, number)
+    outcome = _OUTCOMES.get(row.state, "queued")
+    return {"barcode": barcode, "file": Path(row.final_path).name if row.final_path else row.name,
+            "original_name": row.name, "source": row.source, "taken": _iso(row.claimed_at or row.seen_at),
+            "sent": _iso(row.uploaded_at), "outcome": outcome, "state": row.state,
+            "reason": None if outcome == "accepted" else row.reason,
+            "caiasoft": answers_by_item(row.answer_json).get(barcode), "path": row.final_path,
+            "kind": row.kind, "record": number or None, "line": record.line if record else None,
+            "request_number": record.request_number if record else None,
+            "request_id": record.request_id if record else None,
+            "pickup_location": record.pickup_location if record else None,
+            "form_name": record.form_name if record else None, "ledger_id": row.id}
+
+
+def _from_sidecar(sidecar: Path, barcode: str, number: int) -> dict[str, Any] | None:
+    content = _read_sidecar(sidecar)
+    if content is None:
+        return None  # pruned by retention, or moved away since
+    times = content.get("times") if isinstance(content.get("times"), dict) else {}
+    record = _sidecar_record(content, number)
+    return {"barcode": barcode, "file": content.get("file") or sidecar.name.removesuffix(SIDECAR_SUFFIX),
+            "original_name": content.get("original_name"), "source": content.get("source"),
+            "taken": times.get("claimed") or times.get("seen"), "sent": times.get("uploaded"),
+            "outcome": content.get("outcome"), "state": "archived" if content.get("outcome") == "accepted"
+            else "refused", "reason": content.get("reason") if content.get("outcome") != "accepted" else None,
+            "caiasoft": answers_by_item(content.get("caiasoft_answer")).get(barcode),
+            "path": str(sidecar.with_name(sidecar.name.removesuffix(SIDECAR_SUFFIX))),
+            "kind": content.get("kind"), "record": number or None, "line": record.get("line"),
+            "request_number": record.get("request_number"),
+            "request_id": record.get("request_id"), "pickup_location": record.get("pickup_location"),
+            "form_name": record.get("form_name"), "ledger_id": None, "sidecar": str(sidecar)}
+
+
+def _sidecar_record(content: dict[str, Any], number: int) -> dict[str, Any]:
+    for record in content.get("records") or ():
+        if isinstance(record, dict) and record.get("record") == number:
+            return record
+    barcodes = content.get("barcodes") or []  # a barcode list's sidecar: number is the barcode's place
+    if isinstance(barcodes, list) and 0 < number <= len(barcodes) and isinstance(barcodes[number - 1], dict):
+        return barcodes[number - 1]
+    return {}
+
+
+# -- backfill -------------------------------------------------------------------
+
+def backfill(ledger: Ledger, folders: list[Path]) -> int:
+    """Index the barcodes of files archived before the index existed, once; return how many were indexed."""
+    since = ledger.backfill_due()
+    if since is None:
+        return 0
+    last_day = dt.date.fromtimestamp(since)
+    batch: list[tuple[str, int, str]] = []
+    total = 0
+    for sidecar in _sidecars(folders, last_day):
+        for barcode, number in _sidecar_items(ledger, sidecar):
+            batch.append((barcode, number, str(sidecar)))
+        if len(batch) >= BACKFILL_BATCH:
+            ledger.store_backfill(batch, done=False)
+            total += len(batch)
+            batch = []
+    ledger.store_backfill(batch, done=True)
+    return total + len(batch)
+
+
+def _sidecars(folders: list[Path], last_day: dt.date) -> Iterator[Path]:
+    for folder in folders:
+        for day in sorted(folder.glob("[0-9][0-9][0-9][0-9]/[0-9][0-9]/[0-9][0-9]")):
+            relative = day.relative_to(folder).as_posix()
+            try:
+                date = dt.date(*map(int, relative.split("/")))
+            except ValueError:
+                continue
+            if _DAY.match(relative) and date <= last_day and not day.is_symlink():
+                yield from sorted(path for path in day.glob("*" + SIDECAR_SUFFIX)
+                                  if path.is_file() and not path.is_symlink())
+
+
+def _sidecar_items(ledger: Ledger, sidecar: Path) -> list[tuple[str, int]]:
+    """(barcode, record number or 0) of the file a sidecar describes; [] if the live index has it already."""
+    content = _read_sidecar(sidecar)
+    if content is None:
+        return []
+    target = sidecar.with_name(sidecar.name.removesuffix(SIDECAR_SUFFIX))
+    ledger_id = content.get("ledger_id")
+    if isinstance(ledger_id, int) and ledger.indexed_path(ledger_id, str(target)):
+        return []
+    items = [(item["barcode"], record.get("record", 0))
+             for record in content.get("records") or () if isinstance(record, dict)
+             for item in record.get("items") or () if isinstance(item, dict) and isinstance(item.get("barcode"), str)]
+    items += [(item["barcode"], index) for index, item in enumerate(content.get("barcodes") or (), 1)
+              if isinstance(item, dict) and isinstance(item.get("barcode"), str)]
+    if not items:
+        items = [(barcode, 0) for barcode in answers_by_item(content.get("caiasoft_answer"))]
+    if not items and target.is_file() and not target.is_symlink():
+        items = _file_items(target)
+    return items
+
+
+def _file_items(path: Path) -> list[tuple[str, int]]:
+    """The barcodes of an archived file, read the way intake reads it (also from a file it refused)."""
+    found: list[tuple[str, int]] = []
+
+    def collect(record: Any) -> None:
+        found.extend((barcode, record.number) for barcode in record.barcodes)
+
+    try:
+        intake.inspect(path, path.name, BACKFILL_MAX_FILE_BYTES, on_record=collect)
+    except (FileRefused, OSError):
+        pass  # what could be read is kept
+    return found
+
+
+def _read_sidecar(path: Path) -> dict[str, Any] | None:
+    try:
+        content = json.loads(path.read_text(encoding="utf-8", errors="replace"))
+    except (OSError, ValueError):
+        return None
+    return content if isinstance(content, dict) else None
+
+
+def _iso(moment: float | None) -> str | None:
+    return dt.datetime.fromtimestamp(moment).astimezone().isoformat(timespec="seconds") if moment else None
+
+
+# -- printing ---------------------------------------------------------------------
+
+def render(barcode: str, found: list[dict[str, Any]]) -> str:
+    """The answer as an admin reads it at the desk."""
+    if not found:
+        return f"{barcode}: in no request file the gateway has taken (or kept in its archive)"
+    lines = [f"{barcode}: in {len(found)} request file(s), newest first"]
+    for entry in found:
+        if entry.get("kind") == "text":
+            about = [f"line {entry['line']}"] if entry.get("line") else []
+        else:
+            about = [f"record {entry['record']}"] if entry.get("record") else []
+        about += [f"{label} {entry[key]}" for key, label in (("form_name", "form"), ("request_number", "request"),
+                                                              ("pickup_location", "pickup"))
+                  if entry.get(key)]
+        lines.append("")
+        lines.append(f"{entry['file']}" + (f"  ({', '.join(about)})" if about else ""))
+        lines.append(f"    source    {entry.get('source') or '?'}")
+        lines.append(f"    taken     {entry.get('taken') or '?'}")
+        lines.append(f"    sent      {entry.get('sent') or 'not sent'}")
+        outcome = {"accepted": "accepted by CaiaSoft", "refused": "refused",
+                   "queued": "not finished yet (queued)"}.get(entry.get("outcome") or "", str(entry.get("outcome")))
+        lines.append(f"    outcome   {outcome}" + (f": {entry['reason']}" if entry.get("reason") else ""))
+        status = entry.get("caiasoft")
+        if status:
+            denied = " (DENIED)" if str(status.get("deny", "")).upper() == "Y" else ""
+            lines.append(f"    CaiaSoft  {status.get('istatus') or '?'}{denied}")
+        lines.append(f"    path      {entry.get('path') or '(still in the queue)'}")
+    return "\n".join(lines)

@@ -1,0 +1,197 @@
+"""ALEPH batch print files: many records in one file, each validated on its own; the file is sent unaltered."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+
+import pytest
+
+from gateway import intake, printfile
+from gateway.errors import FileRefused
+
+from conftest import SAMPLES
+from printfiles import barcode, first_line_of, print_file, record
+
+
+def inspect(tmp_path, data: bytes, name: str = "usm50.hold_req"):
+    """intake.inspect on a real file; return (inspection, records handed over); the file must stay unchanged."""
+    path = tmp_path / name
+    path.write_bytes(data)
+    records: list[printfile.Record] = []
+    try:
+        return intake.inspect(path, name, 60_000_000, on_record=records.append), records
+    finally:
+        assert path.read_bytes() == data
+
+
+def refusal(tmp_path, data: bytes) -> FileRefused:
+    with pytest.raises(FileRefused) as caught:
+        inspect(tmp_path, data)
+    return caught.value
+
+
+@pytest.mark.parametrize("count,newline,bom", [(1, "\n", False), (3, "\r\n", True), (500, "\r\n", False),
+                                               (500, "\n", True)])
+def test_print_files_of_1_3_and_500_records_are_accepted_and_described(tmp_path, count, newline, bom):
+    data = print_file(count, newline=newline, bom=bom)
+    found, records = inspect(tmp_path, data)
+    assert found.kind == "xml" and found.size == len(data)
+    assert found.sha256 == hashlib.sha256(data).hexdigest()
+    assert found.details["records"] == count == len(re.findall(rb"(?m)^(?:\xef\xbb\xbf)?## - XML_XSL", data))
+    assert found.details["items"] == count
+    assert found.details["form_names"] == {"hold-request-slip": count}
+    assert found.details["routing_line"] == "## - XML_XSL"
+    assert [r.number for r in records] == list(range(1, count + 1))
+    assert all(r.problem is None for r in records)
+    for r in records:
+        assert r.barcodes == (barcode(r.number),)
+        assert r.request_number == f"{r.number + 4000:09d}"
+        assert r.request_id == f"{r.number:09d}0000100001"
+        assert r.pickup_location == ("Law Library" if r.number % 2 else "Main Library Circulation Desk")
+        assert r.header == "## - XML_XSL" and r.form_name == "hold-request-slip"
+        assert r.line == first_line_of(data, r.number)
+
+
+def test_the_samples_count_as_ALEPH_site_scripts_count_them(tmp_path):
+    for name, expected in (("usm50.hold_req", 3), ("hold-request-slip-0001.xml", 1)):
+        data = (SAMPLES / name).read_bytes()
+        found, records = inspect(tmp_path, data, name)
+        assert found.details["records"] == expected == data.count(b"\n## - XML_XSL") + data.startswith(b"## - XML")
+    assert records[0].barcodes == ("31234001234567",)
+
+
+def test_extra_header_lines_belong_to_the_record_they_open(tmp_path):
+    data = print_file(14)  # records 7 and 14 have a second header line
+    found, records = inspect(tmp_path, data)
+    assert found.details["records"] == 14
+    assert data.count(b"## - PRINTER=CAIASOFT") == 2
+    assert records[6].header == "## - XML_XSL" and records[6].barcodes == (barcode(7),)
+
+
+def test_a_single_document_without_any_header_is_one_record(tmp_path):
+    found, records = inspect(tmp_path, b'<?xml version="1.0"?><printout><z30-barcode>X1</z30-barcode></printout>')
+    assert found.details["records"] == 1 and records[0].header is None and records[0].barcodes == ("X1",)
+
+
+HOSTILE = {
+    # name: (record text, the line of the record (0 = its header line) the parser stops at, words in the reason)
+    "doctype": ('## - XML_XSL\n<?xml version="1.0"?>\n<!DOCTYPE printout [<!ENTITY x SYSTEM "file:///etc/passwd">]>\n'
+                "<printout>&x;</printout>\n", 2, "DOCTYPE"),
+    "entity bomb": ('## - XML_XSL\n<?xml version="1.0"?>\n<!DOCTYPE lolz [<!ENTITY lol "lol">'
+                    '<!ENTITY lol2 "&lol;&lol;&lol;&lol;">]>\n<printout>&lol2;</printout>\n', 2, "DOCTYPE"),
+    "undefined entity": ('## - XML_XSL\n<?xml version="1.0"?>\n<printout>\n<z30-barcode>X</z30-barcode>\n'
+                         "<z13-title>&secret;</z13-title>\n</printout>\n", 4, "undefined entity"),
+    "malformed": ('## - XML_XSL\n<?xml version="1.0"?>\n<printout>\n<section-01>\n</section-02>\n</printout>\n', 4,
+                  "mismatched tag"),
+    "junk after the document": ('## - XML_XSL\n<printout><z30-barcode>X</z30-barcode></printout>\nstray text\n', 2,
+                                "junk after document element"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+@pytest.mark.parametrize("position", ["first", "middle", "last"])
+def test_hostile_content_in_one_record_refuses_the_file_naming_the_record(tmp_path, kind, position):
+    text, offset, words = HOSTILE[kind]
+    count = 9
+    number = {"first": 1, "middle": 5, "last": count}[position]
+    data = print_file(count, replace={number: text})
+    start = first_line_of(data, number)
+    refused = refusal(tmp_path, data)
+    assert refused.reason.startswith(f'record {number} of {count} (line {start}, "## - XML_XSL"): ')
+    assert words in refused.reason
+    assert refused.reason.endswith(f" at line {start + offset} of the file")
+    assert refused.at_end is False
+    assert "more bad record" not in refused.reason
+
+
+def test_every_bad_record_is_counted_and_the_first_ones_named(tmp_path):
+    bad = HOSTILE["malformed"][0]
+    data = print_file(20, replace={number: bad for number in (2, 4, 6, 8, 10, 12, 14, 16)})
+    reason = refusal(tmp_path, data).reason
+    assert reason.startswith("record 2 of 20 ")
+    assert "; 7 more bad record(s): 4 (line " in reason and reason.endswith(" and 3 more")
+
+
+def test_the_good_records_of_a_refused_file_are_still_handed_over(tmp_path):
+    path = tmp_path / "batch.hold_req"
+    path.write_bytes(print_file(3, replace={2: HOSTILE["malformed"][0]}))
+    records: list[printfile.Record] = []
+    with pytest.raises(FileRefused):
+        intake.inspect(path, path.name, 1_000_000, on_record=records.append)
+    assert [(r.number, r.barcodes, r.problem is None) for r in records] == [
+        (1, (barcode(1),), True), (2, (), False), (3, (barcode(3),), True)]
+    assert records[1].problem.line == first_line_of(path.read_bytes(), 2) + 4
+
+
+@pytest.mark.parametrize("cut", [10, 200, -12])
+def test_a_last_record_cut_short_is_refused_as_ending_early(tmp_path, cut):
+    whole = print_file(3)
+    data = whole[:cut] if cut < 0 else whole + record(4)[:cut].encode()
+    refused = refusal(tmp_path, data)
+    assert refused.at_end is True, refused.reason
+    assert f"record {3 if cut < 0 else 4} of " in refused.reason
+
+
+def test_a_header_with_nothing_after_it_at_the_end_is_ending_early(tmp_path):
+    refused = refusal(tmp_path, print_file(2) + b"## - XML_XSL\n")
+    assert refused.at_end and "record 3 of 3" in refused.reason and "has its header but no XML" in refused.reason
+
+
+def test_a_record_cut_short_before_the_next_one_is_not_ending_early(tmp_path):
+    data = print_file(3, replace={2: record(2)[:150] + "\n"})
+    refused = refusal(tmp_path, data)
+    assert refused.at_end is False and refused.reason.startswith("record 2 of 3 ")
+
+
+def test_a_bad_record_at_the_end_that_is_not_cut_short_is_not_ending_early(tmp_path):
+    refused = refusal(tmp_path, print_file(3, replace={3: HOSTILE["malformed"][0]}))
+    assert refused.at_end is False
+
+
+def test_a_long_line_inside_a_record_is_read_in_pieces(tmp_path):
+    title = "A" * (3 * printfile.PIECE_BYTES)
+    data = print_file(2, replace={1: record(1, body=f"<z13-title>{title}</z13-title>")})
+    found, records = inspect(tmp_path, data)
+    assert found.details["records"] == 2 and records[0].barcodes == (barcode(1),)
+
+
+def test_field_values_kept_are_short_whatever_the_file_holds(tmp_path):
+    data = print_file(1, replace={1: record(1, body=f"<z37-pickup-location>{'P' * 5000}</z37-pickup-location>")})
+    _, records = inspect(tmp_path, data)
+    assert records[0].pickup_location == "Law Library"  # the first value wins; a long one would be cut
+    data = print_file(1, replace={1: record(1, body="").replace("Law Library", "L" * 5000)})
+    _, records = inspect(tmp_path, data)
+    assert records[0].pickup_location == "L" * printfile.MAX_VALUE_CHARS
+
+
+def test_scan_reads_any_binary_stream(tmp_path):
+    records = list(printfile.scan(io.BytesIO(print_file(4, newline="\r\n"))))
+    assert [r.barcodes for r in records] == [(barcode(n),) for n in range(1, 5)]
+
+
+# -- barcode lists ------------------------------------------------------------------
+
+def test_a_barcode_list_hands_over_its_barcodes(tmp_path):
+    data = (SAMPLES / "anx.cir.12.paging20261128_am_barcode").read_bytes()
+    found, records = inspect(tmp_path, data, "anx.cir.12.paging20261128_am_barcode")
+    assert found.kind == "text" and found.details["items"] == 4
+    assert [r.barcodes[0] for r in records] == data.decode().split()
+    assert [r.line for r in records] == [1, 2, 3, 4]
+
+
+def test_a_barcode_list_with_crlf_a_bom_and_a_title_line(tmp_path):
+    data = b"\xef\xbb\xbfPaging list 28/11\r\n31234001111111\r\n\r\n 31234002222222 \r\n"
+    found, records = inspect(tmp_path, data, "list_barcode")
+    assert found.details == {"lines": 3, "items": 2, "encoding": "utf-8"}
+    assert [(r.number, r.line, r.barcodes) for r in records] == [(1, 2, ("31234001111111",)),
+                                                                 (2, 4, ("31234002222222",))]
+
+
+def test_a_barcode_list_read_twice_for_its_fallback_encoding_hands_each_barcode_over_once(tmp_path):
+    path = tmp_path / "list_barcode"
+    path.write_bytes("Liste für Müller\n31234001111111\n".encode("latin-1"))
+    records: list[printfile.Record] = []
+    found = intake.inspect(path, path.name, 1000, "cp1252", on_record=records.append)
+    assert found.details["encoding"] == "cp1252" and [r.barcodes for r in records] == [("31234001111111",)]
