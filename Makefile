@@ -1,6 +1,6 @@
 # make test: create .venv, install with test extras, run the whole suite.
 # make demo: create .venv, install, run `caiasoft-gateway demo --keep` (the demo folder stays to look at).
-# make bench: the benchmark (bench/run.py): a table and one JSON line of figures.
+# make bench: the benchmarks (bench/run.py, bench/print_files.py): tables and JSON lines of figures.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -23,6 +23,7 @@ demo: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/print_files.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

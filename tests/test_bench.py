@@ -24,3 +24,12 @@ def test_bench_smoke_run_prints_the_table_and_the_figures():
     for key in ("bare_loop_per_s", "curl_loop_per_s", "simulator_ceiling_per_s"):
         assert figures[key] > 0
     assert any(line.startswith("gateway backlog of 30") for line in table)
+
+
+def test_print_file_bench_smoke_run_validates_and_finds():
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "print_files.py"), "--smoke"], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["validate"]["records"] > 1000 and figures["validate"]["peak_rss_mb"] > 0
+    assert figures["find"]["items"] == 6000 and figures["find"]["lookup_ms"] > 0
