@@ -10,6 +10,8 @@ Measures, with both simulators in their own processes (and their own ceiling sho
                 simulator's receipt, minus settle_seconds (p50, p99)
   NCIP          journal entries relayed to the NCIP simulator against a bare loop posting the
                 same messages
+  WAN           the same backlog, bare, curl and NCIP comparisons against simulators that answer
+                after --wan-delay seconds (50 ms by default: a WAN round trip to CaiaSoft)
 Prints a table and one JSON line of figures. `--smoke` runs tiny sizes (used by the tests).
 """
 
@@ -39,6 +41,19 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples"
 KEY = "bench-key-0123456789"
 PYTHON = sys.executable
+
+
+def machine() -> dict:
+    """What the figures were measured on: CPU model, cores, Python, kernel."""
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "python": sys.version.split()[0], "kernel": os.uname().release}
 
 
 def free_port() -> int:
@@ -84,9 +99,11 @@ class Process:
                 self.process.wait()
 
 
-def start_simulator(kind: str, root: Path, receipts: Path | None = None) -> tuple[Process, str]:
+def start_simulator(kind: str, root: Path, receipts: Path | None = None, delay: float = 0.0) -> tuple[Process, str]:
     port = free_port()
     args = [PYTHON, "-m", "gateway", "simulate", kind, "--port", str(port)]
+    if delay:
+        args += ["--delay", str(delay)]
     if kind == "caiasoft":
         args += ["--key", KEY] + (["--receipts", str(receipts)] if receipts else [])
     else:
@@ -295,6 +312,27 @@ def ncip_bench(caiasoft_url: str, ncip_url: str, root: Path, count: int) -> dict
             "ratio": round(relayed / bare, 2)}
 
 
+def wan(work: Path, delay: float, files: int, curl_files: int, ncip_entries: int) -> dict:
+    """Backlog, bare and curl loops and the NCIP relay against simulators delay seconds away."""
+    work.mkdir(parents=True)
+    caiasoft, caiasoft_url = start_simulator("caiasoft", work, delay=delay)
+    ncip, ncip_url = start_simulator("ncip", work, delay=delay)
+    try:
+        make_files(work / "bare" / "in", files)
+        bare = bare_loop(caiasoft_url, work / "bare" / "in", work / "bare" / "out")
+        make_files(work / "curl" / "in", curl_files)
+        curl = curl_loop(caiasoft_url, work / "curl" / "in", work / "curl" / "out")
+        gateway = backlog(caiasoft_url, work / "backlog", files)
+        relay = ncip_bench(caiasoft_url, ncip_url, work / "ncip", ncip_entries)
+    finally:
+        caiasoft.stop()
+        ncip.stop()
+    return {"delay_ms": round(delay * 1000), "bare_loop_per_s": round(bare, 1), "curl_loop_per_s": round(curl, 1),
+            "backlog": gateway, "ncip": relay,
+            "ratios": {"backlog_vs_bare": round(gateway["files_per_s"] / bare, 2),
+                       "backlog_vs_curl": round(gateway["files_per_s"] / curl, 2)}}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--files", type=int, default=2000, help="backlog size (default 2000)")
@@ -302,10 +340,16 @@ def main() -> int:
     parser.add_argument("--curl-files", type=int, default=300, help="files for the curl loop (default 300)")
     parser.add_argument("--latency-files", type=int, default=200)
     parser.add_argument("--ncip-entries", type=int, default=10000)
+    parser.add_argument("--wan-delay", type=float, default=0.05,
+                        help="seconds the WAN simulators wait before each answer (default 0.05; 0 = no WAN run)")
+    parser.add_argument("--wan-files", type=int, default=600, help="WAN backlog and bare loop size (default 600)")
+    parser.add_argument("--wan-curl-files", type=int, default=100)
+    parser.add_argument("--wan-ncip-entries", type=int, default=300)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: proves the script works")
     args = parser.parse_args()
     if args.smoke:
         args.files, args.big, args.curl_files, args.latency_files, args.ncip_entries = 30, 300, 10, 10, 50
+        args.wan_files, args.wan_curl_files, args.wan_ncip_entries = 20, 5, 10
     if not shutil.which("curl"):
         print("the curl loop needs curl (apt-get install curl)", file=sys.stderr)
         return 2
@@ -314,7 +358,7 @@ def main() -> int:
     receipts = work / "receipts.jsonl"
     caiasoft, caiasoft_url = start_simulator("caiasoft", work, receipts)
     ncip, ncip_url = start_simulator("ncip", work)
-    figures: dict = {"machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]}}
+    figures: dict = {"machine": machine()}
     try:
         figures["simulator_ceiling_per_s"] = round(simulator_ceiling(caiasoft_url, 1.0 if args.smoke else 3.0), 1)
         make_files(work / "bare" / "in", args.files)
@@ -328,6 +372,9 @@ def main() -> int:
     finally:
         caiasoft.stop()
         ncip.stop()
+    if args.wan_delay > 0:
+        figures["wan"] = wan(work / "wan", args.wan_delay, args.wan_files, args.wan_curl_files,
+                             args.wan_ncip_entries)
     small, big = figures["backlog"], figures["big_backlog"]  # memory growth per extra pending file
     big["rss_growth_bytes_per_file"] = round((big["peak_rss_mb"] - small["peak_rss_mb"]) * 1024 * 1024
                                              / max(big["files"] - small["files"], 1))
@@ -358,6 +405,20 @@ def print_table(f: dict) -> None:
         ("NCIP bare loop", f"{f['ncip']['bare_loop_per_s']} entries/s", ""),
         ("NCIP relay", f"{f['ncip']['gateway_per_s']} entries/s", f"{f['ncip']['ratio']} x bare (target 0.8)"),
     ]
+    if "wan" in f:
+        w = f["wan"]
+        rows += [
+            (f"WAN ({w['delay_ms']} ms per answer): bare loop", f"{w['bare_loop_per_s']} files/s", "sequential"),
+            ("  curl loop", f"{w['curl_loop_per_s']} files/s", ""),
+            (f"  gateway backlog of {w['backlog']['files']}", f"{w['backlog']['files_per_s']} files/s",
+             f"{w['ratios']['backlog_vs_bare']} x bare (target 3.8, limit = upload_workers), "
+             f"{w['ratios']['backlog_vs_curl']} x curl"),
+            ("  NCIP bare loop", f"{w['ncip']['bare_loop_per_s']} entries/s", ""),
+            ("  NCIP relay", f"{w['ncip']['gateway_per_s']} entries/s", f"{w['ncip']['ratio']} x bare (in order)"),
+        ]
+    machine = f["machine"]
+    print(f"machine: {machine['cpu']}, {machine['cores']} cores, Python {machine['python']}, "
+          f"Linux {machine['kernel']}")
     width = max(len(row[0]) for row in rows)
     for label, value, note in rows:
         print(f"{label:<{width}}  {value:>22}  {note}")

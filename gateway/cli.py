@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
                           help="deny this barcode with this istatus")
     simulate.add_argument("--fault", action="append", default=[], metavar="FAULT",
                           help="script the next answers: 500, 503, 429:SECONDS, drop, slow:SECONDS, hang")
-    simulate.add_argument("--delay", type=float, default=0.0, help="seconds before every answer (caiasoft)")
+    simulate.add_argument("--delay", type=float, default=0.0, help="seconds before every answer")
     simulate.add_argument("--receipts", type=Path, metavar="FILE",
                           help="caiasoft: append one JSON line per upload received (time, name, size)")
     simulate.add_argument("--problem", action="append", default=[], metavar="BARCODE=TYPE",
@@ -321,7 +321,7 @@ def _simulate_ncip(args: argparse.Namespace) -> int:
     from gateway.simulators.ncip import NcipSimulator
 
     problems = dict(item.split("=", 1) if "=" in item else (item, "Unknown Item") for item in args.problem)
-    simulator = NcipSimulator(port=args.port, problems=problems, validate=args.validate)
+    simulator = NcipSimulator(port=args.port, problems=problems, validate=args.validate, delay=args.delay)
     if simulator.validate:
         checking = "every NCIP 2 message is validated against ncip_v2_02.xsd"
     elif args.validate is None:

@@ -24,6 +24,10 @@ def test_bench_smoke_run_prints_the_table_and_the_figures():
     for key in ("bare_loop_per_s", "curl_loop_per_s", "simulator_ceiling_per_s"):
         assert figures[key] > 0
     assert any(line.startswith("gateway backlog of 30") for line in table)
+    wan = figures["wan"]
+    assert wan["delay_ms"] == 50 and wan["backlog"]["files"] == 20 and wan["ncip"]["entries"] == 10
+    assert 0 < wan["bare_loop_per_s"] < 21  # each answer waits 50 ms: a sequential loop cannot beat 20/s
+    assert any(line.startswith("WAN (50 ms per answer)") for line in table)
 
 
 def test_print_file_bench_smoke_run_validates_and_finds():
