@@ -9,6 +9,7 @@ file itself) and the ledger remembers that it did.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import re
@@ -21,6 +22,7 @@ from gateway.archive import SIDECAR_SUFFIX
 from gateway.errors import FileRefused
 from gateway.itemindex import answers_by_item
 from gateway.ledger import Ledger
+from gateway.printfile import Record
 
 BACKFILL_BATCH = 5000                   # items written to the ledger at once while backfilling
 BACKFILL_MAX_FILE_BYTES = 50 * 1024 * 1024
@@ -67,7 +69,8 @@ def _from_sidecar(sidecar: Path, barcode: str, number: int) -> dict[str, Any] | 
     content = _read_sidecar(sidecar)
     if content is None:
         return None  # pruned by retention, or moved away since
-    times = content.get("times") if isinstance(content.get("times"), dict) else {}
+    times = content.get("times")
+    times = times if isinstance(times, dict) else {}
     record = _sidecar_record(content, number)
     return {"barcode": barcode, "file": content.get("file") or sidecar.name.removesuffix(SIDECAR_SUFFIX),
             "original_name": content.get("original_name"), "source": content.get("source"),
@@ -85,10 +88,10 @@ def _from_sidecar(sidecar: Path, barcode: str, number: int) -> dict[str, Any] | 
 def _sidecar_record(content: dict[str, Any], number: int) -> dict[str, Any]:
     for record in content.get("records") or ():
         if isinstance(record, dict) and record.get("record") == number:
-            return record
+            return dict(record)
     barcodes = content.get("barcodes") or []  # a barcode list's sidecar: number is the barcode's place
     if isinstance(barcodes, list) and 0 < number <= len(barcodes) and isinstance(barcodes[number - 1], dict):
-        return barcodes[number - 1]
+        return dict(barcodes[number - 1])
     return {}
 
 
@@ -151,13 +154,11 @@ def _file_items(path: Path) -> list[tuple[str, int]]:
     """The barcodes of an archived file, read the way intake reads it (also from a file it refused)."""
     found: list[tuple[str, int]] = []
 
-    def collect(record: Any) -> None:
+    def collect(record: Record) -> None:
         found.extend((barcode, record.number) for barcode in record.barcodes)
 
-    try:
+    with contextlib.suppress(FileRefused, OSError):  # what could be read is kept
         intake.inspect(path, path.name, BACKFILL_MAX_FILE_BYTES, on_record=collect)
-    except (FileRefused, OSError):
-        pass  # what could be read is kept
     return found
 
 

@@ -135,7 +135,7 @@ class _Reader:
         self.size = 0
         self.blank = True
 
-    def readline(self, limit: int = printfile.PIECE_BYTES) -> bytes:
+    def readline(self, limit: int = printfile.PIECE_BYTES, /) -> bytes:
         piece = self.handle.readline(limit)
         self.digest.update(piece)
         self.size += len(piece)

@@ -18,7 +18,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from gateway.printfile import Record
 
@@ -79,22 +79,21 @@ class ItemHit:
     sidecar: str
 
 
-class _Transactional(Protocol):
-    _db: sqlite3.Connection
-    _lock: threading.RLock
-
-    def _transaction(self) -> Any: ...
-
-
 def migrate(db: sqlite3.Connection, now: float) -> None:
     """Schema 1 -> 2: the tables exist already (CREATE IF NOT EXISTS); files archived before now get backfilled."""
     db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (BACKFILL_KEY, f"pending since {now:.0f}"))
 
 
 class ItemIndex:
-    """The ledger's methods for records and the item index (mixed into Ledger)."""
+    """The ledger's methods for records and the item index (mixed into Ledger, which provides these three)."""
 
-    def store_records(self: _Transactional, fresh: Iterable[int], records: Iterable[tuple[int, Record]]) -> None:
+    _db: sqlite3.Connection
+    _lock: threading.RLock
+
+    def _transaction(self) -> Any:
+        raise NotImplementedError
+
+    def store_records(self, fresh: Iterable[int], records: Iterable[tuple[int, Record]]) -> None:
         """In one transaction: forget what files in fresh held before, then store records as (file id, record)."""
         with self._transaction() as db:
             for file_id in fresh:
@@ -110,19 +109,19 @@ class ItemIndex:
                 db.executemany("INSERT OR IGNORE INTO items (barcode, file_id, record) VALUES (?, ?, ?)",
                                [(barcode, file_id, record.number) for barcode in set(record.barcodes)])
 
-    def records_of(self: _Transactional, file_id: int, limit: int = -1) -> list[StoredRecord]:
+    def records_of(self, file_id: int, limit: int = -1) -> list[StoredRecord]:
         """The records of one file, in order (at most limit of them; -1: all)."""
         return _stored(self, "WHERE file_id = ? ORDER BY number LIMIT ?", (file_id, limit))
 
-    def record_of(self: _Transactional, file_id: int, number: int) -> StoredRecord | None:
+    def record_of(self, file_id: int, number: int) -> StoredRecord | None:
         found = _stored(self, "WHERE file_id = ? AND number = ?", (file_id, number))
         return found[0] if found else None
 
-    def record_count(self: _Transactional, file_id: int) -> int:
+    def record_count(self, file_id: int) -> int:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM records WHERE file_id = ?", (file_id,)).fetchone()[0])
 
-    def items_for(self: _Transactional, barcode: str) -> list[ItemHit]:
+    def items_for(self, barcode: str) -> list[ItemHit]:
         """Every file (ledger row or backfilled sidecar) that carried this barcode; uses the index only."""
         with self._lock:
             rows = self._db.execute(ITEMS_FOR_BARCODE, (barcode,)).fetchall()
@@ -130,7 +129,7 @@ class ItemIndex:
 
     # -- backfill from sidecars written before the index existed -------------------
 
-    def backfill_due(self: _Transactional) -> float | None:
+    def backfill_due(self) -> float | None:
         """The time the index started, if sidecars from before it still have to be read; else None."""
         with self._lock:
             row = self._db.execute("SELECT value FROM meta WHERE key = ?", (BACKFILL_KEY,)).fetchone()
@@ -138,14 +137,14 @@ class ItemIndex:
             return None
         return float(row[0].removeprefix("pending since "))
 
-    def indexed_path(self: _Transactional, file_id: int, final_path: str) -> bool:
+    def indexed_path(self, file_id: int, final_path: str) -> bool:
         """True if ledger row file_id is the file at final_path and its records are indexed."""
         with self._lock:
             return self._db.execute(
                 "SELECT 1 FROM files WHERE id = ? AND final_path = ? AND EXISTS "
                 "(SELECT 1 FROM records WHERE file_id = ?)", (file_id, final_path, file_id)).fetchone() is not None
 
-    def store_backfill(self: _Transactional, items: Iterable[tuple[str, int, str]], done: bool) -> None:
+    def store_backfill(self, items: Iterable[tuple[str, int, str]], done: bool) -> None:
         """Index (barcode, record, sidecar path) read from sidecars; with done, remember the backfill is over."""
         with self._transaction() as db:
             db.executemany("INSERT OR IGNORE INTO items VALUES (?, ?, ?, ?)",
@@ -154,7 +153,7 @@ class ItemIndex:
                 db.execute("UPDATE meta SET value = 'done' WHERE key = ?", (BACKFILL_KEY,))
 
 
-def _stored(ledger: _Transactional, where: str, args: tuple[Any, ...]) -> list[StoredRecord]:
+def _stored(ledger: ItemIndex, where: str, args: tuple[Any, ...]) -> list[StoredRecord]:
     with ledger._lock:
         rows = ledger._db.execute("SELECT number, line, header, form_name, barcodes, request_number, request_id, "
                                   f"pickup_location, problem, problem_line FROM records {where}", args).fetchall()

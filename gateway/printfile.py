@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Protocol
 
 import pyexpat
 from defusedxml import DTDForbidden, EntitiesForbidden, ExternalReferenceForbidden
@@ -35,6 +35,9 @@ MAX_BARCODES_PER_RECORD = 100
 WANTED_FIELDS = frozenset({"form-name", "z30-barcode", "z37-request-number", "z37-pickup-location",
                            "z37-doc-number", "z37-item-sequence", "z37-sequence"})
 _ENCODING_DECLARATION = re.compile(rb"""^<\?xml[^>]*?encoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
+# What the parser raises for a record it refuses: defusedxml's refusals are ValueErrors (as are
+# UnicodeErrors of a declared encoding); an encoding Python does not know is a LookupError.
+_REFUSALS = (ParseError, ValueError, LookupError)
 # Errors expat reports when the data ends inside a document, rather than on bad content.
 _ENDED_EARLY = {pyexpat.errors.codes[message] for message in (
     pyexpat.errors.XML_ERROR_NO_ELEMENTS, pyexpat.errors.XML_ERROR_UNCLOSED_TOKEN,
@@ -155,7 +158,7 @@ class _Open:
                                            forbid_external=True)
         try:
             self.parser.feed(piece)
-        except Exception as error:  # noqa: BLE001 - every parser refusal becomes the record's problem
+        except _REFUSALS as error:  # every parser refusal becomes the record's problem
             self.problem = self._problem(error, closing=False)
 
     def finish(self, last: bool) -> Record:
@@ -165,7 +168,7 @@ class _Open:
             else:
                 try:
                     self.parser.close()
-                except Exception as error:  # noqa: BLE001
+                except _REFUSALS as error:
                     self.problem = self._problem(error, closing=True, last=last)
         values = self.fields.values
         parts = [values.get(name) for name in ("z37-doc-number", "z37-item-sequence", "z37-sequence")]
@@ -196,7 +199,13 @@ class _Open:
         return RecordProblem(f"its XML cannot be read ({error})", here)
 
 
-def scan(handle: BinaryIO) -> Iterator[Record]:
+class LineReader(Protocol):
+    """What scan() reads from: a binary file, or anything with its readline(limit)."""
+
+    def readline(self, limit: int = -1, /) -> bytes: ...
+
+
+def scan(handle: LineReader) -> Iterator[Record]:
     """Given a print file open for binary reading at its start, yield its records in order.
 
     A record whose XML is refused is yielded with its problem set; reading goes on

@@ -195,3 +195,13 @@ def test_a_barcode_list_read_twice_for_its_fallback_encoding_hands_each_barcode_
     records: list[printfile.Record] = []
     found = intake.inspect(path, path.name, 1000, "cp1252", on_record=records.append)
     assert found.details["encoding"] == "cp1252" and [r.barcodes for r in records] == [("31234001111111",)]
+
+
+def test_a_record_in_its_declared_encoding_is_read_and_an_unknown_encoding_refused(tmp_path):
+    latin1 = record(2).replace('<?xml version="1.0"?>', '<?xml version="1.0" encoding="ISO-8859-1"?>').replace("—", "-")
+    data = print_file(2, replace={2: latin1}).replace(latin1.encode(), latin1.encode("latin-1"))
+    found, records = inspect(tmp_path, data)
+    assert found.details["records"] == 2 and records[1].barcodes == (barcode(2),)
+    bogus = record(2).replace('<?xml version="1.0"?>', '<?xml version="1.0" encoding="no-such-codec"?>')
+    refused = refusal(tmp_path, print_file(2, replace={2: bogus}))
+    assert refused.reason.startswith("record 2 of 2 ") and "unknown encoding" in refused.reason
