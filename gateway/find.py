@@ -43,6 +43,8 @@ def find(ledger: Ledger, barcode: str, folders: list[Path]) -> list[dict[str, An
             _from_sidecar(Path(hit.sidecar), barcode, hit.record)
         if entry is not None:
             found.append(entry)
+    for entry in found:
+        entry["path_exists"] = bool(entry["path"]) and Path(entry["path"]).is_file()
     found.sort(key=lambda entry: (entry["taken"] or "", entry.get("ledger_id") or 0), reverse=True)
     return found
 
@@ -201,5 +203,7 @@ def render(barcode: str, found: list[dict[str, Any]]) -> str:
         if status:
             denied = " (DENIED)" if str(status.get("deny", "")).upper() == "Y" else ""
             lines.append(f"    CaiaSoft  {status.get('istatus') or '?'}{denied}")
-        lines.append(f"    path      {entry.get('path') or '(still in the queue)'}")
+        gone = "  (no longer there: removed by retention_days, or moved)" if entry.get("path") and \
+            not entry.get("path_exists") else ""
+        lines.append(f"    path      {entry.get('path') or '(still in the queue)'}{gone}")
     return "\n".join(lines)

@@ -92,7 +92,8 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
         Key("path", "path", None, "The folder ALEPH writes request files into (a local or mounted folder)."),
         Key("url", "str", None,
             "Instead of path: an SFTP folder, sftp://user@host:port/remote/folder."),
-        Key("include", "strings", ["*"], "Glob patterns of file names to take."),
+        Key("include", "strings", ["*"], "Glob patterns of file names to take; in ALEPH's print folder (files "
+            "named NAME.PRINT-ID), the print IDs meant for CaiaSoft, e.g. [\"*.hold_req\"]."),
         Key("settle_seconds", "number", 2.0,
             "A file is ready once its size and mtime have not changed for this long.", minimum=0),
         Key("incomplete_grace_seconds", "number", 300.0,

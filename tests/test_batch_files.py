@@ -64,6 +64,7 @@ def test_batch_print_files_are_sent_unaltered_a_bad_record_is_named_and_find_ans
     assert found.returncode == 0, found.stderr
     [entry] = json.loads(found.stdout)
     assert entry["file"] == "weekend.hold_req" and entry["outcome"] == "accepted" and entry["record"] == 250
+    assert entry["path_exists"] is True
     assert entry["caiasoft"] == {"deny": "Y", "istatus": "Item Not Available"}
     assert entry["path"] == str(next(path for path in site.archived() if path.name == "weekend.hold_req"))
     in_refused = cli(site, "find", barcode(3, "3123413"))

@@ -78,6 +78,8 @@ def test_find_answers_from_a_ledger_of_many_files_newest_first(tmp_path):
     assert "usm50.hold_req  (record 2, form hold-request-slip, request 000004602, pickup Law Library)" in text
     assert find.find(ledger, barcode(3 * 777 + 2, "3123408"), [])[0]["record"] == 2
     assert find.find(ledger, "no-such-item", []) == []
+    assert [entry["path_exists"] for entry in found] == [False, False, False]  # this ledger's files are not on disk
+    assert "(no longer there: removed by retention_days, or moved)" in text
     plan = " ".join(row[3] for row in ledger._db.execute("EXPLAIN QUERY PLAN " + ITEMS_FOR_BARCODE, (TARGET,)))
     assert "USING PRIMARY KEY (barcode=?)" in plan, plan  # one index lookup, whatever the number of files
     ledger.close()
@@ -140,7 +142,7 @@ def test_find_reads_the_sidecars_written_before_the_index_once(tmp_path):
                       "caiasoft": {"deny": "N", "istatus": "Item Requested"},
                       "path": str(archive / "2026/10/01/hold-request-slip-0001.xml"), "kind": "xml", "record": None,
                       "line": None, "request_number": None, "request_id": None, "pickup_location": None,
-                      "form_name": None, "ledger_id": None,
+                      "form_name": None, "ledger_id": None, "path_exists": True,
                       "sidecar": str(archive / "2026/10/01/hold-request-slip-0001.xml.json")}]
     # the refused file's sidecar names no barcode: the file beside it is read, the bad record too
     [refused] = find.find(ledger, barcode(3), [archive, error])
