@@ -31,6 +31,8 @@ log = logs.get("gateway.ncip.feed")
 class Feed(threading.Thread):
     def __init__(self, settings: Ncip, client: CaiaSoftClient, ledger: Ledger):
         super().__init__(name="ncip-feed", daemon=True)
+        if settings.feed is None:
+            raise ValueError("the status feed needs an [ncip.feed] section")
         self.settings = settings
         self.feed = settings.feed
         self.client = client
