@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Any
 from pathlib import Path
 
 import requests
@@ -346,6 +347,7 @@ def main() -> int:
     parser.add_argument("--wan-curl-files", type=int, default=100)
     parser.add_argument("--wan-ncip-entries", type=int, default=300)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: proves the script works")
+    parser.add_argument("--keep", action="store_true", help="keep the temp folder with every run's files")
     args = parser.parse_args()
     if args.smoke:
         args.files, args.big, args.curl_files, args.latency_files, args.ncip_entries = 30, 300, 10, 10, 50
@@ -355,10 +357,24 @@ def main() -> int:
         return 2
 
     work = Path(tempfile.mkdtemp(prefix="caiasoft-gateway-bench-"))
+    try:
+        figures = run_all(args, work)
+    finally:
+        if args.keep:
+            print(f"kept {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    print_table(figures)
+    print(json.dumps(figures, sort_keys=True))
+    return 0
+
+
+def run_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Every measurement, with its files under work; the figures."""
     receipts = work / "receipts.jsonl"
     caiasoft, caiasoft_url = start_simulator("caiasoft", work, receipts)
     ncip, ncip_url = start_simulator("ncip", work)
-    figures: dict = {"machine": machine()}
+    figures: dict[str, Any] = {"machine": machine()}
     try:
         figures["simulator_ceiling_per_s"] = round(simulator_ceiling(caiasoft_url, 1.0 if args.smoke else 3.0), 1)
         make_files(work / "bare" / "in", args.files)
@@ -381,11 +397,7 @@ def main() -> int:
     backlog_rate = figures["backlog"]["files_per_s"]
     figures["ratios"] = {"backlog_vs_bare": round(backlog_rate / figures["bare_loop_per_s"], 2),
                          "backlog_vs_curl": round(backlog_rate / figures["curl_loop_per_s"], 2)}
-    print_table(figures)
-    print(json.dumps(figures, sort_keys=True))
-    if not args.smoke:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return figures
 
 
 def print_table(f: dict) -> None:

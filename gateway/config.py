@@ -32,7 +32,7 @@ from gateway.toml_tables import read_table
 
 __all__ = ["CONFIG_ENV", "CREDENTIAL_NAME", "DEFAULT_CONFIG", "SCHEMA", "Archive", "CaiaSoft", "Config", "Feed",
            "Intake", "LocalSourceSettings", "Ncip", "Paths", "Secret", "Settings", "SftpSourceSettings",
-           "SourceSettings", "config_path", "load", "load_settings", "source_settings"]
+           "SourceSettings", "config_path", "load", "load_settings", "ncip_settings", "source_settings"]
 
 DEFAULT_CONFIG = Path("/etc/caiasoft-gateway/gateway.toml")
 CONFIG_ENV = "CAIASOFT_GATEWAY_CONFIG"
@@ -155,12 +155,15 @@ class _Values:
         }
 
     def _ncip(self) -> Ncip | None:
-        if self.ncip is None:
-            return None
-        lists = ("done_problems_checkin", "done_problems_checkout", "temporary_problems")
-        values = {**self.ncip, **{key: tuple(self.ncip[key]) for key in lists}}
-        values["feed"] = Feed(**self.feed) if self.feed is not None else None
-        return Ncip(**values)
+        return ncip_settings(self.ncip, self.feed) if self.ncip is not None else None
+
+
+def ncip_settings(values: Mapping[str, Any], feed: Mapping[str, Any] | None = None) -> Ncip:
+    """[ncip] settings from its typed values (and [ncip.feed]'s, if any)."""
+    lists = ("done_problems_checkin", "done_problems_checkout", "temporary_problems")
+    converted = {**values, **{key: tuple(values[key]) for key in lists}}
+    converted["feed"] = Feed(**feed) if feed is not None else None
+    return Ncip(**converted)
 
 
 def source_settings(values: Mapping[str, Any]) -> SourceSettings:

@@ -44,15 +44,20 @@ def sample_files() -> list[tuple[str, bytes]]:
 
 
 def write_config(root: Path, base_url: str, key: str, settle_seconds: float = 0.5, source: Path | None = None,
-                 extra: str = "") -> Path:
-    """A config for a gateway on temp folders under root (demo and benchmark); extra is appended."""
+                 extra: str = "", *, caiasoft_extra: str = "backoff_initial_seconds = 0.2", source_extra: str = "",
+                 local_source: bool = True) -> Path:
+    """A gateway on temp folders under root (demo, benchmark, tests): key file, source folder, config.
+
+    caiasoft_extra and source_extra are TOML lines added to [caiasoft] and to the local
+    [[sources]] entry (left out if not local_source); extra is appended to the file.
+    """
     key_file = root / "api-key"
     key_file.write_text(key + "\n")
     key_file.chmod(0o600)
     source = source or root / "aleph" / "print"
     source.mkdir(parents=True, exist_ok=True)
     config = root / "gateway.toml"
-    config.write_text(f"""# Written by `caiasoft-gateway demo` or the benchmark.
+    text = f"""# Written by `caiasoft-gateway demo`, the benchmark or the tests.
 [paths]
 state_dir = "{root}/state"
 archive_dir = "{root}/archive"
@@ -62,13 +67,17 @@ log_dir = "{root}/log"
 [caiasoft]
 base_url = "{base_url}"
 api_key_file = "{key_file}"
-backoff_initial_seconds = 0.2
-
+{caiasoft_extra}
+"""
+    if local_source:
+        text += f"""
 [[sources]]
 name = "print"
 path = "{source}"
 settle_seconds = {settle_seconds}
-""" + extra)
+{source_extra}
+"""
+    config.write_text(text + extra)
     return config
 
 

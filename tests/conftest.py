@@ -13,7 +13,7 @@ from typing import Callable
 
 import pytest
 
-from gateway import config as config_module
+from gateway import config as config_module, demo
 from gateway.schema import REQUIRED, SCHEMA
 from gateway.settings import SourceSettings
 from gateway.simulators.caiasoft import CaiaSoftSimulator
@@ -36,10 +36,19 @@ def wait_for(predicate: Callable[[], object], timeout: float = 15.0, interval: f
         time.sleep(interval)
 
 
+def schema_defaults(table: str) -> dict[str, object]:
+    """The defaults gateway.schema declares for a table's keys (required keys have none)."""
+    return {key.name: key.default for key in SCHEMA[table] if key.default is not REQUIRED}
+
+
 def source_settings(**values: object) -> SourceSettings:
     """Settings of one [[sources]] entry: the schema's defaults, overridden by values."""
-    defaults = {key.name: key.default for key in SCHEMA["sources"] if key.default is not REQUIRED}
-    return config_module.source_settings({**defaults, **values})
+    return config_module.source_settings({**schema_defaults("sources"), **values})
+
+
+def ncip_settings(**values: object) -> config_module.Ncip:
+    """[ncip] settings: the schema's defaults, overridden by values."""
+    return config_module.ncip_settings({**schema_defaults("ncip"), "feed": None, **values})
 
 
 @pytest.fixture
@@ -50,15 +59,12 @@ def simulator():
 
 
 class Site:
-    """A gateway installation on temp folders: config file, key file, source folder."""
+    """A gateway installation on temp folders: config file, key file, source folder (demo.write_config's)."""
 
     def __init__(self, root: Path, base_url: str, **options):
         self.root = root
         self.source = root / "aleph" / "print"
-        self.source.mkdir(parents=True)
         self.key_file = root / "api-key"
-        self.key_file.write_text(KEY + "\n")
-        self.key_file.chmod(0o600)
         self.state = root / "state"
         self.archive = root / "archive"
         self.error = root / "error"
@@ -68,33 +74,10 @@ class Site:
 
     def write(self, base_url: str, settle_seconds: float = 0.3, timeout_seconds: float = 5, extra_caiasoft: str = "",
               extra_source: str = "", extra: str = "", local_source: bool = True) -> None:
-        text = f"""
-[paths]
-state_dir = "{self.state}"
-archive_dir = "{self.archive}"
-error_dir = "{self.error}"
-log_dir = "{self.log_dir}"
-
-[caiasoft]
-base_url = "{base_url}"
-api_key_file = "{self.key_file}"
-timeout_seconds = {timeout_seconds}
-backoff_initial_seconds = 0.05
-backoff_max_seconds = 0.5
-auth_pause_seconds = 0.5
-{extra_caiasoft}
-
-[[sources]]
-name = "print"
-path = "{self.source}"
-settle_seconds = {settle_seconds}
-rescan_seconds = 1
-poll_seconds = 0.2
-{extra_source}
-"""
-        if not local_source:
-            text = text.split("[[sources]]")[0]
-        self.config_file.write_text(text + extra)
+        demo.write_config(self.root, base_url, KEY, settle_seconds, self.source, extra, local_source=local_source,
+                          caiasoft_extra=f"timeout_seconds = {timeout_seconds}\nbackoff_initial_seconds = 0.05\n"
+                                         f"backoff_max_seconds = 0.5\nauth_pause_seconds = 0.5\n{extra_caiasoft}",
+                          source_extra=f"rescan_seconds = 1\npoll_seconds = 0.2\n{extra_source}")
 
     def load(self) -> config_module.Config:
         return config_module.load(self.config_file, environ={})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -13,10 +14,11 @@ from conftest import REPO
 pytestmark = pytest.mark.e2e
 
 
-def test_bench_smoke_run_prints_the_table_and_the_figures():
+def test_bench_smoke_run_prints_the_table_and_the_figures(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--smoke"], capture_output=True,
-                            text=True, timeout=300)
+                            text=True, timeout=300, env={**os.environ, "TMPDIR": str(tmp_path)})
     assert result.returncode == 0, result.stdout + result.stderr
+    assert list(tmp_path.iterdir()) == [], "the benchmark removes its temp folder"
     *table, last = result.stdout.strip().splitlines()
     figures = json.loads(last)
     assert figures["backlog"]["files"] == 30 and figures["big_backlog"]["first_upload_s"] > 0

@@ -14,21 +14,18 @@ from gateway.ncip.journal import JournalEntry, Tailer, parse_entry
 from gateway.ncip.answers import judge
 from gateway.simulators.ncip import SCHEMA_FILE, schema_errors
 
-from conftest import REPO
+from conftest import REPO, ncip_settings
 
 
-def settings(**overrides) -> Ncip:
-    values = dict(url="http://127.0.0.1:9/", version="2", send_as="body", content_type="text/xml; charset=UTF-8",
-                  max_answer_bytes=65536, unreadable_attempts=3, from_agency="CAIA", to_agency="ALEPH",
-                  application_profile="CAIAPROFILE", user_id="CAIASOFT",
-                  stop_users={"MAIN": "CAIA-MAIN", "LAW": "CAIA-LAW"}, journal=Path("/tmp/j"), timeout_seconds=5.0,
-                  backoff_initial_seconds=0.05, backoff_max_seconds=0.2,
-                  done_problems_checkin=("Item Not Checked Out",),
-                  done_problems_checkout=("Already Checked Out", "Duplicate"),
-                  temporary_problems=("Temporary Processing Failure",), agency_scheme="http://scheme/agency.scm",
-                  max_line_bytes=1024, feed=None)
-    values.update(overrides)
-    return Ncip(**values)
+def settings(**overrides: object) -> Ncip:
+    """[ncip] settings for these tests: the schema's defaults, the required keys, a few test values."""
+    values: dict[str, object] = dict(
+        url="http://127.0.0.1:9/", version="2", max_answer_bytes=65536, unreadable_attempts=3, from_agency="CAIA",
+        to_agency="ALEPH", application_profile="CAIAPROFILE", user_id="CAIASOFT",
+        stop_users={"MAIN": "CAIA-MAIN", "LAW": "CAIA-LAW"}, journal=Path("/tmp/j"), timeout_seconds=5.0,
+        backoff_initial_seconds=0.05, backoff_max_seconds=0.2, agency_scheme="http://scheme/agency.scm",
+        max_line_bytes=1024)
+    return ncip_settings(**{**values, **overrides})
 
 
 EVERY_KIND = [

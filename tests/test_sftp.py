@@ -31,8 +31,9 @@ def test_files_are_uploaded_once_then_deleted_remotely(sftp_site, simulator, dae
     info = sftp_site.sidecar(archived[0])
     assert info["source"] == "remote" and info["original_path"].startswith(str(sftp_site.remote))
     assert "remote.cleaned_up" in (sftp_site.log_dir / "gateway.log").read_text()
-    time.sleep(0.5)  # several more polls: nothing is taken again
-    assert len(simulator.received) == 3
+    (sftp_site.remote / "later_barcode").write_bytes(barcodes(9))  # taken only after several more polls
+    wait_for(lambda: len(sftp_site.archived()) == 4, timeout=30, message="the later file")
+    assert [r.name for r in simulator.received][3:] == ["later_barcode"], "nothing was taken again meanwhile"
     assert daemon.stop() == 0
 
 
