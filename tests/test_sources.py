@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -257,7 +256,7 @@ def threads(site):
 
 
 def test_a_file_written_slowly_is_taken_once_whole(threads, site, simulator):
-    threads()
+    waiting = threads().collector.ready_check.waiting
     path = site.source / "slip.xml"
     data = (SAMPLES / "hold-request-slip-0002.xml").read_bytes()
     with open(path, "wb") as handle:
@@ -265,8 +264,9 @@ def test_a_file_written_slowly_is_taken_once_whole(threads, site, simulator):
             handle.write(data[index:index + len(data) // 3 + 1])
             handle.flush()
             # A writer that pauses longer than settle_seconds with the file still open:
-            # only the open-for-writing check keeps the gateway from taking it early.
-            time.sleep(0.5)
+            # the gateway sees it settle, and only the open-for-writing check holds it.
+            wait_for(lambda: waiting.get("slip.xml", {}).get("reason") == "open for writing",
+                     message="the settled file held as open for writing")
             assert path.exists(), "taken while still open for writing"
     [received] = simulator.wait_for(1)
     assert received.data == data
