@@ -1,6 +1,8 @@
 """The folders admins read: ROOT/YYYY/MM/DD/NAME with NAME.json beside it.
 
-Used for both archive_dir (accepted) and error_dir (refused). A name that is
+Used for both archive_dir (accepted) and error_dir (refused). NAME is the
+original name made safe (names.safe_name: printable, percent-encoded where it
+must be); the sidecar keeps the original. A name that is
 already taken gets a numbered suffix (NAME.1, NAME.2 ... before a short
 extension: slip.1.xml); nothing is ever overwritten. Within one filesystem a
 file is moved by hard link + unlink; across filesystems it is copied, fsynced,
@@ -14,7 +16,6 @@ import json
 import os
 import re
 import shutil
-import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +23,12 @@ from gateway.files import fsync_dir, move_no_clobber, partial_path
 from gateway.logs import redact
 import contextlib
 
+from gateway.names import MAX_NAME_BYTES, safe_name
+
+__all__ = ["Folder", "MAX_NAME_BYTES", "SIDECAR_SUFFIX", "day_folder", "numbered", "safe_name"]
+
 SIDECAR_SUFFIX = ".json"
-MAX_NAME_BYTES = 200
 _DAY = re.compile(r"^\d{4}/\d{2}/\d{2}$")
-
-
-def safe_name(name: str) -> str:
-    """Return a file name that cannot escape its folder or confuse a terminal."""
-    name = name.replace("/", "_").replace("\\", "_")
-    name = "".join("_" if unicodedata.category(ch)[0] == "C" else ch for ch in name)
-    name = name.lstrip(".") or "unnamed"
-    encoded = name.encode("utf-8", "surrogateescape")
-    if len(encoded) > MAX_NAME_BYTES:
-        name = encoded[:MAX_NAME_BYTES].decode("utf-8", "ignore")
-    return name
 
 
 def numbered(name: str, number: int) -> str:
@@ -105,7 +98,8 @@ class Folder:
         sidecar = target.with_name(target.name + SIDECAR_SUFFIX)
         partial = partial_path(sidecar)
         text = redact(json.dumps(content, ensure_ascii=False, indent=2)) + "\n"
-        with open(partial, "w", encoding="utf-8") as handle:
+        # backslashreplace: a lone surrogate anywhere in the content is written as its JSON escape \udcXX
+        with open(partial, "w", encoding="utf-8", errors="backslashreplace") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())

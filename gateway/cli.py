@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from gateway import __version__, config as config_module, logs
 from gateway.errors import AlreadyRunning, ConfigError
+from gateway.names import printable
 import contextlib
 
 if TYPE_CHECKING:
@@ -23,6 +24,11 @@ if TYPE_CHECKING:
     from gateway.simulators import LoopbackServer
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+
+def _shown(text: str | None) -> str:
+    """Text for the terminal: the key redacted, names and reasons escaped (gateway.names.printable)."""
+    return printable(logs.redact(text or ""))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -93,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"caiasoft-gateway: the configuration has {len(error.problems)} problem(s):", file=sys.stderr)
         for problem in error.problems:
-            print(f"  {problem}", file=sys.stderr)
+            print(f"  {printable(str(problem))}", file=sys.stderr)
         return EXIT_CONFIG
     except AlreadyRunning as error:
         print(f"caiasoft-gateway: {error}", file=sys.stderr)
@@ -136,11 +142,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"FAIL  configuration {config_module.config_path(args.config)}")
         for problem in error.problems:
-            print(f"        {problem}")
+            print(f"        {printable(str(problem))}")
         return EXIT_CONFIG
     failures = 0
     for result in run_checks(config, offline=args.offline):
-        print(logs.redact(f"{result.mark:<5} {result.what}" + (f"\n        {result.detail}" if result.detail else "")))
+        print(logs.redact(f"{result.mark:<5} {_shown(result.what)}"
+                          + (f"\n        {_shown(result.detail)}" if result.detail else "")))
         failures += result.mark == "FAIL"
     print(f"\n{'all checks passed' if not failures else f'{failures} problem(s) found'}")
     return EXIT_OK if not failures else EXIT_FAILURE
@@ -213,8 +220,8 @@ def cmd_send(args: argparse.Namespace) -> int:
     ledger = pipeline.ledger
     failed = 0
     try:
-        for name in args.files:
-            path = Path(name)
+        for argument in args.files:
+            path, name = Path(argument), printable(argument)
             if not path.is_file():
                 print(f"{name}: not a file")
                 failed += 1
@@ -232,12 +239,12 @@ def cmd_send(args: argparse.Namespace) -> int:
                     time.sleep(pipeline.backoff.delay(attempt + 1, outcome.retry_after))
             row = ledger.row(row_id)
             if row.state == "archived":
-                print(f"{name}: accepted by CaiaSoft, archived as {row.final_path}")
+                print(f"{name}: accepted by CaiaSoft, archived as {_shown(row.final_path)}")
             elif row.state == "refused":
-                print(logs.redact(f"{name}: refused: {row.reason}\n    kept in {row.final_path}"))
+                print(logs.redact(f"{name}: refused: {_shown(row.reason)}\n    kept in {_shown(row.final_path)}"))
                 failed += 1
             else:
-                print(logs.redact(f"{name}: not sent yet ({row.reason or row.state}); it stays queued and the "
+                print(logs.redact(f"{name}: not sent yet ({_shown(row.reason or row.state)}); it stays queued and the "
                                   "running service will send it"))
                 failed += 1
     finally:
@@ -262,15 +269,16 @@ def cmd_retry(args: argparse.Namespace) -> int:
     logs.setup(config.paths.log_dir, console=False)
     paths, missing = find_in_error_dir(config.paths.error_dir, args.names, args.all)
     for name in missing:
-        print(f"{name}: not found in {config.paths.error_dir}")
+        print(f"{printable(name)}: not found in {config.paths.error_dir}")
     pipeline = _pipeline(config)
     try:
         for path in paths:
             row = requeue(pipeline, path)
             if row.state == "refused":
-                print(logs.redact(f"{path.name}: refused again: {row.reason}\n    kept in {row.final_path}"))
+                print(logs.redact(f"{printable(path.name)}: refused again: {_shown(row.reason)}\n"
+                                  f"    kept in {_shown(row.final_path)}"))
             else:
-                print(f"{path.name}: back in the queue (the running service sends it)")
+                print(f"{printable(path.name)}: back in the queue (the running service sends it)")
     finally:
         pipeline.ledger.close()
     if not paths and not missing:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from gateway import itemindex
 from gateway.archive import safe_name
 from gateway.logs import redact
+from gateway.names import loaded, stored
 
 if TYPE_CHECKING:
     from gateway.sources.base import Entry
@@ -37,8 +38,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
     source          TEXT NOT NULL,
-    name            TEXT NOT NULL,
-    origin          TEXT NOT NULL,
+    name            TEXT NOT NULL,   -- TEXT, or a BLOB of the exact bytes of a name that is not UTF-8
+    origin          TEXT NOT NULL,   -- the same: the source path or remote path, byte for byte
     state           TEXT NOT NULL,
     size            INTEGER,
     mtime           REAL,
@@ -106,6 +107,11 @@ class FileRow:
     reason: str | None
     final_path: str | None
     released_at: float | None
+
+    def __post_init__(self) -> None:
+        # name and origin are TEXT, or the exact bytes (BLOB) of a name that is not UTF-8: see gateway.names
+        object.__setattr__(self, "name", loaded(self.name))
+        object.__setattr__(self, "origin", loaded(self.origin))
 
     @property
     def work_name(self) -> str:
@@ -209,7 +215,7 @@ class Ledger(itemindex.ItemIndex):
         with self._transaction() as db:
             return [_row_id(db.execute("INSERT INTO files (source, name, origin, state, size, mtime, seen_at) "
                                        "VALUES (?, ?, ?, 'claiming', ?, ?, ?)",
-                                       (source, name, origin, size, mtime, now)))
+                                       (source, stored(name), stored(origin), size, mtime, now)))
                     for name, origin, size, mtime in files]
 
     def claimed(self, row_id: int) -> None:
@@ -287,7 +293,7 @@ class Ledger(itemindex.ItemIndex):
 
     def reopen(self, row_id: int, name: str) -> None:
         """`retry`: a refused file goes back to 'claimed' (validated again, then uploaded)."""
-        self._update(row_id, ("refused",), state="claimed", name=name, final_path=None, reason=None,
+        self._update(row_id, ("refused",), state="claimed", name=stored(name), final_path=None, reason=None,
                      http_status=None, answer=None, attempts=0, next_attempt_at=0, finished_at=None,
                      claimed_at=self.clock())
 
@@ -297,7 +303,7 @@ class Ledger(itemindex.ItemIndex):
             cursor = db.execute(
                 "INSERT INTO files (source, name, origin, state, size, seen_at, claimed_at) "
                 "VALUES ('recovered', ?, ?, 'claimed', ?, ?, ?)",
-                (name, origin, size, self.clock(), self.clock()))
+                (stored(name), stored(origin), size, self.clock(), self.clock()))
             return _row_id(cursor)
 
     # -- questions ------------------------------------------------------------
@@ -355,7 +361,7 @@ class Ledger(itemindex.ItemIndex):
         marks = ", ".join("?" for _ in OPEN_STATES)
         with self._lock:
             rows = self._db.execute(f"SELECT id, name FROM files WHERE state IN ({marks})", OPEN_STATES).fetchall()
-        return {work_name(row_id, name) for row_id, name in rows}
+        return {work_name(row_id, loaded(name)) for row_id, name in rows}
 
     # -- sources that keep their originals until the outcome is known (SFTP) --------
 
@@ -364,7 +370,7 @@ class Ledger(itemindex.ItemIndex):
         with self._lock:
             rows = self._db.execute("SELECT origin, size, mtime FROM files WHERE source = ? AND released_at IS NULL",
                                     (source,)).fetchall()
-        return {(origin, size, mtime) for origin, size, mtime in rows}
+        return {(loaded(origin), size, mtime) for origin, size, mtime in rows}
 
     def to_release(self, source: str) -> list[FileRow]:
         """This source's files whose outcome is known but whose original is still in the source."""

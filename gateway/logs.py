@@ -1,8 +1,10 @@
 """Logging: structlog events, one JSON object a line in log_dir/gateway.log.
 
-On a terminal the same events are shown readable. Every rendered line passes
-through redact() last, so a registered secret (the API key) cannot reach a log
-line, whatever field, message or traceback carried it.
+On a terminal the same events are shown readable. Every text field is made
+printable first (names.printable: a file name with an escape sequence, a newline
+or bytes that are not UTF-8 is shown escaped, never raw), and every rendered line
+passes through redact() last, so a registered secret (the API key) cannot reach a
+log line, whatever field, message or traceback carried it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import threading
 from pathlib import Path
 
 import structlog
+
+from gateway.names import printable
 
 LOG_FILE_NAME = "gateway.log"
 REDACTED = "[redacted]"
@@ -41,6 +45,25 @@ def redact(text: str) -> str:
         if secret in text:
             text = text.replace(secret, REDACTED)
     return text
+
+
+_MULTILINE_FIELDS = frozenset({"exception", "stack"})
+
+
+def _printable(value, keep_newlines: bool = False):
+    if isinstance(value, str):
+        return printable(redact(value), keep_newlines=keep_newlines)
+    if isinstance(value, dict):
+        return {_printable(key): _printable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_printable(item) for item in value]
+    return value
+
+
+def _printable_fields(logger, method_name: str, event_dict: dict) -> dict:
+    """Escape every text field (tracebacks keep their line breaks); redact secrets before escaping."""
+    return {key: value if key == "exc_info" else _printable(value, keep_newlines=key in _MULTILINE_FIELDS)
+            for key, value in event_dict.items()}
 
 
 class _RedactingFormatter(structlog.stdlib.ProcessorFormatter):
@@ -71,7 +94,7 @@ def setup(log_dir: Path | None, *, console: bool = True, level: int = logging.IN
         log_dir.mkdir(parents=True, exist_ok=True)
         file_handler = logging.handlers.WatchedFileHandler(log_dir / LOG_FILE_NAME, encoding="utf-8")
         file_handler.setFormatter(_RedactingFormatter(
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _printable_fields,
                         structlog.processors.JSONRenderer(ensure_ascii=False)],
             foreign_pre_chain=_SHARED,
         ))
@@ -82,7 +105,7 @@ def setup(log_dir: Path | None, *, console: bool = True, level: int = logging.IN
                     if sys.stderr.isatty() else structlog.processors.LogfmtRenderer(
                         key_order=["timestamp", "level", "event"], drop_missing=True))
         stream.setFormatter(_RedactingFormatter(
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _printable_fields, renderer],
             foreign_pre_chain=_SHARED,
         ))
         root.addHandler(stream)

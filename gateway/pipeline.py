@@ -23,6 +23,7 @@ from gateway.errors import FileRefused, SourceGone
 from gateway.files import PARTIAL_GLOB, copy_no_clobber
 from gateway.itemindex import RecordSpool, sidecar_records
 from gateway.ledger import Ledger, FileRow, work_name
+from gateway.names import printable, safe_name
 from gateway.settings import Settings
 from gateway.sources.base import Entry, Source
 
@@ -123,7 +124,7 @@ class Pipeline:
         """Send one 'uploading' row to CaiaSoft and act on the answer."""
         if self.client is None:
             raise RuntimeError("this pipeline was made without a CaiaSoft client; it cannot upload")
-        outcome = settle_unreadable(self.client.upload(self.work_path(row), row.name, row.kind or "text"),
+        outcome = settle_unreadable(self.client.upload(self.work_path(row), safe_name(row.name), row.kind or "text"),
                                     row.answer_json, self.config.caiasoft.unreadable_answer_retries)
         fields = dict(id=row.id, source=row.source, file=row.name, sha256=row.sha256, attempt=row.attempts,
                       status=outcome.http_status, ms=outcome.elapsed_ms)
@@ -272,11 +273,11 @@ def sidecar(row: FileRow, final: Path, now: float, contents: dict[str, Any] | No
     denied = [item for item in answer.get("results") or [] if is_denied(item)] if isinstance(answer, dict) else []
     return {
         "file": final.name,
-        "original_name": row.name,
+        "original_name": printable(row.name),  # escaped as in status: reversible with names.unprintable
         "outcome": "accepted" if row.state in ("archiving", "archived") else "refused",
         "reason": row.reason,
         "source": row.source,
-        "original_path": row.origin,
+        "original_path": printable(row.origin),
         "size": row.size,
         "sha256": row.sha256,
         "kind": row.kind,

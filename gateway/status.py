@@ -8,13 +8,32 @@ import time
 from typing import Any
 
 from gateway.ledger import OPEN_STATES, Ledger
+from gateway.names import printable
 
 RECENT_ERRORS = 5
 SERVICE_STALE_SECONDS = 30.0
 
 
 def collect(ledger: Ledger, now: float | None = None) -> dict[str, Any]:
-    """Return the status as a plain dict (what `status --json` prints)."""
+    """Return the status as a plain dict (what `status --json` prints).
+
+    Every text in it is printable (names.printable): a file name or a reason that
+    holds an escape sequence, a newline or bytes that are not UTF-8 is escaped.
+    """
+    return _printable(_collect(ledger, now))
+
+
+def _printable(value: Any) -> Any:
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {printable(str(key)): _printable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_printable(item) for item in value]
+    return value
+
+
+def _collect(ledger: Ledger, now: float | None) -> dict[str, Any]:
     now = time.time() if now is None else now
     counts = ledger.counts()
     oldest = ledger.oldest_open()

@@ -62,10 +62,11 @@ def test_place_after_a_crash_that_already_moved_the_file(tmp_path):
 
 
 @pytest.mark.parametrize("hostile,expected", [
-    ("../../etc/passwd", "_.._etc_passwd"),
-    ("a/b", "a_b"),
-    ("slip\x1b[31m.xml", "slip_[31m.xml"),
-    ("..", "unnamed"),
+    ("../../etc/passwd", "%2E.%2F..%2Fetc%2Fpasswd"),
+    ("a/b", "a%2Fb"),
+    ("slip\x1b[31m.xml", "slip%1B[31m.xml"),
+    ("..", "%2E."),
+    ("-rf", "%2Drf"),
     ("", "unnamed"),
 ])
 def test_names_cannot_escape_or_hide(hostile, expected):

@@ -6,6 +6,11 @@ ledger remembers it (source, remote path, size, mtime), so a file that is
 listed again is never taken twice. Host keys are checked against
 known_hosts_file and never accepted blindly. Every network step has a timeout;
 a lost connection is re-made with capped backoff.
+
+Remote names are bytes: the folder is listed with list_folder() (paramiko's own
+listing decodes names as strict UTF-8 and fails on the first that is not), names
+are held in surrogate-escape form (gateway.names) and every path goes to the
+server as its exact bytes, so a Latin-1 name is fetched, deleted or moved as is.
 """
 
 from __future__ import annotations
@@ -20,14 +25,16 @@ import stat
 import time
 from pathlib import Path
 from typing import Callable, TypeVar
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, unquote_to_bytes, urlsplit
 
 import paramiko
+from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READDIR, SFTPError
 
 from gateway import intake, logs, readiness
 from gateway.caiasoft import Backoff
 from gateway.errors import SourceGone, SourceUnavailable
 from gateway.files import partial_path
+from gateway.names import from_bytes, printable, to_bytes
 from gateway.settings import SftpSourceSettings
 from gateway.sources.base import Entry
 
@@ -45,6 +52,38 @@ def _read_secret(path: Path | None) -> str | None:
     return path.read_text(encoding="utf-8").strip() if path else None
 
 
+def list_folder(sftp: paramiko.SFTPClient, folder: str) -> list[paramiko.SFTPAttributes]:
+    """Every entry of a remote folder (not . and ..), whatever bytes its name is made of.
+
+    The same SFTP requests as paramiko's listdir_attr (OPENDIR, READDIR until EOF,
+    CLOSE), but names are read as bytes and held in surrogate-escape form
+    (attributes.filename), where paramiko would raise UnicodeDecodeError on the first
+    name that is not UTF-8 and lose the whole listing (paramiko issue #546).
+    """
+    kind, message = sftp._request(CMD_OPENDIR, to_bytes(folder))
+    if kind != CMD_HANDLE:
+        raise SFTPError("expected a handle")
+    handle = message.get_binary()
+    entries = []
+    try:
+        while True:
+            try:
+                kind, message = sftp._request(CMD_READDIR, handle)
+            except EOFError:  # the end of the folder
+                break
+            if kind != CMD_NAME:
+                raise SFTPError("expected a name response")
+            for _ in range(message.get_int()):
+                name = from_bytes(message.get_string())
+                longname = message.get_string().decode("utf-8", "replace")
+                attributes = paramiko.SFTPAttributes._from_msg(message, name, longname)
+                if name not in (".", ".."):
+                    entries.append(attributes)
+    finally:
+        sftp._request(CMD_CLOSE, handle)
+    return entries
+
+
 class SftpSource:
     keeps_originals = True
     trust_mtime = False  # the server's clock, not ours
@@ -57,8 +96,9 @@ class SftpSource:
         self.host = parts.hostname or ""  # config_rules made sure the URL has both
         self.port = parts.port or 22
         self.user = unquote(parts.username or "")
-        self.folder = unquote(parts.path).rstrip("/") or "/"
-        self.location = f"sftp://{self.user}@{self.host}:{self.port}{self.folder}"
+        # %XX in the URL's path is a byte: sftp://u@h/caf%E9 is the Latin-1 folder "caf\xe9"
+        self.folder = from_bytes(unquote_to_bytes(parts.path)).rstrip("/") or "/"
+        self.location = f"sftp://{self.user}@{self.host}:{self.port}{printable(self.folder)}"
         self.scan_interval = settings.poll_seconds
         self.marker = readiness.Marker(settings.ready_marker) if settings.ready_marker else None
         self._listed: set[str] = set()  # every name of the last listing (markers included)
@@ -196,11 +236,12 @@ class SftpSource:
 
     def scan(self) -> list[Entry]:
         try:
-            listing = self._call(lambda sftp: sftp.listdir_attr(self.folder), "listing the folder")
+            listing = self._call(lambda sftp: list_folder(sftp, self.folder), "listing the folder")
         except OSError as error:
             if isinstance(error, SourceUnavailable):
                 raise
-            raise SourceUnavailable(f"cannot list {self.folder} on {self.host}: {error.strerror or error}") from None
+            raise SourceUnavailable(f"cannot list {printable(self.folder)} on {self.host}: "
+                                    f"{error.strerror or error}") from None
         entries = []
         self._listed = {attributes.filename for attributes in listing}
         for attributes in listing:
@@ -222,37 +263,38 @@ class SftpSource:
         partial = partial_path(destination)
 
         def download(sftp: paramiko.SFTPClient) -> paramiko.SFTPAttributes:
-            with sftp.open(entry.origin, "rb") as remote, open(partial, "wb") as local:
+            with sftp.open(to_bytes(entry.origin), "rb") as remote, open(partial, "wb") as local:
                 remote.prefetch(entry.size)
                 shutil.copyfileobj(remote, local, COPY_CHUNK)
                 local.flush()
                 os.fsync(local.fileno())
-            return sftp.stat(entry.origin)
+            return sftp.stat(to_bytes(entry.origin))
 
         try:
-            after = self._call(download, f"downloading {entry.name}")
+            after = self._call(download, f"downloading {printable(entry.name)}")
         except FileNotFoundError:
             partial.unlink(missing_ok=True)
-            raise SourceGone(f"{entry.origin} disappeared before it could be taken") from None
+            raise SourceGone(f"{printable(entry.origin)} disappeared before it could be taken") from None
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
         got = partial.stat().st_size
         if got != entry.size or after.st_size != entry.size or float(after.st_mtime or 0) != entry.mtime:
             partial.unlink()
-            raise SourceGone(f"{entry.origin} changed while being downloaded ({got} of {entry.size} bytes); "
+            raise SourceGone(f"{printable(entry.origin)} changed while being downloaded "
+                             f"({got} of {entry.size} bytes); "
                              "it is taken again once it settles")
         os.rename(partial, destination)
 
     def peek(self, entry: Entry, limit: int) -> bytes:
         def read(sftp: paramiko.SFTPClient) -> bytes:
-            with sftp.open(entry.origin, "rb") as remote:
+            with sftp.open(to_bytes(entry.origin), "rb") as remote:
                 remote.prefetch(min(entry.size, limit))
                 return remote.read(limit)
         try:
-            return self._call(read, f"reading {entry.name}")
+            return self._call(read, f"reading {printable(entry.name)}")
         except FileNotFoundError:
-            raise SourceGone(f"{entry.origin} disappeared") from None
+            raise SourceGone(f"{printable(entry.origin)} disappeared") from None
 
     def has_marker(self, entry: Entry) -> bool:
         return self.marker is not None and self.marker.of(entry.name) in self._listed
@@ -262,28 +304,34 @@ class SftpSource:
             return
         marker = self._remote(self.marker.of(entry.name))
         with contextlib.suppress(FileNotFoundError):
-            self._call(lambda sftp: sftp.remove(marker), f"removing the marker {marker}")
+            self._call(lambda sftp: sftp.remove(to_bytes(marker)), f"removing the marker {printable(marker)}")
 
     def release(self, origin: str) -> str:
         """Delete or move the remote original after its outcome is known; return what was done."""
         after = self.settings.remote_after
+        remote = to_bytes(origin)
+        target: str | None = None
         if after == "delete":
-            action, done = (lambda sftp: sftp.remove(origin)), "deleted"
+            action, done = (lambda sftp: sftp.remove(remote)), "deleted"
         else:
             target = posixpath.join(after.split(":", 1)[1], posixpath.basename(origin))
-            action, done = (lambda sftp: sftp.posix_rename(origin, target)), f"moved to {target}"
+            moved_to = to_bytes(target)
+            action, done = (lambda sftp: sftp.posix_rename(remote, moved_to)), f"moved to {printable(target)}"
         try:
-            self._call(action, f"cleaning up {origin}")
+            self._call(action, f"cleaning up {printable(origin)}")
         except FileNotFoundError:
             if not self._exists(origin):
                 return "already gone"
-            raise OSError(errno.ENOENT, f"cannot move {origin}: the folder {posixpath.dirname(target)} "
+            if target is None:  # listed as there, yet the server says it is not: say what it said
+                raise
+            folder = printable(posixpath.dirname(target))
+            raise OSError(errno.ENOENT, f"cannot move {printable(origin)}: the folder {folder} "
                                         f"does not exist on {self.host}") from None
         return done
 
     def _exists(self, path: str) -> bool:
         try:
-            self._call(lambda sftp: sftp.stat(path), f"looking for {path}")
+            self._call(lambda sftp: sftp.stat(to_bytes(path)), f"looking for {printable(path)}")
         except FileNotFoundError:
             return False
         return True
@@ -291,9 +339,9 @@ class SftpSource:
     def describe_folder(self) -> str:
         """For `check`: connect (host key checked), list the folder, report its permissions."""
         def look_around(sftp: paramiko.SFTPClient) -> str:
-            folder = sftp.stat(self.folder)
-            count = len(sftp.listdir(self.folder))
-            return (f"host key verified, logged in as {self.user}; {self.folder} is "
+            folder = sftp.stat(to_bytes(self.folder))
+            count = len(list_folder(sftp, self.folder))
+            return (f"host key verified, logged in as {self.user}; {printable(self.folder)} is "
                     f"{stat.filemode(folder.st_mode or 0)} uid {folder.st_uid} gid {folder.st_gid}, {count} entries "
                     "(the gateway needs write permission on it to "
                     f"{'delete' if self.settings.remote_after == 'delete' else 'move'} files)")
@@ -302,4 +350,5 @@ class SftpSource:
         except OSError as error:
             if isinstance(error, SourceUnavailable):
                 raise
-            raise SourceUnavailable(f"cannot use {self.folder} on {self.host}: {error.strerror or error}") from None
+            raise SourceUnavailable(f"cannot use {printable(self.folder)} on {self.host}: "
+                                    f"{error.strerror or error}") from None
