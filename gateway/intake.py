@@ -170,6 +170,10 @@ def inspect(path: Path, name: str, max_bytes: int, fallback_encoding: str = "",
             raise FileRefused(f"file is {size} bytes, above max_file_bytes ({max_bytes})")
         head = handle.read(HEAD_BYTES)
         handle.seek(0)
+        wide = _wide_encoding(head)
+        if wide:
+            raise FileRefused(f"text is {wide}; ALEPH writes UTF-8 and the file is sent byte for byte, so UTF-16 "
+                              "and UTF-32 are not supported: save it as UTF-8 (iconv -f UTF-16 -t UTF-8) and retry it")
         reader = _Reader(handle, max_bytes)
         if printfile.looks_like_print_file(head):
             details = _check_print_file(reader, on_record or _ignore)
@@ -197,6 +201,26 @@ def inspect(path: Path, name: str, max_bytes: int, fallback_encoding: str = "",
             kind = "text"
         reader.finish()
     return Inspection(kind=kind, sha256=reader.digest.hexdigest(), size=reader.size, details=details)
+
+
+_WIDE_BOMS = ((b"\x00\x00\xfe\xff", "UTF-32 (big-endian, with a byte order mark)"),
+               (b"\xff\xfe\x00\x00", "UTF-32 (little-endian, with a byte order mark)"),
+               (b"\xfe\xff", "UTF-16 (big-endian, with a byte order mark)"),
+               (b"\xff\xfe", "UTF-16 (little-endian, with a byte order mark)"))
+
+
+def _wide_encoding(head: bytes) -> str | None:
+    """Name the encoding if the text is UTF-16 or UTF-32 (by its byte order mark, or ASCII with NUL halves)."""
+    for bom, encoding in _WIDE_BOMS:
+        if head.startswith(bom):
+            return encoding
+    sample = head[:4096]
+    if len(sample) >= 4 and len(sample) % 2 == 0:
+        for half, other, endian in ((sample[0::2], sample[1::2], "big-endian"),
+                                    (sample[1::2], sample[0::2], "little-endian")):
+            if half.count(0) == len(half) and 0 not in other:
+                return f"UTF-16 ({endian}, without a byte order mark)"
+    return None
 
 
 def _ignore(record: printfile.Record) -> None:

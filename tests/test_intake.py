@@ -132,6 +132,20 @@ def test_binary_is_refused(tmp_path):
     assert "binary" in refused(tmp_path, bytes(range(1, 32)) * 10)
 
 
+@pytest.mark.parametrize("encoding,named", [
+    ("utf-16", "UTF-16 (little-endian, with a byte order mark)"),
+    ("utf-16-be", "UTF-16 (big-endian, without a byte order mark)"),
+    ("utf-16-le", "UTF-16 (little-endian, without a byte order mark)"),
+    ("utf-32", "UTF-32 (little-endian, with a byte order mark)"),
+])
+def test_utf16_and_utf32_text_is_refused_by_its_encoding_not_as_binary(tmp_path, encoding, named):
+    data = "31234001234567\n31234007654321\n".encode(encoding)
+    if encoding == "utf-16-be":
+        data = "\ufeff".encode(encoding)[2:] + data  # no BOM at all
+    reason = refused(tmp_path, data)
+    assert reason.startswith(f"text is {named}") and "save it as UTF-8" in reason and "binary" not in reason
+
+
 def test_bad_utf8_is_refused_unless_a_fallback_is_configured(tmp_path):
     latin1 = "31234001234567 Müller\n".encode("latin-1")
     assert "not UTF-8: byte 0xfc at offset 16" in refused(tmp_path, latin1)
