@@ -241,7 +241,8 @@ def cmd_send(args: argparse.Namespace) -> int:
             if row.state == "archived":
                 print(f"{name}: accepted by CaiaSoft, archived as {_shown(row.final_path)}")
             elif row.state == "refused":
-                print(logs.redact(f"{name}: refused: {_shown(row.reason)}\n    kept in {_shown(row.final_path)}"))
+                print(logs.redact(f"{name}: refused: {_shown(row.reason)}\n"
+                                  f"    kept in {_shown(row.final_path)}"))
                 failed += 1
             else:
                 print(logs.redact(f"{name}: not sent yet ({_shown(row.reason or row.state)}); it stays queued and the "

@@ -14,7 +14,9 @@ import logging
 import logging.handlers
 import sys
 import threading
+from collections.abc import MutableMapping
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -50,7 +52,7 @@ def redact(text: str) -> str:
 _MULTILINE_FIELDS = frozenset({"exception", "stack"})
 
 
-def _printable(value, keep_newlines: bool = False):
+def _printable(value: object, keep_newlines: bool = False) -> object:
     if isinstance(value, str):
         return printable(redact(value), keep_newlines=keep_newlines)
     if isinstance(value, dict):
@@ -60,7 +62,7 @@ def _printable(value, keep_newlines: bool = False):
     return value
 
 
-def _printable_fields(logger, method_name: str, event_dict: dict) -> dict:
+def _printable_fields(logger: object, method_name: str, event_dict: MutableMapping[str, Any]) -> dict[str, Any]:
     """Escape every text field (tracebacks keep their line breaks); redact secrets before escaping."""
     return {key: value if key == "exc_info" else _printable(value, keep_newlines=key in _MULTILINE_FIELDS)
             for key, value in event_dict.items()}

@@ -20,7 +20,8 @@ def collect(ledger: Ledger, now: float | None = None) -> dict[str, Any]:
     Every text in it is printable (names.printable): a file name or a reason that
     holds an escape sequence, a newline or bytes that are not UTF-8 is escaped.
     """
-    return _printable(_collect(ledger, now))
+    report: dict[str, Any] = _printable(_collect(ledger, now))
+    return report
 
 
 def _printable(value: Any) -> Any:

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import unicodedata
-from pathlib import Path
 
 import paramiko
 import pytest

@@ -60,7 +60,8 @@ def list_folder(sftp: paramiko.SFTPClient, folder: str) -> list[paramiko.SFTPAtt
     (attributes.filename), where paramiko would raise UnicodeDecodeError on the first
     name that is not UTF-8 and lose the whole listing (paramiko issue #546).
     """
-    kind, message = sftp._request(CMD_OPENDIR, to_bytes(folder))
+    # _request and _from_msg are how paramiko's own listdir_attr does it; they are not in its type stubs
+    kind, message = sftp._request(CMD_OPENDIR, to_bytes(folder))  # type: ignore[attr-defined]
     if kind != CMD_HANDLE:
         raise SFTPError("expected a handle")
     handle = message.get_binary()
@@ -68,7 +69,7 @@ def list_folder(sftp: paramiko.SFTPClient, folder: str) -> list[paramiko.SFTPAtt
     try:
         while True:
             try:
-                kind, message = sftp._request(CMD_READDIR, handle)
+                kind, message = sftp._request(CMD_READDIR, handle)  # type: ignore[attr-defined]
             except EOFError:  # the end of the folder
                 break
             if kind != CMD_NAME:
@@ -76,11 +77,11 @@ def list_folder(sftp: paramiko.SFTPClient, folder: str) -> list[paramiko.SFTPAtt
             for _ in range(message.get_int()):
                 name = from_bytes(message.get_string())
                 longname = message.get_string().decode("utf-8", "replace")
-                attributes = paramiko.SFTPAttributes._from_msg(message, name, longname)
+                attributes = paramiko.SFTPAttributes._from_msg(message, name, longname)  # type: ignore[attr-defined]
                 if name not in (".", ".."):
                     entries.append(attributes)
     finally:
-        sftp._request(CMD_CLOSE, handle)
+        sftp._request(CMD_CLOSE, handle)  # type: ignore[attr-defined]
     return entries
 
 
