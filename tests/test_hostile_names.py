@@ -14,7 +14,6 @@ import pytest
 
 from gateway.ledger import Ledger
 from gateway.names import from_bytes, safe_name, to_bytes, unprintable
-from gateway.settings import SftpSourceSettings
 from gateway.sources.sftp import SftpSource
 
 from conftest import wait_for
@@ -148,11 +147,8 @@ class _Source(SftpSource):
         return _ServerThatLosesItsFiles()
 
 
-def test_release_in_delete_mode_reports_a_failed_remove_instead_of_crashing(tmp_path):
-    settings = SftpSourceSettings(
-        name="remote", url="sftp://aleph@127.0.0.1:22/print", include=("*",), settle_seconds=1.0, poll_seconds=1.0,
-        known_hosts_file=tmp_path / "known_hosts", private_key_file=tmp_path / "key",
-        private_key_passphrase_file=None, private_key_passphrase_env=None, password_file=None,
-        remote_after="delete", timeout_seconds=5.0)
+def test_release_in_delete_mode_reports_a_failed_remove_instead_of_crashing(sftp_site):
+    settings = sftp_site.load().sources[0]
+    assert settings.remote_after == "delete"
     with pytest.raises(FileNotFoundError):  # an OSError the collector reports and retries, not a NameError
         _Source(settings).release(from_bytes(b"/print/caf\xe9_barcode"))
