@@ -28,20 +28,27 @@ def test_batch_print_files_are_sent_unaltered_a_bad_record_is_named_and_find_ans
     three = print_file(3, newline="\r\n", bom=True, prefix="3123411", replace={
         2: record(2, headers=("## - XML_XSL", "## - PRINTER=CAIASOFT"), prefix="3123411"),
         3: record(3, declaration=False, prefix="3123411")})
+    paging = b"31234140000001\r\n\r\n31234140000002\r\n"
     good = {"usm50.hold_req": print_file(1, prefix="3123410"), "usm50.hold_req_3": three,
-            "weekend.hold_req": print_file(500, prefix="3123412")}
+            "weekend.hold_req": print_file(500, prefix="3123412"), "anx.cir.12.paging_barcode": paging}
     hostile = print_file(3, prefix="3123413", replace={2: DTD_RECORD})
     simulator.deny[barcode(250, "3123412")] = "Item Not Available"
+    simulator.deny["31234140000002"] = "Invalid Stop Code"
     daemon = daemon_factory(site.config_file)
     for name, data in {**good, "hostile.hold_req": hostile}.items():
         (site.source / name).write_bytes(data)
-    wait_for(lambda: len(site.archived()) == 3 and len(site.refused()) == 1, timeout=60,
-             message="three batches archived, one refused")
+    wait_for(lambda: len(site.archived()) == 4 and len(site.refused()) == 1, timeout=60,
+             message="three batches and a barcode list archived, one batch refused")
 
     assert collections.Counter((r.name, r.data) for r in simulator.received) == collections.Counter(good.items())
     for path in site.archived():
         assert path.read_bytes() == good[path.name]
         info = site.sidecar(path)
+        if info["kind"] == "text":
+            assert info["barcode_count"] == 2 and info["barcodes"] == [
+                {"barcode": "31234140000001", "line": 1, "caiasoft": {"deny": "N", "istatus": "Item Requested"}},
+                {"barcode": "31234140000002", "line": 3, "caiasoft": {"deny": "Y", "istatus": "Invalid Stop Code"}}]
+            continue
         count = {"usm50.hold_req": 1, "usm50.hold_req_3": 3, "weekend.hold_req": 500}[path.name]
         assert info["record_count"] == count == info["details"]["records"] == len(info["records"])
         assert info["caiasoft_answer"]["request_count"] == str(count)
@@ -76,7 +83,7 @@ def test_batch_print_files_are_sent_unaltered_a_bad_record_is_named_and_find_ans
     fixed = hostile.replace(DTD_RECORD.encode(), record(2, prefix="3123413").encode())
     refused.write_bytes(fixed)
     assert "back in the queue" in cli(site, "retry", refused.name).stdout
-    wait_for(lambda: len(site.archived()) == 4, timeout=30, message="the fixed batch archived")
+    wait_for(lambda: len(site.archived()) == 5, timeout=30, message="the fixed batch archived")
     sent = [r.data for r in simulator.received if r.name == "hostile.hold_req"]
     assert sent == [fixed]
     [entry] = json.loads(cli(site, "find", barcode(2, "3123413"), "--json").stdout)
