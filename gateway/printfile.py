@@ -171,11 +171,12 @@ class _Open:
                 except _REFUSALS as error:
                     self.problem = self._problem(error, closing=True, last=last)
         values = self.fields.values
-        parts = [values.get(name) for name in ("z37-doc-number", "z37-item-sequence", "z37-sequence")]
+        document, item, sequence = (values.get(name) for name in ("z37-doc-number", "z37-item-sequence",
+                                                                   "z37-sequence"))
         return Record(number=self.number, line=self.line, header=self.header, root=self.fields.root,
                       form_name=values.get("form-name"), barcodes=tuple(self.fields.barcodes),
                       request_number=values.get("z37-request-number"),
-                      request_id="".join(parts) if all(parts) else None,  # type: ignore[arg-type]
+                      request_id=f"{document}{item}{sequence}" if document and item and sequence else None,
                       pickup_location=values.get("z37-pickup-location"), problem=self.problem)
 
     def _problem(self, error: Exception, closing: bool, last: bool = False) -> RecordProblem:
@@ -187,15 +188,12 @@ class _Open:
             return RecordProblem("its XML declares entities; entities are refused for safety", here)
         if isinstance(error, ExternalReferenceForbidden):
             return RecordProblem("its XML refers to an external resource; refused for safety", here)
-        if isinstance(error, ParseError):
+        if isinstance(error, ParseError):  # expat's own: code and position (line, column) in what was fed
             line = self.xml_line + error.position[0] - 1
-            ended_early = closing and getattr(error, "code", None) in _ENDED_EARLY
-            words = pyexpat.ErrorString(error.code) if hasattr(error, "code") else str(error)
-            if ended_early:
-                words = f"its XML ends before its document does ({words})"
-            else:
-                words = f"its XML is not well-formed ({words})"
-            return RecordProblem(words, line, at_end=ended_early and last)
+            if closing and error.code in _ENDED_EARLY:
+                return RecordProblem(f"its XML ends before its document does ({pyexpat.ErrorString(error.code)})",
+                                     line, at_end=last)
+            return RecordProblem(f"its XML is not well-formed ({pyexpat.ErrorString(error.code)})", line)
         return RecordProblem(f"its XML cannot be read ({error})", here)
 
 
@@ -217,10 +215,9 @@ def scan(handle: LineReader) -> Iterator[Record]:
     line = 1                 # the file line the next piece belongs to
     at_line_start = True
     in_header_line = False   # the rest of an over-long header line
-    first = handle.readline(PIECE_BYTES)
-    if first.startswith(BOM):
-        first = first[len(BOM):]
-    piece = first
+    piece = handle.readline(PIECE_BYTES)
+    if piece.startswith(BOM):
+        piece = piece[len(BOM):]
     while piece:
         is_header = at_line_start and (piece.startswith(HEADER_MARK) or
                                        (line == 1 and piece.startswith(FIRST_LINE_MARK)))
