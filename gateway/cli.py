@@ -199,7 +199,8 @@ def cmd_find(args: argparse.Namespace) -> int:
         found = find.find(ledger, args.barcode.strip(), [config.paths.archive_dir, config.paths.error_dir])
     finally:
         ledger.close()
-    print(json.dumps(found, indent=2, ensure_ascii=False) if args.json else find.render(args.barcode, found))
+    print(logs.redact(json.dumps(found, indent=2, ensure_ascii=False) if args.json
+                      else find.render(printable(args.barcode), found)))
     return EXIT_OK if found else EXIT_FAILURE
 
 

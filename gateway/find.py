@@ -22,6 +22,7 @@ from gateway.archive import SIDECAR_SUFFIX
 from gateway.errors import FileRefused
 from gateway.itemindex import answers_by_item
 from gateway.ledger import Ledger
+from gateway.names import printable
 from gateway.printfile import Record
 
 BACKFILL_BATCH = 5000                   # items written to the ledger at once while backfilling
@@ -34,7 +35,7 @@ def find(ledger: Ledger, barcode: str, folders: list[Path]) -> list[dict[str, An
     """Given a barcode, return every request file that carried it, newest first.
 
     folders are archive_dir and error_dir: their sidecars from before the index are
-    read once (backfill) before the first answer.
+    read once (backfill) before the first answer. Texts are printable (names escaped).
     """
     backfill(ledger, folders)
     found = []
@@ -46,7 +47,19 @@ def find(ledger: Ledger, barcode: str, folders: list[Path]) -> list[dict[str, An
     for entry in found:
         entry["path_exists"] = bool(entry["path"]) and Path(entry["path"]).is_file()
     found.sort(key=lambda entry: (entry["taken"] or "", entry.get("ledger_id") or 0), reverse=True)
-    return found
+    return [_printable(entry) for entry in found]
+
+
+def _printable(entry: dict[str, Any]) -> dict[str, Any]:
+    """Every text of an answer safe for a terminal and for JSON (names.printable: file names are bytes)."""
+    def shown(value: Any) -> Any:
+        if isinstance(value, str):
+            return printable(value)
+        if isinstance(value, dict):
+            return {key: shown(item) for key, item in value.items()}
+        return value
+
+    return {key: shown(value) for key, value in entry.items()}
 
 
 def _from_ledger(ledger: Ledger, barcode: str, file_id: int, number: int) -> dict[str, Any] | None:

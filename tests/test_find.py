@@ -180,3 +180,15 @@ def test_a_new_ledger_beside_an_old_archive_reads_its_sidecars(tmp_path):
     assert entry["kind"] == "text" and entry["line"] == 1 and entry["record"] == 1
     assert "list_barcode  (line 1)" in find.render(TARGET, [entry])
     ledger.close()
+
+
+def test_a_hostile_file_name_is_shown_escaped(tmp_path):
+    clock = Clock(1_795_000_000.0)
+    ledger = Ledger(tmp_path / "gateway.db", clock=clock)
+    name = "slip\x1b]0;owned\x07\udce9.hold_req"  # a terminal escape and a byte that is not UTF-8
+    _file(ledger, clock, name, [Record(number=1, line=1, barcodes=(TARGET,))], "queued", tmp_path)
+    [entry] = find.find(ledger, TARGET, [])
+    assert entry["file"] == "slip\\x1b]0;owned\\x07\\xe9.hold_req"
+    json.dumps(entry).encode("utf-8")  # no lone surrogate left
+    assert "\x1b" not in find.render(TARGET, [entry])
+    ledger.close()
