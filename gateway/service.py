@@ -13,6 +13,7 @@ so the main loop wakes at once:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import fcntl
 import json
@@ -22,12 +23,13 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from types import FrameType
+from typing import IO, Callable, Protocol
 
 from gateway import config as config_module, logs, notify, sources
 from gateway.caiasoft import Backoff, CaiaSoftClient
 from gateway.collector import Collector
-from gateway.config import Config
+from gateway.config import CaiaSoft, Config
 from gateway.errors import AlreadyRunning, ConfigError
 from gateway.ledger import Ledger
 from gateway.ncip.feed import Feed
@@ -35,6 +37,18 @@ from gateway.ncip.relay import Relay
 from gateway.pipeline import Pipeline
 
 log = logs.get("gateway.service")
+
+
+class Worker(Protocol):
+    """What the main loop needs of a worker thread."""
+
+    name: str
+    heartbeat: float  # time.monotonic() of its last check-in
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def join(self, timeout: float | None = None) -> None: ...
+    def is_alive(self) -> bool: ...
 
 HOUSEKEEPING_SECONDS = 5.0
 PRUNE_SECONDS = 3600.0
@@ -48,11 +62,11 @@ class StateLock:
 
     def __init__(self, path: Path):
         self.path = path
-        self._handle = None
+        self._handle: IO[str] | None = None
 
     def acquire(self) -> "StateLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")
+        handle = open(self.path, "a+")  # noqa: SIM115 - held open for the service's life, closed by release()
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -80,7 +94,7 @@ class Gate:
     a 401/403 pauses them all; any success reopens the gate.
     """
 
-    def __init__(self, settings, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, settings: CaiaSoft, clock: Callable[[], float] = time.monotonic):
         self.backoff = Backoff(settings.backoff_initial_seconds, settings.backoff_max_seconds)
         self.auth_pause = settings.auth_pause_seconds
         self.clock = clock
@@ -193,10 +207,10 @@ class Parts:
             self.feed_client = CaiaSoftClient(config.caiasoft, config.api_key)
             self.feed = Feed(config.ncip, self.feed_client, ledger)
 
-    def inputs(self) -> list:
+    def inputs(self) -> list[Worker]:
         return [*self.collectors, *([self.feed] if self.feed else [])]
 
-    def outputs(self) -> list:
+    def outputs(self) -> list[Worker]:
         return [*self.uploaders, *([self.relay] if self.relay else [])]
 
     def start(self) -> None:
@@ -214,7 +228,7 @@ class Parts:
         if self.feed:
             self.feed_client.close()
 
-    def workers(self) -> list[threading.Thread]:
+    def workers(self) -> list[Worker]:
         return [*self.outputs(), *self.inputs()]
 
     def problems(self, within: float) -> list[str]:
@@ -239,6 +253,14 @@ def _log_worker_crash(args: threading.ExceptHookArgs) -> None:
               exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
 
 
+def _log_health(problems: list[str]) -> None:
+    if problems:
+        log.error("service.unhealthy", problems=problems,
+                  detail="watchdog pings stop until every worker checks in again")
+    else:
+        log.info("service.healthy")
+
+
 class Service:
     def __init__(self, config: Config, environ: dict[str, str] | None = None):
         self.config = config
@@ -249,12 +271,12 @@ class Service:
 
     # -- signal handlers: flags only -------------------------------------------
 
-    def _on_stop(self, signum, frame) -> None:
+    def _on_stop(self, signum: int, frame: FrameType | None) -> None:
         self._stop_requested += 1
         if self._stop_requested > 1:
             os._exit(1)
 
-    def _on_reload(self, signum, frame) -> None:
+    def _on_reload(self, signum: int, frame: FrameType | None) -> None:
         self._reload_requested = True
 
     # -- the main loop --------------------------------------------------------------
@@ -279,7 +301,7 @@ class Service:
             log.info("service.started", sources=[s.name for s in self.config.sources],
                      caiasoft=self.config.caiasoft.base_url, pid=os.getpid())
             notify.send("READY=1")
-            exit_code = self._loop(ledger, wake_read)
+            exit_code = self._loop(ledger, wake_read, self._parts)
         finally:
             notify.send("STOPPING=1")
             if self._parts is not None:
@@ -293,15 +315,15 @@ class Service:
             log.info("service.stopped", exit_code=exit_code)
         return exit_code
 
-    def _loop(self, ledger: Ledger, wake_read: int) -> int:
+    def _loop(self, ledger: Ledger, wake_read: int, parts: Parts) -> int:
         watchdog = notify.watchdog_seconds()
         tick = min(HOUSEKEEPING_SECONDS, watchdog / 2) if watchdog else HOUSEKEEPING_SECONDS
-        next_prune, last_status, last_problems = 0.0, None, []
+        next_prune, last_status = 0.0, ""
+        last_problems: list[str] = []
         while not self._stop_requested:
             if self._reload_requested:
                 self._reload_requested = False
-                self._parts = self._reload(ledger, self._parts)
-            parts = self._parts
+                parts = self._parts = self._reload(ledger, parts)
             problems = parts.problems(within=watchdog or JOIN_SECONDS)
             dead = [worker.name for worker in parts.workers() if not worker.is_alive()]
             if dead:
@@ -310,30 +332,30 @@ class Service:
             if watchdog and not problems:
                 notify.send("WATCHDOG=1")
             if problems != last_problems:
-                if problems:
-                    log.error("service.unhealthy", problems=problems,
-                              detail="watchdog pings stop until every worker checks in again")
-                else:
-                    log.info("service.healthy")
+                _log_health(problems)
                 last_problems = problems
             now = time.time()
-            if now >= next_prune and self.config.archive.retention_days:
-                removed = parts.pipeline.archive.prune(self.config.archive.retention_days, dt.date.today())
-                if removed:
-                    log.info("archive.pruned", days=len(removed), retention_days=self.config.archive.retention_days)
+            if now >= next_prune:
+                self._prune(parts)
                 next_prune = now + PRUNE_SECONDS
             status = self._publish(ledger, parts, now)
             if status != last_status:
                 notify.send(f"STATUS={status}")
                 last_status = status
             select.select([wake_read], [], [], tick)
-            try:
+            with contextlib.suppress(BlockingIOError):
                 os.read(wake_read, 512)
-            except BlockingIOError:
-                pass
         log.info("service.stopping", detail="no new files are taken; the upload in hand is finished first; "
                  "a second SIGTERM exits at once")
         return 0
+
+    def _prune(self, parts: Parts) -> None:
+        """Delete archive days older than archive.retention_days (0: keep everything)."""
+        days = self.config.archive.retention_days
+        if days:
+            removed = parts.pipeline.archive.prune(days, dt.date.today())
+            if removed:
+                log.info("archive.pruned", days=len(removed), retention_days=days)
 
     def _publish(self, ledger: Ledger, parts: Parts, now: float) -> str:
         """Write the service's state for `status`, and return the one-line summary for systemd."""

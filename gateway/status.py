@@ -77,22 +77,27 @@ def _age(seconds: float) -> str:
     return f"{minutes}m {seconds}s" if minutes else f"{seconds}s"
 
 
+def _source_lines(name: str, source: dict[str, Any]) -> list[str]:
+    state = source["problem"] or ("ok" if source["healthy"] else "watcher stopped")
+    lines = [f"  source {name}: {source['mode']}, {state}"]
+    if source.get("writers_unknown"):
+        lines.append(f"    open writers: not detectable ({source['writers_unknown']}); a file that changes "
+                     "after it is taken is taken again whole")
+    for waiting in source.get("waiting") or []:
+        if waiting.get("grace_seconds") is not None:
+            lines.append(f"    incomplete, waiting: {waiting['file']}: {waiting['reason']} (unchanged "
+                         f"{_age(waiting['unchanged_seconds'])} of {_age(waiting['grace_seconds'])})")
+        else:
+            lines.append(f"    waiting: {waiting['file']}: {waiting['reason']}")
+    return lines
+
+
 def render(status: dict[str, Any]) -> str:
     """The status as lines for a terminal."""
     service = status["service"]
     lines = [f"service:        {'running (pid %s)' % service['pid'] if service['running'] else 'not running'}"]
     for name, source in (service.get("sources") or {}).items():
-        state = source["problem"] or ("ok" if source["healthy"] else "watcher stopped")
-        lines.append(f"  source {name}: {source['mode']}, {state}")
-        if source.get("writers_unknown"):
-            lines.append(f"    open writers: not detectable ({source['writers_unknown']}); a file that changes "
-                         "after it is taken is taken again whole")
-        for waiting in source.get("waiting") or []:
-            if waiting.get("grace_seconds") is not None:
-                lines.append(f"    incomplete, waiting: {waiting['file']}: {waiting['reason']} (unchanged "
-                             f"{_age(waiting['unchanged_seconds'])} of {_age(waiting['grace_seconds'])})")
-            else:
-                lines.append(f"    waiting: {waiting['file']}: {waiting['reason']}")
+        lines.extend(_source_lines(name, source))
     if status["uploads_paused"]:
         lines.append(f"UPLOADS PAUSED: {status['uploads_paused']}")
     counts = status["counts"]
