@@ -101,7 +101,10 @@ class _Values:
             values._read_ncip(raw["ncip"])
         config_rules.check_caiasoft(values.tables["caiasoft"], values.problem)
         config_rules.check_intake(values.tables["intake"], values.problem)
-        config_rules.check_sources(values.sources, values.tables["paths"], values.problem)
+        config_rules.check_sources(values.sources, values.problem)
+        journal = values.ncip.get("journal") if values.ncip is not None else None
+        config_rules.check_folders(values.tables["paths"], values.sources,
+                                   journal if isinstance(journal, Path) else None, values.problem)
         if values.ncip is not None:
             config_rules.check_ncip(values.ncip, values.problem)
         return values

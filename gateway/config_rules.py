@@ -2,12 +2,14 @@
 
 Each function gets the values gateway.toml_tables read for one table (a value that was
 missing or of the wrong type reads as None and has been reported already) and reports
-what is wrong by key path. Nothing here touches the filesystem beyond comparing paths:
-files that are read when used (API key, SFTP keys) are checked by gateway.credentials.
+what is wrong by key path. Nothing here touches the filesystem beyond comparing paths
+(resolved, so a symlink or a ".." cannot hide an overlap): files that are read when
+used (API key, SFTP keys) are checked by gateway.credentials.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -51,9 +53,44 @@ def check_intake(values: dict[str, Any], problem: Report) -> None:
             problem("intake.text_fallback_encoding", f"unknown encoding {encoding!r}")
 
 
-def check_sources(sources: list[dict[str, Any]], paths: dict[str, Any], problem: Report) -> None:
+OWN_FOLDERS = ("state_dir", "archive_dir", "error_dir", "log_dir")
+
+
+def check_folders(paths: dict[str, Any], sources: list[dict[str, Any]], journal: Path | None,
+                  problem: Report) -> None:
+    """The gateway's own folders, the source folders and the journal must stay apart.
+
+    A source folder that is, holds or lies in one of the gateway's folders would feed
+    its own files back in (the rotated gateway.log.1 uploaded to CaiaSoft); so would a
+    journal inside a source folder. archive_dir and error_dir must differ: `retry --all`
+    takes back every file in error_dir, and retention would delete refused files.
+    Paths are compared resolved: "src/../archive" and symlinks are seen through.
+    """
+    own = {key: _resolved(paths[key]) for key in OWN_FOLDERS if isinstance(paths.get(key), Path)}
+    if "archive_dir" in own and own.get("archive_dir") == own.get("error_dir"):
+        problem("paths.error_dir", f"is the same folder as archive_dir ({own['error_dir']}): `retry --all` would "
+                "send accepted files again, and retention would delete refused ones; use two folders")
+    for index, source in enumerate(sources):
+        folder = source.get("path")
+        if not isinstance(folder, Path):
+            continue
+        real = _resolved(folder)
+        for key, place in own.items():
+            if _overlaps(real, place):
+                problem(f"sources[{index}].path", f"overlaps the gateway's own folder {key} = {paths[key]}"
+                        + (f" (both are {place})" if real == place and folder != paths[key] else ""))
+        if journal is not None and _resolved(journal).parent == real:
+            problem("ncip.journal", f"is inside the folder of sources[{index}] ({folder}): it would be taken "
+                    "and sent to CaiaSoft as a request file")
+
+
+def _resolved(path: Path) -> Path:
+    """The path with symlinks and '..' resolved as far as it exists (it need not exist yet)."""
+    return Path(os.path.realpath(path))
+
+
+def check_sources(sources: list[dict[str, Any]], problem: Report) -> None:
     names: dict[str, int] = {}
-    owned = [p for p in (paths.get("state_dir"), paths.get("archive_dir"), paths.get("error_dir")) if p]
     for index, source in enumerate(sources):
         where = f"sources[{index}]"
         name = source.get("name")
@@ -67,7 +104,7 @@ def check_sources(sources: list[dict[str, Any]], paths: dict[str, Any], problem:
         if (folder is None) == (url is None):
             problem(f"{where}.path", "set either path (a local or mounted folder) or url (sftp://...), not both")
         if isinstance(folder, Path):
-            _check_local(source, folder, owned, where, problem)
+            _check_local(source, where, problem)
         if isinstance(url, str):
             _check_sftp(source, url, where, problem)
         marker = source.get("ready_marker")
@@ -75,10 +112,7 @@ def check_sources(sources: list[dict[str, Any]], paths: dict[str, Any], problem:
             problem(f"{where}.ready_marker", why)
 
 
-def _check_local(source: dict[str, Any], folder: Path, owned: list[Path], where: str, problem: Report) -> None:
-    for own in owned:
-        if _overlaps(folder, own):
-            problem(f"{where}.path", f"overlaps the gateway's own folder {own}")
+def _check_local(source: dict[str, Any], where: str, problem: Report) -> None:
     for key in SFTP_ONLY:
         if source.get(key) not in (None, _SOURCE_DEFAULTS[key]):
             problem(f"{where}.{key}", "only applies to SFTP sources (url = \"sftp://...\")")

@@ -40,9 +40,9 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
         Key("archive_dir", "path", Path("/var/lib/caiasoft-gateway/archive"),
             "Files CaiaSoft accepted, as archive_dir/YYYY/MM/DD/NAME with NAME.json beside."),
         Key("error_dir", "path", Path("/var/lib/caiasoft-gateway/error"),
-            "Files refused by CaiaSoft or by the gateway, with the reason in NAME.json."),
+            "Files refused by CaiaSoft or by the gateway, with the reason in NAME.json. Not archive_dir itself."),
         Key("log_dir", "path", Path("/var/log/caiasoft-gateway"),
-            "gateway.log, one JSON object a line."),
+            "gateway.log, one JSON object a line. None of these folders may be, hold or lie in a source folder."),
     ),
     "caiasoft": (
         Key("base_url", "str", REQUIRED, "Your CaiaSoft site, e.g. https://SITE.caiasoft.com."),

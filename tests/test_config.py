@@ -97,6 +97,38 @@ def test_duplicate_source_names_and_overlapping_folders(tmp_path):
     assert "sources[1].path: overlaps the gateway's own folder" in problems
 
 
+def test_log_dir_in_a_source_folder_is_refused(tmp_path):
+    text = minimal(tmp_path).replace(f'log_dir = "{tmp_path}/log"', f'log_dir = "{tmp_path}/in"')
+    problems = problems_of(write(tmp_path, text))
+    assert problems == [f"{tmp_path / 'gateway.toml'}: sources[0].path: overlaps the gateway's own folder "
+                        f"log_dir = {tmp_path}/in"]
+
+
+@pytest.mark.parametrize("source", ["{root}/in/../archive", "{root}/link-to-archive", "{root}/link-to-log/day"])
+def test_overlaps_are_seen_through_dot_dot_and_symlinks(tmp_path, source):
+    (tmp_path / "archive").mkdir()
+    (tmp_path / "log").mkdir()
+    (tmp_path / "link-to-archive").symlink_to(tmp_path / "archive")
+    (tmp_path / "link-to-log").symlink_to(tmp_path / "log")
+    text = minimal(tmp_path).replace(f'path = "{tmp_path}/in"', f'path = "{source.format(root=tmp_path)}"')
+    problems = "\n".join(problems_of(write(tmp_path, text)))
+    assert "sources[0].path: overlaps the gateway's own folder" in problems
+
+
+def test_archive_dir_and_error_dir_must_differ(tmp_path):
+    (tmp_path / "archive").mkdir()
+    (tmp_path / "errors-link").symlink_to(tmp_path / "archive")
+    text = minimal(tmp_path).replace(f'error_dir = "{tmp_path}/error"', f'error_dir = "{tmp_path}/errors-link"')
+    problems = "\n".join(problems_of(write(tmp_path, text)))
+    assert f"paths.error_dir: is the same folder as archive_dir ({tmp_path}/archive)" in problems
+
+
+def test_a_journal_in_a_source_folder_is_refused(tmp_path):
+    text = minimal(tmp_path) + f'[ncip]\nurl = "http://127.0.0.1:8991/ncip"\njournal = "{tmp_path}/in/ncip.jsonl"\n'
+    problems = "\n".join(problems_of(write(tmp_path, text)))
+    assert "ncip.journal: is inside the folder of sources[0]" in problems
+
+
 def test_relative_paths_and_plain_http_are_refused(tmp_path):
     text = minimal(tmp_path).replace(f'"{tmp_path}/log"', '"log"').replace("https://site", "http://site")
     problems = "\n".join(problems_of(write(tmp_path, text)))
