@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from gateway import logs
-from gateway.archive import SIDECAR_SUFFIX
+from gateway.archive import SIDECAR_SUFFIX, safe_name
 from gateway.files import move_no_clobber
 from gateway.ledger import FileRow, work_name
 from gateway.pipeline import Pipeline
@@ -21,14 +21,18 @@ def _error_files(error_dir: Path) -> list[Path]:
 
 
 def find_in_error_dir(error_dir: Path, names: list[str], every: bool) -> tuple[list[Path], list[str]]:
-    """Return (files to retry, names not found). A name is a path in error_dir or a bare file name."""
+    """Return (files to retry, names not found).
+
+    A name is a path in error_dir, or a bare file name: as it is in error_dir (its
+    safe name, caf%E9.xml) or as the file was first called (caf\xe9.xml, raw bytes).
+    """
     candidates = _error_files(error_dir) if error_dir.is_dir() else []
     if every:
         return candidates, []
     found, missing = [], []
     for name in names:
         path = Path(name).resolve() if os.sep in name else None
-        matches = [c for c in candidates if (c.resolve() == path if path else c.name == name)]
+        matches = [c for c in candidates if (c.resolve() == path if path else c.name in (name, safe_name(name)))]
         if matches:
             found.append(matches[-1])  # the newest day wins
         else:

@@ -105,6 +105,21 @@ def test_any_local_name_is_taken_archived_safely_uploaded_safely_and_shown_escap
 
 
 @pytest.mark.e2e
+def test_send_and_retry_take_a_hostile_name_and_print_it_escaped(site, simulator, tmp_path):
+    letter = tmp_path / from_bytes(b"letter\x1b[2J\xe9.txt")
+    letter.write_bytes(b"not a request file\n")
+    sent = gateway(site, "send", str(letter))
+    assert sent.returncode == 1 and b"\x1b" not in sent.stdout
+    assert b"letter\\x1b[2J\\xe9.txt: refused: CaiaSoft refused the file" in sent.stdout
+    assert [r.name for r in simulator.received] == ["letter%1B[2J%E9.txt"]
+    # retry finds it by the name it had (raw bytes on the command line), though error_dir holds its safe name
+    retried = gateway(site, "retry", from_bytes(b"letter\x1b[2J\xe9.txt"))
+    assert retried.returncode == 0 and b"\x1b" not in retried.stdout
+    assert retried.stdout.startswith(b"letter%1B[2J%E9.txt: ")
+    assert len(simulator.received) == 1  # only the queue: the service is not running
+
+
+@pytest.mark.e2e
 def test_sftp_lists_fetches_and_moves_names_that_are_not_utf8(sftp_site, simulator, daemon_factory, tmp_path):
     done = tmp_path / "remote" / "done"
     done.mkdir()
