@@ -25,7 +25,8 @@ class Result:
     detail: str = ""
 
 
-def run_checks(config: Config, offline: bool = False) -> Iterator[Result]:
+def run_checks(config: Config, offline: bool = False, ncip_item: str | None = None) -> Iterator[Result]:
+    """Every check in order; with ncip_item, also a read-only NCIP LookupItem for that barcode."""
     yield Result("ok", f"configuration {config.file}")
     for warning in config.warnings:
         yield Result("WARN", "API key file permissions", warning)
@@ -40,7 +41,17 @@ def run_checks(config: Config, offline: bool = False) -> Iterator[Result]:
     else:
         yield _caiasoft(config)
         if config.ncip:
-            yield _ncip(config.ncip.url, config.ncip.timeout_seconds)
+            reached = _ncip(config.ncip.url, config.ncip.timeout_seconds)
+            yield reached
+            if ncip_item and reached.mark == "ok":
+                from gateway.ncip import probe
+
+                for finding in probe.lookup(config.ncip, ncip_item):
+                    yield Result(finding.mark, finding.what, finding.detail)
+            elif not ncip_item and reached.mark == "ok":
+                yield Result("ok", "NCIP version and agencies not checked",
+                             "caiasoft-gateway check --ncip-item BARCODE asks ALEPH about one item (read-only) "
+                             "and tells which version it answers in")
 
 
 def _user() -> str:

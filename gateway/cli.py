@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
                           help="pidfile to create and hold (a second start is refused)")
     check = commands.add_parser("check", help="check config, folders, permissions and CaiaSoft; list every problem")
     check.add_argument("--offline", action="store_true", help="do not contact CaiaSoft")
+    check.add_argument("--ncip-item", metavar="BARCODE",
+                       help="also ask ALEPH's NCIP server about this item (LookupItem, read-only) and print the "
+                            "answer in words: proves URL, port, registration, agencies and version")
     status = commands.add_parser("status", help="what is queued, uploaded and refused")
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
     send = commands.add_parser("send", help="upload files now, through the same validate/upload/archive path")
@@ -80,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
                           help="ncip: answer this barcode with a Problem of this type")
     simulate.add_argument("--no-validate", dest="validate", action="store_false", default=None,
                           help="ncip: do not check messages against the schema (faster, for benchmarks)")
+    simulate.add_argument("--tcp", dest="socket_mode", nargs="?", const="close", default=None,
+                          choices=["close", "open", "dribble"],
+                          help="ncip: a raw socket like ALEPH's NCIP port (tcp://...) instead of HTTP; after "
+                               "answering it closes (default), keeps the connection open, or dribbles")
+    simulate.add_argument("--like-aleph", dest="track_loans", action="store_true",
+                          help="ncip: remember loans, so a repeated check-out or check-in gets ALEPH's answer")
     return parser
 
 
@@ -145,7 +154,11 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"        {printable(str(problem))}")
         return EXIT_CONFIG
     failures = 0
-    for result in run_checks(config, offline=args.offline):
+    if args.ncip_item and (args.offline or config.ncip is None):
+        print("caiasoft-gateway check: --ncip-item needs an [ncip] section and cannot go with --offline",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    for result in run_checks(config, offline=args.offline, ncip_item=args.ncip_item):
         print(logs.redact(f"{result.mark:<5} {_shown(result.what)}"
                           + (f"\n        {_shown(result.detail)}" if result.detail else "")))
         failures += result.mark == "FAIL"
@@ -331,14 +344,17 @@ def _simulate_ncip(args: argparse.Namespace) -> int:
     from gateway.simulators.ncip import NcipSimulator
 
     problems = dict(item.split("=", 1) if "=" in item else (item, "Unknown Item") for item in args.problem)
-    simulator = NcipSimulator(port=args.port, problems=problems, validate=args.validate, delay=args.delay)
+    simulator = NcipSimulator(port=args.port, problems=problems, validate=args.validate, delay=args.delay,
+                              transport="tcp" if args.socket_mode else "http", socket_mode=args.socket_mode or "close",
+                              track_loans=args.track_loans)
     if simulator.validate:
         checking = "every NCIP 2 message is validated against ncip_v2_02.xsd"
     elif args.validate is None:
         checking = "no schema check (install the xmlschema package, extra [simulators], for one)"
     else:
         checking = "no schema check"
-    return _serve(simulator, f"NCIP simulator on {simulator.url}\n  set ncip.url = \"{simulator.url}\"; {checking}.")
+    return _serve(simulator, f"NCIP simulator on {simulator.url}, answering in the version it is asked in\n"
+                             f"  set ncip.url = \"{simulator.url}\"; {checking}.")
 
 
 def _serve(simulator: LoopbackServer, banner: str) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import socket
 import datetime as dt
 import json
 import subprocess
@@ -283,3 +284,51 @@ def test_journal_truncated_while_ncip_is_down_and_replaced_while_it_is_up(relay_
     log = (relay_site.log_dir / "gateway.log").read_text()
     assert '"event": "journal.truncated"' in log and '"event": "journal.replaced"' in log
     assert dead_letters(relay_site) == []
+
+
+def check(site, *args):
+    return subprocess.run([sys.executable, "-m", "gateway", "-c", str(site.config_file), "check", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("version,options", [("1", dict(transport="tcp")), ("2", dict(transport="http"))],
+                         ids=["v1-tcp", "v2-http"])
+def test_check_ncip_item_asks_aleph_about_one_item_and_says_what_it_proved(relay_site, version, options):
+    server = NcipSimulator(problems={"NOT-HERE": "Unknown Item"}, **options).start()
+    try:
+        relay_site.write_ncip(url=server.url, version=version)
+        known = check(relay_site, "--ncip-item", "31234001234567")
+        unknown = check(relay_site, "--ncip-item", "NOT-HERE")
+        plain = check(relay_site)
+    finally:
+        server.stop()
+    assert known.returncode == 0, known.stdout
+    assert f"the server answered in version {version}, as configured" in known.stdout
+    assert "title 'Simulated title of 31234001234567', circulation status 'Available On Shelf'" in known.stdout
+    assert unknown.returncode == 1
+    assert "ALEPH answered with a Problem: Unknown Item" in unknown.stdout and "not in the ADM library" in unknown.stdout
+    assert [(r.action, r.item, r.version, r.valid) for r in server.received] == \
+        [("lookup", "31234001234567", version, True), ("lookup", "NOT-HERE", version, True)], "plain check sends none"
+    assert plain.returncode == 0 and "check --ncip-item BARCODE" in plain.stdout
+
+
+def test_check_ncip_item_warns_when_the_server_speaks_the_other_version(relay_site):
+    server = NcipSimulator(answer_version="1").start()
+    try:
+        relay_site.write_ncip(url=server.url, version="2")
+        result = check(relay_site, "--ncip-item", "31234001234567")
+    finally:
+        server.stop()
+    assert 'WARN  NCIP version\n        the server answered in version 1, but ncip.version = "2"' in result.stdout
+
+
+def test_check_ncip_item_with_nothing_listening_or_answering_fails_with_the_reason(relay_site):
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        port = closed.getsockname()[1]
+    relay_site.write_ncip(url=f"tcp://127.0.0.1:{port}", version="1")
+    result = check(relay_site, "--ncip-item", "1")
+    assert result.returncode == 1 and f"cannot connect to 127.0.0.1:{port}" in result.stdout
+    with socket.create_server(("127.0.0.1", 0)) as mute:  # listening, never answering
+        relay_site.write_ncip(url="tcp://127.0.0.1:%d" % mute.getsockname()[1], version="1")
+        result = check(relay_site, "--ncip-item", "1")
+    assert result.returncode == 1 and "no whole answer from" in result.stdout

@@ -116,7 +116,8 @@ class NcipSimulator(LoopbackServer):
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, problems: dict[str, str] | None = None,
                  validate: bool | None = None, delay: float = 0.0, transport: str = "http",
-                 socket_mode: str = "close", preamble: bool = False, track_loans: bool = False):
+                 socket_mode: str = "close", preamble: bool = False, track_loans: bool = False,
+                 answer_version: str | None = None):
         """validate: True checks every NCIP 2 message against the schema (needs xmlschema), False never,
         None where xmlschema is installed."""
         if validate and not can_validate():
@@ -133,6 +134,7 @@ class NcipSimulator(LoopbackServer):
         self.validate = can_validate() if validate is None else validate
         self.delay = delay
         self.track_loans = track_loans
+        self.answer_version = answer_version  # None: the version asked in; "1"/"2": a server set up otherwise
         self.loans: dict[str, str] = {}  # item -> user, with track_loans
 
     @property
@@ -181,7 +183,7 @@ class NcipSimulator(LoopbackServer):
         """Record the message and return the answer, in the version it was asked in."""
         self.record(message)
         service = {value: key for key, value in SERVICES.items()}[message.action]
-        return write(message.version, service, message.item, self.outcome(message, fault))
+        return write(self.answer_version or message.version, service, message.item, self.outcome(message, fault))
 
 
 def _http_handler_for(sim: NcipSimulator) -> type[BaseHTTPRequestHandler]:

@@ -1,0 +1,67 @@
+"""`check --ncip-item BARCODE`: a read-only LookupItem that proves URL, port, registration, agencies and version.
+
+LookupItem changes nothing in ALEPH. The answer is told in words: the version
+the server answered in (and a warning when it is not ncip.version), the item's
+title and circulation status, or the Problem ALEPH sent and what it usually means.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.config import Ncip
+from gateway.ncip import answers, messages, transport
+
+HINTS = {  # what a Problem from a probe usually means at an ALEPH site
+    "unknown item": "the barcode is not in the ADM library this NCIP port serves (or a typo)",
+    "unknown agency": "ncip.from_agency / ncip.to_agency do not match ALEPH's tab_ncip configuration",
+    "not authorized": "this host's address is not registered with the NCIP server (z65 client address)",
+    "invalid message": "the server does not understand this version's messages: try the other ncip.version",
+    "syntax": "the server does not understand this version's messages: try the other ncip.version",
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    mark: str  # ok | WARN | FAIL
+    what: str
+    detail: str
+
+
+def lookup(settings: Ncip, barcode: str) -> list[Finding]:
+    """Send one LookupItem for barcode; return what it proved, in words."""
+    what = f"NCIP LookupItem {barcode} at {settings.url} (version {settings.version})"
+    client = transport.for_settings(settings)
+    try:
+        body = client.exchange(messages.lookup(settings, barcode))
+    except transport.NcipUnavailable as error:
+        return [Finding("FAIL", what, str(error))]
+    finally:
+        client.close()
+    try:
+        reply = answers.read(body)
+    except answers.UnreadableAnswer as error:
+        return [Finding("FAIL", what, f"{error}; the answer began: {error.excerpt[:200]!r}")]
+    findings = [_version(settings, reply)]
+    if reply.problems:
+        words = "; ".join(str(problem) for problem in reply.problems)
+        hints = {hint for problem in reply.problems for key, hint in HINTS.items()
+                 if any(key in word for word in problem.words())}
+        findings.append(Finding("FAIL", what, f"ALEPH answered with a Problem: {words}"
+                                + (f" ({'; '.join(sorted(hints))})" if hints else "")))
+    else:
+        facts = [f"title {title!r}" for title in [reply.find("Title")] if title]
+        facts += [f"circulation status {status!r}" for status in [reply.find("CirculationStatus")] if status]
+        findings.append(Finding("ok", what, "ALEPH knows the item" + (": " + ", ".join(facts) if facts else "")
+                                + "; URL, port, registration and agencies work"))
+    return findings
+
+
+def _version(settings: Ncip, reply: answers.Reply) -> Finding:
+    what = "NCIP version"
+    if reply.version is None:
+        return Finding("WARN", what, "the answer does not say which NCIP version it is in")
+    if reply.version != settings.version:
+        return Finding("WARN", what, f"the server answered in version {reply.version}, but ncip.version = "
+                                     f"\"{settings.version}\": set ncip.version = \"{reply.version}\"")
+    return Finding("ok", what, f"the server answered in version {reply.version}, as configured")
