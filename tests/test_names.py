@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import os
 import sqlite3
 import unicodedata
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from gateway.archive import Folder
 from gateway.ledger import Ledger
 from gateway.names import (MAX_NAME_BYTES, from_bytes, loaded, printable, safe_name, stored, to_bytes,
                            unprintable)
@@ -51,6 +54,22 @@ def test_printable_shows_every_name_escaped_and_gives_it_back_exactly(raw):
 @given(any_text)
 def test_printable_round_trips_any_text(text):
     assert shows_nothing_raw(printable(text)) and unprintable(printable(text)) == text
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    return Folder(tmp_path_factory.mktemp("archive"))
+
+
+@settings(max_examples=150, deadline=None)
+@given(posix_names)
+def test_any_name_gets_a_place_in_a_real_folder_twice(archive, raw):
+    day = dt.datetime(2026, 11, 28)
+    first, second = archive.choose(from_bytes(raw), day), archive.choose(from_bytes(raw), day)
+    assert first != second and first.parent == second.parent == archive.root / "2026" / "11" / "28"
+    for path in (first, second):
+        assert shows_nothing_raw(path.name)
+        assert os.path.exists(str(path) + ".json")  # the sidecar that reserves the name was created
 
 
 @pytest.fixture(scope="module")
