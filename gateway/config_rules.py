@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway import readiness
+from gateway import markers
 from gateway.schema import SCHEMA
 from gateway.toml_tables import Report
 
@@ -108,7 +108,7 @@ def check_sources(sources: list[dict[str, Any]], problem: Report) -> None:
         if isinstance(url, str):
             _check_sftp(source, url, where, problem)
         marker = source.get("ready_marker")
-        if isinstance(marker, str) and marker and (why := readiness.marker_problem(marker)):
+        if isinstance(marker, str) and marker and (why := markers.marker_problem(marker)):
             problem(f"{where}.ready_marker", why)
 
 

@@ -22,15 +22,24 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from gateway import itemindex
-from gateway.archive import safe_name
 from gateway.logs import redact
-from gateway.names import loaded, stored
+from gateway.names import loaded, safe_name, stored
 
-if TYPE_CHECKING:
-    from gateway.sources.base import Entry
+
+class Seen(Protocol):
+    """A file seen in a source, as the ledger records a claim of it (sources.base.Entry is one)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def origin(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def mtime(self) -> float: ...
 
 SCHEMA_VERSION = 2  # 2: records and items (gateway/itemindex.py)
 
@@ -206,7 +215,7 @@ class Ledger(itemindex.ItemIndex):
         """Record that a file is about to be moved into work/; return its row id."""
         return self._insert_claims(source, [(name, origin, size, mtime)])[0]
 
-    def begin_claims(self, source: str, entries: Sequence[Entry]) -> list[int]:
+    def begin_claims(self, source: str, entries: Sequence[Seen]) -> list[int]:
         """begin_claim for several files (with name, origin, size, mtime) in one transaction; ids in order."""
         return self._insert_claims(source, [(e.name, e.origin, e.size, e.mtime) for e in entries])
 

@@ -17,7 +17,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from xml.etree.ElementTree import ParseError
 
 from defusedxml import DefusedXmlException
@@ -25,6 +25,7 @@ from defusedxml.ElementTree import DefusedXMLParser
 
 from gateway import logs
 from gateway.errors import SourceUnavailable
+from gateway.snapshot import Waiting
 
 if TYPE_CHECKING:
     from gateway.intake import Settler
@@ -167,42 +168,6 @@ def _xml_cut_off(body: bytes) -> str | None:
     return None
 
 
-# -- marker files ------------------------------------------------------------------------
-
-
-class Marker:
-    """ready_marker = "{name}.done": the writer creates NAME.done when NAME is finished."""
-
-    def __init__(self, pattern: str):
-        head, _, tail = pattern.partition("{name}")
-        self.pattern = pattern
-        self._head, self._tail = head, tail
-        self._match = re.compile(re.escape(head) + "(.+)" + re.escape(tail) + r"\Z", re.DOTALL)
-
-    def of(self, name: str) -> str:
-        """The marker's name for a data file."""
-        return f"{self._head}{name}{self._tail}"
-
-    def is_marker(self, name: str) -> bool:
-        return self._match.match(name) is not None
-
-    def marks(self, name: str) -> str | None:
-        """The data file a marker of this name stands for; None if it is not a marker name."""
-        found = self._match.match(name)
-        return found.group(1) if found else None
-
-
-def marker_problem(pattern: str) -> str | None:
-    """Why a ready_marker setting is unusable; None if it is fine."""
-    if pattern.count("{name}") != 1:
-        return 'must contain "{name}" exactly once, e.g. "{name}.done"'
-    if pattern == "{name}":
-        return 'must differ from the file name, e.g. "{name}.done"'
-    if "/" in pattern or "\0" in pattern:
-        return "must be a name in the same folder (no /)"
-    return None
-
-
 # -- the collector's judgement ---------------------------------------------------------------
 
 
@@ -222,7 +187,7 @@ class ReadyCheck:
         self.grace_seconds = grace_seconds
         self.peek_limit = peek_limit
         self.marker_mode = marker_mode
-        self.waiting: dict[str, dict[str, Any]] = {}
+        self.waiting: dict[str, Waiting] = {}
         self.writers_unknown: str | None = None
         self._verdicts: dict[str, tuple[int, float, str | None]] = {}
 
@@ -261,7 +226,8 @@ class ReadyCheck:
             return None
         unchanged = self.settler.unchanged_for(entry.name)
         if unchanged < self.grace_seconds:
-            if self.waiting.get(entry.name, {}).get("reason") != reason:
+            held = self.waiting.get(entry.name)
+            if held is None or held["reason"] != reason:
                 log.info("file.incomplete_waiting", source=self.source.name, file=entry.name, size=entry.size,
                          reason=reason, grace_seconds=self.grace_seconds)
             self._wait(entry, reason, unchanged)
@@ -273,7 +239,7 @@ class ReadyCheck:
         return None
 
     def _wait(self, entry: Entry, reason: str, unchanged: float | None) -> None:
-        self.waiting[entry.name] = {"file": entry.name, "size": entry.size, "reason": reason,
+        self.waiting[entry.name] = {"file": entry.name, "size": entry.size, "reason": reason,  # snapshot.Waiting
                                     "unchanged_seconds": None if unchanged is None else round(unchanged, 1),
                                     "grace_seconds": None if unchanged is None else self.grace_seconds}
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
-import json
 import os
 import select
 import signal
@@ -26,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Callable, Protocol
 
-from gateway import config as config_module, logs, notify, sources
+from gateway import config as config_module, logs, notify, snapshot, sources
 from gateway.caiasoft import Backoff, CaiaSoftClient
 from gateway.collector import Collector
 from gateway.config import CaiaSoft, Config
@@ -306,7 +305,7 @@ class Service:
             notify.send("STOPPING=1")
             if self._parts is not None:
                 self._parts.stop()
-            ledger.set_meta("service", "null")
+            snapshot.clear(ledger)
             ledger.close()
             lock.release()
             signal.set_wakeup_fd(previous_fd)
@@ -359,19 +358,21 @@ class Service:
 
     def _publish(self, ledger: Ledger, parts: Parts, now: float) -> str:
         """Write the service's state for `status`, and return the one-line summary for systemd."""
-        sources = {c.source.name: {"mode": c.source.mode, "problem": c.problem, "healthy": c.source.healthy(),
-                                   "writers_unknown": c.ready_check.writers_unknown,
-                                   "waiting": sorted(c.ready_check.waiting.values(), key=lambda w: w["file"])}
+        sources = {c.source.name: snapshot.SourceState(
+                       mode=c.source.mode, problem=c.problem, healthy=c.source.healthy(),
+                       writers_unknown=c.ready_check.writers_unknown,
+                       waiting=sorted(c.ready_check.waiting.values(), key=lambda w: w["file"]))
                    for c in parts.collectors}
         paused = parts.gate.paused_reason
         ncip = None
         if parts.relay:
             lag_bytes, lag_entries = parts.relay.lag()
-            ncip = {"lag_bytes": lag_bytes, "lag_entries": lag_entries, "last_success": parts.relay.last_success,
-                    "last_problem": parts.relay.last_problem, "dead_letters": parts.relay.dead_letters.count(),
-                    "feed_problem": parts.feed.problem if parts.feed else None}
-        ledger.set_meta("service", json.dumps({"pid": os.getpid(), "updated": now, "sources": sources,
-                                               "paused": paused, "ncip": ncip}))
+            ncip = snapshot.NcipState(lag_bytes=lag_bytes, lag_entries=lag_entries,
+                                      last_success=parts.relay.last_success, last_problem=parts.relay.last_problem,
+                                      dead_letters=parts.relay.dead_letters.count(),
+                                      feed_problem=parts.feed.problem if parts.feed else None)
+        snapshot.publish(ledger, snapshot.Snapshot(pid=os.getpid(), updated=now, sources=sources, paused=paused,
+                                                   ncip=ncip))
         counts = ledger.counts()
         midnight = dt.datetime.combine(dt.date.today(), dt.time()).timestamp()
         queued = sum(counts.get(state, 0) for state in ("claimed", "queued", "uploading"))

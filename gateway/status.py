@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 from typing import Any
 
+from gateway import snapshot
 from gateway.ledger import OPEN_STATES, Ledger
 from gateway.names import printable
 
@@ -40,19 +40,19 @@ def _collect(ledger: Ledger, now: float | None) -> dict[str, Any]:
     oldest = ledger.oldest_open()
     last = ledger.recent("archived", 1)
     midnight = dt.datetime.combine(dt.date.today(), dt.time()).timestamp()
-    service = json.loads(ledger.get_meta("service") or "null")
-    running = bool(service) and now - service.get("updated", 0) < SERVICE_STALE_SECONDS
+    service = snapshot.read(ledger)
+    running = service is not None and now - service["updated"] < SERVICE_STALE_SECONDS
     return {
-        "service": {"running": running, **({"pid": service.get("pid"), "sources": service.get("sources")}
-                                            if running else {})},
-        "ncip": (service or {}).get("ncip") if running else None,
+        "service": {"running": running, **({"pid": service["pid"], "sources": service["sources"]}
+                                            if service is not None and running else {})},
+        "ncip": service["ncip"] if service is not None and running else None,
         "counts": {state: counts.get(state, 0) for state in (*OPEN_STATES, "archived", "refused")},
         "pending": sum(counts.get(state, 0) for state in OPEN_STATES),
         "oldest_pending": None if oldest is None else {
             "file": oldest.name, "source": oldest.source, "state": oldest.state,
             "age_seconds": round(now - oldest.seen_at, 1), "attempts": oldest.attempts,
             "last_problem": oldest.reason},
-        "uploads_paused": (service or {}).get("paused") if running else None,
+        "uploads_paused": service["paused"] if service is not None and running else None,
         "archived_today": ledger.count_finished_since("archived", midnight),
         "refused_today": ledger.count_finished_since("refused", midnight),
         "last_upload": None if not last else {

@@ -13,7 +13,8 @@ import pytest
 
 from conftest import REPO, SAMPLES
 from gateway import readiness
-from gateway.readiness import NOBODY, UNKNOWN, WRITING, Marker, cut_off, marker_problem, open_writers
+from gateway.markers import Marker, marker_problem
+from gateway.readiness import NOBODY, UNKNOWN, WRITING, cut_off, open_writers
 
 SLIP = (SAMPLES / "hold-request-slip-0001.xml").read_bytes()
 NOBODY_UID = 65534

@@ -18,7 +18,7 @@ from watchdog.events import (FileClosedEvent, FileCreatedEvent, FileMovedEvent, 
                              FileSystemEventHandler)
 from watchdog.observers.inotify import InotifyObserver
 
-from gateway import intake, logs, readiness
+from gateway import intake, logs, markers, readiness
 from gateway.errors import SourceGone
 from gateway.files import move_no_clobber
 from gateway.settings import LocalSourceSettings
@@ -86,7 +86,7 @@ class LocalSource:
         self.mode = choose_mode(settings)
         self.filesystem = filesystem_type(settings.path)
         self.trust_mtime = self.filesystem not in NETWORK_FILESYSTEMS
-        self.marker = readiness.Marker(settings.ready_marker) if settings.ready_marker else None
+        self.marker = markers.Marker(settings.ready_marker) if settings.ready_marker else None
         self._observer: InotifyObserver | None = None
         self._watching = False  # an observer was started (and so must be alive until stop)
         self._hints: set[str] = set()

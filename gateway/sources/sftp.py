@@ -30,7 +30,7 @@ from urllib.parse import unquote, unquote_to_bytes, urlsplit
 import paramiko
 from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READDIR, SFTPError
 
-from gateway import intake, logs, readiness
+from gateway import intake, logs, markers, readiness
 from gateway.caiasoft import Backoff
 from gateway.errors import SourceGone, SourceUnavailable
 from gateway.files import partial_path
@@ -101,7 +101,7 @@ class SftpSource:
         self.folder = from_bytes(unquote_to_bytes(parts.path)).rstrip("/") or "/"
         self.location = f"sftp://{self.user}@{self.host}:{self.port}{printable(self.folder)}"
         self.scan_interval = settings.poll_seconds
-        self.marker = readiness.Marker(settings.ready_marker) if settings.ready_marker else None
+        self.marker = markers.Marker(settings.ready_marker) if settings.ready_marker else None
         self._listed: set[str] = set()  # every name of the last listing (markers included)
         self.clock = clock
         self._client: paramiko.SSHClient | None = None

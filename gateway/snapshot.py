@@ -1,0 +1,67 @@
+"""What the running service publishes for `status`: one typed snapshot, kept in the ledger.
+
+The service writes it on every housekeeping tick (service.Service._publish) and
+clears it when it stops; `status` reads it (status.collect), from another process.
+Both sides use these types, so a field added on one side is known to the other
+(and to mypy). In the ledger it is JSON under the meta key "service".
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any, TypedDict, cast
+
+if TYPE_CHECKING:
+    from gateway.ledger import Ledger
+
+META_KEY = "service"
+
+
+class Waiting(TypedDict):
+    """A settled file a source holds back, and why (readiness.ReadyCheck.waiting)."""
+
+    file: str
+    size: int
+    reason: str
+    unchanged_seconds: float | None
+    grace_seconds: float | None
+
+
+class SourceState(TypedDict):
+    mode: str                    # inotify, polling, sftp
+    problem: str | None          # why the source cannot be read now
+    healthy: bool                # its watcher is alive
+    writers_unknown: str | None  # why open writers cannot be seen, if they cannot
+    waiting: list[Waiting]
+
+
+class NcipState(TypedDict):
+    lag_bytes: int
+    lag_entries: int
+    last_success: float | None
+    last_problem: str | None
+    dead_letters: int
+    feed_problem: str | None
+
+
+class Snapshot(TypedDict):
+    pid: int
+    updated: float               # time.time() of this snapshot; an old one means the service is gone
+    sources: dict[str, SourceState]
+    paused: str | None           # why uploads are paused (API key refused)
+    ncip: NcipState | None
+
+
+def publish(ledger: Ledger, snapshot: Snapshot) -> None:
+    ledger.set_meta(META_KEY, json.dumps(snapshot))
+
+
+def clear(ledger: Ledger) -> None:
+    """The service stopped: there is nothing running to report."""
+    ledger.set_meta(META_KEY, "null")
+
+
+def read(ledger: Ledger) -> Snapshot | None:
+    """The last snapshot published, or None if the service has not run or has stopped."""
+    value: Any = json.loads(ledger.get_meta(META_KEY) or "null")
+    return cast(Snapshot, value) if isinstance(value, dict) else None  # publish() wrote it from a Snapshot
