@@ -78,6 +78,7 @@ def _age(seconds: float) -> str:
 
 
 def _source_lines(name: str, source: dict[str, Any]) -> list[str]:
+    """A source's state, whether open writers can be seen there, and the files it holds back and why."""
     state = source["problem"] or ("ok" if source["healthy"] else "watcher stopped")
     lines = [f"  source {name}: {source['mode']}, {state}"]
     if source.get("writers_unknown"):
