@@ -10,7 +10,7 @@ import threading
 import time
 from typing import Callable
 
-from gateway import logs
+from gateway import aftertake, logs
 from gateway.errors import SourceUnavailable
 from gateway.intake import Settler
 from gateway.readiness import ReadyCheck
@@ -27,7 +27,7 @@ CLAIM_BATCH = 64  # files claimed with one pair of ledger commits
 class Collector(threading.Thread):
     def __init__(self, source: Source, settle_seconds: float, pipeline: Pipeline,
                  clock: Callable[[], float] = time.monotonic, grace_seconds: float = 300.0,
-                 marker_mode: bool = False):
+                 marker_mode: bool = False, keep_original_seconds: float = 0.0):
         super().__init__(name=f"collector-{source.name}", daemon=True)
         self.source = source
         self.pipeline = pipeline
@@ -40,6 +40,8 @@ class Collector(threading.Thread):
         self.problem: str | None = None
         self._wake = threading.Event()
         self._failed: dict[str, float] = {}  # name -> when a claim last failed (e.g. permission)
+        self._held: set[tuple[str, int, float]] = set()  # (origin, size, mtime) taken, original still there
+        self.keep_original_seconds = keep_original_seconds
 
     def stop(self) -> None:
         """Ask the loop to end after the file in hand (idempotent)."""
@@ -58,7 +60,7 @@ class Collector(threading.Thread):
                     entries = self._scan()
                     next_scan = now + self.source.scan_interval
                 else:
-                    entries = self.source.look(self.source.hints() | set(self.settler.pending()))
+                    entries = self._unheld(self.source.look(self.source.hints() | set(self.settler.pending())))
                 wait = min(next_scan - self.clock(), MAX_WAIT_SECONDS)
                 ready: list[Entry] = []
                 for entry in sorted(entries, key=lambda e: (e.mtime, e.name)):
@@ -82,27 +84,30 @@ class Collector(threading.Thread):
     def _scan(self) -> list[Entry]:
         try:
             entries = self.source.scan()
-            if self.source.keeps_originals:
-                self._release_finished()
+            self._release_finished()
         except OSError as error:
             self._report(f"cannot list {self.source.location}: {error.strerror or error}")
             return []
         self._report(None)
-        if self.source.keeps_originals:  # a file taken earlier is listed until released: never take it twice
-            held = self.pipeline.ledger.held(self.source.name)
-            entries = [entry for entry in entries if (entry.origin, entry.size, entry.mtime) not in held]
+        self._held = self.pipeline.ledger.held(self.source.name)
+        entries = self._unheld(entries)
         names = {entry.name for entry in entries}
         self.settler.keep_only(names)
         self.ready_check.keep_only(names)
         self._failed = {name: when for name, when in self._failed.items() if name in names}
         return entries
 
+    def _unheld(self, entries: list[Entry]) -> list[Entry]:
+        """Without the originals taken earlier and still in the source, unchanged: never taken twice."""
+        return [entry for entry in entries if (entry.origin, entry.size, entry.mtime) not in self._held]
+
     def _release_finished(self) -> None:
-        """Remove (or move) originals whose outcome is known. A failure is retried on the next scan."""
+        """Remove (or move) originals whose outcome is known, unless they changed after they were taken
+        (then they stay, and are taken again whole). A failure is retried on the next scan."""
         ledger = self.pipeline.ledger
-        for row in ledger.to_release(self.source.name):
+        for row in ledger.to_release(self.source.name, time.time() - self.keep_original_seconds):
             try:
-                done = self.source.release(row.origin)
+                released = self.source.release(aftertake.taken(row))
             except OSError as error:
                 if isinstance(error, SourceUnavailable):
                     raise
@@ -110,8 +115,12 @@ class Collector(threading.Thread):
                           error=error.strerror or str(error), detail="retried on the next scan; the file is "
                           "not taken again meanwhile")
                 continue
+            if released.changed_size is not None and not (row.reason or "").startswith(aftertake.CHANGED):
+                aftertake.log_changed(row, released.changed_size, "before removing the original")
+                self.pipeline.note_changed(row, released.changed_size)
             ledger.released(row.id)
-            log.info("remote.cleaned_up", source=self.source.name, file=row.name, origin=row.origin, done=done)
+            log.info("remote.cleaned_up" if self.source.keeps_originals else "original.cleaned_up",
+                     source=self.source.name, file=row.name, origin=row.origin, done=released.done)
 
     def _consider(self, entry: Entry) -> float | None:
         """None if the file is ready to take; otherwise seconds until it might be (0: not soon)."""
@@ -132,6 +141,7 @@ class Collector(threading.Thread):
             self.settler.forget(entry.name)
             self.ready_check.changed(entry.name)
         taken, failures = self.pipeline.take(self.source, entries)
+        self._held = self.pipeline.ledger.held(self.source.name)
         for entry in entries:
             self._failed.pop(entry.name, None)
         for entry, error in failures:

@@ -114,6 +114,14 @@ class Inspection:
     details: dict[str, Any]
 
 
+def digest_of(handle: BinaryIO) -> str:
+    """The sha256 hex of what is left to read in an open file, read in chunks."""
+    digest = hashlib.sha256()
+    while chunk := handle.read(HASH_CHUNK):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
 def file_digest(path: Path) -> tuple[str, int]:
     """Return (sha256 hex, size) of a file, read in chunks."""
     digest = hashlib.sha256()

@@ -70,6 +70,7 @@ CREATE TABLE IF NOT EXISTS files (
 CREATE INDEX IF NOT EXISTS files_queue ON files (state, next_attempt_at, id);
 CREATE INDEX IF NOT EXISTS files_origin ON files (source, origin);
 CREATE INDEX IF NOT EXISTS files_finished ON files (finished_at);
+CREATE INDEX IF NOT EXISTS files_unreleased ON files (source) WHERE released_at IS NULL;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints (
     name        TEXT PRIMARY KEY,
@@ -150,6 +151,8 @@ class Ledger(itemindex.ItemIndex):
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=30000")
         self._db.executescript(_SCHEMA + itemindex.SCHEMA)
+        if self._db.execute("SELECT NOT EXISTS (SELECT 1 FROM files)").fetchone()[0]:  # nothing from before
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('local_originals_kept', '1')")
         self._migrate()
 
     def close(self) -> None:
@@ -381,15 +384,36 @@ class Ledger(itemindex.ItemIndex):
                                     (source,)).fetchall()
         return {(loaded(origin), size, mtime) for origin, size, mtime in rows}
 
-    def to_release(self, source: str) -> list[FileRow]:
-        """This source's files whose outcome is known but whose original is still in the source."""
+    def to_release(self, source: str, taken_before: float | None = None) -> list[FileRow]:
+        """This source's files whose outcome is known but whose original is still in the source
+        (only those taken before taken_before, if given)."""
         with self._lock:
             rows = self._db.execute("SELECT * FROM files WHERE source = ? AND released_at IS NULL AND state IN "
-                                    "('archived', 'refused') ORDER BY id", (source,)).fetchall()
+                                    "('archived', 'refused') AND seen_at <= ? ORDER BY id",
+                                    (source, float("inf") if taken_before is None else taken_before)).fetchall()
         return [FileRow(**dict(row)) for row in rows]
 
     def released(self, row_id: int) -> None:
         self._update(row_id, FINAL_STATES, released_at=self.clock())
+
+    def moved_when_taken(self, *row_ids: int) -> None:
+        """These files were moved out of their source when taken: no original is left to release."""
+        now = self.clock()
+        with self._transaction() as db:
+            db.executemany("UPDATE files SET released_at = ? WHERE id = ? AND released_at IS NULL",
+                           [(now, row_id) for row_id in row_ids])
+
+    def release_rows_from_before_kept_originals(self, local_sources: list[str]) -> int:
+        """Once per ledger: rows of local sources from before originals could stay are marked released
+        (back then every local file was moved out when taken). Return how many rows were marked."""
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM meta WHERE key = 'local_originals_kept'").fetchone():
+                return 0
+            marks = ", ".join("?" for _ in local_sources)
+            count = db.execute(f"UPDATE files SET released_at = seen_at WHERE released_at IS NULL "
+                               f"AND source IN ({marks})", local_sources).rowcount if local_sources else 0
+            db.execute("INSERT INTO meta VALUES ('local_originals_kept', '1')")
+            return count
 
     # -- the NCIP journal's checkpoint and the status feed's memory -------------------
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from gateway import __version__, intake, logs
+from gateway import __version__, aftertake, intake, logs
 from gateway.archive import Folder
 from gateway.caiasoft import Backoff, CaiaSoftClient, Outcome, counts_unreadable, is_denied, settle_unreadable
 from gateway.errors import FileRefused, SourceGone
@@ -44,6 +44,7 @@ class Pipeline:
         self.work_dir = config.paths.work_dir
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.backoff = Backoff(config.caiasoft.backoff_initial_seconds, config.caiasoft.backoff_max_seconds)
+        self.sources: dict[str, Source] = {}  # by name: where originals that stay after the take are checked
 
     def work_path(self, row: FileRow) -> Path:
         return self.work_dir / row.work_name
@@ -59,10 +60,10 @@ class Pipeline:
         e.g. no permission on the folder); a file that vanished is simply dropped.
         """
         row_ids = self.ledger.begin_claims(source.name, entries)
-        taken, dropped, failures = [], [], []
+        taken, dropped, failures, moved = [], [], [], []
         for row_id, entry in zip(row_ids, entries, strict=True):
             try:
-                source.fetch(entry, self.work_dir / work_name(row_id, entry.name))
+                kept = source.fetch(entry, self.work_dir / work_name(row_id, entry.name))
             except SourceGone as gone:
                 dropped.append(row_id)
                 log.info("file.vanished", source=source.name, file=entry.name, detail=str(gone))
@@ -71,10 +72,15 @@ class Pipeline:
                 failures.append((entry, error))
             else:
                 taken.append(row_id)
-                log.info("file.claimed", id=row_id, source=source.name, file=entry.name, size=entry.size)
+                if not kept:
+                    moved.append(row_id)
+                log.info("file.claimed", id=row_id, source=source.name, file=entry.name, size=entry.size,
+                         original="kept until sent" if kept else "moved")
                 _drop_marker(source, entry)
         if dropped:
             self.ledger.forget(*dropped)
+        if moved:
+            self.ledger.moved_when_taken(*moved)
         self._admit(taken)
         return taken, failures
 
@@ -105,10 +111,12 @@ class Pipeline:
             except FileRefused as refusal:
                 spool.flush()  # the sidecar names the records, the bad ones too
                 sha256, size = intake.file_digest(path)
+                size_now = aftertake.changed_since_take(row, self.sources, "validating")
+                why = aftertake.reason(row, size_now) if size_now is not None else \
+                    f"refused by the gateway: {refusal.reason}"
                 log.warning("file.refused", id=row.id, source=row.source, file=row.name, sha256=sha256,
-                            by="gateway", reason=refusal.reason)
-                self._finish(row, "refusing", reason=f"refused by the gateway: {refusal.reason}",
-                             sha256=sha256, size=size)
+                            by="gateway", reason=why)
+                self._finish(row, "refusing", reason=why, sha256=sha256, size=size)
                 continue
             valid.append((row_id, found.kind, found.sha256, found.size, found.details))
             log.info("file.queued", id=row.id, source=row.source, file=row.name, kind=found.kind,
@@ -121,9 +129,17 @@ class Pipeline:
     # -- upload --------------------------------------------------------------
 
     def upload(self, row: FileRow) -> Outcome:
-        """Send one 'uploading' row to CaiaSoft and act on the answer."""
+        """Send one 'uploading' row to CaiaSoft and act on the answer.
+
+        An original that changed since it was taken is not sent: it is taken again, whole.
+        """
         if self.client is None:
             raise RuntimeError("this pipeline was made without a CaiaSoft client; it cannot upload")
+        size_now = aftertake.changed_since_take(row, self.sources, "before upload")
+        if size_now is not None:
+            why = aftertake.reason(row, size_now)
+            self._finish(row, "refusing", reason=why)
+            return Outcome("refused", why)
         outcome = settle_unreadable(self.client.upload(self.work_path(row), safe_name(row.name), row.kind or "text"),
                                     row.answer_json, self.config.caiasoft.unreadable_answer_retries)
         fields = dict(id=row.id, source=row.source, file=row.name, sha256=row.sha256, attempt=row.attempts,
@@ -194,6 +210,12 @@ class Pipeline:
         return sidecar_records(row.kind, self.ledger.records_of(row.id, SIDECAR_RECORDS),
                                self.ledger.record_count(row.id), row.answer_json)
 
+    def note_changed(self, row: FileRow, size_now: int) -> None:
+        """A finished file whose original changed after it was taken: its sidecar says so."""
+        if row.final_path and Path(row.final_path).exists():
+            folder = self.archive if row.state == "archived" else self.errors
+            aftertake.add_note(folder, row, size_now, sidecar(row, Path(row.final_path), self.clock()))
+
     # -- after a crash -----------------------------------------------------------
 
     def recover(self) -> dict[str, int]:
@@ -217,11 +239,10 @@ class Pipeline:
 
     def _recover_claims(self, done: dict[str, int]) -> None:
         """A claim cut short: complete it if the file reached work/, else forget it (it is still in the source)."""
-        local_sources = {source.name for source in self.config.sources if not source.is_sftp}
+        local_sources = [source.name for source in self.config.sources if not source.is_sftp]
+        self.ledger.release_rows_from_before_kept_originals(local_sources)
         for row in self.ledger.in_state("claiming"):
-            if self.work_path(row).exists():
-                if row.source in local_sources:
-                    _drop_origin_copy(row)
+            if self.work_path(row).exists():  # an original still there is removed once sent, if unchanged
                 self.ledger.claimed(row.id)
                 done["claims_completed"] += 1
             else:
@@ -247,17 +268,6 @@ def _drop_marker(source: Source, entry: Entry) -> None:
     except OSError as error:
         log.warning("marker.not_removed", source=source.name, file=entry.name,
                     error=getattr(error, "strerror", None) or str(error))
-
-
-def _drop_origin_copy(row: FileRow) -> None:
-    """A copy-claim (across filesystems) that crashed before unlinking the original: unlink it now."""
-    origin = Path(row.origin)
-    try:
-        info = os.lstat(origin)
-    except OSError:
-        return
-    if info.st_size == row.size and info.st_mtime == row.mtime:
-        origin.unlink()
 
 
 def _iso(moment: float | None) -> str | None:

@@ -100,6 +100,11 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
             "A file that looks unfinished at its end (XML not closed, last text line without a newline, "
             "empty) waits this long unchanged before it is taken as it is (and refused if invalid).",
             minimum=0),
+        Key("keep_original_seconds", "number", 300.0,
+            "Where a writer cannot be seen (SFTP, network mounts, no CAP_LEASE) the original stays in the "
+            "source after it was taken, and is removed (or moved) only once its outcome is known and it "
+            "stayed unchanged this long; if it changed, it is taken again whole. Set it above the longest "
+            "pause of ALEPH's writer.", minimum=0),
         Key("ready_marker", "str", "",
             "Optional marker mode: a file is taken only once its marker exists, e.g. \"{name}.done\" "
             "(created by ALEPH's job after the file is written). Markers are never uploaded; each is "

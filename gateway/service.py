@@ -198,8 +198,10 @@ class Parts:
         self.pipeline.on_queued = wake.set
         self.collectors = [Collector(sources.build(settings), settings.settle_seconds, self.pipeline,
                                      grace_seconds=settings.incomplete_grace_seconds,
-                                     marker_mode=bool(settings.ready_marker))
+                                     marker_mode=bool(settings.ready_marker),
+                                     keep_original_seconds=settings.keep_original_seconds)
                            for settings in config.sources]
+        self.pipeline.sources = {collector.source.name: collector.source for collector in self.collectors}
         self.relay = Relay(config.ncip, ledger, config.paths.error_dir) if config.ncip else None
         self.feed = None
         if config.ncip and config.ncip.feed:

@@ -91,6 +91,7 @@ class LocalSourceSettings:
     settle_seconds: float
     incomplete_grace_seconds: float
     ready_marker: str
+    keep_original_seconds: float
     watch: str
     rescan_seconds: float
     poll_seconds: float
@@ -115,6 +116,7 @@ class SftpSourceSettings:
     settle_seconds: float
     incomplete_grace_seconds: float
     ready_marker: str
+    keep_original_seconds: float
     poll_seconds: float
     known_hosts_file: Path
     private_key_file: Path | None

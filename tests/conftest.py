@@ -179,7 +179,7 @@ def sftp_site(tmp_path, simulator, sshd):
 
 
 def _sftp_source(sshd, remote: Path, remote_after: str = "delete", known_hosts: Path | None = None,
-                 settle_seconds: float = 0.3) -> str:
+                 settle_seconds: float = 0.3, keep_original_seconds: float = 0) -> str:
     return f"""
 [[sources]]
 name = "remote"
@@ -188,6 +188,7 @@ known_hosts_file = "{known_hosts or sshd.known_hosts}"
 private_key_file = "{sshd.client_key}"
 remote_after = "{remote_after}"
 settle_seconds = {settle_seconds}
+keep_original_seconds = {keep_original_seconds}
 poll_seconds = 0.2
 timeout_seconds = 5
 """

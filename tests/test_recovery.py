@@ -7,11 +7,13 @@ import os
 
 import pytest
 
+from gateway import aftertake
 from gateway.caiasoft import CaiaSoftClient
 from gateway.errors import AlreadyRunning
 from gateway.ledger import Ledger, work_name
 from gateway.pipeline import Pipeline
 from gateway.service import StateLock
+from gateway.sources.local import LocalSource
 
 from conftest import SAMPLES
 
@@ -57,8 +59,15 @@ def test_crash_in_a_copy_claim_before_the_original_was_removed(pipeline, site):
     row_id = begin(pipeline, path)
     (pipeline.work_dir / work_name(row_id, path.name)).write_bytes(path.read_bytes())
     pipeline.recover()
-    assert not path.exists(), "the original must not be taken (and sent) a second time"
     assert pipeline.ledger.get(row_id).state == "queued"
+    info = path.stat()  # a copy-claim keeps its original until the file is sent: held, never taken twice
+    assert (str(path), info.st_size, info.st_mtime) in pipeline.ledger.held("print")
+    pipeline.upload(pipeline.ledger.take(row_id))
+    row = pipeline.ledger.get(row_id)
+    assert row.state == "archived"
+    assert LocalSource(site.load().sources[0]).release(aftertake.taken(row)).done == \
+        "deleted (it was copied when taken)"
+    assert not path.exists()
 
 
 def test_crash_during_upload_puts_the_file_back_in_the_queue(pipeline, site, simulator):

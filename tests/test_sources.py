@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from pathlib import Path
@@ -9,10 +10,15 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import SourceGone
+from gateway.sources.base import Released, Taken
 from gateway.settings import LocalSourceSettings, SftpSourceSettings
 from gateway.sources.local import LocalSource, choose_mode, filesystem_type
 
 from conftest import SAMPLES, source_settings, wait_for
+
+
+def taken(entry, data: bytes) -> Taken:
+    return Taken(origin=entry.origin, size=entry.size, mtime=entry.mtime, sha256=hashlib.sha256(data).hexdigest())
 
 
 def local_settings(folder: Path, **overrides) -> LocalSourceSettings:
@@ -94,12 +100,32 @@ class TestSourceContract:
         source_folder.put("a", b"31234001234567\n")
         [entry] = source_folder.source.scan()
         destination = tmp_path / "work-a"
-        source_folder.source.fetch(entry, destination)
+        kept = source_folder.source.fetch(entry, destination)
         assert destination.read_bytes() == b"31234001234567\n"
-        if source_folder.source.keeps_originals:  # SFTP: the original stays until the outcome is known
+        assert kept == source_folder.source.keeps_originals  # the tests own their files: local ones move
+        if kept:  # the original stays until the outcome is known
             assert [e.name for e in source_folder.source.scan()] == ["a"]
-            source_folder.source.release(entry.origin)
+            assert source_folder.source.release(taken(entry, b"31234001234567\n")).changed_size is None
         assert source_folder.source.scan() == []
+
+    def test_release_removes_only_originals_still_exactly_as_taken(self, source_folder):
+        for name in ("same", "grown", "rewritten"):
+            source_folder.put(name, b"31234001234567\n")
+        entries = {entry.name: entry for entry in source_folder.source.scan()}
+        with open(source_folder.folder / "grown", "ab") as writer:  # a writer that was only pausing
+            writer.write(b"31234001234568\n")
+        source = source_folder.source
+        assert source.changed(taken(entries["grown"], b"31234001234567\n")) == 30
+        assert source.changed(taken(entries["same"], b"31234001234567\n")) is None
+        assert source.release(taken(entries["same"], b"31234001234567\n")) == Released(
+            "deleted (it was copied when taken)" if not source.keeps_originals else "deleted")
+        grown = source.release(taken(entries["grown"], b"31234001234567\n"))
+        assert grown.changed_size == 30 and "left in place" in grown.done
+        rewritten = source.release(taken(entries["rewritten"], b"31234009999999\n"))  # same size and mtime
+        assert rewritten.changed_size == 15, "the content is compared, not only size and mtime"
+        assert sorted(p.name for p in source_folder.folder.iterdir()) == ["grown", "rewritten"]
+        assert source.release(taken(entries["same"], b"31234001234567\n")) == Released("already gone")
+        assert source.changed(taken(entries["same"], b"31234001234567\n")) is None
 
     def test_fetch_of_a_vanished_file_says_so(self, source_folder, tmp_path):
         source_folder.put("a", b"1")

@@ -19,12 +19,31 @@ class Entry:
     mtime: float
 
 
+@dataclass(frozen=True)
+class Taken:
+    """What the gateway took of a file whose original stays in the source until its outcome is known."""
+
+    origin: str
+    size: int
+    mtime: float
+    sha256: str | None
+
+
+@dataclass(frozen=True)
+class Released:
+    """What release() did with an original: done says it in words; changed_size is set if the original
+    changed after it was taken (it is then left where it is, to be taken again whole)."""
+
+    done: str
+    changed_size: int | None = None
+
+
 class Source(Protocol):
     name: str
     location: str           # the folder or URL, for messages
     mode: str               # how changes are noticed: inotify, polling, sftp...
     trust_mtime: bool       # mtime is from our own clock (local disk), so its age means something
-    keeps_originals: bool   # fetch() copies; the original stays until release() (SFTP)
+    keeps_originals: bool   # fetch() always copies; the original stays until release() (SFTP)
 
     @property
     def scan_interval(self) -> float:
@@ -57,11 +76,15 @@ class Source(Protocol):
     def drop_marker(self, entry: Entry) -> None:
         """Marker mode: remove the file's marker once the file is taken (gone already is fine)."""
 
-    def fetch(self, entry: Entry, destination: Path) -> None:
-        """Move or copy the file to destination, durably. Raise SourceGone if it vanished."""
+    def fetch(self, entry: Entry, destination: Path) -> bool:
+        """Move or copy the file to destination, durably; return True if the original stays in the source
+        (a copy: a writer may still add to it). Raise SourceGone if it vanished or changed meanwhile."""
 
-    def release(self, origin: str) -> str:
-        """Remove the original once its outcome is known (only where keeps_originals); say what was done."""
+    def changed(self, taken: Taken) -> int | None:
+        """The original's size now if it differs from what was taken; None if unchanged (or gone)."""
+
+    def release(self, taken: Taken) -> Released:
+        """Remove (or move) an original whose outcome is known, unless it changed after it was taken."""
 
     def healthy(self) -> bool:
         """False if the watching machinery has died (e.g. the observer thread)."""

@@ -8,6 +8,7 @@ for changes made by other hosts, so watch = "auto" polls there.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import threading
@@ -20,9 +21,9 @@ from watchdog.observers.inotify import InotifyObserver
 
 from gateway import intake, logs, markers, readiness
 from gateway.errors import SourceGone
-from gateway.files import move_no_clobber
+from gateway.files import copy_no_clobber, move_no_clobber
 from gateway.settings import LocalSourceSettings
-from gateway.sources.base import Entry
+from gateway.sources.base import Entry, Released, Taken
 
 NETWORK_FILESYSTEMS = frozenset({
     "nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "sshfs", "9p", "afs", "ceph",
@@ -76,7 +77,7 @@ class _Hints(FileSystemEventHandler):
 class LocalSource:
     """A folder on this host (local disk or a mount)."""
 
-    keeps_originals = False  # fetch() moves the file out of the folder
+    keeps_originals = False  # fetch() moves the file out, or copies it where a writer may be unseen
 
     def __init__(self, settings: LocalSourceSettings):
         self.settings = settings
@@ -169,8 +170,38 @@ class LocalSource:
                 entries.append(entry)
         return entries
 
-    def release(self, origin: str) -> str:
-        return "moved out when taken"
+    def changed(self, taken: Taken) -> int | None:
+        try:
+            info = os.lstat(taken.origin)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return info.st_size if (info.st_size, info.st_mtime) != (taken.size, taken.mtime) else None
+
+    def release(self, taken: Taken) -> Released:
+        """Delete an original that was copied (not moved) when taken, if it is still exactly what was taken."""
+        try:
+            fd = os.open(taken.origin, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except (FileNotFoundError, NotADirectoryError):
+            return Released("already gone")
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                return Released("left alone: it was replaced by a link")
+            raise
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            same = (info.st_size, info.st_mtime) == (taken.size, taken.mtime) and \
+                intake.digest_of(handle) == taken.sha256
+            after = os.fstat(handle.fileno())
+            if not same or (after.st_size, after.st_mtime) != (info.st_size, info.st_mtime):
+                return Released("left in place: it changed after it was taken", after.st_size)
+            try:
+                named = os.lstat(taken.origin)
+            except FileNotFoundError:
+                return Released("already gone")
+            if (named.st_dev, named.st_ino) != (info.st_dev, info.st_ino):
+                return Released("left alone: another file of that name is there now")
+            os.unlink(taken.origin)
+        return Released("deleted (it was copied when taken)")
 
     def writers(self, entry: Entry) -> readiness.Writers:
         if not self.trust_mtime:
@@ -198,8 +229,13 @@ class LocalSource:
         if self.marker is not None:
             (self.folder / self.marker.of(entry.name)).unlink(missing_ok=True)
 
-    def fetch(self, entry: Entry, destination: Path) -> None:
-        """Rename the file into destination (copy + fsync + unlink across filesystems)."""
+    def fetch(self, entry: Entry, destination: Path) -> bool:
+        """Take the file into destination: moved where nobody can be writing it, else copied (True).
+
+        Where open writers cannot be seen (no CAP_LEASE, a network mount) the original
+        stays until its outcome is known, so a writer that was only pausing finishes
+        it in place and it is taken again whole (see release()).
+        """
         origin = Path(entry.origin)
         try:
             info = os.lstat(origin)
@@ -207,6 +243,14 @@ class LocalSource:
             raise SourceGone(f"{origin} disappeared before it could be taken") from None
         if not stat.S_ISREG(info.st_mode):
             raise SourceGone(f"{origin} is no longer a regular file")
+        if (info.st_size, info.st_mtime) != (entry.size, entry.mtime):
+            raise SourceGone(f"{origin} changed since it settled; it is taken once it settles again")
+        writers = self.writers(entry)
+        if writers.state == readiness.WRITING:
+            raise SourceGone(f"{origin} was opened for writing again; it is taken once it settles again")
+        if writers.state == readiness.UNKNOWN:
+            self._copy(origin, destination, entry)
+            return True
         try:
             move_no_clobber(origin, destination)  # a rename; copy + fsync + unlink across filesystems
         except FileNotFoundError:
@@ -215,3 +259,30 @@ class LocalSource:
         if not stat.S_ISREG(moved.st_mode):  # swapped for a symlink in between: never follow it
             os.unlink(destination)
             raise SourceGone(f"{origin} was replaced by a link while being taken; not followed")
+        if readiness.open_writers(destination).state == readiness.WRITING:
+            self._put_back(destination, origin)  # opened for writing in the instant before the move
+        return False
+
+    def _copy(self, origin: Path, destination: Path, entry: Entry) -> None:
+        try:
+            copy_no_clobber(origin, destination)
+        except FileNotFoundError:
+            raise SourceGone(f"{origin} disappeared before it could be taken") from None
+        try:
+            after = os.lstat(origin)
+        except FileNotFoundError:
+            after = None
+        if after is None or (after.st_size, after.st_mtime) != (entry.size, entry.mtime) \
+                or os.stat(destination).st_size != entry.size:
+            os.unlink(destination)
+            raise SourceGone(f"{origin} changed while it was copied; it is taken once it settles again")
+
+    def _put_back(self, destination: Path, origin: Path) -> None:
+        try:
+            os.link(destination, origin)
+        except OSError as error:
+            log.warning("file.opened_while_taken", source=self.name, file=origin.name,
+                        detail=f"it could not be put back ({error.strerror or error}); taken as it is")
+            return
+        os.unlink(destination)
+        raise SourceGone(f"{origin} was opened for writing as it was taken; put back, taken once it settles")

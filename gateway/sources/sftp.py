@@ -22,6 +22,7 @@ import posixpath
 import shutil
 import socket
 import stat
+import threading
 import time
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -36,7 +37,7 @@ from gateway.errors import SourceGone, SourceUnavailable
 from gateway.files import partial_path
 from gateway.names import from_bytes, printable, to_bytes
 from gateway.settings import SftpSourceSettings
-from gateway.sources.base import Entry
+from gateway.sources.base import Entry, Released, Taken
 
 KEEPALIVE_SECONDS = 30
 RECONNECT_INITIAL_SECONDS = 1.0
@@ -103,6 +104,7 @@ class SftpSource:
         self.scan_interval = settings.poll_seconds
         self.marker = markers.Marker(settings.ready_marker) if settings.ready_marker else None
         self._listed: set[str] = set()  # every name of the last listing (markers included)
+        self._lock = threading.RLock()
         self.clock = clock
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
@@ -213,7 +215,14 @@ class SftpSource:
         return sftp
 
     def _call(self, action: Callable[[paramiko.SFTPClient], T], what: str) -> T:
-        """Run one SFTP step. File errors pass through; connection errors drop the connection."""
+        """Run one SFTP step. File errors pass through; connection errors drop the connection.
+
+        One step at a time: upload workers check originals over the collector's connection.
+        """
+        with self._lock:
+            return self._step(action, what)
+
+    def _step(self, action: Callable[[paramiko.SFTPClient], T], what: str) -> T:
         sftp = self._connection()
         cause: BaseException
         try:
@@ -259,7 +268,7 @@ class SftpSource:
     def look(self, names: set[str]) -> list[Entry]:
         return [entry for entry in self.scan() if entry.name in names]
 
-    def fetch(self, entry: Entry, destination: Path) -> None:
+    def fetch(self, entry: Entry, destination: Path) -> bool:
         """Download to a .partial file, check the size and that the remote file did not change, commit."""
         partial = partial_path(destination)
 
@@ -286,6 +295,7 @@ class SftpSource:
                              f"({got} of {entry.size} bytes); "
                              "it is taken again once it settles")
         os.rename(partial, destination)
+        return True
 
     def peek(self, entry: Entry, limit: int) -> bytes:
         def read(sftp: paramiko.SFTPClient) -> bytes:
@@ -307,8 +317,38 @@ class SftpSource:
         with contextlib.suppress(FileNotFoundError):
             self._call(lambda sftp: sftp.remove(to_bytes(marker)), f"removing the marker {printable(marker)}")
 
-    def release(self, origin: str) -> str:
-        """Delete or move the remote original after its outcome is known; return what was done."""
+    def changed(self, taken: Taken) -> int | None:
+        try:
+            now = self._call(lambda sftp: sftp.stat(to_bytes(taken.origin)), f"looking at {printable(taken.origin)}")
+        except FileNotFoundError:
+            return None
+        return _changed_size(now, taken)
+
+    def release(self, taken: Taken) -> Released:
+        """Delete or move the remote original after its outcome is known, if it is still what was taken.
+
+        Its size and mtime, then its content (sha256), are compared with what was
+        taken; an original that changed is left where it is, to be taken again whole.
+        """
+        def unchanged(sftp: paramiko.SFTPClient) -> int | None:
+            now = sftp.stat(to_bytes(taken.origin))
+            if (size := _changed_size(now, taken)) is not None:
+                return size
+            with sftp.open(to_bytes(taken.origin), "rb") as remote:
+                remote.prefetch(taken.size)
+                digest = intake.digest_of(remote)
+            return None if digest == taken.sha256 else now.st_size
+
+        try:
+            size = self._call(unchanged, f"comparing {printable(taken.origin)} with what was taken")
+        except FileNotFoundError:
+            return Released("already gone")
+        if size is not None:
+            return Released("left in place: it changed after it was taken", size)
+        return Released(self._remove(taken.origin))
+
+    def _remove(self, origin: str) -> str:
+        """Delete or move the remote original (remote_after); return what was done."""
         after = self.settings.remote_after
         remote = to_bytes(origin)
         target: str | None = None
@@ -353,3 +393,9 @@ class SftpSource:
                 raise
             raise SourceUnavailable(f"cannot use {printable(self.folder)} on {self.host}: "
                                     f"{error.strerror or error}") from None
+
+
+def _changed_size(now: paramiko.SFTPAttributes, taken: Taken) -> int | None:
+    """The remote file's size if its size or mtime differ from what was taken; None if both are the same."""
+    size = now.st_size or 0
+    return size if (size, float(now.st_mtime or 0)) != (taken.size, taken.mtime) else None

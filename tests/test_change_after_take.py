@@ -1,0 +1,134 @@
+"""Writers that pause mid-file for longer than settle_seconds, with the real daemon.
+
+Whatever the gateway took too early, every complete version must reach CaiaSoft
+intact, no original may be deleted before its final content was handled, and no
+partial version may sit in the archive as if it were complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import wait_for
+
+pytestmark = pytest.mark.e2e
+
+SETTLE = 0.2
+PAUSES = (2, 5, 20)  # times settle_seconds
+KEEP = 30 * SETTLE  # keep_original_seconds: above the longest pause
+
+
+def barcode_list(number: int, lines: int = 6) -> bytes:
+    return "".join(f"3123400{number:03d}{line:04d}\n" for line in range(lines)).encode()
+
+
+def write_with_a_pause(path: Path, data: bytes, pause: float) -> None:
+    """The writer pattern under test: half the file (whole lines), a pause with the file open, the rest."""
+    middle = data.index(b"\n", len(data) // 2) + 1
+    with open(path, "wb") as handle:
+        handle.write(data[:middle])
+        handle.flush()
+        time.sleep(pause)  # the writer's own pause, not a synchronisation
+        handle.write(data[middle:])
+
+
+class DeletionWatch(threading.Thread):
+    """Notes, for every original that disappears, whether its complete content had reached CaiaSoft by then."""
+
+    def __init__(self, folder: Path, complete: dict[str, bytes], simulator):
+        super().__init__(daemon=True)
+        self.folder, self.complete, self.simulator = folder, complete, simulator
+        self.early: list[str] = []
+        self.gone: set[str] = set()
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_event.wait(0.005):
+            present = {path.name for path in self.folder.iterdir()}
+            for name in set(self.complete) - present - self.gone:
+                if not any(name == upload.name and upload.data == self.complete[name]
+                           for upload in list(self.simulator.received)):
+                    self.early.append(name)
+                self.gone.add(name)
+
+
+def check_outcome(site, complete: dict[str, bytes], simulator, watch: DeletionWatch) -> None:
+    wait_for(lambda: all(any(u.name == name and u.data == data for u in list(simulator.received))
+                         for name, data in complete.items()),
+             timeout=40, message="every complete version received by CaiaSoft")
+    wait_for(lambda: watch.gone == set(complete), timeout=20, message="every original handled and removed")
+    watch.stop_event.set()
+    watch.join(5)
+    assert watch.early == [], f"deleted before their complete content reached CaiaSoft: {watch.early}"
+    for path in site.archived():
+        info = site.sidecar(path)
+        data = path.read_bytes()
+        assert info["size"] == len(data) and info["sha256"] == hashlib.sha256(data).hexdigest(), \
+            f"{path.name}: the sidecar does not describe the archived bytes"
+        assert any(u.data == data for u in simulator.received), f"{path.name}: archived but never sent"
+        if data != complete[info["original_name"]]:
+            assert "changed_after_take" in info, f"{path.name}: a partial version archived as if complete"
+    complete_archived = {site.sidecar(p)["original_name"] for p in site.archived()
+                         if p.read_bytes() == complete[site.sidecar(p)["original_name"]]}
+    assert complete_archived == set(complete)
+
+
+def test_sftp_writers_pausing_longer_than_settle_lose_nothing(sftp_site, simulator, daemon_factory):
+    sftp_site.write_sftp(settle_seconds=SETTLE, keep_original_seconds=KEEP)
+    daemon = daemon_factory(sftp_site.config_file)
+    wait_for(lambda: "sftp.connected" in daemon.output() or "sftp.connected" in _log(sftp_site),
+             message="the first connection")
+    complete = {f"paused{factor}x_barcode": barcode_list(factor) for factor in PAUSES}
+    watch = DeletionWatch(sftp_site.remote, complete, simulator)
+    watch.start()
+    writers = [threading.Thread(target=write_with_a_pause, args=(sftp_site.remote / name, data, factor * SETTLE))
+               for (name, data), factor in zip(complete.items(), PAUSES)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    check_outcome(sftp_site, complete, simulator, watch)
+    assert daemon.stop() == 0
+
+
+def _events(site) -> list[dict]:
+    return [json.loads(line) for line in _log(site).splitlines() if line.startswith("{")]
+
+
+def _log(site) -> str:
+    log = site.log_dir / "gateway.log"
+    return log.read_text() if log.exists() else ""
+
+
+def test_an_sftp_original_that_changes_before_the_upload_is_not_sent_and_is_taken_again(sftp_site, simulator,
+                                                                                         daemon_factory):
+    sftp_site.write_sftp(settle_seconds=SETTLE, keep_original_seconds=KEEP)
+    simulator.queue_faults("429:1")  # the first upload waits a second: the writer goes on meanwhile
+    complete = barcode_list(7)
+    half = complete[:complete.index(b"\n", len(complete) // 2) + 1]
+    path = sftp_site.remote / "late_barcode"
+    path.write_bytes(half)
+    daemon = daemon_factory(sftp_site.config_file)
+    wait_for(lambda: "upload.retry" in _log(sftp_site), message="the first attempt answered 429")
+    with open(path, "ab") as writer:
+        writer.write(complete[len(half):])
+    wait_for(lambda: not path.exists(), timeout=30, message="the complete version handled and removed")
+    [sent] = [upload for upload in simulator.received if upload.answered == 200]
+    assert sent.data == complete
+    [archived] = sftp_site.archived()
+    assert archived.read_bytes() == complete
+    [partial] = sftp_site.refused()
+    assert partial.read_bytes() == half
+    info = sftp_site.sidecar(partial)
+    assert "changed after it was taken; taken again whole" in info["reason"] and "not sent" in info["reason"]
+    assert info["size"] == len(half) and info["sha256"] == hashlib.sha256(half).hexdigest()
+    [changed] = [line for line in _events(sftp_site) if line["event"] == "file.changed_after_take"]
+    assert (changed["taken_size"], changed["size_now"], changed["step"]) == (len(half), len(complete),
+                                                                              "before upload")
+    assert daemon.stop() == 0
