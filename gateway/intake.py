@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from gateway import printfile
 from gateway.errors import FileRefused
@@ -114,7 +114,11 @@ class Inspection:
     details: dict[str, Any]
 
 
-def digest_of(handle: BinaryIO) -> str:
+class Readable(Protocol):
+    def read(self, size: int, /) -> bytes: ...
+
+
+def digest_of(handle: Readable) -> str:
     """The sha256 hex of what is left to read in an open file, read in chunks."""
     digest = hashlib.sha256()
     while chunk := handle.read(HASH_CHUNK):

@@ -88,7 +88,7 @@ def test_sftp_writers_pausing_longer_than_settle_lose_nothing(sftp_site, simulat
     watch = DeletionWatch(sftp_site.remote, complete, simulator)
     watch.start()
     writers = [threading.Thread(target=write_with_a_pause, args=(sftp_site.remote / name, data, factor * SETTLE))
-               for (name, data), factor in zip(complete.items(), PAUSES)]
+               for (name, data), factor in zip(complete.items(), PAUSES, strict=True)]
     for writer in writers:
         writer.start()
     for writer in writers:
