@@ -161,6 +161,8 @@ class Ledger(itemindex.ItemIndex):
 
     def _migrate(self) -> None:
         """Bring the ledger up to SCHEMA_VERSION; every step only adds (tables are created above)."""
+        if self.get_meta("schema_version") == str(SCHEMA_VERSION):
+            return  # up to date: no write, so a reader (status, find) takes no lock
         with self._transaction() as db:
             row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             version = int(row[0]) if row else 0
