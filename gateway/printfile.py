@@ -215,7 +215,7 @@ def scan(handle: LineReader) -> Iterator[Record]:
     line = 1                 # the file line the next piece belongs to
     at_line_start = True
     in_header_line = False   # the rest of an over-long header line
-    piece = handle.readline(PIECE_BYTES)
+    piece = _line_start(handle, handle.readline(PIECE_BYTES))
     if piece.startswith(BOM):
         piece = piece[len(BOM):]
     while piece:
@@ -240,5 +240,17 @@ def scan(handle: LineReader) -> Iterator[Record]:
         if at_line_start:
             line += 1
         piece = handle.readline(PIECE_BYTES)
+        if at_line_start:
+            piece = _line_start(handle, piece)
     if current is not None:
         yield current.finish(last=True)
+
+
+def _line_start(handle: LineReader, piece: bytes) -> bytes:
+    """The start of a line, long enough to tell a header (or a BOM) from XML: a reader may give less."""
+    while len(piece) < len(BOM) + len(HEADER_MARK) and not piece.endswith(b"\n"):
+        more = handle.readline(PIECE_BYTES)
+        if not more:
+            break
+        piece += more
+    return piece

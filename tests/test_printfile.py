@@ -7,6 +7,7 @@ import io
 import re
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from gateway import intake, printfile
 from gateway.errors import FileRefused
@@ -205,3 +206,45 @@ def test_a_record_in_its_declared_encoding_is_read_and_an_unknown_encoding_refus
     bogus = record(2).replace('<?xml version="1.0"?>', '<?xml version="1.0" encoding="no-such-codec"?>')
     refused = refusal(tmp_path, print_file(2, replace={2: bogus}))
     assert refused.reason.startswith("record 2 of 2 ") and "unknown encoding" in refused.reason
+
+
+# -- any file built of records, read in pieces of any size ------------------------------
+
+class _InPieces:
+    """A binary stream that never gives more than `most` bytes at once (long lines come in pieces)."""
+
+    def __init__(self, data: bytes, most: int):
+        self.stream, self.most = io.BytesIO(data), most
+
+    def readline(self, limit: int = -1, /) -> bytes:
+        return self.stream.readline(min(limit, self.most) if limit > 0 else self.most)
+
+
+_SHAPES = st.lists(st.tuples(st.booleans(), st.booleans(), st.booleans()), min_size=1, max_size=12)
+
+
+@settings(max_examples=80, deadline=None)
+@given(shapes=_SHAPES, newline=st.sampled_from(["\n", "\r\n"]), bom=st.booleans(), most=st.integers(1, 80),
+       bad=st.integers(0, 12))
+def test_any_print_file_splits_into_its_records_and_names_the_bad_one(shapes, newline, bom, most, bad):
+    texts = []
+    for number, (extra_header, declaration, blank_line) in enumerate(shapes, 1):
+        headers = ("## - XML_XSL", "## - PRINTER=CAIASOFT") if extra_header else ("## - XML_XSL",)
+        text = record(number, headers=headers, declaration=declaration)
+        if blank_line:  # a blank line between the header block and the XML
+            text = text.replace(headers[-1] + "\n", headers[-1] + "\n\n", 1)
+        if number == bad:
+            text = text.replace("</section-01>", "</section-02>")
+        texts.append(text)
+    data = (b"\xef\xbb\xbf" if bom else b"") + "".join(texts).replace("\n", newline).encode()
+    records = list(printfile.scan(_InPieces(data, most)))
+    assert [r.number for r in records] == list(range(1, len(shapes) + 1))
+    assert [r.barcodes for r in records] == [(barcode(n),) for n in range(1, len(shapes) + 1)]
+    assert [r.line for r in records] == [first_line_of(data, n) for n in range(1, len(shapes) + 1)]
+    for r in records:
+        if r.number == bad:
+            lines = data.split(b"\n")
+            assert r.problem is not None and not r.problem.at_end
+            assert lines[r.problem.line - 1].startswith(b"</section-02>")
+        else:
+            assert r.problem is None
