@@ -210,40 +210,50 @@ def scan(handle: LineReader) -> Iterator[Record]:
     with the next record, so every bad record can be named. A file without any
     header line is one record.
     """
-    number = 0
-    current: _Open | None = None
-    line = 1                 # the file line the next piece belongs to
+    splitter = _Splitter()
+    line = 1  # the file line the next piece belongs to
+    piece = _line_start(handle, handle.readline(PIECE_BYTES)).removeprefix(BOM)
     at_line_start = True
-    in_header_line = False   # the rest of an over-long header line
-    piece = _line_start(handle, handle.readline(PIECE_BYTES))
-    if piece.startswith(BOM):
-        piece = piece[len(BOM):]
     while piece:
-        is_header = at_line_start and (piece.startswith(HEADER_MARK) or
-                                       (line == 1 and piece.startswith(FIRST_LINE_MARK)))
-        if is_header:
-            if current is None or current.parser is not None or current.problem is not None:
-                if current is not None:
-                    yield current.finish(last=False)
-                number += 1
-                header = piece.decode("utf-8", "replace").strip()[:MAX_VALUE_CHARS]
-                current = _Open(number=number, line=line, header=header)
-            in_header_line = not piece.endswith(b"\n")
-        elif in_header_line:
-            in_header_line = not piece.endswith(b"\n")
-        else:
-            if current is None:
-                number += 1
-                current = _Open(number=number, line=line, header=None)
-            current.feed(piece, line)
+        finished = splitter.take(piece, line, at_line_start)
+        if finished is not None:
+            yield finished
         at_line_start = piece.endswith(b"\n")
-        if at_line_start:
-            line += 1
+        line += at_line_start
         piece = handle.readline(PIECE_BYTES)
         if at_line_start:
             piece = _line_start(handle, piece)
-    if current is not None:
-        yield current.finish(last=True)
+    if splitter.current is not None:
+        yield splitter.current.finish(last=True)
+
+
+class _Splitter:
+    """Cuts a file's pieces into records: a header line opens a record, unless it continues a header block."""
+
+    def __init__(self) -> None:
+        self.number = 0
+        self.current: _Open | None = None
+        self.in_header_line = False  # the rest of an over-long header line follows
+
+    def take(self, piece: bytes, line: int, at_line_start: bool) -> Record | None:
+        """Take the next piece (a line, or a part of a long one); return the record it finished, if any."""
+        if self.in_header_line:
+            self.in_header_line = not piece.endswith(b"\n")
+            return None
+        current = self.current
+        if at_line_start and (piece.startswith(HEADER_MARK) or (line == 1 and piece.startswith(FIRST_LINE_MARK))):
+            self.in_header_line = not piece.endswith(b"\n")
+            if current is not None and current.parser is None and current.problem is None:
+                return None  # another line of the same header block
+            self.number += 1
+            header = piece.decode("utf-8", "replace").strip()[:MAX_VALUE_CHARS]
+            self.current = _Open(number=self.number, line=line, header=header)
+            return current.finish(last=False) if current is not None else None
+        if current is None:
+            self.number += 1
+            current = self.current = _Open(number=self.number, line=line, header=None)
+        current.feed(piece, line)
+        return None
 
 
 def _line_start(handle: LineReader, piece: bytes) -> bytes:
