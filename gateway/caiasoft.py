@@ -27,13 +27,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
-from urllib.parse import quote
 
 import requests
 
 from gateway import http
 from gateway.config import CaiaSoft, Secret
-from gateway.errors import GatewayError
+from gateway.errors import ApiError
 from gateway.logs import REDACTED
 
 RETRY_AFTER_CAP_SECONDS = 3600.0
@@ -230,22 +229,30 @@ class CaiaSoftClient:
             return self._failure(f"cannot reach CaiaSoft at {self.settings.base_url}", error, started)
         return self._outcome(answer)
 
-    def status_list(self, kind: str, day: str, collection: str) -> list[str]:
-        """Barcodes CaiaSoft retrieved or refiled (kind) on day (YYYYMMDD) in collection. Raise GatewayError."""
-        url = f"{self.settings.base_url.rstrip('/')}/api/{kind}list/v1/{day}/{day}/{quote(collection, safe='')}"
+    def read(self, path: str, what: str) -> dict[str, Any]:
+        """GET base_url + path; return the JSON object CaiaSoft answered.
+
+        Raise ApiError, in words naming what was read, for a network failure, any status
+        but 200, an answer that is not a whole JSON object, success: false or an error:
+        an HTTP 200 can carry a failure (a wrong collection code), and it is never read
+        as an empty answer.
+        """
         started = time.monotonic()
         try:
-            answer = self._call("GET", url)
+            answer = self._call("GET", self.settings.base_url.rstrip("/") + path)
         except requests.RequestException as error:
-            raise GatewayError(self._failure(f"cannot read CaiaSoft's {kind} list", error, started).reason) from None
+            raise ApiError(self._failure(f"cannot read {what}", error, started).reason) from None
         if answer.status != 200:
-            raise GatewayError(f"CaiaSoft's {kind} list: {self._outcome(answer).reason}")
+            raise ApiError(f"{what}: {self._outcome(answer).reason}", answer.status)
         parsed = _parse_json(answer.text)
-        barcodes = parsed.get("barcodes") if isinstance(parsed, dict) else None
-        if not isinstance(barcodes, list) or not all(isinstance(b, str) for b in barcodes):
-            cut = " (the answer was cut at caiasoft.max_answer_bytes)" if answer.truncated else ""
-            raise GatewayError(f"CaiaSoft's {kind} list for {day} has no list of barcodes{cut}")
-        return [barcode.strip() for barcode in barcodes if barcode.strip()]
+        if not isinstance(parsed, dict) or answer.truncated:
+            cut = " (cut at caiasoft.max_answer_bytes)" if answer.truncated else ""
+            raise ApiError(f"{what}: CaiaSoft's answer is not a JSON object{cut}", answer.status)
+        success, said = parsed.get("success"), parsed.get("error")
+        if success is False or str(success).lower() == "false" or said not in (None, "", [], {}):
+            words = scrub(str(said or "success: false"), self._key.value)[:ANSWER_EXCERPT_CHARS]
+            raise ApiError(f"{what}: CaiaSoft answered with a failure: {words}", answer.status)
+        return parsed
 
 
 def scrub(value: Any, secret: str) -> Any:

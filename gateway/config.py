@@ -165,7 +165,7 @@ def ncip_settings(values: Mapping[str, Any], feed: Mapping[str, Any] | None = No
     """[ncip] settings from its typed values (and [ncip.feed]'s, if any)."""
     lists = ("done_problems_checkin", "done_problems_checkout", "temporary_problems")
     converted = {**values, **{key: tuple(values[key]) for key in lists}}
-    converted["feed"] = Feed(**feed) if feed is not None else None
+    converted["feed"] = Feed(**{**feed, "in_statuses": tuple(feed["in_statuses"])}) if feed is not None else None
     return Ncip(**converted)
 
 

@@ -29,6 +29,14 @@ class ConfigError(GatewayError):
         super().__init__("\n".join(str(problem) for problem in problems))
 
 
+class ApiError(GatewayError):
+    """A CaiaSoft API call (other than an upload) failed; http_status is set when CaiaSoft answered."""
+
+    def __init__(self, reason: str, http_status: int | None = None):
+        self.http_status = http_status
+        super().__init__(reason)
+
+
 class AlreadyRunning(GatewayError):
     """Another gateway holds the lock on this state_dir."""
 

@@ -176,5 +176,9 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
         Key("interval_seconds", "number", 300.0, "How often the lists are read.", minimum=10),
         Key("lookback_days", "int", 1, "Days before today that each read covers too (late refiles).",
             minimum=0),
+        Key("in_statuses", "strings", ["In", "Refiled", "Accessioned", "Requested"],
+            "CaiaSoft item statuses (itemstatus) that mean the item is in storage; any other means it is out. "
+            "Asked only for an item retrieved and refiled on the same day, to journal the two in the order "
+            "they happened."),
     ),
 }

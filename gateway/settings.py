@@ -144,6 +144,7 @@ class Feed:
     collection: str
     interval_seconds: float
     lookback_days: int
+    in_statuses: tuple[str, ...]
 
 
 @dataclass(frozen=True)

@@ -175,11 +175,14 @@ def test_the_status_feed_journals_retrieved_and_refiled_items_once(relay_site, s
     simulator.status_lists[("retrieved", today, "ANNEX")] = ["F-1", "F-2"]
     simulator.status_lists[("refiled", today, "ANNEX")] = ["F-0"]
     simulator.status_lists[("retrieved", today, "OTHER")] = ["NOT-OURS"]
+    simulator.retrievals[(today, "ANNEX")] = [{"barcode": "F-2", "stop": "LAW - Law Library", "request_id": "R-7"}]
     relay_site.write_ncip(feed='[ncip.feed]\ncollection = "ANNEX"\ninterval_seconds = 10\nlookback_days = 0\n')
     daemon = daemon_factory(relay_site.config_file)
     received = ncip.wait_for(3, timeout=30)
-    assert sorted((r.action, r.item) for r in received) == [("checkin", "F-0"), ("checkout", "F-1"),
-                                                            ("checkout", "F-2")]
+    assert sorted((r.action, r.item, r.user) for r in received) == [
+        ("checkin", "F-0", None), ("checkout", "F-1", "CAIASOFT"), ("checkout", "F-2", "CAIA-LAW")], \
+        "the stop CaiaSoft gave chooses the user"
+    assert [r.request_id for r in received if r.item == "F-2"] == ["R-7"]
     assert daemon.stop() == 0
     simulator.status_lists[("retrieved", today, "ANNEX")].append("F-3")
     daemon = daemon_factory(relay_site.config_file)  # a restart reads the lists again: only F-3 is new
@@ -188,6 +191,24 @@ def test_the_status_feed_journals_retrieved_and_refiled_items_once(relay_site, s
     entries = [json.loads(line) for line in relay_site.journal.read_text().splitlines()]
     assert sorted(e["item"] for e in entries) == ["F-0", "F-1", "F-2", "F-3"], "each journaled once"
     assert all(e["id"].startswith("feed-") for e in entries)
+
+
+def test_a_feed_call_that_fails_is_an_error_in_the_log_and_in_status(relay_site, simulator, daemon_factory):
+    simulator.collections = {"ANNEX"}  # the site wrote another code: CaiaSoft answers 200 with success false
+    relay_site.write_ncip(feed='[ncip.feed]\ncollection = "ANEX"\ninterval_seconds = 10\nlookback_days = 0\n')
+    daemon = daemon_factory(relay_site.config_file)
+
+    def status():
+        result = subprocess.run([sys.executable, "-m", "gateway", "-c", str(relay_site.config_file), "status",
+                                 "--json"], capture_output=True, text=True, timeout=60)
+        report = json.loads(result.stdout)
+        return report.get("ncip") and report["ncip"]["feed_problem"] and report
+
+    report = wait_for(status, timeout=30, interval=0.5, message="the feed problem in status")
+    assert "Invalid collection code: ANEX" in report["ncip"]["feed_problem"]
+    assert '"event": "feed.failed"' in (relay_site.log_dir / "gateway.log").read_text()
+    assert daemon.stop() == 0
+    assert not relay_site.journal.exists()
 
 
 TRANSPORTS = [  # (simulator options, send_as)

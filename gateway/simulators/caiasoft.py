@@ -61,6 +61,12 @@ class CaiaSoftSimulator(LoopbackServer):
         self.deny = dict(deny or {})
         self.delay = delay
         self.status_lists: dict[tuple[str, str, str], list[str]] = {}  # (retrieved|refiled, YYYYMMDD, collection)
+        # per-item retrieval facts, as retrievalinfo answers them: (YYYYMMDD, collection) -> [{"barcode", "stop",
+        # "request_id", "retrieved"}]; their barcodes are in the retrieved list too
+        self.retrievals: dict[tuple[str, str], list[dict[str, str]]] = {}
+        self.retrievalinfo = True  # False: the endpoint is not there (HTTP 404), as on an account without it
+        self.collections: set[str] | None = None  # set: any other collection gets success false (HTTP 200)
+        self.item_statuses: dict[str, str] = {}  # what itemstatus answers for a barcode, when set
         # open for the simulator's life, closed by stop()
         self.receipts = open(receipts, "a", encoding="utf-8", buffering=1) if receipts else None  # noqa: SIM115
 
@@ -207,22 +213,41 @@ def _handler_for(sim: CaiaSoftSimulator) -> type[BaseHTTPRequestHandler]:
                 return
             if self.path.rstrip("/") == "/api/circstoplist/v1/ACTIVE":
                 self._json(200, {"success": True, "error": "", "count": str(len(STOPS)), "stops": STOPS})
-            elif self.path.startswith(("/api/retrievedlist/v1/", "/api/refiledlist/v1/")):
-                parts = self.path.strip("/").split("/")
-                if len(parts) != 6:
-                    self._json(400, {"success": False, "error": "use /api/KINDlist/v1/FROM/TO/COLLECTION"})
-                    return
-                kind, start, end, collection = parts[1][:-len("list")], parts[3], parts[4], unquote(parts[5])
-                barcodes = [barcode for (listed, day, where), items in sorted(sim.status_lists.items())
-                            if listed == kind and where == collection and start <= day <= end for barcode in items]
-                self._json(200, {"count": str(len(barcodes)), "barcodes": barcodes})
+            elif self.path.startswith(("/api/retrievedlist/v1/", "/api/refiledlist/v1/", "/api/retrievalinfo/v1/")):
+                self._list()
             elif self.path.startswith("/api/itemstatus/v1/"):
                 barcode = self.path.rsplit("/", 1)[-1]
                 seen = any(barcode in (_barcodes(r.data) or []) for r in sim.received)
-                self._json(200, {"success": True, "error": "", "barcode": barcode,
-                                 "status": "Requested" if seen else "In"})
+                status = sim.item_statuses.get(barcode) or ("Requested" if seen else "In")
+                self._json(200, {"success": True, "error": "", "barcode": barcode, "status": status})
             else:
                 self._json(404, {"success": False, "error": f"Unknown endpoint {self.path}"})
+
+        def _list(self) -> None:
+            """retrievedlist / refiledlist (barcodes) and retrievalinfo (per-item facts), FROM/TO/COLLECTION."""
+            parts = self.path.strip("/").split("/")
+            if len(parts) != 6:
+                self._json(400, {"success": False, "error": "use /api/KIND/v1/FROM/TO/COLLECTION"})
+                return
+            endpoint, start, end, collection = parts[1], parts[3], parts[4], unquote(parts[5])
+            if endpoint == "retrievalinfo" and not sim.retrievalinfo:
+                self._json(404, {"success": False, "error": f"Unknown endpoint {self.path}"})
+                return
+            if sim.collections is not None and collection not in sim.collections:
+                self._json(200, {"success": False, "error": f"Invalid collection code: {collection}", "count": "0",
+                                 "barcodes": [], "items": []})
+                return
+            facts = [item for (day, where), items in sorted(sim.retrievals.items())
+                     if where == collection and start <= day <= end for item in items]
+            if endpoint == "retrievalinfo":
+                self._json(200, {"success": True, "error": "", "count": str(len(facts)), "items": facts})
+                return
+            kind = endpoint[:-len("list")]
+            barcodes = [barcode for (listed, day, where), items in sorted(sim.status_lists.items())
+                        if listed == kind and where == collection and start <= day <= end for barcode in items]
+            if kind == "retrieved":
+                barcodes += [item["barcode"] for item in facts if item["barcode"] not in barcodes]
+            self._json(200, {"success": True, "error": "", "count": str(len(barcodes)), "barcodes": barcodes})
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
