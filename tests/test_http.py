@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import resource
 import socket
 import time
+import zlib
 
 import pytest
 import requests
@@ -70,6 +72,22 @@ def test_a_100_mb_body_is_cut_at_max_bytes_and_the_rest_is_never_read():
     assert len(answer.body) == 1024 * 1024
     assert answer.body.startswith(b'{"success": true')
     assert peer.sent_bytes < 20 * 1024 * 1024  # socket buffers at most, not the 100 MB
+
+
+def test_a_compressed_bomb_is_cut_at_max_bytes_of_decoded_body():
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip
+    block = b"\0" * (1024 * 1024)
+    bomb = b"".join([packer.compress(block) for _ in range(500)] + [packer.flush()])  # 500 MB in ~0.5 MB
+
+    def act(peer, connection, request):
+        peer.send(connection, hostile.head(200, len(bomb), extra="Content-Encoding: gzip\r\n") + bomb)
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with hostile.HostilePeer(act) as peer:
+        answer = http.send(http.new_session(), "GET", peer.url, deadline=30, max_bytes=1024 * 1024)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert (len(answer.body), answer.truncated) == (1024 * 1024, True)
+    assert grown_mb < 100
 
 
 def test_a_body_of_exactly_max_bytes_is_not_truncated():
