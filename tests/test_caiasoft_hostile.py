@@ -251,3 +251,14 @@ def test_status_never_shows_the_key_when_caiasoft_echoes_it(peer_site, daemon_fa
     assert KEY not in shown
     for written in peer_site.written_files():
         assert KEY.encode() not in written.read_bytes(), written
+
+
+def test_check_never_prints_the_key_when_caiasoft_echoes_it(peer_site):
+    echo = json.dumps({"success": False, "error": f"key {KEY} unknown"}).encode()
+    with hostile.HostilePeer(hostile.fixed(401, echo)) as peer:
+        configure(peer_site, peer)
+        result = subprocess.run([sys.executable, "-m", "gateway", "-c", str(peer_site.config_file), "check"],
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "CaiaSoft refused the API key (HTTP 401)" in result.stdout and "[redacted]" in result.stdout
+    assert KEY not in result.stdout + result.stderr
