@@ -262,3 +262,18 @@ def test_check_never_prints_the_key_when_caiasoft_echoes_it(peer_site):
     assert result.returncode == 1
     assert "CaiaSoft refused the API key (HTTP 401)" in result.stdout and "[redacted]" in result.stdout
     assert KEY not in result.stdout + result.stderr
+
+
+def test_status_redacts_a_key_that_an_older_version_stored_raw(peer_site, tmp_path):
+    pipeline = pipeline_for(peer_site)
+    row_id = pipeline.adopt_copy(sample(tmp_path))
+    pipeline.ledger.close()
+    database = sqlite3.connect(peer_site.load().paths.database)
+    with database:
+        database.execute("UPDATE files SET reason = ? WHERE id = ?", (f"HTTP 503: bad key {KEY}", row_id))
+    database.close()
+    for flags in ([], ["--json"]):
+        result = subprocess.run([sys.executable, "-m", "gateway", "-c", str(peer_site.config_file), "status", *flags],
+                                capture_output=True, text=True, timeout=60)
+        assert "bad key [redacted]" in result.stdout
+        assert KEY not in result.stdout + result.stderr
