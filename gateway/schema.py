@@ -140,7 +140,8 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
             "query (URL-encoded after '?', as ALEPH's web server takes it: http://HOST:8991/ncip?MESSAGE) or form "
             "(URL-encoded in a POST body).", choices=("body", "query", "form")),
         Key("content_type", "str", "text/xml; charset=UTF-8", "HTTP only, send_as = body: the Content-Type sent."),
-        Key("max_answer_bytes", "int", 1048576, "Largest NCIP answer read; a longer one counts as unreadable.",
+        Key("max_answer_bytes", "int", 1048576, "Largest NCIP answer read; a longer one counts as unreadable "
+            "(see unreadable_attempts).",
             minimum=1024),
         Key("unreadable_attempts", "int", 5, "Unreadable answers (not NCIP) for one entry before it goes to the "
             "dead letters with an excerpt of the answer; each attempt after a backoff.", minimum=1),
@@ -152,7 +153,8 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
         Key("stop_users", "table", {}, "User ID per circulation stop, as [ncip.stop_users] STOP = \"USER\"."),
         Key("journal", "path", Path("/var/lib/caiasoft-gateway/ncip.jsonl"),
             "The journal of checkout/checkin entries to relay (JSON Lines)."),
-        Key("timeout_seconds", "number", 30.0, "Timeout for connecting to and hearing from the NCIP server.",
+        Key("timeout_seconds", "number", 30.0, "Total deadline of one NCIP exchange: connect, send the message "
+            "and read the whole answer.",
             minimum=1),
         Key("backoff_initial_seconds", "number", 2.0, "First wait after a failed attempt; doubles each time.",
             minimum=0.01),

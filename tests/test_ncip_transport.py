@@ -12,6 +12,7 @@ import pytest
 from gateway.ncip import messages
 from gateway.ncip.journal import JournalEntry
 from gateway.ncip.relay import NcipClient
+from gateway.ncip.answers import UnreadableAnswer
 from gateway.ncip.transport import NcipUnavailable, for_settings
 from gateway.simulators.ncip import NcipSimulator
 
@@ -132,7 +133,7 @@ def test_an_http_answer_above_the_cap_is_refused():
     peer = Silent(b"x" * 20_000, first=b"HTTP/1.1 200 OK\r\nContent-Length: 20000\r\n\r\n")
     transport = for_settings(settings(url=peer.url.replace("tcp:", "http:") + "/", max_answer_bytes=4096))
     try:
-        with pytest.raises(NcipUnavailable, match="larger than max_answer_bytes"):
+        with pytest.raises(UnreadableAnswer, match="larger than max_answer_bytes"):
             transport.exchange(b"<NCIPMessage/>")
     finally:
         peer.close()
@@ -142,7 +143,7 @@ def test_a_raw_socket_answer_above_the_cap_is_refused():
     peer = Silent(b"<NCIPMessage>" + b"x" * 20_000, forever=True)
     transport = for_settings(settings(url=peer.url, timeout_seconds=5, max_answer_bytes=4096))
     try:
-        with pytest.raises(NcipUnavailable, match="larger than max_answer_bytes"):
+        with pytest.raises(UnreadableAnswer, match="larger than max_answer_bytes"):
             transport.exchange(b"<NCIPMessage/>")
     finally:
         peer.close()

@@ -33,15 +33,13 @@ def lookup(settings: Ncip, barcode: str) -> list[Finding]:
     what = f"NCIP LookupItem {barcode} at {settings.url} (version {settings.version})"
     client = transport.for_settings(settings)
     try:
-        body = client.exchange(messages.lookup(settings, barcode))
+        reply = answers.read(client.exchange(messages.lookup(settings, barcode)))
     except transport.NcipUnavailable as error:
         return [Finding("FAIL", what, str(error))]
-    finally:
-        client.close()
-    try:
-        reply = answers.read(body)
     except answers.UnreadableAnswer as error:
         return [Finding("FAIL", what, f"{error}; the answer began: {error.excerpt[:200]!r}")]
+    finally:
+        client.close()
     findings = [_version(settings, reply)]
     if reply.problems:
         words = "; ".join(str(problem) for problem in reply.problems)

@@ -60,11 +60,9 @@ class NcipClient:
 
     def send(self, entry: JournalEntry) -> Answer:
         try:
-            body = self.transport.exchange(messages.build(self.settings, entry))
+            reply = answers.read(self.transport.exchange(messages.build(self.settings, entry)))
         except transport.NcipUnavailable as error:
             return Answer("temporary", str(error), http_status=error.http_status)
-        try:
-            reply = answers.read(body)
         except answers.UnreadableAnswer as error:
             return Answer("unreadable", str(error), excerpt=error.excerpt)
         judgement = answers.judge(self.settings, entry.action, reply.problems)

@@ -22,13 +22,13 @@ import requests
 
 from gateway import http
 from gateway.config import Ncip
-from gateway.ncip.answers import complete
+from gateway.ncip.answers import UnreadableAnswer, complete
 
 READ_CHUNK = 64 * 1024
 
 
 class NcipUnavailable(Exception):
-    """No answer to read: the server cannot be reached, timed out, answered HTTP non-2xx or too much."""
+    """No answer to read: the server cannot be reached, timed out, or answered HTTP non-2xx."""
 
     def __init__(self, reason: str, http_status: int | None = None):
         super().__init__(reason)
@@ -37,7 +37,8 @@ class NcipUnavailable(Exception):
 
 class Transport(Protocol):
     def exchange(self, message: bytes) -> bytes:
-        """Send one message; return the answer's bytes. Raise NcipUnavailable."""
+        """Send one message; return the answer's bytes. Raise NcipUnavailable when there is no answer to
+        read, UnreadableAnswer when it is larger than max_answer_bytes."""
 
     def close(self) -> None: ...
 
@@ -74,8 +75,8 @@ class Http:
         if not 200 <= answer.status < 300:
             raise NcipUnavailable(f"NCIP server answered HTTP {answer.status}", answer.status)
         if answer.truncated:
-            raise NcipUnavailable(f"the NCIP answer is larger than max_answer_bytes ({settings.max_answer_bytes})",
-                                  answer.status)
+            raise UnreadableAnswer(f"the NCIP answer is larger than max_answer_bytes ({settings.max_answer_bytes})",
+                                   answer.body)
         return answer.body
 
 
@@ -128,8 +129,8 @@ class RawSocket:
                     break  # the server closed: what came is the answer
                 data += chunk
                 if len(data) > self.settings.max_answer_bytes:
-                    raise NcipUnavailable(f"the NCIP answer from {where} is larger than max_answer_bytes "
-                                          f"({self.settings.max_answer_bytes})")
+                    raise UnreadableAnswer(f"the NCIP answer from {where} is larger than max_answer_bytes "
+                                           f"({self.settings.max_answer_bytes})", bytes(data))
         except socket.timeout:
             raise self._late(where) from None
         except OSError as error:
