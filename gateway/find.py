@@ -22,7 +22,7 @@ from gateway.archive import SIDECAR_SUFFIX
 from gateway.errors import FileRefused
 from gateway.itemindex import answers_by_item
 from gateway.ledger import Ledger
-from gateway.names import printable
+from gateway.names import is_text, printable
 from gateway.printfile import Record
 
 BACKFILL_BATCH = 5000                   # items written to the ledger at once while backfilling
@@ -162,7 +162,9 @@ def _sidecar_items(ledger: Ledger, sidecar: Path) -> list[tuple[str, int]]:
         items = [(barcode, 0) for barcode in answers_by_item(content.get("caiasoft_answer"))]
     if not items and target.is_file() and not target.is_symlink():
         items = _file_items(target)
-    return items
+    # a sidecar is a file anyone may have edited: only text barcodes and whole record numbers are indexed
+    return [(barcode, number if isinstance(number, int) and not isinstance(number, bool) else 0)
+            for barcode, number in items if barcode.strip() and is_text(barcode)]
 
 
 def _file_items(path: Path) -> list[tuple[str, int]]:

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.names import loaded, stored
 from gateway.printfile import Record
 
 SCHEMA = """
@@ -125,7 +126,7 @@ class ItemIndex:
         """Every file (ledger row or backfilled sidecar) that carried this barcode; uses the index only."""
         with self._lock:
             rows = self._db.execute(ITEMS_FOR_BARCODE, (barcode,)).fetchall()
-        return [ItemHit(*row) for row in rows]
+        return [ItemHit(barcode, file_id, record, loaded(sidecar)) for barcode, file_id, record, sidecar in rows]
 
     # -- backfill from sidecars written before the index existed -------------------
 
@@ -148,7 +149,7 @@ class ItemIndex:
         """Index (barcode, record, sidecar path) read from sidecars; with done, remember the backfill is over."""
         with self._transaction() as db:
             db.executemany("INSERT OR IGNORE INTO items VALUES (?, ?, ?, ?)",
-                           [(barcode, BACKFILL_FILE_ID, record, sidecar) for barcode, record, sidecar in items])
+                           [(barcode, BACKFILL_FILE_ID, record, stored(sidecar)) for barcode, record, sidecar in items])
             if done:
                 db.execute("UPDATE meta SET value = 'done' WHERE key = ?", (BACKFILL_KEY,))
 

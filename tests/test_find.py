@@ -192,3 +192,16 @@ def test_a_hostile_file_name_is_shown_escaped(tmp_path):
     json.dumps(entry).encode("utf-8")  # no lone surrogate left
     assert "\x1b" not in find.render(TARGET, [entry])
     ledger.close()
+
+
+def test_the_backfill_indexes_what_a_hand_edited_sidecar_holds_and_skips_what_it_cannot(tmp_path):
+    archive = tmp_path / "archive"
+    _old_sidecar(archive, "2026/10/01", "edited.hold_req", None, outcome="accepted", reason=None,
+                 records=[{"record": "two", "items": [{"barcode": TARGET}, {"barcode": "bad\udce9"}, {"barcode": 7}]},
+                          "not a record"])
+    (archive / "2026/10/01/garbage.json").write_text("{not json")
+    ledger = Ledger(tmp_path / "gateway.db")
+    [entry] = find.find(ledger, TARGET, [archive])
+    assert entry["file"] == "edited.hold_req" and entry["record"] is None
+    assert ledger.backfill_due() is None
+    ledger.close()
