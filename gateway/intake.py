@@ -12,7 +12,7 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -208,7 +208,7 @@ def inspect(path: Path, name: str, max_bytes: int, fallback_encoding: str = "",
                     raise FileRefused(again.reason(f"UTF-8 or {fallback_encoding}")) from None
             if held.dropped:
                 details["items_not_listed"] = held.dropped
-            for record in held.records:
+            for record in held.records():
                 (on_record or _ignore)(record)
             kind = "text"
         reader.finish()
@@ -247,14 +247,18 @@ class _Held:
     """
 
     def __init__(self) -> None:
-        self.records: list[printfile.Record] = []
+        self.barcodes: list[tuple[int, str]] = []  # (line, barcode): small, whatever the list's length
         self.dropped = 0
 
-    def __call__(self, record: printfile.Record) -> None:
-        if len(self.records) < MAX_TEXT_ITEMS:
-            self.records.append(record)
+    def __call__(self, line: int, barcode: str) -> None:
+        if len(self.barcodes) < MAX_TEXT_ITEMS:
+            self.barcodes.append((line, barcode))
         else:
             self.dropped += 1
+
+    def records(self) -> Iterator[printfile.Record]:
+        for number, (line, barcode) in enumerate(self.barcodes, 1):
+            yield printfile.Record(number=number, line=line, barcodes=(barcode,))
 
 
 def _check_print_file(reader: _Reader, on_record: Callable[[printfile.Record], None]) -> dict[str, Any]:
@@ -297,8 +301,8 @@ def _bad_records_reason(bad: list[printfile.Record], bad_count: int, count: int)
     return reason
 
 
-def _check_text(reader: _Reader, encoding: str, on_record: Callable[[printfile.Record], None]) -> dict[str, Any]:
-    """Decode a text file piece by piece; hand each barcode line to on_record; return its details.
+def _check_text(reader: _Reader, encoding: str, on_barcode: Callable[[int, str], None]) -> dict[str, Any]:
+    """Decode a text file piece by piece; hand each barcode line to on_barcode(line, barcode); return its details.
 
     Raise _Undecodable (with the offset in the whole file) if it is not in encoding.
     """
@@ -327,7 +331,7 @@ def _check_text(reader: _Reader, encoding: str, on_record: Callable[[printfile.R
                 lines += 1
                 if _BARCODE.match(value):
                     barcodes += 1
-                    on_record(printfile.Record(number=barcodes, line=line_number, barcodes=(value,)))
+                    on_barcode(line_number, value)
         at_line_start = complete
         line_number += complete
         piece = reader.readline()

@@ -248,3 +248,10 @@ def test_any_print_file_splits_into_its_records_and_names_the_bad_one(shapes, ne
             assert lines[r.problem.line - 1].startswith(b"</section-02>")
         else:
             assert r.problem is None
+
+
+def test_a_huge_barcode_list_is_counted_whole_and_listed_up_to_the_cap(tmp_path, monkeypatch):
+    monkeypatch.setattr(intake, "MAX_TEXT_ITEMS", 3)
+    found, records = inspect(tmp_path, "".join(f"3123400000000{n}\n" for n in range(5)).encode(), "list_barcode")
+    assert found.details["items"] == 5 and found.details["items_not_listed"] == 2
+    assert [r.barcodes[0] for r in records] == ["31234000000000", "31234000000001", "31234000000002"]
