@@ -83,8 +83,8 @@ class Collector(threading.Thread):
 
     def _scan(self) -> list[Entry]:
         try:
+            self._release_finished()  # first: a file removed now is not listed, then looked at
             entries = self.source.scan()
-            self._release_finished()
         except OSError as error:
             self._report(f"cannot list {self.source.location}: {error.strerror or error}")
             return []

@@ -24,7 +24,7 @@ from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import DefusedXMLParser
 
 from gateway import logs
-from gateway.errors import SourceUnavailable
+from gateway.errors import SourceGone, SourceUnavailable
 from gateway.snapshot import Waiting
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ class Writers:
 
     state: str
     reason: str = ""
+    file_problem: bool = False  # unknown because of this file (gone, unreadable), not of the source
 
 
 def open_writers(path: Path) -> Writers:
@@ -59,7 +60,7 @@ def open_writers(path: Path) -> Writers:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as error:
-        return Writers(UNKNOWN, f"cannot open it: {error.strerror or error}")
+        return Writers(UNKNOWN, f"cannot open it: {error.strerror or error}", file_problem=True)
     try:
         fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
     except OSError as error:
@@ -200,7 +201,7 @@ class ReadyCheck:
         if writers.state == WRITING:
             self._wait(entry, "open for writing", None)
             return self.settler.settle_seconds or 0.5
-        if writers.state == UNKNOWN and writers.reason != self.writers_unknown:
+        if writers.state == UNKNOWN and not writers.file_problem and writers.reason != self.writers_unknown:
             self.writers_unknown = writers.reason
             log.warning("source.writers_unknown", source=self.source.name, reason=writers.reason,
                         detail="a file is taken once it settled; if it changes after that, it is taken again whole")
@@ -216,7 +217,9 @@ class ReadyCheck:
             if entry.size <= self.peek_limit:
                 try:
                     reason = cut_off(self.source.peek(entry, self.peek_limit))
-                except OSError as error:  # gone, or unreadable: taking it will say what is wrong
+                except SourceGone:
+                    return 0.0  # gone since it was listed: the next look drops it
+                except OSError as error:  # unreadable: taking it will say what is wrong
                     if entry.name in self.waiting or isinstance(error, SourceUnavailable):
                         return 0.0
             verdict = self._verdicts[entry.name] = (entry.size, entry.mtime, reason)

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import SourceGone
+from gateway.intake import Settler
+from gateway.readiness import ReadyCheck
 from gateway.sources.base import Released, Taken
 from gateway.settings import LocalSourceSettings, SftpSourceSettings
 from gateway.sources.local import LocalSource, choose_mode, filesystem_type
@@ -321,3 +323,14 @@ def test_a_vanished_folder_is_reported_and_recovers(threads, site):
     assert "cannot list" in problem and str(site.source) in problem
     away.rename(site.source)
     wait_for(lambda: running.collector.problem is None, message="the source to recover")
+
+
+def test_a_file_gone_between_listing_and_reading_is_passed_over(tmp_path):
+    """Not fatal, and not a reason to think open writers cannot be seen in the folder."""
+    source = LocalSource(local_settings(tmp_path))
+    (tmp_path / "a_barcode").write_bytes(b"31234001234567\n")
+    [entry] = source.scan()
+    (tmp_path / "a_barcode").unlink()
+    check = ReadyCheck(source, Settler(0.0), grace_seconds=300.0, peek_limit=1000)
+    assert check.hold(entry) == 0.0
+    assert check.writers_unknown is None and check.waiting == {}
