@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from conftest import wait_for
+from conftest import SAMPLES, wait_for
 from writers import DeletionWatch, barcode_list, check_outcome, write_with_a_pause
 
 pytestmark = pytest.mark.e2e
@@ -21,6 +21,7 @@ pytestmark = pytest.mark.e2e
 SETTLE = 0.2
 PAUSES = (2, 5, 20)  # times settle_seconds
 KEEP = 30 * SETTLE  # keep_original_seconds: above the longest pause
+SLIP = (SAMPLES / "hold-request-slip-0001.xml").read_bytes()
 
 
 def test_sftp_writers_pausing_longer_than_settle_lose_nothing(sftp_site, simulator, daemon_factory):
@@ -28,16 +29,24 @@ def test_sftp_writers_pausing_longer_than_settle_lose_nothing(sftp_site, simulat
     daemon = daemon_factory(sftp_site.config_file)
     wait_for(lambda: "sftp.connected" in daemon.output() or "sftp.connected" in _log(sftp_site),
              message="the first connection")
-    complete = {f"paused{factor}x_barcode": barcode_list(factor) for factor in PAUSES}
+    patterns = {f"paused{factor}x_barcode": (barcode_list(factor), factor, {}) for factor in PAUSES}
+    patterns.update({  # name: (data, pause in settle_seconds, how it pauses)
+        "midline_barcode": (barcode_list(30), 5, {"cut": 40}),                  # mid-line: waits (no newline)
+        "slip.xml": (SLIP, 5, {"cut": SLIP.index(b"</section-01>")}),          # mid-document: waits
+        "reopened_barcode": (barcode_list(40), 5, {"reopen": True}),            # closed, then appended to
+    })
+    complete = {name: data for name, (data, _, _) in patterns.items()}
     watch = DeletionWatch(sftp_site.remote, complete, simulator)
     watch.start()
-    writers = [threading.Thread(target=write_with_a_pause, args=(sftp_site.remote / name, data, factor * SETTLE))
-               for (name, data), factor in zip(complete.items(), PAUSES, strict=True)]
+    writers = [threading.Thread(target=write_with_a_pause, args=(sftp_site.remote / name, data, factor * SETTLE),
+                                kwargs=how) for name, (data, factor, how) in patterns.items()]
     for writer in writers:
         writer.start()
     for writer in writers:
         writer.join()
     check_outcome(sftp_site, complete, simulator, watch)
+    for name in ("midline_barcode", "slip.xml"):  # an unfinished end is waited for: only the whole is sent
+        assert [upload.data for upload in simulator.received if upload.name == name] == [complete[name]]
     assert daemon.stop() == 0
 
 

@@ -14,13 +14,19 @@ def barcode_list(number: int, lines: int = 6) -> bytes:
     return "".join(f"3123400{number:03d}{line:04d}\n" for line in range(lines)).encode()
 
 
-def write_with_a_pause(path: Path, data: bytes, pause: float) -> None:
-    """The writer pattern under test: half the file (whole lines), a pause with the file open, the rest."""
-    middle = data.index(b"\n", len(data) // 2) + 1
+def write_with_a_pause(path: Path, data: bytes, pause: float, cut: int | None = None, reopen: bool = False) -> None:
+    """The writer pattern under test: the file up to cut (default: half, at a line's end), a pause with the
+    file open (or, with reopen, closed: the writer opens it again to append), then the rest."""
+    middle = data.index(b"\n", len(data) // 2) + 1 if cut is None else cut
     with open(path, "wb") as handle:
         handle.write(data[:middle])
         handle.flush()
-        time.sleep(pause)  # the writer's own pause, not a synchronisation
+        if not reopen:
+            time.sleep(pause)  # the writer's own pause, not a synchronisation
+            handle.write(data[middle:])
+            return
+    time.sleep(pause)
+    with open(path, "ab") as handle:
         handle.write(data[middle:])
 
 
