@@ -1,11 +1,12 @@
-# make test: create .venv, install with test extras, run the whole suite.
+# make test: create .venv, install with test extras, the lint gate, then the whole suite (CI runs this).
+# make lint: the lint gate alone: ruff (config in pyproject.toml), then mypy --strict on gateway/.
 # make demo: create .venv, install, run `caiasoft-gateway demo --keep` (the demo folder stays to look at).
 # make bench: the benchmarks (bench/run.py, bench/print_files.py): tables and JSON lines of figures.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: test demo bench clean
+.PHONY: test lint demo bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +16,13 @@ $(VENV)/.installed: pyproject.toml
 
 test: $(VENV)/.installed
 	tools/check-tracked
+	$(MAKE) --no-print-directory lint
 	tools/install-test-deps
 	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check
+	$(BIN)/mypy
 
 demo: $(VENV)/.installed
 	$(BIN)/caiasoft-gateway demo --keep
