@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import email.utils
 import json
-import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -131,23 +130,6 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
             return None
         seconds = moment.timestamp() - (time.time() if now is None else now)
     return min(max(seconds, 0.0), RETRY_AFTER_CAP_SECONDS)
-
-
-@dataclass
-class Backoff:
-    """Exponential backoff with jitter, capped; a server's Retry-After wins if longer."""
-
-    initial: float
-    maximum: float
-    random: Callable[[], float] = random.random
-
-    def delay(self, failures: int, retry_after: float | None = None) -> float:
-        """Seconds to wait after the given number of consecutive failures (1 = first)."""
-        base = min(self.maximum, self.initial * 2 ** max(failures - 1, 0))
-        delay: float = base / 2 + self.random() * base / 2
-        if retry_after is not None:
-            delay = max(delay, retry_after)
-        return delay
 
 
 class CaiaSoftClient:

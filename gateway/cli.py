@@ -10,10 +10,10 @@ import time
 import traceback
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway import __version__, config as config_module, logs
-from gateway.errors import AlreadyRunning, ConfigError
+from gateway.errors import AlreadyRunning, ConfigError, GatewayError, LedgerDamaged
 from gateway.names import printable
 import contextlib
 
@@ -113,6 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     except AlreadyRunning as error:
         print(f"caiasoft-gateway: {error}", file=sys.stderr)
         return EXIT_FAILURE
+    except LedgerDamaged as error:  # not fixed by a restart: the unit does not restart on exit 2
+        print(f"caiasoft-gateway: {printable(str(error))}", file=sys.stderr)
+        return EXIT_CONFIG
+    except GatewayError as error:  # e.g. the ledger cannot be opened now: a restart may fix it
+        print(f"caiasoft-gateway: {printable(str(error))}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_FAILURE
 
@@ -168,23 +174,42 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from gateway import status
-    from gateway.ledger import Ledger
 
     config = _load_settings(args)
     if not config.paths.database.exists():
         message = f"no ledger at {config.paths.database}: the gateway has not run with this config yet"
         print(json.dumps({"error": message}) if args.json else message)
         return EXIT_FAILURE
-    ledger = Ledger(config.paths.database)
     try:
-        report = status.collect(ledger)
-    finally:
-        ledger.close()
+        report = _status_report(config.paths.database)
+    except GatewayError as error:  # a damaged ledger: the same words as `run` says, never a traceback
+        print(json.dumps({"error": str(error)}) if args.json else f"caiasoft-gateway: {printable(str(error))}",
+              file=sys.stdout if args.json else sys.stderr)
+        return EXIT_CONFIG if isinstance(error, LedgerDamaged) else EXIT_FAILURE
     # the ledger redacts what it stores; rows older versions stored raw are redacted here, when this
     # user can read the key (status itself never needs it)
     _register_key_quietly(config)
     print(logs.redact(json.dumps(report, indent=2, ensure_ascii=False) if args.json else status.render(report)))
     return EXIT_OK
+
+
+def _status_report(database: Path) -> dict[str, Any]:
+    """status.collect on the ledger at database. Raise LedgerDamaged or LedgerUnavailable."""
+    import sqlite3
+
+    from gateway import status
+    from gateway.ledger import Ledger, LedgerUnavailable
+
+    try:
+        ledger = Ledger(database)
+        try:
+            return status.collect(ledger)
+        finally:
+            ledger.close()
+    except sqlite3.OperationalError as error:
+        raise LedgerUnavailable(f"cannot read the ledger {database}: {error}") from None
+    except sqlite3.DatabaseError as error:
+        raise LedgerDamaged(database, str(error)) from None
 
 
 def _register_key_quietly(settings: config_module.Settings) -> None:
@@ -250,7 +275,7 @@ def cmd_send(args: argparse.Namespace) -> int:
                 if outcome.verdict != "transient":
                     break
                 if attempt + 1 < args.attempts:
-                    time.sleep(pipeline.backoff.delay(attempt + 1, outcome.retry_after))
+                    time.sleep(pipeline.gate.wait_seconds())
             row = ledger.row(row_id)
             if row.state == "archived":
                 print(f"{name}: accepted by CaiaSoft, archived as {_shown(row.final_path)}")

@@ -6,87 +6,100 @@ protocol); it only decides when to look and when a file is ready.
 
 from __future__ import annotations
 
+import errno
 import threading
 import time
 from typing import Callable
 
 from gateway import aftertake, logs
-from gateway.errors import SourceUnavailable
+from gateway.errors import SourceUnavailable, describe
 from gateway.intake import Settler
 from gateway.readiness import ReadyCheck
 from gateway.pipeline import Pipeline
 from gateway.sources.base import Entry, Source
+from gateway.worker import Worker
 
 log = logs.get("gateway.collector")
 
 MAX_WAIT_SECONDS = 1.0  # the loop checks in (heartbeat) at least this often
 FAILED_CLAIM_RETRY_SECONDS = 60.0
 CLAIM_BATCH = 64  # files claimed with one pair of ledger commits
+SHOWN_CLAIM_FAILURES = 10  # files that cannot be taken, listed by `status` per source
 
 
-class Collector(threading.Thread):
+def claim_hint(error: Exception) -> str:
+    """What to fix when a file cannot be moved out of its source folder into state_dir/work/."""
+    if not isinstance(error, OSError):
+        return "the file is left in its source; see the error above"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "the filesystem of state_dir (or of the source) is full: free space; taken again by itself"
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "the gateway needs write permission on the folder to move files out of it"
+    return "taken again by itself once the cause is fixed"
+
+
+class Collector(Worker):
     def __init__(self, source: Source, settle_seconds: float, pipeline: Pipeline,
                  clock: Callable[[], float] = time.monotonic, grace_seconds: float = 300.0,
                  marker_mode: bool = False, keep_original_seconds: float = 0.0):
-        super().__init__(name=f"collector-{source.name}", daemon=True)
+        super().__init__(name=f"collector-{source.name}")
         self.source = source
         self.pipeline = pipeline
-        self.stop_event = threading.Event()
         self.clock = clock
         self.settler = Settler(settle_seconds, trust_mtime=source.trust_mtime, clock=clock)
         self.ready_check = ReadyCheck(source, self.settler, grace_seconds, pipeline.config.intake.max_file_bytes,
                                       marker_mode)
-        self.heartbeat = clock()
         self.problem: str | None = None
+        self.claim_failures: dict[str, str] = {}  # name -> why it cannot be taken (shown by `status`)
         self._wake = threading.Event()
         self._failed: dict[str, float] = {}  # name -> when a claim last failed (e.g. permission)
+        self._to_admit: list[int] = []  # moved into work/, not yet validated (a ledger fault interrupted it)
+        self._next_scan = 0.0
         self._held: set[tuple[str, int, float]] = set()  # (origin, size, mtime) taken, original still there
         self.keep_original_seconds = keep_original_seconds
 
-    def stop(self) -> None:
-        """Ask the loop to end after the file in hand (idempotent)."""
-        self.stop_event.set()
-        self._wake.set()
+    def begin(self) -> None:
+        self.source.start(self._wake.set)
+        log.info("source.started", source=self.source.name, mode=self.source.mode)
 
-    def run(self) -> None:
-        try:
-            self.source.start(self._wake.set)
-            log.info("source.started", source=self.source.name, mode=self.source.mode)
-            next_scan = 0.0
-            while not self.stop_event.is_set():
-                self._wake.clear()
-                self.heartbeat = now = self.clock()
-                if now >= next_scan:
-                    entries = self._scan()
-                    next_scan = now + self.source.scan_interval
-                else:
-                    entries = self._unheld(self.source.look(self.source.hints() | set(self.settler.pending())))
-                wait = min(next_scan - self.clock(), MAX_WAIT_SECONDS)
-                ready: list[Entry] = []
-                for entry in sorted(entries, key=lambda e: (e.mtime, e.name)):
-                    if self.stop_event.is_set():
-                        break
-                    hint = self._consider(entry)
-                    if hint is None:
-                        ready.append(entry)
-                    elif hint > 0:
-                        wait = min(wait, hint)
-                    if len(ready) == CLAIM_BATCH:  # a full batch goes at once: a big backlog starts quickly
-                        self._take(ready)
-                        ready = []
-                if ready and not self.stop_event.is_set():
-                    self._take(ready)
-                self._wake.wait(max(wait, 0.01))
-        finally:
-            self.source.stop()
-            log.info("source.stopped", source=self.source.name)
+    def end(self) -> None:
+        self.source.stop()
+        log.info("source.stopped", source=self.source.name)
+
+    def step(self) -> None:
+        if self._to_admit:  # a batch in work/ whose validation a ledger fault interrupted
+            self.pipeline.admit_many(self._to_admit)
+            self._to_admit = []
+        self._wake.clear()
+        now = self.clock()
+        if now >= self._next_scan:
+            entries = self._scan()
+            self._next_scan = now + self.source.scan_interval
+        else:
+            entries = self._unheld(self.source.look(self.source.hints() | set(self.settler.pending())))
+        wait = min(self._next_scan - self.clock(), MAX_WAIT_SECONDS)
+        ready: list[Entry] = []
+        for entry in sorted(entries, key=lambda e: (e.mtime, e.name)):
+            if self.stopping:
+                break
+            hint = self._consider(entry)
+            if hint is None:
+                ready.append(entry)
+            elif hint > 0:
+                wait = min(wait, hint)
+            if len(ready) == CLAIM_BATCH:  # a full batch goes at once: a big backlog starts quickly
+                self._take(ready)
+                ready = []
+        if ready and not self.stopping:
+            self._take(ready)
+        self.rest(max(wait, 0.01), self._wake)
 
     def _scan(self) -> list[Entry]:
         try:
             self._release_finished()  # first: a file removed now is not listed, then looked at
             entries = self.source.scan()
         except OSError as error:
-            self._report(f"cannot list {self.source.location}: {error.strerror or error}")
+            self._report(f"cannot list {self.source.location}: {describe(error)}")
             return []
         self._report(None)
         self._held = self.pipeline.ledger.held(self.source.name)
@@ -95,6 +108,7 @@ class Collector(threading.Thread):
         self.settler.keep_only(names)
         self.ready_check.keep_only(names)
         self._failed = {name: when for name, when in self._failed.items() if name in names}
+        self.claim_failures = {name: why for name, why in self.claim_failures.items() if name in names}
         return entries
 
     def _unheld(self, entries: list[Entry]) -> list[Entry]:
@@ -112,7 +126,7 @@ class Collector(threading.Thread):
                 if isinstance(error, SourceUnavailable):
                     raise
                 log.error("remote.cleanup_failed", source=self.source.name, file=row.name, origin=row.origin,
-                          error=error.strerror or str(error), detail="retried on the next scan; the file is "
+                          error=describe(error), detail="retried on the next scan; the file is "
                           "not taken again meanwhile")
                 continue
             if released.changed_size is not None and not (row.reason or "").startswith(aftertake.CHANGED):
@@ -136,22 +150,27 @@ class Collector(threading.Thread):
         return None
 
     def _take(self, entries: list[Entry]) -> None:
-        self.heartbeat = self.clock()
+        self.check_in()
         for entry in entries:
             self.settler.forget(entry.name)
             self.ready_check.changed(entry.name)
-        taken, failures = self.pipeline.take(self.source, entries)
+        taken, failures = self.pipeline.claim(self.source, entries)
+        self._to_admit = taken
         self._held = self.pipeline.ledger.held(self.source.name)
         for entry in entries:
             self._failed.pop(entry.name, None)
+            self.claim_failures.pop(entry.name, None)
         for entry, error in failures:
             if isinstance(error, SourceUnavailable):  # the source went away: taken again once it is back
                 self._report(f"cannot take files from {self.source.location}: {error}")
                 continue
             self._failed[entry.name] = self.clock()
-            log.error("file.claim_failed", source=self.source.name, file=entry.name,
-                      error=error.strerror or str(error),
-                      hint="the gateway needs write permission on the folder to move files out of it")
+            if len(self.claim_failures) < SHOWN_CLAIM_FAILURES:
+                self.claim_failures[entry.name] = f"cannot be taken: {describe(error)}"
+            log.error("file.claim_failed", source=self.source.name, file=entry.name, error=describe(error),
+                      hint=claim_hint(error), retry_in=FAILED_CLAIM_RETRY_SECONDS)
+        self.pipeline.admit_many(taken)
+        self._to_admit = []
 
     def _report(self, problem: str | None) -> None:
         if problem != self.problem:

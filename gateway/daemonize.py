@@ -10,7 +10,7 @@ import daemon
 
 from gateway import logs
 from gateway.config import Config
-from gateway.errors import AlreadyRunning
+from gateway.errors import AlreadyRunning, LedgerDamaged
 import contextlib
 
 UMASK = 0o027
@@ -66,13 +66,14 @@ class PidFile:
 
 def run_detached(config: Config, pidfile: Path) -> int:
     """Detach (double fork, umask 027, cwd /), hold the pidfile, run the service. The caller's process returns 0."""
-    from gateway.service import Service
+    from gateway.service import Service, StateLock
 
     pidfile = pidfile.absolute()
     lock = PidFile(pidfile)
     holder = lock.holder()
     if holder is not None:
         raise AlreadyRunning(f"the gateway is already running (pid {holder}, pidfile {pidfile})")
+    StateLock(config.paths.lock_file).acquire().release()  # another instance on this state_dir: exit 1 here
     context = daemon.DaemonContext(pidfile=lock, umask=UMASK, working_directory="/", detach_process=True)
     with context:  # the terminal's process exits here; what follows runs in the daemon
         logs.setup(config.paths.log_dir, console=False)  # opened after detaching, so not closed by it
@@ -82,3 +83,6 @@ def run_detached(config: Config, pidfile: Path) -> int:
         except AlreadyRunning as error:
             log.error("service.refused", reason=str(error))
             return 1
+        except LedgerDamaged as error:
+            log.error("service.ledger_damaged", reason=str(error))
+            return 2

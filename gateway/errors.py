@@ -60,3 +60,43 @@ class SourceGone(GatewayError):
 
 class SourceUnavailable(OSError):
     """A source cannot be reached now (SFTP server down, login refused...); it is retried alone."""
+
+
+class LedgerDamaged(GatewayError):
+    """gateway.db cannot be read as a database. Not fixed by a restart: an admin moves it aside."""
+
+    def __init__(self, path: object, detail: str):
+        self.path = path
+        self.detail = detail
+        super().__init__(
+            f"the ledger {path} is damaged ({detail}). Stop the service, move the file aside "
+            f"(mv {path} {path}.damaged, and its -wal and -shm files if present), then start the service: "
+            "files still in the source folders are untouched, the archive and error folders stay as they are, "
+            "and files left in state_dir/work/ are taken again (at most they are sent to CaiaSoft a second time)")
+
+
+def describe(error: BaseException) -> str:
+    """Render an exception for an admin: never empty (an EOFError has no text, so its type name stands in)."""
+    if isinstance(error, OSError) and error.strerror:
+        where = f": {error.filename}" if error.filename is not None else ""
+        return f"{error.strerror}{where}"
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+# What a worker does with an exception that escaped the item boundary (see worker.Worker).
+ENVIRONMENT, DAMAGED, BUG = "environment", "damaged", "bug"
+
+
+def fault_kind(error: BaseException) -> str:
+    """ENVIRONMENT (a folder, the disk, a locked ledger: pause and try again), DAMAGED (the ledger
+    cannot be read as a database: needs an admin), or BUG (anything else: logged with its traceback)."""
+    import sqlite3
+
+    if isinstance(error, sqlite3.OperationalError):  # locked, disk full, I/O error, cannot open
+        return ENVIRONMENT
+    if isinstance(error, sqlite3.DatabaseError):     # malformed image, not a database
+        return DAMAGED
+    if isinstance(error, OSError):
+        return ENVIRONMENT
+    return BUG

@@ -1,16 +1,22 @@
 """The ledger: SQLite (WAL) record of every file the gateway has taken.
 
-It is the one owner of state. A file's row moves through:
+It is the one owner of state. A file's row moves through the states in
+gateway.states (claiming -> claimed -> queued -> uploading -> answered ->
+archiving/refusing -> archived/refused, or stuck). Each step is committed
+before the file moves on, so after a crash every row says what to redo (see
+pipeline.Pipeline.recover):
 
-    claiming -> claimed -> queued -> uploading -> archiving -> archived
-                   |          ^          |    \\-> refusing  -> refused
-                   |          \\----------/ (transient failure: back to queued)
-                   \\-> refusing -> refused  (the gateway itself refuses it)
+  claiming            the work file exists: it was claimed; else the claim is forgotten
+  claimed             validated again
+  uploading           back to queued (the upload is sent again: the answer was not recorded)
+  answered            the verdict is durable: placed now (a name is reserved only after this)
+  archiving/refusing  carry their reserved final path: finished there
+  stuck               given one more try at placing
 
-Each step is committed before the file moves on, so after a crash every row
-says what to redo (see pipeline.Pipeline.recover): a row in 'claiming' whose work file exists
-was claimed; 'uploading' goes back to 'queued' (the upload is sent again);
-'archiving'/'refusing' carry their final path and are finished again.
+CaiaSoft's answer is recorded ('answered', with the verdict) before any name is
+reserved or folder written, so a file CaiaSoft answered is never uploaded again
+because placing it failed. A row whose placing fails keeps its state, with the
+reason in `problem` and a later next_attempt_at (see pipeline.Pipeline.place).
 """
 
 from __future__ import annotations
@@ -25,8 +31,12 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from gateway import itemindex
+from gateway.errors import GatewayError, LedgerDamaged, describe
 from gateway.logs import redact
 from gateway.names import loaded, safe_name, stored
+from gateway.states import FINAL_STATES, OPEN_STATES, FileState, Verdict
+
+PLACE_LEASE_SECONDS = 600.0  # an answered row is left to the worker that recorded it for this long
 
 
 class Seen(Protocol):
@@ -41,7 +51,7 @@ class Seen(Protocol):
     @property
     def mtime(self) -> float: ...
 
-SCHEMA_VERSION = 2  # 2: records and items (gateway/itemindex.py)
+SCHEMA_VERSION = 3  # 2: records and items (gateway/itemindex.py); 3: verdict, problem, place_failures
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -65,7 +75,10 @@ CREATE TABLE IF NOT EXISTS files (
     answer          TEXT,
     reason          TEXT,
     final_path      TEXT,
-    released_at     REAL
+    released_at     REAL,
+    verdict         TEXT,
+    problem         TEXT,
+    place_failures  INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS files_queue ON files (state, next_attempt_at, id);
 CREATE INDEX IF NOT EXISTS files_origin ON files (source, origin);
@@ -90,8 +103,15 @@ CREATE TABLE IF NOT EXISTS feed_seen (
 );
 """
 
-OPEN_STATES = ("claiming", "claimed", "queued", "uploading", "archiving", "refusing")
-FINAL_STATES = ("archived", "refused")
+_ADDED_COLUMNS = {  # columns of SCHEMA_VERSION 3, added to an older ledger's files table when it is opened
+    "verdict": "TEXT",
+    "problem": "TEXT",
+    "place_failures": "INTEGER NOT NULL DEFAULT 0",
+}
+
+
+class LedgerUnavailable(GatewayError):
+    """gateway.db cannot be opened now (no permission on state_dir, locked, disk full)."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +137,9 @@ class FileRow:
     reason: str | None
     final_path: str | None
     released_at: float | None
+    verdict: str | None = None
+    problem: str | None = None
+    place_failures: int = 0
 
     def __post_init__(self) -> None:
         # name and origin are TEXT, or the exact bytes (BLOB) of a name that is not UTF-8: see gateway.names
@@ -140,16 +163,39 @@ def work_name(row_id: int, name: str) -> str:
 class Ledger(itemindex.ItemIndex):
     """SQLite-backed state of every file. Thread-safe; safe to open from a second process."""
 
-    def __init__(self, path: Path, clock: Callable[[], float] = time.time):
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time, check: bool = True):
+        """Open (or create) the ledger at path.
+
+        Raise LedgerDamaged if the file is not a readable SQLite database (with check,
+        the default, every page is verified: quick_check), LedgerUnavailable if it
+        cannot be opened now.
+        """
         self.path = path
         self.clock = clock
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.OperationalError) as error:
+            raise LedgerUnavailable(f"cannot open the ledger {path}: {describe(error)}") from None
+        try:
+            self._open(check)
+        except sqlite3.OperationalError as error:
+            self._db.close()
+            raise LedgerUnavailable(f"cannot open the ledger {path}: {describe(error)}") from None
+        except sqlite3.DatabaseError as error:
+            self._db.close()
+            raise LedgerDamaged(path, describe(error)) from None
+
+    def _open(self, check: bool) -> None:
         self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA busy_timeout=30000")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=30000")
+        if check:
+            verdict = self._db.execute("PRAGMA quick_check(1)").fetchone()[0]
+            if verdict != "ok":
+                raise sqlite3.DatabaseError(verdict)
         self._db.executescript(_SCHEMA + itemindex.SCHEMA)
         if self._db.execute("SELECT NOT EXISTS (SELECT 1 FROM files)").fetchone()[0]:  # nothing from before
             self._db.execute("INSERT OR IGNORE INTO meta VALUES ('local_originals_kept', '1')")
@@ -168,6 +214,10 @@ class Ledger(itemindex.ItemIndex):
             version = int(row[0]) if row else 0
             if version < 2:
                 itemindex.migrate(db, self.clock())
+            present = {column[1] for column in db.execute("PRAGMA table_info(files)")}
+            for column, declaration in _ADDED_COLUMNS.items():  # version 3
+                if column not in present:
+                    db.execute(f"ALTER TABLE files ADD COLUMN {column} {declaration}")
             if version < SCHEMA_VERSION:
                 db.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT(key) DO UPDATE SET "
                            "value = excluded.value", (str(SCHEMA_VERSION),))
@@ -180,7 +230,11 @@ class Ledger(itemindex.ItemIndex):
 
         def __enter__(self) -> sqlite3.Connection:
             self.ledger._lock.acquire()
-            self.ledger._db.execute("BEGIN IMMEDIATE")
+            try:
+                self.ledger._db.execute("BEGIN IMMEDIATE")
+            except BaseException:  # locked past busy_timeout, disk full...: the lock must not leak
+                self.ledger._lock.release()
+                raise
             return self.ledger._db
 
         def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
@@ -197,15 +251,15 @@ class Ledger(itemindex.ItemIndex):
             row = self._db.execute(sql, args).fetchone()
         return FileRow(**dict(row)) if row else None
 
-    def _update(self, row_id: int, expected: tuple[str, ...], sql_fields: str = "", **fields: Any) -> FileRow:
-        """Set fields (and SQL expressions in sql_fields) on a row in one of the expected states; return it.
+    def _update(self, row_id: int, expected: tuple[str, ...], **fields: Any) -> FileRow:
+        """Set fields (column names from this module only) on a row in one of the expected states; return it.
 
-        Texts that come from outside (reason, answer) are stored with registered secrets redacted.
+        Texts that come from outside (reason, answer, problem) are stored with registered secrets redacted.
         """
-        for name in ("reason", "answer"):
+        for name in ("reason", "answer", "problem"):
             if isinstance(fields.get(name), str):
                 fields[name] = redact(fields[name])
-        sets = ", ".join([*(f"{name} = ?" for name in fields), *([sql_fields] if sql_fields else [])])
+        sets = ", ".join(f"{name} = ?" for name in fields)
         sql = (f"UPDATE files SET {sets} WHERE id = ? AND state IN ({', '.join('?' for _ in expected)}) "
                "RETURNING *")
         with self._transaction() as db:
@@ -233,7 +287,7 @@ class Ledger(itemindex.ItemIndex):
                     for name, origin, size, mtime in files]
 
     def claimed(self, row_id: int) -> None:
-        self._update(row_id, ("claiming",), state="claimed", claimed_at=self.clock())
+        self._update(row_id, (FileState.CLAIMING,), state=FileState.CLAIMED, claimed_at=self.clock())
 
     def forget(self, *row_ids: int) -> None:
         """Drop rows whose claim never happened (the file stayed in, or left, its source)."""
@@ -273,43 +327,126 @@ class Ledger(itemindex.ItemIndex):
         return FileRow(**dict(row)) if row else None
 
     def requeue(self, row_id: int, reason: str, next_attempt_at: float, http_status: int | None = None,
-                undo_attempt: bool = False, answer: Any = None) -> None:
-        """A transient failure (or a pause): back to the queue, due again at next_attempt_at.
+                answer: Any = None) -> None:
+        """A transient failure: back to the queue, due again at next_attempt_at (the attempt counts).
 
         answer, if given, is kept with the row (an unreadable answer and how many there were).
         """
         fields: dict[str, Any] = {} if answer is None else {"answer": json.dumps(answer, ensure_ascii=False)}
-        self._update(row_id, ("uploading",), "attempts = MAX(attempts - 1, 0)" if undo_attempt else "",
-                     state="queued", reason=reason, next_attempt_at=next_attempt_at, http_status=http_status,
-                     **fields)
+        self._update(row_id, (FileState.UPLOADING,), state=FileState.QUEUED, reason=reason,
+                     next_attempt_at=next_attempt_at, http_status=http_status, **fields)
 
-    def finishing(self, row_id: int, state: str, final_path: Path, *, reason: str | None = None,
-                  http_status: int | None = None, answer: Any = None, uploaded: bool = False,
-                  sha256: str | None = None, size: int | None = None) -> FileRow:
-        """Record the outcome and where the file goes, before it moves there; return the row."""
-        assert state in ("archiving", "refusing")
-        fields: dict[str, Any] = dict(state=state, final_path=str(final_path), reason=reason,
-                                      http_status=http_status,
-                                      answer=json.dumps(answer, ensure_ascii=False) if answer is not None else None)
+    def requeue_paused(self, row_id: int, reason: str, http_status: int | None = None) -> None:
+        """Uploads are paused (wrong key or URL): back to the queue, due at once, the attempt not counted."""
+        with self._transaction() as db:
+            changed = db.execute(
+                "UPDATE files SET state = 'queued', reason = ?, http_status = ?, next_attempt_at = ?, "
+                "attempts = MAX(attempts - 1, 0) WHERE id = ? AND state = 'uploading'",
+                (redact(reason), http_status, self.clock(), row_id)).rowcount
+        if changed != 1:
+            raise LookupError(f"ledger row {row_id} is not uploading")
+
+    def interrupted(self, row_id: int) -> None:
+        """After a restart: an upload whose answer was not recorded goes back to the queue, due at once."""
+        self._update(row_id, (FileState.UPLOADING,), state=FileState.QUEUED, reason="interrupted by a restart",
+                     next_attempt_at=0)
+
+    def answered(self, row_id: int, verdict: Verdict, reason: str, *, http_status: int | None = None,
+                 answer: Any = None, uploaded: bool = False, sha256: str | None = None,
+                 size: int | None = None) -> FileRow:
+        """Record the verdict (CaiaSoft's, or the gateway's own refusal) before the file is placed; return the row.
+
+        The row is leased to the caller for PLACE_LEASE_SECONDS: the Placer does not take
+        it meanwhile (the caller places it at once; after a crash, recover() does).
+        """
+        if verdict not in (Verdict.ACCEPTED, Verdict.REFUSED):
+            raise ValueError(f"a file is answered as accepted or refused, not {verdict}")
+        fields: dict[str, Any] = dict(
+            state=FileState.ANSWERED, verdict=verdict, reason=reason, http_status=http_status,
+            answer=json.dumps(answer, ensure_ascii=False) if answer is not None else None,
+            problem=None, place_failures=0, next_attempt_at=self.clock() + PLACE_LEASE_SECONDS)
         if uploaded:
             fields["uploaded_at"] = self.clock()
         if sha256 is not None:
             fields["sha256"] = sha256
         if size is not None:
             fields["size"] = size
-        return self._update(row_id, ("claiming", "claimed", "uploading", "archiving", "refusing"), **fields)
+        return self._update(row_id, (FileState.CLAIMING, FileState.CLAIMED, FileState.UPLOADING), **fields)
+
+    def placing(self, row_id: int, final_path: Path) -> FileRow:
+        """The final path is reserved: answered -> archiving (accepted) or refusing (refused); return the row."""
+        with self._transaction() as db:
+            row = db.execute(
+                "UPDATE files SET final_path = ?, state = CASE verdict WHEN 'accepted' THEN 'archiving' "
+                "ELSE 'refusing' END WHERE id = ? AND state = 'answered' RETURNING *",
+                (str(final_path), row_id)).fetchone()
+        if row is None:
+            raise LookupError(f"ledger row {row_id} is not answered")
+        return FileRow(**dict(row))
+
+    def place_failed(self, row_id: int, problem: str, next_attempt_at: float) -> None:
+        """Placing failed on the folder (permissions, space, a file in the way): try again at next_attempt_at."""
+        with self._transaction() as db:
+            db.execute("UPDATE files SET problem = ?, next_attempt_at = ?, place_failures = place_failures + 1 "
+                       "WHERE id = ? AND state IN ('answered', 'archiving', 'refusing')",
+                       (redact(problem), next_attempt_at, row_id))
+
+    def stuck(self, row_id: int, problem: str) -> None:
+        """The file itself cannot be placed: it stays in work/, shown by `status`, tried again at the next start."""
+        with self._transaction() as db:
+            db.execute("UPDATE files SET state = 'stuck', problem = ?, finished_at = ? WHERE id = ? AND state IN "
+                       "('claiming', 'claimed', 'answered', 'archiving', 'refusing')",
+                       (redact(problem), self.clock(), row_id))
+
+    def unstick(self) -> int:
+        """stuck -> answered (or back to its reserved path), due at once: one more try; return how many."""
+        with self._transaction() as db:
+            count: int = db.execute(
+                "UPDATE files SET state = CASE WHEN final_path IS NULL THEN 'answered' "
+                "WHEN verdict = 'accepted' THEN 'archiving' ELSE 'refusing' END, "
+                "next_attempt_at = 0, finished_at = NULL WHERE state = 'stuck' AND verdict IS NOT NULL").rowcount
+        return count
+
+    def take_placement(self, now: float | None = None) -> FileRow | None:
+        """The oldest row whose placing is due (a retry, or a lease that ran out), leased anew; None if none."""
+        now = self.clock() if now is None else now
+        with self._transaction() as db:
+            row = db.execute(
+                "UPDATE files SET next_attempt_at = ? WHERE id = ("
+                " SELECT id FROM files WHERE state IN ('answered', 'archiving', 'refusing') AND next_attempt_at <= ?"
+                " ORDER BY next_attempt_at, id LIMIT 1) RETURNING *", (now + PLACE_LEASE_SECONDS, now)).fetchone()
+        return FileRow(**dict(row)) if row else None
+
+    def next_placement_due(self) -> float | None:
+        with self._lock:
+            row = self._db.execute("SELECT MIN(next_attempt_at) FROM files "
+                                   "WHERE state IN ('answered', 'archiving', 'refusing')").fetchone()
+        due: float | None = row[0]
+        return due
+
+    def problems(self, limit: int = 20) -> list[FileRow]:
+        """Rows waiting on a placing problem, or stuck: what `status` lists with its reason."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM files WHERE (state IN ('answered', 'archiving', 'refusing') AND problem IS NOT NULL) "
+                "OR state = 'stuck' ORDER BY id LIMIT ?", (limit,)).fetchall()
+        return [FileRow(**dict(row)) for row in rows]
 
     def finished(self, row_id: int, final_path: Path) -> None:
         """The file is in its final place (which may differ from the one chosen, after a clash)."""
-        self._update(row_id, ("archiving", "refusing"),
-                     "state = CASE state WHEN 'archiving' THEN 'archived' ELSE 'refused' END",
-                     final_path=str(final_path), finished_at=self.clock())
+        with self._transaction() as db:
+            changed = db.execute(
+                "UPDATE files SET state = CASE state WHEN 'archiving' THEN 'archived' ELSE 'refused' END, "
+                "final_path = ?, finished_at = ?, problem = NULL WHERE id = ? AND state IN ('archiving', 'refusing')",
+                (str(final_path), self.clock(), row_id)).rowcount
+        if changed != 1:
+            raise LookupError(f"ledger row {row_id} is not being placed")
 
     def reopen(self, row_id: int, name: str) -> None:
         """`retry`: a refused file goes back to 'claimed' (validated again, then uploaded)."""
-        self._update(row_id, ("refused",), state="claimed", name=stored(name), final_path=None, reason=None,
-                     http_status=None, answer=None, attempts=0, next_attempt_at=0, finished_at=None,
-                     claimed_at=self.clock())
+        self._update(row_id, (FileState.REFUSED,), state=FileState.CLAIMED, name=stored(name), final_path=None,
+                     reason=None, http_status=None, answer=None, attempts=0, next_attempt_at=0, finished_at=None,
+                     claimed_at=self.clock(), verdict=None, problem=None, place_failures=0)
 
     def adopt(self, name: str, size: int, origin: str) -> int:
         """Record a file found in work/ with no row (the database was lost); return its row id."""
@@ -331,6 +468,17 @@ class Ledger(itemindex.ItemIndex):
         if row is None:
             raise LookupError(f"ledger row {row_id} does not exist")
         return row
+
+    def rows(self, row_ids: list[int]) -> list[FileRow]:
+        """These rows (those that exist), in id order."""
+        found: list[FileRow] = []
+        for start in range(0, len(row_ids), 500):
+            chunk = row_ids[start:start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            with self._lock:
+                rows = self._db.execute(f"SELECT * FROM files WHERE id IN ({marks}) ORDER BY id", chunk).fetchall()
+            found += [FileRow(**dict(row)) for row in rows]
+        return found
 
     def in_state(self, *states: str) -> list[FileRow]:
         marks = ", ".join("?" for _ in states)
@@ -374,7 +522,8 @@ class Ledger(itemindex.ItemIndex):
     def known_work_names(self) -> set[str]:
         marks = ", ".join("?" for _ in OPEN_STATES)
         with self._lock:
-            rows = self._db.execute(f"SELECT id, name FROM files WHERE state IN ({marks})", OPEN_STATES).fetchall()
+            rows = self._db.execute(f"SELECT id, name FROM files WHERE state IN ({marks}, 'stuck')",
+                                    OPEN_STATES).fetchall()
         return {work_name(row_id, loaded(name)) for row_id, name in rows}
 
     # -- sources that keep their originals until the outcome is known (SFTP) --------

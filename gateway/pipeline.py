@@ -1,15 +1,30 @@
-"""The request-file pipeline: claim -> validate -> upload -> archive or error.
+"""The request-file pipeline: claim -> validate -> upload -> answered -> archive or error.
 
 Pipeline moves files between the source, work/, the archive and the error
 folder, and records each step in the ledger before the next one starts; the
 one other mover is the `retry` command (retry.py), which puts a file from the
 error folder back into work/ and hands it to the pipeline. recover() finishes
 whatever a crash interrupted.
+
+Faults are contained per file, by construction:
+  * validating (admit_many): anything that goes wrong reading or judging one
+    file refuses that file, with the reason, into the error folder;
+  * uploading (send, record): the verdict is recorded before anything else; an
+    unexpected error while sending refuses that file (the reason says it may
+    have reached CaiaSoft);
+  * placing (place): a folder that cannot be written (permissions, a full disk,
+    a file where a day folder should be) leaves the row waiting with the reason
+    and a backoff, tried again by the Placer; a file that cannot be placed for a
+    reason of its own is marked stuck, shown by `status`.
+Ledger faults (locked, disk full) are not an item's fault: they reach the
+worker, which pauses (worker.Worker).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import errno
+import functools
 import json
 import os
 import time
@@ -18,22 +33,38 @@ from typing import Any, Callable
 
 from gateway import __version__, aftertake, intake, logs
 from gateway.archive import Folder
-from gateway.caiasoft import Backoff, CaiaSoftClient, Outcome, counts_unreadable, is_denied, settle_unreadable
-from gateway.errors import FileRefused, SourceGone
+from gateway.backoff import Backoff, Gate
+from gateway.caiasoft import CaiaSoftClient, Outcome, counts_unreadable, is_denied, settle_unreadable
+from gateway.errors import BUG, FileRefused, SourceGone, describe, fault_kind
 from gateway.files import PARTIAL_GLOB, copy_no_clobber
 from gateway.itemindex import RecordSpool, sidecar_records
 from gateway.ledger import Ledger, FileRow, work_name
 from gateway.names import printable, safe_name
 from gateway.settings import Settings
 from gateway.sources.base import Entry, Source
+from gateway.states import FileState, Verdict
 
 log = logs.get("gateway.pipeline")
 SIDECAR_RECORDS = 10_000  # records listed in one sidecar; all are counted, and all are in the ledger
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+_PERMISSION = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def folder_hint(error: OSError) -> str:
+    """What an admin should look at, for an error writing a folder."""
+    if error.errno in _FULL:
+        return "the filesystem is full: free space there; the gateway resumes by itself"
+    if error.errno in _PERMISSION:
+        return "the service user cannot write there: fix the owner or mode; the gateway resumes by itself"
+    if error.errno in (errno.ENOTDIR, errno.EEXIST):
+        return "a file is where a folder should be: move it away; the gateway resumes by itself"
+    return "fix the folder; the gateway tries again by itself"
 
 
 class Pipeline:
     def __init__(self, config: Settings, ledger: Ledger, client: CaiaSoftClient | None,
-                 clock: Callable[[], float] = time.time, on_queued: Callable[[], None] = lambda: None):
+                 clock: Callable[[], float] = time.time, on_queued: Callable[[], None] = lambda: None,
+                 gate: Gate | None = None):
         self.config = config
         self.ledger = ledger
         self.client = client
@@ -43,7 +74,9 @@ class Pipeline:
         self.errors = Folder(config.paths.error_dir)
         self.work_dir = config.paths.work_dir
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.backoff = Backoff(config.caiasoft.backoff_initial_seconds, config.caiasoft.backoff_max_seconds)
+        self.gate = gate or Gate(config.caiasoft)  # the one retry policy for uploads (gateway.backoff)
+        self.place_backoff = Backoff(config.caiasoft.backoff_initial_seconds, config.caiasoft.backoff_max_seconds)
+        self.on_place_failed: Callable[[], None] = lambda: None
         self.sources: dict[str, Source] = {}  # by name: where originals that stay after the take are checked
 
     def work_path(self, row: FileRow) -> Path:
@@ -51,7 +84,7 @@ class Pipeline:
 
     # -- intake --------------------------------------------------------------
 
-    def take(self, source: Source, entries: list[Entry]) -> tuple[list[int], list[tuple[Entry, OSError]]]:
+    def take(self, source: Source, entries: list[Entry]) -> tuple[list[int], list[tuple[Entry, Exception]]]:
         """Claim ready files from their source into work/, validate them, queue them.
 
         Two ledger commits for the whole batch: the claims are recorded, the files
@@ -59,17 +92,43 @@ class Pipeline:
         Return (row ids taken, [(entry, error)] for files that could not be moved,
         e.g. no permission on the folder); a file that vanished is simply dropped.
         """
-        row_ids = self.ledger.begin_claims(source.name, entries)
-        taken, dropped, failures, moved = [], [], [], []
+        taken, failures = self.claim(source, entries)
+        self.admit_many(taken)
+        return taken, failures
+
+    def claim(self, source: Source, entries: list[Entry]) -> tuple[list[int], list[tuple[Entry, Exception]]]:
+        """Move ready files into work/ and record them (claimed, not yet validated); see take().
+
+        A file whose claim fails for a reason of its own (it cannot be moved, or even
+        recorded) is returned with the error and stays in its source; the others go on.
+        """
+        try:
+            row_ids = self.ledger.begin_claims(source.name, entries)
+        except Exception as error:
+            if fault_kind(error) != BUG:  # the ledger itself: the worker pauses
+                raise
+            return self._claim_one_by_one(source, entries, error)
+        return self._fetch(source, entries, row_ids)
+
+    def _fetch(self, source: Source, entries: list[Entry],
+               row_ids: list[int]) -> tuple[list[int], list[tuple[Entry, Exception]]]:
+        """Move each recorded file into work/; forget the rows of those that could not be moved."""
+        taken: list[int] = []
+        dropped: list[int] = []
+        moved: list[int] = []
+        failures: list[tuple[Entry, Exception]] = []
         for row_id, entry in zip(row_ids, entries, strict=True):
             try:
                 kept = source.fetch(entry, self.work_dir / work_name(row_id, entry.name))
             except SourceGone as gone:
                 dropped.append(row_id)
                 log.info("file.vanished", source=source.name, file=entry.name, detail=str(gone))
-            except OSError as error:
+            except Exception as error:  # cannot be moved (an OSError: the collector says why), or a bug: this file only
                 dropped.append(row_id)
                 failures.append((entry, error))
+                if not isinstance(error, OSError):
+                    log.error("file.claim_failed", source=source.name, file=entry.name, error=describe(error),
+                              exc_info=(type(error), error, error.__traceback__))
             else:
                 taken.append(row_id)
                 if not kept:
@@ -81,8 +140,22 @@ class Pipeline:
             self.ledger.forget(*dropped)
         if moved:
             self.ledger.moved_when_taken(*moved)
-        self._admit(taken)
         return taken, failures
+
+    def _claim_one_by_one(self, source: Source, entries: list[Entry],
+                          error: Exception) -> tuple[list[int], list[tuple[Entry, Exception]]]:
+        """A batch that could not be recorded: claim its files alone, so only the one at fault stays behind."""
+        if len(entries) == 1:
+            log.error("file.claim_failed", source=source.name, file=entries[0].name, error=describe(error),
+                      exc_info=(type(error), error, error.__traceback__))
+            return [], [(entries[0], error)]
+        taken: list[int] = []
+        failed: list[tuple[Entry, Exception]] = []
+        for entry in entries:
+            one_taken, one_failed = self.claim(source, [entry])
+            taken += one_taken
+            failed += one_failed
+        return taken, failed
 
     def adopt_copy(self, path: Path, source_name: str = "send") -> int:
         """Copy a file given on the command line into work/ and validate it (for `send`)."""
@@ -95,30 +168,26 @@ class Pipeline:
 
     def admit(self, row_id: int) -> None:
         """Validate one claimed file: queue it for upload, or refuse it into error_dir."""
-        self._admit([row_id])
+        self.admit_many([row_id])
 
-    def _admit(self, row_ids: list[int]) -> None:
+    def admit_many(self, row_ids: list[int]) -> None:
+        """Validate claimed files: queue the valid ones (one commit), refuse the others into error_dir.
+
+        Rows no longer being claimed (admitted by an earlier try) are skipped, so a
+        batch that a ledger fault interrupted can be admitted again as a whole.
+        """
+        if not row_ids:
+            return
         valid = []
-        limits = self.config.intake
         spool = RecordSpool(self.ledger)  # what each file holds, indexed by barcode for `find`
-        for row_id in row_ids:
-            row = self.ledger.row(row_id)
-            path = self.work_path(row)
-            spool.start(row_id)
-            try:
-                found = intake.inspect(path, row.name, limits.max_file_bytes, limits.text_fallback_encoding,
-                                       on_record=spool.add)
-            except FileRefused as refusal:
-                spool.flush()  # the sidecar names the records, the bad ones too
-                sha256, size = intake.file_digest(path)
-                size_now = aftertake.changed_since_take(row, self.sources, "validating")
-                why = aftertake.reason(row, size_now) if size_now is not None else \
-                    f"refused by the gateway: {refusal.reason}"
-                log.warning("file.refused", id=row.id, source=row.source, file=row.name, sha256=sha256,
-                            by="gateway", reason=why)
-                self._finish(row, "refusing", reason=why, sha256=sha256, size=size)
+        for row in self.ledger.rows(row_ids):
+            if row.state not in (FileState.CLAIMING, FileState.CLAIMED):
                 continue
-            valid.append((row_id, found.kind, found.sha256, found.size, found.details))
+            spool.start(row.id)
+            found = self._inspect(row, spool)
+            if found is None:
+                continue
+            valid.append((row.id, found.kind, found.sha256, found.size, found.details))
             log.info("file.queued", id=row.id, source=row.source, file=row.name, kind=found.kind,
                      sha256=found.sha256, size=found.size)
         spool.flush()
@@ -126,53 +195,139 @@ class Pipeline:
             self.ledger.queued_many(valid)
             self.on_queued()
 
+    def _inspect(self, row: FileRow, spool: RecordSpool) -> intake.Inspection | None:
+        """The file's Inspection, or None after refusing it: the boundary around one file's validation."""
+        path = self.work_path(row)
+        limits = self.config.intake
+        try:
+            return intake.inspect(path, row.name, limits.max_file_bytes, limits.text_fallback_encoding,
+                                  on_record=spool.add)
+        except FileRefused as refusal:
+            why = f"refused by the gateway: {refusal.reason}"
+        except OSError as error:
+            why = f"refused by the gateway: the file cannot be read ({describe(error)})"
+        except Exception as error:  # a bug, on this file only: it is set aside, the rest goes on
+            why = f"refused by the gateway: it could not be inspected ({describe(error)})"
+            log.error("file.inspect_failed", id=row.id, file=row.name, error=describe(error),
+                      exc_info=(type(error), error, error.__traceback__))
+        spool.flush()  # the sidecar names the records, the bad ones too
+        try:
+            sha256, size = intake.file_digest(path)
+        except OSError:
+            sha256, size = None, None
+        size_now = aftertake.changed_since_take(row, self.sources, "validating")
+        if size_now is not None:
+            why = aftertake.reason(row, size_now)
+        log.warning("file.refused", id=row.id, source=row.source, file=row.name, sha256=sha256,
+                    by="gateway", reason=why)
+        self.place(self.ledger.answered(row.id, Verdict.REFUSED, why, sha256=sha256, size=size))
+        return None
+
     # -- upload --------------------------------------------------------------
 
     def upload(self, row: FileRow) -> Outcome:
-        """Send one 'uploading' row to CaiaSoft and act on the answer.
+        """Send one 'uploading' row to CaiaSoft, record the answer, place the file. Return the Outcome.
 
         An original that changed since it was taken is not sent: it is taken again, whole.
         """
+        outcome = self.send(row)
+        answered = self.record(row, outcome)
+        if answered is not None:
+            self.place(answered)
+        return outcome
+
+    def send(self, row: FileRow) -> Outcome:
+        """POST the file and read the answer; never raises (an unexpected error refuses this file)."""
         if self.client is None:
             raise RuntimeError("this pipeline was made without a CaiaSoft client; it cannot upload")
-        size_now = aftertake.changed_since_take(row, self.sources, "before upload")
-        if size_now is not None:
-            why = aftertake.reason(row, size_now)
-            self._finish(row, "refusing", reason=why)
-            return Outcome("refused", why)
-        outcome = settle_unreadable(self.client.upload(self.work_path(row), safe_name(row.name), row.kind or "text"),
-                                    row.answer_json, self.config.caiasoft.unreadable_answer_retries)
+        try:
+            size_now = aftertake.changed_since_take(row, self.sources, "before upload")
+            if size_now is not None:
+                return Outcome(Verdict.REFUSED, aftertake.reason(row, size_now))
+            return settle_unreadable(self.client.upload(self.work_path(row), safe_name(row.name), row.kind or "text"),
+                                     row.answer_json, self.config.caiasoft.unreadable_answer_retries)
+        except Exception as error:
+            log.error("upload.failed", id=row.id, file=row.name, error=describe(error),
+                      exc_info=(type(error), error, error.__traceback__))
+            return Outcome(Verdict.REFUSED, f"the gateway failed while sending it ({describe(error)}); it may "
+                           "have reached CaiaSoft: check there before `retry`")
+
+    def record(self, row: FileRow, outcome: Outcome) -> FileRow | None:
+        """Make the answer durable and tell the gate; return the answered row to place, if any."""
         fields = dict(id=row.id, source=row.source, file=row.name, sha256=row.sha256, attempt=row.attempts,
                       status=outcome.http_status, ms=outcome.elapsed_ms)
-        if outcome.verdict == "accepted":
+        if outcome.verdict == Verdict.TRANSIENT:
+            delay = self.gate.failed(outcome.retry_after, row.attempts)
+            log.warning("upload.retry", **fields, reason=outcome.reason, retry_in=round(delay, 2))
+            self.ledger.requeue(row.id, outcome.reason, self.clock() + delay, outcome.http_status,
+                                answer=outcome.answer if counts_unreadable(outcome) else None)
+            return None
+        if outcome.verdict == Verdict.PAUSED:  # the key or URL is wrong; the file waits, unharmed
+            self.gate.pause(outcome.reason)
+            self.ledger.requeue_paused(row.id, outcome.reason, outcome.http_status)
+            return None
+        if outcome.http_status is not None:
+            self.gate.succeeded()
+        if outcome.verdict == Verdict.ACCEPTED:
             log.info("upload.ok", **fields, denied=len(outcome.denials))
             for item in outcome.denials:
                 log.warning("upload.item_denied", id=row.id, file=row.name, item=item.get("item"),
                             istatus=item.get("istatus"))
-            self._finish(row, "archiving", reason=outcome.reason, http_status=outcome.http_status,
-                         answer=outcome.answer, uploaded=True)
-        elif outcome.verdict == "refused":
+            verdict = Verdict.ACCEPTED
+        else:
             log.warning("upload.refused", **fields, reason=outcome.reason)
-            self._finish(row, "refusing", reason=outcome.reason, http_status=outcome.http_status,
-                         answer=outcome.answer, uploaded=True)
-        elif outcome.verdict == "transient":
-            delay = self.backoff.delay(row.attempts, outcome.retry_after)
-            log.warning("upload.retry", **fields, reason=outcome.reason, retry_in=round(delay, 2))
-            self.ledger.requeue(row.id, outcome.reason, self.clock() + delay, outcome.http_status,
-                                answer=outcome.answer if counts_unreadable(outcome) else None)
-        else:  # paused: the key or URL is wrong; the file waits, unharmed
-            self.ledger.requeue(row.id, outcome.reason, self.clock(), outcome.http_status, undo_attempt=True)
-        return outcome
+            verdict = Verdict.REFUSED
+        return self.ledger.answered(row.id, verdict, outcome.reason, http_status=outcome.http_status,
+                                    answer=outcome.answer, uploaded=outcome.http_status is not None)
 
-    # -- finishing -------------------------------------------------------------
+    # -- placing: answered -> archiving/refusing -> archived/refused ---------------
 
-    def _finish(self, row: FileRow, state: str, *, reason: str, http_status: int | None = None,
-                answer: Any = None, uploaded: bool = False, sha256: str | None = None,
-                size: int | None = None) -> None:
-        folder = self.archive if state == "archiving" else self.errors
-        target = folder.choose(row.name, dt.datetime.fromtimestamp(self.clock()))
-        self._complete(self.ledger.finishing(row.id, state, target, reason=reason, http_status=http_status,
-                                             answer=answer, uploaded=uploaded, sha256=sha256, size=size))
+    def folder_for(self, row: FileRow) -> Folder:
+        if row.verdict:
+            return self.archive if row.verdict == Verdict.ACCEPTED else self.errors
+        return self.archive if row.state in (FileState.ARCHIVING, FileState.ARCHIVED) else self.errors
+
+    def place(self, row: FileRow) -> Path | None:
+        """Put an answered file in its folder; return where, or None if it waits or is stuck.
+
+        The boundary around one file's placing: a fault of the folder (OSError:
+        permissions, space, a file in the way) leaves the row where it is with the
+        reason and a backoff (the Placer tries again); any other error marks it
+        stuck. Ledger errors propagate (the worker pauses; the answer is durable).
+        """
+        folder = self.folder_for(row)
+        try:
+            if row.state == FileState.ANSWERED:
+                target = folder.choose(row.name, dt.datetime.fromtimestamp(self.clock()))
+                row = self.ledger.placing(row.id, target)
+            return self._complete(row)
+        except LookupError as error:  # placed by someone else meanwhile (a lease that ran out)
+            log.warning("file.place_skipped", id=row.id, file=row.name, detail=str(error))
+        except OSError as error:
+            failures = row.place_failures + 1
+            delay = self.place_backoff.delay(failures)
+            log.error("file.place_failed", id=row.id, file=row.name, folder=str(folder.root), error=describe(error),
+                      attempt=failures, retry_in=round(delay, 2), hint=folder_hint(error))
+            self.ledger.place_failed(row.id, f"cannot place it in {folder.root}: {describe(error)}",
+                                     self.clock() + delay)
+            self.on_place_failed()
+        except Exception as error:
+            if fault_kind(error) != BUG:
+                raise
+            log.error("file.stuck", id=row.id, file=row.name, error=describe(error),
+                      exc_info=(type(error), error, error.__traceback__),
+                      detail="the file stays in work/; `status` lists it; it is tried again at the next start")
+            self.ledger.stuck(row.id, f"stuck in {self.work_path(row)}: it cannot be placed ({describe(error)})")
+        return None
+
+    def place_due(self) -> bool:
+        """Place one row whose placing is due again (after a fault); return False if none was due."""
+        row = self.ledger.take_placement(self.clock())
+        if row is None:
+            return False
+        if self.place(row) is not None and row.problem:
+            log.info("file.placed_after_problem", id=row.id, file=row.name, problem=row.problem)
+        return True
 
     def _complete(self, row: FileRow) -> Path:
         """Write the sidecar, move the work file beside it, close the row.
@@ -180,7 +335,7 @@ class Pipeline:
         The sidecar goes first, so a file never appears in the archive without its
         NAME.json (and the sidecar reserves the name against other writers).
         """
-        folder = self.archive if row.state == "archiving" else self.errors
+        folder = self.folder_for(row)
         work = self.work_path(row)
         if row.final_path is None:
             raise AssertionError(f"row {row.id} is {row.state} without a final path")
@@ -201,7 +356,7 @@ class Pipeline:
             log.error("file.lost", id=row.id, file=row.name, expected=str(final),
                       detail="neither the work copy nor the final copy exists")
         self.ledger.finished(row.id, final)
-        log.info("file.archived" if row.state == "archiving" else "file.to_error", id=row.id,
+        log.info("file.archived" if row.state == FileState.ARCHIVING else "file.to_error", id=row.id,
                  source=row.source, file=row.name, path=str(final))
         return final
 
@@ -219,29 +374,42 @@ class Pipeline:
     # -- after a crash -----------------------------------------------------------
 
     def recover(self) -> dict[str, int]:
-        """Finish or resume everything a crash interrupted; return what was done, by kind."""
-        done = {"claims_completed": 0, "claims_dropped": 0, "requeued": 0, "finished": 0, "adopted": 0}
+        """Finish or resume everything a crash interrupted; return what was done, by kind.
+
+        Each row and each stray file is its own boundary: one that cannot be finished
+        now (an OSError) is logged and left for later, and the rest are finished.
+        """
+        done = {"claims_completed": 0, "claims_dropped": 0, "requeued": 0, "finished": 0, "adopted": 0,
+                "postponed": 0}
         for leftover in self.work_dir.glob(PARTIAL_GLOB):  # half-written copies: the claim is redone
-            leftover.unlink()
+            self._contained("recovery.partial_left", leftover.name, done, leftover.unlink)
         self._recover_claims(done)
-        for row in self.ledger.in_state("uploading"):
-            self.ledger.requeue(row.id, "interrupted by a restart", 0, undo_attempt=False)
+        for row in self.ledger.in_state(FileState.UPLOADING):
+            self.ledger.interrupted(row.id)
             done["requeued"] += 1
-        for row in self.ledger.in_state("archiving", "refusing"):
-            self._complete(row)
-            done["finished"] += 1
+        self.ledger.unstick()
+        for row in self.ledger.in_state(FileState.ANSWERED, FileState.ARCHIVING, FileState.REFUSING):
+            if self.place(row) is not None:
+                done["finished"] += 1
         self._adopt_strays(done)
-        for row in self.ledger.in_state("claimed"):
-            self.admit(row.id)
+        self.admit_many([row.id for row in self.ledger.in_state(FileState.CLAIMED)])
         if any(done.values()):
             log.info("recovery.done", **done)
         return done
+
+    def _contained(self, event: str, name: str, done: dict[str, int], action: Callable[[], object]) -> None:
+        """Run one recovery action; an OSError on this file is logged and left for the next start."""
+        try:
+            action()
+        except OSError as error:
+            done["postponed"] += 1
+            log.error(event, file=name, error=describe(error), detail="left as it is; tried again at the next start")
 
     def _recover_claims(self, done: dict[str, int]) -> None:
         """A claim cut short: complete it if the file reached work/, else forget it (it is still in the source)."""
         local_sources = [source.name for source in self.config.sources if not source.is_sftp]
         self.ledger.release_rows_from_before_kept_originals(local_sources)
-        for row in self.ledger.in_state("claiming"):
+        for row in self.ledger.in_state(FileState.CLAIMING):
             if self.work_path(row).exists():  # an original still there is removed once sent, if unchanged
                 self.ledger.claimed(row.id)
                 done["claims_completed"] += 1
@@ -255,10 +423,13 @@ class Pipeline:
         for path in sorted(self.work_dir.iterdir()):
             if path.name not in known and not path.name.startswith(".") and path.is_file() \
                     and not path.is_symlink():
-                name = path.name.split(".", 1)[1] if "." in path.name else path.name
-                row_id = self.ledger.adopt(name, path.stat().st_size, str(path))
-                path.rename(self.work_dir / work_name(row_id, name))
-                done["adopted"] += 1
+                self._contained("recovery.adopt_failed", path.name, done, functools.partial(self._adopt, path, done))
+
+    def _adopt(self, path: Path, done: dict[str, int]) -> None:
+        name = path.name.split(".", 1)[1] if "." in path.name else path.name
+        row_id = self.ledger.adopt(name, path.stat().st_size, str(path))
+        path.rename(self.work_dir / work_name(row_id, name))
+        done["adopted"] += 1
 
 
 def _drop_marker(source: Source, entry: Entry) -> None:
@@ -284,7 +455,8 @@ def sidecar(row: FileRow, final: Path, now: float, contents: dict[str, Any] | No
     return {
         "file": final.name,
         "original_name": printable(row.name),  # escaped as in status: reversible with names.unprintable
-        "outcome": "accepted" if row.state in ("archiving", "archived") else "refused",
+        "outcome": "accepted" if (row.verdict == Verdict.ACCEPTED if row.verdict
+                                  else row.state in (FileState.ARCHIVING, FileState.ARCHIVED)) else "refused",
         "reason": row.reason,
         "source": row.source,
         "original_path": printable(row.origin),

@@ -1,14 +1,24 @@
 """The service: starts the parts, runs until told to stop, stops them in order.
 
-Threads: one collector per source (inputs), one uploader (output), and the main
-thread, which handles signals, publishes status and pings systemd's watchdog.
+Threads: one collector per source (inputs), the upload workers and the placer
+(outputs), with [ncip] the relay (and the feed), and the main thread, which
+handles signals, publishes status and pings systemd's watchdog. Every worker is
+a worker.Worker: a fault in one item is that item's outcome, a fault of the
+environment pauses the worker with its reason in `status`, and a worker that
+ends anyway wakes the main loop at once (through the wakeup pipe).
 
 Signals only set flags; the C-level handler writes to a pipe (signal.set_wakeup_fd)
 so the main loop wakes at once:
-  SIGTERM/SIGINT  stop: inputs first, then the uploader after the file in hand.
+  SIGTERM/SIGINT  stop: inputs first, then the outputs after the item in hand.
                   A second one exits at once (the ledger makes that safe too).
   SIGHUP          reload: the new config is validated first; if it is invalid
-                  the service keeps running on the old one and logs why. Logs reopen.
+                  the service keeps running on the old one and logs why. New work
+                  goes to parts built on the new config at once; an upload in hand
+                  ends on its own deadline and is not waited for. A collector, the
+                  feed or the relay of the new config starts when its predecessor
+                  has ended, so a folder or the journal is never read by two at once.
+Exit codes: 0 after a requested stop; 2 for a damaged ledger (named, with how to
+recover; the unit does not restart on 2); 1 if a worker ended on a bug.
 """
 
 from __future__ import annotations
@@ -16,44 +26,37 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import functools
 import os
 import select
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import IO, Callable, Protocol
+from typing import IO
 
 from gateway import config as config_module, logs, notify, snapshot, sources
-from gateway.caiasoft import Backoff, CaiaSoftClient
+from gateway.backoff import Backoff, Gate
+from gateway.caiasoft import CaiaSoftClient
 from gateway.collector import Collector
-from gateway.config import CaiaSoft, Config
-from gateway.errors import AlreadyRunning, ConfigError
+from gateway.config import Config
+from gateway.errors import DAMAGED, AlreadyRunning, ConfigError, LedgerDamaged, describe, fault_kind
 from gateway.ledger import Ledger
 from gateway.ncip.feed import Feed
 from gateway.ncip.relay import Relay
 from gateway.pipeline import Pipeline
+from gateway.states import FileState
+from gateway.uploader import Placer, Uploader
+from gateway.worker import Worker
 
 log = logs.get("gateway.service")
 
-
-class Worker(Protocol):
-    """What the main loop needs of a worker thread."""
-
-    name: str
-    heartbeat: float  # time.monotonic() of its last check-in
-
-    def start(self) -> None: ...
-    def stop(self) -> None: ...
-    def join(self, timeout: float | None = None) -> None: ...
-    def is_alive(self) -> bool: ...
-
 HOUSEKEEPING_SECONDS = 5.0
 PRUNE_SECONDS = 3600.0
-IDLE_POLL_SECONDS = 1.0
-CHECK_IN_SECONDS = 1.0
 JOIN_SECONDS = 60.0
+RECOVERY_BACKOFF = (1.0, 60.0)
 
 
 class StateLock:
@@ -86,116 +89,22 @@ class StateLock:
             self._handle = None
 
 
-class Gate:
-    """Shared by the upload workers: one backoff and one pause for the CaiaSoft endpoint.
-
-    A transient failure makes every worker wait (CaiaSoft is down for all of them);
-    a 401/403 pauses them all; any success reopens the gate.
-    """
-
-    def __init__(self, settings: CaiaSoft, clock: Callable[[], float] = time.monotonic):
-        self.backoff = Backoff(settings.backoff_initial_seconds, settings.backoff_max_seconds)
-        self.auth_pause = settings.auth_pause_seconds
-        self.clock = clock
-        self.failures = 0
-        self.paused_reason: str | None = None
-        self._not_before = 0.0
-        self._lock = threading.Lock()
-
-    def wait_seconds(self) -> float:
-        return max(self._not_before - self.clock(), 0.0)
-
-    def failed(self, retry_after: float | None) -> None:
-        """A transient failure. Workers that fail together while the gate is open count once."""
-        with self._lock:
-            if self.wait_seconds() == 0 or not self.failures:
-                self.failures += 1
-            self._not_before = max(self._not_before, self.clock() + self.backoff.delay(self.failures, retry_after))
-
-    def pause(self, reason: str) -> None:
-        with self._lock:
-            first = self.paused_reason is None or self.wait_seconds() == 0
-            self.paused_reason = reason
-            self._not_before = self.clock() + self.auth_pause
-        if first:
-            log.error("upload.paused", reason=reason, retry_in=self.auth_pause,
-                      detail="no file is moved to error while paused; fix the key, then wait or reload")
-
-    def succeeded(self) -> None:
-        with self._lock:
-            self.failures = 0
-            resumed, self.paused_reason = self.paused_reason, None
-        if resumed:
-            log.info("upload.resumed", detail="CaiaSoft accepts the API key again")
-
-
-class Uploader(threading.Thread):
-    """One upload worker: takes the oldest due file from the ledger and sends it.
-
-    Several run side by side (caiasoft.upload_workers); they start uploads in the
-    order files arrived. A worker checks in (heartbeat) at least every
-    CHECK_IN_SECONDS except while an upload is on the wire, so an upload stuck
-    longer than the watchdog period shows as hung.
-    """
-
-    def __init__(self, pipeline: Pipeline, gate: Gate, wake: threading.Event, name: str = "uploader",
-                 clock: Callable[[], float] = time.time):
-        super().__init__(name=name, daemon=True)
-        self.pipeline = pipeline
-        self.gate = gate
-        self.wake = wake
-        self.clock = clock
-        self.stop_event = threading.Event()
-        self.heartbeat = time.monotonic()
-
-    def stop(self) -> None:
-        """Ask the loop to end after the upload in hand (idempotent)."""
-        self.stop_event.set()
-        self.wake.set()
-
-    def _rest(self, seconds: float, event: threading.Event) -> None:
-        """Wait up to seconds (until event is set), checking in as it goes."""
-        deadline = time.monotonic() + seconds
-        while not self.stop_event.is_set():
-            self.heartbeat = now = time.monotonic()
-            if now >= deadline or event.wait(min(deadline - now, CHECK_IN_SECONDS)):
-                return
-
-    def run(self) -> None:
-        ledger = self.pipeline.ledger
-        while not self.stop_event.is_set():
-            self.heartbeat = time.monotonic()
-            closed_for = self.gate.wait_seconds()
-            if closed_for:
-                self._rest(closed_for, self.stop_event)
-                continue
-            self.wake.clear()
-            row = ledger.take_next(self.clock())
-            if row is None:
-                due = ledger.next_due_at()
-                self._rest(IDLE_POLL_SECONDS if due is None else max(due - self.clock(), 0.01), self.wake)
-                continue
-            outcome = self.pipeline.upload(row)
-            if outcome.verdict == "transient":
-                self.gate.failed(outcome.retry_after)
-            elif outcome.verdict == "paused":
-                self.gate.pause(outcome.reason)
-            else:
-                self.gate.succeeded()
-
-
 class Parts:
-    """Everything that runs on one config: the request-file pipeline and, with [ncip], the relay."""
+    """Everything that runs on one config: the request-file pipeline and, with [ncip], the relay.
 
-    def __init__(self, config: Config, ledger: Ledger):
+    on_exit is called (from the worker's thread) whenever one of its workers ends.
+    """
+
+    def __init__(self, config: Config, ledger: Ledger, on_exit: Callable[[Worker], None] | None = None):
         self.config = config
         self.client = CaiaSoftClient(config.caiasoft, config.api_key)
-        self.pipeline = Pipeline(config, ledger, self.client)
         self.gate = Gate(config.caiasoft)
+        self.pipeline = Pipeline(config, ledger, self.client, gate=self.gate)
         wake = threading.Event()
-        self.uploaders = [Uploader(self.pipeline, self.gate, wake, name=f"uploader-{number}")
+        self.uploaders = [Uploader(self.pipeline, wake=wake, name=f"uploader-{number}")
                           for number in range(1, config.caiasoft.upload_workers + 1)]
         self.pipeline.on_queued = wake.set
+        self.placer = Placer(self.pipeline)
         self.collectors = [Collector(sources.build(settings), settings.settle_seconds, self.pipeline,
                                      grace_seconds=settings.incomplete_grace_seconds,
                                      marker_mode=bool(settings.ready_marker),
@@ -203,55 +112,85 @@ class Parts:
                            for settings in config.sources]
         self.pipeline.sources = {collector.source.name: collector.source for collector in self.collectors}
         self.relay = Relay(config.ncip, ledger, config.paths.error_dir) if config.ncip else None
-        self.feed = None
+        self.feed: Feed | None = None
         if config.ncip and config.ncip.feed:
             self.feed_client = CaiaSoftClient(config.caiasoft, config.api_key)
             self.feed = Feed(config.ncip, self.feed_client, ledger)
+        for worker in self.workers():
+            worker.on_exit = on_exit
+        self._deferred: list[tuple[Worker, Worker]] = []  # (new worker, the old one it waits for)
 
     def inputs(self) -> list[Worker]:
         return [*self.collectors, *([self.feed] if self.feed else [])]
 
     def outputs(self) -> list[Worker]:
-        return [*self.uploaders, *([self.relay] if self.relay else [])]
-
-    def start(self) -> None:
-        for worker in (*self.outputs(), *self.inputs()):
-            worker.start()
-
-    def stop(self) -> None:
-        """Inputs first (no new files or entries are taken), then the outputs after the item in hand."""
-        for group in (self.inputs(), self.outputs()):
-            for worker in group:
-                worker.stop()
-            for worker in group:
-                worker.join(JOIN_SECONDS)
-        self.client.close()
-        if self.feed:
-            self.feed_client.close()
+        return [*self.uploaders, self.placer, *([self.relay] if self.relay else [])]
 
     def workers(self) -> list[Worker]:
         return [*self.outputs(), *self.inputs()]
 
+    def start(self, previous: "Parts | None" = None) -> None:
+        """Start every worker. After a reload (previous given), a collector, the feed or the relay
+        whose predecessor is still running starts when that one has ended (start_deferred)."""
+        before = {worker.name: worker for worker in previous.exclusive()} if previous else {}
+        for worker in (*self.outputs(), *self.inputs()):
+            old = before.get(worker.name)
+            if old is not None and old.is_alive():
+                self._deferred.append((worker, old))
+            else:
+                worker.start()
+
+    def exclusive(self) -> list[Worker]:
+        """Workers of which two must never run at once (they read a folder or the journal)."""
+        return [*self.inputs(), *([self.relay] if self.relay else [])]
+
+    def start_deferred(self) -> None:
+        waiting = []
+        for worker, old in self._deferred:
+            if old.is_alive():
+                waiting.append((worker, old))
+            elif not worker.stopping:
+                worker.start()
+        self._deferred = waiting
+
+    def stop(self, deadline: float | None = None) -> None:
+        """Inputs first (no new files or entries are taken), then the outputs after the item in hand.
+
+        With a deadline (time.monotonic()), wait for the threads until then at most;
+        without one, only ask them to stop (a reload: an upload in hand ends on its own).
+        """
+        for group in (self.inputs(), self.outputs()):
+            for worker in group:
+                worker.stop()
+            if deadline is not None:
+                for worker in group:
+                    worker.join(max(deadline - time.monotonic(), 0.0))
+        for worker, _old in self._deferred:
+            worker.stop()
+        self._deferred = []
+
+    def ended(self) -> bool:
+        return not any(worker.is_alive() for worker in self.workers())
+
+    def close(self) -> None:
+        """Release the HTTP sessions (once every worker has ended)."""
+        self.client.close()
+        if self.feed:
+            self.feed_client.close()
+
     def problems(self, within: float) -> list[str]:
         """Why the service is not healthy (empty if every worker checked in within the last seconds)."""
-        now = time.monotonic()
-        found = []
-        for worker in self.workers():
-            if not worker.is_alive():
-                found.append(f"{worker.name} has stopped")
-            elif now - worker.heartbeat > within:
-                found.append(f"{worker.name} has not checked in for {now - worker.heartbeat:.0f}s")
+        waiting = {worker.name for worker, _old in self._deferred}
+        found = [problem for worker in self.workers() if worker.name not in waiting
+                 for problem in [worker.health_problem(within)] if problem]
         for collector in self.collectors:
             if collector.is_alive() and not collector.source.healthy():
                 found.append(f"the watcher of source {collector.source.name} has stopped")
         return found
 
-
-def _log_worker_crash(args: threading.ExceptHookArgs) -> None:
-    """A worker thread died on an unexpected error: say what and where, in the gateway's log."""
-    log.error("service.worker_crashed", worker=args.thread.name if args.thread else "?",
-              error=f"{args.exc_type.__name__}: {args.exc_value}",
-              exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+    def faults(self) -> dict[str, str]:
+        """Workers pausing after a fault, with the reason."""
+        return {worker.name: worker.fault for worker in self.workers() if worker.fault}
 
 
 def _log_health(problems: list[str]) -> None:
@@ -262,6 +201,13 @@ def _log_health(problems: list[str]) -> None:
         log.info("service.healthy")
 
 
+def _log_worker_crash(args: threading.ExceptHookArgs) -> None:
+    """A thread died on an error no boundary caught: say what and where, in the gateway's log."""
+    log.error("service.worker_crashed", worker=args.thread.name if args.thread else "?",
+              error=f"{args.exc_type.__name__}: {args.exc_value}",
+              exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+
 class Service:
     def __init__(self, config: Config, environ: dict[str, str] | None = None):
         self.config = config
@@ -269,6 +215,8 @@ class Service:
         self._stop_requested = 0
         self._reload_requested = False
         self._parts: Parts | None = None
+        self._retiring: list[Parts] = []  # parts of an earlier config whose uploads are still ending
+        self._wake_write: int | None = None
 
     # -- signal handlers: flags only -------------------------------------------
 
@@ -280,24 +228,40 @@ class Service:
     def _on_reload(self, signum: int, frame: FrameType | None) -> None:
         self._reload_requested = True
 
+    def _worker_ended(self, worker: Worker) -> None:
+        """Called in a worker's thread as it ends: wake the main loop."""
+        fd = self._wake_write
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(fd, b"w")
+
     # -- the main loop --------------------------------------------------------------
 
     def run(self) -> int:
-        """Run until stopped. Return the exit code: 0 after a requested stop, 1 if a worker died."""
+        """Run until stopped. Return the exit code: 0 after a requested stop, 1 if a worker ended on a bug.
+
+        Raise LedgerDamaged (exit 2) if the ledger cannot be read as a database.
+        """
         lock = StateLock(self.config.paths.lock_file).acquire()
+        try:
+            ledger = Ledger(self.config.paths.database)
+        except BaseException:
+            lock.release()
+            raise
         wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake_write = wake_write
         previous_fd = signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_reload)
         threading.excepthook = _log_worker_crash
-        ledger = Ledger(self.config.paths.database)
         exit_code = 0
         try:
             for warning in self.config.warnings:
                 log.warning("config.warning", detail=warning)
-            self._parts = Parts(self.config, ledger)
-            self._parts.pipeline.recover()
+            self._parts = Parts(self.config, ledger, self._worker_ended)
+            if not self._recover(self._parts, wake_read):
+                return 0
             self._parts.start()
             log.info("service.started", sources=[s.name for s in self.config.sources],
                      caiasoft=self.config.caiasoft.base_url, pid=os.getpid())
@@ -305,16 +269,47 @@ class Service:
             exit_code = self._loop(ledger, wake_read, self._parts)
         finally:
             notify.send("STOPPING=1")
-            if self._parts is not None:
-                self._parts.stop()
-            snapshot.clear(ledger)
+            deadline = time.monotonic() + JOIN_SECONDS
+            for parts in (*self._retiring, *([self._parts] if self._parts else [])):
+                parts.stop(deadline)
+                parts.close()
+            try:
+                snapshot.clear(ledger)
+            except Exception as error:  # the ledger may be what failed
+                log.error("service.status_not_cleared", error=describe(error))
             ledger.close()
             lock.release()
             signal.set_wakeup_fd(previous_fd)
+            self._wake_write = None
             os.close(wake_read)
             os.close(wake_write)
             log.info("service.stopped", exit_code=exit_code)
         return exit_code
+
+    def _recover(self, parts: Parts, wake_read: int) -> bool:
+        """Finish what a crash interrupted; while the ledger or a folder fails, wait and try again.
+
+        Return False if a stop was requested meanwhile. Raise LedgerDamaged.
+        """
+        backoff, failures = Backoff(*RECOVERY_BACKOFF), 0
+        while not self._stop_requested:
+            try:
+                parts.pipeline.recover()
+                return True
+            except Exception as error:
+                if fault_kind(error) == DAMAGED:
+                    raise LedgerDamaged(self.config.paths.database, describe(error)) from None
+                failures += 1
+                delay = backoff.delay(failures)
+                log.error("recovery.paused", error=describe(error), retry_in=round(delay, 2),
+                          exc_info=(type(error), error, error.__traceback__),
+                          detail="recovery is tried again; nothing is taken or sent meanwhile")
+                if failures == 1:
+                    notify.send("READY=1")
+                notify.send(f"STATUS=recovery paused: {describe(error)}")
+                notify.send("WATCHDOG=1")
+                _wait(wake_read, delay)
+        return False
 
     def _loop(self, ledger: Ledger, wake_read: int, parts: Parts) -> int:
         watchdog = notify.watchdog_seconds()
@@ -325,11 +320,11 @@ class Service:
             if self._reload_requested:
                 self._reload_requested = False
                 parts = self._parts = self._reload(ledger, parts)
-            problems = parts.problems(within=watchdog or JOIN_SECONDS)
-            dead = [worker.name for worker in parts.workers() if not worker.is_alive()]
-            if dead:
-                log.error("service.worker_died", workers=dead, detail="stopping so the service manager restarts us")
+            parts.start_deferred()
+            self._retire_ended()
+            if not self._workers_alive(parts):
                 return 1
+            problems = parts.problems(within=watchdog or JOIN_SECONDS)
             if watchdog and not problems:
                 notify.send("WATCHDOG=1")
             if problems != last_problems:
@@ -337,18 +332,46 @@ class Service:
                 last_problems = problems
             now = time.time()
             if now >= next_prune:
-                self._prune(parts)
                 next_prune = now + PRUNE_SECONDS
-            status = self._publish(ledger, parts, now)
+                self._housekeeping(functools.partial(self._prune, parts))
+            status = self._housekeeping(functools.partial(self._publish, ledger, parts, now)) or last_status
             if status != last_status:
                 notify.send(f"STATUS={status}")
                 last_status = status
-            select.select([wake_read], [], [], tick)
-            with contextlib.suppress(BlockingIOError):
-                os.read(wake_read, 512)
+            _wait(wake_read, tick)
         log.info("service.stopping", detail="no new files are taken; the upload in hand is finished first; "
                  "a second SIGTERM exits at once")
         return 0
+
+    def _workers_alive(self, parts: Parts) -> bool:
+        """False if a worker ended on a bug; raise LedgerDamaged if one ended on a damaged ledger."""
+        for worker in parts.workers():
+            if worker.fatal is not None:
+                raise LedgerDamaged(self.config.paths.database, describe(worker.fatal))
+        dead = [worker.name for worker in parts.workers() if worker.ident is not None and not worker.is_alive()]
+        if dead:
+            log.error("service.worker_died", workers=dead, detail="stopping so the service manager restarts us")
+        return not dead
+
+    def _housekeeping(self, task: Callable[[], object]) -> str | None:
+        """Run one housekeeping task: a failure is logged, never ends the service; a damaged ledger does."""
+        try:
+            result = task()
+            return result if isinstance(result, str) else None
+        except Exception as error:
+            if fault_kind(error) == DAMAGED:
+                raise LedgerDamaged(self.config.paths.database, describe(error)) from None
+            log.error("service.housekeeping_failed", error=describe(error))
+            return f"cannot publish status: {describe(error)}"
+
+    def _retire_ended(self) -> None:
+        still = []
+        for parts in self._retiring:
+            if parts.ended():
+                parts.close()
+            else:
+                still.append(parts)
+        self._retiring = still
 
     def _prune(self, parts: Parts) -> None:
         """Delete archive days older than archive.retention_days (0: keep everything)."""
@@ -363,9 +386,11 @@ class Service:
         sources = {c.source.name: snapshot.SourceState(
                        mode=c.source.mode, problem=c.problem, healthy=c.source.healthy(),
                        writers_unknown=c.ready_check.writers_unknown,
-                       waiting=sorted(c.ready_check.waiting.values(), key=lambda w: w["file"]))
+                       waiting=sorted(c.ready_check.waiting.values(), key=lambda w: w["file"]),
+                       not_taken=dict(c.claim_failures))
                    for c in parts.collectors}
         paused = parts.gate.paused_reason
+        faults = parts.faults()
         ncip = None
         if parts.relay:
             lag_bytes, lag_entries = parts.relay.lag()
@@ -374,23 +399,33 @@ class Service:
                                       dead_letters=parts.relay.dead_letters.count(),
                                       feed_problem=parts.feed.problem if parts.feed else None)
         snapshot.publish(ledger, snapshot.Snapshot(pid=os.getpid(), updated=now, sources=sources, paused=paused,
-                                                   ncip=ncip))
+                                                   ncip=ncip, faults=faults))
         counts = ledger.counts()
         midnight = dt.datetime.combine(dt.date.today(), dt.time()).timestamp()
-        queued = sum(counts.get(state, 0) for state in ("claimed", "queued", "uploading"))
-        line = (f"queued {queued}, uploaded today {ledger.count_finished_since('archived', midnight)}, "
-                f"errors today {ledger.count_finished_since('refused', midnight)}")
+        queued = sum(counts.get(state, 0) for state in (FileState.CLAIMED, FileState.QUEUED, FileState.UPLOADING))
+        line = (f"queued {queued}, uploaded today {ledger.count_finished_since(FileState.ARCHIVED, midnight)}, "
+                f"errors today {ledger.count_finished_since(FileState.REFUSED, midnight)}")
         if ncip:
             line += f", NCIP lag {ncip['lag_entries']}"
         if paused:
             line += "; UPLOADS PAUSED (API key refused)"
+        waiting = ledger.problems(limit=1)
+        if waiting:
+            row = waiting[0]
+            line += f"; {'STUCK' if row.state == FileState.STUCK else 'PLACING PAUSED'}: {row.problem}"
+        for name, fault in faults.items():
+            line += f"; {name} paused: {fault}"
         problems = [name for name, source in sources.items() if source["problem"]]
         if problems:
             line += f"; source problem: {', '.join(problems)}"
         return line
 
     def _reload(self, ledger: Ledger, parts: Parts) -> Parts:
-        """Validate the config file again; on success restart the parts on it, else keep the old."""
+        """Validate the config file again; on success swap in parts built on it, else keep the old.
+
+        Never waits for the old parts: their uploads in hand end on their own deadline
+        (the old parts are kept in _retiring until then).
+        """
         try:
             new = config_module.load(self.config.file, environ=self.environ)
         except ConfigError as error:
@@ -406,12 +441,23 @@ class Service:
         notify.send("RELOADING=1")
         logs.add_secret(new.api_key.value)
         parts.stop()
+        self._retiring.append(parts)
         logs.setup(new.paths.log_dir, console=True)
         self.config = new
-        fresh = Parts(new, ledger)
-        fresh.start()
+        fresh = Parts(new, ledger, self._worker_ended)
+        fresh.start(previous=parts)
         for warning in new.warnings:
             log.warning("config.warning", detail=warning)
         log.info("config.reloaded", file=str(new.file), sources=[s.name for s in new.sources])
         notify.send("READY=1")
         return fresh
+
+
+def _wait(wake_read: int, seconds: float) -> None:
+    """Sleep until a signal or a worker's end writes to the wakeup pipe, or seconds pass; drain it."""
+    select.select([wake_read], [], [], seconds)
+    try:
+        while os.read(wake_read, 512):
+            pass
+    except BlockingIOError:
+        pass

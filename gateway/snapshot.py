@@ -33,6 +33,7 @@ class SourceState(TypedDict):
     healthy: bool                # its watcher is alive
     writers_unknown: str | None  # why open writers cannot be seen, if they cannot
     waiting: list[Waiting]
+    not_taken: dict[str, str]    # files that cannot be taken from the source now, and why
 
 
 class NcipState(TypedDict):
@@ -50,6 +51,7 @@ class Snapshot(TypedDict):
     sources: dict[str, SourceState]
     paused: str | None           # why uploads are paused (API key refused)
     ncip: NcipState | None
+    faults: dict[str, str]       # workers pausing after an environment fault or a bug, and why
 
 
 def publish(ledger: Ledger, snapshot: Snapshot) -> None:

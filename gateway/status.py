@@ -7,7 +7,8 @@ import time
 from typing import Any
 
 from gateway import snapshot
-from gateway.ledger import OPEN_STATES, Ledger
+from gateway.ledger import Ledger
+from gateway.states import OPEN_STATES, FileState
 from gateway.names import printable
 
 RECENT_ERRORS = 5
@@ -46,13 +47,17 @@ def _collect(ledger: Ledger, now: float | None) -> dict[str, Any]:
         "service": {"running": running, **({"pid": service["pid"], "sources": service["sources"]}
                                             if service is not None and running else {})},
         "ncip": service["ncip"] if service is not None and running else None,
-        "counts": {state: counts.get(state, 0) for state in (*OPEN_STATES, "archived", "refused")},
+        "counts": {state.value: counts.get(state, 0) for state in (*OPEN_STATES, FileState.STUCK,
+                                                                    FileState.ARCHIVED, FileState.REFUSED)},
         "pending": sum(counts.get(state, 0) for state in OPEN_STATES),
         "oldest_pending": None if oldest is None else {
             "file": oldest.name, "source": oldest.source, "state": oldest.state,
             "age_seconds": round(now - oldest.seen_at, 1), "attempts": oldest.attempts,
             "last_problem": oldest.reason},
         "uploads_paused": service["paused"] if service is not None and running else None,
+        "faults": (service.get("faults") or {}) if service is not None and running else {},
+        "problems": [{"file": row.name, "state": row.state, "problem": row.problem, "work_file": row.work_name,
+                      "source": row.source} for row in ledger.problems()],
         "archived_today": ledger.count_finished_since("archived", midnight),
         "refused_today": ledger.count_finished_since("refused", midnight),
         "last_upload": None if not last else {
@@ -90,6 +95,17 @@ def _source_lines(name: str, source: dict[str, Any]) -> list[str]:
                          f"{_age(waiting['unchanged_seconds'])} of {_age(waiting['grace_seconds'])})")
         else:
             lines.append(f"    waiting: {waiting['file']}: {waiting['reason']}")
+    for file, why in (source.get("not_taken") or {}).items():
+        lines.append(f"    not taken: {file}: {why}")
+    return lines
+
+
+def _problem_lines(status: dict[str, Any]) -> list[str]:
+    """Workers pausing on a fault, and files waiting to be placed or stuck, each with its reason."""
+    lines = [f"PAUSED {worker}: {fault}" for worker, fault in (status.get("faults") or {}).items()]
+    for problem in status.get("problems") or []:
+        label = "STUCK" if problem["state"] == FileState.STUCK else "WAITING TO BE PLACED"
+        lines.append(f"{label}: {problem['file']} (state_dir/work/{problem['work_file']}): {problem['problem']}")
     return lines
 
 
@@ -101,9 +117,11 @@ def render(status: dict[str, Any]) -> str:
         lines.extend(_source_lines(name, source))
     if status["uploads_paused"]:
         lines.append(f"UPLOADS PAUSED: {status['uploads_paused']}")
+    lines.extend(_problem_lines(status))
     counts = status["counts"]
     lines.append(f"pending:        {status['pending']} (queued {counts['queued']}, uploading {counts['uploading']}, "
-                 f"other steps {status['pending'] - counts['queued'] - counts['uploading']})")
+                 f"other steps {status['pending'] - counts['queued'] - counts['uploading']})"
+                 + (f", stuck {counts['stuck']}" if counts["stuck"] else ""))
     oldest = status["oldest_pending"]
     if oldest:
         problem = f"; last problem: {oldest['last_problem']}" if oldest["last_problem"] else ""

@@ -18,6 +18,8 @@ from gateway.schema import REQUIRED, SCHEMA
 from gateway.settings import SourceSettings
 from gateway.simulators.caiasoft import CaiaSoftSimulator
 
+pytest_plugins = ["unprivileged"]  # fixtures that run the gateway as an unprivileged user
+
 KEY = "test-key-5d1c0e9a7b"
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples"
@@ -110,16 +112,18 @@ def site(tmp_path, simulator) -> Site:
 class Daemon:
     """The real `caiasoft-gateway run` as a child process."""
 
-    def __init__(self, config_file: Path, env: dict[str, str] | None = None):
+    def __init__(self, config_file: Path, env: dict[str, str] | None = None, command: list[str] | None = None,
+                 clean_env: bool = False):
         self.config_file = config_file
-        self.env = {**os.environ, **(env or {})}
+        self.env = {**({} if clean_env else os.environ), **(env or {})}
+        self.command = command or [sys.executable, "-m", "gateway"]  # or an unprivileged user's (unprivileged.py)
         self.process: subprocess.Popen | None = None
         self.console = config_file.with_name(f"console-{time.monotonic_ns()}.txt")
 
     def start(self) -> "Daemon":
         with open(self.console, "wb") as console:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "-c", str(self.config_file), "run"],
+                [*self.command, "-c", str(self.config_file), "run"],
                 stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env)
         return self
 

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from gateway.caiasoft import Backoff, CaiaSoftClient, classify, parse_retry_after
+from gateway.backoff import Backoff
+from gateway.caiasoft import CaiaSoftClient, classify, parse_retry_after
 from gateway.config import Secret
 from gateway.ledger import Ledger
 from gateway.pipeline import Pipeline
@@ -225,7 +226,7 @@ def test_refusal_goes_to_error_with_caiasofts_words(site, tmp_path):
 # -- the gate the upload workers share ------------------------------------------------
 
 def test_the_gate_backs_off_once_per_outage_and_reopens_on_success(site):
-    from gateway.service import Gate
+    from gateway.backoff import Gate
 
     clock = FixedClock(100.0)
     gate = Gate(site.load().caiasoft, clock=clock)
@@ -245,7 +246,7 @@ def test_the_gate_backs_off_once_per_outage_and_reopens_on_success(site):
 
 
 def test_the_gate_pauses_everyone_on_a_refused_key(site):
-    from gateway.service import Gate
+    from gateway.backoff import Gate
 
     clock = FixedClock(100.0)
     gate = Gate(site.load().caiasoft, clock=clock)

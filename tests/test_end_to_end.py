@@ -5,6 +5,8 @@ from __future__ import annotations
 import collections
 import hashlib
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -182,16 +184,26 @@ def test_send_while_the_service_runs_reports_the_real_outcome(site, simulator, d
     assert daemon.stop() == 0
 
 
-def test_a_crashing_worker_is_logged_and_the_service_exits_1_for_a_restart(site, simulator, daemon_factory):
-    """The archive folder cannot be made (a file is in the way): the uploader dies, says why, nothing is lost."""
+def test_an_archive_folder_in_the_way_pauses_placing_and_resumes_without_a_second_upload(
+        site, simulator, daemon_factory):
+    """The archive folder cannot be made (a file is in the way): the answer is kept, the file waits
+    with the reason in `status`, the service keeps running, and once fixed the file is archived,
+    uploaded once."""
     site.archive.write_text("not a folder")
     (site.source / "a_barcode").write_bytes(barcode_list(1))
     daemon = daemon_factory(site.config_file)
-    assert daemon.process.wait(30) == 1
-    log = (site.log_dir / "gateway.log").read_text()
-    assert '"event": "service.worker_crashed"' in log and "NotADirectoryError" in log
-    assert '"event": "service.worker_died"' in log
-    site.archive.unlink()  # the admin fixes it; the restart finishes the file
-    daemon = daemon_factory(site.config_file)
-    wait_for(lambda: len(site.archived()) == 1, message="the file archived after the restart")
+    simulator.wait_for(1)
+    status = wait_for(lambda: next((out for out in [_status(site)] if "WAITING TO BE PLACED" in out), None),
+                      message="the placing problem in status")
+    assert "a_barcode" in status and str(site.archive) in status
+    assert daemon.process.poll() is None
+    site.archive.unlink()  # the admin fixes it; the gateway resumes by itself
+    wait_for(lambda: len(site.archived()) == 1, message="the file archived once the folder can be made")
+    assert len(simulator.received) == 1
+    assert "WAITING" not in _status(site)
     assert daemon.stop() == 0
+
+
+def _status(site) -> str:
+    return subprocess.run([sys.executable, "-m", "gateway", "-c", str(site.config_file), "status"],
+                          capture_output=True, text=True, timeout=30).stdout

@@ -9,6 +9,7 @@ from gateway import find, ledger as ledger_module
 from gateway.itemindex import ITEMS_FOR_BARCODE
 from gateway.ledger import Ledger
 from gateway.printfile import Record
+from gateway.states import Verdict
 from gateway.sources.base import Entry
 
 from printfiles import barcode, print_file, record
@@ -34,8 +35,10 @@ def _file(ledger: Ledger, clock: Clock, name: str, records: list[Record], outcom
         clock.now += 1
         ledger.take(row_id)
         target = folder / "2026" / "11" / "28" / name
-        ledger.finishing(row_id, "archiving" if outcome == "accepted" else "refusing", target, answer=answer,
-                         uploaded=True, reason=None if outcome == "accepted" else "CaiaSoft refused the file: no")
+        ledger.answered(row_id, Verdict.ACCEPTED if outcome == "accepted" else Verdict.REFUSED,
+                        "accepted" if outcome == "accepted" else "CaiaSoft refused the file: no", answer=answer,
+                        uploaded=True)
+        ledger.placing(row_id, target)
         ledger.finished(row_id, target)
     clock.now += 60
     return row_id
@@ -131,7 +134,7 @@ def test_find_reads_the_sidecars_written_before_the_index_once(tmp_path):
     _v1_ledger(tmp_path / "gateway.db")
 
     ledger = Ledger(tmp_path / "gateway.db")
-    assert ledger.get_meta("schema_version") == "2" and ledger.get(1).state == "archived"
+    assert ledger.get_meta("schema_version") == str(ledger_module.SCHEMA_VERSION) and ledger.get(1).state == "archived"
     assert ledger.backfill_due() is not None
     found = find.find(ledger, TARGET, [archive, error])
     assert ledger.backfill_due() is None
@@ -154,7 +157,7 @@ def test_find_reads_the_sidecars_written_before_the_index_once(tmp_path):
     assert find.find(ledger, "LATE-1", [archive, error]) == []  # read once: not again on every find
     ledger.close()
     reopened = Ledger(tmp_path / "gateway.db")
-    assert reopened.backfill_due() is None and reopened.get_meta("schema_version") == "2"
+    assert reopened.backfill_due() is None and reopened.get_meta("schema_version") == str(ledger_module.SCHEMA_VERSION)
     reopened.close()
 
 

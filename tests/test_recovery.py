@@ -13,6 +13,7 @@ from gateway.errors import AlreadyRunning
 from gateway.ledger import Ledger, work_name
 from gateway.pipeline import Pipeline
 from gateway.service import StateLock
+from gateway.states import Verdict
 from gateway.sources.local import LocalSource
 
 from conftest import SAMPLES
@@ -83,9 +84,10 @@ def test_crash_during_upload_puts_the_file_back_in_the_queue(pipeline, site, sim
 def test_crash_while_archiving_finishes_at_the_recorded_place(pipeline, site):
     row_id = pipeline.adopt_copy(slip(site))
     pipeline.ledger.take(row_id)
+    pipeline.ledger.answered(row_id, Verdict.ACCEPTED, "accepted", http_status=200,
+                             answer={"success": True, "error": ""}, uploaded=True)
     target = pipeline.archive.choose("slip.xml", dt.datetime(2026, 11, 28))
-    pipeline.ledger.finishing(row_id, "archiving", target, reason="accepted", http_status=200,
-                              answer={"success": True, "error": ""}, uploaded=True)
+    pipeline.ledger.placing(row_id, target)
     assert pipeline.recover()["finished"] == 1
     row = pipeline.ledger.get(row_id)
     assert row.state == "archived" and row.final_path == str(target)
@@ -96,8 +98,9 @@ def test_crash_while_archiving_finishes_at_the_recorded_place(pipeline, site):
 def test_crash_after_the_archive_move_but_before_the_sidecar(pipeline, site):
     row_id = pipeline.adopt_copy(slip(site))
     row = pipeline.ledger.take(row_id)
+    pipeline.ledger.answered(row_id, Verdict.ACCEPTED, "accepted", http_status=200, uploaded=True)
     target = pipeline.archive.choose("slip.xml", dt.datetime(2026, 11, 28))
-    pipeline.ledger.finishing(row_id, "archiving", target, reason="accepted", http_status=200, uploaded=True)
+    pipeline.ledger.placing(row_id, target)
     os.rename(pipeline.work_path(row), target)
     pipeline.recover()
     assert pipeline.ledger.get(row_id).state == "archived"

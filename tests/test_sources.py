@@ -244,7 +244,8 @@ class Threads:
         from gateway.collector import Collector
         from gateway.ledger import Ledger
         from gateway.pipeline import Pipeline
-        from gateway.service import Gate, Uploader
+        from gateway.backoff import Gate
+        from gateway.uploader import Uploader
 
         config = site.load()
         self.ledger = Ledger(config.paths.database)

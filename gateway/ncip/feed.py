@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -36,8 +35,8 @@ from gateway.errors import ApiError, GatewayError
 from gateway.ledger import Ledger
 from gateway.ncip import journal
 from gateway.ncip.journal import JournalEntry
+from gateway.worker import Worker
 
-CHECK_IN_SECONDS = 1.0
 BARCODE_KEYS = ("barcode", "item", "item_barcode", "itembarcode")
 STOP_KEYS = ("stop", "stop_code", "circulation_stop", "circ_stop", "circstop")
 REQUEST_KEYS = ("request_id", "requestid", "request_number", "request")
@@ -84,38 +83,27 @@ def _time_key(at: str | None) -> str:
     return re.sub(r"\D", "", at or "")
 
 
-class Feed(threading.Thread):
+class Feed(Worker):
     def __init__(self, settings: Ncip, client: CaiaSoftClient, ledger: Ledger):
-        super().__init__(name="ncip-feed", daemon=True)
+        super().__init__(name="ncip-feed")
         assert settings.feed is not None, "the feed runs only with [ncip.feed]"
         self.settings = settings
         self.feed: FeedSettings = settings.feed
         self.client = client
         self.ledger = ledger
-        self.stop_event = threading.Event()
-        self.heartbeat = time.monotonic()
         self.problem: str | None = None
         self._without_retrievalinfo = False
 
-    def stop(self) -> None:
-        self.stop_event.set()
-
-    def run(self) -> None:
-        while not self.stop_event.is_set():
-            self.heartbeat = time.monotonic()
-            try:
-                added = self.poll(dt.date.today())
-                self.problem = None
-                if added:
-                    log.info("feed.journaled", entries=added, collection=self.feed.collection)
-            except GatewayError as error:
-                self.problem = str(error)
-                log.error("feed.failed", reason=str(error), retry_in=self.feed.interval_seconds)
-            deadline = time.monotonic() + self.feed.interval_seconds
-            while not self.stop_event.wait(min(CHECK_IN_SECONDS, max(deadline - time.monotonic(), 0))):
-                self.heartbeat = time.monotonic()
-                if time.monotonic() >= deadline:
-                    break
+    def step(self) -> None:
+        try:
+            added = self.poll(dt.date.today())
+            self.problem = None
+            if added:
+                log.info("feed.journaled", entries=added, collection=self.feed.collection)
+        except GatewayError as error:
+            self.problem = str(error)
+            log.error("feed.failed", reason=str(error), retry_in=self.feed.interval_seconds)
+        self.rest(self.feed.interval_seconds)
 
     # -- reading CaiaSoft -------------------------------------------------------------
 

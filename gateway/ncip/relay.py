@@ -17,23 +17,22 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gateway import logs
-from gateway.caiasoft import Backoff
+from gateway.backoff import Backoff
 from gateway.config import Ncip
 from gateway.ledger import Ledger
 from gateway.ncip import answers, messages, transport
 from gateway.ncip.answers import Problem
 from gateway.ncip.journal import JournalEntry, Line, Tailer
+from gateway.worker import Worker
 
 CHECKPOINT = "ncip-journal"
 POLL_SECONDS = 0.2
-CHECK_IN_SECONDS = 1.0
 
 log = logs.get("gateway.ncip.relay")
 
@@ -94,30 +93,20 @@ class DeadLetters:
         return self._count
 
 
-class Relay(threading.Thread):
+class Relay(Worker):
     def __init__(self, settings: Ncip, ledger: Ledger, error_dir: Path):
-        super().__init__(name="ncip-relay", daemon=True)
+        super().__init__(name="ncip-relay")
         self.settings = settings
         self.ledger = ledger
         self.client = NcipClient(settings)
         self.dead_letters = DeadLetters(error_dir / "ncip")
         self.backoff = Backoff(settings.backoff_initial_seconds, settings.backoff_max_seconds)
-        self.stop_event = threading.Event()
-        self.heartbeat = time.monotonic()
         self.last_success: float | None = None
         self.last_problem: str | None = None
         self.tailer: Tailer | None = None
         self._mismatch: str | None = None
-
-    def stop(self) -> None:
-        self.stop_event.set()
-
-    def _rest(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while not self.stop_event.is_set():
-            self.heartbeat = now = time.monotonic()
-            if now >= deadline or self.stop_event.wait(min(deadline - now, CHECK_IN_SECONDS)):
-                return
+        self._failures = self._unreadable = 0
+        self._unreadable_entry: tuple[int, JournalEntry] | None = None
 
     def lag(self) -> tuple[int, int]:
         tailer = self.tailer
@@ -126,57 +115,57 @@ class Relay(threading.Thread):
         except OSError:
             return 0, 0
 
-    def run(self) -> None:
+    def begin(self) -> None:
         self.tailer = Tailer(self.settings.journal, self.ledger.checkpoint(CHECKPOINT), self.settings.max_line_bytes)
-        failures = unreadable = 0
-        unreadable_entry: tuple[int, JournalEntry] | None = None
         log.info("ncip.started", journal=str(self.settings.journal), server=self.settings.url,
                  version=self.settings.version)
-        try:
-            while not self.stop_event.is_set():
-                self.heartbeat = time.monotonic()
-                line = self.tailer.next()
-                if line is None:
-                    self._rest(POLL_SECONDS)
-                    continue
-                if line.entry is None:
-                    self._dead_letter(line, line.problem or "invalid line", None)
-                    self._commit(line)
-                    continue
-                answer = self.client.send(line.entry)
-                fields = dict(item=line.entry.item, action=line.entry.action, entry_id=line.entry.id,
-                              offset=line.start, status=answer.http_status)
-                self._note_version(answer.version)
-                if answer.verdict != "unreadable" or (line.start, line.entry) != unreadable_entry:
-                    unreadable = 0
-                if answer.verdict == "unreadable":
-                    unreadable, unreadable_entry = unreadable + 1, (line.start, line.entry)
-                if answer.verdict == "unreadable" and unreadable >= self.settings.unreadable_attempts:
-                    log.warning("ncip.unreadable", **fields, reason=answer.reason, attempts=unreadable,
-                                excerpt=answer.excerpt, policy="dead letter, next entry")
-                    answer = Answer("refused", f"{answer.reason} ({unreadable} attempts)", excerpt=answer.excerpt)
-                    unreadable = 0
-                if answer.verdict in ("temporary", "unreadable"):
-                    failures += 1
-                    delay = self.backoff.delay(failures)
-                    self.last_problem = answer.reason
-                    log.warning("ncip.retry", **fields, reason=answer.reason, attempt=failures,
-                                retry_in=round(delay, 2))
-                    self._rest(delay)
-                    continue
-                failures = 0
-                self.last_problem = None
-                if answer.verdict == "refused":
-                    log.warning("ncip.refused", **fields, reason=answer.reason)
-                    self._dead_letter(line, answer.reason, answer)
-                else:
-                    self.last_success = time.time()
-                    log.info("ncip.ok" if answer.verdict == "done" else "ncip.already_done", **fields,
-                             **({"problem": answer.reason} if answer.verdict == "already" else {}))
-                self._commit(line)
-        finally:
+
+    def end(self) -> None:
+        if self.tailer is not None:
             self.tailer.close()
-            self.client.close()
+        self.client.close()
+
+    def step(self) -> None:
+        assert self.tailer is not None, "begin() opened the tailer"
+        line = self.tailer.next()
+        if line is None:
+            self.rest(POLL_SECONDS)
+            return
+        if line.entry is None:
+            self._dead_letter(line, line.problem or "invalid line", None)
+            self._commit(line)
+            return
+        answer = self.client.send(line.entry)
+        fields = dict(item=line.entry.item, action=line.entry.action, entry_id=line.entry.id,
+                      offset=line.start, status=answer.http_status)
+        self._note_version(answer.version)
+        if answer.verdict != "unreadable" or (line.start, line.entry) != self._unreadable_entry:
+            self._unreadable = 0
+        if answer.verdict == "unreadable":
+            self._unreadable, self._unreadable_entry = self._unreadable + 1, (line.start, line.entry)
+        if answer.verdict == "unreadable" and self._unreadable >= self.settings.unreadable_attempts:
+            log.warning("ncip.unreadable", **fields, reason=answer.reason, attempts=self._unreadable,
+                        excerpt=answer.excerpt, policy="dead letter, next entry")
+            answer = Answer("refused", f"{answer.reason} ({self._unreadable} attempts)", excerpt=answer.excerpt)
+            self._unreadable = 0
+        if answer.verdict in ("temporary", "unreadable"):
+            self._failures += 1
+            delay = self.backoff.delay(self._failures)
+            self.last_problem = answer.reason
+            log.warning("ncip.retry", **fields, reason=answer.reason, attempt=self._failures,
+                        retry_in=round(delay, 2))
+            self.rest(delay)
+            return
+        self._failures = 0
+        self.last_problem = None
+        if answer.verdict == "refused":
+            log.warning("ncip.refused", **fields, reason=answer.reason)
+            self._dead_letter(line, answer.reason, answer)
+        else:
+            self.last_success = time.time()
+            log.info("ncip.ok" if answer.verdict == "done" else "ncip.already_done", **fields,
+                     **({"problem": answer.reason} if answer.verdict == "already" else {}))
+        self._commit(line)
 
     def _note_version(self, version: str | None) -> None:
         if version and version != self.settings.version and version != self._mismatch:
@@ -185,7 +174,7 @@ class Relay(threading.Thread):
                         detail=f"the NCIP server answers in version {version}: set ncip.version = \"{version}\"")
 
     def _commit(self, line: Line) -> None:
-        assert self.tailer is not None, "run() opened the tailer"
+        assert self.tailer is not None, "begin() opened the tailer"
         self.ledger.set_checkpoint(CHECKPOINT, **self.tailer.commit(line))
 
     def _dead_letter(self, line: Line, reason: str, answer: Answer | None) -> None:

@@ -32,7 +32,7 @@ import paramiko
 from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READDIR, SFTPError
 
 from gateway import intake, logs, markers, readiness
-from gateway.caiasoft import Backoff
+from gateway.backoff import Backoff
 from gateway.errors import SourceGone, SourceUnavailable
 from gateway.files import partial_path
 from gateway.names import from_bytes, printable, to_bytes

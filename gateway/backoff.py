@@ -1,0 +1,89 @@
+"""The retry policy: exponential backoff with jitter, and the gate the upload workers share.
+
+One failure is backed off once. For uploads the delay is decided by the Gate
+(the CaiaSoft endpoint's state, shared by every upload worker) and that one
+delay is applied twice over: the gate stays closed for it, and the file is due
+again when the gate reopens, so it keeps its place in the queue. There is no
+second, per-file backoff on top. The number of failures the delay grows with
+is the larger of the endpoint's consecutive failures and the file's own
+attempts, so a file that fails alone (the endpoint answering others) still
+waits longer each time.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from gateway import logs
+
+log = logs.get("gateway.backoff")
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with jitter, capped; a server's Retry-After wins if longer."""
+
+    initial: float
+    maximum: float
+    random: Callable[[], float] = random.random
+
+    def delay(self, failures: int, retry_after: float | None = None) -> float:
+        """Seconds to wait after the given number of consecutive failures (1 = first)."""
+        base = min(self.maximum, self.initial * 2 ** min(max(failures - 1, 0), 62))
+        delay: float = base / 2 + self.random() * base / 2
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        return delay
+
+
+class Gate:
+    """Shared by the upload workers: one backoff and one pause for the CaiaSoft endpoint.
+
+    A transient failure closes the gate for every worker (CaiaSoft is down for all
+    of them); a 401/403 pauses them all; any success reopens it.
+    """
+
+    def __init__(self, settings: Any, clock: Callable[[], float] = time.monotonic):
+        self.backoff = Backoff(settings.backoff_initial_seconds, settings.backoff_max_seconds)
+        self.auth_pause = settings.auth_pause_seconds
+        self.clock = clock
+        self.failures = 0
+        self.paused_reason: str | None = None
+        self._not_before = 0.0
+        self._lock = threading.Lock()
+
+    def wait_seconds(self) -> float:
+        return max(self._not_before - self.clock(), 0.0)
+
+    def failed(self, retry_after: float | None, attempts: int = 0) -> float:
+        """A transient failure; return the seconds until the next try (for the gate and the file alike).
+
+        Workers that fail together while the gate is open count once.
+        """
+        with self._lock:
+            now = self.clock()
+            if self._not_before <= now or not self.failures:
+                self.failures += 1
+            delay = self.backoff.delay(max(self.failures, attempts), retry_after)
+            self._not_before = max(self._not_before, now + delay)
+            return self._not_before - now
+
+    def pause(self, reason: str) -> None:
+        with self._lock:
+            first = self.paused_reason is None or self.wait_seconds() == 0
+            self.paused_reason = reason
+            self._not_before = self.clock() + self.auth_pause
+        if first:
+            log.error("upload.paused", reason=reason, retry_in=self.auth_pause,
+                      detail="no file is moved to error while paused; fix the key, then wait or reload")
+
+    def succeeded(self) -> None:
+        with self._lock:
+            self.failures = 0
+            resumed, self.paused_reason = self.paused_reason, None
+        if resumed:
+            log.info("upload.resumed", detail="CaiaSoft accepts the API key again")

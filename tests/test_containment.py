@@ -1,0 +1,185 @@
+"""Containment in-process: the ledger's answered/placing steps, faults while placing, the worker loop."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+
+import pytest
+
+from gateway.caiasoft import CaiaSoftClient
+from gateway.errors import LedgerDamaged, describe
+from gateway.ledger import Ledger
+from gateway.pipeline import Pipeline
+from gateway.states import FileState, Verdict
+from gateway.worker import Worker
+
+from conftest import SAMPLES, wait_for
+
+
+@pytest.fixture
+def pipeline(site):
+    config = site.load()
+    ledger = Ledger(config.paths.database)
+    pipe = Pipeline(config, ledger, CaiaSoftClient(config.caiasoft, config.api_key))
+    pipe.place_backoff.random = lambda: 0.0
+    yield pipe
+    pipe.client.close()
+    ledger.close()
+
+
+def queued_slip(pipeline, site, name="slip.xml") -> int:
+    path = site.source / name
+    path.write_bytes((SAMPLES / "hold-request-slip-0001.xml").read_bytes())
+    return pipeline.adopt_copy(path)
+
+
+def test_the_answer_is_recorded_before_any_name_is_reserved(pipeline, site, simulator):
+    """A crash right after CaiaSoft answered (no name reserved yet) places the file; it is not sent again."""
+    row_id = queued_slip(pipeline, site)
+    row = pipeline.ledger.take(row_id)
+    outcome = pipeline.send(row)
+    answered = pipeline.record(row, outcome)
+    assert answered.state == FileState.ANSWERED and answered.verdict == Verdict.ACCEPTED
+    assert answered.final_path is None and not site.archive.exists(), "nothing reserved before the answer is durable"
+    assert pipeline.recover()["finished"] == 1  # what a restart does with it
+    assert pipeline.ledger.get(row_id).state == FileState.ARCHIVED
+    assert len(site.archived()) == 1 and len(simulator.received) == 1
+
+
+def test_a_folder_that_cannot_be_written_leaves_the_file_waiting_then_it_is_placed(pipeline, site, simulator):
+    site.archive.write_text("a file where the archive folder should be")
+    row_id = queued_slip(pipeline, site)
+    pipeline.upload(pipeline.ledger.take(row_id))
+    row = pipeline.ledger.get(row_id)
+    assert row.state == FileState.ANSWERED and row.verdict == Verdict.ACCEPTED
+    assert str(site.archive) in row.problem and row.place_failures == 1
+    assert [problem.id for problem in pipeline.ledger.problems()] == [row_id]
+    assert pipeline.ledger.take_next() is None, "an answered file never goes back to upload"
+    wait_for(pipeline.place_due, timeout=5, message="due again after its backoff")
+    assert pipeline.ledger.get(row_id).place_failures == 2
+    site.archive.unlink()
+    wait_for(pipeline.place_due, timeout=5, message="placed once the folder can be made")
+    row = pipeline.ledger.get(row_id)
+    assert row.state == FileState.ARCHIVED and row.problem is None
+    assert len(simulator.received) == 1 and pipeline.ledger.problems() == []
+
+
+def test_a_failure_after_the_name_was_reserved_finishes_at_the_same_place(pipeline, site, monkeypatch):
+    row_id = queued_slip(pipeline, site)
+    calls = []
+
+    def full(*args, **kwargs):
+        calls.append(args)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pipeline.archive, "write_sidecar", full)
+    pipeline.upload(pipeline.ledger.take(row_id))
+    row = pipeline.ledger.get(row_id)
+    assert row.state == FileState.ARCHIVING and "No space left" in row.problem
+    monkeypatch.undo()
+    wait_for(pipeline.place_due, timeout=5, message="placed once there is space")
+    done = pipeline.ledger.get(row_id)
+    assert done.state == FileState.ARCHIVED and done.final_path == row.final_path
+
+
+def test_a_file_that_cannot_be_placed_for_its_own_reason_is_stuck_and_shown(pipeline, site, monkeypatch):
+    row_id = queued_slip(pipeline, site)
+    monkeypatch.setattr("gateway.pipeline.sidecar", lambda *args: (_ for _ in ()).throw(ValueError("bad name")))
+    pipeline.upload(pipeline.ledger.take(row_id))
+    row = pipeline.ledger.get(row_id)
+    assert row.state == FileState.STUCK and "bad name" in row.problem
+    assert (pipeline.work_dir / row.work_name).exists(), "a stuck file stays in work/"
+    assert [problem.id for problem in pipeline.ledger.problems()] == [row_id]
+    monkeypatch.undo()
+    pipeline.recover()  # the next start tries it once more
+    assert pipeline.ledger.get(row_id).state == FileState.ARCHIVED
+
+
+def test_an_unreadable_work_file_is_refused_with_its_reason_and_recovery_goes_on(pipeline, site):
+    if os.geteuid() == 0:  # root reads a mode-000 file: make reading fail another way
+        (pipeline.work_dir / "00000077.unreadable").mkdir()
+        (pipeline.work_dir / "00000077.unreadable" / "x").write_text("a folder is not a file")
+    (pipeline.work_dir / "00000078.good_barcode").write_text("31234000000001\n")
+    broken = pipeline.work_dir / "00000079.broken"
+    broken.symlink_to(broken)  # a loop: cannot be opened
+    done = pipeline.recover()
+    assert done["adopted"] == 1
+    assert [row.name for row in pipeline.ledger.in_state(FileState.QUEUED)] == ["good_barcode"]
+
+
+def test_the_transaction_does_not_keep_its_lock_when_begin_fails(site):
+    config = site.load()
+    ledger = Ledger(config.paths.database)
+    other = sqlite3.connect(config.paths.database, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    ledger._db.execute("PRAGMA busy_timeout=50")
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        ledger.set_meta("x", "1")
+    other.execute("ROLLBACK")
+    other.close()
+    taken = []
+
+    def try_the_lock() -> None:
+        taken.append(ledger._lock.acquire(timeout=2))
+        if taken[-1]:
+            ledger._lock.release()
+
+    worker = threading.Thread(target=try_the_lock)
+    worker.start()
+    worker.join()
+    assert taken == [True], "the ledger's lock leaked: every other thread would hang"
+    ledger.close()
+
+
+def test_a_damaged_ledger_is_named_with_how_to_recover(tmp_path):
+    database = tmp_path / "gateway.db"
+    Ledger(database).close()
+    with open(database, "r+b") as handle:
+        handle.seek(0)
+        handle.write(os.urandom(4096))
+    with pytest.raises(LedgerDamaged) as raised:
+        Ledger(database)
+    assert str(database) in str(raised.value) and "move" in str(raised.value)
+
+
+def test_an_exception_without_text_renders_as_its_type():
+    assert describe(EOFError()) == "EOFError"
+    assert describe(PermissionError(13, "Permission denied", "/x")) == "Permission denied: /x"
+
+
+class Flaky(Worker):
+    def __init__(self, errors):
+        super().__init__("flaky")
+        self.errors = list(errors)
+        self.steps = 0
+        self.fault_backoff.initial = self.fault_backoff.maximum = 0.01
+
+    def step(self):
+        self.steps += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        self.rest(0.01)
+
+
+def test_a_worker_contains_faults_and_goes_on_and_says_when_it_ends():
+    ended = threading.Event()
+    worker = Flaky([KeyError("bug"), OSError(28, "No space left on device"), EOFError()])
+    worker.on_exit = lambda _worker: ended.set()
+    worker.start()
+    wait_for(lambda: worker.steps > 5 and worker.fault is None, message="the worker going on after its faults")
+    assert worker.is_alive() and worker.fatal is None
+    worker.stop()
+    assert ended.wait(5)
+
+
+def test_a_worker_ends_on_a_damaged_ledger_with_fatal_set():
+    worker = Flaky([sqlite3.DatabaseError("database disk image is malformed")])
+    worker.start()
+    worker.join(5)
+    assert not worker.is_alive() and isinstance(worker.fatal, sqlite3.DatabaseError)
+
+
+def test_joining_a_worker_never_started_is_not_an_error():
+    Flaky([]).join(1)

@@ -1,0 +1,245 @@
+"""Fault injection against the real daemon: each fault stays where it arose (issue: containment).
+
+Where permissions matter the daemon runs as an unprivileged user (tests/unprivileged.py):
+root reads and writes everything, so a root daemon would never meet these faults.
+For every fault: the service keeps running, the other files flow, the item's reason is
+in `status`, and a file CaiaSoft accepted is uploaded once.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Daemon, wait_for
+
+GOOD = "31234000000001\n"
+
+
+def barcodes(number: int) -> str:
+    return f"3123400000{number:04d}\n"
+
+
+def uploads(simulator) -> collections.Counter:
+    return collections.Counter(received.name for received in simulator.received)
+
+
+def status_text(site, runner=None, *extra: str) -> subprocess.CompletedProcess:
+    if runner is None:
+        return subprocess.run([sys.executable, "-m", "gateway", "-c", str(site.config_file), "status", *extra],
+                              capture_output=True, text=True, timeout=30)
+    return runner.run("-c", str(site.config_file), "status", *extra)
+
+
+def status_says(site, words: str, runner=None) -> str | None:
+    out = status_text(site, runner).stdout
+    return out if words in out else None
+
+
+def start_as_user(site, runner, started: list) -> Daemon:
+    daemon = Daemon(site.config_file, command=runner.prefix() + [str(runner.executable)], clean_env=True,
+                    env=runner.environment()).start()
+    started.append(daemon)
+    return daemon
+
+
+@pytest.fixture
+def started():
+    daemons: list[Daemon] = []
+    yield daemons
+    for daemon in daemons:
+        if daemon.process.poll() is None:
+            daemon.kill()
+
+
+def test_files_the_service_cannot_read_are_set_aside_and_the_rest_flows(unprivileged_site, gateway_install,
+                                                                         simulator, started):
+    site, runner = unprivileged_site, gateway_install
+    # in work/ from before a restart, owned by another user, unreadable: recovery must not die on it
+    stray = site.state / "work" / "00000042.left_barcode"
+    stray.parent.mkdir(exist_ok=True)
+    runner.give(stray.parent)
+    stray.write_text(GOOD)
+    stray.chmod(0o600)  # root's
+    # in the source: one of another user's, one of the service user's own with mode 000
+    other = site.source / "other_barcode"
+    other.write_text(barcodes(2))
+    other.chmod(0o600)
+    zero = site.source / "zero_barcode"
+    zero.write_text(barcodes(3))
+    runner.give(zero)
+    zero.chmod(0)
+    for number in range(4, 7):
+        good = site.source / f"good{number}_barcode"
+        good.write_text(barcodes(number))
+        runner.give(good)
+    daemon = start_as_user(site, runner, started)
+    wait_for(lambda: len(site.archived()) == 3, timeout=30, message="the readable files archived")
+    [refused] = wait_for(lambda: site.refused(), message="the unreadable file in work/ refused")
+    assert "cannot be read" in site.sidecar(refused)["reason"]
+    out = wait_for(lambda: status_says(site, "zero_barcode", runner), message="the source's files in status")
+    assert "other_barcode: cannot be taken: Permission denied" in out
+    assert "zero_barcode: cannot be taken: Permission denied" in out
+    assert "left_barcode" in out and "cannot be read" in out  # recent errors
+    assert daemon.process.poll() is None, "the service keeps running"
+    assert max(uploads(simulator).values()) == 1
+    log = (site.log_dir / "gateway.log").read_text()
+    assert "cannot join thread" not in log and "worker_crashed" not in log
+    assert daemon.stop() == 0
+
+
+def test_an_archive_folder_the_service_cannot_write_keeps_the_answer_and_never_uploads_again(
+        unprivileged_site, gateway_install, simulator, started):
+    site, runner = unprivileged_site, gateway_install
+    os.chown(site.archive, 0, 0)  # root's, 0750: the service cannot write it
+    for number in range(3):
+        path = site.source / f"list{number}_barcode"
+        path.write_text(barcodes(number))
+        runner.give(path)
+    daemon = start_as_user(site, runner, started)
+    out = wait_for(lambda: status_says(site, "WAITING TO BE PLACED", runner), timeout=30,
+                   message="the placing problem in status")
+    assert "Permission denied" in out and str(site.archive) in out
+    wait_for(lambda: len(simulator.received) == 3, message="three uploads")
+    for _ in range(2):  # restarts while the folder is still wrong: nothing is sent again
+        assert daemon.stop() == 0
+        daemon = start_as_user(site, runner, started)
+        out = wait_for(lambda: status_says(site, f"running (pid {daemon.process.pid})", runner), timeout=30,
+                       message="the restarted service running")
+        assert "WAITING TO BE PLACED" in out
+    assert daemon.process.poll() is None
+    runner.give(site.archive)  # the admin fixes the owner: the gateway resumes by itself
+    wait_for(lambda: len(site.archived()) == 3, timeout=30, message="all three archived")
+    assert len(simulator.received) == 3, "a file CaiaSoft answered is never uploaded again"
+    assert all(site.sidecar(path)["outcome"] == "accepted" for path in site.archived())
+    assert "WAITING" not in status_text(site, runner).stdout
+    assert daemon.stop() == 0
+
+
+def test_a_blocked_error_folder_holds_only_the_refused_file(unprivileged_site, gateway_install, simulator, started):
+    site, runner = unprivileged_site, gateway_install
+    os.chown(site.error, 0, 0)
+    bad = site.source / "notes.txt"
+    bad.write_text("a letter to the library, not a request file\n")
+    runner.give(bad)
+    for number in range(3):
+        path = site.source / f"ok{number}_barcode"
+        path.write_text(barcodes(number))
+        runner.give(path)
+    daemon = start_as_user(site, runner, started)
+    wait_for(lambda: len(site.archived()) == 3, timeout=30, message="the good files archived past the blocked one")
+    out = wait_for(lambda: status_says(site, "WAITING TO BE PLACED", runner), message="the refused file waiting")
+    assert "notes.txt" in out and str(site.error) in out
+    runner.give(site.error)
+    [refused] = wait_for(lambda: site.refused(), timeout=30, message="the refused file placed once fixed")
+    assert site.sidecar(refused)["outcome"] == "refused"
+    assert max(uploads(simulator).values()) == 1
+    assert daemon.stop() == 0
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 256 KiB tmpfs: a disk that fills up. Root in CI can mount; if mounting fails the test fails."""
+    mounted: list[Path] = []
+
+    def mount(where: Path) -> Path:
+        where.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs", str(where)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.fail(f"cannot mount a tmpfs for the disk-full test (run as root): {done.stderr.strip()}")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill(folder: Path) -> Path:
+    filler = folder / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:  # the disk is full
+        pass
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_a_full_archive_disk_pauses_placing_and_resumes_when_space_is_freed(site, simulator, daemon_factory,
+                                                                            small_tmpfs):
+    filler = fill(small_tmpfs(site.archive))
+    for number in range(2):
+        (site.source / f"full{number}_barcode").write_text(barcodes(number))
+    daemon = daemon_factory(site.config_file)
+    out = wait_for(lambda: status_says(site, "WAITING TO BE PLACED"), timeout=30, message="the disk-full reason")
+    assert "No space left on device" in out
+    assert daemon.process.poll() is None
+    filler.unlink()
+    wait_for(lambda: len(site.archived()) == 2, timeout=30, message="archived once there is space")
+    assert len(simulator.received) == 2
+    log = (site.log_dir / "gateway.log").read_text()
+    assert "the filesystem is full" in log and "permission" not in log.lower().split("file.place_failed")[1][:400]
+    assert daemon.stop() == 0
+
+
+def test_a_damaged_ledger_is_a_clear_message_and_exit_2_for_run_and_status(site):
+    site.state.mkdir(parents=True)
+    database = site.state / "gateway.db"
+    connection = sqlite3.connect(database)
+    connection.execute("CREATE TABLE filler (x)")
+    connection.executemany("INSERT INTO filler VALUES (?)", [(os.urandom(300),) for _ in range(200)])
+    connection.commit()
+    connection.close()
+    with open(database, "r+b") as handle:  # garbage over every page after the first
+        handle.seek(4096)
+        handle.write(os.urandom(os.path.getsize(database) - 4096))
+    command = [sys.executable, "-m", "gateway", "-c", str(site.config_file)]
+    run = subprocess.run([*command, "run"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2, run.stderr
+    assert str(database) in run.stderr and "move the file aside" in run.stderr and "Traceback" not in run.stderr
+    shown = subprocess.run([*command, "status"], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 2 and str(database) in shown.stderr and "Traceback" not in shown.stderr
+    as_json = subprocess.run([*command, "status", "--json"], capture_output=True, text=True, timeout=60)
+    assert as_json.returncode == 2 and str(database) in json.loads(as_json.stdout)["error"]
+    unit = (Path(__file__).resolve().parent.parent / "systemd" / "caiasoft-gateway.service").read_text()
+    assert "RestartPreventExitStatus=2" in unit  # so systemd waits for the admin instead of looping
+
+
+def test_daemon_exits_1_when_another_instance_holds_the_state_lock(site, simulator, daemon_factory, tmp_path):
+    daemon = daemon_factory(site.config_file)
+    wait_for(lambda: (site.state / "gateway.lock").exists() and status_says(site, "running"),
+             message="the first gateway running")
+    second = subprocess.run([sys.executable, "-m", "gateway", "-c", str(site.config_file), "daemon", "--pidfile",
+                             str(tmp_path / "other.pid")], capture_output=True, text=True, timeout=30)
+    assert second.returncode == 1 and "another gateway" in second.stderr
+    assert daemon.stop() == 0
+
+
+def test_sighup_while_an_upload_hangs_reloads_at_once(site, simulator, daemon_factory):
+    site.write(simulator.url, timeout_seconds=30, extra_caiasoft="upload_workers = 1")
+    simulator.queue_faults("hang")
+    (site.source / "first_barcode").write_text(barcodes(1))
+    daemon = daemon_factory(site.config_file)
+    wait_for(lambda: status_says(site, "uploading 1"), message="the first upload hanging")
+    daemon.process.send_signal(signal.SIGHUP)
+    started = time.monotonic()
+    log = site.log_dir / "gateway.log"
+    wait_for(lambda: '"config.reloaded"' in log.read_text(), timeout=10, message="the reload")
+    assert time.monotonic() - started < 5, "the reload waited for the hung upload"
+    (site.source / "second_barcode").write_text(barcodes(2))
+    wait_for(lambda: len(site.archived()) == 1, timeout=15, message="new work flows while the old upload hangs")
+    assert daemon.process.poll() is None
+    daemon.kill()
