@@ -113,7 +113,8 @@ def test_an_archive_folder_the_service_cannot_write_keeps_the_answer_and_never_u
     for _ in range(2):  # restarts while the folder is still wrong: nothing is sent again
         assert daemon.stop() == 0
         daemon = start_as_user(site, runner, started)
-        out = wait_for(lambda: status_says(site, f"running (pid {daemon.process.pid})", runner), timeout=30,
+        running = f"running (pid {daemon.process.pid})"
+        out = wait_for(lambda running=running: status_says(site, running, runner), timeout=30,
                        message="the restarted service running")
         assert "WAITING TO BE PLACED" in out
     assert daemon.process.poll() is None

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
