@@ -33,6 +33,7 @@ from gateway import http
 from gateway.config import CaiaSoft, Secret
 from gateway.errors import ApiError
 from gateway.logs import REDACTED
+from gateway.states import Verdict
 
 RETRY_AFTER_CAP_SECONDS = 3600.0
 ANSWER_EXCERPT_CHARS = 2000
@@ -43,7 +44,7 @@ UNREADABLE_COUNT = "unreadable_answers"  # kept in the ledger's answer while the
 
 @dataclass(frozen=True)
 class Outcome:
-    verdict: str
+    verdict: Verdict
     reason: str
     http_status: int | None = None
     answer: Any = None
@@ -69,30 +70,30 @@ def classify(status: int, headers: Mapping[str, str], body: str, now: float | No
     words = _error_words(parsed) if parsed is not None else " ".join(body.split())[:200]
     said = f": {words}" if words else ""
     if status in (401, 403):
-        return Outcome("paused", f"CaiaSoft refused the API key (HTTP {status}): check api_key_file "
+        return Outcome(Verdict.PAUSED, f"CaiaSoft refused the API key (HTTP {status}): check api_key_file "
                        f"and the key in CaiaSoft's Admin Module{said}", status, answer)
     if 300 <= status < 400:
         location = headers.get("Location", "?")
-        return Outcome("paused", f"CaiaSoft answered with a redirect (HTTP {status} to {location}): "
+        return Outcome(Verdict.PAUSED, f"CaiaSoft answered with a redirect (HTTP {status} to {location}): "
                        "check caiasoft.base_url and requestfile_path", status, answer)
     if status in (408, 429) or status >= 500:
-        return Outcome("transient", f"CaiaSoft is unavailable (HTTP {status}{said}){cut}",
+        return Outcome(Verdict.TRANSIENT, f"CaiaSoft is unavailable (HTTP {status}{said}){cut}",
                        status, answer, retry_after=parse_retry_after(headers.get("Retry-After"), now))
     if status >= 400:
-        return Outcome("refused", f"CaiaSoft refused the file (HTTP {status}){said}{cut}", status, answer)
+        return Outcome(Verdict.REFUSED, f"CaiaSoft refused the file (HTTP {status}){said}{cut}", status, answer)
     if not isinstance(parsed, dict):
         kind = headers.get("Content-Type") or "no Content-Type"
-        return Outcome("unreadable", f"CaiaSoft's answer (HTTP {status}, {kind}) is not its JSON answer"
+        return Outcome(Verdict.UNREADABLE, f"CaiaSoft's answer (HTTP {status}, {kind}) is not its JSON answer"
                        f"{cut}{said}", status, answer)
     success = parsed.get("success")
     error = parsed.get("error")
     if success is False or str(success).lower() == "false" or error not in (None, "", [], {}):
-        return Outcome("refused", f"CaiaSoft refused the file: {words or 'success: false'}", status, answer)
+        return Outcome(Verdict.REFUSED, f"CaiaSoft refused the file: {words or 'success: false'}", status, answer)
     if success is not True and str(success).lower() != "true":
-        return Outcome("refused", "CaiaSoft's answer has no success: true", status, answer)
+        return Outcome(Verdict.REFUSED, "CaiaSoft's answer has no success: true", status, answer)
     denials = [item for item in parsed.get("results") or [] if is_denied(item)]
     reason = "accepted" + (f", {len(denials)} item(s) denied" if denials else "")
-    return Outcome("accepted", reason, status, answer, denials=denials)
+    return Outcome(Verdict.ACCEPTED, reason, status, answer, denials=denials)
 
 
 def is_denied(item: Any) -> bool:
@@ -187,7 +188,7 @@ class CaiaSoftClient:
 
     def _failure(self, prefix: str, error: requests.RequestException, started: float) -> Outcome:
         reason = scrub(f"{prefix}: {_describe(error, self.settings.deadline_seconds)}", self._key.value)
-        return Outcome("transient", reason, elapsed_ms=_ms(started))
+        return Outcome(Verdict.TRANSIENT, reason, elapsed_ms=_ms(started))
 
     def upload(self, path: Path, name: str, kind: str) -> Outcome:
         """POST one file (opened afresh) to requestfile; return the Outcome. Never raises for HTTP."""
@@ -283,7 +284,7 @@ def settle_unreadable(outcome: Outcome, previous_answer: Any, retries: int) -> O
     in the answer); after that it is refused with the answer's excerpt, since each
     sending may have reached CaiaSoft.
     """
-    if outcome.verdict != "unreadable":
+    if outcome.verdict != Verdict.UNREADABLE:
         return outcome
     before = previous_answer.get(UNREADABLE_COUNT, 0) if isinstance(previous_answer, dict) else 0
     count = (before if isinstance(before, int) else 0) + 1
@@ -291,10 +292,10 @@ def settle_unreadable(outcome: Outcome, previous_answer: Any, retries: int) -> O
               UNREADABLE_COUNT: count}
     if count > retries:
         return dataclasses.replace(
-            outcome, verdict="refused", answer=answer,
+            outcome, verdict=Verdict.REFUSED, answer=answer,
             reason=f"{outcome.reason}; sent {count} time(s), never answered in JSON (caiasoft.unreadable_"
                    "answer_retries): CaiaSoft may have it, check there before `retry`")
-    return dataclasses.replace(outcome, verdict="transient", answer=answer,
+    return dataclasses.replace(outcome, verdict=Verdict.TRANSIENT, answer=answer,
                                reason=f"{outcome.reason}; sent again later ({count} of at most {retries + 1})")
 
 

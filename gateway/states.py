@@ -43,6 +43,8 @@ class Verdict(StrEnum):
     REFUSED = "refused"       # CaiaSoft (or the gateway) refused it: the file goes to the error folder
     TRANSIENT = "transient"   # try again later; nothing is moved
     PAUSED = "paused"         # the key or URL is wrong: every upload waits, nothing is moved
+    UNREADABLE = "unreadable"  # a 2xx that is not CaiaSoft's JSON: sent again a bounded number of times
+    #                            (caiasoft.settle_unreadable turns it into TRANSIENT or REFUSED)
 
 
 class NcipVerdict(StrEnum):
