@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import hashlib
+import io
 import json
 import os
 import subprocess
@@ -14,6 +16,7 @@ import pytest
 
 from gateway.ledger import Ledger
 from gateway.names import from_bytes, safe_name, to_bytes, unprintable
+from gateway.sources.base import Taken
 from gateway.sources.sftp import SftpSource
 
 from conftest import wait_for
@@ -156,6 +159,16 @@ class _ServerThatLosesItsFiles:
     def stat(self, path: bytes) -> paramiko.SFTPAttributes:
         return paramiko.SFTPAttributes()
 
+    def open(self, path: bytes, mode: str) -> "_EmptyRemoteFile":
+        return _EmptyRemoteFile()
+
+
+class _EmptyRemoteFile(io.BytesIO):
+    """What the session's open() gives: an empty file (the one release compares with what was taken)."""
+
+    def prefetch(self, size: int | None = None) -> None:
+        pass
+
 
 class _Source(SftpSource):
     def _connection(self):
@@ -166,4 +179,5 @@ def test_release_in_delete_mode_reports_a_failed_remove_instead_of_crashing(sftp
     settings = sftp_site.load().sources[0]
     assert settings.remote_after == "delete"
     with pytest.raises(FileNotFoundError):  # an OSError the collector reports and retries, not a NameError
-        _Source(settings).release(from_bytes(b"/print/caf\xe9_barcode"))
+        _Source(settings).release(Taken(origin=from_bytes(b"/print/caf\xe9_barcode"), size=0, mtime=0.0,
+                                        sha256=hashlib.sha256(b"").hexdigest()))
