@@ -214,6 +214,7 @@ def test_a_feed_call_that_fails_is_an_error_in_the_log_and_in_status(relay_site,
 TRANSPORTS = [  # (simulator options, send_as)
     (dict(transport="http"), "body"),
     (dict(transport="http"), "query"),
+    (dict(transport="http"), "form"),
     (dict(transport="tcp", socket_mode="close"), "body"),
     (dict(transport="tcp", socket_mode="open", preamble=True), "body"),
     (dict(transport="tcp", socket_mode="dribble"), "body"),
@@ -222,7 +223,7 @@ TRANSPORTS = [  # (simulator options, send_as)
 
 @pytest.mark.parametrize("version", ["1", "2"])
 @pytest.mark.parametrize("options,send_as", TRANSPORTS,
-                         ids=["http-body", "http-query", "tcp-close", "tcp-open-httpish", "tcp-dribble"])
+                         ids=["http-body", "http-query", "http-form", "tcp-close", "tcp-open-httpish", "tcp-dribble"])
 def test_the_daemon_relays_over_each_transport_in_both_versions(relay_site, daemon_factory, options, send_as,
                                                                  version):
     server = NcipSimulator(problems={"GONE": "Unknown Item"}, track_loans=True, **options).start()
@@ -279,31 +280,40 @@ def test_unreadable_answers_are_retried_then_dead_lettered_with_an_excerpt(relay
     assert "3 attempts" in letters[0]["reason"]
 
 
-def test_journal_truncated_while_ncip_is_down_and_replaced_while_it_is_up(relay_site, ncip, daemon_factory):
+def rewrite(site, how: str, items: list[str]) -> None:
+    """Truncate the journal and refill it in one go (same file), or replace it by a renamed new file."""
+    content = b"".join(b'{"action": "checkin", "item": "%s"}\n' % item.encode() for item in items)
+    if how == "truncate":
+        site.journal.write_bytes(content)
+    else:
+        fresh = site.journal.with_name("ncip.jsonl.new")
+        fresh.write_bytes(content)
+        fresh.replace(site.journal)
+
+
+@pytest.mark.parametrize("while_down,while_up", [("truncate", "replace"), ("replace", "truncate")])
+def test_journal_truncated_or_replaced_while_ncip_is_down_and_up_skips_nothing(relay_site, ncip, daemon_factory,
+                                                                               while_down, while_up):
     """The reported loss: 3 relayed, NCIP answering 503, the journal truncated and 12 appended: none skipped."""
+    log = relay_site.log_dir / "gateway.log"
     for number in range(3):
         add(relay_site, "checkin", f"OLD-{number}")
     daemon = daemon_factory(relay_site.config_file)
     ncip.wait_for(3, timeout=30)
     ncip.queue_faults(*["503"] * 10_000)  # down
-    new = [f"NEW-{number:02d}" for number in range(12)]
-    relay_site.journal.write_bytes(b"".join(b'{"action": "checkin", "item": "%s"}\n' % item.encode()
-                                            for item in new))  # truncated and refilled in one go
-    wait_for(lambda: "ncip.retry" in (relay_site.log_dir / "gateway.log").read_text(), timeout=30,
-             message="retries while NCIP is down")
+    first = [f"DOWN-{number:02d}" for number in range(12)]
+    rewrite(relay_site, while_down, first)
+    wait_for(lambda: "ncip.retry" in log.read_text(), timeout=30, message="retries while NCIP is down")
     ncip.clear_faults()  # up
-    wait_for(lambda: len(ncip.received) >= 15, timeout=30, message="the 12 new entries")
-    replacement = relay_site.journal.with_name("ncip.jsonl.new")
-    replaced = [f"REP-{number}" for number in range(4)]
-    replacement.write_bytes(b"".join(b'{"action": "checkin", "item": "%s"}\n' % item.encode()
-                                     for item in replaced))
-    replacement.replace(relay_site.journal)
-    wait_for(lambda: len(ncip.received) >= 19, timeout=30, message="the replacement's entries")
+    wait_for(lambda: len(ncip.received) >= 15, timeout=30, message="the 12 entries written while down")
+    second = [f"UP-{number}" for number in range(4)]
+    rewrite(relay_site, while_up, second)
+    wait_for(lambda: len(ncip.received) >= 19, timeout=30, message="the entries written while up")
     assert daemon.stop() == 0
     sent = [r.item for r in ncip.received]
-    assert sent == [f"OLD-{number}" for number in range(3)] + new + replaced, "none skipped, none sent twice"
-    log = (relay_site.log_dir / "gateway.log").read_text()
-    assert '"event": "journal.truncated"' in log and '"event": "journal.replaced"' in log
+    assert sent == [f"OLD-{number}" for number in range(3)] + first + second, "none skipped, none sent twice"
+    text = log.read_text()
+    assert '"event": "journal.truncated"' in text and '"event": "journal.replaced"' in text
     assert dead_letters(relay_site) == []
 
 
