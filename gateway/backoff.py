@@ -53,18 +53,20 @@ class Gate:
         self.clock = clock
         self.failures = 0
         self.paused_reason: str | None = None
+        self.problem: str | None = None  # why calls fail, while they keep failing (for alerts and metrics)
         self._not_before = 0.0
         self._lock = threading.Lock()
 
     def wait_seconds(self) -> float:
         return max(self._not_before - self.clock(), 0.0)
 
-    def failed(self, retry_after: float | None, attempts: int = 0) -> float:
+    def failed(self, retry_after: float | None, attempts: int = 0, reason: str | None = None) -> float:
         """A transient failure; return the seconds until the next try (for the gate and the file alike).
 
         Workers that fail together while the gate is open count once.
         """
         with self._lock:
+            self.problem = reason or "CaiaSoft did not answer"
             now = self.clock()
             if self._not_before <= now or not self.failures:
                 self.failures += 1
@@ -84,6 +86,7 @@ class Gate:
     def succeeded(self) -> None:
         with self._lock:
             self.failures = 0
+            self.problem = None
             resumed, self.paused_reason = self.paused_reason, None
         if resumed:
             log.info("upload.resumed", detail="CaiaSoft accepts the API key again")

@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
                           help="pidfile to create and hold (a second start is refused)")
     check = commands.add_parser("check", help="check config, folders, permissions and CaiaSoft; list every problem")
     check.add_argument("--offline", action="store_true", help="do not contact CaiaSoft")
+    check.add_argument("--send-test-alert", action="store_true",
+                       help="also send a test alert through [alerts] (mail, webhook) and say if it went out")
     check.add_argument("--ncip-item", metavar="BARCODE",
                        help="also ask ALEPH's NCIP server about this item (LookupItem, read-only) and print the "
                             "answer in words: proves URL, port, registration, agencies and version")
@@ -168,8 +170,27 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(logs.redact(f"{result.mark:<5} {_shown(result.what)}"
                           + (f"\n        {_shown(result.detail)}" if result.detail else "")))
         failures += result.mark == "FAIL"
+    if args.send_test_alert:
+        failures += _send_test_alert(config)
     print(f"\n{'all checks passed' if not failures else f'{failures} problem(s) found'}")
     return EXIT_OK if not failures else EXIT_FAILURE
+
+
+def _send_test_alert(config: config_module.Config) -> int:
+    """check --send-test-alert: send one on each channel; return how many failed."""
+    from gateway import alerts
+
+    if config.alerts is None:
+        print("FAIL  test alert\n        there is no [alerts] section in the config: nothing to send with")
+        return 1
+    failed = 0
+    for channel, problem in alerts.send_test(config.alerts):
+        where = f"{config.alerts.smtp_host}:{config.alerts.smtp_port} to {', '.join(config.alerts.to)}" \
+            if channel == "mail" else "the webhook"
+        print(logs.redact(f"{'OK' if problem is None else 'FAIL':<5} test alert by {channel} ({_shown(where)})"
+                          + (f"\n        {_shown(problem)}" if problem else "")))
+        failed += problem is not None
+    return failed
 
 
 def cmd_status(args: argparse.Namespace) -> int:

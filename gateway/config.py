@@ -26,17 +26,19 @@ from gateway import config_rules, credentials
 from gateway.credentials import CREDENTIAL_NAME
 from gateway.errors import ConfigError, Problem
 from gateway.schema import SCHEMA
-from gateway.settings import (Archive, CaiaSoft, Config, Feed, Intake, LocalSourceSettings, Ncip, Paths, Secret,
-                              Settings, SftpSourceSettings, SourceSettings)
+from gateway.settings import (Alerts, Archive, CaiaSoft, Config, Feed, Intake, LocalSourceSettings, Metrics,
+                              Ncip, Paths, Secret, Settings, SftpSourceSettings, SourceSettings)
 from gateway.toml_tables import read_table
 
-__all__ = ["CONFIG_ENV", "CREDENTIAL_NAME", "DEFAULT_CONFIG", "SCHEMA", "Archive", "CaiaSoft", "Config", "Feed",
-           "Intake", "LocalSourceSettings", "Ncip", "Paths", "Secret", "Settings", "SftpSourceSettings",
-           "SourceSettings", "config_path", "load", "load_settings", "ncip_settings", "source_settings"]
+__all__ = ["CONFIG_ENV", "CREDENTIAL_NAME", "DEFAULT_CONFIG", "SCHEMA", "Alerts", "Archive", "CaiaSoft", "Config",
+           "Feed", "Intake", "LocalSourceSettings", "Metrics", "Ncip", "Paths", "Secret", "Settings",
+           "SftpSourceSettings", "SourceSettings", "alerts_settings", "config_path", "load", "load_settings",
+           "ncip_settings", "source_settings"]
 
 DEFAULT_CONFIG = Path("/etc/caiasoft-gateway/gateway.toml")
 CONFIG_ENV = "CAIASOFT_GATEWAY_CONFIG"
 TABLES = ("paths", "caiasoft", "intake", "archive")  # plain tables; [[sources]] and [ncip] are read apart
+OPTIONAL_TABLES = ("alerts", "metrics")  # absent = that feature is off
 
 
 def config_path(explicit: str | os.PathLike[str] | None) -> Path:
@@ -57,6 +59,9 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
     for index, source in enumerate(values.sources):
         if source.get("url") is not None:
             credentials.check_sftp_files(source, f"sources[{index}]", values.problem)
+    alerts_password = values.optional.get("alerts", {}).get("password_file")
+    if isinstance(alerts_password, Path) and not alerts_password.is_file():
+        values.problem("alerts.password_file", f"{alerts_password} does not exist")
     values.raise_problems()
     return Config(**values.sections(), api_key=key, warnings=tuple(warnings))
 
@@ -77,6 +82,7 @@ class _Values:
     sources: list[dict[str, Any]] = field(default_factory=list)
     ncip: dict[str, Any] | None = None
     feed: dict[str, Any] | None = None
+    optional: dict[str, dict[str, Any]] = field(default_factory=dict)  # [alerts], [metrics] if present
     problems: list[Problem] = field(default_factory=list)
 
     def problem(self, key: str, message: str) -> None:
@@ -96,6 +102,9 @@ class _Values:
                 values.problem(table, f"unknown section (known: {', '.join(t for t in SCHEMA if '.' not in t)})")
         for table in TABLES:
             values.tables[table] = read_table(values._table(raw, table), SCHEMA[table], table, values.problem)
+        for table in OPTIONAL_TABLES:
+            if table in raw:
+                values.optional[table] = read_table(values._table(raw, table), SCHEMA[table], table, values.problem)
         values._read_sources(raw.get("sources", []))
         if "ncip" in raw:
             values._read_ncip(raw["ncip"])
@@ -107,6 +116,10 @@ class _Values:
                                    journal if isinstance(journal, Path) else None, values.problem)
         if values.ncip is not None:
             config_rules.check_ncip(values.ncip, values.problem)
+        if "alerts" in values.optional:
+            config_rules.check_alerts(values.optional["alerts"], values.problem)
+        if "metrics" in values.optional:
+            config_rules.check_metrics(values.optional["metrics"], values.problem)
         return values
 
     def _parse(self) -> dict[str, Any]:
@@ -155,6 +168,8 @@ class _Values:
             "archive": Archive(**self.tables["archive"]),
             "sources": tuple(source_settings(values) for values in self.sources),
             "ncip": self._ncip(),
+            "alerts": alerts_settings(self.optional["alerts"]) if "alerts" in self.optional else None,
+            "metrics": Metrics(**self.optional["metrics"]) if "metrics" in self.optional else None,
         }
 
     def _ncip(self) -> Ncip | None:
@@ -167,6 +182,12 @@ def ncip_settings(values: Mapping[str, Any], feed: Mapping[str, Any] | None = No
     converted = {**values, **{key: tuple(values[key]) for key in lists}}
     converted["feed"] = Feed(**{**feed, "in_statuses": tuple(feed["in_statuses"])}) if feed is not None else None
     return Ncip(**converted)
+
+
+def alerts_settings(values: Mapping[str, Any]) -> Alerts:
+    """[alerts] settings from its typed values (the key "from" is the field from_)."""
+    converted = {key: value for key, value in values.items() if key not in ("from", "to", "events")}
+    return Alerts(**converted, from_=values["from"], to=tuple(values["to"]), events=tuple(values["events"]))
 
 
 def source_settings(values: Mapping[str, Any]) -> SourceSettings:

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from gateway import markers
 from gateway.schema import SCHEMA
+from gateway.settings import ALERT_EVENTS
 from gateway.toml_tables import Report
 
 LOOPBACK = ("localhost", "127.0.0.1", "::1")
@@ -161,3 +162,32 @@ def check_ncip(values: dict[str, Any], problem: Report) -> None:
     for key in ("from_agency", "to_agency", "user_id"):
         if values.get(key) == "":
             problem(f"ncip.{key}", "must not be empty")
+
+
+def check_alerts(values: dict[str, Any], problem: Report) -> None:
+    """[alerts]: known event names, addresses that look like addresses, a login only with a password."""
+    for event in values.get("events") or []:
+        if event not in ALERT_EVENTS:
+            problem("alerts.events", f"unknown event {event!r} (known: {', '.join(ALERT_EVENTS)})")
+    for key, addresses in (("from", [values.get("from")]), ("to", values.get("to") or [])):
+        for address in addresses:
+            if isinstance(address, str) and ("@" not in address or any(c in address for c in " \r\n,<>")):
+                problem(f"alerts.{key}", f"must be a mail address such as ils-team@example.edu, got {address!r}")
+    if values.get("username") and values.get("password_file") is None:
+        problem("alerts.password_file", "a username needs a password_file (the relay's password)")
+    url = values.get("webhook_url")
+    if url and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname):
+        problem("alerts.webhook_url", f"must be an http(s) URL, got {url!r}")
+
+
+def check_metrics(values: dict[str, Any], problem: Report) -> None:
+    """[metrics]: listen is HOST:PORT (or empty); the textfile's folder exists."""
+    listen = values.get("listen")
+    if listen:
+        host, _, port = listen.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            problem("metrics.listen", f"must be HOST:PORT such as 127.0.0.1:9464 (or empty = off), got {listen!r}")
+    textfile = values.get("textfile")
+    if isinstance(textfile, Path) and (not textfile.name.endswith(".prom") or not textfile.parent.is_dir()):
+        problem("metrics.textfile", f"must be a NAME.prom file in an existing folder (node_exporter's textfile "
+                f"directory), got {textfile}")

@@ -30,7 +30,7 @@ from pathlib import Path
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from gateway import itemindex
+from gateway import itemindex, monitorstore
 from gateway.errors import GatewayError, LedgerDamaged, describe
 from gateway.logs import redact
 from gateway.names import loaded, safe_name, stored
@@ -51,7 +51,8 @@ class Seen(Protocol):
     @property
     def mtime(self) -> float: ...
 
-SCHEMA_VERSION = 3  # 2: records and items (gateway/itemindex.py); 3: verdict, problem, place_failures
+SCHEMA_VERSION = 4  # 2: records and items (gateway/itemindex.py); 3: verdict, problem, place_failures;
+                    # 4: alerts and counters (gateway/monitorstore.py; its tables are created on open)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -160,7 +161,7 @@ def work_name(row_id: int, name: str) -> str:
     return f"{row_id:08d}." + safe_name(name)
 
 
-class Ledger(itemindex.ItemIndex):
+class Ledger(itemindex.ItemIndex, monitorstore.MonitorStore):
     """SQLite-backed state of every file. Thread-safe; safe to open from a second process."""
 
     def __init__(self, path: Path, clock: Callable[[], float] = time.time, check: bool = True):
@@ -196,7 +197,7 @@ class Ledger(itemindex.ItemIndex):
             verdict = self._db.execute("PRAGMA quick_check(1)").fetchone()[0]
             if verdict != "ok":
                 raise sqlite3.DatabaseError(verdict)
-        self._db.executescript(_SCHEMA + itemindex.SCHEMA)
+        self._db.executescript(_SCHEMA + itemindex.SCHEMA + monitorstore.SCHEMA)
         if self._db.execute("SELECT NOT EXISTS (SELECT 1 FROM files)").fetchone()[0]:  # nothing from before
             self._db.execute("INSERT OR IGNORE INTO meta VALUES ('local_originals_kept', '1')")
         self._migrate()

@@ -36,6 +36,7 @@ from gateway.archive import Folder
 from gateway.backoff import Backoff, Gate
 from gateway.caiasoft import CaiaSoftClient, Outcome, counts_unreadable, is_denied, settle_unreadable
 from gateway.errors import BUG, FileRefused, SourceGone, describe, fault_kind
+from gateway.events import NO_EVENTS, Events
 from gateway.files import PARTIAL_GLOB, copy_no_clobber
 from gateway.itemindex import RecordSpool, sidecar_records
 from gateway.ledger import Ledger, FileRow, work_name
@@ -78,6 +79,7 @@ class Pipeline:
         self.place_backoff = Backoff(config.caiasoft.backoff_initial_seconds, config.caiasoft.backoff_max_seconds)
         self.on_place_failed: Callable[[], None] = lambda: None
         self.sources: dict[str, Source] = {}  # by name: where originals that stay after the take are checked
+        self.events: Events = NO_EVENTS  # alerts and metrics hear of each finished file and upload (gateway.monitor)
 
     def work_path(self, row: FileRow) -> Path:
         return self.work_dir / row.work_name
@@ -231,6 +233,8 @@ class Pipeline:
         An original that changed since it was taken is not sent: it is taken again, whole.
         """
         outcome = self.send(row)
+        if outcome.elapsed_ms:
+            self.events.upload_timed(outcome.elapsed_ms / 1000)
         answered = self.record(row, outcome)
         if answered is not None:
             self.place(answered)
@@ -257,7 +261,7 @@ class Pipeline:
         fields = dict(id=row.id, source=row.source, file=row.name, sha256=row.sha256, attempt=row.attempts,
                       status=outcome.http_status, ms=outcome.elapsed_ms)
         if outcome.verdict == Verdict.TRANSIENT:
-            delay = self.gate.failed(outcome.retry_after, row.attempts)
+            delay = self.gate.failed(outcome.retry_after, row.attempts, outcome.reason)
             log.warning("upload.retry", **fields, reason=outcome.reason, retry_in=round(delay, 2))
             self.ledger.requeue(row.id, outcome.reason, self.clock() + delay, outcome.http_status,
                                 answer=outcome.answer if counts_unreadable(outcome) else None)
@@ -356,6 +360,7 @@ class Pipeline:
             log.error("file.lost", id=row.id, file=row.name, expected=str(final),
                       detail="neither the work copy nor the final copy exists")
         self.ledger.finished(row.id, final)
+        self.events.file_finished(row, final)
         log.info("file.archived" if row.state == FileState.ARCHIVING else "file.to_error", id=row.id,
                  source=row.source, file=row.name, path=str(final))
         return final

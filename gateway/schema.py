@@ -183,4 +183,35 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
             "Asked only for an item retrieved and refiled on the same day, to journal the two in the order "
             "they happened."),
     ),
+    "alerts": (
+        Key("smtp_host", "str", "localhost", "Mail server the alerts go through (the host's own MTA by default)."),
+        Key("smtp_port", "int", 25, "Its port (25; 587 for a relay with STARTTLS).", minimum=1),
+        Key("starttls", "bool", False, "Use STARTTLS, with the server's certificate verified."),
+        Key("username", "str", "", "Login for an authenticated relay (with password_file); empty = no login."),
+        Key("password_file", "path", None, "File holding the relay's password (mode 0600 or 0640)."),
+        Key("from", "str", "caiasoft-gateway@localhost", "Sender address of the alert mails."),
+        Key("to", "strings", ["root@localhost"], "Who gets the alert mails."),
+        Key("webhook_url", "str", "",
+            "Optional: also POST each alert as JSON to this URL (chat tools, incident systems); empty = off."),
+        Key("events", "strings", ["refused", "denied", "paused", "unreachable", "dead_letter", "source_problem",
+                                  "stuck"],
+            "What is alerted: refused (a file went to error_dir), denied (CaiaSoft denied items), paused (the API "
+            "key was refused), unreachable (CaiaSoft or NCIP failing for unreachable_after_seconds), dead_letter "
+            "(NCIP refused an entry), source_problem (a source cannot be read), stuck (a file waiting longer than "
+            "unreachable_after_seconds)."),
+        Key("unreachable_after_seconds", "number", 900.0,
+            "CaiaSoft or NCIP failing this long raises \"unreachable\"; a file pending this long is \"stuck\".",
+            minimum=1),
+        Key("min_interval_seconds", "number", 900.0,
+            "The first alert of a kind goes at once; more of that kind are gathered into one digest per interval.",
+            minimum=0),
+    ),
+    "metrics": (
+        Key("listen", "str", "127.0.0.1:9464",
+            "Serve GET /metrics (Prometheus text format) on HOST:PORT; empty = off. Keep it on loopback and let "
+            "a reverse proxy or the local node_exporter/Prometheus reach it."),
+        Key("textfile", "path", None,
+            "Or also write the same figures to this .prom file (node_exporter's textfile directory), "
+            "atomically, every 15 s."),
+    ),
 }

@@ -43,7 +43,9 @@ from gateway.caiasoft import CaiaSoftClient
 from gateway.collector import Collector
 from gateway.config import Config
 from gateway.errors import DAMAGED, AlreadyRunning, ConfigError, LedgerDamaged, describe, fault_kind
+from gateway.events import Conditions
 from gateway.ledger import Ledger
+from gateway.monitor import Monitor
 from gateway.ncip.feed import Feed
 from gateway.ncip.relay import Relay
 from gateway.pipeline import Pipeline
@@ -112,6 +114,10 @@ class Parts:
                            for settings in config.sources]
         self.pipeline.sources = {collector.source.name: collector.source for collector in self.collectors}
         self.relay = Relay(config.ncip, ledger, config.paths.error_dir) if config.ncip else None
+        self.monitor = Monitor(config, ledger)  # alerts and metrics: the parts tell it what happens
+        self.pipeline.events = self.monitor
+        if self.relay:
+            self.relay.events = self.monitor
         self.feed: Feed | None = None
         if config.ncip and config.ncip.feed:
             self.feed_client = CaiaSoftClient(config.caiasoft, config.api_key)
@@ -124,7 +130,8 @@ class Parts:
         return [*self.collectors, *([self.feed] if self.feed else [])]
 
     def outputs(self) -> list[Worker]:
-        return [*self.uploaders, self.placer, *([self.relay] if self.relay else [])]
+        return [*self.uploaders, self.placer, *([self.relay] if self.relay else []),
+                *([self.monitor.sender] if self.monitor.sender else [])]
 
     def workers(self) -> list[Worker]:
         return [*self.outputs(), *self.inputs()]
@@ -133,6 +140,7 @@ class Parts:
         """Start every worker. After a reload (previous given), a collector, the feed or the relay
         whose predecessor is still running starts when that one has ended (start_deferred)."""
         before = {worker.name: worker for worker in previous.exclusive()} if previous else {}
+        self.monitor.start()
         for worker in (*self.outputs(), *self.inputs()):
             old = before.get(worker.name)
             if old is not None and old.is_alive():
@@ -168,6 +176,17 @@ class Parts:
         for worker, _old in self._deferred:
             worker.stop()
         self._deferred = []
+        self.monitor.stop()
+
+    def conditions(self) -> Conditions:
+        """The lasting states alerts and metrics watch (gateway.events.Conditions)."""
+        return Conditions(
+            paused=self.gate.paused_reason, caiasoft_problem=self.gate.problem,
+            ncip_problem=self.relay.last_problem if self.relay else None,
+            ncip_behind=self.relay.lag()[1] if self.relay else 0,
+            sources={c.source.name: c.problem or (None if c.source.healthy() else "its watcher has stopped")
+                     for c in self.collectors},
+            locations={settings.name: settings.location for settings in self.config.sources})
 
     def ended(self) -> bool:
         return not any(worker.is_alive() for worker in self.workers())
@@ -335,6 +354,7 @@ class Service:
                 next_prune = now + PRUNE_SECONDS
                 self._housekeeping(functools.partial(self._prune, parts))
             status = self._housekeeping(functools.partial(self._publish, ledger, parts, now)) or last_status
+            self._housekeeping(functools.partial(self._watch, parts))
             if status != last_status:
                 notify.send(f"STATUS={status}")
                 last_status = status
@@ -380,6 +400,10 @@ class Service:
             removed = parts.pipeline.archive.prune(days, dt.date.today())
             if removed:
                 log.info("archive.pruned", days=len(removed), retention_days=days)
+
+    def _watch(self, parts: Parts) -> None:
+        """Hand alerts and metrics the lasting states (paused, unreachable, sources)."""
+        parts.monitor.tick(parts.conditions())
 
     def _publish(self, ledger: Ledger, parts: Parts, now: float) -> str:
         """Write the service's state for `status`, and return the one-line summary for systemd."""

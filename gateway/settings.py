@@ -176,6 +176,42 @@ class Ncip:
         return self.stop_users.get(stop or "", self.user_id)
 
 
+ALERT_EVENTS = ("refused", "denied", "paused", "unreachable", "dead_letter", "source_problem", "stuck")
+
+
+@dataclass(frozen=True)
+class Alerts:
+    """[alerts]: mail (and a webhook) when something needs a person. A key that is a Python word ends in _."""
+
+    smtp_host: str
+    smtp_port: int
+    starttls: bool
+    username: str
+    password_file: Path | None
+    from_: str
+    to: tuple[str, ...]
+    webhook_url: str
+    events: tuple[str, ...]
+    unreachable_after_seconds: float
+    min_interval_seconds: float
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """[metrics]: Prometheus figures on HTTP (listen) and/or in a textfile."""
+
+    listen: str
+    textfile: Path | None
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) to listen on, or None if listen is empty."""
+        if not self.listen:
+            return None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]") or "127.0.0.1", int(port)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """The whole config file, validated, without secrets."""
@@ -187,6 +223,8 @@ class Settings:
     archive: Archive
     sources: tuple[SourceSettings, ...]
     ncip: Ncip | None = None
+    alerts: Alerts | None = None    # [alerts] absent = no alerts
+    metrics: Metrics | None = None  # [metrics] absent = no metrics
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -6,7 +6,7 @@ import datetime as dt
 import time
 from typing import Any
 
-from gateway import snapshot
+from gateway import alerts, snapshot
 from gateway.ledger import Ledger
 from gateway.states import OPEN_STATES, FileState
 from gateway.names import printable
@@ -62,6 +62,7 @@ def _collect(ledger: Ledger, now: float | None) -> dict[str, Any]:
         "refused_today": ledger.count_finished_since("refused", midnight),
         "last_upload": None if not last else {
             "file": last[0].name, "at": _iso(last[0].uploaded_at), "path": last[0].final_path},
+        "alerts": alerts.delivery_state(ledger),
         "recent_errors": [{"file": row.name, "at": _iso(row.finished_at), "reason": row.reason,
                            "path": row.final_path} for row in ledger.recent("refused", RECENT_ERRORS)],
     }
@@ -140,6 +141,10 @@ def render(status: dict[str, Any]) -> str:
         for label, problem in (("last problem", ncip["last_problem"]), ("feed problem", ncip["feed_problem"])):
             if problem:
                 lines.append(f"  {label}: {problem}")
+    sent = status.get("alerts") or {}
+    if sent.get("last_sent") or sent.get("waiting") or sent.get("problem"):
+        lines.append(f"alerts:         last sent {sent['last_sent'] or 'never'}, {sent['waiting']} waiting"
+                     + (f"; DELIVERY PROBLEM: {sent['problem']}" if sent["problem"] else ""))
     if status["recent_errors"]:
         lines.append("recent errors:")
         for error in status["recent_errors"]:

@@ -25,6 +25,7 @@ from typing import Any
 from gateway import logs
 from gateway.backoff import Backoff
 from gateway.config import Ncip
+from gateway.events import NO_EVENTS, Events
 from gateway.ledger import Ledger
 from gateway.ncip import answers, messages, transport
 from gateway.ncip.answers import Problem
@@ -105,6 +106,7 @@ class Relay(Worker):
         self.last_problem: str | None = None
         self.tailer: Tailer | None = None
         self._mismatch: str | None = None
+        self.events: Events = NO_EVENTS  # alerts and metrics hear of each finished entry (gateway.monitor)
         self._failures = self._unreadable = 0
         self._unreadable_entry: tuple[int, JournalEntry] | None = None
 
@@ -165,6 +167,7 @@ class Relay(Worker):
             self.last_success = time.time()
             log.info("ncip.ok" if answer.verdict == "done" else "ncip.already_done", **fields,
                      **({"problem": answer.reason} if answer.verdict == "already" else {}))
+            self.events.ncip_entry(answer.verdict, line.entry.as_dict())
         self._commit(line)
 
     def _note_version(self, version: str | None) -> None:
@@ -192,5 +195,6 @@ class Relay(Worker):
             if answer.excerpt is not None:
                 record["answer_excerpt"] = answer.excerpt
         path = self.dead_letters.add(record)
+        self.events.ncip_entry("dead_letter", record.get("entry"), reason, path)
         if line.entry is None:
             log.warning("ncip.invalid_line", offset=line.start, reason=reason, dead_letters=str(path))

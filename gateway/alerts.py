@@ -1,0 +1,293 @@
+"""Alert delivery: mail through the host's MTA (or a relay) and, optionally, a webhook.
+
+Alerts wait in the ledger (gateway.monitorstore) until each channel took them. The
+AlertSender thread sends what is due: the first alert of a kind at once, further ones
+of that kind gathered into one digest per alerts.min_interval_seconds; a recovery
+("uploads resumed") goes at once. It is its own thread, so a mail server that hangs or
+is gone never slows the pipeline: a failure is logged (once, then at most every
+PROBLEM_LOG_SECONDS while it lasts), shown in `status`, and retried with a capped backoff.
+
+Delivery(settings).send(channel, alerts) is also what `check --send-test-alert` uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import itertools
+import smtplib
+import socket
+import ssl
+import threading
+import time
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+import requests
+
+from gateway import alerttexts, http, logs
+from gateway.backoff import Backoff
+from gateway.ledger import Ledger
+from gateway.monitorstore import StoredAlert
+from gateway.settings import Alerts
+from gateway.worker import Worker
+
+log = logs.get("gateway.alerts")
+
+SMTP_TIMEOUT_SECONDS = 20.0     # each step of the SMTP conversation
+WEBHOOK_DEADLINE_SECONDS = 20.0  # the whole POST
+WEBHOOK_MAX_ANSWER_BYTES = 64 * 1024
+RETRY_INITIAL_SECONDS = 5.0
+RETRY_MAX_SECONDS = 600.0
+PROBLEM_LOG_SECONDS = 600.0     # a lasting delivery problem is logged again this often
+IDLE_SECONDS = 60.0
+PROBLEM_META = "alerts_problem"  # ledger meta: why the last delivery failed ("" = it did not)
+SUBJECT_MAX = 200
+
+KIND_LABELS = {"refused": "request files refused", "denied": "items denied by CaiaSoft",
+               "paused": "uploads paused", "unreachable": "CaiaSoft or NCIP unreachable",
+               "dead_letter": "NCIP entries refused", "source_problem": "source folders unreadable",
+               "stuck": "request files waiting too long", "test": "test alert"}
+
+
+class DeliveryFailed(Exception):
+    """A channel did not take an alert; the text says why (never a password)."""
+
+
+def host_name() -> str:
+    return socket.gethostname()
+
+
+def compose(alerts: list[StoredAlert], host: str, interval: float) -> tuple[str, str]:
+    """The subject and body of one mail (or webhook text) for alerts of one kind."""
+    prefix = f"[caiasoft-gateway] {host} "
+    if len(alerts) == 1:
+        subject = prefix + alerts[0].message["title"]
+        body = alerts[0].message["text"]
+    else:
+        kind = alerts[0].kind
+        titles = "; ".join(dict.fromkeys(alert.message["title"] for alert in alerts))
+        subject = prefix + f"{len(alerts)} alerts: {KIND_LABELS.get(kind, kind)}: {titles}"
+        parts = [f"{_when(alert.created_at)}  {alert.message['title']}\n\n{alert.message['text']}"
+                 for alert in alerts]
+        body = (f"{len(alerts)} alerts of the same kind, gathered into one mail:\n\n"
+                + "\n\n" + ("-" * 60 + "\n\n").join(part + "\n\n" for part in parts)).rstrip()
+    footer = (f"\n\n-- \ncaiasoft-gateway on {host}. The first alert of a kind is sent at once; more of "
+              f"that kind are gathered into one mail every {round(interval / 60)} minute(s). "
+              "`caiasoft-gateway status` shows the gateway's state.")
+    return " ".join(subject.split())[:SUBJECT_MAX], body + footer
+
+
+def _when(moment: float) -> str:
+    return dt.datetime.fromtimestamp(moment).astimezone().isoformat(timespec="seconds")
+
+
+class Delivery:
+    """Sends alerts of one kind on one channel; raises DeliveryFailed."""
+
+    def __init__(self, settings: Alerts, host: str | None = None):
+        self.settings = settings
+        self.host = host or host_name()
+        self.channels = (("mail",) if settings.to else ()) + (("webhook",) if settings.webhook_url else ())
+        self._session: requests.Session | None = None
+        self._smtp: smtplib.SMTP | None = None
+
+    def send(self, channel: str, alerts: list[StoredAlert]) -> None:
+        subject, body = compose(alerts, self.host, self.settings.min_interval_seconds)
+        if channel == "mail":
+            self.mail(subject, body)
+        else:
+            self.post(subject, body, alerts)
+
+    def mail(self, subject: str, body: str) -> None:
+        settings = self.settings
+        message = EmailMessage()
+        message["From"] = settings.from_
+        message["To"] = ", ".join(settings.to)
+        message["Subject"] = subject
+        message["Date"] = formatdate(localtime=True)
+        message["Message-ID"] = make_msgid(domain=self.host)
+        message["Auto-Submitted"] = "auto-generated"
+        message.set_content(body)
+        smtp = smtplib.SMTP(timeout=SMTP_TIMEOUT_SECONDS)
+        self._smtp = smtp  # abort() can cut it short
+        try:
+            with smtp:
+                smtp.connect(settings.smtp_host, settings.smtp_port)
+                if settings.starttls:
+                    smtp.starttls(context=ssl.create_default_context())
+                if settings.username:
+                    smtp.login(settings.username, self._password())
+                smtp.send_message(message)
+        except (OSError, smtplib.SMTPException) as error:
+            raise DeliveryFailed(f"mail to {settings.smtp_host}:{settings.smtp_port} failed: "
+                                 f"{logs.redact(_describe(error))}") from None
+        finally:
+            self._smtp = None
+
+    def abort(self) -> None:
+        """Cut a mail conversation in progress short (the service is stopping)."""
+        smtp = self._smtp
+        sock = getattr(smtp, "sock", None)
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _password(self) -> str:
+        assert self.settings.password_file is not None, "config requires password_file with username"
+        try:
+            password = self.settings.password_file.read_text(encoding="utf-8").strip()
+        except OSError as error:
+            raise DeliveryFailed(f"alerts.password_file {self.settings.password_file} cannot be read: "
+                                 f"{error.strerror or error.__class__.__name__}") from None
+        logs.add_secret(password)
+        return password
+
+    def post(self, subject: str, body: str, alerts: list[StoredAlert]) -> None:
+        payload: dict[str, Any] = {
+            "source": "caiasoft-gateway", "host": self.host, "kind": alerts[0].kind,
+            "recovery": any(alert.recovery for alert in alerts), "subject": subject, "text": body,
+            "alerts": [{"at": _when(alert.created_at), "recovery": alert.recovery, **alert.message}
+                       for alert in alerts],
+        }
+        if self._session is None:
+            self._session = http.new_session()
+        try:
+            answer = http.send(self._session, "POST", self.settings.webhook_url, json=payload,
+                               deadline=WEBHOOK_DEADLINE_SECONDS, max_bytes=WEBHOOK_MAX_ANSWER_BYTES)
+        except requests.RequestException as error:
+            raise DeliveryFailed(f"webhook {_url_for_humans(self.settings.webhook_url)} failed: "
+                                 f"{logs.redact(_describe(error))}") from None
+        if not 200 <= answer.status < 300:
+            raise DeliveryFailed(f"webhook {_url_for_humans(self.settings.webhook_url)} answered HTTP "
+                                 f"{answer.status}")
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+
+
+def send_test(settings: Alerts, clock: Callable[[], float] = time.time) -> list[tuple[str, str | None]]:
+    """Send a test alert on every channel now; return (channel, problem or None) for each."""
+    delivery = Delivery(settings)
+    alert = StoredAlert(0, "test", False, clock(), alerttexts.test_message(delivery.host))
+    results: list[tuple[str, str | None]] = []
+    try:
+        for channel in delivery.channels:
+            try:
+                delivery.send(channel, [alert])
+                results.append((channel, None))
+            except DeliveryFailed as error:
+                results.append((channel, str(error)))
+    finally:
+        delivery.close()
+    return results
+
+
+def delivery_state(ledger: Ledger) -> dict[str, Any]:
+    """For `status`: when the last alert went out, how many wait, and the delivery problem, if any."""
+    sent = [moment for moment in (ledger.last_alert_sent(channel) for channel in ("mail", "webhook"))
+            if moment is not None]
+    return {"last_sent": _when(max(sent)) if sent else None, "waiting": ledger.alerts_waiting(),
+            "problem": ledger.get_meta(PROBLEM_META) or None}
+
+
+def _url_for_humans(url: str) -> str:
+    """The webhook's scheme and host only: its path often carries a token."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}/..."
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error) or error.__class__.__name__
+    return text if len(text) < 300 else text[:300] + "..."
+
+
+class AlertSender(Worker):
+    """Sends the alerts waiting in the ledger when they are due; never blocks anyone else."""
+
+    def __init__(self, settings: Alerts, ledger: Ledger, delivery: Delivery | None = None,
+                 clock: Callable[[], float] = time.time):
+        super().__init__("alerts")
+        self.settings = settings
+        self.ledger = ledger
+        self.delivery = delivery or Delivery(settings)
+        self.clock = clock
+        self.backoff = Backoff(RETRY_INITIAL_SECONDS, RETRY_MAX_SECONDS)
+        self.wake = threading.Event()
+        self._failures: dict[str, int] = {}
+        self._retry_at: dict[str, float] = {}
+        self._problem: str | None = None
+        self._problem_logged_at = 0.0
+
+    def notify(self) -> None:
+        """A new alert is in the ledger."""
+        self.wake.set()
+
+    def stop(self) -> None:
+        """End the loop; a mail server that hangs is cut off (the alert stays in the ledger)."""
+        super().stop()
+        self.delivery.abort()
+
+    def step(self) -> None:
+        self.wake.clear()
+        self.rest(self.deliver_due(), self.wake)
+
+    def end(self) -> None:
+        self.delivery.close()
+
+    def deliver_due(self) -> float:
+        """Send every batch that is due; return the seconds until the next one may be."""
+        next_due = IDLE_SECONDS
+        for channel in self.delivery.channels:
+            now = self.clock()
+            if now < self._retry_at.get(channel, 0.0):
+                next_due = min(next_due, self._retry_at[channel] - now)
+                continue
+            pending = self.ledger.pending_alerts(channel)
+            by_kind = itertools.groupby(sorted(pending, key=lambda alert: (alert.kind, alert.id)),
+                                        key=lambda alert: alert.kind)
+            for kind, group in by_kind:
+                batch = list(group)
+                last = self.ledger.last_alert_sent(channel, kind)
+                due = 0.0 if last is None or any(alert.recovery for alert in batch) \
+                    else last + self.settings.min_interval_seconds
+                if now < due:
+                    next_due = min(next_due, due - now)
+                    continue
+                if not self._send(channel, batch):
+                    next_due = min(next_due, self._retry_at[channel] - now)
+                    break
+        return max(next_due, 0.05)
+
+    def _send(self, channel: str, batch: list[StoredAlert]) -> bool:
+        try:
+            self.delivery.send(channel, batch)
+        except DeliveryFailed as error:
+            self._failed(channel, str(error))
+            return False
+        self.ledger.alerts_sent(channel, [alert.id for alert in batch], self.clock())
+        log.info("alert.sent", channel=channel, kind=batch[0].kind, alerts=len(batch),
+                 title=batch[0].message.get("title"))
+        self._failures[channel] = 0
+        self._retry_at.pop(channel, None)
+        if self._problem is not None and not any(self._failures.values()):
+            log.info("alert.delivery_recovered", detail="alerts are delivered again")
+            self._problem = None
+            self.ledger.set_meta(PROBLEM_META, "")
+        return True
+
+    def _failed(self, channel: str, problem: str) -> None:
+        failures = self._failures[channel] = self._failures.get(channel, 0) + 1
+        delay = self.backoff.delay(failures)
+        self._retry_at[channel] = self.clock() + delay
+        now = time.monotonic()
+        if problem != self._problem or now - self._problem_logged_at >= PROBLEM_LOG_SECONDS:
+            log.error("alert.delivery_failed", channel=channel, problem=problem, attempts=failures,
+                      retry_in=round(delay, 1), detail="alerts wait in the ledger and are sent once it works")
+            self._problem_logged_at = now
+        if problem != self._problem:
+            self._problem = problem
+            self.ledger.set_meta(PROBLEM_META, f"{problem} (since {_when(self.clock())})")

@@ -1,0 +1,179 @@
+"""The monitor: listens to the parts (gateway.events) and feeds alerts and metrics.
+
+Events (a file finished, an upload timed, an NCIP entry ended) arrive from the
+pipeline's threads: the monitor counts them, and queues an alert in the ledger when one
+is wanted; sending is the AlertSender's (gateway.alerts), on its own thread. Every few
+seconds the service hands it the lasting Conditions; the monitor notes when each began
+and ended, and raises "paused", "unreachable", "source_problem" and "stuck" (and their
+recoveries) when they start and end.
+
+A listener must never raise into the pipeline: an unexpected error in here is logged
+and the pipeline goes on.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from pathlib import Path
+from typing import Any, Callable, ParamSpec
+
+from gateway import alerttexts, logs
+from gateway.alerts import AlertSender, Delivery, host_name
+from gateway.caiasoft import is_denied
+from gateway.events import Conditions, Events
+from gateway.ledger import FileRow, Ledger
+from gateway.states import OPEN_STATES
+from gateway.metrics import NCIP_COUNTER, Metrics
+from gateway.settings import Config
+
+log = logs.get("gateway.monitor")
+
+STUCK_LISTED = 20  # files named in one "stuck" alert
+P = ParamSpec("P")
+
+
+def _never_raises(method: Callable[P, None]) -> Callable[P, None]:
+    @functools.wraps(method)
+    def guarded(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            method(*args, **kwargs)
+        except Exception as error:  # the caller is the pipeline: it must go on
+            log.error("monitor.failed", step=method.__name__, error=f"{error.__class__.__name__}: {error}",
+                      exc_info=True)
+    return guarded
+
+
+class Monitor(Events):
+    """Alerts and metrics for one config: an Events listener plus the workers that go with it."""
+
+    def __init__(self, config: Config, ledger: Ledger, clock: Callable[[], float] = time.time,
+                 delivery: Delivery | None = None):
+        self.config = config
+        self.ledger = ledger
+        self.clock = clock
+        self.host = host_name()
+        self.alerting = config.alerts
+        self.sender = AlertSender(config.alerts, ledger, delivery or Delivery(config.alerts, self.host), clock) \
+            if config.alerts else None
+        self.metrics = Metrics(config.metrics, ledger, [source.name for source in config.sources], clock) \
+            if config.metrics else None
+        self._since: dict[str, float] = {}  # condition -> when it was first seen (this run)
+        self._alerted: set[str] = set()     # conditions an alert was raised for, whose end is announced
+
+    # -- the workers ----------------------------------------------------------
+
+    def start(self) -> None:
+        """Serve the metrics. The sender is a worker: the service starts and stops it with the others."""
+        if self.metrics:
+            self.metrics.start()
+
+    def stop(self) -> None:
+        if self.metrics:
+            self.metrics.stop()
+
+    # -- events from the parts ------------------------------------------------
+
+    @_never_raises
+    def file_finished(self, row: FileRow, path: Path) -> None:
+        accepted = row.state in ("archiving", "archived")
+        answer = row.answer_json
+        denials = [item for item in answer.get("results") or [] if is_denied(item)] \
+            if accepted and isinstance(answer, dict) else []
+        if self.metrics:
+            self.metrics.file_finished(row.source, "archived" if accepted else "refused", len(denials))
+        if not accepted:
+            self.raise_alert("refused", alerttexts.refused(row.name, row.source, row.reason, str(path)))
+        elif denials:
+            self.raise_alert("denied", alerttexts.denied(row.name, row.source, denials, str(path)))
+
+    @_never_raises
+    def upload_timed(self, seconds: float) -> None:
+        if self.metrics:
+            self.metrics.upload_seconds.observe(seconds)
+
+    @_never_raises
+    def ncip_entry(self, outcome: str, entry: dict[str, Any] | None, reason: str | None = None,
+                   dead_letters: Path | None = None) -> None:
+        self.ledger.count_up(NCIP_COUNTER + outcome)
+        if self.metrics:
+            self.metrics.ncip_entry(outcome)
+        if outcome == "dead_letter":
+            self.raise_alert("dead_letter", alerttexts.dead_letter(entry, reason or "not given",
+                                                                   str(dead_letters or "")))
+
+    def raise_alert(self, kind: str, message: dict[str, Any], recovery: bool = False) -> None:
+        """Queue an alert in the ledger (if [alerts] wants this kind) and wake the sender."""
+        if self.alerting is None or self.sender is None or kind not in self.alerting.events:
+            return
+        self.ledger.add_alert(kind, {**message, "kind": kind, "host": self.host}, self.clock(), recovery,
+                              self.sender.delivery.channels)
+        log.info("alert.queued", kind=kind, title=message["title"], recovery=recovery)
+        self.sender.notify()
+
+    # -- lasting conditions, every few seconds ---------------------------------
+
+    @_never_raises
+    def tick(self, conditions: Conditions) -> None:
+        if self.metrics:
+            self.metrics.update(conditions)
+        if self.alerting is None:
+            return
+        now = self.clock()
+        after = self.alerting.unreachable_after_seconds
+        self._edge("paused", conditions.paused is not None, 0.0, now,
+                   lambda: alerttexts.paused(conditions.paused or "", self._pending(),
+                                             self.config.caiasoft.auth_pause_seconds),
+                   alerttexts.resumed)
+        pending = f"{self._pending()} request file(s) wait in the queue"
+        self._edge("unreachable:caiasoft", conditions.caiasoft_problem is not None and not conditions.paused,
+                   after, now,
+                   lambda: alerttexts.unreachable("CaiaSoft", self.config.caiasoft.base_url,
+                                                  conditions.caiasoft_problem or "", self._duration("caiasoft", now),
+                                                  pending),
+                   lambda: alerttexts.reachable("CaiaSoft", self.config.caiasoft.base_url))
+        if self.config.ncip is not None:
+            ncip_url = self.config.ncip.url
+            self._edge("unreachable:ncip", conditions.ncip_problem is not None, after, now,
+                       lambda: alerttexts.unreachable("NCIP", ncip_url, conditions.ncip_problem or "",
+                                                      self._duration("ncip", now),
+                                                      f"{conditions.ncip_behind} journal entries wait"),
+                       lambda: alerttexts.reachable("NCIP", ncip_url))
+        for source, problem in conditions.sources.items():
+            location = conditions.locations.get(source, "")
+            self._edge(f"source_problem:{source}", problem is not None, 0.0, now,
+                       functools.partial(alerttexts.source_problem, source, location, problem or ""),
+                       functools.partial(alerttexts.source_ok, source, location))
+        calm = conditions.paused is None and conditions.caiasoft_problem is None
+        self._edge("stuck", calm and bool(self._stuck(now, after)), 0.0, now,
+                   lambda: alerttexts.stuck(self._stuck(now, after), after), alerttexts.stuck_cleared)
+
+    def _edge(self, name: str, active: bool, after: float, now: float,
+              raised: Callable[[], dict[str, Any]], ended: Callable[[], dict[str, Any]]) -> None:
+        """Raise name's alert once it has been active for after seconds; announce its end if it was raised."""
+        kind = name.split(":", 1)[0]
+        if active:
+            since = self._since.setdefault(name, now)
+            if name not in self._alerted and now - since >= after:
+                self._alerted.add(name)
+                self.raise_alert(kind, raised())
+            return
+        self._since.pop(name, None)
+        if name in self._alerted:
+            self._alerted.discard(name)
+            self.raise_alert(kind, ended(), recovery=True)
+
+    def _duration(self, system: str, now: float) -> float:
+        return now - self._since.get(f"unreachable:{system}", now)
+
+    def _pending(self) -> int:
+        counts = self.ledger.counts()
+        return sum(counts.get(state, 0) for state in OPEN_STATES)
+
+    def _stuck(self, now: float, after: float) -> list[dict[str, Any]]:
+        oldest = self.ledger.oldest_open()
+        if oldest is None or now - oldest.seen_at < after:
+            return []
+        rows = [row for row in self.ledger.in_state(*OPEN_STATES) if now - row.seen_at >= after]
+        return [{"file": row.name, "source": row.source, "state": row.state, "attempts": row.attempts,
+                 "problem": row.reason} for row in rows[:STUCK_LISTED]]

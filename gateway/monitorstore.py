@@ -1,0 +1,137 @@
+"""What alerts and metrics keep in the ledger: alerts waiting to go out, and counts that outlive a restart.
+
+Two tables (added by ledger schema version 3):
+
+    alerts    one row per alert: its kind, whether it announces a recovery, the message
+              (JSON), when it was mailed and when it was posted to the webhook (NULL = not yet)
+    counters  name -> a count the files table cannot answer (NCIP entries by outcome)
+
+An alert is written here before anything tries to send it, and marked sent right after the
+mail server (or webhook) took it, so after a crash only the one in flight can go twice.
+
+Ledger inherits MonitorStore, so these are ledger methods and the ledger stays the one owner
+of state.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS alerts (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind        TEXT NOT NULL,
+    recovery    INTEGER NOT NULL DEFAULT 0,
+    created_at  REAL NOT NULL,
+    message     TEXT NOT NULL,
+    mailed_at   REAL,
+    posted_at   REAL
+);
+CREATE INDEX IF NOT EXISTS alerts_unmailed ON alerts (kind, id) WHERE mailed_at IS NULL;
+CREATE INDEX IF NOT EXISTS alerts_unposted ON alerts (kind, id) WHERE posted_at IS NULL;
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+CHANNELS = {"mail": "mailed_at", "webhook": "posted_at"}  # channel -> the column saying it went out
+KEEP_SENT_ALERTS = 1000  # alerts sent on every channel beyond this many (newest kept) are deleted
+
+_DENIED_ITEMS = """
+SELECT f.source, COUNT(*) FROM files AS f,
+       json_each(CASE WHEN json_valid(f.answer) THEN f.answer ELSE '{}' END, '$.results') AS r
+WHERE f.state IN ('archiving', 'archived') AND f.answer IS NOT NULL
+  AND (json_type(r.value, '$.deny') = 'true'
+       OR upper(CAST(json_extract(r.value, '$.deny') AS TEXT)) IN ('Y', 'YES', 'TRUE'))
+GROUP BY f.source
+"""
+
+
+@dataclass(frozen=True)
+class StoredAlert:
+    id: int
+    kind: str
+    recovery: bool
+    created_at: float
+    message: dict[str, Any]
+
+
+class MonitorStore:
+    """The ledger's alerts queue and counters (mixed into gateway.ledger.Ledger)."""
+
+    _db: sqlite3.Connection
+    _lock: threading.RLock
+
+    def _transaction(self) -> Any:
+        raise NotImplementedError  # Ledger's
+
+    # -- alerts ------------------------------------------------------------------
+
+    def add_alert(self, kind: str, message: dict[str, Any], at: float, recovery: bool = False,
+                  channels: tuple[str, ...] = tuple(CHANNELS)) -> int:
+        """Queue one alert for the given channels; return its id. A channel it is not for is marked 0 (never)."""
+        done = {column: (None if channel in channels else 0.0) for channel, column in CHANNELS.items()}
+        with self._transaction() as db:
+            cursor = db.execute("INSERT INTO alerts (kind, recovery, created_at, message, mailed_at, posted_at) "
+                                "VALUES (?, ?, ?, ?, ?, ?)",
+                                (kind, int(recovery), at, json.dumps(message, ensure_ascii=False),
+                                 done["mailed_at"], done["posted_at"]))
+            return int(cursor.lastrowid or 0)
+
+    def pending_alerts(self, channel: str) -> list[StoredAlert]:
+        """Alerts not yet sent on this channel, oldest first."""
+        column = CHANNELS[channel]
+        with self._lock:
+            rows = self._db.execute(f"SELECT id, kind, recovery, created_at, message FROM alerts "
+                                    f"WHERE {column} IS NULL ORDER BY id").fetchall()
+        return [StoredAlert(row[0], row[1], bool(row[2]), row[3], json.loads(row[4])) for row in rows]
+
+    def alerts_sent(self, channel: str, ids: list[int], at: float) -> None:
+        column = CHANNELS[channel]
+        with self._transaction() as db:
+            db.executemany(f"UPDATE alerts SET {column} = ? WHERE id = ? AND {column} IS NULL",
+                           [(at, alert_id) for alert_id in ids])
+            db.execute("DELETE FROM alerts WHERE mailed_at IS NOT NULL AND posted_at IS NOT NULL AND id <= "
+                       "(SELECT MAX(id) FROM alerts) - ?", (KEEP_SENT_ALERTS,))
+
+    def last_alert_sent(self, channel: str, kind: str | None = None) -> float | None:
+        """When the last alert (of this kind, if given) went out on this channel."""
+        column = CHANNELS[channel]
+        where = "" if kind is None else " AND kind = ?"
+        with self._lock:
+            row = self._db.execute(f"SELECT MAX({column}) FROM alerts WHERE {column} > 0{where}",
+                                   () if kind is None else (kind,)).fetchone()
+        return float(row[0]) if row and row[0] is not None else None
+
+    def alerts_waiting(self) -> int:
+        """Alerts not yet sent on every channel they are meant for."""
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM alerts WHERE mailed_at IS NULL "
+                                        "OR posted_at IS NULL").fetchone()[0])
+
+    # -- counters ----------------------------------------------------------------
+
+    def count_up(self, name: str, by: int = 1) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + ?",
+                       (name, by, by))
+
+    def counters(self) -> dict[str, int]:
+        with self._lock:
+            return {name: value for name, value in self._db.execute("SELECT name, value FROM counters")}
+
+    # -- figures the files table answers ----------------------------------------
+
+    def finished_by_source(self) -> dict[tuple[str, str], int]:
+        """(source, 'archived'|'refused') -> files."""
+        with self._lock:
+            rows = self._db.execute("SELECT source, state, COUNT(*) FROM files WHERE state IN ('archived', "
+                                    "'refused') GROUP BY source, state").fetchall()
+        return {(source, state): count for source, state, count in rows}
+
+    def denied_items_by_source(self) -> dict[str, int]:
+        """source -> items CaiaSoft denied in files it accepted."""
+        with self._lock:
+            return {source: count for source, count in self._db.execute(_DENIED_ITEMS)}
