@@ -268,15 +268,15 @@ class AlertSender(Worker):
         except DeliveryFailed as error:
             self._failed(channel, str(error))
             return False
-        self.ledger.alerts_sent(channel, [alert.id for alert in batch], self.clock())
-        log.info("alert.sent", channel=channel, kind=batch[0].kind, alerts=len(batch),
-                 title=batch[0].message.get("title"))
         self._failures[channel] = 0
         self._retry_at.pop(channel, None)
         if self._problem is not None and not any(self._failures.values()):
             log.info("alert.delivery_recovered", detail="alerts are delivered again")
             self._problem = None
             self.ledger.set_meta(PROBLEM_META, "")
+        self.ledger.alerts_sent(channel, [alert.id for alert in batch], self.clock())
+        log.info("alert.sent", channel=channel, kind=batch[0].kind, alerts=len(batch),
+                 title=batch[0].message.get("title"))
         return True
 
     def _failed(self, channel: str, problem: str) -> None:
