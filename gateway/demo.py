@@ -15,19 +15,24 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from email.message import EmailMessage
 from importlib import resources
 from pathlib import Path
 
 from gateway.ledger import Ledger
 from gateway.simulators.caiasoft import CaiaSoftSimulator
+from gateway.simulators.smtp import MailCatcher
 
 DENIED_BARCODE = "31234009999990"
 FIND_BARCODE = DENIED_BARCODE  # in the paging list and in the hold-request batch: `find` shows both
 WAIT_SECONDS = 60.0
+ALERT_WAIT_SECONDS = 10.0
 
 
 def samples_folder() -> Path:
@@ -118,9 +123,14 @@ def run_demo(keep: bool = False) -> int:
 def _demo(root: Path, keep: bool) -> int:
     key = "demo-" + os.urandom(8).hex()
     simulator = CaiaSoftSimulator(key=key, deny={DENIED_BARCODE: "Invalid Stop Code"}).start()
+    mail = MailCatcher().start()  # the alerts go here instead of to a real mail server
+    metrics_port = _free_port()
     # garbled-slip.xml stops mid-document, as if ALEPH had paused: it waits this long unchanged, then is refused.
-    config = write_config(root, simulator.url, key, extra="incomplete_grace_seconds = 2\n")
-    print(f"demo folder:         {root}\nCaiaSoft simulator:  {simulator.url}\n")
+    config = write_config(root, simulator.url, key, extra="incomplete_grace_seconds = 2\n" + _monitoring(
+        mail.port, metrics_port))
+    print(f"demo folder:         {root}\nCaiaSoft simulator:  {simulator.url}\n"
+          f"mail catcher:        smtp://127.0.0.1:{mail.port} (stands in for the host's MTA)\n"
+          f"metrics:             http://127.0.0.1:{metrics_port}/metrics\n")
     child = subprocess.Popen([sys.executable, "-m", "gateway", "-c", str(config), "run"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -132,6 +142,8 @@ def _demo(root: Path, keep: bool) -> int:
             print(f"ALEPH writes        {name}")
             _write_like_aleph(folder / name, data)
         counts = _wait_until_done(root / "state" / "gateway.db", len(files), child)
+        _wait_for_mail(mail, 2)
+        figures = _scrape(metrics_port)
     finally:
         child.send_signal(signal.SIGTERM)
         try:
@@ -139,10 +151,66 @@ def _demo(root: Path, keep: bool) -> int:
         except subprocess.TimeoutExpired:
             child.kill()
         simulator.stop()
+        mail.stop()
     print(f"\nCaiaSoft received {len(simulator.received)} upload(s); "
           f"{counts.get('archived', 0)} archived, {counts.get('refused', 0)} refused.\n")
+    _show_monitoring(mail, figures, metrics_port)
     _show(root, keep)
     return 0 if counts.get("archived", 0) + counts.get("refused", 0) == len(files) else 1
+
+
+def _monitoring(smtp_port: int, metrics_port: int) -> str:
+    """[alerts] to the mail catcher and [metrics] on loopback, for the demo's config."""
+    return f"""
+[alerts]
+smtp_host = "127.0.0.1"
+smtp_port = {smtp_port}
+from = "caiasoft-gateway@demo.invalid"
+to = ["ils-team@demo.invalid"]
+
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_for_mail(mail: MailCatcher, count: int) -> None:
+    deadline = time.monotonic() + ALERT_WAIT_SECONDS
+    while len(mail.messages) < count and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def _scrape(port: int) -> list[str]:
+    """The gateway's file and item counters from its /metrics, as Prometheus would read them."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+    except OSError as error:
+        return [f"(could not read /metrics: {error})"]
+    return [line for line in text.splitlines()
+            if line.startswith(("caiasoft_gateway_files_total", "caiasoft_gateway_denied_items_total",
+                                "caiasoft_gateway_pending_files", "caiasoft_gateway_uploads_paused"))]
+
+
+def _show_monitoring(mail: MailCatcher, figures: list[str], metrics_port: int) -> None:
+    print(f"\nAlerts mailed (caught by the demo's mail server): {len(mail.messages)}")
+    for message in mail.messages:
+        print(f"  Subject: {message['Subject']}")
+    shown = next((m for m in mail.messages if "denied" in str(m["Subject"])), mail.messages[0] if mail.messages
+                 else None)
+    if shown is not None:
+        part = shown.get_body(("plain",))
+        text = part.get_content() if isinstance(part, EmailMessage) else ""
+        print(f"\nOne of them, as the ILS team reads it:\n  To: {shown['To']}\n  Subject: {shown['Subject']}\n\n  "
+              + text.strip().replace("\n", "\n  "))
+    print(f"\nPrometheus figures from http://127.0.0.1:{metrics_port}/metrics (while the gateway ran):")
+    for line in figures:
+        print(f"  {line}")
 
 
 def _show(root: Path, keep: bool) -> None:

@@ -56,6 +56,7 @@ class Metrics:
         self.ledger = ledger
         self.clock = clock
         self.conditions = Conditions(sources={name: None for name in sources})
+        self.live: Callable[[], Conditions] | None = None  # read at each scrape, if set (the service's)
         self.registry = CollectorRegistry(auto_describe=False)
         self.files = Counter(PREFIX + "files", "Request files finished, by source and outcome (archived: "
                              "CaiaSoft accepted it; refused: it went to error_dir).", ["source", "outcome"],
@@ -103,6 +104,15 @@ class Metrics:
             self._next_textfile = time.monotonic() + TEXTFILE_SECONDS
             self.write_textfile()
 
+    def current(self) -> Conditions:
+        """The service's state now (live), else as of its last tick."""
+        if self.live is not None:
+            try:
+                return self.live()
+            except Exception as error:  # a scrape must answer even if a part cannot be read now
+                log.warning("metrics.conditions_unread", error=f"{error.__class__.__name__}: {error}")
+        return self.conditions
+
     # -- where they are read --------------------------------------------------
 
     def start(self) -> None:
@@ -143,7 +153,7 @@ class _Gauges(Collector):
         self.metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
-        ledger, conditions = self.metrics.ledger, self.metrics.conditions
+        ledger, conditions = self.metrics.ledger, self.metrics.current()
         counts = ledger.counts()
         oldest = ledger.oldest_open()
         yield GaugeMetricFamily(PREFIX + "pending_files", "Request files taken and not yet archived or refused.",

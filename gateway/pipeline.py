@@ -233,8 +233,6 @@ class Pipeline:
         An original that changed since it was taken is not sent: it is taken again, whole.
         """
         outcome = self.send(row)
-        if outcome.elapsed_ms:
-            self.events.upload_timed(outcome.elapsed_ms / 1000)
         answered = self.record(row, outcome)
         if answered is not None:
             self.place(answered)
@@ -248,8 +246,11 @@ class Pipeline:
             size_now = aftertake.changed_since_take(row, self.sources, "before upload")
             if size_now is not None:
                 return Outcome(Verdict.REFUSED, aftertake.reason(row, size_now))
-            return settle_unreadable(self.client.upload(self.work_path(row), safe_name(row.name), row.kind or "text"),
-                                     row.answer_json, self.config.caiasoft.unreadable_answer_retries)
+            outcome = settle_unreadable(self.client.upload(self.work_path(row), safe_name(row.name),
+                                                           row.kind or "text"),
+                                        row.answer_json, self.config.caiasoft.unreadable_answer_retries)
+            self.events.upload_timed(outcome.elapsed_ms / 1000)
+            return outcome
         except Exception as error:
             log.error("upload.failed", id=row.id, file=row.name, error=describe(error),
                       exc_info=(type(error), error, error.__traceback__))

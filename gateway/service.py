@@ -116,6 +116,8 @@ class Parts:
         self.relay = Relay(config.ncip, ledger, config.paths.error_dir) if config.ncip else None
         self.monitor = Monitor(config, ledger)  # alerts and metrics: the parts tell it what happens
         self.pipeline.events = self.monitor
+        if self.monitor.metrics:
+            self.monitor.metrics.live = self.conditions
         if self.relay:
             self.relay.events = self.monitor
         self.feed: Feed | None = None

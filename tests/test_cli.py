@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -164,6 +165,10 @@ def test_demo_runs_and_explains_where_each_file_went(tmp_path):
             "(mismatched tag) at line 77 of the file") in out
     assert "31234009999990: in 2 request file(s), newest first" in out
     assert "usm50.hold_req  (record 3, form hold-request-slip, request 000004603" in out
+    assert "Subject: [caiasoft-gateway] " in out and "1 item denied by CaiaSoft in " in out, "one alert shown"
+    assert "31234009999990  Invalid Stop Code" in out
+    assert re.search(r'metrics:\s+http://127\.0\.0\.1:\d+/metrics', out)
+    assert 'caiasoft_gateway_files_total{outcome="archived",source="print"} 4.0' in out
     assert "is removed now" in out and list(tmp_path.iterdir()) == [], "demo cleans up after itself"
 
     out = demo("--keep")
