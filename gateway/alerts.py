@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import itertools
+import os
 import smtplib
 import socket
 import ssl
@@ -45,6 +46,7 @@ PROBLEM_LOG_SECONDS = 600.0     # a lasting delivery problem is logged again thi
 IDLE_SECONDS = 60.0
 PROBLEM_META = "alerts_problem"  # ledger meta: why the last delivery failed ("" = it did not)
 SUBJECT_MAX = 200
+DIGEST_DETAILED = 20  # alerts told in full in one digest; the rest are listed by title
 
 KIND_LABELS = {"refused": "request files refused", "denied": "items denied by CaiaSoft",
                "paused": "uploads paused", "unreachable": "CaiaSoft or NCIP unreachable",
@@ -68,16 +70,29 @@ def compose(alerts: list[StoredAlert], host: str, interval: float) -> tuple[str,
         body = alerts[0].message["text"]
     else:
         kind = alerts[0].kind
-        titles = "; ".join(dict.fromkeys(alert.message["title"] for alert in alerts))
-        subject = prefix + f"{len(alerts)} alerts: {KIND_LABELS.get(kind, kind)}: {titles}"
-        parts = [f"{_when(alert.created_at)}  {alert.message['title']}\n\n{alert.message['text']}"
-                 for alert in alerts]
-        body = (f"{len(alerts)} alerts of the same kind, gathered into one mail:\n\n"
-                + "\n\n" + ("-" * 60 + "\n\n").join(part + "\n\n" for part in parts)).rstrip()
+        subject = prefix + f"{len(alerts)} alerts: {KIND_LABELS.get(kind, kind)}: {_titles(alerts)}"
+        detailed = [f"{_when(alert.created_at)}  {alert.message['title']}\n\n{alert.message['text']}"
+                    for alert in alerts[:DIGEST_DETAILED]]
+        rest = [f"  {_when(alert.created_at)}  {alert.message['title']}" for alert in alerts[DIGEST_DETAILED:]]
+        body = f"{len(alerts)} alerts of the same kind, gathered into one mail:\n\n" + \
+            ("\n\n" + "-" * 60 + "\n\n").join(detailed)
+        if rest:
+            body += f"\n\n{'-' * 60}\n\nAnd {len(rest)} more of the same kind:\n" + "\n".join(rest)
     footer = (f"\n\n-- \ncaiasoft-gateway on {host}. The first alert of a kind is sent at once; more of "
               f"that kind are gathered into one mail every {round(interval / 60)} minute(s). "
               "`caiasoft-gateway status` shows the gateway's state.")
-    return " ".join(subject.split())[:SUBJECT_MAX], body + footer
+    subject = " ".join(subject.split())
+    if len(subject) > SUBJECT_MAX:
+        subject = subject[:SUBJECT_MAX - 3] + "..."
+    return subject, body + footer
+
+
+def _titles(alerts: list[StoredAlert]) -> str:
+    """The alerts' titles for a subject, without the words they share ("request file refused: a; b")."""
+    titles = list(dict.fromkeys(alert.message["title"] for alert in alerts))
+    shared = os.path.commonprefix(titles)
+    cut = shared.rfind(": ") + 2 if ": " in shared else 0
+    return "; ".join(title[cut:] for title in titles)
 
 
 def _when(moment: float) -> str:
@@ -92,7 +107,7 @@ class Delivery:
         self.host = host or host_name()
         self.channels = (("mail",) if settings.to else ()) + (("webhook",) if settings.webhook_url else ())
         self._session: requests.Session | None = None
-        self._smtp: smtplib.SMTP | None = None
+        self._socket: socket.socket | None = None  # of the mail conversation in progress, for abort()
 
     def send(self, channel: str, alerts: list[StoredAlert]) -> None:
         subject, body = compose(alerts, self.host, self.settings.min_interval_seconds)
@@ -111,11 +126,8 @@ class Delivery:
         message["Message-ID"] = make_msgid(domain=self.host)
         message["Auto-Submitted"] = "auto-generated"
         message.set_content(body)
-        smtp = smtplib.SMTP(timeout=SMTP_TIMEOUT_SECONDS)
-        self._smtp = smtp  # abort() can cut it short
         try:
-            with smtp:
-                smtp.connect(settings.smtp_host, settings.smtp_port)
+            with _Conversation(settings.smtp_host, settings.smtp_port, self._hold) as smtp:
                 if settings.starttls:
                     smtp.starttls(context=ssl.create_default_context())
                 if settings.username:
@@ -125,13 +137,15 @@ class Delivery:
             raise DeliveryFailed(f"mail to {settings.smtp_host}:{settings.smtp_port} failed: "
                                  f"{logs.redact(_describe(error))}") from None
         finally:
-            self._smtp = None
+            self._socket = None
+
+    def _hold(self, sock: socket.socket) -> None:
+        self._socket = sock
 
     def abort(self) -> None:
-        """Cut a mail conversation in progress short (the service is stopping)."""
-        smtp = self._smtp
-        sock = getattr(smtp, "sock", None)
-        if isinstance(sock, socket.socket):
+        """Cut a mail conversation in progress short (the service is stopping): its socket is shut down."""
+        sock = self._socket
+        if sock is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
 
@@ -192,6 +206,20 @@ def delivery_state(ledger: Ledger) -> dict[str, Any]:
             if moment is not None]
     return {"last_sent": _when(max(sent)) if sent else None, "waiting": ledger.alerts_waiting(),
             "problem": ledger.get_meta(PROBLEM_META) or None}
+
+
+class _Conversation(smtplib.SMTP):
+    """smtplib.SMTP that hands its socket over as soon as it is connected (before the server's greeting)."""
+
+    def __init__(self, host: str, port: int, hold: Callable[[socket.socket], None]):
+        self._hold = hold
+        super().__init__(host, port, timeout=SMTP_TIMEOUT_SECONDS)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        # smtplib's hook for making the connection (SMTP_SSL overrides it too); typeshed does not list it
+        sock: socket.socket = super()._get_socket(host, port, timeout)  # type: ignore[misc]
+        self._hold(sock)
+        return sock
 
 
 def _url_for_humans(url: str) -> str:

@@ -30,6 +30,7 @@ from gateway.settings import Config
 log = logs.get("gateway.monitor")
 
 STUCK_LISTED = 20  # files named in one "stuck" alert
+SOURCE_PROBLEM_SECONDS = 60.0  # a source unreadable this long is alerted (a blip, e.g. an SFTP reconnect, is not)
 P = ParamSpec("P")
 
 
@@ -141,7 +142,7 @@ class Monitor(Events):
                        lambda: alerttexts.reachable("NCIP", ncip_url))
         for source, problem in conditions.sources.items():
             location = conditions.locations.get(source, "")
-            self._edge(f"source_problem:{source}", problem is not None, 0.0, now,
+            self._edge(f"source_problem:{source}", problem is not None, SOURCE_PROBLEM_SECONDS, now,
                        functools.partial(alerttexts.source_problem, source, location, problem or ""),
                        functools.partial(alerttexts.source_ok, source, location))
         calm = conditions.paused is None and conditions.caiasoft_problem is None

@@ -197,8 +197,8 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
                                   "stuck"],
             "What is alerted: refused (a file went to error_dir), denied (CaiaSoft denied items), paused (the API "
             "key was refused), unreachable (CaiaSoft or NCIP failing for unreachable_after_seconds), dead_letter "
-            "(NCIP refused an entry), source_problem (a source cannot be read), stuck (a file waiting longer than "
-            "unreachable_after_seconds)."),
+            "(NCIP refused an entry), source_problem (a source cannot be read for a minute), stuck (a file "
+            "waiting longer than unreachable_after_seconds)."),
         Key("unreachable_after_seconds", "number", 900.0,
             "CaiaSoft or NCIP failing this long raises \"unreachable\"; a file pending this long is \"stuck\".",
             minimum=1),

@@ -6,11 +6,13 @@ import email
 import email.policy
 import json
 import socket
+import ssl
 import threading
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from conftest import wait_for
 
@@ -25,12 +27,27 @@ def free_port() -> int:
 class MailBox:
     """aiosmtpd on 127.0.0.1: every message it accepts, parsed, with its envelope."""
 
-    def __init__(self, port: int | None = None):
+    def __init__(self, port: int | None = None, password: str | None = None, tls: ssl.SSLContext | None = None):
+        """With password, the server requires a login (AUTH PLAIN/LOGIN, any user) with that password;
+        with tls, it requires STARTTLS with that server context first."""
         self.port = port or free_port()
         self.messages: list[EmailMessage] = []
         self.envelopes: list[tuple[str, list[str]]] = []
         self._lock = threading.Lock()
-        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self.logins: list[str] = []
+        options: dict = {} if password is None else {"authenticator": self._authenticator(password),
+                                                     "auth_required": True, "auth_require_tls": False}
+        if tls is not None:
+            options.update(tls_context=tls, require_starttls=True)
+        self._controller = Controller(self, hostname="127.0.0.1", port=self.port, **options)
+
+    def _authenticator(self, password: str):
+        def check(server, session, envelope, mechanism, auth_data) -> AuthResult:
+            if isinstance(auth_data, LoginPassword) and auth_data.password.decode() == password:
+                self.logins.append(auth_data.login.decode())
+                return AuthResult(success=True)
+            return AuthResult(success=False, handled=False)
+        return check
 
     async def handle_DATA(self, server, session, envelope) -> str:  # noqa: N802 - aiosmtpd's hook name
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)

@@ -15,6 +15,7 @@ from gateway.ledger import Ledger
 from gateway.monitor import Monitor
 
 from conftest import KEY, wait_for
+from tlscerts import make_authority
 from peers import MailBox, SilentServer, WebhookReceiver, alerts_table, body, free_port
 from test_end_to_end import barcode_list
 
@@ -117,9 +118,18 @@ user_id = "CAIASOFT"
 
 def test_a_source_problem_and_its_end_are_mailed(site, simulator, mailbox, monitors):
     site.write(simulator.url, extra=alerts_table(mailbox.port))
-    monitor = start_monitor(site, monitors)
+    now = [1_000_000.0]
+    monitor = start_monitor(site, monitors, clock=lambda: now[0])
     where = {"print": "/exlibris/aleph/u23_1/usm50/print/caiasoft"}
-    monitor.tick(Conditions(sources={"print": "cannot list the folder: No such file or directory"}, locations=where))
+    unreadable = Conditions(sources={"print": "cannot list the folder: No such file or directory"}, locations=where)
+    monitor.tick(unreadable)
+    monitor.tick(Conditions(sources={"print": None}, locations=where))  # a blip is not alerted
+    monitor.tick(unreadable)
+    now[0] += 59
+    monitor.tick(unreadable)
+    assert monitor.ledger.alerts_waiting() == 0 and mailbox.messages == []
+    now[0] += 1
+    monitor.tick(unreadable)
     problem = mailbox.find("source print cannot be read")
     assert "/exlibris/aleph/u23_1/usm50/print/caiasoft" in body(problem) and "NOT picked up" in body(problem)
     monitor.tick(Conditions(sources={"print": None}, locations=where))
@@ -160,7 +170,9 @@ def test_a_mail_server_that_hangs_delays_no_file(site, simulator, daemon_factory
             assert ledger.alerts_waiting() == 1, "the alert waits in the ledger"
         finally:
             ledger.close()
+        stopping = time.monotonic()
         assert daemon.stop() == 0
+        assert time.monotonic() - stopping < 10, "stopping cuts the hanging mail conversation short"
     finally:
         silent.close()
 
@@ -257,3 +269,40 @@ def test_alert_settings_are_checked(site, simulator):
     assert "alerts.to: must be a mail address" in problems
     assert "alerts.password_file: a username needs a password_file" in problems
     assert "metrics.listen: must be HOST:PORT" in problems
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+def test_a_relay_login_uses_the_password_file_and_never_shows_the_password(site, simulator, tmp_path, capsys):
+    password_file = tmp_path / "smtp-password"
+    password_file.write_text("s3cret-relay-pass\n")
+    password_file.chmod(0o600)
+    box = MailBox(password="s3cret-relay-pass").start()
+    try:
+        login = f'username = "gateway"\npassword_file = "{password_file}"'
+        site.write(simulator.url, extra=alerts_table(box.port, extra=login))
+        assert cli.main(["-c", str(site.config_file), "check", "--offline", "--send-test-alert"]) == 0
+        assert box.logins == ["gateway"] and "test alert" in str(box.find("test alert")["Subject"])
+        password_file.write_text("a-wrong-password\n")
+        assert cli.main(["-c", str(site.config_file), "check", "--offline", "--send-test-alert"]) == 1
+    finally:
+        box.stop()
+    out = capsys.readouterr().out
+    assert "FAIL  test alert by mail" in out and "535" in out, out
+    assert "s3cret-relay-pass" not in out and "a-wrong-password" not in out
+    assert all("s3cret-relay-pass" not in message.as_string() for message in box.messages)
+
+
+def test_starttls_verifies_the_mail_servers_certificate(site, simulator, tmp_path, capsys, monkeypatch):
+    authority = make_authority(tmp_path / "tls", "Campus Mail CA")
+    box = MailBox(tls=authority.server_context()).start()
+    try:
+        site.write(simulator.url, extra=alerts_table(box.port, extra="starttls = true")
+                   .replace('smtp_host = "127.0.0.1"', 'smtp_host = "localhost"'))
+        assert cli.main(["-c", str(site.config_file), "check", "--offline", "--send-test-alert"]) == 1
+        assert "CERTIFICATE_VERIFY_FAILED" in capsys.readouterr().out, "a CA the host does not trust is refused"
+        assert box.messages == []
+        monkeypatch.setenv("SSL_CERT_FILE", str(authority.ca_file))  # the host trusts the campus CA
+        assert cli.main(["-c", str(site.config_file), "check", "--offline", "--send-test-alert"]) == 0
+        assert "test alert" in str(box.find("test alert")["Subject"])
+    finally:
+        box.stop()
