@@ -28,10 +28,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from gateway import itemindex, monitorstore
 from gateway.errors import GatewayError, LedgerDamaged, describe
+from gateway.groupcommit import GroupCommit
 from gateway.logs import redact
 from gateway.names import loaded, safe_name, stored
 from gateway.states import FINAL_STATES, OPEN_STATES, FileState, Verdict
@@ -179,12 +181,15 @@ class Ledger(itemindex.ItemIndex, monitorstore.MonitorStore):
             self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         except (OSError, sqlite3.OperationalError) as error:
             raise LedgerUnavailable(f"cannot open the ledger {path}: {describe(error)}") from None
+        self._commits = GroupCommit(self._db, self._lock)
         try:
             self._open(check)
         except sqlite3.OperationalError as error:
+            self._commits.close()
             self._db.close()
             raise LedgerUnavailable(f"cannot open the ledger {path}: {describe(error)}") from None
         except sqlite3.DatabaseError as error:
+            self._commits.close()
             self._db.close()
             raise LedgerDamaged(path, describe(error)) from None
 
@@ -203,6 +208,7 @@ class Ledger(itemindex.ItemIndex, monitorstore.MonitorStore):
         self._migrate()
 
     def close(self) -> None:
+        self._commits.close()
         with self._lock:
             self._db.close()
 
@@ -225,27 +231,9 @@ class Ledger(itemindex.ItemIndex, monitorstore.MonitorStore):
 
     # -- plumbing ---------------------------------------------------------
 
-    class _Tx:
-        def __init__(self, ledger: "Ledger"):
-            self.ledger = ledger
-
-        def __enter__(self) -> sqlite3.Connection:
-            self.ledger._lock.acquire()
-            try:
-                self.ledger._db.execute("BEGIN IMMEDIATE")
-            except BaseException:  # locked past busy_timeout, disk full...: the lock must not leak
-                self.ledger._lock.release()
-                raise
-            return self.ledger._db
-
-        def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
-            try:
-                self.ledger._db.execute("COMMIT" if kind is None else "ROLLBACK")
-            finally:
-                self.ledger._lock.release()
-
-    def _transaction(self) -> "Ledger._Tx":
-        return Ledger._Tx(self)
+    def _transaction(self, wait: bool = True) -> AbstractContextManager[sqlite3.Connection]:
+        """A transition: its statements, then (with wait) its return once they are durable (groupcommit)."""
+        return self._commits.transaction(wait)
 
     def _one(self, sql: str, args: tuple[object, ...] = ()) -> FileRow | None:
         with self._lock:
@@ -434,8 +422,13 @@ class Ledger(itemindex.ItemIndex, monitorstore.MonitorStore):
         return [FileRow(**dict(row)) for row in rows]
 
     def finished(self, row_id: int, final_path: Path) -> None:
-        """The file is in its final place (which may differ from the one chosen, after a clash)."""
-        with self._transaction() as db:
+        """The file is in its final place (which may differ from the one chosen, after a clash).
+
+        Lazy: committed with the next batch, not waited for. Until then (or if the process
+        dies first) the row stays archiving/refusing, which recovery and the placer finish
+        again at the same place (file and sidecar are already there and synced).
+        """
+        with self._transaction(wait=False) as db:
             changed = db.execute(
                 "UPDATE files SET state = CASE state WHEN 'archiving' THEN 'archived' ELSE 'refused' END, "
                 "final_path = ?, finished_at = ?, problem = NULL WHERE id = ? AND state IN ('archiving', 'refusing')",

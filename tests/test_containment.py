@@ -165,7 +165,8 @@ class Flaky(Worker):
 
 def test_a_worker_contains_faults_and_goes_on_and_says_when_it_ends():
     ended = threading.Event()
-    worker = Flaky([KeyError("bug"), OSError(28, "No space left on device"), EOFError()])
+    worker = Flaky([KeyError("bug"), OSError(28, "No space left on device"), EOFError(),
+                    sqlite3.OperationalError("database is locked")])
     worker.on_exit = lambda _worker: ended.set()
     worker.start()
     wait_for(lambda: worker.steps > 5 and worker.fault is None, message="the worker going on after its faults")

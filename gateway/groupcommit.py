@@ -1,0 +1,128 @@
+"""Group commit: the ledger's transitions from every thread, made durable together.
+
+Each transition runs in the calling thread, inside one shared SQLite transaction
+and its own SAVEPOINT (so one that fails is rolled back alone), while holding the
+ledger's lock only for its few statements. It then waits for the commit. One
+writer thread commits whatever has gathered: one COMMIT, one fsync (synchronous
+stays FULL) for all the transitions that joined the batch, then wakes their
+threads. A caller returns only once its batch is durable, as before: only the cost
+of an fsync is shared, not the guarantee. A failed COMMIT (disk full, I/O error)
+is raised in every thread of the batch, and nothing of it is kept.
+
+A transition may also be lazy (wait=False): it joins the next commit but its
+thread does not wait for it. Only a step that recovery can redo is lazy (a row
+moved to archived after its file and sidecar are already in place and synced).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+SAVEPOINT = "transition"
+
+
+class GroupCommit:
+    """Transactions on db (guarded by lock) committed in batches by one writer thread."""
+
+    def __init__(self, db: sqlite3.Connection, lock: threading.RLock, name: str = "ledger-writer",
+                 before_commit: Callable[[], object] = lambda: None):
+        self._db = db
+        self._before_commit = before_commit  # tests hold the writer here to gather a known batch
+        self._lock = lock
+        self._batch = 0            # id of the batch now open (or last opened)
+        self._open = False         # a BEGIN is outstanding
+        self._committed = 0        # every batch up to this id is durable (or failed)
+        self._failures: dict[int, BaseException] = {}
+        self._signal = threading.Condition(threading.Lock())
+        self._waiting = False      # a batch wants its commit
+        self._closing = False
+        self._local = threading.local()
+        self._writer = threading.Thread(target=self._commit_loop, name=name, daemon=True)
+        self._writer.start()
+
+    @contextmanager
+    def transaction(self, wait: bool = True) -> Iterator[sqlite3.Connection]:
+        """Run the body inside the shared transaction; on leaving, wait until it is durable (unless not wait).
+
+        Raise what the body raised (its statements are rolled back alone), or what the
+        BEGIN or the batch's COMMIT raised.
+        """
+        depth = getattr(self._local, "depth", 0)
+        if depth:  # nested in a transition of this thread: part of it
+            self._local.depth = depth + 1
+            try:
+                yield self._db
+            finally:
+                self._local.depth = depth
+            return
+        with self._lock:
+            if not self._open:
+                self._db.execute("BEGIN IMMEDIATE")  # a failure leaves nothing open, and the lock is released
+                self._open = True
+                self._batch += 1
+            batch = self._batch
+            self._db.execute(f"SAVEPOINT {SAVEPOINT}")
+            self._local.depth = 1
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute(f"ROLLBACK TO {SAVEPOINT}")
+                self._db.execute(f"RELEASE {SAVEPOINT}")
+                raise
+            else:
+                self._db.execute(f"RELEASE {SAVEPOINT}")
+            finally:
+                self._local.depth = 0
+                with self._signal:
+                    self._waiting = True
+                    self._signal.notify_all()
+        if wait:
+            self._wait_for(batch)
+
+    def _wait_for(self, batch: int) -> None:
+        with self._signal:
+            self._signal.wait_for(lambda: self._committed >= batch)
+            failure = self._failures.get(batch)
+        if failure is not None:
+            raise failure
+
+    def _commit_loop(self) -> None:
+        while True:
+            with self._signal:
+                self._signal.wait_for(lambda: self._waiting or self._closing)
+                if not self._waiting and self._closing:
+                    return
+                self._waiting = False
+            self._before_commit()
+            self._commit()
+
+    def _commit(self) -> None:
+        with self._lock:  # no transition is between its statements now
+            if not self._open:
+                return
+            batch, failure = self._batch, None
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error as error:
+                failure = error
+                with contextlib.suppress(sqlite3.Error):  # COMMIT may have rolled back already
+                    self._db.execute("ROLLBACK")
+            self._open = False
+        with self._signal:
+            if failure is not None:
+                self._failures[batch] = failure
+            self._failures = {key: value for key, value in self._failures.items() if key > batch - 64}
+            self._committed = batch
+            self._signal.notify_all()
+
+    def close(self) -> None:
+        """Commit what is waiting, then stop the writer."""
+        with self._signal:
+            self._closing = True
+            self._signal.notify_all()
+        self._writer.join()
+        self._commit()

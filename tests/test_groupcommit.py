@@ -1,0 +1,108 @@
+"""Group commit: transitions of several threads share one COMMIT; each returns only once durable."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+import pytest
+
+from gateway.groupcommit import GroupCommit
+
+from conftest import wait_for
+
+
+@pytest.fixture
+def database(tmp_path):
+    db = sqlite3.connect(tmp_path / "t.db", isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE t (x INTEGER UNIQUE)")
+    yield tmp_path / "t.db", db
+    db.close()
+
+
+def committed(path) -> list[int]:
+    other = sqlite3.connect(path)
+    try:
+        return sorted(x for (x,) in other.execute("SELECT x FROM t"))
+    finally:
+        other.close()
+
+
+def test_waiting_transitions_share_one_commit_and_a_failing_one_is_rolled_back_alone(database):
+    path, db = database
+    hold = threading.Event()
+    commits = GroupCommit(db, threading.RLock(), before_commit=hold.wait)
+    results: dict[int, object] = {}
+    entered: list[int] = []
+
+    def transition(value: int) -> None:
+        try:
+            with commits.transaction() as connection:
+                connection.execute("INSERT INTO t VALUES (?)", (value,))
+                entered.append(value)
+                if value == 3:
+                    raise ValueError("this one fails")
+            results[value] = committed(path)
+        except ValueError as error:
+            results[value] = error
+
+    threads = [threading.Thread(target=transition, args=(value,)) for value in range(5)]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: len(entered) == 5 and len(results) == 1, message="all five ran, the failed one is back")
+    assert commits._batch == 1, "all five joined one batch"
+    assert committed(path) == [], "nothing is durable before the commit, and nobody has returned but the failure"
+    hold.set()
+    for thread in threads:
+        thread.join(10)
+    assert isinstance(results.pop(3), ValueError)
+    assert all(seen == [0, 1, 2, 4] for seen in results.values()), "each returned once all four were durable"
+    assert commits._committed == 1, "one COMMIT for the batch"
+    commits.close()
+
+
+def test_a_failed_commit_is_raised_in_every_thread_of_the_batch_and_nothing_is_kept(database):
+    path, db = database
+    db.execute("PRAGMA foreign_keys = ON")
+    db.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+    db.execute("CREATE TABLE child (parent INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED)")
+    hold = threading.Event()
+    commits = GroupCommit(db, threading.RLock(), before_commit=hold.wait)
+    errors: dict[str, BaseException | None] = {}
+    entered: list[str] = []
+
+    def transition(name: str, sql: str) -> None:
+        try:
+            with commits.transaction() as connection:
+                connection.execute(sql)
+                entered.append(name)
+            errors[name] = None
+        except sqlite3.Error as error:
+            errors[name] = error
+
+    good = threading.Thread(target=transition, args=("good", "INSERT INTO t VALUES (1)"))
+    bad = threading.Thread(target=transition, args=("bad", "INSERT INTO child VALUES (42)"))  # fails at COMMIT
+    good.start()
+    bad.start()
+    wait_for(lambda: len(entered) == 2, message="both in the batch")
+    assert commits._batch == 1
+    hold.set()
+    good.join(10)
+    bad.join(10)
+    assert isinstance(errors["good"], sqlite3.IntegrityError) and isinstance(errors["bad"], sqlite3.IntegrityError)
+    assert committed(path) == [], "a batch whose COMMIT failed keeps nothing"
+    with commits.transaction() as connection:  # the next batch works
+        connection.execute("INSERT INTO t VALUES (2)")
+    assert committed(path) == [2]
+    commits.close()
+
+
+def test_a_lazy_transition_is_committed_with_the_next_batch(database):
+    path, db = database
+    commits = GroupCommit(db, threading.RLock())
+    with commits.transaction(wait=False) as connection:
+        connection.execute("INSERT INTO t VALUES (7)")
+    wait_for(lambda: committed(path) == [7], message="the lazy transition committed by the writer")
+    commits.close()
