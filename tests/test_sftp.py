@@ -144,3 +144,6 @@ def test_check_connects_verifies_and_lists(sftp_site):
     assert result.returncode == 0, result.stdout
     assert "host key verified, logged in as" in result.stdout
     assert str(sftp_site.remote) in result.stdout
+    # open writers cannot be seen over SFTP: said, with what to do, as a warning (not a failure)
+    assert ": open writers\n        cannot be detected: SFTP: a writer on the server cannot be seen" in result.stdout
+    assert "settle_seconds (now 0.3" in result.stdout and "ready_marker" in result.stdout
