@@ -1,0 +1,54 @@
+"""The SysV init script (hosts without systemd) starts the gateway as its user with CAP_LEASE and nothing else."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, wait_for
+
+pytestmark = pytest.mark.e2e
+
+SCRIPT = REPO / "conf" / "caiasoft-gateway.init"
+CAP_LEASE = 1 << 28
+
+
+def capabilities(pid: int) -> dict[str, int]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {key: int(value, 16) for key, value in (line.split(":\t") for line in lines if line.startswith("Cap"))}
+
+
+def test_start_status_stop_as_the_service_user_with_cap_lease_only(unprivileged_site, gateway_install):
+    site = unprivileged_site
+    pidfile = site.root / "run" / "gateway.pid"
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "PIDFILE": str(pidfile),
+           "GATEWAY": str(gateway_install.executable), "GATEWAY_USER": gateway_install.user,
+           "CAIASOFT_GATEWAY_CONFIG": str(site.config_file)}
+
+    def script(action: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["sh", str(SCRIPT), action], capture_output=True, text=True, timeout=120, env=env)
+
+    started = script("start")
+    assert started.returncode == 0, started.stdout + started.stderr
+    pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), message="the pidfile"))
+    try:
+        assert os.stat(f"/proc/{pid}").st_uid == gateway_install.uid
+        caps = capabilities(pid)
+        assert caps["CapEff"] == caps["CapPrm"] == caps["CapAmb"] == CAP_LEASE, caps
+        status = script("status")
+        assert status.returncode == 0 and "running" in status.stdout, status.stdout + status.stderr
+    finally:
+        stopped = script("stop")
+    assert stopped.returncode == 0 and not pidfile.exists(), stopped.stderr
+    wait_for(lambda: not running(pid), message="the gateway to exit")
+
+
+def running(pid: int) -> bool:
+    """True while the process lives (a zombie left to an init that does not reap does not count)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
