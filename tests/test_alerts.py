@@ -306,3 +306,33 @@ def test_starttls_verifies_the_mail_servers_certificate(site, simulator, tmp_pat
         assert "test alert" in str(box.find("test alert")["Subject"])
     finally:
         box.stop()
+
+
+def test_a_stuck_file_and_an_ncip_dead_letter_are_mailed(site, simulator, mailbox, monitors):
+    site.write(simulator.url, extra=alerts_table(mailbox.port, after=900))
+    now = [1_000_000.0]
+    monitor = start_monitor(site, monitors, clock=lambda: now[0])
+    writer = Ledger(site.state / "gateway.db", clock=lambda: now[0])
+    try:
+        row_id = writer.begin_claim("print", "slip-0042.xml", "/aleph/print/slip-0042.xml", 812, now[0])
+        now[0] += 600
+        monitor.tick(Conditions(caiasoft_problem=None))
+        assert monitor.ledger.alerts_waiting() == 0, "not stuck yet"
+        now[0] += 301
+        monitor.tick(Conditions(paused="CaiaSoft refused the API key (HTTP 401)"))
+        assert "stuck" not in " ".join(mailbox.subjects()), "a pause explains the wait: no stuck alert"
+        monitor.tick(Conditions())
+        stuck = mailbox.find("1 request file(s) waiting more than 15 minutes")
+        assert "slip-0042.xml from print: claiming, 0 attempt(s)" in body(stuck)
+        writer.forget(row_id)
+        monitor.tick(Conditions())
+        mailbox.find("no request file is waiting too long any more")
+    finally:
+        writer.close()
+
+    monitor.ncip_entry("dead_letter", {"action": "checkout", "item": "UNKNOWN-1"},
+                       "Unknown Item (UniqueItemId/ItemIdentifierValue UNKNOWN-1)", site.error / "ncip" / "x.jsonl")
+    letter = mailbox.find("NCIP checkout of item UNKNOWN-1 refused")
+    assert "was NOT updated" in body(letter) and str(site.error / "ncip" / "x.jsonl") in body(letter)
+    assert "by hand in ALEPH's circulation client" in body(letter)
+    assert monitor.ledger.counters()["ncip_entries_total:dead_letter"] == 1
