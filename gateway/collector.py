@@ -14,7 +14,7 @@ from typing import Callable
 from gateway import aftertake, logs
 from gateway.errors import SourceUnavailable, describe
 from gateway.intake import Settler
-from gateway.readiness import ReadyCheck
+from gateway.readiness import TAIL_BYTES, ReadyCheck
 from gateway.pipeline import Pipeline
 from gateway.sources.base import Entry, Source
 from gateway.worker import Worker
@@ -47,8 +47,7 @@ class Collector(Worker):
         self.pipeline = pipeline
         self.clock = clock
         self.settler = Settler(settle_seconds, trust_mtime=source.trust_mtime, clock=clock)
-        self.ready_check = ReadyCheck(source, self.settler, grace_seconds, pipeline.config.intake.max_file_bytes,
-                                      marker_mode)
+        self.ready_check = ReadyCheck(source, self.settler, grace_seconds, TAIL_BYTES, marker_mode)
         self.problem: str | None = None
         self.claim_failures: dict[str, str] = {}  # name -> why it cannot be taken (shown by `status`)
         self._wake = threading.Event()

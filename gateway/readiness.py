@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 log = logs.get("gateway.readiness")
 
 CAP_LEASE = 28  # linux/capability.h
+TAIL_BYTES = 1024 * 1024  # how much of a file's end is read to judge whether it looks finished
 LEASES_ENABLE = Path("/proc/sys/fs/leases-enable")
 PROC_STATUS = Path("/proc/self/status")
 
@@ -122,16 +123,23 @@ def writer_detection(folder: Path, network: bool, filesystem: str | None, settle
 # -- content that stops mid-way ---------------------------------------------------------
 
 
-def cut_off(data: bytes) -> str | None:
+def cut_off(data: bytes, whole: bool = True) -> str | None:
     """If this content looks unfinished at its end, say how; None if its end looks complete.
 
     Only the end is judged: XML that is malformed before its end is not "unfinished"
-    (the validator refuses it); XML whose last document is not closed yet is.
+    (the validator refuses it); XML whose last document is not closed yet is. data may
+    be only the file's last TAIL_BYTES (whole=False): then the last record is judged if
+    the window holds its start, and otherwise only whether the file ends a line or a tag.
     """
-    if not data.strip():
+    if whole and not data.strip():
         return "the file is empty" if not data else "the file holds only blank space so far"
     if b"\x00" in data:
         return None  # binary: refused whatever its end looks like
+    if not whole:
+        data = data[data.find(b"\n") + 1:]  # from the first whole line in the window
+        if not re.search(rb"(?m)^##", data):  # one document larger than the window
+            ending = data.rstrip(b" \t\r\n")
+            return None if ending.endswith(b">") or data.endswith(b"\n") else "the last line has no newline yet"
     body = _last_record(data)
     if body is None:
         return "the file ends with a routing line (## ...) and no record after it"
@@ -181,7 +189,7 @@ class ReadyCheck:
     cannot answer is said once in the log and kept in `writers_unknown`.
     """
 
-    def __init__(self, source: Source, settler: Settler, grace_seconds: float, peek_limit: int,
+    def __init__(self, source: Source, settler: Settler, grace_seconds: float, peek_limit: int = TAIL_BYTES,
                  marker_mode: bool = False):
         self.source = source
         self.settler = settler
@@ -214,14 +222,13 @@ class ReadyCheck:
         verdict = self._verdicts.get(entry.name)
         if verdict is None or verdict[:2] != (entry.size, entry.mtime):
             reason = None
-            if entry.size <= self.peek_limit:
-                try:
-                    reason = cut_off(self.source.peek(entry, self.peek_limit))
-                except SourceGone:
-                    return 0.0  # gone since it was listed: the next look drops it
-                except OSError as error:  # unreadable: taking it will say what is wrong
-                    if entry.name in self.waiting or isinstance(error, SourceUnavailable):
-                        return 0.0
+            try:
+                reason = cut_off(self.source.peek(entry, self.peek_limit), whole=entry.size <= self.peek_limit)
+            except SourceGone:
+                return 0.0  # gone since it was listed: the next look drops it
+            except OSError as error:  # unreadable: taking it will say what is wrong
+                if entry.name in self.waiting or isinstance(error, SourceUnavailable):
+                    return 0.0
             verdict = self._verdicts[entry.name] = (entry.size, entry.mtime, reason)
         reason = verdict[2]
         if reason is None:

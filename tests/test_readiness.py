@@ -103,6 +103,19 @@ def test_content_whose_end_is_complete_or_whose_fault_is_elsewhere(data):
     assert cut_off(data) is None
 
 
+def test_only_the_end_of_a_large_file_is_judged():
+    """A window of the file's last bytes: the last record is judged whole when the window holds its start."""
+    batch = SLIP * 400
+    assert cut_off(batch[-5000:], whole=False) is None
+    reason = cut_off((batch + SLIP[:300])[-5000:], whole=False)
+    assert reason is not None and "XML stops" in reason
+    big_document = b"<printout>" + b"<line>x</line>\n" * 1000 + b"</printout>\n"
+    assert cut_off(big_document[-2000:], whole=False) is None
+    assert "no newline" in cut_off(big_document[-2000:-20], whole=False)
+    assert cut_off(b"3123400123\n" * 1000, whole=False) is None
+    assert cut_off(b"3123400123\n" * 1000 + b"31", whole=False) is not None
+
+
 def test_marker_names():
     marker = Marker("{name}.done")
     assert marker.of("slip.xml") == "slip.xml.done"

@@ -143,11 +143,11 @@ class TestSourceContract:
         (source_folder.folder / "sub").mkdir()
         assert source_folder.source.scan() == []
 
-    def test_peek_reads_the_file_without_taking_it(self, source_folder):
+    def test_peek_reads_the_end_of_the_file_without_taking_it(self, source_folder):
         source_folder.put("a", b"31234001234567\n3123400")
         [entry] = source_folder.source.scan()
         assert source_folder.source.peek(entry, 1000) == b"31234001234567\n3123400"
-        assert source_folder.source.peek(entry, 4) == b"3123"
+        assert source_folder.source.peek(entry, 4) == b"3400", "the file's end: what readiness judges"
         assert [e.name for e in source_folder.source.scan()] == ["a"]
         source_folder.remove("a")
         with pytest.raises(SourceGone):

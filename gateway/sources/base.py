@@ -68,7 +68,7 @@ class Source(Protocol):
         """Whether a process has the file open for writing: NOBODY, WRITING or UNKNOWN (and why)."""
 
     def peek(self, entry: Entry, limit: int) -> bytes:
-        """Up to limit bytes of the file as it is now, without taking it. Raise SourceGone if it vanished."""
+        """The file's last limit bytes (all of it if smaller), without taking it. Raise SourceGone if it vanished."""
 
     def has_marker(self, entry: Entry) -> bool:
         """Marker mode (ready_marker): True if the file's marker exists."""

@@ -215,6 +215,7 @@ class LocalSource:
         except (FileNotFoundError, NotADirectoryError):
             raise SourceGone(f"{entry.origin} disappeared") from None
         with os.fdopen(fd, "rb") as handle:
+            handle.seek(max(os.fstat(handle.fileno()).st_size - limit, 0))
             return handle.read(limit)
 
     def has_marker(self, entry: Entry) -> bool:

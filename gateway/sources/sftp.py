@@ -300,7 +300,7 @@ class SftpSource:
     def peek(self, entry: Entry, limit: int) -> bytes:
         def read(sftp: paramiko.SFTPClient) -> bytes:
             with sftp.open(to_bytes(entry.origin), "rb") as remote:
-                remote.prefetch(min(entry.size, limit))
+                remote.seek(max((remote.stat().st_size or 0) - limit, 0))
                 return remote.read(limit)
         try:
             return self._call(read, f"reading {printable(entry.name)}")
