@@ -110,6 +110,11 @@ class Collector(Worker):
         self.claim_failures = {name: why for name, why in self.claim_failures.items() if name in names}
         return entries
 
+    @property
+    def originals_kept(self) -> int:
+        """Files taken whose original is still in the source (removed once sent and unchanged)."""
+        return len(self._held)
+
     def _unheld(self, entries: list[Entry]) -> list[Entry]:
         """Without the originals taken earlier and still in the source, unchanged: never taken twice."""
         return [entry for entry in entries if (entry.origin, entry.size, entry.mtime) not in self._held]

@@ -413,7 +413,7 @@ class Service:
                        mode=c.source.mode, problem=c.problem, healthy=c.source.healthy(),
                        writers_unknown=c.ready_check.writers_unknown,
                        waiting=sorted(c.ready_check.waiting.values(), key=lambda w: w["file"]),
-                       not_taken=dict(c.claim_failures))
+                       not_taken=dict(c.claim_failures), originals_kept=c.originals_kept)
                    for c in parts.collectors}
         paused = parts.gate.paused_reason
         faults = parts.faults()

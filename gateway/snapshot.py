@@ -34,6 +34,7 @@ class SourceState(TypedDict):
     writers_unknown: str | None  # why open writers cannot be seen, if they cannot
     waiting: list[Waiting]
     not_taken: dict[str, str]    # files that cannot be taken from the source now, and why
+    originals_kept: int          # files taken whose original stays in the source until it is removed
 
 
 class NcipState(TypedDict):

@@ -96,6 +96,9 @@ def _source_lines(name: str, source: dict[str, Any]) -> list[str]:
                          f"{_age(waiting['unchanged_seconds'])} of {_age(waiting['grace_seconds'])})")
         else:
             lines.append(f"    waiting: {waiting['file']}: {waiting['reason']}")
+    if source.get("originals_kept"):
+        lines.append(f"    originals kept: {source['originals_kept']} (taken; each is removed once sent and "
+                     "unchanged for keep_original_seconds, or taken again whole if it changed)")
     for file, why in (source.get("not_taken") or {}).items():
         lines.append(f"    not taken: {file}: {why}")
     return lines

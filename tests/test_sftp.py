@@ -147,3 +147,20 @@ def test_check_connects_verifies_and_lists(sftp_site):
     # open writers cannot be seen over SFTP: said, with what to do, as a warning (not a failure)
     assert ": open writers\n        cannot be detected: SFTP: a writer on the server cannot be seen" in result.stdout
     assert "settle_seconds (now 0.3" in result.stdout and "ready_marker" in result.stdout
+
+
+def test_an_original_kept_after_the_take_is_shown_in_status_and_never_taken_twice(sftp_site, simulator,
+                                                                                 daemon_factory):
+    sftp_site.write_sftp(keep_original_seconds=3600)
+    (sftp_site.remote / "a_barcode").write_bytes(barcodes(1))
+    daemon = daemon_factory(sftp_site.config_file)
+    wait_for(lambda: sftp_site.archived(), message="a_barcode archived")
+    shown = wait_for(lambda: "originals kept: 1" in _status(sftp_site), timeout=20, message="status to count it")
+    assert shown and (sftp_site.remote / "a_barcode").exists()
+    assert len(simulator.received) == 1
+    assert daemon.stop() == 0
+
+
+def _status(site) -> str:
+    return subprocess.run([sys.executable, "-m", "gateway", "-c", str(site.config_file), "status"],
+                          capture_output=True, text=True, timeout=60).stdout
