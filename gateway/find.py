@@ -29,6 +29,7 @@ BACKFILL_BATCH = 5000                   # items written to the ledger at once wh
 BACKFILL_MAX_FILE_BYTES = 50 * 1024 * 1024
 _DAY = re.compile(r"^\d{4}/\d{2}/\d{2}$")
 _OUTCOMES = {"archived": "accepted", "archiving": "accepted", "refused": "refused", "refusing": "refused"}
+_VERDICTS = {"accepted": "accepted", "refused": "refused"}
 
 
 def find(ledger: Ledger, barcode: str, folders: list[Path]) -> list[dict[str, Any]]:
@@ -67,7 +68,8 @@ def _from_ledger(ledger: Ledger, barcode: str, file_id: int, number: int) -> dic
     if row is None:
         return None
     record = ledger.record_of(file_id, number)
-    outcome = _OUTCOMES.get(row.state, "queued")
+    # answered (the verdict is recorded, the file not yet placed): the verdict is the outcome
+    outcome = _OUTCOMES.get(row.state) or _VERDICTS.get(row.verdict or "", "queued")
     return {"barcode": barcode, "file": Path(row.final_path).name if row.final_path else row.name,
             "original_name": row.name, "source": row.source, "taken": _iso(row.claimed_at or row.seen_at),
             "sent": _iso(row.uploaded_at), "outcome": outcome, "state": row.state,
