@@ -308,6 +308,31 @@ class Ledger(itemindex.ItemIndex, monitorstore.MonitorStore):
                 " ORDER BY next_attempt_at, id LIMIT 1) RETURNING *", (now,)).fetchone()
         return FileRow(**dict(row)) if row else None
 
+    def take_due(self, now: float, share: int, most: int) -> list[FileRow]:
+        """Mark up to most of the oldest due queued files 'uploading' in one commit; return them in order.
+
+        A backlog is shared among share workers: each takes its part of what is due (at
+        least one, at most most), so a few files are not all taken by one worker.
+        """
+        with self._transaction() as db:
+            due = int(db.execute("SELECT COUNT(*) FROM files WHERE state = 'queued' AND next_attempt_at <= ?",
+                                 (now,)).fetchone()[0])
+            if not due:
+                return []
+            rows = db.execute(
+                "UPDATE files SET state = 'uploading', attempts = attempts + 1 WHERE id IN ("
+                " SELECT id FROM files WHERE state = 'queued' AND next_attempt_at <= ?"
+                " ORDER BY next_attempt_at, id LIMIT ?) RETURNING *",
+                (now, max(1, min(most, due // max(share, 1))))).fetchall()
+        taken = [FileRow(**dict(row)) for row in rows]
+        return sorted(taken, key=lambda row: (row.next_attempt_at, row.id))
+
+    def untake(self, *row_ids: int) -> None:
+        """Files taken but not sent (the worker stops, or uploads pause): back to the queue, the attempt undone."""
+        with self._transaction() as db:
+            db.executemany("UPDATE files SET state = 'queued', attempts = MAX(attempts - 1, 0) "
+                           "WHERE id = ? AND state = 'uploading'", [(row_id,) for row_id in row_ids])
+
     def take(self, row_id: int) -> FileRow | None:
         """Mark one queued file 'uploading' (for `send`); None if it is not queued."""
         with self._transaction() as db:

@@ -103,7 +103,8 @@ class Parts:
         self.gate = Gate(config.caiasoft)
         self.pipeline = Pipeline(config, ledger, self.client, gate=self.gate)
         wake = threading.Event()
-        self.uploaders = [Uploader(self.pipeline, wake=wake, name=f"uploader-{number}")
+        self.uploaders = [Uploader(self.pipeline, wake=wake, name=f"uploader-{number}",
+                                   workers=config.caiasoft.upload_workers)
                           for number in range(1, config.caiasoft.upload_workers + 1)]
         self.pipeline.on_queued = wake.set
         self.placer = Placer(self.pipeline)

@@ -8,6 +8,7 @@ written), once their backoff has passed.
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from typing import Callable
@@ -19,26 +20,32 @@ from gateway.pipeline import Pipeline
 from gateway.worker import Worker
 
 IDLE_POLL_SECONDS = 1.0
+TAKE_AT_MOST = 4  # files one worker takes from the ledger in one commit, from a backlog
 
 
 class Uploader(Worker):
     """One upload worker. They start uploads in the order files arrived.
 
-    It checks in at least every CHECK_IN_SECONDS except while an upload is on
-    the wire, so an upload stuck longer than the watchdog period shows as hung.
-    An answer the ledger could not record (locked, disk full) is kept and
-    recorded first at the next step, so it is never lost to a retry.
+    From a backlog a worker takes several due files in one ledger commit (its share
+    of what is due, at most TAKE_AT_MOST) and sends them one after the other; files
+    taken but not sent go back to the queue when uploads pause or the worker stops.
+    It checks in at least every CHECK_IN_SECONDS except while an upload is on the
+    wire, so an upload stuck longer than the watchdog period shows as hung. An
+    answer the ledger could not record (locked, disk full) is kept and recorded
+    first at the next step, so it is never lost to a retry.
     """
 
     def __init__(self, pipeline: Pipeline, gate: Gate | None = None, wake: threading.Event | None = None,
-                 name: str = "uploader", clock: Callable[[], float] = time.time):
+                 name: str = "uploader", clock: Callable[[], float] = time.time, workers: int = 1):
         super().__init__(name=name)
         self.pipeline = pipeline
         if gate is not None:
             pipeline.gate = gate
         self.wake = wake or threading.Event()
         self.clock = clock
+        self.workers = workers
         self._unrecorded: tuple[FileRow, Outcome] | None = None
+        self._taken: collections.deque[FileRow] = collections.deque()
 
     @property
     def gate(self) -> Gate:
@@ -50,18 +57,29 @@ class Uploader(Worker):
             return
         closed_for = self.gate.wait_seconds()
         if closed_for:
+            self._give_back()
             self.rest(closed_for)
             return
-        self.wake.clear()
-        ledger = self.pipeline.ledger
-        row = ledger.take_next(self.clock())
-        if row is None:
-            due = ledger.next_due_at()
-            self.rest(IDLE_POLL_SECONDS if due is None else min(max(due - self.clock(), 0.01), IDLE_POLL_SECONDS * 5),
-                      self.wake)
-            return
+        if not self._taken:
+            self.wake.clear()
+            ledger = self.pipeline.ledger
+            self._taken.extend(ledger.take_due(self.clock(), self.workers, TAKE_AT_MOST))
+            if not self._taken:
+                due = ledger.next_due_at()
+                self.rest(IDLE_POLL_SECONDS if due is None
+                          else min(max(due - self.clock(), 0.01), IDLE_POLL_SECONDS * 5), self.wake)
+                return
+        row = self._taken.popleft()
         self._unrecorded = (row, self.pipeline.send(row))
         self._record(*self._unrecorded)
+
+    def end(self) -> None:
+        self._give_back()
+
+    def _give_back(self) -> None:
+        if self._taken:
+            self.pipeline.ledger.untake(*(row.id for row in self._taken))
+            self._taken.clear()
 
     def _record(self, row: FileRow, outcome: Outcome) -> None:
         answered = self.pipeline.record(row, outcome)

@@ -184,3 +184,28 @@ def test_a_worker_ends_on_a_damaged_ledger_with_fatal_set():
 
 def test_joining_a_worker_never_started_is_not_an_error():
     Flaky([]).join(1)
+
+
+def test_a_worker_takes_its_share_of_a_backlog_in_one_commit_and_gives_back_what_it_did_not_send(pipeline, site):
+    ids = [queued_slip(pipeline, site, f"slip{number}.xml") for number in range(10)]
+    ledger = pipeline.ledger
+    first = ledger.take_due(pipeline.clock(), share=4, most=4)
+    assert [row.id for row in first] == ids[:2], "10 due among 4 workers: two each, oldest first"
+    assert all(row.state == FileState.UPLOADING and row.attempts == 1 for row in first)
+    assert [row.id for row in ledger.take_due(pipeline.clock(), share=1, most=4)] == ids[2:6]
+    ledger.untake(*ids[2:6])
+    back = ledger.rows(ids[2:6])
+    assert all(row.state == FileState.QUEUED and row.attempts == 0 for row in back), "not sent: no attempt counted"
+    assert [row.id for row in ledger.take_due(pipeline.clock(), share=4, most=4)] == ids[2:4]  # 8 due: two
+
+
+def test_an_upload_worker_gives_back_the_files_it_took_when_it_stops(pipeline, site):
+    from gateway.uploader import Uploader
+
+    ids = [queued_slip(pipeline, site, f"slip{number}.xml") for number in range(3)]
+    worker = Uploader(pipeline, workers=1)
+    worker._taken.extend(pipeline.ledger.take_due(pipeline.clock(), 1, 4))
+    worker.stop()
+    worker.start()
+    worker.join(10)
+    assert all(row.state == FileState.QUEUED for row in pipeline.ledger.rows(ids))
