@@ -209,3 +209,17 @@ def test_an_upload_worker_gives_back_the_files_it_took_when_it_stops(pipeline, s
     worker.start()
     worker.join(10)
     assert all(row.state == FileState.QUEUED for row in pipeline.ledger.rows(ids))
+
+
+def test_a_full_state_dir_is_not_reported_as_a_permissions_problem():
+    import errno
+
+    from gateway.collector import claim_hint
+    from gateway.pipeline import folder_hint
+
+    full = OSError(errno.ENOSPC, "No space left on device")
+    assert "full" in claim_hint(full) and "permission" not in claim_hint(full)
+    assert "full" in folder_hint(full) and "owner" not in folder_hint(full)
+    denied = PermissionError(errno.EACCES, "Permission denied")
+    assert "permission" in claim_hint(denied) and "owner" in folder_hint(denied)
+    assert "folder should be" in folder_hint(NotADirectoryError(errno.ENOTDIR, "Not a directory"))
