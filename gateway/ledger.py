@@ -17,6 +17,10 @@ CaiaSoft's answer is recorded ('answered', with the verdict) before any name is
 reserved or folder written, so a file CaiaSoft answered is never uploaded again
 because placing it failed. A row whose placing fails keeps its state, with the
 reason in `problem` and a later next_attempt_at (see pipeline.Pipeline.place).
+
+Transitions are committed by group commit (gateway/groupcommit.py): a method
+returns once its change is durable, but the changes of all threads waiting at
+once share one COMMIT. Only finished() does not wait (recovery redoes it).
 """
 
 from __future__ import annotations
