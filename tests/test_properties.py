@@ -26,7 +26,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from gateway import intake, logs, status
 from gateway.ledger import Ledger
-from gateway.service import JOIN_SECONDS, Parts
+from gateway.parts import Parts
+from gateway.service import JOIN_SECONDS
 from gateway.states import FileState
 
 import hostile
