@@ -245,7 +245,7 @@ class AlertSender(Worker):
         self.clock = clock
         self.backoff = Backoff(RETRY_INITIAL_SECONDS, RETRY_MAX_SECONDS)
         self.wake = threading.Event()
-        self._failures: dict[str, int] = {}
+        self.failures: dict[str, int] = {}  # consecutive failed deliveries, by channel
         self._retry_at: dict[str, float] = {}
         self._problem: str | None = None
         self._problem_logged_at = 0.0
@@ -296,9 +296,9 @@ class AlertSender(Worker):
         except DeliveryFailed as error:
             self._failed(channel, str(error))
             return False
-        self._failures[channel] = 0
+        self.failures[channel] = 0
         self._retry_at.pop(channel, None)
-        if self._problem is not None and not any(self._failures.values()):
+        if self._problem is not None and not any(self.failures.values()):
             log.info("alert.delivery_recovered", detail="alerts are delivered again")
             self._problem = None
             self.ledger.set_meta(PROBLEM_META, "")
@@ -308,7 +308,7 @@ class AlertSender(Worker):
         return True
 
     def _failed(self, channel: str, problem: str) -> None:
-        failures = self._failures[channel] = self._failures.get(channel, 0) + 1
+        failures = self.failures[channel] = self.failures.get(channel, 0) + 1
         delay = self.backoff.delay(failures)
         self._retry_at[channel] = self.clock() + delay
         now = time.monotonic()

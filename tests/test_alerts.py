@@ -177,7 +177,8 @@ def test_a_mail_server_that_hangs_delays_no_file(site, simulator, daemon_factory
         silent.close()
 
 
-def test_a_dead_mail_server_is_shown_in_status_and_retried_until_it_takes_the_alert(site, simulator, monitors):
+def test_a_dead_mail_server_is_shown_in_status_and_retried_until_it_takes_the_alert(site, simulator, monitors,
+                                                                                  capsys):
     port = free_port()  # nothing listens there yet
     site.write(simulator.url, extra=alerts_table(port))
     monitor = start_monitor(site, monitors)
@@ -192,6 +193,8 @@ def test_a_dead_mail_server_is_shown_in_status_and_retried_until_it_takes_the_al
         assert f"mail to 127.0.0.1:{port} failed" in report["alerts"]["problem"]
         assert report["alerts"]["waiting"] == 1 and report["alerts"]["last_sent"] is None
         assert "DELIVERY PROBLEM" in status.render(report)
+        wait_for(lambda: monitor.sender.failures.get("mail", 0) >= 3, message="three failed attempts")
+        assert capsys.readouterr().out.count("alert.delivery_failed") == 1, "logged once, not at every retry"
         box = MailBox(port).start()  # the mail server is back
         try:
             box.find("request file refused: late.txt")
