@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import subprocess
 import urllib.request
 
@@ -123,6 +124,11 @@ textfile = "{textfile}"
     assert value(found, "caiasoft_gateway_files_total", source="print", outcome="refused") == 1
     assert value(found, "caiasoft_gateway_denied_items_total", source="print") == 1
     assert value(found, "caiasoft_gateway_ncip_entries_total", outcome="already") == 1
+    again.process.send_signal(signal.SIGHUP)  # a reload serves /metrics again on the same port
+    wait_for(lambda: "config.reloaded" in (site.log_dir / "gateway.log").read_text(), message="the reload")
+    found = wait_for(lambda: _try_scrape(port), timeout=20, message="/metrics after the reload")
+    assert value(found, "caiasoft_gateway_files_total", source="print", outcome="archived") == 2
+    assert "metrics.not_served" not in (site.log_dir / "gateway.log").read_text()
     assert again.stop() == 0
 
 
