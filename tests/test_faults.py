@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Daemon, wait_for
+from test_service import NotifySocket
 
 GOOD = "31234000000001\n"
 
@@ -184,9 +185,14 @@ def test_a_full_archive_disk_pauses_placing_and_resumes_when_space_is_freed(site
     filler = fill(small_tmpfs(site.archive))
     for number in range(2):
         (site.source / f"full{number}_barcode").write_text(barcodes(number))
-    daemon = daemon_factory(site.config_file)
+    notify = NotifySocket(site.root / "notify.sock")
+    daemon = daemon_factory(site.config_file, env={"NOTIFY_SOCKET": notify.path})
     out = wait_for(lambda: status_says(site, "WAITING TO BE PLACED"), timeout=30, message="the disk-full reason")
     assert "No space left on device" in out
+    line = wait_for(lambda: [line for line in notify.lines("STATUS=") if "PLACING PAUSED" in line], timeout=15,
+                    message="systemd's status line saying why")[0]
+    notify.close()
+    assert "No space left on device" in line and str(site.archive) in line
     assert daemon.process.poll() is None
     filler.unlink()
     wait_for(lambda: len(site.archived()) == 2, timeout=30, message="archived once there is space")
