@@ -12,6 +12,7 @@ then linked into place.
 from __future__ import annotations
 
 import datetime as dt
+import filecmp
 import json
 import os
 import re
@@ -75,7 +76,8 @@ class Folder:
         """Move work to target (reserved by choose) without overwriting anything; return where it went.
 
         If a file took the name anyway, the next free numbered name is used. If the
-        work file is gone but target exists (a crash after the move), return target.
+        work file is gone but target exists (a crash after the move), or target is
+        already work's own copy (a crash before work was removed), return target.
         The folder is synced by the caller (sync()).
         """
         if not work.exists() and target.exists():
@@ -87,6 +89,10 @@ class Folder:
                 return target
             except FileExistsError:
                 if not work.exists():
+                    return target
+                if _moved_before_a_crash(work, target):  # linked or copied there, the work name not yet removed
+                    fsync_dir(target.parent)
+                    work.unlink()
                     return target
                 target = self.choose(target.name, _day_of(target, self.root))
 
@@ -131,6 +137,14 @@ class Folder:
             with contextlib.suppress(OSError):
                 folder.rmdir()
         return removed
+
+
+def _moved_before_a_crash(work: Path, target: Path) -> bool:
+    """Whether target is work's own move, cut short by a crash before work was removed."""
+    if os.path.samefile(work, target):
+        return True
+    return (target.stat().st_size == work.stat().st_size and not target.is_symlink()
+            and filecmp.cmp(work, target, shallow=False))
 
 
 def _day_of(target: Path, root: Path) -> dt.datetime:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,19 @@ def test_place_after_a_crash_that_already_moved_the_file(tmp_path):
     target = folder.choose("slip.xml", DAY)
     target.write_bytes(b"ours")
     assert folder.place(tmp_path / "gone", target) == target
+
+
+@pytest.mark.parametrize("moved_by", [os.link, shutil.copy2], ids=["link", "copy across filesystems"])
+def test_place_after_a_crash_between_the_move_and_the_unlink(tmp_path, moved_by):
+    """kill -9 after the file reached the archive, before its work name was removed: no second copy."""
+    folder = Folder(tmp_path / "archive")
+    target = folder.choose("slip.xml", DAY)
+    work = tmp_path / "work"
+    work.write_bytes(b"ours")
+    moved_by(work, target)
+    assert folder.place(work, target) == target
+    assert not work.exists() and target.read_bytes() == b"ours"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["slip.xml", "slip.xml.json"]
 
 
 @pytest.mark.parametrize("hostile,expected", [
