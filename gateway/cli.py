@@ -363,6 +363,12 @@ def cmd_journal(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"caiasoft-gateway journal: {error}", file=sys.stderr)
         return EXIT_CONFIG
+    except OSError as error:  # a cron job's user that may not write the journal: say which file and why
+        hint = (" (the user appending needs write permission on the journal, and on its folder to create it; "
+                "see README, The journal)") if isinstance(error, PermissionError) else ""
+        print(f"caiasoft-gateway journal: cannot append to {_shown(str(config.ncip.journal))}: "
+              f"{error.strerror or error}{hint}", file=sys.stderr)
+        return EXIT_FAILURE
     print(f"{args.action} {args.item} appended to {config.ncip.journal}")
     return EXIT_OK
 

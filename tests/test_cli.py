@@ -82,6 +82,24 @@ journal = "{journal}"
     assert f"caiasoft.api_key_file: {site.key_file} does not exist" in check.stdout
 
 
+def test_journal_that_cannot_be_written_is_named_without_a_traceback(site, tmp_path):
+    """A cron job whose journal cannot be appended to gets one line naming the file, not a Python traceback."""
+    journal = tmp_path / "ncip.jsonl"
+    journal.mkdir()  # not writable as a file, even for root
+    site.config_file.write_text(site.config_file.read_text() + f"""
+[ncip]
+url = "http://127.0.0.1:9/"
+from_agency = "CAIA"
+to_agency = "ALEPH"
+user_id = "CAIASOFT"
+journal = "{journal}"
+""")
+    result = cli(site, "journal", "checkout", "31234001234567", "--stop", "MAIN")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"caiasoft-gateway journal: cannot append to {journal}: Is a directory")
+
+
 def test_send_then_status(site, simulator, tmp_path):
     slip = tmp_path / "hold-request-slip-0001.xml"
     slip.write_bytes((SAMPLES / "hold-request-slip-0001.xml").read_bytes())
