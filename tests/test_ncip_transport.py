@@ -178,3 +178,22 @@ def test_an_unreadable_answer_is_its_own_verdict_with_an_excerpt():
         client.close()
         sim.stop()
     assert answer.verdict == "unreadable" and answer.excerpt == "<html>not NCIP</html>"
+
+
+@pytest.mark.parametrize("body", [
+    b'<NCIPMessage version="http://www.niso.org/ncip/v1_0/imp1/dtd/ncip_v1_0.dtd"></NCIPMessage>',
+    b'<NCIPMessage version="http://www.niso.org/ncip/v1_0/imp1/dtd/ncip_v1_0.dtd"><LookupItemResponse>'
+    b"<ItemIdentifierValue>1</ItemIdentifierValue></LookupItemResponse></NCIPMessage>",
+    b'<NCIPMessage xmlns="http://www.niso.org/2008/ncip"><CheckOutItemResponse/></NCIPMessage>',
+], ids=["empty-message", "another-service", "the-other-action"])
+def test_an_answer_without_the_entrys_response_is_not_taken_for_done(body):
+    """No Problem is not proof enough: the answer must be the check-in's response, else it is retried."""
+    peer = Silent(write=body)
+    client = NcipClient(settings(url=peer.url, timeout_seconds=5))
+    try:
+        answer = client.send(JournalEntry("checkin", "1"))
+    finally:
+        client.close()
+        peer.close()
+    assert answer.verdict == "unreadable", answer
+    assert "answer is not a CheckInItemResponse" in answer.reason and answer.excerpt == body.decode()

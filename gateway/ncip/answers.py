@@ -115,6 +115,21 @@ def read(body: bytes) -> Reply:
     return Reply(_version(root, document), _problems(root), root, service)
 
 
+RESPONSES = {"checkout": "CheckOutItemResponse", "checkin": "CheckInItemResponse", "lookup": "LookupItemResponse"}
+
+
+def answer_to(action: str, body: bytes) -> Reply:
+    """The Reply to one request of this action. An answer without a Problem must hold the action's response
+    (an empty NCIPMessage, or the response to another service, is no proof the entry was done): otherwise
+    raise UnreadableAnswer, so it is retried and then dead-lettered with its excerpt."""
+    reply = read(body)
+    expected = RESPONSES[action]
+    if not reply.problems and reply.service.lower() != expected.lower():
+        held = f"a {reply.service}" if reply.service else "no response element"
+        raise UnreadableAnswer(f"answer is not a {expected} (it holds {held} and no Problem)", body)
+    return reply
+
+
 def read_answer(body: bytes) -> list[Problem]:
     """The Problems in an NCIP answer (empty = done). Raise UnreadableAnswer (a ValueError) if unreadable."""
     return read(body).problems

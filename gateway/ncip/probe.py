@@ -33,7 +33,7 @@ def lookup(settings: Ncip, barcode: str) -> list[Finding]:
     what = f"NCIP LookupItem {barcode} at {settings.url} (version {settings.version})"
     client = transport.for_settings(settings)
     try:
-        reply = answers.read(client.exchange(messages.lookup(settings, barcode)))
+        reply = answers.answer_to("lookup", client.exchange(messages.lookup(settings, barcode)))
     except transport.NcipUnavailable as error:
         return [Finding("FAIL", what, str(error))]
     except answers.UnreadableAnswer as error:

@@ -60,7 +60,7 @@ class NcipClient:
 
     def send(self, entry: JournalEntry) -> Answer:
         try:
-            reply = answers.read(self.transport.exchange(messages.build(self.settings, entry)))
+            reply = answers.answer_to(entry.action, self.transport.exchange(messages.build(self.settings, entry)))
         except transport.NcipUnavailable as error:
             return Answer("temporary", str(error), http_status=error.http_status)
         except answers.UnreadableAnswer as error:
