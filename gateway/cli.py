@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from gateway import __version__, config as config_module, logs
-from gateway.errors import AlreadyRunning, ConfigError, GatewayError, LedgerDamaged
+from gateway.errors import AlreadyRunning, ConfigError, GatewayError, LedgerDamaged, describe
 from gateway.names import printable
 import contextlib
 
@@ -332,9 +332,16 @@ def cmd_retry(args: argparse.Namespace) -> int:
     for name in missing:
         print(f"{printable(name)}: not found in {config.paths.error_dir}")
     pipeline = _pipeline(config)
+    failed = 0
     try:
         for path in paths:
-            row = requeue(pipeline, path)
+            try:
+                row = requeue(pipeline, path)
+            except OSError as error:  # this file only: the others are retried
+                failed += 1
+                print(logs.redact(f"{printable(path.name)}: cannot retry: {describe(error)} (the service user "
+                                  "needs to read and write the file and its folder, and to write state_dir)"))
+                continue
             if row.state == "refused":
                 print(logs.redact(f"{printable(path.name)}: refused again: {_shown(row.reason)}\n"
                                   f"    kept in {_shown(row.final_path)}"))
@@ -344,7 +351,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
         pipeline.ledger.close()
     if not paths and not missing:
         print(f"nothing to retry in {config.paths.error_dir}")
-    return EXIT_OK if not missing else EXIT_FAILURE
+    return EXIT_OK if not missing and not failed else EXIT_FAILURE
 
 
 def cmd_journal(args: argparse.Namespace) -> int:

@@ -250,3 +250,26 @@ def test_sighup_while_an_upload_hangs_reloads_at_once(site, simulator, daemon_fa
     wait_for(lambda: len(site.archived()) == 1, timeout=15, message="new work flows while the old upload hangs")
     assert daemon.process.poll() is None
     daemon.kill()
+
+
+def test_retry_goes_on_past_a_file_it_cannot_move_and_leaves_no_copy_behind(unprivileged_site, gateway_install):
+    site, runner = unprivileged_site, gateway_install
+    scan = site.root / "b_barcode"
+    scan.write_bytes(b"\x00scan")
+    runner.give(scan)
+    runner.run("-c", str(site.config_file), "send", str(scan))
+    [refused] = site.refused()
+    refused.write_text(GOOD)  # the admin fixed it
+    # and put one there by hand, as root, in a day folder of root's: the service user can link it, not move it
+    by_hand = site.error / "2026" / "01" / "01" / "a_barcode"
+    by_hand.parent.mkdir(parents=True)
+    by_hand.write_text(barcodes(2))
+    runner.give(by_hand)
+    result = runner.run("-c", str(site.config_file), "retry", "--all")
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1
+    assert "a_barcode: cannot retry: Permission denied" in result.stdout
+    assert "b_barcode: back in the queue" in result.stdout
+    assert site.refused() == [by_hand]
+    assert sorted(path.name.split(".", 1)[1] for path in (site.state / "work").iterdir()) == ["b_barcode"]
+    assert "a_barcode" not in status_text(site, runner).stdout  # no claim left behind in the ledger
