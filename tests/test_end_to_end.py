@@ -109,8 +109,10 @@ def test_a_wrong_key_pauses_uploads_without_moving_files_to_error(site, simulato
     simulator.key = "the-key-was-rotated"
     (site.source / "a_barcode").write_bytes(barcode_list(1))
     daemon = daemon_factory(site.config_file)
-    wait_for(lambda: "upload.paused" in daemon.output(), message="the pause to be logged")
-    assert site.refused() == [] and counts(site).get("queued") == 1
+    # The pause is logged as the worker closes the gate; the file is back in the queue a moment later.
+    wait_for(lambda: "upload.paused" in daemon.output() and counts(site).get("queued") == 1,
+             message="the pause to be logged and the file to wait in the queue")
+    assert site.refused() == []
     simulator.key = KEY  # the admin fixes the key on either side
     wait_for(lambda: len(site.archived()) == 1, timeout=20, message="upload to resume")
     assert daemon.stop() == 0
