@@ -74,8 +74,13 @@ class Record:
 
 
 def looks_like_print_file(head: bytes) -> bool:
-    """Given the first bytes of a file, return True if it holds XML (with or without ALEPH headers)."""
+    """Given the first bytes of a file, return True if it holds XML (with or without ALEPH headers).
+
+    A file that opens with an ALEPH header line ("## -") is a print file whatever follows: a file of
+    headers only, or with text where the XML should be, is refused by its records, not sent as a list."""
     text = head[len(BOM):] if head.startswith(BOM) else head
+    if text.startswith(HEADER_MARK):
+        return True
     while text.startswith(FIRST_LINE_MARK):
         newline = text.find(b"\n")
         if newline < 0:

@@ -140,6 +140,20 @@ def test_a_header_with_nothing_after_it_at_the_end_is_ending_early(tmp_path):
     assert refused.at_end and "record 3 of 3" in refused.reason and "has its header but no XML" in refused.reason
 
 
+@pytest.mark.parametrize("data", [b"## - XML_XSL\n## - PRINTER=CAIASOFT\n", b"## - XML_XSL"],
+                         ids=["header-block", "header-without-newline"])
+def test_a_file_of_headers_only_is_a_print_file_without_its_xml_not_a_list(tmp_path, data):
+    refused = refusal(tmp_path, data)
+    assert refused.reason.startswith('record 1 of 1 (line 1, "## - XML_XSL"): the record has its header but no XML')
+    assert refused.at_end  # ALEPH may still be writing it: refused only after the grace
+
+
+def test_text_where_a_records_xml_should_be_refuses_the_file(tmp_path):
+    refused = refusal(tmp_path, b"## - XML_XSL\n31234001111111\n<printout/>\n")
+    assert refused.reason.startswith('record 1 of 1 (line 1, "## - XML_XSL"): its XML is not well-formed')
+    assert not refused.at_end
+
+
 def test_a_record_cut_short_before_the_next_one_is_not_ending_early(tmp_path):
     data = print_file(3, replace={2: record(2)[:150] + "\n"})
     refused = refusal(tmp_path, data)
