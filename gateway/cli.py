@@ -255,11 +255,12 @@ def cmd_find(args: argparse.Namespace) -> int:
     try:
         if ledger.backfill_due() is not None and not args.json:
             print("reading the sidecars of files archived before the item index (once) ...", file=sys.stderr)
-        found = find.find(ledger, args.barcode.strip(), [config.paths.archive_dir, config.paths.error_dir])
+        barcode = args.barcode.strip()
+        found = find.find(ledger, barcode, [config.paths.archive_dir, config.paths.error_dir])
     finally:
         ledger.close()
     print(logs.redact(json.dumps(found, indent=2, ensure_ascii=False) if args.json
-                      else find.render(printable(args.barcode), found)))
+                      else find.render(printable(barcode), found)))
     return EXIT_OK if found else EXIT_FAILURE
 
 

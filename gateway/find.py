@@ -20,7 +20,7 @@ from typing import Any
 from gateway import intake
 from gateway.archive import SIDECAR_SUFFIX
 from gateway.errors import FileRefused
-from gateway.itemindex import answers_by_item
+from gateway.itemindex import ItemHit, answers_by_item
 from gateway.ledger import Ledger
 from gateway.names import is_text, printable
 from gateway.printfile import Record
@@ -40,15 +40,25 @@ def find(ledger: Ledger, barcode: str, folders: list[Path]) -> list[dict[str, An
     """
     backfill(ledger, folders)
     found = []
-    for hit in ledger.items_for(barcode):
-        entry = _from_ledger(ledger, barcode, hit.file_id, hit.record) if hit.file_id else \
-            _from_sidecar(Path(hit.sidecar), barcode, hit.record)
+    for hit in _hits(ledger, barcode):
+        entry = _from_ledger(ledger, hit.barcode, hit.file_id, hit.record) if hit.file_id else \
+            _from_sidecar(Path(hit.sidecar), hit.barcode, hit.record)
         if entry is not None:
             found.append(entry)
     for entry in found:
         entry["path_exists"] = bool(entry["path"]) and Path(entry["path"]).is_file()
     found.sort(key=lambda entry: (entry["taken"] or "", entry.get("ledger_id") or 0), reverse=True)
     return [_printable(entry) for entry in found]
+
+
+def _hits(ledger: Ledger, barcode: str) -> list[ItemHit]:
+    """The index's hits for the barcode as typed; if none, for it in upper or in lower case (a barcode with
+    letters typed at the desk in the other case). Leading zeros are part of a barcode: never dropped."""
+    hits = ledger.items_for(barcode)
+    for variant in dict.fromkeys((barcode.upper(), barcode.lower())):
+        if not hits and variant != barcode:
+            hits = ledger.items_for(variant)
+    return hits
 
 
 def _printable(entry: dict[str, Any]) -> dict[str, Any]:

@@ -88,6 +88,23 @@ def test_find_answers_from_a_ledger_of_many_files_newest_first(tmp_path):
     ledger.close()
 
 
+def test_a_barcode_typed_in_the_other_case_is_found_and_leading_zeros_count(tmp_path):
+    """At the desk a barcode with letters is typed in lower case; ALEPH wrote it in upper case."""
+    clock = Clock(1_795_000_000.0)
+    ledger = Ledger(tmp_path / "gateway.db", clock=clock)
+    answer = {"success": True, "error": "", "results": [{"item": "B0001234X", "deny": "N", "istatus": "In"}]}
+    row = _file(ledger, clock, "usm50.hold_req", [Record(number=1, line=1, barcodes=("B0001234X",)),
+                                                  Record(number=2, line=9, barcodes=("0000567",))],
+                "accepted", tmp_path / "archive", answer)
+    for typed in ("B0001234X", "b0001234x"):
+        found = find.find(ledger, typed, [])
+        assert [(entry["ledger_id"], entry["barcode"]) for entry in found] == [(row, "B0001234X")], typed
+        assert found[0]["caiasoft"] == {"deny": "N", "istatus": "In"}
+    assert len(find.find(ledger, "0000567", [])) == 1
+    assert find.find(ledger, "567", []) == [] and find.find(ledger, "00000567", []) == []
+    ledger.close()
+
+
 def test_a_file_validated_again_keeps_only_its_new_records(tmp_path):
     ledger = Ledger(tmp_path / "gateway.db")
     row_id = ledger.begin_claim("print", "a.hold_req", "/p/a.hold_req", 1, 1.0)
