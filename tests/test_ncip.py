@@ -244,6 +244,44 @@ def test_rotation_while_stopped_is_followed_from_the_checkpoint(tmp_path):
     assert tail_all(Tailer(path, checkpoint, 1024))[0] == ["2", "3"]
 
 
+def _rotate(path: Path, day: int) -> None:
+    """logrotate (create): NAME.N -> NAME.N+1, NAME -> NAME.1, a new NAME; each file last written on its day."""
+    os.utime(path, ns=(day * 86_400 * 10**9,) * 2)
+    for number in sorted((int(p.name.rsplit(".", 1)[1]) for p in path.parent.glob(path.name + ".[0-9]*")),
+                         reverse=True):
+        (path.parent / f"{path.name}.{number}").rename(path.parent / f"{path.name}.{number + 1}")
+    path.rename(path.parent / f"{path.name}.1")
+    path.touch()
+
+
+def test_rotated_twice_before_the_old_file_was_finished_reads_every_file_in_order(tmp_path):
+    """NCIP down over a long weekend with daily rotation: the tailer still holds the oldest file."""
+    path = tmp_path / "ncip.jsonl"
+    write(path, "1", "2")
+    tailer = Tailer(path, None, 1024)
+    checkpoint = tailer.commit(tailer.next())  # "1" done; "2" in flight while the server is down
+    _rotate(path, 1)
+    write(path, "3")
+    _rotate(path, 2)
+    write(path, "4")
+    (tmp_path / "ncip.jsonl.bak").write_bytes(b'{"action": "checkin", "item": "copy"}\n')  # not a rotation
+    (tmp_path / "ncip.jsonl.9.gz").write_bytes(b"\x1f\x8b compressed")
+    assert tail_all(tailer)[0] == ["2", "3", "4"]
+    assert tail_all(Tailer(path, checkpoint, 1024))[0] == ["2", "3", "4"]  # the same after a restart
+
+
+def test_rotated_twice_with_dateext_while_stopped(tmp_path):
+    path = tmp_path / "ncip.jsonl"
+    write(path, "1", "2")
+    tailer = Tailer(path, None, 1024)
+    checkpoint = tailer.commit(tailer.next())
+    for day, item in ((20261127, "3"), (20261128, "4")):
+        os.utime(path, ns=((day - 20261100) * 86_400 * 10**9,) * 2)
+        path.rename(tmp_path / f"ncip.jsonl-{day}")
+        write(path, item)
+    assert tail_all(Tailer(path, checkpoint, 1024))[0] == ["2", "3", "4"]
+
+
 def test_truncation_reads_again_from_the_start(tmp_path):
     path = tmp_path / "j"
     write(path, "1", "2")

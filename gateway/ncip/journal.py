@@ -22,6 +22,8 @@ import fcntl
 import hashlib
 import json
 import os
+import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ FIELDS = {"action", "item", "stop", "user", "request_id", "id"}
 FINGERPRINT_BYTES = 128
 READ_CHUNK = 64 * 1024
 LAG_COUNT_LIMIT = 16 * 1024 * 1024
+_ROTATED_NAME = re.compile(r"\.\d+|-\d{8,14}")  # what logrotate appends: NAME.1, NAME-20261128 (dateext)
 
 log = logs.get("gateway.ncip.journal")
 
@@ -236,6 +239,14 @@ class Tailer:
                             detail="the rotated file ended without a newline")
             os.close(self._file)
             self._fd = None
+            later = self._rotated_after(current, info)
+            if later is not None:  # rotated again before the old file was finished: read each in turn
+                fd, name = later
+                self._fd, self._offset, self._rotated, self._mark = fd, 0, True, None
+                log.warning("journal.rotated", journal=str(self.path), next=name,
+                            policy="the journal was rotated more than once: reading the next rotated file "
+                                   "from its start, then the journal")
+                return True
             if not self._rotated:
                 if current.st_nlink == 0:
                     log.warning("journal.replaced", journal=str(self.path),
@@ -244,6 +255,29 @@ class Tailer:
                     log.info("journal.rotated", journal=str(self.path), policy="old file read to its end")
             return self._open()
         return False
+
+    def _rotated_after(self, finished: os.stat_result, journal: os.stat_result) -> tuple[int, str] | None:
+        """The oldest rotated copy (NAME.N or NAME-DATE, uncompressed) written after the finished file, if any:
+        the journal was rotated twice or more before the finished file was read to its end."""
+        found: list[tuple[int, str]] = []
+        skip = {(finished.st_dev, finished.st_ino), (journal.st_dev, journal.st_ino)}
+        for candidate in self.path.parent.iterdir():
+            name = candidate.name
+            if not name.startswith(self.path.name) or not _ROTATED_NAME.fullmatch(name[len(self.path.name):]):
+                continue
+            try:
+                info = candidate.lstat()
+            except OSError:
+                continue
+            if stat.S_ISREG(info.st_mode) and info.st_mtime_ns > finished.st_mtime_ns and \
+                    (info.st_dev, info.st_ino) not in skip:
+                found.append((info.st_mtime_ns, name))
+        for _, name in sorted(found):
+            try:
+                return os.open(self.path.parent / name, os.O_RDONLY | os.O_CLOEXEC), name
+            except OSError:
+                continue
+        return None
 
     # -- reading ----------------------------------------------------------------------
 
