@@ -38,6 +38,7 @@ _ENCODING_DECLARATION = re.compile(rb"""^<\?xml[^>]*?encoding\s*=\s*["']([A-Za-z
 # What the parser raises for a record it refuses: defusedxml's refusals are ValueErrors (as are
 # UnicodeErrors of a declared encoding); an encoding Python does not know is a LookupError.
 _REFUSALS = (ParseError, ValueError, LookupError)
+_INVALID_TOKEN = pyexpat.errors.codes[pyexpat.errors.XML_ERROR_INVALID_TOKEN]
 # Errors expat reports when the data ends inside a document, rather than on bad content.
 _ENDED_EARLY = {pyexpat.errors.codes[message] for message in (
     pyexpat.errors.XML_ERROR_NO_ELEMENTS, pyexpat.errors.XML_ERROR_UNCLOSED_TOKEN,
@@ -165,6 +166,8 @@ class _Open:
             self.parser.feed(piece)
         except _REFUSALS as error:  # every parser refusal becomes the record's problem
             self.problem = self._problem(error, closing=False)
+            if isinstance(error, ParseError) and error.code == _INVALID_TOKEN:
+                self.problem = _not_utf8(piece, self.problem)
 
     def finish(self, last: bool) -> Record:
         if self.problem is None:
@@ -198,8 +201,21 @@ class _Open:
             if closing and error.code in _ENDED_EARLY:
                 return RecordProblem(f"its XML ends before its document does ({pyexpat.ErrorString(error.code)})",
                                      line, at_end=last)
-            return RecordProblem(f"its XML is not well-formed ({pyexpat.ErrorString(error.code)})", line)
+            words = pyexpat.ErrorString(error.code).removeprefix("not well-formed (").removesuffix(")")
+            return RecordProblem(f"its XML is not well-formed ({words})", line)
         return RecordProblem(f"its XML cannot be read ({error})", here)
+
+
+def _not_utf8(piece: bytes, problem: RecordProblem) -> RecordProblem:
+    """An invalid token on a line that is not UTF-8 is its encoding, not its markup: say so."""
+    try:
+        piece.decode("utf-8")
+    except UnicodeDecodeError as error:
+        byte = piece[error.start]
+        return RecordProblem(f"its text is not UTF-8 (byte 0x{byte:02X}): ALEPH writes UTF-8; "
+                             "a record in another encoding must declare it (<?xml version=\"1.0\" "
+                             "encoding=\"ISO-8859-1\"?>)", problem.line)
+    return problem
 
 
 class LineReader(Protocol):

@@ -154,6 +154,15 @@ def test_text_where_a_records_xml_should_be_refuses_the_file(tmp_path):
     assert not refused.at_end
 
 
+def test_a_record_in_latin1_without_a_declaration_is_refused_saying_it_is_not_utf8(tmp_path):
+    body = "<z13-title>Caf\u00e9 cr\u00e8me</z13-title>".encode("latin-1")
+    refused = refusal(tmp_path, print_file(2) + b"## - XML_XSL\n<printout>\n" + body + b"\n</printout>\n")
+    assert refused.reason.startswith('record 3 of 3 (line 31, "## - XML_XSL"): its text is not UTF-8 (byte 0xE9): ')
+    assert 'encoding="ISO-8859-1"' in refused.reason and refused.reason.endswith("at line 33 of the file")
+    markup = refusal(tmp_path, b"## - XML_XSL\n<printout><a b></a></printout>\n")
+    assert "its XML is not well-formed (" in markup.reason and "not well-formed (not well-formed" not in markup.reason
+
+
 def test_a_record_cut_short_before_the_next_one_is_not_ending_early(tmp_path):
     data = print_file(3, replace={2: record(2)[:150] + "\n"})
     refused = refusal(tmp_path, data)
