@@ -203,6 +203,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     try:
         report = _status_report(config.paths.database)
+        report["state_dir_problem"] = status.state_dir_problem(config.paths.state_dir)
     except GatewayError as error:  # a damaged ledger: the same words as `run` says, never a traceback
         print(json.dumps({"error": str(error)}) if args.json else f"caiasoft-gateway: {printable(str(error))}",
               file=sys.stdout if args.json else sys.stderr)

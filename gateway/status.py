@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 from gateway import alerts, snapshot
 from gateway.ledger import Ledger
 from gateway.states import OPEN_STATES, FileState
+from gateway.errors import describe
 from gateway.names import printable
 
 RECENT_ERRORS = 5
 SERVICE_STALE_SECONDS = 30.0
+LOW_SPACE_BYTES = 1024 * 1024  # less free space in state_dir than this: the ledger and work/ may not grow
 
 
 def collect(ledger: Ledger, now: float | None = None) -> dict[str, Any]:
@@ -43,9 +47,12 @@ def _collect(ledger: Ledger, now: float | None) -> dict[str, Any]:
     midnight = dt.datetime.combine(dt.date.today(), dt.time()).timestamp()
     service = snapshot.read(ledger)
     running = service is not None and now - service["updated"] < SERVICE_STALE_SECONDS
+    silent = service is not None and not running and _alive(service["pid"])  # cannot write its ledger?
     return {
-        "service": {"running": running, **({"pid": service["pid"], "sources": service["sources"]}
-                                            if service is not None and running else {})},
+        "service": {"running": running or silent, **({"pid": service["pid"], "sources": service["sources"]}
+                                                       if service is not None and running else {}),
+                    **({"pid": service["pid"], "silent_seconds": round(now - service["updated"])}
+                       if service is not None and silent else {})},
         "ncip": service["ncip"] if service is not None and running else None,
         "counts": {state.value: counts.get(state, 0) for state in (*OPEN_STATES, FileState.STUCK,
                                                                     FileState.ARCHIVED, FileState.REFUSED)},
@@ -66,6 +73,35 @@ def _collect(ledger: Ledger, now: float | None) -> dict[str, Any]:
         "recent_errors": [{"file": row.name, "at": _iso(row.finished_at), "reason": row.reason,
                            "path": row.final_path} for row in ledger.recent("refused", RECENT_ERRORS)],
     }
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this pid exists (it may belong to another user)."""
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def state_dir_problem(state_dir: Path) -> str | None:
+    """Why the service cannot record anything or take files (state_dir full or read-only), seen from outside.
+
+    The service cannot tell `status` itself then: what it publishes goes into the ledger, in state_dir.
+    """
+    try:
+        info = os.statvfs(state_dir)
+    except OSError as error:
+        return f"cannot look at state_dir: {describe(error)}"
+    if info.f_flag & os.ST_RDONLY:
+        return f"{state_dir} is on a read-only filesystem: no file can be taken or recorded until it is writable"
+    free = info.f_bavail * info.f_frsize
+    if free < LOW_SPACE_BYTES:
+        return (f"{state_dir} is full ({free} bytes free): no file can be taken or recorded; free space there, "
+                "the gateway resumes by itself")
+    return None
 
 
 def _iso(moment: float | None) -> str | None:
@@ -113,12 +149,24 @@ def _problem_lines(status: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render(status: dict[str, Any]) -> str:
-    """The status as lines for a terminal."""
+def _service_lines(status: dict[str, Any]) -> list[str]:
+    """Whether the service runs and reports, what state_dir allows, and each source's state."""
     service = status["service"]
     lines = [f"service:        {'running (pid %s)' % service['pid'] if service['running'] else 'not running'}"]
+    if service.get("silent_seconds") is not None:
+        lines.append(f"  NOT REPORTING for {_age(service['silent_seconds'])}: it cannot write its state into the "
+                     "ledger (state_dir full or read-only?); what follows is the ledger as last written; the log "
+                     "says why")
+    if status.get("state_dir_problem"):
+        lines.append(f"STATE_DIR: {status['state_dir_problem']}")
     for name, source in (service.get("sources") or {}).items():
         lines.extend(_source_lines(name, source))
+    return lines
+
+
+def render(status: dict[str, Any]) -> str:
+    """The status as lines for a terminal."""
+    lines = _service_lines(status)
     if status["uploads_paused"]:
         lines.append(f"UPLOADS PAUSED: {status['uploads_paused']}")
     lines.extend(_problem_lines(status))

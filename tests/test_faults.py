@@ -150,12 +150,13 @@ def test_a_blocked_error_folder_holds_only_the_refused_file(unprivileged_site, g
 
 @pytest.fixture
 def small_tmpfs(tmp_path):
-    """A 256 KiB tmpfs: a disk that fills up. Root in CI can mount; if mounting fails the test fails."""
+    """A small tmpfs (256 KiB unless told): a disk that fills up. Root in CI can mount; if mounting fails the
+    test fails."""
     mounted: list[Path] = []
 
-    def mount(where: Path) -> Path:
+    def mount(where: Path, size: str = "256k") -> Path:
         where.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs", str(where)],
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(where)],
                               capture_output=True, text=True)
         if done.returncode != 0:
             pytest.fail(f"cannot mount a tmpfs for the disk-full test (run as root): {done.stderr.strip()}")
@@ -273,3 +274,37 @@ def test_retry_goes_on_past_a_file_it_cannot_move_and_leaves_no_copy_behind(unpr
     assert site.refused() == [by_hand]
     assert sorted(path.name.split(".", 1)[1] for path in (site.state / "work").iterdir()) == ["b_barcode"]
     assert "a_barcode" not in status_text(site, runner).stdout  # no claim left behind in the ledger
+
+
+def test_a_full_state_dir_is_named_by_status_and_files_are_taken_once_there_is_space(site, simulator, daemon_factory,
+                                                                                     small_tmpfs):
+    small_tmpfs(site.state, "8m")  # room for the ledger's write-ahead log to grow once the filler is gone
+    daemon = daemon_factory(site.config_file)
+    wait_for(lambda: status_says(site, "running"), message="the gateway running")
+    filler = fill(site.state)  # the ledger cannot grow, nothing can be copied into work/
+    (site.source / "late_barcode").write_text(GOOD)
+    out = wait_for(lambda: status_says(site, "STATE_DIR: "), timeout=15, message="status naming the full state_dir")
+    assert f"STATE_DIR: {site.state} is full" in out
+    assert json.loads(status_text(site, None, "--json").stdout)["state_dir_problem"].startswith(f"{site.state} is full")
+    assert daemon.process.poll() is None
+    filler.unlink()
+    wait_for(lambda: len(site.archived()) == 1, timeout=90, message="taken and sent once there is space")
+    assert "STATE_DIR" not in status_text(site).stdout
+    assert daemon.stop() == 0
+
+
+def test_status_tells_a_service_that_runs_but_cannot_report_from_one_that_stopped(tmp_path):
+    from gateway import snapshot, status
+    from gateway.ledger import Ledger
+
+    ledger = Ledger(tmp_path / "gateway.db")
+    try:
+        for pid in (os.getpid(), 2 ** 22 + 1):  # this process (alive), a pid above pid_max (gone)
+            snapshot.publish(ledger, snapshot.Snapshot(pid=pid, updated=1000.0, sources={}, paused=None, ncip=None,
+                                                       faults={}))
+            report = status.collect(ledger, now=1000.0 + 95)
+            assert report["service"]["running"] is (pid == os.getpid())
+            shown = status.render(report)
+            assert ("NOT REPORTING for 1m 35s" in shown) is (pid == os.getpid()), shown
+    finally:
+        ledger.close()
