@@ -9,6 +9,12 @@ threads. A caller returns only once its batch is durable, as before: only the co
 of an fsync is shared, not the guarantee. A failed COMMIT (disk full, I/O error)
 is raised in every thread of the batch, and nothing of it is kept.
 
+The writer lets the transitions already on their way in (waiting for the lock)
+join the open batch before it commits, for at most GATHER_SECONDS: while a COMMIT
+holds the lock, the next transitions queue up behind it, and they then share the
+next COMMIT instead of each paying its own. Only the writer is woken when a
+transition ends; the waiting threads are woken once, when their batch is durable.
+
 A transition may also be lazy (wait=False): it joins the next commit but its
 thread does not wait for it. Only a step that recovery can redo is lazy (a row
 moved to archived after its file and sidecar are already in place and synced).
@@ -19,10 +25,12 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 SAVEPOINT = "transition"
+GATHER_SECONDS = 0.002  # longest the writer waits for transitions on their way in before it commits
 
 
 class GroupCommit:
@@ -37,8 +45,11 @@ class GroupCommit:
         self._open = False         # a BEGIN is outstanding
         self._committed = 0        # every batch up to this id is durable (or failed)
         self._failures: dict[int, BaseException] = {}
-        self._signal = threading.Condition(threading.Lock())
+        guard = threading.Lock()
+        self._signal = threading.Condition(guard)  # batches committed: the waiting threads
+        self._wake = threading.Condition(guard)    # a transition ended or the ledger closes: the writer
         self._waiting = False      # a batch wants its commit
+        self._entering = 0         # transitions on their way in (waiting for the lock, or running)
         self._closing = False
         self._local = threading.local()
         self._writer = threading.Thread(target=self._commit_loop, name=name, daemon=True)
@@ -59,7 +70,14 @@ class GroupCommit:
             finally:
                 self._local.depth = depth
             return
-        with self._lock:
+        with self._signal:
+            self._entering += 1
+        try:
+            self._lock.acquire()
+        except BaseException:
+            self._left()
+            raise
+        try:
             if not self._open:
                 self._db.execute("BEGIN IMMEDIATE")  # a failure leaves nothing open, and the lock is released
                 self._open = True
@@ -77,11 +95,19 @@ class GroupCommit:
                 self._db.execute(f"RELEASE {SAVEPOINT}")
             finally:
                 self._local.depth = 0
-                with self._signal:
-                    self._waiting = True
-                    self._signal.notify_all()
+        finally:
+            self._lock.release()
+            self._left(ended=True)
         if wait:
             self._wait_for(batch)
+
+    def _left(self, ended: bool = False) -> None:
+        """A transition is out of the lock: the writer hears of it (and, if it ended, of a batch to commit)."""
+        with self._wake:
+            self._entering -= 1
+            if ended:
+                self._waiting = True
+            self._wake.notify()
 
     def _wait_for(self, batch: int) -> None:
         with self._signal:
@@ -92,10 +118,14 @@ class GroupCommit:
 
     def _commit_loop(self) -> None:
         while True:
-            with self._signal:
-                self._signal.wait_for(lambda: self._waiting or self._closing)
+            with self._wake:
+                self._wake.wait_for(lambda: self._waiting or self._closing)
                 if not self._waiting and self._closing:
                     return
+                if self._entering and not self._closing:  # let those on their way in join this batch
+                    deadline = time.monotonic() + GATHER_SECONDS
+                    while self._entering and (left := deadline - time.monotonic()) > 0:
+                        self._wake.wait(left)
                 self._waiting = False
             self._before_commit()
             self._commit()
@@ -121,8 +151,8 @@ class GroupCommit:
 
     def close(self) -> None:
         """Commit what is waiting, then stop the writer."""
-        with self._signal:
+        with self._wake:
             self._closing = True
-            self._signal.notify_all()
+            self._wake.notify_all()
         self._writer.join()
         self._commit()
