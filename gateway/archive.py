@@ -80,20 +80,25 @@ class Folder:
         already work's own copy (a crash before work was removed), return target.
         The folder is synced by the caller (sync()).
         """
+        return self.move_in(work, target)[0]
+
+    def move_in(self, work: Path, target: Path) -> tuple[Path, bool]:
+        """place(), and whether the move synced the folder it went to: then every entry written
+        there before it (the sidecar) is durable too, and no sync() is needed."""
         if not work.exists() and target.exists():
-            return target
+            return target, False
         target.parent.mkdir(parents=True, exist_ok=True)
         while True:
             try:
-                move_no_clobber(work, target)
-                return target
+                move_no_clobber(work, target)  # syncs target's folder before it removes work
+                return target, True
             except FileExistsError:
                 if not work.exists():
-                    return target
+                    return target, False
                 if _moved_before_a_crash(work, target):  # linked or copied there, the work name not yet removed
                     fsync_dir(target.parent)
                     work.unlink()
-                    return target
+                    return target, True
                 target = self.choose(target.name, _day_of(target, self.root))
 
     def sync(self, target: Path) -> None:

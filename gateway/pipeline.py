@@ -348,12 +348,13 @@ class Pipeline:
         contents = self.contents(row)
         if work.exists():
             folder.write_sidecar(final, sidecar(row, final, self.clock(), contents))
-            placed = folder.place(work, final)
+            placed, synced = folder.move_in(work, final)  # synced: the sidecar's entry is durable as well
             if placed != final:  # the name was taken meanwhile: the sidecar follows the file
                 folder.write_sidecar(placed, sidecar(row, placed, self.clock(), contents))
                 folder.remove_sidecar(final)
-                final = placed
-            folder.sync(final)
+                final, synced = placed, False
+            if not synced:
+                folder.sync(final)
         elif final.exists():
             folder.write_sidecar(final, sidecar(row, final, self.clock(), contents))
             folder.sync(final)
