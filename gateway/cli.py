@@ -365,8 +365,11 @@ def cmd_journal(args: argparse.Namespace) -> int:
         print(f"caiasoft-gateway journal: {config.file} has no [ncip] section, so there is no journal",
               file=sys.stderr)
         return EXIT_CONFIG
-    entry = JournalEntry(args.action, args.item, stop=args.stop, user=args.user, request_id=args.request_id,
-                         id=args.entry_id)
+    def text(value: str | None) -> str | None:  # `read b` from a CRLF file keeps the CR: not part of a barcode
+        return value.strip() if value is not None else None
+
+    entry = JournalEntry(args.action, args.item.strip(), stop=text(args.stop), user=text(args.user),
+                         request_id=text(args.request_id), id=text(args.entry_id))
     try:
         journal.append(config.ncip.journal, entry)
     except ValueError as error:

@@ -71,7 +71,7 @@ user_id = "CAIASOFT"
 journal = "{journal}"
 """)
     site.key_file.unlink()
-    result = cli(site, "journal", "checkin", "31234001234567")
+    result = cli(site, "journal", "checkin", "31234001234567\r")  # `while read b` over a CRLF list
     assert result.returncode == 0, result.stderr
     assert json.loads(journal.read_text()) == {"action": "checkin", "item": "31234001234567"}
     status = cli(site, "status")

@@ -163,6 +163,12 @@ def test_invalid_lines_say_why(line, reason):
         parse_entry(line)
 
 
+def test_spaces_and_a_carriage_return_around_values_are_not_sent(tmp_path):
+    """A cron script reading a CRLF list writes "31234001234567\\r": ALEPH would answer Unknown Item."""
+    entry = parse_entry(b'{"action": "checkout", "item": "31234001234567\\r", "stop": " LAW ", "user": "U\\r"}')
+    assert (entry.item, entry.stop, entry.user) == ("31234001234567", "LAW", "U")
+
+
 def _append_many(path: str, worker: int) -> None:
     for number in range(200):
         journal.append(Path(path), JournalEntry("checkin", f"{worker:02d}-{number:04d}-" + "x" * 300))

@@ -74,8 +74,12 @@ def parse_entry(raw: bytes) -> JournalEntry:
             raise ValueError(f"{key} must be a non-empty string, got {value!r}")
     if not data.get("item"):
         raise ValueError("item (the barcode) is missing")
-    return JournalEntry(action=data["action"], item=data["item"], stop=data.get("stop"), user=data.get("user"),
-                        request_id=data.get("request_id"), id=data.get("id"))
+    def text(key: str) -> str | None:  # a script's CRLF or padding is not part of a barcode or a user id
+        value = data.get(key)
+        return value.strip() if isinstance(value, str) else None
+
+    return JournalEntry(action=data["action"], item=data["item"].strip(), stop=text("stop"), user=text("user"),
+                        request_id=text("request_id"), id=text("id"))
 
 
 def append(path: Path, entry: JournalEntry) -> None:
