@@ -30,6 +30,7 @@ log = logs.get("gateway.worker")
 CHECK_IN_SECONDS = 1.0
 FAULT_BACKOFF_INITIAL_SECONDS = 1.0
 FAULT_BACKOFF_MAX_SECONDS = 60.0
+STEADY_SECONDS = 120.0  # without a fault for this long, the next fault is backed off from the start again
 
 
 class Worker(threading.Thread):
@@ -44,6 +45,8 @@ class Worker(threading.Thread):
         self.on_exit: Callable[["Worker"], None] | None = None
         self.fault_backoff = Backoff(FAULT_BACKOFF_INITIAL_SECONDS, FAULT_BACKOFF_MAX_SECONDS)
         self._faults = 0
+        self._last_fault = 0.0
+        self.steady_seconds = STEADY_SECONDS
         self._resting_on: threading.Event | None = None
 
     # -- what subclasses provide ------------------------------------------------
@@ -127,9 +130,7 @@ class Worker(threading.Thread):
                     if not self._contain(error):
                         return
                 else:
-                    if self._faults:
-                        log.info("worker.resumed", worker=self.name, after=self.fault)
-                    self._faults, self.fault = 0, None
+                    self._steady()
         finally:
             try:
                 if began:
@@ -137,6 +138,16 @@ class Worker(threading.Thread):
             finally:
                 if self.on_exit is not None:
                     self.on_exit(self)
+
+    def _steady(self) -> None:
+        """A step went through: the fault is over. The backoff starts again only once no fault came back for
+        steady_seconds, so a fault that returns at every other step (a full disk that lets one step through)
+        is still backed off more and more, not logged every second or two."""
+        if self.fault is not None:
+            log.info("worker.resumed", worker=self.name, after=self.fault)
+            self.fault = None
+        if self._faults and time.monotonic() - self._last_fault >= self.steady_seconds:
+            self._faults = 0
 
     def _contain(self, error: Exception) -> bool:
         """Pause after a fault that escaped a step; return False if the worker cannot go on."""
@@ -146,6 +157,7 @@ class Worker(threading.Thread):
             log.error("worker.ledger_damaged", worker=self.name, error=describe(error))
             return False
         self._faults += 1
+        self._last_fault = time.monotonic()
         delay = self.fault_backoff.delay(self._faults)
         self.fault = describe(error)
         if kind == BUG:

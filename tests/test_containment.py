@@ -158,8 +158,9 @@ class Flaky(Worker):
 
     def step(self):
         self.steps += 1
-        if self.errors:
-            raise self.errors.pop(0)
+        error = self.errors.pop(0) if self.errors else None
+        if error is not None:
+            raise error
         self.rest(0.01)
 
 
@@ -173,6 +174,17 @@ def test_a_worker_contains_faults_and_goes_on_and_says_when_it_ends():
     assert worker.is_alive() and worker.fatal is None
     worker.stop()
     assert ended.wait(5)
+
+
+def test_a_fault_that_lets_every_other_step_through_is_still_backed_off_more_and_more():
+    full = OSError(28, "No space left on device")
+    worker = Flaky([full, None, full, None, full])
+    backed_off = []
+    worker.fault_backoff.delay = lambda failures, retry_after=None: backed_off.append(failures) or 0.01
+    worker.start()
+    wait_for(lambda: worker.steps > 6 and worker.fault is None, message="the worker past its faults")
+    worker.stop()
+    assert backed_off == [1, 2, 3]
 
 
 def test_a_worker_ends_on_a_damaged_ledger_with_fatal_set():
