@@ -9,11 +9,13 @@ log line, whatever field, message or traceback carried it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import logging.handlers
 import sys
 import threading
+import time
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from gateway.names import printable
 
 LOG_FILE_NAME = "gateway.log"
 REDACTED = "[redacted]"
+REOPEN_SECONDS = 30.0  # a log file that cannot be opened or written is tried again this often
 
 _secrets: tuple[str, ...] = ()  # replaced whole, never changed in place: readers need no lock
 _secrets_lock = threading.Lock()
@@ -80,6 +83,57 @@ _SHARED: list[structlog.typing.Processor] = [
 ]
 
 
+class LogFile(logging.handlers.WatchedFileHandler):
+    """gateway.log, reopened when logrotate moved it, that never takes the service down.
+
+    The standard handler raises from the log call itself when the file cannot be
+    opened again (log_dir made unwritable, a wrong `create` owner in logrotate, a
+    folder where the file was), which ends whatever thread logged. Here such a fault
+    is said once on stderr (the journal, which gets every event anyway), events skip
+    the file meanwhile, and the file is tried again every REOPEN_SECONDS.
+    """
+
+    def __init__(self, path: Path):
+        super().__init__(path, encoding="utf-8", delay=True)
+        self.problem: str | None = None
+        self._retry_at = 0.0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.problem is not None and time.monotonic() < self._retry_at:
+            return
+        try:
+            self.reopenIfNeeded()
+            if self.stream is None:
+                self.stream = self._open()
+                self._statstream()
+        except OSError as error:
+            self._fault(error)
+            return
+        if self.problem is not None:
+            self.problem = None
+            print(f"caiasoft-gateway: {self.baseFilename} is written again", file=sys.stderr, flush=True)
+        logging.FileHandler.emit(self, record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):  # e.g. the log's disk is full
+            self._fault(error)
+        else:
+            super().handleError(record)
+
+    def _fault(self, error: OSError) -> None:
+        if self.stream is not None:
+            with contextlib.suppress(OSError):
+                self.stream.close()
+            self.stream = None
+        self._retry_at = time.monotonic() + REOPEN_SECONDS
+        described = f"{error.strerror or error}" + (f": {error.filename}" if error.filename else "")
+        if described != self.problem:
+            self.problem = described
+            print(f"caiasoft-gateway: cannot write the log {self.baseFilename} ({described}); events go to stderr "
+                  f"(the journal) only, tried again every {REOPEN_SECONDS:.0f} s", file=sys.stderr, flush=True)
+
+
 def setup(log_dir: Path | None, *, console: bool = True, level: int = logging.INFO) -> None:
     """Send events to log_dir/gateway.log (JSON lines) and, if console, to stderr.
 
@@ -93,8 +147,9 @@ def setup(log_dir: Path | None, *, console: bool = True, level: int = logging.IN
     root.setLevel(level)
 
     if log_dir is not None:
-        log_dir.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.handlers.WatchedFileHandler(log_dir / LOG_FILE_NAME, encoding="utf-8")
+        with contextlib.suppress(OSError):  # if it fails, the file handler says why at the first event
+            log_dir.mkdir(parents=True, exist_ok=True)
+        file_handler = LogFile(log_dir / LOG_FILE_NAME)
         file_handler.setFormatter(_RedactingFormatter(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _printable_fields,
                         structlog.processors.JSONRenderer(ensure_ascii=False)],

@@ -51,3 +51,19 @@ def test_the_log_is_reopened_after_logrotate_moves_it(log_dir):
     log.info("after")
     assert [e["event"] for e in lines(log_dir)] == ["after"]
     assert "before" in (log_dir / "gateway.log.1").read_text()
+
+
+def test_a_log_file_that_cannot_be_opened_again_never_fails_the_caller(log_dir, monkeypatch, capsys):
+    monkeypatch.setattr(logs, "REOPEN_SECONDS", 0.0)  # tried again at every event
+    log = logs.get("test")
+    log.info("before")
+    (log_dir / "gateway.log").rename(log_dir / "gateway.log.1")
+    (log_dir / "gateway.log").mkdir()  # rotated, and something else now holds the name (root is never denied)
+    log.error("while.broken")  # the standard handler raises IsADirectoryError here, in the worker's thread
+    log.error("still.broken")
+    said = capsys.readouterr().err
+    assert said.count("cannot write the log") == 1 and "gateway.log" in said
+    (log_dir / "gateway.log").rmdir()
+    log.info("after")
+    assert [e["event"] for e in lines(log_dir)] == ["after"]
+    assert "is written again" in capsys.readouterr().err
