@@ -106,7 +106,12 @@ def main(argv: list[str] | None = None) -> int:
                "retry": cmd_retry, "journal": cmd_journal, "find": cmd_find, "demo": cmd_demo,
                "simulate": cmd_simulate}[args.command]
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # here, so a reader that went away (`find X --json | head`) is caught below
+        return code
+    except BrokenPipeError:  # the reader of our output closed it: nothing more to say, and no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILURE
     except ConfigError as error:
         print(f"caiasoft-gateway: the configuration has {len(error.problems)} problem(s):", file=sys.stderr)
         for problem in error.problems:

@@ -100,6 +100,19 @@ journal = "{journal}"
     assert result.stderr.startswith(f"caiasoft-gateway journal: cannot append to {journal}: Is a directory")
 
 
+def test_output_read_by_a_reader_that_stops_early_ends_without_a_traceback(site):
+    """`caiasoft-gateway check | head -1`: the reader closes the pipe; the command ends quietly."""
+    reader, writer = os.pipe()
+    os.close(reader)  # the reader is gone before the first line
+    try:
+        result = subprocess.run([sys.executable, "-m", "gateway", "-c", str(site.config_file), "check", "--offline"],
+                                stdout=writer, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(writer)
+    assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr, result.stderr
+    assert result.returncode == 1
+
+
 def test_send_then_status(site, simulator, tmp_path):
     slip = tmp_path / "hold-request-slip-0001.xml"
     slip.write_bytes((SAMPLES / "hold-request-slip-0001.xml").read_bytes())
