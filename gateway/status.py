@@ -155,8 +155,8 @@ def _service_lines(status: dict[str, Any]) -> list[str]:
     lines = [f"service:        {'running (pid %s)' % service['pid'] if service['running'] else 'not running'}"]
     if service.get("silent_seconds") is not None:
         lines.append(f"  NOT REPORTING for {_age(service['silent_seconds'])}: it cannot write its state into the "
-                     "ledger (state_dir full or read-only?); what follows is the ledger as last written; the log "
-                     "says why")
+                     "ledger (state_dir full or read-only, or the ledger locked by another program?); what follows "
+                     "is the ledger as last written; the log says why")
     if status.get("state_dir_problem"):
         lines.append(f"STATE_DIR: {status['state_dir_problem']}")
     for name, source in (service.get("sources") or {}).items():
