@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 from gateway import aftertake, logs
@@ -27,14 +28,22 @@ CLAIM_BATCH = 64  # files claimed with one pair of ledger commits
 SHOWN_CLAIM_FAILURES = 10  # files that cannot be taken, listed by `status` per source
 
 
-def claim_hint(error: Exception) -> str:
+def claim_hint(error: Exception, state_dir: Path | None = None) -> str:
     """What to fix when a file cannot be moved out of its source folder into state_dir/work/."""
     if not isinstance(error, OSError):
         return "the file is left in its source; see the error above"
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         return "the filesystem of state_dir (or of the source) is full: free space; taken again by itself"
-    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return "the gateway needs write permission on the folder to move files out of it"
+    in_state_dir = state_dir is not None and isinstance(error.filename, str) \
+        and Path(error.filename).is_relative_to(state_dir)
+    if error.errno == errno.EROFS:
+        return (f"{'state_dir' if in_state_dir else 'the source folder'} is on a read-only filesystem: "
+                "remount it read-write; taken again by itself")
+    if error.errno in (errno.EACCES, errno.EPERM):
+        if in_state_dir:
+            return "the service user cannot write state_dir/work/: fix its owner or mode; taken again by itself"
+        return ("the service user needs read permission on the file and write permission on its folder "
+                "(e.g. through ALEPH's group); taken again by itself")
     return "taken again by itself once the cause is fixed"
 
 
@@ -172,7 +181,7 @@ class Collector(Worker):
             if len(self.claim_failures) < SHOWN_CLAIM_FAILURES:
                 self.claim_failures[entry.name] = f"cannot be taken: {describe(error)}"
             log.error("file.claim_failed", source=self.source.name, file=entry.name, error=describe(error),
-                      hint=claim_hint(error), retry_in=FAILED_CLAIM_RETRY_SECONDS)
+                      hint=claim_hint(error, self.pipeline.config.paths.state_dir), retry_in=FAILED_CLAIM_RETRY_SECONDS)
         self.pipeline.admit_many(taken)
         self._to_admit = []
 

@@ -235,3 +235,17 @@ def test_a_full_state_dir_is_not_reported_as_a_permissions_problem():
     denied = PermissionError(errno.EACCES, "Permission denied")
     assert "permission" in claim_hint(denied) and "owner" in folder_hint(denied)
     assert "folder should be" in folder_hint(NotADirectoryError(errno.ENOTDIR, "Not a directory"))
+
+
+def test_a_claim_that_fails_in_state_dir_is_not_blamed_on_the_source_folder(tmp_path):
+    import errno
+
+    from gateway.collector import claim_hint
+
+    state = tmp_path / "state"
+    read_only = OSError(errno.EROFS, "Read-only file system", str(state / "work" / ".00000001.slip.partial-1"))
+    assert claim_hint(read_only, state).startswith("state_dir is on a read-only filesystem")
+    denied_here = PermissionError(errno.EACCES, "Permission denied", str(state / "work" / "00000001.slip"))
+    assert "cannot write state_dir/work/" in claim_hint(denied_here, state)
+    unreadable = PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "print" / "slip"))
+    assert "read permission on the file" in claim_hint(unreadable, state)
