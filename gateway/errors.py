@@ -71,8 +71,10 @@ class LedgerDamaged(GatewayError):
         super().__init__(
             f"the ledger {path} is damaged ({detail}). Stop the service, move the file aside "
             f"(mv {path} {path}.damaged, and its -wal and -shm files if present), then start the service: "
-            "files still in the source folders are untouched, the archive and error folders stay as they are, "
-            "and files left in state_dir/work/ are taken again (at most they are sent to CaiaSoft a second time)")
+            "the archive and error folders stay as they are, files left in state_dir/work/ are taken again, and "
+            "so is every file in the source folders, including originals kept there after they were sent (where "
+            "open writers cannot be seen, for keep_original_seconds): those are sent to CaiaSoft a second time "
+            "unless you remove the ones already in the archive first")
 
 
 def describe(error: BaseException) -> str:
