@@ -272,6 +272,7 @@ def test_rotated_twice_before_the_old_file_was_finished_reads_every_file_in_orde
     write(path, "4")
     (tmp_path / "ncip.jsonl.bak").write_bytes(b'{"action": "checkin", "item": "copy"}\n')  # not a rotation
     (tmp_path / "ncip.jsonl.9.gz").write_bytes(b"\x1f\x8b compressed")
+    assert tailer.lag()[1] == 3  # status counts the copy in between too: "2", "3", "4" are behind
     assert tail_all(tailer)[0] == ["2", "3", "4"]
     assert tail_all(Tailer(path, checkpoint, 1024))[0] == ["2", "3", "4"]  # the same after a restart
 

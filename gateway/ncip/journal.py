@@ -261,10 +261,19 @@ class Tailer:
         return False
 
     def _rotated_after(self, finished: os.stat_result, journal: os.stat_result) -> tuple[int, str] | None:
-        """The oldest rotated copy (NAME.N or NAME-DATE, uncompressed) written after the finished file, if any:
-        the journal was rotated twice or more before the finished file was read to its end."""
+        """The oldest rotated copy written after the finished file, open, if any: the journal was rotated
+        twice or more before the finished file was read to its end."""
+        for name in self._rotated_names_after(finished, journal):
+            try:
+                return os.open(self.path.parent / name, os.O_RDONLY | os.O_CLOEXEC), name
+            except OSError:
+                continue
+        return None
+
+    def _rotated_names_after(self, finished: os.stat_result, journal: os.stat_result | None) -> list[str]:
+        """Rotated copies (NAME.N or NAME-DATE, uncompressed) written after the finished file, oldest first."""
         found: list[tuple[int, str]] = []
-        skip = {(finished.st_dev, finished.st_ino), (journal.st_dev, journal.st_ino)}
+        skip = {(finished.st_dev, finished.st_ino)} | ({(journal.st_dev, journal.st_ino)} if journal else set())
         for candidate in self.path.parent.iterdir():
             name = candidate.name
             if not name.startswith(self.path.name) or not _ROTATED_NAME.fullmatch(name[len(self.path.name):]):
@@ -276,12 +285,7 @@ class Tailer:
             if stat.S_ISREG(info.st_mode) and info.st_mtime_ns > finished.st_mtime_ns and \
                     (info.st_dev, info.st_ino) not in skip:
                 found.append((info.st_mtime_ns, name))
-        for _, name in sorted(found):
-            try:
-                return os.open(self.path.parent / name, os.O_RDONLY | os.O_CLOEXEC), name
-            except OSError:
-                continue
-        return None
+        return [name for _, name in sorted(found)]
 
     # -- reading ----------------------------------------------------------------------
 
@@ -348,13 +352,22 @@ class Tailer:
         if self._fd is None:
             return 0, 0
         pending = [(self._fd, self._offset)]
-        new_fd = None
-        if self._rotated:
-            try:
-                new_fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-                pending.append((new_fd, 0))
-            except OSError:
-                pass
+        opened: list[int] = []
+        try:
+            journal: os.stat_result | None = os.stat(self.path)
+        except OSError:
+            journal = None
+        reading = os.fstat(self._fd)
+        if self._rotated or (journal is not None and (journal.st_dev, journal.st_ino) != (reading.st_dev,
+                                                                                          reading.st_ino)):
+            # an old file (renamed, or a copy): the rotated copies after it, then the journal, are behind too
+            for path in [self.path.parent / name for name in self._rotated_names_after(reading, journal)] \
+                    + [self.path]:
+                try:
+                    opened.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+                except OSError:
+                    continue
+                pending.append((opened[-1], 0))
         try:
             total_bytes = total_entries = 0
             for fd, offset in pending:
@@ -364,5 +377,5 @@ class Tailer:
                     total_entries += os.pread(fd, behind, offset).count(b"\n")
             return total_bytes, total_entries
         finally:
-            if new_fd is not None:
-                os.close(new_fd)
+            for fd in opened:
+                os.close(fd)
