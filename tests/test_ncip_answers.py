@@ -167,6 +167,17 @@ def test_patterns_match_type_detail_and_value_ignoring_case():
     assert judge(config, "checkin", [Problem("Whatever", element="Item not on loan")]).verdict == "refused"
 
 
+@pytest.mark.parametrize("head", [V1_HEAD, V1_HEAD.replace(b' encoding="UTF-8"', b""), b""],
+                         ids=["declared-utf8", "no-encoding-declared", "no-declaration"])
+def test_a_latin1_answer_that_does_not_say_so_is_read(head):
+    """ALEPH's own wording in the site's language, written in Latin-1 while the answer claims UTF-8 or nothing."""
+    body = v1_problem(b"CheckInItem", b"Item Not Checked Out", b"UniqueItemId",
+                      "Exemplaire non pr\u00eat\u00e9.".encode("latin-1")).replace(V1_HEAD, head)
+    reply = answers.read(body)
+    assert [(p.type, p.value) for p in reply.problems] == [("Item Not Checked Out", "Exemplaire non pr\u00eat\u00e9.")]
+    assert judge(default_settings(), "checkin", reply.problems).verdict == "already"
+
+
 @pytest.mark.parametrize("body", [
     b"<html><body>502 Proxy Error</body></html>",
     b"not xml at all",

@@ -106,9 +106,16 @@ def read(body: bytes) -> Reply:
     """The Reply in an NCIP answer. Raise UnreadableAnswer if it is not an NCIP message."""
     document = _unwrap(body)
     try:
-        root = SafeET.fromstring(document, forbid_dtd=False, forbid_entities=True, forbid_external=True)
+        root = _parse(document)
     except (ET.ParseError, ValueError) as error:
-        raise UnreadableAnswer(f"answer is not readable XML: {error}", body) from None
+        latin = _latin1_undeclared(document)
+        if latin is None:
+            raise UnreadableAnswer(f"answer is not readable XML: {error}", body) from None
+        try:  # a server writing its own wording in Latin-1 without saying so: read it as it was meant
+            root = _parse(latin)
+        except (ET.ParseError, ValueError):
+            raise UnreadableAnswer(f"answer is not readable XML: {error}", body) from None
+        document = latin
     if _local(root.tag) != "NCIPMessage":
         raise UnreadableAnswer(f"answer is not an NCIP message (root element {_local(root.tag)!r})", body)
     service = next((_local(child.tag) for child in root if _local(child.tag) not in ("Problem", "")), "")
@@ -128,6 +135,24 @@ def answer_to(action: str, body: bytes) -> Reply:
         held = f"a {reply.service}" if reply.service else "no response element"
         raise UnreadableAnswer(f"answer is not a {expected} (it holds {held} and no Problem)", body)
     return reply
+
+
+def _parse(document: bytes) -> ET.Element:
+    root: ET.Element = SafeET.fromstring(document, forbid_dtd=False, forbid_entities=True, forbid_external=True)
+    return root
+
+
+def _latin1_undeclared(document: bytes) -> bytes | None:
+    """The document re-encoded as UTF-8 if it is not UTF-8 though it declares no other encoding (read as
+    Windows-1252, Latin-1's superset); else None."""
+    declared = re.match(rb"""\s*<\?xml[^>]*encoding\s*=\s*["']([\w.-]+)""", document)
+    if declared and declared.group(1).lower().replace(b"-", b"") not in (b"utf8",):
+        return None
+    try:
+        document.decode("utf-8")
+        return None
+    except UnicodeDecodeError:
+        return document.decode("cp1252", "replace").encode("utf-8")
 
 
 def read_answer(body: bytes) -> list[Problem]:
