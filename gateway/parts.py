@@ -1,4 +1,4 @@
-"""The parts that run on one config: collectors, upload workers, placer, NCIP relay and feed.
+"""The parts that run on one config: collectors, upload workers, finisher, placer, NCIP relay and feed.
 
 The service (service.py) builds one Parts per config, starts it, asks it how its
 workers are, and stops it; after SIGHUP it builds a new one beside the old, whose
@@ -22,7 +22,7 @@ from gateway.monitor import Monitor
 from gateway.ncip.feed import Feed
 from gateway.ncip.relay import Relay
 from gateway.pipeline import Pipeline
-from gateway.uploader import Placer, Uploader
+from gateway.uploader import Finisher, Placer, Uploader
 from gateway.worker import Worker
 
 
@@ -38,8 +38,9 @@ class Parts:
         self.gate = Gate(config.caiasoft)
         self.pipeline = Pipeline(config, ledger, self.client, gate=self.gate)
         wake = threading.Event()
+        self.finisher = Finisher(self.pipeline)
         self.uploaders = [Uploader(self.pipeline, wake=wake, name=f"uploader-{number}",
-                                   workers=config.caiasoft.upload_workers)
+                                   workers=config.caiasoft.upload_workers, finisher=self.finisher)
                           for number in range(1, config.caiasoft.upload_workers + 1)]
         self.pipeline.on_queued = wake.set
         self.placer = Placer(self.pipeline)
@@ -68,7 +69,7 @@ class Parts:
         return [*self.collectors, *([self.feed] if self.feed else [])]
 
     def outputs(self) -> list[Worker]:
-        return [*self.uploaders, self.placer, *([self.relay] if self.relay else []),
+        return [*self.uploaders, self.finisher, self.placer, *([self.relay] if self.relay else []),
                 *([self.monitor.sender] if self.monitor.sender else [])]
 
     def workers(self) -> list[Worker]:

@@ -1,9 +1,10 @@
-"""The output side of the request-file pipeline: upload workers and the placer.
+"""The output side of the request-file pipeline: upload workers, the finisher and the placer.
 
 Uploader (several, caiasoft.upload_workers) takes the oldest due file from the
-ledger, sends it, records CaiaSoft's answer and places the file. Placer (one)
-places the files whose placing failed earlier (a folder that could not be
-written), once their backoff has passed.
+ledger, sends it, records CaiaSoft's answer and hands the answered file to the
+Finisher (one), which places it (sidecar, archive or error folder) while the
+worker sends its next file. Placer (one) places the files whose placing failed
+earlier (a folder that could not be written), once their backoff has passed.
 """
 
 from __future__ import annotations
@@ -13,14 +14,19 @@ import threading
 import time
 from typing import Callable
 
+from gateway import logs
 from gateway.backoff import Gate
+from gateway.errors import describe
 from gateway.caiasoft import Outcome
 from gateway.ledger import FileRow
 from gateway.pipeline import Pipeline
 from gateway.worker import Worker
 
+log = logs.get("gateway.uploader")
+
 IDLE_POLL_SECONDS = 1.0
 TAKE_AT_MOST = 4  # files one worker takes from the ledger in one commit, from a backlog
+HANDED_AT_MOST = 16  # answered files waiting for the finisher; an upload worker waits beyond that
 
 
 class Uploader(Worker):
@@ -36,9 +42,11 @@ class Uploader(Worker):
     """
 
     def __init__(self, pipeline: Pipeline, gate: Gate | None = None, wake: threading.Event | None = None,
-                 name: str = "uploader", clock: Callable[[], float] = time.time, workers: int = 1):
+                 name: str = "uploader", clock: Callable[[], float] = time.time, workers: int = 1,
+                 finisher: "Finisher | None" = None):
         super().__init__(name=name)
         self.pipeline = pipeline
+        self.finisher = finisher  # places answered files; without one (or once it has ended) placed here
         if gate is not None:
             pipeline.gate = gate
         self.wake = wake or threading.Event()
@@ -84,8 +92,66 @@ class Uploader(Worker):
     def _record(self, row: FileRow, outcome: Outcome) -> None:
         answered = self.pipeline.record(row, outcome)
         self._unrecorded = None
-        if answered is not None:
+        if answered is not None and not (self.finisher and self.finisher.hand(answered, self.check_in)):
             self.pipeline.place(answered)
+
+
+class Finisher(Worker):
+    """Places the files upload workers have answered, in the order they were handed over.
+
+    The answer is durable before a file is handed over (ARCHITECTURE guarantee 7),
+    so what the finisher has in hand at a crash is placed by recovery. Once it
+    ends, hand() refuses and the upload workers place their files themselves;
+    what it still held is placed before it ends.
+    """
+
+    def __init__(self, pipeline: Pipeline, name: str = "finisher", most: int = HANDED_AT_MOST):
+        super().__init__(name=name)
+        self.pipeline = pipeline
+        self.most = most
+        self.wake = threading.Event()
+        self._rows: collections.deque[FileRow] = collections.deque()
+        self._room = threading.Condition()
+        self._closed = False
+
+    def hand(self, row: FileRow, waiting: Callable[[], None] = lambda: None) -> bool:
+        """Queue an answered row to be placed (waiting while HANDED_AT_MOST are queued); False once ended."""
+        with self._room:
+            while len(self._rows) >= self.most and not self._closed:
+                waiting()
+                self._room.wait(IDLE_POLL_SECONDS)
+            if self._closed:
+                return False
+            self._rows.append(row)
+        self.wake.set()
+        return True
+
+    def step(self) -> None:
+        self.wake.clear()
+        with self._room:
+            row = self._rows.popleft() if self._rows else None
+            self._room.notify_all()
+        if row is None:
+            self.rest(IDLE_POLL_SECONDS * 5, self.wake)
+            return
+        try:
+            self.pipeline.place(row)
+        except BaseException:  # the ledger (the worker pauses): this row is placed first when it resumes
+            with self._room:
+                self._rows.appendleft(row)
+            raise
+
+    def end(self) -> None:
+        with self._room:
+            self._closed = True
+            rows, self._rows = list(self._rows), collections.deque()
+            self._room.notify_all()
+        for row in rows:
+            try:
+                self.pipeline.place(row)
+            except Exception as error:  # the ledger: the row stays answered, and recovery places it at the next start
+                log.error("file.place_deferred", id=row.id, file=row.name, error=describe(error),
+                          detail="its answer is recorded; it is placed at the next start")
 
 
 class Placer(Worker):

@@ -249,3 +249,21 @@ def test_a_claim_that_fails_in_state_dir_is_not_blamed_on_the_source_folder(tmp_
     assert "cannot write state_dir/work/" in claim_hint(denied_here, state)
     unreadable = PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "print" / "slip"))
     assert "read permission on the file" in claim_hint(unreadable, state)
+
+
+def test_the_finisher_places_what_it_was_handed_before_it_ends_then_refuses(pipeline, site, simulator):
+    """Upload workers hand answered files to the finisher; none is left answered when it stops."""
+    from gateway.uploader import Finisher
+
+    answered = []
+    for number in range(3):
+        row = pipeline.ledger.take(queued_slip(pipeline, site, f"slip{number}.xml"))
+        answered.append(pipeline.record(row, pipeline.send(row)))
+    finisher = Finisher(pipeline)
+    assert all(finisher.hand(row) for row in answered[:2])
+    finisher.stop()  # stopped before it ever ran a step: end() still places what it holds
+    finisher.start()
+    finisher.join(10)
+    assert [row.state for row in pipeline.ledger.rows([row.id for row in answered[:2]])] == [FileState.ARCHIVED] * 2
+    assert not finisher.hand(answered[2]), "once ended, the upload worker places the file itself"
+    assert pipeline.ledger.row(answered[2].id).state == FileState.ANSWERED
