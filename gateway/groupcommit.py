@@ -105,9 +105,12 @@ class GroupCommit:
         """A transition is out of the lock: the writer hears of it (and, if it ended, of a batch to commit)."""
         with self._wake:
             self._entering -= 1
+            # the writer waits for the first transition of a batch to end, then for those on their way in
+            wanted = (ended and not self._waiting) or not self._entering
             if ended:
                 self._waiting = True
-            self._wake.notify()
+            if wanted:
+                self._wake.notify()
 
     def _wait_for(self, batch: int) -> None:
         with self._signal:
