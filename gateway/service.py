@@ -49,6 +49,7 @@ from gateway.worker import Worker
 log = logs.get("gateway.service")
 
 HOUSEKEEPING_SECONDS = 5.0
+REPEAT_LOG_SECONDS = 60.0  # the same housekeeping failure is logged at most this often while it lasts
 PRUNE_SECONDS = 3600.0
 JOIN_SECONDS = 60.0
 RECOVERY_BACKOFF = (1.0, 60.0)
@@ -108,6 +109,7 @@ class Service:
         self._parts: Parts | None = None
         self._retiring: list[Parts] = []  # parts of an earlier config whose uploads are still ending
         self._wake_write: int | None = None
+        self._failures_said: dict[str, float] = {}  # housekeeping failure -> when it was last logged
 
     # -- signal handlers: flags only -------------------------------------------
 
@@ -253,8 +255,14 @@ class Service:
         except Exception as error:
             if fault_kind(error) == DAMAGED:
                 raise LedgerDamaged(self.config.paths.database, describe(error)) from None
-            log.error("service.housekeeping_failed", error=describe(error))
-            return f"cannot publish status: {describe(error)}"
+            said, now = describe(error), time.monotonic()
+            if now - self._failures_said.get(said, -REPEAT_LOG_SECONDS) >= REPEAT_LOG_SECONDS:
+                self._failures_said = {text: at for text, at in self._failures_said.items()
+                                       if now - at < REPEAT_LOG_SECONDS}
+                self._failures_said[said] = now
+                log.error("service.housekeeping_failed", error=said,
+                          detail=f"logged once every {REPEAT_LOG_SECONDS:.0f} s while it lasts")
+            return f"cannot publish status: {said}"
 
     def _retire_ended(self) -> None:
         still = []

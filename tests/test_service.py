@@ -167,3 +167,24 @@ def _alive(pid: int) -> bool:
             return stat.read().split(") ", 1)[1][0] != "Z"
     except OSError:
         return False
+
+
+def test_a_housekeeping_failure_that_lasts_is_logged_once_a_minute_not_at_every_tick(site, tmp_path):
+    import json
+    import sqlite3
+
+    from gateway import logs
+    from gateway.service import Service
+
+    def full() -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    logs.setup(tmp_path / "log", console=False)
+    try:
+        service = Service(site.load())
+        said = [service._housekeeping(full) for _tick in range(5)]  # five ticks of the main loop
+    finally:
+        logs.setup(None, console=False)
+    assert said == ["cannot publish status: OperationalError: database or disk is full"] * 5  # STATUS= every time
+    events = [json.loads(line)["event"] for line in (tmp_path / "log" / "gateway.log").read_text().splitlines()]
+    assert events.count("service.housekeeping_failed") == 1
