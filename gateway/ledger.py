@@ -117,6 +117,13 @@ _ADDED_COLUMNS = {  # columns of SCHEMA_VERSION 3, added to an older ledger's fi
 }
 
 
+def _outside(text: str) -> str:
+    """A text from outside (CaiaSoft's words, an error) as the ledger stores it: registered secrets
+    redacted, and a lone surrogate written as its escape (\\ud800): JSON may escape half a UTF-16 pair
+    and an undecodable byte of a file name is one, and SQLite takes only valid UTF-8."""
+    return redact(text).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class LedgerUnavailable(GatewayError):
     """gateway.db cannot be opened now (no permission on state_dir, locked, disk full)."""
 
@@ -247,11 +254,11 @@ class Ledger(itemindex.ItemIndex, monitorstore.MonitorStore):
     def _update(self, row_id: int, expected: tuple[str, ...], **fields: Any) -> FileRow:
         """Set fields (column names from this module only) on a row in one of the expected states; return it.
 
-        Texts that come from outside (reason, answer, problem) are stored with registered secrets redacted.
+        Texts that come from outside (reason, answer, problem) are stored as _outside() makes them.
         """
         for name in ("reason", "answer", "problem"):
             if isinstance(fields.get(name), str):
-                fields[name] = redact(fields[name])
+                fields[name] = _outside(fields[name])
         sets = ", ".join(f"{name} = ?" for name in fields)
         sql = (f"UPDATE files SET {sets} WHERE id = ? AND state IN ({', '.join('?' for _ in expected)}) "
                "RETURNING *")
@@ -360,7 +367,7 @@ class Ledger(itemindex.ItemIndex, monitorstore.MonitorStore):
             changed = db.execute(
                 "UPDATE files SET state = 'queued', reason = ?, http_status = ?, next_attempt_at = ?, "
                 "attempts = MAX(attempts - 1, 0) WHERE id = ? AND state = 'uploading'",
-                (redact(reason), http_status, self.clock(), row_id)).rowcount
+                (_outside(reason), http_status, self.clock(), row_id)).rowcount
         if changed != 1:
             raise LookupError(f"ledger row {row_id} is not uploading")
 
@@ -407,14 +414,14 @@ class Ledger(itemindex.ItemIndex, monitorstore.MonitorStore):
         with self._transaction() as db:
             db.execute("UPDATE files SET problem = ?, next_attempt_at = ?, place_failures = place_failures + 1 "
                        "WHERE id = ? AND state IN ('answered', 'archiving', 'refusing')",
-                       (redact(problem), next_attempt_at, row_id))
+                       (_outside(problem), next_attempt_at, row_id))
 
     def stuck(self, row_id: int, problem: str) -> None:
         """The file itself cannot be placed: it stays in work/, shown by `status`, tried again at the next start."""
         with self._transaction() as db:
             db.execute("UPDATE files SET state = 'stuck', problem = ?, finished_at = ? WHERE id = ? AND state IN "
                        "('claiming', 'claimed', 'answered', 'archiving', 'refusing')",
-                       (redact(problem), self.clock(), row_id))
+                       (_outside(problem), self.clock(), row_id))
 
     def unstick(self) -> int:
         """stuck -> answered (or back to its reserved path), due at once: one more try; return how many."""
