@@ -60,7 +60,7 @@ def _collect(ledger: Ledger, now: float | None) -> dict[str, Any]:
         "oldest_pending": None if oldest is None else {
             "file": oldest.name, "source": oldest.source, "state": oldest.state,
             "age_seconds": round(now - oldest.seen_at, 1), "attempts": oldest.attempts,
-            "last_problem": oldest.reason},
+            "last_problem": oldest.problem or (oldest.reason if not oldest.verdict else None)},
         "uploads_paused": service["paused"] if service is not None and running else None,
         "faults": (service.get("faults") or {}) if service is not None and running else {},
         "problems": [{"file": row.name, "state": row.state, "problem": row.problem, "work_file": row.work_name,

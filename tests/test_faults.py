@@ -308,3 +308,20 @@ def test_status_tells_a_service_that_runs_but_cannot_report_from_one_that_stoppe
             assert ("NOT REPORTING for 1m 35s" in shown) is (pid == os.getpid()), shown
     finally:
         ledger.close()
+
+
+def test_the_oldest_pending_file_shows_its_problem_not_its_verdict_as_last_problem(tmp_path):
+    from gateway import status
+    from gateway.ledger import Ledger
+    from gateway.states import Verdict
+
+    ledger = Ledger(tmp_path / "gateway.db")
+    try:
+        row_id = ledger.adopt("slip.xml", 10, str(tmp_path / "slip.xml"))
+        ledger.answered(row_id, Verdict.ACCEPTED, "accepted", uploaded=True)
+        assert status.collect(ledger)["oldest_pending"]["last_problem"] is None  # not "accepted"
+        ledger.place_failed(row_id, "cannot place it in /archive: Permission denied", 0.0)
+        assert status.collect(ledger)["oldest_pending"]["last_problem"] == \
+            "cannot place it in /archive: Permission denied"
+    finally:
+        ledger.close()
