@@ -409,6 +409,20 @@ class Ledger(itemindex.ItemIndex, monitorstore.MonitorStore):
             raise LookupError(f"ledger row {row_id} is not answered")
         return FileRow(**dict(row))
 
+    def placing_many(self, targets: list[tuple[int, Path]]) -> list[FileRow]:
+        """placing() for several rows (row id, reserved final path) in one commit; return those that were
+        answered (a row placed by someone else meanwhile is left out), in the order given."""
+        placed = []
+        with self._transaction() as db:
+            for row_id, final_path in targets:
+                row = db.execute(
+                    "UPDATE files SET final_path = ?, state = CASE verdict WHEN 'accepted' THEN 'archiving' "
+                    "ELSE 'refusing' END WHERE id = ? AND state = 'answered' RETURNING *",
+                    (str(final_path), row_id)).fetchone()
+                if row is not None:
+                    placed.append(FileRow(**dict(row)))
+        return placed
+
     def place_failed(self, row_id: int, problem: str, next_attempt_at: float) -> None:
         """Placing failed on the folder (permissions, space, a file in the way): try again at next_attempt_at."""
         with self._transaction() as db:

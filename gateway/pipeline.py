@@ -300,12 +300,44 @@ class Pipeline:
         reason and a backoff (the Placer tries again); any other error marks it
         stuck. Ledger errors propagate (the worker pauses; the answer is durable).
         """
+        def placed() -> Path:
+            nonlocal row
+            if row.state == FileState.ANSWERED:
+                row = self.ledger.placing(row.id, self._reserve(row))
+            return self._complete(row)
+
+        return self._contained_place(row, placed)
+
+    def place_many(self, rows: list[FileRow]) -> None:
+        """place() for several rows, their final paths recorded in one commit (the finisher's batches)."""
+        reserved: list[tuple[int, Path]] = []
+        answered = {row.id: row for row in rows if row.state == FileState.ANSWERED}
+        for row in rows:
+            if row.id not in answered:
+                self.place(row)
+                continue
+            target = self._contained_place(row, functools.partial(self._reserve, row))
+            if target is not None:
+                reserved.append((row.id, target))
+        recorded = self.ledger.placing_many(reserved)
+        done = {row.id for row in recorded}
+        for row_id, target in reserved:
+            if row_id not in done:  # placed by someone else meanwhile: our reservation is not needed
+                self.folder_for(answered[row_id]).remove_sidecar(target)
+                log.warning("file.place_skipped", id=row_id, file=answered[row_id].name,
+                            detail="placed by someone else meanwhile")
+        for row in recorded:
+            self._contained_place(row, functools.partial(self._complete, row))
+
+    def _reserve(self, row: FileRow) -> Path:
+        """Reserve the final path of an answered row in its folder (see archive.Folder.choose)."""
+        return self.folder_for(row).choose(row.name, dt.datetime.fromtimestamp(self.clock()))
+
+    def _contained_place(self, row: FileRow, action: Callable[[], Path]) -> Path | None:
+        """Run one step of placing row: the fault boundary of place() (see there)."""
         folder = self.folder_for(row)
         try:
-            if row.state == FileState.ANSWERED:
-                target = folder.choose(row.name, dt.datetime.fromtimestamp(self.clock()))
-                row = self.ledger.placing(row.id, target)
-            return self._complete(row)
+            return action()
         except LookupError as error:  # placed by someone else meanwhile (a lease that ran out)
             log.warning("file.place_skipped", id=row.id, file=row.name, detail=str(error))
         except OSError as error:

@@ -26,6 +26,7 @@ log = logs.get("gateway.uploader")
 
 IDLE_POLL_SECONDS = 1.0
 TAKE_AT_MOST = 4  # files one worker takes from the ledger in one commit, from a backlog
+PLACE_AT_MOST = 8  # files whose final paths the finisher records in one commit
 HANDED_AT_MOST = 16  # answered files waiting for the finisher; an upload worker waits beyond that
 
 
@@ -127,19 +128,19 @@ class Finisher(Worker):
         return True
 
     def step(self) -> None:
+        """Place what has been handed over, with the final paths of up to PLACE_AT_MOST files in one commit.
+
+        A ledger fault (the worker pauses) leaves the files of this step answered, their
+        answers durable: the Placer takes them once their lease runs out, or recovery does.
+        """
         self.wake.clear()
         with self._room:
-            row = self._rows.popleft() if self._rows else None
+            rows = [self._rows.popleft() for _ in range(min(len(self._rows), PLACE_AT_MOST))]
             self._room.notify_all()
-        if row is None:
+        if not rows:
             self.rest(IDLE_POLL_SECONDS * 5, self.wake)
             return
-        try:
-            self.pipeline.place(row)
-        except BaseException:  # the ledger (the worker pauses): this row is placed first when it resumes
-            with self._room:
-                self._rows.appendleft(row)
-            raise
+        self.pipeline.place_many(rows)
 
     def end(self) -> None:
         with self._room:

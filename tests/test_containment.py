@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -267,3 +268,21 @@ def test_the_finisher_places_what_it_was_handed_before_it_ends_then_refuses(pipe
     assert [row.state for row in pipeline.ledger.rows([row.id for row in answered[:2]])] == [FileState.ARCHIVED] * 2
     assert not finisher.hand(answered[2]), "once ended, the upload worker places the file itself"
     assert pipeline.ledger.row(answered[2].id).state == FileState.ANSWERED
+
+
+def test_placing_several_files_at_once_records_their_paths_together_and_skips_one_placed_already(
+        pipeline, site, simulator):
+    """The finisher's batches: every file placed with its sidecar; a row placed meanwhile leaves nothing behind."""
+    answered = []
+    for number in range(3):
+        row = pipeline.ledger.take(queued_slip(pipeline, site, f"slip{number}.xml"))
+        answered.append(pipeline.record(row, pipeline.send(row)))
+    pipeline.place(answered[1])  # placed by someone else meanwhile (a lease that ran out)
+    pipeline.place_many(answered)
+    rows = pipeline.ledger.rows([row.id for row in answered])
+    assert [row.state for row in rows] == [FileState.ARCHIVED] * 3
+    assert sorted(path.name for path in site.archived()) == ["slip0.xml", "slip1.xml", "slip2.xml"]
+    assert all(site.sidecar(Path(row.final_path))["ledger_id"] == row.id for row in rows)
+    day = Path(rows[0].final_path).parent
+    assert sorted(path.name for path in day.iterdir() if path.name.endswith(".json")) == \
+        ["slip0.xml.json", "slip1.xml.json", "slip2.xml.json"], "no second reservation for the file placed twice"
