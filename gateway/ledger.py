@@ -20,7 +20,8 @@ reason in `problem` and a later next_attempt_at (see pipeline.Pipeline.place).
 
 Transitions are committed by group commit (gateway/groupcommit.py): a method
 returns once its change is durable, but the changes of all threads waiting at
-once share one COMMIT. Only finished() does not wait (recovery redoes it).
+once share one COMMIT. Only finished() (recovery redoes it) and count_up() (it
+rides the NCIP checkpoint's commit that follows it) do not wait.
 """
 
 from __future__ import annotations
