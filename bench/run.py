@@ -12,7 +12,8 @@ Measures, with both simulators in their own processes (and their own ceiling sho
                 same messages
   WAN           the same backlog, bare, curl and NCIP comparisons against simulators that answer
                 after --wan-delay seconds (50 ms by default: a WAN round trip to CaiaSoft)
-Prints a table and one JSON line of figures. `--smoke` runs tiny sizes (used by the tests).
+Prints a table and one JSON line of figures. `--smoke` runs tiny sizes (used by the tests); `--only
+backlog,wan` runs some of the scenarios (to compare like with like while changing one thing).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples"
 KEY = "bench-key-0123456789"
 PYTHON = sys.executable
+SCENARIOS = ("backlog", "big", "latency", "ncip", "wan")
 
 
 def machine() -> dict:
@@ -349,9 +351,14 @@ def main() -> int:
     parser.add_argument("--wan-files", type=int, default=600, help="WAN backlog and bare loop size (default 600)")
     parser.add_argument("--wan-curl-files", type=int, default=100)
     parser.add_argument("--wan-ncip-entries", type=int, default=300)
+    parser.add_argument("--only", type=lambda text: set(text.split(",")), default=set(SCENARIOS),
+                        metavar="NAME[,NAME]", help=f"run only these scenarios, of {', '.join(SCENARIOS)} "
+                        "(backlog includes the simulator ceiling and the bare and curl loops)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: proves the script works")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder with every run's files")
     args = parser.parse_args()
+    if not args.only <= set(SCENARIOS):
+        parser.error(f"--only: unknown scenario {', '.join(sorted(args.only - set(SCENARIOS)))}")
     if args.smoke:
         args.files, args.big, args.curl_files, args.latency_files, args.ncip_entries = 30, 300, 10, 10, 50
         args.wan_files, args.wan_curl_files, args.wan_ncip_entries = 20, 5, 10
@@ -379,47 +386,69 @@ def run_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     ncip, ncip_url = start_simulator("ncip", work)
     figures: dict[str, Any] = {"machine": machine()}
     try:
-        figures["simulator_ceiling_per_s"] = round(simulator_ceiling(caiasoft_url, 1.0 if args.smoke else 3.0), 1)
-        make_files(work / "bare" / "in", args.files)
-        figures["bare_loop_per_s"] = round(bare_loop(caiasoft_url, work / "bare" / "in", work / "bare" / "out"), 1)
-        make_files(work / "curl" / "in", args.curl_files)
-        figures["curl_loop_per_s"] = round(curl_loop(caiasoft_url, work / "curl" / "in", work / "curl" / "out"), 1)
-        figures["backlog"] = backlog(caiasoft_url, work / "backlog", args.files)
-        figures["big_backlog"] = big_backlog(caiasoft_url, work / "big", args.big, 3.0 if args.smoke else 20.0)
-        figures["latency"] = latency(caiasoft_url, receipts, work / "latency", args.latency_files, 0.5)
-        figures["ncip"] = ncip_bench(caiasoft_url, ncip_url, work / "ncip", args.ncip_entries)
+        if "backlog" in args.only:
+            figures["simulator_ceiling_per_s"] = round(simulator_ceiling(caiasoft_url, 1.0 if args.smoke else 3.0),
+                                                       1)
+            make_files(work / "bare" / "in", args.files)
+            figures["bare_loop_per_s"] = round(bare_loop(caiasoft_url, work / "bare" / "in", work / "bare" / "out"),
+                                               1)
+            make_files(work / "curl" / "in", args.curl_files)
+            figures["curl_loop_per_s"] = round(curl_loop(caiasoft_url, work / "curl" / "in", work / "curl" / "out"),
+                                               1)
+            figures["backlog"] = backlog(caiasoft_url, work / "backlog", args.files)
+        if "big" in args.only:
+            figures["big_backlog"] = big_backlog(caiasoft_url, work / "big", args.big, 3.0 if args.smoke else 20.0)
+        if "latency" in args.only:
+            figures["latency"] = latency(caiasoft_url, receipts, work / "latency", args.latency_files, 0.5)
+        if "ncip" in args.only:
+            figures["ncip"] = ncip_bench(caiasoft_url, ncip_url, work / "ncip", args.ncip_entries)
     finally:
         caiasoft.stop()
         ncip.stop()
-    if args.wan_delay > 0:
+    if args.wan_delay > 0 and "wan" in args.only:
         figures["wan"] = wan(work / "wan", args.wan_delay, args.wan_files, args.wan_curl_files,
                              args.wan_ncip_entries)
-    small, big = figures["backlog"], figures["big_backlog"]  # memory growth per extra pending file
-    big["rss_growth_bytes_per_file"] = round((big["peak_rss_mb"] - small["peak_rss_mb"]) * 1024 * 1024
-                                             / max(big["files"] - small["files"], 1))
-    backlog_rate = figures["backlog"]["files_per_s"]
-    figures["ratios"] = {"backlog_vs_bare": round(backlog_rate / figures["bare_loop_per_s"], 2),
-                         "backlog_vs_curl": round(backlog_rate / figures["curl_loop_per_s"], 2)}
+    if "backlog" in figures and "big_backlog" in figures:  # memory growth per extra pending file
+        small, big = figures["backlog"], figures["big_backlog"]
+        big["rss_growth_bytes_per_file"] = round((big["peak_rss_mb"] - small["peak_rss_mb"]) * 1024 * 1024
+                                                 / max(big["files"] - small["files"], 1))
+    if "backlog" in figures:
+        backlog_rate = figures["backlog"]["files_per_s"]
+        figures["ratios"] = {"backlog_vs_bare": round(backlog_rate / figures["bare_loop_per_s"], 2),
+                             "backlog_vs_curl": round(backlog_rate / figures["curl_loop_per_s"], 2)}
     return figures
 
 
 def print_table(f: dict) -> None:
-    rows = [
-        ("simulator ceiling (4 clients)", f"{f['simulator_ceiling_per_s']} uploads/s", ""),
-        ("bare loop (requests + rename)", f"{f['bare_loop_per_s']} files/s", "the limit"),
-        ("curl loop (curl -F; mv)", f"{f['curl_loop_per_s']} files/s", ""),
-        (f"gateway backlog of {f['backlog']['files']}", f"{f['backlog']['files_per_s']} files/s",
-         f"{f['ratios']['backlog_vs_bare']} x bare (target 0.8), {f['ratios']['backlog_vs_curl']} x curl (target 5)"),
-        ("  peak RSS", f"{f['backlog']['peak_rss_mb']} MB", ""),
-        (f"backlog of {f['big_backlog']['files']}: first upload", f"{f['big_backlog']['first_upload_s']} s",
-         "target 3 s"),
-        ("  peak RSS", f"{f['big_backlog']['peak_rss_mb']} MB",
-         f"target 150 MB; grows {f['big_backlog']['rss_growth_bytes_per_file']} bytes per pending file"),
-        ("latency beyond settle, p50", f"{f['latency']['p50_ms']} ms", "target 100 ms"),
-        ("latency beyond settle, p99", f"{f['latency']['p99_ms']} ms", "target 300 ms"),
-        ("NCIP bare loop", f"{f['ncip']['bare_loop_per_s']} entries/s", ""),
-        ("NCIP relay", f"{f['ncip']['gateway_per_s']} entries/s", f"{f['ncip']['ratio']} x bare (target 0.8)"),
-    ]
+    rows = []
+    if "backlog" in f:
+        rows += [
+            ("simulator ceiling (4 clients)", f"{f['simulator_ceiling_per_s']} uploads/s", ""),
+            ("bare loop (requests + rename)", f"{f['bare_loop_per_s']} files/s", "the limit"),
+            ("curl loop (curl -F; mv)", f"{f['curl_loop_per_s']} files/s", ""),
+            (f"gateway backlog of {f['backlog']['files']}", f"{f['backlog']['files_per_s']} files/s",
+             f"{f['ratios']['backlog_vs_bare']} x bare (target 0.8), "
+             f"{f['ratios']['backlog_vs_curl']} x curl (target 5)"),
+            ("  peak RSS", f"{f['backlog']['peak_rss_mb']} MB", ""),
+        ]
+    if "big_backlog" in f:
+        growth = f["big_backlog"].get("rss_growth_bytes_per_file")
+        rows += [
+            (f"backlog of {f['big_backlog']['files']}: first upload", f"{f['big_backlog']['first_upload_s']} s",
+             "target 3 s"),
+            ("  peak RSS", f"{f['big_backlog']['peak_rss_mb']} MB",
+             "target 150 MB" + (f"; grows {growth} bytes per pending file" if growth is not None else "")),
+        ]
+    if "latency" in f:
+        rows += [
+            ("latency beyond settle, p50", f"{f['latency']['p50_ms']} ms", "target 100 ms"),
+            ("latency beyond settle, p99", f"{f['latency']['p99_ms']} ms", "target 50 ms"),
+        ]
+    if "ncip" in f:
+        rows += [
+            ("NCIP bare loop", f"{f['ncip']['bare_loop_per_s']} entries/s", ""),
+            ("NCIP relay", f"{f['ncip']['gateway_per_s']} entries/s", f"{f['ncip']['ratio']} x bare (target 0.8)"),
+        ]
     if "wan" in f:
         w = f["wan"]
         rows += [
@@ -436,7 +465,7 @@ def print_table(f: dict) -> None:
     machine = f["machine"]
     print(f"machine: {machine['cpu']}, {machine['cores']} cores, Python {machine['python']}, "
           f"Linux {machine['kernel']}")
-    width = max(len(row[0]) for row in rows)
+    width = max((len(row[0]) for row in rows), default=0)
     for label, value, note in rows:
         print(f"{label:<{width}}  {value:>22}  {note}")
 

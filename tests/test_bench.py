@@ -32,6 +32,15 @@ def test_bench_smoke_run_prints_the_table_and_the_figures(tmp_path):
     assert any(line.startswith("WAN (50 ms per answer)") for line in table)
 
 
+def test_bench_runs_only_the_scenarios_asked_for(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--smoke", "--only", "latency"],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    *table, last = result.stdout.strip().splitlines()
+    assert set(json.loads(last)) == {"machine", "latency"}
+    assert [line.split("  ")[0] for line in table[1:]] == ["latency beyond settle, p50", "latency beyond settle, p99"]
+
+
 def test_print_file_bench_smoke_run_validates_and_finds():
     result = subprocess.run([sys.executable, str(REPO / "bench" / "print_files.py"), "--smoke"], capture_output=True,
                             text=True, timeout=300)
