@@ -39,7 +39,7 @@ def lookup(settings: Ncip, barcode: str) -> bytes:
     root, service = _v1_start("LookupItem", settings, with_profile=False)
     _v1_unique(service, "UniqueItemId", settings, "ItemIdentifierValue", barcode)
     for wanted in LOOKUP_ELEMENTS:
-        _v1_scheme_value(_sub(service, "ItemElementType"), V1_ITEM_ELEMENT_SCHEME, wanted)
+        v1_scheme_value(v1_element(service, "ItemElementType"), V1_ITEM_ELEMENT_SCHEME, wanted)
     return _v1_bytes(root)
 
 
@@ -74,34 +74,36 @@ def _v2(settings: Ncip, entry: JournalEntry) -> bytes:
     return message
 
 
-def _sub(parent: ET.Element, name: str, text: str | None = None) -> ET.Element:
+def v1_element(parent: ET.Element, name: str, text: str | None = None) -> ET.Element:
+    """Add an NCIP 1 element (no namespace) under parent, with text if given."""
     child = ET.SubElement(parent, name)
     if text is not None:
         child.text = text
     return child
 
 
-def _v1_scheme_value(parent: ET.Element, scheme: str, value: str) -> None:
-    _sub(parent, "Scheme", scheme)
-    _sub(parent, "Value", value)
+def v1_scheme_value(parent: ET.Element, scheme: str, value: str) -> None:
+    """Add NCIP 1's Scheme and Value pair under parent."""
+    v1_element(parent, "Scheme", scheme)
+    v1_element(parent, "Value", value)
 
 
 def _v1_unique(parent: ET.Element, name: str, settings: Ncip, value_name: str, value: str) -> None:
-    unique = _sub(parent, name)
-    _v1_scheme_value(_sub(unique, "UniqueAgencyId"), settings.agency_scheme, settings.to_agency)
-    _sub(unique, value_name, value)
+    unique = v1_element(parent, name)
+    v1_scheme_value(v1_element(unique, "UniqueAgencyId"), settings.agency_scheme, settings.to_agency)
+    v1_element(unique, value_name, value)
 
 
 def _v1_start(service_name: str, settings: Ncip, with_profile: bool) -> tuple[ET.Element, ET.Element]:
     root = ET.Element("NCIPMessage", {"version": V1_DTD})
-    service = _sub(root, service_name)
-    header = _sub(service, "InitiationHeader")
-    _v1_scheme_value(_sub(_sub(header, "FromAgencyId"), "UniqueAgencyId"), settings.agency_scheme,
+    service = v1_element(root, service_name)
+    header = v1_element(service, "InitiationHeader")
+    v1_scheme_value(v1_element(v1_element(header, "FromAgencyId"), "UniqueAgencyId"), settings.agency_scheme,
                      settings.from_agency)
-    _v1_scheme_value(_sub(_sub(header, "ToAgencyId"), "UniqueAgencyId"), settings.agency_scheme,
+    v1_scheme_value(v1_element(v1_element(header, "ToAgencyId"), "UniqueAgencyId"), settings.agency_scheme,
                      settings.to_agency)
     if with_profile and settings.application_profile:
-        _v1_scheme_value(_sub(header, "ApplicationProfileType"), settings.agency_scheme,
+        v1_scheme_value(v1_element(header, "ApplicationProfileType"), settings.agency_scheme,
                          settings.application_profile)
     return root, service
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
-from gateway.ncip.messages import NS, SCHEMA_URL, V1_DOCTYPE, V1_DTD, element
+from gateway.ncip.messages import NS, SCHEMA_URL, V1_DOCTYPE, V1_DTD, element, v1_element, v1_scheme_value
 
 V1_ERROR_SCHEME = "http://www.niso.org/ncip/v1_0/schemes/processingerrortype/{service}processingerror.scm"
 # What ALEPH writes as the value beside a Problem type (DOMAIN.md, NCIP)
@@ -57,44 +57,33 @@ def _v2(service: str, item: str, outcome: Outcome) -> bytes:
     return message
 
 
-def _sub(parent: ET.Element, name: str, text: str | None = None) -> ET.Element:
-    child = ET.SubElement(parent, name)
-    if text is not None:
-        child.text = text
-    return child
-
-
-def _scheme_value(parent: ET.Element, scheme: str, value: str) -> None:
-    _sub(parent, "Scheme", scheme)
-    _sub(parent, "Value", value)
-
-
 def _v1(service: str, item: str, outcome: Outcome) -> bytes:
     root = ET.Element("NCIPMessage", {"version": V1_DTD})
-    response = _sub(root, f"{service}Response")
-    header = _sub(response, "ResponseHeader")
-    _scheme_value(_sub(_sub(header, "FromAgencyId"), "UniqueAgencyId"), "http://aleph/agency.scm", "ALEPH")
+    response = v1_element(root, f"{service}Response")
+    header = v1_element(response, "ResponseHeader")
+    agency = v1_element(v1_element(header, "FromAgencyId"), "UniqueAgencyId")
+    v1_scheme_value(agency, "http://aleph/agency.scm", "ALEPH")
     if outcome.problem:
-        error = _sub(_sub(response, "Problem"), "ProcessingError")
-        _scheme_value(_sub(error, "ProcessingErrorType"), V1_ERROR_SCHEME.format(service=service.lower()),
+        error = v1_element(v1_element(response, "Problem"), "ProcessingError")
+        v1_scheme_value(v1_element(error, "ProcessingErrorType"), V1_ERROR_SCHEME.format(service=service.lower()),
                       outcome.problem)
-        where = _sub(error, "ProcessingErrorElement")
-        _sub(where, "ElementName", "UniqueItemId")
-        inner = _sub(where, "ProcessingErrorElement")
-        _sub(inner, "ElementName", "ItemIdentifierValue")
-        _sub(inner, "ProcessingErrorValue", outcome.value or ALEPH_VALUES.get(outcome.problem, item))
+        where = v1_element(error, "ProcessingErrorElement")
+        v1_element(where, "ElementName", "UniqueItemId")
+        inner = v1_element(where, "ProcessingErrorElement")
+        v1_element(inner, "ElementName", "ItemIdentifierValue")
+        v1_element(inner, "ProcessingErrorValue", outcome.value or ALEPH_VALUES.get(outcome.problem, item))
     else:
-        unique = _sub(response, "UniqueItemId")
-        _scheme_value(_sub(unique, "UniqueAgencyId"), "http://aleph/agency.scm", "ALEPH")
-        _sub(unique, "ItemIdentifierValue", item)
+        unique = v1_element(response, "UniqueItemId")
+        v1_scheme_value(v1_element(unique, "UniqueAgencyId"), "http://aleph/agency.scm", "ALEPH")
+        v1_element(unique, "ItemIdentifierValue", item)
         if service == "CheckOutItem":
-            user = _sub(response, "UniqueUserId")
-            _sub(user, "UserIdentifierValue", outcome.user)
-            _sub(response, "DateDue", "20991231")
+            user = v1_element(response, "UniqueUserId")
+            v1_element(user, "UserIdentifierValue", outcome.user)
+            v1_element(response, "DateDue", "20991231")
         if service == "LookupItem":
-            fields = _sub(response, "ItemOptionalFields")
-            _sub(_sub(fields, "BibliographicDescription"), "Title", outcome.title)
-            _scheme_value(_sub(fields, "CirculationStatus"),
+            fields = v1_element(response, "ItemOptionalFields")
+            v1_element(v1_element(fields, "BibliographicDescription"), "Title", outcome.title)
+            v1_scheme_value(v1_element(fields, "CirculationStatus"),
                           "http://www.niso.org/ncip/v1_0/imp1/schemes/circulationstatus/circulationstatus.scm",
                           outcome.circulation_status)
     body = ET.tostring(root, encoding="unicode")
