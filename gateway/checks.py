@@ -15,6 +15,7 @@ from gateway.caiasoft import CaiaSoftClient
 from gateway.config import Config
 from gateway.errors import SourceUnavailable
 from gateway.settings import SftpSourceSettings, SourceSettings
+from gateway.states import Verdict
 from gateway.sources.local import NETWORK_FILESYSTEMS, choose_mode, filesystem_type
 
 
@@ -148,7 +149,7 @@ def _caiasoft(config: Config) -> Result:
     finally:
         client.close()
     where = f"CaiaSoft {config.caiasoft.base_url}"
-    if outcome.verdict == "accepted":
+    if outcome.verdict == Verdict.ACCEPTED:
         stops = outcome.answer.get("count") if isinstance(outcome.answer, dict) else None
         return Result("ok", where, f"reached in {outcome.elapsed_ms} ms, API key accepted"
                       + (f", {stops} active circulation stop(s)" if stops is not None else ""))

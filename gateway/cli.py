@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from gateway import __version__, config as config_module, logs
 from gateway.errors import AlreadyRunning, ConfigError, GatewayError, LedgerDamaged, describe
 from gateway.names import printable
+from gateway.states import FileState, Verdict
 import contextlib
 
 if TYPE_CHECKING:
@@ -300,14 +301,14 @@ def cmd_send(args: argparse.Namespace) -> int:
                     _wait_until_settled(ledger, row_id, config.caiasoft.timeout_seconds * 2)
                     break
                 outcome = pipeline.upload(row)
-                if outcome.verdict != "transient":
+                if outcome.verdict != Verdict.TRANSIENT:
                     break
                 if attempt + 1 < args.attempts:
                     time.sleep(pipeline.gate.wait_seconds())
             row = ledger.row(row_id)
-            if row.state == "archived":
+            if row.state == FileState.ARCHIVED:
                 print(f"{name}: accepted by CaiaSoft, archived as {_shown(row.final_path)}")
-            elif row.state == "refused":
+            elif row.state == FileState.REFUSED:
                 print(logs.redact(f"{name}: refused: {_shown(row.reason)}\n"
                                   f"    kept in {_shown(row.final_path)}"))
                 failed += 1
@@ -349,7 +350,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
                 print(logs.redact(f"{printable(path.name)}: cannot retry: {describe(error)} (the service user "
                                   "needs to read and write the file and its folder, and to write state_dir)"))
                 continue
-            if row.state == "refused":
+            if row.state == FileState.REFUSED:
                 print(logs.redact(f"{printable(path.name)}: refused again: {_shown(row.reason)}\n"
                                   f"    kept in {_shown(row.final_path)}"))
             else:

@@ -50,7 +50,8 @@ class Verdict(StrEnum):
 class NcipVerdict(StrEnum):
     """What an NCIP answer means for a journal entry."""
 
-    DONE = "done"
-    ALREADY = "already"
-    TEMPORARY = "temporary"
-    REFUSED = "refused"
+    DONE = "done"             # the server did it
+    ALREADY = "already"       # a Problem that means it was already so (done_problems_*)
+    TEMPORARY = "temporary"   # unreachable, or a Problem listed in temporary_problems: retried in order
+    UNREADABLE = "unreadable"  # an answer that is not NCIP: retried unreadable_attempts times, then refused
+    REFUSED = "refused"       # any other Problem: the entry becomes a dead letter

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import defusedxml.ElementTree as SafeET
 
 from gateway.config import Ncip
+from gateway.states import NcipVerdict
 
 NS = "http://www.niso.org/2008/ncip"
 EXCERPT_BYTES = 500
@@ -223,7 +224,7 @@ def _problem(element: ET.Element) -> Problem:
 
 @dataclass(frozen=True)
 class Judgement:
-    verdict: str  # done | already | temporary | refused
+    verdict: NcipVerdict
     reason: str
 
 
@@ -236,11 +237,11 @@ def matches(problem: Problem, patterns: tuple[str, ...]) -> bool:
 def judge(settings: Ncip, action: str, problems: list[Problem]) -> Judgement:
     """What the Problems in an answer mean for one checkout/checkin entry."""
     if not problems:
-        return Judgement("done", "done")
+        return Judgement(NcipVerdict.DONE, "done")
     words = "; ".join(str(problem) for problem in problems)
     if any(matches(problem, settings.temporary_problems) for problem in problems):
-        return Judgement("temporary", words)
+        return Judgement(NcipVerdict.TEMPORARY, words)
     done = settings.done_problems_checkin if action == "checkin" else settings.done_problems_checkout
     if all(matches(problem, done) for problem in problems):
-        return Judgement("already", words)
-    return Judgement("refused", words)
+        return Judgement(NcipVerdict.ALREADY, words)
+    return Judgement(NcipVerdict.REFUSED, words)

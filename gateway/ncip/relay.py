@@ -30,6 +30,7 @@ from gateway.ledger import Ledger
 from gateway.ncip import answers, messages, transport
 from gateway.ncip.answers import Problem
 from gateway.ncip.journal import JournalEntry, Line, Tailer
+from gateway.states import NcipVerdict
 from gateway.worker import Worker
 
 CHECKPOINT = "ncip-journal"
@@ -40,7 +41,7 @@ log = logs.get("gateway.ncip.relay")
 
 @dataclass(frozen=True)
 class Answer:
-    verdict: str  # done | already | temporary | unreadable | refused
+    verdict: NcipVerdict
     reason: str
     problems: tuple[Problem, ...] = ()
     http_status: int | None = None
@@ -62,9 +63,9 @@ class NcipClient:
         try:
             reply = answers.answer_to(entry.action, self.transport.exchange(messages.build(self.settings, entry)))
         except transport.NcipUnavailable as error:
-            return Answer("temporary", str(error), http_status=error.http_status)
+            return Answer(NcipVerdict.TEMPORARY, str(error), http_status=error.http_status)
         except answers.UnreadableAnswer as error:
-            return Answer("unreadable", str(error), excerpt=error.excerpt)
+            return Answer(NcipVerdict.UNREADABLE, str(error), excerpt=error.excerpt)
         judgement = answers.judge(self.settings, entry.action, reply.problems)
         return Answer(judgement.verdict, judgement.reason, tuple(reply.problems), version=reply.version)
 
@@ -141,16 +142,17 @@ class Relay(Worker):
         fields = dict(item=line.entry.item, action=line.entry.action, entry_id=line.entry.id,
                       offset=line.start, status=answer.http_status)
         self._note_version(answer.version)
-        if answer.verdict != "unreadable" or (line.start, line.entry) != self._unreadable_entry:
+        if answer.verdict != NcipVerdict.UNREADABLE or (line.start, line.entry) != self._unreadable_entry:
             self._unreadable = 0
-        if answer.verdict == "unreadable":
+        if answer.verdict == NcipVerdict.UNREADABLE:
             self._unreadable, self._unreadable_entry = self._unreadable + 1, (line.start, line.entry)
-        if answer.verdict == "unreadable" and self._unreadable >= self.settings.unreadable_attempts:
+        if answer.verdict == NcipVerdict.UNREADABLE and self._unreadable >= self.settings.unreadable_attempts:
             log.warning("ncip.unreadable", **fields, reason=answer.reason, attempts=self._unreadable,
                         excerpt=answer.excerpt, policy="dead letter, next entry")
-            answer = Answer("refused", f"{answer.reason} ({self._unreadable} attempts)", excerpt=answer.excerpt)
+            answer = Answer(NcipVerdict.REFUSED, f"{answer.reason} ({self._unreadable} attempts)",
+                            excerpt=answer.excerpt)
             self._unreadable = 0
-        if answer.verdict in ("temporary", "unreadable"):
+        if answer.verdict in (NcipVerdict.TEMPORARY, NcipVerdict.UNREADABLE):
             self._failures += 1
             delay = self.backoff.delay(self._failures)
             self.last_problem = answer.reason
@@ -160,13 +162,13 @@ class Relay(Worker):
             return
         self._failures = 0
         self.last_problem = None
-        if answer.verdict == "refused":
+        if answer.verdict == NcipVerdict.REFUSED:
             log.warning("ncip.refused", **fields, reason=answer.reason)
             self._dead_letter(line, answer.reason, answer)
         else:
             self.last_success = time.time()
-            log.info("ncip.ok" if answer.verdict == "done" else "ncip.already_done", **fields,
-                     **({"problem": answer.reason} if answer.verdict == "already" else {}))
+            log.info("ncip.ok" if answer.verdict == NcipVerdict.DONE else "ncip.already_done", **fields,
+                     **({"problem": answer.reason} if answer.verdict == NcipVerdict.ALREADY else {}))
             self.events.ncip_entry(answer.verdict, line.entry.as_dict())
         self._commit(line)
 
