@@ -14,6 +14,7 @@ and the pipeline goes on.
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, ParamSpec
@@ -61,6 +62,7 @@ class Monitor(Events):
             if config.metrics else None
         self._since: dict[str, float] = {}  # condition -> when it was first seen (this run)
         self._alerted: set[str] = set()     # conditions an alert was raised for, whose end is announced
+        self._tick = threading.local()  # .held: alerts the tick in this thread raised, queued together at its end
 
     # -- the workers ----------------------------------------------------------
 
@@ -107,9 +109,20 @@ class Monitor(Events):
         """Queue an alert in the ledger (if [alerts] wants this kind) and wake the sender."""
         if self.alerting is None or self.sender is None or kind not in self.alerting.events:
             return
-        self.ledger.add_alert(kind, {**message, "kind": kind, "host": self.host}, self.clock(), recovery,
-                              self.sender.delivery.channels)
-        log.info("alert.queued", kind=kind, title=message["title"], recovery=recovery)
+        alert = (kind, {**message, "kind": kind, "host": self.host}, recovery)
+        held: list[tuple[str, dict[str, Any], bool]] | None = getattr(self._tick, "held", None)
+        if held is not None:  # within a tick: queued with the others it raises
+            held.append(alert)
+            return
+        self._queue([alert])
+
+    def _queue(self, alerts: list[tuple[str, dict[str, Any], bool]]) -> None:
+        """Queue alerts in one commit and wake the sender once, so those raised together go in one mail."""
+        if not alerts or self.sender is None:
+            return
+        self.ledger.add_alerts(alerts, self.clock(), self.sender.delivery.channels)
+        for kind, message, recovery in alerts:
+            log.info("alert.queued", kind=kind, title=message["title"], recovery=recovery)
         self.sender.notify()
 
     # -- lasting conditions, every few seconds ---------------------------------
@@ -120,8 +133,16 @@ class Monitor(Events):
             self.metrics.update(conditions)
         if self.alerting is None:
             return
+        self._tick.held = []
+        try:
+            self._check(conditions, self.alerting.unreachable_after_seconds)
+        finally:
+            held, self._tick.held = self._tick.held, None
+            self._queue(held)
+
+    def _check(self, conditions: Conditions, after: float) -> None:
+        """Raise or end the alert of each lasting condition (unreachable after `after` seconds)."""
         now = self.clock()
-        after = self.alerting.unreachable_after_seconds
         self._edge("paused", conditions.paused is not None, 0.0, now,
                    lambda: alerttexts.paused(conditions.paused or "", self._pending(),
                                              self.config.caiasoft.auth_pause_seconds),

@@ -70,15 +70,19 @@ class MonitorStore:
     # -- alerts ------------------------------------------------------------------
 
     def add_alert(self, kind: str, message: dict[str, Any], at: float, recovery: bool = False,
-                  channels: tuple[str, ...] = tuple(CHANNELS)) -> int:
-        """Queue one alert for the given channels; return its id. A channel it is not for is marked 0 (never)."""
+                  channels: tuple[str, ...] = tuple(CHANNELS)) -> None:
+        """Queue one alert for the given channels. A channel it is not for is marked 0 (never)."""
+        self.add_alerts([(kind, message, recovery)], at, channels)
+
+    def add_alerts(self, alerts: list[tuple[str, dict[str, Any], bool]], at: float,
+                   channels: tuple[str, ...] = tuple(CHANNELS)) -> None:
+        """Queue (kind, message, recovery) alerts in one commit, so the sender sees them together."""
         done = {column: (None if channel in channels else 0.0) for channel, column in CHANNELS.items()}
         with self._transaction() as db:
-            cursor = db.execute("INSERT INTO alerts (kind, recovery, created_at, message, mailed_at, posted_at) "
-                                "VALUES (?, ?, ?, ?, ?, ?)",
-                                (kind, int(recovery), at, json.dumps(message, ensure_ascii=False),
-                                 done["mailed_at"], done["posted_at"]))
-            return int(cursor.lastrowid or 0)
+            db.executemany("INSERT INTO alerts (kind, recovery, created_at, message, mailed_at, posted_at) "
+                           "VALUES (?, ?, ?, ?, ?, ?)",
+                           [(kind, int(recovery), at, json.dumps(message, ensure_ascii=False),
+                             done["mailed_at"], done["posted_at"]) for kind, message, recovery in alerts])
 
     def pending_alerts(self, channel: str) -> list[StoredAlert]:
         """Alerts not yet sent on this channel, oldest first."""
