@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, ParamSpec
 
-from gateway import alerttexts, logs
+from gateway import aftertake, alerttexts, logs
 from gateway.alerts import AlertSender, Delivery, host_name
 from gateway.caiasoft import is_denied
 from gateway.events import Conditions, Events
@@ -85,7 +85,8 @@ class Monitor(Events):
             if accepted and isinstance(answer, dict) else []
         if self.metrics:
             self.metrics.file_finished(row.source, "archived" if accepted else "refused", len(denials))
-        if not accepted:
+        if not accepted and not (row.reason or "").startswith(aftertake.CHANGED):
+            # a partial copy set aside while the whole file is taken again needs nobody
             self.raise_alert("refused", alerttexts.refused(row.name, row.source, row.reason, str(path)))
         elif denials:
             self.raise_alert("denied", alerttexts.denied(row.name, row.source, denials, str(path)))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import socket
 import time
 
 import pytest
 
-from gateway import alerttexts, cli, status
+from gateway import aftertake, alerttexts, cli, status
 from gateway.backoff import Backoff
 from gateway.config import ConfigError, load
 from gateway.events import Conditions
@@ -340,3 +342,20 @@ def test_a_stuck_file_and_an_ncip_dead_letter_are_mailed(site, simulator, mailbo
     assert "was NOT updated" in body(letter) and str(site.error / "ncip" / "x.jsonl") in body(letter)
     assert "by hand in ALEPH's circulation client" in body(letter)
     assert monitor.ledger.counters()["ncip_entries_total:dead_letter"] == 1
+
+
+def test_a_partial_copy_set_aside_because_its_file_changed_raises_no_refused_alert(site, simulator, mailbox,
+                                                                                     monitors):
+    site.write(simulator.url, extra=alerts_table(mailbox.port))
+    monitor = start_monitor(site, monitors)
+    writer = Ledger(site.state / "gateway.db")
+    try:
+        row = writer.row(writer.begin_claim("print", "slip-0043.xml", "/aleph/print/slip-0043.xml", 15, 0.0))
+    finally:
+        writer.close()
+    partial = dataclasses.replace(row, state="refused", reason=aftertake.reason(row, 45))
+    monitor.file_finished(partial, site.error / "slip-0043.xml")
+    assert monitor.ledger.alerts_waiting() == 0 and mailbox.messages == [], "the whole file is taken again"
+    monitor.file_finished(dataclasses.replace(row, state="refused", reason="not well-formed"),
+                          site.error / "slip-0043.1.xml")
+    mailbox.find("request file refused: slip-0043.xml")
