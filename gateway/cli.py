@@ -203,9 +203,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from gateway import status
 
     config = _load_settings(args)
-    if not config.paths.database.exists():
-        message = f"no ledger at {config.paths.database}: the gateway has not run with this config yet"
-        print(json.dumps({"error": message}) if args.json else message)
+    if _no_ledger_yet(config, args.json):
         return EXIT_FAILURE
     try:
         report = _status_report(config.paths.database)
@@ -219,6 +217,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     _register_key_quietly(config)
     print(logs.redact(json.dumps(report, indent=2, ensure_ascii=False) if args.json else status.render(report)))
     return EXIT_OK
+
+
+def _no_ledger_yet(config: config_module.Settings, as_json: bool) -> bool:
+    """Say so (as text or JSON) and return True if the gateway has not run with this config yet."""
+    if config.paths.database.exists():
+        return False
+    message = f"no ledger at {config.paths.database}: the gateway has not run with this config yet"
+    print(json.dumps({"error": message}) if as_json else message)
+    return True
 
 
 def _status_report(database: Path) -> dict[str, Any]:
@@ -254,9 +261,7 @@ def cmd_find(args: argparse.Namespace) -> int:
     from gateway.ledger import Ledger
 
     config = _load_settings(args)
-    if not config.paths.database.exists():
-        message = f"no ledger at {config.paths.database}: the gateway has not run with this config yet"
-        print(json.dumps({"error": message}) if args.json else message)
+    if _no_ledger_yet(config, args.json):
         return EXIT_FAILURE
     ledger = Ledger(config.paths.database)
     try:

@@ -193,14 +193,8 @@ class _DeadlineConnection(urllib3.connection.HTTPConnection):
         super().request(*args, **kwargs)
 
 
-class _DeadlineHTTPSConnection(urllib3.connection.HTTPSConnection):
-    def connect(self) -> None:
-        _attach_current(self)
-        super().connect()
-
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        _attach_current(self)
-        super().request(*args, **kwargs)
+class _DeadlineHTTPSConnection(_DeadlineConnection, urllib3.connection.HTTPSConnection):
+    """The same hooks over TLS (the method order puts them before HTTPSConnection's own)."""
 
 
 def _attach_current(connection: Any) -> None:
