@@ -5,19 +5,18 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SAMPLES
+from conftest import SAMPLES
 from gateway import readiness
 from gateway.markers import Marker, marker_problem
 from gateway.readiness import NOBODY, UNKNOWN, WRITING, cut_off, open_writers
+from unprivileged import Unprivileged
 
 SLIP = (SAMPLES / "hold-request-slip-0001.xml").read_bytes()
-NOBODY_UID = 65534
 
 
 def test_a_file_open_for_writing_is_detected_by_its_owner(tmp_path):
@@ -28,15 +27,23 @@ def test_a_file_open_for_writing_is_detected_by_its_owner(tmp_path):
     assert open_writers(path).state == NOBODY
 
 
-def _as_nobody(path, *caps: str) -> str:
-    """Run the open-writer check on path as an unprivileged user (optionally with capabilities); its state."""
-    code = ("import sys; from pathlib import Path; from gateway.readiness import open_writers, has_cap_lease; "
-            "answer = open_writers(Path(sys.argv[1])); print(answer.state, has_cap_lease(), answer.reason)")
-    result = subprocess.run(["setpriv", f"--reuid={NOBODY_UID}", f"--regid={NOBODY_UID}", "--clear-groups", *caps,
-                             sys.executable, "-c", code, str(path)], capture_output=True, text=True, cwd=REPO,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+def _run_as_nobody(install: Unprivileged, code: str, path: Path, *caps: str) -> str:
+    """Run Python code (given path as argv[1]) as the unprivileged user, with the gateway installed for
+    every user (the work tree may sit in a folder only root can enter); return what it printed."""
+    python = install.venv / "bin" / "python"
+    result = subprocess.run(["setpriv", f"--reuid={install.uid}", f"--regid={install.gid}", "--clear-groups", *caps,
+                             str(python), "-c", code, str(path)], capture_output=True, text=True, cwd="/",
+                            env=install.environment())
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
+
+
+def _as_nobody(install: Unprivileged, path: Path, *caps: str) -> str:
+    """Run the open-writer check on path as an unprivileged user (optionally with capabilities); its state."""
+    return _run_as_nobody(install, "import sys; from pathlib import Path; "
+                          "from gateway.readiness import open_writers, has_cap_lease; "
+                          "answer = open_writers(Path(sys.argv[1])); "
+                          "print(answer.state, has_cap_lease(), answer.reason)", path, *caps)
 
 
 @pytest.fixture
@@ -52,18 +59,18 @@ def foreign_file():
     shutil.rmtree(folder)
 
 
-def test_without_cap_lease_another_users_writer_is_unknown_never_nobody(foreign_file):
+def test_without_cap_lease_another_users_writer_is_unknown_never_nobody(foreign_file, gateway_install):
     with open(foreign_file, "ab"):
-        assert _as_nobody(foreign_file, "--inh-caps=-all").startswith(f"{UNKNOWN} False ")
-    answer = _as_nobody(foreign_file, "--inh-caps=-all")
+        assert _as_nobody(gateway_install, foreign_file, "--inh-caps=-all").startswith(f"{UNKNOWN} False ")
+    answer = _as_nobody(gateway_install, foreign_file, "--inh-caps=-all")
     assert answer.startswith(UNKNOWN) and "CAP_LEASE" in answer, "closed, but still not knowable without the capability"
 
 
-def test_with_cap_lease_another_users_writer_is_detected(foreign_file):
+def test_with_cap_lease_another_users_writer_is_detected(foreign_file, gateway_install):
     caps = ("--inh-caps=+lease", "--ambient-caps=+lease")
     with open(foreign_file, "ab"):
-        assert _as_nobody(foreign_file, *caps) == f"{WRITING} True"
-    assert _as_nobody(foreign_file, *caps) == f"{NOBODY} True"
+        assert _as_nobody(gateway_install, foreign_file, *caps) == f"{WRITING} True"
+    assert _as_nobody(gateway_install, foreign_file, *caps) == f"{NOBODY} True"
 
 
 def test_has_cap_lease_reads_the_effective_set(tmp_path):
@@ -134,22 +141,19 @@ def test_marker_settings(pattern, problem):
     assert (found is None) if problem is None else (problem in found)
 
 
-def _detection_as_nobody(folder, *caps: str) -> str:
-    code = ("import sys; from pathlib import Path; from gateway.readiness import writer_detection; "
-            "print(*writer_detection(Path(sys.argv[1]), False, 'ext4', 2.0))")
-    result = subprocess.run(["setpriv", f"--reuid={NOBODY_UID}", f"--regid={NOBODY_UID}", "--clear-groups", *caps,
-                             sys.executable, "-c", code, str(folder)], capture_output=True, text=True, cwd=REPO,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
+def _detection_as_nobody(install: Unprivileged, folder: Path, *caps: str) -> str:
+    return _run_as_nobody(install, "import sys; from pathlib import Path; from gateway.readiness import "
+                          "writer_detection; print(*writer_detection(Path(sys.argv[1]), False, 'ext4', 2.0))",
+                          folder, *caps)
 
 
-def test_check_says_whether_writers_can_be_detected_and_what_to_do_if_not(foreign_file):
-    without = _detection_as_nobody(foreign_file.parent, "--inh-caps=-all")
+def test_check_says_whether_writers_can_be_detected_and_what_to_do_if_not(foreign_file, gateway_install):
+    without = _detection_as_nobody(gateway_install, foreign_file.parent, "--inh-caps=-all")
     assert without.startswith("False") and "uid 0" in without and "CAP_LEASE" in without
     assert "settle_seconds (now 2" in without and "ready_marker" in without
-    assert _detection_as_nobody(foreign_file.parent, "--inh-caps=+lease", "--ambient-caps=+lease").startswith(
-        "True open writers are detected")
+    with_lease = _detection_as_nobody(gateway_install, foreign_file.parent, "--inh-caps=+lease",
+                                      "--ambient-caps=+lease")
+    assert with_lease.startswith("True open writers are detected")
 
 
 def test_check_says_writers_on_network_filesystems_cannot_be_seen(tmp_path):
