@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from gateway import find, ledger as ledger_module
+from gateway import find, ledger as ledger_module, ledgerschema
 from gateway.itemindex import ITEMS_FOR_BARCODE
 from gateway.ledger import Ledger
 from gateway.printfile import Record
@@ -118,7 +118,7 @@ def test_a_file_validated_again_keeps_only_its_new_records(tmp_path):
 def _v1_ledger(path) -> None:
     """A ledger as schema version 1 left it (before records and items existed), with one archived file."""
     db = sqlite3.connect(path)
-    db.executescript(ledger_module._SCHEMA)
+    db.executescript(ledgerschema.FILES_SCHEMA)
     db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
     db.execute("INSERT INTO files (source, name, origin, state, seen_at) VALUES ('print', 'x', '/p/x', 'archived', 1)")
     db.commit()

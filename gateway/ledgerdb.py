@@ -1,0 +1,128 @@
+"""The ledger's connection: opening gateway.db, its lock, group commit, and the helpers every part of it shares.
+
+LedgerDb is the base of gateway.ledger.Ledger and of the parts it is made of
+(gateway/transitions.py, gateway/filequeries.py, gateway/checkpoints.py): they
+read under its lock and change rows only through its transactions.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+from gateway import ledgerschema
+from gateway.errors import GatewayError, LedgerDamaged, describe
+from gateway.filerow import FileRow
+from gateway.groupcommit import GroupCommit
+from gateway.logs import redact
+
+
+class LedgerUnavailable(GatewayError):
+    """gateway.db cannot be opened now (no permission on state_dir, locked, disk full)."""
+
+
+def outside(text: str) -> str:
+    """A text from outside (CaiaSoft's words, an error) as the ledger stores it: registered secrets
+    redacted, and a lone surrogate written as its escape (\\ud800): JSON may escape half a UTF-16 pair
+    and an undecodable byte of a file name is one, and SQLite takes only valid UTF-8."""
+    return redact(text).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class LedgerDb:
+    """An open gateway.db. Thread-safe; safe to open from a second process."""
+
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time, check: bool = True):
+        """Open (or create) the ledger at path.
+
+        Raise LedgerDamaged if the file is not a readable SQLite database (with check,
+        the default, every page is verified: quick_check), LedgerUnavailable if it
+        cannot be opened now.
+        """
+        self.path = path
+        self.clock = clock
+        self._lock = threading.RLock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.OperationalError) as error:
+            raise LedgerUnavailable(f"cannot open the ledger {path}: {describe(error)}") from None
+        self._commits = GroupCommit(self._db, self._lock)
+        try:
+            self._open(check)
+        except sqlite3.OperationalError as error:
+            self._commits.close()
+            self._db.close()
+            raise LedgerUnavailable(f"cannot open the ledger {path}: {describe(error)}") from None
+        except sqlite3.DatabaseError as error:
+            self._commits.close()
+            self._db.close()
+            raise LedgerDamaged(path, describe(error)) from None
+
+    def _open(self, check: bool) -> None:
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA busy_timeout=30000")
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        if check:
+            verdict = self._db.execute("PRAGMA quick_check(1)").fetchone()[0]
+            if verdict != "ok":
+                raise sqlite3.DatabaseError(verdict)
+        ledgerschema.create(self._db)
+        if ledgerschema.current(self._db):
+            return  # up to date: no write, so a reader (status, find) takes no lock
+        with self._transaction() as db:
+            ledgerschema.migrate(db, self.clock())
+
+    def close(self) -> None:
+        self._commits.close()
+        with self._lock:
+            self._db.close()
+
+    def _transaction(self, wait: bool = True) -> AbstractContextManager[sqlite3.Connection]:
+        """A transition: its statements, then (with wait) its return once they are durable (groupcommit)."""
+        return self._commits.transaction(wait)
+
+    def _one(self, sql: str, args: tuple[object, ...] = ()) -> FileRow | None:
+        with self._lock:
+            row = self._db.execute(sql, args).fetchone()
+        return FileRow(**dict(row)) if row else None
+
+    def _all(self, sql: str, args: tuple[object, ...] | list[object] = ()) -> list[FileRow]:
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        return [FileRow(**dict(row)) for row in rows]
+
+    def _update(self, row_id: int, expected: tuple[str, ...], **fields: Any) -> FileRow:
+        """Set fields (column names written in the ledger's own code only) on a row in one of the expected
+        states; return it.
+
+        Texts that come from outside (reason, answer, problem) are stored as outside() makes them.
+        """
+        for name in ("reason", "answer", "problem"):
+            if isinstance(fields.get(name), str):
+                fields[name] = outside(fields[name])
+        sets = ", ".join(f"{name} = ?" for name in fields)
+        sql = (f"UPDATE files SET {sets} WHERE id = ? AND state IN ({', '.join('?' for _ in expected)}) "
+               "RETURNING *")
+        with self._transaction() as db:
+            row = db.execute(sql, (*fields.values(), row_id, *expected)).fetchone()
+        if row is None:
+            raise LookupError(f"ledger row {row_id} is not in state {expected}")
+        return FileRow(**dict(row))
+
+    # -- meta (small named values: last auth failure, etc.) -----------------
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                       (key, value))
+
+    def get_meta(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
