@@ -8,6 +8,12 @@ second, per-file backoff on top. The number of failures the delay grows with
 is the larger of the endpoint's consecutive failures and the file's own
 attempts, so a file that fails alone (the endpoint answering others) still
 waits longer each time.
+
+Every retry in the gateway waits as decided here: uploads and `send` (Gate),
+placing a file (pipeline), SFTP reconnects (sources/sftp.py), the NCIP relay,
+alert delivery, a worker's pause after a fault (worker.py) and recovery at start
+(service.py). Each failure has one owner: a lost SFTP server is backed off by
+its reconnecting, and the collector reports it without pausing on top of it.
 """
 
 from __future__ import annotations
@@ -59,6 +65,11 @@ class Gate:
 
     def wait_seconds(self) -> float:
         return max(self._not_before - self.clock(), 0.0)
+
+    def wait_open(self) -> None:
+        """Block until the gate reopens: for `send`, which tries again in the foreground and has no worker
+        to rest in (workers rest for wait_seconds(), so a stop cuts the wait short)."""
+        time.sleep(self.wait_seconds())
 
     def failed(self, retry_after: float | None, attempts: int = 0, reason: str | None = None) -> float:
         """A transient failure; return the seconds until the next try (for the gate and the file alike).

@@ -309,7 +309,7 @@ def cmd_send(args: argparse.Namespace) -> int:
                 if outcome.verdict != Verdict.TRANSIENT:
                     break
                 if attempt + 1 < args.attempts:
-                    time.sleep(pipeline.gate.wait_seconds())
+                    pipeline.gate.wait_open()
             row = ledger.row(row_id)
             if row.state == FileState.ARCHIVED:
                 print(f"{name}: accepted by CaiaSoft, archived as {_shown(row.final_path)}")

@@ -84,7 +84,7 @@ class Collector(Worker):
             entries = self._scan()
             self._next_scan = now + self.source.scan_interval
         else:
-            entries = self._unheld(self.source.look(self.source.hints() | set(self.settler.pending())))
+            entries = self._look()
         wait = min(self._next_scan - self.clock(), MAX_WAIT_SECONDS)
         ready: list[Entry] = []
         for entry in sorted(entries, key=lambda e: (e.mtime, e.name)):
@@ -118,6 +118,16 @@ class Collector(Worker):
         self._failed = {name: when for name, when in self._failed.items() if name in names}
         self.claim_failures = {name: why for name, why in self.claim_failures.items() if name in names}
         return entries
+
+    def _look(self) -> list[Entry]:
+        """The files the source hinted at and those still settling, as they are now. A source that cannot be
+        read is reported as by a scan, not a fault of this worker: a lost SFTP server is backed off once, by
+        its own reconnecting (gateway.backoff), not by the worker's pause on top of it."""
+        try:
+            return self._unheld(self.source.look(self.source.hints() | set(self.settler.pending())))
+        except OSError as error:
+            self._report(f"cannot list {self.source.location}: {describe(error)}")
+            return []
 
     @property
     def originals_kept(self) -> int:

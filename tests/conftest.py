@@ -183,7 +183,7 @@ def sftp_site(tmp_path, simulator, sshd):
 
 
 def _sftp_source(sshd, remote: Path, remote_after: str = "delete", known_hosts: Path | None = None,
-                 settle_seconds: float = 0.3, keep_original_seconds: float = 0) -> str:
+                 settle_seconds: float = 0.3, keep_original_seconds: float = 0, poll_seconds: float = 0.2) -> str:
     return f"""
 [[sources]]
 name = "remote"
@@ -193,6 +193,6 @@ private_key_file = "{sshd.client_key}"
 remote_after = "{remote_after}"
 settle_seconds = {settle_seconds}
 keep_original_seconds = {keep_original_seconds}
-poll_seconds = 0.2
+poll_seconds = {poll_seconds}
 timeout_seconds = 5
 """

@@ -107,6 +107,7 @@ def test_a_wrong_or_unknown_host_key_is_refused_and_nothing_is_fetched(case, sft
 
 def test_the_server_goes_away_and_comes_back_and_the_source_recovers_alone(sftp_site, simulator,
                                                                             daemon_factory):
+    sftp_site.write_sftp(poll_seconds=2)  # the default: between listings the collector looks again each second
     (sftp_site.remote / "first_barcode").write_bytes(barcodes(1))
     daemon = daemon_factory(sftp_site.config_file)
     wait_for(lambda: len(sftp_site.archived()) == 1, timeout=30, message="the first file")
@@ -116,6 +117,9 @@ def test_the_server_goes_away_and_comes_back_and_the_source_recovers_alone(sftp_
     wait_for(lambda: "source remote: sftp, cannot list" in subprocess.run(
         [sys.executable, "-m", "gateway", "-c", str(sftp_site.config_file), "status"],
         capture_output=True, text=True, timeout=30).stdout, interval=0.5, message="status to show the problem")
+    wait_for(lambda: daemon.output().count("sftp.connect_failed") >= 2, timeout=30, message="a second try")
+    # One backoff for one failure: the source's reconnect backoff, not the collector paused on top of it
+    assert "worker.paused" not in daemon.output()
     sftp_site.sshd.start()
     wait_for(lambda: len(sftp_site.archived()) == 2, timeout=60, message="the second file after reconnecting")
     assert "sftp.reconnected" in daemon.output()
