@@ -329,7 +329,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 def _wait_until_settled(ledger: Ledger, row_id: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while (row := ledger.get(row_id)) is not None and row.state == "uploading" and time.monotonic() < deadline:
+    while (row := ledger.get(row_id)) is not None and row.state == FileState.UPLOADING and time.monotonic() < deadline:
         time.sleep(0.1)
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from gateway.ledger import Ledger
 from gateway.simulators.caiasoft import CaiaSoftSimulator
 from gateway.simulators.smtp import MailCatcher
+from gateway.states import FileState, Verdict
 
 DENIED_BARCODE = "31234009999990"
 FIND_BARCODE = DENIED_BARCODE  # in the paging list and in the hold-request batch: `find` shows both
@@ -96,15 +97,15 @@ def _write_like_aleph(path: Path, data: bytes) -> None:
         handle.write(data[middle:])
 
 
-def _wait_until_done(database: Path, expected: int, child: subprocess.Popen[bytes]) -> dict[str, int]:
+def _wait_until_done(database: Path, expected: int, child: subprocess.Popen[bytes]) -> dict[FileState, int]:
     deadline = time.monotonic() + WAIT_SECONDS
-    counts: dict[str, int] = {}
+    counts: dict[FileState, int] = {}
     while time.monotonic() < deadline and child.poll() is None:
         if database.exists():
             ledger = Ledger(database)
             counts = ledger.counts()
             ledger.close()
-            if counts.get("archived", 0) + counts.get("refused", 0) >= expected:
+            if counts.get(FileState.ARCHIVED, 0) + counts.get(FileState.REFUSED, 0) >= expected:
                 return counts
         time.sleep(0.2)
     return counts
@@ -153,10 +154,10 @@ def _demo(root: Path, keep: bool) -> int:
         simulator.stop()
         mail.stop()
     print(f"\nCaiaSoft received {len(simulator.received)} upload(s); "
-          f"{counts.get('archived', 0)} archived, {counts.get('refused', 0)} refused.\n")
+          f"{counts.get(FileState.ARCHIVED, 0)} archived, {counts.get(FileState.REFUSED, 0)} refused.\n")
     _show_monitoring(mail, figures, metrics_port)
     _show(root, keep)
-    return 0 if counts.get("archived", 0) + counts.get("refused", 0) == len(files) else 1
+    return 0 if counts.get(FileState.ARCHIVED, 0) + counts.get(FileState.REFUSED, 0) == len(files) else 1
 
 
 def _monitoring(smtp_port: int, metrics_port: int) -> str:
@@ -220,7 +221,7 @@ def _show(root: Path, keep: bool) -> None:
         for sidecar in sorted(folder.rglob("*.json")):
             info = json.loads(sidecar.read_text())
             line = f"  {sidecar.with_suffix('').relative_to(root)}"
-            if info["outcome"] == "accepted":
+            if info["outcome"] == Verdict.ACCEPTED:
                 items = (info.get("caiasoft_answer") or {}).get("request_count", "?")
                 records = f"{info['record_count']} record(s), " if "record_count" in info else ""
                 denied = ", ".join(f"{d['item']} ({d['istatus']})" for d in info["denied_items"])

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gateway.states import NcipOutcome
+
 if TYPE_CHECKING:
     from gateway.ledger import FileRow
 
@@ -31,9 +33,9 @@ class Events:
     def upload_timed(self, seconds: float) -> None:
         """One call to CaiaSoft's request-file endpoint ended (any answer) after this many seconds."""
 
-    def ncip_entry(self, outcome: str, entry: dict[str, Any] | None, reason: str | None = None,
+    def ncip_entry(self, outcome: NcipOutcome, entry: dict[str, Any] | None, reason: str | None = None,
                    dead_letters: Path | None = None) -> None:
-        """A journal entry is finished: outcome 'done', 'already' or 'dead_letter' (with where it was kept)."""
+        """A journal entry is finished: done, already, or a dead letter (with where it was kept)."""
 
 
 NO_EVENTS = Events()

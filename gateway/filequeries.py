@@ -8,7 +8,7 @@ from pathlib import Path
 from gateway.filerow import FileRow, work_name
 from gateway.ledgerdb import LedgerDb
 from gateway.names import loaded
-from gateway.states import OPEN_STATES
+from gateway.states import OPEN_STATES, FileState
 
 
 class FileQueries(LedgerDb):
@@ -33,7 +33,7 @@ class FileQueries(LedgerDb):
             found += self._all(f"SELECT * FROM files WHERE id IN ({marks}) ORDER BY id", chunk)
         return found
 
-    def in_state(self, *states: str) -> list[FileRow]:
+    def in_state(self, *states: FileState) -> list[FileRow]:
         marks = ", ".join("?" for _ in states)
         return self._all(f"SELECT * FROM files WHERE state IN ({marks}) ORDER BY id", states)
 
@@ -46,7 +46,7 @@ class FileQueries(LedgerDb):
         return self._one(f"SELECT * FROM files WHERE state IN ({marks}) ORDER BY seen_at, id LIMIT 1",
                          OPEN_STATES)
 
-    def recent(self, state: str, limit: int) -> list[FileRow]:
+    def recent(self, state: FileState, limit: int) -> list[FileRow]:
         return self._all("SELECT * FROM files WHERE state = ? ORDER BY finished_at DESC, id DESC LIMIT ?",
                          (state, limit))
 
@@ -57,12 +57,12 @@ class FileQueries(LedgerDb):
 
     # -- counts and timers -------------------------------------------------------
 
-    def counts(self) -> dict[str, int]:
+    def counts(self) -> dict[FileState, int]:
         with self._lock:
             rows = self._db.execute("SELECT state, COUNT(*) FROM files GROUP BY state").fetchall()
-        return {state: count for state, count in rows}
+        return {FileState(state): count for state, count in rows}
 
-    def count_finished_since(self, state: str, since: float) -> int:
+    def count_finished_since(self, state: FileState, since: float) -> int:
         with self._lock:
             count: int = self._db.execute("SELECT COUNT(*) FROM files WHERE state = ? AND finished_at >= ?",
                                           (state, since)).fetchone()[0]

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.names import loaded, safe_name
+from gateway.states import FileState, Verdict
 
 
 class Seen(Protocol):
@@ -24,11 +25,13 @@ class Seen(Protocol):
 
 @dataclass(frozen=True)
 class FileRow:
+    """One row of the files table: its columns, with state and verdict as gateway.states' StrEnums."""
+
     id: int
     source: str
     name: str
     origin: str
-    state: str
+    state: FileState
     size: int | None
     mtime: float | None
     sha256: str | None
@@ -45,7 +48,7 @@ class FileRow:
     reason: str | None
     final_path: str | None
     released_at: float | None
-    verdict: str | None = None
+    verdict: Verdict | None = None
     problem: str | None = None
     place_failures: int = 0
 
@@ -53,6 +56,10 @@ class FileRow:
         # name and origin are TEXT, or the exact bytes (BLOB) of a name that is not UTF-8: see gateway.names
         object.__setattr__(self, "name", loaded(self.name))
         object.__setattr__(self, "origin", loaded(self.origin))
+        # the words the ledger stores as text come back as the StrEnums they were written from
+        object.__setattr__(self, "state", FileState(self.state))
+        if self.verdict is not None:
+            object.__setattr__(self, "verdict", Verdict(self.verdict))
 
     @property
     def work_name(self) -> str:

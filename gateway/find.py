@@ -24,12 +24,16 @@ from gateway.itemindex import ItemHit, answers_by_item
 from gateway.ledger import Ledger
 from gateway.names import is_text, printable
 from gateway.printfile import Record
+from gateway.states import FileState, Verdict
 
 BACKFILL_BATCH = 5000                   # items written to the ledger at once while backfilling
 BACKFILL_MAX_FILE_BYTES = 50 * 1024 * 1024
 _DAY = re.compile(r"^\d{4}/\d{2}/\d{2}$")
-_OUTCOMES = {"archived": "accepted", "archiving": "accepted", "refused": "refused", "refusing": "refused"}
-_VERDICTS = {"accepted": "accepted", "refused": "refused"}
+_OUTCOMES = {FileState.ARCHIVED: Verdict.ACCEPTED, FileState.ARCHIVING: Verdict.ACCEPTED,
+             FileState.REFUSED: Verdict.REFUSED, FileState.REFUSING: Verdict.REFUSED}
+# an outcome ('outcome' in --json) as find prints it
+_SHOWN: dict[str, str] = {Verdict.ACCEPTED: "accepted by CaiaSoft", Verdict.REFUSED: "refused",
+                          FileState.QUEUED: "not finished yet (queued)"}
 
 
 def find(ledger: Ledger, barcode: str, folders: list[Path]) -> list[dict[str, Any]]:
@@ -79,11 +83,11 @@ def _from_ledger(ledger: Ledger, barcode: str, file_id: int, number: int) -> dic
         return None
     record = ledger.record_of(file_id, number)
     # answered (the verdict is recorded, the file not yet placed): the verdict is the outcome
-    outcome = _OUTCOMES.get(row.state) or _VERDICTS.get(row.verdict or "", "queued")
+    outcome = _OUTCOMES.get(row.state) or row.verdict or FileState.QUEUED
     return {"barcode": barcode, "file": Path(row.final_path).name if row.final_path else row.name,
             "original_name": row.name, "source": row.source, "taken": _iso(row.claimed_at or row.seen_at),
             "sent": _iso(row.uploaded_at), "outcome": outcome, "state": row.state,
-            "reason": None if outcome == "accepted" else row.reason,
+            "reason": None if outcome == Verdict.ACCEPTED else row.reason,
             "caiasoft": answers_by_item(row.answer_json).get(barcode), "path": row.final_path,
             "kind": row.kind, "record": number or None, "line": record.line if record else None,
             "request_number": record.request_number if record else None,
@@ -99,11 +103,12 @@ def _from_sidecar(sidecar: Path, barcode: str, number: int) -> dict[str, Any] | 
     times = content.get("times")
     times = times if isinstance(times, dict) else {}
     record = _sidecar_record(content, number)
+    accepted = content.get("outcome") == Verdict.ACCEPTED
     return {"barcode": barcode, "file": content.get("file") or sidecar.name.removesuffix(SIDECAR_SUFFIX),
             "original_name": content.get("original_name"), "source": content.get("source"),
             "taken": times.get("claimed") or times.get("seen"), "sent": times.get("uploaded"),
-            "outcome": content.get("outcome"), "state": "archived" if content.get("outcome") == "accepted"
-            else "refused", "reason": content.get("reason") if content.get("outcome") != "accepted" else None,
+            "outcome": content.get("outcome"), "state": FileState.ARCHIVED if accepted else FileState.REFUSED,
+            "reason": None if accepted else content.get("reason"),
             "caiasoft": answers_by_item(content.get("caiasoft_answer")).get(barcode),
             "path": str(sidecar.with_name(sidecar.name.removesuffix(SIDECAR_SUFFIX))),
             "kind": content.get("kind"), "record": number or None, "line": record.get("line"),
@@ -223,8 +228,7 @@ def render(barcode: str, found: list[dict[str, Any]]) -> str:
         lines.append(f"    source    {entry.get('source') or '?'}")
         lines.append(f"    taken     {entry.get('taken') or '?'}")
         lines.append(f"    sent      {entry.get('sent') or 'not sent'}")
-        outcome = {"accepted": "accepted by CaiaSoft", "refused": "refused",
-                   "queued": "not finished yet (queued)"}.get(entry.get("outcome") or "", str(entry.get("outcome")))
+        outcome = _SHOWN.get(entry.get("outcome") or "", str(entry.get("outcome")))
         lines.append(f"    outcome   {outcome}" + (f": {entry['reason']}" if entry.get("reason") else ""))
         status = entry.get("caiasoft")
         if status:

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,9 @@ from gateway.errors import GatewayError, LedgerDamaged, describe
 from gateway.filerow import FileRow
 from gateway.groupcommit import GroupCommit
 from gateway.logs import redact
+from gateway.states import FileState
+
+COLUMNS = frozenset(field.name for field in dataclass_fields(FileRow))  # the files table's columns
 
 
 class LedgerUnavailable(GatewayError):
@@ -97,12 +101,16 @@ class LedgerDb:
             rows = self._db.execute(sql, args).fetchall()
         return [FileRow(**dict(row)) for row in rows]
 
-    def _update(self, row_id: int, expected: tuple[str, ...], **fields: Any) -> FileRow:
-        """Set fields (column names written in the ledger's own code only) on a row in one of the expected
-        states; return it.
+    def _update(self, row_id: int, expected: tuple[FileState, ...], **fields: Any) -> FileRow:
+        """Set fields on a row in one of the expected states; return it.
 
-        Texts that come from outside (reason, answer, problem) are stored as outside() makes them.
+        The statement names columns of the files table only (anything else is a ValueError);
+        every value, and every state, is a bound parameter. Texts that come from outside
+        (reason, answer, problem) are stored as outside() makes them.
         """
+        unknown = fields.keys() - COLUMNS
+        if unknown:
+            raise ValueError(f"not columns of the files table: {sorted(unknown)}")
         for name in ("reason", "answer", "problem"):
             if isinstance(fields.get(name), str):
                 fields[name] = outside(fields[name])

@@ -33,7 +33,7 @@ from prometheus_client.registry import Collector
 from gateway import logs
 from gateway.events import Conditions
 from gateway.ledger import Ledger
-from gateway.states import OPEN_STATES
+from gateway.states import FINAL_STATES, OPEN_STATES, FileState, NcipOutcome
 from gateway.settings import Metrics as MetricsSettings
 
 log = logs.get("gateway.metrics")
@@ -41,7 +41,6 @@ log = logs.get("gateway.metrics")
 PREFIX = "caiasoft_gateway_"
 TEXTFILE_SECONDS = 15.0
 UPLOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
-NCIP_OUTCOMES = ("done", "already", "dead_letter")
 NCIP_COUNTER = "ncip_entries_total:"  # + outcome: the ledger counter each NCIP outcome adds to
 
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call] # *_created series only confuse the rules and dashboards
@@ -76,25 +75,25 @@ class Metrics:
     def _seed(self, sources: list[str]) -> None:
         """Start each counter where the ledger says it is (and at 0 for every source known)."""
         for source in sources:
-            for outcome in ("archived", "refused"):
-                self.files.labels(source, outcome)
+            for state in FINAL_STATES:
+                self.files.labels(source, state)
             self.denied.labels(source)
-        for (source, outcome), count in self.ledger.finished_by_source().items():
-            self.files.labels(source, outcome).inc(count)
+        for (source, state), count in self.ledger.finished_by_source().items():
+            self.files.labels(source, state).inc(count)
         for source, count in self.ledger.denied_items_by_source().items():
             self.denied.labels(source).inc(count)
         counters = self.ledger.counters()
-        for outcome in NCIP_OUTCOMES:
+        for outcome in NcipOutcome:
             self.ncip.labels(outcome).inc(counters.get(NCIP_COUNTER + outcome, 0))
 
     # -- what happened --------------------------------------------------------
 
-    def file_finished(self, source: str, outcome: str, denied: int) -> None:
+    def file_finished(self, source: str, outcome: FileState, denied: int) -> None:
         self.files.labels(source, outcome).inc()
         if denied:
             self.denied.labels(source).inc(denied)
 
-    def ncip_entry(self, outcome: str) -> None:
+    def ncip_entry(self, outcome: NcipOutcome) -> None:
         self.ncip.labels(outcome).inc()
 
     def update(self, conditions: Conditions) -> None:

@@ -24,7 +24,7 @@ from gateway.alerts import AlertSender, Delivery, host_name
 from gateway.caiasoft import is_denied
 from gateway.events import Conditions, Events
 from gateway.ledger import FileRow, Ledger
-from gateway.states import OPEN_STATES
+from gateway.states import OPEN_STATES, FileState, NcipOutcome
 from gateway.metrics import NCIP_COUNTER, Metrics
 from gateway.settings import Config
 
@@ -79,12 +79,12 @@ class Monitor(Events):
 
     @_never_raises
     def file_finished(self, row: FileRow, path: Path) -> None:
-        accepted = row.state in ("archiving", "archived")
+        accepted = row.state in (FileState.ARCHIVING, FileState.ARCHIVED)
         answer = row.answer_json
         denials = [item for item in answer.get("results") or [] if is_denied(item)] \
             if accepted and isinstance(answer, dict) else []
         if self.metrics:
-            self.metrics.file_finished(row.source, "archived" if accepted else "refused", len(denials))
+            self.metrics.file_finished(row.source, FileState.ARCHIVED if accepted else FileState.REFUSED, len(denials))
         if not accepted and not (row.reason or "").startswith(aftertake.CHANGED):
             # a partial copy set aside while the whole file is taken again needs nobody
             self.raise_alert("refused", alerttexts.refused(row.name, row.source, row.reason, str(path)))
@@ -97,12 +97,12 @@ class Monitor(Events):
             self.metrics.upload_seconds.observe(seconds)
 
     @_never_raises
-    def ncip_entry(self, outcome: str, entry: dict[str, Any] | None, reason: str | None = None,
+    def ncip_entry(self, outcome: NcipOutcome, entry: dict[str, Any] | None, reason: str | None = None,
                    dead_letters: Path | None = None) -> None:
         self.ledger.count_up(NCIP_COUNTER + outcome)
         if self.metrics:
             self.metrics.ncip_entry(outcome)
-        if outcome == "dead_letter":
+        if outcome == NcipOutcome.DEAD_LETTER:
             self.raise_alert("dead_letter", alerttexts.dead_letter(entry, reason or "not given",
                                                                    str(dead_letters or "")))
 

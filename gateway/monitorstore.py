@@ -21,6 +21,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.states import FileState
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -102,11 +104,10 @@ class MonitorStore:
 
     def last_alert_sent(self, channel: str, kind: str | None = None) -> float | None:
         """When the last alert (of this kind, if given) went out on this channel."""
-        column = CHANNELS[channel]
-        where = "" if kind is None else " AND kind = ?"
+        column = CHANNELS[channel]  # one of two fixed column names; kind is a bound parameter, if given
         with self._lock:
-            row = self._db.execute(f"SELECT MAX({column}) FROM alerts WHERE {column} > 0{where}",
-                                   () if kind is None else (kind,)).fetchone()
+            row = self._db.execute(f"SELECT MAX({column}) FROM alerts WHERE {column} > 0 AND (? IS NULL OR kind = ?)",
+                                   (kind, kind)).fetchone()
         return float(row[0]) if row and row[0] is not None else None
 
     def alerts_waiting(self) -> int:
@@ -130,12 +131,12 @@ class MonitorStore:
 
     # -- figures the files table answers ----------------------------------------
 
-    def finished_by_source(self) -> dict[tuple[str, str], int]:
-        """(source, 'archived'|'refused') -> files."""
+    def finished_by_source(self) -> dict[tuple[str, FileState], int]:
+        """(source, archived or refused) -> files."""
         with self._lock:
             rows = self._db.execute("SELECT source, state, COUNT(*) FROM files WHERE state IN ('archived', "
                                     "'refused') GROUP BY source, state").fetchall()
-        return {(source, state): count for source, state, count in rows}
+        return {(source, FileState(state)): count for source, state, count in rows}
 
     def denied_items_by_source(self) -> dict[str, int]:
         """source -> items CaiaSoft denied in files it accepted."""

@@ -1,4 +1,4 @@
-"""The words the gateway records: file states in the ledger, CaiaSoft's verdicts, NCIP's verdicts.
+"""The words the gateway records: file states in the ledger, CaiaSoft's verdicts, NCIP's verdicts and outcomes.
 
 They are StrEnums, so a member is its own text in the ledger, in `status --json`
 and in log lines, and compares equal to that text.
@@ -55,3 +55,11 @@ class NcipVerdict(StrEnum):
     TEMPORARY = "temporary"   # unreachable, or a Problem listed in temporary_problems: retried in order
     UNREADABLE = "unreadable"  # an answer that is not NCIP: retried unreadable_attempts times, then refused
     REFUSED = "refused"       # any other Problem: the entry becomes a dead letter
+
+
+class NcipOutcome(StrEnum):
+    """How a journal entry ended (what metrics count and alerts hear of)."""
+
+    DONE = NcipVerdict.DONE.value            # the server did it
+    ALREADY = NcipVerdict.ALREADY.value      # it was already so
+    DEAD_LETTER = "dead_letter"              # refused, or not a valid line: kept in error_dir/ncip

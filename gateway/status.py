@@ -43,7 +43,7 @@ def _collect(ledger: Ledger, now: float | None) -> dict[str, Any]:
     now = time.time() if now is None else now
     counts = ledger.counts()
     oldest = ledger.oldest_open()
-    last = ledger.recent("archived", 1)
+    last = ledger.recent(FileState.ARCHIVED, 1)
     midnight = dt.datetime.combine(dt.date.today(), dt.time()).timestamp()
     service = snapshot.read(ledger)
     running = service is not None and now - service["updated"] < SERVICE_STALE_SECONDS
@@ -65,13 +65,13 @@ def _collect(ledger: Ledger, now: float | None) -> dict[str, Any]:
         "faults": (service.get("faults") or {}) if service is not None and running else {},
         "problems": [{"file": row.name, "state": row.state, "problem": row.problem, "work_file": row.work_name,
                       "source": row.source} for row in ledger.problems()],
-        "archived_today": ledger.count_finished_since("archived", midnight),
-        "refused_today": ledger.count_finished_since("refused", midnight),
+        "archived_today": ledger.count_finished_since(FileState.ARCHIVED, midnight),
+        "refused_today": ledger.count_finished_since(FileState.REFUSED, midnight),
         "last_upload": None if not last else {
             "file": last[0].name, "at": _iso(last[0].uploaded_at), "path": last[0].final_path},
         "alerts": alerts.delivery_state(ledger),
         "recent_errors": [{"file": row.name, "at": _iso(row.finished_at), "reason": row.reason,
-                           "path": row.final_path} for row in ledger.recent("refused", RECENT_ERRORS)],
+                           "path": row.final_path} for row in ledger.recent(FileState.REFUSED, RECENT_ERRORS)],
     }
 
 
@@ -171,9 +171,9 @@ def render(status: dict[str, Any]) -> str:
         lines.append(f"UPLOADS PAUSED: {status['uploads_paused']}")
     lines.extend(_problem_lines(status))
     counts = status["counts"]
-    lines.append(f"pending:        {status['pending']} (queued {counts['queued']}, uploading {counts['uploading']}, "
-                 f"other steps {status['pending'] - counts['queued'] - counts['uploading']})"
-                 + (f", stuck {counts['stuck']}" if counts["stuck"] else ""))
+    queued, uploading, stuck = (counts[state] for state in (FileState.QUEUED, FileState.UPLOADING, FileState.STUCK))
+    lines.append(f"pending:        {status['pending']} (queued {queued}, uploading {uploading}, "
+                 f"other steps {status['pending'] - queued - uploading})" + (f", stuck {stuck}" if stuck else ""))
     oldest = status["oldest_pending"]
     if oldest:
         problem = f"; last problem: {oldest['last_problem']}" if oldest["last_problem"] else ""
@@ -181,7 +181,7 @@ def render(status: dict[str, Any]) -> str:
                      f"waiting {_age(oldest['age_seconds'])}, "
                      f"{oldest['attempts']} attempt(s){problem}")
     lines.append(f"today:          {status['archived_today']} archived, {status['refused_today']} refused")
-    lines.append(f"all time:       {counts['archived']} archived, {counts['refused']} refused")
+    lines.append(f"all time:       {counts[FileState.ARCHIVED]} archived, {counts[FileState.REFUSED]} refused")
     last = status["last_upload"]
     lines.append(f"last upload:    {last['file']} at {last['at']}" if last else "last upload:    none yet")
     ncip = status.get("ncip")

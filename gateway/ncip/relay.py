@@ -30,7 +30,7 @@ from gateway.ledger import Ledger
 from gateway.ncip import answers, messages, transport
 from gateway.ncip.answers import Problem
 from gateway.ncip.journal import JournalEntry, Line, Tailer
-from gateway.states import NcipVerdict
+from gateway.states import NcipOutcome, NcipVerdict
 from gateway.worker import Worker
 
 CHECKPOINT = "ncip-journal"
@@ -169,7 +169,7 @@ class Relay(Worker):
             self.last_success = time.time()
             log.info("ncip.ok" if answer.verdict == NcipVerdict.DONE else "ncip.already_done", **fields,
                      **({"problem": answer.reason} if answer.verdict == NcipVerdict.ALREADY else {}))
-            self.events.ncip_entry(answer.verdict, line.entry.as_dict())
+            self.events.ncip_entry(NcipOutcome(answer.verdict), line.entry.as_dict())
         self._commit(line)
 
     def _note_version(self, version: str | None) -> None:
@@ -197,6 +197,6 @@ class Relay(Worker):
             if answer.excerpt is not None:
                 record["answer_excerpt"] = answer.excerpt
         path = self.dead_letters.add(record)
-        self.events.ncip_entry("dead_letter", record.get("entry"), reason, path)
+        self.events.ncip_entry(NcipOutcome.DEAD_LETTER, record.get("entry"), reason, path)
         if line.entry is None:
             log.warning("ncip.invalid_line", offset=line.start, reason=reason, dead_letters=str(path))
