@@ -22,7 +22,7 @@ from gateway.worker import Worker
 
 log = logs.get("gateway.collector")
 
-MAX_WAIT_SECONDS = 1.0  # the loop checks in (heartbeat) at least this often
+MAX_WAIT_SECONDS = 1.0  # between full scans, the settling files are looked at again at least this often
 FAILED_CLAIM_RETRY_SECONDS = 60.0
 CLAIM_BATCH = 64  # files claimed with one pair of ledger commits
 SHOWN_CLAIM_FAILURES = 10  # files that cannot be taken, listed by `status` per source

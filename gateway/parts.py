@@ -82,7 +82,7 @@ class Parts:
         self.monitor.start()
         for worker in (*self.outputs(), *self.inputs()):
             old = before.get(worker.name)
-            if old is not None and old.is_alive():
+            if old is not None and not old.ended:
                 self._deferred.append((worker, old))
             else:
                 worker.start()
@@ -94,7 +94,7 @@ class Parts:
     def start_deferred(self) -> None:
         waiting = []
         for worker, old in self._deferred:
-            if old.is_alive():
+            if not old.ended:  # its end() is over once it says so: the new one may start at once
                 waiting.append((worker, old))
             elif not worker.stopping:
                 worker.start()
@@ -128,7 +128,7 @@ class Parts:
             locations={settings.name: settings.location for settings in self.config.sources})
 
     def ended(self) -> bool:
-        return not any(worker.is_alive() for worker in self.workers())
+        return all(worker.ended or worker.ident is None for worker in self.workers())
 
     def close(self) -> None:
         """Release the HTTP sessions (once every worker has ended)."""

@@ -242,7 +242,7 @@ class Service:
         for worker in parts.workers():
             if worker.fatal is not None:
                 raise LedgerDamaged(self.config.paths.database, describe(worker.fatal))
-        dead = [worker.name for worker in parts.workers() if worker.ident is not None and not worker.is_alive()]
+        dead = [worker.name for worker in parts.workers() if worker.ended]
         if dead:
             log.error("service.worker_died", workers=dead, detail="stopping so the service manager restarts us")
         return not dead

@@ -12,7 +12,8 @@ so the service can exit with a clear message instead of looping.
 A worker checks in (heartbeat) at least every CHECK_IN_SECONDS while it rests;
 the service pings systemd's watchdog only while every worker has checked in
 recently. When a worker ends, for whatever reason, it calls on_exit, which the
-service points at its wakeup pipe, so the main loop notices at once.
+service points at its wakeup pipe, so the main loop notices at once: `ended` is
+already true when on_exit is called (the thread itself is still alive then).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Worker(threading.Thread):
         self._last_fault = 0.0
         self.steady_seconds = STEADY_SECONDS
         self._resting_on: threading.Event | None = None
+        self._loop_over = False
 
     # -- what subclasses provide ------------------------------------------------
 
@@ -73,6 +75,11 @@ class Worker(threading.Thread):
         resting = self._resting_on
         if resting is not None:
             resting.set()
+
+    @property
+    def ended(self) -> bool:
+        """True once the loop is over: from just before on_exit is called, or if the thread is gone."""
+        return self._loop_over or (self.ident is not None and not self.is_alive())
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for the thread to end (at most timeout seconds). A worker never started is already done."""
@@ -105,7 +112,7 @@ class Worker(threading.Thread):
 
     def health_problem(self, within: float) -> str | None:
         """Why this worker is not healthy, or None: ended, silent for longer than within, or pausing."""
-        if self.ident is not None and not self.is_alive():
+        if self.ended:
             return f"{self.name} has stopped"
         silent = time.monotonic() - self.heartbeat
         if silent > within:
@@ -136,6 +143,7 @@ class Worker(threading.Thread):
                 if began:
                     self.end()
             finally:
+                self._loop_over = True
                 if self.on_exit is not None:
                     self.on_exit(self)
 

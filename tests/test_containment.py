@@ -195,6 +195,16 @@ def test_a_worker_ends_on_a_damaged_ledger_with_fatal_set():
     assert not worker.is_alive() and isinstance(worker.fatal, sqlite3.DatabaseError)
 
 
+def test_a_worker_has_ended_when_it_wakes_whoever_waits_for_its_end():
+    """on_exit runs in the worker's own thread, still alive: what it wakes must already see the end."""
+    seen = []
+    worker = Flaky([sqlite3.DatabaseError("database disk image is malformed")])
+    worker.on_exit = lambda ending: seen.append((ending.ended, ending.health_problem(within=60)))
+    worker.start()
+    worker.join(5)
+    assert seen == [(True, "flaky has stopped")]
+
+
 def test_joining_a_worker_never_started_is_not_an_error():
     Flaky([]).join(1)
 
