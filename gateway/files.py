@@ -25,6 +25,27 @@ def partial_path(target: Path) -> Path:
     return target.with_name(f".{target.name}.partial-{os.getpid()}")
 
 
+def partials_left(target: Path) -> list[Path]:
+    """target's partial files (partial_path's names) whose writing process is gone: what a crash left behind."""
+    prefix = f".{target.name}.partial-"
+    try:
+        names = os.listdir(target.parent)
+    except FileNotFoundError:
+        return []
+    return [target.parent / name for name in names
+            if name.startswith(prefix) and name[len(prefix):].isdigit() and not _running(int(name[len(prefix):]))]
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def move_no_clobber(source: Path, target: Path) -> None:
     """Move source to target; raise FileExistsError if target exists.
 

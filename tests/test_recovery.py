@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -16,7 +18,7 @@ from gateway.service import StateLock
 from gateway.states import Verdict
 from gateway.sources.local import LocalSource
 
-from conftest import SAMPLES
+from conftest import SAMPLES, wait_for
 
 
 @pytest.fixture
@@ -105,6 +107,31 @@ def test_crash_after_the_archive_move_but_before_the_sidecar(pipeline, site):
     pipeline.recover()
     assert pipeline.ledger.get(row_id).state == "archived"
     assert site.sidecar(target)["sha256"] == row.sha256
+
+
+@pytest.mark.e2e
+def test_the_partial_copies_a_crash_left_in_the_archive_are_removed_at_start(pipeline, site, simulator, daemon_factory):
+    row_id = pipeline.adopt_copy(slip(site))
+    pipeline.ledger.take(row_id)
+    pipeline.ledger.answered(row_id, Verdict.ACCEPTED, "accepted", http_status=200, uploaded=True)
+    target = pipeline.archive.choose("slip.xml", dt.datetime.now())
+    pipeline.ledger.placing(row_id, target)
+    pipeline.ledger.close()
+    # a process killed in the middle of a copy into the archive (another filesystem) and of the sidecar
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    left = [target.with_name(f".slip.xml.partial-{dead}"), target.with_name(f".slip.xml.json.partial-{dead}")]
+    others = [target.with_name(f".slip.xml.partial-{os.getpid()}"),  # its writer still runs
+              target.with_name(".slip.xml.partial-x"), target.with_name(".other.xml.partial-1")]  # not ours
+    for path in (*left, *others):
+        path.write_bytes(b"<?xml")
+    daemon = daemon_factory(site.config_file)
+    wait_for(lambda: "recovery.done" in daemon.output(), message="recovery at start")
+    assert daemon.stop() == 0
+    assert target.read_bytes() == (SAMPLES / "hold-request-slip-0001.xml").read_bytes()
+    assert site.sidecar(target)["outcome"] == "accepted"
+    assert [path.exists() for path in left] == [False, False]
+    assert [path.exists() for path in others] == [True, True, True]
 
 
 def test_a_file_in_work_without_a_row_is_adopted(pipeline, site):
