@@ -71,16 +71,117 @@ def _printable_fields(logger: object, method_name: str, event_dict: MutableMappi
             for key, value in event_dict.items()}
 
 
-class _RedactingFormatter(structlog.stdlib.ProcessorFormatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
+_stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
 
-
-_SHARED: list[structlog.typing.Processor] = [
+_SHARED: list[structlog.typing.Processor] = [  # for events of other libraries' loggers (urllib3, ...)
     structlog.contextvars.merge_contextvars,
     structlog.stdlib.add_log_level,
-    structlog.processors.TimeStamper(fmt="iso", utc=True),
+    _stamp,
 ]
+
+
+class _RedactingFormatter(structlog.stdlib.ProcessorFormatter):
+    """Renders one line per handler. The gateway's own events arrive as fields already made
+    printable once (by Log), so each handler only renders them; other loggers' records take
+    structlog's full chain."""
+
+    def __init__(self, renderer: structlog.typing.Processor, copy: bool):
+        super().__init__(processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _printable_fields,
+                                     renderer], foreign_pre_chain=_SHARED)
+        self._render = renderer
+        self._copy = copy  # the renderer changes the fields it is given (the console's)
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, _FIELDS, None)
+        if fields is None:
+            return redact(super().format(record))
+        rendered = self._render(None, "", dict(fields) if self._copy else fields)
+        return redact(rendered if isinstance(rendered, str) else str(rendered))
+
+
+_LOGFMT_FIRST = ("timestamp", "level", "event")
+
+
+class _Logfmt:
+    """structlog's LogfmtRenderer(key_order=_LOGFMT_FIRST, drop_missing=True), line for line, without
+    changing the fields it is given and with each key's check done once."""
+
+    def __init__(self) -> None:
+        self._keys: set[str] = set()  # keys known to be valid
+
+    def __call__(self, _logger: object, _name: str, fields: MutableMapping[str, Any]) -> str:
+        parts = [self._pair(key, fields[key]) for key in _LOGFMT_FIRST if fields.get(key) is not None]
+        parts += [self._pair(key, value) for key, value in fields.items() if key not in _LOGFMT_FIRST]
+        return " ".join(parts)
+
+    def _pair(self, key: str, value: object) -> str:
+        if key not in self._keys:
+            if any(char <= " " for char in key):
+                raise ValueError(f'Invalid key: "{key}"')
+            self._keys.add(key)
+        if value is None:
+            return f"{key}="
+        if value is True:
+            return key
+        text = "false" if value is False else str(value)
+        quoted = " " in text or "=" in text or '"' in text
+        if quoted and "\\" in text:
+            text = text.replace("\\", "\\\\")
+        text = text.replace('"', '\\"').replace("\n", "\\n")
+        return f'{key}="{text}"' if quoted else f"{key}={text}"
+
+
+_set_up = False  # setup() was called: events go to the standard logging handlers
+_FIELDS = "gateway_fields"  # the LogRecord attribute that carries a Log event's fields
+
+
+class Log:
+    """A logger for the gateway's events: log.info("file.queued", file=..., size=...).
+
+    The line is the one structlog's standard chain gave (the fields in the order given, then
+    event, level, timestamp, and an exception's traceback), but each event is made into
+    fields once, not once per handler, and an event below the level costs one check.
+    """
+
+    __slots__ = ("_logger",)
+
+    def __init__(self, name: str):
+        self._logger = logging.getLogger(name)
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._log(logging.DEBUG, "debug", event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._log(logging.INFO, "info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._log(logging.WARNING, "warning", event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._log(logging.ERROR, "error", event, fields)
+
+    def exception(self, event: str, **fields: Any) -> None:
+        fields.setdefault("exc_info", True)
+        self._log(logging.ERROR, "error", event, fields)
+
+    def critical(self, event: str, **fields: Any) -> None:
+        self._log(logging.CRITICAL, "critical", event, fields)
+
+    def _log(self, level: int, level_name: str, event: str, fields: dict[str, Any]) -> None:
+        if not _set_up:  # before setup() (a command that logs nowhere, a test): structlog's default, on stdout
+            getattr(structlog.get_logger(self._logger.name), level_name)(event, **fields)
+            return
+        logger = self._logger
+        if not logger.isEnabledFor(level):
+            return
+        fields["event"] = event
+        fields["level"] = level_name
+        _stamp(None, level_name, fields)
+        if "exc_info" in fields:
+            structlog.processors.format_exc_info(None, level_name, fields)
+        record = logger.makeRecord(logger.name, level, "(gateway)", 0, event, (), None,
+                                   extra={_FIELDS: _printable_fields(None, level_name, fields)})
+        logger.handle(record)
 
 
 class LogFile(logging.handlers.WatchedFileHandler):
@@ -140,6 +241,8 @@ def setup(log_dir: Path | None, *, console: bool = True, level: int = logging.IN
     The file handler notices when logrotate has moved the file and reopens it.
     Calling setup() again replaces the handlers (used on SIGHUP and in tests).
     """
+    global _set_up
+    _set_up = True
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
@@ -150,32 +253,16 @@ def setup(log_dir: Path | None, *, console: bool = True, level: int = logging.IN
         with contextlib.suppress(OSError):  # if it fails, the file handler says why at the first event
             log_dir.mkdir(parents=True, exist_ok=True)
         file_handler = LogFile(log_dir / LOG_FILE_NAME)
-        file_handler.setFormatter(_RedactingFormatter(
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _printable_fields,
-                        structlog.processors.JSONRenderer(ensure_ascii=False)],
-            foreign_pre_chain=_SHARED,
-        ))
+        file_handler.setFormatter(_RedactingFormatter(structlog.processors.JSONRenderer(ensure_ascii=False),
+                                                      copy=False))
         root.addHandler(file_handler)
     if console:
         stream = logging.StreamHandler(sys.stderr)
-        renderer = (structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-                    if sys.stderr.isatty() else structlog.processors.LogfmtRenderer(
-                        key_order=["timestamp", "level", "event"], drop_missing=True))
-        stream.setFormatter(_RedactingFormatter(
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _printable_fields, renderer],
-            foreign_pre_chain=_SHARED,
-        ))
+        tty = sys.stderr.isatty()
+        renderer: structlog.typing.Processor = structlog.dev.ConsoleRenderer(colors=True) if tty else _Logfmt()
+        stream.setFormatter(_RedactingFormatter(renderer, copy=tty))
         root.addHandler(stream)
 
-    structlog.configure(
-        processors=[*_SHARED, structlog.processors.format_exc_info,
-                    structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=False,
-    )
 
-
-def get(name: str) -> structlog.stdlib.BoundLogger:
-    logger: structlog.stdlib.BoundLogger = structlog.get_logger(name)
-    return logger
+def get(name: str) -> Log:
+    return Log(name)
