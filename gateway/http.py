@@ -31,7 +31,8 @@ Contract:
   TLS (``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` would otherwise override the
   caller's ``verify``) or ``.netrc``; pass ``verify`` (True, False or a CA bundle
   path) on each call. Proxies still come from the environment
-  (``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY``) unless ``proxies`` is passed.
+  (``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY``) unless ``proxies`` is passed; a
+  session reads them once per scheme and host, at its first call there.
 
 Deadline is public so a non-HTTP transport (a raw TCP socket) can be bounded
 the same way: ``with Deadline(seconds) as deadline: deadline.attach(sock); ...``.
@@ -41,11 +42,13 @@ from __future__ import annotations
 
 import contextlib
 import email.message
+import functools
 import heapq
 import itertools
 import socket
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -79,13 +82,19 @@ class Answer:
     @property
     def text(self) -> str:
         """The body as text: the charset the server named, else UTF-8; undecodable bytes replaced."""
-        message = email.message.Message()
-        message["Content-Type"] = self.headers.get("Content-Type", "")
-        charset = message.get_content_charset() or "utf-8"
+        charset = _charset(self.headers.get("Content-Type", ""))
         try:
             return self.body.decode(charset, errors="replace")
         except LookupError:
             return self.body.decode("utf-8", errors="replace")
+
+
+@functools.lru_cache(maxsize=64)
+def _charset(content_type: str) -> str:
+    """The charset a Content-Type names (parsed as email does), else utf-8; a server sends the same few."""
+    message = email.message.Message()
+    message["Content-Type"] = content_type
+    return message.get_content_charset() or "utf-8"
 
 
 # -- the deadline: a shared timer that shuts down the sockets of late calls ------
@@ -228,9 +237,25 @@ class DeadlineAdapter(HTTPAdapter):
         return manager
 
 
+class _Session(requests.Session):
+    """A session that remembers, per scheme and host, the proxies the environment named for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.environment_proxies: dict[str, dict[str, str]] = {}
+
+    def proxies_for(self, url: str) -> dict[str, str]:
+        split = urllib.parse.urlsplit(url)
+        where = f"{split.scheme}://{split.netloc}"
+        proxies = self.environment_proxies.get(where)
+        if proxies is None:  # reading them scans the whole environment: once per host, not per call
+            proxies = self.environment_proxies[where] = environment_proxies(url)
+        return dict(proxies)
+
+
 def new_session(user_agent: str = USER_AGENT) -> requests.Session:
     """A requests.Session for send(): deadline-aware connections, TLS never taken from the environment."""
-    session = requests.Session()
+    session = _Session()
     session.trust_env = False
     session.headers["User-Agent"] = user_agent
     adapter = DeadlineAdapter()
@@ -258,7 +283,7 @@ def send(session: requests.Session, method: str, url: str, *, deadline: float,
     started = time.monotonic()
     kwargs.setdefault("allow_redirects", False)
     if "proxies" not in kwargs and not session.trust_env:
-        kwargs["proxies"] = environment_proxies(url)
+        kwargs["proxies"] = session.proxies_for(url) if isinstance(session, _Session) else environment_proxies(url)
     step = min(step_timeout or deadline, deadline)
     watch = Deadline(deadline)
     previous = getattr(_current, "deadline", None)
