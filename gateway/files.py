@@ -51,16 +51,24 @@ def move_no_clobber(source: Path, target: Path) -> None:
 
     Before returning, target's data and folder entry are on disk; only then is source removed.
     """
+    linked = place_no_clobber(source, target)
+    fsync_dir(target.parent)
+    if linked:
+        os.unlink(source)
+
+
+def place_no_clobber(source: Path, target: Path) -> bool:
+    """The first half of move_no_clobber, for moving many files with one folder sync: put source's
+    file at target (a hard link, a rename where links are unsupported, a synced copy across
+    filesystems); raise FileExistsError if target exists. Return True if source is still there:
+    the caller removes it only after fsync_dir(target.parent)."""
     try:
-        linked = _link_or_rename(source, target)
+        return _link_or_rename(source, target)
     except OSError as error:
         if error.errno != errno.EXDEV:
             raise
         copy_no_clobber(source, target)
-        linked = True
-    fsync_dir(target.parent)
-    if linked:
-        os.unlink(source)
+        return True
 
 
 def _link_or_rename(source: Path, target: Path) -> bool:

@@ -119,13 +119,14 @@ class Pipeline:
         dropped: list[int] = []
         moved: list[int] = []
         failures: list[tuple[Entry, Exception]] = []
-        for row_id, entry in zip(row_ids, entries, strict=True):
-            try:
-                kept = source.fetch(entry, self.work_dir / work_name(row_id, entry.name))
-            except SourceGone as gone:
+        results = source.fetch_many([(entry, self.work_dir / work_name(row_id, entry.name))  # one folder sync
+                                     for row_id, entry in zip(row_ids, entries, strict=True)])
+        for row_id, entry, kept in zip(row_ids, entries, results, strict=True):
+            if isinstance(kept, SourceGone):
                 dropped.append(row_id)
-                log.info("file.vanished", source=source.name, file=entry.name, detail=str(gone))
-            except Exception as error:  # cannot be moved (an OSError: the collector says why), or a bug: this file only
+                log.info("file.vanished", source=source.name, file=entry.name, detail=str(kept))
+            elif isinstance(kept, Exception):  # cannot be moved (an OSError: the collector says why), or a bug
+                error = kept
                 dropped.append(row_id)
                 failures.append((entry, error))
                 if not isinstance(error, OSError):

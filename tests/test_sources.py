@@ -136,6 +136,18 @@ class TestSourceContract:
         with pytest.raises(SourceGone):
             source_folder.source.fetch(entry, tmp_path / "work-a")
 
+    def test_fetch_many_takes_each_file_and_says_which_could_not_be_taken(self, source_folder, tmp_path):
+        for name in ("a", "b", "c"):
+            source_folder.put(name, name.encode() * 3)
+        entries = sorted(source_folder.source.scan(), key=lambda entry: entry.name)
+        source_folder.remove("b")
+        work = tmp_path / "work"
+        work.mkdir()
+        results = source_folder.source.fetch_many([(entry, work / entry.name) for entry in entries])
+        assert isinstance(results[1], SourceGone)
+        assert results[0] == results[2] == source_folder.source.keeps_originals
+        assert sorted(p.name for p in work.iterdir()) == ["a", "c"] and (work / "c").read_bytes() == b"ccc"
+
     def test_symlinks_and_folders_are_not_listed(self, source_folder, tmp_path):
         secret = tmp_path / "secret"
         secret.write_text("not for CaiaSoft")
@@ -335,3 +347,45 @@ def test_a_file_gone_between_listing_and_reading_is_passed_over(tmp_path):
     check = ReadyCheck(source, Settler(0.0), grace_seconds=300.0, peek_limit=1000)
     assert check.hold(entry) == 0.0
     assert check.writers_unknown is None and check.waiting == {}
+
+
+def test_a_batch_of_moves_syncs_the_work_folder_once_before_any_original_is_removed(tmp_path, monkeypatch):
+    from gateway import files
+    from gateway.sources import local
+
+    folder = LocalFolder(tmp_path / "in", "polling")
+    folder.folder.mkdir()
+    for number in range(5):
+        folder.put(f"slip-{number}.xml", b"<printout/>")
+    work = tmp_path / "work"
+    work.mkdir()
+    synced: list[list[str]] = []
+
+    def fsync_dir(path):  # the real sync, noting what was still in the source at that moment
+        synced.append(sorted(p.name for p in folder.folder.iterdir()))
+        files.fsync_dir(path)
+
+    monkeypatch.setattr(local, "fsync_dir", fsync_dir)
+    entries = folder.source.scan()
+    assert folder.source.fetch_many([(entry, work / entry.name) for entry in entries]) == [False] * 5
+    assert synced == [[f"slip-{number}.xml" for number in range(5)]], "one sync, with every original still there"
+    assert list(folder.folder.iterdir()) == [] and len(list(work.iterdir())) == 5
+
+
+def test_a_failed_sync_of_the_work_folder_leaves_every_file_in_its_source(tmp_path, monkeypatch):
+    from gateway.sources import local
+
+    folder = LocalFolder(tmp_path / "in", "polling")
+    folder.folder.mkdir()
+    for number in range(3):
+        folder.put(f"slip-{number}.xml", b"<printout/>")
+    work = tmp_path / "work"
+    work.mkdir()
+
+    def fsync_dir(path):
+        raise OSError(5, "Input/output error", str(path))
+
+    monkeypatch.setattr(local, "fsync_dir", fsync_dir)
+    results = folder.source.fetch_many([(entry, work / entry.name) for entry in folder.source.scan()])
+    assert all(isinstance(result, OSError) for result in results)
+    assert len(list(folder.folder.iterdir())) == 3 and list(work.iterdir()) == []

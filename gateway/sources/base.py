@@ -80,6 +80,10 @@ class Source(Protocol):
         """Move or copy the file to destination, durably; return True if the original stays in the source
         (a copy: a writer may still add to it). Raise SourceGone if it vanished or changed meanwhile."""
 
+    def fetch_many(self, jobs: list[tuple[Entry, Path]]) -> list[bool | Exception]:
+        """fetch() for each (entry, destination), in order: for each, what fetch() returned or the
+        Exception it raised (one file's failure does not stop the others)."""
+
     def changed(self, taken: Taken) -> int | None:
         """The original's size now if it differs from what was taken; None if unchanged (or gone)."""
 
@@ -88,3 +92,14 @@ class Source(Protocol):
 
     def healthy(self) -> bool:
         """False if the watching machinery has died (e.g. the observer thread)."""
+
+
+def fetch_each(source: Source, jobs: list[tuple[Entry, Path]]) -> list[bool | Exception]:
+    """fetch_many() as one fetch() after the other, for a source that gains nothing by batching."""
+    results: list[bool | Exception] = []
+    for entry, destination in jobs:
+        try:
+            results.append(source.fetch(entry, destination))
+        except Exception as error:
+            results.append(error)
+    return results

@@ -8,6 +8,7 @@ for changes made by other hosts, so watch = "auto" polls there.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -21,7 +22,7 @@ from watchdog.observers.inotify import InotifyObserver
 
 from gateway import intake, logs, markers, readiness
 from gateway.errors import SourceGone
-from gateway.files import copy_no_clobber, move_no_clobber
+from gateway.files import copy_no_clobber, fsync_dir, place_no_clobber
 from gateway.settings import LocalSourceSettings
 from gateway.sources.base import Entry, Released, Taken
 
@@ -237,6 +238,50 @@ class LocalSource:
         stays until its outcome is known, so a writer that was only pausing finishes
         it in place and it is taken again whole (see release()).
         """
+        [result] = self.fetch_many([(entry, destination)])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def fetch_many(self, jobs: list[tuple[Entry, Path]]) -> list[bool | Exception]:
+        """fetch() for each file, with one sync of the destination folder for all of them.
+
+        Each file is linked at its destination first; then the folder is synced once;
+        only then are the originals removed (a crash or power loss leaves each file at
+        one name or both, never at neither) and each checked for a writer that opened
+        it in the instant before (it is put back).
+        """
+        results: list[bool | Exception] = []
+        moved: dict[int, bool] = {}  # index of a file put at its destination -> its original is still there
+        for entry, destination in jobs:
+            try:
+                kept, still_there = self._place(entry, destination)
+            except Exception as error:
+                results.append(error)
+                continue
+            if not kept:
+                moved[len(results)] = still_there
+            results.append(kept)
+        for folder in {jobs[index][1].parent for index in moved}:
+            try:
+                fsync_dir(folder)
+            except OSError as error:  # not taken: the original is still the file (if it was linked)
+                for index in [index for index in moved if jobs[index][1].parent == folder]:
+                    results[index] = error
+                    if moved.pop(index):
+                        with contextlib.suppress(OSError):
+                            os.unlink(jobs[index][1])
+        for index, still_there in moved.items():
+            try:
+                self._finish_move(*jobs[index], still_there)
+            except Exception as error:
+                results[index] = error
+        return results
+
+    def _place(self, entry: Entry, destination: Path) -> tuple[bool, bool]:
+        """Put the file at destination: (True, False) copied, the original stays in the source;
+        (False, True) linked, the original to be removed once the folder is synced; (False, False)
+        renamed there (a filesystem without hard links)."""
         origin = Path(entry.origin)
         try:
             info = os.lstat(origin)
@@ -251,18 +296,24 @@ class LocalSource:
             raise SourceGone(f"{origin} was opened for writing again; it is taken once it settles again")
         if writers.state == readiness.UNKNOWN:
             self._copy(origin, destination, entry)
-            return True
+            return True, False
         try:
-            move_no_clobber(origin, destination)  # a rename; copy + fsync + unlink across filesystems
+            return False, place_no_clobber(origin, destination)  # a link; a synced copy across filesystems
         except FileNotFoundError:
             raise SourceGone(f"{origin} disappeared before it could be taken") from None
+
+    def _finish_move(self, entry: Entry, destination: Path, still_there: bool) -> None:
+        """After the folder sync: remove the original, and check what was taken is the file, unwritten."""
+        origin = Path(entry.origin)
+        if still_there:
+            with contextlib.suppress(FileNotFoundError):  # removed meanwhile: taken all the same
+                os.unlink(origin)
         moved = os.lstat(destination)
         if not stat.S_ISREG(moved.st_mode):  # swapped for a symlink in between: never follow it
             os.unlink(destination)
             raise SourceGone(f"{origin} was replaced by a link while being taken; not followed")
         if readiness.open_writers(destination).state == readiness.WRITING:
             self._put_back(destination, origin)  # opened for writing in the instant before the move
-        return False
 
     def _copy(self, origin: Path, destination: Path, entry: Entry) -> None:
         try:

@@ -37,7 +37,7 @@ from gateway.errors import SourceGone, SourceUnavailable
 from gateway.files import partial_path
 from gateway.names import from_bytes, printable, to_bytes
 from gateway.settings import SftpSourceSettings
-from gateway.sources.base import Entry, Released, Taken
+from gateway.sources.base import Entry, Released, Taken, fetch_each
 
 KEEPALIVE_SECONDS = 30
 RECONNECT_INITIAL_SECONDS = 1.0
@@ -296,6 +296,9 @@ class SftpSource:
                              "it is taken again once it settles")
         os.rename(partial, destination)
         return True
+
+    def fetch_many(self, jobs: list[tuple[Entry, Path]]) -> list[bool | Exception]:
+        return fetch_each(self, jobs)
 
     def peek(self, entry: Entry, limit: int) -> bytes:
         def read(sftp: paramiko.SFTPClient) -> bytes:
