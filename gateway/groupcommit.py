@@ -17,7 +17,13 @@ transition ends; the waiting threads are woken once, when their batch is durable
 
 A transition may also be lazy (wait=False): it joins the next commit but its
 thread does not wait for it. Only a step that recovery can redo is lazy (a row
-moved to archived after its file and sidecar are already in place and synced).
+moved to archived after its file and sidecar are already in place and synced),
+or one whose thread waits for it later, before anything depends on it
+(durable(): the batch it joined, to wait for with wait_for()). A batch of lazy
+transitions alone is committed once a waited transition joins it, someone waits
+for it, or LAZY_SECONDS after the first of them ended: lazy steps ride the
+commits others wait for instead of each costing an fsync (and holding the lock
+meanwhile) of their own.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from contextlib import contextmanager
 
 SAVEPOINT = "transition"
 GATHER_SECONDS = 0.002  # longest the writer waits for transitions on their way in before it commits
+LAZY_SECONDS = 0.02  # longest a batch of lazy transitions alone waits for one to share its commit with
 
 
 class GroupCommit:
@@ -48,7 +55,9 @@ class GroupCommit:
         guard = threading.Lock()
         self._signal = threading.Condition(guard)  # batches committed: the waiting threads
         self._wake = threading.Condition(guard)    # a transition ended or the ledger closes: the writer
-        self._waiting = False      # a batch wants its commit
+        self._pending = False      # a transition of the open batch has ended: the batch is to be committed
+        self._pending_since = 0.0  # when the first of them ended (time.monotonic)
+        self._wanted = False       # somebody waits for the open batch: commit it now
         self._entering = 0         # transitions on their way in (waiting for the lock, or running)
         self._closing = False
         self._local = threading.local()
@@ -60,7 +69,8 @@ class GroupCommit:
         """Run the body inside the shared transaction; on leaving, wait until it is durable (unless not wait).
 
         Raise what the body raised (its statements are rolled back alone), or what the
-        BEGIN or the batch's COMMIT raised.
+        BEGIN or the batch's COMMIT raised. Without wait, the batch it joined is
+        durable() afterwards, for wait_for().
         """
         depth = getattr(self._local, "depth", 0)
         if depth:  # nested in a transition of this thread: part of it
@@ -82,7 +92,7 @@ class GroupCommit:
                 self._db.execute("BEGIN IMMEDIATE")  # a failure leaves nothing open, and the lock is released
                 self._open = True
                 self._batch += 1
-            batch = self._batch
+            batch = self._local.batch = self._batch
             self._db.execute(f"SAVEPOINT {SAVEPOINT}")
             self._local.depth = 1
             try:
@@ -97,23 +107,35 @@ class GroupCommit:
                 self._local.depth = 0
         finally:
             self._lock.release()
-            self._left(ended=True)
+            self._left(ended=True, waits=wait)
         if wait:
-            self._wait_for(batch)
+            self.wait_for(batch)
 
-    def _left(self, ended: bool = False) -> None:
+    def _left(self, ended: bool = False, waits: bool = False) -> None:
         """A transition is out of the lock: the writer hears of it (and, if it ended, of a batch to commit)."""
         with self._wake:
             self._entering -= 1
-            # the writer waits for the first transition of a batch to end, then for those on their way in
-            wanted = (ended and not self._waiting) or not self._entering
-            if ended:
-                self._waiting = True
+            # the writer hears of the first transition of a batch to end (lazy: it starts its LAZY_SECONDS),
+            # of the first that waits, and then of those on their way in
+            wanted = ended and (not self._pending or (waits and not self._wanted)) or not self._entering
+            if ended and not self._pending:
+                self._pending, self._pending_since = True, time.monotonic()
+            if ended and waits:
+                self._wanted = True
             if wanted:
                 self._wake.notify()
 
-    def _wait_for(self, batch: int) -> None:
+    def durable(self) -> int:
+        """The batch this thread's last transition joined: wait_for() it before anything relies on that step."""
+        batch: int = self._local.batch
+        return batch
+
+    def wait_for(self, batch: int) -> None:
+        """Return once batch is durable (at once if it is already); raise what its COMMIT raised."""
         with self._signal:
+            if self._committed < batch and not self._wanted:
+                self._wanted = True  # a lazy batch: commit it now
+                self._wake.notify()
             self._signal.wait_for(lambda: self._committed >= batch)
             failure = self._failures.get(batch)
         if failure is not None:
@@ -122,14 +144,18 @@ class GroupCommit:
     def _commit_loop(self) -> None:
         while True:
             with self._wake:
-                self._wake.wait_for(lambda: self._waiting or self._closing)
-                if not self._waiting and self._closing:
+                while not (self._wanted or self._closing):  # a lazy batch alone waits for company
+                    left = self._pending_since + LAZY_SECONDS - time.monotonic() if self._pending else None
+                    if left is not None and left <= 0:
+                        break
+                    self._wake.wait(left)
+                if not self._pending and self._closing:
                     return
                 if self._entering and not self._closing:  # let those on their way in join this batch
                     deadline = time.monotonic() + GATHER_SECONDS
                     while self._entering and (left := deadline - time.monotonic()) > 0:
                         self._wake.wait(left)
-                self._waiting = False
+                self._pending = self._wanted = False
             self._before_commit()
             self._commit()
 

@@ -30,8 +30,9 @@ The ledger is made of small parts, each a mixin of Ledger over one connection:
 
 Transitions are committed by group commit (gateway/groupcommit.py): a method
 returns once its change is durable, but the changes of all threads waiting at
-once share one COMMIT. Only finished() (recovery redoes it) and count_up() (it
-rides the NCIP checkpoint's commit that follows it) do not wait.
+once share one COMMIT. Only finished() (recovery redoes it), count_up() (it
+rides the NCIP checkpoint's commit that follows it) and a take_due() that its
+caller waits for later (before sending) do not wait.
 """
 
 from __future__ import annotations

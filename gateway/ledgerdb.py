@@ -91,6 +91,14 @@ class LedgerDb:
         """A transition: its statements, then (with wait) its return once they are durable (groupcommit)."""
         return self._commits.transaction(wait)
 
+    def durable(self) -> int:
+        """The commit this thread's last transition joined (see take_due), for wait_for()."""
+        return self._commits.durable()
+
+    def wait_for(self, commit: int) -> None:
+        """Return once that commit is durable; raise what it raised (its transitions then never happened)."""
+        self._commits.wait_for(commit)
+
     def _one(self, sql: str, args: tuple[object, ...] = ()) -> FileRow | None:
         with self._lock:
             row = self._db.execute(sql, args).fetchone()

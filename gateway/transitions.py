@@ -76,16 +76,18 @@ class FileTransitions(LedgerDb):
                 " ORDER BY next_attempt_at, id LIMIT 1) RETURNING *", (now,)).fetchone()
         return FileRow(**dict(row)) if row else None
 
-    def take_due(self, now: float, share: int, most: int) -> list[FileRow]:
+    def take_due(self, now: float, share: int, most: int, *, beyond: int = 0, wait: bool = True) -> list[FileRow]:
         """Mark up to most of the oldest due queued files 'uploading' in one commit; return them in order.
 
         A backlog is shared among share workers: each takes its part of what is due (at
-        least one, at most most), so a few files are not all taken by one worker.
+        least one, at most most), so a few files are not all taken by one worker. Nothing
+        is taken unless more than beyond files are due. Without wait the take is not yet
+        durable on return: wait_for(durable()) before sending any of them.
         """
-        with self._transaction() as db:
+        with self._transaction(wait) as db:
             due = int(db.execute("SELECT COUNT(*) FROM files WHERE state = 'queued' AND next_attempt_at <= ?",
                                  (now,)).fetchone()[0])
-            if not due:
+            if due <= beyond:
                 return []
             rows = db.execute(
                 "UPDATE files SET state = 'uploading', attempts = attempts + 1 WHERE id IN ("

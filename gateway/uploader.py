@@ -36,6 +36,10 @@ class Uploader(Worker):
     From a backlog a worker takes several due files in one ledger commit (its share
     of what is due, at most TAKE_AT_MOST) and sends them one after the other; files
     taken but not sent go back to the queue when uploads pause or the worker stops.
+    While the last of them is on the wire, it takes the next ones, if more files are
+    due than there are workers (a backlog: no idle worker is kept from them), without
+    waiting for that commit: it is durable long before their turn, and is waited for
+    then, so no file is sent before its take is durable.
     It checks in at least every CHECK_IN_SECONDS except while an upload is on the
     wire, so an upload stuck longer than the watchdog period shows as hung. An
     answer the ledger could not record (locked, disk full) is kept and recorded
@@ -55,6 +59,7 @@ class Uploader(Worker):
         self.workers = workers
         self._unrecorded: tuple[FileRow, Outcome] | None = None
         self._taken: collections.deque[FileRow] = collections.deque()
+        self._next: tuple[int, list[FileRow]] | None = None  # taken in a commit not yet waited for: (commit, rows)
 
     @property
     def gate(self) -> Gate:
@@ -69,15 +74,24 @@ class Uploader(Worker):
             self._give_back()
             self.rest(closed_for)
             return
+        ledger = self.pipeline.ledger
+        if not self._taken and self._next is not None:
+            commit, rows = self._next
+            self._next = None
+            ledger.wait_for(commit)  # almost always durable by now; if that commit failed, they were never taken
+            self._taken.extend(rows)
         if not self._taken:
             self.wake.clear()
-            ledger = self.pipeline.ledger
             self._taken.extend(ledger.take_due(self.clock(), self.workers, TAKE_AT_MOST))
             if not self._taken:
                 due = ledger.next_due_at()
                 self.rest(IDLE_POLL_SECONDS if due is None
                           else min(max(due - self.clock(), 0.01), IDLE_POLL_SECONDS * 5), self.wake)
                 return
+        if len(self._taken) == 1 and self._next is None:  # the last one in hand: take the next ones meanwhile
+            rows = ledger.take_due(self.clock(), self.workers, TAKE_AT_MOST, beyond=self.workers, wait=False)
+            if rows:
+                self._next = (ledger.durable(), rows)
         row = self._taken.popleft()
         self._unrecorded = (row, self.pipeline.send(row))
         self._record(*self._unrecorded)
@@ -86,6 +100,11 @@ class Uploader(Worker):
         self._give_back()
 
     def _give_back(self) -> None:
+        if self._next is not None:
+            commit, rows = self._next
+            self._next = None
+            self.pipeline.ledger.wait_for(commit)  # if that commit failed, they were never taken: not ours to untake
+            self._taken.extend(rows)
         if self._taken:
             self.pipeline.ledger.untake(*(row.id for row in self._taken))
             self._taken.clear()

@@ -234,6 +234,50 @@ def test_an_upload_worker_gives_back_the_files_it_took_when_it_stops(pipeline, s
     assert all(row.state == FileState.QUEUED for row in pipeline.ledger.rows(ids))
 
 
+def test_an_upload_worker_takes_the_next_files_of_a_backlog_while_it_sends_the_last_one_in_hand(pipeline, site):
+    from gateway.uploader import Uploader
+
+    ids = [queued_slip(pipeline, site, f"slip{number}.xml") for number in range(10)]
+    ledger = pipeline.ledger
+    worker = Uploader(pipeline, workers=2)
+    for _ in range(3):
+        worker.step()  # takes ids[0:4] (10 due, two workers: four), sends three of them
+    assert worker._next is None, "more than one in hand: nothing taken ahead"
+    worker.step()  # the last in hand goes out; meanwhile its share of the 6 due is taken
+    assert [row.id for row in worker._next[1]] == ids[4:7]
+    worker.step()  # sends ids[4], once that take is durable
+    database = sqlite3.connect(pipeline.config.paths.database)
+    try:
+        states = dict(database.execute(f"SELECT id, state FROM files WHERE id IN ({', '.join(map(str, ids))})"))
+    finally:
+        database.close()
+    assert [states[row_id] for row_id in ids[5:7]] == ["uploading", "uploading"], "the take is durable"
+    assert states[ids[4]] in ("archiving", "archived"), "answered and placed (archived joins a later commit)"
+    worker.step()  # ids[5]; two left in hand
+    worker.step()  # ids[6], the last in hand: 3 due, more than the workers: one taken ahead
+    assert [row.id for row in worker._next[1]] == ids[7:8]
+    worker.step()  # ids[7]: 2 due, not more than the workers: left to an idle one
+    assert worker._next is None and not worker._taken
+    assert [row.state for row in ledger.rows(ids[8:])] == [FileState.QUEUED] * 2
+    for _ in range(3):
+        worker.step()  # ids[8], ids[9] taken (one at a time, as for an idle worker), then nothing due: a rest
+    assert all(row.state == FileState.ARCHIVED for row in ledger.rows(ids))
+    assert all(row.attempts == 1 for row in ledger.rows(ids))
+
+
+def test_an_upload_worker_gives_back_the_files_it_took_ahead_when_it_stops(pipeline, site):
+    from gateway.uploader import Uploader
+
+    ids = [queued_slip(pipeline, site, f"slip{number}.xml") for number in range(12)]
+    worker = Uploader(pipeline, workers=2)
+    for _ in range(4):
+        worker.step()
+    assert [row.id for row in worker._next[1]] == ids[4:8]
+    worker.end()
+    rows = pipeline.ledger.rows(ids[4:])
+    assert all(row.state == FileState.QUEUED and row.attempts == 0 for row in rows), "not sent: no attempt counted"
+
+
 def test_a_full_state_dir_is_not_reported_as_a_permissions_problem():
     import errno
 

@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from gateway import groupcommit
 from gateway.groupcommit import GroupCommit
 
 from conftest import wait_for
@@ -105,4 +106,35 @@ def test_a_lazy_transition_is_committed_with_the_next_batch(database):
     with commits.transaction(wait=False) as connection:
         connection.execute("INSERT INTO t VALUES (7)")
     wait_for(lambda: committed(path) == [7], message="the lazy transition committed by the writer")
+    commits.close()
+
+
+def test_a_lazy_transition_rides_the_next_waited_commit_instead_of_paying_its_own(database, monkeypatch):
+    path, db = database
+    monkeypatch.setattr(groupcommit, "LAZY_SECONDS", 600, raising=False)  # alone, it waits for company that long
+    commits = GroupCommit(db, threading.RLock())
+    with commits.transaction(wait=False) as connection:
+        connection.execute("INSERT INTO t VALUES (7)")
+    committing = threading.Event()
+    commits._before_commit = committing.set
+    assert not committing.wait(0.5), "a lazy step alone does not make the writer commit"
+    with commits.transaction() as connection:
+        connection.execute("INSERT INTO t VALUES (8)")
+    assert committed(path) == [7, 8], "both durable once the waited one returns"
+    assert commits._committed == 1, "one COMMIT for both"
+    commits.close()
+
+
+def test_waiting_for_a_lazy_transition_later_commits_it_at_once(database, monkeypatch):
+    path, db = database
+    monkeypatch.setattr(groupcommit, "LAZY_SECONDS", 600, raising=False)
+    commits = GroupCommit(db, threading.RLock())
+    with commits.transaction(wait=False) as connection:
+        connection.execute("INSERT INTO t VALUES (7)")
+    batch = commits.durable()
+    waiter = threading.Thread(target=commits.wait_for, args=(batch,))
+    waiter.start()
+    waiter.join(30)
+    assert not waiter.is_alive(), "wait_for a lazy batch makes the writer commit it, without LAZY_SECONDS"
+    assert committed(path) == [7]
     commits.close()
