@@ -92,6 +92,14 @@ class Process:
             pass
         return float("nan")
 
+    def cpu_seconds(self) -> float:
+        """User and system CPU the process has used so far (from /proc)."""
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -298,23 +306,36 @@ def ncip_bench(caiasoft_url: str, ncip_url: str, root: Path, count: int) -> dict
     settings = load(config).ncip
     size = journal.stat().st_size
 
-    started = time.monotonic()
+    started, cpu_started = time.monotonic(), time.process_time()
     with requests.Session() as session:
         for entry in entries:
             session.post(ncip_url, data=messages.build(settings, entry), timeout=30,
                          headers={"Content-Type": "application/xml; charset=utf-8"}).raise_for_status()
-    bare = count / (time.monotonic() - started)
+    bare, bare_cpu = count / (time.monotonic() - started), time.process_time() - cpu_started
 
     started = time.monotonic()
     gateway = start_gateway(config, root)
     try:
-        wait_until(lambda: ledger_value(root, "SELECT offset FROM checkpoints WHERE name = 'ncip-journal'") == size,
-                   timeout=600, interval=0.1, what="the journal to be relayed")
+        wait_until(lambda: relayed_offset(root) == size, timeout=600, interval=0.05,
+                   what="the journal to be relayed")
         relayed = count / (time.monotonic() - started)
+        cpu = gateway.cpu_seconds()
     finally:
         gateway.stop()
     return {"entries": count, "bare_loop_per_s": round(bare, 1), "gateway_per_s": round(relayed, 1),
-            "ratio": round(relayed / bare, 2)}
+            "ratio": round(relayed / bare, 2), "bare_cpu_ms_per_entry": round(bare_cpu * 1000 / count, 3),
+            "gateway_cpu_ms_per_entry": round(cpu * 1000 / count, 3)}
+
+
+def relayed_offset(root: Path) -> int | None:
+    """Where the relay's checkpoint is in the journal (state_dir/ncip-checkpoint), None before it is written."""
+    from gateway import checkpointfile
+
+    try:
+        saved = checkpointfile.read(root / "state" / checkpointfile.FILE_NAME)
+    except checkpointfile.CheckpointDamaged:
+        return None
+    return saved.position["offset"] if saved is not None and saved.position else None
 
 
 def wan(work: Path, delay: float, files: int, curl_files: int, ncip_entries: int) -> dict:
@@ -448,6 +469,8 @@ def print_table(f: dict) -> None:
         rows += [
             ("NCIP bare loop", f"{f['ncip']['bare_loop_per_s']} entries/s", ""),
             ("NCIP relay", f"{f['ncip']['gateway_per_s']} entries/s", f"{f['ncip']['ratio']} x bare (target 0.8)"),
+            ("NCIP CPU per entry: bare loop / relay", f"{f['ncip']['bare_cpu_ms_per_entry']} / "
+             f"{f['ncip']['gateway_cpu_ms_per_entry']} ms", "relay: the whole gateway process"),
         ]
     if "wan" in f:
         w = f["wan"]

@@ -1,34 +1,85 @@
-"""What the NCIP side keeps in the ledger: the journal tailer's checkpoint and the status feed's memory.
+"""What the NCIP side keeps: the journal tailer's checkpoint (with the relay's counts) and the feed's memory.
 
-    checkpoints  name -> where the tailer is in the journal: device, inode, a fingerprint of the
-                 file's head (and its length), the offset of the next entry
+    state_dir/ncip-checkpoint  where the tailer is in the journal (device, inode, a fingerprint of
+                 the file's head and its length, the offset of the next entry) and the entries
+                 finished by outcome: a small file of two alternating records (gateway/checkpointfile.py),
+                 so moving it after each entry costs one pwrite and one fdatasync, not a ledger commit
     feed_seen    (kind, barcode, day) the status feed has already written to the journal
+
+Before that file existed, the checkpoint was a row of the checkpoints table (name 'ncip-journal')
+and the counts rows of the counters table: the first open moves them into the file, then
+deletes them, so the file is the only place either lives.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
+from gateway.checkpointfile import COUNTER, FILE_NAME, OUTCOMES, CheckpointFile, read
 from gateway.ledgerdb import LedgerDb
+
+LEGACY_CHECKPOINT = "ncip-journal"  # the checkpoints table's row before the file
+_OPENING = threading.Lock()
 
 
 class Checkpoints(LedgerDb):
-    """The ledger's checkpoints and feed memory (mixed into Ledger)."""
+    """The NCIP checkpoint file and the feed memory (mixed into Ledger)."""
 
-    def checkpoint(self, name: str) -> dict[str, Any] | None:
+    _journal_checkpoint: CheckpointFile | None = None
+
+    def journal_checkpoint(self) -> CheckpointFile:
+        """The relay's checkpoint file beside the ledger, opened once (created on the first call, from what an
+        older ledger held). Raise CheckpointDamaged if neither of its records can be read."""
+        with _OPENING:  # not the ledger's lock: forgetting the old rows waits for the writer, which takes it
+            if self._journal_checkpoint is None:
+                path = self.path.parent / FILE_NAME
+                opened = CheckpointFile.open(path)
+                if opened is None:
+                    opened = CheckpointFile.create(path, self._legacy_checkpoint(), self._legacy_counts())
+                self._forget_legacy()
+                with self._lock:
+                    self._journal_checkpoint = opened
+            return self._journal_checkpoint
+
+    def count_ncip_entry(self, outcome: str) -> None:
+        """One more journal entry finished with outcome (done, already, dead_letter): durable with the relay's
+        next checkpoint, which follows it at once."""
+        self.journal_checkpoint().count(outcome)
+
+    def ncip_counts(self) -> dict[str, int]:
+        """Entries finished by outcome, as this process counts them, else as the file or an older ledger says."""
+        with self._lock:
+            if self._journal_checkpoint is not None:
+                return self._journal_checkpoint.counts()
+        saved = read(self.path.parent / FILE_NAME)
+        return saved.counts if saved is not None else {**dict.fromkeys(OUTCOMES, 0), **self._legacy_counts()}
+
+    def close(self) -> None:
+        with self._lock:
+            if self._journal_checkpoint is not None:
+                self._journal_checkpoint.close()
+        super().close()
+
+    def _legacy_checkpoint(self) -> dict[str, Any] | None:
         with self._lock:
             row = self._db.execute("SELECT device, inode, fingerprint, fingerprint_length, offset FROM checkpoints "
-                                   "WHERE name = ?", (name,)).fetchone()
+                                   "WHERE name = ?", (LEGACY_CHECKPOINT,)).fetchone()
         return dict(row) if row else None
 
-    def set_checkpoint(self, name: str, device: int, inode: int, fingerprint: str, fingerprint_length: int,
-                       offset: int) -> None:
+    def _legacy_counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT name, value FROM counters WHERE name GLOB ?",
+                                    (COUNTER + "*",)).fetchall()
+        return {name[len(COUNTER):]: value for name, value in rows if name[len(COUNTER):] in OUTCOMES}
+
+    def _forget_legacy(self) -> None:
+        """Once the file holds them (it is durable before this runs), the ledger's copies go."""
+        if self._legacy_checkpoint() is None and not self._legacy_counts():
+            return  # nothing to delete: no write, no commit
         with self._transaction() as db:
-            db.execute("INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
-                       "device = excluded.device, inode = excluded.inode, fingerprint = excluded.fingerprint, "
-                       "fingerprint_length = excluded.fingerprint_length, offset = excluded.offset, "
-                       "updated_at = excluded.updated_at",
-                       (name, device, inode, fingerprint, fingerprint_length, offset, self.clock()))
+            db.execute("DELETE FROM checkpoints WHERE name = ?", (LEGACY_CHECKPOINT,))
+            db.execute("DELETE FROM counters WHERE name GLOB ?", (COUNTER + "*",))
 
     def feed_seen(self, kind: str, barcode: str, day: str) -> bool:
         with self._lock:

@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from gateway import __version__, config as config_module, logs
+from gateway.checkpointfile import CheckpointDamaged
 from gateway.errors import AlreadyRunning, ConfigError, GatewayError, LedgerDamaged, describe
 from gateway.names import printable
 from gateway.states import FileState, Verdict
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     except AlreadyRunning as error:
         print(f"caiasoft-gateway: {error}", file=sys.stderr)
         return EXIT_FAILURE
-    except LedgerDamaged as error:  # not fixed by a restart: the unit does not restart on exit 2
+    except (LedgerDamaged, CheckpointDamaged) as error:  # not fixed by a restart: the unit does not restart on 2
         print(f"caiasoft-gateway: {printable(str(error))}", file=sys.stderr)
         return EXIT_CONFIG
     except GatewayError as error:  # e.g. the ledger cannot be opened now: a restart may fix it

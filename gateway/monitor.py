@@ -25,7 +25,7 @@ from gateway.caiasoft import is_denied
 from gateway.events import Conditions, Events
 from gateway.ledger import FileRow, Ledger
 from gateway.states import OPEN_STATES, FileState, NcipOutcome
-from gateway.metrics import NCIP_COUNTER, Metrics
+from gateway.metrics import Metrics
 from gateway.settings import Config
 
 log = logs.get("gateway.monitor")
@@ -99,7 +99,7 @@ class Monitor(Events):
     @_never_raises
     def ncip_entry(self, outcome: NcipOutcome, entry: dict[str, Any] | None, reason: str | None = None,
                    dead_letters: Path | None = None) -> None:
-        self.ledger.count_up(NCIP_COUNTER + outcome)
+        self.ledger.count_ncip_entry(outcome)
         if self.metrics:
             self.metrics.ncip_entry(outcome)
         if outcome == NcipOutcome.DEAD_LETTER:

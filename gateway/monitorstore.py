@@ -4,7 +4,8 @@ Two tables (added by ledger schema version 3):
 
     alerts    one row per alert: its kind, whether it announces a recovery, the message
               (JSON), when it was mailed and when it was posted to the webhook (NULL = not yet)
-    counters  name -> a count the files table cannot answer (NCIP entries by outcome)
+    counters  name -> a count the files table cannot answer (none now: the NCIP entries by
+              outcome, counted here before, are kept with the relay's checkpoint, gateway/checkpoints.py)
 
 An alert is written here before anything tries to send it, and marked sent right after the
 mail server (or webhook) took it, so after a crash only the one in flight can go twice.
@@ -117,13 +118,6 @@ class MonitorStore:
                                         "OR posted_at IS NULL").fetchone()[0])
 
     # -- counters ----------------------------------------------------------------
-
-    def count_up(self, name: str, by: int = 1) -> None:
-        """Add to a counter. Not waited for: it joins the next commit (the relay's checkpoint, which follows
-        at once and is waited for), so a crash loses no more than before: the entry is sent, and counted, again."""
-        with self._transaction(wait=False) as db:
-            db.execute("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + ?",
-                       (name, by, by))
 
     def counters(self) -> dict[str, int]:
         with self._lock:

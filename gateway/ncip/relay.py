@@ -2,7 +2,9 @@
 
 For each complete line: build the message, send it (gateway.ncip.transport),
 read the answer (gateway.ncip.answers), act, and only then move the checkpoint
-past the line. Outcomes:
+past the line: state_dir/ncip-checkpoint, which the ledger hands out
+(gateway/checkpoints.py), durable (pwrite + fdatasync) before the next entry is
+sent, so an answered entry is never sent again after kill -9. Outcomes:
   no Problem, or a Problem that means "already done"    done
   a temporary Problem, no answer (unreachable, HTTP      the same entry again, after a backoff, for as
   error, timeout, too large)                             long as it takes
@@ -33,7 +35,6 @@ from gateway.ncip.journal import JournalEntry, Line, Tailer
 from gateway.states import NcipOutcome, NcipVerdict
 from gateway.worker import Worker
 
-CHECKPOINT = "ncip-journal"
 POLL_SECONDS = 0.2
 
 log = logs.get("gateway.ncip.relay")
@@ -99,7 +100,7 @@ class Relay(Worker):
     def __init__(self, settings: Ncip, ledger: Ledger, error_dir: Path):
         super().__init__(name="ncip-relay")
         self.settings = settings
-        self.ledger = ledger
+        self.checkpoint = ledger.journal_checkpoint()  # here, at start: a damaged file stops it (exit 2)
         self.client = NcipClient(settings)
         self.dead_letters = DeadLetters(error_dir / "ncip")
         self.backoff = Backoff(settings.backoff_initial_seconds, settings.backoff_max_seconds)
@@ -119,7 +120,7 @@ class Relay(Worker):
             return 0, 0
 
     def begin(self) -> None:
-        self.tailer = Tailer(self.settings.journal, self.ledger.checkpoint(CHECKPOINT), self.settings.max_line_bytes)
+        self.tailer = Tailer(self.settings.journal, self.checkpoint.position(), self.settings.max_line_bytes)
         log.info("ncip.started", journal=str(self.settings.journal), server=self.settings.url,
                  version=self.settings.version)
 
@@ -180,7 +181,7 @@ class Relay(Worker):
 
     def _commit(self, line: Line) -> None:
         assert self.tailer is not None, "begin() opened the tailer"
-        self.ledger.set_checkpoint(CHECKPOINT, **self.tailer.commit(line))
+        self.checkpoint.save(self.tailer.commit(line))
 
     def _dead_letter(self, line: Line, reason: str, answer: Answer | None) -> None:
         record: dict[str, Any] = {

@@ -1,0 +1,155 @@
+"""The NCIP relay's checkpoint file (state_dir/ncip-checkpoint): read back, a write cut short, both records
+damaged (exit 2 naming the file), and moving an older ledger's checkpoint and counts into it."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from gateway.checkpointfile import FILE_NAME, SLOT_BYTES, CheckpointDamaged, CheckpointFile, read
+from gateway.ledger import Ledger
+from gateway.ncip.journal import Tailer
+
+from conftest import wait_for
+from test_relay import add, ncip, relay_site  # noqa: F401  (fixtures)
+
+
+def position(offset: int) -> dict:
+    return {"device": 2049, "inode": 131074 + offset, "offset": offset, "fingerprint": f"{offset:064x}",
+            "fingerprint_length": min(offset, 128)}
+
+
+def test_each_save_is_read_back_and_the_newest_record_wins(tmp_path):
+    path = tmp_path / FILE_NAME
+    checkpoint = CheckpointFile.create(path, None, {"done": 7})
+    assert read(path).position is None and read(path).counts == {"done": 7, "already": 0, "dead_letter": 0}
+    for offset in (64, 128, 192, 256, 320):
+        checkpoint.count("done" if offset != 192 else "dead_letter")
+        checkpoint.save(position(offset))
+        assert read(path).position == position(offset)
+    checkpoint.close()
+    assert read(path).counts == {"done": 11, "already": 0, "dead_letter": 1}
+    assert path.stat().st_size == 2 * SLOT_BYTES, "overwritten in place: the file never grows"
+    again = CheckpointFile.open(path)
+    assert again.position() == position(320) and again.counts()["done"] == 11
+    again.close()
+
+
+@pytest.mark.parametrize("cut", [0, 9, 40, 100, -1])  # bytes of the new record that reached the disk (-1: all but one)
+def test_a_save_cut_short_leaves_the_record_before_it(tmp_path, cut):
+    path = tmp_path / FILE_NAME
+    checkpoint = CheckpointFile.create(path, position(64), {})
+    checkpoint.save(position(128))
+    before = path.read_bytes()
+    checkpoint.count("done")
+    checkpoint.save(position(192))
+    after = path.read_bytes()
+    checkpoint.close()
+    changed = next(index for index in range(len(after)) if after[index] != before[index])
+    slot = changed - changed % SLOT_BYTES
+    written = max(index for index in range(len(after)) if after[index] != before[index]) + 1 - slot
+    cut = written - 1 if cut < 0 else cut
+    # the crash hit while the newest record was being written: only its first cut bytes reached the disk
+    path.write_bytes(before[:slot] + after[slot:slot + cut] + before[slot + cut:])
+    saved = read(path)
+    assert saved.position == position(128), "the entry in flight is sent again; nothing is skipped"
+    assert saved.counts["done"] == 0, "its count went with it"
+    reopened = CheckpointFile.open(path)
+    reopened.count("done")
+    reopened.save(position(192))  # the next save overwrites the damaged slot, never the good one
+    reopened.close()
+    assert read(path).position == position(192) and read(path).counts["done"] == 1
+
+
+@pytest.mark.parametrize("content", [b"", b"GWNCIP01", os.urandom(2 * SLOT_BYTES), bytes(2 * SLOT_BYTES)],
+                         ids=["empty", "cut", "garbage", "zeros"])
+def test_no_whole_record_is_damage_naming_the_file(tmp_path, content):
+    path = tmp_path / FILE_NAME
+    path.write_bytes(content)
+    with pytest.raises(CheckpointDamaged, match=str(path)):
+        read(path)
+
+
+def test_both_records_damaged_stop_the_service_with_exit_2_naming_the_file(relay_site):  # noqa: F811
+    relay_site.state.mkdir(parents=True, exist_ok=True)
+    path = relay_site.state / FILE_NAME
+    path.write_bytes(os.urandom(2 * SLOT_BYTES))
+    run = subprocess.run([sys.executable, "-m", "gateway", "-c", str(relay_site.config_file), "run"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2, run.stderr
+    assert str(path) in run.stderr and "move the file aside" in run.stderr and "Traceback" not in run.stderr
+
+
+def older_ledger(database, checkpoint: dict | None, counts: dict[str, int]) -> None:
+    """A ledger as the release before the checkpoint file left it: the place and the counts in its tables."""
+    Ledger(database).close()
+    with sqlite3.connect(database) as db:
+        if checkpoint:
+            db.execute("INSERT INTO checkpoints VALUES ('ncip-journal', ?, ?, ?, ?, ?, 0)",
+                       (checkpoint["device"], checkpoint["inode"], checkpoint["fingerprint"],
+                        checkpoint["fingerprint_length"], checkpoint["offset"]))
+        db.executemany("INSERT INTO counters VALUES (?, ?)",
+                       [(f"ncip_entries_total:{outcome}", count) for outcome, count in counts.items()])
+    db.close()
+
+
+def test_the_first_open_moves_an_older_ledgers_checkpoint_and_counts_into_the_file(tmp_path):
+    database = tmp_path / "gateway.db"
+    older_ledger(database, position(448), {"done": 5, "dead_letter": 2})
+    ledger = Ledger(database)
+    try:
+        assert ledger.counters()["ncip_entries_total:done"] == 5, "before the move too"
+        checkpoint = ledger.journal_checkpoint()
+        assert checkpoint.position() == position(448)
+        assert checkpoint.counts() == {"done": 5, "already": 0, "dead_letter": 2}
+    finally:
+        ledger.close()
+    assert read(tmp_path / FILE_NAME).position == position(448), "durable in the file"
+    with sqlite3.connect(database) as db:
+        assert db.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0] == 0, "the file is the only copy"
+        assert db.execute("SELECT COUNT(*) FROM counters").fetchone()[0] == 0
+    db.close()
+    again = Ledger(database)
+    try:
+        assert again.counters()["ncip_entries_total:dead_letter"] == 2
+        assert again.journal_checkpoint().position() == position(448)
+    finally:
+        again.close()
+
+
+def test_the_relay_goes_on_from_an_older_ledgers_checkpoint(relay_site, ncip, daemon_factory):  # noqa: F811
+    items = [f"M-{number}" for number in range(6)]
+    for item in items:
+        add(relay_site, "checkin", item)
+    tailer = Tailer(relay_site.journal, None, 4096)  # where the older release stopped: after 4 entries
+    for _ in range(4):
+        mark = tailer.commit(tailer.next())
+    tailer.close()
+    older_ledger(relay_site.state / "gateway.db", mark, {"done": 4})
+    daemon = daemon_factory(relay_site.config_file)
+    wait_for(lambda: len(ncip.received) == 2, timeout=30, message="the two entries after the checkpoint")
+    add(relay_site, "checkout", "M-6")
+    wait_for(lambda: len(ncip.received) == 3, timeout=30, message="the entry appended later")
+    assert daemon.stop() == 0
+    assert [received.item for received in ncip.received] == ["M-4", "M-5", "M-6"], "none again, none skipped"
+    saved = read(relay_site.state / FILE_NAME)
+    assert saved.position["offset"] == relay_site.journal.stat().st_size
+    assert saved.counts["done"] == 7
+
+
+def test_each_outcome_is_counted_in_the_file_with_the_place(relay_site, ncip, daemon_factory):  # noqa: F811
+    for action, item in (("checkout", "A-1"), ("checkout", "UNKNOWN-1"), ("checkin", "IN-ALREADY")):
+        add(relay_site, action, item)
+    daemon = daemon_factory(relay_site.config_file)
+    path, size = relay_site.state / FILE_NAME, relay_site.journal.stat().st_size
+
+    def relayed():
+        saved = read(path)
+        return saved if saved is not None and saved.position and saved.position["offset"] == size else None
+    saved = wait_for(relayed, timeout=30, message="the journal relayed")
+    assert saved.counts == {"done": 1, "already": 1, "dead_letter": 1}
+    assert daemon.stop() == 0
