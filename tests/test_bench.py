@@ -28,6 +28,7 @@ def test_bench_smoke_run_prints_the_table_and_the_figures(tmp_path):
     assert any(line.startswith("gateway backlog of 30") for line in table)
     wan = figures["wan"]
     assert wan["delay_ms"] == 50 and wan["backlog"]["files"] == 20 and wan["ncip"]["entries"] == 10
+    assert wan["backlog_aged"]["files"] == 20 and wan["ratios"]["aged_vs_bare"] > 0, "fresh and aged, both"
     assert 0 < wan["bare_loop_per_s"] < 21  # each answer waits 50 ms: a sequential loop cannot beat 20/s
     assert any(line.startswith("WAN (50 ms per answer)") for line in table)
 
