@@ -14,19 +14,22 @@ and the pipeline goes on.
 from __future__ import annotations
 
 import functools
+import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, ParamSpec
+from typing import TYPE_CHECKING, Any, Callable, ParamSpec
 
 from gateway import aftertake, alerttexts, logs
-from gateway.alerts import AlertSender, Delivery, host_name
 from gateway.caiasoft import is_denied
 from gateway.events import Conditions, Events
 from gateway.ledger import FileRow, Ledger
 from gateway.states import OPEN_STATES, FileState, NcipOutcome
-from gateway.metrics import Metrics
 from gateway.settings import Config
+
+if TYPE_CHECKING:  # imported when [alerts] or [metrics] is configured: a run without them starts sooner
+    from gateway.alerts import AlertSender, Delivery
+    from gateway.metrics import Metrics
 
 log = logs.get("gateway.monitor")
 
@@ -54,12 +57,16 @@ class Monitor(Events):
         self.config = config
         self.ledger = ledger
         self.clock = clock
-        self.host = host_name()
+        self.host = socket.gethostname()
         self.alerting = config.alerts
-        self.sender = AlertSender(config.alerts, ledger, delivery or Delivery(config.alerts, self.host), clock) \
-            if config.alerts else None
-        self.metrics = Metrics(config.metrics, ledger, [source.name for source in config.sources], clock) \
-            if config.metrics else None
+        self.sender: AlertSender | None = None
+        if config.alerts:
+            from gateway.alerts import AlertSender, Delivery
+            self.sender = AlertSender(config.alerts, ledger, delivery or Delivery(config.alerts, self.host), clock)
+        self.metrics: Metrics | None = None
+        if config.metrics:
+            from gateway.metrics import Metrics
+            self.metrics = Metrics(config.metrics, ledger, [source.name for source in config.sources], clock)
         self._since: dict[str, float] = {}  # condition -> when it was first seen (this run)
         self._alerted: set[str] = set()     # conditions an alert was raised for, whose end is announced
         self._tick = threading.local()  # .held: alerts the tick in this thread raised, queued together at its end

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from gateway import sources
 from gateway.backoff import Gate
@@ -19,11 +20,13 @@ from gateway.config import Config
 from gateway.events import Conditions
 from gateway.ledger import Ledger
 from gateway.monitor import Monitor
-from gateway.ncip.feed import Feed
-from gateway.ncip.relay import Relay
 from gateway.pipeline import Pipeline
 from gateway.uploader import Finisher, Placer, Uploader
 from gateway.worker import Worker
+
+if TYPE_CHECKING:  # imported with [ncip] only: a run without it starts sooner
+    from gateway.ncip.feed import Feed
+    from gateway.ncip.relay import Relay
 
 
 class Parts:
@@ -50,7 +53,10 @@ class Parts:
                                      keep_original_seconds=settings.keep_original_seconds)
                            for settings in config.sources]
         self.pipeline.sources = {collector.source.name: collector.source for collector in self.collectors}
-        self.relay = Relay(config.ncip, ledger, config.paths.error_dir) if config.ncip else None
+        self.relay: Relay | None = None
+        if config.ncip:
+            from gateway.ncip.relay import Relay
+            self.relay = Relay(config.ncip, ledger, config.paths.error_dir)
         self.monitor = Monitor(config, ledger)  # alerts and metrics: the parts tell it what happens
         self.pipeline.events = self.monitor
         if self.monitor.metrics:
@@ -59,6 +65,7 @@ class Parts:
             self.relay.events = self.monitor
         self.feed: Feed | None = None
         if config.ncip and config.ncip.feed:
+            from gateway.ncip.feed import Feed
             self.feed_client = CaiaSoftClient(config.caiasoft, config.api_key)
             self.feed = Feed(config.ncip, self.feed_client, ledger)
         for worker in self.workers():
