@@ -19,6 +19,7 @@ from gateway.backoff import Gate
 from gateway.errors import describe
 from gateway.caiasoft import Outcome
 from gateway.ledger import FileRow
+from gateway.states import Verdict
 from gateway.pipeline import Pipeline
 from gateway.worker import Worker
 
@@ -36,10 +37,10 @@ class Uploader(Worker):
     From a backlog a worker takes several due files in one ledger commit (its share
     of what is due, at most TAKE_AT_MOST) and sends them one after the other; files
     taken but not sent go back to the queue when uploads pause or the worker stops.
-    While the last of them is on the wire, it takes the next ones, if more files are
-    due than there are workers (a backlog: no idle worker is kept from them), without
-    waiting for that commit: it is durable long before their turn, and is waited for
-    then, so no file is sent before its take is durable.
+    Once the last of them is answered, it takes the next ones, if more files are due
+    than there are workers (a backlog: no idle worker is kept from them), in the
+    commit that records that answer, so the take costs no wait of its own; its files
+    are sent only once that commit is durable.
     It checks in at least every CHECK_IN_SECONDS except while an upload is on the
     wire, so an upload stuck longer than the watchdog period shows as hung. An
     answer the ledger could not record (locked, disk full) is kept and recorded
@@ -88,13 +89,24 @@ class Uploader(Worker):
                 self.rest(IDLE_POLL_SECONDS if due is None
                           else min(max(due - self.clock(), 0.01), IDLE_POLL_SECONDS * 5), self.wake)
                 return
-        if len(self._taken) == 1 and self._next is None:  # the last one in hand: take the next ones meanwhile
-            rows = ledger.take_due(self.clock(), self.workers, TAKE_AT_MOST, beyond=self.workers, wait=False)
-            if rows:
-                self._next = (ledger.durable(), rows)
         row = self._taken.popleft()
-        self._unrecorded = (row, self.pipeline.send(row))
-        self._record(*self._unrecorded)
+        outcome = self.pipeline.send(row)
+        self._unrecorded = (row, outcome)
+        if not self._taken and self._next is None and outcome.verdict not in (Verdict.TRANSIENT, Verdict.PAUSED):
+            self._take_ahead()
+        self._record(row, outcome)
+
+    def _take_ahead(self) -> None:
+        """The last file in hand is answered: take the next ones in the commit that records its answer.
+
+        Only from a backlog (more files due than workers). Not waited for here: the
+        answer's commit is (this take joins it, or the one before), and the take is
+        waited for again before any of its files is sent.
+        """
+        ledger = self.pipeline.ledger
+        rows = ledger.take_due(self.clock(), self.workers, TAKE_AT_MOST, beyond=self.workers, wait=False)
+        if rows:
+            self._next = (ledger.durable(), rows)
 
     def end(self) -> None:
         self._give_back()
