@@ -25,6 +25,7 @@ log = logs.get("gateway.collector")
 MAX_WAIT_SECONDS = 1.0  # between full scans, the settling files are looked at again at least this often
 FAILED_CLAIM_RETRY_SECONDS = 60.0
 CLAIM_BATCH = 64  # files claimed with one pair of ledger commits
+FIRST_CLAIM_BATCH = 8  # the first batch of a look is small, so the upload workers start while the rest is claimed
 SHOWN_CLAIM_FAILURES = 10  # files that cannot be taken, listed by `status` per source
 
 
@@ -87,6 +88,7 @@ class Collector(Worker):
             entries = self._look()
         wait = min(self._next_scan - self.clock(), MAX_WAIT_SECONDS)
         ready: list[Entry] = []
+        batch = FIRST_CLAIM_BATCH
         for entry in sorted(entries, key=lambda e: (e.mtime, e.name)):
             if self.stopping:
                 break
@@ -95,9 +97,9 @@ class Collector(Worker):
                 ready.append(entry)
             elif hint > 0:
                 wait = min(wait, hint)
-            if len(ready) == CLAIM_BATCH:  # a full batch goes at once: a big backlog starts quickly
+            if len(ready) == batch:  # a full batch goes at once: a big backlog starts quickly
                 self._take(ready)
-                ready = []
+                ready, batch = [], CLAIM_BATCH
         if ready and not self.stopping:
             self._take(ready)
         self.rest(max(wait, 0.01), self._wake)
