@@ -197,3 +197,66 @@ def test_an_answer_without_the_entrys_response_is_not_taken_for_done(body):
         peer.close()
     assert answer.verdict == "unreadable", answer
     assert "answer is not a CheckInItemResponse" in answer.reason and answer.excerpt == body.decode()
+
+
+class OneRequestPerConnection:
+    """An HTTP peer that answers one request on each connection, then closes it without saying so first
+    (no Connection: close), as a server does with an idle kept-alive connection."""
+
+    def __init__(self):
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.connections = 0
+        self.request_lines: list[bytes] = []
+        self.closed = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return "http://127.0.0.1:%d/ncip" % self.server.getsockname()[1]
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self.server.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with connection:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += connection.recv(65536)
+                self.request_lines.append(data.split(b"\r\n", 1)[0])
+                body = b"<NCIPMessage>%d</NCIPMessage>" % self.connections
+                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: %d\r\n\r\n%s"
+                                   % (len(body), body))
+            self.closed.set()  # closed right after the answer (the client reads it from its buffer)
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_a_kept_alive_connection_the_server_closed_is_opened_again_before_sending():
+    peer = OneRequestPerConnection()
+    transport = for_settings(settings(url=peer.url, timeout_seconds=5))
+    try:
+        assert transport.exchange(b"<NCIPMessage/>") == b"<NCIPMessage>1</NCIPMessage>"
+        assert peer.closed.wait(5), "the peer closed the first connection"
+        assert transport.exchange(b"<NCIPMessage/>") == b"<NCIPMessage>2</NCIPMessage>", "no failed first try"
+    finally:
+        transport.close()
+        peer.close()
+    assert peer.connections == 2
+
+
+def test_a_proxy_named_in_the_environment_is_honoured(monkeypatch):
+    proxy = OneRequestPerConnection()
+    monkeypatch.setenv("HTTP_PROXY", proxy.url.rsplit("/", 1)[0])
+    for name in ("NO_PROXY", "no_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    transport = for_settings(settings(url="http://ncip.example.invalid:8991/ncip", timeout_seconds=5))
+    try:
+        assert transport.exchange(b"<NCIPMessage/>") == b"<NCIPMessage>1</NCIPMessage>"
+    finally:
+        transport.close()
+        proxy.close()
+    assert proxy.request_lines == [b"POST http://ncip.example.invalid:8991/ncip HTTP/1.1"]
