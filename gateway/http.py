@@ -63,6 +63,7 @@ from gateway import __version__
 USER_AGENT = f"aleph-caiasoft-gateway/{__version__}"
 DEFAULT_MAX_ANSWER_BYTES = 1024 * 1024
 READ_CHUNK_BYTES = 64 * 1024
+JOINED_BODY_BYTES = 256 * 1024  # a request body up to this size is sent in one write with its headers
 
 
 class DeadlineExceeded(requests.Timeout):
@@ -193,13 +194,32 @@ _current = threading.local()  # the Deadline of the call this thread is making, 
 # -- urllib3 connections that put themselves under the caller's deadline ---------
 
 class _DeadlineConnection(urllib3.connection.HTTPConnection):
+    """Also sends a small request's header block and body in one write (one packet, not two)."""
+
+    _joining = False
+    _held: bytes | None = None
+
     def connect(self) -> None:
         _attach_current(self)
         super().connect()
 
     def request(self, *args: Any, **kwargs: Any) -> None:
         _attach_current(self)
-        super().request(*args, **kwargs)
+        body = args[2] if len(args) > 2 else kwargs.get("body")
+        self._joining = isinstance(body, bytes) and 0 < len(body) <= JOINED_BODY_BYTES \
+            and not kwargs.get("chunked")
+        try:
+            super().request(*args, **kwargs)
+        finally:
+            self._held, self._joining = None, False  # sent with the body, or the request failed
+
+    def send(self, data: Any) -> None:
+        if self._joining:
+            if self._held is None:  # the header block: it goes with the body
+                self._held = bytes(data)
+                return
+            data, self._held, self._joining = self._held + bytes(data), None, False
+        super().send(data)
 
 
 class _DeadlineHTTPSConnection(_DeadlineConnection, urllib3.connection.HTTPSConnection):
