@@ -450,12 +450,21 @@ class Pipeline:
         local_sources = [source.name for source in self.config.sources if not source.is_sftp]
         self.ledger.release_rows_from_before_kept_originals(local_sources)
         for row in self.ledger.in_state(FileState.CLAIMING):
-            if self.work_path(row).exists():  # an original still there is removed once sent, if unchanged
+            if self.work_path(row).exists():
                 self.ledger.claimed(row.id)
                 done["claims_completed"] += 1
+                self._contained("recovery.take_not_completed", row.name, done,
+                                functools.partial(self._complete_take, row))
             else:
                 self.ledger.forget(row.id)
                 done["claims_dropped"] += 1
+
+    def _complete_take(self, row: FileRow) -> None:
+        """Remove the original of a move cut short (a batch's originals go after one sync of work/);
+        one that cannot be is removed once sent, if unchanged, like an original kept on purpose."""
+        source = self.sources.get(row.source)
+        if source is not None and row.origin and source.complete_take(row.origin, self.work_path(row)):
+            self.ledger.moved_when_taken(row.id)
 
     def _adopt_strays(self, done: dict[str, int]) -> None:
         """Files in work/ without a row (the ledger was lost): give each a row and its work name."""

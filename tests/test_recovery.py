@@ -49,6 +49,16 @@ def test_crash_after_the_rename_but_before_claimed_is_recorded(pipeline, site):
     assert pipeline.ledger.get(row_id).state == "queued"
 
 
+def test_a_take_cut_short_between_the_link_and_removing_the_original_is_completed_at_start(pipeline, site):
+    path = slip(site)
+    row_id = begin(pipeline, path)
+    os.link(path, pipeline.work_dir / work_name(row_id, path.name))  # a batch's originals go after one sync
+    pipeline.sources = {"print": LocalSource(site.load().sources[0])}
+    assert pipeline.recover()["claims_completed"] == 1
+    assert not path.exists(), "the original of a move is removed at start, not left until the file is sent"
+    assert pipeline.ledger.get(row_id).state == "queued" and pipeline.ledger.held("print") == set()
+
+
 def test_crash_before_the_rename_forgets_the_row_and_leaves_the_file(pipeline, site):
     path = slip(site)
     row_id = begin(pipeline, path)

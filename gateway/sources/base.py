@@ -84,6 +84,10 @@ class Source(Protocol):
         """fetch() for each (entry, destination), in order: for each, what fetch() returned or the
         Exception it raised (one file's failure does not stop the others)."""
 
+    def complete_take(self, origin: str, destination: Path) -> bool:
+        """After a crash between putting a file at destination and removing its original: remove the
+        original if it is still the very file at destination and nobody writes it. True if removed."""
+
     def changed(self, taken: Taken) -> int | None:
         """The original's size now if it differs from what was taken; None if unchanged (or gone)."""
 

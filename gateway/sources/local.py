@@ -278,6 +278,20 @@ class LocalSource:
                 results[index] = error
         return results
 
+    def complete_take(self, origin: str, destination: Path) -> bool:
+        """A take cut short after the link into work/: the original is removed if it is the same file
+        (the same inode: nothing new was written under its name) and nobody has it open for writing."""
+        try:
+            there, taken = os.lstat(origin), os.lstat(destination)
+        except FileNotFoundError:
+            return False
+        if not stat.S_ISREG(there.st_mode) or (there.st_dev, there.st_ino) != (taken.st_dev, taken.st_ino) \
+                or readiness.open_writers(destination).state != readiness.NOBODY:
+            return False  # released once its outcome is known, if unchanged, like any original kept
+        fsync_dir(destination.parent)
+        os.unlink(origin)
+        return True
+
     def _place(self, entry: Entry, destination: Path) -> tuple[bool, bool]:
         """Put the file at destination: (True, False) copied, the original stays in the source;
         (False, True) linked, the original to be removed once the folder is synced; (False, False)

@@ -300,6 +300,9 @@ class SftpSource:
     def fetch_many(self, jobs: list[tuple[Entry, Path]]) -> list[bool | Exception]:
         return fetch_each(self, jobs)
 
+    def complete_take(self, origin: str, destination: Path) -> bool:
+        return False  # a download: the original stays until its outcome is known (release())
+
     def peek(self, entry: Entry, limit: int) -> bytes:
         def read(sftp: paramiko.SFTPClient) -> bytes:
             with sftp.open(to_bytes(entry.origin), "rb") as remote:
