@@ -162,8 +162,16 @@ def _last_record(data: bytes) -> bytes | None:
     return rest if rest.strip() else None
 
 
+class _NoTree:
+    """A parser target that keeps nothing: only whether the document ends is wanted, so expat parses
+    without calling back into Python for each element (the DTD and entity guards stay)."""
+
+    def close(self) -> None:
+        return None
+
+
 def _xml_cut_off(body: bytes) -> str | None:
-    parser = DefusedXMLParser(forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    parser = DefusedXMLParser(target=_NoTree(), forbid_dtd=True, forbid_entities=True, forbid_external=True)
     try:
         parser.feed(body)
     except (ParseError, DefusedXmlException):
