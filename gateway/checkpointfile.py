@@ -20,6 +20,11 @@ by a crash or power loss can only damage the slot being written, whose record wa
 not durable yet: the other slot holds the record before it, so at most the entry in
 flight is sent again. If neither slot is valid (a disk fault, an edit by hand),
 CheckpointDamaged says so, naming the file, and the service does not start (exit 2).
+The same holds when the file is missing although the ledger says it was made
+(CheckpointMissing): starting afresh would send every entry of the journal again.
+An empty file is how an admin asks for exactly that on purpose: the relay then
+reads the journal from its start. This code never leaves an empty file behind (the
+file is created whole, below), so an empty one can only have been put there.
 
 The counts live in the same record as the place, so after kill -9 they agree with it:
 an entry sent again is counted again only if its first count was lost with the place.
@@ -50,16 +55,27 @@ _CRC = struct.Struct("<I")
 _HAS_POSITION = 1
 
 
+START_OVER = ("Stop the service. Restore the file from a backup of state_dir if there is one; otherwise "
+              "move it aside (mv {path} {path}.damaged) and put an empty file in its place (touch {path}), then "
+              "start the service: the relay then reads the journal from its start, so entries relayed before "
+              "are sent to the NCIP server a second time (most are answered 'already done'); to skip them, move "
+              "the journal aside too before starting")
+
+
 class CheckpointDamaged(GatewayError):
     """Neither copy of the checkpoint file can be read. Not fixed by a restart: an admin decides."""
 
-    def __init__(self, path: Path, detail: str):
+    def __init__(self, path: Path, detail: str, state: str = "damaged"):
         self.path = path
-        super().__init__(
-            f"the NCIP checkpoint {path} is damaged ({detail}). Stop the service and move the file aside "
-            f"(mv {path} {path}.damaged), then start the service: the relay then reads the journal from its "
-            "start, so entries relayed before are sent to the NCIP server a second time (most are answered "
-            "'already done'); to skip them, move the journal aside too before starting")
+        super().__init__(f"the NCIP checkpoint {path} is {state} ({detail}). {START_OVER.format(path=path)}")
+
+
+class CheckpointMissing(CheckpointDamaged):
+    """The file is gone although the ledger says it was made: starting afresh would resend the whole journal."""
+
+    def __init__(self, path: Path, made: str):
+        super().__init__(path, f"the ledger says it was made {made}; without it every entry of the journal "
+                               "would be sent again", state="missing")
 
 
 @dataclass
@@ -99,13 +115,17 @@ def _unpack(slot: bytes) -> Saved | None:
 
 
 def read(path: Path) -> Saved | None:
-    """The newest valid record in the file at path; None if there is no file. Raise CheckpointDamaged."""
+    """The newest valid record in the file at path; None if there is no file, or an empty one (start over).
+
+    Raise CheckpointDamaged."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return None
     except OSError as error:
         raise CheckpointDamaged(path, f"cannot be read: {error.strerror or error}") from None
+    if not data:
+        return None  # put there by an admin: read the journal from its start
     found = [saved for saved in (_unpack(data[:SLOT_BYTES]), _unpack(data[SLOT_BYTES:2 * SLOT_BYTES])) if saved]
     if not found:
         raise CheckpointDamaged(path, f"neither of its two records is whole ({len(data)} bytes)")
@@ -119,6 +139,7 @@ class CheckpointFile:
 
     def __init__(self, path: Path, saved: Saved):
         self.path = path
+        self.started_over = False  # made afresh in place of an empty file an admin left
         self._saved = saved
         self._lock = threading.Lock()
         self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)

@@ -14,12 +14,14 @@ deletes them, so the file is the only place either lives.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
-from gateway.checkpointfile import COUNTER, FILE_NAME, OUTCOMES, CheckpointFile, read
+from gateway.checkpointfile import COUNTER, FILE_NAME, OUTCOMES, CheckpointFile, CheckpointMissing, read
 from gateway.ledgerdb import LedgerDb
 
 LEGACY_CHECKPOINT = "ncip-journal"  # the checkpoints table's row before the file
+MADE = "ncip_checkpoint_made"  # meta: when the file was first made (a missing file is then an error)
 _OPENING = threading.Lock()
 
 
@@ -30,13 +32,20 @@ class Checkpoints(LedgerDb):
 
     def journal_checkpoint(self) -> CheckpointFile:
         """The relay's checkpoint file beside the ledger, opened once (created on the first call, from what an
-        older ledger held). Raise CheckpointDamaged if neither of its records can be read."""
+        older ledger held, or afresh when an admin left an empty file). Raise CheckpointDamaged if neither of
+        its records can be read, CheckpointMissing if it is gone although this ledger made it."""
         with _OPENING:  # not the ledger's lock: forgetting the old rows waits for the writer, which takes it
             if self._journal_checkpoint is None:
                 path = self.path.parent / FILE_NAME
+                made = self.get_meta(MADE)
                 opened = CheckpointFile.open(path)
                 if opened is None:
+                    if made is not None and not path.exists():
+                        raise CheckpointMissing(path, made)
                     opened = CheckpointFile.create(path, self._legacy_checkpoint(), self._legacy_counts())
+                    opened.started_over = made is not None  # the relay says so in its log
+                if made is None:  # after the file is durable: a crash in between only sets it at the next start
+                    self.set_meta(MADE, time.strftime("%Y-%m-%d %H:%M:%S %Z"))
                 self._forget_legacy()
                 with self._lock:
                     self._journal_checkpoint = opened

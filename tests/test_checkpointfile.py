@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from gateway.checkpointfile import FILE_NAME, SLOT_BYTES, CheckpointDamaged, CheckpointFile, read
+from gateway.checkpointfile import FILE_NAME, SLOT_BYTES, CheckpointDamaged, CheckpointFile, CheckpointMissing, read
 from gateway.ledger import Ledger
 from gateway.ncip.journal import Tailer
 
@@ -65,8 +65,8 @@ def test_a_save_cut_short_leaves_the_record_before_it(tmp_path, cut):
     assert read(path).position == position(192) and read(path).counts["done"] == 1
 
 
-@pytest.mark.parametrize("content", [b"", b"GWNCIP01", os.urandom(2 * SLOT_BYTES), bytes(2 * SLOT_BYTES)],
-                         ids=["empty", "cut", "garbage", "zeros"])
+@pytest.mark.parametrize("content", [b"GWNCIP01", os.urandom(2 * SLOT_BYTES), bytes(2 * SLOT_BYTES)],
+                         ids=["cut", "garbage", "zeros"])
 def test_no_whole_record_is_damage_naming_the_file(tmp_path, content):
     path = tmp_path / FILE_NAME
     path.write_bytes(content)
@@ -81,7 +81,53 @@ def test_both_records_damaged_stop_the_service_with_exit_2_naming_the_file(relay
     run = subprocess.run([sys.executable, "-m", "gateway", "-c", str(relay_site.config_file), "run"],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 2, run.stderr
-    assert str(path) in run.stderr and "move the file aside" in run.stderr and "Traceback" not in run.stderr
+    assert str(path) in run.stderr and "move it aside" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_a_checkpoint_file_gone_after_it_was_made_stops_the_relay_instead_of_resending_the_journal(tmp_path):
+    database = tmp_path / "gateway.db"
+    ledger = Ledger(database)
+    try:
+        checkpoint = ledger.journal_checkpoint()
+        checkpoint.count("done")
+        checkpoint.save(position(640))
+    finally:
+        ledger.close()
+    (tmp_path / FILE_NAME).unlink()  # a clean-up by hand, a partial restore of state_dir
+    again = Ledger(database)
+    try:
+        with pytest.raises(CheckpointMissing, match=str(tmp_path / FILE_NAME)) as raised:
+            again.journal_checkpoint()
+        assert "missing" in str(raised.value) and "touch" in str(raised.value)
+        assert not (tmp_path / FILE_NAME).exists(), "nothing made in its place"
+    finally:
+        again.close()
+
+
+def test_an_empty_checkpoint_file_is_an_admins_request_to_read_the_journal_from_its_start(tmp_path):
+    database = tmp_path / "gateway.db"
+    ledger = Ledger(database)
+    try:
+        ledger.journal_checkpoint().save(position(640))
+    finally:
+        ledger.close()
+    (tmp_path / FILE_NAME).write_bytes(b"")  # touch, as the message says
+    again = Ledger(database)
+    try:
+        checkpoint = again.journal_checkpoint()
+        assert checkpoint.position() is None and checkpoint.started_over
+    finally:
+        again.close()
+    assert read(tmp_path / FILE_NAME).position is None and (tmp_path / FILE_NAME).stat().st_size == 2 * SLOT_BYTES
+
+
+def test_the_first_file_of_a_new_ledger_is_made_without_complaint(tmp_path):
+    ledger = Ledger(tmp_path / "gateway.db")
+    try:
+        checkpoint = ledger.journal_checkpoint()
+        assert checkpoint.position() is None and not checkpoint.started_over
+    finally:
+        ledger.close()
 
 
 def older_ledger(database, checkpoint: dict | None, counts: dict[str, int]) -> None:
