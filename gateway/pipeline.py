@@ -408,7 +408,7 @@ class Pipeline:
     def note_changed(self, row: FileRow, size_now: int) -> None:
         """A finished file whose original changed after it was taken: its sidecar says so."""
         if row.final_path and Path(row.final_path).exists():
-            folder = self.archive if row.state == "archived" else self.errors
+            folder = self.archive if row.state == FileState.ARCHIVED else self.errors
             aftertake.add_note(folder, row, size_now, sidecar(row, Path(row.final_path), self.clock()))
 
     # -- after a crash -----------------------------------------------------------
@@ -501,11 +501,13 @@ def sidecar(row: FileRow, final: Path, now: float, contents: dict[str, Any] | No
     """
     answer = row.answer_json
     denied = [item for item in answer.get("results") or [] if is_denied(item)] if isinstance(answer, dict) else []
+    # a row from before verdicts were kept: its state says where it went
+    accepted = row.verdict == Verdict.ACCEPTED if row.verdict else row.state in (FileState.ARCHIVING,
+                                                                                FileState.ARCHIVED)
     return {
         "file": final.name,
         "original_name": printable(row.name),  # escaped as in status: reversible with names.unprintable
-        "outcome": "accepted" if (row.verdict == Verdict.ACCEPTED if row.verdict
-                                  else row.state in (FileState.ARCHIVING, FileState.ARCHIVED)) else "refused",
+        "outcome": str(Verdict.ACCEPTED if accepted else Verdict.REFUSED),
         "reason": row.reason,
         "source": row.source,
         "original_path": printable(row.origin),
