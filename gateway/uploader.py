@@ -124,8 +124,19 @@ class Uploader(Worker):
     def _record(self, row: FileRow, outcome: Outcome) -> None:
         answered = self.pipeline.record(row, outcome)
         self._unrecorded = None
-        if answered is not None and not (self.finisher and self.finisher.hand(answered, self.check_in)):
+        if answered is not None and not self._hand(answered):
             self.pipeline.place(answered)
+
+    def _hand(self, row: FileRow) -> bool:
+        """Hand an answered row to the finisher, resting while its queue is full; False: place it here."""
+        while self.finisher is not None:
+            handed = self.finisher.offer(row)
+            if handed is not None:
+                return handed
+            if self.stopping:
+                return False  # no waiting for room on the way out
+            self.rest(IDLE_POLL_SECONDS, self.finisher.room)
+        return False
 
 
 class Finisher(Worker):
@@ -142,18 +153,21 @@ class Finisher(Worker):
         self.pipeline = pipeline
         self.most = most
         self.wake = threading.Event()
+        self.room = threading.Event()  # set while fewer than most rows are queued, or once ended
+        self.room.set()
         self._rows: collections.deque[FileRow] = collections.deque()
-        self._room = threading.Condition()
+        self._lock = threading.Lock()
         self._closed = False
 
-    def hand(self, row: FileRow, waiting: Callable[[], None] = lambda: None) -> bool:
-        """Queue an answered row to be placed (waiting while HANDED_AT_MOST are queued); False once ended."""
-        with self._room:
-            while len(self._rows) >= self.most and not self._closed:
-                waiting()
-                self._room.wait(IDLE_POLL_SECONDS)
+    def offer(self, row: FileRow) -> bool | None:
+        """Queue an answered row to be placed: True if queued, False once ended, None while HANDED_AT_MOST are
+        queued (room is set again when there is room)."""
+        with self._lock:
             if self._closed:
                 return False
+            if len(self._rows) >= self.most:
+                self.room.clear()
+                return None
             self._rows.append(row)
         self.wake.set()
         return True
@@ -165,19 +179,19 @@ class Finisher(Worker):
         answers durable: the Placer takes them once their lease runs out, or recovery does.
         """
         self.wake.clear()
-        with self._room:
+        with self._lock:
             rows = [self._rows.popleft() for _ in range(min(len(self._rows), PLACE_AT_MOST))]
-            self._room.notify_all()
+            self.room.set()
         if not rows:
             self.rest(IDLE_POLL_SECONDS * 5, self.wake)
             return
         self.pipeline.place_many(rows)
 
     def end(self) -> None:
-        with self._room:
+        with self._lock:
             self._closed = True
             rows, self._rows = list(self._rows), collections.deque()
-            self._room.notify_all()
+            self.room.set()
         for row in rows:
             try:
                 self.pipeline.place(row)

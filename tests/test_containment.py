@@ -315,13 +315,31 @@ def test_the_finisher_places_what_it_was_handed_before_it_ends_then_refuses(pipe
         row = pipeline.ledger.take(queued_slip(pipeline, site, f"slip{number}.xml"))
         answered.append(pipeline.record(row, pipeline.send(row)))
     finisher = Finisher(pipeline)
-    assert all(finisher.hand(row) for row in answered[:2])
+    assert all(finisher.offer(row) for row in answered[:2])
     finisher.stop()  # stopped before it ever ran a step: end() still places what it holds
     finisher.start()
     finisher.join(10)
     assert [row.state for row in pipeline.ledger.rows([row.id for row in answered[:2]])] == [FileState.ARCHIVED] * 2
-    assert not finisher.hand(answered[2]), "once ended, the upload worker places the file itself"
+    assert finisher.offer(answered[2]) is False, "once ended, the upload worker places the file itself"
     assert pipeline.ledger.row(answered[2].id).state == FileState.ANSWERED
+
+
+def test_a_full_finisher_says_so_and_has_room_again_once_it_has_placed(pipeline, site, simulator):
+    """An upload worker rests on finisher.room (checking in) while the queue is full, then hands its file."""
+    from gateway.uploader import Finisher
+
+    answered = []
+    for number in range(2):
+        row = pipeline.ledger.take(queued_slip(pipeline, site, f"full{number}.xml"))
+        answered.append(pipeline.record(row, pipeline.send(row)))
+    finisher = Finisher(pipeline, most=1)
+    assert finisher.room.is_set() and finisher.offer(answered[0]) is True
+    assert finisher.offer(answered[1]) is None, "full: not queued"
+    assert not finisher.room.is_set(), "an upload worker resting on room waits"
+    finisher.step()
+    assert finisher.room.is_set(), "placed: room again"
+    assert pipeline.ledger.row(answered[0].id).state in (FileState.ARCHIVING, FileState.ARCHIVED)
+    assert finisher.offer(answered[1]) is True
 
 
 def test_placing_several_files_at_once_records_their_paths_together_and_skips_one_placed_already(
