@@ -4,7 +4,8 @@ Pipeline moves files between the source, work/, the archive and the error
 folder, and records each step in the ledger before the next one starts; the
 one other mover is the `retry` command (retry.py), which puts a file from the
 error folder back into work/ and hands it to the pipeline. recover() finishes
-whatever a crash interrupted.
+whatever a crash interrupted (gateway/recovery.py); the sidecar beside each
+placed file is made by gateway/sidecars.py.
 
 Faults are contained per file, by construction:
   * validating (admit_many): anything that goes wrong reading or judging one
@@ -25,23 +26,23 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import functools
-import json
 import os
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from gateway import __version__, aftertake, intake, logs
+from gateway import aftertake, intake, logs, recovery
 from gateway.archive import Folder
 from gateway.backoff import Backoff, Gate
-from gateway.caiasoft import CaiaSoftClient, Outcome, counts_unreadable, is_denied, settle_unreadable
+from gateway.caiasoft import CaiaSoftClient, Outcome, counts_unreadable, settle_unreadable
 from gateway.errors import BUG, FileRefused, SourceGone, describe, fault_kind
 from gateway.events import NO_EVENTS, Events
-from gateway.files import PARTIAL_GLOB, copy_no_clobber
+from gateway.files import copy_no_clobber
 from gateway.itemindex import RecordSpool, sidecar_records
 from gateway.ledger import Ledger, FileRow, work_name
-from gateway.names import printable, safe_name
+from gateway.names import safe_name
 from gateway.settings import Settings
+from gateway.sidecars import sidecar
 from gateway.sources.base import Entry, Source
 from gateway.states import FileState, Verdict
 
@@ -411,74 +412,9 @@ class Pipeline:
             folder = self.archive if row.state == FileState.ARCHIVED else self.errors
             aftertake.add_note(folder, row, size_now, sidecar(row, Path(row.final_path), self.clock()))
 
-    # -- after a crash -----------------------------------------------------------
-
     def recover(self) -> dict[str, int]:
-        """Finish or resume everything a crash interrupted; return what was done, by kind.
-
-        Each row and each stray file is its own boundary: one that cannot be finished
-        now (an OSError) is logged and left for later, and the rest are finished.
-        """
-        done = {"claims_completed": 0, "claims_dropped": 0, "requeued": 0, "finished": 0, "adopted": 0,
-                "postponed": 0}
-        for leftover in self.work_dir.glob(PARTIAL_GLOB):  # half-written copies: the claim is redone
-            self._contained("recovery.partial_left", leftover.name, done, leftover.unlink)
-        self._recover_claims(done)
-        for row in self.ledger.in_state(FileState.UPLOADING):
-            self.ledger.interrupted(row.id)
-            done["requeued"] += 1
-        self.ledger.unstick()
-        for row in self.ledger.in_state(FileState.ANSWERED, FileState.ARCHIVING, FileState.REFUSING):
-            if self.place(row) is not None:
-                done["finished"] += 1
-        self._adopt_strays(done)
-        self.admit_many([row.id for row in self.ledger.in_state(FileState.CLAIMED)])
-        if any(done.values()):
-            log.info("recovery.done", **done)
-        return done
-
-    def _contained(self, event: str, name: str, done: dict[str, int], action: Callable[[], object]) -> None:
-        """Run one recovery action; an OSError on this file is logged and left for the next start."""
-        try:
-            action()
-        except OSError as error:
-            done["postponed"] += 1
-            log.error(event, file=name, error=describe(error), detail="left as it is; tried again at the next start")
-
-    def _recover_claims(self, done: dict[str, int]) -> None:
-        """A claim cut short: complete it if the file reached work/, else forget it (it is still in the source)."""
-        local_sources = [source.name for source in self.config.sources if not source.is_sftp]
-        self.ledger.release_rows_from_before_kept_originals(local_sources)
-        for row in self.ledger.in_state(FileState.CLAIMING):
-            if self.work_path(row).exists():
-                self.ledger.claimed(row.id)
-                done["claims_completed"] += 1
-                self._contained("recovery.take_not_completed", row.name, done,
-                                functools.partial(self._complete_take, row))
-            else:
-                self.ledger.forget(row.id)
-                done["claims_dropped"] += 1
-
-    def _complete_take(self, row: FileRow) -> None:
-        """Remove the original of a move cut short (a batch's originals go after one sync of work/);
-        one that cannot be is removed once sent, if unchanged, like an original kept on purpose."""
-        source = self.sources.get(row.source)
-        if source is not None and row.origin and source.complete_take(row.origin, self.work_path(row)):
-            self.ledger.moved_when_taken(row.id)
-
-    def _adopt_strays(self, done: dict[str, int]) -> None:
-        """Files in work/ without a row (the ledger was lost): give each a row and its work name."""
-        known = self.ledger.known_work_names()
-        for path in sorted(self.work_dir.iterdir()):
-            if path.name not in known and not path.name.startswith(".") and path.is_file() \
-                    and not path.is_symlink():
-                self._contained("recovery.adopt_failed", path.name, done, functools.partial(self._adopt, path, done))
-
-    def _adopt(self, path: Path, done: dict[str, int]) -> None:
-        name = path.name.split(".", 1)[1] if "." in path.name else path.name
-        row_id = self.ledger.adopt(name, path.stat().st_size, str(path))
-        path.rename(self.work_dir / work_name(row_id, name))
-        done["adopted"] += 1
+        """Finish or resume everything a crash interrupted (gateway.recovery); return what was done, by kind."""
+        return recovery.recover(self)
 
 
 def _drop_marker(source: Source, entry: Entry) -> None:
@@ -488,40 +424,3 @@ def _drop_marker(source: Source, entry: Entry) -> None:
     except OSError as error:
         log.warning("marker.not_removed", source=source.name, file=entry.name,
                     error=getattr(error, "strerror", None) or str(error))
-
-
-def _iso(moment: float | None) -> str | None:
-    return dt.datetime.fromtimestamp(moment).astimezone().isoformat(timespec="seconds") if moment else None
-
-
-def sidecar(row: FileRow, final: Path, now: float, contents: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The NAME.json an admin reads beside a file in the archive or error folder.
-
-    contents (Pipeline.contents) says what was in the file: its records, or a barcode list's barcodes.
-    """
-    answer = row.answer_json
-    denied = [item for item in answer.get("results") or [] if is_denied(item)] if isinstance(answer, dict) else []
-    # a row from before verdicts were kept: its state says where it went
-    accepted = row.verdict == Verdict.ACCEPTED if row.verdict else row.state in (FileState.ARCHIVING,
-                                                                                FileState.ARCHIVED)
-    return {
-        "file": final.name,
-        "original_name": printable(row.name),  # escaped as in status: reversible with names.unprintable
-        "outcome": str(Verdict.ACCEPTED if accepted else Verdict.REFUSED),
-        "reason": row.reason,
-        "source": row.source,
-        "original_path": printable(row.origin),
-        "size": row.size,
-        "sha256": row.sha256,
-        "kind": row.kind,
-        "details": json.loads(row.details) if row.details else None,
-        "http_status": row.http_status,
-        "caiasoft_answer": answer,
-        "denied_items": denied,
-        **(contents or {}),
-        "attempts": row.attempts,
-        "times": {"seen": _iso(row.seen_at), "claimed": _iso(row.claimed_at),
-                  "uploaded": _iso(row.uploaded_at), "finished": _iso(row.finished_at or now)},
-        "ledger_id": row.id,
-        "gateway": f"aleph-caiasoft-gateway {__version__}",
-    }

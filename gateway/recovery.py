@@ -1,0 +1,97 @@
+"""After a crash: finish or resume what was interrupted, from the ledger's rows and the files in work/.
+
+Run once at start, before any worker (service.py), through Pipeline.recover():
+  * a half-written copy in work/ is deleted (its claim is redone);
+  * a claim cut short is completed if the file reached work/, else forgotten
+    (the file is still in its source);
+  * a file that was being uploaded is queued again (sent at most a second time);
+  * a file answered, or being placed, is placed;
+  * a file in work/ without a row (the ledger was lost) is adopted and sent.
+Each row and each stray file is its own boundary: one that cannot be finished now
+(an OSError) is logged and left for the next start, and the rest are finished.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from gateway import logs
+from gateway.errors import describe
+from gateway.files import PARTIAL_GLOB
+from gateway.ledger import FileRow, work_name
+from gateway.states import FileState
+
+if TYPE_CHECKING:
+    from gateway.pipeline import Pipeline
+
+log = logs.get("gateway.pipeline")  # its lines were always the pipeline's: scripts filter on the logger
+
+
+def recover(pipeline: Pipeline) -> dict[str, int]:
+    """Finish or resume everything a crash interrupted; return what was done, by kind.
+
+    Each row and each stray file is its own boundary: one that cannot be finished
+    now (an OSError) is logged and left for later, and the rest are finished.
+    """
+    done = {"claims_completed": 0, "claims_dropped": 0, "requeued": 0, "finished": 0, "adopted": 0,
+            "postponed": 0}
+    for leftover in pipeline.work_dir.glob(PARTIAL_GLOB):  # half-written copies: the claim is redone
+        _contained("recovery.partial_left", leftover.name, done, leftover.unlink)
+    _recover_claims(pipeline, done)
+    for row in pipeline.ledger.in_state(FileState.UPLOADING):
+        pipeline.ledger.interrupted(row.id)
+        done["requeued"] += 1
+    pipeline.ledger.unstick()
+    for row in pipeline.ledger.in_state(FileState.ANSWERED, FileState.ARCHIVING, FileState.REFUSING):
+        if pipeline.place(row) is not None:
+            done["finished"] += 1
+    _adopt_strays(pipeline, done)
+    pipeline.admit_many([row.id for row in pipeline.ledger.in_state(FileState.CLAIMED)])
+    if any(done.values()):
+        log.info("recovery.done", **done)
+    return done
+
+def _contained(event: str, name: str, done: dict[str, int], action: Callable[[], object]) -> None:
+    """Run one recovery action; an OSError on this file is logged and left for the next start."""
+    try:
+        action()
+    except OSError as error:
+        done["postponed"] += 1
+        log.error(event, file=name, error=describe(error), detail="left as it is; tried again at the next start")
+
+def _recover_claims(pipeline: Pipeline, done: dict[str, int]) -> None:
+    """A claim cut short: complete it if the file reached work/, else forget it (it is still in the source)."""
+    local_sources = [source.name for source in pipeline.config.sources if not source.is_sftp]
+    pipeline.ledger.release_rows_from_before_kept_originals(local_sources)
+    for row in pipeline.ledger.in_state(FileState.CLAIMING):
+        if pipeline.work_path(row).exists():
+            pipeline.ledger.claimed(row.id)
+            done["claims_completed"] += 1
+            _contained("recovery.take_not_completed", row.name, done,
+                            functools.partial(_complete_take, pipeline, row))
+        else:
+            pipeline.ledger.forget(row.id)
+            done["claims_dropped"] += 1
+
+def _complete_take(pipeline: Pipeline, row: FileRow) -> None:
+    """Remove the original of a move cut short (a batch's originals go after one sync of work/);
+    one that cannot be is removed once sent, if unchanged, like an original kept on purpose."""
+    source = pipeline.sources.get(row.source)
+    if source is not None and row.origin and source.complete_take(row.origin, pipeline.work_path(row)):
+        pipeline.ledger.moved_when_taken(row.id)
+
+def _adopt_strays(pipeline: Pipeline, done: dict[str, int]) -> None:
+    """Files in work/ without a row (the ledger was lost): give each a row and its work name."""
+    known = pipeline.ledger.known_work_names()
+    for path in sorted(pipeline.work_dir.iterdir()):
+        if path.name not in known and not path.name.startswith(".") and path.is_file() \
+                and not path.is_symlink():
+            _contained("recovery.adopt_failed", path.name, done, functools.partial(_adopt, pipeline, path, done))
+
+def _adopt(pipeline: Pipeline, path: Path, done: dict[str, int]) -> None:
+    name = path.name.split(".", 1)[1] if "." in path.name else path.name
+    row_id = pipeline.ledger.adopt(name, path.stat().st_size, str(path))
+    path.rename(pipeline.work_dir / work_name(row_id, name))
+    done["adopted"] += 1
