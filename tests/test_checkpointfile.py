@@ -3,6 +3,7 @@ damaged (exit 2 naming the file), and moving an older ledger's checkpoint and co
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 import subprocess
@@ -11,10 +12,14 @@ import sys
 import pytest
 
 from gateway.checkpointfile import FILE_NAME, SLOT_BYTES, CheckpointDamaged, CheckpointFile, CheckpointMissing, read
+from gateway.backoff import Backoff
 from gateway.ledger import Ledger
+from gateway.ncip import journal
+from gateway.ncip.journal import JournalEntry
+from gateway.ncip.relay import Relay
 from gateway.ncip.journal import Tailer
 
-from conftest import wait_for
+from conftest import ncip_settings, wait_for
 from test_relay import add, ncip, relay_site  # noqa: F401  (fixtures)
 
 
@@ -199,3 +204,41 @@ def test_each_outcome_is_counted_in_the_file_with_the_place(relay_site, ncip, da
     saved = wait_for(relayed, timeout=30, message="the journal relayed")
     assert saved.counts == {"done": 1, "already": 1, "dead_letter": 1}
     assert daemon.stop() == 0
+
+
+class FailingSaves(CheckpointFile):
+    """The real checkpoint file, whose next `failures` saves fail as a disk fault does (EIO)."""
+
+    failures = 0
+
+    def save(self, position):
+        if self.failures:
+            self.failures -= 1
+            raise OSError(errno.EIO, "Input/output error")
+        super().save(position)
+
+
+def test_no_entry_is_sent_while_the_checkpoint_of_the_one_before_is_not_durable(tmp_path, ncip):  # noqa: F811
+    journal_path = tmp_path / "ncip.jsonl"
+    for item in ("E-1", "E-2", "E-3"):
+        journal.append(journal_path, JournalEntry("checkin", item))
+    settings = ncip_settings(url=ncip.url, journal=str(journal_path), from_agency="CAIA", to_agency="ALEPH",
+                             user_id="CAIASOFT", application_profile="CAIAPROFILE")
+    ledger = Ledger(tmp_path / "gateway.db")
+    relay = Relay(settings, ledger, tmp_path / "error")
+    relay.fault_backoff = Backoff(0.01, 0.05)
+    path = tmp_path / FILE_NAME
+    relay.checkpoint.close()
+    relay.checkpoint = FailingSaves(path, read(path))
+    relay.checkpoint.failures = 3  # the disk fails the next three writes, then recovers
+    relay.start()
+    try:
+        size = journal_path.stat().st_size
+        wait_for(lambda: (read(path).position or {}).get("offset") == size, timeout=10,
+                 message="the whole journal checkpointed once the disk recovered")
+    finally:
+        relay.stop()
+        relay.join(10)
+        ledger.close()
+    # each entry sent while the one before was not durable would be sent again after kill -9
+    assert [received.item for received in ncip.received] == ["E-1", "E-2", "E-3"]

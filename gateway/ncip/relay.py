@@ -111,6 +111,7 @@ class Relay(Worker):
         self.events: Events = NO_EVENTS  # alerts and metrics hear of each finished entry (gateway.monitor)
         self._failures = self._unreadable = 0
         self._unreadable_entry: tuple[int, JournalEntry] | None = None
+        self._unsaved: dict[str, Any] | None = None  # the place past an answered entry, its save failed
 
     def lag(self) -> tuple[int, int]:
         tailer = self.tailer
@@ -135,6 +136,8 @@ class Relay(Worker):
 
     def step(self) -> None:
         assert self.tailer is not None, "begin() opened the tailer"
+        if self._unsaved is not None:  # nothing is sent before the place past the last answer is durable
+            self._save(self._unsaved)
         line = self.tailer.next()
         if line is None:
             self.rest(POLL_SECONDS)
@@ -185,7 +188,14 @@ class Relay(Worker):
 
     def _commit(self, line: Line) -> None:
         assert self.tailer is not None, "begin() opened the tailer"
-        self.checkpoint.save(self.tailer.commit(line))
+        self._save(self.tailer.commit(line))
+
+    def _save(self, position: dict[str, Any]) -> None:
+        """Make position durable; if that fails (a disk fault), the worker pauses and the next step saves it
+        again before it sends anything: an entry sent past a place not saved would be sent again after kill -9."""
+        self._unsaved = position
+        self.checkpoint.save(position)
+        self._unsaved = None
 
     def _dead_letter(self, line: Line, reason: str, answer: Answer | None) -> None:
         record: dict[str, Any] = {
