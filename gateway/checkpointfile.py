@@ -78,6 +78,17 @@ class CheckpointMissing(CheckpointDamaged):
                                "would be sent again", state="missing")
 
 
+class CheckpointUnavailable(GatewayError):
+    """The file is there but the service's user cannot open it (owner, mode): nothing is damaged, so nothing is
+    started over; once it is given back, the next start goes on from it (exit 1: the unit restarts)."""
+
+    def __init__(self, path: Path, error: OSError):
+        self.path = path
+        super().__init__(f"cannot open the NCIP checkpoint {path}: {error.strerror or error}. The service's user "
+                         f"must be able to read and write it and its folder: give them back (chown, chmod); the "
+                         f"relay then goes on from where it was. Do not empty or remove it")
+
+
 @dataclass
 class Saved:
     """One record: the tailer's checkpoint (None before the first entry) and the counts by outcome."""
@@ -117,11 +128,13 @@ def _unpack(slot: bytes) -> Saved | None:
 def read(path: Path) -> Saved | None:
     """The newest valid record in the file at path; None if there is no file, or an empty one (start over).
 
-    Raise CheckpointDamaged."""
+    Raise CheckpointDamaged, or CheckpointUnavailable if the file cannot be opened."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return None
+    except PermissionError as error:
+        raise CheckpointUnavailable(path, error) from None
     except OSError as error:
         raise CheckpointDamaged(path, f"cannot be read: {error.strerror or error}") from None
     if not data:
@@ -142,7 +155,10 @@ class CheckpointFile:
         self.started_over = False  # made afresh in place of an empty file an admin left
         self._saved = saved
         self._lock = threading.Lock()
-        self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as error:  # readable, not writable: e.g. left owned by root
+            raise CheckpointUnavailable(path, error) from None
 
     @classmethod
     def open(cls, path: Path) -> CheckpointFile | None:
@@ -152,23 +168,28 @@ class CheckpointFile:
 
     @classmethod
     def create(cls, path: Path, position: dict[str, Any] | None, counts: dict[str, int]) -> CheckpointFile:
-        """A new file holding position and counts, durable (file and folder synced) before it is returned."""
+        """A new file holding position and counts, durable (file and folder synced) before it is returned.
+
+        Raise CheckpointUnavailable if it cannot be made (the folder is not the service user's to write)."""
         saved = Saved(1, dict(position) if position else None, {outcome: counts.get(outcome, 0)
                                                                 for outcome in OUTCOMES})
         data = _pack(saved).ljust(SLOT_BYTES, b"\0") + bytes(SLOT_BYTES)
         temporary = path.with_name(f".{path.name}.new")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
         try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temporary, path)
-        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temporary, path)
+            folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+        except PermissionError as error:
+            raise CheckpointUnavailable(path, error) from None
         return cls(path, saved)
 
     def position(self) -> dict[str, Any] | None:

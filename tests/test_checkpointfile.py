@@ -242,3 +242,26 @@ def test_no_entry_is_sent_while_the_checkpoint_of_the_one_before_is_not_durable(
         ledger.close()
     # each entry sent while the one before was not durable would be sent again after kill -9
     assert [received.item for received in ncip.received] == ["E-1", "E-2", "E-3"]
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o000])
+def test_a_checkpoint_file_the_service_user_cannot_open_is_named_not_called_damaged(
+        unprivileged_site, gateway_install, simulator, ncip, mode):  # noqa: F811
+    site, runner = unprivileged_site, gateway_install
+    journal_path = site.root / "ncip.jsonl"
+    journal.append(journal_path, JournalEntry("checkin", "P-1"))
+    runner.give(journal_path)
+    site.write(simulator.url, extra=f'[ncip]\nurl = "{ncip.url}"\nfrom_agency = "CAIA"\nto_agency = "ALEPH"\n'
+                                    f'user_id = "CAIASOFT"\njournal = "{journal_path}"\n')
+    ledger = Ledger(site.state / "gateway.db")
+    ledger.journal_checkpoint().save(position(640))
+    ledger.close()
+    runner.give(site.state)
+    path = site.state / FILE_NAME
+    os.chown(path, 0, 0)  # restored from a backup as root, say: the service (nobody) reads it at most
+    path.chmod(mode)
+    run = runner.run("-c", str(site.config_file), "run", timeout=60)
+    assert run.returncode == 1, "a restart goes on once the file is given back; exit 2 waits for an admin"
+    assert f"cannot open the NCIP checkpoint {path}: Permission denied" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr and "touch" not in run.stderr, "emptying it would resend the journal"
+    assert ncip.received == [] and read(path).position == position(640)
