@@ -38,6 +38,11 @@ from contextlib import contextmanager
 SAVEPOINT = "transition"
 GATHER_SECONDS = 0.002  # longest the writer waits for transitions on their way in before it commits
 LAZY_SECONDS = 0.02  # longest a batch of lazy transitions alone waits for one to share its commit with
+FAILURES_KEPT = 4096  # failed COMMITs remembered for wait_for(); only failures count, not the batches between
+
+
+class CommitForgotten(sqlite3.OperationalError):
+    """wait_for() a batch so old that whether its COMMIT failed is no longer known: taken as failed."""
 
 
 class GroupCommit:
@@ -51,7 +56,8 @@ class GroupCommit:
         self._batch = 0            # id of the batch now open (or last opened)
         self._open = False         # a BEGIN is outstanding
         self._committed = 0        # every batch up to this id is durable (or failed)
-        self._failures: dict[int, BaseException] = {}
+        self._failures: dict[int, BaseException] = {}  # the last FAILURES_KEPT failed batches, by id
+        self._forgotten = 0        # the newest failed batch no longer in _failures
         guard = threading.Lock()
         self._signal = threading.Condition(guard)  # batches committed: the waiting threads
         self._wake = threading.Condition(guard)    # a transition ended or the ledger closes: the writer
@@ -138,6 +144,8 @@ class GroupCommit:
                 self._wake.notify()
             self._signal.wait_for(lambda: self._committed >= batch)
             failure = self._failures.get(batch)
+            if failure is None and batch <= self._forgotten:
+                failure = CommitForgotten(f"whether the ledger's commit {batch} failed is no longer known")
         if failure is not None:
             raise failure
 
@@ -173,8 +181,11 @@ class GroupCommit:
             self._open = False
         with self._signal:
             if failure is not None:
-                self._failures[batch] = failure
-            self._failures = {key: value for key, value in self._failures.items() if key > batch - 64}
+                self._failures[batch] = failure.with_traceback(None)
+                if len(self._failures) > FAILURES_KEPT:  # a lazy step's thread may wait for it much later
+                    oldest = min(self._failures)
+                    del self._failures[oldest]
+                    self._forgotten = oldest
             self._committed = batch
             self._signal.notify_all()
 

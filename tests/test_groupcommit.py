@@ -138,3 +138,25 @@ def test_waiting_for_a_lazy_transition_later_commits_it_at_once(database, monkey
     assert not waiter.is_alive(), "wait_for a lazy batch makes the writer commit it, without LAZY_SECONDS"
     assert committed(path) == [7]
     commits.close()
+
+
+def test_a_lazy_transition_whose_commit_failed_is_told_so_however_many_batches_came_after(database):
+    """An upload worker waits for the take it made ahead only before sending its files, after other
+    workers' batches: a failure forgotten meanwhile would let it send files it never took."""
+    path, db = database
+    db.execute("PRAGMA foreign_keys = ON")
+    db.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+    db.execute("CREATE TABLE child (parent INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED)")
+    commits = GroupCommit(db, threading.RLock())
+    with commits.transaction(wait=False) as connection:
+        connection.execute("INSERT INTO child VALUES (42)")  # fails at COMMIT
+    taken_ahead = commits.durable()
+    with pytest.raises(sqlite3.IntegrityError):  # the batch the lazy one joined
+        with commits.transaction() as connection:
+            connection.execute("INSERT INTO t VALUES (0)")
+    for value in range(1, 101):  # the other workers go on meanwhile
+        with commits.transaction() as connection:
+            connection.execute("INSERT INTO t VALUES (?)", (value,))
+    with pytest.raises(sqlite3.Error):
+        commits.wait_for(taken_ahead)
+    commits.close()
