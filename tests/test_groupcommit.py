@@ -151,9 +151,8 @@ def test_a_lazy_transition_whose_commit_failed_is_told_so_however_many_batches_c
     with commits.transaction(wait=False) as connection:
         connection.execute("INSERT INTO child VALUES (42)")  # fails at COMMIT
     taken_ahead = commits.durable()
-    with pytest.raises(sqlite3.IntegrityError):  # the batch the lazy one joined
-        with commits.transaction() as connection:
-            connection.execute("INSERT INTO t VALUES (0)")
+    with pytest.raises(sqlite3.IntegrityError), commits.transaction() as connection:  # the lazy one's batch
+        connection.execute("INSERT INTO t VALUES (0)")
     for value in range(1, 101):  # the other workers go on meanwhile
         with commits.transaction() as connection:
             connection.execute("INSERT INTO t VALUES (?)", (value,))
