@@ -85,8 +85,8 @@ class CheckpointUnavailable(GatewayError):
     def __init__(self, path: Path, error: OSError):
         self.path = path
         super().__init__(f"cannot open the NCIP checkpoint {path}: {error.strerror or error}. The service's user "
-                         f"must be able to read and write it and its folder: give them back (chown, chmod); the "
-                         f"relay then goes on from where it was. Do not empty or remove it")
+                         f"must be able to read and write it and its folder (give them back: chown, chmod), and "
+                         f"state_dir needs room; the relay then goes on from where it was. Do not empty or remove it")
 
 
 @dataclass
@@ -170,7 +170,8 @@ class CheckpointFile:
     def create(cls, path: Path, position: dict[str, Any] | None, counts: dict[str, int]) -> CheckpointFile:
         """A new file holding position and counts, durable (file and folder synced) before it is returned.
 
-        Raise CheckpointUnavailable if it cannot be made (the folder is not the service user's to write)."""
+        Raise CheckpointUnavailable if it cannot be made (the folder is not the service user's to write, the disk
+        is full)."""
         saved = Saved(1, dict(position) if position else None, {outcome: counts.get(outcome, 0)
                                                                 for outcome in OUTCOMES})
         data = _pack(saved).ljust(SLOT_BYTES, b"\0") + bytes(SLOT_BYTES)
@@ -188,7 +189,7 @@ class CheckpointFile:
                 os.fsync(folder)
             finally:
                 os.close(folder)
-        except PermissionError as error:
+        except OSError as error:  # no permission, a full state_dir: nothing is damaged
             raise CheckpointUnavailable(path, error) from None
         return cls(path, saved)
 

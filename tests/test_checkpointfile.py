@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from gateway.checkpointfile import FILE_NAME, SLOT_BYTES, CheckpointDamaged, CheckpointFile, CheckpointMissing, read
+from gateway.checkpointfile import (FILE_NAME, SLOT_BYTES, CheckpointDamaged, CheckpointFile, CheckpointMissing,
+                                    CheckpointUnavailable, read)
 from gateway.backoff import Backoff
 from gateway.ledger import Ledger
 from gateway.ncip import journal
@@ -20,6 +21,7 @@ from gateway.ncip.relay import Relay
 from gateway.ncip.journal import Tailer
 
 from conftest import ncip_settings, wait_for
+from test_faults import fill, small_tmpfs  # noqa: F401  (fixture)
 from test_relay import add, ncip, relay_site  # noqa: F401  (fixtures)
 
 
@@ -265,3 +267,17 @@ def test_a_checkpoint_file_the_service_user_cannot_open_is_named_not_called_dama
     assert f"cannot open the NCIP checkpoint {path}: Permission denied" in run.stderr, run.stderr
     assert "Traceback" not in run.stderr and "touch" not in run.stderr, "emptying it would resend the journal"
     assert ncip.received == [] and read(path).position == position(640)
+
+
+def test_a_checkpoint_file_that_cannot_be_made_on_a_full_state_dir_says_so(tmp_path, small_tmpfs):  # noqa: F811
+    state = small_tmpfs(tmp_path / "state", "1m")
+    ledger = Ledger(state / "gateway.db")  # an older ledger, upgraded on a day its disk is full
+    try:
+        filler = fill(state)
+        with pytest.raises(CheckpointUnavailable, match="No space left on device") as raised:
+            ledger.journal_checkpoint()
+        assert str(state / FILE_NAME) in str(raised.value) and "touch" not in str(raised.value)
+        filler.unlink()
+        assert ledger.journal_checkpoint().position() is None, "made once there is room"
+    finally:
+        ledger.close()
