@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,29 @@ class Folder:
                     return folder / candidate
                 except FileExistsError:
                     pass
+            number += 1
+            candidate = numbered(base, number)
+
+    def release_stale_reservations(self, name: str, when: dt.datetime, kept: set[str]) -> int:
+        """At start, before an answered file whose place was never recorded is placed: remove the
+        reservations (empty sidecars, see choose) a crash left for it in the day's folder, so it gets
+        its own name, not NAME.1 beside an empty NAME.json. Only an empty sidecar with no file beside it
+        and not the recorded place (kept) of another row goes. Return how many were removed."""
+        folder = day_folder(self.root, when)
+        base = safe_name(name)
+        candidate, number, removed = base, 0, 0
+        while True:
+            sidecar = folder / (candidate + SIDECAR_SUFFIX)
+            try:
+                info = os.lstat(sidecar)
+            except FileNotFoundError:
+                if not os.path.lexists(folder / candidate):
+                    return removed  # where choose() stops: no name beyond it was reserved
+            else:
+                if stat.S_ISREG(info.st_mode) and info.st_size == 0 and not os.path.lexists(folder / candidate) \
+                        and str(folder / candidate) not in kept:
+                    sidecar.unlink()
+                    removed += 1
             number += 1
             candidate = numbered(base, number)
 

@@ -5,7 +5,8 @@ Run once at start, before any worker (service.py), through Pipeline.recover():
   * a claim cut short is completed if the file reached work/, else forgotten
     (the file is still in its source);
   * a file that was being uploaded is queued again (sent at most a second time);
-  * a file answered, or being placed, is placed;
+  * a file answered, or being placed, is placed (under its own name: the empty sidecar a crash
+    left as its name's reservation before the place was recorded is removed first);
   * a file in work/ without a row (the ledger was lost) is adopted and sent.
 Each row and each stray file is its own boundary: one that cannot be finished now
 (an OSError) is logged and left for the next start, and the rest are finished.
@@ -13,6 +14,7 @@ Each row and each stray file is its own boundary: one that cannot be finished no
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -44,7 +46,12 @@ def recover(pipeline: Pipeline) -> dict[str, int]:
         pipeline.ledger.interrupted(row.id)
         done["requeued"] += 1
     pipeline.ledger.unstick()
-    for row in pipeline.ledger.in_state(FileState.ANSWERED, FileState.ARCHIVING, FileState.REFUSING):
+    answered = pipeline.ledger.in_state(FileState.ANSWERED, FileState.ARCHIVING, FileState.REFUSING)
+    kept = {row.final_path for row in answered if row.final_path}
+    for row in answered:
+        if row.state == FileState.ANSWERED:
+            _contained("recovery.reservation_left", row.name, done,
+                       functools.partial(_release_reservations, pipeline, row, kept))
         if pipeline.place(row) is not None:
             done["finished"] += 1
     _adopt_strays(pipeline, done)
@@ -52,6 +59,10 @@ def recover(pipeline: Pipeline) -> dict[str, int]:
     if any(done.values()):
         log.info("recovery.done", **done)
     return done
+
+def _release_reservations(pipeline: Pipeline, row: FileRow, kept: set[str]) -> None:
+    """The name a crash reserved for an answered file before its place was recorded is free again."""
+    pipeline.folder_for(row).release_stale_reservations(row.name, dt.datetime.fromtimestamp(pipeline.clock()), kept)
 
 def _contained(event: str, name: str, done: dict[str, int], action: Callable[[], object]) -> None:
     """Run one recovery action; an OSError on this file is logged and left for the next start."""

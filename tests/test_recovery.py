@@ -169,3 +169,26 @@ def test_two_gateways_cannot_share_a_state_dir(tmp_path):
         StateLock(tmp_path / "gateway.lock").acquire()
     first.release()
     StateLock(tmp_path / "gateway.lock").acquire().release()
+
+
+def test_a_name_reserved_before_a_crash_recorded_the_place_is_free_again_at_start(pipeline, site):
+    first = pipeline.adopt_copy(slip(site, "first.xml"))
+    pipeline.ledger.take(first)
+    pipeline.ledger.answered(first, Verdict.ACCEPTED, "accepted", http_status=200,
+                             answer={"success": True, "error": ""}, uploaded=True)
+    now = dt.datetime.fromtimestamp(pipeline.clock())
+    reserved = pipeline.archive.choose("first.xml", now)  # the crash: before the ledger recorded it
+    # another file whose place (the next free name) was recorded and not yet filled keeps its reservation
+    second = pipeline.adopt_copy(slip(site, "second.xml"))
+    pipeline.ledger.take(second)
+    pipeline.ledger.answered(second, Verdict.ACCEPTED, "accepted", http_status=200,
+                             answer={"success": True, "error": ""}, uploaded=True)
+    kept = pipeline.archive.choose("first.xml", now)
+    pipeline.ledger.placing(second, kept)
+    assert kept.name == "first.1.xml"
+    (kept.parent / "third.xml.json").write_text("{}")  # a sidecar with content is never touched
+    assert pipeline.recover()["finished"] == 2
+    assert pipeline.ledger.get(first).final_path == str(reserved), "its own name, not first.1.xml"
+    assert sorted(path.name for path in reserved.parent.iterdir()) == [
+        "first.1.xml", "first.1.xml.json", "first.xml", "first.xml.json", "third.xml.json"]
+    assert site.sidecar(reserved)["outcome"] == "accepted"
