@@ -37,7 +37,7 @@ from gateway.backoff import Backoff, Gate
 from gateway.caiasoft import CaiaSoftClient, Outcome, counts_unreadable, settle_unreadable
 from gateway.errors import BUG, FileRefused, SourceGone, describe, fault_kind
 from gateway.events import NO_EVENTS, Events
-from gateway.files import copy_no_clobber
+from gateway.files import copy_no_clobber, fsync_dir, place_no_clobber
 from gateway.itemindex import RecordSpool, sidecar_records
 from gateway.ledger import Ledger, FileRow, work_name
 from gateway.names import safe_name
@@ -328,8 +328,7 @@ class Pipeline:
                 self.folder_for(answered[row_id]).remove_sidecar(target)
                 log.warning("file.place_skipped", id=row_id, file=answered[row_id].name,
                             detail="placed by someone else meanwhile")
-        for row in recorded:
-            self._contained_place(row, functools.partial(self._complete, row))
+        self._complete_many(recorded)
 
     def _reserve(self, row: FileRow) -> Path:
         """Reserve the final path of an answered row in its folder (see archive.Folder.choose)."""
@@ -368,6 +367,45 @@ class Pipeline:
             log.info("file.placed_after_problem", id=row.id, file=row.name, problem=row.problem)
         return True
 
+    def _complete_many(self, rows: list[FileRow]) -> None:
+        """_complete() for a finisher batch, syncing each day folder once, not once per file: sidecars
+        written (fsynced) and files linked in, then each folder synced, and only then the work names
+        removed and the rows closed. A row off that way is completed alone by _complete."""
+        begun: list[tuple[FileRow, Path, list[bool]]] = []
+        for row in rows:
+            linked: list[bool] = []
+            final = self._contained_place(row, functools.partial(self._begin_complete, row, linked))
+            if final is not None and linked:
+                begun.append((row, final, linked))
+        unsynced: set[Path] = set()
+        for folder in {final.parent for _, final, _ in begun}:
+            try:
+                fsync_dir(folder)
+            except OSError:  # each of its rows is completed alone, where the fault is contained
+                unsynced.add(folder)
+        for row, final, linked in begun:
+            self._contained_place(row, functools.partial(self._complete, row) if final.parent in unsynced
+                                  else functools.partial(self._end_complete, row, final, linked[0]))
+
+    def _begin_complete(self, row: FileRow, linked: list[bool]) -> Path:
+        """The sidecar, then the file linked in (linked gets whether the work name is still to be removed);
+        a row whose work file is gone, or whose name was taken meanwhile, is completed by _complete."""
+        if row.final_path is None:
+            return self._complete(row)
+        final = Path(row.final_path)
+        self.folder_for(row).write_sidecar(final, sidecar(row, final, self.clock(), self.contents(row)))
+        try:
+            linked.append(place_no_clobber(self.work_path(row), final))
+        except (FileNotFoundError, FileExistsError):
+            return self._complete(row)
+        return final
+
+    def _end_complete(self, row: FileRow, final: Path, still_in_work: bool) -> Path:
+        if still_in_work:  # final's folder is synced: the work name can go
+            self.work_path(row).unlink(missing_ok=True)
+        self._finished(row, final)
+        return final
+
     def _complete(self, row: FileRow) -> Path:
         """Write the sidecar, move the work file beside it, close the row.
 
@@ -395,11 +433,15 @@ class Pipeline:
         else:
             log.error("file.lost", id=row.id, file=row.name, expected=str(final),
                       detail="neither the work copy nor the final copy exists")
+        self._finished(row, final)
+        return final
+
+    def _finished(self, row: FileRow, final: Path) -> None:
+        """Close a placed row (its file and sidecar durable in final's folder)."""
         self.ledger.finished(row.id, final)
         self.events.file_finished(row, final)
         log.info("file.archived" if row.state == FileState.ARCHIVING else "file.to_error", id=row.id,
                  source=row.source, file=row.name, path=str(final))
-        return final
 
     def contents(self, row: FileRow) -> dict[str, Any]:
         """What the file held (records or barcodes, CaiaSoft's answer joined to each), for its sidecar."""

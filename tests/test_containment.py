@@ -358,3 +358,32 @@ def test_placing_several_files_at_once_records_their_paths_together_and_skips_on
     day = Path(rows[0].final_path).parent
     assert sorted(path.name for path in day.iterdir() if path.name.endswith(".json")) == \
         ["slip0.xml.json", "slip1.xml.json", "slip2.xml.json"], "no second reservation for the file placed twice"
+
+
+def test_a_batch_of_placed_files_syncs_its_day_folder_once_before_any_work_name_is_removed(
+        pipeline, site, simulator, monkeypatch):
+    """The finisher's batch: every sidecar and file in the day folder, then one folder sync, then work/ emptied."""
+    from gateway import archive, files
+    from gateway import pipeline as pipeline_module
+
+    answered = []
+    for number in range(3):
+        row = pipeline.ledger.take(queued_slip(pipeline, site, f"batch{number}.xml"))
+        answered.append(pipeline.record(row, pipeline.send(row)))
+    work = [pipeline.work_path(row) for row in answered]
+    synced = []
+
+    def fsync_dir(folder):  # the real sync, noting what was in place at that moment
+        synced.append((folder, sorted(path.name for path in folder.iterdir()), [path.exists() for path in work]))
+        files.fsync_dir(folder)
+
+    monkeypatch.setattr(archive, "fsync_dir", fsync_dir)
+    monkeypatch.setattr(pipeline_module, "fsync_dir", fsync_dir)
+    pipeline.place_many(answered)
+    assert len(synced) == 1, "one folder sync for the batch"
+    folder, names, work_there = synced[0]
+    assert names == ["batch0.xml", "batch0.xml.json", "batch1.xml", "batch1.xml.json", "batch2.xml",
+                     "batch2.xml.json"]
+    assert work_there == [True] * 3, "no work name removed before the folder sync"
+    assert not any(path.exists() for path in work)
+    assert [row.state for row in pipeline.ledger.rows([row.id for row in answered])] == [FileState.ARCHIVED] * 3
