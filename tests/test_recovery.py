@@ -59,6 +59,35 @@ def test_a_take_cut_short_between_the_link_and_removing_the_original_is_complete
     assert pipeline.ledger.get(row_id).state == "queued" and pipeline.ledger.held("print") == set()
 
 
+def test_a_writer_that_opens_the_original_as_a_cut_short_take_is_completed_keeps_its_file(
+        pipeline, site, monkeypatch):
+    """The writer arrives between the check for writers and the removal: the original is put back, kept."""
+    from gateway import readiness
+
+    path = slip(site)
+    row_id = begin(pipeline, path)
+    os.link(path, pipeline.work_dir / work_name(row_id, path.name))
+    pipeline.sources = {"print": LocalSource(site.load().sources[0])}
+    real_check, writer = readiness.open_writers, []
+
+    def a_writer_arrives_after_the_first_check(checked):
+        answer = real_check(checked)
+        if not writer:
+            writer.append(open(path, "ab"))  # noqa: SIM115 (held open until the end of the test)
+        return answer
+
+    monkeypatch.setattr(readiness, "open_writers", a_writer_arrives_after_the_first_check)
+    try:
+        assert pipeline.recover()["claims_completed"] == 1
+        assert path.exists(), "the original the writer holds is not removed"
+        assert pipeline.ledger.get(row_id).state == "queued"
+        info = path.stat()
+        assert (str(path), info.st_size, info.st_mtime) in pipeline.ledger.held("print"), "kept, like any original"
+    finally:
+        for handle in writer:
+            handle.close()
+
+
 def test_crash_before_the_rename_forgets_the_row_and_leaves_the_file(pipeline, site):
     path = slip(site)
     row_id = begin(pipeline, path)

@@ -290,6 +290,10 @@ class LocalSource:
             return False  # released once its outcome is known, if unchanged, like any original kept
         fsync_dir(destination.parent)
         os.unlink(origin)
+        if readiness.open_writers(destination).state == readiness.WRITING:  # opened in the instant before
+            with contextlib.suppress(FileExistsError):  # a new file under its name: that one is the writer's
+                os.link(destination, origin)
+            return False  # the original stays, checked again before upload and released like any kept
         return True
 
     def _place(self, entry: Entry, destination: Path) -> tuple[bool, bool]:
