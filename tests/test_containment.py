@@ -87,7 +87,7 @@ def test_a_failure_after_the_name_was_reserved_finishes_at_the_same_place(pipeli
 
 def test_a_file_that_cannot_be_placed_for_its_own_reason_is_stuck_and_shown(pipeline, site, monkeypatch):
     row_id = queued_slip(pipeline, site)
-    monkeypatch.setattr("gateway.pipeline.sidecar", lambda *args: (_ for _ in ()).throw(ValueError("bad name")))
+    monkeypatch.setattr("gateway.placing.sidecar", lambda *args: (_ for _ in ()).throw(ValueError("bad name")))
     pipeline.upload(pipeline.ledger.take(row_id))
     row = pipeline.ledger.get(row_id)
     assert row.state == FileState.STUCK and "bad name" in row.problem
@@ -282,7 +282,7 @@ def test_a_full_state_dir_is_not_reported_as_a_permissions_problem():
     import errno
 
     from gateway.collector import claim_hint
-    from gateway.pipeline import folder_hint
+    from gateway.placing import folder_hint
 
     full = OSError(errno.ENOSPC, "No space left on device")
     assert "full" in claim_hint(full) and "permission" not in claim_hint(full)
@@ -363,8 +363,7 @@ def test_placing_several_files_at_once_records_their_paths_together_and_skips_on
 def test_a_batch_of_placed_files_syncs_its_day_folder_once_before_any_work_name_is_removed(
         pipeline, site, simulator, monkeypatch):
     """The finisher's batch: every sidecar and file in the day folder, then one folder sync, then work/ emptied."""
-    from gateway import archive, files
-    from gateway import pipeline as pipeline_module
+    from gateway import archive, files, placing
 
     answered = []
     for number in range(3):
@@ -378,7 +377,7 @@ def test_a_batch_of_placed_files_syncs_its_day_folder_once_before_any_work_name_
         files.fsync_dir(folder)
 
     monkeypatch.setattr(archive, "fsync_dir", fsync_dir)
-    monkeypatch.setattr(pipeline_module, "fsync_dir", fsync_dir)
+    monkeypatch.setattr(placing, "fsync_dir", fsync_dir)
     pipeline.place_many(answered)
     assert len(synced) == 1, "one folder sync for the batch"
     folder, names, work_there = synced[0]

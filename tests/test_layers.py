@@ -7,7 +7,8 @@ import ast
 from conftest import REPO
 
 PARTS = ("gateway.archive", "gateway.caiasoft", "gateway.checks", "gateway.cli", "gateway.collector",
-         "gateway.demo", "gateway.find", "gateway.http", "gateway.intake", "gateway.pipeline", "gateway.readiness",
+         "gateway.demo", "gateway.find", "gateway.http", "gateway.intake", "gateway.pipeline", "gateway.placing",
+         "gateway.readiness", "gateway.recovery", "gateway.sidecars",
          "gateway.retry", "gateway.service", "gateway.status", "gateway.ncip", "gateway.simulators",
          "gateway.sources")
 
