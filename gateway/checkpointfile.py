@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import GatewayError
+from gateway.files import fsync_dir
 from gateway.states import NcipOutcome
 
 FILE_NAME = "ncip-checkpoint"
@@ -184,11 +185,7 @@ class CheckpointFile:
             finally:
                 os.close(fd)
             os.replace(temporary, path)
-            folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(folder)
-            finally:
-                os.close(folder)
+            fsync_dir(path.parent)
         except OSError as error:  # no permission, a full state_dir: nothing is damaged
             raise CheckpointUnavailable(path, error) from None
         return cls(path, saved)
