@@ -66,16 +66,6 @@ class FileTransitions(LedgerDb):
                 if changed != 1:
                     raise LookupError(f"ledger row {row_id} is not being claimed")
 
-    def take_next(self, now: float | None = None) -> FileRow | None:
-        """Mark the oldest due queued file 'uploading' and return it, or None if nothing is due."""
-        now = self.clock() if now is None else now
-        with self._transaction() as db:
-            row = db.execute(
-                "UPDATE files SET state = 'uploading', attempts = attempts + 1 WHERE id = ("
-                " SELECT id FROM files WHERE state = 'queued' AND next_attempt_at <= ?"
-                " ORDER BY next_attempt_at, id LIMIT 1) RETURNING *", (now,)).fetchone()
-        return FileRow(**dict(row)) if row else None
-
     def take_due(self, now: float, share: int, most: int, *, beyond: int = 0, wait: bool = True) -> list[FileRow]:
         """Mark up to most of the oldest due queued files 'uploading' in one commit; return them in order.
 
