@@ -53,6 +53,15 @@ def ncip_settings(**values: object) -> config_module.Ncip:
     return config_module.ncip_settings({**schema_defaults("ncip"), "feed": None, **values})
 
 
+def ncip_table(url: str, journal: Path | str | None = None, **more: object) -> str:
+    """An [ncip] table for a site's config: the test agencies and user, url, journal, then more keys."""
+    lines = ["[ncip]", f'url = "{url}"', 'from_agency = "CAIA"', 'to_agency = "ALEPH"', 'user_id = "CAIASOFT"']
+    if journal is not None:
+        lines.append(f'journal = "{journal}"')
+    lines += [f"{key} = {json.dumps(value)}" for key, value in more.items()]  # a JSON scalar is a TOML one
+    return "\n" + "\n".join(lines) + "\n"
+
+
 @pytest.fixture
 def simulator():
     sim = CaiaSoftSimulator(key=KEY, deny={"31234009999990": "Invalid Stop Code"}).start()

@@ -16,7 +16,7 @@ from gateway.events import Conditions
 from gateway.ledger import Ledger
 from gateway.monitor import Monitor
 
-from conftest import KEY, wait_for
+from conftest import KEY, ncip_table, wait_for
 from tlscerts import make_authority
 from peers import MailBox, SilentServer, WebhookReceiver, alerts_table, body, free_port
 from test_end_to_end import barcode_list
@@ -86,13 +86,7 @@ def test_a_paused_key_a_refused_file_and_denied_items_each_mail_the_team(site, s
 
 
 def test_unreachable_then_reachable_again_for_caiasoft_and_ncip(site, simulator, mailbox, monitors):
-    site.write(simulator.url, extra=alerts_table(mailbox.port, after=900) + """
-[ncip]
-url = "http://127.0.0.1:1/ncip"
-from_agency = "CAIA"
-to_agency = "ALEPH"
-user_id = "CAIASOFT"
-""")
+    site.write(simulator.url, extra=alerts_table(mailbox.port, after=900) + ncip_table("http://127.0.0.1:1/ncip"))
     now = [1_000_000.0]
     monitor = start_monitor(site, monitors, clock=lambda: now[0])
     failing = Conditions(caiasoft_problem="cannot reach CaiaSoft: connection refused",

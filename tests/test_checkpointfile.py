@@ -20,7 +20,7 @@ from gateway.ncip.journal import JournalEntry
 from gateway.ncip.relay import Relay
 from gateway.ncip.journal import Tailer
 
-from conftest import ncip_settings, wait_for
+from conftest import ncip_settings, ncip_table, wait_for
 from test_faults import fill, small_tmpfs  # noqa: F401  (fixture)
 from test_relay import add, ncip, relay_site  # noqa: F401  (fixtures)
 
@@ -253,8 +253,7 @@ def test_a_checkpoint_file_the_service_user_cannot_open_is_named_not_called_dama
     journal_path = site.root / "ncip.jsonl"
     journal.append(journal_path, JournalEntry("checkin", "P-1"))
     runner.give(journal_path)
-    site.write(simulator.url, extra=f'[ncip]\nurl = "{ncip.url}"\nfrom_agency = "CAIA"\nto_agency = "ALEPH"\n'
-                                    f'user_id = "CAIASOFT"\njournal = "{journal_path}"\n')
+    site.write(simulator.url, extra=ncip_table(ncip.url, journal_path))
     ledger = Ledger(site.state / "gateway.db")
     ledger.journal_checkpoint().save(position(640))
     ledger.close()

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 
-from conftest import KEY, SAMPLES
+from conftest import KEY, SAMPLES, ncip_table
 
 
 def cli(site, *args, env=None) -> subprocess.CompletedProcess:
@@ -62,14 +62,7 @@ def test_check_of_a_broken_config_exits_2(site):
 def test_commands_that_use_no_secret_run_without_the_api_key(site, tmp_path):
     """A cron job that appends to the NCIP journal need not be able to read the API key; check still names it."""
     journal = tmp_path / "ncip.jsonl"
-    site.config_file.write_text(site.config_file.read_text() + f"""
-[ncip]
-url = "http://127.0.0.1:9/"
-from_agency = "CAIA"
-to_agency = "ALEPH"
-user_id = "CAIASOFT"
-journal = "{journal}"
-""")
+    site.config_file.write_text(site.config_file.read_text() + ncip_table("http://127.0.0.1:9/", journal))
     site.key_file.unlink()
     result = cli(site, "journal", "checkin", "31234001234567\r")  # `while read b` over a CRLF list
     assert result.returncode == 0, result.stderr
@@ -86,14 +79,7 @@ def test_journal_that_cannot_be_written_is_named_without_a_traceback(site, tmp_p
     """A cron job whose journal cannot be appended to gets one line naming the file, not a Python traceback."""
     journal = tmp_path / "ncip.jsonl"
     journal.mkdir()  # not writable as a file, even for root
-    site.config_file.write_text(site.config_file.read_text() + f"""
-[ncip]
-url = "http://127.0.0.1:9/"
-from_agency = "CAIA"
-to_agency = "ALEPH"
-user_id = "CAIASOFT"
-journal = "{journal}"
-""")
+    site.config_file.write_text(site.config_file.read_text() + ncip_table("http://127.0.0.1:9/", journal))
     result = cli(site, "journal", "checkout", "31234001234567", "--stop", "MAIN")
     assert result.returncode == 1
     assert "Traceback" not in result.stderr

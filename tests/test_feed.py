@@ -12,6 +12,8 @@ from gateway.errors import ApiError
 from gateway.ledger import Ledger
 from gateway.ncip.feed import Feed, retrieval
 
+from conftest import ncip_table
+
 TODAY = dt.date(2026, 11, 27)
 DAY = "20261127"
 
@@ -19,14 +21,7 @@ DAY = "20261127"
 @pytest.fixture
 def feed(site, simulator, tmp_path):
     journal = tmp_path / "ncip.jsonl"
-    site.write(simulator.url, extra=f"""
-[ncip]
-url = "tcp://127.0.0.1:5991"
-from_agency = "CAIA"
-to_agency = "ALEPH"
-user_id = "CAIASOFT"
-journal = "{journal}"
-
+    site.write(simulator.url, extra=ncip_table("tcp://127.0.0.1:5991", journal) + """
 [ncip.feed]
 collection = "ANNEX"
 lookback_days = 0

@@ -22,7 +22,7 @@ from gateway.ncip.journal import JournalEntry
 from gateway.settings import Metrics as MetricsSettings
 from gateway.simulators.ncip import NcipSimulator
 
-from conftest import REPO, wait_for
+from conftest import REPO, ncip_table, wait_for
 from peers import free_port
 from test_end_to_end import barcode_list
 
@@ -56,17 +56,8 @@ def test_scraped_figures_match_the_ledger_and_survive_a_restart(site, simulator,
     textfile = site.root / "textfile" / "caiasoft_gateway.prom"
     textfile.parent.mkdir()
     site.journal = site.root / "ncip.jsonl"
-    site.write(simulator.url, extra=f"""
-[ncip]
-url = "{ncip.url}"
-from_agency = "CAIA"
-to_agency = "ALEPH"
-user_id = "CAIASOFT"
-journal = "{site.journal}"
-timeout_seconds = 2
-backoff_initial_seconds = 0.05
-backoff_max_seconds = 0.3
-
+    site.write(simulator.url, extra=ncip_table(ncip.url, site.journal, timeout_seconds=2, backoff_initial_seconds=0.05,
+                                               backoff_max_seconds=0.3) + f"""
 [metrics]
 listen = "127.0.0.1:{port}"
 textfile = "{textfile}"
