@@ -108,6 +108,10 @@ class Delivery:
         self.channels = (("mail",) if settings.to else ()) + (("webhook",) if settings.webhook_url else ())
         self._session: requests.Session | None = None
         self._socket: socket.socket | None = None  # of the mail conversation in progress, for abort()
+        if settings.webhook_url:  # its path, query and password often are the token: never in any text
+            parts = urlsplit(settings.webhook_url)
+            for secret in (parts.path.strip("/"), parts.query, parts.password or ""):
+                logs.add_secret(secret)
 
     def send(self, channel: str, alerts: list[StoredAlert]) -> None:
         subject, body = compose(alerts, self.host, self.settings.min_interval_seconds)

@@ -246,6 +246,16 @@ def test_the_webhook_gets_the_same_alert_as_json(site, simulator, mailbox, monit
         receiver.stop()
 
 
+def test_a_webhook_that_cannot_be_reached_is_reported_without_the_token_in_its_path(site, simulator, mailbox,
+                                                                                  capsys):
+    hook = f"http://127.0.0.1:{free_port()}/hooks/S3CRET-T0KEN?sig=ALSO-S3CRET"
+    site.write(simulator.url, extra=alerts_table(mailbox.port, extra=f'webhook_url = "{hook}"'))
+    assert cli.main(["-c", str(site.config_file), "check", "--offline", "--send-test-alert"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  test alert by webhook" in out and "127.0.0.1" in out
+    assert "S3CRET" not in out
+
+
 def test_check_sends_a_test_alert_and_says_when_it_cannot(site, simulator, mailbox, capsys):
     site.write(simulator.url, extra=alerts_table(mailbox.port))
     assert cli.main(["-c", str(site.config_file), "check", "--offline", "--send-test-alert"]) == 0
