@@ -98,16 +98,17 @@ def test_a_file_that_cannot_be_placed_for_its_own_reason_is_stuck_and_shown(pipe
     assert pipeline.ledger.get(row_id).state == FileState.ARCHIVED
 
 
-def test_an_unreadable_work_file_is_refused_with_its_reason_and_recovery_goes_on(pipeline, site):
-    if os.geteuid() == 0:  # root reads a mode-000 file: make reading fail another way
-        (pipeline.work_dir / "00000077.unreadable").mkdir()
-        (pipeline.work_dir / "00000077.unreadable" / "x").write_text("a folder is not a file")
+def test_what_is_not_a_regular_file_in_work_is_left_alone_and_recovery_goes_on(pipeline, site):
+    folder = pipeline.work_dir / "00000077.folder"
+    folder.mkdir()
+    (folder / "x").write_text("a folder is not a file")
     (pipeline.work_dir / "00000078.good_barcode").write_text("31234000000001\n")
     broken = pipeline.work_dir / "00000079.broken"
     broken.symlink_to(broken)  # a loop: cannot be opened
     done = pipeline.recover()
-    assert done["adopted"] == 1
+    assert done["adopted"] == 1 and done["postponed"] == 0, "neither was tried: nothing to put off"
     assert [row.name for row in pipeline.ledger.in_state(FileState.QUEUED)] == ["good_barcode"]
+    assert folder.is_dir() and broken.is_symlink(), "left where they are, under their names"
 
 
 def test_the_transaction_does_not_keep_its_lock_when_begin_fails(site):

@@ -111,7 +111,7 @@ def test_a_lazy_transition_is_committed_with_the_next_batch(database):
 
 def test_a_lazy_transition_rides_the_next_waited_commit_instead_of_paying_its_own(database, monkeypatch):
     path, db = database
-    monkeypatch.setattr(groupcommit, "LAZY_SECONDS", 600, raising=False)  # alone, it waits for company that long
+    monkeypatch.setattr(groupcommit, "LAZY_SECONDS", 600)  # alone, it waits for company that long
     commits = GroupCommit(db, threading.RLock())
     with commits.transaction(wait=False) as connection:
         connection.execute("INSERT INTO t VALUES (7)")
@@ -127,7 +127,7 @@ def test_a_lazy_transition_rides_the_next_waited_commit_instead_of_paying_its_ow
 
 def test_waiting_for_a_lazy_transition_later_commits_it_at_once(database, monkeypatch):
     path, db = database
-    monkeypatch.setattr(groupcommit, "LAZY_SECONDS", 600, raising=False)
+    monkeypatch.setattr(groupcommit, "LAZY_SECONDS", 600)
     commits = GroupCommit(db, threading.RLock())
     with commits.transaction(wait=False) as connection:
         connection.execute("INSERT INTO t VALUES (7)")

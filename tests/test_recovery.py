@@ -70,8 +70,11 @@ def test_a_writer_that_opens_the_original_as_a_cut_short_take_is_completed_keeps
     pipeline.sources = {"print": LocalSource(site.load().sources[0])}
     real_check, writer = readiness.open_writers, []
 
+    answers = []
+
     def a_writer_arrives_after_the_first_check(checked):
         answer = real_check(checked)
+        answers.append(answer.state)
         if not writer:
             writer.append(open(path, "ab"))  # noqa: SIM115 (held open until the end of the test)
         return answer
@@ -79,7 +82,8 @@ def test_a_writer_that_opens_the_original_as_a_cut_short_take_is_completed_keeps
     monkeypatch.setattr(readiness, "open_writers", a_writer_arrives_after_the_first_check)
     try:
         assert pipeline.recover()["claims_completed"] == 1
-        assert path.exists(), "the original the writer holds is not removed"
+        assert answers == [readiness.NOBODY, readiness.WRITING], "the real check saw nobody, then the writer"
+        assert path.exists(), "the original the writer holds is put back"
         assert pipeline.ledger.get(row_id).state == "queued"
         info = path.stat()
         assert (str(path), info.st_size, info.st_mtime) in pipeline.ledger.held("print"), "kept, like any original"
