@@ -239,6 +239,9 @@ class Pipeline(Placing):
         except Exception as error:
             log.error("upload.failed", id=row.id, file=row.name, error=describe(error),
                       exc_info=(type(error), error, error.__traceback__))
+            if isinstance(error, OSError) and error.filename == str(self.work_path(row)):
+                return Outcome(Verdict.REFUSED, f"the gateway could not open it in work/ ({describe(error)}); it "
+                               "was not sent: fix the cause, then `retry`")
             return Outcome(Verdict.REFUSED, f"the gateway failed while sending it ({describe(error)}); it may "
                            "have reached CaiaSoft: check there before `retry`")
 

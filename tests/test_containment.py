@@ -98,6 +98,17 @@ def test_a_file_that_cannot_be_placed_for_its_own_reason_is_stuck_and_shown(pipe
     assert pipeline.ledger.get(row_id).state == FileState.ARCHIVED
 
 
+def test_a_work_file_that_cannot_be_opened_is_refused_as_not_sent(pipeline, site, simulator):
+    row = pipeline.ledger.take(queued_slip(pipeline, site))
+    work = pipeline.work_path(row)
+    work.unlink()
+    work.mkdir()  # open() fails on it, even for root: IsADirectoryError naming the path
+    outcome = pipeline.send(row)
+    assert outcome.verdict == Verdict.REFUSED and str(work) in outcome.reason
+    assert "was not sent" in outcome.reason and "may have reached CaiaSoft" not in outcome.reason
+    assert simulator.received == [], "nothing reached CaiaSoft"
+
+
 def test_what_is_not_a_regular_file_in_work_is_left_alone_and_recovery_goes_on(pipeline, site):
     folder = pipeline.work_dir / "00000077.folder"
     folder.mkdir()
