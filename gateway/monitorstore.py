@@ -72,11 +72,6 @@ class MonitorStore:
 
     # -- alerts ------------------------------------------------------------------
 
-    def add_alert(self, kind: str, message: dict[str, Any], at: float, recovery: bool = False,
-                  channels: tuple[str, ...] = tuple(CHANNELS)) -> None:
-        """Queue one alert for the given channels. A channel it is not for is marked 0 (never)."""
-        self.add_alerts([(kind, message, recovery)], at, channels)
-
     def add_alerts(self, alerts: list[tuple[str, dict[str, Any], bool]], at: float,
                    channels: tuple[str, ...] = tuple(CHANNELS)) -> None:
         """Queue (kind, message, recovery) alerts in one commit, so the sender sees them together."""

@@ -70,20 +70,9 @@ class Pipeline(Placing):
 
     # -- intake --------------------------------------------------------------
 
-    def take(self, source: Source, entries: list[Entry]) -> tuple[list[int], list[tuple[Entry, Exception]]]:
-        """Claim ready files from their source into work/, validate them, queue them.
-
-        Two ledger commits for the whole batch: the claims are recorded, the files
-        moved, then the valid ones queued together (refused ones go to error_dir).
-        Return (row ids taken, [(entry, error)] for files that could not be moved,
-        e.g. no permission on the folder); a file that vanished is simply dropped.
-        """
-        taken, failures = self.claim(source, entries)
-        self.admit_many(taken)
-        return taken, failures
-
     def claim(self, source: Source, entries: list[Entry]) -> tuple[list[int], list[tuple[Entry, Exception]]]:
-        """Move ready files into work/ and record them (claimed, not yet validated); see take().
+        """Move ready files into work/ and record them (claimed, not yet validated); admit_many() then
+        validates and queues them.
 
         A file whose claim fails for a reason of its own (it cannot be moved, or even
         recorded) is returned with the error and stays in its source; the others go on.

@@ -23,7 +23,7 @@ from gateway import logs
 from gateway.errors import describe
 from gateway.files import PARTIAL_GLOB
 from gateway.ledger import FileRow, work_name
-from gateway.states import FileState
+from gateway.states import PLACING_STATES, FileState
 
 if TYPE_CHECKING:
     from gateway.pipeline import Pipeline
@@ -46,7 +46,7 @@ def recover(pipeline: Pipeline) -> dict[str, int]:
         pipeline.ledger.interrupted(row.id)
         done["requeued"] += 1
     pipeline.ledger.unstick()
-    answered = pipeline.ledger.in_state(FileState.ANSWERED, FileState.ARCHIVING, FileState.REFUSING)
+    answered = pipeline.ledger.in_state(*PLACING_STATES)
     kept = {row.final_path for row in answered if row.final_path}
     for row in answered:
         if row.state == FileState.ANSWERED:

@@ -33,7 +33,6 @@ OPEN_STATES = (FileState.CLAIMING, FileState.CLAIMED, FileState.QUEUED, FileStat
                FileState.ANSWERED, FileState.ARCHIVING, FileState.REFUSING)
 PLACING_STATES = (FileState.ANSWERED, FileState.ARCHIVING, FileState.REFUSING)
 FINAL_STATES = (FileState.ARCHIVED, FileState.REFUSED)
-ALL_STATES = (*OPEN_STATES, FileState.STUCK, *FINAL_STATES)
 
 
 class Verdict(StrEnum):

@@ -151,14 +151,10 @@ class FileTransitions(LedgerDb):
 
     def placing(self, row_id: int, final_path: Path) -> FileRow:
         """The final path is reserved: answered -> archiving (accepted) or refusing (refused); return the row."""
-        with self._transaction() as db:
-            row = db.execute(
-                "UPDATE files SET final_path = ?, state = CASE verdict WHEN 'accepted' THEN 'archiving' "
-                "ELSE 'refusing' END WHERE id = ? AND state = 'answered' RETURNING *",
-                (str(final_path), row_id)).fetchone()
-        if row is None:
+        placed = self.placing_many([(row_id, final_path)])
+        if not placed:
             raise LookupError(f"ledger row {row_id} is not answered")
-        return FileRow(**dict(row))
+        return placed[0]
 
     def placing_many(self, targets: list[tuple[int, Path]]) -> list[FileRow]:
         """placing() for several rows (row id, reserved final path) in one commit; return those that were

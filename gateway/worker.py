@@ -119,9 +119,6 @@ class Worker(threading.Thread):
             return f"{self.name} has not checked in for {silent:.0f}s"
         return None
 
-    def healthy(self, within: float) -> bool:
-        return self.health_problem(within) is None
-
     def run(self) -> None:
         began = type(self).begin is Worker.begin  # nothing to set up: end() is due whenever the thread ran
         try:
