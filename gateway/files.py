@@ -33,10 +33,11 @@ def partials_left(target: Path) -> list[Path]:
     except FileNotFoundError:
         return []
     return [target.parent / name for name in names
-            if name.startswith(prefix) and name[len(prefix):].isdigit() and not _running(int(name[len(prefix):]))]
+            if name.startswith(prefix) and name[len(prefix):].isdigit() and not running(int(name[len(prefix):]))]
 
 
-def _running(pid: int) -> bool:
+def running(pid: int) -> bool:
+    """Whether a process with this pid exists (it may belong to another user)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway import alerts, snapshot
+from gateway import alerts, files, snapshot
 from gateway.ledger import Ledger
 from gateway.states import OPEN_STATES, FileState
 from gateway.errors import describe
@@ -47,7 +47,7 @@ def _collect(ledger: Ledger, now: float | None) -> dict[str, Any]:
     midnight = dt.datetime.combine(dt.date.today(), dt.time()).timestamp()
     service = snapshot.read(ledger)
     running = service is not None and now - service["updated"] < SERVICE_STALE_SECONDS
-    silent = service is not None and not running and _alive(service["pid"])  # cannot write its ledger?
+    silent = service is not None and not running and files.running(service["pid"])  # cannot write its ledger?
     return {
         "service": {"running": running or silent, **({"pid": service["pid"], "sources": service["sources"]}
                                                        if service is not None and running else {}),
@@ -73,17 +73,6 @@ def _collect(ledger: Ledger, now: float | None) -> dict[str, Any]:
         "recent_errors": [{"file": row.name, "at": _iso(row.finished_at), "reason": row.reason,
                            "path": row.final_path} for row in ledger.recent(FileState.REFUSED, RECENT_ERRORS)],
     }
-
-
-def _alive(pid: int) -> bool:
-    """Whether a process with this pid exists (it may belong to another user)."""
-    try:
-        os.kill(pid, 0)
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
 
 
 def state_dir_problem(state_dir: Path) -> str | None:
