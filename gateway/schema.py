@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.settings import ALERT_EVENTS
+
 REQUIRED = object()
 
 
@@ -193,8 +195,7 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
         Key("to", "strings", ["root@localhost"], "Who gets the alert mails."),
         Key("webhook_url", "str", "",
             "Optional: also POST each alert as JSON to this URL (chat tools, incident systems); empty = off."),
-        Key("events", "strings", ["refused", "denied", "paused", "unreachable", "dead_letter", "source_problem",
-                                  "stuck"],
+        Key("events", "strings", list(ALERT_EVENTS),
             "What is alerted: refused (a file went to error_dir), denied (CaiaSoft denied items), paused (the API "
             "key was refused), unreachable (CaiaSoft or NCIP failing for unreachable_after_seconds), dead_letter "
             "(NCIP refused an entry), source_problem (a source cannot be read for a minute), stuck (a file "
