@@ -50,7 +50,6 @@ FILE_NAME = "ncip-checkpoint"
 MAGIC = b"GWNCIP01"
 SLOT_BYTES = 512
 OUTCOMES = (NcipOutcome.DONE, NcipOutcome.ALREADY, NcipOutcome.DEAD_LETTER)  # the record's order: never change it
-COUNTER = "ncip_entries_total:"  # + outcome: the name the ledger's counters() gives each count
 _RECORD = struct.Struct("<8sQBQQQI64sQQQ")
 _CRC = struct.Struct("<I")
 _HAS_POSITION = 1

@@ -17,10 +17,11 @@ import threading
 import time
 from typing import Any
 
-from gateway.checkpointfile import COUNTER, FILE_NAME, OUTCOMES, CheckpointFile, CheckpointMissing, read
+from gateway.checkpointfile import FILE_NAME, OUTCOMES, CheckpointFile, CheckpointMissing, read
 from gateway.ledgerdb import LedgerDb
 
 LEGACY_CHECKPOINT = "ncip-journal"  # the checkpoints table's row before the file
+LEGACY_COUNTER = "ncip_entries_total:"  # + outcome: the counters table's rows before the file
 MADE = "ncip_checkpoint_made"  # meta: when the file was first made (a missing file is then an error)
 _OPENING = threading.Lock()
 
@@ -79,8 +80,8 @@ class Checkpoints(LedgerDb):
     def _legacy_counts(self) -> dict[str, int]:
         with self._lock:
             rows = self._db.execute("SELECT name, value FROM counters WHERE name GLOB ?",
-                                    (COUNTER + "*",)).fetchall()
-        return {name[len(COUNTER):]: value for name, value in rows if name[len(COUNTER):] in OUTCOMES}
+                                    (LEGACY_COUNTER + "*",)).fetchall()
+        return {name[len(LEGACY_COUNTER):]: value for name, value in rows if name[len(LEGACY_COUNTER):] in OUTCOMES}
 
     def _forget_legacy(self) -> None:
         """Once the file holds them (it is durable before this runs), the ledger's copies go."""
@@ -88,7 +89,7 @@ class Checkpoints(LedgerDb):
             return  # nothing to delete: no write, no commit
         with self._transaction() as db:
             db.execute("DELETE FROM checkpoints WHERE name = ?", (LEGACY_CHECKPOINT,))
-            db.execute("DELETE FROM counters WHERE name GLOB ?", (COUNTER + "*",))
+            db.execute("DELETE FROM counters WHERE name GLOB ?", (LEGACY_COUNTER + "*",))
 
     def feed_seen(self, kind: str, barcode: str, day: str) -> bool:
         with self._lock:

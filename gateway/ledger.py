@@ -38,7 +38,6 @@ checkpoint is not a ledger row but a small file the ledger hands out
 
 from __future__ import annotations
 
-from gateway.checkpointfile import COUNTER
 from gateway.checkpoints import Checkpoints
 from gateway.filequeries import FileQueries
 from gateway.filerow import FileRow, Seen, work_name
@@ -58,7 +57,3 @@ class Ledger(FileTransitions, FileQueries, Checkpoints, ItemIndex, MonitorStore)
     LedgerDamaged if the file is not a readable SQLite database, LedgerUnavailable if it cannot
     be opened now (see gateway.ledgerdb.LedgerDb).
     """
-
-    def counters(self) -> dict[str, int]:
-        """Counts that outlive a restart: the counters table's, and the NCIP relay's (kept with its checkpoint)."""
-        return {**super().counters(), **{COUNTER + outcome: count for outcome, count in self.ncip_counts().items()}}

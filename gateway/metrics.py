@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gateway import checkpointfile, logs
+from gateway import logs
 from gateway.events import Conditions
 from gateway.ledger import Ledger
 from gateway.states import FINAL_STATES, OPEN_STATES, FileState, NcipOutcome
@@ -41,7 +41,6 @@ log = logs.get("gateway.metrics")
 PREFIX = "caiasoft_gateway_"
 TEXTFILE_SECONDS = 15.0
 UPLOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
-NCIP_COUNTER = checkpointfile.COUNTER  # + outcome: the name ledger.counters() gives each NCIP count
 
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call] # *_created series only confuse the rules and dashboards
 
@@ -82,9 +81,9 @@ class Metrics:
             self.files.labels(source, state).inc(count)
         for source, count in self.ledger.denied_items_by_source().items():
             self.denied.labels(source).inc(count)
-        counters = self.ledger.counters()
+        counts = self.ledger.ncip_counts()
         for outcome in NcipOutcome:
-            self.ncip.labels(outcome).inc(counters.get(NCIP_COUNTER + outcome, 0))
+            self.ncip.labels(outcome).inc(counts.get(outcome, 0))
 
     # -- what happened --------------------------------------------------------
 

@@ -4,8 +4,8 @@ Two tables (added by ledger schema version 3):
 
     alerts    one row per alert: its kind, whether it announces a recovery, the message
               (JSON), when it was mailed and when it was posted to the webhook (NULL = not yet)
-    counters  name -> a count the files table cannot answer (none now: the NCIP entries by
-              outcome, counted here before, are kept with the relay's checkpoint, gateway/checkpoints.py)
+    counters  kept only for older ledgers: the NCIP entries by outcome, counted here before, are
+              moved to the relay's checkpoint file at the first start (gateway/checkpoints.py)
 
 An alert is written here before anything tries to send it, and marked sent right after the
 mail server (or webhook) took it, so after a crash only the one in flight can go twice.
@@ -111,12 +111,6 @@ class MonitorStore:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM alerts WHERE mailed_at IS NULL "
                                         "OR posted_at IS NULL").fetchone()[0])
-
-    # -- counters ----------------------------------------------------------------
-
-    def counters(self) -> dict[str, int]:
-        with self._lock:
-            return {name: value for name, value in self._db.execute("SELECT name, value FROM counters")}
 
     # -- figures the files table answers ----------------------------------------
 

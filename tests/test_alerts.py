@@ -345,7 +345,7 @@ def test_a_stuck_file_and_an_ncip_dead_letter_are_mailed(site, simulator, mailbo
     letter = mailbox.find("NCIP checkout of item UNKNOWN-1 refused")
     assert "was NOT updated" in body(letter) and str(site.error / "ncip" / "x.jsonl") in body(letter)
     assert "by hand in ALEPH's circulation client" in body(letter)
-    assert monitor.ledger.counters()["ncip_entries_total:dead_letter"] == 1
+    assert monitor.ledger.ncip_counts()["dead_letter"] == 1
 
 
 def test_a_partial_copy_set_aside_because_its_file_changed_raises_no_refused_alert(site, simulator, mailbox,

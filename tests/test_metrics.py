@@ -16,7 +16,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.ledger import Ledger
-from gateway.metrics import NCIP_COUNTER, Metrics
+from gateway.metrics import Metrics
 from gateway.ncip import journal
 from gateway.ncip.journal import JournalEntry
 from gateway.settings import Metrics as MetricsSettings
@@ -84,18 +84,18 @@ textfile = "{textfile}"
     def committed() -> tuple | None:  # archived is a lazy step: another process sees it once it is committed
         ledger = Ledger(site.state / "gateway.db")
         try:
-            figures = ledger.finished_by_source(), ledger.denied_items_by_source(), ledger.counters()
+            figures = ledger.finished_by_source(), ledger.denied_items_by_source(), ledger.ncip_counts()
         finally:
             ledger.close()
         return figures if figures[0] == {("print", "archived"): 2, ("print", "refused"): 1} else None
-    by_source, denied, counters = wait_for(committed, timeout=10, message="the finished files in the ledger")
+    by_source, denied, ncip_counts = wait_for(committed, timeout=10, message="the finished files in the ledger")
     assert denied == {"print": 1}
     assert value(found, "caiasoft_gateway_files_total", source="print", outcome="archived") == 2
     assert value(found, "caiasoft_gateway_files_total", source="print", outcome="refused") == 1
     assert value(found, "caiasoft_gateway_denied_items_total", source="print") == 1
     for outcome in ("done", "already", "dead_letter"):
         assert value(found, "caiasoft_gateway_ncip_entries_total", outcome=outcome) == 1
-        assert counters[NCIP_COUNTER + outcome] == 1
+        assert ncip_counts[outcome] == 1
     assert value(found, "caiasoft_gateway_upload_seconds_count") == 2, "two calls reached CaiaSoft"
     assert value(found, "caiasoft_gateway_oldest_pending_seconds") == 0
     assert value(found, "caiasoft_gateway_uploads_paused") == 0
