@@ -135,6 +135,11 @@ class Monitor(Events):
 
     # -- lasting conditions, every few seconds ---------------------------------
 
+    @property
+    def watching(self) -> bool:
+        """Whether tick() has anything to do: [alerts] or [metrics] is configured."""
+        return self.metrics is not None or self.alerting is not None
+
     @_never_raises
     def tick(self, conditions: Conditions) -> None:
         if self.metrics:
@@ -175,7 +180,8 @@ class Monitor(Events):
                        functools.partial(alerttexts.source_problem, source, location, problem or ""),
                        functools.partial(alerttexts.source_ok, source, location))
         calm = conditions.paused is None and conditions.caiasoft_problem is None
-        self._edge("stuck", calm and bool(self._stuck(now, after)), 0.0, now,
+        oldest = self.ledger.oldest_open() if calm else None  # one row a tick; the list only when raised
+        self._edge("stuck", oldest is not None and now - oldest.seen_at >= after, 0.0, now,
                    lambda: alerttexts.stuck(self._stuck(now, after), after), alerttexts.stuck_cleared)
 
     def _edge(self, name: str, active: bool, after: float, now: float,
@@ -201,9 +207,6 @@ class Monitor(Events):
         return sum(counts.get(state, 0) for state in OPEN_STATES)
 
     def _stuck(self, now: float, after: float) -> list[dict[str, Any]]:
-        oldest = self.ledger.oldest_open()
-        if oldest is None or now - oldest.seen_at < after:
-            return []
         rows = [row for row in self.ledger.in_state(*OPEN_STATES) if now - row.seen_at >= after]
         return [{"file": row.name, "source": row.source, "state": row.state, "attempts": row.attempts,
                  "problem": row.reason} for row in rows[:STUCK_LISTED]]

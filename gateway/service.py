@@ -284,8 +284,9 @@ class Service:
                 log.info("archive.pruned", days=len(removed), retention_days=days)
 
     def _watch(self, parts: Parts) -> None:
-        """Hand alerts and metrics the lasting states (paused, unreachable, sources)."""
-        parts.monitor.tick(parts.conditions())
+        """Hand alerts and metrics the lasting states (paused, unreachable, sources), if either is configured."""
+        if parts.monitor.watching:  # the conditions cost a journal read behind the relay: none for nobody
+            parts.monitor.tick(parts.conditions())
 
     def _publish(self, ledger: Ledger, parts: Parts, now: float) -> str:
         """Write the service's state for `status`, and return the one-line summary for systemd."""
