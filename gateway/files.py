@@ -32,8 +32,13 @@ def partials_left(target: Path) -> list[Path]:
         names = os.listdir(target.parent)
     except FileNotFoundError:
         return []
-    return [target.parent / name for name in names
-            if name.startswith(prefix) and name[len(prefix):].isdigit() and not running(int(name[len(prefix):]))]
+    return [target.parent / name for name in names if name.startswith(prefix) and writer_gone(target.parent / name)]
+
+
+def writer_gone(partial: Path) -> bool:
+    """Whether the process that wrote a partial file (partial_path's name: ...partial-PID) is gone."""
+    pid = partial.name.rsplit("-", 1)[-1]
+    return pid.isdigit() and not running(int(pid))
 
 
 def running(pid: int) -> bool:

@@ -1,12 +1,13 @@
 """After a crash: finish or resume what was interrupted, from the ledger's rows and the files in work/.
 
 Run once at start, before any worker (service.py), through Pipeline.recover():
-  * a half-written copy in work/ is deleted (its claim is redone);
+  * a half-written copy in work/ whose writer is gone is deleted (its claim is redone);
   * a claim cut short is completed if the file reached work/, else forgotten
     (the file is still in its source);
   * a file that was being uploaded is queued again (sent at most a second time);
   * a file answered, or being placed, is placed (under its own name: the empty sidecar a crash
-    left as its name's reservation before the place was recorded is removed first);
+    left as its name's reservation before the place was recorded is removed first, and so are
+    the partial copies of the file or its sidecar a crash left beside its recorded place);
   * a file in work/ without a row (the ledger was lost) is adopted and sent.
 Each row and each stray file is its own boundary: one that cannot be finished now
 (an OSError) is logged and left for the next start, and the rest are finished.
@@ -14,12 +15,14 @@ Each row and each stray file is its own boundary: one that cannot be finished no
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from gateway import logs
+from gateway import files, logs
+from gateway.archive import SIDECAR_SUFFIX
 from gateway.errors import describe
 from gateway.files import PARTIAL_GLOB
 from gateway.ledger import FileRow, work_name
@@ -40,7 +43,8 @@ def recover(pipeline: Pipeline) -> dict[str, int]:
     done = {"claims_completed": 0, "claims_dropped": 0, "requeued": 0, "finished": 0, "adopted": 0,
             "postponed": 0}
     for leftover in pipeline.work_dir.glob(PARTIAL_GLOB):  # half-written copies: the claim is redone
-        _contained("recovery.partial_left", leftover.name, done, leftover.unlink)
+        if files.writer_gone(leftover):  # not the copy a running `send` is making
+            _contained("recovery.partial_left", leftover.name, done, leftover.unlink)
     _recover_claims(pipeline, done)
     for row in pipeline.ledger.in_state(FileState.UPLOADING):
         pipeline.ledger.interrupted(row.id)
@@ -48,6 +52,10 @@ def recover(pipeline: Pipeline) -> dict[str, int]:
     pipeline.ledger.unstick()
     answered = pipeline.ledger.in_state(*PLACING_STATES)
     kept = {row.final_path for row in answered if row.final_path}
+    for final in (Path(path) for path in kept):
+        sidecar = final.with_name(final.name + SIDECAR_SUFFIX)
+        for partial in (*files.partials_left(final), *files.partials_left(sidecar)):
+            _contained("recovery.partial_left", str(partial), done, functools.partial(_remove_partial, partial))
     for row in answered:
         if row.state == FileState.ANSWERED:
             _contained("recovery.reservation_left", row.name, done,
@@ -60,9 +68,19 @@ def recover(pipeline: Pipeline) -> dict[str, int]:
         log.info("recovery.done", **done)
     return done
 
+
+def _remove_partial(partial: Path) -> None:
+    """A copy into the archive or error folder (another filesystem), or a sidecar, a crash cut short:
+    placing writes it again under its own partial name."""
+    with contextlib.suppress(FileNotFoundError):
+        partial.unlink()
+        log.info("recovery.partial_removed", file=str(partial))
+
+
 def _release_reservations(pipeline: Pipeline, row: FileRow, kept: set[str]) -> None:
     """The name a crash reserved for an answered file before its place was recorded is free again."""
     pipeline.folder_for(row).release_stale_reservations(row.name, dt.datetime.fromtimestamp(pipeline.clock()), kept)
+
 
 def _contained(event: str, name: str, done: dict[str, int], action: Callable[[], object]) -> None:
     """Run one recovery action; an OSError on this file is logged and left for the next start."""
@@ -71,6 +89,7 @@ def _contained(event: str, name: str, done: dict[str, int], action: Callable[[],
     except OSError as error:
         done["postponed"] += 1
         log.error(event, file=name, error=describe(error), detail="left as it is; tried again at the next start")
+
 
 def _recover_claims(pipeline: Pipeline, done: dict[str, int]) -> None:
     """A claim cut short: complete it if the file reached work/, else forget it (it is still in the source)."""

@@ -37,8 +37,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
-from gateway import config as config_module, files, logs, notify, snapshot
-from gateway.archive import SIDECAR_SUFFIX
+from gateway import config as config_module, logs, notify, snapshot
 from gateway.backoff import Backoff
 from gateway.config import Config
 from gateway.errors import DAMAGED, AlreadyRunning, ConfigError, LedgerDamaged, describe, fault_kind
@@ -188,7 +187,6 @@ class Service:
         backoff, failures = Backoff(*RECOVERY_BACKOFF), 0
         while not self._stop_requested:
             try:
-                _remove_partials_left(parts.pipeline.ledger)
                 parts.pipeline.recover()
                 return True
             except Exception as error:
@@ -358,23 +356,6 @@ class Service:
         log.info("config.reloaded", file=str(new.file), sources=[s.name for s in new.sources])
         notify.send("READY=1")
         return fresh
-
-
-def _remove_partials_left(ledger: Ledger) -> None:
-    """Before recovery finishes the files whose placing a crash cut short: remove the partial copies a
-    crash left beside their reserved paths (a copy into the archive or error folder on another filesystem,
-    or a sidecar being written). Recovery writes them again under its own partial names."""
-    rows = ledger.in_state(FileState.ARCHIVING, FileState.REFUSING, FileState.STUCK)
-    for final in (Path(row.final_path) for row in rows if row.final_path):
-        sidecar = final.with_name(final.name + SIDECAR_SUFFIX)
-        for partial in (*files.partials_left(final), *files.partials_left(sidecar)):
-            try:
-                partial.unlink()
-                log.info("recovery.partial_removed", file=str(partial))
-            except FileNotFoundError:
-                pass
-            except OSError as error:  # left for the next start; it is hidden and never taken for a file
-                log.error("recovery.partial_left", file=str(partial), error=describe(error))
 
 
 def _wait(wake_read: int, seconds: float) -> None:

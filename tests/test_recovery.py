@@ -161,8 +161,7 @@ def test_the_partial_copies_a_crash_left_in_the_archive_are_removed_at_start(pip
     pipeline.ledger.placing(row_id, target)
     pipeline.ledger.close()
     # a process killed in the middle of a copy into the archive (another filesystem) and of the sidecar
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True, check=True).stdout.strip()
+    dead = a_dead_pid()
     left = [target.with_name(f".slip.xml.partial-{dead}"), target.with_name(f".slip.xml.json.partial-{dead}")]
     others = [target.with_name(f".slip.xml.partial-{os.getpid()}"),  # its writer still runs
               target.with_name(".slip.xml.partial-x"), target.with_name(".other.xml.partial-1")]  # not ours
@@ -177,14 +176,28 @@ def test_the_partial_copies_a_crash_left_in_the_archive_are_removed_at_start(pip
     assert [path.exists() for path in others] == [True, True, True]
 
 
+def a_dead_pid() -> str:
+    """The pid of a process that has ended."""
+    return subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
 def test_a_file_in_work_without_a_row_is_adopted(pipeline, site):
     (pipeline.work_dir / "00000042.slip.xml").write_bytes((SAMPLES / "hold-request-slip-0001.xml").read_bytes())
     # what a crash in the middle of a copy-claim (or an SFTP download) leaves behind:
-    (pipeline.work_dir / ".00000043.other_barcode.partial-4242").write_bytes(b"3123400")
+    (pipeline.work_dir / f".00000043.other_barcode.partial-{a_dead_pid()}").write_bytes(b"3123400")
     assert pipeline.recover()["adopted"] == 1
     [row] = pipeline.ledger.in_state("queued")
     assert (row.name, row.source) == ("slip.xml", "recovered")
     assert sorted(p.name for p in pipeline.work_dir.iterdir()) == [row.work_name]
+
+
+def test_a_partial_copy_in_work_whose_writer_still_runs_is_left_to_it(pipeline, site):
+    """`send` copies into work/ without the service's lock: a restart meanwhile must not delete its copy."""
+    live = pipeline.work_dir / f".00000044.slip.xml.partial-{os.getpid()}"
+    live.write_bytes(b"<half")
+    pipeline.recover()
+    assert live.exists()
 
 
 def test_a_claimed_file_not_yet_validated_is_validated(pipeline, site):
