@@ -17,6 +17,7 @@ from gateway.settings import LocalSourceSettings, SftpSourceSettings
 from gateway.sources.local import LocalSource, choose_mode, filesystem_type
 
 from conftest import SAMPLES, source_settings, wait_for
+from test_faults import small_tmpfs  # noqa: F401  (fixture)
 
 
 def taken(entry, data: bytes) -> Taken:
@@ -349,16 +350,22 @@ def test_a_file_gone_between_listing_and_reading_is_passed_over(tmp_path):
     assert check.writers_unknown is None and check.waiting == {}
 
 
+def slips_to_take(tmp_path: Path, count: int, folder: Path | None = None) -> tuple[LocalFolder, Path]:
+    """A polled source folder (tmp_path/in unless told) holding count slips, and an empty work/ to take them to."""
+    source = LocalFolder(folder or tmp_path / "in", "polling")
+    source.folder.mkdir(exist_ok=True)
+    for number in range(count):
+        source.put(f"slip-{number}.xml", b"<printout/>")
+    work = tmp_path / "work"
+    work.mkdir()
+    return source, work
+
+
 def test_a_batch_of_moves_syncs_the_work_folder_once_before_any_original_is_removed(tmp_path, monkeypatch):
     from gateway import files
     from gateway.sources import local
 
-    folder = LocalFolder(tmp_path / "in", "polling")
-    folder.folder.mkdir()
-    for number in range(5):
-        folder.put(f"slip-{number}.xml", b"<printout/>")
-    work = tmp_path / "work"
-    work.mkdir()
+    folder, work = slips_to_take(tmp_path, 5)
     synced: list[list[str]] = []
 
     def fsync_dir(path):  # the real sync, noting what was still in the source at that moment
@@ -375,12 +382,7 @@ def test_a_batch_of_moves_syncs_the_work_folder_once_before_any_original_is_remo
 def test_a_failed_sync_of_the_work_folder_leaves_every_file_in_its_source(tmp_path, monkeypatch):
     from gateway.sources import local
 
-    folder = LocalFolder(tmp_path / "in", "polling")
-    folder.folder.mkdir()
-    for number in range(3):
-        folder.put(f"slip-{number}.xml", b"<printout/>")
-    work = tmp_path / "work"
-    work.mkdir()
+    folder, work = slips_to_take(tmp_path, 3)
 
     def fsync_dir(path):
         raise OSError(5, "Input/output error", str(path))
@@ -389,3 +391,16 @@ def test_a_failed_sync_of_the_work_folder_leaves_every_file_in_its_source(tmp_pa
     results = folder.source.fetch_many([(entry, work / entry.name) for entry in folder.source.scan()])
     assert all(isinstance(result, OSError) for result in results)
     assert len(list(folder.folder.iterdir())) == 3 and list(work.iterdir()) == []
+
+
+def test_a_file_whose_original_cannot_be_removed_is_not_taken_and_leaves_no_copy_in_work(
+        tmp_path, small_tmpfs):  # noqa: F811
+    """A read-only source (an NFS export, a read-only mount): the take fails, naming the file; the original stays
+    the only copy, so the retry a minute later cannot leave a second one in work/ to be adopted and sent."""
+    import subprocess
+
+    folder, work = slips_to_take(tmp_path, 2, folder=small_tmpfs(tmp_path / "in", "1m"))
+    subprocess.run(["mount", "-o", "remount,ro", str(folder.folder)], check=True)
+    results = folder.source.fetch_many([(entry, work / entry.name) for entry in folder.source.scan()])
+    assert all(isinstance(result, OSError) and "slip-" in str(result) for result in results), results
+    assert len(list(folder.folder.iterdir())) == 2 and list(work.iterdir()) == []

@@ -324,8 +324,14 @@ class LocalSource:
         """After the folder sync: remove the original, and check what was taken is the file, unwritten."""
         origin = Path(entry.origin)
         if still_there:
-            with contextlib.suppress(FileNotFoundError):  # removed meanwhile: taken all the same
+            try:
                 os.unlink(origin)
+            except FileNotFoundError:  # removed meanwhile: taken all the same
+                pass
+            except OSError:  # a read-only source: the original stays the file, and work/ keeps no copy of it
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(destination)
+                raise
         moved = os.lstat(destination)
         if not stat.S_ISREG(moved.st_mode):  # swapped for a symlink in between: never follow it
             os.unlink(destination)
