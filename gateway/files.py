@@ -56,11 +56,26 @@ def move_no_clobber(source: Path, target: Path) -> None:
     """Move source to target; raise FileExistsError if target exists.
 
     Before returning, target's data and folder entry are on disk; only then is source removed.
+    If that sync or the removal fails while source is still there, target is taken away again
+    (the file is at one name, source, never left at two), and the error raised.
     """
     linked = place_no_clobber(source, target)
-    fsync_dir(target.parent)
-    if linked:
-        os.unlink(source)
+    try:
+        fsync_dir(target.parent)
+        if linked:
+            os.unlink(source)
+    except OSError:
+        if linked:
+            undo_place(source, target)
+        raise
+
+
+def undo_place(source: Path, target: Path) -> None:
+    """A move that cannot be finished (source cannot be removed): if source is still there, take target away,
+    so the file is not at two names (say, taken and yet still in its source folder)."""
+    if os.path.lexists(source):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(target)
 
 
 def place_no_clobber(source: Path, target: Path) -> bool:

@@ -49,29 +49,16 @@ def requeue(pipeline: Pipeline, path: Path) -> FileRow:
         info = path.stat()
         row_id = ledger.begin_claim("retry", path.name, str(path), info.st_size, info.st_mtime)
         try:
-            _move_back(path, pipeline.work_dir / work_name(row_id, path.name))
+            move_no_clobber(path, pipeline.work_dir / work_name(row_id, path.name))
         except OSError:
             ledger.forget(row_id)
             raise
         ledger.claimed(row_id)
     else:
         row_id = row.id
-        _move_back(path, pipeline.work_dir / work_name(row.id, row.name))
+        move_no_clobber(path, pipeline.work_dir / work_name(row.id, row.name))
         ledger.reopen(row.id, row.name)
     sidecar.unlink(missing_ok=True)
     log.info("retry.requeued", id=row_id, file=path.name, previous_reason=row.reason if row else None)
     pipeline.admit(row_id)
     return ledger.row(row_id)
-
-
-def _move_back(path: Path, work: Path) -> None:
-    """Move path into work/; if that fails half-way (linked, but the error folder's name cannot be
-    removed), take the work name away again, so the file stays in error_dir alone."""
-    try:
-        move_no_clobber(path, work)
-    except FileExistsError:
-        raise
-    except OSError:
-        if path.exists():
-            work.unlink(missing_ok=True)
-        raise

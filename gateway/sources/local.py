@@ -22,7 +22,7 @@ from watchdog.observers.inotify import InotifyObserver
 
 from gateway import intake, logs, markers, readiness
 from gateway.errors import SourceGone
-from gateway.files import copy_no_clobber, fsync_dir, place_no_clobber
+from gateway.files import copy_no_clobber, fsync_dir, place_no_clobber, undo_place
 from gateway.settings import LocalSourceSettings
 from gateway.sources.base import Entry, Released, Taken
 
@@ -329,8 +329,7 @@ class LocalSource:
             except FileNotFoundError:  # removed meanwhile: taken all the same
                 pass
             except OSError:  # a read-only source: the original stays the file, and work/ keeps no copy of it
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(destination)
+                undo_place(origin, destination)
                 raise
         moved = os.lstat(destination)
         if not stat.S_ISREG(moved.st_mode):  # swapped for a symlink in between: never follow it
