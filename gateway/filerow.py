@@ -66,6 +66,14 @@ class FileRow:
         return work_name(self.id, self.name)
 
     @property
+    def accepted(self) -> bool:
+        """Whether the file goes (or went) to the archive: CaiaSoft accepted it. A row from before verdicts
+        were kept says so by its state."""
+        if self.verdict:
+            return self.verdict == Verdict.ACCEPTED
+        return self.state in (FileState.ARCHIVING, FileState.ARCHIVED)
+
+    @property
     def answer_json(self) -> Any:
         return json.loads(self.answer) if self.answer else None
 

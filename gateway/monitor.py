@@ -86,7 +86,7 @@ class Monitor(Events):
 
     @_never_raises
     def file_finished(self, row: FileRow, path: Path) -> None:
-        accepted = row.state in (FileState.ARCHIVING, FileState.ARCHIVED)
+        accepted = row.accepted
         answer = row.answer_json
         denials = [item for item in answer.get("results") or [] if is_denied(item)] \
             if accepted and isinstance(answer, dict) else []

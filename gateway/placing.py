@@ -28,7 +28,7 @@ from gateway.files import fsync_dir, place_no_clobber
 from gateway.itemindex import sidecar_records
 from gateway.ledger import FileRow, Ledger
 from gateway.sidecars import sidecar
-from gateway.states import FileState, Verdict
+from gateway.states import FileState
 
 log = logs.get("gateway.pipeline")  # its lines were always the pipeline's: scripts filter on the logger
 
@@ -64,9 +64,7 @@ class Placing:
         return self.work_dir / row.work_name
 
     def folder_for(self, row: FileRow) -> Folder:
-        if row.verdict:
-            return self.archive if row.verdict == Verdict.ACCEPTED else self.errors
-        return self.archive if row.state in (FileState.ARCHIVING, FileState.ARCHIVED) else self.errors
+        return self.archive if row.accepted else self.errors
 
     def place(self, row: FileRow) -> Path | None:
         """Put an answered file in its folder; return where, or None if it waits or is stuck.
@@ -225,5 +223,4 @@ class Placing:
     def note_changed(self, row: FileRow, size_now: int) -> None:
         """A finished file whose original changed after it was taken: its sidecar says so."""
         if row.final_path and Path(row.final_path).exists():
-            folder = self.archive if row.state == FileState.ARCHIVED else self.errors
-            aftertake.add_note(folder, row, size_now, sidecar(row, Path(row.final_path), self.clock()))
+            aftertake.add_note(self.folder_for(row), row, size_now, sidecar(row, Path(row.final_path), self.clock()))

@@ -11,7 +11,7 @@ from gateway import __version__
 from gateway.caiasoft import is_denied
 from gateway.ledger import FileRow
 from gateway.names import printable
-from gateway.states import FileState, Verdict
+from gateway.states import Verdict
 
 
 def _iso(moment: float | None) -> str | None:
@@ -25,13 +25,10 @@ def sidecar(row: FileRow, final: Path, now: float, contents: dict[str, Any] | No
     """
     answer = row.answer_json
     denied = [item for item in answer.get("results") or [] if is_denied(item)] if isinstance(answer, dict) else []
-    # a row from before verdicts were kept: its state says where it went
-    accepted = row.verdict == Verdict.ACCEPTED if row.verdict else row.state in (FileState.ARCHIVING,
-                                                                                FileState.ARCHIVED)
     return {
         "file": final.name,
         "original_name": printable(row.name),  # escaped as in status: reversible with names.unprintable
-        "outcome": str(Verdict.ACCEPTED if accepted else Verdict.REFUSED),
+        "outcome": str(Verdict.ACCEPTED if row.accepted else Verdict.REFUSED),
         "reason": row.reason,
         "source": row.source,
         "original_path": printable(row.origin),
