@@ -51,7 +51,8 @@ DIGEST_DETAILED = 20  # alerts told in full in one digest; the rest are listed b
 KIND_LABELS = {"refused": "request files refused", "denied": "items denied by CaiaSoft",
                "paused": "uploads paused", "unreachable": "CaiaSoft or NCIP unreachable",
                "dead_letter": "NCIP entries refused", "source_problem": "source folders unreadable",
-               "stuck": "request files waiting too long", "test": "test alert"}
+               "stuck": "request files waiting too long", "unknown_status": "CaiaSoft item statuses not known",
+               "test": "test alert"}
 
 
 class DeliveryFailed(Exception):

@@ -133,6 +133,23 @@ def dead_letter(entry: dict[str, Any] | None, reason: str, path: str) -> Message
     })
 
 
+def unknown_status(barcode: str, status: str, day: str, collection: str) -> Message:
+    barcode, status = printable(barcode), printable(status)
+    when = f"{day[:4]}-{day[4:6]}-{day[6:]}" if len(day) == 8 else printable(day)
+    return _clean({
+        "title": f"CaiaSoft status not known: {status!r} (item {barcode})",
+        "text": (f"Item {barcode} of collection {printable(collection)} was both retrieved and refiled on {when}, "
+                 f"and CaiaSoft now gives its status as {status!r}, which the gateway does not know as \"in the "
+                 "facility\" or \"out of it\". So that it never guesses, neither the check-out nor the check-in "
+                 f"of {when} was sent to ALEPH for this item; ALEPH's loan record for it is unchanged.\n\n"
+                 "What to do: if the status means the item is in the facility, add it to [ncip.feed] in_statuses "
+                 "in gateway.toml; if it means the item is out, to out_statuses; then reload the service "
+                 "(systemctl reload caiasoft-gateway). The item is journaled at the next read, as long as "
+                 f"{when} is within lookback_days. Otherwise check the item in or out by hand in ALEPH."),
+        "items": [{"barcode": barcode, "status": status, "day": when, "collection": printable(collection)}],
+    })
+
+
 def source_problem(source: str, location: str, problem: str) -> Message:
     return _clean({
         "title": f"source {source} cannot be read",

@@ -2,7 +2,8 @@
 
 Every answer becomes an Outcome with one of five verdicts:
   accepted    2xx and success true (per-item denials are kept, not a failure)
-  refused     success false, a non-empty error, or another 4xx: the file goes to error_dir
+  refused     success false (or no success true), or another 4xx: the file goes to error_dir
+              (success is read first: error text beside success true is kept in the reason)
   transient   network error, total deadline passed, 408, 429, 5xx: retry later
   unreadable  a 2xx that is not CaiaSoft's JSON (an HTML maintenance page from a proxy, an
               answer cut at max_answer_bytes): CaiaSoft may have the file, so it is sent again
@@ -29,7 +30,7 @@ from typing import Any, Callable, Mapping
 
 import requests
 
-from gateway import http
+from gateway import http, logs
 from gateway.config import CaiaSoft, Secret
 from gateway.errors import ApiError
 from gateway.logs import REDACTED
@@ -40,6 +41,8 @@ ANSWER_EXCERPT_CHARS = 2000
 CONTENT_TYPES = {"xml": "application/xml", "text": "text/plain"}
 STOP_LIST_PATH = "/api/circstoplist/v1/ACTIVE"
 UNREADABLE_COUNT = "unreadable_answers"  # kept in the ledger's answer while the file waits
+
+log = logs.get("gateway.caiasoft")
 
 
 @dataclass(frozen=True)
@@ -87,12 +90,15 @@ def classify(status: int, headers: Mapping[str, str], body: str, now: float | No
                        f"{cut}{said}", status, answer)
     success = parsed.get("success")
     error = parsed.get("error")
-    if success is False or str(success).lower() == "false" or error not in (None, "", [], {}):
+    succeeded = success is True or str(success).lower() == "true"
+    if not succeeded and (success is False or str(success).lower() == "false" or error not in (None, "", [], {})):
         return Outcome(Verdict.REFUSED, f"CaiaSoft refused the file: {words or 'success: false'}", status, answer)
-    if success is not True and str(success).lower() != "true":
+    if not succeeded:
         return Outcome(Verdict.REFUSED, "CaiaSoft's answer has no success: true", status, answer)
     denials = [item for item in parsed.get("results") or [] if is_denied(item)]
     reason = "accepted" + (f", {len(denials)} item(s) denied" if denials else "")
+    if error not in (None, "", [], {}):  # success is read first: error text on success is a remark, kept
+        reason += f"; CaiaSoft also said: {words}"
     return Outcome(Verdict.ACCEPTED, reason, status, answer, denials=denials)
 
 
@@ -232,8 +238,12 @@ class CaiaSoftClient:
             cut = " (cut at caiasoft.max_answer_bytes)" if answer.truncated else ""
             raise ApiError(f"{what}: CaiaSoft's answer is not a JSON object{cut}", answer.status)
         success, said = parsed.get("success"), parsed.get("error")
+        words = scrub(str(said or "success: false"), self._key.value)[:ANSWER_EXCERPT_CHARS]
+        if success is True or str(success).lower() == "true":
+            if said not in (None, "", [], {}):  # some endpoints say something on success: worth a look, no more
+                log.warning("caiasoft.said_on_success", what=what, said=words)
+            return parsed
         if success is False or str(success).lower() == "false" or said not in (None, "", [], {}):
-            words = scrub(str(said or "success: false"), self._key.value)[:ANSWER_EXCERPT_CHARS]
             raise ApiError(f"{what}: CaiaSoft answered with a failure: {words}", answer.status)
         return parsed
 

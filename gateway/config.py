@@ -180,7 +180,8 @@ def ncip_settings(values: Mapping[str, Any], feed: Mapping[str, Any] | None = No
     """[ncip] settings from its typed values (and [ncip.feed]'s, if any)."""
     lists = ("done_problems_checkin", "done_problems_checkout", "temporary_problems")
     converted = {**values, **{key: tuple(values[key]) for key in lists}}
-    converted["feed"] = Feed(**{**feed, "in_statuses": tuple(feed["in_statuses"])}) if feed is not None else None
+    feed_lists = ("in_statuses", "out_statuses", "no_checkout_types")
+    converted["feed"] = Feed(**{**feed, **{key: tuple(feed[key]) for key in feed_lists}}) if feed is not None else None
     return Ncip(**converted)
 
 

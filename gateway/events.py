@@ -37,6 +37,9 @@ class Events:
                    dead_letters: Path | None = None) -> None:
         """A journal entry is finished: done, already, or a dead letter (with where it was kept)."""
 
+    def status_unknown(self, barcode: str, status: str, day: str, collection: str) -> None:
+        """The status feed met an item status it does not know: the item's retrieval and refile of day wait."""
+
 
 NO_EVENTS = Events()
 

@@ -113,6 +113,10 @@ class Monitor(Events):
             self.raise_alert("dead_letter", alerttexts.dead_letter(entry, reason or "not given",
                                                                    str(dead_letters or "")))
 
+    @_never_raises
+    def status_unknown(self, barcode: str, status: str, day: str, collection: str) -> None:
+        self.raise_alert("unknown_status", alerttexts.unknown_status(barcode, status, day, collection))
+
     def raise_alert(self, kind: str, message: dict[str, Any], recovery: bool = False) -> None:
         """Queue an alert in the ledger (if [alerts] wants this kind) and wake the sender."""
         if self.alerting is None or self.sender is None or kind not in self.alerting.events:

@@ -67,7 +67,7 @@ class Parts:
         if config.ncip and config.ncip.feed:
             from gateway.ncip.feed import Feed
             self.feed_client = CaiaSoftClient(config.caiasoft, config.api_key)
-            self.feed = Feed(config.ncip, self.feed_client, ledger)
+            self.feed = Feed(config.ncip, self.feed_client, ledger, events=self.monitor)
         for worker in self.workers():
             worker.on_exit = on_exit
         self._deferred: list[tuple[Worker, Worker]] = []  # (new worker, the old one it waits for)

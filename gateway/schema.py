@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.settings import ALERT_EVENTS
+from gateway.settings import ALERT_EVENTS, IN_STATUSES, OUT_STATUSES
 
 REQUIRED = object()
 
@@ -180,10 +180,18 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
         Key("interval_seconds", "number", 300.0, "How often the lists are read.", minimum=10),
         Key("lookback_days", "int", 1, "Days before today that each read covers too (late refiles).",
             minimum=0),
-        Key("in_statuses", "strings", ["In", "Refiled", "Accessioned", "Requested"],
-            "CaiaSoft item statuses (itemstatus) that mean the item is in storage; any other means it is out. "
-            "Asked only for an item retrieved and refiled on the same day, to journal the two in the order "
-            "they happened."),
+        Key("in_statuses", "strings", list(IN_STATUSES),
+            "CaiaSoft item statuses (itemstatus) that mean the item is in the facility. Asked only for an item "
+            "retrieved and refiled on the same day, to journal the two in the order that leaves ALEPH as CaiaSoft "
+            "has the item. Matched ignoring case, spacing and a trailing date (\"... on 08-02-2018\")."),
+        Key("out_statuses", "strings", list(OUT_STATUSES),
+            "CaiaSoft item statuses that mean the item is out of the facility, matched the same way. A status in "
+            "neither list is unknown: that item's same-day retrieval and refile are not journaled (the log, "
+            "status and an unknown_status alert name the status) until its status is known."),
+        Key("no_checkout_types", "strings", ["ERT"],
+            "Retrieval types (retrievalinfo's \"retrieval type\") that do not check the item out in ALEPH: ERT, "
+            "an electronic retrieval (the item is scanned and stays in the facility). Empty = every retrieval "
+            "checks out."),
     ),
     "alerts": (
         Key("smtp_host", "str", "localhost", "Mail server the alerts go through (the host's own MTA by default)."),
@@ -199,7 +207,8 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
             "What is alerted: refused (a file went to error_dir), denied (CaiaSoft denied items), paused (the API "
             "key was refused), unreachable (CaiaSoft or NCIP failing for unreachable_after_seconds), dead_letter "
             "(NCIP refused an entry), source_problem (a source cannot be read for a minute), stuck (a file "
-            "waiting longer than unreachable_after_seconds)."),
+            "waiting longer than unreachable_after_seconds), unknown_status (the status feed met a CaiaSoft item "
+            "status it does not know)."),
         Key("unreachable_after_seconds", "number", 900.0,
             "CaiaSoft or NCIP failing this long raises \"unreachable\"; a file pending this long is \"stuck\".",
             minimum=1),

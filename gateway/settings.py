@@ -145,6 +145,8 @@ class Feed:
     interval_seconds: float
     lookback_days: int
     in_statuses: tuple[str, ...]
+    out_statuses: tuple[str, ...]
+    no_checkout_types: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -176,7 +178,13 @@ class Ncip:
         return self.stop_users.get(stop or "", self.user_id)
 
 
-ALERT_EVENTS = ("refused", "denied", "paused", "unreachable", "dead_letter", "source_problem", "stuck")
+# CaiaSoft's item statuses, as its API guide lists them (an answer may add " on MM-DD-YYYY")
+IN_STATUSES = ("Item In at Rest", "In Queue for Refile", "In Queue for Physical Retrieval", "In Queue for E-Retrieval",
+               "In Queue for SH-I-P Service", "In Queue for De-accession", "Pulled for E-Retrieval")
+OUT_STATUSES = ("Out on Physical Retrieval", "Out on SH-I-P Service")
+
+ALERT_EVENTS = ("refused", "denied", "paused", "unreachable", "dead_letter", "source_problem", "stuck",
+                "unknown_status")
 
 
 @dataclass(frozen=True)

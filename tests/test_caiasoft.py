@@ -29,7 +29,6 @@ def test_success_is_accepted_and_denials_are_read():
 
 @pytest.mark.parametrize("body,words", [
     ('{"success": false, "error": "File format not registered"}', "File format not registered"),
-    ('{"success": true, "error": "Invalid Stop Code"}', "Invalid Stop Code"),
     ('{"success": "false", "error": ""}', "success: false"),
     ('{"error": ""}', "no success: true"),
 ])
@@ -37,6 +36,13 @@ def test_success_false_or_an_error_is_refused_in_caiasofts_words(body, words):
     outcome = classify(200, {}, body)
     assert outcome.verdict == "refused"
     assert words in outcome.reason
+
+
+def test_error_text_beside_success_true_is_a_remark_kept_in_the_reason_not_a_refusal():
+    # CaiaSoft's guide: some endpoints fill error on a successful call; success is read first
+    outcome = classify(200, {}, '{"success": true, "error": "Invalid Stop Code"}')
+    assert outcome.verdict == "accepted"
+    assert outcome.reason == "accepted; CaiaSoft also said: Invalid Stop Code"
 
 
 def test_other_4xx_is_refused():

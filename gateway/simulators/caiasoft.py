@@ -61,9 +61,10 @@ class CaiaSoftSimulator(LoopbackServer):
         self.deny = dict(deny or {})
         self.delay = delay
         self.status_lists: dict[tuple[str, str, str], list[str]] = {}  # (retrieved|refiled, YYYYMMDD, collection)
-        # per-item retrieval facts, as retrievalinfo answers them: (YYYYMMDD, collection) -> [{"barcode", "stop",
-        # "request_id", "retrieved"}]; their barcodes are in the retrieved list too
-        self.retrievals: dict[tuple[str, str], list[dict[str, str]]] = {}
+        # per-item retrieval facts, as retrievalinfo answers them: (YYYYMMDD, collection) -> [{"barcode",
+        # "request_id", "retrieval date" (MM-DD-YYYY), "retrieval type", ...}]; what a test leaves out is filled
+        # in as CaiaSoft would; their barcodes are in the retrieved list too
+        self.retrievals: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self.retrievalinfo = True  # False: the endpoint is not there (HTTP 404), as on an account without it
         self.collections: set[str] | None = None  # set: any other collection gets success false (HTTP 200)
         self.item_statuses: dict[str, str] = {}  # what itemstatus answers for a barcode, when set
@@ -218,7 +219,8 @@ def _handler_for(sim: CaiaSoftSimulator) -> type[BaseHTTPRequestHandler]:
             elif self.path.startswith("/api/itemstatus/v1/"):
                 barcode = self.path.rsplit("/", 1)[-1]
                 seen = any(barcode in (_barcodes(r.data) or []) for r in sim.received)
-                status = sim.item_statuses.get(barcode) or ("Requested" if seen else "In")
+                status = sim.item_statuses.get(barcode) or \
+                    ("In Queue for Physical Retrieval" if seen else "Item In at Rest")
                 self._json(200, {"success": True, "error": "", "barcode": barcode, "status": status})
             else:
                 self._json(404, {"success": False, "error": f"Unknown endpoint {self.path}"})
@@ -237,10 +239,10 @@ def _handler_for(sim: CaiaSoftSimulator) -> type[BaseHTTPRequestHandler]:
                 self._json(200, {"success": False, "error": f"Invalid collection code: {collection}", "count": "0",
                                  "barcodes": [], "items": []})
                 return
-            facts = [item for (day, where), items in sorted(sim.retrievals.items())
+            facts = [_retrieval_item(item, day, where) for (day, where), items in sorted(sim.retrievals.items())
                      if where == collection and start <= day <= end for item in items]
-            if endpoint == "retrievalinfo":
-                self._json(200, {"success": True, "error": "", "count": str(len(facts)), "items": facts})
+            if endpoint == "retrievalinfo":  # its count is a number, where the lists' counts are strings
+                self._json(200, {"success": True, "error": "", "count": len(facts), "items": facts})
                 return
             kind = endpoint[:-len("list")]
             barcodes = [barcode for (listed, day, where), items in sorted(sim.status_lists.items())
@@ -275,3 +277,10 @@ def _handler_for(sim: CaiaSoftSimulator) -> type[BaseHTTPRequestHandler]:
             self._json(200, sim.answer_file(receipt.name, receipt.data))
 
     return Handler
+
+
+def _retrieval_item(given: dict[str, Any], day: str, collection: str) -> dict[str, Any]:
+    """A retrievalinfo item as CaiaSoft writes it (keys with spaces, the date MM-DD-YYYY), from a test's fields."""
+    return {"barcode": "", "collection": collection, "requestor": "Storage Reader", "request_id": "",
+            "retrieval_job": "8982", "retrieval date": f"{day[4:6]}-{day[6:8]}-{day[:4]}", "retrieval type": "PYR",
+            **given}
