@@ -14,7 +14,7 @@ from gateway import readiness
 from gateway.caiasoft import CaiaSoftClient
 from gateway.config import Config
 from gateway.errors import SourceUnavailable
-from gateway.settings import SftpSourceSettings, SourceSettings
+from gateway.settings import Ncip, SftpSourceSettings, SourceSettings
 from gateway.states import Verdict
 from gateway.sources.local import NETWORK_FILESYSTEMS, choose_mode, filesystem_type
 
@@ -36,7 +36,7 @@ def run_checks(config: Config, offline: bool = False, ncip_item: str | None = No
     for index, source in enumerate(config.sources):
         yield from _source(index, source, config.paths.state_dir)
     if config.ncip:
-        yield _writable_folder("ncip.journal (its folder)", config.ncip.journal.parent)
+        yield from _ncip_local(config.ncip)
     if offline:
         yield Result("ok", "CaiaSoft and NCIP not contacted (--offline)")
     else:
@@ -53,6 +53,22 @@ def run_checks(config: Config, offline: bool = False, ncip_item: str | None = No
                 yield Result("ok", "NCIP version and agencies not checked",
                              "caiasoft-gateway check --ncip-item BARCODE asks ALEPH about one item (read-only) "
                              "and tells which version it answers in")
+
+
+def _ncip_local(ncip: Ncip) -> Iterator[Result]:
+    yield _writable_folder("ncip.journal (its folder)", ncip.journal.parent)
+    if ncip.feed:
+        yield _feed_users(ncip)
+
+
+def _feed_users(ncip: Ncip) -> Result:
+    """The status feed cannot choose a stop's user: no CaiaSoft endpoint it reads gives the stop."""
+    what = f"status feed (collection {ncip.feed.collection if ncip.feed else ''})"
+    detail = (f"CaiaSoft's retrieval lists give no circulation stop: every feed check-out goes to ncip.user_id "
+              f"({ncip.user_id})")
+    if ncip.stop_users:
+        return Result("WARN", what, f"{detail}; [ncip.stop_users] applies only to journal entries that carry a stop")
+    return Result("ok", what, detail)
 
 
 def _user() -> str:

@@ -312,6 +312,8 @@ class Service:
                 f"errors today {ledger.count_finished_since(FileState.REFUSED, midnight)}")
         if ncip:
             line += f", NCIP lag {ncip['lag_entries']}"
+            if ncip["feed_problem"]:
+                line += "; STATUS FEED: see caiasoft-gateway status"
         if paused:
             line += "; UPLOADS PAUSED (API key refused)"
         waiting = ledger.problems(limit=1)

@@ -1,4 +1,5 @@
-"""The status feed against the CaiaSoft simulator: stop, request id and order kept; failures never read as empty."""
+"""The status feed against the CaiaSoft simulator, answering as CaiaSoft's API guide shows: status phrases,
+retrievalinfo's spaced keys; order kept, unknown statuses never guessed, failures never read as empty."""
 
 from __future__ import annotations
 
@@ -9,13 +10,25 @@ import pytest
 
 from gateway.caiasoft import CaiaSoftClient
 from gateway.errors import ApiError
+from gateway.events import Events
 from gateway.ledger import Ledger
-from gateway.ncip.feed import Feed, retrieval
+from gateway.ncip.feed import Feed, classify, retrieval
+from gateway.settings import IN_STATUSES, OUT_STATUSES
 
 from conftest import ncip_table
 
 TODAY = dt.date(2026, 11, 27)
 DAY = "20261127"
+
+
+class Recorded(Events):
+    """The monitor's interface, keeping what the feed told it."""
+
+    def __init__(self) -> None:
+        self.unknown: list[tuple[str, str, str, str]] = []
+
+    def status_unknown(self, barcode: str, status: str, day: str, collection: str) -> None:
+        self.unknown.append((barcode, status, day, collection))
 
 
 @pytest.fixture
@@ -29,39 +42,73 @@ lookback_days = 0
     config = site.load()
     client = CaiaSoftClient(config.caiasoft, config.api_key)
     site.state.mkdir(parents=True, exist_ok=True)
-    made = Feed(config.ncip, client, Ledger(site.state / "gateway.db"))
+    made = Feed(config.ncip, client, Ledger(site.state / "gateway.db"), events=Recorded())
     made.entries = lambda: [json.loads(line) for line in journal.read_text().splitlines()] \
         if journal.exists() else []
+    made.actions = lambda: [(entry["action"], entry["item"]) for entry in made.entries()]
     yield made
     client.close()
 
 
-def test_retrievals_keep_their_stop_request_id_and_time_order(feed, simulator):
-    simulator.retrievals[(DAY, "ANNEX")] = [
-        {"barcode": "LATE", "stop": "MAIN - Main Library", "request_id": "R-2", "retrieved": "2026-11-27 15:04:00"},
-        {"barcode": "EARLY", "stop": "LAW", "request_id": "R-1", "retrieved": "2026-11-27 09:30:00"},
+def test_retrievals_keep_their_request_id_and_the_order_of_their_date_and_go_to_user_id(feed, simulator):
+    simulator.retrievals[(DAY, "ANNEX")] = [  # the simulator writes them as CaiaSoft does: "retrieval date" MM-DD-YYYY
+        {"barcode": "SECOND", "request_id": "TN4561"},
+        {"barcode": "FIRST", "request_id": "", "retrieval date": "11-26-2026"},  # a late line of yesterday's job
     ]
     simulator.status_lists[("retrieved", DAY, "ANNEX")] = ["NO-FACTS"]
     assert feed.poll(TODAY) == 3
     assert feed.entries() == [
-        {"action": "checkout", "item": "EARLY", "stop": "LAW", "request_id": "R-1",
-         "id": f"feed-retrieved-{DAY}-EARLY"},
-        {"action": "checkout", "item": "LATE", "stop": "MAIN", "request_id": "R-2",
-         "id": f"feed-retrieved-{DAY}-LATE"},
+        {"action": "checkout", "item": "FIRST", "id": f"feed-retrieved-{DAY}-FIRST"},
+        {"action": "checkout", "item": "SECOND", "request_id": "TN4561", "id": f"feed-retrieved-{DAY}-SECOND"},
         {"action": "checkout", "item": "NO-FACTS", "id": f"feed-retrieved-{DAY}-NO-FACTS"},
-    ]
+    ], "no stop in any entry: no endpoint gives one, so the relay uses ncip.user_id"
     assert feed.poll(TODAY) == 0, "each journaled once"
 
 
-def test_an_item_refiled_and_retrieved_the_same_day_ends_as_it_is_now(feed, simulator):
-    simulator.retrievals[(DAY, "ANNEX")] = [{"barcode": "OUT-AGAIN", "stop": "LAW"}, {"barcode": "BACK-IN"}]
-    simulator.status_lists[("refiled", DAY, "ANNEX")] = ["OUT-AGAIN", "BACK-IN", "PLAIN-REFILE"]
-    simulator.item_statuses.update({"OUT-AGAIN": "Out on Retrieval", "BACK-IN": "In"})
+@pytest.mark.parametrize("status", [*IN_STATUSES, "Item In at Rest on 08-02-2018", "  item in at REST  "])
+def test_an_item_retrieved_and_refiled_the_same_day_and_in_the_facility_now_ends_checked_in(feed, simulator, status):
+    simulator.retrievals[(DAY, "ANNEX")] = [{"barcode": "B-1"}]
+    simulator.status_lists[("refiled", DAY, "ANNEX")] = ["B-1"]
+    simulator.item_statuses["B-1"] = status
     feed.poll(TODAY)
-    assert [(e["action"], e["item"]) for e in feed.entries()] == [
-        ("checkin", "OUT-AGAIN"), ("checkout", "OUT-AGAIN"),  # refiled, then retrieved again: ends out
-        ("checkout", "BACK-IN"), ("checkin", "BACK-IN"),      # retrieved, then refiled: ends in
-        ("checkin", "PLAIN-REFILE")]
+    assert feed.actions() == [("checkout", "B-1"), ("checkin", "B-1")]
+
+
+@pytest.mark.parametrize("status", [*OUT_STATUSES, "Out on Physical Retrieval on 08-02-2018"])
+def test_an_item_refiled_then_retrieved_again_the_same_day_ends_checked_out(feed, simulator, status):
+    simulator.retrievals[(DAY, "ANNEX")] = [{"barcode": "B-1"}]
+    simulator.status_lists[("refiled", DAY, "ANNEX")] = ["B-1"]
+    simulator.item_statuses["B-1"] = status
+    feed.poll(TODAY)
+    assert feed.actions() == [("checkin", "B-1"), ("checkout", "B-1")]
+
+
+@pytest.mark.parametrize("status", ["In", "Refiled", "Item not Found", "Item has been Deaccessioned",
+                                    "Item Restricted from this API Key", "Something CaiaSoft adds next year"])
+def test_a_status_the_gateway_does_not_know_journals_nothing_for_that_item_and_is_named(feed, simulator, status):
+    simulator.retrievals[(DAY, "ANNEX")] = [{"barcode": "ODD"}, {"barcode": "PLAIN"}]
+    simulator.status_lists[("refiled", DAY, "ANNEX")] = ["ODD", "BACK"]
+    simulator.item_statuses["ODD"] = status
+    assert feed.poll(TODAY) == 2
+    assert feed.actions() == [("checkout", "PLAIN"), ("checkin", "BACK")], "the other items go on"
+    assert feed.events.unknown == [("ODD", status, DAY, "ANNEX")]
+    problem = feed.unknown_problem()
+    assert f"ODD {status!r} ({DAY})" in problem and "in_statuses or out_statuses" in problem
+
+    feed.poll(TODAY)
+    assert len(feed.events.unknown) == 1, "alerted once, not at every read"
+    simulator.item_statuses["ODD"] = "Item In at Rest"  # or the admin adds the phrase to in_statuses
+    assert feed.poll(TODAY) == 2
+    assert feed.actions()[-2:] == [("checkout", "ODD"), ("checkin", "ODD")]
+    assert feed.unknown == {} and feed.unknown_problem() is None
+
+
+def test_an_electronic_retrieval_checks_nothing_out(feed, simulator):
+    simulator.retrievals[(DAY, "ANNEX")] = [{"barcode": "SCANNED", "retrieval type": "ERT"},
+                                            {"barcode": "LENT", "retrieval type": "PYR"}]
+    assert feed.poll(TODAY) == 1
+    assert feed.actions() == [("checkout", "LENT")]
+    assert feed.poll(TODAY) == 0, "the scan is remembered as seen"
 
 
 @pytest.mark.parametrize("fault", ["wrong collection", "503"])
@@ -78,6 +125,13 @@ def test_a_failed_list_is_an_error_never_an_empty_list(feed, simulator, fault):
     assert feed.entries() == []
 
 
+def test_a_retrievalinfo_item_without_its_documented_fields_is_an_error_with_an_excerpt(feed, simulator):
+    simulator.retrievals[(DAY, "ANNEX")] = [{"barcode": "B-1", "retrieval date": None, "retrieved": "2026-11-27"}]
+    with pytest.raises(ApiError, match=r"item B-1 has no 'retrieval date', expected MM-DD-YYYY: .*\"retrieved\""):
+        feed.poll(TODAY)
+    assert feed.entries() == [], "never journaled as if CaiaSoft had said nothing"
+
+
 def test_without_retrievalinfo_the_lists_still_feed_the_journal(feed, simulator):
     simulator.retrievalinfo = False
     simulator.status_lists[("retrieved", DAY, "ANNEX")] = ["B-1"]
@@ -85,12 +139,23 @@ def test_without_retrievalinfo_the_lists_still_feed_the_journal(feed, simulator)
     assert feed.entries() == [{"action": "checkout", "item": "B-1", "id": f"feed-retrieved-{DAY}-B-1"}]
 
 
-@pytest.mark.parametrize("item,expected", [
-    ({"Barcode": "1", "Circulation_Stop": "LAW - Law Library", "RequestID": "9"}, ("1", "LAW", "9")),
-    ({"item": 123, "stop_code": "MAIN", "date": "20261127093000"}, ("123", "MAIN", None)),
-    ({"stop": "MAIN"}, None),
-    ("not an object", None),
-])
-def test_retrievalinfo_items_are_read_leniently(item, expected):
-    fact = retrieval(item)
-    assert (fact and (fact.barcode, fact.stop, fact.request_id)) == expected or (fact is None and expected is None)
+def test_retrievalinfo_items_are_read_by_their_documented_keys():
+    fact = retrieval({"barcode": 31234000012345, "collection": "NN", "requestor": "A Reader", "request_id": "TN4561",
+                      "retrieval_job": "8982", "retrieval date": "08-28-2018", "retrieval type": "ERT"}, "test")
+    assert (fact.barcode, fact.request_id, fact.type, fact.at) == ("31234000012345", "TN4561", "ERT",
+                                                                   dt.datetime(2018, 8, 28))
+    assert retrieval({"barcode": "1", "retrieval date": "08-28-2018", "request_id": ""}, "test").request_id is None
+    for item, words in [({"Barcode": "1", "retrieval date": "08-28-2018"}, "an item has no 'barcode'"),
+                        ({"barcode": "1", "retrieval date": "28.08.2018"}, "unreadable 'retrieval date' (28.08.2018)"),
+                        ("not an object", "an item is not an object")]:
+        with pytest.raises(ApiError, match=words.replace("(", r"\(").replace(")", r"\)")):
+            retrieval(item, "test")
+
+
+def test_statuses_are_compared_as_caiasofts_phrases(feed):
+    settings = feed.feed
+    assert classify("Out on Physical Retrieval on 08-02-2018", settings) == "out"
+    assert classify("Out on SH-I-P Service on 8/2/2018 14:05", settings) == "out"
+    assert classify("In Queue for Refile", settings) == "in"
+    assert classify("item   in at rest", settings) == "in"
+    assert classify("Out", settings) is None and classify("", settings) is None

@@ -13,9 +13,11 @@ import pytest
 
 from gateway.ncip import journal
 from gateway.ncip.journal import JournalEntry
+from gateway.settings import IN_STATUSES, OUT_STATUSES
 from gateway.simulators.ncip import NcipSimulator
 
 from conftest import wait_for
+from peers import MailBox, alerts_table
 
 pytestmark = pytest.mark.e2e
 
@@ -175,13 +177,13 @@ def test_the_status_feed_journals_retrieved_and_refiled_items_once(relay_site, s
     simulator.status_lists[("retrieved", today, "ANNEX")] = ["F-1", "F-2"]
     simulator.status_lists[("refiled", today, "ANNEX")] = ["F-0"]
     simulator.status_lists[("retrieved", today, "OTHER")] = ["NOT-OURS"]
-    simulator.retrievals[(today, "ANNEX")] = [{"barcode": "F-2", "stop": "LAW - Law Library", "request_id": "R-7"}]
+    simulator.retrievals[(today, "ANNEX")] = [{"barcode": "F-2", "request_id": "R-7"}]
     relay_site.write_ncip(feed='[ncip.feed]\ncollection = "ANNEX"\ninterval_seconds = 10\nlookback_days = 0\n')
     daemon = daemon_factory(relay_site.config_file)
     received = ncip.wait_for(3, timeout=30)
     assert sorted((r.action, r.item, r.user) for r in received) == [
-        ("checkin", "F-0", None), ("checkout", "F-1", "CAIASOFT"), ("checkout", "F-2", "CAIA-LAW")], \
-        "the stop CaiaSoft gave chooses the user"
+        ("checkin", "F-0", None), ("checkout", "F-1", "CAIASOFT"), ("checkout", "F-2", "CAIASOFT")], \
+        "CaiaSoft's feed gives no stop: every feed checkout goes to ncip.user_id"
     assert [r.request_id for r in received if r.item == "F-2"] == ["R-7"]
     assert daemon.stop() == 0
     simulator.status_lists[("retrieved", today, "ANNEX")].append("F-3")
@@ -191,6 +193,59 @@ def test_the_status_feed_journals_retrieved_and_refiled_items_once(relay_site, s
     entries = [json.loads(line) for line in relay_site.journal.read_text().splitlines()]
     assert sorted(e["item"] for e in entries) == ["F-0", "F-1", "F-2", "F-3"], "each journaled once"
     assert all(e["id"].startswith("feed-") for e in entries)
+
+
+def test_items_retrieved_and_refiled_the_same_day_end_in_alephs_as_caiasoft_has_them(relay_site, simulator, ncip,
+                                                                                     daemon_factory):
+    """Every status phrase of CaiaSoft's guide, through feed, journal, relay and NCIP; an unknown one is alerted."""
+    today = dt.date.today()
+    said = today.strftime("%m-%d-%Y")
+    statuses = {f"IN-{n}": phrase for n, phrase in enumerate(IN_STATUSES)}
+    statuses |= {f"OUT-{n}": f"{phrase} on {said}" for n, phrase in enumerate(OUT_STATUSES)}
+    statuses |= {"ODD-1": "Item has been Deaccessioned"}
+    day = today.strftime("%Y%m%d")
+    simulator.retrievals[(day, "ANNEX")] = [{"barcode": barcode} for barcode in statuses]
+    simulator.status_lists[("refiled", day, "ANNEX")] = list(statuses)
+    simulator.item_statuses.update(statuses)
+    box = MailBox().start()
+    try:
+        relay_site.write_ncip(feed='[ncip.feed]\ncollection = "ANNEX"\ninterval_seconds = 10\nlookback_days = 0\n'
+                                   + alerts_table(box.port, interval=0))
+        daemon = daemon_factory(relay_site.config_file)
+        expected = 2 * (len(statuses) - 1)
+        received = ncip.wait_for(expected, timeout=60)
+        last = {r.item: r.action for r in received}
+        assert {item: action for item, action in last.items() if item.startswith("IN-")} == \
+            {item: "checkin" for item in statuses if item.startswith("IN-")}, "in the facility: ends checked in"
+        assert {item: action for item, action in last.items() if item.startswith("OUT-")} == \
+            {item: "checkout" for item in statuses if item.startswith("OUT-")}, "out of it: ends checked out"
+        assert "ODD-1" not in last, "an unknown status journals neither entry"
+        alert = box.find("CaiaSoft status not known: 'Item has been Deaccessioned' (item ODD-1)", timeout=30)
+        assert "in_statuses" in str(alert.get_payload())
+
+        def feed_problem() -> str | None:
+            report = json.loads(subprocess.run(
+                [sys.executable, "-m", "gateway", "-c", str(relay_site.config_file), "status", "--json"],
+                capture_output=True, text=True, timeout=60).stdout)
+            return report["ncip"] and report["ncip"]["feed_problem"]
+
+        problem = wait_for(feed_problem, timeout=30, interval=0.5, message="the unknown status in status")
+        assert "ODD-1 'Item has been Deaccessioned'" in problem and "in_statuses or out_statuses" in problem
+        assert '"event": "feed.unknown_status"' in (relay_site.log_dir / "gateway.log").read_text()
+        assert daemon.stop() == 0
+        assert len(ncip.received) == expected, "nothing more was sent for ODD-1"
+    finally:
+        box.stop()
+
+
+def test_check_says_that_feed_checkouts_go_to_user_id(relay_site):
+    relay_site.write_ncip(feed='[ncip.feed]\ncollection = "ANNEX"\n')
+    check = subprocess.run([sys.executable, "-m", "gateway", "-c", str(relay_site.config_file), "check", "--offline"],
+                           capture_output=True, text=True, timeout=60)
+    said = " ".join(check.stdout[check.stdout.index("WARN  status feed (collection ANNEX)"):].split())
+    assert said.startswith("WARN status feed (collection ANNEX) CaiaSoft's retrieval lists give no circulation stop: "
+                           "every feed check-out goes to ncip.user_id (CAIASOFT); [ncip.stop_users] applies only to "
+                           "journal entries that carry a stop"), said
 
 
 def test_a_feed_call_that_fails_is_an_error_in_the_log_and_in_status(relay_site, simulator, daemon_factory):

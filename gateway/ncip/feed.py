@@ -139,7 +139,7 @@ class Feed(Worker):
     def step(self) -> None:
         try:
             added = self.poll(dt.date.today())
-            self.problem = self._unknown_problem()
+            self.problem = self.unknown_problem()
             if added:
                 log.info("feed.journaled", entries=added, collection=self.feed.collection)
         except GatewayError as error:
@@ -147,7 +147,7 @@ class Feed(Worker):
             log.error("feed.failed", reason=str(error), retry_in=self.feed.interval_seconds)
         self.rest(self.feed.interval_seconds)
 
-    def _unknown_problem(self) -> str | None:
+    def unknown_problem(self) -> str | None:
         if not self.unknown:
             return None
         named = ", ".join(f"{barcode} {status!r} ({day})" for (day, barcode), status in
