@@ -19,11 +19,9 @@ The names are a contract (see the README, "Monitoring and alerts"):
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from typing import Callable
-from wsgiref.simple_server import WSGIServer
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -31,6 +29,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gateway import logs
+from gateway.listener import BoundedListener
 from gateway.events import Conditions
 from gateway.ledger import Ledger
 from gateway.states import FINAL_STATES, OPEN_STATES, FileState, NcipOutcome
@@ -67,8 +66,7 @@ class Metrics:
                                         "endpoint took.", buckets=UPLOAD_BUCKETS, registry=self.registry)
         self._seed(sources)
         self.registry.register(_Gauges(self))
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
+        self._listener: BoundedListener | None = None
         self._next_textfile = 0.0
 
     def _seed(self, sources: list[str]) -> None:
@@ -118,8 +116,9 @@ class Metrics:
         if address is None:
             return
         host, port = address
-        try:
-            self._server, self._thread = prometheus_client.start_http_server(port, host, self.registry)
+        try:  # bounded: idle local clients cannot take the threads or file descriptors the pipeline needs
+            self._listener = BoundedListener(host, port, prometheus_client.make_wsgi_app(self.registry),
+                                             "metrics").start()
         except OSError as error:  # a port in use must not stop the gateway
             log.error("metrics.not_served", listen=self.settings.listen, error=error.strerror or str(error),
                       detail="the gateway runs on; fix [metrics].listen and reload")
@@ -127,10 +126,9 @@ class Metrics:
         log.info("metrics.serving", url=f"http://{self.settings.listen}/metrics")
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        if self._listener is not None:
+            self._listener.stop()
+            self._listener = None
         if self.settings.textfile is not None:
             self.write_textfile()
 
