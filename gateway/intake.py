@@ -19,6 +19,7 @@ from typing import Any, BinaryIO, Protocol
 
 from gateway import printfile
 from gateway.errors import FileRefused
+from gateway.names import printable
 
 IGNORED_PATTERNS = (".*", "*.tmp", "*.part", "*~")
 HASH_CHUNK = 1024 * 1024
@@ -192,24 +193,25 @@ def inspect(path: Path, name: str, max_bytes: int, fallback_encoding: str = "",
             details["encoding"] = printfile.declared_encoding(head) or "utf-8"
             kind = "xml"
         else:
-            if name.lower().endswith(".xml") and head.strip():
+            if name.lower().endswith(".xml") and head.strip() and not printfile.starts_as_barcode_elements(head):
                 raise FileRefused("file is named .xml but its content is not XML")
-            held = _Held()
+            held, elements = _Held(), _ElementLines()
             try:
-                details = _check_text(reader, "utf-8", held)
+                details = _check_text(reader, "utf-8", held, elements)
             except _Undecodable as error:
                 if not fallback_encoding:
                     raise FileRefused(error.reason("UTF-8")) from None
                 handle.seek(0)
-                reader, held = _Reader(handle, max_bytes), _Held()
+                reader, held, elements = _Reader(handle, max_bytes), _Held(), _ElementLines()
                 try:
-                    details = _check_text(reader, fallback_encoding, held)
+                    details = _check_text(reader, fallback_encoding, held, elements)
                 except _Undecodable as again:
                     raise FileRefused(again.reason(f"UTF-8 or {fallback_encoding}")) from None
             if held.dropped:
                 details["items_not_listed"] = held.dropped
             for record in held.records():
                 (on_record or _ignore)(record)
+            elements.check()  # a cir-12 list with a wrong line: refused, its barcodes handed over all the same
             kind = "text"
         reader.finish()
     return Inspection(kind=kind, sha256=reader.digest.hexdigest(), size=reader.size, details=details)
@@ -281,6 +283,8 @@ def _check_print_file(reader: _Reader, on_record: Callable[[printfile.Record], N
     if bad:
         last = bad[-1]
         at_end = bad_count == 1 and last.number == count and last.problem is not None and last.problem.at_end
+        if bad_count == count and all(record.problem and record.problem.printout for record in bad):
+            raise FileRefused(_not_xml_reason(bad, count))
         raise FileRefused(_bad_records_reason(bad, bad_count, count), at_end=at_end)
     return {"records": count, "items": items, "root": first.root if first else None,
             "form_name": first.form_name if first else None,
@@ -292,8 +296,9 @@ def _bad_records_reason(bad: list[printfile.Record], bad_count: int, count: int)
     first = bad[0]
     assert first.problem is not None
     where = f'line {first.line}, "{first.header}"' if first.header else f"line {first.line}, no header line"
-    reason = f"record {first.number} of {count} ({where}): {first.problem.message} at line {first.problem.line} " \
-             "of the file"
+    reason = f"record {first.number} of {count} ({where}): {first.problem.message}"
+    if first.problem.printout is None:  # a non-XML printout is wrong as a whole, not at a line of it
+        reason += f" at line {first.problem.line} of the file"
     if bad_count > 1:
         others = ", ".join(f"{record.number} (line {record.line})" for record in bad[1:])
         more = bad_count - len(bad)
@@ -301,10 +306,67 @@ def _bad_records_reason(bad: list[printfile.Record], bad_count: int, count: int)
     return reason
 
 
-def _check_text(reader: _Reader, encoding: str, on_barcode: Callable[[int, str], None]) -> dict[str, Any]:
+def _not_xml_reason(bad: list[printfile.Record], count: int) -> str:
+    """'a PLAIN printout, not XML: route only XML_XSL output for CaiaSoft to this folder', for a file of such records"""
+    kinds = list(dict.fromkeys(record.problem.printout for record in bad if record.problem and record.problem.printout))
+    what = f"a {kinds[0]} printout" if len(kinds) == 1 else " and ".join(kinds) + " printouts"
+    records = f" ({count} records)" if count > 1 else ""
+    return f"{what}{records}, not XML: route only {printfile.XML_PRINTOUT} output for CaiaSoft to this folder"
+
+
+class _ElementLines:
+    """Tells a cir-12 list of <z30-barcode> lines from a plain list, and finds the line that spoils either.
+
+    A list is of <z30-barcode> lines if any of its lines is one; then every line that is not
+    such an element, or whose element does not hold one barcode, is wrong (the first is named).
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first: int = 0                      # the first <z30-barcode> line
+        self.wrong: tuple[int, str] | None = None  # (line, what is wrong) of the first line that is not one
+        self.wrong_element: tuple[int, str] | None = None  # the first element that holds no barcode
+
+    def read(self, line: int, value: str) -> str | None:
+        """Given a non-blank line (stripped), return the barcode it holds, if it holds one."""
+        inner = printfile.barcode_element(value)
+        if inner is None:
+            if self.wrong is None:
+                self.wrong = (line, f'line {line} ("{_excerpt(value)}") is not a <z30-barcode> line')
+            return value if _BARCODE.match(value) else None
+        self.count += 1
+        self.first = self.first or line
+        if _BARCODE.match(inner):
+            return inner
+        if self.wrong_element is None:
+            self.wrong_element = (line, f'line {line} ("{_excerpt(value)}") does not hold one barcode')
+        return None
+
+    def check(self) -> None:
+        """Raise FileRefused if the list has <z30-barcode> lines and a line that is wrong beside them."""
+        if not self.count:
+            return
+        wrongs = [found for found in (self.wrong, self.wrong_element) if found is not None]
+        if wrongs:
+            line, what = min(wrongs)
+            raise FileRefused(f"{what}, in a cir-12 barcode list of <z30-barcode> lines (the first at line "
+                              f"{self.first}): every line must be one <z30-barcode>BARCODE</z30-barcode> element; "
+                              "nothing of this file was sent")
+
+
+def _excerpt(value: str) -> str:
+    """The start of a line, fit to quote in a reason: printable (names.printable), cut at 60 characters."""
+    return printable(value[:60]) + ("..." if len(value) > 60 else "")
+
+
+def _check_text(reader: _Reader, encoding: str, on_barcode: Callable[[int, str], None],
+                elements: _ElementLines) -> dict[str, Any]:
     """Decode a text file piece by piece; hand each barcode line to on_barcode(line, barcode); return its details.
 
-    Raise _Undecodable (with the offset in the whole file) if it is not in encoding.
+    A line is a barcode, or a <z30-barcode> element holding one (a cir-12 paging list):
+    elements reads them; its check() says afterwards whether a list of elements holds
+    anything else. Raise _Undecodable (with the offset in the whole file) if it is not
+    in encoding.
     """
     decoder = codecs.getincrementaldecoder(encoding)()
     characters = controls = lines = barcodes = 0
@@ -329,9 +391,10 @@ def _check_text(reader: _Reader, encoding: str, on_barcode: Callable[[int, str],
             value = part.strip()
             if value:
                 lines += 1
-                if _BARCODE.match(value):
+                barcode = elements.read(line_number, value)
+                if barcode is not None:
                     barcodes += 1
-                    on_barcode(line_number, value)
+                    on_barcode(line_number, barcode)
         at_line_start = complete
         line_number += complete
         piece = reader.readline()
@@ -341,7 +404,10 @@ def _check_text(reader: _Reader, encoding: str, on_barcode: Callable[[int, str],
         raise _Undecodable(error.object[error.start], offset - len(error.object) + error.start) from None
     if controls > max(2, characters // 100):
         raise FileRefused(f"file looks binary ({controls} control characters), not an ALEPH request file")
-    return {"lines": lines, "items": barcodes, "encoding": encoding}
+    details: dict[str, Any] = {"lines": lines, "items": barcodes, "encoding": encoding}
+    if elements.count:
+        details["line_form"] = "<z30-barcode>"
+    return details
 
 
 class _Undecodable(Exception):

@@ -106,7 +106,8 @@ class ItemIndex:
                            (file_id, record.number, record.line, record.header, record.form_name,
                             json.dumps(record.barcodes, ensure_ascii=False), record.request_number,
                             record.request_id, record.pickup_location,
-                            problem.message if problem else None, problem.line if problem else None))
+                            problem.message if problem else None,
+                            problem.line if problem and not problem.printout else None))
                 db.executemany("INSERT OR IGNORE INTO items (barcode, file_id, record) VALUES (?, ?, ?)",
                                [(barcode, file_id, record.number) for barcode in set(record.barcodes)])
 
@@ -222,8 +223,9 @@ def _records(records: list[StoredRecord], answers: dict[str, dict[str, Any]]) ->
                                            for barcode in record.barcodes],
                                  "request_number": record.request_number, "request_id": record.request_id,
                                  "pickup_location": record.pickup_location}
-        if record.problem:
-            entry["problem"] = f"{record.problem} at line {record.problem_line} of the file"
+        if record.problem:  # a problem without a line is the record as a whole (a printout that is not XML)
+            entry["problem"] = record.problem + (f" at line {record.problem_line} of the file"
+                                                 if record.problem_line is not None else "")
         yield {key: value for key, value in entry.items() if value is not None}
 
 

@@ -13,7 +13,8 @@ from gateway import intake, printfile
 from gateway.errors import FileRefused
 
 from conftest import SAMPLES
-from printfiles import barcode, first_line_of, print_file, record
+from printfiles import (NOT_XML_BODIES, barcode, element_list, first_line_of, nested_barcode, nested_batch,
+                        not_xml_record, print_file, record, slip)
 
 
 def inspect(tmp_path, data: bytes, name: str = "usm50.hold_req"):
@@ -278,3 +279,196 @@ def test_a_huge_barcode_list_is_counted_whole_and_listed_up_to_the_cap(tmp_path,
     found, records = inspect(tmp_path, "".join(f"3123400000000{n}\n" for n in range(5)).encode(), "list_barcode")
     assert found.details["items"] == 5 and found.details["items_not_listed"] == 2
     assert [r.barcodes[0] for r in records] == ["31234000000000", "31234000000001", "31234000000002"]
+
+
+# -- cir-12 paging lists of <z30-barcode> lines -------------------------------------------
+
+ELEMENT_BARCODES = ["31234070000001", "31234070000002", "A0123-45", "31234070000004"]
+
+
+@pytest.mark.parametrize("newline,bom,indent,blank_lines", [("\n", False, "", False), ("\r\n", True, "  ", True),
+                                                            ("\r\n", False, "\t", False), ("\n", True, "", True)])
+def test_a_cir12_list_of_z30_barcode_lines_is_a_barcode_list(tmp_path, newline, bom, indent, blank_lines):
+    data = element_list(ELEMENT_BARCODES, newline=newline, bom=bom, indent=indent, blank_lines=blank_lines)
+    found, records = inspect(tmp_path, data, "anx.cir.12.paging20261128_am_barcode")
+    assert found.kind == "text" and found.sha256 == hashlib.sha256(data).hexdigest() and found.size == len(data)
+    assert found.details == {"lines": 4, "items": 4, "encoding": "utf-8", "line_form": "<z30-barcode>"}
+    assert [r.barcodes for r in records] == [(code,) for code in ELEMENT_BARCODES]
+    step = 2 if blank_lines else 1
+    assert [r.line for r in records] == [1 + step * index for index in range(4)]
+
+
+def test_a_one_line_cir12_list_and_one_named_xml_are_lists_too(tmp_path):
+    found, records = inspect(tmp_path, b"<z30-barcode> 31234070000009 </z30-barcode>", "paging.xml")
+    assert found.kind == "text" and [r.barcodes for r in records] == [("31234070000009",)]
+
+
+JUNK_LINES = {
+    "a plain barcode": ("31234079999999", 'line 3 ("31234079999999") is not a <z30-barcode> line'),
+    "stray text": ("Paging list 28/11", 'line 3 ("Paging list 28/11") is not a <z30-barcode> line'),
+    "an XML element": ("<printout>", 'line 3 ("<printout>") is not a <z30-barcode> line'),
+    "two elements on a line": ("<z30-barcode>12</z30-barcode><z30-barcode>56</z30-barcode>",
+                               'line 3 ("<z30-barcode>12</z30-barcode><z30-barcode>56</z30-barcode>") is not a '
+                               "<z30-barcode> line"),
+    "an empty element": ("<z30-barcode></z30-barcode>", 'line 3 ("<z30-barcode></z30-barcode>") does not hold one '
+                                                        "barcode"),
+    "two words": ("<z30-barcode>3123 4070</z30-barcode>", 'line 3 ("<z30-barcode>3123 4070</z30-barcode>") does '
+                                                          "not hold one barcode"),
+    "a control character": ("<z30-barcode>\x1b[2J</z30-barcode>", 'line 3 ("<z30-barcode>\\x1b[2J</z30-barcode>")'
+                                                                  " does not hold one barcode"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(JUNK_LINES))
+def test_a_cir12_list_with_a_line_that_is_not_one_element_is_refused_naming_the_line(tmp_path, kind):
+    junk, named = JUNK_LINES[kind]
+    lines = element_list(ELEMENT_BARCODES, newline="\r\n").split(b"\r\n")
+    data = b"\r\n".join([*lines[:2], junk.encode(), *lines[2:]])
+    path = tmp_path / "anx.cir.12.paging20261128_am_barcode"
+    path.write_bytes(data)
+    records: list[printfile.Record] = []
+    with pytest.raises(FileRefused) as caught:
+        intake.inspect(path, path.name, 1_000_000, on_record=records.append)
+    assert caught.value.reason == (f"{named}, in a cir-12 barcode list of <z30-barcode> lines (the first at line 1): "
+                                   "every line must be one <z30-barcode>BARCODE</z30-barcode> element; nothing of "
+                                   "this file was sent")
+    assert not caught.value.at_end
+    assert set(ELEMENT_BARCODES) <= {code for r in records for code in r.barcodes}  # still indexed for `find`
+
+
+def test_elements_after_a_plain_line_are_a_mixed_list_refused_naming_the_first_plain_line(tmp_path):
+    refused = refusal(tmp_path, b"Paging list 28/11\n" + element_list(ELEMENT_BARCODES))
+    assert refused.reason.startswith('line 1 ("Paging list 28/11") is not a <z30-barcode> line, in a cir-12 '
+                                     "barcode list of <z30-barcode> lines (the first at line 2)")
+
+
+def test_a_long_junk_line_is_named_by_its_start_only(tmp_path):
+    refused = refusal(tmp_path, element_list(ELEMENT_BARCODES) + b"x" * 5000 + b"\n")
+    assert refused.reason.startswith(f'line 5 ("{"x" * 60}...") is not a <z30-barcode> line')
+    assert len(refused.reason) < 300
+
+
+# -- batches of slips gathered into one <printout> by a site's script ------------------------
+
+def test_each_slip_of_a_nested_batch_is_a_record_with_its_own_request(tmp_path):
+    data = nested_batch(range(1, 41), newline="\r\n", bom=True)
+    found, records = inspect(tmp_path, data, "annex.sorted")
+    assert found.kind == "xml"
+    assert found.details["records"] == 40 and found.details["items"] == 40
+    assert found.details["form_names"] == {"hold-request-slip": 40} and found.details["routing_line"] == "## - XML_XSL"
+    lines = data.split(b"\r\n")
+    slip_lines = [index for index, line in enumerate(lines, 1) if line == b"<printout>"][1:]
+    assert [(r.number, r.line) for r in records] == list(zip(range(1, 41), slip_lines, strict=True))
+    for r, number in zip(records, range(1, 41), strict=True):
+        assert r.problem is None and r.header == "## - XML_XSL" and r.form_name == "hold-request-slip"
+        assert r.barcodes == (nested_barcode(number),)
+        assert r.request_number == f"{number + 7000:09d}"
+        assert r.request_id == f"{number:09d}{number * 10:06d}{number % 10:04d}"
+        assert r.pickup_location == "Annex Reading Room"
+
+
+def test_a_slip_whose_item_section_repeats_keeps_each_barcode_once_in_order(tmp_path):
+    data = nested_batch([1, 2, 3], replace={2: slip(2, items=3, repeat_item=True)})
+    _, records = inspect(tmp_path, data)
+    assert [r.barcodes for r in records] == [(nested_barcode(1),),
+                                             tuple(nested_barcode(2, index) for index in range(3)),
+                                             (nested_barcode(3),)]
+    assert records[1].request_number == f"{2 + 7000:09d}"
+
+
+def test_records_and_nested_batches_in_one_file_are_numbered_in_order(tmp_path):
+    data = print_file(2) + nested_batch([5, 6, 7]) + record(3).encode()
+    found, records = inspect(tmp_path, data)
+    assert found.details["records"] == 6
+    assert [(r.number, r.barcodes) for r in records] == [
+        (1, (barcode(1),)), (2, (barcode(2),)), (3, (nested_barcode(5),)), (4, (nested_barcode(6),)),
+        (5, (nested_barcode(7),)), (6, (barcode(3),))]
+
+
+def test_a_bad_slip_in_a_nested_batch_is_named_and_the_others_handed_over(tmp_path):
+    data = nested_batch(range(1, 6), replace={3: slip(3).replace("</section-02>", "</section-2>")})
+    path = tmp_path / "annex.sorted"
+    path.write_bytes(data)
+    records: list[printfile.Record] = []
+    with pytest.raises(FileRefused) as caught:
+        intake.inspect(path, path.name, 1_000_000, on_record=records.append)
+    lines = data.split(b"\n")
+    start = [index for index, line in enumerate(lines, 1) if line == b"<printout>"][3]
+    wrong = lines.index(b"</section-2>") + 1
+    assert caught.value.reason == (f'record 3 of 3 (line {start}, "## - XML_XSL"): its XML is not well-formed '
+                                   f"(mismatched tag) at line {wrong} of the file")
+    assert not caught.value.at_end
+    assert [(r.number, r.barcodes, r.problem is None) for r in records] == [
+        (1, (nested_barcode(1),), True), (2, (nested_barcode(2),), True), (3, (nested_barcode(3),), False)]
+
+
+def test_a_nested_batch_cut_short_is_ending_early(tmp_path):
+    whole = nested_batch(range(1, 6))
+    refused = refusal(tmp_path, whole[:whole.index(b"<z37-sequence>0003")])
+    assert refused.at_end is True and refused.reason.startswith("record 3 of 3 ")
+    refused = refusal(tmp_path, whole.removesuffix(b"</printout>\n"))  # every slip closed, not the batch
+    assert refused.at_end is True and refused.reason.startswith('record 6 of 6 (line 1, "## - XML_XSL"): its XML '
+                                                                "ends before its document does")
+
+
+def test_junk_after_a_nested_batch_is_a_record_of_its_own_and_nothing_is_lost(tmp_path):
+    refused = refusal(tmp_path, nested_batch([1, 2]) + b"stray\n")
+    assert refused.reason.startswith('record 3 of 3 (line 1, "## - XML_XSL"): its XML is not well-formed (junk '
+                                     "after document element)")
+    outside = nested_batch([1, 2]).replace(b"<subject/>", b"<subject/><z30-barcode>31234079999999</z30-barcode>")
+    _, records = inspect(tmp_path, outside)
+    assert [r.barcodes for r in records] == [(nested_barcode(1),), (nested_barcode(2),), ("31234079999999",)]
+
+
+def test_scan_hands_each_slip_over_as_it_closes(tmp_path):
+    data = nested_batch(range(1, 201))
+    stream = io.BytesIO(data)
+    first = next(printfile.scan(stream))
+    assert first.barcodes == (nested_barcode(1),)
+    assert stream.tell() < len(data) // 50, "the first slip came before the file was read"
+
+
+@settings(max_examples=40, deadline=None)
+@given(count=st.integers(1, 8), most=st.integers(1, 60), newline=st.sampled_from(["\n", "\r\n"]))
+def test_a_nested_batch_read_in_pieces_of_any_size_gives_the_same_records(count, most, newline):
+    data = nested_batch(range(1, count + 1), newline=newline)
+    whole = list(printfile.scan(io.BytesIO(data)))
+    assert list(printfile.scan(_InPieces(data, most))) == whole
+    assert [r.barcodes for r in whole] == [(nested_barcode(n),) for n in range(1, count + 1)]
+
+
+# -- printouts that are not XML ---------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", sorted(NOT_XML_BODIES))
+def test_a_printout_that_is_not_xml_is_refused_naming_what_it_is(tmp_path, kind):
+    data = not_xml_record(kind).encode()
+    refused = refusal(tmp_path, data)
+    assert refused.reason == f"a {kind} printout, not XML: route only XML_XSL output for CaiaSoft to this folder"
+    assert not refused.at_end
+    records = list(printfile.scan(io.BytesIO(data)))
+    assert [(r.header, r.barcodes, r.problem.printout) for r in records] == [(f"## - {kind}", (), kind)]
+    many = refusal(tmp_path, (not_xml_record(kind) * 3).encode())
+    assert many.reason == (f"a {kind} printout (3 records), not XML: route only XML_XSL output for CaiaSoft to "
+                           "this folder")
+
+
+def test_printouts_of_several_kinds_that_are_not_xml_are_named_together(tmp_path):
+    refused = refusal(tmp_path, (not_xml_record("PLAIN") + not_xml_record("HTML") + "## - PLAIN\n\n").encode())
+    assert refused.reason == ("PLAIN and HTML printouts (3 records), not XML: route only XML_XSL output for CaiaSoft "
+                              "to this folder")
+
+
+def test_a_file_mixing_xml_and_other_printouts_is_refused_whole_naming_the_first_other(tmp_path):
+    data = print_file(3, replace={2: not_xml_record("EXECUTE") + "## - PRINTER=CAIASOFT\n"})
+    refused = refusal(tmp_path, data)
+    line = data.split(b"\n").index(b"## - EXECUTE") + 1
+    assert refused.reason == (f'record 2 of 3 (line {line}, "## - EXECUTE"): a EXECUTE printout, not XML: route only '
+                              "XML_XSL output for CaiaSoft to this folder")
+
+
+def test_the_first_kind_named_in_a_header_block_is_the_records_kind(tmp_path):
+    xml_first = record(1, headers=("## - XML_XSL", "## - PLAIN"))
+    found, records = inspect(tmp_path, xml_first.encode())
+    assert found.details["records"] == 1 and records[0].barcodes == (barcode(1),)
+    html_after_a_routing_line = "## - PRINTER=ANNEX\n" + not_xml_record("HTML")
+    assert refusal(tmp_path, html_after_a_routing_line.encode()).reason.startswith("a HTML printout, not XML")

@@ -4,9 +4,10 @@ It speaks the part of CaiaSoft's API the gateway uses: X-API-Key checked on ever
 JSON answers with counts as strings, POST /api/requestfile/v1 taking a
 multipart upload, GET /api/circstoplist/v1/ACTIVE. A file is "registered"
 when it is an ALEPH print file (one or many <printout> records, each opened by
-"## - ..." lines) or a barcode list; anything else gets success: false, as
-CaiaSoft answers for an unregistered format. Every upload's bytes are kept in
-.received, so tests can check that a file arrived unaltered.
+"## - ..." lines) or a barcode list (plain, or cir-12 <z30-barcode> lines);
+anything else gets success: false, as CaiaSoft answers for an unregistered
+format. Every upload's bytes are kept in .received, so tests can check that a
+file arrived unaltered.
 
 Faults are scripted per request: queue_faults("503", "429:2", "drop", "slow:5", "hang").
 """
@@ -114,9 +115,10 @@ def _barcodes(data: bytes) -> list[str] | None:
     first line may be any "##" line) followed by one XML document.
     """
     body = data.removeprefix(b"\xef\xbb\xbf")
+    elements = body.lstrip().startswith(b"<z30-barcode>")  # a cir-12 paging list: one element a line, no root
     if body.startswith(b"##"):
         body = body[body.find(b"\n") + 1:] if b"\n" in body else b""
-    if body.lstrip().startswith(b"<") or _HEADER_LINE.match(body):
+    if (body.lstrip().startswith(b"<") and not elements) or _HEADER_LINE.match(body):
         barcodes: list[str] = []
         for record in _HEADER_LINE.split(body):
             if not record.strip():
@@ -130,9 +132,11 @@ def _barcodes(data: bytes) -> list[str] | None:
             barcodes += [e.text.strip() for e in root.iter("z30-barcode") if e.text and e.text.strip()]
         return barcodes
     try:
-        lines = [line.strip() for line in data.decode("utf-8").splitlines() if line.strip()]
+        lines = [line.strip() for line in data.decode("utf-8-sig").splitlines() if line.strip()]
     except UnicodeDecodeError:
         return None
+    if elements:  # read as sites' own code reads it: each line stripped of its tags
+        lines = [line.removeprefix("<z30-barcode>").removesuffix("</z30-barcode>").strip() for line in lines]
     return lines if lines and all(BARCODE.match(line) for line in lines) else None
 
 
