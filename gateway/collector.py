@@ -18,6 +18,7 @@ from gateway.intake import Settler
 from gateway.readiness import TAIL_BYTES, ReadyCheck
 from gateway.pipeline import Pipeline
 from gateway.sources.base import Entry, Source
+from gateway.sources.folder import FolderReplaced
 from gateway.worker import Worker
 
 log = logs.get("gateway.collector")
@@ -27,6 +28,7 @@ FAILED_CLAIM_RETRY_SECONDS = 60.0
 CLAIM_BATCH = 64  # files claimed with one pair of ledger commits
 FIRST_CLAIM_BATCH = 8  # the first batch of a look is small, so the upload workers start while the rest is claimed
 SHOWN_CLAIM_FAILURES = 10  # files that cannot be taken, listed by `status` per source
+STALL_SECONDS = 300.0  # a collector silent this long is shown stuck (a listing or read that does not return)
 
 
 def claim_hint(error: Exception, state_dir: Path | None = None) -> str:
@@ -51,7 +53,8 @@ def claim_hint(error: Exception, state_dir: Path | None = None) -> str:
 class Collector(Worker):
     def __init__(self, source: Source, settle_seconds: float, pipeline: Pipeline,
                  clock: Callable[[], float] = time.monotonic, grace_seconds: float = 300.0,
-                 marker_mode: bool = False, keep_original_seconds: float = 0.0):
+                 marker_mode: bool = False, keep_original_seconds: float = 0.0,
+                 stall_seconds: float = STALL_SECONDS):
         super().__init__(name=f"collector-{source.name}")
         self.source = source
         self.pipeline = pipeline
@@ -66,6 +69,19 @@ class Collector(Worker):
         self._next_scan = 0.0
         self._held: set[tuple[str, int, float]] = set()  # (origin, size, mtime) taken, original still there
         self.keep_original_seconds = keep_original_seconds
+        self.stall_seconds = stall_seconds
+
+    def current_problem(self) -> str | None:
+        """Why this source is not taking files now, for `status`, STATUS= and alerts: its reported problem, or
+        that the collector has been silent for longer than stall_seconds (blocked in the source: a hung
+        mount), which is never shown as ok."""
+        if self.problem:
+            return self.problem
+        silent = time.monotonic() - self.heartbeat
+        if self.is_alive() and silent > self.stall_seconds:
+            return (f"stuck: no progress for {silent:.0f}s (a listing or read of {self.source.location} does not "
+                    "return; check the mount)")
+        return None
 
     def begin(self) -> None:
         self.source.start(self._wake.set)
@@ -109,7 +125,7 @@ class Collector(Worker):
             self._release_finished()  # first: a file removed now is not listed, then looked at
             entries = self.source.scan()
         except OSError as error:
-            self._report(f"cannot list {self.source.location}: {describe(error)}")
+            self._report(self._unreadable(error))
             return []
         self._report(None)
         self._held = self.pipeline.ledger.held(self.source.name)
@@ -128,8 +144,13 @@ class Collector(Worker):
         try:
             return self._unheld(self.source.look(self.source.hints() | set(self.settler.pending())))
         except OSError as error:
-            self._report(f"cannot list {self.source.location}: {describe(error)}")
+            self._report(self._unreadable(error))
             return []
+
+    def _unreadable(self, error: OSError) -> str:
+        if isinstance(error, FolderReplaced):  # says itself what happened and that the source is paused
+            return str(error)
+        return f"cannot list {self.source.location}: {describe(error)}"
 
     @property
     def originals_kept(self) -> int:
@@ -186,6 +207,9 @@ class Collector(Worker):
             self._failed.pop(entry.name, None)
             self.claim_failures.pop(entry.name, None)
         for entry, error in failures:
+            if isinstance(error, FolderReplaced):
+                self._report(str(error))
+                continue
             if isinstance(error, SourceUnavailable):  # the source went away: taken again once it is back
                 self._report(f"cannot take files from {self.source.location}: {error}")
                 continue

@@ -92,6 +92,22 @@ class _Values:
         if self.problems:
             raise ConfigError(self.problems)
 
+    def secret_files(self) -> dict[str, Path]:
+        """The config file and every key or password file it names, by key path: no source may be their folder."""
+        found = {"the config file": self.file}
+        for table, key in (("caiasoft", "api_key_file"), ("caiasoft", "ca_file")):
+            value = self.tables.get(table, {}).get(key)
+            if isinstance(value, Path):
+                found[f"{table}.{key}"] = value
+        password = self.optional.get("alerts", {}).get("password_file")
+        if isinstance(password, Path):
+            found["alerts.password_file"] = password
+        for index, source in enumerate(self.sources):
+            for key in ("known_hosts_file", "private_key_file", "private_key_passphrase_file", "password_file"):
+                if isinstance(source.get(key), Path):
+                    found[f"sources[{index}].{key}"] = source[key]
+        return found
+
     @classmethod
     def read(cls, path: Path) -> _Values:
         """Read and check everything but secrets; problems are collected, not raised."""
@@ -113,7 +129,8 @@ class _Values:
         config_rules.check_sources(values.sources, values.problem)
         journal = values.ncip.get("journal") if values.ncip is not None else None
         config_rules.check_folders(values.tables["paths"], values.sources,
-                                   journal if isinstance(journal, Path) else None, values.problem)
+                                   journal if isinstance(journal, Path) else None, values.problem,
+                                   holders=values.secret_files())
         if values.ncip is not None:
             config_rules.check_ncip(values.ncip, values.problem)
         if "alerts" in values.optional:

@@ -58,14 +58,17 @@ OWN_FOLDERS = ("state_dir", "archive_dir", "error_dir", "log_dir")
 
 
 def check_folders(paths: dict[str, Any], sources: list[dict[str, Any]], journal: Path | None,
-                  problem: Report) -> None:
+                  problem: Report, holders: dict[str, Path] | None = None) -> None:
     """The gateway's own folders, the source folders and the journal must stay apart.
 
     A source folder that is, holds or lies in one of the gateway's folders would feed
     its own files back in (the rotated gateway.log.1 uploaded to CaiaSoft); so would a
-    journal inside a source folder. archive_dir and error_dir must differ: `retry --all`
-    takes back every file in error_dir, and retention would delete refused files.
-    Paths are compared resolved: "src/../archive" and symlinks are seen through.
+    journal inside a source folder, and a source that is the folder of the config file
+    or of a key or password file (holders: key path -> file) would send them to
+    CaiaSoft. archive_dir and error_dir must differ: `retry --all` takes back every file
+    in error_dir, and retention would delete refused files. Paths are compared resolved:
+    "src/../archive" and symlinks are seen through (what a path turns into later is the
+    source's to check: gateway.sources.folder).
     """
     own = {key: _resolved(paths[key]) for key in OWN_FOLDERS if isinstance(paths.get(key), Path)}
     if "archive_dir" in own and own.get("archive_dir") == own.get("error_dir"):
@@ -80,6 +83,10 @@ def check_folders(paths: dict[str, Any], sources: list[dict[str, Any]], journal:
             if _overlaps(real, place):
                 problem(f"sources[{index}].path", f"overlaps the gateway's own folder {key} = {paths[key]}"
                         + (f" (both are {place})" if real == place and folder != paths[key] else ""))
+        for key, file in (holders or {}).items():
+            if _resolved(file).parent == real:
+                problem(f"sources[{index}].path", f"is the folder of {key} ({file}): it would be taken and sent "
+                        "to CaiaSoft; keep request files in a folder of their own")
         if journal is not None and _resolved(journal).parent == real:
             problem("ncip.journal", f"is inside the folder of sources[{index}] ({folder}): it would be taken "
                     "and sent to CaiaSoft as a request file")
@@ -144,6 +151,21 @@ def _overlaps(a: Path, b: Path) -> bool:
 
 
 def check_ncip(values: dict[str, Any], problem: Report) -> None:
+    _check_ncip_url(values, problem)
+    for stop, user in (values.get("stop_users") or {}).items():
+        if not isinstance(user, str) or not user:
+            problem(f"ncip.stop_users.{stop}", "must be a user id string")
+    for key in ("from_agency", "to_agency", "user_id"):
+        if values.get(key) == "":
+            problem(f"ncip.{key}", "must not be empty")
+    for key in ("content_type", "form_content_type"):
+        label = values.get(key)
+        if isinstance(label, str) and (not label.strip() or any(not 32 <= ord(c) < 127 for c in label)):
+            problem(f"ncip.{key}", f"must be a Content-Type such as \"text/xml; charset=UTF-8\", in ASCII on one line, "
+                    f"got {label!r}")
+
+
+def _check_ncip_url(values: dict[str, Any], problem: Report) -> None:
     url = values.get("url")
     if isinstance(url, str):
         parts = urlsplit(url)
@@ -154,14 +176,14 @@ def check_ncip(values: dict[str, Any], problem: Report) -> None:
         if parts.scheme not in ("http", "https", "tcp") or not parts.hostname or port == -1:
             problem("ncip.url", "must be an http(s) URL such as http://aleph.example.edu:8991/ncip, or "
                     f"tcp://HOST:PORT for a raw socket to ALEPH's NCIP port, got {url!r}")
-        elif parts.scheme == "tcp" and (port is None or parts.path.strip("/") or parts.query):
-            problem("ncip.url", f"a raw-socket URL is tcp://HOST:PORT and nothing else, got {url!r}")
-    for stop, user in (values.get("stop_users") or {}).items():
-        if not isinstance(user, str) or not user:
-            problem(f"ncip.stop_users.{stop}", "must be a user id string")
-    for key in ("from_agency", "to_agency", "user_id"):
-        if values.get(key) == "":
-            problem(f"ncip.{key}", "must not be empty")
+        elif parts.scheme == "tcp" and (port is None or parts.query or parts.fragment or parts.username):
+            problem("ncip.url", f"a raw-socket URL is tcp://HOST:PORT or tcp://HOST:PORT/PATH, got {url!r}")
+        elif parts.scheme == "tcp" and parts.path.strip("/") and values.get("framing") == "bare":
+            problem("ncip.url", f"with framing = \"bare\" nothing but the message is sent, so a PATH has no use: "
+                    f"tcp://HOST:PORT, got {url!r}")
+        elif parts.scheme == "tcp" and any(ord(character) < 33 or ord(character) > 126 for character in parts.path):
+            problem("ncip.url", f"the PATH of a raw-socket URL goes into the request line: no spaces or control "
+                    f"characters, got {url!r}")
 
 
 def check_alerts(values: dict[str, Any], problem: Report) -> None:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
+import stat
+import time
 from pathlib import Path
 
 _NO_HARD_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK)
@@ -111,19 +112,57 @@ def _link_or_rename(source: Path, target: Path) -> bool:
 def copy_no_clobber(source: Path, target: Path) -> None:
     """Copy source to target through a synced partial file; raise FileExistsError if target exists.
 
-    The data is on disk before it appears at target; target's folder entry is the caller's to sync.
+    source is opened without following a link and without blocking, and must be a regular file (a FIFO
+    or a device is refused with an OSError naming it). The data is on disk before it appears at target;
+    target's folder entry is the caller's to sync.
     """
-    partial = partial_path(target)
+    fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     try:
-        with open(source, "rb", opener=_no_follow) as reader, open(partial, "wb") as writer:
-            shutil.copyfileobj(reader, writer, 1024 * 1024)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(source))
+        snapshot(fd, target)
+    finally:
+        os.close(fd)
+
+
+COPY_CHUNK = 1024 * 1024
+
+
+def snapshot(fd: int, target: Path, limit: int | None = None, deadline: float | None = None) -> int:
+    """Copy what the open regular file fd holds (from its start) to target, as a file of the gateway's own:
+    a new inode through a synced partial file, mode without write for group or others, the source's
+    times. Raise FileExistsError if target exists; CopyCut if the file holds more than limit bytes or
+    the copy goes past deadline (time.monotonic()). Return the bytes copied. target's folder entry is
+    the caller's to sync."""
+    info = os.fstat(fd)
+    if limit is not None and info.st_size > limit:
+        raise CopyCut(errno.EFBIG, f"it is {info.st_size} bytes, above max_file_bytes ({limit}); not taken")
+    partial = partial_path(target)
+    copied = 0
+    try:
+        out = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+        with open(out, "wb") as writer:
+            while chunk := os.pread(fd, COPY_CHUNK, copied):
+                copied += len(chunk)
+                if limit is not None and copied > limit:
+                    raise CopyCut(errno.EFBIG, f"it grew above max_file_bytes ({limit}) while copied; not taken")
+                if deadline is not None and time.monotonic() > deadline:
+                    raise CopyCut(errno.ETIMEDOUT, f"its copy ran past its deadline ({copied} bytes copied); "
+                                  "taken again later")
+                writer.write(chunk)
             writer.flush()
+            os.fchmod(writer.fileno(), stat.S_IMODE(info.st_mode) & 0o640 | 0o600)  # no one else writes it
+            os.utime(writer.fileno(), ns=(info.st_atime_ns, info.st_mtime_ns))
             os.fsync(writer.fileno())
-        shutil.copystat(source, partial)
         _link_or_rename(partial, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(partial)
+    return copied
+
+
+class CopyCut(OSError):
+    """A copy stopped before its end: the file is larger than allowed, or the copy ran past its deadline."""
 
 
 def fsync_dir(folder: Path) -> None:
@@ -133,7 +172,3 @@ def fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _no_follow(path: str, flags: int) -> int:
-    return os.open(path, flags | os.O_NOFOLLOW)

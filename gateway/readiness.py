@@ -63,6 +63,14 @@ def open_writers(path: Path) -> Writers:
     except OSError as error:
         return Writers(UNKNOWN, f"cannot open it: {error.strerror or error}", file_problem=True)
     try:
+        return lease_writers(fd)
+    finally:
+        os.close(fd)
+
+
+def lease_writers(fd: int) -> Writers:
+    """open_writers() for a file the caller holds open for reading (the fd stays open)."""
+    try:
         fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
     except OSError as error:
         if error.errno in (errno.EAGAIN, errno.EBUSY):
@@ -70,11 +78,8 @@ def open_writers(path: Path) -> Writers:
         if error.errno in (errno.EACCES, errno.EPERM):
             return Writers(UNKNOWN, "the file belongs to another user and the gateway lacks CAP_LEASE")
         return Writers(UNKNOWN, f"the filesystem refuses leases ({error.strerror or error})")
-    else:
-        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
-        return Writers(NOBODY)
-    finally:
-        os.close(fd)
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    return Writers(NOBODY)
 
 
 def has_cap_lease(status: Path = PROC_STATUS) -> bool:

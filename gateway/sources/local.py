@@ -13,6 +13,8 @@ import errno
 import os
 import stat
 import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -22,9 +24,10 @@ from watchdog.observers.inotify import InotifyObserver
 
 from gateway import intake, logs, markers, readiness
 from gateway.errors import SourceGone
-from gateway.files import copy_no_clobber, fsync_dir, place_no_clobber, undo_place
+from gateway.files import CopyCut, fsync_dir, snapshot
 from gateway.settings import LocalSourceSettings
 from gateway.sources.base import Entry, Released, Taken
+from gateway.sources.folder import HeldFolder, identity, open_entry
 
 NETWORK_FILESYSTEMS = frozenset({
     "nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "sshfs", "9p", "afs", "ceph",
@@ -32,6 +35,9 @@ NETWORK_FILESYSTEMS = frozenset({
 })
 MOUNTINFO = Path("/proc/self/mountinfo")
 OBSERVER_POLL_SECONDS = 0.2  # how soon the observer thread notices stop()
+COPY_BASE_SECONDS = 30.0     # a copy into work/ may take this long, plus a second per MiB, before it is cut
+COPY_BYTES_PER_SECOND = 1024 * 1024
+_NO_LINK = (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK)  # then a copy is taken
 
 log = logs.get("gateway.sources.local")
 
@@ -75,12 +81,24 @@ class _Hints(FileSystemEventHandler):
             self.notice(os.path.basename(path))
 
 
+@dataclass
+class _Placed:
+    """A file put at its destination in work/, its original still held open (fd) until the take is finished."""
+
+    fd: int
+    info: os.stat_result
+    kept: bool     # the original stays in the source until its outcome is known (writers cannot be seen)
+    remove: bool   # the original is removed once work/ is synced
+    linked: bool   # the destination is the original's own inode (a hard link), not a snapshot
+
+
 class LocalSource:
-    """A folder on this host (local disk or a mount)."""
+    """A folder on this host (local disk or a mount), held open by a directory fd (gateway.sources.folder)."""
 
     keeps_originals = False  # fetch() moves the file out, or copies it where a writer may be unseen
 
-    def __init__(self, settings: LocalSourceSettings):
+    def __init__(self, settings: LocalSourceSettings, max_file_bytes: int | None = None,
+                 trees: tuple[Path, ...] = (), holders: tuple[Path, ...] = ()):
         self.settings = settings
         self.name = settings.name
         self.folder = settings.path
@@ -89,6 +107,8 @@ class LocalSource:
         self.filesystem = filesystem_type(settings.path)
         self.trust_mtime = self.filesystem not in NETWORK_FILESYSTEMS
         self.marker = markers.Marker(settings.ready_marker) if settings.ready_marker else None
+        self.max_file_bytes = max_file_bytes
+        self.held = HeldFolder(settings.path, trees, holders)
         self._observer: InotifyObserver | None = None
         self._watching = False  # an observer was started (and so must be alive until stop)
         self._hints: set[str] = set()
@@ -122,6 +142,7 @@ class LocalSource:
         if observer is not None:
             observer.stop()
             observer.join(timeout=5)
+        self.held.close()
 
     def healthy(self) -> bool:
         """False once a started inotify observer has died (or was stopped)."""
@@ -148,7 +169,7 @@ class LocalSource:
 
     def scan(self) -> list[Entry]:
         entries = []
-        with os.scandir(self.folder) as found:
+        with os.scandir(self.held.fd()) as found:
             for item in found:
                 if not intake.wanted(item.name, self.settings.include):
                     continue
@@ -162,26 +183,41 @@ class LocalSource:
 
     def look(self, names: set[str]) -> list[Entry]:
         entries = []
+        folder = self.held.fd()
         for name in names:
+            if not _plain(name):
+                continue
             try:
-                entry = self._entry(name, os.lstat(self.folder / name))
+                entry = self._entry(name, os.stat(name, dir_fd=folder, follow_symlinks=False))
             except (FileNotFoundError, NotADirectoryError):
                 continue
             if entry:
                 entries.append(entry)
         return entries
 
+    def _name_of(self, origin: str) -> str | None:
+        """The name in this folder of an original recorded by its path; None if it is not one of this folder's."""
+        path = Path(origin)
+        return path.name if path.parent == self.folder and _plain(path.name) else None
+
     def changed(self, taken: Taken) -> int | None:
+        name = self._name_of(taken.origin)
+        if name is None:
+            return None
         try:
-            info = os.lstat(taken.origin)
+            info = os.stat(name, dir_fd=self.held.fd(), follow_symlinks=False)
         except (FileNotFoundError, NotADirectoryError):
             return None
         return info.st_size if (info.st_size, info.st_mtime) != (taken.size, taken.mtime) else None
 
     def release(self, taken: Taken) -> Released:
         """Delete an original that was copied (not moved) when taken, if it is still exactly what was taken."""
+        name = self._name_of(taken.origin)
+        if name is None:
+            return Released("left alone: it is not in this source's folder")
+        folder = self.held.fd()
         try:
-            fd = os.open(taken.origin, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            fd, info = open_entry(folder, name)
         except (FileNotFoundError, NotADirectoryError):
             return Released("already gone")
         except OSError as error:
@@ -189,47 +225,59 @@ class LocalSource:
                 return Released("left alone: it was replaced by a link")
             raise
         with os.fdopen(fd, "rb") as handle:
-            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                return Released("left alone: it was replaced by something that is not a regular file")
             same = (info.st_size, info.st_mtime) == (taken.size, taken.mtime) and \
                 intake.digest_of(handle) == taken.sha256
             after = os.fstat(handle.fileno())
             if not same or (after.st_size, after.st_mtime) != (info.st_size, info.st_mtime):
                 return Released("left in place: it changed after it was taken", after.st_size)
             try:
-                named = os.lstat(taken.origin)
+                named = os.stat(name, dir_fd=folder, follow_symlinks=False)
             except FileNotFoundError:
                 return Released("already gone")
-            if (named.st_dev, named.st_ino) != (info.st_dev, info.st_ino):
+            if identity(named) != identity(info):
                 return Released("left alone: another file of that name is there now")
-            os.unlink(taken.origin)
+            os.unlink(name, dir_fd=folder)
         return Released("deleted (it was copied when taken)")
 
     def writers(self, entry: Entry) -> readiness.Writers:
         if not self.trust_mtime:
             return readiness.Writers(readiness.UNKNOWN,
                                      f"a writer on another host is invisible here ({self.filesystem})")
-        return readiness.open_writers(Path(entry.origin))
+        try:
+            fd, _info = open_entry(self.held.fd(), entry.name)
+        except OSError as error:  # the folder paused (FolderReplaced) is reported by the next look
+            return readiness.Writers(readiness.UNKNOWN, f"cannot open it: {error.strerror or error}",
+                                     file_problem=True)
+        try:
+            return readiness.lease_writers(fd)
+        finally:
+            os.close(fd)
 
     def peek(self, entry: Entry, limit: int) -> bytes:
         try:
-            fd = os.open(entry.origin, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            fd, info = open_entry(self.held.fd(), entry.name)
         except (FileNotFoundError, NotADirectoryError):
             raise SourceGone(f"{entry.origin} disappeared") from None
         with os.fdopen(fd, "rb") as handle:
-            handle.seek(max(os.fstat(handle.fileno()).st_size - limit, 0))
-            return handle.read(limit)
+            if not stat.S_ISREG(info.st_mode):
+                raise SourceGone(f"{entry.origin} is no longer a regular file")
+            return os.pread(handle.fileno(), limit, max(info.st_size - limit, 0))
 
     def has_marker(self, entry: Entry) -> bool:
         if self.marker is None:
             return False
         try:
-            return stat.S_ISREG(os.lstat(self.folder / self.marker.of(entry.name)).st_mode)
+            info = os.stat(self.marker.of(entry.name), dir_fd=self.held.fd(), follow_symlinks=False)
         except OSError:
             return False
+        return stat.S_ISREG(info.st_mode)
 
     def drop_marker(self, entry: Entry) -> None:
         if self.marker is not None:
-            (self.folder / self.marker.of(entry.name)).unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.marker.of(entry.name), dir_fd=self.held.fd())
 
     def fetch(self, entry: Entry, destination: Path) -> bool:
         """Take the file into destination: moved where nobody can be writing it, else copied (True).
@@ -246,118 +294,190 @@ class LocalSource:
     def fetch_many(self, jobs: list[tuple[Entry, Path]]) -> list[bool | Exception]:
         """fetch() for each file, with one sync of the destination folder for all of them.
 
-        Each file is linked at its destination first; then the folder is synced once;
-        only then are the originals removed (a crash or power loss leaves each file at
-        one name or both, never at neither) and each checked for a writer that opened
-        it in the instant before (it is put back).
+        Each file is put at its destination first (a link of a file of the gateway's own
+        nobody else can write, else a snapshot: a copy of the gateway's own, capped by
+        max_file_bytes and a deadline); then the folder is synced once; only then are the
+        originals removed (a crash or power loss leaves each file at one name or both,
+        never at neither) and each checked for a writer that opened it in the instant
+        before (it is put back).
         """
         results: list[bool | Exception] = []
-        moved: dict[int, bool] = {}  # index of a file put at its destination -> its original is still there
-        for entry, destination in jobs:
-            try:
-                kept, still_there = self._place(entry, destination)
-            except Exception as error:
-                results.append(error)
-                continue
-            if not kept:
-                moved[len(results)] = still_there
-            results.append(kept)
-        for folder in {jobs[index][1].parent for index in moved}:
-            try:
-                fsync_dir(folder)
-            except OSError as error:  # not taken: the original is still the file (if it was linked)
-                for index in [index for index in moved if jobs[index][1].parent == folder]:
-                    results[index] = error
-                    if moved.pop(index):
+        placed: dict[int, _Placed] = {}
+        try:
+            folder = self.held.fd()
+        except OSError as error:
+            return [error for _job in jobs]
+        try:
+            for entry, destination in jobs:
+                try:
+                    made = self._place(folder, entry, destination)
+                except Exception as error:
+                    results.append(error)
+                    continue
+                placed[len(results)] = made
+                results.append(made.kept)
+            removing = {index for index, made in placed.items() if made.remove}
+            for parent in {jobs[index][1].parent for index in removing}:
+                try:
+                    fsync_dir(parent)
+                except OSError as error:  # not taken: the original is still the file
+                    for index in [index for index in removing if jobs[index][1].parent == parent]:
+                        results[index] = error
+                        removing.discard(index)
                         with contextlib.suppress(OSError):
                             os.unlink(jobs[index][1])
-        for index, still_there in moved.items():
-            try:
-                self._finish_move(*jobs[index], still_there)
-            except Exception as error:
-                results[index] = error
+            for index in removing:
+                try:
+                    self._finish_move(folder, *jobs[index], placed[index])
+                except Exception as error:
+                    results[index] = error
+        finally:
+            for made in placed.values():
+                os.close(made.fd)
         return results
 
     def complete_take(self, origin: str, destination: Path) -> bool:
         """A take cut short after the link into work/: the original is removed if it is the same file
         (the same inode: nothing new was written under its name) and nobody has it open for writing."""
+        name = self._name_of(origin)
+        if name is None:
+            return False
+        folder = self.held.fd()
         try:
-            there, taken = os.lstat(origin), os.lstat(destination)
+            there = os.stat(name, dir_fd=folder, follow_symlinks=False)
+            taken = os.lstat(destination)
         except FileNotFoundError:
             return False
-        if not stat.S_ISREG(there.st_mode) or (there.st_dev, there.st_ino) != (taken.st_dev, taken.st_ino) \
+        if not stat.S_ISREG(there.st_mode) or identity(there) != identity(taken) \
                 or readiness.open_writers(destination).state != readiness.NOBODY:
             return False  # released once its outcome is known, if unchanged, like any original kept
         fsync_dir(destination.parent)
-        os.unlink(origin)
+        os.unlink(name, dir_fd=folder)
         if readiness.open_writers(destination).state == readiness.WRITING:  # opened in the instant before
             with contextlib.suppress(FileExistsError):  # a new file under its name: that one is the writer's
-                os.link(destination, origin)
+                os.link(destination, name, dst_dir_fd=folder)
             return False  # the original stays, checked again before upload and released like any kept
+        _own(destination)
         return True
 
-    def _place(self, entry: Entry, destination: Path) -> tuple[bool, bool]:
-        """Put the file at destination: (True, False) copied, the original stays in the source;
-        (False, True) linked, the original to be removed once the folder is synced; (False, False)
-        renamed there (a filesystem without hard links)."""
-        origin = Path(entry.origin)
+    def _place(self, folder: int, entry: Entry, destination: Path) -> _Placed:
+        """Open the file (never following a link, never blocking), check it is the regular file that settled,
+        and put it at destination: a hard link where it is the gateway's own file, one link, nobody writing
+        it; else a snapshot. The original stays held open for _finish_move."""
+        origin = entry.origin
         try:
-            info = os.lstat(origin)
-        except FileNotFoundError:
+            fd, info = open_entry(folder, entry.name)
+        except (FileNotFoundError, NotADirectoryError):
             raise SourceGone(f"{origin} disappeared before it could be taken") from None
-        if not stat.S_ISREG(info.st_mode):
-            raise SourceGone(f"{origin} is no longer a regular file")
-        if (info.st_size, info.st_mtime) != (entry.size, entry.mtime):
-            raise SourceGone(f"{origin} changed since it settled; it is taken once it settles again")
-        writers = self.writers(entry)
-        if writers.state == readiness.WRITING:
-            raise SourceGone(f"{origin} was opened for writing again; it is taken once it settles again")
-        if writers.state == readiness.UNKNOWN:
-            self._copy(origin, destination, entry)
-            return True, False
-        try:
-            return False, place_no_clobber(origin, destination)  # a link; a synced copy across filesystems
-        except FileNotFoundError:
-            raise SourceGone(f"{origin} disappeared before it could be taken") from None
-
-    def _finish_move(self, entry: Entry, destination: Path, still_there: bool) -> None:
-        """After the folder sync: remove the original, and check what was taken is the file, unwritten."""
-        origin = Path(entry.origin)
-        if still_there:
-            try:
-                os.unlink(origin)
-            except FileNotFoundError:  # removed meanwhile: taken all the same
-                pass
-            except OSError:  # a read-only source: the original stays the file, and work/ keeps no copy of it
-                undo_place(origin, destination)
-                raise
-        moved = os.lstat(destination)
-        if not stat.S_ISREG(moved.st_mode):  # swapped for a symlink in between: never follow it
-            os.unlink(destination)
-            raise SourceGone(f"{origin} was replaced by a link while being taken; not followed")
-        if readiness.open_writers(destination).state == readiness.WRITING:
-            self._put_back(destination, origin)  # opened for writing in the instant before the move
-
-    def _copy(self, origin: Path, destination: Path, entry: Entry) -> None:
-        try:
-            copy_no_clobber(origin, destination)
-        except FileNotFoundError:
-            raise SourceGone(f"{origin} disappeared before it could be taken") from None
-        try:
-            after = os.lstat(origin)
-        except FileNotFoundError:
-            after = None
-        if after is None or (after.st_size, after.st_mtime) != (entry.size, entry.mtime) \
-                or os.stat(destination).st_size != entry.size:
-            os.unlink(destination)
-            raise SourceGone(f"{origin} changed while it was copied; it is taken once it settles again")
-
-    def _put_back(self, destination: Path, origin: Path) -> None:
-        try:
-            os.link(destination, origin)
         except OSError as error:
-            log.warning("file.opened_while_taken", source=self.name, file=origin.name,
+            if error.errno == errno.ELOOP:
+                raise SourceGone(f"{origin} was replaced by a link; not followed") from None
+            raise
+        try:
+            if not stat.S_ISREG(info.st_mode):
+                raise SourceGone(f"{origin} is no longer a regular file; not read")
+            if (info.st_size, info.st_mtime) != (entry.size, entry.mtime):
+                raise SourceGone(f"{origin} changed since it settled; it is taken once it settles again")
+            writers = readiness.lease_writers(fd) if self.trust_mtime else readiness.Writers(readiness.UNKNOWN)
+            if writers.state == readiness.WRITING:
+                raise SourceGone(f"{origin} was opened for writing again; it is taken once it settles again")
+            nobody = writers.state == readiness.NOBODY
+            if nobody and info.st_uid == os.geteuid() and info.st_nlink == 1 \
+                    and self._link(folder, entry, fd, info, destination):
+                return _Placed(fd, info, kept=False, remove=True, linked=True)
+            self._snapshot(folder, entry, fd, info, destination)
+            return _Placed(fd, info, kept=not nobody, remove=nobody, linked=False)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _link(self, folder: int, entry: Entry, fd: int, info: os.stat_result, destination: Path) -> bool:
+        """Hard-link the held file at destination; False where links cannot be made (then it is copied)."""
+        try:
+            os.link(entry.name, destination, src_dir_fd=folder, follow_symlinks=False)
+        except FileNotFoundError:
+            raise SourceGone(f"{entry.origin} disappeared before it could be taken") from None
+        except FileExistsError:
+            raise
+        except OSError as error:
+            if error.errno in _NO_LINK:
+                return False
+            raise
+        if identity(os.lstat(destination)) != identity(info):  # its name was given to another file meanwhile
+            os.unlink(destination)
+            raise SourceGone(f"{entry.origin} was replaced while being taken; it is taken once it settles again")
+        if info.st_mode & 0o022:  # nobody else may change what is validated, sent and archived
+            os.fchmod(fd, stat.S_IMODE(info.st_mode) & ~0o022)
+        return True
+
+    def _snapshot(self, folder: int, entry: Entry, fd: int, info: os.stat_result, destination: Path) -> None:
+        """Copy the held file into destination as the gateway's own, capped by max_file_bytes and a deadline;
+        the original must be unchanged, and still at its name, once the copy is done."""
+        deadline = time.monotonic() + COPY_BASE_SECONDS + info.st_size / COPY_BYTES_PER_SECOND
+        try:
+            copied = snapshot(fd, destination, self.max_file_bytes, deadline)
+        except CopyCut as cut:
+            raise CopyCut(cut.errno, cut.strerror, entry.origin) from None
+        try:
+            after, named = os.fstat(fd), os.stat(entry.name, dir_fd=folder, follow_symlinks=False)
+        except FileNotFoundError:
+            named = None
+        if named is None or identity(named) != identity(info) or copied != info.st_size \
+                or (after.st_size, after.st_mtime) != (info.st_size, info.st_mtime):
+            os.unlink(destination)
+            raise SourceGone(f"{entry.origin} changed while it was copied; it is taken once it settles again")
+
+    def _finish_move(self, folder: int, entry: Entry, destination: Path, made: _Placed) -> None:
+        """After the folder sync: remove the original, if still the file taken, and check nobody opened it for
+        writing in the instant before (then it is put back, or, if it was copied, left where it is)."""
+        try:
+            named = os.stat(entry.name, dir_fd=folder, follow_symlinks=False)
+        except FileNotFoundError:  # removed meanwhile: taken all the same
+            named = None
+        if named is not None:
+            if identity(named) != identity(made.info):
+                os.unlink(destination)
+                raise SourceGone(f"{entry.origin} was replaced while being taken; it is taken once it settles again")
+            try:
+                os.unlink(entry.name, dir_fd=folder)
+            except OSError:  # a read-only source: the original stays the file, and work/ keeps no copy of it
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(destination)
+                raise
+        if readiness.lease_writers(made.fd).state == readiness.WRITING:  # opened in the instant before
+            self._put_back(folder, entry, destination, made)
+        if made.linked:
+            _own(destination)
+
+    def _put_back(self, folder: int, entry: Entry, destination: Path, made: _Placed) -> None:
+        try:
+            if made.linked:
+                os.link(destination, entry.name, dst_dir_fd=folder)
+            else:  # the held original: its writer goes on writing it, under its name again
+                os.link(f"/proc/self/fd/{made.fd}", entry.name, dst_dir_fd=folder, follow_symlinks=True)
+        except OSError as error:
+            log.warning("file.opened_while_taken", source=self.name, file=entry.name,
                         detail=f"it could not be put back ({error.strerror or error}); taken as it is")
             return
         os.unlink(destination)
-        raise SourceGone(f"{origin} was opened for writing as it was taken; put back, taken once it settles")
+        raise SourceGone(f"{entry.origin} was opened for writing as it was taken; put back, taken once it settles")
+
+
+def _plain(name: str) -> bool:
+    """A name that can only be an entry of the folder itself."""
+    return bool(name) and "/" not in name and "\x00" not in name and name not in (".", "..")
+
+
+def _own(path: Path) -> None:
+    """Make the file at path the gateway's own, if it is not (another link to it, another owner): a snapshot
+    replaces it, so nobody else can change what is validated, sent and archived."""
+    info = os.lstat(path)
+    if info.st_nlink == 1 and info.st_uid == os.geteuid():
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        copy = path.with_name(f".{path.name}.own-{os.getpid()}")
+        snapshot(fd, copy)
+        os.rename(copy, path)
+    finally:
+        os.close(fd)
