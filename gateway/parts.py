@@ -47,7 +47,7 @@ class Parts:
                           for number in range(1, config.caiasoft.upload_workers + 1)]
         self.pipeline.on_queued = wake.set
         self.placer = Placer(self.pipeline)
-        self.collectors = [Collector(sources.build(settings), settings.settle_seconds, self.pipeline,
+        self.collectors = [Collector(sources.build(settings, config), settings.settle_seconds, self.pipeline,
                                      grace_seconds=settings.incomplete_grace_seconds,
                                      marker_mode=bool(settings.ready_marker),
                                      keep_original_seconds=settings.keep_original_seconds)
@@ -130,7 +130,7 @@ class Parts:
             paused=self.gate.paused_reason, caiasoft_problem=self.gate.problem,
             ncip_problem=self.relay.last_problem if self.relay else None,
             ncip_behind=self.relay.lag()[1] if self.relay else 0,
-            sources={c.source.name: c.problem or (None if c.source.healthy() else "its watcher has stopped")
+            sources={c.source.name: c.current_problem() or (None if c.source.healthy() else "its watcher has stopped")
                      for c in self.collectors},
             locations={settings.name: settings.location for settings in self.config.sources})
 

@@ -289,7 +289,7 @@ class Service:
     def _publish(self, ledger: Ledger, parts: Parts, now: float) -> str:
         """Write the service's state for `status`, and return the one-line summary for systemd."""
         sources = {c.source.name: snapshot.SourceState(
-                       mode=c.source.mode, problem=c.problem, healthy=c.source.healthy(),
+                       mode=c.source.mode, problem=c.current_problem(), healthy=c.source.healthy(),
                        writers_unknown=c.ready_check.writers_unknown,
                        waiting=sorted(c.ready_check.waiting.values(), key=lambda w: w["file"]),
                        not_taken=dict(c.claim_failures), originals_kept=c.originals_kept)
