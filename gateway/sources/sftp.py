@@ -11,15 +11,21 @@ Remote names are bytes: the folder is listed with list_folder() (paramiko's own
 listing decodes names as strict UTF-8 and fails on the first that is not), names
 are held in surrogate-escape form (gateway.names) and every path goes to the
 server as its exact bytes, so a Latin-1 name is fetched, deleted or moved as is.
+
+The server is not trusted to end a file: a download reads at most the size the
+listing gave (one byte more tells that the file goes on), a file listed above
+max_file_bytes is not downloaded at all, and a download (or a reading before the
+original is removed) that runs past its deadline is cut. A file cut so is left on
+the server with its reason, shown by `status`; nothing fills state_dir.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import posixpath
-import shutil
 import socket
 import stat
 import threading
@@ -43,10 +49,33 @@ KEEPALIVE_SECONDS = 30
 RECONNECT_INITIAL_SECONDS = 1.0
 RECONNECT_MAX_SECONDS = 120.0
 COPY_CHUNK = 256 * 1024
+DOWNLOAD_BYTES_PER_SECOND = 256 * 1024  # a download may take timeout_seconds plus a second per 256 KiB listed
+DEFAULT_MAX_FILE_BYTES = 50 * 1024 * 1024  # [intake] max_file_bytes' default, when no config is given
 _FILE_ERRORS = (errno.ENOENT, errno.EACCES, errno.EPERM)
 
 log = logs.get("gateway.sources.sftp")
 T = TypeVar("T")
+
+
+class DownloadCut(OSError):
+    """A remote file was not taken: listed above max_file_bytes, longer than listed, or too slow to read."""
+
+
+def read_capped(remote: paramiko.SFTPFile, limit: int, deadline: float, sink: Callable[[bytes], object]) -> int:
+    """Read an open remote file into sink, at most limit + 1 bytes (one more than limit says the file goes
+    on), each chunk before deadline (time.monotonic()). Return the bytes read; raise DownloadCut(ETIMEDOUT)
+    when the deadline passes first."""
+    got = 0
+    while got <= limit:
+        if time.monotonic() > deadline:  # one read waits at most timeout_seconds (the channel's timeout)
+            raise DownloadCut(errno.ETIMEDOUT, f"reading it ran past its deadline ({got} of {limit} bytes read); "
+                                               "tried again later")
+        chunk = remote.read(min(COPY_CHUNK, limit + 1 - got))
+        if not chunk:
+            break
+        got += len(chunk)
+        sink(chunk)
+    return got
 
 
 def _read_secret(path: Path | None) -> str | None:
@@ -91,9 +120,11 @@ class SftpSource:
     trust_mtime = False  # the server's clock, not ours
     mode = "sftp"
 
-    def __init__(self, settings: SftpSourceSettings, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, settings: SftpSourceSettings, clock: Callable[[], float] = time.monotonic,
+                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES):
         parts = urlsplit(settings.url)
         self.settings = settings
+        self.max_file_bytes = max_file_bytes
         self.name = settings.name
         self.host = parts.hostname or ""  # config_rules made sure the URL has both
         self.port = parts.port or 22
@@ -228,7 +259,7 @@ class SftpSource:
         try:
             return action(sftp)
         except OSError as error:
-            if error.errno in _FILE_ERRORS:
+            if error.errno in _FILE_ERRORS or isinstance(error, DownloadCut):
                 raise
             cause = error
         except (paramiko.SSHException, EOFError, socket.timeout) as error:
@@ -268,28 +299,46 @@ class SftpSource:
     def look(self, names: set[str]) -> list[Entry]:
         return [entry for entry in self.scan() if entry.name in names]
 
+    def deadline(self, size: int) -> float:
+        """When reading size bytes of a remote file, started now, is cut (time.monotonic())."""
+        return time.monotonic() + self.settings.timeout_seconds + size / DOWNLOAD_BYTES_PER_SECOND
+
     def fetch(self, entry: Entry, destination: Path) -> bool:
-        """Download to a .partial file, check the size and that the remote file did not change, commit."""
+        """Download to a .partial file, check the size and that the remote file did not change, commit.
+
+        At most the listed size is read (and max_file_bytes: a file listed larger is not downloaded),
+        within a deadline; raise DownloadCut (an OSError naming the file) if it was not taken for that.
+        """
+        if entry.size > self.max_file_bytes:
+            raise DownloadCut(errno.EFBIG, f"it is {entry.size} bytes, above max_file_bytes ({self.max_file_bytes}); "
+                                           "not downloaded, it stays on the server", printable(entry.origin))
         partial = partial_path(destination)
 
-        def download(sftp: paramiko.SFTPClient) -> paramiko.SFTPAttributes:
+        def download(sftp: paramiko.SFTPClient) -> tuple[int, paramiko.SFTPAttributes]:
             with sftp.open(to_bytes(entry.origin), "rb") as remote, open(partial, "wb") as local:
                 remote.prefetch(entry.size)
-                shutil.copyfileobj(remote, local, COPY_CHUNK)
+                got = read_capped(remote, entry.size, self.deadline(entry.size), local.write)
                 local.flush()
                 os.fsync(local.fileno())
-            return sftp.stat(to_bytes(entry.origin))
+            return got, sftp.stat(to_bytes(entry.origin))
 
         try:
-            after = self._call(download, f"downloading {printable(entry.name)}")
+            got, after = self._call(download, f"downloading {printable(entry.name)}")
+        except DownloadCut as cut:
+            partial.unlink(missing_ok=True)
+            raise DownloadCut(cut.errno, cut.strerror, printable(entry.origin)) from None
         except FileNotFoundError:
             partial.unlink(missing_ok=True)
             raise SourceGone(f"{printable(entry.origin)} disappeared before it could be taken") from None
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
-        got = partial.stat().st_size
-        if got != entry.size or after.st_size != entry.size or float(after.st_mtime or 0) != entry.mtime:
+        unchanged = after.st_size == entry.size and float(after.st_mtime or 0) == entry.mtime
+        if got > entry.size and unchanged:  # listed as it was, yet it goes on: the server never ends it
+            partial.unlink()
+            raise DownloadCut(errno.EFBIG, f"the server sent more than the {entry.size} bytes it lists for it "
+                                           "(the file does not end); not taken", printable(entry.origin))
+        if got != entry.size or not unchanged:
             partial.unlink()
             raise SourceGone(f"{printable(entry.origin)} changed while being downloaded "
                              f"({got} of {entry.size} bytes); "
@@ -340,13 +389,16 @@ class SftpSource:
             now = sftp.stat(to_bytes(taken.origin))
             if (size := _changed_size(now, taken)) is not None:
                 return size
+            digest = hashlib.sha256()
             with sftp.open(to_bytes(taken.origin), "rb") as remote:
                 remote.prefetch(taken.size)
-                digest = intake.digest_of(remote)
-            return None if digest == taken.sha256 else now.st_size
+                got = read_capped(remote, taken.size, self.deadline(taken.size), digest.update)
+            return None if got == taken.size and digest.hexdigest() == taken.sha256 else max(got, now.st_size or 0)
 
         try:
             size = self._call(unchanged, f"comparing {printable(taken.origin)} with what was taken")
+        except DownloadCut as cut:
+            raise DownloadCut(cut.errno, cut.strerror, printable(taken.origin)) from None
         except FileNotFoundError:
             return Released("already gone")
         if size is not None:

@@ -1,0 +1,161 @@
+"""An SFTP server is not trusted to end a file: downloads are capped by the listed size and max_file_bytes
+and cut at a deadline; nothing fills state_dir, and a file not taken is shown by `status` with its reason.
+Against a real OpenSSH sshd (tests/sshd.py), with the real daemon where the daemon is the point."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import SourceGone
+from gateway.settings import SftpSourceSettings
+from gateway.sources.sftp import DownloadCut, SftpSource
+
+from conftest import source_settings, wait_for
+
+pytestmark = pytest.mark.e2e
+
+CAP = 1024 * 1024  # max_file_bytes in these tests
+HUGE = 64 * 1024 ** 3  # a sparse file: no space on the server's side, and far more than anyone may download
+
+
+def barcodes(number: int) -> bytes:
+    return "".join(f"3123400{number:04d}{line:03d}\n" for line in range(3)).encode()
+
+
+def _on_disk(folder: Path) -> int:
+    """Bytes of data the files under folder hold now (a partial download included)."""
+    total = 0
+    for path in folder.rglob("*"):
+        try:
+            total += path.lstat().st_size if path.is_file() else 0
+        except FileNotFoundError:  # renamed or removed while looked at
+            continue
+    return total
+
+
+def _status(site) -> str:
+    return subprocess.run([sys.executable, "-m", "gateway", "-c", str(site.config_file), "status"],
+                          capture_output=True, text=True, timeout=60).stdout
+
+
+def test_a_remote_file_above_max_file_bytes_is_not_downloaded_and_status_says_why(sftp_site, simulator,
+                                                                                 daemon_factory):
+    sftp_site.write(simulator.url, local_source=False, extra=f"""
+[intake]
+max_file_bytes = {CAP}
+[[sources]]
+name = "remote"
+url = "{sftp_site.sshd.url(sftp_site.remote)}"
+known_hosts_file = "{sftp_site.sshd.known_hosts}"
+private_key_file = "{sftp_site.sshd.client_key}"
+settle_seconds = 0.3
+poll_seconds = 0.2
+timeout_seconds = 5
+""")
+    with open(sftp_site.remote / "endless_barcode", "wb") as endless:  # what a never-ending file lists as
+        endless.write(barcodes(1))
+        endless.truncate(HUGE)
+    (sftp_site.remote / "good_barcode").write_bytes(barcodes(2))
+    daemon = daemon_factory(sftp_site.config_file)
+
+    def refused_without_filling_state_dir() -> bool:
+        held = _on_disk(sftp_site.state / "work")
+        assert held <= CAP, f"{held} bytes downloaded into state_dir/work (max_file_bytes is {CAP})"
+        return "above max_file_bytes" in daemon.output() and bool(sftp_site.archived())
+    wait_for(refused_without_filling_state_dir, timeout=30, interval=0.01, message="the huge file refused")
+    assert [path.name for path in sftp_site.archived()] == ["good_barcode"], "the rest flows on"
+    assert [received.name for received in simulator.received] == ["good_barcode"]
+    shown = wait_for(lambda: "endless_barcode" in (text := _status(sftp_site)) and text, timeout=20,
+                     interval=0.5, message="status to name the file")
+    assert f"above max_file_bytes ({CAP})" in shown and "not downloaded" in shown
+    assert (sftp_site.remote / "endless_barcode").stat().st_size == HUGE, "left on the server"
+    assert _on_disk(sftp_site.state / "work") <= CAP
+    assert daemon.stop() == 0
+
+
+@pytest.fixture
+def remote_source(sshd, tmp_path):
+    """An SftpSource on a folder of the real sshd, with max_file_bytes = CAP."""
+    if sshd.process.poll() is not None:
+        sshd.start()
+    folder = tmp_path / "remote"
+    folder.mkdir()
+    settings = source_settings(name="remote", url=sshd.url(folder), known_hosts_file=sshd.known_hosts,
+                               private_key_file=sshd.client_key, timeout_seconds=2.0)
+    assert isinstance(settings, SftpSourceSettings)
+    source = SftpSource(settings, max_file_bytes=CAP)
+    yield folder, source
+    source.stop()
+
+
+def _fetch_in_thread(source: SftpSource, entry, destination: Path) -> tuple[threading.Thread, list]:
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append(source.fetch(entry, destination))
+        except Exception as error:
+            outcome.append(error)
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+@pytest.mark.parametrize("how", ["grows", "becomes /dev/zero"])
+def test_a_file_that_goes_on_after_it_was_listed_is_read_no_further_than_listed(how, remote_source, tmp_path):
+    folder, source = remote_source
+    (folder / "a_barcode").write_bytes(barcodes(1))
+    [entry] = source.scan()
+    if how == "grows":
+        os.truncate(folder / "a_barcode", HUGE)
+    else:  # the name now leads to a file that never ends
+        os.symlink("/dev/zero", folder / "link")
+        os.replace(folder / "link", folder / "a_barcode")
+    work = tmp_path / "work"
+    work.mkdir()
+    thread, outcome = _fetch_in_thread(source, entry, work / "1-a_barcode")
+
+    def ended() -> bool:
+        held = _on_disk(work)
+        assert held <= entry.size + 1, f"{held} bytes downloaded of a file listed with {entry.size}"
+        return not thread.is_alive()
+    wait_for(ended, timeout=30, interval=0.01, message="the download to stop")
+    [error] = outcome
+    assert isinstance(error, SourceGone) and "changed while being downloaded" in str(error), error
+    assert list(work.iterdir()) == [], "no partial download left"
+
+
+def test_a_file_that_reads_on_past_the_size_the_server_still_lists_is_not_taken(sshd, tmp_path):
+    """A server that never ends a file, for real: /proc/PID/status lists 0 bytes, and reads on."""
+    if sshd.process.poll() is not None:
+        sshd.start()
+    folder = Path(f"/proc/{os.getpid()}")
+    settings = source_settings(name="proc", url=sshd.url(folder), known_hosts_file=sshd.known_hosts,
+                               private_key_file=sshd.client_key, timeout_seconds=2.0, include=["status"])
+    assert isinstance(settings, SftpSourceSettings)
+    source = SftpSource(settings, max_file_bytes=CAP)
+    try:
+        [entry] = source.scan()
+        assert entry.size == 0 and (folder / "status").read_bytes(), "what the server lists is not what it sends"
+        with pytest.raises(DownloadCut, match="more than the 0 bytes it lists for it") as cut:
+            source.fetch(entry, tmp_path / "1-status")
+        assert str(folder / "status") in str(cut.value)
+        assert list(tmp_path.iterdir()) == [], "no partial download left"
+    finally:
+        source.stop()
+
+
+def test_a_download_is_refused_before_it_starts_when_listed_above_max_file_bytes(remote_source, tmp_path):
+    folder, source = remote_source
+    (folder / "big_barcode").write_bytes(barcodes(1) + b"3" * CAP)
+    [entry] = source.scan()
+    with pytest.raises(DownloadCut, match=r"above max_file_bytes \(1048576\); not downloaded") as refused:
+        source.fetch(entry, tmp_path / "1-big_barcode")
+    assert "big_barcode" in str(refused.value)
+    assert not list(tmp_path.glob("1-big_barcode*"))
