@@ -2,9 +2,11 @@
 
 Starts the simulator, writes a config, starts `caiasoft-gateway run` as a child
 process, writes the samples into the watched folder the way ALEPH does (in
-several writes): single slips, a barcode list, a batch print file of three
-records (accepted) and one whose third record is broken (refused, the record
-named), plus two files CaiaSoft or the gateway must refuse. It waits until every
+several writes): single slips, a cir-12 list of <z30-barcode> lines, a batch
+print file of three records (accepted), slips a site's script nested in one
+<printout> (accepted, a record a slip), one batch whose third record is broken
+(refused, the record named) and a PLAIN printout (refused for what it is), plus
+two files CaiaSoft or the gateway must refuse. It waits until every
 file has ended somewhere, stops the gateway, shows what went where and asks
 `find` where one item went.
 """

@@ -174,10 +174,14 @@ def test_demo_runs_and_explains_where_each_file_went(tmp_path):
         return result.stdout
 
     out = demo()
-    assert "4 archived, 3 refused" in out
+    assert "5 archived, 4 refused" in out
     assert "DENIED 31234009999990 (Invalid Stop Code)" in out
     assert "reason: CaiaSoft refused the file: File format not registered" in out
     assert "usm50.hold_req  [xml, 3 record(s), 3 item(s); DENIED 31234009999990" in out
+    assert "usm50.hold_req_sorted  [xml, 3 record(s), 4 item(s)]" in out, "each nested slip is a record"
+    assert "anx.cir.12.paging20261128_am_barcode  [text, 4 item(s); DENIED 31234009999990" in out
+    assert ("usm50.hold_req_plain\n      reason: refused by the gateway: a PLAIN printout, not XML: route only XML_XSL "
+            "output for CaiaSoft to this folder") in out
     assert ('reason: refused by the gateway: record 3 of 4 (line 53, "## - XML_XSL"): its XML is not well-formed '
             "(mismatched tag) at line 77 of the file") in out
     assert "31234009999990: in 2 request file(s), newest first" in out
@@ -185,13 +189,13 @@ def test_demo_runs_and_explains_where_each_file_went(tmp_path):
     assert "Subject: [caiasoft-gateway] " in out and "1 item denied by CaiaSoft in " in out, "one alert shown"
     assert "31234009999990  Invalid Stop Code" in out
     assert re.search(r'metrics:\s+http://127\.0\.0\.1:\d+/metrics', out)
-    assert 'caiasoft_gateway_files_total{outcome="archived",source="print"} 4.0' in out
+    assert 'caiasoft_gateway_files_total{outcome="archived",source="print"} 5.0' in out
     assert "is removed now" in out and list(tmp_path.iterdir()) == [], "demo cleans up after itself"
 
     out = demo("--keep")
     [kept] = tmp_path.iterdir()
     assert f"log (one JSON object a line): {kept / 'log' / 'gateway.log'}" in out
-    assert len(list((kept / "archive").rglob("*.json"))) == 4
+    assert len(list((kept / "archive").rglob("*.json"))) == 5
 
 
 def test_simulate_serves_the_api_on_loopback():

@@ -64,6 +64,17 @@ def test_the_samples_count_as_ALEPH_site_scripts_count_them(tmp_path):
     assert records[0].barcodes == ("31234001234567",)
 
 
+def test_the_sample_of_sorted_slips_is_a_record_a_slip_and_the_plain_sample_is_refused(tmp_path):
+    found, records = inspect(tmp_path, (SAMPLES / "usm50.hold_req_sorted").read_bytes(), "usm50.hold_req_sorted")
+    assert found.details["records"] == 3 and found.details["items"] == 4
+    assert [(r.barcodes, r.request_number, r.request_id, r.pickup_location) for r in records] == [
+        (("31234005570001",), "000004701", "0003100010000100001", "Main Library Circulation Desk"),
+        (("31234005570002", "31234005570003"), "000004702", "0003100020000200001", "Law Library"),
+        (("31234005570004",), "000004703", "0003100030000100002", "Main Library Circulation Desk")]
+    plain = refusal(tmp_path, (SAMPLES / "usm50.hold_req_plain").read_bytes())
+    assert plain.reason == "a PLAIN printout, not XML: route only XML_XSL output for CaiaSoft to this folder"
+
+
 def test_extra_header_lines_belong_to_the_record_they_open(tmp_path):
     data = print_file(14)  # records 7 and 14 have a second header line
     found, records = inspect(tmp_path, data)
@@ -201,8 +212,8 @@ def test_scan_reads_any_binary_stream(tmp_path):
 def test_a_barcode_list_hands_over_its_barcodes(tmp_path):
     data = (SAMPLES / "anx.cir.12.paging20261128_am_barcode").read_bytes()
     found, records = inspect(tmp_path, data, "anx.cir.12.paging20261128_am_barcode")
-    assert found.kind == "text" and found.details["items"] == 4
-    assert [r.barcodes[0] for r in records] == data.decode().split()
+    assert found.kind == "text" and found.details["items"] == 4 and found.details["line_form"] == "<z30-barcode>"
+    assert [r.barcodes[0] for r in records] == re.findall(r"<z30-barcode>(\w+)</z30-barcode>", data.decode())
     assert [r.line for r in records] == [1, 2, 3, 4]
 
 
