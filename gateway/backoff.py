@@ -9,6 +9,14 @@ is the larger of the endpoint's consecutive failures and the file's own
 attempts, so a file that fails alone (the endpoint answering others) still
 waits longer each time.
 
+Retry instants are kept on a SteadyClock, not the wall clock: the ledger's
+next_attempt_at (uploads, placing, leases) is wall time as it was when the
+process started plus the monotonic time since, so a wall-clock step while the
+service runs (NTP, an admin, a VM restored) moves no wait at all. Waits left by an
+earlier run are capped at backoff_max_seconds when the service starts
+(Ledger.cap_waits, from recovery), so a step between two runs delays nothing
+beyond that either.
+
 Every retry in the gateway waits as decided here: uploads and `send` (Gate),
 placing a file (pipeline), SFTP reconnects (sources/sftp.py), the NCIP relay,
 alert delivery, a worker's pause after a fault (worker.py) and recovery at start
@@ -27,6 +35,27 @@ from typing import Any, Callable
 from gateway import logs
 
 log = logs.get("gateway.backoff")
+
+
+class SteadyClock:
+    """Seconds on the wall clock's scale that only the monotonic clock moves.
+
+    Its reading is the wall time when it was made plus the monotonic time since:
+    the instants retries are scheduled at (see the module's docstring). It never
+    steps, so a wait scheduled on it lasts what it was meant to whatever the wall
+    clock does meanwhile. It is not a time to show anyone: after a step it is not
+    what the wall clock says.
+    """
+
+    def __init__(self, wall: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic):
+        self._monotonic = monotonic
+        self._offset = wall() - monotonic()
+
+    def __call__(self) -> float:
+        return self._offset + self._monotonic()
+
+
+STEADY = SteadyClock()  # this process's: every retry instant in the ledger is written and compared on it
 
 
 @dataclass

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import ledgerschema
+from gateway.backoff import STEADY
 from gateway.errors import GatewayError, LedgerDamaged, describe
 from gateway.filerow import FileRow
 from gateway.groupcommit import GroupCommit
@@ -40,8 +41,13 @@ def outside(text: str) -> str:
 class LedgerDb:
     """An open gateway.db. Thread-safe; safe to open from a second process."""
 
-    def __init__(self, path: Path, clock: Callable[[], float] = time.time, check: bool = True):
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time, check: bool = True,
+                 schedule: Callable[[], float] = STEADY):
         """Open (or create) the ledger at path.
+
+        clock gives the times recorded (seen, uploaded, finished); schedule the instants
+        retries and leases are due at (next_attempt_at): a clock that never steps
+        (gateway.backoff.SteadyClock), so a wall-clock step moves no wait.
 
         Raise LedgerDamaged if the file is not a readable SQLite database (with check,
         the default, every page is verified: quick_check), LedgerUnavailable if it
@@ -49,6 +55,7 @@ class LedgerDb:
         """
         self.path = path
         self.clock = clock
+        self.schedule = schedule
         self._lock = threading.RLock()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -241,7 +241,7 @@ class Pipeline(Placing):
         if outcome.verdict == Verdict.TRANSIENT:
             delay = self.gate.failed(outcome.retry_after, row.attempts, outcome.reason)
             log.warning("upload.retry", **fields, reason=outcome.reason, retry_in=round(delay, 2))
-            self.ledger.requeue(row.id, outcome.reason, self.clock() + delay, outcome.http_status,
+            self.ledger.requeue(row.id, outcome.reason, self.ledger.schedule() + delay, outcome.http_status,
                                 answer=outcome.answer if counts_unreadable(outcome) else None)
             return None
         if outcome.verdict == Verdict.PAUSED:  # the key or URL is wrong; the file waits, unharmed

@@ -119,7 +119,7 @@ class Placing:
             log.error("file.place_failed", id=row.id, file=row.name, folder=str(folder.root), error=describe(error),
                       attempt=failures, retry_in=round(delay, 2), hint=folder_hint(error))
             self.ledger.place_failed(row.id, f"cannot place it in {folder.root}: {describe(error)}",
-                                     self.clock() + delay)
+                                     self.ledger.schedule() + delay)
             self.on_place_failed()
         except Exception as error:
             if fault_kind(error) != BUG:
@@ -132,7 +132,7 @@ class Placing:
 
     def place_due(self) -> bool:
         """Place one row whose placing is due again (after a fault); return False if none was due."""
-        row = self.ledger.take_placement(self.clock())
+        row = self.ledger.take_placement()
         if row is None:
             return False
         if self.place(row) is not None and row.problem:

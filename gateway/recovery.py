@@ -5,6 +5,8 @@ Run once at start, before any worker (service.py), through Pipeline.recover():
   * a claim cut short is completed if the file reached work/, else forgotten
     (the file is still in its source);
   * a file that was being uploaded is queued again (sent at most a second time);
+  * no file waits longer than backoff_max_seconds from now (an earlier run's retry instants were on
+    its own clock; see gateway/backoff.py);
   * a file answered, or being placed, is placed (under its own name: the empty sidecar a crash
     left as its name's reservation before the place was recorded is removed first, and so are
     the partial copies of the file or its sidecar a crash left beside its recorded place);
@@ -41,7 +43,7 @@ def recover(pipeline: Pipeline) -> dict[str, int]:
     now (an OSError) is logged and left for later, and the rest are finished.
     """
     done = {"claims_completed": 0, "claims_dropped": 0, "requeued": 0, "finished": 0, "adopted": 0,
-            "postponed": 0}
+            "postponed": 0, "waits_capped": 0}
     for leftover in pipeline.work_dir.glob(PARTIAL_GLOB):  # half-written copies: the claim is redone
         if files.writer_gone(leftover):  # not the copy a running `send` is making
             _contained("recovery.partial_left", leftover.name, done, leftover.unlink)
@@ -50,6 +52,7 @@ def recover(pipeline: Pipeline) -> dict[str, int]:
         pipeline.ledger.interrupted(row.id)
         done["requeued"] += 1
     pipeline.ledger.unstick()
+    done["waits_capped"] = pipeline.ledger.cap_waits(pipeline.config.caiasoft.backoff_max_seconds)
     answered = pipeline.ledger.in_state(*PLACING_STATES)
     kept = {row.final_path for row in answered if row.final_path}
     for final in (Path(path) for path in kept):

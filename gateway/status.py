@@ -59,7 +59,7 @@ def _collect(ledger: Ledger, now: float | None) -> dict[str, Any]:
         "pending": sum(counts.get(state, 0) for state in OPEN_STATES),
         "oldest_pending": None if oldest is None else {
             "file": oldest.name, "source": oldest.source, "state": oldest.state,
-            "age_seconds": round(now - oldest.seen_at, 1), "attempts": oldest.attempts,
+            "age_seconds": round(max(now - oldest.seen_at, 0.0), 1), "attempts": oldest.attempts,
             "last_problem": oldest.problem or (oldest.reason if not oldest.verdict else None)},
         "uploads_paused": service["paused"] if service is not None and running else None,
         "faults": (service.get("faults") or {}) if service is not None and running else {},
@@ -98,7 +98,8 @@ def _iso(moment: float | None) -> str | None:
 
 
 def _age(seconds: float) -> str:
-    days, rest = divmod(int(seconds), 86400)
+    """A duration for a terminal; never negative (a time recorded 'after now' is a clock stepped back since)."""
+    days, rest = divmod(max(int(seconds), 0), 86400)
     hours, rest = divmod(rest, 3600)
     minutes, seconds = divmod(rest, 60)
     if days:

@@ -69,6 +69,8 @@ class FileTransitions(LedgerDb):
     def take_due(self, now: float, share: int, most: int, *, beyond: int = 0, wait: bool = True) -> list[FileRow]:
         """Mark up to most of the oldest due queued files 'uploading' in one commit; return them in order.
 
+        now is on the schedule clock (LedgerDb.schedule), as every next_attempt_at is.
+
         A backlog is shared among share workers: each takes its part of what is due (at
         least one, at most most), so a few files are not all taken by one worker. Nothing
         is taken unless more than beyond files are due. Without wait the take is not yet
@@ -102,7 +104,8 @@ class FileTransitions(LedgerDb):
 
     def requeue(self, row_id: int, reason: str, next_attempt_at: float, http_status: int | None = None,
                 answer: Any = None) -> None:
-        """A transient failure: back to the queue, due again at next_attempt_at (the attempt counts).
+        """A transient failure: back to the queue, due again at next_attempt_at (the attempt counts; an instant
+        on the schedule clock, LedgerDb.schedule).
 
         answer, if given, is kept with the row (an unreadable answer and how many there were).
         """
@@ -116,7 +119,7 @@ class FileTransitions(LedgerDb):
             changed = db.execute(
                 "UPDATE files SET state = 'queued', reason = ?, http_status = ?, next_attempt_at = ?, "
                 "attempts = MAX(attempts - 1, 0) WHERE id = ? AND state = 'uploading'",
-                (outside(reason), http_status, self.clock(), row_id)).rowcount
+                (outside(reason), http_status, self.schedule(), row_id)).rowcount
         if changed != 1:
             raise LookupError(f"ledger row {row_id} is not uploading")
 
@@ -124,6 +127,20 @@ class FileTransitions(LedgerDb):
         """After a restart: an upload whose answer was not recorded goes back to the queue, due at once."""
         self._update(row_id, (FileState.UPLOADING,), state=FileState.QUEUED, reason="interrupted by a restart",
                      next_attempt_at=0)
+
+    def cap_waits(self, longest: float) -> int:
+        """At start: no queued or placing row waits more than longest seconds from now; return how many waited longer.
+
+        Waits are instants on the schedule clock of the process that wrote them; an earlier
+        run's clock may have been ahead of this one's (the wall clock stepped back during it,
+        or between the two runs), and its gate (and any Retry-After) ended with it.
+        """
+        latest = self.schedule() + longest
+        with self._transaction() as db:
+            count: int = db.execute(
+                "UPDATE files SET next_attempt_at = ? WHERE state IN ('queued', 'answered', 'archiving', 'refusing') "
+                "AND next_attempt_at > ?", (latest, latest)).rowcount
+        return count
 
     def answered(self, row_id: int, verdict: Verdict, reason: str, *, http_status: int | None = None,
                  answer: Any = None, uploaded: bool = False, sha256: str | None = None,
@@ -138,7 +155,7 @@ class FileTransitions(LedgerDb):
         fields: dict[str, Any] = dict(
             state=FileState.ANSWERED, verdict=verdict, reason=reason, http_status=http_status,
             answer=json.dumps(answer, ensure_ascii=False) if answer is not None else None,
-            problem=None, place_failures=0, next_attempt_at=self.clock() + PLACE_LEASE_SECONDS)
+            problem=None, place_failures=0, next_attempt_at=self.schedule() + PLACE_LEASE_SECONDS)
         if uploaded:
             fields["uploaded_at"] = self.clock()
         if sha256 is not None:
@@ -194,8 +211,10 @@ class FileTransitions(LedgerDb):
         return count
 
     def take_placement(self, now: float | None = None) -> FileRow | None:
-        """The oldest row whose placing is due (a retry, or a lease that ran out), leased anew; None if none."""
-        now = self.clock() if now is None else now
+        """The oldest row whose placing is due (a retry, or a lease that ran out), leased anew; None if none.
+
+        now is on the schedule clock (LedgerDb.schedule), as every next_attempt_at is."""
+        now = self.schedule() if now is None else now
         with self._transaction() as db:
             row = db.execute(
                 "UPDATE files SET next_attempt_at = ? WHERE id = ("

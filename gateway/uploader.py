@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import threading
-import time
 from typing import Callable
 
 from gateway import logs
@@ -48,7 +47,7 @@ class Uploader(Worker):
     """
 
     def __init__(self, pipeline: Pipeline, gate: Gate | None = None, wake: threading.Event | None = None,
-                 name: str = "uploader", clock: Callable[[], float] = time.time, workers: int = 1,
+                 name: str = "uploader", clock: Callable[[], float] | None = None, workers: int = 1,
                  finisher: "Finisher | None" = None):
         super().__init__(name=name)
         self.pipeline = pipeline
@@ -56,7 +55,7 @@ class Uploader(Worker):
         if gate is not None:
             pipeline.gate = gate
         self.wake = wake or threading.Event()
-        self.clock = clock
+        self.clock = clock or pipeline.ledger.schedule  # the clock next_attempt_at is on, not the wall clock
         self.workers = workers
         self._unrecorded: tuple[FileRow, Outcome] | None = None
         self._taken: collections.deque[FileRow] = collections.deque()
@@ -203,10 +202,10 @@ class Finisher(Worker):
 class Placer(Worker):
     """Places files whose placing failed (the folder could not be written), each after its backoff."""
 
-    def __init__(self, pipeline: Pipeline, name: str = "placer", clock: Callable[[], float] = time.time):
+    def __init__(self, pipeline: Pipeline, name: str = "placer", clock: Callable[[], float] | None = None):
         super().__init__(name=name)
         self.pipeline = pipeline
-        self.clock = clock
+        self.clock = clock or pipeline.ledger.schedule  # the clock next_attempt_at is on, not the wall clock
         self.wake = threading.Event()
         pipeline.on_place_failed = self.wake.set
 

@@ -189,9 +189,11 @@ class FixedClock:
 
 
 def pipeline_for(site: Site, clock=None) -> Pipeline:
+    """A pipeline whose recorded times and retry instants are both on clock (a FixedClock by default)."""
     config = site.load()
-    return Pipeline(config, Ledger(config.paths.database), CaiaSoftClient(config.caiasoft, config.api_key),
-                    clock=clock or FixedClock())
+    clock = clock or FixedClock()
+    return Pipeline(config, Ledger(config.paths.database, schedule=clock),
+                    CaiaSoftClient(config.caiasoft, config.api_key), clock=clock)
 
 
 def test_retry_after_sets_when_the_file_is_due_again(site, simulator, tmp_path):
