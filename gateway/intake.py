@@ -269,6 +269,7 @@ def _check_print_file(reader: _Reader, on_record: Callable[[printfile.Record], N
     first: printfile.Record | None = None
     bad: list[printfile.Record] = []
     forms: dict[str, int] = {}
+    not_xml: dict[str, int] = {}  # records of each printout kind that is not XML, in the order first seen
     for record in printfile.scan(reader):
         count += 1
         items += len(record.barcodes)
@@ -279,12 +280,14 @@ def _check_print_file(reader: _Reader, on_record: Callable[[printfile.Record], N
             bad_count += 1
             if len(bad) < MAX_BAD_RECORDS_NAMED:
                 bad.append(record)
+            if record.problem.printout:
+                not_xml[record.problem.printout] = not_xml.get(record.problem.printout, 0) + 1
         on_record(record)
     if bad:
         last = bad[-1]
         at_end = bad_count == 1 and last.number == count and last.problem is not None and last.problem.at_end
-        if bad_count == count and all(record.problem and record.problem.printout for record in bad):
-            raise FileRefused(_not_xml_reason(bad, count))
+        if sum(not_xml.values()) == count:
+            raise FileRefused(_not_xml_reason(list(not_xml), count))
         raise FileRefused(_bad_records_reason(bad, bad_count, count), at_end=at_end)
     return {"records": count, "items": items, "root": first.root if first else None,
             "form_name": first.form_name if first else None,
@@ -306,9 +309,8 @@ def _bad_records_reason(bad: list[printfile.Record], bad_count: int, count: int)
     return reason
 
 
-def _not_xml_reason(bad: list[printfile.Record], count: int) -> str:
+def _not_xml_reason(kinds: list[str], count: int) -> str:
     """'a PLAIN printout, not XML: route only XML_XSL output for CaiaSoft to this folder', for a file of such records"""
-    kinds = list(dict.fromkeys(record.problem.printout for record in bad if record.problem and record.problem.printout))
     what = f"a {kinds[0]} printout" if len(kinds) == 1 else " and ".join(kinds) + " printouts"
     records = f" ({count} records)" if count > 1 else ""
     return f"{what}{records}, not XML: route only {printfile.XML_PRINTOUT} output for CaiaSoft to this folder"

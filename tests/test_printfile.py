@@ -483,3 +483,10 @@ def test_the_first_kind_named_in_a_header_block_is_the_records_kind(tmp_path):
     assert found.details["records"] == 1 and records[0].barcodes == (barcode(1),)
     html_after_a_routing_line = "## - PRINTER=ANNEX\n" + not_xml_record("HTML")
     assert refusal(tmp_path, html_after_a_routing_line.encode()).reason.startswith("a HTML printout, not XML")
+
+
+def test_every_records_kind_is_named_however_many_records_a_file_of_other_printouts_holds(tmp_path):
+    data = (not_xml_record("PLAIN") * (intake.MAX_BAD_RECORDS_NAMED + 2) + not_xml_record("EXECUTE")).encode()
+    count = intake.MAX_BAD_RECORDS_NAMED + 3
+    assert refusal(tmp_path, data).reason == (f"PLAIN and EXECUTE printouts ({count} records), not XML: route only "
+                                              "XML_XSL output for CaiaSoft to this folder")
