@@ -89,8 +89,12 @@ def _parser() -> argparse.ArgumentParser:
                           help="ncip: do not check messages against the schema (faster, for benchmarks)")
     simulate.add_argument("--tcp", dest="socket_mode", nargs="?", const="close", default=None,
                           choices=["close", "open", "dribble"],
-                          help="ncip: a raw socket like ALEPH's NCIP port (tcp://...) instead of HTTP; after "
-                               "answering it closes (default), keeps the connection open, or dribbles")
+                          help="ncip: a raw socket like ALEPH's NCIP port (tcp://...) instead of HTTP, taking "
+                               "the HTTP/1.0 framing or the bare message; after answering it closes (default), "
+                               "keeps the connection open, or dribbles")
+    simulate.add_argument("--status-line", dest="status_line", action=argparse.BooleanOptionalAction, default=None,
+                          help="ncip: start each answer with an HTTP status line and headers, or not (the NCIP XML "
+                               "alone, as ALEPH's NCIP port can answer); default: with over HTTP, without on --tcp")
     simulate.add_argument("--like-aleph", dest="track_loans", action="store_true",
                           help="ncip: remember loans, so a repeated check-out or check-in gets ALEPH's answer")
     return parser
@@ -422,7 +426,7 @@ def _simulate_ncip(args: argparse.Namespace) -> int:
     problems = dict(item.split("=", 1) if "=" in item else (item, "Unknown Item") for item in args.problem)
     simulator = NcipSimulator(port=args.port, problems=problems, validate=args.validate, delay=args.delay,
                               transport="tcp" if args.socket_mode else "http", socket_mode=args.socket_mode or "close",
-                              track_loans=args.track_loans)
+                              track_loans=args.track_loans, status_line=args.status_line)
     if simulator.validate:
         checking = "every NCIP 2 message is validated against ncip_v2_02.xsd"
     elif args.validate is None:

@@ -135,13 +135,22 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
     "ncip": (
         Key("url", "str", REQUIRED,
             "ALEPH's NCIP server: http(s)://HOST:PORT/PATH (its NCIP port, or the web server's /ncip path), "
-            "or tcp://HOST:PORT for a raw socket to the NCIP port."),
+            "or tcp://HOST:PORT[/PATH] for a raw socket to the NCIP port (a PATH only with framing = http10)."),
+        Key("framing", "str", "http10",
+            "tcp:// only: what is written on the socket. http10 (as the most used open-source ALEPH client does): "
+            "\"POST PATH HTTP/1.0\", Content-Length, Content-Type (form_content_type), a blank line, then the "
+            "message itself, not URL-encoded; bare: the message alone. Either way the answer is read until it "
+            "holds a whole NCIPMessage or the server closes, with or without an HTTP status line before it.",
+            choices=("http10", "bare")),
         Key("version", "str", "1", "NCIP version the server speaks: 1 (what ALEPH's NCIP server speaks) or 2 "
             "(NCIP 2.02, for servers that need it).", choices=("1", "2")),
         Key("send_as", "str", "body", "HTTP only: how the message travels: body (POSTed as the request body), "
             "query (URL-encoded after '?', as ALEPH's web server takes it: http://HOST:8991/ncip?MESSAGE) or form "
             "(URL-encoded in a POST body).", choices=("body", "query", "form")),
         Key("content_type", "str", "text/xml; charset=UTF-8", "HTTP only, send_as = body: the Content-Type sent."),
+        Key("form_content_type", "str", "application/x-www-form-urlencoded",
+            "The Content-Type sent with send_as = form (one ALEPH client labels the URL-encoded message "
+            "\"text/html; charset=UTF-8\") and on tcp:// with framing = http10."),
         Key("max_answer_bytes", "int", 1048576, "Largest NCIP answer read; a longer one counts as unreadable "
             "(see unreadable_attempts).",
             minimum=1024),
@@ -170,6 +179,9 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
             "check-out with \"Apply to circulation desk - Loan cannot be renewed (no change in due date)\")."),
         Key("temporary_problems", "strings", ["Temporary Processing Failure"],
             "Problems that are retried instead of dead-lettered, matched the same way."),
+        Key("request_agency", "str", "from",
+            "NCIP 1 only: whose agency id UniqueRequestId carries on a check-out: from (from_agency, as ALEPH "
+            "clients send it) or to (to_agency).", choices=("from", "to")),
         Key("agency_scheme", "str", "http://www.niso.org/ncip/v1_0/schemes/agencyidtype/agencyidtype.scm",
             "NCIP 1 only: the Scheme of UniqueAgencyId."),
         Key("max_line_bytes", "int", 65536, "Longer journal lines go to the dead letters.", minimum=256),

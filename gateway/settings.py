@@ -152,9 +152,11 @@ class Feed:
 @dataclass(frozen=True)
 class Ncip:
     url: str
+    framing: str
     version: str
     send_as: str
     content_type: str
+    form_content_type: str
     max_answer_bytes: int
     unreadable_attempts: int
     from_agency: str
@@ -169,6 +171,7 @@ class Ncip:
     done_problems_checkin: tuple[str, ...]
     done_problems_checkout: tuple[str, ...]
     temporary_problems: tuple[str, ...]
+    request_agency: str
     agency_scheme: str
     max_line_bytes: int
     feed: Feed | None

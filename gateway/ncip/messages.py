@@ -3,7 +3,9 @@
 Messages are built with ElementTree (never by pasting strings). Version 2
 validates against the official ncip_v2_02.xsd; note its attributes are
 qualified, so the root carries ncip:version. Version 1 carries the v1 DOCTYPE
-and the Unique* element names. Answers are read in gateway.ncip.answers.
+and the Unique* element names; UniqueRequestId carries the agency that made the
+request (request_agency: from_agency by default, as ALEPH's clients send it).
+Answers are read in gateway.ncip.answers.
 """
 
 from __future__ import annotations
@@ -88,9 +90,10 @@ def v1_scheme_value(parent: ET.Element, scheme: str, value: str) -> None:
     v1_element(parent, "Value", value)
 
 
-def _v1_unique(parent: ET.Element, name: str, settings: Ncip, value_name: str, value: str) -> None:
+def _v1_unique(parent: ET.Element, name: str, settings: Ncip, value_name: str, value: str,
+               agency: str | None = None) -> None:
     unique = v1_element(parent, name)
-    v1_scheme_value(v1_element(unique, "UniqueAgencyId"), settings.agency_scheme, settings.to_agency)
+    v1_scheme_value(v1_element(unique, "UniqueAgencyId"), settings.agency_scheme, agency or settings.to_agency)
     v1_element(unique, value_name, value)
 
 
@@ -121,5 +124,6 @@ def _v1(settings: Ncip, entry: JournalEntry) -> bytes:
                    entry.user or settings.user_for(entry.stop))
     _v1_unique(service, "UniqueItemId", settings, "ItemIdentifierValue", entry.item)
     if checkout and entry.request_id:
-        _v1_unique(service, "UniqueRequestId", settings, "RequestIdentifierValue", entry.request_id)
+        requester = settings.from_agency if settings.request_agency == "from" else settings.to_agency
+        _v1_unique(service, "UniqueRequestId", settings, "RequestIdentifierValue", entry.request_id, requester)
     return _v1_bytes(root)

@@ -30,7 +30,7 @@ class Finding:
 
 def lookup(settings: Ncip, barcode: str) -> list[Finding]:
     """Send one LookupItem for barcode; return what it proved, in words."""
-    what = f"NCIP LookupItem {barcode} at {settings.url} (version {settings.version})"
+    what = f"NCIP LookupItem {barcode} at {settings.url} (version {settings.version}{_framing(settings)})"
     client = transport.for_settings(settings)
     try:
         reply = answers.answer_to("lookup", client.exchange(messages.lookup(settings, barcode)))
@@ -53,6 +53,13 @@ def lookup(settings: Ncip, barcode: str) -> list[Finding]:
         findings.append(Finding("ok", what, "ALEPH knows the item" + (": " + ", ".join(facts) if facts else "")
                                 + "; URL, port, registration and agencies work"))
     return findings
+
+
+def _framing(settings: Ncip) -> str:
+    """How the message travels on a raw socket, in words ('' for http(s)://)."""
+    if not settings.url.startswith("tcp:"):
+        return ""
+    return ", the message alone" if settings.framing == "bare" else ", framed as HTTP/1.0"
 
 
 def _version(settings: Ncip, reply: answers.Reply) -> Finding:

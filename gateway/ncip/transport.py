@@ -5,11 +5,20 @@
   http(s)://..., send_as = query             GET URL?MESSAGE, the message URL-encoded after '?'
                                              (ALEPH's web server: http://HOST:8991/ncip?<?xml ...)
   http(s)://..., send_as = form              POST, the message URL-encoded as the body
-  tcp://HOST:PORT                            the message written on a raw socket to ALEPH's NCIP
-                                             port; the answer read until it is a whole NCIP message
-                                             or the server closes
-Every exchange has one total deadline (timeout_seconds: connect, send and the
-whole answer) and a cap on the answer's size (max_answer_bytes).
+                                             (form_content_type)
+  tcp://HOST:PORT[/PATH], framing = http10   a raw socket to ALEPH's NCIP port, written as the most
+                                             used open-source ALEPH client writes it: "POST PATH
+                                             HTTP/1.0", Content-Length, Content-Type
+                                             (form_content_type), a blank line, the message itself
+                                             (not URL-encoded)
+  tcp://HOST:PORT, framing = bare            the message alone on the raw socket
+On a raw socket the answer is read until it holds a whole NCIP message or the
+server closes; an HTTP status line and headers before it are allowed, not
+needed. ALEPH's NCIP port may also answer an http:// request that way, the
+NCIP XML alone with no status line: that answer is read the same way, not
+taken for a broken connection. Every exchange has one total deadline
+(timeout_seconds: connect, send and the whole answer) and a cap on the answer's
+size (max_answer_bytes).
 
 Plain http:// with no proxy in the environment (how ALEPH's NCIP server is
 reached on a campus network) goes over one kept-alive http.client connection
@@ -23,6 +32,7 @@ Both put the exchange under the same gateway.http.Deadline.
 from __future__ import annotations
 
 from http import client as http_client
+import re
 import select
 import socket
 from typing import Protocol
@@ -35,6 +45,8 @@ from gateway.config import Ncip
 from gateway.ncip.answers import UnreadableAnswer, complete
 
 READ_CHUNK = 64 * 1024
+PEEK_BYTES = 16
+_STATUS_LINE = re.compile(rb"\A\s*HTTP/\d(?:\.\d)? +(\d{3})\b")
 
 
 class NcipUnavailable(Exception):
@@ -67,7 +79,7 @@ def _request(settings: Ncip, message: bytes) -> tuple[str, str, dict[str, str], 
     if settings.send_as == "query":
         return "GET", settings.url.split("?", 1)[0] + "?" + quote(message, safe=""), {}, None
     if settings.send_as == "form":
-        return "POST", settings.url, {"Content-Type": "application/x-www-form-urlencoded"}, \
+        return "POST", settings.url, {"Content-Type": settings.form_content_type}, \
             quote(message, safe="").encode("ascii")
     return "POST", settings.url, {"Content-Type": settings.content_type}, message
 
@@ -97,7 +109,7 @@ class PlainHttp:
                 status, answer, truncated = self._call(deadline, method, target, headers, body)
             except (OSError, http_client.HTTPException) as error:
                 self.close()
-                if deadline.expired or deadline.remaining() == 0:
+                if deadline.expired or deadline.remaining() == 0 or isinstance(error, socket.timeout):
                     raise self._late() from None
                 raise NcipUnavailable(f"cannot reach the NCIP server: connection failed ({self.host}:{self.port}: "
                                       f"{_text(error)})") from None
@@ -131,8 +143,14 @@ class PlainHttp:
         else:
             connection.sock.settimeout(connection.timeout)
         connection.request(method, target, body=body, headers=headers)
-        response = connection.getresponse()
         limit = self.settings.max_answer_bytes
+        sock = connection.sock
+        if sock is not None and not _status_line_ahead(sock, deadline, limit):
+            try:  # no HTTP framing: the connection cannot carry another request
+                return 200, _read_bare(sock, deadline, limit), False
+            finally:
+                self.close()
+        response = connection.getresponse()
         answer = response.read(limit + 1)
         if len(answer) > limit:
             self.close()  # the rest is never read
@@ -140,6 +158,51 @@ class PlainHttp:
         if not response.isclosed():
             response.read()  # nothing left (the cap was not reached); makes the connection ready again
         return response.status, answer, False
+
+
+def _status_line_ahead(sock: socket.socket, deadline: http.Deadline, limit: int) -> bool:
+    """Wait for the answer's first bytes: True if it starts (after blank lines) like an HTTP status line, or the
+    server closed (http.client tells that); False if it is something else, such as the NCIP XML alone, which
+    ALEPH's NCIP port writes with no status line. Only blank lines are taken off the socket."""
+    skipped = 0
+    while True:
+        sock.settimeout(max(deadline.remaining(), 0.001))
+        ahead = sock.recv(PEEK_BYTES, socket.MSG_PEEK)
+        text = ahead.lstrip()
+        if not ahead:
+            return True
+        if text:
+            return b"HTTP/".startswith(text[:5]) if len(text) < 5 else text.startswith(b"HTTP/")
+        sock.recv(len(ahead))  # blank lines before the answer
+        skipped += len(ahead)
+        if skipped > limit:
+            return True  # http.client refuses what follows
+
+
+def read_whole(sock: socket.socket, deadline: http.Deadline, limit: int, answer: bytearray) -> None:
+    """Read into answer until it holds a whole NCIP message or the server closes. Raise UnreadableAnswer if it
+    grows past limit, socket.timeout at the deadline, OSError if the connection breaks (answer keeps what came)."""
+    while not complete(answer):
+        sock.settimeout(max(deadline.remaining(), 0.001))
+        chunk = sock.recv(READ_CHUNK)
+        if not chunk:
+            return  # the server closed: what came is the answer
+        answer += chunk
+        if len(answer) > limit:
+            raise UnreadableAnswer(f"the NCIP answer is larger than max_answer_bytes ({limit})", bytes(answer))
+
+
+def _read_bare(sock: socket.socket, deadline: http.Deadline, limit: int) -> bytes:
+    """An answer without HTTP framing, read as on a raw socket; a connection broken after some of it came ends it."""
+    answer = bytearray()
+    try:
+        read_whole(sock, deadline, limit, answer)
+    except socket.timeout:
+        raise  # the deadline, even if its timer has not fired yet
+    except OSError:
+        if not answer or deadline.expired:
+            raise
+    return bytes(answer)
 
 
 def _closed_by_peer(sock: socket.socket) -> bool:
@@ -182,15 +245,25 @@ class Http:
 
 
 class RawSocket:
-    """tcp://HOST:PORT: one connection per message, closed after the answer, under one total deadline."""
+    """tcp://HOST:PORT[/PATH]: one connection per message, closed after the answer, under one total deadline.
+    framing = http10 writes an HTTP/1.0 request around the message; bare writes the message alone."""
 
     def __init__(self, settings: Ncip):
         self.settings = settings
         parts = urlsplit(settings.url)
         self.address = (parts.hostname or "", parts.port or 0)
+        self.path = parts.path or "/"
 
     def close(self) -> None:
         pass
+
+    def frame(self, message: bytes) -> bytes:
+        """What is written on the socket for one message."""
+        if self.settings.framing == "bare":
+            return message
+        head = (f"POST {self.path} HTTP/1.0\r\nContent-Length: {len(message)}\r\n"
+                f"Content-Type: {self.settings.form_content_type}\r\n\r\n")
+        return head.encode("latin-1") + message
 
     def exchange(self, message: bytes) -> bytes:
         where = f"{self.address[0]}:{self.address[1]}"
@@ -198,12 +271,16 @@ class RawSocket:
             connection = self._connect(deadline, where)
             with connection:
                 deadline.attach(connection)  # shut down at the deadline, whatever it is doing
-                data = self._talk(connection, message, deadline, where)
+                data = self._talk(connection, self.frame(message), deadline, where)
             if deadline.expired:
                 raise self._late(where)
-        if not data:
+        if not data.strip():
             raise NcipUnavailable(f"the NCIP port {where} closed the connection without an answer")
-        return bytes(data)
+        status = _STATUS_LINE.match(data)
+        code = int(status.group(1)) if status else 200
+        if not 200 <= code < 300 and not complete(data):
+            raise NcipUnavailable(f"the NCIP port {where} answered HTTP {code} without an NCIP message", code)
+        return data
 
     def _late(self, where: str) -> NcipUnavailable:
         return NcipUnavailable(f"no whole answer from {where} within timeout_seconds "
@@ -217,28 +294,20 @@ class RawSocket:
                 raise self._late(where) from None
             raise NcipUnavailable(f"cannot connect to the NCIP port {where}: {error.strerror or error}") from None
 
-    def _talk(self, connection: socket.socket, message: bytes, deadline: http.Deadline, where: str) -> bytearray:
-        """Write the message; read until the answer is a whole NCIP message, or the server closes."""
+    def _talk(self, connection: socket.socket, request: bytes, deadline: http.Deadline, where: str) -> bytes:
+        """Write the request; read until the answer is a whole NCIP message, or the server closes."""
         data = bytearray()
         try:
             connection.settimeout(max(deadline.remaining(), 0.001))
-            connection.sendall(message)
-            while not complete(data):
-                connection.settimeout(max(deadline.remaining(), 0.001))
-                chunk = connection.recv(READ_CHUNK)
-                if not chunk:
-                    break  # the server closed: what came is the answer
-                data += chunk
-                if len(data) > self.settings.max_answer_bytes:
-                    raise UnreadableAnswer(f"the NCIP answer from {where} is larger than max_answer_bytes "
-                                           f"({self.settings.max_answer_bytes})", bytes(data))
+            connection.sendall(request)
+            read_whole(connection, deadline, self.settings.max_answer_bytes, data)
         except socket.timeout:
             raise self._late(where) from None
         except OSError as error:
             if not data:
                 raise NcipUnavailable(f"the NCIP port {where} dropped the connection: "
                                       f"{error.strerror or error}") from None
-        return data
+        return bytes(data)
 
 
 def _describe(error: requests.RequestException) -> str:
@@ -248,6 +317,24 @@ def _describe(error: requests.RequestException) -> str:
         return f"no whole answer within timeout_seconds ({error})"
     if isinstance(error, requests.Timeout):
         return "no answer in time (timeout)"
+    if _no_status_line(error):
+        return ("the server answered without an HTTP status line, as ALEPH's NCIP port can: reach that port with "
+                "http:// and no proxy, or with tcp://")
     if isinstance(error, requests.ConnectionError):
         return "connection failed (" + str(error)[:300] + ")"
     return f"{error.__class__.__name__}: {str(error)[:300]}"
+
+
+def _no_status_line(error: BaseException) -> bool:
+    """True if http.client found no status line somewhere in what error wraps (requests and urllib3 nest it)."""
+    seen: set[int] = set()
+    pending: list[object] = [error]
+    while pending:
+        current = pending.pop()
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, http_client.BadStatusLine) and not isinstance(current, http_client.RemoteDisconnected):
+            return True
+        pending += [*current.args, current.__cause__, current.__context__]
+    return False

@@ -2,10 +2,16 @@
 
 Transports: "http" serves POST with the message as the body, POST with the
 message URL-encoded (form), and GET URL?MESSAGE (ALEPH's web server style);
-"tcp" is a raw socket like ALEPH's NCIP port, where socket_mode says what the
-server does after writing its answer: "close" (closes the connection), "open"
-(keeps it open), "dribble" (writes the answer a few bytes at a time, then keeps
-it open); preamble=True writes an HTTP-ish status line and header first.
+"tcp" is a raw socket like ALEPH's NCIP port. It takes the message alone
+(framing "bare") or wrapped in an HTTP/1.0 request written on the socket
+("POST PATH HTTP/1.0", Content-Length, Content-Type, a blank line, the message
+unencoded: framing "http10", as the most used open-source ALEPH client writes
+it). socket_mode says what it does after writing its answer: "close" (closes
+the connection), "open" (keeps it open), "dribble" (writes the answer a few
+bytes at a time, then keeps it open). status_line says whether an answer starts
+with an HTTP status line and headers: by default yes over "http", no over
+"tcp" (preamble=True adds one there); status_line=False over "http" answers
+the NCIP XML alone and closes, as ALEPH's NCIP port can.
 
 It answers in the version it was asked in (v1 the way ALEPH writes it: DOCTYPE,
 nested ProcessingError, ALEPH's wording), validates every version 2 message
@@ -21,7 +27,9 @@ Scripted faults for the next requests: queue_faults("503", "temporary",
 
 from __future__ import annotations
 
+import codecs
 import importlib.util
+import re
 import socket
 import socketserver
 import threading
@@ -88,6 +96,8 @@ class Received:
     body: bytes = b""
     transport: str = ""  # body | form | query | tcp
     content_type: str = ""
+    framing: str = ""  # tcp: http10 | bare
+    head: bytes = b""  # tcp with framing http10: the request line and headers, as received
 
 
 def _local(tag: str) -> str:
@@ -117,9 +127,10 @@ class NcipSimulator(LoopbackServer):
     def __init__(self, host: str = "127.0.0.1", port: int = 0, problems: dict[str, str] | None = None,
                  validate: bool | None = None, delay: float = 0.0, transport: str = "http",
                  socket_mode: str = "close", preamble: bool = False, track_loans: bool = False,
-                 answer_version: str | None = None):
+                 answer_version: str | None = None, status_line: bool | None = None):
         """validate: True checks every NCIP 2 message against the schema (needs xmlschema), False never,
-        None where xmlschema is installed."""
+        None where xmlschema is installed. status_line: None answers with one over http, without over tcp
+        (unless preamble)."""
         if validate and not can_validate():
             raise RuntimeError("checking NCIP messages against the schema needs the xmlschema package: "
                                "pip install 'aleph-caiasoft-gateway[simulators]'")
@@ -129,7 +140,7 @@ class NcipSimulator(LoopbackServer):
             super().__init__(host, port, _http_handler_for(self))
         self.transport = transport
         self.socket_mode = socket_mode
-        self.preamble = preamble
+        self.status_line = (transport != "tcp" or preamble) if status_line is None else status_line
         self.problems = dict(problems or {})
         self.validate = can_validate() if validate is None else validate
         self.delay = delay
@@ -144,7 +155,8 @@ class NcipSimulator(LoopbackServer):
             return f"tcp://{host if isinstance(host, str) else host.decode()}:{port}"
         return self.address + "/"
 
-    def parse(self, body: bytes, transport: str = "", content_type: str = "") -> Received:
+    def parse(self, body: bytes, transport: str = "", content_type: str = "", framing: str = "",
+              head: bytes = b"") -> Received:
         root = SafeET.fromstring(body, forbid_dtd=False)
         version = "2" if root.tag.startswith(f"{{{NS}}}") else "1"
         service = next((_local(child.tag) for child in root if _local(child.tag) in SERVICES), "CheckInItem")
@@ -154,7 +166,7 @@ class NcipSimulator(LoopbackServer):
             user=_find(root, "UserIdentifierValue"), request_id=_find(root, "RequestIdentifierValue"),
             profile=_find(root, "ApplicationProfileType"), from_agency=_find(root, "FromAgencyId"),
             to_agency=_find(root, "ToAgencyId"), valid=not errors, errors=errors, body=body,
-            transport=transport, content_type=content_type)
+            transport=transport, content_type=content_type, framing=framing, head=head)
 
     def outcome(self, message: Received, fault: str | None) -> Outcome:
         """What ALEPH would say to this message (called once per recorded message)."""
@@ -195,6 +207,10 @@ def _http_handler_for(sim: NcipSimulator) -> type[BaseHTTPRequestHandler]:
             pass
 
         def _send(self, status: int, body: bytes, content_type: str = "text/xml; charset=UTF-8") -> None:
+            if not sim.status_line and status == 200:  # the XML alone, then close: what ALEPH's NCIP port may do
+                self.close_connection = True
+                self.wfile.write(body)
+                return
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
@@ -208,7 +224,7 @@ def _http_handler_for(sim: NcipSimulator) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             content_type = self.headers.get("Content-Type", "")
-            if content_type.startswith("application/x-www-form-urlencoded"):
+            if not body.lstrip().startswith((b"<", codecs.BOM_UTF8)):  # URL-encoded, whatever its label says
                 self._handle(unquote_to_bytes(body.decode("ascii", "replace")), "form", content_type)
             else:
                 self._handle(body, "body", content_type)
@@ -250,12 +266,14 @@ def _socket_handler_for(sim: NcipSimulator) -> type[socketserver.BaseRequestHand
             connection.settimeout(10)
             data = bytearray()
             try:
-                while not complete(data) and len(data) < MAX_REQUEST_BYTES:
+                while not _whole_request(data) and len(data) < MAX_REQUEST_BYTES:
                     chunk = connection.recv(65536)
                     if not chunk:
                         break
                     data += chunk
-                message = sim.parse(bytes(data), "tcp")
+                head, body = _split_request(bytes(data))
+                content_type = _header(head, "Content-Type")
+                message = sim.parse(body, "tcp", content_type, "http10" if head else "bare", head)
             except (OSError, ET.ParseError, ValueError):
                 return
             fault = sim.next_fault()
@@ -266,7 +284,7 @@ def _socket_handler_for(sim: NcipSimulator) -> type[socketserver.BaseRequestHand
                     sim.record(message)
                 return  # closed without an answer
             answer = b"<html>not NCIP</html>" if fault == "garbage" else sim.answer(message, fault)
-            if sim.preamble:
+            if sim.status_line:
                 answer = HTTPISH_PREAMBLE + answer
             try:
                 if sim.socket_mode == "dribble":
@@ -288,3 +306,44 @@ def _socket_handler_for(sim: NcipSimulator) -> type[socketserver.BaseRequestHand
                 return
 
     return Handler
+
+
+_REQUEST_LINE = re.compile(rb"\A\s*(POST|GET) +(\S+) +HTTP/1\.[01]\r?\n")
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+
+
+def _whole_request(data: bytes | bytearray) -> bool:
+    """True once data holds a whole request: a bare NCIP message, or an HTTP request's head and its body."""
+    if not _REQUEST_LINE.match(data):
+        return complete(data)
+    end = _HEAD_END.search(data)
+    if end is None:
+        return False
+    length = _header(bytes(data[:end.start()]), "Content-Length")
+    return len(data) - end.end() >= int(length) if length.isdigit() else complete(data)
+
+
+def _split_request(data: bytes) -> tuple[bytes, bytes]:
+    """(head, message) of what a client wrote: head is empty for a bare message. A body URL-encoded (it does not
+    start with '<') is decoded; the most used ALEPH client sends it unencoded, labelled as a form."""
+    if not _REQUEST_LINE.match(data):
+        return b"", data
+    end = _HEAD_END.search(data)
+    if end is None:
+        raise ValueError("an HTTP request without the blank line that ends its head")
+    head, body = data[:end.start()].lstrip(), data[end.end():]
+    length = _header(head, "Content-Length")
+    if length.isdigit():
+        body = body[:int(length)]
+    if not body.lstrip().startswith((b"<", codecs.BOM_UTF8)):
+        body = unquote_to_bytes(body.decode("ascii", "replace").replace("+", " "))
+    return head, body
+
+
+def _header(head: bytes, name: str) -> str:
+    """The value of one header in an HTTP request's head ('' if absent)."""
+    for line in head.decode("latin-1").splitlines()[1:]:
+        key, _, value = line.partition(":")
+        if key.strip().lower() == name.lower():
+            return value.strip()
+    return ""
