@@ -30,7 +30,7 @@ def run_checks(config: Config, offline: bool = False, ncip_item: str | None = No
     """Every check in order; with ncip_item, also a read-only NCIP LookupItem for that barcode."""
     yield Result("ok", f"configuration {config.file}")
     for warning in config.warnings:
-        yield Result("WARN", "API key file permissions", warning)
+        yield Result("WARN", "secret file permissions", warning)
     for key in ("state_dir", "archive_dir", "error_dir", "log_dir"):
         yield _writable_folder(f"paths.{key}", getattr(config.paths, key))
     for index, source in enumerate(config.sources):

@@ -62,6 +62,8 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
     alerts_password = values.optional.get("alerts", {}).get("password_file")
     if isinstance(alerts_password, Path) and not alerts_password.is_file():
         values.problem("alerts.password_file", f"{alerts_password} does not exist")
+    elif isinstance(alerts_password, Path):  # the SMTP relay's password: as private as the API key
+        warnings += credentials.secret_file_warnings("alerts.password_file", alerts_password)
     values.raise_problems()
     return Config(**values.sections(), api_key=key, warnings=tuple(warnings))
 

@@ -9,6 +9,7 @@ status, retry) never come here, so a cron job need not be able to read the API k
 
 from __future__ import annotations
 
+import os
 import stat
 from collections.abc import Mapping
 from pathlib import Path
@@ -45,14 +46,24 @@ def api_key(key_file: Path | None, key_env: str | None, environ: Mapping[str, st
     value, mode = _read_key_file(key_file, problem)
     if value is None or mode is None:
         return Secret(""), []
-    return Secret(value), _mode_warnings(key_file, mode, is_credential=key_file == credential)
+    return Secret(value), _mode_warnings(f"API key file {key_file}", mode, is_credential=key_file == credential)
 
 
-def _mode_warnings(key_file: Path, mode: int, is_credential: bool) -> list[str]:
+def secret_file_warnings(what: str, path: Path) -> list[str]:
+    """Warnings about who else may read a file holding a secret (what names it, e.g. its key path); none if
+    it cannot be looked at (a missing file is reported as a problem, by the caller)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return []
+    return _mode_warnings(f"{what} {path}", mode, is_credential=False)
+
+
+def _mode_warnings(file: str, mode: int, is_credential: bool) -> list[str]:
     if mode & stat.S_IROTH:
-        return [f"API key file {key_file} is readable by every user: chmod 0600 (or 0640) it"]
+        return [f"{file} is readable by every user: chmod 0600 (or 0640) it"]
     if mode & stat.S_IRGRP and not is_credential:
-        return [f"API key file {key_file} is readable by its group: make sure only the gateway's group"]
+        return [f"{file} is readable by its group: make sure that group holds no other user than the gateway's"]
     return []
 
 
