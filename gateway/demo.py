@@ -8,7 +8,9 @@ print file of three records (accepted), slips a site's script nested in one
 (refused, the record named) and a PLAIN printout (refused for what it is), plus
 two files CaiaSoft or the gateway must refuse. It waits until every
 file has ended somewhere, stops the gateway, shows what went where and asks
-`find` where one item went.
+`find` where one item went. Meanwhile an item is retrieved and refiled: two
+journal entries the relay sends to the NCIP simulator, a raw socket like
+ALEPH's NCIP port, framed as ALEPH's clients frame it (HTTP/1.0, NCIP 1).
 """
 
 from __future__ import annotations
@@ -29,11 +31,13 @@ from pathlib import Path
 
 from gateway.ledger import Ledger
 from gateway.simulators.caiasoft import CaiaSoftSimulator
+from gateway.simulators.ncip import NcipSimulator
 from gateway.simulators.smtp import MailCatcher
 from gateway.states import FileState, Verdict
 
 DENIED_BARCODE = "31234009999990"
 FIND_BARCODE = DENIED_BARCODE  # in the paging list and in the hold-request batch: `find` shows both
+NCIP_BARCODE = "31234001234567"  # retrieved and refiled: checked out, then in again in ALEPH
 WAIT_SECONDS = 60.0
 ALERT_WAIT_SECONDS = 10.0
 
@@ -127,11 +131,13 @@ def _demo(root: Path, keep: bool) -> int:
     key = "demo-" + os.urandom(8).hex()
     simulator = CaiaSoftSimulator(key=key, deny={DENIED_BARCODE: "Invalid Stop Code"}).start()
     mail = MailCatcher().start()  # the alerts go here instead of to a real mail server
+    ncip = NcipSimulator(transport="tcp", track_loans=True).start()  # ALEPH's NCIP port, as a raw socket
     metrics_port = _free_port()
     # garbled-slip.xml stops mid-document, as if ALEPH had paused: it waits this long unchanged, then is refused.
     config = write_config(root, simulator.url, key, extra="incomplete_grace_seconds = 2\n" + _monitoring(
-        mail.port, metrics_port))
+        mail.port, metrics_port) + _relay(ncip.url, root / "ncip.jsonl"))
     print(f"demo folder:         {root}\nCaiaSoft simulator:  {simulator.url}\n"
+          f"NCIP simulator:      {ncip.url} (ALEPH's NCIP port: HTTP/1.0 framing on a raw socket, NCIP 1)\n"
           f"mail catcher:        smtp://127.0.0.1:{mail.port} (stands in for the host's MTA)\n"
           f"metrics:             http://127.0.0.1:{metrics_port}/metrics\n")
     child = subprocess.Popen([sys.executable, "-m", "gateway", "-c", str(config), "run"],
@@ -144,8 +150,13 @@ def _demo(root: Path, keep: bool) -> int:
         for name, data in files:
             print(f"ALEPH writes        {name}")
             _write_like_aleph(folder / name, data)
+        for action in ("checkout", "checkin"):  # CaiaSoft retrieved the item, then refiled it
+            print(f"journal             {action} {NCIP_BARCODE}")
+            subprocess.run([sys.executable, "-m", "gateway", "-c", str(config), "journal", action, NCIP_BARCODE,
+                            "--stop", "MAIN"], check=True, capture_output=True, timeout=60)
         counts = _wait_until_done(root / "state" / "gateway.db", len(files), child)
         _wait_for_mail(mail, 2)
+        _wait_for_ncip(ncip, 2)
         figures = _scrape(metrics_port)
     finally:
         child.send_signal(signal.SIGTERM)
@@ -155,11 +166,48 @@ def _demo(root: Path, keep: bool) -> int:
             child.kill()
         simulator.stop()
         mail.stop()
+        ncip.stop()
     print(f"\nCaiaSoft received {len(simulator.received)} upload(s); "
           f"{counts.get(FileState.ARCHIVED, 0)} archived, {counts.get(FileState.REFUSED, 0)} refused.\n")
     _show_monitoring(mail, figures, metrics_port)
+    relayed = _show_ncip(ncip)
     _show(root, keep)
-    return 0 if counts.get(FileState.ARCHIVED, 0) + counts.get(FileState.REFUSED, 0) == len(files) else 1
+    return 0 if counts.get(FileState.ARCHIVED, 0) + counts.get(FileState.REFUSED, 0) == len(files) and relayed else 1
+
+
+def _relay(url: str, journal: Path) -> str:
+    """[ncip] to the NCIP simulator, for the demo's config."""
+    return f"""
+[ncip]
+url = "{url}"
+from_agency = "CAIA"
+to_agency = "ALEPH"
+application_profile = "CAIAPROFILE"
+user_id = "CAIASOFT"
+journal = "{journal}"
+backoff_initial_seconds = 0.2
+
+[ncip.stop_users]
+MAIN = "CAIA-MAIN"
+"""
+
+
+def _wait_for_ncip(ncip: NcipSimulator, count: int) -> None:
+    deadline = time.monotonic() + ALERT_WAIT_SECONDS
+    while len(ncip.received) < count and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def _show_ncip(ncip: NcipSimulator) -> bool:
+    """What ALEPH's NCIP port received, and where the item ended; True if it ended checked in."""
+    print(f"\nALEPH's NCIP port (simulated) received {len(ncip.received)} message(s):")
+    for message in ncip.received:
+        framing = f'"{message.head.splitlines()[0].decode("latin-1")}" + headers' if message.head else "bare"
+        print(f"  {message.action} {message.item}  (NCIP {message.version}, {framing})"
+              + (f", user {message.user}" if message.user else ""))
+    on_loan = NCIP_BARCODE in ncip.loans
+    print(f"  {NCIP_BARCODE} ends {'on loan' if on_loan else 'checked in'} in ALEPH\n")
+    return len(ncip.received) == 2 and not on_loan
 
 
 def _monitoring(smtp_port: int, metrics_port: int) -> str:
