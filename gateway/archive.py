@@ -145,11 +145,21 @@ class Folder:
         target.with_name(target.name + SIDECAR_SUFFIX).unlink(missing_ok=True)
 
     def prune(self, retention_days: int, today: dt.date) -> list[Path]:
-        """Delete day folders older than retention_days (0 keeps all); return what was removed."""
+        """Delete day folders older than retention_days (0 keeps all); return what was removed.
+
+        today is taken as given: gateway/retention.py decides which day it is, not trusting the clock alone.
+        """
+        removed = self.old_days(retention_days, today)
+        for day in removed:
+            self.remove_day(day)
+        return removed
+
+    def old_days(self, retention_days: int, today: dt.date) -> list[Path]:
+        """The day folders older than retention_days on this day (none if retention_days is 0), oldest first."""
         if retention_days <= 0 or not self.root.is_dir():
             return []
         oldest_kept = today - dt.timedelta(days=retention_days)
-        removed = []
+        old = []
         for day in sorted(self.root.glob("[0-9][0-9][0-9][0-9]/[0-9][0-9]/[0-9][0-9]")):
             relative = day.relative_to(self.root).as_posix()
             if not _DAY.match(relative) or day.is_symlink():
@@ -159,13 +169,15 @@ class Folder:
             except ValueError:
                 continue
             if date < oldest_kept:
-                shutil.rmtree(day)
-                removed.append(day)
-        for folder in sorted(self.root.glob("[0-9][0-9][0-9][0-9]/[0-9][0-9]"), reverse=True) + \
-                sorted(self.root.glob("[0-9][0-9][0-9][0-9]"), reverse=True):
+                old.append(day)
+        return old
+
+    def remove_day(self, day: Path) -> None:
+        """Delete one day folder (from old_days), then the month and year folders it leaves empty."""
+        shutil.rmtree(day)
+        for folder in (day.parent, day.parent.parent):  # its month, then its year, if now empty
             with contextlib.suppress(OSError):
                 folder.rmdir()
-        return removed
 
 
 def _moved_before_a_crash(work: Path, target: Path) -> bool:

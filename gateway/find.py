@@ -51,6 +51,9 @@ def find(ledger: Ledger, barcode: str, folders: list[Path]) -> list[dict[str, An
             found.append(entry)
     for entry in found:
         entry["path_exists"] = bool(entry["path"]) and Path(entry["path"]).is_file()
+        pruned = ledger.pruned_at(str(Path(entry["path"]).parent)) if entry["path"] and not entry["path_exists"] \
+            else None
+        entry["pruned_at"] = _iso(pruned)  # its day folder was removed by retention_days, then
     found.sort(key=lambda entry: (entry["taken"] or "", entry.get("ledger_id") or 0), reverse=True)
     return [_printable(entry) for entry in found]
 
@@ -204,6 +207,12 @@ def _read_sidecar(path: Path) -> dict[str, Any] | None:
     return content if isinstance(content, dict) else None
 
 
+def _day_of(path: str) -> str:
+    """The day of an archive path's day folder (ROOT/YYYY/MM/DD/NAME), as YYYY-MM-DD."""
+    year, month, day = Path(path).parent.parts[-3:]
+    return f"{year}-{month}-{day}"
+
+
 def _iso(moment: float | None) -> str | None:
     return dt.datetime.fromtimestamp(moment).astimezone().isoformat(timespec="seconds") if moment else None
 
@@ -236,5 +245,7 @@ def render(barcode: str, found: list[dict[str, Any]]) -> str:
             lines.append(f"    CaiaSoft  {status.get('istatus') or '?'}{denied}")
         gone = "  (no longer there: removed by retention_days, or moved)" if entry.get("path") and \
             not entry.get("path_exists") else ""
+        if entry.get("pruned_at"):
+            gone = f"  (archived {_day_of(entry['path'])}, removed by retention on {entry['pruned_at'][:10]})"
         lines.append(f"    path      {entry.get('path') or '(still in the queue)'}{gone}")
     return "\n".join(lines)

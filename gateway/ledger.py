@@ -27,6 +27,7 @@ The ledger is made of small parts, each a mixin of Ledger over one connection:
   checkpoints.py   the NCIP journal's checkpoint (a file of its own) and the status feed's memory
   itemindex.py     each file's records and the barcode index
   monitorstore.py  alerts waiting to go out, and counters
+  prunestore.py    the day folders retention removed, and the newest time recorded
 
 Transitions are committed by group commit (gateway/groupcommit.py): a method
 returns once its change is durable, but the changes of all threads waiting at
@@ -45,12 +46,13 @@ from gateway.itemindex import ItemIndex
 from gateway.ledgerdb import LedgerUnavailable
 from gateway.ledgerschema import SCHEMA_VERSION
 from gateway.monitorstore import MonitorStore
+from gateway.prunestore import PruneStore
 from gateway.transitions import PLACE_LEASE_SECONDS, FileTransitions
 
 __all__ = ["Ledger", "FileRow", "Seen", "work_name", "LedgerUnavailable", "SCHEMA_VERSION", "PLACE_LEASE_SECONDS"]
 
 
-class Ledger(FileTransitions, FileQueries, Checkpoints, ItemIndex, MonitorStore):
+class Ledger(FileTransitions, FileQueries, Checkpoints, ItemIndex, MonitorStore, PruneStore):
     """SQLite-backed state of every file. Thread-safe; safe to open from a second process.
 
     Ledger(path, clock=time.time, check=True) opens (or creates) the ledger at path; it raises

@@ -1,7 +1,8 @@
 """The ledger's tables, and bringing an older ledger up to the current schema.
 
 The files, meta, checkpoints and feed_seen tables are declared here; the records and items
-tables in gateway/itemindex.py, the alerts and counters tables in gateway/monitorstore.py.
+tables in gateway/itemindex.py, the alerts and counters tables in gateway/monitorstore.py, the
+pruned table in gateway/prunestore.py (created on open, like monitorstore's).
 Every migration step only adds: tables are created if missing, columns added if missing.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from gateway import itemindex, monitorstore
+from gateway import itemindex, monitorstore, prunestore
 
 SCHEMA_VERSION = 4  # 2: records and items (gateway/itemindex.py); 3: verdict, problem, place_failures;
                     # 4: alerts and counters (gateway/monitorstore.py; its tables are created on open)
@@ -73,7 +74,7 @@ ADDED_COLUMNS = {  # columns of SCHEMA_VERSION 3, added to an older ledger's fil
 
 def create(db: sqlite3.Connection) -> None:
     """Create the tables and indexes a ledger lacks; mark a new, empty ledger as keeping local originals."""
-    db.executescript(FILES_SCHEMA + itemindex.SCHEMA + monitorstore.SCHEMA)
+    db.executescript(FILES_SCHEMA + itemindex.SCHEMA + monitorstore.SCHEMA + prunestore.SCHEMA)
     if db.execute("SELECT NOT EXISTS (SELECT 1 FROM files)").fetchone()[0]:  # nothing from before
         db.execute("INSERT OR IGNORE INTO meta VALUES ('local_originals_kept', '1')")
 

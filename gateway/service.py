@@ -43,6 +43,7 @@ from gateway.config import Config
 from gateway.errors import DAMAGED, AlreadyRunning, ConfigError, LedgerDamaged, describe, fault_kind
 from gateway.ledger import Ledger
 from gateway.parts import Parts
+from gateway.retention import Retention
 from gateway.states import FileState
 from gateway.worker import Worker
 
@@ -107,6 +108,7 @@ class Service:
         self._stop_requested = 0
         self._reload_requested = False
         self._parts: Parts | None = None
+        self._retention: Retention | None = None  # made at start, when the ledger's time is read
         self._retiring: list[Parts] = []  # parts of an earlier config whose uploads are still ending
         self._wake_write: int | None = None
         self._failures_said: dict[str, float] = {}  # housekeeping failure -> when it was last logged
@@ -152,6 +154,7 @@ class Service:
         try:
             for warning in self.config.warnings:
                 log.warning("config.warning", detail=warning)
+            self._retention = Retention(ledger)
             self._parts = Parts(self.config, ledger, self._worker_ended)
             if not self._recover(self._parts, wake_read):
                 return 0
@@ -224,8 +227,8 @@ class Service:
                 _log_health(problems)
                 last_problems = problems
             now = time.time()
-            if now >= next_prune:
-                next_prune = now + PRUNE_SECONDS
+            if time.monotonic() >= next_prune:  # every PRUNE_SECONDS whatever the wall clock does
+                next_prune = time.monotonic() + PRUNE_SECONDS
                 self._housekeeping(functools.partial(self._prune, parts))
             status = self._housekeeping(functools.partial(self._publish, ledger, parts, now)) or last_status
             self._housekeeping(functools.partial(self._watch, parts))
@@ -274,12 +277,11 @@ class Service:
         self._retiring = still
 
     def _prune(self, parts: Parts) -> None:
-        """Delete archive days older than archive.retention_days (0: keep everything)."""
+        """Delete archive days older than archive.retention_days (0: keep everything), on a day the ledger's
+        time agrees with (gateway/retention.py)."""
         days = self.config.archive.retention_days
-        if days:
-            removed = parts.pipeline.archive.prune(days, dt.date.today())
-            if removed:
-                log.info("archive.pruned", days=len(removed), retention_days=days)
+        if days and self._retention is not None:
+            self._retention.prune(parts.pipeline.archive, days)
 
     def _watch(self, parts: Parts) -> None:
         """Hand alerts and metrics the lasting states (paused, unreachable, sources), if either is configured."""
@@ -303,8 +305,9 @@ class Service:
                                       last_success=parts.relay.last_success, last_problem=parts.relay.last_problem,
                                       dead_letters=parts.relay.dead_letters.count(),
                                       feed_problem=parts.feed.problem if parts.feed else None)
+        retention = self._retention.problem if self._retention is not None else None
         snapshot.publish(ledger, snapshot.Snapshot(pid=os.getpid(), updated=now, sources=sources, paused=paused,
-                                                   ncip=ncip, faults=faults))
+                                                   ncip=ncip, faults=faults, retention=retention))
         counts = ledger.counts()
         midnight = dt.datetime.combine(dt.date.today(), dt.time()).timestamp()
         queued = sum(counts.get(state, 0) for state in (FileState.CLAIMED, FileState.QUEUED, FileState.UPLOADING))
@@ -316,6 +319,8 @@ class Service:
                 line += "; STATUS FEED: see caiasoft-gateway status"
         if paused:
             line += "; UPLOADS PAUSED (API key refused)"
+        if retention:
+            line += "; RETENTION HELD: the clock is far ahead of the ledger (see caiasoft-gateway status)"
         waiting = ledger.problems(limit=1)
         if waiting:
             row = waiting[0]

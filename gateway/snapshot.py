@@ -9,7 +9,7 @@ Both sides use these types, so a field added on one side is known to the other
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, TypedDict, cast
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast
 
 if TYPE_CHECKING:
     from gateway.ledger import Ledger
@@ -53,6 +53,7 @@ class Snapshot(TypedDict):
     paused: str | None           # why uploads are paused (API key refused)
     ncip: NcipState | None
     faults: dict[str, str]       # workers pausing after an environment fault or a bug, and why
+    retention: NotRequired[str | None]  # why retention holds archive days back (the clock disagrees with the ledger)
 
 
 def publish(ledger: Ledger, snapshot: Snapshot) -> None:

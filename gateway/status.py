@@ -63,6 +63,7 @@ def _collect(ledger: Ledger, now: float | None) -> dict[str, Any]:
             "last_problem": oldest.problem or (oldest.reason if not oldest.verdict else None)},
         "uploads_paused": service["paused"] if service is not None and running else None,
         "faults": (service.get("faults") or {}) if service is not None and running else {},
+        "retention_held": service.get("retention") if service is not None and running else None,
         "problems": [{"file": row.name, "state": row.state, "problem": row.problem, "work_file": row.work_name,
                       "source": row.source} for row in ledger.problems()],
         "archived_today": ledger.count_finished_since(FileState.ARCHIVED, midnight),
@@ -133,6 +134,8 @@ def _source_lines(name: str, source: dict[str, Any]) -> list[str]:
 def _problem_lines(status: dict[str, Any]) -> list[str]:
     """Workers pausing on a fault, and files waiting to be placed or stuck, each with its reason."""
     lines = [f"PAUSED {worker}: {fault}" for worker, fault in (status.get("faults") or {}).items()]
+    if status.get("retention_held"):
+        lines.append(f"RETENTION HELD: {status['retention_held']}")
     for problem in status.get("problems") or []:
         label = "STUCK" if problem["state"] == FileState.STUCK else "WAITING TO BE PLACED"
         lines.append(f"{label}: {problem['file']} (state_dir/work/{problem['work_file']}): {problem['problem']}")

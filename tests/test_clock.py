@@ -6,10 +6,12 @@ libfaketime); their monotonic clock is the real one.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -109,3 +111,68 @@ def test_status_never_shows_a_negative_wait(tmp_path):
         ledger.close()
     assert report["oldest_pending"]["age_seconds"] == 0
     assert "waiting 0s" in status.render(report)
+
+
+def archive_one_file(site, simulator, daemon_factory) -> Path:
+    """Run the daemon on the real clock until one file is archived; return it."""
+    daemon = daemon_factory(site.config_file)
+    (site.source / "l3_barcode").write_bytes(barcode_list(3))
+    wait_for(lambda: len(site.archived()) == 1, timeout=30, message="a file archived")
+    assert daemon.stop() == 0
+    return site.archived()[0]
+
+
+def test_a_start_with_the_clock_forty_days_ahead_deletes_nothing_and_says_why(site, simulator, daemon_factory,
+                                                                               tmp_path):
+    site.write(simulator.url, extra="\n[archive]\nretention_days = 30\n")
+    archived = archive_one_file(site, simulator, daemon_factory)
+    clock = SteppedClock(tmp_path, "+40d")  # a bad NTP answer, a wrong RTC, an admin's typo
+    daemon = daemon_factory(site.config_file, env=clock.env())
+    log = site.log_dir / "gateway.log"
+    wait_for(lambda: "archive.prune_held" in log.read_text(), timeout=30, message="retention to say it holds back")
+    assert archived.is_file() and site.sidecar(archived)["sha256"], "today's archive is kept, file and sidecar"
+    held = json.loads(cli(site, clock, "status", "--json").stdout)["retention_held"]
+    assert "ahead of the ledger's time" in held and "40 day(s)" in held
+    assert "RETENTION HELD: " in cli(site, clock, "status").stdout
+    assert daemon.stop() == 0
+    assert archived.is_file()
+
+
+def test_retention_counts_days_from_the_ledgers_time_and_find_says_what_it_removed(tmp_path):
+    """Days older than retention_days by the ledger's time go (and find says so); those only the clock calls
+    old are held, with the reason."""
+    from gateway import find
+    from gateway.archive import Folder
+    from gateway.printfile import Record
+    from gateway.retention import Retention
+
+    day = dt.datetime(2026, 11, 2, 12, 0)
+    ledger = Ledger(tmp_path / "gateway.db", clock=lambda: day.timestamp())
+    archive = Folder(tmp_path / "archive")
+    row_id = ledger.begin_claim("print", "slip.xml", "/aleph/print/slip.xml", 10, day.timestamp())
+    ledger.claimed(row_id)
+    ledger.store_records([row_id], [(row_id, Record(number=1, line=1, barcodes=("31234000000017",)))])
+    ledger.queued(row_id, "xml", "0" * 64, 10, {})
+    ledger.take(row_id)
+    ledger.answered(row_id, "accepted", "ok", http_status=200, uploaded=True)
+    target = archive.choose("slip.xml", day)
+    ledger.placing(row_id, target)
+    target.write_bytes(b"<slip/>")
+    ledger.finished(row_id, target)
+    for later in (15, 45):  # two more days in the archive, with nothing of the ledger's in them
+        archive.choose("other.xml", day + dt.timedelta(days=later)).with_name("other.xml").write_bytes(b"<x/>")
+
+    ledger_time = day.timestamp() + 35 * 86400  # what the ledger saw last: 35 days after the slip was archived
+    ledger.mark_clock(ledger_time)
+    wall, monotonic = [ledger_time + 40 * 86400], [0.0]  # and the clock, 40 days further ahead
+    retention = Retention(ledger, wall=lambda: wall[0], monotonic=lambda: monotonic[0])
+    removed = retention.prune(archive, 30)
+    assert removed == [target.parent], "only the day older than 30 days by the ledger's time"
+    assert not target.exists()
+    assert sorted(path.name for path in archive.root.rglob("other.xml")) == ["other.xml", "other.xml"]
+    assert retention.problem and "held 1 day folder(s) back" in retention.problem
+
+    found = find.find(ledger, "31234000000017", [])
+    assert found[0]["pruned_at"] is not None and found[0]["path_exists"] is False
+    assert "(archived 2026-11-02, removed by retention on 2026-12-07)" in find.render("31234000000017", found)
+    ledger.close()

@@ -162,7 +162,7 @@ def test_find_reads_the_sidecars_written_before_the_index_once(tmp_path):
                       "caiasoft": {"deny": "N", "istatus": "Item Requested"},
                       "path": str(archive / "2026/10/01/hold-request-slip-0001.xml"), "kind": "xml", "record": None,
                       "line": None, "request_number": None, "request_id": None, "pickup_location": None,
-                      "form_name": None, "ledger_id": None, "path_exists": True,
+                      "form_name": None, "ledger_id": None, "path_exists": True, "pruned_at": None,
                       "sidecar": str(archive / "2026/10/01/hold-request-slip-0001.xml.json")}]
     # the refused file's sidecar names no barcode: the file beside it is read, the bad record too
     [refused] = find.find(ledger, barcode(3), [archive, error])
