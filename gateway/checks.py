@@ -14,8 +14,9 @@ from gateway import readiness
 from gateway.caiasoft import CaiaSoftClient
 from gateway.config import Config
 from gateway.errors import SourceUnavailable
-from gateway.settings import Ncip, SftpSourceSettings, SourceSettings
+from gateway.settings import LocalSourceSettings, Ncip, SftpSourceSettings, SourceSettings
 from gateway.states import Verdict
+from gateway.sources.folder import FolderReplaced, HeldFolder, own_folders
 from gateway.sources.local import NETWORK_FILESYSTEMS, choose_mode, filesystem_type
 
 
@@ -34,7 +35,7 @@ def run_checks(config: Config, offline: bool = False, ncip_item: str | None = No
     for key in ("state_dir", "archive_dir", "error_dir", "log_dir"):
         yield _writable_folder(f"paths.{key}", getattr(config.paths, key))
     for index, source in enumerate(config.sources):
-        yield from _source(index, source, config.paths.state_dir)
+        yield from _source(index, source, config.paths.state_dir, own_folders(config))
     if config.ncip:
         yield from _ncip_local(config.ncip)
     if offline:
@@ -93,13 +94,31 @@ def _writable_folder(key: str, path: Path) -> Result:
     return Result("FAIL", f"{key} {path}", f"does not exist, and {_user()} cannot create it in {parent}")
 
 
-def _source(index: int, source: SourceSettings, state_dir: Path) -> Iterator[Result]:
+def _never_read(source: LocalSourceSettings, own: tuple[tuple[Path, ...], tuple[Path, ...]]) -> str | None:
+    """Why the service would pause this folder at once (a symlink, one of the gateway's folders), or None."""
+    held = HeldFolder(source.path, *own)
+    try:
+        held.fd()
+    except FolderReplaced as error:
+        return str(error)
+    except OSError:
+        return None  # missing or unreadable: said by the checks that follow
+    finally:
+        held.close()
+    return None
+
+
+def _source(index: int, source: SourceSettings, state_dir: Path,
+            own: tuple[tuple[Path, ...], tuple[Path, ...]] = ((), ())) -> Iterator[Result]:
     label = f"sources[{index}] {source.name}: {source.location}"
     if isinstance(source, SftpSourceSettings):
         yield _sftp(label, source)
         yield _writers(label, source, False, "SFTP: a writer on the server cannot be seen from here; "
                        f"rely on settle_seconds (now {source.settle_seconds:g}; set it above the longest pause of "
                        "ALEPH's writer, e.g. 30) or ready_marker")
+        return
+    if (paused := _never_read(source, own)) is not None:
+        yield Result("FAIL", label, paused)
         return
     if not source.path.is_dir():
         yield Result("FAIL", label, "folder does not exist (or is not a folder)")

@@ -66,9 +66,14 @@ def check_folders(paths: dict[str, Any], sources: list[dict[str, Any]], journal:
     journal inside a source folder, and a source that is the folder of the config file
     or of a key or password file (holders: key path -> file) would send them to
     CaiaSoft. archive_dir and error_dir must differ: `retry --all` takes back every file
-    in error_dir, and retention would delete refused files. Paths are compared resolved:
-    "src/../archive" and symlinks are seen through (what a path turns into later is the
-    source's to check: gateway.sources.folder).
+    in error_dir, and retention would delete refused files.
+
+    The gateway's folders are compared resolved (symlinks and ".." seen through); a source
+    path only as written, with ".." taken out: what its symlinks point to is in the hands of
+    whoever owns the folders on the way (ALEPH's user), who must not be able to keep the
+    service (or `status`) from starting by pointing them elsewhere. Where a source leads in
+    fact is checked each time it is opened and looked at (gateway.sources.folder): a source
+    that is a symlink, or leads into the gateway's folders, is paused and never read.
     """
     own = {key: _resolved(paths[key]) for key in OWN_FOLDERS if isinstance(paths.get(key), Path)}
     if "archive_dir" in own and own.get("archive_dir") == own.get("error_dir"):
@@ -78,16 +83,16 @@ def check_folders(paths: dict[str, Any], sources: list[dict[str, Any]], journal:
         folder = source.get("path")
         if not isinstance(folder, Path):
             continue
-        real = _resolved(folder)
+        real = _written(folder)
         for key, place in own.items():
-            if _overlaps(real, place):
+            if _overlaps(real, place) or _overlaps(real, _written(paths[key])):
                 problem(f"sources[{index}].path", f"overlaps the gateway's own folder {key} = {paths[key]}"
                         + (f" (both are {place})" if real == place and folder != paths[key] else ""))
         for key, file in (holders or {}).items():
-            if _resolved(file).parent == real:
+            if real in (_resolved(file).parent, _written(file).parent):
                 problem(f"sources[{index}].path", f"is the folder of {key} ({file}): it would be taken and sent "
                         "to CaiaSoft; keep request files in a folder of their own")
-        if journal is not None and _resolved(journal).parent == real:
+        if journal is not None and real in (_resolved(journal).parent, _written(journal).parent):
             problem("ncip.journal", f"is inside the folder of sources[{index}] ({folder}): it would be taken "
                     "and sent to CaiaSoft as a request file")
 
@@ -95,6 +100,11 @@ def check_folders(paths: dict[str, Any], sources: list[dict[str, Any]], journal:
 def _resolved(path: Path) -> Path:
     """The path with symlinks and '..' resolved as far as it exists (it need not exist yet)."""
     return Path(os.path.realpath(path))
+
+
+def _written(path: Path) -> Path:
+    """The path as written, absolute, with '.' and '..' taken out (no symlink followed)."""
+    return Path(os.path.normpath(os.path.abspath(path)))
 
 
 def check_sources(sources: list[dict[str, Any]], problem: Report) -> None:

@@ -104,15 +104,47 @@ def test_log_dir_in_a_source_folder_is_refused(tmp_path):
                         f"log_dir = {tmp_path}/in"]
 
 
-@pytest.mark.parametrize("source", ["{root}/in/../archive", "{root}/link-to-archive", "{root}/link-to-log/day"])
-def test_overlaps_are_seen_through_dot_dot_and_symlinks(tmp_path, source):
-    (tmp_path / "archive").mkdir()
-    (tmp_path / "log").mkdir()
-    (tmp_path / "link-to-archive").symlink_to(tmp_path / "archive")
-    (tmp_path / "link-to-log").symlink_to(tmp_path / "log")
-    text = minimal(tmp_path).replace(f'path = "{tmp_path}/in"', f'path = "{source.format(root=tmp_path)}"')
+def test_overlaps_are_seen_through_dot_dot(tmp_path):
+    text = minimal(tmp_path).replace(f'path = "{tmp_path}/in"', f'path = "{tmp_path}/in/../archive"')
     problems = "\n".join(problems_of(write(tmp_path, text)))
     assert "sources[0].path: overlaps the gateway's own folder" in problems
+
+
+@pytest.mark.parametrize("source, why", [("{root}/link-to-archive", "is a symlink"),
+                                         ("{root}/link-to-log/day", "inside the gateway's own folder"),
+                                         ("{root}/link-to-root", "is a symlink")])
+def test_a_source_path_that_leads_into_the_gateways_folders_loads_and_is_never_read(tmp_path, source, why):
+    """ALEPH's user owns the folders on a source's path: where its links point must not keep the service (or
+    `status`) from starting; the source is paused when it is opened instead, and `check` says why."""
+    from gateway.checks import run_checks
+    from gateway.sources import build
+    from gateway.sources.folder import FolderReplaced
+
+    for folder in ("archive", "log/day", "in"):
+        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+    (tmp_path / "link-to-archive").symlink_to(tmp_path / "archive")
+    (tmp_path / "link-to-log").symlink_to(tmp_path / "log")
+    (tmp_path / "link-to-root").symlink_to(tmp_path)  # the folder of gateway.toml and the key file
+    text = minimal(tmp_path).replace(f'path = "{tmp_path}/in"', f'path = "{source.format(root=tmp_path)}"')
+    config = load(write(tmp_path, text), environ={})
+    with pytest.raises(FolderReplaced, match=why):
+        build(config.sources[0], config).scan()
+    [failed] = [result for result in run_checks(config, offline=True) if result.what.startswith("sources[0] print:")
+                and result.mark == "FAIL"]
+    assert why in failed.detail
+
+
+def test_a_source_that_is_the_folder_of_the_config_or_a_key_file_is_refused(tmp_path):
+    (tmp_path / "keys").mkdir()
+    key = tmp_path / "keys" / "api-key"
+    key.write_text(KEY)
+    text = minimal(tmp_path).replace(f'path = "{tmp_path}/in"', f'path = "{tmp_path}/keys"')
+    text = re.sub(r'api_key_file = "[^"]*"', f'api_key_file = "{key}"', text)
+    problems = "\n".join(problems_of(write(tmp_path, text)))
+    assert f"sources[0].path: is the folder of caiasoft.api_key_file ({key})" in problems
+    text = minimal(tmp_path).replace(f'path = "{tmp_path}/in"', f'path = "{tmp_path}/."')
+    problems = "\n".join(problems_of(write(tmp_path, text)))
+    assert "sources[0].path: is the folder of the config file" in problems
 
 
 def test_archive_dir_and_error_dir_must_differ(tmp_path):

@@ -97,7 +97,7 @@ class HeldFolder:
         try:
             fd = os.open(self.path, FOLDER_FLAGS)
         except OSError as error:
-            if error.errno == errno.ELOOP:
+            if error.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(self.path):
                 raise FolderReplaced(f"{self.path} is a symlink (to {os.path.realpath(self.path)}): a source "
                                      "folder is never followed through a link; paused. Configure the real "
                                      "folder as path") from None

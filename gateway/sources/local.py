@@ -208,6 +208,8 @@ class LocalSource:
             info = os.stat(name, dir_fd=self.held.fd(), follow_symlinks=False)
         except (FileNotFoundError, NotADirectoryError):
             return None
+        if not stat.S_ISREG(info.st_mode):
+            return None  # not the original rewritten: something else has its name (release() leaves it alone)
         return info.st_size if (info.st_size, info.st_mtime) != (taken.size, taken.mtime) else None
 
     def release(self, taken: Taken) -> Released:
