@@ -164,8 +164,10 @@ def test_an_http_answer_without_a_status_line_is_read_not_taken_for_a_broken_con
     assert len(sim.received) == 5 and all(r.valid for r in sim.received)
 
 
-def test_blank_lines_before_an_answer_without_a_status_line_are_skipped():
-    peer = Peer(b"\r\n\r\n\n" + checkin_answer("1"), keep_open=True)  # and the connection stays open
+@pytest.mark.parametrize("head", [b"", b"HTTP/1.0 200 OK\r\nContent-Type: text/xml\r\n\r\n"],
+                         ids=["no-status-line", "status-line"])
+def test_blank_lines_before_an_http_answer_are_skipped(head):
+    peer = Peer(b"\r\n\r\n\n" + head + checkin_answer("1"), keep_open=not head)  # bare: the connection stays open
     client = NcipClient(settings(url=peer.url("http", "/ncip"), version="1"))
     try:
         answer = client.send(JournalEntry("checkin", "1"))

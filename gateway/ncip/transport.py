@@ -165,21 +165,20 @@ def _status_line_ahead(sock: socket.socket, deadline: http.Deadline, limit: int)
     server closed (http.client tells that); False if it is something else, such as the NCIP XML alone, which
     ALEPH's NCIP port writes with no status line. Only blank lines are taken off the socket."""
     skipped = 0
-    while True:
+    while skipped <= limit:  # past it, http.client refuses what follows
         sock.settimeout(max(deadline.remaining(), 0.001))
         ahead = sock.recv(PEEK_BYTES, socket.MSG_PEEK)
-        text = ahead.lstrip()
         if not ahead:
             return True
-        if text:
-            return b"HTTP/".startswith(text[:5]) if len(text) < 5 else text.startswith(b"HTTP/")
-        sock.recv(len(ahead))  # blank lines before the answer
-        skipped += len(ahead)
-        if skipped > limit:
-            return True  # http.client refuses what follows
+        text = ahead.lstrip()
+        if len(text) < len(ahead):  # blank lines before the answer
+            skipped += len(sock.recv(len(ahead) - len(text)))
+            continue
+        return b"HTTP/".startswith(text[:5]) if len(text) < 5 else text.startswith(b"HTTP/")
+    return True
 
 
-def read_whole(sock: socket.socket, deadline: http.Deadline, limit: int, answer: bytearray) -> None:
+def _read_whole(sock: socket.socket, deadline: http.Deadline, limit: int, answer: bytearray) -> None:
     """Read into answer until it holds a whole NCIP message or the server closes. Raise UnreadableAnswer if it
     grows past limit, socket.timeout at the deadline, OSError if the connection breaks (answer keeps what came)."""
     while not complete(answer):
@@ -196,7 +195,7 @@ def _read_bare(sock: socket.socket, deadline: http.Deadline, limit: int) -> byte
     """An answer without HTTP framing, read as on a raw socket; a connection broken after some of it came ends it."""
     answer = bytearray()
     try:
-        read_whole(sock, deadline, limit, answer)
+        _read_whole(sock, deadline, limit, answer)
     except socket.timeout:
         raise  # the deadline, even if its timer has not fired yet
     except OSError:
@@ -300,7 +299,7 @@ class RawSocket:
         try:
             connection.settimeout(max(deadline.remaining(), 0.001))
             connection.sendall(request)
-            read_whole(connection, deadline, self.settings.max_answer_bytes, data)
+            _read_whole(connection, deadline, self.settings.max_answer_bytes, data)
         except socket.timeout:
             raise self._late(where) from None
         except OSError as error:
