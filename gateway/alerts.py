@@ -251,7 +251,8 @@ class AlertSender(Worker):
         self.backoff = Backoff(RETRY_INITIAL_SECONDS, RETRY_MAX_SECONDS)
         self.wake = threading.Event()
         self.failures: dict[str, int] = {}  # consecutive failed deliveries, by channel
-        self._retry_at: dict[str, float] = {}
+        self._retry_at: dict[str, float] = {}  # by channel, on time.monotonic: a wall-clock step moves no retry
+        self._sent_at: dict[tuple[str, str], float] = {}  # (channel, kind) -> last sent, on time.monotonic
         self._problem: str | None = None
         self._problem_logged_at = 0.0
 
@@ -275,25 +276,38 @@ class AlertSender(Worker):
         """Send every batch that is due; return the seconds until the next one may be."""
         next_due = IDLE_SECONDS
         for channel in self.delivery.channels:
-            now = self.clock()
-            if now < self._retry_at.get(channel, 0.0):
-                next_due = min(next_due, self._retry_at[channel] - now)
+            now, steady = self.clock(), time.monotonic()
+            if steady < self._retry_at.get(channel, 0.0):
+                next_due = min(next_due, self._retry_at[channel] - steady)
                 continue
             pending = self.ledger.pending_alerts(channel)
             by_kind = itertools.groupby(sorted(pending, key=lambda alert: (alert.kind, alert.id)),
                                         key=lambda alert: alert.kind)
             for kind, group in by_kind:
                 batch = list(group)
-                last = self.ledger.last_alert_sent(channel, kind)
-                due = 0.0 if last is None or any(alert.recovery for alert in batch) \
-                    else last + self.settings.min_interval_seconds
-                if now < due:
-                    next_due = min(next_due, due - now)
+                wait = 0.0 if any(alert.recovery for alert in batch) else self._interval_left(channel, kind, now)
+                if wait > 0:
+                    next_due = min(next_due, wait)
                     continue
                 if not self._send(channel, batch):
-                    next_due = min(next_due, self._retry_at[channel] - now)
+                    next_due = min(next_due, self._retry_at[channel] - time.monotonic())
                     break
         return max(next_due, 0.05)
+
+    def _interval_left(self, channel: str, kind: str, now: float) -> float:
+        """Seconds until the next alert of this kind may go on this channel: min_interval_seconds after the last.
+
+        Counted on the monotonic clock; a last sending recorded by an earlier run is taken at its wall-clock
+        age, at most the interval (one 'after now' is a clock stepped back since: the interval starts now).
+        """
+        interval = self.settings.min_interval_seconds
+        sent = self._sent_at.get((channel, kind))
+        if sent is None:
+            last = self.ledger.last_alert_sent(channel, kind)
+            if last is None:
+                return 0.0
+            sent = self._sent_at[(channel, kind)] = time.monotonic() - min(max(now - last, 0.0), interval)
+        return sent + interval - time.monotonic()
 
     def _send(self, channel: str, batch: list[StoredAlert]) -> bool:
         try:
@@ -308,6 +322,7 @@ class AlertSender(Worker):
             self._problem = None
             self.ledger.set_meta(PROBLEM_META, "")
         self.ledger.alerts_sent(channel, [alert.id for alert in batch], self.clock())
+        self._sent_at[(channel, batch[0].kind)] = time.monotonic()
         log.info("alert.sent", channel=channel, kind=batch[0].kind, alerts=len(batch),
                  title=batch[0].message.get("title"))
         return True
@@ -315,7 +330,7 @@ class AlertSender(Worker):
     def _failed(self, channel: str, problem: str) -> None:
         failures = self.failures[channel] = self.failures.get(channel, 0) + 1
         delay = self.backoff.delay(failures)
-        self._retry_at[channel] = self.clock() + delay
+        self._retry_at[channel] = time.monotonic() + delay
         now = time.monotonic()
         if problem != self._problem or now - self._problem_logged_at >= PROBLEM_LOG_SECONDS:
             log.error("alert.delivery_failed", channel=channel, problem=problem, attempts=failures,

@@ -11,16 +11,19 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from gateway.backoff import SteadyClock
+from gateway import alerttexts, status
+from gateway.backoff import Backoff, SteadyClock
 from gateway.ledger import Ledger
-from gateway import status
+from gateway.monitor import Monitor
 
 from conftest import wait_for
 from faketime import SteppedClock
+from peers import MailBox, alerts_table, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -176,3 +179,71 @@ def test_retention_counts_days_from_the_ledgers_time_and_find_says_what_it_remov
     assert found[0]["pruned_at"] is not None and found[0]["path_exists"] is False
     assert "(archived 2026-11-02, removed by retention on 2026-12-07)" in find.render("31234000000017", found)
     ledger.close()
+
+
+class OffsetClock:
+    """The real wall clock plus an offset a test steps (for parts that take a clock: the alert sender)."""
+
+    def __init__(self):
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+@pytest.fixture
+def alerting(site, simulator):
+    """A Monitor with a sender, on an OffsetClock, sending to a port; stopped after the test."""
+    made = []
+
+    def start(port: int, interval: float = 3600):
+        site.write(simulator.url, extra=alerts_table(port, interval=interval))
+        clock = OffsetClock()
+        ledger = Ledger(site.state / "gateway.db")
+        monitor = Monitor(site.load(), ledger, clock=clock)
+        made.append((monitor, ledger))
+        monitor.start()
+        monitor.sender.backoff = Backoff(0.2, 0.5)
+        monitor.sender.start()
+        return monitor, clock
+
+    yield start
+    for monitor, ledger in made:
+        monitor.sender.stop()
+        monitor.sender.join(30)
+        monitor.stop()
+        ledger.close()
+
+
+def refused_alert(name: str) -> dict:
+    return alerttexts.refused(name, "print", "refused by the gateway: empty", f"/err/{name}")
+
+
+def test_alert_delivery_retries_go_on_when_the_clock_steps_back(alerting):
+    port = free_port()  # no mail server there yet
+    monitor, clock = alerting(port)
+    monitor.raise_alert("refused", refused_alert("late.txt"))
+    wait_for(lambda: monitor.sender.failures.get("mail", 0) >= 1, message="a failed delivery")
+    clock.offset = -3600.0
+    failed = monitor.sender.failures["mail"]
+    wait_for(lambda: monitor.sender.failures.get("mail", 0) >= failed + 2, timeout=15,
+             message="the retries to go on within the backoff, not an hour later")
+    box = MailBox(port).start()
+    try:
+        box.find("request file refused: late.txt")
+    finally:
+        box.stop()
+
+
+def test_a_digest_waits_at_most_min_interval_after_the_clock_steps_back(alerting):
+    box = MailBox().start()
+    try:
+        monitor, clock = alerting(box.port, interval=1)
+        monitor.raise_alert("refused", refused_alert("first.txt"))
+        box.find("request file refused: first.txt")
+        clock.offset = -3600.0  # the first went out 'an hour from now'
+        monitor.raise_alert("refused", refused_alert("second.txt"))
+        wait_for(lambda: len(box.messages) == 2, timeout=15,
+                 message="the next of that kind within min_interval_seconds, not an hour later")
+    finally:
+        box.stop()
