@@ -87,7 +87,8 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
     ),
     "archive": (
         Key("retention_days", "int", 0,
-            "Archive days older than this are deleted; 0 keeps everything.", minimum=0),
+            "Archive days older than this are deleted, counted on the ledger's time if the clock is ahead of "
+            "it (see \"Trust\"); 0 keeps everything.", minimum=0),
     ),
     "sources": (
         Key("name", "str", REQUIRED, "Short unique name, shown in logs, sidecars and status."),
