@@ -140,6 +140,16 @@ def test_a_start_with_the_clock_forty_days_ahead_deletes_nothing_and_says_why(si
     assert daemon.stop() == 0
     assert archived.is_file()
 
+    # the clock was right after all (the gateway was stopped that long): the next start catches up, and
+    # find tells the item's file was removed by retention rather than listing a path that is gone
+    again = daemon_factory(site.config_file, env=clock.env())
+    wait_for(lambda: "archive.pruned" in log.read_text(), timeout=30, message="retention to catch up")
+    assert again.stop() == 0
+    assert not archived.exists()
+    found = cli(site, clock, "find", "31234000003000")
+    day = "-".join(archived.parent.parts[-3:])  # the day it was archived on, by the real clock
+    assert f"{archived}  (archived {day}, removed by retention on " in found.stdout, found.stdout
+
 
 def test_retention_counts_days_from_the_ledgers_time_and_find_says_what_it_removed(tmp_path):
     """Days older than retention_days by the ledger's time go (and find says so); those only the clock calls
