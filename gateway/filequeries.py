@@ -58,9 +58,10 @@ class FileQueries(LedgerDb):
     # -- counts and timers -------------------------------------------------------
 
     def counts(self) -> dict[FileState, int]:
+        """Files by state, all time (from the running totals: no scan of history)."""
         with self._lock:
-            rows = self._db.execute("SELECT state, COUNT(*) FROM files GROUP BY state").fetchall()
-        return {FileState(state): count for state, count in rows}
+            rows = self._db.execute("SELECT state, SUM(files) FROM file_totals GROUP BY state").fetchall()
+        return {FileState(state): count for state, count in rows if count}
 
     def count_finished_since(self, state: FileState, since: float) -> int:
         with self._lock:

@@ -55,7 +55,7 @@ __all__ = ["Ledger", "FileRow", "Seen", "work_name", "LedgerUnavailable", "SCHEM
 class Ledger(FileTransitions, FileQueries, Checkpoints, ItemIndex, MonitorStore, PruneStore):
     """SQLite-backed state of every file. Thread-safe; safe to open from a second process.
 
-    Ledger(path, clock=time.time, check=True) opens (or creates) the ledger at path; it raises
-    LedgerDamaged if the file is not a readable SQLite database, LedgerUnavailable if it cannot
-    be opened now (see gateway.ledgerdb.LedgerDb).
+    Ledger(path, clock=time.time) opens (or creates) the ledger at path; it raises LedgerDamaged
+    if the file is not a readable SQLite database or holds no ledger, LedgerUnavailable if it cannot
+    be opened now (see gateway.ledgerdb.LedgerDb). Every page is verified by gateway.ledgercheck.
     """

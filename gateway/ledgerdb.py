@@ -38,10 +38,35 @@ def outside(text: str) -> str:
     return redact(text).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def verify(path: Path) -> str | None:
+    """Read and check every page of the ledger at path on a read-only connection of its own (PRAGMA
+    quick_check), so nobody waits on it; return what is wrong, or None. Its cost grows with the ledger
+    (about a second per GB), so the service does it at a quiet moment, not when it opens the ledger.
+    Raise sqlite3.DatabaseError if the file cannot be read as a database at all."""
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+    try:
+        return _quick_check(db)
+    finally:
+        db.close()
+
+
+def _quick_check(db: sqlite3.Connection) -> str | None:
+    verdict = str(db.execute("PRAGMA quick_check(1)").fetchone()[0])
+    return None if verdict == "ok" else verdict
+
+
+def _ours(db: sqlite3.Connection) -> None:
+    """Raise sqlite3.DatabaseError if the file holds tables but not the gateway's (its pages were overwritten,
+    or it is another program's database): what opening can tell without reading every page."""
+    tables = sorted(row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+    if tables and "files" not in tables:
+        raise sqlite3.DatabaseError(f"it holds no gateway ledger (tables: {', '.join(tables[:5])})")
+
+
 class LedgerDb:
     """An open gateway.db. Thread-safe; safe to open from a second process."""
 
-    def __init__(self, path: Path, clock: Callable[[], float] = time.time, check: bool = True,
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time, check: bool = False,
                  schedule: Callable[[], float] = STEADY):
         """Open (or create) the ledger at path.
 
@@ -49,9 +74,10 @@ class LedgerDb:
         retries and leases are due at (next_attempt_at): a clock that never steps
         (gateway.backoff.SteadyClock), so a wall-clock step moves no wait.
 
-        Raise LedgerDamaged if the file is not a readable SQLite database (with check,
-        the default, every page is verified: quick_check), LedgerUnavailable if it
-        cannot be opened now.
+        Raise LedgerDamaged if the file is not a readable SQLite database or holds no
+        ledger (with check, every page is verified too: quick_check, whose cost grows
+        with the ledger; the service runs it in gateway.ledgercheck instead),
+        LedgerUnavailable if it cannot be opened now.
         """
         self.path = path
         self.clock = clock
@@ -80,9 +106,10 @@ class LedgerDb:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         if check:
-            verdict = self._db.execute("PRAGMA quick_check(1)").fetchone()[0]
-            if verdict != "ok":
-                raise sqlite3.DatabaseError(verdict)
+            problem = _quick_check(self._db)
+            if problem:
+                raise sqlite3.DatabaseError(problem)
+        _ours(self._db)
         ledgerschema.create(self._db)
         if ledgerschema.current(self._db):
             return  # up to date: no write, so a reader (status, find) takes no lock

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import sqlite3
 
-from gateway import itemindex, monitorstore, prunestore
+from gateway import itemindex, logs, monitorstore, prunestore
 
-SCHEMA_VERSION = 4  # 2: records and items (gateway/itemindex.py); 3: verdict, problem, place_failures;
-                    # 4: alerts and counters (gateway/monitorstore.py; its tables are created on open)
+log = logs.get("gateway.ledger")
+
+SCHEMA_VERSION = 5  # 2: records and items (gateway/itemindex.py); 3: verdict, problem, place_failures;
+                    # 4: alerts and counters (gateway/monitorstore.py; its tables are created on open);
+                    # 5: file_totals (kept by triggers) and the files_done index: nothing steady scans history
 
 FILES_SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -46,6 +49,7 @@ CREATE INDEX IF NOT EXISTS files_queue ON files (state, next_attempt_at, id);
 CREATE INDEX IF NOT EXISTS files_origin ON files (source, origin);
 CREATE INDEX IF NOT EXISTS files_finished ON files (finished_at);
 CREATE INDEX IF NOT EXISTS files_unreleased ON files (source) WHERE released_at IS NULL;
+CREATE INDEX IF NOT EXISTS files_done ON files (state, finished_at);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints (
     name        TEXT PRIMARY KEY,
@@ -65,6 +69,49 @@ CREATE TABLE IF NOT EXISTS feed_seen (
 );
 """
 
+# Running totals, so that nothing the service or a command does steadily counts history: per source and
+# state, the files in it (and, for archived files, the items CaiaSoft denied in them). Triggers keep them in
+# the same transaction as the change they count. A file leaves the archived and refused totals only by a state
+# change (retry), never by its row being removed, so they stay "all time" when retention compacts old rows.
+TOTALS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS file_totals (
+    source       TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    files        INTEGER NOT NULL DEFAULT 0,
+    denied_items INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (source, state)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS file_totals_insert AFTER INSERT ON files BEGIN
+    INSERT INTO file_totals (source, state, files, denied_items) VALUES (NEW.source, NEW.state, 1, DENIED_NEW)
+        ON CONFLICT (source, state) DO UPDATE SET files = files + 1, denied_items = denied_items + DENIED_NEW;
+END;
+CREATE TRIGGER IF NOT EXISTS file_totals_update AFTER UPDATE OF source, state ON files
+WHEN OLD.source IS NOT NEW.source OR OLD.state IS NOT NEW.state BEGIN
+    UPDATE file_totals SET files = files - 1, denied_items = denied_items - DENIED_OLD
+        WHERE source = OLD.source AND state = OLD.state;
+    INSERT INTO file_totals (source, state, files, denied_items) VALUES (NEW.source, NEW.state, 1, DENIED_NEW)
+        ON CONFLICT (source, state) DO UPDATE SET files = files + 1, denied_items = denied_items + DENIED_NEW;
+END;
+CREATE TRIGGER IF NOT EXISTS file_totals_delete AFTER DELETE ON files WHEN OLD.state NOT IN ('archived', 'refused')
+BEGIN
+    UPDATE file_totals SET files = files - 1 WHERE source = OLD.source AND state = OLD.state;
+END;
+"""
+
+
+def _denied(row: str) -> str:
+    """SQL for the number of items CaiaSoft denied in an archived row's answer (0 for any other row)."""
+    return (f"(CASE WHEN {row}.state = 'archived' AND json_valid({row}.answer) THEN (SELECT COUNT(*) FROM "
+            f"json_each({row}.answer, '$.results') AS r WHERE json_type(r.value, '$.deny') = 'true' OR "
+            f"upper(CAST(json_extract(r.value, '$.deny') AS TEXT)) IN ('Y', 'YES', 'TRUE')) ELSE 0 END)")
+
+
+TOTALS = TOTALS_SCHEMA.replace("DENIED_NEW", _denied("NEW")).replace("DENIED_OLD", _denied("OLD"))
+RECOUNT_TOTALS = f"""
+INSERT INTO file_totals (source, state, files, denied_items)
+SELECT files.source, files.state, COUNT(*), SUM({_denied("files")}) FROM files GROUP BY files.source, files.state
+"""
+
 ADDED_COLUMNS = {  # columns of SCHEMA_VERSION 3, added to an older ledger's files table when it is opened
     "verdict": "TEXT",
     "problem": "TEXT",
@@ -74,7 +121,7 @@ ADDED_COLUMNS = {  # columns of SCHEMA_VERSION 3, added to an older ledger's fil
 
 def create(db: sqlite3.Connection) -> None:
     """Create the tables and indexes a ledger lacks; mark a new, empty ledger as keeping local originals."""
-    db.executescript(FILES_SCHEMA + itemindex.SCHEMA + monitorstore.SCHEMA + prunestore.SCHEMA)
+    db.executescript(FILES_SCHEMA + TOTALS + itemindex.SCHEMA + monitorstore.SCHEMA + prunestore.SCHEMA)
     if db.execute("SELECT NOT EXISTS (SELECT 1 FROM files)").fetchone()[0]:  # nothing from before
         db.execute("INSERT OR IGNORE INTO meta VALUES ('local_originals_kept', '1')")
 
@@ -95,6 +142,14 @@ def migrate(db: sqlite3.Connection, now: float) -> None:
     for column, declaration in ADDED_COLUMNS.items():  # version 3
         if column not in present:
             db.execute(f"ALTER TABLE files ADD COLUMN {column} {declaration}")
+    if version < 5:  # once, at the upgrade: count what the triggers count from now on
+        if version:
+            log.info("ledger.upgrade", step="counting the files of the ledger's history once (file_totals)")
+        db.execute("DELETE FROM file_totals")
+        db.execute(RECOUNT_TOTALS)
+        if version:
+            log.info("ledger.upgrade", step="counted",
+                     files=db.execute("SELECT COALESCE(SUM(files), 0) FROM file_totals").fetchone()[0])
     if version < SCHEMA_VERSION:
         db.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT(key) DO UPDATE SET "
                    "value = excluded.value", (str(SCHEMA_VERSION),))

@@ -42,15 +42,6 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 CHANNELS = {"mail": "mailed_at", "webhook": "posted_at"}  # channel -> the column saying it went out
 KEEP_SENT_ALERTS = 1000  # alerts sent on every channel beyond this many (newest kept) are deleted
 
-_DENIED_ITEMS = """
-SELECT f.source, COUNT(*) FROM files AS f,
-       json_each(CASE WHEN json_valid(f.answer) THEN f.answer ELSE '{}' END, '$.results') AS r
-WHERE f.state IN ('archiving', 'archived') AND f.answer IS NOT NULL
-  AND (json_type(r.value, '$.deny') = 'true'
-       OR upper(CAST(json_extract(r.value, '$.deny') AS TEXT)) IN ('Y', 'YES', 'TRUE'))
-GROUP BY f.source
-"""
-
 
 @dataclass(frozen=True)
 class StoredAlert:
@@ -117,11 +108,12 @@ class MonitorStore:
     def finished_by_source(self) -> dict[tuple[str, FileState], int]:
         """(source, archived or refused) -> files."""
         with self._lock:
-            rows = self._db.execute("SELECT source, state, COUNT(*) FROM files WHERE state IN ('archived', "
-                                    "'refused') GROUP BY source, state").fetchall()
+            rows = self._db.execute("SELECT source, state, files FROM file_totals WHERE state IN ('archived', "
+                                    "'refused') AND files > 0").fetchall()
         return {(source, FileState(state)): count for source, state, count in rows}
 
     def denied_items_by_source(self) -> dict[str, int]:
         """source -> items CaiaSoft denied in files it accepted."""
         with self._lock:
-            return {source: count for source, count in self._db.execute(_DENIED_ITEMS)}
+            return {source: count for source, count in self._db.execute(
+                "SELECT source, denied_items FROM file_totals WHERE state = 'archived' AND denied_items > 0")}

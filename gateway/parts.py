@@ -22,6 +22,7 @@ from gateway.ledger import Ledger
 from gateway.monitor import Monitor
 from gateway.pipeline import Pipeline
 from gateway.uploader import Finisher, Placer, Uploader
+from gateway.ledgercheck import LedgerCheck
 from gateway.worker import Worker
 
 if TYPE_CHECKING:  # imported with [ncip] only: a run without it starts sooner
@@ -47,6 +48,7 @@ class Parts:
                           for number in range(1, config.caiasoft.upload_workers + 1)]
         self.pipeline.on_queued = wake.set
         self.placer = Placer(self.pipeline)
+        self.ledger_check = LedgerCheck(config.paths.database)
         self.collectors = [Collector(sources.build(settings, config), settings.settle_seconds, self.pipeline,
                                      grace_seconds=settings.incomplete_grace_seconds,
                                      marker_mode=bool(settings.ready_marker),
@@ -76,7 +78,7 @@ class Parts:
         return [*self.collectors, *([self.feed] if self.feed else [])]
 
     def outputs(self) -> list[Worker]:
-        return [*self.uploaders, self.finisher, self.placer, *([self.relay] if self.relay else []),
+        return [*self.uploaders, self.finisher, self.placer, self.ledger_check, *([self.relay] if self.relay else []),
                 *([self.monitor.sender] if self.monitor.sender else [])]
 
     def workers(self) -> list[Worker]:
