@@ -65,7 +65,7 @@ class PruneStore:
         """
         with self._lock:
             files = self._db.execute(
-                "SELECT MAX(COALESCE((SELECT seen_at FROM files ORDER BY id DESC LIMIT 1), 0), "
+                "SELECT MAX(COALESCE((SELECT seen_at FROM files WHERE id = (SELECT MAX(id) FROM files)), 0), "
                 "COALESCE((SELECT MAX(finished_at) FROM files), 0))").fetchone()[0]
             mark = self._db.execute("SELECT value FROM meta WHERE key = ?", (CLOCK_KEY,)).fetchone()
         times = [float(files or 0)]

@@ -24,6 +24,7 @@ from gateway.monitor import Monitor
 from conftest import wait_for
 from faketime import SteppedClock
 from peers import MailBox, alerts_table, free_port
+from test_history import scanned
 
 pytestmark = pytest.mark.e2e
 
@@ -178,8 +179,12 @@ def test_retention_counts_days_from_the_ledgers_time_and_find_says_what_it_remov
     ledger_time = day.timestamp() + 35 * 86400  # what the ledger saw last: 35 days after the slip was archived
     ledger.mark_clock(ledger_time)
     wall, monotonic = [ledger_time + 40 * 86400], [0.0]  # and the clock, 40 days further ahead
+    statements: list[str] = []
+    ledger._db.set_trace_callback(statements.append)
     retention = Retention(ledger, wall=lambda: wall[0], monotonic=lambda: monotonic[0])
     removed = retention.prune(archive, 30)
+    ledger._db.set_trace_callback(None)
+    assert scanned(ledger._db, statements) == [], "the ledger's time costs no scan of its history"
     assert removed == [target.parent], "only the day older than 30 days by the ledger's time"
     assert not target.exists()
     assert sorted(path.name for path in archive.root.rglob("other.xml")) == ["other.xml", "other.xml"]
