@@ -363,7 +363,7 @@ def slips_to_take(tmp_path: Path, count: int, folder: Path | None = None) -> tup
 
 def test_a_batch_of_moves_syncs_the_work_folder_once_before_any_original_is_removed(tmp_path, monkeypatch):
     from gateway import files
-    from gateway.sources import local
+    from gateway.sources import taking
 
     folder, work = slips_to_take(tmp_path, 5)
     synced: list[list[str]] = []
@@ -372,7 +372,7 @@ def test_a_batch_of_moves_syncs_the_work_folder_once_before_any_original_is_remo
         synced.append(sorted(p.name for p in folder.folder.iterdir()))
         files.fsync_dir(path)
 
-    monkeypatch.setattr(local, "fsync_dir", fsync_dir)
+    monkeypatch.setattr(taking, "fsync_dir", fsync_dir)
     entries = folder.source.scan()
     assert folder.source.fetch_many([(entry, work / entry.name) for entry in entries]) == [False] * 5
     assert synced == [[f"slip-{number}.xml" for number in range(5)]], "one sync, with every original still there"
@@ -380,14 +380,14 @@ def test_a_batch_of_moves_syncs_the_work_folder_once_before_any_original_is_remo
 
 
 def test_a_failed_sync_of_the_work_folder_leaves_every_file_in_its_source(tmp_path, monkeypatch):
-    from gateway.sources import local
+    from gateway.sources import taking
 
     folder, work = slips_to_take(tmp_path, 3)
 
     def fsync_dir(path):
         raise OSError(5, "Input/output error", str(path))
 
-    monkeypatch.setattr(local, "fsync_dir", fsync_dir)
+    monkeypatch.setattr(taking, "fsync_dir", fsync_dir)
     results = folder.source.fetch_many([(entry, work / entry.name) for entry in folder.source.scan()])
     assert all(isinstance(result, OSError) for result in results)
     assert len(list(folder.folder.iterdir())) == 3 and list(work.iterdir()) == []

@@ -4,6 +4,10 @@ Events only hint that a name changed; readiness is always decided by looking at
 the file. Rescans catch whatever events missed (inotify queue overflow, files
 that were there before the start). On network filesystems there are no events
 for changes made by other hosts, so watch = "auto" polls there.
+
+The folder is held open (gateway.sources.folder) and every file is looked up,
+opened and removed relative to it; taking a file into work/ is
+gateway.sources.taking.
 """
 
 from __future__ import annotations
@@ -13,8 +17,6 @@ import errno
 import os
 import stat
 import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -24,10 +26,10 @@ from watchdog.observers.inotify import InotifyObserver
 
 from gateway import intake, logs, markers, readiness
 from gateway.errors import SourceGone
-from gateway.files import CopyCut, fsync_dir, snapshot
 from gateway.settings import LocalSourceSettings
 from gateway.sources.base import Entry, Released, Taken
 from gateway.sources.folder import HeldFolder, identity, open_entry
+from gateway.sources.taking import Taker
 
 NETWORK_FILESYSTEMS = frozenset({
     "nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "sshfs", "9p", "afs", "ceph",
@@ -35,9 +37,6 @@ NETWORK_FILESYSTEMS = frozenset({
 })
 MOUNTINFO = Path("/proc/self/mountinfo")
 OBSERVER_POLL_SECONDS = 0.2  # how soon the observer thread notices stop()
-COPY_BASE_SECONDS = 30.0     # a copy into work/ may take this long, plus a second per MiB, before it is cut
-COPY_BYTES_PER_SECOND = 1024 * 1024
-_NO_LINK = (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK)  # then a copy is taken
 
 log = logs.get("gateway.sources.local")
 
@@ -81,17 +80,6 @@ class _Hints(FileSystemEventHandler):
             self.notice(os.path.basename(path))
 
 
-@dataclass
-class _Placed:
-    """A file put at its destination in work/, its original still held open (fd) until the take is finished."""
-
-    fd: int
-    info: os.stat_result
-    kept: bool     # the original stays in the source until its outcome is known (writers cannot be seen)
-    remove: bool   # the original is removed once work/ is synced
-    linked: bool   # the destination is the original's own inode (a hard link), not a snapshot
-
-
 class LocalSource:
     """A folder on this host (local disk or a mount), held open by a directory fd (gateway.sources.folder)."""
 
@@ -109,6 +97,7 @@ class LocalSource:
         self.marker = markers.Marker(settings.ready_marker) if settings.ready_marker else None
         self.max_file_bytes = max_file_bytes
         self.held = HeldFolder(settings.path, trees, holders)
+        self.taker = Taker(settings.name, self.held, self.trust_mtime, max_file_bytes)
         self._observer: InotifyObserver | None = None
         self._watching = False  # an observer was started (and so must be alive until stop)
         self._hints: set[str] = set()
@@ -294,192 +283,16 @@ class LocalSource:
         return result
 
     def fetch_many(self, jobs: list[tuple[Entry, Path]]) -> list[bool | Exception]:
-        """fetch() for each file, with one sync of the destination folder for all of them.
-
-        Each file is put at its destination first (a link of a file of the gateway's own
-        nobody else can write, else a snapshot: a copy of the gateway's own, capped by
-        max_file_bytes and a deadline); then the folder is synced once; only then are the
-        originals removed (a crash or power loss leaves each file at one name or both,
-        never at neither) and each checked for a writer that opened it in the instant
-        before (it is put back).
-        """
-        results: list[bool | Exception] = []
-        placed: dict[int, _Placed] = {}
-        try:
-            folder = self.held.fd()
-        except OSError as error:
-            return [error for _job in jobs]
-        try:
-            for entry, destination in jobs:
-                try:
-                    made = self._place(folder, entry, destination)
-                except Exception as error:
-                    results.append(error)
-                    continue
-                placed[len(results)] = made
-                results.append(made.kept)
-            removing = {index for index, made in placed.items() if made.remove}
-            for parent in {jobs[index][1].parent for index in removing}:
-                try:
-                    fsync_dir(parent)
-                except OSError as error:  # not taken: the original is still the file
-                    for index in [index for index in removing if jobs[index][1].parent == parent]:
-                        results[index] = error
-                        removing.discard(index)
-                        with contextlib.suppress(OSError):
-                            os.unlink(jobs[index][1])
-            for index in removing:
-                try:
-                    self._finish_move(folder, *jobs[index], placed[index])
-                except Exception as error:
-                    results[index] = error
-        finally:
-            for made in placed.values():
-                os.close(made.fd)
-        return results
+        """fetch() for each file, with one sync of work/ for all of them (gateway.sources.taking)."""
+        return self.taker.fetch_many(jobs)
 
     def complete_take(self, origin: str, destination: Path) -> bool:
         """A take cut short after the link into work/: the original is removed if it is the same file
         (the same inode: nothing new was written under its name) and nobody has it open for writing."""
         name = self._name_of(origin)
-        if name is None:
-            return False
-        folder = self.held.fd()
-        try:
-            there = os.stat(name, dir_fd=folder, follow_symlinks=False)
-            taken = os.lstat(destination)
-        except FileNotFoundError:
-            return False
-        if not stat.S_ISREG(there.st_mode) or identity(there) != identity(taken) \
-                or readiness.open_writers(destination).state != readiness.NOBODY:
-            return False  # released once its outcome is known, if unchanged, like any original kept
-        fsync_dir(destination.parent)
-        os.unlink(name, dir_fd=folder)
-        if readiness.open_writers(destination).state == readiness.WRITING:  # opened in the instant before
-            with contextlib.suppress(FileExistsError):  # a new file under its name: that one is the writer's
-                os.link(destination, name, dst_dir_fd=folder)
-            return False  # the original stays, checked again before upload and released like any kept
-        _own(destination)
-        return True
-
-    def _place(self, folder: int, entry: Entry, destination: Path) -> _Placed:
-        """Open the file (never following a link, never blocking), check it is the regular file that settled,
-        and put it at destination: a hard link where it is the gateway's own file, one link, nobody writing
-        it; else a snapshot. The original stays held open for _finish_move."""
-        origin = entry.origin
-        try:
-            fd, info = open_entry(folder, entry.name)
-        except (FileNotFoundError, NotADirectoryError):
-            raise SourceGone(f"{origin} disappeared before it could be taken") from None
-        except OSError as error:
-            if error.errno == errno.ELOOP:
-                raise SourceGone(f"{origin} was replaced by a link; not followed") from None
-            raise
-        try:
-            if not stat.S_ISREG(info.st_mode):
-                raise SourceGone(f"{origin} is no longer a regular file; not read")
-            if (info.st_size, info.st_mtime) != (entry.size, entry.mtime):
-                raise SourceGone(f"{origin} changed since it settled; it is taken once it settles again")
-            writers = readiness.lease_writers(fd) if self.trust_mtime else readiness.Writers(readiness.UNKNOWN)
-            if writers.state == readiness.WRITING:
-                raise SourceGone(f"{origin} was opened for writing again; it is taken once it settles again")
-            nobody = writers.state == readiness.NOBODY
-            if nobody and info.st_uid == os.geteuid() and info.st_nlink == 1 \
-                    and self._link(folder, entry, fd, info, destination):
-                return _Placed(fd, info, kept=False, remove=True, linked=True)
-            self._snapshot(folder, entry, fd, info, destination)
-            return _Placed(fd, info, kept=not nobody, remove=nobody, linked=False)
-        except BaseException:
-            os.close(fd)
-            raise
-
-    def _link(self, folder: int, entry: Entry, fd: int, info: os.stat_result, destination: Path) -> bool:
-        """Hard-link the held file at destination; False where links cannot be made (then it is copied)."""
-        try:
-            os.link(entry.name, destination, src_dir_fd=folder, follow_symlinks=False)
-        except FileNotFoundError:
-            raise SourceGone(f"{entry.origin} disappeared before it could be taken") from None
-        except FileExistsError:
-            raise
-        except OSError as error:
-            if error.errno in _NO_LINK:
-                return False
-            raise
-        if identity(os.lstat(destination)) != identity(info):  # its name was given to another file meanwhile
-            os.unlink(destination)
-            raise SourceGone(f"{entry.origin} was replaced while being taken; it is taken once it settles again")
-        if info.st_mode & 0o022:  # nobody else may change what is validated, sent and archived
-            os.fchmod(fd, stat.S_IMODE(info.st_mode) & ~0o022)
-        return True
-
-    def _snapshot(self, folder: int, entry: Entry, fd: int, info: os.stat_result, destination: Path) -> None:
-        """Copy the held file into destination as the gateway's own, capped by max_file_bytes and a deadline;
-        the original must be unchanged, and still at its name, once the copy is done."""
-        deadline = time.monotonic() + COPY_BASE_SECONDS + info.st_size / COPY_BYTES_PER_SECOND
-        try:
-            copied = snapshot(fd, destination, self.max_file_bytes, deadline)
-        except CopyCut as cut:
-            raise CopyCut(cut.errno, cut.strerror, entry.origin) from None
-        try:
-            after, named = os.fstat(fd), os.stat(entry.name, dir_fd=folder, follow_symlinks=False)
-        except FileNotFoundError:
-            named = None
-        if named is None or identity(named) != identity(info) or copied != info.st_size \
-                or (after.st_size, after.st_mtime) != (info.st_size, info.st_mtime):
-            os.unlink(destination)
-            raise SourceGone(f"{entry.origin} changed while it was copied; it is taken once it settles again")
-
-    def _finish_move(self, folder: int, entry: Entry, destination: Path, made: _Placed) -> None:
-        """After the folder sync: remove the original, if still the file taken, and check nobody opened it for
-        writing in the instant before (then it is put back, or, if it was copied, left where it is)."""
-        try:
-            named = os.stat(entry.name, dir_fd=folder, follow_symlinks=False)
-        except FileNotFoundError:  # removed meanwhile: taken all the same
-            named = None
-        if named is not None:
-            if identity(named) != identity(made.info):
-                os.unlink(destination)
-                raise SourceGone(f"{entry.origin} was replaced while being taken; it is taken once it settles again")
-            try:
-                os.unlink(entry.name, dir_fd=folder)
-            except OSError:  # a read-only source: the original stays the file, and work/ keeps no copy of it
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(destination)
-                raise
-        if readiness.lease_writers(made.fd).state == readiness.WRITING:  # opened in the instant before
-            self._put_back(folder, entry, destination, made)
-        if made.linked:
-            _own(destination)
-
-    def _put_back(self, folder: int, entry: Entry, destination: Path, made: _Placed) -> None:
-        try:
-            if made.linked:
-                os.link(destination, entry.name, dst_dir_fd=folder)
-            else:  # the held original: its writer goes on writing it, under its name again
-                os.link(f"/proc/self/fd/{made.fd}", entry.name, dst_dir_fd=folder, follow_symlinks=True)
-        except OSError as error:
-            log.warning("file.opened_while_taken", source=self.name, file=entry.name,
-                        detail=f"it could not be put back ({error.strerror or error}); taken as it is")
-            return
-        os.unlink(destination)
-        raise SourceGone(f"{entry.origin} was opened for writing as it was taken; put back, taken once it settles")
+        return name is not None and self.taker.complete_take(name, destination)
 
 
 def _plain(name: str) -> bool:
     """A name that can only be an entry of the folder itself."""
     return bool(name) and "/" not in name and "\x00" not in name and name not in (".", "..")
-
-
-def _own(path: Path) -> None:
-    """Make the file at path the gateway's own, if it is not (another link to it, another owner): a snapshot
-    replaces it, so nobody else can change what is validated, sent and archived."""
-    info = os.lstat(path)
-    if info.st_nlink == 1 and info.st_uid == os.geteuid():
-        return
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        copy = path.with_name(f".{path.name}.own-{os.getpid()}")
-        snapshot(fd, copy)
-        os.rename(copy, path)
-    finally:
-        os.close(fd)
