@@ -85,5 +85,6 @@ def _day(moment: float) -> str:
 
 
 def _span(seconds: float) -> str:
-    days, rest = divmod(int(seconds), 86400)
-    return f"{days} day(s) {rest // 3600} h" if days else f"{rest // 3600} h"
+    """A long time in days and hours, to the nearest hour."""
+    days, hours = divmod(round(seconds / 3600), 24)
+    return f"{days} day(s) {hours} h" if days else f"{hours} h"
