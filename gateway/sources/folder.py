@@ -18,6 +18,7 @@ import errno
 import os
 import stat
 import threading
+import weakref
 from pathlib import Path
 
 from gateway.errors import SourceUnavailable
@@ -75,6 +76,7 @@ class HeldFolder:
         self.holders = holders
         self._fd: int | None = None
         self._identity: Identity | None = None
+        self._closer: weakref.finalize[[int], HeldFolder] | None = None
         self._lock = threading.Lock()
 
     def fd(self) -> int:
@@ -88,10 +90,11 @@ class HeldFolder:
             return self._fd
 
     def close(self) -> None:
+        """Close the folder now (for a one-off check); a source keeps it until it is dropped."""
         with self._lock:
-            fd, self._fd = self._fd, None
-            if fd is not None:
-                os.close(fd)
+            self._fd = None
+            if self._closer is not None:
+                self._closer()
 
     def _open(self) -> None:
         try:
@@ -113,6 +116,7 @@ class HeldFolder:
             os.close(fd)
             raise FolderReplaced(problem)
         self._fd, self._identity = fd, identity(os.fstat(fd))
+        self._closer = weakref.finalize(self, os.close, fd)  # closed with the source: no thread uses a stale fd
 
     def _check(self) -> None:
         try:
@@ -127,7 +131,7 @@ class HeldFolder:
             what = "folder" if stat.S_ISDIR(now.st_mode) else "file"
             raise FolderReplaced(f"{self.path} was replaced by another {what}; paused: nothing is read from it "
                                  "until the folder that was opened is back "
-                                 "(restart the service to take files from the new one)")
+                                 "(reload or restart the service to take files from the new one)")
 
     def _own_folder_problem(self, fd: int) -> str | None:
         """Why this opened folder must never be read (it is, or is inside, a folder of the gateway's), or None."""

@@ -131,7 +131,6 @@ class LocalSource:
         if observer is not None:
             observer.stop()
             observer.join(timeout=5)
-        self.held.close()
 
     def healthy(self) -> bool:
         """False once a started inotify observer has died (or was stopped)."""

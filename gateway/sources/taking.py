@@ -230,7 +230,7 @@ def _own(path: Path) -> None:
         return
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        copy = path.with_name(f".{path.name}.own-{os.getpid()}")
+        copy = path.with_name(f".{path.name}.own.partial-{os.getpid()}")  # what a crash leaves: removed at start
         snapshot(fd, copy)
         os.rename(copy, path)
     finally:
