@@ -157,6 +157,9 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
             minimum=1024),
         Key("unreadable_attempts", "int", 5, "Unreadable answers (not NCIP) for one entry before it goes to the "
             "dead letters with an excerpt of the answer; each attempt after a backoff.", minimum=1),
+        Key("client_error_tries", "int", 5, "HTTP client errors (4xx other than 408 and 429: the server will not "
+            "take this message) for one entry in a row before it goes to the dead letters and the next entry is "
+            "sent; each try after a backoff.", minimum=1),
         Key("from_agency", "str", REQUIRED, "FROM Unique Agency ID (CAIAAGENCY): the CaiaSoft agency."),
         Key("to_agency", "str", REQUIRED, "TO Unique Agency ID (CLIENTAGENCY): the ALEPH agency."),
         Key("application_profile", "str", "",

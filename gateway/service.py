@@ -304,7 +304,8 @@ class Service:
             ncip = snapshot.NcipState(lag_bytes=lag_bytes, lag_entries=lag_entries,
                                       last_success=parts.relay.last_success, last_problem=parts.relay.last_problem,
                                       dead_letters=parts.relay.dead_letters.count(),
-                                      feed_problem=parts.feed.problem if parts.feed else None)
+                                      feed_problem=parts.feed.problem if parts.feed else None,
+                                      journal_problem=parts.relay.journal_problem)
         retention = self._retention.problem if self._retention is not None else None
         snapshot.publish(ledger, snapshot.Snapshot(pid=os.getpid(), updated=now, sources=sources, paused=paused,
                                                    ncip=ncip, faults=faults, retention=retention))
@@ -315,6 +316,8 @@ class Service:
                 f"errors today {ledger.count_finished_since(FileState.REFUSED, midnight)}")
         if ncip:
             line += f", NCIP lag {ncip['lag_entries']}"
+            if ncip["journal_problem"]:
+                line += f"; NCIP JOURNAL NOT READ: {ncip['journal_problem']}"
             if ncip["feed_problem"]:
                 line += "; STATUS FEED: see caiasoft-gateway status"
         if paused:

@@ -159,6 +159,7 @@ class Ncip:
     form_content_type: str
     max_answer_bytes: int
     unreadable_attempts: int
+    client_error_tries: int
     from_agency: str
     to_agency: str
     application_profile: str

@@ -44,6 +44,7 @@ class NcipState(TypedDict):
     last_problem: str | None
     dead_letters: int
     feed_problem: str | None
+    journal_problem: str | None  # why the journal is not read now (a link, a directory ... at its path)
 
 
 class Snapshot(TypedDict):

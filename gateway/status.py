@@ -180,8 +180,12 @@ def render(status: dict[str, Any]) -> str:
     ncip = status.get("ncip")
     if ncip:
         last = _iso(ncip["last_success"]) or "none yet"
+        if ncip.get("journal_problem"):
+            lines.append(f"NCIP JOURNAL NOT READ: {ncip['journal_problem']}")
         lines.append(f"NCIP relay:     {ncip['lag_entries']} entries ({ncip['lag_bytes']} bytes) behind, "
-                     f"last success {last}, {ncip['dead_letters']} dead letter(s)")
+                     f"last success {last}, {ncip['dead_letters']} dead letter(s)"
+                     + (" (the journal is not read: what is behind is not known)"
+                        if ncip.get("journal_problem") else ""))
         for label, problem in (("last problem", ncip["last_problem"]), ("feed problem", ncip["feed_problem"])):
             if problem:
                 lines.append(f"  {label}: {problem}")

@@ -18,6 +18,7 @@ the middle. Stated policies:
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
 import hashlib
 import json
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import logs
+from gateway.ncip import xmltext
 
 ACTIONS = ("checkout", "checkin")
 FIELDS = {"action", "item", "stop", "user", "request_id", "id"}
@@ -78,17 +80,50 @@ def parse_entry(raw: bytes) -> JournalEntry:
         value = data.get(key)
         return value.strip() if isinstance(value, str) else None
 
-    return JournalEntry(action=data["action"], item=data["item"].strip(), stop=text("stop"), user=text("user"),
-                        request_id=text("request_id"), id=text("id"))
+    entry = JournalEntry(action=data["action"], item=data["item"].strip(), stop=text("stop"), user=text("user"),
+                         request_id=text("request_id"), id=text("id"))
+    refuse_uncarried(entry)
+    return entry
+
+
+def refuse_uncarried(entry: JournalEntry) -> None:
+    """Raise ValueError naming the first value an NCIP message cannot carry (gateway.ncip.xmltext)."""
+    for key, value in entry.as_dict().items():
+        problem = xmltext.problem(key, value)
+        if problem is not None:
+            raise ValueError(problem)
 
 
 def append(path: Path, entry: JournalEntry) -> None:
-    """Append one whole line under an exclusive lock, synced to disk before returning."""
+    """Append one whole line under an exclusive lock, synced to disk before returning.
+
+    Raise ValueError (naming the value) for an entry the relay would refuse, OSError if the journal cannot be
+    appended to: a symbolic link there is not followed and anything but a regular file is refused, so whoever
+    may write the journal's folder cannot make the writer (the feed runs as the gateway) append elsewhere."""
+    refuse_uncarried(entry)
     line = (json.dumps(entry.as_dict(), ensure_ascii=False) + "\n").encode("utf-8")
     parse_entry(line[:-1])  # never write what the relay would refuse
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
     try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        mode = stat.S_IFREG
+    if stat.S_ISLNK(mode):
+        raise OSError(errno.ELOOP, "it is a symbolic link, which is not followed", str(path))
+    kind = None if stat.S_ISDIR(mode) else file_kind(mode)  # a directory: open() says "Is a directory"
+    if kind is not None:  # a FIFO or a device is never opened
+        raise OSError(errno.EINVAL, f"it is {kind}, not a regular file", str(path))
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK,
+                     0o640)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "it is a symbolic link, which is not followed", str(path)) from None
+        raise
+    try:
+        kind = file_kind(os.fstat(fd).st_mode)
+        if kind is not None:
+            raise OSError(errno.EINVAL, f"it is {kind}, not a regular file", str(path))
         fcntl.flock(fd, fcntl.LOCK_EX)
         written = 0
         while written < len(line):
@@ -96,6 +131,57 @@ def append(path: Path, entry: JournalEntry) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)  # closing releases the lock
+
+
+class JournalRefused(Exception):
+    """What is at the journal's path is not read: a symbolic link, a directory, a FIFO, a device ..."""
+
+
+def file_kind(mode: int) -> str | None:
+    """None for a regular file; otherwise what the file is, in words."""
+    if stat.S_ISREG(mode):
+        return None
+    kinds = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+             (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((words for test, words in kinds if test(mode)), "not a regular file")
+
+
+def open_journal(path: Path) -> int | None:
+    """Open the journal for reading: never through a symbolic link, never blocking, only a regular file.
+
+    Return the descriptor, or None if nothing is at path. Raise JournalRefused naming the path and what is
+    there instead (checked before opening, so a device or a FIFO is never opened, and again on the descriptor,
+    so nothing swapped in between is read), or why it cannot be opened."""
+    try:
+        kind = file_kind(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise JournalRefused(f"cannot look at the journal {path}: {error.strerror or error}") from None
+    if kind is None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            if error.errno != errno.ELOOP:
+                raise JournalRefused(f"cannot open the journal {path}: {error.strerror or error}") from None
+            kind = "a symbolic link"
+        else:
+            kind = file_kind(os.fstat(fd).st_mode)
+            if kind is None:
+                return fd
+            os.close(fd)
+    raise JournalRefused(f"the journal {path} is {kind}: not read (the journal must be a regular file; a symbolic "
+                         "link is not followed); the relay resumes once a regular file is there")
+
+
+def _open_regular(path: Path) -> int | None:
+    """A rotated or copied journal beside the journal, open, if it is a regular file (links not followed)."""
+    try:
+        return open_journal(path)
+    except JournalRefused:
+        return None
 
 
 @dataclass(frozen=True)
@@ -140,6 +226,7 @@ class Tailer:
         self._offset = 0
         self._rotated = False  # reading an old (renamed or copied) file; the one at path comes next
         self._mark: dict[str, Any] | None = None  # the last checkpoint: what the file held up to the offset
+        self.problem: str | None = None  # why what is at the journal's path is not read, while it is not
 
     @property
     def _file(self) -> int:
@@ -156,8 +243,12 @@ class Tailer:
 
     def _open(self) -> bool:
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
+            fd = open_journal(self.path)
+        except JournalRefused as error:
+            self._note_problem(str(error))
+            return False
+        self._note_problem(None)
+        if fd is None:
             return False
         saved, self._saved = self._saved, None
         self._fd, self._offset, self._rotated, self._mark = fd, 0, False, None
@@ -181,10 +272,24 @@ class Tailer:
                                "never relayed")
         return True
 
+    def _note_problem(self, problem: str | None) -> None:
+        """Say when the journal's path starts or stops holding something that is not read."""
+        if problem == self.problem:
+            return
+        if problem is not None:
+            log.warning("journal.refused", journal=str(self.path), reason=problem,
+                        policy="nothing is read from it; the relay waits and resumes once a regular file is there")
+        else:
+            log.info("journal.readable", journal=str(self.path), after=self.problem)
+        self.problem = problem
+
     def _find_old(self, saved: dict[str, Any], by_inode: bool) -> int | None:
         """In the journal's folder, the old journal: renamed (same inode, by_inode) or copied (same content
         up to the checkpoint, as logrotate's copytruncate leaves it). An open descriptor, or None."""
-        current = os.stat(self.path) if not by_inode and self.path.exists() else None
+        try:
+            current = None if by_inode else os.lstat(self.path)
+        except OSError:
+            current = None
         for candidate in sorted(self.path.parent.iterdir()):
             try:
                 info = candidate.lstat()
@@ -197,9 +302,8 @@ class Tailer:
             if not by_inode and (current is None or (info.st_dev, info.st_ino) == (current.st_dev, current.st_ino)
                                  or info.st_size < saved["offset"]):
                 continue
-            try:
-                fd = os.open(candidate, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
+            fd = _open_regular(candidate)
+            if fd is None:
                 continue
             if _same_content(fd, saved):
                 return fd
@@ -232,11 +336,12 @@ class Tailer:
     def _switched(self) -> bool:
         """At the end of the file: if it was rotated, move on to the new one. True if the position changed."""
         try:
-            info = os.stat(self.path)
+            info = os.lstat(self.path)  # a link put in its place is another file (and refused by _open)
         except FileNotFoundError:
             return False
         current = os.fstat(self._file)
         if self._rotated or (info.st_dev, info.st_ino) != (current.st_dev, current.st_ino):
+            mark = None if self._rotated else self._mark
             rest = current.st_size - self._offset
             if rest:
                 log.warning("journal.partial_line_dropped", journal=str(self.path), bytes=rest,
@@ -257,17 +362,19 @@ class Tailer:
                                 policy="old file read to its end, then the new one from its start")
                 else:
                     log.info("journal.rotated", journal=str(self.path), policy="old file read to its end")
-            return self._open()
+            if self._open():
+                return True
+            if self.problem is not None and mark is not None:  # a link, a directory ... in its place: the file
+                self._saved = mark  # that comes back is compared with where reading stopped, as on a start
         return False
 
     def _rotated_after(self, finished: os.stat_result, journal: os.stat_result) -> tuple[int, str] | None:
         """The oldest rotated copy written after the finished file, open, if any: the journal was rotated
         twice or more before the finished file was read to its end."""
         for name in self._rotated_names_after(finished, journal):
-            try:
-                return os.open(self.path.parent / name, os.O_RDONLY | os.O_CLOEXEC), name
-            except OSError:
-                continue
+            fd = _open_regular(self.path.parent / name)
+            if fd is not None:
+                return fd, name
         return None
 
     def _rotated_names_after(self, finished: os.stat_result, journal: os.stat_result | None) -> list[str]:
@@ -354,7 +461,7 @@ class Tailer:
         pending = [(self._fd, self._offset)]
         opened: list[int] = []
         try:
-            journal: os.stat_result | None = os.stat(self.path)
+            journal: os.stat_result | None = os.lstat(self.path)
         except OSError:
             journal = None
         reading = os.fstat(self._fd)
@@ -363,11 +470,11 @@ class Tailer:
             # an old file (renamed, or a copy): the rotated copies after it, then the journal, are behind too
             for path in [self.path.parent / name for name in self._rotated_names_after(reading, journal)] \
                     + [self.path]:
-                try:
-                    opened.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
-                except OSError:
+                fd = _open_regular(path)
+                if fd is None:
                     continue
-                pending.append((opened[-1], 0))
+                opened.append(fd)
+                pending.append((fd, 0))
         try:
             total_bytes = total_entries = 0
             for fd, offset in pending:

@@ -11,7 +11,12 @@ sent, so an answered entry is never sent again after kill -9. Outcomes:
   an answer that is not NCIP                             the same entry again, after a backoff, at most
                                                          unreadable_attempts times; then a dead letter
                                                          with an excerpt of the answer
-  any other Problem, or an invalid line                  a dead letter in error_dir/ncip/, then the next
+  an HTTP client error (4xx but 408 and 429: the server  the same entry again, after a backoff, at most
+  will not take this message)                            client_error_tries times; then a dead letter
+  any other Problem, or an invalid line (not JSON, not   a dead letter in error_dir/ncip/, then the next
+  an entry, or a value an NCIP message cannot carry)
+The journal is read as its own writer left it, never through a link (gateway.ncip.journal):
+while something else is at its path, nothing is read, and `status` says why (journal_problem).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import unicodedata
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +37,12 @@ from gateway.events import NO_EVENTS, Events
 from gateway.ledger import Ledger
 from gateway.ncip import answers, messages, transport
 from gateway.ncip.answers import Problem
-from gateway.ncip.journal import JournalEntry, Line, Tailer
+from gateway.ncip.journal import JournalEntry, Line, Tailer, refuse_uncarried
 from gateway.states import NcipOutcome, NcipVerdict
 from gateway.worker import Worker
 
 POLL_SECONDS = 0.2
+RETRIED_CLIENT_ERRORS = (408, 429)  # Request Timeout, Too Many Requests: the next try may be taken
 
 log = logs.get("gateway.ncip.relay")
 
@@ -61,14 +68,38 @@ class NcipClient:
         self.transport.close()
 
     def send(self, entry: JournalEntry) -> Answer:
+        try:  # a value no XML can carry is never sent (the tailer refuses such lines before they come here)
+            refuse_uncarried(entry)
+            message = messages.build(self.settings, entry)
+        except ValueError as error:
+            return Answer(NcipVerdict.REFUSED, str(error))
         try:
-            reply = answers.answer_to(entry.action, self.transport.exchange(messages.build(self.settings, entry)))
+            reply = answers.answer_to(entry.action, self.transport.exchange(message))
         except transport.NcipUnavailable as error:
             return Answer(NcipVerdict.TEMPORARY, str(error), http_status=error.http_status)
         except answers.UnreadableAnswer as error:
             return Answer(NcipVerdict.UNREADABLE, str(error), excerpt=error.excerpt)
         judgement = answers.judge(self.settings, entry.action, reply.problems)
         return Answer(judgement.verdict, judgement.reason, tuple(reply.problems), version=reply.version)
+
+
+ACTED_ON = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})  # controls (0x9b starts an escape sequence), bidi overrides
+# and other format characters, line and paragraph separators, surrogates (not UTF-8)
+
+
+def _json_line(record: dict[str, Any]) -> str:
+    """The record as one line of JSON: readable text kept as it is, every character a terminal, an editor or a
+    line splitter acts on (which json.dumps leaves raw above U+007E) written as a \\uXXXX escape instead."""
+    return "".join(_escaped(char) if char > "~" and unicodedata.category(char) in ACTED_ON else char
+                   for char in json.dumps(record, ensure_ascii=False))
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"  # JSON's UTF-16 pair
 
 
 class DeadLetters:
@@ -82,7 +113,7 @@ class DeadLetters:
     def add(self, record: dict[str, Any]) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"{dt.date.today():%Y-%m-%d}.jsonl"
-        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        line = (_json_line(record) + "\n").encode("utf-8")
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         try:
             os.write(fd, line)
@@ -109,9 +140,14 @@ class Relay(Worker):
         self.tailer: Tailer | None = None
         self._mismatch: str | None = None
         self.events: Events = NO_EVENTS  # alerts and metrics hear of each finished entry (gateway.monitor)
-        self._failures = self._unreadable = 0
-        self._unreadable_entry: tuple[int, JournalEntry] | None = None
+        self._failures = self._strikes = 0
+        self._struck: tuple[int, JournalEntry, str] | None = None  # the entry and kind of answer counted
         self._unsaved: dict[str, Any] | None = None  # the place past an answered entry, its save failed
+
+    @property
+    def journal_problem(self) -> str | None:
+        """Why the journal is not read now (a link, a directory, a FIFO ... at its path), or None."""
+        return self.tailer.problem if self.tailer else None
 
     def lag(self) -> tuple[int, int]:
         tailer = self.tailer
@@ -150,16 +186,7 @@ class Relay(Worker):
         fields = dict(item=line.entry.item, action=line.entry.action, entry_id=line.entry.id,
                       offset=line.start, status=answer.http_status)
         self._note_version(answer.version)
-        if answer.verdict != NcipVerdict.UNREADABLE or (line.start, line.entry) != self._unreadable_entry:
-            self._unreadable = 0
-        if answer.verdict == NcipVerdict.UNREADABLE:
-            self._unreadable, self._unreadable_entry = self._unreadable + 1, (line.start, line.entry)
-        if answer.verdict == NcipVerdict.UNREADABLE and self._unreadable >= self.settings.unreadable_attempts:
-            log.warning("ncip.unreadable", **fields, reason=answer.reason, attempts=self._unreadable,
-                        excerpt=answer.excerpt, policy="dead letter, next entry")
-            answer = Answer(NcipVerdict.REFUSED, f"{answer.reason} ({self._unreadable} attempts)",
-                            excerpt=answer.excerpt)
-            self._unreadable = 0
+        answer = self._bounded(line, answer, fields)
         if answer.verdict in (NcipVerdict.TEMPORARY, NcipVerdict.UNREADABLE):
             self._failures += 1
             delay = self.backoff.delay(self._failures)
@@ -179,6 +206,30 @@ class Relay(Worker):
                      **({"problem": answer.reason} if answer.verdict == NcipVerdict.ALREADY else {}))
             self.events.ncip_entry(NcipOutcome(answer.verdict), line.entry.as_dict())
         self._commit(line)
+
+    def _bounded(self, line: Line, answer: Answer, fields: dict[str, Any]) -> Answer:
+        """The answer, or a refusal once the same entry has had unreadable answers unreadable_attempts times in a
+        row, or HTTP client errors client_error_tries times: retried for ever, either would hold up every later
+        entry, and neither comes right by waiting."""
+        status = answer.http_status
+        kind = "unreadable" if answer.verdict == NcipVerdict.UNREADABLE else \
+            "client_error" if answer.verdict == NcipVerdict.TEMPORARY and status is not None and \
+            400 <= status < 500 and status not in RETRIED_CLIENT_ERRORS else None
+        assert line.entry is not None, "only entries are sent"
+        if kind is None or (line.start, line.entry, kind) != self._struck:
+            self._strikes = 0
+        if kind is None:
+            return answer
+        self._strikes, self._struck = self._strikes + 1, (line.start, line.entry, kind)
+        limit = self.settings.unreadable_attempts if kind == "unreadable" else self.settings.client_error_tries
+        if self._strikes < limit:
+            return answer
+        log.warning(f"ncip.{kind}", **fields, reason=answer.reason, attempts=self._strikes, excerpt=answer.excerpt,
+                    policy="dead letter, next entry")
+        refused = Answer(NcipVerdict.REFUSED, f"{answer.reason} ({self._strikes} attempts)",
+                         http_status=status, excerpt=answer.excerpt)
+        self._strikes, self._struck = 0, None
+        return refused
 
     def _note_version(self, version: str | None) -> None:
         if version and version != self.settings.version and version != self._mismatch:

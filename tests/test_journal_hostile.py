@@ -1,0 +1,197 @@
+"""The journal as hostile input, in the real daemon: whoever may write it (or its folder) cannot stop the relay,
+make it read another file, or have it send what no XML can carry; a server that keeps refusing one entry with a
+client error does not hold up the rest; every state in which the relay waits is named in `status`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import KEY, ncip_table, wait_for
+from test_relay import add, dead_letters, ncip, relay_site  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.e2e
+
+# Lines a hostile or careless writer leaves in the journal: values as JSON escapes (what json.dumps writes),
+# and one with a raw control byte inside a JSON string. None of them can go into an NCIP message as written.
+UNCARRIED = {
+    "A\\u0001B": "U+0001",        # a C0 control
+    "N\\u0000UL": "U+0000",       # NUL
+    "V\\u000bT": "U+000B",        # vertical tab
+    "\\ud800LONE": "U+D800",      # a lone surrogate (raised in the v1 builder)
+    "NON\\ufffe": "U+FFFE",       # a non-character
+}
+
+
+def cli(site, *args: str, **options) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gateway", "-c", str(site.config_file), *args],
+                          capture_output=True, text=True, timeout=60, **options)
+
+
+def ncip_status(site) -> dict:
+    report = json.loads(cli(site, "status", "--json").stdout)
+    return report["ncip"] or {}
+
+
+@pytest.mark.parametrize("version", ["1", "2"])
+def test_values_no_xml_can_carry_are_dead_letters_and_the_tail_goes_on(relay_site, ncip, daemon_factory,  # noqa: F811
+                                                                        version):
+    relay_site.write_ncip(version=version)
+    add(relay_site, "checkin", "BEFORE-1")
+    with open(relay_site.journal, "ab") as handle:
+        for item in UNCARRIED:
+            handle.write(b'{"action": "checkin", "item": "%s"}\n' % item.encode())
+        handle.write(b'{"action": "checkout", "item": "OK-ITEM", "user": "CAIA\\u0007"}\n')  # the user, not the item
+        handle.write(b'{"action": "checkin", "item": "RAW\x01BYTE"}\n')  # not even JSON
+    add(relay_site, "checkin", "AFTER-1")
+    daemon = daemon_factory(relay_site.config_file)
+    wait_for(lambda: any(r.item == "AFTER-1" for r in ncip.received), timeout=30, message="the entry after them")
+    letters = wait_for(lambda: len(dead_letters(relay_site)) == len(UNCARRIED) + 2 and dead_letters(relay_site),
+                       message="a dead letter for each")
+    assert daemon.stop() == 0
+    assert [(r.item, r.valid) for r in ncip.received] == [("BEFORE-1", True), ("AFTER-1", True)], \
+        "nothing that cannot be carried was sent"
+    reasons = [letter["reason"] for letter in letters]
+    for (item, character), reason in zip(UNCARRIED.items(), reasons, strict=False):
+        assert f"item {json.loads(chr(34) + item + chr(34))!r} holds {character}" in reason, reason
+        assert "an NCIP message cannot carry it" in reason
+    assert reasons[len(UNCARRIED)].startswith("user 'CAIA\\x07' holds U+0007, a control character")
+    assert "not JSON" in reasons[-1]
+    log = (relay_site.log_dir / "gateway.log").read_text()
+    assert '"event": "worker.fault"' not in log and '"event": "ncip.retry"' not in log
+
+
+def test_an_entry_the_server_keeps_refusing_with_a_client_error_is_a_dead_letter_and_the_rest_go_on(
+        relay_site, ncip, daemon_factory):  # noqa: F811
+    relay_site.write_ncip(extra_ncip="client_error_tries = 3")
+    ncip.queue_faults("400", "400", "400", "429", "429", "429", "429", "408", "408", "408", "408")
+    add(relay_site, "checkin", "REFUSED-1")   # answered 400 three times: a dead letter
+    add(relay_site, "checkin", "BUSY-1")      # 429 and 408 are retried as long as it takes: sent
+    add(relay_site, "checkin", "AFTER-1")
+    daemon = daemon_factory(relay_site.config_file)
+    wait_for(lambda: any(r.item == "AFTER-1" for r in ncip.received), timeout=30, message="the last entry")
+    [letter] = wait_for(lambda: dead_letters(relay_site), message="the dead letter")
+    assert daemon.stop() == 0
+    assert [r.item for r in ncip.received] == ["BUSY-1", "AFTER-1"], "in order, each once"
+    assert letter["entry"]["item"] == "REFUSED-1" and letter["http_status"] == 400
+    assert letter["reason"] == "NCIP server answered HTTP 400 (3 attempts)"
+    log = [json.loads(line) for line in (relay_site.log_dir / "gateway.log").read_text().splitlines()]
+    assert [e["attempts"] for e in log if e["event"] == "ncip.client_error"] == [3]
+
+
+@pytest.mark.parametrize("argument,named", [(b"A\x01B", "'A\\x01B' holds U+0001"),
+                                            (b"31234\xff", "'31234\\udcff' holds U+DCFF"),
+                                            (b"TAB\tINSIDE", "'TAB\\tINSIDE' holds U+0009")])
+def test_the_journal_command_refuses_what_no_ncip_message_can_carry(relay_site, argument, named):  # noqa: F811
+    result = subprocess.run([sys.executable.encode(), b"-m", b"gateway", b"-c", bytes(relay_site.config_file),
+                             b"journal", b"checkin", argument], capture_output=True, timeout=60)
+    assert result.returncode == 2, result
+    stderr = result.stderr.decode()
+    assert stderr.startswith(f"caiasoft-gateway journal: item {named}"), stderr
+    assert "Traceback" not in stderr
+    assert not relay_site.journal.exists(), "nothing appended"
+
+
+def test_the_journal_command_does_not_follow_a_link_or_open_a_fifo(relay_site, tmp_path):  # noqa: F811
+    target = tmp_path / "gateway.toml.copy"
+    target.write_text("kept = true\n")
+    relay_site.journal.symlink_to(target)
+    result = cli(relay_site, "journal", "checkin", "L-1")
+    assert result.returncode == 1 and "it is a symbolic link" in result.stderr, result.stderr
+    assert target.read_text() == "kept = true\n", "nothing appended where the link points"
+    relay_site.journal.unlink()
+    os.mkfifo(relay_site.journal)
+    result = cli(relay_site, "journal", "checkin", "F-1")  # timeout=60: a blocking open would hang here
+    assert result.returncode == 1 and "it is a FIFO (named pipe), not a regular file" in result.stderr, result.stderr
+
+
+def _wait_for_problem(site, words: str) -> dict:
+    return wait_for(lambda: (state := ncip_status(site)).get("journal_problem") and
+                    words in state["journal_problem"] and state, timeout=30, interval=0.3,
+                    message=f"status naming the journal problem ({words})")
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo"])
+def test_a_journal_replaced_by_a_directory_or_a_fifo_is_named_in_status_and_the_relay_resumes(
+        relay_site, ncip, daemon_factory, kind):  # noqa: F811
+    add(relay_site, "checkin", "OLD-1")
+    daemon = daemon_factory(relay_site.config_file)
+    ncip.wait_for(1, timeout=30)
+    kept = relay_site.journal.with_name("kept.jsonl")
+    relay_site.journal.rename(kept)
+    if kind == "directory":
+        relay_site.journal.mkdir()
+    else:
+        os.mkfifo(relay_site.journal)
+    words = "is a directory" if kind == "directory" else "is a FIFO (named pipe)"
+    state = _wait_for_problem(relay_site, words)
+    assert str(relay_site.journal) in state["journal_problem"]
+    text = cli(relay_site, "status").stdout
+    assert f"NCIP JOURNAL NOT READ: the journal {relay_site.journal} {words}" in text, text
+    if kind == "directory":
+        relay_site.journal.rmdir()
+    else:
+        relay_site.journal.unlink()
+    kept.rename(relay_site.journal)  # the file is back
+    add(relay_site, "checkin", "NEW-1")
+    wait_for(lambda: any(r.item == "NEW-1" for r in ncip.received), timeout=15, message="NEW-1, soon after")
+    wait_for(lambda: not ncip_status(relay_site).get("journal_problem"), timeout=30, interval=0.3,
+             message="the problem gone from status")
+    assert daemon.stop() == 0
+    assert [r.item for r in ncip.received] == ["OLD-1", "NEW-1"], "nothing sent twice, nothing skipped"
+    assert dead_letters(relay_site) == []
+    log = (relay_site.log_dir / "gateway.log").read_text()
+    assert '"event": "journal.refused"' in log and '"event": "journal.readable"' in log
+    assert '"event": "worker.paused"' not in log and '"event": "worker.fault"' not in log
+
+
+def test_a_journal_swapped_for_a_link_to_the_gateways_key_file_is_not_read(
+        unprivileged_site, gateway_install, simulator, ncip, daemon_factory):  # noqa: F811
+    """The gateway runs as its own user; ALEPH's user, who may write the journal's folder, puts a link to the
+    API key file (readable by the gateway only) in the journal's place. Nothing of it is sent or dead-lettered."""
+    site, runner = unprivileged_site, gateway_install
+    folder = site.root / "aleph-journal"
+    folder.mkdir()
+    folder.chmod(0o777)  # ALEPH's user (root here) and the gateway both write there
+    journal_path = folder / "ncip.jsonl"
+    site.write(simulator.url, extra=ncip_table(ncip.url, journal_path, backoff_initial_seconds=0.05,
+                                               backoff_max_seconds=0.3))
+    site.journal = journal_path
+    add(site, "checkin", "OLD-1")
+    journal_path.chmod(0o644)  # written by ALEPH's user, read by the gateway's
+    daemon = daemon_factory(site.config_file, command=[*runner.prefix(), str(runner.executable)],
+                            env=runner.environment(), clean_env=True)
+    ncip.wait_for(1, timeout=60)
+    kept = folder / "kept.jsonl"
+    journal_path.rename(kept)
+    secret = site.root / "entries-only-the-gateway-reads"
+    secret.write_bytes(b'{"action": "checkin", "item": "SECRET-1"}\n')
+    runner.give(secret)
+    secret.chmod(0o600)
+    for number, target in enumerate((site.key_file, secret), start=1):
+        journal_path.symlink_to(target)
+        wait_for(lambda n=number: events(site, "journal.refused") == n, timeout=30, message=f"{target} refused")
+        state = wait_for(lambda: (s := json.loads(runner.run("-c", str(site.config_file), "status", "--json")
+                                                  .stdout)["ncip"]) and s["journal_problem"] and s,
+                         timeout=30, interval=0.3, message="status naming the link")
+        assert state["journal_problem"].startswith(f"the journal {journal_path} is a symbolic link: not read")
+        journal_path.unlink()
+        wait_for(lambda n=number: events(site, "journal.readable") == n, timeout=30, message="the link gone")
+    kept.rename(journal_path)
+    add(site, "checkin", "NEW-1")
+    wait_for(lambda: any(r.item == "NEW-1" for r in ncip.received), timeout=30, message="NEW-1 once it is back")
+    assert daemon.stop() == 0
+    assert [r.item for r in ncip.received] == ["OLD-1", "NEW-1"]
+    assert dead_letters(site) == []
+    for path in site.written_files():
+        assert KEY.encode() not in path.read_bytes(), f"the API key is in {path}"
+
+
+def events(site, name: str) -> int:
+    """How many times the daemon logged this event."""
+    log = site.log_dir / "gateway.log"
+    return log.read_text().count(f'"event": "{name}"') if log.exists() else 0
