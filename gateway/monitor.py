@@ -53,10 +53,13 @@ class Monitor(Events):
     """Alerts and metrics for one config: an Events listener plus the workers that go with it."""
 
     def __init__(self, config: Config, ledger: Ledger, clock: Callable[[], float] = time.time,
-                 delivery: Delivery | None = None):
+                 delivery: Delivery | None = None, steady: Callable[[], float] = time.monotonic):
+        """clock gives the times recorded and compared with the ledger's (a file's age); steady measures how long a
+        condition has lasted (unreachable_after_seconds), so a wall-clock step neither delays nor hastens an alert."""
         self.config = config
         self.ledger = ledger
         self.clock = clock
+        self.steady = steady
         self.host = socket.gethostname()
         self.alerting = config.alerts
         self.sender: AlertSender | None = None
@@ -67,7 +70,7 @@ class Monitor(Events):
         if config.metrics:
             from gateway.metrics import Metrics
             self.metrics = Metrics(config.metrics, ledger, [source.name for source in config.sources], clock)
-        self._since: dict[str, float] = {}  # condition -> when it was first seen (this run)
+        self._since: dict[str, float] = {}  # condition -> when it was first seen (this run, on steady)
         self._alerted: set[str] = set()     # conditions an alert was raised for, whose end is announced
         self._tick = threading.local()  # .held: alerts the tick in this thread raised, queued together at its end
 
@@ -159,38 +162,40 @@ class Monitor(Events):
 
     def _check(self, conditions: Conditions, after: float) -> None:
         """Raise or end the alert of each lasting condition (unreachable after `after` seconds)."""
-        now = self.clock()
-        self._edge("paused", conditions.paused is not None, 0.0, now,
+        now, lasting = self.clock(), self.steady()
+        self._edge("paused", conditions.paused is not None, 0.0, lasting,
                    lambda: alerttexts.paused(conditions.paused or "", self._pending(),
                                              self.config.caiasoft.auth_pause_seconds),
                    alerttexts.resumed)
         pending = f"{self._pending()} request file(s) wait in the queue"
         self._edge("unreachable:caiasoft", conditions.caiasoft_problem is not None and not conditions.paused,
-                   after, now,
+                   after, lasting,
                    lambda: alerttexts.unreachable("CaiaSoft", self.config.caiasoft.base_url,
-                                                  conditions.caiasoft_problem or "", self._duration("caiasoft", now),
-                                                  pending),
+                                                  conditions.caiasoft_problem or "",
+                                                  self._duration("caiasoft", lasting), pending),
                    lambda: alerttexts.reachable("CaiaSoft", self.config.caiasoft.base_url))
         if self.config.ncip is not None:
             ncip_url = self.config.ncip.url
-            self._edge("unreachable:ncip", conditions.ncip_problem is not None, after, now,
+            self._edge("unreachable:ncip", conditions.ncip_problem is not None, after, lasting,
                        lambda: alerttexts.unreachable("NCIP", ncip_url, conditions.ncip_problem or "",
-                                                      self._duration("ncip", now),
+                                                      self._duration("ncip", lasting),
                                                       f"{conditions.ncip_behind} journal entries wait"),
                        lambda: alerttexts.reachable("NCIP", ncip_url))
         for source, problem in conditions.sources.items():
             location = conditions.locations.get(source, "")
-            self._edge(f"source_problem:{source}", problem is not None, SOURCE_PROBLEM_SECONDS, now,
+            self._edge(f"source_problem:{source}", problem is not None, SOURCE_PROBLEM_SECONDS, lasting,
                        functools.partial(alerttexts.source_problem, source, location, problem or ""),
                        functools.partial(alerttexts.source_ok, source, location))
         calm = conditions.paused is None and conditions.caiasoft_problem is None
         oldest = self.ledger.oldest_open() if calm else None  # one row a tick; the list only when raised
-        self._edge("stuck", oldest is not None and now - oldest.seen_at >= after, 0.0, now,
+        self._edge("stuck", oldest is not None and now - oldest.seen_at >= after, 0.0, lasting,
                    lambda: alerttexts.stuck(self._stuck(now, after), after), alerttexts.stuck_cleared)
 
     def _edge(self, name: str, active: bool, after: float, now: float,
               raised: Callable[[], dict[str, Any]], ended: Callable[[], dict[str, Any]]) -> None:
-        """Raise name's alert once it has been active for after seconds; announce its end if it was raised."""
+        """Raise name's alert once it has been active for after seconds; announce its end if it was raised.
+
+        now is on the steady clock (self.steady), as the times in self._since are."""
         kind = name.split(":", 1)[0]
         if active:
             since = self._since.setdefault(name, now)

@@ -45,9 +45,10 @@ def monitors():
         ledger.close()
 
 
-def start_monitor(site, monitors, clock=time.time) -> Monitor:
+def start_monitor(site, monitors, clock=None) -> Monitor:
+    """A monitor with its sender started; a clock given is both its wall clock and the one conditions last on."""
     ledger = Ledger(site.state / "gateway.db")
-    monitor = Monitor(site.load(), ledger, clock=clock)
+    monitor = Monitor(site.load(), ledger, **({"clock": clock, "steady": clock} if clock else {}))
     monitors.append((monitor, ledger))
     monitor.start()
     if monitor.sender:

@@ -18,6 +18,7 @@ import pytest
 
 from gateway import alerttexts, status
 from gateway.backoff import Backoff, SteadyClock
+from gateway.events import Conditions
 from gateway.ledger import Ledger
 from gateway.monitor import Monitor
 
@@ -211,8 +212,8 @@ def alerting(site, simulator):
     """A Monitor with a sender, on an OffsetClock, sending to a port; stopped after the test."""
     made = []
 
-    def start(port: int, interval: float = 3600):
-        site.write(simulator.url, extra=alerts_table(port, interval=interval))
+    def start(port: int, interval: float = 3600, after: float = 900):
+        site.write(simulator.url, extra=alerts_table(port, interval=interval, after=after))
         clock = OffsetClock()
         ledger = Ledger(site.state / "gateway.db")
         monitor = Monitor(site.load(), ledger, clock=clock)
@@ -260,5 +261,19 @@ def test_a_digest_waits_at_most_min_interval_after_the_clock_steps_back(alerting
         monitor.raise_alert("refused", refused_alert("second.txt"))
         wait_for(lambda: len(box.messages) == 2, timeout=15,
                  message="the next of that kind within min_interval_seconds, not an hour later")
+    finally:
+        box.stop()
+
+
+def test_an_unreachable_alert_is_not_put_off_by_the_clock_stepping_back(alerting):
+    box = MailBox().start()
+    try:
+        monitor, clock = alerting(box.port, after=1)
+        failing = Conditions(caiasoft_problem="cannot reach CaiaSoft: connection refused")
+        monitor.tick(failing)
+        clock.offset = -3600.0
+        wait_for(lambda: monitor.tick(failing) or box.messages, timeout=15,
+                 message="the alert after unreachable_after_seconds, not an hour later")
+        box.find("CaiaSoft unreachable")
     finally:
         box.stop()
