@@ -45,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     detached = commands.add_parser("daemon", help="run the service detached, for hosts without systemd")
     detached.add_argument("--pidfile", required=True, type=Path, metavar="P",
                           help="pidfile to create and hold (a second start is refused)")
+    detached.add_argument("--user", metavar="USER",
+                          help="run as this user, with its groups (needed when started as root; CAP_LEASE is not "
+                               "kept: the init script starts it with setpriv instead)")
+    detached.add_argument("--group", metavar="GROUP", help="with --user: this primary group instead of the user's")
     check = commands.add_parser("check", help="check config, folders, permissions and CaiaSoft; list every problem")
     check.add_argument("--offline", action="store_true", help="do not contact CaiaSoft")
     check.add_argument("--send-test-alert", action="store_true",
@@ -157,9 +161,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
-    from gateway.daemonize import run_detached
+    from gateway.daemonize import StartRefused, run_detached
 
-    return run_detached(_load(args), args.pidfile)
+    config = _load(args)
+    try:
+        return run_detached(config, args.pidfile, args.user, args.group)
+    except StartRefused as error:
+        print(f"caiasoft-gateway daemon: not started: {printable(str(error))}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -2,18 +2,81 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import grp
 import os
+import pwd
 from pathlib import Path
 
 import daemon
 
 from gateway import logs
 from gateway.config import Config
-from gateway.errors import AlreadyRunning, LedgerDamaged
-import contextlib
+from gateway.errors import AlreadyRunning, GatewayError, LedgerDamaged
 
 UMASK = 0o027
+
+
+class StartRefused(GatewayError):
+    """`daemon` cannot start as asked (user, pidfile folder, state or log folder): said before detaching, exit 2."""
+
+
+def drop_privileges(user: str | None, group: str | None) -> None:
+    """Become user (with its groups, or group as the primary one), as the init script does with setpriv.
+
+    Raise StartRefused if the user or group does not exist, if this process may not change to them, or if no
+    user is given while running as root (a service run as root writes root-owned files nobody else can move).
+    """
+    if user is None:
+        if group is not None:
+            raise StartRefused("--group needs --user")
+        if os.geteuid() == 0:
+            raise StartRefused("started as root: say which user to run as (--user caiasoft-gateway), or start it "
+                               "as that user (the init script uses setpriv, which also keeps CAP_LEASE); "
+                               "--user root runs it as root on purpose")
+        return
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise StartRefused(f"--user {user}: there is no such user") from None
+    try:
+        gid = grp.getgrnam(group).gr_gid if group is not None else entry.pw_gid
+    except KeyError:
+        raise StartRefused(f"--group {group}: there is no such group") from None
+    if (os.geteuid(), os.getegid()) == (entry.pw_uid, gid):
+        return
+    if os.geteuid() != 0:
+        raise StartRefused(f"--user {user}: only root can change to another user (this is uid {os.geteuid()})")
+    os.initgroups(user, gid)
+    os.setgid(gid)
+    os.setuid(entry.pw_uid)
+
+
+def _writable_folder(path: Path, what: str) -> None:
+    """Raise StartRefused unless path is a folder this process can create files in (made if missing)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise StartRefused(f"the {what} {path} does not exist and cannot be made ({error.strerror or error})") \
+            from None
+    if not path.is_dir():
+        raise StartRefused(f"the {what} {path} is not a folder")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise StartRefused(f"the {what} {path} is not writable by uid {os.geteuid()} (owned by uid "
+                           f"{path.stat().st_uid}, mode {path.stat().st_mode & 0o7777:o})")
+
+
+def preflight(config: Config, pidfile: Path) -> None:
+    """Every reason `daemon` could not run, found while the terminal still sees the answer."""
+    folder = pidfile.parent
+    if not folder.is_dir():
+        raise StartRefused(f"the pidfile's folder {folder} does not exist (the install's tmpfiles make "
+                           "/run/caiasoft-gateway; the init script makes it at start)")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise StartRefused(f"the pidfile's folder {folder} is not writable by uid {os.geteuid()}")
+    _writable_folder(config.paths.state_dir, "state folder (paths.state_dir)")
+    _writable_folder(config.paths.log_dir, "log folder (paths.log_dir)")
 
 
 class PidFile:
@@ -64,11 +127,16 @@ class PidFile:
             self._fd = None
 
 
-def run_detached(config: Config, pidfile: Path) -> int:
-    """Detach (double fork, umask 027, cwd /), hold the pidfile, run the service. The caller's process returns 0."""
+def run_detached(config: Config, pidfile: Path, user: str | None = None, group: str | None = None) -> int:
+    """Become user, check the folders, detach (double fork, umask 027, cwd /), hold the pidfile, run the service.
+
+    The caller's process returns 0. Raise StartRefused (before detaching) for a start that cannot work.
+    """
     from gateway.service import Service, StateLock
 
     pidfile = pidfile.absolute()
+    drop_privileges(user, group)
+    preflight(config, pidfile)
     lock = PidFile(pidfile)
     holder = lock.holder()
     if holder is not None:

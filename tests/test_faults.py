@@ -231,7 +231,8 @@ def test_daemon_exits_1_when_another_instance_holds_the_state_lock(site, simulat
     wait_for(lambda: (site.state / "gateway.lock").exists() and status_says(site, "running"),
              message="the first gateway running")
     second = subprocess.run([sys.executable, "-m", "gateway", "-c", str(site.config_file), "daemon", "--pidfile",
-                             str(tmp_path / "other.pid")], capture_output=True, text=True, timeout=30)
+                             str(tmp_path / "other.pid"), "--user", "root"],
+                            capture_output=True, text=True, timeout=30)
     assert second.returncode == 1 and "another gateway" in second.stderr
     assert daemon.stop() == 0
 

@@ -31,6 +31,8 @@ def test_start_status_stop_as_the_service_user_with_cap_lease_only(unprivileged_
     def script(action: str) -> subprocess.CompletedProcess:
         return subprocess.run(["sh", str(SCRIPT), action], capture_output=True, text=True, timeout=120, env=env)
 
+    stopped = script("status")
+    assert stopped.returncode == 3 and "not running" in stopped.stdout, stopped.stdout + stopped.stderr  # LSB
     started = script("start")
     assert started.returncode == 0, started.stdout + started.stderr
     pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), message="the pidfile"))
@@ -40,10 +42,36 @@ def test_start_status_stop_as_the_service_user_with_cap_lease_only(unprivileged_
         assert caps["CapEff"] == caps["CapPrm"] == caps["CapAmb"] == CAP_LEASE, caps
         status = script("status")
         assert status.returncode == 0 and "running" in status.stdout, status.stdout + status.stderr
+        restarted = script("restart")
+        assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+        wait_for(lambda: not running(pid), message="the first gateway to exit on restart")
+        pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip() != str(pid)
+                           and pidfile.read_text().strip(), message="the restarted gateway's pidfile"))
+        assert running(pid) and script("status").returncode == 0
     finally:
         stopped = script("stop")
     assert stopped.returncode == 0 and not pidfile.exists(), stopped.stderr
     wait_for(lambda: not running(pid), message="the gateway to exit")
+    assert script("status").returncode == 3
+
+
+def test_a_stale_pidfile_is_not_running_and_stop_removes_it_at_once(tmp_path):
+    """A pidfile left by a crash (its pid gone, or reused by another program): status says 1, stop exits 0 and
+    removes it without waiting; no process is signalled."""
+    pidfile = tmp_path / "gateway.pid"
+    bystander = subprocess.Popen(["sleep", "600"])  # a live process that is not the gateway
+    try:
+        for pid in ("999999999", str(bystander.pid)):
+            pidfile.write_text(pid + "\n")
+            env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PIDFILE": str(pidfile), "STOP_SECONDS": "600"}
+            status = subprocess.run(["sh", str(SCRIPT), "status"], capture_output=True, text=True, env=env, timeout=30)
+            assert status.returncode == 1 and "pidfile" in status.stdout, status.stdout + status.stderr
+            stop = subprocess.run(["sh", str(SCRIPT), "stop"], capture_output=True, text=True, env=env, timeout=30)
+            assert stop.returncode == 0 and not pidfile.exists(), stop.stdout + stop.stderr
+            assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
 
 
 def running(pid: int) -> bool:

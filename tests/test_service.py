@@ -126,7 +126,8 @@ def test_sighup_with_an_invalid_config_keeps_the_old_one_and_says_why(site, simu
 
 def test_daemon_detaches_holds_the_pidfile_and_refuses_a_second_start(site, simulator, tmp_path):
     pidfile = tmp_path / "gateway.pid"
-    command = [sys.executable, "-m", "gateway", "-c", str(site.config_file), "daemon", "--pidfile", str(pidfile)]
+    command = [sys.executable, "-m", "gateway", "-c", str(site.config_file), "daemon", "--pidfile", str(pidfile),
+               "--user", "root"]  # tests run as root; a start as root must say so
     started = subprocess.run(command, capture_output=True, text=True, timeout=30)
     assert started.returncode == 0, started.stderr
     pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), message="the pidfile"))

@@ -1,12 +1,15 @@
-"""The shipped systemd unit passes `systemd-analyze verify` clean."""
+"""The shipped systemd unit passes `systemd-analyze verify` clean, with and without the drop-in for newer systemd."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from conftest import REPO
 
@@ -25,29 +28,79 @@ def _analyze() -> str:
     return analyze
 
 
-def _unit_copy(tmp_path: Path) -> Path:
-    """The unit, with ExecStart pointing at this checkout's installed command (verify insists it
-    exists) and nothing else changed."""
+NEWER = REPO / "systemd" / "newer-systemd.conf"
+SITE_DROPIN = "[Service]\nSupplementaryGroups=root\nReadWritePaths=/tmp\n"  # what the install writes, for a site
+
+# The systemd release that first knew each directive the unit and its drop-ins use (systemd's NEWS and
+# man pages). RHEL 8 ships systemd 239: the unit itself must use nothing newer; newer-systemd.conf holds the rest.
+RHEL8_SYSTEMD = 239
+SINCE = {
+    "Description": 1, "Documentation": 1, "After": 1, "Wants": 1, "Type": 1, "ExecStart": 1, "ExecReload": 1,
+    "Restart": 1, "RestartSec": 1, "RestartPreventExitStatus": 189, "WatchdogSec": 1, "TimeoutStopSec": 1,
+    "User": 1, "Group": 1, "SupplementaryGroups": 1, "UMask": 1, "StateDirectory": 235, "StateDirectoryMode": 235,
+    "LogsDirectory": 235, "LogsDirectoryMode": 235, "ConfigurationDirectory": 235, "ConfigurationDirectoryMode": 235,
+    "ProtectSystem": 214, "ReadWritePaths": 231, "ProtectHome": 214, "PrivateTmp": 1, "PrivateMounts": 239,
+    "RemoveIPC": 232, "PrivateDevices": 1, "NoNewPrivileges": 187, "ProtectKernelTunables": 232,
+    "ProtectKernelModules": 232, "ProtectControlGroups": 232, "LockPersonality": 235, "RestrictRealtime": 231,
+    "RestrictNamespaces": 233, "RestrictAddressFamilies": 211, "SystemCallFilter": 187,
+    "SystemCallArchitectures": 187, "CapabilityBoundingSet": 1, "AmbientCapabilities": 229, "WantedBy": 1,
+    "ProtectProc": 247, "ProtectKernelLogs": 244, "ProtectClock": 245, "ProtectHostname": 242,
+    "RestrictSUIDSGID": 242, "LoadCredential": 247,
+}
+
+
+def _unit_folder(tmp_path: Path, newer: bool = True) -> Path:
+    """A unit search folder as the install leaves it: the unit (ExecStart pointing at this checkout's command,
+    which verify insists exists), the site drop-in, and newer-systemd.conf where newer is set."""
     script = Path(sys.executable).with_name("caiasoft-gateway")
     assert script.exists()
     text = UNIT.read_text()
     assert text.count(INSTALLED_PATH) == 1
-    copy = tmp_path / UNIT.name
-    copy.write_text(text.replace(INSTALLED_PATH, str(script)))
-    return copy
+    folder = tmp_path / ("units-newer" if newer else "units-239")
+    dropins = folder / f"{UNIT.name}.d"
+    dropins.mkdir(parents=True)
+    (folder / UNIT.name).write_text(text.replace(INSTALLED_PATH, str(script)))
+    (dropins / "site.conf").write_text(SITE_DROPIN)
+    if newer:
+        (dropins / NEWER.name).write_text(NEWER.read_text())
+    return folder
 
 
-def test_unit_verifies_clean(tmp_path):
-    copy = _unit_copy(tmp_path)
-    result = subprocess.run([_analyze(), "verify", "--man=no", str(copy)], capture_output=True, text=True,
-                            cwd=tmp_path)
+def _analyze_unit(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """systemd-analyze on the unit by name, searched in folder first (so its drop-ins are read too)."""
+    return subprocess.run([_analyze(), *args, UNIT.name], capture_output=True, text=True, cwd=folder,
+                          env={**os.environ, "SYSTEMD_UNIT_PATH": f"{folder}:"})
+
+
+def _directives(path: Path) -> list[str]:
+    return [line.split("=", 1)[0].strip() for line in path.read_text().splitlines()
+            if "=" in line and not line.lstrip().startswith(("#", ";", "["))]
+
+
+@pytest.mark.parametrize("newer", [False, True], ids=["systemd-239", "systemd-247-and-later"])
+def test_unit_verifies_clean_with_and_without_the_newer_drop_in(tmp_path, newer):
+    result = _analyze_unit(_unit_folder(tmp_path, newer), "verify", "--man=no")
     assert result.returncode == 0 and result.stdout == "" and result.stderr == "", result.stdout + result.stderr
 
 
+def test_the_unit_uses_nothing_newer_than_rhel8s_systemd_and_the_drop_in_only_newer():
+    unit, newer = _directives(UNIT), _directives(NEWER)
+    unknown = [name for name in unit + newer if name not in SINCE]
+    assert not unknown, f"add the systemd version that introduced {unknown} to SINCE"
+    assert [name for name in unit if SINCE[name] > RHEL8_SYSTEMD] == []
+    assert newer and all(SINCE[name] > RHEL8_SYSTEMD for name in newer)
+    assert "247" in NEWER.read_text() and max(SINCE[name] for name in newer) == 247  # the install's threshold
+
+
+def test_no_site_group_or_folder_is_hard_coded_in_the_unit():
+    assert "SupplementaryGroups" not in _directives(UNIT) and "aleph" not in UNIT.read_text().replace(
+        "ALEPH", "").lower().replace("aleph-caiasoft", "")
+    assert [line for line in UNIT.read_text().splitlines() if line.startswith("ReadWritePaths=")] == [
+        "ReadWritePaths=-/var/lib/prometheus/node-exporter"]
+
+
 def test_unit_is_no_more_exposed_than_before_it_got_cap_lease(tmp_path):
-    copy = _unit_copy(tmp_path)
-    result = subprocess.run([_analyze(), "security", "--offline=true", f"--threshold={EXPOSURE_LIMIT}", str(copy)],
-                            capture_output=True, text=True, cwd=tmp_path)
+    result = _analyze_unit(_unit_folder(tmp_path), "security", "--offline=true", f"--threshold={EXPOSURE_LIMIT}")
     overall = [line for line in result.stdout.splitlines() if "Overall exposure level" in line]
     assert result.returncode == 0, f"exposure above {EXPOSURE_LIMIT / 10}: {overall or result.stdout + result.stderr}"
     assert overall, result.stdout + result.stderr
@@ -78,9 +131,7 @@ def _service_section() -> dict[str, list[str]]:
 
 def test_unit_keeps_its_promises(tmp_path):
     """Sandboxing as systemd-analyze judges it; the service's own settings as systemd parses them."""
-    copy = _unit_copy(tmp_path)
-    result = subprocess.run([_analyze(), "security", "--offline=true", "--json=short", str(copy)],
-                            capture_output=True, text=True, cwd=tmp_path)
+    result = _analyze_unit(_unit_folder(tmp_path, newer=False), "security", "--offline=true", "--json=short")
     verdicts = {check["json_field"]: check for check in json.loads(result.stdout)}
     for field in ("NoNewPrivileges", "ProtectSystem", "ProtectHome", "PrivateTmp", "PrivateDevices",
                   "SystemCallArchitectures", "SystemCallFilter_mount", "SystemCallFilter_module",
