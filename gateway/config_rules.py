@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway import markers
+from gateway import markers, xmltext
 from gateway.schema import SCHEMA
 from gateway.settings import ALERT_EVENTS
 from gateway.toml_tables import Report
@@ -168,6 +168,13 @@ def check_ncip(values: dict[str, Any], problem: Report) -> None:
     for key in ("from_agency", "to_agency", "user_id"):
         if values.get(key) == "":
             problem(f"ncip.{key}", "must not be empty")
+    sent = {key: values.get(key) for key in ("from_agency", "to_agency", "user_id", "application_profile",
+                                              "agency_scheme")}
+    sent |= {f"stop_users.{stop}": user for stop, user in (values.get("stop_users") or {}).items()}
+    for key, value in sent.items():  # these go into every NCIP message: one no XML can carry would spoil them all
+        why = xmltext.problem("the value", value) if isinstance(value, str) else None
+        if why:
+            problem(f"ncip.{key}", why)
     for key in ("content_type", "form_content_type"):
         label = values.get(key)
         if isinstance(label, str) and (not label.strip() or any(not 32 <= ord(c) < 127 for c in label)):

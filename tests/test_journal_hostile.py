@@ -195,3 +195,16 @@ def events(site, name: str) -> int:
     """How many times the daemon logged this event."""
     log = site.log_dir / "gateway.log"
     return log.read_text().count(f'"event": "{name}"') if log.exists() else 0
+
+
+def test_config_values_that_go_into_every_message_must_be_carriable(relay_site):  # noqa: F811
+    """A control character in user_id would spoil every check-out: the config is refused at load, naming the key."""
+    relay_site.write_ncip(extra_ncip='agency_scheme = "scheme\\u0000"')
+    text = relay_site.config_file.read_text().replace('user_id = "CAIASOFT"', 'user_id = "CAIA\\u0007SOFT"')
+    relay_site.config_file.write_text(text.replace('LAW = "CAIA-LAW"', 'LAW = "CAIA-\\uFFFF"'))
+    result = cli(relay_site, "check", "--offline")
+    assert result.returncode == 2, result
+    said = result.stdout.splitlines()
+    for key, character in (("ncip.user_id", "U+0007"), ("ncip.agency_scheme", "U+0000"),
+                           ("ncip.stop_users.LAW", "U+FFFF")):
+        assert any(f"{key}: the value " in line and f"holds {character}" in line for line in said), (key, said)

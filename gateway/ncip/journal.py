@@ -29,8 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway import logs
-from gateway.ncip import xmltext
+from gateway import logs, xmltext
 
 ACTIONS = ("checkout", "checkin")
 FIELDS = {"action", "item", "stop", "user", "request_id", "id"}
@@ -87,7 +86,7 @@ def parse_entry(raw: bytes) -> JournalEntry:
 
 
 def refuse_uncarried(entry: JournalEntry) -> None:
-    """Raise ValueError naming the first value an NCIP message cannot carry (gateway.ncip.xmltext)."""
+    """Raise ValueError naming the first value an NCIP message cannot carry (gateway.xmltext)."""
     for key, value in entry.as_dict().items():
         problem = xmltext.problem(key, value)
         if problem is not None:
