@@ -170,6 +170,24 @@ def source_ok(source: str, location: str) -> Message:
             "items": [{"source": source}]}
 
 
+def journal_problem(journal: str, problem: str) -> Message:
+    return _clean({
+        "title": "the NCIP journal cannot be read",
+        "text": (f"The gateway does not read the NCIP journal {printable(journal)}:\n  {printable(problem)}\n\n"
+                 "No checkout or checkin is relayed to ALEPH until a regular file is there again; nothing is lost "
+                 "(the relay goes on from where it stopped).\n\n"
+                 "What to do: put the journal back as a regular file (not a symbolic link, a directory or a FIFO), "
+                 "or set ncip.journal to the real file. `caiasoft-gateway status` shows the reason."),
+        "items": [{"source": "ncip-journal", "location": printable(journal), "problem": printable(problem)}],
+    })
+
+
+def journal_ok(journal: str) -> Message:
+    return {"title": "the NCIP journal is read again",
+            "text": f"The NCIP journal {printable(journal)} is a regular file again; entries are relayed.",
+            "items": [{"source": "ncip-journal"}]}
+
+
 def stuck(files: list[dict[str, Any]], seconds: float) -> Message:
     lines = [f"  {printable(f['file'])} from {f['source']}: {f['state']}, {f['attempts']} attempt(s)"
              + (f"; last problem: {printable(f['problem'])}" if f.get("problem") else "") for f in files]

@@ -52,5 +52,6 @@ class Conditions:
     caiasoft_problem: str | None = None  # why the last call to CaiaSoft failed, while calls keep failing
     ncip_problem: str | None = None      # the same for ALEPH's NCIP server
     ncip_behind: int = 0                         # journal entries not yet relayed
+    ncip_journal_problem: str | None = None      # why the NCIP journal is not read (a link, a directory ...)
     sources: dict[str, str | None] = field(default_factory=dict)  # source -> why it cannot be read, or None
     locations: dict[str, str] = field(default_factory=dict)       # source -> its folder or URL

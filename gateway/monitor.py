@@ -181,6 +181,11 @@ class Monitor(Events):
                                                       self._duration("ncip", lasting),
                                                       f"{conditions.ncip_behind} journal entries wait"),
                        lambda: alerttexts.reachable("NCIP", ncip_url))
+            journal = str(self.config.ncip.journal)  # read as a source is: alerted once it lasts a minute
+            self._edge("source_problem:ncip-journal", conditions.ncip_journal_problem is not None,
+                       SOURCE_PROBLEM_SECONDS, lasting,
+                       lambda: alerttexts.journal_problem(journal, conditions.ncip_journal_problem or ""),
+                       lambda: alerttexts.journal_ok(journal))
         for source, problem in conditions.sources.items():
             location = conditions.locations.get(source, "")
             self._edge(f"source_problem:{source}", problem is not None, SOURCE_PROBLEM_SECONDS, lasting,

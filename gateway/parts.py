@@ -132,6 +132,7 @@ class Parts:
             paused=self.gate.paused_reason, caiasoft_problem=self.gate.problem,
             ncip_problem=self.relay.last_problem if self.relay else None,
             ncip_behind=self.relay.lag()[1] if self.relay else 0,
+            ncip_journal_problem=self.relay.journal_problem if self.relay else None,
             sources={c.source.name: c.current_problem() or (None if c.source.healthy() else "its watcher has stopped")
                      for c in self.collectors},
             locations={settings.name: settings.location for settings in self.config.sources})

@@ -208,3 +208,40 @@ def test_config_values_that_go_into_every_message_must_be_carriable(relay_site):
     for key, character in (("ncip.user_id", "U+0007"), ("ncip.agency_scheme", "U+0000"),
                            ("ncip.stop_users.LAW", "U+FFFF")):
         assert any(f"{key}: the value " in line and f"holds {character}" in line for line in said), (key, said)
+
+
+def test_a_journal_not_read_for_a_minute_is_alerted_and_its_end_too(site, simulator):
+    """The relay's journal_problem reaches the monitor like a source's problem: a blip is not mailed, a minute is."""
+    from gateway.events import Conditions
+    from gateway.ledger import Ledger
+    from gateway.monitor import Monitor
+    from peers import MailBox, alerts_table, body
+
+    box = MailBox().start()
+    journal_path = site.root / "ncip.jsonl"
+    site.write(simulator.url,
+               extra=ncip_table("http://127.0.0.1:9/", journal_path) + alerts_table(box.port, interval=0))
+    now = [1_000_000.0]
+    ledger = Ledger(site.state / "gateway.db")
+    monitor = Monitor(site.load(), ledger, clock=lambda: now[0], steady=lambda: now[0])
+    monitor.start()
+    assert monitor.sender is not None
+    monitor.sender.start()
+    try:
+        refused = Conditions(ncip_journal_problem=f"the journal {journal_path} is a directory: not read")
+        monitor.tick(refused)
+        now[0] += 59
+        monitor.tick(refused)
+        assert ledger.alerts_waiting() == 0 and box.messages == []
+        now[0] += 1
+        monitor.tick(refused)
+        mail = box.find("the NCIP journal cannot be read")
+        assert f"{journal_path} is a directory" in body(mail) and "nothing is lost" in body(mail)
+        monitor.tick(Conditions())
+        box.find("the NCIP journal is read again")
+    finally:
+        monitor.sender.stop()
+        monitor.sender.join(30)
+        monitor.stop()
+        ledger.close()
+        box.stop()
