@@ -102,6 +102,13 @@ class LedgerDb:
 
     def _open(self, check: bool) -> None:
         self._db.row_factory = sqlite3.Row
+        # Why a reader (status, find) waits for a lock instead of failing with "database is locked": the busy
+        # handler is set before the first read (connect's timeout, and here), every statement runs on its own
+        # (autocommit: no read transaction is ever promoted to a write, the one case where SQLite answers BUSY
+        # at once rather than risk a deadlock), and SQLite's btree retries every BUSY variant (recovery,
+        # snapshot) through the busy handler while no transaction is open. A reader writes only to a new or
+        # older ledger (create, migrate): one autocommit statement, or BEGIN IMMEDIATE, both waited for.
+        # WAL recovery and cleanup windows are retried inside SQLite and would end in SQLITE_PROTOCOL.
         self._db.execute("PRAGMA busy_timeout=30000")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
