@@ -58,6 +58,9 @@ def build_ledger(root: Path, url: str, rows: int) -> tuple[Path, str]:
     database = root / "state" / "gateway.db"
     with sqlite3.connect(database) as db:
         repeat(db, rows)
+        archived = db.execute("SELECT COUNT(*) FROM files WHERE state = 'archived'").fetchone()[0]
+        if archived != rows:
+            raise RuntimeError(f"the ledger holds {archived} archived files, not {rows}")
         old = db.execute("SELECT barcode FROM items ORDER BY file_id LIMIT 1 OFFSET ?",
                          (max(0, rows // 10),)).fetchone()[0]
     return config, old

@@ -49,3 +49,17 @@ def test_print_file_bench_smoke_run_validates_and_finds():
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     assert figures["validate"]["records"] > 1000 and figures["validate"]["peak_rss_mb"] > 0
     assert figures["find"]["items"] == 6000 and figures["find"]["lookup_ms"] > 0
+
+
+def test_history_bench_smoke_run_measures_both_ledgers(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "history.py"), "--smoke"], capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert list(tmp_path.iterdir()) == [], "the benchmark removes its temp folder"
+    *table, last = result.stdout.strip().splitlines()
+    small, large = json.loads(last)["history"]
+    assert (small["rows"], large["rows"]) == (30, 300)
+    for figures in (small, large):
+        assert figures["status_s"] > 0 and figures["find_s"] > 0 and figures["first_archived_s"] > 0
+        assert figures["idle_cpu_percent"] >= 0 and figures["rss_mb"] > 0
+    assert table[0].split() == ["figure", "30", "rows", "300", "rows"]
