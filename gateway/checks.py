@@ -58,8 +58,24 @@ def run_checks(config: Config, offline: bool = False, ncip_item: str | None = No
 
 def _ncip_local(ncip: Ncip) -> Iterator[Result]:
     yield _writable_folder("ncip.journal (its folder)", ncip.journal.parent)
+    yield _journal(ncip.journal)
     if ncip.feed:
         yield _feed_users(ncip)
+
+
+def _journal(path: Path) -> Result:
+    """The journal as the relay opens it: a regular file, never through a link, never blocking."""
+    from gateway.ncip.journal import JournalRefused, open_journal
+
+    try:
+        fd = open_journal(path)
+    except JournalRefused as error:
+        return Result("FAIL", "ncip.journal", str(error))
+    if fd is None:
+        return Result("ok", f"ncip.journal {path}", "not there yet: the first `journal` command (or the feed) "
+                      "makes it")
+    os.close(fd)
+    return Result("ok", f"ncip.journal {path}", "a regular file")
 
 
 def _feed_users(ncip: Ncip) -> Result:

@@ -245,3 +245,18 @@ def test_a_journal_not_read_for_a_minute_is_alerted_and_its_end_too(site, simula
         monitor.stop()
         ledger.close()
         box.stop()
+
+
+def test_check_names_a_journal_that_the_relay_would_not_read(relay_site, tmp_path):  # noqa: F811
+    journal_path = relay_site.journal
+    assert cli(relay_site, "check", "--offline").returncode == 0, "no journal yet is fine"
+    real = tmp_path / "real.jsonl"
+    real.write_text("")
+    journal_path.symlink_to(real)
+    result = cli(relay_site, "check", "--offline")
+    assert result.returncode == 1, result.stdout
+    assert f"FAIL  ncip.journal\n        the journal {journal_path} is a symbolic link: not read" in result.stdout
+    journal_path.unlink()
+    os.mkfifo(journal_path)
+    result = cli(relay_site, "check", "--offline")  # never blocks on the FIFO
+    assert result.returncode == 1 and "is a FIFO (named pipe): not read" in result.stdout, result.stdout
