@@ -8,13 +8,17 @@ print file of three records (accepted), slips a site's script nested in one
 (refused, the record named) and a PLAIN printout (refused for what it is), plus
 two files CaiaSoft or the gateway must refuse. It waits until every
 file has ended somewhere, stops the gateway, shows what went where and asks
-`find` where one item went. Meanwhile an item is retrieved and refiled: two
-journal entries the relay sends to the NCIP simulator, a raw socket like
-ALEPH's NCIP port, framed as ALEPH's clients frame it (HTTP/1.0, NCIP 1).
+`find` where one item went. Meanwhile CaiaSoft retrieves an item and refiles
+it the same day: the status feed reads that from the simulator as CaiaSoft
+says it (retrievalinfo, the refiled list, the status "Item In at Rest"),
+journals the two in the order that leaves ALEPH right, and the relay sends
+them to the NCIP simulator, a raw socket like ALEPH's NCIP port, framed as
+ALEPH's clients frame it (HTTP/1.0, NCIP 1).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -38,6 +42,8 @@ from gateway.states import FileState, Verdict
 DENIED_BARCODE = "31234009999990"
 FIND_BARCODE = DENIED_BARCODE  # in the paging list and in the hold-request batch: `find` shows both
 NCIP_BARCODE = "31234001234567"  # retrieved and refiled: checked out, then in again in ALEPH
+NCIP_STATUS = "Item In at Rest"  # what CaiaSoft's itemstatus says of it afterwards
+FEED_COLLECTION = "ANNEX"
 WAIT_SECONDS = 60.0
 ALERT_WAIT_SECONDS = 10.0
 
@@ -133,6 +139,10 @@ def _demo(root: Path, keep: bool) -> int:
     mail = MailCatcher().start()  # the alerts go here instead of to a real mail server
     ncip = NcipSimulator(transport="tcp", track_loans=True).start()  # ALEPH's NCIP port, as a raw socket
     metrics_port = _free_port()
+    today = dt.date.today().strftime("%Y%m%d")  # what CaiaSoft's status feed endpoints will answer
+    simulator.retrievals[(today, FEED_COLLECTION)] = [{"barcode": NCIP_BARCODE, "request_id": "TN4561"}]
+    simulator.status_lists[("refiled", today, FEED_COLLECTION)] = [NCIP_BARCODE]
+    simulator.item_statuses[NCIP_BARCODE] = NCIP_STATUS
     # garbled-slip.xml stops mid-document, as if ALEPH had paused: it waits this long unchanged, then is refused.
     config = write_config(root, simulator.url, key, extra="incomplete_grace_seconds = 2\n" + _monitoring(
         mail.port, metrics_port) + _relay(ncip.url, root / "ncip.jsonl"))
@@ -150,10 +160,8 @@ def _demo(root: Path, keep: bool) -> int:
         for name, data in files:
             print(f"ALEPH writes        {name}")
             _write_like_aleph(folder / name, data)
-        for action in ("checkout", "checkin"):  # CaiaSoft retrieved the item, then refiled it
-            print(f"journal             {action} {NCIP_BARCODE}")
-            subprocess.run([sys.executable, "-m", "gateway", "-c", str(config), "journal", action, NCIP_BARCODE,
-                            "--stop", "MAIN"], check=True, capture_output=True, timeout=60)
+        print(f"CaiaSoft            retrieved {NCIP_BARCODE} and refiled it today; its status now: "
+              f"{NCIP_STATUS!r}")
         counts = _wait_until_done(root / "state" / "gateway.db", len(files), child)
         _wait_for_mail(mail, 2)
         _wait_for_ncip(ncip, 2)
@@ -187,8 +195,9 @@ user_id = "CAIASOFT"
 journal = "{journal}"
 backoff_initial_seconds = 0.2
 
-[ncip.stop_users]
-MAIN = "CAIA-MAIN"
+[ncip.feed]
+collection = "{FEED_COLLECTION}"
+lookback_days = 0
 """
 
 

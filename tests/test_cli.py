@@ -191,9 +191,10 @@ def test_demo_runs_and_explains_where_each_file_went(tmp_path):
     assert re.search(r'metrics:\s+http://127\.0\.0\.1:\d+/metrics', out)
     assert 'caiasoft_gateway_files_total{outcome="archived",source="print"} 5.0' in out
     assert ("ALEPH's NCIP port (simulated) received 2 message(s):\n"
-            '  checkout 31234001234567  (NCIP 1, "POST / HTTP/1.0" + headers), user CAIA-MAIN\n'
+            '  checkout 31234001234567  (NCIP 1, "POST / HTTP/1.0" + headers), user CAIASOFT\n'
             '  checkin 31234001234567  (NCIP 1, "POST / HTTP/1.0" + headers)\n'
-            "  31234001234567 ends checked in in ALEPH") in out, "retrieved and refiled: relayed over tcp://"
+            "  31234001234567 ends checked in in ALEPH") in out, "retrieved and refiled: the feed, then tcp://"
+    assert "retrieved 31234001234567 and refiled it today; its status now: 'Item In at Rest'" in out
     assert "is removed now" in out and list(tmp_path.iterdir()) == [], "demo cleans up after itself"
 
     out = demo("--keep")
