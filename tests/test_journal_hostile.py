@@ -260,3 +260,22 @@ def test_check_names_a_journal_that_the_relay_would_not_read(relay_site, tmp_pat
     os.mkfifo(journal_path)
     result = cli(relay_site, "check", "--offline")  # never blocks on the FIFO
     assert result.returncode == 1 and "is a FIFO (named pipe): not read" in result.stdout, result.stdout
+
+
+def test_a_barcode_from_the_status_feed_that_no_message_can_carry_is_logged_and_the_rest_go_on(
+        relay_site, simulator, ncip, daemon_factory):  # noqa: F811
+    import datetime as dt
+
+    today = dt.date.today().strftime("%Y%m%d")
+    simulator.status_lists[("retrieved", today, "ANNEX")] = ["BAD\x01ITEM", "F-1"]
+    simulator.status_lists[("refiled", today, "ANNEX")] = ["F-0"]
+    relay_site.write_ncip(feed='[ncip.feed]\ncollection = "ANNEX"\ninterval_seconds = 10\nlookback_days = 0\n')
+    daemon = daemon_factory(relay_site.config_file)
+    received = ncip.wait_for(2, timeout=30)
+    log = relay_site.log_dir / "gateway.log"
+    refused = wait_for(lambda: [e for e in map(json.loads, log.read_text().splitlines())
+                                if e["event"] == "feed.entry_refused"], message="the refusal in the log")
+    assert daemon.stop() == 0
+    assert sorted((r.action, r.item) for r in received) == [("checkin", "F-0"), ("checkout", "F-1")]
+    assert [e["item"] for e in refused] == ["BAD\\x01ITEM"] and "holds U+0001" in refused[0]["reason"]
+    assert "BAD" not in relay_site.journal.read_text()

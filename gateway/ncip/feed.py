@@ -258,5 +258,9 @@ class Feed(Worker):
                                  id=f"feed-{kind}-{day}-{barcode}")
         else:
             entry = JournalEntry("checkin", barcode, id=f"feed-{kind}-{day}-{barcode}")
-        journal.append(self.settings.journal, entry)
+        try:
+            journal.append(self.settings.journal, entry)
+        except ValueError as error:  # a barcode no NCIP message can carry: said once, never journaled
+            log.error("feed.entry_refused", item=barcode, day=day, kind=kind, reason=str(error),
+                      detail="CaiaSoft listed a barcode that cannot be relayed; the other items go on")
         self.ledger.remember_feed(kind, barcode, day)
