@@ -279,3 +279,10 @@ def test_a_barcode_from_the_status_feed_that_no_message_can_carry_is_logged_and_
     assert sorted((r.action, r.item) for r in received) == [("checkin", "F-0"), ("checkout", "F-1")]
     assert [e["item"] for e in refused] == ["BAD\\x01ITEM"] and "holds U+0001" in refused[0]["reason"]
     assert "BAD" not in relay_site.journal.read_text()
+
+
+def test_check_ncip_item_sends_nothing_for_a_barcode_no_message_can_carry(relay_site, ncip):  # noqa: F811
+    result = cli(relay_site, "check", "--ncip-item", "3123\x0b4")
+    assert result.returncode == 1, result.stdout
+    assert "holds U+000B, a control character" in result.stdout and "nothing sent" in result.stdout
+    assert ncip.received == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway import xmltext
 from gateway.config import Ncip
 from gateway.ncip import answers, messages, transport
 
@@ -31,6 +32,9 @@ class Finding:
 def lookup(settings: Ncip, barcode: str) -> list[Finding]:
     """Send one LookupItem for barcode; return what it proved, in words."""
     what = f"NCIP LookupItem {barcode} at {settings.url} (version {settings.version}{_framing(settings)})"
+    uncarried = xmltext.problem("the barcode", barcode)
+    if uncarried is not None:
+        return [Finding("FAIL", what, f"{uncarried}: nothing sent")]
     client = transport.for_settings(settings)
     try:
         reply = answers.answer_to("lookup", client.exchange(messages.lookup(settings, barcode)))
