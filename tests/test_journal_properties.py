@@ -122,3 +122,32 @@ def _carriable(line: bytes) -> bool:
     return all(value.strip() and not any(unicodedata.category(char) in ("Cc", "Cs") or char in "\ufffe\uffff"
                                          for char in value.strip())
                for key, value in entry.items() if key != "action")
+
+
+@settings(max_examples=int(os.environ.get("JOURNAL_EXAMPLES", "100")) * 3, deadline=None)
+@given(drawn=entries, version=st.sampled_from(["1", "2"]))
+def test_the_builders_give_well_formed_xml_holding_the_values_or_refuse_by_name(drawn, version):
+    """messages.build itself, for any entry (even one the journal would refuse): a well-formed message carrying
+    the values as written, or a ValueError naming the field; never malformed bytes or another error."""
+    import defusedxml.ElementTree as SafeET
+
+    from gateway.ncip import messages
+    from gateway.ncip.journal import JournalEntry
+
+    entry = JournalEntry(**drawn)
+    chosen = ncip_settings(url="http://127.0.0.1:9/", version=version, from_agency="CAIA", to_agency="ALEPH",
+                           user_id="CAIASOFT", journal=Path("/nonexistent/ncip.jsonl"))
+    try:
+        message = messages.build(chosen, entry)
+    except ValueError as error:
+        assert not all(_carriable_value(value) for value in drawn.values()), error
+        assert str(error).split(" ", 1)[0] in drawn, f"the field is named first: {error}"
+        return
+    assert all(_carriable_value(value) for value in drawn.values())
+    root = SafeET.fromstring(message, forbid_dtd=False)
+    texts = [element.text or "" for element in root.iter() if element.tag.rsplit("}", 1)[-1] == "ItemIdentifierValue"]
+    assert texts == [entry.item], "the item as written"
+
+
+def _carriable_value(value: str) -> bool:
+    return not any(unicodedata.category(char) in ("Cc", "Cs") or char in "\ufffe\uffff" for char in value)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
+from gateway import xmltext
 from gateway.config import Ncip
 from gateway.ncip.journal import JournalEntry
 
@@ -25,12 +26,24 @@ ET.register_namespace("ncip", NS)
 
 
 def build(settings: Ncip, entry: JournalEntry) -> bytes:
-    """The NCIP request for one journal entry, as UTF-8 bytes."""
+    """The NCIP request for one journal entry, as UTF-8 bytes: always well-formed XML holding the values as
+    written. Raise ValueError naming the field if a value cannot be carried (gateway.xmltext): never a malformed
+    message, never an encoding error."""
+    for name, value in entry.as_dict().items():
+        _refuse_uncarried(name, value)
     return _v2(settings, entry) if settings.version == "2" else _v1(settings, entry)
 
 
+def _refuse_uncarried(name: str, value: str) -> None:
+    problem = xmltext.problem(name, value)
+    if problem is not None:
+        raise ValueError(problem)
+
+
 def lookup(settings: Ncip, barcode: str) -> bytes:
-    """A read-only LookupItem for one barcode (title and circulation status asked for), as UTF-8 bytes."""
+    """A read-only LookupItem for one barcode (title and circulation status asked for), as UTF-8 bytes. Raise
+    ValueError if the barcode cannot be carried."""
+    _refuse_uncarried("barcode", barcode)
     if settings.version == "2":
         root, service = _v2_start("LookupItem", settings, with_profile=False)
         element(element(service, "ItemId"), "ItemIdentifierValue", barcode)
