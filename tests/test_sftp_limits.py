@@ -4,7 +4,10 @@ Against a real OpenSSH sshd (tests/sshd.py), with the real daemon where the daem
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -14,7 +17,7 @@ import pytest
 
 from gateway.errors import SourceGone
 from gateway.settings import SftpSourceSettings
-from gateway.sources.sftp import DownloadCut, SftpSource
+from gateway.sources.sftp import DOWNLOAD_BYTES_PER_SECOND, DownloadCut, SftpSource
 
 from conftest import source_settings, wait_for
 
@@ -159,3 +162,78 @@ def test_a_download_is_refused_before_it_starts_when_listed_above_max_file_bytes
         source.fetch(entry, tmp_path / "1-big_barcode")
     assert "big_barcode" in str(refused.value)
     assert not list(tmp_path.glob("1-big_barcode*"))
+
+
+class SlowLink:
+    """A TCP relay on loopback between the gateway and the real sshd; once slow is set, the server's bytes
+    reach the gateway at about 40 KiB/s: a trickle, yet each SSH packet (32 KiB at most) comes within the
+    channel's 2 s timeout, so only a deadline on the whole download can end it."""
+
+    CHUNK = 2048
+    PAUSE = 0.05
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.slow = threading.Event()
+        self.stopped = threading.Event()
+        self.sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while not self.stopped.is_set():
+                client, _ = self.listener.accept()
+                server = socket.create_connection(("127.0.0.1", self.target_port))
+                self.sockets += [client, server]
+                threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
+                threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, throttled: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(self.CHUNK if throttled else 65536):
+                if throttled and self.slow.is_set() and self.stopped.wait(self.PAUSE):
+                    return
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.stopped.set()
+        for each in self.sockets:
+            with contextlib.suppress(OSError):
+                each.close()
+
+
+def test_a_download_that_trickles_is_cut_at_its_deadline(sshd, tmp_path):
+    if sshd.process.poll() is not None:
+        sshd.start()
+    folder = tmp_path / "remote"
+    folder.mkdir()
+    link = SlowLink(sshd.port)
+    kind, key = sshd.host_key.with_suffix(".pub").read_text().split()[:2]
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(f"[127.0.0.1]:{link.port} {kind} {key}\n")
+    settings = source_settings(name="slow", url=f"sftp://{sshd.user}@127.0.0.1:{link.port}{folder}",
+                               known_hosts_file=known_hosts, private_key_file=sshd.client_key, timeout_seconds=2.0)
+    assert isinstance(settings, SftpSourceSettings)
+    source = SftpSource(settings, max_file_bytes=CAP)
+    try:
+        (folder / "big_barcode").write_bytes(b"".join(barcodes(n) for n in range(20000)))  # 900 KB: 22 s here
+        [entry] = source.scan()
+        deadline = settings.timeout_seconds + entry.size / DOWNLOAD_BYTES_PER_SECOND
+        link.slow.set()
+        work = tmp_path / "work"
+        work.mkdir()
+        thread, outcome = _fetch_in_thread(source, entry, work / "1-big_barcode")
+        # the whole file would take 22 s over this link: the download must end well before, at its deadline
+        wait_for(lambda: not thread.is_alive(), timeout=15, message="the download to end")
+        [error] = outcome
+        assert isinstance(error, DownloadCut) and error.errno == errno.ETIMEDOUT, error
+        assert "ran past its deadline" in str(error) and "big_barcode" in str(error)
+        assert list(work.iterdir()) == [], "no partial download left"
+        assert deadline < 6, "the trickle would take 22 s: the cut came from the deadline"
+    finally:
+        source.stop()
+        link.close()

@@ -39,7 +39,7 @@ from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READ
 
 from gateway import intake, logs, markers, readiness
 from gateway.backoff import Backoff
-from gateway.errors import SourceGone, SourceUnavailable
+from gateway.errors import SourceGone, SourceUnavailable, describe
 from gateway.files import partial_path
 from gateway.names import from_bytes, printable, to_bytes
 from gateway.settings import SftpSourceSettings
@@ -266,7 +266,7 @@ class SftpSource:
             cause = error
         self._disconnect()
         self._failures = 1
-        self._last_error = f"connection to {self.host}:{self.port} lost while {what}: {cause or type(cause).__name__}"
+        self._last_error = f"connection to {self.host}:{self.port} lost while {what}: {describe(cause)}"
         self._retry_at = self.clock() + self._backoff.delay(1)
         raise SourceUnavailable(self._last_error)
 
@@ -303,6 +303,16 @@ class SftpSource:
         """When reading size bytes of a remote file, started now, is cut (time.monotonic())."""
         return time.monotonic() + self.settings.timeout_seconds + size / DOWNLOAD_BYTES_PER_SECOND
 
+    def _read_capped(self, remote: paramiko.SFTPFile, size: int, sink: Callable[[bytes], object]) -> int:
+        """read_capped() within this size's deadline; a download cut for its deadline drops the connection,
+        since closing the file would wait for the read-ahead still on its way, at the same slow pace."""
+        try:
+            return read_capped(remote, size, self.deadline(size), sink)
+        except DownloadCut as cut:
+            if cut.errno == errno.ETIMEDOUT:
+                self._disconnect()
+            raise
+
     def fetch(self, entry: Entry, destination: Path) -> bool:
         """Download to a .partial file, check the size and that the remote file did not change, commit.
 
@@ -317,7 +327,7 @@ class SftpSource:
         def download(sftp: paramiko.SFTPClient) -> tuple[int, paramiko.SFTPAttributes]:
             with sftp.open(to_bytes(entry.origin), "rb") as remote, open(partial, "wb") as local:
                 remote.prefetch(entry.size)
-                got = read_capped(remote, entry.size, self.deadline(entry.size), local.write)
+                got = self._read_capped(remote, entry.size, local.write)
                 local.flush()
                 os.fsync(local.fileno())
             return got, sftp.stat(to_bytes(entry.origin))
@@ -392,7 +402,7 @@ class SftpSource:
             digest = hashlib.sha256()
             with sftp.open(to_bytes(taken.origin), "rb") as remote:
                 remote.prefetch(taken.size)
-                got = read_capped(remote, taken.size, self.deadline(taken.size), digest.update)
+                got = self._read_capped(remote, taken.size, digest.update)
             return None if got == taken.size and digest.hexdigest() == taken.sha256 else max(got, now.st_size or 0)
 
         try:
