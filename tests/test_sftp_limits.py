@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import SourceGone
+from gateway.errors import SourceGone, SourceUnavailable
 from gateway.settings import SftpSourceSettings
 from gateway.sources.sftp import DOWNLOAD_BYTES_PER_SECOND, DownloadCut, SftpSource
 
@@ -162,6 +162,30 @@ def test_a_download_is_refused_before_it_starts_when_listed_above_max_file_bytes
         source.fetch(entry, tmp_path / "1-big_barcode")
     assert "big_barcode" in str(refused.value)
     assert not list(tmp_path.glob("1-big_barcode*"))
+
+
+def test_a_listing_longer_than_the_cap_is_a_source_problem_not_a_hang(sshd, tmp_path):
+    if sshd.process.poll() is not None:
+        sshd.start()
+    folder = tmp_path / "remote"
+    folder.mkdir()
+    for number in range(5):
+        (folder / f"f{number}_barcode").write_bytes(barcodes(number))
+    settings = source_settings(name="remote", url=sshd.url(folder), known_hosts_file=sshd.known_hosts,
+                               private_key_file=sshd.client_key, timeout_seconds=2.0)
+    assert isinstance(settings, SftpSourceSettings)
+    source = SftpSource(settings, max_listed=3)
+    try:
+        with pytest.raises(SourceUnavailable, match="lists more than 3 entries in it") as cut:
+            source.scan()
+        assert str(folder) in str(cut.value)
+    finally:
+        source.stop()
+    whole = SftpSource(settings, max_listed=5)
+    try:
+        assert len(whole.scan()) == 5, "up to the cap, all is listed"
+    finally:
+        whole.stop()
 
 
 class SlowLink:

@@ -51,6 +51,7 @@ RECONNECT_MAX_SECONDS = 120.0
 COPY_CHUNK = 256 * 1024
 DOWNLOAD_BYTES_PER_SECOND = 256 * 1024  # a download may take timeout_seconds plus a second per 256 KiB listed
 DEFAULT_MAX_FILE_BYTES = 50 * 1024 * 1024  # [intake] max_file_bytes' default, when no config is given
+MAX_LISTED = 100_000  # entries one listing may hold: a server that never ends a listing is cut there
 _FILE_ERRORS = (errno.ENOENT, errno.EACCES, errno.EPERM)
 
 log = logs.get("gateway.sources.sftp")
@@ -58,7 +59,8 @@ T = TypeVar("T")
 
 
 class DownloadCut(OSError):
-    """A remote file was not taken: listed above max_file_bytes, longer than listed, or too slow to read."""
+    """A remote file was not taken (listed above max_file_bytes, longer than listed, too slow to read), or a
+    listing was longer than any folder of request files should be."""
 
 
 def read_capped(remote: paramiko.SFTPFile, limit: int, deadline: float, sink: Callable[[bytes], object]) -> int:
@@ -82,8 +84,9 @@ def _read_secret(path: Path | None) -> str | None:
     return path.read_text(encoding="utf-8").strip() if path else None
 
 
-def list_folder(sftp: paramiko.SFTPClient, folder: str) -> list[paramiko.SFTPAttributes]:
-    """Every entry of a remote folder (not . and ..), whatever bytes its name is made of.
+def list_folder(sftp: paramiko.SFTPClient, folder: str, limit: int = MAX_LISTED) -> list[paramiko.SFTPAttributes]:
+    """Every entry of a remote folder (not . and ..), whatever bytes its name is made of; raise DownloadCut
+    if the server lists more than limit entries (a listing that never ends is not read for ever).
 
     The same SFTP requests as paramiko's listdir_attr (OPENDIR, READDIR until EOF,
     CLOSE), but names are read as bytes and held in surrogate-escape form
@@ -110,6 +113,9 @@ def list_folder(sftp: paramiko.SFTPClient, folder: str) -> list[paramiko.SFTPAtt
                 attributes = paramiko.SFTPAttributes._from_msg(message, name, longname)  # type: ignore[attr-defined]
                 if name not in (".", ".."):
                     entries.append(attributes)
+            if len(entries) > limit:
+                raise DownloadCut(errno.EFBIG, f"the server lists more than {limit} entries in it; move files "
+                                               "elsewhere on the server, or split the folder")
     finally:
         sftp._request(CMD_CLOSE, handle)  # type: ignore[attr-defined]
     return entries
@@ -121,10 +127,11 @@ class SftpSource:
     mode = "sftp"
 
     def __init__(self, settings: SftpSourceSettings, clock: Callable[[], float] = time.monotonic,
-                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES):
+                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, max_listed: int = MAX_LISTED):
         parts = urlsplit(settings.url)
         self.settings = settings
         self.max_file_bytes = max_file_bytes
+        self.max_listed = max_listed
         self.name = settings.name
         self.host = parts.hostname or ""  # config_rules made sure the URL has both
         self.port = parts.port or 22
@@ -277,7 +284,7 @@ class SftpSource:
 
     def scan(self) -> list[Entry]:
         try:
-            listing = self._call(lambda sftp: list_folder(sftp, self.folder), "listing the folder")
+            listing = self._call(lambda sftp: list_folder(sftp, self.folder, self.max_listed), "listing the folder")
         except OSError as error:
             if isinstance(error, SourceUnavailable):
                 raise
@@ -449,7 +456,7 @@ class SftpSource:
         """For `check`: connect (host key checked), list the folder, report its permissions."""
         def look_around(sftp: paramiko.SFTPClient) -> str:
             folder = sftp.stat(to_bytes(self.folder))
-            count = len(list_folder(sftp, self.folder))
+            count = len(list_folder(sftp, self.folder, self.max_listed))
             return (f"host key verified, logged in as {self.user}; {printable(self.folder)} is "
                     f"{stat.filemode(folder.st_mode or 0)} uid {folder.st_uid} gid {folder.st_gid}, {count} entries "
                     "(the gateway needs write permission on it to "
