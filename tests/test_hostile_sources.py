@@ -124,11 +124,12 @@ def test_a_folder_swapped_for_a_symlink_pauses_the_source_and_nothing_of_the_tar
         real = site.source.with_name("print.real")
         site.aleph.run("mv", str(site.source), str(real))
         site.aleph.run("ln", "-s", str(aimed), str(site.source))
-        state = wait_for(lambda: (s := source_state(site, gateway_install))["problem"] and s, timeout=20,
-                         message="the source paused in status")
-        assert "replaced by a symlink" in state["problem"] and "paused" in state["problem"]
-        [logged] = [e for e in events(site) if e["event"] == "source.problem"]
-        assert logged["problem"] == state["problem"]
+        state = wait_for(lambda: "replaced by a symlink" in ((s := source_state(site, gateway_install))["problem"]
+                                                             or "") and s,
+                         timeout=20, message="the source paused in status")  # (between mv and ln: "is gone")
+        assert "paused" in state["problem"] and str(aimed) in state["problem"]
+        logged = [e for e in events(site) if e["event"] == "source.problem"]
+        assert logged and logged[-1]["problem"] == state["problem"]
         wait_for(lambda: any("source problem: print" in line for line in notify.lines("STATUS=")),
                  message="STATUS= naming the paused source")
         paused_at = time.monotonic()
