@@ -2,11 +2,14 @@
 # make lint: the lint gate alone: ruff (config in pyproject.toml), then mypy --strict on gateway/.
 # make demo: create .venv, install, run `caiasoft-gateway demo --keep` (the demo folder stays to look at).
 # make bench: the benchmarks (bench/run.py, bench/print_files.py): tables and JSON lines of figures.
+# make wheelhouse: the offline installer in dist/caiasoft-gateway-VERSION/ (wheels, install, unit; docs/install.md).
+# make install GROUP=... PRINT_FOLDER=... [PYTHON=/usr/bin/python3.11] [PREFIX=...] [DESTDIR=...]: tools/install.
+# make uninstall [PREFIX=...] [DESTDIR=...]: tools/install --uninstall.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: test lint demo bench clean
+.PHONY: test lint demo bench clean wheelhouse install uninstall
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +33,18 @@ demo: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/print_files.py
+
+OUT ?= dist
+wheelhouse:
+	tools/wheelhouse --python $(PYTHON) --out $(OUT)
+
+PREFIX  ?= /opt/caiasoft-gateway
+install:
+	tools/install --python $(PYTHON) --group $(GROUP) --print-folder $(PRINT_FOLDER) --prefix $(PREFIX) \
+		$(if $(DESTDIR),--root $(DESTDIR))
+
+uninstall:
+	tools/install --uninstall --prefix $(PREFIX) $(if $(DESTDIR),--root $(DESTDIR))
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -51,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     detached.add_argument("--group", metavar="GROUP", help="with --user: this primary group instead of the user's")
     check = commands.add_parser("check", help="check config, folders, permissions and CaiaSoft; list every problem")
     check.add_argument("--offline", action="store_true", help="do not contact CaiaSoft")
+    check.add_argument("--as-service", action="store_true",
+                       help="run the check as the installed unit runs the service: its user, groups, capability "
+                            "and API key credential (as root; uses setpriv)")
+    check.add_argument("--unit", type=Path, metavar="FILE", help=argparse.SUPPRESS)  # --as-service: another unit
+    check.add_argument("--root", type=Path, metavar="DIR", help=argparse.SUPPRESS)  # --as-service: a scratch root
     check.add_argument("--send-test-alert", action="store_true",
                        help="also send a test alert through [alerts] (mail, webhook) and say if it went out")
     check.add_argument("--ncip-item", metavar="BARCODE",
@@ -174,6 +179,8 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from gateway.checks import run_checks
 
+    if args.as_service:
+        return _check_as_service(args)
     try:
         config = _load(args)
     except ConfigError as error:
@@ -193,7 +200,29 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.send_test_alert:
         failures += _send_test_alert(config)
     print(f"\n{'all checks passed' if not failures else f'{failures} problem(s) found'}")
+    if os.geteuid() == 0:
+        print("(checked as root, who can read and write everything: `caiasoft-gateway check --as-service` checks "
+              "with the service's user, groups, capability and credentials)")
     return EXIT_OK if not failures else EXIT_FAILURE
+
+
+def _check_as_service(args: argparse.Namespace) -> int:
+    """check --as-service: the same check, run by setpriv as the installed unit would run the service."""
+    from gateway import asservice
+
+    root = args.root or Path("/")
+    unit = args.unit or asservice.inside(root, str(asservice.UNIT))
+    forwarded = [*(["-c", str(args.config)] if args.config else []), "check",
+                 *(["--offline"] if args.offline else []), *(["--send-test-alert"] if args.send_test_alert else []),
+                 *(["--ncip-item", args.ncip_item] if args.ncip_item else [])]
+    if os.geteuid() != 0:
+        print("caiasoft-gateway check --as-service: run it as root (it becomes the service's user)", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        return asservice.run_check(unit, root, forwarded, dict(os.environ))
+    except asservice.AsServiceError as error:
+        print(f"caiasoft-gateway check --as-service: {printable(str(error))}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 def _send_test_alert(config: config_module.Config) -> int:

@@ -1,5 +1,5 @@
-"""Packaging: the sdist builds, the wheel built from it installs into a fresh venv the way the
-README's install section does it, and the installed command runs."""
+"""Packaging: the sdist builds, the wheel built from it installs into a fresh venv, and the installed
+command runs. (The install itself, from a wheelhouse, is tests/test_install_docs.py.)"""
 
 from __future__ import annotations
 

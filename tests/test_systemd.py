@@ -147,7 +147,7 @@ def test_unit_keeps_its_promises(tmp_path):
 
 
 def test_sysusers_then_tmpfiles_make_the_user_and_folders_in_a_scratch_root(tmp_path):
-    """The README's install step 2, into a scratch root instead of the real system."""
+    """The sysusers and tmpfiles files the install runs, into a scratch root instead of the real system."""
     (tmp_path / "etc").mkdir()
     for name in ("passwd", "group"):
         (tmp_path / "etc" / name).write_text(Path(f"/etc/{name}").read_text())

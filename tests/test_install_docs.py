@@ -1,0 +1,367 @@
+"""docs/install.md, run as written: the wheelhouse built, then install, configure, upgrade, uninstall and
+purge in a scratch root (the install's --root), the install with the network cut (a network namespace of its
+own: no route anywhere, only pip --no-index from the folder's wheels can work). The installed service is
+started as the unit says (its user, its groups, CAP_LEASE; no running systemd needed) and a sample file
+written by another user, as ALEPH does, is archived. The uninstall leaves exactly what the docs name.
+
+Each command line of a block is run as it is written, with only these changes for the scratch root:
+install commands get --root, paths of the installed system are looked up under the root, `vi` is the
+test's edit of the config, `systemctl` start/stop is starting and stopping the ExecStart of the installed
+unit as the unit says, and `runuser -u USER` is setpriv with that user's ids from the root's /etc/passwd.
+A line the test does not know fails the test, so the docs cannot drift from what is tested.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from conftest import KEY, REPO, wait_for
+
+pytestmark = pytest.mark.e2e
+
+DOCS = REPO / "docs" / "install.md"
+SYSTEM_PYTHON = Path("/usr/bin/python3.11")  # what the docs name: Debian 12's python3 is this file
+SETPRIV = "/usr/bin/setpriv"
+PRINT_FOLDER = "/exlibris/aleph/u23_1/usm50/print/caiasoft"
+ALEPH_GROUP, ALEPH_GID, ALEPH_UID = "aleph", 4242, 4243  # ALEPH's group and OS user on the scratch host
+BARCODE = "31234001234567"
+# What a real host has before the install: the folders the install puts its files into.
+HOST_FOLDERS = ("etc/systemd/system", "etc/logrotate.d", "etc/init.d", "etc/sysusers.d", "usr/lib/sysusers.d",
+                "usr/lib/tmpfiles.d", "usr/local/bin", "usr/local/share/doc", "opt", "run", "var/lib", "var/log",
+                "exlibris/aleph/u23_1/usm50/print")
+LEFT_BY_UNINSTALL = ("var/lib/caiasoft-gateway", "var/log/caiasoft-gateway", "etc/caiasoft-gateway")
+ACCOUNT_FILES = ("etc/passwd", "etc/group", "etc/shadow", "etc/gshadow")
+
+
+def blocks() -> dict[str, list[str]]:
+    """The command blocks of docs/install.md by their test name (<!-- test: NAME --> before a ```sh block)."""
+    found = re.findall(r"<!-- test: (\w+) -->\n```sh\n(.*?)```", DOCS.read_text(), flags=re.S)
+    return {name: [line for line in body.splitlines() if line.strip()] for name, body in found}
+
+
+@pytest.fixture(scope="session")
+def installer_tarball(tmp_path_factory) -> Path:
+    """The docs' wheelhouse block, run once a session (it fetches the dependencies' wheels: set-up, not test)."""
+    [line] = blocks()["wheelhouse"]
+    assert line == "make wheelhouse PYTHON=python3.11"
+    out = tmp_path_factory.mktemp("dist")
+    python = shutil.which("python3.11") or str(SYSTEM_PYTHON)
+    result = subprocess.run([*shlex.split(line.replace("PYTHON=python3.11", f"PYTHON={python}")), f"OUT={out}"],
+                            cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not (REPO / "build").exists() or (REPO / "build").stat().st_mtime < out.stat().st_mtime
+    [tarball] = out.glob("caiasoft-gateway-*.tar.gz")
+    return tarball
+
+
+@dataclass
+class Host:
+    """A scratch root standing in for the ALEPH host, and the service started in it."""
+
+    root: Path
+    simulator_url: str
+    downloads: Path
+    cwd: Path = field(init=False)
+    service: subprocess.Popen | None = None
+    editor_runs: int = 0
+
+    def __post_init__(self) -> None:
+        self.cwd = self.downloads
+
+    def under(self, path: str) -> Path:
+        return self.root / path.lstrip("/")
+
+    def ids(self, user: str) -> tuple[int, int]:
+        for line in self.under("/etc/passwd").read_text().splitlines():
+            fields = line.split(":")
+            if fields[0] == user:
+                return int(fields[2]), int(fields[3])
+        raise AssertionError(f"no user {user} in the scratch root")
+
+    def gid(self, group: str) -> int:
+        for line in self.under("/etc/group").read_text().splitlines():
+            if line.split(":")[0] == group:
+                return int(line.split(":")[2])
+        raise AssertionError(f"no group {group} in the scratch root")
+
+    def member_gids(self, user: str) -> list[int]:
+        return [int(line.split(":")[2]) for line in self.under("/etc/group").read_text().splitlines()
+                if user in line.split(":")[3].split(",")]
+
+    @property
+    def config(self) -> Path:
+        return self.under("/etc/caiasoft-gateway/gateway.toml")
+
+    @property
+    def program(self) -> Path:
+        return self.under("/opt/caiasoft-gateway/bin/caiasoft-gateway")
+
+
+def unit_settings(host: Host) -> dict[str, list[str]]:
+    """The [Service] settings of the installed unit and its drop-ins (in name order), as systemd reads them."""
+    unit = host.under("/etc/systemd/system/caiasoft-gateway.service")
+    settings: dict[str, list[str]] = {}
+    for path in [unit, *sorted(unit.with_name(unit.name + ".d").glob("*.conf"))]:
+        section = ""
+        for line in path.read_text().splitlines():
+            line = line.strip()
+            if line.startswith("["):
+                section = line
+            elif section == "[Service]" and "=" in line and not line.startswith("#"):
+                key, _, value = line.partition("=")
+                settings.setdefault(key, []).append(value)
+    return settings
+
+
+def start_service(host: Host) -> None:
+    """What systemd does for ExecStart=, minus the sandbox: as User=, with its groups and
+    SupplementaryGroups=, AmbientCapabilities= as the only capabilities."""
+    settings = unit_settings(host)
+    [user] = settings["User"]
+    uid, gid = host.ids(user)
+    groups = {gid, *host.member_gids(user), *(host.gid(name) for value in settings["SupplementaryGroups"]
+                                               for name in value.split())}
+    caps = [name.lower().removeprefix("cap_") for value in settings["AmbientCapabilities"] for name in value.split()]
+    assert caps == ["lease"]
+    [exec_start] = settings["ExecStart"]
+    program, *arguments = exec_start.split()
+    link = host.under(program)
+    assert link.is_symlink() and os.readlink(link) == "/opt/caiasoft-gateway/bin/caiasoft-gateway"
+    host.service = subprocess.Popen(
+        [SETPRIV, f"--reuid={uid}", f"--regid={gid}", f"--groups={','.join(map(str, sorted(groups)))}",
+         "--inh-caps=-all,+lease", "--ambient-caps=+lease", "--", str(host.program), *arguments],
+        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/", "CAIASOFT_GATEWAY_CONFIG": str(host.config)},
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: host.under("/var/lib/caiasoft-gateway/gateway.lock").exists() or host.service.poll() is not None,
+             timeout=30, message="the service to start")
+    assert host.service.poll() is None, f"the service exited {host.service.returncode}"
+
+
+def stop_service(host: Host) -> None:
+    if host.service is not None and host.service.poll() is None:
+        host.service.send_signal(signal.SIGTERM)
+        assert host.service.wait(60) == 0
+    host.service = None
+
+
+def edit_config(host: Host) -> None:
+    """The admin's edit: CaiaSoft's URL (the simulator), and, for the scratch root, its folders."""
+    host.editor_runs += 1
+    text = host.config.read_text()
+    text = re.sub(r'(?m)^base_url = ".*"', f'base_url = "{host.simulator_url}"', text)
+    for path in ("/var/lib/caiasoft-gateway", "/var/log/caiasoft-gateway", "/etc/caiasoft-gateway", PRINT_FOLDER):
+        text = text.replace(f'"{path}', f'"{host.under(path)}')
+    text = re.sub(r"(?m)^settle_seconds = .*", "settle_seconds = 0.3", text)
+    host.config.write_text(text + "\n# edited by the admin\n")
+
+
+def run_shell(host: Host, command: str, network: bool = True, codes: tuple[int, ...] = (0,)) -> str:
+    """command through bash in the current folder (a `cd` in it carries over to the next line)."""
+    marker = host.downloads / ".cwd"
+    argv = ["bash", "-c", f"set -e; {command}\npwd > {shlex.quote(str(marker))}"]
+    if not network:
+        argv = ["unshare", "--net", "--", *argv]
+    result = subprocess.run(argv, cwd=host.cwd, capture_output=True, text=True, timeout=900)
+    assert result.returncode in codes, f"{command!r} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    if result.returncode == 0:
+        host.cwd = Path(marker.read_text().strip())
+    return result.stdout + result.stderr
+
+
+def run_line(host: Host, line: str) -> str:
+    """One line of the docs, run in the scratch root (see the module's docstring for what changes)."""
+    words = shlex.split(line, comments=True)
+    for kind in (_installer_line, _admin_line, _files_line):
+        said = kind(host, line, words)
+        if said is not None:
+            return said
+    raise AssertionError(f"docs/install.md: the test does not know how to run this line in a scratch root: {line}")
+
+
+def _installer_line(host: Host, line: str, words: list[str]) -> str | None:
+    root = shlex.quote(str(host.root))
+    if line.startswith("tar -xzf caiasoft-gateway-*.tar.gz && cd caiasoft-gateway-*/"):
+        return run_shell(host, line)
+    if words[0] == "./install":
+        return run_shell(host, f"{line} --root {root}", network=False)
+    if words[0] == "/opt/caiasoft-gateway/share/install":
+        return run_shell(host, f"{shlex.quote(str(host.under(words[0])))} {shlex.join(words[1:])} --root {root}")
+    if words[0] == "caiasoft-gateway":
+        extra = ["--root", str(host.root)] if words[1:3] == ["check", "--as-service"] else []
+        return run_shell(host, shlex.join([str(host.program), "-c", str(host.config), *words[1:], *extra]))
+    if words[:4] == ["runuser", "-u", "caiasoft-gateway", "--"] and words[4] == "caiasoft-gateway":
+        uid, gid = host.ids("caiasoft-gateway")
+        return run_shell(host, shlex.join([SETPRIV, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--",
+                                           str(host.program), "-c", str(host.config), *words[5:]]))
+    return None
+
+
+def _admin_line(host: Host, line: str, words: list[str]) -> str | None:
+    if words == ["vi", "/etc/caiasoft-gateway/gateway.toml"]:
+        edit_config(host)
+        return ""
+    if words in (["systemctl", "enable", "--now", "caiasoft-gateway"], ["systemctl", "start", "caiasoft-gateway"]):
+        start_service(host)
+        return ""
+    if words == ["systemctl", "stop", "caiasoft-gateway"]:
+        stop_service(host)
+        return ""
+    if words[0] == "userdel":
+        return run_shell(host, shlex.join(["userdel", "--root", str(host.root), *words[1:]]))
+    return None
+
+
+def _files_line(host: Host, line: str, words: list[str]) -> str | None:
+    if words[:2] == ["printf", "%s\\n"] and words[3:] == [">", "/etc/caiasoft-gateway/api-key"]:
+        assert words[2] == "THE-KEY-FROM-CAIASOFT"
+        return run_shell(host, f"printf '%s\\n' {KEY} > {shlex.quote(str(host.under(words[4])))}")
+    if words[:2] == ["diff", "-u"]:
+        return run_shell(host, shlex.join(["diff", "-u", *(str(host.under(path)) for path in words[2:])]),
+                         codes=(0, 1))
+    if words[:2] == ["rm", "-rf"]:
+        assert all(path.startswith("/") and path.count("/") >= 2 for path in words[2:])
+        return run_shell(host, shlex.join(["rm", "-rf", *(str(host.under(path)) for path in words[2:])]))
+    return None
+
+
+def run_block(host: Host, name: str) -> str:
+    return "".join(run_line(host, line) for line in blocks()[name])
+
+
+def snapshot(root: Path) -> set[str]:
+    """Every path under root (folders too), relative, but the backups and lock the account tools leave."""
+    return {str(path.relative_to(root)) for path in root.rglob("*")
+            if not str(path.relative_to(root)).startswith((*(f"{name}-" for name in ACCOUNT_FILES), "etc/.pwd.lock"))}
+
+
+@pytest.fixture
+def host(installer_tarball, simulator):
+    root = Path(tempfile.mkdtemp(prefix="caiasoft-host-"))
+    os.chmod(root, 0o755)  # the service user walks into it, as into /
+    for folder in HOST_FOLDERS:
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for name in ("passwd", "group", "login.defs"):
+        shutil.copy(f"/etc/{name}", root / "etc" / name)
+    for name in ("shadow", "gshadow"):
+        (root / "etc" / name).write_text("")
+        (root / "etc" / name).chmod(0o600)
+    with open(root / "etc" / "group", "a") as groups:
+        groups.write(f"{ALEPH_GROUP}:x:{ALEPH_GID}:\n")
+    print_folder = root / PRINT_FOLDER.lstrip("/")
+    print_folder.mkdir()
+    os.chown(print_folder, ALEPH_UID, ALEPH_GID)
+    os.chmod(print_folder, 0o2775)  # ALEPH's folder, group-writable for its group
+    downloads = Path(tempfile.mkdtemp(prefix="caiasoft-admin-"))  # root's own folder, outside the host's tree
+    shutil.copy(installer_tarball, downloads)
+    made = Host(root, simulator.url, downloads)
+    yield made
+    stop_service(made)
+    shutil.rmtree(root, ignore_errors=True)
+    shutil.rmtree(downloads, ignore_errors=True)
+
+
+def write_as_aleph(host: Host, name: str, text: str) -> None:
+    """A request file written by ALEPH's user (not the gateway's, not root), as its print daemon does."""
+    target = host.under(PRINT_FOLDER) / name
+    subprocess.run([SETPRIV, f"--reuid={ALEPH_UID}", f"--regid={ALEPH_GID}", "--clear-groups", "--",
+                    "/bin/sh", "-c", 'umask 002; printf "%s" "$1" > "$2"', "sh", text, str(target)],
+                   check=True, timeout=30)
+    assert target.stat().st_uid == ALEPH_UID
+
+
+def archived(host: Host) -> list[Path]:
+    archive = host.under("/var/lib/caiasoft-gateway/archive")
+    return sorted(path for path in archive.rglob("*") if path.is_file() and not path.name.endswith(".json"))
+
+
+def test_the_docs_blocks_are_the_ones_this_test_runs():
+    assert set(blocks()) == {"wheelhouse", "install", "configure", "upgrade", "uninstall", "purge"}
+    install = blocks()["install"]
+    assert len(install) <= 3, "at most three commands to install"
+    assert f"--python {SYSTEM_PYTHON}" in install[-1] and f"--print-folder {PRINT_FOLDER}" in install[-1]
+
+
+def test_install_configure_run_upgrade_uninstall_as_the_docs_say(host):
+    assert SYSTEM_PYTHON.exists(), "Debian 12's python3.11 (apt-get install python3 python3-venv)"
+    before = snapshot(host.root)
+    accounts = {name: (host.root / name).read_text() for name in ACCOUNT_FILES}
+
+    said = run_block(host, "install")
+    assert "wrote the sample config /etc/caiasoft-gateway/gateway.toml" in said
+    uid, gid = host.ids("caiasoft-gateway")
+    assert uid != 0 and host.member_gids("caiasoft-gateway") == [ALEPH_GID]
+    for folder in ("/var/lib/caiasoft-gateway", "/var/log/caiasoft-gateway", "/run/caiasoft-gateway"):
+        info = host.under(folder).stat()
+        assert (info.st_uid, info.st_gid) == (uid, gid), folder
+    site = host.under("/etc/systemd/system/caiasoft-gateway.service.d/site.conf").read_text()
+    assert f"SupplementaryGroups={ALEPH_GROUP}" in site and f"ReadWritePaths={PRINT_FOLDER}" in site
+    assert f'path = "{PRINT_FOLDER}"' in host.config.read_text()  # the sample, with the folder given
+    assert host.under("/usr/local/share/doc/caiasoft-gateway/install.md").read_text() == DOCS.read_text()
+    key = host.under("/etc/caiasoft-gateway/api-key").stat()
+    assert (key.st_uid, key.st_mode & 0o777, key.st_size) == (uid, 0o600, 0)
+
+    said = run_block(host, "configure")
+    assert host.editor_runs == 1
+    assert "checking as the service runs: user caiasoft-gateway" in said and "CAP_LEASE held" in said
+    assert "all checks passed" in said and "WARN" not in said, said
+    write_as_aleph(host, "anx.cir.12.paging20261206_am_barcode", f"{BARCODE}\n")
+    [sent] = wait_for(lambda: archived(host), timeout=30, message="the sample file archived")
+    assert sent.read_text() == f"{BARCODE}\n" and sent.stat().st_uid == uid
+    assert not list(host.under(PRINT_FOLDER).iterdir())
+
+    edited = host.config.read_text()
+    said = run_block(host, "upgrade")
+    assert host.config.read_text() == edited and "kept your /etc/caiasoft-gateway/gateway.toml" in said
+    assert host.under("/etc/caiasoft-gateway/api-key").read_text() == f"{KEY}\n"
+    assert "+# edited by the admin" not in said and "-# edited by the admin" in said  # the diff, theirs first
+    assert "all checks passed" in said and "anx.cir.12.paging20261206_am_barcode" in said  # find, as the user
+    write_as_aleph(host, "after_upgrade_barcode", "31234001234568\n")
+    wait_for(lambda: len(archived(host)) == 2, timeout=30, message="a file archived after the upgrade")
+
+    stop_service(host)  # what the uninstall's systemctl disable --now does on a real host
+    said = run_block(host, "uninstall")
+    for left in ("/var/lib/caiasoft-gateway", "/var/log/caiasoft-gateway", "/etc/caiasoft-gateway", "userdel"):
+        assert left in said, left
+    after = snapshot(host.root)
+    assert {path for path in after - before if not path.startswith(LEFT_BY_UNINSTALL)} == set(), \
+        "the uninstall left more than it names"
+    assert before - after == set()
+    assert uid == host.ids("caiasoft-gateway")[0]  # the user stays until the purge, as said
+
+    run_block(host, "purge")
+    assert snapshot(host.root) == before
+    assert {name: (host.root / name).read_text() for name in ACCOUNT_FILES if name.endswith(("passwd", "group"))} \
+        == {name: text for name, text in accounts.items() if name.endswith(("passwd", "group"))}
+
+
+def test_the_install_refuses_a_python_it_cannot_use(host, tmp_path):
+    """An interpreter under a home folder (pyenv), or one older than 3.11 (RHEL's python3), is refused by name."""
+    run_shell(host, "tar -xzf caiasoft-gateway-*.tar.gz && cd caiasoft-gateway-*/")
+    common = f"--group {ALEPH_GROUP} --print-folder {PRINT_FOLDER} --root {host.root}"
+    home = Path("/root/.pyenv-like-python")
+    home.mkdir(exist_ok=True)
+    try:
+        (home / "python3").symlink_to(SYSTEM_PYTHON)
+        said = run_shell(host, f"./install --python {home / 'python3'} {common}", codes=(2,))
+        assert "under a home folder" in said
+    finally:
+        shutil.rmtree(home)
+    old = tmp_path / "python3.9"
+    old.write_text('#!/bin/sh\nexec /usr/bin/python3.11 -c "import sys; sys.exit(1)" "$@"\n')
+    old.chmod(0o755)
+    said = run_shell(host, f"./install --python {old} {common}", codes=(2,))
+    assert "needs 3.11 or later" in said
+    said = run_shell(host, f"./install --python {SYSTEM_PYTHON} --group no-such-group {common.split(' ', 2)[2]}",
+                     codes=(2,))
+    assert "--group no-such-group: there is no such group" in said
+    assert not host.under("/opt/caiasoft-gateway").exists()  # refused before anything changed
