@@ -13,6 +13,7 @@ import pytest
 
 from conftest import KEY, ncip_table, wait_for
 from test_relay import add, dead_letters, ncip, relay_site  # noqa: F401  (fixtures)
+from test_service import notify_socket  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.e2e
 
@@ -117,9 +118,9 @@ def _wait_for_problem(site, words: str) -> dict:
 
 @pytest.mark.parametrize("kind", ["directory", "fifo"])
 def test_a_journal_replaced_by_a_directory_or_a_fifo_is_named_in_status_and_the_relay_resumes(
-        relay_site, ncip, daemon_factory, kind):  # noqa: F811
+        relay_site, ncip, daemon_factory, notify_socket, kind):  # noqa: F811
     add(relay_site, "checkin", "OLD-1")
-    daemon = daemon_factory(relay_site.config_file)
+    daemon = daemon_factory(relay_site.config_file, env={"NOTIFY_SOCKET": notify_socket.path})
     ncip.wait_for(1, timeout=30)
     kept = relay_site.journal.with_name("kept.jsonl")
     relay_site.journal.rename(kept)
@@ -132,6 +133,8 @@ def test_a_journal_replaced_by_a_directory_or_a_fifo_is_named_in_status_and_the_
     assert str(relay_site.journal) in state["journal_problem"]
     text = cli(relay_site, "status").stdout
     assert f"NCIP JOURNAL NOT READ: the journal {relay_site.journal} {words}" in text, text
+    wait_for(lambda: any(f"; NCIP JOURNAL NOT READ: the journal {relay_site.journal} {words}" in line
+                         for line in notify_socket.lines("STATUS=")), message="the problem in STATUS=")
     if kind == "directory":
         relay_site.journal.rmdir()
     else:
