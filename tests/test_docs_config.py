@@ -1,0 +1,53 @@
+"""Every TOML block of the README (the SFTP source, the NCIP relay, alerts, metrics, a second source...) loads as
+written into the shipped sample config: pasted at its end, or, for an example of the sample's own source, in place
+of that source."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from conftest import REPO
+from gateway import config as config_module
+
+SAMPLE = (REPO / "conf" / "gateway.toml").read_text()
+BLOCKS = re.findall(r"```toml\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+
+
+def _first_source_removed(sample: str) -> str:
+    """The sample without its [[sources]] entry (from its header to the next table header)."""
+    start = sample.index("\n[[sources]]\n")
+    following = re.search(r"(?m)^\[", sample[start + len("\n[[sources]]\n"):])
+    end = start + len("\n[[sources]]\n") + following.start() if following else len(sample)
+    return sample[:start] + "\n" + sample[end:]
+
+
+def with_block(block: str) -> str:
+    names = re.findall(r'(?m)^name = "([^"]*)"', block)
+    if block.startswith("[[sources]]") and names == ["print"]:  # the sample's own source, shown another way
+        return _first_source_removed(SAMPLE) + "\n" + block
+    return SAMPLE + "\n" + block
+
+
+def test_the_readme_has_the_blocks_this_test_is_about():
+    firsts = [block.splitlines()[0] for block in BLOCKS]
+    assert {"[[sources]]", "[ncip]", "[alerts]", "[metrics]"} <= set(firsts)
+    assert any("url = \"sftp://" in block for block in BLOCKS)
+
+
+@pytest.mark.parametrize("block", BLOCKS, ids=[block.splitlines()[0] + f"-{index}" for index, block
+                                                in enumerate(BLOCKS)])
+def test_each_toml_block_loads_into_the_shipped_sample(tmp_path, block):
+    config = tmp_path / "gateway.toml"
+    config.write_text(with_block(block))
+    config_module.load_settings(config)  # raises ConfigError naming every problem
+
+
+def test_the_sftp_block_is_a_second_source_with_a_name_of_its_own(tmp_path):
+    [sftp] = [block for block in BLOCKS if 'url = "sftp://' in block]
+    config = tmp_path / "gateway.toml"
+    config.write_text(SAMPLE + "\n" + sftp)
+    settings = config_module.load_settings(config)
+    assert [source.name for source in settings.sources] == ["print", "remote-print"]
+    assert settings.sources[1].settle_seconds >= 30  # what check advises for a writer it cannot see
