@@ -13,6 +13,13 @@ the middle. Stated policies:
   or rewritten before the checkpoint)   (logrotate copytruncate), its rest is read first; then
                                         the journal from its start (journal.truncated)
   replacement (another file, old gone)  read the new one from its start (journal.replaced)
+  not a regular file (a symbolic link,  nothing read, never opened through the link nor blocked
+  a directory, a FIFO, a device ...)    on; Tailer.problem says why (journal.refused) until a
+                                        regular file is back: the same file again from the
+                                        checkpoint, another as a replacement
+Anybody who may write the journal is an outside party: a value that no NCIP
+message can carry (gateway.xmltext) makes its line invalid (a dead letter), and
+append() refuses it at the door, as it refuses to follow a link or open a FIFO.
 """
 
 from __future__ import annotations
