@@ -20,6 +20,8 @@ SHOWN_CHARACTERS = 60  # of a value quoted in a reason
 
 def problem(name: str, value: str) -> str | None:
     """Why value (the field name) cannot go into an NCIP message, naming the character; None if it can."""
+    if value.isprintable():  # the usual barcode: no control, surrogate or unassigned code point (U+FFFE is one)
+        return None
     for index, char in enumerate(value):
         category = unicodedata.category(char)
         if category in ("Cc", "Cs") or ord(char) in NOT_CARRIED:
