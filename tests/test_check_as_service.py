@@ -1,0 +1,80 @@
+"""`check --as-service`: check with the installed unit's user, groups, capability and API key credential."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import KEY
+from gateway import asservice
+
+CAP_LEASE_HELD = "CAP_LEASE held"
+
+
+def write_unit(folder: Path, executable: Path, *service: str, dropins: dict[str, str] | None = None) -> Path:
+    unit = folder / "caiasoft-gateway.service"
+    unit.write_text("[Unit]\nDescription=test\n[Service]\nType=notify\n"
+                    f"ExecStart={executable} run\n" + "".join(line + "\n" for line in service))
+    for name, text in (dropins or {}).items():
+        unit.with_name(unit.name + ".d").mkdir(exist_ok=True)
+        (unit.with_name(unit.name + ".d") / name).write_text(text)
+    return unit
+
+
+def test_the_unit_and_its_drop_ins_are_read_as_systemd_reads_them(tmp_path):
+    unit = write_unit(tmp_path, Path("/usr/local/bin/caiasoft-gateway"), "User=caiasoft-gateway",
+                      "SupplementaryGroups=first", "AmbientCapabilities=CAP_LEASE", dropins={
+                          "b-site.conf": "[Service]\nSupplementaryGroups=\nSupplementaryGroups=aleph\n"
+                                         "LoadCredential=caiasoft-api-key:/etc/caiasoft-gateway/api-key\n",
+                          "a-newer.conf": "[Service]\nProtectProc=invisible\n# User=not-this\n"})
+    identity = asservice.read_unit(unit)
+    assert (identity.user, identity.supplementary, identity.capabilities) == ("caiasoft-gateway", ["aleph"],
+                                                                               ["CAP_LEASE"])
+    assert identity.credentials == {"caiasoft-api-key": "/etc/caiasoft-gateway/api-key"}
+    assert identity.exec_start == "/usr/local/bin/caiasoft-gateway"
+    assert asservice.version_warnings(identity, 252) == []
+    warnings = asservice.version_warnings(identity, 239)
+    assert len(warnings) == 2 and "LoadCredential= (systemd 247 and later)" in warnings[0] \
+        and "api_key_file" in warnings[0] and "ProtectProc=" in warnings[1] and "newer-systemd.conf" in warnings[1]
+
+
+def test_a_unit_that_cannot_be_followed_is_named(tmp_path):
+    with pytest.raises(asservice.AsServiceError, match="cannot read the unit"):
+        asservice.read_unit(tmp_path / "missing.service")
+    unit = write_unit(tmp_path, Path("/bin/true"), "User=no-such-user-here")
+    with pytest.raises(asservice.AsServiceError, match="User=no-such-user-here does not exist"):
+        asservice.command(asservice.read_unit(unit), Path("/"), ["check"])
+
+
+def test_check_as_the_unit_with_its_user_capability_and_credential(unprivileged_site, gateway_install):
+    """The key handed over as LoadCredential= (root's file, unreadable by the user): check as the service reads it
+    from the credentials folder, holds CAP_LEASE, and the folder is gone afterwards."""
+    site = unprivileged_site
+    text = site.config_file.read_text()
+    site.config_file.write_text("\n".join(line for line in text.splitlines() if not line.startswith("api_key_file")))
+    os.chown(site.key_file, 0, 0)  # root's alone: only a credential can bring it to the service
+    unit = write_unit(site.root, gateway_install.executable, f"User={gateway_install.user}",
+                      "AmbientCapabilities=CAP_LEASE", f"LoadCredential=caiasoft-api-key:{site.key_file}")
+    before = set(Path("/tmp").glob("caiasoft-gateway-credentials-*"))
+    result = subprocess.run([str(gateway_install.executable), "-c", str(site.config_file), "check", "--as-service",
+                             "--unit", str(unit)], capture_output=True, text=True, timeout=120,
+                            env=gateway_install.environment())
+    said = result.stdout + result.stderr
+    assert result.returncode == 0 and "all checks passed" in said, said
+    assert f"user {gateway_install.user} (uid {gateway_install.uid})" in said and "credential caiasoft-api-key" in said
+    assert CAP_LEASE_HELD in said and KEY not in said
+    assert set(Path("/tmp").glob("caiasoft-gateway-credentials-*")) == before
+
+    plain = subprocess.run([*gateway_install.command("-c", str(site.config_file), "check", "--offline")],
+                           capture_output=True, text=True, timeout=120, env=gateway_install.environment())
+    assert plain.returncode != 0 and "no API key" in plain.stdout  # without the unit's credential
+
+
+def test_check_as_root_says_it_proves_little_and_how_to_check_as_the_service(site):
+    result = subprocess.run([sys.executable, "-m", "gateway", "-c", str(site.config_file), "check",
+                             "--offline"], capture_output=True, text=True, timeout=120)
+    assert "caiasoft-gateway check --as-service" in result.stdout, result.stdout
