@@ -4,7 +4,7 @@ Read from the unit and its drop-ins: the user, its groups and SupplementaryGroup
 (AmbientCapabilities=), the API key credential (LoadCredential=) and the command (ExecStart=). Then run
 `check` with them through setpriv (util-linux), so a green `check` means the service can do what it
 checks. The unit's sandbox (ProtectSystem= and the rest) is not applied; it only takes away.
-Also warn when the running systemd is older than a directive the installed unit relies on.
+installed_unit_warnings() says when the running systemd is older than a directive the installed unit relies on.
 """
 
 from __future__ import annotations
@@ -151,6 +151,17 @@ def version_warnings(identity: ServiceIdentity, version: int | None) -> list[str
             for name, since in sorted(NEWEST_DIRECTIVES.items()) if name in identity.directives and version < since]
 
 
+def installed_unit_warnings(unit: Path = UNIT) -> list[str]:
+    """version_warnings for the installed unit, if there is one (for every `check`)."""
+    if not unit.is_file():
+        return []
+    try:
+        identity = read_unit(unit)
+    except AsServiceError:
+        return []
+    return version_warnings(identity, systemd_version())
+
+
 def command(identity: ServiceIdentity, root: Path, check_args: list[str]) -> list[str]:
     """The setpriv command that runs `caiasoft-gateway check` as the unit's user, groups and capabilities."""
     setpriv = shutil.which(SETPRIV)
@@ -174,8 +185,6 @@ def run_check(unit: Path, root: Path, check_args: list[str], environ: dict[str, 
     Raise AsServiceError when the unit cannot be followed.
     """
     identity = read_unit(unit)
-    for warning in version_warnings(identity, systemd_version()):
-        print(f"WARN  {unit}\n        {warning}")
     argv = command(identity, root, check_args)
     uid, gid, _groups = ids(identity, root)
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": environ.get("LANG", "C.UTF-8"), "HOME": "/"}

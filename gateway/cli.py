@@ -199,11 +199,20 @@ def cmd_check(args: argparse.Namespace) -> int:
         failures += result.mark == "FAIL"
     if args.send_test_alert:
         failures += _send_test_alert(config)
+    _print_unit_warnings()
     print(f"\n{'all checks passed' if not failures else f'{failures} problem(s) found'}")
     if os.geteuid() == 0:
         print("(checked as root, who can read and write everything: `caiasoft-gateway check --as-service` checks "
               "with the service's user, groups, capability and credentials)")
     return EXIT_OK if not failures else EXIT_FAILURE
+
+
+def _print_unit_warnings() -> None:
+    """WARN lines for directives of the installed unit that the running systemd does not know."""
+    from gateway import asservice
+
+    for warning in asservice.installed_unit_warnings():
+        print(f"WARN  {asservice.UNIT}\n        {warning}")
 
 
 def _check_as_service(args: argparse.Namespace) -> int:

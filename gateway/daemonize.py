@@ -77,6 +77,11 @@ def preflight(config: Config, pidfile: Path) -> None:
         raise StartRefused(f"the pidfile's folder {folder} is not writable by uid {os.geteuid()}")
     _writable_folder(config.paths.state_dir, "state folder (paths.state_dir)")
     _writable_folder(config.paths.log_dir, "log folder (paths.log_dir)")
+    for path in (config.paths.lock_file, config.paths.database):  # left by a start as another user (root)
+        if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+            raise StartRefused(f"{path} belongs to uid {path.stat().st_uid} and uid {os.geteuid()} cannot write it "
+                               f"(a start as another user left it): chown -R that user's files in "
+                               f"{config.paths.state_dir} to the service user")
 
 
 class PidFile:

@@ -78,3 +78,20 @@ def test_check_as_root_says_it_proves_little_and_how_to_check_as_the_service(sit
     result = subprocess.run([sys.executable, "-m", "gateway", "-c", str(site.config_file), "check",
                              "--offline"], capture_output=True, text=True, timeout=120)
     assert "caiasoft-gateway check --as-service" in result.stdout, result.stdout
+
+
+def test_every_check_warns_when_the_running_systemd_is_older_than_the_installed_unit(tmp_path, monkeypatch):
+    unit = write_unit(tmp_path, Path("/usr/local/bin/caiasoft-gateway"), "User=caiasoft-gateway",
+                      dropins={"newer-systemd.conf": "[Service]\nProtectClock=yes\n"})
+    bin_folder = tmp_path / "bin"
+    bin_folder.mkdir()
+    systemctl = bin_folder / "systemctl"  # RHEL 8's, as far as `systemctl --version` tells
+    systemctl.write_text("#!/bin/sh\necho 'systemd 239 (239-74.el8_8)'\necho '+PAM +AUDIT'\n")
+    systemctl.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_folder}:{os.environ['PATH']}")
+    assert asservice.systemd_version() == 239
+    [warning] = asservice.installed_unit_warnings(unit)
+    assert "systemd 239 does not know ProtectClock= (systemd 245 and later)" in warning
+    assert asservice.installed_unit_warnings(tmp_path / "not-installed.service") == []
+    systemctl.write_text("#!/bin/sh\necho 'systemd 252 (252.38-1~deb12u1)'\n")
+    assert asservice.installed_unit_warnings(unit) == []

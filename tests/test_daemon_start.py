@@ -90,3 +90,15 @@ def test_user_drops_root_to_the_service_user_and_it_works(unprivileged_site, gat
     finally:
         os.kill(pid, signal.SIGTERM)
     wait_for(lambda: not pidfile.exists(), message="the daemon to stop")
+
+
+def test_a_lock_file_left_by_root_is_named(unprivileged_site, gateway_install):
+    site = unprivileged_site
+    (site.state / "gateway.lock").write_text("")  # a start as root before: the file is root's
+    run = site.root / "run"
+    run.mkdir()
+    gateway_install.give(run)
+    result = daemon(site.config_file, run / "gateway.pid", command=gateway_install.command(),
+                    env=gateway_install.environment())
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"{site.state / 'gateway.lock'} belongs to uid 0" in result.stderr and "Traceback" not in result.stderr
