@@ -3,7 +3,8 @@
 # make demo: create .venv, install, run `caiasoft-gateway demo --keep` (the demo folder stays to look at).
 # make bench: the benchmarks (bench/run.py, bench/print_files.py): tables and JSON lines of figures.
 # make wheelhouse: the offline installer in dist/caiasoft-gateway-VERSION/ (wheels, install, unit; docs/install.md).
-# make install GROUP=... PRINT_FOLDER=... [PYTHON=/usr/bin/python3.11] [PREFIX=...] [DESTDIR=...]: tools/install.
+# make install GROUP=... PRINT_FOLDER=... [PYTHON=/usr/bin/python3.11] [PREFIX=...] [DESTDIR=...] [WHEELHOUSE=DIR]
+#   [SYSV=yes]: tools/install (docs/install.md); from this tree it needs the network unless WHEELHOUSE is given.
 # make uninstall [PREFIX=...] [DESTDIR=...]: tools/install --uninstall.
 PYTHON ?= python3
 VENV   := .venv
@@ -41,7 +42,7 @@ wheelhouse:
 PREFIX  ?= /opt/caiasoft-gateway
 install:
 	tools/install --python $(PYTHON) --group $(GROUP) --print-folder $(PRINT_FOLDER) --prefix $(PREFIX) \
-		$(if $(DESTDIR),--root $(DESTDIR))
+		$(if $(DESTDIR),--root $(DESTDIR)) $(if $(WHEELHOUSE),--wheelhouse $(WHEELHOUSE)) $(if $(SYSV),--sysv)
 
 uninstall:
 	tools/install --uninstall --prefix $(PREFIX) $(if $(DESTDIR),--root $(DESTDIR))

@@ -365,3 +365,31 @@ def test_the_install_refuses_a_python_it_cannot_use(host, tmp_path):
                      codes=(2,))
     assert "--group no-such-group: there is no such group" in said
     assert not host.under("/opt/caiasoft-gateway").exists()  # refused before anything changed
+
+
+def test_make_install_honours_destdir_prefix_python_and_wheelhouse_and_make_uninstall_undoes_it(host):
+    """make install from the source tree, offline from a wheelhouse's wheels, with the init script; then uninstall."""
+    run_shell(host, "tar -xzf caiasoft-gateway-*.tar.gz && cd caiasoft-gateway-*/")
+    wheels = host.cwd / "wheels"
+    before = snapshot(host.root)
+    make = ["make", "--no-print-directory", "-C", str(REPO)]
+    result = subprocess.run(["unshare", "--net", "--", *make, "install", f"DESTDIR={host.root}", "PREFIX=/opt/gw",
+                             f"PYTHON={SYSTEM_PYTHON}", f"GROUP={ALEPH_GROUP}", f"PRINT_FOLDER={PRINT_FOLDER}",
+                             f"WHEELHOUSE={wheels}", "SYSV=yes"], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert os.readlink(host.under("/usr/local/bin/caiasoft-gateway")) == "/opt/gw/bin/caiasoft-gateway"
+    version = subprocess.run([str(host.under("/opt/gw/bin/caiasoft-gateway")), "--version"], capture_output=True,
+                             text=True, timeout=60)
+    assert version.stdout.startswith("caiasoft-gateway ")
+    assert f"home = {SYSTEM_PYTHON.parent}\n" in host.under("/opt/gw/pyvenv.cfg").read_text()  # PYTHON's venv
+    init = host.under("/etc/init.d/caiasoft-gateway")
+    assert init.stat().st_mode & 0o777 == 0o755
+    assert init.read_text() == (REPO / "conf" / "caiasoft-gateway.init").read_text()
+    assert not host.under("/opt/caiasoft-gateway").exists()
+
+    result = subprocess.run([*make, "uninstall", f"DESTDIR={host.root}", "PREFIX=/opt/gw"], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    after = snapshot(host.root)
+    assert {path for path in after - before if not path.startswith(LEFT_BY_UNINSTALL)} == set()
+    assert before - after == set()
