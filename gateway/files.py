@@ -142,7 +142,8 @@ def snapshot(fd: int, target: Path, limit: int | None = None, deadline: float | 
     try:
         out = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
         with open(out, "wb") as writer:
-            while chunk := os.pread(fd, COPY_CHUNK, copied):
+            os.lseek(fd, 0, os.SEEK_SET)  # the fd is this take's own: read it from its start
+            while chunk := os.read(fd, COPY_CHUNK):
                 copied += len(chunk)
                 if limit is not None and copied > limit:
                     raise CopyCut(errno.EFBIG, f"it grew above max_file_bytes ({limit}) while copied; not taken")
