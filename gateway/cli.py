@@ -79,6 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     find = commands.add_parser("find", help="which request files carried this item (newest first)")
     find.add_argument("barcode", metavar="BARCODE", help="the item's barcode (z30-barcode)")
     find.add_argument("--json", action="store_true", help="print JSON instead of text")
+    prune = commands.add_parser("prune", help="remove the days retention_days (and error_retention_days) let go, "
+                                              "with the service stopped; --dry-run says what would go")
+    prune.add_argument("--dry-run", dest="dry_run", action="store_true",
+                       help="only say which day folders would go and what the ledger keeps of them")
     demo = commands.add_parser("demo", help="a self-contained run with the simulator and sample files")
     demo.add_argument("--keep", action="store_true", help="keep the demo folder to look around (else it is removed)")
     simulate = commands.add_parser("simulate", help="run a simulator on loopback for dry runs")
@@ -118,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.excepthook = _print_redacted_exception
     args = _parser().parse_args(argv)
     handler = {"run": cmd_run, "daemon": cmd_daemon, "check": cmd_check, "status": cmd_status, "send": cmd_send,
-               "retry": cmd_retry, "journal": cmd_journal, "find": cmd_find, "demo": cmd_demo,
+               "retry": cmd_retry, "journal": cmd_journal, "find": cmd_find, "prune": cmd_prune, "demo": cmd_demo,
                "simulate": cmd_simulate}[args.command]
     try:
         code = handler(args)
@@ -326,6 +330,17 @@ def cmd_find(args: argparse.Namespace) -> int:
     print(logs.redact(json.dumps(found, indent=2, ensure_ascii=False) if args.json
                       else find.render(printable(barcode), found)))
     return EXIT_OK if found else EXIT_FAILURE
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from gateway.prunecommand import prune
+
+    config = _load_settings(args)
+    if _no_ledger_yet(config, as_json=False):
+        return EXIT_FAILURE
+    lines, code = prune(config, args.dry_run)
+    print("\n".join(lines), file=sys.stdout if code == EXIT_OK else sys.stderr)
+    return code
 
 
 def _pipeline(config: config_module.Settings, client: CaiaSoftClient | None = None) -> Pipeline:

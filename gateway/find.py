@@ -54,6 +54,9 @@ def find(ledger: Ledger, barcode: str, folders: list[Path]) -> list[dict[str, An
         pruned = ledger.pruned_at(str(Path(entry["path"]).parent)) if entry["path"] and not entry["path_exists"] \
             else None
         entry["pruned_at"] = _iso(pruned)  # its day folder was removed by retention_days, then
+    retired = _retired(ledger, barcode)
+    if retired is not None:
+        found.append(retired)
     found.sort(key=lambda entry: (entry["taken"] or "", entry.get("ledger_id") or 0), reverse=True)
     return [_printable(entry) for entry in found]
 
@@ -66,6 +69,26 @@ def _hits(ledger: Ledger, barcode: str) -> list[ItemHit]:
         if not hits and variant != barcode:
             hits = ledger.items_for(variant)
     return hits
+
+
+def _retired(ledger: Ledger, barcode: str) -> dict[str, Any] | None:
+    """The compact row retention kept of the item's removed files (gateway/retiredstore.py), as an entry:
+    the newest removed file, and how many earlier ones (earlier_removed, since first_taken)."""
+    for variant in dict.fromkeys((barcode, barcode.upper(), barcode.lower())):
+        kept = ledger.retired_for(variant)
+        if kept is not None:
+            break
+    else:
+        return None
+    accepted = kept.outcome == Verdict.ACCEPTED
+    status = {key: value for key, value in (("deny", kept.deny), ("istatus", kept.istatus)) if value is not None}
+    return {"barcode": kept.barcode, "file": kept.file, "original_name": None, "source": kept.source,
+            "taken": _iso(kept.taken), "sent": _iso(kept.sent), "outcome": kept.outcome,
+            "state": FileState.ARCHIVED if accepted else FileState.REFUSED, "reason": kept.reason,
+            "caiasoft": status or None, "path": kept.path, "kind": None, "record": None, "line": None,
+            "request_number": kept.request_number, "request_id": None, "pickup_location": None, "form_name": None,
+            "ledger_id": None, "path_exists": False, "pruned_at": _iso(kept.removed_at),
+            "earlier_removed": kept.earlier, "first_taken": _iso(kept.first_taken)}
 
 
 def _printable(entry: dict[str, Any]) -> dict[str, Any]:
@@ -246,6 +269,10 @@ def render(barcode: str, found: list[dict[str, Any]]) -> str:
         gone = "  (no longer there: removed by retention_days, or moved)" if entry.get("path") and \
             not entry.get("path_exists") else ""
         if entry.get("pruned_at"):
-            gone = f"  (archived {_day_of(entry['path'])}, removed by retention on {entry['pruned_at'][:10]})"
+            placed = "archived" if entry.get("state") == FileState.ARCHIVED else "refused"
+            gone = f"  ({placed} {_day_of(entry['path'])}, removed by retention on {entry['pruned_at'][:10]})"
         lines.append(f"    path      {entry.get('path') or '(still in the queue)'}{gone}")
+        if entry.get("earlier_removed"):
+            lines.append(f"    earlier   {entry['earlier_removed']} earlier file(s) since "
+                         f"{(entry.get('first_taken') or '?')[:10]}, also removed by retention")
     return "\n".join(lines)

@@ -28,6 +28,7 @@ The ledger is made of small parts, each a mixin of Ledger over one connection:
   itemindex.py     each file's records and the barcode index
   monitorstore.py  alerts waiting to go out, and counters
   prunestore.py    the day folders retention removed, and the newest time recorded
+  retiredstore.py  what is kept of the files of removed days (a row per item), the days being pruned
 
 Transitions are committed by group commit (gateway/groupcommit.py): a method
 returns once its change is durable, but the changes of all threads waiting at
@@ -47,12 +48,14 @@ from gateway.ledgerdb import LedgerUnavailable
 from gateway.ledgerschema import SCHEMA_VERSION
 from gateway.monitorstore import MonitorStore
 from gateway.prunestore import PruneStore
+from gateway.retiredstore import RetiredStore
 from gateway.transitions import PLACE_LEASE_SECONDS, FileTransitions
 
 __all__ = ["Ledger", "FileRow", "Seen", "work_name", "LedgerUnavailable", "SCHEMA_VERSION", "PLACE_LEASE_SECONDS"]
 
 
-class Ledger(FileTransitions, FileQueries, Checkpoints, ItemIndex, MonitorStore, PruneStore):
+class Ledger(FileTransitions, FileQueries, Checkpoints, ItemIndex, MonitorStore, PruneStore,
+             RetiredStore):
     """SQLite-backed state of every file. Thread-safe; safe to open from a second process.
 
     Ledger(path, clock=time.time) opens (or creates) the ledger at path; it raises LedgerDamaged

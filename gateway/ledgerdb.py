@@ -110,6 +110,10 @@ class LedgerDb:
         # older ledger (create, migrate): one autocommit statement, or BEGIN IMMEDIATE, both waited for.
         # WAL recovery and cleanup windows are retried inside SQLite and would end in SQLITE_PROTOCOL.
         self._db.execute("PRAGMA busy_timeout=30000")
+        if self._db.execute("SELECT NOT EXISTS (SELECT 1 FROM sqlite_master)").fetchone()[0]:
+            # a new ledger: pages retention's compaction frees can be given back (only settable before the
+            # first table; an older ledger reuses its free pages instead, see gateway/retiredstore.py)
+            self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         if check:

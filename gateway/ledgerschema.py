@@ -2,7 +2,8 @@
 
 The files, meta, checkpoints and feed_seen tables are declared here; the records and items
 tables in gateway/itemindex.py, the alerts and counters tables in gateway/monitorstore.py, the
-pruned table in gateway/prunestore.py (created on open, like monitorstore's).
+pruned table in gateway/prunestore.py and the retired and pruning tables in gateway/retiredstore.py
+(created on open, like monitorstore's).
 Every migration step only adds: tables are created if missing, columns added if missing.
 """
 
@@ -10,13 +11,15 @@ from __future__ import annotations
 
 import sqlite3
 
-from gateway import itemindex, logs, monitorstore, prunestore
+from gateway import itemindex, logs, monitorstore, prunestore, retiredstore
 
 log = logs.get("gateway.ledger")
 
-SCHEMA_VERSION = 5  # 2: records and items (gateway/itemindex.py); 3: verdict, problem, place_failures;
+SCHEMA_VERSION = 6  # 2: records and items (gateway/itemindex.py); 3: verdict, problem, place_failures;
                     # 4: alerts and counters (gateway/monitorstore.py; its tables are created on open);
                     # 5: file_totals (kept by triggers) and the files_done index: nothing steady scans history
+                    # 6: retired and pruning (gateway/retiredstore.py), the files_final_path index: retention
+                    #    compacts the rows of the days it removes
 
 FILES_SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -112,6 +115,8 @@ INSERT INTO file_totals (source, state, files, denied_items)
 SELECT files.source, files.state, COUNT(*), SUM({_denied("files")}) FROM files GROUP BY files.source, files.state
 """
 
+FINAL_PATH_INDEX = "CREATE INDEX IF NOT EXISTS files_final_path ON files (final_path)"
+
 ADDED_COLUMNS = {  # columns of SCHEMA_VERSION 3, added to an older ledger's files table when it is opened
     "verdict": "TEXT",
     "problem": "TEXT",
@@ -121,7 +126,8 @@ ADDED_COLUMNS = {  # columns of SCHEMA_VERSION 3, added to an older ledger's fil
 
 def create(db: sqlite3.Connection) -> None:
     """Create the tables and indexes a ledger lacks; mark a new, empty ledger as keeping local originals."""
-    db.executescript(FILES_SCHEMA + TOTALS + itemindex.SCHEMA + monitorstore.SCHEMA + prunestore.SCHEMA)
+    db.executescript(FILES_SCHEMA + TOTALS + itemindex.SCHEMA + monitorstore.SCHEMA + prunestore.SCHEMA
+                     + retiredstore.SCHEMA)
     if db.execute("SELECT NOT EXISTS (SELECT 1 FROM files)").fetchone()[0]:  # nothing from before
         db.execute("INSERT OR IGNORE INTO meta VALUES ('local_originals_kept', '1')")
 
@@ -150,6 +156,16 @@ def migrate(db: sqlite3.Connection, now: float) -> None:
         if version:
             log.info("ledger.upgrade", step="counted",
                      files=db.execute("SELECT COALESCE(SUM(files), 0) FROM file_totals").fetchone()[0])
+    if version < 6:  # once: the rows of a day folder, found by their path (retention; `retry NAME`)
+        _upgrading(version, "indexing the files' paths once (files_final_path)")
+        db.execute(FINAL_PATH_INDEX)
+        _upgrading(version, "indexed")
     if version < SCHEMA_VERSION:
         db.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT(key) DO UPDATE SET "
                    "value = excluded.value", (str(SCHEMA_VERSION),))
+
+
+def _upgrading(version: int, step: str) -> None:
+    """Log a step of upgrading an existing ledger (of this version; 0: a new one, which is not logged)."""
+    if version:
+        log.info("ledger.upgrade", step=step)

@@ -11,19 +11,30 @@ nothing is removed on the clock's word during this run; each pass marks the time
 saw in the ledger, so if the clock is right retention catches up at the next start.
 
 What retention removes it records (Ledger.pruned), so `find` says "removed by
-retention" instead of listing a path that is gone. Files in error_dir are never
-removed by retention.
+retention" instead of listing a path that is gone. Files in error_dir are removed
+only if the admin asks (archive.error_retention_days, 0 by default: kept).
+
+A day is removed whole or resumed (gateway/retiredstore.py): it is marked in the ledger
+before anything goes, its folder removed, the rows of its files compacted to one row per
+item (what `find` needs), and the mark dropped. A pass cut short by a kill -9 leaves the
+mark, and the next pass (at start first) finishes that day before anything else. A pass
+gives up the thread after `budget` seconds between days (the service goes on at its next
+tick), so a first pass over years of history never holds the service's main loop for long.
+After a pass that compacted rows, the pages they freed are given back at a quiet moment
+(nothing in the queue), VACUUM_PAGES at a time, each step its own short transaction.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from gateway import logs
 from gateway.archive import Folder
+from gateway.states import OPEN_STATES
 
 if TYPE_CHECKING:
     from gateway.ledger import Ledger
@@ -31,6 +42,18 @@ if TYPE_CHECKING:
 log = logs.get("gateway.retention")
 
 CLOCK_AHEAD_SECONDS = 86400.0  # the clock this far ahead of the ledger's time, with days held: said why
+
+
+@dataclass
+class Plan:
+    """What a pass would remove, on which day it counts from, and what the clock alone would remove too."""
+
+    wall: float
+    ledger_now: float | None
+    trusted: float                                       # the earlier of the two: days are counted from it
+    resumed: list[Path] = field(default_factory=list)    # days a crash or a stop left half-removed: finished first
+    removed: list[Path] = field(default_factory=list)    # day folders older than their retention, oldest first
+    held: list[Path] = field(default_factory=list)       # older than that by the wall clock only: kept
 
 
 class Retention:
@@ -44,25 +67,77 @@ class Retention:
         self.newest = ledger.newest_time()  # the ledger's time at start (None: it has recorded nothing)
         self.started = monotonic()
         self.problem: str | None = None  # why days are held back, while they are
+        self.unfinished = False  # the last pass ran out of its budget: days (or free pages) are left
 
     def ledger_now(self) -> float | None:
         """The newest time the ledger had recorded at start, plus the time this process has run since."""
         return None if self.newest is None else self.newest + self.monotonic() - self.started
 
-    def prune(self, archive: Folder, retention_days: int) -> list[Path]:
-        """Remove the archive's day folders older than retention_days (0: none) by the trusted day; return them."""
+    def plan(self, folders: list[tuple[Folder, int]]) -> Plan:
+        """What a pass would do now over these (folder, its retention days; 0: none) pairs. Writes nothing."""
         wall = self.wall()
         ledger_now = self.ledger_now()
         trusted = wall if ledger_now is None else min(wall, ledger_now)
-        removed = archive.old_days(retention_days, dt.date.fromtimestamp(trusted))
-        held = [day for day in archive.old_days(retention_days, dt.date.fromtimestamp(wall)) if day not in removed]
-        for day in removed:
-            archive.remove_day(day)
-            self.ledger.pruned(str(day), trusted)
-        self.ledger.mark_clock(wall)
+        plan = Plan(wall, ledger_now, trusted, resumed=[Path(folder) for folder, _ in self.ledger.pruning()])
+        for folder, days in folders:
+            removed = [day for day in folder.old_days(days, dt.date.fromtimestamp(trusted)) if day not in plan.resumed]
+            plan.removed += removed
+            plan.held += [day for day in folder.old_days(days, dt.date.fromtimestamp(wall))
+                          if day not in removed and day not in plan.resumed]
+        return plan
+
+    def prune(self, archive: Folder, retention_days: int, errors: Folder | None = None, error_days: int = 0,
+              budget: float | None = None) -> list[Path]:
+        """Remove the day folders older than retention_days in archive (and error_days in errors; 0: none)
+        by the trusted day, after finishing any a crash left half-removed; return the days removed.
+
+        With budget (seconds), the pass stops between two days once it is spent, and sets unfinished.
+        """
+        began = self.monotonic()
+        plan = self.plan([(archive, retention_days), *([(errors, error_days)] if errors is not None else [])])
+        removed: list[Path] = []
+        self.unfinished = False
+        for day in (*plan.resumed, *plan.removed):
+            if budget is not None and removed and self.monotonic() - began > budget:
+                self.unfinished = True
+                break
+            self._remove(day, plan.trusted)
+            removed.append(day)
+        if plan.resumed:
+            log.info("archive.prune_resumed_day", days=[str(day) for day in plan.resumed],
+                     detail="a pass cut short (stop or crash) is finished")
+        self.ledger.mark_clock(plan.wall)
         if removed:
             log.info("archive.pruned", days=len(removed), retention_days=retention_days,
-                     first=str(removed[0]), last=str(removed[-1]))
+                     error_retention_days=error_days, first=str(removed[0]), last=str(removed[-1]))
+            self._give_back(began, budget)
+        self._say_held(plan)
+        return removed
+
+    def _remove(self, day: Path, at: float) -> None:
+        """One day, whole: marked, its folder removed, its rows compacted, the mark dropped (see the docstring)."""
+        folder = str(day)
+        self.ledger.begin_pruning(folder, at)
+        if day.is_dir() and not day.is_symlink():
+            Folder(day.parent.parent.parent).remove_day(day)
+        compacted = 0
+        while count := self.ledger.compact(folder, at):
+            compacted += count
+        self.ledger.end_pruning(folder)
+        log.info("archive.day_pruned", folder=folder, rows_compacted=compacted)
+
+    def _give_back(self, began: float, budget: float | None) -> None:
+        """Give back the pages compaction freed, in short steps, while nothing waits in the queue."""
+        free = self.ledger.free_pages()
+        while free and not any(self.ledger.counts().get(state) for state in OPEN_STATES):
+            if budget is not None and self.monotonic() - began > budget:
+                self.unfinished = True
+                return
+            free = self.ledger.vacuum_step()
+
+    def _say_held(self, plan: Plan) -> None:
+        """Log and keep (problem) why days the clock calls old are held back, when it is far ahead."""
+        wall, ledger_now, held = plan.wall, plan.ledger_now, plan.held
         problem = None
         if held and ledger_now is not None and wall - ledger_now > CLOCK_AHEAD_SECONDS:
             problem = (f"retention held {len(held)} day folder(s) back: the clock says {_day(wall)}, "
@@ -77,7 +152,6 @@ class Retention:
             else:
                 log.info("archive.prune_resumed", detail="the clock agrees with the ledger's time again")
             self.problem = problem
-        return removed
 
 
 def _day(moment: float) -> str:

@@ -52,6 +52,7 @@ log = logs.get("gateway.service")
 HOUSEKEEPING_SECONDS = 5.0
 REPEAT_LOG_SECONDS = 60.0  # the same housekeeping failure is logged at most this often while it lasts
 PRUNE_SECONDS = 3600.0
+PRUNE_PASS_SECONDS = 5.0  # longest one retention pass holds the main loop; the rest goes on at the next tick
 JOIN_SECONDS = 60.0
 RECOVERY_BACKOFF = (1.0, 60.0)
 
@@ -230,6 +231,8 @@ class Service:
             if time.monotonic() >= next_prune:  # every PRUNE_SECONDS whatever the wall clock does
                 next_prune = time.monotonic() + PRUNE_SECONDS
                 self._housekeeping(functools.partial(self._prune, parts))
+                if self._retention is not None and self._retention.unfinished:
+                    next_prune = time.monotonic()  # the pass ran out of its budget: go on at the next tick
             status = self._housekeeping(functools.partial(self._publish, ledger, parts, now)) or last_status
             self._housekeeping(functools.partial(self._watch, parts))
             if status != last_status:
@@ -277,11 +280,13 @@ class Service:
         self._retiring = still
 
     def _prune(self, parts: Parts) -> None:
-        """Delete archive days older than archive.retention_days (0: keep everything), on a day the ledger's
-        time agrees with (gateway/retention.py)."""
-        days = self.config.archive.retention_days
-        if days and self._retention is not None:
-            self._retention.prune(parts.pipeline.archive, days)
+        """Delete archive days older than archive.retention_days (0: keep everything), and error days older
+        than archive.error_retention_days (0: keep), on a day the ledger's time agrees with, in passes of at
+        most PRUNE_PASS_SECONDS; a day a crash left half-removed is finished first (gateway/retention.py)."""
+        days, error_days = self.config.archive.retention_days, self.config.archive.error_retention_days
+        if self._retention is not None and (days or error_days or self._retention.ledger.pruning()):
+            self._retention.prune(parts.pipeline.archive, days, parts.pipeline.errors, error_days,
+                                  budget=PRUNE_PASS_SECONDS)
 
     def _watch(self, parts: Parts) -> None:
         """Hand alerts and metrics the lasting states (paused, unreachable, sources), if either is configured."""

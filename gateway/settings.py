@@ -79,6 +79,7 @@ class Intake:
 @dataclass(frozen=True)
 class Archive:
     retention_days: int
+    error_retention_days: int
 
 
 @dataclass(frozen=True)

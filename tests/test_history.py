@@ -12,7 +12,7 @@ import time
 import pytest
 
 from gateway import find, status
-from gateway.ledger import Ledger
+from gateway.ledger import SCHEMA_VERSION, Ledger
 from gateway.ledgercheck import LedgerCheck
 from gateway.states import FileState
 
@@ -81,7 +81,7 @@ def test_an_older_ledger_gets_its_totals_counted_once_at_the_upgrade(history):
         assert ledger.counts()[FileState.CLAIMING] == 1, "kept by the triggers from then on"
         ledger.forget(row_id)
         assert FileState.CLAIMING not in ledger.counts()
-        assert ledger.get_meta("schema_version") == "5"
+        assert ledger.get_meta("schema_version") == str(SCHEMA_VERSION)
     finally:
         ledger.close()
 

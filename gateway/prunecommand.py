@@ -1,0 +1,88 @@
+"""`prune [--dry-run]`: what retention would remove now (archive and error days), or remove it now.
+
+The dry run only reads (no lock, no write): it opens the ledger as `status` does and
+asks gateway.retention for the same plan the service's next pass would make, counting
+on the same day (the earlier of the clock and the ledger's time). `prune` itself runs
+that pass to the end, and only while the service is stopped (it holds state_dir's lock,
+as the service does): a running service prunes at start and every hour by itself.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+from gateway import logs
+from gateway.archive import SIDECAR_SUFFIX, Folder
+from gateway.errors import AlreadyRunning
+from gateway.ledger import Ledger
+from gateway.names import printable
+from gateway.retention import Retention
+from gateway.service import StateLock
+from gateway.settings import Settings
+
+
+def prune(settings: Settings, dry_run: bool) -> tuple[list[str], int]:
+    """Given the config, return the lines to print and the exit code (1: the service runs, nothing done)."""
+    lock = None
+    if not dry_run:
+        try:
+            lock = StateLock(settings.paths.lock_file).acquire()
+        except AlreadyRunning as error:
+            return [f"caiasoft-gateway prune: {error}: it prunes by itself at start and every hour. "
+                    "Stop it to prune now, or see what would go with --dry-run."], 1
+    try:
+        ledger = Ledger(settings.paths.database)
+        try:
+            return _run(settings, ledger, dry_run), 0
+        finally:
+            ledger.close()
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(settings: Settings, ledger: Ledger, dry_run: bool) -> list[str]:
+    archive, errors = Folder(settings.paths.archive_dir), Folder(settings.paths.error_dir)
+    days, error_days = settings.archive.retention_days, settings.archive.error_retention_days
+    retention = Retention(ledger)
+    plan = retention.plan([(archive, days), (errors, error_days)])
+    lines = [f"archive_dir {_shown(archive.root)}: "
+             + (f"days older than {days} day(s) go" if days else "kept whole (retention_days = 0)"),
+             f"error_dir {_shown(errors.root)}: "
+             + (f"days older than {error_days} day(s) go" if error_days
+                else "refused files are kept (error_retention_days = 0)"),
+             f"counting from {dt.date.fromtimestamp(plan.trusted).isoformat()}"
+             + (" (the ledger's time: the clock is ahead of it)" if plan.trusted < plan.wall else "")]
+    if not dry_run:
+        logs.setup(settings.paths.log_dir, console=False)
+        removed = retention.prune(archive, days, errors, error_days)
+        lines += [f"removed {_shown(day)}" for day in removed] or ["nothing to remove"]
+        return lines
+    verb = "would"
+    lines += [f"{verb} finish {_shown(day)} (a pass cut short): {_what(ledger, day)}" for day in plan.resumed]
+    lines += [f"{verb} remove {_shown(day)}: {_what(ledger, day)}" for day in plan.removed]
+    lines += [f"held back, the clock being ahead of the ledger's time: {_shown(day)}" for day in plan.held]
+    if not plan.resumed and not plan.removed:
+        lines.append("nothing would be removed")
+    return lines
+
+
+def _what(ledger: Ledger, day: Path) -> str:
+    """What goes with a day folder: its files, and the ledger rows compacted to a row per item."""
+    return (f"{_files_in(day)} file(s), {ledger.rows_in(str(day))} ledger row(s) compacted "
+            "(find keeps, per item: file, day, outcome, request number, CaiaSoft's status)")
+
+
+def _files_in(day: Path) -> int:
+    """The files in a day folder, their sidecars not counted (0 if it is gone)."""
+    try:
+        with os.scandir(day) as entries:
+            return sum(1 for entry in entries if not entry.name.endswith(SIDECAR_SUFFIX))
+    except OSError:
+        return 0
+
+
+def _shown(path: Path) -> str:
+    return printable(str(path))
