@@ -65,22 +65,20 @@ def test_retrievals_keep_their_request_id_and_the_order_of_their_date_and_go_to_
     assert feed.poll(TODAY) == 0, "each journaled once"
 
 
-@pytest.mark.parametrize("status", [*IN_STATUSES, "Item In at Rest on 08-02-2018", "  item in at REST  "])
-def test_an_item_retrieved_and_refiled_the_same_day_and_in_the_facility_now_ends_checked_in(feed, simulator, status):
+IN_THEN = [("checkout", "B-1"), ("checkin", "B-1")]   # retrieved, then refiled: ends checked in
+OUT_THEN = [("checkin", "B-1"), ("checkout", "B-1")]  # refiled, then retrieved again: ends checked out
+
+
+@pytest.mark.parametrize("status,expected", [
+    *[(status, IN_THEN) for status in (*IN_STATUSES, "Item In at Rest on 08-02-2018", "  item in at REST  ")],
+    *[(status, OUT_THEN) for status in (*OUT_STATUSES, "Out on Physical Retrieval on 08-02-2018")],
+])
+def test_an_item_retrieved_and_refiled_the_same_day_ends_as_its_status_says_now(feed, simulator, status, expected):
     simulator.retrievals[(DAY, "ANNEX")] = [{"barcode": "B-1"}]
     simulator.status_lists[("refiled", DAY, "ANNEX")] = ["B-1"]
     simulator.item_statuses["B-1"] = status
     feed.poll(TODAY)
-    assert feed.actions() == [("checkout", "B-1"), ("checkin", "B-1")]
-
-
-@pytest.mark.parametrize("status", [*OUT_STATUSES, "Out on Physical Retrieval on 08-02-2018"])
-def test_an_item_refiled_then_retrieved_again_the_same_day_ends_checked_out(feed, simulator, status):
-    simulator.retrievals[(DAY, "ANNEX")] = [{"barcode": "B-1"}]
-    simulator.status_lists[("refiled", DAY, "ANNEX")] = ["B-1"]
-    simulator.item_statuses["B-1"] = status
-    feed.poll(TODAY)
-    assert feed.actions() == [("checkin", "B-1"), ("checkout", "B-1")]
+    assert feed.actions() == expected
 
 
 @pytest.mark.parametrize("status", ["In", "Refiled", "Item not Found", "Item has been Deaccessioned",
