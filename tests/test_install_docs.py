@@ -56,10 +56,11 @@ def installer_tarball(tmp_path_factory) -> Path:
     assert line == "make wheelhouse PYTHON=python3.11"
     out = tmp_path_factory.mktemp("dist")
     python = shutil.which("python3.11") or str(SYSTEM_PYTHON)
+    had_build = (REPO / "build").exists()
     result = subprocess.run([*shlex.split(line.replace("PYTHON=python3.11", f"PYTHON={python}")), f"OUT={out}"],
                             cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert not (REPO / "build").exists() or (REPO / "build").stat().st_mtime < out.stat().st_mtime
+    assert had_build or not (REPO / "build").exists(), "the wheelhouse left a build/ folder in the source tree"
     [tarball] = out.glob("caiasoft-gateway-*.tar.gz")
     return tarball
 
@@ -393,3 +394,34 @@ def test_make_install_honours_destdir_prefix_python_and_wheelhouse_and_make_unin
     after = snapshot(host.root)
     assert {path for path in after - before if not path.startswith(LEFT_BY_UNINSTALL)} == set()
     assert before - after == set()
+
+
+def test_install_on_a_host_without_systemd_makes_the_same_user_and_folders(host, tmp_path):
+    """No systemd-sysusers, systemd-tmpfiles or systemctl on PATH (a host run by the init script): the shadow
+    tools make the user and its membership, the tmpfiles file's folders are made by hand, and the drop-in for
+    newer systemd is left out."""
+    hidden = {"systemd-sysusers", "systemd-tmpfiles", "systemctl"}
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for folder in (Path("/usr/sbin"), Path("/usr/bin")):
+        for program in folder.iterdir():
+            if program.name not in hidden and not (tools / program.name).exists():
+                (tools / program.name).symlink_to(program)
+    run_shell(host, "tar -xzf caiasoft-gateway-*.tar.gz && cd caiasoft-gateway-*/")
+    line = blocks()["install"][-1]
+    said = run_shell(host, f"PATH={tools} {line} --root {host.root} --sysv", network=False)
+    assert "systemd not found" in said
+    uid, gid = host.ids("caiasoft-gateway")
+    assert host.member_gids("caiasoft-gateway") == [ALEPH_GID] and 0 < uid < 1000
+    expected = {"/var/lib/caiasoft-gateway": 0o750, "/var/lib/caiasoft-gateway/archive": 0o2750,
+                "/var/lib/caiasoft-gateway/error": 0o2750, "/var/log/caiasoft-gateway": 0o750,
+                "/run/caiasoft-gateway": 0o755}
+    for folder, mode in expected.items():
+        info = host.under(folder).stat()
+        assert (info.st_uid, info.st_gid, info.st_mode & 0o7777) == (uid, gid, mode), folder
+    dropins = host.under("/etc/systemd/system/caiasoft-gateway.service.d")
+    assert sorted(path.name for path in dropins.iterdir()) == ["site.conf"]
+    assert host.under("/etc/init.d/caiasoft-gateway").exists()
+    run_shell(host, f"PATH={tools} /usr/bin/bash {host.under('/opt/caiasoft-gateway/share/install')} --uninstall "
+                    f"--root {host.root}")
+    assert not host.under("/etc/init.d/caiasoft-gateway").exists() and not host.under("/opt/caiasoft-gateway").exists()
