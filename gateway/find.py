@@ -46,7 +46,8 @@ def find(ledger: Ledger, barcode: str, folders: list[Path]) -> list[dict[str, An
     found = []
     for hit in _hits(ledger, barcode):
         entry = _from_ledger(ledger, hit.barcode, hit.file_id, hit.record) if hit.file_id else \
-            _from_sidecar(Path(hit.sidecar), hit.barcode, hit.record)
+            _from_sidecar(Path(hit.sidecar), hit.barcode, hit.record) or \
+            _from_pruned_sidecar(ledger, Path(hit.sidecar), hit.barcode, folders)
         if entry is not None:
             found.append(entry)
     for entry in found:
@@ -141,6 +142,20 @@ def _from_sidecar(sidecar: Path, barcode: str, number: int) -> dict[str, Any] | 
             "request_number": record.get("request_number"),
             "request_id": record.get("request_id"), "pickup_location": record.get("pickup_location"),
             "form_name": record.get("form_name"), "ledger_id": None, "sidecar": str(sidecar)}
+
+
+def _from_pruned_sidecar(ledger: Ledger, sidecar: Path, barcode: str, folders: list[Path]) -> dict[str, Any] | None:
+    """A file from before the index whose day retention removed: what the index and the pruned day tell."""
+    if ledger.pruned_at(str(sidecar.parent)) is None:
+        return None  # moved away, not removed by retention: not listed, as before
+    refused = len(folders) > 1 and sidecar.is_relative_to(folders[1])  # find's folders: archive_dir, error_dir
+    path = sidecar.with_name(sidecar.name.removesuffix(SIDECAR_SUFFIX))
+    return {"barcode": barcode, "file": path.name, "original_name": None, "source": None, "taken": None,
+            "sent": None, "outcome": Verdict.REFUSED if refused else Verdict.ACCEPTED,
+            "state": FileState.REFUSED if refused else FileState.ARCHIVED, "reason": None, "caiasoft": None,
+            "path": str(path), "kind": None, "record": None, "line": None, "request_number": None,
+            "request_id": None, "pickup_location": None, "form_name": None, "ledger_id": None,
+            "sidecar": str(sidecar)}
 
 
 def _sidecar_record(content: dict[str, Any], number: int) -> dict[str, Any]:

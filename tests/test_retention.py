@@ -134,6 +134,19 @@ def test_error_days_go_only_when_the_admin_asks(history):
     assert ledger.counts()[FileState.REFUSED] == 1
 
 
+def test_a_file_indexed_from_its_sidecar_before_the_index_is_told_removed_too(history):
+    ledger, clock, archive, errors, rows = history
+    old = archive.root / "2026" / "10" / "01"
+    old.mkdir(parents=True)
+    (old / "pre.xml").write_bytes(b"<x/>")
+    (old / "pre.xml.json").write_text("{}")
+    ledger.store_backfill([("31234000000045", 1, str(old / "pre.xml.json"))], done=True)
+    retention(ledger, clock).prune(archive, 30, errors, 0)
+    [entry] = find.find(ledger, "31234000000045", [archive.root, errors.root])
+    assert entry["pruned_at"] and entry["outcome"] == Verdict.ACCEPTED
+    assert "(archived 2026-10-01, removed by retention on 2026-12-12)" in find.render("31234000000045", [entry])
+
+
 def test_a_new_ledger_gives_back_the_pages_compaction_freed(tmp_path):
     clock = Moment(dt.datetime(2026, 11, 2, 9))
     ledger = Ledger(tmp_path / "gateway.db", clock=clock)
