@@ -2,7 +2,8 @@
 
 One table, created when a ledger is opened (CREATE TABLE IF NOT EXISTS):
 
-    pruned    one row per day folder retention removed (its path), and when
+    pruned    one row per day folder retention removed (its path), and when (written as the day
+              is marked for removal: RetiredStore.begin_pruning, gateway/retiredstore.py)
 
 `find` tells an item whose file went with such a folder from one that was moved
 away or never seen. The newest time the ledger recorded (a file's step, or the
@@ -39,12 +40,6 @@ class PruneStore:
 
     def _transaction(self, wait: bool = True) -> AbstractContextManager[sqlite3.Connection]:
         raise NotImplementedError  # LedgerDb's
-
-    def pruned(self, folder: str, at: float) -> None:
-        """Retention removed this day folder (its full path) at this time."""
-        with self._transaction() as db:
-            db.execute("INSERT INTO pruned VALUES (?, ?) ON CONFLICT(folder) DO UPDATE SET "
-                       "removed_at = excluded.removed_at", (folder, at))
 
     def pruned_at(self, folder: str) -> float | None:
         """When retention removed this day folder, or None if it did not."""

@@ -27,6 +27,7 @@ After a pass that compacted rows, the pages they freed are given back at a quiet
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 log = logs.get("gateway.retention")
 
+_DAY = re.compile(r"^\d{4}/\d{2}/\d{2}$")
 CLOCK_AHEAD_SECONDS = 86400.0  # the clock this far ahead of the ledger's time, with days held: said why
 
 
@@ -54,6 +56,7 @@ class Plan:
     resumed: list[Path] = field(default_factory=list)    # days a crash or a stop left half-removed: finished first
     removed: list[Path] = field(default_factory=list)    # day folders older than their retention, oldest first
     held: list[Path] = field(default_factory=list)       # older than that by the wall clock only: kept
+    strays: list[Path] = field(default_factory=list)     # marks that are no day folder of these folders: dropped
 
 
 class Retention:
@@ -78,7 +81,10 @@ class Retention:
         wall = self.wall()
         ledger_now = self.ledger_now()
         trusted = wall if ledger_now is None else min(wall, ledger_now)
-        plan = Plan(wall, ledger_now, trusted, resumed=[Path(folder) for folder, _ in self.ledger.pruning()])
+        plan = Plan(wall, ledger_now, trusted)
+        for marked, _ in self.ledger.pruning():
+            (plan.resumed if _day_of(Path(marked), [folder for folder, _ in folders]) else plan.strays).append(
+                Path(marked))
         for folder, days in folders:
             removed = [day for day in folder.old_days(days, dt.date.fromtimestamp(trusted)) if day not in plan.resumed]
             plan.removed += removed
@@ -97,6 +103,10 @@ class Retention:
         plan = self.plan([(archive, retention_days), *([(errors, error_days)] if errors is not None else [])])
         removed: list[Path] = []
         self.unfinished = False
+        for stray in plan.strays:  # the config changed since, or the ledger was edited: nothing is removed
+            log.warning("archive.prune_mark_dropped", folder=str(stray),
+                        detail="not a day folder of archive_dir or error_dir (or a link): nothing of it is removed")
+            self.ledger.end_pruning(str(stray))
         for day in (*plan.resumed, *plan.removed):
             if budget is not None and removed and self.monotonic() - began > budget:
                 self.unfinished = True
@@ -118,7 +128,7 @@ class Retention:
         """One day, whole: marked, its folder removed, its rows compacted, the mark dropped (see the docstring)."""
         folder = str(day)
         self.ledger.begin_pruning(folder, at)
-        if day.is_dir() and not day.is_symlink():
+        if day.is_dir():  # a day of old_days, or a mark checked by _day_of: a real folder, not a link
             Folder(day.parent.parent.parent).remove_day(day)
         compacted = 0
         while count := self.ledger.compact(folder, at):
@@ -152,6 +162,12 @@ class Retention:
             else:
                 log.info("archive.prune_resumed", detail="the clock agrees with the ledger's time again")
             self.problem = problem
+
+
+def _day_of(day: Path, folders: list[Folder]) -> bool:
+    """Whether day is a day folder (ROOT/YYYY/MM/DD, not a link) of one of these folders."""
+    return not day.is_symlink() and any(
+        day.parent.parent.parent == folder.root and _DAY.match("/".join(day.parts[-3:])) for folder in folders)
 
 
 def _day(moment: float) -> str:

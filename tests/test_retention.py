@@ -134,6 +134,21 @@ def test_error_days_go_only_when_the_admin_asks(history):
     assert ledger.counts()[FileState.REFUSED] == 1
 
 
+def test_a_mark_that_is_no_day_folder_of_ours_removes_nothing(history, tmp_path):
+    """The ledger's marks are checked before anything is removed: a folder elsewhere, or a day that is a link."""
+    ledger, clock, archive, errors, rows = history
+    elsewhere = tmp_path / "elsewhere" / "2026" / "11" / "01"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "keep.txt").write_text("not the gateway's")
+    link = archive.root / "2026" / "11" / "05"
+    link.symlink_to(elsewhere)
+    for folder in (elsewhere, link):
+        ledger.begin_pruning(str(folder), clock.now)
+    retention(ledger, clock).prune(archive, 30, errors, 0)
+    assert (elsewhere / "keep.txt").is_file() and link.is_symlink()
+    assert ledger.pruning() == [], "the marks are dropped, with a warning"
+
+
 def test_a_file_indexed_from_its_sidecar_before_the_index_is_told_removed_too(history):
     ledger, clock, archive, errors, rows = history
     old = archive.root / "2026" / "10" / "01"
