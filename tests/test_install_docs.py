@@ -251,8 +251,12 @@ def host(installer_tarball, simulator):
     os.chmod(root, 0o755)  # the service user walks into it, as into /
     for folder in HOST_FOLDERS:
         (root / folder).mkdir(parents=True, exist_ok=True)
-    for name in ("passwd", "group", "login.defs"):
-        shutil.copy(f"/etc/{name}", root / "etc" / name)
+    shutil.copy("/etc/login.defs", root / "etc" / "login.defs")
+    for name in ("passwd", "group"):  # the host's accounts, but none of the names and ids this test makes
+        (root / "etc" / name).write_text("".join(
+            line for line in Path(f"/etc/{name}").read_text().splitlines(keepends=True)
+            if line.split(":")[0] not in (ALEPH_GROUP, "caiasoft-gateway")
+            and line.split(":")[2] not in (str(ALEPH_GID), str(ALEPH_UID))))
     for name in ("shadow", "gshadow"):
         (root / "etc" / name).write_text("")
         (root / "etc" / name).chmod(0o600)
