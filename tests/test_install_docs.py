@@ -391,6 +391,10 @@ def test_make_install_honours_destdir_prefix_python_and_wheelhouse_and_make_unin
     assert init.stat().st_mode & 0o777 == 0o755
     assert init.read_text() == (REPO / "conf" / "caiasoft-gateway.init").read_text()
     assert not host.under("/opt/caiasoft-gateway").exists()
+    again = subprocess.run(["unshare", "--net", "--", *make, "install", f"DESTDIR={host.root}", "PREFIX=/opt/gw",
+                            f"PYTHON={SYSTEM_PYTHON}", f"GROUP={ALEPH_GROUP}", f"PRINT_FOLDER={PRINT_FOLDER}",
+                            f"WHEELHOUSE={wheels}"], capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout + again.stderr  # without SYSV: what the first one installed stays known
 
     result = subprocess.run([*make, "uninstall", f"DESTDIR={host.root}", "PREFIX=/opt/gw"], capture_output=True,
                             text=True, timeout=300)
