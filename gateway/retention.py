@@ -20,6 +20,9 @@ item (what `find` needs), and the mark dropped. A pass cut short by a kill -9 le
 mark, and the next pass (at start first) finishes that day before anything else. A pass
 gives up the thread after `budget` seconds between days (the service goes on at its next
 tick), so a first pass over years of history never holds the service's main loop for long.
+Days whose folder is gone already (removed by hand before retention was set) while the
+ledger holds their rows are compacted the same way, found by the files' path index; an
+archive_dir that is missing or empty (an unmounted share) is never taken for one.
 After a pass that compacted rows, the pages they freed are given back at a quiet moment
 (nothing in the queue), VACUUM_PAGES at a time, each step its own short transaction.
 """
@@ -27,6 +30,7 @@ After a pass that compacted rows, the pages they freed are given back at a quiet
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -87,10 +91,36 @@ class Retention:
                 Path(marked))
         for folder, days in folders:
             removed = [day for day in folder.old_days(days, dt.date.fromtimestamp(trusted)) if day not in plan.resumed]
+            if days:
+                oldest_kept = dt.date.fromtimestamp(trusted) - dt.timedelta(days=days)
+                removed = sorted(removed + self._gone_days(folder, oldest_kept, removed + plan.resumed))
             plan.removed += removed
             plan.held += [day for day in folder.old_days(days, dt.date.fromtimestamp(wall))
                           if day not in removed and day not in plan.resumed]
         return plan
+
+    def _gone_days(self, folder: Folder, before: dt.date, known: list[Path]) -> list[Path]:
+        """Days before `before` whose folder is gone already (removed by hand, say) while the ledger still holds
+        their files' rows in full: those rows are compacted too. One index seek a day (next_row_path).
+        A folder that is missing or empty (an unmounted share) is not taken for one whose days are gone."""
+        root = folder.root
+        if not root.is_dir() or root.is_symlink() or not any(root.iterdir()):
+            return []
+        found: list[Path] = []
+        after, end = f"{root}/", f"{root}0"
+        while (path := self.ledger.next_row_path(after, end)) is not None:
+            parts = Path(path).relative_to(root).parts
+            date = _date(parts[:3]) if len(parts) == 4 else None
+            if date is None:  # not a file of a day folder: step past it
+                after = path
+                continue
+            if date >= before:
+                break
+            day = root.joinpath(*parts[:3])
+            if day not in known and not os.path.lexists(day):
+                found.append(day)
+            after = f"{day}0"  # past every path in that day folder ('0' follows '/')
+        return found
 
     def prune(self, archive: Folder, retention_days: int, errors: Folder | None = None, error_days: int = 0,
               budget: float | None = None) -> list[Path]:
@@ -168,6 +198,16 @@ def _day_of(day: Path, folders: list[Folder]) -> bool:
     """Whether day is a day folder (ROOT/YYYY/MM/DD, not a link) of one of these folders."""
     return not day.is_symlink() and any(
         day.parent.parent.parent == folder.root and _DAY.match("/".join(day.parts[-3:])) for folder in folders)
+
+
+def _date(parts: tuple[str, ...]) -> dt.date | None:
+    """The day of a day folder's relative parts (YYYY, MM, DD), or None if they are not one."""
+    if not _DAY.match("/".join(parts)):
+        return None
+    try:
+        return dt.date(*map(int, parts))
+    except ValueError:
+        return None
 
 
 def _day(moment: float) -> str:

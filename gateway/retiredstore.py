@@ -156,6 +156,15 @@ class RetiredStore:
                 "AND state IN "
                 "('archived', 'refused') AND released_at IS NOT NULL", (low, high)).fetchone()[0])
 
+    def next_row_path(self, after: str, before: str) -> str | None:
+        """The first final_path after `after` and before `before` of a row compact() would take (one seek)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT final_path FROM files INDEXED BY files_final_path WHERE final_path > ? AND final_path < ? "
+                "AND state IN ('archived', 'refused') AND released_at IS NOT NULL ORDER BY final_path LIMIT 1",
+                (after, before)).fetchone()
+        return None if row is None else str(row[0])
+
     def compact(self, folder: str, removed_at: float) -> int:
         """Move the rows of up to COMPACT_BATCH files of a removed folder into `retired`; return how many.
 

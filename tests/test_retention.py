@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -132,6 +133,21 @@ def test_error_days_go_only_when_the_admin_asks(history):
     assert refused["outcome"] == Verdict.REFUSED and refused["reason"] == "refused by CaiaSoft: Invalid Stop Code"
     assert "(refused 2026-11-02, removed by retention on 2026-12-12)" in find.render("31234000000037", [refused])
     assert ledger.counts()[FileState.REFUSED] == 1
+
+
+def test_the_rows_of_days_removed_by_hand_are_compacted_unless_the_archive_looks_unmounted(history):
+    ledger, clock, archive, errors, rows = history
+    shutil.rmtree(archive.root)  # an empty folder: what an unmounted share's mount point looks like
+    archive.root.mkdir()
+    assert retention(ledger, clock).prune(archive, 30) == []
+    assert ledger.get(rows["a"][0]) is not None, "nothing compacted on an empty archive_dir's word"
+
+    rows["c"][1].parent.mkdir(parents=True)  # the recent day is back: the share is there, the old days are gone
+    removed = retention(ledger, clock).prune(archive, 30)
+    assert removed == [rows["a"][1].parent, rows["d"][1].parent]
+    assert ledger.get(rows["a"][0]) is None and ledger.get(rows["d"][0]) is None and ledger.get(rows["c"][0])
+    assert "(archived 2026-11-02, removed by retention on 2026-12-12)" in \
+        find.render("31234000000029", find.find(ledger, "31234000000029", []))
 
 
 def test_a_mark_that_is_no_day_folder_of_ours_removes_nothing(history, tmp_path):
@@ -361,3 +377,16 @@ def test_prune_dry_run_says_what_would_go_and_prune_refuses_while_the_service_ru
     assert "nothing would be removed" in cli(site, "prune", "--dry-run").stdout
     done = cli(site, "prune")
     assert done.returncode == 0 and "nothing to remove" in done.stdout, done.stdout
+
+
+@pytest.mark.e2e
+def test_the_retention_bench_smoke_run_compacts_and_prints_its_figures(tmp_path):
+    """bench/retention.py cannot rot (speed itself is not tested)."""
+    result = subprocess.run([sys.executable, str(Path(__file__).resolve().parent.parent / "bench" / "retention.py"),
+                             "--smoke"], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert list(tmp_path.iterdir()) == [], "the benchmark removes its temp folder"
+    figures = json.loads(result.stdout.strip().splitlines()[-1])["retention"]
+    assert figures["days_removed"] == 15 and figures["rows_left"] < figures["rows"] and figures["retired_items"]
+    assert figures["find_removed_says"] is True
