@@ -37,7 +37,7 @@ ALEPH_GROUP, ALEPH_GID, ALEPH_UID = "aleph", 4242, 4243  # ALEPH's group and OS 
 BARCODE = "31234001234567"
 # What a real host has before the install: the folders the install puts its files into.
 HOST_FOLDERS = ("etc/systemd/system", "etc/logrotate.d", "etc/init.d", "etc/sysusers.d", "usr/lib/sysusers.d",
-                "usr/lib/tmpfiles.d", "usr/local/bin", "usr/local/share/doc", "opt", "run", "var/lib", "var/log",
+                "usr/lib/tmpfiles.d", "usr/local/bin", "usr/local/share/doc", "usr/local/share/man/man8", "opt", "run", "var/lib", "var/log",
                 "exlibris/aleph/u23_1/usm50/print")
 LEFT_BY_UNINSTALL = ("var/lib/caiasoft-gateway", "var/log/caiasoft-gateway", "etc/caiasoft-gateway")
 ACCOUNT_FILES = ("etc/passwd", "etc/group", "etc/shadow", "etc/gshadow")
@@ -312,6 +312,8 @@ def test_install_configure_run_upgrade_uninstall_as_the_docs_say(host):
     assert f"SupplementaryGroups={ALEPH_GROUP}" in site and f"ReadWritePaths={PRINT_FOLDER}" in site
     assert f'path = "{PRINT_FOLDER}"' in host.config.read_text()  # the sample, with the folder given
     assert host.under("/usr/local/share/doc/caiasoft-gateway/install.md").read_text() == DOCS.read_text()
+    assert "caiasoft-gateway(8)" not in said and ".SS check" in host.under(
+        "/usr/local/share/man/man8/caiasoft-gateway.8").read_text()  # the unit's Documentation=man:caiasoft-gateway(8)
     key = host.under("/etc/caiasoft-gateway/api-key").stat()
     assert (key.st_uid, key.st_mode & 0o777, key.st_size) == (uid, 0o600, 0)
 
