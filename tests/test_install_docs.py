@@ -37,8 +37,8 @@ ALEPH_GROUP, ALEPH_GID, ALEPH_UID = "aleph", 4242, 4243  # ALEPH's group and OS 
 BARCODE = "31234001234567"
 # What a real host has before the install: the folders the install puts its files into.
 HOST_FOLDERS = ("etc/systemd/system", "etc/logrotate.d", "etc/init.d", "etc/sysusers.d", "usr/lib/sysusers.d",
-                "usr/lib/tmpfiles.d", "usr/local/bin", "usr/local/share/doc", "usr/local/share/man/man8", "opt", "run", "var/lib", "var/log",
-                "exlibris/aleph/u23_1/usm50/print")
+                "usr/lib/tmpfiles.d", "usr/local/bin", "usr/local/share/doc", "usr/local/share/man/man8", "opt", "run",
+                "var/lib", "var/log", "exlibris/aleph/u23_1/usm50/print")
 LEFT_BY_UNINSTALL = ("var/lib/caiasoft-gateway", "var/log/caiasoft-gateway", "etc/caiasoft-gateway")
 ACCOUNT_FILES = ("etc/passwd", "etc/group", "etc/shadow", "etc/gshadow")
 
