@@ -351,8 +351,9 @@ def test_install_configure_run_upgrade_uninstall_as_the_docs_say(host):
         == {name: text for name, text in accounts.items() if name.endswith(("passwd", "group"))}
 
 
-def test_the_install_refuses_a_python_it_cannot_use(host, tmp_path):
-    """An interpreter under a home folder (pyenv), or one older than 3.11 (RHEL's python3), is refused by name."""
+def test_the_install_refuses_what_it_cannot_use(host, tmp_path):
+    """An interpreter under a home folder (pyenv) or older than 3.11 (RHEL's python3), a group that does not exist
+    or is no group name, a prefix in a home folder: each refused by name, before anything changes."""
     run_shell(host, "tar -xzf caiasoft-gateway-*.tar.gz && cd caiasoft-gateway-*/")
     common = f"--group {ALEPH_GROUP} --print-folder {PRINT_FOLDER} --root {host.root}"
     home = Path("/root/.pyenv-like-python")
@@ -371,6 +372,10 @@ def test_the_install_refuses_a_python_it_cannot_use(host, tmp_path):
     said = run_shell(host, f"./install --python {SYSTEM_PYTHON} --group no-such-group {common.split(' ', 2)[2]}",
                      codes=(2,))
     assert "--group no-such-group: there is no such group" in said
+    said = run_shell(host, f"./install --python {SYSTEM_PYTHON} {common} --prefix /home/gateway", codes=(2,))
+    assert "--prefix /home/gateway is under a home folder" in said
+    said = run_shell(host, f"./install --python {SYSTEM_PYTHON} --group 'a:b' {common.split(' ', 2)[2]}", codes=(2,))
+    assert "--group a:b is not a group name" in said
     assert not host.under("/opt/caiasoft-gateway").exists()  # refused before anything changed
 
 
