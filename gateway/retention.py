@@ -150,6 +150,7 @@ class Retention:
         if removed:
             log.info("archive.pruned", days=len(removed), retention_days=retention_days,
                      error_retention_days=error_days, first=str(removed[0]), last=str(removed[-1]))
+        if not self.unfinished:  # also what an earlier pass left free (its budget ran out, or files were queued)
             self._give_back(began, budget)
         self._say_held(plan)
         return removed
