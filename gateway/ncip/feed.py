@@ -13,12 +13,18 @@ type in no_checkout_types (ERT: scanned, the item stays) checks nothing out.
 
 An item both retrieved and refiled on the same day is journaled in the order that
 leaves ALEPH right: its current CaiaSoft status (itemstatus) says whether it is
-in the facility or out now, so the entry that matches it comes last. Statuses are
-CaiaSoft's phrases ("Item In at Rest", "Out on Physical Retrieval on 08-02-2018"),
-matched ignoring case, spacing and a trailing date. A status in neither list is
-unknown and never guessed: nothing is journaled for that item and day, it is
-named in the log, in status and in an unknown_status alert, and it is asked again
-at the next read.
+in the facility or out now, so the entry that matches it comes last. The same holds
+when the two movements are seen at different reads of the day (refiled, read,
+then retrieved and refiled again): whenever a new entry meets the other list's
+entry for the same item and day, the status is asked and the entry that matches
+it is journaled last, again if need be. Statuses are CaiaSoft's phrases ("Item In
+at Rest", "Out on Physical Retrieval on 08-02-2018"), matched ignoring case,
+spacing and a trailing date. A status in neither list is unknown and never
+guessed: nothing is journaled for that item and day, it is named in the log, in
+status and in an unknown_status alert, and it is asked again at the next read.
+What fails for one item alone (its itemstatus answered with a failure, its
+retrievalinfo item unreadable) holds back that item the same way, named in the
+log and status; the other items go on.
 
 A barcode is remembered in the ledger after its entry is appended, so a crash in
 between journals it twice at most (and a repeated check-out or check-in counts as
@@ -132,14 +138,15 @@ class Feed(Worker):
         self.ledger = ledger
         self.events = events
         self.problem: str | None = None
-        self.unknown: dict[tuple[str, str], str] = {}  # (day, barcode) -> its unknown status, at the last read
+        self.held: dict[tuple[str, str], str] = {}  # (day, barcode) -> why it is not journaled, at the last read
+        self.unreadable: list[str] = []  # retrievalinfo items without even a barcode, at the last read
         self._alerted: set[tuple[str, str, str]] = set()  # (day, barcode, status) alerted in this run
         self._without_retrievalinfo = False
 
     def step(self) -> None:
         try:
             added = self.poll(dt.date.today())
-            self.problem = self.unknown_problem()
+            self.problem = self.held_problem()
             if added:
                 log.info("feed.journaled", entries=added, collection=self.feed.collection)
         except GatewayError as error:
@@ -147,15 +154,17 @@ class Feed(Worker):
             log.error("feed.failed", reason=str(error), retry_in=self.feed.interval_seconds)
         self.rest(self.feed.interval_seconds)
 
-    def unknown_problem(self) -> str | None:
-        if not self.unknown:
-            return None
-        named = ", ".join(f"{barcode} {status!r} ({day})" for (day, barcode), status in
-                          sorted(self.unknown.items())[:UNKNOWN_LISTED])
-        more = len(self.unknown) - UNKNOWN_LISTED
-        return (f"CaiaSoft status not known for {len(self.unknown)} item(s) retrieved and refiled the same day: "
-                f"{named}{f' and {more} more' if more > 0 else ''}; they are not journaled: add each status to "
-                "[ncip.feed] in_statuses or out_statuses")
+    def held_problem(self) -> str | None:
+        """What status shows while items are held back (or retrievalinfo items could not be read), else None."""
+        parts = []
+        if self.held:
+            named = "; ".join(f"{barcode} ({day}): {reason}" for (day, barcode), reason in
+                              sorted(self.held.items())[:UNKNOWN_LISTED])
+            more = len(self.held) - UNKNOWN_LISTED
+            parts.append(f"{len(self.held)} item(s) not journaled: {named}{f'; and {more} more' if more > 0 else ''}")
+        if self.unreadable:
+            parts.append(f"{len(self.unreadable)} retrievalinfo item(s) unreadable: {self.unreadable[0]}")
+        return " | ".join(parts) or None
 
     # -- reading CaiaSoft -------------------------------------------------------------
 
@@ -164,18 +173,21 @@ class Feed(Worker):
 
     def _barcodes(self, kind: str, day: str) -> list[str]:
         what = f"CaiaSoft's {kind} list for {day} (collection {self.feed.collection})"
-        barcodes = self.client.read(self._path(f"{kind}list", day), what).get("barcodes")
+        answer = self.client.read(self._path(f"{kind}list", day), what)
+        barcodes = answer.get("barcodes")
         if not isinstance(barcodes, list) or not all(isinstance(b, (str, int)) for b in barcodes):
-            raise ApiError(f"{what} has no list of barcodes")
+            raise ApiError(f"{what} has no list of barcodes: {_excerpt(answer)}")
         return [str(barcode).strip() for barcode in barcodes if str(barcode).strip()]
 
-    def _retrievals(self, day: str) -> dict[str, Retrieval]:
-        """retrievalinfo's items by barcode, in the order of their time; empty without that endpoint."""
+    def _retrievals(self, day: str, held: dict[tuple[str, str], str]) -> dict[str, Retrieval]:
+        """retrievalinfo's items by barcode, in the order of their time; empty without that endpoint. An item
+        without the documented fields holds back its barcode (held), or is named unreadable if it has none."""
         if self._without_retrievalinfo:
             return {}
         what = f"CaiaSoft's retrieval info for {day} (collection {self.feed.collection})"
         try:
-            items = self.client.read(self._path("retrievalinfo", day), what).get("items")
+            answer = self.client.read(self._path("retrievalinfo", day), what)
+            items = answer.get("items")
         except ApiError as error:
             if error.http_status not in (404, 405, 501):
                 raise
@@ -184,8 +196,19 @@ class Feed(Worker):
                         detail="check-outs are journaled in the order of the retrieved list, without request ids")
             return {}
         if not isinstance(items, list):
-            raise ApiError(f"{what} has no list of items")
-        found = [retrieval(item, what) for item in items]
+            raise ApiError(f"{what} has no list of items: {_excerpt(answer)}")
+        found = []
+        for item in items:
+            try:
+                found.append(retrieval(item, what))
+            except ApiError as error:
+                barcode = _text(item, BARCODE) if isinstance(item, dict) else None
+                log.error("feed.item_unreadable", reason=str(error), item=barcode,
+                          detail="this item is not journaled; the others go on")
+                if barcode is None:
+                    self.unreadable.append(str(error))
+                else:
+                    held[(day, barcode)] = str(error)
         return {fact.barcode: fact for fact in sorted(found, key=lambda fact: fact.at)}  # stable: ties keep order
 
     def _status_now(self, barcode: str) -> str:
@@ -200,64 +223,85 @@ class Feed(Worker):
     def poll(self, today: dt.date) -> int:
         """Read CaiaSoft once; append the new entries in order; return how many."""
         added = 0
-        unknown: dict[tuple[str, str], str] = {}
+        held: dict[tuple[str, str], str] = {}
+        self.unreadable = []
         for back in range(self.feed.lookback_days, -1, -1):
             day = (today - dt.timedelta(days=back)).strftime("%Y%m%d")
-            added += self._day(day, unknown)
-        self.unknown = unknown
+            added += self._day(day, held)
+        self.held = held
         return added
 
-    def _day(self, day: str, unknown: dict[tuple[str, str], str]) -> int:
-        facts = self._retrievals(day)
+    def _day(self, day: str, held: dict[tuple[str, str], str]) -> int:
+        facts = self._retrievals(day, held)
         retrieved = self._barcodes("retrieved", day)
         refiled = self._barcodes("refiled", day)
         order = {barcode: index for index, barcode in enumerate(facts)}  # by time where CaiaSoft gave one
-        out = sorted((b for b in dict.fromkeys([*facts, *retrieved]) if not self.ledger.feed_seen("retrieved", b, day)),
-                     key=lambda barcode: order.get(barcode, len(order)))
+        out = sorted(dict.fromkeys([*facts, *retrieved]), key=lambda barcode: order.get(barcode, len(order)))
         not_lent = {b for b in out if b in facts and (facts[b].type or "").upper() in
                     {kind.upper() for kind in self.feed.no_checkout_types}}
-        back_in = [b for b in dict.fromkeys(refiled) if not self.ledger.feed_seen("refiled", b, day)]
-        both = (set(out) - not_lent) & set(back_in)
-        planned: list[tuple[str, str]] = []
-        for barcode in out:
+        back_in = list(dict.fromkeys(refiled))
+        both = (set(out) - not_lent) & set(back_in)  # both movements this day, journaled before or not
+        planned: list[tuple[str, str, bool]] = []  # (kind, barcode, journaled again so that it ends right)
+        for barcode in dict.fromkeys([*out, *back_in]):
+            new = {kind for kind, listed in (("retrieved", out), ("refiled", back_in))
+                   if barcode in listed and not self.ledger.feed_seen(kind, barcode, day)}
+            if not new or (day, barcode) in held:
+                continue
             if barcode in not_lent:
-                planned.append(("not lent", barcode))
+                planned += [("not lent", barcode, False)] + ([("refiled", barcode, False)] if "refiled" in new else [])
             elif barcode in both:
-                planned += self._in_order(barcode, day, unknown)
+                planned += self._in_order(barcode, day, new, held)
             else:
-                planned.append(("retrieved", barcode))
-        planned += [("refiled", barcode) for barcode in back_in if barcode not in both]
-        for kind, barcode in planned:
-            self._append(kind, barcode, day, facts.get(barcode))
-        return sum(kind != "not lent" for kind, _ in planned)
+                planned += [(kind, barcode, False) for kind in ("retrieved", "refiled") if kind in new]
+        for kind, barcode, again in planned:
+            self._append(kind, barcode, day, facts.get(barcode), again)
+        return sum(kind != "not lent" for kind, _, _ in planned)
 
-    def _in_order(self, barcode: str, day: str, unknown: dict[tuple[str, str], str]) -> list[tuple[str, str]]:
-        """An item retrieved and refiled on day: the two entries, the one matching its status now last."""
-        status = self._status_now(barcode)
-        where = classify(status, self.feed)
-        if where == "out":
-            return [("refiled", barcode), ("retrieved", barcode)]  # refiled first, then retrieved again
-        if where == "in":
-            return [("retrieved", barcode), ("refiled", barcode)]
-        unknown[(day, barcode)] = status
+    def _in_order(self, barcode: str, day: str, new: set[str],
+                  held: dict[tuple[str, str], str]) -> list[tuple[str, str, bool]]:
+        """An item retrieved and refiled on day, with new entries: those, and the one matching its status now
+        last (journaled again if it was journaled at an earlier read). Nothing if its status is not known."""
+        status = self._status_of(barcode, day, held)
+        where = classify(status, self.feed) if status is not None else None
+        if where is None:
+            if status is not None:
+                self._unknown(barcode, status, day, held)
+            return []
+        first, last = ("refiled", "retrieved") if where == "out" else ("retrieved", "refiled")
+        return [*([(first, barcode, False)] if first in new else []), (last, barcode, last not in new)]
+
+    def _status_of(self, barcode: str, day: str, held: dict[tuple[str, str], str]) -> str | None:
+        """The item's status now, or None (held, with the reason) if CaiaSoft answered for it alone with a failure."""
+        try:
+            return self._status_now(barcode)
+        except ApiError as error:
+            if error.http_status is None or error.http_status >= 500 or error.http_status in (408, 429):
+                raise  # CaiaSoft unreachable or overloaded: the whole read is tried again
+            held[(day, barcode)] = str(error)
+            log.error("feed.status_failed", item=barcode, day=day, reason=str(error),
+                      detail="this item is not journaled until CaiaSoft answers for it; the others go on")
+            return None
+
+    def _unknown(self, barcode: str, status: str, day: str, held: dict[tuple[str, str], str]) -> None:
+        held[(day, barcode)] = (f"CaiaSoft status {status!r} not known: add it to [ncip.feed] in_statuses or "
+                                "out_statuses")
         if (day, barcode, status) not in self._alerted:
             self._alerted.add((day, barcode, status))
             log.error("feed.unknown_status", item=barcode, status=status, day=day, collection=self.feed.collection,
                       detail="neither its retrieval nor its refile is journaled: add the status to [ncip.feed] "
                              "in_statuses or out_statuses")
             self.events.status_unknown(barcode, status, day, self.feed.collection)
-        return []
 
-    def _append(self, kind: str, barcode: str, day: str, fact: Retrieval | None) -> None:
+    def _append(self, kind: str, barcode: str, day: str, fact: Retrieval | None, again: bool = False) -> None:
         if kind == "not lent":  # seen: an electronic retrieval does not lend the item
             log.info("feed.not_checked_out", item=barcode, day=day, retrieval_type=fact.type if fact else None)
             self.ledger.remember_feed("retrieved", barcode, day)
             return
+        entry_id = f"feed-{kind}-{day}-{barcode}" + ("-again" if again else "")
         if kind == "retrieved":
-            entry = JournalEntry("checkout", barcode, request_id=fact.request_id if fact else None,
-                                 id=f"feed-{kind}-{day}-{barcode}")
+            entry = JournalEntry("checkout", barcode, request_id=fact.request_id if fact else None, id=entry_id)
         else:
-            entry = JournalEntry("checkin", barcode, id=f"feed-{kind}-{day}-{barcode}")
+            entry = JournalEntry("checkin", barcode, id=entry_id)
         try:
             journal.append(self.settings.journal, entry)
         except ValueError as error:  # a barcode no NCIP message can carry: said once, never journaled

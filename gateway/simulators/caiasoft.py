@@ -69,6 +69,7 @@ class CaiaSoftSimulator(LoopbackServer):
         self.retrievalinfo = True  # False: the endpoint is not there (HTTP 404), as on an account without it
         self.collections: set[str] | None = None  # set: any other collection gets success false (HTTP 200)
         self.item_statuses: dict[str, str] = {}  # what itemstatus answers for a barcode, when set
+        self.item_faults: dict[str, str] = {}  # barcode -> the error itemstatus answers for it (success false)
         # open for the simulator's life, closed by stop()
         self.receipts = open(receipts, "a", encoding="utf-8", buffering=1) if receipts else None  # noqa: SIM115
 
@@ -222,6 +223,9 @@ def _handler_for(sim: CaiaSoftSimulator) -> type[BaseHTTPRequestHandler]:
                 self._list()
             elif self.path.startswith("/api/itemstatus/v1/"):
                 barcode = self.path.rsplit("/", 1)[-1]
+                if barcode in sim.item_faults:  # a failure for this item alone, in an HTTP 200
+                    self._json(200, {"success": False, "error": sim.item_faults[barcode], "barcode": barcode})
+                    return
                 seen = any(barcode in (_barcodes(r.data) or []) for r in sim.received)
                 status = sim.item_statuses.get(barcode) or \
                     ("In Queue for Physical Retrieval" if seen else "Item In at Rest")
