@@ -311,7 +311,8 @@ def _bad_records_reason(bad: list[printfile.Record], bad_count: int, count: int)
 
 def _not_xml_reason(kinds: list[str], count: int) -> str:
     """'a PLAIN printout, not XML: route only XML_XSL output for CaiaSoft to this folder', for a file of such records"""
-    what = f"a {kinds[0]} printout" if len(kinds) == 1 else " and ".join(kinds) + " printouts"
+    what = (f"{printfile.article(kinds[0])} {kinds[0]} printout" if len(kinds) == 1
+            else " and ".join(kinds) + " printouts")
     records = f" ({count} records)" if count > 1 else ""
     return f"{what}{records}, not XML: route only {printfile.XML_PRINTOUT} output for CaiaSoft to this folder"
 

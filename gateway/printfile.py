@@ -62,6 +62,11 @@ _ENDED_EARLY = {pyexpat.errors.codes[message] for message in (
     pyexpat.errors.XML_ERROR_PARTIAL_CHAR, pyexpat.errors.XML_ERROR_UNCLOSED_CDATA_SECTION)}
 
 
+def article(kind: str) -> str:
+    """'an' before a printout kind that is said with a vowel first (an EXECUTE, an HTML printout), else 'a'."""
+    return "an" if kind[:1].upper() in "AEIOU" or kind.upper().startswith(("HTML", "XML")) else "a"
+
+
 @dataclass(frozen=True)
 class RecordProblem:
     """Why a record's XML is refused, and where: line is counted in the whole file.
@@ -229,8 +234,8 @@ class _Open:
         if self.printout is None and kind is not None:
             self.printout = kind.group(1).decode("ascii")
             if self.printout in NOT_XML_PRINTOUTS:
-                self.problem = RecordProblem(f"a {self.printout} printout, not XML: route only {XML_PRINTOUT} "
-                                             "output for CaiaSoft to this folder", self.line,
+                self.problem = RecordProblem(f"{article(self.printout)} {self.printout} printout, not XML: route "
+                                             f"only {XML_PRINTOUT} output for CaiaSoft to this folder", self.line,
                                              printout=self.printout)
 
     def feed(self, piece: bytes, line: int) -> list[Record]:

@@ -203,8 +203,8 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
         Key("in_statuses", "strings", list(IN_STATUSES),
             "CaiaSoft item statuses (itemstatus) that mean the item is in the facility. Asked only for an item "
             "retrieved and refiled on the same day, to journal the two in the order that leaves ALEPH as CaiaSoft "
-            "has the item. Matched ignoring case, spacing and a trailing date (\"... on 08-02-2018\"). Setting it replaces the "
-            "whole list: keep the phrases of the default you still want."),
+            "has the item. Matched ignoring case, spacing and a trailing date (\"... on 08-02-2018\"). Setting it "
+            "replaces the whole list: keep the phrases of the default you still want."),
         Key("out_statuses", "strings", list(OUT_STATUSES),
             "CaiaSoft item statuses that mean the item is out of the facility, matched the same way. A status in "
             "neither list is unknown: that item's same-day retrieval and refile are not journaled (the log, "

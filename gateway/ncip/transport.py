@@ -151,6 +151,11 @@ class PlainHttp:
             finally:
                 self.close()
         response = connection.getresponse()
+        if response.length is None and not response.chunked:  # no framing: the answer ends with its message
+            try:
+                return response.status, *_read_unframed(response, limit)
+            finally:
+                self.close()  # what the server does next cannot be known: the connection is not used again
         answer = response.read(limit + 1)
         if len(answer) > limit:
             self.close()  # the rest is never read
@@ -202,6 +207,19 @@ def _read_bare(sock: socket.socket, deadline: http.Deadline, limit: int) -> byte
         if not answer or deadline.expired:
             raise
     return bytes(answer)
+
+
+def _read_unframed(response: http_client.HTTPResponse, limit: int) -> tuple[bytes, bool]:
+    """An HTTP answer with neither Content-Length nor chunks: read until it holds a whole NCIP message or the
+    server closes (a server that keeps the connection open would otherwise hold every answer until the deadline).
+    Return the body (at most limit bytes) and whether there was more."""
+    answer = bytearray()
+    while not complete(answer) and len(answer) <= limit:
+        chunk = response.read1(READ_CHUNK)
+        if not chunk:
+            break
+        answer += chunk
+    return bytes(answer[:limit]), len(answer) > limit
 
 
 def _closed_by_peer(sock: socket.socket) -> bool:
