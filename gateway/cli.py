@@ -444,9 +444,9 @@ def cmd_journal(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_CONFIG
     def text(value: str | None) -> str | None:  # `read b` from a CRLF file keeps the CR: not part of a barcode
-        return value.strip() if value is not None else None
+        return journal.trimmed(value) if value is not None else None
 
-    entry = JournalEntry(args.action, args.item.strip(), stop=text(args.stop), user=text(args.user),
+    entry = JournalEntry(args.action, journal.trimmed(args.item), stop=text(args.stop), user=text(args.user),
                          request_id=text(args.request_id), id=text(args.entry_id))
     try:
         journal.append(config.ncip.journal, entry)

@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+from gateway.ncip import journal
+
 from conftest import KEY, ncip_table, wait_for
 from test_relay import add, dead_letters, ncip, relay_site  # noqa: F401  (fixtures)
 from test_service import notify_socket  # noqa: F401  (fixture)
@@ -86,7 +88,9 @@ def test_an_entry_the_server_keeps_refusing_with_a_client_error_is_a_dead_letter
 
 @pytest.mark.parametrize("argument,named", [(b"A\x01B", "'A\\x01B' holds U+0001"),
                                             (b"31234\xff", "'31234\\udcff' holds U+DCFF"),
-                                            (b"TAB\tINSIDE", "'TAB\\tINSIDE' holds U+0009")])
+                                            (b"TAB\tINSIDE", "'TAB\\tINSIDE' holds U+0009"),
+                                            (b"A\x1c", "'A\\x1c' holds U+001C"),  # str.strip() would drop it
+                                            (b"B\t", "'B\\t' holds U+0009")])
 def test_the_journal_command_refuses_what_no_ncip_message_can_carry(relay_site, argument, named):  # noqa: F811
     result = subprocess.run([sys.executable.encode(), b"-m", b"gateway", b"-c", bytes(relay_site.config_file),
                              b"journal", b"checkin", argument], capture_output=True, timeout=60)
@@ -289,3 +293,10 @@ def test_check_ncip_item_sends_nothing_for_a_barcode_no_message_can_carry(relay_
     assert result.returncode == 1, result.stdout
     assert "holds U+000B, a control character" in result.stdout and "nothing sent" in result.stdout
     assert ncip.received == []
+
+
+def test_only_spaces_and_a_carriage_return_are_dropped_around_a_journal_value():
+    assert journal.parse_entry(b'{"action": "checkin", "item": "  CRLF-1\\r"}').item == "CRLF-1"
+    for value in ("GOOD4\\u001c", "GOOD5\\u0085", "GOOD6\\t", "\\u001fGOOD7"):
+        with pytest.raises(ValueError, match="holds U\\+00"):
+            journal.parse_entry(f'{{"action": "checkin", "item": "{value}"}}'.encode())

@@ -58,7 +58,7 @@ def server():
 
 
 def _stripped(value: str | None) -> str | None:
-    return value.strip() if value is not None else None
+    return value.strip(" \r") if value is not None else None
 
 
 @JOURNAL_PROFILE
@@ -104,7 +104,7 @@ def test_every_journal_entry_ends_sent_as_well_formed_xml_or_as_a_dead_letter(se
     assert len(letters) == len(lettered) and lettered <= set(starts), "one dead letter per line, at most"
     relayed = [json.loads(line) for line, start in zip(written, starts, strict=True) if start not in lettered]
     assert [(message.action, message.item) for message in received[:-1]] == \
-        [(entry["action"], entry["item"].strip()) for entry in relayed], "each entry sent once, in order, as written"
+        [(entry["action"], entry["item"].strip(" \r")) for entry in relayed], "each entry sent once, in order, as written"
     for entry, message in zip(relayed, received, strict=False):
         if entry["action"] == "checkout":
             assert message.user == (_stripped(entry.get("user")) or "CAIASOFT"), (entry, message)
@@ -113,14 +113,14 @@ def test_every_journal_entry_ends_sent_as_well_formed_xml_or_as_a_dead_letter(se
 
 
 def _carriable(line: bytes) -> bool:
-    """The rule, as the README states it: UTF-8 JSON whose values are non-empty once trimmed and hold no control
-    character, surrogate, U+FFFE or U+FFFF."""
+    """The rule, as the README states it: UTF-8 JSON whose values are non-empty once spaces and carriage returns
+    around them are dropped, and hold no control character, surrogate, U+FFFE or U+FFFF."""
     try:
         entry = json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         return False
-    return all(value.strip() and not any(unicodedata.category(char) in ("Cc", "Cs") or char in "\ufffe\uffff"
-                                         for char in value.strip())
+    return all(value.strip(" \r") and not any(unicodedata.category(char) in ("Cc", "Cs") or char in "\ufffe\uffff"
+                                               for char in value.strip(" \r"))
                for key, value in entry.items() if key != "action")
 
 

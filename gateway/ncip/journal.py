@@ -61,6 +61,15 @@ class JournalEntry:
         return {key: value for key, value in self.__dict__.items() if value is not None}
 
 
+PADDING = " \r"  # dropped around a value (a script reading a CRLF list); anything else is part of it
+
+
+def trimmed(value: str) -> str:
+    """value without the spaces and carriage returns around it; a control character is never dropped silently
+    (str.strip() would drop U+001C-U+001F, U+0085 and tabs: those make the entry refused instead)."""
+    return value.strip(PADDING)
+
+
 def parse_entry(raw: bytes) -> JournalEntry:
     """Given one line (without its newline), return the entry. Raise ValueError saying what is wrong."""
     try:
@@ -78,15 +87,15 @@ def parse_entry(raw: bytes) -> JournalEntry:
         raise ValueError(f"action must be checkout or checkin, got {data.get('action')!r}")
     for key in FIELDS - {"action"}:
         value = data.get(key)
-        if value is not None and (not isinstance(value, str) or not value.strip()):
+        if value is not None and (not isinstance(value, str) or not trimmed(value)):
             raise ValueError(f"{key} must be a non-empty string, got {value!r}")
     if not data.get("item"):
         raise ValueError("item (the barcode) is missing")
     def text(key: str) -> str | None:  # a script's CRLF or padding is not part of a barcode or a user id
         value = data.get(key)
-        return value.strip() if isinstance(value, str) else None
+        return trimmed(value) if isinstance(value, str) else None
 
-    entry = JournalEntry(action=data["action"], item=data["item"].strip(), stop=text("stop"), user=text("user"),
+    entry = JournalEntry(action=data["action"], item=trimmed(data["item"]), stop=text("stop"), user=text("user"),
                          request_id=text("request_id"), id=text("id"))
     refuse_uncarried(entry)
     return entry
