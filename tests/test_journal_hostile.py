@@ -37,7 +37,7 @@ def cli(site, *args: str, **options) -> subprocess.CompletedProcess:
 
 def ncip_status(site) -> dict:
     report = json.loads(cli(site, "status", "--json").stdout)
-    return report["ncip"] or {}
+    return report.get("ncip") or {}  # no ledger yet: {"error": ...}
 
 
 @pytest.mark.parametrize("version", ["1", "2"])
@@ -300,3 +300,25 @@ def test_only_spaces_and_a_carriage_return_are_dropped_around_a_journal_value():
     for value in ("GOOD4\\u001c", "GOOD5\\u0085", "GOOD6\\t", "\\u001fGOOD7"):
         with pytest.raises(ValueError, match="holds U\\+00"):
             journal.parse_entry(f'{{"action": "checkin", "item": "{value}"}}'.encode())
+
+
+@pytest.mark.parametrize("fault", ["404", "400"])
+def test_a_server_refusing_every_message_holds_the_relay_and_makes_no_dead_letter_of_every_entry(
+        relay_site, ncip, daemon_factory, fault):  # noqa: F811
+    """A wrong path (404 to everything) dead-letters nothing; a 400 to one entry after another dead-letters only the
+    first: the relay waits with the reason in status, and goes on once the server takes messages again."""
+    relay_site.write_ncip(extra_ncip="client_error_tries = 2")
+    ncip.queue_faults(*[fault] * 100_000)  # until cleared below
+    for number in range(4):
+        add(relay_site, "checkin", f"ENTRY-{number}")
+    daemon = daemon_factory(relay_site.config_file)
+    state = wait_for(lambda: (state := ncip_status(relay_site)).get("last_problem") and
+                     "the NCIP server refuses messages, not this entry" in state["last_problem"] and state,
+                     timeout=30, interval=0.3, message="the relay waiting with the reason")
+    assert f"HTTP {fault}" in state["last_problem"]
+    ncip.clear_faults()  # the admin fixed the URL: the server takes messages again
+    wait_for(lambda: len(ncip.received) == 4 - (fault == "400"), timeout=60, message="the entries once it takes them")
+    assert daemon.stop() == 0
+    letters = dead_letters(relay_site)
+    assert [letter["entry"]["item"] for letter in letters] == ([] if fault == "404" else ["ENTRY-0"])
+    assert [r.item for r in ncip.received] == [f"ENTRY-{n}" for n in range(1 if fault == "400" else 0, 4)]

@@ -13,6 +13,9 @@ sent, so an answered entry is never sent again after kill -9. Outcomes:
                                                          with an excerpt of the answer
   an HTTP client error (4xx but 408 and 429: the server  the same entry again, after a backoff, at most
   will not take this message)                            client_error_tries times; then a dead letter
+  ... that says the address refuses every message        the same entry again, for as long as it takes
+  (401, 403, 404, 405, 407, 415), or the same client     (a wrong path, a login or a proxy: status says
+  error again for the entry after a dead-lettered one    so; no dead letter is made of every entry)
   any other Problem, or an invalid line (not JSON, not   a dead letter in error_dir/ncip/, then the next
   an entry, or a value an NCIP message cannot carry)
 The journal is read as its own writer left it, never through a link (gateway.ncip.journal):
@@ -43,6 +46,9 @@ from gateway.worker import Worker
 
 POLL_SECONDS = 0.2
 RETRIED_CLIENT_ERRORS = (408, 429)  # Request Timeout, Too Many Requests: the next try may be taken
+# what an address answers to every message (unauthorised, forbidden, not found, method, proxy login, content
+# type): not the entry's fault, so the relay waits on it as on an unreachable server instead of dead-lettering
+ENDPOINT_ERRORS = (401, 403, 404, 405, 407, 415)
 
 log = logs.get("gateway.ncip.relay")
 
@@ -142,6 +148,7 @@ class Relay(Worker):
         self.events: Events = NO_EVENTS  # alerts and metrics hear of each finished entry (gateway.monitor)
         self._failures = self._strikes = 0
         self._struck: tuple[int, JournalEntry, str] | None = None  # the entry and kind of answer counted
+        self._lettered_status: int | None = None  # the client error the last entry was dead-lettered for
         self._unsaved: dict[str, Any] | None = None  # the place past an answered entry, its save failed
 
     @property
@@ -197,6 +204,8 @@ class Relay(Worker):
             return
         self._failures = 0
         self.last_problem = None
+        if not (answer.verdict == NcipVerdict.REFUSED and answer.http_status == self._lettered_status):
+            self._lettered_status = None  # the server answered this entry: the next is judged on its own
         if answer.verdict == NcipVerdict.REFUSED:
             log.warning("ncip.refused", **fields, reason=answer.reason)
             self._dead_letter(line, answer.reason, answer)
@@ -220,6 +229,11 @@ class Relay(Worker):
             self._strikes = 0
         if kind is None:
             return answer
+        if kind == "client_error" and (status in ENDPOINT_ERRORS or status == self._lettered_status):
+            why = "to every message at this address" if status in ENDPOINT_ERRORS else "to the entry before too"
+            return Answer(NcipVerdict.TEMPORARY, f"{answer.reason} {why}: the NCIP server refuses messages, not "
+                          "this entry (check ncip.url, a login or a proxy); the relay waits and makes no dead letter",
+                          http_status=status, excerpt=answer.excerpt)
         self._strikes, self._struck = self._strikes + 1, (line.start, line.entry, kind)
         limit = self.settings.unreadable_attempts if kind == "unreadable" else self.settings.client_error_tries
         if self._strikes < limit:
@@ -229,6 +243,8 @@ class Relay(Worker):
         refused = Answer(NcipVerdict.REFUSED, f"{answer.reason} ({self._strikes} attempts)",
                          http_status=status, excerpt=answer.excerpt)
         self._strikes, self._struck = 0, None
+        if kind == "client_error":
+            self._lettered_status = status  # the same again for the next entry: the server, not the entry
         return refused
 
     def _note_version(self, version: str | None) -> None:
