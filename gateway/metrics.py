@@ -19,6 +19,9 @@ The names are a contract (see the README, "Monitoring and alerts"):
 
 from __future__ import annotations
 
+import contextlib
+import os
+import secrets
 import time
 from collections.abc import Iterator
 from typing import Callable
@@ -133,11 +136,28 @@ class Metrics:
             self.write_textfile()
 
     def write_textfile(self) -> None:
-        """Write the figures to the textfile: a temporary file beside it, renamed over it (atomic)."""
+        """Write the figures to the textfile: a new temporary file beside it, renamed over it (atomic).
+
+        The folder is node_exporter's, which other users may write: the temporary file has a random name and
+        is created with O_EXCL|O_NOFOLLOW, so a name planted there (a symlink to the ledger, say) is never
+        written through; the rename replaces whatever is at the textfile's name, a link included, without
+        following it."""
         assert self.settings.textfile is not None
+        target = self.settings.textfile
+        text = prometheus_client.generate_latest(self.registry)
+        temporary = target.with_name(f".{target.name}.{secrets.token_hex(8)}")
         try:
-            prometheus_client.write_to_textfile(str(self.settings.textfile), self.registry)
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as error:  # the name is taken (never ours to remove) or the folder is not writable
+            log.warning("metrics.textfile_failed", file=str(target), error=error.strerror or str(error))
+            return
+        try:
+            with open(fd, "wb") as handle:
+                handle.write(text)
+            os.rename(temporary, target)
         except OSError as error:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
             log.warning("metrics.textfile_failed", file=str(self.settings.textfile),
                         error=error.strerror or str(error))
 

@@ -171,3 +171,28 @@ def test_the_grafana_dashboard_names_only_metrics_that_exist(tmp_path):
     for expression in expressions:
         used = set(re.findall(r"\bcaiasoft_gateway_[a-z_]+", expression))
         assert used and used <= names, (expression, used - names)
+
+
+def test_the_textfile_is_never_written_through_a_link_planted_in_its_folder(tmp_path, monkeypatch):
+    """node_exporter's folder may be writable by others: a link planted at the temporary name, or at the
+    textfile's own name, never makes the gateway write into the file it points to."""
+    ledger = Ledger(tmp_path / "gateway.db")
+    folder = tmp_path / "textfile"
+    folder.mkdir()
+    textfile = folder / "caiasoft_gateway.prom"
+    decoy = tmp_path / "decoy"
+    decoy.write_bytes(b"the ledger, say\n")
+    try:
+        metrics = Metrics(MetricsSettings(listen="", textfile=textfile), ledger, ["print"])
+        monkeypatch.setattr("gateway.metrics.secrets.token_hex", lambda _bytes: "guessed")
+        (folder / ".caiasoft_gateway.prom.guessed").symlink_to(decoy)  # the name the next write will use
+        metrics.write_textfile()
+        assert decoy.read_bytes() == b"the ledger, say\n" and not textfile.exists(), "refused, not followed"
+        (folder / ".caiasoft_gateway.prom.guessed").unlink()
+        textfile.symlink_to(decoy)
+        metrics.write_textfile()
+        assert decoy.read_bytes() == b"the ledger, say\n", "the link at the textfile's name is replaced"
+        assert not textfile.is_symlink() and "caiasoft_gateway_files_total" in textfile.read_text()
+        assert sorted(path.name for path in folder.iterdir()) == [textfile.name], "no temporary file left"
+    finally:
+        ledger.close()
