@@ -59,6 +59,10 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
     for index, source in enumerate(values.sources):
         if source.get("url") is not None:
             credentials.check_sftp_files(source, f"sources[{index}]", values.problem)
+            for name in ("private_key_file", "private_key_passphrase_file", "password_file"):
+                secret = source.get(name)
+                if isinstance(secret, Path):  # the SFTP login: as private as the API key
+                    warnings += credentials.secret_file_warnings(f"sources[{index}].{name}", secret)
     alerts_password = values.optional.get("alerts", {}).get("password_file")
     if isinstance(alerts_password, Path) and not alerts_password.is_file():
         values.problem("alerts.password_file", f"{alerts_password} does not exist")

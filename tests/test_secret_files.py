@@ -48,3 +48,28 @@ def test_a_private_relay_password_file_is_not_warned(site, simulator, tmp_path):
     checked = subprocess.run([sys.executable, "-m", "gateway", "-c", str(site.config_file), "check", "--offline"],
                              capture_output=True, text=True, timeout=60)
     assert "password_file" not in checked.stdout and "WARN  secret file" not in checked.stdout, checked.stdout
+
+
+@pytest.mark.parametrize("key", ["private_key_file", "private_key_passphrase_file", "password_file"])
+def test_an_sftp_login_file_others_can_read_is_warned(key, site, simulator, tmp_path):
+    secret = tmp_path / "sftp-secret"
+    secret.write_text("not a real key, only its mode matters here\n")
+    secret.chmod(0o644)
+    site.key_file.chmod(0o600)
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text("")
+    login = f'{key} = "{secret}"' + ("" if key == "private_key_file" else f'\nprivate_key_file = "{tmp_path / "id"}"')
+    if key != "private_key_file":
+        (tmp_path / "id").write_text("a key\n")
+        (tmp_path / "id").chmod(0o600)
+    site.write(simulator.url, extra=f"""
+[[sources]]
+name = "remote"
+url = "sftp://aleph@127.0.0.1:22/print"
+known_hosts_file = "{known_hosts}"
+{login}
+""")
+    warnings = site.load().warnings
+    assert f"sources[1].{key} {secret} is readable by every user: chmod 0600 (or 0640) it" in warnings, warnings
+    secret.chmod(0o600)
+    assert not [warning for warning in site.load().warnings if "sources[1]" in warning]
