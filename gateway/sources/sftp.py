@@ -373,7 +373,9 @@ class SftpSource:
         def read(sftp: paramiko.SFTPClient) -> bytes:
             with sftp.open(to_bytes(entry.origin), "rb") as remote:
                 remote.seek(max((remote.stat().st_size or 0) - limit, 0))
-                return remote.read(limit)
+                tail = bytearray()
+                self._read_capped(remote, limit, tail.extend)  # the same deadline as a download of that size
+                return bytes(tail[:limit])
         try:
             return self._call(read, f"reading {printable(entry.name)}")
         except FileNotFoundError:
