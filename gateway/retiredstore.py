@@ -92,9 +92,9 @@ ON CONFLICT (barcode) DO UPDATE SET
     earlier = earlier + 1,
     first_taken = MIN(COALESCE(first_taken, excluded.first_taken), COALESCE(excluded.first_taken, first_taken))
 """.replace("newer", "COALESCE(excluded.taken, 0) >= COALESCE(taken, 0)")
-COMPACT_BATCH = 200      # files compacted in one transaction: uploads wait at most for one batch
+COMPACT_BATCH = 50       # files compacted in one transaction: uploads wait at most for one batch
 REASON_CHARS = 300       # what is kept of the reason a file was refused
-VACUUM_PAGES = 256       # pages given back in one transaction (1 MB of 4 KB pages)
+VACUUM_PAGES = 64        # pages given back in one transaction (256 KB of 4 KB pages)
 
 
 @dataclass(frozen=True)
