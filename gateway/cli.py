@@ -83,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
                                               "with the service stopped; --dry-run says what would go")
     prune.add_argument("--dry-run", dest="dry_run", action="store_true",
                        help="only say which day folders would go and what the ledger keeps of them")
+    prune.add_argument("--trust-clock", dest="trust_clock", action="store_true",
+                       help="count days from the clock even where it is more than a day ahead of the ledger's "
+                            "time (after a long stop, once you know the clock is right)")
     demo = commands.add_parser("demo", help="a self-contained run with the simulator and sample files")
     demo.add_argument("--keep", action="store_true", help="keep the demo folder to look around (else it is removed)")
     simulate = commands.add_parser("simulate", help="run a simulator on loopback for dry runs")
@@ -338,7 +341,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     config = _load_settings(args)
     if _no_ledger_yet(config, as_json=False):
         return EXIT_FAILURE
-    lines, code = prune(config, args.dry_run)
+    lines, code = prune(config, args.dry_run, args.trust_clock)
     print("\n".join(lines), file=sys.stdout if code == EXIT_OK else sys.stderr)
     return code
 

@@ -2,9 +2,11 @@
 
 The dry run only reads (no lock, no write): it opens the ledger as `status` does and
 asks gateway.retention for the same plan the service's next pass would make, counting
-on the same day (the earlier of the clock and the ledger's time). `prune` itself runs
-that pass to the end, and only while the service is stopped (it holds state_dir's lock,
-as the service does): a running service prunes at start and every hour by itself.
+on the same day (the clock, unless it is far ahead of the ledger's time). `prune` itself
+runs that pass to the end, and only while the service is stopped (it holds state_dir's
+lock, as the service does): a running service prunes at start and every hour by itself.
+--trust-clock counts from the clock however far ahead it is: the admin's word, after a
+long stop, that the clock is right.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from gateway.service import StateLock
 from gateway.settings import Settings
 
 
-def prune(settings: Settings, dry_run: bool) -> tuple[list[str], int]:
+def prune(settings: Settings, dry_run: bool, trust_clock: bool = False) -> tuple[list[str], int]:
     """Given the config, return the lines to print and the exit code (1: the service runs, nothing done)."""
     lock = None
     if not dry_run:
@@ -35,7 +37,7 @@ def prune(settings: Settings, dry_run: bool) -> tuple[list[str], int]:
     try:
         ledger = Ledger(settings.paths.database)
         try:
-            return _run(settings, ledger, dry_run), 0
+            return _run(settings, ledger, dry_run, trust_clock), 0
         finally:
             ledger.close()
     finally:
@@ -43,10 +45,10 @@ def prune(settings: Settings, dry_run: bool) -> tuple[list[str], int]:
             lock.release()
 
 
-def _run(settings: Settings, ledger: Ledger, dry_run: bool) -> list[str]:
+def _run(settings: Settings, ledger: Ledger, dry_run: bool, trust_clock: bool) -> list[str]:
     archive, errors = Folder(settings.paths.archive_dir), Folder(settings.paths.error_dir)
     days, error_days = settings.archive.retention_days, settings.archive.error_retention_days
-    retention = Retention(ledger)
+    retention = Retention(ledger, trust_clock=trust_clock)
     plan = retention.plan([(archive, days), (errors, error_days)])
     lines = [f"archive_dir {_shown(archive.root)}: "
              + (f"days older than {days} day(s) go" if days else "kept whole (retention_days = 0)"),

@@ -53,6 +53,16 @@ class PruneStore:
             db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                        (CLOCK_KEY, repr(at)))
 
+    def clock_mark(self) -> float | None:
+        """The time retention's last pass counted from (mark_clock), or None if no pass has marked one."""
+        with self._lock:
+            mark = self._db.execute("SELECT value FROM meta WHERE key = ?", (CLOCK_KEY,)).fetchone()
+        try:
+            value = float(mark[0]) if mark is not None else None
+        except ValueError:  # not a number: no mark
+            return None
+        return value if value is not None and math.isfinite(value) and value > 0 else None
+
     def newest_time(self) -> float | None:
         """The latest time the ledger recorded: a file seen, uploaded or finished, or retention's last pass.
 

@@ -1,14 +1,18 @@
 """Retention: archive days older than archive.retention_days are removed, on a day the ledger agrees with.
 
-The wall clock is not trusted on its own. At start, Retention reads the newest time
-the ledger recorded (gateway/prunestore.py); from then on the ledger's time is that
-plus the monotonic time since. Days are counted from the earlier of the two clocks,
-so a clock set far ahead (40 days, with retention_days = 30) removes nothing the
-ledger's time would keep: those days are held, and, when the clock is more than
-CLOCK_AHEAD_SECONDS ahead, `problem` says why (the log, `status`). The gateway cannot
-tell a clock that is wrong from one that is right after a long stop: either way
-nothing is removed on the clock's word during this run; each pass marks the time it
-saw in the ledger, so if the clock is right retention catches up at the next start.
+The wall clock is not trusted on its own. Each pass marks in the ledger the time it
+counted from (gateway/prunestore.py); at start the ledger's time is that mark (or, in
+a ledger no pass has marked yet, the newest time it recorded), and from then on that
+plus the monotonic time since. A pass counts from the clock when it is at most
+CLOCK_AHEAD_SECONDS ahead of the ledger's time (a restart, a stop of a day) or
+behind it, and from the ledger's time otherwise: a clock set far ahead (40 days, with
+retention_days = 30) removes nothing the ledger's time would keep, at this start or
+any later one, since the mark is never the far clock's time, nor are the times of
+files taken under it counted. Those days are held and `problem` says why (the log,
+`status`). The gateway cannot tell a clock that is wrong from one that is right after
+a long stop, so it never guesses: after a stop longer than CLOCK_AHEAD_SECONDS the
+admin who knows the clock is right says so with `caiasoft-gateway prune
+--trust-clock` (trust_clock), and retention counts from the clock from then on.
 
 What retention removes it records (Ledger.pruned), so `find` says "removed by
 retention" instead of listing a path that is gone. Files in error_dir are removed
@@ -47,7 +51,9 @@ if TYPE_CHECKING:
 log = logs.get("gateway.retention")
 
 _DAY = re.compile(r"^\d{4}/\d{2}/\d{2}$")
-CLOCK_AHEAD_SECONDS = 86400.0  # the clock this far ahead of the ledger's time, with days held: said why
+# how far ahead of the ledger's time the clock may be and still be counted from: a stop of a day and a night
+# catches up by itself; a clock further ahead (or a longer stop) holds days back until the admin vouches for it
+CLOCK_AHEAD_SECONDS = 36 * 3600.0
 
 
 @dataclass
@@ -67,11 +73,13 @@ class Retention:
     """Prunes the archive on the earlier of the wall clock and the ledger's time (see the module's docstring)."""
 
     def __init__(self, ledger: Ledger, wall: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic):
+                 monotonic: Callable[[], float] = time.monotonic, trust_clock: bool = False):
         self.ledger = ledger
         self.wall = wall
         self.monotonic = monotonic
-        self.newest = ledger.newest_time()  # the ledger's time at start (None: it has recorded nothing)
+        self.trust_clock = trust_clock  # the admin said the clock is right (prune --trust-clock)
+        mark = ledger.clock_mark()  # the ledger's time at start (None: it has recorded nothing)
+        self.newest = mark if mark is not None else ledger.newest_time()
         self.started = monotonic()
         self.problem: str | None = None  # why days are held back, while they are
         self.unfinished = False  # the last pass ran out of its budget: days (or free pages) are left
@@ -84,7 +92,10 @@ class Retention:
         """What a pass would do now over these (folder, its retention days; 0: none) pairs. Writes nothing."""
         wall = self.wall()
         ledger_now = self.ledger_now()
-        trusted = wall if ledger_now is None else min(wall, ledger_now)
+        if ledger_now is None or self.trust_clock or wall - ledger_now <= CLOCK_AHEAD_SECONDS:
+            trusted = wall  # it agrees with the ledger's time, is behind it, or the admin vouched for it
+        else:
+            trusted = ledger_now
         plan = Plan(wall, ledger_now, trusted)
         for marked, _ in self.ledger.pruning():
             (plan.resumed if _day_of(Path(marked), [folder for folder, _ in folders]) else plan.strays).append(
@@ -146,7 +157,7 @@ class Retention:
         if plan.resumed:
             log.info("archive.prune_resumed_day", days=[str(day) for day in plan.resumed],
                      detail="a pass cut short (stop or crash) is finished")
-        self.ledger.mark_clock(plan.wall)
+        self.ledger.mark_clock(plan.trusted)  # never a clock it did not count from: see the docstring
         if removed:
             log.info("archive.pruned", days=len(removed), retention_days=retention_days,
                      error_retention_days=error_days, first=str(removed[0]), last=str(removed[-1]))
@@ -182,10 +193,10 @@ class Retention:
         problem = None
         if held and ledger_now is not None and wall - ledger_now > CLOCK_AHEAD_SECONDS:
             problem = (f"retention held {len(held)} day folder(s) back: the clock says {_day(wall)}, "
-                       f"{_span(wall - ledger_now)} ahead of the ledger's time ({_day(ledger_now)}: the newest "
-                       f"time it recorded, plus the time since start); nothing is removed on that clock's word "
-                       f"while this run lasts. Fix the clock; if it is right (the gateway was stopped that long), "
-                       f"retention catches up at the next start")
+                       f"{_span(wall - ledger_now)} ahead of the ledger's time ({_day(ledger_now)}: the time its "
+                       f"last pass counted from, plus the time since start); nothing is removed on that clock's "
+                       f"word. Fix the clock; if it is right (the gateway was stopped that long), say so with "
+                       f"caiasoft-gateway prune --trust-clock (with the service stopped)")
         if problem != self.problem:
             if problem:
                 log.warning("archive.prune_held", reason=problem, held=[str(day) for day in held],

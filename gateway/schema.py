@@ -87,9 +87,9 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
     ),
     "archive": (
         Key("retention_days", "int", 0,
-            "Archive days older than this are deleted, counted on the ledger's time if the clock is ahead of "
-            "it (see \"Trust\"); 0 keeps everything. The ledger keeps, per item, what `find` needs of "
-            "the files removed.", minimum=0),
+            "Archive days older than this are deleted, counted on the ledger's time if the clock is more than "
+            "36 hours ahead of it (see \"Trust\"; prune --trust-clock); 0 keeps everything. The ledger keeps, "
+            "per item, what `find` needs of the files removed.", minimum=0),
         Key("error_retention_days", "int", 0,
             "Days in error_dir older than this are deleted too, the same way; 0 (the default) keeps every "
             "refused file until an admin deals with it.", minimum=0),

@@ -142,11 +142,26 @@ def test_a_start_with_the_clock_forty_days_ahead_deletes_nothing_and_says_why(si
     assert daemon.stop() == 0
     assert archived.is_file()
 
-    # the clock was right after all (the gateway was stopped that long): the next start catches up, and
-    # find tells the item's file was removed by retention rather than listing a path that is gone
+    # the next start, with the clock still ahead, holds the days back again: the first run marked the time it
+    # counted from, not the clock's; a file taken meanwhile under that clock does not make it "agree" either
+    held_before = log.read_text().count("archive.prune_held")
+    (site.source / "late_barcode").write_bytes(b"31234000003001\n")
     again = daemon_factory(site.config_file, env=clock.env())
-    wait_for(lambda: "archive.pruned" in log.read_text(), timeout=30, message="retention to catch up")
+    wait_for(lambda: log.read_text().count("archive.prune_held") > held_before, timeout=30,
+             message="retention to hold back again")
+    wait_for(lambda: not (site.source / "late_barcode").exists(), timeout=30, message="the late file taken")
     assert again.stop() == 0
+    assert archived.is_file() and "archive.pruned" not in log.read_text(), "nothing removed at any start"
+    restarted = daemon_factory(site.config_file, env=clock.env())
+    wait_for(lambda: log.read_text().count("archive.prune_held") > held_before + 1, timeout=30,
+             message="retention to hold back at a third start")
+    assert restarted.stop() == 0
+    assert archived.is_file()
+
+    # the clock was right after all (the gateway was stopped that long): the admin says so, and find tells the
+    # item's file was removed by retention rather than listing a path that is gone
+    vouched = cli(site, clock, "prune", "--trust-clock")
+    assert vouched.returncode == 0, vouched.stderr
     assert not archived.exists()
     found = cli(site, clock, "find", "31234000003000")
     day = "-".join(archived.parent.parts[-3:])  # the day it was archived on, by the real clock

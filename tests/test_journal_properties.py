@@ -104,7 +104,7 @@ def test_every_journal_entry_ends_sent_as_well_formed_xml_or_as_a_dead_letter(se
     assert len(letters) == len(lettered) and lettered <= set(starts), "one dead letter per line, at most"
     relayed = [json.loads(line) for line, start in zip(written, starts, strict=True) if start not in lettered]
     assert [(message.action, message.item) for message in received[:-1]] == \
-        [(entry["action"], entry["item"].strip(" \r")) for entry in relayed], "each entry sent once, in order, as written"
+        [(entry["action"], _stripped(entry["item"])) for entry in relayed], "each entry sent once, in order, as written"
     for entry, message in zip(relayed, received, strict=False):
         if entry["action"] == "checkout":
             assert message.user == (_stripped(entry.get("user")) or "CAIASOFT"), (entry, message)
