@@ -276,9 +276,10 @@ def test_a_week_of_service_runs_keeps_recent_days_errors_and_a_ledger_that_stops
     assert kept == [f"{today + dt.timedelta(days=number):%Y/%m/%d}" for number in (5, 6, 7)], kept
     [refused] = site.refused()
     assert refused.name == "d0_bad_barcode" and refused.is_file(), "error_dir stays (error_retention_days = 0)"
-    # 20 files a day through the ledger (about 30 KB of rows a day): it grows until retention starts removing
-    # (day 4), then no more; the pages of each removed day are reused or given back
-    assert sizes[-1] <= sizes[4] + 2 * 4096, sizes
+    # 20 files a day through the ledger (about 30 KB of rows a day, 120 KB over the last three days without
+    # compaction): it grows until retention starts removing (day 4), then no more; the pages of each removed
+    # day are reused or given back (a few pages either way: where the B-trees split differs from day to day)
+    assert sizes[-1] <= sizes[4] + 6 * 4096, sizes
 
     env = clock.env()
     gone = cli(site, "find", "31234500000000", env=env)  # carried every day: the recent files and the removed ones
