@@ -55,8 +55,7 @@ def _run(settings: Settings, ledger: Ledger, dry_run: bool, trust_clock: bool) -
              f"error_dir {_shown(errors.root)}: "
              + (f"days older than {error_days} day(s) go" if error_days
                 else "refused files are kept (error_retention_days = 0)"),
-             f"counting from {dt.date.fromtimestamp(plan.trusted).isoformat()}"
-             + (" (the ledger's time: the clock is ahead of it)" if plan.trusted < plan.wall else "")]
+             f"counting from {_counted(plan.trusted, plan.wall)}"]
     if not dry_run:
         logs.setup(settings.paths.log_dir, console=False)
         removed = retention.prune(archive, days, errors, error_days)
@@ -69,6 +68,15 @@ def _run(settings: Settings, ledger: Ledger, dry_run: bool, trust_clock: bool) -
     if not plan.resumed and not plan.removed:
         lines.append("nothing would be removed")
     return lines
+
+
+def _counted(trusted: float, wall: float) -> str:
+    """The day retention counts from, and why when it is not the clock's."""
+    counted, clock = dt.date.fromtimestamp(trusted), dt.date.fromtimestamp(wall)
+    if counted == clock:
+        return counted.isoformat()
+    return (f"{counted.isoformat()}, the ledger's time (the newest time it recorded; the clock says "
+            f"{clock.isoformat()}, and retention counts on the earlier of the two, as the service does)")
 
 
 def _what(ledger: Ledger, day: Path) -> str:
