@@ -75,8 +75,8 @@ def _counted(trusted: float, wall: float) -> str:
     counted, clock = dt.date.fromtimestamp(trusted), dt.date.fromtimestamp(wall)
     if counted == clock:
         return counted.isoformat()
-    return (f"{counted.isoformat()}, the ledger's time (the newest time it recorded; the clock says "
-            f"{clock.isoformat()}, and retention counts on the earlier of the two, as the service does)")
+    return (f"{counted.isoformat()}, the ledger's time: the clock says {clock.isoformat()}, further ahead of it "
+            "than retention counts from unasked (see --trust-clock)")
 
 
 def _what(ledger: Ledger, day: Path) -> str:

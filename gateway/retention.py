@@ -14,8 +14,8 @@ a long stop, so it never guesses: after a stop longer than CLOCK_AHEAD_SECONDS t
 admin who knows the clock is right says so with `caiasoft-gateway prune
 --trust-clock` (trust_clock), and retention counts from the clock from then on.
 
-What retention removes it records (Ledger.pruned), so `find` says "removed by
-retention" instead of listing a path that is gone. Files in error_dir are removed
+What retention removes it records (the pruned table, as it marks a day: RetiredStore.begin_pruning),
+so `find` says "removed by retention" instead of listing a path that is gone. Files in error_dir are removed
 only if the admin asks (archive.error_retention_days, 0 by default: kept).
 
 A day is removed whole or resumed (gateway/retiredstore.py): it is marked in the ledger
