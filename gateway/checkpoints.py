@@ -99,3 +99,9 @@ class Checkpoints(LedgerDb):
     def remember_feed(self, kind: str, barcode: str, day: str) -> None:
         with self._transaction() as db:
             db.execute("INSERT OR IGNORE INTO feed_seen VALUES (?, ?, ?, ?)", (kind, barcode, day, self.clock()))
+
+    def forget_feed_before(self, day: str) -> int:
+        """Forget what the feed journaled for days before day (YYYYMMDD), which it reads no more; return how many
+        rows went. The table then holds lookback_days + 1 days, however long the feed runs."""
+        with self._transaction() as db:
+            return int(db.execute("DELETE FROM feed_seen WHERE day < ?", (day,)).rowcount)

@@ -225,10 +225,11 @@ class Feed(Worker):
         added = 0
         held: dict[tuple[str, str], str] = {}
         self.unreadable = []
-        for back in range(self.feed.lookback_days, -1, -1):
-            day = (today - dt.timedelta(days=back)).strftime("%Y%m%d")
+        days = [(today - dt.timedelta(days=back)).strftime("%Y%m%d") for back in range(self.feed.lookback_days, -1, -1)]
+        for day in days:
             added += self._day(day, held)
         self.held = held
+        self.ledger.forget_feed_before(days[0])  # days no read covers any more: the memory stays small
         return added
 
     def _day(self, day: str, held: dict[tuple[str, str], str]) -> int:
