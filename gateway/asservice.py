@@ -3,7 +3,9 @@
 Read from the unit and its drop-ins: the user, its groups and SupplementaryGroups=, the capabilities
 (AmbientCapabilities=), the API key credential (LoadCredential=) and the command (ExecStart=). Then run
 `check` with them through setpriv (util-linux), so a green `check` means the service can do what it
-checks. The unit's sandbox (ProtectSystem= and the rest) is not applied; it only takes away.
+checks. The unit's sandbox is not applied, but what it takes away from the gateway's own folders is compared:
+sandbox_problems() names each folder the config writes that ProtectSystem=, PrivateTmp= or ProtectHome= hide
+or make read-only for the service (the unit's StateDirectory=, LogsDirectory= and ReadWritePaths= are writable).
 installed_unit_warnings() says when the running systemd is older than a directive the installed unit relies on.
 """
 
@@ -24,6 +26,9 @@ SETPRIV = "setpriv"
 NEWEST_DIRECTIVES = {"ProtectProc": 247, "LoadCredential": 247, "ProtectClock": 245, "ProtectKernelLogs": 244,
                      "ProtectHostname": 242, "RestrictSUIDSGID": 242}
 CHECK_TIMEOUT_SECONDS = 600
+DROPINS_NAME = f"{UNIT}.d"
+DIRECTORY_SETTINGS = {"StateDirectory": "/var/lib", "LogsDirectory": "/var/log", "RuntimeDirectory": "/run",
+                      "CacheDirectory": "/var/cache"}
 
 
 class AsServiceError(Exception):
@@ -41,6 +46,10 @@ class ServiceIdentity:
     credentials: dict[str, str] = field(default_factory=dict)
     exec_start: str = ""
     directives: set[str] = field(default_factory=set)
+    protect_system: str = "no"
+    protect_home: str = "no"
+    private_tmp: bool = False
+    writable: list[str] = field(default_factory=list)  # ReadWritePaths= and the *Directory= folders
 
 
 def _service_lines(path: Path) -> list[tuple[str, str]]:
@@ -85,7 +94,59 @@ def read_unit(unit: Path) -> ServiceIdentity:
             identity.credentials[name] = source
         elif key == "ExecStart":
             identity.exec_start = value.lstrip("@-:+!").split()[0] if value.split() else ""
+        else:
+            _sandbox_setting(identity, key, value)
     return identity
+
+
+def _sandbox_setting(identity: ServiceIdentity, key: str, value: str) -> None:
+    """The settings that decide what the service can write: ProtectSystem=, ReadWritePaths= and the rest."""
+    if key in ("ProtectSystem", "ProtectHome"):
+        setattr(identity, "protect_system" if key == "ProtectSystem" else "protect_home", value.lower() or "no")
+    elif key == "PrivateTmp":
+        identity.private_tmp = value.lower() in ("yes", "true", "on", "1")
+    elif key == "ReadWritePaths":  # "-" (ignore if missing) and "+" (outside RootDirectory=) prefixes
+        identity.writable = identity.writable + [path.lstrip("-+") for path in value.split()] if value else []
+    elif key in DIRECTORY_SETTINGS:
+        identity.writable = identity.writable + [
+            f"{DIRECTORY_SETTINGS[key]}/{name.split(':')[0]}" for name in value.split()]
+
+
+def _under(path: str, folder: str) -> bool:
+    folder = folder.rstrip("/") or "/"
+    return path == folder or path.startswith(folder if folder == "/" else folder + "/")
+
+
+def sandbox_problems(identity: ServiceIdentity, folders: list[tuple[str, Path]], root: Path = Path("/")) -> list[str]:
+    """A line for each (setting, folder) the service could not write under the unit's sandbox, with the fix.
+
+    root is a scratch root the unit is installed in (its paths are seen under it); a folder outside it is
+    taken as it is written.
+    """
+    problems: list[str] = []
+    read_only = {"strict": ["/"], "full": ["/usr", "/boot", "/efi", "/etc"], "yes": ["/usr", "/boot", "/efi"],
+                 "true": ["/usr", "/boot", "/efi"]}.get(identity.protect_system, [])
+    hidden_home = identity.protect_home in ("yes", "true", "read-only", "tmpfs")
+    for setting, folder in folders:
+        written = os.path.normpath(os.path.abspath(folder))
+        seen = written
+        if root != Path("/") and _under(written, str(root)):
+            relative = os.path.relpath(written, root)
+            seen = "/" if relative == "." else "/" + relative
+        fix = (f"add `ReadWritePaths={written}` to {DROPINS_NAME}/site.conf (or install again with "
+               f"--writable-path {written}), then systemctl daemon-reload")
+        if identity.private_tmp and (_under(seen, "/tmp") or _under(seen, "/var/tmp")):
+            problems.append(f"{setting} {written}: the service has a /tmp of its own (PrivateTmp=yes) and "
+                            "would not see this folder: put it elsewhere (e.g. under /var/lib/caiasoft-gateway)")
+        elif hidden_home and any(_under(seen, home) for home in ("/home", "/root", "/run/user")):
+            problems.append(f"{setting} {written}: ProtectHome= hides home folders from the service: put it "
+                            "elsewhere")
+        elif any(_under(seen, folder) for folder in read_only) \
+                and not any(_under(seen, path) for path in identity.writable):
+            problems.append(f"{setting} {written} is read-only for the service (ProtectSystem="
+                            f"{identity.protect_system}; not in the unit's StateDirectory=, LogsDirectory= or "
+                            f"ReadWritePaths=): {fix}")
+    return problems
 
 
 def _table(path: Path) -> list[list[str]]:

@@ -56,6 +56,35 @@ def run_checks(config: Config, offline: bool = False, ncip_item: str | None = No
                              "and tells which version it answers in")
 
 
+def service_folders(config: Config) -> list[tuple[str, Path]]:
+    """Every folder the service writes in, by the setting that names it."""
+    folders = [(f"paths.{key}", Path(getattr(config.paths, key)))
+               for key in ("state_dir", "archive_dir", "error_dir", "log_dir")]
+    if config.ncip:
+        folders.append(("ncip.journal (its folder)", config.ncip.journal.parent))
+    folders += [(f"sources[{index}].path", source.path) for index, source in enumerate(config.sources)
+                if isinstance(source, LocalSourceSettings)]
+    return folders
+
+
+def unit_sandbox(config: Config, unit: Path, root: Path = Path("/")) -> Iterator[Result]:
+    """The installed unit's sandbox against the folders the service writes: a FAIL for each it cannot write."""
+    from gateway import asservice
+
+    if not unit.is_file():
+        return
+    try:
+        identity = asservice.read_unit(unit)
+    except asservice.AsServiceError as error:
+        yield Result("FAIL", f"the unit {unit}", str(error))
+        return
+    problems = asservice.sandbox_problems(identity, service_folders(config), root)
+    for problem in problems:
+        yield Result("FAIL", "the unit's sandbox", problem)
+    if not problems:
+        yield Result("ok", f"the unit's sandbox ({unit})", "every folder the gateway writes is writable under it")
+
+
 def _ncip_local(ncip: Ncip) -> Iterator[Result]:
     yield _writable_folder("ncip.journal (its folder)", ncip.journal.parent)
     yield _journal(ncip.journal)

@@ -165,9 +165,15 @@ def _load_settings(args: argparse.Namespace) -> config_module.Settings:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.daemonize import StartRefused, writable_folders
     from gateway.service import Service
 
     config = _load(args)
+    try:  # a read-only or foreign folder: said, exit 2 (the unit does not restart on 2), never a traceback
+        writable_folders(config)
+    except StartRefused as error:
+        print(f"caiasoft-gateway run: not started: {printable(str(error))}", file=sys.stderr)
+        return EXIT_CONFIG
     logs.setup(config.paths.log_dir, console=True)
     return Service(config).run()
 
@@ -184,7 +190,10 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from gateway.checks import run_checks
+    from itertools import chain
+
+    from gateway import asservice
+    from gateway.checks import run_checks, unit_sandbox
 
     if args.as_service:
         return _check_as_service(args)
@@ -200,7 +209,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         print("caiasoft-gateway check: --ncip-item needs an [ncip] section and cannot go with --offline",
               file=sys.stderr)
         return EXIT_CONFIG
-    for result in run_checks(config, offline=args.offline, ncip_item=args.ncip_item):
+    root = args.root or Path("/")
+    unit = args.unit or asservice.inside(root, str(asservice.UNIT))
+    for result in chain(run_checks(config, offline=args.offline, ncip_item=args.ncip_item),
+                        unit_sandbox(config, unit, root)):
         print(logs.redact(f"{result.mark:<5} {_shown(result.what)}"
                           + (f"\n        {_shown(result.detail)}" if result.detail else "")))
         failures += result.mark == "FAIL"
@@ -230,7 +242,8 @@ def _check_as_service(args: argparse.Namespace) -> int:
     unit = args.unit or asservice.inside(root, str(asservice.UNIT))
     forwarded = [*(["-c", str(args.config)] if args.config else []), "check",
                  *(["--offline"] if args.offline else []), *(["--send-test-alert"] if args.send_test_alert else []),
-                 *(["--ncip-item", args.ncip_item] if args.ncip_item else [])]
+                 *(["--ncip-item", args.ncip_item] if args.ncip_item else []),
+                 "--unit", str(unit), *(["--root", str(root)] if args.root else [])]  # the sandbox compared
     if os.geteuid() != 0:
         print("caiasoft-gateway check --as-service: run it as root (it becomes the service's user)", file=sys.stderr)
         return EXIT_CONFIG

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import grp
 import os
@@ -58,13 +59,24 @@ def _writable_folder(path: Path, what: str) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise StartRefused(f"the {what} {path} does not exist and cannot be made ({error.strerror or error})") \
-            from None
+        hint = f": add ReadWritePaths={path} to the unit's site.conf" if error.errno == errno.EROFS else ""
+        raise StartRefused(f"the {what} {path} does not exist and cannot be made ({error.strerror or error})"
+                           f"{hint}") from None
     if not path.is_dir():
         raise StartRefused(f"the {what} {path} is not a folder")
+    if os.statvfs(path).f_flag & os.ST_RDONLY:
+        raise StartRefused(f"the {what} {path} is on a read-only filesystem (under systemd: the unit's "
+                           f"ProtectSystem=strict; add ReadWritePaths={path} to its drop-in site.conf, or install "
+                           f"again with --writable-path {path}; `caiasoft-gateway check --as-service` compares them)")
     if not os.access(path, os.W_OK | os.X_OK):
         raise StartRefused(f"the {what} {path} is not writable by uid {os.geteuid()} (owned by uid "
                            f"{path.stat().st_uid}, mode {path.stat().st_mode & 0o7777:o})")
+
+
+def writable_folders(config: Config) -> None:
+    """Raise StartRefused naming the first of the service's own folders it cannot write (read-only, not its own)."""
+    for key in ("state_dir", "archive_dir", "error_dir", "log_dir"):
+        _writable_folder(Path(getattr(config.paths, key)), f"{key.replace('_dir', '')} folder (paths.{key})")
 
 
 def preflight(config: Config, pidfile: Path) -> None:
@@ -75,8 +87,10 @@ def preflight(config: Config, pidfile: Path) -> None:
                            "/run/caiasoft-gateway; the init script makes it at start)")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise StartRefused(f"the pidfile's folder {folder} is not writable by uid {os.geteuid()}")
-    _writable_folder(config.paths.state_dir, "state folder (paths.state_dir)")
-    _writable_folder(config.paths.log_dir, "log folder (paths.log_dir)")
+    if (pidfile.exists() or pidfile.is_symlink()) and not os.access(pidfile, os.R_OK | os.W_OK):
+        raise StartRefused(f"the pidfile {pidfile} belongs to uid {pidfile.lstat().st_uid} and uid {os.geteuid()} "
+                           "cannot write it (left by a start as another user): remove it")
+    writable_folders(config)
     for path in (config.paths.lock_file, config.paths.database):  # left by a start as another user (root)
         if path.exists() and not os.access(path, os.R_OK | os.W_OK):
             raise StartRefused(f"{path} belongs to uid {path.stat().st_uid} and uid {os.geteuid()} cannot write it "

@@ -95,3 +95,53 @@ def test_every_check_warns_when_the_running_systemd_is_older_than_the_installed_
     assert asservice.installed_unit_warnings(tmp_path / "not-installed.service") == []
     systemctl.write_text("#!/bin/sh\necho 'systemd 252 (252.38-1~deb12u1)'\n")
     assert asservice.installed_unit_warnings(unit) == []
+
+
+def test_the_units_sandbox_is_compared_with_every_folder_the_gateway_writes(tmp_path):
+    unit = write_unit(tmp_path, Path("/usr/local/bin/caiasoft-gateway"), "ProtectSystem=strict", "PrivateTmp=yes",
+                      "ProtectHome=yes", "StateDirectory=caiasoft-gateway", "LogsDirectory=caiasoft-gateway",
+                      "ReadWritePaths=-/var/lib/prometheus/node-exporter",
+                      dropins={"site.conf": "[Service]\nReadWritePaths=/exlibris/print\n"})
+    identity = asservice.read_unit(unit)
+    folders = [("paths.state_dir", Path("/var/lib/caiasoft-gateway")),
+               ("paths.log_dir", Path("/var/log/caiasoft-gateway")),
+               ("sources[0].path", Path("/exlibris/print/")), ("sources[1].path", Path("/exlibris/print-other")),
+               ("paths.archive_dir", Path("/exlibris/caiasoft-state/archive")), ("paths.error_dir", Path("/tmp/e")),
+               ("ncip.journal (its folder)", Path("/home/aleph/journal"))]
+    problems = asservice.sandbox_problems(identity, folders)
+    assert len(problems) == 4, problems
+    assert problems[0].startswith("sources[1].path /exlibris/print-other is read-only for the service")
+    assert "ReadWritePaths=/exlibris/print-other" in problems[0] and "--writable-path /exlibris/print-other" \
+        in problems[0]
+    assert problems[1].startswith("paths.archive_dir /exlibris/caiasoft-state/archive is read-only")
+    assert "PrivateTmp=yes" in problems[2] and "ProtectHome=" in problems[3]
+    # in a scratch root, the unit's paths are the root's
+    root = tmp_path / "host"
+    assert asservice.sandbox_problems(identity, [("paths.state_dir", root / "var/lib/caiasoft-gateway")], root) == []
+    assert asservice.sandbox_problems(identity, [("paths.state_dir", root / "srv/state")], root) != []
+    # a unit without ProtectSystem= takes nothing away
+    assert asservice.sandbox_problems(asservice.read_unit(write_unit(tmp_path, Path("/bin/true"))), folders[:5]) == []
+
+
+def test_check_as_service_fails_a_state_folder_outside_the_units_writable_paths(unprivileged_site, gateway_install):
+    """The state folder on the print folder's filesystem, as the docs advise, but not in ReadWritePaths=: the service
+    would find it read-only, so `check --as-service` FAILs it with the fix; the drop-in line makes it pass."""
+    site = unprivileged_site
+    unit = write_unit(site.root, gateway_install.executable, f"User={gateway_install.user}",
+                      "AmbientCapabilities=CAP_LEASE", "ProtectSystem=strict",
+                      *(f"ReadWritePaths={path}" for path in (site.source, site.archive, site.error, site.log_dir)))
+
+    def check() -> tuple[int, str]:
+        result = subprocess.run([str(gateway_install.executable), "-c", str(site.config_file), "check",
+                                 "--as-service", "--offline", "--unit", str(unit)], capture_output=True, text=True,
+                                timeout=120, env=gateway_install.environment())
+        return result.returncode, result.stdout + result.stderr
+
+    code, said = check()
+    assert code == 1 and "1 problem(s) found" in said, said
+    assert f"paths.state_dir {site.state} is read-only for the service (ProtectSystem=strict" in said
+    assert f"ReadWritePaths={site.state}" in said
+    (site.root / "caiasoft-gateway.service.d").mkdir()
+    (site.root / "caiasoft-gateway.service.d" / "site.conf").write_text(f"[Service]\nReadWritePaths={site.state}\n")
+    code, said = check()
+    assert code == 0 and "all checks passed" in said and "every folder the gateway writes is writable" in said, said

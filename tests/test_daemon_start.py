@@ -102,3 +102,48 @@ def test_a_lock_file_left_by_root_is_named(unprivileged_site, gateway_install):
                     env=gateway_install.environment())
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"{site.state / 'gateway.lock'} belongs to uid 0" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_archive_folder_the_user_cannot_write_is_refused_before_detaching(unprivileged_site, gateway_install):
+    """`check` FAILs an archive or error folder the service cannot write; `daemon` refuses to start on one."""
+    site = unprivileged_site
+    for folder, key in ((site.archive, "archive_dir"), (site.error, "error_dir")):
+        folder.mkdir(exist_ok=True)
+        os.chown(folder, 0, 0)
+        os.chmod(folder, 0o755)
+        run = site.root / f"run-{key}"
+        run.mkdir()
+        gateway_install.give(run)
+        result = daemon(site.config_file, run / "gateway.pid", command=gateway_install.command(),
+                        env=gateway_install.environment())
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert f"(paths.{key}) {folder} is not writable by uid {gateway_install.uid}" in result.stderr
+        assert not (run / "gateway.pid").exists()
+        gateway_install.give(folder)
+
+
+def test_a_pidfile_left_by_root_is_named(unprivileged_site, gateway_install):
+    site = unprivileged_site
+    run = site.root / "run"
+    run.mkdir()
+    gateway_install.give(run)
+    (run / "gateway.pid").write_text("1\n")  # root's, from a start as root
+    os.chmod(run / "gateway.pid", 0o644)
+    result = daemon(site.config_file, run / "gateway.pid", command=gateway_install.command(),
+                    env=gateway_install.environment())
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"the pidfile {run / 'gateway.pid'} belongs to uid 0" in result.stderr and "remove it" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_run_on_a_read_only_state_folder_exits_2_naming_it_and_read_write_paths(site):
+    """What ProtectSystem=strict does to a state folder outside the unit's writable paths: a read-only bind mount
+    (a mount namespace of its own). `run` says which folder and the fix, exit 2 (no restart loop), no traceback."""
+    site.state.mkdir(exist_ok=True)
+    script = ('mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"')
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh",
+                             str(site.state), sys.executable, "-m", "gateway", "-c", str(site.config_file), "run"],
+                            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"the state folder (paths.state_dir) {site.state} is on a read-only filesystem" in result.stderr
+    assert f"ReadWritePaths={site.state}" in result.stderr and "Traceback" not in result.stderr
