@@ -80,3 +80,33 @@ def running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (FileNotFoundError, ProcessLookupError):
         return False
+
+
+@pytest.mark.parametrize("form", [["--user", "USER", "--pidfile", "PIDFILE"], ["--pidfile=PIDFILE", "--user", "USER"]])
+def test_a_daemon_started_with_user_or_pidfile_equals_is_known_as_running(unprivileged_site, gateway_install, form):
+    """`daemon --user U --pidfile P` and `daemon --pidfile=P` (started by hand, not by the script): status says
+    running, stop stops that process and only then removes the pidfile."""
+    site = unprivileged_site
+    run = site.root / "run"
+    run.mkdir()
+    gateway_install.give(run)
+    pidfile = run / "gateway.pid"
+    arguments = [str(pidfile) if word == "PIDFILE" else gateway_install.user if word == "USER"
+                 else word.replace("PIDFILE", str(pidfile)) for word in form]
+    started = subprocess.run([str(gateway_install.executable), "-c", str(site.config_file), "daemon", *arguments],
+                             capture_output=True, text=True, timeout=60, env=gateway_install.environment(),
+                             stdin=subprocess.DEVNULL)
+    assert started.returncode == 0, started.stdout + started.stderr
+    pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), message="the pidfile"))
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "PIDFILE": str(pidfile),
+           "GATEWAY": str(gateway_install.executable), "GATEWAY_USER": gateway_install.user,
+           "CAIASOFT_GATEWAY_CONFIG": str(site.config_file)}
+    try:
+        status = subprocess.run(["sh", str(SCRIPT), "status"], capture_output=True, text=True, env=env, timeout=60)
+        assert status.returncode == 0 and f"running (pid {pid})" in status.stdout, status.stdout + status.stderr
+        stop = subprocess.run(["sh", str(SCRIPT), "stop"], capture_output=True, text=True, env=env, timeout=120)
+        assert stop.returncode == 0, stop.stdout + stop.stderr
+        assert not running(pid) and not pidfile.exists()
+    finally:
+        if running(pid):
+            os.kill(pid, 15)
