@@ -128,8 +128,9 @@ def create(db: sqlite3.Connection) -> None:
     """Create the tables and indexes a ledger lacks; mark a new, empty ledger as keeping local originals."""
     db.executescript(FILES_SCHEMA + TOTALS + itemindex.SCHEMA + monitorstore.SCHEMA + prunestore.SCHEMA
                      + retiredstore.SCHEMA)
-    if db.execute("SELECT NOT EXISTS (SELECT 1 FROM files)").fetchone()[0]:  # nothing from before
-        db.execute("INSERT OR IGNORE INTO meta VALUES ('local_originals_kept', '1')")
+    if db.execute("SELECT NOT EXISTS (SELECT 1 FROM files) AND NOT EXISTS (SELECT 1 FROM meta WHERE key = "
+                  "'local_originals_kept')").fetchone()[0]:  # nothing from before; written once, never again: a
+        db.execute("INSERT OR IGNORE INTO meta VALUES ('local_originals_kept', '1')")  # reader takes no lock
 
 
 def current(db: sqlite3.Connection) -> bool:

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from gateway import logs
+from gateway.errors import describe
 from gateway.archive import Folder
 from gateway.states import OPEN_STATES
 
@@ -148,11 +149,18 @@ class Retention:
             log.warning("archive.prune_mark_dropped", folder=str(stray),
                         detail="not a day folder of archive_dir or error_dir (or a link): nothing of it is removed")
             self.ledger.end_pruning(str(stray))
+        failed: dict[Path, str] = {}
         for day in (*plan.resumed, *plan.removed):
-            if budget is not None and removed and self.monotonic() - began > budget:
+            if budget is not None and (removed or failed) and self.monotonic() - began > budget:
                 self.unfinished = True
                 break
-            self._remove(day, plan.trusted)
+            try:
+                self._remove(day, plan.trusted)
+            except OSError as error:  # a file in it that cannot go (owned by root, immutable, an NFS .nfsXXXX)
+                failed[day] = describe(error)
+                log.error("archive.prune_failed", folder=str(day), error=failed[day],
+                          detail="this day stays marked and is tried again at the next pass; the others go on")
+                continue
             removed.append(day)
         if plan.resumed:
             log.info("archive.prune_resumed_day", days=[str(day) for day in plan.resumed],
@@ -163,7 +171,7 @@ class Retention:
                      error_retention_days=error_days, first=str(removed[0]), last=str(removed[-1]))
         if not self.unfinished:  # also what an earlier pass left free (its budget ran out, or files were queued)
             self._give_back(began, budget)
-        self._say_held(plan)
+        self._say_held(plan, failed)
         return removed
 
     def _remove(self, day: Path, at: float) -> None:
@@ -187,18 +195,22 @@ class Retention:
                 return
             free = self.ledger.vacuum_step()
 
-    def _say_held(self, plan: Plan) -> None:
-        """Log and keep (problem) why days the clock calls old are held back, when it is far ahead."""
+    def _say_held(self, plan: Plan, failed: dict[Path, str]) -> None:
+        """Log and keep (problem) why days are held back: the clock far ahead, or a day that could not be removed."""
         wall, ledger_now, held = plan.wall, plan.ledger_now, plan.held
         problem = None
-        if held and ledger_now is not None and wall - ledger_now > CLOCK_AHEAD_SECONDS:
+        if failed:
+            day, error = next(iter(failed.items()))
+            problem = (f"retention could not remove {len(failed)} day folder(s), first {day}: {error}; they are "
+                       "tried again every pass (the other days went): remove what blocks them, as the service user")
+        elif held and ledger_now is not None and wall - ledger_now > CLOCK_AHEAD_SECONDS:
             problem = (f"retention held {len(held)} day folder(s) back: the clock says {_day(wall)}, "
                        f"{_span(wall - ledger_now)} ahead of the ledger's time ({_day(ledger_now)}: the time its "
                        f"last pass counted from, plus the time since start); nothing is removed on that clock's "
                        f"word. Fix the clock; if it is right (the gateway was stopped that long), say so with "
                        f"caiasoft-gateway prune --trust-clock (with the service stopped)")
         if problem != self.problem:
-            if problem:
+            if problem and not failed:
                 log.warning("archive.prune_held", reason=problem, held=[str(day) for day in held],
                             clock=_day(wall), ledger_time=_day(ledger_now or wall))
             else:

@@ -176,7 +176,9 @@ def render(status: dict[str, Any]) -> str:
     lines.append(f"today:          {status['archived_today']} archived, {status['refused_today']} refused")
     lines.append(f"all time:       {counts[FileState.ARCHIVED]} archived, {counts[FileState.REFUSED]} refused")
     last = status["last_upload"]
-    lines.append(f"last upload:    {last['file']} at {last['at']}" if last else "last upload:    none yet")
+    lines.append(f"last upload:    {last['file']} at {last['at']}" if last else
+                 "last upload:    none yet" if not counts[FileState.ARCHIVED] else
+                 "last upload:    none in the days kept (the older ones were removed by retention)")
     ncip = status.get("ncip")
     if ncip:
         last = _iso(ncip["last_success"]) or "none yet"

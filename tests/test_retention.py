@@ -391,3 +391,76 @@ def test_the_retention_bench_smoke_run_compacts_and_prints_its_figures(tmp_path)
     figures = json.loads(result.stdout.strip().splitlines()[-1])["retention"]
     assert figures["days_removed"] == 15 and figures["rows_left"] < figures["rows"] and figures["retired_items"]
     assert figures["find_removed_says"] is True
+
+
+def test_a_day_folder_that_cannot_be_removed_holds_back_that_day_only_and_is_named(tmp_path):
+    """A mount point in an old day (it cannot be removed: EBUSY) is a real file system refusing, as a root-owned or
+    immutable file would for the service's user: the other days still go, and the problem names the day."""
+    clock = Moment(TODAY)
+    ledger = Ledger(tmp_path / "gateway.db", clock=clock)
+    archive = Folder(tmp_path / "archive")
+    try:
+        _, stuck = place(ledger, clock, archive, dt.datetime(2026, 11, 2, 9), "a.xml", ("31234000000011",), "R-A")
+        _, gone = place(ledger, clock, archive, dt.datetime(2026, 11, 3, 9), "b.xml", ("31234000000029",), "R-B")
+        busy = stuck.parent / "busy"
+        busy.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(busy)], check=True)
+        try:
+            clock.now = TODAY.timestamp()
+            ledger.mark_clock(clock.now)
+            kept = retention(ledger, clock)
+            assert kept.prune(archive, 30) == [gone.parent], "the day that can go goes"
+            assert not gone.exists() and busy.is_dir()
+            assert kept.problem and f"could not remove 1 day folder(s), first {stuck.parent}" in kept.problem
+            assert [folder for folder, _ in ledger.pruning()] == [str(stuck.parent)], "marked: tried again"
+            assert kept.prune(archive, 30) == [] and kept.problem, "tried again, still named, nothing else lost"
+        finally:
+            subprocess.run(["umount", "-l", str(busy)], check=False)
+        again = retention(ledger, clock)
+        assert again.prune(archive, 30) == [stuck.parent] and again.problem is None, "once it can go, it goes"
+        assert ledger.pruning() == []
+    finally:
+        ledger.close()
+
+
+def test_when_retention_has_compacted_every_file_status_reads_without_a_lock_and_says_so(tmp_path):
+    """The files table emptied by retention: opening the ledger writes nothing (a reader never waits on the
+    service's write), and `status` tells an upload long ago from none at all."""
+    import sqlite3
+    import threading
+
+    from gateway import status
+
+    clock = Moment(TODAY)
+    database = tmp_path / "gateway.db"
+    ledger = Ledger(database, clock=clock)
+    archive = Folder(tmp_path / "archive")
+    try:
+        place(ledger, clock, archive, dt.datetime(2026, 10, 2, 9), "a.xml", ("31234000000011",), "R-A")
+        clock.now = TODAY.timestamp()
+        ledger.mark_clock(clock.now)
+        retention(ledger, clock).prune(archive, 30)
+        assert ledger._db.execute("SELECT COUNT(*) FROM files").fetchone()[0] == 0, "every row compacted"
+    finally:
+        ledger.close()
+    writer = sqlite3.connect(database, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # the service in the middle of a write
+    answered: list[dict] = []
+
+    def read() -> None:
+        reader = Ledger(database)
+        try:
+            answered.append(status.collect(reader))
+        finally:
+            reader.close()
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: answered, timeout=10, message="status while the service writes (no lock taken)")
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+        thread.join(35)
+    [report] = answered
+    assert report["counts"]["archived"] == 1 and report["last_upload"] is None
+    assert "last upload:    none in the days kept (the older ones were removed by retention)" in status.render(report)
