@@ -3,8 +3,10 @@
 # make demo: create .venv, install, run `caiasoft-gateway demo --keep` (the demo folder stays to look at).
 # make bench: the benchmarks (bench/run.py, bench/print_files.py): tables and JSON lines of figures.
 # make wheelhouse: the offline installer in dist/caiasoft-gateway-VERSION/ (wheels, install, unit; docs/install.md).
-# make install GROUP=... PRINT_FOLDER=... [PYTHON=/usr/bin/python3.11] [PREFIX=...] [DESTDIR=...] [WHEELHOUSE=DIR]
-#   [SYSV=yes]: tools/install (docs/install.md); from this tree it needs the network unless WHEELHOUSE is given.
+# make install GROUP=... PRINT_FOLDER="DIR [DIR2 ...]" [WRITABLE_PATH="DIR ..."] [PYTHON=/usr/bin/python3.11]
+#   [PREFIX=...] [DESTDIR=...] [WHEELHOUSE=DIR] [SYSV=yes]: tools/install (docs/install.md); from this tree it needs
+#   the network unless WHEELHOUSE is given. DESTDIR is for tests and scratch roots only: the venv there names it
+#   in its scripts and pyvenv.cfg, so it is no way to build an image or a package.
 # make uninstall [PREFIX=...] [DESTDIR=...]: tools/install --uninstall.
 PYTHON ?= python3
 VENV   := .venv
@@ -41,7 +43,10 @@ wheelhouse:
 
 PREFIX  ?= /opt/caiasoft-gateway
 install:
-	tools/install --python $(PYTHON) --group $(GROUP) --print-folder $(PRINT_FOLDER) --prefix $(PREFIX) \
+	$(if $(strip $(GROUP)),,$(error GROUP is missing: make install GROUP=<the print folder's group> PRINT_FOLDER=<folder>))
+	$(if $(strip $(PRINT_FOLDER)),,$(error PRINT_FOLDER is missing: make install GROUP=$(GROUP) PRINT_FOLDER=<folder>))
+	tools/install --python $(PYTHON) --group $(GROUP) $(foreach folder,$(PRINT_FOLDER),--print-folder $(folder)) \
+		$(foreach path,$(WRITABLE_PATH),--writable-path $(path)) --prefix $(PREFIX) \
 		$(if $(DESTDIR),--root $(DESTDIR)) $(if $(WHEELHOUSE),--wheelhouse $(WHEELHOUSE)) $(if $(SYSV),--sysv)
 
 uninstall:

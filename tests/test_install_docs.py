@@ -5,9 +5,10 @@ started as the unit says (its user, its groups, CAP_LEASE; no running systemd ne
 written by another user, as ALEPH does, is archived. The uninstall leaves exactly what the docs name.
 
 Each command line of a block is run as it is written, with only these changes for the scratch root:
-install commands get --root, paths of the installed system are looked up under the root, `vi` is the
-test's edit of the config, `systemctl` start/stop is starting and stopping the ExecStart of the installed
-unit as the unit says, and `runuser -u USER` is setpriv with that user's ids from the root's /etc/passwd.
+VERSION is the tarball's version (unpacked in the admin's download folder), install commands get --root,
+paths of the installed system are looked up under the root, `vi` is the test's edit of the config,
+`systemctl` start/stop is starting and stopping the ExecStart of the installed unit as the unit says,
+and `runuser -u USER` is setpriv with that user's ids from the root's /etc/passwd.
 A line the test does not know fails the test, so the docs cannot drift from what is tested.
 """
 
@@ -191,8 +192,9 @@ def run_line(host: Host, line: str) -> str:
 
 def _installer_line(host: Host, line: str, words: list[str]) -> str | None:
     root = shlex.quote(str(host.root))
-    if line.startswith("tar -xzf caiasoft-gateway-*.tar.gz && cd caiasoft-gateway-*/"):
-        return run_shell(host, line)
+    if line == "tar -xzf caiasoft-gateway-VERSION.tar.gz && cd caiasoft-gateway-VERSION/":
+        host.cwd = host.downloads  # where the admin copied the tarball
+        return run_shell(host, line.replace("VERSION", version_of(host)))
     if words[0] == "./install":
         return run_shell(host, f"{line} --root {root}", network=False)
     if words[0] == "/opt/caiasoft-gateway/share/install":
@@ -233,6 +235,13 @@ def _files_line(host: Host, line: str, words: list[str]) -> str | None:
         assert all(path.startswith("/") and path.count("/") >= 2 for path in words[2:])
         return run_shell(host, shlex.join(["rm", "-rf", *(str(host.under(path)) for path in words[2:])]))
     return None
+
+
+def version_of(host: Host) -> str:
+    """The version of the tarball in the admin's download folder (the newest, if older ones lie beside it)."""
+    versions = [path.name.removeprefix("caiasoft-gateway-").removesuffix(".tar.gz")
+                for path in host.downloads.glob("caiasoft-gateway-*.tar.gz")]
+    return max(versions, key=lambda version: [int(part) if part.isdigit() else 0 for part in version.split(".")])
 
 
 def run_block(host: Host, name: str) -> str:
@@ -286,7 +295,8 @@ def write_as_aleph(host: Host, name: str, text: str) -> None:
 
 def archived(host: Host) -> list[Path]:
     archive = host.under("/var/lib/caiasoft-gateway/archive")
-    return sorted(path for path in archive.rglob("*") if path.is_file() and not path.name.endswith(".json"))
+    return sorted(path for path in archive.rglob("*")
+                  if path.is_file() and not path.name.endswith(".json") and not path.name.startswith("."))
 
 
 def test_the_docs_blocks_are_the_ones_this_test_runs():
@@ -321,14 +331,22 @@ def test_install_configure_run_upgrade_uninstall_as_the_docs_say(host):
     assert host.editor_runs == 1
     assert "checking as the service runs: user caiasoft-gateway" in said and "CAP_LEASE held" in said
     assert "all checks passed" in said and "WARN" not in said, said
+    assert "every folder the gateway writes is writable under it" in said  # the unit's sandbox, compared
     write_as_aleph(host, "anx.cir.12.paging20261206_am_barcode", f"{BARCODE}\n")
     [sent] = wait_for(lambda: archived(host), timeout=30, message="the sample file archived")
     assert sent.read_text() == f"{BARCODE}\n" and sent.stat().st_uid == uid
     assert not list(host.under(PRINT_FOLDER).iterdir())
 
     edited = host.config.read_text()
+    site_conf = host.under("/etc/systemd/system/caiasoft-gateway.service.d/site.conf").read_text()
+    older = host.downloads / "caiasoft-gateway-0.0.1"  # an older version's tarball and folder, still there
+    current = host.downloads / f"caiasoft-gateway-{version_of(host)}.tar.gz"
+    older.mkdir()
+    shutil.copy(current, host.downloads / f"{older.name}.tar.gz")
     said = run_block(host, "upgrade")
     assert host.config.read_text() == edited and "kept your /etc/caiasoft-gateway/gateway.toml" in said
+    assert f"reused: --group {ALEPH_GROUP} --print-folder {PRINT_FOLDER}" in said
+    assert host.under("/etc/systemd/system/caiasoft-gateway.service.d/site.conf").read_text() == site_conf
     assert host.under("/etc/caiasoft-gateway/api-key").read_text() == f"{KEY}\n"
     assert "+# edited by the admin" not in said and "-# edited by the admin" in said  # the diff, theirs first
     assert "all checks passed" in said and "anx.cir.12.paging20261206_am_barcode" in said  # find, as the user
@@ -380,9 +398,14 @@ def test_the_install_refuses_what_it_cannot_use(host, tmp_path):
 
 
 def test_make_install_honours_destdir_prefix_python_and_wheelhouse_and_make_uninstall_undoes_it(host):
-    """make install from the source tree, offline from a wheelhouse's wheels, with the init script; then uninstall."""
+    """make install from the source tree, offline from a wheelhouse's wheels, with the init script; then uninstall.
+    The host lacks some folders the install puts files in: the uninstall removes those it made, and leaves (and
+    names) a drop-in of the admin's."""
     run_shell(host, "tar -xzf caiasoft-gateway-*.tar.gz && cd caiasoft-gateway-*/")
     wheels = host.cwd / "wheels"
+    for folder in ("etc/sysusers.d", "usr/local/share/man/man8", "usr/local/share/man", "usr/local/share/doc",
+                   "etc/init.d"):
+        host.under(folder).rmdir()
     before = snapshot(host.root)
     make = ["make", "--no-print-directory", "-C", str(REPO)]
     result = subprocess.run(["unshare", "--net", "--", *make, "install", f"DESTDIR={host.root}", "PREFIX=/opt/gw",
@@ -402,13 +425,19 @@ def test_make_install_honours_destdir_prefix_python_and_wheelhouse_and_make_unin
                             f"PYTHON={SYSTEM_PYTHON}", f"GROUP={ALEPH_GROUP}", f"PRINT_FOLDER={PRINT_FOLDER}",
                             f"WHEELHOUSE={wheels}"], capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stdout + again.stderr  # without SYSV: what the first one installed stays known
+    assert "reused: --sysv" in again.stdout and init.exists()
+    override = host.under("/etc/systemd/system/caiasoft-gateway.service.d/override.conf")
+    override.write_text("[Service]\nSystemCallErrorNumber=ENOSYS\n")  # the admin's, as the RHEL 8 section says
 
     result = subprocess.run([*make, "uninstall", f"DESTDIR={host.root}", "PREFIX=/opt/gw"], capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     after = snapshot(host.root)
-    assert {path for path in after - before if not path.startswith(LEFT_BY_UNINSTALL)} == set()
+    assert {path for path in after - before if not path.startswith(LEFT_BY_UNINSTALL)} == {
+        "etc/systemd/system/caiasoft-gateway.service.d", "etc/systemd/system/caiasoft-gateway.service.d/override.conf"}
     assert before - after == set()
+    assert "not written by the install" in result.stdout
+    assert "/etc/systemd/system/caiasoft-gateway.service.d/override.conf" in result.stdout
 
 
 def test_install_on_a_host_without_systemd_makes_the_same_user_and_folders(host, tmp_path):
@@ -440,3 +469,69 @@ def test_install_on_a_host_without_systemd_makes_the_same_user_and_folders(host,
     run_shell(host, f"PATH={tools} /usr/bin/bash {host.under('/opt/caiasoft-gateway/share/install')} --uninstall "
                     f"--root {host.root}")
     assert not host.under("/etc/init.d/caiasoft-gateway").exists() and not host.under("/opt/caiasoft-gateway").exists()
+
+
+def test_an_upgrade_without_options_keeps_those_of_the_install_and_sets_a_hand_edit_aside(host):
+    """Two print folders, a --writable-path and --sysv given once; the upgrade gives only --python: all are reused.
+    A hand edit of site.conf is not lost silently: set aside, warned about, with a diff."""
+    run_shell(host, "tar -xzf caiasoft-gateway-*.tar.gz && cd caiasoft-gateway-*/")
+    second, state = "/exlibris/aleph/u23_1/usm50/print/caiasoft-hold", "/exlibris/caiasoft-state"
+    run_shell(host, f"./install --python {SYSTEM_PYTHON} --group {ALEPH_GROUP} --print-folder {PRINT_FOLDER} "
+                    f"--print-folder {second} --writable-path {state} --sysv --root {host.root}", network=False)
+    dropins = host.under("/etc/systemd/system/caiasoft-gateway.service.d")
+    site = (dropins / "site.conf").read_text()
+    for folder in (PRINT_FOLDER, second, state):
+        assert f"ReadWritePaths={folder}\n" in site
+    options = host.under("/opt/caiasoft-gateway/install-options").read_text()
+
+    said = run_shell(host, f"./install --python {SYSTEM_PYTHON} --root {host.root}", network=False)
+    assert f"reused: --group {ALEPH_GROUP} --print-folder {PRINT_FOLDER} --print-folder {second} " \
+           f"--writable-path {state} --sysv" in said
+    assert (dropins / "site.conf").read_text() == site and "edited by hand" not in said
+    assert host.under("/opt/caiasoft-gateway/install-options").read_text() == options
+    assert host.under("/etc/init.d/caiasoft-gateway").exists()
+
+    (dropins / "site.conf").write_text(site + "ReadWritePaths=/srv/by-hand\n")
+    said = run_shell(host, f"./install --python {SYSTEM_PYTHON} --root {host.root}", network=False)
+    [kept] = dropins.glob("site.conf.edited-*")
+    assert kept.read_text() == site + "ReadWritePaths=/srv/by-hand\n" and (dropins / "site.conf").read_text() == site
+    assert "was edited by hand" in said and f"kept as /etc/systemd/system/caiasoft-gateway.service.d/{kept.name}" \
+        in said and "install:   -ReadWritePaths=/srv/by-hand" in said
+
+    said = run_shell(host, f"./install --python {SYSTEM_PYTHON} --print-folder {PRINT_FOLDER} --root {host.root}",
+                     network=False)  # an option given replaces the recorded one
+    assert f"ReadWritePaths={second}" not in (dropins / "site.conf").read_text() and "edited by hand" not in said
+    said = run_shell(host, f"{host.under('/opt/caiasoft-gateway/share/install')} --uninstall --root {host.root}")
+    assert f"/etc/systemd/system/caiasoft-gateway.service.d/{kept.name}" in said  # named as left
+
+
+def test_a_prefix_that_is_not_the_installs_own_is_refused_and_the_uninstall_removes_only_its_list(host):
+    """A system folder, a folder holding the command link's folder, a folder with files of others: refused before
+    anything changes. The uninstall removes what installed-files lists, never the prefix wholesale."""
+    run_shell(host, "tar -xzf caiasoft-gateway-*.tar.gz && cd caiasoft-gateway-*/")
+    common = f"--python {SYSTEM_PYTHON} --group {ALEPH_GROUP} --print-folder {PRINT_FOLDER} --root {host.root}"
+    keep = host.under("/opt/vendor/data")
+    keep.parent.mkdir(parents=True)
+    keep.write_text("not the gateway's\n")
+    before = snapshot(host.root)
+    for prefix, reason in (("/opt", "is a system folder"), ("/usr/local/", "is a system folder"),
+                           ("/usr/local/bin", "holds /usr/local/bin, where the command link goes"),
+                           ("/opt/vendor", "exists, is not empty and was not made by this install")):
+        said = run_shell(host, f"./install {common} --prefix {prefix}", codes=(2,), network=False)
+        assert f"--prefix {prefix.rstrip('/')} {reason}" in said, said
+        said = run_shell(host, f"./install --uninstall --root {host.root} --prefix {prefix}", codes=(2,))
+        assert reason in said or "nothing to uninstall" in said
+    assert snapshot(host.root) == before and keep.read_text() == "not the gateway's\n"
+
+    run_shell(host, f"./install {common} --prefix /opt/gw", network=False)
+    (host.under("/opt/gw") / "notes.txt").write_text("the admin's\n")
+    said = run_shell(host, f"./install --uninstall --root {host.root} --prefix /opt/gw")
+    assert sorted(path.name for path in host.under("/opt/gw").iterdir()) == ["notes.txt"]
+    assert "left in place: /opt/gw" in said
+
+
+def test_make_install_names_the_variable_that_is_missing():
+    for given, missing in ((["PRINT_FOLDER=/x"], "GROUP is missing"), (["GROUP=aleph"], "PRINT_FOLDER is missing")):
+        result = subprocess.run(["make", "--no-print-directory", "-n", "-C", str(REPO), "install", *given],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode != 0 and missing in result.stderr, result.stderr
