@@ -40,8 +40,10 @@ def claim_hint(error: Exception, state_dir: Path | None = None) -> str:
     in_state_dir = state_dir is not None and isinstance(error.filename, str) \
         and Path(error.filename).is_relative_to(state_dir)
     if error.errno == errno.EROFS:
-        return (f"{'state_dir' if in_state_dir else 'the source folder'} is on a read-only filesystem: "
-                "remount it read-write; taken again by itself")
+        return (f"{'state_dir' if in_state_dir else 'the source folder'} is on a read-only filesystem: under "
+                "systemd, a folder not in the unit's ReadWritePaths= (add it with the install's --writable-path or "
+                "--print-folder; `caiasoft-gateway check --as-service` names it), else remount it read-write; "
+                "taken again by itself")
     if error.errno in (errno.EACCES, errno.EPERM):
         if in_state_dir:
             return "the service user cannot write state_dir/work/: fix its owner or mode; taken again by itself"

@@ -312,6 +312,7 @@ def test_a_claim_that_fails_in_state_dir_is_not_blamed_on_the_source_folder(tmp_
     state = tmp_path / "state"
     read_only = OSError(errno.EROFS, "Read-only file system", str(state / "work" / ".00000001.slip.partial-1"))
     assert claim_hint(read_only, state).startswith("state_dir is on a read-only filesystem")
+    assert "ReadWritePaths=" in claim_hint(read_only, state)  # the sandbox's doing, more often than a remount
     denied_here = PermissionError(errno.EACCES, "Permission denied", str(state / "work" / "00000001.slip"))
     assert "cannot write state_dir/work/" in claim_hint(denied_here, state)
     unreadable = PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "print" / "slip"))
