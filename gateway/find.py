@@ -283,10 +283,12 @@ def render(barcode: str, found: list[dict[str, Any]]) -> str:
             lines.append(f"    CaiaSoft  {status.get('istatus') or '?'}{denied}")
         gone = "  (no longer there: removed by retention_days, or moved)" if entry.get("path") and \
             not entry.get("path_exists") else ""
-        if entry.get("pruned_at"):
+        if entry.get("pruned_at"):  # the path is gone: said as what happened, not shown as a place to look
             placed = "archived" if entry.get("state") == FileState.ARCHIVED else "refused"
-            gone = f"  ({placed} {_day_of(entry['path'])}, removed by retention on {entry['pruned_at'][:10]})"
-        lines.append(f"    path      {entry.get('path') or '(still in the queue)'}{gone}")
+            lines.append(f"    path      ({placed} {_day_of(entry['path'])}, removed by retention on "
+                         f"{entry['pruned_at'][:10]})")
+        else:
+            lines.append(f"    path      {entry.get('path') or '(still in the queue)'}{gone}")
         if entry.get("earlier_removed"):
             lines.append(f"    earlier   {entry['earlier_removed']} earlier file(s) since "
                          f"{(entry.get('first_taken') or '?')[:10]}, also removed by retention")

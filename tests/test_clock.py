@@ -165,7 +165,8 @@ def test_a_start_with_the_clock_forty_days_ahead_deletes_nothing_and_says_why(si
     assert not archived.exists()
     found = cli(site, clock, "find", "31234000003000")
     day = "-".join(archived.parent.parts[-3:])  # the day it was archived on, by the real clock
-    assert f"{archived}  (archived {day}, removed by retention on " in found.stdout, found.stdout
+    assert f"path      (archived {day}, removed by retention on " in found.stdout, found.stdout
+    assert str(archived) not in found.stdout, "never a path that is gone"
 
 
 def test_retention_counts_days_from_the_ledgers_time_and_find_says_what_it_removed(tmp_path):
