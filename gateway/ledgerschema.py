@@ -52,7 +52,6 @@ CREATE INDEX IF NOT EXISTS files_queue ON files (state, next_attempt_at, id);
 CREATE INDEX IF NOT EXISTS files_origin ON files (source, origin);
 CREATE INDEX IF NOT EXISTS files_finished ON files (finished_at);
 CREATE INDEX IF NOT EXISTS files_unreleased ON files (source) WHERE released_at IS NULL;
-CREATE INDEX IF NOT EXISTS files_done ON files (state, finished_at);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints (
     name        TEXT PRIMARY KEY,
@@ -116,6 +115,7 @@ SELECT files.source, files.state, COUNT(*), SUM({_denied("files")}) FROM files G
 """
 
 FINAL_PATH_INDEX = "CREATE INDEX IF NOT EXISTS files_final_path ON files (final_path)"
+DONE_INDEX = "CREATE INDEX IF NOT EXISTS files_done ON files (state, finished_at)"  # 'today', 'last upload'
 
 ADDED_COLUMNS = {  # columns of SCHEMA_VERSION 3, added to an older ledger's files table when it is opened
     "verdict": "TEXT",
@@ -149,13 +149,14 @@ def migrate(db: sqlite3.Connection, now: float) -> None:
     for column, declaration in ADDED_COLUMNS.items():  # version 3
         if column not in present:
             db.execute(f"ALTER TABLE files ADD COLUMN {column} {declaration}")
-    if version < 5:  # once, at the upgrade: count what the triggers count from now on
-        if version:
-            log.info("ledger.upgrade", step="counting the files of the ledger's history once (file_totals)")
+    if version < 5:  # once, at the upgrade: count what the triggers count from now on, and index finishing
+        _upgrading(version, "counting the files of the ledger's history once (file_totals)")
         db.execute("DELETE FROM file_totals")
         db.execute(RECOUNT_TOTALS)
+        _upgrading(version, "indexing the files by state and finish time once (files_done)")
+        db.execute(DONE_INDEX)
         if version:
-            log.info("ledger.upgrade", step="counted",
+            log.info("ledger.upgrade", step="counted and indexed",
                      files=db.execute("SELECT COALESCE(SUM(files), 0) FROM file_totals").fetchone()[0])
     if version < 6:  # once: the rows of a day folder, found by their path (retention; `retry NAME`)
         _upgrading(version, "indexing the files' paths once (files_final_path)")
