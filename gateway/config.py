@@ -16,6 +16,7 @@ reads the API key. load_settings() is for those that do not (journal, status, re
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -180,6 +181,10 @@ class _Values:
         self.ncip = read_table(section, SCHEMA["ncip"], "ncip", self.problem)
         if self.ncip.get("feed") is not None:
             self.feed = read_table(self.ncip["feed"], SCHEMA["ncip.feed"], "ncip.feed", self.problem)
+            path = self.feed.get("retrievalinfo_path")
+            if isinstance(path, str) and path and not RETRIEVALINFO_PATH.fullmatch(path):
+                self.problem("ncip.feed.retrievalinfo_path", f"{path!r} must be a path starting with '/', holding "
+                             "no placeholder but {from}, {to} and {collection}, and no space or '?'")
 
     def sections(self) -> dict[str, Any]:
         """The Settings fields, once there are no problems."""
@@ -197,6 +202,9 @@ class _Values:
 
     def _ncip(self) -> Ncip | None:
         return ncip_settings(self.ncip, self.feed) if self.ncip is not None else None
+
+
+RETRIEVALINFO_PATH = re.compile(r"/(?:[A-Za-z0-9._~/-]|\{(?:from|to|collection)\})*")
 
 
 def ncip_settings(values: Mapping[str, Any], feed: Mapping[str, Any] | None = None) -> Ncip:

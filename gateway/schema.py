@@ -200,6 +200,10 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
         Key("interval_seconds", "number", 300.0, "How often the lists are read.", minimum=10),
         Key("lookback_days", "int", 1, "Days before today that each read covers too (late refiles).",
             minimum=0),
+        Key("retrievalinfo_path", "str", "/api/retrievalinfo/v1/{from}/{to}/{collection}",
+            "Where retrievalinfo is asked for a day's retrievals ({from} and {to}: YYYYMMDD, {collection}), as the "
+            "lists are; CaiaSoft's guide does not show this path, so it is a setting. Empty = not asked (check-outs "
+            "then carry no request id and go in the retrieved list's order)."),
         Key("in_statuses", "strings", list(IN_STATUSES),
             "CaiaSoft item statuses (itemstatus) that mean the item is in the facility. Asked only for an item "
             "retrieved and refiled on the same day, to journal the two in the order that leaves ALEPH as CaiaSoft "

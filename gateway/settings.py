@@ -145,6 +145,7 @@ class Feed:
     collection: str
     interval_seconds: float
     lookback_days: int
+    retrievalinfo_path: str
     in_statuses: tuple[str, ...]
     out_statuses: tuple[str, ...]
     no_checkout_types: tuple[str, ...]

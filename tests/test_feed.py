@@ -3,6 +3,7 @@ retrievalinfo's spaced keys; order kept, unknown statuses never guessed, failure
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import re
@@ -10,6 +11,7 @@ import re
 import pytest
 
 from gateway.caiasoft import CaiaSoftClient
+from gateway.config import ConfigError
 from gateway.errors import ApiError
 from gateway.events import Events
 from gateway.ledger import Ledger
@@ -216,3 +218,22 @@ def test_what_the_feed_remembers_covers_only_the_days_it_reads(feed, simulator):
     tomorrow = TODAY + dt.timedelta(days=1)  # lookback_days = 0: yesterday is read no more
     feed.poll(tomorrow)
     assert not feed.ledger.feed_seen("retrieved", "B-1", DAY), "forgotten: the ledger does not grow with history"
+
+
+@pytest.mark.parametrize("path", ["", "/api/retrievalinfo/v1/{from}/{collection}"],
+                         ids=["not-asked", "a-path-caiasoft-refuses"])
+def test_without_a_retrievalinfo_path_caiasoft_takes_the_lists_still_feed_the_journal(feed, simulator, path):
+    feed.feed = dataclasses.replace(feed.feed, retrievalinfo_path=path)
+    simulator.retrievals[(DAY, "ANNEX")] = [{"barcode": "B-1", "request_id": "TN1"}]  # in the retrieved list too
+    assert feed.poll(TODAY) == 1
+    assert feed.entries() == [{"action": "checkout", "item": "B-1", "id": f"feed-retrieved-{DAY}-B-1"}]
+    assert feed._without_retrievalinfo == bool(path), "a path answered with HTTP 400 is not asked again"
+
+
+@pytest.mark.parametrize("path", ["api/no-slash/{from}", "/api/retrievalinfo/v1/{day}/{collection}",
+                                  "/api/x?collection={collection}", "/api/x/{from} /{to}"])
+def test_a_retrievalinfo_path_with_other_placeholders_or_characters_is_refused(site, simulator, tmp_path, path):
+    site.write(simulator.url, extra=ncip_table("tcp://127.0.0.1:5991", tmp_path / "ncip.jsonl") +
+               f'\n[ncip.feed]\ncollection = "ANNEX"\nretrievalinfo_path = "{path}"\n')
+    with pytest.raises(ConfigError, match="ncip.feed.retrievalinfo_path"):
+        site.load()

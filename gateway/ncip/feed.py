@@ -180,20 +180,26 @@ class Feed(Worker):
         return [str(barcode).strip() for barcode in barcodes if str(barcode).strip()]
 
     def _retrievals(self, day: str, held: dict[tuple[str, str], str]) -> dict[str, Retrieval]:
-        """retrievalinfo's items by barcode, in the order of their time; empty without that endpoint. An item
-        without the documented fields holds back its barcode (held), or is named unreadable if it has none."""
-        if self._without_retrievalinfo:
+        """retrievalinfo's items by barcode, in the order of their time; empty without that endpoint (or with
+        retrievalinfo_path empty). An item without the documented fields holds back its barcode (held), or is
+        named unreadable if it has none."""
+        if self._without_retrievalinfo or not self.feed.retrievalinfo_path:
             return {}
         what = f"CaiaSoft's retrieval info for {day} (collection {self.feed.collection})"
+        path = self.feed.retrievalinfo_path.format_map(
+            {"from": day, "to": day, "collection": quote(self.feed.collection, safe="")})
         try:
-            answer = self.client.read(self._path("retrievalinfo", day), what)
+            answer = self.client.read(path, what)
             items = answer.get("items")
         except ApiError as error:
-            if error.http_status not in (404, 405, 501):
-                raise
+            if error.http_status is None or error.http_status >= 500 or error.http_status in (408, 429):
+                raise  # CaiaSoft unreachable or overloaded: the whole read is tried again
+            # not there, or not taking this path (404, 400, success false): the lists are read without it
             self._without_retrievalinfo = True
-            log.warning("feed.no_retrievalinfo", reason=str(error),
-                        detail="check-outs are journaled in the order of the retrieved list, without request ids")
+            log.warning("feed.no_retrievalinfo", reason=str(error), path=self.feed.retrievalinfo_path,
+                        detail="check-outs are journaled in the order of the retrieved list, without request ids "
+                               "or retrieval types, until the service is reloaded; check [ncip.feed] "
+                               "retrievalinfo_path")
             return {}
         if not isinstance(items, list):
             raise ApiError(f"{what} has no list of items: {_excerpt(answer)}")
