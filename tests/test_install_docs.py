@@ -1,7 +1,8 @@
 """docs/install.md, run as written: the wheelhouse built, then install, configure, upgrade, uninstall and
 purge in a scratch root (the install's --root), the install with the network cut (a network namespace of its
 own: no route anywhere, only pip --no-index from the folder's wheels can work). The installed service is
-started as the unit says (its user, its groups, CAP_LEASE; no running systemd needed) and a sample file
+started as the unit says (its user, its groups, CAP_LEASE, the scratch root read-only but for the unit's
+writable folders, as ProtectSystem=strict does; no running systemd needed) and a sample file
 written by another user, as ALEPH does, is archived. The uninstall leaves exactly what the docs name.
 
 Each command line of a block is run as it is written, with only these changes for the scratch root:
@@ -125,10 +126,29 @@ def unit_settings(host: Host) -> dict[str, list[str]]:
     return settings
 
 
+# The part of ProtectSystem=strict that matters to the gateway, in a mount namespace of its own: the scratch root
+# read-only but for the unit's writable folders (StateDirectory=, LogsDirectory=, ReadWritePaths=), then exec.
+SANDBOX = """root=$1; shift
+mount --bind "$root" "$root"
+while [ "$1" != -- ]; do [ -d "$root$1" ] && mount --bind "$root$1" "$root$1"; shift; done; shift
+mount -o remount,bind,ro "$root"
+exec "$@"
+"""
+
+
+def writable_paths(settings: dict[str, list[str]]) -> list[str]:
+    """The folders the unit lets the service write, as systemd reads its settings."""
+    paths = [path.lstrip("-+") for value in settings.get("ReadWritePaths", []) for path in value.split()]
+    for key, parent in (("StateDirectory", "/var/lib"), ("LogsDirectory", "/var/log")):
+        paths += [f"{parent}/{name}" for value in settings.get(key, []) for name in value.split()]
+    return paths
+
+
 def start_service(host: Host) -> None:
-    """What systemd does for ExecStart=, minus the sandbox: as User=, with its groups and
-    SupplementaryGroups=, AmbientCapabilities= as the only capabilities."""
+    """What systemd does for ExecStart=: as User=, with its groups and SupplementaryGroups=, AmbientCapabilities=
+    as the only capabilities, and the scratch root read-only but for the unit's writable folders."""
     settings = unit_settings(host)
+    assert settings["ProtectSystem"] == ["strict"]
     [user] = settings["User"]
     uid, gid = host.ids(user)
     groups = {gid, *host.member_gids(user), *(host.gid(name) for value in settings["SupplementaryGroups"]
@@ -139,14 +159,18 @@ def start_service(host: Host) -> None:
     program, *arguments = exec_start.split()
     link = host.under(program)
     assert link.is_symlink() and os.readlink(link) == "/opt/caiasoft-gateway/bin/caiasoft-gateway"
-    host.service = subprocess.Popen(
-        [SETPRIV, f"--reuid={uid}", f"--regid={gid}", f"--groups={','.join(map(str, sorted(groups)))}",
-         "--inh-caps=-all,+lease", "--ambient-caps=+lease", "--", str(host.program), *arguments],
-        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/", "CAIASOFT_GATEWAY_CONFIG": str(host.config)},
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with (host.downloads / "service.err").open("ab") as errors:
+        host.service = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", SANDBOX, "sh", str(host.root),
+             *writable_paths(settings), "--", SETPRIV, f"--reuid={uid}", f"--regid={gid}",
+             f"--groups={','.join(map(str, sorted(groups)))}", "--inh-caps=-all,+lease", "--ambient-caps=+lease",
+             "--", str(host.program), *arguments],
+            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/", "CAIASOFT_GATEWAY_CONFIG": str(host.config)},
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors)
     wait_for(lambda: host.under("/var/lib/caiasoft-gateway/gateway.lock").exists() or host.service.poll() is not None,
              timeout=30, message="the service to start")
-    assert host.service.poll() is None, f"the service exited {host.service.returncode}"
+    assert host.service.poll() is None, \
+        f"the service exited {host.service.returncode}: {(host.downloads / 'service.err').read_text()}"
 
 
 def stop_service(host: Host) -> None:
