@@ -525,6 +525,11 @@ def test_an_upgrade_without_options_keeps_those_of_the_install_and_sets_a_hand_e
     said = run_shell(host, f"./install --python {SYSTEM_PYTHON} --print-folder {PRINT_FOLDER} --root {host.root}",
                      network=False)  # an option given replaces the recorded one
     assert f"ReadWritePaths={second}" not in (dropins / "site.conf").read_text() and "edited by hand" not in said
+    host.under("/opt/caiasoft-gateway/install-options").unlink()  # an install from before it was written
+    said = run_shell(host, f"./install --python {SYSTEM_PYTHON} --root {host.root}", network=False)
+    assert "(/etc/systemd/system/caiasoft-gateway.service.d/site.conf) reused: " \
+           f"--group {ALEPH_GROUP} --print-folder {PRINT_FOLDER} --print-folder {state} --sysv" in said, said
+    assert "edited by hand" not in said and f"ReadWritePaths={state}" in (dropins / "site.conf").read_text()
     said = run_shell(host, f"{host.under('/opt/caiasoft-gateway/share/install')} --uninstall --root {host.root}")
     assert f"/etc/systemd/system/caiasoft-gateway.service.d/{kept.name}" in said  # named as left
 
