@@ -11,7 +11,9 @@ installed_unit_warnings() says when the running systemd is older than a directiv
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -160,9 +162,12 @@ def _table(path: Path) -> list[list[str]]:
 def ids(identity: ServiceIdentity, root: Path) -> tuple[int, int, list[int]]:
     """uid, gid and supplementary gids of the unit's user, from root's /etc/passwd and /etc/group.
 
-    As systemd does: the user's own groups from /etc/group, then SupplementaryGroups=.
+    As systemd does: the user's own groups, then SupplementaryGroups=. On this host (root /) through the
+    system's user database (NSS: LDAP and sssd groups too); in a scratch root from its files.
     Raise AsServiceError for a user or group that does not exist.
     """
+    if root == Path("/"):
+        return _host_ids(identity)
     users = {row[0]: row for row in _table(root / "etc" / "passwd") if len(row) >= 4}
     groups = {row[0]: row for row in _table(root / "etc" / "group") if len(row) >= 4}
     if identity.user not in users:
@@ -176,6 +181,22 @@ def ids(identity: ServiceIdentity, root: Path) -> tuple[int, int, list[int]]:
     member_of = [int(row[2]) for row in groups.values() if identity.user in row[3].split(",")]
     extra = [int(groups[name][2]) for name in identity.supplementary]
     return uid, gid, sorted({gid, *member_of, *extra})
+
+
+def _host_ids(identity: ServiceIdentity) -> tuple[int, int, list[int]]:
+    try:
+        user = pwd.getpwnam(identity.user)
+    except KeyError:
+        raise AsServiceError(f"the unit's User={identity.user} does not exist (getent passwd)") from None
+    gids = {}
+    for name in ([identity.group] if identity.group else []) + identity.supplementary:
+        try:
+            gids[name] = grp.getgrnam(name).gr_gid
+        except KeyError:
+            raise AsServiceError(f"the unit's group {name} does not exist (getent group)") from None
+    gid = gids[identity.group] if identity.group else user.pw_gid
+    member_of = os.getgrouplist(identity.user, gid)
+    return user.pw_uid, gid, sorted({gid, *member_of, *(gids[name] for name in identity.supplementary)})
 
 
 def inside(root: Path, path: str) -> Path:
