@@ -62,6 +62,8 @@ def service_folders(config: Config) -> list[tuple[str, Path]]:
                for key in ("state_dir", "archive_dir", "error_dir", "log_dir")]
     if config.ncip:
         folders.append(("ncip.journal (its folder)", config.ncip.journal.parent))
+    if config.metrics and config.metrics.textfile is not None:
+        folders.append(("metrics.textfile (its folder)", config.metrics.textfile.parent))
     folders += [(f"sources[{index}].path", source.path) for index, source in enumerate(config.sources)
                 if isinstance(source, LocalSourceSettings)]
     return folders

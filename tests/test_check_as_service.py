@@ -145,3 +145,17 @@ def test_check_as_service_fails_a_state_folder_outside_the_units_writable_paths(
     (site.root / "caiasoft-gateway.service.d" / "site.conf").write_text(f"[Service]\nReadWritePaths={site.state}\n")
     code, said = check()
     assert code == 0 and "all checks passed" in said and "every folder the gateway writes is writable" in said, said
+
+
+def test_the_folders_compared_are_every_one_the_config_has_the_gateway_write(site):
+    from conftest import ncip_table
+
+    from gateway.checks import service_folders
+
+    (site.root / "prom").mkdir()
+    site.write("http://127.0.0.1:9", extra=ncip_table("http://127.0.0.1:9", site.root / "ncip" / "journal.jsonl")
+               + f'\n[metrics]\nlisten = ""\ntextfile = "{site.root / "prom" / "gateway.prom"}"\n')
+    folders = dict(service_folders(site.load()))
+    assert folders == {"paths.state_dir": site.state, "paths.archive_dir": site.archive, "paths.error_dir": site.error,
+                       "paths.log_dir": site.log_dir, "ncip.journal (its folder)": site.root / "ncip",
+                       "metrics.textfile (its folder)": site.root / "prom", "sources[0].path": site.source}
