@@ -230,7 +230,10 @@ class SlowLink:
                 each.close()
 
 
-def test_a_download_that_trickles_is_cut_at_its_deadline(sshd, tmp_path):
+@pytest.fixture
+def slow(sshd, tmp_path):
+    """A source reaching the real sshd through a SlowLink, with one 900 KB file listed (22 s over the trickle):
+    (source, its entry, the link: set link.slow to start trickling)."""
     if sshd.process.poll() is not None:
         sshd.start()
     folder = tmp_path / "remote"
@@ -244,52 +247,40 @@ def test_a_download_that_trickles_is_cut_at_its_deadline(sshd, tmp_path):
     assert isinstance(settings, SftpSourceSettings)
     source = SftpSource(settings, max_file_bytes=CAP)
     try:
-        (folder / "big_barcode").write_bytes(b"".join(barcodes(n) for n in range(20000)))  # 900 KB: 22 s here
+        (folder / "big_barcode").write_bytes(b"".join(barcodes(n) for n in range(20000)))
         [entry] = source.scan()
-        deadline = settings.timeout_seconds + entry.size / DOWNLOAD_BYTES_PER_SECOND
-        link.slow.set()
-        work = tmp_path / "work"
-        work.mkdir()
-        thread, outcome = _fetch_in_thread(source, entry, work / "1-big_barcode")
-        # the whole file would take 22 s over this link: the download must end well before, at its deadline
-        wait_for(lambda: not thread.is_alive(), timeout=15, message="the download to end")
-        [error] = outcome
-        assert isinstance(error, DownloadCut) and error.errno == errno.ETIMEDOUT, error
-        assert "ran past its deadline" in str(error) and "big_barcode" in str(error)
-        assert list(work.iterdir()) == [], "no partial download left"
-        assert deadline < 6, "the trickle would take 22 s: the cut came from the deadline"
+        yield source, entry, link
     finally:
         source.stop()
         link.close()
 
 
-def test_the_readiness_look_at_a_files_tail_is_cut_at_the_same_deadline(sshd, tmp_path):
-    if sshd.process.poll() is not None:
-        sshd.start()
-    folder = tmp_path / "remote"
-    folder.mkdir()
-    link = SlowLink(sshd.port)
-    kind, key = sshd.host_key.with_suffix(".pub").read_text().split()[:2]
-    known_hosts = tmp_path / "known_hosts"
-    known_hosts.write_text(f"[127.0.0.1]:{link.port} {kind} {key}\n")
-    settings = source_settings(name="slow", url=f"sftp://{sshd.user}@127.0.0.1:{link.port}{folder}",
-                               known_hosts_file=known_hosts, private_key_file=sshd.client_key, timeout_seconds=2.0)
-    assert isinstance(settings, SftpSourceSettings)
-    source = SftpSource(settings, max_file_bytes=CAP)
-    try:
-        (folder / "big_barcode").write_bytes(b"".join(barcodes(n) for n in range(20000)))  # 900 KB: 22 s here
-        [entry] = source.scan()
-        link.slow.set()
-        outcome: list[object] = []
-        thread = threading.Thread(target=lambda: outcome.append(_peek(source, entry)), daemon=True)
-        thread.start()
-        # the tail (up to 1 MiB) would take 22 s over this link: the look must end at its deadline
-        wait_for(lambda: not thread.is_alive(), timeout=15, message="the look at the tail to end")
-        [error] = outcome
-        assert isinstance(error, DownloadCut) and error.errno == errno.ETIMEDOUT, error
-    finally:
-        source.stop()
-        link.close()
+def test_a_download_that_trickles_is_cut_at_its_deadline(slow, tmp_path):
+    source, entry, link = slow
+    deadline = source.settings.timeout_seconds + entry.size / DOWNLOAD_BYTES_PER_SECOND
+    link.slow.set()
+    work = tmp_path / "work"
+    work.mkdir()
+    thread, outcome = _fetch_in_thread(source, entry, work / "1-big_barcode")
+    # the whole file would take 22 s over this link: the download must end well before, at its deadline
+    wait_for(lambda: not thread.is_alive(), timeout=15, message="the download to end")
+    [error] = outcome
+    assert isinstance(error, DownloadCut) and error.errno == errno.ETIMEDOUT, error
+    assert "ran past its deadline" in str(error) and "big_barcode" in str(error)
+    assert list(work.iterdir()) == [], "no partial download left"
+    assert deadline < 6, "the trickle would take 22 s: the cut came from the deadline"
+
+
+def test_the_readiness_look_at_a_files_tail_is_cut_at_the_same_deadline(slow):
+    source, entry, link = slow
+    link.slow.set()
+    outcome: list[object] = []
+    thread = threading.Thread(target=lambda: outcome.append(_peek(source, entry)), daemon=True)
+    thread.start()
+    # the tail (up to 1 MiB) would take 22 s over this link: the look must end at its deadline
+    wait_for(lambda: not thread.is_alive(), timeout=15, message="the look at the tail to end")
+    [error] = outcome
+    assert isinstance(error, DownloadCut) and error.errno == errno.ETIMEDOUT, error
 
 
 def _peek(source: SftpSource, entry) -> object:
