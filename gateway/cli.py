@@ -170,7 +170,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _load(args)
     try:  # a read-only or foreign folder: said, exit 2 (the unit does not restart on 2), never a traceback
-        writable_folders(config)
+        writable_folders(config, ("state_dir", "log_dir"))
     except StartRefused as error:
         print(f"caiasoft-gateway run: not started: {printable(str(error))}", file=sys.stderr)
         return EXIT_CONFIG

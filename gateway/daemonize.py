@@ -73,9 +73,14 @@ def _writable_folder(path: Path, what: str) -> None:
                            f"{path.stat().st_uid}, mode {path.stat().st_mode & 0o7777:o})")
 
 
-def writable_folders(config: Config) -> None:
-    """Raise StartRefused naming the first of the service's own folders it cannot write (read-only, not its own)."""
-    for key in ("state_dir", "archive_dir", "error_dir", "log_dir"):
+def writable_folders(config: Config, keys: tuple[str, ...] = ("state_dir", "archive_dir", "error_dir", "log_dir")) \
+        -> None:
+    """Raise StartRefused naming the first of these folders of the service it cannot write (read-only, not its own).
+
+    `run` checks the state and log folders only: an archive or error folder that cannot be written holds the
+    files it should receive (shown in `status`) and is resumed by the running service once fixed.
+    """
+    for key in keys:
         _writable_folder(Path(getattr(config.paths, key)), f"{key.replace('_dir', '')} folder (paths.{key})")
 
 
