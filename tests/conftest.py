@@ -18,7 +18,7 @@ from gateway.schema import REQUIRED, SCHEMA
 from gateway.settings import SourceSettings
 from gateway.simulators.caiasoft import CaiaSoftSimulator
 
-pytest_plugins = ["unprivileged"]  # fixtures that run the gateway as an unprivileged user
+pytest_plugins = ["unprivileged", "sharedfixtures"]  # the unprivileged user; fixtures several modules use
 
 KEY = "test-key-5d1c0e9a7b"
 REPO = Path(__file__).resolve().parent.parent

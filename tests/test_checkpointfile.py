@@ -21,8 +21,8 @@ from gateway.ncip.relay import Relay
 from gateway.ncip.journal import Tailer
 
 from conftest import ncip_settings, ncip_table, wait_for
-from test_faults import fill, small_tmpfs  # noqa: F401  (fixture)
-from test_relay import add, ncip, relay_site  # noqa: F401  (fixtures)
+from sharedfixtures import fill
+from test_relay import add
 
 
 def position(offset: int) -> dict:
@@ -81,7 +81,7 @@ def test_no_whole_record_is_damage_naming_the_file(tmp_path, content):
         read(path)
 
 
-def test_both_records_damaged_stop_the_service_with_exit_2_naming_the_file(relay_site):  # noqa: F811
+def test_both_records_damaged_stop_the_service_with_exit_2_naming_the_file(relay_site):
     relay_site.state.mkdir(parents=True, exist_ok=True)
     path = relay_site.state / FILE_NAME
     path.write_bytes(os.urandom(2 * SLOT_BYTES))
@@ -174,7 +174,7 @@ def test_the_first_open_moves_an_older_ledgers_checkpoint_and_counts_into_the_fi
         again.close()
 
 
-def test_the_relay_goes_on_from_an_older_ledgers_checkpoint(relay_site, ncip, daemon_factory):  # noqa: F811
+def test_the_relay_goes_on_from_an_older_ledgers_checkpoint(relay_site, ncip, daemon_factory):
     items = [f"M-{number}" for number in range(6)]
     for item in items:
         add(relay_site, "checkin", item)
@@ -194,7 +194,7 @@ def test_the_relay_goes_on_from_an_older_ledgers_checkpoint(relay_site, ncip, da
     assert saved.counts["done"] == 7
 
 
-def test_each_outcome_is_counted_in_the_file_with_the_place(relay_site, ncip, daemon_factory):  # noqa: F811
+def test_each_outcome_is_counted_in_the_file_with_the_place(relay_site, ncip, daemon_factory):
     for action, item in (("checkout", "A-1"), ("checkout", "UNKNOWN-1"), ("checkin", "IN-ALREADY")):
         add(relay_site, action, item)
     daemon = daemon_factory(relay_site.config_file)
@@ -220,7 +220,7 @@ class FailingSaves(CheckpointFile):
         super().save(position)
 
 
-def test_no_entry_is_sent_while_the_checkpoint_of_the_one_before_is_not_durable(tmp_path, ncip):  # noqa: F811
+def test_no_entry_is_sent_while_the_checkpoint_of_the_one_before_is_not_durable(tmp_path, ncip):
     journal_path = tmp_path / "ncip.jsonl"
     for item in ("E-1", "E-2", "E-3"):
         journal.append(journal_path, JournalEntry("checkin", item))
@@ -248,7 +248,7 @@ def test_no_entry_is_sent_while_the_checkpoint_of_the_one_before_is_not_durable(
 
 @pytest.mark.parametrize("mode", [0o644, 0o000])
 def test_a_checkpoint_file_the_service_user_cannot_open_is_named_not_called_damaged(
-        unprivileged_site, gateway_install, simulator, ncip, mode):  # noqa: F811
+        unprivileged_site, gateway_install, simulator, ncip, mode):
     site, runner = unprivileged_site, gateway_install
     journal_path = site.root / "ncip.jsonl"
     journal.append(journal_path, JournalEntry("checkin", "P-1"))
@@ -268,7 +268,7 @@ def test_a_checkpoint_file_the_service_user_cannot_open_is_named_not_called_dama
     assert ncip.received == [] and read(path).position == position(640)
 
 
-def test_a_checkpoint_file_that_cannot_be_made_on_a_full_state_dir_says_so(tmp_path, small_tmpfs):  # noqa: F811
+def test_a_checkpoint_file_that_cannot_be_made_on_a_full_state_dir_says_so(tmp_path, small_tmpfs):
     state = small_tmpfs(tmp_path / "state", "1m")
     ledger = Ledger(state / "gateway.db")  # an older ledger, upgraded on a day its disk is full
     try:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Daemon, wait_for
-from test_service import NotifySocket
+from sharedfixtures import NotifySocket, fill
 
 GOOD = "31234000000001\n"
 
@@ -148,37 +148,7 @@ def test_a_blocked_error_folder_holds_only_the_refused_file(unprivileged_site, g
     assert daemon.stop() == 0
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """A small tmpfs (256 KiB unless told): a disk that fills up. Root in CI can mount; if mounting fails the
-    test fails."""
-    mounted: list[Path] = []
 
-    def mount(where: Path, size: str = "256k") -> Path:
-        where.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(where)],
-                              capture_output=True, text=True)
-        if done.returncode != 0:
-            pytest.fail(f"cannot mount a tmpfs for the disk-full test (run as root): {done.stderr.strip()}")
-        mounted.append(where)
-        return where
-
-    yield mount
-    for where in mounted:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-def fill(folder: Path) -> Path:
-    filler = folder / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError:  # the disk is full
-        pass
-    finally:
-        os.close(fd)
-    return filler
 
 
 def test_a_full_archive_disk_pauses_placing_and_resumes_when_space_is_freed(site, simulator, daemon_factory,

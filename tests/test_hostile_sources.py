@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from conftest import KEY, wait_for
-from test_service import NotifySocket
+from sharedfixtures import NotifySocket
 from unprivileged import SETPRIV
 from writers import barcode_list
 

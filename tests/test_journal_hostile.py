@@ -14,8 +14,7 @@ import pytest
 from gateway.ncip import journal
 
 from conftest import KEY, ncip_table, wait_for
-from test_relay import add, dead_letters, ncip, relay_site  # noqa: F401  (fixtures)
-from test_service import notify_socket  # noqa: F401  (fixture)
+from test_relay import add, dead_letters
 
 pytestmark = pytest.mark.e2e
 
@@ -41,7 +40,7 @@ def ncip_status(site) -> dict:
 
 
 @pytest.mark.parametrize("version", ["1", "2"])
-def test_values_no_xml_can_carry_are_dead_letters_and_the_tail_goes_on(relay_site, ncip, daemon_factory,  # noqa: F811
+def test_values_no_xml_can_carry_are_dead_letters_and_the_tail_goes_on(relay_site, ncip, daemon_factory,
                                                                         version):
     relay_site.write_ncip(version=version)
     add(relay_site, "checkin", "BEFORE-1")
@@ -69,7 +68,7 @@ def test_values_no_xml_can_carry_are_dead_letters_and_the_tail_goes_on(relay_sit
 
 
 def test_an_entry_the_server_keeps_refusing_with_a_client_error_is_a_dead_letter_and_the_rest_go_on(
-        relay_site, ncip, daemon_factory):  # noqa: F811
+        relay_site, ncip, daemon_factory):
     relay_site.write_ncip(extra_ncip="client_error_tries = 3")
     ncip.queue_faults("400", "400", "400", "429", "429", "429", "429", "408", "408", "408", "408")
     add(relay_site, "checkin", "REFUSED-1")   # answered 400 three times: a dead letter
@@ -91,7 +90,7 @@ def test_an_entry_the_server_keeps_refusing_with_a_client_error_is_a_dead_letter
                                             (b"TAB\tINSIDE", "'TAB\\tINSIDE' holds U+0009"),
                                             (b"A\x1c", "'A\\x1c' holds U+001C"),  # str.strip() would drop it
                                             (b"B\t", "'B\\t' holds U+0009")])
-def test_the_journal_command_refuses_what_no_ncip_message_can_carry(relay_site, argument, named):  # noqa: F811
+def test_the_journal_command_refuses_what_no_ncip_message_can_carry(relay_site, argument, named):
     result = subprocess.run([sys.executable.encode(), b"-m", b"gateway", b"-c", bytes(relay_site.config_file),
                              b"journal", b"checkin", argument], capture_output=True, timeout=60)
     assert result.returncode == 2, result
@@ -101,7 +100,7 @@ def test_the_journal_command_refuses_what_no_ncip_message_can_carry(relay_site, 
     assert not relay_site.journal.exists(), "nothing appended"
 
 
-def test_the_journal_command_does_not_follow_a_link_or_open_a_fifo(relay_site, tmp_path):  # noqa: F811
+def test_the_journal_command_does_not_follow_a_link_or_open_a_fifo(relay_site, tmp_path):
     target = tmp_path / "gateway.toml.copy"
     target.write_text("kept = true\n")
     relay_site.journal.symlink_to(target)
@@ -122,7 +121,7 @@ def _wait_for_problem(site, words: str) -> dict:
 
 @pytest.mark.parametrize("kind", ["directory", "fifo"])
 def test_a_journal_replaced_by_a_directory_or_a_fifo_is_named_in_status_and_the_relay_resumes(
-        relay_site, ncip, daemon_factory, notify_socket, kind):  # noqa: F811
+        relay_site, ncip, daemon_factory, notify_socket, kind):
     add(relay_site, "checkin", "OLD-1")
     daemon = daemon_factory(relay_site.config_file, env={"NOTIFY_SOCKET": notify_socket.path})
     ncip.wait_for(1, timeout=30)
@@ -157,7 +156,7 @@ def test_a_journal_replaced_by_a_directory_or_a_fifo_is_named_in_status_and_the_
 
 
 def test_a_journal_swapped_for_a_link_to_the_gateways_key_file_is_not_read(
-        unprivileged_site, gateway_install, simulator, ncip, daemon_factory):  # noqa: F811
+        unprivileged_site, gateway_install, simulator, ncip, daemon_factory):
     """The gateway runs as its own user; ALEPH's user, who may write the journal's folder, puts a link to the
     API key file (readable by the gateway only) in the journal's place. Nothing of it is sent or dead-lettered."""
     site, runner = unprivileged_site, gateway_install
@@ -204,7 +203,7 @@ def events(site, name: str) -> int:
     return log.read_text().count(f'"event": "{name}"') if log.exists() else 0
 
 
-def test_config_values_that_go_into_every_message_must_be_carriable(relay_site):  # noqa: F811
+def test_config_values_that_go_into_every_message_must_be_carriable(relay_site):
     """A control character in user_id would spoil every check-out: the config is refused at load, naming the key."""
     relay_site.write_ncip(extra_ncip='agency_scheme = "scheme\\u0000"')
     text = relay_site.config_file.read_text().replace('user_id = "CAIASOFT"', 'user_id = "CAIA\\u0007SOFT"')
@@ -254,7 +253,7 @@ def test_a_journal_not_read_for_a_minute_is_alerted_and_its_end_too(site, simula
         box.stop()
 
 
-def test_check_names_a_journal_that_the_relay_would_not_read(relay_site, tmp_path):  # noqa: F811
+def test_check_names_a_journal_that_the_relay_would_not_read(relay_site, tmp_path):
     journal_path = relay_site.journal
     assert cli(relay_site, "check", "--offline").returncode == 0, "no journal yet is fine"
     real = tmp_path / "real.jsonl"
@@ -270,7 +269,7 @@ def test_check_names_a_journal_that_the_relay_would_not_read(relay_site, tmp_pat
 
 
 def test_a_barcode_from_the_status_feed_that_no_message_can_carry_is_logged_and_the_rest_go_on(
-        relay_site, simulator, ncip, daemon_factory):  # noqa: F811
+        relay_site, simulator, ncip, daemon_factory):
     import datetime as dt
 
     today = dt.date.today().strftime("%Y%m%d")
@@ -288,7 +287,7 @@ def test_a_barcode_from_the_status_feed_that_no_message_can_carry_is_logged_and_
     assert "BAD" not in relay_site.journal.read_text()
 
 
-def test_check_ncip_item_sends_nothing_for_a_barcode_no_message_can_carry(relay_site, ncip):  # noqa: F811
+def test_check_ncip_item_sends_nothing_for_a_barcode_no_message_can_carry(relay_site, ncip):
     result = cli(relay_site, "check", "--ncip-item", "3123\x0b4")
     assert result.returncode == 1, result.stdout
     assert "holds U+000B, a control character" in result.stdout and "nothing sent" in result.stdout
@@ -304,7 +303,7 @@ def test_only_spaces_and_a_carriage_return_are_dropped_around_a_journal_value():
 
 @pytest.mark.parametrize("fault", ["404", "400"])
 def test_a_server_refusing_every_message_holds_the_relay_and_makes_no_dead_letter_of_every_entry(
-        relay_site, ncip, daemon_factory, fault):  # noqa: F811
+        relay_site, ncip, daemon_factory, fault):
     """A wrong path (404 to everything) dead-letters nothing; a 400 to one entry after another dead-letters only the
     first: the relay waits with the reason in status, and goes on once the server takes messages again."""
     relay_site.write_ncip(extra_ncip="client_error_tries = 2")

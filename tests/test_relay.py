@@ -22,43 +22,6 @@ from test_feed import IN_THE_FACILITY, OUT_OF_IT
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def ncip():
-    sim = NcipSimulator(problems={"UNKNOWN-1": "Unknown Item", "IN-ALREADY": "Item Not Checked Out"},
-                        validate=True).start()  # every message the relay sends is checked against the XSD
-    yield sim
-    sim.stop()
-
-
-@pytest.fixture
-def relay_site(site, simulator, ncip):
-    site.journal = site.root / "ncip.jsonl"
-
-    def write(feed: str = "", version: str = "2", url: str | None = None, extra_ncip: str = "",
-              backoff: tuple[float, float] = (0.05, 0.3)) -> None:
-        site.write(simulator.url, extra=f"""
-[ncip]
-url = "{url or ncip.url}"
-version = "{version}"
-from_agency = "CAIA"
-to_agency = "ALEPH"
-application_profile = "CAIAPROFILE"
-user_id = "CAIASOFT"
-journal = "{site.journal}"
-timeout_seconds = 2
-backoff_initial_seconds = {backoff[0]}
-backoff_max_seconds = {backoff[1]}
-{extra_ncip}
-
-[ncip.stop_users]
-LAW = "CAIA-LAW"
-{feed}
-""")
-    site.write_ncip = write
-    write()
-    return site
-
-
 def add(site, action: str, item: str, **fields) -> None:
     journal.append(site.journal, JournalEntry(action, item, **fields))
 

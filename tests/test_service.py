@@ -5,10 +5,8 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -18,51 +16,6 @@ from gateway.daemonize import PidFile
 from conftest import wait_for
 
 pytestmark = pytest.mark.e2e
-
-
-class NotifySocket:
-    """What systemd would receive on $NOTIFY_SOCKET: a datagram socket the test listens on."""
-
-    def __init__(self, path):
-        self.path = str(path)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
-        self.sock.settimeout(0.2)
-        self.messages: list[tuple[float, str]] = []
-        self._lock = threading.Lock()
-        self._running = True
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        while self._running:
-            try:
-                data = self.sock.recv(4096)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            with self._lock:
-                self.messages.extend((time.monotonic(), line) for line in data.decode().splitlines())
-
-    def lines(self, prefix: str = "") -> list[str]:
-        with self._lock:
-            return [line for _, line in self.messages if line.startswith(prefix)]
-
-    def since(self, moment: float, prefix: str) -> list[str]:
-        with self._lock:
-            return [line for at, line in self.messages if at >= moment and line.startswith(prefix)]
-
-    def close(self) -> None:
-        self._running = False
-        self.sock.close()
-
-
-@pytest.fixture
-def notify_socket(tmp_path):
-    listener = NotifySocket(tmp_path / "notify.sock")
-    yield listener
-    listener.close()
 
 
 def test_ready_status_watchdog_and_stopping(site, simulator, daemon_factory, notify_socket):

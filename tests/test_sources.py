@@ -17,7 +17,6 @@ from gateway.settings import LocalSourceSettings, SftpSourceSettings
 from gateway.sources.local import LocalSource, choose_mode, filesystem_type
 
 from conftest import SAMPLES, source_settings, wait_for
-from test_faults import small_tmpfs  # noqa: F401  (fixture)
 
 
 def taken(entry, data: bytes) -> Taken:
@@ -394,7 +393,7 @@ def test_a_failed_sync_of_the_work_folder_leaves_every_file_in_its_source(tmp_pa
 
 
 def test_a_file_whose_original_cannot_be_removed_is_not_taken_and_leaves_no_copy_in_work(
-        tmp_path, small_tmpfs):  # noqa: F811
+        tmp_path, small_tmpfs):
     """A read-only source (an NFS export, a read-only mount): the take fails, naming the file; the original stays
     the only copy, so the retry a minute later cannot leave a second one in work/ to be adopted and sent."""
     import subprocess
