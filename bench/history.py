@@ -36,8 +36,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import (PYTHON, ledger_value, machine, make_files, start_gateway,  # noqa: E402
-                 start_simulator, wait_until, write_config)
+from run import PYTHON, ledger_value, machine, make_files, start_gateway, start_simulator, wait_until, write_config  # noqa: E402
 
 YEARS = 5
 MODEL_FILES = 30

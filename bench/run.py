@@ -34,8 +34,8 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import requests
 

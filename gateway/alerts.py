@@ -21,9 +21,10 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests

@@ -11,6 +11,7 @@ then linked into place.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import filecmp
 import json
@@ -23,8 +24,6 @@ from typing import Any
 
 from gateway.files import fsync_dir, move_no_clobber, partial_path
 from gateway.logs import redact
-import contextlib
-
 from gateway.names import MAX_NAME_BYTES, safe_name
 
 __all__ = ["Folder", "MAX_NAME_BYTES", "SIDECAR_SUFFIX", "day_folder", "numbered", "safe_name"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import getpass
 import os
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import urlsplit
 
 from gateway import readiness
@@ -15,9 +15,9 @@ from gateway.caiasoft import CaiaSoftClient
 from gateway.config import Config
 from gateway.errors import SourceUnavailable
 from gateway.settings import LocalSourceSettings, Ncip, SftpSourceSettings, SourceSettings
-from gateway.states import Verdict
 from gateway.sources.folder import FolderReplaced, HeldFolder, own_folders
 from gateway.sources.local import NETWORK_FILESYSTEMS, choose_mode, filesystem_type
+from gateway.states import Verdict
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -12,12 +13,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from gateway import __version__, config as config_module, logs
+from gateway import __version__, logs
+from gateway import config as config_module
 from gateway.checkpointfile import CheckpointDamaged
 from gateway.errors import AlreadyRunning, ConfigError, GatewayError, LedgerDamaged, describe
 from gateway.names import printable
 from gateway.states import FileState, Verdict
-import contextlib
 
 if TYPE_CHECKING:
     from gateway.caiasoft import CaiaSoftClient

@@ -9,14 +9,14 @@ from __future__ import annotations
 import errno
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from gateway import aftertake, logs
 from gateway.errors import SourceUnavailable, describe
 from gateway.intake import Settler
-from gateway.readiness import TAIL_BYTES, ReadyCheck
 from gateway.pipeline import Pipeline
+from gateway.readiness import TAIL_BYTES, ReadyCheck
 from gateway.sources.base import Entry, Source
 from gateway.sources.folder import FolderReplaced
 from gateway.worker import Worker

@@ -27,8 +27,22 @@ from gateway import config_rules, credentials
 from gateway.credentials import CREDENTIAL_NAME
 from gateway.errors import ConfigError, Problem
 from gateway.schema import SCHEMA
-from gateway.settings import (Alerts, Archive, CaiaSoft, Config, Feed, Intake, LocalSourceSettings, Metrics,
-                              Ncip, Paths, Secret, Settings, SftpSourceSettings, SourceSettings)
+from gateway.settings import (
+    Alerts,
+    Archive,
+    CaiaSoft,
+    Config,
+    Feed,
+    Intake,
+    LocalSourceSettings,
+    Metrics,
+    Ncip,
+    Paths,
+    Secret,
+    Settings,
+    SftpSourceSettings,
+    SourceSettings,
+)
 from gateway.toml_tables import read_table
 
 __all__ = ["CONFIG_ENV", "CREDENTIAL_NAME", "DEFAULT_CONFIG", "SCHEMA", "Alerts", "Archive", "CaiaSoft", "Config",

@@ -130,7 +130,7 @@ class PidFile:
             os.close(fd)
         return None
 
-    def __enter__(self) -> "PidFile":
+    def __enter__(self) -> PidFile:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -155,7 +155,7 @@ def _demo(root: Path, keep: bool) -> int:
     try:
         folder = root / "aleph" / "print"
         files = sample_files()
-        files.append(("shelf-report.txt", "Shelf report for Annex room 2\nAll trays checked on 28 Nov.\n".encode()))
+        files.append(("shelf-report.txt", b"Shelf report for Annex room 2\nAll trays checked on 28 Nov.\n"))
         files.append(("garbled-slip.xml", b"## - XML_XSL\n<?xml version=\"1.0\"?>\n<printout><section-01>"))
         for name, data in files:
             print(f"ALEPH writes        {name}")

@@ -49,8 +49,9 @@ import socket
 import threading
 import time
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import requests
 import urllib3
@@ -138,7 +139,7 @@ class Deadline:
         for target in targets:
             _shut(target)
 
-    def __enter__(self) -> "Deadline":
+    def __enter__(self) -> Deadline:
         with self._lock:
             self._armed = True
         _REAPER.add(self)

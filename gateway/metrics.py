@@ -23,8 +23,7 @@ import contextlib
 import os
 import secrets
 import time
-from collections.abc import Iterator
-from typing import Callable
+from collections.abc import Callable, Iterator
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -32,11 +31,11 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gateway import logs
-from gateway.listener import BoundedListener
 from gateway.events import Conditions
 from gateway.ledger import Ledger
-from gateway.states import FINAL_STATES, OPEN_STATES, FileState, NcipOutcome
+from gateway.listener import BoundedListener
 from gateway.settings import Metrics as MetricsSettings
+from gateway.states import FINAL_STATES, OPEN_STATES, FileState, NcipOutcome
 
 log = logs.get("gateway.metrics")
 

@@ -17,15 +17,16 @@ import functools
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ParamSpec
+from typing import TYPE_CHECKING, Any, ParamSpec
 
 from gateway import aftertake, alerttexts, logs
 from gateway.caiasoft import is_denied
 from gateway.events import Conditions, Events
 from gateway.ledger import FileRow, Ledger
-from gateway.states import OPEN_STATES, FileState, NcipOutcome
 from gateway.settings import Config
+from gateway.states import OPEN_STATES, FileState, NcipOutcome
 
 if TYPE_CHECKING:  # imported when [alerts] or [metrics] is configured: a run without them starts sooner
     from gateway.alerts import AlertSender, Delivery

@@ -19,10 +19,10 @@ from gateway.collector import Collector
 from gateway.config import Config
 from gateway.events import Conditions
 from gateway.ledger import Ledger
+from gateway.ledgercheck import LedgerCheck
 from gateway.monitor import Monitor
 from gateway.pipeline import Pipeline
 from gateway.uploader import Finisher, Placer, Uploader
-from gateway.ledgercheck import LedgerCheck
 from gateway.worker import Worker
 
 if TYPE_CHECKING:  # imported with [ncip] only: a run without it starts sooner
@@ -84,7 +84,7 @@ class Parts:
     def workers(self) -> list[Worker]:
         return [*self.outputs(), *self.inputs()]
 
-    def start(self, previous: "Parts | None" = None) -> None:
+    def start(self, previous: Parts | None = None) -> None:
         """Start every worker. After a reload (previous given), a collector, the feed or the relay
         whose predecessor is still running starts when that one has ended (start_deferred)."""
         before = {worker.name: worker for worker in previous.exclusive()} if previous else {}

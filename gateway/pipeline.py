@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from gateway import aftertake, intake, logs, recovery
 from gateway.archive import Folder
@@ -36,7 +36,7 @@ from gateway.errors import BUG, FileRefused, SourceGone, describe, fault_kind
 from gateway.events import NO_EVENTS, Events
 from gateway.files import copy_no_clobber
 from gateway.itemindex import RecordSpool
-from gateway.ledger import Ledger, FileRow, work_name
+from gateway.ledger import FileRow, Ledger, work_name
 from gateway.names import safe_name
 from gateway.placing import Placing
 from gateway.settings import Settings

@@ -30,12 +30,12 @@ element): barcode_element() reads its lines, and intake treats it as a barcode l
 from __future__ import annotations
 
 import itertools
+import pyexpat
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import pyexpat
 from defusedxml import DTDForbidden, EntitiesForbidden, ExternalReferenceForbidden
 from defusedxml.ElementTree import DefusedXMLParser, ParseError
 

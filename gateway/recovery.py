@@ -20,8 +20,9 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from gateway import files, logs
 from gateway.archive import SIDECAR_SUFFIX

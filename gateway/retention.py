@@ -37,13 +37,14 @@ import datetime as dt
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from gateway import logs
-from gateway.errors import describe
 from gateway.archive import Folder
+from gateway.errors import describe
 from gateway.states import OPEN_STATES
 
 if TYPE_CHECKING:

@@ -37,7 +37,8 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
-from gateway import config as config_module, logs, notify, snapshot
+from gateway import config as config_module
+from gateway import logs, notify, snapshot
 from gateway.backoff import Backoff
 from gateway.config import Config
 from gateway.errors import DAMAGED, AlreadyRunning, ConfigError, LedgerDamaged, describe, fault_kind
@@ -64,7 +65,7 @@ class StateLock:
         self.path = path
         self._handle: IO[str] | None = None
 
-    def acquire(self) -> "StateLock":
+    def acquire(self) -> StateLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(self.path, "a+")  # noqa: SIM115 - held open for the service's life, closed by release()
         try:

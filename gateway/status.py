@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from gateway import alerts, files, snapshot
-from gateway.ledger import Ledger
-from gateway.states import OPEN_STATES, FileState
 from gateway.errors import describe
+from gateway.ledger import Ledger
 from gateway.names import printable
+from gateway.states import OPEN_STATES, FileState
 
 RECENT_ERRORS = 5
 SERVICE_STALE_SECONDS = 30.0
@@ -145,7 +145,8 @@ def _problem_lines(status: dict[str, Any]) -> list[str]:
 def _service_lines(status: dict[str, Any]) -> list[str]:
     """Whether the service runs and reports, what state_dir allows, and each source's state."""
     service = status["service"]
-    lines = [f"service:        {'running (pid %s)' % service['pid'] if service['running'] else 'not running'}"]
+    state = f"running (pid {service['pid']})" if service["running"] else "not running"
+    lines = [f"service:        {state}"]
     if service.get("silent_seconds") is not None:
         lines.append(f"  NOT REPORTING for {_age(service['silent_seconds'])}: it cannot write its state into the "
                      "ledger (state_dir full or read-only, or the ledger locked by another program?); what follows "

@@ -7,8 +7,9 @@ their key path (e.g. "sources[0].watch"), so every problem of a file is collecte
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from gateway.schema import REQUIRED, Key
 

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from gateway import logs
 from gateway.backoff import Gate
-from gateway.errors import describe
 from gateway.caiasoft import Outcome
+from gateway.errors import describe
 from gateway.ledger import FileRow
-from gateway.states import Verdict
 from gateway.pipeline import Pipeline
+from gateway.states import Verdict
 from gateway.worker import Worker
 
 log = logs.get("gateway.uploader")
@@ -48,7 +48,7 @@ class Uploader(Worker):
 
     def __init__(self, pipeline: Pipeline, gate: Gate | None = None, wake: threading.Event | None = None,
                  name: str = "uploader", clock: Callable[[], float] | None = None, workers: int = 1,
-                 finisher: "Finisher | None" = None):
+                 finisher: Finisher | None = None):
         super().__init__(name=name)
         self.pipeline = pipeline
         self.finisher = finisher  # places answered files; without one (or once it has ended) placed here

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from gateway import logs
 from gateway.backoff import Backoff
@@ -43,7 +43,7 @@ class Worker(threading.Thread):
         self.heartbeat = time.monotonic()
         self.fault: str | None = None              # why the worker is pausing, if it is
         self.fatal: BaseException | None = None    # what ended it, if it could not go on
-        self.on_exit: Callable[["Worker"], None] | None = None
+        self.on_exit: Callable[[Worker], None] | None = None
         self.fault_backoff = Backoff(FAULT_BACKOFF_INITIAL_SECONDS, FAULT_BACKOFF_MAX_SECONDS)
         self._faults = 0
         self._last_fault = 0.0

@@ -8,12 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
-from gateway import config as config_module, demo
+from gateway import config as config_module
+from gateway import demo
 from gateway.schema import REQUIRED, SCHEMA
 from gateway.settings import SourceSettings
 from gateway.simulators.caiasoft import CaiaSoftSimulator
@@ -129,7 +130,7 @@ class Daemon:
         self.process: subprocess.Popen | None = None
         self.console = config_file.with_name(f"console-{time.monotonic_ns()}.txt")
 
-    def start(self) -> "Daemon":
+    def start(self) -> Daemon:
         with open(self.console, "wb") as console:
             self.process = subprocess.Popen(
                 [*self.command, "-c", str(self.config_file), "run"],

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import socket
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 
 class HostilePeer:
     """A TCP server on 127.0.0.1 that runs act(connection, request bytes) for each request."""
 
-    def __init__(self, act: Callable[["HostilePeer", socket.socket, bytes], None], tls_context=None):
+    def __init__(self, act: Callable[[HostilePeer, socket.socket, bytes], None], tls_context=None):
         self.act = act
         self.stopping = threading.Event()
         self.requests: list[bytes] = []
@@ -33,7 +33,7 @@ class HostilePeer:
         host = "localhost" if self._tls else "127.0.0.1"
         return f"{scheme}://{host}:{self._listener.getsockname()[1]}"
 
-    def start(self) -> "HostilePeer":
+    def start(self) -> HostilePeer:
         self._thread.start()
         return self
 
@@ -45,7 +45,7 @@ class HostilePeer:
                 connection.close()
         self._listener.close()
 
-    def __enter__(self) -> "HostilePeer":
+    def __enter__(self) -> HostilePeer:
         return self.start()
 
     def __exit__(self, *exc_info) -> None:

@@ -13,7 +13,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
-
 from conftest import wait_for
 
 
@@ -56,7 +55,7 @@ class MailBox:
             self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
         return "250 OK"
 
-    def start(self) -> "MailBox":
+    def start(self) -> MailBox:
         self._controller.start()
         return self
 

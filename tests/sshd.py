@@ -6,6 +6,7 @@ only internal-sftp with key login, as the user running the tests.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import signal
@@ -13,7 +14,6 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-import contextlib
 
 SSHD = Path("/usr/sbin/sshd")
 INSTALL_HINT = "tools/install-test-deps installs it (apt-get install openssh-server)"
@@ -68,7 +68,7 @@ LogLevel ERROR
     def url(self, folder: Path) -> str:
         return f"sftp://{self.user}@127.0.0.1:{self.port}{folder}"
 
-    def start(self) -> "Sshd":
+    def start(self) -> Sshd:
         if os.geteuid() == 0:
             os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation folder
         self.process = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(self.config)],

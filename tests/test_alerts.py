@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-
 import socket
 import time
 
 import pytest
+from conftest import KEY, ncip_table, wait_for
+from peers import MailBox, SilentServer, WebhookReceiver, alerts_table, body, free_port
+from test_end_to_end import barcode_list
+from tlscerts import make_authority
 
 from gateway import aftertake, alerttexts, cli, status
 from gateway.backoff import Backoff
@@ -15,11 +18,6 @@ from gateway.config import ConfigError, load
 from gateway.events import Conditions
 from gateway.ledger import Ledger
 from gateway.monitor import Monitor
-
-from conftest import KEY, ncip_table, wait_for
-from tlscerts import make_authority
-from peers import MailBox, SilentServer, WebhookReceiver, alerts_table, body, free_port
-from test_end_to_end import barcode_list
 
 HOST = socket.gethostname()
 DENIED = "31234009999990"  # the simulator fixture denies it: Invalid Stop Code

@@ -10,11 +10,10 @@ import sys
 import threading
 
 import pytest
+from conftest import KEY, Site
 
 from gateway import config as config_module
 from gateway.errors import ConfigError
-
-from conftest import KEY, Site
 
 
 @pytest.fixture

@@ -8,10 +8,19 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import wait_for
-from printfiles import (SAID, barcode, element_list, first_line_of, nested_barcode, nested_batch, not_xml_record,
-                        print_file, record, slip)
+from printfiles import (
+    SAID,
+    barcode,
+    element_list,
+    first_line_of,
+    nested_barcode,
+    nested_batch,
+    not_xml_record,
+    print_file,
+    record,
+    slip,
+)
 
 pytestmark = pytest.mark.e2e
 

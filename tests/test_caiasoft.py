@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import KEY, SAMPLES, Site
 
 from gateway.backoff import Backoff
 from gateway.caiasoft import CaiaSoftClient, classify, parse_retry_after
 from gateway.config import Secret
 from gateway.ledger import Ledger
 from gateway.pipeline import Pipeline
-
-from conftest import KEY, SAMPLES, Site
-
 
 # -- answers -----------------------------------------------------------------
 

@@ -11,16 +11,15 @@ import threading
 import time
 from pathlib import Path
 
+import hostile
 import pytest
+from conftest import KEY, SAMPLES, Site, wait_for
+from tlscerts import make_authority
 
 from gateway.caiasoft import CaiaSoftClient
 from gateway.config import Secret
 from gateway.ledger import Ledger
 from gateway.pipeline import Pipeline
-
-import hostile
-from conftest import KEY, SAMPLES, Site, wait_for
-from tlscerts import make_authority
 
 ECHO = json.dumps({"success": False, "error": f"API key {KEY} is not valid for format ALEPH"}).encode()
 

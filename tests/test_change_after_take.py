@@ -12,7 +12,6 @@ import json
 import threading
 
 import pytest
-
 from conftest import SAMPLES, wait_for
 from writers import DeletionWatch, barcode_list, check_outcome, write_with_a_pause
 

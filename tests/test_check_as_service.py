@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import KEY
+
 from gateway import asservice
 
 CAP_LEASE_HELD = "CAP_LEASE held"

@@ -10,19 +10,24 @@ import subprocess
 import sys
 
 import pytest
-
-from gateway.checkpointfile import (FILE_NAME, SLOT_BYTES, CheckpointDamaged, CheckpointFile, CheckpointMissing,
-                                    CheckpointUnavailable, read)
-from gateway.backoff import Backoff
-from gateway.ledger import Ledger
-from gateway.ncip import journal
-from gateway.ncip.journal import JournalEntry
-from gateway.ncip.relay import Relay
-from gateway.ncip.journal import Tailer
-
 from conftest import ncip_settings, ncip_table, wait_for
 from sharedfixtures import fill
 from test_relay import add
+
+from gateway.backoff import Backoff
+from gateway.checkpointfile import (
+    FILE_NAME,
+    SLOT_BYTES,
+    CheckpointDamaged,
+    CheckpointFile,
+    CheckpointMissing,
+    CheckpointUnavailable,
+    read,
+)
+from gateway.ledger import Ledger
+from gateway.ncip import journal
+from gateway.ncip.journal import JournalEntry, Tailer
+from gateway.ncip.relay import Relay
 
 
 def position(offset: int) -> dict:

@@ -8,7 +8,6 @@ import re
 import subprocess
 import sys
 
-
 from conftest import KEY, SAMPLES, ncip_table
 
 

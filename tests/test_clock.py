@@ -15,17 +15,16 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
+from faketime import SteppedClock
+from peers import MailBox, alerts_table, free_port
+from test_history import scanned
 
 from gateway import alerttexts, status
 from gateway.backoff import Backoff, SteadyClock
 from gateway.events import Conditions
 from gateway.ledger import Ledger
 from gateway.monitor import Monitor
-
-from conftest import wait_for
-from faketime import SteppedClock
-from peers import MailBox, alerts_table, free_port
-from test_history import scanned
 
 pytestmark = pytest.mark.e2e
 

@@ -8,14 +8,23 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import KEY, REPO
 
 from gateway import config as config_module
 from gateway.config import SCHEMA, load, load_settings
 from gateway.errors import ConfigError
-from gateway.settings import (Alerts, Archive, CaiaSoft, Feed, Intake, LocalSourceSettings, Metrics, Ncip, Paths,
-                              SftpSourceSettings)
-
-from conftest import KEY, REPO
+from gateway.settings import (
+    Alerts,
+    Archive,
+    CaiaSoft,
+    Feed,
+    Intake,
+    LocalSourceSettings,
+    Metrics,
+    Ncip,
+    Paths,
+    SftpSourceSettings,
+)
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import SAMPLES, wait_for
 
 from gateway.caiasoft import CaiaSoftClient
 from gateway.errors import LedgerDamaged, describe
@@ -15,8 +16,6 @@ from gateway.ledger import Ledger
 from gateway.pipeline import Pipeline
 from gateway.states import FileState, Verdict
 from gateway.worker import Worker
-
-from conftest import SAMPLES, wait_for
 
 
 @pytest.fixture

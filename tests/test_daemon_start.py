@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import wait_for
 
 pytestmark = pytest.mark.e2e

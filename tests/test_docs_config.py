@@ -7,8 +7,8 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from conftest import REPO
+
 from gateway import config as config_module
 
 SAMPLE = (REPO / "conf" / "gateway.toml").read_text()

@@ -10,10 +10,9 @@ import sys
 import time
 
 import pytest
+from conftest import KEY, SAMPLES, wait_for
 
 from gateway.ledger import Ledger
-
-from conftest import KEY, SAMPLES, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -85,7 +84,7 @@ def test_bad_files_land_in_error_with_a_reason_and_the_rest_goes_on(site, simula
     bad = {
         "scan.pdf": b"%PDF-1.4\x00\x00binary",
         "evil.xml": b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/shadow">]><printout>&e;</printout>',
-        "letter.txt": "Dear storage team, thank you.\n".encode(),
+        "letter.txt": b"Dear storage team, thank you.\n",
         "latin1_barcode": "31234001234567 Müller\n".encode("latin-1"),
     }
     for name, data in bad.items():

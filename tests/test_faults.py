@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import Daemon, wait_for
 from sharedfixtures import NotifySocket, fill
 

@@ -9,6 +9,7 @@ import json
 import re
 
 import pytest
+from conftest import ncip_table
 
 from gateway.caiasoft import CaiaSoftClient
 from gateway.config import ConfigError
@@ -16,8 +17,6 @@ from gateway.errors import ApiError
 from gateway.events import Events
 from gateway.ledger import Ledger
 from gateway.ncip.feed import Feed, classify, retrieval
-
-from conftest import ncip_table
 
 TODAY = dt.date(2026, 11, 27)
 DAY = "20261127"

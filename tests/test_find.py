@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from gateway import find, ledger as ledger_module, ledgerschema
+from printfiles import barcode, print_file, record
+
+from gateway import find, ledgerschema
+from gateway import ledger as ledger_module
 from gateway.itemindex import ITEMS_FOR_BARCODE
 from gateway.ledger import Ledger
 from gateway.printfile import Record
-from gateway.states import Verdict
 from gateway.sources.base import Entry
-
-from printfiles import barcode, print_file, record
+from gateway.states import Verdict
 
 TARGET = "31234000000042"
 

@@ -6,11 +6,10 @@ import sqlite3
 import threading
 
 import pytest
+from conftest import wait_for
 
 from gateway import groupcommit
 from gateway.groupcommit import GroupCommit
-
-from conftest import wait_for
 
 
 @pytest.fixture

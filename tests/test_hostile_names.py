@@ -13,13 +13,12 @@ import unicodedata
 
 import paramiko
 import pytest
+from conftest import wait_for
 
 from gateway.ledger import Ledger
 from gateway.names import from_bytes, safe_name, to_bytes, unprintable
 from gateway.sources.base import Taken
 from gateway.sources.sftp import SftpSource
-
-from conftest import wait_for
 
 HIDDEN = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
 
@@ -159,7 +158,7 @@ class _ServerThatLosesItsFiles:
     def stat(self, path: bytes) -> paramiko.SFTPAttributes:
         return paramiko.SFTPAttributes()
 
-    def open(self, path: bytes, mode: str) -> "_EmptyRemoteFile":
+    def open(self, path: bytes, mode: str) -> _EmptyRemoteFile:
         return _EmptyRemoteFile()
 
 

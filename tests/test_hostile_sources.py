@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import KEY, wait_for
 from sharedfixtures import NotifySocket
 from unprivileged import SETPRIV

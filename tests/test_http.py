@@ -7,14 +7,13 @@ import socket
 import time
 import zlib
 
+import hostile
 import pytest
 import requests
-
-from gateway import http
-
-import hostile
 from conftest import wait_for
 from tlscerts import make_authority
+
+from gateway import http
 
 
 def test_an_ordinary_answer_is_read_whole():

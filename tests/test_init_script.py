@@ -7,7 +7,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, wait_for
 
 pytestmark = pytest.mark.e2e

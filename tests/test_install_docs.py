@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
 from conftest import KEY, REPO, wait_for
 
 pytestmark = pytest.mark.e2e

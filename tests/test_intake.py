@@ -5,11 +5,10 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from conftest import SAMPLES
 
 from gateway import intake
 from gateway.errors import FileRefused
-
-from conftest import SAMPLES
 
 
 class Clock:

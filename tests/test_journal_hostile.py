@@ -10,11 +10,10 @@ import subprocess
 import sys
 
 import pytest
-
-from gateway.ncip import journal
-
 from conftest import KEY, ncip_table, wait_for
 from test_relay import add, dead_letters
+
+from gateway.ncip import journal
 
 pytestmark = pytest.mark.e2e
 
@@ -218,10 +217,11 @@ def test_config_values_that_go_into_every_message_must_be_carriable(relay_site):
 
 def test_a_journal_not_read_for_a_minute_is_alerted_and_its_end_too(site, simulator):
     """The relay's journal_problem reaches the monitor like a source's problem: a blip is not mailed, a minute is."""
+    from peers import MailBox, alerts_table, body
+
     from gateway.events import Conditions
     from gateway.ledger import Ledger
     from gateway.monitor import Monitor
-    from peers import MailBox, alerts_table, body
 
     box = MailBox().start()
     journal_path = site.root / "ncip.jsonl"

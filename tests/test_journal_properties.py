@@ -23,13 +23,13 @@ import unicodedata
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from conftest import ncip_settings
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway.ledger import Ledger
 from gateway.ncip.relay import Relay
 from gateway.simulators.ncip import NcipSimulator
-
-from conftest import ncip_settings
 
 JOURNAL_PROFILE = settings(max_examples=int(os.environ.get("JOURNAL_EXAMPLES", "100")), deadline=None,
                            suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

@@ -13,7 +13,10 @@ import urllib.request
 
 import pytest
 import yaml
+from conftest import REPO, ncip_table, wait_for
+from peers import free_port
 from prometheus_client.parser import text_string_to_metric_families
+from test_end_to_end import barcode_list
 
 from gateway.ledger import Ledger
 from gateway.metrics import Metrics
@@ -21,10 +24,6 @@ from gateway.ncip import journal
 from gateway.ncip.journal import JournalEntry
 from gateway.settings import Metrics as MetricsSettings
 from gateway.simulators.ncip import NcipSimulator
-
-from conftest import REPO, ncip_table, wait_for
-from peers import free_port
-from test_end_to_end import barcode_list
 
 DENIED = "31234009999990"
 

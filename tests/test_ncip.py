@@ -7,14 +7,13 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import REPO, ncip_settings
 
 from gateway.config import Ncip
 from gateway.ncip import answers, journal, messages
-from gateway.ncip.journal import JournalEntry, Tailer, parse_entry
 from gateway.ncip.answers import judge
+from gateway.ncip.journal import JournalEntry, Tailer, parse_entry
 from gateway.simulators.ncip import SCHEMA_FILE, schema_errors
-
-from conftest import REPO, ncip_settings
 
 
 def settings(**overrides: object) -> Ncip:

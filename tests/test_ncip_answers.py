@@ -10,14 +10,13 @@ from __future__ import annotations
 import codecs
 
 import pytest
+from test_ncip import settings
 
 from gateway.ncip import answers
 from gateway.ncip.answers import Problem, UnreadableAnswer, judge
 from gateway.schema import SCHEMA
 from gateway.simulators.ncip import schema_errors
 from gateway.simulators.ncip_answers import Outcome, write
-
-from test_ncip import settings
 
 V1_HEAD = (b'<?xml version="1.0" encoding="UTF-8"?>\n'
            b'<!DOCTYPE NCIPMessage PUBLIC "-//NISO//NCIP DTD Version 1//EN" '

@@ -10,6 +10,7 @@ import threading
 
 import defusedxml.ElementTree as SafeET
 import pytest
+from test_ncip import settings
 
 from gateway.ncip import messages, probe
 from gateway.ncip.answers import UnreadableAnswer, complete
@@ -18,8 +19,6 @@ from gateway.ncip.relay import NcipClient
 from gateway.ncip.transport import NcipUnavailable, for_settings
 from gateway.simulators.ncip import NcipSimulator
 from gateway.simulators.ncip_answers import Outcome, write
-
-from test_ncip import settings
 
 FORM = "application/x-www-form-urlencoded"
 

@@ -8,15 +8,14 @@ import threading
 import time
 
 import pytest
+from test_ncip import settings
 
 from gateway.ncip import messages
+from gateway.ncip.answers import UnreadableAnswer
 from gateway.ncip.journal import JournalEntry
 from gateway.ncip.relay import NcipClient
-from gateway.ncip.answers import UnreadableAnswer
 from gateway.ncip.transport import NcipUnavailable, for_settings
 from gateway.simulators.ncip import NcipSimulator
-
-from test_ncip import settings
 
 VARIANTS = [  # (simulator options, send_as)
     (dict(transport="http"), "body"),
@@ -82,7 +81,7 @@ class Silent:
 
     @property
     def url(self) -> str:
-        return "tcp://127.0.0.1:%d" % self.server.getsockname()[1]
+        return f"tcp://127.0.0.1:{self.server.getsockname()[1]}"
 
     def _serve(self) -> None:
         connection, _ = self.server.accept()
@@ -212,7 +211,7 @@ class OneRequestPerConnection:
 
     @property
     def url(self) -> str:
-        return "http://127.0.0.1:%d/ncip" % self.server.getsockname()[1]
+        return f"http://127.0.0.1:{self.server.getsockname()[1]}/ncip"
 
     def _serve(self) -> None:
         while True:

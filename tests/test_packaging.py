@@ -9,9 +9,9 @@ import sys
 import zipfile
 from pathlib import Path
 
-from gateway import __version__
-
 from conftest import KEY, REPO
+
+from gateway import __version__
 
 
 def run(*args: str | Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:

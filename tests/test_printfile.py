@@ -7,14 +7,25 @@ import io
 import re
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from conftest import SAMPLES
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from printfiles import (
+    NOT_XML_BODIES,
+    SAID,
+    barcode,
+    element_list,
+    first_line_of,
+    nested_barcode,
+    nested_batch,
+    not_xml_record,
+    print_file,
+    record,
+    slip,
+)
 
 from gateway import intake, printfile
 from gateway.errors import FileRefused
-
-from conftest import SAMPLES
-from printfiles import (NOT_XML_BODIES, SAID, barcode, element_list, first_line_of, nested_barcode, nested_batch,
-                        not_xml_record, print_file, record, slip)
 
 
 def inspect(tmp_path, data: bytes, name: str = "usm50.hold_req"):

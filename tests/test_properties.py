@@ -21,17 +21,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import hostile
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from conftest import KEY, SAMPLES, Site
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway import intake, logs, status
 from gateway.ledger import Ledger
 from gateway.parts import Parts
 from gateway.service import JOIN_SECONDS
 from gateway.states import FileState
-
-import hostile
-from conftest import KEY, SAMPLES, Site
 
 # Modest by default so the suite stays fast; PROPERTY_EXAMPLES=200 for a longer hunt. Applied to this test
 # only (loading a profile would change the other modules' property tests too).

@@ -9,12 +9,12 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from conftest import SAMPLES
+from unprivileged import Unprivileged
+
 from gateway import readiness
 from gateway.markers import Marker, marker_problem
 from gateway.readiness import NOBODY, UNKNOWN, WRITING, cut_off, open_writers
-from unprivileged import Unprivileged
 
 SLIP = (SAMPLES / "hold-request-slip-0001.xml").read_bytes()
 

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import SAMPLES, wait_for
 
 pytestmark = pytest.mark.e2e

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import SAMPLES, wait_for
 
 from gateway import aftertake
 from gateway.caiasoft import CaiaSoftClient
@@ -15,10 +16,8 @@ from gateway.errors import AlreadyRunning
 from gateway.ledger import Ledger, work_name
 from gateway.pipeline import Pipeline
 from gateway.service import StateLock
-from gateway.states import Verdict
 from gateway.sources.local import LocalSource
-
-from conftest import SAMPLES, wait_for
+from gateway.states import Verdict
 
 
 @pytest.fixture

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import collections
-import socket
 import datetime as dt
 import json
+import socket
 import subprocess
 import sys
 
 import pytest
+from conftest import wait_for
+from peers import MailBox, alerts_table
+from test_feed import IN_THE_FACILITY, OUT_OF_IT
 
 from gateway.ncip import journal
 from gateway.ncip.journal import JournalEntry
 from gateway.simulators.ncip import NcipSimulator
-
-from conftest import wait_for
-from peers import MailBox, alerts_table
-from test_feed import IN_THE_FACILITY, OUT_OF_IT
 
 pytestmark = pytest.mark.e2e
 
@@ -380,6 +379,6 @@ def test_check_ncip_item_with_nothing_listening_or_answering_fails_with_the_reas
     result = check(relay_site, "--ncip-item", "1")
     assert result.returncode == 1 and f"cannot connect to 127.0.0.1:{port}" in result.stdout
     with socket.create_server(("127.0.0.1", 0)) as mute:  # listening, never answering
-        relay_site.write_ncip(url="tcp://127.0.0.1:%d" % mute.getsockname()[1], version="1")
+        relay_site.write_ncip(url=f"tcp://127.0.0.1:{mute.getsockname()[1]}", version="1")
         result = check(relay_site, "--ncip-item", "1")
     assert result.returncode == 1 and "no whole answer from" in result.stdout

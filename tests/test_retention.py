@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
+from faketime import SteppedClock
 
 from gateway import find
 from gateway.archive import Folder
@@ -26,9 +28,6 @@ from gateway.printfile import Record
 from gateway.retention import Retention
 from gateway.retiredstore import FOLDER_ROWS
 from gateway.states import FileState, Verdict
-
-from conftest import wait_for
-from faketime import SteppedClock
 
 TODAY = dt.datetime(2026, 12, 12, 12, 0)
 

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import wait_for
 from peers import alerts_table, free_port
 

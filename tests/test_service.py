@@ -10,10 +10,9 @@ import sys
 import time
 
 import pytest
+from conftest import wait_for
 
 from gateway.daemonize import PidFile
-
-from conftest import wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -8,10 +8,9 @@ import sys
 import time
 
 import pytest
+from conftest import wait_for
 
 from gateway.names import from_bytes, safe_name
-
-from conftest import wait_for
 
 pytestmark = pytest.mark.e2e
 

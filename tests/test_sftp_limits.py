@@ -14,12 +14,11 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import source_settings, wait_for
 
 from gateway.errors import SourceGone, SourceUnavailable
 from gateway.settings import SftpSourceSettings
 from gateway.sources.sftp import DOWNLOAD_BYTES_PER_SECOND, DownloadCut, SftpSource
-
-from conftest import source_settings, wait_for
 
 pytestmark = pytest.mark.e2e
 

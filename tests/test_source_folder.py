@@ -8,6 +8,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
+from test_sources import local_settings
 
 from gateway.caiasoft import CaiaSoftClient
 from gateway.collector import Collector
@@ -17,9 +19,6 @@ from gateway.ledger import Ledger
 from gateway.pipeline import Pipeline
 from gateway.sources.folder import FolderReplaced
 from gateway.sources.local import LocalSource
-
-from conftest import wait_for
-from test_sources import local_settings
 
 OTHER_UID = 1  # a user that is not the gateway's (daemon): its files are never linked into work/
 

@@ -8,15 +8,14 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import SAMPLES, source_settings, wait_for
 
 from gateway.errors import SourceGone
 from gateway.intake import Settler
 from gateway.readiness import ReadyCheck
-from gateway.sources.base import Released, Taken
 from gateway.settings import LocalSourceSettings, SftpSourceSettings
+from gateway.sources.base import Released, Taken
 from gateway.sources.local import LocalSource, choose_mode, filesystem_type
-
-from conftest import SAMPLES, source_settings, wait_for
 
 
 def taken(entry, data: bytes) -> Taken:
@@ -252,11 +251,11 @@ class Threads:
     """The collector and uploader threads of a real service, without the process around them."""
 
     def __init__(self, site, with_uploader: bool = True):
+        from gateway.backoff import Gate
         from gateway.caiasoft import CaiaSoftClient
         from gateway.collector import Collector
         from gateway.ledger import Ledger
         from gateway.pipeline import Pipeline
-        from gateway.backoff import Gate
         from gateway.uploader import Uploader
 
         config = site.load()
@@ -269,7 +268,7 @@ class Threads:
         self.collector = Collector(LocalSource(config.sources[0]), config.sources[0].settle_seconds,
                                    self.pipeline)
 
-    def start(self) -> "Threads":
+    def start(self) -> Threads:
         for thread in (self.uploader, self.collector):
             if thread:
                 thread.start()

@@ -13,7 +13,6 @@ import json
 import threading
 
 import pytest
-
 from conftest import wait_for
 from writers import DeletionWatch, barcode_list, check_outcome, write_with_a_pause
 

@@ -29,7 +29,7 @@ class Authority:
 def make_authority(folder: Path, name: str) -> Authority:
     """A CA called name and a certificate for localhost/127.0.0.1 it signed, in folder."""
     folder.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)

@@ -27,8 +27,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import unicodedata
 import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any

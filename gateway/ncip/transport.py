@@ -31,10 +31,10 @@ Both put the exchange under the same gateway.http.Deadline.
 
 from __future__ import annotations
 
-from http import client as http_client
 import re
 import select
 import socket
+from http import client as http_client
 from typing import Protocol
 from urllib.parse import quote, urlsplit
 
@@ -201,7 +201,7 @@ def _read_bare(sock: socket.socket, deadline: http.Deadline, limit: int) -> byte
     answer = bytearray()
     try:
         _read_whole(sock, deadline, limit, answer)
-    except socket.timeout:
+    except TimeoutError:
         raise  # the deadline, even if its timer has not fired yet
     except OSError:
         if not answer or deadline.expired:
@@ -318,7 +318,7 @@ class RawSocket:
             connection.settimeout(max(deadline.remaining(), 0.001))
             connection.sendall(request)
             _read_whole(connection, deadline, self.settings.max_answer_bytes, data)
-        except socket.timeout:
+        except TimeoutError:
             raise self._late(where) from None
         except OSError as error:
             if not data:

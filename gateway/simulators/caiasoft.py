@@ -14,11 +14,11 @@ Faults are scripted per request: queue_faults("503", "429:2", "drop", "slow:5", 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import socket
 import time
-import dataclasses
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path

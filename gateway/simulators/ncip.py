@@ -300,7 +300,7 @@ def _socket_handler_for(sim: NcipSimulator) -> type[socketserver.BaseRequestHand
                         try:
                             if not connection.recv(1024):
                                 return
-                        except socket.timeout:
+                        except TimeoutError:
                             continue
             except OSError:
                 return

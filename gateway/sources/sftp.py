@@ -26,12 +26,12 @@ import errno
 import hashlib
 import os
 import posixpath
-import socket
 import stat
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 from urllib.parse import unquote, unquote_to_bytes, urlsplit
 
 import paramiko
@@ -269,7 +269,7 @@ class SftpSource:
             if error.errno in _FILE_ERRORS or isinstance(error, DownloadCut):
                 raise
             cause = error
-        except (paramiko.SSHException, EOFError, socket.timeout) as error:
+        except (TimeoutError, paramiko.SSHException, EOFError) as error:
             cause = error
         self._disconnect()
         self._failures = 1
