@@ -50,8 +50,11 @@ def build_ledger(root: Path, url: str, rows: int) -> tuple[Path, str]:
     make_files(source, MODEL_FILES)
     gateway = start_gateway(config, root)
     try:
-        wait_until(lambda: ledger_value(root, "SELECT COUNT(*) FROM files WHERE state = 'archived'") == MODEL_FILES,
-                   timeout=300, what="the model files to be archived")
+        wait_until(
+            lambda: ledger_value(root, "SELECT COUNT(*) FROM files WHERE state = 'archived'") == MODEL_FILES,
+            timeout=300,
+            what="the model files to be archived",
+        )
     finally:
         gateway.stop()
     database = root / "state" / "gateway.db"
@@ -60,8 +63,9 @@ def build_ledger(root: Path, url: str, rows: int) -> tuple[Path, str]:
         archived = db.execute("SELECT COUNT(*) FROM files WHERE state = 'archived'").fetchone()[0]
         if archived != rows:
             raise RuntimeError(f"the ledger holds {archived} archived files, not {rows}")
-        old = db.execute("SELECT barcode FROM items ORDER BY file_id LIMIT 1 OFFSET ?",
-                         (max(0, rows // 10),)).fetchone()[0]
+        old = db.execute(
+            "SELECT barcode FROM items ORDER BY file_id LIMIT 1 OFFSET ?", (max(0, rows // 10),)
+        ).fetchone()[0]
     return config, old
 
 
@@ -77,11 +81,16 @@ def repeat(db: sqlite3.Connection, rows: int) -> None:
     first = db.execute("SELECT MAX(id) FROM files").fetchone()[0] + 1
     db.execute("CREATE TEMP TABLE model (slot INTEGER PRIMARY KEY, id INTEGER)")
     db.executemany("INSERT INTO model VALUES (?, ?)", enumerate(models))
-    changed = {"name": "name || '.' || n", "origin": "origin || '.' || n",
-               "seen_at": ":start + n * :step", "claimed_at": ":start + n * :step",
-               "uploaded_at": ":start + n * :step + 0.1", "finished_at": ":start + n * :step + 0.2",
-               "released_at": "CASE WHEN released_at IS NULL THEN NULL ELSE :start + n * :step + 0.2 END",
-               "final_path": "final_path || '.' || n"}
+    changed = {
+        "name": "name || '.' || n",
+        "origin": "origin || '.' || n",
+        "seen_at": ":start + n * :step",
+        "claimed_at": ":start + n * :step",
+        "uploaded_at": ":start + n * :step + 0.1",
+        "finished_at": ":start + n * :step + 0.2",
+        "released_at": "CASE WHEN released_at IS NULL THEN NULL ELSE :start + n * :step + 0.2 END",
+        "final_path": "final_path || '.' || n",
+    }
     select = ", ".join(changed.get(column, column) for column in columns)
     args = {"start": now - span, "step": span / copies, "first": first, "count": len(models)}
     batch = 100_000
@@ -89,13 +98,18 @@ def repeat(db: sqlite3.Connection, rows: int) -> None:
         high = min(copies, low + batch)
         window = f"WITH RECURSIVE k(n) AS (SELECT {low} UNION ALL SELECT n + 1 FROM k WHERE n + 1 < {high}) "
         join = "FROM k JOIN model ON model.slot = k.n % :count JOIN files AS f ON f.id = model.id"
-        db.execute(f"INSERT INTO files (id, {', '.join(columns)}) {window}"
-                   f"SELECT :first + n, {select} {join}", args)
-        db.execute(f"INSERT INTO records {window}SELECT :first + n, r.number, r.line, r.header, r.form_name, "
-                   f"r.barcodes, r.request_number, r.request_id, r.pickup_location, r.problem, r.problem_line "
-                   f"FROM k JOIN model ON model.slot = k.n % :count JOIN records AS r ON r.file_id = model.id", args)
-        db.execute(f"INSERT INTO items {window}SELECT i.barcode || '-' || n, :first + n, i.record, i.sidecar "
-                   f"FROM k JOIN model ON model.slot = k.n % :count JOIN items AS i ON i.file_id = model.id", args)
+        db.execute(f"INSERT INTO files (id, {', '.join(columns)}) {window}SELECT :first + n, {select} {join}", args)
+        db.execute(
+            f"INSERT INTO records {window}SELECT :first + n, r.number, r.line, r.header, r.form_name, "
+            f"r.barcodes, r.request_number, r.request_id, r.pickup_location, r.problem, r.problem_line "
+            f"FROM k JOIN model ON model.slot = k.n % :count JOIN records AS r ON r.file_id = model.id",
+            args,
+        )
+        db.execute(
+            f"INSERT INTO items {window}SELECT i.barcode || '-' || n, :first + n, i.record, i.sidecar "
+            f"FROM k JOIN model ON model.slot = k.n % :count JOIN items AS i ON i.file_id = model.id",
+            args,
+        )
         db.commit()
     db.execute("DROP TABLE model")
     db.commit()
@@ -125,8 +139,11 @@ def service(config: Path, root: Path, idle: float) -> dict[str, float]:
     gateway = start_gateway(config, root)
     started = time.monotonic()
     try:
-        wait_until(lambda: ledger_value(root, "SELECT COUNT(*) FROM files WHERE state = 'archived'") == before + 1,
-                   timeout=600, what="the new file to be archived")
+        wait_until(
+            lambda: ledger_value(root, "SELECT COUNT(*) FROM files WHERE state = 'archived'") == before + 1,
+            timeout=600,
+            what="the new file to be archived",
+        )
         first = time.monotonic() - started
         time.sleep(min(idle, 5))  # let start-up work (backfills, first ticks) finish before idling is measured
         cpu = gateway.cpu_seconds()
@@ -144,8 +161,11 @@ def measure(work: Path, url: str, rows: int, idle: float) -> dict[str, Any]:
     started = time.monotonic()
     config, barcode = build_ledger(root, url, rows)
     built = time.monotonic() - started
-    figures: dict[str, Any] = {"rows": rows, "build_s": round(built, 1),
-                               "ledger_mb": round(ledger_bytes(root) / 2**20, 1)}
+    figures: dict[str, Any] = {
+        "rows": rows,
+        "build_s": round(built, 1),
+        "ledger_mb": round(ledger_bytes(root) / 2**20, 1),
+    }
     figures["status_s"] = round(command(config, "status"), 3)
     figures["status_json_s"] = round(command(config, "status", "--json"), 3)
     figures["find_s"] = round(command(config, "find", barcode), 3)
@@ -155,10 +175,16 @@ def measure(work: Path, url: str, rows: int, idle: float) -> dict[str, Any]:
 
 
 def print_table(sizes: list[dict[str, Any]]) -> None:
-    labels = [("idle service CPU (% of a core)", "idle_cpu_percent"), ("status (s)", "status_s"),
-              ("status --json (s)", "status_json_s"), ("find BARCODE (s)", "find_s"),
-              ("retry --all, nothing in error (s)", "retry_all_s"), ("start until a new file is archived (s)",
-              "first_archived_s"), ("RSS (MB)", "rss_mb"), ("ledger size (MB)", "ledger_mb")]
+    labels = [
+        ("idle service CPU (% of a core)", "idle_cpu_percent"),
+        ("status (s)", "status_s"),
+        ("status --json (s)", "status_json_s"),
+        ("find BARCODE (s)", "find_s"),
+        ("retry --all, nothing in error (s)", "retry_all_s"),
+        ("start until a new file is archived (s)", "first_archived_s"),
+        ("RSS (MB)", "rss_mb"),
+        ("ledger size (MB)", "ledger_mb"),
+    ]
     header = f"{'figure':40}" + "".join(f"{format(size['rows'], ',') + ' rows':>16}" for size in sizes)
     print(header)
     for label, key in labels:

@@ -51,11 +51,13 @@ print(json.dumps({"records": found.details["records"], "seconds": time.perf_coun
 
 
 def small_record(number: int) -> bytes:
-    return (f'## - XML_XSL\n<?xml version="1.0"?>\n<printout>\n<form-name>hold-request-slip</form-name>\n'
-            f"<section-01>\n<z30-barcode>3123409{number:07d}</z30-barcode>\n"
-            f"<z37-request-number>{number:09d}</z37-request-number>\n"
-            f"<z37-pickup-location>Main Library Circulation Desk</z37-pickup-location>\n"
-            f"</section-01>\n</printout>\n").encode()
+    return (
+        f'## - XML_XSL\n<?xml version="1.0"?>\n<printout>\n<form-name>hold-request-slip</form-name>\n'
+        f"<section-01>\n<z30-barcode>3123409{number:07d}</z30-barcode>\n"
+        f"<z37-request-number>{number:09d}</z37-request-number>\n"
+        f"<z37-pickup-location>Main Library Circulation Desk</z37-pickup-location>\n"
+        f"</section-01>\n</printout>\n"
+    ).encode()
 
 
 def write_print_file(path: Path, megabytes: float) -> int:
@@ -72,8 +74,13 @@ def write_print_file(path: Path, megabytes: float) -> int:
 
 def validate(path: Path, work: Path) -> dict:
     ledger = work / f"validate-{path.name}.db"
-    result = subprocess.run([PYTHON, "-c", VALIDATE, str(path), str(ledger), str(REPO)], capture_output=True,
-                            text=True, timeout=900, check=True)
+    result = subprocess.run(
+        [PYTHON, "-c", VALIDATE, str(path), str(ledger), str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=True,
+    )
     return json.loads(result.stdout)
 
 
@@ -84,10 +91,15 @@ def validate_bench(work: Path, megabytes: float) -> dict:
     baseline, measured = validate(small, work), validate(big, work)
     assert measured["records"] == records == measured["indexed"], measured
     size_mb = big.stat().st_size / 1024 / 1024
-    return {"file_mb": round(size_mb, 1), "records": records, "seconds": round(measured["seconds"], 2),
-            "mb_per_s": round(size_mb / measured["seconds"], 1), "peak_rss_mb": round(measured["peak_rss_mb"], 1),
-            "baseline_rss_mb": round(baseline["peak_rss_mb"], 1),
-            "rss_growth_mb": round(measured["peak_rss_mb"] - baseline["peak_rss_mb"], 1)}
+    return {
+        "file_mb": round(size_mb, 1),
+        "records": records,
+        "seconds": round(measured["seconds"], 2),
+        "mb_per_s": round(size_mb / measured["seconds"], 1),
+        "peak_rss_mb": round(measured["peak_rss_mb"], 1),
+        "baseline_rss_mb": round(baseline["peak_rss_mb"], 1),
+        "rss_growth_mb": round(measured["peak_rss_mb"] - baseline["peak_rss_mb"], 1),
+    }
 
 
 @dataclass(frozen=True)
@@ -106,10 +118,17 @@ def find_bench(work: Path, files: int) -> dict:
     started = time.perf_counter()
     for first in range(0, files, BATCH):
         count = min(BATCH, files - first)
-        ids = ledger.begin_claims("print", [_Entry(f"run{first + n}.hold_req", f"/p/run{first + n}.hold_req", 1, 0.0)
-                                            for n in range(count)])
-        ledger.store_records(ids, [(file_id, Record(number=k, line=k, barcodes=(f"39{3 * (first + n) + k:012d}",)))
-                                   for n, file_id in enumerate(ids) for k in (1, 2, 3)])
+        ids = ledger.begin_claims(
+            "print", [_Entry(f"run{first + n}.hold_req", f"/p/run{first + n}.hold_req", 1, 0.0) for n in range(count)]
+        )
+        ledger.store_records(
+            ids,
+            [
+                (file_id, Record(number=k, line=k, barcodes=(f"39{3 * (first + n) + k:012d}",)))
+                for n, file_id in enumerate(ids)
+                for k in (1, 2, 3)
+            ],
+        )
     built = time.perf_counter() - started
     wanted = f"39{3 * (files // 2) + 2:012d}"
     find.backfill(ledger, [])  # the index is new: nothing older to read
@@ -120,12 +139,22 @@ def find_bench(work: Path, files: int) -> dict:
     assert len(hits) == 1 and hits[0]["record"] == 2, hits
     config = demo.write_config(work / "find", "https://caiasoft.invalid", "bench-key-0123456789")  # state/ as above
     started = time.perf_counter()
-    command = subprocess.run([PYTHON, "-m", "gateway", "-c", str(config), "find", wanted, "--json"],
-                             capture_output=True, text=True, timeout=120, cwd=REPO)
+    command = subprocess.run(
+        [PYTHON, "-m", "gateway", "-c", str(config), "find", wanted, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     command_ms = (time.perf_counter() - started) * 1000
     assert command.returncode == 0 and json.loads(command.stdout)[0]["record"] == 2, command.stderr
-    return {"files": files, "items": 3 * files, "build_s": round(built, 1), "lookup_ms": round(lookup_ms, 2),
-            "command_ms": round(command_ms)}
+    return {
+        "files": files,
+        "items": 3 * files,
+        "build_s": round(built, 1),
+        "lookup_ms": round(lookup_ms, 2),
+        "command_ms": round(command_ms),
+    }
 
 
 def main() -> int:
@@ -143,12 +172,21 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     v, f = figures["validate"], figures["find"]
     rows = [
-        (f"validate a {v['file_mb']} MB print file, {v['records']} records", f"{v['seconds']} s",
-         f"{v['mb_per_s']} MB/s, every record indexed in the ledger"),
-        ("  peak RSS", f"{v['peak_rss_mb']} MB",
-         f"{v['rss_growth_mb']} MB above validating a one-record file ({v['baseline_rss_mb']} MB)"),
-        (f"find in a ledger of {f['files']} files ({f['items']} items)", f"{f['lookup_ms']} ms",
-         "target: well under a second"),
+        (
+            f"validate a {v['file_mb']} MB print file, {v['records']} records",
+            f"{v['seconds']} s",
+            f"{v['mb_per_s']} MB/s, every record indexed in the ledger",
+        ),
+        (
+            "  peak RSS",
+            f"{v['peak_rss_mb']} MB",
+            f"{v['rss_growth_mb']} MB above validating a one-record file ({v['baseline_rss_mb']} MB)",
+        ),
+        (
+            f"find in a ledger of {f['files']} files ({f['items']} items)",
+            f"{f['lookup_ms']} ms",
+            "target: well under a second",
+        ),
         ("  caiasoft-gateway find (a new process)", f"{f['command_ms']} ms", "interpreter start-up included"),
     ]
     width = max(len(row[0]) for row in rows)

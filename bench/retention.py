@@ -87,15 +87,32 @@ def build(root: Path, rows: int, now: float, per_day: int) -> tuple[Path, Folder
         row_id = ledger.begin_claim("print", "model.xml", "/aleph/print/model.xml", 2048, start)
         ledger.claimed(row_id)
         ledger.moved_when_taken(row_id)
-        record = Record(number=1, line=1, header="## - XML_XSL", form_name="hold-request-slip",
-                        barcodes=tuple(f"3123400000000{i}" for i in range(5)), request_number="REQ",
-                        request_id="ID", pickup_location="MAIN")
+        record = Record(
+            number=1,
+            line=1,
+            header="## - XML_XSL",
+            form_name="hold-request-slip",
+            barcodes=tuple(f"3123400000000{i}" for i in range(5)),
+            request_number="REQ",
+            request_id="ID",
+            pickup_location="MAIN",
+        )
         ledger.store_records([row_id], [(row_id, record)])
         ledger.queued(row_id, "xml", "0" * 64, 2048, {"records": 1, "form_names": ["hold-request-slip"]})
         ledger.take(row_id)
-        ledger.answered(row_id, Verdict.ACCEPTED, "ok", http_status=200, uploaded=True, answer={
-            "success": True, "error": "", "request_count": "5",
-            "results": [{"item": f"3123400000000{i}", "deny": "N", "istatus": "Item Requested"} for i in range(5)]})
+        ledger.answered(
+            row_id,
+            Verdict.ACCEPTED,
+            "ok",
+            http_status=200,
+            uploaded=True,
+            answer={
+                "success": True,
+                "error": "",
+                "request_count": "5",
+                "results": [{"item": f"3123400000000{i}", "deny": "N", "istatus": "Item Requested"} for i in range(5)],
+            },
+        )
         target = archive.choose("model.xml", dt.datetime.fromtimestamp(start))
         ledger.placing(row_id, target)
         ledger.finished(row_id, target)
@@ -106,30 +123,45 @@ def build(root: Path, rows: int, now: float, per_day: int) -> tuple[Path, Folder
 
     db = sqlite3.connect(database)
     columns = [row[1] for row in db.execute("PRAGMA table_info(files)") if row[1] != "id"]
-    results = ", ".join(f"json_object('item', {barcode_sql(i)}, 'deny', 'N', 'istatus', 'Item Requested')"
-                        for i in range(5))
-    changed = {"name": "'slip' || n || '.xml'", "origin": "'/aleph/print/slip' || n || '.xml'",
-               "seen_at": ":start + n * :step", "claimed_at": ":start + n * :step",
-               "uploaded_at": ":start + n * :step + 1", "finished_at": ":start + n * :step + 2",
-               "released_at": ":start + n * :step + 2",
-               "final_path": ":root || '/' || strftime('%Y/%m/%d', :start + n * :step, 'unixepoch', 'localtime') "
-                             "|| '/slip' || n || '.xml'",
-               "answer": f"json_object('success', json('true'), 'error', '', 'request_count', '5', "
-                         f"'results', json_array({results}))"}
+    results = ", ".join(
+        f"json_object('item', {barcode_sql(i)}, 'deny', 'N', 'istatus', 'Item Requested')" for i in range(5)
+    )
+    changed = {
+        "name": "'slip' || n || '.xml'",
+        "origin": "'/aleph/print/slip' || n || '.xml'",
+        "seen_at": ":start + n * :step",
+        "claimed_at": ":start + n * :step",
+        "uploaded_at": ":start + n * :step + 1",
+        "finished_at": ":start + n * :step + 2",
+        "released_at": ":start + n * :step + 2",
+        "final_path": ":root || '/' || strftime('%Y/%m/%d', :start + n * :step, 'unixepoch', 'localtime') "
+        "|| '/slip' || n || '.xml'",
+        "answer": f"json_object('success', json('true'), 'error', '', 'request_count', '5', "
+        f"'results', json_array({results}))",
+    }
     select = ", ".join(changed.get(column, f"f.{column}") for column in columns)
     args = {"start": start, "step": step, "root": str(archive.root), "model": row_id}
     barcodes = "json_array(" + ", ".join(barcode_sql(i) for i in range(5)) + ")"
     for low in range(1, rows, BATCH):
         high = min(rows, low + BATCH)
         window = f"WITH RECURSIVE k(n) AS (SELECT {low} UNION ALL SELECT n + 1 FROM k WHERE n + 1 < {high}) "
-        db.execute(f"INSERT INTO files (id, {', '.join(columns)}) {window}"
-                   f"SELECT :model + n, {select} FROM k JOIN files AS f ON f.id = :model", args)
-        db.execute(f"INSERT INTO records {window}SELECT :model + n, 1, 1, r.header, r.form_name, {barcodes}, "
-                   f"'REQ' || n, r.request_id, r.pickup_location, NULL, NULL "
-                   f"FROM k JOIN records AS r ON r.file_id = :model", args)
+        db.execute(
+            f"INSERT INTO files (id, {', '.join(columns)}) {window}"
+            f"SELECT :model + n, {select} FROM k JOIN files AS f ON f.id = :model",
+            args,
+        )
+        db.execute(
+            f"INSERT INTO records {window}SELECT :model + n, 1, 1, r.header, r.form_name, {barcodes}, "
+            f"'REQ' || n, r.request_id, r.pickup_location, NULL, NULL "
+            f"FROM k JOIN records AS r ON r.file_id = :model",
+            args,
+        )
         for index in range(5):
-            db.execute(f"INSERT OR IGNORE INTO items (barcode, file_id, record) {window}"
-                       f"SELECT {barcode_sql(index)}, :model + n, 1 FROM k", args)
+            db.execute(
+                f"INSERT OR IGNORE INTO items (barcode, file_id, record) {window}"
+                f"SELECT {barcode_sql(index)}, :model + n, 1 FROM k",
+                args,
+            )
         db.commit()
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.close()
@@ -155,8 +187,13 @@ def measure(work: Path, rows: int, per_day: int = PER_DAY, days: int = RETENTION
     began = time.monotonic()
     database, archive = build(work, rows, now, per_day)
     built = time.monotonic() - began
-    figures: dict[str, Any] = {"rows": rows, "per_day": per_day, "retention_days": days, "build_s": round(built, 1),
-                               "bytes_before": database.stat().st_size}
+    figures: dict[str, Any] = {
+        "rows": rows,
+        "per_day": per_day,
+        "retention_days": days,
+        "build_s": round(built, 1),
+        "bytes_before": database.stat().st_size,
+    }
     wall = [now]
     ledger = TimedLedger(database)
     try:
@@ -164,9 +201,13 @@ def measure(work: Path, rows: int, per_day: int = PER_DAY, days: int = RETENTION
         retention = Retention(ledger, wall=lambda: wall[0])
         began = time.monotonic()
         count, removed = passes(retention, archive, days)
-        figures.update(first_pass_s=round(time.monotonic() - began, 2), passes=count, days_removed=removed,
-                       longest_compaction_ms=round(ledger.longest_compaction * 1000, 1),
-                       longest_vacuum_step_ms=round(ledger.longest_vacuum * 1000, 1))
+        figures.update(
+            first_pass_s=round(time.monotonic() - began, 2),
+            passes=count,
+            days_removed=removed,
+            longest_compaction_ms=round(ledger.longest_compaction * 1000, 1),
+            longest_vacuum_step_ms=round(ledger.longest_vacuum * 1000, 1),
+        )
         ledger._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         figures["bytes_after"] = database.stat().st_size
         figures["rows_left"] = ledger._db.execute("SELECT COUNT(*) FROM files").fetchone()[0]
@@ -175,26 +216,41 @@ def measure(work: Path, rows: int, per_day: int = PER_DAY, days: int = RETENTION
         began = time.monotonic()
         found = find.find(ledger, old, [])
         figures["find_removed_ms"] = round((time.monotonic() - began) * 1000, 2)
-        figures["find_removed_says"] = bool(found) and all(entry["pruned_at"] for entry in found
-                                                            if not entry["path_exists"])
+        figures["find_removed_says"] = bool(found) and all(
+            entry["pruned_at"] for entry in found if not entry["path_exists"]
+        )
         # the next day: 500 files in (copies of today's), one day out
         next_day = dt.date.fromtimestamp(now) + dt.timedelta(days=1)
         (archive.root / f"{next_day:%Y/%m/%d}").mkdir(parents=True, exist_ok=True)
         last = ledger._db.execute("SELECT MAX(id) FROM files").fetchone()[0]
         with ledger._transaction() as db:  # the last day's files again, with their records and items
             columns = [row[1] for row in db.execute("PRAGMA table_info(files)")]
-            shift = {"id": f"id + {per_day}", "seen_at": "seen_at + 86400", "claimed_at": "claimed_at + 86400",
-                     "uploaded_at": "uploaded_at + 86400", "finished_at": "finished_at + 86400",
-                     "released_at": "released_at + 86400", "name": "name || '.next'",
-                     "final_path": f"'{archive.root}/{next_day:%Y/%m/%d}/' || id || '.xml'"}
-            db.execute(f"INSERT INTO files ({', '.join(columns)}) SELECT "
-                       f"{', '.join(shift.get(column, column) for column in columns)} FROM files "
-                       f"WHERE id > ? ORDER BY id", (last - per_day,))
-            db.execute(f"INSERT INTO records SELECT file_id + {per_day}, number, line, header, form_name, barcodes, "
-                       "request_number, request_id, pickup_location, problem, problem_line FROM records "
-                       "WHERE file_id > ?", (last - per_day,))
-            db.execute(f"INSERT INTO items SELECT barcode, file_id + {per_day}, record, sidecar FROM items "
-                       "WHERE file_id > ?", (last - per_day,))
+            shift = {
+                "id": f"id + {per_day}",
+                "seen_at": "seen_at + 86400",
+                "claimed_at": "claimed_at + 86400",
+                "uploaded_at": "uploaded_at + 86400",
+                "finished_at": "finished_at + 86400",
+                "released_at": "released_at + 86400",
+                "name": "name || '.next'",
+                "final_path": f"'{archive.root}/{next_day:%Y/%m/%d}/' || id || '.xml'",
+            }
+            db.execute(
+                f"INSERT INTO files ({', '.join(columns)}) SELECT "
+                f"{', '.join(shift.get(column, column) for column in columns)} FROM files "
+                f"WHERE id > ? ORDER BY id",
+                (last - per_day,),
+            )
+            db.execute(
+                f"INSERT INTO records SELECT file_id + {per_day}, number, line, header, form_name, barcodes, "
+                "request_number, request_id, pickup_location, problem, problem_line FROM records "
+                "WHERE file_id > ?",
+                (last - per_day,),
+            )
+            db.execute(
+                f"INSERT INTO items SELECT barcode, file_id + {per_day}, record, sidecar FROM items WHERE file_id > ?",
+                (last - per_day,),
+            )
         wall[0] = now + 86400
         ledger.longest_compaction = ledger.longest_vacuum = 0.0
         retention = Retention(ledger, wall=lambda: wall[0])  # the next day's start: the ledger's time is that day
@@ -212,8 +268,9 @@ def measure(work: Path, rows: int, per_day: int = PER_DAY, days: int = RETENTION
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--smoke", action="store_true",
-                        help="a tiny run (2,000 rows, 100 a day, retention_days = 5), for the tests")
+    parser.add_argument(
+        "--smoke", action="store_true", help="a tiny run (2,000 rows, 100 a day, retention_days = 5), for the tests"
+    )
     args = parser.parse_args()
     rows = 2000 if args.smoke else args.rows
     work = Path(tempfile.mkdtemp(prefix="caiasoft-retention-bench-"))
@@ -223,16 +280,24 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     megabytes = 1024 * 1024
-    print(f"ledger of {rows:,} archived files ({figures['bytes_before'] / megabytes:.0f} MB), retention_days = "
-          f"{figures['retention_days']}, {figures['per_day']} files a day")
-    print(f"first pass: {figures['first_pass_s']} s in {figures['passes']} pass(es) of at most "
-          f"{PRUNE_PASS_SECONDS:.0f} s, {figures['days_removed']} days; longest compaction batch "
-          f"{figures['longest_compaction_ms']} ms, vacuum step {figures['longest_vacuum_step_ms']} ms")
-    print(f"ledger after: {figures['bytes_after'] / megabytes:.1f} MB ({figures['rows_left']:,} full rows, "
-          f"{figures['retired_items']:,} items kept compact); the next day: "
-          f"{figures['bytes_next_day'] / megabytes:.1f} MB")
-    print(f"a day's pass: {figures['day_pass_s']} s, longest transaction {figures['day_longest_transaction_ms']} ms; "
-          f"find for an item of a removed day: {figures['find_removed_ms']} ms")
+    print(
+        f"ledger of {rows:,} archived files ({figures['bytes_before'] / megabytes:.0f} MB), retention_days = "
+        f"{figures['retention_days']}, {figures['per_day']} files a day"
+    )
+    print(
+        f"first pass: {figures['first_pass_s']} s in {figures['passes']} pass(es) of at most "
+        f"{PRUNE_PASS_SECONDS:.0f} s, {figures['days_removed']} days; longest compaction batch "
+        f"{figures['longest_compaction_ms']} ms, vacuum step {figures['longest_vacuum_step_ms']} ms"
+    )
+    print(
+        f"ledger after: {figures['bytes_after'] / megabytes:.1f} MB ({figures['rows_left']:,} full rows, "
+        f"{figures['retired_items']:,} items kept compact); the next day: "
+        f"{figures['bytes_next_day'] / megabytes:.1f} MB"
+    )
+    print(
+        f"a day's pass: {figures['day_pass_s']} s, longest transaction {figures['day_longest_transaction_ms']} ms; "
+        f"find for an item of a removed day: {figures['find_removed_ms']} ms"
+    )
     print(json.dumps({"retention": figures}))
     return 0
 

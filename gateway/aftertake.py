@@ -44,8 +44,14 @@ def changed_since_take(row: FileRow, sources: dict[str, Source], step: str) -> i
     try:
         size_now = source.changed(taken(row))
     except OSError as error:  # the source cannot be asked now: the check before removal still comes
-        log.warning("file.change_check_failed", id=row.id, source=row.source, file=row.name, step=step,
-                    error=getattr(error, "strerror", None) or str(error))
+        log.warning(
+            "file.change_check_failed",
+            id=row.id,
+            source=row.source,
+            file=row.name,
+            step=step,
+            error=getattr(error, "strerror", None) or str(error),
+        )
         return None
     if size_now is not None:
         log_changed(row, size_now, step)
@@ -53,9 +59,17 @@ def changed_since_take(row: FileRow, sources: dict[str, Source], step: str) -> i
 
 
 def log_changed(row: FileRow, size_now: int, step: str) -> None:
-    log.warning("file.changed_after_take", id=row.id, source=row.source, file=row.name, origin=row.origin,
-                taken_size=row.size, size_now=size_now, step=step,
-                detail="the original is left in place and taken again, whole, once it settles")
+    log.warning(
+        "file.changed_after_take",
+        id=row.id,
+        source=row.source,
+        file=row.name,
+        origin=row.origin,
+        taken_size=row.size,
+        size_now=size_now,
+        step=step,
+        detail="the original is left in place and taken again, whole, once it settles",
+    )
 
 
 def reason(row: FileRow, size_now: int) -> str:
@@ -64,11 +78,17 @@ def reason(row: FileRow, size_now: int) -> str:
 
 def note(row: FileRow, size_now: int, now_sidecar: dict[str, Any]) -> dict[str, Any]:
     """The sidecar of a file that was sent or refused before its original changed, saying so."""
-    return {**now_sidecar, "changed_after_take": {
-        "taken_size": row.size, "taken_sha256": row.sha256, "original_size_now": size_now,
-        "detail": "the original changed after this version was taken: this file is exactly what was "
-                  "taken (and, if outcome is accepted, sent); the later version is taken again whole "
-                  "as a new file"}}
+    return {
+        **now_sidecar,
+        "changed_after_take": {
+            "taken_size": row.size,
+            "taken_sha256": row.sha256,
+            "original_size_now": size_now,
+            "detail": "the original changed after this version was taken: this file is exactly what was "
+            "taken (and, if outcome is accepted, sent); the later version is taken again whole "
+            "as a new file",
+        },
+    }
 
 
 def add_note(folder: Folder, row: FileRow, size_now: int, fallback: dict[str, Any]) -> None:

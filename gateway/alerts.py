@@ -38,22 +38,28 @@ from gateway.worker import Worker
 
 log = logs.get("gateway.alerts")
 
-SMTP_TIMEOUT_SECONDS = 20.0     # each step of the SMTP conversation
+SMTP_TIMEOUT_SECONDS = 20.0  # each step of the SMTP conversation
 WEBHOOK_DEADLINE_SECONDS = 20.0  # the whole POST
 WEBHOOK_MAX_ANSWER_BYTES = 64 * 1024
 RETRY_INITIAL_SECONDS = 5.0
 RETRY_MAX_SECONDS = 600.0
-PROBLEM_LOG_SECONDS = 600.0     # a lasting delivery problem is logged again this often
+PROBLEM_LOG_SECONDS = 600.0  # a lasting delivery problem is logged again this often
 IDLE_SECONDS = 60.0
 PROBLEM_META = "alerts_problem"  # ledger meta: why the last delivery failed ("" = it did not)
 SUBJECT_MAX = 200
 DIGEST_DETAILED = 20  # alerts told in full in one digest; the rest are listed by title
 
-KIND_LABELS = {"refused": "request files refused", "denied": "items denied by CaiaSoft",
-               "paused": "uploads paused", "unreachable": "CaiaSoft or NCIP unreachable",
-               "dead_letter": "NCIP entries refused", "source_problem": "source folders unreadable",
-               "stuck": "request files waiting too long", "unknown_status": "CaiaSoft item statuses not known",
-               "test": "test alert"}
+KIND_LABELS = {
+    "refused": "request files refused",
+    "denied": "items denied by CaiaSoft",
+    "paused": "uploads paused",
+    "unreachable": "CaiaSoft or NCIP unreachable",
+    "dead_letter": "NCIP entries refused",
+    "source_problem": "source folders unreadable",
+    "stuck": "request files waiting too long",
+    "unknown_status": "CaiaSoft item statuses not known",
+    "test": "test alert",
+}
 
 
 class DeliveryFailed(Exception):
@@ -73,19 +79,24 @@ def compose(alerts: list[StoredAlert], host: str, interval: float) -> tuple[str,
     else:
         kind = alerts[0].kind
         subject = prefix + f"{len(alerts)} alerts: {KIND_LABELS.get(kind, kind)}: {_titles(alerts)}"
-        detailed = [f"{_when(alert.created_at)}  {alert.message['title']}\n\n{alert.message['text']}"
-                    for alert in alerts[:DIGEST_DETAILED]]
+        detailed = [
+            f"{_when(alert.created_at)}  {alert.message['title']}\n\n{alert.message['text']}"
+            for alert in alerts[:DIGEST_DETAILED]
+        ]
         rest = [f"  {_when(alert.created_at)}  {alert.message['title']}" for alert in alerts[DIGEST_DETAILED:]]
-        body = f"{len(alerts)} alerts of the same kind, gathered into one mail:\n\n" + \
-            ("\n\n" + "-" * 60 + "\n\n").join(detailed)
+        body = f"{len(alerts)} alerts of the same kind, gathered into one mail:\n\n" + (
+            "\n\n" + "-" * 60 + "\n\n"
+        ).join(detailed)
         if rest:
             body += f"\n\n{'-' * 60}\n\nAnd {len(rest)} more of the same kind:\n" + "\n".join(rest)
-    footer = (f"\n\n-- \ncaiasoft-gateway on {host}. The first alert of a kind is sent at once; more of "
-              f"that kind are gathered into one mail every {round(interval / 60)} minute(s). "
-              "`caiasoft-gateway status` shows the gateway's state.")
+    footer = (
+        f"\n\n-- \ncaiasoft-gateway on {host}. The first alert of a kind is sent at once; more of "
+        f"that kind are gathered into one mail every {round(interval / 60)} minute(s). "
+        "`caiasoft-gateway status` shows the gateway's state."
+    )
     subject = " ".join(subject.split())
     if len(subject) > SUBJECT_MAX:
-        subject = subject[:SUBJECT_MAX - 3] + "..."
+        subject = subject[: SUBJECT_MAX - 3] + "..."
     return subject, body + footer
 
 
@@ -140,8 +151,9 @@ class Delivery:
                     smtp.login(settings.username, self._password())
                 smtp.send_message(message)
         except (OSError, smtplib.SMTPException) as error:
-            raise DeliveryFailed(f"mail to {settings.smtp_host}:{settings.smtp_port} failed: "
-                                 f"{logs.redact(_describe(error))}") from None
+            raise DeliveryFailed(
+                f"mail to {settings.smtp_host}:{settings.smtp_port} failed: {logs.redact(_describe(error))}"
+            ) from None
         finally:
             self._socket = None
 
@@ -160,29 +172,42 @@ class Delivery:
         try:
             password = self.settings.password_file.read_text(encoding="utf-8").strip()
         except OSError as error:
-            raise DeliveryFailed(f"alerts.password_file {self.settings.password_file} cannot be read: "
-                                 f"{error.strerror or error.__class__.__name__}") from None
+            raise DeliveryFailed(
+                f"alerts.password_file {self.settings.password_file} cannot be read: "
+                f"{error.strerror or error.__class__.__name__}"
+            ) from None
         logs.add_secret(password)
         return password
 
     def post(self, subject: str, body: str, alerts: list[StoredAlert]) -> None:
         payload: dict[str, Any] = {
-            "source": "caiasoft-gateway", "host": self.host, "kind": alerts[0].kind,
-            "recovery": any(alert.recovery for alert in alerts), "subject": subject, "text": body,
-            "alerts": [{"at": _when(alert.created_at), "recovery": alert.recovery, **alert.message}
-                       for alert in alerts],
+            "source": "caiasoft-gateway",
+            "host": self.host,
+            "kind": alerts[0].kind,
+            "recovery": any(alert.recovery for alert in alerts),
+            "subject": subject,
+            "text": body,
+            "alerts": [
+                {"at": _when(alert.created_at), "recovery": alert.recovery, **alert.message} for alert in alerts
+            ],
         }
         if self._session is None:
             self._session = http.new_session()
         try:
-            answer = http.send(self._session, "POST", self.settings.webhook_url, json=payload,
-                               deadline=WEBHOOK_DEADLINE_SECONDS, max_bytes=WEBHOOK_MAX_ANSWER_BYTES)
+            answer = http.send(
+                self._session,
+                "POST",
+                self.settings.webhook_url,
+                json=payload,
+                deadline=WEBHOOK_DEADLINE_SECONDS,
+                max_bytes=WEBHOOK_MAX_ANSWER_BYTES,
+            )
         except requests.RequestException as error:
-            raise DeliveryFailed(f"webhook {_url_for_humans(self.settings.webhook_url)} failed: "
-                                 f"{logs.redact(_describe(error))}") from None
+            raise DeliveryFailed(
+                f"webhook {_url_for_humans(self.settings.webhook_url)} failed: {logs.redact(_describe(error))}"
+            ) from None
         if not 200 <= answer.status < 300:
-            raise DeliveryFailed(f"webhook {_url_for_humans(self.settings.webhook_url)} answered HTTP "
-                                 f"{answer.status}")
+            raise DeliveryFailed(f"webhook {_url_for_humans(self.settings.webhook_url)} answered HTTP {answer.status}")
 
     def close(self) -> None:
         if self._session is not None:
@@ -208,10 +233,14 @@ def send_test(settings: Alerts, clock: Callable[[], float] = time.time) -> list[
 
 def delivery_state(ledger: Ledger) -> dict[str, Any]:
     """For `status`: when the last alert went out, how many wait, and the delivery problem, if any."""
-    sent = [moment for moment in (ledger.last_alert_sent(channel) for channel in ("mail", "webhook"))
-            if moment is not None]
-    return {"last_sent": _when(max(sent)) if sent else None, "waiting": ledger.alerts_waiting(),
-            "problem": ledger.get_meta(PROBLEM_META) or None}
+    sent = [
+        moment for moment in (ledger.last_alert_sent(channel) for channel in ("mail", "webhook")) if moment is not None
+    ]
+    return {
+        "last_sent": _when(max(sent)) if sent else None,
+        "waiting": ledger.alerts_waiting(),
+        "problem": ledger.get_meta(PROBLEM_META) or None,
+    }
 
 
 class _Conversation(smtplib.SMTP):
@@ -242,8 +271,9 @@ def _describe(error: BaseException) -> str:
 class AlertSender(Worker):
     """Sends the alerts waiting in the ledger when they are due; never blocks anyone else."""
 
-    def __init__(self, settings: Alerts, ledger: Ledger, delivery: Delivery | None = None,
-                 clock: Callable[[], float] = time.time):
+    def __init__(
+        self, settings: Alerts, ledger: Ledger, delivery: Delivery | None = None, clock: Callable[[], float] = time.time
+    ):
         super().__init__("alerts")
         self.settings = settings
         self.ledger = ledger
@@ -282,8 +312,9 @@ class AlertSender(Worker):
                 next_due = min(next_due, self._retry_at[channel] - steady)
                 continue
             pending = self.ledger.pending_alerts(channel)
-            by_kind = itertools.groupby(sorted(pending, key=lambda alert: (alert.kind, alert.id)),
-                                        key=lambda alert: alert.kind)
+            by_kind = itertools.groupby(
+                sorted(pending, key=lambda alert: (alert.kind, alert.id)), key=lambda alert: alert.kind
+            )
             for kind, group in by_kind:
                 batch = list(group)
                 wait = 0.0 if any(alert.recovery for alert in batch) else self._interval_left(channel, kind, now)
@@ -324,8 +355,9 @@ class AlertSender(Worker):
             self.ledger.set_meta(PROBLEM_META, "")
         self.ledger.alerts_sent(channel, [alert.id for alert in batch], self.clock())
         self._sent_at[(channel, batch[0].kind)] = time.monotonic()
-        log.info("alert.sent", channel=channel, kind=batch[0].kind, alerts=len(batch),
-                 title=batch[0].message.get("title"))
+        log.info(
+            "alert.sent", channel=channel, kind=batch[0].kind, alerts=len(batch), title=batch[0].message.get("title")
+        )
         return True
 
     def _failed(self, channel: str, problem: str) -> None:
@@ -334,8 +366,14 @@ class AlertSender(Worker):
         self._retry_at[channel] = time.monotonic() + delay
         now = time.monotonic()
         if problem != self._problem or now - self._problem_logged_at >= PROBLEM_LOG_SECONDS:
-            log.error("alert.delivery_failed", channel=channel, problem=problem, attempts=failures,
-                      retry_in=round(delay, 1), detail="alerts wait in the ledger and are sent once it works")
+            log.error(
+                "alert.delivery_failed",
+                channel=channel,
+                problem=problem,
+                attempts=failures,
+                retry_in=round(delay, 1),
+                detail="alerts wait in the ledger and are sent once it works",
+            )
             self._problem_logged_at = now
         if problem != self._problem:
             self._problem = problem

@@ -38,23 +38,25 @@ def read_key_file(path: Path) -> KeyFile:
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise KeyProblem(f"{path} is not a regular file (it is {_kind(info.st_mode)}): put the key in a "
-                             "plain file")
+            raise KeyProblem(f"{path} is not a regular file (it is {_kind(info.st_mode)}): put the key in a plain file")
         if info.st_size > MAX_KEY_FILE_BYTES:
             raise KeyProblem(f"{path} is {info.st_size} bytes: an API key file holds the key alone on one line")
         data = os.read(fd, MAX_KEY_FILE_BYTES + 1)
     finally:
         os.close(fd)
     if len(data) > MAX_KEY_FILE_BYTES:
-        raise KeyProblem(f"{path} is larger than {MAX_KEY_FILE_BYTES} bytes: an API key file holds the key "
-                         "alone on one line")
+        raise KeyProblem(
+            f"{path} is larger than {MAX_KEY_FILE_BYTES} bytes: an API key file holds the key alone on one line"
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise KeyProblem(f"{path} is not UTF-8 text (byte {error.start}): save the key as plain ASCII") from None
     if text.startswith(BOM):
-        raise KeyProblem(f"{path} starts with a byte-order mark (BOM, U+FEFF): save it as plain ASCII "
-                         "without one (e.g. in Notepad: \"UTF-8\", not \"UTF-8 with BOM\")")
+        raise KeyProblem(
+            f"{path} starts with a byte-order mark (BOM, U+FEFF): save it as plain ASCII "
+            'without one (e.g. in Notepad: "UTF-8", not "UTF-8 with BOM")'
+        )
     value = text.strip()
     problem = header_problem(value)
     if problem:
@@ -71,15 +73,21 @@ def header_problem(value: str) -> str | None:
     for position, ch in enumerate(value, 1):
         if not 0x21 <= ord(ch) <= 0x7E:
             name = unicodedata.name(ch, "a control character") if ord(ch) >= 0x20 else "a control character"
-            return (f"holds a character that cannot be sent in an HTTP header: U+{ord(ch):04X} ({name}) "
-                    f"at character {position}; the key must be printable ASCII")
+            return (
+                f"holds a character that cannot be sent in an HTTP header: U+{ord(ch):04X} ({name}) "
+                f"at character {position}; the key must be printable ASCII"
+            )
     return None
 
 
 def _kind(mode: int) -> str:
-    for test, words in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-                        (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"),
-                        (stat.S_ISSOCK, "a socket")):
+    for test, words in (
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
         if test(mode):
             return words
     return "not a regular file"

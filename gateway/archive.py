@@ -64,8 +64,9 @@ class Folder:
         while True:
             if not (folder / candidate).exists():
                 try:
-                    os.close(os.open(folder / (candidate + SIDECAR_SUFFIX), os.O_CREAT | os.O_EXCL | os.O_WRONLY,
-                                     0o640))
+                    os.close(
+                        os.open(folder / (candidate + SIDECAR_SUFFIX), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o640)
+                    )
                     return folder / candidate
                 except FileExistsError:
                     pass
@@ -88,8 +89,12 @@ class Folder:
                 if not os.path.lexists(folder / candidate):
                     return removed  # where choose() stops: no name beyond it was reserved
             else:
-                if stat.S_ISREG(info.st_mode) and info.st_size == 0 and not os.path.lexists(folder / candidate) \
-                        and str(folder / candidate) not in kept:
+                if (
+                    stat.S_ISREG(info.st_mode)
+                    and info.st_size == 0
+                    and not os.path.lexists(folder / candidate)
+                    and str(folder / candidate) not in kept
+                ):
                     sidecar.unlink()
                     removed += 1
             number += 1
@@ -183,8 +188,11 @@ def _moved_before_a_crash(work: Path, target: Path) -> bool:
     """Whether target is work's own move, cut short by a crash before work was removed."""
     if os.path.samefile(work, target):
         return True
-    return (target.stat().st_size == work.stat().st_size and not target.is_symlink()
-            and filecmp.cmp(work, target, shallow=False))
+    return (
+        target.stat().st_size == work.stat().st_size
+        and not target.is_symlink()
+        and filecmp.cmp(work, target, shallow=False)
+    )
 
 
 def _day_of(target: Path, root: Path) -> dt.datetime:

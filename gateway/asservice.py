@@ -25,12 +25,22 @@ from gateway.credentials import CREDENTIAL_NAME
 
 UNIT = Path("/etc/systemd/system/caiasoft-gateway.service")
 SETPRIV = "setpriv"
-NEWEST_DIRECTIVES = {"ProtectProc": 247, "LoadCredential": 247, "ProtectClock": 245, "ProtectKernelLogs": 244,
-                     "ProtectHostname": 242, "RestrictSUIDSGID": 242}
+NEWEST_DIRECTIVES = {
+    "ProtectProc": 247,
+    "LoadCredential": 247,
+    "ProtectClock": 245,
+    "ProtectKernelLogs": 244,
+    "ProtectHostname": 242,
+    "RestrictSUIDSGID": 242,
+}
 CHECK_TIMEOUT_SECONDS = 600
 DROPINS_NAME = f"{UNIT}.d"
-DIRECTORY_SETTINGS = {"StateDirectory": "/var/lib", "LogsDirectory": "/var/log", "RuntimeDirectory": "/run",
-                      "CacheDirectory": "/var/cache"}
+DIRECTORY_SETTINGS = {
+    "StateDirectory": "/var/lib",
+    "LogsDirectory": "/var/log",
+    "RuntimeDirectory": "/run",
+    "CacheDirectory": "/var/cache",
+}
 
 
 class AsServiceError(Exception):
@@ -111,7 +121,8 @@ def _sandbox_setting(identity: ServiceIdentity, key: str, value: str) -> None:
         identity.writable = identity.writable + [path.lstrip("-+") for path in value.split()] if value else []
     elif key in DIRECTORY_SETTINGS:
         identity.writable = identity.writable + [
-            f"{DIRECTORY_SETTINGS[key]}/{name.split(':')[0]}" for name in value.split()]
+            f"{DIRECTORY_SETTINGS[key]}/{name.split(':')[0]}" for name in value.split()
+        ]
 
 
 def _under(path: str, folder: str) -> bool:
@@ -126,8 +137,12 @@ def sandbox_problems(identity: ServiceIdentity, folders: list[tuple[str, Path]],
     taken as it is written.
     """
     problems: list[str] = []
-    read_only = {"strict": ["/"], "full": ["/usr", "/boot", "/efi", "/etc"], "yes": ["/usr", "/boot", "/efi"],
-                 "true": ["/usr", "/boot", "/efi"]}.get(identity.protect_system, [])
+    read_only = {
+        "strict": ["/"],
+        "full": ["/usr", "/boot", "/efi", "/etc"],
+        "yes": ["/usr", "/boot", "/efi"],
+        "true": ["/usr", "/boot", "/efi"],
+    }.get(identity.protect_system, [])
     hidden_home = identity.protect_home in ("yes", "true", "read-only", "tmpfs")
     for setting, folder in folders:
         written = os.path.normpath(os.path.abspath(folder))
@@ -135,26 +150,35 @@ def sandbox_problems(identity: ServiceIdentity, folders: list[tuple[str, Path]],
         if root != Path("/") and _under(written, str(root)):
             relative = os.path.relpath(written, root)
             seen = "/" if relative == "." else "/" + relative
-        fix = (f"add `ReadWritePaths={written}` to {DROPINS_NAME}/site.conf (or install again with "
-               f"--writable-path {written}), then systemctl daemon-reload")
+        fix = (
+            f"add `ReadWritePaths={written}` to {DROPINS_NAME}/site.conf (or install again with "
+            f"--writable-path {written}), then systemctl daemon-reload"
+        )
         if identity.private_tmp and (_under(seen, "/tmp") or _under(seen, "/var/tmp")):
-            problems.append(f"{setting} {written}: the service has a /tmp of its own (PrivateTmp=yes) and "
-                            "would not see this folder: put it elsewhere (e.g. under /var/lib/caiasoft-gateway)")
+            problems.append(
+                f"{setting} {written}: the service has a /tmp of its own (PrivateTmp=yes) and "
+                "would not see this folder: put it elsewhere (e.g. under /var/lib/caiasoft-gateway)"
+            )
         elif hidden_home and any(_under(seen, home) for home in ("/home", "/root", "/run/user")):
-            problems.append(f"{setting} {written}: ProtectHome= hides home folders from the service: put it "
-                            "elsewhere")
-        elif any(_under(seen, folder) for folder in read_only) \
-                and not any(_under(seen, path) for path in identity.writable):
-            problems.append(f"{setting} {written} is read-only for the service (ProtectSystem="
-                            f"{identity.protect_system}; not in the unit's StateDirectory=, LogsDirectory= or "
-                            f"ReadWritePaths=): {fix}")
+            problems.append(f"{setting} {written}: ProtectHome= hides home folders from the service: put it elsewhere")
+        elif any(_under(seen, folder) for folder in read_only) and not any(
+            _under(seen, path) for path in identity.writable
+        ):
+            problems.append(
+                f"{setting} {written} is read-only for the service (ProtectSystem="
+                f"{identity.protect_system}; not in the unit's StateDirectory=, LogsDirectory= or "
+                f"ReadWritePaths=): {fix}"
+            )
     return problems
 
 
 def _table(path: Path) -> list[list[str]]:
     try:
-        return [line.split(":") for line in path.read_text(encoding="utf-8").splitlines()
-                if line and not line.startswith("#") and line.count(":") >= 2]
+        return [
+            line.split(":")
+            for line in path.read_text(encoding="utf-8").splitlines()
+            if line and not line.startswith("#") and line.count(":") >= 2
+        ]
     except OSError as error:
         raise AsServiceError(f"cannot read {path}: {error.strerror or error}") from None
 
@@ -227,10 +251,16 @@ def version_warnings(identity: ServiceIdentity, version: int | None) -> list[str
     """A line for each directive of the unit that the running systemd is too old for."""
     if version is None:
         return []
-    return [f"systemd {version} does not know {name}= (systemd {since} and later): it is ignored"
-            + (", so the API key credential is missing; use api_key_file" if name == "LoadCredential" else
-               "; remove newer-systemd.conf from the unit's drop-ins")
-            for name, since in sorted(NEWEST_DIRECTIVES.items()) if name in identity.directives and version < since]
+    return [
+        f"systemd {version} does not know {name}= (systemd {since} and later): it is ignored"
+        + (
+            ", so the API key credential is missing; use api_key_file"
+            if name == "LoadCredential"
+            else "; remove newer-systemd.conf from the unit's drop-ins"
+        )
+        for name, since in sorted(NEWEST_DIRECTIVES.items())
+        if name in identity.directives and version < since
+    ]
 
 
 def installed_unit_warnings(unit: Path = UNIT) -> list[str]:
@@ -257,8 +287,16 @@ def command(identity: ServiceIdentity, root: Path, check_args: list[str]) -> lis
     cap_args = [f"--inh-caps=-all{''.join(',+' + cap for cap in caps)}"]
     if caps:
         cap_args.append(f"--ambient-caps={','.join('+' + cap for cap in caps)}")
-    return [setpriv, f"--reuid={uid}", f"--regid={gid}", f"--groups={','.join(map(str, groups))}", *cap_args,
-            "--", str(executable), *check_args]
+    return [
+        setpriv,
+        f"--reuid={uid}",
+        f"--regid={gid}",
+        f"--groups={','.join(map(str, groups))}",
+        *cap_args,
+        "--",
+        str(executable),
+        *check_args,
+    ]
 
 
 def run_check(unit: Path, root: Path, check_args: list[str], environ: dict[str, str]) -> int:
@@ -277,9 +315,12 @@ def run_check(unit: Path, root: Path, check_args: list[str], environ: dict[str, 
         if credentials is not None:
             _load_credentials(identity, root, credentials, uid, gid)
             env["CREDENTIALS_DIRECTORY"] = str(credentials)
-        print(f"checking as the service runs: user {identity.user} (uid {uid}), groups "
-              f"{' '.join(identity.supplementary) or '-'}, capabilities {' '.join(identity.capabilities) or '-'}"
-              f"{', credential ' + CREDENTIAL_NAME if CREDENTIAL_NAME in identity.credentials else ''}", flush=True)
+        print(
+            f"checking as the service runs: user {identity.user} (uid {uid}), groups "
+            f"{' '.join(identity.supplementary) or '-'}, capabilities {' '.join(identity.capabilities) or '-'}"
+            f"{', credential ' + CREDENTIAL_NAME if CREDENTIAL_NAME in identity.credentials else ''}",
+            flush=True,
+        )
         return subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, timeout=CHECK_TIMEOUT_SECONDS).returncode
     finally:
         if credentials is not None:

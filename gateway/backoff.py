@@ -121,8 +121,12 @@ class Gate:
             self.paused_reason = reason
             self._not_before = self.clock() + self.auth_pause
         if first:
-            log.error("upload.paused", reason=reason, retry_in=self.auth_pause,
-                      detail="no file is moved to error while paused; fix the key, then wait or reload")
+            log.error(
+                "upload.paused",
+                reason=reason,
+                retry_in=self.auth_pause,
+                detail="no file is moved to error while paused; fix the key, then wait or reload",
+            )
 
     def succeeded(self) -> None:
         with self._lock:

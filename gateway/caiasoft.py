@@ -57,38 +57,63 @@ class Outcome:
     elapsed_ms: int = 0
 
 
-def classify(status: int, headers: Mapping[str, str], body: str, now: float | None = None,
-             truncated_at: int | None = None) -> Outcome:
+def classify(
+    status: int, headers: Mapping[str, str], body: str, now: float | None = None, truncated_at: int | None = None
+) -> Outcome:
     """Given an HTTP answer from CaiaSoft, return the Outcome it means.
 
     truncated_at: the answer was longer than this many bytes and body is only its start.
     """
     parsed = None if truncated_at else _parse_json(body)
-    cut = (f" (the answer was longer than caiasoft.max_answer_bytes = {truncated_at} bytes; "
-           "the rest was not read)") if truncated_at else ""
+    cut = (
+        (f" (the answer was longer than caiasoft.max_answer_bytes = {truncated_at} bytes; the rest was not read)")
+        if truncated_at
+        else ""
+    )
     if parsed is not None or not body.strip():
         answer: Any = parsed
     else:
-        answer = {"unparsed": body[:ANSWER_EXCERPT_CHARS],
-                  **({"truncated_at_bytes": truncated_at} if truncated_at else {})}
+        answer = {
+            "unparsed": body[:ANSWER_EXCERPT_CHARS],
+            **({"truncated_at_bytes": truncated_at} if truncated_at else {}),
+        }
     words = _error_words(parsed) if parsed is not None else " ".join(body.split())[:200]
     said = f": {words}" if words else ""
     if status in (401, 403):
-        return Outcome(Verdict.PAUSED, f"CaiaSoft refused the API key (HTTP {status}): check api_key_file "
-                       f"and the key in CaiaSoft's Admin Module{said}", status, answer)
+        return Outcome(
+            Verdict.PAUSED,
+            f"CaiaSoft refused the API key (HTTP {status}): check api_key_file "
+            f"and the key in CaiaSoft's Admin Module{said}",
+            status,
+            answer,
+        )
     if 300 <= status < 400:
         location = headers.get("Location", "?")
-        return Outcome(Verdict.PAUSED, f"CaiaSoft answered with a redirect (HTTP {status} to {location}): "
-                       "check caiasoft.base_url and requestfile_path", status, answer)
+        return Outcome(
+            Verdict.PAUSED,
+            f"CaiaSoft answered with a redirect (HTTP {status} to {location}): "
+            "check caiasoft.base_url and requestfile_path",
+            status,
+            answer,
+        )
     if status in (408, 429) or status >= 500:
-        return Outcome(Verdict.TRANSIENT, f"CaiaSoft is unavailable (HTTP {status}{said}){cut}",
-                       status, answer, retry_after=parse_retry_after(headers.get("Retry-After"), now))
+        return Outcome(
+            Verdict.TRANSIENT,
+            f"CaiaSoft is unavailable (HTTP {status}{said}){cut}",
+            status,
+            answer,
+            retry_after=parse_retry_after(headers.get("Retry-After"), now),
+        )
     if status >= 400:
         return Outcome(Verdict.REFUSED, f"CaiaSoft refused the file (HTTP {status}){said}{cut}", status, answer)
     if not isinstance(parsed, dict):
         kind = headers.get("Content-Type") or "no Content-Type"
-        return Outcome(Verdict.UNREADABLE, f"CaiaSoft's answer (HTTP {status}, {kind}) is not its JSON answer"
-                       f"{cut}{said}", status, answer)
+        return Outcome(
+            Verdict.UNREADABLE,
+            f"CaiaSoft's answer (HTTP {status}, {kind}) is not its JSON answer{cut}{said}",
+            status,
+            answer,
+        )
     success = parsed.get("success")
     error = parsed.get("error")
     succeeded = success is True or str(success).lower() == "true"
@@ -149,8 +174,9 @@ class CaiaSoftClient:
     so an error text that quotes the key is never stored or shown raw.
     """
 
-    def __init__(self, settings: CaiaSoft, api_key: Secret,
-                 session_factory: Callable[[], requests.Session] = http.new_session):
+    def __init__(
+        self, settings: CaiaSoft, api_key: Secret, session_factory: Callable[[], requests.Session] = http.new_session
+    ):
         self.settings = settings
         self._key = api_key
         self._session_factory = session_factory
@@ -181,17 +207,32 @@ class CaiaSoftClient:
         return {"X-API-Key": self._key.value, "Accept": "application/json"}
 
     def _call(self, method: str, url: str, **kwargs: Any) -> http.Answer:
-        return http.send(self.session, method, url, deadline=self.settings.deadline_seconds,
-                         max_bytes=self.settings.max_answer_bytes, step_timeout=self.settings.timeout_seconds,
-                         verify=self._verify, headers=self._headers(), **kwargs)
+        return http.send(
+            self.session,
+            method,
+            url,
+            deadline=self.settings.deadline_seconds,
+            max_bytes=self.settings.max_answer_bytes,
+            step_timeout=self.settings.timeout_seconds,
+            verify=self._verify,
+            headers=self._headers(),
+            **kwargs,
+        )
 
     def _outcome(self, answer: http.Answer) -> Outcome:
         body = scrub(answer.text, self._key.value)
-        outcome = classify(answer.status, answer.headers, body,
-                           truncated_at=self.settings.max_answer_bytes if answer.truncated else None)
-        return dataclasses.replace(outcome, reason=scrub(outcome.reason, self._key.value),
-                                   answer=scrub(outcome.answer, self._key.value),
-                                   elapsed_ms=int(answer.elapsed * 1000))
+        outcome = classify(
+            answer.status,
+            answer.headers,
+            body,
+            truncated_at=self.settings.max_answer_bytes if answer.truncated else None,
+        )
+        return dataclasses.replace(
+            outcome,
+            reason=scrub(outcome.reason, self._key.value),
+            answer=scrub(outcome.answer, self._key.value),
+            elapsed_ms=int(answer.elapsed * 1000),
+        )
 
     def _failure(self, prefix: str, error: requests.RequestException, started: float) -> Outcome:
         reason = scrub(f"{prefix}: {_describe(error, self.settings.deadline_seconds)}", self._key.value)
@@ -203,9 +244,12 @@ class CaiaSoftClient:
         try:
             content_type = CONTENT_TYPES.get(kind, "application/octet-stream")
             with open(path, "rb") as body:
-                answer = self._call("POST", self.settings.requestfile_url,
-                                    files={self.settings.upload_field: (name, body, content_type)},
-                                    data=dict(self.settings.extra_fields))
+                answer = self._call(
+                    "POST",
+                    self.settings.requestfile_url,
+                    files={self.settings.upload_field: (name, body, content_type)},
+                    data=dict(self.settings.extra_fields),
+                )
         except requests.RequestException as error:
             return self._failure("cannot reach CaiaSoft", error, started)
         return self._outcome(answer)
@@ -272,8 +316,10 @@ def _describe(error: requests.RequestException, deadline: float) -> str:
     if isinstance(error, requests.exceptions.SSLError):
         return "TLS certificate could not be verified (" + str(error)[:200] + ")"
     if isinstance(error, http.DeadlineExceeded):
-        return (f"no complete answer within {deadline:g} s (caiasoft.deadline_seconds); the upload may have "
-                "reached CaiaSoft")
+        return (
+            f"no complete answer within {deadline:g} s (caiasoft.deadline_seconds); the upload may have "
+            "reached CaiaSoft"
+        )
     if isinstance(error, requests.Timeout):
         return "no answer in time (timeout)"
     if isinstance(error, requests.ConnectionError):
@@ -283,8 +329,6 @@ def _describe(error: requests.RequestException, deadline: float) -> str:
 
 def _ms(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
-
-
 
 
 def settle_unreadable(outcome: Outcome, previous_answer: Any, retries: int) -> Outcome:
@@ -299,15 +343,24 @@ def settle_unreadable(outcome: Outcome, previous_answer: Any, retries: int) -> O
         return outcome
     before = previous_answer.get(UNREADABLE_COUNT, 0) if isinstance(previous_answer, dict) else 0
     count = (before if isinstance(before, int) else 0) + 1
-    answer = {**(outcome.answer if isinstance(outcome.answer, dict) else {"unparsed": outcome.answer}),
-              UNREADABLE_COUNT: count}
+    answer = {
+        **(outcome.answer if isinstance(outcome.answer, dict) else {"unparsed": outcome.answer}),
+        UNREADABLE_COUNT: count,
+    }
     if count > retries:
         return dataclasses.replace(
-            outcome, verdict=Verdict.REFUSED, answer=answer,
+            outcome,
+            verdict=Verdict.REFUSED,
+            answer=answer,
             reason=f"{outcome.reason}; sent {count} time(s), never answered in JSON (caiasoft.unreadable_"
-                   "answer_retries): CaiaSoft may have it, check there before `retry`")
-    return dataclasses.replace(outcome, verdict=Verdict.TRANSIENT, answer=answer,
-                               reason=f"{outcome.reason}; sent again later ({count} of at most {retries + 1})")
+            "answer_retries): CaiaSoft may have it, check there before `retry`",
+        )
+    return dataclasses.replace(
+        outcome,
+        verdict=Verdict.TRANSIENT,
+        answer=answer,
+        reason=f"{outcome.reason}; sent again later ({count} of at most {retries + 1})",
+    )
 
 
 def counts_unreadable(outcome: Outcome) -> bool:

@@ -55,11 +55,13 @@ _CRC = struct.Struct("<I")
 _HAS_POSITION = 1
 
 
-START_OVER = ("Stop the service. Restore the file from a backup of state_dir if there is one; otherwise "
-              "move it aside (mv {path} {path}.damaged) and put an empty file in its place (touch {path}), then "
-              "start the service: the relay then reads the journal from its start, so entries relayed before "
-              "are sent to the NCIP server a second time (most are answered 'already done'); to skip them, move "
-              "the journal aside too before starting")
+START_OVER = (
+    "Stop the service. Restore the file from a backup of state_dir if there is one; otherwise "
+    "move it aside (mv {path} {path}.damaged) and put an empty file in its place (touch {path}), then "
+    "start the service: the relay then reads the journal from its start, so entries relayed before "
+    "are sent to the NCIP server a second time (most are answered 'already done'); to skip them, move "
+    "the journal aside too before starting"
+)
 
 
 class CheckpointDamaged(GatewayError):
@@ -74,8 +76,11 @@ class CheckpointMissing(CheckpointDamaged):
     """The file is gone although the ledger says it was made: starting afresh would resend the whole journal."""
 
     def __init__(self, path: Path, made: str):
-        super().__init__(path, f"the ledger says it was made {made}; without it every entry of the journal "
-                               "would be sent again", state="missing")
+        super().__init__(
+            path,
+            f"the ledger says it was made {made}; without it every entry of the journal would be sent again",
+            state="missing",
+        )
 
 
 class CheckpointUnavailable(GatewayError):
@@ -84,9 +89,11 @@ class CheckpointUnavailable(GatewayError):
 
     def __init__(self, path: Path, error: OSError):
         self.path = path
-        super().__init__(f"cannot open the NCIP checkpoint {path}: {error.strerror or error}. The service's user "
-                         f"must be able to read and write it and its folder (give them back: chown, chmod), and "
-                         f"state_dir needs room; the relay then goes on from where it was. Do not empty or remove it")
+        super().__init__(
+            f"cannot open the NCIP checkpoint {path}: {error.strerror or error}. The service's user "
+            f"must be able to read and write it and its folder (give them back: chown, chmod), and "
+            f"state_dir needs room; the relay then goes on from where it was. Do not empty or remove it"
+        )
 
 
 @dataclass
@@ -105,23 +112,37 @@ def _pack(saved: Saved) -> bytes:
     else:
         flags, device, inode, offset = _HAS_POSITION, position["device"], position["inode"], position["offset"]
         length, fingerprint = position["fingerprint_length"], position["fingerprint"].encode("ascii")
-    record = _RECORD.pack(MAGIC, saved.seq, flags, device, inode, offset, length, fingerprint,
-                          *(saved.counts.get(outcome, 0) for outcome in OUTCOMES))
+    record = _RECORD.pack(
+        MAGIC,
+        saved.seq,
+        flags,
+        device,
+        inode,
+        offset,
+        length,
+        fingerprint,
+        *(saved.counts.get(outcome, 0) for outcome in OUTCOMES),
+    )
     return record + _CRC.pack(zlib.crc32(record))
 
 
 def _unpack(slot: bytes) -> Saved | None:
     """The record in one slot, or None if it is empty, cut short or damaged."""
     size = _RECORD.size
-    if len(slot) < size + _CRC.size or slot[:len(MAGIC)] != MAGIC:
+    if len(slot) < size + _CRC.size or slot[: len(MAGIC)] != MAGIC:
         return None
     if _CRC.unpack_from(slot, size)[0] != zlib.crc32(slot[:size]):
         return None
     _, seq, flags, device, inode, offset, length, fingerprint, *counts = _RECORD.unpack_from(slot)
     position = None
     if flags & _HAS_POSITION:
-        position = {"device": device, "inode": inode, "offset": offset, "fingerprint_length": length,
-                    "fingerprint": fingerprint.rstrip(b"\0").decode("ascii")}
+        position = {
+            "device": device,
+            "inode": inode,
+            "offset": offset,
+            "fingerprint_length": length,
+            "fingerprint": fingerprint.rstrip(b"\0").decode("ascii"),
+        }
     return Saved(seq, position, dict(zip(OUTCOMES, counts, strict=True)))
 
 
@@ -139,7 +160,7 @@ def read(path: Path) -> Saved | None:
         raise CheckpointDamaged(path, f"cannot be read: {error.strerror or error}") from None
     if not data:
         return None  # put there by an admin: read the journal from its start
-    found = [saved for saved in (_unpack(data[:SLOT_BYTES]), _unpack(data[SLOT_BYTES:2 * SLOT_BYTES])) if saved]
+    found = [saved for saved in (_unpack(data[:SLOT_BYTES]), _unpack(data[SLOT_BYTES : 2 * SLOT_BYTES])) if saved]
     if not found:
         raise CheckpointDamaged(path, f"neither of its two records is whole ({len(data)} bytes)")
     return max(found, key=lambda saved: saved.seq)
@@ -172,8 +193,9 @@ class CheckpointFile:
 
         Raise CheckpointUnavailable if it cannot be made (the folder is not the service user's to write, the disk
         is full)."""
-        saved = Saved(1, dict(position) if position else None, {outcome: counts.get(outcome, 0)
-                                                                for outcome in OUTCOMES})
+        saved = Saved(
+            1, dict(position) if position else None, {outcome: counts.get(outcome, 0) for outcome in OUTCOMES}
+        )
         data = _pack(saved).ljust(SLOT_BYTES, b"\0") + bytes(SLOT_BYTES)
         temporary = path.with_name(f".{path.name}.new")
         try:

@@ -73,15 +73,18 @@ class Checkpoints(LedgerDb):
 
     def _legacy_checkpoint(self) -> dict[str, Any] | None:
         with self._lock:
-            row = self._db.execute("SELECT device, inode, fingerprint, fingerprint_length, offset FROM checkpoints "
-                                   "WHERE name = ?", (LEGACY_CHECKPOINT,)).fetchone()
+            row = self._db.execute(
+                "SELECT device, inode, fingerprint, fingerprint_length, offset FROM checkpoints WHERE name = ?",
+                (LEGACY_CHECKPOINT,),
+            ).fetchone()
         return dict(row) if row else None
 
     def _legacy_counts(self) -> dict[str, int]:
         with self._lock:
-            rows = self._db.execute("SELECT name, value FROM counters WHERE name GLOB ?",
-                                    (LEGACY_COUNTER + "*",)).fetchall()
-        return {name[len(LEGACY_COUNTER):]: value for name, value in rows if name[len(LEGACY_COUNTER):] in OUTCOMES}
+            rows = self._db.execute(
+                "SELECT name, value FROM counters WHERE name GLOB ?", (LEGACY_COUNTER + "*",)
+            ).fetchall()
+        return {name[len(LEGACY_COUNTER) :]: value for name, value in rows if name[len(LEGACY_COUNTER) :] in OUTCOMES}
 
     def _forget_legacy(self) -> None:
         """Once the file holds them (it is durable before this runs), the ledger's copies go."""
@@ -93,8 +96,12 @@ class Checkpoints(LedgerDb):
 
     def feed_seen(self, kind: str, barcode: str, day: str) -> bool:
         with self._lock:
-            return self._db.execute("SELECT 1 FROM feed_seen WHERE kind = ? AND barcode = ? AND day = ?",
-                                    (kind, barcode, day)).fetchone() is not None
+            return (
+                self._db.execute(
+                    "SELECT 1 FROM feed_seen WHERE kind = ? AND barcode = ? AND day = ?", (kind, barcode, day)
+                ).fetchone()
+                is not None
+            )
 
     def remember_feed(self, kind: str, barcode: str, day: str) -> None:
         with self._transaction() as db:

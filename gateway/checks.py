@@ -51,21 +51,29 @@ def run_checks(config: Config, offline: bool = False, ncip_item: str | None = No
                 for finding in probe.lookup(config.ncip, ncip_item):
                     yield Result(finding.mark, finding.what, finding.detail)
             elif not ncip_item and reached.mark == "ok":
-                yield Result("ok", "NCIP version and agencies not checked",
-                             "caiasoft-gateway check --ncip-item BARCODE asks ALEPH about one item (read-only) "
-                             "and tells which version it answers in")
+                yield Result(
+                    "ok",
+                    "NCIP version and agencies not checked",
+                    "caiasoft-gateway check --ncip-item BARCODE asks ALEPH about one item (read-only) "
+                    "and tells which version it answers in",
+                )
 
 
 def service_folders(config: Config) -> list[tuple[str, Path]]:
     """Every folder the service writes in, by the setting that names it."""
-    folders = [(f"paths.{key}", Path(getattr(config.paths, key)))
-               for key in ("state_dir", "archive_dir", "error_dir", "log_dir")]
+    folders = [
+        (f"paths.{key}", Path(getattr(config.paths, key)))
+        for key in ("state_dir", "archive_dir", "error_dir", "log_dir")
+    ]
     if config.ncip:
         folders.append(("ncip.journal (its folder)", config.ncip.journal.parent))
     if config.metrics and config.metrics.textfile is not None:
         folders.append(("metrics.textfile (its folder)", config.metrics.textfile.parent))
-    folders += [(f"sources[{index}].path", source.path) for index, source in enumerate(config.sources)
-                if isinstance(source, LocalSourceSettings)]
+    folders += [
+        (f"sources[{index}].path", source.path)
+        for index, source in enumerate(config.sources)
+        if isinstance(source, LocalSourceSettings)
+    ]
     return folders
 
 
@@ -103,8 +111,7 @@ def _journal(path: Path) -> Result:
     except JournalRefused as error:
         return Result("FAIL", "ncip.journal", str(error))
     if fd is None:
-        return Result("ok", f"ncip.journal {path}", "not there yet: the first `journal` command (or the feed) "
-                      "makes it")
+        return Result("ok", f"ncip.journal {path}", "not there yet: the first `journal` command (or the feed) makes it")
     os.close(fd)
     return Result("ok", f"ncip.journal {path}", "a regular file")
 
@@ -112,8 +119,10 @@ def _journal(path: Path) -> Result:
 def _feed_users(ncip: Ncip) -> Result:
     """The status feed cannot choose a stop's user: no CaiaSoft endpoint it reads gives the stop."""
     what = f"status feed (collection {ncip.feed.collection if ncip.feed else ''})"
-    detail = (f"CaiaSoft's retrieval lists give no circulation stop: every feed check-out goes to ncip.user_id "
-              f"({ncip.user_id})")
+    detail = (
+        f"CaiaSoft's retrieval lists give no circulation stop: every feed check-out goes to ncip.user_id "
+        f"({ncip.user_id})"
+    )
     if ncip.stop_users:
         return Result("WARN", what, f"{detail}; [ncip.stop_users] applies only to journal entries that carry a stop")
     return Result("ok", what, detail)
@@ -155,14 +164,20 @@ def _never_read(source: LocalSourceSettings, own: tuple[tuple[Path, ...], tuple[
     return None
 
 
-def _source(index: int, source: SourceSettings, state_dir: Path,
-            own: tuple[tuple[Path, ...], tuple[Path, ...]] = ((), ())) -> Iterator[Result]:
+def _source(
+    index: int, source: SourceSettings, state_dir: Path, own: tuple[tuple[Path, ...], tuple[Path, ...]] = ((), ())
+) -> Iterator[Result]:
     label = f"sources[{index}] {source.name}: {source.location}"
     if isinstance(source, SftpSourceSettings):
         yield _sftp(label, source)
-        yield _writers(label, source, False, "SFTP: a writer on the server cannot be seen from here; "
-                       f"rely on settle_seconds (now {source.settle_seconds:g}; set it above the longest pause of "
-                       "ALEPH's writer, e.g. 30) or ready_marker")
+        yield _writers(
+            label,
+            source,
+            False,
+            "SFTP: a writer on the server cannot be seen from here; "
+            f"rely on settle_seconds (now {source.settle_seconds:g}; set it above the longest pause of "
+            "ALEPH's writer, e.g. 30) or ready_marker",
+        )
         return
     if (paused := _never_read(source, own)) is not None:
         yield Result("FAIL", label, paused)
@@ -174,30 +189,50 @@ def _source(index: int, source: SourceSettings, state_dir: Path,
         yield Result("FAIL", label, f"{_user()} cannot list this folder")
         return
     if not os.access(source.path, os.W_OK):
-        yield Result("FAIL", label, f"{_user()} cannot move files out of this folder (needs write permission "
-                                    "on the folder, e.g. through ALEPH's group)")
+        yield Result(
+            "FAIL",
+            label,
+            f"{_user()} cannot move files out of this folder (needs write permission "
+            "on the folder, e.g. through ALEPH's group)",
+        )
         return
     mode = choose_mode(source)
     filesystem = filesystem_type(source.path)
     yield Result("ok", label, f"watched by {mode} (filesystem {filesystem or 'unknown'})")
-    yield _writers(label, source, *readiness.writer_detection(source.path, filesystem in NETWORK_FILESYSTEMS,
-                                                              filesystem, source.settle_seconds))
+    yield _writers(
+        label,
+        source,
+        *readiness.writer_detection(source.path, filesystem in NETWORK_FILESYSTEMS, filesystem, source.settle_seconds),
+    )
     if state_dir.exists() and os.stat(state_dir).st_dev != os.stat(source.path).st_dev:
-        yield Result("WARN", label, f"on another filesystem than {state_dir}: files are copied and then "
-                                    "deleted instead of renamed in one atomic step")
+        yield Result(
+            "WARN",
+            label,
+            f"on another filesystem than {state_dir}: files are copied and then "
+            "deleted instead of renamed in one atomic step",
+        )
 
 
 def _writers(label: str, source: SourceSettings, detectable: bool, why: str) -> Result:
     """Whether a file still open for writing can be told from a finished one in this source."""
     what = f"{label}: open writers"
     if source.ready_marker:
-        return Result("ok", what, f"marker mode: a file is taken once {source.ready_marker} exists "
-                                  f"({'and nobody has it open' if detectable else why.split(';')[0]})")
+        return Result(
+            "ok",
+            what,
+            f"marker mode: a file is taken once {source.ready_marker} exists "
+            f"({'and nobody has it open' if detectable else why.split(';')[0]})",
+        )
     if detectable:
-        return Result("ok", what, f"{why} (checked as {_user()}; a file that changes after it is taken is "
-                                  "taken again whole)")
-    return Result("WARN", what, f"cannot be detected: {why}. A file that changes after it is taken is "
-                                "taken again whole, but waiting long enough avoids sending partial versions")
+        return Result(
+            "ok", what, f"{why} (checked as {_user()}; a file that changes after it is taken is taken again whole)"
+        )
+    return Result(
+        "WARN",
+        what,
+        f"cannot be detected: {why}. A file that changes after it is taken is "
+        "taken again whole, but waiting long enough avoids sending partial versions",
+    )
 
 
 def _sftp(label: str, settings: SftpSourceSettings) -> Result:
@@ -219,8 +254,12 @@ def _ncip(url: str, timeout: float) -> Result:
     try:
         socket.create_connection((parts.hostname, port), timeout=timeout).close()
     except OSError as error:
-        return Result("FAIL", f"NCIP server {url}", f"cannot connect to {parts.hostname}:{port}: "
-                      f"{error.strerror or error} (a firewall between this host and ALEPH's NCIP port?)")
+        return Result(
+            "FAIL",
+            f"NCIP server {url}",
+            f"cannot connect to {parts.hostname}:{port}: "
+            f"{error.strerror or error} (a firewall between this host and ALEPH's NCIP port?)",
+        )
     return Result("ok", f"NCIP server {url}", f"{parts.hostname}:{port} accepts connections")
 
 
@@ -233,6 +272,10 @@ def _caiasoft(config: Config) -> Result:
     where = f"CaiaSoft {config.caiasoft.base_url}"
     if outcome.verdict == Verdict.ACCEPTED:
         stops = outcome.answer.get("count") if isinstance(outcome.answer, dict) else None
-        return Result("ok", where, f"reached in {outcome.elapsed_ms} ms, API key accepted"
-                      + (f", {stops} active circulation stop(s)" if stops is not None else ""))
+        return Result(
+            "ok",
+            where,
+            f"reached in {outcome.elapsed_ms} ms, API key accepted"
+            + (f", {stops} active circulation stop(s)" if stops is not None else ""),
+        )
     return Result("FAIL", where, outcome.reason)

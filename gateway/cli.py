@@ -36,32 +36,53 @@ def _shown(text: str | None) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="caiasoft-gateway",
-        description="Sends ALEPH request files to CaiaSoft and keeps them in a dated archive.")
+        prog="caiasoft-gateway", description="Sends ALEPH request files to CaiaSoft and keeps them in a dated archive."
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("-c", "--config", metavar="FILE",
-                        help=f"config file (default: ${config_module.CONFIG_ENV} or {config_module.DEFAULT_CONFIG})")
+    parser.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        help=f"config file (default: ${config_module.CONFIG_ENV} or {config_module.DEFAULT_CONFIG})",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     commands.add_parser("run", help="run the service in the foreground (systemd Type=notify)")
     detached = commands.add_parser("daemon", help="run the service detached, for hosts without systemd")
-    detached.add_argument("--pidfile", required=True, type=Path, metavar="P",
-                          help="pidfile to create and hold (a second start is refused)")
-    detached.add_argument("--user", metavar="USER",
-                          help="run as this user, with its groups (needed when started as root; CAP_LEASE is not "
-                               "kept: the init script starts it with setpriv instead)")
+    detached.add_argument(
+        "--pidfile",
+        required=True,
+        type=Path,
+        metavar="P",
+        help="pidfile to create and hold (a second start is refused)",
+    )
+    detached.add_argument(
+        "--user",
+        metavar="USER",
+        help="run as this user, with its groups (needed when started as root; CAP_LEASE is not "
+        "kept: the init script starts it with setpriv instead)",
+    )
     detached.add_argument("--group", metavar="GROUP", help="with --user: this primary group instead of the user's")
     check = commands.add_parser("check", help="check config, folders, permissions and CaiaSoft; list every problem")
     check.add_argument("--offline", action="store_true", help="do not contact CaiaSoft")
-    check.add_argument("--as-service", action="store_true",
-                       help="run the check as the installed unit runs the service: its user, groups, capability "
-                            "and API key credential (as root; uses setpriv)")
+    check.add_argument(
+        "--as-service",
+        action="store_true",
+        help="run the check as the installed unit runs the service: its user, groups, capability "
+        "and API key credential (as root; uses setpriv)",
+    )
     check.add_argument("--unit", type=Path, metavar="FILE", help=argparse.SUPPRESS)  # --as-service: another unit
     check.add_argument("--root", type=Path, metavar="DIR", help=argparse.SUPPRESS)  # --as-service: a scratch root
-    check.add_argument("--send-test-alert", action="store_true",
-                       help="also send a test alert through [alerts] (mail, webhook) and say if it went out")
-    check.add_argument("--ncip-item", metavar="BARCODE",
-                       help="also ask ALEPH's NCIP server about this item (LookupItem, read-only) and print the "
-                            "answer in words: proves URL, port, registration, agencies and version")
+    check.add_argument(
+        "--send-test-alert",
+        action="store_true",
+        help="also send a test alert through [alerts] (mail, webhook) and say if it went out",
+    )
+    check.add_argument(
+        "--ncip-item",
+        metavar="BARCODE",
+        help="also ask ALEPH's NCIP server about this item (LookupItem, read-only) and print the "
+        "answer in words: proves URL, port, registration, agencies and version",
+    )
     status = commands.add_parser("status", help="what is queued, uploaded and refused")
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
     send = commands.add_parser("send", help="upload files now, through the same validate/upload/archive path")
@@ -80,40 +101,86 @@ def _parser() -> argparse.ArgumentParser:
     find = commands.add_parser("find", help="which request files carried this item (newest first)")
     find.add_argument("barcode", metavar="BARCODE", help="the item's barcode (z30-barcode)")
     find.add_argument("--json", action="store_true", help="print JSON instead of text")
-    prune = commands.add_parser("prune", help="remove the days retention_days (and error_retention_days) let go, "
-                                              "with the service stopped; --dry-run says what would go")
-    prune.add_argument("--dry-run", dest="dry_run", action="store_true",
-                       help="only say which day folders would go and what the ledger keeps of them")
-    prune.add_argument("--trust-clock", dest="trust_clock", action="store_true",
-                       help="count days from the clock even where it is more than a day ahead of the ledger's "
-                            "time (after a long stop, once you know the clock is right)")
+    prune = commands.add_parser(
+        "prune",
+        help="remove the days retention_days (and error_retention_days) let go, "
+        "with the service stopped; --dry-run says what would go",
+    )
+    prune.add_argument(
+        "--dry-run",
+        dest="dry_run",
+        action="store_true",
+        help="only say which day folders would go and what the ledger keeps of them",
+    )
+    prune.add_argument(
+        "--trust-clock",
+        dest="trust_clock",
+        action="store_true",
+        help="count days from the clock even where it is more than a day ahead of the ledger's "
+        "time (after a long stop, once you know the clock is right)",
+    )
     demo = commands.add_parser("demo", help="a self-contained run with the simulator and sample files")
     demo.add_argument("--keep", action="store_true", help="keep the demo folder to look around (else it is removed)")
     simulate = commands.add_parser("simulate", help="run a simulator on loopback for dry runs")
     simulate.add_argument("system", choices=["caiasoft", "ncip"])
     simulate.add_argument("--port", type=int, default=8800)
     simulate.add_argument("--key", default=None, help="API key the simulator accepts (default: printed)")
-    simulate.add_argument("--deny", action="append", default=[], metavar="BARCODE=STATUS",
-                          help="deny this barcode with this istatus")
-    simulate.add_argument("--fault", action="append", default=[], metavar="FAULT",
-                          help="script the next answers: 500, 503, 429:SECONDS, drop, slow:SECONDS, hang")
+    simulate.add_argument(
+        "--deny", action="append", default=[], metavar="BARCODE=STATUS", help="deny this barcode with this istatus"
+    )
+    simulate.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="FAULT",
+        help="script the next answers: 500, 503, 429:SECONDS, drop, slow:SECONDS, hang",
+    )
     simulate.add_argument("--delay", type=float, default=0.0, help="seconds before every answer")
-    simulate.add_argument("--receipts", type=Path, metavar="FILE",
-                          help="caiasoft: append one JSON line per upload received (time, name, size)")
-    simulate.add_argument("--problem", action="append", default=[], metavar="BARCODE=TYPE",
-                          help="ncip: answer this barcode with a Problem of this type")
-    simulate.add_argument("--no-validate", dest="validate", action="store_false", default=None,
-                          help="ncip: do not check messages against the schema (faster, for benchmarks)")
-    simulate.add_argument("--tcp", dest="socket_mode", nargs="?", const="close", default=None,
-                          choices=["close", "open", "dribble"],
-                          help="ncip: a raw socket like ALEPH's NCIP port (tcp://...) instead of HTTP, taking "
-                               "the HTTP/1.0 framing or the bare message; after answering it closes (default), "
-                               "keeps the connection open, or dribbles")
-    simulate.add_argument("--status-line", dest="status_line", action=argparse.BooleanOptionalAction, default=None,
-                          help="ncip: start each answer with an HTTP status line and headers, or not (the NCIP XML "
-                               "alone, as ALEPH's NCIP port can answer); default: with over HTTP, without on --tcp")
-    simulate.add_argument("--like-aleph", dest="track_loans", action="store_true",
-                          help="ncip: remember loans, so a repeated check-out or check-in gets ALEPH's answer")
+    simulate.add_argument(
+        "--receipts",
+        type=Path,
+        metavar="FILE",
+        help="caiasoft: append one JSON line per upload received (time, name, size)",
+    )
+    simulate.add_argument(
+        "--problem",
+        action="append",
+        default=[],
+        metavar="BARCODE=TYPE",
+        help="ncip: answer this barcode with a Problem of this type",
+    )
+    simulate.add_argument(
+        "--no-validate",
+        dest="validate",
+        action="store_false",
+        default=None,
+        help="ncip: do not check messages against the schema (faster, for benchmarks)",
+    )
+    simulate.add_argument(
+        "--tcp",
+        dest="socket_mode",
+        nargs="?",
+        const="close",
+        default=None,
+        choices=["close", "open", "dribble"],
+        help="ncip: a raw socket like ALEPH's NCIP port (tcp://...) instead of HTTP, taking "
+        "the HTTP/1.0 framing or the bare message; after answering it closes (default), "
+        "keeps the connection open, or dribbles",
+    )
+    simulate.add_argument(
+        "--status-line",
+        dest="status_line",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="ncip: start each answer with an HTTP status line and headers, or not (the NCIP XML "
+        "alone, as ALEPH's NCIP port can answer); default: with over HTTP, without on --tcp",
+    )
+    simulate.add_argument(
+        "--like-aleph",
+        dest="track_loans",
+        action="store_true",
+        help="ncip: remember loans, so a repeated check-out or check-in gets ALEPH's answer",
+    )
     return parser
 
 
@@ -125,9 +192,19 @@ def _print_redacted_exception(kind: type[BaseException], value: BaseException, t
 def main(argv: list[str] | None = None) -> int:
     sys.excepthook = _print_redacted_exception
     args = _parser().parse_args(argv)
-    handler = {"run": cmd_run, "daemon": cmd_daemon, "check": cmd_check, "status": cmd_status, "send": cmd_send,
-               "retry": cmd_retry, "journal": cmd_journal, "find": cmd_find, "prune": cmd_prune, "demo": cmd_demo,
-               "simulate": cmd_simulate}[args.command]
+    handler = {
+        "run": cmd_run,
+        "daemon": cmd_daemon,
+        "check": cmd_check,
+        "status": cmd_status,
+        "send": cmd_send,
+        "retry": cmd_retry,
+        "journal": cmd_journal,
+        "find": cmd_find,
+        "prune": cmd_prune,
+        "demo": cmd_demo,
+        "simulate": cmd_simulate,
+    }[args.command]
     try:
         code = handler(args)
         sys.stdout.flush()  # here, so a reader that went away (`find X --json | head`) is caught below
@@ -207,23 +284,31 @@ def cmd_check(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     failures = 0
     if args.ncip_item and (args.offline or config.ncip is None):
-        print("caiasoft-gateway check: --ncip-item needs an [ncip] section and cannot go with --offline",
-              file=sys.stderr)
+        print(
+            "caiasoft-gateway check: --ncip-item needs an [ncip] section and cannot go with --offline", file=sys.stderr
+        )
         return EXIT_CONFIG
     root = args.root or Path("/")
     unit = args.unit or asservice.inside(root, str(asservice.UNIT))
-    for result in chain(run_checks(config, offline=args.offline, ncip_item=args.ncip_item),
-                        unit_sandbox(config, unit, root)):
-        print(logs.redact(f"{result.mark:<5} {_shown(result.what)}"
-                          + (f"\n        {_shown(result.detail)}" if result.detail else "")))
+    for result in chain(
+        run_checks(config, offline=args.offline, ncip_item=args.ncip_item), unit_sandbox(config, unit, root)
+    ):
+        print(
+            logs.redact(
+                f"{result.mark:<5} {_shown(result.what)}"
+                + (f"\n        {_shown(result.detail)}" if result.detail else "")
+            )
+        )
         failures += result.mark == "FAIL"
     if args.send_test_alert:
         failures += _send_test_alert(config)
     _print_unit_warnings()
     print(f"\n{'all checks passed' if not failures else f'{failures} problem(s) found'}")
     if os.geteuid() == 0:
-        print("(checked as root, who can read and write everything: `caiasoft-gateway check --as-service` checks "
-              "with the service's user, groups, capability and credentials)")
+        print(
+            "(checked as root, who can read and write everything: `caiasoft-gateway check --as-service` checks "
+            "with the service's user, groups, capability and credentials)"
+        )
     return EXIT_OK if not failures else EXIT_FAILURE
 
 
@@ -241,10 +326,16 @@ def _check_as_service(args: argparse.Namespace) -> int:
 
     root = args.root or Path("/")
     unit = args.unit or asservice.inside(root, str(asservice.UNIT))
-    forwarded = [*(["-c", str(args.config)] if args.config else []), "check",
-                 *(["--offline"] if args.offline else []), *(["--send-test-alert"] if args.send_test_alert else []),
-                 *(["--ncip-item", args.ncip_item] if args.ncip_item else []),
-                 "--unit", str(unit), *(["--root", str(root)] if args.root else [])]  # the sandbox compared
+    forwarded = [
+        *(["-c", str(args.config)] if args.config else []),
+        "check",
+        *(["--offline"] if args.offline else []),
+        *(["--send-test-alert"] if args.send_test_alert else []),
+        *(["--ncip-item", args.ncip_item] if args.ncip_item else []),
+        "--unit",
+        str(unit),
+        *(["--root", str(root)] if args.root else []),
+    ]  # the sandbox compared
     if os.geteuid() != 0:
         print("caiasoft-gateway check --as-service: run it as root (it becomes the service's user)", file=sys.stderr)
         return EXIT_CONFIG
@@ -264,10 +355,17 @@ def _send_test_alert(config: config_module.Config) -> int:
         return 1
     failed = 0
     for channel, problem in alerts.send_test(config.alerts):
-        where = f"{config.alerts.smtp_host}:{config.alerts.smtp_port} to {', '.join(config.alerts.to)}" \
-            if channel == "mail" else "the webhook"
-        print(logs.redact(f"{'OK' if problem is None else 'FAIL':<5} test alert by {channel} ({_shown(where)})"
-                          + (f"\n        {_shown(problem)}" if problem else "")))
+        where = (
+            f"{config.alerts.smtp_host}:{config.alerts.smtp_port} to {', '.join(config.alerts.to)}"
+            if channel == "mail"
+            else "the webhook"
+        )
+        print(
+            logs.redact(
+                f"{'OK' if problem is None else 'FAIL':<5} test alert by {channel} ({_shown(where)})"
+                + (f"\n        {_shown(problem)}" if problem else "")
+            )
+        )
         failed += problem is not None
     return failed
 
@@ -282,8 +380,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         report = _status_report(config.paths.database)
         report["state_dir_problem"] = status.state_dir_problem(config.paths.state_dir)
     except GatewayError as error:  # a damaged ledger: the same words as `run` says, never a traceback
-        print(json.dumps({"error": str(error)}) if args.json else f"caiasoft-gateway: {printable(str(error))}",
-              file=sys.stdout if args.json else sys.stderr)
+        print(
+            json.dumps({"error": str(error)}) if args.json else f"caiasoft-gateway: {printable(str(error))}",
+            file=sys.stdout if args.json else sys.stderr,
+        )
         return EXIT_CONFIG if isinstance(error, LedgerDamaged) else EXIT_FAILURE
     # the ledger redacts what it stores; rows older versions stored raw are redacted here, when this
     # user can read the key (status itself never needs it)
@@ -324,8 +424,9 @@ def _register_key_quietly(settings: config_module.Settings) -> None:
     """Register the API key for redaction if this user can read it; say nothing if not."""
     from gateway import credentials
 
-    key, _ = credentials.api_key(settings.caiasoft.api_key_file, settings.caiasoft.api_key_env, os.environ,
-                                 lambda key, message: None)
+    key, _ = credentials.api_key(
+        settings.caiasoft.api_key_file, settings.caiasoft.api_key_env, os.environ, lambda key, message: None
+    )
     logs.add_secret(key.value)
 
 
@@ -344,8 +445,11 @@ def cmd_find(args: argparse.Namespace) -> int:
         found = find.find(ledger, barcode, [config.paths.archive_dir, config.paths.error_dir])
     finally:
         ledger.close()
-    print(logs.redact(json.dumps(found, indent=2, ensure_ascii=False) if args.json
-                      else find.render(printable(barcode), found)))
+    print(
+        logs.redact(
+            json.dumps(found, indent=2, ensure_ascii=False) if args.json else find.render(printable(barcode), found)
+        )
+    )
     return EXIT_OK if found else EXIT_FAILURE
 
 
@@ -398,12 +502,15 @@ def cmd_send(args: argparse.Namespace) -> int:
             if row.state == FileState.ARCHIVED:
                 print(f"{name}: accepted by CaiaSoft, archived as {_shown(row.final_path)}")
             elif row.state == FileState.REFUSED:
-                print(logs.redact(f"{name}: refused: {_shown(row.reason)}\n"
-                                  f"    kept in {_shown(row.final_path)}"))
+                print(logs.redact(f"{name}: refused: {_shown(row.reason)}\n    kept in {_shown(row.final_path)}"))
                 failed += 1
             else:
-                print(logs.redact(f"{name}: not sent yet ({_shown(row.reason or row.state)}); it stays queued and the "
-                                  "running service will send it"))
+                print(
+                    logs.redact(
+                        f"{name}: not sent yet ({_shown(row.reason or row.state)}); it stays queued and the "
+                        "running service will send it"
+                    )
+                )
                 failed += 1
     finally:
         client.close()
@@ -436,12 +543,20 @@ def cmd_retry(args: argparse.Namespace) -> int:
                 row = requeue(pipeline, path)
             except OSError as error:  # this file only: the others are retried
                 failed += 1
-                print(logs.redact(f"{printable(path.name)}: cannot retry: {describe(error)} (the service user "
-                                  "needs to read and write the file and its folder, and to write state_dir)"))
+                print(
+                    logs.redact(
+                        f"{printable(path.name)}: cannot retry: {describe(error)} (the service user "
+                        "needs to read and write the file and its folder, and to write state_dir)"
+                    )
+                )
                 continue
             if row.state == FileState.REFUSED:
-                print(logs.redact(f"{printable(path.name)}: refused again: {_shown(row.reason)}\n"
-                                  f"    kept in {_shown(row.final_path)}"))
+                print(
+                    logs.redact(
+                        f"{printable(path.name)}: refused again: {_shown(row.reason)}\n"
+                        f"    kept in {_shown(row.final_path)}"
+                    )
+                )
             else:
                 print(f"{printable(path.name)}: back in the queue (the running service sends it)")
     finally:
@@ -457,24 +572,39 @@ def cmd_journal(args: argparse.Namespace) -> int:
 
     config = _load_settings(args)
     if config.ncip is None:
-        print(f"caiasoft-gateway journal: {config.file} has no [ncip] section, so there is no journal",
-              file=sys.stderr)
+        print(f"caiasoft-gateway journal: {config.file} has no [ncip] section, so there is no journal", file=sys.stderr)
         return EXIT_CONFIG
+
     def text(value: str | None) -> str | None:  # `read b` from a CRLF file keeps the CR: not part of a barcode
         return journal.trimmed(value) if value is not None else None
 
-    entry = JournalEntry(args.action, journal.trimmed(args.item), stop=text(args.stop), user=text(args.user),
-                         request_id=text(args.request_id), id=text(args.entry_id))
+    entry = JournalEntry(
+        args.action,
+        journal.trimmed(args.item),
+        stop=text(args.stop),
+        user=text(args.user),
+        request_id=text(args.request_id),
+        id=text(args.entry_id),
+    )
     try:
         journal.append(config.ncip.journal, entry)
     except ValueError as error:
         print(f"caiasoft-gateway journal: {error}", file=sys.stderr)
         return EXIT_CONFIG
     except OSError as error:  # a cron job's user that may not write the journal: say which file and why
-        hint = (" (the user appending needs write permission on the journal, and on its folder to create it; "
-                "see README, The journal)") if isinstance(error, PermissionError) else ""
-        print(f"caiasoft-gateway journal: cannot append to {_shown(str(config.ncip.journal))}: "
-              f"{error.strerror or error}{hint}", file=sys.stderr)
+        hint = (
+            (
+                " (the user appending needs write permission on the journal, and on its folder to create it; "
+                "see README, The journal)"
+            )
+            if isinstance(error, PermissionError)
+            else ""
+        )
+        print(
+            f"caiasoft-gateway journal: cannot append to {_shown(str(config.ncip.journal))}: "
+            f"{error.strerror or error}{hint}",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
     print(f"{args.action} {args.item} appended to {config.ncip.journal}")
     return EXIT_OK
@@ -495,25 +625,38 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     deny = dict(item.split("=", 1) if "=" in item else (item, "Invalid Stop Code") for item in args.deny)
     simulator = CaiaSoftSimulator(key=key, port=args.port, deny=deny, delay=args.delay, receipts=args.receipts)
     simulator.queue_faults(*args.fault)
-    return _serve(simulator, f"CaiaSoft simulator on {simulator.url}\n  API key: {key}\n"
-                             f"  set caiasoft.base_url = \"{simulator.url}\" and put the key in your api_key_file.")
+    return _serve(
+        simulator,
+        f"CaiaSoft simulator on {simulator.url}\n  API key: {key}\n"
+        f'  set caiasoft.base_url = "{simulator.url}" and put the key in your api_key_file.',
+    )
 
 
 def _simulate_ncip(args: argparse.Namespace) -> int:
     from gateway.simulators.ncip import NcipSimulator
 
     problems = dict(item.split("=", 1) if "=" in item else (item, "Unknown Item") for item in args.problem)
-    simulator = NcipSimulator(port=args.port, problems=problems, validate=args.validate, delay=args.delay,
-                              transport="tcp" if args.socket_mode else "http", socket_mode=args.socket_mode or "close",
-                              track_loans=args.track_loans, status_line=args.status_line)
+    simulator = NcipSimulator(
+        port=args.port,
+        problems=problems,
+        validate=args.validate,
+        delay=args.delay,
+        transport="tcp" if args.socket_mode else "http",
+        socket_mode=args.socket_mode or "close",
+        track_loans=args.track_loans,
+        status_line=args.status_line,
+    )
     if simulator.validate:
         checking = "every NCIP 2 message is validated against ncip_v2_02.xsd"
     elif args.validate is None:
         checking = "no schema check (install the xmlschema package, extra [simulators], for one)"
     else:
         checking = "no schema check"
-    return _serve(simulator, f"NCIP simulator on {simulator.url}, answering in the version it is asked in\n"
-                             f"  set ncip.url = \"{simulator.url}\"; {checking}.")
+    return _serve(
+        simulator,
+        f"NCIP simulator on {simulator.url}, answering in the version it is asked in\n"
+        f'  set ncip.url = "{simulator.url}"; {checking}.',
+    )
 
 
 def _serve(simulator: LoopbackServer, banner: str) -> int:

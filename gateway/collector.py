@@ -37,26 +37,38 @@ def claim_hint(error: Exception, state_dir: Path | None = None) -> str:
         return "the file is left in its source; see the error above"
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         return "the filesystem of state_dir (or of the source) is full: free space; taken again by itself"
-    in_state_dir = state_dir is not None and isinstance(error.filename, str) \
-        and Path(error.filename).is_relative_to(state_dir)
+    in_state_dir = (
+        state_dir is not None and isinstance(error.filename, str) and Path(error.filename).is_relative_to(state_dir)
+    )
     if error.errno == errno.EROFS:
-        return (f"{'state_dir' if in_state_dir else 'the source folder'} is on a read-only filesystem: under "
-                "systemd, a folder not in the unit's ReadWritePaths= (add it with the install's --writable-path or "
-                "--print-folder; `caiasoft-gateway check --as-service` names it), else remount it read-write; "
-                "taken again by itself")
+        return (
+            f"{'state_dir' if in_state_dir else 'the source folder'} is on a read-only filesystem: under "
+            "systemd, a folder not in the unit's ReadWritePaths= (add it with the install's --writable-path or "
+            "--print-folder; `caiasoft-gateway check --as-service` names it), else remount it read-write; "
+            "taken again by itself"
+        )
     if error.errno in (errno.EACCES, errno.EPERM):
         if in_state_dir:
             return "the service user cannot write state_dir/work/: fix its owner or mode; taken again by itself"
-        return ("the service user needs read permission on the file and write permission on its folder "
-                "(e.g. through ALEPH's group); taken again by itself")
+        return (
+            "the service user needs read permission on the file and write permission on its folder "
+            "(e.g. through ALEPH's group); taken again by itself"
+        )
     return "taken again by itself once the cause is fixed"
 
 
 class Collector(Worker):
-    def __init__(self, source: Source, settle_seconds: float, pipeline: Pipeline,
-                 clock: Callable[[], float] = time.monotonic, grace_seconds: float = 300.0,
-                 marker_mode: bool = False, keep_original_seconds: float = 0.0,
-                 stall_seconds: float = STALL_SECONDS):
+    def __init__(
+        self,
+        source: Source,
+        settle_seconds: float,
+        pipeline: Pipeline,
+        clock: Callable[[], float] = time.monotonic,
+        grace_seconds: float = 300.0,
+        marker_mode: bool = False,
+        keep_original_seconds: float = 0.0,
+        stall_seconds: float = STALL_SECONDS,
+    ):
         super().__init__(name=f"collector-{source.name}")
         self.source = source
         self.pipeline = pipeline
@@ -81,8 +93,10 @@ class Collector(Worker):
             return self.problem
         silent = time.monotonic() - self.heartbeat
         if self.is_alive() and silent > self.stall_seconds:
-            return (f"stuck: no progress for {silent:.0f}s (a listing or read of {self.source.location} does not "
-                    "return; check the mount)")
+            return (
+                f"stuck: no progress for {silent:.0f}s (a listing or read of {self.source.location} does not "
+                "return; check the mount)"
+            )
         return None
 
     def begin(self) -> None:
@@ -173,16 +187,26 @@ class Collector(Worker):
             except OSError as error:
                 if isinstance(error, SourceUnavailable):
                     raise
-                log.error("remote.cleanup_failed", source=self.source.name, file=row.name, origin=row.origin,
-                          error=describe(error), detail="retried on the next scan; the file is "
-                          "not taken again meanwhile")
+                log.error(
+                    "remote.cleanup_failed",
+                    source=self.source.name,
+                    file=row.name,
+                    origin=row.origin,
+                    error=describe(error),
+                    detail="retried on the next scan; the file is not taken again meanwhile",
+                )
                 continue
             if released.changed_size is not None and not (row.reason or "").startswith(aftertake.CHANGED):
                 aftertake.log_changed(row, released.changed_size, "before removing the original")
                 self.pipeline.note_changed(row, released.changed_size)
             ledger.released(row.id)
-            log.info("remote.cleaned_up" if self.source.keeps_originals else "original.cleaned_up",
-                     source=self.source.name, file=row.name, origin=row.origin, done=released.done)
+            log.info(
+                "remote.cleaned_up" if self.source.keeps_originals else "original.cleaned_up",
+                source=self.source.name,
+                file=row.name,
+                origin=row.origin,
+                done=released.done,
+            )
 
     def _consider(self, entry: Entry) -> float | None:
         """None if the file is ready to take; otherwise seconds until it might be (0: not soon)."""
@@ -218,8 +242,14 @@ class Collector(Worker):
             self._failed[entry.name] = self.clock()
             if len(self.claim_failures) < SHOWN_CLAIM_FAILURES:
                 self.claim_failures[entry.name] = f"cannot be taken: {describe(error)}"
-            log.error("file.claim_failed", source=self.source.name, file=entry.name, error=describe(error),
-                      hint=claim_hint(error, self.pipeline.config.paths.state_dir), retry_in=FAILED_CLAIM_RETRY_SECONDS)
+            log.error(
+                "file.claim_failed",
+                source=self.source.name,
+                file=entry.name,
+                error=describe(error),
+                hint=claim_hint(error, self.pipeline.config.paths.state_dir),
+                retry_in=FAILED_CLAIM_RETRY_SECONDS,
+            )
         self.pipeline.admit_many(taken)
         self._to_admit = []
 

@@ -45,10 +45,32 @@ from gateway.settings import (
 )
 from gateway.toml_tables import read_table
 
-__all__ = ["CONFIG_ENV", "CREDENTIAL_NAME", "DEFAULT_CONFIG", "SCHEMA", "Alerts", "Archive", "CaiaSoft", "Config",
-           "Feed", "Intake", "LocalSourceSettings", "Metrics", "Ncip", "Paths", "Secret", "Settings",
-           "SftpSourceSettings", "SourceSettings", "alerts_settings", "config_path", "load", "load_settings",
-           "ncip_settings", "source_settings"]
+__all__ = [
+    "CONFIG_ENV",
+    "CREDENTIAL_NAME",
+    "DEFAULT_CONFIG",
+    "SCHEMA",
+    "Alerts",
+    "Archive",
+    "CaiaSoft",
+    "Config",
+    "Feed",
+    "Intake",
+    "LocalSourceSettings",
+    "Metrics",
+    "Ncip",
+    "Paths",
+    "Secret",
+    "Settings",
+    "SftpSourceSettings",
+    "SourceSettings",
+    "alerts_settings",
+    "config_path",
+    "load",
+    "load_settings",
+    "ncip_settings",
+    "source_settings",
+]
 
 DEFAULT_CONFIG = Path("/etc/caiasoft-gateway/gateway.toml")
 CONFIG_ENV = "CAIASOFT_GATEWAY_CONFIG"
@@ -69,8 +91,12 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
     """Given a TOML file, return validated settings and the API key. Raise ConfigError listing every problem."""
     environ = dict(os.environ if environ is None else environ)
     values = _Values.read(Path(path))
-    key, warnings = credentials.api_key(values.tables["caiasoft"].get("api_key_file"),
-                                        values.tables["caiasoft"].get("api_key_env"), environ, values.problem)
+    key, warnings = credentials.api_key(
+        values.tables["caiasoft"].get("api_key_file"),
+        values.tables["caiasoft"].get("api_key_env"),
+        environ,
+        values.problem,
+    )
     for index, source in enumerate(values.sources):
         if source.get("url") is not None:
             credentials.check_sftp_files(source, f"sources[{index}]", values.problem)
@@ -149,9 +175,13 @@ class _Values:
         config_rules.check_intake(values.tables["intake"], values.problem)
         config_rules.check_sources(values.sources, values.problem)
         journal = values.ncip.get("journal") if values.ncip is not None else None
-        config_rules.check_folders(values.tables["paths"], values.sources,
-                                   journal if isinstance(journal, Path) else None, values.problem,
-                                   holders=values.secret_files())
+        config_rules.check_folders(
+            values.tables["paths"],
+            values.sources,
+            journal if isinstance(journal, Path) else None,
+            values.problem,
+            holders=values.secret_files(),
+        )
         if values.ncip is not None:
             config_rules.check_ncip(values.ncip, values.problem)
         if "alerts" in values.optional:
@@ -197,8 +227,11 @@ class _Values:
             self.feed = read_table(self.ncip["feed"], SCHEMA["ncip.feed"], "ncip.feed", self.problem)
             path = self.feed.get("retrievalinfo_path")
             if isinstance(path, str) and path and not RETRIEVALINFO_PATH.fullmatch(path):
-                self.problem("ncip.feed.retrievalinfo_path", f"{path!r} must be a path starting with '/', holding "
-                             "no placeholder but {from}, {to} and {collection}, and no space or '?'")
+                self.problem(
+                    "ncip.feed.retrievalinfo_path",
+                    f"{path!r} must be a path starting with '/', holding "
+                    "no placeholder but {from}, {to} and {collection}, and no space or '?'",
+                )
 
     def sections(self) -> dict[str, Any]:
         """The Settings fields, once there are no problems."""

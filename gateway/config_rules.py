@@ -20,8 +20,14 @@ from gateway.settings import ALERT_EVENTS
 from gateway.toml_tables import Report
 
 LOOPBACK = ("localhost", "127.0.0.1", "::1")
-SFTP_ONLY = ("known_hosts_file", "private_key_file", "private_key_passphrase_file", "private_key_passphrase_env",
-             "password_file", "remote_after")
+SFTP_ONLY = (
+    "known_hosts_file",
+    "private_key_file",
+    "private_key_passphrase_file",
+    "private_key_passphrase_env",
+    "password_file",
+    "remote_after",
+)
 _SOURCE_DEFAULTS = {key.name: key.default for key in SCHEMA["sources"]}
 
 
@@ -57,8 +63,13 @@ def check_intake(values: dict[str, Any], problem: Report) -> None:
 OWN_FOLDERS = ("state_dir", "archive_dir", "error_dir", "log_dir")
 
 
-def check_folders(paths: dict[str, Any], sources: list[dict[str, Any]], journal: Path | None,
-                  problem: Report, holders: dict[str, Path] | None = None) -> None:
+def check_folders(
+    paths: dict[str, Any],
+    sources: list[dict[str, Any]],
+    journal: Path | None,
+    problem: Report,
+    holders: dict[str, Path] | None = None,
+) -> None:
     """The gateway's own folders, the source folders and the journal must stay apart.
 
     A source folder that is, holds or lies in one of the gateway's folders would feed
@@ -77,8 +88,11 @@ def check_folders(paths: dict[str, Any], sources: list[dict[str, Any]], journal:
     """
     own = {key: _resolved(paths[key]) for key in OWN_FOLDERS if isinstance(paths.get(key), Path)}
     if "archive_dir" in own and own.get("archive_dir") == own.get("error_dir"):
-        problem("paths.error_dir", f"is the same folder as archive_dir ({own['error_dir']}): `retry --all` would "
-                "send accepted files again, and retention would delete refused ones; use two folders")
+        problem(
+            "paths.error_dir",
+            f"is the same folder as archive_dir ({own['error_dir']}): `retry --all` would "
+            "send accepted files again, and retention would delete refused ones; use two folders",
+        )
     for index, source in enumerate(sources):
         folder = source.get("path")
         if not isinstance(folder, Path):
@@ -86,15 +100,24 @@ def check_folders(paths: dict[str, Any], sources: list[dict[str, Any]], journal:
         real = _written(folder)
         for key, place in own.items():
             if _overlaps(real, place) or _overlaps(real, _written(paths[key])):
-                problem(f"sources[{index}].path", f"overlaps the gateway's own folder {key} = {paths[key]}"
-                        + (f" (both are {place})" if real == place and folder != paths[key] else ""))
+                problem(
+                    f"sources[{index}].path",
+                    f"overlaps the gateway's own folder {key} = {paths[key]}"
+                    + (f" (both are {place})" if real == place and folder != paths[key] else ""),
+                )
         for key, file in (holders or {}).items():
             if real in (_resolved(file).parent, _written(file).parent):
-                problem(f"sources[{index}].path", f"is the folder of {key} ({file}): it would be taken and sent "
-                        "to CaiaSoft; keep request files in a folder of their own")
+                problem(
+                    f"sources[{index}].path",
+                    f"is the folder of {key} ({file}): it would be taken and sent "
+                    "to CaiaSoft; keep request files in a folder of their own",
+                )
         if journal is not None and real in (_resolved(journal).parent, _written(journal).parent):
-            problem("ncip.journal", f"is inside the folder of sources[{index}] ({folder}): it would be taken "
-                    "and sent to CaiaSoft as a request file")
+            problem(
+                "ncip.journal",
+                f"is inside the folder of sources[{index}] ({folder}): it would be taken "
+                "and sent to CaiaSoft as a request file",
+            )
 
 
 def _resolved(path: Path) -> Path:
@@ -133,7 +156,7 @@ def check_sources(sources: list[dict[str, Any]], problem: Report) -> None:
 def _check_local(source: dict[str, Any], where: str, problem: Report) -> None:
     for key in SFTP_ONLY:
         if source.get(key) not in (None, _SOURCE_DEFAULTS[key]):
-            problem(f"{where}.{key}", "only applies to SFTP sources (url = \"sftp://...\")")
+            problem(f"{where}.{key}", 'only applies to SFTP sources (url = "sftp://...")')
 
 
 def _check_sftp(source: dict[str, Any], url: str, where: str, problem: Report) -> None:
@@ -142,8 +165,16 @@ def _check_sftp(source: dict[str, Any], url: str, where: str, problem: Report) -
         port = parts.port
     except ValueError:
         port = -1
-    if parts.scheme != "sftp" or not parts.hostname or not parts.username or not parts.path.startswith("/") \
-            or port == -1 or parts.password or parts.query or parts.fragment:
+    if (
+        parts.scheme != "sftp"
+        or not parts.hostname
+        or not parts.username
+        or not parts.path.startswith("/")
+        or port == -1
+        or parts.password
+        or parts.query
+        or parts.fragment
+    ):
         problem(f"{where}.url", f"must look like sftp://user@host:22/remote/folder (no password), got {url!r}")
     if source.get("known_hosts_file") is None:
         problem(f"{where}.known_hosts_file", "required for SFTP: host keys are checked, never accepted blindly")
@@ -168,8 +199,9 @@ def check_ncip(values: dict[str, Any], problem: Report) -> None:
     for key in ("from_agency", "to_agency", "user_id"):
         if values.get(key) == "":
             problem(f"ncip.{key}", "must not be empty")
-    sent = {key: values.get(key) for key in ("from_agency", "to_agency", "user_id", "application_profile",
-                                              "agency_scheme")}
+    sent = {
+        key: values.get(key) for key in ("from_agency", "to_agency", "user_id", "application_profile", "agency_scheme")
+    }
     sent |= {f"stop_users.{stop}": user for stop, user in (values.get("stop_users") or {}).items()}
     for key, value in sent.items():  # these go into every NCIP message: one no XML can carry would spoil them all
         why = xmltext.problem("the value", value) if isinstance(value, str) else None
@@ -178,8 +210,10 @@ def check_ncip(values: dict[str, Any], problem: Report) -> None:
     for key in ("content_type", "form_content_type"):
         label = values.get(key)
         if isinstance(label, str) and (not label.strip() or any(not 32 <= ord(c) < 127 for c in label)):
-            problem(f"ncip.{key}", f"must be a Content-Type such as \"text/xml; charset=UTF-8\", in ASCII on one line, "
-                    f"got {label!r}")
+            problem(
+                f"ncip.{key}",
+                f'must be a Content-Type such as "text/xml; charset=UTF-8", in ASCII on one line, got {label!r}',
+            )
 
 
 def _check_ncip_url(values: dict[str, Any], problem: Report) -> None:
@@ -191,16 +225,25 @@ def _check_ncip_url(values: dict[str, Any], problem: Report) -> None:
         except ValueError:
             port = -1
         if parts.scheme not in ("http", "https", "tcp") or not parts.hostname or port == -1:
-            problem("ncip.url", "must be an http(s) URL such as http://aleph.example.edu:8991/ncip, or "
-                    f"tcp://HOST:PORT for a raw socket to ALEPH's NCIP port, got {url!r}")
+            problem(
+                "ncip.url",
+                "must be an http(s) URL such as http://aleph.example.edu:8991/ncip, or "
+                f"tcp://HOST:PORT for a raw socket to ALEPH's NCIP port, got {url!r}",
+            )
         elif parts.scheme == "tcp" and (port is None or parts.query or parts.fragment or parts.username):
             problem("ncip.url", f"a raw-socket URL is tcp://HOST:PORT or tcp://HOST:PORT/PATH, got {url!r}")
         elif parts.scheme == "tcp" and parts.path.strip("/") and values.get("framing") == "bare":
-            problem("ncip.url", f"with framing = \"bare\" nothing but the message is sent, so a PATH has no use: "
-                    f"tcp://HOST:PORT, got {url!r}")
+            problem(
+                "ncip.url",
+                f'with framing = "bare" nothing but the message is sent, so a PATH has no use: '
+                f"tcp://HOST:PORT, got {url!r}",
+            )
         elif parts.scheme == "tcp" and any(ord(character) < 33 or ord(character) > 126 for character in parts.path):
-            problem("ncip.url", f"the PATH of a raw-socket URL goes into the request line: no spaces or control "
-                    f"characters, got {url!r}")
+            problem(
+                "ncip.url",
+                f"the PATH of a raw-socket URL goes into the request line: no spaces or control "
+                f"characters, got {url!r}",
+            )
 
 
 def check_alerts(values: dict[str, Any], problem: Report) -> None:
@@ -228,5 +271,7 @@ def check_metrics(values: dict[str, Any], problem: Report) -> None:
             problem("metrics.listen", f"must be HOST:PORT such as 127.0.0.1:9464 (or empty = off), got {listen!r}")
     textfile = values.get("textfile")
     if isinstance(textfile, Path) and (not textfile.name.endswith(".prom") or not textfile.parent.is_dir()):
-        problem("metrics.textfile", f"must be a NAME.prom file in an existing folder (node_exporter's textfile "
-                f"directory), got {textfile}")
+        problem(
+            "metrics.textfile",
+            f"must be a NAME.prom file in an existing folder (node_exporter's textfile directory), got {textfile}",
+        )

@@ -23,8 +23,9 @@ CREDENTIAL_NAME = "caiasoft-api-key"  # systemd LoadCredential= name
 SFTP_FILES = ("known_hosts_file", "private_key_file", "private_key_passphrase_file", "password_file")
 
 
-def api_key(key_file: Path | None, key_env: str | None, environ: Mapping[str, str],
-            problem: Report) -> tuple[Secret, list[str]]:
+def api_key(
+    key_file: Path | None, key_env: str | None, environ: Mapping[str, str], problem: Report
+) -> tuple[Secret, list[str]]:
     """Return the API key and warnings about its file; report why there is none."""
     if key_file and key_env:  # reported by config_rules.check_caiasoft
         return Secret(""), []
@@ -34,14 +35,16 @@ def api_key(key_file: Path | None, key_env: str | None, environ: Mapping[str, st
         if unusable:
             problem("caiasoft.api_key_env", f"environment variable {key_env} {unusable}")
         return Secret(from_env), []
-    credential = Path(environ["CREDENTIALS_DIRECTORY"]) / CREDENTIAL_NAME \
-        if environ.get("CREDENTIALS_DIRECTORY") else None
+    credential = (
+        Path(environ["CREDENTIALS_DIRECTORY"]) / CREDENTIAL_NAME if environ.get("CREDENTIALS_DIRECTORY") else None
+    )
     if key_file is None and credential is not None and credential.exists():
         key_file = credential
     if key_file is None:
-        problem("caiasoft.api_key_file",
-                "no API key: set api_key_file or api_key_env, or pass a systemd credential named "
-                f"{CREDENTIAL_NAME}")
+        problem(
+            "caiasoft.api_key_file",
+            f"no API key: set api_key_file or api_key_env, or pass a systemd credential named {CREDENTIAL_NAME}",
+        )
         return Secret(""), []
     value, mode = _read_key_file(key_file, problem)
     if value is None or mode is None:

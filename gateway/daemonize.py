@@ -33,9 +33,11 @@ def drop_privileges(user: str | None, group: str | None) -> None:
         if group is not None:
             raise StartRefused("--group needs --user")
         if os.geteuid() == 0:
-            raise StartRefused("started as root: say which user to run as (--user caiasoft-gateway), or start it "
-                               "as that user (the init script uses setpriv, which also keeps CAP_LEASE); "
-                               "--user root runs it as root on purpose")
+            raise StartRefused(
+                "started as root: say which user to run as (--user caiasoft-gateway), or start it "
+                "as that user (the init script uses setpriv, which also keeps CAP_LEASE); "
+                "--user root runs it as root on purpose"
+            )
         return
     try:
         entry = pwd.getpwnam(user)
@@ -60,21 +62,27 @@ def _writable_folder(path: Path, what: str) -> None:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         hint = f": add ReadWritePaths={path} to the unit's site.conf" if error.errno == errno.EROFS else ""
-        raise StartRefused(f"the {what} {path} does not exist and cannot be made ({error.strerror or error})"
-                           f"{hint}") from None
+        raise StartRefused(
+            f"the {what} {path} does not exist and cannot be made ({error.strerror or error}){hint}"
+        ) from None
     if not path.is_dir():
         raise StartRefused(f"the {what} {path} is not a folder")
     if os.statvfs(path).f_flag & os.ST_RDONLY:
-        raise StartRefused(f"the {what} {path} is on a read-only filesystem (under systemd: the unit's "
-                           f"ProtectSystem=strict; add ReadWritePaths={path} to its drop-in site.conf, or install "
-                           f"again with --writable-path {path}; `caiasoft-gateway check --as-service` compares them)")
+        raise StartRefused(
+            f"the {what} {path} is on a read-only filesystem (under systemd: the unit's "
+            f"ProtectSystem=strict; add ReadWritePaths={path} to its drop-in site.conf, or install "
+            f"again with --writable-path {path}; `caiasoft-gateway check --as-service` compares them)"
+        )
     if not os.access(path, os.W_OK | os.X_OK):
-        raise StartRefused(f"the {what} {path} is not writable by uid {os.geteuid()} (owned by uid "
-                           f"{path.stat().st_uid}, mode {path.stat().st_mode & 0o7777:o})")
+        raise StartRefused(
+            f"the {what} {path} is not writable by uid {os.geteuid()} (owned by uid "
+            f"{path.stat().st_uid}, mode {path.stat().st_mode & 0o7777:o})"
+        )
 
 
-def writable_folders(config: Config, keys: tuple[str, ...] = ("state_dir", "archive_dir", "error_dir", "log_dir")) \
-        -> None:
+def writable_folders(
+    config: Config, keys: tuple[str, ...] = ("state_dir", "archive_dir", "error_dir", "log_dir")
+) -> None:
     """Raise StartRefused naming the first of these folders of the service it cannot write (read-only, not its own).
 
     `run` checks the state and log folders only: an archive or error folder that cannot be written holds the
@@ -88,19 +96,25 @@ def preflight(config: Config, pidfile: Path) -> None:
     """Every reason `daemon` could not run, found while the terminal still sees the answer."""
     folder = pidfile.parent
     if not folder.is_dir():
-        raise StartRefused(f"the pidfile's folder {folder} does not exist (the install's tmpfiles make "
-                           "/run/caiasoft-gateway; the init script makes it at start)")
+        raise StartRefused(
+            f"the pidfile's folder {folder} does not exist (the install's tmpfiles make "
+            "/run/caiasoft-gateway; the init script makes it at start)"
+        )
     if not os.access(folder, os.W_OK | os.X_OK):
         raise StartRefused(f"the pidfile's folder {folder} is not writable by uid {os.geteuid()}")
     if (pidfile.exists() or pidfile.is_symlink()) and not os.access(pidfile, os.R_OK | os.W_OK):
-        raise StartRefused(f"the pidfile {pidfile} belongs to uid {pidfile.lstat().st_uid} and uid {os.geteuid()} "
-                           "cannot write it (left by a start as another user): remove it")
+        raise StartRefused(
+            f"the pidfile {pidfile} belongs to uid {pidfile.lstat().st_uid} and uid {os.geteuid()} "
+            "cannot write it (left by a start as another user): remove it"
+        )
     writable_folders(config)
     for path in (config.paths.lock_file, config.paths.database):  # left by a start as another user (root)
         if path.exists() and not os.access(path, os.R_OK | os.W_OK):
-            raise StartRefused(f"{path} belongs to uid {path.stat().st_uid} and uid {os.geteuid()} cannot write it "
-                               f"(a start as another user left it): chown -R that user's files in "
-                               f"{config.paths.state_dir} to the service user")
+            raise StartRefused(
+                f"{path} belongs to uid {path.stat().st_uid} and uid {os.geteuid()} cannot write it "
+                f"(a start as another user left it): chown -R that user's files in "
+                f"{config.paths.state_dir} to the service user"
+            )
 
 
 class PidFile:

@@ -56,14 +56,25 @@ def samples_folder() -> Path:
 
 def sample_files() -> list[tuple[str, bytes]]:
     """The sample request files shipped with the gateway, as (name, bytes)."""
-    return sorted((entry.name, entry.read_bytes()) for entry in samples_folder().iterdir()
-                  if entry.is_file() and not entry.name.endswith((".md", ".py"))
-                  and not entry.name.startswith(("_", ".")))
+    return sorted(
+        (entry.name, entry.read_bytes())
+        for entry in samples_folder().iterdir()
+        if entry.is_file() and not entry.name.endswith((".md", ".py")) and not entry.name.startswith(("_", "."))
+    )
 
 
-def write_config(root: Path, base_url: str, key: str, settle_seconds: float = 0.5, source: Path | None = None,
-                 extra: str = "", *, caiasoft_extra: str = "backoff_initial_seconds = 0.2", source_extra: str = "",
-                 local_source: bool = True) -> Path:
+def write_config(
+    root: Path,
+    base_url: str,
+    key: str,
+    settle_seconds: float = 0.5,
+    source: Path | None = None,
+    extra: str = "",
+    *,
+    caiasoft_extra: str = "backoff_initial_seconds = 0.2",
+    source_extra: str = "",
+    local_source: bool = True,
+) -> Path:
     """A gateway on temp folders under root (demo, benchmark, tests): key file, source folder, config.
 
     caiasoft_extra and source_extra are TOML lines added to [caiasoft] and to the local
@@ -144,24 +155,34 @@ def _demo(root: Path, keep: bool) -> int:
     simulator.status_lists[("refiled", today, FEED_COLLECTION)] = [NCIP_BARCODE]
     simulator.item_statuses[NCIP_BARCODE] = NCIP_STATUS
     # garbled-slip.xml stops mid-document, as if ALEPH had paused: it waits this long unchanged, then is refused.
-    config = write_config(root, simulator.url, key, extra="incomplete_grace_seconds = 2\n" + _monitoring(
-        mail.port, metrics_port) + _relay(ncip.url, root / "ncip.jsonl"))
-    print(f"demo folder:         {root}\nCaiaSoft simulator:  {simulator.url}\n"
-          f"NCIP simulator:      {ncip.url} (ALEPH's NCIP port: HTTP/1.0 framing on a raw socket, NCIP 1)\n"
-          f"mail catcher:        smtp://127.0.0.1:{mail.port} (stands in for the host's MTA)\n"
-          f"metrics:             http://127.0.0.1:{metrics_port}/metrics\n")
-    child = subprocess.Popen([sys.executable, "-m", "gateway", "-c", str(config), "run"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    config = write_config(
+        root,
+        simulator.url,
+        key,
+        extra="incomplete_grace_seconds = 2\n"
+        + _monitoring(mail.port, metrics_port)
+        + _relay(ncip.url, root / "ncip.jsonl"),
+    )
+    print(
+        f"demo folder:         {root}\nCaiaSoft simulator:  {simulator.url}\n"
+        f"NCIP simulator:      {ncip.url} (ALEPH's NCIP port: HTTP/1.0 framing on a raw socket, NCIP 1)\n"
+        f"mail catcher:        smtp://127.0.0.1:{mail.port} (stands in for the host's MTA)\n"
+        f"metrics:             http://127.0.0.1:{metrics_port}/metrics\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "-c", str(config), "run"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         folder = root / "aleph" / "print"
         files = sample_files()
         files.append(("shelf-report.txt", b"Shelf report for Annex room 2\nAll trays checked on 28 Nov.\n"))
-        files.append(("garbled-slip.xml", b"## - XML_XSL\n<?xml version=\"1.0\"?>\n<printout><section-01>"))
+        files.append(("garbled-slip.xml", b'## - XML_XSL\n<?xml version="1.0"?>\n<printout><section-01>'))
         for name, data in files:
             print(f"ALEPH writes        {name}")
             _write_like_aleph(folder / name, data)
-        print(f"CaiaSoft            retrieved {NCIP_BARCODE} and refiled it today; its status now: "
-              f"{NCIP_STATUS!r}")
+        print(f"CaiaSoft            retrieved {NCIP_BARCODE} and refiled it today; its status now: {NCIP_STATUS!r}")
         counts = _wait_until_done(root / "state" / "gateway.db", len(files), child)
         _wait_for_mail(mail, 2)
         _wait_for_ncip(ncip, 2)
@@ -175,8 +196,10 @@ def _demo(root: Path, keep: bool) -> int:
         simulator.stop()
         mail.stop()
         ncip.stop()
-    print(f"\nCaiaSoft received {len(simulator.received)} upload(s); "
-          f"{counts.get(FileState.ARCHIVED, 0)} archived, {counts.get(FileState.REFUSED, 0)} refused.\n")
+    print(
+        f"\nCaiaSoft received {len(simulator.received)} upload(s); "
+        f"{counts.get(FileState.ARCHIVED, 0)} archived, {counts.get(FileState.REFUSED, 0)} refused.\n"
+    )
     _show_monitoring(mail, figures, metrics_port)
     relayed = _show_ncip(ncip)
     _show(root, keep)
@@ -212,8 +235,10 @@ def _show_ncip(ncip: NcipSimulator) -> bool:
     print(f"\nALEPH's NCIP port (simulated) received {len(ncip.received)} message(s):")
     for message in ncip.received:
         framing = f'"{message.head.splitlines()[0].decode("latin-1")}" + headers' if message.head else "bare"
-        print(f"  {message.action} {message.item}  (NCIP {message.version}, {framing})"
-              + (f", user {message.user}" if message.user else ""))
+        print(
+            f"  {message.action} {message.item}  (NCIP {message.version}, {framing})"
+            + (f", user {message.user}" if message.user else "")
+        )
     on_loan = NCIP_BARCODE in ncip.loans
     print(f"  {NCIP_BARCODE} ends {'on loan' if on_loan else 'checked in'} in ALEPH\n")
     return len(ncip.received) == 2 and not on_loan
@@ -252,30 +277,41 @@ def _scrape(port: int) -> list[str]:
             text = answer.read().decode()
     except OSError as error:
         return [f"(could not read /metrics: {error})"]
-    return [line for line in text.splitlines()
-            if line.startswith(("caiasoft_gateway_files_total", "caiasoft_gateway_denied_items_total",
-                                "caiasoft_gateway_pending_files", "caiasoft_gateway_uploads_paused"))]
+    return [
+        line
+        for line in text.splitlines()
+        if line.startswith(
+            (
+                "caiasoft_gateway_files_total",
+                "caiasoft_gateway_denied_items_total",
+                "caiasoft_gateway_pending_files",
+                "caiasoft_gateway_uploads_paused",
+            )
+        )
+    ]
 
 
 def _show_monitoring(mail: MailCatcher, figures: list[str], metrics_port: int) -> None:
     print(f"\nAlerts mailed (caught by the demo's mail server): {len(mail.messages)}")
     for message in mail.messages:
         print(f"  Subject: {message['Subject']}")
-    shown = next((m for m in mail.messages if "denied" in str(m["Subject"])), mail.messages[0] if mail.messages
-                 else None)
+    shown = next(
+        (m for m in mail.messages if "denied" in str(m["Subject"])), mail.messages[0] if mail.messages else None
+    )
     if shown is not None:
         part = shown.get_body(("plain",))
         text = part.get_content() if isinstance(part, EmailMessage) else ""
-        print(f"\nOne of them, as the ILS team reads it:\n  To: {shown['To']}\n  Subject: {shown['Subject']}\n\n  "
-              + text.strip().replace("\n", "\n  "))
+        print(
+            f"\nOne of them, as the ILS team reads it:\n  To: {shown['To']}\n  Subject: {shown['Subject']}\n\n  "
+            + text.strip().replace("\n", "\n  ")
+        )
     print(f"\nPrometheus figures from http://127.0.0.1:{metrics_port}/metrics (while the gateway ran):")
     for line in figures:
         print(f"  {line}")
 
 
 def _show(root: Path, keep: bool) -> None:
-    for label, folder in (("accepted by CaiaSoft -> archive", root / "archive"),
-                          ("refused -> error", root / "error")):
+    for label, folder in (("accepted by CaiaSoft -> archive", root / "archive"), ("refused -> error", root / "error")):
         print(f"{label}:")
         for sidecar in sorted(folder.rglob("*.json")):
             info = json.loads(sidecar.read_text())
@@ -294,14 +330,20 @@ def _show(root: Path, keep: bool) -> None:
         text = example.read_text().strip()
         print("  " + text[:2400].replace("\n", "\n  ") + ("\n  ..." if len(text) > 2400 else ""))
     config = root / "gateway.toml"
-    print(f"\n\"Where is my item?\"  caiasoft-gateway -c {config} find {FIND_BARCODE}\n")
-    answer = subprocess.run([sys.executable, "-m", "gateway", "-c", str(config), "find", FIND_BARCODE],
-                            capture_output=True, text=True, timeout=60)
+    print(f'\n"Where is my item?"  caiasoft-gateway -c {config} find {FIND_BARCODE}\n')
+    answer = subprocess.run(
+        [sys.executable, "-m", "gateway", "-c", str(config), "find", FIND_BARCODE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     print("  " + (answer.stdout.strip() or answer.stderr.strip()).replace("\n", "\n  "))
     if not keep:
         print(f"\nThe demo folder {root} is removed now; `caiasoft-gateway demo --keep` keeps it to look around.")
         return
-    print(f"\nWhere to look (the demo folder is kept; remove it when done):\n"
-          f"  log (one JSON object a line): {root / 'log' / 'gateway.log'}\n"
-          f"  status: caiasoft-gateway -c {root / 'gateway.toml'} status\n"
-          f"  config used: {root / 'gateway.toml'}")
+    print(
+        f"\nWhere to look (the demo folder is kept; remove it when done):\n"
+        f"  log (one JSON object a line): {root / 'log' / 'gateway.log'}\n"
+        f"  status: caiasoft-gateway -c {root / 'gateway.toml'} status\n"
+        f"  config used: {root / 'gateway.toml'}"
+    )

@@ -74,7 +74,8 @@ class LedgerDamaged(GatewayError):
             "the archive and error folders stay as they are, files left in state_dir/work/ are taken again, and "
             "so is every file in the source folders, including originals kept there after they were sent (where "
             "open writers cannot be seen, for keep_original_seconds): those are sent to CaiaSoft a second time "
-            "unless you remove the ones already in the archive first")
+            "unless you remove the ones already in the archive first"
+        )
 
 
 def describe(error: BaseException) -> str:
@@ -97,7 +98,7 @@ def fault_kind(error: BaseException) -> str:
 
     if isinstance(error, sqlite3.OperationalError):  # locked, disk full, I/O error, cannot open
         return ENVIRONMENT
-    if isinstance(error, sqlite3.DatabaseError):     # malformed image, not a database
+    if isinstance(error, sqlite3.DatabaseError):  # malformed image, not a database
         return DAMAGED
     if isinstance(error, OSError):
         return ENVIRONMENT

@@ -33,8 +33,13 @@ class Events:
     def upload_timed(self, seconds: float) -> None:
         """One call to CaiaSoft's request-file endpoint ended (any answer) after this many seconds."""
 
-    def ncip_entry(self, outcome: NcipOutcome, entry: dict[str, Any] | None, reason: str | None = None,
-                   dead_letters: Path | None = None) -> None:
+    def ncip_entry(
+        self,
+        outcome: NcipOutcome,
+        entry: dict[str, Any] | None,
+        reason: str | None = None,
+        dead_letters: Path | None = None,
+    ) -> None:
         """A journal entry is finished: done, already, or a dead letter (with where it was kept)."""
 
     def status_unknown(self, barcode: str, status: str, day: str, collection: str) -> None:
@@ -48,10 +53,10 @@ NO_EVENTS = Events()
 class Conditions:
     """The lasting states the service reads each tick; the monitor notes when each began."""
 
-    paused: str | None = None            # why uploads are paused (API key refused)
+    paused: str | None = None  # why uploads are paused (API key refused)
     caiasoft_problem: str | None = None  # why the last call to CaiaSoft failed, while calls keep failing
-    ncip_problem: str | None = None      # the same for ALEPH's NCIP server
-    ncip_behind: int = 0                         # journal entries not yet relayed
-    ncip_journal_problem: str | None = None      # why the NCIP journal is not read (a link, a directory ...)
+    ncip_problem: str | None = None  # the same for ALEPH's NCIP server
+    ncip_behind: int = 0  # journal entries not yet relayed
+    ncip_journal_problem: str | None = None  # why the NCIP journal is not read (a link, a directory ...)
     sources: dict[str, str | None] = field(default_factory=dict)  # source -> why it cannot be read, or None
-    locations: dict[str, str] = field(default_factory=dict)       # source -> its folder or URL
+    locations: dict[str, str] = field(default_factory=dict)  # source -> its folder or URL

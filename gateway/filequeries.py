@@ -28,7 +28,7 @@ class FileQueries(LedgerDb):
         """These rows (those that exist), in id order."""
         found: list[FileRow] = []
         for start in range(0, len(row_ids), 500):
-            chunk: list[object] = list(row_ids[start:start + 500])
+            chunk: list[object] = list(row_ids[start : start + 500])
             marks = ", ".join("?" for _ in chunk)
             found += self._all(f"SELECT * FROM files WHERE id IN ({marks}) ORDER BY id", chunk)
         return found
@@ -38,22 +38,27 @@ class FileQueries(LedgerDb):
         return self._all(f"SELECT * FROM files WHERE state IN ({marks}) ORDER BY id", states)
 
     def find_refused(self, final_path: Path) -> FileRow | None:
-        return self._one("SELECT * FROM files WHERE state = 'refused' AND final_path = ? "
-                         "ORDER BY id DESC LIMIT 1", (str(final_path),))
+        return self._one(
+            "SELECT * FROM files WHERE state = 'refused' AND final_path = ? ORDER BY id DESC LIMIT 1",
+            (str(final_path),),
+        )
 
     def oldest_open(self) -> FileRow | None:
         marks = ", ".join("?" for _ in OPEN_STATES)
-        return self._one(f"SELECT * FROM files WHERE state IN ({marks}) ORDER BY seen_at, id LIMIT 1",
-                         OPEN_STATES)
+        return self._one(f"SELECT * FROM files WHERE state IN ({marks}) ORDER BY seen_at, id LIMIT 1", OPEN_STATES)
 
     def recent(self, state: FileState, limit: int) -> list[FileRow]:
-        return self._all("SELECT * FROM files WHERE state = ? ORDER BY finished_at DESC, id DESC LIMIT ?",
-                         (state, limit))
+        return self._all(
+            "SELECT * FROM files WHERE state = ? ORDER BY finished_at DESC, id DESC LIMIT ?", (state, limit)
+        )
 
     def problems(self, limit: int = 20) -> list[FileRow]:
         """Rows waiting on a placing problem, or stuck: what `status` lists with its reason."""
-        return self._all("SELECT * FROM files WHERE (state IN ('answered', 'archiving', 'refusing') "
-                         "AND problem IS NOT NULL) OR state = 'stuck' ORDER BY id LIMIT ?", (limit,))
+        return self._all(
+            "SELECT * FROM files WHERE (state IN ('answered', 'archiving', 'refusing') "
+            "AND problem IS NOT NULL) OR state = 'stuck' ORDER BY id LIMIT ?",
+            (limit,),
+        )
 
     # -- counts and timers -------------------------------------------------------
 
@@ -65,8 +70,9 @@ class FileQueries(LedgerDb):
 
     def count_finished_since(self, state: FileState, since: float) -> int:
         with self._lock:
-            count: int = self._db.execute("SELECT COUNT(*) FROM files WHERE state = ? AND finished_at >= ?",
-                                          (state, since)).fetchone()[0]
+            count: int = self._db.execute(
+                "SELECT COUNT(*) FROM files WHERE state = ? AND finished_at >= ?", (state, since)
+            ).fetchone()[0]
         return count
 
     def next_due_at(self) -> float | None:
@@ -78,16 +84,18 @@ class FileQueries(LedgerDb):
 
     def next_placement_due(self) -> float | None:
         with self._lock:
-            row = self._db.execute("SELECT MIN(next_attempt_at) FROM files "
-                                   "WHERE state IN ('answered', 'archiving', 'refusing')").fetchone()
+            row = self._db.execute(
+                "SELECT MIN(next_attempt_at) FROM files WHERE state IN ('answered', 'archiving', 'refusing')"
+            ).fetchone()
         due: float | None = row[0]
         return due
 
     def known_work_names(self) -> set[str]:
         marks = ", ".join("?" for _ in OPEN_STATES)
         with self._lock:
-            rows = self._db.execute(f"SELECT id, name FROM files WHERE state IN ({marks}, 'stuck')",
-                                    OPEN_STATES).fetchall()
+            rows = self._db.execute(
+                f"SELECT id, name FROM files WHERE state IN ({marks}, 'stuck')", OPEN_STATES
+            ).fetchall()
         return {work_name(row_id, loaded(name)) for row_id, name in rows}
 
     # -- sources that keep their originals until the outcome is known (SFTP) --------
@@ -95,13 +103,16 @@ class FileQueries(LedgerDb):
     def held(self, source: str) -> set[tuple[str, int, float]]:
         """(origin, size, mtime) of this source's files taken but not yet removed from the source."""
         with self._lock:
-            rows = self._db.execute("SELECT origin, size, mtime FROM files WHERE source = ? AND released_at IS NULL",
-                                    (source,)).fetchall()
+            rows = self._db.execute(
+                "SELECT origin, size, mtime FROM files WHERE source = ? AND released_at IS NULL", (source,)
+            ).fetchall()
         return {(loaded(origin), size, mtime) for origin, size, mtime in rows}
 
     def to_release(self, source: str, taken_before: float | None = None) -> list[FileRow]:
         """This source's files whose outcome is known but whose original is still in the source
         (only those taken before taken_before, if given)."""
-        return self._all("SELECT * FROM files WHERE source = ? AND released_at IS NULL AND state IN "
-                         "('archived', 'refused') AND seen_at <= ? ORDER BY id",
-                         (source, float("inf") if taken_before is None else taken_before))
+        return self._all(
+            "SELECT * FROM files WHERE source = ? AND released_at IS NULL AND state IN "
+            "('archived', 'refused') AND seen_at <= ? ORDER BY id",
+            (source, float("inf") if taken_before is None else taken_before),
+        )

@@ -148,8 +148,9 @@ def snapshot(fd: int, target: Path, limit: int | None = None, deadline: float | 
                 if limit is not None and copied > limit:
                     raise CopyCut(errno.EFBIG, f"it grew above max_file_bytes ({limit}) while copied; not taken")
                 if deadline is not None and time.monotonic() > deadline:
-                    raise CopyCut(errno.ETIMEDOUT, f"its copy ran past its deadline ({copied} bytes copied); "
-                                  "taken again later")
+                    raise CopyCut(
+                        errno.ETIMEDOUT, f"its copy ran past its deadline ({copied} bytes copied); taken again later"
+                    )
                 writer.write(chunk)
             writer.flush()
             os.fchmod(writer.fileno(), stat.S_IMODE(info.st_mode) & 0o640 | 0o600)  # no one else writes it

@@ -26,14 +26,21 @@ from gateway.names import is_text, printable
 from gateway.printfile import Record
 from gateway.states import FileState, Verdict
 
-BACKFILL_BATCH = 5000                   # items written to the ledger at once while backfilling
+BACKFILL_BATCH = 5000  # items written to the ledger at once while backfilling
 BACKFILL_MAX_FILE_BYTES = 50 * 1024 * 1024
 _DAY = re.compile(r"^\d{4}/\d{2}/\d{2}$")
-_OUTCOMES = {FileState.ARCHIVED: Verdict.ACCEPTED, FileState.ARCHIVING: Verdict.ACCEPTED,
-             FileState.REFUSED: Verdict.REFUSED, FileState.REFUSING: Verdict.REFUSED}
+_OUTCOMES = {
+    FileState.ARCHIVED: Verdict.ACCEPTED,
+    FileState.ARCHIVING: Verdict.ACCEPTED,
+    FileState.REFUSED: Verdict.REFUSED,
+    FileState.REFUSING: Verdict.REFUSED,
+}
 # an outcome ('outcome' in --json) as find prints it
-_SHOWN: dict[str, str] = {Verdict.ACCEPTED: "accepted by CaiaSoft", Verdict.REFUSED: "refused",
-                          FileState.QUEUED: "not finished yet (queued)"}
+_SHOWN: dict[str, str] = {
+    Verdict.ACCEPTED: "accepted by CaiaSoft",
+    Verdict.REFUSED: "refused",
+    FileState.QUEUED: "not finished yet (queued)",
+}
 
 
 def find(ledger: Ledger, barcode: str, folders: list[Path]) -> list[dict[str, Any]]:
@@ -45,15 +52,19 @@ def find(ledger: Ledger, barcode: str, folders: list[Path]) -> list[dict[str, An
     backfill(ledger, folders)
     found = []
     for hit in _hits(ledger, barcode):
-        entry = _from_ledger(ledger, hit.barcode, hit.file_id, hit.record) if hit.file_id else \
-            _from_sidecar(Path(hit.sidecar), hit.barcode, hit.record) or \
-            _from_pruned_sidecar(ledger, Path(hit.sidecar), hit.barcode, folders)
+        entry = (
+            _from_ledger(ledger, hit.barcode, hit.file_id, hit.record)
+            if hit.file_id
+            else _from_sidecar(Path(hit.sidecar), hit.barcode, hit.record)
+            or _from_pruned_sidecar(ledger, Path(hit.sidecar), hit.barcode, folders)
+        )
         if entry is not None:
             found.append(entry)
     for entry in found:
         entry["path_exists"] = bool(entry["path"]) and Path(entry["path"]).is_file()
-        pruned = ledger.pruned_at(str(Path(entry["path"]).parent)) if entry["path"] and not entry["path_exists"] \
-            else None
+        pruned = (
+            ledger.pruned_at(str(Path(entry["path"]).parent)) if entry["path"] and not entry["path_exists"] else None
+        )
         entry["pruned_at"] = _iso(pruned)  # its day folder was removed by retention_days, then
     retired = _retired(ledger, barcode)
     if retired is not None:
@@ -83,17 +94,36 @@ def _retired(ledger: Ledger, barcode: str) -> dict[str, Any] | None:
         return None
     accepted = kept.outcome == Verdict.ACCEPTED
     status = {key: value for key, value in (("deny", kept.deny), ("istatus", kept.istatus)) if value is not None}
-    return {"barcode": kept.barcode, "file": kept.file, "original_name": None, "source": kept.source,
-            "taken": _iso(kept.taken), "sent": _iso(kept.sent), "outcome": kept.outcome,
-            "state": FileState.ARCHIVED if accepted else FileState.REFUSED, "reason": kept.reason,
-            "caiasoft": status or None, "path": kept.path, "kind": None, "record": None, "line": None,
-            "request_number": kept.request_number, "request_id": None, "pickup_location": None, "form_name": None,
-            "ledger_id": None, "path_exists": False, "pruned_at": _iso(kept.removed_at),
-            "earlier_removed": kept.earlier, "first_taken": _iso(kept.first_taken)}
+    return {
+        "barcode": kept.barcode,
+        "file": kept.file,
+        "original_name": None,
+        "source": kept.source,
+        "taken": _iso(kept.taken),
+        "sent": _iso(kept.sent),
+        "outcome": kept.outcome,
+        "state": FileState.ARCHIVED if accepted else FileState.REFUSED,
+        "reason": kept.reason,
+        "caiasoft": status or None,
+        "path": kept.path,
+        "kind": None,
+        "record": None,
+        "line": None,
+        "request_number": kept.request_number,
+        "request_id": None,
+        "pickup_location": None,
+        "form_name": None,
+        "ledger_id": None,
+        "path_exists": False,
+        "pruned_at": _iso(kept.removed_at),
+        "earlier_removed": kept.earlier,
+        "first_taken": _iso(kept.first_taken),
+    }
 
 
 def _printable(entry: dict[str, Any]) -> dict[str, Any]:
     """Every text of an answer safe for a terminal and for JSON (names.printable: file names are bytes)."""
+
     def shown(value: Any) -> Any:
         if isinstance(value, str):
             return printable(value)
@@ -111,16 +141,27 @@ def _from_ledger(ledger: Ledger, barcode: str, file_id: int, number: int) -> dic
     record = ledger.record_of(file_id, number)
     # answered (the verdict is recorded, the file not yet placed): the verdict is the outcome
     outcome = _OUTCOMES.get(row.state) or row.verdict or FileState.QUEUED
-    return {"barcode": barcode, "file": Path(row.final_path).name if row.final_path else row.name,
-            "original_name": row.name, "source": row.source, "taken": _iso(row.claimed_at or row.seen_at),
-            "sent": _iso(row.uploaded_at), "outcome": outcome, "state": row.state,
-            "reason": None if outcome == Verdict.ACCEPTED else row.reason,
-            "caiasoft": answers_by_item(row.answer_json).get(barcode), "path": row.final_path,
-            "kind": row.kind, "record": number or None, "line": record.line if record else None,
-            "request_number": record.request_number if record else None,
-            "request_id": record.request_id if record else None,
-            "pickup_location": record.pickup_location if record else None,
-            "form_name": record.form_name if record else None, "ledger_id": row.id}
+    return {
+        "barcode": barcode,
+        "file": Path(row.final_path).name if row.final_path else row.name,
+        "original_name": row.name,
+        "source": row.source,
+        "taken": _iso(row.claimed_at or row.seen_at),
+        "sent": _iso(row.uploaded_at),
+        "outcome": outcome,
+        "state": row.state,
+        "reason": None if outcome == Verdict.ACCEPTED else row.reason,
+        "caiasoft": answers_by_item(row.answer_json).get(barcode),
+        "path": row.final_path,
+        "kind": row.kind,
+        "record": number or None,
+        "line": record.line if record else None,
+        "request_number": record.request_number if record else None,
+        "request_id": record.request_id if record else None,
+        "pickup_location": record.pickup_location if record else None,
+        "form_name": record.form_name if record else None,
+        "ledger_id": row.id,
+    }
 
 
 def _from_sidecar(sidecar: Path, barcode: str, number: int) -> dict[str, Any] | None:
@@ -131,17 +172,28 @@ def _from_sidecar(sidecar: Path, barcode: str, number: int) -> dict[str, Any] | 
     times = times if isinstance(times, dict) else {}
     record = _sidecar_record(content, number)
     accepted = content.get("outcome") == Verdict.ACCEPTED
-    return {"barcode": barcode, "file": content.get("file") or sidecar.name.removesuffix(SIDECAR_SUFFIX),
-            "original_name": content.get("original_name"), "source": content.get("source"),
-            "taken": times.get("claimed") or times.get("seen"), "sent": times.get("uploaded"),
-            "outcome": content.get("outcome"), "state": FileState.ARCHIVED if accepted else FileState.REFUSED,
-            "reason": None if accepted else content.get("reason"),
-            "caiasoft": answers_by_item(content.get("caiasoft_answer")).get(barcode),
-            "path": str(sidecar.with_name(sidecar.name.removesuffix(SIDECAR_SUFFIX))),
-            "kind": content.get("kind"), "record": number or None, "line": record.get("line"),
-            "request_number": record.get("request_number"),
-            "request_id": record.get("request_id"), "pickup_location": record.get("pickup_location"),
-            "form_name": record.get("form_name"), "ledger_id": None, "sidecar": str(sidecar)}
+    return {
+        "barcode": barcode,
+        "file": content.get("file") or sidecar.name.removesuffix(SIDECAR_SUFFIX),
+        "original_name": content.get("original_name"),
+        "source": content.get("source"),
+        "taken": times.get("claimed") or times.get("seen"),
+        "sent": times.get("uploaded"),
+        "outcome": content.get("outcome"),
+        "state": FileState.ARCHIVED if accepted else FileState.REFUSED,
+        "reason": None if accepted else content.get("reason"),
+        "caiasoft": answers_by_item(content.get("caiasoft_answer")).get(barcode),
+        "path": str(sidecar.with_name(sidecar.name.removesuffix(SIDECAR_SUFFIX))),
+        "kind": content.get("kind"),
+        "record": number or None,
+        "line": record.get("line"),
+        "request_number": record.get("request_number"),
+        "request_id": record.get("request_id"),
+        "pickup_location": record.get("pickup_location"),
+        "form_name": record.get("form_name"),
+        "ledger_id": None,
+        "sidecar": str(sidecar),
+    }
 
 
 def _from_pruned_sidecar(ledger: Ledger, sidecar: Path, barcode: str, folders: list[Path]) -> dict[str, Any] | None:
@@ -150,12 +202,28 @@ def _from_pruned_sidecar(ledger: Ledger, sidecar: Path, barcode: str, folders: l
         return None  # moved away, not removed by retention: not listed, as before
     refused = len(folders) > 1 and sidecar.is_relative_to(folders[1])  # find's folders: archive_dir, error_dir
     path = sidecar.with_name(sidecar.name.removesuffix(SIDECAR_SUFFIX))
-    return {"barcode": barcode, "file": path.name, "original_name": None, "source": None, "taken": None,
-            "sent": None, "outcome": Verdict.REFUSED if refused else Verdict.ACCEPTED,
-            "state": FileState.REFUSED if refused else FileState.ARCHIVED, "reason": None, "caiasoft": None,
-            "path": str(path), "kind": None, "record": None, "line": None, "request_number": None,
-            "request_id": None, "pickup_location": None, "form_name": None, "ledger_id": None,
-            "sidecar": str(sidecar)}
+    return {
+        "barcode": barcode,
+        "file": path.name,
+        "original_name": None,
+        "source": None,
+        "taken": None,
+        "sent": None,
+        "outcome": Verdict.REFUSED if refused else Verdict.ACCEPTED,
+        "state": FileState.REFUSED if refused else FileState.ARCHIVED,
+        "reason": None,
+        "caiasoft": None,
+        "path": str(path),
+        "kind": None,
+        "record": None,
+        "line": None,
+        "request_number": None,
+        "request_id": None,
+        "pickup_location": None,
+        "form_name": None,
+        "ledger_id": None,
+        "sidecar": str(sidecar),
+    }
 
 
 def _sidecar_record(content: dict[str, Any], number: int) -> dict[str, Any]:
@@ -169,6 +237,7 @@ def _sidecar_record(content: dict[str, Any], number: int) -> dict[str, Any]:
 
 
 # -- backfill -------------------------------------------------------------------
+
 
 def backfill(ledger: Ledger, folders: list[Path]) -> int:
     """Index the barcodes of files archived before the index existed, once; return how many were indexed."""
@@ -198,8 +267,9 @@ def _sidecars(folders: list[Path], last_day: dt.date) -> Iterator[Path]:
             except ValueError:
                 continue
             if _DAY.match(relative) and date <= last_day and not day.is_symlink():
-                yield from sorted(path for path in day.glob("*" + SIDECAR_SUFFIX)
-                                  if path.is_file() and not path.is_symlink())
+                yield from sorted(
+                    path for path in day.glob("*" + SIDECAR_SUFFIX) if path.is_file() and not path.is_symlink()
+                )
 
 
 def _sidecar_items(ledger: Ledger, sidecar: Path) -> list[tuple[str, int]]:
@@ -211,18 +281,28 @@ def _sidecar_items(ledger: Ledger, sidecar: Path) -> list[tuple[str, int]]:
     ledger_id = content.get("ledger_id")
     if isinstance(ledger_id, int) and ledger.indexed_path(ledger_id, str(target)):
         return []
-    items = [(item["barcode"], record.get("record", 0))
-             for record in content.get("records") or () if isinstance(record, dict)
-             for item in record.get("items") or () if isinstance(item, dict) and isinstance(item.get("barcode"), str)]
-    items += [(item["barcode"], index) for index, item in enumerate(content.get("barcodes") or (), 1)
-              if isinstance(item, dict) and isinstance(item.get("barcode"), str)]
+    items = [
+        (item["barcode"], record.get("record", 0))
+        for record in content.get("records") or ()
+        if isinstance(record, dict)
+        for item in record.get("items") or ()
+        if isinstance(item, dict) and isinstance(item.get("barcode"), str)
+    ]
+    items += [
+        (item["barcode"], index)
+        for index, item in enumerate(content.get("barcodes") or (), 1)
+        if isinstance(item, dict) and isinstance(item.get("barcode"), str)
+    ]
     if not items:
         items = [(barcode, 0) for barcode in answers_by_item(content.get("caiasoft_answer"))]
     if not items and target.is_file() and not target.is_symlink():
         items = _file_items(target)
     # a sidecar is a file anyone may have edited: only text barcodes and whole record numbers are indexed
-    return [(barcode, number if isinstance(number, int) and not isinstance(number, bool) else 0)
-            for barcode, number in items if barcode.strip() and is_text(barcode)]
+    return [
+        (barcode, number if isinstance(number, int) and not isinstance(number, bool) else 0)
+        for barcode, number in items
+        if barcode.strip() and is_text(barcode)
+    ]
 
 
 def _file_items(path: Path) -> list[tuple[str, int]]:
@@ -257,6 +337,7 @@ def _iso(moment: float | None) -> str | None:
 
 # -- printing ---------------------------------------------------------------------
 
+
 def render(barcode: str, found: list[dict[str, Any]]) -> str:
     """The answer as an admin reads it at the desk."""
     if not found:
@@ -267,9 +348,11 @@ def render(barcode: str, found: list[dict[str, Any]]) -> str:
             about = [f"line {entry['line']}"] if entry.get("line") else []
         else:
             about = [f"record {entry['record']}"] if entry.get("record") else []
-        about += [f"{label} {entry[key]}" for key, label in (("form_name", "form"), ("request_number", "request"),
-                                                              ("pickup_location", "pickup"))
-                  if entry.get(key)]
+        about += [
+            f"{label} {entry[key]}"
+            for key, label in (("form_name", "form"), ("request_number", "request"), ("pickup_location", "pickup"))
+            if entry.get(key)
+        ]
         lines.append("")
         lines.append(f"{entry['file']}" + (f"  ({', '.join(about)})" if about else ""))
         lines.append(f"    source    {entry.get('source') or '?'}")
@@ -281,15 +364,21 @@ def render(barcode: str, found: list[dict[str, Any]]) -> str:
         if status:
             denied = " (DENIED)" if str(status.get("deny", "")).upper() == "Y" else ""
             lines.append(f"    CaiaSoft  {status.get('istatus') or '?'}{denied}")
-        gone = "  (no longer there: removed by retention_days, or moved)" if entry.get("path") and \
-            not entry.get("path_exists") else ""
+        gone = (
+            "  (no longer there: removed by retention_days, or moved)"
+            if entry.get("path") and not entry.get("path_exists")
+            else ""
+        )
         if entry.get("pruned_at"):  # the path is gone: said as what happened, not shown as a place to look
             placed = "archived" if entry.get("state") == FileState.ARCHIVED else "refused"
-            lines.append(f"    path      ({placed} {_day_of(entry['path'])}, removed by retention on "
-                         f"{entry['pruned_at'][:10]})")
+            lines.append(
+                f"    path      ({placed} {_day_of(entry['path'])}, removed by retention on {entry['pruned_at'][:10]})"
+            )
         else:
             lines.append(f"    path      {entry.get('path') or '(still in the queue)'}{gone}")
         if entry.get("earlier_removed"):
-            lines.append(f"    earlier   {entry['earlier_removed']} earlier file(s) since "
-                         f"{(entry.get('first_taken') or '?')[:10]}, also removed by retention")
+            lines.append(
+                f"    earlier   {entry['earlier_removed']} earlier file(s) since "
+                f"{(entry.get('first_taken') or '?')[:10]}, also removed by retention"
+            )
     return "\n".join(lines)

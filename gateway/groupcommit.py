@@ -48,23 +48,28 @@ class CommitForgotten(sqlite3.OperationalError):
 class GroupCommit:
     """Transactions on db (guarded by lock) committed in batches by one writer thread."""
 
-    def __init__(self, db: sqlite3.Connection, lock: threading.RLock, name: str = "ledger-writer",
-                 before_commit: Callable[[], object] = lambda: None):
+    def __init__(
+        self,
+        db: sqlite3.Connection,
+        lock: threading.RLock,
+        name: str = "ledger-writer",
+        before_commit: Callable[[], object] = lambda: None,
+    ):
         self._db = db
         self._before_commit = before_commit  # tests hold the writer here to gather a known batch
         self._lock = lock
-        self._batch = 0            # id of the batch now open (or last opened)
-        self._open = False         # a BEGIN is outstanding
-        self._committed = 0        # every batch up to this id is durable (or failed)
+        self._batch = 0  # id of the batch now open (or last opened)
+        self._open = False  # a BEGIN is outstanding
+        self._committed = 0  # every batch up to this id is durable (or failed)
         self._failures: dict[int, BaseException] = {}  # the last FAILURES_KEPT failed batches, by id
-        self._forgotten = 0        # the newest failed batch no longer in _failures
+        self._forgotten = 0  # the newest failed batch no longer in _failures
         guard = threading.Lock()
         self._signal = threading.Condition(guard)  # batches committed: the waiting threads
-        self._wake = threading.Condition(guard)    # a transition ended or the ledger closes: the writer
-        self._pending = False      # a transition of the open batch has ended: the batch is to be committed
+        self._wake = threading.Condition(guard)  # a transition ended or the ledger closes: the writer
+        self._pending = False  # a transition of the open batch has ended: the batch is to be committed
         self._pending_since = 0.0  # when the first of them ended (time.monotonic)
-        self._wanted = False       # somebody waits for the open batch: commit it now
-        self._entering = 0         # transitions on their way in (waiting for the lock, or running)
+        self._wanted = False  # somebody waits for the open batch: commit it now
+        self._entering = 0  # transitions on their way in (waiting for the lock, or running)
         self._closing = False
         self._local = threading.local()
         self._writer = threading.Thread(target=self._commit_loop, name=name, daemon=True)

@@ -101,6 +101,7 @@ def _charset(content_type: str) -> str:
 
 # -- the deadline: a shared timer that shuts down the sockets of late calls ------
 
+
 class Deadline:
     """A moment after which every socket or connection attached to it is shut down.
 
@@ -194,6 +195,7 @@ _current = threading.local()  # the Deadline of the call this thread is making, 
 
 # -- urllib3 connections that put themselves under the caller's deadline ---------
 
+
 class _DeadlineConnection(urllib3.connection.HTTPConnection):
     """Also sends a small request's header block and body in one write (one packet, not two)."""
 
@@ -207,8 +209,7 @@ class _DeadlineConnection(urllib3.connection.HTTPConnection):
     def request(self, *args: Any, **kwargs: Any) -> None:
         _attach_current(self)
         body = args[2] if len(args) > 2 else kwargs.get("body")
-        self._joining = isinstance(body, bytes) and 0 < len(body) <= JOINED_BODY_BYTES \
-            and not kwargs.get("chunked")
+        self._joining = isinstance(body, bytes) and 0 < len(body) <= JOINED_BODY_BYTES and not kwargs.get("chunked")
         try:
             super().request(*args, **kwargs)
         finally:
@@ -290,9 +291,17 @@ def environment_proxies(url: str) -> dict[str, str]:
     return requests.utils.get_environ_proxies(url)
 
 
-def send(session: requests.Session, method: str, url: str, *, deadline: float,
-         max_bytes: int = DEFAULT_MAX_ANSWER_BYTES, step_timeout: float | None = None,
-         verify: bool | str = True, **kwargs: Any) -> Answer:
+def send(
+    session: requests.Session,
+    method: str,
+    url: str,
+    *,
+    deadline: float,
+    max_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
+    step_timeout: float | None = None,
+    verify: bool | str = True,
+    **kwargs: Any,
+) -> Answer:
     """Make one HTTP call within deadline seconds and return its Answer, body cut at max_bytes.
 
     kwargs go to requests (headers, data, files, params, proxies, allow_redirects).
@@ -320,15 +329,15 @@ def send(session: requests.Session, method: str, url: str, *, deadline: float,
             raise requests.ConnectionError("cut at the deadline")
     except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as error:
         if watch.expired or watch.remaining() == 0:
-            raise DeadlineExceeded(f"no complete answer within {deadline:g} s (the call's total deadline)") \
-                from None
+            raise DeadlineExceeded(f"no complete answer within {deadline:g} s (the call's total deadline)") from None
         if isinstance(error, requests.RequestException):
             raise
         raise requests.ConnectionError(f"{error.__class__.__name__}: {error}") from error
     finally:
         _current.deadline = previous
-    return Answer(response.status_code, CaseInsensitiveDict(response.headers), body, truncated,
-                  time.monotonic() - started)
+    return Answer(
+        response.status_code, CaseInsensitiveDict(response.headers), body, truncated, time.monotonic() - started
+    )
 
 
 def _read_capped(response: requests.Response, max_bytes: int) -> tuple[bytes, bool]:

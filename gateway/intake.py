@@ -23,10 +23,10 @@ from gateway.names import printable
 
 IGNORED_PATTERNS = (".*", "*.tmp", "*.part", "*~")
 HASH_CHUNK = 1024 * 1024
-HEAD_BYTES = 64 * 1024       # read first, to tell a print file (XML) from a text file
-MAX_FORM_NAMES = 20          # distinct form names counted in a file's details
-MAX_BAD_RECORDS_NAMED = 5    # bad records named in a refusal (all are counted)
-MAX_TEXT_ITEMS = 100_000     # barcodes of one text file listed and indexed (all are counted)
+HEAD_BYTES = 64 * 1024  # read first, to tell a print file (XML) from a text file
+MAX_FORM_NAMES = 20  # distinct form names counted in a file's details
+MAX_BAD_RECORDS_NAMED = 5  # bad records named in a refusal (all are counted)
+MAX_TEXT_ITEMS = 100_000  # barcodes of one text file listed and indexed (all are counted)
 _CONTROLS = re.compile("[\x00-\x08\x0b\x0e-\x1f]")
 _BARCODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$")  # a line of a barcode list that is one barcode
 
@@ -168,8 +168,13 @@ class _Reader:
             raise FileRefused("file is empty" if not self.size else "file holds only blank space")
 
 
-def inspect(path: Path, name: str, max_bytes: int, fallback_encoding: str = "",
-            on_record: Callable[[printfile.Record], None] | None = None) -> Inspection:
+def inspect(
+    path: Path,
+    name: str,
+    max_bytes: int,
+    fallback_encoding: str = "",
+    on_record: Callable[[printfile.Record], None] | None = None,
+) -> Inspection:
     """Given a claimed file, return its Inspection. Raise FileRefused saying why it cannot be sent.
 
     The file is read once, in pieces (memory stays bounded whatever its size). Each
@@ -185,8 +190,10 @@ def inspect(path: Path, name: str, max_bytes: int, fallback_encoding: str = "",
         handle.seek(0)
         wide = _wide_encoding(head)
         if wide:
-            raise FileRefused(f"text is {wide}; ALEPH writes UTF-8 and the file is sent byte for byte, so UTF-16 "
-                              "and UTF-32 are not supported: save it as UTF-8 (iconv -f UTF-16 -t UTF-8) and retry it")
+            raise FileRefused(
+                f"text is {wide}; ALEPH writes UTF-8 and the file is sent byte for byte, so UTF-16 "
+                "and UTF-32 are not supported: save it as UTF-8 (iconv -f UTF-16 -t UTF-8) and retry it"
+            )
         reader = _Reader(handle, max_bytes)
         if printfile.looks_like_print_file(head):
             details = _check_print_file(reader, on_record or _ignore)
@@ -217,10 +224,12 @@ def inspect(path: Path, name: str, max_bytes: int, fallback_encoding: str = "",
     return Inspection(kind=kind, sha256=reader.digest.hexdigest(), size=reader.size, details=details)
 
 
-_WIDE_BOMS = ((b"\x00\x00\xfe\xff", "UTF-32 (big-endian, with a byte order mark)"),
-               (b"\xff\xfe\x00\x00", "UTF-32 (little-endian, with a byte order mark)"),
-               (b"\xfe\xff", "UTF-16 (big-endian, with a byte order mark)"),
-               (b"\xff\xfe", "UTF-16 (little-endian, with a byte order mark)"))
+_WIDE_BOMS = (
+    (b"\x00\x00\xfe\xff", "UTF-32 (big-endian, with a byte order mark)"),
+    (b"\xff\xfe\x00\x00", "UTF-32 (little-endian, with a byte order mark)"),
+    (b"\xfe\xff", "UTF-16 (big-endian, with a byte order mark)"),
+    (b"\xff\xfe", "UTF-16 (little-endian, with a byte order mark)"),
+)
 
 
 def _wide_encoding(head: bytes) -> str | None:
@@ -230,8 +239,10 @@ def _wide_encoding(head: bytes) -> str | None:
             return encoding
     sample = head[:4096]
     if len(sample) >= 4 and len(sample) % 2 == 0:
-        for half, other, endian in ((sample[0::2], sample[1::2], "big-endian"),
-                                    (sample[1::2], sample[0::2], "little-endian")):
+        for half, other, endian in (
+            (sample[0::2], sample[1::2], "big-endian"),
+            (sample[1::2], sample[0::2], "little-endian"),
+        ):
             if half.count(0) == len(half) and 0 not in other:
                 return f"UTF-16 ({endian}, without a byte order mark)"
     return None
@@ -289,9 +300,14 @@ def _check_print_file(reader: _Reader, on_record: Callable[[printfile.Record], N
         if sum(not_xml.values()) == count:
             raise FileRefused(_not_xml_reason(list(not_xml), count))
         raise FileRefused(_bad_records_reason(bad, bad_count, count), at_end=at_end)
-    return {"records": count, "items": items, "root": first.root if first else None,
-            "form_name": first.form_name if first else None,
-            "form_names": forms, "routing_line": first.header if first else None}
+    return {
+        "records": count,
+        "items": items,
+        "root": first.root if first else None,
+        "form_name": first.form_name if first else None,
+        "form_names": forms,
+        "routing_line": first.header if first else None,
+    }
 
 
 def _bad_records_reason(bad: list[printfile.Record], bad_count: int, count: int) -> str:
@@ -311,8 +327,9 @@ def _bad_records_reason(bad: list[printfile.Record], bad_count: int, count: int)
 
 def _not_xml_reason(kinds: list[str], count: int) -> str:
     """'a PLAIN printout, not XML: route only XML_XSL output for CaiaSoft to this folder', for a file of such records"""
-    what = (f"{printfile.article(kinds[0])} {kinds[0]} printout" if len(kinds) == 1
-            else " and ".join(kinds) + " printouts")
+    what = (
+        f"{printfile.article(kinds[0])} {kinds[0]} printout" if len(kinds) == 1 else " and ".join(kinds) + " printouts"
+    )
     records = f" ({count} records)" if count > 1 else ""
     return f"{what}{records}, not XML: route only {printfile.XML_PRINTOUT} output for CaiaSoft to this folder"
 
@@ -326,7 +343,7 @@ class _ElementLines:
 
     def __init__(self) -> None:
         self.count = 0
-        self.first: int = 0                      # the first <z30-barcode> line
+        self.first: int = 0  # the first <z30-barcode> line
         self.wrong: tuple[int, str] | None = None  # (line, what is wrong) of the first line that is not one
         self.wrong_element: tuple[int, str] | None = None  # the first element that holds no barcode
 
@@ -352,9 +369,11 @@ class _ElementLines:
         wrongs = [found for found in (self.wrong, self.wrong_element) if found is not None]
         if wrongs:
             line, what = min(wrongs)
-            raise FileRefused(f"{what}, in a cir-12 barcode list of <z30-barcode> lines (the first at line "
-                              f"{self.first}): every line must be one <z30-barcode>BARCODE</z30-barcode> element; "
-                              "nothing of this file was sent")
+            raise FileRefused(
+                f"{what}, in a cir-12 barcode list of <z30-barcode> lines (the first at line "
+                f"{self.first}): every line must be one <z30-barcode>BARCODE</z30-barcode> element; "
+                "nothing of this file was sent"
+            )
 
 
 def _excerpt(value: str) -> str:
@@ -362,8 +381,9 @@ def _excerpt(value: str) -> str:
     return printable(value[:60]) + ("..." if len(value) > 60 else "")
 
 
-def _check_text(reader: _Reader, encoding: str, on_barcode: Callable[[int, str], None],
-                elements: _ElementLines) -> dict[str, Any]:
+def _check_text(
+    reader: _Reader, encoding: str, on_barcode: Callable[[int, str], None], elements: _ElementLines
+) -> dict[str, Any]:
     """Decode a text file piece by piece; hand each barcode line to on_barcode(line, barcode); return its details.
 
     A line is a barcode, or a <z30-barcode> element holding one (a cir-12 paging list):

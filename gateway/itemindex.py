@@ -49,9 +49,9 @@ CREATE INDEX IF NOT EXISTS items_file ON items (file_id, record);
 """
 
 ITEMS_FOR_BARCODE = "SELECT barcode, file_id, record, sidecar FROM items WHERE barcode = ?"
-SPOOL_RECORDS = 2000          # records held in memory before they are written to the ledger
-BACKFILL_FILE_ID = 0          # items read from a sidecar (no ledger row) carry this file_id
-BACKFILL_KEY = "items_backfill"   # meta: "pending since <unix time>" or "done"
+SPOOL_RECORDS = 2000  # records held in memory before they are written to the ledger
+BACKFILL_FILE_ID = 0  # items read from a sidecar (no ledger row) carry this file_id
+BACKFILL_KEY = "items_backfill"  # meta: "pending since <unix time>" or "done"
 
 
 @dataclass(frozen=True)
@@ -102,14 +102,26 @@ class ItemIndex:
                 db.execute("DELETE FROM items WHERE file_id = ?", (file_id,))
             for file_id, record in records:
                 problem = record.problem
-                db.execute("INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                           (file_id, record.number, record.line, record.header, record.form_name,
-                            json.dumps(record.barcodes, ensure_ascii=False), record.request_number,
-                            record.request_id, record.pickup_location,
-                            problem.message if problem else None,
-                            problem.line if problem and not problem.printout else None))
-                db.executemany("INSERT OR IGNORE INTO items (barcode, file_id, record) VALUES (?, ?, ?)",
-                               [(barcode, file_id, record.number) for barcode in set(record.barcodes)])
+                db.execute(
+                    "INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        file_id,
+                        record.number,
+                        record.line,
+                        record.header,
+                        record.form_name,
+                        json.dumps(record.barcodes, ensure_ascii=False),
+                        record.request_number,
+                        record.request_id,
+                        record.pickup_location,
+                        problem.message if problem else None,
+                        problem.line if problem and not problem.printout else None,
+                    ),
+                )
+                db.executemany(
+                    "INSERT OR IGNORE INTO items (barcode, file_id, record) VALUES (?, ?, ?)",
+                    [(barcode, file_id, record.number) for barcode in set(record.barcodes)],
+                )
 
     def records_of(self, file_id: int, limit: int = -1) -> list[StoredRecord]:
         """The records of one file, in order (at most limit of them; -1: all)."""
@@ -142,23 +154,33 @@ class ItemIndex:
     def indexed_path(self, file_id: int, final_path: str) -> bool:
         """True if ledger row file_id is the file at final_path and its records are indexed."""
         with self._lock:
-            return self._db.execute(
-                "SELECT 1 FROM files WHERE id = ? AND final_path = ? AND EXISTS "
-                "(SELECT 1 FROM records WHERE file_id = ?)", (file_id, final_path, file_id)).fetchone() is not None
+            return (
+                self._db.execute(
+                    "SELECT 1 FROM files WHERE id = ? AND final_path = ? AND EXISTS "
+                    "(SELECT 1 FROM records WHERE file_id = ?)",
+                    (file_id, final_path, file_id),
+                ).fetchone()
+                is not None
+            )
 
     def store_backfill(self, items: Iterable[tuple[str, int, str]], done: bool) -> None:
         """Index (barcode, record, sidecar path) read from sidecars; with done, remember the backfill is over."""
         with self._transaction() as db:
-            db.executemany("INSERT OR IGNORE INTO items VALUES (?, ?, ?, ?)",
-                           [(barcode, BACKFILL_FILE_ID, record, stored(sidecar)) for barcode, record, sidecar in items])
+            db.executemany(
+                "INSERT OR IGNORE INTO items VALUES (?, ?, ?, ?)",
+                [(barcode, BACKFILL_FILE_ID, record, stored(sidecar)) for barcode, record, sidecar in items],
+            )
             if done:
                 db.execute("UPDATE meta SET value = 'done' WHERE key = ?", (BACKFILL_KEY,))
 
 
 def _stored(ledger: ItemIndex, where: str, args: tuple[Any, ...]) -> list[StoredRecord]:
     with ledger._lock:
-        rows = ledger._db.execute("SELECT number, line, header, form_name, barcodes, request_number, request_id, "
-                                  f"pickup_location, problem, problem_line FROM records {where}", args).fetchall()
+        rows = ledger._db.execute(
+            "SELECT number, line, header, form_name, barcodes, request_number, request_id, "
+            f"pickup_location, problem, problem_line FROM records {where}",
+            args,
+        ).fetchall()
     return [StoredRecord(row[0], row[1], row[2], row[3], tuple(json.loads(row[4])), *row[5:]) for row in rows]
 
 
@@ -206,8 +228,11 @@ def sidecar_records(kind: str | None, records: list[StoredRecord], total: int, a
     answers = answers_by_item(answer)
     content: dict[str, Any] = {"barcode_count" if kind == "text" else "record_count": total}
     if kind == "text":
-        content["barcodes"] = [{"barcode": barcode, "line": record.line, **_caiasoft(answers, barcode)}
-                               for record in records for barcode in record.barcodes]
+        content["barcodes"] = [
+            {"barcode": barcode, "line": record.line, **_caiasoft(answers, barcode)}
+            for record in records
+            for barcode in record.barcodes
+        ]
     else:
         content["records"] = list(_records(records, answers))
     if len(records) < total:
@@ -217,15 +242,20 @@ def sidecar_records(kind: str | None, records: list[StoredRecord], total: int, a
 
 def _records(records: list[StoredRecord], answers: dict[str, dict[str, Any]]) -> Iterator[dict[str, Any]]:
     for record in records:
-        entry: dict[str, Any] = {"record": record.number, "line": record.line, "header": record.header,
-                                 "form_name": record.form_name,
-                                 "items": [{"barcode": barcode, **_caiasoft(answers, barcode)}
-                                           for barcode in record.barcodes],
-                                 "request_number": record.request_number, "request_id": record.request_id,
-                                 "pickup_location": record.pickup_location}
+        entry: dict[str, Any] = {
+            "record": record.number,
+            "line": record.line,
+            "header": record.header,
+            "form_name": record.form_name,
+            "items": [{"barcode": barcode, **_caiasoft(answers, barcode)} for barcode in record.barcodes],
+            "request_number": record.request_number,
+            "request_id": record.request_id,
+            "pickup_location": record.pickup_location,
+        }
         if record.problem:  # a problem without a line is the record as a whole (a printout that is not XML)
-            entry["problem"] = record.problem + (f" at line {record.problem_line} of the file"
-                                                 if record.problem_line is not None else "")
+            entry["problem"] = record.problem + (
+                f" at line {record.problem_line} of the file" if record.problem_line is not None else ""
+            )
         yield {key: value for key, value in entry.items() if value is not None}
 
 

@@ -54,8 +54,7 @@ from gateway.transitions import PLACE_LEASE_SECONDS, FileTransitions
 __all__ = ["Ledger", "FileRow", "Seen", "work_name", "LedgerUnavailable", "SCHEMA_VERSION", "PLACE_LEASE_SECONDS"]
 
 
-class Ledger(FileTransitions, FileQueries, Checkpoints, ItemIndex, MonitorStore, PruneStore,
-             RetiredStore):
+class Ledger(FileTransitions, FileQueries, Checkpoints, ItemIndex, MonitorStore, PruneStore, RetiredStore):
     """SQLite-backed state of every file. Thread-safe; safe to open from a second process.
 
     Ledger(path, clock=time.time) opens (or creates) the ledger at path; it raises LedgerDamaged

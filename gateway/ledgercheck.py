@@ -19,8 +19,8 @@ from gateway import logs
 from gateway.ledgerdb import verify
 from gateway.worker import Worker
 
-FIRST_SECONDS = 60.0       # after the start: start-up work is over by then
-EVERY_SECONDS = 86400.0    # then once a day
+FIRST_SECONDS = 60.0  # after the start: start-up work is over by then
+EVERY_SECONDS = 86400.0  # then once a day
 
 log = logs.get("gateway.ledgercheck")
 

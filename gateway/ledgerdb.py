@@ -66,8 +66,13 @@ def _ours(db: sqlite3.Connection) -> None:
 class LedgerDb:
     """An open gateway.db. Thread-safe; safe to open from a second process."""
 
-    def __init__(self, path: Path, clock: Callable[[], float] = time.time, check: bool = False,
-                 schedule: Callable[[], float] = STEADY):
+    def __init__(
+        self,
+        path: Path,
+        clock: Callable[[], float] = time.time,
+        check: bool = False,
+        schedule: Callable[[], float] = STEADY,
+    ):
         """Open (or create) the ledger at path.
 
         clock gives the times recorded (seen, uploaded, finished); schedule the instants
@@ -168,8 +173,7 @@ class LedgerDb:
             if isinstance(fields.get(name), str):
                 fields[name] = outside(fields[name])
         sets = ", ".join(f"{name} = ?" for name in fields)
-        sql = (f"UPDATE files SET {sets} WHERE id = ? AND state IN ({', '.join('?' for _ in expected)}) "
-               "RETURNING *")
+        sql = f"UPDATE files SET {sets} WHERE id = ? AND state IN ({', '.join('?' for _ in expected)}) RETURNING *"
         with self._transaction() as db:
             row = db.execute(sql, (*fields.values(), row_id, *expected)).fetchone()
         if row is None:
@@ -180,8 +184,9 @@ class LedgerDb:
 
     def set_meta(self, key: str, value: str) -> None:
         with self._transaction() as db:
-            db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                       (key, value))
+            db.execute(
+                "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value)
+            )
 
     def get_meta(self, key: str) -> str | None:
         with self._lock:

@@ -16,10 +16,10 @@ from gateway import itemindex, logs, monitorstore, prunestore, retiredstore
 log = logs.get("gateway.ledger")
 
 SCHEMA_VERSION = 6  # 2: records and items (gateway/itemindex.py); 3: verdict, problem, place_failures;
-                    # 4: alerts and counters (gateway/monitorstore.py; its tables are created on open);
-                    # 5: file_totals (kept by triggers) and the files_done index: nothing steady scans history
-                    # 6: retired and pruning (gateway/retiredstore.py), the files_final_path index: retention
-                    #    compacts the rows of the days it removes
+# 4: alerts and counters (gateway/monitorstore.py; its tables are created on open);
+# 5: file_totals (kept by triggers) and the files_done index: nothing steady scans history
+# 6: retired and pruning (gateway/retiredstore.py), the files_final_path index: retention
+#    compacts the rows of the days it removes
 
 FILES_SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -103,9 +103,11 @@ END;
 
 def _denied(row: str) -> str:
     """SQL for the number of items CaiaSoft denied in an archived row's answer (0 for any other row)."""
-    return (f"(CASE WHEN {row}.state = 'archived' AND json_valid({row}.answer) THEN (SELECT COUNT(*) FROM "
-            f"json_each({row}.answer, '$.results') AS r WHERE json_type(r.value, '$.deny') = 'true' OR "
-            f"upper(CAST(json_extract(r.value, '$.deny') AS TEXT)) IN ('Y', 'YES', 'TRUE')) ELSE 0 END)")
+    return (
+        f"(CASE WHEN {row}.state = 'archived' AND json_valid({row}.answer) THEN (SELECT COUNT(*) FROM "
+        f"json_each({row}.answer, '$.results') AS r WHERE json_type(r.value, '$.deny') = 'true' OR "
+        f"upper(CAST(json_extract(r.value, '$.deny') AS TEXT)) IN ('Y', 'YES', 'TRUE')) ELSE 0 END)"
+    )
 
 
 TOTALS = TOTALS_SCHEMA.replace("DENIED_NEW", _denied("NEW")).replace("DENIED_OLD", _denied("OLD"))
@@ -126,10 +128,12 @@ ADDED_COLUMNS = {  # columns of SCHEMA_VERSION 3, added to an older ledger's fil
 
 def create(db: sqlite3.Connection) -> None:
     """Create the tables and indexes a ledger lacks; mark a new, empty ledger as keeping local originals."""
-    db.executescript(FILES_SCHEMA + TOTALS + itemindex.SCHEMA + monitorstore.SCHEMA + prunestore.SCHEMA
-                     + retiredstore.SCHEMA)
-    if db.execute("SELECT NOT EXISTS (SELECT 1 FROM files) AND NOT EXISTS (SELECT 1 FROM meta WHERE key = "
-                  "'local_originals_kept')").fetchone()[0]:  # nothing from before; written once, never again: a
+    db.executescript(
+        FILES_SCHEMA + TOTALS + itemindex.SCHEMA + monitorstore.SCHEMA + prunestore.SCHEMA + retiredstore.SCHEMA
+    )
+    if db.execute(
+        "SELECT NOT EXISTS (SELECT 1 FROM files) AND NOT EXISTS (SELECT 1 FROM meta WHERE key = 'local_originals_kept')"
+    ).fetchone()[0]:  # nothing from before; written once, never again: a
         db.execute("INSERT OR IGNORE INTO meta VALUES ('local_originals_kept', '1')")  # reader takes no lock
 
 
@@ -156,15 +160,20 @@ def migrate(db: sqlite3.Connection, now: float) -> None:
         _upgrading(version, "indexing the files by state and finish time once (files_done)")
         db.execute(DONE_INDEX)
         if version:
-            log.info("ledger.upgrade", step="counted and indexed",
-                     files=db.execute("SELECT COALESCE(SUM(files), 0) FROM file_totals").fetchone()[0])
+            log.info(
+                "ledger.upgrade",
+                step="counted and indexed",
+                files=db.execute("SELECT COALESCE(SUM(files), 0) FROM file_totals").fetchone()[0],
+            )
     if version < 6:  # once: the rows of a day folder, found by their path (retention; `retry NAME`)
         _upgrading(version, "indexing the files' paths once (files_final_path)")
         db.execute(FINAL_PATH_INDEX)
         _upgrading(version, "indexed")
     if version < SCHEMA_VERSION:
-        db.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT(key) DO UPDATE SET "
-                   "value = excluded.value", (str(SCHEMA_VERSION),))
+        db.execute(
+            "INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (str(SCHEMA_VERSION),),
+        )
 
 
 def _upgrading(version: int, step: str) -> None:

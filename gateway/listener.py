@@ -54,8 +54,15 @@ class BoundedListener:
     Raise OSError from the constructor if the address cannot be bound (a port in use).
     """
 
-    def __init__(self, host: str, port: int, app: Any, name: str, max_connections: int = MAX_CONNECTIONS,
-                 connection_seconds: float = CONNECTION_SECONDS):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        app: Any,
+        name: str,
+        max_connections: int = MAX_CONNECTIONS,
+        connection_seconds: float = CONNECTION_SECONDS,
+    ):
         self.name = name
         self.connection_seconds = connection_seconds
         self._server = _server_for(host, port)

@@ -67,8 +67,10 @@ def _printable(value: object, keep_newlines: bool = False) -> object:
 
 def _printable_fields(logger: object, method_name: str, event_dict: MutableMapping[str, Any]) -> dict[str, Any]:
     """Escape every text field (tracebacks keep their line breaks); redact secrets before escaping."""
-    return {key: value if key == "exc_info" else _printable(value, keep_newlines=key in _MULTILINE_FIELDS)
-            for key, value in event_dict.items()}
+    return {
+        key: value if key == "exc_info" else _printable(value, keep_newlines=key in _MULTILINE_FIELDS)
+        for key, value in event_dict.items()
+    }
 
 
 _stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
@@ -86,8 +88,10 @@ class _RedactingFormatter(structlog.stdlib.ProcessorFormatter):
     structlog's full chain."""
 
     def __init__(self, renderer: structlog.typing.Processor, copy: bool):
-        super().__init__(processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _printable_fields,
-                                     renderer], foreign_pre_chain=_SHARED)
+        super().__init__(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _printable_fields, renderer],
+            foreign_pre_chain=_SHARED,
+        )
         self._render = renderer
         self._copy = copy  # the renderer changes the fields it is given (the console's)
 
@@ -179,8 +183,16 @@ class Log:
         _stamp(None, level_name, fields)
         if "exc_info" in fields:
             structlog.processors.format_exc_info(None, level_name, fields)
-        record = logger.makeRecord(logger.name, level, "(gateway)", 0, event, (), None,
-                                   extra={_FIELDS: _printable_fields(None, level_name, fields)})
+        record = logger.makeRecord(
+            logger.name,
+            level,
+            "(gateway)",
+            0,
+            event,
+            (),
+            None,
+            extra={_FIELDS: _printable_fields(None, level_name, fields)},
+        )
         logger.handle(record)
 
 
@@ -231,8 +243,12 @@ class LogFile(logging.handlers.WatchedFileHandler):
         described = f"{error.strerror or error}" + (f": {error.filename}" if error.filename else "")
         if described != self.problem:
             self.problem = described
-            print(f"caiasoft-gateway: cannot write the log {self.baseFilename} ({described}); events go to stderr "
-                  f"(the journal) only, tried again every {REOPEN_SECONDS:.0f} s", file=sys.stderr, flush=True)
+            print(
+                f"caiasoft-gateway: cannot write the log {self.baseFilename} ({described}); events go to stderr "
+                f"(the journal) only, tried again every {REOPEN_SECONDS:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def setup(log_dir: Path | None, *, console: bool = True, level: int = logging.INFO) -> None:
@@ -253,8 +269,9 @@ def setup(log_dir: Path | None, *, console: bool = True, level: int = logging.IN
         with contextlib.suppress(OSError):  # if it fails, the file handler says why at the first event
             log_dir.mkdir(parents=True, exist_ok=True)
         file_handler = LogFile(log_dir / LOG_FILE_NAME)
-        file_handler.setFormatter(_RedactingFormatter(structlog.processors.JSONRenderer(ensure_ascii=False),
-                                                      copy=False))
+        file_handler.setFormatter(
+            _RedactingFormatter(structlog.processors.JSONRenderer(ensure_ascii=False), copy=False)
+        )
         root.addHandler(file_handler)
     if console:
         stream = logging.StreamHandler(sys.stderr)

@@ -49,23 +49,37 @@ prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call] # *
 class Metrics:
     """The gateway's metrics registry, its HTTP endpoint and its textfile."""
 
-    def __init__(self, settings: MetricsSettings, ledger: Ledger, sources: list[str],
-                 clock: Callable[[], float] = time.time):
+    def __init__(
+        self, settings: MetricsSettings, ledger: Ledger, sources: list[str], clock: Callable[[], float] = time.time
+    ):
         self.settings = settings
         self.ledger = ledger
         self.clock = clock
         self.conditions = Conditions(sources={name: None for name in sources})
         self.live: Callable[[], Conditions] | None = None  # read at each scrape, if set (the service's)
         self.registry = CollectorRegistry(auto_describe=False)
-        self.files = Counter(PREFIX + "files", "Request files finished, by source and outcome (archived: "
-                             "CaiaSoft accepted it; refused: it went to error_dir).", ["source", "outcome"],
-                             registry=self.registry)
-        self.denied = Counter(PREFIX + "denied_items", "Items CaiaSoft denied in request files it accepted.",
-                              ["source"], registry=self.registry)
-        self.ncip = Counter(PREFIX + "ncip_entries", "NCIP journal entries finished, by outcome.", ["outcome"],
-                            registry=self.registry)
-        self.upload_seconds = Histogram(PREFIX + "upload_seconds", "Seconds one call to CaiaSoft's request-file "
-                                        "endpoint took.", buckets=UPLOAD_BUCKETS, registry=self.registry)
+        self.files = Counter(
+            PREFIX + "files",
+            "Request files finished, by source and outcome (archived: "
+            "CaiaSoft accepted it; refused: it went to error_dir).",
+            ["source", "outcome"],
+            registry=self.registry,
+        )
+        self.denied = Counter(
+            PREFIX + "denied_items",
+            "Items CaiaSoft denied in request files it accepted.",
+            ["source"],
+            registry=self.registry,
+        )
+        self.ncip = Counter(
+            PREFIX + "ncip_entries", "NCIP journal entries finished, by outcome.", ["outcome"], registry=self.registry
+        )
+        self.upload_seconds = Histogram(
+            PREFIX + "upload_seconds",
+            "Seconds one call to CaiaSoft's request-file endpoint took.",
+            buckets=UPLOAD_BUCKETS,
+            registry=self.registry,
+        )
         self._seed(sources)
         self.registry.register(_Gauges(self))
         self._listener: BoundedListener | None = None
@@ -119,11 +133,16 @@ class Metrics:
             return
         host, port = address
         try:  # bounded: idle local clients cannot take the threads or file descriptors the pipeline needs
-            self._listener = BoundedListener(host, port, prometheus_client.make_wsgi_app(self.registry),
-                                             "metrics").start()
+            self._listener = BoundedListener(
+                host, port, prometheus_client.make_wsgi_app(self.registry), "metrics"
+            ).start()
         except OSError as error:  # a port in use must not stop the gateway
-            log.error("metrics.not_served", listen=self.settings.listen, error=error.strerror or str(error),
-                      detail="the gateway runs on; fix [metrics].listen and reload")
+            log.error(
+                "metrics.not_served",
+                listen=self.settings.listen,
+                error=error.strerror or str(error),
+                detail="the gateway runs on; fix [metrics].listen and reload",
+            )
             return
         log.info("metrics.serving", url=f"http://{self.settings.listen}/metrics")
 
@@ -157,8 +176,7 @@ class Metrics:
         except OSError as error:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
-            log.warning("metrics.textfile_failed", file=str(self.settings.textfile),
-                        error=error.strerror or str(error))
+            log.warning("metrics.textfile_failed", file=str(self.settings.textfile), error=error.strerror or str(error))
 
 
 class _Gauges(Collector):
@@ -171,16 +189,27 @@ class _Gauges(Collector):
         ledger, conditions = self.metrics.ledger, self.metrics.current()
         counts = ledger.counts()
         oldest = ledger.oldest_open()
-        yield GaugeMetricFamily(PREFIX + "pending_files", "Request files taken and not yet archived or refused.",
-                                value=sum(counts.get(state, 0) for state in OPEN_STATES))
-        yield GaugeMetricFamily(PREFIX + "oldest_pending_seconds", "Age of the oldest pending file (0: none).",
-                                value=max(self.metrics.clock() - oldest.seen_at, 0.0) if oldest else 0.0)
-        yield GaugeMetricFamily(PREFIX + "uploads_paused", "1 while uploads are paused (API key refused).",
-                                value=1 if conditions.paused else 0)
-        yield GaugeMetricFamily(PREFIX + "ncip_behind_entries", "NCIP journal entries not yet relayed.",
-                                value=conditions.ncip_behind)
-        unreachable = GaugeMetricFamily(PREFIX + "unreachable", "1 while calls to this system keep failing.",
-                                        labels=["system"])
+        yield GaugeMetricFamily(
+            PREFIX + "pending_files",
+            "Request files taken and not yet archived or refused.",
+            value=sum(counts.get(state, 0) for state in OPEN_STATES),
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "oldest_pending_seconds",
+            "Age of the oldest pending file (0: none).",
+            value=max(self.metrics.clock() - oldest.seen_at, 0.0) if oldest else 0.0,
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "uploads_paused",
+            "1 while uploads are paused (API key refused).",
+            value=1 if conditions.paused else 0,
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "ncip_behind_entries", "NCIP journal entries not yet relayed.", value=conditions.ncip_behind
+        )
+        unreachable = GaugeMetricFamily(
+            PREFIX + "unreachable", "1 while calls to this system keep failing.", labels=["system"]
+        )
         unreachable.add_metric(["caiasoft"], 1 if conditions.caiasoft_problem else 0)
         unreachable.add_metric(["ncip"], 1 if conditions.ncip_problem else 0)
         yield unreachable

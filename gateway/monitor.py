@@ -45,16 +45,24 @@ def _never_raises(method: Callable[P, None]) -> Callable[P, None]:
         try:
             method(*args, **kwargs)
         except Exception as error:  # the caller is the pipeline: it must go on
-            log.error("monitor.failed", step=method.__name__, error=f"{error.__class__.__name__}: {error}",
-                      exc_info=True)
+            log.error(
+                "monitor.failed", step=method.__name__, error=f"{error.__class__.__name__}: {error}", exc_info=True
+            )
+
     return guarded
 
 
 class Monitor(Events):
     """Alerts and metrics for one config: an Events listener plus the workers that go with it."""
 
-    def __init__(self, config: Config, ledger: Ledger, clock: Callable[[], float] = time.time,
-                 delivery: Delivery | None = None, steady: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        config: Config,
+        ledger: Ledger,
+        clock: Callable[[], float] = time.time,
+        delivery: Delivery | None = None,
+        steady: Callable[[], float] = time.monotonic,
+    ):
         """clock gives the times recorded and compared with the ledger's (a file's age); steady measures how long a
         condition has lasted (unreachable_after_seconds), so a wall-clock step neither delays nor hastens an alert."""
         self.config = config
@@ -66,13 +74,15 @@ class Monitor(Events):
         self.sender: AlertSender | None = None
         if config.alerts:
             from gateway.alerts import AlertSender, Delivery
+
             self.sender = AlertSender(config.alerts, ledger, delivery or Delivery(config.alerts, self.host), clock)
         self.metrics: Metrics | None = None
         if config.metrics:
             from gateway.metrics import Metrics
+
             self.metrics = Metrics(config.metrics, ledger, [source.name for source in config.sources], clock)
         self._since: dict[str, float] = {}  # condition -> when it was first seen (this run, on steady)
-        self._alerted: set[str] = set()     # conditions an alert was raised for, whose end is announced
+        self._alerted: set[str] = set()  # conditions an alert was raised for, whose end is announced
         self._tick = threading.local()  # .held: alerts the tick in this thread raised, queued together at its end
 
     # -- the workers ----------------------------------------------------------
@@ -92,8 +102,11 @@ class Monitor(Events):
     def file_finished(self, row: FileRow, path: Path) -> None:
         accepted = row.accepted
         answer = row.answer_json
-        denials = [item for item in answer.get("results") or [] if is_denied(item)] \
-            if accepted and isinstance(answer, dict) else []
+        denials = (
+            [item for item in answer.get("results") or [] if is_denied(item)]
+            if accepted and isinstance(answer, dict)
+            else []
+        )
         if self.metrics:
             self.metrics.file_finished(row.source, FileState.ARCHIVED if accepted else FileState.REFUSED, len(denials))
         if not accepted and not (row.reason or "").startswith(aftertake.CHANGED):
@@ -108,14 +121,20 @@ class Monitor(Events):
             self.metrics.upload_seconds.observe(seconds)
 
     @_never_raises
-    def ncip_entry(self, outcome: NcipOutcome, entry: dict[str, Any] | None, reason: str | None = None,
-                   dead_letters: Path | None = None) -> None:
+    def ncip_entry(
+        self,
+        outcome: NcipOutcome,
+        entry: dict[str, Any] | None,
+        reason: str | None = None,
+        dead_letters: Path | None = None,
+    ) -> None:
         self.ledger.count_ncip_entry(outcome)
         if self.metrics:
             self.metrics.ncip_entry(outcome)
         if outcome == NcipOutcome.DEAD_LETTER:
-            self.raise_alert("dead_letter", alerttexts.dead_letter(entry, reason or "not given",
-                                                                   str(dead_letters or "")))
+            self.raise_alert(
+                "dead_letter", alerttexts.dead_letter(entry, reason or "not given", str(dead_letters or ""))
+            )
 
     @_never_raises
     def status_unknown(self, barcode: str, status: str, day: str, collection: str) -> None:
@@ -164,41 +183,86 @@ class Monitor(Events):
     def _check(self, conditions: Conditions, after: float) -> None:
         """Raise or end the alert of each lasting condition (unreachable after `after` seconds)."""
         now, lasting = self.clock(), self.steady()
-        self._edge("paused", conditions.paused is not None, 0.0, lasting,
-                   lambda: alerttexts.paused(conditions.paused or "", self._pending(),
-                                             self.config.caiasoft.auth_pause_seconds),
-                   alerttexts.resumed)
+        self._edge(
+            "paused",
+            conditions.paused is not None,
+            0.0,
+            lasting,
+            lambda: alerttexts.paused(
+                conditions.paused or "", self._pending(), self.config.caiasoft.auth_pause_seconds
+            ),
+            alerttexts.resumed,
+        )
         pending = f"{self._pending()} request file(s) wait in the queue"
-        self._edge("unreachable:caiasoft", conditions.caiasoft_problem is not None and not conditions.paused,
-                   after, lasting,
-                   lambda: alerttexts.unreachable("CaiaSoft", self.config.caiasoft.base_url,
-                                                  conditions.caiasoft_problem or "",
-                                                  self._duration("caiasoft", lasting), pending),
-                   lambda: alerttexts.reachable("CaiaSoft", self.config.caiasoft.base_url))
+        self._edge(
+            "unreachable:caiasoft",
+            conditions.caiasoft_problem is not None and not conditions.paused,
+            after,
+            lasting,
+            lambda: alerttexts.unreachable(
+                "CaiaSoft",
+                self.config.caiasoft.base_url,
+                conditions.caiasoft_problem or "",
+                self._duration("caiasoft", lasting),
+                pending,
+            ),
+            lambda: alerttexts.reachable("CaiaSoft", self.config.caiasoft.base_url),
+        )
         if self.config.ncip is not None:
             ncip_url = self.config.ncip.url
-            self._edge("unreachable:ncip", conditions.ncip_problem is not None, after, lasting,
-                       lambda: alerttexts.unreachable("NCIP", ncip_url, conditions.ncip_problem or "",
-                                                      self._duration("ncip", lasting),
-                                                      f"{conditions.ncip_behind} journal entries wait"),
-                       lambda: alerttexts.reachable("NCIP", ncip_url))
+            self._edge(
+                "unreachable:ncip",
+                conditions.ncip_problem is not None,
+                after,
+                lasting,
+                lambda: alerttexts.unreachable(
+                    "NCIP",
+                    ncip_url,
+                    conditions.ncip_problem or "",
+                    self._duration("ncip", lasting),
+                    f"{conditions.ncip_behind} journal entries wait",
+                ),
+                lambda: alerttexts.reachable("NCIP", ncip_url),
+            )
             journal = str(self.config.ncip.journal)  # read as a source is: alerted once it lasts a minute
-            self._edge("source_problem:ncip-journal", conditions.ncip_journal_problem is not None,
-                       SOURCE_PROBLEM_SECONDS, lasting,
-                       lambda: alerttexts.journal_problem(journal, conditions.ncip_journal_problem or ""),
-                       lambda: alerttexts.journal_ok(journal))
+            self._edge(
+                "source_problem:ncip-journal",
+                conditions.ncip_journal_problem is not None,
+                SOURCE_PROBLEM_SECONDS,
+                lasting,
+                lambda: alerttexts.journal_problem(journal, conditions.ncip_journal_problem or ""),
+                lambda: alerttexts.journal_ok(journal),
+            )
         for source, problem in conditions.sources.items():
             location = conditions.locations.get(source, "")
-            self._edge(f"source_problem:{source}", problem is not None, SOURCE_PROBLEM_SECONDS, lasting,
-                       functools.partial(alerttexts.source_problem, source, location, problem or ""),
-                       functools.partial(alerttexts.source_ok, source, location))
+            self._edge(
+                f"source_problem:{source}",
+                problem is not None,
+                SOURCE_PROBLEM_SECONDS,
+                lasting,
+                functools.partial(alerttexts.source_problem, source, location, problem or ""),
+                functools.partial(alerttexts.source_ok, source, location),
+            )
         calm = conditions.paused is None and conditions.caiasoft_problem is None
         oldest = self.ledger.oldest_open() if calm else None  # one row a tick; the list only when raised
-        self._edge("stuck", oldest is not None and now - oldest.seen_at >= after, 0.0, lasting,
-                   lambda: alerttexts.stuck(self._stuck(now, after), after), alerttexts.stuck_cleared)
+        self._edge(
+            "stuck",
+            oldest is not None and now - oldest.seen_at >= after,
+            0.0,
+            lasting,
+            lambda: alerttexts.stuck(self._stuck(now, after), after),
+            alerttexts.stuck_cleared,
+        )
 
-    def _edge(self, name: str, active: bool, after: float, now: float,
-              raised: Callable[[], dict[str, Any]], ended: Callable[[], dict[str, Any]]) -> None:
+    def _edge(
+        self,
+        name: str,
+        active: bool,
+        after: float,
+        now: float,
+        raised: Callable[[], dict[str, Any]],
+        ended: Callable[[], dict[str, Any]],
+    ) -> None:
         """Raise name's alert once it has been active for after seconds; announce its end if it was raised.
 
         now is on the steady clock (self.steady), as the times in self._since are."""
@@ -223,5 +287,13 @@ class Monitor(Events):
 
     def _stuck(self, now: float, after: float) -> list[dict[str, Any]]:
         rows = [row for row in self.ledger.in_state(*OPEN_STATES) if now - row.seen_at >= after]
-        return [{"file": row.name, "source": row.source, "state": row.state, "attempts": row.attempts,
-                 "problem": row.reason} for row in rows[:STUCK_LISTED]]
+        return [
+            {
+                "file": row.name,
+                "source": row.source,
+                "state": row.state,
+                "attempts": row.attempts,
+                "problem": row.reason,
+            }
+            for row in rows[:STUCK_LISTED]
+        ]

@@ -43,21 +43,35 @@ class Parts:
         self.pipeline = Pipeline(config, ledger, self.client, gate=self.gate)
         wake = threading.Event()
         self.finisher = Finisher(self.pipeline)
-        self.uploaders = [Uploader(self.pipeline, wake=wake, name=f"uploader-{number}",
-                                   workers=config.caiasoft.upload_workers, finisher=self.finisher)
-                          for number in range(1, config.caiasoft.upload_workers + 1)]
+        self.uploaders = [
+            Uploader(
+                self.pipeline,
+                wake=wake,
+                name=f"uploader-{number}",
+                workers=config.caiasoft.upload_workers,
+                finisher=self.finisher,
+            )
+            for number in range(1, config.caiasoft.upload_workers + 1)
+        ]
         self.pipeline.on_queued = wake.set
         self.placer = Placer(self.pipeline)
         self.ledger_check = LedgerCheck(config.paths.database)
-        self.collectors = [Collector(sources.build(settings, config), settings.settle_seconds, self.pipeline,
-                                     grace_seconds=settings.incomplete_grace_seconds,
-                                     marker_mode=bool(settings.ready_marker),
-                                     keep_original_seconds=settings.keep_original_seconds)
-                           for settings in config.sources]
+        self.collectors = [
+            Collector(
+                sources.build(settings, config),
+                settings.settle_seconds,
+                self.pipeline,
+                grace_seconds=settings.incomplete_grace_seconds,
+                marker_mode=bool(settings.ready_marker),
+                keep_original_seconds=settings.keep_original_seconds,
+            )
+            for settings in config.sources
+        ]
         self.pipeline.sources = {collector.source.name: collector.source for collector in self.collectors}
         self.relay: Relay | None = None
         if config.ncip:
             from gateway.ncip.relay import Relay
+
             self.relay = Relay(config.ncip, ledger, config.paths.error_dir)
         self.monitor = Monitor(config, ledger)  # alerts and metrics: the parts tell it what happens
         self.pipeline.events = self.monitor
@@ -68,6 +82,7 @@ class Parts:
         self.feed: Feed | None = None
         if config.ncip and config.ncip.feed:
             from gateway.ncip.feed import Feed
+
             self.feed_client = CaiaSoftClient(config.caiasoft, config.api_key)
             self.feed = Feed(config.ncip, self.feed_client, ledger, events=self.monitor)
         for worker in self.workers():
@@ -78,8 +93,14 @@ class Parts:
         return [*self.collectors, *([self.feed] if self.feed else [])]
 
     def outputs(self) -> list[Worker]:
-        return [*self.uploaders, self.finisher, self.placer, self.ledger_check, *([self.relay] if self.relay else []),
-                *([self.monitor.sender] if self.monitor.sender else [])]
+        return [
+            *self.uploaders,
+            self.finisher,
+            self.placer,
+            self.ledger_check,
+            *([self.relay] if self.relay else []),
+            *([self.monitor.sender] if self.monitor.sender else []),
+        ]
 
     def workers(self) -> list[Worker]:
         return [*self.outputs(), *self.inputs()]
@@ -129,13 +150,17 @@ class Parts:
     def conditions(self) -> Conditions:
         """The lasting states alerts and metrics watch (gateway.events.Conditions)."""
         return Conditions(
-            paused=self.gate.paused_reason, caiasoft_problem=self.gate.problem,
+            paused=self.gate.paused_reason,
+            caiasoft_problem=self.gate.problem,
             ncip_problem=self.relay.last_problem if self.relay else None,
             ncip_behind=self.relay.lag()[1] if self.relay else 0,
             ncip_journal_problem=self.relay.journal_problem if self.relay else None,
-            sources={c.source.name: c.current_problem() or (None if c.source.healthy() else "its watcher has stopped")
-                     for c in self.collectors},
-            locations={settings.name: settings.location for settings in self.config.sources})
+            sources={
+                c.source.name: c.current_problem() or (None if c.source.healthy() else "its watcher has stopped")
+                for c in self.collectors
+            },
+            locations={settings.name: settings.location for settings in self.config.sources},
+        )
 
     def ended(self) -> bool:
         return all(worker.ended or worker.ident is None for worker in self.workers())
@@ -149,8 +174,13 @@ class Parts:
     def problems(self, within: float) -> list[str]:
         """Why the service is not healthy (empty if every worker checked in within the last seconds)."""
         waiting = {worker.name for worker, _old in self._deferred}
-        found = [problem for worker in self.workers() if worker.name not in waiting
-                 for problem in [worker.health_problem(within)] if problem]
+        found = [
+            problem
+            for worker in self.workers()
+            if worker.name not in waiting
+            for problem in [worker.health_problem(within)]
+            if problem
+        ]
         for collector in self.collectors:
             if collector.is_alive() and not collector.source.healthy():
                 found.append(f"the watcher of source {collector.source.name} has stopped")

@@ -49,10 +49,15 @@ log = logs.get("gateway.pipeline")
 class Pipeline(Placing):
     """Claim, admit, upload and record each file; placing it comes from Placing (gateway/placing.py)."""
 
-
-    def __init__(self, config: Settings, ledger: Ledger, client: CaiaSoftClient | None,
-                 clock: Callable[[], float] = time.time, on_queued: Callable[[], None] = lambda: None,
-                 gate: Gate | None = None):
+    def __init__(
+        self,
+        config: Settings,
+        ledger: Ledger,
+        client: CaiaSoftClient | None,
+        clock: Callable[[], float] = time.time,
+        on_queued: Callable[[], None] = lambda: None,
+        gate: Gate | None = None,
+    ):
         self.config = config
         self.ledger = ledger
         self.client = client
@@ -85,15 +90,20 @@ class Pipeline(Placing):
             return self._claim_one_by_one(source, entries, error)
         return self._fetch(source, entries, row_ids)
 
-    def _fetch(self, source: Source, entries: list[Entry],
-               row_ids: list[int]) -> tuple[list[int], list[tuple[Entry, Exception]]]:
+    def _fetch(
+        self, source: Source, entries: list[Entry], row_ids: list[int]
+    ) -> tuple[list[int], list[tuple[Entry, Exception]]]:
         """Move each recorded file into work/; forget the rows of those that could not be moved."""
         taken: list[int] = []
         dropped: list[int] = []
         moved: list[int] = []
         failures: list[tuple[Entry, Exception]] = []
-        results = source.fetch_many([(entry, self.work_dir / work_name(row_id, entry.name))  # one folder sync
-                                     for row_id, entry in zip(row_ids, entries, strict=True)])
+        results = source.fetch_many(
+            [
+                (entry, self.work_dir / work_name(row_id, entry.name))  # one folder sync
+                for row_id, entry in zip(row_ids, entries, strict=True)
+            ]
+        )
         for row_id, entry, kept in zip(row_ids, entries, results, strict=True):
             if isinstance(kept, SourceGone):
                 dropped.append(row_id)
@@ -103,14 +113,25 @@ class Pipeline(Placing):
                 dropped.append(row_id)
                 failures.append((entry, error))
                 if not isinstance(error, OSError):
-                    log.error("file.claim_failed", source=source.name, file=entry.name, error=describe(error),
-                              exc_info=(type(error), error, error.__traceback__))
+                    log.error(
+                        "file.claim_failed",
+                        source=source.name,
+                        file=entry.name,
+                        error=describe(error),
+                        exc_info=(type(error), error, error.__traceback__),
+                    )
             else:
                 taken.append(row_id)
                 if not kept:
                     moved.append(row_id)
-                log.info("file.claimed", id=row_id, source=source.name, file=entry.name, size=entry.size,
-                         original="kept until sent" if kept else "moved")
+                log.info(
+                    "file.claimed",
+                    id=row_id,
+                    source=source.name,
+                    file=entry.name,
+                    size=entry.size,
+                    original="kept until sent" if kept else "moved",
+                )
                 _drop_marker(source, entry)
         if dropped:
             self.ledger.forget(*dropped)
@@ -118,12 +139,18 @@ class Pipeline(Placing):
             self.ledger.moved_when_taken(*moved)
         return taken, failures
 
-    def _claim_one_by_one(self, source: Source, entries: list[Entry],
-                          error: Exception) -> tuple[list[int], list[tuple[Entry, Exception]]]:
+    def _claim_one_by_one(
+        self, source: Source, entries: list[Entry], error: Exception
+    ) -> tuple[list[int], list[tuple[Entry, Exception]]]:
         """A batch that could not be recorded: claim its files alone, so only the one at fault stays behind."""
         if len(entries) == 1:
-            log.error("file.claim_failed", source=source.name, file=entries[0].name, error=describe(error),
-                      exc_info=(type(error), error, error.__traceback__))
+            log.error(
+                "file.claim_failed",
+                source=source.name,
+                file=entries[0].name,
+                error=describe(error),
+                exc_info=(type(error), error, error.__traceback__),
+            )
             return [], [(entries[0], error)]
         taken: list[int] = []
         failed: list[tuple[Entry, Exception]] = []
@@ -164,8 +191,15 @@ class Pipeline(Placing):
             if found is None:
                 continue
             valid.append((row.id, found.kind, found.sha256, found.size, found.details))
-            log.info("file.queued", id=row.id, source=row.source, file=row.name, kind=found.kind,
-                     sha256=found.sha256, size=found.size)
+            log.info(
+                "file.queued",
+                id=row.id,
+                source=row.source,
+                file=row.name,
+                kind=found.kind,
+                sha256=found.sha256,
+                size=found.size,
+            )
         spool.flush()
         if valid:
             self.ledger.queued_many(valid)
@@ -176,16 +210,22 @@ class Pipeline(Placing):
         path = self.work_path(row)
         limits = self.config.intake
         try:
-            return intake.inspect(path, row.name, limits.max_file_bytes, limits.text_fallback_encoding,
-                                  on_record=spool.add)
+            return intake.inspect(
+                path, row.name, limits.max_file_bytes, limits.text_fallback_encoding, on_record=spool.add
+            )
         except FileRefused as refusal:
             why = f"refused by the gateway: {refusal.reason}"
         except OSError as error:
             why = f"refused by the gateway: the file cannot be read ({describe(error)})"
         except Exception as error:  # a bug, on this file only: it is set aside, the rest goes on
             why = f"refused by the gateway: it could not be inspected ({describe(error)})"
-            log.error("file.inspect_failed", id=row.id, file=row.name, error=describe(error),
-                      exc_info=(type(error), error, error.__traceback__))
+            log.error(
+                "file.inspect_failed",
+                id=row.id,
+                file=row.name,
+                error=describe(error),
+                exc_info=(type(error), error, error.__traceback__),
+            )
         spool.flush()  # the sidecar names the records, the bad ones too
         try:
             sha256, size = intake.file_digest(path)
@@ -194,8 +234,9 @@ class Pipeline(Placing):
         size_now = aftertake.changed_since_take(row, self.sources, "validating")
         if size_now is not None:
             why = aftertake.reason(row, size_now)
-        log.warning("file.refused", id=row.id, source=row.source, file=row.name, sha256=sha256,
-                    by="gateway", reason=why)
+        log.warning(
+            "file.refused", id=row.id, source=row.source, file=row.name, sha256=sha256, by="gateway", reason=why
+        )
         self.place(self.ledger.answered(row.id, Verdict.REFUSED, why, sha256=sha256, size=size))
         return None
 
@@ -220,29 +261,54 @@ class Pipeline(Placing):
             size_now = aftertake.changed_since_take(row, self.sources, "before upload")
             if size_now is not None:
                 return Outcome(Verdict.REFUSED, aftertake.reason(row, size_now))
-            outcome = settle_unreadable(self.client.upload(self.work_path(row), safe_name(row.name),
-                                                           row.kind or "text"),
-                                        row.answer_json, self.config.caiasoft.unreadable_answer_retries)
+            outcome = settle_unreadable(
+                self.client.upload(self.work_path(row), safe_name(row.name), row.kind or "text"),
+                row.answer_json,
+                self.config.caiasoft.unreadable_answer_retries,
+            )
             self.events.upload_timed(outcome.elapsed_ms / 1000)
             return outcome
         except Exception as error:
-            log.error("upload.failed", id=row.id, file=row.name, error=describe(error),
-                      exc_info=(type(error), error, error.__traceback__))
+            log.error(
+                "upload.failed",
+                id=row.id,
+                file=row.name,
+                error=describe(error),
+                exc_info=(type(error), error, error.__traceback__),
+            )
             if isinstance(error, OSError) and error.filename == str(self.work_path(row)):
-                return Outcome(Verdict.REFUSED, f"the gateway could not open it in work/ ({describe(error)}); it "
-                               "was not sent: fix the cause, then `retry`")
-            return Outcome(Verdict.REFUSED, f"the gateway failed while sending it ({describe(error)}); it may "
-                           "have reached CaiaSoft: check there before `retry`")
+                return Outcome(
+                    Verdict.REFUSED,
+                    f"the gateway could not open it in work/ ({describe(error)}); it "
+                    "was not sent: fix the cause, then `retry`",
+                )
+            return Outcome(
+                Verdict.REFUSED,
+                f"the gateway failed while sending it ({describe(error)}); it may "
+                "have reached CaiaSoft: check there before `retry`",
+            )
 
     def record(self, row: FileRow, outcome: Outcome) -> FileRow | None:
         """Make the answer durable and tell the gate; return the answered row to place, if any."""
-        fields = dict(id=row.id, source=row.source, file=row.name, sha256=row.sha256, attempt=row.attempts,
-                      status=outcome.http_status, ms=outcome.elapsed_ms)
+        fields = dict(
+            id=row.id,
+            source=row.source,
+            file=row.name,
+            sha256=row.sha256,
+            attempt=row.attempts,
+            status=outcome.http_status,
+            ms=outcome.elapsed_ms,
+        )
         if outcome.verdict == Verdict.TRANSIENT:
             delay = self.gate.failed(outcome.retry_after, row.attempts, outcome.reason)
             log.warning("upload.retry", **fields, reason=outcome.reason, retry_in=round(delay, 2))
-            self.ledger.requeue(row.id, outcome.reason, self.ledger.schedule() + delay, outcome.http_status,
-                                answer=outcome.answer if counts_unreadable(outcome) else None)
+            self.ledger.requeue(
+                row.id,
+                outcome.reason,
+                self.ledger.schedule() + delay,
+                outcome.http_status,
+                answer=outcome.answer if counts_unreadable(outcome) else None,
+            )
             return None
         if outcome.verdict == Verdict.PAUSED:  # the key or URL is wrong; the file waits, unharmed
             self.gate.pause(outcome.reason)
@@ -253,14 +319,21 @@ class Pipeline(Placing):
         if outcome.verdict == Verdict.ACCEPTED:
             log.info("upload.ok", **fields, denied=len(outcome.denials))
             for item in outcome.denials:
-                log.warning("upload.item_denied", id=row.id, file=row.name, item=item.get("item"),
-                            istatus=item.get("istatus"))
+                log.warning(
+                    "upload.item_denied", id=row.id, file=row.name, item=item.get("item"), istatus=item.get("istatus")
+                )
             verdict = Verdict.ACCEPTED
         else:
             log.warning("upload.refused", **fields, reason=outcome.reason)
             verdict = Verdict.REFUSED
-        return self.ledger.answered(row.id, verdict, outcome.reason, http_status=outcome.http_status,
-                                    answer=outcome.answer, uploaded=outcome.http_status is not None)
+        return self.ledger.answered(
+            row.id,
+            verdict,
+            outcome.reason,
+            http_status=outcome.http_status,
+            answer=outcome.answer,
+            uploaded=outcome.http_status is not None,
+        )
 
     def recover(self) -> dict[str, int]:
         """Finish or resume everything a crash interrupted (gateway.recovery); return what was done, by kind."""
@@ -272,5 +345,9 @@ def _drop_marker(source: Source, entry: Entry) -> None:
     try:
         source.drop_marker(entry)
     except OSError as error:
-        log.warning("marker.not_removed", source=source.name, file=entry.name,
-                    error=getattr(error, "strerror", None) or str(error))
+        log.warning(
+            "marker.not_removed",
+            source=source.name,
+            file=entry.name,
+            error=getattr(error, "strerror", None) or str(error),
+        )

@@ -75,6 +75,7 @@ class Placing:
         reason and a backoff (the Placer tries again); any other error marks it
         stuck. Ledger errors propagate (the worker pauses; the answer is durable).
         """
+
         def placed() -> Path:
             nonlocal row
             if row.state == FileState.ANSWERED:
@@ -99,8 +100,12 @@ class Placing:
         for row_id, target in reserved:
             if row_id not in done:  # placed by someone else meanwhile: our reservation is not needed
                 self.folder_for(answered[row_id]).remove_sidecar(target)
-                log.warning("file.place_skipped", id=row_id, file=answered[row_id].name,
-                            detail="placed by someone else meanwhile")
+                log.warning(
+                    "file.place_skipped",
+                    id=row_id,
+                    file=answered[row_id].name,
+                    detail="placed by someone else meanwhile",
+                )
         self._complete_many(recorded)
 
     def _reserve(self, row: FileRow) -> Path:
@@ -117,17 +122,31 @@ class Placing:
         except OSError as error:
             failures = row.place_failures + 1
             delay = self.place_backoff.delay(failures)
-            log.error("file.place_failed", id=row.id, file=row.name, folder=str(folder.root), error=describe(error),
-                      attempt=failures, retry_in=round(delay, 2), hint=folder_hint(error))
-            self.ledger.place_failed(row.id, f"cannot place it in {folder.root}: {describe(error)}",
-                                     self.ledger.schedule() + delay)
+            log.error(
+                "file.place_failed",
+                id=row.id,
+                file=row.name,
+                folder=str(folder.root),
+                error=describe(error),
+                attempt=failures,
+                retry_in=round(delay, 2),
+                hint=folder_hint(error),
+            )
+            self.ledger.place_failed(
+                row.id, f"cannot place it in {folder.root}: {describe(error)}", self.ledger.schedule() + delay
+            )
             self.on_place_failed()
         except Exception as error:
             if fault_kind(error) != BUG:
                 raise
-            log.error("file.stuck", id=row.id, file=row.name, error=describe(error),
-                      exc_info=(type(error), error, error.__traceback__),
-                      detail="the file stays in work/; `status` lists it; it is tried again at the next start")
+            log.error(
+                "file.stuck",
+                id=row.id,
+                file=row.name,
+                error=describe(error),
+                exc_info=(type(error), error, error.__traceback__),
+                detail="the file stays in work/; `status` lists it; it is tried again at the next start",
+            )
             self.ledger.stuck(row.id, f"stuck in {self.work_path(row)}: it cannot be placed ({describe(error)})")
         return None
 
@@ -157,8 +176,12 @@ class Placing:
             except OSError:  # each of its rows is completed alone, where the fault is contained
                 unsynced.add(folder)
         for row, final, linked in begun:
-            self._contained_place(row, functools.partial(self._complete, row) if final.parent in unsynced
-                                  else functools.partial(self._end_complete, row, final, linked[0]))
+            self._contained_place(
+                row,
+                functools.partial(self._complete, row)
+                if final.parent in unsynced
+                else functools.partial(self._end_complete, row, final, linked[0]),
+            )
 
     def _begin_complete(self, row: FileRow, linked: list[bool]) -> Path:
         """The sidecar, then the file linked in (linked gets whether the work name is still to be removed);
@@ -204,8 +227,13 @@ class Placing:
             folder.write_sidecar(final, sidecar(row, final, self.clock(), contents))
             folder.sync(final)
         else:
-            log.error("file.lost", id=row.id, file=row.name, expected=str(final),
-                      detail="neither the work copy nor the final copy exists")
+            log.error(
+                "file.lost",
+                id=row.id,
+                file=row.name,
+                expected=str(final),
+                detail="neither the work copy nor the final copy exists",
+            )
         self._finished(row, final)
         return final
 
@@ -213,13 +241,19 @@ class Placing:
         """Close a placed row (its file and sidecar durable in final's folder)."""
         self.ledger.finished(row.id, final)
         self.events.file_finished(row, final)
-        log.info("file.archived" if row.state == FileState.ARCHIVING else "file.to_error", id=row.id,
-                 source=row.source, file=row.name, path=str(final))
+        log.info(
+            "file.archived" if row.state == FileState.ARCHIVING else "file.to_error",
+            id=row.id,
+            source=row.source,
+            file=row.name,
+            path=str(final),
+        )
 
     def contents(self, row: FileRow) -> dict[str, Any]:
         """What the file held (records or barcodes, CaiaSoft's answer joined to each), for its sidecar."""
-        return sidecar_records(row.kind, self.ledger.records_of(row.id, SIDECAR_RECORDS),
-                               self.ledger.record_count(row.id), row.answer_json)
+        return sidecar_records(
+            row.kind, self.ledger.records_of(row.id, SIDECAR_RECORDS), self.ledger.record_count(row.id), row.answer_json
+        )
 
     def note_changed(self, row: FileRow, size_now: int) -> None:
         """A finished file whose original changed after it was taken: its sidecar says so."""

@@ -40,15 +40,24 @@ from defusedxml import DTDForbidden, EntitiesForbidden, ExternalReferenceForbidd
 from defusedxml.ElementTree import DefusedXMLParser, ParseError
 
 BOM = b"\xef\xbb\xbf"
-HEADER_MARK = b"## -"        # opens a record; `grep -c '^## - XML_XSL'` counts records the same way
-XML_PRINTOUT = "XML_XSL"     # the printout kind whose records are XML
+HEADER_MARK = b"## -"  # opens a record; `grep -c '^## - XML_XSL'` counts records the same way
+XML_PRINTOUT = "XML_XSL"  # the printout kind whose records are XML
 NOT_XML_PRINTOUTS = ("PLAIN", "HTML", "EXECUTE")  # printout kinds ALEPH writes that are not XML
-FIRST_LINE_MARK = b"##"      # the file's first line may be any routing line
-PIECE_BYTES = 64 * 1024      # longest piece of a line read at once
-MAX_VALUE_CHARS = 200        # longest field value kept from a record
+FIRST_LINE_MARK = b"##"  # the file's first line may be any routing line
+PIECE_BYTES = 64 * 1024  # longest piece of a line read at once
+MAX_VALUE_CHARS = 200  # longest field value kept from a record
 MAX_BARCODES_PER_RECORD = 100
-WANTED_FIELDS = frozenset({"form-name", "z30-barcode", "z37-request-number", "z37-pickup-location",
-                           "z37-doc-number", "z37-item-sequence", "z37-sequence"})
+WANTED_FIELDS = frozenset(
+    {
+        "form-name",
+        "z30-barcode",
+        "z37-request-number",
+        "z37-pickup-location",
+        "z37-doc-number",
+        "z37-item-sequence",
+        "z37-sequence",
+    }
+)
 _ENCODING_DECLARATION = re.compile(rb"""^<\?xml[^>]*?encoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
 _PRINTOUT_KIND = re.compile(rb"^## - (XML_XSL|PLAIN|HTML|EXECUTE)(?![A-Za-z0-9_])")
 _BARCODE_ELEMENT = re.compile(r"^<z30-barcode>([^<]*)</z30-barcode>$")
@@ -57,9 +66,15 @@ _BARCODE_ELEMENT = re.compile(r"^<z30-barcode>([^<]*)</z30-barcode>$")
 _REFUSALS = (ParseError, ValueError, LookupError)
 _INVALID_TOKEN = pyexpat.errors.codes[pyexpat.errors.XML_ERROR_INVALID_TOKEN]
 # Errors expat reports when the data ends inside a document, rather than on bad content.
-_ENDED_EARLY = {pyexpat.errors.codes[message] for message in (
-    pyexpat.errors.XML_ERROR_NO_ELEMENTS, pyexpat.errors.XML_ERROR_UNCLOSED_TOKEN,
-    pyexpat.errors.XML_ERROR_PARTIAL_CHAR, pyexpat.errors.XML_ERROR_UNCLOSED_CDATA_SECTION)}
+_ENDED_EARLY = {
+    pyexpat.errors.codes[message]
+    for message in (
+        pyexpat.errors.XML_ERROR_NO_ELEMENTS,
+        pyexpat.errors.XML_ERROR_UNCLOSED_TOKEN,
+        pyexpat.errors.XML_ERROR_PARTIAL_CHAR,
+        pyexpat.errors.XML_ERROR_UNCLOSED_CDATA_SECTION,
+    )
+}
 
 
 def article(kind: str) -> str:
@@ -87,14 +102,14 @@ class RecordProblem:
 class Record:
     """One record of a print file (or one barcode of a barcode list), as far as the gateway reads it."""
 
-    number: int                       # 1, 2, ... in the order of the file
-    line: int                         # the file line it starts on (its first header line, if any)
-    header: str | None = None         # its first header line, e.g. "## - XML_XSL"
-    root: str | None = None           # its XML's root element, e.g. "printout"
-    form_name: str | None = None      # e.g. "hold-request-slip"
-    barcodes: tuple[str, ...] = ()    # z30-barcode values (an item list: the line's barcode)
+    number: int  # 1, 2, ... in the order of the file
+    line: int  # the file line it starts on (its first header line, if any)
+    header: str | None = None  # its first header line, e.g. "## - XML_XSL"
+    root: str | None = None  # its XML's root element, e.g. "printout"
+    form_name: str | None = None  # e.g. "hold-request-slip"
+    barcodes: tuple[str, ...] = ()  # z30-barcode values (an item list: the line's barcode)
     request_number: str | None = None  # z37-request-number
-    request_id: str | None = None     # z37-doc-number + z37-item-sequence + z37-sequence
+    request_id: str | None = None  # z37-doc-number + z37-item-sequence + z37-sequence
     pickup_location: str | None = None  # z37-pickup-location
     problem: RecordProblem | None = None
 
@@ -105,7 +120,7 @@ def looks_like_print_file(head: bytes) -> bool:
     A file that opens with an ALEPH header line ("## -") is a print file whatever follows: a file of
     headers only, or with text where the XML should be, is refused by its records, not sent as a list.
     A file whose first line is a <z30-barcode> element is a cir-12 barcode list, not XML."""
-    text = head[len(BOM):] if head.startswith(BOM) else head
+    text = head[len(BOM) :] if head.startswith(BOM) else head
     if text.startswith(HEADER_MARK):
         return True
     if starts_as_barcode_elements(text):
@@ -114,7 +129,7 @@ def looks_like_print_file(head: bytes) -> bool:
         newline = text.find(b"\n")
         if newline < 0:
             return False
-        text = text[newline + 1:]
+        text = text[newline + 1 :]
     return text.lstrip(b" \t\r\n").startswith(b"<")
 
 
@@ -127,7 +142,7 @@ def barcode_element(line: str) -> str | None:
 
 def starts_as_barcode_elements(head: bytes) -> bool:
     """True if the first line with anything on it (after a BOM) is one whole <z30-barcode> element."""
-    text = head[len(BOM):] if head.startswith(BOM) else head
+    text = head[len(BOM) :] if head.startswith(BOM) else head
     for line in text.splitlines():
         if line.strip():
             return barcode_element(line.strip().decode("utf-8", "replace")) is not None
@@ -136,9 +151,9 @@ def starts_as_barcode_elements(head: bytes) -> bool:
 
 def declared_encoding(head: bytes) -> str | None:
     """The encoding named in the first record's XML declaration, if it names one."""
-    text = head[len(BOM):] if head.startswith(BOM) else head
+    text = head[len(BOM) :] if head.startswith(BOM) else head
     while text.startswith(FIRST_LINE_MARK):
-        text = text[text.find(b"\n") + 1:] if b"\n" in text else b""
+        text = text[text.find(b"\n") + 1 :] if b"\n" in text else b""
     match = _ENCODING_DECLARATION.match(text.lstrip(b" \t\r\n"))
     return match.group(1).decode("ascii") if match else None
 
@@ -169,9 +184,9 @@ class _Fields:
     def __init__(self, where: Callable[[], int]) -> None:
         self.where = where
         self.outer = _Slip(line=0)
-        self.slip: _Slip | None = None       # the inner slip being read
-        self.finished: list[_Slip] = []      # inner slips closed, not yet handed over
-        self.nested = False                  # an inner slip was seen: the document is a batch of slips
+        self.slip: _Slip | None = None  # the inner slip being read
+        self.finished: list[_Slip] = []  # inner slips closed, not yet handed over
+        self.nested = False  # an inner slip was seen: the document is a batch of slips
         self.root: str | None = None
         self._depth = 0
         self._current: str | None = None
@@ -219,7 +234,7 @@ class _Open:
     line: int
     header: str | None
     printout: str | None = None
-    content: bool = False                # anything but blank space followed the header block
+    content: bool = False  # anything but blank space followed the header block
     xml_line: int = 0
     parser: DefusedXMLParser | None = None
     fields: _Fields = field(init=False)
@@ -234,16 +249,19 @@ class _Open:
         if self.printout is None and kind is not None:
             self.printout = kind.group(1).decode("ascii")
             if self.printout in NOT_XML_PRINTOUTS:
-                self.problem = RecordProblem(f"{article(self.printout)} {self.printout} printout, not XML: route "
-                                             f"only {XML_PRINTOUT} output for CaiaSoft to this folder", self.line,
-                                             printout=self.printout)
+                self.problem = RecordProblem(
+                    f"{article(self.printout)} {self.printout} printout, not XML: route "
+                    f"only {XML_PRINTOUT} output for CaiaSoft to this folder",
+                    self.line,
+                    printout=self.printout,
+                )
 
     def feed(self, piece: bytes, line: int) -> list[Record]:
         """Feed the next piece of the record; return the slips of a batch that closed in it."""
         if self.parser is None:
             piece = piece.lstrip(b" \t\r\n")
             if piece.startswith(BOM):
-                piece = piece[len(BOM):].lstrip(b" \t\r\n")
+                piece = piece[len(BOM) :].lstrip(b" \t\r\n")
             if not piece:
                 return []
         self.content = True
@@ -251,8 +269,9 @@ class _Open:
             return []
         if self.parser is None:
             self.xml_line = line
-            self.parser = DefusedXMLParser(target=self.fields, forbid_dtd=True, forbid_entities=True,
-                                           forbid_external=True)
+            self.parser = DefusedXMLParser(
+                target=self.fields, forbid_dtd=True, forbid_entities=True, forbid_external=True
+            )
         try:
             self.parser.feed(piece)
         except _REFUSALS as error:  # every parser refusal becomes the record's problem
@@ -290,13 +309,21 @@ class _Open:
 
     def _record(self, slip: _Slip, line: int, problem: RecordProblem | None) -> Record:
         values, outer = slip.values, self.fields.outer.values
-        document, item, sequence = (values.get(name) for name in ("z37-doc-number", "z37-item-sequence",
-                                                                   "z37-sequence"))
-        return Record(number=next(self.numbers), line=line, header=self.header, root=self.fields.root,
-                      form_name=values.get("form-name") or outer.get("form-name"), barcodes=tuple(slip.barcodes),
-                      request_number=values.get("z37-request-number"),
-                      request_id=f"{document}{item}{sequence}" if document and item and sequence else None,
-                      pickup_location=values.get("z37-pickup-location"), problem=problem)
+        document, item, sequence = (
+            values.get(name) for name in ("z37-doc-number", "z37-item-sequence", "z37-sequence")
+        )
+        return Record(
+            number=next(self.numbers),
+            line=line,
+            header=self.header,
+            root=self.fields.root,
+            form_name=values.get("form-name") or outer.get("form-name"),
+            barcodes=tuple(slip.barcodes),
+            request_number=values.get("z37-request-number"),
+            request_id=f"{document}{item}{sequence}" if document and item and sequence else None,
+            pickup_location=values.get("z37-pickup-location"),
+            problem=problem,
+        )
 
     def _where(self) -> int:
         expat = self.parser.parser if self.parser is not None else None
@@ -313,8 +340,9 @@ class _Open:
         if isinstance(error, ParseError):  # expat's own: code and position (line, column) in what was fed
             line = self.xml_line + error.position[0] - 1
             if closing and error.code in _ENDED_EARLY:
-                return RecordProblem(f"its XML ends before its document does ({pyexpat.ErrorString(error.code)})",
-                                     line, at_end=last)
+                return RecordProblem(
+                    f"its XML ends before its document does ({pyexpat.ErrorString(error.code)})", line, at_end=last
+                )
             words = pyexpat.ErrorString(error.code).removeprefix("not well-formed (").removesuffix(")")
             return RecordProblem(f"its XML is not well-formed ({words})", line)
         return RecordProblem(f"its XML cannot be read ({error})", here)
@@ -326,9 +354,12 @@ def _not_utf8(piece: bytes, problem: RecordProblem) -> RecordProblem:
         piece.decode("utf-8")
     except UnicodeDecodeError as error:
         byte = piece[error.start]
-        return RecordProblem(f"its text is not UTF-8 (byte 0x{byte:02X}): ALEPH writes UTF-8; "
-                             "a record in another encoding must declare it (<?xml version=\"1.0\" "
-                             "encoding=\"ISO-8859-1\"?>)", problem.line)
+        return RecordProblem(
+            f"its text is not UTF-8 (byte 0x{byte:02X}): ALEPH writes UTF-8; "
+            'a record in another encoding must declare it (<?xml version="1.0" '
+            'encoding="ISO-8859-1"?>)',
+            problem.line,
+        )
     return problem
 
 

@@ -32,8 +32,10 @@ def prune(settings: Settings, dry_run: bool, trust_clock: bool = False) -> tuple
         try:
             lock = StateLock(settings.paths.lock_file).acquire()
         except AlreadyRunning as error:
-            return [f"caiasoft-gateway prune: {error}: it prunes by itself at start and every hour. "
-                    "Stop it to prune now, or see what would go with --dry-run."], 1
+            return [
+                f"caiasoft-gateway prune: {error}: it prunes by itself at start and every hour. "
+                "Stop it to prune now, or see what would go with --dry-run."
+            ], 1
     try:
         ledger = Ledger(settings.paths.database)
         try:
@@ -50,12 +52,17 @@ def _run(settings: Settings, ledger: Ledger, dry_run: bool, trust_clock: bool) -
     days, error_days = settings.archive.retention_days, settings.archive.error_retention_days
     retention = Retention(ledger, trust_clock=trust_clock)
     plan = retention.plan([(archive, days), (errors, error_days)])
-    lines = [f"archive_dir {_shown(archive.root)}: "
-             + (f"days older than {days} day(s) go" if days else "kept whole (retention_days = 0)"),
-             f"error_dir {_shown(errors.root)}: "
-             + (f"days older than {error_days} day(s) go" if error_days
-                else "refused files are kept (error_retention_days = 0)"),
-             f"counting from {_counted(plan.trusted, plan.wall)}"]
+    lines = [
+        f"archive_dir {_shown(archive.root)}: "
+        + (f"days older than {days} day(s) go" if days else "kept whole (retention_days = 0)"),
+        f"error_dir {_shown(errors.root)}: "
+        + (
+            f"days older than {error_days} day(s) go"
+            if error_days
+            else "refused files are kept (error_retention_days = 0)"
+        ),
+        f"counting from {_counted(plan.trusted, plan.wall)}",
+    ]
     if not dry_run:
         logs.setup(settings.paths.log_dir, console=False)
         removed = retention.prune(archive, days, errors, error_days)
@@ -75,15 +82,19 @@ def _counted(trusted: float, wall: float) -> str:
     counted, clock = dt.date.fromtimestamp(trusted), dt.date.fromtimestamp(wall)
     if counted == clock:
         return counted.isoformat()
-    return (f"{counted.isoformat()}, the ledger's time: the clock says {clock.isoformat()}, further ahead of it "
-            "than retention counts from unasked (see --trust-clock)")
+    return (
+        f"{counted.isoformat()}, the ledger's time: the clock says {clock.isoformat()}, further ahead of it "
+        "than retention counts from unasked (see --trust-clock)"
+    )
 
 
 def _what(ledger: Ledger, day: Path) -> str:
     """What goes with a day folder: its files, and the ledger rows compacted to a row per item."""
     files = f"{_files_in(day)} file(s)" if os.path.lexists(day) else "the folder is gone already"
-    return (f"{files}, {ledger.rows_in(str(day))} ledger row(s) compacted "
-            "(find keeps, per item: file, day, outcome, request number, CaiaSoft's status)")
+    return (
+        f"{files}, {ledger.rows_in(str(day))} ledger row(s) compacted "
+        "(find keeps, per item: file, day, outcome, request number, CaiaSoft's status)"
+    )
 
 
 def _files_in(day: Path) -> int:

@@ -50,8 +50,10 @@ class PruneStore:
     def mark_clock(self, at: float) -> None:
         """Retention's pass: the ledger has seen the time reach at (meta CLOCK_KEY)."""
         with self._transaction() as db:
-            db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                       (CLOCK_KEY, repr(at)))
+            db.execute(
+                "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (CLOCK_KEY, repr(at)),
+            )
 
     def clock_mark(self) -> float | None:
         """The time retention's last pass counted from (mark_clock), or None if no pass has marked one."""
@@ -71,7 +73,8 @@ class PruneStore:
         with self._lock:
             files = self._db.execute(
                 "SELECT MAX(COALESCE((SELECT seen_at FROM files WHERE id = (SELECT MAX(id) FROM files)), 0), "
-                "COALESCE((SELECT MAX(finished_at) FROM files), 0))").fetchone()[0]
+                "COALESCE((SELECT MAX(finished_at) FROM files), 0))"
+            ).fetchone()[0]
             mark = self._db.execute("SELECT value FROM meta WHERE key = ?", (CLOCK_KEY,)).fetchone()
         times = [float(files or 0)]
         if mark is not None:

@@ -38,7 +38,7 @@ TAIL_BYTES = 1024 * 1024  # how much of a file's end is read to judge whether it
 LEASES_ENABLE = Path("/proc/sys/fs/leases-enable")
 PROC_STATUS = Path("/proc/self/status")
 
-NOBODY = "nobody"    # nobody has the file open for writing
+NOBODY = "nobody"  # nobody has the file open for writing
 WRITING = "writing"  # somebody has it open for writing
 UNKNOWN = "unknown"  # cannot be known here (see reason)
 
@@ -102,8 +102,10 @@ def leases_enabled(setting: Path = LEASES_ENABLE) -> bool:
 
 def writer_detection(folder: Path, network: bool, filesystem: str | None, settle_seconds: float) -> tuple[bool, str]:
     """For `check`: can open writers be detected in this folder? Return (yes, why, and what to do if not)."""
-    longer = f"rely on settle_seconds (now {settle_seconds:g}; set it above the longest pause of ALEPH's writer, " \
-             "e.g. 30) or ready_marker"
+    longer = (
+        f"rely on settle_seconds (now {settle_seconds:g}; set it above the longest pause of ALEPH's writer, "
+        "e.g. 30) or ready_marker"
+    )
     if network:
         return False, (f"not on {filesystem}: a writer on another host is invisible to this one; {longer}")
     if not leases_enabled():
@@ -112,17 +114,25 @@ def writer_detection(folder: Path, network: bool, filesystem: str | None, settle
         return True, "open writers are detected (read lease, CAP_LEASE held)"
     me = os.geteuid()
     try:
-        owners = {entry.stat(follow_symlinks=False).st_uid for entry in os.scandir(folder)
-                  if entry.is_file(follow_symlinks=False)}
+        owners = {
+            entry.stat(follow_symlinks=False).st_uid
+            for entry in os.scandir(folder)
+            if entry.is_file(follow_symlinks=False)
+        }
     except OSError:
         owners = set()
     others = sorted(owners - {me})
     if not others and owners:
         return True, "open writers are detected (read lease: the gateway owns the files there)"
-    whose = f"files there belong to uid {', '.join(map(str, others))}" if others else \
-        "ALEPH's files will belong to another user"
-    return False, (f"{whose} and the gateway lacks CAP_LEASE, so it cannot tell whether a writer still has a "
-                   f"file open; run it under the shipped unit (AmbientCapabilities=CAP_LEASE), or {longer}")
+    whose = (
+        f"files there belong to uid {', '.join(map(str, others))}"
+        if others
+        else "ALEPH's files will belong to another user"
+    )
+    return False, (
+        f"{whose} and the gateway lacks CAP_LEASE, so it cannot tell whether a writer still has a "
+        f"file open; run it under the shipped unit (AmbientCapabilities=CAP_LEASE), or {longer}"
+    )
 
 
 # -- content that stops mid-way ---------------------------------------------------------
@@ -141,7 +151,7 @@ def cut_off(data: bytes, whole: bool = True) -> str | None:
     if b"\x00" in data:
         return None  # binary: refused whatever its end looks like
     if not whole:
-        data = data[data.find(b"\n") + 1:]  # from the first whole line in the window
+        data = data[data.find(b"\n") + 1 :]  # from the first whole line in the window
         if not re.search(rb"(?m)^##", data):  # one document larger than the window
             ending = data.rstrip(b" \t\r\n")
             return None if ending.endswith(b">") or data.endswith(b"\n") else "the last line has no newline yet"
@@ -163,7 +173,7 @@ def _last_record(data: bytes) -> bytes | None:
         last = match
     if last is None:
         return text
-    rest = text[last.end():]
+    rest = text[last.end() :]
     return rest if rest.strip() else None
 
 
@@ -202,8 +212,14 @@ class ReadyCheck:
     cannot answer is said once in the log and kept in `writers_unknown`.
     """
 
-    def __init__(self, source: Source, settler: Settler, grace_seconds: float, peek_limit: int = TAIL_BYTES,
-                 marker_mode: bool = False):
+    def __init__(
+        self,
+        source: Source,
+        settler: Settler,
+        grace_seconds: float,
+        peek_limit: int = TAIL_BYTES,
+        marker_mode: bool = False,
+    ):
         self.source = source
         self.settler = settler
         self.grace_seconds = grace_seconds
@@ -224,8 +240,12 @@ class ReadyCheck:
             return self.settler.settle_seconds or 0.5
         if writers.state == UNKNOWN and not writers.file_problem and writers.reason != self.writers_unknown:
             self.writers_unknown = writers.reason
-            log.warning("source.writers_unknown", source=self.source.name, reason=writers.reason,
-                        detail="a file is taken once it settled; if it changes after that, it is taken again whole")
+            log.warning(
+                "source.writers_unknown",
+                source=self.source.name,
+                reason=writers.reason,
+                detail="a file is taken once it settled; if it changes after that, it is taken again whole",
+            )
         if self.marker_mode:  # the writer said it is done: its content is what it is
             self.waiting.pop(entry.name, None)
             return None
@@ -251,20 +271,36 @@ class ReadyCheck:
         if unchanged < self.grace_seconds:
             held = self.waiting.get(entry.name)
             if held is None or held["reason"] != reason:
-                log.info("file.incomplete_waiting", source=self.source.name, file=entry.name, size=entry.size,
-                         reason=reason, grace_seconds=self.grace_seconds)
+                log.info(
+                    "file.incomplete_waiting",
+                    source=self.source.name,
+                    file=entry.name,
+                    size=entry.size,
+                    reason=reason,
+                    grace_seconds=self.grace_seconds,
+                )
             self._wait(entry, reason, unchanged)
             return self.grace_seconds - unchanged
-        log.warning("file.incomplete_taken", source=self.source.name, file=entry.name, size=entry.size,
-                    reason=reason, unchanged_seconds=round(unchanged, 1),
-                    detail="unchanged for the whole grace period: taken as it is")
+        log.warning(
+            "file.incomplete_taken",
+            source=self.source.name,
+            file=entry.name,
+            size=entry.size,
+            reason=reason,
+            unchanged_seconds=round(unchanged, 1),
+            detail="unchanged for the whole grace period: taken as it is",
+        )
         self.waiting.pop(entry.name, None)
         return None
 
     def _wait(self, entry: Entry, reason: str, unchanged: float | None) -> None:
-        self.waiting[entry.name] = {"file": entry.name, "size": entry.size, "reason": reason,  # snapshot.Waiting
-                                    "unchanged_seconds": None if unchanged is None else round(unchanged, 1),
-                                    "grace_seconds": None if unchanged is None else self.grace_seconds}
+        self.waiting[entry.name] = {
+            "file": entry.name,
+            "size": entry.size,
+            "reason": reason,  # snapshot.Waiting
+            "unchanged_seconds": None if unchanged is None else round(unchanged, 1),
+            "grace_seconds": None if unchanged is None else self.grace_seconds,
+        }
 
     def changed(self, name: str) -> None:
         """The file changed (or was taken): what was decided about it no longer holds."""

@@ -43,8 +43,15 @@ def recover(pipeline: Pipeline) -> dict[str, int]:
     Each row and each stray file is its own boundary: one that cannot be finished
     now (an OSError) is logged and left for later, and the rest are finished.
     """
-    done = {"claims_completed": 0, "claims_dropped": 0, "requeued": 0, "finished": 0, "adopted": 0,
-            "postponed": 0, "waits_capped": 0}
+    done = {
+        "claims_completed": 0,
+        "claims_dropped": 0,
+        "requeued": 0,
+        "finished": 0,
+        "adopted": 0,
+        "postponed": 0,
+        "waits_capped": 0,
+    }
     for leftover in pipeline.work_dir.glob(PARTIAL_GLOB):  # half-written copies: the claim is redone
         if files.writer_gone(leftover):  # not the copy a running `send` is making
             _contained("recovery.partial_left", leftover.name, done, leftover.unlink)
@@ -62,8 +69,12 @@ def recover(pipeline: Pipeline) -> dict[str, int]:
             _contained("recovery.partial_left", str(partial), done, functools.partial(_remove_partial, partial))
     for row in answered:
         if row.state == FileState.ANSWERED:
-            _contained("recovery.reservation_left", row.name, done,
-                       functools.partial(_release_reservations, pipeline, row, kept))
+            _contained(
+                "recovery.reservation_left",
+                row.name,
+                done,
+                functools.partial(_release_reservations, pipeline, row, kept),
+            )
         if pipeline.place(row) is not None:
             done["finished"] += 1
     _adopt_strays(pipeline, done)
@@ -103,11 +114,11 @@ def _recover_claims(pipeline: Pipeline, done: dict[str, int]) -> None:
         if pipeline.work_path(row).exists():
             pipeline.ledger.claimed(row.id)
             done["claims_completed"] += 1
-            _contained("recovery.take_not_completed", row.name, done,
-                            functools.partial(_complete_take, pipeline, row))
+            _contained("recovery.take_not_completed", row.name, done, functools.partial(_complete_take, pipeline, row))
         else:
             pipeline.ledger.forget(row.id)
             done["claims_dropped"] += 1
+
 
 def _complete_take(pipeline: Pipeline, row: FileRow) -> None:
     """Remove the original of a move cut short (a batch's originals go after one sync of work/);
@@ -116,13 +127,14 @@ def _complete_take(pipeline: Pipeline, row: FileRow) -> None:
     if source is not None and row.origin and source.complete_take(row.origin, pipeline.work_path(row)):
         pipeline.ledger.moved_when_taken(row.id)
 
+
 def _adopt_strays(pipeline: Pipeline, done: dict[str, int]) -> None:
     """Files in work/ without a row (the ledger was lost): give each a row and its work name."""
     known = pipeline.ledger.known_work_names()
     for path in sorted(pipeline.work_dir.iterdir()):
-        if path.name not in known and not path.name.startswith(".") and path.is_file() \
-                and not path.is_symlink():
+        if path.name not in known and not path.name.startswith(".") and path.is_file() and not path.is_symlink():
             _contained("recovery.adopt_failed", path.name, done, functools.partial(_adopt, pipeline, path, done))
+
 
 def _adopt(pipeline: Pipeline, path: Path, done: dict[str, int]) -> None:
     name = path.name.split(".", 1)[1] if "." in path.name else path.name

@@ -64,18 +64,23 @@ class Plan:
 
     wall: float
     ledger_now: float | None
-    trusted: float                                       # the earlier of the two: days are counted from it
-    resumed: list[Path] = field(default_factory=list)    # days a crash or a stop left half-removed: finished first
-    removed: list[Path] = field(default_factory=list)    # day folders older than their retention, oldest first
-    held: list[Path] = field(default_factory=list)       # older than that by the wall clock only: kept
-    strays: list[Path] = field(default_factory=list)     # marks that are no day folder of these folders: dropped
+    trusted: float  # the earlier of the two: days are counted from it
+    resumed: list[Path] = field(default_factory=list)  # days a crash or a stop left half-removed: finished first
+    removed: list[Path] = field(default_factory=list)  # day folders older than their retention, oldest first
+    held: list[Path] = field(default_factory=list)  # older than that by the wall clock only: kept
+    strays: list[Path] = field(default_factory=list)  # marks that are no day folder of these folders: dropped
 
 
 class Retention:
     """Prunes the archive on the earlier of the wall clock and the ledger's time (see the module's docstring)."""
 
-    def __init__(self, ledger: Ledger, wall: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic, trust_clock: bool = False):
+    def __init__(
+        self,
+        ledger: Ledger,
+        wall: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        trust_clock: bool = False,
+    ):
         self.ledger = ledger
         self.wall = wall
         self.monotonic = monotonic
@@ -101,15 +106,19 @@ class Retention:
         plan = Plan(wall, ledger_now, trusted)
         for marked, _ in self.ledger.pruning():
             (plan.resumed if _day_of(Path(marked), [folder for folder, _ in folders]) else plan.strays).append(
-                Path(marked))
+                Path(marked)
+            )
         for folder, days in folders:
             removed = [day for day in folder.old_days(days, dt.date.fromtimestamp(trusted)) if day not in plan.resumed]
             if days:
                 oldest_kept = dt.date.fromtimestamp(trusted) - dt.timedelta(days=days)
                 removed = sorted(removed + self._gone_days(folder, oldest_kept, removed + plan.resumed))
             plan.removed += removed
-            plan.held += [day for day in folder.old_days(days, dt.date.fromtimestamp(wall))
-                          if day not in removed and day not in plan.resumed]
+            plan.held += [
+                day
+                for day in folder.old_days(days, dt.date.fromtimestamp(wall))
+                if day not in removed and day not in plan.resumed
+            ]
         return plan
 
     def _gone_days(self, folder: Folder, before: dt.date, known: list[Path]) -> list[Path]:
@@ -135,8 +144,14 @@ class Retention:
             after = f"{day}0"  # past every path in that day folder ('0' follows '/')
         return found
 
-    def prune(self, archive: Folder, retention_days: int, errors: Folder | None = None, error_days: int = 0,
-              budget: float | None = None) -> list[Path]:
+    def prune(
+        self,
+        archive: Folder,
+        retention_days: int,
+        errors: Folder | None = None,
+        error_days: int = 0,
+        budget: float | None = None,
+    ) -> list[Path]:
         """Remove the day folders older than retention_days in archive (and error_days in errors; 0: none)
         by the trusted day, after finishing any a crash left half-removed; return the days removed.
 
@@ -147,8 +162,11 @@ class Retention:
         removed: list[Path] = []
         self.unfinished = False
         for stray in plan.strays:  # the config changed since, or the ledger was edited: nothing is removed
-            log.warning("archive.prune_mark_dropped", folder=str(stray),
-                        detail="not a day folder of archive_dir or error_dir (or a link): nothing of it is removed")
+            log.warning(
+                "archive.prune_mark_dropped",
+                folder=str(stray),
+                detail="not a day folder of archive_dir or error_dir (or a link): nothing of it is removed",
+            )
             self.ledger.end_pruning(str(stray))
         failed: dict[Path, str] = {}
         for day in (*plan.resumed, *plan.removed):
@@ -159,17 +177,30 @@ class Retention:
                 self._remove(day, plan.trusted)
             except OSError as error:  # a file in it that cannot go (owned by root, immutable, an NFS .nfsXXXX)
                 failed[day] = describe(error)
-                log.error("archive.prune_failed", folder=str(day), error=failed[day],
-                          detail="this day stays marked and is tried again at the next pass; the others go on")
+                log.error(
+                    "archive.prune_failed",
+                    folder=str(day),
+                    error=failed[day],
+                    detail="this day stays marked and is tried again at the next pass; the others go on",
+                )
                 continue
             removed.append(day)
         if plan.resumed:
-            log.info("archive.prune_resumed_day", days=[str(day) for day in plan.resumed],
-                     detail="a pass cut short (stop or crash) is finished")
+            log.info(
+                "archive.prune_resumed_day",
+                days=[str(day) for day in plan.resumed],
+                detail="a pass cut short (stop or crash) is finished",
+            )
         self.ledger.mark_clock(plan.trusted)  # never a clock it did not count from: see the docstring
         if removed:
-            log.info("archive.pruned", days=len(removed), retention_days=retention_days,
-                     error_retention_days=error_days, first=str(removed[0]), last=str(removed[-1]))
+            log.info(
+                "archive.pruned",
+                days=len(removed),
+                retention_days=retention_days,
+                error_retention_days=error_days,
+                first=str(removed[0]),
+                last=str(removed[-1]),
+            )
         if not self.unfinished:  # also what an earlier pass left free (its budget ran out, or files were queued)
             self._give_back(began, budget)
         self._say_held(plan, failed)
@@ -202,18 +233,27 @@ class Retention:
         problem = None
         if failed:
             day, error = next(iter(failed.items()))
-            problem = (f"retention could not remove {len(failed)} day folder(s), first {day}: {error}; they are "
-                       "tried again every pass (the other days went): remove what blocks them, as the service user")
+            problem = (
+                f"retention could not remove {len(failed)} day folder(s), first {day}: {error}; they are "
+                "tried again every pass (the other days went): remove what blocks them, as the service user"
+            )
         elif held and ledger_now is not None and wall - ledger_now > CLOCK_AHEAD_SECONDS:
-            problem = (f"retention held {len(held)} day folder(s) back: the clock says {_day(wall)}, "
-                       f"{_span(wall - ledger_now)} ahead of the ledger's time ({_day(ledger_now)}: the time its "
-                       f"last pass counted from, plus the time since start); nothing is removed on that clock's "
-                       f"word. Fix the clock; if it is right (the gateway was stopped that long), say so with "
-                       f"caiasoft-gateway prune --trust-clock (with the service stopped)")
+            problem = (
+                f"retention held {len(held)} day folder(s) back: the clock says {_day(wall)}, "
+                f"{_span(wall - ledger_now)} ahead of the ledger's time ({_day(ledger_now)}: the time its "
+                f"last pass counted from, plus the time since start); nothing is removed on that clock's "
+                f"word. Fix the clock; if it is right (the gateway was stopped that long), say so with "
+                f"caiasoft-gateway prune --trust-clock (with the service stopped)"
+            )
         if problem != self.problem:
             if problem and not failed:
-                log.warning("archive.prune_held", reason=problem, held=[str(day) for day in held],
-                            clock=_day(wall), ledger_time=_day(ledger_now or wall))
+                log.warning(
+                    "archive.prune_held",
+                    reason=problem,
+                    held=[str(day) for day in held],
+                    clock=_day(wall),
+                    ledger_time=_day(ledger_now or wall),
+                )
             else:
                 log.info("archive.prune_resumed", detail="the clock agrees with the ledger's time again")
             self.problem = problem
@@ -222,7 +262,8 @@ class Retention:
 def _day_of(day: Path, folders: list[Folder]) -> bool:
     """Whether day is a day folder (ROOT/YYYY/MM/DD, not a link) of one of these folders."""
     return not day.is_symlink() and any(
-        day.parent.parent.parent == folder.root and _DAY.match("/".join(day.parts[-3:])) for folder in folders)
+        day.parent.parent.parent == folder.root and _DAY.match("/".join(day.parts[-3:])) for folder in folders
+    )
 
 
 def _date(parts: tuple[str, ...]) -> dt.date | None:

@@ -66,12 +66,16 @@ CREATE TABLE IF NOT EXISTS pruning (
 
 # the rows of a folder's files: final_path within FOLDER/, by the files_final_path index (named: without
 # statistics the planner would take files_done, whose state range holds nearly every row)
-FOLDER_ROWS = ("SELECT id, source, name, final_path, state, verdict, reason, answer, claimed_at, seen_at, "
-               "uploaded_at FROM files INDEXED BY files_final_path WHERE final_path >= ? AND final_path < ? "
-               "AND state IN ('archived', 'refused') AND released_at IS NOT NULL LIMIT ?")
-ITEMS_OF = ("SELECT items.barcode, MIN(items.record), records.request_number FROM items LEFT JOIN records ON "
-            "records.file_id = items.file_id AND records.number = items.record WHERE items.file_id = ? "
-            "GROUP BY items.barcode")
+FOLDER_ROWS = (
+    "SELECT id, source, name, final_path, state, verdict, reason, answer, claimed_at, seen_at, "
+    "uploaded_at FROM files INDEXED BY files_final_path WHERE final_path >= ? AND final_path < ? "
+    "AND state IN ('archived', 'refused') AND released_at IS NOT NULL LIMIT ?"
+)
+ITEMS_OF = (
+    "SELECT items.barcode, MIN(items.record), records.request_number FROM items LEFT JOIN records ON "
+    "records.file_id = items.file_id AND records.number = items.record WHERE items.file_id = ? "
+    "GROUP BY items.barcode"
+)
 # a newer file's item replaces the one kept (the kept one becomes an earlier one); an older one only counts
 UPSERT = """
 INSERT INTO retired (barcode, file, source, path, outcome, reason, request_number, istatus, deny, taken, sent,
@@ -92,9 +96,9 @@ ON CONFLICT (barcode) DO UPDATE SET
     earlier = earlier + 1,
     first_taken = MIN(COALESCE(first_taken, excluded.first_taken), COALESCE(excluded.first_taken, first_taken))
 """.replace("newer", "COALESCE(excluded.taken, 0) >= COALESCE(taken, 0)")
-COMPACT_BATCH = 50       # files compacted in one transaction: uploads wait at most for one batch
-REASON_CHARS = 300       # what is kept of the reason a file was refused
-VACUUM_PAGES = 64        # pages given back in one transaction (256 KB of 4 KB pages)
+COMPACT_BATCH = 50  # files compacted in one transaction: uploads wait at most for one batch
+REASON_CHARS = 300  # what is kept of the reason a file was refused
+VACUUM_PAGES = 64  # pages given back in one transaction (256 KB of 4 KB pages)
 
 
 @dataclass(frozen=True)
@@ -151,10 +155,14 @@ class RetiredStore:
         """How many finished files' rows lie in this folder and would be compacted (prune --dry-run)."""
         low, high = folder_range(folder)
         with self._lock:
-            return int(self._db.execute(
-                "SELECT COUNT(*) FROM files INDEXED BY files_final_path WHERE final_path >= ? AND final_path < ? "
-                "AND state IN "
-                "('archived', 'refused') AND released_at IS NOT NULL", (low, high)).fetchone()[0])
+            return int(
+                self._db.execute(
+                    "SELECT COUNT(*) FROM files INDEXED BY files_final_path WHERE final_path >= ? AND final_path < ? "
+                    "AND state IN "
+                    "('archived', 'refused') AND released_at IS NOT NULL",
+                    (low, high),
+                ).fetchone()[0]
+            )
 
     def next_row_path(self, after: str, before: str) -> str | None:
         """The first final_path after `after` and before `before` of a row compact() would take (one seek)."""
@@ -162,7 +170,8 @@ class RetiredStore:
             row = self._db.execute(
                 "SELECT final_path FROM files INDEXED BY files_final_path WHERE final_path > ? AND final_path < ? "
                 "AND state IN ('archived', 'refused') AND released_at IS NOT NULL ORDER BY final_path LIMIT 1",
-                (after, before)).fetchone()
+                (after, before),
+            ).fetchone()
         return None if row is None else str(row[0])
 
     def compact(self, folder: str, removed_at: float) -> int:
@@ -215,8 +224,21 @@ def _retired_items(db: sqlite3.Connection, row: sqlite3.Row, removed_at: float) 
     path = str(row["final_path"])
     for barcode, _record, request_number in db.execute(ITEMS_OF, (row["id"],)).fetchall():
         answer = answers.get(barcode, {})
-        yield (barcode, path.rsplit("/", 1)[-1], row["source"], path, outcome, reason, request_number,
-               _text(answer.get("istatus")), _text(answer.get("deny")), taken, row["uploaded_at"], removed_at, taken)
+        yield (
+            barcode,
+            path.rsplit("/", 1)[-1],
+            row["source"],
+            path,
+            outcome,
+            reason,
+            request_number,
+            _text(answer.get("istatus")),
+            _text(answer.get("deny")),
+            taken,
+            row["uploaded_at"],
+            removed_at,
+            taken,
+        )
 
 
 def _text(value: Any) -> str | None:

@@ -15,9 +15,14 @@ log = logs.get("gateway.retry")
 
 
 def _error_files(error_dir: Path) -> list[Path]:
-    return sorted(path for path in error_dir.glob("[0-9][0-9][0-9][0-9]/[0-9][0-9]/[0-9][0-9]/*")
-                  if path.is_file() and not path.is_symlink() and not path.name.startswith(".")
-                  and not path.name.endswith(SIDECAR_SUFFIX))
+    return sorted(
+        path
+        for path in error_dir.glob("[0-9][0-9][0-9][0-9]/[0-9][0-9]/[0-9][0-9]/*")
+        if path.is_file()
+        and not path.is_symlink()
+        and not path.name.startswith(".")
+        and not path.name.endswith(SIDECAR_SUFFIX)
+    )
 
 
 def find_in_error_dir(error_dir: Path, names: list[str], every: bool) -> tuple[list[Path], list[str]]:

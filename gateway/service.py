@@ -90,17 +90,21 @@ class StateLock:
 
 def _log_health(problems: list[str]) -> None:
     if problems:
-        log.error("service.unhealthy", problems=problems,
-                  detail="watchdog pings stop until every worker checks in again")
+        log.error(
+            "service.unhealthy", problems=problems, detail="watchdog pings stop until every worker checks in again"
+        )
     else:
         log.info("service.healthy")
 
 
 def _log_worker_crash(args: threading.ExceptHookArgs) -> None:
     """A thread died on an error no boundary caught: say what and where, in the gateway's log."""
-    log.error("service.worker_crashed", worker=args.thread.name if args.thread else "?",
-              error=f"{args.exc_type.__name__}: {args.exc_value}",
-              exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+    log.error(
+        "service.worker_crashed",
+        worker=args.thread.name if args.thread else "?",
+        error=f"{args.exc_type.__name__}: {args.exc_value}",
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+    )
 
 
 class Service:
@@ -161,8 +165,12 @@ class Service:
             if not self._recover(self._parts, wake_read):
                 return 0
             self._parts.start()
-            log.info("service.started", sources=[s.name for s in self.config.sources],
-                     caiasoft=self.config.caiasoft.base_url, pid=os.getpid())
+            log.info(
+                "service.started",
+                sources=[s.name for s in self.config.sources],
+                caiasoft=self.config.caiasoft.base_url,
+                pid=os.getpid(),
+            )
             notify.send("READY=1")
             exit_code = self._loop(ledger, wake_read, self._parts)
         finally:
@@ -199,9 +207,13 @@ class Service:
                     raise LedgerDamaged(self.config.paths.database, describe(error)) from None
                 failures += 1
                 delay = backoff.delay(failures)
-                log.error("recovery.paused", error=describe(error), retry_in=round(delay, 2),
-                          exc_info=(type(error), error, error.__traceback__),
-                          detail="recovery is tried again; nothing is taken or sent meanwhile")
+                log.error(
+                    "recovery.paused",
+                    error=describe(error),
+                    retry_in=round(delay, 2),
+                    exc_info=(type(error), error, error.__traceback__),
+                    detail="recovery is tried again; nothing is taken or sent meanwhile",
+                )
                 if failures == 1:
                     notify.send("READY=1")
                 notify.send(f"STATUS=recovery paused: {describe(error)}")
@@ -240,8 +252,10 @@ class Service:
                 notify.send(f"STATUS={status}")
                 last_status = status
             _wait(wake_read, tick)
-        log.info("service.stopping", detail="no new files are taken; the upload in hand is finished first; "
-                 "a second SIGTERM exits at once")
+        log.info(
+            "service.stopping",
+            detail="no new files are taken; the upload in hand is finished first; a second SIGTERM exits at once",
+        )
         return 0
 
     def _workers_alive(self, parts: Parts) -> bool:
@@ -264,11 +278,15 @@ class Service:
                 raise LedgerDamaged(self.config.paths.database, describe(error)) from None
             said, now = describe(error), time.monotonic()
             if now - self._failures_said.get(said, -REPEAT_LOG_SECONDS) >= REPEAT_LOG_SECONDS:
-                self._failures_said = {text: at for text, at in self._failures_said.items()
-                                       if now - at < REPEAT_LOG_SECONDS}
+                self._failures_said = {
+                    text: at for text, at in self._failures_said.items() if now - at < REPEAT_LOG_SECONDS
+                }
                 self._failures_said[said] = now
-                log.error("service.housekeeping_failed", error=said,
-                          detail=f"logged once every {REPEAT_LOG_SECONDS:.0f} s while it lasts")
+                log.error(
+                    "service.housekeeping_failed",
+                    error=said,
+                    detail=f"logged once every {REPEAT_LOG_SECONDS:.0f} s while it lasts",
+                )
             return f"cannot publish status: {said}"
 
     def _retire_ended(self) -> None:
@@ -286,8 +304,9 @@ class Service:
         most PRUNE_PASS_SECONDS; a day a crash left half-removed is finished first (gateway/retention.py)."""
         days, error_days = self.config.archive.retention_days, self.config.archive.error_retention_days
         if self._retention is not None and (days or error_days or self._retention.ledger.pruning()):
-            self._retention.prune(parts.pipeline.archive, days, parts.pipeline.errors, error_days,
-                                  budget=PRUNE_PASS_SECONDS)
+            self._retention.prune(
+                parts.pipeline.archive, days, parts.pipeline.errors, error_days, budget=PRUNE_PASS_SECONDS
+            )
 
     def _watch(self, parts: Parts) -> None:
         """Hand alerts and metrics the lasting states (paused, unreachable, sources), if either is configured."""
@@ -296,30 +315,52 @@ class Service:
 
     def _publish(self, ledger: Ledger, parts: Parts, now: float) -> str:
         """Write the service's state for `status`, and return the one-line summary for systemd."""
-        sources = {c.source.name: snapshot.SourceState(
-                       mode=c.source.mode, problem=c.current_problem(), healthy=c.source.healthy(),
-                       writers_unknown=c.ready_check.writers_unknown,
-                       waiting=sorted(c.ready_check.waiting.values(), key=lambda w: w["file"]),
-                       not_taken=dict(c.claim_failures), originals_kept=c.originals_kept)
-                   for c in parts.collectors}
+        sources = {
+            c.source.name: snapshot.SourceState(
+                mode=c.source.mode,
+                problem=c.current_problem(),
+                healthy=c.source.healthy(),
+                writers_unknown=c.ready_check.writers_unknown,
+                waiting=sorted(c.ready_check.waiting.values(), key=lambda w: w["file"]),
+                not_taken=dict(c.claim_failures),
+                originals_kept=c.originals_kept,
+            )
+            for c in parts.collectors
+        }
         paused = parts.gate.paused_reason
         faults = parts.faults()
         ncip = None
         if parts.relay:
             lag_bytes, lag_entries = parts.relay.lag()
-            ncip = snapshot.NcipState(lag_bytes=lag_bytes, lag_entries=lag_entries,
-                                      last_success=parts.relay.last_success, last_problem=parts.relay.last_problem,
-                                      dead_letters=parts.relay.dead_letters.count(),
-                                      feed_problem=parts.feed.problem if parts.feed else None,
-                                      journal_problem=parts.relay.journal_problem)
+            ncip = snapshot.NcipState(
+                lag_bytes=lag_bytes,
+                lag_entries=lag_entries,
+                last_success=parts.relay.last_success,
+                last_problem=parts.relay.last_problem,
+                dead_letters=parts.relay.dead_letters.count(),
+                feed_problem=parts.feed.problem if parts.feed else None,
+                journal_problem=parts.relay.journal_problem,
+            )
         retention = self._retention.problem if self._retention is not None else None
-        snapshot.publish(ledger, snapshot.Snapshot(pid=os.getpid(), updated=now, sources=sources, paused=paused,
-                                                   ncip=ncip, faults=faults, retention=retention))
+        snapshot.publish(
+            ledger,
+            snapshot.Snapshot(
+                pid=os.getpid(),
+                updated=now,
+                sources=sources,
+                paused=paused,
+                ncip=ncip,
+                faults=faults,
+                retention=retention,
+            ),
+        )
         counts = ledger.counts()
         midnight = dt.datetime.combine(dt.date.today(), dt.time()).timestamp()
         queued = sum(counts.get(state, 0) for state in (FileState.CLAIMED, FileState.QUEUED, FileState.UPLOADING))
-        line = (f"queued {queued}, uploaded today {ledger.count_finished_since(FileState.ARCHIVED, midnight)}, "
-                f"errors today {ledger.count_finished_since(FileState.REFUSED, midnight)}")
+        line = (
+            f"queued {queued}, uploaded today {ledger.count_finished_since(FileState.ARCHIVED, midnight)}, "
+            f"errors today {ledger.count_finished_since(FileState.REFUSED, midnight)}"
+        )
         if ncip:
             line += f", NCIP lag {ncip['lag_entries']}"
             if ncip["journal_problem"]:
@@ -350,14 +391,20 @@ class Service:
         try:
             new = config_module.load(self.config.file, environ=self.environ)
         except ConfigError as error:
-            log.error("config.reload_refused", file=str(self.config.file),
-                      problems=[str(problem) for problem in error.problems],
-                      detail="still running on the previous configuration")
+            log.error(
+                "config.reload_refused",
+                file=str(self.config.file),
+                problems=[str(problem) for problem in error.problems],
+                detail="still running on the previous configuration",
+            )
             return parts
         if new.paths.state_dir != self.config.paths.state_dir:
-            log.error("config.reload_refused", file=str(self.config.file),
-                      problems=["paths.state_dir cannot change while running: restart the service"],
-                      detail="still running on the previous configuration")
+            log.error(
+                "config.reload_refused",
+                file=str(self.config.file),
+                problems=["paths.state_dir cannot change while running: restart the service"],
+                detail="still running on the previous configuration",
+            )
             return parts
         notify.send("RELOADING=1")
         logs.add_secret(new.api_key.value)

@@ -185,12 +185,27 @@ class Ncip:
 
 
 # CaiaSoft's item statuses, as its API guide lists them (an answer may add " on MM-DD-YYYY")
-IN_STATUSES = ("Item In at Rest", "In Queue for Refile", "In Queue for Physical Retrieval", "In Queue for E-Retrieval",
-               "In Queue for SH-I-P Service", "In Queue for De-accession", "Pulled for E-Retrieval")
+IN_STATUSES = (
+    "Item In at Rest",
+    "In Queue for Refile",
+    "In Queue for Physical Retrieval",
+    "In Queue for E-Retrieval",
+    "In Queue for SH-I-P Service",
+    "In Queue for De-accession",
+    "Pulled for E-Retrieval",
+)
 OUT_STATUSES = ("Out on Physical Retrieval", "Out on SH-I-P Service")
 
-ALERT_EVENTS = ("refused", "denied", "paused", "unreachable", "dead_letter", "source_problem", "stuck",
-                "unknown_status")
+ALERT_EVENTS = (
+    "refused",
+    "denied",
+    "paused",
+    "unreachable",
+    "dead_letter",
+    "source_problem",
+    "stuck",
+    "unknown_status",
+)
 
 
 @dataclass(frozen=True)
@@ -237,7 +252,7 @@ class Settings:
     archive: Archive
     sources: tuple[SourceSettings, ...]
     ncip: Ncip | None = None
-    alerts: Alerts | None = None    # [alerts] absent = no alerts
+    alerts: Alerts | None = None  # [alerts] absent = no alerts
     metrics: Metrics | None = None  # [metrics] absent = no metrics
 
 

@@ -41,8 +41,12 @@ def sidecar(row: FileRow, final: Path, now: float, contents: dict[str, Any] | No
         "denied_items": denied,
         **(contents or {}),
         "attempts": row.attempts,
-        "times": {"seen": _iso(row.seen_at), "claimed": _iso(row.claimed_at),
-                  "uploaded": _iso(row.uploaded_at), "finished": _iso(row.finished_at or now)},
+        "times": {
+            "seen": _iso(row.seen_at),
+            "claimed": _iso(row.claimed_at),
+            "uploaded": _iso(row.uploaded_at),
+            "finished": _iso(row.finished_at or now),
+        },
         "ledger_id": row.id,
         "gateway": f"aleph-caiasoft-gateway {__version__}",
     }

@@ -28,13 +28,13 @@ class Waiting(TypedDict):
 
 
 class SourceState(TypedDict):
-    mode: str                    # inotify, polling, sftp
-    problem: str | None          # why the source cannot be read now
-    healthy: bool                # its watcher is alive
+    mode: str  # inotify, polling, sftp
+    problem: str | None  # why the source cannot be read now
+    healthy: bool  # its watcher is alive
     writers_unknown: str | None  # why open writers cannot be seen, if they cannot
     waiting: list[Waiting]
-    not_taken: dict[str, str]    # files that cannot be taken from the source now, and why
-    originals_kept: int          # files taken whose original stays in the source until it is removed
+    not_taken: dict[str, str]  # files that cannot be taken from the source now, and why
+    originals_kept: int  # files taken whose original stays in the source until it is removed
 
 
 class NcipState(TypedDict):
@@ -49,11 +49,11 @@ class NcipState(TypedDict):
 
 class Snapshot(TypedDict):
     pid: int
-    updated: float               # time.time() of this snapshot; an old one means the service is gone
+    updated: float  # time.time() of this snapshot; an old one means the service is gone
     sources: dict[str, SourceState]
-    paused: str | None           # why uploads are paused (API key refused)
+    paused: str | None  # why uploads are paused (API key refused)
     ncip: NcipState | None
-    faults: dict[str, str]       # workers pausing after an environment fault or a bug, and why
+    faults: dict[str, str]  # workers pausing after an environment fault or a bug, and why
     retention: NotRequired[str | None]  # why retention holds archive days back (the clock disagrees with the ledger)
 
 

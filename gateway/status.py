@@ -49,30 +49,54 @@ def _collect(ledger: Ledger, now: float | None) -> dict[str, Any]:
     running = service is not None and now - service["updated"] < SERVICE_STALE_SECONDS
     silent = service is not None and not running and files.running(service["pid"])  # cannot write its ledger?
     return {
-        "service": {"running": running or silent, **({"pid": service["pid"], "sources": service["sources"]}
-                                                       if service is not None and running else {}),
-                    **({"pid": service["pid"], "silent_seconds": round(now - service["updated"])}
-                       if service is not None and silent else {})},
+        "service": {
+            "running": running or silent,
+            **({"pid": service["pid"], "sources": service["sources"]} if service is not None and running else {}),
+            **(
+                {"pid": service["pid"], "silent_seconds": round(now - service["updated"])}
+                if service is not None and silent
+                else {}
+            ),
+        },
         "ncip": service["ncip"] if service is not None and running else None,
-        "counts": {state.value: counts.get(state, 0) for state in (*OPEN_STATES, FileState.STUCK,
-                                                                    FileState.ARCHIVED, FileState.REFUSED)},
+        "counts": {
+            state.value: counts.get(state, 0)
+            for state in (*OPEN_STATES, FileState.STUCK, FileState.ARCHIVED, FileState.REFUSED)
+        },
         "pending": sum(counts.get(state, 0) for state in OPEN_STATES),
-        "oldest_pending": None if oldest is None else {
-            "file": oldest.name, "source": oldest.source, "state": oldest.state,
-            "age_seconds": round(max(now - oldest.seen_at, 0.0), 1), "attempts": oldest.attempts,
-            "last_problem": oldest.problem or (oldest.reason if not oldest.verdict else None)},
+        "oldest_pending": None
+        if oldest is None
+        else {
+            "file": oldest.name,
+            "source": oldest.source,
+            "state": oldest.state,
+            "age_seconds": round(max(now - oldest.seen_at, 0.0), 1),
+            "attempts": oldest.attempts,
+            "last_problem": oldest.problem or (oldest.reason if not oldest.verdict else None),
+        },
         "uploads_paused": service["paused"] if service is not None and running else None,
         "faults": (service.get("faults") or {}) if service is not None and running else {},
         "retention_held": service.get("retention") if service is not None and running else None,
-        "problems": [{"file": row.name, "state": row.state, "problem": row.problem, "work_file": row.work_name,
-                      "source": row.source} for row in ledger.problems()],
+        "problems": [
+            {
+                "file": row.name,
+                "state": row.state,
+                "problem": row.problem,
+                "work_file": row.work_name,
+                "source": row.source,
+            }
+            for row in ledger.problems()
+        ],
         "archived_today": ledger.count_finished_since(FileState.ARCHIVED, midnight),
         "refused_today": ledger.count_finished_since(FileState.REFUSED, midnight),
-        "last_upload": None if not last else {
-            "file": last[0].name, "at": _iso(last[0].uploaded_at), "path": last[0].final_path},
+        "last_upload": None
+        if not last
+        else {"file": last[0].name, "at": _iso(last[0].uploaded_at), "path": last[0].final_path},
         "alerts": alerts.delivery_state(ledger),
-        "recent_errors": [{"file": row.name, "at": _iso(row.finished_at), "reason": row.reason,
-                           "path": row.final_path} for row in ledger.recent(FileState.REFUSED, RECENT_ERRORS)],
+        "recent_errors": [
+            {"file": row.name, "at": _iso(row.finished_at), "reason": row.reason, "path": row.final_path}
+            for row in ledger.recent(FileState.REFUSED, RECENT_ERRORS)
+        ],
     }
 
 
@@ -89,8 +113,10 @@ def state_dir_problem(state_dir: Path) -> str | None:
         return f"{state_dir} is on a read-only filesystem: no file can be taken or recorded until it is writable"
     free = info.f_bavail * info.f_frsize
     if free < LOW_SPACE_BYTES:
-        return (f"{state_dir} is full ({free} bytes free): no file can be taken or recorded; free space there, "
-                "the gateway resumes by itself")
+        return (
+            f"{state_dir} is full ({free} bytes free): no file can be taken or recorded; free space there, "
+            "the gateway resumes by itself"
+        )
     return None
 
 
@@ -115,17 +141,23 @@ def _source_lines(name: str, source: dict[str, Any]) -> list[str]:
     state = source["problem"] or ("ok" if source["healthy"] else "watcher stopped")
     lines = [f"  source {name}: {source['mode']}, {state}"]
     if source.get("writers_unknown"):
-        lines.append(f"    open writers: not detectable ({source['writers_unknown']}); a file that changes "
-                     "after it is taken is taken again whole")
+        lines.append(
+            f"    open writers: not detectable ({source['writers_unknown']}); a file that changes "
+            "after it is taken is taken again whole"
+        )
     for waiting in source.get("waiting") or []:
         if waiting.get("grace_seconds") is not None:
-            lines.append(f"    incomplete, waiting: {waiting['file']}: {waiting['reason']} (unchanged "
-                         f"{_age(waiting['unchanged_seconds'])} of {_age(waiting['grace_seconds'])})")
+            lines.append(
+                f"    incomplete, waiting: {waiting['file']}: {waiting['reason']} (unchanged "
+                f"{_age(waiting['unchanged_seconds'])} of {_age(waiting['grace_seconds'])})"
+            )
         else:
             lines.append(f"    waiting: {waiting['file']}: {waiting['reason']}")
     if source.get("originals_kept"):
-        lines.append(f"    originals kept: {source['originals_kept']} (taken; each is removed once sent and "
-                     "unchanged for keep_original_seconds, or taken again whole if it changed)")
+        lines.append(
+            f"    originals kept: {source['originals_kept']} (taken; each is removed once sent and "
+            "unchanged for keep_original_seconds, or taken again whole if it changed)"
+        )
     for file, why in (source.get("not_taken") or {}).items():
         lines.append(f"    not taken: {file}: {why}")
     return lines
@@ -148,9 +180,11 @@ def _service_lines(status: dict[str, Any]) -> list[str]:
     state = f"running (pid {service['pid']})" if service["running"] else "not running"
     lines = [f"service:        {state}"]
     if service.get("silent_seconds") is not None:
-        lines.append(f"  NOT REPORTING for {_age(service['silent_seconds'])}: it cannot write its state into the "
-                     "ledger (state_dir full or read-only, or the ledger locked by another program?); what follows "
-                     "is the ledger as last written; the log says why")
+        lines.append(
+            f"  NOT REPORTING for {_age(service['silent_seconds'])}: it cannot write its state into the "
+            "ledger (state_dir full or read-only, or the ledger locked by another program?); what follows "
+            "is the ledger as last written; the log says why"
+        )
     if status.get("state_dir_problem"):
         lines.append(f"STATE_DIR: {status['state_dir_problem']}")
     for name, source in (service.get("sources") or {}).items():
@@ -166,36 +200,47 @@ def render(status: dict[str, Any]) -> str:
     lines.extend(_problem_lines(status))
     counts = status["counts"]
     queued, uploading, stuck = (counts[state] for state in (FileState.QUEUED, FileState.UPLOADING, FileState.STUCK))
-    lines.append(f"pending:        {status['pending']} (queued {queued}, uploading {uploading}, "
-                 f"other steps {status['pending'] - queued - uploading})" + (f", stuck {stuck}" if stuck else ""))
+    lines.append(
+        f"pending:        {status['pending']} (queued {queued}, uploading {uploading}, "
+        f"other steps {status['pending'] - queued - uploading})" + (f", stuck {stuck}" if stuck else "")
+    )
     oldest = status["oldest_pending"]
     if oldest:
         problem = f"; last problem: {oldest['last_problem']}" if oldest["last_problem"] else ""
-        lines.append(f"oldest pending: {oldest['file']} from {oldest['source']}, "
-                     f"waiting {_age(oldest['age_seconds'])}, "
-                     f"{oldest['attempts']} attempt(s){problem}")
+        lines.append(
+            f"oldest pending: {oldest['file']} from {oldest['source']}, "
+            f"waiting {_age(oldest['age_seconds'])}, "
+            f"{oldest['attempts']} attempt(s){problem}"
+        )
     lines.append(f"today:          {status['archived_today']} archived, {status['refused_today']} refused")
     lines.append(f"all time:       {counts[FileState.ARCHIVED]} archived, {counts[FileState.REFUSED]} refused")
     last = status["last_upload"]
-    lines.append(f"last upload:    {last['file']} at {last['at']}" if last else
-                 "last upload:    none yet" if not counts[FileState.ARCHIVED] else
-                 "last upload:    none in the days kept (the older ones were removed by retention)")
+    lines.append(
+        f"last upload:    {last['file']} at {last['at']}"
+        if last
+        else "last upload:    none yet"
+        if not counts[FileState.ARCHIVED]
+        else "last upload:    none in the days kept (the older ones were removed by retention)"
+    )
     ncip = status.get("ncip")
     if ncip:
         last = _iso(ncip["last_success"]) or "none yet"
         if ncip.get("journal_problem"):
             lines.append(f"NCIP JOURNAL NOT READ: {ncip['journal_problem']}")
-        lines.append(f"NCIP relay:     {ncip['lag_entries']} entries ({ncip['lag_bytes']} bytes) behind, "
-                     f"last success {last}, {ncip['dead_letters']} dead letter(s)"
-                     + (" (the journal is not read: what is behind is not known)"
-                        if ncip.get("journal_problem") else ""))
+        lines.append(
+            f"NCIP relay:     {ncip['lag_entries']} entries ({ncip['lag_bytes']} bytes) behind, "
+            f"last success {last}, {ncip['dead_letters']} dead letter(s)"
+            + (" (the journal is not read: what is behind is not known)" if ncip.get("journal_problem") else "")
+        )
         for label, problem in (("last problem", ncip["last_problem"]), ("feed problem", ncip["feed_problem"])):
             if problem:
                 lines.append(f"  {label}: {problem}")
     sent = status.get("alerts") or {}
     if sent.get("last_sent") or sent.get("waiting") or sent.get("problem"):
-        lines.append(f"alerts:         last sent {sent['last_sent'] or 'never'}, {sent['waiting']} waiting"
-                     + (f"; DELIVERY PROBLEM: {sent['problem']}" if sent["problem"] else ""))
+        lines.append(
+            f"alerts:         last sent {sent['last_sent'] or 'never'}, {sent['waiting']} waiting"
+            + (f"; DELIVERY PROBLEM: {sent['problem']}" if sent["problem"] else "")
+        )
     if status["recent_errors"]:
         lines.append("recent errors:")
         for error in status["recent_errors"]:

@@ -38,10 +38,16 @@ class FileTransitions(LedgerDb):
     def _insert_claims(self, source: str, files: list[tuple[str, str, int, float]]) -> list[int]:
         now = self.clock()
         with self._transaction() as db:
-            return [_row_id(db.execute("INSERT INTO files (source, name, origin, state, size, mtime, seen_at) "
-                                       "VALUES (?, ?, ?, 'claiming', ?, ?, ?)",
-                                       (source, stored(name), stored(origin), size, mtime, now)))
-                    for name, origin, size, mtime in files]
+            return [
+                _row_id(
+                    db.execute(
+                        "INSERT INTO files (source, name, origin, state, size, mtime, seen_at) "
+                        "VALUES (?, ?, ?, 'claiming', ?, ?, ?)",
+                        (source, stored(name), stored(origin), size, mtime, now),
+                    )
+                )
+                for name, origin, size, mtime in files
+            ]
 
     def claimed(self, row_id: int) -> None:
         self._update(row_id, (FileState.CLAIMING,), state=FileState.CLAIMED, claimed_at=self.clock())
@@ -62,7 +68,8 @@ class FileTransitions(LedgerDb):
                 changed = db.execute(
                     "UPDATE files SET state = 'queued', kind = ?, sha256 = ?, size = ?, details = ?, "
                     "claimed_at = COALESCE(claimed_at, ?) WHERE id = ? AND state IN ('claiming', 'claimed')",
-                    (kind, sha256, size, json.dumps(details, ensure_ascii=False), now, row_id)).rowcount
+                    (kind, sha256, size, json.dumps(details, ensure_ascii=False), now, row_id),
+                ).rowcount
                 if changed != 1:
                     raise LookupError(f"ledger row {row_id} is not being claimed")
 
@@ -77,41 +84,59 @@ class FileTransitions(LedgerDb):
         durable on return: wait_for(durable()) before sending any of them.
         """
         with self._transaction(wait) as db:
-            due = int(db.execute("SELECT COUNT(*) FROM files WHERE state = 'queued' AND next_attempt_at <= ?",
-                                 (now,)).fetchone()[0])
+            due = int(
+                db.execute(
+                    "SELECT COUNT(*) FROM files WHERE state = 'queued' AND next_attempt_at <= ?", (now,)
+                ).fetchone()[0]
+            )
             if due <= beyond:
                 return []
             rows = db.execute(
                 "UPDATE files SET state = 'uploading', attempts = attempts + 1 WHERE id IN ("
                 " SELECT id FROM files WHERE state = 'queued' AND next_attempt_at <= ?"
                 " ORDER BY next_attempt_at, id LIMIT ?) RETURNING *",
-                (now, max(1, min(most, due // max(share, 1))))).fetchall()
+                (now, max(1, min(most, due // max(share, 1)))),
+            ).fetchall()
         taken = [FileRow(**dict(row)) for row in rows]
         return sorted(taken, key=lambda row: (row.next_attempt_at, row.id))
 
     def untake(self, *row_ids: int) -> None:
         """Files taken but not sent (the worker stops, or uploads pause): back to the queue, the attempt undone."""
         with self._transaction() as db:
-            db.executemany("UPDATE files SET state = 'queued', attempts = MAX(attempts - 1, 0) "
-                           "WHERE id = ? AND state = 'uploading'", [(row_id,) for row_id in row_ids])
+            db.executemany(
+                "UPDATE files SET state = 'queued', attempts = MAX(attempts - 1, 0) "
+                "WHERE id = ? AND state = 'uploading'",
+                [(row_id,) for row_id in row_ids],
+            )
 
     def take(self, row_id: int) -> FileRow | None:
         """Mark one queued file 'uploading' (for `send`); None if it is not queued."""
         with self._transaction() as db:
-            row = db.execute("UPDATE files SET state = 'uploading', attempts = attempts + 1 "
-                             "WHERE id = ? AND state = 'queued' RETURNING *", (row_id,)).fetchone()
+            row = db.execute(
+                "UPDATE files SET state = 'uploading', attempts = attempts + 1 "
+                "WHERE id = ? AND state = 'queued' RETURNING *",
+                (row_id,),
+            ).fetchone()
         return FileRow(**dict(row)) if row else None
 
-    def requeue(self, row_id: int, reason: str, next_attempt_at: float, http_status: int | None = None,
-                answer: Any = None) -> None:
+    def requeue(
+        self, row_id: int, reason: str, next_attempt_at: float, http_status: int | None = None, answer: Any = None
+    ) -> None:
         """A transient failure: back to the queue, due again at next_attempt_at (the attempt counts; an instant
         on the schedule clock, LedgerDb.schedule).
 
         answer, if given, is kept with the row (an unreadable answer and how many there were).
         """
         fields: dict[str, Any] = {} if answer is None else {"answer": json.dumps(answer, ensure_ascii=False)}
-        self._update(row_id, (FileState.UPLOADING,), state=FileState.QUEUED, reason=reason,
-                     next_attempt_at=next_attempt_at, http_status=http_status, **fields)
+        self._update(
+            row_id,
+            (FileState.UPLOADING,),
+            state=FileState.QUEUED,
+            reason=reason,
+            next_attempt_at=next_attempt_at,
+            http_status=http_status,
+            **fields,
+        )
 
     def requeue_paused(self, row_id: int, reason: str, http_status: int | None = None) -> None:
         """Uploads are paused (wrong key or URL): back to the queue, due at once, the attempt not counted."""
@@ -119,14 +144,16 @@ class FileTransitions(LedgerDb):
             changed = db.execute(
                 "UPDATE files SET state = 'queued', reason = ?, http_status = ?, next_attempt_at = ?, "
                 "attempts = MAX(attempts - 1, 0) WHERE id = ? AND state = 'uploading'",
-                (outside(reason), http_status, self.schedule(), row_id)).rowcount
+                (outside(reason), http_status, self.schedule(), row_id),
+            ).rowcount
         if changed != 1:
             raise LookupError(f"ledger row {row_id} is not uploading")
 
     def interrupted(self, row_id: int) -> None:
         """After a restart: an upload whose answer was not recorded goes back to the queue, due at once."""
-        self._update(row_id, (FileState.UPLOADING,), state=FileState.QUEUED, reason="interrupted by a restart",
-                     next_attempt_at=0)
+        self._update(
+            row_id, (FileState.UPLOADING,), state=FileState.QUEUED, reason="interrupted by a restart", next_attempt_at=0
+        )
 
     def cap_waits(self, longest: float) -> int:
         """At start: no queued or placing row waits more than longest seconds from now; return how many waited longer.
@@ -139,12 +166,23 @@ class FileTransitions(LedgerDb):
         with self._transaction() as db:
             count: int = db.execute(
                 "UPDATE files SET next_attempt_at = ? WHERE state IN ('queued', 'answered', 'archiving', 'refusing') "
-                "AND next_attempt_at > ?", (latest, latest)).rowcount
+                "AND next_attempt_at > ?",
+                (latest, latest),
+            ).rowcount
         return count
 
-    def answered(self, row_id: int, verdict: Verdict, reason: str, *, http_status: int | None = None,
-                 answer: Any = None, uploaded: bool = False, sha256: str | None = None,
-                 size: int | None = None) -> FileRow:
+    def answered(
+        self,
+        row_id: int,
+        verdict: Verdict,
+        reason: str,
+        *,
+        http_status: int | None = None,
+        answer: Any = None,
+        uploaded: bool = False,
+        sha256: str | None = None,
+        size: int | None = None,
+    ) -> FileRow:
         """Record the verdict (CaiaSoft's, or the gateway's own refusal) before the file is placed; return the row.
 
         The row is leased to the caller for PLACE_LEASE_SECONDS: the Placer does not take
@@ -153,9 +191,15 @@ class FileTransitions(LedgerDb):
         if verdict not in (Verdict.ACCEPTED, Verdict.REFUSED):
             raise ValueError(f"a file is answered as accepted or refused, not {verdict}")
         fields: dict[str, Any] = dict(
-            state=FileState.ANSWERED, verdict=verdict, reason=reason, http_status=http_status,
+            state=FileState.ANSWERED,
+            verdict=verdict,
+            reason=reason,
+            http_status=http_status,
             answer=json.dumps(answer, ensure_ascii=False) if answer is not None else None,
-            problem=None, place_failures=0, next_attempt_at=self.schedule() + PLACE_LEASE_SECONDS)
+            problem=None,
+            place_failures=0,
+            next_attempt_at=self.schedule() + PLACE_LEASE_SECONDS,
+        )
         if uploaded:
             fields["uploaded_at"] = self.clock()
         if sha256 is not None:
@@ -182,7 +226,8 @@ class FileTransitions(LedgerDb):
                 row = db.execute(
                     "UPDATE files SET final_path = ?, state = CASE verdict WHEN 'accepted' THEN 'archiving' "
                     "ELSE 'refusing' END WHERE id = ? AND state = 'answered' RETURNING *",
-                    (str(final_path), row_id)).fetchone()
+                    (str(final_path), row_id),
+                ).fetchone()
                 if row is not None:
                     placed.append(FileRow(**dict(row)))
         return placed
@@ -190,16 +235,20 @@ class FileTransitions(LedgerDb):
     def place_failed(self, row_id: int, problem: str, next_attempt_at: float) -> None:
         """Placing failed on the folder (permissions, space, a file in the way): try again at next_attempt_at."""
         with self._transaction() as db:
-            db.execute("UPDATE files SET problem = ?, next_attempt_at = ?, place_failures = place_failures + 1 "
-                       "WHERE id = ? AND state IN ('answered', 'archiving', 'refusing')",
-                       (outside(problem), next_attempt_at, row_id))
+            db.execute(
+                "UPDATE files SET problem = ?, next_attempt_at = ?, place_failures = place_failures + 1 "
+                "WHERE id = ? AND state IN ('answered', 'archiving', 'refusing')",
+                (outside(problem), next_attempt_at, row_id),
+            )
 
     def stuck(self, row_id: int, problem: str) -> None:
         """The file itself cannot be placed: it stays in work/, shown by `status`, tried again at the next start."""
         with self._transaction() as db:
-            db.execute("UPDATE files SET state = 'stuck', problem = ?, finished_at = ? WHERE id = ? AND state IN "
-                       "('claiming', 'claimed', 'answered', 'archiving', 'refusing')",
-                       (outside(problem), self.clock(), row_id))
+            db.execute(
+                "UPDATE files SET state = 'stuck', problem = ?, finished_at = ? WHERE id = ? AND state IN "
+                "('claiming', 'claimed', 'answered', 'archiving', 'refusing')",
+                (outside(problem), self.clock(), row_id),
+            )
 
     def unstick(self) -> int:
         """stuck -> answered (or back to its reserved path), due at once: one more try; return how many."""
@@ -207,7 +256,8 @@ class FileTransitions(LedgerDb):
             count: int = db.execute(
                 "UPDATE files SET state = CASE WHEN final_path IS NULL THEN 'answered' "
                 "WHEN verdict = 'accepted' THEN 'archiving' ELSE 'refusing' END, "
-                "next_attempt_at = 0, finished_at = NULL WHERE state = 'stuck' AND verdict IS NOT NULL").rowcount
+                "next_attempt_at = 0, finished_at = NULL WHERE state = 'stuck' AND verdict IS NOT NULL"
+            ).rowcount
         return count
 
     def take_placement(self, now: float | None = None) -> FileRow | None:
@@ -219,7 +269,9 @@ class FileTransitions(LedgerDb):
             row = db.execute(
                 "UPDATE files SET next_attempt_at = ? WHERE id = ("
                 " SELECT id FROM files WHERE state IN ('answered', 'archiving', 'refusing') AND next_attempt_at <= ?"
-                " ORDER BY next_attempt_at, id LIMIT 1) RETURNING *", (now + PLACE_LEASE_SECONDS, now)).fetchone()
+                " ORDER BY next_attempt_at, id LIMIT 1) RETURNING *",
+                (now + PLACE_LEASE_SECONDS, now),
+            ).fetchone()
         return FileRow(**dict(row)) if row else None
 
     def finished(self, row_id: int, final_path: Path) -> None:
@@ -233,15 +285,30 @@ class FileTransitions(LedgerDb):
             changed = db.execute(
                 "UPDATE files SET state = CASE state WHEN 'archiving' THEN 'archived' ELSE 'refused' END, "
                 "final_path = ?, finished_at = ?, problem = NULL WHERE id = ? AND state IN ('archiving', 'refusing')",
-                (str(final_path), self.clock(), row_id)).rowcount
+                (str(final_path), self.clock(), row_id),
+            ).rowcount
         if changed != 1:
             raise LookupError(f"ledger row {row_id} is not being placed")
 
     def reopen(self, row_id: int, name: str) -> None:
         """`retry`: a refused file goes back to 'claimed' (validated again, then uploaded)."""
-        self._update(row_id, (FileState.REFUSED,), state=FileState.CLAIMED, name=stored(name), final_path=None,
-                     reason=None, http_status=None, answer=None, attempts=0, next_attempt_at=0, finished_at=None,
-                     claimed_at=self.clock(), verdict=None, problem=None, place_failures=0)
+        self._update(
+            row_id,
+            (FileState.REFUSED,),
+            state=FileState.CLAIMED,
+            name=stored(name),
+            final_path=None,
+            reason=None,
+            http_status=None,
+            answer=None,
+            attempts=0,
+            next_attempt_at=0,
+            finished_at=None,
+            claimed_at=self.clock(),
+            verdict=None,
+            problem=None,
+            place_failures=0,
+        )
 
     def adopt(self, name: str, size: int, origin: str) -> int:
         """Record a file found in work/ with no row (the database was lost); return its row id."""
@@ -249,7 +316,8 @@ class FileTransitions(LedgerDb):
             cursor = db.execute(
                 "INSERT INTO files (source, name, origin, state, size, seen_at, claimed_at) "
                 "VALUES ('recovered', ?, ?, 'claimed', ?, ?, ?)",
-                (stored(name), stored(origin), size, self.clock(), self.clock()))
+                (stored(name), stored(origin), size, self.clock(), self.clock()),
+            )
             return _row_id(cursor)
 
     # -- sources that keep their originals until the outcome is known (SFTP) --------
@@ -261,8 +329,10 @@ class FileTransitions(LedgerDb):
         """These files were moved out of their source when taken: no original is left to release."""
         now = self.clock()
         with self._transaction() as db:
-            db.executemany("UPDATE files SET released_at = ? WHERE id = ? AND released_at IS NULL",
-                           [(now, row_id) for row_id in row_ids])
+            db.executemany(
+                "UPDATE files SET released_at = ? WHERE id = ? AND released_at IS NULL",
+                [(now, row_id) for row_id in row_ids],
+            )
 
     def release_rows_from_before_kept_originals(self, local_sources: list[str]) -> int:
         """Once per ledger: rows of local sources from before originals could stay are marked released
@@ -271,8 +341,14 @@ class FileTransitions(LedgerDb):
             if db.execute("SELECT 1 FROM meta WHERE key = 'local_originals_kept'").fetchone():
                 return 0
             marks = ", ".join("?" for _ in local_sources)
-            count = db.execute(f"UPDATE files SET released_at = seen_at WHERE released_at IS NULL "
-                               f"AND source IN ({marks})", local_sources).rowcount if local_sources else 0
+            count = (
+                db.execute(
+                    f"UPDATE files SET released_at = seen_at WHERE released_at IS NULL AND source IN ({marks})",
+                    local_sources,
+                ).rowcount
+                if local_sources
+                else 0
+            )
             db.execute("INSERT INTO meta VALUES ('local_originals_kept', '1')")
             return count
 

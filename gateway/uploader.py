@@ -46,9 +46,16 @@ class Uploader(Worker):
     first at the next step, so it is never lost to a retry.
     """
 
-    def __init__(self, pipeline: Pipeline, gate: Gate | None = None, wake: threading.Event | None = None,
-                 name: str = "uploader", clock: Callable[[], float] | None = None, workers: int = 1,
-                 finisher: Finisher | None = None):
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        gate: Gate | None = None,
+        wake: threading.Event | None = None,
+        name: str = "uploader",
+        clock: Callable[[], float] | None = None,
+        workers: int = 1,
+        finisher: Finisher | None = None,
+    ):
         super().__init__(name=name)
         self.pipeline = pipeline
         self.finisher = finisher  # places answered files; without one (or once it has ended) placed here
@@ -85,8 +92,10 @@ class Uploader(Worker):
             self._taken.extend(ledger.take_due(self.clock(), self.workers, TAKE_AT_MOST))
             if not self._taken:
                 due = ledger.next_due_at()
-                self.rest(IDLE_POLL_SECONDS if due is None
-                          else min(max(due - self.clock(), 0.01), IDLE_POLL_SECONDS * 5), self.wake)
+                self.rest(
+                    IDLE_POLL_SECONDS if due is None else min(max(due - self.clock(), 0.01), IDLE_POLL_SECONDS * 5),
+                    self.wake,
+                )
                 return
         row = self._taken.popleft()
         outcome = self.pipeline.send(row)
@@ -195,8 +204,13 @@ class Finisher(Worker):
             try:
                 self.pipeline.place(row)
             except Exception as error:  # the ledger: the row stays answered, and recovery places it at the next start
-                log.error("file.place_deferred", id=row.id, file=row.name, error=describe(error),
-                          detail="its answer is recorded; it is placed at the next start")
+                log.error(
+                    "file.place_deferred",
+                    id=row.id,
+                    file=row.name,
+                    error=describe(error),
+                    detail="its answer is recorded; it is placed at the next start",
+                )
 
 
 class Placer(Worker):

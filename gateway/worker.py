@@ -41,8 +41,8 @@ class Worker(threading.Thread):
         super().__init__(name=name, daemon=True)
         self.stop_event = threading.Event()
         self.heartbeat = time.monotonic()
-        self.fault: str | None = None              # why the worker is pausing, if it is
-        self.fatal: BaseException | None = None    # what ended it, if it could not go on
+        self.fault: str | None = None  # why the worker is pausing, if it is
+        self.fatal: BaseException | None = None  # what ended it, if it could not go on
         self.on_exit: Callable[[Worker], None] | None = None
         self.fault_backoff = Backoff(FAULT_BACKOFF_INITIAL_SECONDS, FAULT_BACKOFF_MAX_SECONDS)
         self._faults = 0
@@ -166,11 +166,21 @@ class Worker(threading.Thread):
         delay = self.fault_backoff.delay(self._faults)
         self.fault = describe(error)
         if kind == BUG:
-            log.error("worker.fault", worker=self.name, error=self.fault, retry_in=round(delay, 2),
-                      exc_info=(type(error), error, error.__traceback__),
-                      detail="an unexpected error; the worker pauses and goes on")
+            log.error(
+                "worker.fault",
+                worker=self.name,
+                error=self.fault,
+                retry_in=round(delay, 2),
+                exc_info=(type(error), error, error.__traceback__),
+                detail="an unexpected error; the worker pauses and goes on",
+            )
         else:
-            log.error("worker.paused", worker=self.name, error=self.fault, retry_in=round(delay, 2),
-                      detail="resumes by itself once the cause is fixed")
+            log.error(
+                "worker.paused",
+                worker=self.name,
+                error=self.fault,
+                retry_in=round(delay, 2),
+                detail="resumes by itself once the cause is fixed",
+            )
         self.rest(delay)
         return True

@@ -26,9 +26,12 @@ def problem(name: str, value: str) -> str | None:
         category = unicodedata.category(char)
         if category in ("Cc", "Cs") or ord(char) in NOT_CARRIED:
             kind = {"Cc": "a control character", "Cs": "a lone surrogate (not a character)"}.get(
-                category, "a non-character")
-            return (f"{name} {shown(value)} holds U+{ord(char):04X}, {kind}, at position {index + 1}: "
-                    "an NCIP message cannot carry it")
+                category, "a non-character"
+            )
+            return (
+                f"{name} {shown(value)} holds U+{ord(char):04X}, {kind}, at position {index + 1}: "
+                "an NCIP message cannot carry it"
+            )
     return None
 
 

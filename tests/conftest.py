@@ -26,8 +26,9 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples"
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 15.0, interval: float = 0.02,
-             message: str = "condition") -> object:
+def wait_for(
+    predicate: Callable[[], object], timeout: float = 15.0, interval: float = 0.02, message: str = "condition"
+) -> object:
     """Poll predicate until it returns something truthy; return that. Fail the test after timeout."""
     deadline = time.monotonic() + timeout
     while True:
@@ -84,12 +85,28 @@ class Site:
         self.config_file = root / "gateway.toml"
         self.write(base_url, **options)
 
-    def write(self, base_url: str, settle_seconds: float = 0.3, timeout_seconds: float = 5, extra_caiasoft: str = "",
-              extra_source: str = "", extra: str = "", local_source: bool = True) -> None:
-        demo.write_config(self.root, base_url, KEY, settle_seconds, self.source, extra, local_source=local_source,
-                          caiasoft_extra=f"timeout_seconds = {timeout_seconds}\nbackoff_initial_seconds = 0.05\n"
-                                         f"backoff_max_seconds = 0.5\nauth_pause_seconds = 0.5\n{extra_caiasoft}",
-                          source_extra=f"rescan_seconds = 1\npoll_seconds = 0.2\n{extra_source}")
+    def write(
+        self,
+        base_url: str,
+        settle_seconds: float = 0.3,
+        timeout_seconds: float = 5,
+        extra_caiasoft: str = "",
+        extra_source: str = "",
+        extra: str = "",
+        local_source: bool = True,
+    ) -> None:
+        demo.write_config(
+            self.root,
+            base_url,
+            KEY,
+            settle_seconds,
+            self.source,
+            extra,
+            local_source=local_source,
+            caiasoft_extra=f"timeout_seconds = {timeout_seconds}\nbackoff_initial_seconds = 0.05\n"
+            f"backoff_max_seconds = 0.5\nauth_pause_seconds = 0.5\n{extra_caiasoft}",
+            source_extra=f"rescan_seconds = 1\npoll_seconds = 0.2\n{extra_source}",
+        )
 
     def load(self) -> config_module.Config:
         return config_module.load(self.config_file, environ={})
@@ -105,13 +122,23 @@ class Site:
 
     def written_files(self) -> list[Path]:
         """Every file the gateway wrote (archive, error, logs, state)."""
-        return [p for folder in (self.archive, self.error, self.log_dir, self.state) if folder.exists()
-                for p in folder.rglob("*") if p.is_file()]
+        return [
+            p
+            for folder in (self.archive, self.error, self.log_dir, self.state)
+            if folder.exists()
+            for p in folder.rglob("*")
+            if p.is_file()
+        ]
 
 
 def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.endswith(".json")
-                  and not p.name.startswith(".")) if folder.exists() else []
+    return (
+        sorted(
+            p for p in folder.rglob("*") if p.is_file() and not p.name.endswith(".json") and not p.name.startswith(".")
+        )
+        if folder.exists()
+        else []
+    )
 
 
 @pytest.fixture
@@ -122,8 +149,13 @@ def site(tmp_path, simulator) -> Site:
 class Daemon:
     """The real `caiasoft-gateway run` as a child process."""
 
-    def __init__(self, config_file: Path, env: dict[str, str] | None = None, command: list[str] | None = None,
-                 clean_env: bool = False):
+    def __init__(
+        self,
+        config_file: Path,
+        env: dict[str, str] | None = None,
+        command: list[str] | None = None,
+        clean_env: bool = False,
+    ):
         self.config_file = config_file
         self.env = {**({} if clean_env else os.environ), **(env or {})}
         self.command = command or [sys.executable, "-m", "gateway"]  # or an unprivileged user's (unprivileged.py)
@@ -134,7 +166,11 @@ class Daemon:
         with open(self.console, "wb") as console:
             self.process = subprocess.Popen(
                 [*self.command, "-c", str(self.config_file), "run"],
-                stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env)
+                stdout=console,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+            )
         return self
 
     def stop(self, timeout: float = 30.0) -> int:
@@ -186,14 +222,22 @@ def sftp_site(tmp_path, simulator, sshd):
     made = Site(tmp_path, simulator.url)
     made.remote = remote
     made.sshd = sshd
-    made.write_sftp = lambda **options: made.write(simulator.url, local_source=False, extra=_sftp_source(
-        sshd, remote, **options))
+    made.write_sftp = lambda **options: made.write(
+        simulator.url, local_source=False, extra=_sftp_source(sshd, remote, **options)
+    )
     made.write_sftp()
     return made
 
 
-def _sftp_source(sshd, remote: Path, remote_after: str = "delete", known_hosts: Path | None = None,
-                 settle_seconds: float = 0.3, keep_original_seconds: float = 0, poll_seconds: float = 0.2) -> str:
+def _sftp_source(
+    sshd,
+    remote: Path,
+    remote_after: str = "delete",
+    known_hosts: Path | None = None,
+    settle_seconds: float = 0.3,
+    keep_original_seconds: float = 0,
+    poll_seconds: float = 0.2,
+) -> str:
     return f"""
 [[sources]]
 name = "remote"

@@ -109,8 +109,9 @@ def read_request(connection: socket.socket) -> bytes | None:
     return head + b"\r\n\r\n" + body
 
 
-def head(status: int = 200, length: int | None = None, content_type: str = "application/json",
-         extra: str = "") -> bytes:
+def head(
+    status: int = 200, length: int | None = None, content_type: str = "application/json", extra: str = ""
+) -> bytes:
     lines = [f"HTTP/1.1 {status} X", f"Content-Type: {content_type}"]
     if length is not None:
         lines.append(f"Content-Length: {length}")
@@ -119,9 +120,12 @@ def head(status: int = 200, length: int | None = None, content_type: str = "appl
 
 # -- the parts they play -----------------------------------------------------------
 
-def dribble(body: bytes = b'{"success": true, "error": ""}' + b" " * 100_000, interval: float = 0.05,
-            headers_too: bool = False) -> Callable:
+
+def dribble(
+    body: bytes = b'{"success": true, "error": ""}' + b" " * 100_000, interval: float = 0.05, headers_too: bool = False
+) -> Callable:
     """Answer 200 one byte at a time, interval seconds apart (the status line too, if headers_too)."""
+
     def act(peer: HostilePeer, connection: socket.socket, request: bytes) -> None:
         whole = head(200, len(body)) + body
         start = 0 if headers_too else len(head(200, len(body)))
@@ -130,36 +134,44 @@ def dribble(body: bytes = b'{"success": true, "error": ""}' + b" " * 100_000, in
         for index in range(start, len(whole)):
             if peer.stopping.wait(interval):
                 return
-            peer.send(connection, whole[index:index + 1])
+            peer.send(connection, whole[index : index + 1])
+
     return act
 
 
 def huge(total: int = 100 * 1024 * 1024, prefix: bytes = b'{"success": true, "error": "') -> Callable:
     """Answer 200 with a body of total bytes (a JSON string that never ends before the cap)."""
+
     def act(peer: HostilePeer, connection: socket.socket, request: bytes) -> None:
         peer.send(connection, head(200, total) + prefix)
         block = b"x" * 65536
         left = total - len(prefix)
         while left > 0 and not peer.stopping.is_set():
-            piece = block[:min(left, len(block))]
+            piece = block[: min(left, len(block))]
             peer.send(connection, piece)
             left -= len(piece)
+
     return act
 
 
 def never_answers() -> Callable:
     """Read the request, then say nothing until the test ends."""
+
     def act(peer: HostilePeer, connection: socket.socket, request: bytes) -> None:
         peer.stopping.wait()
+
     return act
 
 
-def fixed(status: int, body: bytes, content_type: str = "application/json",
-          body_for: Callable[[bytes], bytes] | None = None) -> Callable:
+def fixed(
+    status: int, body: bytes, content_type: str = "application/json", body_for: Callable[[bytes], bytes] | None = None
+) -> Callable:
     """Answer every request at once with status and body (or body_for(request))."""
+
     def act(peer: HostilePeer, connection: socket.socket, request: bytes) -> None:
         data = body_for(request) if body_for else body
         peer.send(connection, head(status, len(data), content_type) + data)
+
     return act
 
 

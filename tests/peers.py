@@ -34,8 +34,11 @@ class MailBox:
         self.envelopes: list[tuple[str, list[str]]] = []
         self._lock = threading.Lock()
         self.logins: list[str] = []
-        options: dict = {} if password is None else {"authenticator": self._authenticator(password),
-                                                     "auth_required": True, "auth_require_tls": False}
+        options: dict = (
+            {}
+            if password is None
+            else {"authenticator": self._authenticator(password), "auth_required": True, "auth_require_tls": False}
+        )
         if tls is not None:
             options.update(tls_context=tls, require_starttls=True)
         self._controller = Controller(self, hostname="127.0.0.1", port=self.port, **options)
@@ -46,6 +49,7 @@ class MailBox:
                 self.logins.append(auth_data.login.decode())
                 return AuthResult(success=True)
             return AuthResult(success=False, handled=False)
+
         return check
 
     async def handle_DATA(self, server, session, envelope) -> str:  # noqa: N802 - aiosmtpd's hook name
@@ -67,16 +71,19 @@ class MailBox:
             return [str(message["Subject"]) for message in self.messages]
 
     def wait(self, count: int, timeout: float = 20.0) -> list[EmailMessage]:
-        wait_for(lambda: len(self.messages) >= count, timeout=timeout,
-                 message=f"{count} mail(s); got {self.subjects()}")
+        wait_for(
+            lambda: len(self.messages) >= count, timeout=timeout, message=f"{count} mail(s); got {self.subjects()}"
+        )
         with self._lock:
             return list(self.messages)
 
     def find(self, words: str, timeout: float = 20.0) -> EmailMessage:
         """The first mail whose subject holds words (waiting for it)."""
+
         def found() -> EmailMessage | None:
             with self._lock:
                 return next((m for m in self.messages if words in str(m["Subject"])), None)
+
         message = wait_for(found, timeout=timeout, message=f"a mail about {words!r}; got {self.subjects()}")
         assert isinstance(message, EmailMessage)
         return message
@@ -112,8 +119,13 @@ class WebhookReceiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's hook name
                 length = int(self.headers.get("Content-Length", 0))
-                receiver.posts.append({"path": self.path, "content_type": self.headers.get("Content-Type"),
-                                       "json": json.loads(self.rfile.read(length))})
+                receiver.posts.append(
+                    {
+                        "path": self.path,
+                        "content_type": self.headers.get("Content-Type"),
+                        "json": json.loads(self.rfile.read(length)),
+                    }
+                )
                 self.send_response(receiver.status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()

@@ -69,8 +69,11 @@ def small_tmpfs(tmp_path):
 
     def mount(where: Path, size: str = "256k") -> Path:
         where.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(where)],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(where)],
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0:
             pytest.fail(f"cannot mount a tmpfs for the disk-full test (run as root): {done.stderr.strip()}")
         mounted.append(where)
@@ -96,8 +99,9 @@ def fill(folder: Path) -> Path:
 
 @pytest.fixture
 def ncip():
-    sim = NcipSimulator(problems={"UNKNOWN-1": "Unknown Item", "IN-ALREADY": "Item Not Checked Out"},
-                        validate=True).start()  # every message the relay sends is checked against the XSD
+    sim = NcipSimulator(
+        problems={"UNKNOWN-1": "Unknown Item", "IN-ALREADY": "Item Not Checked Out"}, validate=True
+    ).start()  # every message the relay sends is checked against the XSD
     yield sim
     sim.stop()
 
@@ -106,9 +110,16 @@ def ncip():
 def relay_site(site, simulator, ncip):
     site.journal = site.root / "ncip.jsonl"
 
-    def write(feed: str = "", version: str = "2", url: str | None = None, extra_ncip: str = "",
-              backoff: tuple[float, float] = (0.05, 0.3)) -> None:
-        site.write(simulator.url, extra=f"""
+    def write(
+        feed: str = "",
+        version: str = "2",
+        url: str | None = None,
+        extra_ncip: str = "",
+        backoff: tuple[float, float] = (0.05, 0.3),
+    ) -> None:
+        site.write(
+            simulator.url,
+            extra=f"""
 [ncip]
 url = "{url or ncip.url}"
 version = "{version}"
@@ -125,7 +136,9 @@ backoff_max_seconds = {backoff[1]}
 [ncip.stop_users]
 LAW = "CAIA-LAW"
 {feed}
-""")
+""",
+        )
+
     site.write_ncip = write
     write()
     return site

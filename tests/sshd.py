@@ -71,9 +71,12 @@ LogLevel ERROR
     def start(self) -> Sshd:
         if os.geteuid() == 0:
             os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation folder
-        self.process = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(self.config)],
-                                        stdout=subprocess.DEVNULL, stderr=(self.root / "sshd.log").open("ab"),
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            [str(SSHD), "-D", "-e", "-f", str(self.config)],
+            stdout=subprocess.DEVNULL,
+            stderr=(self.root / "sshd.log").open("ab"),
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             assert self.process.poll() is None, f"sshd exited: {(self.root / 'sshd.log').read_text()}"

@@ -88,8 +88,11 @@ def test_unreachable_then_reachable_again_for_caiasoft_and_ncip(site, simulator,
     site.write(simulator.url, extra=alerts_table(mailbox.port, after=900) + ncip_table("http://127.0.0.1:1/ncip"))
     now = [1_000_000.0]
     monitor = start_monitor(site, monitors, clock=lambda: now[0])
-    failing = Conditions(caiasoft_problem="cannot reach CaiaSoft: connection refused",
-                         ncip_problem="NCIP server unavailable: timed out", ncip_behind=3)
+    failing = Conditions(
+        caiasoft_problem="cannot reach CaiaSoft: connection refused",
+        ncip_problem="NCIP server unavailable: timed out",
+        ncip_behind=3,
+    )
     monitor.tick(failing)
     now[0] += 899
     monitor.tick(failing)
@@ -139,8 +142,12 @@ def test_a_burst_of_one_kind_is_one_mail_then_one_digest(site, simulator, mailbo
     mailbox.find("request file refused: first.txt")
     started = time.monotonic()
     for number in range(5):
-        monitor.raise_alert("refused", alerttexts.refused(f"burst{number}.txt", "print", "refused by the gateway: "
-                                                          "empty", f"/err/burst{number}.txt"))
+        monitor.raise_alert(
+            "refused",
+            alerttexts.refused(
+                f"burst{number}.txt", "print", "refused by the gateway: empty", f"/err/burst{number}.txt"
+            ),
+        )
     monitor.raise_alert("paused", alerttexts.paused("HTTP 401", 3, 300))  # another kind goes at once
     mailbox.find("uploads to CaiaSoft paused")
     assert not any("5 alerts" in subject for subject in mailbox.subjects()), "the other kind did not wait"
@@ -173,19 +180,21 @@ def test_a_mail_server_that_hangs_delays_no_file(site, simulator, daemon_factory
         silent.close()
 
 
-def test_a_dead_mail_server_is_shown_in_status_and_retried_until_it_takes_the_alert(site, simulator, monitors,
-                                                                                  capsys):
+def test_a_dead_mail_server_is_shown_in_status_and_retried_until_it_takes_the_alert(site, simulator, monitors, capsys):
     port = free_port()  # nothing listens there yet
     site.write(simulator.url, extra=alerts_table(port))
     monitor = start_monitor(site, monitors)
     assert monitor.sender is not None
     monitor.sender.backoff = Backoff(0.2, 0.5)
-    monitor.raise_alert("refused", alerttexts.refused("late.txt", "print", "refused by the gateway: empty",
-                                                      "/err/late.txt"))
+    monitor.raise_alert(
+        "refused", alerttexts.refused("late.txt", "print", "refused by the gateway: empty", "/err/late.txt")
+    )
     ledger = Ledger(site.state / "gateway.db")
     try:
-        report = wait_for(lambda: (report := status.collect(ledger))["alerts"]["problem"] and report,
-                          message="the delivery problem in status")
+        report = wait_for(
+            lambda: (report := status.collect(ledger))["alerts"]["problem"] and report,
+            message="the delivery problem in status",
+        )
         assert f"mail to 127.0.0.1:{port} failed" in report["alerts"]["problem"]
         assert report["alerts"]["waiting"] == 1 and report["alerts"]["last_sent"] is None
         assert "DELIVERY PROBLEM" in status.render(report)
@@ -194,8 +203,10 @@ def test_a_dead_mail_server_is_shown_in_status_and_retried_until_it_takes_the_al
         box = MailBox(port).start()  # the mail server is back
         try:
             box.find("request file refused: late.txt")
-            report = wait_for(lambda: (report := status.collect(ledger))["alerts"]["last_sent"] and report,
-                              message="the last alert sent in status")
+            report = wait_for(
+                lambda: (report := status.collect(ledger))["alerts"]["last_sent"] and report,
+                message="the last alert sent in status",
+            )
             assert report["alerts"]["problem"] is None and report["alerts"]["waiting"] == 0
         finally:
             box.stop()
@@ -231,8 +242,12 @@ def test_the_webhook_gets_the_same_alert_as_json(site, simulator, mailbox, monit
     try:
         site.write(simulator.url, extra=alerts_table(mailbox.port, extra=f'webhook_url = "{receiver.url}"'))
         monitor = start_monitor(site, monitors)
-        monitor.raise_alert("denied", alerttexts.denied("hold.xml", "print", [
-            {"item": DENIED, "deny": "Y", "istatus": "Invalid Stop Code"}], "/arch/hold.xml"))
+        monitor.raise_alert(
+            "denied",
+            alerttexts.denied(
+                "hold.xml", "print", [{"item": DENIED, "deny": "Y", "istatus": "Invalid Stop Code"}], "/arch/hold.xml"
+            ),
+        )
         mail = mailbox.find("1 item denied by CaiaSoft in hold.xml")
         wait_for(lambda: receiver.posts, message="the webhook post")
         post = receiver.posts[0]
@@ -245,8 +260,7 @@ def test_the_webhook_gets_the_same_alert_as_json(site, simulator, mailbox, monit
         receiver.stop()
 
 
-def test_a_webhook_that_cannot_be_reached_is_reported_without_the_token_in_its_path(site, simulator, mailbox,
-                                                                                  capsys):
+def test_a_webhook_that_cannot_be_reached_is_reported_without_the_token_in_its_path(site, simulator, mailbox, capsys):
     hook = f"http://127.0.0.1:{free_port()}/hooks/S3CRET-T0KEN?sig=ALSO-S3CRET"
     site.write(simulator.url, extra=alerts_table(mailbox.port, extra=f'webhook_url = "{hook}"'))
     assert cli.main(["-c", str(site.config_file), "check", "--offline", "--send-test-alert"]) == 1
@@ -268,9 +282,13 @@ def test_check_sends_a_test_alert_and_says_when_it_cannot(site, simulator, mailb
 
 
 def test_alert_settings_are_checked(site, simulator):
-    site.write(simulator.url, extra=alerts_table(25, extra='events = ["refused", "refussed"]\nusername = "gw"')
-               .replace('to = ["ils-team@example.edu", "circ@example.edu"]', 'to = ["ils-team"]')
-               + '\n[metrics]\nlisten = "9464"\n')
+    site.write(
+        simulator.url,
+        extra=alerts_table(25, extra='events = ["refused", "refussed"]\nusername = "gw"').replace(
+            'to = ["ils-team@example.edu", "circ@example.edu"]', 'to = ["ils-team"]'
+        )
+        + '\n[metrics]\nlisten = "9464"\n',
+    )
     with pytest.raises(ConfigError) as raised:
         load(site.config_file, environ={})
     problems = "\n".join(str(problem) for problem in raised.value.problems)
@@ -305,8 +323,12 @@ def test_starttls_verifies_the_mail_servers_certificate(site, simulator, tmp_pat
     authority = make_authority(tmp_path / "tls", "Campus Mail CA")
     box = MailBox(tls=authority.server_context()).start()
     try:
-        site.write(simulator.url, extra=alerts_table(box.port, extra="starttls = true")
-                   .replace('smtp_host = "127.0.0.1"', 'smtp_host = "localhost"'))
+        site.write(
+            simulator.url,
+            extra=alerts_table(box.port, extra="starttls = true").replace(
+                'smtp_host = "127.0.0.1"', 'smtp_host = "localhost"'
+            ),
+        )
         assert cli.main(["-c", str(site.config_file), "check", "--offline", "--send-test-alert"]) == 1
         assert "CERTIFICATE_VERIFY_FAILED" in capsys.readouterr().out, "a CA the host does not trust is refused"
         assert box.messages == []
@@ -339,16 +361,19 @@ def test_a_stuck_file_and_an_ncip_dead_letter_are_mailed(site, simulator, mailbo
     finally:
         writer.close()
 
-    monitor.ncip_entry("dead_letter", {"action": "checkout", "item": "UNKNOWN-1"},
-                       "Unknown Item (UniqueItemId/ItemIdentifierValue UNKNOWN-1)", site.error / "ncip" / "x.jsonl")
+    monitor.ncip_entry(
+        "dead_letter",
+        {"action": "checkout", "item": "UNKNOWN-1"},
+        "Unknown Item (UniqueItemId/ItemIdentifierValue UNKNOWN-1)",
+        site.error / "ncip" / "x.jsonl",
+    )
     letter = mailbox.find("NCIP checkout of item UNKNOWN-1 refused")
     assert "was NOT updated" in body(letter) and str(site.error / "ncip" / "x.jsonl") in body(letter)
     assert "by hand in ALEPH's circulation client" in body(letter)
     assert monitor.ledger.ncip_counts()["dead_letter"] == 1
 
 
-def test_a_partial_copy_set_aside_because_its_file_changed_raises_no_refused_alert(site, simulator, mailbox,
-                                                                                     monitors):
+def test_a_partial_copy_set_aside_because_its_file_changed_raises_no_refused_alert(site, simulator, mailbox, monitors):
     site.write(simulator.url, extra=alerts_table(mailbox.port))
     monitor = start_monitor(site, monitors)
     writer = Ledger(site.state / "gateway.db")
@@ -359,6 +384,7 @@ def test_a_partial_copy_set_aside_because_its_file_changed_raises_no_refused_ale
     partial = dataclasses.replace(row, state="refused", reason=aftertake.reason(row, 45))
     monitor.file_finished(partial, site.error / "slip-0043.xml")
     assert monitor.ledger.alerts_waiting() == 0 and mailbox.messages == [], "the whole file is taken again"
-    monitor.file_finished(dataclasses.replace(row, state="refused", reason="not well-formed"),
-                          site.error / "slip-0043.1.xml")
+    monitor.file_finished(
+        dataclasses.replace(row, state="refused", reason="not well-formed"), site.error / "slip-0043.1.xml"
+    )
     mailbox.find("request file refused: slip-0043.xml")

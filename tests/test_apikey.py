@@ -39,13 +39,16 @@ def problems_within(site: Site, seconds: float = 10.0, environ: dict | None = No
     return result[0]
 
 
-@pytest.mark.parametrize("content,words", [
-    (b"\xef\xbb\xbf" + KEY.encode() + b"\n", "byte-order mark"),
-    (KEY[:6].encode() + "\u200b".encode() + KEY[6:].encode() + b"\n", "U+200B (ZERO WIDTH SPACE) at character 7"),
-    (KEY.encode() + b"\x07\n", "U+0007"),
-    (KEY.encode() + "\u00e9".encode() + b"\n", "U+00E9"),
-    (b"\xff\xfe" + KEY.encode("utf-16-le"), "not UTF-8"),
-])
+@pytest.mark.parametrize(
+    "content,words",
+    [
+        (b"\xef\xbb\xbf" + KEY.encode() + b"\n", "byte-order mark"),
+        (KEY[:6].encode() + "\u200b".encode() + KEY[6:].encode() + b"\n", "U+200B (ZERO WIDTH SPACE) at character 7"),
+        (KEY.encode() + b"\x07\n", "U+0007"),
+        (KEY.encode() + "\u00e9".encode() + b"\n", "U+00E9"),
+        (b"\xff\xfe" + KEY.encode("utf-16-le"), "not UTF-8"),
+    ],
+)
 def test_a_key_that_cannot_go_into_a_header_is_a_config_error_naming_the_file(site, content, words):
     site.key_file.write_bytes(content)
     problems = problems_within(site)
@@ -85,8 +88,9 @@ def test_a_huge_key_file_is_refused_without_reading_it(site):
 
 
 def test_a_key_in_the_environment_with_a_zero_width_space_is_a_config_error(site):
-    site.config_file.write_text(site.config_file.read_text().replace(
-        f'api_key_file = "{site.key_file}"', 'api_key_env = "CAIA_KEY"'))
+    site.config_file.write_text(
+        site.config_file.read_text().replace(f'api_key_file = "{site.key_file}"', 'api_key_env = "CAIA_KEY"')
+    )
     problems = problems_within(site, environ={"CAIA_KEY": KEY + "\u200b"})
     assert "caiasoft.api_key_env: environment variable CAIA_KEY holds a character" in problems
     assert "U+200B" in problems
@@ -101,14 +105,22 @@ def test_a_plain_key_with_a_trailing_newline_is_fine(site):
 @pytest.mark.parametrize("command", [["check"], ["run"]])
 def test_check_and_run_exit_2_naming_the_file_for_a_bom_or_a_fifo(site, command):
     site.key_file.write_bytes(b"\xef\xbb\xbf" + KEY.encode())
-    result = subprocess.run([sys.executable, "-m", "gateway", "-c", str(site.config_file), *command],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "-c", str(site.config_file), *command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"{site.key_file} starts with a byte-order mark" in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     site.key_file.unlink()
     os.mkfifo(site.key_file, 0o600)
-    result = subprocess.run([sys.executable, "-m", "gateway", "-c", str(site.config_file), *command],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "-c", str(site.config_file), *command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "FIFO" in result.stdout + result.stderr

@@ -20,12 +20,18 @@ def test_dated_layout(tmp_path):
     assert folder.choose("slip.xml", DAY) == tmp_path / "2026" / "11" / "28" / "slip.xml"
 
 
-@pytest.mark.parametrize("name,first,second", [
-    ("slip.xml", "slip.1.xml", "slip.2.xml"),
-    ("anx.cir.12.paging20261128_am_barcode", "anx.cir.12.paging20261128_am_barcode.1",
-     "anx.cir.12.paging20261128_am_barcode.2"),
-    ("README", "README.1", "README.2"),
-])
+@pytest.mark.parametrize(
+    "name,first,second",
+    [
+        ("slip.xml", "slip.1.xml", "slip.2.xml"),
+        (
+            "anx.cir.12.paging20261128_am_barcode",
+            "anx.cir.12.paging20261128_am_barcode.1",
+            "anx.cir.12.paging20261128_am_barcode.2",
+        ),
+        ("README", "README.1", "README.2"),
+    ],
+)
 def test_numbered_names(name, first, second):
     assert (numbered(name, 1), numbered(name, 2)) == (first, second)
 
@@ -75,14 +81,17 @@ def test_place_after_a_crash_between_the_move_and_the_unlink(tmp_path, moved_by)
     assert sorted(p.name for p in target.parent.iterdir()) == ["slip.xml", "slip.xml.json"]
 
 
-@pytest.mark.parametrize("hostile,expected", [
-    ("../../etc/passwd", "%2E.%2F..%2Fetc%2Fpasswd"),
-    ("a/b", "a%2Fb"),
-    ("slip\x1b[31m.xml", "slip%1B[31m.xml"),
-    ("..", "%2E."),
-    ("-rf", "%2Drf"),
-    ("", "unnamed"),
-])
+@pytest.mark.parametrize(
+    "hostile,expected",
+    [
+        ("../../etc/passwd", "%2E.%2F..%2Fetc%2Fpasswd"),
+        ("a/b", "a%2Fb"),
+        ("slip\x1b[31m.xml", "slip%1B[31m.xml"),
+        ("..", "%2E."),
+        ("-rf", "%2Drf"),
+        ("", "unnamed"),
+    ],
+)
 def test_names_cannot_escape_or_hide(hostile, expected):
     assert safe_name(hostile) == expected
 
@@ -94,6 +103,7 @@ def test_over_long_names_are_shortened_within_the_folder(tmp_path):
 
 def test_sidecar_write_never_contains_a_registered_secret(tmp_path):
     from gateway import logs
+
     logs.add_secret("sidecar-secret-42")
     folder = Folder(tmp_path)
     target = folder.choose("a", DAY)
@@ -120,8 +130,7 @@ def test_move_across_filesystems_copies_then_removes(fs):
     fs.create_file("/var/lib/gw/work/00000001.slip.xml", contents=b"<printout/>")
     fs.add_mount_point("/srv/archive")
     fs.create_dir("/srv/archive/2026/11/28")
-    move_no_clobber(Path("/var/lib/gw/work/00000001.slip.xml"),
-                    Path("/srv/archive/2026/11/28/slip.xml"))
+    move_no_clobber(Path("/var/lib/gw/work/00000001.slip.xml"), Path("/srv/archive/2026/11/28/slip.xml"))
     assert Path("/srv/archive/2026/11/28/slip.xml").read_bytes() == b"<printout/>"
     assert not os.path.exists("/var/lib/gw/work/00000001.slip.xml")
     assert os.listdir("/srv/archive/2026/11/28") == ["slip.xml"]  # no partial left behind

@@ -14,8 +14,13 @@ pytestmark = pytest.mark.e2e
 
 
 def test_bench_smoke_run_prints_the_table_and_the_figures(tmp_path):
-    result = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--smoke"], capture_output=True,
-                            text=True, timeout=300, env={**os.environ, "TMPDIR": str(tmp_path)})
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "run.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert list(tmp_path.iterdir()) == [], "the benchmark removes its temp folder"
     *table, last = result.stdout.strip().splitlines()
@@ -33,8 +38,13 @@ def test_bench_smoke_run_prints_the_table_and_the_figures(tmp_path):
 
 
 def test_bench_runs_only_the_scenarios_asked_for(tmp_path):
-    result = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--smoke", "--only", "latency"],
-                            capture_output=True, text=True, timeout=300, env={**os.environ, "TMPDIR": str(tmp_path)})
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "run.py"), "--smoke", "--only", "latency"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     *table, last = result.stdout.strip().splitlines()
     assert set(json.loads(last)) == {"machine", "latency"}
@@ -42,8 +52,9 @@ def test_bench_runs_only_the_scenarios_asked_for(tmp_path):
 
 
 def test_print_file_bench_smoke_run_validates_and_finds():
-    result = subprocess.run([sys.executable, str(REPO / "bench" / "print_files.py"), "--smoke"], capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "print_files.py"), "--smoke"], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     assert figures["validate"]["records"] > 1000 and figures["validate"]["peak_rss_mb"] > 0
@@ -51,8 +62,13 @@ def test_print_file_bench_smoke_run_validates_and_finds():
 
 
 def test_history_bench_smoke_run_measures_both_ledgers(tmp_path):
-    result = subprocess.run([sys.executable, str(REPO / "bench" / "history.py"), "--smoke"], capture_output=True,
-                            text=True, timeout=300, env={**os.environ, "TMPDIR": str(tmp_path)})
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "history.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert list(tmp_path.iterdir()) == [], "the benchmark removes its temp folder"
     *table, last = result.stdout.strip().splitlines()

@@ -15,21 +15,33 @@ from gateway.pipeline import Pipeline
 
 # -- answers -----------------------------------------------------------------
 
+
 def test_success_is_accepted_and_denials_are_read():
-    body = json.dumps({"success": True, "error": "", "request_count": "2", "results": [
-        {"item": "1", "deny": "N", "istatus": "Item Requested"},
-        {"item": "2", "deny": "Y", "istatus": "Invalid Stop Code"}]})
+    body = json.dumps(
+        {
+            "success": True,
+            "error": "",
+            "request_count": "2",
+            "results": [
+                {"item": "1", "deny": "N", "istatus": "Item Requested"},
+                {"item": "2", "deny": "Y", "istatus": "Invalid Stop Code"},
+            ],
+        }
+    )
     outcome = classify(200, {}, body)
     assert outcome.verdict == "accepted"
     assert outcome.denials == [{"item": "2", "deny": "Y", "istatus": "Invalid Stop Code"}]
     assert outcome.reason == "accepted, 1 item(s) denied"
 
 
-@pytest.mark.parametrize("body,words", [
-    ('{"success": false, "error": "File format not registered"}', "File format not registered"),
-    ('{"success": "false", "error": ""}', "success: false"),
-    ('{"error": ""}', "no success: true"),
-])
+@pytest.mark.parametrize(
+    "body,words",
+    [
+        ('{"success": false, "error": "File format not registered"}', "File format not registered"),
+        ('{"success": "false", "error": ""}', "success: false"),
+        ('{"error": ""}', "no success: true"),
+    ],
+)
 def test_success_false_or_an_error_is_refused_in_caiasofts_words(body, words):
     outcome = classify(200, {}, body)
     assert outcome.verdict == "refused"
@@ -97,6 +109,7 @@ def test_backoff_grows_exponentially_with_jitter_and_is_capped():
 
 
 # -- real HTTP against the simulator ---------------------------------------------
+
 
 @pytest.fixture
 def client(site):
@@ -178,6 +191,7 @@ def test_check_reads_the_stop_list(client):
 
 # -- through the pipeline: where each outcome leaves the file ----------------------
 
+
 class FixedClock:
     def __init__(self, now=1_800_000_000.0):
         self.now = now
@@ -190,8 +204,12 @@ def pipeline_for(site: Site, clock=None) -> Pipeline:
     """A pipeline whose recorded times and retry instants are both on clock (a FixedClock by default)."""
     config = site.load()
     clock = clock or FixedClock()
-    return Pipeline(config, Ledger(config.paths.database, schedule=clock),
-                    CaiaSoftClient(config.caiasoft, config.api_key), clock=clock)
+    return Pipeline(
+        config,
+        Ledger(config.paths.database, schedule=clock),
+        CaiaSoftClient(config.caiasoft, config.api_key),
+        clock=clock,
+    )
 
 
 def test_retry_after_sets_when_the_file_is_due_again(site, simulator, tmp_path):
@@ -230,6 +248,7 @@ def test_refusal_goes_to_error_with_caiasofts_words(site, tmp_path):
 
 
 # -- the gate the upload workers share ------------------------------------------------
+
 
 def test_the_gate_backs_off_once_per_outage_and_reopens_on_success(site):
     from gateway.backoff import Gate

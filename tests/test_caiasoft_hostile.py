@@ -60,8 +60,9 @@ def upload_within(client: CaiaSoftClient, path, seconds: float):
 
 def pipeline_for(site: Site) -> Pipeline:
     config = site.load()
-    return Pipeline(config, Ledger(config.paths.database), CaiaSoftClient(config.caiasoft, config.api_key),
-                    clock=FixedClock())
+    return Pipeline(
+        config, Ledger(config.paths.database), CaiaSoftClient(config.caiasoft, config.api_key), clock=FixedClock()
+    )
 
 
 def test_an_answer_dribbled_a_byte_at_a_time_is_cut_at_deadline_seconds(peer_site, tmp_path):
@@ -142,8 +143,13 @@ def test_the_count_of_unreadable_answers_survives_a_restart(peer_site, tmp_path)
 
 @pytest.mark.parametrize("status", [400, 503, 200])
 def test_an_answer_quoting_the_key_is_never_stored_or_shown_raw(peer_site, tmp_path, status):
-    body = ECHO if status != 200 else json.dumps(
-        {"success": True, "error": "", "results": [{"item": "1", "deny": "Y", "istatus": f"bad key {KEY}"}]}).encode()
+    body = (
+        ECHO
+        if status != 200
+        else json.dumps(
+            {"success": True, "error": "", "results": [{"item": "1", "deny": "Y", "istatus": f"bad key {KEY}"}]}
+        ).encode()
+    )
     with hostile.HostilePeer(hostile.fixed(status, body)) as peer:
         configure(peer_site, peer)
         pipeline = pipeline_for(peer_site)
@@ -187,6 +193,7 @@ def test_each_thread_gets_its_own_session(peer_site):
 
 # -- TLS: ca_file and verify_tls win over REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE -----------
 
+
 @pytest.fixture(scope="module")
 def authorities(tmp_path_factory):
     root = tmp_path_factory.mktemp("tls")
@@ -222,6 +229,7 @@ def test_requests_ca_bundle_cannot_make_an_unknown_ca_pass(peer_site, authoritie
 
 # -- end to end: the real daemon, a CaiaSoft that quotes the key, `status` ----------------
 
+
 def test_status_never_shows_the_key_when_caiasoft_echoes_it(peer_site, daemon_factory):
     def act(peer, connection, request):  # refuse slip-a (400), keep slip-b waiting (503); both quote the key
         status = 400 if b"slip-a" in request else 503
@@ -234,8 +242,12 @@ def test_status_never_shows_the_key_when_caiasoft_echoes_it(peer_site, daemon_fa
         daemon = daemon_factory(peer_site.config_file)
 
         def status(*flags: str) -> str:
-            return subprocess.run([sys.executable, "-m", "gateway", "-c", str(peer_site.config_file), "status",
-                                   *flags], capture_output=True, text=True, timeout=60).stdout
+            return subprocess.run(
+                [sys.executable, "-m", "gateway", "-c", str(peer_site.config_file), "status", *flags],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            ).stdout
 
         def settled():
             report = json.loads(status("--json") or "{}")
@@ -257,8 +269,12 @@ def test_check_never_prints_the_key_when_caiasoft_echoes_it(peer_site):
     echo = json.dumps({"success": False, "error": f"key {KEY} unknown"}).encode()
     with hostile.HostilePeer(hostile.fixed(401, echo)) as peer:
         configure(peer_site, peer)
-        result = subprocess.run([sys.executable, "-m", "gateway", "-c", str(peer_site.config_file), "check"],
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [sys.executable, "-m", "gateway", "-c", str(peer_site.config_file), "check"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert result.returncode == 1
     assert "CaiaSoft refused the API key (HTTP 401)" in result.stdout and "[redacted]" in result.stdout
     assert KEY not in result.stdout + result.stderr
@@ -273,17 +289,27 @@ def test_status_redacts_a_key_that_an_older_version_stored_raw(peer_site, tmp_pa
         database.execute("UPDATE files SET reason = ? WHERE id = ?", (f"HTTP 503: bad key {KEY}", row_id))
     database.close()
     for flags in ([], ["--json"]):
-        result = subprocess.run([sys.executable, "-m", "gateway", "-c", str(peer_site.config_file), "status", *flags],
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [sys.executable, "-m", "gateway", "-c", str(peer_site.config_file), "status", *flags],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert "bad key [redacted]" in result.stdout
         assert KEY not in result.stdout + result.stderr
 
 
-@pytest.mark.parametrize(("body", "state"), [
-    (b'{"success": false, "error": "bad \\ud800 format \\u001b[2J"}', "refused"),
-    (b'{"success": true, "error": "", "results": [{"item": "\\udcff1", "deny": "Y", "istatus": "x\\ud800"}]}',
-     "archived"),
-], ids=["refused", "accepted"])
+@pytest.mark.parametrize(
+    ("body", "state"),
+    [
+        (b'{"success": false, "error": "bad \\ud800 format \\u001b[2J"}', "refused"),
+        (
+            b'{"success": true, "error": "", "results": [{"item": "\\udcff1", "deny": "Y", "istatus": "x\\ud800"}]}',
+            "archived",
+        ),
+    ],
+    ids=["refused", "accepted"],
+)
 def test_an_answer_with_a_lone_surrogate_escape_is_recorded_and_placed_once(peer_site, tmp_path, body, state):
     """JSON may escape half a UTF-16 pair (\\ud800); Python keeps it as a lone surrogate, which SQLite cannot take."""
     with hostile.HostilePeer(hostile.fixed(200, body)) as peer:

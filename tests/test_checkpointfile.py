@@ -31,8 +31,13 @@ from gateway.ncip.relay import Relay
 
 
 def position(offset: int) -> dict:
-    return {"device": 2049, "inode": 131074 + offset, "offset": offset, "fingerprint": f"{offset:064x}",
-            "fingerprint_length": min(offset, 128)}
+    return {
+        "device": 2049,
+        "inode": 131074 + offset,
+        "offset": offset,
+        "fingerprint": f"{offset:064x}",
+        "fingerprint_length": min(offset, 128),
+    }
 
 
 def test_each_save_is_read_back_and_the_newest_record_wins(tmp_path):
@@ -66,7 +71,7 @@ def test_a_save_cut_short_leaves_the_record_before_it(tmp_path, cut):
     written = max(index for index in range(len(after)) if after[index] != before[index]) + 1 - slot
     cut = written - 1 if cut < 0 else cut
     # the crash hit while the newest record was being written: only its first cut bytes reached the disk
-    path.write_bytes(before[:slot] + after[slot:slot + cut] + before[slot + cut:])
+    path.write_bytes(before[:slot] + after[slot : slot + cut] + before[slot + cut :])
     saved = read(path)
     assert saved.position == position(128), "the entry in flight is sent again; nothing is skipped"
     assert saved.counts["done"] == 0, "its count went with it"
@@ -77,8 +82,9 @@ def test_a_save_cut_short_leaves_the_record_before_it(tmp_path, cut):
     assert read(path).position == position(192) and read(path).counts["done"] == 1
 
 
-@pytest.mark.parametrize("content", [b"GWNCIP01", os.urandom(2 * SLOT_BYTES), bytes(2 * SLOT_BYTES)],
-                         ids=["cut", "garbage", "zeros"])
+@pytest.mark.parametrize(
+    "content", [b"GWNCIP01", os.urandom(2 * SLOT_BYTES), bytes(2 * SLOT_BYTES)], ids=["cut", "garbage", "zeros"]
+)
 def test_no_whole_record_is_damage_naming_the_file(tmp_path, content):
     path = tmp_path / FILE_NAME
     path.write_bytes(content)
@@ -90,8 +96,12 @@ def test_both_records_damaged_stop_the_service_with_exit_2_naming_the_file(relay
     relay_site.state.mkdir(parents=True, exist_ok=True)
     path = relay_site.state / FILE_NAME
     path.write_bytes(os.urandom(2 * SLOT_BYTES))
-    run = subprocess.run([sys.executable, "-m", "gateway", "-c", str(relay_site.config_file), "run"],
-                         capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-m", "gateway", "-c", str(relay_site.config_file), "run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 2, run.stderr
     assert str(path) in run.stderr and "move it aside" in run.stderr and "Traceback" not in run.stderr
 
@@ -147,11 +157,20 @@ def older_ledger(database, checkpoint: dict | None, counts: dict[str, int]) -> N
     Ledger(database).close()
     with sqlite3.connect(database) as db:
         if checkpoint:
-            db.execute("INSERT INTO checkpoints VALUES ('ncip-journal', ?, ?, ?, ?, ?, 0)",
-                       (checkpoint["device"], checkpoint["inode"], checkpoint["fingerprint"],
-                        checkpoint["fingerprint_length"], checkpoint["offset"]))
-        db.executemany("INSERT INTO counters VALUES (?, ?)",
-                       [(f"ncip_entries_total:{outcome}", count) for outcome, count in counts.items()])
+            db.execute(
+                "INSERT INTO checkpoints VALUES ('ncip-journal', ?, ?, ?, ?, ?, 0)",
+                (
+                    checkpoint["device"],
+                    checkpoint["inode"],
+                    checkpoint["fingerprint"],
+                    checkpoint["fingerprint_length"],
+                    checkpoint["offset"],
+                ),
+            )
+        db.executemany(
+            "INSERT INTO counters VALUES (?, ?)",
+            [(f"ncip_entries_total:{outcome}", count) for outcome, count in counts.items()],
+        )
     db.close()
 
 
@@ -208,6 +227,7 @@ def test_each_outcome_is_counted_in_the_file_with_the_place(relay_site, ncip, da
     def relayed():
         saved = read(path)
         return saved if saved is not None and saved.position and saved.position["offset"] == size else None
+
     saved = wait_for(relayed, timeout=30, message="the journal relayed")
     assert saved.counts == {"done": 1, "already": 1, "dead_letter": 1}
     assert daemon.stop() == 0
@@ -229,8 +249,14 @@ def test_no_entry_is_sent_while_the_checkpoint_of_the_one_before_is_not_durable(
     journal_path = tmp_path / "ncip.jsonl"
     for item in ("E-1", "E-2", "E-3"):
         journal.append(journal_path, JournalEntry("checkin", item))
-    settings = ncip_settings(url=ncip.url, journal=str(journal_path), from_agency="CAIA", to_agency="ALEPH",
-                             user_id="CAIASOFT", application_profile="CAIAPROFILE")
+    settings = ncip_settings(
+        url=ncip.url,
+        journal=str(journal_path),
+        from_agency="CAIA",
+        to_agency="ALEPH",
+        user_id="CAIASOFT",
+        application_profile="CAIAPROFILE",
+    )
     ledger = Ledger(tmp_path / "gateway.db")
     relay = Relay(settings, ledger, tmp_path / "error")
     relay.fault_backoff = Backoff(0.01, 0.05)
@@ -241,8 +267,11 @@ def test_no_entry_is_sent_while_the_checkpoint_of_the_one_before_is_not_durable(
     relay.start()
     try:
         size = journal_path.stat().st_size
-        wait_for(lambda: (read(path).position or {}).get("offset") == size, timeout=10,
-                 message="the whole journal checkpointed once the disk recovered")
+        wait_for(
+            lambda: (read(path).position or {}).get("offset") == size,
+            timeout=10,
+            message="the whole journal checkpointed once the disk recovered",
+        )
     finally:
         relay.stop()
         relay.join(10)
@@ -253,7 +282,8 @@ def test_no_entry_is_sent_while_the_checkpoint_of_the_one_before_is_not_durable(
 
 @pytest.mark.parametrize("mode", [0o644, 0o000])
 def test_a_checkpoint_file_the_service_user_cannot_open_is_named_not_called_damaged(
-        unprivileged_site, gateway_install, simulator, ncip, mode):
+    unprivileged_site, gateway_install, simulator, ncip, mode
+):
     site, runner = unprivileged_site, gateway_install
     journal_path = site.root / "ncip.jsonl"
     journal.append(journal_path, JournalEntry("checkin", "P-1"))

@@ -12,13 +12,19 @@ from conftest import KEY, SAMPLES, ncip_table
 
 
 def cli(site, *args, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gateway", "-c", str(site.config_file), *args],
-                          capture_output=True, text=True, timeout=60, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "-c", str(site.config_file), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
 
 
 def test_config_errors_exit_2_and_list_every_problem(site):
-    site.config_file.write_text(site.config_file.read_text().replace("timeout_seconds = 5\n", "timeout_seconds = -1\n")
-                                + "\n[bogus]\n")
+    site.config_file.write_text(
+        site.config_file.read_text().replace("timeout_seconds = 5\n", "timeout_seconds = -1\n") + "\n[bogus]\n"
+    )
     result = cli(site, "run")
     assert result.returncode == 2
     assert f"{site.config_file}: caiasoft.timeout_seconds: must be at least 1" in result.stderr
@@ -47,8 +53,10 @@ def test_check_offline_does_not_contact_caiasoft(site, simulator):
     result = cli(site, "check", "--offline")
     assert result.returncode == 0 and simulator.received == []
     assert "not contacted" in result.stdout
-    assert "ok    sources[0] print: " in result.stdout and ": open writers\n        open writers are detected" \
-        in result.stdout
+    assert (
+        "ok    sources[0] print: " in result.stdout
+        and ": open writers\n        open writers are detected" in result.stdout
+    )
 
 
 def test_check_of_a_broken_config_exits_2(site):
@@ -90,8 +98,13 @@ def test_output_read_by_a_reader_that_stops_early_ends_without_a_traceback(site)
     reader, writer = os.pipe()
     os.close(reader)  # the reader is gone before the first line
     try:
-        result = subprocess.run([sys.executable, "-m", "gateway", "-c", str(site.config_file), "check", "--offline"],
-                                stdout=writer, stderr=subprocess.PIPE, text=True, timeout=60)
+        result = subprocess.run(
+            [sys.executable, "-m", "gateway", "-c", str(site.config_file), "check", "--offline"],
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
     finally:
         os.close(writer)
     assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr, result.stderr
@@ -167,8 +180,13 @@ def test_retry_of_an_unknown_name(site):
 
 def test_demo_runs_and_explains_where_each_file_went(tmp_path):
     def demo(*args: str) -> str:
-        result = subprocess.run([sys.executable, "-m", "gateway", "demo", *args], capture_output=True, text=True,
-                                timeout=120, env={**os.environ, "TMPDIR": str(tmp_path)})
+        result = subprocess.run(
+            [sys.executable, "-m", "gateway", "demo", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "TMPDIR": str(tmp_path)},
+        )
         assert result.returncode == 0, result.stdout + result.stderr
         return result.stdout
 
@@ -179,20 +197,26 @@ def test_demo_runs_and_explains_where_each_file_went(tmp_path):
     assert "usm50.hold_req  [xml, 3 record(s), 3 item(s); DENIED 31234009999990" in out
     assert "usm50.hold_req_sorted  [xml, 3 record(s), 4 item(s)]" in out, "each nested slip is a record"
     assert "anx.cir.12.paging20261128_am_barcode  [text, 4 item(s); DENIED 31234009999990" in out
-    assert ("usm50.hold_req_plain\n      reason: refused by the gateway: a PLAIN printout, not XML: route only XML_XSL "
-            "output for CaiaSoft to this folder") in out
-    assert ('reason: refused by the gateway: record 3 of 4 (line 53, "## - XML_XSL"): its XML is not well-formed '
-            "(mismatched tag) at line 77 of the file") in out
+    assert (
+        "usm50.hold_req_plain\n      reason: refused by the gateway: a PLAIN printout, not XML: route only XML_XSL "
+        "output for CaiaSoft to this folder"
+    ) in out
+    assert (
+        'reason: refused by the gateway: record 3 of 4 (line 53, "## - XML_XSL"): its XML is not well-formed '
+        "(mismatched tag) at line 77 of the file"
+    ) in out
     assert "31234009999990: in 2 request file(s), newest first" in out
     assert "usm50.hold_req  (record 3, form hold-request-slip, request 000004603" in out
     assert "Subject: [caiasoft-gateway] " in out and "1 item denied by CaiaSoft in " in out, "one alert shown"
     assert "31234009999990  Invalid Stop Code" in out
-    assert re.search(r'metrics:\s+http://127\.0\.0\.1:\d+/metrics', out)
+    assert re.search(r"metrics:\s+http://127\.0\.0\.1:\d+/metrics", out)
     assert 'caiasoft_gateway_files_total{outcome="archived",source="print"} 5.0' in out
-    assert ("ALEPH's NCIP port (simulated) received 2 message(s):\n"
-            '  checkout 31234001234567  (NCIP 1, "POST / HTTP/1.0" + headers), user CAIASOFT\n'
-            '  checkin 31234001234567  (NCIP 1, "POST / HTTP/1.0" + headers)\n'
-            "  31234001234567 ends checked in in ALEPH") in out, "retrieved and refiled: the feed, then tcp://"
+    assert (
+        "ALEPH's NCIP port (simulated) received 2 message(s):\n"
+        '  checkout 31234001234567  (NCIP 1, "POST / HTTP/1.0" + headers), user CAIASOFT\n'
+        '  checkin 31234001234567  (NCIP 1, "POST / HTTP/1.0" + headers)\n'
+        "  31234001234567 ends checked in in ALEPH"
+    ) in out, "retrieved and refiled: the feed, then tcp://"
     assert "retrieved 31234001234567 and refiled it today; its status now: 'Item In at Rest'" in out
     assert "is removed now" in out and list(tmp_path.iterdir()) == [], "demo cleans up after itself"
 
@@ -205,8 +229,11 @@ def test_demo_runs_and_explains_where_each_file_went(tmp_path):
 def test_simulate_serves_the_api_on_loopback():
     import requests
 
-    process = subprocess.Popen([sys.executable, "-m", "gateway", "simulate", "caiasoft", "--port", "0",
-                                "--key", "dry-run-key"], stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "simulate", "caiasoft", "--port", "0", "--key", "dry-run-key"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         url = process.stdout.readline().split(" on ")[1].strip()
         answer = requests.get(url + "/api/circstoplist/v1/ACTIVE", headers={"X-API-Key": "dry-run-key"}, timeout=5)

@@ -34,8 +34,13 @@ def barcode_list(number: int) -> bytes:
 
 
 def cli(site, clock: SteppedClock, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gateway", "-c", str(site.config_file), *args],
-                          capture_output=True, text=True, timeout=60, env={**os.environ, **clock.env()})
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "-c", str(site.config_file), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **clock.env()},
+    )
 
 
 def set_backoff(site, seconds: float) -> None:
@@ -62,8 +67,11 @@ def test_a_clock_stepped_back_an_hour_during_an_outage_delays_no_retry(site, sim
 
     clock.step("-1h")  # NTP or an admin sets the clock back while the file waits for its retry
     before = failed_attempts(simulator)
-    wait_for(lambda: failed_attempts(simulator) >= before + 2, timeout=30,
-             message="the retries to go on at backoff_max_seconds, not an hour later")
+    wait_for(
+        lambda: failed_attempts(simulator) >= before + 2,
+        timeout=30,
+        message="the retries to go on at backoff_max_seconds, not an hour later",
+    )
     report = json.loads(cli(site, clock, "status", "--json").stdout)
     assert report["oldest_pending"]["file"] == "l1_barcode"
     assert report["oldest_pending"]["age_seconds"] >= 0, "a file seen 'after now' has waited 0 s, not -1 h"
@@ -126,8 +134,9 @@ def archive_one_file(site, simulator, daemon_factory) -> Path:
     return site.archived()[0]
 
 
-def test_a_start_with_the_clock_forty_days_ahead_deletes_nothing_and_says_why(site, simulator, daemon_factory,
-                                                                               tmp_path):
+def test_a_start_with_the_clock_forty_days_ahead_deletes_nothing_and_says_why(
+    site, simulator, daemon_factory, tmp_path
+):
     site.write(simulator.url, extra="\n[archive]\nretention_days = 30\n")
     archived = archive_one_file(site, simulator, daemon_factory)
     clock = SteppedClock(tmp_path, "+40d")  # a bad NTP answer, a wrong RTC, an admin's typo
@@ -146,14 +155,20 @@ def test_a_start_with_the_clock_forty_days_ahead_deletes_nothing_and_says_why(si
     held_before = log.read_text().count("archive.prune_held")
     (site.source / "late_barcode").write_bytes(b"31234000003001\n")
     again = daemon_factory(site.config_file, env=clock.env())
-    wait_for(lambda: log.read_text().count("archive.prune_held") > held_before, timeout=30,
-             message="retention to hold back again")
+    wait_for(
+        lambda: log.read_text().count("archive.prune_held") > held_before,
+        timeout=30,
+        message="retention to hold back again",
+    )
     wait_for(lambda: not (site.source / "late_barcode").exists(), timeout=30, message="the late file taken")
     assert again.stop() == 0
     assert archived.is_file() and "archive.pruned" not in log.read_text(), "nothing removed at any start"
     restarted = daemon_factory(site.config_file, env=clock.env())
-    wait_for(lambda: log.read_text().count("archive.prune_held") > held_before + 1, timeout=30,
-             message="retention to hold back at a third start")
+    wait_for(
+        lambda: log.read_text().count("archive.prune_held") > held_before + 1,
+        timeout=30,
+        message="retention to hold back at a third start",
+    )
     assert restarted.stop() == 0
     assert archived.is_file()
 
@@ -257,8 +272,11 @@ def test_alert_delivery_retries_go_on_when_the_clock_steps_back(alerting):
     wait_for(lambda: monitor.sender.failures.get("mail", 0) >= 1, message="a failed delivery")
     clock.offset = -3600.0
     failed = monitor.sender.failures["mail"]
-    wait_for(lambda: monitor.sender.failures.get("mail", 0) >= failed + 2, timeout=15,
-             message="the retries to go on within the backoff, not an hour later")
+    wait_for(
+        lambda: monitor.sender.failures.get("mail", 0) >= failed + 2,
+        timeout=15,
+        message="the retries to go on within the backoff, not an hour later",
+    )
     box = MailBox(port).start()
     try:
         box.find("request file refused: late.txt")
@@ -274,8 +292,11 @@ def test_a_digest_waits_at_most_min_interval_after_the_clock_steps_back(alerting
         box.find("request file refused: first.txt")
         clock.offset = -3600.0  # the first went out 'an hour from now'
         monitor.raise_alert("refused", refused_alert("second.txt"))
-        wait_for(lambda: len(box.messages) == 2, timeout=15,
-                 message="the next of that kind within min_interval_seconds, not an hour later")
+        wait_for(
+            lambda: len(box.messages) == 2,
+            timeout=15,
+            message="the next of that kind within min_interval_seconds, not an hour later",
+        )
     finally:
         box.stop()
 
@@ -287,8 +308,11 @@ def test_an_unreachable_alert_is_not_put_off_by_the_clock_stepping_back(alerting
         failing = Conditions(caiasoft_problem="cannot reach CaiaSoft: connection refused")
         monitor.tick(failing)
         clock.offset = -3600.0
-        wait_for(lambda: monitor.tick(failing) or box.messages, timeout=15,
-                 message="the alert after unreachable_after_seconds, not an hour later")
+        wait_for(
+            lambda: monitor.tick(failing) or box.messages,
+            timeout=15,
+            message="the alert after unreachable_after_seconds, not an hour later",
+        )
         box.find("CaiaSoft unreachable")
     finally:
         box.stop()

@@ -74,8 +74,10 @@ def test_minimal_config_gets_defaults(tmp_path):
 
 
 def test_every_problem_is_reported_at_once_with_key_and_file(tmp_path):
-    path = write(tmp_path, minimal(tmp_path, 'timeout_seconds = "fast"\nverfy_tls = false',
-                                   'watch = "sometimes"\nsettle_seconds = -1'))
+    path = write(
+        tmp_path,
+        minimal(tmp_path, 'timeout_seconds = "fast"\nverfy_tls = false', 'watch = "sometimes"\nsettle_seconds = -1'),
+    )
     problems = problems_of(path)
     assert len(problems) == 4, problems
     assert all(p.startswith(f"{path}: ") for p in problems)
@@ -109,8 +111,9 @@ def test_duplicate_source_names_and_overlapping_folders(tmp_path):
 def test_log_dir_in_a_source_folder_is_refused(tmp_path):
     text = minimal(tmp_path).replace(f'log_dir = "{tmp_path}/log"', f'log_dir = "{tmp_path}/in"')
     problems = problems_of(write(tmp_path, text))
-    assert problems == [f"{tmp_path / 'gateway.toml'}: sources[0].path: overlaps the gateway's own folder "
-                        f"log_dir = {tmp_path}/in"]
+    assert problems == [
+        f"{tmp_path / 'gateway.toml'}: sources[0].path: overlaps the gateway's own folder log_dir = {tmp_path}/in"
+    ]
 
 
 def test_overlaps_are_seen_through_dot_dot(tmp_path):
@@ -119,9 +122,14 @@ def test_overlaps_are_seen_through_dot_dot(tmp_path):
     assert "sources[0].path: overlaps the gateway's own folder" in problems
 
 
-@pytest.mark.parametrize("source, why", [("{root}/link-to-archive", "is a symlink"),
-                                         ("{root}/link-to-log/day", "inside the gateway's own folder"),
-                                         ("{root}/link-to-root", "is a symlink")])
+@pytest.mark.parametrize(
+    "source, why",
+    [
+        ("{root}/link-to-archive", "is a symlink"),
+        ("{root}/link-to-log/day", "inside the gateway's own folder"),
+        ("{root}/link-to-root", "is a symlink"),
+    ],
+)
 def test_a_source_path_that_leads_into_the_gateways_folders_loads_and_is_never_read(tmp_path, source, why):
     """ALEPH's user owns the folders on a source's path: where its links point must not keep the service (or
     `status`) from starting; the source is paused when it is opened instead, and `check` says why."""
@@ -138,8 +146,11 @@ def test_a_source_path_that_leads_into_the_gateways_folders_loads_and_is_never_r
     config = load(write(tmp_path, text), environ={})
     with pytest.raises(FolderReplaced, match=why):
         build(config.sources[0], config).scan()
-    [failed] = [result for result in run_checks(config, offline=True) if result.what.startswith("sources[0] print:")
-                and result.mark == "FAIL"]
+    [failed] = [
+        result
+        for result in run_checks(config, offline=True)
+        if result.what.startswith("sources[0] print:") and result.mark == "FAIL"
+    ]
     assert why in failed.detail
 
 
@@ -231,8 +242,9 @@ def test_sample_config_loads_and_documents_every_key(tmp_path):
     key.write_text(KEY)
     key.chmod(0o600)
     folder = tmp_path / "print"
-    text = sample.replace("/etc/caiasoft-gateway/api-key", str(key)) \
-                 .replace("/exlibris/aleph/u23_1/usm50/print/caiasoft", str(folder))
+    text = sample.replace("/etc/caiasoft-gateway/api-key", str(key)).replace(
+        "/exlibris/aleph/u23_1/usm50/print/caiasoft", str(folder)
+    )
     config = load(write(tmp_path, text), environ={})
     assert config.sources[0].path == folder
     readme = (REPO / "README.md").read_text()
@@ -253,8 +265,10 @@ def test_settings_without_secrets_load_when_the_key_file_is_gone(tmp_path):
 
 
 def test_sftp_key_files_are_checked_by_load_not_by_load_settings(tmp_path):
-    source = f'url = "sftp://gw@files.example.edu:22/print"\nknown_hosts_file = "{tmp_path}/known_hosts"\n' \
-             f'private_key_file = "{tmp_path}/id_ed25519"'
+    source = (
+        f'url = "sftp://gw@files.example.edu:22/print"\nknown_hosts_file = "{tmp_path}/known_hosts"\n'
+        f'private_key_file = "{tmp_path}/id_ed25519"'
+    )
     text = minimal(tmp_path).replace(f'path = "{tmp_path}/in"', source)
     path = write(tmp_path, text)
     settings = load_settings(path).sources[0]
@@ -269,18 +283,28 @@ def test_local_and_sftp_sources_have_their_own_settings(tmp_path):
     assert isinstance(source, LocalSourceSettings) and not source.is_sftp
     assert not hasattr(source, "url") and not hasattr(source, "remote_after")
     problems = problems_of(write(tmp_path, minimal(tmp_path, source_extra='remote_after = "move:/done"')))
-    assert problems == [f"{tmp_path}/gateway.toml: sources[0].remote_after: only applies to SFTP sources "
-                        '(url = "sftp://...")']
+    assert problems == [
+        f'{tmp_path}/gateway.toml: sources[0].remote_after: only applies to SFTP sources (url = "sftp://...")'
+    ]
 
 
 def test_every_schema_key_is_a_settings_field():
     """A key declared in schema.py and missing from its dataclass (or the other way round) fails here."""
+
     def names(*kinds) -> set[str]:  # a key that is a Python word (from) is a field ending in _ (from_)
         return {f.name.removesuffix("_") for kind in kinds for f in dataclasses.fields(kind) if f.init}
 
-    tables = {"paths": names(Paths), "caiasoft": names(CaiaSoft), "intake": names(Intake),
-              "archive": names(Archive), "sources": names(LocalSourceSettings, SftpSourceSettings),
-              "ncip": names(Ncip), "ncip.feed": names(Feed), "alerts": names(Alerts), "metrics": names(Metrics)}
+    tables = {
+        "paths": names(Paths),
+        "caiasoft": names(CaiaSoft),
+        "intake": names(Intake),
+        "archive": names(Archive),
+        "sources": names(LocalSourceSettings, SftpSourceSettings),
+        "ncip": names(Ncip),
+        "ncip.feed": names(Feed),
+        "alerts": names(Alerts),
+        "metrics": names(Metrics),
+    }
     assert set(tables) == set(SCHEMA)
     for table, keys in SCHEMA.items():
         assert {key.name for key in keys} == tables[table], table

@@ -178,8 +178,14 @@ class Flaky(Worker):
 
 def test_a_worker_contains_faults_and_goes_on_and_says_when_it_ends():
     ended = threading.Event()
-    worker = Flaky([KeyError("bug"), OSError(28, "No space left on device"), EOFError(),
-                    sqlite3.OperationalError("database is locked")])
+    worker = Flaky(
+        [
+            KeyError("bug"),
+            OSError(28, "No space left on device"),
+            EOFError(),
+            sqlite3.OperationalError("database is locked"),
+        ]
+    )
     worker.on_exit = lambda _worker: ended.set()
     worker.start()
     wait_for(lambda: worker.steps > 5 and worker.fault is None, message="the worker going on after its faults")
@@ -355,7 +361,8 @@ def test_a_full_finisher_says_so_and_has_room_again_once_it_has_placed(pipeline,
 
 
 def test_placing_several_files_at_once_records_their_paths_together_and_skips_one_placed_already(
-        pipeline, site, simulator):
+    pipeline, site, simulator
+):
     """The finisher's batches: every file placed with its sidecar; a row placed meanwhile leaves nothing behind."""
     answered = []
     for number in range(3):
@@ -368,12 +375,16 @@ def test_placing_several_files_at_once_records_their_paths_together_and_skips_on
     assert sorted(path.name for path in site.archived()) == ["slip0.xml", "slip1.xml", "slip2.xml"]
     assert all(site.sidecar(Path(row.final_path))["ledger_id"] == row.id for row in rows)
     day = Path(rows[0].final_path).parent
-    assert sorted(path.name for path in day.iterdir() if path.name.endswith(".json")) == \
-        ["slip0.xml.json", "slip1.xml.json", "slip2.xml.json"], "no second reservation for the file placed twice"
+    assert sorted(path.name for path in day.iterdir() if path.name.endswith(".json")) == [
+        "slip0.xml.json",
+        "slip1.xml.json",
+        "slip2.xml.json",
+    ], "no second reservation for the file placed twice"
 
 
 def test_a_batch_of_placed_files_syncs_its_day_folder_once_before_any_work_name_is_removed(
-        pipeline, site, simulator, monkeypatch):
+    pipeline, site, simulator, monkeypatch
+):
     """The finisher's batch: every sidecar and file in the day folder, then one folder sync, then work/ emptied."""
     from gateway import archive, files, placing
 
@@ -393,8 +404,7 @@ def test_a_batch_of_placed_files_syncs_its_day_folder_once_before_any_work_name_
     pipeline.place_many(answered)
     assert len(synced) == 1, "one folder sync for the batch"
     folder, names, work_there = synced[0]
-    assert names == ["batch0.xml", "batch0.xml.json", "batch1.xml", "batch1.xml.json", "batch2.xml",
-                     "batch2.xml.json"]
+    assert names == ["batch0.xml", "batch0.xml.json", "batch1.xml", "batch1.xml.json", "batch2.xml", "batch2.xml.json"]
     assert work_there == [True] * 3, "no work name removed before the folder sync"
     assert not any(path.exists() for path in work)
     assert [row.state for row in pipeline.ledger.rows([row.id for row in answered])] == [FileState.ARCHIVED] * 3

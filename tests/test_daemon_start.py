@@ -15,11 +15,25 @@ from conftest import wait_for
 pytestmark = pytest.mark.e2e
 
 
-def daemon(config: Path, pidfile: Path, *more: str, command: list[str] | None = None,
-           env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*(command or [sys.executable, "-m", "gateway"]), "-c", str(config), "daemon",
-                           "--pidfile", str(pidfile), *more], capture_output=True, text=True, timeout=60, env=env,
-                          stdin=subprocess.DEVNULL)
+def daemon(
+    config: Path, pidfile: Path, *more: str, command: list[str] | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            *(command or [sys.executable, "-m", "gateway"]),
+            "-c",
+            str(config),
+            "daemon",
+            "--pidfile",
+            str(pidfile),
+            *more,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_a_missing_pidfile_folder_is_refused_before_detaching(site, tmp_path):
@@ -48,11 +62,13 @@ def test_a_state_folder_the_user_cannot_write_is_named_not_a_traceback(unprivile
     run = site.root / "run"
     run.mkdir()
     gateway_install.give(run)
-    result = daemon(site.config_file, run / "gateway.pid", command=gateway_install.command(),
-                    env=gateway_install.environment())
+    result = daemon(
+        site.config_file, run / "gateway.pid", command=gateway_install.command(), env=gateway_install.environment()
+    )
     assert result.returncode == 2, result.stdout + result.stderr
-    assert f"the state folder (paths.state_dir) {site.state} is not writable by uid {gateway_install.uid}" \
-        in result.stderr
+    assert (
+        f"the state folder (paths.state_dir) {site.state} is not writable by uid {gateway_install.uid}" in result.stderr
+    )
     assert "Traceback" not in result.stderr and not (run / "gateway.pid").exists()
 
 
@@ -64,8 +80,9 @@ def test_a_log_folder_that_cannot_be_made_is_named(unprivileged_site, gateway_in
     run = site.root / "run"
     run.mkdir()
     gateway_install.give(run)
-    result = daemon(site.config_file, run / "gateway.pid", command=gateway_install.command(),
-                    env=gateway_install.environment())
+    result = daemon(
+        site.config_file, run / "gateway.pid", command=gateway_install.command(), env=gateway_install.environment()
+    )
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"the log folder (paths.log_dir) {site.log_dir} does not exist and cannot be made" in result.stderr
 
@@ -76,9 +93,23 @@ def test_user_drops_root_to_the_service_user_and_it_works(unprivileged_site, gat
     run.mkdir()
     gateway_install.give(run)
     pidfile = run / "gateway.pid"
-    result = subprocess.run([str(gateway_install.executable), "-c", str(site.config_file), "daemon", "--pidfile",
-                             str(pidfile), "--user", gateway_install.user], capture_output=True, text=True,
-                            timeout=60, env=gateway_install.environment(), stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [
+            str(gateway_install.executable),
+            "-c",
+            str(site.config_file),
+            "daemon",
+            "--pidfile",
+            str(pidfile),
+            "--user",
+            gateway_install.user,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=gateway_install.environment(),
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), message="the pidfile"))
     try:
@@ -97,8 +128,9 @@ def test_a_lock_file_left_by_root_is_named(unprivileged_site, gateway_install):
     run = site.root / "run"
     run.mkdir()
     gateway_install.give(run)
-    result = daemon(site.config_file, run / "gateway.pid", command=gateway_install.command(),
-                    env=gateway_install.environment())
+    result = daemon(
+        site.config_file, run / "gateway.pid", command=gateway_install.command(), env=gateway_install.environment()
+    )
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"{site.state / 'gateway.lock'} belongs to uid 0" in result.stderr and "Traceback" not in result.stderr
 
@@ -113,8 +145,9 @@ def test_an_archive_folder_the_user_cannot_write_is_refused_before_detaching(unp
         run = site.root / f"run-{key}"
         run.mkdir()
         gateway_install.give(run)
-        result = daemon(site.config_file, run / "gateway.pid", command=gateway_install.command(),
-                        env=gateway_install.environment())
+        result = daemon(
+            site.config_file, run / "gateway.pid", command=gateway_install.command(), env=gateway_install.environment()
+        )
         assert result.returncode == 2, result.stdout + result.stderr
         assert f"(paths.{key}) {folder} is not writable by uid {gateway_install.uid}" in result.stderr
         assert not (run / "gateway.pid").exists()
@@ -128,8 +161,9 @@ def test_a_pidfile_left_by_root_is_named(unprivileged_site, gateway_install):
     gateway_install.give(run)
     (run / "gateway.pid").write_text("1\n")  # root's, from a start as root
     os.chmod(run / "gateway.pid", 0o644)
-    result = daemon(site.config_file, run / "gateway.pid", command=gateway_install.command(),
-                    env=gateway_install.environment())
+    result = daemon(
+        site.config_file, run / "gateway.pid", command=gateway_install.command(), env=gateway_install.environment()
+    )
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"the pidfile {run / 'gateway.pid'} belongs to uid 0" in result.stderr and "remove it" in result.stderr
     assert "Traceback" not in result.stderr
@@ -139,10 +173,31 @@ def test_run_on_a_read_only_state_folder_exits_2_naming_it_and_read_write_paths(
     """What ProtectSystem=strict does to a state folder outside the unit's writable paths: a read-only bind mount
     (a mount namespace of its own). `run` says which folder and the fix, exit 2 (no restart loop), no traceback."""
     site.state.mkdir(exist_ok=True)
-    script = ('mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"')
-    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh",
-                             str(site.state), sys.executable, "-m", "gateway", "-c", str(site.config_file), "run"],
-                            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    script = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"'
+    result = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            script,
+            "sh",
+            str(site.state),
+            sys.executable,
+            "-m",
+            "gateway",
+            "-c",
+            str(site.config_file),
+            "run",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"the state folder (paths.state_dir) {site.state} is on a read-only filesystem" in result.stderr
     assert f"ReadWritePaths={site.state}" in result.stderr and "Traceback" not in result.stderr

@@ -18,7 +18,7 @@ BLOCKS = re.findall(r"```toml\n(.*?)```", (REPO / "README.md").read_text(), flag
 def _first_source_removed(sample: str) -> str:
     """The sample without its [[sources]] entry (from its header to the next table header)."""
     start = sample.index("\n[[sources]]\n")
-    following = re.search(r"(?m)^\[", sample[start + len("\n[[sources]]\n"):])
+    following = re.search(r"(?m)^\[", sample[start + len("\n[[sources]]\n") :])
     end = start + len("\n[[sources]]\n") + following.start() if following else len(sample)
     return sample[:start] + "\n" + sample[end:]
 
@@ -33,11 +33,12 @@ def with_block(block: str) -> str:
 def test_the_readme_has_the_blocks_this_test_is_about():
     firsts = [block.splitlines()[0] for block in BLOCKS]
     assert {"[[sources]]", "[ncip]", "[alerts]", "[metrics]"} <= set(firsts)
-    assert any("url = \"sftp://" in block for block in BLOCKS)
+    assert any('url = "sftp://' in block for block in BLOCKS)
 
 
-@pytest.mark.parametrize("block", BLOCKS, ids=[block.splitlines()[0] + f"-{index}" for index, block
-                                                in enumerate(BLOCKS)])
+@pytest.mark.parametrize(
+    "block", BLOCKS, ids=[block.splitlines()[0] + f"-{index}" for index, block in enumerate(BLOCKS)]
+)
 def test_each_toml_block_loads_into_the_shipped_sample(tmp_path, block):
     config = tmp_path / "gateway.toml"
     config.write_text(with_block(block))

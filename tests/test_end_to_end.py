@@ -41,7 +41,7 @@ def test_files_written_in_several_writes_are_uploaded_once_and_intact(site, simu
         data = barcode_list(number)
         for start in range(0, len(data), 30):  # ALEPH appends in bursts, closing in between
             with open(site.source / name, "ab") as handle:
-                handle.write(data[start:start + 30])
+                handle.write(data[start : start + 30])
             time.sleep(0.2)  # the writer's own pace, shorter than settle_seconds
         expected[name] = data
     slip = (SAMPLES / "hold-request-slip-0002.xml").read_bytes()
@@ -91,16 +91,18 @@ def test_bad_files_land_in_error_with_a_reason_and_the_rest_goes_on(site, simula
         (site.source / name).write_bytes(data)
     (site.source / "good_barcode").write_bytes(barcode_list(1))
     daemon = daemon_factory(site.config_file)
-    wait_for(lambda: len(site.refused()) == 4 and len(site.archived()) == 1, timeout=30,
-             message="four refused, one archived")
+    wait_for(
+        lambda: len(site.refused()) == 4 and len(site.archived()) == 1, timeout=30, message="four refused, one archived"
+    )
     reasons = {path.name: site.sidecar(path)["reason"] for path in site.refused()}
     assert "binary" in reasons["scan.pdf"]
     assert "DOCTYPE" in reasons["evil.xml"]
     assert "File format not registered" in reasons["letter.txt"]
     assert "not UTF-8" in reasons["latin1_barcode"]
     assert {p.name: p.read_bytes() for p in site.refused()} == bad, "kept byte for byte"
-    assert sorted(r.name for r in simulator.received) == ["good_barcode", "letter.txt"], \
+    assert sorted(r.name for r in simulator.received) == ["good_barcode", "letter.txt"], (
         "files the gateway refuses never reach CaiaSoft"
+    )
     assert daemon.stop() == 0
 
 
@@ -109,8 +111,10 @@ def test_a_wrong_key_pauses_uploads_without_moving_files_to_error(site, simulato
     (site.source / "a_barcode").write_bytes(barcode_list(1))
     daemon = daemon_factory(site.config_file)
     # The pause is logged as the worker closes the gate; the file is back in the queue a moment later.
-    wait_for(lambda: "upload.paused" in daemon.output() and counts(site).get("queued") == 1,
-             message="the pause to be logged and the file to wait in the queue")
+    wait_for(
+        lambda: "upload.paused" in daemon.output() and counts(site).get("queued") == 1,
+        message="the pause to be logged and the file to wait in the queue",
+    )
     assert site.refused() == []
     simulator.key = KEY  # the admin fixes the key on either side
     wait_for(lambda: len(site.archived()) == 1, timeout=20, message="upload to resume")
@@ -177,8 +181,12 @@ def test_send_while_the_service_runs_reports_the_real_outcome(site, simulator, d
     for number in range(5):
         files.append(tmp_path / f"manual-{number}_barcode")
         files[-1].write_bytes(barcode_list(number))
-    result = subprocess.run([sys.executable, "-m", "gateway", "-c", str(site.config_file), "send",
-                             *map(str, files)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "-c", str(site.config_file), "send", *map(str, files)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("accepted by CaiaSoft") == 5
     assert len(simulator.received) == 5
@@ -186,7 +194,8 @@ def test_send_while_the_service_runs_reports_the_real_outcome(site, simulator, d
 
 
 def test_an_archive_folder_in_the_way_pauses_placing_and_resumes_without_a_second_upload(
-        site, simulator, daemon_factory):
+    site, simulator, daemon_factory
+):
     """The archive folder cannot be made (a file is in the way): the answer is kept, the file waits
     with the reason in `status`, the service keeps running, and once fixed the file is archived,
     uploaded once."""
@@ -194,8 +203,10 @@ def test_an_archive_folder_in_the_way_pauses_placing_and_resumes_without_a_secon
     (site.source / "a_barcode").write_bytes(barcode_list(1))
     daemon = daemon_factory(site.config_file)
     simulator.wait_for(1)
-    status = wait_for(lambda: next((out for out in [_status(site)] if "WAITING TO BE PLACED" in out), None),
-                      message="the placing problem in status")
+    status = wait_for(
+        lambda: next((out for out in [_status(site)] if "WAITING TO BE PLACED" in out), None),
+        message="the placing problem in status",
+    )
     assert "a_barcode" in status and str(site.archive) in status
     assert daemon.process.poll() is None
     site.archive.unlink()  # the admin fixes it; the gateway resumes by itself
@@ -206,5 +217,9 @@ def test_an_archive_folder_in_the_way_pauses_placing_and_resumes_without_a_secon
 
 
 def _status(site) -> str:
-    return subprocess.run([sys.executable, "-m", "gateway", "-c", str(site.config_file), "status"],
-                          capture_output=True, text=True, timeout=30).stdout
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "-c", str(site.config_file), "status"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout

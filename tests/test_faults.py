@@ -35,8 +35,12 @@ def uploads(simulator) -> collections.Counter:
 
 def status_text(site, runner=None, *extra: str) -> subprocess.CompletedProcess:
     if runner is None:
-        return subprocess.run([sys.executable, "-m", "gateway", "-c", str(site.config_file), "status", *extra],
-                              capture_output=True, text=True, timeout=30)
+        return subprocess.run(
+            [sys.executable, "-m", "gateway", "-c", str(site.config_file), "status", *extra],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     return runner.run("-c", str(site.config_file), "status", *extra)
 
 
@@ -46,8 +50,9 @@ def status_says(site, words: str, runner=None) -> str | None:
 
 
 def start_as_user(site, runner, started: list) -> Daemon:
-    daemon = Daemon(site.config_file, command=runner.prefix() + [str(runner.executable)], clean_env=True,
-                    env=runner.environment()).start()
+    daemon = Daemon(
+        site.config_file, command=runner.prefix() + [str(runner.executable)], clean_env=True, env=runner.environment()
+    ).start()
     started.append(daemon)
     return daemon
 
@@ -61,8 +66,9 @@ def started():
             daemon.kill()
 
 
-def test_files_the_service_cannot_read_are_set_aside_and_the_rest_flows(unprivileged_site, gateway_install,
-                                                                         simulator, started):
+def test_files_the_service_cannot_read_are_set_aside_and_the_rest_flows(
+    unprivileged_site, gateway_install, simulator, started
+):
     site, runner = unprivileged_site, gateway_install
     # in work/ from before a restart, owned by another user, unreadable: recovery must not die on it
     stray = site.state / "work" / "00000042.left_barcode"
@@ -98,7 +104,8 @@ def test_files_the_service_cannot_read_are_set_aside_and_the_rest_flows(unprivil
 
 
 def test_an_archive_folder_the_service_cannot_write_keeps_the_answer_and_never_uploads_again(
-        unprivileged_site, gateway_install, simulator, started):
+    unprivileged_site, gateway_install, simulator, started
+):
     site, runner = unprivileged_site, gateway_install
     os.chown(site.archive, 0, 0)  # root's, 0750: the service cannot write it
     for number in range(3):
@@ -106,16 +113,20 @@ def test_an_archive_folder_the_service_cannot_write_keeps_the_answer_and_never_u
         path.write_text(barcodes(number))
         runner.give(path)
     daemon = start_as_user(site, runner, started)
-    out = wait_for(lambda: status_says(site, "WAITING TO BE PLACED", runner), timeout=30,
-                   message="the placing problem in status")
+    out = wait_for(
+        lambda: status_says(site, "WAITING TO BE PLACED", runner), timeout=30, message="the placing problem in status"
+    )
     assert "Permission denied" in out and str(site.archive) in out
     wait_for(lambda: len(simulator.received) == 3, message="three uploads")
     for _ in range(2):  # restarts while the folder is still wrong: nothing is sent again
         assert daemon.stop() == 0
         daemon = start_as_user(site, runner, started)
         running = f"running (pid {daemon.process.pid})"
-        out = wait_for(lambda running=running: status_says(site, running, runner), timeout=30,
-                       message="the restarted service running")
+        out = wait_for(
+            lambda running=running: status_says(site, running, runner),
+            timeout=30,
+            message="the restarted service running",
+        )
         assert "WAITING TO BE PLACED" in out
     assert daemon.process.poll() is None
     runner.give(site.archive)  # the admin fixes the owner: the gateway resumes by itself
@@ -147,11 +158,9 @@ def test_a_blocked_error_folder_holds_only_the_refused_file(unprivileged_site, g
     assert daemon.stop() == 0
 
 
-
-
-
-def test_a_full_archive_disk_pauses_placing_and_resumes_when_space_is_freed(site, simulator, daemon_factory,
-                                                                            small_tmpfs):
+def test_a_full_archive_disk_pauses_placing_and_resumes_when_space_is_freed(
+    site, simulator, daemon_factory, small_tmpfs
+):
     filler = fill(small_tmpfs(site.archive))
     for number in range(2):
         (site.source / f"full{number}_barcode").write_text(barcodes(number))
@@ -159,8 +168,11 @@ def test_a_full_archive_disk_pauses_placing_and_resumes_when_space_is_freed(site
     daemon = daemon_factory(site.config_file, env={"NOTIFY_SOCKET": notify.path})
     out = wait_for(lambda: status_says(site, "WAITING TO BE PLACED"), timeout=30, message="the disk-full reason")
     assert "No space left on device" in out
-    line = wait_for(lambda: [line for line in notify.lines("STATUS=") if "PLACING PAUSED" in line], timeout=15,
-                    message="systemd's status line saying why")[0]
+    line = wait_for(
+        lambda: [line for line in notify.lines("STATUS=") if "PLACING PAUSED" in line],
+        timeout=15,
+        message="systemd's status line saying why",
+    )[0]
     notify.close()
     assert "No space left on device" in line and str(site.archive) in line
     assert daemon.process.poll() is None
@@ -197,11 +209,27 @@ def test_a_damaged_ledger_is_a_clear_message_and_exit_2_for_run_and_status(site)
 
 def test_daemon_exits_1_when_another_instance_holds_the_state_lock(site, simulator, daemon_factory, tmp_path):
     daemon = daemon_factory(site.config_file)
-    wait_for(lambda: (site.state / "gateway.lock").exists() and status_says(site, "running"),
-             message="the first gateway running")
-    second = subprocess.run([sys.executable, "-m", "gateway", "-c", str(site.config_file), "daemon", "--pidfile",
-                             str(tmp_path / "other.pid"), "--user", "root"],
-                            capture_output=True, text=True, timeout=30)
+    wait_for(
+        lambda: (site.state / "gateway.lock").exists() and status_says(site, "running"),
+        message="the first gateway running",
+    )
+    second = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "-c",
+            str(site.config_file),
+            "daemon",
+            "--pidfile",
+            str(tmp_path / "other.pid"),
+            "--user",
+            "root",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert second.returncode == 1 and "another gateway" in second.stderr
     assert daemon.stop() == 0
 
@@ -246,8 +274,9 @@ def test_retry_goes_on_past_a_file_it_cannot_move_and_leaves_no_copy_behind(unpr
     assert "a_barcode" not in status_text(site, runner).stdout  # no claim left behind in the ledger
 
 
-def test_a_full_state_dir_is_named_by_status_and_files_are_taken_once_there_is_space(site, simulator, daemon_factory,
-                                                                                     small_tmpfs):
+def test_a_full_state_dir_is_named_by_status_and_files_are_taken_once_there_is_space(
+    site, simulator, daemon_factory, small_tmpfs
+):
     small_tmpfs(site.state, "8m")  # room for the ledger's write-ahead log to grow once the filler is gone
     daemon = daemon_factory(site.config_file)
     wait_for(lambda: status_says(site, "running"), message="the gateway running")
@@ -269,9 +298,10 @@ def test_status_tells_a_service_that_runs_but_cannot_report_from_one_that_stoppe
 
     ledger = Ledger(tmp_path / "gateway.db")
     try:
-        for pid in (os.getpid(), 2 ** 22 + 1):  # this process (alive), a pid above pid_max (gone)
-            snapshot.publish(ledger, snapshot.Snapshot(pid=pid, updated=1000.0, sources={}, paused=None, ncip=None,
-                                                       faults={}))
+        for pid in (os.getpid(), 2**22 + 1):  # this process (alive), a pid above pid_max (gone)
+            snapshot.publish(
+                ledger, snapshot.Snapshot(pid=pid, updated=1000.0, sources={}, paused=None, ncip=None, faults={})
+            )
             report = status.collect(ledger, now=1000.0 + 95)
             assert report["service"]["running"] is (pid == os.getpid())
             shown = status.render(report)
@@ -291,7 +321,8 @@ def test_the_oldest_pending_file_shows_its_problem_not_its_verdict_as_last_probl
         ledger.answered(row_id, Verdict.ACCEPTED, "accepted", uploaded=True)
         assert status.collect(ledger)["oldest_pending"]["last_problem"] is None  # not "accepted"
         ledger.place_failed(row_id, "cannot place it in /archive: Permission denied", 0.0)
-        assert status.collect(ledger)["oldest_pending"]["last_problem"] == \
-            "cannot place it in /archive: Permission denied"
+        assert (
+            status.collect(ledger)["oldest_pending"]["last_problem"] == "cannot place it in /archive: Permission denied"
+        )
     finally:
         ledger.close()

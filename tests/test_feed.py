@@ -35,17 +35,20 @@ class Recorded(Events):
 @pytest.fixture
 def feed(site, simulator, tmp_path):
     journal = tmp_path / "ncip.jsonl"
-    site.write(simulator.url, extra=ncip_table("tcp://127.0.0.1:5991", journal) + """
+    site.write(
+        simulator.url,
+        extra=ncip_table("tcp://127.0.0.1:5991", journal)
+        + """
 [ncip.feed]
 collection = "ANNEX"
 lookback_days = 0
-""")
+""",
+    )
     config = site.load()
     client = CaiaSoftClient(config.caiasoft, config.api_key)
     site.state.mkdir(parents=True, exist_ok=True)
     made = Feed(config.ncip, client, Ledger(site.state / "gateway.db"), events=Recorded())
-    made.entries = lambda: [json.loads(line) for line in journal.read_text().splitlines()] \
-        if journal.exists() else []
+    made.entries = lambda: [json.loads(line) for line in journal.read_text().splitlines()] if journal.exists() else []
     made.actions = lambda: [(entry["action"], entry["item"]) for entry in made.entries()]
     yield made
     client.close()
@@ -67,18 +70,27 @@ def test_retrievals_keep_their_request_id_and_the_order_of_their_date_and_go_to_
 
 
 # CaiaSoft's item statuses as its API guide lists them (DOMAIN.md), written out here, not taken from the code's defaults
-IN_THE_FACILITY = ["Item In at Rest", "In Queue for Refile", "In Queue for Physical Retrieval",
-                   "In Queue for E-Retrieval", "In Queue for SH-I-P Service", "In Queue for De-accession",
-                   "Pulled for E-Retrieval"]
+IN_THE_FACILITY = [
+    "Item In at Rest",
+    "In Queue for Refile",
+    "In Queue for Physical Retrieval",
+    "In Queue for E-Retrieval",
+    "In Queue for SH-I-P Service",
+    "In Queue for De-accession",
+    "Pulled for E-Retrieval",
+]
 OUT_OF_IT = ["Out on Physical Retrieval", "Out on SH-I-P Service"]
-IN_THEN = [("checkout", "B-1"), ("checkin", "B-1")]   # retrieved, then refiled: ends checked in
+IN_THEN = [("checkout", "B-1"), ("checkin", "B-1")]  # retrieved, then refiled: ends checked in
 OUT_THEN = [("checkin", "B-1"), ("checkout", "B-1")]  # refiled, then retrieved again: ends checked out
 
 
-@pytest.mark.parametrize("status,expected", [
-    *[(status, IN_THEN) for status in (*IN_THE_FACILITY, "Item In at Rest on 08-02-2018", "  item in at REST  ")],
-    *[(status, OUT_THEN) for status in (*OUT_OF_IT, "Out on Physical Retrieval on 08-02-2018")],
-])
+@pytest.mark.parametrize(
+    "status,expected",
+    [
+        *[(status, IN_THEN) for status in (*IN_THE_FACILITY, "Item In at Rest on 08-02-2018", "  item in at REST  ")],
+        *[(status, OUT_THEN) for status in (*OUT_OF_IT, "Out on Physical Retrieval on 08-02-2018")],
+    ],
+)
 def test_an_item_retrieved_and_refiled_the_same_day_ends_as_its_status_says_now(feed, simulator, status, expected):
     simulator.retrievals[(DAY, "ANNEX")] = [{"barcode": "B-1"}]
     simulator.status_lists[("refiled", DAY, "ANNEX")] = ["B-1"]
@@ -87,8 +99,17 @@ def test_an_item_retrieved_and_refiled_the_same_day_ends_as_its_status_says_now(
     assert feed.actions() == expected
 
 
-@pytest.mark.parametrize("status", ["In", "Refiled", "Item not Found", "Item has been Deaccessioned",
-                                    "Item Restricted from this API Key", "Something CaiaSoft adds next year"])
+@pytest.mark.parametrize(
+    "status",
+    [
+        "In",
+        "Refiled",
+        "Item not Found",
+        "Item has been Deaccessioned",
+        "Item Restricted from this API Key",
+        "Something CaiaSoft adds next year",
+    ],
+)
 def test_a_status_the_gateway_does_not_know_journals_nothing_for_that_item_and_is_named(feed, simulator, status):
     simulator.retrievals[(DAY, "ANNEX")] = [{"barcode": "ODD"}, {"barcode": "PLAIN"}]
     simulator.status_lists[("refiled", DAY, "ANNEX")] = ["ODD", "BACK"]
@@ -107,12 +128,14 @@ def test_a_status_the_gateway_does_not_know_journals_nothing_for_that_item_and_i
     assert feed.held == {} and feed.held_problem() is None
 
 
-@pytest.mark.parametrize("status,expected", [
-    ("Item In at Rest", [("checkin", "B-1"), ("checkout", "B-1"), ("checkin", "B-1")]),
-    ("Out on Physical Retrieval on 11-27-2026", [("checkin", "B-1"), ("checkout", "B-1")]),
-])
-def test_movements_seen_at_two_reads_of_one_day_still_end_as_caiasoft_has_the_item(feed, simulator, status,
-                                                                                  expected):
+@pytest.mark.parametrize(
+    "status,expected",
+    [
+        ("Item In at Rest", [("checkin", "B-1"), ("checkout", "B-1"), ("checkin", "B-1")]),
+        ("Out on Physical Retrieval on 11-27-2026", [("checkin", "B-1"), ("checkout", "B-1")]),
+    ],
+)
+def test_movements_seen_at_two_reads_of_one_day_still_end_as_caiasoft_has_the_item(feed, simulator, status, expected):
     simulator.status_lists[("refiled", DAY, "ANNEX")] = ["B-1"]  # back from yesterday's loan
     feed.poll(TODAY)
     simulator.retrievals[(DAY, "ANNEX")] = [{"barcode": "B-1"}]  # later that day: out again, and perhaps back
@@ -135,8 +158,12 @@ def test_retrieved_at_one_read_refiled_and_out_again_at_the_next_ends_checked_ou
 
 
 def test_a_failure_for_one_item_holds_back_that_item_only(feed, simulator):
-    simulator.retrievals[(DAY, "ANNEX")] = [{"barcode": "LOST"}, {"barcode": "PLAIN"},
-                                            {"barcode": "NO-DATE", "retrieval date": "someday"}, {"request_id": "X"}]
+    simulator.retrievals[(DAY, "ANNEX")] = [
+        {"barcode": "LOST"},
+        {"barcode": "PLAIN"},
+        {"barcode": "NO-DATE", "retrieval date": "someday"},
+        {"request_id": "X"},
+    ]
     simulator.status_lists[("refiled", DAY, "ANNEX")] = ["LOST", "NO-DATE", "BACK"]
     simulator.item_faults["LOST"] = "Item not Found"  # itemstatus answers HTTP 200 with success false for it
     assert feed.poll(TODAY) == 2
@@ -151,8 +178,10 @@ def test_a_failure_for_one_item_holds_back_that_item_only(feed, simulator):
 
 
 def test_an_electronic_retrieval_checks_nothing_out(feed, simulator):
-    simulator.retrievals[(DAY, "ANNEX")] = [{"barcode": "SCANNED", "retrieval type": "ERT"},
-                                            {"barcode": "LENT", "retrieval type": "PYR"}]
+    simulator.retrievals[(DAY, "ANNEX")] = [
+        {"barcode": "SCANNED", "retrieval type": "ERT"},
+        {"barcode": "LENT", "retrieval type": "PYR"},
+    ]
     assert feed.poll(TODAY) == 1
     assert feed.actions() == [("checkout", "LENT")]
     assert feed.poll(TODAY) == 0, "the scan is remembered as seen"
@@ -177,8 +206,10 @@ def test_a_retrievalinfo_item_without_its_documented_fields_is_an_error_with_an_
     simulator.status_lists[("retrieved", DAY, "ANNEX")] = ["B-1"]
     feed.poll(TODAY)
     assert feed.entries() == [], "never journaled as if CaiaSoft had said nothing"
-    assert re.search(r"B-1 \(20261127\): .*item B-1 has no 'retrieval date', expected MM-DD-YYYY: .*\"retrieved\"",
-                     feed.held_problem())
+    assert re.search(
+        r"B-1 \(20261127\): .*item B-1 has no 'retrieval date', expected MM-DD-YYYY: .*\"retrieved\"",
+        feed.held_problem(),
+    )
 
 
 def test_without_retrievalinfo_the_lists_still_feed_the_journal(feed, simulator):
@@ -189,14 +220,30 @@ def test_without_retrievalinfo_the_lists_still_feed_the_journal(feed, simulator)
 
 
 def test_retrievalinfo_items_are_read_by_their_documented_keys():
-    fact = retrieval({"barcode": 31234000012345, "collection": "NN", "requestor": "A Reader", "request_id": "TN4561",
-                      "retrieval_job": "8982", "retrieval date": "08-28-2018", "retrieval type": "ERT"}, "test")
-    assert (fact.barcode, fact.request_id, fact.type, fact.at) == ("31234000012345", "TN4561", "ERT",
-                                                                   dt.datetime(2018, 8, 28))
+    fact = retrieval(
+        {
+            "barcode": 31234000012345,
+            "collection": "NN",
+            "requestor": "A Reader",
+            "request_id": "TN4561",
+            "retrieval_job": "8982",
+            "retrieval date": "08-28-2018",
+            "retrieval type": "ERT",
+        },
+        "test",
+    )
+    assert (fact.barcode, fact.request_id, fact.type, fact.at) == (
+        "31234000012345",
+        "TN4561",
+        "ERT",
+        dt.datetime(2018, 8, 28),
+    )
     assert retrieval({"barcode": "1", "retrieval date": "08-28-2018", "request_id": ""}, "test").request_id is None
-    for item, words in [({"Barcode": "1", "retrieval date": "08-28-2018"}, "an item has no 'barcode'"),
-                        ({"barcode": "1", "retrieval date": "28.08.2018"}, "unreadable 'retrieval date' (28.08.2018)"),
-                        ("not an object", "an item is not an object")]:
+    for item, words in [
+        ({"Barcode": "1", "retrieval date": "08-28-2018"}, "an item has no 'barcode'"),
+        ({"barcode": "1", "retrieval date": "28.08.2018"}, "unreadable 'retrieval date' (28.08.2018)"),
+        ("not an object", "an item is not an object"),
+    ]:
         with pytest.raises(ApiError, match=words.replace("(", r"\(").replace(")", r"\)")):
             retrieval(item, "test")
 
@@ -219,8 +266,9 @@ def test_what_the_feed_remembers_covers_only_the_days_it_reads(feed, simulator):
     assert not feed.ledger.feed_seen("retrieved", "B-1", DAY), "forgotten: the ledger does not grow with history"
 
 
-@pytest.mark.parametrize("path", ["", "/api/retrievalinfo/v1/{from}/{collection}"],
-                         ids=["not-asked", "a-path-caiasoft-refuses"])
+@pytest.mark.parametrize(
+    "path", ["", "/api/retrievalinfo/v1/{from}/{collection}"], ids=["not-asked", "a-path-caiasoft-refuses"]
+)
 def test_without_a_retrievalinfo_path_caiasoft_takes_the_lists_still_feed_the_journal(feed, simulator, path):
     feed.feed = dataclasses.replace(feed.feed, retrievalinfo_path=path)
     simulator.retrievals[(DAY, "ANNEX")] = [{"barcode": "B-1", "request_id": "TN1"}]  # in the retrieved list too
@@ -229,10 +277,20 @@ def test_without_a_retrievalinfo_path_caiasoft_takes_the_lists_still_feed_the_jo
     assert feed._without_retrievalinfo == bool(path), "a path answered with HTTP 400 is not asked again"
 
 
-@pytest.mark.parametrize("path", ["api/no-slash/{from}", "/api/retrievalinfo/v1/{day}/{collection}",
-                                  "/api/x?collection={collection}", "/api/x/{from} /{to}"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "api/no-slash/{from}",
+        "/api/retrievalinfo/v1/{day}/{collection}",
+        "/api/x?collection={collection}",
+        "/api/x/{from} /{to}",
+    ],
+)
 def test_a_retrievalinfo_path_with_other_placeholders_or_characters_is_refused(site, simulator, tmp_path, path):
-    site.write(simulator.url, extra=ncip_table("tcp://127.0.0.1:5991", tmp_path / "ncip.jsonl") +
-               f'\n[ncip.feed]\ncollection = "ANNEX"\nretrievalinfo_path = "{path}"\n')
+    site.write(
+        simulator.url,
+        extra=ncip_table("tcp://127.0.0.1:5991", tmp_path / "ncip.jsonl")
+        + f'\n[ncip.feed]\ncollection = "ANNEX"\nretrievalinfo_path = "{path}"\n',
+    )
     with pytest.raises(ConfigError, match="ncip.feed.retrievalinfo_path"):
         site.load()

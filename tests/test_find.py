@@ -36,9 +36,13 @@ def _file(ledger: Ledger, clock: Clock, name: str, records: list[Record], outcom
         clock.now += 1
         ledger.take(row_id)
         target = folder / "2026" / "11" / "28" / name
-        ledger.answered(row_id, Verdict.ACCEPTED if outcome == "accepted" else Verdict.REFUSED,
-                        "accepted" if outcome == "accepted" else "CaiaSoft refused the file: no", answer=answer,
-                        uploaded=True)
+        ledger.answered(
+            row_id,
+            Verdict.ACCEPTED if outcome == "accepted" else Verdict.REFUSED,
+            "accepted" if outcome == "accepted" else "CaiaSoft refused the file: no",
+            answer=answer,
+            uploaded=True,
+        )
         ledger.placing(row_id, target)
         ledger.finished(row_id, target)
     clock.now += 60
@@ -49,21 +53,47 @@ def test_find_answers_from_a_ledger_of_many_files_newest_first(tmp_path):
     clock = Clock(1_795_000_000.0)
     ledger = Ledger(tmp_path / "gateway.db", clock=clock)
     many = 20_000
-    ids = ledger.begin_claims("print", [Entry(f"run{n}.hold_req", f"/p/run{n}.hold_req", 100, 1.0)
-                                        for n in range(many)])
-    ledger.store_records(ids, [(file_id, Record(number=k, line=1 + 27 * (k - 1),
-                                                barcodes=(barcode(3 * index + k, "3123408"),)))
-                               for index, file_id in enumerate(ids) for k in (1, 2, 3)])
+    ids = ledger.begin_claims(
+        "print", [Entry(f"run{n}.hold_req", f"/p/run{n}.hold_req", 100, 1.0) for n in range(many)]
+    )
+    ledger.store_records(
+        ids,
+        [
+            (file_id, Record(number=k, line=1 + 27 * (k - 1), barcodes=(barcode(3 * index + k, "3123408"),)))
+            for index, file_id in enumerate(ids)
+            for k in (1, 2, 3)
+        ],
+    )
     clock.now += 3600
-    wanted = Record(number=2, line=28, header="## - XML_XSL", form_name="hold-request-slip", barcodes=(TARGET,),
-                    request_number="000004602", request_id="0002100020000100001", pickup_location="Law Library")
+    wanted = Record(
+        number=2,
+        line=28,
+        header="## - XML_XSL",
+        form_name="hold-request-slip",
+        barcodes=(TARGET,),
+        request_number="000004602",
+        request_id="0002100020000100001",
+        pickup_location="Law Library",
+    )
     other = Record(number=1, line=1, barcodes=(barcode(1),))
-    answer = {"success": True, "error": "", "results": [{"item": barcode(1), "deny": "N", "istatus": "Item Requested"},
-                                                        {"item": TARGET, "deny": "Y", "istatus": "Invalid Stop Code"}]}
+    answer = {
+        "success": True,
+        "error": "",
+        "results": [
+            {"item": barcode(1), "deny": "N", "istatus": "Item Requested"},
+            {"item": TARGET, "deny": "Y", "istatus": "Invalid Stop Code"},
+        ],
+    }
     accepted = _file(ledger, clock, "usm50.hold_req", [other, wanted], "accepted", tmp_path / "archive", answer)
     refused = _file(ledger, clock, "usm50.hold_req.1", [wanted], "refused", tmp_path / "error")
-    queued = _file(ledger, clock, "anx.cir.12.paging_barcode", [Record(number=1, line=3, barcodes=(TARGET,))],
-                   "queued", tmp_path / "archive")
+    queued = _file(
+        ledger,
+        clock,
+        "anx.cir.12.paging_barcode",
+        [Record(number=1, line=3, barcodes=(TARGET,))],
+        "queued",
+        tmp_path / "archive",
+    )
 
     found = find.find(ledger, TARGET, [tmp_path / "archive", tmp_path / "error"])
     assert [entry["ledger_id"] for entry in found] == [queued, refused, accepted]
@@ -71,10 +101,19 @@ def test_find_answers_from_a_ledger_of_many_files_newest_first(tmp_path):
     assert newest["outcome"] == "queued" and newest["path"] is None and newest["sent"] is None
     assert middle["outcome"] == "refused" and middle["reason"] == "CaiaSoft refused the file: no"
     assert middle["path"] == str(tmp_path / "error" / "2026" / "11" / "28" / "usm50.hold_req.1")
-    assert oldest == {**oldest, "outcome": "accepted", "file": "usm50.hold_req", "source": "print",
-                      "caiasoft": {"deny": "Y", "istatus": "Invalid Stop Code"}, "record": 2, "line": 28,
-                      "request_number": "000004602", "pickup_location": "Law Library", "reason": None,
-                      "path": str(tmp_path / "archive" / "2026" / "11" / "28" / "usm50.hold_req")}
+    assert oldest == {
+        **oldest,
+        "outcome": "accepted",
+        "file": "usm50.hold_req",
+        "source": "print",
+        "caiasoft": {"deny": "Y", "istatus": "Invalid Stop Code"},
+        "record": 2,
+        "line": 28,
+        "request_number": "000004602",
+        "pickup_location": "Law Library",
+        "reason": None,
+        "path": str(tmp_path / "archive" / "2026" / "11" / "28" / "usm50.hold_req"),
+    }
     assert oldest["taken"] < oldest["sent"] < middle["taken"]
     text = find.render(TARGET, found)
     assert text.startswith(f"{TARGET}: in 3 request file(s), newest first")
@@ -94,9 +133,15 @@ def test_a_barcode_typed_in_the_other_case_is_found_and_leading_zeros_count(tmp_
     clock = Clock(1_795_000_000.0)
     ledger = Ledger(tmp_path / "gateway.db", clock=clock)
     answer = {"success": True, "error": "", "results": [{"item": "B0001234X", "deny": "N", "istatus": "In"}]}
-    row = _file(ledger, clock, "usm50.hold_req", [Record(number=1, line=1, barcodes=("B0001234X",)),
-                                                  Record(number=2, line=9, barcodes=("0000567",))],
-                "accepted", tmp_path / "archive", answer)
+    row = _file(
+        ledger,
+        clock,
+        "usm50.hold_req",
+        [Record(number=1, line=1, barcodes=("B0001234X",)), Record(number=2, line=9, barcodes=("0000567",))],
+        "accepted",
+        tmp_path / "archive",
+        answer,
+    )
     for typed in ("B0001234X", "b0001234x"):
         found = find.find(ledger, typed, [])
         assert [(entry["ledger_id"], entry["barcode"]) for entry in found] == [(row, "B0001234X")], typed
@@ -132,23 +177,51 @@ def _old_sidecar(folder, day: str, name: str, data: bytes | None, **content) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     if data is not None:
         path.write_bytes(data)
-    sidecar = {"file": name, "original_name": name, "source": "print", "original_path": f"/aleph/print/{name}",
-               "kind": "xml", "details": {"root": "printout", "form_name": "hold-request-slip", "items": 1},
-               "times": {"seen": f"{day.replace('/', '-')}T09:00:00+00:00",
-                         "claimed": f"{day.replace('/', '-')}T09:00:01+00:00",
-                         "uploaded": f"{day.replace('/', '-')}T09:00:02+00:00"}, "ledger_id": 1, **content}
+    sidecar = {
+        "file": name,
+        "original_name": name,
+        "source": "print",
+        "original_path": f"/aleph/print/{name}",
+        "kind": "xml",
+        "details": {"root": "printout", "form_name": "hold-request-slip", "items": 1},
+        "times": {
+            "seen": f"{day.replace('/', '-')}T09:00:00+00:00",
+            "claimed": f"{day.replace('/', '-')}T09:00:01+00:00",
+            "uploaded": f"{day.replace('/', '-')}T09:00:02+00:00",
+        },
+        "ledger_id": 1,
+        **content,
+    }
     path.with_name(name + ".json").write_text(json.dumps(sidecar))
 
 
 def test_find_reads_the_sidecars_written_before_the_index_once(tmp_path):
     archive, error = tmp_path / "archive", tmp_path / "error"
-    answer = {"success": True, "error": "", "request_count": "1",
-              "results": [{"item": TARGET, "deny": "N", "istatus": "Item Requested"}]}
-    _old_sidecar(archive, "2026/10/01", "hold-request-slip-0001.xml", b"<printout/>", outcome="accepted",
-                 caiasoft_answer=answer, reason=None)
+    answer = {
+        "success": True,
+        "error": "",
+        "request_count": "1",
+        "results": [{"item": TARGET, "deny": "N", "istatus": "Item Requested"}],
+    }
+    _old_sidecar(
+        archive,
+        "2026/10/01",
+        "hold-request-slip-0001.xml",
+        b"<printout/>",
+        outcome="accepted",
+        caiasoft_answer=answer,
+        reason=None,
+    )
     broken = print_file(3, replace={2: "## - XML_XSL\n<printout><z30-barcode>Q</z30-barcode></section>\n"})
-    _old_sidecar(error, "2026/10/02", "usm50.hold_req", broken, outcome="refused", caiasoft_answer=None,
-                 reason="refused by the gateway: XML is not well-formed (junk after document element): line 27")
+    _old_sidecar(
+        error,
+        "2026/10/02",
+        "usm50.hold_req",
+        broken,
+        outcome="refused",
+        caiasoft_answer=None,
+        reason="refused by the gateway: XML is not well-formed (junk after document element): line 27",
+    )
     _v1_ledger(tmp_path / "gateway.db")
 
     ledger = Ledger(tmp_path / "gateway.db")
@@ -156,22 +229,46 @@ def test_find_reads_the_sidecars_written_before_the_index_once(tmp_path):
     assert ledger.backfill_due() is not None
     found = find.find(ledger, TARGET, [archive, error])
     assert ledger.backfill_due() is None
-    assert found == [{"barcode": TARGET, "file": "hold-request-slip-0001.xml",
-                      "original_name": "hold-request-slip-0001.xml", "source": "print",
-                      "taken": "2026-10-01T09:00:01+00:00", "sent": "2026-10-01T09:00:02+00:00",
-                      "outcome": "accepted", "state": "archived", "reason": None,
-                      "caiasoft": {"deny": "N", "istatus": "Item Requested"},
-                      "path": str(archive / "2026/10/01/hold-request-slip-0001.xml"), "kind": "xml", "record": None,
-                      "line": None, "request_number": None, "request_id": None, "pickup_location": None,
-                      "form_name": None, "ledger_id": None, "path_exists": True, "pruned_at": None,
-                      "sidecar": str(archive / "2026/10/01/hold-request-slip-0001.xml.json")}]
+    assert found == [
+        {
+            "barcode": TARGET,
+            "file": "hold-request-slip-0001.xml",
+            "original_name": "hold-request-slip-0001.xml",
+            "source": "print",
+            "taken": "2026-10-01T09:00:01+00:00",
+            "sent": "2026-10-01T09:00:02+00:00",
+            "outcome": "accepted",
+            "state": "archived",
+            "reason": None,
+            "caiasoft": {"deny": "N", "istatus": "Item Requested"},
+            "path": str(archive / "2026/10/01/hold-request-slip-0001.xml"),
+            "kind": "xml",
+            "record": None,
+            "line": None,
+            "request_number": None,
+            "request_id": None,
+            "pickup_location": None,
+            "form_name": None,
+            "ledger_id": None,
+            "path_exists": True,
+            "pruned_at": None,
+            "sidecar": str(archive / "2026/10/01/hold-request-slip-0001.xml.json"),
+        }
+    ]
     # the refused file's sidecar names no barcode: the file beside it is read, the bad record too
     [refused] = find.find(ledger, barcode(3), [archive, error])
     assert refused["outcome"] == "refused" and refused["record"] == 3 and "not well-formed" in refused["reason"]
     assert refused["path"] == str(error / "2026/10/02/usm50.hold_req")
 
-    _old_sidecar(archive, "2026/10/03", "late.xml", None, outcome="accepted", reason=None,
-                 caiasoft_answer={**answer, "results": [{"item": "LATE-1", "deny": "N"}]})
+    _old_sidecar(
+        archive,
+        "2026/10/03",
+        "late.xml",
+        None,
+        outcome="accepted",
+        reason=None,
+        caiasoft_answer={**answer, "results": [{"item": "LATE-1", "deny": "N"}]},
+    )
     assert find.find(ledger, "LATE-1", [archive, error]) == []  # read once: not again on every find
     ledger.close()
     reopened = Ledger(tmp_path / "gateway.db")
@@ -183,10 +280,17 @@ def test_the_backfill_skips_sidecars_of_files_the_index_already_holds(tmp_path):
     archive = tmp_path / "archive"
     clock = Clock(1_795_000_000.0)
     ledger = Ledger(tmp_path / "gateway.db", clock=clock)
-    row_id = _file(ledger, clock, "usm50.hold_req", [Record(number=1, line=1, barcodes=(TARGET,))], "accepted",
-                   archive)
-    _old_sidecar(archive, "2026/11/28", "usm50.hold_req", record(1).encode(), outcome="accepted", reason=None,
-                 ledger_id=row_id, records=[{"record": 1, "items": [{"barcode": TARGET}]}])
+    row_id = _file(ledger, clock, "usm50.hold_req", [Record(number=1, line=1, barcodes=(TARGET,))], "accepted", archive)
+    _old_sidecar(
+        archive,
+        "2026/11/28",
+        "usm50.hold_req",
+        record(1).encode(),
+        outcome="accepted",
+        reason=None,
+        ledger_id=row_id,
+        records=[{"record": 1, "items": [{"barcode": TARGET}]}],
+    )
     ledger._db.execute("UPDATE meta SET value = 'pending since 1900000000' WHERE key = 'items_backfill'")
     assert [entry["ledger_id"] for entry in find.find(ledger, TARGET, [archive])] == [row_id]
     ledger.close()
@@ -194,8 +298,17 @@ def test_the_backfill_skips_sidecars_of_files_the_index_already_holds(tmp_path):
 
 def test_a_new_ledger_beside_an_old_archive_reads_its_sidecars(tmp_path):
     archive = tmp_path / "archive"
-    _old_sidecar(archive, "2026/10/01", "list_barcode", b"31234000000042\n", outcome="accepted", reason=None,
-                 kind="text", barcodes=[{"barcode": TARGET, "line": 1}], caiasoft_answer=None)
+    _old_sidecar(
+        archive,
+        "2026/10/01",
+        "list_barcode",
+        b"31234000000042\n",
+        outcome="accepted",
+        reason=None,
+        kind="text",
+        barcodes=[{"barcode": TARGET, "line": 1}],
+        caiasoft_answer=None,
+    )
     ledger = Ledger(tmp_path / "gateway.db")
     [entry] = find.find(ledger, TARGET, [archive])
     assert entry["kind"] == "text" and entry["line"] == 1 and entry["record"] == 1
@@ -217,9 +330,18 @@ def test_a_hostile_file_name_is_shown_escaped(tmp_path):
 
 def test_the_backfill_indexes_what_a_hand_edited_sidecar_holds_and_skips_what_it_cannot(tmp_path):
     archive = tmp_path / "archive"
-    _old_sidecar(archive, "2026/10/01", "edited.hold_req", None, outcome="accepted", reason=None,
-                 records=[{"record": "two", "items": [{"barcode": TARGET}, {"barcode": "bad\udce9"}, {"barcode": 7}]},
-                          "not a record"])
+    _old_sidecar(
+        archive,
+        "2026/10/01",
+        "edited.hold_req",
+        None,
+        outcome="accepted",
+        reason=None,
+        records=[
+            {"record": "two", "items": [{"barcode": TARGET}, {"barcode": "bad\udce9"}, {"barcode": 7}]},
+            "not a record",
+        ],
+    )
     (archive / "2026/10/01/garbage.json").write_text("{not json")
     ledger = Ledger(tmp_path / "gateway.db")
     [entry] = find.find(ledger, TARGET, [archive])

@@ -54,8 +54,11 @@ def direct_counts(db: sqlite3.Connection) -> dict[str, int]:
 def test_the_running_totals_agree_with_the_rows_after_a_real_run(history):
     ledger = Ledger(history.state / "gateway.db")
     try:
-        assert {state.value: count for state, count in ledger.counts().items()} == \
-            direct_counts(ledger._db) == {"archived": 6, "refused": 1}
+        assert (
+            {state.value: count for state, count in ledger.counts().items()}
+            == direct_counts(ledger._db)
+            == {"archived": 6, "refused": 1}
+        )
         assert ledger.finished_by_source() == {("print", FileState.ARCHIVED): 6, ("print", FileState.REFUSED): 1}
         assert ledger.denied_items_by_source() == {"print": 1}
         report = status.collect(ledger)

@@ -24,15 +24,15 @@ HIDDEN = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
 
 # Each as the bytes a directory listing gives. The first two clash once made safe.
 LOCAL_NAMES = [
-    b"caf\xe9_barcode",                          # Latin-1, from an ALEPH host without UTF-8
-    b"caf%E9_barcode",                           # the same, once made safe
-    b"esc\x1b]0;owned\x07\x1b[2J_barcode",       # sets the terminal title, clears the screen
+    b"caf\xe9_barcode",  # Latin-1, from an ALEPH host without UTF-8
+    b"caf%E9_barcode",  # the same, once made safe
+    b"esc\x1b]0;owned\x07\x1b[2J_barcode",  # sets the terminal title, clears the screen
     b"new\nline_barcode",
-    b"-rf_barcode",                              # an option to whatever reads the archive
-    b"\xe9" * 247 + b"_barcode",                 # 255 bytes, none of them UTF-8
+    b"-rf_barcode",  # an option to whatever reads the archive
+    b"\xe9" * 247 + b"_barcode",  # 255 bytes, none of them UTF-8
     b"plain_barcode",
 ]
-REFUSED_NAME = b"\x1b[31mletter\xe9.xml"         # refused (not XML): shown in status' recent errors
+REFUSED_NAME = b"\x1b[31mletter\xe9.xml"  # refused (not XML): shown in status' recent errors
 
 
 def barcodes(number: int) -> bytes:
@@ -45,8 +45,9 @@ def shows_nothing_raw(text: str) -> bool:
 
 
 def gateway(site, *arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gateway", "-c", str(site.config_file), *arguments],
-                          capture_output=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "-c", str(site.config_file), *arguments], capture_output=True, timeout=60
+    )
 
 
 @pytest.mark.e2e
@@ -57,8 +58,11 @@ def test_any_local_name_is_taken_archived_safely_uploaded_safely_and_shown_escap
     (site.source / from_bytes(REFUSED_NAME)).write_bytes(b"Dear reader,\n")
     daemon = daemon_factory(site.config_file)
 
-    wait_for(lambda: len(site.archived()) == len(originals) and len(site.refused()) == 1, timeout=30,
-             message="every file archived or refused")
+    wait_for(
+        lambda: len(site.archived()) == len(originals) and len(site.refused()) == 1,
+        timeout=30,
+        message="every file archived or refused",
+    )
     assert daemon.process.poll() is None, daemon.output()
     assert os.listdir(bytes(site.source)) == []
 
@@ -87,6 +91,7 @@ def test_any_local_name_is_taken_archived_safely_uploaded_safely_and_shown_escap
             return {to_bytes(row.name) for row in ledger.in_state("archived", "refused")}
         finally:
             ledger.close()
+
     wait_for(lambda: closed_names() == set(originals) | {REFUSED_NAME}, message="every ledger row closed")
     assert daemon.stop() == 0
 
@@ -136,8 +141,11 @@ def test_sftp_lists_fetches_and_moves_names_that_are_not_utf8(sftp_site, simulat
     assert b"4 entries" in checked.stdout
 
     daemon = daemon_factory(sftp_site.config_file)
-    wait_for(lambda: sorted(os.listdir(bytes(done))) == sorted(names), timeout=30,
-             message="every original moved under its own bytes")
+    wait_for(
+        lambda: sorted(os.listdir(bytes(done))) == sorted(names),
+        timeout=30,
+        message="every original moved under its own bytes",
+    )
     assert os.listdir(bytes(sftp_site.remote)) == []
     assert {r.data for r in simulator.received} == set(originals.values()) and len(simulator.received) == 4
     assert {r.name for r in simulator.received} == {safe_name(from_bytes(raw)) for raw in names}
@@ -178,5 +186,8 @@ def test_release_in_delete_mode_reports_a_failed_remove_instead_of_crashing(sftp
     settings = sftp_site.load().sources[0]
     assert settings.remote_after == "delete"
     with pytest.raises(FileNotFoundError):  # an OSError the collector reports and retries, not a NameError
-        _Source(settings).release(Taken(origin=from_bytes(b"/print/caf\xe9_barcode"), size=0, mtime=0.0,
-                                        sha256=hashlib.sha256(b"").hexdigest()))
+        _Source(settings).release(
+            Taken(
+                origin=from_bytes(b"/print/caf\xe9_barcode"), size=0, mtime=0.0, sha256=hashlib.sha256(b"").hexdigest()
+            )
+        )

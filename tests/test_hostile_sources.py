@@ -46,8 +46,20 @@ class Aleph:
             os.chmod(folder, 0o2775)  # the service user writes there through ALEPH's group, as on ALEPH hosts
 
     def run(self, *argv: str) -> None:
-        subprocess.run([str(SETPRIV), f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups",
-                        "--inh-caps=-all", "--", *argv], check=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
+        subprocess.run(
+            [
+                str(SETPRIV),
+                f"--reuid={self.uid}",
+                f"--regid={self.gid}",
+                "--clear-groups",
+                "--inh-caps=-all",
+                "--",
+                *argv,
+            ],
+            check=True,
+            timeout=30,
+            env={"PATH": "/usr/bin:/bin"},
+        )
 
     def write(self, path: Path, data: bytes) -> None:
         """A file as ALEPH's job leaves it: ALEPH's, group-writable."""
@@ -68,10 +80,17 @@ def start(site, gateway_install, daemon_factory, cap_lease: bool, env: dict[str,
     if cap_lease:
         prefix = [part for part in prefix if part != "--inh-caps=-all"]
         prefix[-1:-1] = CAP_LEASE
-    daemon = daemon_factory(site.config_file, command=[*prefix, str(gateway_install.executable)],
-                            env={**gateway_install.environment(), **(env or {})}, clean_env=True)
-    wait_for(lambda: any(e["event"] == "service.started" for e in events(site)), timeout=30,
-             message="the unprivileged daemon to start")
+    daemon = daemon_factory(
+        site.config_file,
+        command=[*prefix, str(gateway_install.executable)],
+        env={**gateway_install.environment(), **(env or {})},
+        clean_env=True,
+    )
+    wait_for(
+        lambda: any(e["event"] == "service.started" for e in events(site)),
+        timeout=30,
+        message="the unprivileged daemon to start",
+    )
     return daemon
 
 
@@ -100,8 +119,10 @@ def sent_was_validated(site, simulator) -> None:
         info = path.stat()
         assert info.st_uid == pwd.getpwnam("nobody").pw_uid, f"{path}: not the gateway's own file"
         assert not info.st_mode & 0o022, f"{path}: another user can change it"
-        wait_for(lambda path=path: path.stat().st_nlink == 1,  # its name in state_dir/work/ goes once it is placed
-                 message=f"{path} the only name of its file")
+        wait_for(
+            lambda path=path: path.stat().st_nlink == 1,  # its name in state_dir/work/ goes once it is placed
+            message=f"{path} the only name of its file",
+        )
 
 
 # -- case 1: the folder swapped for a symlink ---------------------------------------------------------
@@ -109,31 +130,44 @@ def sent_was_validated(site, simulator) -> None:
 
 @pytest.mark.parametrize("target", ["config-folder", "archive-day-folder"])
 def test_a_folder_swapped_for_a_symlink_pauses_the_source_and_nothing_of_the_target_is_read(
-        target, aleph_site, gateway_install, simulator, daemon_factory, world_readable_tmp):
+    target, aleph_site, gateway_install, simulator, daemon_factory, world_readable_tmp
+):
     site = aleph_site
     site.key_file.chmod(0o640)  # as the README allows
     notify = NotifySocket(world_readable_tmp / "notify.sock")
     os.chmod(notify.path, 0o777)
     try:
-        daemon = start(site, gateway_install, daemon_factory, cap_lease=False,
-                       env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "2000000"})
+        daemon = start(
+            site,
+            gateway_install,
+            daemon_factory,
+            cap_lease=False,
+            env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "2000000"},
+        )
         site.aleph.write(site.source / "first_barcode", barcode_list(1))
         wait_for(lambda: len(site.archived()) == 1, timeout=30, message="the first file archived")
         aimed = site.root if target == "config-folder" else site.archived()[0].parent
         real = site.source.with_name("print.real")
         site.aleph.run("mv", str(site.source), str(real))
         site.aleph.run("ln", "-s", str(aimed), str(site.source))
-        state = wait_for(lambda: "replaced by a symlink" in ((s := source_state(site, gateway_install))["problem"]
-                                                             or "") and s,
-                         timeout=20, message="the source paused in status")  # (between mv and ln: "is gone")
+        state = wait_for(
+            lambda: "replaced by a symlink" in ((s := source_state(site, gateway_install))["problem"] or "") and s,
+            timeout=20,
+            message="the source paused in status",
+        )  # (between mv and ln: "is gone")
         assert "paused" in state["problem"] and str(aimed) in state["problem"]
         logged = [e for e in events(site) if e["event"] == "source.problem"]
         assert logged and logged[-1]["problem"] == state["problem"]
-        wait_for(lambda: any("source problem: print" in line for line in notify.lines("STATUS=")),
-                 message="STATUS= naming the paused source")
+        wait_for(
+            lambda: any("source problem: print" in line for line in notify.lines("STATUS=")),
+            message="STATUS= naming the paused source",
+        )
         paused_at = time.monotonic()
-        wait_for(lambda: len(notify.since(paused_at, "WATCHDOG=1")) >= 4, timeout=20,
-                 message="a few more seconds of looks at the swapped folder")  # rescan_seconds = 1, a ping a second
+        wait_for(
+            lambda: len(notify.since(paused_at, "WATCHDOG=1")) >= 4,
+            timeout=20,
+            message="a few more seconds of looks at the swapped folder",
+        )  # rescan_seconds = 1, a ping a second
         assert [upload.name for upload in simulator.received] == ["first_barcode"], "only ALEPH's file was sent"
         assert not any(KEY.encode() in upload.data for upload in simulator.received)
         assert len(site.archived()) == 1 and site.refused() == []
@@ -154,7 +188,8 @@ def test_a_folder_swapped_for_a_symlink_pauses_the_source_and_nothing_of_the_tar
 
 @pytest.mark.parametrize("cap_lease", [True, False], ids=["with-CAP_LEASE", "without-CAP_LEASE"])
 def test_a_second_link_rewritten_after_the_take_changes_nothing_sent_or_archived(
-        cap_lease, aleph_site, gateway_install, simulator, daemon_factory):
+    cap_lease, aleph_site, gateway_install, simulator, daemon_factory
+):
     site = aleph_site
     site.write(simulator.url, extra_source="keep_original_seconds = 0\n")
     original = barcode_list(3, lines=2)
@@ -164,8 +199,11 @@ def test_a_second_link_rewritten_after_the_take_changes_nothing_sent_or_archived
     os.link(name, other_name)  # ALEPH's user keeps a second name for the same file
     simulator.queue_faults("503", "503")
     daemon = start(site, gateway_install, daemon_factory, cap_lease)
-    wait_for(lambda: any(e["event"] == "upload.retry" for e in events(site)), timeout=30,
-             message="the first upload answered 503")
+    wait_for(
+        lambda: any(e["event"] == "upload.retry" for e in events(site)),
+        timeout=30,
+        message="the first upload answered 503",
+    )
     rewritten = b"\x00\xff" * 575 + b"\n"  # 1,151 bytes that were never validated (and would not pass)
     with open(other_name, "r+b") as handle:
         handle.write(rewritten)
@@ -205,7 +243,8 @@ def exchange(a: Path, b: Path) -> None:
 
 
 def test_a_fifo_exchanged_for_a_ready_file_never_blocks_the_collector(
-        aleph_site, gateway_install, simulator, daemon_factory):
+    aleph_site, gateway_install, simulator, daemon_factory
+):
     site = aleph_site
     site.write(simulator.url, extra_source="incomplete_grace_seconds = 0\nkeep_original_seconds = 0\n")
     daemon = start(site, gateway_install, daemon_factory, cap_lease=False)
@@ -233,8 +272,11 @@ def test_a_fifo_exchanged_for_a_ready_file_never_blocks_the_collector(
     assert swaps[0] > 1000, "the FIFO was swapped in again and again"
     site.aleph.write(site.source / "after_barcode", barcode_list(5))
     expected = {"ready_barcode": barcode_list(4), "after_barcode": barcode_list(5)}
-    wait_for(lambda: {site.sidecar(path)["original_name"] for path in site.archived()} == set(expected),
-             timeout=30, message="both files archived: the collector never blocked")
+    wait_for(
+        lambda: {site.sidecar(path)["original_name"] for path in site.archived()} == set(expected),
+        timeout=30,
+        message="both files archived: the collector never blocked",
+    )
     for path in site.archived():
         assert path.read_bytes() == expected[site.sidecar(path)["original_name"]]
     sent_was_validated(site, simulator)

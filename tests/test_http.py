@@ -57,8 +57,14 @@ def test_a_server_that_never_reads_the_request_is_cut_at_the_deadline():
     try:
         started = time.monotonic()
         with pytest.raises(http.DeadlineExceeded):
-            http.send(http.new_session(), "POST", f"http://127.0.0.1:{listener.getsockname()[1]}/",
-                      deadline=1.0, step_timeout=60, data=b"x" * (64 * 1024 * 1024))
+            http.send(
+                http.new_session(),
+                "POST",
+                f"http://127.0.0.1:{listener.getsockname()[1]}/",
+                deadline=1.0,
+                step_timeout=60,
+                data=b"x" * (64 * 1024 * 1024),
+            )
         assert time.monotonic() - started < 3.0
     finally:
         listener.close()
@@ -115,14 +121,17 @@ def test_a_finished_calls_deadline_never_cuts_a_later_call_on_the_same_connectio
         first_due = time.monotonic() + 0.3
         assert http.send(session, "GET", peer.url, deadline=0.3).status == 200
         # the first call's deadline passes (and is handled) while its connection idles in the pool
-        wait_for(lambda: time.monotonic() > first_due
-                 and all(entry[0] > first_due for entry in http._REAPER._heap),
-                 timeout=5, message="the first call's deadline to pass")
+        wait_for(
+            lambda: time.monotonic() > first_due and all(entry[0] > first_due for entry in http._REAPER._heap),
+            timeout=5,
+            message="the first call's deadline to pass",
+        )
         assert http.send(session, "GET", peer.url, deadline=5).status == 200
         assert len(peer.requests) == 2
 
 
 # -- TLS: the caller's verify wins over the environment ------------------------------
+
 
 @pytest.fixture(scope="module")
 def authorities(tmp_path_factory):
@@ -142,8 +151,10 @@ def test_requests_ca_bundle_in_the_environment_does_not_override_the_callers_ca(
 def test_requests_ca_bundle_in_the_environment_cannot_make_an_unknown_ca_pass(authorities, monkeypatch):
     right, _ = authorities
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(right.ca_file))
-    with hostile.HostilePeer(hostile.fixed(200, b"{}"), tls_context=right.server_context()) as peer, \
-            pytest.raises(requests.exceptions.SSLError):
+    with (
+        hostile.HostilePeer(hostile.fixed(200, b"{}"), tls_context=right.server_context()) as peer,
+        pytest.raises(requests.exceptions.SSLError),
+    ):
         http.send(http.new_session(), "GET", peer.url, deadline=5, verify=True)
 
 

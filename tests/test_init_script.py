@@ -23,9 +23,14 @@ def capabilities(pid: int) -> dict[str, int]:
 def test_start_status_stop_as_the_service_user_with_cap_lease_only(unprivileged_site, gateway_install):
     site = unprivileged_site
     pidfile = site.root / "run" / "gateway.pid"
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "PIDFILE": str(pidfile),
-           "GATEWAY": str(gateway_install.executable), "GATEWAY_USER": gateway_install.user,
-           "CAIASOFT_GATEWAY_CONFIG": str(site.config_file)}
+    env = {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "LANG": "C.UTF-8",
+        "PIDFILE": str(pidfile),
+        "GATEWAY": str(gateway_install.executable),
+        "GATEWAY_USER": gateway_install.user,
+        "CAIASOFT_GATEWAY_CONFIG": str(site.config_file),
+    }
 
     def script(action: str) -> subprocess.CompletedProcess:
         return subprocess.run(["sh", str(SCRIPT), action], capture_output=True, text=True, timeout=120, env=env)
@@ -44,8 +49,12 @@ def test_start_status_stop_as_the_service_user_with_cap_lease_only(unprivileged_
         restarted = script("restart")
         assert restarted.returncode == 0, restarted.stdout + restarted.stderr
         wait_for(lambda: not running(pid), message="the first gateway to exit on restart")
-        pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip() != str(pid)
-                           and pidfile.read_text().strip(), message="the restarted gateway's pidfile"))
+        pid = int(
+            wait_for(
+                lambda: pidfile.exists() and pidfile.read_text().strip() != str(pid) and pidfile.read_text().strip(),
+                message="the restarted gateway's pidfile",
+            )
+        )
         assert running(pid) and script("status").returncode == 0
     finally:
         stopped = script("stop")
@@ -90,16 +99,32 @@ def test_a_daemon_started_with_user_or_pidfile_equals_is_known_as_running(unpriv
     run.mkdir()
     gateway_install.give(run)
     pidfile = run / "gateway.pid"
-    arguments = [str(pidfile) if word == "PIDFILE" else gateway_install.user if word == "USER"
-                 else word.replace("PIDFILE", str(pidfile)) for word in form]
-    started = subprocess.run([str(gateway_install.executable), "-c", str(site.config_file), "daemon", *arguments],
-                             capture_output=True, text=True, timeout=60, env=gateway_install.environment(),
-                             stdin=subprocess.DEVNULL)
+    arguments = [
+        str(pidfile)
+        if word == "PIDFILE"
+        else gateway_install.user
+        if word == "USER"
+        else word.replace("PIDFILE", str(pidfile))
+        for word in form
+    ]
+    started = subprocess.run(
+        [str(gateway_install.executable), "-c", str(site.config_file), "daemon", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=gateway_install.environment(),
+        stdin=subprocess.DEVNULL,
+    )
     assert started.returncode == 0, started.stdout + started.stderr
     pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), message="the pidfile"))
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "PIDFILE": str(pidfile),
-           "GATEWAY": str(gateway_install.executable), "GATEWAY_USER": gateway_install.user,
-           "CAIASOFT_GATEWAY_CONFIG": str(site.config_file)}
+    env = {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "LANG": "C.UTF-8",
+        "PIDFILE": str(pidfile),
+        "GATEWAY": str(gateway_install.executable),
+        "GATEWAY_USER": gateway_install.user,
+        "CAIASOFT_GATEWAY_CONFIG": str(site.config_file),
+    }
     try:
         status = subprocess.run(["sh", str(SCRIPT), "status"], capture_output=True, text=True, env=env, timeout=60)
         assert status.returncode == 0 and f"running (pid {pid})" in status.stdout, status.stdout + status.stderr

@@ -37,9 +37,22 @@ PRINT_FOLDER = "/exlibris/aleph/u23_1/usm50/print/caiasoft"
 ALEPH_GROUP, ALEPH_GID, ALEPH_UID = "aleph", 4242, 4243  # ALEPH's group and OS user on the scratch host
 BARCODE = "31234001234567"
 # What a real host has before the install: the folders the install puts its files into.
-HOST_FOLDERS = ("etc/systemd/system", "etc/logrotate.d", "etc/init.d", "etc/sysusers.d", "usr/lib/sysusers.d",
-                "usr/lib/tmpfiles.d", "usr/local/bin", "usr/local/share/doc", "usr/local/share/man/man8", "opt", "run",
-                "var/lib", "var/log", "exlibris/aleph/u23_1/usm50/print")
+HOST_FOLDERS = (
+    "etc/systemd/system",
+    "etc/logrotate.d",
+    "etc/init.d",
+    "etc/sysusers.d",
+    "usr/lib/sysusers.d",
+    "usr/lib/tmpfiles.d",
+    "usr/local/bin",
+    "usr/local/share/doc",
+    "usr/local/share/man/man8",
+    "opt",
+    "run",
+    "var/lib",
+    "var/log",
+    "exlibris/aleph/u23_1/usm50/print",
+)
 LEFT_BY_UNINSTALL = ("var/lib/caiasoft-gateway", "var/log/caiasoft-gateway", "etc/caiasoft-gateway")
 ACCOUNT_FILES = ("etc/passwd", "etc/group", "etc/shadow", "etc/gshadow")
 
@@ -58,8 +71,13 @@ def installer_tarball(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dist")
     python = shutil.which("python3.11") or str(SYSTEM_PYTHON)
     had_build = (REPO / "build").exists()
-    result = subprocess.run([*shlex.split(line.replace("PYTHON=python3.11", f"PYTHON={python}")), f"OUT={out}"],
-                            cwd=REPO, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [*shlex.split(line.replace("PYTHON=python3.11", f"PYTHON={python}")), f"OUT={out}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert had_build or not (REPO / "build").exists(), "the wheelhouse left a build/ folder in the source tree"
     [tarball] = out.glob("caiasoft-gateway-*.tar.gz")
@@ -97,8 +115,11 @@ class Host:
         raise AssertionError(f"no group {group} in the scratch root")
 
     def member_gids(self, user: str) -> list[int]:
-        return [int(line.split(":")[2]) for line in self.under("/etc/group").read_text().splitlines()
-                if user in line.split(":")[3].split(",")]
+        return [
+            int(line.split(":")[2])
+            for line in self.under("/etc/group").read_text().splitlines()
+            if user in line.split(":")[3].split(",")
+        ]
 
     @property
     def config(self) -> Path:
@@ -150,8 +171,11 @@ def start_service(host: Host) -> None:
     assert settings["ProtectSystem"] == ["strict"]
     [user] = settings["User"]
     uid, gid = host.ids(user)
-    groups = {gid, *host.member_gids(user), *(host.gid(name) for value in settings["SupplementaryGroups"]
-                                               for name in value.split())}
+    groups = {
+        gid,
+        *host.member_gids(user),
+        *(host.gid(name) for value in settings["SupplementaryGroups"] for name in value.split()),
+    }
     caps = [name.lower().removeprefix("cap_") for value in settings["AmbientCapabilities"] for name in value.split()]
     assert caps == ["lease"]
     [exec_start] = settings["ExecStart"]
@@ -160,16 +184,42 @@ def start_service(host: Host) -> None:
     assert link.is_symlink() and os.readlink(link) == "/opt/caiasoft-gateway/bin/caiasoft-gateway"
     with (host.downloads / "service.err").open("ab") as errors:
         host.service = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", SANDBOX, "sh", str(host.root),
-             *writable_paths(settings), "--", SETPRIV, f"--reuid={uid}", f"--regid={gid}",
-             f"--groups={','.join(map(str, sorted(groups)))}", "--inh-caps=-all,+lease", "--ambient-caps=+lease",
-             "--", str(host.program), *arguments],
+            [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+                SANDBOX,
+                "sh",
+                str(host.root),
+                *writable_paths(settings),
+                "--",
+                SETPRIV,
+                f"--reuid={uid}",
+                f"--regid={gid}",
+                f"--groups={','.join(map(str, sorted(groups)))}",
+                "--inh-caps=-all,+lease",
+                "--ambient-caps=+lease",
+                "--",
+                str(host.program),
+                *arguments,
+            ],
             env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/", "CAIASOFT_GATEWAY_CONFIG": str(host.config)},
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors)
-    wait_for(lambda: host.under("/var/lib/caiasoft-gateway/gateway.lock").exists() or host.service.poll() is not None,
-             timeout=30, message="the service to start")
-    assert host.service.poll() is None, \
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+        )
+    wait_for(
+        lambda: host.under("/var/lib/caiasoft-gateway/gateway.lock").exists() or host.service.poll() is not None,
+        timeout=30,
+        message="the service to start",
+    )
+    assert host.service.poll() is None, (
         f"the service exited {host.service.returncode}: {(host.downloads / 'service.err').read_text()}"
+    )
 
 
 def stop_service(host: Host) -> None:
@@ -227,8 +277,22 @@ def _installer_line(host: Host, line: str, words: list[str]) -> str | None:
         return run_shell(host, shlex.join([str(host.program), "-c", str(host.config), *words[1:], *extra]))
     if words[:4] == ["runuser", "-u", "caiasoft-gateway", "--"] and words[4] == "caiasoft-gateway":
         uid, gid = host.ids("caiasoft-gateway")
-        return run_shell(host, shlex.join([SETPRIV, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--",
-                                           str(host.program), "-c", str(host.config), *words[5:]]))
+        return run_shell(
+            host,
+            shlex.join(
+                [
+                    SETPRIV,
+                    f"--reuid={uid}",
+                    f"--regid={gid}",
+                    "--clear-groups",
+                    "--",
+                    str(host.program),
+                    "-c",
+                    str(host.config),
+                    *words[5:],
+                ]
+            ),
+        )
     return None
 
 
@@ -252,8 +316,7 @@ def _files_line(host: Host, line: str, words: list[str]) -> str | None:
         assert words[2] == "THE-KEY-FROM-CAIASOFT"
         return run_shell(host, f"printf '%s\\n' {KEY} > {shlex.quote(str(host.under(words[4])))}")
     if words[:2] == ["diff", "-u"]:
-        return run_shell(host, shlex.join(["diff", "-u", *(str(host.under(path)) for path in words[2:])]),
-                         codes=(0, 1))
+        return run_shell(host, shlex.join(["diff", "-u", *(str(host.under(path)) for path in words[2:])]), codes=(0, 1))
     if words[:2] == ["rm", "-rf"]:
         assert all(path.startswith("/") and path.count("/") >= 2 for path in words[2:])
         return run_shell(host, shlex.join(["rm", "-rf", *(str(host.under(path)) for path in words[2:])]))
@@ -262,8 +325,10 @@ def _files_line(host: Host, line: str, words: list[str]) -> str | None:
 
 def version_of(host: Host) -> str:
     """The version of the tarball in the admin's download folder (the newest, if older ones lie beside it)."""
-    versions = [path.name.removeprefix("caiasoft-gateway-").removesuffix(".tar.gz")
-                for path in host.downloads.glob("caiasoft-gateway-*.tar.gz")]
+    versions = [
+        path.name.removeprefix("caiasoft-gateway-").removesuffix(".tar.gz")
+        for path in host.downloads.glob("caiasoft-gateway-*.tar.gz")
+    ]
     return max(versions, key=lambda version: [int(part) if part.isdigit() else 0 for part in version.split(".")])
 
 
@@ -273,8 +338,11 @@ def run_block(host: Host, name: str) -> str:
 
 def snapshot(root: Path) -> set[str]:
     """Every path under root (folders too), relative, but the backups and lock the account tools leave."""
-    return {str(path.relative_to(root)) for path in root.rglob("*")
-            if not str(path.relative_to(root)).startswith((*(f"{name}-" for name in ACCOUNT_FILES), "etc/.pwd.lock"))}
+    return {
+        str(path.relative_to(root))
+        for path in root.rglob("*")
+        if not str(path.relative_to(root)).startswith((*(f"{name}-" for name in ACCOUNT_FILES), "etc/.pwd.lock"))
+    }
 
 
 @pytest.fixture
@@ -285,10 +353,14 @@ def host(installer_tarball, simulator):
         (root / folder).mkdir(parents=True, exist_ok=True)
     shutil.copy("/etc/login.defs", root / "etc" / "login.defs")
     for name in ("passwd", "group"):  # the host's accounts, but none of the names and ids this test makes
-        (root / "etc" / name).write_text("".join(
-            line for line in Path(f"/etc/{name}").read_text().splitlines(keepends=True)
-            if line.split(":")[0] not in (ALEPH_GROUP, "caiasoft-gateway")
-            and line.split(":")[2] not in (str(ALEPH_GID), str(ALEPH_UID))))
+        (root / "etc" / name).write_text(
+            "".join(
+                line
+                for line in Path(f"/etc/{name}").read_text().splitlines(keepends=True)
+                if line.split(":")[0] not in (ALEPH_GROUP, "caiasoft-gateway")
+                and line.split(":")[2] not in (str(ALEPH_GID), str(ALEPH_UID))
+            )
+        )
     for name in ("shadow", "gshadow"):
         (root / "etc" / name).write_text("")
         (root / "etc" / name).chmod(0o600)
@@ -310,16 +382,33 @@ def host(installer_tarball, simulator):
 def write_as_aleph(host: Host, name: str, text: str) -> None:
     """A request file written by ALEPH's user (not the gateway's, not root), as its print daemon does."""
     target = host.under(PRINT_FOLDER) / name
-    subprocess.run([SETPRIV, f"--reuid={ALEPH_UID}", f"--regid={ALEPH_GID}", "--clear-groups", "--",
-                    "/bin/sh", "-c", 'umask 002; printf "%s" "$1" > "$2"', "sh", text, str(target)],
-                   check=True, timeout=30)
+    subprocess.run(
+        [
+            SETPRIV,
+            f"--reuid={ALEPH_UID}",
+            f"--regid={ALEPH_GID}",
+            "--clear-groups",
+            "--",
+            "/bin/sh",
+            "-c",
+            'umask 002; printf "%s" "$1" > "$2"',
+            "sh",
+            text,
+            str(target),
+        ],
+        check=True,
+        timeout=30,
+    )
     assert target.stat().st_uid == ALEPH_UID
 
 
 def archived(host: Host) -> list[Path]:
     archive = host.under("/var/lib/caiasoft-gateway/archive")
-    return sorted(path for path in archive.rglob("*")
-                  if path.is_file() and not path.name.endswith(".json") and not path.name.startswith("."))
+    return sorted(
+        path
+        for path in archive.rglob("*")
+        if path.is_file() and not path.name.endswith(".json") and not path.name.startswith(".")
+    )
 
 
 def test_the_docs_blocks_are_the_ones_this_test_runs():
@@ -345,8 +434,10 @@ def test_install_configure_run_upgrade_uninstall_as_the_docs_say(host):
     assert f"SupplementaryGroups={ALEPH_GROUP}" in site and f"ReadWritePaths={PRINT_FOLDER}" in site
     assert f'path = "{PRINT_FOLDER}"' in host.config.read_text()  # the sample, with the folder given
     assert host.under("/usr/local/share/doc/caiasoft-gateway/install.md").read_text() == DOCS.read_text()
-    assert "caiasoft-gateway(8)" not in said and ".SS check" in host.under(
-        "/usr/local/share/man/man8/caiasoft-gateway.8").read_text()  # the unit's Documentation=man:caiasoft-gateway(8)
+    assert (
+        "caiasoft-gateway(8)" not in said
+        and ".SS check" in host.under("/usr/local/share/man/man8/caiasoft-gateway.8").read_text()
+    )  # the unit's Documentation=man:caiasoft-gateway(8)
     key = host.under("/etc/caiasoft-gateway/api-key").stat()
     assert (key.st_uid, key.st_mode & 0o777, key.st_size) == (uid, 0o600, 0)
 
@@ -381,15 +472,17 @@ def test_install_configure_run_upgrade_uninstall_as_the_docs_say(host):
     for left in ("/var/lib/caiasoft-gateway", "/var/log/caiasoft-gateway", "/etc/caiasoft-gateway", "userdel"):
         assert left in said, left
     after = snapshot(host.root)
-    assert {path for path in after - before if not path.startswith(LEFT_BY_UNINSTALL)} == set(), \
+    assert {path for path in after - before if not path.startswith(LEFT_BY_UNINSTALL)} == set(), (
         "the uninstall left more than it names"
+    )
     assert before - after == set()
     assert uid == host.ids("caiasoft-gateway")[0]  # the user stays until the purge, as said
 
     run_block(host, "purge")
     assert snapshot(host.root) == before
-    assert {name: (host.root / name).read_text() for name in ACCOUNT_FILES if name.endswith(("passwd", "group"))} \
-        == {name: text for name, text in accounts.items() if name.endswith(("passwd", "group"))}
+    assert {name: (host.root / name).read_text() for name in ACCOUNT_FILES if name.endswith(("passwd", "group"))} == {
+        name: text for name, text in accounts.items() if name.endswith(("passwd", "group"))
+    }
 
 
 def test_the_install_refuses_what_it_cannot_use(host, tmp_path):
@@ -410,8 +503,9 @@ def test_the_install_refuses_what_it_cannot_use(host, tmp_path):
     old.chmod(0o755)
     said = run_shell(host, f"./install --python {old} {common}", codes=(2,))
     assert "needs 3.11 or later" in said
-    said = run_shell(host, f"./install --python {SYSTEM_PYTHON} --group no-such-group {common.split(' ', 2)[2]}",
-                     codes=(2,))
+    said = run_shell(
+        host, f"./install --python {SYSTEM_PYTHON} --group no-such-group {common.split(' ', 2)[2]}", codes=(2,)
+    )
     assert "--group no-such-group: there is no such group" in said
     said = run_shell(host, f"./install --python {SYSTEM_PYTHON} {common} --prefix /home/gateway", codes=(2,))
     assert "--prefix /home/gateway is under a home folder" in said
@@ -426,38 +520,78 @@ def test_make_install_honours_destdir_prefix_python_and_wheelhouse_and_make_unin
     names) a drop-in of the admin's."""
     run_shell(host, "tar -xzf caiasoft-gateway-*.tar.gz && cd caiasoft-gateway-*/")
     wheels = host.cwd / "wheels"
-    for folder in ("etc/sysusers.d", "usr/local/share/man/man8", "usr/local/share/man", "usr/local/share/doc",
-                   "etc/init.d"):
+    for folder in (
+        "etc/sysusers.d",
+        "usr/local/share/man/man8",
+        "usr/local/share/man",
+        "usr/local/share/doc",
+        "etc/init.d",
+    ):
         host.under(folder).rmdir()
     before = snapshot(host.root)
     make = ["make", "--no-print-directory", "-C", str(REPO)]
-    result = subprocess.run(["unshare", "--net", "--", *make, "install", f"DESTDIR={host.root}", "PREFIX=/opt/gw",
-                             f"PYTHON={SYSTEM_PYTHON}", f"GROUP={ALEPH_GROUP}", f"PRINT_FOLDER={PRINT_FOLDER}",
-                             f"WHEELHOUSE={wheels}", "SYSV=yes"], capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [
+            "unshare",
+            "--net",
+            "--",
+            *make,
+            "install",
+            f"DESTDIR={host.root}",
+            "PREFIX=/opt/gw",
+            f"PYTHON={SYSTEM_PYTHON}",
+            f"GROUP={ALEPH_GROUP}",
+            f"PRINT_FOLDER={PRINT_FOLDER}",
+            f"WHEELHOUSE={wheels}",
+            "SYSV=yes",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert os.readlink(host.under("/usr/local/bin/caiasoft-gateway")) == "/opt/gw/bin/caiasoft-gateway"
-    version = subprocess.run([str(host.under("/opt/gw/bin/caiasoft-gateway")), "--version"], capture_output=True,
-                             text=True, timeout=60)
+    version = subprocess.run(
+        [str(host.under("/opt/gw/bin/caiasoft-gateway")), "--version"], capture_output=True, text=True, timeout=60
+    )
     assert version.stdout.startswith("caiasoft-gateway ")
     assert f"home = {SYSTEM_PYTHON.parent}\n" in host.under("/opt/gw/pyvenv.cfg").read_text()  # PYTHON's venv
     init = host.under("/etc/init.d/caiasoft-gateway")
     assert init.stat().st_mode & 0o777 == 0o755
     assert init.read_text() == (REPO / "conf" / "caiasoft-gateway.init").read_text()
     assert not host.under("/opt/caiasoft-gateway").exists()
-    again = subprocess.run(["unshare", "--net", "--", *make, "install", f"DESTDIR={host.root}", "PREFIX=/opt/gw",
-                            f"PYTHON={SYSTEM_PYTHON}", f"GROUP={ALEPH_GROUP}", f"PRINT_FOLDER={PRINT_FOLDER}",
-                            f"WHEELHOUSE={wheels}"], capture_output=True, text=True, timeout=900)
+    again = subprocess.run(
+        [
+            "unshare",
+            "--net",
+            "--",
+            *make,
+            "install",
+            f"DESTDIR={host.root}",
+            "PREFIX=/opt/gw",
+            f"PYTHON={SYSTEM_PYTHON}",
+            f"GROUP={ALEPH_GROUP}",
+            f"PRINT_FOLDER={PRINT_FOLDER}",
+            f"WHEELHOUSE={wheels}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert again.returncode == 0, again.stdout + again.stderr  # without SYSV: what the first one installed stays known
     assert "reused: --sysv" in again.stdout and init.exists()
     override = host.under("/etc/systemd/system/caiasoft-gateway.service.d/override.conf")
     override.write_text("[Service]\nSystemCallErrorNumber=ENOSYS\n")  # the admin's, as the RHEL 8 section says
 
-    result = subprocess.run([*make, "uninstall", f"DESTDIR={host.root}", "PREFIX=/opt/gw"], capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [*make, "uninstall", f"DESTDIR={host.root}", "PREFIX=/opt/gw"], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     after = snapshot(host.root)
     assert {path for path in after - before if not path.startswith(LEFT_BY_UNINSTALL)} == {
-        "etc/systemd/system/caiasoft-gateway.service.d", "etc/systemd/system/caiasoft-gateway.service.d/override.conf"}
+        "etc/systemd/system/caiasoft-gateway.service.d",
+        "etc/systemd/system/caiasoft-gateway.service.d/override.conf",
+    }
     assert before - after == set()
     assert "not written by the install" in result.stdout
     assert "/etc/systemd/system/caiasoft-gateway.service.d/override.conf" in result.stdout
@@ -480,17 +614,24 @@ def test_install_on_a_host_without_systemd_makes_the_same_user_and_folders(host,
     assert "systemd not found" in said
     uid, gid = host.ids("caiasoft-gateway")
     assert host.member_gids("caiasoft-gateway") == [ALEPH_GID] and 0 < uid < 1000
-    expected = {"/var/lib/caiasoft-gateway": 0o750, "/var/lib/caiasoft-gateway/archive": 0o2750,
-                "/var/lib/caiasoft-gateway/error": 0o2750, "/var/log/caiasoft-gateway": 0o750,
-                "/run/caiasoft-gateway": 0o755}
+    expected = {
+        "/var/lib/caiasoft-gateway": 0o750,
+        "/var/lib/caiasoft-gateway/archive": 0o2750,
+        "/var/lib/caiasoft-gateway/error": 0o2750,
+        "/var/log/caiasoft-gateway": 0o750,
+        "/run/caiasoft-gateway": 0o755,
+    }
     for folder, mode in expected.items():
         info = host.under(folder).stat()
         assert (info.st_uid, info.st_gid, info.st_mode & 0o7777) == (uid, gid, mode), folder
     dropins = host.under("/etc/systemd/system/caiasoft-gateway.service.d")
     assert sorted(path.name for path in dropins.iterdir()) == ["site.conf"]
     assert host.under("/etc/init.d/caiasoft-gateway").exists()
-    run_shell(host, f"PATH={tools} /usr/bin/bash {host.under('/opt/caiasoft-gateway/share/install')} --uninstall "
-                    f"--root {host.root}")
+    run_shell(
+        host,
+        f"PATH={tools} /usr/bin/bash {host.under('/opt/caiasoft-gateway/share/install')} --uninstall "
+        f"--root {host.root}",
+    )
     assert not host.under("/etc/init.d/caiasoft-gateway").exists() and not host.under("/opt/caiasoft-gateway").exists()
 
 
@@ -499,8 +640,12 @@ def test_an_upgrade_without_options_keeps_those_of_the_install_and_sets_a_hand_e
     A hand edit of site.conf is not lost silently: set aside, warned about, with a diff."""
     run_shell(host, "tar -xzf caiasoft-gateway-*.tar.gz && cd caiasoft-gateway-*/")
     second, state = "/exlibris/aleph/u23_1/usm50/print/caiasoft-hold", "/exlibris/caiasoft-state"
-    run_shell(host, f"./install --python {SYSTEM_PYTHON} --group {ALEPH_GROUP} --print-folder {PRINT_FOLDER} "
-                    f"--print-folder {second} --writable-path {state} --sysv --root {host.root}", network=False)
+    run_shell(
+        host,
+        f"./install --python {SYSTEM_PYTHON} --group {ALEPH_GROUP} --print-folder {PRINT_FOLDER} "
+        f"--print-folder {second} --writable-path {state} --sysv --root {host.root}",
+        network=False,
+    )
     dropins = host.under("/etc/systemd/system/caiasoft-gateway.service.d")
     site = (dropins / "site.conf").read_text()
     for folder in (PRINT_FOLDER, second, state):
@@ -508,8 +653,10 @@ def test_an_upgrade_without_options_keeps_those_of_the_install_and_sets_a_hand_e
     options = host.under("/opt/caiasoft-gateway/install-options").read_text()
 
     said = run_shell(host, f"./install --python {SYSTEM_PYTHON} --root {host.root}", network=False)
-    assert f"reused: --group {ALEPH_GROUP} --print-folder {PRINT_FOLDER} --print-folder {second} " \
-           f"--writable-path {state} --sysv" in said
+    assert (
+        f"reused: --group {ALEPH_GROUP} --print-folder {PRINT_FOLDER} --print-folder {second} "
+        f"--writable-path {state} --sysv" in said
+    )
     assert (dropins / "site.conf").read_text() == site and "edited by hand" not in said
     assert host.under("/opt/caiasoft-gateway/install-options").read_text() == options
     assert host.under("/etc/init.d/caiasoft-gateway").exists()
@@ -518,16 +665,22 @@ def test_an_upgrade_without_options_keeps_those_of_the_install_and_sets_a_hand_e
     said = run_shell(host, f"./install --python {SYSTEM_PYTHON} --root {host.root}", network=False)
     [kept] = dropins.glob("site.conf.edited-*")
     assert kept.read_text() == site + "ReadWritePaths=/srv/by-hand\n" and (dropins / "site.conf").read_text() == site
-    assert "was edited by hand" in said and f"kept as /etc/systemd/system/caiasoft-gateway.service.d/{kept.name}" \
-        in said and "install:   -ReadWritePaths=/srv/by-hand" in said
+    assert (
+        "was edited by hand" in said
+        and f"kept as /etc/systemd/system/caiasoft-gateway.service.d/{kept.name}" in said
+        and "install:   -ReadWritePaths=/srv/by-hand" in said
+    )
 
-    said = run_shell(host, f"./install --python {SYSTEM_PYTHON} --print-folder {PRINT_FOLDER} --root {host.root}",
-                     network=False)  # an option given replaces the recorded one
+    said = run_shell(
+        host, f"./install --python {SYSTEM_PYTHON} --print-folder {PRINT_FOLDER} --root {host.root}", network=False
+    )  # an option given replaces the recorded one
     assert f"ReadWritePaths={second}" not in (dropins / "site.conf").read_text() and "edited by hand" not in said
     host.under("/opt/caiasoft-gateway/install-options").unlink()  # an install from before it was written
     said = run_shell(host, f"./install --python {SYSTEM_PYTHON} --root {host.root}", network=False)
-    assert "(/etc/systemd/system/caiasoft-gateway.service.d/site.conf) reused: " \
-           f"--group {ALEPH_GROUP} --print-folder {PRINT_FOLDER} --print-folder {state} --sysv" in said, said
+    assert (
+        "(/etc/systemd/system/caiasoft-gateway.service.d/site.conf) reused: "
+        f"--group {ALEPH_GROUP} --print-folder {PRINT_FOLDER} --print-folder {state} --sysv" in said
+    ), said
     assert "edited by hand" not in said and f"ReadWritePaths={state}" in (dropins / "site.conf").read_text()
     said = run_shell(host, f"{host.under('/opt/caiasoft-gateway/share/install')} --uninstall --root {host.root}")
     assert f"/etc/systemd/system/caiasoft-gateway.service.d/{kept.name}" in said  # named as left
@@ -542,9 +695,12 @@ def test_a_prefix_that_is_not_the_installs_own_is_refused_and_the_uninstall_remo
     keep.parent.mkdir(parents=True)
     keep.write_text("not the gateway's\n")
     before = snapshot(host.root)
-    for prefix, reason in (("/opt", "is a system folder"), ("/usr/local/", "is a system folder"),
-                           ("/usr/local/bin", "holds /usr/local/bin, where the command link goes"),
-                           ("/opt/vendor", "exists, is not empty and was not made by this install")):
+    for prefix, reason in (
+        ("/opt", "is a system folder"),
+        ("/usr/local/", "is a system folder"),
+        ("/usr/local/bin", "holds /usr/local/bin, where the command link goes"),
+        ("/opt/vendor", "exists, is not empty and was not made by this install"),
+    ):
         said = run_shell(host, f"./install {common} --prefix {prefix}", codes=(2,), network=False)
         assert f"--prefix {prefix.rstrip('/')} {reason}" in said, said
         said = run_shell(host, f"./install --uninstall --root {host.root} --prefix {prefix}", codes=(2,))
@@ -560,6 +716,10 @@ def test_a_prefix_that_is_not_the_installs_own_is_refused_and_the_uninstall_remo
 
 def test_make_install_names_the_variable_that_is_missing():
     for given, missing in ((["PRINT_FOLDER=/x"], "GROUP is missing"), (["GROUP=aleph"], "PRINT_FOLDER is missing")):
-        result = subprocess.run(["make", "--no-print-directory", "-n", "-C", str(REPO), "install", *given],
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            ["make", "--no-print-directory", "-n", "-C", str(REPO), "install", *given],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert result.returncode != 0 and missing in result.stderr, result.stderr

@@ -21,6 +21,7 @@ class Clock:
 
 # -- readiness ---------------------------------------------------------------
 
+
 def test_file_is_ready_only_after_size_and_mtime_hold_for_settle_seconds():
     clock = Clock()
     settler = intake.Settler(2.0, trust_mtime=False, clock=clock)
@@ -61,10 +62,17 @@ def test_settler_forgets_files_that_left():
     assert settler.pending() == ["b"]
 
 
-@pytest.mark.parametrize("name,taken", [
-    ("slip.xml", True), ("anx.cir.12.paging20261128_am_barcode", True),
-    (".hidden", False), ("slip.xml.tmp", False), ("upload.part", False), ("slip.xml~", False),
-])
+@pytest.mark.parametrize(
+    "name,taken",
+    [
+        ("slip.xml", True),
+        ("anx.cir.12.paging20261128_am_barcode", True),
+        (".hidden", False),
+        ("slip.xml.tmp", False),
+        ("upload.part", False),
+        ("slip.xml~", False),
+    ],
+)
 def test_hidden_and_temporary_names_are_not_taken(name, taken):
     assert intake.wanted(name, ("*",)) is taken
 
@@ -75,6 +83,7 @@ def test_include_patterns():
 
 
 # -- validation ---------------------------------------------------------------
+
 
 def check(tmp_path, data: bytes, name: str = "file", **options) -> intake.Inspection:
     path = tmp_path / name
@@ -117,8 +126,10 @@ def test_external_entity_is_refused(tmp_path):
 
 
 def test_entity_bomb_is_refused(tmp_path):
-    bomb = (b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
-            b'<!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">]><printout>&lol2;</printout>')
+    bomb = (
+        b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
+        b'<!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">]><printout>&lol2;</printout>'
+    )
     assert "DOCTYPE" in refused(tmp_path, bomb)
 
 
@@ -131,12 +142,15 @@ def test_binary_is_refused(tmp_path):
     assert "binary" in refused(tmp_path, bytes(range(1, 32)) * 10)
 
 
-@pytest.mark.parametrize("encoding,named", [
-    ("utf-16", "UTF-16 (little-endian, with a byte order mark)"),
-    ("utf-16-be", "UTF-16 (big-endian, without a byte order mark)"),
-    ("utf-16-le", "UTF-16 (little-endian, without a byte order mark)"),
-    ("utf-32", "UTF-32 (little-endian, with a byte order mark)"),
-])
+@pytest.mark.parametrize(
+    "encoding,named",
+    [
+        ("utf-16", "UTF-16 (little-endian, with a byte order mark)"),
+        ("utf-16-be", "UTF-16 (big-endian, without a byte order mark)"),
+        ("utf-16-le", "UTF-16 (little-endian, without a byte order mark)"),
+        ("utf-32", "UTF-32 (little-endian, with a byte order mark)"),
+    ],
+)
 def test_utf16_and_utf32_text_is_refused_by_its_encoding_not_as_binary(tmp_path, encoding, named):
     data = "31234001234567\n31234007654321\n".encode(encoding)
     if encoding == "utf-16-be":

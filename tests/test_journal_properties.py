@@ -31,23 +31,58 @@ from gateway.ledger import Ledger
 from gateway.ncip.relay import Relay
 from gateway.simulators.ncip import NcipSimulator
 
-JOURNAL_PROFILE = settings(max_examples=int(os.environ.get("JOURNAL_EXAMPLES", "100")), deadline=None,
-                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+JOURNAL_PROFILE = settings(
+    max_examples=int(os.environ.get("JOURNAL_EXAMPLES", "100")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 MAX_STEPS_PER_LINE = 6  # a line takes one step; a few more allow retries (client_error_tries = 2 below)
 
 # all of Unicode: any code point (surrogates included), with the characters that matter drawn more often
-HARD = ["\x00", "\x01", "\x08", "\t", "\n", "\x0b", "\x0c", "\r", "\x1f", " ", "\x7f", "\x85", "\xa0", "\u2028",
-        "\u200b", "\ud800", "\udbff", "\udc00", "\udfff", "\ufeff", "\ufffd", "\ufffe", "\uffff", "\U0001fffe",
-        "\U0010ffff", "<", "&", ">", "]", '"', "\\"]
+HARD = [
+    "\x00",
+    "\x01",
+    "\x08",
+    "\t",
+    "\n",
+    "\x0b",
+    "\x0c",
+    "\r",
+    "\x1f",
+    " ",
+    "\x7f",
+    "\x85",
+    "\xa0",
+    "\u2028",
+    "\u200b",
+    "\ud800",
+    "\udbff",
+    "\udc00",
+    "\udfff",
+    "\ufeff",
+    "\ufffd",
+    "\ufffe",
+    "\uffff",
+    "\U0001fffe",
+    "\U0010ffff",
+    "<",
+    "&",
+    ">",
+    "]",
+    '"',
+    "\\",
+]
 characters = st.one_of(st.characters(exclude_categories=()), st.characters(categories=["Cs"]), st.sampled_from(HARD))
 values = st.text(alphabet=characters, min_size=0, max_size=12)
 entries = st.fixed_dictionaries(
     {"action": st.sampled_from(["checkout", "checkin"]), "item": values},
-    optional={"user": values, "stop": values, "request_id": values, "id": values})
+    optional={"user": values, "stop": values, "request_id": values, "id": values},
+)
 # a line as json.dumps writes it (\uXXXX escapes, a lone surrogate included), or as UTF-8 text where a lone
 # surrogate becomes bytes that are not UTF-8
 lines = st.tuples(entries, st.booleans()).map(
-    lambda drawn: json.dumps(drawn[0], ensure_ascii=drawn[1]).encode("utf-8", "surrogatepass"))
+    lambda drawn: json.dumps(drawn[0], ensure_ascii=drawn[1]).encode("utf-8", "surrogatepass")
+)
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +104,19 @@ def test_every_journal_entry_ends_sent_as_well_formed_xml_or_as_a_dead_letter(se
     journal_path = root / "ncip.jsonl"
     tail = b'{"action": "checkin", "item": "TAIL"}'
     journal_path.write_bytes(b"".join(line + b"\n" for line in [*written, tail]))
-    settings_ = ncip_settings(url=server.url, version=version, from_agency="CAIA", to_agency="ALEPH",
-                              user_id="CAIASOFT", journal=journal_path, timeout_seconds=5.0,
-                              backoff_initial_seconds=0.01, backoff_max_seconds=0.02, client_error_tries=2,
-                              unreadable_attempts=2)
+    settings_ = ncip_settings(
+        url=server.url,
+        version=version,
+        from_agency="CAIA",
+        to_agency="ALEPH",
+        user_id="CAIASOFT",
+        journal=journal_path,
+        timeout_seconds=5.0,
+        backoff_initial_seconds=0.01,
+        backoff_max_seconds=0.02,
+        client_error_tries=2,
+        unreadable_attempts=2,
+    )
     ledger = Ledger(root / "gateway.db")
     relay = Relay(settings_, ledger, root / "error")
     try:
@@ -85,26 +129,34 @@ def test_every_journal_entry_ends_sent_as_well_formed_xml_or_as_a_dead_letter(se
             pytest.fail(f"the tail was not relayed; last problem: {relay.last_problem}")
         relay.end()
         folder = root / "error" / "ncip"
-        texts = [path.read_bytes().decode("utf-8") for path in sorted(folder.glob("*.jsonl"))] \
-            if folder.exists() else []
-        raw = [char for text in texts for char in text if char not in "\n" and unicodedata.category(char) in
-               ("Cc", "Cf", "Cs", "Zl", "Zp")]
+        texts = (
+            [path.read_bytes().decode("utf-8") for path in sorted(folder.glob("*.jsonl"))] if folder.exists() else []
+        )
+        raw = [
+            char
+            for text in texts
+            for char in text
+            if char not in "\n" and unicodedata.category(char) in ("Cc", "Cf", "Cs", "Zl", "Zp")
+        ]
         assert not raw, f"dead letters hold characters a terminal acts on: {raw!r}"
         letters = [json.loads(line) for text in texts for line in text.splitlines()]
     finally:
         ledger.close()
         shutil.rmtree(root, ignore_errors=True)
     received = list(server.received)
-    assert received[-1].item == "TAIL" and all(message.valid for message in received), \
-        [message.errors for message in received]
-    assert all(letter.get("http_status") is None and not letter.get("problems") for letter in letters), \
+    assert received[-1].item == "TAIL" and all(message.valid for message in received), [
+        message.errors for message in received
+    ]
+    assert all(letter.get("http_status") is None and not letter.get("problems") for letter in letters), (
         f"the server refused a message the gateway built: {letters}"
+    )
     starts = [sum(len(line) + 1 for line in written[:index]) for index in range(len(written))]
     lettered = {letter["offset"] for letter in letters}
     assert len(letters) == len(lettered) and lettered <= set(starts), "one dead letter per line, at most"
     relayed = [json.loads(line) for line, start in zip(written, starts, strict=True) if start not in lettered]
-    assert [(message.action, message.item) for message in received[:-1]] == \
-        [(entry["action"], _stripped(entry["item"])) for entry in relayed], "each entry sent once, in order, as written"
+    assert [(message.action, message.item) for message in received[:-1]] == [
+        (entry["action"], _stripped(entry["item"])) for entry in relayed
+    ], "each entry sent once, in order, as written"
     for entry, message in zip(relayed, received, strict=False):
         if entry["action"] == "checkout":
             assert message.user == (_stripped(entry.get("user")) or "CAIASOFT"), (entry, message)
@@ -119,9 +171,12 @@ def _carriable(line: bytes) -> bool:
         entry = json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         return False
-    return all(value.strip(" \r") and not any(unicodedata.category(char) in ("Cc", "Cs") or char in "\ufffe\uffff"
-                                               for char in value.strip(" \r"))
-               for key, value in entry.items() if key != "action")
+    return all(
+        value.strip(" \r")
+        and not any(unicodedata.category(char) in ("Cc", "Cs") or char in "\ufffe\uffff" for char in value.strip(" \r"))
+        for key, value in entry.items()
+        if key != "action"
+    )
 
 
 @settings(max_examples=int(os.environ.get("JOURNAL_EXAMPLES", "100")) * 3, deadline=None)
@@ -135,8 +190,14 @@ def test_the_builders_give_well_formed_xml_holding_the_values_or_refuse_by_name(
     from gateway.ncip.journal import JournalEntry
 
     entry = JournalEntry(**drawn)
-    chosen = ncip_settings(url="http://127.0.0.1:9/", version=version, from_agency="CAIA", to_agency="ALEPH",
-                           user_id="CAIASOFT", journal=Path("/nonexistent/ncip.jsonl"))
+    chosen = ncip_settings(
+        url="http://127.0.0.1:9/",
+        version=version,
+        from_agency="CAIA",
+        to_agency="ALEPH",
+        user_id="CAIASOFT",
+        journal=Path("/nonexistent/ncip.jsonl"),
+    )
     try:
         message = messages.build(chosen, entry)
     except ValueError as error:

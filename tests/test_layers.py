@@ -6,11 +6,28 @@ import ast
 
 from conftest import REPO
 
-PARTS = ("gateway.archive", "gateway.caiasoft", "gateway.checks", "gateway.cli", "gateway.collector",
-         "gateway.demo", "gateway.find", "gateway.http", "gateway.intake", "gateway.pipeline", "gateway.placing",
-         "gateway.readiness", "gateway.recovery", "gateway.sidecars",
-         "gateway.retry", "gateway.service", "gateway.status", "gateway.ncip", "gateway.simulators",
-         "gateway.sources")
+PARTS = (
+    "gateway.archive",
+    "gateway.caiasoft",
+    "gateway.checks",
+    "gateway.cli",
+    "gateway.collector",
+    "gateway.demo",
+    "gateway.find",
+    "gateway.http",
+    "gateway.intake",
+    "gateway.pipeline",
+    "gateway.placing",
+    "gateway.readiness",
+    "gateway.recovery",
+    "gateway.sidecars",
+    "gateway.retry",
+    "gateway.service",
+    "gateway.status",
+    "gateway.ncip",
+    "gateway.simulators",
+    "gateway.sources",
+)
 
 
 def _file(module: str) -> ast.Module | None:
@@ -29,8 +46,11 @@ def _imports(module: str) -> set[str]:
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
-            found.update(f"{node.module}.{alias.name}" for alias in node.names
-                         if _file(f"{node.module}.{alias.name}") is not None)
+            found.update(
+                f"{node.module}.{alias.name}"
+                for alias in node.names
+                if _file(f"{node.module}.{alias.name}") is not None
+            )
     return {name for name in found if name.startswith("gateway.")}
 
 

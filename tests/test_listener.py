@@ -36,7 +36,7 @@ def _accepted(pid: int, port: int) -> int:
         with contextlib.suppress(OSError):
             link = os.readlink(fd)
             if link.startswith("socket:["):
-                inodes.add(link[len("socket:["):-1])
+                inodes.add(link[len("socket:[") : -1])
     count = 0
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
@@ -58,8 +58,9 @@ def _accept_queue_full(port: int) -> bool:
 def test_idle_clients_cannot_take_the_descriptors_files_need(site, simulator, daemon_factory):
     port = free_port()
     site.write(simulator.url, extra=f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n')
-    daemon = daemon_factory(site.config_file, command=["prlimit", f"--nofile={FD_LIMIT}:{FD_LIMIT}", "--",
-                                                       sys.executable, "-m", "gateway"])
+    daemon = daemon_factory(
+        site.config_file, command=["prlimit", f"--nofile={FD_LIMIT}:{FD_LIMIT}", "--", sys.executable, "-m", "gateway"]
+    )
     wait_for(lambda: _scrape(port), timeout=20, message="/metrics served")
     idle = []
     try:
@@ -73,6 +74,7 @@ def test_idle_clients_cannot_take_the_descriptors_files_need(site, simulator, da
             held = _accepted(daemon.process.pid, port)
             assert held <= MAX_CONNECTIONS, f"the daemon holds {held} idle connections"
             return held == MAX_CONNECTIONS and _accept_queue_full(port)
+
         wait_for(pressed, timeout=20, interval=0.05, message="the listener's slots and accept queue full")
         (site.source / "a_barcode").write_bytes(barcode_list(1))
         wait_for(lambda: site.archived(), timeout=30, message="the file taken and archived meanwhile")

@@ -72,11 +72,21 @@ def test_a_log_file_that_cannot_be_opened_again_never_fails_the_caller(log_dir, 
 def test_the_console_line_is_logfmt_with_time_level_and_event_first(tmp_path, monkeypatch, capsys):
     logs.setup(None, console=True)
     try:
-        logs.get("test").warning("upload.retry", file="a b.xml", reason='said "no"=x', path="c:\\x y", ok=True,
-                                 denied=False, ms=None, status=503)
+        logs.get("test").warning(
+            "upload.retry",
+            file="a b.xml",
+            reason='said "no"=x',
+            path="c:\\x y",
+            ok=True,
+            denied=False,
+            ms=None,
+            status=503,
+        )
     finally:
         logs.setup(None, console=False)
     line = capsys.readouterr().err.strip()
     assert line.startswith("timestamp=") and " level=warning event=upload.retry " in line
-    assert line.split(" event=upload.retry ")[1] == \
-        'file="a b.xml" reason="said \\"no\\"=x" path="c:\\\\\\\\x y" ok denied=false ms= status=503'
+    assert (
+        line.split(" event=upload.retry ")[1]
+        == 'file="a b.xml" reason="said \\"no\\"=x" path="c:\\\\\\\\x y" ok denied=false ms= status=503'
+    )

@@ -30,8 +30,11 @@ DENIED = "31234009999990"
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """(sample name, sorted labels) -> value, read with prometheus_client's own parser."""
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def scrape(port: int) -> dict:
@@ -55,29 +58,39 @@ def test_scraped_figures_match_the_ledger_and_survive_a_restart(site, simulator,
     textfile = site.root / "textfile" / "caiasoft_gateway.prom"
     textfile.parent.mkdir()
     site.journal = site.root / "ncip.jsonl"
-    site.write(simulator.url, extra=ncip_table(ncip.url, site.journal, timeout_seconds=2, backoff_initial_seconds=0.05,
-                                               backoff_max_seconds=0.3) + f"""
+    site.write(
+        simulator.url,
+        extra=ncip_table(
+            ncip.url, site.journal, timeout_seconds=2, backoff_initial_seconds=0.05, backoff_max_seconds=0.3
+        )
+        + f"""
 [metrics]
 listen = "127.0.0.1:{port}"
 textfile = "{textfile}"
-""")
+""",
+    )
     (site.source / "good_barcode").write_bytes(barcode_list(1))
     (site.source / "denied_barcode").write_bytes(barcode_list(2) + f"{DENIED}\n".encode())
     (site.source / "scan.pdf").write_bytes(b"%PDF-1.4\x00\x00binary")
     for action, item in (("checkout", "A-1"), ("checkout", "UNKNOWN-1"), ("checkin", "IN-ALREADY")):
         journal.append(site.journal, JournalEntry(action, item))
     daemon = daemon_factory(site.config_file)
-    wait_for(lambda: len(site.archived()) == 2 and len([p for p in site.refused() if p.parent.name != "ncip"]) == 1,
-             timeout=30, message="files finished")
+    wait_for(
+        lambda: len(site.archived()) == 2 and len([p for p in site.refused() if p.parent.name != "ncip"]) == 1,
+        timeout=30,
+        message="files finished",
+    )
 
     def settled() -> dict | None:
         try:
             found = scrape(port)
         except OSError:
             return None
-        ncip_done = sum(value(found, "caiasoft_gateway_ncip_entries_total", outcome=o)
-                        for o in ("done", "already", "dead_letter"))
+        ncip_done = sum(
+            value(found, "caiasoft_gateway_ncip_entries_total", outcome=o) for o in ("done", "already", "dead_letter")
+        )
         return found if ncip_done == 3 and value(found, "caiasoft_gateway_pending_files") == 0 else None
+
     found = wait_for(settled, timeout=30, interval=0.2, message="all figures in /metrics")
 
     def committed() -> tuple | None:  # archived is a lazy step: another process sees it once it is committed
@@ -87,6 +100,7 @@ textfile = "{textfile}"
         finally:
             ledger.close()
         return figures if figures[0] == {("print", "archived"): 2, ("print", "refused"): 1} else None
+
     by_source, denied, ncip_counts = wait_for(committed, timeout=10, message="the finished files in the ledger")
     assert denied == {"print": 1}
     assert value(found, "caiasoft_gateway_files_total", source="print", outcome="archived") == 2
@@ -98,8 +112,11 @@ textfile = "{textfile}"
     assert value(found, "caiasoft_gateway_upload_seconds_count") == 2, "two calls reached CaiaSoft"
     assert value(found, "caiasoft_gateway_oldest_pending_seconds") == 0
     assert value(found, "caiasoft_gateway_uploads_paused") == 0
-    wait_for(lambda: value(scrape(port), "caiasoft_gateway_source_up", source="print") == 1, timeout=10,
-             message="the source up once the service ticked")
+    wait_for(
+        lambda: value(scrape(port), "caiasoft_gateway_source_up", source="print") == 1,
+        timeout=10,
+        message="the source up once the service ticked",
+    )
     assert value(scrape(port), "caiasoft_gateway_ncip_behind_entries") == 0
     assert value(found, "caiasoft_gateway_unreachable", system="caiasoft") == 0
 
@@ -138,6 +155,7 @@ def known_metric_names(tmp_path) -> set[str]:
     try:
         metrics = Metrics(MetricsSettings(listen="", textfile=None), ledger, ["print"])
         from prometheus_client import generate_latest
+
         return {name for name, _labels in samples(generate_latest(metrics.registry).decode())}
     finally:
         ledger.close()
@@ -147,8 +165,12 @@ def test_the_shipped_alert_rules_name_only_metrics_that_exist(tmp_path):
     names = known_metric_names(tmp_path)
     rules = yaml.safe_load((REPO / "conf" / "prometheus-rules.yml").read_text())
     alerts = [rule for group in rules["groups"] for rule in group["rules"]]
-    assert {"CaiaSoftGatewayUploadsPaused", "CaiaSoftGatewayUnreachable", "CaiaSoftGatewayOldestPendingTooOld",
-            "CaiaSoftGatewaySourceDown"} <= {rule["alert"] for rule in alerts}
+    assert {
+        "CaiaSoftGatewayUploadsPaused",
+        "CaiaSoftGatewayUnreachable",
+        "CaiaSoftGatewayOldestPendingTooOld",
+        "CaiaSoftGatewaySourceDown",
+    } <= {rule["alert"] for rule in alerts}
     for rule in alerts:
         used = set(re.findall(r"\bcaiasoft_gateway_[a-z_]+", rule["expr"]))
         assert used and used <= names, (rule["alert"], used - names)
@@ -157,8 +179,12 @@ def test_the_shipped_alert_rules_name_only_metrics_that_exist(tmp_path):
     # tools/install-test-deps installs it as root (as CI runs); elsewhere the YAML checks above stand alone
     assert promtool or os.geteuid() != 0, "promtool is missing: tools/install-test-deps installs it (prometheus)"
     if promtool:  # Prometheus' own checker too
-        result = subprocess.run([promtool, "check", "rules", str(REPO / "conf" / "prometheus-rules.yml")],
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [promtool, "check", "rules", str(REPO / "conf" / "prometheus-rules.yml")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -101,16 +101,19 @@ def test_a_latin1_name_is_a_blob_of_its_bytes_and_a_utf8_name_stays_text(tmp_pat
     assert rows == {latin1: b"caf\xe9.xml", utf8: "café.xml"}
 
 
-@pytest.mark.parametrize("raw,shown,safe", [
-    (b"caf\xe9.xml", "caf\\xe9.xml", "caf%E9.xml"),
-    (b"esc\x1b[2J.xml", "esc\\x1b[2J.xml", "esc%1B[2J.xml"),
-    (b"new\nline_barcode", "new\\nline_barcode", "new%0Aline_barcode"),
-    (b"-rf_barcode", "-rf_barcode", "%2Drf_barcode"),
-    (b"back\\slash", "back\\\\slash", "back%5Cslash"),
-    ("rtl\u202egnp.exe".encode(), "rtl\\u202egnp.exe", "rtl%E2%80%AEgnp.exe"),
-    ("\u00e9t\u00e9 \u00e0 Paris.xml".encode(), "\u00e9t\u00e9 \u00e0 Paris.xml", "\u00e9t\u00e9 \u00e0 Paris.xml"),
-    ("c1\u009bcontrol".encode(), "c1\\u009bcontrol", "c1%C2%9Bcontrol"),
-])
+@pytest.mark.parametrize(
+    "raw,shown,safe",
+    [
+        (b"caf\xe9.xml", "caf\\xe9.xml", "caf%E9.xml"),
+        (b"esc\x1b[2J.xml", "esc\\x1b[2J.xml", "esc%1B[2J.xml"),
+        (b"new\nline_barcode", "new\\nline_barcode", "new%0Aline_barcode"),
+        (b"-rf_barcode", "-rf_barcode", "%2Drf_barcode"),
+        (b"back\\slash", "back\\\\slash", "back%5Cslash"),
+        ("rtl\u202egnp.exe".encode(), "rtl\\u202egnp.exe", "rtl%E2%80%AEgnp.exe"),
+        ("\u00e9t\u00e9 \u00e0 Paris.xml".encode(), "\u00e9t\u00e9 \u00e0 Paris.xml", "\u00e9t\u00e9 \u00e0 Paris.xml"),
+        ("c1\u009bcontrol".encode(), "c1\\u009bcontrol", "c1%C2%9Bcontrol"),
+    ],
+)
 def test_the_documented_forms(raw, shown, safe):
     name = from_bytes(raw)
     assert printable(name) == shown and safe_name(name) == safe

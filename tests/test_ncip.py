@@ -19,11 +19,22 @@ from gateway.simulators.ncip import SCHEMA_FILE, schema_errors
 def settings(**overrides: object) -> Ncip:
     """[ncip] settings for these tests: the schema's defaults, the required keys, a few test values."""
     values: dict[str, object] = dict(
-        url="http://127.0.0.1:9/", version="2", max_answer_bytes=65536, unreadable_attempts=3, from_agency="CAIA",
-        to_agency="ALEPH", application_profile="CAIAPROFILE", user_id="CAIASOFT",
-        stop_users={"MAIN": "CAIA-MAIN", "LAW": "CAIA-LAW"}, journal=Path("/tmp/j"), timeout_seconds=5.0,
-        backoff_initial_seconds=0.05, backoff_max_seconds=0.2, agency_scheme="http://scheme/agency.scm",
-        max_line_bytes=1024)
+        url="http://127.0.0.1:9/",
+        version="2",
+        max_answer_bytes=65536,
+        unreadable_attempts=3,
+        from_agency="CAIA",
+        to_agency="ALEPH",
+        application_profile="CAIAPROFILE",
+        user_id="CAIASOFT",
+        stop_users={"MAIN": "CAIA-MAIN", "LAW": "CAIA-LAW"},
+        journal=Path("/tmp/j"),
+        timeout_seconds=5.0,
+        backoff_initial_seconds=0.05,
+        backoff_max_seconds=0.2,
+        agency_scheme="http://scheme/agency.scm",
+        max_line_bytes=1024,
+    )
     return ncip_settings(**{**values, **overrides})
 
 
@@ -53,18 +64,24 @@ def test_every_version_2_message_validates_against_the_schema(entry, profile):
 
 
 def test_a_message_missing_a_required_part_does_not_validate():
-    body = messages.build(settings(), JournalEntry("checkin", "1")).replace(b"<ncip:ItemId>", b"<ncip:ItemIdX>") \
+    body = (
+        messages.build(settings(), JournalEntry("checkin", "1"))
+        .replace(b"<ncip:ItemId>", b"<ncip:ItemIdX>")
         .replace(b"</ncip:ItemId>", b"</ncip:ItemIdX>")
+    )
     assert schema_errors(body), "the schema check must be able to fail"
 
 
 def _parse(body: bytes) -> dict:
     from gateway.simulators.ncip import NcipSimulator
+
     sim = NcipSimulator.__new__(NcipSimulator)
     sim.validate = False
     received = NcipSimulator.parse(sim, body)
-    return {key: getattr(received, key) for key in ("action", "item", "user", "request_id", "profile",
-                                                    "from_agency", "to_agency", "version")}
+    return {
+        key: getattr(received, key)
+        for key in ("action", "item", "user", "request_id", "profile", "from_agency", "to_agency", "version")
+    }
 
 
 def test_stop_chooses_the_user_and_the_default_covers_other_stops():
@@ -87,9 +104,13 @@ def test_version_1_uses_the_unique_forms():
     body = messages.build(settings(version="1"), JournalEntry("checkout", "31234001234567", stop="MAIN"))
     text = body.decode()
     assert '<!DOCTYPE NCIPMessage PUBLIC "-//NISO//NCIP DTD Version 1//EN"' in text
-    for element in ("<UniqueAgencyId><Scheme>http://scheme/agency.scm</Scheme><Value>CAIA</Value>",
-                    "<UniqueUserId>", "<UserIdentifierValue>CAIA-MAIN</UserIdentifierValue>",
-                    "<UniqueItemId>", "<ItemIdentifierValue>31234001234567</ItemIdentifierValue>"):
+    for element in (
+        "<UniqueAgencyId><Scheme>http://scheme/agency.scm</Scheme><Value>CAIA</Value>",
+        "<UniqueUserId>",
+        "<UserIdentifierValue>CAIA-MAIN</UserIdentifierValue>",
+        "<UniqueItemId>",
+        "<ItemIdentifierValue>31234001234567</ItemIdentifierValue>",
+    ):
         assert element in text
     assert "niso.org/2008/ncip" not in text
     parsed = _parse(body)
@@ -127,8 +148,14 @@ def test_problems_are_read_in_every_namespace_form():
     assert answers.read_answer(OK) == []
 
 
-@pytest.mark.parametrize("body", [b"<html>proxy error</html>", b"not xml at all",
-                                  b'<!DOCTYPE x [<!ENTITY e "boom">]><NCIPMessage>&e;</NCIPMessage>'])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<html>proxy error</html>",
+        b"not xml at all",
+        b'<!DOCTYPE x [<!ENTITY e "boom">]><NCIPMessage>&e;</NCIPMessage>',
+    ],
+)
 def test_anything_else_is_not_an_answer(body):
     with pytest.raises(ValueError):
         answers.read_answer(body)
@@ -148,15 +175,19 @@ def test_judging_problems():
 
 # -- the journal ----------------------------------------------------------------
 
-@pytest.mark.parametrize("line,reason", [
-    (b"not json", "not JSON"),
-    (b"[1, 2]", "not a JSON object"),
-    (b'{"action": "renew", "item": "1"}', "action must be checkout or checkin"),
-    (b'{"action": "checkin"}', "item (the barcode) is missing"),
-    (b'{"action": "checkin", "item": "1", "colour": "red"}', "unknown field(s): colour"),
-    (b'{"action": "checkin", "item": 12}', "item must be a non-empty string"),
-    (b'\xff\xfe', "not UTF-8"),
-])
+
+@pytest.mark.parametrize(
+    "line,reason",
+    [
+        (b"not json", "not JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (b'{"action": "renew", "item": "1"}', "action must be checkout or checkin"),
+        (b'{"action": "checkin"}', "item (the barcode) is missing"),
+        (b'{"action": "checkin", "item": "1", "colour": "red"}', "unknown field(s): colour"),
+        (b'{"action": "checkin", "item": 12}', "item must be a non-empty string"),
+        (b"\xff\xfe", "not UTF-8"),
+    ],
+)
 def test_invalid_lines_say_why(line, reason):
     with pytest.raises(ValueError, match=reason.replace("(", r"\(").replace(")", r"\)")):
         parse_entry(line)
@@ -252,8 +283,9 @@ def test_rotation_while_stopped_is_followed_from_the_checkpoint(tmp_path):
 def _rotate(path: Path, day: int) -> None:
     """logrotate (create): NAME.N -> NAME.N+1, NAME -> NAME.1, a new NAME; each file last written on its day."""
     os.utime(path, ns=(day * 86_400 * 10**9,) * 2)
-    for number in sorted((int(p.name.rsplit(".", 1)[1]) for p in path.parent.glob(path.name + ".[0-9]*")),
-                         reverse=True):
+    for number in sorted(
+        (int(p.name.rsplit(".", 1)[1]) for p in path.parent.glob(path.name + ".[0-9]*")), reverse=True
+    ):
         (path.parent / f"{path.name}.{number}").rename(path.parent / f"{path.name}.{number + 1}")
     path.rename(path.parent / f"{path.name}.1")
     path.touch()
@@ -344,6 +376,7 @@ def test_dead_letters_are_counted_once_then_kept_up_to_date(tmp_path):
 
 # -- truncation and replacement, noticed at every read ------------------------------------
 
+
 def test_truncated_and_refilled_between_two_reads_is_read_from_its_start(tmp_path):
     """The reported loss: 3 relayed, the journal truncated and 12 appended: all 12 are read, none skipped."""
     path = tmp_path / "ncip.jsonl"
@@ -431,6 +464,11 @@ def test_a_checkpoint_from_the_previous_release_is_still_honoured(tmp_path):
     info = path.stat()
     first = len(b'{"action": "checkin", "item": "1"}\n')
     length = min(128, info.st_size)
-    legacy = {"device": info.st_dev, "inode": info.st_ino, "offset": first, "fingerprint_length": length,
-              "fingerprint": hashlib.sha256(path.read_bytes()[:length]).hexdigest()}
+    legacy = {
+        "device": info.st_dev,
+        "inode": info.st_ino,
+        "offset": first,
+        "fingerprint_length": length,
+        "fingerprint": hashlib.sha256(path.read_bytes()[:length]).hexdigest(),
+    }
     assert tail_all(Tailer(path, legacy, 1024))[0] == ["2", "3"]

@@ -91,8 +91,11 @@ def test_tcp_writes_an_http_1_0_request_around_the_message_by_default(path, targ
         peer.close()
     assert answer.verdict == "done", answer.reason
     message = messages.build(settings(version=version), JournalEntry("checkin", "1"))
-    assert peer.received == (f"POST {target} HTTP/1.0\r\nContent-Length: {len(message)}\r\n"
-                             f"Content-Type: {FORM}\r\n\r\n").encode() + message
+    assert (
+        peer.received
+        == (f"POST {target} HTTP/1.0\r\nContent-Length: {len(message)}\r\nContent-Type: {FORM}\r\n\r\n").encode()
+        + message
+    )
 
 
 def test_bare_framing_writes_the_message_alone():
@@ -118,18 +121,28 @@ def test_the_http_1_0_framing_carries_the_configured_form_content_type():
 
 
 @pytest.mark.parametrize("version", ["1", "2"])
-@pytest.mark.parametrize("framing,status_line", [("http10", False), ("http10", True), ("bare", False),
-                                                 ("bare", True)],
-                         ids=["http10", "http10-status-line", "bare", "bare-status-line"])
+@pytest.mark.parametrize(
+    "framing,status_line",
+    [("http10", False), ("http10", True), ("bare", False), ("bare", True)],
+    ids=["http10", "http10-status-line", "bare", "bare-status-line"],
+)
 def test_the_simulated_ncip_port_takes_both_framings(framing, status_line, version):
-    sim = NcipSimulator(transport="tcp", track_loans=True, status_line=status_line,
-                        problems={"GONE": "Unknown Item"}).start()
-    client = NcipClient(settings(url=sim.url, version=version, framing=framing,
-                                 done_problems_checkin=("Item Not Checked Out",)))
+    sim = NcipSimulator(
+        transport="tcp", track_loans=True, status_line=status_line, problems={"GONE": "Unknown Item"}
+    ).start()
+    client = NcipClient(
+        settings(url=sim.url, version=version, framing=framing, done_problems_checkin=("Item Not Checked Out",))
+    )
     try:
-        verdicts = [client.send(entry).verdict for entry in (
-            JournalEntry("checkout", "B-1", stop="LAW", request_id="R-1"), JournalEntry("checkin", "B-1"),
-            JournalEntry("checkin", "B-1"), JournalEntry("checkin", "GONE"))]
+        verdicts = [
+            client.send(entry).verdict
+            for entry in (
+                JournalEntry("checkout", "B-1", stop="LAW", request_id="R-1"),
+                JournalEntry("checkin", "B-1"),
+                JournalEntry("checkin", "B-1"),
+                JournalEntry("checkin", "GONE"),
+            )
+        ]
     finally:
         client.close()
         sim.stop()
@@ -149,17 +162,31 @@ def test_the_simulated_ncip_port_takes_both_framings(framing, status_line, versi
 def test_an_http_answer_without_a_status_line_is_read_not_taken_for_a_broken_connection(version):
     """ALEPH's NCIP port can answer an HTTP request with the NCIP XML alone, then close."""
     sim = NcipSimulator(status_line=False, track_loans=True, problems={"GONE": "Unknown Item"}).start()
-    client = NcipClient(settings(url=sim.url, version=version, done_problems_checkin=("Item Not Checked Out",),
-                                 done_problems_checkout=("Loan cannot be renewed",)))
+    client = NcipClient(
+        settings(
+            url=sim.url,
+            version=version,
+            done_problems_checkin=("Item Not Checked Out",),
+            done_problems_checkout=("Loan cannot be renewed",),
+        )
+    )
     try:
-        answers = [client.send(entry) for entry in (
-            JournalEntry("checkout", "B-1"), JournalEntry("checkout", "B-1"), JournalEntry("checkin", "B-1"),
-            JournalEntry("checkin", "B-1"), JournalEntry("checkin", "GONE"))]
+        answers = [
+            client.send(entry)
+            for entry in (
+                JournalEntry("checkout", "B-1"),
+                JournalEntry("checkout", "B-1"),
+                JournalEntry("checkin", "B-1"),
+                JournalEntry("checkin", "B-1"),
+                JournalEntry("checkin", "GONE"),
+            )
+        ]
     finally:
         client.close()
         sim.stop()
-    assert [answer.verdict for answer in answers] == ["done", "already", "done", "already", "refused"], \
-        [answer.reason for answer in answers]
+    assert [answer.verdict for answer in answers] == ["done", "already", "done", "already", "refused"], [
+        answer.reason for answer in answers
+    ]
     assert len(sim.received) == 5 and all(r.valid for r in sim.received)
 
 
@@ -173,8 +200,9 @@ def checkin_through(peer: Peer, url: str, **options: object):
         peer.close()
 
 
-@pytest.mark.parametrize("head", [b"", b"HTTP/1.0 200 OK\r\nContent-Type: text/xml\r\n\r\n"],
-                         ids=["no-status-line", "status-line"])
+@pytest.mark.parametrize(
+    "head", [b"", b"HTTP/1.0 200 OK\r\nContent-Type: text/xml\r\n\r\n"], ids=["no-status-line", "status-line"]
+)
 def test_blank_lines_before_an_http_answer_are_skipped(head):
     peer = Peer(b"\r\n\r\n\n" + head + checkin_answer("1"), keep_open=not head)  # bare: the connection stays open
     answer = checkin_through(peer, peer.url("http", "/ncip"))
@@ -182,11 +210,15 @@ def test_blank_lines_before_an_http_answer_are_skipped(head):
     assert peer.received.startswith(b"POST /ncip HTTP/1.1\r\n")
 
 
-@pytest.mark.parametrize("scheme,head", [
-    ("tcp", b"ALEPH NCIP server 5991 ready\r\n"),  # a banner: dropped, as ALEPH's clients keep <NCIPMessage on
-    ("http", b"ALEPH NCIP server 5991 ready\r\n"),
-    ("http", b"HTTP/1.0 200 OK\r\nContent-Type: text/xml\r\n\r\n"),  # no Content-Length: ends with its message
-], ids=["tcp-banner", "http-banner", "http-no-length"])
+@pytest.mark.parametrize(
+    "scheme,head",
+    [
+        ("tcp", b"ALEPH NCIP server 5991 ready\r\n"),  # a banner: dropped, as ALEPH's clients keep <NCIPMessage on
+        ("http", b"ALEPH NCIP server 5991 ready\r\n"),
+        ("http", b"HTTP/1.0 200 OK\r\nContent-Type: text/xml\r\n\r\n"),  # no Content-Length: ends with its message
+    ],
+    ids=["tcp-banner", "http-banner", "http-no-length"],
+)
 def test_answers_from_a_server_that_stays_open_end_with_their_ncip_message(scheme, head):
     peer = Peer(head + checkin_answer("1"), keep_open=True)
     answer = checkin_through(peer, peer.url(scheme, "/ncip"), timeout_seconds=5)
@@ -206,8 +238,9 @@ WHERE_IDS = ["tcp-http10", "tcp-bare", "http-no-status-line"]
 @pytest.mark.parametrize("scheme,options", WHERE, ids=WHERE_IDS)
 def test_every_framing_keeps_the_total_deadline(scheme, options):
     peer = Peer(b"<NCIPMessage><CheckInItemResponse>", more=b" ")  # starts an answer and never ends it
-    transport = for_settings(settings(url=peer.url(scheme, "/"), timeout_seconds=1,
-                                      max_answer_bytes=10_000_000, **options))
+    transport = for_settings(
+        settings(url=peer.url(scheme, "/"), timeout_seconds=1, max_answer_bytes=10_000_000, **options)
+    )
     try:
         with pytest.raises(NcipUnavailable, match="within timeout_seconds"):
             transport.exchange(b"<NCIPMessage></NCIPMessage>")
@@ -219,8 +252,7 @@ def test_every_framing_keeps_the_total_deadline(scheme, options):
 @pytest.mark.parametrize("scheme,options", WHERE, ids=WHERE_IDS)
 def test_every_framing_keeps_the_answer_cap(scheme, options):
     peer = Peer(b"<NCIPMessage>" + b"x" * 20_000, keep_open=True)
-    transport = for_settings(settings(url=peer.url(scheme, "/"), timeout_seconds=5, max_answer_bytes=4096,
-                                      **options))
+    transport = for_settings(settings(url=peer.url(scheme, "/"), timeout_seconds=5, max_answer_bytes=4096, **options))
     try:
         with pytest.raises(UnreadableAnswer, match="larger than max_answer_bytes") as caught:
             transport.exchange(b"<NCIPMessage></NCIPMessage>")
@@ -320,17 +352,32 @@ def test_config_defaults_to_http_1_0_framing_and_the_requesting_agency(tmp_path)
     assert ncip.url == "tcp://aleph.example.edu:5991/ncip"
 
 
-@pytest.mark.parametrize("url,more,key,words", [
-    ("tcp://aleph.example.edu:5991/ncip", {"framing": "bare"}, "ncip.url", "a PATH has no use"),
-    ("tcp://aleph.example.edu:5991", {"framing": "http11"}, "ncip.framing", "http10"),
-    ("tcp://aleph.example.edu:5991/a path", {}, "ncip.url", "no spaces"),
-    ("tcp://aleph.example.edu:5991/?x=1", {}, "ncip.url", "tcp://HOST:PORT/PATH"),
-    ("tcp://aleph.example.edu:5991", {"form_content_type": "text/xml\r\nX-Injected: 1"}, "ncip.form_content_type",
-     "on one line"),
-    ("http://aleph.example.edu:8991/ncip", {"content_type": ""}, "ncip.content_type", "Content-Type"),
-    ("tcp://aleph.example.edu:5991", {"request_agency": "ALEPH"}, "ncip.request_agency", "from"),
-], ids=["path-with-bare", "unknown-framing", "space-in-path", "query", "header-injection", "empty-content-type",
-        "request-agency"])
+@pytest.mark.parametrize(
+    "url,more,key,words",
+    [
+        ("tcp://aleph.example.edu:5991/ncip", {"framing": "bare"}, "ncip.url", "a PATH has no use"),
+        ("tcp://aleph.example.edu:5991", {"framing": "http11"}, "ncip.framing", "http10"),
+        ("tcp://aleph.example.edu:5991/a path", {}, "ncip.url", "no spaces"),
+        ("tcp://aleph.example.edu:5991/?x=1", {}, "ncip.url", "tcp://HOST:PORT/PATH"),
+        (
+            "tcp://aleph.example.edu:5991",
+            {"form_content_type": "text/xml\r\nX-Injected: 1"},
+            "ncip.form_content_type",
+            "on one line",
+        ),
+        ("http://aleph.example.edu:8991/ncip", {"content_type": ""}, "ncip.content_type", "Content-Type"),
+        ("tcp://aleph.example.edu:5991", {"request_agency": "ALEPH"}, "ncip.request_agency", "from"),
+    ],
+    ids=[
+        "path-with-bare",
+        "unknown-framing",
+        "space-in-path",
+        "query",
+        "header-injection",
+        "empty-content-type",
+        "request-agency",
+    ],
+)
 def test_config_refuses_framing_values_that_cannot_work(tmp_path, url, more, key, words):
     from test_config import problems_of
 
@@ -354,17 +401,24 @@ def test_an_answer_without_a_status_line_through_a_proxy_says_how_to_reach_the_p
         peer.close()
 
 
-@pytest.mark.parametrize("arguments,overrides", [
-    (["--no-status-line"], {}),
-    (["--tcp"], {}),
-    (["--tcp", "open", "--status-line"], {"framing": "bare"}),
-], ids=["http-no-status-line", "tcp-http10", "tcp-bare-status-line"])
+@pytest.mark.parametrize(
+    "arguments,overrides",
+    [
+        (["--no-status-line"], {}),
+        (["--tcp"], {}),
+        (["--tcp", "open", "--status-line"], {"framing": "bare"}),
+    ],
+    ids=["http-no-status-line", "tcp-http10", "tcp-bare-status-line"],
+)
 def test_simulate_ncip_serves_each_framing_for_a_dry_run(arguments, overrides):
     import subprocess
     import sys
 
-    process = subprocess.Popen([sys.executable, "-m", "gateway", "simulate", "ncip", "--port", "0", *arguments],
-                               stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "simulate", "ncip", "--port", "0", *arguments],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert process.stdout is not None
         url = process.stdout.readline().split(" on ")[1].split(",")[0].strip()

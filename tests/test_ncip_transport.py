@@ -33,25 +33,38 @@ IDS = ["http-body", "http-query", "http-form", "tcp-close", "tcp-open", "tcp-dri
 @pytest.mark.parametrize("options,send_as", VARIANTS, ids=IDS)
 def test_every_transport_in_both_versions(options, send_as, version):
     sim = NcipSimulator(problems={"GONE": "Unknown Item"}, track_loans=True, **options).start()
-    client = NcipClient(settings(url=sim.url, version=version, send_as=send_as, timeout_seconds=5,
-                                 done_problems_checkout=("Loan cannot be renewed (no change in due date)",),
-                                 done_problems_checkin=("Item Not Checked Out",)))
+    client = NcipClient(
+        settings(
+            url=sim.url,
+            version=version,
+            send_as=send_as,
+            timeout_seconds=5,
+            done_problems_checkout=("Loan cannot be renewed (no change in due date)",),
+            done_problems_checkin=("Item Not Checked Out",),
+        )
+    )
     try:
-        verdicts = [client.send(entry) for entry in (
-            JournalEntry("checkout", "B-1", stop="LAW", request_id="R-1"),
-            JournalEntry("checkout", "B-1", stop="LAW"),      # repeated: ALEPH's "no change in due date"
-            JournalEntry("checkin", "B-1"),
-            JournalEntry("checkin", "B-1"),                   # repeated: "Item Not Checked Out"
-            JournalEntry("checkin", "GONE"))]
+        verdicts = [
+            client.send(entry)
+            for entry in (
+                JournalEntry("checkout", "B-1", stop="LAW", request_id="R-1"),
+                JournalEntry("checkout", "B-1", stop="LAW"),  # repeated: ALEPH's "no change in due date"
+                JournalEntry("checkin", "B-1"),
+                JournalEntry("checkin", "B-1"),  # repeated: "Item Not Checked Out"
+                JournalEntry("checkin", "GONE"),
+            )
+        ]
     finally:
         client.close()
         sim.stop()
-    assert [answer.verdict for answer in verdicts] == ["done", "already", "done", "already", "refused"], \
-        [answer.reason for answer in verdicts]
+    assert [answer.verdict for answer in verdicts] == ["done", "already", "done", "already", "refused"], [
+        answer.reason for answer in verdicts
+    ]
     assert {answer.version for answer in verdicts} == {version}, "answered in the version it was asked in"
     received = sim.received
-    assert [(r.action, r.item, r.version) for r in received] == [("checkout", "B-1", version)] * 2 + \
-        [("checkin", "B-1", version)] * 2 + [("checkin", "GONE", version)]
+    assert [(r.action, r.item, r.version) for r in received] == [("checkout", "B-1", version)] * 2 + [
+        ("checkin", "B-1", version)
+    ] * 2 + [("checkin", "GONE", version)]
     assert all(r.valid for r in received), [r.errors for r in received]
     assert received[0].user == "CAIA-LAW" and received[0].request_id == "R-1"
     assert {r.transport for r in received} == {"tcp" if options["transport"] == "tcp" else send_as}
@@ -116,8 +129,12 @@ def test_a_raw_socket_that_never_completes_its_answer_hits_the_total_deadline():
 
 
 def test_an_http_answer_that_dribbles_forever_hits_the_total_deadline():
-    peer = Silent(b"x", forever=True, pause=0.05,
-                  first=b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: 100000\r\n\r\n<NCIPMessage>")
+    peer = Silent(
+        b"x",
+        forever=True,
+        pause=0.05,
+        first=b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: 100000\r\n\r\n<NCIPMessage>",
+    )
     transport = for_settings(settings(url=peer.url.replace("tcp:", "http:") + "/ncip", timeout_seconds=1))
     started = time.monotonic()
     try:
@@ -179,12 +196,16 @@ def test_an_unreadable_answer_is_its_own_verdict_with_an_excerpt():
     assert answer.verdict == "unreadable" and answer.excerpt == "<html>not NCIP</html>"
 
 
-@pytest.mark.parametrize("body", [
-    b'<NCIPMessage version="http://www.niso.org/ncip/v1_0/imp1/dtd/ncip_v1_0.dtd"></NCIPMessage>',
-    b'<NCIPMessage version="http://www.niso.org/ncip/v1_0/imp1/dtd/ncip_v1_0.dtd"><LookupItemResponse>'
-    b"<ItemIdentifierValue>1</ItemIdentifierValue></LookupItemResponse></NCIPMessage>",
-    b'<NCIPMessage xmlns="http://www.niso.org/2008/ncip"><CheckOutItemResponse/></NCIPMessage>',
-], ids=["empty-message", "another-service", "the-other-action"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'<NCIPMessage version="http://www.niso.org/ncip/v1_0/imp1/dtd/ncip_v1_0.dtd"></NCIPMessage>',
+        b'<NCIPMessage version="http://www.niso.org/ncip/v1_0/imp1/dtd/ncip_v1_0.dtd"><LookupItemResponse>'
+        b"<ItemIdentifierValue>1</ItemIdentifierValue></LookupItemResponse></NCIPMessage>",
+        b'<NCIPMessage xmlns="http://www.niso.org/2008/ncip"><CheckOutItemResponse/></NCIPMessage>',
+    ],
+    ids=["empty-message", "another-service", "the-other-action"],
+)
 def test_an_answer_without_the_entrys_response_is_not_taken_for_done(body):
     """No Problem is not proof enough: the answer must be the check-in's response, else it is retried."""
     peer = Silent(write=body)
@@ -226,8 +247,9 @@ class OneRequestPerConnection:
                     data += connection.recv(65536)
                 self.request_lines.append(data.split(b"\r\n", 1)[0])
                 body = b"<NCIPMessage>%d</NCIPMessage>" % self.connections
-                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: %d\r\n\r\n%s"
-                                   % (len(body), body))
+                connection.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+                )
             self.closed.set()  # closed right after the answer (the client reads it from its buffer)
 
     def close(self) -> None:

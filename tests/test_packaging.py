@@ -40,8 +40,12 @@ def test_the_wheel_built_from_the_sdist_installs_into_a_fresh_venv_and_runs(tmp_
     run(venv / "bin" / "pip", "install", "--quiet", wheel)
     command = venv / "bin" / "caiasoft-gateway"
     assert run(command, "--version").stdout.strip() == f"caiasoft-gateway {__version__}"
-    assert "None" in run(venv / "bin" / "python", "-c",
-                         "import importlib.util; print(importlib.util.find_spec('xmlschema'))").stdout
+    assert (
+        "None"
+        in run(
+            venv / "bin" / "python", "-c", "import importlib.util; print(importlib.util.find_spec('xmlschema'))"
+        ).stdout
+    )
 
     key = tmp_path / "api-key"
     key.write_text(KEY + "\n")
@@ -49,10 +53,13 @@ def test_the_wheel_built_from_the_sdist_installs_into_a_fresh_venv_and_runs(tmp_
     folder = tmp_path / "print"
     folder.mkdir()
     config = tmp_path / "gateway.toml"
-    config.write_text((REPO / "conf" / "gateway.toml").read_text()
-                      .replace("/etc/caiasoft-gateway/api-key", str(key))
-                      .replace("/exlibris/aleph/u23_1/usm50/print/caiasoft", str(folder))
-                      .replace("/var/lib/caiasoft-gateway", str(tmp_path / "state"))
-                      .replace("/var/log/caiasoft-gateway", str(tmp_path / "log")))
+    config.write_text(
+        (REPO / "conf" / "gateway.toml")
+        .read_text()
+        .replace("/etc/caiasoft-gateway/api-key", str(key))
+        .replace("/exlibris/aleph/u23_1/usm50/print/caiasoft", str(folder))
+        .replace("/var/lib/caiasoft-gateway", str(tmp_path / "state"))
+        .replace("/var/log/caiasoft-gateway", str(tmp_path / "log"))
+    )
     check = run(command, "-c", config, "check", "--offline")
     assert "all checks passed" in check.stdout

@@ -45,8 +45,9 @@ def refusal(tmp_path, data: bytes) -> FileRefused:
     return caught.value
 
 
-@pytest.mark.parametrize("count,newline,bom", [(1, "\n", False), (3, "\r\n", True), (500, "\r\n", False),
-                                               (500, "\n", True)])
+@pytest.mark.parametrize(
+    "count,newline,bom", [(1, "\n", False), (3, "\r\n", True), (500, "\r\n", False), (500, "\n", True)]
+)
 def test_print_files_of_1_3_and_500_records_are_accepted_and_described(tmp_path, count, newline, bom):
     data = print_file(count, newline=newline, bom=bom)
     found, records = inspect(tmp_path, data)
@@ -81,7 +82,8 @@ def test_the_sample_of_sorted_slips_is_a_record_a_slip_and_the_plain_sample_is_r
     assert [(r.barcodes, r.request_number, r.request_id, r.pickup_location) for r in records] == [
         (("31234005570001",), "000004701", "0003100010000100001", "Main Library Circulation Desk"),
         (("31234005570002", "31234005570003"), "000004702", "0003100020000200001", "Law Library"),
-        (("31234005570004",), "000004703", "0003100030000100002", "Main Library Circulation Desk")]
+        (("31234005570004",), "000004703", "0003100030000100002", "Main Library Circulation Desk"),
+    ]
     plain = refusal(tmp_path, (SAMPLES / "usm50.hold_req_plain").read_bytes())
     assert plain.reason == "a PLAIN printout, not XML: route only XML_XSL output for CaiaSoft to this folder"
 
@@ -101,16 +103,34 @@ def test_a_single_document_without_any_header_is_one_record(tmp_path):
 
 HOSTILE = {
     # name: (record text, the line of the record (0 = its header line) the parser stops at, words in the reason)
-    "doctype": ('## - XML_XSL\n<?xml version="1.0"?>\n<!DOCTYPE printout [<!ENTITY x SYSTEM "file:///etc/passwd">]>\n'
-                "<printout>&x;</printout>\n", 2, "DOCTYPE"),
-    "entity bomb": ('## - XML_XSL\n<?xml version="1.0"?>\n<!DOCTYPE lolz [<!ENTITY lol "lol">'
-                    '<!ENTITY lol2 "&lol;&lol;&lol;&lol;">]>\n<printout>&lol2;</printout>\n', 2, "DOCTYPE"),
-    "undefined entity": ('## - XML_XSL\n<?xml version="1.0"?>\n<printout>\n<z30-barcode>X</z30-barcode>\n'
-                         "<z13-title>&secret;</z13-title>\n</printout>\n", 4, "undefined entity"),
-    "malformed": ('## - XML_XSL\n<?xml version="1.0"?>\n<printout>\n<section-01>\n</section-02>\n</printout>\n', 4,
-                  "mismatched tag"),
-    "junk after the document": ('## - XML_XSL\n<printout><z30-barcode>X</z30-barcode></printout>\nstray text\n', 2,
-                                "junk after document element"),
+    "doctype": (
+        '## - XML_XSL\n<?xml version="1.0"?>\n<!DOCTYPE printout [<!ENTITY x SYSTEM "file:///etc/passwd">]>\n'
+        "<printout>&x;</printout>\n",
+        2,
+        "DOCTYPE",
+    ),
+    "entity bomb": (
+        '## - XML_XSL\n<?xml version="1.0"?>\n<!DOCTYPE lolz [<!ENTITY lol "lol">'
+        '<!ENTITY lol2 "&lol;&lol;&lol;&lol;">]>\n<printout>&lol2;</printout>\n',
+        2,
+        "DOCTYPE",
+    ),
+    "undefined entity": (
+        '## - XML_XSL\n<?xml version="1.0"?>\n<printout>\n<z30-barcode>X</z30-barcode>\n'
+        "<z13-title>&secret;</z13-title>\n</printout>\n",
+        4,
+        "undefined entity",
+    ),
+    "malformed": (
+        '## - XML_XSL\n<?xml version="1.0"?>\n<printout>\n<section-01>\n</section-02>\n</printout>\n',
+        4,
+        "mismatched tag",
+    ),
+    "junk after the document": (
+        "## - XML_XSL\n<printout><z30-barcode>X</z30-barcode></printout>\nstray text\n",
+        2,
+        "junk after document element",
+    ),
 }
 
 
@@ -145,7 +165,10 @@ def test_the_good_records_of_a_refused_file_are_still_handed_over(tmp_path):
     with pytest.raises(FileRefused):
         intake.inspect(path, path.name, 1_000_000, on_record=records.append)
     assert [(r.number, r.barcodes, r.problem is None) for r in records] == [
-        (1, (barcode(1),), True), (2, (), False), (3, (barcode(3),), True)]
+        (1, (barcode(1),), True),
+        (2, (), False),
+        (3, (barcode(3),), True),
+    ]
     assert records[1].problem.line == first_line_of(path.read_bytes(), 2) + 4
 
 
@@ -163,8 +186,9 @@ def test_a_header_with_nothing_after_it_at_the_end_is_ending_early(tmp_path):
     assert refused.at_end and "record 3 of 3" in refused.reason and "has its header but no XML" in refused.reason
 
 
-@pytest.mark.parametrize("data", [b"## - XML_XSL\n## - PRINTER=CAIASOFT\n", b"## - XML_XSL"],
-                         ids=["header-block", "header-without-newline"])
+@pytest.mark.parametrize(
+    "data", [b"## - XML_XSL\n## - PRINTER=CAIASOFT\n", b"## - XML_XSL"], ids=["header-block", "header-without-newline"]
+)
 def test_a_file_of_headers_only_is_a_print_file_without_its_xml_not_a_list(tmp_path, data):
     refused = refusal(tmp_path, data)
     assert refused.reason.startswith('record 1 of 1 (line 1, "## - XML_XSL"): the record has its header but no XML')
@@ -220,6 +244,7 @@ def test_scan_reads_any_binary_stream(tmp_path):
 
 # -- barcode lists ------------------------------------------------------------------
 
+
 def test_a_barcode_list_hands_over_its_barcodes(tmp_path):
     data = (SAMPLES / "anx.cir.12.paging20261128_am_barcode").read_bytes()
     found, records = inspect(tmp_path, data, "anx.cir.12.paging20261128_am_barcode")
@@ -232,8 +257,10 @@ def test_a_barcode_list_with_crlf_a_bom_and_a_title_line(tmp_path):
     data = b"\xef\xbb\xbfPaging list 28/11\r\n31234001111111\r\n\r\n 31234002222222 \r\n"
     found, records = inspect(tmp_path, data, "list_barcode")
     assert found.details == {"lines": 3, "items": 2, "encoding": "utf-8"}
-    assert [(r.number, r.line, r.barcodes) for r in records] == [(1, 2, ("31234001111111",)),
-                                                                 (2, 4, ("31234002222222",))]
+    assert [(r.number, r.line, r.barcodes) for r in records] == [
+        (1, 2, ("31234001111111",)),
+        (2, 4, ("31234002222222",)),
+    ]
 
 
 def test_a_barcode_list_read_twice_for_its_fallback_encoding_hands_each_barcode_over_once(tmp_path):
@@ -256,6 +283,7 @@ def test_a_record_in_its_declared_encoding_is_read_and_an_unknown_encoding_refus
 
 # -- any file built of records, read in pieces of any size ------------------------------
 
+
 class _InPieces:
     """A binary stream that never gives more than `most` bytes at once (long lines come in pieces)."""
 
@@ -270,8 +298,13 @@ _SHAPES = st.lists(st.tuples(st.booleans(), st.booleans(), st.booleans()), min_s
 
 
 @settings(max_examples=80, deadline=None)
-@given(shapes=_SHAPES, newline=st.sampled_from(["\n", "\r\n"]), bom=st.booleans(), most=st.integers(1, 80),
-       bad=st.integers(0, 12))
+@given(
+    shapes=_SHAPES,
+    newline=st.sampled_from(["\n", "\r\n"]),
+    bom=st.booleans(),
+    most=st.integers(1, 80),
+    bad=st.integers(0, 12),
+)
 def test_any_print_file_splits_into_its_records_and_names_the_bad_one(shapes, newline, bom, most, bad):
     texts = []
     for number, (extra_header, declaration, blank_line) in enumerate(shapes, 1):
@@ -308,8 +341,10 @@ def test_a_huge_barcode_list_is_counted_whole_and_listed_up_to_the_cap(tmp_path,
 ELEMENT_BARCODES = ["31234070000001", "31234070000002", "A0123-45", "31234070000004"]
 
 
-@pytest.mark.parametrize("newline,bom,indent,blank_lines", [("\n", False, "", False), ("\r\n", True, "  ", True),
-                                                            ("\r\n", False, "\t", False), ("\n", True, "", True)])
+@pytest.mark.parametrize(
+    "newline,bom,indent,blank_lines",
+    [("\n", False, "", False), ("\r\n", True, "  ", True), ("\r\n", False, "\t", False), ("\n", True, "", True)],
+)
 def test_a_cir12_list_of_z30_barcode_lines_is_a_barcode_list(tmp_path, newline, bom, indent, blank_lines):
     data = element_list(ELEMENT_BARCODES, newline=newline, bom=bom, indent=indent, blank_lines=blank_lines)
     found, records = inspect(tmp_path, data, "anx.cir.12.paging20261128_am_barcode")
@@ -329,15 +364,22 @@ JUNK_LINES = {
     "a plain barcode": ("31234079999999", 'line 3 ("31234079999999") is not a <z30-barcode> line'),
     "stray text": ("Paging list 28/11", 'line 3 ("Paging list 28/11") is not a <z30-barcode> line'),
     "an XML element": ("<printout>", 'line 3 ("<printout>") is not a <z30-barcode> line'),
-    "two elements on a line": ("<z30-barcode>12</z30-barcode><z30-barcode>56</z30-barcode>",
-                               'line 3 ("<z30-barcode>12</z30-barcode><z30-barcode>56</z30-barcode>") is not a '
-                               "<z30-barcode> line"),
-    "an empty element": ("<z30-barcode></z30-barcode>", 'line 3 ("<z30-barcode></z30-barcode>") does not hold one '
-                                                        "barcode"),
-    "two words": ("<z30-barcode>3123 4070</z30-barcode>", 'line 3 ("<z30-barcode>3123 4070</z30-barcode>") does '
-                                                          "not hold one barcode"),
-    "a control character": ("<z30-barcode>\x1b[2J</z30-barcode>", 'line 3 ("<z30-barcode>\\x1b[2J</z30-barcode>")'
-                                                                  " does not hold one barcode"),
+    "two elements on a line": (
+        "<z30-barcode>12</z30-barcode><z30-barcode>56</z30-barcode>",
+        'line 3 ("<z30-barcode>12</z30-barcode><z30-barcode>56</z30-barcode>") is not a <z30-barcode> line',
+    ),
+    "an empty element": (
+        "<z30-barcode></z30-barcode>",
+        'line 3 ("<z30-barcode></z30-barcode>") does not hold one barcode',
+    ),
+    "two words": (
+        "<z30-barcode>3123 4070</z30-barcode>",
+        'line 3 ("<z30-barcode>3123 4070</z30-barcode>") does not hold one barcode',
+    ),
+    "a control character": (
+        "<z30-barcode>\x1b[2J</z30-barcode>",
+        'line 3 ("<z30-barcode>\\x1b[2J</z30-barcode>") does not hold one barcode',
+    ),
 }
 
 
@@ -351,17 +393,21 @@ def test_a_cir12_list_with_a_line_that_is_not_one_element_is_refused_naming_the_
     records: list[printfile.Record] = []
     with pytest.raises(FileRefused) as caught:
         intake.inspect(path, path.name, 1_000_000, on_record=records.append)
-    assert caught.value.reason == (f"{named}, in a cir-12 barcode list of <z30-barcode> lines (the first at line 1): "
-                                   "every line must be one <z30-barcode>BARCODE</z30-barcode> element; nothing of "
-                                   "this file was sent")
+    assert caught.value.reason == (
+        f"{named}, in a cir-12 barcode list of <z30-barcode> lines (the first at line 1): "
+        "every line must be one <z30-barcode>BARCODE</z30-barcode> element; nothing of "
+        "this file was sent"
+    )
     assert not caught.value.at_end
     assert set(ELEMENT_BARCODES) <= {code for r in records for code in r.barcodes}  # still indexed for `find`
 
 
 def test_elements_after_a_plain_line_are_a_mixed_list_refused_naming_the_first_plain_line(tmp_path):
     refused = refusal(tmp_path, b"Paging list 28/11\n" + element_list(ELEMENT_BARCODES))
-    assert refused.reason.startswith('line 1 ("Paging list 28/11") is not a <z30-barcode> line, in a cir-12 '
-                                     "barcode list of <z30-barcode> lines (the first at line 2)")
+    assert refused.reason.startswith(
+        'line 1 ("Paging list 28/11") is not a <z30-barcode> line, in a cir-12 '
+        "barcode list of <z30-barcode> lines (the first at line 2)"
+    )
 
 
 def test_a_long_junk_line_is_named_by_its_start_only(tmp_path):
@@ -371,6 +417,7 @@ def test_a_long_junk_line_is_named_by_its_start_only(tmp_path):
 
 
 # -- batches of slips gathered into one <printout> by a site's script ------------------------
+
 
 def test_each_slip_of_a_nested_batch_is_a_record_with_its_own_request(tmp_path):
     data = nested_batch(range(1, 41), newline="\r\n", bom=True)
@@ -392,9 +439,11 @@ def test_each_slip_of_a_nested_batch_is_a_record_with_its_own_request(tmp_path):
 def test_a_slip_whose_item_section_repeats_keeps_each_barcode_once_in_order(tmp_path):
     data = nested_batch([1, 2, 3], replace={2: slip(2, items=3, repeat_item=True)})
     _, records = inspect(tmp_path, data)
-    assert [r.barcodes for r in records] == [(nested_barcode(1),),
-                                             tuple(nested_barcode(2, index) for index in range(3)),
-                                             (nested_barcode(3),)]
+    assert [r.barcodes for r in records] == [
+        (nested_barcode(1),),
+        tuple(nested_barcode(2, index) for index in range(3)),
+        (nested_barcode(3),),
+    ]
     assert records[1].request_number == f"{2 + 7000:09d}"
 
 
@@ -403,8 +452,13 @@ def test_records_and_nested_batches_in_one_file_are_numbered_in_order(tmp_path):
     found, records = inspect(tmp_path, data)
     assert found.details["records"] == 6
     assert [(r.number, r.barcodes) for r in records] == [
-        (1, (barcode(1),)), (2, (barcode(2),)), (3, (nested_barcode(5),)), (4, (nested_barcode(6),)),
-        (5, (nested_barcode(7),)), (6, (barcode(3),))]
+        (1, (barcode(1),)),
+        (2, (barcode(2),)),
+        (3, (nested_barcode(5),)),
+        (4, (nested_barcode(6),)),
+        (5, (nested_barcode(7),)),
+        (6, (barcode(3),)),
+    ]
 
 
 def test_a_bad_slip_in_a_nested_batch_is_named_and_the_others_handed_over(tmp_path):
@@ -417,26 +471,33 @@ def test_a_bad_slip_in_a_nested_batch_is_named_and_the_others_handed_over(tmp_pa
     lines = data.split(b"\n")
     start = [index for index, line in enumerate(lines, 1) if line == b"<printout>"][3]
     wrong = lines.index(b"</section-2>") + 1
-    assert caught.value.reason == (f'record 3 of 3 (line {start}, "## - XML_XSL"): its XML is not well-formed '
-                                   f"(mismatched tag) at line {wrong} of the file")
+    assert caught.value.reason == (
+        f'record 3 of 3 (line {start}, "## - XML_XSL"): its XML is not well-formed '
+        f"(mismatched tag) at line {wrong} of the file"
+    )
     assert not caught.value.at_end
     assert [(r.number, r.barcodes, r.problem is None) for r in records] == [
-        (1, (nested_barcode(1),), True), (2, (nested_barcode(2),), True), (3, (nested_barcode(3),), False)]
+        (1, (nested_barcode(1),), True),
+        (2, (nested_barcode(2),), True),
+        (3, (nested_barcode(3),), False),
+    ]
 
 
 def test_a_nested_batch_cut_short_is_ending_early(tmp_path):
     whole = nested_batch(range(1, 6))
-    refused = refusal(tmp_path, whole[:whole.index(b"<z37-sequence>0003")])
+    refused = refusal(tmp_path, whole[: whole.index(b"<z37-sequence>0003")])
     assert refused.at_end is True and refused.reason.startswith("record 3 of 3 ")
     refused = refusal(tmp_path, whole.removesuffix(b"</printout>\n"))  # every slip closed, not the batch
-    assert refused.at_end is True and refused.reason.startswith('record 6 of 6 (line 1, "## - XML_XSL"): its XML '
-                                                                "ends before its document does")
+    assert refused.at_end is True and refused.reason.startswith(
+        'record 6 of 6 (line 1, "## - XML_XSL"): its XML ends before its document does'
+    )
 
 
 def test_junk_after_a_nested_batch_is_a_record_of_its_own_and_nothing_is_lost(tmp_path):
     refused = refusal(tmp_path, nested_batch([1, 2]) + b"stray\n")
-    assert refused.reason.startswith('record 3 of 3 (line 1, "## - XML_XSL"): its XML is not well-formed (junk '
-                                     "after document element)")
+    assert refused.reason.startswith(
+        'record 3 of 3 (line 1, "## - XML_XSL"): its XML is not well-formed (junk after document element)'
+    )
     outside = nested_batch([1, 2]).replace(b"<subject/>", b"<subject/><z30-barcode>31234079999999</z30-barcode>")
     _, records = inspect(tmp_path, outside)
     assert [r.barcodes for r in records] == [(nested_barcode(1),), (nested_barcode(2),), ("31234079999999",)]
@@ -461,6 +522,7 @@ def test_a_nested_batch_read_in_pieces_of_any_size_gives_the_same_records(count,
 
 # -- printouts that are not XML ---------------------------------------------------------------
 
+
 @pytest.mark.parametrize("kind", sorted(NOT_XML_BODIES))
 def test_a_printout_that_is_not_xml_is_refused_naming_what_it_is(tmp_path, kind):
     data = not_xml_record(kind).encode()
@@ -470,22 +532,26 @@ def test_a_printout_that_is_not_xml_is_refused_naming_what_it_is(tmp_path, kind)
     records = list(printfile.scan(io.BytesIO(data)))
     assert [(r.header, r.barcodes, r.problem.printout) for r in records] == [(f"## - {kind}", (), kind)]
     many = refusal(tmp_path, (not_xml_record(kind) * 3).encode())
-    assert many.reason == (f"{SAID[kind]} printout (3 records), not XML: route only XML_XSL output for CaiaSoft to "
-                           "this folder")
+    assert many.reason == (
+        f"{SAID[kind]} printout (3 records), not XML: route only XML_XSL output for CaiaSoft to this folder"
+    )
 
 
 def test_printouts_of_several_kinds_that_are_not_xml_are_named_together(tmp_path):
     refused = refusal(tmp_path, (not_xml_record("PLAIN") + not_xml_record("HTML") + "## - PLAIN\n\n").encode())
-    assert refused.reason == ("PLAIN and HTML printouts (3 records), not XML: route only XML_XSL output for CaiaSoft "
-                              "to this folder")
+    assert refused.reason == (
+        "PLAIN and HTML printouts (3 records), not XML: route only XML_XSL output for CaiaSoft to this folder"
+    )
 
 
 def test_a_file_mixing_xml_and_other_printouts_is_refused_whole_naming_the_first_other(tmp_path):
     data = print_file(3, replace={2: not_xml_record("EXECUTE") + "## - PRINTER=CAIASOFT\n"})
     refused = refusal(tmp_path, data)
     line = data.split(b"\n").index(b"## - EXECUTE") + 1
-    assert refused.reason == (f'record 2 of 3 (line {line}, "## - EXECUTE"): an EXECUTE printout, not XML: route only '
-                              "XML_XSL output for CaiaSoft to this folder")
+    assert refused.reason == (
+        f'record 2 of 3 (line {line}, "## - EXECUTE"): an EXECUTE printout, not XML: route only '
+        "XML_XSL output for CaiaSoft to this folder"
+    )
 
 
 def test_the_first_kind_named_in_a_header_block_is_the_records_kind(tmp_path):
@@ -499,5 +565,6 @@ def test_the_first_kind_named_in_a_header_block_is_the_records_kind(tmp_path):
 def test_every_records_kind_is_named_however_many_records_a_file_of_other_printouts_holds(tmp_path):
     data = (not_xml_record("PLAIN") * (intake.MAX_BAD_RECORDS_NAMED + 2) + not_xml_record("EXECUTE")).encode()
     count = intake.MAX_BAD_RECORDS_NAMED + 3
-    assert refusal(tmp_path, data).reason == (f"PLAIN and EXECUTE printouts ({count} records), not XML: route only "
-                                              "XML_XSL output for CaiaSoft to this folder")
+    assert refusal(tmp_path, data).reason == (
+        f"PLAIN and EXECUTE printouts ({count} records), not XML: route only XML_XSL output for CaiaSoft to this folder"
+    )

@@ -35,24 +35,33 @@ from gateway.states import FileState
 
 # Modest by default so the suite stays fast; PROPERTY_EXAMPLES=200 for a longer hunt. Applied to this test
 # only (loading a profile would change the other modules' property tests too).
-FAULTS_PROFILE = settings(max_examples=int(os.environ.get("PROPERTY_EXAMPLES", "8")), deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FAULTS_PROFILE = settings(
+    max_examples=int(os.environ.get("PROPERTY_EXAMPLES", "8")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 MAX_FILE_BYTES = 4096
 SLIP = (SAMPLES / "hold-request-slip-0001.xml").read_bytes()
 
 names = st.binary(min_size=1, max_size=40).filter(
-    lambda name: b"/" not in name and b"\0" not in name and name not in (b".", b"..")
-    and intake.wanted(os.fsdecode(name), ("*",)))
+    lambda name: (
+        b"/" not in name
+        and b"\0" not in name
+        and name not in (b".", b"..")
+        and intake.wanted(os.fsdecode(name), ("*",))
+    )
+)
 
 contents = st.one_of(
     st.lists(st.from_regex(r"\A3123400[0-9]{7}\Z"), min_size=1, max_size=3).map(
-        lambda lines: ("\n".join(lines) + "\n").encode()),                   # a barcode list
-    st.just(SLIP),                                                           # an ALEPH slip
+        lambda lines: ("\n".join(lines) + "\n").encode()
+    ),  # a barcode list
+    st.just(SLIP),  # an ALEPH slip
     st.integers(min_value=10, max_value=len(SLIP) - 1).map(lambda cut: SLIP[:cut]),  # truncated XML
-    st.binary(min_size=1, max_size=300),                                     # binary
+    st.binary(min_size=1, max_size=300),  # binary
     st.text(min_size=1, max_size=200).map(lambda text: text.encode("utf-8", "surrogatepass")),
-    st.just(b"31234000000001\n" * (MAX_FILE_BYTES // 15 + 2)),              # huge: above max_file_bytes
+    st.just(b"31234000000001\n" * (MAX_FILE_BYTES // 15 + 2)),  # huge: above max_file_bytes
 )
 
 ok_answer = b'{"success": true, "error": "", "request_count": "1", "results": []}'
@@ -60,7 +69,7 @@ answers = st.one_of(
     st.tuples(st.just(200), st.just(ok_answer)),
     st.tuples(st.just(200), st.just(b'{"success": false, "error": "File format not registered"}')),
     st.tuples(st.just(200), st.just(b"<html>maintenance</html>")),
-    st.tuples(st.just(200), st.just(("{\"success\": false, \"error\": \"bad key " + KEY + "\"}").encode())),
+    st.tuples(st.just(200), st.just(('{"success": false, "error": "bad key ' + KEY + '"}').encode())),
     st.tuples(st.sampled_from([400, 401, 403, 404, 500, 503]), st.binary(max_size=200)),
     st.tuples(st.just(200), st.binary(max_size=300)),
     st.tuples(st.just(200), st.just(b'{"success": true, "error": "", "pad": "' + b"x" * 3000 + b'"}')),
@@ -115,10 +124,14 @@ def test_every_file_ends_in_one_place_no_worker_dies_and_the_key_stays_secret(pe
     root = Path(tempfile.mkdtemp(prefix="gateway-property-"))
     try:
         site = Site(root, peer.url)
-        site.write(peer.url, settle_seconds=0.05, timeout_seconds=2,
-                   extra_caiasoft="deadline_seconds = 5\nunreadable_answer_retries = 1\nmax_answer_bytes = 2048",
-                   extra_source="incomplete_grace_seconds = 0.2",
-                   extra=f"\n[intake]\nmax_file_bytes = {MAX_FILE_BYTES}\n")
+        site.write(
+            peer.url,
+            settle_seconds=0.05,
+            timeout_seconds=2,
+            extra_caiasoft="deadline_seconds = 5\nunreadable_answer_retries = 1\nmax_answer_bytes = 2048",
+            extra_source="incomplete_grace_seconds = 0.2",
+            extra=f"\n[intake]\nmax_file_bytes = {MAX_FILE_BYTES}\n",
+        )
         config = site.load()
         logs.setup(config.paths.log_dir, console=False)  # the log is one of the files the key must stay out of
         ledger = Ledger(config.paths.database)

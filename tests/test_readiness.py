@@ -31,19 +31,38 @@ def _run_as_nobody(install: Unprivileged, code: str, path: Path, *caps: str) -> 
     """Run Python code (given path as argv[1]) as the unprivileged user, with the gateway installed for
     every user (the work tree may sit in a folder only root can enter); return what it printed."""
     python = install.venv / "bin" / "python"
-    result = subprocess.run(["setpriv", f"--reuid={install.uid}", f"--regid={install.gid}", "--clear-groups", *caps,
-                             str(python), "-c", code, str(path)], capture_output=True, text=True, cwd="/",
-                            env=install.environment())
+    result = subprocess.run(
+        [
+            "setpriv",
+            f"--reuid={install.uid}",
+            f"--regid={install.gid}",
+            "--clear-groups",
+            *caps,
+            str(python),
+            "-c",
+            code,
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        env=install.environment(),
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 
 
 def _as_nobody(install: Unprivileged, path: Path, *caps: str) -> str:
     """Run the open-writer check on path as an unprivileged user (optionally with capabilities); its state."""
-    return _run_as_nobody(install, "import sys; from pathlib import Path; "
-                          "from gateway.readiness import open_writers, has_cap_lease; "
-                          "answer = open_writers(Path(sys.argv[1])); "
-                          "print(answer.state, has_cap_lease(), answer.reason)", path, *caps)
+    return _run_as_nobody(
+        install,
+        "import sys; from pathlib import Path; "
+        "from gateway.readiness import open_writers, has_cap_lease; "
+        "answer = open_writers(Path(sys.argv[1])); "
+        "print(answer.state, has_cap_lease(), answer.reason)",
+        path,
+        *caps,
+    )
 
 
 @pytest.fixture
@@ -82,30 +101,36 @@ def test_has_cap_lease_reads_the_effective_set(tmp_path):
     assert not readiness.has_cap_lease(tmp_path / "missing")
 
 
-@pytest.mark.parametrize("data, why", [
-    (b"", "empty"),
-    (b"  \n", "blank"),
-    (SLIP[: len(SLIP) // 2], "XML stops"),
-    (SLIP.rstrip()[:-1], "XML stops"),                     # "</printout" : an unclosed token on the last line
-    (b"## - XML_XSL\n<?xml version=\"1.0\"?>\n<printout><form-name>x", "XML stops"),
-    (SLIP + b"## - XML_XSL\n", "routing line"),            # a batch file whose next record has not come yet
-    (SLIP + SLIP[: len(SLIP) // 3], "XML stops"),          # ... or is half there
-    (b"31234001234567\n3123400", "no newline"),
-])
+@pytest.mark.parametrize(
+    "data, why",
+    [
+        (b"", "empty"),
+        (b"  \n", "blank"),
+        (SLIP[: len(SLIP) // 2], "XML stops"),
+        (SLIP.rstrip()[:-1], "XML stops"),  # "</printout" : an unclosed token on the last line
+        (b'## - XML_XSL\n<?xml version="1.0"?>\n<printout><form-name>x', "XML stops"),
+        (SLIP + b"## - XML_XSL\n", "routing line"),  # a batch file whose next record has not come yet
+        (SLIP + SLIP[: len(SLIP) // 3], "XML stops"),  # ... or is half there
+        (b"31234001234567\n3123400", "no newline"),
+    ],
+)
 def test_content_that_stops_mid_way_is_named(data, why):
     reason = cut_off(data)
     assert reason is not None and why in reason
 
 
-@pytest.mark.parametrize("data", [
-    SLIP,
-    SLIP.rstrip(),                                         # XML need not end with a newline
-    SLIP + SLIP,                                           # two whole records
-    b"31234001234567\n31234001234568\n",
-    b"<printout><a></b></printout>",                       # broken before its end: refused, not waited for
-    b'<!DOCTYPE x [<!ENTITY e "e">]><printout>',           # refused for its DTD, whatever its end
-    b"%PDF-1.4\x00\x00binary",                             # binary: refused at once
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        SLIP,
+        SLIP.rstrip(),  # XML need not end with a newline
+        SLIP + SLIP,  # two whole records
+        b"31234001234567\n31234001234568\n",
+        b"<printout><a></b></printout>",  # broken before its end: refused, not waited for
+        b'<!DOCTYPE x [<!ENTITY e "e">]><printout>',  # refused for its DTD, whatever its end
+        b"%PDF-1.4\x00\x00binary",  # binary: refused at once
+    ],
+)
 def test_content_whose_end_is_complete_or_whose_fault_is_elsewhere(data):
     assert cut_off(data) is None
 
@@ -132,27 +157,39 @@ def test_marker_names():
     assert prefixed.of("a_barcode") == "ready-a_barcode" and prefixed.marks("ready-a_barcode") == "a_barcode"
 
 
-@pytest.mark.parametrize("pattern, problem", [
-    ("{name}.done", None), ("done.{name}", None), ("{name}", "differ"), ("done", "exactly once"),
-    ("{name}.{name}", "exactly once"), ("../{name}.done", "no /"),
-])
+@pytest.mark.parametrize(
+    "pattern, problem",
+    [
+        ("{name}.done", None),
+        ("done.{name}", None),
+        ("{name}", "differ"),
+        ("done", "exactly once"),
+        ("{name}.{name}", "exactly once"),
+        ("../{name}.done", "no /"),
+    ],
+)
 def test_marker_settings(pattern, problem):
     found = marker_problem(pattern)
     assert (found is None) if problem is None else (problem in found)
 
 
 def _detection_as_nobody(install: Unprivileged, folder: Path, *caps: str) -> str:
-    return _run_as_nobody(install, "import sys; from pathlib import Path; from gateway.readiness import "
-                          "writer_detection; print(*writer_detection(Path(sys.argv[1]), False, 'ext4', 2.0))",
-                          folder, *caps)
+    return _run_as_nobody(
+        install,
+        "import sys; from pathlib import Path; from gateway.readiness import "
+        "writer_detection; print(*writer_detection(Path(sys.argv[1]), False, 'ext4', 2.0))",
+        folder,
+        *caps,
+    )
 
 
 def test_check_says_whether_writers_can_be_detected_and_what_to_do_if_not(foreign_file, gateway_install):
     without = _detection_as_nobody(gateway_install, foreign_file.parent, "--inh-caps=-all")
     assert without.startswith("False") and "uid 0" in without and "CAP_LEASE" in without
     assert "settle_seconds (now 2" in without and "ready_marker" in without
-    with_lease = _detection_as_nobody(gateway_install, foreign_file.parent, "--inh-caps=+lease",
-                                      "--ambient-caps=+lease")
+    with_lease = _detection_as_nobody(
+        gateway_install, foreign_file.parent, "--inh-caps=+lease", "--ambient-caps=+lease"
+    )
     assert with_lease.startswith("True open writers are detected")
 
 

@@ -58,8 +58,7 @@ def test_a_take_cut_short_between_the_link_and_removing_the_original_is_complete
     assert pipeline.ledger.get(row_id).state == "queued" and pipeline.ledger.held("print") == set()
 
 
-def test_a_writer_that_opens_the_original_as_a_cut_short_take_is_completed_keeps_its_file(
-        pipeline, site, monkeypatch):
+def test_a_writer_that_opens_the_original_as_a_cut_short_take_is_completed_keeps_its_file(pipeline, site, monkeypatch):
     """The writer arrives between the check for writers and the removal: the original is put back, kept."""
     from gateway import readiness
 
@@ -110,8 +109,9 @@ def test_crash_in_a_copy_claim_before_the_original_was_removed(pipeline, site):
     pipeline.upload(pipeline.ledger.take(row_id))
     row = pipeline.ledger.get(row_id)
     assert row.state == "archived"
-    assert LocalSource(site.load().sources[0]).release(aftertake.taken(row)).done == \
-        "deleted (it was copied when taken)"
+    assert (
+        LocalSource(site.load().sources[0]).release(aftertake.taken(row)).done == "deleted (it was copied when taken)"
+    )
     assert not path.exists()
 
 
@@ -128,8 +128,9 @@ def test_crash_during_upload_puts_the_file_back_in_the_queue(pipeline, site, sim
 def test_crash_while_archiving_finishes_at_the_recorded_place(pipeline, site):
     row_id = pipeline.adopt_copy(slip(site))
     pipeline.ledger.take(row_id)
-    pipeline.ledger.answered(row_id, Verdict.ACCEPTED, "accepted", http_status=200,
-                             answer={"success": True, "error": ""}, uploaded=True)
+    pipeline.ledger.answered(
+        row_id, Verdict.ACCEPTED, "accepted", http_status=200, answer={"success": True, "error": ""}, uploaded=True
+    )
     target = pipeline.archive.choose("slip.xml", dt.datetime(2026, 11, 28))
     pipeline.ledger.placing(row_id, target)
     assert pipeline.recover()["finished"] == 1
@@ -162,8 +163,11 @@ def test_the_partial_copies_a_crash_left_in_the_archive_are_removed_at_start(pip
     # a process killed in the middle of a copy into the archive (another filesystem) and of the sidecar
     dead = a_dead_pid()
     left = [target.with_name(f".slip.xml.partial-{dead}"), target.with_name(f".slip.xml.json.partial-{dead}")]
-    others = [target.with_name(f".slip.xml.partial-{os.getpid()}"),  # its writer still runs
-              target.with_name(".slip.xml.partial-x"), target.with_name(".other.xml.partial-1")]  # not ours
+    others = [
+        target.with_name(f".slip.xml.partial-{os.getpid()}"),  # its writer still runs
+        target.with_name(".slip.xml.partial-x"),
+        target.with_name(".other.xml.partial-1"),
+    ]  # not ours
     for path in (*left, *others):
         path.write_bytes(b"<?xml")
     daemon = daemon_factory(site.config_file)
@@ -177,8 +181,9 @@ def test_the_partial_copies_a_crash_left_in_the_archive_are_removed_at_start(pip
 
 def a_dead_pid() -> str:
     """The pid of a process that has ended."""
-    return subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    return subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def test_a_file_in_work_without_a_row_is_adopted(pipeline, site):
@@ -219,15 +224,17 @@ def test_two_gateways_cannot_share_a_state_dir(tmp_path):
 def test_a_name_reserved_before_a_crash_recorded_the_place_is_free_again_at_start(pipeline, site):
     first = pipeline.adopt_copy(slip(site, "first.xml"))
     pipeline.ledger.take(first)
-    pipeline.ledger.answered(first, Verdict.ACCEPTED, "accepted", http_status=200,
-                             answer={"success": True, "error": ""}, uploaded=True)
+    pipeline.ledger.answered(
+        first, Verdict.ACCEPTED, "accepted", http_status=200, answer={"success": True, "error": ""}, uploaded=True
+    )
     now = dt.datetime.fromtimestamp(pipeline.clock())
     reserved = pipeline.archive.choose("first.xml", now)  # the crash: before the ledger recorded it
     # another file whose place (the next free name) was recorded and not yet filled keeps its reservation
     second = pipeline.adopt_copy(slip(site, "second.xml"))
     pipeline.ledger.take(second)
-    pipeline.ledger.answered(second, Verdict.ACCEPTED, "accepted", http_status=200,
-                             answer={"success": True, "error": ""}, uploaded=True)
+    pipeline.ledger.answered(
+        second, Verdict.ACCEPTED, "accepted", http_status=200, answer={"success": True, "error": ""}, uploaded=True
+    )
     kept = pipeline.archive.choose("first.xml", now)
     pipeline.ledger.placing(second, kept)
     assert kept.name == "first.1.xml"
@@ -235,5 +242,10 @@ def test_a_name_reserved_before_a_crash_recorded_the_place_is_free_again_at_star
     assert pipeline.recover()["finished"] == 2
     assert pipeline.ledger.get(first).final_path == str(reserved), "its own name, not first.1.xml"
     assert sorted(path.name for path in reserved.parent.iterdir()) == [
-        "first.1.xml", "first.1.xml.json", "first.xml", "first.xml.json", "third.xml.json"]
+        "first.1.xml",
+        "first.1.xml.json",
+        "first.xml",
+        "first.xml.json",
+        "third.xml.json",
+    ]
     assert site.sidecar(reserved)["outcome"] == "accepted"

@@ -27,8 +27,11 @@ def add(site, action: str, item: str, **fields) -> None:
 
 def dead_letters(site) -> list[dict]:
     folder = site.error / "ncip"
-    return [json.loads(line) for path in sorted(folder.glob("*.jsonl")) for line in path.read_text().splitlines()] \
-        if folder.exists() else []
+    return (
+        [json.loads(line) for path in sorted(folder.glob("*.jsonl")) for line in path.read_text().splitlines()]
+        if folder.exists()
+        else []
+    )
 
 
 def test_entries_are_relayed_in_order_with_users_profiles_and_refusals(relay_site, ncip, daemon_factory):
@@ -41,15 +44,20 @@ def test_entries_are_relayed_in_order_with_users_profiles_and_refusals(relay_sit
     add(relay_site, "checkin", "A-1")
     daemon = daemon_factory(relay_site.config_file)
     received = ncip.wait_for(5, timeout=30)
-    assert [(r.action, r.item) for r in received] == [("checkout", "A-1"), ("checkout", "A-2"),
-                                                      ("checkout", "UNKNOWN-1"), ("checkin", "IN-ALREADY"),
-                                                      ("checkin", "A-1")]
+    assert [(r.action, r.item) for r in received] == [
+        ("checkout", "A-1"),
+        ("checkout", "A-2"),
+        ("checkout", "UNKNOWN-1"),
+        ("checkin", "IN-ALREADY"),
+        ("checkin", "A-1"),
+    ]
     assert all(r.valid for r in received), [r.errors for r in received]
     assert [r.user for r in received] == ["CAIA-LAW", "CAIASOFT", "CAIASOFT", None, None]
     assert [r.profile for r in received] == [None, None, None, "CAIAPROFILE", "CAIAPROFILE"]
     assert received[0].request_id == "000004521"
-    letters = wait_for(lambda: len(dead_letters(relay_site)) == 2 and dead_letters(relay_site),
-                       message="two dead letters")
+    letters = wait_for(
+        lambda: len(dead_letters(relay_site)) == 2 and dead_letters(relay_site), message="two dead letters"
+    )
     assert letters[0]["entry"]["item"] == "UNKNOWN-1" and letters[0]["problems"][0]["type"] == "Unknown Item"
     assert letters[1]["line"] == "this is not an entry" and "not JSON" in letters[1]["reason"]
     log = (relay_site.log_dir / "gateway.log").read_text()
@@ -65,8 +73,12 @@ def test_temporary_failures_and_a_server_that_is_down_then_up_keep_the_order(rel
     wait_for(lambda: [r.item for r in ncip.received if r.item == "T-3"], timeout=30, message="the last entry")
     accepted = [r.item for r in ncip.received]
     assert sorted(set(accepted)) == ["T-0", "T-1", "T-2", "T-3"]
-    assert [item for index, item in enumerate(accepted) if index == 0 or accepted[index - 1] != item] == \
-        ["T-0", "T-1", "T-2", "T-3"], "retries repeat the same entry; order is kept"
+    assert [item for index, item in enumerate(accepted) if index == 0 or accepted[index - 1] != item] == [
+        "T-0",
+        "T-1",
+        "T-2",
+        "T-3",
+    ], "retries repeat the same entry; order is kept"
     assert dead_letters(relay_site) == []
     assert daemon.stop() == 0
 
@@ -115,20 +127,31 @@ def test_version_1_server(relay_site, ncip, daemon_factory):
 
 def test_journal_command_status_and_check(relay_site, ncip, daemon_factory):
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "gateway", "-c", str(relay_site.config_file), *args],
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "gateway", "-c", str(relay_site.config_file), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     result = cli("journal", "checkout", "31234001234567", "--stop", "LAW", "--request-id", "R-1")
     assert result.returncode == 0, result.stderr
-    assert json.loads(relay_site.journal.read_text()) == {"action": "checkout", "item": "31234001234567",
-                                                          "stop": "LAW", "request_id": "R-1"}
+    assert json.loads(relay_site.journal.read_text()) == {
+        "action": "checkout",
+        "item": "31234001234567",
+        "stop": "LAW",
+        "request_id": "R-1",
+    }
     check = cli("check")
     assert check.returncode == 0, check.stdout
     assert "NCIP server" in check.stdout and "accepts connections" in check.stdout
     daemon = daemon_factory(relay_site.config_file)
     ncip.wait_for(1, timeout=30)
-    report = wait_for(lambda: (r := json.loads(cli("status", "--json").stdout))["ncip"] and
-                      r["ncip"]["last_success"] and r, interval=0.5, message="status with the relay")
+    report = wait_for(
+        lambda: (r := json.loads(cli("status", "--json").stdout))["ncip"] and r["ncip"]["last_success"] and r,
+        interval=0.5,
+        message="status with the relay",
+    )
     assert report["ncip"]["lag_entries"] == 0 and report["ncip"]["dead_letters"] == 0
     assert "NCIP relay:     0 entries (0 bytes) behind" in cli("status").stdout
     assert daemon.stop() == 0
@@ -144,8 +167,10 @@ def test_the_status_feed_journals_retrieved_and_refiled_items_once(relay_site, s
     daemon = daemon_factory(relay_site.config_file)
     received = ncip.wait_for(3, timeout=30)
     assert sorted((r.action, r.item, r.user) for r in received) == [
-        ("checkin", "F-0", None), ("checkout", "F-1", "CAIASOFT"), ("checkout", "F-2", "CAIASOFT")], \
-        "CaiaSoft's feed gives no stop: every feed checkout goes to ncip.user_id"
+        ("checkin", "F-0", None),
+        ("checkout", "F-1", "CAIASOFT"),
+        ("checkout", "F-2", "CAIASOFT"),
+    ], "CaiaSoft's feed gives no stop: every feed checkout goes to ncip.user_id"
     assert [r.request_id for r in received if r.item == "F-2"] == ["R-7"]
     assert daemon.stop() == 0
     simulator.status_lists[("retrieved", today, "ANNEX")].append("F-3")
@@ -157,8 +182,9 @@ def test_the_status_feed_journals_retrieved_and_refiled_items_once(relay_site, s
     assert all(e["id"].startswith("feed-") for e in entries)
 
 
-def test_items_retrieved_and_refiled_the_same_day_end_in_alephs_as_caiasoft_has_them(relay_site, simulator, ncip,
-                                                                                     daemon_factory):
+def test_items_retrieved_and_refiled_the_same_day_end_in_alephs_as_caiasoft_has_them(
+    relay_site, simulator, ncip, daemon_factory
+):
     """Every status phrase of CaiaSoft's guide, through feed, journal, relay and NCIP; an unknown one is alerted."""
     today = dt.date.today()
     said = today.strftime("%m-%d-%Y")
@@ -171,24 +197,33 @@ def test_items_retrieved_and_refiled_the_same_day_end_in_alephs_as_caiasoft_has_
     simulator.item_statuses.update(statuses)
     box = MailBox().start()
     try:
-        relay_site.write_ncip(feed='[ncip.feed]\ncollection = "ANNEX"\ninterval_seconds = 10\nlookback_days = 0\n'
-                                   + alerts_table(box.port, interval=0))
+        relay_site.write_ncip(
+            feed='[ncip.feed]\ncollection = "ANNEX"\ninterval_seconds = 10\nlookback_days = 0\n'
+            + alerts_table(box.port, interval=0)
+        )
         daemon = daemon_factory(relay_site.config_file)
         expected = 2 * (len(statuses) - 1)
         received = ncip.wait_for(expected, timeout=60)
         last = {r.item: r.action for r in received}
-        assert {item: action for item, action in last.items() if item.startswith("IN-")} == \
-            {item: "checkin" for item in statuses if item.startswith("IN-")}, "in the facility: ends checked in"
-        assert {item: action for item, action in last.items() if item.startswith("OUT-")} == \
-            {item: "checkout" for item in statuses if item.startswith("OUT-")}, "out of it: ends checked out"
+        assert {item: action for item, action in last.items() if item.startswith("IN-")} == {
+            item: "checkin" for item in statuses if item.startswith("IN-")
+        }, "in the facility: ends checked in"
+        assert {item: action for item, action in last.items() if item.startswith("OUT-")} == {
+            item: "checkout" for item in statuses if item.startswith("OUT-")
+        }, "out of it: ends checked out"
         assert "ODD-1" not in last, "an unknown status journals neither entry"
         alert = box.find("CaiaSoft status not known: 'Item has been Deaccessioned' (item ODD-1)", timeout=30)
         assert "in_statuses" in str(alert.get_payload())
 
         def feed_problem() -> str | None:
-            report = json.loads(subprocess.run(
-                [sys.executable, "-m", "gateway", "-c", str(relay_site.config_file), "status", "--json"],
-                capture_output=True, text=True, timeout=60).stdout)
+            report = json.loads(
+                subprocess.run(
+                    [sys.executable, "-m", "gateway", "-c", str(relay_site.config_file), "status", "--json"],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                ).stdout
+            )
             return report["ncip"] and report["ncip"]["feed_problem"]
 
         problem = wait_for(feed_problem, timeout=30, interval=0.5, message="the unknown status in status")
@@ -203,12 +238,18 @@ def test_items_retrieved_and_refiled_the_same_day_end_in_alephs_as_caiasoft_has_
 
 def test_check_says_that_feed_checkouts_go_to_user_id(relay_site):
     relay_site.write_ncip(feed='[ncip.feed]\ncollection = "ANNEX"\n')
-    check = subprocess.run([sys.executable, "-m", "gateway", "-c", str(relay_site.config_file), "check", "--offline"],
-                           capture_output=True, text=True, timeout=60)
-    said = " ".join(check.stdout[check.stdout.index("WARN  status feed (collection ANNEX)"):].split())
-    assert said.startswith("WARN status feed (collection ANNEX) CaiaSoft's retrieval lists give no circulation stop: "
-                           "every feed check-out goes to ncip.user_id (CAIASOFT); [ncip.stop_users] applies only to "
-                           "journal entries that carry a stop"), said
+    check = subprocess.run(
+        [sys.executable, "-m", "gateway", "-c", str(relay_site.config_file), "check", "--offline"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    said = " ".join(check.stdout[check.stdout.index("WARN  status feed (collection ANNEX)") :].split())
+    assert said.startswith(
+        "WARN status feed (collection ANNEX) CaiaSoft's retrieval lists give no circulation stop: "
+        "every feed check-out goes to ncip.user_id (CAIASOFT); [ncip.stop_users] applies only to "
+        "journal entries that carry a stop"
+    ), said
 
 
 def test_a_feed_call_that_fails_is_an_error_in_the_log_and_in_status(relay_site, simulator, daemon_factory):
@@ -217,8 +258,12 @@ def test_a_feed_call_that_fails_is_an_error_in_the_log_and_in_status(relay_site,
     daemon = daemon_factory(relay_site.config_file)
 
     def status():
-        result = subprocess.run([sys.executable, "-m", "gateway", "-c", str(relay_site.config_file), "status",
-                                 "--json"], capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [sys.executable, "-m", "gateway", "-c", str(relay_site.config_file), "status", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         report = json.loads(result.stdout)
         return report.get("ncip") and report["ncip"]["feed_problem"] and report
 
@@ -240,10 +285,12 @@ TRANSPORTS = [  # (simulator options, send_as)
 
 
 @pytest.mark.parametrize("version", ["1", "2"])
-@pytest.mark.parametrize("options,send_as", TRANSPORTS,
-                         ids=["http-body", "http-query", "http-form", "tcp-close", "tcp-open-httpish", "tcp-dribble"])
-def test_the_daemon_relays_over_each_transport_in_both_versions(relay_site, daemon_factory, options, send_as,
-                                                                 version):
+@pytest.mark.parametrize(
+    "options,send_as",
+    TRANSPORTS,
+    ids=["http-body", "http-query", "http-form", "tcp-close", "tcp-open-httpish", "tcp-dribble"],
+)
+def test_the_daemon_relays_over_each_transport_in_both_versions(relay_site, daemon_factory, options, send_as, version):
     server = NcipSimulator(problems={"GONE": "Unknown Item"}, track_loans=True, **options).start()
     try:
         relay_site.write_ncip(url=server.url, version=version, extra_ncip=f'send_as = "{send_as}"')
@@ -258,9 +305,9 @@ def test_the_daemon_relays_over_each_transport_in_both_versions(relay_site, daem
         assert daemon.stop() == 0
     finally:
         server.stop()
-    assert [(r.action, r.item, r.version, r.valid) for r in received] == \
-        [("checkout", "T-1", version, True)] * 2 + [("checkin", "T-1", version, True)] * 2 + \
-        [("checkout", "GONE", version, True)]
+    assert [(r.action, r.item, r.version, r.valid) for r in received] == [("checkout", "T-1", version, True)] * 2 + [
+        ("checkin", "T-1", version, True)
+    ] * 2 + [("checkout", "GONE", version, True)]
     assert received[0].user == "CAIA-LAW" and received[0].request_id == "R-1"
     assert [letter["entry"]["item"] for letter in letters] == ["GONE"]
     assert letters[0]["problems"][0]["type"] == "Unknown Item"
@@ -280,8 +327,9 @@ def test_a_version_mismatch_is_logged(relay_site, ncip, daemon_factory):
         assert daemon.stop() == 0
     finally:
         server.stop()
-    assert "ncip.version_mismatch" not in (relay_site.log_dir / "gateway.log").read_text(), \
+    assert "ncip.version_mismatch" not in (relay_site.log_dir / "gateway.log").read_text(), (
         "the simulator answers in the version asked"
+    )
 
 
 def test_unreadable_answers_are_retried_then_dead_lettered_with_an_excerpt(relay_site, ncip, daemon_factory):
@@ -310,8 +358,9 @@ def rewrite(site, how: str, items: list[str]) -> None:
 
 
 @pytest.mark.parametrize("while_down,while_up", [("truncate", "replace"), ("replace", "truncate")])
-def test_journal_truncated_or_replaced_while_ncip_is_down_and_up_skips_nothing(relay_site, ncip, daemon_factory,
-                                                                               while_down, while_up):
+def test_journal_truncated_or_replaced_while_ncip_is_down_and_up_skips_nothing(
+    relay_site, ncip, daemon_factory, while_down, while_up
+):
     """The reported loss: 3 relayed, NCIP answering 503, the journal truncated and 12 appended: none skipped."""
     log = relay_site.log_dir / "gateway.log"
     for number in range(3):
@@ -336,12 +385,17 @@ def test_journal_truncated_or_replaced_while_ncip_is_down_and_up_skips_nothing(r
 
 
 def check(site, *args):
-    return subprocess.run([sys.executable, "-m", "gateway", "-c", str(site.config_file), "check", *args],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "-c", str(site.config_file), "check", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
-@pytest.mark.parametrize("version,options", [("1", dict(transport="tcp")), ("2", dict(transport="http"))],
-                         ids=["v1-tcp", "v2-http"])
+@pytest.mark.parametrize(
+    "version,options", [("1", dict(transport="tcp")), ("2", dict(transport="http"))], ids=["v1-tcp", "v2-http"]
+)
 def test_check_ncip_item_asks_aleph_about_one_item_and_says_what_it_proved(relay_site, version, options):
     server = NcipSimulator(problems={"NOT-HERE": "Unknown Item"}, **options).start()
     try:
@@ -357,8 +411,10 @@ def test_check_ncip_item_asks_aleph_about_one_item_and_says_what_it_proved(relay
     assert unknown.returncode == 1
     assert "ALEPH answered with a Problem: Unknown Item" in unknown.stdout
     assert "not in the ADM library" in unknown.stdout
-    assert [(r.action, r.item, r.version, r.valid) for r in server.received] == \
-        [("lookup", "31234001234567", version, True), ("lookup", "NOT-HERE", version, True)], "plain check sends none"
+    assert [(r.action, r.item, r.version, r.valid) for r in server.received] == [
+        ("lookup", "31234001234567", version, True),
+        ("lookup", "NOT-HERE", version, True),
+    ], "plain check sends none"
     assert plain.returncode == 0 and "check --ncip-item BARCODE" in plain.stdout
 
 

@@ -42,8 +42,17 @@ class Moment:
         return self.now
 
 
-def place(ledger: Ledger, clock: Moment, folder: Folder, when: dt.datetime, name: str, barcodes: tuple[str, ...],
-          request: str, verdict: Verdict = Verdict.ACCEPTED, reason: str = "ok") -> tuple[int, Path]:
+def place(
+    ledger: Ledger,
+    clock: Moment,
+    folder: Folder,
+    when: dt.datetime,
+    name: str,
+    barcodes: tuple[str, ...],
+    request: str,
+    verdict: Verdict = Verdict.ACCEPTED,
+    reason: str = "ok",
+) -> tuple[int, Path]:
     """A file taken, answered and placed on that day, through the ledger's own transitions; its id and path."""
     clock.now = when.timestamp()
     row_id = ledger.begin_claim("print", name, f"/aleph/print/{name}", 10, when.timestamp())
@@ -52,9 +61,17 @@ def place(ledger: Ledger, clock: Moment, folder: Folder, when: dt.datetime, name
     ledger.store_records([row_id], [(row_id, Record(number=1, line=1, barcodes=barcodes, request_number=request))])
     ledger.queued(row_id, "xml", "0" * 64, 10, {})
     ledger.take(row_id)
-    answer = {"success": verdict == Verdict.ACCEPTED, "results": [
-        {"item": barcode, "deny": "Y" if barcode.endswith("9") else "N",
-         "istatus": "Item Not Available" if barcode.endswith("9") else "Item Requested"} for barcode in barcodes]}
+    answer = {
+        "success": verdict == Verdict.ACCEPTED,
+        "results": [
+            {
+                "item": barcode,
+                "deny": "Y" if barcode.endswith("9") else "N",
+                "istatus": "Item Not Available" if barcode.endswith("9") else "Item Requested",
+            }
+            for barcode in barcodes
+        ],
+    }
     ledger.answered(row_id, verdict, reason, http_status=200, answer=answer, uploaded=True)
     target = folder.choose(name, when)
     ledger.placing(row_id, target)
@@ -71,11 +88,21 @@ def history(tmp_path):
     ledger = Ledger(tmp_path / "gateway.db", clock=clock)
     archive, errors = Folder(tmp_path / "archive"), Folder(tmp_path / "error")
     rows = {
-        "a": place(ledger, clock, archive, dt.datetime(2026, 11, 2, 9), "a.xml", ("31234000000011", "31234000000029"),
-                   "REQ-A"),
+        "a": place(
+            ledger, clock, archive, dt.datetime(2026, 11, 2, 9), "a.xml", ("31234000000011", "31234000000029"), "REQ-A"
+        ),
         "d": place(ledger, clock, archive, dt.datetime(2026, 11, 3, 9), "d.xml", ("31234000000011",), "REQ-D"),
-        "r": place(ledger, clock, errors, dt.datetime(2026, 11, 2, 10), "r.xml", ("31234000000037",), "REQ-R",
-                   Verdict.REFUSED, "refused by CaiaSoft: Invalid Stop Code"),
+        "r": place(
+            ledger,
+            clock,
+            errors,
+            dt.datetime(2026, 11, 2, 10),
+            "r.xml",
+            ("31234000000037",),
+            "REQ-R",
+            Verdict.REFUSED,
+            "refused by CaiaSoft: Invalid Stop Code",
+        ),
         "c": place(ledger, clock, archive, dt.datetime(2026, 12, 10, 9), "c.xml", ("31234000000011",), "REQ-C"),
     }
     clock.now = TODAY.timestamp()
@@ -102,19 +129,23 @@ def test_removed_days_leave_one_compact_row_per_item_and_find_tells_removed_from
     assert ledger.pruning() == [], "every day was finished"
 
     [denied] = find.find(ledger, "31234000000029", [])
-    assert (denied["outcome"], denied["request_number"], denied["caiasoft"]) == \
-        (Verdict.ACCEPTED, "REQ-A", {"deny": "Y", "istatus": "Item Not Available"})
+    assert (denied["outcome"], denied["request_number"], denied["caiasoft"]) == (
+        Verdict.ACCEPTED,
+        "REQ-A",
+        {"deny": "Y", "istatus": "Item Not Available"},
+    )
     text = find.render("31234000000029", [denied])
     assert "path      (archived 2026-11-02, removed by retention on 2026-12-12)" in text
-    assert str(rows['a'][1]) not in text, "never a path that is gone"
+    assert str(rows["a"][1]) not in text, "never a path that is gone"
     assert "request REQ-A" in text and "Item Not Available (DENIED)" in text
 
     recent, older = find.find(ledger, "31234000000011", [])
     assert recent["path"] == str(rows["c"][1]) and recent["path_exists"], "newest first: the file still there"
     assert older["path"] == str(rows["d"][1]) and older["request_number"] == "REQ-D" and older["pruned_at"]
     assert older["earlier_removed"] == 1, "a.xml carried it too, and went"
-    assert "1 earlier file(s) since 2026-11-02, also removed by retention" in \
-        find.render("31234000000011", [recent, older])
+    assert "1 earlier file(s) since 2026-11-02, also removed by retention" in find.render(
+        "31234000000011", [recent, older]
+    )
 
     [refused] = find.find(ledger, "31234000000037", [])
     assert refused["path_exists"] and refused["outcome"] == Verdict.REFUSED
@@ -146,8 +177,9 @@ def test_the_rows_of_days_removed_by_hand_are_compacted_unless_the_archive_looks
     removed = retention(ledger, clock).prune(archive, 30)
     assert removed == [rows["a"][1].parent, rows["d"][1].parent]
     assert ledger.get(rows["a"][0]) is None and ledger.get(rows["d"][0]) is None and ledger.get(rows["c"][0])
-    assert "(archived 2026-11-02, removed by retention on 2026-12-12)" in \
-        find.render("31234000000029", find.find(ledger, "31234000000029", []))
+    assert "(archived 2026-11-02, removed by retention on 2026-12-12)" in find.render(
+        "31234000000029", find.find(ledger, "31234000000029", [])
+    )
 
 
 def test_a_mark_that_is_no_day_folder_of_ours_removes_nothing(history, tmp_path):
@@ -187,10 +219,22 @@ def test_a_new_ledger_gives_back_the_pages_compaction_freed(tmp_path):
         ids = ledger.begin_claims("print", [_Seen(f"f{number}.xml") for number in range(400)])
         with ledger._transaction() as db:  # 400 files archived on the old day, their records and items
             for row_id in ids:
-                ledger.store_records([row_id], [(row_id, Record(number=1, line=1, barcodes=(f"3123400{row_id:07d}",),
-                                                               header="## - XML_XSL " + "x" * 600))])
-                db.execute("UPDATE files SET state = 'archived', released_at = 1, finished_at = ?, final_path = ? "
-                           "WHERE id = ?", (clock.now, str(archive.root / "2026/11/02" / f"f{row_id}.xml"), row_id))
+                ledger.store_records(
+                    [row_id],
+                    [
+                        (
+                            row_id,
+                            Record(
+                                number=1, line=1, barcodes=(f"3123400{row_id:07d}",), header="## - XML_XSL " + "x" * 600
+                            ),
+                        )
+                    ],
+                )
+                db.execute(
+                    "UPDATE files SET state = 'archived', released_at = 1, finished_at = ?, final_path = ? "
+                    "WHERE id = ?",
+                    (clock.now, str(archive.root / "2026/11/02" / f"f{row_id}.xml"), row_id),
+                )
         (archive.root / "2026/11/02").mkdir(parents=True)
         ledger.close()
         ledger = Ledger(tmp_path / "gateway.db", clock=clock)
@@ -233,9 +277,15 @@ def test_a_ledger_of_the_release_before_is_indexed_once_and_keeps_its_history(hi
 
 # -- the real daemon and CLI ---------------------------------------------------------------------------
 
+
 def cli(site, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gateway", "-c", str(site.config_file), *args],
-                          capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "-c", str(site.config_file), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def barcode_list(number: int) -> bytes:
@@ -248,8 +298,9 @@ def day_folder(root: Path, day: dt.date) -> Path:
 
 
 @pytest.mark.e2e
-def test_a_week_of_service_runs_keeps_recent_days_errors_and_a_ledger_that_stops_growing(site, simulator,
-                                                                                     daemon_factory, tmp_path):
+def test_a_week_of_service_runs_keeps_recent_days_errors_and_a_ledger_that_stops_growing(
+    site, simulator, daemon_factory, tmp_path
+):
     """Each day (a stepped wall clock) the service starts, prunes, takes 20 files and stops: 8 days."""
     site.write(simulator.url, extra="\n[archive]\nretention_days = 2\n")
     clock = SteppedClock(tmp_path)
@@ -263,8 +314,15 @@ def test_a_week_of_service_runs_keeps_recent_days_errors_and_a_ledger_that_stops
         if number == 0:
             (site.source / "d0_bad_barcode").write_bytes(b"\x00\x01\x02 not text\n")
         day = day_folder(site.archive, today + dt.timedelta(days=number))
-        wait_for(lambda day=day: day.is_dir() and len([p for p in day.iterdir() if not p.name.endswith(".json")])
-                 == 20 and not any(site.source.iterdir()), timeout=60, message=f"day {number}'s files archived")
+        wait_for(
+            lambda day=day: (
+                day.is_dir()
+                and len([p for p in day.iterdir() if not p.name.endswith(".json")]) == 20
+                and not any(site.source.iterdir())
+            ),
+            timeout=60,
+            message=f"day {number}'s files archived",
+        )
         if number == 0:
             wait_for(lambda: len(site.refused()) == 1, timeout=30, message="the binary file refused")
         assert daemon.stop() == 0
@@ -345,8 +403,11 @@ def test_a_kill_9_during_a_prune_leaves_no_half_removed_day(site, simulator, dae
     assert 0 < left < 20002, f"the kill landed while the day was half-removed ({left} entries left)"
 
     again = daemon_factory(site.config_file)
-    wait_for(lambda: not pruning_marks(site) and not old.parent.exists(), timeout=60,
-             message="the next start to finish the day")
+    wait_for(
+        lambda: not pruning_marks(site) and not old.parent.exists(),
+        timeout=60,
+        message="the next start to finish the day",
+    )
     assert again.stop() == 0
     assert "archive.prune_resumed_day" in (site.log_dir / "gateway.log").read_text()
     assert recent.is_file() and len(site.refused()) == 1, "nothing else went"
@@ -384,9 +445,13 @@ def test_prune_dry_run_says_what_would_go_and_prune_refuses_while_the_service_ru
 @pytest.mark.e2e
 def test_the_retention_bench_smoke_run_compacts_and_prints_its_figures(tmp_path):
     """bench/retention.py cannot rot (speed itself is not tested)."""
-    result = subprocess.run([sys.executable, str(Path(__file__).resolve().parent.parent / "bench" / "retention.py"),
-                             "--smoke"], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "TMPDIR": str(tmp_path)})
+    result = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve().parent.parent / "bench" / "retention.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert list(tmp_path.iterdir()) == [], "the benchmark removes its temp folder"
     figures = json.loads(result.stdout.strip().splitlines()[-1])["retention"]
@@ -454,6 +519,7 @@ def test_when_retention_has_compacted_every_file_status_reads_without_a_lock_and
             answered.append(status.collect(reader))
         finally:
             reader.close()
+
     thread = threading.Thread(target=read, daemon=True)
     thread.start()
     try:

@@ -18,12 +18,13 @@ pytestmark = pytest.mark.e2e
 
 
 def test_ready_status_watchdog_and_stopping(site, simulator, daemon_factory, notify_socket):
-    daemon = daemon_factory(site.config_file, env={"NOTIFY_SOCKET": notify_socket.path,
-                                                  "WATCHDOG_USEC": "1000000"})
+    daemon = daemon_factory(site.config_file, env={"NOTIFY_SOCKET": notify_socket.path, "WATCHDOG_USEC": "1000000"})
     wait_for(lambda: notify_socket.lines("READY=1"), message="READY=1")
     (site.source / "a_barcode").write_text("31234001234567\n")
-    wait_for(lambda: "STATUS=queued 0, uploaded today 1, errors today 0" in notify_socket.lines("STATUS="),
-             message="a STATUS line counting the upload")
+    wait_for(
+        lambda: "STATUS=queued 0, uploaded today 1, errors today 0" in notify_socket.lines("STATUS="),
+        message="a STATUS line counting the upload",
+    )
     wait_for(lambda: len(notify_socket.lines("WATCHDOG=1")) >= 3, message="periodic watchdog pings")
     assert daemon.stop() == 0
     assert notify_socket.lines()[-1] == "STOPPING=1"
@@ -31,16 +32,18 @@ def test_ready_status_watchdog_and_stopping(site, simulator, daemon_factory, not
 
 def test_a_hung_upload_stops_the_watchdog_pings(site, simulator, daemon_factory, notify_socket):
     site.write(simulator.url, timeout_seconds=120)  # the read timeout is far away
-    daemon = daemon_factory(site.config_file, env={"NOTIFY_SOCKET": notify_socket.path,
-                                                  "WATCHDOG_USEC": "1000000"})
+    daemon = daemon_factory(site.config_file, env={"NOTIFY_SOCKET": notify_socket.path, "WATCHDOG_USEC": "1000000"})
     wait_for(lambda: len(notify_socket.lines("WATCHDOG=1")) >= 2, message="pings while healthy")
     simulator.queue_faults("hang")
     (site.source / "a_barcode").write_text("31234001234567\n")
     wait_for(lambda: re.search(r"uploader-\d has not checked in", daemon.output()), message="the hang to be noticed")
     noticed = time.monotonic()
     with pytest.raises(AssertionError, match="timed out"):
-        wait_for(lambda: notify_socket.since(noticed + 0.05, "WATCHDOG=1"), timeout=2.5,
-                 message="no watchdog ping while the upload hangs")
+        wait_for(
+            lambda: notify_socket.since(noticed + 0.05, "WATCHDOG=1"),
+            timeout=2.5,
+            message="no watchdog ping while the upload hangs",
+        )
     daemon.process.send_signal(signal.SIGTERM)
     wait_for(lambda: "service.stopping" in daemon.output(), message="the first SIGTERM to be taken")
     assert daemon.process.poll() is None, "still finishing the hung upload"
@@ -53,8 +56,9 @@ def test_sighup_with_a_valid_config_reloads_it(site, simulator, daemon_factory, 
     wait_for(lambda: "service.started" in daemon.output(), message="start")
     second = tmp_path / "paging"
     second.mkdir()
-    site.config_file.write_text(site.config_file.read_text() +
-                                f'\n[[sources]]\nname = "paging"\npath = "{second}"\nsettle_seconds = 0.2\n')
+    site.config_file.write_text(
+        site.config_file.read_text() + f'\n[[sources]]\nname = "paging"\npath = "{second}"\nsettle_seconds = 0.2\n'
+    )
     daemon.process.send_signal(signal.SIGHUP)
     wait_for(lambda: "config.reloaded" in daemon.output(), message="the reload")
     (second / "p_barcode").write_text("31234001234567\n")
@@ -67,7 +71,7 @@ def test_sighup_with_an_invalid_config_keeps_the_old_one_and_says_why(site, simu
     daemon = daemon_factory(site.config_file)
     wait_for(lambda: "service.started" in daemon.output(), message="start")
     good = site.config_file.read_text()
-    site.config_file.write_text(good.replace("[[sources]]", "[[sources]]\nwatch_mode = \"fast\""))
+    site.config_file.write_text(good.replace("[[sources]]", '[[sources]]\nwatch_mode = "fast"'))
     daemon.process.send_signal(signal.SIGHUP)
     wait_for(lambda: "config.reload_refused" in daemon.output(), message="the refusal")
     assert "sources[0].watch_mode: unknown key" in daemon.output()
@@ -78,8 +82,18 @@ def test_sighup_with_an_invalid_config_keeps_the_old_one_and_says_why(site, simu
 
 def test_daemon_detaches_holds_the_pidfile_and_refuses_a_second_start(site, simulator, tmp_path):
     pidfile = tmp_path / "gateway.pid"
-    command = [sys.executable, "-m", "gateway", "-c", str(site.config_file), "daemon", "--pidfile", str(pidfile),
-               "--user", "root"]  # tests run as root; a start as root must say so
+    command = [
+        sys.executable,
+        "-m",
+        "gateway",
+        "-c",
+        str(site.config_file),
+        "daemon",
+        "--pidfile",
+        str(pidfile),
+        "--user",
+        "root",
+    ]  # tests run as root; a start as root must say so
     started = subprocess.run(command, capture_output=True, text=True, timeout=30)
     assert started.returncode == 0, started.stderr
     pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), message="the pidfile"))

@@ -45,15 +45,19 @@ def test_remote_after_move_moves_the_original(sftp_site, simulator, daemon_facto
     (sftp_site.remote / "a_barcode").write_bytes(barcodes(1))
     (sftp_site.remote / "letter.txt").write_text("not a request\n")  # refused files are moved too
     daemon = daemon_factory(sftp_site.config_file)
-    wait_for(lambda: sorted(p.name for p in done.iterdir()) == ["a_barcode", "letter.txt"], timeout=30,
-             message="both originals moved")
+    wait_for(
+        lambda: sorted(p.name for p in done.iterdir()) == ["a_barcode", "letter.txt"],
+        timeout=30,
+        message="both originals moved",
+    )
     assert list(sftp_site.remote.iterdir()) == []
     assert [p.name for p in sftp_site.refused()] == ["letter.txt"]
     assert daemon.stop() == 0
 
 
-def test_a_failing_remote_cleanup_is_reported_retried_and_never_uploads_twice(sftp_site, simulator,
-                                                                              daemon_factory, tmp_path):
+def test_a_failing_remote_cleanup_is_reported_retried_and_never_uploads_twice(
+    sftp_site, simulator, daemon_factory, tmp_path
+):
     done = tmp_path / "remote" / "not-there-yet"
     sftp_site.write_sftp(remote_after=f"move:{done}")
     (sftp_site.remote / "a_barcode").write_bytes(barcodes(1))
@@ -74,7 +78,7 @@ def test_a_file_still_being_written_remotely_is_not_taken_early(sftp_site, simul
     path = sftp_site.remote / "slow_barcode"
     for start in range(0, len(data), 40):
         with open(path, "ab") as handle:
-            handle.write(data[start:start + 40])
+            handle.write(data[start : start + 40])
         time.sleep(0.3)  # the remote writer's pace: several polls, but less than settle_seconds
     [received] = simulator.wait_for(1, timeout=20)
     assert received.data == data
@@ -82,8 +86,9 @@ def test_a_file_still_being_written_remotely_is_not_taken_early(sftp_site, simul
 
 
 @pytest.mark.parametrize("case", ["changed", "unknown"])
-def test_a_wrong_or_unknown_host_key_is_refused_and_nothing_is_fetched(case, sftp_site, simulator,
-                                                                      daemon_factory, tmp_path):
+def test_a_wrong_or_unknown_host_key_is_refused_and_nothing_is_fetched(
+    case, sftp_site, simulator, daemon_factory, tmp_path
+):
     known_hosts = tmp_path / "known_hosts"
     if case == "changed":
         other = tmp_path / "other_ed25519"
@@ -98,14 +103,17 @@ def test_a_wrong_or_unknown_host_key_is_refused_and_nothing_is_fetched(case, sft
     wait_for(lambda: expected in daemon.output(), message="the host key refusal")
     assert (sftp_site.remote / "a_barcode").exists() and simulator.received == []
     assert list((sftp_site.state / "work").iterdir()) == []
-    result = subprocess.run([sys.executable, "-m", "gateway", "-c", str(sftp_site.config_file), "check",
-                             "--offline"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "-c", str(sftp_site.config_file), "check", "--offline"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 1 and expected in result.stdout
     assert daemon.stop() == 0
 
 
-def test_the_server_goes_away_and_comes_back_and_the_source_recovers_alone(sftp_site, simulator,
-                                                                            daemon_factory):
+def test_the_server_goes_away_and_comes_back_and_the_source_recovers_alone(sftp_site, simulator, daemon_factory):
     sftp_site.write_sftp(poll_seconds=2)  # the default: between listings the collector looks again each second
     (sftp_site.remote / "first_barcode").write_bytes(barcodes(1))
     daemon = daemon_factory(sftp_site.config_file)
@@ -113,9 +121,19 @@ def test_the_server_goes_away_and_comes_back_and_the_source_recovers_alone(sftp_
     sftp_site.sshd.stop()
     (sftp_site.remote / "second_barcode").write_bytes(barcodes(2))
     wait_for(lambda: "sftp.connect_failed" in daemon.output(), timeout=30, message="the lost server noticed")
-    wait_for(lambda: "source remote: sftp, cannot list" in subprocess.run(
-        [sys.executable, "-m", "gateway", "-c", str(sftp_site.config_file), "status"],
-        capture_output=True, text=True, timeout=30).stdout, interval=0.5, message="status to show the problem")
+    wait_for(
+        lambda: (
+            "source remote: sftp, cannot list"
+            in subprocess.run(
+                [sys.executable, "-m", "gateway", "-c", str(sftp_site.config_file), "status"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout
+        ),
+        interval=0.5,
+        message="status to show the problem",
+    )
     wait_for(lambda: daemon.output().count("sftp.connect_failed") >= 2, timeout=30, message="a second try")
     # One backoff for one failure: the source's reconnect backoff, not the collector paused on top of it
     assert "worker.paused" not in daemon.output()
@@ -126,8 +144,13 @@ def test_the_server_goes_away_and_comes_back_and_the_source_recovers_alone(sftp_
 
 
 def test_hostile_remote_names_stay_inside_the_spool_and_the_archive(sftp_site, simulator, daemon_factory):
-    hostile = ["tab\there_barcode", "esc\x1b[31mred_barcode", "new\nline_barcode", "x" * 240 + "_barcode",
-               from_bytes(b"caf\xe9_barcode")]
+    hostile = [
+        "tab\there_barcode",
+        "esc\x1b[31mred_barcode",
+        "new\nline_barcode",
+        "x" * 240 + "_barcode",
+        from_bytes(b"caf\xe9_barcode"),
+    ]
     for number, name in enumerate(hostile):
         (sftp_site.remote / name).write_bytes(barcodes(number))
     daemon = daemon_factory(sftp_site.config_file)
@@ -142,8 +165,12 @@ def test_hostile_remote_names_stay_inside_the_spool_and_the_archive(sftp_site, s
 
 
 def test_check_connects_verifies_and_lists(sftp_site):
-    result = subprocess.run([sys.executable, "-m", "gateway", "-c", str(sftp_site.config_file), "check",
-                             "--offline"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "-c", str(sftp_site.config_file), "check", "--offline"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout
     assert "host key verified, logged in as" in result.stdout
     assert str(sftp_site.remote) in result.stdout
@@ -152,8 +179,7 @@ def test_check_connects_verifies_and_lists(sftp_site):
     assert "settle_seconds (now 0.3" in result.stdout and "ready_marker" in result.stdout
 
 
-def test_an_original_kept_after_the_take_is_shown_in_status_and_never_taken_twice(sftp_site, simulator,
-                                                                                 daemon_factory):
+def test_an_original_kept_after_the_take_is_shown_in_status_and_never_taken_twice(sftp_site, simulator, daemon_factory):
     sftp_site.write_sftp(keep_original_seconds=3600)
     (sftp_site.remote / "a_barcode").write_bytes(barcodes(1))
     daemon = daemon_factory(sftp_site.config_file)
@@ -165,5 +191,9 @@ def test_an_original_kept_after_the_take_is_shown_in_status_and_never_taken_twic
 
 
 def _status(site) -> str:
-    return subprocess.run([sys.executable, "-m", "gateway", "-c", str(site.config_file), "status"],
-                          capture_output=True, text=True, timeout=60).stdout
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "-c", str(site.config_file), "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout

@@ -23,7 +23,7 @@ from gateway.sources.sftp import DOWNLOAD_BYTES_PER_SECOND, DownloadCut, SftpSou
 pytestmark = pytest.mark.e2e
 
 CAP = 1024 * 1024  # max_file_bytes in these tests
-HUGE = 64 * 1024 ** 3  # a sparse file: no space on the server's side, and far more than anyone may download
+HUGE = 64 * 1024**3  # a sparse file: no space on the server's side, and far more than anyone may download
 
 
 def barcodes(number: int) -> bytes:
@@ -42,13 +42,19 @@ def _on_disk(folder: Path) -> int:
 
 
 def _status(site) -> str:
-    return subprocess.run([sys.executable, "-m", "gateway", "-c", str(site.config_file), "status"],
-                          capture_output=True, text=True, timeout=60).stdout
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "-c", str(site.config_file), "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
 
 
-def test_a_remote_file_above_max_file_bytes_is_not_downloaded_and_status_says_why(sftp_site, simulator,
-                                                                                 daemon_factory):
-    sftp_site.write(simulator.url, local_source=False, extra=f"""
+def test_a_remote_file_above_max_file_bytes_is_not_downloaded_and_status_says_why(sftp_site, simulator, daemon_factory):
+    sftp_site.write(
+        simulator.url,
+        local_source=False,
+        extra=f"""
 [intake]
 max_file_bytes = {CAP}
 [[sources]]
@@ -59,7 +65,8 @@ private_key_file = "{sftp_site.sshd.client_key}"
 settle_seconds = 0.3
 poll_seconds = 0.2
 timeout_seconds = 5
-""")
+""",
+    )
     with open(sftp_site.remote / "endless_barcode", "wb") as endless:  # what a never-ending file lists as
         endless.write(barcodes(1))
         endless.truncate(HUGE)
@@ -70,11 +77,16 @@ timeout_seconds = 5
         held = _on_disk(sftp_site.state / "work")
         assert held <= CAP, f"{held} bytes downloaded into state_dir/work (max_file_bytes is {CAP})"
         return "above max_file_bytes" in daemon.output() and bool(sftp_site.archived())
+
     wait_for(refused_without_filling_state_dir, timeout=30, interval=0.01, message="the huge file refused")
     assert [path.name for path in sftp_site.archived()] == ["good_barcode"], "the rest flows on"
     assert [received.name for received in simulator.received] == ["good_barcode"]
-    shown = wait_for(lambda: "endless_barcode" in (text := _status(sftp_site)) and text, timeout=20,
-                     interval=0.5, message="status to name the file")
+    shown = wait_for(
+        lambda: "endless_barcode" in (text := _status(sftp_site)) and text,
+        timeout=20,
+        interval=0.5,
+        message="status to name the file",
+    )
     assert f"above max_file_bytes ({CAP})" in shown and "not downloaded" in shown
     assert (sftp_site.remote / "endless_barcode").stat().st_size == HUGE, "left on the server"
     assert _on_disk(sftp_site.state / "work") <= CAP
@@ -88,8 +100,13 @@ def remote_source(sshd, tmp_path):
         sshd.start()
     folder = tmp_path / "remote"
     folder.mkdir()
-    settings = source_settings(name="remote", url=sshd.url(folder), known_hosts_file=sshd.known_hosts,
-                               private_key_file=sshd.client_key, timeout_seconds=2.0)
+    settings = source_settings(
+        name="remote",
+        url=sshd.url(folder),
+        known_hosts_file=sshd.known_hosts,
+        private_key_file=sshd.client_key,
+        timeout_seconds=2.0,
+    )
     assert isinstance(settings, SftpSourceSettings)
     source = SftpSource(settings, max_file_bytes=CAP)
     yield folder, source
@@ -104,6 +121,7 @@ def _fetch_in_thread(source: SftpSource, entry, destination: Path) -> tuple[thre
             outcome.append(source.fetch(entry, destination))
         except Exception as error:
             outcome.append(error)
+
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread, outcome
@@ -127,6 +145,7 @@ def test_a_file_that_goes_on_after_it_was_listed_is_read_no_further_than_listed(
         held = _on_disk(work)
         assert held <= entry.size + 1, f"{held} bytes downloaded of a file listed with {entry.size}"
         return not thread.is_alive()
+
     wait_for(ended, timeout=30, interval=0.01, message="the download to stop")
     [error] = outcome
     assert isinstance(error, SourceGone) and "changed while being downloaded" in str(error), error
@@ -138,8 +157,14 @@ def test_a_file_that_reads_on_past_the_size_the_server_still_lists_is_not_taken(
     if sshd.process.poll() is not None:
         sshd.start()
     folder = Path(f"/proc/{os.getpid()}")
-    settings = source_settings(name="proc", url=sshd.url(folder), known_hosts_file=sshd.known_hosts,
-                               private_key_file=sshd.client_key, timeout_seconds=2.0, include=["status"])
+    settings = source_settings(
+        name="proc",
+        url=sshd.url(folder),
+        known_hosts_file=sshd.known_hosts,
+        private_key_file=sshd.client_key,
+        timeout_seconds=2.0,
+        include=["status"],
+    )
     assert isinstance(settings, SftpSourceSettings)
     source = SftpSource(settings, max_file_bytes=CAP)
     try:
@@ -170,8 +195,13 @@ def test_a_listing_longer_than_the_cap_is_a_source_problem_not_a_hang(sshd, tmp_
     folder.mkdir()
     for number in range(5):
         (folder / f"f{number}_barcode").write_bytes(barcodes(number))
-    settings = source_settings(name="remote", url=sshd.url(folder), known_hosts_file=sshd.known_hosts,
-                               private_key_file=sshd.client_key, timeout_seconds=2.0)
+    settings = source_settings(
+        name="remote",
+        url=sshd.url(folder),
+        known_hosts_file=sshd.known_hosts,
+        private_key_file=sshd.client_key,
+        timeout_seconds=2.0,
+    )
     assert isinstance(settings, SftpSourceSettings)
     source = SftpSource(settings, max_listed=3)
     try:
@@ -241,8 +271,13 @@ def slow(sshd, tmp_path):
     kind, key = sshd.host_key.with_suffix(".pub").read_text().split()[:2]
     known_hosts = tmp_path / "known_hosts"
     known_hosts.write_text(f"[127.0.0.1]:{link.port} {kind} {key}\n")
-    settings = source_settings(name="slow", url=f"sftp://{sshd.user}@127.0.0.1:{link.port}{folder}",
-                               known_hosts_file=known_hosts, private_key_file=sshd.client_key, timeout_seconds=2.0)
+    settings = source_settings(
+        name="slow",
+        url=f"sftp://{sshd.user}@127.0.0.1:{link.port}{folder}",
+        known_hosts_file=known_hosts,
+        private_key_file=sshd.client_key,
+        timeout_seconds=2.0,
+    )
     assert isinstance(settings, SftpSourceSettings)
     source = SftpSource(settings, max_file_bytes=CAP)
     try:

@@ -23,8 +23,9 @@ def taken(entry, data: bytes) -> Taken:
 
 
 def local_settings(folder: Path, **overrides) -> LocalSourceSettings:
-    settings = source_settings(name="print", path=folder, settle_seconds=0.2, rescan_seconds=1.0, poll_seconds=0.2,
-                               **overrides)
+    settings = source_settings(
+        name="print", path=folder, settle_seconds=0.2, rescan_seconds=1.0, poll_seconds=0.2, **overrides
+    )
     assert isinstance(settings, LocalSourceSettings)
     return settings
 
@@ -50,9 +51,16 @@ class SftpFolder(LocalFolder):
         from gateway.sources.sftp import SftpSource
 
         self.folder = folder
-        settings = source_settings(name="print", url=sshd.url(folder), known_hosts_file=sshd.known_hosts,
-                                   private_key_file=sshd.client_key, settle_seconds=0.2, poll_seconds=0.2,
-                                   timeout_seconds=5.0, **overrides)
+        settings = source_settings(
+            name="print",
+            url=sshd.url(folder),
+            known_hosts_file=sshd.known_hosts,
+            private_key_file=sshd.client_key,
+            settle_seconds=0.2,
+            poll_seconds=0.2,
+            timeout_seconds=5.0,
+            **overrides,
+        )
         assert isinstance(settings, SftpSourceSettings)
         self.source = SftpSource(settings)
 
@@ -119,7 +127,8 @@ class TestSourceContract:
         assert source.changed(taken(entries["grown"], b"31234001234567\n")) == 30
         assert source.changed(taken(entries["same"], b"31234001234567\n")) is None
         assert source.release(taken(entries["same"], b"31234001234567\n")) == Released(
-            "deleted (it was copied when taken)" if not source.keeps_originals else "deleted")
+            "deleted (it was copied when taken)" if not source.keeps_originals else "deleted"
+        )
         grown = source.release(taken(entries["grown"], b"31234001234567\n"))
         assert grown.changed_size == 30 and "left in place" in grown.done
         rewritten = source.release(taken(entries["rewritten"], b"31234009999999\n"))  # same size and mtime
@@ -247,6 +256,7 @@ def test_auto_watch_uses_inotify_on_this_local_disk_and_forced_modes_win(tmp_pat
 
 # -- the collector over a real folder, with the pipeline and the simulator --------------
 
+
 class Threads:
     """The collector and uploader threads of a real service, without the process around them."""
 
@@ -265,8 +275,7 @@ class Threads:
         self.uploader = Uploader(self.pipeline, Gate(config.caiasoft), wake) if with_uploader else None
         if self.uploader:
             self.pipeline.on_queued = wake.set
-        self.collector = Collector(LocalSource(config.sources[0]), config.sources[0].settle_seconds,
-                                   self.pipeline)
+        self.collector = Collector(LocalSource(config.sources[0]), config.sources[0].settle_seconds, self.pipeline)
 
     def start(self) -> Threads:
         for thread in (self.uploader, self.collector):
@@ -301,12 +310,14 @@ def test_a_file_written_slowly_is_taken_once_whole(threads, site, simulator):
     data = (SAMPLES / "hold-request-slip-0002.xml").read_bytes()
     with open(path, "wb") as handle:
         for index in range(0, len(data), len(data) // 3 + 1):
-            handle.write(data[index:index + len(data) // 3 + 1])
+            handle.write(data[index : index + len(data) // 3 + 1])
             handle.flush()
             # A writer that pauses longer than settle_seconds with the file still open:
             # the gateway sees it settle, and only the open-for-writing check holds it.
-            wait_for(lambda: waiting.get("slip.xml", {}).get("reason") == "open for writing",
-                     message="the settled file held as open for writing")
+            wait_for(
+                lambda: waiting.get("slip.xml", {}).get("reason") == "open for writing",
+                message="the settled file held as open for writing",
+            )
             assert path.exists(), "taken while still open for writing"
     [received] = simulator.wait_for(1)
     assert received.data == data
@@ -391,8 +402,7 @@ def test_a_failed_sync_of_the_work_folder_leaves_every_file_in_its_source(tmp_pa
     assert len(list(folder.folder.iterdir())) == 3 and list(work.iterdir()) == []
 
 
-def test_a_file_whose_original_cannot_be_removed_is_not_taken_and_leaves_no_copy_in_work(
-        tmp_path, small_tmpfs):
+def test_a_file_whose_original_cannot_be_removed_is_not_taken_and_leaves_no_copy_in_work(tmp_path, small_tmpfs):
     """A read-only source (an NFS export, a read-only mount): the take fails, naming the file; the original stays
     the only copy, so the retry a minute later cannot leave a second one in work/ to be adopted and sent."""
     import subprocess

@@ -34,17 +34,54 @@ SITE_DROPIN = "[Service]\nSupplementaryGroups=root\nReadWritePaths=/tmp\n"  # wh
 # man pages). RHEL 8 ships systemd 239: the unit itself must use nothing newer; newer-systemd.conf holds the rest.
 RHEL8_SYSTEMD = 239
 SINCE = {
-    "Description": 1, "Documentation": 1, "After": 1, "Wants": 1, "Type": 1, "ExecStart": 1, "ExecReload": 1,
-    "Restart": 1, "RestartSec": 1, "RestartPreventExitStatus": 189, "WatchdogSec": 1, "TimeoutStopSec": 1,
-    "User": 1, "Group": 1, "SupplementaryGroups": 1, "UMask": 1, "StateDirectory": 235, "StateDirectoryMode": 235,
-    "LogsDirectory": 235, "LogsDirectoryMode": 235, "ConfigurationDirectory": 235, "ConfigurationDirectoryMode": 235,
-    "ProtectSystem": 214, "ReadWritePaths": 231, "ProtectHome": 214, "PrivateTmp": 1, "PrivateMounts": 239,
-    "RemoveIPC": 232, "PrivateDevices": 1, "NoNewPrivileges": 187, "ProtectKernelTunables": 232,
-    "ProtectKernelModules": 232, "ProtectControlGroups": 232, "LockPersonality": 235, "RestrictRealtime": 231,
-    "RestrictNamespaces": 233, "RestrictAddressFamilies": 211, "SystemCallFilter": 187,
-    "SystemCallArchitectures": 187, "CapabilityBoundingSet": 1, "AmbientCapabilities": 229, "WantedBy": 1,
-    "ProtectProc": 247, "ProtectKernelLogs": 244, "ProtectClock": 245, "ProtectHostname": 242,
-    "RestrictSUIDSGID": 242, "LoadCredential": 247,
+    "Description": 1,
+    "Documentation": 1,
+    "After": 1,
+    "Wants": 1,
+    "Type": 1,
+    "ExecStart": 1,
+    "ExecReload": 1,
+    "Restart": 1,
+    "RestartSec": 1,
+    "RestartPreventExitStatus": 189,
+    "WatchdogSec": 1,
+    "TimeoutStopSec": 1,
+    "User": 1,
+    "Group": 1,
+    "SupplementaryGroups": 1,
+    "UMask": 1,
+    "StateDirectory": 235,
+    "StateDirectoryMode": 235,
+    "LogsDirectory": 235,
+    "LogsDirectoryMode": 235,
+    "ConfigurationDirectory": 235,
+    "ConfigurationDirectoryMode": 235,
+    "ProtectSystem": 214,
+    "ReadWritePaths": 231,
+    "ProtectHome": 214,
+    "PrivateTmp": 1,
+    "PrivateMounts": 239,
+    "RemoveIPC": 232,
+    "PrivateDevices": 1,
+    "NoNewPrivileges": 187,
+    "ProtectKernelTunables": 232,
+    "ProtectKernelModules": 232,
+    "ProtectControlGroups": 232,
+    "LockPersonality": 235,
+    "RestrictRealtime": 231,
+    "RestrictNamespaces": 233,
+    "RestrictAddressFamilies": 211,
+    "SystemCallFilter": 187,
+    "SystemCallArchitectures": 187,
+    "CapabilityBoundingSet": 1,
+    "AmbientCapabilities": 229,
+    "WantedBy": 1,
+    "ProtectProc": 247,
+    "ProtectKernelLogs": 244,
+    "ProtectClock": 245,
+    "ProtectHostname": 242,
+    "RestrictSUIDSGID": 242,
+    "LoadCredential": 247,
 }
 
 
@@ -67,13 +104,21 @@ def _unit_folder(tmp_path: Path, newer: bool = True) -> Path:
 
 def _analyze_unit(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """systemd-analyze on the unit by name, searched in folder first (so its drop-ins are read too)."""
-    return subprocess.run([_analyze(), *args, UNIT.name], capture_output=True, text=True, cwd=folder,
-                          env={**os.environ, "SYSTEMD_UNIT_PATH": f"{folder}:"})
+    return subprocess.run(
+        [_analyze(), *args, UNIT.name],
+        capture_output=True,
+        text=True,
+        cwd=folder,
+        env={**os.environ, "SYSTEMD_UNIT_PATH": f"{folder}:"},
+    )
 
 
 def _directives(path: Path) -> list[str]:
-    return [line.split("=", 1)[0].strip() for line in path.read_text().splitlines()
-            if "=" in line and not line.lstrip().startswith(("#", ";", "["))]
+    return [
+        line.split("=", 1)[0].strip()
+        for line in path.read_text().splitlines()
+        if "=" in line and not line.lstrip().startswith(("#", ";", "["))
+    ]
 
 
 @pytest.mark.parametrize("newer", [False, True], ids=["systemd-239", "systemd-247-and-later"])
@@ -93,9 +138,11 @@ def test_the_unit_uses_nothing_newer_than_rhel8s_systemd_and_the_drop_in_only_ne
 
 def test_no_site_group_or_folder_is_hard_coded_in_the_unit():
     assert "SupplementaryGroups" not in _directives(UNIT) and "aleph" not in UNIT.read_text().replace(
-        "ALEPH", "").lower().replace("aleph-caiasoft", "")
+        "ALEPH", ""
+    ).lower().replace("aleph-caiasoft", "")
     assert [line for line in UNIT.read_text().splitlines() if line.startswith("ReadWritePaths=")] == [
-        "ReadWritePaths=-/var/lib/prometheus/node-exporter"]
+        "ReadWritePaths=-/var/lib/prometheus/node-exporter"
+    ]
 
 
 def test_unit_is_no_more_exposed_than_before_it_got_cap_lease(tmp_path):
@@ -107,8 +154,11 @@ def test_unit_is_no_more_exposed_than_before_it_got_cap_lease(tmp_path):
 
 def test_unit_grants_cap_lease_and_nothing_else():
     """The open-writer check (a read lease on ALEPH's files) needs CAP_LEASE; no other capability is given."""
-    settings = [line.strip() for line in UNIT.read_text().splitlines() if "Capabilit" in line
-                and not line.lstrip().startswith("#")]
+    settings = [
+        line.strip()
+        for line in UNIT.read_text().splitlines()
+        if "Capabilit" in line and not line.lstrip().startswith("#")
+    ]
     assert settings == ["CapabilityBoundingSet=CAP_LEASE", "AmbientCapabilities=CAP_LEASE"]
 
 
@@ -132,15 +182,31 @@ def test_unit_keeps_its_promises(tmp_path):
     """Sandboxing as systemd-analyze judges it; the service's own settings as systemd parses them."""
     result = _analyze_unit(_unit_folder(tmp_path, newer=False), "security", "--offline=true", "--json=short")
     verdicts = {check["json_field"]: check for check in json.loads(result.stdout)}
-    for field in ("NoNewPrivileges", "ProtectSystem", "ProtectHome", "PrivateTmp", "PrivateDevices",
-                  "SystemCallArchitectures", "SystemCallFilter_mount", "SystemCallFilter_module",
-                  "SystemCallFilter_reboot", "SystemCallFilter_swap", "UserOrDynamicUser"):
+    for field in (
+        "NoNewPrivileges",
+        "ProtectSystem",
+        "ProtectHome",
+        "PrivateTmp",
+        "PrivateDevices",
+        "SystemCallArchitectures",
+        "SystemCallFilter_mount",
+        "SystemCallFilter_module",
+        "SystemCallFilter_reboot",
+        "SystemCallFilter_swap",
+        "UserOrDynamicUser",
+    ):
         assert verdicts[field]["set"], verdicts[field]["description"]
     assert "strict" in verdicts["ProtectSystem"]["description"]
     service = _service_section()
-    for key, value in (("Type", "notify"), ("ExecReload", "/bin/kill -HUP $MAINPID"), ("Restart", "on-failure"),
-                       ("RestartPreventExitStatus", "2"), ("StateDirectory", "caiasoft-gateway"),
-                       ("LogsDirectory", "caiasoft-gateway"), ("ConfigurationDirectory", "caiasoft-gateway")):
+    for key, value in (
+        ("Type", "notify"),
+        ("ExecReload", "/bin/kill -HUP $MAINPID"),
+        ("Restart", "on-failure"),
+        ("RestartPreventExitStatus", "2"),
+        ("StateDirectory", "caiasoft-gateway"),
+        ("LogsDirectory", "caiasoft-gateway"),
+        ("ConfigurationDirectory", "caiasoft-gateway"),
+    ):
         assert service.get(key) == [value], (key, service.get(key))
     assert int(service["WatchdogSec"][0]) > 0
 
@@ -150,13 +216,15 @@ def test_sysusers_then_tmpfiles_make_the_user_and_folders_in_a_scratch_root(tmp_
     (tmp_path / "etc").mkdir()
     for name in ("passwd", "group"):
         (tmp_path / "etc" / name).write_text(Path(f"/etc/{name}").read_text())
-    for command in (["systemd-sysusers", f"--root={tmp_path}", str(REPO / "systemd" / "caiasoft-gateway.sysusers")],
-                    ["systemd-tmpfiles", f"--root={tmp_path}", "--create",
-                     str(REPO / "systemd" / "caiasoft-gateway.tmpfiles")]):
+    for command in (
+        ["systemd-sysusers", f"--root={tmp_path}", str(REPO / "systemd" / "caiasoft-gateway.sysusers")],
+        ["systemd-tmpfiles", f"--root={tmp_path}", "--create", str(REPO / "systemd" / "caiasoft-gateway.tmpfiles")],
+    ):
         result = subprocess.run(command, capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
-    [user] = [line for line in (tmp_path / "etc" / "passwd").read_text().splitlines()
-              if line.startswith("caiasoft-gateway:")]
+    [user] = [
+        line for line in (tmp_path / "etc" / "passwd").read_text().splitlines() if line.startswith("caiasoft-gateway:")
+    ]
     assert user.endswith(":/var/lib/caiasoft-gateway:/usr/sbin/nologin")
     uid = int(user.split(":")[2])
     for folder in ("archive", "error"):

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.e2e
 
 SETTLE = 0.2
 PAUSES = (2, 5, 20)  # times settle_seconds
-KEEP = 30 * SETTLE   # keep_original_seconds: above the longest pause
+KEEP = 30 * SETTLE  # keep_original_seconds: above the longest pause
 CAP_LEASE = ["--inh-caps=+lease", "--ambient-caps=+lease"]
 
 
@@ -30,23 +30,33 @@ def events(site) -> list[dict]:
 
 
 @pytest.mark.parametrize("cap_lease", [True, False], ids=["with-CAP_LEASE", "without-CAP_LEASE"])
-def test_a_writer_of_another_user_pausing_mid_file_loses_nothing(cap_lease, unprivileged_site, gateway_install,
-                                                                 simulator, daemon_factory):
+def test_a_writer_of_another_user_pausing_mid_file_loses_nothing(
+    cap_lease, unprivileged_site, gateway_install, simulator, daemon_factory
+):
     site = unprivileged_site
     site.write(simulator.url, settle_seconds=SETTLE, extra_source=f"keep_original_seconds = {KEEP}\n")
     prefix = gateway_install.prefix()
     if cap_lease:  # as the shipped unit: AmbientCapabilities=CAP_LEASE, nothing else
         prefix = [part for part in prefix if part != "--inh-caps=-all"]
         prefix[-1:-1] = CAP_LEASE
-    daemon = daemon_factory(site.config_file, command=[*prefix, str(gateway_install.executable)],
-                            env=gateway_install.environment(), clean_env=True)
-    wait_for(lambda: any(e["event"] == "service.started" for e in events(site)), timeout=30,
-             message="the unprivileged daemon to start")
+    daemon = daemon_factory(
+        site.config_file,
+        command=[*prefix, str(gateway_install.executable)],
+        env=gateway_install.environment(),
+        clean_env=True,
+    )
+    wait_for(
+        lambda: any(e["event"] == "service.started" for e in events(site)),
+        timeout=30,
+        message="the unprivileged daemon to start",
+    )
     complete = {f"paused{factor}x_barcode": barcode_list(factor) for factor in PAUSES}
     watch = DeletionWatch(site.source, complete, simulator)
     watch.start()
-    writers = [threading.Thread(target=write_with_a_pause, args=(site.source / name, data, factor * SETTLE))
-               for (name, data), factor in zip(complete.items(), PAUSES, strict=True)]
+    writers = [
+        threading.Thread(target=write_with_a_pause, args=(site.source / name, data, factor * SETTLE))
+        for (name, data), factor in zip(complete.items(), PAUSES, strict=True)
+    ]
     for writer in writers:
         writer.start()
     for writer in writers:
@@ -55,8 +65,9 @@ def test_a_writer_of_another_user_pausing_mid_file_loses_nothing(cap_lease, unpr
     logged = events(site)
     changed = [e for e in logged if e["event"] == "file.changed_after_take"]
     if cap_lease:
-        assert sorted(u.data for u in simulator.received) == sorted(complete.values()), \
+        assert sorted(u.data for u in simulator.received) == sorted(complete.values()), (
             "each file sent once, whole: the open writer was seen"
+        )
         assert changed == [] and not any(e["event"] == "source.writers_unknown" for e in logged)
     else:
         [unknown] = [e for e in logged if e["event"] == "source.writers_unknown"]

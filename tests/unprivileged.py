@@ -51,8 +51,7 @@ class Unprivileged:
 
     def prefix(self) -> list[str]:
         """argv prefix that drops to the user (no supplementary groups, no capabilities)."""
-        return [str(SETPRIV), f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups",
-                "--inh-caps=-all", "--"]
+        return [str(SETPRIV), f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups", "--inh-caps=-all", "--"]
 
     def command(self, *args: str) -> list[str]:
         return [*self.prefix(), str(self.executable), *args]
@@ -61,8 +60,14 @@ class Unprivileged:
         return {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/"}
 
     def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run(self.command(*args), capture_output=True, text=True, timeout=timeout,
-                              env=self.environment(), stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            self.command(*args),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.environment(),
+            stdin=subprocess.DEVNULL,
+        )
 
     def give(self, *paths: Path) -> None:
         """Make these paths (recursively) the user's."""
@@ -91,8 +96,7 @@ def _copy_source(destination: Path) -> None:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, destination / name)
     for folder in ("gateway", "samples"):
-        shutil.copytree(REPO / folder, destination / folder,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(REPO / folder, destination / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
 def build_install() -> Path:
@@ -114,8 +118,18 @@ def build_install() -> Path:
         source = Path(tempfile.mkdtemp(prefix="source-", dir=home))
         try:
             _copy_source(source)
-            subprocess.run([*pip, "install", "--no-build-isolation", *([] if fresh else ["--no-deps"]),
-                            "--force-reinstall", str(source)], check=True, cwd=source)
+            subprocess.run(
+                [
+                    *pip,
+                    "install",
+                    "--no-build-isolation",
+                    *([] if fresh else ["--no-deps"]),
+                    "--force-reinstall",
+                    str(source),
+                ],
+                check=True,
+                cwd=source,
+            )
         finally:
             shutil.rmtree(source, ignore_errors=True)
         (venv / ".deps-installed").touch()

@@ -46,8 +46,10 @@ class DeletionWatch(threading.Thread):
             present = {path.name for path in self.folder.iterdir()}
             seen |= present
             for name in (set(self.complete) & seen) - present - self.gone:
-                if not any(name == upload.name and upload.data == self.complete[name]
-                           for upload in list(self.simulator.received)):
+                if not any(
+                    name == upload.name and upload.data == self.complete[name]
+                    for upload in list(self.simulator.received)
+                ):
                     self.early.append(name)
                 self.gone.add(name)
 
@@ -55,9 +57,13 @@ class DeletionWatch(threading.Thread):
 def check_outcome(site, complete: dict[str, bytes], simulator, watch: DeletionWatch, moved: bool = False) -> None:
     """Every complete version sent and archived; no partial archived as complete; no original removed early
     (moved: the files were moved out whole when taken, so leaving the folder is no removal)."""
-    wait_for(lambda: all(any(u.name == name and u.data == data for u in list(simulator.received))
-                         for name, data in complete.items()),
-             timeout=40, message="every complete version received by CaiaSoft")
+    wait_for(
+        lambda: all(
+            any(u.name == name and u.data == data for u in list(simulator.received)) for name, data in complete.items()
+        ),
+        timeout=40,
+        message="every complete version received by CaiaSoft",
+    )
     wait_for(lambda: watch.gone == set(complete), timeout=20, message="every original handled and removed")
     watch.stop_event.set()
     watch.join(5)
@@ -65,15 +71,19 @@ def check_outcome(site, complete: dict[str, bytes], simulator, watch: DeletionWa
         assert watch.early == [], f"deleted before their complete content reached CaiaSoft: {watch.early}"
 
     def complete_archived() -> set[str]:
-        return {site.sidecar(p)["original_name"] for p in site.archived()
-                if p.read_bytes() == complete[site.sidecar(p)["original_name"]]}
+        return {
+            site.sidecar(p)["original_name"]
+            for p in site.archived()
+            if p.read_bytes() == complete[site.sidecar(p)["original_name"]]
+        }
 
     wait_for(lambda: complete_archived() == set(complete), message="every complete version archived")
     for path in site.archived():
         info = site.sidecar(path)
         data = path.read_bytes()
-        assert info["size"] == len(data) and info["sha256"] == hashlib.sha256(data).hexdigest(), \
+        assert info["size"] == len(data) and info["sha256"] == hashlib.sha256(data).hexdigest(), (
             f"{path.name}: the sidecar does not describe the archived bytes"
+        )
         assert any(u.data == data for u in simulator.received), f"{path.name}: archived but never sent"
         if data != complete[info["original_name"]]:
             assert "changed_after_take" in info, f"{path.name}: a partial version archived as if complete"

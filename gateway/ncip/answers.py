@@ -88,17 +88,17 @@ def _unwrap(body: bytes) -> bytes:
     for bom, encoding in _BOMS:
         if body.startswith(bom):
             if encoding != "utf-8":  # re-encoded, so expat sees UTF-8 without a contradicting declaration
-                text = body[len(bom):].decode(encoding, "replace")
+                text = body[len(bom) :].decode(encoding, "replace")
                 body = re.sub(r"\A\s*<\?xml[^>]*\?>", "", text).encode("utf-8")
             else:
-                body = body[len(bom):]
+                body = body[len(bom) :]
             break
     start = _ROOT_START.search(body)
     if start is None:
         return body
-    body = body[start.start():]  # whatever came before (HTTP or not) is dropped, as ALEPH's clients drop it
+    body = body[start.start() :]  # whatever came before (HTTP or not) is dropped, as ALEPH's clients drop it
     end = _ROOT_END.search(body)
-    return body[:end.end()] if end else body
+    return body[: end.end()] if end else body
 
 
 def read(body: bytes) -> Reply:
@@ -207,18 +207,26 @@ def _problems(root: ET.Element) -> list[Problem]:
 
 def _problem(element: ET.Element) -> Problem:
     if any(_local(child.tag) == "ProblemType" for child in element.iter()):  # version 2
-        return Problem(_text(element, "ProblemType"), _text(element, "ProblemDetail"),
-                       _text(element, "ProblemElement"), _text(element, "ProblemValue"))
+        return Problem(
+            _text(element, "ProblemType"),
+            _text(element, "ProblemDetail"),
+            _text(element, "ProblemElement"),
+            _text(element, "ProblemValue"),
+        )
     error_type = next((child for child in element.iter() if _local(child.tag).endswith("ErrorType")), None)
     type_text = _text(error_type, _local(error_type.tag)) if error_type is not None else ""
     names = [_clean(child.text) for child in element.iter() if _local(child.tag) == "ElementName" and child.text]
-    values = [_clean(child.text) for child in element.iter()
-              if _local(child.tag).endswith("ErrorValue") and _clean(child.text)]
+    values = [
+        _clean(child.text)
+        for child in element.iter()
+        if _local(child.tag).endswith("ErrorValue") and _clean(child.text)
+    ]
     detail = _text(element, "ProblemDetail") or _text(element, "ErrorDetail")
     return Problem(type_text, detail, "/".join(names), "; ".join(values))
 
 
 # -- judging ------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Judgement:

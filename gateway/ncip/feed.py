@@ -56,10 +56,19 @@ from gateway.worker import Worker
 # retrievalinfo's item fields, as CaiaSoft's API guide names them
 BARCODE = "barcode"
 REQUEST_ID = "request_id"
-RETRIEVED_ON = "retrieval date"   # MM-DD-YYYY (a time may follow)
+RETRIEVED_ON = "retrieval date"  # MM-DD-YYYY (a time may follow)
 RETRIEVAL_TYPE = "retrieval type"  # PYR, ERT, DEA, SHP, ...
-DATE_FORMATS = ("%m-%d-%Y %H:%M:%S", "%m-%d-%Y %H:%M", "%m-%d-%Y", "%m/%d/%Y %H:%M:%S", "%m/%d/%Y %H:%M", "%m/%d/%Y",
-                "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d")
+DATE_FORMATS = (
+    "%m-%d-%Y %H:%M:%S",
+    "%m-%d-%Y %H:%M",
+    "%m-%d-%Y",
+    "%m/%d/%Y %H:%M:%S",
+    "%m/%d/%Y %H:%M",
+    "%m/%d/%Y",
+    "%Y-%m-%d %H:%M:%S",
+    "%Y-%m-%d %H:%M",
+    "%Y-%m-%d",
+)
 EXCERPT_CHARS = 200
 UNKNOWN_LISTED = 5  # unknown statuses named in the feed's problem (all are counted)
 _TRAILING_DATE = re.compile(r"\s+on\s+\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}(\s+\d{1,2}:\d{2}(:\d{2})?)?\s*$", re.IGNORECASE)
@@ -158,8 +167,9 @@ class Feed(Worker):
         """What status shows while items are held back (or retrievalinfo items could not be read), else None."""
         parts = []
         if self.held:
-            named = "; ".join(f"{barcode} ({day}): {reason}" for (day, barcode), reason in
-                              sorted(self.held.items())[:UNKNOWN_LISTED])
+            named = "; ".join(
+                f"{barcode} ({day}): {reason}" for (day, barcode), reason in sorted(self.held.items())[:UNKNOWN_LISTED]
+            )
             more = len(self.held) - UNKNOWN_LISTED
             parts.append(f"{len(self.held)} item(s) not journaled: {named}{f'; and {more} more' if more > 0 else ''}")
         if self.unreadable:
@@ -187,7 +197,8 @@ class Feed(Worker):
             return {}
         what = f"CaiaSoft's retrieval info for {day} (collection {self.feed.collection})"
         path = self.feed.retrievalinfo_path.format_map(
-            {"from": day, "to": day, "collection": quote(self.feed.collection, safe="")})
+            {"from": day, "to": day, "collection": quote(self.feed.collection, safe="")}
+        )
         try:
             answer = self.client.read(path, what)
             items = answer.get("items")
@@ -196,10 +207,14 @@ class Feed(Worker):
                 raise  # CaiaSoft unreachable or overloaded: the whole read is tried again
             # not there, or not taking this path (404, 400, success false): the lists are read without it
             self._without_retrievalinfo = True
-            log.warning("feed.no_retrievalinfo", reason=str(error), path=self.feed.retrievalinfo_path,
-                        detail="check-outs are journaled in the order of the retrieved list, without request ids "
-                               "or retrieval types, until the service is reloaded; check [ncip.feed] "
-                               "retrievalinfo_path")
+            log.warning(
+                "feed.no_retrievalinfo",
+                reason=str(error),
+                path=self.feed.retrievalinfo_path,
+                detail="check-outs are journaled in the order of the retrieved list, without request ids "
+                "or retrieval types, until the service is reloaded; check [ncip.feed] "
+                "retrievalinfo_path",
+            )
             return {}
         if not isinstance(items, list):
             raise ApiError(f"{what} has no list of items: {_excerpt(answer)}")
@@ -209,8 +224,12 @@ class Feed(Worker):
                 found.append(retrieval(item, what))
             except ApiError as error:
                 barcode = _text(item, BARCODE) if isinstance(item, dict) else None
-                log.error("feed.item_unreadable", reason=str(error), item=barcode,
-                          detail="this item is not journaled; the others go on")
+                log.error(
+                    "feed.item_unreadable",
+                    reason=str(error),
+                    item=barcode,
+                    detail="this item is not journaled; the others go on",
+                )
                 if barcode is None:
                     self.unreadable.append(str(error))
                 else:
@@ -244,14 +263,20 @@ class Feed(Worker):
         refiled = self._barcodes("refiled", day)
         order = {barcode: index for index, barcode in enumerate(facts)}  # by time where CaiaSoft gave one
         out = sorted(dict.fromkeys([*facts, *retrieved]), key=lambda barcode: order.get(barcode, len(order)))
-        not_lent = {b for b in out if b in facts and (facts[b].type or "").upper() in
-                    {kind.upper() for kind in self.feed.no_checkout_types}}
+        not_lent = {
+            b
+            for b in out
+            if b in facts and (facts[b].type or "").upper() in {kind.upper() for kind in self.feed.no_checkout_types}
+        }
         back_in = list(dict.fromkeys(refiled))
         both = (set(out) - not_lent) & set(back_in)  # both movements this day, journaled before or not
         planned: list[tuple[str, str, bool]] = []  # (kind, barcode, journaled again so that it ends right)
         for barcode in dict.fromkeys([*out, *back_in]):
-            new = {kind for kind, listed in (("retrieved", out), ("refiled", back_in))
-                   if barcode in listed and not self.ledger.feed_seen(kind, barcode, day)}
+            new = {
+                kind
+                for kind, listed in (("retrieved", out), ("refiled", back_in))
+                if barcode in listed and not self.ledger.feed_seen(kind, barcode, day)
+            }
             if not new or (day, barcode) in held:
                 continue
             if barcode in not_lent:
@@ -264,8 +289,9 @@ class Feed(Worker):
             self._append(kind, barcode, day, facts.get(barcode), again)
         return sum(kind != "not lent" for kind, _, _ in planned)
 
-    def _in_order(self, barcode: str, day: str, new: set[str],
-                  held: dict[tuple[str, str], str]) -> list[tuple[str, str, bool]]:
+    def _in_order(
+        self, barcode: str, day: str, new: set[str], held: dict[tuple[str, str], str]
+    ) -> list[tuple[str, str, bool]]:
         """An item retrieved and refiled on day, with new entries: those, and the one matching its status now
         last (journaled again if it was journaled at an earlier read). Nothing if its status is not known."""
         status = self._status_of(barcode, day, held)
@@ -285,18 +311,30 @@ class Feed(Worker):
             if error.http_status is None or error.http_status >= 500 or error.http_status in (408, 429):
                 raise  # CaiaSoft unreachable or overloaded: the whole read is tried again
             held[(day, barcode)] = str(error)
-            log.error("feed.status_failed", item=barcode, day=day, reason=str(error),
-                      detail="this item is not journaled until CaiaSoft answers for it; the others go on")
+            log.error(
+                "feed.status_failed",
+                item=barcode,
+                day=day,
+                reason=str(error),
+                detail="this item is not journaled until CaiaSoft answers for it; the others go on",
+            )
             return None
 
     def _unknown(self, barcode: str, status: str, day: str, held: dict[tuple[str, str], str]) -> None:
-        held[(day, barcode)] = (f"CaiaSoft status {status!r} not known: add it to [ncip.feed] in_statuses or "
-                                "out_statuses")
+        held[(day, barcode)] = (
+            f"CaiaSoft status {status!r} not known: add it to [ncip.feed] in_statuses or out_statuses"
+        )
         if (day, barcode, status) not in self._alerted:
             self._alerted.add((day, barcode, status))
-            log.error("feed.unknown_status", item=barcode, status=status, day=day, collection=self.feed.collection,
-                      detail="neither its retrieval nor its refile is journaled: add the status to [ncip.feed] "
-                             "in_statuses or out_statuses")
+            log.error(
+                "feed.unknown_status",
+                item=barcode,
+                status=status,
+                day=day,
+                collection=self.feed.collection,
+                detail="neither its retrieval nor its refile is journaled: add the status to [ncip.feed] "
+                "in_statuses or out_statuses",
+            )
             self.events.status_unknown(barcode, status, day, self.feed.collection)
 
     def _append(self, kind: str, barcode: str, day: str, fact: Retrieval | None, again: bool = False) -> None:
@@ -312,6 +350,12 @@ class Feed(Worker):
         try:
             journal.append(self.settings.journal, entry)
         except ValueError as error:  # a barcode no NCIP message can carry: said once, never journaled
-            log.error("feed.entry_refused", item=barcode, day=day, kind=kind, reason=str(error),
-                      detail="CaiaSoft listed a barcode that cannot be relayed; the other items go on")
+            log.error(
+                "feed.entry_refused",
+                item=barcode,
+                day=day,
+                kind=kind,
+                reason=str(error),
+                detail="CaiaSoft listed a barcode that cannot be relayed; the other items go on",
+            )
         self.ledger.remember_feed(kind, barcode, day)

@@ -91,12 +91,19 @@ def parse_entry(raw: bytes) -> JournalEntry:
             raise ValueError(f"{key} must be a non-empty string, got {value!r}")
     if not data.get("item"):
         raise ValueError("item (the barcode) is missing")
+
     def text(key: str) -> str | None:  # a script's CRLF or padding is not part of a barcode or a user id
         value = data.get(key)
         return trimmed(value) if isinstance(value, str) else None
 
-    entry = JournalEntry(action=data["action"], item=trimmed(data["item"]), stop=text("stop"), user=text("user"),
-                         request_id=text("request_id"), id=text("id"))
+    entry = JournalEntry(
+        action=data["action"],
+        item=trimmed(data["item"]),
+        stop=text("stop"),
+        user=text("user"),
+        request_id=text("request_id"),
+        id=text("id"),
+    )
     refuse_uncarried(entry)
     return entry
 
@@ -129,8 +136,7 @@ def append(path: Path, entry: JournalEntry) -> None:
     if kind is not None:  # a FIFO or a device is never opened
         raise OSError(errno.EINVAL, f"it is {kind}, not a regular file", str(path))
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK,
-                     0o640)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o640)
     except OSError as error:
         if error.errno == errno.ELOOP:
             raise OSError(errno.ELOOP, "it is a symbolic link, which is not followed", str(path)) from None
@@ -156,8 +162,14 @@ def file_kind(mode: int) -> str | None:
     """None for a regular file; otherwise what the file is, in words."""
     if stat.S_ISREG(mode):
         return None
-    kinds = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-             (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    kinds = (
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    )
     return next((words for test, words in kinds if test(mode)), "not a regular file")
 
 
@@ -187,8 +199,10 @@ def open_journal(path: Path) -> int | None:
             if kind is None:
                 return fd
             os.close(fd)
-    raise JournalRefused(f"the journal {path} is {kind}: not read (the journal must be a regular file; a symbolic "
-                         "link is not followed); the relay resumes once a regular file is there")
+    raise JournalRefused(
+        f"the journal {path} is {kind}: not read (the journal must be a regular file; a symbolic "
+        "link is not followed); the relay resumes once a regular file is there"
+    )
 
 
 def _open_regular(path: Path) -> int | None:
@@ -282,9 +296,12 @@ class Tailer:
             self._fd, self._offset, self._rotated, self._mark = old, saved["offset"], True, saved
             log.info("journal.rotated", journal=str(self.path), policy="reading the old file to its end first")
         else:
-            log.warning("journal.replaced", journal=str(self.path), policy="reading the new file from its start",
-                        detail="the file checkpointed before is gone; what it held after the checkpoint was "
-                               "never relayed")
+            log.warning(
+                "journal.replaced",
+                journal=str(self.path),
+                policy="reading the new file from its start",
+                detail="the file checkpointed before is gone; what it held after the checkpoint was never relayed",
+            )
         return True
 
     def _note_problem(self, problem: str | None) -> None:
@@ -292,8 +309,12 @@ class Tailer:
         if problem == self.problem:
             return
         if problem is not None:
-            log.warning("journal.refused", journal=str(self.path), reason=problem,
-                        policy="nothing is read from it; the relay waits and resumes once a regular file is there")
+            log.warning(
+                "journal.refused",
+                journal=str(self.path),
+                reason=problem,
+                policy="nothing is read from it; the relay waits and resumes once a regular file is there",
+            )
         else:
             log.info("journal.readable", journal=str(self.path), after=self.problem)
         self.problem = problem
@@ -314,8 +335,11 @@ class Tailer:
                 continue
             if by_inode and (info.st_dev, info.st_ino) != (saved["device"], saved["inode"]):
                 continue
-            if not by_inode and (current is None or (info.st_dev, info.st_ino) == (current.st_dev, current.st_ino)
-                                 or info.st_size < saved["offset"]):
+            if not by_inode and (
+                current is None
+                or (info.st_dev, info.st_ino) == (current.st_dev, current.st_ino)
+                or info.st_size < saved["offset"]
+            ):
                 continue
             fd = _open_regular(candidate)
             if fd is None:
@@ -331,15 +355,24 @@ class Tailer:
         if copy is not None:
             os.close(self._file)
             self._fd, self._offset, self._rotated, self._mark = copy, saved["offset"], True, saved
-            log.warning("journal.truncated", journal=str(self.path), was=saved["offset"], now=size,
-                        policy="reading the rest of the copy of the old content first, then the journal from "
-                               "its start")
+            log.warning(
+                "journal.truncated",
+                journal=str(self.path),
+                was=saved["offset"],
+                now=size,
+                policy="reading the rest of the copy of the old content first, then the journal from its start",
+            )
             return
         self._offset, self._mark = 0, None
-        log.warning("journal.truncated", journal=str(self.path), was=saved["offset"], now=size,
-                    policy="reading the journal again from its start",
-                    detail="no copy of the old content found beside it: lines written after the checkpoint "
-                           "and before the truncation were never relayed")
+        log.warning(
+            "journal.truncated",
+            journal=str(self.path),
+            was=saved["offset"],
+            now=size,
+            policy="reading the journal again from its start",
+            detail="no copy of the old content found beside it: lines written after the checkpoint "
+            "and before the truncation were never relayed",
+        )
 
     def _check(self) -> None:
         """Before every read: has the file been truncated or rewritten below the checkpoint?"""
@@ -359,22 +392,33 @@ class Tailer:
             mark = None if self._rotated else self._mark
             rest = current.st_size - self._offset
             if rest:
-                log.warning("journal.partial_line_dropped", journal=str(self.path), bytes=rest,
-                            detail="the rotated file ended without a newline")
+                log.warning(
+                    "journal.partial_line_dropped",
+                    journal=str(self.path),
+                    bytes=rest,
+                    detail="the rotated file ended without a newline",
+                )
             os.close(self._file)
             self._fd = None
             later = self._rotated_after(current, info)
             if later is not None:  # rotated again before the old file was finished: read each in turn
                 fd, name = later
                 self._fd, self._offset, self._rotated, self._mark = fd, 0, True, None
-                log.warning("journal.rotated", journal=str(self.path), next=name,
-                            policy="the journal was rotated more than once: reading the next rotated file "
-                                   "from its start, then the journal")
+                log.warning(
+                    "journal.rotated",
+                    journal=str(self.path),
+                    next=name,
+                    policy="the journal was rotated more than once: reading the next rotated file "
+                    "from its start, then the journal",
+                )
                 return True
             if not self._rotated:
                 if current.st_nlink == 0:
-                    log.warning("journal.replaced", journal=str(self.path),
-                                policy="old file read to its end, then the new one from its start")
+                    log.warning(
+                        "journal.replaced",
+                        journal=str(self.path),
+                        policy="old file read to its end, then the new one from its start",
+                    )
                 else:
                     log.info("journal.rotated", journal=str(self.path), policy="old file read to its end")
             if self._open():
@@ -398,14 +442,17 @@ class Tailer:
         skip = {(finished.st_dev, finished.st_ino)} | ({(journal.st_dev, journal.st_ino)} if journal else set())
         for candidate in self.path.parent.iterdir():
             name = candidate.name
-            if not name.startswith(self.path.name) or not _ROTATED_NAME.fullmatch(name[len(self.path.name):]):
+            if not name.startswith(self.path.name) or not _ROTATED_NAME.fullmatch(name[len(self.path.name) :]):
                 continue
             try:
                 info = candidate.lstat()
             except OSError:
                 continue
-            if stat.S_ISREG(info.st_mode) and info.st_mtime_ns > finished.st_mtime_ns and \
-                    (info.st_dev, info.st_ino) not in skip:
+            if (
+                stat.S_ISREG(info.st_mode)
+                and info.st_mtime_ns > finished.st_mtime_ns
+                and (info.st_dev, info.st_ino) not in skip
+            ):
                 found.append((info.st_mtime_ns, name))
         return [name for _, name in sorted(found)]
 
@@ -465,8 +512,13 @@ class Tailer:
         while the line was out, the next read notices, instead of taking the new content for the old."""
         self._offset = line.end
         info = os.fstat(self._file)
-        self._mark = {"device": info.st_dev, "inode": info.st_ino, "offset": self._offset,
-                      "fingerprint": line.fingerprint, "fingerprint_length": min(FINGERPRINT_BYTES, line.end)}
+        self._mark = {
+            "device": info.st_dev,
+            "inode": info.st_ino,
+            "offset": self._offset,
+            "fingerprint": line.fingerprint,
+            "fingerprint_length": min(FINGERPRINT_BYTES, line.end),
+        }
         return dict(self._mark)
 
     def lag(self) -> tuple[int, int]:
@@ -480,11 +532,11 @@ class Tailer:
         except OSError:
             journal = None
         reading = os.fstat(self._fd)
-        if self._rotated or (journal is not None and (journal.st_dev, journal.st_ino) != (reading.st_dev,
-                                                                                          reading.st_ino)):
+        if self._rotated or (
+            journal is not None and (journal.st_dev, journal.st_ino) != (reading.st_dev, reading.st_ino)
+        ):
             # an old file (renamed, or a copy): the rotated copies after it, then the journal, are behind too
-            for path in [self.path.parent / name for name in self._rotated_names_after(reading, journal)] \
-                    + [self.path]:
+            for path in [self.path.parent / name for name in self._rotated_names_after(reading, journal)] + [self.path]:
                 fd = _open_regular(path)
                 if fd is None:
                     continue

@@ -103,8 +103,9 @@ def v1_scheme_value(parent: ET.Element, scheme: str, value: str) -> None:
     v1_element(parent, "Value", value)
 
 
-def _v1_unique(parent: ET.Element, name: str, settings: Ncip, value_name: str, value: str,
-               agency: str | None = None) -> None:
+def _v1_unique(
+    parent: ET.Element, name: str, settings: Ncip, value_name: str, value: str, agency: str | None = None
+) -> None:
     unique = v1_element(parent, name)
     v1_scheme_value(v1_element(unique, "UniqueAgencyId"), settings.agency_scheme, agency or settings.to_agency)
     v1_element(unique, value_name, value)
@@ -114,13 +115,16 @@ def _v1_start(service_name: str, settings: Ncip, with_profile: bool) -> tuple[ET
     root = ET.Element("NCIPMessage", {"version": V1_DTD})
     service = v1_element(root, service_name)
     header = v1_element(service, "InitiationHeader")
-    v1_scheme_value(v1_element(v1_element(header, "FromAgencyId"), "UniqueAgencyId"), settings.agency_scheme,
-                     settings.from_agency)
-    v1_scheme_value(v1_element(v1_element(header, "ToAgencyId"), "UniqueAgencyId"), settings.agency_scheme,
-                     settings.to_agency)
+    v1_scheme_value(
+        v1_element(v1_element(header, "FromAgencyId"), "UniqueAgencyId"), settings.agency_scheme, settings.from_agency
+    )
+    v1_scheme_value(
+        v1_element(v1_element(header, "ToAgencyId"), "UniqueAgencyId"), settings.agency_scheme, settings.to_agency
+    )
     if with_profile and settings.application_profile:
-        v1_scheme_value(v1_element(header, "ApplicationProfileType"), settings.agency_scheme,
-                         settings.application_profile)
+        v1_scheme_value(
+            v1_element(header, "ApplicationProfileType"), settings.agency_scheme, settings.application_profile
+        )
     return root, service
 
 
@@ -133,8 +137,9 @@ def _v1(settings: Ncip, entry: JournalEntry) -> bytes:
     checkout = entry.action == "checkout"
     root, service = _v1_start("CheckOutItem" if checkout else "CheckInItem", settings, with_profile=not checkout)
     if checkout:
-        _v1_unique(service, "UniqueUserId", settings, "UserIdentifierValue",
-                   entry.user or settings.user_for(entry.stop))
+        _v1_unique(
+            service, "UniqueUserId", settings, "UserIdentifierValue", entry.user or settings.user_for(entry.stop)
+        )
     _v1_unique(service, "UniqueItemId", settings, "ItemIdentifierValue", entry.item)
     if checkout and entry.request_id:
         requester = settings.from_agency if settings.request_agency == "from" else settings.to_agency

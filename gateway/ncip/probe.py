@@ -47,15 +47,31 @@ def lookup(settings: Ncip, barcode: str) -> list[Finding]:
     findings = [_version(settings, reply)]
     if reply.problems:
         words = "; ".join(str(problem) for problem in reply.problems)
-        hints = {hint for problem in reply.problems for key, hint in HINTS.items()
-                 if any(key in word for word in problem.words())}
-        findings.append(Finding("FAIL", what, f"ALEPH answered with a Problem: {words}"
-                                + (f" ({'; '.join(sorted(hints))})" if hints else "")))
+        hints = {
+            hint
+            for problem in reply.problems
+            for key, hint in HINTS.items()
+            if any(key in word for word in problem.words())
+        }
+        findings.append(
+            Finding(
+                "FAIL",
+                what,
+                f"ALEPH answered with a Problem: {words}" + (f" ({'; '.join(sorted(hints))})" if hints else ""),
+            )
+        )
     else:
         facts = [f"title {title!r}" for title in [reply.find("Title")] if title]
         facts += [f"circulation status {status!r}" for status in [reply.find("CirculationStatus")] if status]
-        findings.append(Finding("ok", what, "ALEPH knows the item" + (": " + ", ".join(facts) if facts else "")
-                                + "; URL, port, registration and agencies work"))
+        findings.append(
+            Finding(
+                "ok",
+                what,
+                "ALEPH knows the item"
+                + (": " + ", ".join(facts) if facts else "")
+                + "; URL, port, registration and agencies work",
+            )
+        )
     return findings
 
 
@@ -71,6 +87,10 @@ def _version(settings: Ncip, reply: answers.Reply) -> Finding:
     if reply.version is None:
         return Finding("WARN", what, "the answer does not say which NCIP version it is in")
     if reply.version != settings.version:
-        return Finding("WARN", what, f"the server answered in version {reply.version}, but ncip.version = "
-                                     f"\"{settings.version}\": set ncip.version = \"{reply.version}\"")
+        return Finding(
+            "WARN",
+            what,
+            f"the server answered in version {reply.version}, but ncip.version = "
+            f'"{settings.version}": set ncip.version = "{reply.version}"',
+        )
     return Finding("ok", what, f"the server answered in version {reply.version}, as configured")

@@ -96,8 +96,10 @@ ACTED_ON = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})  # controls (0x9b starts an
 def _json_line(record: dict[str, Any]) -> str:
     """The record as one line of JSON: readable text kept as it is, every character a terminal, an editor or a
     line splitter acts on (which json.dumps leaves raw above U+007E) written as a \\uXXXX escape instead."""
-    return "".join(_escaped(char) if char > "~" and unicodedata.category(char) in ACTED_ON else char
-                   for char in json.dumps(record, ensure_ascii=False))
+    return "".join(
+        _escaped(char) if char > "~" and unicodedata.category(char) in ACTED_ON else char
+        for char in json.dumps(record, ensure_ascii=False)
+    )
 
 
 def _escaped(char: str) -> str:
@@ -113,8 +115,9 @@ class DeadLetters:
 
     def __init__(self, folder: Path):
         self.folder = folder
-        self._count = sum(path.read_bytes().count(b"\n") for path in folder.glob("*.jsonl")) \
-            if folder.is_dir() else 0  # counted once; status asks every few seconds
+        self._count = (
+            sum(path.read_bytes().count(b"\n") for path in folder.glob("*.jsonl")) if folder.is_dir() else 0
+        )  # counted once; status asks every few seconds
 
     def add(self, record: dict[str, Any]) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -165,11 +168,15 @@ class Relay(Worker):
 
     def begin(self) -> None:
         self.tailer = Tailer(self.settings.journal, self.checkpoint.position(), self.settings.max_line_bytes)
-        log.info("ncip.started", journal=str(self.settings.journal), server=self.settings.url,
-                 version=self.settings.version)
+        log.info(
+            "ncip.started", journal=str(self.settings.journal), server=self.settings.url, version=self.settings.version
+        )
         if self.checkpoint.started_over:
-            log.warning("ncip.checkpoint.started_over", file=str(self.checkpoint.path),
-                        reason="the checkpoint file was empty: the journal is read from its start")
+            log.warning(
+                "ncip.checkpoint.started_over",
+                file=str(self.checkpoint.path),
+                reason="the checkpoint file was empty: the journal is read from its start",
+            )
             self.checkpoint.started_over = False  # said once, not again after a reload
 
     def end(self) -> None:
@@ -190,16 +197,20 @@ class Relay(Worker):
             self._commit(line)
             return
         answer = self.client.send(line.entry)
-        fields = dict(item=line.entry.item, action=line.entry.action, entry_id=line.entry.id,
-                      offset=line.start, status=answer.http_status)
+        fields = dict(
+            item=line.entry.item,
+            action=line.entry.action,
+            entry_id=line.entry.id,
+            offset=line.start,
+            status=answer.http_status,
+        )
         self._note_version(answer.version)
         answer = self._bounded(line, answer, fields)
         if answer.verdict in (NcipVerdict.TEMPORARY, NcipVerdict.UNREADABLE):
             self._failures += 1
             delay = self.backoff.delay(self._failures)
             self.last_problem = answer.reason
-            log.warning("ncip.retry", **fields, reason=answer.reason, attempt=self._failures,
-                        retry_in=round(delay, 2))
+            log.warning("ncip.retry", **fields, reason=answer.reason, attempt=self._failures, retry_in=round(delay, 2))
             self.rest(delay)
             return
         self._failures = 0
@@ -211,8 +222,11 @@ class Relay(Worker):
             self._dead_letter(line, answer.reason, answer)
         else:
             self.last_success = time.time()
-            log.info("ncip.ok" if answer.verdict == NcipVerdict.DONE else "ncip.already_done", **fields,
-                     **({"problem": answer.reason} if answer.verdict == NcipVerdict.ALREADY else {}))
+            log.info(
+                "ncip.ok" if answer.verdict == NcipVerdict.DONE else "ncip.already_done",
+                **fields,
+                **({"problem": answer.reason} if answer.verdict == NcipVerdict.ALREADY else {}),
+            )
             self.events.ncip_entry(NcipOutcome(answer.verdict), line.entry.as_dict())
         self._commit(line)
 
@@ -221,9 +235,16 @@ class Relay(Worker):
         row, or HTTP client errors client_error_tries times: retried for ever, either would hold up every later
         entry, and neither comes right by waiting."""
         status = answer.http_status
-        kind = "unreadable" if answer.verdict == NcipVerdict.UNREADABLE else \
-            "client_error" if answer.verdict == NcipVerdict.TEMPORARY and status is not None and \
-            400 <= status < 500 and status not in RETRIED_CLIENT_ERRORS else None
+        kind = (
+            "unreadable"
+            if answer.verdict == NcipVerdict.UNREADABLE
+            else "client_error"
+            if answer.verdict == NcipVerdict.TEMPORARY
+            and status is not None
+            and 400 <= status < 500
+            and status not in RETRIED_CLIENT_ERRORS
+            else None
+        )
         assert line.entry is not None, "only entries are sent"
         if kind is None or (line.start, line.entry, kind) != self._struck:
             self._strikes = 0
@@ -231,17 +252,31 @@ class Relay(Worker):
             return answer
         if kind == "client_error" and (status in ENDPOINT_ERRORS or status == self._lettered_status):
             why = "to every message at this address" if status in ENDPOINT_ERRORS else "to the entry before too"
-            return Answer(NcipVerdict.TEMPORARY, f"{answer.reason} {why}: the NCIP server refuses messages, not "
-                          "this entry (check ncip.url, a login or a proxy); the relay waits and makes no dead letter",
-                          http_status=status, excerpt=answer.excerpt)
+            return Answer(
+                NcipVerdict.TEMPORARY,
+                f"{answer.reason} {why}: the NCIP server refuses messages, not "
+                "this entry (check ncip.url, a login or a proxy); the relay waits and makes no dead letter",
+                http_status=status,
+                excerpt=answer.excerpt,
+            )
         self._strikes, self._struck = self._strikes + 1, (line.start, line.entry, kind)
         limit = self.settings.unreadable_attempts if kind == "unreadable" else self.settings.client_error_tries
         if self._strikes < limit:
             return answer
-        log.warning(f"ncip.{kind}", **fields, reason=answer.reason, attempts=self._strikes, excerpt=answer.excerpt,
-                    policy="dead letter, next entry")
-        refused = Answer(NcipVerdict.REFUSED, f"{answer.reason} ({self._strikes} attempts)",
-                         http_status=status, excerpt=answer.excerpt)
+        log.warning(
+            f"ncip.{kind}",
+            **fields,
+            reason=answer.reason,
+            attempts=self._strikes,
+            excerpt=answer.excerpt,
+            policy="dead letter, next entry",
+        )
+        refused = Answer(
+            NcipVerdict.REFUSED,
+            f"{answer.reason} ({self._strikes} attempts)",
+            http_status=status,
+            excerpt=answer.excerpt,
+        )
         self._strikes, self._struck = 0, None
         if kind == "client_error":
             self._lettered_status = status  # the same again for the next entry: the server, not the entry
@@ -250,8 +285,12 @@ class Relay(Worker):
     def _note_version(self, version: str | None) -> None:
         if version and version != self.settings.version and version != self._mismatch:
             self._mismatch = version
-            log.warning("ncip.version_mismatch", configured=self.settings.version, answered=version,
-                        detail=f"the NCIP server answers in version {version}: set ncip.version = \"{version}\"")
+            log.warning(
+                "ncip.version_mismatch",
+                configured=self.settings.version,
+                answered=version,
+                detail=f'the NCIP server answers in version {version}: set ncip.version = "{version}"',
+            )
 
     def _commit(self, line: Line) -> None:
         assert self.tailer is not None, "begin() opened the tailer"
@@ -267,7 +306,9 @@ class Relay(Worker):
     def _dead_letter(self, line: Line, reason: str, answer: Answer | None) -> None:
         record: dict[str, Any] = {
             "at": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "journal": str(self.settings.journal), "offset": line.start, "reason": reason,
+            "journal": str(self.settings.journal),
+            "offset": line.start,
+            "reason": reason,
         }
         if line.entry is not None:
             record["entry"] = line.entry.as_dict()

@@ -79,8 +79,12 @@ def _request(settings: Ncip, message: bytes) -> tuple[str, str, dict[str, str], 
     if settings.send_as == "query":
         return "GET", settings.url.split("?", 1)[0] + "?" + quote(message, safe=""), {}, None
     if settings.send_as == "form":
-        return "POST", settings.url, {"Content-Type": settings.form_content_type}, \
-            quote(message, safe="").encode("ascii")
+        return (
+            "POST",
+            settings.url,
+            {"Content-Type": settings.form_content_type},
+            quote(message, safe="").encode("ascii"),
+        )
     return "POST", settings.url, {"Content-Type": settings.content_type}, message
 
 
@@ -111,24 +115,29 @@ class PlainHttp:
                 self.close()
                 if deadline.expired or deadline.remaining() == 0 or isinstance(error, socket.timeout):
                     raise self._late() from None
-                raise NcipUnavailable(f"cannot reach the NCIP server: connection failed ({self.host}:{self.port}: "
-                                      f"{_text(error)})") from None
+                raise NcipUnavailable(
+                    f"cannot reach the NCIP server: connection failed ({self.host}:{self.port}: {_text(error)})"
+                ) from None
             if deadline.expired:  # a shut-down socket can look like a short, complete answer
                 self.close()
                 raise self._late()
         if not 200 <= status < 300:
             raise NcipUnavailable(f"NCIP server answered HTTP {status}", status)
         if truncated:
-            raise UnreadableAnswer(f"the NCIP answer is larger than max_answer_bytes ({settings.max_answer_bytes})",
-                                   answer)
+            raise UnreadableAnswer(
+                f"the NCIP answer is larger than max_answer_bytes ({settings.max_answer_bytes})", answer
+            )
         return answer
 
     def _late(self) -> NcipUnavailable:
-        return NcipUnavailable(f"cannot reach the NCIP server: no whole answer within timeout_seconds "
-                               f"({self.settings.timeout_seconds:g} s)")
+        return NcipUnavailable(
+            f"cannot reach the NCIP server: no whole answer within timeout_seconds "
+            f"({self.settings.timeout_seconds:g} s)"
+        )
 
-    def _call(self, deadline: http.Deadline, method: str, target: str, headers: dict[str, str],
-              body: bytes | None) -> tuple[int, bytes, bool]:
+    def _call(
+        self, deadline: http.Deadline, method: str, target: str, headers: dict[str, str], body: bytes | None
+    ) -> tuple[int, bytes, bool]:
         """Status, body (at most max_answer_bytes) and whether there was more."""
         connection = self._connection
         if connection is not None and connection.sock is not None and _closed_by_peer(connection.sock):
@@ -249,15 +258,23 @@ class Http:
         settings = self.settings
         method, url, headers, data = _request(settings, message)
         try:
-            answer = http.send(self.session, method, url, deadline=settings.timeout_seconds,
-                               max_bytes=settings.max_answer_bytes, headers=headers, data=data or None)
+            answer = http.send(
+                self.session,
+                method,
+                url,
+                deadline=settings.timeout_seconds,
+                max_bytes=settings.max_answer_bytes,
+                headers=headers,
+                data=data or None,
+            )
         except requests.RequestException as error:
             raise NcipUnavailable(f"cannot reach the NCIP server: {_describe(error)}") from None
         if not 200 <= answer.status < 300:
             raise NcipUnavailable(f"NCIP server answered HTTP {answer.status}", answer.status)
         if answer.truncated:
-            raise UnreadableAnswer(f"the NCIP answer is larger than max_answer_bytes ({settings.max_answer_bytes})",
-                                   answer.body)
+            raise UnreadableAnswer(
+                f"the NCIP answer is larger than max_answer_bytes ({settings.max_answer_bytes})", answer.body
+            )
         return answer.body
 
 
@@ -278,8 +295,10 @@ class RawSocket:
         """What is written on the socket for one message."""
         if self.settings.framing == "bare":
             return message
-        head = (f"POST {self.path} HTTP/1.0\r\nContent-Length: {len(message)}\r\n"
-                f"Content-Type: {self.settings.form_content_type}\r\n\r\n")
+        head = (
+            f"POST {self.path} HTTP/1.0\r\nContent-Length: {len(message)}\r\n"
+            f"Content-Type: {self.settings.form_content_type}\r\n\r\n"
+        )
         return head.encode("latin-1") + message
 
     def exchange(self, message: bytes) -> bytes:
@@ -300,8 +319,9 @@ class RawSocket:
         return data
 
     def _late(self, where: str) -> NcipUnavailable:
-        return NcipUnavailable(f"no whole answer from {where} within timeout_seconds "
-                               f"({self.settings.timeout_seconds:g} s)")
+        return NcipUnavailable(
+            f"no whole answer from {where} within timeout_seconds ({self.settings.timeout_seconds:g} s)"
+        )
 
     def _connect(self, deadline: http.Deadline, where: str) -> socket.socket:
         try:
@@ -322,8 +342,9 @@ class RawSocket:
             raise self._late(where) from None
         except OSError as error:
             if not data:
-                raise NcipUnavailable(f"the NCIP port {where} dropped the connection: "
-                                      f"{error.strerror or error}") from None
+                raise NcipUnavailable(
+                    f"the NCIP port {where} dropped the connection: {error.strerror or error}"
+                ) from None
         return bytes(data)
 
 
@@ -335,8 +356,10 @@ def _describe(error: requests.RequestException) -> str:
     if isinstance(error, requests.Timeout):
         return "no answer in time (timeout)"
     if _no_status_line(error):
-        return ("the server answered without an HTTP status line, as ALEPH's NCIP port can: reach that port with "
-                "http:// and no proxy, or with tcp://")
+        return (
+            "the server answered without an HTTP status line, as ALEPH's NCIP port can: reach that port with "
+            "http:// and no proxy, or with tcp://"
+        )
     if isinstance(error, requests.ConnectionError):
         return "connection failed (" + str(error)[:300] + ")"
     return f"{error.__class__.__name__}: {str(error)[:300]}"

@@ -16,8 +16,13 @@ class LoopbackServer:
 
     kind = "simulator"
 
-    def __init__(self, host: str, port: int, handler: type[socketserver.BaseRequestHandler],
-                 server_class: type[socketserver.TCPServer] = ThreadingHTTPServer):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        handler: type[socketserver.BaseRequestHandler],
+        server_class: type[socketserver.TCPServer] = ThreadingHTTPServer,
+    ):
         self.received: list[Any] = []
         self._faults: collections.deque[str] = collections.deque()
         self._changed = threading.Condition()
@@ -30,8 +35,7 @@ class LoopbackServer:
         return f"http://{host if isinstance(host, str) else host.decode()}:{port}"
 
     def start(self) -> Self:
-        threading.Thread(target=self._server.serve_forever, args=(POLL_SECONDS,), name=self.kind,
-                         daemon=True).start()
+        threading.Thread(target=self._server.serve_forever, args=(POLL_SECONDS,), name=self.kind, daemon=True).start()
         return self
 
     def serve_forever(self) -> None:

@@ -32,8 +32,10 @@ from gateway.simulators import LoopbackServer
 
 DEFAULT_KEY = "sim-key-0000"
 BARCODE = re.compile(r"^[A-Za-z0-9-]{4,32}$")
-STOPS = [{"stop_code": "MAIN", "description": "Main Library circulation desk"},
-         {"stop_code": "LAW", "description": "Law Library"}]
+STOPS = [
+    {"stop_code": "MAIN", "description": "Main Library circulation desk"},
+    {"stop_code": "LAW", "description": "Law Library"},
+]
 
 
 @dataclass
@@ -53,9 +55,16 @@ class CaiaSoftSimulator(LoopbackServer):
 
     kind = "caiasoft-simulator"
 
-    def __init__(self, key: str = DEFAULT_KEY, host: str = "127.0.0.1", port: int = 0,
-                 upload_field: str = "file", deny: dict[str, str] | None = None, delay: float = 0.0,
-                 receipts: Path | None = None):
+    def __init__(
+        self,
+        key: str = DEFAULT_KEY,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        upload_field: str = "file",
+        deny: dict[str, str] | None = None,
+        delay: float = 0.0,
+        receipts: Path | None = None,
+    ):
         super().__init__(host, port, _handler_for(self))
         self.key = key
         self.upload_field = upload_field
@@ -97,8 +106,12 @@ class CaiaSoftSimulator(LoopbackServer):
     def answer_file(self, name: str | None, data: bytes) -> dict[str, Any]:
         barcodes = _barcodes(data)
         if barcodes is None:
-            return {"success": False, "error": f"File format not registered for {name or 'upload'}: "
-                    "register it in the Admin Module (File Format)", "request_count": "0"}
+            return {
+                "success": False,
+                "error": f"File format not registered for {name or 'upload'}: "
+                "register it in the Admin Module (File Format)",
+                "request_count": "0",
+            }
         results = []
         for barcode in barcodes:
             status = self.deny.get(barcode)
@@ -118,7 +131,7 @@ def _barcodes(data: bytes) -> list[str] | None:
     body = data.removeprefix(b"\xef\xbb\xbf")
     elements = body.lstrip().startswith(b"<z30-barcode>")  # a cir-12 paging list: one element a line, no root
     if body.startswith(b"##"):
-        body = body[body.find(b"\n") + 1:] if b"\n" in body else b""
+        body = body[body.find(b"\n") + 1 :] if b"\n" in body else b""
     if (body.lstrip().startswith(b"<") and not elements) or _HEADER_LINE.match(body):
         barcodes: list[str] = []
         for record in _HEADER_LINE.split(body):
@@ -208,8 +221,7 @@ def _handler_for(sim: CaiaSoftSimulator) -> type[BaseHTTPRequestHandler]:
                 time.sleep(float(argument or 5))
                 return False
             if kind == "429":
-                self._json(429, {"success": False, "error": "Too many requests"},
-                           {"Retry-After": argument or "1"})
+                self._json(429, {"success": False, "error": "Too many requests"}, {"Retry-After": argument or "1"})
                 return True
             self._json(int(kind), {"success": False, "error": f"Simulated server error {kind}"})
             return True
@@ -227,8 +239,9 @@ def _handler_for(sim: CaiaSoftSimulator) -> type[BaseHTTPRequestHandler]:
                     self._json(200, {"success": False, "error": sim.item_faults[barcode], "barcode": barcode})
                     return
                 seen = any(barcode in (_barcodes(r.data) or []) for r in sim.received)
-                status = sim.item_statuses.get(barcode) or \
-                    ("In Queue for Physical Retrieval" if seen else "Item In at Rest")
+                status = sim.item_statuses.get(barcode) or (
+                    "In Queue for Physical Retrieval" if seen else "Item In at Rest"
+                )
                 self._json(200, {"success": True, "error": "", "barcode": barcode, "status": status})
             else:
                 self._json(404, {"success": False, "error": f"Unknown endpoint {self.path}"})
@@ -244,17 +257,33 @@ def _handler_for(sim: CaiaSoftSimulator) -> type[BaseHTTPRequestHandler]:
                 self._json(404, {"success": False, "error": f"Unknown endpoint {self.path}"})
                 return
             if sim.collections is not None and collection not in sim.collections:
-                self._json(200, {"success": False, "error": f"Invalid collection code: {collection}", "count": "0",
-                                 "barcodes": [], "items": []})
+                self._json(
+                    200,
+                    {
+                        "success": False,
+                        "error": f"Invalid collection code: {collection}",
+                        "count": "0",
+                        "barcodes": [],
+                        "items": [],
+                    },
+                )
                 return
-            facts = [_retrieval_item(item, day, where) for (day, where), items in sorted(sim.retrievals.items())
-                     if where == collection and start <= day <= end for item in items]
+            facts = [
+                _retrieval_item(item, day, where)
+                for (day, where), items in sorted(sim.retrievals.items())
+                if where == collection and start <= day <= end
+                for item in items
+            ]
             if endpoint == "retrievalinfo":  # its count is a number, where the lists' counts are strings
                 self._json(200, {"success": True, "error": "", "count": len(facts), "items": facts})
                 return
-            kind = endpoint[:-len("list")]
-            barcodes = [barcode for (listed, day, where), items in sorted(sim.status_lists.items())
-                        if listed == kind and where == collection and start <= day <= end for barcode in items]
+            kind = endpoint[: -len("list")]
+            barcodes = [
+                barcode
+                for (listed, day, where), items in sorted(sim.status_lists.items())
+                if listed == kind and where == collection and start <= day <= end
+                for barcode in items
+            ]
             if kind == "retrieved":
                 barcodes += [item["barcode"] for item in facts if item["barcode"] not in barcodes]
             self._json(200, {"success": True, "error": "", "count": str(len(barcodes)), "barcodes": barcodes})
@@ -269,8 +298,11 @@ def _handler_for(sim: CaiaSoftSimulator) -> type[BaseHTTPRequestHandler]:
                 return
             parts = _parse_multipart(self.headers.get("Content-Type", ""), body)
             files = [(name, filename, data) for name, filename, data in parts if name == sim.upload_field]
-            form = {name: data.decode("utf-8", "replace") for name, filename, data in parts
-                    if name != sim.upload_field and filename is None}
+            form = {
+                name: data.decode("utf-8", "replace")
+                for name, filename, data in parts
+                if name != sim.upload_field and filename is None
+            }
             receipt = None
             if files:  # recorded on receipt: a dropped or hung answer still means CaiaSoft may have the file
                 _, filename, data = files[0]
@@ -289,6 +321,13 @@ def _handler_for(sim: CaiaSoftSimulator) -> type[BaseHTTPRequestHandler]:
 
 def _retrieval_item(given: dict[str, Any], day: str, collection: str) -> dict[str, Any]:
     """A retrievalinfo item as CaiaSoft writes it (keys with spaces, the date MM-DD-YYYY), from a test's fields."""
-    return {"barcode": "", "collection": collection, "requestor": "Storage Reader", "request_id": "",
-            "retrieval_job": "8982", "retrieval date": f"{day[4:6]}-{day[6:8]}-{day[:4]}", "retrieval type": "PYR",
-            **given}
+    return {
+        "barcode": "",
+        "collection": collection,
+        "requestor": "Storage Reader",
+        "request_id": "",
+        "retrieval_job": "8982",
+        "retrieval date": f"{day[4:6]}-{day[6:8]}-{day[:4]}",
+        "retrieval type": "PYR",
+        **given,
+    }

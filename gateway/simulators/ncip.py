@@ -72,6 +72,7 @@ def schema() -> xmlschema.XMLSchema:
     with _schema_lock:
         if _schema is None:
             import xmlschema
+
             _schema = xmlschema.XMLSchema(str(SCHEMA_FILE))
         return _schema
 
@@ -111,8 +112,9 @@ def _find(root: ET.Element, *path: str) -> str | None:
         elements = [child for element in elements for child in element.iter() if _local(child.tag) == name]
         if not elements:
             return None
-    texts = [(_local(child.tag), child.text.strip()) for child in elements[0].iter()
-             if child.text and child.text.strip()]
+    texts = [
+        (_local(child.tag), child.text.strip()) for child in elements[0].iter() if child.text and child.text.strip()
+    ]
     values = [text for name, text in texts if name == "Value"]  # v1: Scheme/Value pairs
     return values[-1] if values else texts[0][1] if texts else None
 
@@ -124,16 +126,28 @@ class NcipSimulator(LoopbackServer):
 
     kind = "ncip-simulator"
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, problems: dict[str, str] | None = None,
-                 validate: bool | None = None, delay: float = 0.0, transport: str = "http",
-                 socket_mode: str = "close", preamble: bool = False, track_loans: bool = False,
-                 answer_version: str | None = None, status_line: bool | None = None):
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        problems: dict[str, str] | None = None,
+        validate: bool | None = None,
+        delay: float = 0.0,
+        transport: str = "http",
+        socket_mode: str = "close",
+        preamble: bool = False,
+        track_loans: bool = False,
+        answer_version: str | None = None,
+        status_line: bool | None = None,
+    ):
         """validate: True checks every NCIP 2 message against the schema (needs xmlschema), False never,
         None where xmlschema is installed. status_line: None answers with one over http, without over tcp
         (unless preamble)."""
         if validate and not can_validate():
-            raise RuntimeError("checking NCIP messages against the schema needs the xmlschema package: "
-                               "pip install 'aleph-caiasoft-gateway[simulators]'")
+            raise RuntimeError(
+                "checking NCIP messages against the schema needs the xmlschema package: "
+                "pip install 'aleph-caiasoft-gateway[simulators]'"
+            )
         if transport == "tcp":
             super().__init__(host, port, _socket_handler_for(self), _TcpServer)
         else:
@@ -155,18 +169,30 @@ class NcipSimulator(LoopbackServer):
             return f"tcp://{host if isinstance(host, str) else host.decode()}:{port}"
         return self.address + "/"
 
-    def parse(self, body: bytes, transport: str = "", content_type: str = "", framing: str = "",
-              head: bytes = b"") -> Received:
+    def parse(
+        self, body: bytes, transport: str = "", content_type: str = "", framing: str = "", head: bytes = b""
+    ) -> Received:
         root = SafeET.fromstring(body, forbid_dtd=False)
         version = "2" if root.tag.startswith(f"{{{NS}}}") else "1"
         service = next((_local(child.tag) for child in root if _local(child.tag) in SERVICES), "CheckInItem")
         errors = schema_errors(body) if version == "2" and self.validate else []
         return Received(
-            action=SERVICES[service], item=_find(root, "ItemIdentifierValue") or "", version=version,
-            user=_find(root, "UserIdentifierValue"), request_id=_find(root, "RequestIdentifierValue"),
-            profile=_find(root, "ApplicationProfileType"), from_agency=_find(root, "FromAgencyId"),
-            to_agency=_find(root, "ToAgencyId"), valid=not errors, errors=errors, body=body,
-            transport=transport, content_type=content_type, framing=framing, head=head)
+            action=SERVICES[service],
+            item=_find(root, "ItemIdentifierValue") or "",
+            version=version,
+            user=_find(root, "UserIdentifierValue"),
+            request_id=_find(root, "RequestIdentifierValue"),
+            profile=_find(root, "ApplicationProfileType"),
+            from_agency=_find(root, "FromAgencyId"),
+            to_agency=_find(root, "ToAgencyId"),
+            valid=not errors,
+            errors=errors,
+            body=body,
+            transport=transport,
+            content_type=content_type,
+            framing=framing,
+            head=head,
+        )
 
     def outcome(self, message: Received, fault: str | None) -> Outcome:
         """What ALEPH would say to this message (called once per recorded message)."""
@@ -179,8 +205,10 @@ class NcipSimulator(LoopbackServer):
         with self._changed:
             on_loan = self.loans.get(message.item)
             if message.action == "lookup":
-                return Outcome(title=f"Simulated title of {message.item}",
-                               circulation_status="On Loan" if on_loan else "Available On Shelf")
+                return Outcome(
+                    title=f"Simulated title of {message.item}",
+                    circulation_status="On Loan" if on_loan else "Available On Shelf",
+                )
             if self.track_loans and message.action == "checkout" and on_loan:
                 return Outcome("User Ineligible To Check Out This Item", ALREADY_ON_LOAN)
             if self.track_loans and message.action == "checkin" and not on_loan:
@@ -289,7 +317,7 @@ def _socket_handler_for(sim: NcipSimulator) -> type[socketserver.BaseRequestHand
             try:
                 if sim.socket_mode == "dribble":
                     for start in range(0, len(answer), DRIBBLE_BYTES):
-                        connection.sendall(answer[start:start + DRIBBLE_BYTES])
+                        connection.sendall(answer[start : start + DRIBBLE_BYTES])
                         time.sleep(DRIBBLE_PAUSE)
                 else:
                     connection.sendall(answer)
@@ -319,7 +347,7 @@ def _whole_request(data: bytes | bytearray) -> bool:
     end = _HEAD_END.search(data)
     if end is None:
         return False
-    length = _header(bytes(data[:end.start()]), "Content-Length")
+    length = _header(bytes(data[: end.start()]), "Content-Length")
     return len(data) - end.end() >= int(length) if length.isdigit() else complete(data)
 
 
@@ -331,10 +359,10 @@ def _split_request(data: bytes) -> tuple[bytes, bytes]:
     end = _HEAD_END.search(data)
     if end is None:
         raise ValueError("an HTTP request without the blank line that ends its head")
-    head, body = data[:end.start()].lstrip(), data[end.end():]
+    head, body = data[: end.start()].lstrip(), data[end.end() :]
     length = _header(head, "Content-Length")
     if length.isdigit():
-        body = body[:int(length)]
+        body = body[: int(length)]
     if not body.lstrip().startswith((b"<", codecs.BOM_UTF8)):
         body = unquote_to_bytes(body.decode("ascii", "replace").replace("+", " "))
     return head, body

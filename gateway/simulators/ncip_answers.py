@@ -65,8 +65,9 @@ def _v1(service: str, item: str, outcome: Outcome) -> bytes:
     v1_scheme_value(agency, "http://aleph/agency.scm", "ALEPH")
     if outcome.problem:
         error = v1_element(v1_element(response, "Problem"), "ProcessingError")
-        v1_scheme_value(v1_element(error, "ProcessingErrorType"), V1_ERROR_SCHEME.format(service=service.lower()),
-                      outcome.problem)
+        v1_scheme_value(
+            v1_element(error, "ProcessingErrorType"), V1_ERROR_SCHEME.format(service=service.lower()), outcome.problem
+        )
         where = v1_element(error, "ProcessingErrorElement")
         v1_element(where, "ElementName", "UniqueItemId")
         inner = v1_element(where, "ProcessingErrorElement")
@@ -83,8 +84,10 @@ def _v1(service: str, item: str, outcome: Outcome) -> bytes:
         if service == "LookupItem":
             fields = v1_element(response, "ItemOptionalFields")
             v1_element(v1_element(fields, "BibliographicDescription"), "Title", outcome.title)
-            v1_scheme_value(v1_element(fields, "CirculationStatus"),
-                          "http://www.niso.org/ncip/v1_0/imp1/schemes/circulationstatus/circulationstatus.scm",
-                          outcome.circulation_status)
+            v1_scheme_value(
+                v1_element(fields, "CirculationStatus"),
+                "http://www.niso.org/ncip/v1_0/imp1/schemes/circulationstatus/circulationstatus.scm",
+                outcome.circulation_status,
+            )
     body = ET.tostring(root, encoding="unicode")
     return ('<?xml version="1.0" encoding="UTF-8"?>\n' + V1_DOCTYPE + body).encode("utf-8")

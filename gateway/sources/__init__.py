@@ -11,11 +11,13 @@ def build(settings: SourceSettings, config: Settings | None = None) -> Source:
     config, a source also knows max_file_bytes (and a local folder the gateway's own folders, never read)."""
     if isinstance(settings, SftpSourceSettings):
         from gateway.sources.sftp import SftpSource
+
         if config is None:
             return SftpSource(settings)
         return SftpSource(settings, max_file_bytes=config.intake.max_file_bytes)
     from gateway.sources.folder import own_folders
     from gateway.sources.local import LocalSource
+
     if config is None:
         return LocalSource(settings)
     trees, holders = own_folders(config)

@@ -41,10 +41,10 @@ class Released:
 
 class Source(Protocol):
     name: str
-    location: str           # the folder or URL, for messages
-    mode: str               # how changes are noticed: inotify, polling, sftp...
-    trust_mtime: bool       # mtime is from our own clock (local disk), so its age means something
-    keeps_originals: bool   # fetch() always copies; the original stays until release() (SFTP)
+    location: str  # the folder or URL, for messages
+    mode: str  # how changes are noticed: inotify, polling, sftp...
+    trust_mtime: bool  # mtime is from our own clock (local disk), so its age means something
+    keeps_originals: bool  # fetch() always copies; the original stays until release() (SFTP)
 
     @property
     def scan_interval(self) -> float:

@@ -46,8 +46,12 @@ def own_folders(settings: Settings) -> tuple[tuple[Path, ...], tuple[Path, ...]]
         files.append(settings.ncip.journal)
     for source in settings.sources:
         if isinstance(source, SftpSourceSettings):
-            files += [source.known_hosts_file, source.private_key_file, source.private_key_passphrase_file,
-                      source.password_file]
+            files += [
+                source.known_hosts_file,
+                source.private_key_file,
+                source.private_key_passphrase_file,
+                source.password_file,
+            ]
     holders = tuple(dict.fromkeys(Path(os.path.abspath(file)).parent for file in files if file is not None))
     return trees, holders
 
@@ -101,9 +105,11 @@ class HeldFolder:
             fd = os.open(self.path, FOLDER_FLAGS)
         except OSError as error:
             if error.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(self.path):
-                raise FolderReplaced(f"{self.path} is a symlink (to {os.path.realpath(self.path)}): a source "
-                                     "folder is never followed through a link; paused. Configure the real "
-                                     "folder as path") from None
+                raise FolderReplaced(
+                    f"{self.path} is a symlink (to {os.path.realpath(self.path)}): a source "
+                    "folder is never followed through a link; paused. Configure the real "
+                    "folder as path"
+                ) from None
             if error.errno == errno.ENOTDIR:
                 raise FolderReplaced(f"{self.path} is not a folder; paused until it is") from None
             raise
@@ -122,16 +128,22 @@ class HeldFolder:
         try:
             now = os.stat(self.path, follow_symlinks=False)
         except FileNotFoundError:
-            raise FolderReplaced(f"{self.path} is gone (moved or removed); paused, nothing is read until the "
-                                 "folder that was opened is back at its path") from None
+            raise FolderReplaced(
+                f"{self.path} is gone (moved or removed); paused, nothing is read until the "
+                "folder that was opened is back at its path"
+            ) from None
         if stat.S_ISLNK(now.st_mode):
-            raise FolderReplaced(f"{self.path} was replaced by a symlink (to {os.path.realpath(self.path)}); "
-                                 "paused: nothing is read through it until the folder is back")
+            raise FolderReplaced(
+                f"{self.path} was replaced by a symlink (to {os.path.realpath(self.path)}); "
+                "paused: nothing is read through it until the folder is back"
+            )
         if identity(now) != self._identity:
             what = "folder" if stat.S_ISDIR(now.st_mode) else "file"
-            raise FolderReplaced(f"{self.path} was replaced by another {what}; paused: nothing is read from it "
-                                 "until the folder that was opened is back "
-                                 "(reload or restart the service to take files from the new one)")
+            raise FolderReplaced(
+                f"{self.path} was replaced by another {what}; paused: nothing is read from it "
+                "until the folder that was opened is back "
+                "(reload or restart the service to take files from the new one)"
+            )
 
     def _own_folder_problem(self, fd: int) -> str | None:
         """Why this opened folder must never be read (it is, or is inside, a folder of the gateway's), or None."""
@@ -139,15 +151,16 @@ class HeldFolder:
         holders = _identities(self.holders)
         here = identity(os.fstat(fd))
         if here in holders:
-            return (f"{self.path} is the folder of the gateway's {holders[here]}: never read as a source; "
-                    "paused")
+            return f"{self.path} is the folder of the gateway's {holders[here]}: never read as a source; paused"
         current = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
         try:
             for _ in range(MAX_DEPTH):
                 found = identity(os.fstat(current))
                 if found in trees:
-                    return (f"{self.path} is {'' if found == here else 'inside '}the gateway's own folder "
-                            f"{trees[found]}: never read as a source; paused")
+                    return (
+                        f"{self.path} is {'' if found == here else 'inside '}the gateway's own folder "
+                        f"{trees[found]}: never read as a source; paused"
+                    )
                 parent = os.open("..", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=current)
                 os.close(current)
                 current = parent

@@ -30,10 +30,28 @@ from gateway.sources.base import Entry, Released, Taken
 from gateway.sources.folder import HeldFolder, identity, open_entry
 from gateway.sources.taking import Taker
 
-NETWORK_FILESYSTEMS = frozenset({
-    "nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "sshfs", "9p", "afs", "ceph",
-    "glusterfs", "fuse.glusterfs", "davfs", "fuse.davfs2", "lustre", "gpfs", "ocfs2", "gfs2",
-})
+NETWORK_FILESYSTEMS = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "fuse.sshfs",
+        "sshfs",
+        "9p",
+        "afs",
+        "ceph",
+        "glusterfs",
+        "fuse.glusterfs",
+        "davfs",
+        "fuse.davfs2",
+        "lustre",
+        "gpfs",
+        "ocfs2",
+        "gfs2",
+    }
+)
 MOUNTINFO = Path("/proc/self/mountinfo")
 OBSERVER_POLL_SECONDS = 0.2  # how soon the observer thread notices stop()
 
@@ -84,8 +102,13 @@ class LocalSource:
 
     keeps_originals = False  # fetch() moves the file out, or copies it where a writer may be unseen
 
-    def __init__(self, settings: LocalSourceSettings, max_file_bytes: int | None = None,
-                 trees: tuple[Path, ...] = (), holders: tuple[Path, ...] = ()):
+    def __init__(
+        self,
+        settings: LocalSourceSettings,
+        max_file_bytes: int | None = None,
+        trees: tuple[Path, ...] = (),
+        holders: tuple[Path, ...] = (),
+    ):
         self.settings = settings
         self.name = settings.name
         self.folder = settings.path
@@ -112,13 +135,22 @@ class LocalSource:
         if self.mode != "inotify":
             return
         observer = InotifyObserver(timeout=OBSERVER_POLL_SECONDS)
-        observer.schedule(_Hints(self.folder, self._notice), str(self.folder), recursive=False,
-                          event_filter=[FileCreatedEvent, FileClosedEvent, FileMovedEvent])
+        observer.schedule(
+            _Hints(self.folder, self._notice),
+            str(self.folder),
+            recursive=False,
+            event_filter=[FileCreatedEvent, FileClosedEvent, FileMovedEvent],
+        )
         try:
             observer.start()
         except OSError as error:
-            log.warning("source.inotify_unavailable", source=self.name, folder=str(self.folder),
-                        error=str(error), fallback="polling")
+            log.warning(
+                "source.inotify_unavailable",
+                source=self.name,
+                folder=str(self.folder),
+                error=str(error),
+                fallback="polling",
+            )
             self.mode = "polling"
             return
         observer.name = f"inotify-{self.name}"
@@ -216,8 +248,9 @@ class LocalSource:
         with os.fdopen(fd, "rb") as handle:
             if not stat.S_ISREG(info.st_mode):
                 return Released("left alone: it was replaced by something that is not a regular file")
-            same = (info.st_size, info.st_mtime) == (taken.size, taken.mtime) and \
-                intake.digest_of(handle) == taken.sha256
+            same = (info.st_size, info.st_mtime) == (taken.size, taken.mtime) and intake.digest_of(
+                handle
+            ) == taken.sha256
             after = os.fstat(handle.fileno())
             if not same or (after.st_size, after.st_mtime) != (info.st_size, info.st_mtime):
                 return Released("left in place: it changed after it was taken", after.st_size)
@@ -232,13 +265,13 @@ class LocalSource:
 
     def writers(self, entry: Entry) -> readiness.Writers:
         if not self.trust_mtime:
-            return readiness.Writers(readiness.UNKNOWN,
-                                     f"a writer on another host is invisible here ({self.filesystem})")
+            return readiness.Writers(
+                readiness.UNKNOWN, f"a writer on another host is invisible here ({self.filesystem})"
+            )
         try:
             fd, _info = open_entry(self.held.fd(), entry.name)
         except OSError as error:  # the folder paused (FolderReplaced) is reported by the next look
-            return readiness.Writers(readiness.UNKNOWN, f"cannot open it: {error.strerror or error}",
-                                     file_problem=True)
+            return readiness.Writers(readiness.UNKNOWN, f"cannot open it: {error.strerror or error}", file_problem=True)
         try:
             return readiness.lease_writers(fd)
         finally:

@@ -70,8 +70,9 @@ def read_capped(remote: paramiko.SFTPFile, limit: int, deadline: float, sink: Ca
     got = 0
     while got <= limit:
         if time.monotonic() > deadline:  # one read waits at most timeout_seconds (the channel's timeout)
-            raise DownloadCut(errno.ETIMEDOUT, f"reading it ran past its deadline ({got} of {limit} bytes read); "
-                                               "tried again later")
+            raise DownloadCut(
+                errno.ETIMEDOUT, f"reading it ran past its deadline ({got} of {limit} bytes read); tried again later"
+            )
         chunk = remote.read(min(COPY_CHUNK, limit + 1 - got))
         if not chunk:
             break
@@ -114,8 +115,11 @@ def list_folder(sftp: paramiko.SFTPClient, folder: str, limit: int = MAX_LISTED)
                 if name not in (".", ".."):
                     entries.append(attributes)
             if len(entries) > limit:
-                raise DownloadCut(errno.EFBIG, f"the server lists more than {limit} entries in it; move files "
-                                               "elsewhere on the server, or split the folder")
+                raise DownloadCut(
+                    errno.EFBIG,
+                    f"the server lists more than {limit} entries in it; move files "
+                    "elsewhere on the server, or split the folder",
+                )
     finally:
         sftp._request(CMD_CLOSE, handle)  # type: ignore[attr-defined]
     return entries
@@ -126,8 +130,13 @@ class SftpSource:
     trust_mtime = False  # the server's clock, not ours
     mode = "sftp"
 
-    def __init__(self, settings: SftpSourceSettings, clock: Callable[[], float] = time.monotonic,
-                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, max_listed: int = MAX_LISTED):
+    def __init__(
+        self,
+        settings: SftpSourceSettings,
+        clock: Callable[[], float] = time.monotonic,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        max_listed: int = MAX_LISTED,
+    ):
         parts = urlsplit(settings.url)
         self.settings = settings
         self.max_file_bytes = max_file_bytes
@@ -190,12 +199,19 @@ class SftpSource:
             self._failures += 1
             self._last_error = str(error)
             self._retry_at = self.clock() + self._backoff.delay(self._failures)
-            log.error("sftp.connect_failed", source=self.name, server=f"{self.host}:{self.port}", reason=str(error),
-                      attempt=self._failures, retry_in=round(self._retry_at - self.clock(), 1))
+            log.error(
+                "sftp.connect_failed",
+                source=self.name,
+                server=f"{self.host}:{self.port}",
+                reason=str(error),
+                attempt=self._failures,
+                retry_in=round(self._retry_at - self.clock(), 1),
+            )
             raise
         if self._failures:
-            log.info("sftp.reconnected", source=self.name, server=f"{self.host}:{self.port}",
-                     after_attempts=self._failures)
+            log.info(
+                "sftp.reconnected", source=self.name, server=f"{self.host}:{self.port}", after_attempts=self._failures
+            )
         else:
             log.info("sftp.connected", source=self.name, server=f"{self.host}:{self.port}")
         self._failures = 0
@@ -212,15 +228,24 @@ class SftpSource:
         except (OSError, paramiko.SSHException) as error:
             raise SourceUnavailable(f"cannot read known_hosts_file {settings.known_hosts_file}: {error}") from None
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        passphrase = (_read_secret(settings.private_key_passphrase_file)
-                      or (os.environ.get(settings.private_key_passphrase_env)
-                          if settings.private_key_passphrase_env else None))
+        passphrase = _read_secret(settings.private_key_passphrase_file) or (
+            os.environ.get(settings.private_key_passphrase_env) if settings.private_key_passphrase_env else None
+        )
         try:
-            client.connect(self.host, self.port, username=self.user,
-                           key_filename=str(settings.private_key_file) if settings.private_key_file else None,
-                           passphrase=passphrase, password=_read_secret(settings.password_file),
-                           timeout=timeout, banner_timeout=timeout, auth_timeout=timeout, channel_timeout=timeout,
-                           allow_agent=False, look_for_keys=False)
+            client.connect(
+                self.host,
+                self.port,
+                username=self.user,
+                key_filename=str(settings.private_key_file) if settings.private_key_file else None,
+                passphrase=passphrase,
+                password=_read_secret(settings.password_file),
+                timeout=timeout,
+                banner_timeout=timeout,
+                auth_timeout=timeout,
+                channel_timeout=timeout,
+                allow_agent=False,
+                look_for_keys=False,
+            )
             transport = client.get_transport()
             if transport is None:
                 raise paramiko.SSHException("no transport after connecting")
@@ -231,19 +256,25 @@ class SftpSource:
                 channel.settimeout(timeout)
         except paramiko.BadHostKeyException:
             client.close()
-            raise SourceUnavailable(f"{server} presented a host key that does not match "
-                                    f"{settings.known_hosts_file}: refused (the key changed, or someone is in "
-                                    "between)") from None
+            raise SourceUnavailable(
+                f"{server} presented a host key that does not match "
+                f"{settings.known_hosts_file}: refused (the key changed, or someone is in "
+                "between)"
+            ) from None
         except paramiko.AuthenticationException:
             client.close()
-            raise SourceUnavailable(f"{server} refused the login as {self.user} (check the key or password, "
-                                    "and authorized_keys on the server)") from None
+            raise SourceUnavailable(
+                f"{server} refused the login as {self.user} (check the key or password, "
+                "and authorized_keys on the server)"
+            ) from None
         except paramiko.SSHException as error:
             client.close()
             if "known_hosts" in str(error):
-                raise SourceUnavailable(f"the host key of {server} is not in {settings.known_hosts_file}: refused. "
-                                        f"Add it after checking its fingerprint (ssh-keyscan -p {self.port} "
-                                        f"{self.host})") from None
+                raise SourceUnavailable(
+                    f"the host key of {server} is not in {settings.known_hosts_file}: refused. "
+                    f"Add it after checking its fingerprint (ssh-keyscan -p {self.port} "
+                    f"{self.host})"
+                ) from None
             raise SourceUnavailable(f"SSH with {server} failed: {error}") from None
         except (OSError, EOFError) as error:
             client.close()
@@ -288,8 +319,9 @@ class SftpSource:
         except OSError as error:
             if isinstance(error, SourceUnavailable):
                 raise
-            raise SourceUnavailable(f"cannot list {printable(self.folder)} on {self.host}: "
-                                    f"{error.strerror or error}") from None
+            raise SourceUnavailable(
+                f"cannot list {printable(self.folder)} on {self.host}: {error.strerror or error}"
+            ) from None
         entries = []
         self._listed = {attributes.filename for attributes in listing}
         for attributes in listing:
@@ -299,8 +331,14 @@ class SftpSource:
             if self.marker and self.marker.is_marker(name):
                 continue  # markers are never taken themselves
             if intake.wanted(name, self.settings.include):
-                entries.append(Entry(name=name, origin=self._remote(name), size=attributes.st_size or 0,
-                                     mtime=float(attributes.st_mtime or 0)))
+                entries.append(
+                    Entry(
+                        name=name,
+                        origin=self._remote(name),
+                        size=attributes.st_size or 0,
+                        mtime=float(attributes.st_mtime or 0),
+                    )
+                )
         return entries
 
     def look(self, names: set[str]) -> list[Entry]:
@@ -327,8 +365,12 @@ class SftpSource:
         within a deadline; raise DownloadCut (an OSError naming the file) if it was not taken for that.
         """
         if entry.size > self.max_file_bytes:
-            raise DownloadCut(errno.EFBIG, f"it is {entry.size} bytes, above max_file_bytes ({self.max_file_bytes}); "
-                                           "not downloaded, it stays on the server", printable(entry.origin))
+            raise DownloadCut(
+                errno.EFBIG,
+                f"it is {entry.size} bytes, above max_file_bytes ({self.max_file_bytes}); "
+                "not downloaded, it stays on the server",
+                printable(entry.origin),
+            )
         partial = partial_path(destination)
 
         def download(sftp: paramiko.SFTPClient) -> tuple[int, paramiko.SFTPAttributes]:
@@ -353,13 +395,18 @@ class SftpSource:
         unchanged = after.st_size == entry.size and float(after.st_mtime or 0) == entry.mtime
         if got > entry.size and unchanged:  # listed as it was, yet it goes on: the server never ends it
             partial.unlink()
-            raise DownloadCut(errno.EFBIG, f"the server sent more than the {entry.size} bytes it lists for it "
-                                           "(the file does not end); not taken", printable(entry.origin))
+            raise DownloadCut(
+                errno.EFBIG,
+                f"the server sent more than the {entry.size} bytes it lists for it (the file does not end); not taken",
+                printable(entry.origin),
+            )
         if got != entry.size or not unchanged:
             partial.unlink()
-            raise SourceGone(f"{printable(entry.origin)} changed while being downloaded "
-                             f"({got} of {entry.size} bytes); "
-                             "it is taken again once it settles")
+            raise SourceGone(
+                f"{printable(entry.origin)} changed while being downloaded "
+                f"({got} of {entry.size} bytes); "
+                "it is taken again once it settles"
+            )
         os.rename(partial, destination)
         return True
 
@@ -376,6 +423,7 @@ class SftpSource:
                 tail = bytearray()
                 self._read_capped(remote, limit, tail.extend)  # the same deadline as a download of that size
                 return bytes(tail[:limit])
+
         try:
             return self._call(read, f"reading {printable(entry.name)}")
         except FileNotFoundError:
@@ -404,6 +452,7 @@ class SftpSource:
         Its size and mtime, then its content (sha256), are compared with what was
         taken; an original that changed is left where it is, to be taken again whole.
         """
+
         def unchanged(sftp: paramiko.SFTPClient) -> int | None:
             now = sftp.stat(to_bytes(taken.origin))
             if (size := _changed_size(now, taken)) is not None:
@@ -443,8 +492,9 @@ class SftpSource:
             if target is None:  # listed as there, yet the server says it is not: say what it said
                 raise
             folder = printable(posixpath.dirname(target))
-            raise OSError(errno.ENOENT, f"cannot move {printable(origin)}: the folder {folder} "
-                                        f"does not exist on {self.host}") from None
+            raise OSError(
+                errno.ENOENT, f"cannot move {printable(origin)}: the folder {folder} does not exist on {self.host}"
+            ) from None
         return done
 
     def _exists(self, path: str) -> bool:
@@ -456,20 +506,25 @@ class SftpSource:
 
     def describe_folder(self) -> str:
         """For `check`: connect (host key checked), list the folder, report its permissions."""
+
         def look_around(sftp: paramiko.SFTPClient) -> str:
             folder = sftp.stat(to_bytes(self.folder))
             count = len(list_folder(sftp, self.folder, self.max_listed))
-            return (f"host key verified, logged in as {self.user}; {printable(self.folder)} is "
-                    f"{stat.filemode(folder.st_mode or 0)} uid {folder.st_uid} gid {folder.st_gid}, {count} entries "
-                    "(the gateway needs write permission on it to "
-                    f"{'delete' if self.settings.remote_after == 'delete' else 'move'} files)")
+            return (
+                f"host key verified, logged in as {self.user}; {printable(self.folder)} is "
+                f"{stat.filemode(folder.st_mode or 0)} uid {folder.st_uid} gid {folder.st_gid}, {count} entries "
+                "(the gateway needs write permission on it to "
+                f"{'delete' if self.settings.remote_after == 'delete' else 'move'} files)"
+            )
+
         try:
             return self._call(look_around, "checking the folder")
         except OSError as error:
             if isinstance(error, SourceUnavailable):
                 raise
-            raise SourceUnavailable(f"cannot use {printable(self.folder)} on {self.host}: "
-                                    f"{error.strerror or error}") from None
+            raise SourceUnavailable(
+                f"cannot use {printable(self.folder)} on {self.host}: {error.strerror or error}"
+            ) from None
 
 
 def _changed_size(now: paramiko.SFTPAttributes, taken: Taken) -> int | None:

@@ -28,7 +28,7 @@ from gateway.sources.folder import HeldFolder, identity, open_entry
 
 log = logs.get("gateway.sources.local")
 
-COPY_BASE_SECONDS = 30.0     # a copy into work/ may take this long, plus a second per MiB, before it is cut
+COPY_BASE_SECONDS = 30.0  # a copy into work/ may take this long, plus a second per MiB, before it is cut
 COPY_BYTES_PER_SECOND = 1024 * 1024
 _NO_LINK = (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK)  # then a copy is taken
 
@@ -39,9 +39,9 @@ class _Placed:
 
     fd: int
     info: os.stat_result
-    kept: bool     # the original stays in the source until its outcome is known (writers cannot be seen)
-    remove: bool   # the original is removed once work/ is synced
-    linked: bool   # the destination is the original's own inode (a hard link), not a snapshot
+    kept: bool  # the original stays in the source until its outcome is known (writers cannot be seen)
+    remove: bool  # the original is removed once work/ is synced
+    linked: bool  # the destination is the original's own inode (a hard link), not a snapshot
 
 
 class Taker:
@@ -107,8 +107,11 @@ class Taker:
             taken = os.lstat(destination)
         except FileNotFoundError:
             return False
-        if not stat.S_ISREG(there.st_mode) or identity(there) != identity(taken) \
-                or readiness.open_writers(destination).state != readiness.NOBODY:
+        if (
+            not stat.S_ISREG(there.st_mode)
+            or identity(there) != identity(taken)
+            or readiness.open_writers(destination).state != readiness.NOBODY
+        ):
             return False  # released once its outcome is known, if unchanged, like any original kept
         fsync_dir(destination.parent)
         os.unlink(name, dir_fd=folder)
@@ -141,8 +144,12 @@ class Taker:
             if writers.state == readiness.WRITING:
                 raise SourceGone(f"{origin} was opened for writing again; it is taken once it settles again")
             nobody = writers.state == readiness.NOBODY
-            if nobody and info.st_uid == os.geteuid() and info.st_nlink == 1 \
-                    and self._link(folder, entry, fd, info, destination):
+            if (
+                nobody
+                and info.st_uid == os.geteuid()
+                and info.st_nlink == 1
+                and self._link(folder, entry, fd, info, destination)
+            ):
                 return _Placed(fd, info, kept=False, remove=True, linked=True)
             self._snapshot(folder, entry, fd, info, destination)
             return _Placed(fd, info, kept=not nobody, remove=nobody, linked=False)
@@ -181,8 +188,12 @@ class Taker:
             after, named = os.fstat(fd), os.stat(entry.name, dir_fd=folder, follow_symlinks=False)
         except FileNotFoundError:
             named = None
-        if named is None or identity(named) != identity(info) or copied != info.st_size \
-                or (after.st_size, after.st_mtime) != (info.st_size, info.st_mtime):
+        if (
+            named is None
+            or identity(named) != identity(info)
+            or copied != info.st_size
+            or (after.st_size, after.st_mtime) != (info.st_size, info.st_mtime)
+        ):
             os.unlink(destination)
             raise SourceGone(f"{entry.origin} changed while it was copied; it is taken once it settles again")
 
@@ -215,8 +226,12 @@ class Taker:
             else:  # the held original: its writer goes on writing it, under its name again
                 os.link(f"/proc/self/fd/{made.fd}", entry.name, dst_dir_fd=folder, follow_symlinks=True)
         except OSError as error:
-            log.warning("file.opened_while_taken", source=self.name, file=entry.name,
-                        detail=f"it could not be put back ({error.strerror or error}); taken as it is")
+            log.warning(
+                "file.opened_while_taken",
+                source=self.name,
+                file=entry.name,
+                detail=f"it could not be put back ({error.strerror or error}); taken as it is",
+            )
             return
         os.unlink(destination)
         raise SourceGone(f"{entry.origin} was opened for writing as it was taken; put back, taken once it settles")
