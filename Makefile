@@ -1,5 +1,6 @@
 # make test: create .venv, install with test extras, the lint gate, then the whole suite (CI runs this).
-# make lint: the lint gate alone: ruff (config in pyproject.toml), then mypy --strict on gateway/.
+# make lint: the lint gate alone: ruff format --check and ruff check (config in pyproject.toml), then mypy --strict
+# on gateway/. `.venv/bin/ruff format` formats the tree as the gate wants it.
 # make demo: create .venv, install, run `caiasoft-gateway demo --keep` (the demo folder stays to look at).
 # make bench: the benchmarks (bench/run.py, bench/print_files.py): tables and JSON lines of figures.
 # make wheelhouse: the offline installer in dist/caiasoft-gateway-VERSION/ (wheels, install, unit; docs/install.md).
@@ -27,6 +28,7 @@ test: $(VENV)/.installed
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.installed
+	$(BIN)/ruff format --check
 	$(BIN)/ruff check
 	$(BIN)/mypy
 
