@@ -351,6 +351,10 @@ def test_check_ncip_item_sends_nothing_for_a_barcode_no_message_can_carry(relay_
 
 def test_only_spaces_and_a_carriage_return_are_dropped_around_a_journal_value():
     assert journal.parse_entry(b'{"action": "checkin", "item": "  CRLF-1\\r"}').item == "CRLF-1"
+    nbsp = journal.parse_entry(b'{"action": "checkin", "item": "\\u00a0NBSP-1\\u2003"}')
+    assert nbsp.item == "NBSP-1", "a space of any kind, as the NCIP server would read the element"
+    with pytest.raises(ValueError, match="item must be a non-empty string"):
+        journal.parse_entry(b'{"action": "checkin", "item": "\\u00a0"}')
     for value in ("GOOD4\\u001c", "GOOD5\\u0085", "GOOD6\\t", "\\u001fGOOD7"):
         with pytest.raises(ValueError, match="holds U\\+00"):
             journal.parse_entry(f'{{"action": "checkin", "item": "{value}"}}'.encode())

@@ -93,7 +93,13 @@ def server():
 
 
 def _stripped(value: str | None) -> str | None:
-    return value.strip(" \r") if value is not None else None
+    """A value as the rule trims it: spaces of any kind and CR around it, no other control character."""
+    if value is None:
+        return None
+    padding = [char == "\r" or (char.isspace() and unicodedata.category(char) != "Cc") for char in value]
+    start = next((index for index, pad in enumerate(padding) if not pad), len(value))
+    end = len(value) - next((index for index, pad in enumerate(reversed(padding)) if not pad), len(value))
+    return value[start : max(start, end)]
 
 
 @JOURNAL_PROFILE
@@ -172,8 +178,8 @@ def _carriable(line: bytes) -> bool:
     except (UnicodeDecodeError, json.JSONDecodeError):
         return False
     return all(
-        value.strip(" \r")
-        and not any(unicodedata.category(char) in ("Cc", "Cs") or char in "\ufffe\uffff" for char in value.strip(" \r"))
+        _stripped(value)
+        and not any(unicodedata.category(char) in ("Cc", "Cs") or char in "\ufffe\uffff" for char in _stripped(value))
         for key, value in entry.items()
         if key != "action"
     )

@@ -32,6 +32,7 @@ import json
 import os
 import re
 import stat
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,13 +62,21 @@ class JournalEntry:
         return {key: value for key, value in self.__dict__.items() if value is not None}
 
 
-PADDING = " \r"  # dropped around a value (a script reading a CRLF list); anything else is part of it
+def _padding(char: str) -> bool:
+    """A space of any kind (U+0020, a no-break space, U+2003, ...) or a carriage return (a script reading a CRLF
+    list): dropped around a value. Other control characters are not, though str.isspace() counts some of them
+    (tab, U+001C-U+001F, U+0085): they make the entry refused instead of silently changed."""
+    return char == "\r" or (char.isspace() and unicodedata.category(char) != "Cc")
 
 
 def trimmed(value: str) -> str:
-    """value without the spaces and carriage returns around it; a control character is never dropped silently
-    (str.strip() would drop U+001C-U+001F, U+0085 and tabs: those make the entry refused instead)."""
-    return value.strip(PADDING)
+    """value without the padding around it (see _padding), as an NCIP server reads an element's text."""
+    start, end = 0, len(value)
+    while start < end and _padding(value[start]):
+        start += 1
+    while end > start and _padding(value[end - 1]):
+        end -= 1
+    return value[start:end]
 
 
 def parse_entry(raw: bytes) -> JournalEntry:
