@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from gateway import config as config_module
 from gateway import demo
@@ -20,6 +21,12 @@ from gateway.settings import SourceSettings
 from gateway.simulators.caiasoft import CaiaSoftSimulator
 
 pytest_plugins = ["unprivileged", "sharedfixtures"]  # the unprivileged user; fixtures several modules use
+
+# Property tests draw the same examples at every run (derandomize), so `make test` gives the same answer twice;
+# HYPOTHESIS_PROFILE=explore draws new ones each run, to look for counterexamples on purpose.
+settings.register_profile("repeatable", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 KEY = "test-key-5d1c0e9a7b"
 REPO = Path(__file__).resolve().parent.parent
