@@ -57,6 +57,18 @@ class Outcome:
     elapsed_ms: int = 0
 
 
+def unavailable(status: int) -> bool:
+    """408, 429 or 5xx: CaiaSoft cannot answer now; the same call may be taken later."""
+    return status in (408, 429) or status >= 500
+
+
+def about_every_call(error: ApiError) -> bool:
+    """Whether a failed call says nothing about what it asked for: CaiaSoft not reached (no HTTP status), the
+    API key refused (401, 403), or CaiaSoft unavailable. Any other failure concerns that call alone."""
+    status = error.http_status
+    return status is None or status in (401, 403) or unavailable(status)
+
+
 def classify(
     status: int, headers: Mapping[str, str], body: str, now: float | None = None, truncated_at: int | None = None
 ) -> Outcome:
@@ -96,7 +108,7 @@ def classify(
             status,
             answer,
         )
-    if status in (408, 429) or status >= 500:
+    if unavailable(status):
         return Outcome(
             Verdict.TRANSIENT,
             f"CaiaSoft is unavailable (HTTP {status}{said}){cut}",

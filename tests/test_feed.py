@@ -294,3 +294,14 @@ def test_a_retrievalinfo_path_with_other_placeholders_or_characters_is_refused(s
     )
     with pytest.raises(ConfigError, match="ncip.feed.retrievalinfo_path"):
         site.load()
+
+
+@pytest.mark.parametrize("call", ["retrievalinfo", "itemstatus"])
+def test_a_refused_key_fails_the_read_it_is_never_one_items_or_endpoints_problem(feed, simulator, call):
+    simulator.retrievals[(DAY, "ANNEX")] = [{"barcode": "B-1"}]
+    simulator.status_lists[("refiled", DAY, "ANNEX")] = ["B-1"]
+    passed = {"retrievalinfo": 0, "itemstatus": 3}[call]  # the calls of a read before it: retrievalinfo, 2 lists
+    simulator.queue_faults(*["slow:0"] * passed, "401")
+    with pytest.raises(ApiError, match="HTTP 401"):
+        feed.poll(TODAY)
+    assert feed.entries() == [] and feed.held == {} and not feed._without_retrievalinfo

@@ -43,7 +43,7 @@ from typing import Any
 from urllib.parse import quote
 
 from gateway import logs
-from gateway.caiasoft import CaiaSoftClient
+from gateway.caiasoft import CaiaSoftClient, about_every_call
 from gateway.config import Feed as FeedSettings
 from gateway.config import Ncip
 from gateway.errors import ApiError, GatewayError
@@ -203,8 +203,8 @@ class Feed(Worker):
             answer = self.client.read(path, what)
             items = answer.get("items")
         except ApiError as error:
-            if error.http_status is None or error.http_status >= 500 or error.http_status in (408, 429):
-                raise  # CaiaSoft unreachable or overloaded: the whole read is tried again
+            if about_every_call(error):
+                raise  # CaiaSoft unreachable, overloaded or refusing the key: the whole read is tried again
             # not there, or not taking this path (404, 400, success false): the lists are read without it
             self._without_retrievalinfo = True
             log.warning(
@@ -308,8 +308,8 @@ class Feed(Worker):
         try:
             return self._status_now(barcode)
         except ApiError as error:
-            if error.http_status is None or error.http_status >= 500 or error.http_status in (408, 429):
-                raise  # CaiaSoft unreachable or overloaded: the whole read is tried again
+            if about_every_call(error):
+                raise  # CaiaSoft unreachable, overloaded or refusing the key: the whole read is tried again
             held[(day, barcode)] = str(error)
             log.error(
                 "feed.status_failed",
