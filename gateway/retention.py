@@ -246,7 +246,9 @@ class Retention:
                 f"caiasoft-gateway prune --trust-clock (with the service stopped)"
             )
         if problem != self.problem:
-            if problem and not failed:
+            if failed:
+                pass  # each day that could not go was logged as archive.prune_failed
+            elif problem:
                 log.warning(
                     "archive.prune_held",
                     reason=problem,
@@ -255,7 +257,7 @@ class Retention:
                     ledger_time=_day(ledger_now or wall),
                 )
             else:
-                log.info("archive.prune_resumed", detail="the clock agrees with the ledger's time again")
+                log.info("archive.prune_resumed", detail="nothing is held back any more")
             self.problem = problem
 
 
