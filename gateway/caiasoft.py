@@ -290,7 +290,7 @@ class CaiaSoftClient:
             raise ApiError(self._failure(f"cannot read {what}", error, started).reason) from None
         if answer.status != 200:
             raise ApiError(f"{what}: {self._outcome(answer).reason}", answer.status)
-        parsed = _parse_json(answer.text)
+        parsed = scrub(_parse_json(answer.text), self._key.value)  # callers quote answers in errors and status
         if not isinstance(parsed, dict) or answer.truncated:
             cut = " (cut at caiasoft.max_answer_bytes)" if answer.truncated else ""
             raise ApiError(f"{what}: CaiaSoft's answer is not a JSON object{cut}", answer.status)

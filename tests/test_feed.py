@@ -9,7 +9,7 @@ import json
 import re
 
 import pytest
-from conftest import ncip_table
+from conftest import KEY, ncip_table
 
 from gateway.caiasoft import CaiaSoftClient
 from gateway.config import ConfigError
@@ -305,3 +305,11 @@ def test_a_refused_key_fails_the_read_it_is_never_one_items_or_endpoints_problem
     with pytest.raises(ApiError, match="HTTP 401"):
         feed.poll(TODAY)
     assert feed.entries() == [] and feed.held == {} and not feed._without_retrievalinfo
+
+
+def test_an_answer_that_echoes_the_api_key_is_quoted_without_it(feed, simulator):
+    simulator.retrievals[(DAY, "ANNEX")] = [{"barcode": "B-1", "retrieval date": "someday", "requestor": KEY}]
+    feed.poll(TODAY)
+    problem = feed.held_problem()
+    assert problem and "unreadable 'retrieval date'" in problem and '"requestor": "[redacted]"' in problem
+    assert KEY not in problem
