@@ -26,7 +26,8 @@ from gateway.settings import Settings
 
 
 def prune(settings: Settings, dry_run: bool, trust_clock: bool = False) -> tuple[list[str], int]:
-    """Given the config, return the lines to print and the exit code (1: the service runs, nothing done)."""
+    """Given the config, return the lines to print and the exit code (1: the service runs, nothing done; or a day
+    could not be removed, or days were held back: the reason is the last line)."""
     lock = None
     if not dry_run:
         try:
@@ -39,7 +40,7 @@ def prune(settings: Settings, dry_run: bool, trust_clock: bool = False) -> tuple
     try:
         ledger = Ledger(settings.paths.database)
         try:
-            return _run(settings, ledger, dry_run, trust_clock), 0
+            return _run(settings, ledger, dry_run, trust_clock)
         finally:
             ledger.close()
     finally:
@@ -47,7 +48,7 @@ def prune(settings: Settings, dry_run: bool, trust_clock: bool = False) -> tuple
             lock.release()
 
 
-def _run(settings: Settings, ledger: Ledger, dry_run: bool, trust_clock: bool) -> list[str]:
+def _run(settings: Settings, ledger: Ledger, dry_run: bool, trust_clock: bool) -> tuple[list[str], int]:
     archive, errors = Folder(settings.paths.archive_dir), Folder(settings.paths.error_dir)
     days, error_days = settings.archive.retention_days, settings.archive.error_retention_days
     retention = Retention(ledger, trust_clock=trust_clock)
@@ -67,14 +68,16 @@ def _run(settings: Settings, ledger: Ledger, dry_run: bool, trust_clock: bool) -
         logs.setup(settings.paths.log_dir, console=False)
         removed = retention.prune(archive, days, errors, error_days)
         lines += [f"removed {_shown(day)}" for day in removed] or ["nothing to remove"]
-        return lines
+        if retention.problem:  # a day that could not go, or days the clock alone calls old: not done, said why
+            return [*lines, f"not done: {retention.problem}"], 1
+        return lines, 0
     verb = "would"
     lines += [f"{verb} finish {_shown(day)} (a pass cut short): {_what(ledger, day)}" for day in plan.resumed]
     lines += [f"{verb} remove {_shown(day)}: {_what(ledger, day)}" for day in plan.removed]
     lines += [f"held back, the clock being ahead of the ledger's time: {_shown(day)}" for day in plan.held]
     if not plan.resumed and not plan.removed:
         lines.append("nothing would be removed")
-    return lines
+    return lines, 0
 
 
 def _counted(trusted: float, wall: float) -> str:

@@ -370,7 +370,7 @@ class Service:
         if paused:
             line += "; UPLOADS PAUSED (API key refused)"
         if retention:
-            line += "; RETENTION HELD: the clock is far ahead of the ledger (see caiasoft-gateway status)"
+            line += "; RETENTION HELD (see caiasoft-gateway status)"
         waiting = ledger.problems(limit=1)
         if waiting:
             row = waiting[0]

@@ -531,3 +531,28 @@ def test_when_retention_has_compacted_every_file_status_reads_without_a_lock_and
     [report] = answered
     assert report["counts"]["archived"] == 1 and report["last_upload"] is None
     assert "last upload:    none in the days kept (the older ones were removed by retention)" in status.render(report)
+
+
+def test_the_prune_command_exits_1_naming_a_day_it_could_not_remove(site, simulator):
+    from gateway.prunecommand import prune
+
+    site.write(simulator.url, extra="\n[archive]\nretention_days = 30\n")
+    settings = site.load()
+    long_ago = dt.datetime.now() - dt.timedelta(days=40)
+    clock = Moment(long_ago)
+    ledger = Ledger(settings.paths.database, clock=clock)
+    try:
+        _, stuck = place(ledger, clock, Folder(settings.paths.archive_dir), long_ago, "a.xml", ("31234000000011",), "R")
+        ledger.mark_clock(dt.datetime.now().timestamp())
+    finally:
+        ledger.close()
+    busy = stuck.parent / "busy"
+    busy.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(busy)], check=True)
+    try:
+        lines, code = prune(settings, dry_run=False)
+    finally:
+        subprocess.run(["umount", "-l", str(busy)], check=False)
+    assert code == 1 and lines[-1].startswith(
+        f"not done: retention could not remove 1 day folder(s), first {stuck.parent}"
+    )
