@@ -336,6 +336,16 @@ def test_a_barcode_from_the_status_feed_that_no_message_can_carry_is_logged_and_
         lambda: [e for e in map(json.loads, log.read_text().splitlines()) if e["event"] == "feed.entry_refused"],
         message="the refusal in the log",
     )
+    problem = wait_for(
+        lambda: (
+            (ncip_status(relay_site).get("feed_problem") or "").count("no NCIP message can carry")
+            and ncip_status(relay_site)["feed_problem"]
+        ),
+        timeout=30,
+        interval=0.3,
+        message="the barcode named in status",
+    )
+    assert "1 barcode(s) CaiaSoft listed" in problem and "holds U+0001" in problem
     assert daemon.stop() == 0
     assert sorted((r.action, r.item) for r in received) == [("checkin", "F-0"), ("checkout", "F-1")]
     assert [e["item"] for e in refused] == ["BAD\\x01ITEM"] and "holds U+0001" in refused[0]["reason"]

@@ -149,6 +149,7 @@ class Feed(Worker):
         self.problem: str | None = None
         self.held: dict[tuple[str, str], str] = {}  # (day, barcode) -> why it is not journaled, at the last read
         self.unreadable: list[str] = []  # retrievalinfo items without even a barcode, at the last read
+        self.uncarried: dict[tuple[str, str], str] = {}  # (day, barcode) listed, no NCIP message can carry it
         self._alerted: set[tuple[str, str, str]] = set()  # (day, barcode, status) alerted in this run
         self._without_retrievalinfo = False
 
@@ -174,6 +175,12 @@ class Feed(Worker):
             parts.append(f"{len(self.held)} item(s) not journaled: {named}{f'; and {more} more' if more > 0 else ''}")
         if self.unreadable:
             parts.append(f"{len(self.unreadable)} retrievalinfo item(s) unreadable: {self.unreadable[0]}")
+        if self.uncarried:
+            (day, _), reason = next(iter(sorted(self.uncarried.items())))
+            parts.append(
+                f"{len(self.uncarried)} barcode(s) CaiaSoft listed that no NCIP message can carry, never "
+                f"journaled (check the item in ALEPH by hand): {reason} ({day})"
+            )
         return " | ".join(parts) or None
 
     # -- reading CaiaSoft -------------------------------------------------------------
@@ -255,6 +262,7 @@ class Feed(Worker):
             added += self._day(day, held)
         self.held = held
         self.ledger.forget_feed_before(days[0])  # days no read covers any more: the memory stays small
+        self.uncarried = {key: reason for key, reason in self.uncarried.items() if key[0] >= days[0]}
         return added
 
     def _day(self, day: str, held: dict[tuple[str, str], str]) -> int:
@@ -349,7 +357,8 @@ class Feed(Worker):
             entry = JournalEntry("checkin", barcode, id=entry_id)
         try:
             journal.append(self.settings.journal, entry)
-        except ValueError as error:  # a barcode no NCIP message can carry: said once, never journaled
+        except ValueError as error:  # a barcode no NCIP message can carry: never journaled, named in status
+            self.uncarried[(day, barcode)] = str(error)
             log.error(
                 "feed.entry_refused",
                 item=barcode,
