@@ -44,6 +44,16 @@ def day_folder(root: Path, when: dt.datetime) -> Path:
     return root / f"{when:%Y}" / f"{when:%m}" / f"{when:%d}"
 
 
+def day_date(parts: tuple[str, ...]) -> dt.date | None:
+    """The day of a day folder's path parts below its root (YYYY, MM, DD), or None if they are not one."""
+    if not _DAY.match("/".join(parts)):
+        return None
+    try:
+        return dt.date(*map(int, parts))
+    except ValueError:
+        return None
+
+
 class Folder:
     """A dated folder tree (archive_dir or error_dir) that never overwrites."""
 
@@ -165,14 +175,8 @@ class Folder:
         oldest_kept = today - dt.timedelta(days=retention_days)
         old = []
         for day in sorted(self.root.glob("[0-9][0-9][0-9][0-9]/[0-9][0-9]/[0-9][0-9]")):
-            relative = day.relative_to(self.root).as_posix()
-            if not _DAY.match(relative) or day.is_symlink():
-                continue
-            try:
-                date = dt.date(*map(int, relative.split("/")))
-            except ValueError:
-                continue
-            if date < oldest_kept:
+            date = day_date(day.relative_to(self.root).parts)
+            if date is not None and not day.is_symlink() and date < oldest_kept:
                 old.append(day)
         return old
 

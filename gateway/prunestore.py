@@ -16,7 +16,6 @@ one owner of state.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import sqlite3
 import threading
@@ -66,19 +65,12 @@ class PruneStore:
         return value if value is not None and math.isfinite(value) and value > 0 else None
 
     def newest_time(self) -> float | None:
-        """The latest time the ledger recorded: a file seen, uploaded or finished, or retention's last pass.
-
-        None for a ledger that has recorded nothing yet.
-        """
+        """The latest time the ledger recorded for a file (seen or finished): what retention counts from in a
+        ledger no pass has marked yet (clock_mark). None for a ledger that has recorded nothing yet."""
         with self._lock:
             files = self._db.execute(
                 "SELECT MAX(COALESCE((SELECT seen_at FROM files WHERE id = (SELECT MAX(id) FROM files)), 0), "
                 "COALESCE((SELECT MAX(finished_at) FROM files), 0))"
             ).fetchone()[0]
-            mark = self._db.execute("SELECT value FROM meta WHERE key = ?", (CLOCK_KEY,)).fetchone()
-        times = [float(files or 0)]
-        if mark is not None:
-            with contextlib.suppress(ValueError):  # not a number: the mark is not counted
-                times.append(float(mark[0]))
-        newest = max(time for time in times if math.isfinite(time))
-        return newest if newest > 0 else None
+        newest = float(files or 0)
+        return newest if math.isfinite(newest) and newest > 0 else None

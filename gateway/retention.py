@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,7 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway import logs
-from gateway.archive import Folder
+from gateway.archive import Folder, day_date
 from gateway.errors import describe
 from gateway.states import OPEN_STATES
 
@@ -52,7 +51,6 @@ if TYPE_CHECKING:
 
 log = logs.get("gateway.retention")
 
-_DAY = re.compile(r"^\d{4}/\d{2}/\d{2}$")
 # how far ahead of the ledger's time the clock may be and still be counted from: a stop of a day and a night
 # catches up by itself; a clock further ahead (or a longer stop) holds days back until the admin vouches for it
 CLOCK_AHEAD_SECONDS = 36 * 3600.0
@@ -114,11 +112,12 @@ class Retention:
                 oldest_kept = dt.date.fromtimestamp(trusted) - dt.timedelta(days=days)
                 removed = sorted(removed + self._gone_days(folder, oldest_kept, removed + plan.resumed))
             plan.removed += removed
-            plan.held += [
-                day
-                for day in folder.old_days(days, dt.date.fromtimestamp(wall))
-                if day not in removed and day not in plan.resumed
-            ]
+            if dt.date.fromtimestamp(wall) > dt.date.fromtimestamp(trusted):  # else the clock calls no other day old
+                plan.held += [
+                    day
+                    for day in folder.old_days(days, dt.date.fromtimestamp(wall))
+                    if day not in removed and day not in plan.resumed
+                ]
         return plan
 
     def _gone_days(self, folder: Folder, before: dt.date, known: list[Path]) -> list[Path]:
@@ -132,7 +131,7 @@ class Retention:
         after, end = f"{root}/", f"{root}0"
         while (path := self.ledger.next_row_path(after, end)) is not None:
             parts = Path(path).relative_to(root).parts
-            date = _date(parts[:3]) if len(parts) == 4 else None
+            date = day_date(parts[:3]) if len(parts) == 4 else None
             if date is None:  # not a file of a day folder: step past it
                 after = path
                 continue
@@ -264,18 +263,8 @@ class Retention:
 def _day_of(day: Path, folders: list[Folder]) -> bool:
     """Whether day is a day folder (ROOT/YYYY/MM/DD, not a link) of one of these folders."""
     return not day.is_symlink() and any(
-        day.parent.parent.parent == folder.root and _DAY.match("/".join(day.parts[-3:])) for folder in folders
+        day.parent.parent.parent == folder.root and day_date(day.parts[-3:]) is not None for folder in folders
     )
-
-
-def _date(parts: tuple[str, ...]) -> dt.date | None:
-    """The day of a day folder's relative parts (YYYY, MM, DD), or None if they are not one."""
-    if not _DAY.match("/".join(parts)):
-        return None
-    try:
-        return dt.date(*map(int, parts))
-    except ValueError:
-        return None
 
 
 def _day(moment: float) -> str:
