@@ -36,6 +36,7 @@ log and in status; it is never read as an empty list.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -127,12 +128,18 @@ def phrase(status: str) -> str:
     return _TRAILING_DATE.sub("", " ".join(status.split())).casefold()
 
 
+@functools.cache
+def _phrases(statuses: tuple[str, ...]) -> frozenset[str]:
+    """The configured statuses as compared (settings are immutable: worked out once per list)."""
+    return frozenset(phrase(status) for status in statuses)
+
+
 def classify(status: str, settings: FeedSettings) -> str | None:
     """'in' (in the facility), 'out' (out of it), or None: a status the settings do not know."""
     said = phrase(status)
-    if said and said in {phrase(known) for known in settings.in_statuses}:
+    if said and said in _phrases(settings.in_statuses):
         return "in"
-    if said and said in {phrase(known) for known in settings.out_statuses}:
+    if said and said in _phrases(settings.out_statuses):
         return "out"
     return None
 
@@ -271,11 +278,8 @@ class Feed(Worker):
         refiled = self._barcodes("refiled", day)
         order = {barcode: index for index, barcode in enumerate(facts)}  # by time where CaiaSoft gave one
         out = sorted(dict.fromkeys([*facts, *retrieved]), key=lambda barcode: order.get(barcode, len(order)))
-        not_lent = {
-            b
-            for b in out
-            if b in facts and (facts[b].type or "").upper() in {kind.upper() for kind in self.feed.no_checkout_types}
-        }
+        lending_not = {kind.upper() for kind in self.feed.no_checkout_types}
+        not_lent = {b for b in out if b in facts and (facts[b].type or "").upper() in lending_not}
         back_in = list(dict.fromkeys(refiled))
         both = (set(out) - not_lent) & set(back_in)  # both movements this day, journaled before or not
         planned: list[tuple[str, str, bool]] = []  # (kind, barcode, journaled again so that it ends right)
