@@ -298,7 +298,7 @@ def _check_print_file(reader: _Reader, on_record: Callable[[printfile.Record], N
         last = bad[-1]
         at_end = bad_count == 1 and last.number == count and last.problem is not None and last.problem.at_end
         if sum(not_xml.values()) == count:
-            raise FileRefused(_not_xml_reason(list(not_xml), count))
+            raise FileRefused(printfile.not_xml_reason(list(not_xml), count))
         raise FileRefused(_bad_records_reason(bad, bad_count, count), at_end=at_end)
     return {
         "records": count,
@@ -323,15 +323,6 @@ def _bad_records_reason(bad: list[printfile.Record], bad_count: int, count: int)
         more = bad_count - len(bad)
         reason += f"; {bad_count - 1} more bad record(s): {others}" + (f" and {more} more" if more else "")
     return reason
-
-
-def _not_xml_reason(kinds: list[str], count: int) -> str:
-    """'a PLAIN printout, not XML: route only XML_XSL output for CaiaSoft to this folder', for a file of such records"""
-    what = (
-        f"{printfile.article(kinds[0])} {kinds[0]} printout" if len(kinds) == 1 else " and ".join(kinds) + " printouts"
-    )
-    records = f" ({count} records)" if count > 1 else ""
-    return f"{what}{records}, not XML: route only {printfile.XML_PRINTOUT} output for CaiaSoft to this folder"
 
 
 class _ElementLines:

@@ -82,6 +82,14 @@ def article(kind: str) -> str:
     return "an" if kind[:1].upper() in "AEIOU" or kind.upper().startswith(("HTML", "XML")) else "a"
 
 
+def not_xml_reason(kinds: list[str], count: int = 1) -> str:
+    """'a PLAIN printout, not XML: route only XML_XSL output for CaiaSoft to this folder', for a record or for a
+    file of count such records of these kinds."""
+    what = f"{article(kinds[0])} {kinds[0]} printout" if len(kinds) == 1 else " and ".join(kinds) + " printouts"
+    records = f" ({count} records)" if count > 1 else ""
+    return f"{what}{records}, not XML: route only {XML_PRINTOUT} output for CaiaSoft to this folder"
+
+
 @dataclass(frozen=True)
 class RecordProblem:
     """Why a record's XML is refused, and where: line is counted in the whole file.
@@ -249,12 +257,7 @@ class _Open:
         if self.printout is None and kind is not None:
             self.printout = kind.group(1).decode("ascii")
             if self.printout in NOT_XML_PRINTOUTS:
-                self.problem = RecordProblem(
-                    f"{article(self.printout)} {self.printout} printout, not XML: route "
-                    f"only {XML_PRINTOUT} output for CaiaSoft to this folder",
-                    self.line,
-                    printout=self.printout,
-                )
+                self.problem = RecordProblem(not_xml_reason([self.printout]), self.line, printout=self.printout)
 
     def feed(self, piece: bytes, line: int) -> list[Record]:
         """Feed the next piece of the record; return the slips of a batch that closed in it."""
