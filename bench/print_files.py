@@ -1,7 +1,7 @@
 """Benchmark: ALEPH batch print files (memory and time to validate a big one) and `find` on a big index.
 
   validate  a print file of --megabytes (default 50) of small hold-request records, validated as the
-            pipeline does it (intake.inspect, each record spooled into a ledger), in a child process;
+            pipeline does it (validation.inspect, each record spooled into a ledger), in a child process;
             its peak RSS is compared with the same child validating a one-record file
   find      a ledger of --find-files files of 3 records each: one lookup in process, and the
             `caiasoft-gateway find` command (interpreter start-up included)
@@ -22,9 +22,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from gateway import demo, find  # noqa: E402  (the checkout's gateway, also when run as a script)
-from gateway.ledger import Ledger  # noqa: E402
-from gateway.printfile import Record  # noqa: E402
+from gateway.cli import demo, find  # noqa: E402  (the checkout's gateway, also when run as a script)
+from gateway.core.printfile import Record  # noqa: E402
+from gateway.state.ledger import Ledger  # noqa: E402
 
 PYTHON = sys.executable
 BATCH = 20_000  # files per ledger transaction while building the find index
@@ -34,15 +34,15 @@ VALIDATE = """
 import json, resource, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[3])
-from gateway import intake
-from gateway.itemindex import RecordSpool
-from gateway.ledger import Ledger
+from gateway.intake import validation
+from gateway.state.itemindex import RecordSpool
+from gateway.state.ledger import Ledger
 path, ledger = Path(sys.argv[1]), Ledger(Path(sys.argv[2]))
 row_id = ledger.begin_claim("bench", path.name, str(path), path.stat().st_size, 0.0)
 spool = RecordSpool(ledger)
 spool.start(row_id)
 started = time.perf_counter()
-found = intake.inspect(path, path.name, 60 * 1024 * 1024, on_record=spool.add)
+found = validation.inspect(path, path.name, 60 * 1024 * 1024, on_record=spool.add)
 spool.flush()
 print(json.dumps({"records": found.details["records"], "seconds": time.perf_counter() - started,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

@@ -2,7 +2,7 @@
 
 It builds a ledger of N archived files (1,000,000 by default: five and a half years at 500 a
 day) with their records and items, and an archive_dir with a (empty) day folder for each day,
-then runs gateway.retention as the service does (passes of at most PRUNE_PASS_SECONDS, one after
+then runs gateway.archive.retention as the service does (passes of at most PRUNE_PASS_SECONDS, one after
 another) with retention_days = 30, and measures:
   first pass      until every day older than 30 days is removed and its rows compacted, and the
                   freed pages given back: wall time, passes, the longest compaction batch and
@@ -36,13 +36,14 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from gateway import find, logs  # noqa: E402
-from gateway.archive import Folder  # noqa: E402
-from gateway.ledger import Ledger  # noqa: E402
-from gateway.printfile import Record  # noqa: E402
-from gateway.retention import Retention  # noqa: E402
-from gateway.service import PRUNE_PASS_SECONDS  # noqa: E402
-from gateway.states import Verdict  # noqa: E402
+from gateway.archive.folders import Folder  # noqa: E402
+from gateway.archive.retention import Retention  # noqa: E402
+from gateway.cli import find  # noqa: E402
+from gateway.core import logs
+from gateway.core.printfile import Record  # noqa: E402
+from gateway.core.states import Verdict  # noqa: E402
+from gateway.runtime.service import PRUNE_PASS_SECONDS  # noqa: E402
+from gateway.state.ledger import Ledger  # noqa: E402
 
 PER_DAY = 500
 RETENTION_DAYS = 30

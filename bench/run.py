@@ -40,7 +40,7 @@ from typing import Any
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from gateway import demo  # noqa: E402  (the checkout's gateway, also when run as a script)
+from gateway.cli import demo  # noqa: E402  (the checkout's gateway, also when run as a script)
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples"
@@ -337,7 +337,7 @@ def latency(url: str, receipts: Path, root: Path, count: int, settle: float) -> 
 
 
 def ncip_bench(caiasoft_url: str, ncip_url: str, root: Path, count: int) -> dict:
-    from gateway.config import load
+    from gateway.config.loader import load
     from gateway.ncip import messages
     from gateway.ncip.journal import JournalEntry
 
@@ -382,7 +382,7 @@ def ncip_bench(caiasoft_url: str, ncip_url: str, root: Path, count: int) -> dict
 
 def relayed_offset(root: Path) -> int | None:
     """Where the relay's checkpoint is in the journal (state_dir/ncip-checkpoint), None before it is written."""
-    from gateway import checkpointfile
+    from gateway.state import checkpointfile
 
     try:
         saved = checkpointfile.read(root / "state" / checkpointfile.FILE_NAME)

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from gateway import config as config_module
-from gateway import demo
-from gateway.schema import REQUIRED, SCHEMA
-from gateway.settings import SourceSettings
+from gateway.cli import demo
+from gateway.config import loader as config_module
+from gateway.config.schema import REQUIRED, SCHEMA
+from gateway.config.settings import SourceSettings
 from gateway.simulators.caiasoft import CaiaSoftSimulator
 
 pytest_plugins = ["unprivileged", "sharedfixtures"]  # the unprivileged user; fixtures several modules use
@@ -48,7 +48,7 @@ def wait_for(
 
 
 def schema_defaults(table: str) -> dict[str, object]:
-    """The defaults gateway.schema declares for a table's keys (required keys have none)."""
+    """The defaults gateway.config.schema declares for a table's keys (required keys have none)."""
     return {key.name: key.default for key in SCHEMA[table] if key.default is not REQUIRED}
 
 

@@ -12,12 +12,15 @@ from peers import MailBox, SilentServer, WebhookReceiver, alerts_table, body, fr
 from test_end_to_end import barcode_list
 from tlscerts import make_authority
 
-from gateway import aftertake, alerttexts, cli, status
-from gateway.backoff import Backoff
-from gateway.config import ConfigError, load
-from gateway.events import Conditions
-from gateway.ledger import Ledger
-from gateway.monitor import Monitor
+from gateway.archive import aftertake
+from gateway.cli import main as cli
+from gateway.cli import status
+from gateway.config.loader import ConfigError, load
+from gateway.core.backoff import Backoff
+from gateway.monitor import alerttexts
+from gateway.monitor.events import Conditions
+from gateway.monitor.monitor import Monitor
+from gateway.state.ledger import Ledger
 
 HOST = socket.gethostname()
 DENIED = "31234009999990"  # the simulator fixture denies it: Invalid Stop Code

@@ -12,8 +12,8 @@ import threading
 import pytest
 from conftest import KEY, Site
 
-from gateway import config as config_module
-from gateway.errors import ConfigError
+from gateway.config import loader as config_module
+from gateway.core.errors import ConfigError
 
 
 @pytest.fixture

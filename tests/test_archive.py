@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.archive import Folder, numbered, safe_name
-from gateway.files import move_no_clobber
+from gateway.archive.folders import Folder, numbered, safe_name
+from gateway.core.files import move_no_clobber
 
 DAY = dt.datetime(2026, 11, 28, 9, 30)
 
@@ -102,7 +102,7 @@ def test_over_long_names_are_shortened_within_the_folder(tmp_path):
 
 
 def test_sidecar_write_never_contains_a_registered_secret(tmp_path):
-    from gateway import logs
+    from gateway.core import logs
 
     logs.add_secret("sidecar-secret-42")
     folder = Folder(tmp_path)

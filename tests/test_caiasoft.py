@@ -7,11 +7,11 @@ import json
 import pytest
 from conftest import KEY, SAMPLES, Site
 
-from gateway.backoff import Backoff
-from gateway.caiasoft import CaiaSoftClient, classify, parse_retry_after
-from gateway.config import Secret
-from gateway.ledger import Ledger
-from gateway.pipeline import Pipeline
+from gateway.config.loader import Secret
+from gateway.core.backoff import Backoff
+from gateway.runtime.pipeline import Pipeline
+from gateway.state.ledger import Ledger
+from gateway.upload.caiasoft import CaiaSoftClient, classify, parse_retry_after
 
 # -- answers -----------------------------------------------------------------
 
@@ -251,7 +251,7 @@ def test_refusal_goes_to_error_with_caiasofts_words(site, tmp_path):
 
 
 def test_the_gate_backs_off_once_per_outage_and_reopens_on_success(site):
-    from gateway.backoff import Gate
+    from gateway.core.backoff import Gate
 
     clock = FixedClock(100.0)
     gate = Gate(site.load().caiasoft, clock=clock)
@@ -271,7 +271,7 @@ def test_the_gate_backs_off_once_per_outage_and_reopens_on_success(site):
 
 
 def test_the_gate_pauses_everyone_on_a_refused_key(site):
-    from gateway.backoff import Gate
+    from gateway.core.backoff import Gate
 
     clock = FixedClock(100.0)
     gate = Gate(site.load().caiasoft, clock=clock)

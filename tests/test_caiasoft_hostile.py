@@ -16,10 +16,10 @@ import pytest
 from conftest import KEY, SAMPLES, Site, wait_for
 from tlscerts import make_authority
 
-from gateway.caiasoft import CaiaSoftClient
-from gateway.config import Secret
-from gateway.ledger import Ledger
-from gateway.pipeline import Pipeline
+from gateway.config.loader import Secret
+from gateway.runtime.pipeline import Pipeline
+from gateway.state.ledger import Ledger
+from gateway.upload.caiasoft import CaiaSoftClient
 
 ECHO = json.dumps({"success": False, "error": f"API key {KEY} is not valid for format ALEPH"}).encode()
 

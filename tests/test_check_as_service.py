@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import KEY
 
-from gateway import asservice
+from gateway.cli import asservice
 
 CAP_LEASE_HELD = "CAP_LEASE held"
 
@@ -219,7 +219,7 @@ def test_check_as_service_fails_a_state_folder_outside_the_units_writable_paths(
 def test_the_folders_compared_are_every_one_the_config_has_the_gateway_write(site):
     from conftest import ncip_table
 
-    from gateway.checks import service_folders
+    from gateway.cli.checks import service_folders
 
     (site.root / "prom").mkdir()
     site.write(

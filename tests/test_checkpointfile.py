@@ -14,8 +14,11 @@ from conftest import ncip_settings, ncip_table, wait_for
 from sharedfixtures import fill
 from test_relay import add
 
-from gateway.backoff import Backoff
-from gateway.checkpointfile import (
+from gateway.core.backoff import Backoff
+from gateway.ncip import journal
+from gateway.ncip.journal import JournalEntry, Tailer
+from gateway.ncip.relay import Relay
+from gateway.state.checkpointfile import (
     FILE_NAME,
     SLOT_BYTES,
     CheckpointDamaged,
@@ -24,10 +27,7 @@ from gateway.checkpointfile import (
     CheckpointUnavailable,
     read,
 )
-from gateway.ledger import Ledger
-from gateway.ncip import journal
-from gateway.ncip.journal import JournalEntry, Tailer
-from gateway.ncip.relay import Relay
+from gateway.state.ledger import Ledger
 
 
 def position(offset: int) -> dict:

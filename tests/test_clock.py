@@ -20,11 +20,12 @@ from faketime import SteppedClock
 from peers import MailBox, alerts_table, free_port
 from test_history import scanned
 
-from gateway import alerttexts, status
-from gateway.backoff import Backoff, SteadyClock
-from gateway.events import Conditions
-from gateway.ledger import Ledger
-from gateway.monitor import Monitor
+from gateway.cli import status
+from gateway.core.backoff import Backoff, SteadyClock
+from gateway.monitor import alerttexts
+from gateway.monitor.events import Conditions
+from gateway.monitor.monitor import Monitor
+from gateway.state.ledger import Ledger
 
 pytestmark = pytest.mark.e2e
 
@@ -186,10 +187,10 @@ def test_a_start_with_the_clock_forty_days_ahead_deletes_nothing_and_says_why(
 def test_retention_counts_days_from_the_ledgers_time_and_find_says_what_it_removed(tmp_path):
     """Days older than retention_days by the ledger's time go (and find says so); those only the clock calls
     old are held, with the reason."""
-    from gateway import find
-    from gateway.archive import Folder
-    from gateway.printfile import Record
-    from gateway.retention import Retention
+    from gateway.archive.folders import Folder
+    from gateway.archive.retention import Retention
+    from gateway.cli import find
+    from gateway.core.printfile import Record
 
     day = dt.datetime(2026, 11, 2, 12, 0)
     ledger = Ledger(tmp_path / "gateway.db", clock=lambda: day.timestamp())

@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 from conftest import KEY, REPO
 
-from gateway import config as config_module
-from gateway.config import SCHEMA, load, load_settings
-from gateway.errors import ConfigError
-from gateway.settings import (
+from gateway.config import loader as config_module
+from gateway.config.loader import SCHEMA, load, load_settings
+from gateway.config.settings import (
     Alerts,
     Archive,
     CaiaSoft,
@@ -25,6 +24,7 @@ from gateway.settings import (
     Paths,
     SftpSourceSettings,
 )
+from gateway.core.errors import ConfigError
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -133,7 +133,7 @@ def test_overlaps_are_seen_through_dot_dot(tmp_path):
 def test_a_source_path_that_leads_into_the_gateways_folders_loads_and_is_never_read(tmp_path, source, why):
     """ALEPH's user owns the folders on a source's path: where its links point must not keep the service (or
     `status`) from starting; the source is paused when it is opened instead, and `check` says why."""
-    from gateway.checks import run_checks
+    from gateway.cli.checks import run_checks
     from gateway.sources import build
     from gateway.sources.folder import FolderReplaced
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from conftest import SAMPLES, wait_for
 
-from gateway.caiasoft import CaiaSoftClient
-from gateway.errors import LedgerDamaged, describe
-from gateway.ledger import Ledger
-from gateway.pipeline import Pipeline
-from gateway.states import FileState, Verdict
-from gateway.worker import Worker
+from gateway.core.errors import LedgerDamaged, describe
+from gateway.core.states import FileState, Verdict
+from gateway.core.worker import Worker
+from gateway.runtime.pipeline import Pipeline
+from gateway.state.ledger import Ledger
+from gateway.upload.caiasoft import CaiaSoftClient
 
 
 @pytest.fixture
@@ -86,7 +86,7 @@ def test_a_failure_after_the_name_was_reserved_finishes_at_the_same_place(pipeli
 
 def test_a_file_that_cannot_be_placed_for_its_own_reason_is_stuck_and_shown(pipeline, site, monkeypatch):
     row_id = queued_slip(pipeline, site)
-    monkeypatch.setattr("gateway.placing.sidecar", lambda *args: (_ for _ in ()).throw(ValueError("bad name")))
+    monkeypatch.setattr("gateway.archive.placing.sidecar", lambda *args: (_ for _ in ()).throw(ValueError("bad name")))
     pipeline.upload(pipeline.ledger.take(row_id))
     row = pipeline.ledger.get(row_id)
     assert row.state == FileState.STUCK and "bad name" in row.problem
@@ -240,7 +240,7 @@ def test_a_worker_takes_its_share_of_a_backlog_in_one_commit_and_gives_back_what
 
 
 def test_an_upload_worker_gives_back_the_files_it_took_when_it_stops(pipeline, site):
-    from gateway.uploader import Uploader
+    from gateway.upload.workers import Uploader
 
     ids = [queued_slip(pipeline, site, f"slip{number}.xml") for number in range(3)]
     worker = Uploader(pipeline, workers=1)
@@ -252,7 +252,7 @@ def test_an_upload_worker_gives_back_the_files_it_took_when_it_stops(pipeline, s
 
 
 def test_an_upload_worker_takes_the_next_files_of_a_backlog_while_it_sends_the_last_one_in_hand(pipeline, site):
-    from gateway.uploader import Uploader
+    from gateway.upload.workers import Uploader
 
     ids = [queued_slip(pipeline, site, f"slip{number}.xml") for number in range(10)]
     ledger = pipeline.ledger
@@ -283,7 +283,7 @@ def test_an_upload_worker_takes_the_next_files_of_a_backlog_while_it_sends_the_l
 
 
 def test_an_upload_worker_gives_back_the_files_it_took_ahead_when_it_stops(pipeline, site):
-    from gateway.uploader import Uploader
+    from gateway.upload.workers import Uploader
 
     ids = [queued_slip(pipeline, site, f"slip{number}.xml") for number in range(12)]
     worker = Uploader(pipeline, workers=2)
@@ -298,8 +298,8 @@ def test_an_upload_worker_gives_back_the_files_it_took_ahead_when_it_stops(pipel
 def test_a_full_state_dir_is_not_reported_as_a_permissions_problem():
     import errno
 
-    from gateway.collector import claim_hint
-    from gateway.placing import folder_hint
+    from gateway.archive.placing import folder_hint
+    from gateway.intake.collector import claim_hint
 
     full = OSError(errno.ENOSPC, "No space left on device")
     assert "full" in claim_hint(full) and "permission" not in claim_hint(full)
@@ -312,7 +312,7 @@ def test_a_full_state_dir_is_not_reported_as_a_permissions_problem():
 def test_a_claim_that_fails_in_state_dir_is_not_blamed_on_the_source_folder(tmp_path):
     import errno
 
-    from gateway.collector import claim_hint
+    from gateway.intake.collector import claim_hint
 
     state = tmp_path / "state"
     read_only = OSError(errno.EROFS, "Read-only file system", str(state / "work" / ".00000001.slip.partial-1"))
@@ -326,7 +326,7 @@ def test_a_claim_that_fails_in_state_dir_is_not_blamed_on_the_source_folder(tmp_
 
 def test_the_finisher_places_what_it_was_handed_before_it_ends_then_refuses(pipeline, site, simulator):
     """Upload workers hand answered files to the finisher; none is left answered when it stops."""
-    from gateway.uploader import Finisher
+    from gateway.upload.workers import Finisher
 
     answered = []
     for number in range(3):
@@ -344,7 +344,7 @@ def test_the_finisher_places_what_it_was_handed_before_it_ends_then_refuses(pipe
 
 def test_a_full_finisher_says_so_and_has_room_again_once_it_has_placed(pipeline, site, simulator):
     """An upload worker rests on finisher.room (checking in) while the queue is full, then hands its file."""
-    from gateway.uploader import Finisher
+    from gateway.upload.workers import Finisher
 
     answered = []
     for number in range(2):
@@ -386,7 +386,8 @@ def test_a_batch_of_placed_files_syncs_its_day_folder_once_before_any_work_name_
     pipeline, site, simulator, monkeypatch
 ):
     """The finisher's batch: every sidecar and file in the day folder, then one folder sync, then work/ emptied."""
-    from gateway import archive, files, placing
+    from gateway.archive import folders, placing
+    from gateway.core import files
 
     answered = []
     for number in range(3):
@@ -399,7 +400,7 @@ def test_a_batch_of_placed_files_syncs_its_day_folder_once_before_any_work_name_
         synced.append((folder, sorted(path.name for path in folder.iterdir()), [path.exists() for path in work]))
         files.fsync_dir(folder)
 
-    monkeypatch.setattr(archive, "fsync_dir", fsync_dir)
+    monkeypatch.setattr(folders, "fsync_dir", fsync_dir)
     monkeypatch.setattr(placing, "fsync_dir", fsync_dir)
     pipeline.place_many(answered)
     assert len(synced) == 1, "one folder sync for the batch"

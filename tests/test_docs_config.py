@@ -9,7 +9,7 @@ import re
 import pytest
 from conftest import REPO
 
-from gateway import config as config_module
+from gateway.config import loader as config_module
 
 SAMPLE = (REPO / "conf" / "gateway.toml").read_text()
 BLOCKS = re.findall(r"```toml\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)

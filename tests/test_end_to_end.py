@@ -12,7 +12,7 @@ import time
 import pytest
 from conftest import KEY, SAMPLES, wait_for
 
-from gateway.ledger import Ledger
+from gateway.state.ledger import Ledger
 
 pytestmark = pytest.mark.e2e
 

@@ -11,12 +11,12 @@ import re
 import pytest
 from conftest import KEY, ncip_table
 
-from gateway.caiasoft import CaiaSoftClient
-from gateway.config import ConfigError
-from gateway.errors import ApiError
-from gateway.events import Events
-from gateway.ledger import Ledger
+from gateway.config.loader import ConfigError
+from gateway.core.errors import ApiError
+from gateway.monitor.events import Events
 from gateway.ncip.feed import Feed, classify, retrieval
+from gateway.state.ledger import Ledger
+from gateway.upload.caiasoft import CaiaSoftClient
 
 TODAY = dt.date(2026, 11, 27)
 DAY = "20261127"

@@ -7,13 +7,14 @@ import sqlite3
 
 from printfiles import barcode, print_file, record
 
-from gateway import find, ledgerschema
-from gateway import ledger as ledger_module
-from gateway.itemindex import ITEMS_FOR_BARCODE
-from gateway.ledger import Ledger
-from gateway.printfile import Record
+from gateway.cli import find
+from gateway.core.printfile import Record
+from gateway.core.states import Verdict
 from gateway.sources.base import Entry
-from gateway.states import Verdict
+from gateway.state import ledger as ledger_module
+from gateway.state import schema
+from gateway.state.itemindex import ITEMS_FOR_BARCODE
+from gateway.state.ledger import Ledger
 
 TARGET = "31234000000042"
 
@@ -164,7 +165,7 @@ def test_a_file_validated_again_keeps_only_its_new_records(tmp_path):
 def _v1_ledger(path) -> None:
     """A ledger as schema version 1 left it (before records and items existed), with one archived file."""
     db = sqlite3.connect(path)
-    db.executescript(ledgerschema.FILES_SCHEMA)
+    db.executescript(schema.FILES_SCHEMA)
     db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
     db.execute("INSERT INTO files (source, name, origin, state, seen_at) VALUES ('print', 'x', '/p/x', 'archived', 1)")
     db.commit()

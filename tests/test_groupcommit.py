@@ -8,8 +8,8 @@ import threading
 import pytest
 from conftest import wait_for
 
-from gateway import groupcommit
-from gateway.groupcommit import GroupCommit
+from gateway.state import groupcommit
+from gateway.state.groupcommit import GroupCommit
 
 
 @pytest.fixture

@@ -13,10 +13,10 @@ import pytest
 from conftest import wait_for
 from test_end_to_end import barcode_list
 
-from gateway import find, status
-from gateway.ledger import SCHEMA_VERSION, Ledger
-from gateway.ledgercheck import LedgerCheck
-from gateway.states import FileState
+from gateway.cli import find, status
+from gateway.core.states import FileState
+from gateway.state.check import LedgerCheck
+from gateway.state.ledger import SCHEMA_VERSION, Ledger
 
 DENIED = "31234009999990"  # the simulator fixture denies it
 SCANNED_TABLES = ("files", "records", "items")

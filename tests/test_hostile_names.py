@@ -15,10 +15,10 @@ import paramiko
 import pytest
 from conftest import wait_for
 
-from gateway.ledger import Ledger
-from gateway.names import from_bytes, safe_name, to_bytes, unprintable
+from gateway.core.names import from_bytes, safe_name, to_bytes, unprintable
 from gateway.sources.base import Taken
 from gateway.sources.sftp import SftpSource
+from gateway.state.ledger import Ledger
 
 HIDDEN = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
 

@@ -13,7 +13,7 @@ import requests
 from conftest import wait_for
 from tlscerts import make_authority
 
-from gateway import http
+from gateway.core import http
 
 
 def test_an_ordinary_answer_is_read_whole():

@@ -7,8 +7,8 @@ import hashlib
 import pytest
 from conftest import SAMPLES
 
-from gateway import intake
-from gateway.errors import FileRefused
+from gateway.core.errors import FileRefused
+from gateway.intake import validation
 
 
 class Clock:
@@ -24,7 +24,7 @@ class Clock:
 
 def test_file_is_ready_only_after_size_and_mtime_hold_for_settle_seconds():
     clock = Clock()
-    settler = intake.Settler(2.0, trust_mtime=False, clock=clock)
+    settler = validation.Settler(2.0, trust_mtime=False, clock=clock)
     assert not settler.observe("a", 10, 5.0)
     clock.now += 1.5
     assert not settler.observe("a", 10, 5.0)
@@ -35,7 +35,7 @@ def test_file_is_ready_only_after_size_and_mtime_hold_for_settle_seconds():
 
 def test_a_growing_file_restarts_the_settle_time():
     clock = Clock()
-    settler = intake.Settler(2.0, trust_mtime=False, clock=clock)
+    settler = validation.Settler(2.0, trust_mtime=False, clock=clock)
     settler.observe("a", 10, 5.0)
     clock.now += 1.9
     assert not settler.observe("a", 20, 6.0)  # it grew: start again
@@ -47,15 +47,15 @@ def test_a_growing_file_restarts_the_settle_time():
 
 def test_an_old_mtime_on_a_local_disk_is_ready_at_once_but_not_on_a_network_mount():
     clock, wall = Clock(), Clock(10_000.0)
-    local = intake.Settler(2.0, trust_mtime=True, clock=clock, wall_clock=wall)
-    network = intake.Settler(2.0, trust_mtime=False, clock=clock, wall_clock=wall)
+    local = validation.Settler(2.0, trust_mtime=True, clock=clock, wall_clock=wall)
+    network = validation.Settler(2.0, trust_mtime=False, clock=clock, wall_clock=wall)
     assert local.observe("a", 10, 9_000.0)
     assert not network.observe("a", 10, 9_000.0)
     assert not local.observe("b", 10, 9_999.5)  # written half a second ago
 
 
 def test_settler_forgets_files_that_left():
-    settler = intake.Settler(1.0, clock=Clock())
+    settler = validation.Settler(1.0, clock=Clock())
     settler.observe("a", 1, 1.0)
     settler.observe("b", 1, 1.0)
     settler.keep_only({"b"})
@@ -74,21 +74,21 @@ def test_settler_forgets_files_that_left():
     ],
 )
 def test_hidden_and_temporary_names_are_not_taken(name, taken):
-    assert intake.wanted(name, ("*",)) is taken
+    assert validation.wanted(name, ("*",)) is taken
 
 
 def test_include_patterns():
-    assert intake.wanted("a_barcode", ("*_barcode", "*.xml"))
-    assert not intake.wanted("notes.txt", ("*_barcode", "*.xml"))
+    assert validation.wanted("a_barcode", ("*_barcode", "*.xml"))
+    assert not validation.wanted("notes.txt", ("*_barcode", "*.xml"))
 
 
 # -- validation ---------------------------------------------------------------
 
 
-def check(tmp_path, data: bytes, name: str = "file", **options) -> intake.Inspection:
+def check(tmp_path, data: bytes, name: str = "file", **options) -> validation.Inspection:
     path = tmp_path / name
     path.write_bytes(data)
-    found = intake.inspect(path, name, options.pop("max_bytes", 1_000_000), **options)
+    found = validation.inspect(path, name, options.pop("max_bytes", 1_000_000), **options)
     assert path.read_bytes() == data  # validation never rewrites
     return found
 

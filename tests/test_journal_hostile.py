@@ -270,9 +270,9 @@ def test_a_journal_not_read_for_a_minute_is_alerted_and_its_end_too(site, simula
     """The relay's journal_problem reaches the monitor like a source's problem: a blip is not mailed, a minute is."""
     from peers import MailBox, alerts_table, body
 
-    from gateway.events import Conditions
-    from gateway.ledger import Ledger
-    from gateway.monitor import Monitor
+    from gateway.monitor.events import Conditions
+    from gateway.monitor.monitor import Monitor
+    from gateway.state.ledger import Ledger
 
     box = MailBox().start()
     journal_path = site.root / "ncip.jsonl"

@@ -27,9 +27,9 @@ from conftest import ncip_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.ledger import Ledger
 from gateway.ncip.relay import Relay
 from gateway.simulators.ncip import NcipSimulator
+from gateway.state.ledger import Ledger
 
 JOURNAL_PROFILE = settings(
     max_examples=int(os.environ.get("JOURNAL_EXAMPLES", "100")),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.ledger import Ledger
-from gateway.states import FileState, Verdict
+from gateway.core.states import FileState, Verdict
+from gateway.state.ledger import Ledger
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from conftest import wait_for
 from peers import free_port
 from test_end_to_end import barcode_list
 
-from gateway.listener import CONNECTION_SECONDS, MAX_CONNECTIONS
+from gateway.core.listener import CONNECTION_SECONDS, MAX_CONNECTIONS
 
 FD_LIMIT = 256
 LISTEN = "0A"  # a listening socket's state in /proc/net/tcp

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from gateway import logs
+from gateway.core import logs
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import argparse
 import shutil
 import subprocess
 
-from gateway.cli import _parser
-from gateway.manpage import render
+from gateway.cli.main import _parser
+from gateway.cli.manpage import render
 
 
 def test_every_command_and_option_is_on_the_page_and_groff_reads_it_clean(tmp_path):

@@ -18,12 +18,12 @@ from peers import free_port
 from prometheus_client.parser import text_string_to_metric_families
 from test_end_to_end import barcode_list
 
-from gateway.ledger import Ledger
-from gateway.metrics import Metrics
+from gateway.config.settings import Metrics as MetricsSettings
+from gateway.monitor.metrics import Metrics
 from gateway.ncip import journal
 from gateway.ncip.journal import JournalEntry
-from gateway.settings import Metrics as MetricsSettings
 from gateway.simulators.ncip import NcipSimulator
+from gateway.state.ledger import Ledger
 
 DENIED = "31234009999990"
 
@@ -209,7 +209,7 @@ def test_the_textfile_is_never_written_through_a_link_planted_in_its_folder(tmp_
     decoy.write_bytes(b"the ledger, say\n")
     try:
         metrics = Metrics(MetricsSettings(listen="", textfile=textfile), ledger, ["print"])
-        monkeypatch.setattr("gateway.metrics.secrets.token_hex", lambda _bytes: "guessed")
+        monkeypatch.setattr("gateway.monitor.metrics.secrets.token_hex", lambda _bytes: "guessed")
         (folder / ".caiasoft_gateway.prom.guessed").symlink_to(decoy)  # the name the next write will use
         metrics.write_textfile()
         assert decoy.read_bytes() == b"the ledger, say\n" and not textfile.exists(), "refused, not followed"

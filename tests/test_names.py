@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.archive import Folder
-from gateway.ledger import Ledger
-from gateway.names import MAX_NAME_BYTES, from_bytes, loaded, printable, safe_name, stored, to_bytes, unprintable
+from gateway.archive.folders import Folder
+from gateway.core.names import MAX_NAME_BYTES, from_bytes, loaded, printable, safe_name, stored, to_bytes, unprintable
+from gateway.state.ledger import Ledger
 
 # A name on a POSIX filesystem: any bytes but NUL and '/', 1 to 255 of them.
 posix_names = st.binary(min_size=1, max_size=255).filter(lambda raw: b"\0" not in raw and b"/" not in raw)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, ncip_settings
 
-from gateway.config import Ncip
+from gateway.config.loader import Ncip
 from gateway.ncip import answers, journal, messages
 from gateway.ncip.answers import judge
 from gateway.ncip.journal import JournalEntry, Tailer, parse_entry

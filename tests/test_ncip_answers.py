@@ -12,9 +12,9 @@ import codecs
 import pytest
 from test_ncip import settings
 
+from gateway.config.schema import SCHEMA
 from gateway.ncip import answers
 from gateway.ncip.answers import Problem, UnreadableAnswer, judge
-from gateway.schema import SCHEMA
 from gateway.simulators.ncip import schema_errors
 from gateway.simulators.ncip_answers import Outcome, write
 

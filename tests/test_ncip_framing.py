@@ -344,7 +344,7 @@ def _config(tmp_path, url: str, **more: object):
 
 
 def test_config_defaults_to_http_1_0_framing_and_the_requesting_agency(tmp_path):
-    from gateway.config import load
+    from gateway.config.loader import load
 
     ncip = load(_config(tmp_path, "tcp://aleph.example.edu:5991/ncip"), environ={}).ncip
     assert ncip is not None

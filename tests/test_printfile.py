@@ -24,8 +24,9 @@ from printfiles import (
     slip,
 )
 
-from gateway import intake, printfile
-from gateway.errors import FileRefused
+from gateway.core import printfile
+from gateway.core.errors import FileRefused
+from gateway.intake import validation
 
 
 def inspect(tmp_path, data: bytes, name: str = "usm50.hold_req"):
@@ -34,7 +35,7 @@ def inspect(tmp_path, data: bytes, name: str = "usm50.hold_req"):
     path.write_bytes(data)
     records: list[printfile.Record] = []
     try:
-        return intake.inspect(path, name, 60_000_000, on_record=records.append), records
+        return validation.inspect(path, name, 60_000_000, on_record=records.append), records
     finally:
         assert path.read_bytes() == data
 
@@ -163,7 +164,7 @@ def test_the_good_records_of_a_refused_file_are_still_handed_over(tmp_path):
     path.write_bytes(print_file(3, replace={2: HOSTILE["malformed"][0]}))
     records: list[printfile.Record] = []
     with pytest.raises(FileRefused):
-        intake.inspect(path, path.name, 1_000_000, on_record=records.append)
+        validation.inspect(path, path.name, 1_000_000, on_record=records.append)
     assert [(r.number, r.barcodes, r.problem is None) for r in records] == [
         (1, (barcode(1),), True),
         (2, (), False),
@@ -267,7 +268,7 @@ def test_a_barcode_list_read_twice_for_its_fallback_encoding_hands_each_barcode_
     path = tmp_path / "list_barcode"
     path.write_bytes("Liste für Müller\n31234001111111\n".encode("latin-1"))
     records: list[printfile.Record] = []
-    found = intake.inspect(path, path.name, 1000, "cp1252", on_record=records.append)
+    found = validation.inspect(path, path.name, 1000, "cp1252", on_record=records.append)
     assert found.details["encoding"] == "cp1252" and [r.barcodes for r in records] == [("31234001111111",)]
 
 
@@ -330,7 +331,7 @@ def test_any_print_file_splits_into_its_records_and_names_the_bad_one(shapes, ne
 
 
 def test_a_huge_barcode_list_is_counted_whole_and_listed_up_to_the_cap(tmp_path, monkeypatch):
-    monkeypatch.setattr(intake, "MAX_TEXT_ITEMS", 3)
+    monkeypatch.setattr(validation, "MAX_TEXT_ITEMS", 3)
     found, records = inspect(tmp_path, "".join(f"3123400000000{n}\n" for n in range(5)).encode(), "list_barcode")
     assert found.details["items"] == 5 and found.details["items_not_listed"] == 2
     assert [r.barcodes[0] for r in records] == ["31234000000000", "31234000000001", "31234000000002"]
@@ -392,7 +393,7 @@ def test_a_cir12_list_with_a_line_that_is_not_one_element_is_refused_naming_the_
     path.write_bytes(data)
     records: list[printfile.Record] = []
     with pytest.raises(FileRefused) as caught:
-        intake.inspect(path, path.name, 1_000_000, on_record=records.append)
+        validation.inspect(path, path.name, 1_000_000, on_record=records.append)
     assert caught.value.reason == (
         f"{named}, in a cir-12 barcode list of <z30-barcode> lines (the first at line 1): "
         "every line must be one <z30-barcode>BARCODE</z30-barcode> element; nothing of "
@@ -467,7 +468,7 @@ def test_a_bad_slip_in_a_nested_batch_is_named_and_the_others_handed_over(tmp_pa
     path.write_bytes(data)
     records: list[printfile.Record] = []
     with pytest.raises(FileRefused) as caught:
-        intake.inspect(path, path.name, 1_000_000, on_record=records.append)
+        validation.inspect(path, path.name, 1_000_000, on_record=records.append)
     lines = data.split(b"\n")
     start = [index for index, line in enumerate(lines, 1) if line == b"<printout>"][3]
     wrong = lines.index(b"</section-2>") + 1
@@ -563,8 +564,8 @@ def test_the_first_kind_named_in_a_header_block_is_the_records_kind(tmp_path):
 
 
 def test_every_records_kind_is_named_however_many_records_a_file_of_other_printouts_holds(tmp_path):
-    data = (not_xml_record("PLAIN") * (intake.MAX_BAD_RECORDS_NAMED + 2) + not_xml_record("EXECUTE")).encode()
-    count = intake.MAX_BAD_RECORDS_NAMED + 3
+    data = (not_xml_record("PLAIN") * (validation.MAX_BAD_RECORDS_NAMED + 2) + not_xml_record("EXECUTE")).encode()
+    count = validation.MAX_BAD_RECORDS_NAMED + 3
     assert refusal(tmp_path, data).reason == (
         f"PLAIN and EXECUTE printouts ({count} records), not XML: route only XML_XSL output for CaiaSoft to this folder"
     )

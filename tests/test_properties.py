@@ -27,11 +27,13 @@ from conftest import KEY, SAMPLES, Site
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import intake, logs, status
-from gateway.ledger import Ledger
-from gateway.parts import Parts
-from gateway.service import JOIN_SECONDS
-from gateway.states import FileState
+from gateway.cli import status
+from gateway.core import logs
+from gateway.core.states import FileState
+from gateway.intake import validation
+from gateway.runtime.parts import Parts
+from gateway.runtime.service import JOIN_SECONDS
+from gateway.state.ledger import Ledger
 
 # Modest by default so the suite stays fast; PROPERTY_EXAMPLES=200 for a longer hunt. Applied to this test
 # only (loading a profile would change the other modules' property tests too).
@@ -49,7 +51,7 @@ names = st.binary(min_size=1, max_size=40).filter(
         b"/" not in name
         and b"\0" not in name
         and name not in (b".", b"..")
-        and intake.wanted(os.fsdecode(name), ("*",))
+        and validation.wanted(os.fsdecode(name), ("*",))
     )
 )
 

@@ -12,9 +12,9 @@ import pytest
 from conftest import SAMPLES
 from unprivileged import Unprivileged
 
-from gateway import readiness
-from gateway.markers import Marker, marker_problem
-from gateway.readiness import NOBODY, UNKNOWN, WRITING, cut_off, open_writers
+from gateway.config.markers import Marker, marker_problem
+from gateway.intake import readiness
+from gateway.intake.readiness import NOBODY, UNKNOWN, WRITING, cut_off, open_writers
 
 SLIP = (SAMPLES / "hold-request-slip-0001.xml").read_bytes()
 
@@ -57,7 +57,7 @@ def _as_nobody(install: Unprivileged, path: Path, *caps: str) -> str:
     return _run_as_nobody(
         install,
         "import sys; from pathlib import Path; "
-        "from gateway.readiness import open_writers, has_cap_lease; "
+        "from gateway.intake.readiness import open_writers, has_cap_lease; "
         "answer = open_writers(Path(sys.argv[1])); "
         "print(answer.state, has_cap_lease(), answer.reason)",
         path,
@@ -176,7 +176,7 @@ def test_marker_settings(pattern, problem):
 def _detection_as_nobody(install: Unprivileged, folder: Path, *caps: str) -> str:
     return _run_as_nobody(
         install,
-        "import sys; from pathlib import Path; from gateway.readiness import "
+        "import sys; from pathlib import Path; from gateway.intake.readiness import "
         "writer_detection; print(*writer_detection(Path(sys.argv[1]), False, 'ext4', 2.0))",
         folder,
         *caps,

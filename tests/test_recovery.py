@@ -10,14 +10,14 @@ import sys
 import pytest
 from conftest import SAMPLES, wait_for
 
-from gateway import aftertake
-from gateway.caiasoft import CaiaSoftClient
-from gateway.errors import AlreadyRunning
-from gateway.ledger import Ledger, work_name
-from gateway.pipeline import Pipeline
-from gateway.service import StateLock
+from gateway.archive import aftertake
+from gateway.core.errors import AlreadyRunning
+from gateway.core.states import Verdict
+from gateway.runtime.pipeline import Pipeline
+from gateway.runtime.service import StateLock
 from gateway.sources.local import LocalSource
-from gateway.states import Verdict
+from gateway.state.ledger import Ledger, work_name
+from gateway.upload.caiasoft import CaiaSoftClient
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def test_a_take_cut_short_between_the_link_and_removing_the_original_is_complete
 
 def test_a_writer_that_opens_the_original_as_a_cut_short_take_is_completed_keeps_its_file(pipeline, site, monkeypatch):
     """The writer arrives between the check for writers and the removal: the original is put back, kept."""
-    from gateway import readiness
+    from gateway.intake import readiness
 
     path = slip(site)
     row_id = begin(pipeline, path)

@@ -1,7 +1,7 @@
 """Retention covers the ledger: removed days leave one compact row per item, error_dir stays unless asked,
 the ledger stops growing, and a kill -9 during a prune leaves no half-removed day.
 
-In-process tests drive gateway.retention on a real ledger and real folders with an
+In-process tests drive gateway.archive.retention on a real ledger and real folders with an
 injected clock; the end-to-end ones run the real daemon (under a stepped wall clock,
 tests/faketime.py) and the real CLI.
 """
@@ -21,13 +21,13 @@ import pytest
 from conftest import wait_for
 from faketime import SteppedClock
 
-from gateway import find
-from gateway.archive import Folder
-from gateway.ledger import Ledger
-from gateway.printfile import Record
-from gateway.retention import Retention
-from gateway.retiredstore import FOLDER_ROWS
-from gateway.states import FileState, Verdict
+from gateway.archive.folders import Folder
+from gateway.archive.retention import Retention
+from gateway.cli import find
+from gateway.core.printfile import Record
+from gateway.core.states import FileState, Verdict
+from gateway.state.ledger import Ledger
+from gateway.state.retiredstore import FOLDER_ROWS
 
 TODAY = dt.datetime(2026, 12, 12, 12, 0)
 
@@ -495,7 +495,7 @@ def test_when_retention_has_compacted_every_file_status_reads_without_a_lock_and
     import sqlite3
     import threading
 
-    from gateway import status
+    from gateway.cli import status
 
     clock = Moment(TODAY)
     database = tmp_path / "gateway.db"
@@ -534,7 +534,7 @@ def test_when_retention_has_compacted_every_file_status_reads_without_a_lock_and
 
 
 def test_the_prune_command_exits_1_naming_a_day_it_could_not_remove(site, simulator):
-    from gateway.prunecommand import prune
+    from gateway.cli.prune import prune
 
     site.write(simulator.url, extra="\n[archive]\nretention_days = 30\n")
     settings = site.load()

@@ -12,7 +12,7 @@ import time
 import pytest
 from conftest import wait_for
 
-from gateway.daemonize import PidFile
+from gateway.runtime.daemonize import PidFile
 
 pytestmark = pytest.mark.e2e
 
@@ -140,8 +140,8 @@ def test_a_housekeeping_failure_that_lasts_is_logged_once_a_minute_not_at_every_
     import json
     import sqlite3
 
-    from gateway import logs
-    from gateway.service import Service
+    from gateway.core import logs
+    from gateway.runtime.service import Service
 
     def full() -> None:
         raise sqlite3.OperationalError("database or disk is full")

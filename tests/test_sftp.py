@@ -10,7 +10,7 @@ import time
 import pytest
 from conftest import wait_for
 
-from gateway.names import from_bytes, safe_name
+from gateway.core.names import from_bytes, safe_name
 
 pytestmark = pytest.mark.e2e
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from conftest import source_settings, wait_for
 
-from gateway.errors import SourceGone, SourceUnavailable
-from gateway.settings import SftpSourceSettings
+from gateway.config.settings import SftpSourceSettings
+from gateway.core.errors import SourceGone, SourceUnavailable
 from gateway.sources.sftp import DOWNLOAD_BYTES_PER_SECOND, DownloadCut, SftpSource
 
 pytestmark = pytest.mark.e2e

@@ -11,14 +11,14 @@ import pytest
 from conftest import wait_for
 from test_sources import local_settings
 
-from gateway.caiasoft import CaiaSoftClient
-from gateway.collector import Collector
-from gateway.errors import SourceGone
-from gateway.files import CopyCut
-from gateway.ledger import Ledger
-from gateway.pipeline import Pipeline
+from gateway.core.errors import SourceGone
+from gateway.core.files import CopyCut
+from gateway.intake.collector import Collector
+from gateway.runtime.pipeline import Pipeline
 from gateway.sources.folder import FolderReplaced
 from gateway.sources.local import LocalSource
+from gateway.state.ledger import Ledger
+from gateway.upload.caiasoft import CaiaSoftClient
 
 OTHER_UID = 1  # a user that is not the gateway's (daemon): its files are never linked into work/
 

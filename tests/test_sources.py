@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from conftest import SAMPLES, source_settings, wait_for
 
-from gateway.errors import SourceGone
-from gateway.intake import Settler
-from gateway.readiness import ReadyCheck
-from gateway.settings import LocalSourceSettings, SftpSourceSettings
+from gateway.config.settings import LocalSourceSettings, SftpSourceSettings
+from gateway.core.errors import SourceGone
+from gateway.intake.readiness import ReadyCheck
+from gateway.intake.validation import Settler
 from gateway.sources.base import Released, Taken
 from gateway.sources.local import LocalSource, choose_mode, filesystem_type
 
@@ -261,12 +261,12 @@ class Threads:
     """The collector and uploader threads of a real service, without the process around them."""
 
     def __init__(self, site, with_uploader: bool = True):
-        from gateway.backoff import Gate
-        from gateway.caiasoft import CaiaSoftClient
-        from gateway.collector import Collector
-        from gateway.ledger import Ledger
-        from gateway.pipeline import Pipeline
-        from gateway.uploader import Uploader
+        from gateway.core.backoff import Gate
+        from gateway.intake.collector import Collector
+        from gateway.runtime.pipeline import Pipeline
+        from gateway.state.ledger import Ledger
+        from gateway.upload.caiasoft import CaiaSoftClient
+        from gateway.upload.workers import Uploader
 
         config = site.load()
         self.ledger = Ledger(config.paths.database)
@@ -371,7 +371,7 @@ def slips_to_take(tmp_path: Path, count: int, folder: Path | None = None) -> tup
 
 
 def test_a_batch_of_moves_syncs_the_work_folder_once_before_any_original_is_removed(tmp_path, monkeypatch):
-    from gateway import files
+    from gateway.core import files
     from gateway.sources import taking
 
     folder, work = slips_to_take(tmp_path, 5)

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import defusedxml.ElementTree as SafeET
 
-from gateway.config import Ncip
-from gateway.states import NcipVerdict
+from gateway.config.loader import Ncip
+from gateway.core.states import NcipVerdict
 
 NS = "http://www.niso.org/2008/ncip"
 EXCERPT_BYTES = 500

@@ -43,16 +43,16 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from gateway import logs
-from gateway.caiasoft import CaiaSoftClient, about_every_call
-from gateway.config import Feed as FeedSettings
-from gateway.config import Ncip
-from gateway.errors import ApiError, GatewayError
-from gateway.events import NO_EVENTS, Events
-from gateway.ledger import Ledger
+from gateway.config.loader import Feed as FeedSettings
+from gateway.config.loader import Ncip
+from gateway.core import logs
+from gateway.core.errors import ApiError, GatewayError
+from gateway.core.worker import Worker
+from gateway.monitor.events import NO_EVENTS, Events
 from gateway.ncip import journal
 from gateway.ncip.journal import JournalEntry
-from gateway.worker import Worker
+from gateway.state.ledger import Ledger
+from gateway.upload.caiasoft import CaiaSoftClient, about_every_call
 
 # retrievalinfo's item fields, as CaiaSoft's API guide names them
 BARCODE = "barcode"

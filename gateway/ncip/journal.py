@@ -18,7 +18,7 @@ the middle. Stated policies:
                                         regular file is back: the same file again from the
                                         checkpoint, another as a replacement
 Anybody who may write the journal is an outside party: a value that no NCIP
-message can carry (gateway.xmltext) makes its line invalid (a dead letter), and
+message can carry (gateway.core.xmltext) makes its line invalid (a dead letter), and
 append() refuses it at the door, as it refuses to follow a link or open a FIFO.
 """
 
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway import logs, xmltext
+from gateway.core import logs, xmltext
 
 ACTIONS = ("checkout", "checkin")
 FIELDS = {"action", "item", "stop", "user", "request_id", "id"}
@@ -118,7 +118,7 @@ def parse_entry(raw: bytes) -> JournalEntry:
 
 
 def refuse_uncarried(entry: JournalEntry) -> None:
-    """Raise ValueError naming the first value an NCIP message cannot carry (gateway.xmltext)."""
+    """Raise ValueError naming the first value an NCIP message cannot carry (gateway.core.xmltext)."""
     for key, value in entry.as_dict().items():
         problem = xmltext.problem(key, value)
         if problem is not None:

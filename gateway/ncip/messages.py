@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from gateway import xmltext
-from gateway.config import Ncip
+from gateway.config.loader import Ncip
+from gateway.core import xmltext
 from gateway.ncip.journal import JournalEntry
 
 NS = "http://www.niso.org/2008/ncip"
@@ -27,7 +27,7 @@ ET.register_namespace("ncip", NS)
 
 def build(settings: Ncip, entry: JournalEntry) -> bytes:
     """The NCIP request for one journal entry, as UTF-8 bytes: always well-formed XML holding the values as
-    written. Raise ValueError naming the field if a value cannot be carried (gateway.xmltext): never a malformed
+    written. Raise ValueError naming the field if a value cannot be carried (gateway.core.xmltext): never a malformed
     message, never an encoding error."""
     for name, value in entry.as_dict().items():
         _refuse_uncarried(name, value)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway import xmltext
-from gateway.config import Ncip
+from gateway.config.loader import Ncip
+from gateway.core import xmltext
 from gateway.ncip import answers, messages, transport
 
 HINTS = {  # what a Problem from a probe usually means at an ALEPH site

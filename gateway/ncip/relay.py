@@ -3,7 +3,7 @@
 For each complete line: build the message, send it (gateway.ncip.transport),
 read the answer (gateway.ncip.answers), act, and only then move the checkpoint
 past the line: state_dir/ncip-checkpoint, which the ledger hands out
-(gateway/checkpoints.py), durable (pwrite + fdatasync) before the next entry is
+(gateway/state/checkpoints.py), durable (pwrite + fdatasync) before the next entry is
 sent, so an answered entry is never sent again after kill -9. Outcomes:
   no Problem, or a Problem that means "already done"    done
   a temporary Problem, no answer (unreachable, HTTP      the same entry again, after a backoff, for as
@@ -33,16 +33,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway import logs
-from gateway.backoff import Backoff
-from gateway.config import Ncip
-from gateway.events import NO_EVENTS, Events
-from gateway.ledger import Ledger
+from gateway.config.loader import Ncip
+from gateway.core import logs
+from gateway.core.backoff import Backoff
+from gateway.core.states import NcipOutcome, NcipVerdict
+from gateway.core.worker import Worker
+from gateway.monitor.events import NO_EVENTS, Events
 from gateway.ncip import answers, messages, transport
 from gateway.ncip.answers import Problem
 from gateway.ncip.journal import JournalEntry, Line, Tailer, refuse_uncarried
-from gateway.states import NcipOutcome, NcipVerdict
-from gateway.worker import Worker
+from gateway.state.ledger import Ledger
 
 POLL_SECONDS = 0.2
 RETRIED_CLIENT_ERRORS = (408, 429)  # Request Timeout, Too Many Requests: the next try may be taken
@@ -148,7 +148,7 @@ class Relay(Worker):
         self.last_problem: str | None = None
         self.tailer: Tailer | None = None
         self._mismatch: str | None = None
-        self.events: Events = NO_EVENTS  # alerts and metrics hear of each finished entry (gateway.monitor)
+        self.events: Events = NO_EVENTS  # alerts and metrics hear of each finished entry (gateway.monitor.monitor)
         self._failures = self._strikes = 0
         self._struck: tuple[int, JournalEntry, str] | None = None  # the entry and kind of answer counted
         self._lettered_status: int | None = None  # the client error the last entry was dead-lettered for

@@ -25,8 +25,8 @@ reached on a campus network) goes over one kept-alive http.client connection
 (PlainHttp): the relay sends one small message at a time, and a requests call
 costs about half a millisecond of CPU more, most of what the relay spent per
 entry. https:// and calls through a proxy go through a requests session
-(gateway.http: certificates verified, the environment's proxies honoured).
-Both put the exchange under the same gateway.http.Deadline.
+(gateway.core.http: certificates verified, the environment's proxies honoured).
+Both put the exchange under the same gateway.core.http.Deadline.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
-from gateway import http
-from gateway.config import Ncip
+from gateway.config.loader import Ncip
+from gateway.core import http
 from gateway.ncip.answers import UnreadableAnswer, complete
 
 READ_CHUNK = 64 * 1024
@@ -245,7 +245,7 @@ def _text(error: BaseException) -> str:
 
 
 class Http:
-    """https://..., or http:// through a proxy: one session (gateway.http) per relay thread."""
+    """https://..., or http:// through a proxy: one session (gateway.core.http) per relay thread."""
 
     def __init__(self, settings: Ncip):
         self.settings = settings

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.settings import Settings, SftpSourceSettings, SourceSettings
+from gateway.config.settings import Settings, SftpSourceSettings, SourceSettings
 from gateway.sources.base import Source
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from gateway.readiness import Writers
+from gateway.intake.readiness import Writers
 
 
 @dataclass(frozen=True)

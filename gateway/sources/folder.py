@@ -21,8 +21,8 @@ import threading
 import weakref
 from pathlib import Path
 
-from gateway.errors import SourceUnavailable
-from gateway.settings import Settings, SftpSourceSettings
+from gateway.config.settings import Settings, SftpSourceSettings
+from gateway.core.errors import SourceUnavailable
 
 Identity = tuple[int, int]  # (st_dev, st_ino)
 

@@ -23,9 +23,11 @@ from pathlib import Path
 from watchdog.events import FileClosedEvent, FileCreatedEvent, FileMovedEvent, FileSystemEvent, FileSystemEventHandler
 from watchdog.observers.inotify import InotifyObserver
 
-from gateway import intake, logs, markers, readiness
-from gateway.errors import SourceGone
-from gateway.settings import LocalSourceSettings
+from gateway.config import markers
+from gateway.config.settings import LocalSourceSettings
+from gateway.core import logs
+from gateway.core.errors import SourceGone
+from gateway.intake import readiness, validation
 from gateway.sources.base import Entry, Released, Taken
 from gateway.sources.folder import HeldFolder, identity, open_entry
 from gateway.sources.taking import Taker
@@ -180,7 +182,7 @@ class LocalSource:
         return names
 
     def _entry(self, name: str, info: os.stat_result) -> Entry | None:
-        if not stat.S_ISREG(info.st_mode) or not intake.wanted(name, self.settings.include):
+        if not stat.S_ISREG(info.st_mode) or not validation.wanted(name, self.settings.include):
             return None
         if self.marker and self.marker.is_marker(name):
             return None  # markers are never taken themselves
@@ -190,7 +192,7 @@ class LocalSource:
         entries = []
         with os.scandir(self.held.fd()) as found:
             for item in found:
-                if not intake.wanted(item.name, self.settings.include):
+                if not validation.wanted(item.name, self.settings.include):
                     continue
                 try:
                     entry = self._entry(item.name, item.stat(follow_symlinks=False))
@@ -248,7 +250,7 @@ class LocalSource:
         with os.fdopen(fd, "rb") as handle:
             if not stat.S_ISREG(info.st_mode):
                 return Released("left alone: it was replaced by something that is not a regular file")
-            same = (info.st_size, info.st_mtime) == (taken.size, taken.mtime) and intake.digest_of(
+            same = (info.st_size, info.st_mtime) == (taken.size, taken.mtime) and validation.digest_of(
                 handle
             ) == taken.sha256
             after = os.fstat(handle.fileno())

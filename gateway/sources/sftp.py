@@ -9,7 +9,7 @@ a lost connection is re-made with capped backoff.
 
 Remote names are bytes: the folder is listed with list_folder() (paramiko's own
 listing decodes names as strict UTF-8 and fails on the first that is not), names
-are held in surrogate-escape form (gateway.names) and every path goes to the
+are held in surrogate-escape form (gateway.core.names) and every path goes to the
 server as its exact bytes, so a Latin-1 name is fetched, deleted or moved as is.
 
 The server is not trusted to end a file: a download reads at most the size the
@@ -37,12 +37,14 @@ from urllib.parse import unquote, unquote_to_bytes, urlsplit
 import paramiko
 from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READDIR, SFTPError
 
-from gateway import intake, logs, markers, readiness
-from gateway.backoff import Backoff
-from gateway.errors import SourceGone, SourceUnavailable, describe
-from gateway.files import partial_path
-from gateway.names import from_bytes, printable, to_bytes
-from gateway.settings import SftpSourceSettings
+from gateway.config import markers
+from gateway.config.settings import SftpSourceSettings
+from gateway.core import logs
+from gateway.core.backoff import Backoff
+from gateway.core.errors import SourceGone, SourceUnavailable, describe
+from gateway.core.files import partial_path
+from gateway.core.names import from_bytes, printable, to_bytes
+from gateway.intake import readiness, validation
 from gateway.sources.base import Entry, Released, Taken, fetch_each
 
 KEEPALIVE_SECONDS = 30
@@ -330,7 +332,7 @@ class SftpSource:
                 continue  # symlinks, folders and impossible names are never taken
             if self.marker and self.marker.is_marker(name):
                 continue  # markers are never taken themselves
-            if intake.wanted(name, self.settings.include):
+            if validation.wanted(name, self.settings.include):
                 entries.append(
                     Entry(
                         name=name,

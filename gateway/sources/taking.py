@@ -20,9 +20,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway import logs, readiness
-from gateway.errors import SourceGone
-from gateway.files import CopyCut, fsync_dir, snapshot
+from gateway.core import logs
+from gateway.core.errors import SourceGone
+from gateway.core.files import CopyCut, fsync_dir, snapshot
+from gateway.intake import readiness
 from gateway.sources.base import Entry
 from gateway.sources.folder import HeldFolder, identity, open_entry
 

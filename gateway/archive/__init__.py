@@ -1,0 +1,1 @@
+"""Placing answered files in the dated archive or the error folder, with sidecars; recovery and retention."""

@@ -1,0 +1,1 @@
+"""The caiasoft-gateway command and its subcommands."""

@@ -1,0 +1,349 @@
+"""`demo`: the real pipeline on temp folders, with the CaiaSoft simulator and the sample files.
+
+Starts the simulator, writes a config, starts `caiasoft-gateway run` as a child
+process, writes the samples into the watched folder the way ALEPH does (in
+several writes): single slips, a cir-12 list of <z30-barcode> lines, a batch
+print file of three records (accepted), slips a site's script nested in one
+<printout> (accepted, a record a slip), one batch whose third record is broken
+(refused, the record named) and a PLAIN printout (refused for what it is), plus
+two files CaiaSoft or the gateway must refuse. It waits until every
+file has ended somewhere, stops the gateway, shows what went where and asks
+`find` where one item went. Meanwhile CaiaSoft retrieves an item and refiles
+it the same day: the status feed reads that from the simulator as CaiaSoft
+says it (retrievalinfo, the refiled list, the status "Item In at Rest"),
+journals the two in the order that leaves ALEPH right, and the relay sends
+them to the NCIP simulator, a raw socket like ALEPH's NCIP port, framed as
+ALEPH's clients frame it (HTTP/1.0, NCIP 1).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from email.message import EmailMessage
+from importlib import resources
+from pathlib import Path
+
+from gateway.core.states import FileState, Verdict
+from gateway.simulators.caiasoft import CaiaSoftSimulator
+from gateway.simulators.ncip import NcipSimulator
+from gateway.simulators.smtp import MailCatcher
+from gateway.state.ledger import Ledger
+
+DENIED_BARCODE = "31234009999990"
+FIND_BARCODE = DENIED_BARCODE  # in the paging list and in the hold-request batch: `find` shows both
+NCIP_BARCODE = "31234001234567"  # retrieved and refiled: checked out, then in again in ALEPH
+NCIP_STATUS = "Item In at Rest"  # what CaiaSoft's itemstatus says of it afterwards
+FEED_COLLECTION = "ANNEX"
+WAIT_SECONDS = 60.0
+ALERT_WAIT_SECONDS = 10.0
+
+
+def samples_folder() -> Path:
+    """samples/ of a source checkout, else the copy installed in the package as gateway.samples."""
+    checkout = Path(__file__).resolve().parents[2] / "samples"
+    return checkout if checkout.is_dir() else Path(str(resources.files("gateway.samples")))
+
+
+def sample_files() -> list[tuple[str, bytes]]:
+    """The sample request files shipped with the gateway, as (name, bytes)."""
+    return sorted(
+        (entry.name, entry.read_bytes())
+        for entry in samples_folder().iterdir()
+        if entry.is_file() and not entry.name.endswith((".md", ".py")) and not entry.name.startswith(("_", "."))
+    )
+
+
+def write_config(
+    root: Path,
+    base_url: str,
+    key: str,
+    settle_seconds: float = 0.5,
+    source: Path | None = None,
+    extra: str = "",
+    *,
+    caiasoft_extra: str = "backoff_initial_seconds = 0.2",
+    source_extra: str = "",
+    local_source: bool = True,
+) -> Path:
+    """A gateway on temp folders under root (demo, benchmark, tests): key file, source folder, config.
+
+    caiasoft_extra and source_extra are TOML lines added to [caiasoft] and to the local
+    [[sources]] entry (left out if not local_source); extra is appended to the file.
+    """
+    key_file = root / "api-key"
+    key_file.write_text(key + "\n")
+    key_file.chmod(0o600)
+    source = source or root / "aleph" / "print"
+    source.mkdir(parents=True, exist_ok=True)
+    config = root / "gateway.toml"
+    text = f"""# Written by `caiasoft-gateway demo`, the benchmark or the tests.
+[paths]
+state_dir = "{root}/state"
+archive_dir = "{root}/archive"
+error_dir = "{root}/error"
+log_dir = "{root}/log"
+
+[caiasoft]
+base_url = "{base_url}"
+api_key_file = "{key_file}"
+{caiasoft_extra}
+"""
+    if local_source:
+        text += f"""
+[[sources]]
+name = "print"
+path = "{source}"
+settle_seconds = {settle_seconds}
+{source_extra}
+"""
+    config.write_text(text + extra)
+    return config
+
+
+def _write_like_aleph(path: Path, data: bytes) -> None:
+    """Write in pieces with pauses, as ALEPH's daemons do, through a name the gateway does not take yet."""
+    with open(path, "wb") as handle:
+        middle = len(data) // 2
+        handle.write(data[:middle])
+        handle.flush()
+        time.sleep(0.3)
+        handle.write(data[middle:])
+
+
+def _wait_until_done(database: Path, expected: int, child: subprocess.Popen[bytes]) -> dict[FileState, int]:
+    deadline = time.monotonic() + WAIT_SECONDS
+    counts: dict[FileState, int] = {}
+    while time.monotonic() < deadline and child.poll() is None:
+        if database.exists():
+            ledger = Ledger(database)
+            counts = ledger.counts()
+            ledger.close()
+            if counts.get(FileState.ARCHIVED, 0) + counts.get(FileState.REFUSED, 0) >= expected:
+                return counts
+        time.sleep(0.2)
+    return counts
+
+
+def run_demo(keep: bool = False) -> int:
+    """Run the demo in a temp folder; remove the folder at the end unless keep."""
+    root = Path(tempfile.mkdtemp(prefix="caiasoft-gateway-demo-"))
+    try:
+        return _demo(root, keep)
+    finally:
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _demo(root: Path, keep: bool) -> int:
+    key = "demo-" + os.urandom(8).hex()
+    simulator = CaiaSoftSimulator(key=key, deny={DENIED_BARCODE: "Invalid Stop Code"}).start()
+    mail = MailCatcher().start()  # the alerts go here instead of to a real mail server
+    ncip = NcipSimulator(transport="tcp", track_loans=True).start()  # ALEPH's NCIP port, as a raw socket
+    metrics_port = _free_port()
+    today = dt.date.today().strftime("%Y%m%d")  # what CaiaSoft's status feed endpoints will answer
+    simulator.retrievals[(today, FEED_COLLECTION)] = [{"barcode": NCIP_BARCODE, "request_id": "TN4561"}]
+    simulator.status_lists[("refiled", today, FEED_COLLECTION)] = [NCIP_BARCODE]
+    simulator.item_statuses[NCIP_BARCODE] = NCIP_STATUS
+    # garbled-slip.xml stops mid-document, as if ALEPH had paused: it waits this long unchanged, then is refused.
+    config = write_config(
+        root,
+        simulator.url,
+        key,
+        extra="incomplete_grace_seconds = 2\n"
+        + _monitoring(mail.port, metrics_port)
+        + _relay(ncip.url, root / "ncip.jsonl"),
+    )
+    print(
+        f"demo folder:         {root}\nCaiaSoft simulator:  {simulator.url}\n"
+        f"NCIP simulator:      {ncip.url} (ALEPH's NCIP port: HTTP/1.0 framing on a raw socket, NCIP 1)\n"
+        f"mail catcher:        smtp://127.0.0.1:{mail.port} (stands in for the host's MTA)\n"
+        f"metrics:             http://127.0.0.1:{metrics_port}/metrics\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "-c", str(config), "run"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        folder = root / "aleph" / "print"
+        files = sample_files()
+        files.append(("shelf-report.txt", b"Shelf report for Annex room 2\nAll trays checked on 28 Nov.\n"))
+        files.append(("garbled-slip.xml", b'## - XML_XSL\n<?xml version="1.0"?>\n<printout><section-01>'))
+        for name, data in files:
+            print(f"ALEPH writes        {name}")
+            _write_like_aleph(folder / name, data)
+        print(f"CaiaSoft            retrieved {NCIP_BARCODE} and refiled it today; its status now: {NCIP_STATUS!r}")
+        counts = _wait_until_done(root / "state" / "gateway.db", len(files), child)
+        _wait_for_mail(mail, 2)
+        _wait_for_ncip(ncip, 2)
+        figures = _scrape(metrics_port)
+    finally:
+        child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+        simulator.stop()
+        mail.stop()
+        ncip.stop()
+    print(
+        f"\nCaiaSoft received {len(simulator.received)} upload(s); "
+        f"{counts.get(FileState.ARCHIVED, 0)} archived, {counts.get(FileState.REFUSED, 0)} refused.\n"
+    )
+    _show_monitoring(mail, figures, metrics_port)
+    relayed = _show_ncip(ncip)
+    _show(root, keep)
+    return 0 if counts.get(FileState.ARCHIVED, 0) + counts.get(FileState.REFUSED, 0) == len(files) and relayed else 1
+
+
+def _relay(url: str, journal: Path) -> str:
+    """[ncip] to the NCIP simulator, for the demo's config."""
+    return f"""
+[ncip]
+url = "{url}"
+from_agency = "CAIA"
+to_agency = "ALEPH"
+application_profile = "CAIAPROFILE"
+user_id = "CAIASOFT"
+journal = "{journal}"
+backoff_initial_seconds = 0.2
+
+[ncip.feed]
+collection = "{FEED_COLLECTION}"
+lookback_days = 0
+"""
+
+
+def _wait_for_ncip(ncip: NcipSimulator, count: int) -> None:
+    deadline = time.monotonic() + ALERT_WAIT_SECONDS
+    while len(ncip.received) < count and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def _show_ncip(ncip: NcipSimulator) -> bool:
+    """What ALEPH's NCIP port received, and where the item ended; True if it ended checked in."""
+    print(f"\nALEPH's NCIP port (simulated) received {len(ncip.received)} message(s):")
+    for message in ncip.received:
+        framing = f'"{message.head.splitlines()[0].decode("latin-1")}" + headers' if message.head else "bare"
+        print(
+            f"  {message.action} {message.item}  (NCIP {message.version}, {framing})"
+            + (f", user {message.user}" if message.user else "")
+        )
+    on_loan = NCIP_BARCODE in ncip.loans
+    print(f"  {NCIP_BARCODE} ends {'on loan' if on_loan else 'checked in'} in ALEPH\n")
+    return len(ncip.received) == 2 and not on_loan
+
+
+def _monitoring(smtp_port: int, metrics_port: int) -> str:
+    """[alerts] to the mail catcher and [metrics] on loopback, for the demo's config."""
+    return f"""
+[alerts]
+smtp_host = "127.0.0.1"
+smtp_port = {smtp_port}
+from = "caiasoft-gateway@demo.invalid"
+to = ["ils-team@demo.invalid"]
+
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_for_mail(mail: MailCatcher, count: int) -> None:
+    deadline = time.monotonic() + ALERT_WAIT_SECONDS
+    while len(mail.messages) < count and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def _scrape(port: int) -> list[str]:
+    """The gateway's file and item counters from its /metrics, as Prometheus would read them."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+    except OSError as error:
+        return [f"(could not read /metrics: {error})"]
+    return [
+        line
+        for line in text.splitlines()
+        if line.startswith(
+            (
+                "caiasoft_gateway_files_total",
+                "caiasoft_gateway_denied_items_total",
+                "caiasoft_gateway_pending_files",
+                "caiasoft_gateway_uploads_paused",
+            )
+        )
+    ]
+
+
+def _show_monitoring(mail: MailCatcher, figures: list[str], metrics_port: int) -> None:
+    print(f"\nAlerts mailed (caught by the demo's mail server): {len(mail.messages)}")
+    for message in mail.messages:
+        print(f"  Subject: {message['Subject']}")
+    shown = next(
+        (m for m in mail.messages if "denied" in str(m["Subject"])), mail.messages[0] if mail.messages else None
+    )
+    if shown is not None:
+        part = shown.get_body(("plain",))
+        text = part.get_content() if isinstance(part, EmailMessage) else ""
+        print(
+            f"\nOne of them, as the ILS team reads it:\n  To: {shown['To']}\n  Subject: {shown['Subject']}\n\n  "
+            + text.strip().replace("\n", "\n  ")
+        )
+    print(f"\nPrometheus figures from http://127.0.0.1:{metrics_port}/metrics (while the gateway ran):")
+    for line in figures:
+        print(f"  {line}")
+
+
+def _show(root: Path, keep: bool) -> None:
+    for label, folder in (("accepted by CaiaSoft -> archive", root / "archive"), ("refused -> error", root / "error")):
+        print(f"{label}:")
+        for sidecar in sorted(folder.rglob("*.json")):
+            info = json.loads(sidecar.read_text())
+            line = f"  {sidecar.with_suffix('').relative_to(root)}"
+            if info["outcome"] == Verdict.ACCEPTED:
+                items = (info.get("caiasoft_answer") or {}).get("request_count", "?")
+                records = f"{info['record_count']} record(s), " if "record_count" in info else ""
+                denied = ", ".join(f"{d['item']} ({d['istatus']})" for d in info["denied_items"])
+                line += f"  [{info['kind']}, {records}{items} item(s){'; DENIED ' + denied if denied else ''}]"
+            else:
+                line += f"\n      reason: {info['reason']}"
+            print(line)
+    example = next(iter(sorted((root / "archive").rglob("*.hold_req.json"))), None)
+    if example:
+        print(f"\nEach file has a sidecar beside it, e.g. {example.relative_to(root)}:")
+        text = example.read_text().strip()
+        print("  " + text[:2400].replace("\n", "\n  ") + ("\n  ..." if len(text) > 2400 else ""))
+    config = root / "gateway.toml"
+    print(f'\n"Where is my item?"  caiasoft-gateway -c {config} find {FIND_BARCODE}\n')
+    answer = subprocess.run(
+        [sys.executable, "-m", "gateway", "-c", str(config), "find", FIND_BARCODE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    print("  " + (answer.stdout.strip() or answer.stderr.strip()).replace("\n", "\n  "))
+    if not keep:
+        print(f"\nThe demo folder {root} is removed now; `caiasoft-gateway demo --keep` keeps it to look around.")
+        return
+    print(
+        f"\nWhere to look (the demo folder is kept; remove it when done):\n"
+        f"  log (one JSON object a line): {root / 'log' / 'gateway.log'}\n"
+        f"  status: caiasoft-gateway -c {root / 'gateway.toml'} status\n"
+        f"  config used: {root / 'gateway.toml'}"
+    )

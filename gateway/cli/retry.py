@@ -1,0 +1,69 @@
+"""`retry`: files an admin puts back from error_dir into the queue."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from gateway.archive.folders import SIDECAR_SUFFIX, safe_name
+from gateway.core import logs
+from gateway.core.files import move_no_clobber
+from gateway.runtime.pipeline import Pipeline
+from gateway.state.ledger import FileRow, work_name
+
+log = logs.get("gateway.retry")
+
+
+def _error_files(error_dir: Path) -> list[Path]:
+    return sorted(
+        path
+        for path in error_dir.glob("[0-9][0-9][0-9][0-9]/[0-9][0-9]/[0-9][0-9]/*")
+        if path.is_file()
+        and not path.is_symlink()
+        and not path.name.startswith(".")
+        and not path.name.endswith(SIDECAR_SUFFIX)
+    )
+
+
+def find_in_error_dir(error_dir: Path, names: list[str], every: bool) -> tuple[list[Path], list[str]]:
+    """Return (files to retry, names not found).
+
+    A name is a path in error_dir, or a bare file name: as it is in error_dir (its
+    safe name, caf%E9.xml) or as the file was first called (caf\xe9.xml, raw bytes).
+    """
+    candidates = _error_files(error_dir) if error_dir.is_dir() else []
+    if every:
+        return candidates, []
+    found, missing = [], []
+    for name in names:
+        path = Path(name).resolve() if os.sep in name else None
+        matches = [c for c in candidates if (c.resolve() == path if path else c.name in (name, safe_name(name)))]
+        if matches:
+            found.append(matches[-1])  # the newest day wins
+        else:
+            missing.append(name)
+    return found, missing
+
+
+def requeue(pipeline: Pipeline, path: Path) -> FileRow:
+    """Move one file from error_dir back into work/, validate it again, and return its row."""
+    ledger = pipeline.ledger
+    row = ledger.find_refused(path)
+    sidecar = path.with_name(path.name + SIDECAR_SUFFIX)
+    if row is None:  # not in this ledger (e.g. put there by hand): take it like a new file
+        info = path.stat()
+        row_id = ledger.begin_claim("retry", path.name, str(path), info.st_size, info.st_mtime)
+        try:
+            move_no_clobber(path, pipeline.work_dir / work_name(row_id, path.name))
+        except OSError:
+            ledger.forget(row_id)
+            raise
+        ledger.claimed(row_id)
+    else:
+        row_id = row.id
+        move_no_clobber(path, pipeline.work_dir / work_name(row.id, row.name))
+        ledger.reopen(row.id, row.name)
+    sidecar.unlink(missing_ok=True)
+    log.info("retry.requeued", id=row_id, file=path.name, previous_reason=row.reason if row else None)
+    pipeline.admit(row_id)
+    return ledger.row(row_id)

@@ -1,0 +1,1 @@
+"""The configuration: its schema, rules, credentials and the loader that validates it once."""

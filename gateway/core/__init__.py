@@ -1,0 +1,1 @@
+"""Shared by every part: errors, file states, names, safe file operations, logging, backoff, HTTP, worker threads."""

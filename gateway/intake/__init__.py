@@ -1,0 +1,1 @@
+"""Taking files from the sources: readiness, collectors and validation."""

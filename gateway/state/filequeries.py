@@ -1,0 +1,118 @@
+"""Questions about files that the ledger answers: for the pipeline's recovery and timers, `status`, `find`,
+alerts and metrics, and the sources that keep their originals. None of them writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gateway.core.names import loaded
+from gateway.core.states import OPEN_STATES, FileState
+from gateway.state.db import LedgerDb
+from gateway.state.filerow import FileRow, work_name
+
+
+class FileQueries(LedgerDb):
+    """The ledger's read-only questions about the files table (mixed into Ledger)."""
+
+    def get(self, row_id: int) -> FileRow | None:
+        return self._one("SELECT * FROM files WHERE id = ?", (row_id,))
+
+    def row(self, row_id: int) -> FileRow:
+        """The row of a file this process knows exists (LookupError if it does not)."""
+        row = self.get(row_id)
+        if row is None:
+            raise LookupError(f"ledger row {row_id} does not exist")
+        return row
+
+    def rows(self, row_ids: list[int]) -> list[FileRow]:
+        """These rows (those that exist), in id order."""
+        found: list[FileRow] = []
+        for start in range(0, len(row_ids), 500):
+            chunk: list[object] = list(row_ids[start : start + 500])
+            marks = ", ".join("?" for _ in chunk)
+            found += self._all(f"SELECT * FROM files WHERE id IN ({marks}) ORDER BY id", chunk)
+        return found
+
+    def in_state(self, *states: FileState) -> list[FileRow]:
+        marks = ", ".join("?" for _ in states)
+        return self._all(f"SELECT * FROM files WHERE state IN ({marks}) ORDER BY id", states)
+
+    def find_refused(self, final_path: Path) -> FileRow | None:
+        return self._one(
+            "SELECT * FROM files WHERE state = 'refused' AND final_path = ? ORDER BY id DESC LIMIT 1",
+            (str(final_path),),
+        )
+
+    def oldest_open(self) -> FileRow | None:
+        marks = ", ".join("?" for _ in OPEN_STATES)
+        return self._one(f"SELECT * FROM files WHERE state IN ({marks}) ORDER BY seen_at, id LIMIT 1", OPEN_STATES)
+
+    def recent(self, state: FileState, limit: int) -> list[FileRow]:
+        return self._all(
+            "SELECT * FROM files WHERE state = ? ORDER BY finished_at DESC, id DESC LIMIT ?", (state, limit)
+        )
+
+    def problems(self, limit: int = 20) -> list[FileRow]:
+        """Rows waiting on a placing problem, or stuck: what `status` lists with its reason."""
+        return self._all(
+            "SELECT * FROM files WHERE (state IN ('answered', 'archiving', 'refusing') "
+            "AND problem IS NOT NULL) OR state = 'stuck' ORDER BY id LIMIT ?",
+            (limit,),
+        )
+
+    # -- counts and timers -------------------------------------------------------
+
+    def counts(self) -> dict[FileState, int]:
+        """Files by state, all time (from the running totals: no scan of history)."""
+        with self._lock:
+            rows = self._db.execute("SELECT state, SUM(files) FROM file_totals GROUP BY state").fetchall()
+        return {FileState(state): count for state, count in rows if count}
+
+    def count_finished_since(self, state: FileState, since: float) -> int:
+        with self._lock:
+            count: int = self._db.execute(
+                "SELECT COUNT(*) FROM files WHERE state = ? AND finished_at >= ?", (state, since)
+            ).fetchone()[0]
+        return count
+
+    def next_due_at(self) -> float | None:
+        """When the earliest queued file becomes due, or None if the queue is empty."""
+        with self._lock:
+            row = self._db.execute("SELECT MIN(next_attempt_at) FROM files WHERE state = 'queued'").fetchone()
+        due: float | None = row[0]
+        return due
+
+    def next_placement_due(self) -> float | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT MIN(next_attempt_at) FROM files WHERE state IN ('answered', 'archiving', 'refusing')"
+            ).fetchone()
+        due: float | None = row[0]
+        return due
+
+    def known_work_names(self) -> set[str]:
+        marks = ", ".join("?" for _ in OPEN_STATES)
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT id, name FROM files WHERE state IN ({marks}, 'stuck')", OPEN_STATES
+            ).fetchall()
+        return {work_name(row_id, loaded(name)) for row_id, name in rows}
+
+    # -- sources that keep their originals until the outcome is known (SFTP) --------
+
+    def held(self, source: str) -> set[tuple[str, int, float]]:
+        """(origin, size, mtime) of this source's files taken but not yet removed from the source."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT origin, size, mtime FROM files WHERE source = ? AND released_at IS NULL", (source,)
+            ).fetchall()
+        return {(loaded(origin), size, mtime) for origin, size, mtime in rows}
+
+    def to_release(self, source: str, taken_before: float | None = None) -> list[FileRow]:
+        """This source's files whose outcome is known but whose original is still in the source
+        (only those taken before taken_before, if given)."""
+        return self._all(
+            "SELECT * FROM files WHERE source = ? AND released_at IS NULL AND state IN "
+            "('archived', 'refused') AND seen_at <= ? ORDER BY id",
+            (source, float("inf") if taken_before is None else taken_before),
+        )

@@ -1,0 +1,1 @@
+"""Sending request files to CaiaSoft: the client and the upload workers."""
