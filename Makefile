@@ -9,11 +9,12 @@
 #   the network unless WHEELHOUSE is given. DESTDIR is for tests and scratch roots only: the venv there names it
 #   in its scripts and pyvenv.cfg, so it is no way to build an image or a package.
 # make uninstall [PREFIX=...] [DESTDIR=...]: tools/install --uninstall.
+# make man: the man pages the install writes, into build/: caiasoft-gateway.8 and gateway.toml.5 (man -l to read).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: test lint demo bench clean wheelhouse install uninstall
+.PHONY: test lint demo bench clean wheelhouse install uninstall man
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +54,11 @@ install:
 
 uninstall:
 	tools/install --uninstall --prefix $(PREFIX) $(if $(DESTDIR),--root $(DESTDIR))
+
+man: $(VENV)/.installed
+	mkdir -p build
+	$(BIN)/python -m gateway.cli.manpage caiasoft-gateway > build/caiasoft-gateway.8
+	$(BIN)/python -m gateway.cli.manpage gateway.toml > build/gateway.toml.5
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,6 +1,8 @@
-"""caiasoft-gateway(8), written from the command's own argument parser, so it never drifts from it.
+"""caiasoft-gateway(8), written from the command's own argument parser, so it never drifts from it; and the roff
+helpers gateway.toml(5) (gateway.cli.configpage) shares.
 
-`python -m gateway.cli.manpage` prints it; the install puts it in /usr/local/share/man/man8/.
+`python -m gateway.cli.manpage` prints caiasoft-gateway(8), `python -m gateway.cli.manpage gateway.toml` prints
+gateway.toml(5); the install puts them in /usr/local/share/man/man8/ and man5/.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from gateway.cli.main import _parser
 DOCS = "/usr/local/share/doc/caiasoft-gateway"
 
 
-def _roff(text: str) -> str:
+def roff(text: str) -> str:
     """text safe in a roff line: backslashes and hyphens escaped, no line starting with a control character."""
     escaped = text.replace("\\", "\\e").replace("-", "\\-")
     return "\\&" + escaped if escaped.startswith((".", "'")) else escaped
@@ -34,7 +36,7 @@ def _options(parser: argparse.ArgumentParser) -> list[str]:
             name = ", ".join(action.option_strings) + metavar
         else:
             name = str(action.metavar or action.dest)
-        lines += [".TP", f"\\fB{_roff(name)}\\fR", _roff(action.help or "")]
+        lines += [".TP", f"\\fB{roff(name)}\\fR", roff(action.help or "")]
     return lines
 
 
@@ -44,9 +46,9 @@ def render() -> str:
     [commands] = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
     helps = {choice.dest: choice.help or "" for choice in commands._choices_actions}
     lines = [
-        f'.TH CAIASOFT-GATEWAY 8 "" "caiasoft-gateway {_roff(__version__)}" "System Administration"',
+        f'.TH CAIASOFT-GATEWAY 8 "" "caiasoft-gateway {roff(__version__)}" "System Administration"',
         ".SH NAME",
-        "caiasoft\\-gateway \\- " + _roff(parser.description or ""),
+        "caiasoft\\-gateway \\- " + roff(parser.description or ""),
         ".SH SYNOPSIS",
         "\\fBcaiasoft\\-gateway\\fR [\\fB\\-c\\fR \\fIFILE\\fR] \\fICOMMAND\\fR [\\fIOPTIONS\\fR]",
         ".SH DESCRIPTION",
@@ -58,12 +60,12 @@ def render() -> str:
         ".SH COMMANDS",
     ]
     for name, subparser in commands.choices.items():
-        lines += [".SS " + _roff(name), _roff(helps.get(name, "")), *_options(subparser)]
+        lines += [".SS " + roff(name), roff(helps.get(name, "")), *_options(subparser)]
     lines += [
         ".SH FILES",
         ".TP",
         "/etc/caiasoft\\-gateway/gateway.toml",
-        "the configuration",
+        "the configuration: \\fBgateway.toml\\fR(5)",
         ".TP",
         "/var/lib/caiasoft\\-gateway",
         "the ledger, the archive and the error folder",
@@ -71,10 +73,23 @@ def render() -> str:
         "/var/log/caiasoft\\-gateway/gateway.log",
         "the log, one JSON object a line",
         ".SH SEE ALSO",
-        f"{_roff(DOCS)}/install.md, {_roff(DOCS)}/README.md, \\fBsystemctl\\fR(1)",
+        f"\\fBgateway.toml\\fR(5), {roff(DOCS)}/install.md, {roff(DOCS)}/README.md, \\fBsystemctl\\fR(1)",
     ]
     return "\n".join(lines) + "\n"
 
 
+def main(argv: list[str]) -> int:
+    """Print the page named (caiasoft-gateway, the default, or gateway.toml); 2 for a name it does not know."""
+    from gateway.cli import configpage  # it imports roff from here
+
+    pages = {"caiasoft-gateway": render, "gateway.toml": configpage.render}
+    name = argv[0] if argv else "caiasoft-gateway"
+    if len(argv) > 1 or name not in pages:
+        sys.stderr.write(f"usage: python -m gateway.cli.manpage [{' | '.join(pages)}]\n")
+        return 2
+    sys.stdout.write(pages[name]())
+    return 0
+
+
 if __name__ == "__main__":
-    sys.stdout.write(render())
+    sys.exit(main(sys.argv[1:]))
