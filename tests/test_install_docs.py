@@ -345,6 +345,34 @@ def snapshot(root: Path) -> set[str]:
     }
 
 
+def unit_documentation(host: Host) -> tuple[list[Path], list[Path]]:
+    """What the installed unit's Documentation= names, under the root: the man pages (man:NAME(SECTION), where the
+    install puts them and man finds them: /usr/local/share/man/manSECTION/NAME.SECTION) and the file:// paths."""
+    unit = host.under("/etc/systemd/system/caiasoft-gateway.service")
+    pages: list[Path] = []
+    files: list[Path] = []
+    for line in unit.read_text().splitlines():
+        if line.startswith("Documentation="):
+            for uri in line.removeprefix("Documentation=").split():
+                page = re.fullmatch(r"man:([\w.-]+)\((\d)\)", uri)
+                if page:
+                    pages.append(host.under(f"/usr/local/share/man/man{page[2]}/{page[1]}.{page[2]}"))
+                else:
+                    assert uri.startswith("file:///"), uri
+                    files.append(host.under(uri.removeprefix("file://")))
+    return pages, files
+
+
+def assert_man_pages_read_clean(pages: list[Path]) -> None:
+    """Each page is there and groff reads it as man does, with every warning on, and says nothing."""
+    for page in pages:
+        result = subprocess.run(
+            ["groff", "-man", "-ww", "-z", "-Tutf8", str(page)], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0 and result.stderr == "", (page, result.stderr)
+        assert "\n.SH SEE ALSO\n" in page.read_text(), page
+
+
 @pytest.fixture
 def host(installer_tarball, simulator):
     root = Path(tempfile.mkdtemp(prefix="caiasoft-host-"))
@@ -437,7 +465,11 @@ def test_install_configure_run_upgrade_uninstall_as_the_docs_say(host):
     assert (
         "caiasoft-gateway(8)" not in said
         and ".SS check" in host.under("/usr/local/share/man/man8/caiasoft-gateway.8").read_text()
-    )  # the unit's Documentation=man:caiasoft-gateway(8)
+        and '.SH "[paths]"' in host.under("/usr/local/share/man/man5/gateway.toml.5").read_text()
+    )  # the unit's Documentation=man:caiasoft-gateway(8) man:gateway.toml(5)
+    pages, _ = unit_documentation(host)
+    assert [page.name for page in pages] == ["caiasoft-gateway.8", "gateway.toml.5"]
+    assert_man_pages_read_clean(pages)
     key = host.under("/etc/caiasoft-gateway/api-key").stat()
     assert (key.st_uid, key.st_mode & 0o777, key.st_size) == (uid, 0o600, 0)
 
@@ -560,6 +592,19 @@ def test_make_install_honours_destdir_prefix_python_and_wheelhouse_and_make_unin
     assert init.stat().st_mode & 0o777 == 0o755
     assert init.read_text() == (REPO / "conf" / "caiasoft-gateway.init").read_text()
     assert not host.under("/opt/caiasoft-gateway").exists()
+    pages, files = unit_documentation(host)  # every page and file the unit names, installed from this tree
+    assert_man_pages_read_clean(pages)
+    docs = host.under("/usr/local/share/doc/caiasoft-gateway")
+    assert {path.name for path in files} >= {"README.md", "install.md"}
+    for path in files:
+        source = REPO / "README.md" if path.name == "README.md" else REPO / "docs" / path.name
+        assert path.parent == docs and path.is_file() and path.read_text() == source.read_text(), path
+    assert sorted(path.name for path in docs.iterdir()) == sorted(
+        ["README.md", *(path.name for path in (REPO / "docs").glob("*.md"))]
+    )  # README.md and every docs/*.md, side by side
+    manifest = host.under("/opt/gw/installed-files").read_text().splitlines()
+    for path in [*pages, *docs.iterdir()]:
+        assert "/" + str(path.relative_to(host.root)) in manifest, path  # so that the uninstall removes it
     again = subprocess.run(
         [
             "unshare",
@@ -593,6 +638,7 @@ def test_make_install_honours_destdir_prefix_python_and_wheelhouse_and_make_unin
         "etc/systemd/system/caiasoft-gateway.service.d/override.conf",
     }
     assert before - after == set()
+    assert not any(path.exists() for path in [*pages, *files])
     assert "not written by the install" in result.stdout
     assert "/etc/systemd/system/caiasoft-gateway.service.d/override.conf" in result.stdout
 
