@@ -1,6 +1,6 @@
-"""Every TOML block of the README (the SFTP source, the NCIP relay, alerts, metrics, a second source...) loads as
-written into the shipped sample config: pasted at its end, or, for an example of the sample's own source, in place
-of that source."""
+"""Every TOML block of the README and of docs/*.md (the SFTP source, the NCIP relay, alerts, metrics, a second
+source...) loads as written into the shipped sample config: pasted at its end, or, for an example of the sample's own
+source, in place of that source."""
 
 from __future__ import annotations
 
@@ -12,7 +12,13 @@ from conftest import REPO
 from gateway.config import loader as config_module
 
 SAMPLE = (REPO / "conf" / "gateway.toml").read_text()
-BLOCKS = re.findall(r"```toml\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+FOUND = [
+    (doc.relative_to(REPO), block)
+    for doc in DOCS
+    for block in re.findall(r"```toml\n(.*?)```", doc.read_text(), flags=re.S)
+]
+BLOCKS = [block for _, block in FOUND]
 
 
 def _first_source_removed(sample: str) -> str:
@@ -30,14 +36,14 @@ def with_block(block: str) -> str:
     return SAMPLE + "\n" + block
 
 
-def test_the_readme_has_the_blocks_this_test_is_about():
+def test_the_docs_have_the_blocks_this_test_is_about():
     firsts = [block.splitlines()[0] for block in BLOCKS]
     assert {"[[sources]]", "[ncip]", "[alerts]", "[metrics]"} <= set(firsts)
     assert any('url = "sftp://' in block for block in BLOCKS)
 
 
 @pytest.mark.parametrize(
-    "block", BLOCKS, ids=[block.splitlines()[0] + f"-{index}" for index, block in enumerate(BLOCKS)]
+    "block", BLOCKS, ids=[f"{doc}:{block.splitlines()[0]}-{index}" for index, (doc, block) in enumerate(FOUND)]
 )
 def test_each_toml_block_loads_into_the_shipped_sample(tmp_path, block):
     config = tmp_path / "gateway.toml"
