@@ -461,7 +461,7 @@ def test_install_configure_run_upgrade_uninstall_as_the_docs_say(host):
     site = host.under("/etc/systemd/system/caiasoft-gateway.service.d/site.conf").read_text()
     assert f"SupplementaryGroups={ALEPH_GROUP}" in site and f"ReadWritePaths={PRINT_FOLDER}" in site
     assert f'path = "{PRINT_FOLDER}"' in host.config.read_text()  # the sample, with the folder given
-    assert host.under("/usr/local/share/doc/caiasoft-gateway/install.md").read_text() == DOCS.read_text()
+    assert host.under("/usr/local/share/doc/caiasoft-gateway/docs/install.md").read_text() == DOCS.read_text()
     assert (
         "caiasoft-gateway(8)" not in said
         and ".SS check" in host.under("/usr/local/share/man/man8/caiasoft-gateway.8").read_text()
@@ -595,16 +595,26 @@ def test_make_install_honours_destdir_prefix_python_and_wheelhouse_and_make_unin
     pages, files = unit_documentation(host)  # every page and file the unit names, installed from this tree
     assert_man_pages_read_clean(pages)
     docs = host.under("/usr/local/share/doc/caiasoft-gateway")
-    assert {path.name for path in files} >= {"README.md", "install.md"}
+    assert {str(path.relative_to(docs)) for path in files} >= {
+        "README.md",
+        "docs/install.md",
+        "docs/operations.md",
+        "docs/troubleshooting.md",
+    }
     for path in files:
-        source = REPO / "README.md" if path.name == "README.md" else REPO / "docs" / path.name
-        assert path.parent == docs and path.is_file() and path.read_text() == source.read_text(), path
-    assert sorted(path.name for path in docs.iterdir()) == sorted(
-        ["README.md", *(path.name for path in (REPO / "docs").glob("*.md"))]
-    )  # README.md and every docs/*.md, side by side
+        source = REPO / path.relative_to(docs)
+        assert path.is_file() and path.read_text() == source.read_text(), path
+    installed = sorted(str(path.relative_to(docs)) for path in docs.rglob("*") if path.is_file())
+    assert installed == sorted(
+        ["README.md", *(f"docs/{path.name}" for path in (REPO / "docs").glob("*.md"))]
+    )  # README.md and every docs/*.md, laid out as in the source tree, so that their links work
     manifest = host.under("/opt/gw/installed-files").read_text().splitlines()
-    for path in [*pages, *docs.iterdir()]:
+    for path in [*pages, *(path for path in docs.rglob("*") if path.is_file())]:
         assert "/" + str(path.relative_to(host.root)) in manifest, path  # so that the uninstall removes it
+    old_doc = host.under("/usr/local/share/doc/caiasoft-gateway/install.md")  # where an install before docs/ put it
+    old_doc.write_text("install.md of an older version\n")
+    with host.under("/opt/gw/installed-files").open("a") as listed:
+        listed.write("/usr/local/share/doc/caiasoft-gateway/install.md\n")
     again = subprocess.run(
         [
             "unshare",
@@ -625,6 +635,7 @@ def test_make_install_honours_destdir_prefix_python_and_wheelhouse_and_make_unin
     )
     assert again.returncode == 0, again.stdout + again.stderr  # without SYSV: what the first one installed stays known
     assert "reused: --sysv" in again.stdout and init.exists()
+    assert not old_doc.exists() and all(path.is_file() for path in files)  # a doc this version does not install goes
     override = host.under("/etc/systemd/system/caiasoft-gateway.service.d/override.conf")
     override.write_text("[Service]\nSystemCallErrorNumber=ENOSYS\n")  # the admin's, as the RHEL 8 section says
 

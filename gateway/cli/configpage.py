@@ -121,6 +121,6 @@ def render() -> str:
         roff(str(DEFAULT_CONFIG.parent / "api-key")),
         "the API key, as the sample configuration names it in api_key_file",
         ".SH SEE ALSO",
-        f"\\fBcaiasoft\\-gateway\\fR(8), {roff(DOCS)}/configuration.md",
+        f"\\fBcaiasoft\\-gateway\\fR(8), {roff(DOCS)}/docs/configuration.md",
     ]
     return "\n".join(lines) + "\n"

@@ -13,7 +13,8 @@ import sys
 from gateway import __version__
 from gateway.cli.main import _parser
 
-DOCS = "/usr/local/share/doc/caiasoft-gateway"
+DOCS = "/usr/local/share/doc/caiasoft-gateway"  # README.md and docs/NAME.md, as in the source tree
+GUIDES = ("install", "operations", "troubleshooting")  # the admin's docs/*.md
 
 
 def roff(text: str) -> str:
@@ -73,7 +74,9 @@ def render() -> str:
         "/var/log/caiasoft\\-gateway/gateway.log",
         "the log, one JSON object a line",
         ".SH SEE ALSO",
-        f"\\fBgateway.toml\\fR(5), {roff(DOCS)}/install.md, {roff(DOCS)}/README.md, \\fBsystemctl\\fR(1)",
+        "\\fBgateway.toml\\fR(5), "
+        + ", ".join(f"{roff(DOCS)}/{name}" for name in ("README.md", *(f"docs/{doc}.md" for doc in GUIDES)))
+        + ", \\fBsystemctl\\fR(1)",
     ]
     return "\n".join(lines) + "\n"
 
