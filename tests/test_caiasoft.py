@@ -214,7 +214,7 @@ def pipeline_for(site: Site, clock=None) -> Pipeline:
 
 def test_retry_after_sets_when_the_file_is_due_again(site, simulator, tmp_path):
     pipeline = pipeline_for(site, FixedClock())
-    row_id = pipeline.adopt_copy(sample(tmp_path))
+    row_id = pipeline.admission.adopt_copy(sample(tmp_path))
     simulator.queue_faults("429:60")
     outcome = pipeline.upload(pipeline.ledger.take(row_id))
     row = pipeline.ledger.get(row_id)
@@ -226,7 +226,7 @@ def test_retry_after_sets_when_the_file_is_due_again(site, simulator, tmp_path):
 def test_paused_upload_leaves_the_file_queued_and_the_attempt_uncounted(site, simulator, tmp_path):
     simulator.key = "rotated-key-9999"
     pipeline = pipeline_for(site)
-    row_id = pipeline.adopt_copy(sample(tmp_path))
+    row_id = pipeline.admission.adopt_copy(sample(tmp_path))
     assert pipeline.upload(pipeline.ledger.take(row_id)).verdict == "paused"
     row = pipeline.ledger.get(row_id)
     assert (row.state, row.attempts) == ("queued", 0)
@@ -237,7 +237,7 @@ def test_refusal_goes_to_error_with_caiasofts_words(site, tmp_path):
     pipeline = pipeline_for(site)
     notes = tmp_path / "notes.txt"
     notes.write_text("Dear CaiaSoft, please fetch the blue book.\n")
-    row_id = pipeline.adopt_copy(notes)
+    row_id = pipeline.admission.adopt_copy(notes)
     pipeline.upload(pipeline.ledger.take(row_id))
     [refused] = site.refused()
     assert refused.read_bytes() == notes.read_bytes()

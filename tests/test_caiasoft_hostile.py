@@ -94,7 +94,7 @@ def test_a_100_mb_answer_is_cut_at_max_answer_bytes_and_kept_out_of_ledger_and_s
     with hostile.HostilePeer(hostile.huge()) as peer:
         configure(peer_site, peer, max_answer_bytes=65536, unreadable_answer_retries=0)
         pipeline = pipeline_for(peer_site)
-        row_id = pipeline.adopt_copy(sample(tmp_path))
+        row_id = pipeline.admission.adopt_copy(sample(tmp_path))
         outcome = pipeline.upload(pipeline.ledger.take(row_id))
     assert peer.sent_bytes < 20 * 1024 * 1024  # what socket buffers hold, not the 100 MB
     assert outcome.verdict == "refused"
@@ -112,7 +112,7 @@ def test_a_maintenance_page_with_200_is_sent_a_bounded_number_of_times_then_refu
     with hostile.HostilePeer(hostile.fixed(200, page, content_type="text/html")) as peer:
         configure(peer_site, peer, unreadable_answer_retries=2)
         pipeline = pipeline_for(peer_site)
-        row_id = pipeline.adopt_copy(sample(tmp_path))
+        row_id = pipeline.admission.adopt_copy(sample(tmp_path))
         verdicts = []
         for _ in range(10):
             row = pipeline.ledger.take(row_id)
@@ -133,7 +133,7 @@ def test_the_count_of_unreadable_answers_survives_a_restart(peer_site, tmp_path)
     with hostile.HostilePeer(hostile.fixed(200, page, content_type="text/html")) as peer:
         configure(peer_site, peer, unreadable_answer_retries=1)
         first = pipeline_for(peer_site)
-        row_id = first.adopt_copy(sample(tmp_path))
+        row_id = first.admission.adopt_copy(sample(tmp_path))
         assert first.upload(first.ledger.take(row_id)).verdict == "transient"
         first.ledger.close()
         second = pipeline_for(peer_site)  # a new process: the count is in the ledger, not in memory
@@ -153,7 +153,7 @@ def test_an_answer_quoting_the_key_is_never_stored_or_shown_raw(peer_site, tmp_p
     with hostile.HostilePeer(hostile.fixed(status, body)) as peer:
         configure(peer_site, peer)
         pipeline = pipeline_for(peer_site)
-        row_id = pipeline.adopt_copy(sample(tmp_path))
+        row_id = pipeline.admission.adopt_copy(sample(tmp_path))
         outcome = pipeline.upload(pipeline.ledger.take(row_id))
         pipeline.ledger.close()
     assert hostile.header_value(peer.requests[0], "X-API-Key") == KEY  # it was sent, as it must be
@@ -282,7 +282,7 @@ def test_check_never_prints_the_key_when_caiasoft_echoes_it(peer_site):
 
 def test_status_redacts_a_key_that_an_older_version_stored_raw(peer_site, tmp_path):
     pipeline = pipeline_for(peer_site)
-    row_id = pipeline.adopt_copy(sample(tmp_path))
+    row_id = pipeline.admission.adopt_copy(sample(tmp_path))
     pipeline.ledger.close()
     database = sqlite3.connect(peer_site.load().paths.database)
     with database:
@@ -315,7 +315,7 @@ def test_an_answer_with_a_lone_surrogate_escape_is_recorded_and_placed_once(peer
     with hostile.HostilePeer(hostile.fixed(200, body)) as peer:
         configure(peer_site, peer)
         pipeline = pipeline_for(peer_site)
-        row_id = pipeline.adopt_copy(sample(tmp_path))
+        row_id = pipeline.admission.adopt_copy(sample(tmp_path))
         pipeline.upload(pipeline.ledger.take(row_id))
         row = pipeline.ledger.row(row_id)
         pipeline.ledger.close()

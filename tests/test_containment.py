@@ -23,24 +23,24 @@ def pipeline(site):
     config = site.load()
     ledger = Ledger(config.paths.database)
     pipe = Pipeline(config, ledger, CaiaSoftClient(config.caiasoft, config.api_key))
-    pipe.place_backoff.random = lambda: 0.0
+    pipe.placing.backoff.random = lambda: 0.0
     yield pipe
-    pipe.client.close()
+    pipe.sender.client.close()
     ledger.close()
 
 
 def queued_slip(pipeline, site, name="slip.xml") -> int:
     path = site.source / name
     path.write_bytes((SAMPLES / "hold-request-slip-0001.xml").read_bytes())
-    return pipeline.adopt_copy(path)
+    return pipeline.admission.adopt_copy(path)
 
 
 def test_the_answer_is_recorded_before_any_name_is_reserved(pipeline, site, simulator):
     """A crash right after CaiaSoft answered (no name reserved yet) places the file; it is not sent again."""
     row_id = queued_slip(pipeline, site)
     row = pipeline.ledger.take(row_id)
-    outcome = pipeline.send(row)
-    answered = pipeline.record(row, outcome)
+    outcome = pipeline.sender.send(row)
+    answered = pipeline.sender.record(row, outcome)
     assert answered.state == FileState.ANSWERED and answered.verdict == Verdict.ACCEPTED
     assert answered.final_path is None and not site.archive.exists(), "nothing reserved before the answer is durable"
     assert pipeline.recover()["finished"] == 1  # what a restart does with it
@@ -57,10 +57,10 @@ def test_a_folder_that_cannot_be_written_leaves_the_file_waiting_then_it_is_plac
     assert str(site.archive) in row.problem and row.place_failures == 1
     assert [problem.id for problem in pipeline.ledger.problems()] == [row_id]
     assert pipeline.ledger.take_due(pipeline.clock(), 1, 4) == [], "an answered file never goes back to upload"
-    wait_for(pipeline.place_due, timeout=5, message="due again after its backoff")
+    wait_for(pipeline.placing.place_due, timeout=5, message="due again after its backoff")
     assert pipeline.ledger.get(row_id).place_failures == 2
     site.archive.unlink()
-    wait_for(pipeline.place_due, timeout=5, message="placed once the folder can be made")
+    wait_for(pipeline.placing.place_due, timeout=5, message="placed once the folder can be made")
     row = pipeline.ledger.get(row_id)
     assert row.state == FileState.ARCHIVED and row.problem is None
     assert len(simulator.received) == 1 and pipeline.ledger.problems() == []
@@ -74,12 +74,12 @@ def test_a_failure_after_the_name_was_reserved_finishes_at_the_same_place(pipeli
         calls.append(args)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(pipeline.archive, "write_sidecar", full)
+    monkeypatch.setattr(pipeline.placing.archive, "write_sidecar", full)
     pipeline.upload(pipeline.ledger.take(row_id))
     row = pipeline.ledger.get(row_id)
     assert row.state == FileState.ARCHIVING and "No space left" in row.problem
     monkeypatch.undo()
-    wait_for(pipeline.place_due, timeout=5, message="placed once there is space")
+    wait_for(pipeline.placing.place_due, timeout=5, message="placed once there is space")
     done = pipeline.ledger.get(row_id)
     assert done.state == FileState.ARCHIVED and done.final_path == row.final_path
 
@@ -99,10 +99,10 @@ def test_a_file_that_cannot_be_placed_for_its_own_reason_is_stuck_and_shown(pipe
 
 def test_a_work_file_that_cannot_be_opened_is_refused_as_not_sent(pipeline, site, simulator):
     row = pipeline.ledger.take(queued_slip(pipeline, site))
-    work = pipeline.work_path(row)
+    work = pipeline.placing.work_path(row)
     work.unlink()
     work.mkdir()  # open() fails on it, even for root: IsADirectoryError naming the path
-    outcome = pipeline.send(row)
+    outcome = pipeline.sender.send(row)
     assert outcome.verdict == Verdict.REFUSED and str(work) in outcome.reason
     assert "was not sent" in outcome.reason and "may have reached CaiaSoft" not in outcome.reason
     assert simulator.received == [], "nothing reached CaiaSoft"
@@ -186,8 +186,7 @@ def test_a_worker_contains_faults_and_goes_on_and_says_when_it_ends():
             sqlite3.OperationalError("database is locked"),
         ]
     )
-    worker.on_exit = lambda _worker: ended.set()
-    worker.start()
+    worker.start(on_exit=lambda _worker: ended.set())
     wait_for(lambda: worker.steps > 5 and worker.fault is None, message="the worker going on after its faults")
     assert worker.is_alive() and worker.fatal is None
     worker.stop()
@@ -216,8 +215,7 @@ def test_a_worker_has_ended_when_it_wakes_whoever_waits_for_its_end():
     """on_exit runs in the worker's own thread, still alive: what it wakes must already see the end."""
     seen = []
     worker = Flaky([sqlite3.DatabaseError("database disk image is malformed")])
-    worker.on_exit = lambda ending: seen.append((ending.ended, ending.health_problem(within=60)))
-    worker.start()
+    worker.start(on_exit=lambda ending: seen.append((ending.ended, ending.health_problem(within=60))))
     worker.join(5)
     assert seen == [(True, "flaky has stopped")]
 
@@ -243,7 +241,7 @@ def test_an_upload_worker_gives_back_the_files_it_took_when_it_stops(pipeline, s
     from gateway.upload.workers import Uploader
 
     ids = [queued_slip(pipeline, site, f"slip{number}.xml") for number in range(3)]
-    worker = Uploader(pipeline, workers=1)
+    worker = Uploader(pipeline.sender, pipeline.placing, workers=1)
     worker._taken.extend(pipeline.ledger.take_due(pipeline.clock(), 1, 4))
     worker.stop()
     worker.start()
@@ -256,7 +254,7 @@ def test_an_upload_worker_takes_the_next_files_of_a_backlog_while_it_sends_the_l
 
     ids = [queued_slip(pipeline, site, f"slip{number}.xml") for number in range(10)]
     ledger = pipeline.ledger
-    worker = Uploader(pipeline, workers=2)
+    worker = Uploader(pipeline.sender, pipeline.placing, workers=2)
     for _ in range(3):
         worker.step()  # takes ids[0:4] (10 due, two workers: four), sends three of them
     assert worker._next is None, "more than one in hand: nothing taken ahead"
@@ -286,7 +284,7 @@ def test_an_upload_worker_gives_back_the_files_it_took_ahead_when_it_stops(pipel
     from gateway.upload.workers import Uploader
 
     ids = [queued_slip(pipeline, site, f"slip{number}.xml") for number in range(12)]
-    worker = Uploader(pipeline, workers=2)
+    worker = Uploader(pipeline.sender, pipeline.placing, workers=2)
     for _ in range(4):
         worker.step()
     assert [row.id for row in worker._next[1]] == ids[4:8]
@@ -326,13 +324,13 @@ def test_a_claim_that_fails_in_state_dir_is_not_blamed_on_the_source_folder(tmp_
 
 def test_the_finisher_places_what_it_was_handed_before_it_ends_then_refuses(pipeline, site, simulator):
     """Upload workers hand answered files to the finisher; none is left answered when it stops."""
-    from gateway.upload.workers import Finisher
+    from gateway.archive.workers import Finisher
 
     answered = []
     for number in range(3):
         row = pipeline.ledger.take(queued_slip(pipeline, site, f"slip{number}.xml"))
-        answered.append(pipeline.record(row, pipeline.send(row)))
-    finisher = Finisher(pipeline)
+        answered.append(pipeline.sender.record(row, pipeline.sender.send(row)))
+    finisher = Finisher(pipeline.placing)
     assert all(finisher.offer(row) for row in answered[:2])
     finisher.stop()  # stopped before it ever ran a step: end() still places what it holds
     finisher.start()
@@ -344,13 +342,13 @@ def test_the_finisher_places_what_it_was_handed_before_it_ends_then_refuses(pipe
 
 def test_a_full_finisher_says_so_and_has_room_again_once_it_has_placed(pipeline, site, simulator):
     """An upload worker rests on finisher.room (checking in) while the queue is full, then hands its file."""
-    from gateway.upload.workers import Finisher
+    from gateway.archive.workers import Finisher
 
     answered = []
     for number in range(2):
         row = pipeline.ledger.take(queued_slip(pipeline, site, f"full{number}.xml"))
-        answered.append(pipeline.record(row, pipeline.send(row)))
-    finisher = Finisher(pipeline, most=1)
+        answered.append(pipeline.sender.record(row, pipeline.sender.send(row)))
+    finisher = Finisher(pipeline.placing, most=1)
     assert finisher.room.is_set() and finisher.offer(answered[0]) is True
     assert finisher.offer(answered[1]) is None, "full: not queued"
     assert not finisher.room.is_set(), "an upload worker resting on room waits"
@@ -367,9 +365,9 @@ def test_placing_several_files_at_once_records_their_paths_together_and_skips_on
     answered = []
     for number in range(3):
         row = pipeline.ledger.take(queued_slip(pipeline, site, f"slip{number}.xml"))
-        answered.append(pipeline.record(row, pipeline.send(row)))
-    pipeline.place(answered[1])  # placed by someone else meanwhile (a lease that ran out)
-    pipeline.place_many(answered)
+        answered.append(pipeline.sender.record(row, pipeline.sender.send(row)))
+    pipeline.placing.place(answered[1])  # placed by someone else meanwhile (a lease that ran out)
+    pipeline.placing.place_many(answered)
     rows = pipeline.ledger.rows([row.id for row in answered])
     assert [row.state for row in rows] == [FileState.ARCHIVED] * 3
     assert sorted(path.name for path in site.archived()) == ["slip0.xml", "slip1.xml", "slip2.xml"]
@@ -392,8 +390,8 @@ def test_a_batch_of_placed_files_syncs_its_day_folder_once_before_any_work_name_
     answered = []
     for number in range(3):
         row = pipeline.ledger.take(queued_slip(pipeline, site, f"batch{number}.xml"))
-        answered.append(pipeline.record(row, pipeline.send(row)))
-    work = [pipeline.work_path(row) for row in answered]
+        answered.append(pipeline.sender.record(row, pipeline.sender.send(row)))
+    work = [pipeline.placing.work_path(row) for row in answered]
     synced = []
 
     def fsync_dir(folder):  # the real sync, noting what was in place at that moment
@@ -402,7 +400,7 @@ def test_a_batch_of_placed_files_syncs_its_day_folder_once_before_any_work_name_
 
     monkeypatch.setattr(folders, "fsync_dir", fsync_dir)
     monkeypatch.setattr(placing, "fsync_dir", fsync_dir)
-    pipeline.place_many(answered)
+    pipeline.placing.place_many(answered)
     assert len(synced) == 1, "one folder sync for the batch"
     folder, names, work_there = synced[0]
     assert names == ["batch0.xml", "batch0.xml.json", "batch1.xml", "batch1.xml.json", "batch2.xml", "batch2.xml.json"]

@@ -9,6 +9,7 @@ from conftest import SAMPLES
 
 from gateway.core.errors import FileRefused
 from gateway.intake import validation
+from gateway.sources import base
 
 
 class Clock:
@@ -74,12 +75,12 @@ def test_settler_forgets_files_that_left():
     ],
 )
 def test_hidden_and_temporary_names_are_not_taken(name, taken):
-    assert validation.wanted(name, ("*",)) is taken
+    assert base.wanted(name, ("*",)) is taken
 
 
 def test_include_patterns():
-    assert validation.wanted("a_barcode", ("*_barcode", "*.xml"))
-    assert not validation.wanted("notes.txt", ("*_barcode", "*.xml"))
+    assert base.wanted("a_barcode", ("*_barcode", "*.xml"))
+    assert not base.wanted("notes.txt", ("*_barcode", "*.xml"))
 
 
 # -- validation ---------------------------------------------------------------

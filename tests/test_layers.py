@@ -1,81 +1,175 @@
-"""Import direction: state and configuration depend on no part; status reads the snapshot, not the service."""
+"""The shape of the code: packages import only the packages below them, with no circles, and no part sets or
+replaces an attribute of another object after it was built (docs/design.md, "Code map")."""
 
 from __future__ import annotations
 
 import ast
+from pathlib import Path
 
+import pytest
 from conftest import REPO
 
-PARTS = (
-    "gateway.archive",
-    "gateway.caiasoft",
-    "gateway.checks",
-    "gateway.cli",
-    "gateway.collector",
-    "gateway.demo",
-    "gateway.find",
-    "gateway.http",
-    "gateway.intake",
-    "gateway.pipeline",
-    "gateway.placing",
-    "gateway.readiness",
-    "gateway.recovery",
-    "gateway.sidecars",
-    "gateway.retry",
-    "gateway.service",
-    "gateway.status",
-    "gateway.ncip",
-    "gateway.simulators",
-    "gateway.sources",
+# From the bottom up: a package may import those before it in this list, never one after it.
+ORDER = (
+    "core",
+    "config",
+    "state",
+    "monitor",
+    "sources",
+    "archive",
+    "intake",
+    "upload",
+    "ncip",
+    "simulators",
+    "runtime",
+    "cli",
 )
+PACKAGE = REPO / "gateway"
 
 
-def _file(module: str) -> ast.Module | None:
-    path = REPO / (module.replace(".", "/") + ".py")
-    if not path.exists():
-        path = REPO / module.replace(".", "/") / "__init__.py"
-    return ast.parse(path.read_text(), str(path)) if path.exists() else None
+def _modules() -> dict[str, Path]:
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
 
 
-def _imports(module: str) -> set[str]:
-    """Every gateway module this one imports, wherever the import statement is (functions, TYPE_CHECKING)."""
-    tree = _file(module)
+MODULES = _modules()
+
+
+def _package(module: str) -> str | None:
+    """The package by role a module belongs to (None: the top-level gateway/__init__ and __main__)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and (PACKAGE / parts[1]).is_dir()) else None
+
+
+def _imports(path: Path) -> set[str]:
+    """Every gateway module the file imports, wherever the import statement is (functions, TYPE_CHECKING)."""
     found: set[str] = set()
-    for node in ast.walk(tree) if tree else ():
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
-            found.update(
-                f"{node.module}.{alias.name}"
-                for alias in node.names
-                if _file(f"{node.module}.{alias.name}") is not None
-            )
-    return {name for name in found if name.startswith("gateway.")}
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {name for name in found if name in MODULES and name != "gateway"}
+
+
+def test_every_package_is_in_the_order():
+    packages = {_package(module) for module in MODULES} - {None}
+    assert packages == set(ORDER), "a new package needs its place in ORDER (and in docs/design.md)"
+
+
+def test_no_package_imports_one_above_it():
+    upward = [
+        f"{module} imports {imported}"
+        for module, path in MODULES.items()
+        for imported in sorted(_imports(path))
+        if _package(module) and _package(imported) and ORDER.index(_package(imported)) > ORDER.index(_package(module))
+    ]
+    assert upward == []
+
+
+def test_no_circle_between_modules():
+    """Module-level imports only (those under TYPE_CHECKING or inside a function are not run at import)."""
+    graph = {module: _top_level_imports(path) for module, path in MODULES.items()}
+    circles = []
+    for start in graph:
+        todo, seen = [(start, (start,))], set()
+        while todo:
+            module, trail = todo.pop()
+            for imported in graph.get(module, ()):
+                if imported == start:
+                    circles.append(" -> ".join((*trail, start)))
+                elif imported not in seen:
+                    seen.add(imported)
+                    todo.append((imported, (*trail, imported)))
+    assert circles == []
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {name for name in found if name in MODULES and name != "gateway"}
+
+
+def test_the_ledger_depends_on_no_part():
+    assert {_package(name) for name in _reach("gateway.state.ledger")} <= {"core", "config", "state"}
+
+
+def test_configuration_depends_on_no_part():
+    assert {_package(name) for name in _reach("gateway.config.loader")} <= {"core", "config"}
+
+
+def test_status_reads_the_service_snapshot_not_the_service():
+    reached = _reach("gateway.cli.status")
+    assert "gateway.state.snapshot" in reached and "gateway.runtime.service" not in reached
 
 
 def _reach(module: str) -> set[str]:
     seen: set[str] = set()
     todo = [module]
     while todo:
-        for name in _imports(todo.pop()) - seen:
+        for name in _imports(MODULES[todo.pop()]) - seen:
             seen.add(name)
             todo.append(name)
     return seen
 
 
-def _parts(modules: set[str]) -> set[str]:
-    return {name for name in modules if name.startswith(PARTS)}
+# Objects a function builds and fills itself (a plan, a record, a library's session or thread-local), not parts.
+OWN_OBJECTS = {
+    "gateway/archive/retention.py": {"plan"},
+    "gateway/cli/asservice.py": {"identity"},
+    "gateway/cli/demo.py": {"simulator"},
+    "gateway/cli/main.py": {"sys"},
+    "gateway/config/loader.py": {"values"},
+    "gateway/config/tables.py": {"key"},
+    "gateway/core/http.py": {"session", "manager", "_current", "self.poolmanager"},
+    "gateway/core/printfile.py": {"self.fields"},
+    "gateway/intake/validation.py": {"record", "record.problem"},
+    "gateway/monitor/alerts.py": {"batch[0]"},
+    "gateway/monitor/monitor.py": {"self._tick"},
+    "gateway/ncip/messages.py": {"child"},
+    "gateway/ncip/relay.py": {"self.checkpoint"},
+    "gateway/ncip/transport.py": {"connection"},
+    "gateway/runtime/service.py": {"threading"},
+    "gateway/simulators/caiasoft.py": {"receipt"},
+    "gateway/simulators/ncip.py": {"message"},
+    "gateway/sources/local.py": {"observer"},
+    "gateway/state/checkpointfile.py": {"self._saved"},
+    "gateway/state/checkpoints.py": {"opened"},
+    "gateway/state/db.py": {"self._db"},
+    "gateway/state/groupcommit.py": {"self._local"},
+    "gateway/upload/caiasoft.py": {"self._local"},
+}
 
 
-def test_the_ledger_depends_on_no_part():
-    assert _parts(_reach("gateway.ledger")) == set()
-
-
-def test_configuration_depends_on_no_part():
-    assert _parts(_reach("gateway.config")) == set()
-
-
-def test_status_reads_the_service_snapshot_not_the_service():
-    reached = _reach("gateway.status")
-    assert "gateway.snapshot" in reached and "gateway.service" not in reached
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda path: str(path.relative_to(REPO)))
+def test_no_part_sets_an_attribute_of_another_object(path):
+    """`x.attr = ...` outside x's own methods (self.attr) is how parts were wired after they were built; a part
+    now gets what it needs in its constructor. What a function builds itself is listed in OWN_OBJECTS."""
+    own = OWN_OBJECTS.get(str(path.relative_to(REPO)), set())
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        targets = (
+            node.targets
+            if isinstance(node, ast.Assign)
+            else [node.target]
+            if isinstance(node, ast.AnnAssign | ast.AugAssign)
+            else []
+        )
+        for target in targets:
+            for element in target.elts if isinstance(target, ast.Tuple) else [target]:
+                if isinstance(element, ast.Attribute) and not (
+                    isinstance(element.value, ast.Name) and element.value.id in ("self", "cls")
+                ):
+                    holder = ast.unparse(element.value)
+                    if holder not in own:
+                        found.append(f"line {node.lineno}: {ast.unparse(element)}")
+    assert found == []

@@ -30,9 +30,9 @@ from hypothesis import strategies as st
 from gateway.cli import status
 from gateway.core import logs
 from gateway.core.states import FileState
-from gateway.intake import validation
 from gateway.runtime.parts import Parts
 from gateway.runtime.service import JOIN_SECONDS
+from gateway.sources import base
 from gateway.state.ledger import Ledger
 
 # Modest by default so the suite stays fast; PROPERTY_EXAMPLES=200 for a longer hunt. Applied to this test
@@ -48,10 +48,7 @@ SLIP = (SAMPLES / "hold-request-slip-0001.xml").read_bytes()
 
 names = st.binary(min_size=1, max_size=40).filter(
     lambda name: (
-        b"/" not in name
-        and b"\0" not in name
-        and name not in (b".", b"..")
-        and validation.wanted(os.fsdecode(name), ("*",))
+        b"/" not in name and b"\0" not in name and name not in (b".", b"..") and base.wanted(os.fsdecode(name), ("*",))
     )
 )
 

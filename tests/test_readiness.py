@@ -13,8 +13,9 @@ from conftest import SAMPLES
 from unprivileged import Unprivileged
 
 from gateway.config.markers import Marker, marker_problem
-from gateway.intake import readiness
-from gateway.intake.readiness import NOBODY, UNKNOWN, WRITING, cut_off, open_writers
+from gateway.intake.readiness import cut_off
+from gateway.sources import writers
+from gateway.sources.writers import NOBODY, UNKNOWN, WRITING, open_writers
 
 SLIP = (SAMPLES / "hold-request-slip-0001.xml").read_bytes()
 
@@ -57,7 +58,7 @@ def _as_nobody(install: Unprivileged, path: Path, *caps: str) -> str:
     return _run_as_nobody(
         install,
         "import sys; from pathlib import Path; "
-        "from gateway.intake.readiness import open_writers, has_cap_lease; "
+        "from gateway.sources.writers import open_writers, has_cap_lease; "
         "answer = open_writers(Path(sys.argv[1])); "
         "print(answer.state, has_cap_lease(), answer.reason)",
         path,
@@ -95,10 +96,10 @@ def test_with_cap_lease_another_users_writer_is_detected(foreign_file, gateway_i
 def test_has_cap_lease_reads_the_effective_set(tmp_path):
     status = tmp_path / "status"
     status.write_text("Name:\tx\nCapEff:\t0000000010000000\n")
-    assert readiness.has_cap_lease(status)
+    assert writers.has_cap_lease(status)
     status.write_text("Name:\tx\nCapEff:\t0000000000000000\n")
-    assert not readiness.has_cap_lease(status)
-    assert not readiness.has_cap_lease(tmp_path / "missing")
+    assert not writers.has_cap_lease(status)
+    assert not writers.has_cap_lease(tmp_path / "missing")
 
 
 @pytest.mark.parametrize(
@@ -176,7 +177,7 @@ def test_marker_settings(pattern, problem):
 def _detection_as_nobody(install: Unprivileged, folder: Path, *caps: str) -> str:
     return _run_as_nobody(
         install,
-        "import sys; from pathlib import Path; from gateway.intake.readiness import "
+        "import sys; from pathlib import Path; from gateway.sources.writers import "
         "writer_detection; print(*writer_detection(Path(sys.argv[1]), False, 'ext4', 2.0))",
         folder,
         *caps,
@@ -194,5 +195,5 @@ def test_check_says_whether_writers_can_be_detected_and_what_to_do_if_not(foreig
 
 
 def test_check_says_writers_on_network_filesystems_cannot_be_seen(tmp_path):
-    detectable, why = readiness.writer_detection(tmp_path, True, "nfs4", 2.0)
+    detectable, why = writers.writer_detection(tmp_path, True, "nfs4", 2.0)
     assert not detectable and "nfs4" in why and "another host" in why and "settle_seconds" in why

@@ -52,7 +52,7 @@ def test_a_take_cut_short_between_the_link_and_removing_the_original_is_complete
     path = slip(site)
     row_id = begin(pipeline, path)
     os.link(path, pipeline.work_dir / work_name(row_id, path.name))  # a batch's originals go after one sync
-    pipeline.sources = {"print": LocalSource(site.load().sources[0])}
+    pipeline.sources.update({"print": LocalSource(site.load().sources[0])})
     assert pipeline.recover()["claims_completed"] == 1
     assert not path.exists(), "the original of a move is removed at start, not left until the file is sent"
     assert pipeline.ledger.get(row_id).state == "queued" and pipeline.ledger.held("print") == set()
@@ -60,13 +60,13 @@ def test_a_take_cut_short_between_the_link_and_removing_the_original_is_complete
 
 def test_a_writer_that_opens_the_original_as_a_cut_short_take_is_completed_keeps_its_file(pipeline, site, monkeypatch):
     """The writer arrives between the check for writers and the removal: the original is put back, kept."""
-    from gateway.intake import readiness
+    from gateway.sources import writers
 
     path = slip(site)
     row_id = begin(pipeline, path)
     os.link(path, pipeline.work_dir / work_name(row_id, path.name))
-    pipeline.sources = {"print": LocalSource(site.load().sources[0])}
-    real_check, writer = readiness.open_writers, []
+    pipeline.sources.update({"print": LocalSource(site.load().sources[0])})
+    real_check, writer = writers.open_writers, []
 
     answers = []
 
@@ -77,10 +77,10 @@ def test_a_writer_that_opens_the_original_as_a_cut_short_take_is_completed_keeps
             writer.append(open(path, "ab"))  # noqa: SIM115 (held open until the end of the test)
         return answer
 
-    monkeypatch.setattr(readiness, "open_writers", a_writer_arrives_after_the_first_check)
+    monkeypatch.setattr(writers, "open_writers", a_writer_arrives_after_the_first_check)
     try:
         assert pipeline.recover()["claims_completed"] == 1
-        assert answers == [readiness.NOBODY, readiness.WRITING], "the real check saw nobody, then the writer"
+        assert answers == [writers.NOBODY, writers.WRITING], "the real check saw nobody, then the writer"
         assert path.exists(), "the original the writer holds is put back"
         assert pipeline.ledger.get(row_id).state == "queued"
         info = path.stat()
@@ -116,7 +116,7 @@ def test_crash_in_a_copy_claim_before_the_original_was_removed(pipeline, site):
 
 
 def test_crash_during_upload_puts_the_file_back_in_the_queue(pipeline, site, simulator):
-    row_id = pipeline.adopt_copy(slip(site))
+    row_id = pipeline.admission.adopt_copy(slip(site))
     assert pipeline.ledger.take(row_id).state == "uploading"
     assert pipeline.recover()["requeued"] == 1
     row = pipeline.ledger.get(row_id)
@@ -126,12 +126,12 @@ def test_crash_during_upload_puts_the_file_back_in_the_queue(pipeline, site, sim
 
 
 def test_crash_while_archiving_finishes_at_the_recorded_place(pipeline, site):
-    row_id = pipeline.adopt_copy(slip(site))
+    row_id = pipeline.admission.adopt_copy(slip(site))
     pipeline.ledger.take(row_id)
     pipeline.ledger.answered(
         row_id, Verdict.ACCEPTED, "accepted", http_status=200, answer={"success": True, "error": ""}, uploaded=True
     )
-    target = pipeline.archive.choose("slip.xml", dt.datetime(2026, 11, 28))
+    target = pipeline.placing.archive.choose("slip.xml", dt.datetime(2026, 11, 28))
     pipeline.ledger.placing(row_id, target)
     assert pipeline.recover()["finished"] == 1
     row = pipeline.ledger.get(row_id)
@@ -141,12 +141,12 @@ def test_crash_while_archiving_finishes_at_the_recorded_place(pipeline, site):
 
 
 def test_crash_after_the_archive_move_but_before_the_sidecar(pipeline, site):
-    row_id = pipeline.adopt_copy(slip(site))
+    row_id = pipeline.admission.adopt_copy(slip(site))
     row = pipeline.ledger.take(row_id)
     pipeline.ledger.answered(row_id, Verdict.ACCEPTED, "accepted", http_status=200, uploaded=True)
-    target = pipeline.archive.choose("slip.xml", dt.datetime(2026, 11, 28))
+    target = pipeline.placing.archive.choose("slip.xml", dt.datetime(2026, 11, 28))
     pipeline.ledger.placing(row_id, target)
-    os.rename(pipeline.work_path(row), target)
+    os.rename(pipeline.placing.work_path(row), target)
     pipeline.recover()
     assert pipeline.ledger.get(row_id).state == "archived"
     assert site.sidecar(target)["sha256"] == row.sha256
@@ -154,10 +154,10 @@ def test_crash_after_the_archive_move_but_before_the_sidecar(pipeline, site):
 
 @pytest.mark.e2e
 def test_the_partial_copies_a_crash_left_in_the_archive_are_removed_at_start(pipeline, site, simulator, daemon_factory):
-    row_id = pipeline.adopt_copy(slip(site))
+    row_id = pipeline.admission.adopt_copy(slip(site))
     pipeline.ledger.take(row_id)
     pipeline.ledger.answered(row_id, Verdict.ACCEPTED, "accepted", http_status=200, uploaded=True)
-    target = pipeline.archive.choose("slip.xml", dt.datetime.now())
+    target = pipeline.placing.archive.choose("slip.xml", dt.datetime.now())
     pipeline.ledger.placing(row_id, target)
     pipeline.ledger.close()
     # a process killed in the middle of a copy into the archive (another filesystem) and of the sidecar
@@ -222,20 +222,20 @@ def test_two_gateways_cannot_share_a_state_dir(tmp_path):
 
 
 def test_a_name_reserved_before_a_crash_recorded_the_place_is_free_again_at_start(pipeline, site):
-    first = pipeline.adopt_copy(slip(site, "first.xml"))
+    first = pipeline.admission.adopt_copy(slip(site, "first.xml"))
     pipeline.ledger.take(first)
     pipeline.ledger.answered(
         first, Verdict.ACCEPTED, "accepted", http_status=200, answer={"success": True, "error": ""}, uploaded=True
     )
     now = dt.datetime.fromtimestamp(pipeline.clock())
-    reserved = pipeline.archive.choose("first.xml", now)  # the crash: before the ledger recorded it
+    reserved = pipeline.placing.archive.choose("first.xml", now)  # the crash: before the ledger recorded it
     # another file whose place (the next free name) was recorded and not yet filled keeps its reservation
-    second = pipeline.adopt_copy(slip(site, "second.xml"))
+    second = pipeline.admission.adopt_copy(slip(site, "second.xml"))
     pipeline.ledger.take(second)
     pipeline.ledger.answered(
         second, Verdict.ACCEPTED, "accepted", http_status=200, answer={"success": True, "error": ""}, uploaded=True
     )
-    kept = pipeline.archive.choose("first.xml", now)
+    kept = pipeline.placing.archive.choose("first.xml", now)
     pipeline.ledger.placing(second, kept)
     assert kept.name == "first.1.xml"
     (kept.parent / "third.xml.json").write_text("{}")  # a sidecar with content is never touched

@@ -127,7 +127,7 @@ def test_a_collector_blocked_in_its_source_is_shown_stuck_not_ok(site):
     ledger = Ledger(config.paths.database)
     pipeline = Pipeline(config, ledger, CaiaSoftClient(config.caiasoft, config.api_key))
     source = Blocking(local_settings(Path(site.source), watch="polling"))
-    collector = Collector(source, 0.1, pipeline, stall_seconds=0.5)
+    collector = Collector(source, 0.1, pipeline.admission, pipeline.placing, stall_seconds=0.5)
     collector.start()
     try:
         problem = wait_for(collector.current_problem, timeout=10, message="the stuck collector shown")
@@ -138,5 +138,5 @@ def test_a_collector_blocked_in_its_source_is_shown_stuck_not_ok(site):
         source.release.set()
         collector.stop()
         collector.join(10)
-        pipeline.client.close()
+        pipeline.sender.client.close()
         ledger.close()

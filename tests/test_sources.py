@@ -261,7 +261,6 @@ class Threads:
     """The collector and uploader threads of a real service, without the process around them."""
 
     def __init__(self, site, with_uploader: bool = True):
-        from gateway.core.backoff import Gate
         from gateway.intake.collector import Collector
         from gateway.runtime.pipeline import Pipeline
         from gateway.state.ledger import Ledger
@@ -271,11 +270,15 @@ class Threads:
         config = site.load()
         self.ledger = Ledger(config.paths.database)
         self.pipeline = Pipeline(config, self.ledger, CaiaSoftClient(config.caiasoft, config.api_key))
-        wake = threading.Event()
-        self.uploader = Uploader(self.pipeline, Gate(config.caiasoft), wake) if with_uploader else None
-        if self.uploader:
-            self.pipeline.on_queued = wake.set
-        self.collector = Collector(LocalSource(config.sources[0]), config.sources[0].settle_seconds, self.pipeline)
+        self.uploader = (
+            Uploader(self.pipeline.sender, self.pipeline.placing, self.pipeline.queued) if with_uploader else None
+        )
+        self.collector = Collector(
+            LocalSource(config.sources[0]),
+            config.sources[0].settle_seconds,
+            self.pipeline.admission,
+            self.pipeline.placing,
+        )
 
     def start(self) -> Threads:
         for thread in (self.uploader, self.collector):

@@ -16,12 +16,11 @@ from typing import Any
 
 from gateway.archive.folders import SIDECAR_SUFFIX, Folder
 from gateway.core import logs
+from gateway.core.states import CHANGED_AFTER_TAKE
 from gateway.sources.base import Source, Taken
 from gateway.state.ledger import FileRow
 
 log = logs.get("gateway.aftertake")
-
-CHANGED = "changed after it was taken; taken again whole"
 
 
 def taken(row: FileRow) -> Taken:
@@ -73,7 +72,7 @@ def log_changed(row: FileRow, size_now: int, step: str) -> None:
 
 
 def reason(row: FileRow, size_now: int) -> str:
-    return f"{CHANGED} ({row.size} bytes were taken, it has {size_now} now; not sent)"
+    return f"{CHANGED_AFTER_TAKE} ({row.size} bytes were taken, it has {size_now} now; not sent)"
 
 
 def note(row: FileRow, size_now: int, now_sidecar: dict[str, Any]) -> dict[str, Any]:

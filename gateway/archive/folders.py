@@ -22,7 +22,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from gateway.core.files import fsync_dir, move_no_clobber, partial_path
+from gateway.core.files import fsync_dir, partial_path, place_no_clobber
 from gateway.core.logs import redact
 from gateway.core.names import MAX_NAME_BYTES, safe_name
 
@@ -113,35 +113,33 @@ class Folder:
     def place(self, work: Path, target: Path) -> Path:
         """Move work to target (reserved by choose) without overwriting anything; return where it went.
 
-        If a file took the name anyway, the next free numbered name is used. If the
-        work file is gone but target exists (a crash after the move), or target is
-        already work's own copy (a crash before work was removed), return target.
-        The folder is synced by the caller (sync()).
+        put(), then target's folder synced and the work name removed. If a file took the
+        name anyway, the next free numbered name is used. If the work file is gone but
+        target exists (a crash after the move), or target is already work's own copy (a
+        crash before work was removed), return target.
         """
-        return self.move_in(work, target)[0]
+        placed, in_work = self.put(work, target)
+        if in_work:
+            fsync_dir(placed.parent)
+            work.unlink()
+        return placed
 
-    def move_in(self, work: Path, target: Path) -> tuple[Path, bool]:
-        """place(), and whether the move synced the folder it went to: then every entry written
-        there before it (the sidecar) is durable too, and no sync() is needed."""
+    def put(self, work: Path, target: Path) -> tuple[Path, bool]:
+        """The first half of place(), for placing many files with one sync of their folder: work's file at
+        target, or at the next free name if target was taken meanwhile; return where, and whether the work
+        name is still there (a link or a copy: the caller removes it once the folder is synced)."""
         if not work.exists() and target.exists():
             return target, False
         target.parent.mkdir(parents=True, exist_ok=True)
         while True:
             try:
-                move_no_clobber(work, target)  # syncs target's folder before it removes work
-                return target, True
+                return target, place_no_clobber(work, target)
             except FileExistsError:
                 if not work.exists():
                     return target, False
                 if _moved_before_a_crash(work, target):  # linked or copied there, the work name not yet removed
-                    fsync_dir(target.parent)
-                    work.unlink()
                     return target, True
                 target = self.choose(target.name, _day_of(target, self.root))
-
-    def sync(self, target: Path) -> None:
-        """Make the file and sidecar entries in target's folder durable."""
-        fsync_dir(target.parent)
 
     def write_sidecar(self, target: Path, content: dict[str, Any]) -> Path:
         sidecar = target.with_name(target.name + SIDECAR_SUFFIX)

@@ -1,24 +1,33 @@
 """Placing a file CaiaSoft has answered: answered -> archiving/refusing -> archived/refused.
 
-Mixed into Pipeline. The name in the archive or error folder is reserved and
-recorded in the ledger before the file is linked in; the sidecar is written and
-synced, then the file is linked in and its day folder synced (once per batch of
-files placed together), and only then is the row archived or refused.
+Placing is the one component that puts answered files in the archive or the error
+folder; uploads and intake only record the answer, recovery only hands unfinished
+placements back. Every placing is a batch (of one, or of what the finisher was
+handed) and takes the same steps:
+  1. the name in the archive or error folder is reserved (the empty sidecar, see
+     archive.Folder.choose) and recorded in the ledger, one commit for the batch;
+  2. the sidecar is written and synced, then the file is linked in beside it;
+  3. each day folder the batch touched is synced, once;
+  4. only then is the work name removed and the row archived or refused.
+A crash anywhere leaves the answer durable and the row answered, archiving or
+refusing: recovery hands it back here, and the steps, taken again, finish it.
 
 A folder that cannot be written (permissions, a full disk, a file where a day
 folder should be) leaves the row waiting with the reason and a backoff, tried
-again by the Placer; a file that cannot be placed for a reason of its own is
-marked stuck, shown by `status`. Ledger faults reach the worker, which pauses.
+again by the Placer (archive.workers); a file that cannot be placed for a reason
+of its own is marked stuck, shown by `status`. Ledger faults reach the worker,
+which pauses.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import errno
-import functools
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway.archive import aftertake
 from gateway.archive.folders import Folder
@@ -26,9 +35,9 @@ from gateway.archive.sidecars import sidecar
 from gateway.core import logs
 from gateway.core.backoff import Backoff
 from gateway.core.errors import BUG, describe, fault_kind
-from gateway.core.files import fsync_dir, place_no_clobber
+from gateway.core.files import fsync_dir
 from gateway.core.states import FileState
-from gateway.monitor.events import Events
+from gateway.monitor.events import NO_EVENTS, Events
 from gateway.state.itemindex import sidecar_records
 from gateway.state.ledger import FileRow, Ledger
 
@@ -37,6 +46,7 @@ log = logs.get("gateway.pipeline")  # its lines were always the pipeline's: scri
 SIDECAR_RECORDS = 10_000  # records listed in one sidecar; all are counted, and all are in the ledger
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 _PERMISSION = (errno.EACCES, errno.EPERM, errno.EROFS)
+_T = TypeVar("_T")
 
 
 def folder_hint(error: OSError) -> str:
@@ -50,17 +60,42 @@ def folder_hint(error: OSError) -> str:
     return "fix the folder; the gateway tries again by itself"
 
 
-class Placing:
-    """The placing steps of Pipeline (which sets these attributes)."""
+@dataclass(frozen=True)
+class _Put:
+    """A row whose sidecar is written and whose file is at final; what is left to close it."""
 
-    ledger: Ledger
-    archive: Folder
-    errors: Folder
-    clock: Callable[[], float]
-    events: Events
-    on_place_failed: Callable[[], None]
-    place_backoff: Backoff
-    work_dir: Path
+    row: FileRow
+    final: Path
+    in_work: bool  # the work name is still there (a link): removed once final's folder is synced
+    synced: bool = False  # nothing to sync (a lost file: neither copy exists)
+
+
+class Placing:
+    """Places answered files in the archive (accepted) or the error folder (refused).
+
+    on_failed is called when a placing failed for a fault of the folder (the Placer
+    then tries the row again once its backoff has passed).
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        archive: Folder,
+        errors: Folder,
+        work_dir: Path,
+        backoff: Backoff,
+        clock: Callable[[], float] = time.time,
+        events: Events = NO_EVENTS,
+        on_failed: Callable[[], None] = lambda: None,
+    ):
+        self.ledger = ledger
+        self.archive = archive
+        self.errors = errors
+        self.work_dir = work_dir
+        self.backoff = backoff
+        self.clock = clock
+        self.events = events
+        self.on_failed = on_failed
 
     def work_path(self, row: FileRow) -> Path:
         return self.work_dir / row.work_name
@@ -69,37 +104,56 @@ class Placing:
         return self.archive if row.accepted else self.errors
 
     def place(self, row: FileRow) -> Path | None:
-        """Put an answered file in its folder; return where, or None if it waits or is stuck.
+        """Put one answered file in its folder; return where, or None if it waits, is stuck or was placed
+        by someone else meanwhile."""
+        return self.place_many([row]).get(row.id)
 
-        The boundary around one file's placing: a fault of the folder (OSError:
-        permissions, space, a file in the way) leaves the row where it is with the
-        reason and a backoff (the Placer tries again); any other error marks it
-        stuck. Ledger errors propagate (the worker pauses; the answer is durable).
+    def place_many(self, rows: list[FileRow]) -> dict[int, Path]:
+        """Place rows (answered, or archiving/refusing after an interruption) in one batch: their names
+        recorded in one commit, each day folder synced once. Return where each placed row went, by id.
+
+        Each row is its own fault boundary (see _contained): one that cannot be placed now
+        waits or is stuck, and the others are placed. Ledger errors propagate (the worker
+        pauses; the answers are durable).
         """
+        put = [done for row in self._reserve(rows) for done in [self._contained(row, self._put, row)] if done]
+        failed: dict[Path, OSError] = {}
+        for folder in {done.final.parent for done in put if not done.synced}:
+            try:
+                fsync_dir(folder)
+            except OSError as error:  # each row there waits, its file linked in: placed again, it is found there
+                failed[folder] = error
+        placed = {}
+        for done in put:
+            final = self._contained(done.row, self._close, done, failed.get(done.final.parent))
+            if final is not None:
+                placed[done.row.id] = final
+        return placed
 
-        def placed() -> Path:
-            nonlocal row
-            if row.state == FileState.ANSWERED:
-                row = self.ledger.placing(row.id, self._reserve(row))
-            return self._complete(row)
+    def place_due(self) -> bool:
+        """Place one row whose placing is due again (after a fault); return False if none was due."""
+        row = self.ledger.take_placement()
+        if row is None:
+            return False
+        if self.place(row) is not None and row.problem:
+            log.info("file.placed_after_problem", id=row.id, file=row.name, problem=row.problem)
+        return True
 
-        return self._contained_place(row, placed)
-
-    def place_many(self, rows: list[FileRow]) -> None:
-        """place() for several rows, their final paths recorded in one commit (the finisher's batches)."""
-        reserved: list[tuple[int, Path]] = []
+    def _reserve(self, rows: list[FileRow]) -> list[FileRow]:
+        """Rows to place, the answered ones with their reserved names recorded (one commit); an answered
+        row placed by someone else meanwhile is left out, its reservation released."""
         answered = {row.id: row for row in rows if row.state == FileState.ANSWERED}
-        for row in rows:
-            if row.id not in answered:
-                self.place(row)
-                continue
-            target = self._contained_place(row, functools.partial(self._reserve, row))
-            if target is not None:
-                reserved.append((row.id, target))
-        recorded = self.ledger.placing_many(reserved)
-        done = {row.id for row in recorded}
+        if not answered:
+            return rows
+        reserved = [
+            (row.id, target)
+            for row in answered.values()
+            for target in [self._contained(row, self._choose, row)]
+            if target is not None
+        ]
+        recorded = {row.id: row for row in self.ledger.placing_many(reserved)} if reserved else {}
         for row_id, target in reserved:
-            if row_id not in done:  # placed by someone else meanwhile: our reservation is not needed
+            if row_id not in recorded:  # placed by someone else meanwhile (a lease that ran out)
                 self.folder_for(answered[row_id]).remove_sidecar(target)
                 log.warning(
                     "file.place_skipped",
@@ -107,22 +161,72 @@ class Placing:
                     file=answered[row_id].name,
                     detail="placed by someone else meanwhile",
                 )
-        self._complete_many(recorded)
+        return [
+            recorded[row.id] if row.id in answered else row
+            for row in rows
+            if row.id not in answered or row.id in recorded
+        ]
 
-    def _reserve(self, row: FileRow) -> Path:
-        """Reserve the final path of an answered row in its folder (see archive.Folder.choose)."""
+    def _choose(self, row: FileRow) -> Path:
+        """Reserve a free name for an answered row in today's folder (see archive.Folder.choose)."""
         return self.folder_for(row).choose(row.name, dt.datetime.fromtimestamp(self.clock()))
 
-    def _contained_place(self, row: FileRow, action: Callable[[], Path]) -> Path | None:
-        """Run one step of placing row: the fault boundary of place() (see there)."""
+    def _put(self, row: FileRow) -> _Put:
+        """The sidecar, then the file linked in beside it (under the next free name if its own was taken
+        meanwhile). The sidecar goes first, so a file never appears without its NAME.json."""
+        if row.final_path is None:
+            raise AssertionError(f"row {row.id} is {row.state} without a final path")
+        folder = self.folder_for(row)
+        work, final = self.work_path(row), Path(row.final_path)
+        contents = self.contents(row)
+        if not work.exists():  # placed before a crash (only the row was left to close), or lost
+            if final.exists():
+                folder.write_sidecar(final, sidecar(row, final, self.clock(), contents))
+                return _Put(row, final, in_work=False)
+            log.error(
+                "file.lost",
+                id=row.id,
+                file=row.name,
+                expected=str(final),
+                detail="neither the work copy nor the final copy exists",
+            )
+            return _Put(row, final, in_work=False, synced=True)
+        folder.write_sidecar(final, sidecar(row, final, self.clock(), contents))
+        placed, in_work = folder.put(work, final)
+        if placed != final:  # the name was taken meanwhile: the sidecar follows the file
+            folder.write_sidecar(placed, sidecar(row, placed, self.clock(), contents))
+            folder.remove_sidecar(final)
+        return _Put(row, placed, in_work)
+
+    def _close(self, done: _Put, sync_failed: OSError | None) -> Path:
+        """Final's folder is synced: the work name can go, and the row is closed."""
+        if sync_failed is not None:
+            raise sync_failed
+        if done.in_work:
+            self.work_path(done.row).unlink(missing_ok=True)
+        self.ledger.finished(done.row.id, done.final)
+        self.events.file_finished(done.row, done.final)
+        log.info(
+            "file.archived" if done.row.state == FileState.ARCHIVING else "file.to_error",
+            id=done.row.id,
+            source=done.row.source,
+            file=done.row.name,
+            path=str(done.final),
+        )
+        return done.final
+
+    def _contained(self, row: FileRow, action: Callable[..., _T], *args: Any) -> _T | None:
+        """Run one step of placing row, its fault boundary: a fault of the folder (OSError: permissions,
+        space, a file in the way) leaves the row where it is with the reason and a backoff; any other
+        error marks it stuck. Ledger errors propagate."""
         folder = self.folder_for(row)
         try:
-            return action()
+            return action(*args)
         except LookupError as error:  # placed by someone else meanwhile (a lease that ran out)
             log.warning("file.place_skipped", id=row.id, file=row.name, detail=str(error))
         except OSError as error:
             failures = row.place_failures + 1
-            delay = self.place_backoff.delay(failures)
+            delay = self.backoff.delay(failures)
             log.error(
                 "file.place_failed",
                 id=row.id,
@@ -136,7 +240,7 @@ class Placing:
             self.ledger.place_failed(
                 row.id, f"cannot place it in {folder.root}: {describe(error)}", self.ledger.schedule() + delay
             )
-            self.on_place_failed()
+            self.on_failed()
         except Exception as error:
             if fault_kind(error) != BUG:
                 raise
@@ -150,105 +254,6 @@ class Placing:
             )
             self.ledger.stuck(row.id, f"stuck in {self.work_path(row)}: it cannot be placed ({describe(error)})")
         return None
-
-    def place_due(self) -> bool:
-        """Place one row whose placing is due again (after a fault); return False if none was due."""
-        row = self.ledger.take_placement()
-        if row is None:
-            return False
-        if self.place(row) is not None and row.problem:
-            log.info("file.placed_after_problem", id=row.id, file=row.name, problem=row.problem)
-        return True
-
-    def _complete_many(self, rows: list[FileRow]) -> None:
-        """_complete() for a finisher batch, syncing each day folder once, not once per file: sidecars
-        written (fsynced) and files linked in, then each folder synced, and only then the work names
-        removed and the rows closed. A row off that way is completed alone by _complete."""
-        begun: list[tuple[FileRow, Path, list[bool]]] = []
-        for row in rows:
-            linked: list[bool] = []
-            final = self._contained_place(row, functools.partial(self._begin_complete, row, linked))
-            if final is not None and linked:
-                begun.append((row, final, linked))
-        unsynced: set[Path] = set()
-        for folder in {final.parent for _, final, _ in begun}:
-            try:
-                fsync_dir(folder)
-            except OSError:  # each of its rows is completed alone, where the fault is contained
-                unsynced.add(folder)
-        for row, final, linked in begun:
-            self._contained_place(
-                row,
-                functools.partial(self._complete, row)
-                if final.parent in unsynced
-                else functools.partial(self._end_complete, row, final, linked[0]),
-            )
-
-    def _begin_complete(self, row: FileRow, linked: list[bool]) -> Path:
-        """The sidecar, then the file linked in (linked gets whether the work name is still to be removed);
-        a row whose work file is gone, or whose name was taken meanwhile, is completed by _complete."""
-        if row.final_path is None:
-            return self._complete(row)
-        final = Path(row.final_path)
-        self.folder_for(row).write_sidecar(final, sidecar(row, final, self.clock(), self.contents(row)))
-        try:
-            linked.append(place_no_clobber(self.work_path(row), final))
-        except (FileNotFoundError, FileExistsError):
-            return self._complete(row)
-        return final
-
-    def _end_complete(self, row: FileRow, final: Path, still_in_work: bool) -> Path:
-        if still_in_work:  # final's folder is synced: the work name can go
-            self.work_path(row).unlink(missing_ok=True)
-        self._finished(row, final)
-        return final
-
-    def _complete(self, row: FileRow) -> Path:
-        """Write the sidecar, move the work file beside it, close the row.
-
-        The sidecar goes first, so a file never appears in the archive without its
-        NAME.json (and the sidecar reserves the name against other writers).
-        """
-        folder = self.folder_for(row)
-        work = self.work_path(row)
-        if row.final_path is None:
-            raise AssertionError(f"row {row.id} is {row.state} without a final path")
-        final = Path(row.final_path)
-        contents = self.contents(row)
-        if work.exists():
-            folder.write_sidecar(final, sidecar(row, final, self.clock(), contents))
-            placed, synced = folder.move_in(work, final)  # synced: the sidecar's entry is durable as well
-            if placed != final:  # the name was taken meanwhile: the sidecar follows the file
-                folder.write_sidecar(placed, sidecar(row, placed, self.clock(), contents))
-                folder.remove_sidecar(final)
-                final, synced = placed, False
-            if not synced:
-                folder.sync(final)
-        elif final.exists():
-            folder.write_sidecar(final, sidecar(row, final, self.clock(), contents))
-            folder.sync(final)
-        else:
-            log.error(
-                "file.lost",
-                id=row.id,
-                file=row.name,
-                expected=str(final),
-                detail="neither the work copy nor the final copy exists",
-            )
-        self._finished(row, final)
-        return final
-
-    def _finished(self, row: FileRow, final: Path) -> None:
-        """Close a placed row (its file and sidecar durable in final's folder)."""
-        self.ledger.finished(row.id, final)
-        self.events.file_finished(row, final)
-        log.info(
-            "file.archived" if row.state == FileState.ARCHIVING else "file.to_error",
-            id=row.id,
-            source=row.source,
-            file=row.name,
-            path=str(final),
-        )
 
     def contents(self, row: FileRow) -> dict[str, Any]:
         """What the file held (records or barcodes, CaiaSoft's answer joined to each), for its sidecar."""

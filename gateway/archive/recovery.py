@@ -1,6 +1,7 @@
 """After a crash: finish or resume what was interrupted, from the ledger's rows and the files in work/.
 
-Run once at start, before any worker (service.py), through Pipeline.recover():
+Run once at start, before any worker (runtime.service), through runtime.pipeline.Pipeline.recover(),
+which then validates the files a crash left claimed:
   * a half-written copy in work/ whose writer is gone is deleted (its claim is redone);
   * a claim cut short is completed if the file reached work/, else forgotten
     (the file is still in its source);
@@ -22,26 +23,32 @@ import datetime as dt
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from gateway.archive.folders import SIDECAR_SUFFIX
+from gateway.archive.placing import Placing
 from gateway.core import files, logs
 from gateway.core.errors import describe
 from gateway.core.files import PARTIAL_GLOB
 from gateway.core.states import PLACING_STATES, FileState
-from gateway.state.ledger import FileRow, work_name
-
-if TYPE_CHECKING:
-    from gateway.runtime.pipeline import Pipeline
+from gateway.sources.base import Source
+from gateway.state.ledger import FileRow, Ledger, work_name
 
 log = logs.get("gateway.pipeline")  # its lines were always the pipeline's: scripts filter on the logger
 
 
-def recover(pipeline: Pipeline) -> dict[str, int]:
+def recover(
+    ledger: Ledger,
+    placing: Placing,
+    sources: dict[str, Source],
+    local_sources: list[str],
+    backoff_max_seconds: float,
+) -> dict[str, int]:
     """Finish or resume everything a crash interrupted; return what was done, by kind.
 
     Each row and each stray file is its own boundary: one that cannot be finished
     now (an OSError) is logged and left for later, and the rest are finished.
+    Unfinished placements are handed back to placing; local_sources names the
+    sources on this host (their takes cut short are completed from work/).
     """
     done = {
         "claims_completed": 0,
@@ -52,16 +59,16 @@ def recover(pipeline: Pipeline) -> dict[str, int]:
         "postponed": 0,
         "waits_capped": 0,
     }
-    for leftover in pipeline.work_dir.glob(PARTIAL_GLOB):  # half-written copies: the claim is redone
+    for leftover in placing.work_dir.glob(PARTIAL_GLOB):  # half-written copies: the claim is redone
         if files.writer_gone(leftover):  # not the copy a running `send` is making
             _contained("recovery.partial_left", leftover.name, done, leftover.unlink)
-    _recover_claims(pipeline, done)
-    for row in pipeline.ledger.in_state(FileState.UPLOADING):
-        pipeline.ledger.interrupted(row.id)
+    _recover_claims(ledger, placing, sources, local_sources, done)
+    for row in ledger.in_state(FileState.UPLOADING):
+        ledger.interrupted(row.id)
         done["requeued"] += 1
-    pipeline.ledger.unstick()
-    done["waits_capped"] = pipeline.ledger.cap_waits(pipeline.config.caiasoft.backoff_max_seconds)
-    answered = pipeline.ledger.in_state(*PLACING_STATES)
+    ledger.unstick()
+    done["waits_capped"] = ledger.cap_waits(backoff_max_seconds)
+    answered = ledger.in_state(*PLACING_STATES)
     kept = {row.final_path for row in answered if row.final_path}
     for final in (Path(path) for path in kept):
         sidecar = final.with_name(final.name + SIDECAR_SUFFIX)
@@ -73,12 +80,11 @@ def recover(pipeline: Pipeline) -> dict[str, int]:
                 "recovery.reservation_left",
                 row.name,
                 done,
-                functools.partial(_release_reservations, pipeline, row, kept),
+                functools.partial(_release_reservations, placing, row, kept),
             )
-        if pipeline.place(row) is not None:
+        if placing.place(row) is not None:
             done["finished"] += 1
-    _adopt_strays(pipeline, done)
-    pipeline.admit_many([row.id for row in pipeline.ledger.in_state(FileState.CLAIMED)])
+    _adopt_strays(ledger, placing.work_dir, done)
     if any(done.values()):
         log.info("recovery.done", **done)
     return done
@@ -92,9 +98,9 @@ def _remove_partial(partial: Path) -> None:
         log.info("recovery.partial_removed", file=str(partial))
 
 
-def _release_reservations(pipeline: Pipeline, row: FileRow, kept: set[str]) -> None:
+def _release_reservations(placing: Placing, row: FileRow, kept: set[str]) -> None:
     """The name a crash reserved for an answered file before its place was recorded is free again."""
-    pipeline.folder_for(row).release_stale_reservations(row.name, dt.datetime.fromtimestamp(pipeline.clock()), kept)
+    placing.folder_for(row).release_stale_reservations(row.name, dt.datetime.fromtimestamp(placing.clock()), kept)
 
 
 def _contained(event: str, name: str, done: dict[str, int], action: Callable[[], object]) -> None:
@@ -106,38 +112,41 @@ def _contained(event: str, name: str, done: dict[str, int], action: Callable[[],
         log.error(event, file=name, error=describe(error), detail="left as it is; tried again at the next start")
 
 
-def _recover_claims(pipeline: Pipeline, done: dict[str, int]) -> None:
+def _recover_claims(
+    ledger: Ledger, placing: Placing, sources: dict[str, Source], local_sources: list[str], done: dict[str, int]
+) -> None:
     """A claim cut short: complete it if the file reached work/, else forget it (it is still in the source)."""
-    local_sources = [source.name for source in pipeline.config.sources if not source.is_sftp]
-    pipeline.ledger.release_rows_from_before_kept_originals(local_sources)
-    for row in pipeline.ledger.in_state(FileState.CLAIMING):
-        if pipeline.work_path(row).exists():
-            pipeline.ledger.claimed(row.id)
+    ledger.release_rows_from_before_kept_originals(local_sources)
+    for row in ledger.in_state(FileState.CLAIMING):
+        work = placing.work_path(row)
+        if work.exists():
+            ledger.claimed(row.id)
             done["claims_completed"] += 1
-            _contained("recovery.take_not_completed", row.name, done, functools.partial(_complete_take, pipeline, row))
+            complete = functools.partial(_complete_take, ledger, sources.get(row.source), row, work)
+            _contained("recovery.take_not_completed", row.name, done, complete)
         else:
-            pipeline.ledger.forget(row.id)
+            ledger.forget(row.id)
             done["claims_dropped"] += 1
 
 
-def _complete_take(pipeline: Pipeline, row: FileRow) -> None:
+def _complete_take(ledger: Ledger, source: Source | None, row: FileRow, work: Path) -> None:
     """Remove the original of a move cut short (a batch's originals go after one sync of work/);
     one that cannot be is removed once sent, if unchanged, like an original kept on purpose."""
-    source = pipeline.sources.get(row.source)
-    if source is not None and row.origin and source.complete_take(row.origin, pipeline.work_path(row)):
-        pipeline.ledger.moved_when_taken(row.id)
+    if source is not None and row.origin and source.complete_take(row.origin, work):
+        ledger.moved_when_taken(row.id)
 
 
-def _adopt_strays(pipeline: Pipeline, done: dict[str, int]) -> None:
-    """Files in work/ without a row (the ledger was lost): give each a row and its work name."""
-    known = pipeline.ledger.known_work_names()
-    for path in sorted(pipeline.work_dir.iterdir()):
+def _adopt_strays(ledger: Ledger, work_dir: Path, done: dict[str, int]) -> None:
+    """Files in work/ without a row (the ledger was lost): give each a row and its work name (claimed: the
+    caller validates them)."""
+    known = ledger.known_work_names()
+    for path in sorted(work_dir.iterdir()):
         if path.name not in known and not path.name.startswith(".") and path.is_file() and not path.is_symlink():
-            _contained("recovery.adopt_failed", path.name, done, functools.partial(_adopt, pipeline, path, done))
+            _contained("recovery.adopt_failed", path.name, done, functools.partial(_adopt, ledger, path, done))
 
 
-def _adopt(pipeline: Pipeline, path: Path, done: dict[str, int]) -> None:
+def _adopt(ledger: Ledger, path: Path, done: dict[str, int]) -> None:
     name = path.name.split(".", 1)[1] if "." in path.name else path.name
-    row_id = pipeline.ledger.adopt(name, path.stat().st_size, str(path))
-    path.rename(pipeline.work_dir / work_name(row_id, name))
+    row_id = ledger.adopt(name, path.stat().st_size, str(path))
+    path.rename(path.parent / work_name(row_id, name))
     done["adopted"] += 1

@@ -10,8 +10,8 @@ from typing import Any
 from gateway import __version__
 from gateway.core.names import printable
 from gateway.core.states import Verdict
+from gateway.state.itemindex import is_denied
 from gateway.state.ledger import FileRow
-from gateway.upload.caiasoft import is_denied
 
 
 def _iso(moment: float | None) -> str | None:

@@ -14,7 +14,7 @@ from gateway.config.loader import Config
 from gateway.config.settings import LocalSourceSettings, Ncip, SftpSourceSettings, SourceSettings
 from gateway.core.errors import SourceUnavailable
 from gateway.core.states import Verdict
-from gateway.intake import readiness
+from gateway.sources import writers
 from gateway.sources.folder import FolderReplaced, HeldFolder, own_folders
 from gateway.sources.local import NETWORK_FILESYSTEMS, choose_mode, filesystem_type
 from gateway.upload.caiasoft import CaiaSoftClient
@@ -202,7 +202,7 @@ def _source(
     yield _writers(
         label,
         source,
-        *readiness.writer_detection(source.path, filesystem in NETWORK_FILESYSTEMS, filesystem, source.settle_seconds),
+        *writers.writer_detection(source.path, filesystem in NETWORK_FILESYSTEMS, filesystem, source.settle_seconds),
     )
     if state_dir.exists() and os.stat(state_dir).st_dev != os.stat(source.path).st_dev:
         yield Result(

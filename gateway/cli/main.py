@@ -488,7 +488,7 @@ def cmd_send(args: argparse.Namespace) -> int:
                 print(f"{name}: not a file")
                 failed += 1
                 continue
-            row_id = pipeline.adopt_copy(path)
+            row_id = pipeline.admission.adopt_copy(path)
             for attempt in range(max(args.attempts, 1)):
                 row = ledger.take(row_id)
                 if row is None:  # the running service took it first: wait for its answer

@@ -65,5 +65,5 @@ def requeue(pipeline: Pipeline, path: Path) -> FileRow:
         ledger.reopen(row.id, row.name)
     sidecar.unlink(missing_ok=True)
     log.info("retry.requeued", id=row_id, file=path.name, previous_reason=row.reason if row else None)
-    pipeline.admit(row_id)
+    pipeline.admission.admit(row_id)
     return ledger.row(row_id)

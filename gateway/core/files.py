@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import stat
 import time
 from pathlib import Path
+from typing import Protocol
 
 _NO_HARD_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK)
 PARTIAL_GLOB = ".*.partial-*"  # what a crash can leave behind: hidden, and never taken for a finished file
@@ -174,3 +176,29 @@ def fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+HASH_CHUNK = 1024 * 1024
+
+
+class Readable(Protocol):
+    def read(self, size: int, /) -> bytes: ...
+
+
+def digest_of(handle: Readable) -> str:
+    """The sha256 hex of what is left to read in an open file, read in chunks."""
+    digest = hashlib.sha256()
+    while chunk := handle.read(HASH_CHUNK):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_digest(path: Path) -> tuple[str, int]:
+    """Return (sha256 hex, size) of a file, read in chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size

@@ -69,3 +69,8 @@ class NcipOutcome(StrEnum):
     DONE = NcipVerdict.DONE.value  # the server did it
     ALREADY = NcipVerdict.ALREADY.value  # it was already so
     DEAD_LETTER = "dead_letter"  # refused, or not a valid line: kept in error_dir/ncip
+
+
+# The start of the reason of a file refused because its original changed after it was taken (archive.aftertake):
+# such a file is taken again whole, so alerts do not count it as refused and its release leaves no second note.
+CHANGED_AFTER_TAKE = "changed after it was taken; taken again whole"

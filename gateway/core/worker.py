@@ -43,7 +43,7 @@ class Worker(threading.Thread):
         self.heartbeat = time.monotonic()
         self.fault: str | None = None  # why the worker is pausing, if it is
         self.fatal: BaseException | None = None  # what ended it, if it could not go on
-        self.on_exit: Callable[[Worker], None] | None = None
+        self.on_exit: Callable[[Worker], None] | None = None  # given to start()
         self.fault_backoff = Backoff(FAULT_BACKOFF_INITIAL_SECONDS, FAULT_BACKOFF_MAX_SECONDS)
         self._faults = 0
         self._last_fault = 0.0
@@ -118,6 +118,11 @@ class Worker(threading.Thread):
         if silent > within:
             return f"{self.name} has not checked in for {silent:.0f}s"
         return None
+
+    def start(self, on_exit: Callable[[Worker], None] | None = None) -> None:
+        """Start the thread; on_exit is called (from it) when it ends, for whatever reason."""
+        self.on_exit = on_exit
+        super().start()
 
     def run(self) -> None:
         began = type(self).begin is Worker.begin  # nothing to set up: end() is due whenever the thread ran

@@ -1,4 +1,4 @@
-"""The collector: one thread per source, finding settled files and handing them to the pipeline.
+"""The collector: one thread per source, finding settled files and handing them to admission.
 
 It knows nothing about how a source lists or moves files (that is the Source
 protocol); it only decides when to look and when a file is ready.
@@ -13,12 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gateway.archive import aftertake
+from gateway.archive.placing import Placing
 from gateway.core import logs
 from gateway.core.errors import SourceUnavailable, describe
+from gateway.core.states import CHANGED_AFTER_TAKE
 from gateway.core.worker import Worker
+from gateway.intake.admission import Admission
 from gateway.intake.readiness import TAIL_BYTES, ReadyCheck
 from gateway.intake.validation import Settler
-from gateway.runtime.pipeline import Pipeline
 from gateway.sources.base import Entry, Source
 from gateway.sources.folder import FolderReplaced
 
@@ -63,16 +65,21 @@ class Collector(Worker):
         self,
         source: Source,
         settle_seconds: float,
-        pipeline: Pipeline,
+        admission: Admission,
+        placing: Placing,
         clock: Callable[[], float] = time.monotonic,
         grace_seconds: float = 300.0,
         marker_mode: bool = False,
         keep_original_seconds: float = 0.0,
         stall_seconds: float = STALL_SECONDS,
+        state_dir: Path | None = None,
     ):
         super().__init__(name=f"collector-{source.name}")
         self.source = source
-        self.pipeline = pipeline
+        self.admission = admission
+        self.ledger = admission.ledger
+        self.placing = placing  # a finished file's sidecar notes an original that changed after the take
+        self.state_dir = state_dir  # named in the hint when a file cannot be taken
         self.clock = clock
         self.settler = Settler(settle_seconds, trust_mtime=source.trust_mtime, clock=clock)
         self.ready_check = ReadyCheck(source, self.settler, grace_seconds, TAIL_BYTES, marker_mode)
@@ -110,7 +117,7 @@ class Collector(Worker):
 
     def step(self) -> None:
         if self._to_admit:  # a batch in work/ whose validation a ledger fault interrupted
-            self.pipeline.admit_many(self._to_admit)
+            self.admission.admit_many(self._to_admit)
             self._to_admit = []
         self._wake.clear()
         now = self.clock()
@@ -145,7 +152,7 @@ class Collector(Worker):
             self._report(self._unreadable(error))
             return []
         self._report(None)
-        self._held = self.pipeline.ledger.held(self.source.name)
+        self._held = self.ledger.held(self.source.name)
         entries = self._unheld(entries)
         names = {entry.name for entry in entries}
         self.settler.keep_only(names)
@@ -181,7 +188,7 @@ class Collector(Worker):
     def _release_finished(self) -> None:
         """Remove (or move) originals whose outcome is known, unless they changed after they were taken
         (then they stay, and are taken again whole). A failure is retried on the next scan."""
-        ledger = self.pipeline.ledger
+        ledger = self.ledger
         for row in ledger.to_release(self.source.name, time.time() - self.keep_original_seconds):
             try:
                 released = self.source.release(aftertake.taken(row))
@@ -197,9 +204,9 @@ class Collector(Worker):
                     detail="retried on the next scan; the file is not taken again meanwhile",
                 )
                 continue
-            if released.changed_size is not None and not (row.reason or "").startswith(aftertake.CHANGED):
+            if released.changed_size is not None and not (row.reason or "").startswith(CHANGED_AFTER_TAKE):
                 aftertake.log_changed(row, released.changed_size, "before removing the original")
-                self.pipeline.note_changed(row, released.changed_size)
+                self.placing.note_changed(row, released.changed_size)
             ledger.released(row.id)
             log.info(
                 "remote.cleaned_up" if self.source.keeps_originals else "original.cleaned_up",
@@ -227,9 +234,9 @@ class Collector(Worker):
         for entry in entries:
             self.settler.forget(entry.name)
             self.ready_check.changed(entry.name)
-        taken, failures = self.pipeline.claim(self.source, entries)
+        taken, failures = self.admission.claim(self.source, entries)
         self._to_admit = taken
-        self._held = self.pipeline.ledger.held(self.source.name)
+        self._held = self.ledger.held(self.source.name)
         for entry in entries:
             self._failed.pop(entry.name, None)
             self.claim_failures.pop(entry.name, None)
@@ -248,10 +255,10 @@ class Collector(Worker):
                 source=self.source.name,
                 file=entry.name,
                 error=describe(error),
-                hint=claim_hint(error, self.pipeline.config.paths.state_dir),
+                hint=claim_hint(error, self.state_dir),
                 retry_in=FAILED_CLAIM_RETRY_SECONDS,
             )
-        self.pipeline.admit_many(taken)
+        self.admission.admit_many(taken)
         self._to_admit = []
 
     def _report(self, problem: str | None) -> None:

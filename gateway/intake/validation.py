@@ -7,7 +7,6 @@ is uploaded exactly as ALEPH wrote it.
 from __future__ import annotations
 
 import codecs
-import fnmatch
 import hashlib
 import os
 import re
@@ -15,27 +14,19 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO
 
 from gateway.core import printfile
 from gateway.core.errors import FileRefused
+from gateway.core.files import HASH_CHUNK
 from gateway.core.names import printable
 
-IGNORED_PATTERNS = (".*", "*.tmp", "*.part", "*~")
-HASH_CHUNK = 1024 * 1024
 HEAD_BYTES = 64 * 1024  # read first, to tell a print file (XML) from a text file
 MAX_FORM_NAMES = 20  # distinct form names counted in a file's details
 MAX_BAD_RECORDS_NAMED = 5  # bad records named in a refusal (all are counted)
 MAX_TEXT_ITEMS = 100_000  # barcodes of one text file listed and indexed (all are counted)
 _CONTROLS = re.compile("[\x00-\x08\x0b\x0e-\x1f]")
 _BARCODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$")  # a line of a barcode list that is one barcode
-
-
-def wanted(name: str, include: tuple[str, ...]) -> bool:
-    """Return True if a file of this name is one to take: matches include, not hidden or temporary."""
-    if any(fnmatch.fnmatchcase(name, pattern) for pattern in IGNORED_PATTERNS):
-        return False
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in include)
 
 
 @dataclass
@@ -113,29 +104,6 @@ class Inspection:
     sha256: str
     size: int
     details: dict[str, Any]
-
-
-class Readable(Protocol):
-    def read(self, size: int, /) -> bytes: ...
-
-
-def digest_of(handle: Readable) -> str:
-    """The sha256 hex of what is left to read in an open file, read in chunks."""
-    digest = hashlib.sha256()
-    while chunk := handle.read(HASH_CHUNK):
-        digest.update(chunk)
-    return digest.hexdigest()
-
-
-def file_digest(path: Path) -> tuple[str, int]:
-    """Return (sha256 hex, size) of a file, read in chunks."""
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(HASH_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
 
 
 class _Reader:

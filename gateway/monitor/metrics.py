@@ -50,13 +50,18 @@ class Metrics:
     """The gateway's metrics registry, its HTTP endpoint and its textfile."""
 
     def __init__(
-        self, settings: MetricsSettings, ledger: Ledger, sources: list[str], clock: Callable[[], float] = time.time
+        self,
+        settings: MetricsSettings,
+        ledger: Ledger,
+        sources: list[str],
+        clock: Callable[[], float] = time.time,
+        live: Callable[[], Conditions] | None = None,
     ):
         self.settings = settings
         self.ledger = ledger
         self.clock = clock
         self.conditions = Conditions(sources={name: None for name in sources})
-        self.live: Callable[[], Conditions] | None = None  # read at each scrape, if set (the service's)
+        self.live = live  # the service's conditions, read at each scrape, if given
         self.registry = CollectorRegistry(auto_describe=False)
         self.files = Counter(
             PREFIX + "files",

@@ -21,14 +21,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec
 
-from gateway.archive import aftertake
 from gateway.config.settings import Config
 from gateway.core import logs
-from gateway.core.states import OPEN_STATES, FileState, NcipOutcome
+from gateway.core.states import CHANGED_AFTER_TAKE, OPEN_STATES, FileState, NcipOutcome
 from gateway.monitor import alerttexts
 from gateway.monitor.events import Conditions, Events
+from gateway.state.itemindex import is_denied
 from gateway.state.ledger import FileRow, Ledger
-from gateway.upload.caiasoft import is_denied
 
 if TYPE_CHECKING:  # imported when [alerts] or [metrics] is configured: a run without them starts sooner
     from gateway.monitor.alerts import AlertSender, Delivery
@@ -64,6 +63,7 @@ class Monitor(Events):
         clock: Callable[[], float] = time.time,
         delivery: Delivery | None = None,
         steady: Callable[[], float] = time.monotonic,
+        live: Callable[[], Conditions] | None = None,
     ):
         """clock gives the times recorded and compared with the ledger's (a file's age); steady measures how long a
         condition has lasted (unreachable_after_seconds), so a wall-clock step neither delays nor hastens an alert."""
@@ -82,7 +82,7 @@ class Monitor(Events):
         if config.metrics:
             from gateway.monitor.metrics import Metrics
 
-            self.metrics = Metrics(config.metrics, ledger, [source.name for source in config.sources], clock)
+            self.metrics = Metrics(config.metrics, ledger, [source.name for source in config.sources], clock, live)
         self._since: dict[str, float] = {}  # condition -> when it was first seen (this run, on steady)
         self._alerted: set[str] = set()  # conditions an alert was raised for, whose end is announced
         self._tick = threading.local()  # .held: alerts the tick in this thread raised, queued together at its end
@@ -111,7 +111,7 @@ class Monitor(Events):
         )
         if self.metrics:
             self.metrics.file_finished(row.source, FileState.ARCHIVED if accepted else FileState.REFUSED, len(denials))
-        if not accepted and not (row.reason or "").startswith(aftertake.CHANGED):
+        if not accepted and not (row.reason or "").startswith(CHANGED_AFTER_TAKE):
             # a partial copy set aside while the whole file is taken again needs nobody
             self.raise_alert("refused", alerttexts.refused(row.name, row.source, row.reason, str(path)))
         elif denials:

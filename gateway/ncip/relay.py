@@ -137,7 +137,7 @@ class DeadLetters:
 
 
 class Relay(Worker):
-    def __init__(self, settings: Ncip, ledger: Ledger, error_dir: Path):
+    def __init__(self, settings: Ncip, ledger: Ledger, error_dir: Path, events: Events = NO_EVENTS):
         super().__init__(name="ncip-relay")
         self.settings = settings
         self.checkpoint = ledger.journal_checkpoint()  # here, at start: a damaged file stops it (exit 2)
@@ -148,7 +148,7 @@ class Relay(Worker):
         self.last_problem: str | None = None
         self.tailer: Tailer | None = None
         self._mismatch: str | None = None
-        self.events: Events = NO_EVENTS  # alerts and metrics hear of each finished entry (gateway.monitor.monitor)
+        self.events = events  # alerts and metrics hear of each finished entry (monitor.monitor.Monitor)
         self._failures = self._strikes = 0
         self._struck: tuple[int, JournalEntry, str] | None = None  # the entry and kind of answer counted
         self._lettered_status: int | None = None  # the client error the last entry was dead-lettered for

@@ -7,12 +7,12 @@ uploads in hand end on their own deadline.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from gateway import sources
+from gateway.archive.workers import Finisher, Placer
 from gateway.config.loader import Config
 from gateway.core.backoff import Gate
 from gateway.core.worker import Worker
@@ -23,7 +23,7 @@ from gateway.runtime.pipeline import Pipeline
 from gateway.state.check import LedgerCheck
 from gateway.state.ledger import Ledger
 from gateway.upload.caiasoft import CaiaSoftClient
-from gateway.upload.workers import Finisher, Placer, Uploader
+from gateway.upload.workers import Uploader
 
 if TYPE_CHECKING:  # imported with [ncip] only: a run without it starts sooner
     from gateway.ncip.feed import Feed
@@ -38,55 +38,51 @@ class Parts:
 
     def __init__(self, config: Config, ledger: Ledger, on_exit: Callable[[Worker], None] | None = None):
         self.config = config
+        self.on_exit = on_exit
         self.client = CaiaSoftClient(config.caiasoft, config.api_key)
         self.gate = Gate(config.caiasoft)
-        self.pipeline = Pipeline(config, ledger, self.client, gate=self.gate)
-        wake = threading.Event()
-        self.finisher = Finisher(self.pipeline)
+        self.monitor = Monitor(config, ledger, live=self.conditions)  # alerts and metrics: the parts tell it
+        found = {settings.name: sources.build(settings, config) for settings in config.sources}
+        self.pipeline = Pipeline(config, ledger, self.client, gate=self.gate, sources=found, events=self.monitor)
+        placing = self.pipeline.placing
+        self.finisher = Finisher(placing)
         self.uploaders = [
             Uploader(
-                self.pipeline,
-                wake=wake,
+                self.pipeline.sender,
+                placing,
+                wake=self.pipeline.queued,
                 name=f"uploader-{number}",
                 workers=config.caiasoft.upload_workers,
                 finisher=self.finisher,
             )
             for number in range(1, config.caiasoft.upload_workers + 1)
         ]
-        self.pipeline.on_queued = wake.set
-        self.placer = Placer(self.pipeline)
+        self.placer = Placer(placing, wake=self.pipeline.place_failed)
         self.ledger_check = LedgerCheck(config.paths.database)
         self.collectors = [
             Collector(
-                sources.build(settings, config),
+                found[settings.name],
                 settings.settle_seconds,
-                self.pipeline,
+                self.pipeline.admission,
+                placing,
                 grace_seconds=settings.incomplete_grace_seconds,
                 marker_mode=bool(settings.ready_marker),
                 keep_original_seconds=settings.keep_original_seconds,
+                state_dir=config.paths.state_dir,
             )
             for settings in config.sources
         ]
-        self.pipeline.sources = {collector.source.name: collector.source for collector in self.collectors}
         self.relay: Relay | None = None
         if config.ncip:
             from gateway.ncip.relay import Relay
 
-            self.relay = Relay(config.ncip, ledger, config.paths.error_dir)
-        self.monitor = Monitor(config, ledger)  # alerts and metrics: the parts tell it what happens
-        self.pipeline.events = self.monitor
-        if self.monitor.metrics:
-            self.monitor.metrics.live = self.conditions
-        if self.relay:
-            self.relay.events = self.monitor
+            self.relay = Relay(config.ncip, ledger, config.paths.error_dir, events=self.monitor)
         self.feed: Feed | None = None
         if config.ncip and config.ncip.feed:
             from gateway.ncip.feed import Feed
 
             self.feed_client = CaiaSoftClient(config.caiasoft, config.api_key)
             self.feed = Feed(config.ncip, self.feed_client, ledger, events=self.monitor)
-        for worker in self.workers():
-            worker.on_exit = on_exit
         self._deferred: list[tuple[Worker, Worker]] = []  # (new worker, the old one it waits for)
 
     def inputs(self) -> list[Worker]:
@@ -115,7 +111,7 @@ class Parts:
             if old is not None and not old.ended:
                 self._deferred.append((worker, old))
             else:
-                worker.start()
+                worker.start(self.on_exit)
 
     def exclusive(self) -> list[Worker]:
         """Workers of which two must never run at once (they read a folder or the journal)."""
@@ -127,7 +123,7 @@ class Parts:
             if not old.ended:  # its end() is over once it says so: the new one may start at once
                 waiting.append((worker, old))
             elif not worker.stopping:
-                worker.start()
+                worker.start(self.on_exit)
         self._deferred = waiting
 
     def stop(self, deadline: float | None = None) -> None:

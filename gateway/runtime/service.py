@@ -306,7 +306,11 @@ class Service:
         days, error_days = self.config.archive.retention_days, self.config.archive.error_retention_days
         if self._retention is not None and (days or error_days or self._retention.ledger.pruning()):
             self._retention.prune(
-                parts.pipeline.archive, days, parts.pipeline.errors, error_days, budget=PRUNE_PASS_SECONDS
+                parts.pipeline.placing.archive,
+                days,
+                parts.pipeline.placing.errors,
+                error_days,
+                budget=PRUNE_PASS_SECONDS,
             )
 
     def _watch(self, parts: Parts) -> None:

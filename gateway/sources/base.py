@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from gateway.intake.readiness import Writers
+from gateway.sources.writers import Writers
+
+IGNORED_PATTERNS = (".*", "*.tmp", "*.part", "*~")  # never request files: hidden, temporary, backups
 
 
 @dataclass(frozen=True)
@@ -108,3 +111,10 @@ def fetch_each(source: Source, jobs: list[tuple[Entry, Path]]) -> list[bool | Ex
         except Exception as error:
             results.append(error)
     return results
+
+
+def wanted(name: str, include: tuple[str, ...]) -> bool:
+    """Return True if a file of this name is one to take: matches include, not hidden or temporary."""
+    if any(fnmatch.fnmatchcase(name, pattern) for pattern in IGNORED_PATTERNS):
+        return False
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in include)

@@ -27,8 +27,9 @@ from gateway.config import markers
 from gateway.config.settings import LocalSourceSettings
 from gateway.core import logs
 from gateway.core.errors import SourceGone
-from gateway.intake import readiness, validation
-from gateway.sources.base import Entry, Released, Taken
+from gateway.core.files import digest_of
+from gateway.sources import writers
+from gateway.sources.base import Entry, Released, Taken, wanted
 from gateway.sources.folder import HeldFolder, identity, open_entry
 from gateway.sources.taking import Taker
 
@@ -182,7 +183,7 @@ class LocalSource:
         return names
 
     def _entry(self, name: str, info: os.stat_result) -> Entry | None:
-        if not stat.S_ISREG(info.st_mode) or not validation.wanted(name, self.settings.include):
+        if not stat.S_ISREG(info.st_mode) or not wanted(name, self.settings.include):
             return None
         if self.marker and self.marker.is_marker(name):
             return None  # markers are never taken themselves
@@ -192,7 +193,7 @@ class LocalSource:
         entries = []
         with os.scandir(self.held.fd()) as found:
             for item in found:
-                if not validation.wanted(item.name, self.settings.include):
+                if not wanted(item.name, self.settings.include):
                     continue
                 try:
                     entry = self._entry(item.name, item.stat(follow_symlinks=False))
@@ -250,9 +251,7 @@ class LocalSource:
         with os.fdopen(fd, "rb") as handle:
             if not stat.S_ISREG(info.st_mode):
                 return Released("left alone: it was replaced by something that is not a regular file")
-            same = (info.st_size, info.st_mtime) == (taken.size, taken.mtime) and validation.digest_of(
-                handle
-            ) == taken.sha256
+            same = (info.st_size, info.st_mtime) == (taken.size, taken.mtime) and digest_of(handle) == taken.sha256
             after = os.fstat(handle.fileno())
             if not same or (after.st_size, after.st_mtime) != (info.st_size, info.st_mtime):
                 return Released("left in place: it changed after it was taken", after.st_size)
@@ -265,17 +264,15 @@ class LocalSource:
             os.unlink(name, dir_fd=folder)
         return Released("deleted (it was copied when taken)")
 
-    def writers(self, entry: Entry) -> readiness.Writers:
+    def writers(self, entry: Entry) -> writers.Writers:
         if not self.trust_mtime:
-            return readiness.Writers(
-                readiness.UNKNOWN, f"a writer on another host is invisible here ({self.filesystem})"
-            )
+            return writers.Writers(writers.UNKNOWN, f"a writer on another host is invisible here ({self.filesystem})")
         try:
             fd, _info = open_entry(self.held.fd(), entry.name)
         except OSError as error:  # the folder paused (FolderReplaced) is reported by the next look
-            return readiness.Writers(readiness.UNKNOWN, f"cannot open it: {error.strerror or error}", file_problem=True)
+            return writers.Writers(writers.UNKNOWN, f"cannot open it: {error.strerror or error}", file_problem=True)
         try:
-            return readiness.lease_writers(fd)
+            return writers.lease_writers(fd)
         finally:
             os.close(fd)
 

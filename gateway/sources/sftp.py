@@ -44,8 +44,8 @@ from gateway.core.backoff import Backoff
 from gateway.core.errors import SourceGone, SourceUnavailable, describe
 from gateway.core.files import partial_path
 from gateway.core.names import from_bytes, printable, to_bytes
-from gateway.intake import readiness, validation
-from gateway.sources.base import Entry, Released, Taken, fetch_each
+from gateway.sources import writers
+from gateway.sources.base import Entry, Released, Taken, fetch_each, wanted
 
 KEEPALIVE_SECONDS = 30
 RECONNECT_INITIAL_SECONDS = 1.0
@@ -176,8 +176,8 @@ class SftpSource:
     def hints(self) -> set[str]:
         return set()
 
-    def writers(self, entry: Entry) -> readiness.Writers:
-        return readiness.Writers(readiness.UNKNOWN, "a writer on the SFTP server is invisible from here")
+    def writers(self, entry: Entry) -> writers.Writers:
+        return writers.Writers(writers.UNKNOWN, "a writer on the SFTP server is invisible from here")
 
     def _disconnect(self) -> None:
         sftp, client, self._sftp, self._client = self._sftp, self._client, None, None
@@ -332,7 +332,7 @@ class SftpSource:
                 continue  # symlinks, folders and impossible names are never taken
             if self.marker and self.marker.is_marker(name):
                 continue  # markers are never taken themselves
-            if validation.wanted(name, self.settings.include):
+            if wanted(name, self.settings.include):
                 entries.append(
                     Entry(
                         name=name,

@@ -23,7 +23,7 @@ from pathlib import Path
 from gateway.core import logs
 from gateway.core.errors import SourceGone
 from gateway.core.files import CopyCut, fsync_dir, snapshot
-from gateway.intake import readiness
+from gateway.sources import writers
 from gateway.sources.base import Entry
 from gateway.sources.folder import HeldFolder, identity, open_entry
 
@@ -111,12 +111,12 @@ class Taker:
         if (
             not stat.S_ISREG(there.st_mode)
             or identity(there) != identity(taken)
-            or readiness.open_writers(destination).state != readiness.NOBODY
+            or writers.open_writers(destination).state != writers.NOBODY
         ):
             return False  # released once its outcome is known, if unchanged, like any original kept
         fsync_dir(destination.parent)
         os.unlink(name, dir_fd=folder)
-        if readiness.open_writers(destination).state == readiness.WRITING:  # opened in the instant before
+        if writers.open_writers(destination).state == writers.WRITING:  # opened in the instant before
             with contextlib.suppress(FileExistsError):  # a new file under its name: that one is the writer's
                 os.link(destination, name, dst_dir_fd=folder)
             return False  # the original stays, checked again before upload and released like any kept
@@ -141,10 +141,10 @@ class Taker:
                 raise SourceGone(f"{origin} is no longer a regular file; not read")
             if (info.st_size, info.st_mtime) != (entry.size, entry.mtime):
                 raise SourceGone(f"{origin} changed since it settled; it is taken once it settles again")
-            writers = readiness.lease_writers(fd) if self.trust_mtime else readiness.Writers(readiness.UNKNOWN)
-            if writers.state == readiness.WRITING:
+            seen = writers.lease_writers(fd) if self.trust_mtime else writers.Writers(writers.UNKNOWN)
+            if seen.state == writers.WRITING:
                 raise SourceGone(f"{origin} was opened for writing again; it is taken once it settles again")
-            nobody = writers.state == readiness.NOBODY
+            nobody = seen.state == writers.NOBODY
             if (
                 nobody
                 and info.st_uid == os.geteuid()
@@ -215,7 +215,7 @@ class Taker:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(destination)
                 raise
-        if readiness.lease_writers(made.fd).state == readiness.WRITING:  # opened in the instant before
+        if writers.lease_writers(made.fd).state == writers.WRITING:  # opened in the instant before
             self._put_back(folder, entry, destination, made)
         if made.linked:
             _own(destination)

@@ -262,3 +262,8 @@ def _records(records: list[StoredRecord], answers: dict[str, dict[str, Any]]) ->
 def _caiasoft(answers: dict[str, dict[str, Any]], barcode: str) -> dict[str, Any]:
     found = answers.get(barcode)
     return {"caiasoft": found} if found else {}
+
+
+def is_denied(item: Any) -> bool:
+    """True for a per-item result CaiaSoft denied (deny: "Y")."""
+    return isinstance(item, dict) and str(item.get("deny", "")).upper() in ("Y", "YES", "TRUE")

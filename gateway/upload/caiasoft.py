@@ -36,6 +36,7 @@ from gateway.core import http, logs
 from gateway.core.errors import ApiError
 from gateway.core.logs import REDACTED
 from gateway.core.states import Verdict
+from gateway.state.itemindex import is_denied
 
 RETRY_AFTER_CAP_SECONDS = 3600.0
 ANSWER_EXCERPT_CHARS = 2000
@@ -138,11 +139,6 @@ def classify(
     if error not in (None, "", [], {}):  # success is read first: error text on success is a remark, kept
         reason += f"; CaiaSoft also said: {words}"
     return Outcome(Verdict.ACCEPTED, reason, status, answer, denials=denials)
-
-
-def is_denied(item: Any) -> bool:
-    """True for a per-item result CaiaSoft denied (deny: "Y")."""
-    return isinstance(item, dict) and str(item.get("deny", "")).upper() in ("Y", "YES", "TRUE")
 
 
 def _parse_json(body: str) -> Any:

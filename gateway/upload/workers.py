@@ -1,10 +1,9 @@
-"""The output side of the request-file pipeline: upload workers, the finisher and the placer.
+"""The upload workers.
 
 Uploader (several, caiasoft.upload_workers) takes the oldest due file from the
-ledger, sends it, records CaiaSoft's answer and hands the answered file to the
-Finisher (one), which places it (sidecar, archive or error folder) while the
-worker sends its next file. Placer (one) places the files whose placing failed
-earlier (a folder that could not be written), once their backoff has passed.
+ledger, sends it and records CaiaSoft's answer (upload.sender.Sender), and hands
+the answered file to the Finisher (archive.workers), which places it while the
+worker sends its next file.
 """
 
 from __future__ import annotations
@@ -13,21 +12,18 @@ import collections
 import threading
 from collections.abc import Callable
 
+from gateway.archive.placing import Placing
+from gateway.archive.workers import IDLE_POLL_SECONDS, Finisher
 from gateway.core import logs
-from gateway.core.backoff import Gate
-from gateway.core.errors import describe
 from gateway.core.states import Verdict
 from gateway.core.worker import Worker
-from gateway.runtime.pipeline import Pipeline
 from gateway.state.ledger import FileRow
 from gateway.upload.caiasoft import Outcome
+from gateway.upload.sender import Sender
 
 log = logs.get("gateway.uploader")
 
-IDLE_POLL_SECONDS = 1.0
 TAKE_AT_MOST = 4  # files one worker takes from the ledger in one commit, from a backlog
-PLACE_AT_MOST = 8  # files whose final paths the finisher records in one commit
-HANDED_AT_MOST = 16  # answered files waiting for the finisher; an upload worker waits beyond that
 
 
 class Uploader(Worker):
@@ -48,8 +44,8 @@ class Uploader(Worker):
 
     def __init__(
         self,
-        pipeline: Pipeline,
-        gate: Gate | None = None,
+        sender: Sender,
+        placing: Placing,
         wake: threading.Event | None = None,
         name: str = "uploader",
         clock: Callable[[], float] | None = None,
@@ -57,20 +53,17 @@ class Uploader(Worker):
         finisher: Finisher | None = None,
     ):
         super().__init__(name=name)
-        self.pipeline = pipeline
+        self.sender = sender
+        self.ledger = sender.ledger
+        self.gate = sender.gate  # shared by every upload worker
+        self.placing = placing
         self.finisher = finisher  # places answered files; without one (or once it has ended) placed here
-        if gate is not None:
-            pipeline.gate = gate
         self.wake = wake or threading.Event()
-        self.clock = clock or pipeline.ledger.schedule  # the clock next_attempt_at is on, not the wall clock
+        self.clock = clock or sender.ledger.schedule  # the clock next_attempt_at is on, not the wall clock
         self.workers = workers
         self._unrecorded: tuple[FileRow, Outcome] | None = None
         self._taken: collections.deque[FileRow] = collections.deque()
         self._next: tuple[int, list[FileRow]] | None = None  # taken in a commit not yet waited for: (commit, rows)
-
-    @property
-    def gate(self) -> Gate:
-        return self.pipeline.gate
 
     def step(self) -> None:
         if self._unrecorded is not None:
@@ -81,7 +74,7 @@ class Uploader(Worker):
             self._give_back()
             self.rest(closed_for)
             return
-        ledger = self.pipeline.ledger
+        ledger = self.ledger
         if not self._taken and self._next is not None:
             commit, rows = self._next
             self._next = None
@@ -98,7 +91,7 @@ class Uploader(Worker):
                 )
                 return
         row = self._taken.popleft()
-        outcome = self.pipeline.send(row)
+        outcome = self.sender.send(row)
         self._unrecorded = (row, outcome)
         if not self._taken and self._next is None and outcome.verdict not in (Verdict.TRANSIENT, Verdict.PAUSED):
             self._take_ahead()
@@ -111,7 +104,7 @@ class Uploader(Worker):
         answer's commit is (this take joins it, or the one before), and the take is
         waited for again before any of its files is sent.
         """
-        ledger = self.pipeline.ledger
+        ledger = self.ledger
         rows = ledger.take_due(self.clock(), self.workers, TAKE_AT_MOST, beyond=self.workers, wait=False)
         if rows:
             self._next = (ledger.durable(), rows)
@@ -123,17 +116,17 @@ class Uploader(Worker):
         if self._next is not None:
             commit, rows = self._next
             self._next = None
-            self.pipeline.ledger.wait_for(commit)  # if that commit failed, they were never taken: not ours to untake
+            self.ledger.wait_for(commit)  # if that commit failed, they were never taken: not ours to untake
             self._taken.extend(rows)
         if self._taken:
-            self.pipeline.ledger.untake(*(row.id for row in self._taken))
+            self.ledger.untake(*(row.id for row in self._taken))
             self._taken.clear()
 
     def _record(self, row: FileRow, outcome: Outcome) -> None:
-        answered = self.pipeline.record(row, outcome)
+        answered = self.sender.record(row, outcome)
         self._unrecorded = None
         if answered is not None and not self._hand(answered):
-            self.pipeline.place(answered)
+            self.placing.place(answered)
 
     def _hand(self, row: FileRow) -> bool:
         """Hand an answered row to the finisher, resting while its queue is full; False: place it here."""
@@ -145,88 +138,3 @@ class Uploader(Worker):
                 return False  # no waiting for room on the way out
             self.rest(IDLE_POLL_SECONDS, self.finisher.room)
         return False
-
-
-class Finisher(Worker):
-    """Places the files upload workers have answered, in the order they were handed over.
-
-    The answer is durable before a file is handed over (ARCHITECTURE guarantee 7),
-    so what the finisher has in hand at a crash is placed by recovery. Once it
-    ends, hand() refuses and the upload workers place their files themselves;
-    what it still held is placed before it ends.
-    """
-
-    def __init__(self, pipeline: Pipeline, name: str = "finisher", most: int = HANDED_AT_MOST):
-        super().__init__(name=name)
-        self.pipeline = pipeline
-        self.most = most
-        self.wake = threading.Event()
-        self.room = threading.Event()  # set while fewer than most rows are queued, or once ended
-        self.room.set()
-        self._rows: collections.deque[FileRow] = collections.deque()
-        self._lock = threading.Lock()
-        self._closed = False
-
-    def offer(self, row: FileRow) -> bool | None:
-        """Queue an answered row to be placed: True if queued, False once ended, None while HANDED_AT_MOST are
-        queued (room is set again when there is room)."""
-        with self._lock:
-            if self._closed:
-                return False
-            if len(self._rows) >= self.most:
-                self.room.clear()
-                return None
-            self._rows.append(row)
-        self.wake.set()
-        return True
-
-    def step(self) -> None:
-        """Place what has been handed over, with the final paths of up to PLACE_AT_MOST files in one commit.
-
-        A ledger fault (the worker pauses) leaves the files of this step answered, their
-        answers durable: the Placer takes them once their lease runs out, or recovery does.
-        """
-        self.wake.clear()
-        with self._lock:
-            rows = [self._rows.popleft() for _ in range(min(len(self._rows), PLACE_AT_MOST))]
-            self.room.set()
-        if not rows:
-            self.rest(IDLE_POLL_SECONDS * 5, self.wake)
-            return
-        self.pipeline.place_many(rows)
-
-    def end(self) -> None:
-        with self._lock:
-            self._closed = True
-            rows, self._rows = list(self._rows), collections.deque()
-            self.room.set()
-        for row in rows:
-            try:
-                self.pipeline.place(row)
-            except Exception as error:  # the ledger: the row stays answered, and recovery places it at the next start
-                log.error(
-                    "file.place_deferred",
-                    id=row.id,
-                    file=row.name,
-                    error=describe(error),
-                    detail="its answer is recorded; it is placed at the next start",
-                )
-
-
-class Placer(Worker):
-    """Places files whose placing failed (the folder could not be written), each after its backoff."""
-
-    def __init__(self, pipeline: Pipeline, name: str = "placer", clock: Callable[[], float] | None = None):
-        super().__init__(name=name)
-        self.pipeline = pipeline
-        self.clock = clock or pipeline.ledger.schedule  # the clock next_attempt_at is on, not the wall clock
-        self.wake = threading.Event()
-        pipeline.on_place_failed = self.wake.set
-
-    def step(self) -> None:
-        self.wake.clear()
-        if self.pipeline.place_due():
-            return
-        due = self.pipeline.ledger.next_placement_due()
-        wait = IDLE_POLL_SECONDS * 5 if due is None else min(max(due - self.clock(), 0.01), IDLE_POLL_SECONDS * 5)
-        self.rest(wait, self.wake)
