@@ -199,7 +199,7 @@ def test_retention_counts_days_from_the_ledgers_time_and_find_says_what_it_remov
     ledger.claimed(row_id)
     ledger.store_records([row_id], [(row_id, Record(number=1, line=1, barcodes=("31234000000017",)))])
     ledger.queued(row_id, "xml", "0" * 64, 10, {})
-    ledger.take(row_id)
+    ledger.assign(row_id)
     ledger.answered(row_id, "accepted", "ok", http_status=200, uploaded=True)
     target = archive.choose("slip.xml", day)
     ledger.placing(row_id, target)

@@ -38,9 +38,9 @@ def queued_slip(pipeline, site, name="slip.xml") -> int:
 def test_the_answer_is_recorded_before_any_name_is_reserved(pipeline, site, simulator):
     """A crash right after CaiaSoft answered (no name reserved yet) places the file; it is not sent again."""
     row_id = queued_slip(pipeline, site)
-    row = pipeline.ledger.take(row_id)
+    row = pipeline.ledger.assign(row_id)
     outcome = pipeline.sender.send(row)
-    answered = pipeline.sender.record(row, outcome)
+    answered = pipeline.sender.save(row, outcome)
     assert answered.state == FileState.ANSWERED and answered.verdict == Verdict.ACCEPTED
     assert answered.final_path is None and not site.archive.exists(), "nothing reserved before the answer is durable"
     assert pipeline.recover()["finished"] == 1  # what a restart does with it
@@ -51,12 +51,12 @@ def test_the_answer_is_recorded_before_any_name_is_reserved(pipeline, site, simu
 def test_a_folder_that_cannot_be_written_leaves_the_file_waiting_then_it_is_placed(pipeline, site, simulator):
     site.archive.write_text("a file where the archive folder should be")
     row_id = queued_slip(pipeline, site)
-    pipeline.upload(pipeline.ledger.take(row_id))
+    pipeline.upload(pipeline.ledger.assign(row_id))
     row = pipeline.ledger.get(row_id)
     assert row.state == FileState.ANSWERED and row.verdict == Verdict.ACCEPTED
     assert str(site.archive) in row.problem and row.place_failures == 1
     assert [problem.id for problem in pipeline.ledger.problems()] == [row_id]
-    assert pipeline.ledger.take_due(pipeline.clock(), 1, 4) == [], "an answered file never goes back to upload"
+    assert pipeline.ledger.assign_due(pipeline.clock(), 1, 4) == [], "an answered file never goes back to upload"
     wait_for(pipeline.placing.place_due, timeout=5, message="due again after its backoff")
     assert pipeline.ledger.get(row_id).place_failures == 2
     site.archive.unlink()
@@ -75,7 +75,7 @@ def test_a_failure_after_the_name_was_reserved_finishes_at_the_same_place(pipeli
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(pipeline.placing.archive, "write_sidecar", full)
-    pipeline.upload(pipeline.ledger.take(row_id))
+    pipeline.upload(pipeline.ledger.assign(row_id))
     row = pipeline.ledger.get(row_id)
     assert row.state == FileState.ARCHIVING and "No space left" in row.problem
     monkeypatch.undo()
@@ -87,7 +87,7 @@ def test_a_failure_after_the_name_was_reserved_finishes_at_the_same_place(pipeli
 def test_a_file_that_cannot_be_placed_for_its_own_reason_is_stuck_and_shown(pipeline, site, monkeypatch):
     row_id = queued_slip(pipeline, site)
     monkeypatch.setattr("gateway.archive.placing.sidecar", lambda *args: (_ for _ in ()).throw(ValueError("bad name")))
-    pipeline.upload(pipeline.ledger.take(row_id))
+    pipeline.upload(pipeline.ledger.assign(row_id))
     row = pipeline.ledger.get(row_id)
     assert row.state == FileState.STUCK and "bad name" in row.problem
     assert (pipeline.work_dir / row.work_name).exists(), "a stuck file stays in work/"
@@ -98,7 +98,7 @@ def test_a_file_that_cannot_be_placed_for_its_own_reason_is_stuck_and_shown(pipe
 
 
 def test_a_work_file_that_cannot_be_opened_is_refused_as_not_sent(pipeline, site, simulator):
-    row = pipeline.ledger.take(queued_slip(pipeline, site))
+    row = pipeline.ledger.assign(queued_slip(pipeline, site))
     work = pipeline.placing.work_path(row)
     work.unlink()
     work.mkdir()  # open() fails on it, even for root: IsADirectoryError naming the path
@@ -227,22 +227,22 @@ def test_joining_a_worker_never_started_is_not_an_error():
 def test_a_worker_takes_its_share_of_a_backlog_in_one_commit_and_gives_back_what_it_did_not_send(pipeline, site):
     ids = [queued_slip(pipeline, site, f"slip{number}.xml") for number in range(10)]
     ledger = pipeline.ledger
-    first = ledger.take_due(pipeline.clock(), share=4, most=4)
+    first = ledger.assign_due(pipeline.clock(), share=4, most=4)
     assert [row.id for row in first] == ids[:2], "10 due among 4 workers: two each, oldest first"
     assert all(row.state == FileState.UPLOADING and row.attempts == 1 for row in first)
-    assert [row.id for row in ledger.take_due(pipeline.clock(), share=1, most=4)] == ids[2:6]
-    ledger.untake(*ids[2:6])
+    assert [row.id for row in ledger.assign_due(pipeline.clock(), share=1, most=4)] == ids[2:6]
+    ledger.unassign(*ids[2:6])
     back = ledger.rows(ids[2:6])
     assert all(row.state == FileState.QUEUED and row.attempts == 0 for row in back), "not sent: no attempt counted"
-    assert [row.id for row in ledger.take_due(pipeline.clock(), share=4, most=4)] == ids[2:4]  # 8 due: two
+    assert [row.id for row in ledger.assign_due(pipeline.clock(), share=4, most=4)] == ids[2:4]  # 8 due: two
 
 
 def test_an_upload_worker_gives_back_the_files_it_took_when_it_stops(pipeline, site):
-    from gateway.upload.workers import Uploader
+    from gateway.upload.sender import Uploader
 
     ids = [queued_slip(pipeline, site, f"slip{number}.xml") for number in range(3)]
     worker = Uploader(pipeline.sender, pipeline.placing, workers=1)
-    worker._taken.extend(pipeline.ledger.take_due(pipeline.clock(), 1, 4))
+    worker._assigned.extend(pipeline.ledger.assign_due(pipeline.clock(), 1, 4))
     worker.stop()
     worker.start()
     worker.join(10)
@@ -250,7 +250,7 @@ def test_an_upload_worker_gives_back_the_files_it_took_when_it_stops(pipeline, s
 
 
 def test_an_upload_worker_takes_the_next_files_of_a_backlog_while_it_sends_the_last_one_in_hand(pipeline, site):
-    from gateway.upload.workers import Uploader
+    from gateway.upload.sender import Uploader
 
     ids = [queued_slip(pipeline, site, f"slip{number}.xml") for number in range(10)]
     ledger = pipeline.ledger
@@ -272,7 +272,7 @@ def test_an_upload_worker_takes_the_next_files_of_a_backlog_while_it_sends_the_l
     worker.step()  # ids[6], the last in hand: 3 due, more than the workers: one taken ahead
     assert [row.id for row in worker._next[1]] == ids[7:8]
     worker.step()  # ids[7]: 2 due, not more than the workers: left to an idle one
-    assert worker._next is None and not worker._taken
+    assert worker._next is None and not worker._assigned
     assert [row.state for row in ledger.rows(ids[8:])] == [FileState.QUEUED] * 2
     for _ in range(3):
         worker.step()  # ids[8], ids[9] taken (one at a time, as for an idle worker), then nothing due: a rest
@@ -281,7 +281,7 @@ def test_an_upload_worker_takes_the_next_files_of_a_backlog_while_it_sends_the_l
 
 
 def test_an_upload_worker_gives_back_the_files_it_took_ahead_when_it_stops(pipeline, site):
-    from gateway.upload.workers import Uploader
+    from gateway.upload.sender import Uploader
 
     ids = [queued_slip(pipeline, site, f"slip{number}.xml") for number in range(12)]
     worker = Uploader(pipeline.sender, pipeline.placing, workers=2)
@@ -328,8 +328,8 @@ def test_the_finisher_places_what_it_was_handed_before_it_ends_then_refuses(pipe
 
     answered = []
     for number in range(3):
-        row = pipeline.ledger.take(queued_slip(pipeline, site, f"slip{number}.xml"))
-        answered.append(pipeline.sender.record(row, pipeline.sender.send(row)))
+        row = pipeline.ledger.assign(queued_slip(pipeline, site, f"slip{number}.xml"))
+        answered.append(pipeline.sender.save(row, pipeline.sender.send(row)))
     finisher = Finisher(pipeline.placing)
     assert all(finisher.offer(row) for row in answered[:2])
     finisher.stop()  # stopped before it ever ran a step: end() still places what it holds
@@ -346,8 +346,8 @@ def test_a_full_finisher_says_so_and_has_room_again_once_it_has_placed(pipeline,
 
     answered = []
     for number in range(2):
-        row = pipeline.ledger.take(queued_slip(pipeline, site, f"full{number}.xml"))
-        answered.append(pipeline.sender.record(row, pipeline.sender.send(row)))
+        row = pipeline.ledger.assign(queued_slip(pipeline, site, f"full{number}.xml"))
+        answered.append(pipeline.sender.save(row, pipeline.sender.send(row)))
     finisher = Finisher(pipeline.placing, most=1)
     assert finisher.room.is_set() and finisher.offer(answered[0]) is True
     assert finisher.offer(answered[1]) is None, "full: not queued"
@@ -364,8 +364,8 @@ def test_placing_several_files_at_once_records_their_paths_together_and_skips_on
     """The finisher's batches: every file placed with its sidecar; a row placed meanwhile leaves nothing behind."""
     answered = []
     for number in range(3):
-        row = pipeline.ledger.take(queued_slip(pipeline, site, f"slip{number}.xml"))
-        answered.append(pipeline.sender.record(row, pipeline.sender.send(row)))
+        row = pipeline.ledger.assign(queued_slip(pipeline, site, f"slip{number}.xml"))
+        answered.append(pipeline.sender.save(row, pipeline.sender.send(row)))
     pipeline.placing.place(answered[1])  # placed by someone else meanwhile (a lease that ran out)
     pipeline.placing.place_many(answered)
     rows = pipeline.ledger.rows([row.id for row in answered])
@@ -389,8 +389,8 @@ def test_a_batch_of_placed_files_syncs_its_day_folder_once_before_any_work_name_
 
     answered = []
     for number in range(3):
-        row = pipeline.ledger.take(queued_slip(pipeline, site, f"batch{number}.xml"))
-        answered.append(pipeline.sender.record(row, pipeline.sender.send(row)))
+        row = pipeline.ledger.assign(queued_slip(pipeline, site, f"batch{number}.xml"))
+        answered.append(pipeline.sender.save(row, pipeline.sender.send(row)))
     work = [pipeline.placing.work_path(row) for row in answered]
     synced = []
 

@@ -35,7 +35,7 @@ def _file(ledger: Ledger, clock: Clock, name: str, records: list[Record], outcom
     ledger.queued(row_id, "xml", "0" * 64, 100, {"records": len(records)})
     if outcome != "queued":
         clock.now += 1
-        ledger.take(row_id)
+        ledger.assign(row_id)
         target = folder / "2026" / "11" / "28" / name
         ledger.answered(
             row_id,

@@ -19,7 +19,7 @@ def test_rows_carry_their_state_and_verdict_as_the_enums_they_were_written_from(
     row_id = ledger.begin_claim("print", "a_barcode", "/print/a_barcode", 15, 1.0)
     assert ledger.row(row_id).state is FileState.CLAIMING and ledger.row(row_id).verdict is None
     ledger.queued(row_id, "barcodes", "0" * 64, 15, {})
-    taken = ledger.take(row_id)
+    taken = ledger.assign(row_id)
     assert taken is not None and taken.state is FileState.UPLOADING
     answered = ledger.answered(row_id, Verdict.REFUSED, "Invalid Stop Code", uploaded=True)
     assert answered.state is FileState.ANSWERED and answered.verdict is Verdict.REFUSED

@@ -106,7 +106,7 @@ def test_crash_in_a_copy_claim_before_the_original_was_removed(pipeline, site):
     assert pipeline.ledger.get(row_id).state == "queued"
     info = path.stat()  # a copy-claim keeps its original until the file is sent: held, never taken twice
     assert (str(path), info.st_size, info.st_mtime) in pipeline.ledger.held("print")
-    pipeline.upload(pipeline.ledger.take(row_id))
+    pipeline.upload(pipeline.ledger.assign(row_id))
     row = pipeline.ledger.get(row_id)
     assert row.state == "archived"
     assert (
@@ -117,17 +117,17 @@ def test_crash_in_a_copy_claim_before_the_original_was_removed(pipeline, site):
 
 def test_crash_during_upload_puts_the_file_back_in_the_queue(pipeline, site, simulator):
     row_id = pipeline.admission.adopt_copy(slip(site))
-    assert pipeline.ledger.take(row_id).state == "uploading"
+    assert pipeline.ledger.assign(row_id).state == "uploading"
     assert pipeline.recover()["requeued"] == 1
     row = pipeline.ledger.get(row_id)
     assert row.state == "queued"
-    pipeline.upload(pipeline.ledger.take(row_id))
+    pipeline.upload(pipeline.ledger.assign(row_id))
     assert pipeline.ledger.get(row_id).state == "archived"
 
 
 def test_crash_while_archiving_finishes_at_the_recorded_place(pipeline, site):
     row_id = pipeline.admission.adopt_copy(slip(site))
-    pipeline.ledger.take(row_id)
+    pipeline.ledger.assign(row_id)
     pipeline.ledger.answered(
         row_id, Verdict.ACCEPTED, "accepted", http_status=200, answer={"success": True, "error": ""}, uploaded=True
     )
@@ -142,7 +142,7 @@ def test_crash_while_archiving_finishes_at_the_recorded_place(pipeline, site):
 
 def test_crash_after_the_archive_move_but_before_the_sidecar(pipeline, site):
     row_id = pipeline.admission.adopt_copy(slip(site))
-    row = pipeline.ledger.take(row_id)
+    row = pipeline.ledger.assign(row_id)
     pipeline.ledger.answered(row_id, Verdict.ACCEPTED, "accepted", http_status=200, uploaded=True)
     target = pipeline.placing.archive.choose("slip.xml", dt.datetime(2026, 11, 28))
     pipeline.ledger.placing(row_id, target)
@@ -155,7 +155,7 @@ def test_crash_after_the_archive_move_but_before_the_sidecar(pipeline, site):
 @pytest.mark.e2e
 def test_the_partial_copies_a_crash_left_in_the_archive_are_removed_at_start(pipeline, site, simulator, daemon_factory):
     row_id = pipeline.admission.adopt_copy(slip(site))
-    pipeline.ledger.take(row_id)
+    pipeline.ledger.assign(row_id)
     pipeline.ledger.answered(row_id, Verdict.ACCEPTED, "accepted", http_status=200, uploaded=True)
     target = pipeline.placing.archive.choose("slip.xml", dt.datetime.now())
     pipeline.ledger.placing(row_id, target)
@@ -223,7 +223,7 @@ def test_two_gateways_cannot_share_a_state_dir(tmp_path):
 
 def test_a_name_reserved_before_a_crash_recorded_the_place_is_free_again_at_start(pipeline, site):
     first = pipeline.admission.adopt_copy(slip(site, "first.xml"))
-    pipeline.ledger.take(first)
+    pipeline.ledger.assign(first)
     pipeline.ledger.answered(
         first, Verdict.ACCEPTED, "accepted", http_status=200, answer={"success": True, "error": ""}, uploaded=True
     )
@@ -231,7 +231,7 @@ def test_a_name_reserved_before_a_crash_recorded_the_place_is_free_again_at_star
     reserved = pipeline.placing.archive.choose("first.xml", now)  # the crash: before the ledger recorded it
     # another file whose place (the next free name) was recorded and not yet filled keeps its reservation
     second = pipeline.admission.adopt_copy(slip(site, "second.xml"))
-    pipeline.ledger.take(second)
+    pipeline.ledger.assign(second)
     pipeline.ledger.answered(
         second, Verdict.ACCEPTED, "accepted", http_status=200, answer={"success": True, "error": ""}, uploaded=True
     )

@@ -60,7 +60,7 @@ def place(
     ledger.moved_when_taken(row_id)
     ledger.store_records([row_id], [(row_id, Record(number=1, line=1, barcodes=barcodes, request_number=request))])
     ledger.queued(row_id, "xml", "0" * 64, 10, {})
-    ledger.take(row_id)
+    ledger.assign(row_id)
     answer = {
         "success": verdict == Verdict.ACCEPTED,
         "results": [

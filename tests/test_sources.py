@@ -265,7 +265,7 @@ class Threads:
         from gateway.runtime.pipeline import Pipeline
         from gateway.state.ledger import Ledger
         from gateway.upload.caiasoft import CaiaSoftClient
-        from gateway.upload.workers import Uploader
+        from gateway.upload.sender import Uploader
 
         config = site.load()
         self.ledger = Ledger(config.paths.database)

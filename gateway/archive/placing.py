@@ -23,22 +23,24 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gateway import __version__
 from gateway.archive import aftertake
 from gateway.archive.folders import Folder
-from gateway.archive.sidecars import sidecar
 from gateway.core import logs
 from gateway.core.backoff import Backoff
 from gateway.core.errors import BUG, describe, fault_kind
 from gateway.core.files import fsync_dir
-from gateway.core.states import FileState
+from gateway.core.names import printable
+from gateway.core.states import FileState, Verdict
 from gateway.monitor.events import NO_EVENTS, Events
-from gateway.state.itemindex import sidecar_records
+from gateway.state.itemindex import is_denied, sidecar_records
 from gateway.state.ledger import FileRow, Ledger
 
 log = logs.get("gateway.pipeline")  # its lines were always the pipeline's: scripts filter on the logger
@@ -132,7 +134,7 @@ class Placing:
 
     def place_due(self) -> bool:
         """Place one row whose placing is due again (after a fault); return False if none was due."""
-        row = self.ledger.take_placement()
+        row = self.ledger.assign_placement()
         if row is None:
             return False
         if self.place(row) is not None and row.problem:
@@ -265,3 +267,44 @@ class Placing:
         """A finished file whose original changed after it was taken: its sidecar says so."""
         if row.final_path and Path(row.final_path).exists():
             aftertake.add_note(self.folder_for(row), row, size_now, sidecar(row, Path(row.final_path), self.clock()))
+
+
+# -- the sidecar: the NAME.json an admin reads beside each file in the archive or error folder --------------
+
+
+def _iso(moment: float | None) -> str | None:
+    return dt.datetime.fromtimestamp(moment).astimezone().isoformat(timespec="seconds") if moment else None
+
+
+def sidecar(row: FileRow, final: Path, now: float, contents: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The NAME.json an admin reads beside a file in the archive or error folder.
+
+    contents (Pipeline.contents) says what was in the file: its records, or a barcode list's barcodes.
+    """
+    answer = row.answer_json
+    denied = [item for item in answer.get("results") or [] if is_denied(item)] if isinstance(answer, dict) else []
+    return {
+        "file": final.name,
+        "original_name": printable(row.name),  # escaped as in status: reversible with names.unprintable
+        "outcome": str(Verdict.ACCEPTED if row.accepted else Verdict.REFUSED),
+        "reason": row.reason,
+        "source": row.source,
+        "original_path": printable(row.origin),
+        "size": row.size,
+        "sha256": row.sha256,
+        "kind": row.kind,
+        "details": json.loads(row.details) if row.details else None,
+        "http_status": row.http_status,
+        "caiasoft_answer": answer,
+        "denied_items": denied,
+        **(contents or {}),
+        "attempts": row.attempts,
+        "times": {
+            "seen": _iso(row.seen_at),
+            "claimed": _iso(row.claimed_at),
+            "uploaded": _iso(row.uploaded_at),
+            "finished": _iso(row.finished_at or now),
+        },
+        "ledger_id": row.id,
+        "gateway": f"aleph-caiasoft-gateway {__version__}",
+    }

@@ -117,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
         "--trust-clock",
         dest="trust_clock",
         action="store_true",
-        help="count days from the clock even where it is more than a day ahead of the ledger's "
+        help="count days from the clock even where it is more than 36 hours ahead of the ledger's "
         "time (after a long stop, once you know the clock is right)",
     )
     demo = commands.add_parser("demo", help="a self-contained run with the simulator and sample files")
@@ -490,7 +490,7 @@ def cmd_send(args: argparse.Namespace) -> int:
                 continue
             row_id = pipeline.admission.adopt_copy(path)
             for attempt in range(max(args.attempts, 1)):
-                row = ledger.take(row_id)
+                row = ledger.assign(row_id)
                 if row is None:  # the running service took it first: wait for its answer
                     _wait_until_settled(ledger, row_id, config.caiasoft.timeout_seconds * 2)
                     break
@@ -596,7 +596,7 @@ def cmd_journal(args: argparse.Namespace) -> int:
         hint = (
             (
                 " (the user appending needs write permission on the journal, and on its folder to create it; "
-                "see README, The journal)"
+                "see docs/operations.md, The journal)"
             )
             if isinstance(error, PermissionError)
             else ""

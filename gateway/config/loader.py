@@ -43,7 +43,7 @@ from gateway.config.settings import (
     SourceSettings,
 )
 from gateway.config.tables import read_table
-from gateway.core.errors import ConfigError, Problem
+from gateway.core.errors import ConfigError, ConfigProblem
 
 __all__ = [
     "CONFIG_ENV",
@@ -130,10 +130,10 @@ class _Values:
     ncip: dict[str, Any] | None = None
     feed: dict[str, Any] | None = None
     optional: dict[str, dict[str, Any]] = field(default_factory=dict)  # [alerts], [metrics] if present
-    problems: list[Problem] = field(default_factory=list)
+    problems: list[ConfigProblem] = field(default_factory=list)
 
     def problem(self, key: str, message: str) -> None:
-        self.problems.append(Problem(str(self.file), key, message))
+        self.problems.append(ConfigProblem(str(self.file), key, message))
 
     def raise_problems(self) -> None:
         if self.problems:
@@ -196,11 +196,11 @@ class _Values:
             with open(self.file, "rb") as handle:
                 return tomllib.load(handle)
         except FileNotFoundError:
-            raise ConfigError([Problem(name, "", "file not found")]) from None
+            raise ConfigError([ConfigProblem(name, "", "file not found")]) from None
         except PermissionError:
-            raise ConfigError([Problem(name, "", "cannot be read (permission denied)")]) from None
+            raise ConfigError([ConfigProblem(name, "", "cannot be read (permission denied)")]) from None
         except tomllib.TOMLDecodeError as error:
-            raise ConfigError([Problem(name, "", f"not valid TOML: {error}")]) from None
+            raise ConfigError([ConfigProblem(name, "", f"not valid TOML: {error}")]) from None
 
     def _table(self, raw: dict[str, Any], table: str) -> dict[str, Any]:
         section = raw.get(table, {})

@@ -1,14 +1,15 @@
 """Every config key the gateway knows: its section, TOML type, default and meaning.
 
-gateway.config.loader reads and validates files against this; conf/gateway.toml and the
-README's configuration reference (printed by tools/config-reference) must name every key.
+gateway.config.loader reads and validates files against this; conf/gateway.toml and
+docs/configuration.md (written by tools/config-reference --write) must name every key, and
+gateway.toml(5) is written from it (gateway/cli/configpage.py).
 
 To add a key:
   1. declare it below, in its table, with kind, default (or REQUIRED), doc and bounds;
   2. add a field of the same name to that table's dataclass in gateway/config/settings.py
      (for [[sources]]: to LocalSourceSettings and/or SftpSourceSettings);
   3. if a value needs more than its kind, choices and minimum, check it in gateway/config/rules.py;
-  4. name it in conf/gateway.toml and in the README (tools/config-reference prints the table row).
+  4. name it in conf/gateway.toml and run tools/config-reference --write (docs/configuration.md).
 tests/test_config.py fails until 2 and 4 are done.
 """
 
@@ -158,8 +159,8 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
             "int",
             0,
             "Archive days older than this are deleted, counted on the ledger's time if the clock is more than "
-            '36 hours ahead of it (see "Trust"; prune --trust-clock); 0 keeps everything. The ledger keeps, '
-            "per item, what `find` needs of the files removed.",
+            '36 hours ahead of it (docs/design.md, "The clock is not trusted"; prune --trust-clock); 0 keeps '
+            "everything. The ledger keeps, per item, what `find` needs of the files removed.",
             minimum=0,
         ),
         Key(
@@ -431,8 +432,8 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
             "strings",
             ["ERT"],
             'Retrieval types (retrievalinfo\'s "retrieval type") that do not check the item out in ALEPH: ERT, '
-            "an electronic retrieval (the item is scanned and stays in the facility). Empty = every retrieval "
-            "checks out.",
+            "an electronic retrieval (the item is scanned and stays in the facility). Not empty: to have every "
+            "retrieval check out, name a type CaiaSoft never sends.",
         ),
     ),
     "alerts": (

@@ -10,7 +10,7 @@ class GatewayError(Exception):
 
 
 @dataclass(frozen=True)
-class Problem:
+class ConfigProblem:
     """One thing wrong with the configuration: where (file and key) and what."""
 
     file: str
@@ -24,7 +24,7 @@ class Problem:
 class ConfigError(GatewayError):
     """The configuration cannot be used. Carries every problem found, not just the first."""
 
-    def __init__(self, problems: list[Problem]):
+    def __init__(self, problems: list[ConfigProblem]):
         self.problems = problems
         super().__init__("\n".join(str(problem) for problem in problems))
 

@@ -3,8 +3,8 @@
 move_no_clobber makes the target's folder entry durable (fsync of the folder)
 before it removes the source, so a crash or power loss leaves the file at its
 new name, or at both names, never at neither. Removing the source is not synced:
-after a power loss the original may be back, and is taken again (the guarantee
-allows a file in flight to be sent twice, never lost). Other entries a caller
+after a power loss the original may be back, and is taken again (docs/design.md,
+"A crash needs no admin": a file in flight may be sent twice, never lost). Other entries a caller
 writes into a folder (sidecars) are its to sync, with fsync_dir.
 """
 

@@ -15,9 +15,9 @@ memory. Every call the gateway makes goes through ``send()`` instead:
     answer.text        # body decoded (charset from Content-Type, else UTF-8; bad bytes replaced)
 
 Contract:
-- Given a session from new_session(), return an Answer once the status line,
+- Given a session from new_session(), return a Reply once the status line,
   headers and body (cut at max_bytes) have arrived, all within ``deadline``
-  seconds of the call. Any status is an Answer; redirects are not followed
+  seconds of the call. Any status is a Reply; redirects are not followed
   unless ``allow_redirects=True`` is passed.
 - Raise DeadlineExceeded (a requests.Timeout) when the whole exchange (connect,
   sending the request, reading the answer) takes longer than ``deadline``: at the
@@ -72,7 +72,7 @@ class DeadlineExceeded(requests.Timeout):
 
 
 @dataclass(frozen=True)
-class Answer:
+class Reply:
     """A server's answer: status, headers, body (at most max_bytes), whether it was cut, seconds taken."""
 
     status: int
@@ -301,8 +301,8 @@ def send(
     step_timeout: float | None = None,
     verify: bool | str = True,
     **kwargs: Any,
-) -> Answer:
-    """Make one HTTP call within deadline seconds and return its Answer, body cut at max_bytes.
+) -> Reply:
+    """Make one HTTP call within deadline seconds and return its Reply, body cut at max_bytes.
 
     kwargs go to requests (headers, data, files, params, proxies, allow_redirects).
     Raise DeadlineExceeded past the deadline, another requests.RequestException for
@@ -335,7 +335,7 @@ def send(
         raise requests.ConnectionError(f"{error.__class__.__name__}: {error}") from error
     finally:
         _current.deadline = previous
-    return Answer(
+    return Reply(
         response.status_code, CaseInsensitiveDict(response.headers), body, truncated, time.monotonic() - started
     )
 

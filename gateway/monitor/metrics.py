@@ -4,7 +4,7 @@ Counters (files, denied items, NCIP entries) are seeded from the ledger when the
 starts, so a restart does not reset a rate; gauges are read when scraped (the ledger's
 pending files) or from the service's last Conditions (paused, sources, NCIP lag).
 
-The names are a contract (see the README, "Monitoring and alerts"):
+The names are a contract (docs/operations.md, "Alerts and metrics"):
     caiasoft_gateway_files_total{source,outcome}     outcome archived | refused
     caiasoft_gateway_denied_items_total{source}
     caiasoft_gateway_pending_files

@@ -23,7 +23,7 @@ from gateway.runtime.pipeline import Pipeline
 from gateway.state.check import LedgerCheck
 from gateway.state.ledger import Ledger
 from gateway.upload.caiasoft import CaiaSoftClient
-from gateway.upload.workers import Uploader
+from gateway.upload.sender import Uploader
 
 if TYPE_CHECKING:  # imported with [ncip] only: a run without it starts sooner
     from gateway.ncip.feed import Feed

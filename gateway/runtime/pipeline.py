@@ -75,7 +75,7 @@ class Pipeline:
     def upload(self, row: FileRow) -> Outcome:
         """Send one 'uploading' row, record the answer and place the file (the `send` command, no workers)."""
         outcome = self.sender.send(row)
-        answered = self.sender.record(row, outcome)
+        answered = self.sender.save(row, outcome)
         if answered is not None:
             self.placing.place(answered)
         return outcome

@@ -7,7 +7,7 @@ handle that was opened (never following a link, never blocking) and checked to
 be the regular file that settled, into a new file of the gateway's user that no
 other user can write: a snapshot, capped by max_file_bytes and a deadline. So
 the bytes validated, hashed, sent and archived are the same, and no other user
-can change them later (gateway.sources.local uses this; README "Trust").
+can change them later (gateway.sources.local uses this; docs/design.md, "Trust boundaries").
 """
 
 from __future__ import annotations

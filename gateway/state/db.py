@@ -142,7 +142,7 @@ class LedgerDb:
         return self._commits.transaction(wait)
 
     def durable(self) -> int:
-        """The commit this thread's last transition joined (see take_due), for wait_for()."""
+        """The commit this thread's last transition joined (see assign_due), for wait_for()."""
         return self._commits.durable()
 
     def wait_for(self, commit: int) -> None:

@@ -32,7 +32,7 @@ The ledger is made of small parts, each a mixin of Ledger over one connection:
 
 Transitions are committed by group commit (gateway/state/groupcommit.py): a method
 returns once its change is durable, but the changes of all threads waiting at
-once share one COMMIT. Only finished() (recovery redoes it) and a take_due() that
+once share one COMMIT. Only finished() (recovery redoes it) and a assign_due() that
 its caller waits for later (before sending) do not wait. The NCIP relay's
 checkpoint is not a ledger row but a small file the ledger hands out
 (checkpoints.py): moving it costs one pwrite and one fdatasync per entry.

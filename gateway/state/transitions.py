@@ -73,14 +73,14 @@ class FileTransitions(LedgerDb):
                 if changed != 1:
                     raise LookupError(f"ledger row {row_id} is not being claimed")
 
-    def take_due(self, now: float, share: int, most: int, *, beyond: int = 0, wait: bool = True) -> list[FileRow]:
-        """Mark up to most of the oldest due queued files 'uploading' in one commit; return them in order.
+    def assign_due(self, now: float, share: int, most: int, *, beyond: int = 0, wait: bool = True) -> list[FileRow]:
+        """Assign up to most of the oldest due queued files to a worker (uploading) in one commit; return them in order.
 
         now is on the schedule clock (LedgerDb.schedule), as every next_attempt_at is.
 
-        A backlog is shared among share workers: each takes its part of what is due (at
-        least one, at most most), so a few files are not all taken by one worker. Nothing
-        is taken unless more than beyond files are due. Without wait the take is not yet
+        A backlog is shared among share workers: each is assigned its part of what is due (at
+        least one, at most most), so a few files are not all assigned to one worker. Nothing
+        is assigned unless more than beyond files are due. Without wait the assignment is not yet
         durable on return: wait_for(durable()) before sending any of them.
         """
         with self._transaction(wait) as db:
@@ -97,11 +97,11 @@ class FileTransitions(LedgerDb):
                 " ORDER BY next_attempt_at, id LIMIT ?) RETURNING *",
                 (now, max(1, min(most, due // max(share, 1)))),
             ).fetchall()
-        taken = [FileRow(**dict(row)) for row in rows]
-        return sorted(taken, key=lambda row: (row.next_attempt_at, row.id))
+        assigned = [FileRow(**dict(row)) for row in rows]
+        return sorted(assigned, key=lambda row: (row.next_attempt_at, row.id))
 
-    def untake(self, *row_ids: int) -> None:
-        """Files taken but not sent (the worker stops, or uploads pause): back to the queue, the attempt undone."""
+    def unassign(self, *row_ids: int) -> None:
+        """Files assigned but not sent (the worker stops, or uploads pause): back to the queue, the attempt undone."""
         with self._transaction() as db:
             db.executemany(
                 "UPDATE files SET state = 'queued', attempts = MAX(attempts - 1, 0) "
@@ -109,7 +109,7 @@ class FileTransitions(LedgerDb):
                 [(row_id,) for row_id in row_ids],
             )
 
-    def take(self, row_id: int) -> FileRow | None:
+    def assign(self, row_id: int) -> FileRow | None:
         """Mark one queued file 'uploading' (for `send`); None if it is not queued."""
         with self._transaction() as db:
             row = db.execute(
@@ -185,7 +185,7 @@ class FileTransitions(LedgerDb):
     ) -> FileRow:
         """Record the verdict (CaiaSoft's, or the gateway's own refusal) before the file is placed; return the row.
 
-        The row is leased to the caller for PLACE_LEASE_SECONDS: the Placer does not take
+        The row is leased to the caller for PLACE_LEASE_SECONDS: the Placer is not assigned
         it meanwhile (the caller places it at once; after a crash, recover() does).
         """
         if verdict not in (Verdict.ACCEPTED, Verdict.REFUSED):
@@ -260,7 +260,7 @@ class FileTransitions(LedgerDb):
             ).rowcount
         return count
 
-    def take_placement(self, now: float | None = None) -> FileRow | None:
+    def assign_placement(self, now: float | None = None) -> FileRow | None:
         """The oldest row whose placing is due (a retry, or a lease that ran out), leased anew; None if none.
 
         now is on the schedule clock (LedgerDb.schedule), as every next_attempt_at is."""

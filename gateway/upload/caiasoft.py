@@ -214,7 +214,7 @@ class CaiaSoftClient:
     def _headers(self) -> dict[str, str]:
         return {"X-API-Key": self._key.value, "Accept": "application/json"}
 
-    def _call(self, method: str, url: str, **kwargs: Any) -> http.Answer:
+    def _call(self, method: str, url: str, **kwargs: Any) -> http.Reply:
         return http.send(
             self.session,
             method,
@@ -227,7 +227,7 @@ class CaiaSoftClient:
             **kwargs,
         )
 
-    def _outcome(self, answer: http.Answer) -> Outcome:
+    def _outcome(self, answer: http.Reply) -> Outcome:
         body = scrub(answer.text, self._key.value)
         outcome = classify(
             answer.status,

@@ -1,28 +1,41 @@
-"""Sending one request file to CaiaSoft and making its answer durable.
+"""Sending request files to CaiaSoft and making the answers durable: the Sender and the upload workers.
 
 The Sender is the upload stage: send() posts the file and reads the answer,
-record() makes the answer durable in the ledger and tells the upload gate. It never
+save() makes the answer durable in the ledger and tells the upload gate. It never
 places a file: the answered row it returns goes to archive.placing (through the
-finisher), so there is one way to place a file.
+Finisher, archive.workers), so there is one way to place a file.
+
+Uploader (several, caiasoft.upload_workers) is assigned the oldest due file by the
+ledger and drives the Sender, then hands the answered file to the Finisher, which
+places it while the worker sends its next file.
 """
 
 from __future__ import annotations
 
+import collections
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from gateway.archive import aftertake
+from gateway.archive.placing import Placing
+from gateway.archive.workers import IDLE_POLL_SECONDS, Finisher
 from gateway.config.settings import CaiaSoft
 from gateway.core import logs
 from gateway.core.backoff import Gate
 from gateway.core.errors import describe
 from gateway.core.names import safe_name
 from gateway.core.states import Verdict
+from gateway.core.worker import Worker
 from gateway.monitor.events import NO_EVENTS, Events
 from gateway.sources.base import Source
 from gateway.state.ledger import FileRow, Ledger
 from gateway.upload.caiasoft import CaiaSoftClient, Outcome, counts_unreadable, settle_unreadable
 
 log = logs.get("gateway.pipeline")  # its lines were always the pipeline's: scripts filter on the logger
+worker_log = logs.get("gateway.uploader")
+
+ASSIGN_AT_MOST = 4  # files the ledger assigns one worker in one commit, from a backlog
 
 
 class Sender:
@@ -90,7 +103,7 @@ class Sender:
                 "have reached CaiaSoft: check there before `retry`",
             )
 
-    def record(self, row: FileRow, outcome: Outcome) -> FileRow | None:
+    def save(self, row: FileRow, outcome: Outcome) -> FileRow | None:
         """Make the answer durable and tell the gate; return the answered row, to be placed, if any."""
         fields = dict(
             id=row.id,
@@ -136,3 +149,117 @@ class Sender:
             answer=outcome.answer,
             uploaded=outcome.http_status is not None,
         )
+
+
+class Uploader(Worker):
+    """One upload worker. They start uploads in the order files arrived.
+
+    From a backlog a worker is assigned several due files in one ledger commit (its share
+    of what is due, at most ASSIGN_AT_MOST) and sends them one after the other; files
+    assigned but not sent go back to the queue when uploads pause or the worker stops.
+    Once the last of them is answered, it is assigned the next ones, if more files are due
+    than there are workers (a backlog: no idle worker is kept from them), in the
+    commit that saves that answer, so the assignment costs no wait of its own; its files
+    are sent only once that commit is durable.
+    It checks in at least every CHECK_IN_SECONDS except while an upload is on the
+    wire, so an upload stuck longer than the watchdog period shows as hung. An
+    answer the ledger could not save (locked, disk full) is kept and saved
+    first at the next step, so it is never lost to a retry.
+    """
+
+    def __init__(
+        self,
+        sender: Sender,
+        placing: Placing,
+        wake: threading.Event | None = None,
+        name: str = "uploader",
+        clock: Callable[[], float] | None = None,
+        workers: int = 1,
+        finisher: Finisher | None = None,
+    ):
+        super().__init__(name=name)
+        self.sender = sender
+        self.ledger = sender.ledger
+        self.gate = sender.gate  # shared by every upload worker
+        self.placing = placing
+        self.finisher = finisher  # places answered files; without one (or once it has ended) placed here
+        self.wake = wake or threading.Event()
+        self.clock = clock or sender.ledger.schedule  # the clock next_attempt_at is on, not the wall clock
+        self.workers = workers
+        self._unsaved: tuple[FileRow, Outcome] | None = None
+        self._assigned: collections.deque[FileRow] = collections.deque()
+        self._next: tuple[int, list[FileRow]] | None = None  # assigned in a commit not yet waited for: (commit, rows)
+
+    def step(self) -> None:
+        if self._unsaved is not None:
+            self._save(*self._unsaved)
+            return
+        closed_for = self.gate.wait_seconds()
+        if closed_for:
+            self._give_back()
+            self.rest(closed_for)
+            return
+        ledger = self.ledger
+        if not self._assigned and self._next is not None:
+            commit, rows = self._next
+            self._next = None
+            ledger.wait_for(commit)  # almost always durable by now; if that commit failed, they were never assigned
+            self._assigned.extend(rows)
+        if not self._assigned:
+            self.wake.clear()
+            self._assigned.extend(ledger.assign_due(self.clock(), self.workers, ASSIGN_AT_MOST))
+            if not self._assigned:
+                due = ledger.next_due_at()
+                self.rest(
+                    IDLE_POLL_SECONDS if due is None else min(max(due - self.clock(), 0.01), IDLE_POLL_SECONDS * 5),
+                    self.wake,
+                )
+                return
+        row = self._assigned.popleft()
+        outcome = self.sender.send(row)
+        self._unsaved = (row, outcome)
+        if not self._assigned and self._next is None and outcome.verdict not in (Verdict.TRANSIENT, Verdict.PAUSED):
+            self._assign_ahead()
+        self._save(row, outcome)
+
+    def _assign_ahead(self) -> None:
+        """The last file in hand is answered: be assigned the next ones in the commit that saves its answer.
+
+        Only from a backlog (more files due than workers). Not waited for here: the
+        answer's commit is (this assignment joins it, or the one before), and the assignment is
+        waited for again before any of its files is sent.
+        """
+        ledger = self.ledger
+        rows = ledger.assign_due(self.clock(), self.workers, ASSIGN_AT_MOST, beyond=self.workers, wait=False)
+        if rows:
+            self._next = (ledger.durable(), rows)
+
+    def end(self) -> None:
+        self._give_back()
+
+    def _give_back(self) -> None:
+        if self._next is not None:
+            commit, rows = self._next
+            self._next = None
+            self.ledger.wait_for(commit)  # if that commit failed, they were never assigned: not ours to unassign
+            self._assigned.extend(rows)
+        if self._assigned:
+            self.ledger.unassign(*(row.id for row in self._assigned))
+            self._assigned.clear()
+
+    def _save(self, row: FileRow, outcome: Outcome) -> None:
+        answered = self.sender.save(row, outcome)
+        self._unsaved = None
+        if answered is not None and not self._hand(answered):
+            self.placing.place(answered)
+
+    def _hand(self, row: FileRow) -> bool:
+        """Hand an answered row to the finisher, resting while its queue is full; False: place it here."""
+        while self.finisher is not None:
+            handed = self.finisher.offer(row)
+            if handed is not None:
+                return handed
+            if self.stopping:
+                return False  # no waiting for room on the way out
+            self.rest(IDLE_POLL_SECONDS, self.finisher.room)
+        return False
