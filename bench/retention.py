@@ -100,7 +100,7 @@ def build(root: Path, rows: int, now: float, per_day: int) -> tuple[Path, Folder
         )
         ledger.store_records([row_id], [(row_id, record)])
         ledger.queued(row_id, "xml", "0" * 64, 2048, {"records": 1, "form_names": ["hold-request-slip"]})
-        ledger.take(row_id)
+        ledger.assign(row_id)
         ledger.answered(
             row_id,
             Verdict.ACCEPTED,
