@@ -38,15 +38,15 @@ from gateway.intake import validation
 from gateway.state.itemindex import RecordSpool
 from gateway.state.ledger import Ledger
 path, ledger = Path(sys.argv[1]), Ledger(Path(sys.argv[2]))
-row_id = ledger.begin_claim("bench", path.name, str(path), path.stat().st_size, 0.0)
-spool = RecordSpool(ledger)
+row_id = ledger.files.begin_claim("bench", path.name, str(path), path.stat().st_size, 0.0)
+spool = RecordSpool(ledger.items)
 spool.start(row_id)
 started = time.perf_counter()
 found = validation.inspect(path, path.name, 60 * 1024 * 1024, on_record=spool.add)
 spool.flush()
 print(json.dumps({"records": found.details["records"], "seconds": time.perf_counter() - started,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "indexed": ledger.record_count(row_id)}))
+                  "indexed": ledger.items.record_count(row_id)}))
 """
 
 
@@ -118,10 +118,10 @@ def find_bench(work: Path, files: int) -> dict:
     started = time.perf_counter()
     for first in range(0, files, BATCH):
         count = min(BATCH, files - first)
-        ids = ledger.begin_claims(
+        ids = ledger.files.begin_claims(
             "print", [_Entry(f"run{first + n}.hold_req", f"/p/run{first + n}.hold_req", 1, 0.0) for n in range(count)]
         )
-        ledger.store_records(
+        ledger.items.store_records(
             ids,
             [
                 (file_id, Record(number=k, line=k, barcodes=(f"39{3 * (first + n) + k:012d}",)))

@@ -85,9 +85,9 @@ def build(root: Path, rows: int, now: float, per_day: int) -> tuple[Path, Folder
     clock = [start]
     ledger = Ledger(database, clock=lambda: clock[0])
     try:
-        row_id = ledger.begin_claim("print", "model.xml", "/aleph/print/model.xml", 2048, start)
-        ledger.claimed(row_id)
-        ledger.moved_when_taken(row_id)
+        row_id = ledger.files.begin_claim("print", "model.xml", "/aleph/print/model.xml", 2048, start)
+        ledger.files.claimed(row_id)
+        ledger.files.moved_when_taken(row_id)
         record = Record(
             number=1,
             line=1,
@@ -98,10 +98,10 @@ def build(root: Path, rows: int, now: float, per_day: int) -> tuple[Path, Folder
             request_id="ID",
             pickup_location="MAIN",
         )
-        ledger.store_records([row_id], [(row_id, record)])
-        ledger.queued(row_id, "xml", "0" * 64, 2048, {"records": 1, "form_names": ["hold-request-slip"]})
-        ledger.assign(row_id)
-        ledger.answered(
+        ledger.items.store_records([row_id], [(row_id, record)])
+        ledger.files.queued(row_id, "xml", "0" * 64, 2048, {"records": 1, "form_names": ["hold-request-slip"]})
+        ledger.files.assign(row_id)
+        ledger.files.answered(
             row_id,
             Verdict.ACCEPTED,
             "ok",
@@ -115,9 +115,9 @@ def build(root: Path, rows: int, now: float, per_day: int) -> tuple[Path, Folder
             },
         )
         target = archive.choose("model.xml", dt.datetime.fromtimestamp(start))
-        ledger.placing(row_id, target)
-        ledger.finished(row_id, target)
-        ledger.wait_for(ledger.durable())
+        ledger.files.placing(row_id, target)
+        ledger.files.finished(row_id, target)
+        ledger.db.wait_for(ledger.db.durable())
     finally:
         ledger.close()
     import sqlite3
@@ -198,7 +198,7 @@ def measure(work: Path, rows: int, per_day: int = PER_DAY, days: int = RETENTION
     wall = [now]
     ledger = TimedLedger(database)
     try:
-        ledger.mark_clock(now)
+        ledger.prunes.mark_clock(now)
         retention = Retention(ledger, wall=lambda: wall[0])
         began = time.monotonic()
         count, removed = passes(retention, archive, days)
@@ -209,10 +209,10 @@ def measure(work: Path, rows: int, per_day: int = PER_DAY, days: int = RETENTION
             longest_compaction_ms=round(ledger.longest_compaction * 1000, 1),
             longest_vacuum_step_ms=round(ledger.longest_vacuum * 1000, 1),
         )
-        ledger._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        ledger.db.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         figures["bytes_after"] = database.stat().st_size
-        figures["rows_left"] = ledger._db.execute("SELECT COUNT(*) FROM files").fetchone()[0]
-        figures["retired_items"] = ledger._db.execute("SELECT COUNT(*) FROM retired").fetchone()[0]
+        figures["rows_left"] = ledger.db.connection.execute("SELECT COUNT(*) FROM files").fetchone()[0]
+        figures["retired_items"] = ledger.db.connection.execute("SELECT COUNT(*) FROM retired").fetchone()[0]
         old = f"31234{0:09d}"  # the model's first barcode: an item of the oldest day
         began = time.monotonic()
         found = find.find(ledger, old, [])
@@ -223,8 +223,8 @@ def measure(work: Path, rows: int, per_day: int = PER_DAY, days: int = RETENTION
         # the next day: 500 files in (copies of today's), one day out
         next_day = dt.date.fromtimestamp(now) + dt.timedelta(days=1)
         (archive.root / f"{next_day:%Y/%m/%d}").mkdir(parents=True, exist_ok=True)
-        last = ledger._db.execute("SELECT MAX(id) FROM files").fetchone()[0]
-        with ledger._transaction() as db:  # the last day's files again, with their records and items
+        last = ledger.db.connection.execute("SELECT MAX(id) FROM files").fetchone()[0]
+        with ledger.db.transaction() as db:  # the last day's files again, with their records and items
             columns = [row[1] for row in db.execute("PRAGMA table_info(files)")]
             shift = {
                 "id": f"id + {per_day}",
@@ -259,7 +259,7 @@ def measure(work: Path, rows: int, per_day: int = PER_DAY, days: int = RETENTION
         passes(retention, archive, days)
         figures["day_pass_s"] = round(time.monotonic() - began, 3)
         figures["day_longest_transaction_ms"] = round(max(ledger.longest_compaction, ledger.longest_vacuum) * 1000, 1)
-        ledger._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        ledger.db.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         figures["bytes_next_day"] = database.stat().st_size
     finally:
         ledger.close()

@@ -99,7 +99,7 @@ def test_unreachable_then_reachable_again_for_caiasoft_and_ncip(site, simulator,
     monitor.tick(failing)
     now[0] += 899
     monitor.tick(failing)
-    assert monitor.ledger.alerts_waiting() == 0 and mailbox.messages == [], "not yet: 899 s < 900 s"
+    assert monitor.ledger.alerts.alerts_waiting() == 0 and mailbox.messages == [], "not yet: 899 s < 900 s"
 
     now[0] += 2
     monitor.tick(failing)
@@ -111,9 +111,9 @@ def test_unreachable_then_reachable_again_for_caiasoft_and_ncip(site, simulator,
     now[0] += 60
     monitor.tick(Conditions())
     mailbox.find("CaiaSoft reachable again; ALEPH's NCIP server reachable again")  # recoveries go at once
-    wait_for(lambda: monitor.ledger.alerts_waiting() == 0, message="the recoveries sent")
+    wait_for(lambda: monitor.ledger.alerts.alerts_waiting() == 0, message="the recoveries sent")
     monitor.tick(Conditions())
-    assert monitor.ledger.alerts_waiting() == 0, "nothing more is raised for a state that did not change"
+    assert monitor.ledger.alerts.alerts_waiting() == 0, "nothing more is raised for a state that did not change"
     assert len(mailbox.messages) == 2, mailbox.subjects()
 
 
@@ -128,7 +128,7 @@ def test_a_source_problem_and_its_end_are_mailed(site, simulator, mailbox, monit
     monitor.tick(unreadable)
     now[0] += 59
     monitor.tick(unreadable)
-    assert monitor.ledger.alerts_waiting() == 0 and mailbox.messages == []
+    assert monitor.ledger.alerts.alerts_waiting() == 0 and mailbox.messages == []
     now[0] += 1
     monitor.tick(unreadable)
     problem = mailbox.find("source print cannot be read")
@@ -173,7 +173,7 @@ def test_a_mail_server_that_hangs_delays_no_file(site, simulator, daemon_factory
         assert time.monotonic() - started < 15
         ledger = Ledger(site.state / "gateway.db")
         try:
-            assert ledger.alerts_waiting() == 1, "the alert waits in the ledger"
+            assert ledger.alerts.alerts_waiting() == 1, "the alert waits in the ledger"
         finally:
             ledger.close()
         stopping = time.monotonic()
@@ -225,13 +225,13 @@ def test_pending_alerts_survive_kill_9_and_go_out_once(site, simulator, daemon_f
     wait_for(lambda: site.state.joinpath("gateway.db").exists(), message="the ledger")
     ledger = Ledger(site.state / "gateway.db")
     try:
-        wait_for(lambda: ledger.alerts_waiting() == 1, message="the alert queued in the ledger")
+        wait_for(lambda: ledger.alerts.alerts_waiting() == 1, message="the alert queued in the ledger")
         daemon.kill()
         box = MailBox(port).start()
         try:
             again = daemon_factory(site.config_file)
             box.find("request file refused: scan.pdf")
-            wait_for(lambda: ledger.alerts_waiting() == 0, message="the alert marked sent")
+            wait_for(lambda: ledger.alerts.alerts_waiting() == 0, message="the alert marked sent")
             assert again.stop() == 0
             assert box.subjects() == [f"[caiasoft-gateway] {HOST} request file refused: scan.pdf"]
         finally:
@@ -348,17 +348,17 @@ def test_a_stuck_file_and_an_ncip_dead_letter_are_mailed(site, simulator, mailbo
     monitor = start_monitor(site, monitors, clock=lambda: now[0])
     writer = Ledger(site.state / "gateway.db", clock=lambda: now[0])
     try:
-        row_id = writer.begin_claim("print", "slip-0042.xml", "/aleph/print/slip-0042.xml", 812, now[0])
+        row_id = writer.files.begin_claim("print", "slip-0042.xml", "/aleph/print/slip-0042.xml", 812, now[0])
         now[0] += 600
         monitor.tick(Conditions(caiasoft_problem=None))
-        assert monitor.ledger.alerts_waiting() == 0, "not stuck yet"
+        assert monitor.ledger.alerts.alerts_waiting() == 0, "not stuck yet"
         now[0] += 301
         monitor.tick(Conditions(paused="CaiaSoft refused the API key (HTTP 401)"))
         assert "stuck" not in " ".join(mailbox.subjects()), "a pause explains the wait: no stuck alert"
         monitor.tick(Conditions())
         stuck = mailbox.find("1 request file(s) waiting more than 15 minutes")
         assert "slip-0042.xml from print: claiming, 0 attempt(s)" in body(stuck)
-        writer.forget(row_id)
+        writer.files.forget(row_id)
         monitor.tick(Conditions())
         mailbox.find("no request file is waiting too long any more")
     finally:
@@ -373,7 +373,7 @@ def test_a_stuck_file_and_an_ncip_dead_letter_are_mailed(site, simulator, mailbo
     letter = mailbox.find("NCIP checkout of item UNKNOWN-1 refused")
     assert "was NOT updated" in body(letter) and str(site.error / "ncip" / "x.jsonl") in body(letter)
     assert "by hand in ALEPH's circulation client" in body(letter)
-    assert monitor.ledger.ncip_counts()["dead_letter"] == 1
+    assert monitor.ledger.ncip.ncip_counts()["dead_letter"] == 1
 
 
 def test_a_partial_copy_set_aside_because_its_file_changed_raises_no_refused_alert(site, simulator, mailbox, monitors):
@@ -381,12 +381,14 @@ def test_a_partial_copy_set_aside_because_its_file_changed_raises_no_refused_ale
     monitor = start_monitor(site, monitors)
     writer = Ledger(site.state / "gateway.db")
     try:
-        row = writer.row(writer.begin_claim("print", "slip-0043.xml", "/aleph/print/slip-0043.xml", 15, 0.0))
+        row = writer.files.row(
+            writer.files.begin_claim("print", "slip-0043.xml", "/aleph/print/slip-0043.xml", 15, 0.0)
+        )
     finally:
         writer.close()
     partial = dataclasses.replace(row, state="refused", reason=aftertake.reason(row, 45))
     monitor.file_finished(partial, site.error / "slip-0043.xml")
-    assert monitor.ledger.alerts_waiting() == 0 and mailbox.messages == [], "the whole file is taken again"
+    assert monitor.ledger.alerts.alerts_waiting() == 0 and mailbox.messages == [], "the whole file is taken again"
     monitor.file_finished(
         dataclasses.replace(row, state="refused", reason="not well-formed"), site.error / "slip-0043.1.xml"
     )

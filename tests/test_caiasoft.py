@@ -216,8 +216,8 @@ def test_retry_after_sets_when_the_file_is_due_again(site, simulator, tmp_path):
     pipeline = pipeline_for(site, FixedClock())
     row_id = pipeline.admission.adopt_copy(sample(tmp_path))
     simulator.queue_faults("429:60")
-    outcome = pipeline.upload(pipeline.ledger.assign(row_id))
-    row = pipeline.ledger.get(row_id)
+    outcome = pipeline.upload(pipeline.ledger.files.assign(row_id))
+    row = pipeline.ledger.files.get(row_id)
     assert outcome.verdict == "transient"
     assert row.state == "queued" and row.http_status == 429
     assert row.next_attempt_at >= pipeline.clock() + 60
@@ -227,8 +227,8 @@ def test_paused_upload_leaves_the_file_queued_and_the_attempt_uncounted(site, si
     simulator.key = "rotated-key-9999"
     pipeline = pipeline_for(site)
     row_id = pipeline.admission.adopt_copy(sample(tmp_path))
-    assert pipeline.upload(pipeline.ledger.assign(row_id)).verdict == "paused"
-    row = pipeline.ledger.get(row_id)
+    assert pipeline.upload(pipeline.ledger.files.assign(row_id)).verdict == "paused"
+    row = pipeline.ledger.files.get(row_id)
     assert (row.state, row.attempts) == ("queued", 0)
     assert site.refused() == [] and site.archived() == []
 
@@ -238,7 +238,7 @@ def test_refusal_goes_to_error_with_caiasofts_words(site, tmp_path):
     notes = tmp_path / "notes.txt"
     notes.write_text("Dear CaiaSoft, please fetch the blue book.\n")
     row_id = pipeline.admission.adopt_copy(notes)
-    pipeline.upload(pipeline.ledger.assign(row_id))
+    pipeline.upload(pipeline.ledger.files.assign(row_id))
     [refused] = site.refused()
     assert refused.read_bytes() == notes.read_bytes()
     info = site.sidecar(refused)

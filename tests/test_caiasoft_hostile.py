@@ -95,11 +95,11 @@ def test_a_100_mb_answer_is_cut_at_max_answer_bytes_and_kept_out_of_ledger_and_s
         configure(peer_site, peer, max_answer_bytes=65536, unreadable_answer_retries=0)
         pipeline = pipeline_for(peer_site)
         row_id = pipeline.admission.adopt_copy(sample(tmp_path))
-        outcome = pipeline.upload(pipeline.ledger.assign(row_id))
+        outcome = pipeline.upload(pipeline.ledger.files.assign(row_id))
     assert peer.sent_bytes < 20 * 1024 * 1024  # what socket buffers hold, not the 100 MB
     assert outcome.verdict == "refused"
     assert "max_answer_bytes = 65536" in outcome.reason
-    row = pipeline.ledger.get(row_id)
+    row = pipeline.ledger.files.get(row_id)
     assert row.state == "refused" and len(row.answer) < 4096
     [refused] = peer_site.refused()
     sidecar_text = refused.with_name(refused.name + ".json").read_text()
@@ -115,13 +115,13 @@ def test_a_maintenance_page_with_200_is_sent_a_bounded_number_of_times_then_refu
         row_id = pipeline.admission.adopt_copy(sample(tmp_path))
         verdicts = []
         for _ in range(10):
-            row = pipeline.ledger.assign(row_id)
+            row = pipeline.ledger.files.assign(row_id)
             if row is None:
                 break
             verdicts.append(pipeline.upload(row).verdict)
     assert verdicts == ["transient", "transient", "refused"]
     assert len(peer.requests) == 3
-    row = pipeline.ledger.get(row_id)
+    row = pipeline.ledger.files.get(row_id)
     assert row.state == "refused"
     assert "Down for maintenance" in row.reason and "text/html" in row.reason
     [refused] = peer_site.refused()
@@ -134,10 +134,10 @@ def test_the_count_of_unreadable_answers_survives_a_restart(peer_site, tmp_path)
         configure(peer_site, peer, unreadable_answer_retries=1)
         first = pipeline_for(peer_site)
         row_id = first.admission.adopt_copy(sample(tmp_path))
-        assert first.upload(first.ledger.assign(row_id)).verdict == "transient"
+        assert first.upload(first.ledger.files.assign(row_id)).verdict == "transient"
         first.ledger.close()
         second = pipeline_for(peer_site)  # a new process: the count is in the ledger, not in memory
-        assert second.upload(second.ledger.assign(row_id)).verdict == "refused"
+        assert second.upload(second.ledger.files.assign(row_id)).verdict == "refused"
     assert len(peer.requests) == 2
 
 
@@ -154,7 +154,7 @@ def test_an_answer_quoting_the_key_is_never_stored_or_shown_raw(peer_site, tmp_p
         configure(peer_site, peer)
         pipeline = pipeline_for(peer_site)
         row_id = pipeline.admission.adopt_copy(sample(tmp_path))
-        outcome = pipeline.upload(pipeline.ledger.assign(row_id))
+        outcome = pipeline.upload(pipeline.ledger.files.assign(row_id))
         pipeline.ledger.close()
     assert hostile.header_value(peer.requests[0], "X-API-Key") == KEY  # it was sent, as it must be
     assert KEY not in outcome.reason and KEY not in json.dumps(outcome.answer)
@@ -316,8 +316,8 @@ def test_an_answer_with_a_lone_surrogate_escape_is_recorded_and_placed_once(peer
         configure(peer_site, peer)
         pipeline = pipeline_for(peer_site)
         row_id = pipeline.admission.adopt_copy(sample(tmp_path))
-        pipeline.upload(pipeline.ledger.assign(row_id))
-        row = pipeline.ledger.row(row_id)
+        pipeline.upload(pipeline.ledger.files.assign(row_id))
+        row = pipeline.ledger.files.row(row_id)
         pipeline.ledger.close()
     assert len(peer.requests) == 1
     assert row.state == state and row.final_path

@@ -110,7 +110,7 @@ def test_a_checkpoint_file_gone_after_it_was_made_stops_the_relay_instead_of_res
     database = tmp_path / "gateway.db"
     ledger = Ledger(database)
     try:
-        checkpoint = ledger.journal_checkpoint()
+        checkpoint = ledger.ncip.journal_checkpoint()
         checkpoint.count("done")
         checkpoint.save(position(640))
     finally:
@@ -119,7 +119,7 @@ def test_a_checkpoint_file_gone_after_it_was_made_stops_the_relay_instead_of_res
     again = Ledger(database)
     try:
         with pytest.raises(CheckpointMissing, match=str(tmp_path / FILE_NAME)) as raised:
-            again.journal_checkpoint()
+            again.ncip.journal_checkpoint()
         assert "missing" in str(raised.value) and "touch" in str(raised.value)
         assert not (tmp_path / FILE_NAME).exists(), "nothing made in its place"
     finally:
@@ -130,13 +130,13 @@ def test_an_empty_checkpoint_file_is_an_admins_request_to_read_the_journal_from_
     database = tmp_path / "gateway.db"
     ledger = Ledger(database)
     try:
-        ledger.journal_checkpoint().save(position(640))
+        ledger.ncip.journal_checkpoint().save(position(640))
     finally:
         ledger.close()
     (tmp_path / FILE_NAME).write_bytes(b"")  # touch, as the message says
     again = Ledger(database)
     try:
-        checkpoint = again.journal_checkpoint()
+        checkpoint = again.ncip.journal_checkpoint()
         assert checkpoint.position() is None and checkpoint.started_over
     finally:
         again.close()
@@ -146,7 +146,7 @@ def test_an_empty_checkpoint_file_is_an_admins_request_to_read_the_journal_from_
 def test_the_first_file_of_a_new_ledger_is_made_without_complaint(tmp_path):
     ledger = Ledger(tmp_path / "gateway.db")
     try:
-        checkpoint = ledger.journal_checkpoint()
+        checkpoint = ledger.ncip.journal_checkpoint()
         assert checkpoint.position() is None and not checkpoint.started_over
     finally:
         ledger.close()
@@ -179,8 +179,8 @@ def test_the_first_open_moves_an_older_ledgers_checkpoint_and_counts_into_the_fi
     older_ledger(database, position(448), {"done": 5, "dead_letter": 2})
     ledger = Ledger(database)
     try:
-        assert ledger.ncip_counts()["done"] == 5, "before the move too"
-        checkpoint = ledger.journal_checkpoint()
+        assert ledger.ncip.ncip_counts()["done"] == 5, "before the move too"
+        checkpoint = ledger.ncip.journal_checkpoint()
         assert checkpoint.position() == position(448)
         assert checkpoint.counts() == {"done": 5, "already": 0, "dead_letter": 2}
     finally:
@@ -192,8 +192,8 @@ def test_the_first_open_moves_an_older_ledgers_checkpoint_and_counts_into_the_fi
     db.close()
     again = Ledger(database)
     try:
-        assert again.ncip_counts()["dead_letter"] == 2
-        assert again.journal_checkpoint().position() == position(448)
+        assert again.ncip.ncip_counts()["dead_letter"] == 2
+        assert again.ncip.journal_checkpoint().position() == position(448)
     finally:
         again.close()
 
@@ -290,7 +290,7 @@ def test_a_checkpoint_file_the_service_user_cannot_open_is_named_not_called_dama
     runner.give(journal_path)
     site.write(simulator.url, extra=ncip_table(ncip.url, journal_path))
     ledger = Ledger(site.state / "gateway.db")
-    ledger.journal_checkpoint().save(position(640))
+    ledger.ncip.journal_checkpoint().save(position(640))
     ledger.close()
     runner.give(site.state)
     path = site.state / FILE_NAME
@@ -309,9 +309,9 @@ def test_a_checkpoint_file_that_cannot_be_made_on_a_full_state_dir_says_so(tmp_p
     try:
         filler = fill(state)
         with pytest.raises(CheckpointUnavailable, match="No space left on device") as raised:
-            ledger.journal_checkpoint()
+            ledger.ncip.journal_checkpoint()
         assert str(state / FILE_NAME) in str(raised.value) and "touch" not in str(raised.value)
         filler.unlink()
-        assert ledger.journal_checkpoint().position() is None, "made once there is room"
+        assert ledger.ncip.journal_checkpoint().position() is None, "made once there is room"
     finally:
         ledger.close()

@@ -116,9 +116,9 @@ def test_status_never_shows_a_negative_wait(tmp_path):
     """A file seen at a wall-clock time later than now (the clock stepped back since) has waited 0 s."""
     ledger = Ledger(tmp_path / "gateway.db")
     try:
-        row_id = ledger.begin_claim("print", "slip.xml", "/aleph/print/slip.xml", 10, 0.0)
-        ledger.claimed(row_id)
-        seen = ledger.row(row_id).seen_at
+        row_id = ledger.files.begin_claim("print", "slip.xml", "/aleph/print/slip.xml", 10, 0.0)
+        ledger.files.claimed(row_id)
+        seen = ledger.files.row(row_id).seen_at
         report = status.collect(ledger, now=seen - 3600)
     finally:
         ledger.close()
@@ -195,28 +195,28 @@ def test_retention_counts_days_from_the_ledgers_time_and_find_says_what_it_remov
     day = dt.datetime(2026, 11, 2, 12, 0)
     ledger = Ledger(tmp_path / "gateway.db", clock=lambda: day.timestamp())
     archive = Folder(tmp_path / "archive")
-    row_id = ledger.begin_claim("print", "slip.xml", "/aleph/print/slip.xml", 10, day.timestamp())
-    ledger.claimed(row_id)
-    ledger.store_records([row_id], [(row_id, Record(number=1, line=1, barcodes=("31234000000017",)))])
-    ledger.queued(row_id, "xml", "0" * 64, 10, {})
-    ledger.assign(row_id)
-    ledger.answered(row_id, "accepted", "ok", http_status=200, uploaded=True)
+    row_id = ledger.files.begin_claim("print", "slip.xml", "/aleph/print/slip.xml", 10, day.timestamp())
+    ledger.files.claimed(row_id)
+    ledger.items.store_records([row_id], [(row_id, Record(number=1, line=1, barcodes=("31234000000017",)))])
+    ledger.files.queued(row_id, "xml", "0" * 64, 10, {})
+    ledger.files.assign(row_id)
+    ledger.files.answered(row_id, "accepted", "ok", http_status=200, uploaded=True)
     target = archive.choose("slip.xml", day)
-    ledger.placing(row_id, target)
+    ledger.files.placing(row_id, target)
     target.write_bytes(b"<slip/>")
-    ledger.finished(row_id, target)
+    ledger.files.finished(row_id, target)
     for later in (15, 45):  # two more days in the archive, with nothing of the ledger's in them
         archive.choose("other.xml", day + dt.timedelta(days=later)).with_name("other.xml").write_bytes(b"<x/>")
 
     ledger_time = day.timestamp() + 35 * 86400  # what the ledger saw last: 35 days after the slip was archived
-    ledger.mark_clock(ledger_time)
+    ledger.prunes.mark_clock(ledger_time)
     wall, monotonic = [ledger_time + 40 * 86400], [0.0]  # and the clock, 40 days further ahead
     statements: list[str] = []
-    ledger._db.set_trace_callback(statements.append)
+    ledger.db.connection.set_trace_callback(statements.append)
     retention = Retention(ledger, wall=lambda: wall[0], monotonic=lambda: monotonic[0])
     removed = retention.prune(archive, 30)
-    ledger._db.set_trace_callback(None)
-    assert scanned(ledger._db, statements) == [], "the ledger's time costs no scan of its history"
+    ledger.db.connection.set_trace_callback(None)
+    assert scanned(ledger.db.connection, statements) == [], "the ledger's time costs no scan of its history"
     assert removed == [target.parent], "only the day older than 30 days by the ledger's time"
     assert not target.exists()
     assert sorted(path.name for path in archive.root.rglob("other.xml")) == ["other.xml", "other.xml"]

@@ -38,32 +38,32 @@ def queued_slip(pipeline, site, name="slip.xml") -> int:
 def test_the_answer_is_recorded_before_any_name_is_reserved(pipeline, site, simulator):
     """A crash right after CaiaSoft answered (no name reserved yet) places the file; it is not sent again."""
     row_id = queued_slip(pipeline, site)
-    row = pipeline.ledger.assign(row_id)
+    row = pipeline.ledger.files.assign(row_id)
     outcome = pipeline.sender.send(row)
     answered = pipeline.sender.save(row, outcome)
     assert answered.state == FileState.ANSWERED and answered.verdict == Verdict.ACCEPTED
     assert answered.final_path is None and not site.archive.exists(), "nothing reserved before the answer is durable"
     assert pipeline.recover()["finished"] == 1  # what a restart does with it
-    assert pipeline.ledger.get(row_id).state == FileState.ARCHIVED
+    assert pipeline.ledger.files.get(row_id).state == FileState.ARCHIVED
     assert len(site.archived()) == 1 and len(simulator.received) == 1
 
 
 def test_a_folder_that_cannot_be_written_leaves_the_file_waiting_then_it_is_placed(pipeline, site, simulator):
     site.archive.write_text("a file where the archive folder should be")
     row_id = queued_slip(pipeline, site)
-    pipeline.upload(pipeline.ledger.assign(row_id))
-    row = pipeline.ledger.get(row_id)
+    pipeline.upload(pipeline.ledger.files.assign(row_id))
+    row = pipeline.ledger.files.get(row_id)
     assert row.state == FileState.ANSWERED and row.verdict == Verdict.ACCEPTED
     assert str(site.archive) in row.problem and row.place_failures == 1
-    assert [problem.id for problem in pipeline.ledger.problems()] == [row_id]
-    assert pipeline.ledger.assign_due(pipeline.clock(), 1, 4) == [], "an answered file never goes back to upload"
+    assert [problem.id for problem in pipeline.ledger.files.problems()] == [row_id]
+    assert pipeline.ledger.files.assign_due(pipeline.clock(), 1, 4) == [], "an answered file never goes back to upload"
     wait_for(pipeline.placing.place_due, timeout=5, message="due again after its backoff")
-    assert pipeline.ledger.get(row_id).place_failures == 2
+    assert pipeline.ledger.files.get(row_id).place_failures == 2
     site.archive.unlink()
     wait_for(pipeline.placing.place_due, timeout=5, message="placed once the folder can be made")
-    row = pipeline.ledger.get(row_id)
+    row = pipeline.ledger.files.get(row_id)
     assert row.state == FileState.ARCHIVED and row.problem is None
-    assert len(simulator.received) == 1 and pipeline.ledger.problems() == []
+    assert len(simulator.received) == 1 and pipeline.ledger.files.problems() == []
 
 
 def test_a_failure_after_the_name_was_reserved_finishes_at_the_same_place(pipeline, site, monkeypatch):
@@ -75,30 +75,30 @@ def test_a_failure_after_the_name_was_reserved_finishes_at_the_same_place(pipeli
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(pipeline.placing.archive, "write_sidecar", full)
-    pipeline.upload(pipeline.ledger.assign(row_id))
-    row = pipeline.ledger.get(row_id)
+    pipeline.upload(pipeline.ledger.files.assign(row_id))
+    row = pipeline.ledger.files.get(row_id)
     assert row.state == FileState.ARCHIVING and "No space left" in row.problem
     monkeypatch.undo()
     wait_for(pipeline.placing.place_due, timeout=5, message="placed once there is space")
-    done = pipeline.ledger.get(row_id)
+    done = pipeline.ledger.files.get(row_id)
     assert done.state == FileState.ARCHIVED and done.final_path == row.final_path
 
 
 def test_a_file_that_cannot_be_placed_for_its_own_reason_is_stuck_and_shown(pipeline, site, monkeypatch):
     row_id = queued_slip(pipeline, site)
     monkeypatch.setattr("gateway.archive.placing.sidecar", lambda *args: (_ for _ in ()).throw(ValueError("bad name")))
-    pipeline.upload(pipeline.ledger.assign(row_id))
-    row = pipeline.ledger.get(row_id)
+    pipeline.upload(pipeline.ledger.files.assign(row_id))
+    row = pipeline.ledger.files.get(row_id)
     assert row.state == FileState.STUCK and "bad name" in row.problem
     assert (pipeline.work_dir / row.work_name).exists(), "a stuck file stays in work/"
-    assert [problem.id for problem in pipeline.ledger.problems()] == [row_id]
+    assert [problem.id for problem in pipeline.ledger.files.problems()] == [row_id]
     monkeypatch.undo()
     pipeline.recover()  # the next start tries it once more
-    assert pipeline.ledger.get(row_id).state == FileState.ARCHIVED
+    assert pipeline.ledger.files.get(row_id).state == FileState.ARCHIVED
 
 
 def test_a_work_file_that_cannot_be_opened_is_refused_as_not_sent(pipeline, site, simulator):
-    row = pipeline.ledger.assign(queued_slip(pipeline, site))
+    row = pipeline.ledger.files.assign(queued_slip(pipeline, site))
     work = pipeline.placing.work_path(row)
     work.unlink()
     work.mkdir()  # open() fails on it, even for root: IsADirectoryError naming the path
@@ -117,7 +117,7 @@ def test_what_is_not_a_regular_file_in_work_is_left_alone_and_recovery_goes_on(p
     broken.symlink_to(broken)  # a loop: cannot be opened
     done = pipeline.recover()
     assert done["adopted"] == 1 and done["postponed"] == 0, "neither was tried: nothing to put off"
-    assert [row.name for row in pipeline.ledger.in_state(FileState.QUEUED)] == ["good_barcode"]
+    assert [row.name for row in pipeline.ledger.files.in_state(FileState.QUEUED)] == ["good_barcode"]
     assert folder.is_dir() and broken.is_symlink(), "left where they are, under their names"
 
 
@@ -126,17 +126,17 @@ def test_the_transaction_does_not_keep_its_lock_when_begin_fails(site):
     ledger = Ledger(config.paths.database)
     other = sqlite3.connect(config.paths.database, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
-    ledger._db.execute("PRAGMA busy_timeout=50")
+    ledger.db.connection.execute("PRAGMA busy_timeout=50")
     with pytest.raises(sqlite3.OperationalError, match="locked"):
-        ledger.set_meta("x", "1")
+        ledger.db.set_meta("x", "1")
     other.execute("ROLLBACK")
     other.close()
     taken = []
 
     def try_the_lock() -> None:
-        taken.append(ledger._lock.acquire(timeout=2))
+        taken.append(ledger.db.lock.acquire(timeout=2))
         if taken[-1]:
-            ledger._lock.release()
+            ledger.db.lock.release()
 
     worker = threading.Thread(target=try_the_lock)
     worker.start()
@@ -227,14 +227,14 @@ def test_joining_a_worker_never_started_is_not_an_error():
 def test_a_worker_takes_its_share_of_a_backlog_in_one_commit_and_gives_back_what_it_did_not_send(pipeline, site):
     ids = [queued_slip(pipeline, site, f"slip{number}.xml") for number in range(10)]
     ledger = pipeline.ledger
-    first = ledger.assign_due(pipeline.clock(), share=4, most=4)
+    first = ledger.files.assign_due(pipeline.clock(), share=4, most=4)
     assert [row.id for row in first] == ids[:2], "10 due among 4 workers: two each, oldest first"
     assert all(row.state == FileState.UPLOADING and row.attempts == 1 for row in first)
-    assert [row.id for row in ledger.assign_due(pipeline.clock(), share=1, most=4)] == ids[2:6]
-    ledger.unassign(*ids[2:6])
-    back = ledger.rows(ids[2:6])
+    assert [row.id for row in ledger.files.assign_due(pipeline.clock(), share=1, most=4)] == ids[2:6]
+    ledger.files.unassign(*ids[2:6])
+    back = ledger.files.rows(ids[2:6])
     assert all(row.state == FileState.QUEUED and row.attempts == 0 for row in back), "not sent: no attempt counted"
-    assert [row.id for row in ledger.assign_due(pipeline.clock(), share=4, most=4)] == ids[2:4]  # 8 due: two
+    assert [row.id for row in ledger.files.assign_due(pipeline.clock(), share=4, most=4)] == ids[2:4]  # 8 due: two
 
 
 def test_an_upload_worker_gives_back_the_files_it_took_when_it_stops(pipeline, site):
@@ -242,11 +242,11 @@ def test_an_upload_worker_gives_back_the_files_it_took_when_it_stops(pipeline, s
 
     ids = [queued_slip(pipeline, site, f"slip{number}.xml") for number in range(3)]
     worker = Uploader(pipeline.sender, pipeline.placing, workers=1)
-    worker._assigned.extend(pipeline.ledger.assign_due(pipeline.clock(), 1, 4))
+    worker._assigned.extend(pipeline.ledger.files.assign_due(pipeline.clock(), 1, 4))
     worker.stop()
     worker.start()
     worker.join(10)
-    assert all(row.state == FileState.QUEUED for row in pipeline.ledger.rows(ids))
+    assert all(row.state == FileState.QUEUED for row in pipeline.ledger.files.rows(ids))
 
 
 def test_an_upload_worker_takes_the_next_files_of_a_backlog_while_it_sends_the_last_one_in_hand(pipeline, site):
@@ -273,11 +273,11 @@ def test_an_upload_worker_takes_the_next_files_of_a_backlog_while_it_sends_the_l
     assert [row.id for row in worker._next[1]] == ids[7:8]
     worker.step()  # ids[7]: 2 due, not more than the workers: left to an idle one
     assert worker._next is None and not worker._assigned
-    assert [row.state for row in ledger.rows(ids[8:])] == [FileState.QUEUED] * 2
+    assert [row.state for row in ledger.files.rows(ids[8:])] == [FileState.QUEUED] * 2
     for _ in range(3):
         worker.step()  # ids[8], ids[9] taken (one at a time, as for an idle worker), then nothing due: a rest
-    assert all(row.state == FileState.ARCHIVED for row in ledger.rows(ids))
-    assert all(row.attempts == 1 for row in ledger.rows(ids))
+    assert all(row.state == FileState.ARCHIVED for row in ledger.files.rows(ids))
+    assert all(row.attempts == 1 for row in ledger.files.rows(ids))
 
 
 def test_an_upload_worker_gives_back_the_files_it_took_ahead_when_it_stops(pipeline, site):
@@ -289,7 +289,7 @@ def test_an_upload_worker_gives_back_the_files_it_took_ahead_when_it_stops(pipel
         worker.step()
     assert [row.id for row in worker._next[1]] == ids[4:8]
     worker.end()
-    rows = pipeline.ledger.rows(ids[4:])
+    rows = pipeline.ledger.files.rows(ids[4:])
     assert all(row.state == FileState.QUEUED and row.attempts == 0 for row in rows), "not sent: no attempt counted"
 
 
@@ -328,16 +328,18 @@ def test_the_finisher_places_what_it_was_handed_before_it_ends_then_refuses(pipe
 
     answered = []
     for number in range(3):
-        row = pipeline.ledger.assign(queued_slip(pipeline, site, f"slip{number}.xml"))
+        row = pipeline.ledger.files.assign(queued_slip(pipeline, site, f"slip{number}.xml"))
         answered.append(pipeline.sender.save(row, pipeline.sender.send(row)))
     finisher = Finisher(pipeline.placing)
     assert all(finisher.offer(row) for row in answered[:2])
     finisher.stop()  # stopped before it ever ran a step: end() still places what it holds
     finisher.start()
     finisher.join(10)
-    assert [row.state for row in pipeline.ledger.rows([row.id for row in answered[:2]])] == [FileState.ARCHIVED] * 2
+    assert [row.state for row in pipeline.ledger.files.rows([row.id for row in answered[:2]])] == [
+        FileState.ARCHIVED
+    ] * 2
     assert finisher.offer(answered[2]) is False, "once ended, the upload worker places the file itself"
-    assert pipeline.ledger.row(answered[2].id).state == FileState.ANSWERED
+    assert pipeline.ledger.files.row(answered[2].id).state == FileState.ANSWERED
 
 
 def test_a_full_finisher_says_so_and_has_room_again_once_it_has_placed(pipeline, site, simulator):
@@ -346,7 +348,7 @@ def test_a_full_finisher_says_so_and_has_room_again_once_it_has_placed(pipeline,
 
     answered = []
     for number in range(2):
-        row = pipeline.ledger.assign(queued_slip(pipeline, site, f"full{number}.xml"))
+        row = pipeline.ledger.files.assign(queued_slip(pipeline, site, f"full{number}.xml"))
         answered.append(pipeline.sender.save(row, pipeline.sender.send(row)))
     finisher = Finisher(pipeline.placing, most=1)
     assert finisher.room.is_set() and finisher.offer(answered[0]) is True
@@ -354,7 +356,7 @@ def test_a_full_finisher_says_so_and_has_room_again_once_it_has_placed(pipeline,
     assert not finisher.room.is_set(), "an upload worker resting on room waits"
     finisher.step()
     assert finisher.room.is_set(), "placed: room again"
-    assert pipeline.ledger.row(answered[0].id).state in (FileState.ARCHIVING, FileState.ARCHIVED)
+    assert pipeline.ledger.files.row(answered[0].id).state in (FileState.ARCHIVING, FileState.ARCHIVED)
     assert finisher.offer(answered[1]) is True
 
 
@@ -364,11 +366,11 @@ def test_placing_several_files_at_once_records_their_paths_together_and_skips_on
     """The finisher's batches: every file placed with its sidecar; a row placed meanwhile leaves nothing behind."""
     answered = []
     for number in range(3):
-        row = pipeline.ledger.assign(queued_slip(pipeline, site, f"slip{number}.xml"))
+        row = pipeline.ledger.files.assign(queued_slip(pipeline, site, f"slip{number}.xml"))
         answered.append(pipeline.sender.save(row, pipeline.sender.send(row)))
     pipeline.placing.place(answered[1])  # placed by someone else meanwhile (a lease that ran out)
     pipeline.placing.place_many(answered)
-    rows = pipeline.ledger.rows([row.id for row in answered])
+    rows = pipeline.ledger.files.rows([row.id for row in answered])
     assert [row.state for row in rows] == [FileState.ARCHIVED] * 3
     assert sorted(path.name for path in site.archived()) == ["slip0.xml", "slip1.xml", "slip2.xml"]
     assert all(site.sidecar(Path(row.final_path))["ledger_id"] == row.id for row in rows)
@@ -389,7 +391,7 @@ def test_a_batch_of_placed_files_syncs_its_day_folder_once_before_any_work_name_
 
     answered = []
     for number in range(3):
-        row = pipeline.ledger.assign(queued_slip(pipeline, site, f"batch{number}.xml"))
+        row = pipeline.ledger.files.assign(queued_slip(pipeline, site, f"batch{number}.xml"))
         answered.append(pipeline.sender.save(row, pipeline.sender.send(row)))
     work = [pipeline.placing.work_path(row) for row in answered]
     synced = []
@@ -406,4 +408,4 @@ def test_a_batch_of_placed_files_syncs_its_day_folder_once_before_any_work_name_
     assert names == ["batch0.xml", "batch0.xml.json", "batch1.xml", "batch1.xml.json", "batch2.xml", "batch2.xml.json"]
     assert work_there == [True] * 3, "no work name removed before the folder sync"
     assert not any(path.exists() for path in work)
-    assert [row.state for row in pipeline.ledger.rows([row.id for row in answered])] == [FileState.ARCHIVED] * 3
+    assert [row.state for row in pipeline.ledger.files.rows([row.id for row in answered])] == [FileState.ARCHIVED] * 3

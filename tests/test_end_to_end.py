@@ -22,7 +22,7 @@ def counts(site) -> dict[str, int]:
         return {}
     ledger = Ledger(site.state / "gateway.db")
     try:
-        return ledger.counts()
+        return ledger.files.counts()
     finally:
         ledger.close()
 

@@ -318,10 +318,10 @@ def test_the_oldest_pending_file_shows_its_problem_not_its_verdict_as_last_probl
 
     ledger = Ledger(tmp_path / "gateway.db")
     try:
-        row_id = ledger.adopt("slip.xml", 10, str(tmp_path / "slip.xml"))
-        ledger.answered(row_id, Verdict.ACCEPTED, "accepted", uploaded=True)
+        row_id = ledger.files.adopt("slip.xml", 10, str(tmp_path / "slip.xml"))
+        ledger.files.answered(row_id, Verdict.ACCEPTED, "accepted", uploaded=True)
         assert status.collect(ledger)["oldest_pending"]["last_problem"] is None  # not "accepted"
-        ledger.place_failed(row_id, "cannot place it in /archive: Permission denied", 0.0)
+        ledger.files.place_failed(row_id, "cannot place it in /archive: Permission denied", 0.0)
         assert (
             status.collect(ledger)["oldest_pending"]["last_problem"] == "cannot place it in /archive: Permission denied"
         )

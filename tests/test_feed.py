@@ -260,10 +260,10 @@ def test_statuses_are_compared_as_caiasofts_phrases(feed):
 def test_what_the_feed_remembers_covers_only_the_days_it_reads(feed, simulator):
     simulator.status_lists[("retrieved", DAY, "ANNEX")] = ["B-1"]
     assert feed.poll(TODAY) == 1
-    assert feed.ledger.feed_seen("retrieved", "B-1", DAY)
+    assert feed.ledger.ncip.feed_seen("retrieved", "B-1", DAY)
     tomorrow = TODAY + dt.timedelta(days=1)  # lookback_days = 0: yesterday is read no more
     feed.poll(tomorrow)
-    assert not feed.ledger.feed_seen("retrieved", "B-1", DAY), "forgotten: the ledger does not grow with history"
+    assert not feed.ledger.ncip.feed_seen("retrieved", "B-1", DAY), "forgotten: the ledger does not grow with history"
 
 
 @pytest.mark.parametrize(

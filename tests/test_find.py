@@ -29,23 +29,23 @@ class Clock:
 
 def _file(ledger: Ledger, clock: Clock, name: str, records: list[Record], outcome: str, folder, answer=None) -> int:
     """One file through its life in the ledger: taken, its records stored, queued, then (maybe) finished."""
-    row_id = ledger.begin_claim("print", name, f"/aleph/print/{name}", 100, clock.now)
-    ledger.claimed(row_id)
-    ledger.store_records([row_id], [(row_id, r) for r in records])
-    ledger.queued(row_id, "xml", "0" * 64, 100, {"records": len(records)})
+    row_id = ledger.files.begin_claim("print", name, f"/aleph/print/{name}", 100, clock.now)
+    ledger.files.claimed(row_id)
+    ledger.items.store_records([row_id], [(row_id, r) for r in records])
+    ledger.files.queued(row_id, "xml", "0" * 64, 100, {"records": len(records)})
     if outcome != "queued":
         clock.now += 1
-        ledger.assign(row_id)
+        ledger.files.assign(row_id)
         target = folder / "2026" / "11" / "28" / name
-        ledger.answered(
+        ledger.files.answered(
             row_id,
             Verdict.ACCEPTED if outcome == "accepted" else Verdict.REFUSED,
             "accepted" if outcome == "accepted" else "CaiaSoft refused the file: no",
             answer=answer,
             uploaded=True,
         )
-        ledger.placing(row_id, target)
-        ledger.finished(row_id, target)
+        ledger.files.placing(row_id, target)
+        ledger.files.finished(row_id, target)
     clock.now += 60
     return row_id
 
@@ -54,10 +54,10 @@ def test_find_answers_from_a_ledger_of_many_files_newest_first(tmp_path):
     clock = Clock(1_795_000_000.0)
     ledger = Ledger(tmp_path / "gateway.db", clock=clock)
     many = 20_000
-    ids = ledger.begin_claims(
+    ids = ledger.files.begin_claims(
         "print", [Entry(f"run{n}.hold_req", f"/p/run{n}.hold_req", 100, 1.0) for n in range(many)]
     )
-    ledger.store_records(
+    ledger.items.store_records(
         ids,
         [
             (file_id, Record(number=k, line=1 + 27 * (k - 1), barcodes=(barcode(3 * index + k, "3123408"),)))
@@ -124,7 +124,9 @@ def test_find_answers_from_a_ledger_of_many_files_newest_first(tmp_path):
     assert find.find(ledger, "no-such-item", []) == []
     assert [entry["path_exists"] for entry in found] == [False, False, False]  # this ledger's files are not on disk
     assert "(no longer there: removed by retention_days, or moved)" in text
-    plan = " ".join(row[3] for row in ledger._db.execute("EXPLAIN QUERY PLAN " + ITEMS_FOR_BARCODE, (TARGET,)))
+    plan = " ".join(
+        row[3] for row in ledger.db.connection.execute("EXPLAIN QUERY PLAN " + ITEMS_FOR_BARCODE, (TARGET,))
+    )
     assert "USING PRIMARY KEY (barcode=?)" in plan, plan  # one index lookup, whatever the number of files
     ledger.close()
 
@@ -154,11 +156,13 @@ def test_a_barcode_typed_in_the_other_case_is_found_and_leading_zeros_count(tmp_
 
 def test_a_file_validated_again_keeps_only_its_new_records(tmp_path):
     ledger = Ledger(tmp_path / "gateway.db")
-    row_id = ledger.begin_claim("print", "a.hold_req", "/p/a.hold_req", 1, 1.0)
-    ledger.store_records([row_id], [(row_id, Record(number=n, line=n, barcodes=(barcode(n),))) for n in (1, 2, 3)])
-    ledger.store_records([row_id], [(row_id, Record(number=1, line=1, barcodes=(barcode(9),)))])
-    assert [r.barcodes for r in ledger.records_of(row_id)] == [(barcode(9),)]
-    assert ledger.items_for(barcode(2)) == [] and len(ledger.items_for(barcode(9))) == 1
+    row_id = ledger.files.begin_claim("print", "a.hold_req", "/p/a.hold_req", 1, 1.0)
+    ledger.items.store_records(
+        [row_id], [(row_id, Record(number=n, line=n, barcodes=(barcode(n),))) for n in (1, 2, 3)]
+    )
+    ledger.items.store_records([row_id], [(row_id, Record(number=1, line=1, barcodes=(barcode(9),)))])
+    assert [r.barcodes for r in ledger.items.records_of(row_id)] == [(barcode(9),)]
+    assert ledger.items.items_for(barcode(2)) == [] and len(ledger.items.items_for(barcode(9))) == 1
     ledger.close()
 
 
@@ -226,10 +230,13 @@ def test_find_reads_the_sidecars_written_before_the_index_once(tmp_path):
     _v1_ledger(tmp_path / "gateway.db")
 
     ledger = Ledger(tmp_path / "gateway.db")
-    assert ledger.get_meta("schema_version") == str(ledger_module.SCHEMA_VERSION) and ledger.get(1).state == "archived"
-    assert ledger.backfill_due() is not None
+    assert (
+        ledger.db.get_meta("schema_version") == str(ledger_module.SCHEMA_VERSION)
+        and ledger.files.get(1).state == "archived"
+    )
+    assert ledger.items.backfill_due() is not None
     found = find.find(ledger, TARGET, [archive, error])
-    assert ledger.backfill_due() is None
+    assert ledger.items.backfill_due() is None
     assert found == [
         {
             "barcode": TARGET,
@@ -273,7 +280,9 @@ def test_find_reads_the_sidecars_written_before_the_index_once(tmp_path):
     assert find.find(ledger, "LATE-1", [archive, error]) == []  # read once: not again on every find
     ledger.close()
     reopened = Ledger(tmp_path / "gateway.db")
-    assert reopened.backfill_due() is None and reopened.get_meta("schema_version") == str(ledger_module.SCHEMA_VERSION)
+    assert reopened.items.backfill_due() is None and reopened.db.get_meta("schema_version") == str(
+        ledger_module.SCHEMA_VERSION
+    )
     reopened.close()
 
 
@@ -292,7 +301,7 @@ def test_the_backfill_skips_sidecars_of_files_the_index_already_holds(tmp_path):
         ledger_id=row_id,
         records=[{"record": 1, "items": [{"barcode": TARGET}]}],
     )
-    ledger._db.execute("UPDATE meta SET value = 'pending since 1900000000' WHERE key = 'items_backfill'")
+    ledger.db.connection.execute("UPDATE meta SET value = 'pending since 1900000000' WHERE key = 'items_backfill'")
     assert [entry["ledger_id"] for entry in find.find(ledger, TARGET, [archive])] == [row_id]
     ledger.close()
 
@@ -347,5 +356,5 @@ def test_the_backfill_indexes_what_a_hand_edited_sidecar_holds_and_skips_what_it
     ledger = Ledger(tmp_path / "gateway.db")
     [entry] = find.find(ledger, TARGET, [archive])
     assert entry["file"] == "edited.hold_req" and entry["record"] is None
-    assert ledger.backfill_due() is None
+    assert ledger.items.backfill_due() is None
     ledger.close()

@@ -55,12 +55,12 @@ def test_the_running_totals_agree_with_the_rows_after_a_real_run(history):
     ledger = Ledger(history.state / "gateway.db")
     try:
         assert (
-            {state.value: count for state, count in ledger.counts().items()}
-            == direct_counts(ledger._db)
+            {state.value: count for state, count in ledger.files.counts().items()}
+            == direct_counts(ledger.db.connection)
             == {"archived": 6, "refused": 1}
         )
-        assert ledger.finished_by_source() == {("print", FileState.ARCHIVED): 6, ("print", FileState.REFUSED): 1}
-        assert ledger.denied_items_by_source() == {"print": 1}
+        assert ledger.alerts.finished_by_source() == {("print", FileState.ARCHIVED): 6, ("print", FileState.REFUSED): 1}
+        assert ledger.alerts.denied_items_by_source() == {"print": 1}
         report = status.collect(ledger)
         assert report["counts"]["archived"] == 6 and report["counts"]["refused"] == 1
     finally:
@@ -77,13 +77,13 @@ def test_an_older_ledger_gets_its_totals_counted_once_at_the_upgrade(history):
         db.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
     ledger = Ledger(database)
     try:
-        assert ledger.counts() == {FileState.ARCHIVED: 6, FileState.REFUSED: 1}
-        assert ledger.denied_items_by_source() == {"print": 1}
-        row_id = ledger.begin_claim("print", "new_barcode", "/print/new_barcode", 15, time.time())
-        assert ledger.counts()[FileState.CLAIMING] == 1, "kept by the triggers from then on"
-        ledger.forget(row_id)
-        assert FileState.CLAIMING not in ledger.counts()
-        assert ledger.get_meta("schema_version") == str(SCHEMA_VERSION)
+        assert ledger.files.counts() == {FileState.ARCHIVED: 6, FileState.REFUSED: 1}
+        assert ledger.alerts.denied_items_by_source() == {"print": 1}
+        row_id = ledger.files.begin_claim("print", "new_barcode", "/print/new_barcode", 15, time.time())
+        assert ledger.files.counts()[FileState.CLAIMING] == 1, "kept by the triggers from then on"
+        ledger.files.forget(row_id)
+        assert FileState.CLAIMING not in ledger.files.counts()
+        assert ledger.db.get_meta("schema_version") == str(SCHEMA_VERSION)
     finally:
         ledger.close()
 
@@ -91,23 +91,23 @@ def test_an_older_ledger_gets_its_totals_counted_once_at_the_upgrade(history):
 def test_status_find_and_the_services_questions_search_and_never_scan_history(history):
     ledger = Ledger(history.state / "gateway.db")
     statements: list[str] = []
-    ledger._db.set_trace_callback(statements.append)
+    ledger.db.connection.set_trace_callback(statements.append)
     try:
         status.collect(ledger)
         find.find(ledger, "31234000000001", [history.archive])
-        ledger.counts()
-        ledger.finished_by_source()
-        ledger.denied_items_by_source()
-        ledger.count_finished_since(FileState.ARCHIVED, time.time() - 86400)
-        ledger.problems(limit=1)
-        ledger.oldest_open()
-        ledger.in_state(FileState.QUEUED)
-        ledger.next_due_at()
-        ledger.next_placement_due()
+        ledger.files.counts()
+        ledger.alerts.finished_by_source()
+        ledger.alerts.denied_items_by_source()
+        ledger.files.count_finished_since(FileState.ARCHIVED, time.time() - 86400)
+        ledger.files.problems(limit=1)
+        ledger.files.oldest_open()
+        ledger.files.in_state(FileState.QUEUED)
+        ledger.files.next_due_at()
+        ledger.files.next_placement_due()
         assert len(statements) > 10, "the trace saw the questions"
-        ledger._db.set_trace_callback(None)
-        assert scanned(ledger._db, statements) == []
-        assert scanned(ledger._db, ["SELECT state, COUNT(*) FROM files GROUP BY state"]), "the check can fail"
+        ledger.db.connection.set_trace_callback(None)
+        assert scanned(ledger.db.connection, statements) == []
+        assert scanned(ledger.db.connection, ["SELECT state, COUNT(*) FROM files GROUP BY state"]), "the check can fail"
     finally:
         ledger.close()
 
@@ -116,7 +116,7 @@ def test_a_damaged_page_found_at_a_quiet_moment_ends_the_check_as_a_damaged_ledg
     database = tmp_path / "gateway.db"
     ledger = Ledger(database)
     for number in range(400):
-        ledger.begin_claim("print", f"file-{number:04d}-" + "x" * 200, f"/print/{number}", 15, 1.0)
+        ledger.files.begin_claim("print", f"file-{number:04d}-" + "x" * 200, f"/print/{number}", 15, 1.0)
     ledger.close()
     with sqlite3.connect(database) as db:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -88,7 +88,7 @@ def test_any_local_name_is_taken_archived_safely_uploaded_safely_and_shown_escap
     def closed_names() -> set[bytes]:
         ledger = Ledger(site.state / "gateway.db")
         try:
-            return {to_bytes(row.name) for row in ledger.in_state("archived", "refused")}
+            return {to_bytes(row.name) for row in ledger.files.in_state("archived", "refused")}
         finally:
             ledger.close()
 

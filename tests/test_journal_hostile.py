@@ -290,7 +290,7 @@ def test_a_journal_not_read_for_a_minute_is_alerted_and_its_end_too(site, simula
         monitor.tick(refused)
         now[0] += 59
         monitor.tick(refused)
-        assert ledger.alerts_waiting() == 0 and box.messages == []
+        assert ledger.alerts.alerts_waiting() == 0 and box.messages == []
         now[0] += 1
         monitor.tick(refused)
         mail = box.find("the NCIP journal cannot be read")

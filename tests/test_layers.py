@@ -144,7 +144,7 @@ OWN_OBJECTS = {
     "gateway/sources/local.py": {"observer"},
     "gateway/state/checkpointfile.py": {"self._saved"},
     "gateway/state/checkpoints.py": {"opened"},
-    "gateway/state/db.py": {"self._db"},
+    "gateway/state/db.py": {"self.connection"},
     "gateway/state/groupcommit.py": {"self._local"},
     "gateway/upload/caiasoft.py": {"self._local"},
 }

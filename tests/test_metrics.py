@@ -96,7 +96,11 @@ textfile = "{textfile}"
     def committed() -> tuple | None:  # archived is a lazy step: another process sees it once it is committed
         ledger = Ledger(site.state / "gateway.db")
         try:
-            figures = ledger.finished_by_source(), ledger.denied_items_by_source(), ledger.ncip_counts()
+            figures = (
+                ledger.alerts.finished_by_source(),
+                ledger.alerts.denied_items_by_source(),
+                ledger.ncip.ncip_counts(),
+            )
         finally:
             ledger.close()
         return figures if figures[0] == {("print", "archived"): 2, ("print", "refused"): 1} else None

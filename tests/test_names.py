@@ -84,16 +84,16 @@ def ledger(tmp_path_factory):
 def test_the_ledger_keeps_any_name_and_origin_byte_for_byte(ledger, raw):
     name = from_bytes(raw)
     origin = "/srv/aleph/print/" + name
-    row = ledger.get(ledger.begin_claim("print", name, origin, 1, 1.0))
+    row = ledger.files.get(ledger.files.begin_claim("print", name, origin, 1, 1.0))
     assert to_bytes(row.name) == raw and to_bytes(row.origin) == b"/srv/aleph/print/" + raw
-    assert (origin, 1, 1.0) in ledger.held("print")
+    assert (origin, 1, 1.0) in ledger.files.held("print")
     assert to_bytes(loaded(stored(name))) == raw
 
 
 def test_a_latin1_name_is_a_blob_of_its_bytes_and_a_utf8_name_stays_text(tmp_path):
     ledger = Ledger(tmp_path / "gateway.db")
-    latin1 = ledger.begin_claim("print", from_bytes(b"caf\xe9.xml"), from_bytes(b"/in/caf\xe9.xml"), 1, 1.0)
-    utf8 = ledger.begin_claim("print", "café.xml", "/in/café.xml", 1, 1.0)
+    latin1 = ledger.files.begin_claim("print", from_bytes(b"caf\xe9.xml"), from_bytes(b"/in/caf\xe9.xml"), 1, 1.0)
+    utf8 = ledger.files.begin_claim("print", "café.xml", "/in/café.xml", 1, 1.0)
     ledger.close()
     database = sqlite3.connect(tmp_path / "gateway.db")
     rows = dict(database.execute("SELECT id, name FROM files").fetchall())

@@ -96,7 +96,7 @@ def _where(root: Path, name: bytes, parts: Parts, ledger: Ledger) -> list[str]:
     """Every place a dropped file is now: 'archive', 'error', 'pending: REASON', 'source'."""
     text = os.fsdecode(name)
     found = []
-    rows = [row for row in ledger.in_state(*FileState) if row.name == text]
+    rows = [row for row in ledger.files.in_state(*FileState) if row.name == text]
     for row in rows:
         if row.state in (FileState.ARCHIVED, FileState.REFUSED):
             found.append("archive" if row.state == FileState.ARCHIVED else "error")
@@ -150,7 +150,7 @@ def test_every_file_ends_in_one_place_no_worker_dies_and_the_key_stays_secret(pe
             assert _settled(places), f"not every file settled in one place: {dict(zip(files, places, strict=True))}"
             for worker in parts.workers():
                 assert worker.is_alive() and worker.fatal is None, f"{worker.name} died"
-            for row in ledger.in_state(FileState.ARCHIVED, FileState.REFUSED):
+            for row in ledger.files.in_state(FileState.ARCHIVED, FileState.REFUSED):
                 placed = Path(row.final_path)
                 assert placed.read_bytes() == files[os.fsencode(row.name)], "a placed file differs from the original"
             report = status.collect(ledger)

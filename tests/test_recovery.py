@@ -37,7 +37,7 @@ def slip(site, name="slip.xml"):
 
 def begin(pipeline, path):
     info = path.stat()
-    return pipeline.ledger.begin_claim("print", path.name, str(path), info.st_size, info.st_mtime)
+    return pipeline.ledger.files.begin_claim("print", path.name, str(path), info.st_size, info.st_mtime)
 
 
 def test_crash_after_the_rename_but_before_claimed_is_recorded(pipeline, site):
@@ -45,7 +45,7 @@ def test_crash_after_the_rename_but_before_claimed_is_recorded(pipeline, site):
     row_id = begin(pipeline, path)
     os.rename(path, pipeline.work_dir / work_name(row_id, path.name))
     assert pipeline.recover()["claims_completed"] == 1
-    assert pipeline.ledger.get(row_id).state == "queued"
+    assert pipeline.ledger.files.get(row_id).state == "queued"
 
 
 def test_a_take_cut_short_between_the_link_and_removing_the_original_is_completed_at_start(pipeline, site):
@@ -55,7 +55,7 @@ def test_a_take_cut_short_between_the_link_and_removing_the_original_is_complete
     pipeline.sources.update({"print": LocalSource(site.load().sources[0])})
     assert pipeline.recover()["claims_completed"] == 1
     assert not path.exists(), "the original of a move is removed at start, not left until the file is sent"
-    assert pipeline.ledger.get(row_id).state == "queued" and pipeline.ledger.held("print") == set()
+    assert pipeline.ledger.files.get(row_id).state == "queued" and pipeline.ledger.files.held("print") == set()
 
 
 def test_a_writer_that_opens_the_original_as_a_cut_short_take_is_completed_keeps_its_file(pipeline, site, monkeypatch):
@@ -82,9 +82,11 @@ def test_a_writer_that_opens_the_original_as_a_cut_short_take_is_completed_keeps
         assert pipeline.recover()["claims_completed"] == 1
         assert answers == [writers.NOBODY, writers.WRITING], "the real check saw nobody, then the writer"
         assert path.exists(), "the original the writer holds is put back"
-        assert pipeline.ledger.get(row_id).state == "queued"
+        assert pipeline.ledger.files.get(row_id).state == "queued"
         info = path.stat()
-        assert (str(path), info.st_size, info.st_mtime) in pipeline.ledger.held("print"), "kept, like any original"
+        assert (str(path), info.st_size, info.st_mtime) in pipeline.ledger.files.held("print"), (
+            "kept, like any original"
+        )
     finally:
         for handle in writer:
             handle.close()
@@ -94,7 +96,7 @@ def test_crash_before_the_rename_forgets_the_row_and_leaves_the_file(pipeline, s
     path = slip(site)
     row_id = begin(pipeline, path)
     assert pipeline.recover()["claims_dropped"] == 1
-    assert pipeline.ledger.get(row_id) is None
+    assert pipeline.ledger.files.get(row_id) is None
     assert path.exists()
 
 
@@ -103,11 +105,11 @@ def test_crash_in_a_copy_claim_before_the_original_was_removed(pipeline, site):
     row_id = begin(pipeline, path)
     (pipeline.work_dir / work_name(row_id, path.name)).write_bytes(path.read_bytes())
     pipeline.recover()
-    assert pipeline.ledger.get(row_id).state == "queued"
+    assert pipeline.ledger.files.get(row_id).state == "queued"
     info = path.stat()  # a copy-claim keeps its original until the file is sent: held, never taken twice
-    assert (str(path), info.st_size, info.st_mtime) in pipeline.ledger.held("print")
-    pipeline.upload(pipeline.ledger.assign(row_id))
-    row = pipeline.ledger.get(row_id)
+    assert (str(path), info.st_size, info.st_mtime) in pipeline.ledger.files.held("print")
+    pipeline.upload(pipeline.ledger.files.assign(row_id))
+    row = pipeline.ledger.files.get(row_id)
     assert row.state == "archived"
     assert (
         LocalSource(site.load().sources[0]).release(aftertake.taken(row)).done == "deleted (it was copied when taken)"
@@ -117,24 +119,24 @@ def test_crash_in_a_copy_claim_before_the_original_was_removed(pipeline, site):
 
 def test_crash_during_upload_puts_the_file_back_in_the_queue(pipeline, site, simulator):
     row_id = pipeline.admission.adopt_copy(slip(site))
-    assert pipeline.ledger.assign(row_id).state == "uploading"
+    assert pipeline.ledger.files.assign(row_id).state == "uploading"
     assert pipeline.recover()["requeued"] == 1
-    row = pipeline.ledger.get(row_id)
+    row = pipeline.ledger.files.get(row_id)
     assert row.state == "queued"
-    pipeline.upload(pipeline.ledger.assign(row_id))
-    assert pipeline.ledger.get(row_id).state == "archived"
+    pipeline.upload(pipeline.ledger.files.assign(row_id))
+    assert pipeline.ledger.files.get(row_id).state == "archived"
 
 
 def test_crash_while_archiving_finishes_at_the_recorded_place(pipeline, site):
     row_id = pipeline.admission.adopt_copy(slip(site))
-    pipeline.ledger.assign(row_id)
-    pipeline.ledger.answered(
+    pipeline.ledger.files.assign(row_id)
+    pipeline.ledger.files.answered(
         row_id, Verdict.ACCEPTED, "accepted", http_status=200, answer={"success": True, "error": ""}, uploaded=True
     )
     target = pipeline.placing.archive.choose("slip.xml", dt.datetime(2026, 11, 28))
-    pipeline.ledger.placing(row_id, target)
+    pipeline.ledger.files.placing(row_id, target)
     assert pipeline.recover()["finished"] == 1
-    row = pipeline.ledger.get(row_id)
+    row = pipeline.ledger.files.get(row_id)
     assert row.state == "archived" and row.final_path == str(target)
     assert target.read_bytes() == (SAMPLES / "hold-request-slip-0001.xml").read_bytes()
     assert site.sidecar(target)["outcome"] == "accepted"
@@ -142,23 +144,23 @@ def test_crash_while_archiving_finishes_at_the_recorded_place(pipeline, site):
 
 def test_crash_after_the_archive_move_but_before_the_sidecar(pipeline, site):
     row_id = pipeline.admission.adopt_copy(slip(site))
-    row = pipeline.ledger.assign(row_id)
-    pipeline.ledger.answered(row_id, Verdict.ACCEPTED, "accepted", http_status=200, uploaded=True)
+    row = pipeline.ledger.files.assign(row_id)
+    pipeline.ledger.files.answered(row_id, Verdict.ACCEPTED, "accepted", http_status=200, uploaded=True)
     target = pipeline.placing.archive.choose("slip.xml", dt.datetime(2026, 11, 28))
-    pipeline.ledger.placing(row_id, target)
+    pipeline.ledger.files.placing(row_id, target)
     os.rename(pipeline.placing.work_path(row), target)
     pipeline.recover()
-    assert pipeline.ledger.get(row_id).state == "archived"
+    assert pipeline.ledger.files.get(row_id).state == "archived"
     assert site.sidecar(target)["sha256"] == row.sha256
 
 
 @pytest.mark.e2e
 def test_the_partial_copies_a_crash_left_in_the_archive_are_removed_at_start(pipeline, site, simulator, daemon_factory):
     row_id = pipeline.admission.adopt_copy(slip(site))
-    pipeline.ledger.assign(row_id)
-    pipeline.ledger.answered(row_id, Verdict.ACCEPTED, "accepted", http_status=200, uploaded=True)
+    pipeline.ledger.files.assign(row_id)
+    pipeline.ledger.files.answered(row_id, Verdict.ACCEPTED, "accepted", http_status=200, uploaded=True)
     target = pipeline.placing.archive.choose("slip.xml", dt.datetime.now())
-    pipeline.ledger.placing(row_id, target)
+    pipeline.ledger.files.placing(row_id, target)
     pipeline.ledger.close()
     # a process killed in the middle of a copy into the archive (another filesystem) and of the sidecar
     dead = a_dead_pid()
@@ -191,7 +193,7 @@ def test_a_file_in_work_without_a_row_is_adopted(pipeline, site):
     # what a crash in the middle of a copy-claim (or an SFTP download) leaves behind:
     (pipeline.work_dir / f".00000043.other_barcode.partial-{a_dead_pid()}").write_bytes(b"3123400")
     assert pipeline.recover()["adopted"] == 1
-    [row] = pipeline.ledger.in_state("queued")
+    [row] = pipeline.ledger.files.in_state("queued")
     assert (row.name, row.source) == ("slip.xml", "recovered")
     assert sorted(p.name for p in pipeline.work_dir.iterdir()) == [row.work_name]
 
@@ -208,9 +210,9 @@ def test_a_claimed_file_not_yet_validated_is_validated(pipeline, site):
     path = slip(site)
     row_id = begin(pipeline, path)
     os.rename(path, pipeline.work_dir / work_name(row_id, path.name))
-    pipeline.ledger.claimed(row_id)
+    pipeline.ledger.files.claimed(row_id)
     pipeline.recover()
-    assert pipeline.ledger.get(row_id).kind == "xml"
+    assert pipeline.ledger.files.get(row_id).kind == "xml"
 
 
 def test_two_gateways_cannot_share_a_state_dir(tmp_path):
@@ -223,24 +225,24 @@ def test_two_gateways_cannot_share_a_state_dir(tmp_path):
 
 def test_a_name_reserved_before_a_crash_recorded_the_place_is_free_again_at_start(pipeline, site):
     first = pipeline.admission.adopt_copy(slip(site, "first.xml"))
-    pipeline.ledger.assign(first)
-    pipeline.ledger.answered(
+    pipeline.ledger.files.assign(first)
+    pipeline.ledger.files.answered(
         first, Verdict.ACCEPTED, "accepted", http_status=200, answer={"success": True, "error": ""}, uploaded=True
     )
     now = dt.datetime.fromtimestamp(pipeline.clock())
     reserved = pipeline.placing.archive.choose("first.xml", now)  # the crash: before the ledger recorded it
     # another file whose place (the next free name) was recorded and not yet filled keeps its reservation
     second = pipeline.admission.adopt_copy(slip(site, "second.xml"))
-    pipeline.ledger.assign(second)
-    pipeline.ledger.answered(
+    pipeline.ledger.files.assign(second)
+    pipeline.ledger.files.answered(
         second, Verdict.ACCEPTED, "accepted", http_status=200, answer={"success": True, "error": ""}, uploaded=True
     )
     kept = pipeline.placing.archive.choose("first.xml", now)
-    pipeline.ledger.placing(second, kept)
+    pipeline.ledger.files.placing(second, kept)
     assert kept.name == "first.1.xml"
     (kept.parent / "third.xml.json").write_text("{}")  # a sidecar with content is never touched
     assert pipeline.recover()["finished"] == 2
-    assert pipeline.ledger.get(first).final_path == str(reserved), "its own name, not first.1.xml"
+    assert pipeline.ledger.files.get(first).final_path == str(reserved), "its own name, not first.1.xml"
     assert sorted(path.name for path in reserved.parent.iterdir()) == [
         "first.1.xml",
         "first.1.xml.json",

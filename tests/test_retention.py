@@ -55,12 +55,14 @@ def place(
 ) -> tuple[int, Path]:
     """A file taken, answered and placed on that day, through the ledger's own transitions; its id and path."""
     clock.now = when.timestamp()
-    row_id = ledger.begin_claim("print", name, f"/aleph/print/{name}", 10, when.timestamp())
-    ledger.claimed(row_id)
-    ledger.moved_when_taken(row_id)
-    ledger.store_records([row_id], [(row_id, Record(number=1, line=1, barcodes=barcodes, request_number=request))])
-    ledger.queued(row_id, "xml", "0" * 64, 10, {})
-    ledger.assign(row_id)
+    row_id = ledger.files.begin_claim("print", name, f"/aleph/print/{name}", 10, when.timestamp())
+    ledger.files.claimed(row_id)
+    ledger.files.moved_when_taken(row_id)
+    ledger.items.store_records(
+        [row_id], [(row_id, Record(number=1, line=1, barcodes=barcodes, request_number=request))]
+    )
+    ledger.files.queued(row_id, "xml", "0" * 64, 10, {})
+    ledger.files.assign(row_id)
     answer = {
         "success": verdict == Verdict.ACCEPTED,
         "results": [
@@ -72,12 +74,12 @@ def place(
             for barcode in barcodes
         ],
     }
-    ledger.answered(row_id, verdict, reason, http_status=200, answer=answer, uploaded=True)
+    ledger.files.answered(row_id, verdict, reason, http_status=200, answer=answer, uploaded=True)
     target = folder.choose(name, when)
-    ledger.placing(row_id, target)
+    ledger.files.placing(row_id, target)
     target.write_bytes(b"<slip/>")
-    ledger.finished(row_id, target)
-    ledger.wait_for(ledger.durable())
+    ledger.files.finished(row_id, target)
+    ledger.db.wait_for(ledger.db.durable())
     return row_id, target
 
 
@@ -106,7 +108,7 @@ def history(tmp_path):
         "c": place(ledger, clock, archive, dt.datetime(2026, 12, 10, 9), "c.xml", ("31234000000011",), "REQ-C"),
     }
     clock.now = TODAY.timestamp()
-    ledger.mark_clock(TODAY.timestamp())
+    ledger.prunes.mark_clock(TODAY.timestamp())
     yield ledger, clock, archive, errors, rows
     ledger.close()
 
@@ -121,12 +123,14 @@ def test_removed_days_leave_one_compact_row_per_item_and_find_tells_removed_from
 
     assert removed == [rows["a"][1].parent, rows["d"][1].parent], "the two archive days older than 30 days"
     assert rows["c"][1].is_file(), "a recent day stays"
-    assert rows["r"][1].is_file() and ledger.get(rows["r"][0]) is not None, "error_dir is kept unless asked"
+    assert rows["r"][1].is_file() and ledger.files.get(rows["r"][0]) is not None, "error_dir is kept unless asked"
     for key in ("a", "d"):
-        assert ledger.get(rows[key][0]) is None and ledger.records_of(rows[key][0]) == [], "the full rows are gone"
-    assert ledger.items_for("31234000000029") == []
-    assert ledger.counts()[FileState.ARCHIVED] == 3, "all-time totals outlive compaction"
-    assert ledger.pruning() == [], "every day was finished"
+        assert ledger.files.get(rows[key][0]) is None and ledger.items.records_of(rows[key][0]) == [], (
+            "the full rows are gone"
+        )
+    assert ledger.items.items_for("31234000000029") == []
+    assert ledger.files.counts()[FileState.ARCHIVED] == 3, "all-time totals outlive compaction"
+    assert ledger.retired.pruning() == [], "every day was finished"
 
     [denied] = find.find(ledger, "31234000000029", [])
     assert (denied["outcome"], denied["request_number"], denied["caiasoft"]) == (
@@ -159,11 +163,11 @@ def test_error_days_go_only_when_the_admin_asks(history):
     assert rows["r"][1].is_file()
     removed = retention(ledger, clock).prune(archive, 30, errors, 7)
     assert removed == [rows["r"][1].parent] and not rows["r"][1].exists()
-    assert ledger.get(rows["r"][0]) is None
+    assert ledger.files.get(rows["r"][0]) is None
     [refused] = find.find(ledger, "31234000000037", [])
     assert refused["outcome"] == Verdict.REFUSED and refused["reason"] == "refused by CaiaSoft: Invalid Stop Code"
     assert "(refused 2026-11-02, removed by retention on 2026-12-12)" in find.render("31234000000037", [refused])
-    assert ledger.counts()[FileState.REFUSED] == 1
+    assert ledger.files.counts()[FileState.REFUSED] == 1
 
 
 def test_the_rows_of_days_removed_by_hand_are_compacted_unless_the_archive_looks_unmounted(history):
@@ -171,12 +175,16 @@ def test_the_rows_of_days_removed_by_hand_are_compacted_unless_the_archive_looks
     shutil.rmtree(archive.root)  # an empty folder: what an unmounted share's mount point looks like
     archive.root.mkdir()
     assert retention(ledger, clock).prune(archive, 30) == []
-    assert ledger.get(rows["a"][0]) is not None, "nothing compacted on an empty archive_dir's word"
+    assert ledger.files.get(rows["a"][0]) is not None, "nothing compacted on an empty archive_dir's word"
 
     rows["c"][1].parent.mkdir(parents=True)  # the recent day is back: the share is there, the old days are gone
     removed = retention(ledger, clock).prune(archive, 30)
     assert removed == [rows["a"][1].parent, rows["d"][1].parent]
-    assert ledger.get(rows["a"][0]) is None and ledger.get(rows["d"][0]) is None and ledger.get(rows["c"][0])
+    assert (
+        ledger.files.get(rows["a"][0]) is None
+        and ledger.files.get(rows["d"][0]) is None
+        and ledger.files.get(rows["c"][0])
+    )
     assert "(archived 2026-11-02, removed by retention on 2026-12-12)" in find.render(
         "31234000000029", find.find(ledger, "31234000000029", [])
     )
@@ -191,10 +199,10 @@ def test_a_mark_that_is_no_day_folder_of_ours_removes_nothing(history, tmp_path)
     link = archive.root / "2026" / "11" / "05"
     link.symlink_to(elsewhere)
     for folder in (elsewhere, link):
-        ledger.begin_pruning(str(folder), clock.now)
+        ledger.retired.begin_pruning(str(folder), clock.now)
     retention(ledger, clock).prune(archive, 30, errors, 0)
     assert (elsewhere / "keep.txt").is_file() and link.is_symlink()
-    assert ledger.pruning() == [], "the marks are dropped, with a warning"
+    assert ledger.retired.pruning() == [], "the marks are dropped, with a warning"
 
 
 def test_a_file_indexed_from_its_sidecar_before_the_index_is_told_removed_too(history):
@@ -203,7 +211,7 @@ def test_a_file_indexed_from_its_sidecar_before_the_index_is_told_removed_too(hi
     old.mkdir(parents=True)
     (old / "pre.xml").write_bytes(b"<x/>")
     (old / "pre.xml.json").write_text("{}")
-    ledger.store_backfill([("31234000000045", 1, str(old / "pre.xml.json"))], done=True)
+    ledger.items.store_backfill([("31234000000045", 1, str(old / "pre.xml.json"))], done=True)
     retention(ledger, clock).prune(archive, 30, errors, 0)
     [entry] = find.find(ledger, "31234000000045", [archive.root, errors.root])
     assert entry["pruned_at"] and entry["outcome"] == Verdict.ACCEPTED
@@ -215,11 +223,13 @@ def test_a_new_ledger_gives_back_the_pages_compaction_freed(tmp_path):
     ledger = Ledger(tmp_path / "gateway.db", clock=clock)
     archive = Folder(tmp_path / "archive")
     try:
-        assert ledger._db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2, "INCREMENTAL, set before any table"
-        ids = ledger.begin_claims("print", [_Seen(f"f{number}.xml") for number in range(400)])
-        with ledger._transaction() as db:  # 400 files archived on the old day, their records and items
+        assert ledger.db.connection.execute("PRAGMA auto_vacuum").fetchone()[0] == 2, (
+            "INCREMENTAL, set before any table"
+        )
+        ids = ledger.files.begin_claims("print", [_Seen(f"f{number}.xml") for number in range(400)])
+        with ledger.db.transaction() as db:  # 400 files archived on the old day, their records and items
             for row_id in ids:
-                ledger.store_records(
+                ledger.items.store_records(
                     [row_id],
                     [
                         (
@@ -238,16 +248,16 @@ def test_a_new_ledger_gives_back_the_pages_compaction_freed(tmp_path):
         (archive.root / "2026/11/02").mkdir(parents=True)
         ledger.close()
         ledger = Ledger(tmp_path / "gateway.db", clock=clock)
-        ledger._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        ledger.db.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         before = (tmp_path / "gateway.db").stat().st_size
         clock.now = TODAY.timestamp()
-        ledger.mark_clock(clock.now)
+        ledger.prunes.mark_clock(clock.now)
         retention(ledger, clock).prune(archive, 30)
-        assert ledger.free_pages() == 0, "every freed page given back"
-        ledger._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        assert ledger.retired.free_pages() == 0, "every freed page given back"
+        ledger.db.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         after = (tmp_path / "gateway.db").stat().st_size
         assert after < before / 2, (before, after)
-        assert ledger.retired_for(f"3123400{ids[-1]:07d}") is not None
+        assert ledger.retired.retired_for(f"3123400{ids[-1]:07d}") is not None
     finally:
         ledger.close()
 
@@ -267,9 +277,9 @@ def test_a_ledger_of_the_release_before_is_indexed_once_and_keeps_its_history(hi
         db.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
     reopened = Ledger(tmp_path / "gateway.db", clock=clock)
     try:
-        detail = [row[3] for row in reopened._db.execute(f"EXPLAIN QUERY PLAN {FOLDER_ROWS}", ("a", "b", 1))]
+        detail = [row[3] for row in reopened.db.connection.execute(f"EXPLAIN QUERY PLAN {FOLDER_ROWS}", ("a", "b", 1))]
         assert any("USING INDEX files_final_path" in step for step in detail), detail
-        assert reopened.counts()[FileState.ARCHIVED] == 3 and reopened.get(rows["a"][0]) is not None
+        assert reopened.files.counts()[FileState.ARCHIVED] == 3 and reopened.files.get(rows["a"][0]) is not None
         assert retention(reopened, clock).prune(archive, 30) == [rows["a"][1].parent, rows["d"][1].parent]
     finally:
         reopened.close()
@@ -366,7 +376,7 @@ def old_day_with_many_files(site, count: int) -> tuple[Path, int, Path]:
             (target.parent / f"filler-{number:05d}.xml").write_bytes(b"<x/>")
         recent = place(ledger, clock, archive, dt.datetime.now(), "new.xml", ("31234600000035",), "REQ-NEW")[1]
         clock.now = dt.datetime.now().timestamp()
-        ledger.mark_clock(clock.now)
+        ledger.prunes.mark_clock(clock.now)
     finally:
         ledger.close()
     return target, row_id, recent
@@ -417,7 +427,7 @@ def test_a_kill_9_during_a_prune_leaves_no_half_removed_day(site, simulator, dae
     assert "request REQ-OLD" in found.stdout
     ledger = Ledger(site.state / "gateway.db")
     try:
-        assert ledger.get(row_id) is None, "its row compacted"
+        assert ledger.files.get(row_id) is None, "its row compacted"
     finally:
         ledger.close()
 
@@ -473,18 +483,18 @@ def test_a_day_folder_that_cannot_be_removed_holds_back_that_day_only_and_is_nam
         subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(busy)], check=True)
         try:
             clock.now = TODAY.timestamp()
-            ledger.mark_clock(clock.now)
+            ledger.prunes.mark_clock(clock.now)
             kept = retention(ledger, clock)
             assert kept.prune(archive, 30) == [gone.parent], "the day that can go goes"
             assert not gone.exists() and busy.is_dir()
             assert kept.problem and f"could not remove 1 day folder(s), first {stuck.parent}" in kept.problem
-            assert [folder for folder, _ in ledger.pruning()] == [str(stuck.parent)], "marked: tried again"
+            assert [folder for folder, _ in ledger.retired.pruning()] == [str(stuck.parent)], "marked: tried again"
             assert kept.prune(archive, 30) == [] and kept.problem, "tried again, still named, nothing else lost"
         finally:
             subprocess.run(["umount", "-l", str(busy)], check=False)
         again = retention(ledger, clock)
         assert again.prune(archive, 30) == [stuck.parent] and again.problem is None, "once it can go, it goes"
-        assert ledger.pruning() == []
+        assert ledger.retired.pruning() == []
     finally:
         ledger.close()
 
@@ -504,9 +514,9 @@ def test_when_retention_has_compacted_every_file_status_reads_without_a_lock_and
     try:
         place(ledger, clock, archive, dt.datetime(2026, 10, 2, 9), "a.xml", ("31234000000011",), "R-A")
         clock.now = TODAY.timestamp()
-        ledger.mark_clock(clock.now)
+        ledger.prunes.mark_clock(clock.now)
         retention(ledger, clock).prune(archive, 30)
-        assert ledger._db.execute("SELECT COUNT(*) FROM files").fetchone()[0] == 0, "every row compacted"
+        assert ledger.db.connection.execute("SELECT COUNT(*) FROM files").fetchone()[0] == 0, "every row compacted"
     finally:
         ledger.close()
     writer = sqlite3.connect(database, isolation_level=None)
@@ -543,7 +553,7 @@ def test_the_prune_command_exits_1_naming_a_day_it_could_not_remove(site, simula
     ledger = Ledger(settings.paths.database, clock=clock)
     try:
         _, stuck = place(ledger, clock, Folder(settings.paths.archive_dir), long_ago, "a.xml", ("31234000000011",), "R")
-        ledger.mark_clock(dt.datetime.now().timestamp())
+        ledger.prunes.mark_clock(dt.datetime.now().timestamp())
     finally:
         ledger.close()
     busy = stuck.parent / "busy"

@@ -335,9 +335,9 @@ def test_files_already_there_at_start_are_taken_in_order(threads, site):
         path.write_text(f"3123400000000{number}\n")
         os.utime(path, (1_700_000_000 + number, 1_700_000_000 + number))
     running = threads(with_uploader=False)
-    wait_for(lambda: running.ledger.counts().get("queued") == 3, message="three files queued")
+    wait_for(lambda: running.ledger.files.counts().get("queued") == 3, message="three files queued")
     assert os.listdir(site.source) == []
-    assert [row.name for row in running.ledger.in_state("queued")] == [f"list-{n}_barcode" for n in range(3)]
+    assert [row.name for row in running.ledger.files.in_state("queued")] == [f"list-{n}_barcode" for n in range(3)]
 
 
 def test_a_vanished_folder_is_reported_and_recovers(threads, site):

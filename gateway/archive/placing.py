@@ -134,7 +134,7 @@ class Placing:
 
     def place_due(self) -> bool:
         """Place one row whose placing is due again (after a fault); return False if none was due."""
-        row = self.ledger.assign_placement()
+        row = self.ledger.files.assign_placement()
         if row is None:
             return False
         if self.place(row) is not None and row.problem:
@@ -153,7 +153,7 @@ class Placing:
             for target in [self._contained(row, self._choose, row)]
             if target is not None
         ]
-        recorded = {row.id: row for row in self.ledger.placing_many(reserved)} if reserved else {}
+        recorded = {row.id: row for row in self.ledger.files.placing_many(reserved)} if reserved else {}
         for row_id, target in reserved:
             if row_id not in recorded:  # placed by someone else meanwhile (a lease that ran out)
                 self.folder_for(answered[row_id]).remove_sidecar(target)
@@ -206,7 +206,7 @@ class Placing:
             raise sync_failed
         if done.in_work:
             self.work_path(done.row).unlink(missing_ok=True)
-        self.ledger.finished(done.row.id, done.final)
+        self.ledger.files.finished(done.row.id, done.final)
         self.events.file_finished(done.row, done.final)
         log.info(
             "file.archived" if done.row.state == FileState.ARCHIVING else "file.to_error",
@@ -239,8 +239,8 @@ class Placing:
                 retry_in=round(delay, 2),
                 hint=folder_hint(error),
             )
-            self.ledger.place_failed(
-                row.id, f"cannot place it in {folder.root}: {describe(error)}", self.ledger.schedule() + delay
+            self.ledger.files.place_failed(
+                row.id, f"cannot place it in {folder.root}: {describe(error)}", self.ledger.db.schedule() + delay
             )
             self.on_failed()
         except Exception as error:
@@ -254,13 +254,16 @@ class Placing:
                 exc_info=(type(error), error, error.__traceback__),
                 detail="the file stays in work/; `status` lists it; it is tried again at the next start",
             )
-            self.ledger.stuck(row.id, f"stuck in {self.work_path(row)}: it cannot be placed ({describe(error)})")
+            self.ledger.files.stuck(row.id, f"stuck in {self.work_path(row)}: it cannot be placed ({describe(error)})")
         return None
 
     def contents(self, row: FileRow) -> dict[str, Any]:
         """What the file held (records or barcodes, CaiaSoft's answer joined to each), for its sidecar."""
         return sidecar_records(
-            row.kind, self.ledger.records_of(row.id, SIDECAR_RECORDS), self.ledger.record_count(row.id), row.answer_json
+            row.kind,
+            self.ledger.items.records_of(row.id, SIDECAR_RECORDS),
+            self.ledger.items.record_count(row.id),
+            row.answer_json,
         )
 
     def note_changed(self, row: FileRow, size_now: int) -> None:

@@ -63,12 +63,12 @@ def recover(
         if files.writer_gone(leftover):  # not the copy a running `send` is making
             _contained("recovery.partial_left", leftover.name, done, leftover.unlink)
     _recover_claims(ledger, placing, sources, local_sources, done)
-    for row in ledger.in_state(FileState.UPLOADING):
-        ledger.interrupted(row.id)
+    for row in ledger.files.in_state(FileState.UPLOADING):
+        ledger.files.interrupted(row.id)
         done["requeued"] += 1
-    ledger.unstick()
-    done["waits_capped"] = ledger.cap_waits(backoff_max_seconds)
-    answered = ledger.in_state(*PLACING_STATES)
+    ledger.files.unstick()
+    done["waits_capped"] = ledger.files.cap_waits(backoff_max_seconds)
+    answered = ledger.files.in_state(*PLACING_STATES)
     kept = {row.final_path for row in answered if row.final_path}
     for final in (Path(path) for path in kept):
         sidecar = final.with_name(final.name + SIDECAR_SUFFIX)
@@ -116,16 +116,16 @@ def _recover_claims(
     ledger: Ledger, placing: Placing, sources: dict[str, Source], local_sources: list[str], done: dict[str, int]
 ) -> None:
     """A claim cut short: complete it if the file reached work/, else forget it (it is still in the source)."""
-    ledger.release_rows_from_before_kept_originals(local_sources)
-    for row in ledger.in_state(FileState.CLAIMING):
+    ledger.files.release_rows_from_before_kept_originals(local_sources)
+    for row in ledger.files.in_state(FileState.CLAIMING):
         work = placing.work_path(row)
         if work.exists():
-            ledger.claimed(row.id)
+            ledger.files.claimed(row.id)
             done["claims_completed"] += 1
             complete = functools.partial(_complete_take, ledger, sources.get(row.source), row, work)
             _contained("recovery.take_not_completed", row.name, done, complete)
         else:
-            ledger.forget(row.id)
+            ledger.files.forget(row.id)
             done["claims_dropped"] += 1
 
 
@@ -133,13 +133,13 @@ def _complete_take(ledger: Ledger, source: Source | None, row: FileRow, work: Pa
     """Remove the original of a move cut short (a batch's originals go after one sync of work/);
     one that cannot be is removed once sent, if unchanged, like an original kept on purpose."""
     if source is not None and row.origin and source.complete_take(row.origin, work):
-        ledger.moved_when_taken(row.id)
+        ledger.files.moved_when_taken(row.id)
 
 
 def _adopt_strays(ledger: Ledger, work_dir: Path, done: dict[str, int]) -> None:
     """Files in work/ without a row (the ledger was lost): give each a row and its work name (claimed: the
     caller validates them)."""
-    known = ledger.known_work_names()
+    known = ledger.files.known_work_names()
     for path in sorted(work_dir.iterdir()):
         if path.name not in known and not path.name.startswith(".") and path.is_file() and not path.is_symlink():
             _contained("recovery.adopt_failed", path.name, done, functools.partial(_adopt, ledger, path, done))
@@ -147,6 +147,6 @@ def _adopt_strays(ledger: Ledger, work_dir: Path, done: dict[str, int]) -> None:
 
 def _adopt(ledger: Ledger, path: Path, done: dict[str, int]) -> None:
     name = path.name.split(".", 1)[1] if "." in path.name else path.name
-    row_id = ledger.adopt(name, path.stat().st_size, str(path))
+    row_id = ledger.files.adopt(name, path.stat().st_size, str(path))
     path.rename(path.parent / work_name(row_id, name))
     done["adopted"] += 1

@@ -83,8 +83,8 @@ class Retention:
         self.wall = wall
         self.monotonic = monotonic
         self.trust_clock = trust_clock  # the admin said the clock is right (prune --trust-clock)
-        mark = ledger.clock_mark()  # the ledger's time at start (None: it has recorded nothing)
-        self.newest = mark if mark is not None else ledger.newest_time()
+        mark = ledger.prunes.clock_mark()  # the ledger's time at start (None: it has recorded nothing)
+        self.newest = mark if mark is not None else ledger.prunes.newest_time()
         self.started = monotonic()
         self.problem: str | None = None  # why days are held back, while they are
         self.unfinished = False  # the last pass ran out of its budget: days (or free pages) are left
@@ -102,7 +102,7 @@ class Retention:
         else:
             trusted = ledger_now
         plan = Plan(wall, ledger_now, trusted)
-        for marked, _ in self.ledger.pruning():
+        for marked, _ in self.ledger.retired.pruning():
             (plan.resumed if _day_of(Path(marked), [folder for folder, _ in folders]) else plan.strays).append(
                 Path(marked)
             )
@@ -129,7 +129,7 @@ class Retention:
             return []
         found: list[Path] = []
         after, end = f"{root}/", f"{root}0"
-        while (path := self.ledger.next_row_path(after, end)) is not None:
+        while (path := self.ledger.retired.next_row_path(after, end)) is not None:
             parts = Path(path).relative_to(root).parts
             date = day_date(parts[:3]) if len(parts) == 4 else None
             if date is None:  # not a file of a day folder: step past it
@@ -166,7 +166,7 @@ class Retention:
                 folder=str(stray),
                 detail="not a day folder of archive_dir or error_dir (or a link): nothing of it is removed",
             )
-            self.ledger.end_pruning(str(stray))
+            self.ledger.retired.end_pruning(str(stray))
         failed: dict[Path, str] = {}
         for day in (*plan.resumed, *plan.removed):
             if budget is not None and (removed or failed) and self.monotonic() - began > budget:
@@ -190,7 +190,7 @@ class Retention:
                 days=[str(day) for day in plan.resumed],
                 detail="a pass cut short (stop or crash) is finished",
             )
-        self.ledger.mark_clock(plan.trusted)  # never a clock it did not count from: see the docstring
+        self.ledger.prunes.mark_clock(plan.trusted)  # never a clock it did not count from: see the docstring
         if removed:
             log.info(
                 "archive.pruned",
@@ -208,23 +208,23 @@ class Retention:
     def _remove(self, day: Path, at: float) -> None:
         """One day, whole: marked, its folder removed, its rows compacted, the mark dropped (see the docstring)."""
         folder = str(day)
-        self.ledger.begin_pruning(folder, at)
+        self.ledger.retired.begin_pruning(folder, at)
         if day.is_dir():  # a day of old_days, or a mark checked by _day_of: a real folder, not a link
             Folder(day.parent.parent.parent).remove_day(day)
         compacted = 0
-        while count := self.ledger.compact(folder, at):
+        while count := self.ledger.retired.compact(folder, at):
             compacted += count
-        self.ledger.end_pruning(folder)
+        self.ledger.retired.end_pruning(folder)
         log.info("archive.day_pruned", folder=folder, rows_compacted=compacted)
 
     def _give_back(self, began: float, budget: float | None) -> None:
         """Give back the pages compaction freed, in short steps, while nothing waits in the queue."""
-        free = self.ledger.free_pages()
-        while free and not any(self.ledger.counts().get(state) for state in OPEN_STATES):
+        free = self.ledger.retired.free_pages()
+        while free and not any(self.ledger.files.counts().get(state) for state in OPEN_STATES):
             if budget is not None and self.monotonic() - began > budget:
                 self.unfinished = True
                 return
-            free = self.ledger.vacuum_step()
+            free = self.ledger.retired.vacuum_step()
 
     def _say_held(self, plan: Plan, failed: dict[Path, str]) -> None:
         """Log and keep (problem) why days are held back: the clock far ahead, or a day that could not be removed."""

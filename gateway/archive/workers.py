@@ -104,13 +104,13 @@ class Placer(Worker):
         """wake is set when a placing fails (Placing's on_failed): the placer looks again at once."""
         super().__init__(name=name)
         self.placing = placing
-        self.clock = clock or placing.ledger.schedule  # the clock next_attempt_at is on, not the wall clock
+        self.clock = clock or placing.ledger.db.schedule  # the clock next_attempt_at is on, not the wall clock
         self.wake = wake
 
     def step(self) -> None:
         self.wake.clear()
         if self.placing.place_due():
             return
-        due = self.placing.ledger.next_placement_due()
+        due = self.placing.ledger.files.next_placement_due()
         wait = IDLE_POLL_SECONDS * 5 if due is None else min(max(due - self.clock(), 0.01), IDLE_POLL_SECONDS * 5)
         self.rest(wait, self.wake)

@@ -126,7 +126,7 @@ def _wait_until_done(database: Path, expected: int, child: subprocess.Popen[byte
     while time.monotonic() < deadline and child.poll() is None:
         if database.exists():
             ledger = Ledger(database)
-            counts = ledger.counts()
+            counts = ledger.files.counts()
             ledger.close()
             if counts.get(FileState.ARCHIVED, 0) + counts.get(FileState.REFUSED, 0) >= expected:
                 return counts

@@ -63,7 +63,9 @@ def find(ledger: Ledger, barcode: str, folders: list[Path]) -> list[dict[str, An
     for entry in found:
         entry["path_exists"] = bool(entry["path"]) and Path(entry["path"]).is_file()
         pruned = (
-            ledger.pruned_at(str(Path(entry["path"]).parent)) if entry["path"] and not entry["path_exists"] else None
+            ledger.prunes.pruned_at(str(Path(entry["path"]).parent))
+            if entry["path"] and not entry["path_exists"]
+            else None
         )
         entry["pruned_at"] = _iso(pruned)  # its day folder was removed by retention_days, then
     retired = _retired(ledger, barcode)
@@ -76,10 +78,10 @@ def find(ledger: Ledger, barcode: str, folders: list[Path]) -> list[dict[str, An
 def _hits(ledger: Ledger, barcode: str) -> list[ItemHit]:
     """The index's hits for the barcode as typed; if none, for it in upper or in lower case (a barcode with
     letters typed at the desk in the other case). Leading zeros are part of a barcode: never dropped."""
-    hits = ledger.items_for(barcode)
+    hits = ledger.items.items_for(barcode)
     for variant in dict.fromkeys((barcode.upper(), barcode.lower())):
         if not hits and variant != barcode:
-            hits = ledger.items_for(variant)
+            hits = ledger.items.items_for(variant)
     return hits
 
 
@@ -87,7 +89,7 @@ def _retired(ledger: Ledger, barcode: str) -> dict[str, Any] | None:
     """The compact row retention kept of the item's removed files (gateway/state/retiredstore.py), as an entry:
     the newest removed file, and how many earlier ones (earlier_removed, since first_taken)."""
     for variant in dict.fromkeys((barcode, barcode.upper(), barcode.lower())):
-        kept = ledger.retired_for(variant)
+        kept = ledger.retired.retired_for(variant)
         if kept is not None:
             break
     else:
@@ -135,10 +137,10 @@ def _printable(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def _from_ledger(ledger: Ledger, barcode: str, file_id: int, number: int) -> dict[str, Any] | None:
-    row = ledger.get(file_id)
+    row = ledger.files.get(file_id)
     if row is None:
         return None
-    record = ledger.record_of(file_id, number)
+    record = ledger.items.record_of(file_id, number)
     # answered (the verdict is recorded, the file not yet placed): the verdict is the outcome
     outcome = _OUTCOMES.get(row.state) or row.verdict or FileState.QUEUED
     return {
@@ -198,7 +200,7 @@ def _from_sidecar(sidecar: Path, barcode: str, number: int) -> dict[str, Any] | 
 
 def _from_pruned_sidecar(ledger: Ledger, sidecar: Path, barcode: str, folders: list[Path]) -> dict[str, Any] | None:
     """A file from before the index whose day retention removed: what the index and the pruned day tell."""
-    if ledger.pruned_at(str(sidecar.parent)) is None:
+    if ledger.prunes.pruned_at(str(sidecar.parent)) is None:
         return None  # moved away, not removed by retention: not listed, as before
     refused = len(folders) > 1 and sidecar.is_relative_to(folders[1])  # find's folders: archive_dir, error_dir
     path = sidecar.with_name(sidecar.name.removesuffix(SIDECAR_SUFFIX))
@@ -241,7 +243,7 @@ def _sidecar_record(content: dict[str, Any], number: int) -> dict[str, Any]:
 
 def backfill(ledger: Ledger, folders: list[Path]) -> int:
     """Index the barcodes of files archived before the index existed, once; return how many were indexed."""
-    since = ledger.backfill_due()
+    since = ledger.items.backfill_due()
     if since is None:
         return 0
     last_day = dt.date.fromtimestamp(since)
@@ -251,10 +253,10 @@ def backfill(ledger: Ledger, folders: list[Path]) -> int:
         for barcode, number in _sidecar_items(ledger, sidecar):
             batch.append((barcode, number, str(sidecar)))
         if len(batch) >= BACKFILL_BATCH:
-            ledger.store_backfill(batch, done=False)
+            ledger.items.store_backfill(batch, done=False)
             total += len(batch)
             batch = []
-    ledger.store_backfill(batch, done=True)
+    ledger.items.store_backfill(batch, done=True)
     return total + len(batch)
 
 
@@ -279,7 +281,7 @@ def _sidecar_items(ledger: Ledger, sidecar: Path) -> list[tuple[str, int]]:
         return []
     target = sidecar.with_name(sidecar.name.removesuffix(SIDECAR_SUFFIX))
     ledger_id = content.get("ledger_id")
-    if isinstance(ledger_id, int) and ledger.indexed_path(ledger_id, str(target)):
+    if isinstance(ledger_id, int) and ledger.items.indexed_path(ledger_id, str(target)):
         return []
     items = [
         (item["barcode"], record.get("record", 0))

@@ -440,7 +440,7 @@ def cmd_find(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     ledger = Ledger(config.paths.database)
     try:
-        if ledger.backfill_due() is not None and not args.json:
+        if ledger.items.backfill_due() is not None and not args.json:
             print("reading the sidecars of files archived before the item index (once) ...", file=sys.stderr)
         barcode = args.barcode.strip()
         found = find.find(ledger, barcode, [config.paths.archive_dir, config.paths.error_dir])
@@ -490,7 +490,7 @@ def cmd_send(args: argparse.Namespace) -> int:
                 continue
             row_id = pipeline.admission.adopt_copy(path)
             for attempt in range(max(args.attempts, 1)):
-                row = ledger.assign(row_id)
+                row = ledger.files.assign(row_id)
                 if row is None:  # the running service took it first: wait for its answer
                     _wait_until_settled(ledger, row_id, config.caiasoft.timeout_seconds * 2)
                     break
@@ -499,7 +499,7 @@ def cmd_send(args: argparse.Namespace) -> int:
                     break
                 if attempt + 1 < args.attempts:
                     pipeline.gate.wait_open()
-            row = ledger.row(row_id)
+            row = ledger.files.row(row_id)
             if row.state == FileState.ARCHIVED:
                 print(f"{name}: accepted by CaiaSoft, archived as {_shown(row.final_path)}")
             elif row.state == FileState.REFUSED:
@@ -521,7 +521,11 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 def _wait_until_settled(ledger: Ledger, row_id: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while (row := ledger.get(row_id)) is not None and row.state == FileState.UPLOADING and time.monotonic() < deadline:
+    while (
+        (row := ledger.files.get(row_id)) is not None
+        and row.state == FileState.UPLOADING
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.1)
 
 

@@ -95,7 +95,7 @@ def _what(ledger: Ledger, day: Path) -> str:
     """What goes with a day folder: its files, and the ledger rows compacted to a row per item."""
     files = f"{_files_in(day)} file(s)" if os.path.lexists(day) else "the folder is gone already"
     return (
-        f"{files}, {ledger.rows_in(str(day))} ledger row(s) compacted "
+        f"{files}, {ledger.retired.rows_in(str(day))} ledger row(s) compacted "
         "(find keeps, per item: file, day, outcome, request number, CaiaSoft's status)"
     )
 

@@ -48,22 +48,22 @@ def find_in_error_dir(error_dir: Path, names: list[str], every: bool) -> tuple[l
 def requeue(pipeline: Pipeline, path: Path) -> FileRow:
     """Move one file from error_dir back into work/, validate it again, and return its row."""
     ledger = pipeline.ledger
-    row = ledger.find_refused(path)
+    row = ledger.files.find_refused(path)
     sidecar = path.with_name(path.name + SIDECAR_SUFFIX)
     if row is None:  # not in this ledger (e.g. put there by hand): take it like a new file
         info = path.stat()
-        row_id = ledger.begin_claim("retry", path.name, str(path), info.st_size, info.st_mtime)
+        row_id = ledger.files.begin_claim("retry", path.name, str(path), info.st_size, info.st_mtime)
         try:
             move_no_clobber(path, pipeline.work_dir / work_name(row_id, path.name))
         except OSError:
-            ledger.forget(row_id)
+            ledger.files.forget(row_id)
             raise
-        ledger.claimed(row_id)
+        ledger.files.claimed(row_id)
     else:
         row_id = row.id
         move_no_clobber(path, pipeline.work_dir / work_name(row.id, row.name))
-        ledger.reopen(row.id, row.name)
+        ledger.files.reopen(row.id, row.name)
     sidecar.unlink(missing_ok=True)
     log.info("retry.requeued", id=row_id, file=path.name, previous_reason=row.reason if row else None)
     pipeline.admission.admit(row_id)
-    return ledger.row(row_id)
+    return ledger.files.row(row_id)

@@ -43,9 +43,9 @@ def _printable(value: Any) -> Any:
 
 def _collect(ledger: Ledger, now: float | None) -> dict[str, Any]:
     now = time.time() if now is None else now
-    counts = ledger.counts()
-    oldest = ledger.oldest_open()
-    last = ledger.recent(FileState.ARCHIVED, 1)
+    counts = ledger.files.counts()
+    oldest = ledger.files.oldest_open()
+    last = ledger.files.recent(FileState.ARCHIVED, 1)
     midnight = dt.datetime.combine(dt.date.today(), dt.time()).timestamp()
     service = snapshot.read(ledger)
     running = service is not None and now - service["updated"] < SERVICE_STALE_SECONDS
@@ -87,17 +87,17 @@ def _collect(ledger: Ledger, now: float | None) -> dict[str, Any]:
                 "work_file": row.work_name,
                 "source": row.source,
             }
-            for row in ledger.problems()
+            for row in ledger.files.problems()
         ],
-        "archived_today": ledger.count_finished_since(FileState.ARCHIVED, midnight),
-        "refused_today": ledger.count_finished_since(FileState.REFUSED, midnight),
+        "archived_today": ledger.files.count_finished_since(FileState.ARCHIVED, midnight),
+        "refused_today": ledger.files.count_finished_since(FileState.REFUSED, midnight),
         "last_upload": None
         if not last
         else {"file": last[0].name, "at": _iso(last[0].uploaded_at), "path": last[0].final_path},
         "alerts": alerts.delivery_state(ledger),
         "recent_errors": [
             {"file": row.name, "at": _iso(row.finished_at), "reason": row.reason, "path": row.final_path}
-            for row in ledger.recent(FileState.REFUSED, RECENT_ERRORS)
+            for row in ledger.files.recent(FileState.REFUSED, RECENT_ERRORS)
         ],
     }
 

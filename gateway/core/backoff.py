@@ -14,7 +14,7 @@ next_attempt_at (uploads, placing, leases) is wall time as it was when the
 process started plus the monotonic time since, so a wall-clock step while the
 service runs (NTP, an admin, a VM restored) moves no wait at all. Waits left by an
 earlier run are capped at backoff_max_seconds when the service starts
-(Ledger.cap_waits, from recovery), so a step between two runs delays nothing
+(ledger.files.cap_waits, from recovery), so a step between two runs delays nothing
 beyond that either.
 
 Every retry in the gateway waits as decided here: uploads and `send` (Gate),

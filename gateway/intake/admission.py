@@ -62,7 +62,7 @@ class Admission:
         recorded) is returned with the error and stays in its source; the others go on.
         """
         try:
-            row_ids = self.ledger.begin_claims(source.name, entries)
+            row_ids = self.ledger.files.begin_claims(source.name, entries)
         except Exception as error:
             if fault_kind(error) != BUG:  # the ledger itself: the worker pauses
                 raise
@@ -113,9 +113,9 @@ class Admission:
                 )
                 _drop_marker(source, entry)
         if dropped:
-            self.ledger.forget(*dropped)
+            self.ledger.files.forget(*dropped)
         if moved:
-            self.ledger.moved_when_taken(*moved)
+            self.ledger.files.moved_when_taken(*moved)
         return taken, failures
 
     def _claim_one_by_one(
@@ -142,9 +142,9 @@ class Admission:
     def adopt_copy(self, path: Path, source_name: str = "send") -> int:
         """Copy a file given on the command line into work/ and validate it (for `send`)."""
         info = os.stat(path)
-        row_id = self.ledger.begin_claim(source_name, path.name, str(path.resolve()), info.st_size, info.st_mtime)
+        row_id = self.ledger.files.begin_claim(source_name, path.name, str(path.resolve()), info.st_size, info.st_mtime)
         copy_no_clobber(path, self.work_dir / work_name(row_id, path.name))
-        self.ledger.claimed(row_id)
+        self.ledger.files.claimed(row_id)
         self.admit(row_id)
         return row_id
 
@@ -161,8 +161,8 @@ class Admission:
         if not row_ids:
             return
         valid = []
-        spool = RecordSpool(self.ledger)  # what each file holds, indexed by barcode for `find`
-        for row in self.ledger.rows(row_ids):
+        spool = RecordSpool(self.ledger.items)  # what each file holds, indexed by barcode for `find`
+        for row in self.ledger.files.rows(row_ids):
             if row.state not in (FileState.CLAIMING, FileState.CLAIMED):
                 continue
             spool.start(row.id)
@@ -181,7 +181,7 @@ class Admission:
             )
         spool.flush()
         if valid:
-            self.ledger.queued_many(valid)
+            self.ledger.files.queued_many(valid)
             self.on_queued()
 
     def _inspect(self, row: FileRow, spool: RecordSpool) -> validation.Inspection | None:
@@ -216,7 +216,7 @@ class Admission:
         log.warning(
             "file.refused", id=row.id, source=row.source, file=row.name, sha256=sha256, by="gateway", reason=why
         )
-        self.placing.place(self.ledger.answered(row.id, Verdict.REFUSED, why, sha256=sha256, size=size))
+        self.placing.place(self.ledger.files.answered(row.id, Verdict.REFUSED, why, sha256=sha256, size=size))
         return None
 
 

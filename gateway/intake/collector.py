@@ -152,7 +152,7 @@ class Collector(Worker):
             self._report(self._unreadable(error))
             return []
         self._report(None)
-        self._held = self.ledger.held(self.source.name)
+        self._held = self.ledger.files.held(self.source.name)
         entries = self._unheld(entries)
         names = {entry.name for entry in entries}
         self.settler.keep_only(names)
@@ -189,7 +189,7 @@ class Collector(Worker):
         """Remove (or move) originals whose outcome is known, unless they changed after they were taken
         (then they stay, and are taken again whole). A failure is retried on the next scan."""
         ledger = self.ledger
-        for row in ledger.to_release(self.source.name, time.time() - self.keep_original_seconds):
+        for row in ledger.files.to_release(self.source.name, time.time() - self.keep_original_seconds):
             try:
                 released = self.source.release(aftertake.taken(row))
             except OSError as error:
@@ -207,7 +207,7 @@ class Collector(Worker):
             if released.changed_size is not None and not (row.reason or "").startswith(CHANGED_AFTER_TAKE):
                 aftertake.log_changed(row, released.changed_size, "before removing the original")
                 self.placing.note_changed(row, released.changed_size)
-            ledger.released(row.id)
+            ledger.files.released(row.id)
             log.info(
                 "remote.cleaned_up" if self.source.keeps_originals else "original.cleaned_up",
                 source=self.source.name,
@@ -236,7 +236,7 @@ class Collector(Worker):
             self.ready_check.changed(entry.name)
         taken, failures = self.admission.claim(self.source, entries)
         self._to_admit = taken
-        self._held = self.ledger.held(self.source.name)
+        self._held = self.ledger.files.held(self.source.name)
         for entry in entries:
             self._failed.pop(entry.name, None)
             self.claim_failures.pop(entry.name, None)

@@ -235,12 +235,14 @@ def send_test(settings: Alerts, clock: Callable[[], float] = time.time) -> list[
 def delivery_state(ledger: Ledger) -> dict[str, Any]:
     """For `status`: when the last alert went out, how many wait, and the delivery problem, if any."""
     sent = [
-        moment for moment in (ledger.last_alert_sent(channel) for channel in ("mail", "webhook")) if moment is not None
+        moment
+        for moment in (ledger.alerts.last_alert_sent(channel) for channel in ("mail", "webhook"))
+        if moment is not None
     ]
     return {
         "last_sent": _when(max(sent)) if sent else None,
-        "waiting": ledger.alerts_waiting(),
-        "problem": ledger.get_meta(PROBLEM_META) or None,
+        "waiting": ledger.alerts.alerts_waiting(),
+        "problem": ledger.db.get_meta(PROBLEM_META) or None,
     }
 
 
@@ -312,7 +314,7 @@ class AlertSender(Worker):
             if steady < self._retry_at.get(channel, 0.0):
                 next_due = min(next_due, self._retry_at[channel] - steady)
                 continue
-            pending = self.ledger.pending_alerts(channel)
+            pending = self.ledger.alerts.pending_alerts(channel)
             by_kind = itertools.groupby(
                 sorted(pending, key=lambda alert: (alert.kind, alert.id)), key=lambda alert: alert.kind
             )
@@ -336,7 +338,7 @@ class AlertSender(Worker):
         interval = self.settings.min_interval_seconds
         sent = self._sent_at.get((channel, kind))
         if sent is None:
-            last = self.ledger.last_alert_sent(channel, kind)
+            last = self.ledger.alerts.last_alert_sent(channel, kind)
             if last is None:
                 return 0.0
             sent = self._sent_at[(channel, kind)] = time.monotonic() - min(max(now - last, 0.0), interval)
@@ -353,8 +355,8 @@ class AlertSender(Worker):
         if self._problem is not None and not any(self.failures.values()):
             log.info("alert.delivery_recovered", detail="alerts are delivered again")
             self._problem = None
-            self.ledger.set_meta(PROBLEM_META, "")
-        self.ledger.alerts_sent(channel, [alert.id for alert in batch], self.clock())
+            self.ledger.db.set_meta(PROBLEM_META, "")
+        self.ledger.alerts.alerts_sent(channel, [alert.id for alert in batch], self.clock())
         self._sent_at[(channel, batch[0].kind)] = time.monotonic()
         log.info(
             "alert.sent", channel=channel, kind=batch[0].kind, alerts=len(batch), title=batch[0].message.get("title")
@@ -378,4 +380,4 @@ class AlertSender(Worker):
             self._problem_logged_at = now
         if problem != self._problem:
             self._problem = problem
-            self.ledger.set_meta(PROBLEM_META, f"{problem} (since {_when(self.clock())})")
+            self.ledger.db.set_meta(PROBLEM_META, f"{problem} (since {_when(self.clock())})")

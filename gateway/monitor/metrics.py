@@ -96,11 +96,11 @@ class Metrics:
             for state in FINAL_STATES:
                 self.files.labels(source, state)
             self.denied.labels(source)
-        for (source, state), count in self.ledger.finished_by_source().items():
+        for (source, state), count in self.ledger.alerts.finished_by_source().items():
             self.files.labels(source, state).inc(count)
-        for source, count in self.ledger.denied_items_by_source().items():
+        for source, count in self.ledger.alerts.denied_items_by_source().items():
             self.denied.labels(source).inc(count)
-        counts = self.ledger.ncip_counts()
+        counts = self.ledger.ncip.ncip_counts()
         for outcome in NcipOutcome:
             self.ncip.labels(outcome).inc(counts.get(outcome, 0))
 
@@ -192,8 +192,8 @@ class _Gauges(Collector):
 
     def collect(self) -> Iterator[Metric]:
         ledger, conditions = self.metrics.ledger, self.metrics.current()
-        counts = ledger.counts()
-        oldest = ledger.oldest_open()
+        counts = ledger.files.counts()
+        oldest = ledger.files.oldest_open()
         yield GaugeMetricFamily(
             PREFIX + "pending_files",
             "Request files taken and not yet archived or refused.",

@@ -130,7 +130,7 @@ class Monitor(Events):
         reason: str | None = None,
         dead_letters: Path | None = None,
     ) -> None:
-        self.ledger.count_ncip_entry(outcome)
+        self.ledger.ncip.count_ncip_entry(outcome)
         if self.metrics:
             self.metrics.ncip_entry(outcome)
         if outcome == NcipOutcome.DEAD_LETTER:
@@ -157,7 +157,7 @@ class Monitor(Events):
         """Queue alerts in one commit and wake the sender once, so those raised together go in one mail."""
         if not alerts or self.sender is None:
             return
-        self.ledger.add_alerts(alerts, self.clock(), self.sender.delivery.channels)
+        self.ledger.alerts.add_alerts(alerts, self.clock(), self.sender.delivery.channels)
         for kind, message, recovery in alerts:
             log.info("alert.queued", kind=kind, title=message["title"], recovery=recovery)
         self.sender.notify()
@@ -246,7 +246,7 @@ class Monitor(Events):
                 functools.partial(alerttexts.source_ok, source, location),
             )
         calm = conditions.paused is None and conditions.caiasoft_problem is None
-        oldest = self.ledger.oldest_open() if calm else None  # one row a tick; the list only when raised
+        oldest = self.ledger.files.oldest_open() if calm else None  # one row a tick; the list only when raised
         self._edge(
             "stuck",
             oldest is not None and now - oldest.seen_at >= after,
@@ -284,11 +284,11 @@ class Monitor(Events):
         return now - self._since.get(f"unreachable:{system}", now)
 
     def _pending(self) -> int:
-        counts = self.ledger.counts()
+        counts = self.ledger.files.counts()
         return sum(counts.get(state, 0) for state in OPEN_STATES)
 
     def _stuck(self, now: float, after: float) -> list[dict[str, Any]]:
-        rows = [row for row in self.ledger.in_state(*OPEN_STATES) if now - row.seen_at >= after]
+        rows = [row for row in self.ledger.files.in_state(*OPEN_STATES) if now - row.seen_at >= after]
         return [
             {
                 "file": row.name,

@@ -268,7 +268,7 @@ class Feed(Worker):
         for day in days:
             added += self._day(day, held)
         self.held = held
-        self.ledger.forget_feed_before(days[0])  # days no read covers any more: the memory stays small
+        self.ledger.ncip.forget_feed_before(days[0])  # days no read covers any more: the memory stays small
         self.uncarried = {key: reason for key, reason in self.uncarried.items() if key[0] >= days[0]}
         return added
 
@@ -287,7 +287,7 @@ class Feed(Worker):
             new = {
                 kind
                 for kind, listed in (("retrieved", out), ("refiled", back_in))
-                if barcode in listed and not self.ledger.feed_seen(kind, barcode, day)
+                if barcode in listed and not self.ledger.ncip.feed_seen(kind, barcode, day)
             }
             if not new or (day, barcode) in held:
                 continue
@@ -352,7 +352,7 @@ class Feed(Worker):
     def _append(self, kind: str, barcode: str, day: str, fact: Retrieval | None, again: bool = False) -> None:
         if kind == "not lent":  # seen: an electronic retrieval does not lend the item
             log.info("feed.not_checked_out", item=barcode, day=day, retrieval_type=fact.type if fact else None)
-            self.ledger.remember_feed("retrieved", barcode, day)
+            self.ledger.ncip.remember_feed("retrieved", barcode, day)
             return
         entry_id = f"feed-{kind}-{day}-{barcode}" + ("-again" if again else "")
         if kind == "retrieved":
@@ -371,4 +371,4 @@ class Feed(Worker):
                 reason=str(error),
                 detail="CaiaSoft listed a barcode that cannot be relayed; the other items go on",
             )
-        self.ledger.remember_feed(kind, barcode, day)
+        self.ledger.ncip.remember_feed(kind, barcode, day)

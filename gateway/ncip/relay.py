@@ -140,7 +140,7 @@ class Relay(Worker):
     def __init__(self, settings: Ncip, ledger: Ledger, error_dir: Path, events: Events = NO_EVENTS):
         super().__init__(name="ncip-relay")
         self.settings = settings
-        self.checkpoint = ledger.journal_checkpoint()  # here, at start: a damaged file stops it (exit 2)
+        self.checkpoint = ledger.ncip.journal_checkpoint()  # here, at start: a damaged file stops it (exit 2)
         self.client = NcipClient(settings)
         self.dead_letters = DeadLetters(error_dir / "ncip")
         self.backoff = Backoff(settings.backoff_initial_seconds, settings.backoff_max_seconds)

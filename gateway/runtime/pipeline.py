@@ -90,5 +90,5 @@ class Pipeline:
             [source.name for source in self.config.sources if not source.is_sftp],
             self.config.caiasoft.backoff_max_seconds,
         )
-        self.admission.admit_many([row.id for row in self.ledger.in_state(FileState.CLAIMED)])
+        self.admission.admit_many([row.id for row in self.ledger.files.in_state(FileState.CLAIMED)])
         return done

@@ -304,7 +304,7 @@ class Service:
         than archive.error_retention_days (0: keep), on a day the ledger's time agrees with, in passes of at
         most PRUNE_PASS_SECONDS; a day a crash left half-removed is finished first (gateway/archive/retention.py)."""
         days, error_days = self.config.archive.retention_days, self.config.archive.error_retention_days
-        if self._retention is not None and (days or error_days or self._retention.ledger.pruning()):
+        if self._retention is not None and (days or error_days or self._retention.ledger.retired.pruning()):
             self._retention.prune(
                 parts.pipeline.placing.archive,
                 days,
@@ -359,12 +359,12 @@ class Service:
                 retention=retention,
             ),
         )
-        counts = ledger.counts()
+        counts = ledger.files.counts()
         midnight = dt.datetime.combine(dt.date.today(), dt.time()).timestamp()
         queued = sum(counts.get(state, 0) for state in (FileState.CLAIMED, FileState.QUEUED, FileState.UPLOADING))
         line = (
-            f"queued {queued}, uploaded today {ledger.count_finished_since(FileState.ARCHIVED, midnight)}, "
-            f"errors today {ledger.count_finished_since(FileState.REFUSED, midnight)}"
+            f"queued {queued}, uploaded today {ledger.files.count_finished_since(FileState.ARCHIVED, midnight)}, "
+            f"errors today {ledger.files.count_finished_since(FileState.REFUSED, midnight)}"
         )
         if ncip:
             line += f", NCIP lag {ncip['lag_entries']}"
@@ -376,7 +376,7 @@ class Service:
             line += "; UPLOADS PAUSED (API key refused)"
         if retention:
             line += "; RETENTION HELD (see caiasoft-gateway status)"
-        waiting = ledger.problems(limit=1)
+        waiting = ledger.files.problems(limit=1)
         if waiting:
             row = waiting[0]
             line += f"; {'STUCK' if row.state == FileState.STUCK else 'PLACING PAUSED'}: {row.problem}"

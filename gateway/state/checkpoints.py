@@ -26,10 +26,12 @@ MADE = "ncip_checkpoint_made"  # meta: when the file was first made (a missing f
 _OPENING = threading.Lock()
 
 
-class Checkpoints(LedgerDb):
-    """The NCIP checkpoint file and the feed memory (mixed into Ledger)."""
+class Checkpoints:
+    """The NCIP checkpoint file and the feed memory (ledger.ncip)."""
 
-    _journal_checkpoint: CheckpointFile | None = None
+    def __init__(self, db: LedgerDb):
+        self.db = db
+        self._journal_checkpoint: CheckpointFile | None = None
 
     def journal_checkpoint(self) -> CheckpointFile:
         """The relay's checkpoint file beside the ledger, opened once (created on the first call, from what an
@@ -37,8 +39,8 @@ class Checkpoints(LedgerDb):
         its records can be read, CheckpointMissing if it is gone although this ledger made it."""
         with _OPENING:  # not the ledger's lock: forgetting the old rows waits for the writer, which takes it
             if self._journal_checkpoint is None:
-                path = self.path.parent / FILE_NAME
-                made = self.get_meta(MADE)
+                path = self.db.path.parent / FILE_NAME
+                made = self.db.get_meta(MADE)
                 opened = CheckpointFile.open(path)
                 if opened is None:
                     if made is not None and not path.exists():
@@ -46,9 +48,9 @@ class Checkpoints(LedgerDb):
                     opened = CheckpointFile.create(path, self._legacy_checkpoint(), self._legacy_counts())
                     opened.started_over = made is not None  # the relay says so in its log
                 if made is None:  # after the file is durable: a crash in between only sets it at the next start
-                    self.set_meta(MADE, time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+                    self.db.set_meta(MADE, time.strftime("%Y-%m-%d %H:%M:%S %Z"))
                 self._forget_legacy()
-                with self._lock:
+                with self.db.lock:
                     self._journal_checkpoint = opened
             return self._journal_checkpoint
 
@@ -59,29 +61,29 @@ class Checkpoints(LedgerDb):
 
     def ncip_counts(self) -> dict[str, int]:
         """Entries finished by outcome, as this process counts them, else as the file or an older ledger says."""
-        with self._lock:
+        with self.db.lock:
             if self._journal_checkpoint is not None:
                 return self._journal_checkpoint.counts()
-        saved = read(self.path.parent / FILE_NAME)
+        saved = read(self.db.path.parent / FILE_NAME)
         return saved.counts if saved is not None else {**dict.fromkeys(OUTCOMES, 0), **self._legacy_counts()}
 
     def close(self) -> None:
-        with self._lock:
+        """Close the checkpoint file, if it was opened (the ledger closes its database after this)."""
+        with self.db.lock:
             if self._journal_checkpoint is not None:
                 self._journal_checkpoint.close()
-        super().close()
 
     def _legacy_checkpoint(self) -> dict[str, Any] | None:
-        with self._lock:
-            row = self._db.execute(
+        with self.db.lock:
+            row = self.db.connection.execute(
                 "SELECT device, inode, fingerprint, fingerprint_length, offset FROM checkpoints WHERE name = ?",
                 (LEGACY_CHECKPOINT,),
             ).fetchone()
         return dict(row) if row else None
 
     def _legacy_counts(self) -> dict[str, int]:
-        with self._lock:
-            rows = self._db.execute(
+        with self.db.lock:
+            rows = self.db.connection.execute(
                 "SELECT name, value FROM counters WHERE name GLOB ?", (LEGACY_COUNTER + "*",)
             ).fetchall()
         return {name[len(LEGACY_COUNTER) :]: value for name, value in rows if name[len(LEGACY_COUNTER) :] in OUTCOMES}
@@ -90,25 +92,25 @@ class Checkpoints(LedgerDb):
         """Once the file holds them (it is durable before this runs), the ledger's copies go."""
         if self._legacy_checkpoint() is None and not self._legacy_counts():
             return  # nothing to delete: no write, no commit
-        with self._transaction() as db:
+        with self.db.transaction() as db:
             db.execute("DELETE FROM checkpoints WHERE name = ?", (LEGACY_CHECKPOINT,))
             db.execute("DELETE FROM counters WHERE name GLOB ?", (LEGACY_COUNTER + "*",))
 
     def feed_seen(self, kind: str, barcode: str, day: str) -> bool:
-        with self._lock:
+        with self.db.lock:
             return (
-                self._db.execute(
+                self.db.connection.execute(
                     "SELECT 1 FROM feed_seen WHERE kind = ? AND barcode = ? AND day = ?", (kind, barcode, day)
                 ).fetchone()
                 is not None
             )
 
     def remember_feed(self, kind: str, barcode: str, day: str) -> None:
-        with self._transaction() as db:
-            db.execute("INSERT OR IGNORE INTO feed_seen VALUES (?, ?, ?, ?)", (kind, barcode, day, self.clock()))
+        with self.db.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO feed_seen VALUES (?, ?, ?, ?)", (kind, barcode, day, self.db.clock()))
 
     def forget_feed_before(self, day: str) -> int:
         """Forget what the feed journaled for days before day (YYYYMMDD), which it reads no more; return how many
         rows went. The table then holds lookback_days + 1 days, however long the feed runs."""
-        with self._transaction() as db:
+        with self.db.transaction() as db:
             return int(db.execute("DELETE FROM feed_seen WHERE day < ?", (day,)).rowcount)

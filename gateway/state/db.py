@@ -87,26 +87,26 @@ class LedgerDb:
         self.path = path
         self.clock = clock
         self.schedule = schedule
-        self._lock = threading.RLock()
+        self.lock = threading.RLock()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+            self.connection = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         except (OSError, sqlite3.OperationalError) as error:
             raise LedgerUnavailable(f"cannot open the ledger {path}: {describe(error)}") from None
-        self._commits = GroupCommit(self._db, self._lock)
+        self._commits = GroupCommit(self.connection, self.lock)
         try:
             self._open(check)
         except sqlite3.OperationalError as error:
             self._commits.close()
-            self._db.close()
+            self.connection.close()
             raise LedgerUnavailable(f"cannot open the ledger {path}: {describe(error)}") from None
         except sqlite3.DatabaseError as error:
             self._commits.close()
-            self._db.close()
+            self.connection.close()
             raise LedgerDamaged(path, describe(error)) from None
 
     def _open(self, check: bool) -> None:
-        self._db.row_factory = sqlite3.Row
+        self.connection.row_factory = sqlite3.Row
         # Why a reader (status, find) waits for a lock instead of failing with "database is locked": the busy
         # handler is set before the first read (connect's timeout, and here), every statement runs on its own
         # (autocommit: no read transaction is ever promoted to a write, the one case where SQLite answers BUSY
@@ -114,30 +114,30 @@ class LedgerDb:
         # snapshot) through the busy handler while no transaction is open. A reader writes only to a new or
         # older ledger (create, migrate): one autocommit statement, or BEGIN IMMEDIATE, both waited for.
         # WAL recovery and cleanup windows are retried inside SQLite and would end in SQLITE_PROTOCOL.
-        self._db.execute("PRAGMA busy_timeout=30000")
-        if self._db.execute("SELECT NOT EXISTS (SELECT 1 FROM sqlite_master)").fetchone()[0]:
+        self.connection.execute("PRAGMA busy_timeout=30000")
+        if self.connection.execute("SELECT NOT EXISTS (SELECT 1 FROM sqlite_master)").fetchone()[0]:
             # a new ledger: pages retention's compaction frees can be given back (only settable before the
             # first table; an older ledger reuses its free pages instead, see gateway/state/retiredstore.py)
-            self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+            self.connection.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        self.connection.execute("PRAGMA journal_mode=WAL")
+        self.connection.execute("PRAGMA synchronous=FULL")
         if check:
-            problem = _quick_check(self._db)
+            problem = _quick_check(self.connection)
             if problem:
                 raise sqlite3.DatabaseError(problem)
-        _ours(self._db)
-        schema.create(self._db)
-        if schema.current(self._db):
+        _ours(self.connection)
+        schema.create(self.connection)
+        if schema.current(self.connection):
             return  # up to date: no write, so a reader (status, find) takes no lock
-        with self._transaction() as db:
+        with self.transaction() as db:
             schema.migrate(db, self.clock())
 
     def close(self) -> None:
         self._commits.close()
-        with self._lock:
-            self._db.close()
+        with self.lock:
+            self.connection.close()
 
-    def _transaction(self, wait: bool = True) -> AbstractContextManager[sqlite3.Connection]:
+    def transaction(self, wait: bool = True) -> AbstractContextManager[sqlite3.Connection]:
         """A transition: its statements, then (with wait) its return once they are durable (groupcommit)."""
         return self._commits.transaction(wait)
 
@@ -149,17 +149,17 @@ class LedgerDb:
         """Return once that commit is durable; raise what it raised (its transitions then never happened)."""
         self._commits.wait_for(commit)
 
-    def _one(self, sql: str, args: tuple[object, ...] = ()) -> FileRow | None:
-        with self._lock:
-            row = self._db.execute(sql, args).fetchone()
+    def fetch_one(self, sql: str, args: tuple[object, ...] = ()) -> FileRow | None:
+        with self.lock:
+            row = self.connection.execute(sql, args).fetchone()
         return FileRow(**dict(row)) if row else None
 
-    def _all(self, sql: str, args: tuple[object, ...] | list[object] = ()) -> list[FileRow]:
-        with self._lock:
-            rows = self._db.execute(sql, args).fetchall()
+    def fetch_all(self, sql: str, args: tuple[object, ...] | list[object] = ()) -> list[FileRow]:
+        with self.lock:
+            rows = self.connection.execute(sql, args).fetchall()
         return [FileRow(**dict(row)) for row in rows]
 
-    def _update(self, row_id: int, expected: tuple[FileState, ...], **fields: Any) -> FileRow:
+    def update(self, row_id: int, expected: tuple[FileState, ...], **fields: Any) -> FileRow:
         """Set fields on a row in one of the expected states; return it.
 
         The statement names columns of the files table only (anything else is a ValueError);
@@ -174,7 +174,7 @@ class LedgerDb:
                 fields[name] = outside(fields[name])
         sets = ", ".join(f"{name} = ?" for name in fields)
         sql = f"UPDATE files SET {sets} WHERE id = ? AND state IN ({', '.join('?' for _ in expected)}) RETURNING *"
-        with self._transaction() as db:
+        with self.transaction() as db:
             row = db.execute(sql, (*fields.values(), row_id, *expected)).fetchone()
         if row is None:
             raise LookupError(f"ledger row {row_id} is not in state {expected}")
@@ -183,12 +183,12 @@ class LedgerDb:
     # -- meta (small named values: last auth failure, etc.) -----------------
 
     def set_meta(self, key: str, value: str) -> None:
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute(
                 "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value)
             )
 
     def get_meta(self, key: str) -> str | None:
-        with self._lock:
-            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        with self.lock:
+            row = self.connection.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None

@@ -11,11 +11,14 @@ from gateway.state.db import LedgerDb
 from gateway.state.filerow import FileRow, work_name
 
 
-class FileQueries(LedgerDb):
-    """The ledger's read-only questions about the files table (mixed into Ledger)."""
+class FileQueries:
+    """The read-only questions about the files table; ledger.files (transitions.Files) asks them."""
+
+    def __init__(self, db: LedgerDb):
+        self.db = db
 
     def get(self, row_id: int) -> FileRow | None:
-        return self._one("SELECT * FROM files WHERE id = ?", (row_id,))
+        return self.db.fetch_one("SELECT * FROM files WHERE id = ?", (row_id,))
 
     def row(self, row_id: int) -> FileRow:
         """The row of a file this process knows exists (LookupError if it does not)."""
@@ -30,31 +33,33 @@ class FileQueries(LedgerDb):
         for start in range(0, len(row_ids), 500):
             chunk: list[object] = list(row_ids[start : start + 500])
             marks = ", ".join("?" for _ in chunk)
-            found += self._all(f"SELECT * FROM files WHERE id IN ({marks}) ORDER BY id", chunk)
+            found += self.db.fetch_all(f"SELECT * FROM files WHERE id IN ({marks}) ORDER BY id", chunk)
         return found
 
     def in_state(self, *states: FileState) -> list[FileRow]:
         marks = ", ".join("?" for _ in states)
-        return self._all(f"SELECT * FROM files WHERE state IN ({marks}) ORDER BY id", states)
+        return self.db.fetch_all(f"SELECT * FROM files WHERE state IN ({marks}) ORDER BY id", states)
 
     def find_refused(self, final_path: Path) -> FileRow | None:
-        return self._one(
+        return self.db.fetch_one(
             "SELECT * FROM files WHERE state = 'refused' AND final_path = ? ORDER BY id DESC LIMIT 1",
             (str(final_path),),
         )
 
     def oldest_open(self) -> FileRow | None:
         marks = ", ".join("?" for _ in OPEN_STATES)
-        return self._one(f"SELECT * FROM files WHERE state IN ({marks}) ORDER BY seen_at, id LIMIT 1", OPEN_STATES)
+        return self.db.fetch_one(
+            f"SELECT * FROM files WHERE state IN ({marks}) ORDER BY seen_at, id LIMIT 1", OPEN_STATES
+        )
 
     def recent(self, state: FileState, limit: int) -> list[FileRow]:
-        return self._all(
+        return self.db.fetch_all(
             "SELECT * FROM files WHERE state = ? ORDER BY finished_at DESC, id DESC LIMIT ?", (state, limit)
         )
 
     def problems(self, limit: int = 20) -> list[FileRow]:
         """Rows waiting on a placing problem, or stuck: what `status` lists with its reason."""
-        return self._all(
+        return self.db.fetch_all(
             "SELECT * FROM files WHERE (state IN ('answered', 'archiving', 'refusing') "
             "AND problem IS NOT NULL) OR state = 'stuck' ORDER BY id LIMIT ?",
             (limit,),
@@ -64,27 +69,27 @@ class FileQueries(LedgerDb):
 
     def counts(self) -> dict[FileState, int]:
         """Files by state, all time (from the running totals: no scan of history)."""
-        with self._lock:
-            rows = self._db.execute("SELECT state, SUM(files) FROM file_totals GROUP BY state").fetchall()
+        with self.db.lock:
+            rows = self.db.connection.execute("SELECT state, SUM(files) FROM file_totals GROUP BY state").fetchall()
         return {FileState(state): count for state, count in rows if count}
 
     def count_finished_since(self, state: FileState, since: float) -> int:
-        with self._lock:
-            count: int = self._db.execute(
+        with self.db.lock:
+            count: int = self.db.connection.execute(
                 "SELECT COUNT(*) FROM files WHERE state = ? AND finished_at >= ?", (state, since)
             ).fetchone()[0]
         return count
 
     def next_due_at(self) -> float | None:
         """When the earliest queued file becomes due, or None if the queue is empty."""
-        with self._lock:
-            row = self._db.execute("SELECT MIN(next_attempt_at) FROM files WHERE state = 'queued'").fetchone()
+        with self.db.lock:
+            row = self.db.connection.execute("SELECT MIN(next_attempt_at) FROM files WHERE state = 'queued'").fetchone()
         due: float | None = row[0]
         return due
 
     def next_placement_due(self) -> float | None:
-        with self._lock:
-            row = self._db.execute(
+        with self.db.lock:
+            row = self.db.connection.execute(
                 "SELECT MIN(next_attempt_at) FROM files WHERE state IN ('answered', 'archiving', 'refusing')"
             ).fetchone()
         due: float | None = row[0]
@@ -92,8 +97,8 @@ class FileQueries(LedgerDb):
 
     def known_work_names(self) -> set[str]:
         marks = ", ".join("?" for _ in OPEN_STATES)
-        with self._lock:
-            rows = self._db.execute(
+        with self.db.lock:
+            rows = self.db.connection.execute(
                 f"SELECT id, name FROM files WHERE state IN ({marks}, 'stuck')", OPEN_STATES
             ).fetchall()
         return {work_name(row_id, loaded(name)) for row_id, name in rows}
@@ -102,8 +107,8 @@ class FileQueries(LedgerDb):
 
     def held(self, source: str) -> set[tuple[str, int, float]]:
         """(origin, size, mtime) of this source's files taken but not yet removed from the source."""
-        with self._lock:
-            rows = self._db.execute(
+        with self.db.lock:
+            rows = self.db.connection.execute(
                 "SELECT origin, size, mtime FROM files WHERE source = ? AND released_at IS NULL", (source,)
             ).fetchall()
         return {(loaded(origin), size, mtime) for origin, size, mtime in rows}
@@ -111,7 +116,7 @@ class FileQueries(LedgerDb):
     def to_release(self, source: str, taken_before: float | None = None) -> list[FileRow]:
         """This source's files whose outcome is known but whose original is still in the source
         (only those taken before taken_before, if given)."""
-        return self._all(
+        return self.db.fetch_all(
             "SELECT * FROM files WHERE source = ? AND released_at IS NULL AND state IN "
             "('archived', 'refused') AND seen_at <= ? ORDER BY id",
             (source, float("inf") if taken_before is None else taken_before),

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.core.names import loaded, stored
 from gateway.core.printfile import Record
+
+if TYPE_CHECKING:  # the database imports the tables' schemas
+    from gateway.state.db import LedgerDb
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -86,17 +88,14 @@ def migrate(db: sqlite3.Connection, now: float) -> None:
 
 
 class ItemIndex:
-    """The ledger's methods for records and the item index (mixed into Ledger, which provides these three)."""
+    """Each file's records and the barcode index (ledger.items)."""
 
-    _db: sqlite3.Connection
-    _lock: threading.RLock
-
-    def _transaction(self) -> Any:
-        raise NotImplementedError
+    def __init__(self, db: LedgerDb):
+        self.db = db
 
     def store_records(self, fresh: Iterable[int], records: Iterable[tuple[int, Record]]) -> None:
         """In one transaction: forget what files in fresh held before, then store records as (file id, record)."""
-        with self._transaction() as db:
+        with self.db.transaction() as db:
             for file_id in fresh:
                 db.execute("DELETE FROM records WHERE file_id = ?", (file_id,))
                 db.execute("DELETE FROM items WHERE file_id = ?", (file_id,))
@@ -132,30 +131,32 @@ class ItemIndex:
         return found[0] if found else None
 
     def record_count(self, file_id: int) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM records WHERE file_id = ?", (file_id,)).fetchone()[0])
+        with self.db.lock:
+            return int(
+                self.db.connection.execute("SELECT COUNT(*) FROM records WHERE file_id = ?", (file_id,)).fetchone()[0]
+            )
 
     def items_for(self, barcode: str) -> list[ItemHit]:
         """Every file (ledger row or backfilled sidecar) that carried this barcode; uses the index only."""
-        with self._lock:
-            rows = self._db.execute(ITEMS_FOR_BARCODE, (barcode,)).fetchall()
+        with self.db.lock:
+            rows = self.db.connection.execute(ITEMS_FOR_BARCODE, (barcode,)).fetchall()
         return [ItemHit(barcode, file_id, record, loaded(sidecar)) for barcode, file_id, record, sidecar in rows]
 
     # -- backfill from sidecars written before the index existed -------------------
 
     def backfill_due(self) -> float | None:
         """The time the index started, if sidecars from before it still have to be read; else None."""
-        with self._lock:
-            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (BACKFILL_KEY,)).fetchone()
+        with self.db.lock:
+            row = self.db.connection.execute("SELECT value FROM meta WHERE key = ?", (BACKFILL_KEY,)).fetchone()
         if row is None or not row[0].startswith("pending since "):
             return None
         return float(row[0].removeprefix("pending since "))
 
     def indexed_path(self, file_id: int, final_path: str) -> bool:
         """True if ledger row file_id is the file at final_path and its records are indexed."""
-        with self._lock:
+        with self.db.lock:
             return (
-                self._db.execute(
+                self.db.connection.execute(
                     "SELECT 1 FROM files WHERE id = ? AND final_path = ? AND EXISTS "
                     "(SELECT 1 FROM records WHERE file_id = ?)",
                     (file_id, final_path, file_id),
@@ -165,7 +166,7 @@ class ItemIndex:
 
     def store_backfill(self, items: Iterable[tuple[str, int, str]], done: bool) -> None:
         """Index (barcode, record, sidecar path) read from sidecars; with done, remember the backfill is over."""
-        with self._transaction() as db:
+        with self.db.transaction() as db:
             db.executemany(
                 "INSERT OR IGNORE INTO items VALUES (?, ?, ?, ?)",
                 [(barcode, BACKFILL_FILE_ID, record, stored(sidecar)) for barcode, record, sidecar in items],
@@ -174,9 +175,9 @@ class ItemIndex:
                 db.execute("UPDATE meta SET value = 'done' WHERE key = ?", (BACKFILL_KEY,))
 
 
-def _stored(ledger: ItemIndex, where: str, args: tuple[Any, ...]) -> list[StoredRecord]:
-    with ledger._lock:
-        rows = ledger._db.execute(
+def _stored(index: ItemIndex, where: str, args: tuple[Any, ...]) -> list[StoredRecord]:
+    with index.db.lock:
+        rows = index.db.connection.execute(
             "SELECT number, line, header, form_name, barcodes, request_number, request_id, "
             f"pickup_location, problem, problem_line FROM records {where}",
             args,
@@ -192,8 +193,8 @@ class RecordSpool:
     validated again (retry, recovery) loses the records it had before.
     """
 
-    def __init__(self, ledger: ItemIndex):
-        self.ledger = ledger
+    def __init__(self, index: ItemIndex):
+        self.index = index
         self._file_id = 0
         self._fresh: list[int] = []
         self._pending: list[tuple[int, Record]] = []
@@ -209,7 +210,7 @@ class RecordSpool:
 
     def flush(self) -> None:
         if self._fresh or self._pending:
-            self.ledger.store_records(self._fresh, self._pending)
+            self.index.store_records(self._fresh, self._pending)
             self._fresh, self._pending = [], []
 
 

@@ -17,12 +17,13 @@ of state.
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.core.states import FileState
+
+if TYPE_CHECKING:  # the database imports the tables' schemas
+    from gateway.state.db import LedgerDb
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
@@ -53,10 +54,10 @@ class StoredAlert:
 
 
 class MonitorStore:
-    """The ledger's alerts queue and counters (mixed into gateway.state.ledger.Ledger)."""
+    """The ledger's alerts queue and counters (ledger.alerts)."""
 
-    _db: sqlite3.Connection
-    _lock: threading.RLock
+    def __init__(self, db: LedgerDb):
+        self.db = db
 
     def _transaction(self, wait: bool = True) -> Any:
         raise NotImplementedError  # Ledger's
@@ -68,7 +69,7 @@ class MonitorStore:
     ) -> None:
         """Queue (kind, message, recovery) alerts in one commit, so the sender sees them together."""
         done = {column: (None if channel in channels else 0.0) for channel, column in CHANNELS.items()}
-        with self._transaction() as db:
+        with self.db.transaction() as db:
             db.executemany(
                 "INSERT INTO alerts (kind, recovery, created_at, message, mailed_at, posted_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -88,15 +89,15 @@ class MonitorStore:
     def pending_alerts(self, channel: str) -> list[StoredAlert]:
         """Alerts not yet sent on this channel, oldest first."""
         column = CHANNELS[channel]
-        with self._lock:
-            rows = self._db.execute(
+        with self.db.lock:
+            rows = self.db.connection.execute(
                 f"SELECT id, kind, recovery, created_at, message FROM alerts WHERE {column} IS NULL ORDER BY id"
             ).fetchall()
         return [StoredAlert(row[0], row[1], bool(row[2]), row[3], json.loads(row[4])) for row in rows]
 
     def alerts_sent(self, channel: str, ids: list[int], at: float) -> None:
         column = CHANNELS[channel]
-        with self._transaction() as db:
+        with self.db.transaction() as db:
             db.executemany(
                 f"UPDATE alerts SET {column} = ? WHERE id = ? AND {column} IS NULL",
                 [(at, alert_id) for alert_id in ids],
@@ -110,37 +111,37 @@ class MonitorStore:
     def last_alert_sent(self, channel: str, kind: str | None = None) -> float | None:
         """When the last alert (of this kind, if given) went out on this channel."""
         column = CHANNELS[channel]  # one of two fixed column names; kind is a bound parameter, if given
-        with self._lock:
-            row = self._db.execute(
+        with self.db.lock:
+            row = self.db.connection.execute(
                 f"SELECT MAX({column}) FROM alerts WHERE {column} > 0 AND (? IS NULL OR kind = ?)", (kind, kind)
             ).fetchone()
         return float(row[0]) if row and row[0] is not None else None
 
     def alerts_waiting(self) -> int:
         """Alerts not yet sent on every channel they are meant for."""
-        with self._lock:
+        with self.db.lock:
             return int(
-                self._db.execute("SELECT COUNT(*) FROM alerts WHERE mailed_at IS NULL OR posted_at IS NULL").fetchone()[
-                    0
-                ]
+                self.db.connection.execute(
+                    "SELECT COUNT(*) FROM alerts WHERE mailed_at IS NULL OR posted_at IS NULL"
+                ).fetchone()[0]
             )
 
     # -- figures the files table answers ----------------------------------------
 
     def finished_by_source(self) -> dict[tuple[str, FileState], int]:
         """(source, archived or refused) -> files."""
-        with self._lock:
-            rows = self._db.execute(
+        with self.db.lock:
+            rows = self.db.connection.execute(
                 "SELECT source, state, files FROM file_totals WHERE state IN ('archived', 'refused') AND files > 0"
             ).fetchall()
         return {(source, FileState(state)): count for source, state, count in rows}
 
     def denied_items_by_source(self) -> dict[str, int]:
         """source -> items CaiaSoft denied in files it accepted."""
-        with self._lock:
+        with self.db.lock:
             return {
                 source: count
-                for source, count in self._db.execute(
+                for source, count in self.db.connection.execute(
                     "SELECT source, denied_items FROM file_totals WHERE state = 'archived' AND denied_items > 0"
                 )
             }

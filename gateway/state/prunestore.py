@@ -18,8 +18,12 @@ from __future__ import annotations
 
 import math
 import sqlite3
-import threading
 from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the database imports the tables' schemas
+    from gateway.state.db import LedgerDb
+
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pruned (
@@ -32,23 +36,23 @@ CLOCK_KEY = "retention_clock"  # meta: the time of retention's last pass, as it 
 
 
 class PruneStore:
-    """The ledger's record of what retention removed (mixed into gateway.state.ledger.Ledger)."""
+    """The ledger's record of what retention removed (ledger.prunes)."""
 
-    _db: sqlite3.Connection
-    _lock: threading.RLock
+    def __init__(self, db: LedgerDb):
+        self.db = db
 
     def _transaction(self, wait: bool = True) -> AbstractContextManager[sqlite3.Connection]:
         raise NotImplementedError  # LedgerDb's
 
     def pruned_at(self, folder: str) -> float | None:
         """When retention removed this day folder, or None if it did not."""
-        with self._lock:
-            row = self._db.execute("SELECT removed_at FROM pruned WHERE folder = ?", (folder,)).fetchone()
+        with self.db.lock:
+            row = self.db.connection.execute("SELECT removed_at FROM pruned WHERE folder = ?", (folder,)).fetchone()
         return float(row[0]) if row else None
 
     def mark_clock(self, at: float) -> None:
         """Retention's pass: the ledger has seen the time reach at (meta CLOCK_KEY)."""
-        with self._transaction() as db:
+        with self.db.transaction() as db:
             db.execute(
                 "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 (CLOCK_KEY, repr(at)),
@@ -56,8 +60,8 @@ class PruneStore:
 
     def clock_mark(self) -> float | None:
         """The time retention's last pass counted from (mark_clock), or None if no pass has marked one."""
-        with self._lock:
-            mark = self._db.execute("SELECT value FROM meta WHERE key = ?", (CLOCK_KEY,)).fetchone()
+        with self.db.lock:
+            mark = self.db.connection.execute("SELECT value FROM meta WHERE key = ?", (CLOCK_KEY,)).fetchone()
         try:
             value = float(mark[0]) if mark is not None else None
         except ValueError:  # not a number: no mark
@@ -67,8 +71,8 @@ class PruneStore:
     def newest_time(self) -> float | None:
         """The latest time the ledger recorded for a file (seen or finished): what retention counts from in a
         ledger no pass has marked yet (clock_mark). None for a ledger that has recorded nothing yet."""
-        with self._lock:
-            files = self._db.execute(
+        with self.db.lock:
+            files = self.db.connection.execute(
                 "SELECT MAX(COALESCE((SELECT seen_at FROM files WHERE id = (SELECT MAX(id) FROM files)), 0), "
                 "COALESCE((SELECT MAX(finished_at) FROM files), 0))"
             ).fetchone()[0]

@@ -33,13 +33,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.state.itemindex import answers_by_item
+
+if TYPE_CHECKING:  # the database imports the tables' schemas
+    from gateway.state.db import LedgerDb
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS retired (
@@ -127,36 +129,38 @@ def folder_range(folder: str) -> tuple[str, str]:
 
 
 class RetiredStore:
-    """The ledger's compact memory of removed days (mixed into gateway.state.ledger.Ledger)."""
+    """The ledger's compact memory of removed days (ledger.retired)."""
 
-    _db: sqlite3.Connection
-    _lock: threading.RLock
+    def __init__(self, db: LedgerDb):
+        self.db = db
 
     def _transaction(self, wait: bool = True) -> AbstractContextManager[sqlite3.Connection]:
         raise NotImplementedError  # LedgerDb's
 
     def begin_pruning(self, folder: str, at: float) -> None:
         """Retention is about to remove this day folder: mark it (finished by end_pruning) and record it pruned."""
-        with self._transaction() as db:
+        with self.db.transaction() as db:
             db.execute("INSERT OR IGNORE INTO pruning VALUES (?, ?)", (folder, at))
             db.execute("INSERT INTO pruned VALUES (?, ?) ON CONFLICT(folder) DO NOTHING", (folder, at))
 
     def end_pruning(self, folder: str) -> None:
-        with self._transaction() as db:
+        with self.db.transaction() as db:
             db.execute("DELETE FROM pruning WHERE folder = ?", (folder,))
 
     def pruning(self) -> list[tuple[str, float]]:
         """The day folders whose pruning a stop or a crash cut short: (folder, when it began), oldest first."""
-        with self._lock:
-            rows = self._db.execute("SELECT folder, started_at FROM pruning ORDER BY started_at, folder").fetchall()
+        with self.db.lock:
+            rows = self.db.connection.execute(
+                "SELECT folder, started_at FROM pruning ORDER BY started_at, folder"
+            ).fetchall()
         return [(str(folder), float(started)) for folder, started in rows]
 
     def rows_in(self, folder: str) -> int:
         """How many finished files' rows lie in this folder and would be compacted (prune --dry-run)."""
         low, high = folder_range(folder)
-        with self._lock:
+        with self.db.lock:
             return int(
-                self._db.execute(
+                self.db.connection.execute(
                     "SELECT COUNT(*) FROM files INDEXED BY files_final_path WHERE final_path >= ? AND final_path < ? "
                     "AND state IN "
                     "('archived', 'refused') AND released_at IS NOT NULL",
@@ -166,8 +170,8 @@ class RetiredStore:
 
     def next_row_path(self, after: str, before: str) -> str | None:
         """The first final_path after `after` and before `before` of a row compact() would take (one seek)."""
-        with self._lock:
-            row = self._db.execute(
+        with self.db.lock:
+            row = self.db.connection.execute(
                 "SELECT final_path FROM files INDEXED BY files_final_path WHERE final_path > ? AND final_path < ? "
                 "AND state IN ('archived', 'refused') AND released_at IS NOT NULL ORDER BY final_path LIMIT 1",
                 (after, before),
@@ -181,7 +185,7 @@ class RetiredStore:
         removed together, so a crash leaves either the full rows or the compact ones.
         """
         low, high = folder_range(folder)
-        with self._transaction() as db:
+        with self.db.transaction() as db:
             rows = db.execute(FOLDER_ROWS, (low, high, COMPACT_BATCH)).fetchall()
             for row in rows:
                 db.executemany(UPSERT, _retired_items(db, row, removed_at))
@@ -192,22 +196,22 @@ class RetiredStore:
         return len(rows)
 
     def retired_for(self, barcode: str) -> Retired | None:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM retired WHERE barcode = ?", (barcode,)).fetchone()
+        with self.db.lock:
+            row = self.db.connection.execute("SELECT * FROM retired WHERE barcode = ?", (barcode,)).fetchone()
         return Retired(**dict(row)) if row else None
 
     # -- giving back the pages compaction freed ------------------------------------
 
     def free_pages(self) -> int:
         """Pages the ledger holds free, if it can give them back (auto_vacuum=INCREMENTAL); else 0."""
-        with self._lock:
-            if self._db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+        with self.db.lock:
+            if self.db.connection.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
                 return 0  # a ledger made before: free pages are reused by new rows, the file does not shrink
-            return int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
+            return int(self.db.connection.execute("PRAGMA freelist_count").fetchone()[0])
 
     def vacuum_step(self) -> int:
         """Give back up to VACUUM_PAGES free pages in one short transaction; return how many are left free."""
-        with self._transaction() as db:
+        with self.db.transaction() as db:
             for _ in range(min(VACUUM_PAGES, int(db.execute("PRAGMA freelist_count").fetchone()[0]))):
                 db.execute("PRAGMA incremental_vacuum(1)")  # each step of the pragma frees one page
         return self.free_pages()

@@ -58,15 +58,15 @@ class Snapshot(TypedDict):
 
 
 def publish(ledger: Ledger, snapshot: Snapshot) -> None:
-    ledger.set_meta(META_KEY, json.dumps(snapshot))
+    ledger.db.set_meta(META_KEY, json.dumps(snapshot))
 
 
 def clear(ledger: Ledger) -> None:
     """The service stopped: there is nothing running to report."""
-    ledger.set_meta(META_KEY, "null")
+    ledger.db.set_meta(META_KEY, "null")
 
 
 def read(ledger: Ledger) -> Snapshot | None:
     """The last snapshot published, or None if the service has not run or has stopped."""
-    value: Any = json.loads(ledger.get_meta(META_KEY) or "null")
+    value: Any = json.loads(ledger.db.get_meta(META_KEY) or "null")
     return cast(Snapshot, value) if isinstance(value, dict) else None  # publish() wrote it from a Snapshot

@@ -16,14 +16,16 @@ from typing import Any
 
 from gateway.core.names import stored
 from gateway.core.states import FINAL_STATES, FileState, Verdict
-from gateway.state.db import LedgerDb, outside
+from gateway.state.db import outside
+from gateway.state.filequeries import FileQueries
 from gateway.state.filerow import FileRow, Seen
 
 PLACE_LEASE_SECONDS = 600.0  # an answered row is left to the worker that recorded it for this long
 
 
-class FileTransitions(LedgerDb):
-    """The ledger's methods that move a file's row from one state to the next (mixed into Ledger)."""
+class Files(FileQueries):
+    """The files table (ledger.files): the transitions that move a row from one state to the next, and (from
+    FileQueries) the questions about it."""
 
     # -- taking, validating, uploading ----------------------------------------
 
@@ -36,8 +38,8 @@ class FileTransitions(LedgerDb):
         return self._insert_claims(source, [(e.name, e.origin, e.size, e.mtime) for e in entries])
 
     def _insert_claims(self, source: str, files: list[tuple[str, str, int, float]]) -> list[int]:
-        now = self.clock()
-        with self._transaction() as db:
+        now = self.db.clock()
+        with self.db.transaction() as db:
             return [
                 _row_id(
                     db.execute(
@@ -50,11 +52,11 @@ class FileTransitions(LedgerDb):
             ]
 
     def claimed(self, row_id: int) -> None:
-        self._update(row_id, (FileState.CLAIMING,), state=FileState.CLAIMED, claimed_at=self.clock())
+        self.db.update(row_id, (FileState.CLAIMING,), state=FileState.CLAIMED, claimed_at=self.db.clock())
 
     def forget(self, *row_ids: int) -> None:
         """Drop rows whose claim never happened (the file stayed in, or left, its source)."""
-        with self._transaction() as db:
+        with self.db.transaction() as db:
             db.executemany("DELETE FROM files WHERE id = ? AND state = 'claiming'", [(i,) for i in row_ids])
 
     def queued(self, row_id: int, kind: str, sha256: str, size: int, details: dict[str, Any]) -> None:
@@ -62,8 +64,8 @@ class FileTransitions(LedgerDb):
 
     def queued_many(self, rows: list[tuple[int, str, str, int, dict[str, Any]]]) -> None:
         """Validated files, in one transaction: claiming or claimed -> queued."""
-        now = self.clock()
-        with self._transaction() as db:
+        now = self.db.clock()
+        with self.db.transaction() as db:
             for row_id, kind, sha256, size, details in rows:
                 changed = db.execute(
                     "UPDATE files SET state = 'queued', kind = ?, sha256 = ?, size = ?, details = ?, "
@@ -83,7 +85,7 @@ class FileTransitions(LedgerDb):
         is assigned unless more than beyond files are due. Without wait the assignment is not yet
         durable on return: wait_for(durable()) before sending any of them.
         """
-        with self._transaction(wait) as db:
+        with self.db.transaction(wait) as db:
             due = int(
                 db.execute(
                     "SELECT COUNT(*) FROM files WHERE state = 'queued' AND next_attempt_at <= ?", (now,)
@@ -102,7 +104,7 @@ class FileTransitions(LedgerDb):
 
     def unassign(self, *row_ids: int) -> None:
         """Files assigned but not sent (the worker stops, or uploads pause): back to the queue, the attempt undone."""
-        with self._transaction() as db:
+        with self.db.transaction() as db:
             db.executemany(
                 "UPDATE files SET state = 'queued', attempts = MAX(attempts - 1, 0) "
                 "WHERE id = ? AND state = 'uploading'",
@@ -111,7 +113,7 @@ class FileTransitions(LedgerDb):
 
     def assign(self, row_id: int) -> FileRow | None:
         """Mark one queued file 'uploading' (for `send`); None if it is not queued."""
-        with self._transaction() as db:
+        with self.db.transaction() as db:
             row = db.execute(
                 "UPDATE files SET state = 'uploading', attempts = attempts + 1 "
                 "WHERE id = ? AND state = 'queued' RETURNING *",
@@ -128,7 +130,7 @@ class FileTransitions(LedgerDb):
         answer, if given, is kept with the row (an unreadable answer and how many there were).
         """
         fields: dict[str, Any] = {} if answer is None else {"answer": json.dumps(answer, ensure_ascii=False)}
-        self._update(
+        self.db.update(
             row_id,
             (FileState.UPLOADING,),
             state=FileState.QUEUED,
@@ -140,18 +142,18 @@ class FileTransitions(LedgerDb):
 
     def requeue_paused(self, row_id: int, reason: str, http_status: int | None = None) -> None:
         """Uploads are paused (wrong key or URL): back to the queue, due at once, the attempt not counted."""
-        with self._transaction() as db:
+        with self.db.transaction() as db:
             changed = db.execute(
                 "UPDATE files SET state = 'queued', reason = ?, http_status = ?, next_attempt_at = ?, "
                 "attempts = MAX(attempts - 1, 0) WHERE id = ? AND state = 'uploading'",
-                (outside(reason), http_status, self.schedule(), row_id),
+                (outside(reason), http_status, self.db.schedule(), row_id),
             ).rowcount
         if changed != 1:
             raise LookupError(f"ledger row {row_id} is not uploading")
 
     def interrupted(self, row_id: int) -> None:
         """After a restart: an upload whose answer was not recorded goes back to the queue, due at once."""
-        self._update(
+        self.db.update(
             row_id, (FileState.UPLOADING,), state=FileState.QUEUED, reason="interrupted by a restart", next_attempt_at=0
         )
 
@@ -162,8 +164,8 @@ class FileTransitions(LedgerDb):
         run's clock may have been ahead of this one's (the wall clock stepped back during it,
         or between the two runs), and its gate (and any Retry-After) ended with it.
         """
-        latest = self.schedule() + longest
-        with self._transaction() as db:
+        latest = self.db.schedule() + longest
+        with self.db.transaction() as db:
             count: int = db.execute(
                 "UPDATE files SET next_attempt_at = ? WHERE state IN ('queued', 'answered', 'archiving', 'refusing') "
                 "AND next_attempt_at > ?",
@@ -198,15 +200,15 @@ class FileTransitions(LedgerDb):
             answer=json.dumps(answer, ensure_ascii=False) if answer is not None else None,
             problem=None,
             place_failures=0,
-            next_attempt_at=self.schedule() + PLACE_LEASE_SECONDS,
+            next_attempt_at=self.db.schedule() + PLACE_LEASE_SECONDS,
         )
         if uploaded:
-            fields["uploaded_at"] = self.clock()
+            fields["uploaded_at"] = self.db.clock()
         if sha256 is not None:
             fields["sha256"] = sha256
         if size is not None:
             fields["size"] = size
-        return self._update(row_id, (FileState.CLAIMING, FileState.CLAIMED, FileState.UPLOADING), **fields)
+        return self.db.update(row_id, (FileState.CLAIMING, FileState.CLAIMED, FileState.UPLOADING), **fields)
 
     # -- answered, then placed in the archive or error folder --------------------
 
@@ -221,7 +223,7 @@ class FileTransitions(LedgerDb):
         """placing() for several rows (row id, reserved final path) in one commit; return those that were
         answered (a row placed by someone else meanwhile is left out), in the order given."""
         placed = []
-        with self._transaction() as db:
+        with self.db.transaction() as db:
             for row_id, final_path in targets:
                 row = db.execute(
                     "UPDATE files SET final_path = ?, state = CASE verdict WHEN 'accepted' THEN 'archiving' "
@@ -234,7 +236,7 @@ class FileTransitions(LedgerDb):
 
     def place_failed(self, row_id: int, problem: str, next_attempt_at: float) -> None:
         """Placing failed on the folder (permissions, space, a file in the way): try again at next_attempt_at."""
-        with self._transaction() as db:
+        with self.db.transaction() as db:
             db.execute(
                 "UPDATE files SET problem = ?, next_attempt_at = ?, place_failures = place_failures + 1 "
                 "WHERE id = ? AND state IN ('answered', 'archiving', 'refusing')",
@@ -243,16 +245,16 @@ class FileTransitions(LedgerDb):
 
     def stuck(self, row_id: int, problem: str) -> None:
         """The file itself cannot be placed: it stays in work/, shown by `status`, tried again at the next start."""
-        with self._transaction() as db:
+        with self.db.transaction() as db:
             db.execute(
                 "UPDATE files SET state = 'stuck', problem = ?, finished_at = ? WHERE id = ? AND state IN "
                 "('claiming', 'claimed', 'answered', 'archiving', 'refusing')",
-                (outside(problem), self.clock(), row_id),
+                (outside(problem), self.db.clock(), row_id),
             )
 
     def unstick(self) -> int:
         """stuck -> answered (or back to its reserved path), due at once: one more try; return how many."""
-        with self._transaction() as db:
+        with self.db.transaction() as db:
             count: int = db.execute(
                 "UPDATE files SET state = CASE WHEN final_path IS NULL THEN 'answered' "
                 "WHEN verdict = 'accepted' THEN 'archiving' ELSE 'refusing' END, "
@@ -264,8 +266,8 @@ class FileTransitions(LedgerDb):
         """The oldest row whose placing is due (a retry, or a lease that ran out), leased anew; None if none.
 
         now is on the schedule clock (LedgerDb.schedule), as every next_attempt_at is."""
-        now = self.schedule() if now is None else now
-        with self._transaction() as db:
+        now = self.db.schedule() if now is None else now
+        with self.db.transaction() as db:
             row = db.execute(
                 "UPDATE files SET next_attempt_at = ? WHERE id = ("
                 " SELECT id FROM files WHERE state IN ('answered', 'archiving', 'refusing') AND next_attempt_at <= ?"
@@ -281,18 +283,18 @@ class FileTransitions(LedgerDb):
         dies first) the row stays archiving/refusing, which recovery and the placer finish
         again at the same place (file and sidecar are already there and synced).
         """
-        with self._transaction(wait=False) as db:
+        with self.db.transaction(wait=False) as db:
             changed = db.execute(
                 "UPDATE files SET state = CASE state WHEN 'archiving' THEN 'archived' ELSE 'refused' END, "
                 "final_path = ?, finished_at = ?, problem = NULL WHERE id = ? AND state IN ('archiving', 'refusing')",
-                (str(final_path), self.clock(), row_id),
+                (str(final_path), self.db.clock(), row_id),
             ).rowcount
         if changed != 1:
             raise LookupError(f"ledger row {row_id} is not being placed")
 
     def reopen(self, row_id: int, name: str) -> None:
         """`retry`: a refused file goes back to 'claimed' (validated again, then uploaded)."""
-        self._update(
+        self.db.update(
             row_id,
             (FileState.REFUSED,),
             state=FileState.CLAIMED,
@@ -304,7 +306,7 @@ class FileTransitions(LedgerDb):
             attempts=0,
             next_attempt_at=0,
             finished_at=None,
-            claimed_at=self.clock(),
+            claimed_at=self.db.clock(),
             verdict=None,
             problem=None,
             place_failures=0,
@@ -312,23 +314,23 @@ class FileTransitions(LedgerDb):
 
     def adopt(self, name: str, size: int, origin: str) -> int:
         """Record a file found in work/ with no row (the database was lost); return its row id."""
-        with self._transaction() as db:
+        with self.db.transaction() as db:
             cursor = db.execute(
                 "INSERT INTO files (source, name, origin, state, size, seen_at, claimed_at) "
                 "VALUES ('recovered', ?, ?, 'claimed', ?, ?, ?)",
-                (stored(name), stored(origin), size, self.clock(), self.clock()),
+                (stored(name), stored(origin), size, self.db.clock(), self.db.clock()),
             )
             return _row_id(cursor)
 
     # -- sources that keep their originals until the outcome is known (SFTP) --------
 
     def released(self, row_id: int) -> None:
-        self._update(row_id, FINAL_STATES, released_at=self.clock())
+        self.db.update(row_id, FINAL_STATES, released_at=self.db.clock())
 
     def moved_when_taken(self, *row_ids: int) -> None:
         """These files were moved out of their source when taken: no original is left to release."""
-        now = self.clock()
-        with self._transaction() as db:
+        now = self.db.clock()
+        with self.db.transaction() as db:
             db.executemany(
                 "UPDATE files SET released_at = ? WHERE id = ? AND released_at IS NULL",
                 [(now, row_id) for row_id in row_ids],
@@ -337,7 +339,7 @@ class FileTransitions(LedgerDb):
     def release_rows_from_before_kept_originals(self, local_sources: list[str]) -> int:
         """Once per ledger: rows of local sources from before originals could stay are marked released
         (back then every local file was moved out when taken). Return how many rows were marked."""
-        with self._transaction() as db:
+        with self.db.transaction() as db:
             if db.execute("SELECT 1 FROM meta WHERE key = 'local_originals_kept'").fetchone():
                 return 0
             marks = ", ".join("?" for _ in local_sources)

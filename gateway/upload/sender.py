@@ -117,17 +117,17 @@ class Sender:
         if outcome.verdict == Verdict.TRANSIENT:
             delay = self.gate.failed(outcome.retry_after, row.attempts, outcome.reason)
             log.warning("upload.retry", **fields, reason=outcome.reason, retry_in=round(delay, 2))
-            self.ledger.requeue(
+            self.ledger.files.requeue(
                 row.id,
                 outcome.reason,
-                self.ledger.schedule() + delay,
+                self.ledger.db.schedule() + delay,
                 outcome.http_status,
                 answer=outcome.answer if counts_unreadable(outcome) else None,
             )
             return None
         if outcome.verdict == Verdict.PAUSED:  # the key or URL is wrong; the file waits, unharmed
             self.gate.pause(outcome.reason)
-            self.ledger.requeue_paused(row.id, outcome.reason, outcome.http_status)
+            self.ledger.files.requeue_paused(row.id, outcome.reason, outcome.http_status)
             return None
         if outcome.http_status is not None:
             self.gate.succeeded()
@@ -141,7 +141,7 @@ class Sender:
         else:
             log.warning("upload.refused", **fields, reason=outcome.reason)
             verdict = Verdict.REFUSED
-        return self.ledger.answered(
+        return self.ledger.files.answered(
             row.id,
             verdict,
             outcome.reason,
@@ -184,7 +184,7 @@ class Uploader(Worker):
         self.placing = placing
         self.finisher = finisher  # places answered files; without one (or once it has ended) placed here
         self.wake = wake or threading.Event()
-        self.clock = clock or sender.ledger.schedule  # the clock next_attempt_at is on, not the wall clock
+        self.clock = clock or sender.ledger.db.schedule  # the clock next_attempt_at is on, not the wall clock
         self.workers = workers
         self._unsaved: tuple[FileRow, Outcome] | None = None
         self._assigned: collections.deque[FileRow] = collections.deque()
@@ -203,13 +203,13 @@ class Uploader(Worker):
         if not self._assigned and self._next is not None:
             commit, rows = self._next
             self._next = None
-            ledger.wait_for(commit)  # almost always durable by now; if that commit failed, they were never assigned
+            ledger.db.wait_for(commit)  # almost always durable by now; if that commit failed, they were never assigned
             self._assigned.extend(rows)
         if not self._assigned:
             self.wake.clear()
-            self._assigned.extend(ledger.assign_due(self.clock(), self.workers, ASSIGN_AT_MOST))
+            self._assigned.extend(ledger.files.assign_due(self.clock(), self.workers, ASSIGN_AT_MOST))
             if not self._assigned:
-                due = ledger.next_due_at()
+                due = ledger.files.next_due_at()
                 self.rest(
                     IDLE_POLL_SECONDS if due is None else min(max(due - self.clock(), 0.01), IDLE_POLL_SECONDS * 5),
                     self.wake,
@@ -230,9 +230,9 @@ class Uploader(Worker):
         waited for again before any of its files is sent.
         """
         ledger = self.ledger
-        rows = ledger.assign_due(self.clock(), self.workers, ASSIGN_AT_MOST, beyond=self.workers, wait=False)
+        rows = ledger.files.assign_due(self.clock(), self.workers, ASSIGN_AT_MOST, beyond=self.workers, wait=False)
         if rows:
-            self._next = (ledger.durable(), rows)
+            self._next = (ledger.db.durable(), rows)
 
     def end(self) -> None:
         self._give_back()
@@ -241,10 +241,10 @@ class Uploader(Worker):
         if self._next is not None:
             commit, rows = self._next
             self._next = None
-            self.ledger.wait_for(commit)  # if that commit failed, they were never assigned: not ours to unassign
+            self.ledger.db.wait_for(commit)  # if that commit failed, they were never assigned: not ours to unassign
             self._assigned.extend(rows)
         if self._assigned:
-            self.ledger.unassign(*(row.id for row in self._assigned))
+            self.ledger.files.unassign(*(row.id for row in self._assigned))
             self._assigned.clear()
 
     def _save(self, row: FileRow, outcome: Outcome) -> None:
