@@ -20,7 +20,6 @@ from gateway.intake.collector import Collector
 from gateway.monitor.events import Conditions
 from gateway.monitor.monitor import Monitor
 from gateway.runtime.pipeline import Pipeline
-from gateway.state.check import LedgerCheck
 from gateway.state.ledger import Ledger
 from gateway.upload.caiasoft import CaiaSoftClient
 from gateway.upload.sender import Uploader
@@ -58,7 +57,6 @@ class Parts:
             for number in range(1, config.caiasoft.upload_workers + 1)
         ]
         self.placer = Placer(placing, wake=self.pipeline.place_failed)
-        self.ledger_check = LedgerCheck(config.paths.database)
         self.collectors = [
             Collector(
                 found[settings.name],
@@ -93,7 +91,6 @@ class Parts:
             *self.uploaders,
             self.finisher,
             self.placer,
-            self.ledger_check,
             *([self.relay] if self.relay else []),
             *([self.monitor.sender] if self.monitor.sender else []),
         ]

@@ -47,6 +47,7 @@ from gateway.core.states import FileState
 from gateway.core.worker import Worker
 from gateway.runtime.parts import Parts
 from gateway.state import snapshot
+from gateway.state.check import LedgerCheck
 from gateway.state.ledger import Ledger
 
 log = logs.get("gateway.service")
@@ -117,6 +118,9 @@ class Service:
         self._parts: Parts | None = None
         self._retention: Retention | None = None  # made at start, when the ledger's time is read
         self._retiring: list[Parts] = []  # parts of an earlier config whose uploads are still ending
+        # every page verified a minute after the start, then daily: one per process, not per config (a reload
+        # would start the wait again)
+        self._ledger_check = LedgerCheck(config.paths.database)
         self._wake_write: int | None = None
         self._failures_said: dict[str, float] = {}  # housekeeping failure -> when it was last logged
 
@@ -166,6 +170,7 @@ class Service:
             if not self._recover(self._parts, wake_read):
                 return 0
             self._parts.start()
+            self._ledger_check.start(self._worker_ended)
             log.info(
                 "service.started",
                 sources=[s.name for s in self.config.sources],
@@ -180,6 +185,8 @@ class Service:
             for parts in (*self._retiring, *([self._parts] if self._parts else [])):
                 parts.stop(deadline)
                 parts.close()
+            self._ledger_check.stop()
+            self._ledger_check.join(max(deadline - time.monotonic(), 0.0))
             try:
                 snapshot.clear(ledger)
             except Exception as error:  # the ledger may be what failed
@@ -235,7 +242,8 @@ class Service:
             self._retire_ended()
             if not self._workers_alive(parts):
                 return 1
-            problems = parts.problems(within=watchdog or JOIN_SECONDS)
+            within = watchdog or JOIN_SECONDS
+            problems = [*parts.problems(within), *filter(None, [self._ledger_check.health_problem(within)])]
             if watchdog and not problems:
                 notify.send("WATCHDOG=1")
             if problems != last_problems:
@@ -261,10 +269,11 @@ class Service:
 
     def _workers_alive(self, parts: Parts) -> bool:
         """False if a worker ended on a bug; raise LedgerDamaged if one ended on a damaged ledger."""
-        for worker in parts.workers():
+        workers = [*parts.workers(), self._ledger_check]
+        for worker in workers:
             if worker.fatal is not None:
                 raise LedgerDamaged(self.config.paths.database, describe(worker.fatal))
-        dead = [worker.name for worker in parts.workers() if worker.ended]
+        dead = [worker.name for worker in workers if worker.ended]
         if dead:
             log.error("service.worker_died", workers=dead, detail="stopping so the service manager restarts us")
         return not dead
@@ -333,7 +342,10 @@ class Service:
             for c in parts.collectors
         }
         paused = parts.gate.paused_reason
-        faults = parts.faults()
+        faults = {
+            **parts.faults(),
+            **({self._ledger_check.name: self._ledger_check.fault} if self._ledger_check.fault else {}),
+        }
         ncip = None
         if parts.relay:
             lag_bytes, lag_entries = parts.relay.lag()
