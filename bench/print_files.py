@@ -22,8 +22,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from gateway.cli import demo, find  # noqa: E402  (the checkout's gateway, also when run as a script)
+from gateway.cli import demo  # noqa: E402  (the checkout's gateway, also when run as a script)
 from gateway.core.printfile import Record  # noqa: E402
+from gateway.report import find  # noqa: E402
 from gateway.state.ledger import Ledger  # noqa: E402
 
 PYTHON = sys.executable

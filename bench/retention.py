@@ -38,10 +38,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gateway.archive.folders import Folder  # noqa: E402
 from gateway.archive.retention import Retention  # noqa: E402
-from gateway.cli import find  # noqa: E402
 from gateway.core import logs
 from gateway.core.printfile import Record  # noqa: E402
 from gateway.core.states import Verdict  # noqa: E402
+from gateway.report import find  # noqa: E402
 from gateway.runtime.service import PRUNE_PASS_SECONDS  # noqa: E402
 from gateway.state.ledger import Ledger  # noqa: E402
 

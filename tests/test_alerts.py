@@ -14,12 +14,12 @@ from tlscerts import make_authority
 
 from gateway.archive import aftertake
 from gateway.cli import main as cli
-from gateway.cli import status
 from gateway.config.loader import ConfigError, load
 from gateway.core.backoff import Backoff
 from gateway.monitor import alerttexts
 from gateway.monitor.events import Conditions
 from gateway.monitor.monitor import Monitor
+from gateway.report import status
 from gateway.state.ledger import Ledger
 
 HOST = socket.gethostname()

@@ -20,11 +20,11 @@ from faketime import SteppedClock
 from peers import MailBox, alerts_table, free_port
 from test_history import scanned
 
-from gateway.cli import status
 from gateway.core.backoff import Backoff, SteadyClock
 from gateway.monitor import alerttexts
 from gateway.monitor.events import Conditions
 from gateway.monitor.monitor import Monitor
+from gateway.report import status
 from gateway.state.ledger import Ledger
 
 pytestmark = pytest.mark.e2e
@@ -189,8 +189,8 @@ def test_retention_counts_days_from_the_ledgers_time_and_find_says_what_it_remov
     old are held, with the reason."""
     from gateway.archive.folders import Folder
     from gateway.archive.retention import Retention
-    from gateway.cli import find
     from gateway.core.printfile import Record
+    from gateway.report import find
 
     day = dt.datetime(2026, 11, 2, 12, 0)
     ledger = Ledger(tmp_path / "gateway.db", clock=lambda: day.timestamp())

@@ -293,7 +293,7 @@ def test_a_full_state_dir_is_named_by_status_and_files_are_taken_once_there_is_s
 
 
 def test_status_tells_a_service_that_runs_but_cannot_report_from_one_that_stopped(tmp_path):
-    from gateway.cli import status
+    from gateway.report import status
     from gateway.state import snapshot
     from gateway.state.ledger import Ledger
 
@@ -312,8 +312,8 @@ def test_status_tells_a_service_that_runs_but_cannot_report_from_one_that_stoppe
 
 
 def test_the_oldest_pending_file_shows_its_problem_not_its_verdict_as_last_problem(tmp_path):
-    from gateway.cli import status
     from gateway.core.states import Verdict
+    from gateway.report import status
     from gateway.state.ledger import Ledger
 
     ledger = Ledger(tmp_path / "gateway.db")

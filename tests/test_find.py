@@ -7,9 +7,9 @@ import sqlite3
 
 from printfiles import barcode, print_file, record
 
-from gateway.cli import find
 from gateway.core.printfile import Record
 from gateway.core.states import Verdict
+from gateway.report import find
 from gateway.sources.base import Entry
 from gateway.state import ledger as ledger_module
 from gateway.state import schema

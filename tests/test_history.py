@@ -13,8 +13,8 @@ import pytest
 from conftest import wait_for
 from test_end_to_end import barcode_list
 
-from gateway.cli import find, status
 from gateway.core.states import FileState
+from gateway.report import find, status
 from gateway.state.check import LedgerCheck
 from gateway.state.ledger import SCHEMA_VERSION, Ledger
 

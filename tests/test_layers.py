@@ -21,6 +21,7 @@ ORDER = (
     "upload",
     "ncip",
     "simulators",
+    "report",
     "runtime",
     "cli",
 )
@@ -108,7 +109,7 @@ def test_configuration_depends_on_no_part():
 
 
 def test_status_reads_the_service_snapshot_not_the_service():
-    reached = _reach("gateway.cli.status")
+    reached = _reach("gateway.report.status")
     assert "gateway.state.snapshot" in reached and "gateway.runtime.service" not in reached
 
 

@@ -27,9 +27,9 @@ from conftest import KEY, SAMPLES, Site
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.cli import status
 from gateway.core import logs
 from gateway.core.states import FileState
+from gateway.report import status
 from gateway.runtime.parts import Parts
 from gateway.runtime.service import JOIN_SECONDS
 from gateway.sources import base

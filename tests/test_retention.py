@@ -23,9 +23,9 @@ from faketime import SteppedClock
 
 from gateway.archive.folders import Folder
 from gateway.archive.retention import Retention
-from gateway.cli import find
 from gateway.core.printfile import Record
 from gateway.core.states import FileState, Verdict
+from gateway.report import find
 from gateway.state.ledger import Ledger
 from gateway.state.retiredstore import FOLDER_ROWS
 
@@ -505,7 +505,7 @@ def test_when_retention_has_compacted_every_file_status_reads_without_a_lock_and
     import sqlite3
     import threading
 
-    from gateway.cli import status
+    from gateway.report import status
 
     clock = Moment(TODAY)
     database = tmp_path / "gateway.db"

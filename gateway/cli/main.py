@@ -372,7 +372,7 @@ def _send_test_alert(config: config_module.Config) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from gateway.cli import status
+    from gateway.report import status
 
     config = _load_settings(args)
     if _no_ledger_yet(config, args.json):
@@ -406,7 +406,7 @@ def _status_report(database: Path) -> dict[str, Any]:
     """status.collect on the ledger at database. Raise LedgerDamaged or LedgerUnavailable."""
     import sqlite3
 
-    from gateway.cli import status
+    from gateway.report import status
     from gateway.state.ledger import Ledger, LedgerUnavailable
 
     try:
@@ -432,7 +432,7 @@ def _register_key_quietly(settings: config_module.Settings) -> None:
 
 
 def cmd_find(args: argparse.Namespace) -> int:
-    from gateway.cli import find
+    from gateway.report import find
     from gateway.state.ledger import Ledger
 
     config = _load_settings(args)
