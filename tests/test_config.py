@@ -23,6 +23,7 @@ from gateway.config.settings import (
     Ncip,
     Paths,
     SftpSourceSettings,
+    Web,
 )
 from gateway.core.errors import ConfigError
 
@@ -304,6 +305,7 @@ def test_every_schema_key_is_a_settings_field():
         "ncip.feed": names(Feed),
         "alerts": names(Alerts),
         "metrics": names(Metrics),
+        "web": names(Web),
     }
     assert set(tables) == set(SCHEMA)
     for table, keys in SCHEMA.items():

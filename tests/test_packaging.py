@@ -31,6 +31,8 @@ def test_the_wheel_built_from_the_sdist_installs_into_a_fresh_venv_and_runs(tmp_
         names = set(archive.namelist())
         metadata = archive.read(f"aleph_caiasoft_gateway-{__version__}.dist-info/METADATA").decode()
     assert {"gateway/ncip/ncip_v2_02.xsd", "gateway/samples/hold-request-slip-0001.xml"} <= names
+    modules = {str(path.relative_to(REPO)) for path in (REPO / "gateway").rglob("*.py")}
+    assert modules - names == set(), "a package of the tree is missing from pyproject.toml's packages"
     assert "License-Expression: MIT" in metadata and f"\nVersion: {__version__}\n" in metadata
     requirements = [line for line in metadata.splitlines() if line.startswith("Requires-Dist: xmlschema")]
     assert requirements and all("extra ==" in line for line in requirements), "xmlschema is only an extra"

@@ -41,6 +41,7 @@ from gateway.config.settings import (
     Settings,
     SftpSourceSettings,
     SourceSettings,
+    Web,
 )
 from gateway.config.tables import read_table
 from gateway.core.errors import ConfigError, ConfigProblem
@@ -75,7 +76,8 @@ __all__ = [
 DEFAULT_CONFIG = Path("/etc/caiasoft-gateway/gateway.toml")
 CONFIG_ENV = "CAIASOFT_GATEWAY_CONFIG"
 TABLES = ("paths", "caiasoft", "intake", "archive")  # plain tables; [[sources]] and [ncip] are read apart
-OPTIONAL_TABLES = ("alerts", "metrics")  # absent = that feature is off
+OPTIONAL_TABLES = ("alerts", "metrics", "web")  # absent = that feature is off
+OPTIONAL_RULES = {"alerts": rules.check_alerts, "metrics": rules.check_metrics, "web": rules.check_web}
 
 
 def config_path(explicit: str | os.PathLike[str] | None) -> Path:
@@ -184,10 +186,9 @@ class _Values:
         )
         if values.ncip is not None:
             rules.check_ncip(values.ncip, values.problem)
-        if "alerts" in values.optional:
-            rules.check_alerts(values.optional["alerts"], values.problem)
-        if "metrics" in values.optional:
-            rules.check_metrics(values.optional["metrics"], values.problem)
+        for table, check in OPTIONAL_RULES.items():
+            if table in values.optional:
+                check(values.optional[table], values.problem)
         return values
 
     def _parse(self) -> dict[str, Any]:
@@ -245,6 +246,7 @@ class _Values:
             "ncip": self._ncip(),
             "alerts": alerts_settings(self.optional["alerts"]) if "alerts" in self.optional else None,
             "metrics": Metrics(**self.optional["metrics"]) if "metrics" in self.optional else None,
+            "web": Web(**self.optional["web"]) if "web" in self.optional else None,
         }
 
     def _ncip(self) -> Ncip | None:

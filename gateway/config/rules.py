@@ -9,6 +9,7 @@ used (API key, SFTP keys) are checked by gateway.config.credentials.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any
@@ -261,6 +262,28 @@ def check_alerts(values: dict[str, Any], problem: Report) -> None:
     url = values.get("webhook_url")
     if url and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname):
         problem("alerts.webhook_url", f"must be an http(s) URL, got {url!r}")
+
+
+def check_web(values: dict[str, Any], problem: Report) -> None:
+    """[web]: listen is HOST:PORT; off loopback, a users_file is required (the page names readers' items)."""
+    listen = values.get("listen") or ""
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        problem("web.listen", f"must be HOST:PORT such as 127.0.0.1:9465, got {listen!r}")
+        return
+    if values.get("users_file") is None and not _loopback(host.strip("[]")):
+        problem(
+            "web.users_file",
+            f"listen = {listen!r} is not a loopback address: set users_file (caiasoft-gateway web-user NAME adds "
+            "one), and put a web server with TLS in front of the page",
+        )
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def check_metrics(values: dict[str, Any], problem: Report) -> None:

@@ -491,4 +491,20 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
             "atomically, every 15 s.",
         ),
     ),
+    "web": (
+        Key(
+            "listen",
+            "str",
+            "127.0.0.1:9465",
+            "The staff page (`caiasoft-gateway web`) serves HOST:PORT. Without TLS it belongs on loopback: put the "
+            "site's web server (nginx, Apache) with TLS in front of it to reach it from the circulation desk.",
+        ),
+        Key(
+            "users_file",
+            "path",
+            None,
+            "Ask for a name and password (HTTP basic auth) from the users in this file (`caiasoft-gateway "
+            "web-user NAME` adds one, with a salted hash); not set = no login (loopback only).",
+        ),
+    ),
 }

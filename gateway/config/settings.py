@@ -241,6 +241,20 @@ class Metrics:
         return host.strip("[]") or "127.0.0.1", int(port)
 
 
+@dataclass(frozen=True)
+class Web:
+    """[web]: the read-only staff page (its own command and unit, `caiasoft-gateway web`)."""
+
+    listen: str
+    users_file: Path | None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """(host, port) to listen on."""
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]") or "127.0.0.1", int(port)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """The whole config file, validated, without secrets."""
@@ -254,6 +268,7 @@ class Settings:
     ncip: Ncip | None = None
     alerts: Alerts | None = None  # [alerts] absent = no alerts
     metrics: Metrics | None = None  # [metrics] absent = no metrics
+    web: Web | None = None  # [web] absent = no staff page
 
 
 @dataclass(frozen=True, kw_only=True)
