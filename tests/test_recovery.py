@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import sqlite3
 import subprocess
 import sys
 
@@ -251,3 +252,72 @@ def test_a_name_reserved_before_a_crash_recorded_the_place_is_free_again_at_star
         "third.xml.json",
     ]
     assert site.sidecar(reserved)["outcome"] == "accepted"
+
+
+def answered_slip(pipeline, site, name):
+    """A slip sent and answered (accepted), its answer durable and its place not yet reserved."""
+    row_id = pipeline.admission.adopt_copy(slip(site, name))
+    pipeline.ledger.files.assign(row_id)
+    return pipeline.ledger.files.answered(
+        row_id, Verdict.ACCEPTED, "accepted", http_status=200, answer={"success": True, "error": ""}, uploaded=True
+    )
+
+
+def test_a_name_reserved_before_midnight_by_a_crashed_run_is_released_at_the_next_start(site):
+    now = [dt.datetime.combine(dt.date.today() - dt.timedelta(days=1), dt.time(23, 59, 59)).timestamp()]
+    config = site.load()
+    ledger = Ledger(config.paths.database, clock=lambda: now[0])
+    pipeline = Pipeline(config, ledger, CaiaSoftClient(config.caiasoft, config.api_key), clock=lambda: now[0])
+    try:
+        row = answered_slip(pipeline, site, "first.xml")
+        reserved = pipeline.placing.archive.choose("first.xml", dt.datetime.fromtimestamp(now[0]))
+        assert reserved.with_name("first.xml.json").exists()  # then the crash, before the name was recorded
+        now[0] += 2.0  # the next start, after midnight
+        pipeline.recover()
+        assert pipeline.ledger.files.get(row.id).state == "archived"
+        assert sorted(path.name for path in reserved.parent.iterdir()) == [], "no empty NAME.json left"
+    finally:
+        pipeline.sender.client.close()
+        ledger.close()
+
+
+class Crash(BaseException):
+    """The process dying at this point (not an error any boundary catches)."""
+
+
+def test_a_crash_after_the_name_was_taken_and_the_file_linked_under_the_next_one_places_it_once(
+    pipeline, site, monkeypatch
+):
+    from gateway.archive import placing
+
+    row = answered_slip(pipeline, site, "first.xml")
+    target = pipeline.placing.archive.choose("first.xml", dt.datetime.fromtimestamp(pipeline.clock()))
+    row = pipeline.ledger.files.placing(row.id, target)
+    target.write_bytes(b"someone else's file")  # the reserved name taken meanwhile, by another writer
+
+    def crash(folder):
+        raise Crash
+
+    with monkeypatch.context() as patched:
+        patched.setattr(placing, "fsync_dir", crash)  # linked at first.1.xml, then the crash before the sync
+        with pytest.raises(Crash):
+            pipeline.placing.place(row)
+    assert (target.parent / "first.1.xml").exists() and pipeline.ledger.files.get(row.id).state == "archiving"
+    pipeline.recover()
+    names = sorted(path.name for path in target.parent.iterdir())
+    assert names == ["first.1.xml", "first.1.xml.json", "first.xml"], "placed once, beside the other file"
+    assert pipeline.ledger.files.get(row.id).final_path == str(target.parent / "first.1.xml")
+
+
+def test_a_ledger_fault_while_recording_reserved_names_gives_the_names_back(pipeline, site, monkeypatch):
+    row = answered_slip(pipeline, site, "first.xml")
+
+    def locked(targets):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(pipeline.ledger.files, "placing_many", locked)
+    with pytest.raises(sqlite3.OperationalError):
+        pipeline.placing.place(row)
+    day = dt.datetime.fromtimestamp(pipeline.clock())
+    folder = pipeline.placing.archive.root / f"{day:%Y}" / f"{day:%m}" / f"{day:%d}"
+    assert list(folder.iterdir()) == [], "the reservation is given back: the next try gets the file's own name"

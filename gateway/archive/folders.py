@@ -137,9 +137,26 @@ class Folder:
             except FileExistsError:
                 if not work.exists():
                     return target, False
-                if _moved_before_a_crash(work, target):  # linked or copied there, the work name not yet removed
-                    return target, True
+                own = self._own_copy(work, target)  # linked or copied there, the work name not yet removed
+                if own is not None:
+                    return own, True
                 target = self.choose(target.name, _day_of(target, self.root))
+
+    def _own_copy(self, work: Path, target: Path) -> Path | None:
+        """Where a crash left work's own copy: at target, or linked at one of the numbered names after it (the
+        name was taken, the file went to the next free one, and the crash came before the row was closed).
+        A numbered name counts only as the same file (a link): a copy with the same bytes may be another's."""
+        if _moved_before_a_crash(work, target):
+            return target
+        base, number = target.name, 1
+        candidate = target.with_name(numbered(base, number))
+        while os.path.lexists(candidate) or os.path.lexists(candidate.with_name(candidate.name + SIDECAR_SUFFIX)):
+            with contextlib.suppress(OSError):
+                if os.path.samefile(work, candidate):
+                    return candidate
+            number += 1
+            candidate = target.with_name(numbered(base, number))
+        return None
 
     def write_sidecar(self, target: Path, content: dict[str, Any]) -> Path:
         sidecar = target.with_name(target.name + SIDECAR_SUFFIX)

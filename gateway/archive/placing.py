@@ -153,10 +153,15 @@ class Placing:
             for target in [self._contained(row, self._choose, row)]
             if target is not None
         ]
-        recorded = {row.id: row for row in self.ledger.files.placing_many(reserved)} if reserved else {}
+        try:
+            recorded = {row.id: row for row in self.ledger.files.placing_many(reserved)} if reserved else {}
+        except BaseException:  # the ledger failed (the worker pauses): the names are free again
+            for row_id, target in reserved:
+                self._release(answered[row_id], target)
+            raise
         for row_id, target in reserved:
             if row_id not in recorded:  # placed by someone else meanwhile (a lease that ran out)
-                self.folder_for(answered[row_id]).remove_sidecar(target)
+                self._release(answered[row_id], target)
                 log.warning(
                     "file.place_skipped",
                     id=row_id,
@@ -168,6 +173,14 @@ class Placing:
             for row in rows
             if row.id not in answered or row.id in recorded
         ]
+
+    def _release(self, row: FileRow, target: Path) -> None:
+        """Give back a name reserved for row and not recorded (an empty sidecar left would only cost the
+        next file with this name a number; recovery removes what is left at the next start)."""
+        try:
+            self.folder_for(row).remove_sidecar(target)
+        except OSError as error:
+            log.warning("file.reservation_left", id=row.id, file=row.name, path=str(target), error=describe(error))
 
     def _choose(self, row: FileRow) -> Path:
         """Reserve a free name for an answered row in today's folder (see archive.Folder.choose)."""
@@ -282,7 +295,7 @@ def _iso(moment: float | None) -> str | None:
 def sidecar(row: FileRow, final: Path, now: float, contents: dict[str, Any] | None = None) -> dict[str, Any]:
     """The NAME.json an admin reads beside a file in the archive or error folder.
 
-    contents (Pipeline.contents) says what was in the file: its records, or a barcode list's barcodes.
+    contents (Placing.contents) says what was in the file: its records, or a barcode list's barcodes.
     """
     answer = row.answer_json
     denied = [item for item in answer.get("results") or [] if is_denied(item)] if isinstance(answer, dict) else []

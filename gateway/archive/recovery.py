@@ -98,9 +98,18 @@ def _remove_partial(partial: Path) -> None:
         log.info("recovery.partial_removed", file=str(partial))
 
 
+RESERVATION_DAYS = 62  # day folders looked at for a crash's reservation, back from today (a stop that long is rare)
+
+
 def _release_reservations(placing: Placing, row: FileRow, kept: set[str]) -> None:
-    """The name a crash reserved for an answered file before its place was recorded is free again."""
-    placing.folder_for(row).release_stale_reservations(row.name, dt.datetime.fromtimestamp(placing.clock()), kept)
+    """The name a crash reserved for an answered file before its place was recorded is free again: in
+    every day folder from the day it was answered (a reservation made before midnight) to today."""
+    today = dt.date.fromtimestamp(placing.clock())
+    since = dt.date.fromtimestamp(row.uploaded_at or row.claimed_at or row.seen_at)
+    day = max(since, today - dt.timedelta(days=RESERVATION_DAYS))
+    while day <= today:
+        placing.folder_for(row).release_stale_reservations(row.name, dt.datetime.combine(day, dt.time()), kept)
+        day += dt.timedelta(days=1)
 
 
 def _contained(event: str, name: str, done: dict[str, int], action: Callable[[], object]) -> None:
