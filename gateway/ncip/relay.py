@@ -171,13 +171,12 @@ class Relay(Worker):
         log.info(
             "ncip.started", journal=str(self.settings.journal), server=self.settings.url, version=self.settings.version
         )
-        if self.checkpoint.started_over:
+        if self.checkpoint.started_over():
             log.warning(
                 "ncip.checkpoint.started_over",
                 file=str(self.checkpoint.path),
                 reason="the checkpoint file was empty: the journal is read from its start",
             )
-            self.checkpoint.started_over = False  # said once, not again after a reload
 
     def end(self) -> None:
         if self.tailer is not None:

@@ -171,9 +171,9 @@ class CheckpointFile:
 
     count() adds to a count in memory; the next save() makes it durable with the place."""
 
-    def __init__(self, path: Path, saved: Saved):
+    def __init__(self, path: Path, saved: Saved, started_over: bool = False):
         self.path = path
-        self.started_over = False  # made afresh in place of an empty file an admin left
+        self._started_over = started_over  # made afresh in place of an empty file an admin left
         self._saved = saved
         self._lock = threading.Lock()
         try:
@@ -188,8 +188,11 @@ class CheckpointFile:
         return cls(path, saved) if saved is not None else None
 
     @classmethod
-    def create(cls, path: Path, position: dict[str, Any] | None, counts: dict[str, int]) -> CheckpointFile:
-        """A new file holding position and counts, durable (file and folder synced) before it is returned.
+    def create(
+        cls, path: Path, position: dict[str, Any] | None, counts: dict[str, int], started_over: bool = False
+    ) -> CheckpointFile:
+        """A new file holding position and counts, durable (file and folder synced) before it is returned;
+        started_over: made in place of an empty file an admin left (the relay says so once, see started_over()).
 
         Raise CheckpointUnavailable if it cannot be made (the folder is not the service user's to write, the disk
         is full)."""
@@ -209,7 +212,14 @@ class CheckpointFile:
             fsync_dir(path.parent)
         except OSError as error:  # no permission, a full state_dir: nothing is damaged
             raise CheckpointUnavailable(path, error) from None
-        return cls(path, saved)
+        return cls(path, saved, started_over)
+
+    def started_over(self) -> bool:
+        """True the first time it is asked of a file made in place of an empty one (the journal is read from
+        its start): said once, not again after a reload."""
+        with self._lock:
+            said, self._started_over = self._started_over, False
+        return said
 
     def position(self) -> dict[str, Any] | None:
         with self._lock:

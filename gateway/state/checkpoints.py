@@ -45,8 +45,9 @@ class Checkpoints:
                 if opened is None:
                     if made is not None and not path.exists():
                         raise CheckpointMissing(path, made)
-                    opened = CheckpointFile.create(path, self._legacy_checkpoint(), self._legacy_counts())
-                    opened.started_over = made is not None  # the relay says so in its log
+                    opened = CheckpointFile.create(  # started over: the relay says so in its log
+                        path, self._legacy_checkpoint(), self._legacy_counts(), started_over=made is not None
+                    )
                 if made is None:  # after the file is durable: a crash in between only sets it at the next start
                     self.db.set_meta(MADE, time.strftime("%Y-%m-%d %H:%M:%S %Z"))
                 self._forget_legacy()
