@@ -8,7 +8,7 @@ import pytest
 from conftest import SAMPLES
 
 from gateway.core.errors import FileRefused
-from gateway.intake import validation
+from gateway.intake import readiness, validation
 from gateway.sources import base
 
 
@@ -25,7 +25,7 @@ class Clock:
 
 def test_file_is_ready_only_after_size_and_mtime_hold_for_settle_seconds():
     clock = Clock()
-    settler = validation.Settler(2.0, trust_mtime=False, clock=clock)
+    settler = readiness.Settler(2.0, trust_mtime=False, clock=clock)
     assert not settler.observe("a", 10, 5.0)
     clock.now += 1.5
     assert not settler.observe("a", 10, 5.0)
@@ -36,7 +36,7 @@ def test_file_is_ready_only_after_size_and_mtime_hold_for_settle_seconds():
 
 def test_a_growing_file_restarts_the_settle_time():
     clock = Clock()
-    settler = validation.Settler(2.0, trust_mtime=False, clock=clock)
+    settler = readiness.Settler(2.0, trust_mtime=False, clock=clock)
     settler.observe("a", 10, 5.0)
     clock.now += 1.9
     assert not settler.observe("a", 20, 6.0)  # it grew: start again
@@ -48,15 +48,15 @@ def test_a_growing_file_restarts_the_settle_time():
 
 def test_an_old_mtime_on_a_local_disk_is_ready_at_once_but_not_on_a_network_mount():
     clock, wall = Clock(), Clock(10_000.0)
-    local = validation.Settler(2.0, trust_mtime=True, clock=clock, wall_clock=wall)
-    network = validation.Settler(2.0, trust_mtime=False, clock=clock, wall_clock=wall)
+    local = readiness.Settler(2.0, trust_mtime=True, clock=clock, wall_clock=wall)
+    network = readiness.Settler(2.0, trust_mtime=False, clock=clock, wall_clock=wall)
     assert local.observe("a", 10, 9_000.0)
     assert not network.observe("a", 10, 9_000.0)
     assert not local.observe("b", 10, 9_999.5)  # written half a second ago
 
 
 def test_settler_forgets_files_that_left():
-    settler = validation.Settler(1.0, clock=Clock())
+    settler = readiness.Settler(1.0, clock=Clock())
     settler.observe("a", 1, 1.0)
     settler.observe("b", 1, 1.0)
     settler.keep_only({"b"})

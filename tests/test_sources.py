@@ -12,8 +12,7 @@ from conftest import SAMPLES, source_settings, wait_for
 
 from gateway.config.settings import LocalSourceSettings, SftpSourceSettings
 from gateway.core.errors import SourceGone
-from gateway.intake.readiness import ReadyCheck
-from gateway.intake.validation import Settler
+from gateway.intake.readiness import ReadyCheck, Settler
 from gateway.sources.base import Released, Taken
 from gateway.sources.local import LocalSource, choose_mode, filesystem_type
 

@@ -19,8 +19,7 @@ from gateway.core.errors import SourceUnavailable, describe
 from gateway.core.states import CHANGED_AFTER_TAKE
 from gateway.core.worker import Worker
 from gateway.intake.admission import Admission
-from gateway.intake.readiness import TAIL_BYTES, ReadyCheck
-from gateway.intake.validation import Settler
+from gateway.intake.readiness import TAIL_BYTES, ReadyCheck, Settler
 from gateway.sources.base import Entry, Source
 from gateway.sources.folder import FolderReplaced
 

@@ -1,4 +1,4 @@
-"""Is a file finished? The signals the collector weighs besides size and mtime settling.
+"""Is a file finished? Size and mtime settling (Settler), and the signals the collector weighs besides.
 
 - Open writers (local disks): sources.writers, asked through the source.
 - Content that stops mid-way: XML whose document is not closed at the end of the
@@ -10,6 +10,9 @@
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from xml.etree.ElementTree import ParseError
 
@@ -22,12 +25,77 @@ from gateway.sources.writers import UNKNOWN, WRITING
 from gateway.state.snapshot import Waiting
 
 if TYPE_CHECKING:
-    from gateway.intake.validation import Settler
     from gateway.sources.base import Entry, Source
 
 log = logs.get("gateway.readiness")
 
 TAIL_BYTES = 1024 * 1024  # how much of a file's end is read to judge whether it looks finished
+
+
+# -- settling: size and mtime unchanged for settle_seconds ------------------------------------
+
+
+@dataclass
+class _Seen:
+    size: int
+    mtime: float
+    since: float
+
+
+@dataclass
+class Settler:
+    """Decides when a file has settled: size and mtime unchanged for settle_seconds.
+
+    A file is ready when the same (size, mtime) has been observed for settle_seconds
+    of our own clock, or, where mtime can be trusted (a local disk, same clock),
+    when its mtime is already settle_seconds old.
+    """
+
+    settle_seconds: float
+    trust_mtime: bool = True
+    clock: Callable[[], float] = time.monotonic
+    wall_clock: Callable[[], float] = time.time
+    _seen: dict[str, _Seen] = field(default_factory=dict)
+
+    def observe(self, key: str, size: int, mtime: float) -> bool:
+        now = self.clock()
+        seen = self._seen.get(key)
+        if seen is None or seen.size != size or seen.mtime != mtime:
+            self._seen[key] = seen = _Seen(size, mtime, now)
+        if now - seen.since >= self.settle_seconds:
+            return True
+        return self.trust_mtime and self.wall_clock() - mtime >= self.settle_seconds
+
+    def wait_hint(self, key: str) -> float:
+        """Seconds until this file could be ready if nothing changes."""
+        seen = self._seen.get(key)
+        if seen is None:
+            return self.settle_seconds
+        by_clock = seen.since + self.settle_seconds - self.clock()
+        if self.trust_mtime:
+            by_clock = min(by_clock, seen.mtime + self.settle_seconds - self.wall_clock())
+        return max(by_clock, 0.0)
+
+    def unchanged_for(self, key: str) -> float:
+        """Seconds this file is known to have kept its size and mtime (by our clock, or its mtime's age)."""
+        seen = self._seen.get(key)
+        if seen is None:
+            return 0.0
+        unchanged = self.clock() - seen.since
+        if self.trust_mtime:
+            unchanged = max(unchanged, self.wall_clock() - seen.mtime)
+        return unchanged
+
+    def forget(self, key: str) -> None:
+        self._seen.pop(key, None)
+
+    def keep_only(self, keys: set[str]) -> None:
+        for key in list(self._seen):
+            if key not in keys:
+                del self._seen[key]
+
+    def pending(self) -> list[str]:
+        return list(self._seen)
 
 
 # -- content that stops mid-way ---------------------------------------------------------

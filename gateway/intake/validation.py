@@ -1,4 +1,4 @@
-"""Intake: when is a file ready, which names are taken, and is the file acceptable.
+"""Is a file acceptable? Validation of what ALEPH wrote: print files record by record, barcode lists.
 
 Validation reads the file and describes it; it never changes a byte. The file
 is uploaded exactly as ALEPH wrote it.
@@ -10,9 +10,8 @@ import codecs
 import hashlib
 import os
 import re
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -27,69 +26,6 @@ MAX_BAD_RECORDS_NAMED = 5  # bad records named in a refusal (all are counted)
 MAX_TEXT_ITEMS = 100_000  # barcodes of one text file listed and indexed (all are counted)
 _CONTROLS = re.compile("[\x00-\x08\x0b\x0e-\x1f]")
 _BARCODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$")  # a line of a barcode list that is one barcode
-
-
-@dataclass
-class _Seen:
-    size: int
-    mtime: float
-    since: float
-
-
-@dataclass
-class Settler:
-    """Decides when a file has settled: size and mtime unchanged for settle_seconds.
-
-    A file is ready when the same (size, mtime) has been observed for settle_seconds
-    of our own clock, or, where mtime can be trusted (a local disk, same clock),
-    when its mtime is already settle_seconds old.
-    """
-
-    settle_seconds: float
-    trust_mtime: bool = True
-    clock: Callable[[], float] = time.monotonic
-    wall_clock: Callable[[], float] = time.time
-    _seen: dict[str, _Seen] = field(default_factory=dict)
-
-    def observe(self, key: str, size: int, mtime: float) -> bool:
-        now = self.clock()
-        seen = self._seen.get(key)
-        if seen is None or seen.size != size or seen.mtime != mtime:
-            self._seen[key] = seen = _Seen(size, mtime, now)
-        if now - seen.since >= self.settle_seconds:
-            return True
-        return self.trust_mtime and self.wall_clock() - mtime >= self.settle_seconds
-
-    def wait_hint(self, key: str) -> float:
-        """Seconds until this file could be ready if nothing changes."""
-        seen = self._seen.get(key)
-        if seen is None:
-            return self.settle_seconds
-        by_clock = seen.since + self.settle_seconds - self.clock()
-        if self.trust_mtime:
-            by_clock = min(by_clock, seen.mtime + self.settle_seconds - self.wall_clock())
-        return max(by_clock, 0.0)
-
-    def unchanged_for(self, key: str) -> float:
-        """Seconds this file is known to have kept its size and mtime (by our clock, or its mtime's age)."""
-        seen = self._seen.get(key)
-        if seen is None:
-            return 0.0
-        unchanged = self.clock() - seen.since
-        if self.trust_mtime:
-            unchanged = max(unchanged, self.wall_clock() - seen.mtime)
-        return unchanged
-
-    def forget(self, key: str) -> None:
-        self._seen.pop(key, None)
-
-    def keep_only(self, keys: set[str]) -> None:
-        for key in list(self._seen):
-            if key not in keys:
-                del self._seen[key]
-
-    def pending(self) -> list[str]:
-        return list(self._seen)
 
 
 @dataclass(frozen=True)
