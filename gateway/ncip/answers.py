@@ -57,7 +57,7 @@ class Problem:
 
 
 @dataclass(frozen=True)
-class Reply:
+class NcipReply:
     """An NCIP answer as read: the version it was written in (None if it cannot tell) and its Problems."""
 
     version: str | None
@@ -101,8 +101,8 @@ def _unwrap(body: bytes) -> bytes:
     return body[: end.end()] if end else body
 
 
-def read(body: bytes) -> Reply:
-    """The Reply in an NCIP answer. Raise UnreadableAnswer if it is not an NCIP message."""
+def read(body: bytes) -> NcipReply:
+    """The NcipReply in an NCIP answer. Raise UnreadableAnswer if it is not an NCIP message."""
     document = _unwrap(body)
     try:
         root = _parse(document)
@@ -118,14 +118,14 @@ def read(body: bytes) -> Reply:
     if _local(root.tag) != "NCIPMessage":
         raise UnreadableAnswer(f"answer is not an NCIP message (root element {_local(root.tag)!r})", body)
     service = next((_local(child.tag) for child in root if _local(child.tag) not in ("Problem", "")), "")
-    return Reply(_version(root, document), _problems(root), root, service)
+    return NcipReply(_version(root, document), _problems(root), root, service)
 
 
 RESPONSES = {"checkout": "CheckOutItemResponse", "checkin": "CheckInItemResponse", "lookup": "LookupItemResponse"}
 
 
-def answer_to(action: str, body: bytes) -> Reply:
-    """The Reply to one request of this action. An answer without a Problem must hold the action's response
+def answer_to(action: str, body: bytes) -> NcipReply:
+    """The NcipReply to one request of this action. An answer without a Problem must hold the action's response
     (an empty NCIPMessage, or the response to another service, is no proof the entry was done): otherwise
     raise UnreadableAnswer, so it is retried and then dead-lettered with its excerpt."""
     reply = read(body)

@@ -82,7 +82,7 @@ def _framing(settings: Ncip) -> str:
     return ", the message alone" if settings.framing == "bare" else ", framed as HTTP/1.0"
 
 
-def _version(settings: Ncip, reply: answers.Reply) -> Finding:
+def _version(settings: Ncip, reply: answers.NcipReply) -> Finding:
     what = "NCIP version"
     if reply.version is None:
         return Finding("WARN", what, "the answer does not say which NCIP version it is in")
