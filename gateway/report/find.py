@@ -43,13 +43,16 @@ _SHOWN: dict[str, str] = {
 }
 
 
-def find(ledger: Ledger, barcode: str, folders: list[Path]) -> list[dict[str, Any]]:
+def find(ledger: Ledger, barcode: str, folders: list[Path], backfill: bool = True) -> list[dict[str, Any]]:
     """Given a barcode, return every request file that carried it, newest first.
 
     folders are archive_dir and error_dir: their sidecars from before the index are
     read once (backfill) before the first answer. Texts are printable (names escaped).
+    Without backfill nothing is written to the ledger (the staff page): files from before
+    the index are found only once a `find` has read their sidecars.
     """
-    backfill(ledger, folders)
+    if backfill:
+        _backfill(ledger, folders)
     found = []
     for hit in _hits(ledger, barcode):
         entry = (
@@ -258,6 +261,9 @@ def backfill(ledger: Ledger, folders: list[Path]) -> int:
             batch = []
     ledger.items.store_backfill(batch, done=True)
     return total + len(batch)
+
+
+_backfill = backfill  # find()'s parameter of that name hides the function inside find()
 
 
 def _sidecars(folders: list[Path], last_day: dt.date) -> Iterator[Path]:

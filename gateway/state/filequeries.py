@@ -1,5 +1,5 @@
 """Questions about files that the ledger answers: for the pipeline's recovery and timers, `status`, `find`,
-alerts and metrics, and the sources that keep their originals. None of them writes."""
+the staff page, alerts and metrics, and the sources that keep their originals. None of them writes."""
 
 from __future__ import annotations
 
@@ -9,6 +9,24 @@ from gateway.core.names import loaded
 from gateway.core.states import OPEN_STATES, FileState
 from gateway.state.db import LedgerDb
 from gateway.state.filerow import FileRow, work_name
+from gateway.state.schema import _denied
+
+# The staff page's figures read the files finished in a window only, through the files_done index (state,
+# finished_at): their cost follows the files of the window, never the ledger's history.
+_ITEMS = (
+    "(CASE WHEN files.state != 'archived' THEN 0 "
+    "WHEN json_valid(files.details) AND json_type(files.details, '$.items') = 'integer' "
+    "THEN json_extract(files.details, '$.items') "
+    "WHEN json_valid(files.answer) AND json_type(files.answer, '$.results') = 'array' "
+    "THEN json_array_length(files.answer, '$.results') ELSE 0 END)"
+)
+_FINISHED_IN = (
+    "FROM files INDEXED BY files_done WHERE state IN ('archived', 'refused') AND finished_at >= ? AND finished_at < ?"
+)
+_DENIED_IN = (
+    "SELECT * FROM files INDEXED BY files_done WHERE state = 'archived' AND finished_at >= ? AND finished_at < ? "
+    f"AND {_denied('files')} > 0 ORDER BY finished_at DESC, id DESC LIMIT ?"
+)
 
 
 class FileQueries:
@@ -79,6 +97,20 @@ class FileQueries:
                 "SELECT COUNT(*) FROM files WHERE state = ? AND finished_at >= ?", (state, since)
             ).fetchone()[0]
         return count
+
+    def finished_figures(self, since: float, until: float) -> dict[FileState, tuple[int, int, int]]:
+        """Archived and refused files finished in [since, until): state -> (files, items, items denied). Items
+        are those an archived file held (its details; else CaiaSoft's answer), denied as file_totals counts them."""
+        with self.db.lock:
+            rows = self.db.connection.execute(
+                f"SELECT state, COUNT(*), TOTAL({_ITEMS}), TOTAL({_denied('files')}) {_FINISHED_IN} GROUP BY state",
+                (since, until),
+            ).fetchall()
+        return {FileState(state): (files, int(items), int(denied)) for state, files, items, denied in rows}
+
+    def denied_between(self, since: float, until: float, limit: int) -> list[FileRow]:
+        """Archived files finished in [since, until) in which CaiaSoft denied an item, newest first."""
+        return self.db.fetch_all(_DENIED_IN, (since, until, limit))
 
     def next_due_at(self) -> float | None:
         """When the earliest queued file becomes due, or None if the queue is empty."""

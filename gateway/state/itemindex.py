@@ -142,6 +142,17 @@ class ItemIndex:
             rows = self.db.connection.execute(ITEMS_FOR_BARCODE, (barcode,)).fetchall()
         return [ItemHit(barcode, file_id, record, loaded(sidecar)) for barcode, file_id, record, sidecar in rows]
 
+    def feed_updates(self, barcode: str) -> list[tuple[str, str, float]]:
+        """(kind, day YYYYMMDD, when) of what the status feed journaled for NCIP about this item, oldest first:
+        retrieved (a check-out) or refiled (a check-in). Only the feed's last lookback_days are kept."""
+        with self.db.lock:
+            rows = self.db.connection.execute(
+                "SELECT kind, day, at FROM feed_seen WHERE kind IN ('retrieved', 'refiled') AND barcode = ? "
+                "ORDER BY at",
+                (barcode,),
+            ).fetchall()
+        return [(kind, day, at) for kind, day, at in rows]
+
     # -- backfill from sidecars written before the index existed -------------------
 
     def backfill_due(self) -> float | None:
