@@ -22,6 +22,7 @@ ORDER = (
     "ncip",
     "simulators",
     "report",
+    "web",
     "runtime",
     "cli",
 )
