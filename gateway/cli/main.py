@@ -120,6 +120,19 @@ def _parser() -> argparse.ArgumentParser:
         help="count days from the clock even where it is more than 36 hours ahead of the ledger's "
         "time (after a long stop, once you know the clock is right)",
     )
+    commands.add_parser(
+        "web", help="serve the read-only staff page on [web] listen (in its own process: caiasoft-gateway-web)"
+    )
+    web_user = commands.add_parser(
+        "web-user", help="add a user of the staff page to [web] users_file, or give one a new password"
+    )
+    web_user.add_argument("name", metavar="NAME", help="the name staff log in with")
+    web_user.add_argument(
+        "--password-stdin",
+        dest="password_stdin",
+        action="store_true",
+        help="read the password from stdin (its first line) instead of asking twice on the terminal",
+    )
     demo = commands.add_parser("demo", help="a self-contained run with the simulator and sample files")
     demo.add_argument("--keep", action="store_true", help="keep the demo folder to look around (else it is removed)")
     simulate = commands.add_parser("simulate", help="run a simulator on loopback for dry runs")
@@ -203,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         "journal": cmd_journal,
         "find": cmd_find,
         "prune": cmd_prune,
+        "web": cmd_web,
+        "web-user": cmd_web_user,
         "demo": cmd_demo,
         "simulate": cmd_simulate,
     }[args.command]
@@ -463,6 +478,83 @@ def cmd_prune(args: argparse.Namespace) -> int:
     lines, code = prune(config, args.dry_run, args.trust_clock)
     print("\n".join(lines), file=sys.stdout if code == EXIT_OK else sys.stderr)
     return code
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    from gateway.web import server
+
+    config = _load_settings(args)
+    if config.web is None:
+        print(
+            f"caiasoft-gateway web: {config.file} has no [web] table (web.listen): add one to turn the staff page on",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    logs.setup(None, console=True)  # the journal: the page's unit writes nothing, not even gateway.log
+    try:
+        return server.run(config)
+    except OSError as error:  # the address is taken, or not this host's: a restart may fix the first
+        print(f"caiasoft-gateway web: {printable(error.strerror or str(error))}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def cmd_web_user(args: argparse.Namespace) -> int:
+    from gateway.web import users
+
+    config = _load_settings(args)
+    users_file = config.web.users_file if config.web is not None else None
+    if users_file is None:
+        print(
+            f"caiasoft-gateway web-user: web.users_file is not set in {config.file}: set it (in the [web] table) "
+            "to the file that holds the staff page's users",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    problem = users.name_problem(args.name)
+    if problem:
+        print(f"caiasoft-gateway web-user: {printable(args.name)}: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    password = _new_password(args.name, args.password_stdin)
+    if password is None:
+        return EXIT_CONFIG
+    try:
+        known = args.name in users.load_users(users_file)
+    except FileNotFoundError:
+        known = False
+    try:
+        users.add_user(users_file, args.name, password)
+    except ValueError as error:
+        print(f"caiasoft-gateway web-user: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as error:
+        print(
+            f"caiasoft-gateway web-user: cannot write web.users_file {users_file}: {describe(error)}", file=sys.stderr
+        )
+        return EXIT_FAILURE
+    print(f"{args.name}: {'new password' if known else 'added'} in {users_file}")
+    return EXIT_OK
+
+
+def _new_password(name: str, from_stdin: bool) -> str | None:
+    """The password: stdin's first line, or asked twice on the terminal; None (and why, said) if there is none."""
+    import getpass
+
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif not sys.stdin.isatty():
+        print(
+            "caiasoft-gateway web-user: no terminal to ask for the password on: use --password-stdin", file=sys.stderr
+        )
+        return None
+    else:
+        password = getpass.getpass(f"Password for {name}: ")
+        if getpass.getpass("The same again: ") != password:
+            print("caiasoft-gateway web-user: the two passwords differ; nothing was changed", file=sys.stderr)
+            return None
+    if not password:
+        print("caiasoft-gateway web-user: the password cannot be empty; nothing was changed", file=sys.stderr)
+        return None
+    return password
 
 
 def _pipeline(config: config_module.Settings, client: CaiaSoftClient | None = None) -> Pipeline:
