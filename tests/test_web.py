@@ -561,6 +561,37 @@ def test_find_reads_never_seen_and_pruned_by_retention_differently(serve, ledger
     assert "pruned" not in never and '<p id="none">Never seen: no request file' in never
 
 
+def test_find_gives_each_ncip_update_of_the_status_feed_to_the_file_taken_before_it(
+    site, simulator, serve, ledger, clock, tmp_path
+):
+    site.write(
+        simulator.url,
+        extra=ncip_table("http://127.0.0.1:9/ncip", site.root / "ncip.jsonl") + '\n[ncip.feed]\ncollection = "LAW"\n',
+    )
+    item = "31234000000088"
+    clock.now = NOW - 2 * 86400
+    first = _through(
+        ledger, clock, "first.hold_req", [Record(number=1, line=1, barcodes=(item,))], Verdict.ACCEPTED, tmp_path
+    )
+    clock.now += 3600
+    ledger.ncip.remember_feed("retrieved", item, "20261126")
+    clock.now += 3600
+    ledger.ncip.remember_feed("refiled", item, "20261126")
+    clock.now = NOW - 3600
+    second = _through(
+        ledger, clock, "second.hold_req", [Record(number=1, line=1, barcodes=(item,))], Verdict.ACCEPTED, tmp_path
+    )
+    clock.now += 1800
+    ledger.ncip.remember_feed("retrieved", item, "20261128")
+    page = requests.get(serve().url + "find", params={"barcode": item}).text
+    newest, oldest = _cells(page, "hit")
+    assert f'href="/file/{second}"' in page and f'href="/file/{first}"' in page
+    assert newest["ncip"] == "check-out (CaiaSoft retrieved it) 2026-11-28 11:30"
+    assert oldest["ncip"] == (
+        "check-out (CaiaSoft retrieved it) 2026-11-26 13:00 check-in (CaiaSoft refiled it) 2026-11-26 14:00"
+    )
+
+
 def test_an_empty_or_overlong_barcode_gives_the_form_again_with_a_message(serve, ledger):
     url = serve().url
     for typed, said in (

@@ -40,6 +40,7 @@ _STATES = {
     FileState.REFUSED: "refused (in the error folder)",
     FileState.STUCK: "stuck: it cannot be placed",
 }
+_DONE = (FileState.ARCHIVED, FileState.REFUSED, FileState.ARCHIVING, FileState.REFUSING, FileState.ANSWERED)
 _FEED = {"retrieved": "check-out (CaiaSoft retrieved it)", "refiled": "check-in (CaiaSoft refiled it)"}
 # what the file text shows escaped: controls other than line breaks and tabs, and invisible format characters
 _HIDDEN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
@@ -242,9 +243,6 @@ def file_view(ledger: Ledger, config: Settings, file_id: int) -> FileView | None
         text=text,
         text_note=note,
     )
-
-
-_DONE = (FileState.ARCHIVED, FileState.REFUSED, FileState.ARCHIVING, FileState.REFUSING, FileState.ANSWERED)
 
 
 def _path_of(row: FileRow, config: Settings) -> Path | None:
