@@ -5,19 +5,28 @@ from __future__ import annotations
 import getpass
 import os
 import socket
+import stat
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from gateway.config.credentials import secret_file_warnings
 from gateway.config.loader import Config
-from gateway.config.settings import LocalSourceSettings, Ncip, SftpSourceSettings, SourceSettings
+from gateway.config.settings import LocalSourceSettings, Ncip, SftpSourceSettings, SourceSettings, Web
 from gateway.core.errors import SourceUnavailable
 from gateway.core.states import Verdict
 from gateway.sources import writers
 from gateway.sources.folder import FolderReplaced, HeldFolder, own_folders
 from gateway.sources.local import NETWORK_FILESYSTEMS, choose_mode, filesystem_type
 from gateway.upload.caiasoft import CaiaSoftClient
+
+WEB_UNIT_NAME = "caiasoft-gateway-web.service"  # the staff page's unit, beside the service's
+WEB_COUNTER = "caiasoft_gateway_web_requests_total"  # what the staff page's /metrics serves, and nothing else
+WEB_REALM = 'realm="caiasoft-gateway"'  # its basic auth challenge
+WEB_PROBE_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -36,8 +45,7 @@ def run_checks(config: Config, offline: bool = False, ncip_item: str | None = No
         yield _writable_folder(f"paths.{key}", getattr(config.paths, key))
     for index, source in enumerate(config.sources):
         yield from _source(index, source, config.paths.state_dir, own_folders(config))
-    if config.ncip:
-        yield from _ncip_local(config.ncip)
+    yield from _optional_local(config)
     if offline:
         yield Result("ok", "CaiaSoft and NCIP not contacted (--offline)")
     else:
@@ -57,6 +65,14 @@ def run_checks(config: Config, offline: bool = False, ncip_item: str | None = No
                     "caiasoft-gateway check --ncip-item BARCODE asks ALEPH about one item (read-only) "
                     "and tells which version it answers in",
                 )
+
+
+def _optional_local(config: Config) -> Iterator[Result]:
+    """What the optional tables need on this host: the NCIP journal, the staff page's address and users."""
+    if config.ncip:
+        yield from _ncip_local(config.ncip)
+    if config.web:
+        yield from _web(config, config.web)
 
 
 def service_folders(config: Config) -> list[tuple[str, Path]]:
@@ -93,6 +109,34 @@ def unit_sandbox(config: Config, unit: Path, root: Path = Path("/")) -> Iterator
         yield Result("FAIL", "the unit's sandbox", problem)
     if not problems:
         yield Result("ok", f"the unit's sandbox ({unit})", "every folder the gateway writes is writable under it")
+    if config.web:
+        yield from _web_unit_sandbox(config, unit.with_name(WEB_UNIT_NAME), root)
+
+
+def _web_unit_sandbox(config: Config, unit: Path, root: Path) -> Iterator[Result]:
+    """The staff page's unit is read-only but for the state folder: SQLite's readers of a WAL ledger write its
+    shared-memory index there (gateway.db-shm). A state_dir moved out of it needs a line of the admin's."""
+    from gateway.cli import asservice
+
+    if not unit.is_file():
+        return
+    try:
+        identity = asservice.read_unit(unit)
+    except asservice.AsServiceError as error:
+        yield Result("FAIL", f"the unit {unit}", str(error))
+        return
+    state_dir = Path(config.paths.state_dir)
+    what = f"the staff page's sandbox ({unit})"
+    if asservice.sandbox_problems(identity, [("paths.state_dir", state_dir)], root):
+        yield Result(
+            "FAIL",
+            what,
+            f"paths.state_dir {state_dir} is read-only for the staff page, which reads the ledger there (a reader "
+            f"writes gateway.db-shm beside it): systemctl edit {unit.stem}, add [Service] and "
+            f"ReadWritePaths={state_dir}, then systemctl restart {unit.stem}",
+        )
+    else:
+        yield Result("ok", what, f"it can read the ledger in {state_dir}")
 
 
 def _ncip_local(ncip: Ncip) -> Iterator[Result]:
@@ -279,3 +323,164 @@ def _caiasoft(config: Config) -> Result:
             + (f", {stops} active circulation stop(s)" if stops is not None else ""),
         )
     return Result("FAIL", where, outcome.reason)
+
+
+def _web(config: Config, web: Web) -> Iterator[Result]:
+    """[web]: the staff page's address can be listened on now, and its users file is there, private and usable."""
+    yield _web_listen(config, web)
+    if web.users_file is None:
+        yield Result("ok", "web.users_file", "not set: the page asks for no login (so it listens on loopback only)")
+    else:
+        yield from _web_users(web.users_file)
+
+
+def _web_listen(config: Config, web: Web) -> Result:
+    what = f"web.listen {web.listen}"
+    host, port = web.address
+    metrics = config.metrics.address if config.metrics else None
+    if metrics and metrics[1] == port and (metrics[0] == host or {metrics[0], host} & {"0.0.0.0", "::"}):
+        return Result("FAIL", what, f"the address of metrics.listen ({metrics[0]}:{port}): give each its own port")
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except OSError as error:
+        return Result("FAIL", what, f"{host} is not an address of this host ({error.strerror or error})")
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the page's listener does
+        try:
+            probe.bind(address)
+        except OSError as error:
+            return _web_address_taken(what, host, port, error)
+    if port < 1024:
+        return Result(
+            "WARN",
+            what,
+            "free, but a port below 1024 needs a capability the staff page's unit does not have: "
+            "use one above 1023 (the default is 9465) and let the site's web server listen on 443",
+        )
+    return Result("ok", what, "free: the staff page can listen there")
+
+
+def _web_address_taken(what: str, host: str, port: int, error: OSError) -> Result:
+    import errno
+
+    if error.errno == errno.EADDRNOTAVAIL:
+        return Result("FAIL", what, f"{host} is not an address of this host")
+    if error.errno == errno.EACCES:
+        return Result("FAIL", what, f"{_user()} may not listen on port {port} (below 1024): use one above 1023")
+    if error.errno != errno.EADDRINUSE:
+        return Result("FAIL", what, f"cannot listen there: {error.strerror or error}")
+    holder = _listening_process(port)
+    if _answers_as_staff_page(host, port):
+        return Result("ok", what, "the staff page is running there" + (f" ({holder})" if holder else ""))
+    return Result(
+        "FAIL",
+        what,
+        f"{host}:{port} is in use by "
+        + (holder or f"another program (as root, `ss -ltnp 'sport = :{port}'` names it)")
+        + ": stop it or choose another port",
+    )
+
+
+def _answers_as_staff_page(host: str, port: int) -> bool:
+    """Whether what listens on host:port is a staff page already (its /metrics, or its login's realm)."""
+    connect = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    url = f"http://{f'[{connect}]' if ':' in connect else connect}:{port}/metrics"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through an http_proxy
+    try:
+        with opener.open(url, timeout=WEB_PROBE_SECONDS) as answer:
+            return WEB_COUNTER in answer.read(65536).decode("utf-8", "replace")
+    except urllib.error.HTTPError as refused:
+        return refused.code == 401 and WEB_REALM in (refused.headers.get("WWW-Authenticate") or "")
+    except (OSError, ValueError):
+        return False
+
+
+def _listening_sockets(port: int) -> set[str]:
+    """The sockets listening on port (TCP, IPv4 and IPv6), as a process's fd links name them: socket:[INODE]."""
+    sockets = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:
+                sockets.add(f"socket:[{fields[9]}]")
+    return sockets
+
+
+def _listening_process(port: int) -> str | None:
+    """'pid N (NAME)' of the process listening on port, if this user may see it (/proc); else None."""
+    sockets = _listening_sockets(port)
+    if not sockets:
+        return None
+    for process in Path("/proc").iterdir():
+        if not process.name.isdigit():
+            continue
+        try:
+            for fd in (process / "fd").iterdir():
+                if os.readlink(fd) in sockets:
+                    return f"pid {process.name} ({(process / 'comm').read_text().strip()})"
+        except OSError:  # another user's process, or gone meanwhile
+            continue
+    return None
+
+
+def _web_users(path: Path) -> Iterator[Result]:
+    """The users file: a regular file, private, readable here, naming at least one user who can log in."""
+    from gateway.web.users import load_users
+
+    what = f"web.users_file {path}"
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        yield Result("FAIL", what, "does not exist: `caiasoft-gateway web-user NAME` makes it with a first user")
+        return
+    except OSError as error:
+        yield Result("FAIL", what, f"cannot be looked at: {error.strerror or error}")
+        return
+    if not stat.S_ISREG(info.st_mode):
+        yield Result("FAIL", what, "is not a regular file")
+        return
+    for warning in secret_file_warnings("web.users_file", path):
+        yield Result("WARN", "secret file permissions", warning)
+    try:
+        users = load_users(path)
+    except PermissionError:
+        yield Result(
+            "FAIL",
+            what,
+            f"cannot be read by {_user()}: the staff page runs as the service's user; chown it to that user "
+            "(mode 0600)",
+        )
+        return
+    except OSError as error:
+        yield Result("FAIL", what, f"cannot be read: {error.strerror or error}")
+        return
+    unusable = sorted(name for name, stored in users.items() if not _stored_hash(stored))
+    if unusable:
+        yield Result(
+            "WARN",
+            what,
+            f"cannot log in: {', '.join(unusable)} (not a password hash `caiasoft-gateway web-user NAME` writes; "
+            "run it again for each)",
+        )
+    if len(users) == len(unusable):
+        yield Result("FAIL", what, "holds no user who can log in (`caiasoft-gateway web-user NAME` adds one)")
+        return
+    yield Result("ok", what, f"{len(users) - len(unusable)} user(s)")
+
+
+def _stored_hash(stored: str) -> bool:
+    """Whether stored has the form `web-user` writes: scrypt$N$R$P$SALT$HASH (numbers, then base64)."""
+    import base64
+    import binascii
+
+    parts = stored.split("$")
+    if len(parts) != 6 or parts[0] != "scrypt" or not all(part.isdigit() for part in parts[1:4]):
+        return False
+    try:
+        return all(base64.b64decode(part, validate=True) for part in parts[4:])
+    except (binascii.Error, ValueError):
+        return False
