@@ -218,11 +218,18 @@ def test_demo_runs_and_explains_where_each_file_went(tmp_path):
         "  31234001234567 ends checked in in ALEPH"
     ) in out, "retrieved and refiled: the feed, then tcp://"
     assert "retrieved 31234001234567 and refiled it today; its status now: 'Item In at Rest'" in out
+    [port] = re.findall(r"staff page:\s+http://127\.0\.0\.1:(\d+)/ \(caiasoft-gateway web, read-only\)", out)
+    assert (
+        f"The staff page, http://127.0.0.1:{port}/ (asked while the gateway ran; it stops with the demo):\n"
+        "  /  answered 200: 5 sent, 4 refused, 0 waiting, 2 denied today; nothing needs a person\n"
+        "  /find?barcode=31234009999990  answered 200: 2 request file(s) carried it\n"
+    ) in out, "the page, asked during the demo, shows what the service did"
     assert "is removed now" in out and list(tmp_path.iterdir()) == [], "demo cleans up after itself"
 
     out = demo("--keep")
     [kept] = tmp_path.iterdir()
     assert f"log (one JSON object a line): {kept / 'log' / 'gateway.log'}" in out
+    assert f"the staff page again: caiasoft-gateway -c {kept / 'gateway.toml'} web, then http://127.0.0.1:" in out
     assert len(list((kept / "archive").rglob("*.json"))) == 5
 
 

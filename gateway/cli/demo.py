@@ -7,8 +7,9 @@ print file of three records (accepted), slips a site's script nested in one
 <printout> (accepted, a record a slip), one batch whose third record is broken
 (refused, the record named) and a PLAIN printout (refused for what it is), plus
 two files CaiaSoft or the gateway must refuse. It waits until every
-file has ended somewhere, stops the gateway, shows what went where and asks
-`find` where one item went. Meanwhile CaiaSoft retrieves an item and refiles
+file has ended somewhere, asks the staff page (`caiasoft-gateway web`, started
+beside the service on a loopback port, its URL printed) what it shows, stops
+both, shows what went where and asks `find` where one item went. Meanwhile CaiaSoft retrieves an item and refiles
 it the same day: the status feed reads that from the simulator as CaiaSoft
 says it (retrievalinfo, the refiled list, the status "Item In at Rest"),
 journals the two in the order that leaves ALEPH right, and the relay sends
@@ -21,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -28,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from email.message import EmailMessage
 from importlib import resources
@@ -46,6 +49,8 @@ NCIP_STATUS = "Item In at Rest"  # what CaiaSoft's itemstatus says of it afterwa
 FEED_COLLECTION = "ANNEX"
 WAIT_SECONDS = 60.0
 ALERT_WAIT_SECONDS = 10.0
+PAGE_WAIT_SECONDS = 10.0
+HIT_ROW = '<tr class="hit">'  # one request file that carried the item, on the staff page's /find
 
 
 def samples_folder() -> Path:
@@ -150,6 +155,7 @@ def _demo(root: Path, keep: bool) -> int:
     mail = MailCatcher().start()  # the alerts go here instead of to a real mail server
     ncip = NcipSimulator(transport="tcp", track_loans=True).start()  # ALEPH's NCIP port, as a raw socket
     metrics_port = _free_port()
+    web_port = _free_port()
     today = dt.date.today().strftime("%Y%m%d")  # what CaiaSoft's status feed endpoints will answer
     simulator.retrievals[(today, FEED_COLLECTION)] = [{"barcode": NCIP_BARCODE, "request_id": "TN4561"}]
     simulator.status_lists[("refiled", today, FEED_COLLECTION)] = [NCIP_BARCODE]
@@ -161,18 +167,23 @@ def _demo(root: Path, keep: bool) -> int:
         key,
         extra="incomplete_grace_seconds = 2\n"
         + _monitoring(mail.port, metrics_port)
-        + _relay(ncip.url, root / "ncip.jsonl"),
+        + _relay(ncip.url, root / "ncip.jsonl")
+        + f'\n[web]\nlisten = "127.0.0.1:{web_port}"\n',
     )
     print(
         f"demo folder:         {root}\nCaiaSoft simulator:  {simulator.url}\n"
         f"NCIP simulator:      {ncip.url} (ALEPH's NCIP port: HTTP/1.0 framing on a raw socket, NCIP 1)\n"
         f"mail catcher:        smtp://127.0.0.1:{mail.port} (stands in for the host's MTA)\n"
         f"metrics:             http://127.0.0.1:{metrics_port}/metrics\n"
+        f"staff page:          http://127.0.0.1:{web_port}/ (caiasoft-gateway web, read-only)\n"
     )
-    child = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "-c", str(config), "run"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    child, page = (
+        subprocess.Popen(
+            [sys.executable, "-m", "gateway", "-c", str(config), command],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for command in ("run", "web")
     )
     try:
         folder = root / "aleph" / "print"
@@ -187,12 +198,15 @@ def _demo(root: Path, keep: bool) -> int:
         _wait_for_mail(mail, 2)
         _wait_for_ncip(ncip, 2)
         figures = _scrape(metrics_port)
+        seen = _ask_staff_page(web_port)
     finally:
-        child.send_signal(signal.SIGTERM)
-        try:
-            child.wait(30)
-        except subprocess.TimeoutExpired:
-            child.kill()
+        for process in (page, child):
+            process.send_signal(signal.SIGTERM)
+        for process in (page, child):
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
         simulator.stop()
         mail.stop()
         ncip.stop()
@@ -202,8 +216,49 @@ def _demo(root: Path, keep: bool) -> int:
     )
     _show_monitoring(mail, figures, metrics_port)
     relayed = _show_ncip(ncip)
-    _show(root, keep)
-    return 0 if counts.get(FileState.ARCHIVED, 0) + counts.get(FileState.REFUSED, 0) == len(files) and relayed else 1
+    _show_staff_page(web_port, seen)
+    _show(root, keep, web_port)
+    finished = counts.get(FileState.ARCHIVED, 0) + counts.get(FileState.REFUSED, 0) == len(files)
+    return 0 if finished and relayed and all(code == 200 for code, _ in seen.values()) else 1
+
+
+def _ask_staff_page(port: int) -> dict[str, tuple[int, str]]:
+    """What the staff page answered (HTTP status, the page) for Today and for a search, asked as a browser would;
+    waits for it to listen (it starts beside the service). A page that cannot be had: (0, why)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never through a proxy
+    seen: dict[str, tuple[int, str]] = {}
+    deadline = time.monotonic() + PAGE_WAIT_SECONDS
+    for path in ("/", f"/find?barcode={FIND_BARCODE}"):
+        while True:
+            try:
+                with opener.open(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+                    seen[path] = (answer.status, answer.read().decode("utf-8", "replace"))
+                break
+            except urllib.error.HTTPError as error:
+                seen[path] = (error.code, error.read().decode("utf-8", "replace"))
+                break
+            except OSError as error:
+                if time.monotonic() > deadline:
+                    seen[path] = (0, str(error))
+                    break
+                time.sleep(0.2)
+    return seen
+
+
+def _show_staff_page(port: int, seen: dict[str, tuple[int, str]]) -> None:
+    print(f"The staff page, http://127.0.0.1:{port}/ (asked while the gateway ran; it stops with the demo):")
+    for path, (code, text) in seen.items():
+        if code == 0:
+            print(f"  {path}  did not answer: {text}")
+            continue
+        if path == "/":
+            figures = dict(re.findall(r'<dd id="count-(\w+)">(\d+)</dd>', text))
+            said = ", ".join(f"{figures.get(key, '?')} {key}" for key in ("sent", "refused", "waiting", "denied"))
+            said += " today" + ("; nothing needs a person" if 'id="all-well"' in text else "")
+        else:
+            said = f"{text.count(HIT_ROW)} request file(s) carried it"
+        print(f"  {path}  answered {code}: {said}")
+    print()
 
 
 def _relay(url: str, journal: Path) -> str:
@@ -310,7 +365,7 @@ def _show_monitoring(mail: MailCatcher, figures: list[str], metrics_port: int) -
         print(f"  {line}")
 
 
-def _show(root: Path, keep: bool) -> None:
+def _show(root: Path, keep: bool, web_port: int) -> None:
     for label, folder in (("accepted by CaiaSoft -> archive", root / "archive"), ("refused -> error", root / "error")):
         print(f"{label}:")
         for sidecar in sorted(folder.rglob("*.json")):
@@ -345,5 +400,7 @@ def _show(root: Path, keep: bool) -> None:
         f"\nWhere to look (the demo folder is kept; remove it when done):\n"
         f"  log (one JSON object a line): {root / 'log' / 'gateway.log'}\n"
         f"  status: caiasoft-gateway -c {root / 'gateway.toml'} status\n"
+        f"  the staff page again: caiasoft-gateway -c {root / 'gateway.toml'} web, then "
+        f"http://127.0.0.1:{web_port}/\n"
         f"  config used: {root / 'gateway.toml'}"
     )
