@@ -622,7 +622,7 @@ def _wait_until_settled(ledger: Ledger, row_id: int, timeout: float) -> None:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from gateway.cli.retry import find_in_error_dir, requeue
+    from gateway.cli.retry import find_in_error_dir, put_back
 
     if not args.names and not args.all:
         print("caiasoft-gateway retry: name files from error_dir, or use --all", file=sys.stderr)
@@ -637,7 +637,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     try:
         for path in paths:
             try:
-                row = requeue(pipeline, path)
+                row = put_back(pipeline, path)
             except OSError as error:  # this file only: the others are retried
                 failed += 1
                 print(

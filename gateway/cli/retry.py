@@ -45,7 +45,7 @@ def find_in_error_dir(error_dir: Path, names: list[str], every: bool) -> tuple[l
     return found, missing
 
 
-def requeue(pipeline: Pipeline, path: Path) -> FileRow:
+def put_back(pipeline: Pipeline, path: Path) -> FileRow:
     """Move one file from error_dir back into work/, validate it again, and return its row."""
     ledger = pipeline.ledger
     row = ledger.files.find_refused(path)
