@@ -1,4 +1,4 @@
-"""gateway.http against hostile peers on loopback: total deadline, size cap, TLS from the caller only."""
+"""gateway.core.http against hostile peers on loopback: total deadline, size cap, TLS from the caller only."""
 
 from __future__ import annotations
 

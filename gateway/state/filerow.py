@@ -25,7 +25,7 @@ class Seen(Protocol):
 
 @dataclass(frozen=True)
 class FileRow:
-    """One row of the files table: its columns, with state and verdict as gateway.states' StrEnums."""
+    """One row of the files table: its columns, with state and verdict as gateway.core.states' StrEnums."""
 
     id: int
     source: str
