@@ -43,41 +43,41 @@ def test_a_name_clash_gets_a_suffix_and_nothing_is_overwritten(tmp_path):
         work = tmp_path / f"work-{content.decode()}"
         work.write_bytes(content)
         target = folder.choose("slip.xml", DAY)
-        placed.append(folder.place(work, target))
+        placed.append(folder.put(work, target)[0])
         folder.write_sidecar(placed[-1], {"content": content.decode()})
     assert [p.name for p in placed] == ["slip.xml", "slip.1.xml", "slip.2.xml"]
     assert [p.read_bytes() for p in placed] == [b"first", b"second", b"third"]
     assert (placed[1].parent / "slip.1.xml.json").exists()
 
 
-def test_place_takes_the_next_name_if_the_chosen_one_was_taken_meanwhile(tmp_path):
+def test_put_takes_the_next_name_if_the_chosen_one_was_taken_meanwhile(tmp_path):
     folder = Folder(tmp_path)
     target = folder.choose("slip.xml", DAY)
     target.write_bytes(b"someone else's")
     work = tmp_path / "w"
     work.write_bytes(b"ours")
-    placed = folder.place(work, target)
-    assert placed.name == "slip.1.xml" and placed.read_bytes() == b"ours"
+    placed, in_work = folder.put(work, target)
+    assert in_work and placed.name == "slip.1.xml" and placed.read_bytes() == b"ours"
     assert target.read_bytes() == b"someone else's"
 
 
-def test_place_after_a_crash_that_already_moved_the_file(tmp_path):
+def test_put_after_a_crash_that_already_moved_the_file(tmp_path):
     folder = Folder(tmp_path)
     target = folder.choose("slip.xml", DAY)
     target.write_bytes(b"ours")
-    assert folder.place(tmp_path / "gone", target) == target
+    assert folder.put(tmp_path / "gone", target) == (target, False), "placed already: nothing left in work/"
 
 
 @pytest.mark.parametrize("moved_by", [os.link, shutil.copy2], ids=["link", "copy across filesystems"])
-def test_place_after_a_crash_between_the_move_and_the_unlink(tmp_path, moved_by):
+def test_put_after_a_crash_between_the_move_and_the_unlink(tmp_path, moved_by):
     """kill -9 after the file reached the archive, before its work name was removed: no second copy."""
     folder = Folder(tmp_path / "archive")
     target = folder.choose("slip.xml", DAY)
     work = tmp_path / "work"
     work.write_bytes(b"ours")
     moved_by(work, target)
-    assert folder.place(work, target) == target
-    assert not work.exists() and target.read_bytes() == b"ours"
+    assert folder.put(work, target) == (target, True), "its own copy: only the work name is left to remove"
+    assert target.read_bytes() == b"ours"
     assert sorted(p.name for p in target.parent.iterdir()) == ["slip.xml", "slip.xml.json"]
 
 

@@ -386,7 +386,7 @@ def test_a_batch_of_placed_files_syncs_its_day_folder_once_before_any_work_name_
     pipeline, site, simulator, monkeypatch
 ):
     """The finisher's batch: every sidecar and file in the day folder, then one folder sync, then work/ emptied."""
-    from gateway.archive import folders, placing
+    from gateway.archive import placing
     from gateway.core import files
 
     answered = []
@@ -400,7 +400,6 @@ def test_a_batch_of_placed_files_syncs_its_day_folder_once_before_any_work_name_
         synced.append((folder, sorted(path.name for path in folder.iterdir()), [path.exists() for path in work]))
         files.fsync_dir(folder)
 
-    monkeypatch.setattr(folders, "fsync_dir", fsync_dir)
     monkeypatch.setattr(placing, "fsync_dir", fsync_dir)
     pipeline.placing.place_many(answered)
     assert len(synced) == 1, "one folder sync for the batch"

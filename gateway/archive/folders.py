@@ -22,7 +22,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from gateway.core.files import fsync_dir, partial_path, place_no_clobber
+from gateway.core.files import partial_path, place_no_clobber
 from gateway.core.logs import redact
 from gateway.core.names import MAX_NAME_BYTES, safe_name
 
@@ -110,24 +110,12 @@ class Folder:
             number += 1
             candidate = numbered(base, number)
 
-    def place(self, work: Path, target: Path) -> Path:
-        """Move work to target (reserved by choose) without overwriting anything; return where it went.
-
-        put(), then target's folder synced and the work name removed. If a file took the
-        name anyway, the next free numbered name is used. If the work file is gone but
-        target exists (a crash after the move), or target is already work's own copy (a
-        crash before work was removed), return target.
-        """
-        placed, in_work = self.put(work, target)
-        if in_work:
-            fsync_dir(placed.parent)
-            work.unlink()
-        return placed
-
     def put(self, work: Path, target: Path) -> tuple[Path, bool]:
-        """The first half of place(), for placing many files with one sync of their folder: work's file at
-        target, or at the next free name if target was taken meanwhile; return where, and whether the work
-        name is still there (a link or a copy: the caller removes it once the folder is synced)."""
+        """Work's file at target (reserved by choose), or at the next free name if target was taken meanwhile,
+        never overwriting anything; return where, and whether the work name is still there (a link or a copy:
+        the caller removes it once the folder is synced, archive.placing). If the work file is gone but target
+        exists (a crash after the move), or target is already work's own copy (a crash before the work name
+        was removed), it is target."""
         if not work.exists() and target.exists():
             return target, False
         target.parent.mkdir(parents=True, exist_ok=True)
