@@ -1,4 +1,5 @@
-"""The shipped systemd unit passes `systemd-analyze verify` clean, with and without the drop-in for newer systemd."""
+"""The shipped systemd units (the service, and the staff page's) pass `systemd-analyze verify` clean, with and
+without the drop-in for newer systemd."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from conftest import REPO
 
 UNIT = REPO / "systemd" / "caiasoft-gateway.service"
+WEB_UNIT = REPO / "systemd" / "caiasoft-gateway-web.service"
 INSTALLED_PATH = "/usr/local/bin/caiasoft-gateway"
 
 
@@ -58,6 +60,7 @@ SINCE = {
     "ConfigurationDirectoryMode": 235,
     "ProtectSystem": 214,
     "ReadWritePaths": 231,
+    "ReadOnlyPaths": 231,
     "ProtectHome": 214,
     "PrivateTmp": 1,
     "PrivateMounts": 239,
@@ -85,27 +88,29 @@ SINCE = {
 }
 
 
-def _unit_folder(tmp_path: Path, newer: bool = True) -> Path:
+def _unit_folder(tmp_path: Path, newer: bool = True, unit: Path = UNIT) -> Path:
     """A unit search folder as the install leaves it: the unit (ExecStart pointing at this checkout's command,
-    which verify insists exists), the site drop-in, and newer-systemd.conf where newer is set."""
+    which verify insists exists), the site drop-in (the service's only), and newer-systemd.conf where newer is
+    set."""
     script = Path(sys.executable).with_name("caiasoft-gateway")
     assert script.exists()
-    text = UNIT.read_text()
+    text = unit.read_text()
     assert text.count(INSTALLED_PATH) == 1
     folder = tmp_path / ("units-newer" if newer else "units-239")
-    dropins = folder / f"{UNIT.name}.d"
+    dropins = folder / f"{unit.name}.d"
     dropins.mkdir(parents=True)
-    (folder / UNIT.name).write_text(text.replace(INSTALLED_PATH, str(script)))
-    (dropins / "site.conf").write_text(SITE_DROPIN)
+    (folder / unit.name).write_text(text.replace(INSTALLED_PATH, str(script)))
+    if unit == UNIT:
+        (dropins / "site.conf").write_text(SITE_DROPIN)
     if newer:
         (dropins / NEWER.name).write_text(NEWER.read_text())
     return folder
 
 
-def _analyze_unit(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _analyze_unit(folder: Path, *args: str, unit: Path = UNIT) -> subprocess.CompletedProcess[str]:
     """systemd-analyze on the unit by name, searched in folder first (so its drop-ins are read too)."""
     return subprocess.run(
-        [_analyze(), *args, UNIT.name],
+        [_analyze(), *args, unit.name],
         capture_output=True,
         text=True,
         cwd=folder,
@@ -121,14 +126,15 @@ def _directives(path: Path) -> list[str]:
     ]
 
 
+@pytest.mark.parametrize("unit", [UNIT, WEB_UNIT], ids=["service", "web"])
 @pytest.mark.parametrize("newer", [False, True], ids=["systemd-239", "systemd-247-and-later"])
-def test_unit_verifies_clean_with_and_without_the_newer_drop_in(tmp_path, newer):
-    result = _analyze_unit(_unit_folder(tmp_path, newer), "verify", "--man=no")
+def test_unit_verifies_clean_with_and_without_the_newer_drop_in(tmp_path, newer, unit):
+    result = _analyze_unit(_unit_folder(tmp_path, newer, unit), "verify", "--man=no", unit=unit)
     assert result.returncode == 0 and result.stdout == "" and result.stderr == "", result.stdout + result.stderr
 
 
 def test_the_unit_uses_nothing_newer_than_rhel8s_systemd_and_the_drop_in_only_newer():
-    unit, newer = _directives(UNIT), _directives(NEWER)
+    unit, newer = _directives(UNIT) + _directives(WEB_UNIT), _directives(NEWER)
     unknown = [name for name in unit + newer if name not in SINCE]
     assert not unknown, f"add the systemd version that introduced {unknown} to SINCE"
     assert [name for name in unit if SINCE[name] > RHEL8_SYSTEMD] == []
@@ -162,17 +168,17 @@ def test_unit_grants_cap_lease_and_nothing_else():
     assert settings == ["CapabilityBoundingSet=CAP_LEASE", "AmbientCapabilities=CAP_LEASE"]
 
 
-def _service_section() -> dict[str, list[str]]:
-    """The [Service] settings of the unit as systemd reads them: key -> values, comments dropped."""
+def _service_section(unit: Path = UNIT, wanted: str = "[Service]") -> dict[str, list[str]]:
+    """The settings of one section of the unit as systemd reads them: key -> values, comments dropped."""
     settings: dict[str, list[str]] = {}
     section = ""
-    for line in UNIT.read_text().splitlines():
+    for line in unit.read_text().splitlines():
         line = line.strip()
         if not line or line.startswith(("#", ";")):
             continue
         if line.startswith("["):
             section = line
-        elif section == "[Service]":
+        elif section == wanted:
             key, _, value = line.partition("=")
             settings.setdefault(key.strip(), []).append(value.strip())
     return settings
@@ -209,6 +215,81 @@ def test_unit_keeps_its_promises(tmp_path):
     ):
         assert service.get(key) == [value], (key, service.get(key))
     assert int(service["WatchdogSec"][0]) > 0
+
+
+def test_web_unit_runs_the_page_as_the_service_user_with_nothing_more():
+    """The staff page's unit: the same user and group as the service, `caiasoft-gateway web`, no capability, no
+    privilege to gain, a /tmp of its own, and only the socket families a web page needs."""
+    web, service = _service_section(WEB_UNIT), _service_section()
+    assert (web["User"], web["Group"]) == (service["User"], service["Group"])
+    assert web["ExecStart"] == [f"{INSTALLED_PATH} web"]
+    assert web["CapabilityBoundingSet"] == [""] and web["AmbientCapabilities"] == [""]
+    assert web["NoNewPrivileges"] == ["yes"] and web["PrivateTmp"] == ["yes"] and web["ProtectHome"] == ["yes"]
+    assert sorted(web["RestrictAddressFamilies"][0].split()) == ["AF_INET", "AF_INET6", "AF_UNIX"]
+    assert "SupplementaryGroups" not in web  # it reads no print folder
+    assert web["Restart"] == ["on-failure"] and web["RestartPreventExitStatus"] == ["2"]
+    assert _service_section(WEB_UNIT, "[Install]")["WantedBy"] == ["multi-user.target"]  # enable works
+
+
+def test_web_unit_writes_nothing_but_the_ledgers_shared_memory_in_the_state_folder():
+    """ProtectSystem=strict; writable only the state folder the service's StateDirectory= makes (a reader of a WAL
+    ledger writes gateway.db-shm there), and in it the archive, error and work folders read-only again. No folder
+    of its own (StateDirectory= and the like would be written, and chowned, by systemd)."""
+    import tomllib
+
+    web, service = _service_section(WEB_UNIT), _service_section()
+    paths = tomllib.loads((REPO / "conf" / "gateway.toml").read_text())["paths"]
+    state_dir = f"/var/lib/{service['StateDirectory'][0]}"
+    assert state_dir == paths["state_dir"]
+    assert web["ProtectSystem"] == ["strict"]
+    assert web["ReadWritePaths"] == [f"-{state_dir}"]
+    assert sorted(web["ReadOnlyPaths"][0].split()) == sorted(
+        f"-{folder}" for folder in (paths["archive_dir"], paths["error_dir"], f"{state_dir}/work")
+    )
+    assert not {"StateDirectory", "LogsDirectory", "RuntimeDirectory", "CacheDirectory"} & set(web)
+
+
+def test_web_unit_names_its_documentation_as_installed():
+    """man caiasoft-gateway, and docs/web.md where tools/install puts docs/*.md (and it is in docs/)."""
+    lines = [line for line in WEB_UNIT.read_text().splitlines() if line.startswith("Documentation=")]
+    uris = [uri for line in lines for uri in line.removeprefix("Documentation=").split()]
+    assert "man:caiasoft-gateway(8)" in uris
+    assert "file:///usr/local/share/doc/caiasoft-gateway/docs/web.md" in uris
+    for uri in uris:
+        if uri.startswith("file://"):
+            relative = uri.removeprefix("file:///usr/local/share/doc/caiasoft-gateway/")
+            assert (REPO / relative).is_file(), uri
+
+
+def test_web_unit_is_no_more_exposed_than_the_service(tmp_path):
+    result = _analyze_unit(
+        _unit_folder(tmp_path, unit=WEB_UNIT),
+        "security",
+        "--offline=true",
+        f"--threshold={EXPOSURE_LIMIT}",
+        unit=WEB_UNIT,
+    )
+    overall = [line for line in result.stdout.splitlines() if "Overall exposure level" in line]
+    assert result.returncode == 0, f"exposure above {EXPOSURE_LIMIT / 10}: {overall or result.stdout + result.stderr}"
+    verdicts = {
+        check["json_field"]: check
+        for check in json.loads(
+            _analyze_unit(
+                _unit_folder(tmp_path / "json", newer=False, unit=WEB_UNIT),
+                "security",
+                "--offline=true",
+                "--json=short",
+                unit=WEB_UNIT,
+            ).stdout
+        )
+    }
+    for field in ("NoNewPrivileges", "ProtectSystem", "PrivateTmp", "UserOrDynamicUser", "AmbientCapabilities"):
+        assert verdicts[field]["set"], verdicts[field]["description"]
+    assert "strict" in verdicts["ProtectSystem"]["description"]
+    capabilities = [check for name, check in verdicts.items() if name.startswith("CapabilityBoundingSet_")]
+    assert capabilities and all(check["set"] for check in capabilities), [
+        check["description"] for check in capabilities if not check["set"]
+    ]
 
 
 def test_sysusers_then_tmpfiles_make_the_user_and_folders_in_a_scratch_root(tmp_path):
