@@ -11,6 +11,11 @@ paths of the installed system are looked up under the root, `vi` is the test's e
 `systemctl` start/stop is starting and stopping the ExecStart of the installed unit as the unit says,
 and `runuser -u USER` is setpriv with that user's ids from the root's /etc/passwd.
 A line the test does not know fails the test, so the docs cannot drift from what is tested.
+
+docs/web.md's "Turning it on" is run the same way once the service runs: its [web] table added to the config
+(on a free port), `web-user` given the password on its input, and `systemctl enable --now caiasoft-gateway-web`
+starting the staff page's unit as it says (its user, no capability, read-only but for its ReadWritePaths=, with
+its ReadOnlyPaths= read-only again), which must then answer, with the login, from the service's ledger.
 """
 
 from __future__ import annotations
@@ -20,8 +25,11 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +39,9 @@ from conftest import KEY, REPO, wait_for
 pytestmark = pytest.mark.e2e
 
 DOCS = REPO / "docs" / "install.md"
+WEB_DOCS = REPO / "docs" / "web.md"
+WEB_UNIT = "caiasoft-gateway-web.service"
+WEB_USER, WEB_PASSWORD = "circdesk", "desk-password-5e0b"
 SYSTEM_PYTHON = Path("/usr/bin/python3.11")  # what the docs name: Debian 12's python3 is this file
 SETPRIV = "/usr/bin/setpriv"
 PRINT_FOLDER = "/exlibris/aleph/u23_1/usm50/print/caiasoft"
@@ -57,10 +68,17 @@ LEFT_BY_UNINSTALL = ("var/lib/caiasoft-gateway", "var/log/caiasoft-gateway", "et
 ACCOUNT_FILES = ("etc/passwd", "etc/group", "etc/shadow", "etc/gshadow")
 
 
-def blocks() -> dict[str, list[str]]:
-    """The command blocks of docs/install.md by their test name (<!-- test: NAME --> before a ```sh block)."""
-    found = re.findall(r"<!-- test: (\w+) -->\n```sh\n(.*?)```", DOCS.read_text(), flags=re.S)
+def blocks(doc: Path = DOCS) -> dict[str, list[str]]:
+    """The command blocks of docs/install.md (or doc) by their test name (<!-- test: NAME --> before a ```sh
+    block)."""
+    found = re.findall(r"<!-- test: (\w+) -->\n```sh\n(.*?)```", doc.read_text(), flags=re.S)
     return {name: [line for line in body.splitlines() if line.strip()] for name, body in found}
+
+
+def web_config_block() -> str:
+    """docs/web.md's [web] table, as the admin adds it to the config."""
+    [block] = re.findall(r"<!-- test: web-config -->\n```toml\n(.*?)```", WEB_DOCS.read_text(), flags=re.S)
+    return block
 
 
 @pytest.fixture(scope="session")
@@ -93,6 +111,8 @@ class Host:
     downloads: Path
     cwd: Path = field(init=False)
     service: subprocess.Popen | None = None
+    web: subprocess.Popen | None = None
+    web_port: int = 0
     editor_runs: int = 0
 
     def __post_init__(self) -> None:
@@ -130,9 +150,9 @@ class Host:
         return self.under("/opt/caiasoft-gateway/bin/caiasoft-gateway")
 
 
-def unit_settings(host: Host) -> dict[str, list[str]]:
+def unit_settings(host: Host, name: str = "caiasoft-gateway.service") -> dict[str, list[str]]:
     """The [Service] settings of the installed unit and its drop-ins (in name order), as systemd reads them."""
-    unit = host.under("/etc/systemd/system/caiasoft-gateway.service")
+    unit = host.under(f"/etc/systemd/system/{name}")
     settings: dict[str, list[str]] = {}
     for path in [unit, *sorted(unit.with_name(unit.name + ".d").glob("*.conf"))]:
         section = ""
@@ -147,11 +167,15 @@ def unit_settings(host: Host) -> dict[str, list[str]]:
 
 
 # The part of ProtectSystem=strict that matters to the gateway, in a mount namespace of its own: the scratch root
-# read-only but for the unit's writable folders (StateDirectory=, LogsDirectory=, ReadWritePaths=), then exec.
+# read-only but for the unit's writable folders (StateDirectory=, LogsDirectory=, ReadWritePaths=), and in those the
+# unit's ReadOnlyPaths= read-only again, then exec.
 SANDBOX = """root=$1; shift
 mount --bind "$root" "$root"
 while [ "$1" != -- ]; do [ -d "$root$1" ] && mount --bind "$root$1" "$root$1"; shift; done; shift
 mount -o remount,bind,ro "$root"
+while [ "$1" != -- ]; do
+    [ -d "$root$1" ] && mount --bind "$root$1" "$root$1" && mount -o remount,bind,ro "$root$1"; shift
+done; shift
 exec "$@"
 """
 
@@ -164,26 +188,30 @@ def writable_paths(settings: dict[str, list[str]]) -> list[str]:
     return paths
 
 
-def start_service(host: Host) -> None:
-    """What systemd does for ExecStart=: as User=, with its groups and SupplementaryGroups=, AmbientCapabilities=
-    as the only capabilities, and the scratch root read-only but for the unit's writable folders."""
-    settings = unit_settings(host)
+def start_unit(host: Host, name: str, expected_caps: list[str]) -> subprocess.Popen:
+    """What systemd does for the unit's ExecStart=: as User=, with its groups and SupplementaryGroups=,
+    AmbientCapabilities= as the only capabilities (expected_caps, checked), and the scratch root read-only but for
+    the unit's writable folders, its ReadOnlyPaths= read-only again. Its stderr goes to downloads/NAME.err."""
+    settings = unit_settings(host, name)
     assert settings["ProtectSystem"] == ["strict"]
     [user] = settings["User"]
     uid, gid = host.ids(user)
     groups = {
         gid,
         *host.member_gids(user),
-        *(host.gid(name) for value in settings["SupplementaryGroups"] for name in value.split()),
+        *(host.gid(group) for value in settings.get("SupplementaryGroups", []) for group in value.split()),
     }
-    caps = [name.lower().removeprefix("cap_") for value in settings["AmbientCapabilities"] for name in value.split()]
-    assert caps == ["lease"]
+    caps = [
+        cap.lower().removeprefix("cap_") for value in settings.get("AmbientCapabilities", []) for cap in value.split()
+    ]
+    assert caps == expected_caps
     [exec_start] = settings["ExecStart"]
     program, *arguments = exec_start.split()
     link = host.under(program)
     assert link.is_symlink() and os.readlink(link) == "/opt/caiasoft-gateway/bin/caiasoft-gateway"
-    with (host.downloads / "service.err").open("ab") as errors:
-        host.service = subprocess.Popen(
+    read_only = [path.lstrip("-+") for value in settings.get("ReadOnlyPaths", []) for path in value.split()]
+    with (host.downloads / f"{name}.err").open("ab") as errors:
+        return subprocess.Popen(
             [
                 "unshare",
                 "--mount",
@@ -197,12 +225,14 @@ def start_service(host: Host) -> None:
                 str(host.root),
                 *writable_paths(settings),
                 "--",
+                *read_only,
+                "--",
                 SETPRIV,
                 f"--reuid={uid}",
                 f"--regid={gid}",
                 f"--groups={','.join(map(str, sorted(groups)))}",
-                "--inh-caps=-all,+lease",
-                "--ambient-caps=+lease",
+                f"--inh-caps=-all{''.join(f',+{cap}' for cap in caps)}",
+                *([f"--ambient-caps={','.join(f'+{cap}' for cap in caps)}"] if caps else []),
                 "--",
                 str(host.program),
                 *arguments,
@@ -212,14 +242,57 @@ def start_service(host: Host) -> None:
             stdout=subprocess.DEVNULL,
             stderr=errors,
         )
+
+
+def start_service(host: Host) -> None:
+    """The service, started as its unit says (CAP_LEASE its one capability)."""
+    host.service = start_unit(host, "caiasoft-gateway.service", ["lease"])
     wait_for(
         lambda: host.under("/var/lib/caiasoft-gateway/gateway.lock").exists() or host.service.poll() is not None,
         timeout=30,
         message="the service to start",
     )
     assert host.service.poll() is None, (
-        f"the service exited {host.service.returncode}: {(host.downloads / 'service.err').read_text()}"
+        f"the service exited {host.service.returncode}: {(host.downloads / 'caiasoft-gateway.service.err').read_text()}"
     )
+
+
+def start_web(host: Host) -> None:
+    """The staff page, started as its unit says (no capability), answering on its port."""
+    host.web = start_unit(host, WEB_UNIT, [])
+
+    def listening() -> bool:
+        if host.web is not None and host.web.poll() is not None:
+            return True  # exited: said below
+        with socket.socket() as probe:
+            return probe.connect_ex(("127.0.0.1", host.web_port)) == 0
+
+    wait_for(listening, timeout=30, message="the staff page to listen")
+    assert host.web.poll() is None, (
+        f"the staff page exited {host.web.returncode}: {(host.downloads / f'{WEB_UNIT}.err').read_text()}"
+    )
+
+
+def stop_web(host: Host) -> None:
+    if host.web is not None and host.web.poll() is None:
+        host.web.send_signal(signal.SIGTERM)
+        assert host.web.wait(30) == 0
+    host.web = None
+
+
+def ask_web(host: Host, path: str, login: tuple[str, str] | None = (WEB_USER, WEB_PASSWORD)) -> tuple[int, str]:
+    """The staff page's answer to GET path on loopback (status, text), with the login."""
+    request = urllib.request.Request(f"http://127.0.0.1:{host.web_port}{path}")
+    if login is not None:
+        import base64
+
+        request.add_header("Authorization", "Basic " + base64.b64encode(":".join(login).encode()).decode())
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=30) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.read().decode()
 
 
 def stop_service(host: Host) -> None:
@@ -272,6 +345,9 @@ def _installer_line(host: Host, line: str, words: list[str]) -> str | None:
         return run_shell(host, f"{line} --root {root}", network=False)
     if words[0] == "/opt/caiasoft-gateway/share/install":
         return run_shell(host, f"{shlex.quote(str(host.under(words[0])))} {shlex.join(words[1:])} --root {root}")
+    if words[:2] == ["caiasoft-gateway", "web-user"]:  # no terminal here: the password on its input
+        program = shlex.join([str(host.program), "-c", str(host.config), *words[1:], "--password-stdin"])
+        return run_shell(host, f"printf '%s\\n' {shlex.quote(WEB_PASSWORD)} | {program}")
     if words[0] == "caiasoft-gateway":
         extra = ["--root", str(host.root)] if words[1:3] == ["check", "--as-service"] else []
         return run_shell(host, shlex.join([str(host.program), "-c", str(host.config), *words[1:], *extra]))
@@ -306,6 +382,9 @@ def _admin_line(host: Host, line: str, words: list[str]) -> str | None:
     if words == ["systemctl", "stop", "caiasoft-gateway"]:
         stop_service(host)
         return ""
+    if words == ["systemctl", "enable", "--now", WEB_UNIT.removesuffix(".service")]:
+        start_web(host)
+        return ""
     if words[0] == "userdel":
         return run_shell(host, shlex.join(["userdel", "--root", str(host.root), *words[1:]]))
     return None
@@ -332,8 +411,58 @@ def version_of(host: Host) -> str:
     return max(versions, key=lambda version: [int(part) if part.isdigit() else 0 for part in version.split(".")])
 
 
-def run_block(host: Host, name: str) -> str:
-    return "".join(run_line(host, line) for line in blocks()[name])
+def run_block(host: Host, name: str, doc: Path = DOCS) -> str:
+    return "".join(run_line(host, line) for line in blocks(doc)[name])
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def assert_web_unit_installed_not_enabled(host: Host, said: str) -> None:
+    """The staff page's unit is in place as shipped (with the newer-systemd drop-in where the service has it), in the
+    manifest, with the docs it names, and not enabled: the install says how; the logins file is made empty, the
+    service user's."""
+    units = host.under("/etc/systemd/system")
+    assert (units / WEB_UNIT).read_text() == (REPO / "systemd" / WEB_UNIT).read_text()
+    assert (units / f"{WEB_UNIT}.d" / "newer-systemd.conf").exists() == (
+        units / "caiasoft-gateway.service.d" / "newer-systemd.conf"
+    ).exists()
+    assert not list(units.glob(f"*.wants/{WEB_UNIT}")), "the staff page is off until the admin turns it on"
+    assert "the staff page (read-only, for the circulation desk) is installed but off" in said
+    assert "then   systemctl enable --now caiasoft-gateway-web" in said
+    assert f"/etc/systemd/system/{WEB_UNIT}" in host.under("/opt/caiasoft-gateway/installed-files").read_text()
+    pages, files = unit_documentation(host, WEB_UNIT)
+    assert [page.name for page in pages] == ["caiasoft-gateway.8", "gateway.toml.5"]
+    assert host.under("/usr/local/share/doc/caiasoft-gateway/docs/web.md") in files
+    assert all(path.is_file() for path in [*pages, *files])
+    users = host.under("/etc/caiasoft-gateway/web-users").stat()
+    assert (users.st_uid, users.st_mode & 0o777, users.st_size) == (host.ids("caiasoft-gateway")[0], 0o600, 0)
+    assert "made an empty /etc/caiasoft-gateway/web-users (0600, the service user's)" in said
+
+
+def turn_the_staff_page_on_as_the_docs_say(host: Host) -> None:
+    """docs/web.md's [web] table (on a free port, its users file under the root), then its block: a login, the check,
+    the unit started. The page answers, with the login only, from the running service's ledger."""
+    host.web_port = free_port()
+    users = host.under("/etc/caiasoft-gateway/web-users")
+    table = web_config_block().replace("127.0.0.1:9465", f"127.0.0.1:{host.web_port}")
+    with host.config.open("a") as config:
+        config.write("\n" + table.replace('"/etc/caiasoft-gateway/web-users"', f'"{users}"'))
+    said = run_block(host, "web", WEB_DOCS)
+    assert f"{WEB_USER}: added in {users}" in said
+    assert users.stat().st_uid == host.ids("caiasoft-gateway")[0], "web-user as root kept the file the page's"
+    assert "all checks passed" in said and "WARN" not in said, said
+    assert f"ok    web.users_file {users}\n        1 user(s)" in said
+    assert f"ok    the staff page's sandbox ({host.under(f'/etc/systemd/system/{WEB_UNIT}')})" in said
+    code, today = ask_web(host, "/")
+    assert code == 200 and '<dd id="count-sent">1</dd>' in today, today
+    code, found = ask_web(host, f"/find?barcode={BARCODE}")
+    assert code == 200 and found.count('<tr class="hit">') == 1, found
+    assert ask_web(host, "/", login=None)[0] == 401 and ask_web(host, "/", (WEB_USER, "not-the-password"))[0] == 401
+    stop_web(host)
 
 
 def snapshot(root: Path) -> set[str]:
@@ -345,10 +474,10 @@ def snapshot(root: Path) -> set[str]:
     }
 
 
-def unit_documentation(host: Host) -> tuple[list[Path], list[Path]]:
+def unit_documentation(host: Host, name: str = "caiasoft-gateway.service") -> tuple[list[Path], list[Path]]:
     """What the installed unit's Documentation= names, under the root: the man pages (man:NAME(SECTION), where the
     install puts them and man finds them: /usr/local/share/man/manSECTION/NAME.SECTION) and the file:// paths."""
-    unit = host.under("/etc/systemd/system/caiasoft-gateway.service")
+    unit = host.under(f"/etc/systemd/system/{name}")
     pages: list[Path] = []
     files: list[Path] = []
     for line in unit.read_text().splitlines():
@@ -402,6 +531,7 @@ def host(installer_tarball, simulator):
     shutil.copy(installer_tarball, downloads)
     made = Host(root, simulator.url, downloads)
     yield made
+    stop_web(made)
     stop_service(made)
     shutil.rmtree(root, ignore_errors=True)
     shutil.rmtree(downloads, ignore_errors=True)
@@ -441,6 +571,7 @@ def archived(host: Host) -> list[Path]:
 
 def test_the_docs_blocks_are_the_ones_this_test_runs():
     assert set(blocks()) == {"wheelhouse", "install", "configure", "upgrade", "uninstall", "purge"}
+    assert set(blocks(WEB_DOCS)) == {"web"} and web_config_block().startswith("[web]\n")
     install = blocks()["install"]
     assert len(install) <= 3, "at most three commands to install"
     assert f"--python {SYSTEM_PYTHON}" in install[-1] and f"--print-folder {PRINT_FOLDER}" in install[-1]
@@ -470,6 +601,7 @@ def test_install_configure_run_upgrade_uninstall_as_the_docs_say(host):
     pages, _ = unit_documentation(host)
     assert [page.name for page in pages] == ["caiasoft-gateway.8", "gateway.toml.5"]
     assert_man_pages_read_clean(pages)
+    assert_web_unit_installed_not_enabled(host, said)
     key = host.under("/etc/caiasoft-gateway/api-key").stat()
     assert (key.st_uid, key.st_mode & 0o777, key.st_size) == (uid, 0o600, 0)
 
@@ -482,6 +614,7 @@ def test_install_configure_run_upgrade_uninstall_as_the_docs_say(host):
     [sent] = wait_for(lambda: archived(host), timeout=30, message="the sample file archived")
     assert sent.read_text() == f"{BARCODE}\n" and sent.stat().st_uid == uid
     assert not list(host.under(PRINT_FOLDER).iterdir())
+    turn_the_staff_page_on_as_the_docs_say(host)
 
     edited = host.config.read_text()
     site_conf = host.under("/etc/systemd/system/caiasoft-gateway.service.d/site.conf").read_text()
@@ -606,10 +739,15 @@ def test_make_install_honours_destdir_prefix_python_and_wheelhouse_and_make_unin
         assert path.is_file() and path.read_text() == source.read_text(), path
     installed = sorted(str(path.relative_to(docs)) for path in docs.rglob("*") if path.is_file())
     assert installed == sorted(
-        ["README.md", *(f"docs/{path.name}" for path in (REPO / "docs").glob("*.md"))]
-    )  # README.md and every docs/*.md, laid out as in the source tree, so that their links work
+        [
+            "README.md",
+            *(f"docs/{path.name}" for path in (REPO / "docs").glob("*.md")),
+            *(f"docs/images/{path.name}" for path in (REPO / "docs" / "images").glob("*.png")),
+        ]
+    )  # README.md, every docs/*.md and their pictures, laid out as in the source tree, so that their links work
     manifest = host.under("/opt/gw/installed-files").read_text().splitlines()
-    for path in [*pages, *(path for path in docs.rglob("*") if path.is_file())]:
+    web_unit = host.under(f"/etc/systemd/system/{WEB_UNIT}")
+    for path in [*pages, *(path for path in docs.rglob("*") if path.is_file()), web_unit]:
         assert "/" + str(path.relative_to(host.root)) in manifest, path  # so that the uninstall removes it
     old_doc = host.under("/usr/local/share/doc/caiasoft-gateway/install.md")  # where an install before docs/ put it
     old_doc.write_text("install.md of an older version\n")
@@ -649,7 +787,7 @@ def test_make_install_honours_destdir_prefix_python_and_wheelhouse_and_make_unin
         "etc/systemd/system/caiasoft-gateway.service.d/override.conf",
     }
     assert before - after == set()
-    assert not any(path.exists() for path in [*pages, *files])
+    assert not any(path.exists() for path in [*pages, *files, web_unit])
     assert "not written by the install" in result.stdout
     assert "/etc/systemd/system/caiasoft-gateway.service.d/override.conf" in result.stdout
 
