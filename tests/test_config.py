@@ -310,3 +310,35 @@ def test_every_schema_key_is_a_settings_field():
     assert set(tables) == set(SCHEMA)
     for table, keys in SCHEMA.items():
         assert {key.name for key in keys} == tables[table], table
+
+
+def test_web_is_off_without_its_table_and_listens_on_loopback_by_default(tmp_path):
+    assert load(write(tmp_path, minimal(tmp_path)), environ={}).web is None
+    web = load(write(tmp_path, minimal(tmp_path) + "\n[web]\n"), environ={}).web
+    assert web == Web("127.0.0.1:9465", None) and web.address == ("127.0.0.1", 9465)
+    web = load(write(tmp_path, minimal(tmp_path) + '\n[web]\nlisten = "[::1]:9000"\n'), environ={}).web
+    assert web is not None and web.address == ("::1", 9000)
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:9465", "127.8.0.1:9465", "[::1]:9465", "localhost:9465"])
+def test_web_on_loopback_needs_no_users_file(tmp_path, listen):
+    config = load(write(tmp_path, minimal(tmp_path) + f'\n[web]\nlisten = "{listen}"\n'), environ={})
+    assert config.web is not None and config.web.users_file is None
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:9465", "[::]:9465", "192.0.2.10:9465", "aleph.example.edu:9465"])
+def test_web_off_loopback_is_refused_without_a_users_file(tmp_path, listen):
+    path = write(tmp_path, minimal(tmp_path) + f'\n[web]\nlisten = "{listen}"\n')
+    assert problems_of(path) == [
+        f"{path}: web.users_file: listen = '{listen}' is not a loopback address: set users_file (caiasoft-gateway "
+        "web-user NAME adds one), and put a web server with TLS in front of the page"
+    ]
+    users = tmp_path / "web-users"
+    path = write(tmp_path, minimal(tmp_path) + f'\n[web]\nlisten = "{listen}"\nusers_file = "{users}"\n')
+    assert load(path, environ={}).web == Web(listen, users)
+
+
+@pytest.mark.parametrize("listen", ["9465", ":9465", "127.0.0.1:", "127.0.0.1:0", "127.0.0.1:65536", "host:http"])
+def test_web_listen_must_be_host_and_port(tmp_path, listen):
+    path = write(tmp_path, minimal(tmp_path) + f'\n[web]\nlisten = "{listen}"\n')
+    assert problems_of(path) == [f"{path}: web.listen: must be HOST:PORT such as 127.0.0.1:9465, got {listen!r}"]
