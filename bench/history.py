@@ -8,6 +8,13 @@ their records and items, then measures:
   retry --all     with nothing in error_dir (median of 5)
   first archived  from the service's start until a file dropped before it is archived
   RSS             the service's peak resident memory
+  staff page      the read-only page (gateway/web) served by a real WebServer on loopback in this
+                  process: Today (GET /, with its 14-day chart), Find an item (GET /find?barcode=
+                  for the old item `find` looks up) and One file (GET /file/ID for the model file
+                  with the most records, its text on disk); each --page-requests times after one
+                  warm-up, one request per connection as the page serves them: median and worst,
+                  from connect to the last byte; and the server's very first request (GET /, which
+                  opens the ledger and compiles the templates). Target: 200 ms at a million files.
 
 How the ledger is built (the documented bulk path): the real gateway sends the sample files
 (two slips and a cir-12 barcode list, 30 files in all) to the CaiaSoft simulator, so every
@@ -24,6 +31,7 @@ tiny run for the tests.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import shutil
 import sqlite3
@@ -36,11 +44,24 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import PYTHON, ledger_value, machine, make_files, start_gateway, start_simulator, wait_until, write_config  # noqa: E402
+from run import (  # noqa: E402
+    PYTHON,
+    free_port,
+    ledger_value,
+    machine,
+    make_files,
+    start_gateway,
+    start_simulator,
+    wait_until,
+    write_config,
+)
 
 YEARS = 5
 MODEL_FILES = 30
 REPEAT = 5  # runs of each command; the median is shown
+PAGE_REQUESTS = 20  # requests to each staff page, after one warm-up; the median and the worst are shown
+PAGE_TARGET_MS = 200  # the staff page's answer at a million archived files (issue 24)
+PAGES = (("GET / (Today, chart)", "today"), ("GET /find?barcode=", "find"), ("GET /file/ID", "file"))
 
 
 def build_ledger(root: Path, url: str, rows: int) -> tuple[Path, str]:
@@ -155,7 +176,56 @@ def service(config: Path, root: Path, idle: float) -> dict[str, float]:
     return {"first_archived_s": round(first, 2), "idle_cpu_percent": round(idle_cpu, 2), "rss_mb": round(rss, 1)}
 
 
-def measure(work: Path, url: str, rows: int, idle: float) -> dict[str, Any]:
+def staff_page(config: Path, root: Path, barcode: str, requests: int) -> dict[str, float]:
+    """The staff page's answer times: a real WebServer on loopback, on a copy of the config with a [web] table."""
+    from gateway.config.loader import load
+    from gateway.web.server import WebServer
+
+    web_config = root / "gateway-web.toml"
+    web_config.write_text(config.read_text() + f'\n[web]\nlisten = "127.0.0.1:{free_port()}"\n')
+    found = ledger_value(root, f"SELECT file_id FROM items WHERE barcode = '{barcode}'")
+    biggest = ledger_value(
+        root,
+        "SELECT file_id FROM records WHERE file_id IN (SELECT id FROM files ORDER BY id LIMIT "
+        f"{MODEL_FILES}) GROUP BY file_id ORDER BY COUNT(*) DESC, file_id LIMIT 1",
+    )
+    pages = {
+        "today": ("/", "<svg"),  # the 14-day chart is drawn
+        "find": (f"/find?barcode={barcode}", f'href="/file/{found}"'),  # the file that carried it is found
+        "file": (f"/file/{biggest}", "<pre"),  # its text is shown
+    }
+    server = WebServer(load(web_config)).start()
+    figures: dict[str, float] = {}
+    try:
+        for page, (path, shown) in pages.items():
+            first, *times = [page_request(server.port, path, shown) for _ in range(requests + 1)]  # one warm-up
+            if page == "today":  # the server's first request: it opens the ledger and compiles the templates
+                figures["page_first_ms"] = round(first * 1000, 1)
+            figures[f"page_{page}_median_ms"] = round(statistics.median(times) * 1000, 1)
+            figures[f"page_{page}_worst_ms"] = round(max(times) * 1000, 1)
+    finally:
+        server.stop()
+    return figures
+
+
+def page_request(port: int, path: str, shown: str) -> float:
+    """Seconds one GET of the staff page takes, from connect to its last byte; RuntimeError unless it answers
+    200 with `shown` in the page."""
+    started = time.perf_counter()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.request("GET", path)
+        answer = connection.getresponse()
+        body = answer.read()
+    finally:
+        connection.close()
+    elapsed = time.perf_counter() - started
+    if answer.status != 200 or shown.encode() not in body:
+        raise RuntimeError(f"the staff page answered {answer.status} to GET {path} without {shown!r}: {body[:500]!r}")
+    return elapsed
+
+
+def measure(work: Path, url: str, rows: int, idle: float, page_requests: int) -> dict[str, Any]:
     root = work / f"ledger-{rows}"
     root.mkdir()
     started = time.monotonic()
@@ -170,11 +240,12 @@ def measure(work: Path, url: str, rows: int, idle: float) -> dict[str, Any]:
     figures["status_json_s"] = round(command(config, "status", "--json"), 3)
     figures["find_s"] = round(command(config, "find", barcode), 3)
     figures["retry_all_s"] = round(command(config, "retry", "--all"), 3)
+    figures |= staff_page(config, root, barcode, page_requests)
     figures |= service(config, root, idle)
     return figures
 
 
-def print_table(sizes: list[dict[str, Any]]) -> None:
+def print_table(sizes: list[dict[str, Any]], page_requests: int) -> None:
     labels = [
         ("idle service CPU (% of a core)", "idle_cpu_percent"),
         ("status (s)", "status_s"),
@@ -189,29 +260,62 @@ def print_table(sizes: list[dict[str, Any]]) -> None:
     print(header)
     for label, key in labels:
         print(f"{label:40}" + "".join(f"{size[key]:>16}" for size in sizes))
+    print(f"{'page: first request (opens ledger), ms':40}" + "".join(f"{size['page_first_ms']:>16}" for size in sizes))
+    for label, page in PAGES:
+        print(
+            f"{'page ' + label + ', ms':40}"
+            + "".join(
+                f"{str(size[f'page_{page}_median_ms']) + ' / ' + str(size[f'page_{page}_worst_ms']):>16}"
+                for size in sizes
+            )
+        )
+    verdict = ""
+    million = [size for size in sizes if size["rows"] >= 1_000_000]
+    if million:
+        worst = max(million[0][f"page_{page}_worst_ms"] for _, page in PAGES)
+        verdict = f": worst {worst} ms, " + ("met" if worst <= PAGE_TARGET_MS else "NOT met")
+    print(
+        f"staff page: median / worst of {page_requests} requests each after one warm-up; "
+        f"target {PAGE_TARGET_MS} ms at 1,000,000 files{verdict}"
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="30,1000000", help="ledger sizes, comma-separated")
     parser.add_argument("--idle", type=float, default=20.0, help="seconds of idle service measured")
+    parser.add_argument(
+        "--page-requests",
+        type=int,
+        default=PAGE_REQUESTS,
+        help=f"requests to each staff page, after one warm-up (default {PAGE_REQUESTS})",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for the tests")
     parser.add_argument("--keep", action="store_true", help="keep the ledgers (their folder is printed)")
     args = parser.parse_args()
     rows = [30, 300] if args.smoke else [int(size) for size in args.rows.split(",")]
     idle = 1.0 if args.smoke else args.idle
+    page_requests = 3 if args.smoke else args.page_requests
     work = Path(tempfile.mkdtemp(prefix="gateway-history-"))
     simulator, url = start_simulator("caiasoft", work)
     try:
-        sizes = [measure(work, url, size, idle) for size in rows]
+        sizes = [measure(work, url, size, idle, page_requests) for size in rows]
     finally:
         simulator.stop()
         if args.keep:
             print(f"ledgers kept in {work}", file=sys.stderr)
         else:
             shutil.rmtree(work, ignore_errors=True)
-    print_table(sizes)
-    print(json.dumps({"machine": machine(), "history": sizes}))
+    print_table(sizes, page_requests)
+    print(
+        json.dumps(
+            {
+                "machine": machine(),
+                "history": sizes,
+                "page": {"requests": page_requests, "target_ms_at_1000000": PAGE_TARGET_MS},
+            }
+        )
+    )
     return 0
 
 

@@ -15,6 +15,13 @@ Measures, with both simulators in their own processes (and their own ceiling sho
                 backlog twice: written just before the gateway starts (its files become ready
                 only once settle_seconds old) and aged (every file already older than
                 settle_seconds: files that were waiting while the gateway was down)
+  web           the staff page under load: the loopback backlog once alone, then once more with
+                `caiasoft-gateway web` on the same ledger and --web-clients threads (200) asking it
+                for GET / and GET /find?barcode= in turn, back to back, from just before the gateway
+                starts until the backlog is archived (200 page requests in flight all along); files/s
+                of both, their ratio, and under that load the page's answer times (median, p99,
+                worst), the requests that failed, the CPU of the page's process and of the clients
+                (--web-nice N runs the page's process at that niceness)
 Prints a table and one JSON line of figures. `--smoke` runs tiny sizes (used by the tests); `--only
 backlog,wan` runs some of the scenarios (to compare like with like while changing one thing).
 """
@@ -22,6 +29,7 @@ backlog,wan` runs some of the scenarios (to compare like with like while changin
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import shutil
@@ -34,8 +42,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import requests
 
@@ -46,7 +56,8 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples"
 KEY = "bench-key-0123456789"
 PYTHON = sys.executable
-SCENARIOS = ("backlog", "big", "latency", "ncip", "wan")
+SCENARIOS = ("backlog", "big", "latency", "ncip", "wan", "web")
+WEB_CLIENTS = 200  # page requests in flight at once during the web scenario's loaded backlog
 SETTLE = 1.0  # settle_seconds of the backlog runs
 
 
@@ -153,7 +164,13 @@ def make_files(folder: Path, count: int) -> int:
 
 
 def write_config(
-    root: Path, base_url: str, source: Path, settle: float, ncip_url: str | None = None, journal: Path | None = None
+    root: Path,
+    base_url: str,
+    source: Path,
+    settle: float,
+    ncip_url: str | None = None,
+    journal: Path | None = None,
+    extra: str = "",
 ) -> Path:
     ncip = (
         f"""
@@ -167,7 +184,7 @@ journal = "{journal}"
         if ncip_url
         else ""
     )
-    return demo.write_config(root, base_url, KEY, settle_seconds=settle, source=source, extra=ncip)
+    return demo.write_config(root, base_url, KEY, settle_seconds=settle, source=source, extra=ncip + extra)
 
 
 def ledger_value(root: Path, sql: str):
@@ -239,8 +256,8 @@ def curl_loop(url: str, folder: Path, archive: Path) -> float:
     return count / (time.monotonic() - started)
 
 
-def start_with_backlog(url: str, root: Path, count: int, aged: bool = False) -> tuple[Process, float]:
-    """count files already waiting, then the gateway started; return it and when it started.
+def write_backlog(url: str, root: Path, count: int, aged: bool = False) -> Path:
+    """count files waiting for a gateway not yet started, and its config; return the config.
 
     The files are written just before the start, so they become ready only once settle_seconds
     old; aged, they are dated back beyond settle_seconds, as files that waited for the gateway.
@@ -251,13 +268,24 @@ def start_with_backlog(url: str, root: Path, count: int, aged: bool = False) -> 
         before = time.time() - SETTLE - 1
         for path in source.iterdir():
             os.utime(path, (before, before))
-    config = write_config(root, url, source, settle=SETTLE)
+    return write_config(root, url, source, settle=SETTLE)
+
+
+def start_with_backlog(url: str, root: Path, count: int, aged: bool = False) -> tuple[Process, float]:
+    """count files already waiting, then the gateway started; return it and when it started."""
+    config = write_backlog(url, root, count, aged)
     started = time.monotonic()
     return start_gateway(config, root), started
 
 
 def backlog(url: str, root: Path, count: int, aged: bool = False) -> dict:
-    gateway, started = start_with_backlog(url, root, count, aged)
+    return drain(root, write_backlog(url, root, count, aged), count)
+
+
+def drain(root: Path, config: Path, count: int) -> dict:
+    """Start the gateway on the backlog of count files written under root; its figures once all are archived."""
+    started = time.monotonic()
+    gateway = start_gateway(config, root)
     try:
         wait_until(
             lambda: ledger_value(root, "SELECT COUNT(*) FROM files WHERE state = 'archived'") == count,
@@ -270,12 +298,12 @@ def backlog(url: str, root: Path, count: int, aged: bool = False) -> dict:
     finally:
         gateway.stop()
     # from the first upload to the last file archived: the rate once start-up and settle_seconds are behind
-    drain = ledger_value(root, "SELECT MAX(finished_at) - MIN(uploaded_at) FROM files") or float("nan")
+    span = ledger_value(root, "SELECT MAX(finished_at) - MIN(uploaded_at) FROM files") or float("nan")
     return {
         "files": count,
         "seconds": round(elapsed, 2),
         "files_per_s": round(count / elapsed, 1),
-        "drain_files_per_s": round(count / drain, 1),
+        "drain_files_per_s": round(count / span, 1),
         "peak_rss_mb": round(rss, 1),
     }
 
@@ -391,6 +419,117 @@ def relayed_offset(root: Path) -> int | None:
     return saved.position["offset"] if saved is not None and saved.position else None
 
 
+class PageLoad:
+    """clients threads asking the staff page on port for GET / and GET /find?barcode= in turn, each request on
+    a new connection (the page serves one per connection) and the next as soon as it is answered, until
+    stopped: clients page requests in flight all along. Each thread asks at least once."""
+
+    def __init__(self, port: int, clients: int, barcode: str):
+        self.port = port
+        self.paths = ("/", f"/find?barcode={quote(barcode)}")
+        self.times: list[float] = []  # seconds of each request answered 200, from connect to its last byte
+        self.failed: Counter[str] = Counter()  # the others: HTTP status or the error's name
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._threads = [threading.Thread(target=self._client, args=(n,), daemon=True) for n in range(clients)]
+        self._started = self._stopped = 0.0
+
+    def start(self) -> PageLoad:
+        self._started = time.monotonic()
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> dict[str, Any]:
+        """Stop asking (requests in flight are answered first); the figures of every request made."""
+        self._stopping.set()
+        self._stopped = time.monotonic()
+        for thread in self._threads:
+            thread.join(120)
+        times = sorted(self.times)
+        answered = len(times)
+        return {
+            "clients": len(self._threads),
+            "requests_answered": answered,
+            "requests_failed": dict(self.failed),
+            "answered_per_s": round(answered / (self._stopped - self._started), 1),
+            "median_ms": round(statistics.median(times) * 1000, 1) if times else None,
+            "p99_ms": round(times[min(answered - 1, int(answered * 0.99))] * 1000, 1) if times else None,
+            "worst_ms": round(times[-1] * 1000, 1) if times else None,
+        }
+
+    def _client(self, number: int) -> None:
+        times: list[float] = []
+        failed: Counter[str] = Counter()
+        while True:
+            path = self.paths[number % len(self.paths)]
+            number += 1
+            started = time.perf_counter()
+            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+            try:
+                connection.request("GET", path)
+                answer = connection.getresponse()
+                answer.read()
+                if answer.status == 200:
+                    times.append(time.perf_counter() - started)
+                else:
+                    failed[str(answer.status)] += 1
+            except (OSError, http.client.HTTPException) as error:
+                failed[type(error).__name__] += 1
+            finally:
+                connection.close()
+            if self._stopping.is_set():
+                break
+        with self._lock:
+            self.times += times
+            self.failed.update(failed)
+
+
+def web(url: str, work: Path, count: int, clients: int, nice: int = 0) -> dict:
+    """The backlog alone, then the same backlog with clients page requests in flight (PageLoad) on a `caiasoft-
+    gateway web` process on its ledger: the page and its load start first, then the files are written and the
+    gateway started as in the backlog alone; the load stops once the backlog is archived. nice: the page's
+    process runs at that niceness (0: started like the gateway)."""
+    alone = backlog(url, work / "alone", count)
+    # a barcode in the ledger; the backlog repeats three sample files, so about a third of its files carry it
+    barcode = ledger_value(work / "alone", "SELECT barcode FROM items ORDER BY file_id, barcode LIMIT 1")
+    root = work / "loaded"
+    port = free_port()
+    source = root / "print"
+    source.mkdir(parents=True)
+    config = write_config(root, url, source, settle=SETTLE, extra=f'\n[web]\nlisten = "127.0.0.1:{port}"\n')
+    niced = ["nice", "-n", str(nice)] if nice else []
+    page = Process([*niced, PYTHON, "-m", "gateway", "-c", str(config), "web"], root / "web-console.log")
+    try:
+        wait_until(lambda: _listening(port), 30, what="the staff page")
+        page_cpu, client_cpu = page.cpu_seconds(), time.process_time()
+        load = PageLoad(port, clients, barcode).start()
+        try:
+            make_files(source, count)  # just before the start, as write_backlog does
+            loaded = drain(root, config, count)
+        finally:
+            asked = load.stop()
+        page_cpu, client_cpu = page.cpu_seconds() - page_cpu, time.process_time() - client_cpu
+        page_rss = page.peak_rss_mb()
+    finally:
+        page.stop()
+    return {
+        "files": count,
+        "barcode": barcode,
+        "alone": alone,
+        "loaded": loaded,
+        "ratio": round(loaded["files_per_s"] / alone["files_per_s"], 2),
+        "drain_ratio": round(loaded["drain_files_per_s"] / alone["drain_files_per_s"], 2),
+        "page": asked
+        | {
+            "nice": nice,
+            "cpu_s": round(page_cpu, 2),
+            "clients_cpu_s": round(client_cpu, 2),  # this process: the client threads (and the wait for the drain)
+            "peak_rss_mb": round(page_rss, 1),
+        },
+    }
+
+
 def wan(work: Path, delay: float, files: int, curl_files: int, ncip_entries: int) -> dict:
     """Backlog, bare and curl loops and the NCIP relay against simulators delay seconds away."""
     work.mkdir(parents=True)
@@ -441,6 +580,19 @@ def main() -> int:
     parser.add_argument("--wan-curl-files", type=int, default=100)
     parser.add_argument("--wan-ncip-entries", type=int, default=300)
     parser.add_argument(
+        "--web-clients",
+        type=int,
+        default=WEB_CLIENTS,
+        help=f"page requests in flight during the web scenario's loaded backlog (default {WEB_CLIENTS})",
+    )
+    parser.add_argument(
+        "--web-nice",
+        type=int,
+        default=0,
+        help="run the web scenario's page process at this niceness (default 0: as the gateway; "
+        "what a Nice= in its unit would give)",
+    )
+    parser.add_argument(
         "--only",
         type=lambda text: set(text.split(",")),
         default=set(SCENARIOS),
@@ -456,6 +608,7 @@ def main() -> int:
     if args.smoke:
         args.files, args.big, args.curl_files, args.latency_files, args.ncip_entries = 30, 300, 10, 10, 50
         args.wan_files, args.wan_curl_files, args.wan_ncip_entries = 20, 5, 10
+        args.web_clients = 20
     if not shutil.which("curl"):
         print("the curl loop needs curl (apt-get install curl)", file=sys.stderr)
         return 2
@@ -493,6 +646,8 @@ def run_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             figures["latency"] = latency(caiasoft_url, receipts, work / "latency", args.latency_files, 0.5)
         if "ncip" in args.only:
             figures["ncip"] = ncip_bench(caiasoft_url, ncip_url, work / "ncip", args.ncip_entries)
+        if "web" in args.only:
+            figures["web"] = web(caiasoft_url, work / "web", args.files, args.web_clients, args.web_nice)
     finally:
         caiasoft.stop()
         ncip.stop()
@@ -584,6 +739,25 @@ def print_table(f: dict) -> None:
             ),
             ("  NCIP bare loop", f"{w['ncip']['bare_loop_per_s']} entries/s", ""),
             ("  NCIP relay", f"{w['ncip']['gateway_per_s']} entries/s", f"{w['ncip']['ratio']} x bare (in order)"),
+        ]
+    if "web" in f:
+        w, page = f["web"], f["web"]["page"]
+        failed = ", ".join(f"{count} x {what}" for what, count in sorted(page["requests_failed"].items())) or "none"
+        rows += [
+            (f"web: gateway backlog of {w['files']}, alone", f"{w['alone']['files_per_s']} files/s", ""),
+            (
+                f"  with {page['clients']} page requests in flight",
+                f"{w['loaded']['files_per_s']} files/s",
+                f"{w['ratio']} x alone (target: within noise); from the first upload on {w['drain_ratio']} x",
+            ),
+            (
+                "  page under that load, median / worst",
+                f"{page['median_ms']} / {page['worst_ms']} ms",
+                f"GET / and /find; {page['requests_answered']} answered ({page['answered_per_s']}/s), "
+                f"failed: {failed}; CPU: the page's process {page['cpu_s']} s"
+                + (f" (nice {page['nice']})" if page["nice"] else "")
+                + f", the clients {page['clients_cpu_s']} s",
+            ),
         ]
     machine = f["machine"]
     print(f"machine: {machine['cpu']}, {machine['cores']} cores, Python {machine['python']}, Linux {machine['kernel']}")

@@ -35,6 +35,13 @@ def test_bench_smoke_run_prints_the_table_and_the_figures(tmp_path):
     assert wan["backlog_aged"]["files"] == 20 and wan["ratios"]["aged_vs_bare"] > 0, "fresh and aged, both"
     assert 0 < wan["bare_loop_per_s"] < 21  # each answer waits 50 ms: a sequential loop cannot beat 20/s
     assert any(line.startswith("WAN (50 ms per answer)") for line in table)
+    web = figures["web"]  # the staff page under load: in the default set, so in make bench
+    assert web["alone"]["files"] == web["loaded"]["files"] == 30 and web["ratio"] > 0
+    page = web["page"]
+    asked = page["requests_answered"] + sum(page["requests_failed"].values())
+    assert page["clients"] == 20 and asked >= 20, "every client asks at least once"
+    assert page["requests_answered"] > 0 and 0 < page["median_ms"] <= page["worst_ms"]
+    assert any(line.startswith("  with 20 page requests in flight") for line in table)
 
 
 def test_bench_runs_only_the_scenarios_asked_for(tmp_path):
@@ -77,4 +84,12 @@ def test_history_bench_smoke_run_measures_both_ledgers(tmp_path):
     for figures in (small, large):
         assert figures["status_s"] > 0 and figures["find_s"] > 0 and figures["first_archived_s"] > 0
         assert figures["idle_cpu_percent"] >= 0 and figures["rss_mb"] > 0
+        for page in ("today", "find", "file"):  # each page answered 200 with what it shows (else the run fails)
+            assert 0 < figures[f"page_{page}_median_ms"] <= figures[f"page_{page}_worst_ms"]
     assert table[0].split() == ["figure", "30", "rows", "300", "rows"]
+    assert [line.split(",")[0] for line in table if line.startswith("page")] == [
+        "page: first request (opens ledger)",
+        "page GET / (Today",
+        "page GET /find?barcode=",
+        "page GET /file/ID",
+    ]
