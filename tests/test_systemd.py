@@ -48,6 +48,8 @@ SINCE = {
     "RestartPreventExitStatus": 189,
     "WatchdogSec": 1,
     "TimeoutStopSec": 1,
+    "CPUWeight": 232,
+    "IOWeight": 232,
     "User": 1,
     "Group": 1,
     "SupplementaryGroups": 1,

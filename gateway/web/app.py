@@ -59,7 +59,7 @@ prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call] # a
 
 
 @dataclass(frozen=True)
-class Answer:
+class Response:
     code: int
     body: bytes
     content_type: str = HTML
@@ -131,7 +131,7 @@ class StaffPage:
         )
         return [b""] if method == "HEAD" else [answer.body]
 
-    def _answer(self, method: str, path: str, environ: dict[str, Any]) -> Answer:
+    def _answer(self, method: str, path: str, environ: dict[str, Any]) -> Response:
         if self.auth is not None and not self.auth.allows(environ.get("HTTP_AUTHORIZATION")):
             return self._render(
                 401,
@@ -156,18 +156,20 @@ class StaffPage:
         if found:
             return self._file(int(found.group(1)))
         if path == "/style.css":
-            return Answer(200, self.style, CSS)
+            return Response(200, self.style, CSS)
         if path == "/metrics":
-            return Answer(200, prometheus_client.generate_latest(self.registry), prometheus_client.CONTENT_TYPE_LATEST)
+            return Response(
+                200, prometheus_client.generate_latest(self.registry), prometheus_client.CONTENT_TYPE_LATEST
+            )
         return self._not_found("There is no such page here.")
 
-    def _today(self) -> Answer:
+    def _today(self) -> Response:
         now = self.clock()
         ledger = self._ledger_if_any()
         today = data.nothing_yet(self.config, now) if ledger is None else data.today(ledger, self.config, now)
         return self._render(200, "today.html", title="Today", today=today, chart=chart.svg(today.days))
 
-    def _find(self, query: str) -> Answer:
+    def _find(self, query: str) -> Response:
         try:
             typed = parse_qs(query, max_num_fields=10).get("barcode", [""])[0]
         except ValueError:  # more fields than a form sends
@@ -175,17 +177,17 @@ class StaffPage:
         result = lookup.search(self._ledger_if_any(), self.config, typed)
         return self._render(200, "find.html", title=f"Find {result.barcode}", search=result, barcode=result.barcode)
 
-    def _file(self, file_id: int) -> Answer:
+    def _file(self, file_id: int) -> Response:
         ledger = self._ledger_if_any()
         view = lookup.file_view(ledger, self.config, file_id) if ledger is not None else None
         if view is None:
             return self._not_found(f"The ledger has no file {file_id}.")
         return self._render(200, "file.html", title=view.name, file=view)
 
-    def _not_found(self, message: str) -> Answer:
+    def _not_found(self, message: str) -> Response:
         return self._render(404, "message.html", title="Not found", message=message)
 
-    def _failed(self, page: str, path: str, error: Exception) -> Answer:
+    def _failed(self, page: str, path: str, error: Exception) -> Response:
         said = printable(logs.redact(describe(error)))
         log.exception("web.failed", page=page, path=path[:200], error=said)
         message = (
@@ -195,20 +197,21 @@ class StaffPage:
         try:
             return self._render(500, "message.html", title="Something failed", message=message)
         except Exception:  # noqa: BLE001 - the templates themselves: plain text then
-            return Answer(500, logs.redact(message).encode("utf-8", "replace"), "text/plain; charset=utf-8")
+            return Response(500, logs.redact(message).encode("utf-8", "replace"), "text/plain; charset=utf-8")
 
-    def _render(self, code: int, template: str, headers: tuple[tuple[str, str], ...] = (), **values: Any) -> Answer:
+    def _render(self, code: int, template: str, headers: tuple[tuple[str, str], ...] = (), **values: Any) -> Response:
         text = self.templates.get_template(template).render(
             version=__version__, shown_at=data.when(self.clock()), barcode=values.pop("barcode", ""), **values
         )
-        return Answer(code, logs.redact(text).encode("utf-8", "replace"), HTML, headers)
+        return Response(code, logs.redact(text).encode("utf-8", "replace"), HTML, headers)
 
     def _ledger_if_any(self) -> Ledger | None:
         """The ledger, opened once and only read; None while there is none (it is never created here, nor
         upgraded: opening a ledger of the current schema writes nothing)."""
         with self._opening:
             if self._ledger is None and self.config.paths.database.is_file():
-                _check_schema(self.config.paths.database)
+                if not _check_schema(self.config.paths.database):
+                    return None  # the service is making it (its first start): nothing to show yet
                 self._ledger = Ledger(self.config.paths.database)
             return self._ledger
 
@@ -217,18 +220,26 @@ class LedgerNotCurrent(GatewayError):
     """The ledger is of another version than this gateway's: the service upgrades it when it starts."""
 
 
-def _check_schema(database: Path) -> None:
-    """Raise LedgerNotCurrent unless the ledger is at this gateway's schema (read on a read-only connection)."""
+def _check_schema(database: Path) -> bool:
+    """True if the ledger is at this gateway's schema, False while the service is still making it (no version
+    yet); raise LedgerNotCurrent if it is of another version (read on a read-only connection)."""
     db = sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
     try:
         row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except sqlite3.OperationalError as error:  # no meta table yet: the service's first start is making it
+        if "no such table" in str(error):
+            return False
+        raise
     finally:
         db.close()
-    if row is None or row[0] != str(SCHEMA_VERSION):
+    if row is None:
+        return False
+    if row[0] != str(SCHEMA_VERSION):
         raise LedgerNotCurrent(
             f"the ledger {database} is of version {row[0] if row else 'unknown'}, this gateway reads version "
             f"{SCHEMA_VERSION}: start the service once (it upgrades the ledger), then reload this page"
         )
+    return True
 
 
 def _redacted(value: Any) -> Any:

@@ -8,6 +8,7 @@ connection) and reads the ledger as `status` and `find` do.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -19,6 +20,10 @@ from gateway.core import logs
 from gateway.core.errors import describe
 from gateway.core.listener import BoundedListener
 from gateway.web.app import StaffPage
+
+# The page's CPU priority, below the service's (0): under a flood of requests during a backlog the uploads get
+# the CPU first and the page waits (under systemd, its unit's CPUWeight= does the same between the two units).
+NICENESS = 19
 
 log = logs.get("gateway.web")
 
@@ -66,6 +71,7 @@ def run(config: Settings) -> int:
         stopping.set()
 
     server = WebServer(config).start()
+    os.nice(NICENESS)  # the page waits for CPU whenever uploads want it: a flood of page requests takes none of theirs
     previous = {number: signal.signal(number, stop) for number in (signal.SIGTERM, signal.SIGINT)}
     log.info(
         "web.started",
