@@ -91,3 +91,44 @@ def test_idle_clients_cannot_take_the_descriptors_files_need(site, simulator, da
         slow.settimeout(3 * CONNECTION_SECONDS)
         assert slow.recv(1024) == b"", "the listener hangs up on a client whose time is up"
     assert daemon.stop() == 0
+
+
+def _exchange(port: int, request: bytes) -> bytes:
+    """Send request (the server may answer and close before it has all of it) and read the whole answer."""
+    answer = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            client.sendall(request)
+            client.shutdown(socket.SHUT_WR)
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := client.recv(65536):
+                answer += chunk
+    return answer
+
+
+def test_a_huge_request_head_is_not_read_and_the_listeners_own_errors_carry_the_security_headers():
+    """16 clients each sending 99 headers of 60 KB once grew the process by hundreds of MB: the head is now read up
+    to HEAD_BYTES only. What http.server answers itself (a bad request line) names no software and carries the
+    headers every page carries."""
+    from gateway.core.listener import HEAD_BYTES, BoundedListener
+
+    seen = []
+
+    def app(environ, start_response):
+        seen.append(sum(len(value) for key, value in environ.items() if key.startswith("HTTP_")))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    listener = BoundedListener("127.0.0.1", 0, app, "test").start()
+    try:
+        huge = b"".join(b"X-Filler-%d: %s\r\n" % (number, b"a" * 60_000) for number in range(99))
+        _exchange(listener.port, b"GET / HTTP/1.0\r\n" + huge + b"\r\n")
+        assert all(size <= HEAD_BYTES for size in seen), "at most the capped head reached the page"
+        many = b"".join(b"X-%d: 1\r\n" % number for number in range(120))  # http.server answers it itself: 431
+        bad = _exchange(listener.port, b"GET / HTTP/1.0\r\n" + many + b"\r\n")
+        head = bad.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+        assert head.startswith("HTTP/1.0 431") and "Content-Security-Policy: default-src 'none'" in head
+        assert "X-Content-Type-Options: nosniff" in head and "WSGIServer" not in head and "CPython" not in head
+        assert _exchange(listener.port, b"GET / HTTP/1.0\r\n\r\n").endswith(b"ok"), "the next client is served"
+    finally:
+        listener.stop()

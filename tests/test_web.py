@@ -443,6 +443,20 @@ def test_the_page_says_when_the_service_is_down_paused_or_behind_on_ncip(site, s
     ncip = _element(page, "section", "ncip")
     assert 'id="ncip-behind">3<' in ncip and 'id="ncip-dead">2<' in ncip
 
+    unreachable = snapshot.SourceState(
+        mode="sftp",
+        problem="cannot reach sftp://aleph.example.edu/print: Connection refused",
+        healthy=True,
+        writers_unknown=None,
+        waiting=[],
+        not_taken={"usm50.hold_req": "cannot be taken: Permission denied"},
+        originals_kept=0,
+    )
+    snapshot.publish(ledger, {**state, "sources": {"remote": unreachable}})
+    said = re.findall(r"<li>(.*?)</li>", _element(requests.get(url).text, "ul", "attention"), re.S)
+    assert said[0].startswith("Source remote: cannot reach sftp://aleph.example.edu/print: Connection refused.")
+    assert "Source remote: usm50.hold_req cannot be taken: Permission denied" in said
+
     clock.now += 3600  # the service published nothing for an hour, and its pid (this process) still runs
     assert "has not reported for 60 minute(s)" in _element(requests.get(url).text, "ul", "attention")
 
@@ -499,6 +513,12 @@ def test_a_page_that_fails_answers_500_and_the_next_request_is_served(serve, led
 
 
 # -- find without the backfill writes nothing -------------------------------------------
+
+
+def test_a_new_install_has_nothing_to_backfill_and_the_page_does_not_say_it_has(site, serve, ledger):
+    assert ledger.items.backfill_due() is not None  # every new ledger starts with the backfill due
+    page = requests.get(serve().url + "find", params={"barcode": "X1"}).text
+    assert '<p id="none">Never seen' in page and 'id="backfill"' not in page, "no folder from before the index"
 
 
 def test_find_on_the_page_writes_nothing_and_says_older_files_are_not_indexed_yet(site, serve, clock):
@@ -730,3 +750,27 @@ def test_the_web_command_serves_until_sigterm_and_needs_a_web_table(site, simula
     assert process.returncode == 0, errors
     assert "web.started" in errors and f"http://127.0.0.1:{port}/" in errors and "web.stopped" in errors
     assert not site.load().paths.database.exists()  # the service never ran: the page made no ledger
+
+
+def test_the_file_page_shows_only_files_in_the_gateways_own_folders(site, serve, ledger, clock, tmp_path):
+    """A row changed by hand to name a file elsewhere, or a day folder made a link to another folder by ALEPH's
+    user: the page shows nothing of what is there."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "secret.txt").write_text("TOP-SECRET-CONTENT\n")
+    outside = _through(ledger, clock, "secret.txt", [], Verdict.ACCEPTED, elsewhere.parent / "elsewhere-days")
+    ledger.db.connection.execute(
+        "UPDATE files SET final_path = ? WHERE id = ?", (str(elsewhere / "secret.txt"), outside)
+    )
+    archive = site.load().paths.archive_dir
+    (archive / "2026" / "12").mkdir(parents=True)
+    (archive / "2026" / "12" / "31").symlink_to(elsewhere)  # a day folder that leads elsewhere
+    linked = _through(ledger, clock, "secret.txt", [], Verdict.ACCEPTED, tmp_path)
+    ledger.db.connection.execute(
+        "UPDATE files SET final_path = ? WHERE id = ?", (str(archive / "2026" / "12" / "31" / "secret.txt"), linked)
+    )
+    url = serve().url
+    for row_id in (outside, linked):
+        page = requests.get(url + f"file/{row_id}")
+        assert page.status_code == 200 and "TOP-SECRET-CONTENT" not in page.text
+    assert users.name_problem("#desk"), "a name the users file would read as a comment"

@@ -521,6 +521,9 @@ def cmd_web_user(args: argparse.Namespace) -> int:
         known = args.name in users.load_users(users_file)
     except FileNotFoundError:
         known = False
+    except OSError as error:
+        print(f"caiasoft-gateway web-user: {users_file}: cannot read it: {describe(error)}", file=sys.stderr)
+        return EXIT_FAILURE
     try:
         users.add_user(users_file, args.name, password)
     except ValueError as error:

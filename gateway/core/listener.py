@@ -28,8 +28,61 @@ ACCEPT_QUEUE = 32  # the kernel's backlog: clients beyond it are refused by the 
 LOOK_SECONDS = 0.25  # how often the accept loop looks for expired connections and for stop
 
 
+HEAD_BYTES = 16 * 1024  # a request line and its headers: what is sent beyond is never read into memory
+# On the answers http.server makes itself (400, 414, 431, 501, 505): what every page's answer carries.
+ERROR_HEADERS = (
+    ("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'; base-uri 'none'"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Cache-Control", "no-store"),
+)
+
+
+class _CappedReader:
+    """A connection's reader that gives at most limit bytes in all (the request's head; a page reads no body):
+    a client sending more is read as if it had stopped there."""
+
+    def __init__(self, raw: Any, limit: int):
+        self.raw = raw
+        self.left = limit
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return self._take(self.raw.readline, size)
+
+    def read(self, size: int | None = -1) -> bytes:
+        return self._take(self.raw.read, size)
+
+    def _take(self, reader: Any, size: int | None) -> bytes:
+        if self.left <= 0:
+            return b""
+        data: bytes = reader(self.left if size is None or size < 0 else min(size, self.left))
+        self.left -= len(data)
+        return data
+
+    def __getattr__(self, name: str) -> Any:  # close(), and whatever else the server asks of its reader
+        return getattr(self.raw, name)
+
+
 class _QuietHandler(WSGIRequestHandler):
-    """wsgiref's handler without a line on stderr per request (the service logs in JSON)."""
+    """wsgiref's handler without a line on stderr per request (the service logs in JSON), reading at most
+    HEAD_BYTES of a request, naming no software, and with the security headers on the errors it answers itself."""
+
+    server_version = ""
+    sys_version = ""
+    _erring = False
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile = _CappedReader(self.rfile, HEAD_BYTES)  # type: ignore[assignment]
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        self._erring = True
+        super().send_error(code, message, explain)
+
+    def end_headers(self) -> None:
+        if self._erring:
+            for name, value in ERROR_HEADERS:
+                self.send_header(name, value)
+        super().end_headers()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
         return

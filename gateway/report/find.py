@@ -263,6 +263,13 @@ def backfill(ledger: Ledger, folders: list[Path]) -> int:
     return total + len(batch)
 
 
+def backfill_pending(ledger: Ledger, folders: list[Path]) -> bool:
+    """Whether a backfill is due and has anything to read: a day folder from before the index began (a new
+    install's ledger starts with the backfill due, over folders with nothing older)."""
+    since = ledger.items.backfill_due()
+    return since is not None and next(_sidecars(folders, dt.date.fromtimestamp(since)), None) is not None
+
+
 _backfill = backfill  # find()'s parameter of that name hides the function inside find()
 
 

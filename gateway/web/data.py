@@ -187,6 +187,7 @@ def attention(report: dict[str, Any]) -> list[str]:
             f"Sending to CaiaSoft is failing: {oldest['last_problem']} ({report['pending']} file(s) waiting, "
             f"the oldest for {age(oldest['age_seconds'])})."
         )
+    said += _source_attention(report["service"].get("sources") or {})
     said += _ncip_attention(report.get("ncip"))
     said += [f"{worker} is paused after a fault: {fault}" for worker, fault in (report.get("faults") or {}).items()]
     if report.get("retention_held"):
@@ -200,6 +201,22 @@ def attention(report: dict[str, Any]) -> list[str]:
     alerts = report.get("alerts") or {}
     if alerts.get("problem"):
         said.append(f"Alerts are not delivered: {alerts['problem']} ({alerts.get('waiting', 0)} waiting).")
+    return said
+
+
+def _source_attention(sources: dict[str, Any]) -> list[str]:
+    """ALEPH's folders the service cannot read now, a watcher that stopped, files it cannot take (as `status`)."""
+    said = []
+    for name, source in sources.items():
+        if source.get("problem"):
+            said.append(f"Source {name}: {source['problem']}. Its new files are not taken until it is readable again.")
+        elif not source.get("healthy", True):
+            said.append(f"Source {name}: its watcher has stopped; the service restarts it (its log says why).")
+        not_taken = source.get("not_taken") or {}
+        for file, why in list(not_taken.items())[:PROBLEMS_NAMED]:
+            said.append(f"Source {name}: {file} {why}")
+        if len(not_taken) > PROBLEMS_NAMED:
+            said.append(f"Source {name}: ... and {len(not_taken) - PROBLEMS_NAMED} more file(s) that cannot be taken.")
     return said
 
 

@@ -127,7 +127,7 @@ def search(ledger: Ledger | None, config: Settings, typed: str) -> Search:
         None,
         shown,
         max(len(entries) - HITS_SHOWN, 0),
-        ledger.items.backfill_due() is not None,
+        find.backfill_pending(ledger, [config.paths.archive_dir, config.paths.error_dir]),
         feed,
     )
 
@@ -246,12 +246,18 @@ def file_view(ledger: Ledger, config: Settings, file_id: int) -> FileView | None
 
 
 def _path_of(row: FileRow, config: Settings) -> Path | None:
-    """Where the file is: its final path once placed; state_dir/work/ while the gateway holds it."""
+    """Where the file is: its final path once placed; state_dir/work/ while the gateway holds it. Only a path
+    inside archive_dir, error_dir or work/ once links are resolved (a day folder made a link to elsewhere, a row
+    changed by hand): the page shows the gateway's own files, nothing else on the host."""
     if row.final_path:
-        return Path(row.final_path)
-    if row.state in (FileState.CLAIMED, FileState.QUEUED, FileState.UPLOADING, FileState.ANSWERED, FileState.STUCK):
-        return config.paths.work_dir / row.work_name
-    return None
+        path = Path(row.final_path)
+    elif row.state in (FileState.CLAIMED, FileState.QUEUED, FileState.UPLOADING, FileState.ANSWERED, FileState.STUCK):
+        path = config.paths.work_dir / row.work_name
+    else:
+        return None
+    roots = (config.paths.archive_dir, config.paths.error_dir, config.paths.work_dir)
+    real = Path(os.path.realpath(path))
+    return path if any(real.is_relative_to(os.path.realpath(root)) for root in roots) else None
 
 
 def _text(ledger: Ledger, path: Path | None) -> tuple[str | None, str | None, str | None]:

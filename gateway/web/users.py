@@ -43,6 +43,8 @@ def name_problem(name: str) -> str | None:
         return f"a user name is at most {MAX_NAME} characters"
     if ":" in name:
         return "a user name cannot hold ':'"
+    if name.startswith("#"):
+        return "a user name cannot start with '#' (a line starting so is a comment in the users file)"
     if any(char.isspace() or unicodedata.category(char) in ("Cc", "Cf", "Cs", "Zl", "Zp") for char in name):
         return "a user name cannot hold spaces, line breaks or control characters"
     return None
