@@ -664,6 +664,20 @@ def test_with_a_users_file_every_path_needs_a_right_name_and_password(serve, led
     assert answer.status_code == 200
 
 
+def test_refused_logins_are_in_the_log_once_a_minute_with_how_many(serve, ledger, tmp_path, capsys):
+    users_file = tmp_path / "web-users"
+    users.add_user(users_file, "desk", "correct horse")
+    url = serve(users_file).url
+    capsys.readouterr()
+    assert requests.get(url).status_code == 401  # no login given: a browser's first ask, not logged
+    assert "web.login_refused" not in capsys.readouterr().out
+    for guess in ("guessed-1", "guessed-2", "guessed-3"):
+        assert requests.get(url, auth=("desk", guess)).status_code == 401
+    said = [line for line in capsys.readouterr().out.splitlines() if "web.login_refused" in line]
+    assert len(said) == 1 and "desk" in said[0] and "refused=1" in said[0], said
+    assert "guessed-" not in said[0], "never the password"
+
+
 def _basic(name: str, password: str) -> str:
     import base64
 

@@ -15,10 +15,12 @@ import hmac
 import os
 import secrets
 import threading
+import time
 from pathlib import Path
 
 from gateway.core import logs
 from gateway.core.errors import describe
+from gateway.core.names import printable
 from gateway.web import users
 
 log = logs.get("gateway.web")
@@ -27,6 +29,7 @@ REALM = 'Basic realm="caiasoft-gateway", charset="UTF-8"'
 CHECKS_AT_ONCE = 2
 REMEMBERED = 64
 MAX_HEADER = 4096
+REFUSALS_SAID_EVERY = 60.0  # seconds: wrong passwords are logged once a minute at most, with how many
 
 
 def credentials(header: str | None) -> tuple[str, str] | None:
@@ -56,6 +59,8 @@ class BasicAuth:
         self._version: tuple[int, int, int] | None = None
         self._problem: str | None = None
         self._known: dict[bytes, None] = {}  # keyed digests of name, stored hash and password that matched
+        self._refused = 0  # logins refused since the last log line about them
+        self._refused_said = -REFUSALS_SAID_EVERY  # time.monotonic() of that line
 
     def allows(self, header: str | None) -> bool:
         given = credentials(header)
@@ -77,7 +82,25 @@ class BasicAuth:
                 if len(self._known) >= REMEMBERED:
                     self._known.pop(next(iter(self._known)))
                 self._known[token] = None
+        else:
+            self._refused_login(name)
         return matches
+
+    def _refused_login(self, name: str) -> None:
+        """A name and a wrong password (or an unknown name): logged at once, then once a minute at most with how
+        many there were since, so guessing shows in the log without filling it."""
+        now = time.monotonic()
+        with self._lock:
+            self._refused += 1
+            if now - self._refused_said < REFUSALS_SAID_EVERY:
+                return
+            count, self._refused, self._refused_said = self._refused, 0, now
+        log.warning(
+            "web.login_refused",
+            user=printable(name[:64]),
+            refused=count,
+            detail="a wrong name or password; said at most once a minute, with how many since",
+        )
 
     def _current(self) -> dict[str, str]:
         """The users, read again if the file changed; none (everyone refused, said in the log) if it cannot be."""
