@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from gateway.cli import asservice
 from gateway.config.credentials import secret_file_warnings
 from gateway.config.loader import Config
 from gateway.config.settings import LocalSourceSettings, Ncip, SftpSourceSettings, SourceSettings, Web
@@ -93,38 +94,46 @@ def service_folders(config: Config) -> list[tuple[str, Path]]:
     return folders
 
 
-def unit_sandbox(config: Config, unit: Path, root: Path = Path("/")) -> Iterator[Result]:
-    """The installed unit's sandbox against the folders the service writes: a FAIL for each it cannot write."""
-    from gateway.cli import asservice
-
+def _installed_unit(unit: Path) -> Iterator[Result | asservice.ServiceIdentity]:
+    """The installed unit as read (nothing if it is not installed), or a FAIL saying why it cannot be read."""
     if not unit.is_file():
         return
     try:
-        identity = asservice.read_unit(unit)
+        yield asservice.read_unit(unit)
     except asservice.AsServiceError as error:
         yield Result("FAIL", f"the unit {unit}", str(error))
-        return
+
+
+def unit_sandbox(config: Config, unit: Path, root: Path = Path("/")) -> Iterator[Result]:
+    """The installed unit's sandbox against the folders the service writes: a FAIL for each it cannot write."""
+    for identity in _installed_unit(unit):
+        if isinstance(identity, Result):
+            yield identity
+            continue
+        yield from _unit_folders(config, unit, identity, root)
+    if config.web:
+        yield from _web_unit_sandbox(config, unit.with_name(WEB_UNIT_NAME), root)
+
+
+def _unit_folders(config: Config, unit: Path, identity: asservice.ServiceIdentity, root: Path) -> Iterator[Result]:
     problems = asservice.sandbox_problems(identity, service_folders(config), root)
     for problem in problems:
         yield Result("FAIL", "the unit's sandbox", problem)
     if not problems:
         yield Result("ok", f"the unit's sandbox ({unit})", "every folder the gateway writes is writable under it")
-    if config.web:
-        yield from _web_unit_sandbox(config, unit.with_name(WEB_UNIT_NAME), root)
 
 
 def _web_unit_sandbox(config: Config, unit: Path, root: Path) -> Iterator[Result]:
     """The staff page's unit is read-only but for the state folder: SQLite's readers of a WAL ledger write its
     shared-memory index there (gateway.db-shm). A state_dir moved out of it needs a line of the admin's."""
-    from gateway.cli import asservice
+    for identity in _installed_unit(unit):
+        if isinstance(identity, Result):
+            yield identity
+            continue
+        yield from _web_state_dir(config, unit, identity, root)
 
-    if not unit.is_file():
-        return
-    try:
-        identity = asservice.read_unit(unit)
-    except asservice.AsServiceError as error:
-        yield Result("FAIL", f"the unit {unit}", str(error))
-        return
+
+def _web_state_dir(config: Config, unit: Path, identity: asservice.ServiceIdentity, root: Path) -> Iterator[Result]:
     state_dir = Path(config.paths.state_dir)
     what = f"the staff page's sandbox ({unit})"
     if asservice.sandbox_problems(identity, [("paths.state_dir", state_dir)], root):
