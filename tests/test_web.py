@@ -26,6 +26,7 @@ from printfiles import print_file, record
 
 from gateway.cli import main as cli
 from gateway.config.settings import Web
+from gateway.core import logs
 from gateway.core.printfile import Record
 from gateway.core.states import Verdict
 from gateway.report import find
@@ -664,18 +665,25 @@ def test_with_a_users_file_every_path_needs_a_right_name_and_password(serve, led
     assert answer.status_code == 200
 
 
-def test_refused_logins_are_in_the_log_once_a_minute_with_how_many(serve, ledger, tmp_path, capsys):
+def test_refused_logins_are_in_the_log_once_a_minute_with_how_many(serve, ledger, tmp_path):
     users_file = tmp_path / "web-users"
     users.add_user(users_file, "desk", "correct horse")
     url = serve(users_file).url
-    capsys.readouterr()
-    assert requests.get(url).status_code == 401  # no login given: a browser's first ask, not logged
-    assert "web.login_refused" not in capsys.readouterr().out
-    for guess in ("guessed-1", "guessed-2", "guessed-3"):
-        assert requests.get(url, auth=("desk", guess)).status_code == 401
-    said = [line for line in capsys.readouterr().out.splitlines() if "web.login_refused" in line]
-    assert len(said) == 1 and "desk" in said[0] and "refused=1" in said[0], said
-    assert "guessed-" not in said[0], "never the password"
+    logs.setup(tmp_path / "log", console=False)  # the events as the page's log has them, one JSON object a line
+
+    def refused() -> list[dict]:
+        lines = (tmp_path / "log" / logs.LOG_FILE_NAME).read_text().splitlines()
+        return [event for event in map(json.loads, lines) if event["event"] == "web.login_refused"]
+
+    try:
+        assert requests.get(url).status_code == 401  # no login given: a browser's first ask, not logged
+        for guess in ("guessed-1", "guessed-2", "guessed-3"):
+            assert requests.get(url, auth=("desk", guess)).status_code == 401
+        said = refused()
+        assert [(event["user"], event["refused"]) for event in said] == [("desk", 1)], "once, then once a minute"
+        assert "guessed-" not in (tmp_path / "log" / logs.LOG_FILE_NAME).read_text(), "never the password"
+    finally:
+        logs.setup(None, console=False)
 
 
 def _basic(name: str, password: str) -> str:
