@@ -40,6 +40,7 @@ from gateway.core.files import fsync_dir
 from gateway.core.names import printable
 from gateway.core.states import FileState, Verdict
 from gateway.monitor.events import NO_EVENTS, Events
+from gateway.state.filerow import iso
 from gateway.state.itemindex import is_denied, sidecar_records
 from gateway.state.ledger import FileRow, Ledger
 
@@ -288,10 +289,6 @@ class Placing:
 # -- the sidecar: the NAME.json an admin reads beside each file in the archive or error folder --------------
 
 
-def _iso(moment: float | None) -> str | None:
-    return dt.datetime.fromtimestamp(moment).astimezone().isoformat(timespec="seconds") if moment else None
-
-
 def sidecar(row: FileRow, final: Path, now: float, contents: dict[str, Any] | None = None) -> dict[str, Any]:
     """The NAME.json an admin reads beside a file in the archive or error folder.
 
@@ -316,10 +313,10 @@ def sidecar(row: FileRow, final: Path, now: float, contents: dict[str, Any] | No
         **(contents or {}),
         "attempts": row.attempts,
         "times": {
-            "seen": _iso(row.seen_at),
-            "claimed": _iso(row.claimed_at),
-            "uploaded": _iso(row.uploaded_at),
-            "finished": _iso(row.finished_at or now),
+            "seen": iso(row.seen_at),
+            "claimed": iso(row.claimed_at),
+            "uploaded": iso(row.uploaded_at),
+            "finished": iso(row.finished_at or now),
         },
         "ledger_id": row.id,
         "gateway": f"aleph-caiasoft-gateway {__version__}",

@@ -23,6 +23,7 @@ from gateway.core.names import is_text, printable
 from gateway.core.printfile import Record
 from gateway.core.states import FileState, Verdict
 from gateway.intake import validation
+from gateway.state.filerow import iso
 from gateway.state.itemindex import ItemHit, answers_by_item
 from gateway.state.ledger import Ledger
 
@@ -70,7 +71,7 @@ def find(ledger: Ledger, barcode: str, folders: list[Path], backfill: bool = Tru
             if entry["path"] and not entry["path_exists"]
             else None
         )
-        entry["pruned_at"] = _iso(pruned)  # its day folder was removed by retention_days, then
+        entry["pruned_at"] = iso(pruned)  # its day folder was removed by retention_days, then
     retired = _retired(ledger, barcode)
     if retired is not None:
         found.append(retired)
@@ -104,8 +105,8 @@ def _retired(ledger: Ledger, barcode: str) -> dict[str, Any] | None:
         "file": kept.file,
         "original_name": None,
         "source": kept.source,
-        "taken": _iso(kept.taken),
-        "sent": _iso(kept.sent),
+        "taken": iso(kept.taken),
+        "sent": iso(kept.sent),
         "outcome": kept.outcome,
         "state": FileState.ARCHIVED if accepted else FileState.REFUSED,
         "reason": kept.reason,
@@ -120,9 +121,9 @@ def _retired(ledger: Ledger, barcode: str) -> dict[str, Any] | None:
         "form_name": None,
         "ledger_id": None,
         "path_exists": False,
-        "pruned_at": _iso(kept.removed_at),
+        "pruned_at": iso(kept.removed_at),
         "earlier_removed": kept.earlier,
-        "first_taken": _iso(kept.first_taken),
+        "first_taken": iso(kept.first_taken),
     }
 
 
@@ -151,8 +152,8 @@ def _from_ledger(ledger: Ledger, barcode: str, file_id: int, number: int) -> dic
         "file": Path(row.final_path).name if row.final_path else row.name,
         "original_name": row.name,
         "source": row.source,
-        "taken": _iso(row.claimed_at or row.seen_at),
-        "sent": _iso(row.uploaded_at),
+        "taken": iso(row.claimed_at or row.seen_at),
+        "sent": iso(row.uploaded_at),
         "outcome": outcome,
         "state": row.state,
         "reason": None if outcome == Verdict.ACCEPTED else row.reason,
@@ -344,10 +345,6 @@ def _day_of(path: str) -> str:
     """The day of an archive path's day folder (ROOT/YYYY/MM/DD/NAME), as YYYY-MM-DD."""
     year, month, day = Path(path).parent.parts[-3:]
     return f"{year}-{month}-{day}"
-
-
-def _iso(moment: float | None) -> str | None:
-    return dt.datetime.fromtimestamp(moment).astimezone().isoformat(timespec="seconds") if moment else None
 
 
 # -- printing ---------------------------------------------------------------------

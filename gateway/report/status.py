@@ -14,6 +14,7 @@ from gateway.core.names import printable
 from gateway.core.states import OPEN_STATES, FileState
 from gateway.monitor import alerts
 from gateway.state import snapshot
+from gateway.state.filerow import iso
 from gateway.state.ledger import Ledger
 
 RECENT_ERRORS = 5
@@ -93,10 +94,10 @@ def _collect(ledger: Ledger, now: float | None) -> dict[str, Any]:
         "refused_today": ledger.files.count_finished_since(FileState.REFUSED, midnight),
         "last_upload": None
         if not last
-        else {"file": last[0].name, "at": _iso(last[0].uploaded_at), "path": last[0].final_path},
+        else {"file": last[0].name, "at": iso(last[0].uploaded_at), "path": last[0].final_path},
         "alerts": alerts.delivery_state(ledger),
         "recent_errors": [
-            {"file": row.name, "at": _iso(row.finished_at), "reason": row.reason, "path": row.final_path}
+            {"file": row.name, "at": iso(row.finished_at), "reason": row.reason, "path": row.final_path}
             for row in ledger.files.recent(FileState.REFUSED, RECENT_ERRORS)
         ],
     }
@@ -120,10 +121,6 @@ def state_dir_problem(state_dir: Path) -> str | None:
             "the gateway resumes by itself"
         )
     return None
-
-
-def _iso(moment: float | None) -> str | None:
-    return dt.datetime.fromtimestamp(moment).astimezone().isoformat(timespec="seconds") if moment else None
 
 
 def _age(seconds: float) -> str:
@@ -226,7 +223,7 @@ def render(status: dict[str, Any]) -> str:
     )
     ncip = status.get("ncip")
     if ncip:
-        last = _iso(ncip["last_success"]) or "none yet"
+        last = iso(ncip["last_success"]) or "none yet"
         if ncip.get("journal_problem"):
             lines.append(f"NCIP JOURNAL NOT READ: {ncip['journal_problem']}")
         lines.append(

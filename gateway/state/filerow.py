@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -81,3 +82,8 @@ class FileRow:
 def work_name(row_id: int, name: str) -> str:
     """Return the name a file has in state_dir/work/: its row id, a dot, its name made safe."""
     return f"{row_id:08d}." + safe_name(name)
+
+
+def iso(moment: float | None) -> str | None:
+    """A row's time as sidecars, `status` and `find` show it: local, with its offset, to the second."""
+    return dt.datetime.fromtimestamp(moment).astimezone().isoformat(timespec="seconds") if moment else None
