@@ -4,6 +4,7 @@ replaces an attribute of another object after it was built (docs/design.md, "Cod
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -48,8 +49,13 @@ def _package(module: str) -> str | None:
 
 def _imports(path: Path) -> set[str]:
     """Every gateway module the file imports, wherever the import statement is (functions, TYPE_CHECKING)."""
+    return _named(ast.walk(ast.parse(path.read_text(), str(path))))
+
+
+def _named(statements: Iterable[ast.AST]) -> set[str]:
+    """The gateway modules these import statements name (others are skipped)."""
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in statements:
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -106,14 +112,7 @@ def _run_at_import(body: list[ast.stmt]) -> list[ast.stmt]:
 
 
 def _top_level_imports(path: Path) -> set[str]:
-    found: set[str] = set()
-    for node in _run_at_import(ast.parse(path.read_text(), str(path)).body):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-            found.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return {name for name in found if name in MODULES and name != "gateway"}
+    return _named(_run_at_import(ast.parse(path.read_text(), str(path)).body))
 
 
 def test_the_ledger_depends_on_no_part():
