@@ -16,40 +16,58 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config.apikey import KeyProblem, header_problem, read_key_file
-from gateway.config.settings import Secret
+from gateway.config.settings import CREDENTIAL_NAME, CaiaSoft, Secret, Settings
 from gateway.config.tables import Report
 
-CREDENTIAL_NAME = "caiasoft-api-key"  # systemd LoadCredential= name
+__all__ = ["CREDENTIAL_NAME", "api_key", "check_sftp_files", "secret_file_warnings"]
 SFTP_FILES = ("known_hosts_file", "private_key_file", "private_key_passphrase_file", "password_file")
 
 
 def api_key(
-    key_file: Path | None, key_env: str | None, environ: Mapping[str, str], problem: Report
+    key_file: Path | None,
+    key_env: str | None,
+    environ: Mapping[str, str],
+    problem: Report,
+    table: str = "caiasoft",
+    credential_name: str = CREDENTIAL_NAME,
 ) -> tuple[Secret, list[str]]:
-    """Return the API key and warnings about its file; report why there is none."""
+    """Return the API key of one connection (its table: caiasoft or caiasoft.NAME, and the systemd credential
+    it may come from) and warnings about its file; report why there is none."""
     if key_file and key_env:  # reported by config_rules.check_caiasoft
         return Secret(""), []
     if key_env:
         from_env = environ.get(key_env, "").strip()
         unusable = header_problem(from_env) if from_env else "is not set or empty"
         if unusable:
-            problem("caiasoft.api_key_env", f"environment variable {key_env} {unusable}")
+            problem(f"{table}.api_key_env", f"environment variable {key_env} {unusable}")
         return Secret(from_env), []
     credential = (
-        Path(environ["CREDENTIALS_DIRECTORY"]) / CREDENTIAL_NAME if environ.get("CREDENTIALS_DIRECTORY") else None
+        Path(environ["CREDENTIALS_DIRECTORY"]) / credential_name if environ.get("CREDENTIALS_DIRECTORY") else None
     )
     if key_file is None and credential is not None and credential.exists():
         key_file = credential
     if key_file is None:
         problem(
-            "caiasoft.api_key_file",
-            f"no API key: set api_key_file or api_key_env, or pass a systemd credential named {CREDENTIAL_NAME}",
+            f"{table}.api_key_file",
+            f"no API key: set api_key_file or api_key_env, or pass a systemd credential named {credential_name}",
         )
         return Secret(""), []
-    value, mode = _read_key_file(key_file, problem)
+    value, mode = _read_key_file(key_file, lambda key, message: problem(f"{table}.api_key_file", message))
     if value is None or mode is None:
         return Secret(""), []
     return Secret(value), _mode_warnings(f"API key file {key_file}", mode, is_credential=key_file == credential)
+
+
+def connection_key(connection: CaiaSoft, environ: Mapping[str, str], problem: Report) -> tuple[Secret, list[str]]:
+    """api_key() for one connection's settings."""
+    return api_key(
+        connection.api_key_file, connection.api_key_env, environ, problem, connection.table, connection.credential
+    )
+
+
+def readable_keys(settings: Settings, environ: Mapping[str, str]) -> list[Secret]:
+    """Every connection's API key this user can read, quietly (for redaction by commands that send nothing)."""
+    return [connection_key(connection, environ, lambda key, message: None)[0] for connection in settings.connections]
 
 
 def secret_file_warnings(what: str, path: Path) -> list[str]:
@@ -76,13 +94,13 @@ def _read_key_file(key_file: Path, problem: Report) -> tuple[str | None, int | N
         read = read_key_file(key_file)
         return read.value, read.mode
     except FileNotFoundError:
-        problem("caiasoft.api_key_file", f"{key_file} does not exist")
+        problem("api_key_file", f"{key_file} does not exist")
     except PermissionError:
-        problem("caiasoft.api_key_file", f"{key_file} cannot be read by this user (permission denied)")
+        problem("api_key_file", f"{key_file} cannot be read by this user (permission denied)")
     except KeyProblem as error:
-        problem("caiasoft.api_key_file", str(error))
+        problem("api_key_file", str(error))
     except OSError as error:
-        problem("caiasoft.api_key_file", f"{key_file} cannot be read: {error.strerror or error.__class__.__name__}")
+        problem("api_key_file", f"{key_file} cannot be read: {error.strerror or error.__class__.__name__}")
     return None, None
 
 

@@ -25,8 +25,9 @@ from typing import Any
 
 from gateway.config import credentials, rules
 from gateway.config.credentials import CREDENTIAL_NAME
-from gateway.config.schema import SCHEMA
+from gateway.config.schema import SCHEMA, Key
 from gateway.config.settings import (
+    DEFAULT_CONNECTION,
     Alerts,
     Archive,
     CaiaSoft,
@@ -99,6 +100,17 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
         environ,
         values.problem,
     )
+    named_keys = {}
+    for name, table in values.caiasoft_named.items():
+        named_keys[name], more = credentials.api_key(
+            table.get("api_key_file"),
+            table.get("api_key_env"),
+            environ,
+            values.problem,
+            f"caiasoft.{name}",
+            f"{CREDENTIAL_NAME}-{name}",
+        )
+        warnings += more
     for index, source in enumerate(values.sources):
         if source.get("url") is not None:
             credentials.check_sftp_files(source, f"sources[{index}]", values.problem)
@@ -112,7 +124,7 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
     elif isinstance(alerts_password, Path):  # the SMTP relay's password: as private as the API key
         warnings += credentials.secret_file_warnings("alerts.password_file", alerts_password)
     values.raise_problems()
-    return Config(**values.sections(), api_key=key, warnings=tuple(warnings))
+    return Config(**values.sections(), api_key=key, warnings=tuple(warnings), named_keys=named_keys)
 
 
 def load_settings(path: str | os.PathLike[str]) -> Settings:
@@ -131,6 +143,9 @@ class _Values:
     sources: list[dict[str, Any]] = field(default_factory=list)
     ncip: dict[str, Any] | None = None
     feed: dict[str, Any] | None = None
+    caiasoft_named: dict[str, dict[str, Any]] = field(default_factory=dict)  # [caiasoft.NAME] tables
+    ncip_named: dict[str, dict[str, Any]] = field(default_factory=dict)  # [ncip.NAME] tables
+    feeds_named: dict[str, dict[str, Any]] = field(default_factory=dict)  # [ncip.NAME.feed] tables
     optional: dict[str, dict[str, Any]] = field(default_factory=dict)  # [alerts], [metrics] if present
     problems: list[ConfigProblem] = field(default_factory=list)
 
@@ -144,10 +159,12 @@ class _Values:
     def secret_files(self) -> dict[str, Path]:
         """The config file and every key or password file it names, by key path: no source may be their folder."""
         found = {"the config file": self.file}
-        for table, key in (("caiasoft", "api_key_file"), ("caiasoft", "ca_file")):
-            value = self.tables.get(table, {}).get(key)
-            if isinstance(value, Path):
-                found[f"{table}.{key}"] = value
+        connections = {"caiasoft": self.tables.get("caiasoft", {})}
+        connections |= {f"caiasoft.{name}": table for name, table in self.caiasoft_named.items()}
+        for table, values in connections.items():
+            for key in ("api_key_file", "ca_file"):
+                if isinstance(values.get(key), Path):
+                    found[f"{table}.{key}"] = values[key]
         password = self.optional.get("alerts", {}).get("password_file")
         if isinstance(password, Path):
             found["alerts.password_file"] = password
@@ -166,30 +183,46 @@ class _Values:
             if table not in SCHEMA or "." in table:
                 values.problem(table, f"unknown section (known: {', '.join(t for t in SCHEMA if '.' not in t)})")
         for table in TABLES:
-            values.tables[table] = read_table(values._table(raw, table), SCHEMA[table], table, values.problem)
+            section = values._table(raw, table)
+            if table == "caiasoft":
+                section, named = _named_tables(section, SCHEMA["caiasoft"])
+                for name, sub in named.items():
+                    values.caiasoft_named[name] = read_table(
+                        sub, SCHEMA["caiasoft"], f"caiasoft.{name}", values.problem
+                    )
+            values.tables[table] = read_table(section, SCHEMA[table], table, values.problem)
         for table in OPTIONAL_TABLES:
             if table in raw:
                 values.optional[table] = read_table(values._table(raw, table), SCHEMA[table], table, values.problem)
         values._read_sources(raw.get("sources", []))
         if "ncip" in raw:
             values._read_ncip(raw["ncip"])
-        rules.check_caiasoft(values.tables["caiasoft"], values.problem)
+        values._check_connections()
         rules.check_intake(values.tables["intake"], values.problem)
         rules.check_sources(values.sources, values.problem)
-        journal = values.ncip.get("journal") if values.ncip is not None else None
+        rules.check_source_connections(values.sources, [DEFAULT_CONNECTION, *values.caiasoft_named], values.problem)
         rules.check_folders(
-            values.tables["paths"],
-            values.sources,
-            journal if isinstance(journal, Path) else None,
-            values.problem,
-            holders=values.secret_files(),
+            values.tables["paths"], values.sources, values.journals(), values.problem, holders=values.secret_files()
         )
-        if values.ncip is not None:
-            rules.check_ncip(values.ncip, values.problem)
         for table, check in OPTIONAL_RULES.items():
             if table in values.optional:
                 check(values.optional[table], values.problem)
         return values
+
+    def _check_connections(self) -> None:
+        """Every CaiaSoft connection and NCIP server, their names, journals and feeds."""
+        rules.check_caiasoft(self.tables["caiasoft"], self.problem)
+        for name, table in self.caiasoft_named.items():
+            rules.check_caiasoft(table, self.problem, f"caiasoft.{name}")
+        rules.check_connection_names("caiasoft", self.caiasoft_named, self.problem)
+        if self.ncip is None:
+            return
+        rules.check_ncip(self.ncip, self.problem)
+        for name, table in self.ncip_named.items():
+            rules.check_ncip(table, self.problem, f"ncip.{name}")
+        rules.check_connection_names("ncip", self.ncip_named, self.problem)
+        rules.check_journals(self.journals(), self.problem)
+        self._check_feed_connections()
 
     def _parse(self) -> dict[str, Any]:
         name = str(self.file)
@@ -223,16 +256,50 @@ class _Values:
         if not isinstance(section, dict):
             self.problem("ncip", "must be a table, e.g. [ncip]")
             return
+        section, named = _named_tables(section, SCHEMA["ncip"])
         self.ncip = read_table(section, SCHEMA["ncip"], "ncip", self.problem)
-        if self.ncip.get("feed") is not None:
-            self.feed = read_table(self.ncip["feed"], SCHEMA["ncip.feed"], "ncip.feed", self.problem)
-            path = self.feed.get("retrievalinfo_path")
-            if isinstance(path, str) and path and not RETRIEVALINFO_PATH.fullmatch(path):
+        self.feed = self._read_feed(self.ncip, "ncip")
+        default_journal = self.ncip.get("journal")
+        for name, sub in named.items():
+            table = read_table(sub, SCHEMA["ncip"], f"ncip.{name}", self.problem)
+            if "journal" not in sub and isinstance(default_journal, Path):  # beside [ncip]'s, named after it
+                table["journal"] = default_journal.with_name(f"ncip-{name}.jsonl")
+            self.ncip_named[name] = table
+            feed = self._read_feed(table, f"ncip.{name}")
+            if feed is not None:
+                self.feeds_named[name] = feed
+
+    def _read_feed(self, ncip: dict[str, Any], where: str) -> dict[str, Any] | None:
+        if ncip.get("feed") is None:
+            return None
+        feed = read_table(ncip["feed"], SCHEMA["ncip.feed"], f"{where}.feed", self.problem)
+        path = feed.get("retrievalinfo_path")
+        if isinstance(path, str) and path and not RETRIEVALINFO_PATH.fullmatch(path):
+            self.problem(
+                f"{where}.feed.retrievalinfo_path",
+                f"{path!r} must be a path starting with '/', holding "
+                "no placeholder but {from}, {to} and {collection}, and no space or '?'",
+            )
+        return feed
+
+    def journals(self) -> dict[str, Path]:
+        """Each NCIP server's journal, by its key path."""
+        tables = {"ncip": self.ncip} if self.ncip is not None else {}
+        tables |= {f"ncip.{name}": table for name, table in self.ncip_named.items()}
+        return {f"{where}.journal": t["journal"] for where, t in tables.items() if isinstance(t.get("journal"), Path)}
+
+    def _check_feed_connections(self) -> None:
+        """Each feed reads a CaiaSoft connection there is: its own caiasoft, else the one of its server's name."""
+        known = [DEFAULT_CONNECTION, *self.caiasoft_named]
+        feeds = {DEFAULT_CONNECTION: self.feed} if self.feed is not None else {}
+        for server, feed in {**feeds, **self.feeds_named}.items():
+            chosen = feed.get("caiasoft") or (server if server in self.caiasoft_named else DEFAULT_CONNECTION)
+            if chosen not in known:
                 self.problem(
-                    "ncip.feed.retrievalinfo_path",
-                    f"{path!r} must be a path starting with '/', holding "
-                    "no placeholder but {from}, {to} and {collection}, and no space or '?'",
+                    f"{'ncip' if feed is self.feed else f'ncip.{server}'}.feed.caiasoft",
+                    f"no CaiaSoft connection {chosen!r} (there are: {', '.join(known)})",
                 )
+            feed["caiasoft"] = chosen
 
     def sections(self) -> dict[str, Any]:
         """The Settings fields, once there are no problems."""
@@ -240,6 +307,10 @@ class _Values:
             "file": self.file,
             "paths": Paths(**self.tables["paths"]),
             "caiasoft": CaiaSoft(**self.tables["caiasoft"]),
+            "caiasoft_named": tuple(CaiaSoft(**table, named=name) for name, table in self.caiasoft_named.items()),
+            "ncip_named": tuple(
+                ncip_settings(table, self.feeds_named.get(name), name) for name, table in self.ncip_named.items()
+            ),
             "intake": Intake(**self.tables["intake"]),
             "archive": Archive(**self.tables["archive"]),
             "sources": tuple(source_settings(values) for values in self.sources),
@@ -256,13 +327,26 @@ class _Values:
 RETRIEVALINFO_PATH = re.compile(r"/(?:[A-Za-z0-9._~/-]|\{(?:from|to|collection)\})*")
 
 
-def ncip_settings(values: Mapping[str, Any], feed: Mapping[str, Any] | None = None) -> Ncip:
-    """[ncip] settings from its typed values (and [ncip.feed]'s, if any)."""
+def _named_tables(section: dict[str, Any], keys: tuple[Key, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a table into its own keys and its named sub-tables ([caiasoft.NAME], [ncip.NAME]): a table-valued
+    entry that is not one of its keys (extra_fields, stop_users, feed are)."""
+    known = {key.name for key in keys}
+    named = {name: value for name, value in section.items() if isinstance(value, dict) and name not in known}
+    return {name: value for name, value in section.items() if name not in named}, named
+
+
+def ncip_settings(
+    values: Mapping[str, Any], feed: Mapping[str, Any] | None = None, name: str = DEFAULT_CONNECTION
+) -> Ncip:
+    """[ncip] (or [ncip.NAME]) settings from its typed values (and its feed's, if any)."""
     lists = ("done_problems_checkin", "done_problems_checkout", "temporary_problems")
     converted = {**values, **{key: tuple(values[key]) for key in lists}}
     feed_lists = ("in_statuses", "out_statuses", "no_checkout_types")
-    converted["feed"] = Feed(**{**feed, **{key: tuple(feed[key]) for key in feed_lists}}) if feed is not None else None
-    return Ncip(**converted)
+    converted["feed"] = None
+    if feed is not None:
+        chosen = feed.get("caiasoft") or DEFAULT_CONNECTION  # the loader has chosen it already
+        converted["feed"] = Feed(**{**feed, **{key: tuple(feed[key]) for key in feed_lists}, "caiasoft": chosen})
+    return Ncip(**converted, named=name)
 
 
 def alerts_settings(values: Mapping[str, Any]) -> Alerts:

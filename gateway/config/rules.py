@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.config import markers
 from gateway.config.schema import SCHEMA
-from gateway.config.settings import ALERT_EVENTS
+from gateway.config.settings import ALERT_EVENTS, DEFAULT_CONNECTION
 from gateway.config.tables import Report
 from gateway.core import xmltext
 
@@ -33,24 +34,55 @@ SFTP_ONLY = (
 _SOURCE_DEFAULTS = {key.name: key.default for key in SCHEMA["sources"]}
 
 
-def check_caiasoft(values: dict[str, Any], problem: Report) -> None:
+def check_caiasoft(values: dict[str, Any], problem: Report, table: str = "caiasoft") -> None:
+    """One CaiaSoft connection: [caiasoft], or [caiasoft.NAME] (table)."""
     base_url = values.get("base_url")
     if isinstance(base_url, str):
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            problem("caiasoft.base_url", f"must be an http(s) URL such as https://SITE.caiasoft.com, got {base_url!r}")
+            problem(f"{table}.base_url", f"must be an http(s) URL such as https://SITE.caiasoft.com, got {base_url!r}")
         elif parts.scheme == "http" and parts.hostname not in LOOPBACK:
-            problem("caiasoft.base_url", "must use https (plain http is only allowed for loopback simulators)")
+            problem(f"{table}.base_url", "must use https (plain http is only allowed for loopback simulators)")
     path_value = values.get("requestfile_path")
     if isinstance(path_value, str) and not path_value.startswith("/"):
-        problem("caiasoft.requestfile_path", "must start with /")
+        problem(f"{table}.requestfile_path", "must start with /")
     for key, value in (values.get("extra_fields") or {}).items():
         if not isinstance(value, str):
-            problem(f"caiasoft.extra_fields.{key}", "must be a string")
+            problem(f"{table}.extra_fields.{key}", "must be a string")
     if (values.get("backoff_max_seconds") or 0) < (values.get("backoff_initial_seconds") or 0):
-        problem("caiasoft.backoff_max_seconds", "must not be smaller than backoff_initial_seconds")
+        problem(f"{table}.backoff_max_seconds", "must not be smaller than backoff_initial_seconds")
     if values.get("api_key_file") and values.get("api_key_env"):
-        problem("caiasoft.api_key_file", "set either api_key_file or api_key_env, not both")
+        problem(f"{table}.api_key_file", "set either api_key_file or api_key_env, not both")
+
+
+def check_connection_names(table: str, named: dict[str, Any], problem: Report) -> None:
+    """[caiasoft.NAME] and [ncip.NAME]: NAME is a short word (it names metrics, files and credentials)."""
+    for name in named:
+        if name == DEFAULT_CONNECTION:
+            problem(f"{table}.{name}", f'"{DEFAULT_CONNECTION}" is the name of [{table}] itself: choose another')
+        elif not CONNECTION_NAME.fullmatch(name):
+            problem(f"{table}.{name}", "a connection's name is letters, digits, '-' or '_' (at most 32)")
+
+
+CONNECTION_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+
+def check_source_connections(sources: list[dict[str, Any]], known: list[str], problem: Report) -> None:
+    """Each source names a CaiaSoft connection the config has."""
+    for index, source in enumerate(sources):
+        name = source.get("caiasoft")
+        if isinstance(name, str) and name not in known:
+            problem(f"sources[{index}].caiasoft", f"no CaiaSoft connection {name!r} (there are: {', '.join(known)})")
+
+
+def check_journals(journals: dict[str, Path], problem: Report) -> None:
+    """Each NCIP server has a journal of its own: two tailers of one file would each send every entry."""
+    seen: dict[Path, str] = {}
+    for key, journal in journals.items():
+        real = _resolved(journal)
+        if real in seen:
+            problem(key, f"is also {seen[real]} ({journal}): each NCIP server needs a journal of its own")
+        seen.setdefault(real, key)
 
 
 def check_intake(values: dict[str, Any], problem: Report) -> None:
@@ -68,7 +100,7 @@ OWN_FOLDERS = ("state_dir", "archive_dir", "error_dir", "log_dir")
 def check_folders(
     paths: dict[str, Any],
     sources: list[dict[str, Any]],
-    journal: Path | None,
+    journals: dict[str, Path],
     problem: Report,
     holders: dict[str, Path] | None = None,
 ) -> None:
@@ -114,12 +146,13 @@ def check_folders(
                     f"is the folder of {key} ({file}): it would be taken and sent "
                     "to CaiaSoft; keep request files in a folder of their own",
                 )
-        if journal is not None and real in (_resolved(journal).parent, _written(journal).parent):
-            problem(
-                "ncip.journal",
-                f"is inside the folder of sources[{index}] ({folder}): it would be taken "
-                "and sent to CaiaSoft as a request file",
-            )
+        for key, journal in journals.items():
+            if real in (_resolved(journal).parent, _written(journal).parent):
+                problem(
+                    key,
+                    f"is inside the folder of sources[{index}] ({folder}): it would be taken "
+                    "and sent to CaiaSoft as a request file",
+                )
 
 
 def _resolved(path: Path) -> Path:
@@ -193,8 +226,13 @@ def _overlaps(a: Path, b: Path) -> bool:
     return a == b or a in b.parents or b in a.parents
 
 
-def check_ncip(values: dict[str, Any], problem: Report) -> None:
-    _check_ncip_url(values, problem)
+def check_ncip(values: dict[str, Any], problem: Report, table: str = "ncip") -> None:
+    """One NCIP server: [ncip], or [ncip.NAME] (table)."""
+    _check_ncip_url(values, lambda key, message: problem(key.replace("ncip", table, 1), message))
+    _check_ncip_values(values, lambda key, message: problem(key.replace("ncip", table, 1), message))
+
+
+def _check_ncip_values(values: dict[str, Any], problem: Report) -> None:
     for stop, user in (values.get("stop_users") or {}).items():
         if not isinstance(user, str) or not user:
             problem(f"ncip.stop_users.{stop}", "must be a user id string")

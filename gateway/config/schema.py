@@ -262,6 +262,13 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
             '"move:/remote/done/folder".',
         ),
         Key("timeout_seconds", "number", 30.0, "SFTP: timeout of connect, login and every SFTP call.", minimum=1),
+        Key(
+            "caiasoft",
+            "str",
+            "default",
+            'The CaiaSoft connection its files go to: "default" ([caiasoft]) or the NAME of a [caiasoft.NAME] '
+            "table. Its files are recorded with it when taken, and wait for it if it is removed.",
+        ),
     ),
     "ncip": (
         Key(
@@ -434,6 +441,13 @@ SCHEMA: dict[str, tuple[Key, ...]] = {
             'Retrieval types (retrievalinfo\'s "retrieval type") that do not check the item out in ALEPH: ERT, '
             "an electronic retrieval (the item is scanned and stays in the facility). Not empty: to have every "
             "retrieval check out, name a type CaiaSoft never sends.",
+        ),
+        Key(
+            "caiasoft",
+            "str",
+            "",
+            "The CaiaSoft connection whose lists are read (with its key): empty = the one named like this NCIP "
+            'server ([ncip.NAME.feed] reads [caiasoft.NAME]), else "default".',
         ),
     ),
     "alerts": (

@@ -8,7 +8,7 @@ it where it is used.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -46,6 +46,15 @@ class Paths:
         return self.state_dir / "gateway.lock"
 
 
+DEFAULT_CONNECTION = "default"  # the name of the connection (and NCIP server) of the bare [caiasoft] ([ncip]) table
+CREDENTIAL_NAME = "caiasoft-api-key"  # systemd LoadCredential= name of the default connection's key
+
+
+def table_of(table: str, name: str) -> str:
+    """The config table a connection or NCIP server is written in: table, or table.NAME."""
+    return table if name == DEFAULT_CONNECTION else f"{table}.{name}"
+
+
 @dataclass(frozen=True)
 class CaiaSoft:
     base_url: str
@@ -64,10 +73,25 @@ class CaiaSoft:
     upload_workers: int
     api_key_file: Path | None
     api_key_env: str | None
+    named: InitVar[str] = DEFAULT_CONNECTION
+    name: str = field(init=False)  # [caiasoft] is "default"; [caiasoft.NAME] is NAME (not a key: the table's name)
+
+    def __post_init__(self, named: str) -> None:
+        object.__setattr__(self, "name", named)
 
     @property
     def requestfile_url(self) -> str:
         return self.base_url.rstrip("/") + self.requestfile_path
+
+    @property
+    def table(self) -> str:
+        """Its table in the config file, for messages: caiasoft or caiasoft.NAME."""
+        return table_of("caiasoft", self.name)
+
+    @property
+    def credential(self) -> str:
+        """The systemd credential its key may come from: caiasoft-api-key, or caiasoft-api-key-NAME."""
+        return CREDENTIAL_NAME if self.name == DEFAULT_CONNECTION else f"{CREDENTIAL_NAME}-{self.name}"
 
 
 @dataclass(frozen=True)
@@ -96,6 +120,7 @@ class LocalSourceSettings:
     watch: str
     rescan_seconds: float
     poll_seconds: float
+    caiasoft: str = DEFAULT_CONNECTION  # the CaiaSoft connection its files go to
 
     @property
     def is_sftp(self) -> Literal[False]:
@@ -126,6 +151,7 @@ class SftpSourceSettings:
     password_file: Path | None
     remote_after: str
     timeout_seconds: float
+    caiasoft: str = DEFAULT_CONNECTION  # the CaiaSoft connection its files go to
 
     @property
     def is_sftp(self) -> Literal[True]:
@@ -149,6 +175,7 @@ class Feed:
     in_statuses: tuple[str, ...]
     out_statuses: tuple[str, ...]
     no_checkout_types: tuple[str, ...]
+    caiasoft: str = DEFAULT_CONNECTION  # the CaiaSoft connection whose lists are read
 
 
 @dataclass(frozen=True)
@@ -178,6 +205,16 @@ class Ncip:
     agency_scheme: str
     max_line_bytes: int
     feed: Feed | None
+    named: InitVar[str] = DEFAULT_CONNECTION
+    name: str = field(init=False)  # [ncip] is "default"; [ncip.NAME] is NAME (not a key: the table's name)
+
+    def __post_init__(self, named: str) -> None:
+        object.__setattr__(self, "name", named)
+
+    @property
+    def table(self) -> str:
+        """Its table in the config file, for messages: ncip or ncip.NAME."""
+        return table_of("ncip", self.name)
 
     def user_for(self, stop: str | None) -> str:
         """The CaiaSoft user id to check an item out to: the stop's own, else user_id."""
@@ -266,14 +303,41 @@ class Settings:
     archive: Archive
     sources: tuple[SourceSettings, ...]
     ncip: Ncip | None = None
+    caiasoft_named: tuple[CaiaSoft, ...] = ()  # [caiasoft.NAME] tables, in the file's order
+    ncip_named: tuple[Ncip, ...] = ()  # [ncip.NAME] tables, in the file's order
     alerts: Alerts | None = None  # [alerts] absent = no alerts
     metrics: Metrics | None = None  # [metrics] absent = no metrics
     web: Web | None = None  # [web] absent = no staff page
+
+    @property
+    def connections(self) -> tuple[CaiaSoft, ...]:
+        """Every CaiaSoft connection: [caiasoft] ("default") first, then each [caiasoft.NAME]."""
+        return (self.caiasoft, *self.caiasoft_named)
+
+    def connection(self, name: str) -> CaiaSoft | None:
+        """The CaiaSoft connection of that name, None if the config has none."""
+        return next((connection for connection in self.connections if connection.name == name), None)
+
+    @property
+    def ncip_servers(self) -> tuple[Ncip, ...]:
+        """Every NCIP server: [ncip] ("default") first, then each [ncip.NAME]; none without [ncip]."""
+        return (self.ncip, *self.ncip_named) if self.ncip is not None else ()
+
+    @property
+    def several(self) -> bool:
+        """Whether the config names more than one CaiaSoft connection or NCIP server (what admins read
+        then names the connection of each line)."""
+        return bool(self.caiasoft_named or self.ncip_named)
 
 
 @dataclass(frozen=True, kw_only=True)
 class Config(Settings):
     """Settings plus the CaiaSoft API key, for the commands that talk to CaiaSoft."""
 
-    api_key: Secret = field(repr=False)
+    api_key: Secret = field(repr=False)  # the default connection's
     warnings: tuple[str, ...] = ()
+    named_keys: dict[str, Secret] = field(default_factory=dict, repr=False)  # [caiasoft.NAME] -> its key
+
+    def key_of(self, connection: str) -> Secret:
+        """The API key of the named CaiaSoft connection."""
+        return self.api_key if connection == DEFAULT_CONNECTION else self.named_keys[connection]
