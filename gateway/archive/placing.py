@@ -302,6 +302,7 @@ def sidecar(row: FileRow, final: Path, now: float, contents: dict[str, Any] | No
         "outcome": str(Verdict.ACCEPTED if row.accepted else Verdict.REFUSED),
         "reason": row.reason,
         "source": row.source,
+        "connection": row.connection,
         "original_path": printable(row.origin),
         "size": row.size,
         "sha256": row.sha256,

@@ -89,6 +89,12 @@ def _parser() -> argparse.ArgumentParser:
     send = commands.add_parser("send", help="upload files now, through the same validate/upload/archive path")
     send.add_argument("files", nargs="+", metavar="FILE")
     send.add_argument("--attempts", type=int, default=3, help="tries per file on transient failures (default 3)")
+    send.add_argument(
+        "--caiasoft",
+        default="default",
+        metavar="NAME",
+        help='the CaiaSoft connection to send to: "default" ([caiasoft], the default) or a [caiasoft.NAME]',
+    )
     retry = commands.add_parser("retry", help="put files from error_dir back into the queue")
     retry.add_argument("names", nargs="*", metavar="NAME", help="file names (or paths) in error_dir")
     retry.add_argument("--all", action="store_true", help="every file in error_dir")
@@ -249,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
 def _load(args: argparse.Namespace) -> config_module.Config:
     """The config with the API key, for commands that talk to CaiaSoft."""
     config = config_module.load(config_module.config_path(args.config))
-    logs.add_secret(config.api_key.value)
+    for key in config.keys:
+        logs.add_secret(key.value)
     return config
 
 
@@ -440,10 +447,8 @@ def _register_key_quietly(settings: config_module.Settings) -> None:
     """Register the API key for redaction if this user can read it; say nothing if not."""
     from gateway.config import credentials
 
-    key, _ = credentials.api_key(
-        settings.caiasoft.api_key_file, settings.caiasoft.api_key_env, os.environ, lambda key, message: None
-    )
-    logs.add_secret(key.value)
+    for key in credentials.readable_keys(settings, os.environ):
+        logs.add_secret(key.value)
 
 
 def cmd_find(args: argparse.Namespace) -> int:
@@ -560,20 +565,31 @@ def _new_password(name: str, from_stdin: bool) -> str | None:
     return password
 
 
-def _pipeline(config: config_module.Settings, client: CaiaSoftClient | None = None) -> Pipeline:
+def _pipeline(
+    config: config_module.Settings, client: CaiaSoftClient | None = None, connection: str = "default"
+) -> Pipeline:
+    """A pipeline without workers, for `send` (client: the connection's) and `retry` (no client)."""
     from gateway.runtime.pipeline import Pipeline
     from gateway.state.ledger import Ledger
 
-    return Pipeline(config, Ledger(config.paths.database), client)
+    ledger = Ledger(config.paths.database)
+    if connection == config.caiasoft.name:
+        return Pipeline(config, ledger, client)
+    return Pipeline(config, ledger, None, clients={connection: client} if client else None)
 
 
 def cmd_send(args: argparse.Namespace) -> int:
     from gateway.upload.caiasoft import CaiaSoftClient
 
     config = _load(args)
+    connection = config.connection(args.caiasoft)
+    if connection is None:
+        known = ", ".join(c.name for c in config.connections)
+        print(f"caiasoft-gateway send: no CaiaSoft connection {args.caiasoft!r} in {config.file} (there are: {known})")
+        return EXIT_CONFIG
     logs.setup(config.paths.log_dir, console=False)
-    client = CaiaSoftClient(config.caiasoft, config.api_key)
-    pipeline = _pipeline(config, client)
+    client = CaiaSoftClient(connection, config.key_of(connection.name))
+    pipeline = _pipeline(config, client, connection.name)
     ledger = pipeline.ledger
     failed = 0
     try:
@@ -583,17 +599,17 @@ def cmd_send(args: argparse.Namespace) -> int:
                 print(f"{name}: not a file")
                 failed += 1
                 continue
-            row_id = pipeline.admission.adopt_copy(path)
+            row_id = pipeline.admission.adopt_copy(path, connection=connection.name)
             for attempt in range(max(args.attempts, 1)):
                 row = ledger.files.assign(row_id)
                 if row is None:  # the running service took it first: wait for its answer
-                    _wait_until_settled(ledger, row_id, config.caiasoft.timeout_seconds * 2)
+                    _wait_until_settled(ledger, row_id, connection.timeout_seconds * 2)
                     break
                 outcome = pipeline.upload(row)
                 if outcome.verdict != Verdict.TRANSIENT:
                     break
                 if attempt + 1 < args.attempts:
-                    pipeline.gate.wait_open()
+                    pipeline.gates[connection.name].wait_open()
             row = ledger.files.row(row_id)
             if row.state == FileState.ARCHIVED:
                 print(f"{name}: accepted by CaiaSoft, archived as {_shown(row.final_path)}")

@@ -185,11 +185,7 @@ class _Values:
         for table in TABLES:
             section = values._table(raw, table)
             if table == "caiasoft":
-                section, named = _named_tables(section, SCHEMA["caiasoft"])
-                for name, sub in named.items():
-                    values.caiasoft_named[name] = read_table(
-                        sub, SCHEMA["caiasoft"], f"caiasoft.{name}", values.problem
-                    )
+                section = values._read_named_connections(section)
             values.tables[table] = read_table(section, SCHEMA[table], table, values.problem)
         for table in OPTIONAL_TABLES:
             if table in raw:
@@ -208,6 +204,13 @@ class _Values:
             if table in values.optional:
                 check(values.optional[table], values.problem)
         return values
+
+    def _read_named_connections(self, section: dict[str, Any]) -> dict[str, Any]:
+        """Read each [caiasoft.NAME] of [caiasoft]; return [caiasoft]'s own keys."""
+        section, named = _named_tables(section, SCHEMA["caiasoft"])
+        for name, sub in named.items():
+            self.caiasoft_named[name] = read_table(sub, SCHEMA["caiasoft"], f"caiasoft.{name}", self.problem)
+        return section
 
     def _check_connections(self) -> None:
         """Every CaiaSoft connection and NCIP server, their names, journals and feeds."""

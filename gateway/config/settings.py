@@ -338,6 +338,11 @@ class Config(Settings):
     warnings: tuple[str, ...] = ()
     named_keys: dict[str, Secret] = field(default_factory=dict, repr=False)  # [caiasoft.NAME] -> its key
 
+    @property
+    def keys(self) -> tuple[Secret, ...]:
+        """Every connection's API key (each is registered for redaction before anything is logged)."""
+        return (self.api_key, *self.named_keys.values())
+
     def key_of(self, connection: str) -> Secret:
         """The API key of the named CaiaSoft connection."""
         return self.api_key if connection == DEFAULT_CONNECTION else self.named_keys[connection]

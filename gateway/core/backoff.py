@@ -77,13 +77,15 @@ class Backoff:
 
 
 class Gate:
-    """Shared by the upload workers: one backoff and one pause for the CaiaSoft endpoint.
+    """Shared by the upload workers of one CaiaSoft connection: one backoff and one pause for its endpoint.
 
-    A transient failure closes the gate for every worker (CaiaSoft is down for all
-    of them); a 401/403 pauses them all; any success reopens it.
+    A transient failure closes the gate for every worker of the connection (CaiaSoft is down for
+    all of them); a 401/403 pauses them all; any success reopens it. Another connection has a
+    gate of its own, so its workers go on. name is the connection's, for the log.
     """
 
-    def __init__(self, settings: Any, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, settings: Any, clock: Callable[[], float] = time.monotonic, name: str = "default"):
+        self.name = name
         self.backoff = Backoff(settings.backoff_initial_seconds, settings.backoff_max_seconds)
         self.auth_pause = settings.auth_pause_seconds
         self.clock = clock
@@ -123,6 +125,7 @@ class Gate:
         if first:
             log.error(
                 "upload.paused",
+                connection=self.name,
                 reason=reason,
                 retry_in=self.auth_pause,
                 detail="no file is moved to error while paused; fix the key, then wait or reload",
@@ -134,4 +137,4 @@ class Gate:
             self.problem = None
             resumed, self.paused_reason = self.paused_reason, None
         if resumed:
-            log.info("upload.resumed", detail="CaiaSoft accepts the API key again")
+            log.info("upload.resumed", connection=self.name, detail="CaiaSoft accepts the API key again")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from gateway.archive import aftertake
 from gateway.archive.placing import Placing
-from gateway.config.settings import Intake
+from gateway.config.settings import DEFAULT_CONNECTION, Intake
 from gateway.core import logs
 from gateway.core.errors import BUG, FileRefused, SourceGone, describe, fault_kind
 from gateway.core.files import copy_no_clobber, file_digest
@@ -46,8 +46,10 @@ class Admission:
         sources: dict[str, Source],
         placing: Placing,
         on_queued: Callable[[], None] = lambda: None,
+        connections: dict[str, str] | None = None,
     ):
         self.limits = limits
+        self.connections = connections or {}  # source name -> the CaiaSoft connection its files are for
         self.ledger = ledger
         self.work_dir = work_dir
         self.sources = sources
@@ -62,7 +64,7 @@ class Admission:
         recorded) is returned with the error and stays in its source; the others go on.
         """
         try:
-            row_ids = self.ledger.files.begin_claims(source.name, entries)
+            row_ids = self.ledger.files.begin_claims(source.name, entries, self.connection_of(source.name))
         except Exception as error:
             if fault_kind(error) != BUG:  # the ledger itself: the worker pauses
                 raise
@@ -139,10 +141,16 @@ class Admission:
             failed += one_failed
         return taken, failed
 
-    def adopt_copy(self, path: Path, source_name: str = "send") -> int:
-        """Copy a file given on the command line into work/ and validate it (for `send`)."""
+    def connection_of(self, source_name: str) -> str:
+        """The CaiaSoft connection a source's files are for (the default one for `send`, `retry`, recovered)."""
+        return self.connections.get(source_name, DEFAULT_CONNECTION)
+
+    def adopt_copy(self, path: Path, source_name: str = "send", connection: str = DEFAULT_CONNECTION) -> int:
+        """Copy a file given on the command line into work/ and validate it (for `send`), for that connection."""
         info = os.stat(path)
-        row_id = self.ledger.files.begin_claim(source_name, path.name, str(path.resolve()), info.st_size, info.st_mtime)
+        row_id = self.ledger.files.begin_claim(
+            source_name, path.name, str(path.resolve()), info.st_size, info.st_mtime, connection
+        )
         copy_no_clobber(path, self.work_dir / work_name(row_id, path.name))
         self.ledger.files.claimed(row_id)
         self.admit(row_id)

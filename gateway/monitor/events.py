@@ -60,3 +60,9 @@ class Conditions:
     ncip_journal_problem: str | None = None  # why the NCIP journal is not read (a link, a directory ...)
     sources: dict[str, str | None] = field(default_factory=dict)  # source -> why it cannot be read, or None
     locations: dict[str, str] = field(default_factory=dict)  # source -> its folder or URL
+    # every CaiaSoft connection by name: (why its uploads are paused, why its calls fail); paused and
+    # caiasoft_problem above are the default connection's
+    connections: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
+    # every NCIP server by name: (why it fails, entries behind, why its journal is not read); the ncip_ fields
+    # above are the default server's
+    ncip_servers: dict[str, tuple[str | None, int, str | None]] = field(default_factory=dict)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from gateway import sources
 from gateway.archive.workers import Finisher, Placer
 from gateway.config.loader import Config
-from gateway.core.backoff import Gate
+from gateway.config.settings import DEFAULT_CONNECTION
 from gateway.core.worker import Worker
 from gateway.intake.collector import Collector
 from gateway.monitor.events import Conditions
@@ -38,23 +38,33 @@ class Parts:
     def __init__(self, config: Config, ledger: Ledger, on_exit: Callable[[Worker], None] | None = None):
         self.config = config
         self.on_exit = on_exit
-        self.client = CaiaSoftClient(config.caiasoft, config.api_key)
-        self.gate = Gate(config.caiasoft)
+        self.clients = {c.name: CaiaSoftClient(c, config.key_of(c.name)) for c in config.connections}
+        self.client = self.clients[config.caiasoft.name]
         self.monitor = Monitor(config, ledger, live=self.conditions)  # alerts and metrics: the parts tell it
         found = {settings.name: sources.build(settings, config) for settings in config.sources}
-        self.pipeline = Pipeline(config, ledger, self.client, gate=self.gate, sources=found, events=self.monitor)
+        self.pipeline = Pipeline(
+            config,
+            ledger,
+            self.client,
+            sources=found,
+            events=self.monitor,
+            clients={name: client for name, client in self.clients.items() if client is not self.client},
+        )
+        self.gates = self.pipeline.gates
+        self.gate = self.pipeline.gate
         placing = self.pipeline.placing
         self.finisher = Finisher(placing)
-        self.uploaders = [
+        self.uploaders = [  # each connection its own workers: a backlog on one never holds up another
             Uploader(
-                self.pipeline.sender,
+                self.pipeline.senders[connection.name],
                 placing,
-                wake=self.pipeline.queued,
-                name=f"uploader-{number}",
-                workers=config.caiasoft.upload_workers,
+                wake=self.pipeline.wakes[connection.name],
+                name=_worker_name("uploader", connection.name, number),
+                workers=connection.upload_workers,
                 finisher=self.finisher,
             )
-            for number in range(1, config.caiasoft.upload_workers + 1)
+            for connection in config.connections
+            for number in range(1, connection.upload_workers + 1)
         ]
         self.placer = Placer(placing, wake=self.pipeline.place_failed)
         self.collectors = [
@@ -70,28 +80,33 @@ class Parts:
             )
             for settings in config.sources
         ]
-        self.relay: Relay | None = None
-        if config.ncip:
+        self.relays: list[Relay] = []
+        self.feeds: list[Feed] = []
+        self.feed_clients: list[CaiaSoftClient] = []
+        if config.ncip_servers:
+            from gateway.ncip.feed import Feed
             from gateway.ncip.relay import Relay
 
-            self.relay = Relay(config.ncip, ledger, config.paths.error_dir, events=self.monitor)
-        self.feed: Feed | None = None
-        if config.ncip and config.ncip.feed:
-            from gateway.ncip.feed import Feed
-
-            self.feed_client = CaiaSoftClient(config.caiasoft, config.api_key)
-            self.feed = Feed(config.ncip, self.feed_client, ledger, events=self.monitor)
+            for server in config.ncip_servers:
+                self.relays.append(Relay(server, ledger, config.paths.error_dir, events=self.monitor))
+                if server.feed is not None:
+                    connection = config.connection(server.feed.caiasoft) or config.caiasoft
+                    client = CaiaSoftClient(connection, config.key_of(connection.name))
+                    self.feed_clients.append(client)
+                    self.feeds.append(Feed(server, client, ledger, events=self.monitor))
+        self.relay: Relay | None = self.relays[0] if self.relays else None  # the default server's
+        self.feed: Feed | None = next((feed for feed in self.feeds if feed.settings is config.ncip), None)
         self._deferred: list[tuple[Worker, Worker]] = []  # (new worker, the old one it waits for)
 
     def inputs(self) -> list[Worker]:
-        return [*self.collectors, *([self.feed] if self.feed else [])]
+        return [*self.collectors, *self.feeds]
 
     def outputs(self) -> list[Worker]:
         return [
             *self.uploaders,
             self.finisher,
             self.placer,
-            *([self.relay] if self.relay else []),
+            *self.relays,
             *([self.monitor.sender] if self.monitor.sender else []),
         ]
 
@@ -112,7 +127,7 @@ class Parts:
 
     def exclusive(self) -> list[Worker]:
         """Workers of which two must never run at once (they read a folder or the journal)."""
-        return [*self.inputs(), *([self.relay] if self.relay else [])]
+        return [*self.inputs(), *self.relays]
 
     def start_deferred(self) -> None:
         waiting = []
@@ -145,6 +160,11 @@ class Parts:
         return Conditions(
             paused=self.gate.paused_reason,
             caiasoft_problem=self.gate.problem,
+            connections={name: (gate.paused_reason, gate.problem) for name, gate in self.gates.items()},
+            ncip_servers={
+                relay.settings.name: (relay.last_problem, relay.lag()[1], relay.journal_problem)
+                for relay in self.relays
+            },
             ncip_problem=self.relay.last_problem if self.relay else None,
             ncip_behind=self.relay.lag()[1] if self.relay else 0,
             ncip_journal_problem=self.relay.journal_problem if self.relay else None,
@@ -160,9 +180,15 @@ class Parts:
 
     def close(self) -> None:
         """Release the HTTP sessions (once every worker has ended)."""
-        self.client.close()
-        if self.feed:
-            self.feed_client.close()
+        for client in (*self.clients.values(), *self.feed_clients):
+            client.close()
+
+    def stranded(self, ledger: Ledger) -> dict[str, int]:
+        """Files queued for a CaiaSoft connection the config no longer has: they wait for it, never dropped."""
+        known = {connection.name for connection in self.config.connections}
+        return {
+            name: count for name, (count, _oldest) in ledger.files.queued_by_connection().items() if name not in known
+        }
 
     def problems(self, within: float) -> list[str]:
         """Why the service is not healthy (empty if every worker checked in within the last seconds)."""
@@ -182,3 +208,8 @@ class Parts:
     def faults(self) -> dict[str, str]:
         """Workers pausing after a fault, with the reason."""
         return {worker.name: worker.fault for worker in self.workers() if worker.fault}
+
+
+def _worker_name(kind: str, connection: str, number: int) -> str:
+    """uploader-1 for the default connection (as ever), uploader-NAME-1 for [caiasoft.NAME]."""
+    return f"{kind}-{number}" if connection == DEFAULT_CONNECTION else f"{kind}-{connection}-{number}"

@@ -33,8 +33,10 @@ from gateway.upload.sender import Sender
 class Pipeline:
     """The stages, sharing one ledger, one work/ folder and the sources (by name).
 
-    queued is set whenever files are queued (it wakes the upload workers); place_failed
-    whenever a placing failed (it wakes the placer).
+    Each CaiaSoft connection has its own sender, with its own client and gate (its backoff and
+    pause): client is the default connection's, clients those of the others (by name).
+    queued is set whenever files are queued, and so is each connection's wake event (they wake
+    the upload workers); place_failed whenever a placing failed (it wakes the placer).
     """
 
     def __init__(
@@ -46,6 +48,7 @@ class Pipeline:
         gate: Gate | None = None,
         sources: dict[str, Source] | None = None,
         events: Events = NO_EVENTS,
+        clients: dict[str, CaiaSoftClient] | None = None,
     ):
         self.config = config
         self.ledger = ledger
@@ -53,8 +56,8 @@ class Pipeline:
         self.work_dir = config.paths.work_dir
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.sources = dict(sources or {})  # where originals that stay after the take are checked
-        self.gate = gate or Gate(config.caiasoft)  # the one retry policy for uploads (core.backoff)
         self.queued = threading.Event()
+        self.wakes = {connection.name: threading.Event() for connection in config.connections}
         self.place_failed = threading.Event()
         caiasoft = config.caiasoft
         self.placing = Placing(
@@ -68,14 +71,46 @@ class Pipeline:
             on_failed=self.place_failed.set,
         )
         self.admission = Admission(
-            config.intake, ledger, self.work_dir, self.sources, self.placing, on_queued=self.queued.set
+            config.intake,
+            ledger,
+            self.work_dir,
+            self.sources,
+            self.placing,
+            on_queued=self._wake_uploaders,
+            connections={source.name: source.caiasoft for source in config.sources},
         )
-        self.sender = Sender(caiasoft, client, ledger, self.gate, self.work_dir, self.sources, events)
+        # the one retry policy for uploads (core.backoff), one per connection
+        self.gates = {connection.name: Gate(connection, name=connection.name) for connection in config.connections}
+        if gate is not None:
+            self.gates[caiasoft.name] = gate
+        every_client = {caiasoft.name: client, **(clients or {})}
+        self.senders = {
+            connection.name: Sender(
+                connection,
+                every_client.get(connection.name),
+                ledger,
+                self.gates[connection.name],
+                self.work_dir,
+                self.sources,
+                events,
+            )
+            for connection in config.connections
+        }
+        self.gate = self.gates[caiasoft.name]
+        self.sender = self.senders[caiasoft.name]
+
+    def _wake_uploaders(self) -> None:
+        self.queued.set()
+        for wake in self.wakes.values():
+            wake.set()
 
     def upload(self, row: FileRow) -> Outcome:
         """Send one 'uploading' row, record the answer and place the file (the `send` command, no workers)."""
-        outcome = self.sender.send(row)
-        answered = self.sender.save(row, outcome)
+        sender = self.senders.get(row.connection)
+        if sender is None:
+            raise LookupError(f"CaiaSoft connection {row.connection!r} is not in the config")
+        outcome = sender.send(row)
+        answered = sender.save(row, outcome)
         if answered is not None:
             self.placing.place(answered)
         return outcome

@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from gateway.archive.retention import Retention
 from gateway.config import loader as config_module
@@ -49,6 +49,9 @@ from gateway.runtime.parts import Parts
 from gateway.state import snapshot
 from gateway.state.check import LedgerCheck
 from gateway.state.ledger import Ledger
+
+if TYPE_CHECKING:  # imported with [ncip] only
+    from gateway.ncip.relay import Relay
 
 log = logs.get("gateway.service")
 
@@ -175,8 +178,14 @@ class Service:
                 "service.started",
                 sources=[s.name for s in self.config.sources],
                 caiasoft=self.config.caiasoft.base_url,
+                **(
+                    {"connections": {c.name: c.base_url for c in self.config.connections}}
+                    if self.config.several
+                    else {}
+                ),
                 pid=os.getpid(),
             )
+            self._say_stranded(ledger, self._parts)
             notify.send("READY=1")
             exit_code = self._loop(ledger, wake_read, self._parts)
         finally:
@@ -342,22 +351,20 @@ class Service:
             for c in parts.collectors
         }
         paused = parts.gate.paused_reason
+        connections = {
+            connection.name: snapshot.ConnectionState(
+                paused=parts.gates[connection.name].paused_reason,
+                problem=parts.gates[connection.name].problem,
+                sources=[s.name for s in self.config.sources if s.caiasoft == connection.name],
+            )
+            for connection in self.config.connections
+        }
         faults = {
             **parts.faults(),
             **({self._ledger_check.name: self._ledger_check.fault} if self._ledger_check.fault else {}),
         }
-        ncip = None
-        if parts.relay:
-            lag_bytes, lag_entries = parts.relay.lag()
-            ncip = snapshot.NcipState(
-                lag_bytes=lag_bytes,
-                lag_entries=lag_entries,
-                last_success=parts.relay.last_success,
-                last_problem=parts.relay.last_problem,
-                dead_letters=parts.relay.dead_letters.count(),
-                feed_problem=parts.feed.problem if parts.feed else None,
-                journal_problem=parts.relay.journal_problem,
-            )
+        servers = {relay.settings.name: _ncip_state(relay, parts) for relay in parts.relays}
+        ncip = servers.get(self.config.ncip.name) if self.config.ncip else None
         retention = self._retention.problem if self._retention is not None else None
         snapshot.publish(
             ledger,
@@ -369,8 +376,23 @@ class Service:
                 ncip=ncip,
                 faults=faults,
                 retention=retention,
+                connections=connections,
+                ncip_servers=servers,
             ),
         )
+        return self._summary(ledger, ncip, paused, connections, retention, faults, sources)
+
+    def _summary(
+        self,
+        ledger: Ledger,
+        ncip: snapshot.NcipState | None,
+        paused: str | None,
+        connections: dict[str, snapshot.ConnectionState],
+        retention: str | None,
+        faults: dict[str, str],
+        sources: dict[str, snapshot.SourceState],
+    ) -> str:
+        """The one-line summary for systemd (STATUS=)."""
         counts = ledger.files.counts()
         midnight = dt.datetime.combine(dt.date.today(), dt.time()).timestamp()
         queued = sum(counts.get(state, 0) for state in (FileState.CLAIMED, FileState.QUEUED, FileState.UPLOADING))
@@ -384,8 +406,7 @@ class Service:
                 line += f"; NCIP JOURNAL NOT READ: {ncip['journal_problem']}"
             if ncip["feed_problem"]:
                 line += "; STATUS FEED: see caiasoft-gateway status"
-        if paused:
-            line += "; UPLOADS PAUSED (API key refused)"
+        line += _paused_words(paused, connections, self.config.several)
         if retention:
             line += "; RETENTION HELD (see caiasoft-gateway status)"
         waiting = ledger.files.problems(limit=1)
@@ -398,6 +419,17 @@ class Service:
         if problems:
             line += f"; source problem: {', '.join(problems)}"
         return line
+
+    def _say_stranded(self, ledger: Ledger, parts: Parts) -> None:
+        """Files queued for a connection the config no longer names wait for it: say so, loudly, once."""
+        for connection, count in parts.stranded(ledger).items():
+            log.warning(
+                "connection.removed_with_files",
+                connection=connection,
+                files=count,
+                detail=f"{count} file(s) queued for CaiaSoft connection {connection!r}, which the config no longer "
+                f"has, stay queued (never dropped): add [caiasoft.{connection}] back and reload to send them",
+            )
 
     def _reload(self, ledger: Ledger, parts: Parts) -> Parts:
         """Validate the config file again; on success swap in parts built on it, else keep the old.
@@ -424,7 +456,8 @@ class Service:
             )
             return parts
         notify.send("RELOADING=1")
-        logs.add_secret(new.api_key.value)
+        for key in new.keys:
+            logs.add_secret(key.value)
         parts.stop()
         self._retiring.append(parts)
         logs.setup(new.paths.log_dir, console=True)
@@ -433,9 +466,38 @@ class Service:
         fresh.start(previous=parts)
         for warning in new.warnings:
             log.warning("config.warning", detail=warning)
-        log.info("config.reloaded", file=str(new.file), sources=[s.name for s in new.sources])
+        log.info(
+            "config.reloaded",
+            file=str(new.file),
+            sources=[s.name for s in new.sources],
+            connections=[c.name for c in new.connections],
+            ncip_servers=[n.name for n in new.ncip_servers],
+        )
+        self._say_stranded(ledger, fresh)
         notify.send("READY=1")
         return fresh
+
+
+def _paused_words(paused: str | None, connections: dict[str, snapshot.ConnectionState], several: bool) -> str:
+    """What the summary says of paused uploads: of each connection by name, when there are several."""
+    if not several:
+        return "; UPLOADS PAUSED (API key refused)" if paused else ""
+    return "".join(f"; UPLOADS TO {name} PAUSED (API key refused)" for name, c in connections.items() if c["paused"])
+
+
+def _ncip_state(relay: Relay, parts: Parts) -> snapshot.NcipState:
+    """One NCIP server's relay (and feed), for `status`."""
+    lag_bytes, lag_entries = relay.lag()
+    feed = next((feed for feed in parts.feeds if feed.settings is relay.settings), None)
+    return snapshot.NcipState(
+        lag_bytes=lag_bytes,
+        lag_entries=lag_entries,
+        last_success=relay.last_success,
+        last_problem=relay.last_problem,
+        dead_letters=relay.dead_letters.count(),
+        feed_problem=feed.problem if feed else None,
+        journal_problem=relay.journal_problem,
+    )
 
 
 def _wait(wake_read: int, seconds: float) -> None:

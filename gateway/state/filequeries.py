@@ -112,12 +112,40 @@ class FileQueries:
         """Archived files finished in [since, until) in which CaiaSoft denied an item, newest first."""
         return self.db.fetch_all(_DENIED_IN, (since, until, limit))
 
-    def next_due_at(self) -> float | None:
-        """When the earliest queued file becomes due, or None if the queue is empty."""
+    def next_due_at(self, connection: str | None = None) -> float | None:
+        """When the earliest queued file (of a CaiaSoft connection, if given) becomes due, or None if there is none."""
         with self.db.lock:
-            row = self.db.connection.execute("SELECT MIN(next_attempt_at) FROM files WHERE state = 'queued'").fetchone()
+            if connection is None:
+                row = self.db.connection.execute(
+                    "SELECT MIN(next_attempt_at) FROM files WHERE state = 'queued'"
+                ).fetchone()
+            else:
+                row = self.db.connection.execute(
+                    "SELECT MIN(next_attempt_at) FROM files INDEXED BY files_connection_due "
+                    "WHERE state = 'queued' AND connection = ?",
+                    (connection,),
+                ).fetchone()
         due: float | None = row[0]
         return due
+
+    def queued_by_connection(self) -> dict[str, tuple[int, float | None]]:
+        """Files waiting to be sent, by CaiaSoft connection: (how many, when the oldest was seen). A connection
+        no longer in the config keeps its files here (they are never dropped)."""
+        with self.db.lock:
+            rows = self.db.connection.execute(
+                "SELECT connection, COUNT(*), MIN(seen_at) FROM files WHERE state IN ('queued', 'uploading') "
+                "GROUP BY connection"
+            ).fetchall()
+        return {name: (count, oldest) for name, count, oldest in rows}
+
+    def last_archived(self, connection: str) -> FileRow | None:
+        """The file of a CaiaSoft connection archived last (read backwards through the files_done index: at once
+        for a connection that uploads; a connection that never did reads the archived rows once)."""
+        return self.db.fetch_one(
+            "SELECT * FROM files INDEXED BY files_done WHERE state = 'archived' AND connection = ? "
+            "ORDER BY finished_at DESC LIMIT 1",
+            (connection,),
+        )
 
     def next_placement_due(self) -> float | None:
         with self.db.lock:

@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from gateway.config.settings import DEFAULT_CONNECTION
 from gateway.core.names import loaded, safe_name
 from gateway.core.states import FileState, Verdict
 
@@ -52,6 +53,7 @@ class FileRow:
     verdict: Verdict | None = None
     problem: str | None = None
     place_failures: int = 0
+    connection: str = DEFAULT_CONNECTION  # the CaiaSoft connection it is for, recorded when it was taken
 
     def __post_init__(self) -> None:
         # name and origin are TEXT, or the exact bytes (BLOB) of a name that is not UTF-8: see gateway.core.names

@@ -16,11 +16,13 @@ from gateway.state import itemindex, monitorstore, prunestore, retiredstore
 
 log = logs.get("gateway.ledger")
 
-SCHEMA_VERSION = 6  # 2: records and items (gateway/state/itemindex.py); 3: verdict, problem, place_failures;
+SCHEMA_VERSION = 7  # 2: records and items (gateway/state/itemindex.py); 3: verdict, problem, place_failures;
 # 4: alerts and counters (gateway/state/monitorstore.py; its tables are created on open);
 # 5: file_totals (kept by triggers) and the files_done index: nothing steady scans history
 # 6: retired and pruning (gateway/state/retiredstore.py), the files_final_path index: retention
 #    compacts the rows of the days it removes
+# 7: files.connection (the CaiaSoft connection a file is for; 'default' for every older row) and the
+#    files_connection_due index: each connection's upload workers are assigned its own queued files
 
 FILES_SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -124,7 +126,11 @@ ADDED_COLUMNS = {  # columns of SCHEMA_VERSION 3, added to an older ledger's fil
     "verdict": "TEXT",
     "problem": "TEXT",
     "place_failures": "INTEGER NOT NULL DEFAULT 0",
+    "connection": "TEXT NOT NULL DEFAULT 'default'",  # version 7
 }
+CONNECTION_DUE_INDEX = (
+    "CREATE INDEX IF NOT EXISTS files_connection_due ON files (connection, next_attempt_at, id) WHERE state = 'queued'"
+)
 
 
 def create(db: sqlite3.Connection) -> None:
@@ -151,7 +157,7 @@ def migrate(db: sqlite3.Connection, now: float) -> None:
     if version < 2:
         itemindex.migrate(db, now)
     present = {column[1] for column in db.execute("PRAGMA table_info(files)")}
-    for column, declaration in ADDED_COLUMNS.items():  # version 3
+    for column, declaration in ADDED_COLUMNS.items():  # versions 3 and 7
         if column not in present:
             db.execute(f"ALTER TABLE files ADD COLUMN {column} {declaration}")
     if version < 5:  # once, at the upgrade: count what the triggers count from now on, and index finishing
@@ -170,6 +176,8 @@ def migrate(db: sqlite3.Connection, now: float) -> None:
         _upgrading(version, "indexing the files' paths once (files_final_path)")
         db.execute(FINAL_PATH_INDEX)
         _upgrading(version, "indexed")
+    if version < 7:  # the queued files only (a partial index): a few pages, whatever the history
+        db.execute(CONNECTION_DUE_INDEX)
     if version < SCHEMA_VERSION:
         db.execute(
             "INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",

@@ -47,6 +47,14 @@ class NcipState(TypedDict):
     journal_problem: str | None  # why the journal is not read now (a link, a directory ... at its path)
 
 
+class ConnectionState(TypedDict):
+    """One CaiaSoft connection's upload gate, as its workers see it."""
+
+    paused: str | None  # why its uploads are paused (its API key refused)
+    problem: str | None  # why its calls fail, while they keep failing
+    sources: list[str]  # the sources whose files go to it
+
+
 class Snapshot(TypedDict):
     pid: int
     updated: float  # time.time() of this snapshot; an old one means the service is gone
@@ -55,6 +63,8 @@ class Snapshot(TypedDict):
     ncip: NcipState | None
     faults: dict[str, str]  # workers pausing after an environment fault or a bug, and why
     retention: NotRequired[str | None]  # why retention holds archive days back (the clock disagrees with the ledger)
+    connections: NotRequired[dict[str, ConnectionState]]  # every CaiaSoft connection of the config, by name
+    ncip_servers: NotRequired[dict[str, NcipState]]  # every NCIP server, by name (ncip is the default one's)
 
 
 def publish(ledger: Ledger, snapshot: Snapshot) -> None:

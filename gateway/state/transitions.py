@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gateway.config.settings import DEFAULT_CONNECTION
 from gateway.core.names import stored
 from gateway.core.states import FINAL_STATES, FileState, Verdict
 from gateway.state.db import outside
@@ -29,23 +30,25 @@ class Files(FileQueries):
 
     # -- taking, validating, uploading ----------------------------------------
 
-    def begin_claim(self, source: str, name: str, origin: str, size: int, mtime: float) -> int:
-        """Record that a file is about to be moved into work/; return its row id."""
-        return self._insert_claims(source, [(name, origin, size, mtime)])[0]
+    def begin_claim(
+        self, source: str, name: str, origin: str, size: int, mtime: float, connection: str = DEFAULT_CONNECTION
+    ) -> int:
+        """Record that a file for that CaiaSoft connection is about to be moved into work/; return its row id."""
+        return self._insert_claims(source, [(name, origin, size, mtime)], connection)[0]
 
-    def begin_claims(self, source: str, entries: Sequence[Seen]) -> list[int]:
+    def begin_claims(self, source: str, entries: Sequence[Seen], connection: str = DEFAULT_CONNECTION) -> list[int]:
         """begin_claim for several files (with name, origin, size, mtime) in one transaction; ids in order."""
-        return self._insert_claims(source, [(e.name, e.origin, e.size, e.mtime) for e in entries])
+        return self._insert_claims(source, [(e.name, e.origin, e.size, e.mtime) for e in entries], connection)
 
-    def _insert_claims(self, source: str, files: list[tuple[str, str, int, float]]) -> list[int]:
+    def _insert_claims(self, source: str, files: list[tuple[str, str, int, float]], connection: str) -> list[int]:
         now = self.db.clock()
         with self.db.transaction() as db:
             return [
                 _row_id(
                     db.execute(
-                        "INSERT INTO files (source, name, origin, state, size, mtime, seen_at) "
-                        "VALUES (?, ?, ?, 'claiming', ?, ?, ?)",
-                        (source, stored(name), stored(origin), size, mtime, now),
+                        "INSERT INTO files (source, name, origin, state, size, mtime, seen_at, connection) "
+                        "VALUES (?, ?, ?, 'claiming', ?, ?, ?, ?)",
+                        (source, stored(name), stored(origin), size, mtime, now, connection),
                     )
                 )
                 for name, origin, size, mtime in files
@@ -75,29 +78,42 @@ class Files(FileQueries):
                 if changed != 1:
                     raise LookupError(f"ledger row {row_id} is not being claimed")
 
-    def assign_due(self, now: float, share: int, most: int, *, beyond: int = 0, wait: bool = True) -> list[FileRow]:
-        """Assign up to most of the oldest due queued files to a worker (uploading) in one commit; return them in order.
+    def assign_due(
+        self,
+        now: float,
+        share: int,
+        most: int,
+        *,
+        beyond: int = 0,
+        wait: bool = True,
+        connection: str = DEFAULT_CONNECTION,
+    ) -> list[FileRow]:
+        """Assign up to most of the oldest due queued files of a CaiaSoft connection to one of its workers
+        (uploading) in one commit; return them in order.
 
         now is on the schedule clock (LedgerDb.schedule), as every next_attempt_at is.
 
         A backlog is shared among share workers: each is assigned its part of what is due (at
         least one, at most most), so a few files are not all assigned to one worker. Nothing
         is assigned unless more than beyond files are due. Without wait the assignment is not yet
-        durable on return: wait_for(durable()) before sending any of them.
+        durable on return: wait_for(durable()) before sending any of them. Another connection's
+        files, however many, are neither counted nor read (files_connection_due).
         """
         with self.db.transaction(wait) as db:
             due = int(
                 db.execute(
-                    "SELECT COUNT(*) FROM files WHERE state = 'queued' AND next_attempt_at <= ?", (now,)
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM files INDEXED BY files_connection_due WHERE state = 'queued' "
+                    "AND connection = ? AND next_attempt_at <= ? LIMIT ?)",
+                    (connection, now, beyond + share * most + 1),
                 ).fetchone()[0]
             )
             if due <= beyond:
                 return []
             rows = db.execute(
                 "UPDATE files SET state = 'uploading', attempts = attempts + 1 WHERE id IN ("
-                " SELECT id FROM files WHERE state = 'queued' AND next_attempt_at <= ?"
-                " ORDER BY next_attempt_at, id LIMIT ?) RETURNING *",
-                (now, max(1, min(most, due // max(share, 1)))),
+                " SELECT id FROM files INDEXED BY files_connection_due WHERE state = 'queued' AND connection = ?"
+                " AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?) RETURNING *",
+                (connection, now, max(1, min(most, due // max(share, 1)))),
             ).fetchall()
         assigned = [FileRow(**dict(row)) for row in rows]
         return sorted(assigned, key=lambda row: (row.next_attempt_at, row.id))

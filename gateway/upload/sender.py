@@ -86,6 +86,7 @@ class Sender:
         except Exception as error:
             log.error(
                 "upload.failed",
+                connection=row.connection,
                 id=row.id,
                 file=row.name,
                 error=describe(error),
@@ -107,6 +108,7 @@ class Sender:
         """Make the answer durable and tell the gate; return the answered row, to be placed, if any."""
         fields = dict(
             id=row.id,
+            connection=row.connection,
             source=row.source,
             file=row.name,
             sha256=row.sha256,
@@ -135,7 +137,12 @@ class Sender:
             log.info("upload.ok", **fields, denied=len(outcome.denials))
             for item in outcome.denials:
                 log.warning(
-                    "upload.item_denied", id=row.id, file=row.name, item=item.get("item"), istatus=item.get("istatus")
+                    "upload.item_denied",
+                    connection=row.connection,
+                    id=row.id,
+                    file=row.name,
+                    item=item.get("item"),
+                    istatus=item.get("istatus"),
                 )
             verdict = Verdict.ACCEPTED
         else:
@@ -152,7 +159,8 @@ class Sender:
 
 
 class Uploader(Worker):
-    """One upload worker. They start uploads in the order files arrived.
+    """One upload worker of a CaiaSoft connection (its sender's). They start its uploads in the order files
+    arrived; each connection has workers of its own, so a backlog on one never waits for another's.
 
     From a backlog a worker is assigned several due files in one ledger commit (its share
     of what is due, at most ASSIGN_AT_MOST) and sends them one after the other; files
@@ -180,7 +188,8 @@ class Uploader(Worker):
         super().__init__(name=name)
         self.sender = sender
         self.ledger = sender.ledger
-        self.gate = sender.gate  # shared by every upload worker
+        self.gate = sender.gate  # shared by every upload worker of the connection
+        self.connection = sender.settings.name
         self.placing = placing
         self.finisher = finisher  # places answered files; without one (or once it has ended) placed here
         self.wake = wake or threading.Event()
@@ -207,9 +216,11 @@ class Uploader(Worker):
             self._assigned.extend(rows)
         if not self._assigned:
             self.wake.clear()
-            self._assigned.extend(ledger.files.assign_due(self.clock(), self.workers, ASSIGN_AT_MOST))
+            self._assigned.extend(
+                ledger.files.assign_due(self.clock(), self.workers, ASSIGN_AT_MOST, connection=self.connection)
+            )
             if not self._assigned:
-                due = ledger.files.next_due_at()
+                due = ledger.files.next_due_at(self.connection)
                 self.rest(
                     IDLE_POLL_SECONDS if due is None else min(max(due - self.clock(), 0.01), IDLE_POLL_SECONDS * 5),
                     self.wake,
@@ -230,7 +241,9 @@ class Uploader(Worker):
         waited for again before any of its files is sent.
         """
         ledger = self.ledger
-        rows = ledger.files.assign_due(self.clock(), self.workers, ASSIGN_AT_MOST, beyond=self.workers, wait=False)
+        rows = ledger.files.assign_due(
+            self.clock(), self.workers, ASSIGN_AT_MOST, beyond=self.workers, wait=False, connection=self.connection
+        )
         if rows:
             self._next = (ledger.db.durable(), rows)
 

@@ -249,10 +249,8 @@ def _redacted(value: Any) -> Any:
 
 def register_secrets(config: Settings) -> None:
     """Register the API key and the alert secrets for redaction, where this user can read them (quietly)."""
-    key, _ = credentials.api_key(
-        config.caiasoft.api_key_file, config.caiasoft.api_key_env, os.environ, lambda key, message: None
-    )
-    logs.add_secret(key.value)
+    for key in credentials.readable_keys(config, os.environ):
+        logs.add_secret(key.value)
     alerts = config.alerts
     if alerts is None:
         return
