@@ -196,7 +196,7 @@ class _Values:
         values._check_connections()
         rules.check_intake(values.tables["intake"], values.problem)
         rules.check_sources(values.sources, values.problem)
-        rules.check_source_connections(values.sources, [DEFAULT_CONNECTION, *values.caiasoft_named], values.problem)
+        rules.check_source_connections(values.sources, values.connection_names(), values.problem)
         rules.check_folders(
             values.tables["paths"], values.sources, values.journals(), values.problem, holders=values.secret_files()
         )
@@ -211,6 +211,10 @@ class _Values:
         for name, sub in named.items():
             self.caiasoft_named[name] = read_table(sub, SCHEMA["caiasoft"], f"caiasoft.{name}", self.problem)
         return section
+
+    def connection_names(self) -> list[str]:
+        """The names of the CaiaSoft connections: default, then each [caiasoft.NAME]."""
+        return list(dict.fromkeys([DEFAULT_CONNECTION, *self.caiasoft_named]))
 
     def _check_connections(self) -> None:
         """Every CaiaSoft connection and NCIP server, their names, journals and feeds."""
@@ -293,7 +297,7 @@ class _Values:
 
     def _check_feed_connections(self) -> None:
         """Each feed reads a CaiaSoft connection there is: its own caiasoft, else the one of its server's name."""
-        known = [DEFAULT_CONNECTION, *self.caiasoft_named]
+        known = self.connection_names()
         feeds = {DEFAULT_CONNECTION: self.feed} if self.feed is not None else {}
         for server, feed in {**feeds, **self.feeds_named}.items():
             chosen = feed.get("caiasoft") or (server if server in self.caiasoft_named else DEFAULT_CONNECTION)
