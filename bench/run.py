@@ -22,6 +22,11 @@ Measures, with both simulators in their own processes (and their own ceiling sho
                 of both, their ratio, and under that load the page's answer times (median, p99,
                 worst), the requests that failed, the CPU of the page's process and of the clients
                 (--web-nice N runs the page's process at that niceness)
+  fair          two CaiaSoft connections (two simulators): --fair-files (5,000) files queued for one,
+                then --fair-probes single files written one at a time for the other, each once the
+                one before was received; each probe's wait from queued (claimed) to its simulator's
+                receipt, against the same probes with nothing else queued and against one upload's
+                time on the backlogged connection (the median upload.ok ms of its log)
 Prints a table and one JSON line of figures. `--smoke` runs tiny sizes (used by the tests); `--only
 backlog,wan` runs some of the scenarios (to compare like with like while changing one thing).
 """
@@ -56,7 +61,7 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples"
 KEY = "bench-key-0123456789"
 PYTHON = sys.executable
-SCENARIOS = ("backlog", "big", "latency", "ncip", "wan", "web")
+SCENARIOS = ("backlog", "big", "latency", "ncip", "wan", "web", "fair")
 WEB_CLIENTS = 200  # page requests in flight at once during the web scenario's loaded backlog
 SETTLE = 1.0  # settle_seconds of the backlog runs
 
@@ -563,6 +568,91 @@ def wan(work: Path, delay: float, files: int, curl_files: int, ncip_entries: int
     }
 
 
+def write_two(root: Path, default_url: str, law_url: str) -> Path:
+    """A gateway with two connections (default, law), each a source of its own (print, law)."""
+    law = root / "law"
+    law.mkdir(parents=True, exist_ok=True)
+    extra = f"""
+[caiasoft.law]
+base_url = "{law_url}"
+api_key_file = "{root / "api-key"}"
+
+[[sources]]
+name = "law"
+path = "{law}"
+settle_seconds = {SETTLE}
+caiasoft = "law"
+"""
+    return write_config(root, default_url, root / "print", settle=SETTLE, extra=extra)
+
+
+def probe_waits(root: Path, receipts: Path, count: int) -> list[float]:
+    """count single files written one at a time into the law source; each one's ms from claimed to received."""
+    waits = []
+    for number in range(count):
+        name = f"probe-{number:03d}.txt"
+        (root / "law" / name).write_bytes(b"31234007770001\n")
+
+        def received(name: str = name) -> float | None:
+            lines = receipts.read_text().splitlines() if receipts.exists() else []
+            return next((entry["at"] for entry in map(json.loads, lines) if entry["name"] == name), None)
+
+        at = wait_until(received, 60, 0.005, f"the probe {name}")
+        claimed = wait_until(
+            lambda name=name: ledger_value(root, f"SELECT claimed_at FROM files WHERE name = '{name}'"), 30, 0.01
+        )
+        waits.append((at - claimed) * 1000)
+    return waits
+
+
+def fair(work: Path, files: int, probes: int) -> dict:
+    """A backlog on one connection, single files on the other: does the backlog delay them?"""
+    results: dict[str, Any] = {"files": files, "probes": probes}
+    results["alone"], _ = fair_run(work / "alone", 0, probes)
+    results["with_backlog"], backlog = fair_run(work / "with_backlog", files, probes)
+    results.update(backlog)
+    results["extra_ms"] = round(results["with_backlog"]["median_ms"] - results["alone"]["median_ms"], 1)
+    return results
+
+
+def fair_run(root: Path, backlog_files: int, probes: int) -> tuple[dict, dict]:
+    """The probes' waits (median, worst) with backlog_files queued for the other connection; and, with a
+    backlog, one upload's time on it and what was left of it after the probes."""
+    root.mkdir(parents=True)
+    receipts = root / "receipts-law.jsonl"
+    default_sim, default_url = start_simulator("caiasoft", root)
+    law_sim, law_url = start_simulator("caiasoft", root, receipts)
+    make_files(root / "print", backlog_files)
+    if backlog_files:  # aged: waiting since before the start, all of it ready at once
+        before = time.time() - SETTLE - 1
+        for path in (root / "print").iterdir():
+            os.utime(path, (before, before))
+    gateway = start_gateway(write_two(root, default_url, law_url), root)
+    try:
+        wait_until(lambda: "service.started" in (root / "gateway-console.log").read_text(), 30, what="start")
+        if backlog_files:
+            wait_until(
+                lambda: (
+                    (ledger_value(root, "SELECT COUNT(*) FROM files WHERE state = 'archived'") or 0)
+                    >= min(50, backlog_files // 3)
+                ),
+                120,
+                what="the backlog being sent",
+            )
+        waits = probe_waits(root, receipts, probes)
+        left = ledger_value(root, "SELECT COUNT(*) FROM files WHERE state IN ('queued', 'uploading')")
+    finally:
+        gateway.stop()
+        default_sim.stop()
+        law_sim.stop()
+    figures = {"median_ms": round(statistics.median(waits), 1), "worst_ms": round(max(waits), 1)}
+    if not backlog_files:
+        return figures, {}
+    lines = (root / "log" / "gateway.log").read_text().splitlines()
+    upload_ms = [e["ms"] for e in map(json.loads, lines) if e.get("event") == "upload.ok" and e["source"] == "print"]
+    return figures, {"one_upload_ms": round(statistics.median(upload_ms), 1), "backlog_left_after_probes": left}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--files", type=int, default=2000, help="backlog size (default 2000)")
@@ -592,6 +682,8 @@ def main() -> int:
         help="run the web scenario's page process at this niceness (default 0: as the gateway; "
         "what a Nice= in its unit would give)",
     )
+    parser.add_argument("--fair-files", type=int, default=5000, help="the fair scenario's backlog (default 5000)")
+    parser.add_argument("--fair-probes", type=int, default=20, help="the fair scenario's single files (default 20)")
     parser.add_argument(
         "--only",
         type=lambda text: set(text.split(",")),
@@ -609,6 +701,7 @@ def main() -> int:
         args.files, args.big, args.curl_files, args.latency_files, args.ncip_entries = 30, 300, 10, 10, 50
         args.wan_files, args.wan_curl_files, args.wan_ncip_entries = 20, 5, 10
         args.web_clients = 20
+        args.fair_files, args.fair_probes = 30, 3
     if not shutil.which("curl"):
         print("the curl loop needs curl (apt-get install curl)", file=sys.stderr)
         return 2
@@ -653,6 +746,8 @@ def run_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         ncip.stop()
     if args.wan_delay > 0 and "wan" in args.only:
         figures["wan"] = wan(work / "wan", args.wan_delay, args.wan_files, args.wan_curl_files, args.wan_ncip_entries)
+    if "fair" in args.only:
+        figures["fair"] = fair(work / "fair", args.fair_files, args.fair_probes)
     if "backlog" in figures and "big_backlog" in figures:  # memory growth per extra pending file
         small, big = figures["backlog"], figures["big_backlog"]
         big["rss_growth_bytes_per_file"] = round(
@@ -757,6 +852,21 @@ def print_table(f: dict) -> None:
                 f"failed: {failed}; CPU: the page's process {page['cpu_s']} s"
                 + (f" (nice {page['nice']})" if page["nice"] else "")
                 + f", the clients {page['clients_cpu_s']} s",
+            ),
+        ]
+    if "fair" in f:
+        fa = f["fair"]
+        rows += [
+            (
+                f"fair: a new file on connection B, B idle and A idle ({fa['probes']} files)",
+                f"{fa['alone']['median_ms']} / {fa['alone']['worst_ms']} ms",
+                "median / worst, from claimed to received",
+            ),
+            (
+                f"  with {fa['files']} files queued for connection A",
+                f"{fa['with_backlog']['median_ms']} / {fa['with_backlog']['worst_ms']} ms",
+                f"{fa['extra_ms']} ms more (target: at most one upload, {fa['one_upload_ms']} ms on A); "
+                f"{fa['backlog_left_after_probes']} of A's files still queued after the probes",
             ),
         ]
     machine = f["machine"]
