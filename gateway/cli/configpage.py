@@ -27,9 +27,13 @@ TYPES = {
 }
 # What a table is for, where the schema alone does not say it.
 NOTES = {
+    "caiasoft": "Required: the CaiaSoft connection named default. Each [caiasoft.NAME] table (NAME: letters, digits, "
+    "- or _) adds a connection with these same keys, whole on its own (nothing is taken from [caiasoft]); its key may "
+    "also come from the systemd credential caiasoft-api-key-NAME. A source names its connection with caiasoft.",
     "sources": "One [[sources]] table per folder watched, at least one: a local or mounted folder (path) or "
     "an SFTP folder (url).",
-    "ncip": "Optional: without it, nothing is relayed to ALEPH over NCIP.",
+    "ncip": "Optional: without it, nothing is relayed to ALEPH over NCIP. Each [ncip.NAME] table adds an NCIP server "
+    "with these same keys, whole on its own, with a journal of its own (default ncip-NAME.jsonl beside this one's).",
     "alerts": "Optional: without it, no alert is sent.",
     "metrics": "Optional: without it, no metrics are served or written.",
 }
