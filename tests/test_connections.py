@@ -4,6 +4,7 @@ gates per connection, and a backlog on one connection that never holds up anothe
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from pathlib import Path
 
@@ -232,3 +233,34 @@ def ledger_state(name: str):
     from gateway.core.states import FileState
 
     return FileState(name)
+
+
+def test_a_retried_file_goes_back_to_its_own_connection(tmp_path):
+    """retry keeps a refused file's connection: from its row, or for a file with no row (put there by hand, or
+    its ledger lost) from its sidecar, if the config still has that connection."""
+    from gateway.cli.retry import put_back
+    from gateway.runtime.pipeline import Pipeline
+    from gateway.upload.caiasoft import CaiaSoftClient
+
+    with CaiaSoftSimulator(key=LAW_KEY) as law_sim:
+        config = config_module.load(write_two(tmp_path, "http://127.0.0.1:1", law_sim.url), environ={})
+        client = CaiaSoftClient(config.connection("law"), config.key_of("law"))
+        pipeline = Pipeline(config, Ledger(config.paths.database), None, clients={"law": client})
+        ledger = pipeline.ledger
+        unknown_format = tmp_path / "notes.txt"
+        unknown_format.write_text("not a barcode list\n")
+        row_id = pipeline.admission.adopt_copy(unknown_format, connection="law")
+        pipeline.upload(ledger.files.assign(row_id))
+        refused = Path(ledger.files.row(row_id).final_path)
+        assert json.loads(refused.with_name(refused.name + ".json").read_text())["connection"] == "law"
+        by_hand = refused.with_name("by-hand.txt")
+        by_hand.write_bytes(refused.read_bytes())
+        by_hand.with_name("by-hand.txt.json").write_text(json.dumps({"connection": "law"}))
+        stray = refused.with_name("stray.txt")
+        stray.write_bytes(refused.read_bytes())
+        stray.with_name("stray.txt.json").write_text(json.dumps({"connection": "gone"}))
+        assert put_back(pipeline, refused).connection == "law"
+        assert put_back(pipeline, by_hand).connection == "law"
+        assert put_back(pipeline, stray).connection == "default"  # a connection the config lacks: the default
+        client.close()
+        ledger.close()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from gateway.archive.folders import SIDECAR_SUFFIX, safe_name
+from gateway.config.settings import DEFAULT_CONNECTION
 from gateway.core import logs
 from gateway.core.files import move_no_clobber
 from gateway.runtime.pipeline import Pipeline
@@ -52,7 +54,8 @@ def put_back(pipeline: Pipeline, path: Path) -> FileRow:
     sidecar = path.with_name(path.name + SIDECAR_SUFFIX)
     if row is None:  # not in this ledger (e.g. put there by hand): take it like a new file
         info = path.stat()
-        row_id = ledger.files.begin_claim("retry", path.name, str(path), info.st_size, info.st_mtime)
+        connection = _sidecar_connection(sidecar, pipeline)
+        row_id = ledger.files.begin_claim("retry", path.name, str(path), info.st_size, info.st_mtime, connection)
         try:
             move_no_clobber(path, pipeline.work_dir / work_name(row_id, path.name))
         except OSError:
@@ -64,6 +67,21 @@ def put_back(pipeline: Pipeline, path: Path) -> FileRow:
         move_no_clobber(path, pipeline.work_dir / work_name(row.id, row.name))
         ledger.files.reopen(row.id, row.name)
     sidecar.unlink(missing_ok=True)
-    log.info("retry.requeued", id=row_id, file=path.name, previous_reason=row.reason if row else None)
+    log.info(
+        "retry.requeued",
+        id=row_id,
+        file=path.name,
+        connection=ledger.files.row(row_id).connection,
+        previous_reason=row.reason if row else None,
+    )
     pipeline.admission.admit(row_id)
     return ledger.files.row(row_id)
+
+
+def _sidecar_connection(sidecar: Path, pipeline: Pipeline) -> str:
+    """The CaiaSoft connection a refused file's sidecar names, if the config has it; else the default one."""
+    try:
+        named = json.loads(sidecar.read_text(encoding="utf-8")).get("connection")
+    except (OSError, ValueError, AttributeError):
+        named = None
+    return named if isinstance(named, str) and pipeline.config.connection(named) is not None else DEFAULT_CONNECTION
