@@ -15,6 +15,14 @@ says it (retrievalinfo, the refiled list, the status "Item In at Rest"),
 journals the two in the order that leaves ALEPH right, and the relay sends
 them to the NCIP simulator, a raw socket like ALEPH's NCIP port, framed as
 ALEPH's clients frame it (HTTP/1.0, NCIP 1).
+
+`demo --connections 2` runs the same with a second CaiaSoft connection, as a consortium's
+gateway has one per library: [caiasoft.law] with its own key (the one simulator accepts
+both keys and records which one each upload came with), a second source (law-print,
+caiasoft = "law") given a few files of its own, and a second NCIP server ([ncip.law], its
+feed reading the LAW collection with law's key), its own NCIP simulator. It ends by saying,
+per connection, what CaiaSoft received under that connection's key, what its NCIP server
+received, and where to look.
 """
 
 from __future__ import annotations
@@ -35,7 +43,9 @@ import urllib.request
 from email.message import EmailMessage
 from importlib import resources
 from pathlib import Path
+from typing import Self
 
+from gateway.config.settings import DEFAULT_CONNECTION
 from gateway.core.states import FileState, Verdict
 from gateway.simulators.caiasoft import CaiaSoftSimulator
 from gateway.simulators.ncip import NcipSimulator
@@ -51,6 +61,10 @@ WAIT_SECONDS = 60.0
 ALERT_WAIT_SECONDS = 10.0
 PAGE_WAIT_SECONDS = 10.0
 HIT_ROW = '<tr class="hit">'  # one request file that carried the item, on the staff page's /find
+SECOND = "law"  # `demo --connections 2`: the second connection, [caiasoft.law] and [ncip.law]
+SECOND_SOURCE = "law-print"
+SECOND_COLLECTION = "LAW"
+SECOND_NCIP_BARCODE = "31234005550001"  # retrieved and refiled in LAW: through law's feed to law's NCIP server
 
 
 def samples_folder() -> Path:
@@ -66,6 +80,13 @@ def sample_files() -> list[tuple[str, bytes]]:
         for entry in samples_folder().iterdir()
         if entry.is_file() and not entry.name.endswith((".md", ".py")) and not entry.name.startswith(("_", "."))
     )
+
+
+def second_files() -> list[tuple[str, bytes]]:
+    """What ALEPH prints for the law library (`demo --connections 2`): a paging list and a hold-request slip."""
+    slip = (samples_folder() / "hold-request-slip-0002.xml").read_bytes()
+    paging = f"{SECOND_NCIP_BARCODE}\n31234005550002\n31234005550003\n".encode()
+    return [("law.cir.12.paging_barcode", paging), ("law-hold-request-slip.xml", slip)]
 
 
 def write_config(
@@ -139,17 +160,17 @@ def _wait_until_done(database: Path, expected: int, child: subprocess.Popen[byte
     return counts
 
 
-def run_demo(keep: bool = False) -> int:
-    """Run the demo in a temp folder; remove the folder at the end unless keep."""
+def run_demo(keep: bool = False, connections: int = 1) -> int:
+    """Run the demo in a temp folder; remove the folder at the end unless keep. connections: 1 or 2."""
     root = Path(tempfile.mkdtemp(prefix="caiasoft-gateway-demo-"))
     try:
-        return _demo(root, keep)
+        return _demo(root, keep, connections)
     finally:
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def _demo(root: Path, keep: bool) -> int:
+def _demo(root: Path, keep: bool, connections: int = 1) -> int:
     key = "demo-" + os.urandom(8).hex()
     simulator = CaiaSoftSimulator(key=key, deny={DENIED_BARCODE: "Invalid Stop Code"}).start()
     mail = MailCatcher().start()  # the alerts go here instead of to a real mail server
@@ -157,9 +178,8 @@ def _demo(root: Path, keep: bool) -> int:
     metrics_port = _free_port()
     web_port = _free_port()
     today = dt.date.today().strftime("%Y%m%d")  # what CaiaSoft's status feed endpoints will answer
-    simulator.retrievals[(today, FEED_COLLECTION)] = [{"barcode": NCIP_BARCODE, "request_id": "TN4561"}]
-    simulator.status_lists[("refiled", today, FEED_COLLECTION)] = [NCIP_BARCODE]
-    simulator.item_statuses[NCIP_BARCODE] = NCIP_STATUS
+    _retrieve_and_refile(simulator, today, FEED_COLLECTION, NCIP_BARCODE, "TN4561")
+    second = _Second(root).start(simulator, today) if connections > 1 else None
     # garbled-slip.xml stops mid-document, as if ALEPH had paused: it waits this long unchanged, then is refused.
     config = write_config(
         root,
@@ -168,12 +188,14 @@ def _demo(root: Path, keep: bool) -> int:
         extra="incomplete_grace_seconds = 2\n"
         + _monitoring(mail.port, metrics_port)
         + _relay(ncip.url, root / "ncip.jsonl")
-        + f'\n[web]\nlisten = "127.0.0.1:{web_port}"\n',
+        + f'\n[web]\nlisten = "127.0.0.1:{web_port}"\n'
+        + (second.config(simulator.url) if second else ""),
     )
     print(
-        f"demo folder:         {root}\nCaiaSoft simulator:  {simulator.url}\n"
+        f"demo folder:         {root}\nCaiaSoft simulator:  {simulator.url}{second.keys if second else ''}\n"
         f"NCIP simulator:      {ncip.url} (ALEPH's NCIP port: HTTP/1.0 framing on a raw socket, NCIP 1)\n"
-        f"mail catcher:        smtp://127.0.0.1:{mail.port} (stands in for the host's MTA)\n"
+        + (second.banner if second else "")
+        + f"mail catcher:        smtp://127.0.0.1:{mail.port} (stands in for the host's MTA)\n"
         f"metrics:             http://127.0.0.1:{metrics_port}/metrics\n"
         f"staff page:          http://127.0.0.1:{web_port}/ (caiasoft-gateway web, read-only)\n"
     )
@@ -190,36 +212,144 @@ def _demo(root: Path, keep: bool) -> int:
         files = sample_files()
         files.append(("shelf-report.txt", b"Shelf report for Annex room 2\nAll trays checked on 28 Nov.\n"))
         files.append(("garbled-slip.xml", b'## - XML_XSL\n<?xml version="1.0"?>\n<printout><section-01>'))
-        for name, data in files:
-            print(f"ALEPH writes        {name}")
-            _write_like_aleph(folder / name, data)
+        writes = [(folder, name, data) for name, data in files] + (second.writes() if second else [])
+        _write_files(root, writes, named=second is not None)
         print(f"CaiaSoft            retrieved {NCIP_BARCODE} and refiled it today; its status now: {NCIP_STATUS!r}")
-        counts = _wait_until_done(root / "state" / "gateway.db", len(files), child)
+        if second:
+            print(f"CaiaSoft            retrieved {SECOND_NCIP_BARCODE} ({SECOND_COLLECTION}) and refiled it today")
+        counts = _wait_until_done(root / "state" / "gateway.db", len(writes), child)
         _wait_for_mail(mail, 2)
         _wait_for_ncip(ncip, 2)
+        if second:
+            _wait_for_ncip(second.ncip, 2)
         figures = _scrape(metrics_port)
         seen = _ask_staff_page(web_port)
     finally:
-        for process in (page, child):
-            process.send_signal(signal.SIGTERM)
-        for process in (page, child):
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        simulator.stop()
-        mail.stop()
-        ncip.stop()
+        _stop([page, child], [simulator, mail, ncip, *([second.ncip] if second else [])])
     print(
         f"\nCaiaSoft received {len(simulator.received)} upload(s); "
         f"{counts.get(FileState.ARCHIVED, 0)} archived, {counts.get(FileState.REFUSED, 0)} refused.\n"
     )
+    apart = second.show_connections(simulator, ncip) if second else True
     _show_monitoring(mail, figures, metrics_port)
     relayed = _show_ncip(ncip)
+    if second:
+        relayed = second.show_ncip() and relayed
     _show_staff_page(web_port, seen)
     _show(root, keep, web_port)
-    finished = counts.get(FileState.ARCHIVED, 0) + counts.get(FileState.REFUSED, 0) == len(files)
-    return 0 if finished and relayed and all(code == 200 for code, _ in seen.values()) else 1
+    finished = counts.get(FileState.ARCHIVED, 0) + counts.get(FileState.REFUSED, 0) == len(writes)
+    return 0 if finished and relayed and apart and all(code == 200 for code, _ in seen.values()) else 1
+
+
+def _write_files(root: Path, writes: list[tuple[Path, str, bytes]], named: bool) -> None:
+    """Write each file into its folder as ALEPH would; named: say which folder (there are two sources)."""
+    for where, name, data in writes:
+        print(f"ALEPH writes        {name}" + (f"  (into {where.relative_to(root)})" if named else ""))
+        _write_like_aleph(where / name, data)
+
+
+def _stop(
+    processes: list[subprocess.Popen[bytes]], servers: list[CaiaSoftSimulator | MailCatcher | NcipSimulator]
+) -> None:
+    """Stop the gateway's processes (SIGTERM, then kill after 30 s), then the simulators."""
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    for server in servers:
+        server.stop()
+
+
+def _retrieve_and_refile(simulator: CaiaSoftSimulator, day: str, collection: str, barcode: str, request: str) -> None:
+    """CaiaSoft's status feed, as the simulator will answer it: the item retrieved and refiled on day, now in."""
+    simulator.retrievals[(day, collection)] = [{"barcode": barcode, "request_id": request}]
+    simulator.status_lists[("refiled", day, collection)] = [barcode]
+    simulator.item_statuses[barcode] = NCIP_STATUS
+
+
+class _Second:
+    """`demo --connections 2`: the law library's connection beside the default one.
+
+    [caiasoft.law] is a second key on the one CaiaSoft simulator (one facility, a key per
+    library), law-print a second source that names it, [ncip.law] a second NCIP simulator
+    (the law library's ALEPH) whose feed reads the LAW collection with law's key.
+    """
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.key = "demo-" + os.urandom(8).hex()
+        self.ncip = NcipSimulator(transport="tcp", track_loans=True)
+        self.folder = root / "aleph" / SECOND_SOURCE
+
+    def start(self, simulator: CaiaSoftSimulator, today: str) -> Self:
+        """Have the simulator accept law's key and answer LAW's status feed; start law's NCIP simulator."""
+        simulator.keys[SECOND] = self.key
+        _retrieve_and_refile(simulator, today, SECOND_COLLECTION, SECOND_NCIP_BARCODE, "TN4562")
+        self.ncip.start()
+        return self
+
+    @property
+    def keys(self) -> str:
+        return f" (two keys: {DEFAULT_CONNECTION} and {SECOND}, a connection each)"
+
+    @property
+    def banner(self) -> str:
+        return f"NCIP simulator:      {self.ncip.url} ([ncip.{SECOND}], the law library's ALEPH)\n"
+
+    def config(self, base_url: str) -> str:
+        """[caiasoft.law] with its own key file, the law-print source that names it, and [ncip.law] with its feed."""
+        key_file = self.root / f"api-key-{SECOND}"
+        key_file.write_text(self.key + "\n")
+        key_file.chmod(0o600)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return f"""
+[caiasoft.{SECOND}]
+base_url = "{base_url}"
+api_key_file = "{key_file}"
+backoff_initial_seconds = 0.2
+
+[[sources]]
+name = "{SECOND_SOURCE}"
+path = "{self.folder}"
+settle_seconds = 0.5
+caiasoft = "{SECOND}"
+""" + _relay(self.ncip.url, self.root / f"ncip-{SECOND}.jsonl", f"ncip.{SECOND}", SECOND_COLLECTION)
+
+    def writes(self) -> list[tuple[Path, str, bytes]]:
+        return [(self.folder, name, data) for name, data in second_files()]
+
+    def show_ncip(self) -> bool:
+        return _show_ncip(self.ncip, SECOND_NCIP_BARCODE, f"[ncip.{SECOND}]'s NCIP port (simulated)")
+
+    def show_connections(self, simulator: CaiaSoftSimulator, ncip: NcipSimulator) -> bool:
+        """Per connection: what CaiaSoft received under its key, what its NCIP server received, where to look.
+
+        True if law's uploads were law-print's files, each once, and none of them came under the default's key.
+        """
+        config = self.root / "gateway.toml"
+        print("Per connection (one CaiaSoft simulator with a key for each; an NCIP server each):")
+        shown = (
+            (DEFAULT_CONNECTION, "caiasoft", "print", ncip),
+            (SECOND, f"caiasoft.{SECOND}", SECOND_SOURCE, self.ncip),
+        )
+        for name, table, source, server in shown:
+            received = [item.name or "?" for item in simulator.received_by(name)]
+            print(
+                f"  {name}  [{table}], source {source} (aleph/{source}):\n"
+                f"    CaiaSoft received {len(received)} upload(s) under {name}'s key: {', '.join(sorted(received))}\n"
+                f"    its NCIP server {server.url} received {len(server.received)} message(s)"
+            )
+        print(
+            f"  where to look (demo --keep keeps the folder): caiasoft-gateway -c {config} status (per connection),\n"
+            "  each sidecar's \"connection\", the log lines' connection field, find (which connection sent an item)"
+        )
+        own = sorted(name for name, _ in second_files())
+        law = sorted(item.name or "?" for item in simulator.received_by(SECOND))
+        default = {item.name for item in simulator.received_by(DEFAULT_CONNECTION)}
+        return law == own and bool(default) and not default & set(own)
 
 
 def _ask_staff_page(port: int) -> dict[str, tuple[int, str]]:
@@ -261,10 +391,10 @@ def _show_staff_page(port: int, seen: dict[str, tuple[int, str]]) -> None:
     print()
 
 
-def _relay(url: str, journal: Path) -> str:
-    """[ncip] to the NCIP simulator, for the demo's config."""
+def _relay(url: str, journal: Path, table: str = "ncip", collection: str = FEED_COLLECTION) -> str:
+    """[ncip] (or [ncip.NAME]) to an NCIP simulator, with its feed of the collection, for the demo's config."""
     return f"""
-[ncip]
+[{table}]
 url = "{url}"
 from_agency = "CAIA"
 to_agency = "ALEPH"
@@ -273,8 +403,8 @@ user_id = "CAIASOFT"
 journal = "{journal}"
 backoff_initial_seconds = 0.2
 
-[ncip.feed]
-collection = "{FEED_COLLECTION}"
+[{table}.feed]
+collection = "{collection}"
 lookback_days = 0
 """
 
@@ -285,17 +415,17 @@ def _wait_for_ncip(ncip: NcipSimulator, count: int) -> None:
         time.sleep(0.1)
 
 
-def _show_ncip(ncip: NcipSimulator) -> bool:
+def _show_ncip(ncip: NcipSimulator, barcode: str = NCIP_BARCODE, title: str = "ALEPH's NCIP port (simulated)") -> bool:
     """What ALEPH's NCIP port received, and where the item ended; True if it ended checked in."""
-    print(f"\nALEPH's NCIP port (simulated) received {len(ncip.received)} message(s):")
+    print(f"\n{title} received {len(ncip.received)} message(s):")
     for message in ncip.received:
         framing = f'"{message.head.splitlines()[0].decode("latin-1")}" + headers' if message.head else "bare"
         print(
             f"  {message.action} {message.item}  (NCIP {message.version}, {framing})"
             + (f", user {message.user}" if message.user else "")
         )
-    on_loan = NCIP_BARCODE in ncip.loans
-    print(f"  {NCIP_BARCODE} ends {'on loan' if on_loan else 'checked in'} in ALEPH\n")
+    on_loan = barcode in ncip.loans
+    print(f"  {barcode} ends {'on loan' if on_loan else 'checked in'} in ALEPH\n")
     return len(ncip.received) == 2 and not on_loan
 
 

@@ -141,10 +141,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo = commands.add_parser("demo", help="a self-contained run with the simulator and sample files")
     demo.add_argument("--keep", action="store_true", help="keep the demo folder to look around (else it is removed)")
+    demo.add_argument(
+        "--connections",
+        type=int,
+        choices=[1, 2],
+        default=1,
+        help="2: a second CaiaSoft connection ([caiasoft.law], its own key on the simulator), a source that "
+        "names it and a second NCIP server ([ncip.law]); the summary says what each connection sent",
+    )
     simulate = commands.add_parser("simulate", help="run a simulator on loopback for dry runs")
     simulate.add_argument("system", choices=["caiasoft", "ncip"])
     simulate.add_argument("--port", type=int, default=8800)
-    simulate.add_argument("--key", default=None, help="API key the simulator accepts (default: printed)")
+    simulate.add_argument(
+        "--key",
+        action="append",
+        default=[],
+        metavar="[NAME=]KEY",
+        help="caiasoft: an API key the simulator accepts (default: made up and printed). Repeat it as NAME=KEY "
+        "to serve several collections, as a consortium's [caiasoft.NAME] connections: each upload is recorded "
+        "under the NAME of its key, any other key gets 401; a key without NAME= is the default collection's "
+        "(so is default=KEY: the way to give a key that holds '=')",
+    )
     simulate.add_argument(
         "--deny", action="append", default=[], metavar="BARCODE=STATUS", help="deny this barcode with this istatus"
     )
@@ -729,23 +746,68 @@ def cmd_journal(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.cli.demo import run_demo
 
-    return run_demo(keep=args.keep)
+    return run_demo(keep=args.keep, connections=args.connections)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     if args.system == "ncip":
         return _simulate_ncip(args)
-    from gateway.simulators.caiasoft import CaiaSoftSimulator
+    from gateway.simulators.caiasoft import DEFAULT_COLLECTION, CaiaSoftSimulator
 
-    key = args.key or os.environ.get("CAIASOFT_SIMULATOR_KEY") or "sim-" + os.urandom(8).hex()
+    try:
+        named = _simulator_keys(args.key)
+    except ValueError as problem:
+        print(f"simulate caiasoft: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    key = named.pop(DEFAULT_COLLECTION, None)
+    if key is None and not named:
+        key = os.environ.get("CAIASOFT_SIMULATOR_KEY") or "sim-" + os.urandom(8).hex()
     deny = dict(item.split("=", 1) if "=" in item else (item, "Invalid Stop Code") for item in args.deny)
-    simulator = CaiaSoftSimulator(key=key, port=args.port, deny=deny, delay=args.delay, receipts=args.receipts)
+    simulator = CaiaSoftSimulator(
+        key=key, port=args.port, deny=deny, delay=args.delay, receipts=args.receipts, keys=named
+    )
     simulator.queue_faults(*args.fault)
+    if not named:
+        return _serve(
+            simulator,
+            f"CaiaSoft simulator on {simulator.url}\n  API key: {key}\n"
+            f'  set caiasoft.base_url = "{simulator.url}" and put the key in your api_key_file.',
+        )
+    accepted = ({DEFAULT_COLLECTION: key} if key is not None else {}) | named
+    lines = "".join(f"\n  collection {name}: key {_masked(value)}" for name, value in accepted.items())
     return _serve(
         simulator,
-        f"CaiaSoft simulator on {simulator.url}\n  API key: {key}\n"
-        f'  set caiasoft.base_url = "{simulator.url}" and put the key in your api_key_file.',
+        f"CaiaSoft simulator on {simulator.url}\n  {len(accepted)} keys, each upload recorded under its key's "
+        f"collection:{lines}\n"
+        f'  set base_url = "{simulator.url}" in [caiasoft] and each [caiasoft.NAME], each with its own key.',
     )
+
+
+def _simulator_keys(given: list[str]) -> dict[str, str]:
+    """`simulate caiasoft --key` values as {collection: key}: NAME=KEY, or KEY alone for the default collection.
+
+    A value is NAME=KEY when NAME is a name (letters, digits, '-', '_') and KEY is not empty and
+    does not start with '=' (so a base64 key's padding, "abc==", stays one key).
+    """
+    from gateway.simulators.caiasoft import DEFAULT_COLLECTION
+
+    keys: dict[str, str] = {}
+    for value in given:
+        name, separator, key = value.partition("=")
+        word = name.replace("-", "").replace("_", "")
+        if not (separator and word.isascii() and word.isalnum() and key and not key.startswith("=")):
+            name, key = DEFAULT_COLLECTION, value
+        if name in keys:
+            raise ValueError(f"two keys for the collection {name!r}: give each collection one --key NAME=KEY")
+        if key in keys.values():
+            raise ValueError(f"collection {name!r} has the same key as another: each needs its own")
+        keys[name] = key
+    return keys
+
+
+def _masked(key: str) -> str:
+    """A key as the simulator prints it when it has several: its first four characters, never the whole."""
+    return f"{key[:4]}... ({len(key)} characters)" if len(key) > 8 else f"... ({len(key)} characters)"
 
 
 def _simulate_ncip(args: argparse.Namespace) -> int:

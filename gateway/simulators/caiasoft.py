@@ -9,6 +9,18 @@ anything else gets success: false, as CaiaSoft answers for an unregistered
 format. Every upload's bytes are kept in .received, so tests can check that a
 file arrived unaltered.
 
+Several keys, as a consortium's CaiaSoft connections ([caiasoft.NAME]) have one each:
+keys={"law": "KEY-2", ...} accepts each named key besides key (the "default" collection's;
+key=None accepts the named keys alone) and records under which name each upload came
+(.received[i].collection, received_by(name)); any other key gets 401, as with one key.
+The retrieved/refiled lists and retrievalinfo answer per collection as they always did:
+the collection is in their URL, and status_lists and retrievals are keyed by it, whichever
+accepted key asks; itemstatus answers from every upload. From the command line:
+`caiasoft-gateway simulate caiasoft --key KEY1 --key law=KEY2` (a --key without NAME=, or
+default=KEY, is the default collection's). The simulator never logs a key; its banner
+prints named keys shortened (a lone key is printed whole, as before: that is how one
+learns the key it made up).
+
 Faults are scripted per request: queue_faults("503", "429:2", "drop", "slow:5", "hang").
 """
 
@@ -31,6 +43,7 @@ import defusedxml.ElementTree as SafeET
 from gateway.simulators import LoopbackServer
 
 DEFAULT_KEY = "sim-key-0000"
+DEFAULT_COLLECTION = "default"  # the collection of the simulator's key (key=), as [caiasoft] is the gateway's
 BARCODE = re.compile(r"^[A-Za-z0-9-]{4,32}$")
 STOPS = [
     {"stop_code": "MAIN", "description": "Main Library circulation desk"},
@@ -48,6 +61,7 @@ class Received:
     form: dict[str, str]
     answered: int | None
     at: float = dataclasses.field(default_factory=time.time)
+    collection: str = DEFAULT_COLLECTION  # the name of the key it came with
 
 
 class CaiaSoftSimulator(LoopbackServer):
@@ -57,16 +71,18 @@ class CaiaSoftSimulator(LoopbackServer):
 
     def __init__(
         self,
-        key: str = DEFAULT_KEY,
+        key: str | None = DEFAULT_KEY,
         host: str = "127.0.0.1",
         port: int = 0,
         upload_field: str = "file",
         deny: dict[str, str] | None = None,
         delay: float = 0.0,
         receipts: Path | None = None,
+        keys: dict[str, str] | None = None,
     ):
         super().__init__(host, port, _handler_for(self))
-        self.key = key
+        self.key = key  # the default collection's key; None: only the named keys are accepted
+        self.keys = dict(keys or {})  # collection name -> its key, besides key (tests may change one: rotated)
         self.upload_field = upload_field
         self.deny = dict(deny or {})
         self.delay = delay
@@ -97,9 +113,25 @@ class CaiaSoftSimulator(LoopbackServer):
         if self.receipts:
             self.receipts.close()
 
+    def collection_of(self, key: str | None) -> str | None:
+        """The collection whose key this is, None if no accepted key (the default's first, as it was alone)."""
+        if key is None:
+            return None
+        if self.key is not None and key == self.key:
+            return DEFAULT_COLLECTION
+        return next((name for name, known in self.keys.items() if known == key), None)
+
+    def received_by(self, collection: str) -> list[Received]:
+        """The uploads that came with the named collection's key, in the order received."""
+        with self._changed:
+            return [item for item in self.received if item.collection == collection]
+
     def _recorded(self, item: Received) -> None:
         if self.receipts:  # one JSON line per upload, for dry runs and benchmarks
-            self.receipts.write(json.dumps({"at": item.at, "name": item.name, "bytes": len(item.data)}) + "\n")
+            line: dict[str, Any] = {"at": item.at, "name": item.name, "bytes": len(item.data)}
+            if self.keys:  # only with several keys, so a one-key simulator writes the lines it always wrote
+                line["collection"] = item.collection
+            self.receipts.write(json.dumps(line) + "\n")
 
     # -- what CaiaSoft would answer ------------------------------------------
 
@@ -195,11 +227,12 @@ def _handler_for(sim: CaiaSoftSimulator) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(body)
 
-        def _authorised(self) -> bool:
-            if self.headers.get("X-API-Key") == sim.key:
-                return True
-            self._json(401, {"success": False, "error": "Invalid API key"})
-            return False
+        def _authorised(self) -> str | None:
+            """The collection of the request's key; None (answered 401) if the key is not one of the simulator's."""
+            collection = sim.collection_of(self.headers.get("X-API-Key"))
+            if collection is None:
+                self._json(401, {"success": False, "error": "Invalid API key"})
+            return collection
 
         def _apply_fault(self) -> bool:
             """Act out a scripted fault; return True if the request was answered (or dropped) by it."""
@@ -227,7 +260,7 @@ def _handler_for(sim: CaiaSoftSimulator) -> type[BaseHTTPRequestHandler]:
             return True
 
         def do_GET(self) -> None:
-            if not self._authorised() or self._apply_fault():
+            if self._authorised() is None or self._apply_fault():
                 return
             if self.path.rstrip("/") == "/api/circstoplist/v1/ACTIVE":
                 self._json(200, {"success": True, "error": "", "count": str(len(STOPS)), "stops": STOPS})
@@ -291,7 +324,8 @@ def _handler_for(sim: CaiaSoftSimulator) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length)
-            if not self._authorised():
+            collection = self._authorised()
+            if collection is None:
                 return
             if self.path.rstrip("/") != "/api/requestfile/v1":
                 self._json(404, {"success": False, "error": f"Unknown endpoint {self.path}"})
@@ -306,7 +340,7 @@ def _handler_for(sim: CaiaSoftSimulator) -> type[BaseHTTPRequestHandler]:
             receipt = None
             if files:  # recorded on receipt: a dropped or hung answer still means CaiaSoft may have the file
                 _, filename, data = files[0]
-                receipt = Received(filename, sim.upload_field, data, form, answered=None)
+                receipt = Received(filename, sim.upload_field, data, form, answered=None, collection=collection)
                 sim.record(receipt)
             if self._apply_fault():
                 return
