@@ -28,12 +28,14 @@ def status(config_file: Path) -> dict:
 
 
 def archived(root: Path) -> dict[str, dict]:
-    """Archived file name -> its sidecar."""
-    return {
-        path.name: json.loads(path.with_name(path.name + ".json").read_text())
-        for path in (root / "archive").rglob("*")
-        if path.is_file() and not path.name.endswith(".json")
-    }
+    """Archived file name -> its sidecar, for the files placed with their sidecar (a file is linked into the
+    archive a moment before its sidecar is written)."""
+    found = {}
+    for path in (root / "archive").rglob("*"):
+        sidecar = path.with_name(path.name + ".json")
+        if path.is_file() and not path.name.endswith(".json") and sidecar.exists():
+            found[path.name] = json.loads(sidecar.read_text())
+    return found
 
 
 def log_events(root: Path, event: str) -> list[dict]:
