@@ -28,12 +28,12 @@ def status(config_file: Path) -> dict:
 
 
 def archived(root: Path) -> dict[str, dict]:
-    """Archived file name -> its sidecar, for the files placed with their sidecar (a file is linked into the
-    archive a moment before its sidecar is written)."""
+    """Archived file name -> its sidecar, for the files whose sidecar is written (the name is reserved by an empty
+    sidecar before the file is placed; the sidecar's content replaces it whole once it is)."""
     found = {}
     for path in (root / "archive").rglob("*"):
         sidecar = path.with_name(path.name + ".json")
-        if path.is_file() and not path.name.endswith(".json") and sidecar.exists():
+        if path.is_file() and not path.name.endswith(".json") and sidecar.exists() and sidecar.stat().st_size:
             found[path.name] = json.loads(sidecar.read_text())
     return found
 
