@@ -105,6 +105,12 @@ def _parser() -> argparse.ArgumentParser:
     journal.add_argument("--user", help="user id, instead of the stop's")
     journal.add_argument("--request-id", dest="request_id")
     journal.add_argument("--id", dest="entry_id", help="an id of your own, kept in logs and dead letters")
+    journal.add_argument(
+        "--ncip",
+        metavar="NAME",
+        default="default",
+        help="the NCIP server whose journal is written: NAME of an [ncip.NAME] table (default: [ncip]'s)",
+    )
     find = commands.add_parser("find", help="which request files carried this item (newest first)")
     find.add_argument("barcode", metavar="BARCODE", help="the item's barcode (z30-barcode)")
     find.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -707,6 +713,15 @@ def cmd_journal(args: argparse.Namespace) -> int:
     if config.ncip is None:
         print(f"caiasoft-gateway journal: {config.file} has no [ncip] section, so there is no journal", file=sys.stderr)
         return EXIT_CONFIG
+    server = next((server for server in config.ncip_servers if server.name == args.ncip), None)
+    if server is None:
+        print(
+            f"caiasoft-gateway journal: {config.file} has no NCIP server {printable(args.ncip)!r} (no "
+            f"[ncip.{printable(args.ncip)}] table); its NCIP servers are: "
+            f"{', '.join(f'{known.name} ([{known.table}])' for known in config.ncip_servers)}",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
 
     def text(value: str | None) -> str | None:  # `read b` from a CRLF file keeps the CR: not part of a barcode
         return journal.trimmed(value) if value is not None else None
@@ -720,7 +735,7 @@ def cmd_journal(args: argparse.Namespace) -> int:
         id=text(args.entry_id),
     )
     try:
-        journal.append(config.ncip.journal, entry)
+        journal.append(server.journal, entry)
     except ValueError as error:
         print(f"caiasoft-gateway journal: {error}", file=sys.stderr)
         return EXIT_CONFIG
@@ -734,12 +749,12 @@ def cmd_journal(args: argparse.Namespace) -> int:
             else ""
         )
         print(
-            f"caiasoft-gateway journal: cannot append to {_shown(str(config.ncip.journal))}: "
+            f"caiasoft-gateway journal: cannot append to {_shown(str(server.journal))}: "
             f"{error.strerror or error}{hint}",
             file=sys.stderr,
         )
         return EXIT_FAILURE
-    print(f"{args.action} {args.item} appended to {config.ncip.journal}")
+    print(f"{args.action} {args.item} appended to {server.journal}")
     return EXIT_OK
 
 

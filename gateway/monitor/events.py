@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gateway.config.settings import DEFAULT_CONNECTION
 from gateway.core.states import NcipOutcome
 
 if TYPE_CHECKING:
@@ -39,11 +40,16 @@ class Events:
         entry: dict[str, Any] | None,
         reason: str | None = None,
         dead_letters: Path | None = None,
+        connection: str = DEFAULT_CONNECTION,
     ) -> None:
-        """A journal entry is finished: done, already, or a dead letter (with where it was kept)."""
+        """A journal entry of that NCIP server is finished: done, already, or a dead letter (with where it was
+        kept)."""
 
-    def status_unknown(self, barcode: str, status: str, day: str, collection: str) -> None:
-        """The status feed met an item status it does not know: the item's retrieval and refile of day wait."""
+    def status_unknown(
+        self, barcode: str, status: str, day: str, collection: str, connection: str = DEFAULT_CONNECTION
+    ) -> None:
+        """The status feed of that NCIP server met an item status it does not know: the item's retrieval and
+        refile of day wait."""
 
 
 NO_EVENTS = Events()

@@ -26,6 +26,11 @@ What fails for one item alone (its itemstatus answered with a failure, its
 retrievalinfo item unreadable) holds back that item the same way, named in the
 log and status; the other items go on.
 
+Each NCIP server with a feed ([ncip.feed], [ncip.NAME.feed]) has a feed of its own (worker ncip-feed,
+ncip-feed-NAME), reading its own CaiaSoft connection (feed.caiasoft) and appending to its own server's
+journal; what it has journaled is remembered per server (gateway/state/checkpoints.py), because two
+libraries may share a barcode. Its log lines carry connection=NAME (gateway.ncip.servers).
+
 A barcode is remembered in the ledger after its entry is appended, so a crash in
 between journals it twice at most (and a repeated check-out or check-in counts as
 already done). Any failed call, any HTTP 200 with success false (a wrong
@@ -51,6 +56,7 @@ from gateway.core.worker import Worker
 from gateway.monitor.events import NO_EVENTS, Events
 from gateway.ncip import journal
 from gateway.ncip.journal import JournalEntry
+from gateway.ncip.servers import ServerLog, told, worker_name
 from gateway.state.ledger import Ledger
 from gateway.upload.caiasoft import CaiaSoftClient, about_every_call
 
@@ -146,9 +152,12 @@ def classify(status: str, settings: FeedSettings) -> str | None:
 
 class Feed(Worker):
     def __init__(self, settings: Ncip, client: CaiaSoftClient, ledger: Ledger, events: Events = NO_EVENTS):
-        super().__init__(name="ncip-feed")
+        super().__init__(name=worker_name("ncip-feed", settings.name))
         assert settings.feed is not None, "the feed runs only with [ncip.feed]"
         self.settings = settings
+        self.connection = settings.name  # the NCIP server it journals for
+        self.table = f"[{settings.table}.feed]"  # its settings' table, for messages: [ncip.feed], [ncip.NAME.feed]
+        self.log = ServerLog(log, settings.name)
         self.feed: FeedSettings = settings.feed
         self.client = client
         self.ledger = ledger
@@ -165,10 +174,10 @@ class Feed(Worker):
             added = self.poll(dt.date.today())
             self.problem = self.held_problem()
             if added:
-                log.info("feed.journaled", entries=added, collection=self.feed.collection)
+                self.log.info("feed.journaled", entries=added, collection=self.feed.collection)
         except GatewayError as error:
             self.problem = str(error)
-            log.error("feed.failed", reason=str(error), retry_in=self.feed.interval_seconds)
+            self.log.error("feed.failed", reason=str(error), retry_in=self.feed.interval_seconds)
         self.rest(self.feed.interval_seconds)
 
     def held_problem(self) -> str | None:
@@ -221,12 +230,12 @@ class Feed(Worker):
                 raise  # CaiaSoft unreachable, overloaded or refusing the key: the whole read is tried again
             # not there, or not taking this path (404, 400, success false): the lists are read without it
             self._without_retrievalinfo = True
-            log.warning(
+            self.log.warning(
                 "feed.no_retrievalinfo",
                 reason=str(error),
                 path=self.feed.retrievalinfo_path,
                 detail="check-outs are journaled in the order of the retrieved list, without request ids "
-                "or retrieval types, until the service is reloaded; check [ncip.feed] "
+                f"or retrieval types, until the service is reloaded; check {self.table} "
                 "retrievalinfo_path",
             )
             return {}
@@ -238,7 +247,7 @@ class Feed(Worker):
                 found.append(retrieval(item, what))
             except ApiError as error:
                 barcode = _text(item, BARCODE) if isinstance(item, dict) else None
-                log.error(
+                self.log.error(
                     "feed.item_unreadable",
                     reason=str(error),
                     item=barcode,
@@ -268,7 +277,7 @@ class Feed(Worker):
         for day in days:
             added += self._day(day, held)
         self.held = held
-        self.ledger.ncip.forget_feed_before(days[0])  # days no read covers any more: the memory stays small
+        self.ledger.ncip.forget_feed_before(days[0], self.connection)  # days no read covers any more: it stays small
         self.uncarried = {key: reason for key, reason in self.uncarried.items() if key[0] >= days[0]}
         return added
 
@@ -287,7 +296,7 @@ class Feed(Worker):
             new = {
                 kind
                 for kind, listed in (("retrieved", out), ("refiled", back_in))
-                if barcode in listed and not self.ledger.ncip.feed_seen(kind, barcode, day)
+                if barcode in listed and not self.ledger.ncip.feed_seen(kind, barcode, day, self.connection)
             }
             if not new or (day, barcode) in held:
                 continue
@@ -323,7 +332,7 @@ class Feed(Worker):
             if about_every_call(error):
                 raise  # CaiaSoft unreachable, overloaded or refusing the key: the whole read is tried again
             held[(day, barcode)] = str(error)
-            log.error(
+            self.log.error(
                 "feed.status_failed",
                 item=barcode,
                 day=day,
@@ -334,25 +343,25 @@ class Feed(Worker):
 
     def _unknown(self, barcode: str, status: str, day: str, held: dict[tuple[str, str], str]) -> None:
         held[(day, barcode)] = (
-            f"CaiaSoft status {status!r} not known: add it to [ncip.feed] in_statuses or out_statuses"
+            f"CaiaSoft status {status!r} not known: add it to {self.table} in_statuses or out_statuses"
         )
         if (day, barcode, status) not in self._alerted:
             self._alerted.add((day, barcode, status))
-            log.error(
+            self.log.error(
                 "feed.unknown_status",
                 item=barcode,
                 status=status,
                 day=day,
                 collection=self.feed.collection,
-                detail="neither its retrieval nor its refile is journaled: add the status to [ncip.feed] "
+                detail=f"neither its retrieval nor its refile is journaled: add the status to {self.table} "
                 "in_statuses or out_statuses",
             )
-            self.events.status_unknown(barcode, status, day, self.feed.collection)
+            self.events.status_unknown(barcode, status, day, self.feed.collection, **told(self.connection))
 
     def _append(self, kind: str, barcode: str, day: str, fact: Retrieval | None, again: bool = False) -> None:
         if kind == "not lent":  # seen: an electronic retrieval does not lend the item
-            log.info("feed.not_checked_out", item=barcode, day=day, retrieval_type=fact.type if fact else None)
-            self.ledger.ncip.remember_feed("retrieved", barcode, day)
+            self.log.info("feed.not_checked_out", item=barcode, day=day, retrieval_type=fact.type if fact else None)
+            self.ledger.ncip.remember_feed("retrieved", barcode, day, self.connection)
             return
         entry_id = f"feed-{kind}-{day}-{barcode}" + ("-again" if again else "")
         if kind == "retrieved":
@@ -363,7 +372,7 @@ class Feed(Worker):
             journal.append(self.settings.journal, entry)
         except ValueError as error:  # a barcode no NCIP message can carry: never journaled, named in status
             self.uncarried[(day, barcode)] = str(error)
-            log.error(
+            self.log.error(
                 "feed.entry_refused",
                 item=barcode,
                 day=day,
@@ -371,4 +380,4 @@ class Feed(Worker):
                 reason=str(error),
                 detail="CaiaSoft listed a barcode that cannot be relayed; the other items go on",
             )
-        self.ledger.ncip.remember_feed(kind, barcode, day)
+        self.ledger.ncip.remember_feed(kind, barcode, day, self.connection)

@@ -4,7 +4,16 @@ For each complete line: build the message, send it (gateway.ncip.transport),
 read the answer (gateway.ncip.answers), act, and only then move the checkpoint
 past the line: state_dir/ncip-checkpoint, which the ledger hands out
 (gateway/state/checkpoints.py), durable (pwrite + fdatasync) before the next entry is
-sent, so an answered entry is never sent again after kill -9. Outcomes:
+sent, so an answered entry is never sent again after kill -9.
+
+Each NCIP server ([ncip], named "default", and each [ncip.NAME]) has a relay of its own, with its own
+journal, checkpoint file (ncip-checkpoint-NAME for [ncip.NAME]), backoff and dead letters: one server
+down waits on its own entries only. Its worker is ncip-relay (ncip-relay-NAME), its log lines carry
+connection=NAME (gateway.ncip.servers). Dead letters of [ncip] go to error_dir/ncip/YYYY-MM-DD.jsonl as
+ever, those of [ncip.NAME] to error_dir/ncip/NAME/YYYY-MM-DD.jsonl: each relay counts only its own folder's
+files (status shows each server's count), and no two relays append to one file. Every record carries
+"connection": NAME ("default" for [ncip]), so a record read or copied alone still says which server
+refused it. Outcomes:
   no Problem, or a Problem that means "already done"    done
   a temporary Problem, no answer (unreachable, HTTP      the same entry again, after a backoff, for as
   error, timeout, too large)                             long as it takes
@@ -34,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config.loader import Ncip
+from gateway.config.settings import DEFAULT_CONNECTION
 from gateway.core import logs
 from gateway.core.backoff import Backoff
 from gateway.core.states import NcipOutcome, NcipVerdict
@@ -42,6 +52,7 @@ from gateway.monitor.events import NO_EVENTS, Events
 from gateway.ncip import answers, messages, transport
 from gateway.ncip.answers import Problem
 from gateway.ncip.journal import JournalEntry, Line, Tailer, refuse_uncarried
+from gateway.ncip.servers import ServerLog, told, worker_name
 from gateway.state.ledger import Ledger
 
 POLL_SECONDS = 0.2
@@ -111,7 +122,8 @@ def _escaped(char: str) -> str:
 
 
 class DeadLetters:
-    """error_dir/ncip/YYYY-MM-DD.jsonl: journal entries NCIP refused (or that were not valid), one line each."""
+    """FOLDER/YYYY-MM-DD.jsonl: journal entries NCIP refused (or that were not valid), one line each; FOLDER is
+    error_dir/ncip for [ncip], error_dir/ncip/NAME for [ncip.NAME] (dead_letter_folder)."""
 
     def __init__(self, folder: Path):
         self.folder = folder
@@ -136,13 +148,22 @@ class DeadLetters:
         return self._count
 
 
+def dead_letter_folder(error_dir: Path, connection: str) -> Path:
+    """Where a server's dead letters go: error_dir/ncip for [ncip] (as ever), error_dir/ncip/NAME for
+    [ncip.NAME] (a folder the default's *.jsonl never counts)."""
+    folder = error_dir / "ncip"
+    return folder if connection == DEFAULT_CONNECTION else folder / connection
+
+
 class Relay(Worker):
     def __init__(self, settings: Ncip, ledger: Ledger, error_dir: Path, events: Events = NO_EVENTS):
-        super().__init__(name="ncip-relay")
+        super().__init__(name=worker_name("ncip-relay", settings.name))
         self.settings = settings
-        self.checkpoint = ledger.ncip.journal_checkpoint()  # here, at start: a damaged file stops it (exit 2)
+        self.log = ServerLog(log, settings.name)
+        # here, at start: a damaged file stops it (exit 2)
+        self.checkpoint = ledger.ncip.journal_checkpoint(settings.name)
         self.client = NcipClient(settings)
-        self.dead_letters = DeadLetters(error_dir / "ncip")
+        self.dead_letters = DeadLetters(dead_letter_folder(error_dir, settings.name))
         self.backoff = Backoff(settings.backoff_initial_seconds, settings.backoff_max_seconds)
         self.last_success: float | None = None
         self.last_problem: str | None = None
@@ -168,11 +189,11 @@ class Relay(Worker):
 
     def begin(self) -> None:
         self.tailer = Tailer(self.settings.journal, self.checkpoint.position(), self.settings.max_line_bytes)
-        log.info(
+        self.log.info(
             "ncip.started", journal=str(self.settings.journal), server=self.settings.url, version=self.settings.version
         )
         if self.checkpoint.started_over():
-            log.warning(
+            self.log.warning(
                 "ncip.checkpoint.started_over",
                 file=str(self.checkpoint.path),
                 reason="the checkpoint file was empty: the journal is read from its start",
@@ -209,7 +230,9 @@ class Relay(Worker):
             self._failures += 1
             delay = self.backoff.delay(self._failures)
             self.last_problem = answer.reason
-            log.warning("ncip.retry", **fields, reason=answer.reason, attempt=self._failures, retry_in=round(delay, 2))
+            self.log.warning(
+                "ncip.retry", **fields, reason=answer.reason, attempt=self._failures, retry_in=round(delay, 2)
+            )
             self.rest(delay)
             return
         self._failures = 0
@@ -217,16 +240,16 @@ class Relay(Worker):
         if not (answer.verdict == NcipVerdict.REFUSED and answer.http_status == self._lettered_status):
             self._lettered_status = None  # the server answered this entry: the next is judged on its own
         if answer.verdict == NcipVerdict.REFUSED:
-            log.warning("ncip.refused", **fields, reason=answer.reason)
+            self.log.warning("ncip.refused", **fields, reason=answer.reason)
             self._dead_letter(line, answer.reason, answer)
         else:
             self.last_success = time.time()
-            log.info(
+            self.log.info(
                 "ncip.ok" if answer.verdict == NcipVerdict.DONE else "ncip.already_done",
                 **fields,
                 **({"problem": answer.reason} if answer.verdict == NcipVerdict.ALREADY else {}),
             )
-            self.events.ncip_entry(NcipOutcome(answer.verdict), line.entry.as_dict())
+            self.events.ncip_entry(NcipOutcome(answer.verdict), line.entry.as_dict(), **told(self.settings.name))
         self._commit(line)
 
     def _bounded(self, line: Line, answer: Answer, fields: dict[str, Any]) -> Answer:
@@ -254,7 +277,8 @@ class Relay(Worker):
             return Answer(
                 NcipVerdict.TEMPORARY,
                 f"{answer.reason} {why}: the NCIP server refuses messages, not "
-                "this entry (check ncip.url, a login or a proxy); the relay waits and makes no dead letter",
+                f"this entry (check {self.settings.table}.url, a login or a proxy); the relay waits and makes no "
+                "dead letter",
                 http_status=status,
                 excerpt=answer.excerpt,
             )
@@ -262,7 +286,7 @@ class Relay(Worker):
         limit = self.settings.unreadable_attempts if kind == "unreadable" else self.settings.client_error_tries
         if self._strikes < limit:
             return answer
-        log.warning(
+        self.log.warning(
             f"ncip.{kind}",
             **fields,
             reason=answer.reason,
@@ -284,11 +308,11 @@ class Relay(Worker):
     def _note_version(self, version: str | None) -> None:
         if version and version != self.settings.version and version != self._mismatch:
             self._mismatch = version
-            log.warning(
+            self.log.warning(
                 "ncip.version_mismatch",
                 configured=self.settings.version,
                 answered=version,
-                detail=f'the NCIP server answers in version {version}: set ncip.version = "{version}"',
+                detail=f'the NCIP server answers in version {version}: set {self.settings.table}.version = "{version}"',
             )
 
     def _commit(self, line: Line) -> None:
@@ -305,6 +329,7 @@ class Relay(Worker):
     def _dead_letter(self, line: Line, reason: str, answer: Answer | None) -> None:
         record: dict[str, Any] = {
             "at": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "connection": self.settings.name,
             "journal": str(self.settings.journal),
             "offset": line.start,
             "reason": reason,
@@ -319,6 +344,6 @@ class Relay(Worker):
             if answer.excerpt is not None:
                 record["answer_excerpt"] = answer.excerpt
         path = self.dead_letters.add(record)
-        self.events.ncip_entry(NcipOutcome.DEAD_LETTER, record.get("entry"), reason, path)
+        self.events.ncip_entry(NcipOutcome.DEAD_LETTER, record.get("entry"), reason, path, **told(self.settings.name))
         if line.entry is None:
-            log.warning("ncip.invalid_line", offset=line.start, reason=reason, dead_letters=str(path))
+            self.log.warning("ncip.invalid_line", offset=line.start, reason=reason, dead_letters=str(path))

@@ -1,5 +1,8 @@
 """state_dir/ncip-checkpoint: the NCIP relay's place in the journal and how many entries it finished.
 
+One file per NCIP server, each on its own: ncip-checkpoint for [ncip] (as ever), ncip-checkpoint-NAME for
+[ncip.NAME] (file_name()); everything below holds for each.
+
 The relay moves this checkpoint after each answer, before it sends the next entry,
 so writing it must be durable and cheap: one pwrite of a fixed-size record into a
 file that never changes size, then one fdatasync (no journal commit of the
@@ -42,17 +45,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.config.settings import DEFAULT_CONNECTION
 from gateway.core.errors import GatewayError
 from gateway.core.files import fsync_dir
 from gateway.core.states import NcipOutcome
 
-FILE_NAME = "ncip-checkpoint"
+FILE_NAME = "ncip-checkpoint"  # the default server's ([ncip]); [ncip.NAME]'s is file_name(NAME)
 MAGIC = b"GWNCIP01"
 SLOT_BYTES = 512
 OUTCOMES = (NcipOutcome.DONE, NcipOutcome.ALREADY, NcipOutcome.DEAD_LETTER)  # the record's order: never change it
 _RECORD = struct.Struct("<8sQBQQQI64sQQQ")
 _CRC = struct.Struct("<I")
 _HAS_POSITION = 1
+
+
+def file_name(connection: str = DEFAULT_CONNECTION) -> str:
+    """The checkpoint file of an NCIP server, in state_dir: ncip-checkpoint for [ncip], ncip-checkpoint-NAME for
+    [ncip.NAME] (a name is letters, digits, '-' and '_': it makes a plain file name)."""
+    return FILE_NAME if connection == DEFAULT_CONNECTION else f"{FILE_NAME}-{connection}"
 
 
 START_OVER = (

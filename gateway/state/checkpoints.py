@@ -6,73 +6,121 @@
                  so moving it after each entry costs one pwrite and one fdatasync, not a ledger commit
     feed_seen    (kind, barcode, day) the status feed has already written to the journal
 
+Each NCIP connection has its own of both, so one never moves or forgets the other's:
+  - [ncip] (the connection named "default") keeps exactly what a gateway with one connection always kept:
+    state_dir/ncip-checkpoint, the meta key ncip_checkpoint_made, feed_seen kinds 'retrieved' and 'refiled';
+  - [ncip.NAME] has state_dir/ncip-checkpoint-NAME, the meta key ncip_checkpoint_made:NAME, and feed_seen
+    kinds 'NAME/retrieved' and 'NAME/refiled' (feed_kind()): two libraries may share a barcode, and a name
+    holds no '/' (letters, digits, '-', '_'), so the prefix never mistakes one connection's rows for another's.
+    The feed_seen table is unchanged (no migration): a prefix, not a column, because its primary key
+    (kind, barcode, day) could only take a new column by rebuilding the table.
+
 Before that file existed, the checkpoint was a row of the checkpoints table (name 'ncip-journal')
-and the counts rows of the counters table: the first open moves them into the file, then
-deletes them, so the file is the only place either lives.
+and the counts rows of the counters table: the first open of the default connection's file moves them into
+it, then deletes them, so the file is the only place either lives. A named connection never had them: its
+file starts empty.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
-from gateway.state.checkpointfile import FILE_NAME, OUTCOMES, CheckpointFile, CheckpointMissing, read
+from gateway.config.settings import DEFAULT_CONNECTION
+from gateway.state.checkpointfile import OUTCOMES, CheckpointFile, CheckpointMissing, file_name, read
 from gateway.state.db import LedgerDb
 
 LEGACY_CHECKPOINT = "ncip-journal"  # the checkpoints table's row before the file
 LEGACY_COUNTER = "ncip_entries_total:"  # + outcome: the counters table's rows before the file
-MADE = "ncip_checkpoint_made"  # meta: when the file was first made (a missing file is then an error)
+MADE = "ncip_checkpoint_made"  # meta: when [ncip]'s file was first made (a missing file is then an error)
 _OPENING = threading.Lock()
 
 
+def made_key(connection: str = DEFAULT_CONNECTION) -> str:
+    """The meta key saying when a server's checkpoint file was first made: MADE for [ncip], MADE:NAME else."""
+    return MADE if connection == DEFAULT_CONNECTION else f"{MADE}:{connection}"
+
+
+def feed_kind(kind: str, connection: str = DEFAULT_CONNECTION) -> str:
+    """A feed_seen kind as stored for a server: kind itself for [ncip], NAME/kind for [ncip.NAME]."""
+    return kind if connection == DEFAULT_CONNECTION else f"{connection}/{kind}"
+
+
+def feed_kind_parts(stored: str) -> tuple[str, str]:
+    """(server, kind) of a stored feed_seen kind: the inverse of feed_kind."""
+    connection, slash, kind = stored.rpartition("/")
+    return (connection, kind) if slash else (DEFAULT_CONNECTION, stored)
+
+
 class Checkpoints:
-    """The NCIP checkpoint file and the feed memory (ledger.ncip)."""
+    """The NCIP checkpoint files and the feed memory (ledger.ncip), each per NCIP server by name."""
 
     def __init__(self, db: LedgerDb):
         self.db = db
-        self._journal_checkpoint: CheckpointFile | None = None
+        self._journal_checkpoints: dict[str, CheckpointFile] = {}  # by server, once opened
 
-    def journal_checkpoint(self) -> CheckpointFile:
-        """The relay's checkpoint file beside the ledger, opened once (created on the first call, from what an
-        older ledger held, or afresh when an admin left an empty file). Raise CheckpointDamaged if neither of
-        its records can be read, CheckpointMissing if it is gone although this ledger made it."""
+    def checkpoint_path(self, connection: str = DEFAULT_CONNECTION) -> Path:
+        """Where a server's checkpoint file is: beside the ledger."""
+        return self.db.path.parent / file_name(connection)
+
+    def journal_checkpoint(self, connection: str = DEFAULT_CONNECTION) -> CheckpointFile:
+        """A server's relay checkpoint file beside the ledger, opened once (created on the first call, from what
+        an older ledger held for the default connection, or afresh when an admin left an empty file). Raise
+        CheckpointDamaged if neither of its records can be read, CheckpointMissing if it is gone although this
+        ledger made it."""
         with _OPENING:  # not the ledger's lock: forgetting the old rows waits for the writer, which takes it
-            if self._journal_checkpoint is None:
-                path = self.db.path.parent / FILE_NAME
-                made = self.db.get_meta(MADE)
-                opened = CheckpointFile.open(path)
-                if opened is None:
-                    if made is not None and not path.exists():
-                        raise CheckpointMissing(path, made)
-                    opened = CheckpointFile.create(  # started over: the relay says so in its log
-                        path, self._legacy_checkpoint(), self._legacy_counts(), started_over=made is not None
-                    )
-                if made is None:  # after the file is durable: a crash in between only sets it at the next start
-                    self.db.set_meta(MADE, time.strftime("%Y-%m-%d %H:%M:%S %Z"))
-                self._forget_legacy()
+            opened = self._journal_checkpoints.get(connection)
+            if opened is None:
+                opened = self._open(connection)
                 with self.db.lock:
-                    self._journal_checkpoint = opened
-            return self._journal_checkpoint
+                    self._journal_checkpoints[connection] = opened
+            return opened
 
-    def count_ncip_entry(self, outcome: str) -> None:
-        """One more journal entry finished with outcome (done, already, dead_letter): durable with the relay's
-        next checkpoint, which follows it at once."""
-        self.journal_checkpoint().count(outcome)
+    def _open(self, connection: str) -> CheckpointFile:
+        path = self.checkpoint_path(connection)
+        made = self.db.get_meta(made_key(connection))
+        legacy = connection == DEFAULT_CONNECTION  # only [ncip] ever had rows in the ledger
+        opened = CheckpointFile.open(path)
+        if opened is None:
+            if made is not None and not path.exists():
+                raise CheckpointMissing(path, made)
+            opened = CheckpointFile.create(  # started over: the relay says so in its log
+                path,
+                self._legacy_checkpoint() if legacy else None,
+                self._legacy_counts() if legacy else {},
+                started_over=made is not None,
+            )
+        if made is None:  # after the file is durable: a crash in between only sets it at the next start
+            self.db.set_meta(made_key(connection), time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+        if legacy:
+            self._forget_legacy()
+        return opened
 
-    def ncip_counts(self) -> dict[str, int]:
-        """Entries finished by outcome, as this process counts them, else as the file or an older ledger says."""
+    def count_ncip_entry(self, outcome: str, connection: str = DEFAULT_CONNECTION) -> None:
+        """One more journal entry of that server finished with outcome (done, already, dead_letter): durable
+        with its relay's next checkpoint, which follows it at once."""
+        self.journal_checkpoint(connection).count(outcome)
+
+    def ncip_counts(self, connection: str = DEFAULT_CONNECTION) -> dict[str, int]:
+        """A server's entries finished by outcome, as this process counts them, else as its file (or, for the
+        default server, an older ledger) says."""
         with self.db.lock:
-            if self._journal_checkpoint is not None:
-                return self._journal_checkpoint.counts()
-        saved = read(self.db.path.parent / FILE_NAME)
-        return saved.counts if saved is not None else {**dict.fromkeys(OUTCOMES, 0), **self._legacy_counts()}
+            opened = self._journal_checkpoints.get(connection)
+        if opened is not None:
+            return opened.counts()
+        saved = read(self.checkpoint_path(connection))
+        if saved is not None:
+            return saved.counts
+        return {**dict.fromkeys(OUTCOMES, 0), **(self._legacy_counts() if connection == DEFAULT_CONNECTION else {})}
 
     def close(self) -> None:
-        """Close the checkpoint file, if it was opened (the ledger closes its database after this)."""
+        """Close the checkpoint files that were opened (the ledger closes its database after this)."""
         with self.db.lock:
-            if self._journal_checkpoint is not None:
-                self._journal_checkpoint.close()
+            opened = list(self._journal_checkpoints.values())
+        for checkpoint in opened:
+            checkpoint.close()
 
     def _legacy_checkpoint(self) -> dict[str, Any] | None:
         with self.db.lock:
@@ -97,21 +145,36 @@ class Checkpoints:
             db.execute("DELETE FROM checkpoints WHERE name = ?", (LEGACY_CHECKPOINT,))
             db.execute("DELETE FROM counters WHERE name GLOB ?", (LEGACY_COUNTER + "*",))
 
-    def feed_seen(self, kind: str, barcode: str, day: str) -> bool:
+    def feed_seen(self, kind: str, barcode: str, day: str, connection: str = DEFAULT_CONNECTION) -> bool:
+        """Whether that server's feed has journaled kind (retrieved, refiled) for barcode on day."""
         with self.db.lock:
             return (
                 self.db.connection.execute(
-                    "SELECT 1 FROM feed_seen WHERE kind = ? AND barcode = ? AND day = ?", (kind, barcode, day)
+                    "SELECT 1 FROM feed_seen WHERE kind = ? AND barcode = ? AND day = ?",
+                    (feed_kind(kind, connection), barcode, day),
                 ).fetchone()
                 is not None
             )
 
-    def remember_feed(self, kind: str, barcode: str, day: str) -> None:
+    def remember_feed(self, kind: str, barcode: str, day: str, connection: str = DEFAULT_CONNECTION) -> None:
         with self.db.transaction() as db:
-            db.execute("INSERT OR IGNORE INTO feed_seen VALUES (?, ?, ?, ?)", (kind, barcode, day, self.db.clock()))
+            db.execute(
+                "INSERT OR IGNORE INTO feed_seen VALUES (?, ?, ?, ?)",
+                (feed_kind(kind, connection), barcode, day, self.db.clock()),
+            )
 
-    def forget_feed_before(self, day: str) -> int:
-        """Forget what the feed journaled for days before day (YYYYMMDD), which it reads no more; return how many
-        rows went. The table then holds lookback_days + 1 days, however long the feed runs."""
+    def forget_feed_before(self, day: str, connection: str = DEFAULT_CONNECTION) -> int:
+        """Forget what that server's feed journaled for days before day (YYYYMMDD), which it reads no more;
+        return how many rows went. The table then holds lookback_days + 1 days of each feed, however long it
+        runs; another server's rows are left to its own feed (its lookback_days may be longer)."""
+        arguments: tuple[str | int, ...]
+        if connection == DEFAULT_CONNECTION:  # its kinds are the ones without a '/'
+            sql, arguments = "DELETE FROM feed_seen WHERE day < ? AND instr(kind, '/') = 0", (day,)
+        else:
+            prefix = feed_kind("", connection)  # NAME/
+            sql, arguments = (
+                "DELETE FROM feed_seen WHERE day < ? AND substr(kind, 1, ?) = ?",
+                (day, len(prefix), prefix),
+            )
         with self.db.transaction() as db:
-            return int(db.execute("DELETE FROM feed_seen WHERE day < ?", (day,)).rowcount)
+            return int(db.execute(sql, arguments).rowcount)
