@@ -31,8 +31,8 @@ class Events:
     def file_finished(self, row: FileRow, path: Path) -> None:
         """A file is in its final place: row.state is 'archiving' (accepted) or 'refusing'."""
 
-    def upload_timed(self, seconds: float) -> None:
-        """One call to CaiaSoft's request-file endpoint ended (any answer) after this many seconds."""
+    def upload_timed(self, seconds: float, connection: str = DEFAULT_CONNECTION) -> None:
+        """One call to a CaiaSoft connection's request-file endpoint ended (any answer) after this many seconds."""
 
     def ncip_entry(
         self,
@@ -72,3 +72,19 @@ class Conditions:
     # every NCIP server by name: (why it fails, entries behind, why its journal is not read); the ncip_ fields
     # above are the default server's
     ncip_servers: dict[str, tuple[str | None, int, str | None]] = field(default_factory=dict)
+
+    def connection_state(self, name: str) -> tuple[str | None, str | None]:
+        """(why uploads are paused, why calls fail) of a CaiaSoft connection; a reading without the per-connection
+        states (a test's, the metrics' before the first tick) has the default's in paused and caiasoft_problem."""
+        if name in self.connections:
+            return self.connections[name]
+        return (self.paused, self.caiasoft_problem) if name == DEFAULT_CONNECTION else (None, None)
+
+    def ncip_state(self, name: str) -> tuple[str | None, int, str | None]:
+        """(why calls fail, entries behind, why the journal is not read) of an NCIP server, read as
+        connection_state is."""
+        if name in self.ncip_servers:
+            return self.ncip_servers[name]
+        if name == DEFAULT_CONNECTION:
+            return (self.ncip_problem, self.ncip_behind, self.ncip_journal_problem)
+        return (None, 0, None)

@@ -15,6 +15,12 @@ The names are a contract (docs/operations.md, "Alerts and metrics"):
     caiasoft_gateway_ncip_behind_entries
     caiasoft_gateway_source_up{source}                0 or 1
     caiasoft_gateway_unreachable{system}              0 or 1: caiasoft, ncip failing right now
+
+With several CaiaSoft connections or NCIP servers (Settings.several), the CaiaSoft and NCIP
+series (and source_up) carry one more label, connection: the CaiaSoft connection (files,
+denied items, pending, paused, upload time, unreachable{system="caiasoft"}, a source's) or
+the NCIP server (NCIP entries, behind, unreachable{system="ncip"}). The names stay. With
+one of each, no series has the label: the lines are what they always were.
 """
 
 from __future__ import annotations
@@ -23,13 +29,15 @@ import contextlib
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gateway.config.settings import DEFAULT_CONNECTION, Settings
 from gateway.config.settings import Metrics as MetricsSettings
 from gateway.core import logs
 from gateway.core.listener import BoundedListener
@@ -42,8 +50,46 @@ log = logs.get("gateway.metrics")
 PREFIX = "caiasoft_gateway_"
 TEXTFILE_SECONDS = 15.0
 UPLOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+PENDING_HELP = "Request files taken and not yet archived or refused."
+OLDEST_HELP = "Age of the oldest pending file (0: none)."
+PAUSED_HELP = "1 while uploads are paused (API key refused)."
+BEHIND_HELP = "NCIP journal entries not yet relayed."
+UNREACHABLE_HELP = "1 while calls to this system keep failing."
 
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call] # *_created series only confuse the rules and dashboards
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The CaiaSoft connections and NCIP servers a config has, and each source's connection: whether the series
+    carry a connection label (only with several), and which values it takes."""
+
+    several: bool = False
+    connections: tuple[str, ...] = (DEFAULT_CONNECTION,)
+    servers: tuple[str, ...] = ()  # NCIP servers; none without [ncip]
+    sources: Mapping[str, str] = field(default_factory=dict)  # source -> the connection its files go to
+
+    @classmethod
+    def of(cls, settings: Settings) -> Layout:
+        return cls(
+            several=settings.several,
+            connections=tuple(connection.name for connection in settings.connections),
+            servers=tuple(server.name for server in settings.ncip_servers),
+            sources={source.name: source.caiasoft for source in settings.sources},
+        )
+
+    def connection_of(self, source: str) -> str:
+        """The connection a source's files go to; a source no longer in the config counts as the default's."""
+        return self.sources.get(source, DEFAULT_CONNECTION)
+
+    def label(self, connection: str) -> tuple[str, ...]:
+        """The connection label's value to add to a series, or none with one connection."""
+        return (connection,) if self.several else ()
+
+    @property
+    def labels(self) -> list[str]:
+        """The label names to add to the CaiaSoft and NCIP series: ["connection"] with several, else none."""
+        return ["connection"] if self.several else []
 
 
 class Metrics:
@@ -56,10 +102,14 @@ class Metrics:
         sources: list[str],
         clock: Callable[[], float] = time.time,
         live: Callable[[], Conditions] | None = None,
+        layout: Layout | None = None,
     ):
+        """layout says which connections there are (Layout.of(settings)); without it, one connection."""
         self.settings = settings
         self.ledger = ledger
         self.clock = clock
+        self.layout = layout or Layout(sources={name: DEFAULT_CONNECTION for name in sources})
+        named = self.layout.labels
         self.conditions = Conditions(sources={name: None for name in sources})
         self.live = live  # the service's conditions, read at each scrape, if given
         self.registry = CollectorRegistry(auto_describe=False)
@@ -67,21 +117,25 @@ class Metrics:
             PREFIX + "files",
             "Request files finished, by source and outcome (archived: "
             "CaiaSoft accepted it; refused: it went to error_dir).",
-            ["source", "outcome"],
+            ["source", "outcome", *named],
             registry=self.registry,
         )
         self.denied = Counter(
             PREFIX + "denied_items",
             "Items CaiaSoft denied in request files it accepted.",
-            ["source"],
+            ["source", *named],
             registry=self.registry,
         )
         self.ncip = Counter(
-            PREFIX + "ncip_entries", "NCIP journal entries finished, by outcome.", ["outcome"], registry=self.registry
+            PREFIX + "ncip_entries",
+            "NCIP journal entries finished, by outcome.",
+            ["outcome", *named],
+            registry=self.registry,
         )
         self.upload_seconds = Histogram(
             PREFIX + "upload_seconds",
             "Seconds one call to CaiaSoft's request-file endpoint took.",
+            named,
             buckets=UPLOAD_BUCKETS,
             registry=self.registry,
         )
@@ -91,28 +145,50 @@ class Metrics:
         self._next_textfile = 0.0
 
     def _seed(self, sources: list[str]) -> None:
-        """Start each counter where the ledger says it is (and at 0 for every source known)."""
+        """Start each counter where the ledger says it is (and at 0 for every source and connection known).
+
+        The ledger counts finished files by source: with several connections, a source's files are counted
+        under the connection the config gives the source now. NCIP entries are counted by each server's
+        checkpoint file."""
+        layout = self.layout
         for source in sources:
+            label = layout.label(layout.connection_of(source))
             for state in FINAL_STATES:
-                self.files.labels(source, state)
-            self.denied.labels(source)
+                self.files.labels(source, state, *label)
+            self.denied.labels(source, *label)
         for (source, state), count in self.ledger.alerts.finished_by_source().items():
-            self.files.labels(source, state).inc(count)
+            self.files.labels(source, state, *layout.label(layout.connection_of(source))).inc(count)
         for source, count in self.ledger.alerts.denied_items_by_source().items():
-            self.denied.labels(source).inc(count)
-        counts = self.ledger.ncip.ncip_counts()
+            self.denied.labels(source, *layout.label(layout.connection_of(source))).inc(count)
+        if layout.several:
+            for connection in layout.connections:
+                self.upload_seconds.labels(connection)
+            for server in layout.servers:
+                self._seed_ncip(self.ledger.ncip.ncip_counts(server), (server,))
+        else:
+            self._seed_ncip(self.ledger.ncip.ncip_counts(), ())
+
+    def _seed_ncip(self, counts: dict[str, int], label: tuple[str, ...]) -> None:
         for outcome in NcipOutcome:
-            self.ncip.labels(outcome).inc(counts.get(outcome, 0))
+            self.ncip.labels(outcome, *label).inc(counts.get(outcome, 0))
 
     # -- what happened --------------------------------------------------------
 
-    def file_finished(self, source: str, outcome: FileState, denied: int) -> None:
-        self.files.labels(source, outcome).inc()
+    def file_finished(self, source: str, outcome: FileState, denied: int, connection: str = DEFAULT_CONNECTION) -> None:
+        """A file of source, sent on connection (FileRow.connection), finished."""
+        label = self.layout.label(connection)
+        self.files.labels(source, outcome, *label).inc()
         if denied:
-            self.denied.labels(source).inc(denied)
+            self.denied.labels(source, *label).inc(denied)
 
-    def ncip_entry(self, outcome: NcipOutcome) -> None:
-        self.ncip.labels(outcome).inc()
+    def ncip_entry(self, outcome: NcipOutcome, connection: str = DEFAULT_CONNECTION) -> None:
+        """A journal entry of that NCIP server finished."""
+        self.ncip.labels(outcome, *self.layout.label(connection)).inc()
+
+    def upload_timed(self, seconds: float, connection: str = DEFAULT_CONNECTION) -> None:
+        """One call to that connection's CaiaSoft took seconds."""
+        label = self.layout.label(connection)
+        (self.upload_seconds.labels(*label) if label else self.upload_seconds).observe(seconds)
 
     def update(self, conditions: Conditions) -> None:
         """The service's latest reading; the textfile is written if it is time."""
@@ -191,34 +267,66 @@ class _Gauges(Collector):
         self.metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
-        ledger, conditions = self.metrics.ledger, self.metrics.current()
+        conditions = self.metrics.current()
+        if self.metrics.layout.several:
+            yield from self._by_connection(conditions)
+        else:
+            yield from self._one(conditions)
+        layout = self.metrics.layout
+        up = GaugeMetricFamily(
+            PREFIX + "source_up", "1 while the source's folder can be read.", labels=["source", *layout.labels]
+        )
+        for source, problem in sorted(conditions.sources.items()):
+            up.add_metric([source, *layout.label(layout.connection_of(source))], 0 if problem else 1)
+        yield up
+
+    def _one(self, conditions: Conditions) -> Iterator[Metric]:
+        """One CaiaSoft connection and at most one NCIP server: the series without a connection label."""
+        ledger = self.metrics.ledger
         counts = ledger.files.counts()
         oldest = ledger.files.oldest_open()
         yield GaugeMetricFamily(
             PREFIX + "pending_files",
-            "Request files taken and not yet archived or refused.",
+            PENDING_HELP,
             value=sum(counts.get(state, 0) for state in OPEN_STATES),
         )
         yield GaugeMetricFamily(
             PREFIX + "oldest_pending_seconds",
-            "Age of the oldest pending file (0: none).",
+            OLDEST_HELP,
             value=max(self.metrics.clock() - oldest.seen_at, 0.0) if oldest else 0.0,
         )
-        yield GaugeMetricFamily(
-            PREFIX + "uploads_paused",
-            "1 while uploads are paused (API key refused).",
-            value=1 if conditions.paused else 0,
-        )
-        yield GaugeMetricFamily(
-            PREFIX + "ncip_behind_entries", "NCIP journal entries not yet relayed.", value=conditions.ncip_behind
-        )
-        unreachable = GaugeMetricFamily(
-            PREFIX + "unreachable", "1 while calls to this system keep failing.", labels=["system"]
-        )
+        yield GaugeMetricFamily(PREFIX + "uploads_paused", PAUSED_HELP, value=1 if conditions.paused else 0)
+        yield GaugeMetricFamily(PREFIX + "ncip_behind_entries", BEHIND_HELP, value=conditions.ncip_behind)
+        unreachable = GaugeMetricFamily(PREFIX + "unreachable", UNREACHABLE_HELP, labels=["system"])
         unreachable.add_metric(["caiasoft"], 1 if conditions.caiasoft_problem else 0)
         unreachable.add_metric(["ncip"], 1 if conditions.ncip_problem else 0)
         yield unreachable
-        up = GaugeMetricFamily(PREFIX + "source_up", "1 while the source's folder can be read.", labels=["source"])
-        for source, problem in sorted(conditions.sources.items()):
-            up.add_metric([source], 0 if problem else 1)
-        yield up
+
+    def _by_connection(self, conditions: Conditions) -> Iterator[Metric]:
+        """Several connections or NCIP servers: each series once per connection (or server), labelled with it.
+        A connection no longer in the config that still has files waiting is shown too (they wait for it)."""
+        layout, now = self.metrics.layout, self.metrics.clock()
+        pending = self.metrics.ledger.alerts.open_by_connection()
+        connections = list(dict.fromkeys((*layout.connections, *sorted(pending))))
+        files = GaugeMetricFamily(PREFIX + "pending_files", PENDING_HELP, labels=["connection"])
+        oldest = GaugeMetricFamily(PREFIX + "oldest_pending_seconds", OLDEST_HELP, labels=["connection"])
+        for connection in connections:
+            count, seen_at = pending.get(connection, (0, now))
+            files.add_metric([connection], count)
+            oldest.add_metric([connection], max(now - seen_at, 0.0))
+        yield files
+        yield oldest
+        paused = GaugeMetricFamily(PREFIX + "uploads_paused", PAUSED_HELP, labels=["connection"])
+        unreachable = GaugeMetricFamily(PREFIX + "unreachable", UNREACHABLE_HELP, labels=["system", "connection"])
+        for connection in layout.connections:
+            reason, problem = conditions.connection_state(connection)
+            paused.add_metric([connection], 1 if reason else 0)
+            unreachable.add_metric(["caiasoft", connection], 1 if problem else 0)
+        behind = GaugeMetricFamily(PREFIX + "ncip_behind_entries", BEHIND_HELP, labels=["connection"])
+        for server in layout.servers:
+            problem, entries, _journal = conditions.ncip_state(server)
+            behind.add_metric([server], entries)
+            unreachable.add_metric(["ncip", server], 1 if problem else 0)
+        yield paused
+        yield behind
+        yield unreachable

@@ -7,6 +7,11 @@ seconds the service hands it the lasting Conditions; the monitor notes when each
 and ended, and raises "paused", "unreachable", "source_problem" and "stuck" (and their
 recoveries) when they start and end.
 
+With several CaiaSoft connections or NCIP servers (Settings.several), each connection's
+lasting states are conditions of their own ("paused:law" and "paused:default" start and
+end apart), and every alert names its connection (the file's, the server's); with one,
+the conditions and the words are what they always were.
+
 A listener must never raise into the pipeline: an unexpected error in here is logged
 and the pipeline goes on.
 """
@@ -21,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec
 
-from gateway.config.settings import Config
+from gateway.config.settings import DEFAULT_CONNECTION, CaiaSoft, Config, Ncip
 from gateway.core import logs
 from gateway.core.states import CHANGED_AFTER_TAKE, OPEN_STATES, FileState, NcipOutcome
 from gateway.monitor import alerttexts
@@ -80,9 +85,10 @@ class Monitor(Events):
             self.sender = AlertSender(config.alerts, ledger, delivery or Delivery(config.alerts, self.host), clock)
         self.metrics: Metrics | None = None
         if config.metrics:
-            from gateway.monitor.metrics import Metrics
+            from gateway.monitor.metrics import Layout, Metrics
 
-            self.metrics = Metrics(config.metrics, ledger, [source.name for source in config.sources], clock, live)
+            sources = [source.name for source in config.sources]
+            self.metrics = Metrics(config.metrics, ledger, sources, clock, live, Layout.of(config))
         self._since: dict[str, float] = {}  # condition -> when it was first seen (this run, on steady)
         self._alerted: set[str] = set()  # conditions an alert was raised for, whose end is announced
         self._tick = threading.local()  # .held: alerts the tick in this thread raised, queued together at its end
@@ -110,17 +116,21 @@ class Monitor(Events):
             else []
         )
         if self.metrics:
-            self.metrics.file_finished(row.source, FileState.ARCHIVED if accepted else FileState.REFUSED, len(denials))
+            outcome = FileState.ARCHIVED if accepted else FileState.REFUSED
+            self.metrics.file_finished(row.source, outcome, len(denials), row.connection)
+        named = self._named(row.connection)
         if not accepted and not (row.reason or "").startswith(CHANGED_AFTER_TAKE):
             # a partial copy set aside while the whole file is taken again needs nobody
-            self.raise_alert("refused", alerttexts.refused(row.name, row.source, row.reason, str(path)))
+            self.raise_alert(
+                "refused", alerttexts.refused(row.name, row.source, row.reason, str(path), connection=named)
+            )
         elif denials:
-            self.raise_alert("denied", alerttexts.denied(row.name, row.source, denials, str(path)))
+            self.raise_alert("denied", alerttexts.denied(row.name, row.source, denials, str(path), connection=named))
 
     @_never_raises
-    def upload_timed(self, seconds: float) -> None:
+    def upload_timed(self, seconds: float, connection: str = DEFAULT_CONNECTION) -> None:
         if self.metrics:
-            self.metrics.upload_seconds.observe(seconds)
+            self.metrics.upload_timed(seconds, connection)
 
     @_never_raises
     def ncip_entry(
@@ -129,18 +139,28 @@ class Monitor(Events):
         entry: dict[str, Any] | None,
         reason: str | None = None,
         dead_letters: Path | None = None,
+        connection: str = DEFAULT_CONNECTION,
     ) -> None:
-        self.ledger.ncip.count_ncip_entry(outcome)
+        self.ledger.ncip.count_ncip_entry(outcome, connection)
         if self.metrics:
-            self.metrics.ncip_entry(outcome)
+            self.metrics.ncip_entry(outcome, connection)
         if outcome == NcipOutcome.DEAD_LETTER:
-            self.raise_alert(
-                "dead_letter", alerttexts.dead_letter(entry, reason or "not given", str(dead_letters or ""))
+            server = self._server(connection)
+            message = alerttexts.dead_letter(
+                entry,
+                reason or "not given",
+                str(dead_letters or ""),
+                connection=self._named(connection),
+                where=server.url if server else "",
             )
+            self.raise_alert("dead_letter", message)
 
     @_never_raises
-    def status_unknown(self, barcode: str, status: str, day: str, collection: str) -> None:
-        self.raise_alert("unknown_status", alerttexts.unknown_status(barcode, status, day, collection))
+    def status_unknown(
+        self, barcode: str, status: str, day: str, collection: str, connection: str = DEFAULT_CONNECTION
+    ) -> None:
+        message = alerttexts.unknown_status(barcode, status, day, collection, connection=self._named(connection))
+        self.raise_alert("unknown_status", message)
 
     def raise_alert(self, kind: str, message: dict[str, Any], recovery: bool = False) -> None:
         """Queue an alert in the ledger (if [alerts] wants this kind) and wake the sender."""
@@ -185,6 +205,39 @@ class Monitor(Events):
     def _check(self, conditions: Conditions, after: float) -> None:
         """Raise or end the alert of each lasting condition (unreachable after `after` seconds)."""
         now, lasting = self.clock(), self.steady()
+        if self.config.several:
+            for connection in self.config.connections:
+                self._check_connection(connection, conditions, after, lasting)
+            for server in self.config.ncip_servers:
+                self._check_server(server, conditions, after, lasting)
+        else:
+            self._check_one(conditions, after, lasting)
+        for source, problem in conditions.sources.items():
+            location = conditions.locations.get(source, "")
+            self._edge(
+                f"source_problem:{source}",
+                problem is not None,
+                SOURCE_PROBLEM_SECONDS,
+                lasting,
+                functools.partial(alerttexts.source_problem, source, location, problem or ""),
+                functools.partial(alerttexts.source_ok, source, location),
+            )
+        if self.config.several:
+            self._check_stuck_by_connection(conditions, now, after, lasting)
+            return
+        calm = conditions.paused is None and conditions.caiasoft_problem is None
+        oldest = self.ledger.files.oldest_open() if calm else None  # one row a tick; the list only when raised
+        self._edge(
+            "stuck",
+            oldest is not None and now - oldest.seen_at >= after,
+            0.0,
+            lasting,
+            lambda: alerttexts.stuck(self._stuck(now, after), after),
+            alerttexts.stuck_cleared,
+        )
+
+    def _check_one(self, conditions: Conditions, after: float, lasting: float) -> None:
+        """One CaiaSoft connection and at most one NCIP server: the conditions as they always were."""
         self._edge(
             "paused",
             conditions.paused is not None,
@@ -235,26 +288,93 @@ class Monitor(Events):
                 lambda: alerttexts.journal_problem(journal, conditions.ncip_journal_problem or ""),
                 lambda: alerttexts.journal_ok(journal),
             )
-        for source, problem in conditions.sources.items():
-            location = conditions.locations.get(source, "")
-            self._edge(
-                f"source_problem:{source}",
-                problem is not None,
-                SOURCE_PROBLEM_SECONDS,
-                lasting,
-                functools.partial(alerttexts.source_problem, source, location, problem or ""),
-                functools.partial(alerttexts.source_ok, source, location),
-            )
-        calm = conditions.paused is None and conditions.caiasoft_problem is None
-        oldest = self.ledger.files.oldest_open() if calm else None  # one row a tick; the list only when raised
+
+    def _check_connection(self, connection: CaiaSoft, conditions: Conditions, after: float, lasting: float) -> None:
+        """One CaiaSoft connection's pause and outage, as conditions of their own, named in their alerts."""
+        name, url = connection.name, connection.base_url
+        paused, problem = conditions.connection_state(name)
         self._edge(
-            "stuck",
-            oldest is not None and now - oldest.seen_at >= after,
+            f"paused:{name}",
+            paused is not None,
             0.0,
             lasting,
-            lambda: alerttexts.stuck(self._stuck(now, after), after),
-            alerttexts.stuck_cleared,
+            lambda: alerttexts.paused(
+                paused or "",
+                self._pending_of(name),
+                connection.auth_pause_seconds,
+                connection=name,
+                key_from=key_place(connection),
+                sources=tuple(source.name for source in self.config.sources if source.caiasoft == name),
+            ),
+            functools.partial(alerttexts.resumed, connection=name),
         )
+        self._edge(
+            f"unreachable:caiasoft:{name}",
+            problem is not None and not paused,
+            after,
+            lasting,
+            lambda: alerttexts.unreachable(
+                "CaiaSoft",
+                url,
+                problem or "",
+                self._duration(f"caiasoft:{name}", lasting),
+                f"{self._pending_of(name)} request file(s) of connection {name} wait in the queue",
+                connection=name,
+            ),
+            functools.partial(alerttexts.reachable, "CaiaSoft", url, connection=name),
+        )
+
+    def _check_server(self, server: Ncip, conditions: Conditions, after: float, lasting: float) -> None:
+        """One NCIP server's outage and journal, as conditions of their own, named in their alerts."""
+        name, url, journal = server.name, server.url, str(server.journal)
+        problem, behind, journal_problem = conditions.ncip_state(name)
+        self._edge(
+            f"unreachable:ncip:{name}",
+            problem is not None,
+            after,
+            lasting,
+            lambda: alerttexts.unreachable(
+                "NCIP",
+                url,
+                problem or "",
+                self._duration(f"ncip:{name}", lasting),
+                f"{behind} journal entries of server {name} wait",
+                connection=name,
+            ),
+            functools.partial(alerttexts.reachable, "NCIP", url, connection=name),
+        )
+        self._edge(
+            f"source_problem:ncip-journal:{name}",
+            journal_problem is not None,
+            SOURCE_PROBLEM_SECONDS,
+            lasting,
+            lambda: alerttexts.journal_problem(journal, journal_problem or "", connection=name),
+            functools.partial(alerttexts.journal_ok, journal, connection=name),
+        )
+
+    def _check_stuck_by_connection(self, conditions: Conditions, now: float, after: float, lasting: float) -> None:
+        """Files waiting too long, per connection, counted only while their connection answers (its pause or
+        outage explains the wait). A connection no longer in the config answers nobody: its files are stuck."""
+        oldest = self.ledger.files.oldest_open()  # one row a tick; by connection only once some file is old
+        old = (
+            {name for name, (_count, seen) in self.ledger.alerts.open_by_connection().items() if now - seen >= after}
+            if oldest is not None and now - oldest.seen_at >= after
+            else set()
+        )
+        raised = [name.split(":", 1)[1] for name in self._since if name.startswith("stuck:")]
+        names = dict.fromkeys([*(connection.name for connection in self.config.connections), *sorted(old), *raised])
+        for name in names:
+            self._edge(
+                f"stuck:{name}",
+                name in old and conditions.connection_state(name) == (None, None),
+                0.0,
+                lasting,
+                functools.partial(self._stuck_alert, name, now, after),
+                functools.partial(alerttexts.stuck_cleared, connection=name),
+            )
+
+    def _stuck_alert(self, connection: str, now: float, after: float) -> dict[str, Any]:
+        return alerttexts.stuck(self._stuck(now, after, connection), after, connection=connection)
 
     def _edge(
         self,
@@ -287,8 +407,23 @@ class Monitor(Events):
         counts = self.ledger.files.counts()
         return sum(counts.get(state, 0) for state in OPEN_STATES)
 
-    def _stuck(self, now: float, after: float) -> list[dict[str, Any]]:
-        rows = [row for row in self.ledger.files.in_state(*OPEN_STATES) if now - row.seen_at >= after]
+    def _pending_of(self, connection: str) -> int:
+        """Files of one connection taken and not yet archived or refused."""
+        return self.ledger.alerts.open_by_connection().get(connection, (0, 0.0))[0]
+
+    def _named(self, connection: str) -> str | None:
+        """The connection for an alert to name: only when the config has several."""
+        return connection if self.config.several else None
+
+    def _server(self, name: str) -> Ncip | None:
+        return next((server for server in self.config.ncip_servers if server.name == name), None)
+
+    def _stuck(self, now: float, after: float, connection: str | None = None) -> list[dict[str, Any]]:
+        rows = [
+            row
+            for row in self.ledger.files.in_state(*OPEN_STATES)
+            if now - row.seen_at >= after and connection in (None, row.connection)
+        ]
         return [
             {
                 "file": row.name,
@@ -299,3 +434,12 @@ class Monitor(Events):
             }
             for row in rows[:STUCK_LISTED]
         ]
+
+
+def key_place(connection: CaiaSoft) -> str:
+    """Where a connection's API key is read from, for the admin who must replace it (never the key itself)."""
+    if connection.api_key_env:
+        return f"the environment variable {connection.api_key_env} ({connection.table}.api_key_env)"
+    if connection.api_key_file:
+        return f"its key file {connection.api_key_file} ({connection.table}.api_key_file)"
+    return f"the systemd credential {connection.credential}"

@@ -81,7 +81,7 @@ class Sender:
                 row.answer_json,
                 self.settings.unreadable_answer_retries,
             )
-            self.events.upload_timed(outcome.elapsed_ms / 1000)
+            self.events.upload_timed(outcome.elapsed_ms / 1000, connection=self.settings.name)
             return outcome
         except Exception as error:
             log.error(
