@@ -417,3 +417,8 @@ def test_the_daemon_relays_each_servers_journal_to_its_server_and_logs_the_conne
     assert [event["connection"] for event in events if event["event"] == "ncip.refused"] == ["law"]
     assert [letter["connection"] for letter in letters(site.error / "ncip" / "law")] == ["law"]
     assert letters(site.error / "ncip") == [], "the default server refused nothing"
+    assert not [event for event in events if event["event"] == "monitor.failed"], "the monitor heard each entry"
+    assert read(site.state / FILE_NAME).counts == {"done": 2, "already": 0, "dead_letter": 0}
+    assert read(site.state / f"{FILE_NAME}-law").counts == {"done": 2, "already": 0, "dead_letter": 1}, (
+        "each server's entries counted in its own file"
+    )
