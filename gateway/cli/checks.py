@@ -16,7 +16,15 @@ from urllib.parse import urlsplit
 from gateway.cli import asservice
 from gateway.config.credentials import secret_file_warnings
 from gateway.config.loader import Config
-from gateway.config.settings import LocalSourceSettings, Ncip, SftpSourceSettings, SourceSettings, Web
+from gateway.config.settings import (
+    DEFAULT_CONNECTION,
+    CaiaSoft,
+    LocalSourceSettings,
+    Ncip,
+    SftpSourceSettings,
+    SourceSettings,
+    Web,
+)
 from gateway.core.errors import SourceUnavailable
 from gateway.core.states import Verdict
 from gateway.sources import writers
@@ -45,33 +53,41 @@ def run_checks(config: Config, offline: bool = False, ncip_item: str | None = No
     for key in ("state_dir", "archive_dir", "error_dir", "log_dir"):
         yield _writable_folder(f"paths.{key}", getattr(config.paths, key))
     for index, source in enumerate(config.sources):
-        yield from _source(index, source, config.paths.state_dir, own_folders(config))
+        yield from _source(index, source, config.paths.state_dir, own_folders(config), config.several)
     yield from _optional_local(config)
     if offline:
         yield Result("ok", "CaiaSoft and NCIP not contacted (--offline)")
-    else:
-        yield _caiasoft(config)
-        if config.ncip:
-            reached = _ncip(config.ncip.url, config.ncip.timeout_seconds)
-            yield reached
-            if ncip_item and reached.mark == "ok":
-                from gateway.ncip import probe
+        return
+    for connection in config.connections:
+        yield _caiasoft(config, connection)
+    for server in config.ncip_servers:
+        yield from _ncip_server(server, ncip_item, config.several)
 
-                for finding in probe.lookup(config.ncip, ncip_item):
-                    yield Result(finding.mark, finding.what, finding.detail)
-            elif not ncip_item and reached.mark == "ok":
-                yield Result(
-                    "ok",
-                    "NCIP version and agencies not checked",
-                    "caiasoft-gateway check --ncip-item BARCODE asks ALEPH about one item (read-only) "
-                    "and tells which version it answers in",
-                )
+
+def _ncip_server(server: Ncip, ncip_item: str | None, several: bool) -> Iterator[Result]:
+    """One NCIP server reached (named, with several), then probed with ncip_item if given."""
+    reached = _ncip(server.url, server.timeout_seconds, server.name if several else None)
+    yield reached
+    if ncip_item and reached.mark == "ok":
+        from gateway.ncip import probe
+
+        for finding in probe.lookup(server, ncip_item, named=several):
+            yield Result(finding.mark, finding.what, finding.detail)
+    elif not ncip_item and reached.mark == "ok":
+        yield Result(
+            "ok",
+            f"NCIP {server.name}: version and agencies not checked"
+            if several
+            else "NCIP version and agencies not checked",
+            "caiasoft-gateway check --ncip-item BARCODE asks ALEPH about one item (read-only) "
+            "and tells which version it answers in",
+        )
 
 
 def _optional_local(config: Config) -> Iterator[Result]:
     """What the optional tables need on this host: the NCIP journal, the staff page's address and users."""
-    if config.ncip:
-        yield from _ncip_local(config.ncip)
+    for server in config.ncip_servers:
+        yield from _ncip_local(server)
     if config.web:
         yield from _web(config, config.web)
 
@@ -82,8 +98,7 @@ def service_folders(config: Config) -> list[tuple[str, Path]]:
         (f"paths.{key}", Path(getattr(config.paths, key)))
         for key in ("state_dir", "archive_dir", "error_dir", "log_dir")
     ]
-    if config.ncip:
-        folders.append(("ncip.journal (its folder)", config.ncip.journal.parent))
+    folders += [(f"{server.table}.journal (its folder)", server.journal.parent) for server in config.ncip_servers]
     if config.metrics and config.metrics.textfile is not None:
         folders.append(("metrics.textfile (its folder)", config.metrics.textfile.parent))
     folders += [
@@ -149,35 +164,39 @@ def _web_state_dir(config: Config, unit: Path, identity: asservice.ServiceIdenti
 
 
 def _ncip_local(ncip: Ncip) -> Iterator[Result]:
-    yield _writable_folder("ncip.journal (its folder)", ncip.journal.parent)
-    yield _journal(ncip.journal)
+    """An NCIP server's journal (ncip.journal, or ncip.NAME.journal) and its feed's users."""
+    yield _writable_folder(f"{ncip.table}.journal (its folder)", ncip.journal.parent)
+    yield _journal(ncip.journal, f"{ncip.table}.journal")
     if ncip.feed:
         yield _feed_users(ncip)
 
 
-def _journal(path: Path) -> Result:
+def _journal(path: Path, key: str = "ncip.journal") -> Result:
     """The journal as the relay opens it: a regular file, never through a link, never blocking."""
     from gateway.ncip.journal import JournalRefused, open_journal
 
     try:
         fd = open_journal(path)
     except JournalRefused as error:
-        return Result("FAIL", "ncip.journal", str(error))
+        return Result("FAIL", key, str(error))
     if fd is None:
-        return Result("ok", f"ncip.journal {path}", "not there yet: the first `journal` command (or the feed) makes it")
+        return Result("ok", f"{key} {path}", "not there yet: the first `journal` command (or the feed) makes it")
     os.close(fd)
-    return Result("ok", f"ncip.journal {path}", "a regular file")
+    return Result("ok", f"{key} {path}", "a regular file")
 
 
 def _feed_users(ncip: Ncip) -> Result:
     """The status feed cannot choose a stop's user: no CaiaSoft endpoint it reads gives the stop."""
-    what = f"status feed (collection {ncip.feed.collection if ncip.feed else ''})"
+    of = f" of [{ncip.table}]" if ncip.name != DEFAULT_CONNECTION else ""
+    what = f"status feed{of} (collection {ncip.feed.collection if ncip.feed else ''})"
     detail = (
-        f"CaiaSoft's retrieval lists give no circulation stop: every feed check-out goes to ncip.user_id "
+        f"CaiaSoft's retrieval lists give no circulation stop: every feed check-out goes to {ncip.table}.user_id "
         f"({ncip.user_id})"
     )
     if ncip.stop_users:
-        return Result("WARN", what, f"{detail}; [ncip.stop_users] applies only to journal entries that carry a stop")
+        return Result(
+            "WARN", what, f"{detail}; [{ncip.table}.stop_users] applies only to journal entries that carry a stop"
+        )
     return Result("ok", what, detail)
 
 
@@ -218,9 +237,16 @@ def _never_read(source: LocalSourceSettings, own: tuple[tuple[Path, ...], tuple[
 
 
 def _source(
-    index: int, source: SourceSettings, state_dir: Path, own: tuple[tuple[Path, ...], tuple[Path, ...]] = ((), ())
+    index: int,
+    source: SourceSettings,
+    state_dir: Path,
+    own: tuple[tuple[Path, ...], tuple[Path, ...]] = ((), ()),
+    several: bool = False,
 ) -> Iterator[Result]:
-    label = f"sources[{index}] {source.name}: {source.location}"
+    """A source as the service would read it; with several connections its label names the one it sends to."""
+    label = f"sources[{index}] {source.name}: {source.location}" + (
+        f" (to CaiaSoft {source.caiasoft})" if several else ""
+    )
     if isinstance(source, SftpSourceSettings):
         yield _sftp(label, source)
         yield _writers(
@@ -300,29 +326,32 @@ def _sftp(label: str, settings: SftpSourceSettings) -> Result:
         remote.stop()
 
 
-def _ncip(url: str, timeout: float) -> Result:
-    """A TCP connect to the NCIP server: proves address, port and firewall without sending a message."""
+def _ncip(url: str, timeout: float, name: str | None = None) -> Result:
+    """A TCP connect to the NCIP server: proves address, port and firewall without sending a message.
+    name: the server's, said when the config has several."""
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
+    what = f"NCIP server {url}" if name is None else f"NCIP server {name} {url}"
     try:
         socket.create_connection((parts.hostname, port), timeout=timeout).close()
     except OSError as error:
         return Result(
             "FAIL",
-            f"NCIP server {url}",
+            what,
             f"cannot connect to {parts.hostname}:{port}: "
             f"{error.strerror or error} (a firewall between this host and ALEPH's NCIP port?)",
         )
-    return Result("ok", f"NCIP server {url}", f"{parts.hostname}:{port} accepts connections")
+    return Result("ok", what, f"{parts.hostname}:{port} accepts connections")
 
 
-def _caiasoft(config: Config) -> Result:
-    client = CaiaSoftClient(config.caiasoft, config.api_key)
+def _caiasoft(config: Config, connection: CaiaSoft) -> Result:
+    """One CaiaSoft connection reached with its own key (named, when the config has several)."""
+    client = CaiaSoftClient(connection, config.key_of(connection.name))
     try:
         outcome = client.check()
     finally:
         client.close()
-    where = f"CaiaSoft {config.caiasoft.base_url}"
+    where = f"CaiaSoft {connection.name} {connection.base_url}" if config.several else f"CaiaSoft {connection.base_url}"
     if outcome.verdict == Verdict.ACCEPTED:
         stops = outcome.answer.get("count") if isinstance(outcome.answer, dict) else None
         return Result(

@@ -423,7 +423,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if _no_ledger_yet(config, args.json):
         return EXIT_FAILURE
     try:
-        report = _status_report(config.paths.database)
+        report = _status_report(config)
         report["state_dir_problem"] = status.state_dir_problem(config.paths.state_dir)
     except GatewayError as error:  # a damaged ledger: the same words as `run` says, never a traceback
         print(
@@ -447,17 +447,18 @@ def _no_ledger_yet(config: config_module.Settings, as_json: bool) -> bool:
     return True
 
 
-def _status_report(database: Path) -> dict[str, Any]:
-    """status.collect on the ledger at database. Raise LedgerDamaged or LedgerUnavailable."""
+def _status_report(config: config_module.Settings) -> dict[str, Any]:
+    """status.collect on the config's ledger, with its connections. Raise LedgerDamaged or LedgerUnavailable."""
     import sqlite3
 
     from gateway.report import status
     from gateway.state.ledger import Ledger, LedgerUnavailable
 
+    database = config.paths.database
     try:
         ledger = Ledger(database)
         try:
-            return status.collect(ledger)
+            return status.collect(ledger, settings=config)
         finally:
             ledger.close()
     except sqlite3.OperationalError as error:
@@ -491,7 +492,9 @@ def cmd_find(args: argparse.Namespace) -> int:
         ledger.close()
     print(
         logs.redact(
-            json.dumps(found, indent=2, ensure_ascii=False) if args.json else find.render(printable(barcode), found)
+            json.dumps(find.as_json(found), indent=2, ensure_ascii=False)
+            if args.json
+            else find.render(printable(barcode), found, several=config.several)
         )
     )
     return EXIT_OK if found else EXIT_FAILURE

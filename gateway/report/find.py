@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.archive.folders import SIDECAR_SUFFIX
+from gateway.config.settings import DEFAULT_CONNECTION
 from gateway.core.errors import FileRefused
 from gateway.core.names import is_text, printable
 from gateway.core.printfile import Record
@@ -124,6 +125,7 @@ def _retired(ledger: Ledger, barcode: str) -> dict[str, Any] | None:
         "pruned_at": iso(kept.removed_at),
         "earlier_removed": kept.earlier,
         "first_taken": iso(kept.first_taken),
+        "connection": None,  # retention's compact row does not keep it
     }
 
 
@@ -167,6 +169,7 @@ def _from_ledger(ledger: Ledger, barcode: str, file_id: int, number: int) -> dic
         "pickup_location": record.pickup_location if record else None,
         "form_name": record.form_name if record else None,
         "ledger_id": row.id,
+        "connection": row.connection,
     }
 
 
@@ -199,6 +202,7 @@ def _from_sidecar(sidecar: Path, barcode: str, number: int) -> dict[str, Any] | 
         "form_name": record.get("form_name"),
         "ledger_id": None,
         "sidecar": str(sidecar),
+        **_sidecar_connection(content),
     }
 
 
@@ -229,7 +233,29 @@ def _from_pruned_sidecar(ledger: Ledger, sidecar: Path, barcode: str, folders: l
         "form_name": None,
         "ledger_id": None,
         "sidecar": str(sidecar),
+        "connection": None,  # its sidecar is gone with its day
     }
+
+
+def _sidecar_connection(content: dict[str, Any]) -> dict[str, str | None]:
+    """The connection a sidecar names, as an entry's key; none from a sidecar written before connections were
+    named (the entry is as it was then; connection_of() tells it was the default's)."""
+    if "connection" not in content:
+        return {}
+    connection = content["connection"]
+    return {"connection": connection if isinstance(connection, str) else None}  # a sidecar anyone may edit
+
+
+def connection_of(entry: dict[str, Any]) -> str | None:
+    """The CaiaSoft connection that sent an entry's file; None if not known (retention's row, a pruned day).
+    An entry from a sidecar written before connections were named has no such key: it was the default's."""
+    connection = entry.get("connection", DEFAULT_CONNECTION)
+    return connection if isinstance(connection, str) else None
+
+
+def as_json(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """find's answer as `find --json` prints it: every entry names its connection (null: not known)."""
+    return [{**entry, "connection": connection_of(entry)} for entry in found]
 
 
 def _sidecar_record(content: dict[str, Any], number: int) -> dict[str, Any]:
@@ -341,6 +367,15 @@ def _read_sidecar(path: Path) -> dict[str, Any] | None:
     return content if isinstance(content, dict) else None
 
 
+def _connection_words(entry: dict[str, Any], several: bool) -> str:
+    """How the source line names the file's CaiaSoft connection: only with several, or when not the default;
+    nothing when it is not known (retention's row, a pruned day)."""
+    connection = connection_of(entry)
+    if connection is None or not (several or connection != DEFAULT_CONNECTION):
+        return ""
+    return f" (CaiaSoft connection {connection})"
+
+
 def _day_of(path: str) -> str:
     """The day of an archive path's day folder (ROOT/YYYY/MM/DD/NAME), as YYYY-MM-DD."""
     year, month, day = Path(path).parent.parts[-3:]
@@ -350,8 +385,9 @@ def _day_of(path: str) -> str:
 # -- printing ---------------------------------------------------------------------
 
 
-def render(barcode: str, found: list[dict[str, Any]]) -> str:
-    """The answer as an admin reads it at the desk."""
+def render(barcode: str, found: list[dict[str, Any]], several: bool = False) -> str:
+    """The answer as an admin reads it at the desk; the CaiaSoft connection that sent each file is named when the
+    config has several (settings.several), or when it is not the default one."""
     if not found:
         return f"{barcode}: in no request file the gateway has taken (or kept in its archive)"
     lines = [f"{barcode}: in {len(found)} request file(s), newest first"]
@@ -367,7 +403,7 @@ def render(barcode: str, found: list[dict[str, Any]]) -> str:
         ]
         lines.append("")
         lines.append(f"{entry['file']}" + (f"  ({', '.join(about)})" if about else ""))
-        lines.append(f"    source    {entry.get('source') or '?'}")
+        lines.append(f"    source    {entry.get('source') or '?'}{_connection_words(entry, several)}")
         lines.append(f"    taken     {entry.get('taken') or '?'}")
         lines.append(f"    sent      {entry.get('sent') or 'not sent'}")
         outcome = _SHOWN.get(entry.get("outcome") or "", str(entry.get("outcome")))

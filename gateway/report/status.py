@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gateway.config.settings import DEFAULT_CONNECTION, Settings, table_of
 from gateway.core import files
 from gateway.core.errors import describe
 from gateway.core.names import printable
@@ -22,13 +23,20 @@ SERVICE_STALE_SECONDS = 30.0
 LOW_SPACE_BYTES = 1024 * 1024  # less free space in state_dir than this: the ledger and work/ may not grow
 
 
-def collect(ledger: Ledger, now: float | None = None) -> dict[str, Any]:
+def collect(
+    ledger: Ledger, now: float | None = None, settings: Settings | None = None, *, last_uploads: bool = True
+) -> dict[str, Any]:
     """Return the status as a plain dict (what `status --json` prints).
 
-    Every text in it is printable (names.printable): a file name or a reason that
-    holds an escape sequence, a newline or bytes that are not UTF-8 is escaped.
+    settings (the config file's) name the CaiaSoft connections, their sources and the NCIP
+    servers; without them those are what the running service last said (the default alone
+    when it does not run). last_uploads False leaves each connection's last upload out (None):
+    finding it reads every archived row of the ledger for a connection with none in the days
+    kept (a quarter of a second at a million files), too slow for a page reloaded all day.
+    Every text in it is printable (names.printable): a file name or a reason that holds an
+    escape sequence, a newline or bytes that are not UTF-8 is escaped.
     """
-    report: dict[str, Any] = _printable(_collect(ledger, now))
+    report: dict[str, Any] = _printable(_collect(ledger, now, settings, last_uploads))
     return report
 
 
@@ -42,7 +50,7 @@ def _printable(value: Any) -> Any:
     return value
 
 
-def _collect(ledger: Ledger, now: float | None) -> dict[str, Any]:
+def _collect(ledger: Ledger, now: float | None, settings: Settings | None, last_uploads: bool) -> dict[str, Any]:
     now = time.time() if now is None else now
     counts = ledger.files.counts()
     oldest = ledger.files.oldest_open()
@@ -100,7 +108,53 @@ def _collect(ledger: Ledger, now: float | None) -> dict[str, Any]:
             {"file": row.name, "at": iso(row.finished_at), "reason": row.reason, "path": row.final_path}
             for row in ledger.files.recent(FileState.REFUSED, RECENT_ERRORS)
         ],
+        "connections": _connections(ledger, service if running else None, settings, now, last_uploads),
+        "ncip_servers": _ncip_servers(service if running else None, settings),
     }
+
+
+def _connections(
+    ledger: Ledger, service: snapshot.Snapshot | None, settings: Settings | None, now: float, last_uploads: bool
+) -> dict[str, Any]:
+    """Each CaiaSoft connection: its files waiting to be sent, its pause and problem (while the service runs),
+    its last upload and its sources; then each connection the config no longer has that still has files
+    queued (in_config false: they wait for it, never dropped)."""
+    states = (service.get("connections") if service is not None else None) or {}
+    if settings is not None:
+        configured = {c.name: [s.name for s in settings.sources if s.caiasoft == c.name] for c in settings.connections}
+    else:
+        configured = {name: list(state["sources"]) for name, state in states.items()} or {DEFAULT_CONNECTION: []}
+    queued = ledger.files.queued_by_connection()
+    found: dict[str, Any] = {}
+    for name in [*configured, *sorted(set(queued) - set(configured))]:
+        count, oldest = queued.get(name, (0, None))
+        state = states.get(name)
+        last = ledger.files.last_archived(name) if last_uploads else None
+        found[name] = {
+            "in_config": name in configured,
+            "sources": configured.get(name, []),
+            "pending": count,
+            "oldest_pending_seconds": None if oldest is None else round(max(now - oldest, 0.0), 1),
+            "paused": state["paused"] if state else None,
+            "problem": state["problem"] if state else None,
+            "last_upload": None
+            if last is None
+            else {"file": last.name, "at": iso(last.uploaded_at), "path": last.final_path},
+        }
+    return found
+
+
+def _ncip_servers(service: snapshot.Snapshot | None, settings: Settings | None) -> dict[str, Any]:
+    """Each NCIP server's relay as the running service last said (None: not known, the service does not run)."""
+    servers = (service.get("ncip_servers") if service is not None else None) or {}
+    names = [server.name for server in settings.ncip_servers] if settings is not None else list(servers)
+    return {name: servers.get(name) for name in names}
+
+
+def several(status: dict[str, Any]) -> bool:
+    """Whether the config has several CaiaSoft connections or NCIP servers: then each line names its own."""
+    configured = [c for c in (status.get("connections") or {}).values() if c.get("in_config")]
+    return len(configured) > 1 or len(status.get("ncip_servers") or {}) > 1
 
 
 def state_dir_problem(state_dir: Path) -> str | None:
@@ -192,17 +246,53 @@ def _service_lines(status: dict[str, Any]) -> list[str]:
 
 
 def render(status: dict[str, Any]) -> str:
-    """The status as lines for a terminal."""
+    """The status as lines for a terminal (with several connections, each connection's own lines too)."""
+    named = several(status)
     lines = _service_lines(status)
-    if status["uploads_paused"]:
+    lines.extend(_stranded_lines(status))
+    if named:
+        lines.extend(
+            f"UPLOADS TO {name} PAUSED: {connection['paused']}"
+            for name, connection in status["connections"].items()
+            if connection["paused"]
+        )
+    elif status["uploads_paused"]:
         lines.append(f"UPLOADS PAUSED: {status['uploads_paused']}")
     lines.extend(_problem_lines(status))
+    lines.extend(_file_lines(status))
+    lines.extend(_connection_lines(status) if named else _ncip_lines(status.get("ncip")))
+    sent = status.get("alerts") or {}
+    if sent.get("last_sent") or sent.get("waiting") or sent.get("problem"):
+        lines.append(
+            f"alerts:         last sent {sent['last_sent'] or 'never'}, {sent['waiting']} waiting"
+            + (f"; DELIVERY PROBLEM: {sent['problem']}" if sent["problem"] else "")
+        )
+    if status["recent_errors"]:
+        lines.append("recent errors:")
+        for error in status["recent_errors"]:
+            lines.append(f"  {error['at']}  {error['file']}: {error['reason']}")
+            lines.append(f"      {error['path']}")
+    return "\n".join(lines)
+
+
+def _stranded_lines(status: dict[str, Any]) -> list[str]:
+    """Files queued for a connection the config no longer has: they wait for it, and only a person can act."""
+    return [
+        f"CONNECTION REMOVED: {connection['pending']} file(s) queued for connection {name}, which is not in the "
+        f"config: they wait; add [{table_of('caiasoft', name)}] back and reload"
+        for name, connection in (status.get("connections") or {}).items()
+        if not connection["in_config"] and connection["pending"]
+    ]
+
+
+def _file_lines(status: dict[str, Any]) -> list[str]:
+    """Files pending, the oldest of them, today's and all time's, and the last upload (all connections')."""
     counts = status["counts"]
     queued, uploading, stuck = (counts[state] for state in (FileState.QUEUED, FileState.UPLOADING, FileState.STUCK))
-    lines.append(
+    lines = [
         f"pending:        {status['pending']} (queued {queued}, uploading {uploading}, "
         f"other steps {status['pending'] - queued - uploading})" + (f", stuck {stuck}" if stuck else "")
-    )
+    ]
     oldest = status["oldest_pending"]
     if oldest:
         problem = f"; last problem: {oldest['last_problem']}" if oldest["last_problem"] else ""
@@ -221,28 +311,62 @@ def render(status: dict[str, Any]) -> str:
         if not counts[FileState.ARCHIVED]
         else "last upload:    none in the days kept (the older ones were removed by retention)"
     )
-    ncip = status.get("ncip")
-    if ncip:
-        last = iso(ncip["last_success"]) or "none yet"
-        if ncip.get("journal_problem"):
-            lines.append(f"NCIP JOURNAL NOT READ: {ncip['journal_problem']}")
+    return lines
+
+
+def _ncip_lines(ncip: dict[str, Any] | None) -> list[str]:
+    """The (one) NCIP relay: how far behind, its last success, dead letters and problems."""
+    if not ncip:
+        return []
+    lines = []
+    last = iso(ncip["last_success"]) or "none yet"
+    if ncip.get("journal_problem"):
+        lines.append(f"NCIP JOURNAL NOT READ: {ncip['journal_problem']}")
+    lines.append(
+        f"NCIP relay:     {ncip['lag_entries']} entries ({ncip['lag_bytes']} bytes) behind, "
+        f"last success {last}, {ncip['dead_letters']} dead letter(s)"
+        + (" (the journal is not read: what is behind is not known)" if ncip.get("journal_problem") else "")
+    )
+    for label, problem in (("last problem", ncip["last_problem"]), ("feed problem", ncip["feed_problem"])):
+        if problem:
+            lines.append(f"  {label}: {problem}")
+    return lines
+
+
+def _connection_lines(status: dict[str, Any]) -> list[str]:
+    """Each CaiaSoft connection and each NCIP server of the config, named: what waits, what fails, what was last
+    done (the service's part is not known while it does not run)."""
+    lines = []
+    for name, connection in status["connections"].items():
+        if not connection["in_config"]:
+            continue  # said at the top (CONNECTION REMOVED)
+        oldest = connection["oldest_pending_seconds"]
+        last = connection["last_upload"]
         lines.append(
-            f"NCIP relay:     {ncip['lag_entries']} entries ({ncip['lag_bytes']} bytes) behind, "
-            f"last success {last}, {ncip['dead_letters']} dead letter(s)"
+            f"CaiaSoft {name}: "
+            + ("PAUSED, " if connection["paused"] else "")
+            + f"{connection['pending']} waiting to be sent"
+            + (f" (oldest {_age(oldest)})" if oldest is not None else "")
+            + (f", last upload {last['file']} at {last['at']}" if last else ", no upload (in the days kept)")
+            + f"; sources: {', '.join(connection['sources']) or 'none'}"
+        )
+        if connection["problem"] and connection["problem"] != connection["paused"]:  # the pause is said above
+            lines.append(f"  problem: {connection['problem']}")
+    for name, ncip in (status.get("ncip_servers") or {}).items():
+        if ncip is None:
+            lines.append(f"NCIP {name}: not known while the service does not run")
+            continue
+        last_success = iso(ncip["last_success"]) or "none yet"
+        lines.append(
+            f"NCIP {name}: {ncip['lag_entries']} entries ({ncip['lag_bytes']} bytes) behind, "
+            f"last success {last_success}, {ncip['dead_letters']} dead letter(s)"
             + (" (the journal is not read: what is behind is not known)" if ncip.get("journal_problem") else "")
         )
-        for label, problem in (("last problem", ncip["last_problem"]), ("feed problem", ncip["feed_problem"])):
+        for label, problem in (
+            ("NCIP JOURNAL NOT READ", ncip.get("journal_problem")),
+            ("last problem", ncip["last_problem"]),
+            ("feed problem", ncip["feed_problem"]),
+        ):
             if problem:
                 lines.append(f"  {label}: {problem}")
-    sent = status.get("alerts") or {}
-    if sent.get("last_sent") or sent.get("waiting") or sent.get("problem"):
-        lines.append(
-            f"alerts:         last sent {sent['last_sent'] or 'never'}, {sent['waiting']} waiting"
-            + (f"; DELIVERY PROBLEM: {sent['problem']}" if sent["problem"] else "")
-        )
-    if status["recent_errors"]:
-        lines.append("recent errors:")
-        for error in status["recent_errors"]:
-            lines.append(f"  {error['at']}  {error['file']}: {error['reason']}")
-            lines.append(f"      {error['path']}")
-    return "\n".join(lines)
+    return lines

@@ -11,11 +11,11 @@ escapes it.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.config.settings import Settings
+from gateway.config.settings import DEFAULT_CONNECTION, Settings
 from gateway.core.names import printable
 from gateway.core.states import FileState
 from gateway.report import status
@@ -67,6 +67,18 @@ class NcipView:
     dead_letters: int
     last_success: str | None
     problem: str | None
+    name: str = DEFAULT_CONNECTION  # the NCIP server's ([ncip] is "default")
+
+
+@dataclass(frozen=True)
+class ConnectionView:
+    """One CaiaSoft connection (shown only when the config has several): its files waiting, its pause."""
+
+    name: str
+    sources: str
+    waiting: int
+    paused: str | None  # why its uploads are paused; None also while the service is not running
+    problem: str | None
 
 
 @dataclass(frozen=True)
@@ -81,6 +93,8 @@ class Today:
     denied_items: list[DeniedItem]
     ncip: NcipView | None  # None: no [ncip] table
     days: list[Day]
+    connections: list[ConnectionView] = field(default_factory=list)  # only when the config has several
+    ncip_servers: list[NcipView] = field(default_factory=list)  # only when the config has several
 
 
 def midnight(day: dt.date) -> float:
@@ -113,10 +127,11 @@ def days(ledger: Ledger, now: float, count: int = DAYS) -> list[Day]:
 
 def today(ledger: Ledger, config: Settings, now: float) -> Today:
     """Everything the Today page shows."""
-    report = status.collect(ledger, now)
+    report = status.collect(ledger, now, settings=config, last_uploads=False)  # at once, at any size
     report["state_dir_problem"] = status.state_dir_problem(config.paths.state_dir)
     history = days(ledger, now)
     day = history[-1]
+    named = status.several(report)
     return Today(
         day=day.date,
         attention=attention(report),
@@ -131,6 +146,8 @@ def today(ledger: Ledger, config: Settings, now: float) -> Today:
         denied_items=denied_items(ledger, day.date),
         ncip=_ncip(report) if config.ncip is not None else None,
         days=history,
+        connections=_connections(report) if named else [],
+        ncip_servers=[_ncip_view(name, ncip) for name, ncip in report["ncip_servers"].items()] if named else [],
     )
 
 
@@ -151,7 +168,32 @@ def nothing_yet(config: Settings, now: float) -> Today:
         denied_items=[],
         ncip=NcipView(False, 0, 0, None, None) if config.ncip is not None else None,
         days=[Day(today - dt.timedelta(days=back), 0, 0, 0, 0) for back in range(DAYS - 1, -1, -1)],
+        connections=[ConnectionView(c.name, _sources_of(config, c.name), 0, None, None) for c in config.connections]
+        if config.several
+        else [],
+        ncip_servers=[NcipView(False, 0, 0, None, None, server.name) for server in config.ncip_servers]
+        if config.several
+        else [],
     )
+
+
+def _sources_of(config: Settings, connection: str) -> str:
+    return ", ".join(source.name for source in config.sources if source.caiasoft == connection)
+
+
+def _connections(report: dict[str, Any]) -> list[ConnectionView]:
+    """Each CaiaSoft connection of the config, from the status report."""
+    return [
+        ConnectionView(
+            name=name,
+            sources=", ".join(connection["sources"]),
+            waiting=int(connection["pending"]),
+            paused=connection["paused"],
+            problem=connection["problem"],
+        )
+        for name, connection in report["connections"].items()
+        if connection["in_config"]
+    ]
 
 
 def denied_items(ledger: Ledger, day: dt.date) -> list[DeniedItem]:
@@ -175,12 +217,11 @@ def denied_items(ledger: Ledger, day: dt.date) -> list[DeniedItem]:
 def attention(report: dict[str, Any]) -> list[str]:
     """What needs a person, in plain words, most pressing first (from the status report)."""
     said = _service(report)
+    named = status.several(report)
     if report.get("state_dir_problem"):
         said.append(f"The state folder cannot be written: {report['state_dir_problem']}.")
-    if report.get("uploads_paused"):
-        said.append(
-            f"Uploads are paused: {report['uploads_paused']}. Files wait in the queue until the API key is fixed."
-        )
+    said += _stranded(report)
+    said += _paused_connections(report) if named else _paused(report)
     oldest = report.get("oldest_pending")
     if oldest and oldest.get("attempts") and oldest.get("last_problem") and oldest.get("state") == FileState.QUEUED:
         said.append(
@@ -188,7 +229,7 @@ def attention(report: dict[str, Any]) -> list[str]:
             f"the oldest for {age(oldest['age_seconds'])})."
         )
     said += _source_attention(report["service"].get("sources") or {})
-    said += _ncip_attention(report.get("ncip"))
+    said += _ncip_servers_attention(report) if named else _ncip_attention(report.get("ncip"))
     said += [f"{worker} is paused after a fault: {fault}" for worker, fault in (report.get("faults") or {}).items()]
     if report.get("retention_held"):
         said.append(f"Retention holds archive days back: {report['retention_held']}")
@@ -202,6 +243,33 @@ def attention(report: dict[str, Any]) -> list[str]:
     if alerts.get("problem"):
         said.append(f"Alerts are not delivered: {alerts['problem']} ({alerts.get('waiting', 0)} waiting).")
     return said
+
+
+def _stranded(report: dict[str, Any]) -> list[str]:
+    """Files that wait for a CaiaSoft connection the configuration no longer has (as `status`)."""
+    return [
+        f"{connection['pending']} file(s) wait for the CaiaSoft connection {name}, which is no longer in the "
+        f"configuration: they are kept, and sent once [caiasoft.{name}] is added back and the gateway reloaded."
+        for name, connection in (report.get("connections") or {}).items()
+        if not connection["in_config"] and connection["pending"]
+    ]
+
+
+def _paused(report: dict[str, Any]) -> list[str]:
+    if not report.get("uploads_paused"):
+        return []
+    return [f"Uploads are paused: {report['uploads_paused']}. Files wait in the queue until the API key is fixed."]
+
+
+def _paused_connections(report: dict[str, Any]) -> list[str]:
+    """Each CaiaSoft connection whose uploads are paused, by name, with the sources whose files wait."""
+    return [
+        f"Uploads to the CaiaSoft connection {name} are paused: {connection['paused']}. Files of "
+        f"{', '.join(connection['sources']) or 'its sources'} wait in the queue until its API key is fixed; "
+        "the other connections send as usual."
+        for name, connection in (report.get("connections") or {}).items()
+        if connection["in_config"] and connection["paused"]
+    ]
 
 
 def _source_attention(sources: dict[str, Any]) -> list[str]:
@@ -236,36 +304,51 @@ def _service(report: dict[str, Any]) -> list[str]:
     return []
 
 
-def _ncip_attention(ncip: dict[str, Any] | None) -> list[str]:
+def _ncip_servers_attention(report: dict[str, Any]) -> list[str]:
+    """What needs a person at each NCIP server, each named."""
+    return [line for name, ncip in (report.get("ncip_servers") or {}).items() for line in _ncip_attention(ncip, name)]
+
+
+def _ncip_attention(ncip: dict[str, Any] | None, name: str | None = None) -> list[str]:
+    """What needs a person at the NCIP server (name: the server's, when the config has several)."""
     if not ncip:
         return []
+    server = f" {name}" if name else ""
     said = []
     if ncip.get("last_problem"):
         said.append(
-            f"ALEPH's NCIP server: {ncip['last_problem']} ({ncip.get('lag_entries', 0)} journal entries waiting)."
+            f"ALEPH's NCIP server{server}: {ncip['last_problem']} ({ncip.get('lag_entries', 0)} journal entries "
+            "waiting)."
         )
     if ncip.get("journal_problem"):
-        said.append(f"The NCIP journal is not read: {ncip['journal_problem']}")
+        said.append(f"The NCIP journal{server and f' of server{server}'} is not read: {ncip['journal_problem']}")
     if ncip.get("feed_problem"):
-        said.append(f"CaiaSoft's status feed: {ncip['feed_problem']}")
+        said.append(f"CaiaSoft's status feed{server and f' for NCIP server{server}'}: {ncip['feed_problem']}")
     if ncip.get("dead_letters"):
+        folder = f"error_dir/ncip/{name}" if name and name != DEFAULT_CONNECTION else "error_dir/ncip"
         said.append(
-            f"{ncip['dead_letters']} NCIP journal entries could not be relayed to ALEPH (dead letters, kept in "
-            "error_dir/ncip): ALEPH's loans for those items need a hand."
+            f"{ncip['dead_letters']} NCIP journal entries could not be relayed to ALEPH"
+            f"{server and f' (server{server})'} (dead letters, kept in {folder}): ALEPH's loans for those items "
+            "need a hand."
         )
     return said
 
 
 def _ncip(report: dict[str, Any]) -> NcipView:
-    ncip = report.get("ncip")
+    return _ncip_view(DEFAULT_CONNECTION, report.get("ncip"))
+
+
+def _ncip_view(name: str, ncip: dict[str, Any] | None) -> NcipView:
+    """One NCIP server's relay as the service last said (None: not known, the service does not run)."""
     if not ncip:
-        return NcipView(False, 0, 0, None, None)
+        return NcipView(False, 0, 0, None, None, name)
     return NcipView(
         known=True,
         behind=int(ncip.get("lag_entries") or 0),
         dead_letters=int(ncip.get("dead_letters") or 0),
         last_success=when(ncip.get("last_success")) or None,
         problem=ncip.get("last_problem") or ncip.get("journal_problem") or ncip.get("feed_problem"),
+        name=name,
     )
 
 

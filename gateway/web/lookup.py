@@ -61,6 +61,7 @@ class Hit:
     where: str  # the path, or what became of the file
     pruned: str  # "pruned by retention on DAY ..." or ""
     ncip: list[str]
+    connection: str = ""  # the CaiaSoft connection that sent it ("" if not known: retention's row, a pruned day)
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class Search:
     more: int  # hits not shown
     backfill_due: bool  # older files are not indexed yet: `caiasoft-gateway find` has to run once
     feed: bool  # the status feed runs, so NCIP updates of an item can be known
+    several: bool = False  # the config has several CaiaSoft connections: each hit names its own
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,7 @@ def search(ledger: Ledger | None, config: Settings, typed: str) -> Search:
         max(len(entries) - HITS_SHOWN, 0),
         find.backfill_pending(ledger, [config.paths.archive_dir, config.paths.error_dir]),
         feed,
+        config.several,
     )
 
 
@@ -159,6 +162,7 @@ def _hit(ledger: Ledger, entry: dict[str, Any]) -> Hit:
         where=where,
         pruned=pruned,
         ncip=[],
+        connection=find.connection_of(entry) or "",
     )
 
 
