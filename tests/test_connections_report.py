@@ -288,7 +288,6 @@ def test_status_of_a_stopped_service_says_what_the_ledger_knows_of_each_connecti
         assert status.collect(ledger, settings=config)["connections"]["law"]["last_upload"]["file"] == (
             "law_paging_barcode"
         )
-        assert status.collect(ledger, settings=config, last_uploads=False)["connections"]["law"]["last_upload"] is None
     finally:
         ledger.close()
     assert "NCIP law: not known while the service does not run" in lines

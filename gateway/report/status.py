@@ -23,20 +23,16 @@ SERVICE_STALE_SECONDS = 30.0
 LOW_SPACE_BYTES = 1024 * 1024  # less free space in state_dir than this: the ledger and work/ may not grow
 
 
-def collect(
-    ledger: Ledger, now: float | None = None, settings: Settings | None = None, *, last_uploads: bool = True
-) -> dict[str, Any]:
+def collect(ledger: Ledger, now: float | None = None, settings: Settings | None = None) -> dict[str, Any]:
     """Return the status as a plain dict (what `status --json` prints).
 
     settings (the config file's) name the CaiaSoft connections, their sources and the NCIP
     servers; without them those are what the running service last said (the default alone
-    when it does not run). last_uploads False leaves each connection's last upload out (None):
-    finding it reads every archived row of the ledger for a connection with none in the days
-    kept (a quarter of a second at a million files), too slow for a page reloaded all day.
+    when it does not run). Each connection's last upload is one index entry (files_connection_archived).
     Every text in it is printable (names.printable): a file name or a reason that holds an
     escape sequence, a newline or bytes that are not UTF-8 is escaped.
     """
-    report: dict[str, Any] = _printable(_collect(ledger, now, settings, last_uploads))
+    report: dict[str, Any] = _printable(_collect(ledger, now, settings))
     return report
 
 
@@ -50,7 +46,7 @@ def _printable(value: Any) -> Any:
     return value
 
 
-def _collect(ledger: Ledger, now: float | None, settings: Settings | None, last_uploads: bool) -> dict[str, Any]:
+def _collect(ledger: Ledger, now: float | None, settings: Settings | None) -> dict[str, Any]:
     now = time.time() if now is None else now
     counts = ledger.files.counts()
     oldest = ledger.files.oldest_open()
@@ -108,13 +104,13 @@ def _collect(ledger: Ledger, now: float | None, settings: Settings | None, last_
             {"file": row.name, "at": iso(row.finished_at), "reason": row.reason, "path": row.final_path}
             for row in ledger.files.recent(FileState.REFUSED, RECENT_ERRORS)
         ],
-        "connections": _connections(ledger, service if running else None, settings, now, last_uploads),
+        "connections": _connections(ledger, service if running else None, settings, now),
         "ncip_servers": _ncip_servers(service if running else None, settings),
     }
 
 
 def _connections(
-    ledger: Ledger, service: snapshot.Snapshot | None, settings: Settings | None, now: float, last_uploads: bool
+    ledger: Ledger, service: snapshot.Snapshot | None, settings: Settings | None, now: float
 ) -> dict[str, Any]:
     """Each CaiaSoft connection: its files waiting to be sent, its pause and problem (while the service runs),
     its last upload and its sources; then each connection the config no longer has that still has files
@@ -129,7 +125,7 @@ def _connections(
     for name in [*configured, *sorted(set(queued) - set(configured))]:
         count, oldest = queued.get(name, (0, None))
         state = states.get(name)
-        last = ledger.files.last_archived(name) if last_uploads else None
+        last = ledger.files.last_archived(name)
         found[name] = {
             "in_config": name in configured,
             "sources": configured.get(name, []),

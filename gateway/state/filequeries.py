@@ -139,10 +139,9 @@ class FileQueries:
         return {name: (count, oldest) for name, count, oldest in rows}
 
     def last_archived(self, connection: str) -> FileRow | None:
-        """The file of a CaiaSoft connection archived last (read backwards through the files_done index: at once
-        for a connection that uploads; a connection that never did reads the archived rows once)."""
+        """The file of a CaiaSoft connection archived last (the last entry of files_connection_archived)."""
         return self.db.fetch_one(
-            "SELECT * FROM files INDEXED BY files_done WHERE state = 'archived' AND connection = ? "
+            "SELECT * FROM files INDEXED BY files_connection_archived WHERE state = 'archived' AND connection = ? "
             "ORDER BY finished_at DESC LIMIT 1",
             (connection,),
         )

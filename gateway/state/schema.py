@@ -22,7 +22,8 @@ SCHEMA_VERSION = 7  # 2: records and items (gateway/state/itemindex.py); 3: verd
 # 6: retired and pruning (gateway/state/retiredstore.py), the files_final_path index: retention
 #    compacts the rows of the days it removes
 # 7: files.connection (the CaiaSoft connection a file is for; 'default' for every older row) and the
-#    files_connection_due index: each connection's upload workers are assigned its own queued files
+#    files_connection_due index: each connection's upload workers are assigned its own queued files;
+#    files_connection_archived: each connection's last upload at once, however long the history
 
 FILES_SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -131,6 +132,9 @@ ADDED_COLUMNS = {  # columns of SCHEMA_VERSION 3, added to an older ledger's fil
 CONNECTION_DUE_INDEX = (
     "CREATE INDEX IF NOT EXISTS files_connection_due ON files (connection, next_attempt_at, id) WHERE state = 'queued'"
 )
+CONNECTION_DONE_INDEX = (  # each connection's last upload (`status`), whatever the others' history
+    "CREATE INDEX IF NOT EXISTS files_connection_archived ON files (connection, finished_at) WHERE state = 'archived'"
+)
 
 
 def create(db: sqlite3.Connection) -> None:
@@ -178,6 +182,8 @@ def migrate(db: sqlite3.Connection, now: float) -> None:
         _upgrading(version, "indexed")
     if version < 7:  # the queued files only (a partial index): a few pages, whatever the history
         db.execute(CONNECTION_DUE_INDEX)
+        _upgrading(version, "indexing the archived files by connection once (files_connection_archived)")
+        db.execute(CONNECTION_DONE_INDEX)
     if version < SCHEMA_VERSION:
         db.execute(
             "INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",

@@ -127,7 +127,7 @@ def days(ledger: Ledger, now: float, count: int = DAYS) -> list[Day]:
 
 def today(ledger: Ledger, config: Settings, now: float) -> Today:
     """Everything the Today page shows."""
-    report = status.collect(ledger, now, settings=config, last_uploads=False)  # at once, at any size
+    report = status.collect(ledger, now, settings=config)
     report["state_dir_problem"] = status.state_dir_problem(config.paths.state_dir)
     history = days(ledger, now)
     day = history[-1]
