@@ -264,3 +264,12 @@ def test_a_retried_file_goes_back_to_its_own_connection(tmp_path):
         assert put_back(pipeline, stray).connection == "default"  # a connection the config lacks: the default
         client.close()
         ledger.close()
+
+
+def test_find_tells_what_each_servers_feed_journaled(tmp_path):
+    """The status feed of a named NCIP server remembers its items apart (NAME/kind); find reads them all."""
+    ledger = Ledger(tmp_path / "gateway.db")
+    ledger.ncip.remember_feed("retrieved", "31234007770001", "20261205", connection="law")
+    ledger.ncip.remember_feed("refiled", "31234007770001", "20261206")
+    assert [kind for kind, _day, _at in ledger.items.feed_updates("31234007770001")] == ["retrieved", "refiled"]
+    ledger.close()

@@ -143,15 +143,16 @@ class ItemIndex:
         return [ItemHit(barcode, file_id, record, loaded(sidecar)) for barcode, file_id, record, sidecar in rows]
 
     def feed_updates(self, barcode: str) -> list[tuple[str, str, float]]:
-        """(kind, day YYYYMMDD, when) of what the status feed journaled for NCIP about this item, oldest first:
-        retrieved (a check-out) or refiled (a check-in). Only the feed's last lookback_days are kept."""
+        """(kind, day YYYYMMDD, when) of what the status feeds journaled for NCIP about this item, oldest first:
+        retrieved (a check-out) or refiled (a check-in), whichever NCIP server's feed it was (a named server's
+        kinds are stored as NAME/kind: gateway.state.checkpoints.feed_kind). Only the feeds' last lookback_days
+        are kept: a small table, read whole for the barcode."""
         with self.db.lock:
             rows = self.db.connection.execute(
-                "SELECT kind, day, at FROM feed_seen WHERE kind IN ('retrieved', 'refiled') AND barcode = ? "
-                "ORDER BY at",
-                (barcode,),
+                "SELECT kind, day, at FROM feed_seen WHERE barcode = ? ORDER BY at", (barcode,)
             ).fetchall()
-        return [(kind, day, at) for kind, day, at in rows]
+        found = [(stored.rpartition("/")[2], day, at) for stored, day, at in rows]  # the kind, of any server
+        return [(kind, day, at) for kind, day, at in found if kind in ("retrieved", "refiled")]
 
     # -- backfill from sidecars written before the index existed -------------------
 
