@@ -605,23 +605,32 @@ def probe_waits(root: Path, receipts: Path, count: int) -> list[float]:
     return waits
 
 
-def fair(work: Path, files: int, probes: int) -> dict:
-    """A backlog on one connection, single files on the other: does the backlog delay them?"""
-    results: dict[str, Any] = {"files": files, "probes": probes}
-    results["alone"], _ = fair_run(work / "alone", 0, probes)
-    results["with_backlog"], backlog = fair_run(work / "with_backlog", files, probes)
+def fair(work: Path, files: int, probes: int, delay: float = 0.0) -> dict:
+    """A backlog on one connection, single files on the other: does the backlog delay them? (delay: seconds
+    both simulators wait before each answer, as a WAN round trip)"""
+    results: dict[str, Any] = {"files": files, "probes": probes, "delay_ms": round(delay * 1000)}
+    results["alone"], _ = fair_run(work / "alone", 0, probes, delay)
+    results["with_backlog"], backlog = fair_run(work / "with_backlog", files, probes, delay)
     results.update(backlog)
     results["extra_ms"] = round(results["with_backlog"]["median_ms"] - results["alone"]["median_ms"], 1)
     return results
 
 
-def fair_run(root: Path, backlog_files: int, probes: int) -> tuple[dict, dict]:
+def fair_both(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """The fair scenario on loopback and, unless --wan-delay 0, with WAN-like answers."""
+    found = {"fair": fair(work / "fair", args.fair_files, args.fair_probes)}
+    if args.wan_delay > 0:
+        found["fair_wan"] = fair(work / "fair-wan", args.fair_files, args.fair_probes, args.wan_delay)
+    return found
+
+
+def fair_run(root: Path, backlog_files: int, probes: int, delay: float) -> tuple[dict, dict]:
     """The probes' waits (median, worst) with backlog_files queued for the other connection; and, with a
     backlog, one upload's time on it and what was left of it after the probes."""
     root.mkdir(parents=True)
     receipts = root / "receipts-law.jsonl"
-    default_sim, default_url = start_simulator("caiasoft", root)
-    law_sim, law_url = start_simulator("caiasoft", root, receipts)
+    default_sim, default_url = start_simulator("caiasoft", root, delay=delay)
+    law_sim, law_url = start_simulator("caiasoft", root, receipts, delay=delay)
     make_files(root / "print", backlog_files)
     if backlog_files:  # aged: waiting since before the start, all of it ready at once
         before = time.time() - SETTLE - 1
@@ -747,7 +756,7 @@ def run_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     if args.wan_delay > 0 and "wan" in args.only:
         figures["wan"] = wan(work / "wan", args.wan_delay, args.wan_files, args.wan_curl_files, args.wan_ncip_entries)
     if "fair" in args.only:
-        figures["fair"] = fair(work / "fair", args.fair_files, args.fair_probes)
+        figures.update(fair_both(args, work))
     if "backlog" in figures and "big_backlog" in figures:  # memory growth per extra pending file
         small, big = figures["backlog"], figures["big_backlog"]
         big["rss_growth_bytes_per_file"] = round(
@@ -854,11 +863,14 @@ def print_table(f: dict) -> None:
                 + f", the clients {page['clients_cpu_s']} s",
             ),
         ]
-    if "fair" in f:
-        fa = f["fair"]
+    for key in ("fair", "fair_wan"):
+        if key not in f:
+            continue
+        fa = f[key]
+        where = f"WAN ({fa['delay_ms']} ms per answer)" if fa["delay_ms"] else "loopback"
         rows += [
             (
-                f"fair: a new file on connection B, B idle and A idle ({fa['probes']} files)",
+                f"fair, {where}: a new file on connection B, nothing else queued ({fa['probes']} files)",
                 f"{fa['alone']['median_ms']} / {fa['alone']['worst_ms']} ms",
                 "median / worst, from claimed to received",
             ),
