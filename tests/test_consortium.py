@@ -126,6 +126,8 @@ def test_one_gateway_serves_two_libraries(tmp_path, members, main_ncip, daemon_f
         for item in ("MAIN-1", "MAIN-2"):
             journal(config_file, "checkout", item)
         wait_for(lambda: len(archived(tmp_path)) == 2, timeout=60, message="each member's file archived")
+        for member in ("main", "law"):  # taken from each member's host, deleted there once sent
+            wait_for(lambda m=member: not list((tmp_path / "remote" / m).iterdir()), timeout=60, message=member)
         wait_for(lambda: len(main_ncip.received) == 2, timeout=60, message="main's entries relayed")
         assert [m.item for m in main_ncip.received] == ["MAIN-1", "MAIN-2"]  # law's server down held none of them
 
@@ -145,7 +147,6 @@ def test_one_gateway_serves_two_libraries(tmp_path, members, main_ncip, daemon_f
     sidecars = archived(tmp_path)
     assert sidecars["law-slip.txt"]["connection"] == "law" and sidecars["law-slip.txt"]["source"] == "law"
     assert sidecars["main-slip.txt"]["connection"] == "default"
-    assert not list((tmp_path / "remote" / "law").iterdir())  # taken from the member's host, deleted there
     log = (tmp_path / "log" / "gateway.log").read_text()
     assert KEY not in log and LAW_KEY not in log
     assert json.loads((tmp_path / "state" / "ncip-law.jsonl").read_text().splitlines()[0])["item"] == "LAW-1"
