@@ -452,6 +452,17 @@ def test_check_probes_each_ncip_server_named(two, ncip_servers):
         assert f"ok    NCIP [{table}] LookupItem {ITEM} at {server.url} (version " in result.stdout
 
 
+def test_check_asks_only_the_ncip_server_named_about_the_item(two, ncip_servers):
+    """--ncip NAME: a library's barcode is asked of its own ALEPH only; an unknown name is a usage error."""
+    result = two.cli("check", "--ncip-item", ITEM, "--ncip", "law")
+    assert result.returncode == 0, result.stdout
+    assert f"ok    NCIP [ncip.law] LookupItem {ITEM} at {ncip_servers[1].url} (version " in result.stdout
+    assert "NCIP [ncip] LookupItem" not in result.stdout
+    assert [m.action for m in ncip_servers[0].received] == [] and ncip_servers[1].received
+    wrong = two.cli("check", "--ncip-item", ITEM, "--ncip", "music")
+    assert wrong.returncode == 2 and "'music'" in wrong.stderr and "default, law" in wrong.stderr
+
+
 def test_check_offline_names_each_source_connection_and_journal(two, simulator, law_simulator, ncip_servers):
     for server in (simulator, law_simulator, *ncip_servers):
         server.stop()  # not contacted: nothing to answer

@@ -45,8 +45,11 @@ class Result:
     detail: str = ""
 
 
-def run_checks(config: Config, offline: bool = False, ncip_item: str | None = None) -> Iterator[Result]:
-    """Every check in order; with ncip_item, also a read-only NCIP LookupItem for that barcode."""
+def run_checks(
+    config: Config, offline: bool = False, ncip_item: str | None = None, ncip_server: str | None = None
+) -> Iterator[Result]:
+    """Every check in order; with ncip_item, also a read-only NCIP LookupItem for that barcode, on every NCIP
+    server or only on the one named ncip_server (a barcode of one library is unknown to another's ALEPH)."""
     yield Result("ok", f"configuration {config.file}")
     for warning in config.warnings:
         yield Result("WARN", "secret file permissions", warning)
@@ -61,7 +64,8 @@ def run_checks(config: Config, offline: bool = False, ncip_item: str | None = No
     for connection in config.connections:
         yield _caiasoft(config, connection)
     for server in config.ncip_servers:
-        yield from _ncip_server(server, ncip_item, config.several)
+        asked = ncip_item if ncip_server in (None, server.name) else None
+        yield from _ncip_server(server, asked, config.several)
 
 
 def _ncip_server(server: Ncip, ncip_item: str | None, several: bool) -> Iterator[Result]:

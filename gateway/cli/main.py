@@ -84,6 +84,13 @@ def _parser() -> argparse.ArgumentParser:
         help="also ask ALEPH's NCIP server about this item (LookupItem, read-only) and print the "
         "answer in words: proves URL, port, registration, agencies and version",
     )
+    check.add_argument(
+        "--ncip",
+        metavar="NAME",
+        dest="ncip_server",
+        help="with several NCIP servers: ask only this one ([ncip] is default, [ncip.NAME] is NAME) about "
+        "--ncip-item (a library's barcode is unknown to another's ALEPH); default: every server",
+    )
     status = commands.add_parser("status", help="what is queued, uploaded and refused")
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
     send = commands.add_parser("send", help="upload files now, through the same validate/upload/archive path")
@@ -334,10 +341,19 @@ def cmd_check(args: argparse.Namespace) -> int:
             "caiasoft-gateway check: --ncip-item needs an [ncip] section and cannot go with --offline", file=sys.stderr
         )
         return EXIT_CONFIG
+    servers = [server.name for server in config.ncip_servers]
+    if args.ncip_server is not None and (not args.ncip_item or args.ncip_server not in servers):
+        print(
+            f"caiasoft-gateway check: --ncip {args.ncip_server!r} names the NCIP server to ask about --ncip-item; "
+            f"{config.file} has: {', '.join(servers) or 'none'}",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     root = args.root or Path("/")
     unit = args.unit or asservice.inside(root, str(asservice.UNIT))
     for result in chain(
-        run_checks(config, offline=args.offline, ncip_item=args.ncip_item), unit_sandbox(config, unit, root)
+        run_checks(config, offline=args.offline, ncip_item=args.ncip_item, ncip_server=args.ncip_server),
+        unit_sandbox(config, unit, root),
     ):
         print(
             logs.redact(
@@ -378,6 +394,7 @@ def _check_as_service(args: argparse.Namespace) -> int:
         *(["--offline"] if args.offline else []),
         *(["--send-test-alert"] if args.send_test_alert else []),
         *(["--ncip-item", args.ncip_item] if args.ncip_item else []),
+        *(["--ncip", args.ncip_server] if args.ncip_server else []),
         "--unit",
         str(unit),
         *(["--root", str(root)] if args.root else []),
