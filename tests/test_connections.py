@@ -273,3 +273,20 @@ def test_find_tells_what_each_servers_feed_journaled(tmp_path):
     ledger.ncip.remember_feed("refiled", "31234007770001", "20261206")
     assert [kind for kind, _day, _at in ledger.items.feed_updates("31234007770001")] == ["retrieved", "refiled"]
     ledger.close()
+
+
+def test_send_goes_to_the_connection_named(tmp_path):
+    import subprocess
+    import sys
+
+    slip = tmp_path / "by-hand.txt"
+    slip.write_bytes(b"31234007770001\n")
+    with CaiaSoftSimulator(key=KEY) as default_sim, CaiaSoftSimulator(key=LAW_KEY) as law_sim:
+        config_file = write_two(tmp_path, default_sim.url, law_sim.url)
+        command = [sys.executable, "-m", "gateway", "-c", str(config_file), "send", str(slip)]
+        sent = subprocess.run([*command, "--caiasoft", "law"], capture_output=True, text=True, timeout=60)
+        unknown = subprocess.run([*command, "--caiasoft", "lw"], capture_output=True, text=True, timeout=60)
+    assert sent.returncode == 0 and "accepted by CaiaSoft" in sent.stdout, sent.stdout + sent.stderr
+    assert [r.name for r in law_sim.received] == ["by-hand.txt"] and default_sim.received == []
+    assert unknown.returncode == 2 and "no CaiaSoft connection 'lw'" in unknown.stdout + unknown.stderr
+    assert "default, law" in unknown.stdout + unknown.stderr
