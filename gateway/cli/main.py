@@ -628,7 +628,10 @@ def cmd_send(args: argparse.Namespace) -> int:
     connection = config.connection(args.caiasoft)
     if connection is None:
         known = ", ".join(c.name for c in config.connections)
-        print(f"caiasoft-gateway send: no CaiaSoft connection {args.caiasoft!r} in {config.file} (there are: {known})")
+        print(
+            f"caiasoft-gateway send: no CaiaSoft connection {args.caiasoft!r} in {config.file} (there are: {known})",
+            file=sys.stderr,
+        )
         return EXIT_CONFIG
     logs.setup(config.paths.log_dir, console=False)
     client = CaiaSoftClient(connection, config.key_of(connection.name))
