@@ -97,6 +97,8 @@ class Parts:
         self.relay: Relay | None = self.relays[0] if self.relays else None  # the default server's
         self.feed: Feed | None = next((feed for feed in self.feeds if feed.settings is config.ncip), None)
         self._deferred: list[tuple[Worker, Worker]] = []  # (new worker, the old one it waits for)
+        # after stop(): for a deferred worker that never started, the old one it waited for (it may still run)
+        self._superseded: dict[str, Worker] = {}
 
     def inputs(self) -> list[Worker]:
         return [*self.collectors, *self.feeds]
@@ -116,7 +118,7 @@ class Parts:
     def start(self, previous: Parts | None = None) -> None:
         """Start every worker. After a reload (previous given), a collector, the feed or the relay
         whose predecessor is still running starts when that one has ended (start_deferred)."""
-        before = {worker.name: worker for worker in previous.exclusive()} if previous else {}
+        before = previous.may_run() if previous else {}
         self.monitor.start()
         for worker in (*self.outputs(), *self.inputs()):
             old = before.get(worker.name)
@@ -128,6 +130,12 @@ class Parts:
     def exclusive(self) -> list[Worker]:
         """Workers of which two must never run at once (they read a folder or the journal)."""
         return [*self.inputs(), *self.relays]
+
+    def may_run(self) -> dict[str, Worker]:
+        """By name, the exclusive worker of these parts that may still run: its own, or for one that was
+        stopped before it ever started (a second reload while it waited), the predecessor it waited for,
+        which may still run (a successor waiting for the one that never started would wait for ever)."""
+        return {**{worker.name: worker for worker in self.exclusive()}, **self._superseded}
 
     def start_deferred(self) -> None:
         waiting = []
@@ -150,8 +158,10 @@ class Parts:
             if deadline is not None:
                 for worker in group:
                     worker.join(max(deadline - time.monotonic(), 0.0))
-        for worker, _old in self._deferred:
+        for worker, old in self._deferred:
             worker.stop()
+            if worker.ident is None:
+                self._superseded[worker.name] = old
         self._deferred = []
         self.monitor.stop()
 
