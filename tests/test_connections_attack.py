@@ -3,18 +3,25 @@ in quick succession, what the staff page and the messages say of a named connect
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
+import requests
 from conftest import KEY, ncip_table, wait_for
+from test_web import NOW, Clock, _cells, _through
 
 from gateway.cli import demo
 from gateway.config import loader as config_module
+from gateway.config.settings import Web
+from gateway.core.printfile import Record
+from gateway.core.states import Verdict
 from gateway.ncip import journal
 from gateway.ncip.journal import JournalEntry
 from gateway.runtime.parts import Parts
 from gateway.simulators.ncip import NcipSimulator
 from gateway.state.ledger import Ledger
+from gateway.web.server import WebServer
 
 # -- a second reload while a relay waits for its predecessor ----------------------------------------------------
 
@@ -83,3 +90,40 @@ def test_a_second_reload_while_the_relay_waits_for_its_predecessor_does_not_stop
         ledger.close()
         ncip.sim.stop()
     assert ncip.items() == ["ITEM-1", "ITEM-2"]  # each once: two relays never sent one entry
+
+
+# -- the staff page's find and a named NCIP server's feed ---------------------------------------------------------
+
+
+def test_the_staff_page_find_shows_what_a_named_servers_feed_journaled(site, simulator, tmp_path):
+    """[ncip.law.feed] without [ncip.feed]: find on the staff page gives the law feed's check-out to the file
+    taken before it. Before the fix the page asked only whether [ncip] had a feed, so it said "not known here"
+    and never read what the law feed journaled."""
+    law = ncip_table("http://127.0.0.1:9/ncip", site.root / "law.jsonl").replace("[ncip]", "[ncip.law]")
+    site.write(
+        simulator.url,
+        extra=ncip_table("http://127.0.0.1:9/ncip", site.root / "ncip.jsonl")
+        + law
+        + '\n[ncip.law.feed]\ncollection = "LAW"\n',
+    )
+    config = site.load()
+    assert config.ncip is not None and config.ncip.feed is None and config.ncip_named[0].feed is not None
+    item = "31234007770088"
+    clock = Clock(NOW - 3600)
+    ledger = Ledger(config.paths.database, clock=clock)
+    server = None
+    try:
+        taken = _through(
+            ledger, clock, "law.hold_req", [Record(number=1, line=1, barcodes=(item,))], Verdict.ACCEPTED, tmp_path
+        )
+        clock.now += 1800
+        ledger.ncip.remember_feed("retrieved", item, "20261128", connection="law")
+        server = WebServer(dataclasses.replace(config, web=Web("127.0.0.1:0", None)), clock).start()
+        page = requests.get(server.url + "find", params={"barcode": item}, timeout=30).text
+    finally:
+        if server is not None:
+            server.stop()
+        ledger.close()
+    (hit,) = _cells(page, "hit")
+    assert f'href="/file/{taken}"' in page
+    assert hit["ncip"] == "check-out (CaiaSoft retrieved it) 2026-11-28 11:30"

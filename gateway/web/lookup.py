@@ -106,7 +106,7 @@ class FileView:
 def search(ledger: Ledger | None, config: Settings, typed: str) -> Search:
     """The request files that carried the barcode typed, newest first (ledger None: the gateway never ran)."""
     barcode = typed.strip()
-    feed = config.ncip is not None and config.ncip.feed is not None
+    feed = any(server.feed is not None for server in config.ncip_servers)  # [ncip.feed] or [ncip.NAME.feed]
     if not barcode:
         return Search("", "Type or scan an item's barcode.", [], 0, False, feed)
     if len(barcode) > MAX_BARCODE:
