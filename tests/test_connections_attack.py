@@ -4,11 +4,16 @@ in quick succession, what the staff page and the messages say of a named connect
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import pytest
 import requests
 from conftest import KEY, ncip_table, wait_for
+from test_connections import LAW_KEY, write_two
 from test_web import NOW, Clock, _cells, _through
 
 from gateway.cli import demo
@@ -19,8 +24,10 @@ from gateway.core.states import Verdict
 from gateway.ncip import journal
 from gateway.ncip.journal import JournalEntry
 from gateway.runtime.parts import Parts
+from gateway.runtime.pipeline import Pipeline
 from gateway.simulators.ncip import NcipSimulator
 from gateway.state.ledger import Ledger
+from gateway.upload.caiasoft import CaiaSoftClient
 from gateway.web.server import WebServer
 
 # -- a second reload while a relay waits for its predecessor ----------------------------------------------------
@@ -127,3 +134,92 @@ def test_the_staff_page_find_shows_what_a_named_servers_feed_journaled(site, sim
     (hit,) = _cells(page, "hit")
     assert f'href="/file/{taken}"' in page
     assert hit["ncip"] == "check-out (CaiaSoft retrieved it) 2026-11-28 11:30"
+
+
+# -- what a named connection's upload problems tell the admin to check ---------------------------------------------
+
+
+class OddCaiaSoft:
+    """A CaiaSoft stand-in on loopback answering every call as `answer` says: redirect, key, html, big, slow."""
+
+    def __init__(self) -> None:
+        self.answer = "redirect"
+        odd = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _reply(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                status, kind, body = {
+                    "redirect": (302, "text/html", b""),
+                    "key": (401, "application/json", b'{"success": false, "error": "Invalid API key"}'),
+                    "html": (200, "text/html", b"<html>maintenance</html>"),
+                    "big": (200, "application/json", json.dumps({"success": True, "pad": "x" * 4096}).encode()),
+                    "slow": (200, "application/json", b'{"success": true}'),
+                }[odd.answer]
+                if odd.answer == "slow":
+                    time.sleep(3)
+                self.send_response(status)
+                self.send_header("Location", "https://elsewhere.example/")
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _reply
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+
+@pytest.fixture
+def odd_caiasoft() -> Iterator[OddCaiaSoft]:
+    odd = OddCaiaSoft()
+    yield odd
+    odd.server.shutdown()
+    odd.server.server_close()
+
+
+def test_a_named_connections_upload_problems_name_its_own_keys(tmp_path, odd_caiasoft):
+    """A redirect, a refused key, an answer cut at max_answer_bytes, a deadline and unreadable answers on
+    [caiasoft.law]: each reason names law's key (caiasoft.law.base_url ...), the one to change. Before the fix
+    they named [caiasoft]'s keys, which do not govern law."""
+    config_file = write_two(tmp_path, "http://127.0.0.1:1", odd_caiasoft.url)
+    config_file.write_text(
+        config_file.read_text().replace(
+            "[caiasoft.law]\n",
+            "[caiasoft.law]\nmax_answer_bytes = 1024\ndeadline_seconds = 1\nunreadable_answer_retries = 0\n",
+        )
+    )
+    config = config_module.load(config_file, environ={})
+    law = config.connection("law")
+    assert law is not None
+    client = CaiaSoftClient(law, config.key_of("law"))
+    slip = tmp_path / "law-slip.txt"
+    slip.write_text("31234007770001\n")
+    reasons = {}
+    try:
+        for answer in ("redirect", "key", "big", "slow"):
+            odd_caiasoft.answer = answer
+            reasons[answer] = client.upload(slip, slip.name, "text").reason
+        odd_caiasoft.answer = "html"
+        pipeline = Pipeline(config, Ledger(config.paths.database), None, clients={"law": client})
+        try:
+            row_id = pipeline.admission.adopt_copy(slip, connection="law")
+            pipeline.upload(pipeline.ledger.files.assign(row_id))
+            reasons["html"] = pipeline.ledger.files.row(row_id).reason or ""
+        finally:
+            pipeline.ledger.close()
+    finally:
+        client.close()
+    assert "check caiasoft.law.base_url and requestfile_path" in reasons["redirect"]
+    assert "check caiasoft.law.api_key_file" in reasons["key"]
+    assert "caiasoft.law.max_answer_bytes" in reasons["big"]
+    assert "(caiasoft.law.deadline_seconds)" in reasons["slow"]
+    assert "(caiasoft.law.unreadable_answer_retries)" in reasons["html"]
+    for reason in reasons.values():
+        assert "caiasoft.base_url" not in reason and "caiasoft.max_answer_bytes" not in reason
+        assert LAW_KEY not in reason

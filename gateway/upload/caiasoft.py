@@ -71,15 +71,21 @@ def about_every_call(error: ApiError) -> bool:
 
 
 def classify(
-    status: int, headers: Mapping[str, str], body: str, now: float | None = None, truncated_at: int | None = None
+    status: int,
+    headers: Mapping[str, str],
+    body: str,
+    now: float | None = None,
+    truncated_at: int | None = None,
+    table: str = "caiasoft",
 ) -> Outcome:
     """Given an HTTP answer from CaiaSoft, return the Outcome it means.
 
-    truncated_at: the answer was longer than this many bytes and body is only its start.
+    truncated_at: the answer was longer than this many bytes and body is only its start. table: the
+    connection's table (caiasoft, caiasoft.NAME), whose keys the reasons name.
     """
     parsed = None if truncated_at else _parse_json(body)
     cut = (
-        (f" (the answer was longer than caiasoft.max_answer_bytes = {truncated_at} bytes; the rest was not read)")
+        (f" (the answer was longer than {table}.max_answer_bytes = {truncated_at} bytes; the rest was not read)")
         if truncated_at
         else ""
     )
@@ -95,7 +101,7 @@ def classify(
     if status in (401, 403):
         return Outcome(
             Verdict.PAUSED,
-            f"CaiaSoft refused the API key (HTTP {status}): check api_key_file "
+            f"CaiaSoft refused the API key (HTTP {status}): check {_key_of(table, 'api_key_file')} "
             f"and the key in CaiaSoft's Admin Module{said}",
             status,
             answer,
@@ -105,7 +111,7 @@ def classify(
         return Outcome(
             Verdict.PAUSED,
             f"CaiaSoft answered with a redirect (HTTP {status} to {location}): "
-            "check caiasoft.base_url and requestfile_path",
+            f"check {table}.base_url and requestfile_path",
             status,
             answer,
         )
@@ -234,6 +240,7 @@ class CaiaSoftClient:
             answer.headers,
             body,
             truncated_at=self.settings.max_answer_bytes if answer.truncated else None,
+            table=self.settings.table,
         )
         return dataclasses.replace(
             outcome,
@@ -243,7 +250,9 @@ class CaiaSoftClient:
         )
 
     def _failure(self, prefix: str, error: requests.RequestException, started: float) -> Outcome:
-        reason = scrub(f"{prefix}: {_describe(error, self.settings.deadline_seconds)}", self._key.value)
+        reason = scrub(
+            f"{prefix}: {_describe(error, self.settings.deadline_seconds, self.settings.table)}", self._key.value
+        )
         return Outcome(Verdict.TRANSIENT, reason, elapsed_ms=_ms(started))
 
     def upload(self, path: Path, name: str, kind: str) -> Outcome:
@@ -288,7 +297,7 @@ class CaiaSoftClient:
             raise ApiError(f"{what}: {self._outcome(answer).reason}", answer.status)
         parsed = scrub(_parse_json(answer.text), self._key.value)  # callers quote answers in errors and status
         if not isinstance(parsed, dict) or answer.truncated:
-            cut = " (cut at caiasoft.max_answer_bytes)" if answer.truncated else ""
+            cut = f" (cut at {self.settings.table}.max_answer_bytes)" if answer.truncated else ""
             raise ApiError(f"{what}: CaiaSoft's answer is not a JSON object{cut}", answer.status)
         success, said = parsed.get("success"), parsed.get("error")
         words = scrub(str(said or "success: false"), self._key.value)[:ANSWER_EXCERPT_CHARS]
@@ -320,13 +329,17 @@ def scrub(value: Any, secret: str) -> Any:
     return value
 
 
-def _describe(error: requests.RequestException, deadline: float) -> str:
+def _key_of(table: str, key: str) -> str:
+    """A key as a reason names it: bare for [caiasoft] (as ever), table.key for [caiasoft.NAME]."""
+    return key if table == "caiasoft" else f"{table}.{key}"
+
+
+def _describe(error: requests.RequestException, deadline: float, table: str = "caiasoft") -> str:
     if isinstance(error, requests.exceptions.SSLError):
         return "TLS certificate could not be verified (" + str(error)[:200] + ")"
     if isinstance(error, http.DeadlineExceeded):
         return (
-            f"no complete answer within {deadline:g} s (caiasoft.deadline_seconds); the upload may have "
-            "reached CaiaSoft"
+            f"no complete answer within {deadline:g} s ({table}.deadline_seconds); the upload may have reached CaiaSoft"
         )
     if isinstance(error, requests.Timeout):
         return "no answer in time (timeout)"
@@ -339,7 +352,7 @@ def _ms(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
 
 
-def settle_unreadable(outcome: Outcome, previous_answer: Any, retries: int) -> Outcome:
+def settle_unreadable(outcome: Outcome, previous_answer: Any, retries: int, table: str = "caiasoft") -> Outcome:
     """Turn an 'unreadable' Outcome into what the pipeline does with it; other Outcomes pass through.
 
     previous_answer is what the ledger holds for the file (counts earlier unreadable
@@ -360,7 +373,7 @@ def settle_unreadable(outcome: Outcome, previous_answer: Any, retries: int) -> O
             outcome,
             verdict=Verdict.REFUSED,
             answer=answer,
-            reason=f"{outcome.reason}; sent {count} time(s), never answered in JSON (caiasoft.unreadable_"
+            reason=f"{outcome.reason}; sent {count} time(s), never answered in JSON ({table}.unreadable_"
             "answer_retries): CaiaSoft may have it, check there before `retry`",
         )
     return dataclasses.replace(

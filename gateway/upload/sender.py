@@ -80,6 +80,7 @@ class Sender:
                 self.client.upload(work, safe_name(row.name), row.kind or "text"),
                 row.answer_json,
                 self.settings.unreadable_answer_retries,
+                self.settings.table,
             )
             self.events.upload_timed(outcome.elapsed_ms / 1000, connection=self.settings.name)
             return outcome
