@@ -13,7 +13,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 from conftest import KEY, ncip_table, wait_for
+from peers import MailBox, alerts_table, body
 from test_connections import LAW_KEY, write_two
+from test_connections_monitor import two_ncip_servers
 from test_web import NOW, Clock, _cells, _through
 
 from gateway.cli import demo
@@ -21,6 +23,8 @@ from gateway.config import loader as config_module
 from gateway.config.settings import Web
 from gateway.core.printfile import Record
 from gateway.core.states import Verdict
+from gateway.monitor.events import Conditions
+from gateway.monitor.monitor import SOURCE_PROBLEM_SECONDS, Monitor
 from gateway.ncip import journal
 from gateway.ncip.journal import JournalEntry
 from gateway.runtime.parts import Parts
@@ -223,3 +227,42 @@ def test_a_named_connections_upload_problems_name_its_own_keys(tmp_path, odd_cai
     for reason in reasons.values():
         assert "caiasoft.base_url" not in reason and "caiasoft.max_answer_bytes" not in reason
         assert LAW_KEY not in reason
+
+
+# -- what an alert about a named NCIP server's journal tells the admin to set -------------------------------------
+
+
+def test_an_unreadable_journal_of_a_named_server_says_to_set_its_own_journal_key(tmp_path):
+    """The alert for [ncip.law]'s journal names ncip.law.journal, the key that moves it; before the fix it said
+    ncip.journal, [ncip]'s, which does not."""
+    mailbox = MailBox().start()
+    config_file = write_two(
+        tmp_path,
+        "http://127.0.0.1:1",
+        "http://127.0.0.1:2",
+        extra=two_ncip_servers(tmp_path) + alerts_table(mailbox.port),
+    )
+    config = config_module.load(config_file, environ={})
+    ledger = Ledger(config.paths.database)
+    now = [1_000_000.0]
+    monitor = Monitor(config, ledger, clock=lambda: now[0], steady=lambda: now[0])
+    monitor.start()
+    assert monitor.sender is not None
+    monitor.sender.start()
+    try:
+        unreadable = Conditions(
+            connections={"default": (None, None), "law": (None, None)},
+            ncip_servers={"default": (None, 0, None), "law": (None, 0, "it is a symbolic link: not followed")},
+        )
+        monitor.tick(unreadable)
+        now[0] += SOURCE_PROBLEM_SECONDS + 1
+        monitor.tick(unreadable)
+        text = body(mailbox.find("the NCIP journal"))
+    finally:
+        monitor.sender.stop()
+        monitor.sender.join(30)
+        monitor.stop()
+        ledger.close()
+        mailbox.stop()
+    assert str(tmp_path / "ncip-law.jsonl") in text
+    assert "or set ncip.law.journal to the real file" in text and "set ncip.journal" not in text

@@ -280,6 +280,11 @@ def _feed_table(connection: str | None) -> str:
     return "ncip.feed" if connection in (None, DEFAULT_CONNECTION) else f"ncip.{connection}.feed"
 
 
+def _ncip_table(connection: str | None) -> str:
+    """The NCIP server's table: ncip, or ncip.NAME."""
+    return "ncip" if connection in (None, DEFAULT_CONNECTION) else f"ncip.{connection}"
+
+
 def source_problem(source: str, location: str, problem: str) -> Message:
     return _clean(
         {
@@ -315,7 +320,8 @@ def journal_problem(journal: str, problem: str, *, connection: str | None = None
                 "No checkout or checkin is relayed to ALEPH until a regular file is there again; nothing is lost "
                 "(the relay goes on from where it stopped).\n\n"
                 "What to do: put the journal back as a regular file (not a symbolic link, a directory or a FIFO), "
-                "or set ncip.journal to the real file. `caiasoft-gateway status` shows the reason."
+                f"or set {_ncip_table(connection)}.journal to the real file. `caiasoft-gateway status` shows the "
+                "reason."
             ),
             "items": _tagged(
                 [{"source": "ncip-journal", "location": printable(journal), "problem": printable(problem)}], connection
