@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from conftest import KEY, ncip_table, wait_for
 from peers import MailBox, alerts_table, body
 from test_connections import LAW_KEY, write_two
 from test_connections_monitor import two_ncip_servers
+from test_connections_service import archived, log_events
 from test_web import NOW, Clock, _cells, _through
 
 from gateway.cli import demo
@@ -29,6 +31,7 @@ from gateway.ncip import journal
 from gateway.ncip.journal import JournalEntry
 from gateway.runtime.parts import Parts
 from gateway.runtime.pipeline import Pipeline
+from gateway.simulators.caiasoft import CaiaSoftSimulator
 from gateway.simulators.ncip import NcipSimulator
 from gateway.state.ledger import Ledger
 from gateway.upload.caiasoft import CaiaSoftClient
@@ -266,3 +269,39 @@ def test_an_unreadable_journal_of_a_named_server_says_to_set_its_own_journal_key
         mailbox.stop()
     assert str(tmp_path / "ncip-law.jsonl") in text
     assert "or set ncip.law.journal to the real file" in text and "set ncip.journal" not in text
+
+
+# -- a reload adding back a named NCIP server whose checkpoint file is gone ----------------------------------------
+
+
+def test_a_reload_adding_a_server_whose_checkpoint_is_gone_is_refused_and_the_rest_goes_on(tmp_path, daemon_factory):
+    """[ncip.law] removed, its checkpoint file deleted (or damaged), then added back by a reload: the reload is
+    refused, naming the file, and everything else goes on with the config it had. Before the fix the reload
+    stopped the running parts, then the checkpoint stopped the whole gateway (exit 2): every connection and
+    source of the consortium down for one server's file."""
+    extra = two_ncip_servers(tmp_path)
+    config_file = demo.write_config(tmp_path, "http://127.0.0.1:1", KEY, 0.2, extra=extra)
+    with_law = config_file.read_text()
+    without_law = with_law.split("\n[ncip.law]")[0] + "\n"
+    checkpoint = tmp_path / "state" / "ncip-checkpoint-law"
+    first = daemon_factory(config_file)
+    wait_for(checkpoint.exists, timeout=60, message="law's checkpoint file made")
+    wait_for(lambda: log_events(tmp_path, "service.started"), timeout=60, message="the first start")
+    assert first.stop() == 0
+
+    checkpoint.unlink()  # an admin tidying up after removing the server
+    with CaiaSoftSimulator(key=KEY) as caiasoft:
+        config_file.write_text(without_law.replace("http://127.0.0.1:1", caiasoft.url, 1))
+        daemon = daemon_factory(config_file)
+        wait_for(lambda: len(log_events(tmp_path, "service.started")) == 2, timeout=60, message="the restart")
+        config_file.write_text(with_law.replace("http://127.0.0.1:1", caiasoft.url, 1))
+        daemon.process.send_signal(signal.SIGHUP)
+        (refused,) = wait_for(
+            lambda: log_events(tmp_path, "config.reload_refused"), timeout=60, message="the reload refused"
+        )
+        assert any(str(checkpoint) in problem and "ncip.law" in problem for problem in refused["problems"])
+        (tmp_path / "aleph" / "print" / "after.txt").write_bytes(b"31234005580001\n")
+        wait_for(lambda: "after.txt" in archived(tmp_path), timeout=60, message="the default connection going on")
+        assert daemon.process.poll() is None
+        assert daemon.stop() == 0
+    assert not log_events(tmp_path, "config.reloaded")

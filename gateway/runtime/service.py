@@ -48,6 +48,7 @@ from gateway.core.worker import Worker
 from gateway.runtime.parts import Parts
 from gateway.state import snapshot
 from gateway.state.check import LedgerCheck
+from gateway.state.checkpointfile import CheckpointDamaged, CheckpointUnavailable
 from gateway.state.ledger import Ledger
 
 if TYPE_CHECKING:  # imported with [ncip] only
@@ -455,6 +456,15 @@ class Service:
                 detail="still running on the previous configuration",
             )
             return parts
+        unopened = _checkpoint_problems(ledger, new)
+        if unopened:  # before anything stops: one server's file must not stop every connection
+            log.error(
+                "config.reload_refused",
+                file=str(self.config.file),
+                problems=unopened,
+                detail="still running on the previous configuration",
+            )
+            return parts
         notify.send("RELOADING=1")
         for key in new.keys:
             logs.add_secret(key.value)
@@ -476,6 +486,19 @@ class Service:
         self._say_stranded(ledger, fresh)
         notify.send("READY=1")
         return fresh
+
+
+def _checkpoint_problems(ledger: Ledger, config: Config) -> list[str]:
+    """Why an NCIP server of a config cannot have its checkpoint file (gone although made, damaged, not
+    readable), each naming its table: opened here, as its relay would, so a reload adding such a server is
+    refused while the running config goes on, rather than stopping the whole gateway half-way."""
+    problems = []
+    for server in config.ncip_servers:
+        try:
+            ledger.ncip.journal_checkpoint(server.name)
+        except (CheckpointDamaged, CheckpointUnavailable) as error:
+            problems.append(f"{server.table}: {error}")
+    return problems
 
 
 def _paused_words(paused: str | None, connections: dict[str, snapshot.ConnectionState], several: bool) -> str:
