@@ -161,7 +161,7 @@ class Relay(Worker):
         self.settings = settings
         self.log = ServerLog(log, settings.name)
         # here, at start: a damaged file stops it (exit 2)
-        self.checkpoint = ledger.ncip.journal_checkpoint(settings.name)
+        self.checkpoint = ledger.ncip.journal_checkpoint(settings.name, settings.journal)
         self.client = NcipClient(settings)
         self.dead_letters = DeadLetters(dead_letter_folder(error_dir, settings.name))
         self.backoff = Backoff(settings.backoff_initial_seconds, settings.backoff_max_seconds)

@@ -495,7 +495,7 @@ def _checkpoint_problems(ledger: Ledger, config: Config) -> list[str]:
     problems = []
     for server in config.ncip_servers:
         try:
-            ledger.ncip.journal_checkpoint(server.name)
+            ledger.ncip.journal_checkpoint(server.name, server.journal)
         except (CheckpointDamaged, CheckpointUnavailable) as error:
             problems.append(f"{server.table}: {error}")
     return problems

@@ -93,6 +93,21 @@ class CheckpointMissing(CheckpointDamaged):
         )
 
 
+class CheckpointClaimed(CheckpointDamaged):
+    """A new server's journal is the one another checkpoint file (a server renamed or removed) has read into:
+    starting afresh would send every entry of it again, so an admin decides."""
+
+    def __init__(self, path: Path, journal: Path, other: Path, offset: int):
+        self.path = path
+        GatewayError.__init__(
+            self,
+            f"{journal} is the journal {other} has read up to byte {offset} (an NCIP server renamed?); a new "
+            f"checkpoint {path.name} would send every entry of it again, so none is sent. Stop the service, then "
+            f"rename {other} to {path} to carry on where it was (or delete {other} to send the whole journal "
+            "again), and start it",
+        )
+
+
 class CheckpointUnavailable(GatewayError):
     """The file is there but the service's user cannot open it (owner, mode): nothing is damaged, so nothing is
     started over; once it is given back, the next start goes on from it (exit 1: the unit restarts)."""

@@ -29,7 +29,15 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config.settings import DEFAULT_CONNECTION
-from gateway.state.checkpointfile import OUTCOMES, CheckpointFile, CheckpointMissing, file_name, read
+from gateway.state.checkpointfile import (
+    FILE_NAME,
+    OUTCOMES,
+    CheckpointClaimed,
+    CheckpointFile,
+    CheckpointMissing,
+    file_name,
+    read,
+)
 from gateway.state.db import LedgerDb
 
 LEGACY_CHECKPOINT = "ncip-journal"  # the checkpoints table's row before the file
@@ -65,20 +73,20 @@ class Checkpoints:
         """Where a server's checkpoint file is: beside the ledger."""
         return self.db.path.parent / file_name(connection)
 
-    def journal_checkpoint(self, connection: str = DEFAULT_CONNECTION) -> CheckpointFile:
+    def journal_checkpoint(self, connection: str = DEFAULT_CONNECTION, journal: Path | None = None) -> CheckpointFile:
         """A server's relay checkpoint file beside the ledger, opened once (created on the first call, from what
         an older ledger held for the default connection, or afresh when an admin left an empty file). Raise
         CheckpointDamaged if neither of its records can be read, CheckpointMissing if it is gone although this
-        ledger made it."""
+        ledger made it, CheckpointClaimed if it would be new while another server's file has read its journal."""
         with _OPENING:  # not the ledger's lock: forgetting the old rows waits for the writer, which takes it
             opened = self._journal_checkpoints.get(connection)
             if opened is None:
-                opened = self._open(connection)
+                opened = self._open(connection, journal)
                 with self.db.lock:
                     self._journal_checkpoints[connection] = opened
             return opened
 
-    def _open(self, connection: str) -> CheckpointFile:
+    def _open(self, connection: str, journal: Path | None) -> CheckpointFile:
         path = self.checkpoint_path(connection)
         made = self.db.get_meta(made_key(connection))
         legacy = connection == DEFAULT_CONNECTION  # only [ncip] ever had rows in the ledger
@@ -86,6 +94,8 @@ class Checkpoints:
         if opened is None:
             if made is not None and not path.exists():
                 raise CheckpointMissing(path, made)
+            if made is None and journal is not None and not (legacy and self._legacy_checkpoint()):
+                self._refuse_a_claimed_journal(path, journal)
             opened = CheckpointFile.create(  # started over: the relay says so in its log
                 path,
                 self._legacy_checkpoint() if legacy else None,
@@ -97,6 +107,24 @@ class Checkpoints:
         if legacy:
             self._forget_legacy()
         return opened
+
+    def _refuse_a_claimed_journal(self, path: Path, journal: Path) -> None:
+        """A brand-new checkpoint for a journal another server's file has read into (a server renamed in the
+        config, its file left under the old name) would resend every entry: raise CheckpointClaimed instead."""
+        try:
+            identity = journal.stat()
+        except OSError:
+            return  # no journal yet: nothing was read from it
+        for other in sorted(path.parent.glob(FILE_NAME + "*")):
+            if other == path or not (other.name == FILE_NAME or other.name.startswith(FILE_NAME + "-")):
+                continue
+            try:
+                saved = read(other)
+            except Exception:  # noqa: BLE001 - another server's damaged file is that server's problem
+                continue
+            position = saved.position if saved is not None else None
+            if position and (position["device"], position["inode"]) == (identity.st_dev, identity.st_ino):
+                raise CheckpointClaimed(path, journal, other, int(position["offset"]))
 
     def count_ncip_entry(self, outcome: str, connection: str = DEFAULT_CONNECTION) -> None:
         """One more journal entry of that server finished with outcome (done, already, dead_letter): durable
