@@ -23,6 +23,7 @@ file starts empty.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -112,7 +113,7 @@ class Checkpoints:
         """A brand-new checkpoint for a journal another server's file has read into (a server renamed in the
         config, its file left under the old name) would resend every entry: raise CheckpointClaimed instead."""
         try:
-            identity = journal.stat()
+            identity = os.stat(journal)
         except OSError:
             return  # no journal yet: nothing was read from it
         for other in sorted(path.parent.glob(FILE_NAME + "*")):
