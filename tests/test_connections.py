@@ -237,8 +237,8 @@ def ledger_state(name: str):
 
 def test_a_retried_file_goes_back_to_its_own_connection(tmp_path):
     """retry keeps a refused file's connection: from its row, or for a file with no row (put there by hand, or
-    its ledger lost) from its sidecar, if the config still has that connection."""
-    from gateway.cli.retry import put_back
+    its ledger lost) from its sidecar; one for a connection the config lacks is not retried."""
+    from gateway.cli.retry import ConnectionGone, put_back
     from gateway.runtime.pipeline import Pipeline
     from gateway.upload.caiasoft import CaiaSoftClient
 
@@ -261,7 +261,9 @@ def test_a_retried_file_goes_back_to_its_own_connection(tmp_path):
         stray.with_name("stray.txt.json").write_text(json.dumps({"connection": "gone"}))
         assert put_back(pipeline, refused).connection == "law"
         assert put_back(pipeline, by_hand).connection == "law"
-        assert put_back(pipeline, stray).connection == "default"  # a connection the config lacks: the default
+        with pytest.raises(ConnectionGone, match=r"'gone'.*\[caiasoft\.gone\] back first"):
+            put_back(pipeline, stray)  # a connection the config lacks: never another library's account
+        assert stray.exists()  # left where it was
         client.close()
         ledger.close()
 

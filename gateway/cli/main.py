@@ -687,7 +687,7 @@ def _wait_until_settled(ledger: Ledger, row_id: int, timeout: float) -> None:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from gateway.cli.retry import find_in_error_dir, put_back
+    from gateway.cli.retry import ConnectionGone, find_in_error_dir, put_back
 
     if not args.names and not args.all:
         print("caiasoft-gateway retry: name files from error_dir, or use --all", file=sys.stderr)
@@ -711,6 +711,10 @@ def cmd_retry(args: argparse.Namespace) -> int:
                         "needs to read and write the file and its folder, and to write state_dir)"
                     )
                 )
+                continue
+            except ConnectionGone as error:
+                failed += 1
+                print(f"{printable(path.name)}: not retried: {_shown(str(error))}")
                 continue
             if row.state == FileState.REFUSED:
                 print(

@@ -53,8 +53,8 @@ def put_back(pipeline: Pipeline, path: Path) -> FileRow:
     row = ledger.files.find_refused(path)
     sidecar = path.with_name(path.name + SIDECAR_SUFFIX)
     if row is None:  # not in this ledger (e.g. put there by hand): take it like a new file
-        info = path.stat()
         connection = _sidecar_connection(sidecar, pipeline)
+        info = path.stat()
         row_id = ledger.files.begin_claim("retry", path.name, str(path), info.st_size, info.st_mtime, connection)
         try:
             move_no_clobber(path, pipeline.work_dir / work_name(row_id, path.name))
@@ -78,10 +78,22 @@ def put_back(pipeline: Pipeline, path: Path) -> FileRow:
     return ledger.files.row(row_id)
 
 
+class ConnectionGone(LookupError):
+    """A refused file's sidecar names a CaiaSoft connection the config no longer has."""
+
+
 def _sidecar_connection(sidecar: Path, pipeline: Pipeline) -> str:
-    """The CaiaSoft connection a refused file's sidecar names, if the config has it; else the default one."""
+    """The CaiaSoft connection a refused file's sidecar names (the default one if it names none). Raise
+    ConnectionGone if the config lacks it: a library's request is never sent to another library's account."""
     try:
         named = json.loads(sidecar.read_text(encoding="utf-8")).get("connection")
     except (OSError, ValueError, AttributeError):
         named = None
-    return named if isinstance(named, str) and pipeline.config.connection(named) is not None else DEFAULT_CONNECTION
+    if not isinstance(named, str):
+        return DEFAULT_CONNECTION
+    if pipeline.config.connection(named) is None:
+        raise ConnectionGone(
+            f"its sidecar says it was for CaiaSoft connection {named!r}, which the config does not have: add "
+            f"[caiasoft.{named}] back first (it is never sent to another connection)"
+        )
+    return named
