@@ -292,3 +292,12 @@ def test_send_goes_to_the_connection_named(tmp_path):
     assert [r.name for r in law_sim.received] == ["by-hand.txt"] and default_sim.received == []
     assert unknown.returncode == 2 and "no CaiaSoft connection 'lw'" in unknown.stdout + unknown.stderr
     assert "default, law" in unknown.stdout + unknown.stderr
+
+
+def test_a_named_ncip_server_without_ncip_is_told_plainly(tmp_path):
+    extra = '\n[ncip.law]\nurl = "tcp://127.0.0.1:4"\nfrom_agency = "CAIA"\nto_agency = "LAW"\nuser_id = "U"\n'
+    config_file = write_two(tmp_path, "http://127.0.0.1:1", "http://127.0.0.1:2", extra)
+    assert problems_of(config_file) == [
+        f"{config_file}: ncip: [ncip.law] adds an NCIP server beside [ncip], the default one, which must be there "
+        "too (its url, from_agency, to_agency, user_id)"
+    ]

@@ -264,6 +264,14 @@ class _Values:
             self.problem("ncip", "must be a table, e.g. [ncip]")
             return
         section, named = _named_tables(section, SCHEMA["ncip"])
+        if named and not section:
+            first = next(iter(named))
+            self.problem(
+                "ncip",
+                f"[ncip.{first}] adds an NCIP server beside [ncip], the default one, which must be there too "
+                "(its url, from_agency, to_agency, user_id)",
+            )
+            return
         self.ncip = read_table(section, SCHEMA["ncip"], "ncip", self.problem)
         self.feed = self._read_feed(self.ncip, "ncip")
         default_journal = self.ncip.get("journal")
