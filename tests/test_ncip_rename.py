@@ -80,3 +80,23 @@ def test_a_new_server_on_a_journal_no_checkpoint_has_read_starts_at_its_beginnin
     other.write_text("")
     assert ledger.ncip.journal_checkpoint("music", other).position() is None
     ledger.close()
+
+
+def test_a_removed_server_is_said_at_reload_with_where_its_journal_was_read_to(
+    tmp_path, servers, simulator, daemon_factory
+):
+    main_ncip, law_ncip = servers
+    config_file = demo.write_config(
+        tmp_path, simulator.url, KEY, extra=server_tables(main_ncip.url, law_ncip.url, tmp_path)
+    )
+    both = config_file.read_text()
+    daemon = daemon_factory(config_file)
+    journal(config_file, "--ncip", "law", "checkout", "LAW-0")
+    wait_for(lambda: law_ncip.received, timeout=60, message="law's entry relayed")
+    config_file.write_text(both.split("\n[ncip.law]")[0] + "\n")
+    daemon.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: log_events(tmp_path, "ncip.server_removed"), timeout=60, message="the warning")
+    (removed,) = log_events(tmp_path, "ncip.server_removed")
+    assert removed["connection"] == "law" and removed["read_up_to"] > 0
+    assert removed["checkpoint"] == str(tmp_path / "state" / "ncip-checkpoint-law")
+    assert daemon.stop() == 0

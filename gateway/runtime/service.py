@@ -48,7 +48,7 @@ from gateway.core.worker import Worker
 from gateway.runtime.parts import Parts
 from gateway.state import snapshot
 from gateway.state.check import LedgerCheck
-from gateway.state.checkpointfile import CheckpointDamaged, CheckpointUnavailable
+from gateway.state.checkpointfile import FILE_NAME, CheckpointDamaged, CheckpointUnavailable, file_name, read
 from gateway.state.ledger import Ledger
 
 if TYPE_CHECKING:  # imported with [ncip] only
@@ -422,7 +422,9 @@ class Service:
         return line
 
     def _say_stranded(self, ledger: Ledger, parts: Parts) -> None:
-        """Files queued for a connection the config no longer names wait for it: say so, loudly, once."""
+        """Files queued for a connection the config no longer names wait for it, and so do the journal entries of
+        an NCIP server it no longer names: say so, loudly, at each start and reload."""
+        _say_removed_servers(self.config)
         for connection, count in parts.stranded(ledger).items():
             log.warning(
                 "connection.removed_with_files",
@@ -486,6 +488,28 @@ class Service:
         self._say_stranded(ledger, fresh)
         notify.send("READY=1")
         return fresh
+
+
+def _say_removed_servers(config: Config) -> None:
+    """A checkpoint file of an [ncip.NAME] the config no longer has: its journal's later entries wait for it."""
+    configured = {file_name(server.name) for server in config.ncip_servers}
+    for path in sorted(config.paths.state_dir.glob(FILE_NAME + "-*")):
+        if path.name in configured or not path.is_file():
+            continue
+        try:
+            saved = read(path)
+        except Exception:  # noqa: BLE001 - a damaged file of a server not configured: nothing is read from it
+            saved = None
+        offset = saved.position["offset"] if saved is not None and saved.position else 0
+        name = path.name.removeprefix(FILE_NAME + "-")
+        log.warning(
+            "ncip.server_removed",
+            connection=name,
+            checkpoint=str(path),
+            read_up_to=offset,
+            detail=f"[ncip.{name}] is not in the config: the entries its journal holds beyond byte {offset} are "
+            f"not relayed (nor dropped) until it is back; once that server is gone for good, delete {path}",
+        )
 
 
 def _checkpoint_problems(ledger: Ledger, config: Config) -> list[str]:
