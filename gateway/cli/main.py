@@ -819,9 +819,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     lines = "".join(f"\n  collection {name}: key {_masked(value)}" for name, value in accepted.items())
     return _serve(
         simulator,
-        f"CaiaSoft simulator on {simulator.url}\n  {len(accepted)} keys, each upload recorded under its key's "
-        f"collection:{lines}\n"
-        f'  set base_url = "{simulator.url}" in [caiasoft] and each [caiasoft.NAME], each with its own key.',
+        f"CaiaSoft simulator on {simulator.url}\n  {len(accepted)} key{'s' if len(accepted) > 1 else ''}, each upload "
+        f"recorded under its key's collection:{lines}\n"
+        f'  set base_url = "{simulator.url}" in the [caiasoft] or [caiasoft.NAME] of each collection, with its key.',
     )
 
 
