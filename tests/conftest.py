@@ -29,6 +29,7 @@ settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 KEY = "test-key-5d1c0e9a7b"
+LAW_KEY = "law-key-8c2f61d4e0"  # the second CaiaSoft connection's, [caiasoft.law], in the several-connection tests
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples"
 
@@ -74,6 +75,14 @@ def ncip_table(url: str, journal: Path | str | None = None, **more: object) -> s
 @pytest.fixture
 def simulator():
     sim = CaiaSoftSimulator(key=KEY, deny={"31234009999990": "Invalid Stop Code"}).start()
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture
+def law_simulator():
+    """The CaiaSoft of the second connection, [caiasoft.law]: it takes LAW_KEY only."""
+    sim = CaiaSoftSimulator(key=LAW_KEY).start()
     yield sim
     sim.stop()
 

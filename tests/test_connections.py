@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import KEY, wait_for
+from conftest import KEY, LAW_KEY, wait_for
 
 from gateway.cli import demo
 from gateway.config import loader as config_module
@@ -19,17 +19,18 @@ from gateway.simulators.caiasoft import CaiaSoftSimulator
 from gateway.sources.base import Entry
 from gateway.state.ledger import Ledger, work_name
 
-LAW_KEY = "law-key-8c2f61d4e0"
 BARCODES = b"31234005580001\n31234005580002\n"
 
 
 def write_two(root: Path, default_url: str, law_url: str, extra: str = "", law_key: str = LAW_KEY) -> Path:
-    """A gateway with two CaiaSoft connections (default and law) and a source for each (print, lawprint)."""
+    """A gateway with two CaiaSoft connections (default and law), a source for each (print, lawprint), quick
+    timeouts and backoffs, and extra TOML after them."""
     law_key_file = root / "api-key-law"
     law_key_file.write_text(law_key + "\n")
     law_key_file.chmod(0o600)
     law_source = root / "aleph" / "law"
     law_source.mkdir(parents=True, exist_ok=True)
+    timing = "timeout_seconds = 5\nbackoff_initial_seconds = 0.05\nbackoff_max_seconds = 0.5\nauth_pause_seconds = 0.5"
     return demo.write_config(
         root,
         default_url,
@@ -39,18 +40,18 @@ def write_two(root: Path, default_url: str, law_url: str, extra: str = "", law_k
 [caiasoft.law]
 base_url = "{law_url}"
 api_key_file = "{law_key_file}"
-backoff_initial_seconds = 0.05
-backoff_max_seconds = 0.5
-auth_pause_seconds = 0.5
+{timing}
 
 [[sources]]
 name = "lawprint"
 path = "{law_source}"
 settle_seconds = 0.2
+rescan_seconds = 1
+poll_seconds = 0.2
 caiasoft = "law"
 {extra}""",
-        caiasoft_extra="backoff_initial_seconds = 0.05\nbackoff_max_seconds = 0.5\nauth_pause_seconds = 0.5",
-        source_extra="rescan_seconds = 1",
+        caiasoft_extra=timing,
+        source_extra="rescan_seconds = 1\npoll_seconds = 0.2",
     )
 
 

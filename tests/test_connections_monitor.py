@@ -16,22 +16,20 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import KEY, REPO, ncip_table, wait_for
+from conftest import KEY, LAW_KEY, REPO, ncip_table, wait_for
 from peers import MailBox, alerts_table, body, free_port
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from test_connections import write_two
 from test_end_to_end import barcode_list
 
-from gateway.cli import demo
 from gateway.config import loader as config_module
 from gateway.config.settings import Metrics as MetricsSettings
 from gateway.monitor.events import Conditions
 from gateway.monitor.metrics import Layout, Metrics
 from gateway.monitor.monitor import Monitor
-from gateway.simulators.caiasoft import CaiaSoftSimulator
 from gateway.state.ledger import Ledger
 
-LAW_KEY = "law-key-77c1e0b95d"
 LAW_NCIP = "http://127.0.0.1:1/law-ncip"
 MAIN_NCIP = "http://127.0.0.1:1/main-ncip"
 REFUSED = "CaiaSoft refused the API key (HTTP 401)"
@@ -50,39 +48,6 @@ CONNECTION_SERIES = {
     "caiasoft_gateway_unreachable",
     "caiasoft_gateway_source_up",
 }
-
-
-def write_two(root: Path, default_url: str, law_url: str, extra: str = "") -> Path:
-    """A gateway with two CaiaSoft connections (the default and law), a source for each (print, lawprint), and
-    extra TOML after them."""
-    law_key_file = root / "api-key-law"
-    law_key_file.write_text(LAW_KEY + "\n")
-    law_key_file.chmod(0o600)
-    law_source = root / "aleph" / "law"
-    law_source.mkdir(parents=True, exist_ok=True)
-    timing = "timeout_seconds = 5\nbackoff_initial_seconds = 0.05\nbackoff_max_seconds = 0.5\nauth_pause_seconds = 0.5"
-    return demo.write_config(
-        root,
-        default_url,
-        KEY,
-        0.2,
-        extra=f"""
-[caiasoft.law]
-base_url = "{law_url}"
-api_key_file = "{law_key_file}"
-{timing}
-
-[[sources]]
-name = "lawprint"
-path = "{law_source}"
-settle_seconds = 0.2
-rescan_seconds = 1
-poll_seconds = 0.2
-caiasoft = "law"
-{extra}""",
-        caiasoft_extra=timing,
-        source_extra="rescan_seconds = 1\npoll_seconds = 0.2",
-    )
 
 
 def two_ncip_servers(root: Path) -> str:
@@ -124,13 +89,6 @@ def scrape(port: int) -> dict | None:
 def unlabelled(found: dict) -> list[tuple]:
     """The CaiaSoft and NCIP samples without a connection label."""
     return [key for key in found if key[0] in CONNECTION_SERIES and "connection" not in dict(key[1])]
-
-
-@pytest.fixture
-def law_simulator():
-    sim = CaiaSoftSimulator(key=LAW_KEY).start()
-    yield sim
-    sim.stop()
 
 
 @pytest.fixture

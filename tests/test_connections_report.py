@@ -18,13 +18,12 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import KEY, ncip_table
+from conftest import KEY, LAW_KEY, ncip_table
 
 from gateway.config import loader as config_module
 from gateway.config.settings import Web
 from gateway.report import find, status
 from gateway.runtime.pipeline import Pipeline
-from gateway.simulators.caiasoft import CaiaSoftSimulator
 from gateway.simulators.ncip import NcipSimulator
 from gateway.state import snapshot
 from gateway.state.filerow import iso
@@ -32,19 +31,11 @@ from gateway.state.ledger import Ledger
 from gateway.upload.caiasoft import CaiaSoftClient
 from gateway.web.server import WebServer
 
-LAW_KEY = "law-key-3f9a0c6d2e"
 ITEM = "31234001234567"  # requested through both connections
 LAW_ITEM = "31234007654321"  # through the law connection only
 PAUSED = "CaiaSoft refused the API key (HTTP 401): check caiasoft.law.api_key_file"
 NCIP_PROBLEM = "cannot connect to 127.0.0.1:5070: Connection refused"
 SLOW = "CaiaSoft did not answer within 5 s"
-
-
-@pytest.fixture
-def law_simulator():
-    sim = CaiaSoftSimulator(key=LAW_KEY).start()
-    yield sim
-    sim.stop()
 
 
 @pytest.fixture
