@@ -430,8 +430,9 @@ class Service:
                 "connection.removed_with_files",
                 connection=connection,
                 files=count,
-                detail=f"{count} file(s) queued for CaiaSoft connection {connection!r}, which the config no longer "
-                f"has, stay queued (never dropped): add [caiasoft.{connection}] back and reload to send them",
+                detail=f"{count} file(s) for CaiaSoft connection {connection!r}, which the config no longer has, "
+                "wait (never dropped; an upload already on the wire ends on the previous configuration): add "
+                f"[caiasoft.{connection}] back and reload to send them",
             )
 
     def _reload(self, ledger: Ledger, parts: Parts) -> Parts:
