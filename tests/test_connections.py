@@ -14,6 +14,7 @@ from conftest import KEY, LAW_KEY, wait_for
 from gateway.cli import demo
 from gateway.config import loader as config_module
 from gateway.core.errors import ConfigError
+from gateway.core.states import FileState
 from gateway.runtime.parts import Parts
 from gateway.simulators.caiasoft import CaiaSoftSimulator
 from gateway.sources.base import Entry
@@ -224,16 +225,10 @@ def test_a_wrong_key_on_one_connection_pauses_only_its_sources(tmp_path):
             parts.close()
         assert parts.gates["default"].paused_reason is None
         assert conditions.connections["law"][0] and conditions.connections["default"][0] is None
-        assert ledger.files.queued_by_connection()["law"][0] == 1  # waiting, unharmed
-        assert "law" not in {row.connection for row in ledger.files.recent(ledger_state("refused"), 10)}
+        assert ledger.files.by_connection(FileState.QUEUED)["law"][0] == 1  # waiting, unharmed
+        assert "law" not in {row.connection for row in ledger.files.recent(FileState.REFUSED, 10)}
         ledger.close()
     assert law_sim.received == []  # a refused key: nothing recorded as received
-
-
-def ledger_state(name: str):
-    from gateway.core.states import FileState
-
-    return FileState(name)
 
 
 def test_a_retried_file_goes_back_to_its_own_connection(tmp_path):

@@ -306,7 +306,7 @@ class _Gauges(Collector):
         """Several connections or NCIP servers: each series once per connection (or server), labelled with it.
         A connection no longer in the config that still has files waiting is shown too (they wait for it)."""
         layout, now = self.metrics.layout, self.metrics.clock()
-        pending = self.metrics.ledger.alerts.open_by_connection()
+        pending = self.metrics.ledger.files.by_connection(*OPEN_STATES)
         connections = list(dict.fromkeys((*layout.connections, *sorted(pending))))
         files = GaugeMetricFamily(PREFIX + "pending_files", PENDING_HELP, labels=["connection"])
         oldest = GaugeMetricFamily(PREFIX + "oldest_pending_seconds", OLDEST_HELP, labels=["connection"])

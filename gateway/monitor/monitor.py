@@ -357,7 +357,11 @@ class Monitor(Events):
         outage explains the wait). A connection no longer in the config answers nobody: its files are stuck."""
         oldest = self.ledger.files.oldest_open()  # one row a tick; by connection only once some file is old
         old = (
-            {name for name, (_count, seen) in self.ledger.alerts.open_by_connection().items() if now - seen >= after}
+            {
+                name
+                for name, (_count, seen) in self.ledger.files.by_connection(*OPEN_STATES).items()
+                if now - seen >= after
+            }
             if oldest is not None and now - oldest.seen_at >= after
             else set()
         )
@@ -409,7 +413,7 @@ class Monitor(Events):
 
     def _pending_of(self, connection: str) -> int:
         """Files of one connection taken and not yet archived or refused."""
-        return self.ledger.alerts.open_by_connection().get(connection, (0, 0.0))[0]
+        return self.ledger.files.by_connection(*OPEN_STATES).get(connection, (0, 0.0))[0]
 
     def _named(self, connection: str) -> str | None:
         """The connection for an alert to name: only when the config has several."""

@@ -120,7 +120,7 @@ def _connections(
         configured = {c.name: [s.name for s in settings.sources if s.caiasoft == c.name] for c in settings.connections}
     else:
         configured = {name: list(state["sources"]) for name, state in states.items()} or {DEFAULT_CONNECTION: []}
-    queued = ledger.files.queued_by_connection()
+    queued = ledger.files.by_connection(FileState.QUEUED, FileState.UPLOADING)
     found: dict[str, Any] = {}
     for name in [*configured, *sorted(set(queued) - set(configured))]:
         count, oldest = queued.get(name, (0, None))

@@ -15,6 +15,7 @@ from gateway import sources
 from gateway.archive.workers import Finisher, Placer
 from gateway.config.loader import Config
 from gateway.config.settings import DEFAULT_CONNECTION
+from gateway.core.states import FileState
 from gateway.core.worker import Worker
 from gateway.intake.collector import Collector
 from gateway.monitor.events import Conditions
@@ -197,7 +198,9 @@ class Parts:
         """Files queued for a CaiaSoft connection the config no longer has: they wait for it, never dropped."""
         known = {connection.name for connection in self.config.connections}
         return {
-            name: count for name, (count, _oldest) in ledger.files.queued_by_connection().items() if name not in known
+            name: count
+            for name, (count, _oldest) in ledger.files.by_connection(FileState.QUEUED, FileState.UPLOADING).items()
+            if name not in known
         }
 
     def problems(self, within: float) -> list[str]:

@@ -128,13 +128,15 @@ class FileQueries:
         due: float | None = row[0]
         return due
 
-    def queued_by_connection(self) -> dict[str, tuple[int, float | None]]:
-        """Files waiting to be sent, by CaiaSoft connection: (how many, when the oldest was seen). A connection
-        no longer in the config keeps its files here (they are never dropped)."""
+    def by_connection(self, *states: FileState) -> dict[str, tuple[int, float]]:
+        """Files in these states (queued and uploading: waiting to be sent; OPEN_STATES: pending), by CaiaSoft
+        connection: (how many, when the oldest was seen). A connection no longer in the config keeps its files
+        here (they are never dropped). Reads the open rows only, through the files_queue index on state."""
+        marks = ", ".join("?" for _ in states)
         with self.db.lock:
             rows = self.db.connection.execute(
-                "SELECT connection, COUNT(*), MIN(seen_at) FROM files WHERE state IN ('queued', 'uploading') "
-                "GROUP BY connection"
+                f"SELECT connection, COUNT(*), MIN(seen_at) FROM files WHERE state IN ({marks}) GROUP BY connection",
+                states,
             ).fetchall()
         return {name: (count, oldest) for name, count, oldest in rows}
 

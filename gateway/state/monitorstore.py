@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gateway.core.states import OPEN_STATES, FileState
+from gateway.core.states import FileState
 
 if TYPE_CHECKING:  # the database imports the tables' schemas
     from gateway.state.db import LedgerDb
@@ -135,18 +135,6 @@ class MonitorStore:
                 "SELECT source, state, files FROM file_totals WHERE state IN ('archived', 'refused') AND files > 0"
             ).fetchall()
         return {(source, FileState(state)): count for source, state, count in rows}
-
-    def open_by_connection(self) -> dict[str, tuple[int, float]]:
-        """connection -> (files taken and not yet archived or refused, when the oldest of them was seen): the
-        pending files of each CaiaSoft connection, for metrics and alerts when the config has several. Reads
-        the open rows only (through an index on state), never the history."""
-        marks = ", ".join("?" for _ in OPEN_STATES)
-        with self.db.lock:
-            rows = self.db.connection.execute(
-                f"SELECT connection, COUNT(*), MIN(seen_at) FROM files WHERE state IN ({marks}) GROUP BY connection",
-                OPEN_STATES,
-            ).fetchall()
-        return {name: (count, oldest) for name, count, oldest in rows}
 
     def denied_items_by_source(self) -> dict[str, int]:
         """source -> items CaiaSoft denied in files it accepted."""
