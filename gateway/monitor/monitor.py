@@ -205,13 +205,10 @@ class Monitor(Events):
     def _check(self, conditions: Conditions, after: float) -> None:
         """Raise or end the alert of each lasting condition (unreachable after `after` seconds)."""
         now, lasting = self.clock(), self.steady()
-        if self.config.several:
-            for connection in self.config.connections:
-                self._check_connection(connection, conditions, after, lasting)
-            for server in self.config.ncip_servers:
-                self._check_server(server, conditions, after, lasting)
-        else:
-            self._check_one(conditions, after, lasting)
+        for connection in self.config.connections:
+            self._check_connection(connection, conditions, after, lasting)
+        for server in self.config.ncip_servers:
+            self._check_server(server, conditions, after, lasting)
         for source, problem in conditions.sources.items():
             location = conditions.locations.get(source, "")
             self._edge(
@@ -236,80 +233,35 @@ class Monitor(Events):
             alerttexts.stuck_cleared,
         )
 
-    def _check_one(self, conditions: Conditions, after: float, lasting: float) -> None:
-        """One CaiaSoft connection and at most one NCIP server: the conditions as they always were."""
-        self._edge(
-            "paused",
-            conditions.paused is not None,
-            0.0,
-            lasting,
-            lambda: alerttexts.paused(
-                conditions.paused or "", self._pending(), self.config.caiasoft.auth_pause_seconds
-            ),
-            alerttexts.resumed,
-        )
-        pending = f"{self._pending()} request file(s) wait in the queue"
-        self._edge(
-            "unreachable:caiasoft",
-            conditions.caiasoft_problem is not None and not conditions.paused,
-            after,
-            lasting,
-            lambda: alerttexts.unreachable(
-                "CaiaSoft",
-                self.config.caiasoft.base_url,
-                conditions.caiasoft_problem or "",
-                self._duration("caiasoft", lasting),
-                pending,
-            ),
-            lambda: alerttexts.reachable("CaiaSoft", self.config.caiasoft.base_url),
-        )
-        if self.config.ncip is not None:
-            ncip_url = self.config.ncip.url
-            self._edge(
-                "unreachable:ncip",
-                conditions.ncip_problem is not None,
-                after,
-                lasting,
-                lambda: alerttexts.unreachable(
-                    "NCIP",
-                    ncip_url,
-                    conditions.ncip_problem or "",
-                    self._duration("ncip", lasting),
-                    f"{conditions.ncip_behind} journal entries wait",
-                ),
-                lambda: alerttexts.reachable("NCIP", ncip_url),
-            )
-            journal = str(self.config.ncip.journal)  # read as a source is: alerted once it lasts a minute
-            self._edge(
-                "source_problem:ncip-journal",
-                conditions.ncip_journal_problem is not None,
-                SOURCE_PROBLEM_SECONDS,
-                lasting,
-                lambda: alerttexts.journal_problem(journal, conditions.ncip_journal_problem or ""),
-                lambda: alerttexts.journal_ok(journal),
-            )
-
     def _check_connection(self, connection: CaiaSoft, conditions: Conditions, after: float, lasting: float) -> None:
-        """One CaiaSoft connection's pause and outage, as conditions of their own, named in their alerts."""
+        """One CaiaSoft connection's pause and outage. With several, each connection's are conditions of their
+        own (paused:NAME), named in their alerts; with one, they are what they always were (paused)."""
         name, url = connection.name, connection.base_url
+        named = self._named(name)
+        suffix = f":{name}" if named else ""
         paused, problem = conditions.connection_state(name)
+
+        def pending() -> int:
+            return self._pending_of(name) if named else self._pending()
+
         self._edge(
-            f"paused:{name}",
+            f"paused{suffix}",
             paused is not None,
             0.0,
             lasting,
             lambda: alerttexts.paused(
                 paused or "",
-                self._pending_of(name),
+                pending(),
                 connection.auth_pause_seconds,
-                connection=name,
+                connection=named,
                 key_from=key_place(connection),
                 sources=tuple(source.name for source in self.config.sources if source.caiasoft == name),
             ),
-            functools.partial(alerttexts.resumed, connection=name),
+            functools.partial(alerttexts.resumed, connection=named),
         )
+        of = f" of connection {name}" if named else ""
         self._edge(
-            f"unreachable:caiasoft:{name}",
+            f"unreachable:caiasoft{suffix}",
             problem is not None and not paused,
             after,
             lasting,
@@ -317,19 +269,23 @@ class Monitor(Events):
                 "CaiaSoft",
                 url,
                 problem or "",
-                self._duration(f"caiasoft:{name}", lasting),
-                f"{self._pending_of(name)} request file(s) of connection {name} wait in the queue",
-                connection=name,
+                self._duration(f"caiasoft{suffix}", lasting),
+                f"{pending()} request file(s){of} wait in the queue",
+                connection=named,
             ),
-            functools.partial(alerttexts.reachable, "CaiaSoft", url, connection=name),
+            functools.partial(alerttexts.reachable, "CaiaSoft", url, connection=named),
         )
 
     def _check_server(self, server: Ncip, conditions: Conditions, after: float, lasting: float) -> None:
-        """One NCIP server's outage and journal, as conditions of their own, named in their alerts."""
+        """One NCIP server's outage and journal (read as a source is: alerted once it lasts a minute); with
+        several, as conditions of their own, named in their alerts."""
         name, url, journal = server.name, server.url, str(server.journal)
+        named = self._named(name)
+        suffix = f":{name}" if named else ""
         problem, behind, journal_problem = conditions.ncip_state(name)
+        of = f" of server {name}" if named else ""
         self._edge(
-            f"unreachable:ncip:{name}",
+            f"unreachable:ncip{suffix}",
             problem is not None,
             after,
             lasting,
@@ -337,19 +293,19 @@ class Monitor(Events):
                 "NCIP",
                 url,
                 problem or "",
-                self._duration(f"ncip:{name}", lasting),
-                f"{behind} journal entries of server {name} wait",
-                connection=name,
+                self._duration(f"ncip{suffix}", lasting),
+                f"{behind} journal entries{of} wait",
+                connection=named,
             ),
-            functools.partial(alerttexts.reachable, "NCIP", url, connection=name),
+            functools.partial(alerttexts.reachable, "NCIP", url, connection=named),
         )
         self._edge(
-            f"source_problem:ncip-journal:{name}",
+            f"source_problem:ncip-journal{suffix}",
             journal_problem is not None,
             SOURCE_PROBLEM_SECONDS,
             lasting,
-            lambda: alerttexts.journal_problem(journal, journal_problem or "", connection=name),
-            functools.partial(alerttexts.journal_ok, journal, connection=name),
+            lambda: alerttexts.journal_problem(journal, journal_problem or "", connection=named),
+            functools.partial(alerttexts.journal_ok, journal, connection=named),
         )
 
     def _check_stuck_by_connection(self, conditions: Conditions, now: float, after: float, lasting: float) -> None:
