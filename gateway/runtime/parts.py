@@ -167,18 +167,20 @@ class Parts:
         self.monitor.stop()
 
     def conditions(self) -> Conditions:
-        """The lasting states alerts and metrics watch (gateway.monitor.events.Conditions)."""
+        """The lasting states alerts and metrics watch (gateway.monitor.events.Conditions). Each relay's lag is
+        read once (it reads the journal behind the relay); the default server's also fills the ncip_ fields."""
+        servers = {
+            relay.settings.name: (relay.last_problem, relay.lag()[1], relay.journal_problem) for relay in self.relays
+        }
+        ncip_problem, ncip_behind, journal_problem = servers.get(DEFAULT_CONNECTION, (None, 0, None))
         return Conditions(
             paused=self.gate.paused_reason,
             caiasoft_problem=self.gate.problem,
             connections={name: (gate.paused_reason, gate.problem) for name, gate in self.gates.items()},
-            ncip_servers={
-                relay.settings.name: (relay.last_problem, relay.lag()[1], relay.journal_problem)
-                for relay in self.relays
-            },
-            ncip_problem=self.relay.last_problem if self.relay else None,
-            ncip_behind=self.relay.lag()[1] if self.relay else 0,
-            ncip_journal_problem=self.relay.journal_problem if self.relay else None,
+            ncip_servers=servers,
+            ncip_problem=ncip_problem,
+            ncip_behind=ncip_behind,
+            ncip_journal_problem=journal_problem,
             sources={
                 c.source.name: c.current_problem() or (None if c.source.healthy() else "its watcher has stopped")
                 for c in self.collectors
