@@ -310,22 +310,26 @@ def _file_lines(status: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _ncip_lines(ncip: dict[str, Any] | None) -> list[str]:
-    """The (one) NCIP relay: how far behind, its last success, dead letters and problems."""
+def _ncip_lines(ncip: dict[str, Any] | None, name: str | None = None) -> list[str]:
+    """An NCIP relay (the one, or with several the server named): how far behind, its last success, dead letters
+    and problems."""
     if not ncip:
         return []
     lines = []
+    journal_problem = ncip.get("journal_problem")
+    if journal_problem and name is None:
+        lines.append(f"NCIP JOURNAL NOT READ: {journal_problem}")
     last = iso(ncip["last_success"]) or "none yet"
-    if ncip.get("journal_problem"):
-        lines.append(f"NCIP JOURNAL NOT READ: {ncip['journal_problem']}")
     lines.append(
-        f"NCIP relay:     {ncip['lag_entries']} entries ({ncip['lag_bytes']} bytes) behind, "
+        ("NCIP relay:    " if name is None else f"NCIP {name}:")
+        + f" {ncip['lag_entries']} entries ({ncip['lag_bytes']} bytes) behind, "
         f"last success {last}, {ncip['dead_letters']} dead letter(s)"
-        + (" (the journal is not read: what is behind is not known)" if ncip.get("journal_problem") else "")
+        + (" (the journal is not read: what is behind is not known)" if journal_problem else "")
     )
-    for label, problem in (("last problem", ncip["last_problem"]), ("feed problem", ncip["feed_problem"])):
-        if problem:
-            lines.append(f"  {label}: {problem}")
+    problems = [("last problem", ncip["last_problem"]), ("feed problem", ncip["feed_problem"])]
+    if name is not None:
+        problems.insert(0, ("NCIP JOURNAL NOT READ", journal_problem))
+    lines.extend(f"  {label}: {problem}" for label, problem in problems if problem)
     return lines
 
 
@@ -349,20 +353,5 @@ def _connection_lines(status: dict[str, Any]) -> list[str]:
         if connection["problem"] and connection["problem"] != connection["paused"]:  # the pause is said above
             lines.append(f"  problem: {connection['problem']}")
     for name, ncip in (status.get("ncip_servers") or {}).items():
-        if ncip is None:
-            lines.append(f"NCIP {name}: not known while the service does not run")
-            continue
-        last_success = iso(ncip["last_success"]) or "none yet"
-        lines.append(
-            f"NCIP {name}: {ncip['lag_entries']} entries ({ncip['lag_bytes']} bytes) behind, "
-            f"last success {last_success}, {ncip['dead_letters']} dead letter(s)"
-            + (" (the journal is not read: what is behind is not known)" if ncip.get("journal_problem") else "")
-        )
-        for label, problem in (
-            ("NCIP JOURNAL NOT READ", ncip.get("journal_problem")),
-            ("last problem", ncip["last_problem"]),
-            ("feed problem", ncip["feed_problem"]),
-        ):
-            if problem:
-                lines.append(f"  {label}: {problem}")
+        lines.extend(_ncip_lines(ncip, name) if ncip else [f"NCIP {name}: not known while the service does not run"])
     return lines
