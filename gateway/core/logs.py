@@ -147,10 +147,15 @@ class Log:
     fields once, not once per handler, and an event below the level costs one check.
     """
 
-    __slots__ = ("_logger",)
+    __slots__ = ("_bound", "_logger")
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, bound: dict[str, Any] | None = None):
         self._logger = logging.getLogger(name)
+        self._bound = bound or {}
+
+    def bound(self, **fields: Any) -> Log:
+        """The same logger, every line of which carries these fields too (after its own)."""
+        return Log(self._logger.name, {**self._bound, **fields})
 
     def debug(self, event: str, **fields: Any) -> None:
         self._log(logging.DEBUG, "debug", event, fields)
@@ -172,6 +177,7 @@ class Log:
         self._log(logging.CRITICAL, "critical", event, fields)
 
     def _log(self, level: int, level_name: str, event: str, fields: dict[str, Any]) -> None:
+        fields.update(self._bound)
         if not _set_up:  # before setup() (a command that logs nowhere, a test): structlog's default, on stdout
             getattr(structlog.get_logger(self._logger.name), level_name)(event, **fields)
             return

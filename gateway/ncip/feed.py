@@ -56,7 +56,7 @@ from gateway.core.worker import Worker
 from gateway.monitor.events import NO_EVENTS, Events
 from gateway.ncip import journal
 from gateway.ncip.journal import JournalEntry
-from gateway.ncip.servers import ServerLog, told, worker_name
+from gateway.ncip.servers import told, worker_name
 from gateway.state.ledger import Ledger
 from gateway.upload.caiasoft import CaiaSoftClient, about_every_call
 
@@ -157,7 +157,7 @@ class Feed(Worker):
         self.settings = settings
         self.connection = settings.name  # the NCIP server it journals for
         self.table = f"[{settings.table}.feed]"  # its settings' table, for messages: [ncip.feed], [ncip.NAME.feed]
-        self.log = ServerLog(log, settings.name)
+        self.log = log.bound(connection=settings.name)
         self.feed: FeedSettings = settings.feed
         self.client = client
         self.ledger = ledger

@@ -52,7 +52,7 @@ from gateway.monitor.events import NO_EVENTS, Events
 from gateway.ncip import answers, messages, transport
 from gateway.ncip.answers import Problem
 from gateway.ncip.journal import JournalEntry, Line, Tailer, refuse_uncarried
-from gateway.ncip.servers import ServerLog, told, worker_name
+from gateway.ncip.servers import told, worker_name
 from gateway.state.ledger import Ledger
 
 POLL_SECONDS = 0.2
@@ -159,7 +159,7 @@ class Relay(Worker):
     def __init__(self, settings: Ncip, ledger: Ledger, error_dir: Path, events: Events = NO_EVENTS):
         super().__init__(name=worker_name("ncip-relay", settings.name))
         self.settings = settings
-        self.log = ServerLog(log, settings.name)
+        self.log = log.bound(connection=settings.name)
         # here, at start: a damaged file stops it (exit 2)
         self.checkpoint = ledger.ncip.journal_checkpoint(settings.name, settings.journal)
         self.client = NcipClient(settings)

@@ -1,10 +1,11 @@
-"""What each NCIP server's relay and feed share: their worker names and log lines that name the server.
+"""What each NCIP server's relay and feed share: their worker names and how they name the server to listeners.
 
 A gateway may have several NCIP servers ([ncip], named "default", and each [ncip.NAME]), each with its own
 relay and feed. Their workers are named after the server, because the service tells an old worker from its
 successor by name on a reload (two relays must never tail one journal at once): ncip-relay and ncip-feed for
 [ncip], as ever, ncip-relay-NAME and ncip-feed-NAME for [ncip.NAME]. Every log line they write carries
-connection=NAME (the default's too: a field more is harmless, and a log reader can filter on it always).
+connection=NAME (logs.Log.bound; the default's too: a field more is harmless, and a log reader can filter on
+it always).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.config.settings import DEFAULT_CONNECTION
-from gateway.core import logs
 
 
 def worker_name(kind: str, connection: str) -> str:
@@ -24,20 +24,3 @@ def told(connection: str) -> dict[str, Any]:
     """The connection keyword for an Events call: none for the default server (a listener written before there
     were several servers hears exactly what it heard), connection=NAME for [ncip.NAME]."""
     return {} if connection == DEFAULT_CONNECTION else {"connection": connection}
-
-
-class ServerLog:
-    """A module's log whose every line names the NCIP server it is about (connection=NAME, after the fields)."""
-
-    def __init__(self, log: logs.Log, connection: str):
-        self._log = log
-        self.connection = connection
-
-    def info(self, event: str, **fields: Any) -> None:
-        self._log.info(event, **fields, connection=self.connection)
-
-    def warning(self, event: str, **fields: Any) -> None:
-        self._log.warning(event, **fields, connection=self.connection)
-
-    def error(self, event: str, **fields: Any) -> None:
-        self._log.error(event, **fields, connection=self.connection)
