@@ -57,12 +57,6 @@ def feed_kind(kind: str, connection: str = DEFAULT_CONNECTION) -> str:
     return kind if connection == DEFAULT_CONNECTION else f"{connection}/{kind}"
 
 
-def feed_kind_parts(stored: str) -> tuple[str, str]:
-    """(server, kind) of a stored feed_seen kind: the inverse of feed_kind."""
-    connection, slash, kind = stored.rpartition("/")
-    return (connection, kind) if slash else (DEFAULT_CONNECTION, stored)
-
-
 class Checkpoints:
     """The NCIP checkpoint files and the feed memory (ledger.ncip), each per NCIP server by name."""
 
