@@ -35,8 +35,8 @@ class Pipeline:
 
     Each CaiaSoft connection has its own sender, with its own client and gate (its backoff and
     pause): client is the default connection's, clients those of the others (by name).
-    queued is set whenever files are queued, and so is each connection's wake event (they wake
-    the upload workers); place_failed whenever a placing failed (it wakes the placer).
+    Each connection's wake event is set whenever files are queued (it wakes its upload workers;
+    queued is the default connection's); place_failed whenever a placing failed (it wakes the placer).
     """
 
     def __init__(
@@ -56,8 +56,8 @@ class Pipeline:
         self.work_dir = config.paths.work_dir
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.sources = dict(sources or {})  # where originals that stay after the take are checked
-        self.queued = threading.Event()
         self.wakes = {connection.name: threading.Event() for connection in config.connections}
+        self.queued = self.wakes[config.caiasoft.name]
         self.place_failed = threading.Event()
         caiasoft = config.caiasoft
         self.placing = Placing(
@@ -100,7 +100,6 @@ class Pipeline:
         self.sender = self.senders[caiasoft.name]
 
     def _wake_uploaders(self) -> None:
-        self.queued.set()
         for wake in self.wakes.values():
             wake.set()
 
